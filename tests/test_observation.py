@@ -1,0 +1,151 @@
+"""Observation builder, validation, Zarr round trip and the fusion grid."""
+import numpy as np
+import pytest
+import xarray as xr
+
+import xfusion
+from xfusion.grid import assign_roles, fusion_grid
+from xfusion.observation import observation, validate
+
+
+def simple(shape=(6, 4, 10), pixel=10.0, edges=None, **kw):
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, shape).astype(float)
+    edges = np.linspace(1.0, 2.0, shape[2] + 1) if edges is None else edges
+    kw.setdefault("exposure", 1000.0)
+    return observation(counts, dims=("x", "y", "energy"), energy_edges=edges, pixel_size=pixel, **kw)
+
+
+def test_builder_from_numpy_any_axis_order():
+    rng = np.random.default_rng(0)
+    c = rng.poisson(2.0, (10, 4, 6)).astype(float)  # (energy, y, x)
+    ds = observation(c, dims=("energy", "y", "x"), energy_edges=np.linspace(1, 2, 11), pixel_size=5.0, exposure=10.0)
+    assert ds.counts.dims == ("x", "y", "energy") and ds.counts.shape == (6, 4, 10)
+    np.testing.assert_array_equal(ds.counts.values[:, :, 3], c[3].T)
+    assert ds.x.attrs == {"units": "arcsec", "pixel_size": 5.0}
+    np.testing.assert_allclose(ds.energy_hi.values - ds.energy_lo.values, 0.1)
+
+
+def test_builder_from_dataarray_and_does_not_mutate():
+    da = xr.DataArray(np.ones((10, 6, 4)), dims=("energy", "x", "y"))
+    before = da.copy(deep=True)
+    ds = observation(da, energy_edges=np.linspace(1, 2, 11), pixel_size=5.0, exposure=10.0)
+    assert ds.counts.dims == ("x", "y", "energy")
+    xr.testing.assert_identical(da, before)
+
+
+def test_zarr_round_trip(tmp_path, small_toy):
+    x_obs, y_obs, _ = small_toy
+    for obs in (x_obs, y_obs):
+        path = tmp_path / f"{obs.attrs['name'][:1]}.zarr"
+        xfusion.io.zarr.write(obs, path)
+        back = xfusion.io.zarr.open(path)
+        xr.testing.assert_identical(back.load(), obs)
+        validate(back)
+
+
+def test_effective_area_dataarray_kept_on_its_grid():
+    et = np.linspace(0.5, 3.0, 251)
+    area = xr.DataArray(np.linspace(100, 200, 250), dims="energy_true",
+                        coords={"energy_true": 0.5 * (et[1:] + et[:-1]), "energy_true_lo": ("energy_true", et[:-1]),
+                                "energy_true_hi": ("energy_true", et[1:])}, attrs={"units": "cm2"})
+    ds = simple(effective_area=area)
+    assert ds.effective_area.dims == ("energy_true",) and ds.sizes["energy_true"] == 250
+
+
+BAD = {
+    "missing dims": (dict(dims=None), "dims="),
+    "uneven energy": (dict(energy_edges=np.array([1, 1.1, 1.05, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0])), "increase strictly"),
+    "edges wrong length": (dict(energy_edges=np.linspace(1, 2, 10)), "pass 11 edges"),
+    "negative exposure": (dict(exposure=-1.0), "exposure must be a positive"),
+    "zero exposure": (dict(exposure=0.0), "exposure must be a positive"),
+    "missing exposure": (dict(exposure=None), "exposure is required"),
+    "area wrong length": (dict(effective_area=np.ones(7)), "effective_area has shape (7,)"),
+    "even psf": (dict(psf=np.ones((4, 4)) / 16), "even shape"),
+    "unnormalized psf": (dict(psf=np.ones((3, 3))), "sums to 9"),
+    "even kernel": (dict(response=np.ones(4) / 4, response_spacing=0.01), "even length"),
+    "kernel no spacing": (dict(response=np.ones(3) / 3), "response_spacing"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_inputs_raise_clear_errors(case):
+    kw, msg = BAD[case]
+    rng = np.random.default_rng(0)
+    args = dict(dims=("x", "y", "energy"), energy_edges=np.linspace(1, 2, 11), pixel_size=10.0, exposure=100.0)
+    args.update(kw)
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        observation(rng.poisson(2.0, (6, 4, 10)).astype(float), **args)
+
+
+@pytest.mark.parametrize("value,msg", [(-1.0, "negative"), (np.nan, "NaN"), (np.inf, "NaN or inf")])
+def test_bad_counts(value, msg):
+    c = np.ones((4, 4, 5))
+    c[1, 2, 3] = value
+    with pytest.raises(ValueError, match=msg):
+        observation(c, dims=("x", "y", "energy"), energy_edges=np.linspace(1, 2, 6), pixel_size=1.0, exposure=1.0)
+
+
+def test_uneven_spatial_coordinate_and_missing_units():
+    da = xr.DataArray(np.ones((3, 3, 4)), dims=("x", "y", "energy"), coords={"x": [0.0, 10.0, 25.0]})
+    with pytest.raises(ValueError, match="coordinate x must be increasing with uniform spacing"):
+        observation(da, energy_edges=np.linspace(1, 2, 5), pixel_size=10.0, exposure=1.0)
+    ds = simple()
+    ds["energy"].attrs.pop("units")
+    with pytest.raises(ValueError, match="coordinate energy has no units"):
+        validate(ds)
+    ds = simple()
+    ds["x"].attrs["units"] = "deg"
+    with pytest.raises(ValueError, match="'deg' but xfusion expects 'arcsec'"):
+        validate(ds)
+
+
+# ----------------------------------------------------------------------------- grid
+def pair(x_shape=(6, 6, 4), y_shape=(2, 2, 20), px=10.0, py=30.0, ex=None, ey=None):
+    ex = np.linspace(1, 2, x_shape[2] + 1) if ex is None else ex
+    ey = np.linspace(1, 2, y_shape[2] + 1) if ey is None else ey
+    a = simple(x_shape, px, ex, response=np.array([0.25, 0.5, 0.25]), response_spacing=0.01, name="A")
+    b = simple(y_shape, py, ey, psf=np.array([[0, 0.1, 0], [0.1, 0.6, 0.1], [0, 0.1, 0]]), psf_pixel_size=px, name="B")
+    return a, b
+
+
+def test_grid_either_order():
+    a, b = pair()
+    g1, g2 = fusion_grid(a, b), fusion_grid(b, a)
+    for g in (g1, g2):
+        assert g.attrs["spatial_factor"] == 3 and g.attrs["spectral_factor"] == 5
+        assert g.sizes == {"x": 6, "y": 6, "energy": 20, "psf_x": 3, "psf_y": 3}
+        assert g.attrs["spatial_obs"] == "A" and g.attrs["spectral_obs"] == "B"
+    assert g1.attrs["order"] == "ab" and g2.attrs["order"] == "ba"
+
+
+def test_grid_same_size_uses_responses(small_toy):
+    x_obs, y_obs, _ = small_toy
+    assert assign_roles(x_obs, y_obs)[2] == "ab"
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(py=25.0), "non-integer ratio"),
+    (dict(y_shape=(3, 2, 20), x_shape=(6, 6, 4)), "coordinate x: 'A' has 6 pixels"),
+    (dict(y_shape=(2, 2, 18)), "not a multiple"),
+    (dict(ey=np.concatenate([np.linspace(1, 1.52, 11), np.linspace(1.56, 2.0, 10)])), "coordinate energy: edge"),
+    (dict(x_shape=(6, 6, 40)), "neither observation"),
+])
+def test_grid_errors(kw, msg):
+    a, b = pair(**kw)
+    with pytest.raises(ValueError, match=msg):
+        fusion_grid(a, b)
+
+
+def test_grid_misaligned_pixels():
+    a, b = pair()
+    b = b.assign_coords(x=b.x + 5.0)
+    with pytest.raises(ValueError, match="coordinate x: first pixel edges differ"):
+        fusion_grid(a, b)
+
+
+def test_grid_mismatched_units():
+    a, b = pair()
+    b["energy"].attrs["units"] = "eV"
+    with pytest.raises(ValueError, match="'eV' but xfusion expects 'keV'"):
+        fusion_grid(a, b)

@@ -1,0 +1,63 @@
+"""Toy models: deterministic, Table 1 photon counts, SNR-like structure."""
+import numpy as np
+import pytest
+
+from xfusion import fusion_grid, predict, toy
+
+
+def test_deterministic_and_seeded():
+    a = toy.make("small", seed=1)
+    b = toy.make("small", seed=1)
+    c = toy.make("small", seed=2)
+    np.testing.assert_array_equal(a[0].counts.values, b[0].counts.values)
+    assert not np.array_equal(a[0].counts.values, c[0].counts.values)
+
+
+@pytest.mark.parametrize("name,nx,ny,shapes", [
+    ("gaussian_rebin", 2.7e6, 2.5e6, ((45, 45, 60), (15, 15, 2400), (45, 45, 2400))),
+    ("realistic_rebin", 4.5e7, 3.0e7, ((45, 45, 60), (15, 15, 2400), (45, 45, 2400))),
+])
+def test_table1_counts_and_shapes(name, nx, ny, shapes):
+    x_obs, y_obs, truth = toy.make(name)
+    assert (x_obs.counts.shape, y_obs.counts.shape, truth.shape) == shapes
+    assert x_obs.counts.sum() == pytest.approx(nx, rel=0.01)
+    assert y_obs.counts.sum() == pytest.approx(ny, rel=0.01)
+    g = fusion_grid(x_obs, y_obs)
+    assert (g.attrs["spatial_factor"], g.attrs["spectral_factor"]) == (3, 40)
+    assert truth.attrs["units"] == "ph cm-2 s-1"
+
+
+def test_data_are_poisson_draws_of_the_model(small_toy):
+    x_obs, y_obs, truth = small_toy
+    for obs in (x_obs, y_obs):
+        m = predict(truth, obs).values.astype(np.float64)
+        d = obs.counts.values
+        assert d.sum() == pytest.approx(m.sum(), rel=5 * np.sqrt(m.sum()) / m.sum())
+        chi2 = np.sum((d - m) ** 2 / np.maximum(m, 1)) / d.size
+        assert 0.8 < chi2 < 1.2
+
+
+def test_snr_structure():
+    x_obs, y_obs, truth = toy.make("gaussian_rebin")
+    amp = truth.sum("energy").values
+    # a shell: brighter at the rim than at the centre, nearly empty in the corners
+    c = amp[20:25, 20:25].mean()
+    assert amp[:, :].max() > 3 * c and amp[:3, :3].mean() < 0.05 * c
+    # red/blue split of O VIII Ly-a (0.6536 keV) near the centre, single line at the limb
+    e = truth.energy.values
+    band = (e > 0.63) & (e < 0.68)
+
+    def peaks(spec):
+        s = spec[band] - spec[band].min()
+        return [i for i in range(1, s.size - 1) if s[i] > s[i - 1] and s[i] >= s[i + 1] and s[i] > 0.3 * s.max()]
+
+    centre = truth.values[20:25, 20:25].sum(axis=(0, 1))
+    assert len(peaks(centre)) == 2
+    split = np.diff(e[band][peaks(centre)])[0] * 1e3
+    assert 10 < split < 22  # eV, ~2 v_exp/c E = 17 eV
+    limb = truth.values[22, 38]  # 160 arcsec north of centre
+    assert len(peaks(limb)) == 1
+    # temperature varies: continuum slope differs east vs west
+    lo, hi = (e > 0.5) & (e < 0.55), (e > 1.2) & (e < 1.3)
+    ratio = lambda sp: sp[hi].sum() / sp[lo].sum()  # noqa: E731
+    assert ratio(truth.values[6, 22]) < 0.8 * ratio(truth.values[38, 22])

@@ -1,0 +1,188 @@
+"""The two instrument models of eq. 9, composed from the elementary operators.
+
+For the sharp-spatial instrument X:  ``Z_X = R_L S_X (t_X A_X Z)``  (its PSF is NOT applied:
+X's spatial resolution is the target). For the sharp-spectral instrument Y:
+``Z_Y = R_MN B_Y (t_Y A_Y Z)`` (its spectral response is NOT applied). Each model is
+``spatial( spectral( w * Z ) )`` with ``w`` = exposure x effective area on the fused grid,
+``spectral`` acting on the last (energy) axis and ``spatial`` on axes (0, 1); both are
+optional. Because spatial and spectral operators commute with each other and with
+right-multiplication by a spectral basis, the low-rank solvers can use
+:meth:`InstrumentModel.reduced` and never form the full cube.
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from ..grid import SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, psf_on_grid
+from ..observation import CUBE_DIMS, energy_edges, pixel_size, validate
+from .area import Scale
+from .psf import Convolve2D, SpatialMatrix
+from .rebin import Rebin
+from .response import Convolve1D, ResponseMatrix, kernel_matrix, kernel_on_spacing, rmf_on_grid
+
+#: largest dense spatial matrix (elements) used instead of FFT convolution + rebinning
+DENSE_SPATIAL_MAX = 2.5e7
+
+
+class Chain:
+    """Composition ``ops[-1] o ... o ops[0]``; adjoint in reverse order."""
+
+    def __init__(self, ops):
+        self.ops = [op for op in ops if op is not None]
+
+    def in_shape(self, shape):
+        for op in reversed(self.ops):
+            shape = op.in_shape(shape)
+        return shape
+
+    def forward(self, z):
+        for op in self.ops:
+            z = op.forward(z)
+        return z
+
+    def adjoint(self, u):
+        for op in reversed(self.ops):
+            u = op.adjoint(u)
+        return u
+
+
+class InstrumentModel(Chain):
+    """``spatial(spectral(weights * Z))`` for one instrument on the fused grid.
+
+    Attributes: ``weights`` (t*A on the fused grid, (L,) or (M, N, L), s cm2),
+    ``spectral`` (last-axis operator or None), ``spatial`` (axes-(0,1) operator or None),
+    ``role`` ("spatial" for X, "spectral" for Y), ``data_shape`` (shape of the counts).
+    """
+
+    def __init__(self, weights, spectral, spatial, role, fused_shape, data_shape):
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.spectral, self.spatial, self.role = spectral, spatial, role
+        self.fused_shape, self.data_shape = tuple(fused_shape), tuple(data_shape)
+        super().__init__([Scale(self.weights), spectral, spatial])
+
+    def in_shape(self, shape):
+        return self.fused_shape
+
+    def reduced(self, basis):
+        """Model on subspace coefficients: Z = W @ basis, basis (r, L), W (M, N, r).
+
+        Returns ``(spatial, V_eff)`` with ``V_eff = spectral(basis * weights)`` of shape
+        (r, l) so that ``model(W @ basis) == spatial(W) @ V_eff``. Needs a non-vignetted
+        area (weights over energy only).
+        """
+        if self.weights.ndim > 1:
+            raise ValueError("the low-rank path needs an effective area that does not vary with position")
+        v = np.asarray(basis, dtype=np.float64) * self.weights
+        if self.spectral is not None:
+            v = self.spectral.forward(v)
+        return self.spatial, v
+
+
+def _area_on_grid(obs, fine_edges, fused_hw, factor):
+    """Effective area (cm2) of ``obs`` on the fused energy bins (and fused pixels if vignetted)."""
+    a = obs["effective_area"]
+    if a.ndim == 0:
+        return np.full(fine_edges.size - 1, float(a.values))
+    et = energy_edges(obs, "energy_true")
+    e = 0.5 * (fine_edges[1:] + fine_edges[:-1])
+    if e[0] < et[0] or e[-1] > et[-1]:
+        raise ValueError(
+            f"effective_area of '{obs.attrs.get('name')}' covers {et[0]:.4g}-{et[-1]:.4g} keV but the fused grid "
+            f"needs {fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV; use an ARF that covers the band"
+        )
+    centres = obs["energy_true"].values
+    if a.ndim == 1:
+        return np.interp(e, centres, a.values)
+    vals = np.asarray(a.transpose("x", "y", "energy_true").values)
+    out = np.stack([np.interp(e, centres, row) for row in vals.reshape(-1, vals.shape[-1])])
+    out = out.reshape(vals.shape[:2] + (e.size,))
+    if factor > 1:
+        out = np.repeat(np.repeat(out, factor, axis=0), factor, axis=1)
+    if out.shape[:2] != tuple(fused_hw):
+        raise ValueError("vignetted effective_area does not match the fused pixel grid")
+    return out
+
+
+def _spectral_op(obs, fine_edges, factor):
+    coarse = energy_edges(obs)
+    if "response" not in obs:
+        if factor == 1:
+            return None
+        R = np.zeros((fine_edges.size - 1, coarse.size - 1))
+        R[np.arange(R.shape[0]), np.arange(R.shape[0]) // factor] = 1.0
+        return ResponseMatrix(R)
+    resp = obs["response"]
+    if resp.attrs.get("kind") == "matrix":
+        return ResponseMatrix(rmf_on_grid(resp.values, energy_edges(obs, "energy_true"), fine_edges))
+    spacing = float(obs["energy_offset"].attrs["spacing"])
+    widths = np.diff(fine_edges)
+    if factor == 1 and np.allclose(widths, widths[0], rtol=1e-6):
+        return Convolve1D(kernel_on_spacing(resp.values, spacing, float(widths[0])), widths.size)
+    return ResponseMatrix(kernel_matrix(resp.values, spacing, fine_edges, coarse))
+
+
+def _spatial_op(obs, fused_hw, factor, psf=None):
+    if psf is None and "psf" in obs:
+        psf = psf_on_grid(obs["psf"], pixel_size(obs) / factor)
+    if psf is None:
+        return Rebin((factor, factor, 1)) if factor > 1 else None
+    M, N = fused_hw
+    if M * N * (M // factor) * (N // factor) <= DENSE_SPATIAL_MAX:
+        return SpatialMatrix.from_psf(psf.values, (M, N), factor)
+    conv = Convolve2D(psf.values, (M, N))
+    return Chain([conv, Rebin((factor, factor, 1))]) if factor > 1 else conv
+
+
+def build_model(grid, obs, role) -> InstrumentModel:
+    """Forward model of ``obs`` (role "spatial" = X, "spectral" = Y) on the fused ``grid``."""
+    fine = energy_edges(grid)
+    hw = (grid.sizes["x"], grid.sizes["y"])
+    t = float(obs["exposure"].values)
+    if role == SPATIAL:
+        vl = _spectral_factor(obs, grid)
+        w = t * _area_on_grid(obs, fine, hw, 1)
+        spectral, spatial = _spectral_op(obs, fine, vl), None
+    elif role == SPECTRAL:
+        vs = _spatial_factor(grid, obs)
+        w = t * _area_on_grid(obs, fine, hw, vs)
+        spectral = None
+        spatial = _spatial_op(obs, hw, vs, grid["psf"] if "psf" in grid else None)
+    else:
+        raise ValueError(f"role must be '{SPATIAL}' or '{SPECTRAL}'; got {role!r}")
+    return InstrumentModel(w, spectral, spatial, role, hw + (fine.size - 1,), obs["counts"].shape)
+
+
+def _infer_role(flux, obs):
+    px, po = pixel_size(flux), pixel_size(obs)
+    ef, eo = np.diff(energy_edges(flux)), np.diff(energy_edges(obs))
+    if po > px * (1 + 1e-6):
+        return SPECTRAL
+    if eo.size < ef.size:
+        return SPATIAL
+    has_psf, has_resp = "psf" in obs, "response" in obs
+    if has_resp and not has_psf:
+        return SPATIAL
+    if has_psf and not has_resp:
+        return SPECTRAL
+    raise ValueError("cannot infer whether obs is the sharp-spatial or sharp-spectral instrument; pass role=")
+
+
+def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
+    """Expected counts of ``obs`` for a photon-flux cube on the fused grid.
+
+    ``flux``: DataArray (x, y, energy) in ph cm-2 s-1 per voxel with coords ``x``/``y``
+    (arcsec, ``pixel_size`` attr) and ``energy_lo``/``energy_hi`` (keV), e.g. the ``flux``
+    of a fusion result or a toy ``truth``. Returns a DataArray labelled like ``obs.counts``.
+    ``role`` ("spatial" or "spectral") is inferred from the grids when omitted.
+    """
+    validate(obs)
+    f = flux.transpose(*CUBE_DIMS)
+    grid = xr.Dataset(coords={c: f[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
+    role = role or _infer_role(grid, obs)
+    model = build_model(grid, obs, role)
+    values = np.asarray(f.values)
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float64)
+    out = model.forward(values)
+    return obs["counts"].copy(data=out).assign_attrs(units="count", long_name="expected counts")
