@@ -1,0 +1,478 @@
+r"""Quality metrics for fused hyperspectral cubes.
+
+Reference-based metrics follow Appendix A of Lascar, Bobin & Acero (2025)
+(NMSE, aSAM, acSSIM, ERGAS), plus the SAM map (their eq. 23), the
+neighbour spectral angle (eq. 22) and a relative amplitude error map.
+Reference-free consistency checks (PSNR, SSIM, mean spectrum) follow
+Appendix D of the JWST fusion paper (Guilloteau et al.).
+
+Conventions
+-----------
+* Cubes are NumPy arrays with axes ``(x, y, energy)`` or xarray DataArrays
+  whose dims include ``x``, ``y`` and ``energy`` (any order; they are
+  transposed to ``("x", "y", "energy")``; extra dims must have size 1).
+* Argument order is always ``truth`` (or ``observed``) first, ``estimate``
+  (or ``predicted``) second.
+* Everything is computed in float64; scalars are returned as Python floats,
+  maps as float64 ``(x, y)`` arrays.  Inputs are never modified.
+* Spectral angles use the numerically stable form
+  :math:`\theta = 2\,\mathrm{atan2}(\|u - v\|, \|u + v\|)` with
+  :math:`u, v` the unit-normalised spectra, which equals
+  :math:`\arccos(\langle a, b\rangle / \|a\|\|b\|)` but is exact near 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "nmse",
+    "sam_map",
+    "asam",
+    "acssim",
+    "ergas",
+    "relative_error_map",
+    "neighbour_angle_map",
+    "psnr",
+    "ssim_image",
+    "consistency",
+    "report",
+    "format_report",
+    "SSIM_SIGMA",
+    "SSIM_TRUNCATE",
+]
+
+#: Gaussian window of the SSIM (Wang et al. 2004): sigma = 1.5 px, truncated
+#: at 3.5 sigma, i.e. an 11 x 11 window (radius 5), normalised to sum 1.
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5
+_SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # = 5
+_K1, _K2 = 0.01, 0.03
+_CUBE_DIMS = ("x", "y", "energy")
+
+
+# ---------------------------------------------------------------------------
+# input handling
+# ---------------------------------------------------------------------------
+
+
+def _is_dataarray(a) -> bool:
+    return hasattr(a, "dims") and hasattr(a, "transpose") and not isinstance(a, np.ndarray)
+
+
+def _labelled(a, dims: tuple[str, ...], what: str) -> np.ndarray:
+    missing = [d for d in dims if d not in a.dims]
+    if missing:
+        raise ValueError(f"{what}: DataArray dims {tuple(a.dims)} lack {missing}")
+    extra = [d for d in a.dims if d not in dims]
+    if any(a.sizes[d] != 1 for d in extra):
+        raise ValueError(f"{what}: extra dims {extra} must have size 1")
+    if extra:
+        a = a.squeeze(extra, drop=True)
+    return np.asarray(a.transpose(*dims).values, dtype=np.float64)
+
+
+def _cube(a, what: str = "cube") -> np.ndarray:
+    """``(x, y, energy)`` float64 array from an ndarray or a DataArray."""
+    if _is_dataarray(a):
+        return _labelled(a, _CUBE_DIMS, what)
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim != 3:
+        raise ValueError(f"{what}: expected a 3-d (x, y, energy) array, got shape {arr.shape}")
+    return arr
+
+
+def _image(a, what: str = "image") -> np.ndarray:
+    """``(x, y)`` float64 array from an ndarray or a DataArray."""
+    if _is_dataarray(a):
+        return _labelled(a, ("x", "y"), what)
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-d (x, y) array, got shape {arr.shape}")
+    return arr
+
+
+def _pair(truth, estimate, conv=_cube):
+    t = conv(truth, "truth")
+    e = conv(estimate, "estimate")
+    if t.shape != e.shape:
+        raise ValueError(f"shape mismatch: truth {t.shape} vs estimate {e.shape}")
+    return t, e
+
+
+def _unit(z: np.ndarray):
+    """Unit-normalise spectra along the last axis; zero spectra -> 0, flagged."""
+    norm = np.sqrt(np.einsum("...k,...k->...", z, z))
+    valid = norm > 0
+    u = np.zeros_like(z)
+    np.divide(z, norm[..., None], out=u, where=valid[..., None])
+    return u, valid
+
+
+def _angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Angle between unit vectors along the last axis (stable atan2 form)."""
+    d = u - v
+    s = u + v
+    return 2.0 * np.arctan2(
+        np.sqrt(np.einsum("...k,...k->...", d, d)), np.sqrt(np.einsum("...k,...k->...", s, s))
+    )
+
+
+def _db(num: float, den: float) -> float:
+    """``10 log10(num / den)`` with the limits ``+inf`` (den = 0) and
+    ``-inf`` (num = 0); ``nan`` if both are 0."""
+    if den == 0.0:
+        return math.inf if num > 0 else math.nan
+    if num == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(num / den)
+
+
+# ---------------------------------------------------------------------------
+# reference-based metrics (Appendix A)
+# ---------------------------------------------------------------------------
+
+
+def nmse(truth, estimate) -> float:
+    r"""Normalised mean squared error in dB (eq. A.1), higher is better.
+
+    .. math:: \mathrm{NMSE} = 10\log_{10}
+              \frac{\sum_i Z_i^2}{\sum_i (Z_i - \hat Z_i)^2}
+
+    with :math:`Z` the truth and the sums over all voxels.  Identical cubes
+    give ``+inf``; an all-zero truth with a non-zero error gives ``-inf``;
+    both zero gives ``nan``.  ``estimate = 2 * truth`` gives exactly 0 dB.
+    """
+    t, e = _pair(truth, estimate)
+    num = float(np.sum(np.square(t)))
+    den = float(np.sum(np.square(t - e)))
+    return _db(num, den)
+
+
+def sam_map(truth, estimate) -> np.ndarray:
+    r"""Spectral angle mapper map (eq. 23), radians, shape ``(x, y)``.
+
+    .. math:: \mathrm{SAM}(Z_i) = \arccos
+              \frac{\langle Z_i, \hat Z_i\rangle}{\|Z_i\|_2 \|\hat Z_i\|_2}
+
+    Pixels where either spectrum is identically zero are ``nan``.
+    Values lie in :math:`[0, \pi]`.
+    """
+    t, e = _pair(truth, estimate)
+    ut, vt = _unit(t)
+    ue, ve = _unit(e)
+    out = _angle(ut, ue)
+    out[~(vt & ve)] = np.nan
+    return out
+
+
+def asam(truth, estimate) -> float:
+    r"""Average spectral angle (radians), lower is better.
+
+    Mean of :func:`sam_map` over the pixels where it is defined (both
+    spectra non-zero).  Eq. A.2 of the paper writes the prefactor as
+    :math:`1/L` with a sum over the :math:`MN` pixels; we read this as a
+    typo and use the mean over pixels, :math:`1/(MN)\sum_i`.  Returns
+    ``nan`` if no pixel is valid.
+    """
+    m = sam_map(truth, estimate)
+    ok = np.isfinite(m)
+    if not ok.any():
+        return math.nan
+    return float(np.mean(m[ok]))
+
+
+def _ssim_channels(ref: np.ndarray, img: np.ndarray, data_range=None) -> np.ndarray:
+    """SSIM of every channel ``[..., k]`` of two ``(x, y, K)`` float64 stacks.
+
+    Channels whose data range is 0 give ``nan``.
+    """
+    K = ref.shape[-1]
+    if data_range is None:
+        rng = ref.max(axis=(0, 1)) - ref.min(axis=(0, 1))
+    else:
+        rng = np.broadcast_to(np.asarray(data_range, dtype=np.float64), (K,))
+    out = np.full(K, np.nan)
+    valid = rng > 0
+    if not valid.any():
+        return out
+    if not valid.all():
+        ref, img, rng = ref[..., valid], img[..., valid], rng[valid]
+    c1 = (_K1 * rng) ** 2
+    c2 = (_K2 * rng) ** 2
+    sigma = (SSIM_SIGMA, SSIM_SIGMA, 0.0)
+
+    def g(z):
+        return ndimage.gaussian_filter(z, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
+
+    mu1 = g(ref)
+    mu2 = g(img)
+    mu11, mu22, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s11 = g(ref * ref) - mu11
+    s22 = g(img * img) - mu22
+    s12 = g(ref * img) - mu12
+    smap = ((2.0 * mu12 + c1) * (2.0 * s12 + c2)) / ((mu11 + mu22 + c1) * (s11 + s22 + c2))
+    r = _SSIM_RADIUS
+    if smap.shape[0] > 2 * r and smap.shape[1] > 2 * r:
+        smap = smap[r:-r, r:-r]
+    out[valid] = smap.mean(axis=(0, 1))
+    return out
+
+
+def acssim(truth, estimate) -> float:
+    r"""Average complementary SSIM (eq. A.3), lower is better (ideal 0).
+
+    .. math:: \mathrm{acSSIM} = 1 - \frac{1}{L}\sum_k \mathrm{SSIM}(Z_k, \hat Z_k)
+
+    SSIM of Wang et al. (2004) computed per energy channel :math:`k`:
+    Gaussian window :math:`\sigma = 1.5` px truncated to 11 x 11 (normalised,
+    ``scipy.ndimage.gaussian_filter`` over x and y only, 'reflect'
+    boundaries), population (weighted) moments, :math:`K_1 = 0.01`,
+    :math:`K_2 = 0.03`, data range :math:`\max Z_k - \min Z_k` of the truth
+    slice.  The SSIM map is averaged over the pixels at least 5 px from the
+    border (over all pixels if the image is smaller than 11 px).  Channels
+    whose truth slice has zero range are skipped and the mean is over the
+    remaining channels; ``nan`` if none remains.
+    """
+    t, e = _pair(truth, estimate)
+    s = _ssim_channels(t, e)
+    ok = np.isfinite(s)
+    if not ok.any():
+        return math.nan
+    return float(1.0 - np.mean(s[ok]))
+
+
+def ergas(truth, estimate, ratio: float) -> float:
+    r"""Relative dimensionless global error (eq. A.4), lower is better.
+
+    .. math:: \mathrm{ERGAS} = 100\, d \sqrt{\frac{1}{L}\sum_k
+              \left(\frac{\|\hat Z_k - Z_k\|_F}{\mu_k\sqrt{MN}}\right)^2}
+
+    with :math:`\mu_k` the mean of the **truth** slice :math:`Z_k` (the
+    standard ERGAS normalisation; the paper's :math:`\hat Z` notation in
+    Appendix A denotes the reference).  Channels with :math:`\mu_k = 0` are
+    skipped (``nan`` if none remains).
+
+    Parameters
+    ----------
+    ratio : float
+        :math:`d`, ratio of the spatial resolutions: pixel size of the
+        low-spatial-resolution data Y over that of X (e.g. 3 for 30"/10").
+    """
+    ratio = float(ratio)
+    if not ratio > 0:
+        raise ValueError("ratio must be positive")
+    t, e = _pair(truth, estimate)
+    mu = t.mean(axis=(0, 1))
+    rmse = np.sqrt(np.mean(np.square(e - t), axis=(0, 1)))
+    ok = mu != 0
+    if not ok.any():
+        return math.nan
+    return float(100.0 * ratio * np.sqrt(np.mean((rmse[ok] / mu[ok]) ** 2)))
+
+
+def relative_error_map(truth, estimate) -> np.ndarray:
+    r"""Per-pixel relative amplitude error in percent, shape ``(x, y)``.
+
+    .. math:: 100\,\frac{\sum_E \hat Z - \sum_E Z}{\sum_E Z}
+
+    ``nan`` where the truth amplitude :math:`\sum_E Z` is 0.
+    """
+    t, e = _pair(truth, estimate)
+    st = t.sum(axis=-1)
+    se = e.sum(axis=-1)
+    out = np.full(st.shape, np.nan)
+    np.divide(se - st, st, out=out, where=st != 0)
+    out *= 100.0
+    return out
+
+
+def neighbour_angle_map(cube) -> np.ndarray:
+    r"""Mean spectral angle to the 8 neighbouring pixels (eq. 22), radians.
+
+    .. math:: \theta(Z_k) = \frac{1}{\mathrm{card}(\mathcal N)}
+              \sum_{Z_{k'}\in\mathcal N}
+              \arccos\frac{\langle Z_k, Z_{k'}\rangle}{\|Z_k\|\,\|Z_{k'}\|}
+
+    :math:`\mathcal N` is the set of the (up to) 8 adjacent pixels that
+    exist (5 on edges, 3 in corners) and whose spectrum is not all-zero.
+    Pixels whose own spectrum is zero, or with no valid neighbour, are
+    ``nan``.  Returns an ``(x, y)`` map.
+    """
+    z = _cube(cube)
+    u, valid = _unit(z)
+    X, Y = valid.shape
+    acc = np.zeros((X, Y))
+    cnt = np.zeros((X, Y))
+    # each unordered neighbour pair once: right, down, two diagonals
+    for dx, dy in ((1, 0), (0, 1), (1, 1), (1, -1)):
+        ax = slice(0, X - dx)
+        bx = slice(dx, X)
+        if dy >= 0:
+            ay, by = slice(0, Y - dy), slice(dy, Y)
+        else:
+            ay, by = slice(-dy, Y), slice(0, Y + dy)
+        ok = valid[ax, ay] & valid[bx, by]
+        ang = np.where(ok, _angle(u[ax, ay], u[bx, by]), 0.0)
+        acc[ax, ay] += ang
+        acc[bx, by] += ang
+        cnt[ax, ay] += ok
+        cnt[bx, by] += ok
+    out = np.full((X, Y), np.nan)
+    np.divide(acc, cnt, out=out, where=(cnt > 0) & valid)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# reference-free consistency checks (JWST paper, Appendix D)
+# ---------------------------------------------------------------------------
+
+
+def psnr(observed, predicted) -> float:
+    r"""Peak signal-to-noise ratio in dB (JWST paper eq. 10).
+
+    .. math:: \mathrm{PSNR} = 10\log_{10}\frac{\max(Y)^2}{\mathrm{MSE}(Y, X)}
+
+    with :math:`Y` = ``observed`` (its maximum is the data range) and
+    :math:`X` = ``predicted``; arrays of any equal shape (DataArrays are
+    aligned on the observed dim order).  ``+inf`` if identical.
+    """
+    if _is_dataarray(observed):
+        o = np.asarray(observed.values, dtype=np.float64)
+        if _is_dataarray(predicted):
+            predicted = predicted.transpose(*observed.dims)
+    else:
+        o = np.asarray(observed, dtype=np.float64)
+    p = np.asarray(getattr(predicted, "values", predicted), dtype=np.float64)
+    if o.shape != p.shape:
+        raise ValueError(f"shape mismatch: observed {o.shape} vs predicted {p.shape}")
+    mse = float(np.mean(np.square(o - p)))
+    peak = float(np.max(o))
+    return _db(peak * peak, mse)
+
+
+def ssim_image(a, b, *, data_range: float | None = None) -> float:
+    """Structural similarity of two 2D images (Wang et al. 2004).
+
+    Same definition as in :func:`acssim` (11 x 11 Gaussian window,
+    sigma = 1.5, K1 = 0.01, K2 = 0.03, border of 5 px excluded from the
+    mean).  ``a`` is the reference: the data range defaults to
+    ``max(a) - min(a)``.  Returns 1 for identical images, ``nan`` if the
+    data range is 0.
+    """
+    x, y = _pair(a, b, conv=_image)
+    dr = None if data_range is None else float(data_range)
+    return float(_ssim_channels(x[..., None], y[..., None], dr)[0])
+
+
+def consistency(observed, predicted) -> dict:
+    r"""Consistency of predicted counts with an observed counts cube.
+
+    Both are ``(x, y, energy)`` cubes of the same shape (e.g. the data and
+    the forward model applied to a fused cube).
+
+    Returns
+    -------
+    dict with Python floats
+        ``"psnr_db"``: :func:`psnr` of the energy-summed images;
+        ``"ssim"``: :func:`ssim_image` of the energy-summed images
+        (observed as reference);
+        ``"mean_spectrum_rel_error"``: with :math:`\bar o_k`,
+        :math:`\bar p_k` the spatially averaged spectra,
+        :math:`\frac{\frac1L\sum_k |\bar p_k - \bar o_k|}{\frac1L\sum_k \bar o_k}`
+        (``nan`` if the observed mean spectrum sums to 0).
+    """
+    o = _cube(observed, "observed")
+    p = _cube(predicted, "predicted")
+    if o.shape != p.shape:
+        raise ValueError(f"shape mismatch: observed {o.shape} vs predicted {p.shape}")
+    io, ip = o.sum(axis=-1), p.sum(axis=-1)
+    mo, mp = o.mean(axis=(0, 1)), p.mean(axis=(0, 1))
+    den = float(np.mean(mo))
+    rel = float(np.mean(np.abs(mp - mo))) / den if den != 0 else math.nan
+    return {
+        "psnr_db": psnr(io, ip),
+        "ssim": ssim_image(io, ip),
+        "mean_spectrum_rel_error": rel,
+    }
+
+
+# ---------------------------------------------------------------------------
+# reports
+# ---------------------------------------------------------------------------
+
+
+def report(result, truth, *, ratio: float | None = None) -> dict:
+    """The four scalar metrics of the paper's Table 2.
+
+    Parameters
+    ----------
+    result : xarray.Dataset with variable ``flux`` (dims x, y, energy), or a
+        DataArray / ndarray cube.
+    truth : DataArray / ndarray cube of the same shape.
+    ratio : float, optional
+        ERGAS resolution ratio; defaults to the Dataset attribute
+        ``spatial_factor`` when ``result`` is a Dataset that has it.
+
+    Returns
+    -------
+    dict
+        ``{"nmse_db", "asam_rad", "acssim", "ergas"}`` as Python floats.
+    """
+    est = result
+    if hasattr(result, "data_vars"):
+        if "flux" not in result.data_vars:
+            raise ValueError("result Dataset has no 'flux' variable")
+        est = result["flux"]
+        if ratio is None and "spatial_factor" in result.attrs:
+            ratio = float(result.attrs["spatial_factor"])
+    if ratio is None:
+        raise ValueError("ratio is required (no 'spatial_factor' attribute on result)")
+    t, e = _pair(truth, est)
+    return {
+        "nmse_db": nmse(t, e),
+        "asam_rad": asam(t, e),
+        "acssim": acssim(t, e),
+        "ergas": ergas(t, e, ratio),
+    }
+
+
+def _fmt(v, floatfmt: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return format(float(v), floatfmt)
+    return str(v)
+
+
+def format_report(rows: dict[str, dict], *, floatfmt: str = ".4g", name_header: str = "method") -> str:
+    """Format named rows of metrics as an aligned plain-text table.
+
+    ``rows`` maps a row name (e.g. a method) to a dict of values, e.g. the
+    output of :func:`report`.  Columns are the union of the keys in order of
+    first appearance; missing entries print as ``-``.  Floats use
+    ``floatfmt``; names are left-aligned and values right-aligned.
+    """
+    cols: list[str] = []
+    for vals in rows.values():
+        for k in vals:
+            if k not in cols:
+                cols.append(k)
+    table = [[name_header] + cols]
+    for name, vals in rows.items():
+        table.append([str(name)] + [_fmt(vals.get(c), floatfmt) for c in cols])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = []
+    for n, r in enumerate(table):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
