@@ -25,7 +25,7 @@ class PoissonTerm:
 
     def __init__(self, model, data, mask=None, dtype=np.float32):
         self.model = model
-        self.data = np.ascontiguousarray(np.asarray(data, dtype=dtype))
+        self.data = np.array(data, dtype=dtype, order="C", copy=True)  # private copy: never aliases user data
         self.weight = None if mask is None else np.asarray(mask, dtype=dtype)
         d = self.data if self.weight is None else self.data * self.weight
         self._dlogd = float(np.sum(np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0), dtype=np.float64))

@@ -64,6 +64,11 @@ class InstrumentModel(Chain):
     def in_shape(self, shape):
         return self.fused_shape
 
+    def scaled(self, factor):
+        """The same model with weights divided by ``factor`` (solving for ``factor * Z``)."""
+        return InstrumentModel(self.weights / factor, self.spectral, self.spatial, self.role, self.fused_shape,
+                               self.data_shape)
+
     def reduced(self, basis):
         """Model on subspace coefficients: Z = W @ basis, basis (r, L), W (M, N, r).
 

@@ -1,0 +1,213 @@
+"""Tests for xfusion.io.export: OGIP keywords/columns and round trips.
+
+Checked against OGIP/92-007 (type-I PHA) and CAL/GEN/92-002(a) (RMF, ARF):
+
+* PHA ``SPECTRUM``: EXTNAME, HDUCLASS=OGIP, HDUCLAS1=SPECTRUM,
+  HDUCLAS2=TOTAL, HDUCLAS3=COUNT|RATE, HDUCLAS4=TYPE:I, HDUVERS, TELESCOP,
+  INSTRUME, FILTER, EXPOSURE, AREASCAL, BACKSCAL, CORRSCAL, BACKFILE,
+  CORRFILE, RESPFILE, ANCRFILE, CHANTYPE, DETCHANS, POISSERR, SYS_ERR,
+  GROUPING, TLMIN1/TLMAX1; columns CHANNEL (J), COUNTS (J) or RATE (E) +
+  STAT_ERR, QUALITY.
+* RMF ``MATRIX``: HDUCLASS=OGIP, HDUCLAS1=RESPONSE, HDUCLAS2=RSP_MATRIX,
+  HDUCLAS3, HDUVERS, TELESCOP, INSTRUME, FILTER, CHANTYPE, DETCHANS,
+  LO_THRES, NUMGRP, NUMELT, TLMIN/TLMAX of F_CHAN; columns ENERG_LO,
+  ENERG_HI (keV), N_GRP, F_CHAN, N_CHAN (variable length), MATRIX (variable
+  length).  ``EBOUNDS``: HDUCLAS1=RESPONSE, HDUCLAS2=EBOUNDS, CHANTYPE,
+  DETCHANS, columns CHANNEL, E_MIN, E_MAX (keV).
+* ARF ``SPECRESP``: HDUCLASS=OGIP, HDUCLAS1=RESPONSE, HDUCLAS2=SPECRESP,
+  HDUVERS, TELESCOP, INSTRUME, FILTER; columns ENERG_LO, ENERG_HI (keV),
+  SPECRESP (cm2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.io import fits
+
+from xfusion.io.export import write_arf, write_pha, write_rmf
+from xfusion.io.ogip import edges_coords, read_arf, read_rmf
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _toy_rmf(n_true=40, n_chan=30, first_channel=None, folded=False):
+    t_edges = np.linspace(0.5, 8.0, n_true + 1)
+    e_edges = np.linspace(0.4, 8.5, n_chan + 1)
+    et = 0.5 * (t_edges[1:] + t_edges[:-1])
+    ec = 0.5 * (e_edges[1:] + e_edges[:-1])
+    sigma = 0.3
+    m = np.exp(-0.5 * ((ec[None, :] - et[:, None]) / sigma) ** 2)
+    m[m < 1e-3] = 0.0
+    m[5, int(np.argmax(m[5]))] = 0.0  # a hole -> two groups in that row
+    m[7] = 0.0              # an empty row -> N_GRP = 0
+    m /= np.maximum(m.sum(axis=1, keepdims=True), 1e-300)
+    if folded:
+        m *= 300.0
+    coords = edges_coords("energy_true", t_edges[:-1], t_edges[1:])
+    coords.update(edges_coords("energy", e_edges[:-1], e_edges[1:]))
+    if first_channel is not None:
+        coords["channel"] = xr.Variable("energy", np.arange(n_chan) + first_channel)
+    attrs = {"units": "cm2" if folded else "1", "arf_folded": folded,
+             "telescope": "TOY", "instrument": "DET"}
+    return xr.DataArray(m, dims=("energy_true", "energy"), coords=coords, attrs=attrs)
+
+
+def _toy_arf(n_true=40):
+    t_edges = np.linspace(0.5, 8.0, n_true + 1)
+    area = 400.0 * np.exp(-0.5 * ((0.5 * (t_edges[1:] + t_edges[:-1]) - 2.0) / 2.0) ** 2)
+    return xr.DataArray(area, dims=("energy_true",),
+                        coords=edges_coords("energy_true", t_edges[:-1], t_edges[1:]),
+                        attrs={"units": "cm2"})
+
+
+def _colformat(hdu, name):
+    return hdu.columns[name].format
+
+
+@pytest.mark.parametrize("first_channel", [None, 0, 1])
+def test_write_rmf_keywords_and_roundtrip(tmp_path, first_channel):
+    rmf = _toy_rmf(first_channel=first_channel)
+    path = write_rmf(rmf, tmp_path / "toy.rmf", dtype=np.float64)
+    fc = 0 if first_channel is None else first_channel
+    with fits.open(path) as hdul:
+        m = hdul["MATRIX"]
+        h = m.header
+        for key, value in {"HDUCLASS": "OGIP", "HDUCLAS1": "RESPONSE",
+                           "HDUCLAS2": "RSP_MATRIX", "HDUCLAS3": "REDIST",
+                           "TELESCOP": "TOY", "INSTRUME": "DET", "FILTER": "NONE",
+                           "CHANTYPE": "PI", "DETCHANS": 30}.items():
+            assert h[key] == value, key
+        for key in ("HDUVERS", "LO_THRES", "NUMGRP", "NUMELT"):
+            assert key in h
+        assert m.columns.names == ["ENERG_LO", "ENERG_HI", "N_GRP", "F_CHAN",
+                                   "N_CHAN", "MATRIX"]
+        assert m.columns["ENERG_LO"].unit == "keV"
+        assert _colformat(m, "F_CHAN").startswith("PJ")
+        assert _colformat(m, "N_CHAN").startswith("PJ")
+        assert _colformat(m, "MATRIX").startswith("PD")
+        assert h["TLMIN4"] == fc and h["TLMAX4"] == fc + 29
+        assert m.data["N_GRP"][5] == 2 and m.data["N_GRP"][7] == 0
+        assert h["NUMGRP"] == int(m.data["N_GRP"].sum())
+        assert h["NUMELT"] == int(np.count_nonzero(rmf.values))
+        e = hdul["EBOUNDS"]
+        for key, value in {"HDUCLASS": "OGIP", "HDUCLAS1": "RESPONSE",
+                           "HDUCLAS2": "EBOUNDS", "CHANTYPE": "PI",
+                           "DETCHANS": 30}.items():
+            assert e.header[key] == value, key
+        assert e.columns.names == ["CHANNEL", "E_MIN", "E_MAX"]
+        assert e.columns["E_MIN"].unit == "keV"
+        np.testing.assert_array_equal(e.data["CHANNEL"], np.arange(30) + fc)
+    back = read_rmf(path)
+    np.testing.assert_array_equal(back.values, rmf.values)
+    for c in ("energy_true_lo", "energy_true_hi", "energy_lo", "energy_hi"):
+        np.testing.assert_array_equal(back[c].values, rmf[c].values)
+    assert back.attrs["f_chan_tlmin"] == fc and back.attrs["f_chan_tlmin_source"] == "TLMIN"
+    # float32 storage: equal to float32-rounded values
+    path32 = write_rmf(rmf, tmp_path / "toy32.rmf")
+    np.testing.assert_array_equal(read_rmf(path32).values,
+                                  rmf.values.astype(np.float32).astype(np.float64))
+
+
+def test_write_rmf_folded_and_sparse(tmp_path):
+    rmf = _toy_rmf(folded=True)
+    path = write_rmf(rmf, tmp_path / "full.rsp", dtype=np.float64)
+    with fits.open(path) as hdul:
+        assert hdul[1].name == "SPECRESP MATRIX"
+        assert hdul[1].header["HDUCLAS3"] == "FULL"
+    back = read_rmf(path, sparse=True)
+    assert back.attrs["arf_folded"] is True and back.attrs["units"] == "cm2"
+    np.testing.assert_array_equal(back.matrix.toarray(), rmf.values)
+    path2 = write_rmf(back, tmp_path / "again.rsp", dtype=np.float64)
+    np.testing.assert_array_equal(read_rmf(path2).values, rmf.values)
+
+
+def test_write_rmf_real_roundtrip(tmp_path):
+    src = DATA / "epn_ff20_dY9.rmf"
+    if not src.exists():
+        pytest.skip(f"{src.name} not found in {DATA}")
+    rmf = read_rmf(src)
+    path = write_rmf(rmf, tmp_path / "epn.rmf")
+    back = read_rmf(path)
+    np.testing.assert_array_equal(back.values, rmf.values)  # float32 exact
+    np.testing.assert_array_equal(back["channel"], rmf["channel"])
+    np.testing.assert_allclose(back["energy_lo"], rmf["energy_lo"])
+
+
+def test_write_arf_keywords_and_roundtrip(tmp_path):
+    arf = _toy_arf()
+    path = write_arf(arf, tmp_path / "toy.arf", telescope="TOY", instrument="DET")
+    with fits.open(path) as hdul:
+        s = hdul["SPECRESP"]
+        for key, value in {"HDUCLASS": "OGIP", "HDUCLAS1": "RESPONSE",
+                           "HDUCLAS2": "SPECRESP", "TELESCOP": "TOY",
+                           "INSTRUME": "DET", "FILTER": "NONE"}.items():
+            assert s.header[key] == value, key
+        assert "HDUVERS" in s.header
+        assert s.columns.names == ["ENERG_LO", "ENERG_HI", "SPECRESP"]
+        assert s.columns["SPECRESP"].unit == "cm2"
+        assert s.columns["ENERG_HI"].unit == "keV"
+    back = read_arf(path)
+    np.testing.assert_allclose(back.values, arf.values, rtol=1e-6)
+    np.testing.assert_array_equal(back["energy_true_lo"], arf["energy_true_lo"])
+
+
+def test_write_pha_keywords(tmp_path):
+    rmf = _toy_rmf()
+    arf = _toy_arf()
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(20, size=30)
+    e_edges = np.linspace(0.4, 8.5, 31)
+    path = write_pha(counts, e_edges, 1234.5, tmp_path / "src.pha", rmf=rmf, arf=arf,
+                     backscal=0.5, telescope="TOY", instrument="DET", obs_id=7,
+                     object_name="ToySource")
+    assert (tmp_path / "src.rmf").exists() and (tmp_path / "src.arf").exists()
+    with fits.open(path) as hdul:
+        s = hdul["SPECTRUM"]
+        h = s.header
+        expected = {"HDUCLASS": "OGIP", "HDUCLAS1": "SPECTRUM", "HDUCLAS2": "TOTAL",
+                    "HDUCLAS3": "COUNT", "HDUCLAS4": "TYPE:I", "TELESCOP": "TOY",
+                    "INSTRUME": "DET", "FILTER": "NONE", "EXPOSURE": 1234.5,
+                    "AREASCAL": 1.0, "BACKSCAL": 0.5, "CORRSCAL": 0.0,
+                    "BACKFILE": "none", "CORRFILE": "none", "RESPFILE": "src.rmf",
+                    "ANCRFILE": "src.arf", "CHANTYPE": "PI", "DETCHANS": 30,
+                    "POISSERR": True, "SYS_ERR": 0.0, "GROUPING": 0,
+                    "TLMIN1": 0, "TLMAX1": 29, "OBS_ID": 7, "OBJECT": "ToySource"}
+        for key, value in expected.items():
+            assert h[key] == value, key
+        assert "HDUVERS" in h
+        assert s.columns.names == ["CHANNEL", "COUNTS", "QUALITY"]
+        assert _colformat(s, "COUNTS") == "J" and _colformat(s, "CHANNEL") == "J"
+        np.testing.assert_array_equal(s.data["COUNTS"], counts)
+        np.testing.assert_array_equal(s.data["CHANNEL"], np.arange(30))
+        np.testing.assert_allclose(hdul["EBOUNDS"].data["E_MAX"], e_edges[1:])
+    # the RMF written alongside reads back equal
+    np.testing.assert_allclose(read_rmf(tmp_path / "src.rmf").values, rmf.values,
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_write_pha_rate_columns_and_errors(tmp_path):
+    counts = np.array([3.0, 0.0, 5.0, 10.0])
+    path = write_pha(counts, np.array([[1, 2], [2, 3], [3, 4], [4, 5]]), 10.0,
+                     tmp_path / "r.pha", rate=True, backscal=np.full(4, 0.25),
+                     rmf="resp.rmf", first_channel=1)
+    with fits.open(path) as hdul:
+        s = hdul["SPECTRUM"]
+        assert s.header["HDUCLAS3"] == "RATE"
+        assert s.header["POISSERR"] is False
+        assert s.header["RESPFILE"] == "resp.rmf" and s.header["ANCRFILE"] == "none"
+        assert s.header["TLMIN1"] == 1
+        assert {"RATE", "STAT_ERR", "BACKSCAL"} <= set(s.columns.names)
+        np.testing.assert_allclose(s.data["RATE"], counts / 10.0)
+        np.testing.assert_allclose(s.data["STAT_ERR"], np.sqrt(counts) / 10.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="integers"):
+        write_pha([1.5, 2.0], [1, 2, 3], 1.0, tmp_path / "bad.pha")
+    with pytest.raises(ValueError, match="energy_edges"):
+        write_pha([1, 2], [1, 2], 1.0, tmp_path / "bad.pha")
+    with pytest.raises(ValueError, match="exposure"):
+        write_pha([1, 2], [1, 2, 3], 0.0, tmp_path / "bad.pha")
+    with pytest.raises(ValueError, match="channels"):
+        write_pha([1, 2], [1, 2, 3], 1.0, tmp_path / "bad.pha", rmf=_toy_rmf())

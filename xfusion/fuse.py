@@ -1,0 +1,215 @@
+"""``xfusion.fuse``: validate, build the grid and the operators, solve, label the result."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+from .grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
+from .likelihood import PoissonLikelihood, PoissonTerm
+from .observation import CUBE_DIMS
+from .operators.model import build_model
+from .regularizers.lowrank import pca_basis
+from .regularizers.sobolev import Sobolev
+from .regularizers.sparsity import Wavelet2D, Wavelet2D1D
+from .solvers.em import EMProx
+from .solvers.ista import ISTA
+from .solvers.loop import run
+from .solvers.subspace import SubspaceFISTA
+
+REGULARIZATIONS = ("wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none")
+FULL_METHODS, SUBSPACE_METHODS = ("em", "ista"), ("fista",)
+FLUX_UNITS = "ph cm-2 s-1"
+
+#: options accepted per regularization, with defaults (the paper's where it gives one)
+OPTION_DEFAULTS = {
+    "wavelet2d1d": {"n_scales_2d": 1, "n_scales_1d": 5, "k": 1.0, "k_rule": "constant", "k_min": 0.5,
+                    "k_max": 3.0, "null_space": "zero", "per_band": True},
+    "lowrank": {"rank": 10, "explained": None, "precondition": True},
+    "lowrank_sobolev": {"rank": 10, "explained": None, "mu": 0.03, "precondition": True},
+    "lowrank_wavelet2d": {"rank": 10, "explained": None, "n_scales_2d": 2, "k": 1.0, "precondition": True},
+    "none": {},
+}
+METHOD_OPTIONS = {"ista": {"step": None}, "em": {}, "fista": {}}
+MAX_ITER = {"em": 50, "ista": 2000, "fista": 300}
+
+
+def _resolve(regularization, method, options):
+    if regularization not in REGULARIZATIONS:
+        raise ValueError(f"unknown regularization {regularization!r}; choose one of {', '.join(REGULARIZATIONS)}")
+    lowrank = regularization.startswith("lowrank")
+    allowed = SUBSPACE_METHODS if lowrank else FULL_METHODS
+    method = method or allowed[0]
+    if method not in allowed:
+        raise ValueError(f"method {method!r} does not apply to regularization {regularization!r}; use one of {allowed}")
+    params = dict(OPTION_DEFAULTS[regularization])
+    params.update(METHOD_OPTIONS[method])
+    unknown = set(options) - set(params)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for regularization={regularization!r}, "
+                        f"method={method!r}; valid options: {sorted(params)}")
+    params.update(options)
+    return method, params, lowrank
+
+
+def _fingerprint(x_obs, y_obs, settings):
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for o in (x_obs, y_obs):
+        h.update(np.ascontiguousarray(o["counts"].values).tobytes())
+    return h.hexdigest()
+
+
+def _renamed(da, mapping):
+    return da.rename({k: v for k, v in mapping.items() if k in da.dims or k in da.coords})
+
+
+def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=None, tol=1e-4, checkpoint=None,
+         checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", **options) -> xr.Dataset:
+    """Fuse two observations (any order) into one cube on the fused grid.
+
+    Parameters
+    ----------
+    obs_a, obs_b : xarray.Dataset
+        Observations (:func:`xfusion.observation`); which one is sharp in space and which in
+        energy is read from their coordinates.
+    regularization : {"wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none"}
+    method : {"em", "ista"} for full-cube regularizations (default "em"); "fista" for the
+        low-rank family. See :mod:`xfusion.solvers`.
+    max_iter, tol : iteration cap (default per method: em 50, ista 2000, fista 300) and relative
+        objective change at which to stop.
+    checkpoint, checkpoint_every, resume : Zarr store path written every k iterations;
+        ``resume=True`` continues an interrupted run from it (same result as uninterrupted).
+    progress : show a tqdm bar (iteration, objective, relative change).
+    callback : ``f(iteration, state) -> bool`` called every iteration (True stops).
+    dtype : "float32" (default) or "float64" for the iterate.
+    **options : regularization / method options, e.g. ``k``, ``n_scales_2d``, ``n_scales_1d``,
+        ``k_rule``, ``null_space`` (wavelet2d1d), ``rank``, ``explained``, ``mu`` (low rank),
+        ``step`` (ista). Unknown options raise ``TypeError``.
+
+    Returns
+    -------
+    xarray.Dataset with ``flux`` (x, y, energy) in ph cm-2 s-1 per voxel (photons per cm2 per
+    second in each fused pixel and energy bin), ``model_spatial`` / ``counts_spatial``
+    (x, y, energy_spatial) and ``model_spectral`` / ``counts_spectral``
+    (x_spectral, y_spectral, energy): predicted and observed counts of both instruments,
+    ``objective``, ``data_term``, ``penalty`` over ``iteration``; for the low-rank family also
+    ``basis`` (component, energy) and ``coefficients`` (x, y, component). Attributes record
+    every parameter (``parameters`` as JSON), the method, iterations, convergence flag, timing
+    and the xfusion version.
+    """
+    t_start = time.perf_counter()
+    method, params, lowrank = _resolve(regularization, method, options)
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError("dtype must be float32 or float64")
+    max_iter = MAX_ITER[method] if max_iter is None else int(max_iter)
+    grid = fusion_grid(obs_a, obs_b)
+    x_obs, y_obs, _ = assign_roles(obs_a, obs_b)
+    mx, my = build_model(grid, x_obs, SPATIAL), build_model(grid, y_obs, SPECTRAL)
+    # internal units: expected X counts per fused voxel (keeps float32 well scaled)
+    scale = float(np.mean(mx.weights))
+    mx, my = mx.scaled(scale), my.scaled(scale)
+    xd, yd = x_obs["counts"].values, y_obs["counts"].values
+    xmask = x_obs["mask"].values if "mask" in x_obs else None
+    ymask = y_obs["mask"].values if "mask" in y_obs else None
+    terms = [PoissonTerm(mx, xd, xmask, dt), PoissonTerm(my, yd, ymask, dt)]
+    shape = mx.fused_shape
+    settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
+                "tol": tol, **{k: v for k, v in params.items()}}
+
+    basis = None
+    if lowrank:
+        if mx.weights.ndim > 1 or my.weights.ndim > 1:
+            raise ValueError("low-rank regularizations need effective areas that do not vary with position; "
+                             "use regularization='wavelet2d1d' for vignetted data")
+        wy = np.broadcast_to(my.weights, shape)[0, 0]
+        spectra = yd.reshape(-1, yd.shape[-1]) / wy
+        basis = pca_basis(spectra, rank=None if params["explained"] else params["rank"],
+                          explained=params["explained"] or 0.999)
+        vb = basis.astype(dt)
+        # start: X amplitude per pixel times the mean Y spectrum (positive, in the subspace)
+        s = spectra.mean(axis=0)
+        s = s / s.sum()
+        per_pix = mx.reduced(s[None])[1].sum()
+        amp = xd.sum(axis=-1) / per_pix
+        amp = amp + 1e-3 * amp.mean()
+        w0 = (amp[:, :, None] * (s @ basis.T)[None, None, :]).astype(dt)
+        smooth = Sobolev(params["mu"]) if regularization == "lowrank_sobolev" else None
+        prox = Wavelet2D(params["n_scales_2d"], params["k"]) if regularization == "lowrank_wavelet2d" else None
+        precond = (amp / amp.mean())[:, :, None] if params.get("precondition", True) else None
+        solver = SubspaceFISTA(terms, [mx.reduced(vb), my.reduced(vb)], smooth=smooth, prox=prox, precond=precond)
+        x0 = w0
+    else:
+        lik = PoissonLikelihood(terms)
+        reg = None
+        if regularization == "wavelet2d1d":
+            reg = Wavelet2D1D(**{k: params[k] for k in OPTION_DEFAULTS["wavelet2d1d"]})
+        solver = EMProx(lik, reg) if method == "em" else ISTA(lik, reg, step=params.get("step"))
+        level = xd.sum() / max(float(mx.forward(np.ones(shape, dt)).sum()), 1e-300)
+        x0 = np.full(shape, level, dtype=dt)
+
+    fp = _fingerprint(x_obs, y_obs, settings)
+    state, history, n_iter, converged = run(
+        solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, resume=resume, fingerprint=fp)
+
+    sol = solver.solution(state)
+    if lowrank:
+        z = sol @ basis.astype(sol.dtype)
+        negative_fraction = float(np.mean(z < 0))
+        np.maximum(z, 0, out=z)
+    else:
+        z, negative_fraction = sol, 0.0
+    if method == "ista" and "step" in params:
+        params["step"] = float(state.get("alpha", np.nan))
+    return _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, sol if lowrank else None,
+                   dict(settings, **params), n_iter, converged, negative_fraction,
+                   time.perf_counter() - t_start, state.get("elapsed_loop_s", np.nan))
+
+
+def _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, coeffs, params, n_iter, converged,
+            negative_fraction, elapsed, loop_elapsed):
+    coords = {c: grid[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")}
+    ds = xr.Dataset(coords=coords)
+    ds["flux"] = (CUBE_DIMS, (z / scale).astype(np.float32),
+                  {"units": FLUX_UNITS, "long_name": "fused photon flux per voxel"})
+    mxs = {"energy": "energy_spatial", "energy_lo": "energy_spatial_lo", "energy_hi": "energy_spatial_hi"}
+    mys = {"x": "x_spectral", "y": "y_spectral"}
+    zz = np.ascontiguousarray(z)
+    ds["model_spatial"] = _renamed(x_obs["counts"].copy(data=mx.forward(zz).astype(np.float32)), mxs).assign_attrs(
+        units="count", long_name=f"predicted counts of {grid.attrs['spatial_obs']}")
+    ds["counts_spatial"] = _renamed(x_obs["counts"], mxs).astype(np.float32)
+    ds["model_spectral"] = _renamed(y_obs["counts"].copy(data=my.forward(zz).astype(np.float32)), mys).assign_attrs(
+        units="count", long_name=f"predicted counts of {grid.attrs['spectral_obs']}")
+    ds["counts_spectral"] = _renamed(y_obs["counts"], mys).astype(np.float32)
+    for k, v in history.items():
+        ds[k] = (("iteration",), np.asarray(v, dtype=np.float64))
+    ds = ds.assign_coords(iteration=np.arange(ds.sizes["iteration"]))
+    if basis is not None:
+        ds["basis"] = (("component", "energy"), basis.astype(np.float32), {"long_name": "orthonormal spectral basis V"})
+        ds["coefficients"] = (("x", "y", "component"), (coeffs / scale).astype(np.float32),
+                              {"units": FLUX_UNITS, "long_name": "subspace maps W (flux = W @ basis, clipped at 0)"})
+    if "psf" in grid:
+        ds["psf_spectral"] = grid["psf"].rename({"psf_x": "psf_x", "psf_y": "psf_y"})
+    ds.attrs.update({
+        "xfusion_version": __version__,
+        "regularization": params["regularization"],
+        "method": params["method"],
+        "iterations": int(n_iter),
+        "converged": int(converged),
+        "tol": float(params["tol"]),
+        "max_iter": int(params["max_iter"]),
+        "parameters": json.dumps(params, default=str),
+        "flux_units": FLUX_UNITS,
+        "negative_fraction_clipped": negative_fraction,
+        "elapsed_s": float(elapsed),
+        "loop_elapsed_s": float(loop_elapsed),
+        "seconds_per_iteration": float(loop_elapsed) / max(int(n_iter), 1),
+        **{k: grid.attrs[k] for k in ("spatial_factor", "spectral_factor", "spatial_obs", "spectral_obs", "order",
+                                       "pixel_size")},
+    })
+    return ds

@@ -1,0 +1,506 @@
+"""Writers for OGIP spectral files: type-I PHA spectra, RMFs and ARFs.
+
+The formats follow the HEASARC OGIP memos OGIP/92-007 (spectra, "PHA") and
+CAL/GEN/92-002 (+92-002a) (responses: RMF ``MATRIX`` + ``EBOUNDS``, ARF
+``SPECRESP``), so the files can be loaded by XSPEC, Sherpa, gammapy, etc.
+
+Inputs use the :mod:`xfusion` conventions: an RMF is a DataArray with dims
+``("energy_true", "energy")`` and coordinates ``energy_true_lo/hi`` and
+``energy_lo/hi`` (keV), optionally ``channel``; an ARF is a DataArray along
+``energy_true`` in cm2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+
+from xfusion.io.ogip import SparseRMF
+
+__all__ = ["write_pha", "write_rmf", "write_arf"]
+
+_CREATOR = "xfusion.io.export"
+
+
+def _edges_from(obj: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray]:
+    lo_name, hi_name = f"{dim}_lo", f"{dim}_hi"
+    if lo_name not in obj.coords or hi_name not in obj.coords:
+        raise ValueError(
+            f"DataArray needs coordinates {lo_name!r} and {hi_name!r} (keV) "
+            f"along {dim!r}; it has {list(obj.coords)}."
+        )
+    lo = np.asarray(obj[lo_name].values, dtype=np.float64)
+    hi = np.asarray(obj[hi_name].values, dtype=np.float64)
+    if np.any(hi <= lo) or np.any(np.diff(lo) <= 0):
+        raise ValueError(f"{dim} edges must be increasing with positive widths.")
+    return lo, hi
+
+
+def _as_edges(energy_edges, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Accept (n + 1,) contiguous edges or (n, 2) [lo, hi] pairs (keV)."""
+    e = np.asarray(energy_edges, dtype=np.float64)
+    if e.ndim == 1 and e.size == n + 1:
+        lo, hi = e[:-1], e[1:]
+    elif e.ndim == 2 and e.shape == (n, 2):
+        lo, hi = e[:, 0], e[:, 1]
+    else:
+        raise ValueError(
+            f"energy_edges must have shape ({n + 1},) or ({n}, 2) for {n} "
+            f"channels; got {e.shape}."
+        )
+    if np.any(hi <= lo) or np.any(np.diff(lo) <= 0):
+        raise ValueError("energy_edges must be increasing with positive widths.")
+    return lo, hi
+
+
+def _common_keywords(header, telescope, instrument, filter_):
+    header["TELESCOP"] = (str(telescope), "mission/satellite name")
+    header["INSTRUME"] = (str(instrument), "instrument/detector name")
+    header["FILTER"] = (str(filter_), "filter in use")
+    header["HDUCLASS"] = ("OGIP", "format conforms to OGIP standard")
+    header["CREATOR"] = (_CREATOR, "software that created this file")
+
+
+def _ebounds_hdu(lo, hi, channel, telescope, instrument, filter_, chantype):
+    n = lo.size
+    hdu = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="CHANNEL", format="J", array=np.asarray(channel, np.int32)),
+            fits.Column(name="E_MIN", format="D", unit="keV", array=lo),
+            fits.Column(name="E_MAX", format="D", unit="keV", array=hi),
+        ],
+        name="EBOUNDS",
+    )
+    h = hdu.header
+    _common_keywords(h, telescope, instrument, filter_)
+    h["HDUCLAS1"] = ("RESPONSE", "dataset relates to spectral response")
+    h["HDUCLAS2"] = ("EBOUNDS", "nominal energies of PHA channel boundaries")
+    h["HDUVERS"] = ("1.2.0", "version of the format (OGIP CAL/GEN/92-002a)")
+    h["CHANTYPE"] = (chantype, "channel type (PHA or PI)")
+    h["DETCHANS"] = (n, "total number of detector channels")
+    h["TLMIN1"] = (int(channel[0]), "first legal channel number")
+    h["TLMAX1"] = (int(channel[-1]), "last legal channel number")
+    return hdu
+
+
+def _meta(obj, key, default):
+    if obj is not None and key in getattr(obj, "attrs", {}) and obj.attrs[key]:
+        return obj.attrs[key]
+    return default
+
+
+# --------------------------------------------------------------------------
+# RMF
+# --------------------------------------------------------------------------
+def write_rmf(
+    matrix,
+    path,
+    *,
+    first_channel: int | None = None,
+    telescope: str | None = None,
+    instrument: str | None = None,
+    filter: str | None = None,  # noqa: A002 - OGIP keyword name
+    chantype: str = "PI",
+    lo_thresh: float = 0.0,
+    dtype=np.float32,
+    overwrite: bool = False,
+) -> Path:
+    """Write a response matrix as an OGIP RMF (``MATRIX`` + ``EBOUNDS``).
+
+    Parameters
+    ----------
+    matrix : xarray.DataArray or SparseRMF
+        Dims ``("energy_true", "energy")`` with coordinates
+        ``energy_true_lo/hi`` and ``energy_lo/hi`` (keV) and optionally
+        ``channel`` (e.g. the output of :func:`xfusion.io.ogip.read_rmf`).
+        If ``attrs["arf_folded"]`` is true the extension is named
+        ``SPECRESP MATRIX`` with ``HDUCLAS3 = 'FULL'``; otherwise ``MATRIX``
+        with ``HDUCLAS3 = 'REDIST'``.
+    path : str or os.PathLike
+        Output file.
+    first_channel : int, optional
+        Number of the first channel.  Default: the ``channel`` coordinate's
+        first value if present, else 0.  (0 is the default because some
+        readers, e.g. gammapy, ignore ``TLMIN`` and treat ``F_CHAN`` as a
+        0-based index.)
+    telescope, instrument, filter : str, optional
+        ``TELESCOP``/``INSTRUME``/``FILTER``; default from ``attrs`` or
+        ``"UNKNOWN"``/``"UNKNOWN"``/``"NONE"``.
+    chantype : str
+        ``CHANTYPE`` ("PI" or "PHA").
+    lo_thresh : float
+        Elements with ``|value| <= lo_thresh`` are not stored (``LO_THRES``
+        keyword); negative elements (present in some real RMFs) are kept.
+    dtype : numpy dtype
+        Storage type of ``MATRIX``: float32 (``PE``, default) or float64
+        (``PD``).
+    overwrite : bool
+        Overwrite an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Notes
+    -----
+    Compressed variable-length format: one row per true-energy bin with
+    ``N_GRP`` (J), ``F_CHAN``/``N_CHAN`` (``PJ()``) listing the contiguous
+    runs of stored elements and ``MATRIX`` (``PE()``/``PD()``) holding them;
+    rows without elements have ``N_GRP = 0``.  ``TLMIN4``/``TLMAX4`` give the
+    legal channel range of ``F_CHAN``; ``NUMGRP``/``NUMELT`` the totals.
+    Energies are written as double precision (``D``) in keV.
+    """
+    if isinstance(matrix, SparseRMF):
+        matrix = matrix.to_dataarray()
+    if set(matrix.dims) != {"energy_true", "energy"}:
+        raise ValueError(
+            f"RMF must have dims ('energy_true', 'energy'); got {matrix.dims}."
+        )
+    matrix = matrix.transpose("energy_true", "energy")
+    t_lo, t_hi = _edges_from(matrix, "energy_true")
+    e_lo, e_hi = _edges_from(matrix, "energy")
+    values = np.asarray(matrix.values, dtype=np.float64)
+    n_true, n_chan = values.shape
+    if first_channel is None:
+        first_channel = int(matrix["channel"].values[0]) if "channel" in matrix.coords else 0
+    channel = np.arange(n_chan, dtype=np.int64) + int(first_channel)
+    telescope = telescope or _meta(matrix, "telescope", "UNKNOWN")
+    instrument = instrument or _meta(matrix, "instrument", "UNKNOWN")
+    filter_ = filter or _meta(matrix, "filter", "NONE")
+    dtype = np.dtype(dtype)
+    code = {np.dtype(np.float32): "E", np.dtype(np.float64): "D"}.get(dtype)
+    if code is None:
+        raise ValueError("dtype must be float32 or float64.")
+
+    # --- groups of contiguous stored elements, vectorised ---
+    rows, cols = np.nonzero(np.abs(values) > lo_thresh)  # row-major order
+    elems = values[rows, cols].astype(dtype)
+    if rows.size:
+        new = np.ones(rows.size, dtype=bool)
+        new[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)
+        starts = np.flatnonzero(new)
+    else:
+        starts = np.zeros(0, dtype=np.int64)
+    group_row = rows[starts]
+    group_f = cols[starts] + int(first_channel)
+    group_n = np.diff(np.append(starts, rows.size))
+    n_grp = np.bincount(group_row, minlength=n_true).astype(np.int32)
+    row_elems = np.bincount(rows, minlength=n_true)
+    g_split = np.cumsum(n_grp)[:-1]
+    e_split = np.cumsum(row_elems)[:-1]
+
+    def _vla(parts, dt):
+        out = np.empty(n_true, dtype=object)
+        for i, p in enumerate(parts):
+            out[i] = np.ascontiguousarray(p, dtype=dt)
+        return out
+
+    f_chan = _vla(np.split(group_f, g_split), np.int32)
+    n_chan_col = _vla(np.split(group_n, g_split), np.int32)
+    mat = _vla(np.split(elems, e_split), dtype)
+
+    arf_folded = bool(matrix.attrs.get("arf_folded", False))
+    extname = "SPECRESP MATRIX" if arf_folded else "MATRIX"
+    mhdu = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="ENERG_LO", format="D", unit="keV", array=t_lo),
+            fits.Column(name="ENERG_HI", format="D", unit="keV", array=t_hi),
+            fits.Column(name="N_GRP", format="J", array=n_grp),
+            fits.Column(name="F_CHAN", format="PJ()", array=f_chan),
+            fits.Column(name="N_CHAN", format="PJ()", array=n_chan_col),
+            fits.Column(name="MATRIX", format=f"P{code}()", array=mat),
+        ],
+        name=extname,
+    )
+    h = mhdu.header
+    _common_keywords(h, telescope, instrument, filter_)
+    h["HDUCLAS1"] = ("RESPONSE", "dataset relates to spectral response")
+    h["HDUCLAS2"] = ("RSP_MATRIX", "dataset is a spectral response matrix")
+    h["HDUCLAS3"] = ("FULL" if arf_folded else "REDIST",
+                     "includes effective area" if arf_folded else "redistribution only")
+    h["HDUVERS"] = ("1.3.0", "version of the format (OGIP CAL/GEN/92-002a)")
+    h["CHANTYPE"] = (chantype, "channel type (PHA or PI)")
+    h["DETCHANS"] = (n_chan, "total number of detector channels")
+    h["LO_THRES"] = (float(lo_thresh), "lower threshold for stored matrix")
+    h["NUMGRP"] = (int(n_grp.sum()), "total number of channel groups")
+    h["NUMELT"] = (int(rows.size), "total number of response elements")
+    h["TLMIN4"] = (int(channel[0]), "first legal channel number")
+    h["TLMAX4"] = (int(channel[-1]), "last legal channel number")
+
+    ehdu = _ebounds_hdu(e_lo, e_hi, channel, telescope, instrument, filter_, chantype)
+    path = Path(path)
+    fits.HDUList([fits.PrimaryHDU(), mhdu, ehdu]).writeto(path, overwrite=overwrite)
+    return path
+
+
+# --------------------------------------------------------------------------
+# ARF
+# --------------------------------------------------------------------------
+def write_arf(
+    arf: xr.DataArray,
+    path,
+    *,
+    telescope: str | None = None,
+    instrument: str | None = None,
+    filter: str | None = None,  # noqa: A002
+    overwrite: bool = False,
+) -> Path:
+    """Write an effective area as an OGIP ARF (``SPECRESP`` extension).
+
+    Parameters
+    ----------
+    arf : xarray.DataArray, dims ("energy_true",)
+        Effective area in cm2 with ``energy_true_lo/hi`` coordinates (keV).
+    path : str or os.PathLike
+        Output file.
+    telescope, instrument, filter : str, optional
+        Header keywords; default from ``attrs`` or UNKNOWN/UNKNOWN/NONE.
+    overwrite : bool
+        Overwrite an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Notes
+    -----
+    Columns ``ENERG_LO``, ``ENERG_HI`` (D, keV) and ``SPECRESP`` (E, cm2);
+    keywords ``HDUCLASS='OGIP'``, ``HDUCLAS1='RESPONSE'``,
+    ``HDUCLAS2='SPECRESP'``, ``HDUVERS='1.1.0'``, ``TELESCOP``,
+    ``INSTRUME``, ``FILTER`` (CAL/GEN/92-002).
+    """
+    if arf.dims != ("energy_true",):
+        raise ValueError(f"ARF must have dims ('energy_true',); got {arf.dims}.")
+    units = str(arf.attrs.get("units", "cm2")).strip().lower()
+    if units not in ("cm2", "cm**2", "cm^2"):
+        raise ValueError(f"ARF units must be cm2; got {units!r}.")
+    lo, hi = _edges_from(arf, "energy_true")
+    telescope = telescope or _meta(arf, "telescope", "UNKNOWN")
+    instrument = instrument or _meta(arf, "instrument", "UNKNOWN")
+    filter_ = filter or _meta(arf, "filter", "NONE")
+    hdu = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="ENERG_LO", format="D", unit="keV", array=lo),
+            fits.Column(name="ENERG_HI", format="D", unit="keV", array=hi),
+            fits.Column(name="SPECRESP", format="E", unit="cm2",
+                        array=np.asarray(arf.values, dtype=np.float32)),
+        ],
+        name="SPECRESP",
+    )
+    h = hdu.header
+    _common_keywords(h, telescope, instrument, filter_)
+    h["HDUCLAS1"] = ("RESPONSE", "dataset relates to spectral response")
+    h["HDUCLAS2"] = ("SPECRESP", "dataset contains spectral response")
+    h["HDUVERS"] = ("1.1.0", "version of the format (OGIP CAL/GEN/92-002)")
+    path = Path(path)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=overwrite)
+    return path
+
+
+# --------------------------------------------------------------------------
+# PHA
+# --------------------------------------------------------------------------
+def write_pha(
+    spectrum_counts,
+    energy_edges,
+    exposure: float,
+    path,
+    *,
+    rmf=None,
+    arf=None,
+    backscal=1.0,
+    areascal=1.0,
+    corrscal: float = 0.0,
+    backfile: str = "none",
+    corrfile: str = "none",
+    telescope: str = "UNKNOWN",
+    instrument: str = "UNKNOWN",
+    filter: str = "NONE",  # noqa: A002
+    object_name: str | None = None,
+    obs_id=None,
+    chantype: str = "PI",
+    first_channel: int | None = None,
+    rate: bool = False,
+    stat_err=None,
+    quality=None,
+    ebounds: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write a type-I OGIP PHA spectrum (OGIP/92-007).
+
+    Parameters
+    ----------
+    spectrum_counts : array_like or xarray.DataArray, shape (n_channel,)
+        Counts per channel (dim ``energy`` for a DataArray).  Must be
+        non-negative integers unless ``rate=True``.
+    energy_edges : array_like or None
+        Nominal channel energies (keV): ``(n + 1,)`` contiguous edges or
+        ``(n, 2)`` pairs.  ``None`` takes ``energy_lo/hi`` from the
+        DataArray.  Used for the optional EBOUNDS extension.
+    exposure : float
+        Exposure time in s (``EXPOSURE``).
+    path : str or os.PathLike
+        Output file.
+    rmf, arf : str, os.PathLike, xarray.DataArray or None
+        Response files.  A path is written verbatim into ``RESPFILE`` /
+        ``ANCRFILE`` (readers resolve relative names against the PHA's
+        directory).  A DataArray is written next to the PHA as
+        ``<stem>.rmf`` / ``<stem>.arf`` (with :func:`write_rmf` /
+        :func:`write_arf`) and its basename is recorded.  ``None`` ->
+        ``'none'``.
+    backscal, areascal : float or array_like
+        Scalars go to the ``BACKSCAL`` / ``AREASCAL`` keywords; arrays (one
+        value per channel) are written as columns (some readers, e.g.
+        gammapy, need the columns) with the keyword set to 1.
+    corrscal, backfile, corrfile : ``CORRSCAL``, ``BACKFILE``, ``CORRFILE``.
+    telescope, instrument, filter, object_name, obs_id : header keywords.
+    chantype : str
+        ``CHANTYPE`` ("PI" or "PHA").
+    first_channel : int, optional
+        First channel number; default from the ``channel`` coordinate of
+        ``spectrum_counts`` or of an ``rmf`` DataArray, else 0.  Must match
+        the RMF's channels.
+    rate : bool
+        Write ``RATE`` (count/s, = counts / exposure) instead of ``COUNTS``;
+        then ``STAT_ERR`` is written (default ``sqrt(counts) / exposure``).
+    stat_err : array_like, optional
+        Explicit statistical errors (same units as the data column); written
+        as ``STAT_ERR`` with ``POISSERR = F``.
+    quality : array_like of int, optional
+        ``QUALITY`` column (0 = good); default all 0.
+    ebounds : bool
+        Also write an ``EBOUNDS`` extension (not part of 92-007 but read by
+        several tools, gammapy requires it).
+    overwrite : bool
+        Overwrite existing files.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Notes
+    -----
+    ``SPECTRUM`` columns: ``CHANNEL`` (J, with ``TLMIN1``/``TLMAX1``),
+    ``COUNTS`` (J, count) or ``RATE`` (E, count/s), ``QUALITY`` (I),
+    optional ``STAT_ERR``, ``BACKSCAL``, ``AREASCAL``.  Keywords:
+    ``HDUCLASS='OGIP'``, ``HDUCLAS1='SPECTRUM'``, ``HDUCLAS2='TOTAL'``,
+    ``HDUCLAS3='COUNT'|'RATE'``, ``HDUCLAS4='TYPE:I'``, ``HDUVERS='1.2.1'``,
+    ``TELESCOP``, ``INSTRUME``, ``FILTER``, ``EXPOSURE``, ``AREASCAL``,
+    ``BACKSCAL``, ``CORRSCAL``, ``BACKFILE``, ``CORRFILE``, ``RESPFILE``,
+    ``ANCRFILE``, ``CHANTYPE``, ``DETCHANS``, ``POISSERR``, ``SYS_ERR``,
+    ``GROUPING``.
+    """
+    path = Path(path)
+    da = spectrum_counts if isinstance(spectrum_counts, xr.DataArray) else None
+    counts = np.asarray(spectrum_counts, dtype=np.float64).ravel()
+    n = counts.size
+    if energy_edges is None:
+        if da is None:
+            raise ValueError("energy_edges is required unless a DataArray is given.")
+        lo, hi = _edges_from(da, "energy")
+    else:
+        lo, hi = _as_edges(energy_edges, n)
+    if not float(exposure) > 0:
+        raise ValueError(f"exposure must be positive (s); got {exposure!r}.")
+    if np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        raise ValueError("spectrum counts must be finite and non-negative.")
+
+    if first_channel is None:
+        if da is not None and "channel" in da.coords:
+            first_channel = int(da["channel"].values[0])
+        elif isinstance(rmf, xr.DataArray) and "channel" in rmf.coords:
+            first_channel = int(rmf["channel"].values[0])
+        else:
+            first_channel = 0
+    channel = np.arange(n, dtype=np.int64) + int(first_channel)
+
+    def _response(obj, suffix, writer, n_check_dim):
+        if obj is None:
+            return "none"
+        if isinstance(obj, (xr.DataArray, SparseRMF)):
+            size = (obj.shape[1] if isinstance(obj, SparseRMF)
+                    else obj.sizes.get(n_check_dim))
+            if n_check_dim == "energy" and size != n:
+                raise ValueError(
+                    f"RMF has {size} channels but the spectrum has {n}."
+                )
+            out = path.with_suffix(suffix)
+            kwargs = {"overwrite": overwrite}
+            if suffix == ".rmf":
+                kwargs["first_channel"] = int(first_channel)
+            writer(obj, out, **kwargs)
+            return out.name
+        return os.fspath(obj)
+
+    respfile = _response(rmf, ".rmf", write_rmf, "energy")
+    ancrfile = _response(arf, ".arf", write_arf, "energy_true")
+
+    exposure = float(exposure)
+    cols = [fits.Column(name="CHANNEL", format="J", array=channel.astype(np.int32))]
+    if rate:
+        cols.append(fits.Column(name="RATE", format="E", unit="count/s",
+                                array=(counts / exposure).astype(np.float32)))
+        if stat_err is None:
+            stat_err = np.sqrt(counts) / exposure
+    else:
+        if not np.all(counts == np.round(counts)):
+            raise ValueError(
+                "COUNTS must be integers; round them or use rate=True."
+            )
+        cols.append(fits.Column(name="COUNTS", format="J", unit="count",
+                                array=counts.astype(np.int32)))
+    if stat_err is not None:
+        stat_err = np.broadcast_to(np.asarray(stat_err, dtype=np.float64), (n,))
+        cols.append(fits.Column(name="STAT_ERR", format="E",
+                                unit="count/s" if rate else "count",
+                                array=stat_err.astype(np.float32)))
+    q = np.zeros(n, np.int16) if quality is None else np.asarray(quality, np.int16)
+    cols.append(fits.Column(name="QUALITY", format="I", array=q))
+    scal_keys = {}
+    for name, value in (("BACKSCAL", backscal), ("AREASCAL", areascal)):
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.ndim == 0:
+            scal_keys[name] = float(arr)
+        else:
+            if arr.shape != (n,):
+                raise ValueError(f"{name} array must have shape ({n},).")
+            cols.append(fits.Column(name=name, format="E", array=arr.astype(np.float32)))
+            scal_keys[name] = 1.0
+
+    hdu = fits.BinTableHDU.from_columns(cols, name="SPECTRUM")
+    h = hdu.header
+    _common_keywords(h, telescope, instrument, filter)
+    h["HDUCLAS1"] = ("SPECTRUM", "PHA dataset (OGIP/92-007)")
+    h["HDUCLAS2"] = ("TOTAL", "gross spectrum (source + background)")
+    h["HDUCLAS3"] = ("RATE" if rate else "COUNT", "data stored as rates or counts")
+    h["HDUCLAS4"] = ("TYPE:I", "single spectrum (type I)")
+    h["HDUVERS"] = ("1.2.1", "version of the format (OGIP/92-007)")
+    if object_name is not None:
+        h["OBJECT"] = (str(object_name), "name of the observed object")
+    if obs_id is not None:
+        h["OBS_ID"] = (obs_id, "observation identifier")
+    h["EXPOSURE"] = (exposure, "[s] exposure time")
+    h["AREASCAL"] = (scal_keys["AREASCAL"], "area scaling factor")
+    h["BACKSCAL"] = (scal_keys["BACKSCAL"], "background scaling factor")
+    h["CORRSCAL"] = (float(corrscal), "correction file scaling factor")
+    h["BACKFILE"] = (str(backfile), "associated background file")
+    h["CORRFILE"] = (str(corrfile), "associated correction file")
+    h["RESPFILE"] = (respfile, "associated redistribution matrix file")
+    h["ANCRFILE"] = (ancrfile, "associated ancillary response file")
+    h["CHANTYPE"] = (chantype, "channel type (PHA or PI)")
+    h["DETCHANS"] = (n, "total number of detector channels")
+    h["POISSERR"] = (stat_err is None, "Poisson errors to be assumed")
+    h["SYS_ERR"] = (0.0, "no systematic error")
+    h["GROUPING"] = (0, "no grouping of the data")
+    h["TLMIN1"] = (int(channel[0]), "first legal channel number")
+    h["TLMAX1"] = (int(channel[-1]), "last legal channel number")
+
+    hdus = [fits.PrimaryHDU(), hdu]
+    if ebounds:
+        hdus.append(_ebounds_hdu(lo, hi, channel, telescope, instrument, filter, chantype))
+    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    return path

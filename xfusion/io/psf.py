@@ -1,0 +1,488 @@
+"""Point-spread-function readers and flux-conserving resampling.
+
+A PSF in :mod:`xfusion` is an :class:`xarray.DataArray` with dims
+``("psf_x", "psf_y")`` whose coordinates ``psf_x`` and ``psf_y`` are the
+offsets (arcsec) of the pixel centres from the PSF centre.  The array is
+odd-sized along both axes, centred (the middle pixel has offset 0) and sums
+to 1.  Energy-dependent PSFs add a leading ``energy_true`` dim (keV).
+
+FITS images are stored row = y, column = x; they are transposed to (x, y)
+on reading.  Offsets grow with the FITS pixel index (no RA flip is applied:
+``psf_x`` increases with the image column, i.e. towards *decreasing* RA for
+a standard sky image).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+
+__all__ = ["read_psf", "resample_psf", "read_psf_stack", "psf_pixel_scale"]
+
+#: Keywords accepted (in this order) as the pixel size in arcsec when the
+#: header has no usable celestial WCS.
+PIXEL_SIZE_KEYWORDS = ("PIXSIZE", "PIXSCALE", "PIXSCAL1", "SECPIX", "SECPIX1")
+
+_DEG_PER_UNIT = {"deg": 1.0, "degree": 1.0, "degrees": 1.0,
+                 "arcmin": 1.0 / 60.0, "arcsec": 1.0 / 3600.0,
+                 "mas": 1.0 / 3.6e6, "rad": 180.0 / math.pi}
+
+
+# --------------------------------------------------------------------------
+# input helpers
+# --------------------------------------------------------------------------
+def _open_image(source, hdu):
+    """Return (2-D float64 array (row=y, col=x), header, label, hdu name)."""
+    if isinstance(source, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        return _image_from_hdu(source, "<HDU>")
+    if isinstance(source, fits.HDUList):
+        return _image_from_hdulist(source, hdu, "<HDUList>")
+    label = os.path.basename(os.fspath(source))
+    with fits.open(source, memmap=False) as hdul:
+        return _image_from_hdulist(hdul, hdu, label)
+
+
+def _image_from_hdulist(hdul, hdu, label):
+    if hdu is not None:
+        try:
+            return _image_from_hdu(hdul[hdu], label)
+        except (KeyError, IndexError) as exc:
+            raise ValueError(
+                f"{label}: HDU {hdu!r} not found; the file has HDUs "
+                f"{[h.name for h in hdul]}."
+            ) from exc
+    for h in hdul:
+        if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and (
+            h.data is not None and h.data.ndim >= 2
+        ):
+            return _image_from_hdu(h, label)
+    raise ValueError(
+        f"{label}: no 2-D image HDU found (HDUs: {[h.name for h in hdul]}). "
+        "Pass `hdu=` to select the PSF image."
+    )
+
+
+def _image_from_hdu(h, label):
+    data = h.data
+    if data is None:
+        raise ValueError(f"{label}: HDU {h.name!r} has no data.")
+    data = np.asarray(data, dtype=np.float64)
+    while data.ndim > 2 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 2:
+        raise ValueError(
+            f"{label}: HDU {h.name!r} has a {data.ndim}-D image of shape "
+            f"{data.shape}; a 2-D PSF image is required (use read_psf_stack "
+            "with one HDU per energy for cubes)."
+        )
+    return data, h.header, label, h.name
+
+
+def psf_pixel_scale(header, label: str = "PSF image") -> float:
+    """Pixel size in arcsec of a FITS image header.
+
+    Uses the celestial WCS (``CDELTi``, ``CDi_j`` or ``PCi_j`` x ``CDELTi``,
+    with ``CUNITi``, default degrees) if present, otherwise the first of
+    :data:`PIXEL_SIZE_KEYWORDS` found, interpreted as arcsec.
+
+    Raises
+    ------
+    ValueError
+        If no scale can be found, or the pixels are not square.
+    """
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    header = header.copy()
+    for i in (1, 2):  # wcslib rejects the spelled-out 'degree' (CIAO writes it)
+        unit = str(header.get(f"CUNIT{i}", "")).strip().lower()
+        if unit in ("degree", "degrees"):
+            header[f"CUNIT{i}"] = "deg"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2)
+        except Exception:  # malformed WCS -> treat as absent
+            wcs = None
+    scales = None
+    if wcs is not None and wcs.has_celestial:
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        cel = wcs.celestial
+        scales = np.abs(proj_plane_pixel_scales(cel)) * 3600.0  # deg -> arcsec
+    elif wcs is not None and any(
+        str(header.get(f"CDELT{i}", "")) != "" or f"CD{i}_{i}" in header
+        for i in (1, 2)
+    ):
+        # linear WCS with angular units (e.g. CUNIT = 'arcsec')
+        units = [str(header.get(f"CUNIT{i}", "")).strip().lower() for i in (1, 2)]
+        if all(u in _DEG_PER_UNIT for u in units):
+            from astropy.wcs.utils import proj_plane_pixel_scales
+
+            raw = np.abs(proj_plane_pixel_scales(wcs))  # in header units
+            scales = np.array([raw[i] * _DEG_PER_UNIT[units[i]] * 3600.0
+                               for i in range(2)])
+    if scales is not None and np.all(scales > 0):
+        if not np.isclose(scales[0], scales[1], rtol=1e-6):
+            raise ValueError(
+                f"{label}: pixels are not square ({scales[0]:.6g} x "
+                f"{scales[1]:.6g} arcsec); resample the image to square "
+                "pixels first."
+            )
+        return float(scales[0])
+    for key in PIXEL_SIZE_KEYWORDS:
+        if key in header:
+            value = float(header[key])
+            if value > 0:
+                return value
+    raise ValueError(
+        f"{label}: cannot determine the pixel size: no celestial WCS "
+        f"(CTYPE/CDELT or CD matrix) and none of the keywords "
+        f"{list(PIXEL_SIZE_KEYWORDS)} (arcsec). Pass `input_pixel_size=` "
+        "(arcsec) explicitly."
+    )
+
+
+def _uniform_step(coord: np.ndarray, name: str) -> float:
+    coord = np.asarray(coord, dtype=np.float64)
+    if coord.size < 2:
+        raise ValueError(f"PSF coordinate {name!r} needs at least 2 pixels.")
+    steps = np.diff(coord)
+    step = float(np.mean(steps))
+    if step <= 0 or not np.allclose(steps, step, rtol=1e-6, atol=0):
+        raise ValueError(
+            f"PSF coordinate {name!r} must be uniformly increasing."
+        )
+    return step
+
+
+def _odd_size_covering(half_extent: float, pixel_size: float) -> int:
+    """Smallest odd n with n * pixel_size / 2 >= half_extent."""
+    n = int(math.ceil(2.0 * half_extent / pixel_size - 1e-9))
+    n = max(n, 1)
+    return n if n % 2 == 1 else n + 1
+
+
+def _overlap_matrix(in_centres, d_in, out_centres, d_out):
+    """W[j, i] = fraction of input pixel i lying inside output pixel j."""
+    in_lo = in_centres - 0.5 * d_in
+    in_hi = in_centres + 0.5 * d_in
+    out_lo = out_centres - 0.5 * d_out
+    out_hi = out_centres + 0.5 * d_out
+    lo = np.maximum(out_lo[:, None], in_lo[None, :])
+    hi = np.minimum(out_hi[:, None], in_hi[None, :])
+    return np.clip(hi - lo, 0.0, None) / d_in
+
+
+def _centred_coords(n: int, pixel_size: float) -> np.ndarray:
+    return (np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * pixel_size
+
+
+def _make_psf(values, pixel_size, attrs):
+    nx, ny = values.shape
+    coord_attrs = {"units": "arcsec"}
+    return xr.DataArray(
+        values,
+        dims=("psf_x", "psf_y"),
+        coords={
+            "psf_x": xr.Variable("psf_x", _centred_coords(nx, pixel_size), coord_attrs),
+            "psf_y": xr.Variable("psf_y", _centred_coords(ny, pixel_size), coord_attrs),
+        },
+        name="psf",
+        attrs=attrs,
+    )
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+def resample_psf(psf: xr.DataArray, pixel_size: float, size: int | None = None
+                 ) -> xr.DataArray:
+    """Flux-conserving resampling of a PSF onto a centred odd grid.
+
+    The input image is treated as piecewise constant over its pixels and
+    integrated exactly over each output pixel (overlap-area rebinning,
+    separable in x and y).  Total flux is conserved up to what falls outside
+    the output stamp.
+
+    Parameters
+    ----------
+    psf : xarray.DataArray, dims ("psf_x", "psf_y")
+        Input PSF; coordinates are pixel-centre offsets (arcsec) from the
+        PSF centre, uniformly spaced, square pixels.  It need not be
+        odd-sized, centred or normalized.
+    pixel_size : float
+        Output pixel size in arcsec.
+    size : int, optional
+        Output size in pixels along both axes (must be odd).  Default: the
+        smallest odd size covering the whole input image.
+
+    Returns
+    -------
+    xarray.DataArray, dims ("psf_x", "psf_y"), shape (size, size)
+        Sums to 1; centre pixel at offset (0, 0).  ``attrs`` copies the
+        input's and sets ``pixel_size`` (arcsec), ``units`` = "1" and
+        ``enclosed_fraction`` = fraction of the input flux inside the
+        output stamp, multiplied by the input's own ``enclosed_fraction``
+        if present (so it always refers to the original image).
+    """
+    if psf.dims != ("psf_x", "psf_y"):
+        psf = psf.transpose("psf_x", "psf_y")
+    pixel_size = float(pixel_size)
+    if not pixel_size > 0:
+        raise ValueError(f"pixel_size must be positive, got {pixel_size!r}.")
+    x = np.asarray(psf["psf_x"].values, dtype=np.float64)
+    y = np.asarray(psf["psf_y"].values, dtype=np.float64)
+    dx = _uniform_step(x, "psf_x")
+    dy = _uniform_step(y, "psf_y")
+    if not np.isclose(dx, dy, rtol=1e-6):
+        raise ValueError(f"PSF pixels must be square (got {dx} x {dy} arcsec).")
+    values = np.asarray(psf.values, dtype=np.float64)
+    total = float(values.sum())
+    if not total > 0:
+        raise ValueError("PSF has non-positive total flux; cannot normalize.")
+    if size is None:
+        half = max(abs(x[0] - dx / 2), abs(x[-1] + dx / 2),
+                   abs(y[0] - dy / 2), abs(y[-1] + dy / 2))
+        size = _odd_size_covering(half, pixel_size)
+    size = int(size)
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"PSF size must be a positive odd integer, got {size}.")
+    out_c = _centred_coords(size, pixel_size)
+    wx = _overlap_matrix(x, dx, out_c, pixel_size)
+    wy = _overlap_matrix(y, dy, out_c, pixel_size)
+    out = wx @ values @ wy.T
+    kept = float(out.sum())
+    if not kept > 0:
+        raise ValueError(
+            "No PSF flux falls inside the requested output stamp; increase "
+            "`size` or check the PSF coordinates."
+        )
+    attrs = dict(psf.attrs)
+    attrs["units"] = "1"
+    attrs["pixel_size"] = pixel_size
+    attrs["enclosed_fraction"] = float(attrs.get("enclosed_fraction", 1.0)) * kept / total
+    return _make_psf(out / kept, pixel_size, attrs)
+
+
+def read_psf(
+    path,
+    *,
+    pixel_size: float | None = None,
+    hdu: int | str | None = None,
+    size: int | None = None,
+    center: str | tuple[float, float] = "peak",
+    input_pixel_size: float | None = None,
+) -> xr.DataArray:
+    """Read a PSF image from FITS.
+
+    Parameters
+    ----------
+    path : str, os.PathLike, astropy HDUList or image HDU
+        FITS file (``.gz`` fine) or an already-open HDU/HDUList.
+    pixel_size : float, optional
+        Output pixel size in arcsec.  Default: the native pixel size (no
+        resampling when the centre is a pixel centre).
+    hdu : int or str, optional
+        Image extension; default the first HDU with a >= 2-D image.
+    size : int, optional
+        Odd output size in pixels (at the output scale), applied to both
+        axes.  Default: large enough to keep the whole image.
+    center : {"peak", "centroid", "crpix"} or (x, y)
+        Where offset (0, 0) is placed.  ``"peak"`` (default, preferred):
+        centre of the brightest pixel, so no resampling is needed at the
+        native scale.  ``"centroid"``: flux-weighted centroid (sub-pixel;
+        implies resampling).  ``"crpix"``: the WCS reference pixel
+        (``CRPIX1``, ``CRPIX2``), which must lie inside the image.  A tuple
+        gives 0-based (x, y) = (column, row) pixel coordinates.
+    input_pixel_size : float, optional
+        Override the input pixel size (arcsec).  By default it comes from
+        the celestial WCS (CDELT or CD matrix, degrees converted to arcsec)
+        or, failing that, from one of the keywords
+        :data:`PIXEL_SIZE_KEYWORDS` (arcsec); see :func:`psf_pixel_scale`.
+
+    Returns
+    -------
+    xarray.DataArray, dims ("psf_x", "psf_y")
+        Odd, centred, normalized to sum 1; coordinates in arcsec.
+        ``attrs``: ``units`` ("1"), ``pixel_size`` (arcsec),
+        ``input_pixel_size`` (arcsec), ``enclosed_fraction`` (fraction of
+        the image flux inside the returned stamp), ``center`` (method),
+        ``center_pixel`` ((x, y) 0-based in the input image), ``file``,
+        ``hdu``, ``n_nonfinite`` (non-finite input pixels set to 0).
+
+    Raises
+    ------
+    ValueError
+        No image / no pixel scale / bad centre / even size.
+    """
+    data, header, label, hdu_name = _open_image(path, hdu)
+    nonfinite = ~np.isfinite(data)
+    n_nonfinite = int(nonfinite.sum())
+    if n_nonfinite:
+        data = np.where(nonfinite, 0.0, data)
+    img = data.T  # (x, y)
+    total = float(img.sum())
+    if not total > 0:
+        raise ValueError(f"{label}: PSF image has non-positive total flux.")
+    scale = (float(input_pixel_size) if input_pixel_size is not None
+             else psf_pixel_scale(header, label))
+    nx, ny = img.shape
+
+    if isinstance(center, str):
+        method = center.lower()
+        if method == "peak":
+            cx, cy = (float(v) for v in np.unravel_index(np.argmax(img), img.shape))
+        elif method == "centroid":
+            xx = np.arange(nx, dtype=np.float64)
+            yy = np.arange(ny, dtype=np.float64)
+            cx = float(img.sum(axis=1) @ xx / total)
+            cy = float(img.sum(axis=0) @ yy / total)
+        elif method == "crpix":
+            if "CRPIX1" not in header or "CRPIX2" not in header:
+                raise ValueError(f"{label}: center='crpix' but no CRPIX1/2 keywords.")
+            cx, cy = float(header["CRPIX1"]) - 1.0, float(header["CRPIX2"]) - 1.0
+        else:
+            raise ValueError(
+                f"center must be 'peak', 'centroid', 'crpix' or (x, y); got {center!r}."
+            )
+    else:
+        method = "user"
+        cx, cy = (float(v) for v in center)
+    if not (-0.5 <= cx <= nx - 0.5 and -0.5 <= cy <= ny - 0.5):
+        raise ValueError(
+            f"{label}: PSF centre ({cx:.2f}, {cy:.2f}) (0-based x, y pixels, "
+            f"method {method!r}) lies outside the {nx} x {ny} image; choose "
+            "center='peak' or 'centroid'."
+        )
+
+    attrs = {
+        "units": "1",
+        "input_pixel_size": scale,
+        "center": method,
+        "center_pixel": (cx, cy),
+        "file": label,
+        "hdu": hdu_name,
+        "n_nonfinite": n_nonfinite,
+    }
+    integer_centre = float(cx).is_integer() and float(cy).is_integer()
+    same_scale = pixel_size is None or math.isclose(float(pixel_size), scale, rel_tol=1e-9)
+    if integer_centre and same_scale:
+        # exact crop / zero-pad around the centre pixel, no interpolation
+        ix, iy = int(cx), int(cy)
+        if size is None:
+            half = max(ix, nx - 1 - ix, iy, ny - 1 - iy)
+            size = 2 * half + 1
+        size = int(size)
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"PSF size must be a positive odd integer, got {size}.")
+        half = size // 2
+        padded = np.zeros((size, size))
+        x0, x1 = max(ix - half, 0), min(ix + half + 1, nx)
+        y0, y1 = max(iy - half, 0), min(iy + half + 1, ny)
+        padded[x0 - (ix - half):x1 - (ix - half), y0 - (iy - half):y1 - (iy - half)] = (
+            img[x0:x1, y0:y1]
+        )
+        kept = float(padded.sum())
+        if not kept > 0:
+            raise ValueError(f"{label}: no flux inside the requested PSF stamp.")
+        attrs["pixel_size"] = scale
+        attrs["enclosed_fraction"] = kept / total
+        return _make_psf(padded / kept, scale, attrs)
+
+    raw = xr.DataArray(
+        img,
+        dims=("psf_x", "psf_y"),
+        coords={"psf_x": (np.arange(nx) - cx) * scale,
+                "psf_y": (np.arange(ny) - cy) * scale},
+        attrs=attrs,
+    )
+    return resample_psf(raw, scale if pixel_size is None else float(pixel_size), size)
+
+
+def _pad_to(psf: xr.DataArray, n: int) -> xr.DataArray:
+    nx, ny = psf.shape
+    if nx == n and ny == n:
+        return psf
+    out = np.zeros((n, n))
+    ox, oy = (n - nx) // 2, (n - ny) // 2
+    out[ox:ox + nx, oy:oy + ny] = psf.values
+    return _make_psf(out, float(psf.attrs["pixel_size"]), dict(psf.attrs))
+
+
+def read_psf_stack(
+    paths_or_hdus: Sequence,
+    energies,
+    *,
+    pixel_size: float | None = None,
+    size: int | None = None,
+    energy_edges=None,
+    **kwargs,
+) -> xr.DataArray:
+    """Read one PSF image per energy band into an energy-dependent PSF.
+
+    Parameters
+    ----------
+    paths_or_hdus : sequence
+        Files, HDULists or image HDUs, one per band (anything
+        :func:`read_psf` accepts).
+    energies : array_like, shape (n_energy,)
+        Band centres in keV, strictly increasing.
+    pixel_size : float, optional
+        Common output pixel size (arcsec).  Default: the native pixel size of
+        the first image; images with another native scale are resampled.
+    size : int, optional
+        Common odd output size.  Default: the largest of the individual
+        sizes, smaller stamps being zero-padded (flux unchanged).
+    energy_edges : array_like, shape (n_energy, 2), optional
+        ``[lo, hi]`` of each band (keV); adds ``energy_true_lo`` /
+        ``energy_true_hi`` coordinates.
+    **kwargs
+        Passed to :func:`read_psf` (``hdu``, ``center``, ``input_pixel_size``).
+
+    Returns
+    -------
+    xarray.DataArray, dims ("energy_true", "psf_x", "psf_y")
+        Each energy slice sums to 1.  ``attrs["enclosed_fraction"]`` is an
+        array (one per band), ``attrs["files"]`` the source labels.
+    """
+    energies = np.atleast_1d(np.asarray(energies, dtype=np.float64))
+    items = list(paths_or_hdus)
+    if energies.ndim != 1 or energies.size != len(items):
+        raise ValueError(
+            f"Got {len(items)} PSF images but {energies.size} energies; "
+            "give one band-centre energy (keV) per image."
+        )
+    if energies.size > 1 and np.any(np.diff(energies) <= 0):
+        raise ValueError("PSF stack energies must be strictly increasing (keV).")
+    psfs = []
+    for item in items:
+        psf = read_psf(item, pixel_size=pixel_size, size=size, **kwargs)
+        if pixel_size is None:
+            pixel_size = float(psf.attrs["pixel_size"])
+        psfs.append(psf)
+    n = max(max(p.shape) for p in psfs) if size is None else int(size)
+    psfs = [_pad_to(p, n) for p in psfs]
+    stack = np.stack([p.values for p in psfs])
+    coords = {
+        "energy_true": xr.Variable("energy_true", energies, {"units": "keV"}),
+        "psf_x": psfs[0]["psf_x"].variable,
+        "psf_y": psfs[0]["psf_y"].variable,
+    }
+    if energy_edges is not None:
+        edges = np.asarray(energy_edges, dtype=np.float64).reshape(energies.size, 2)
+        coords["energy_true_lo"] = xr.Variable("energy_true", edges[:, 0], {"units": "keV"})
+        coords["energy_true_hi"] = xr.Variable("energy_true", edges[:, 1], {"units": "keV"})
+    attrs = {
+        "units": "1",
+        "pixel_size": float(pixel_size),
+        "enclosed_fraction": np.array([p.attrs["enclosed_fraction"] for p in psfs]),
+        "files": [str(p.attrs.get("file", "")) for p in psfs],
+    }
+    return xr.DataArray(stack, dims=("energy_true", "psf_x", "psf_y"),
+                        coords=coords, name="psf", attrs=attrs)

@@ -1,0 +1,43 @@
+"""Sobolev (spatial smoothness) penalty ``mu ||D W||_F^2`` on subspace maps (paper eq. 13, 20)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Gradient2D:
+    """First-order finite differences along x and y, stacked: (M, N, r) -> (2, M, N, r).
+
+    ``(D w)[0, i, j] = w[i+1, j] - w[i, j]`` for i < M-1 and 0 on the last row (same along
+    y in slot 1). Adjoint: ``(D^T g)[i] = g0[i-1] - g0[i]`` with the boundary terms dropped.
+    """
+
+    def forward(self, w):
+        out = np.zeros((2,) + w.shape, dtype=w.dtype)
+        out[0, :-1] = w[1:] - w[:-1]
+        out[1, :, :-1] = w[:, 1:] - w[:, :-1]
+        return out
+
+    def adjoint(self, g):
+        out = np.zeros(g.shape[1:], dtype=g.dtype)
+        out[1:] += g[0, :-1]
+        out[:-1] -= g[0, :-1]
+        out[:, 1:] += g[1, :, :-1]
+        out[:, :-1] -= g[1, :, :-1]
+        return out
+
+
+class Sobolev:
+    """``phi(W) = mu ||D W||^2``; gradient ``2 mu D^T D W``; Lipschitz constant <= 16 mu."""
+
+    def __init__(self, mu=0.03):
+        self.mu = float(mu)
+        self.D = Gradient2D()
+
+    def params(self):
+        return {"mu": self.mu}
+
+    def value(self, w):
+        return self.mu * float(np.sum(self.D.forward(w).astype(np.float64) ** 2))
+
+    def gradient(self, w):
+        return (2 * self.mu) * self.D.adjoint(self.D.forward(w))
