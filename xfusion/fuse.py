@@ -30,7 +30,7 @@ OPTION_DEFAULTS = {
     "wavelet2d1d": {"n_scales_2d": 1, "n_scales_1d": 5, "k": 1.0, "k_rule": "constant", "k_min": 0.5,
                     "k_max": 3.0, "null_space": "zero", "per_band": True},
     "lowrank": {"rank": 10, "explained": None, "precondition": True},
-    "lowrank_sobolev": {"rank": 10, "explained": None, "mu": 0.03, "precondition": True},
+    "lowrank_sobolev": {"rank": 10, "explained": None, "mu": 0.01, "precondition": True},
     "lowrank_wavelet2d": {"rank": 10, "explained": None, "n_scales_2d": 2, "k": 1.0, "precondition": True},
     "none": {},
 }
@@ -138,7 +138,8 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         amp = xd.sum(axis=-1) / per_pix
         amp = amp + 1e-3 * amp.mean()
         w0 = (amp[:, :, None] * (s @ basis.T)[None, None, :]).astype(dt)
-        smooth = Sobolev(params["mu"]) if regularization == "lowrank_sobolev" else None
+        level = float(xd.sum() / max(float(mx.forward(np.ones(shape, dt)).sum()), 1e-300))
+        smooth = Sobolev(params["mu"], level) if regularization == "lowrank_sobolev" else None
         prox = Wavelet2D(params["n_scales_2d"], params["k"]) if regularization == "lowrank_wavelet2d" else None
         precond = (amp / amp.mean())[:, :, None] if params.get("precondition", True) else None
         solver = SubspaceFISTA(terms, [mx.reduced(vb), my.reduced(vb)], smooth=smooth, prox=prox, precond=precond)

@@ -4,8 +4,10 @@
 step of Alg. 2 (soft thresholding of the starlet coefficients at ``rho = k MAD``; the paper
 applies rho unscaled by alpha, we do the same). The objective is ``L(Z) + phi(Z)`` with the
 current thresholds. ``step`` (alpha) must be small enough for the Poisson gradient near its
-smallest model values; when not given it defaults to ``0.5 * min(Z_0 / s)`` over voxels
-with ``s = sum_i H_i^T 1 > 0``, i.e. never larger than half the EM step anywhere at the start.
+smallest model values; when not given it defaults to ``0.02 * min(Z_0 / s)`` over voxels
+with ``s = sum_i H_i^T 1 > 0``, i.e. 1/50 of the smallest EM step at the start (measured on ``small``: half of it made the model
+vanish where data are positive within 4 iterations, a tenth within 70). If the objective
+becomes non-finite the run stops with an error asking for a smaller step, as the paper advises.
 """
 from __future__ import annotations
 
@@ -29,15 +31,22 @@ class ISTA:
         if self.step_size is None:
             sens = sum(t.sensitivity() for t in self.lik.terms)
             ok = sens > 0
-            self.step_size = float(0.5 * np.min(z[ok] / sens[ok]))
+            self.step_size = float(0.02 * np.min(z[ok] / sens[ok]))
         return self._record({"alpha": float(self.step_size)}, z)
 
     def step(self, state):
-        z = state["z"] - np.asarray(state["alpha"], dtype=state["z"].dtype) * state["grad"]
-        if self.reg is not None:
-            z = self.reg.prox(z)
-        np.maximum(z, 0, out=z)
-        return self._record({"alpha": state["alpha"]}, z)
+        if not np.isfinite(state["objective"]):
+            raise FloatingPointError(
+                f"fixed-step ISTA diverged (objective {state['objective']}) with step={state['alpha']:.4g}; "
+                "pass a smaller step= (the paper lowers it and restarts), or use method='em'"
+            )
+        # a too-large fixed step overflows; we let it and report it at the next step instead
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            z = state["z"] - np.asarray(state["alpha"], dtype=state["z"].dtype) * state["grad"]
+            if self.reg is not None:
+                z = self.reg.prox(z)
+            np.maximum(z, 0, out=z)
+            return self._record({"alpha": state["alpha"]}, z)
 
     def solution(self, state):
         return state["z"]

@@ -20,6 +20,7 @@ import numpy as np
 
 class SubspaceFISTA:
     name = "fista"
+    min_iter, patience = 30, 10
 
     def __init__(self, terms, reduced, smooth=None, prox=None, precond=None):
         self.terms = terms

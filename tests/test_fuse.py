@@ -1,0 +1,210 @@
+"""End-to-end fusion on the small toy: quality vs naive baselines, schema, purity, resume, ISTA."""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xfusion
+from xfusion import baselines, metrics, toy
+from xfusion.grid import SPATIAL, SPECTRAL, fusion_grid
+from xfusion.likelihood import PoissonLikelihood, PoissonTerm
+from xfusion.operators import build_model
+from xfusion.operators.dottest import dottest
+from xfusion.regularizers.lowrank import pca_basis
+from xfusion.regularizers.sobolev import Gradient2D, Sobolev
+from xfusion.regularizers.starlet import mad_sigma, soft_threshold, starlet2d1d
+
+
+@pytest.fixture(scope="module")
+def base_metrics(small_toy):
+    x, y, t = small_toy
+    return {n: metrics.report(f(x, y), t, ratio=3) for n, f in
+            (("xup", baselines.upsample_spatial), ("yup", baselines.upsample_spectral))}
+
+
+@pytest.mark.parametrize("reg,margin_db", [("wavelet2d1d", 3.0), ("lowrank_sobolev", 3.0), ("lowrank_wavelet2d", 1.0)])
+def test_beats_naive_baselines(small_toy, base_metrics, reg, margin_db):
+    x, y, t = small_toy
+    r = xfusion.fuse(x, y, regularization=reg, progress=False)
+    m = metrics.report(r, t)
+    for b in base_metrics.values():
+        assert m["nmse_db"] > b["nmse_db"] + margin_db
+        assert m["ergas"] < b["ergas"]
+        if reg != "lowrank_wavelet2d":  # measured: LRW2D's acSSIM on this toy is 0.12 vs 0.09 for X upsampled
+            assert m["acssim"] < b["acssim"]
+    # on this toy Y has ~16,000 counts per pixel, so Y upsampled already has good spectral angles; the
+    # low-rank family distorts spectra more (as the paper notes) and is not held to this one
+    if reg == "wavelet2d1d":
+        assert m["asam_rad"] < base_metrics["xup"]["asam_rad"]
+
+
+def test_default_on_gaussian_rebin_beats_baselines_and_best_richardson_lucy():
+    """Issue target on the paper's gaussian_rebin: >= 12 dB, better than both naive baselines on all four
+    metrics and better in NMSE than plain two-instrument RL at its best iteration."""
+    x, y, t = toy.make("gaussian_rebin")
+    r = xfusion.fuse(x, y, progress=False)
+    m = metrics.report(r, t)
+    assert m["nmse_db"] >= 12.0
+    for f in (baselines.upsample_spatial, baselines.upsample_spectral):
+        b = metrics.report(f(x, y), t, ratio=3)
+        assert m["nmse_db"] > b["nmse_db"] and m["asam_rad"] < b["asam_rad"]
+        assert m["acssim"] < b["acssim"] and m["ergas"] < b["ergas"]
+    best_rl = max(metrics.nmse(t, baselines.richardson_lucy(x, y, n, progress=False).flux) for n in (3, 5, 8))
+    assert m["nmse_db"] > best_rl + 0.3
+
+
+def test_result_schema_and_inputs_untouched(small_toy):
+    x, y, t = small_toy
+    xc, yc = copy.deepcopy(x), copy.deepcopy(y)
+    r = xfusion.fuse(y, x, progress=False, max_iter=5)  # either order
+    xr.testing.assert_identical(x, xc)
+    xr.testing.assert_identical(y, yc)
+    assert r.flux.dims == ("x", "y", "energy") and r.flux.shape == t.shape
+    assert r.flux.attrs["units"] == "ph cm-2 s-1" and float(r.flux.min()) >= 0
+    np.testing.assert_array_equal(r.energy_lo.values, y.energy_lo.values)
+    np.testing.assert_array_equal(r.x.values, x.x.values)
+    assert r.model_spatial.shape == x.counts.shape and r.model_spectral.shape == y.counts.shape
+    np.testing.assert_array_equal(r.counts_spectral.values, y.counts.values)
+    params = json.loads(r.attrs["parameters"])
+    assert params["regularization"] == "wavelet2d1d" and params["k"] == 1.0
+    assert r.attrs["iterations"] == 5 and r.sizes["iteration"] == 6
+    assert r.attrs["xfusion_version"] == xfusion.__version__
+    # the predicted counts are the forward model of the fused flux
+    np.testing.assert_allclose(xfusion.predict(r.flux, x).values, r.model_spatial.values, rtol=1e-4, atol=1e-6)
+    same = xfusion.fuse(x, y, progress=False, max_iter=5)
+    np.testing.assert_array_equal(same.flux.values, r.flux.values)
+
+
+def test_options_are_checked(small_toy):
+    x, y, _ = small_toy
+    with pytest.raises(TypeError, match="unknown option"):
+        xfusion.fuse(x, y, progress=False, rnak=3)
+    with pytest.raises(ValueError, match="unknown regularization"):
+        xfusion.fuse(x, y, regularization="tv", progress=False)
+    with pytest.raises(ValueError, match="does not apply"):
+        xfusion.fuse(x, y, regularization="lowrank", method="em", progress=False)
+
+
+@pytest.mark.parametrize("reg", ["wavelet2d1d", "lowrank_sobolev"])
+def test_resume_after_interruption_gives_same_result(small_toy, tmp_path, reg):
+    x, y, _ = small_toy
+    full = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=0, progress=False)
+    ck = tmp_path / "ck.zarr"
+    xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=0, progress=False, checkpoint=ck, checkpoint_every=2,
+                 callback=lambda it, state: it == 5)  # "interrupted" after iteration 5, last checkpoint at 4
+    resumed = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=0, progress=False, checkpoint=ck,
+                           checkpoint_every=2, resume=True)
+    assert resumed.attrs["iterations"] == 8
+    np.testing.assert_allclose(resumed.flux.values, full.flux.values, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(resumed.objective.values, full.objective.values, rtol=1e-9)
+
+
+def test_resume_refuses_a_foreign_checkpoint(small_toy, tmp_path):
+    x, y, _ = small_toy
+    ck = tmp_path / "ck.zarr"
+    xfusion.fuse(x, y, max_iter=2, progress=False, checkpoint=ck)
+    with pytest.raises(ValueError, match="different inputs or parameters"):
+        xfusion.fuse(x, y, max_iter=2, k=2.0, progress=False, checkpoint=ck, resume=True)
+
+
+def test_sigkill_then_resume(small_toy, tmp_path):
+    """A run killed with SIGKILL mid-way resumes from its Zarr checkpoint to the uninterrupted result."""
+    x, y, _ = small_toy
+    ck = tmp_path / "ck.zarr"
+    script = textwrap.dedent(f"""
+        import time, xfusion
+        x, y, _ = xfusion.toy.make("small", seed=0)
+        def slow(it, state):
+            time.sleep(0.4)
+        xfusion.fuse(x, y, max_iter=40, tol=0, progress=False, checkpoint={str(ck)!r}, checkpoint_every=2,
+                     callback=slow)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    t0 = time.time()
+    while not (ck / "zarr.json").exists() and time.time() - t0 < 60:
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = xfusion.io.zarr.open(ck).attrs["iteration"]
+    assert 0 < done < 40
+    resumed = xfusion.fuse(x, y, max_iter=40, tol=0, progress=False, checkpoint=ck, checkpoint_every=2, resume=True)
+    full = xfusion.fuse(x, y, max_iter=40, tol=0, progress=False)
+    np.testing.assert_allclose(resumed.flux.values, full.flux.values, rtol=1e-6, atol=1e-12)
+
+
+def test_ista_reproduces_a_straightforward_algorithm_1(small_toy):
+    """method="ista" equals a plain loop of Alg. 1 + Alg. 2 (PWS threshold mu * MAD of the finest band)."""
+    x, y, _ = small_toy
+    n_iter, mu = 6, 1.0
+    r = xfusion.fuse(x, y, method="ista", step=0.05, max_iter=n_iter, tol=0, dtype="float64", progress=False, n_scales_2d=2,
+                     n_scales_1d=3, k=mu, per_band=False, null_space="threshold")
+    # straightforward implementation, in the same internal units (Z scaled by mean t_X A_X)
+    grid = fusion_grid(x, y)
+    mx, my = build_model(grid, x, SPATIAL), build_model(grid, y, SPECTRAL)
+    s = float(np.mean(mx.weights))
+    mx, my = mx.scaled(s), my.scaled(s)
+    X, Y = x.counts.values.astype(float), y.counts.values.astype(float)
+    z = np.full(mx.fused_shape, X.sum() / mx.forward(np.ones(mx.fused_shape)).sum())
+    alpha = json.loads(r.attrs["parameters"])["step"]
+    for _ in range(n_iter):
+        grad = mx.adjoint(1 - X / mx.forward(z)) + my.adjoint(1 - Y / my.forward(z))
+        zt = z - alpha * grad
+        c = starlet2d1d(zt, 2, 3)
+        rho = mu * mad_sigma(c[0, 0])
+        zt = c[2, 3] + sum(soft_threshold(c[a, b], rho) for a in range(3) for b in range(4) if (a, b) != (2, 3))
+        z = np.maximum(zt, 0)
+    np.testing.assert_allclose(r.flux.values, (z / s).astype(np.float32), rtol=2e-5, atol=1e-14)
+
+
+def test_em_without_regularization_is_richardson_lucy(small_toy):
+    x, y, _ = small_toy
+    r = baselines.richardson_lucy(x, y, n_iter=3, dtype="float64", progress=False)
+    grid = fusion_grid(x, y)
+    mx, my = build_model(grid, x, SPATIAL), build_model(grid, y, SPECTRAL)
+    X, Y = x.counts.values.astype(float), y.counts.values.astype(float)
+    sens = mx.adjoint(np.ones_like(X)) + my.adjoint(np.ones_like(Y))
+    z = np.full(mx.fused_shape, X.sum() / mx.forward(np.ones(mx.fused_shape)).sum())
+    for _ in range(3):
+        z = z / sens * (mx.adjoint(X / mx.forward(z)) + my.adjoint(Y / my.forward(z)))
+    np.testing.assert_allclose(r.flux.values, z.astype(np.float32), rtol=1e-5)
+    # EM decreases the data term monotonically
+    assert np.all(np.diff(r.data_term.values) <= 1e-9 * r.data_term.values[0])
+
+
+def test_sobolev_operator_adjoint_and_gradient():
+    D = Gradient2D()
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        assert dottest(D, (7, 5, 3), dt) <= tol
+    rng = np.random.default_rng(0)
+    w = rng.random((6, 5, 2))
+    d = rng.standard_normal(w.shape)
+    s = Sobolev(0.1)
+    fd = (s.value(w + 1e-6 * d) - s.value(w - 1e-6 * d)) / 2e-6
+    assert fd == pytest.approx(np.sum(s.gradient(w) * d), rel=1e-6)
+
+
+def test_pca_basis_sorted_and_orthonormal():
+    rng = np.random.default_rng(0)
+    comps = rng.random((3, 50))
+    spectra = rng.random((200, 3)) * [10, 3, 1] @ comps + 0.01 * rng.standard_normal((200, 50))
+    v = pca_basis(spectra, rank=3)
+    np.testing.assert_allclose(v @ v.T, np.eye(3), atol=1e-12)
+    resid = spectra - spectra @ v.T @ v
+    assert np.linalg.norm(resid) / np.linalg.norm(spectra) < 0.01
+    assert pca_basis(spectra, explained=0.9999).shape[0] >= 3
+
+
+def test_ista_divergence_is_reported(small_toy):
+    x, y, _ = small_toy
+    with pytest.raises(FloatingPointError, match="smaller step"):
+        xfusion.fuse(x, y, method="ista", step=50.0, max_iter=50, tol=0, progress=False)
