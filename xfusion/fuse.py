@@ -13,7 +13,8 @@ from .grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
 from .likelihood import PoissonLikelihood, PoissonTerm
 from .observation import CUBE_DIMS
 from .operators.model import build_model
-from .regularizers.lowrank import pca_basis
+from . import parallel
+from .regularizers import lowrank as lowrank_mod
 from .regularizers.sobolev import Sobolev
 from .regularizers.sparsity import Wavelet2D, Wavelet2D1D
 from .solvers.em import EMProx
@@ -29,9 +30,10 @@ FLUX_UNITS = "ph cm-2 s-1"
 OPTION_DEFAULTS = {
     "wavelet2d1d": {"n_scales_2d": 1, "n_scales_1d": 5, "k": 1.0, "k_rule": "constant", "k_min": 0.5,
                     "k_max": 3.0, "null_space": "zero", "per_band": True},
-    "lowrank": {"rank": 10, "explained": None, "precondition": True},
-    "lowrank_sobolev": {"rank": 10, "explained": None, "mu": 0.01, "precondition": True},
-    "lowrank_wavelet2d": {"rank": 10, "explained": None, "n_scales_2d": 2, "k": 1.0, "precondition": True},
+    "lowrank": {"rank": 10, "explained": None, "precondition": True, "chunks": None},
+    "lowrank_sobolev": {"rank": 10, "explained": None, "mu": 0.01, "precondition": True, "chunks": None},
+    "lowrank_wavelet2d": {"rank": 10, "explained": None, "n_scales_2d": 2, "k": 1.0, "precondition": True,
+                          "chunks": None},
     "none": {},
 }
 METHOD_OPTIONS = {"ista": {"step": None}, "em": {}, "fista": {}}
@@ -56,10 +58,16 @@ def _resolve(regularization, method, options):
     return method, params, lowrank
 
 
-def _fingerprint(x_obs, y_obs, settings):
+def _fingerprint(x_obs, y_obs, settings, client=None):
+    """Identity of a run for checkpoints: settings + a checksum of both counts cubes."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for o in (x_obs, y_obs):
-        h.update(np.ascontiguousarray(o["counts"].values).tobytes())
+        c = o["counts"].data
+        if parallel.is_dask(c):  # sums of the data and of the data weighted by position: cheap, one pass
+            w = (c * (1 + np.arange(c.shape[-1]) % 7)).sum()
+            h.update(np.asarray(parallel.compute(__import__("dask").array.stack([c.sum(), w]), client)).tobytes())
+        else:
+            h.update(np.ascontiguousarray(c).tobytes())
     return h.hexdigest()
 
 
@@ -68,7 +76,8 @@ def _renamed(da, mapping):
 
 
 def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=None, tol=1e-4, checkpoint=None,
-         checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", **options) -> xr.Dataset:
+         checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None,
+         **options) -> xr.Dataset:
     """Fuse two observations (any order) into one cube on the fused grid.
 
     Parameters
@@ -86,6 +95,11 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
     progress : show a tqdm bar (iteration, objective, relative change).
     callback : ``f(iteration, state) -> bool`` called every iteration (True stops).
     dtype : "float32" (default) or "float64" for the iterate.
+    client : optional ``dask.distributed.Client``. With Dask-backed observations (e.g.
+        ``xfusion.io.zarr.open(path, chunks={})``) or a client, the low-rank family runs
+        block-wise on Dask (see :mod:`xfusion.parallel`) and the returned cube is lazy
+        (write it with ``xfusion.io.zarr.write``); option ``chunks=(bx, by)`` sets the pixel
+        block of the fused grid (default from :func:`xfusion.parallel.pixel_block`).
     **options : regularization / method options, e.g. ``k``, ``n_scales_2d``, ``n_scales_1d``,
         ``k_rule``, ``null_space`` (wavelet2d1d), ``rank``, ``explained``, ``mu`` (low rank),
         ``step`` (ista). Unknown options raise ``TypeError``.
@@ -113,13 +127,33 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
     # internal units: expected X counts per fused voxel (keeps float32 well scaled)
     scale = float(np.mean(mx.weights))
     mx, my = mx.scaled(scale), my.scaled(scale)
-    xd, yd = x_obs["counts"].values, y_obs["counts"].values
-    xmask = x_obs["mask"].values if "mask" in x_obs else None
-    ymask = y_obs["mask"].values if "mask" in y_obs else None
-    terms = [PoissonTerm(mx, xd, xmask, dt), PoissonTerm(my, yd, ymask, dt)]
+    use_dask = parallel.is_dask(x_obs["counts"]) or parallel.is_dask(y_obs["counts"]) or client is not None
     shape = mx.fused_shape
     settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
                 "tol": tol, **{k: v for k, v in params.items()}}
+    if use_dask and not lowrank:
+        raise NotImplementedError(
+            "Dask-backed observations are supported for the low-rank regularizations (lowrank, lowrank_sobolev, "
+            "lowrank_wavelet2d); for wavelet2d1d load the data first (obs.load()) -- see the README, 'Scale'"
+        )
+    if use_dask:
+        if "mask" in x_obs or "mask" in y_obs:
+            raise NotImplementedError("masks are not supported on the Dask path yet; load the data or drop the mask")
+        import dask.array as da
+
+        bx, by = params.get("chunks") or parallel.pixel_block(shape, dt.itemsize, grid.attrs["spatial_factor"])
+        v = grid.attrs["spatial_factor"]
+        xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
+        yd = da.asarray(y_obs["counts"].data).rechunk((bx // v, by // v, -1))
+        terms = [parallel.DaskPoissonTerm(mx, xd, dt, client), parallel.DaskPoissonTerm(my, yd, dt, client)]
+    else:
+        xd, yd = x_obs["counts"].values, y_obs["counts"].values
+        xmask = x_obs["mask"].values if "mask" in x_obs else None
+        ymask = y_obs["mask"].values if "mask" in y_obs else None
+        terms = [PoissonTerm(mx, xd, xmask, dt), PoissonTerm(my, yd, ymask, dt)]
+    xsum = float(parallel.compute(xd.sum(dtype=np.float64), client) if use_dask else xd.sum(dtype=np.float64))
+    # mean level (internal units per voxel) that reproduces the X counts: from the model of a flat spectrum
+    level = xsum / max(float(mx.reduced(np.ones((1, shape[2])))[1].sum()) * shape[0] * shape[1], 1e-300)
 
     basis = None
     if lowrank:
@@ -128,17 +162,17 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
                              "use regularization='wavelet2d1d' for vignetted data")
         wy = np.broadcast_to(my.weights, shape)[0, 0]
         spectra = yd.reshape(-1, yd.shape[-1]) / wy
-        basis = pca_basis(spectra, rank=None if params["explained"] else params["rank"],
-                          explained=params["explained"] or 0.999)
+        moments = lowrank_mod.spectral_moments(spectra)
+        basis = lowrank_mod.pca_basis(moments=moments, rank=None if params["explained"] else params["rank"],
+                                      explained=params["explained"] or 0.999)
         vb = basis.astype(dt)
         # start: X amplitude per pixel times the mean Y spectrum (positive, in the subspace)
-        s = spectra.mean(axis=0)
-        s = s / s.sum()
+        s = moments[1] / moments[1].sum()
         per_pix = mx.reduced(s[None])[1].sum()
-        amp = xd.sum(axis=-1) / per_pix
+        amp = xd.sum(axis=-1, dtype=np.float64)
+        amp = (parallel.compute(amp, client) if use_dask else amp) / per_pix
         amp = amp + 1e-3 * amp.mean()
         w0 = (amp[:, :, None] * (s @ basis.T)[None, None, :]).astype(dt)
-        level = float(xd.sum() / max(float(mx.forward(np.ones(shape, dt)).sum()), 1e-300))
         smooth = Sobolev(params["mu"], level) if regularization == "lowrank_sobolev" else None
         prox = Wavelet2D(params["n_scales_2d"], params["k"]) if regularization == "lowrank_wavelet2d" else None
         precond = (amp / amp.mean())[:, :, None] if params.get("precondition", True) else None
@@ -150,16 +184,17 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         if regularization == "wavelet2d1d":
             reg = Wavelet2D1D(**{k: params[k] for k in OPTION_DEFAULTS["wavelet2d1d"]})
         solver = EMProx(lik, reg) if method == "em" else ISTA(lik, reg, step=params.get("step"))
-        level = xd.sum() / max(float(mx.forward(np.ones(shape, dt)).sum()), 1e-300)
         x0 = np.full(shape, level, dtype=dt)
 
-    fp = _fingerprint(x_obs, y_obs, settings)
+    fp = _fingerprint(x_obs, y_obs, settings, client)
     state, history, n_iter, converged = run(
         solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, resume=resume, fingerprint=fp)
 
     sol = solver.solution(state)
-    if lowrank:
+    if use_dask:
+        z, negative_fraction = None, float("nan")
+    elif lowrank:
         z = sol @ basis.astype(sol.dtype)
         negative_fraction = float(np.mean(z < 0))
         np.maximum(z, 0, out=z)
@@ -167,26 +202,51 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         z, negative_fraction = sol, 0.0
     if method == "ista" and "step" in params:
         params["step"] = float(state.get("alpha", np.nan))
+    args = (dict(settings, **params), n_iter, converged, time.perf_counter() - t_start,
+            state.get("elapsed_loop_s", np.nan))
+    if use_dask:
+        return _lazy_result(grid, x_obs, y_obs, sol, basis, scale, mx, my, xd, yd, history, *args)
     return _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, sol if lowrank else None,
-                   dict(settings, **params), n_iter, converged, negative_fraction,
-                   time.perf_counter() - t_start, state.get("elapsed_loop_s", np.nan))
+                   negative_fraction, *args)
 
 
-def _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, coeffs, params, n_iter, converged,
-            negative_fraction, elapsed, loop_elapsed):
+def _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, coeffs, negative_fraction, params, n_iter,
+            converged, elapsed, loop_elapsed):
+    """Label the in-memory solution (low rank: models of the unclipped W V, as in the solver and the Dask path)."""
+    zz = np.ascontiguousarray(z if coeffs is None else coeffs @ basis.astype(coeffs.dtype))
+    return _assemble(grid, x_obs, y_obs, (z / scale).astype(np.float32), mx.forward(zz).astype(np.float32),
+                     my.forward(zz).astype(np.float32), x_obs["counts"].values, y_obs["counts"].values, history,
+                     basis, coeffs, scale, params, n_iter, converged, elapsed, loop_elapsed,
+                     backend="numpy", negative_fraction=negative_fraction)
+
+
+def _lazy_result(grid, x_obs, y_obs, w, basis, scale, mx, my, xd, yd, history, params, n_iter, converged, elapsed,
+                 loop_elapsed):
+    """Result of the Dask low-rank path: flux and models defined block by block from W (never materialized)."""
+    vb = basis.astype(w.dtype)
+    sp_y, v_y = my.reduced(vb)
+    a_y = w if sp_y is None else sp_y.forward(w)
+    flux = parallel.lazy_product(w, basis, (xd.chunks[0][0], xd.chunks[1][0]), scale=scale)
+    mod_x = parallel.lazy_product(w, mx.reduced(vb)[1], (xd.chunks[0][0], xd.chunks[1][0]), clip=False)
+    mod_y = parallel.lazy_product(a_y, v_y, (yd.chunks[0][0], yd.chunks[1][0]), clip=False)
+    return _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, xd.astype(np.float32), yd.astype(np.float32), history,
+                     basis, w, scale, params, n_iter, converged, elapsed, loop_elapsed,
+                     backend="dask", negative_fraction=float("nan"))
+
+
+def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, basis, coeffs, scale, params, n_iter,
+              converged, elapsed, loop_elapsed, backend, negative_fraction):
     coords = {c: grid[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")}
     ds = xr.Dataset(coords=coords)
-    ds["flux"] = (CUBE_DIMS, (z / scale).astype(np.float32),
-                  {"units": FLUX_UNITS, "long_name": "fused photon flux per voxel"})
+    ds["flux"] = (CUBE_DIMS, flux, {"units": FLUX_UNITS, "long_name": "fused photon flux per voxel"})
     mxs = {"energy": "energy_spatial", "energy_lo": "energy_spatial_lo", "energy_hi": "energy_spatial_hi"}
     mys = {"x": "x_spectral", "y": "y_spectral"}
-    zz = np.ascontiguousarray(z)
-    ds["model_spatial"] = _renamed(x_obs["counts"].copy(data=mx.forward(zz).astype(np.float32)), mxs).assign_attrs(
+    ds["model_spatial"] = _renamed(x_obs["counts"].copy(data=mod_x), mxs).assign_attrs(
         units="count", long_name=f"predicted counts of {grid.attrs['spatial_obs']}")
-    ds["counts_spatial"] = _renamed(x_obs["counts"], mxs).astype(np.float32)
-    ds["model_spectral"] = _renamed(y_obs["counts"].copy(data=my.forward(zz).astype(np.float32)), mys).assign_attrs(
+    ds["counts_spatial"] = _renamed(x_obs["counts"].copy(data=cnt_x), mxs).astype(np.float32)
+    ds["model_spectral"] = _renamed(y_obs["counts"].copy(data=mod_y), mys).assign_attrs(
         units="count", long_name=f"predicted counts of {grid.attrs['spectral_obs']}")
-    ds["counts_spectral"] = _renamed(y_obs["counts"], mys).astype(np.float32)
+    ds["counts_spectral"] = _renamed(y_obs["counts"].copy(data=cnt_y), mys).astype(np.float32)
     for k, v in history.items():
         ds[k] = (("iteration",), np.asarray(v, dtype=np.float64))
     ds = ds.assign_coords(iteration=np.arange(ds.sizes["iteration"]))
@@ -195,9 +255,10 @@ def _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, coeffs, params
         ds["coefficients"] = (("x", "y", "component"), (coeffs / scale).astype(np.float32),
                               {"units": FLUX_UNITS, "long_name": "subspace maps W (flux = W @ basis, clipped at 0)"})
     if "psf" in grid:
-        ds["psf_spectral"] = grid["psf"].rename({"psf_x": "psf_x", "psf_y": "psf_y"})
+        ds["psf_spectral"] = grid["psf"]
     ds.attrs.update({
         "xfusion_version": __version__,
+        "backend": backend,
         "regularization": params["regularization"],
         "method": params["method"],
         "iterations": int(n_iter),

@@ -56,6 +56,21 @@ class PoissonTerm:
         q = self.data / np.maximum(m, tiny)
         return q if self.weight is None else q * self.weight
 
+    def subspace_value_and_grad(self, a, v, grad=True):
+        """Value (and coefficient gradient) for the model ``m = a @ v`` of a subspace iterate.
+
+        ``a`` (..., r): the spatially transformed coefficients; ``v`` (r, l): the reduced
+        spectral model. Returns ``(D, (w (1 - d/m)) @ v.T or None)``.
+        """
+        if self.weight is None:  # the same block kernel as the Dask path, on one block
+            from .parallel import _block_value_grad
+
+            out = _block_value_grad(self.data, a, v, grad)
+            return float(out[:, :, -1].sum()), (out[:, :, :-1].astype(a.dtype) if grad else None)
+        m = a @ v
+        val = self.value_from_model(m)
+        return val, (self.residual_factor(m) @ v.T if grad else None)
+
     def sensitivity(self):
         """``H^T w``: the EM normalisation (expected counts per unit flux, summed over the data)."""
         ones = np.ones(self.data.shape, self.data.dtype) if self.weight is None else self.weight

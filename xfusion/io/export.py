@@ -504,3 +504,140 @@ def write_pha(
         hdus.append(_ebounds_hdu(lo, hi, channel, telescope, instrument, filter, chantype))
     fits.HDUList(hdus).writeto(path, overwrite=overwrite)
     return path
+
+
+# --------------------------------------------------------------------------
+# Spectrum of a fused cube for a nominal "fused instrument"
+# --------------------------------------------------------------------------
+__all__ += ["write_pha_from_result"]
+
+
+def _region_mask(region, shape) -> np.ndarray:
+    """Boolean (x, y) mask from a mask, a list of (ix, iy) pixels or a pair of slices."""
+    if isinstance(region, xr.DataArray):
+        region = region.transpose("x", "y").values
+    if isinstance(region, tuple) and len(region) == 2 and all(isinstance(s, slice) for s in region):
+        mask = np.zeros(shape, dtype=bool)
+        mask[region] = True
+        return mask
+    arr = np.asarray(region)
+    if arr.dtype == bool:
+        if arr.shape != tuple(shape):
+            raise ValueError(f"region mask has shape {arr.shape}; the cube has (x, y) shape {tuple(shape)}.")
+        return arr
+    if arr.ndim == 2 and arr.shape[1] == 2 and np.issubdtype(arr.dtype, np.integer):
+        if np.any(arr < 0) or np.any(arr >= np.asarray(shape)):
+            raise ValueError(f"region pixel indices must lie in [0, {shape[0]}) x [0, {shape[1]}).")
+        mask = np.zeros(shape, dtype=bool)
+        mask[arr[:, 0], arr[:, 1]] = True
+        return mask
+    raise ValueError(
+        "region must be a boolean (x, y) mask, a list of (ix, iy) integer pixel indices, or a pair of "
+        "slices (slice_x, slice_y)."
+    )
+
+
+def write_pha_from_result(
+    result,
+    region,
+    path_prefix,
+    *,
+    exposure: float = 1.0,
+    area: float = 1.0,
+    variable: str = "flux",
+    rate: bool = False,
+    telescope: str = "XFUSION",
+    instrument: str = "FUSED",
+    object_name: str | None = None,
+    obs_id=1,
+    overwrite: bool = False,
+) -> tuple[Path, Path, Path]:
+    """Write the fused spectrum of a region as a PHA + RMF + ARF of a nominal "fused instrument".
+
+    The *fused instrument* is a perfect instrument on the fused grid: its channels are the
+    fused energy bins (``EBOUNDS`` = the result's ``energy_lo``/``energy_hi``), its RMF is
+    diagonal (``energy_true`` bins = channels, probability 1 on the diagonal), its ARF is
+    flat at ``area`` cm2 on the same bins, and it observes for ``exposure`` s. Folding a
+    spectral model through these files therefore predicts
+    ``flux_in_bin * area * exposure`` counts per channel, the quantity written here, so a
+    model fitted to the spectrum (XSPEC, Sherpa, gammapy) is directly in ph cm-2 s-1.
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        A :func:`xfusion.fuse` result (or any Dataset with a ``variable`` (x, y, energy)
+        in ph cm-2 s-1 per voxel and ``energy_lo``/``energy_hi`` coordinates in keV).
+    region : bool array / DataArray (x, y), sequence of (ix, iy), or (slice, slice)
+        Pixels summed into the spectrum (a pixel listed twice counts once).
+    path_prefix : str or os.PathLike
+        Output prefix: writes ``<prefix>.pha``, ``<prefix>.rmf`` and ``<prefix>.arf`` (the
+        PHA refers to the others by basename in ``RESPFILE``/``ANCRFILE``).
+    exposure, area : float
+        Nominal exposure (s) and flat effective area (cm2). Choose them so that the counts
+        per channel are large (the rounding below is then negligible): the numbers carry
+        no noise information of their own.
+    variable : str
+        Variable of ``result`` to sum (default ``"flux"``).
+    rate : bool
+        False (default): ``COUNTS`` = expected counts ``flux * area * exposure`` summed over
+        the region, **rounded to the nearest integer** (``numpy.rint``, halves to even;
+        negative values from round-off are set to 0), Poisson errors implied
+        (``POISSERR = T``). True: ``RATE`` = expected counts / exposure (count/s, not
+        rounded) with ``STAT_ERR = sqrt(expected counts) / exposure`` (``POISSERR = F``).
+    telescope, instrument, object_name, obs_id : header keywords (``OBS_ID`` is optional in
+        OGIP but gammapy's reader names the dataset after it).
+    overwrite : bool
+        Overwrite existing files.
+
+    Returns
+    -------
+    (pha_path, rmf_path, arf_path) : tuple of pathlib.Path
+
+    Notes
+    -----
+    ``BACKSCAL`` is written both as a column of ones and as the keyword 1 (gammapy's OGIP
+    reader needs the column); no background file, ``QUALITY`` all good, channels numbered
+    from 0 in the PHA, the RMF (``F_CHAN``, ``TLMIN4``) and ``EBOUNDS``.
+    """
+    from xfusion.io.ogip import edges_coords
+
+    da = result[variable].transpose("x", "y", "energy")
+    mask = _region_mask(region, (da.sizes["x"], da.sizes["y"]))
+    if not mask.any():
+        raise ValueError("the region selects no pixel.")
+    if not (float(exposure) > 0 and float(area) > 0):
+        raise ValueError(f"exposure and area must be positive; got {exposure!r} s and {area!r} cm2.")
+    lo, hi = _edges_from(da, "energy")
+    spectrum = np.asarray(da.values, dtype=np.float64)[mask].sum(axis=0)
+    expected = np.clip(spectrum * float(area) * float(exposure), 0.0, None)
+    if not rate:
+        if expected.max() >= 2**31:
+            raise ValueError("expected counts exceed the 32-bit COUNTS column; lower exposure/area or use rate=True.")
+        data = np.rint(expected)
+    else:
+        data = expected
+
+    prefix = os.fspath(path_prefix)
+    pha_path, rmf_path, arf_path = (Path(prefix + s) for s in (".pha", ".rmf", ".arf"))
+    n = lo.size
+    coords = edges_coords("energy_true", lo, hi)
+    coords.update(edges_coords("energy", lo, hi))
+    coords["channel"] = xr.Variable("energy", np.arange(n))
+    rmf = xr.DataArray(np.eye(n), dims=("energy_true", "energy"), coords=coords,
+                       attrs={"units": "1", "arf_folded": False})
+    arf = xr.DataArray(np.full(n, float(area)), dims=("energy_true",),
+                       coords=edges_coords("energy_true", lo, hi), attrs={"units": "cm2"})
+    keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
+    write_rmf(rmf, rmf_path, first_channel=0, overwrite=overwrite, **keys)
+    write_arf(arf, arf_path, overwrite=overwrite, **keys)
+    # BACKSCAL as a column of ones (keyword 1): OGIP allows either, gammapy needs the column
+    write_pha(data, np.append(lo, hi[-1]), float(exposure), pha_path, rmf=rmf_path.name, arf=arf_path.name,
+              rate=rate, first_channel=0, object_name=object_name, obs_id=obs_id, backscal=np.ones(n),
+              overwrite=overwrite, **keys)
+    with fits.open(pha_path, mode="update") as hdul:
+        h = hdul["SPECTRUM"].header
+        h["NPIXSOU"] = (int(mask.sum()), "number of fused pixels summed")
+        h["HISTORY"] = "Spectrum of an xfusion fused cube for a nominal fused instrument:"
+        h["HISTORY"] = "diagonal RMF on the fused energy bins, flat ARF, counts = flux*area*exposure"
+        h["HISTORY"] = "(expected counts, rounded to nearest integer)" if not rate else "(expected rate, not rounded)"
+    return pha_path, rmf_path, arf_path

@@ -2,30 +2,55 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
+
+#: largest number of principal components considered when choosing r by explained variance
+MAX_COMPONENTS = 64
 
 
-def pca_basis(spectra, rank=None, explained=0.999):
+def spectral_moments(spectra):
+    """``(n, sum_i s_i, sum_i s_i s_i^T)`` of spectra (n, L), NumPy or Dask (one pass, float64)."""
+    s = spectra.astype(np.float64)
+    moments = (s.shape[0], s.sum(axis=0), s.T @ s)
+    if hasattr(s, "dask"):
+        import dask
+
+        moments = (moments[0],) + tuple(dask.compute(*moments[1:]))
+    return moments
+
+
+def pca_basis(spectra=None, rank=None, explained=0.999, moments=None):
     """Orthonormal spectral basis V (r, L) for ``Z = W V``.
 
     ``spectra`` (n_spectra, L): the sharp-spectral observation's spectra converted to flux
-    (counts / (t A)). The basis is the mean spectrum followed by the leading principal
-    components of the centred spectra (eigenvectors sorted by DECREASING eigenvalue -- the
-    reference code's unsorted cut is a known defect), orthonormalized together. ``rank``
-    fixes r; otherwise r is the smallest number of components reaching ``explained`` of the
-    variance (plus the mean), capped at the number of spectra.
+    (counts / (t A)), NumPy or Dask (or pass ``moments`` from :func:`spectral_moments`). The
+    basis is the mean spectrum followed by the leading principal components of the centred
+    spectra -- eigenvectors of their covariance sorted by DECREASING eigenvalue (the
+    reference code's unsorted cut is a known defect) -- orthonormalized together, each
+    vector signed so its largest-magnitude element is positive (deterministic). ``rank``
+    fixes r; otherwise r - 1 is the smallest number of components reaching ``explained`` of
+    the variance (at most 64). The covariance route makes the NumPy and Dask paths give the
+    same basis; it costs O(L^2) memory (0.5 GB at L = 8192).
     """
-    s = np.asarray(spectra, dtype=np.float64)
-    mean = s.mean(axis=0)
-    _, sv, vt = np.linalg.svd(s - mean, full_matrices=False)  # singular values sorted decreasing
-    var = sv ** 2
-    if rank is None:
-        frac = np.cumsum(var) / max(var.sum(), 1e-300)
-        n_pc = int(np.searchsorted(frac, explained) + 1)
+    n, s1, s2 = moments if moments is not None else spectral_moments(spectra)
+    mean = s1 / n
+    cov = s2 / n - np.outer(mean, mean)
+    L = cov.shape[0]
+    n_max = min(MAX_COMPONENTS if rank is None else int(rank) - 1, L - 1, max(n - 1, 0))
+    if n_max > 0:
+        vals, vecs = scipy.linalg.eigh(cov, subset_by_index=[L - n_max, L - 1])
+        order = np.argsort(vals)[::-1]
+        vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
+        if rank is None:
+            total = max(float(np.trace(cov)), 1e-300)
+            n_pc = int(min(np.searchsorted(np.cumsum(vals) / total, explained) + 1, n_max))
+        else:
+            n_pc = n_max
+        pcs = vecs[:, :n_pc].T
     else:
-        n_pc = int(rank) - 1
-    n_pc = max(0, min(n_pc, vt.shape[0]))
-    q, _ = np.linalg.qr(np.vstack([mean, vt[:n_pc]]).T)
+        pcs = np.empty((0, L))
+    q, _ = np.linalg.qr(np.vstack([mean, pcs]).T)
     v = q.T
-    if v[0] @ mean < 0:
-        v[0] = -v[0]
-    return v
+    idx = np.argmax(np.abs(v), axis=1)
+    v *= np.sign(v[np.arange(v.shape[0]), idx])[:, None]
+    return np.ascontiguousarray(v)

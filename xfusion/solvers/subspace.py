@@ -31,25 +31,26 @@ class SubspaceFISTA:
         self.smooth, self.proxreg = smooth, prox
 
     # ----------------------------------------------------------------- smooth part
-    def _models(self, w):
-        out = []
-        for sp, v in self.reduced:
+    # each term evaluates value (and gradient) of m = A @ V_eff with A = spatial(W): the terms
+    # are PoissonTerm (NumPy) or parallel.DaskPoissonTerm (data blocks on Dask workers)
+    def _terms(self, w, grad):
+        val, g = 0.0, (np.zeros_like(w) if grad else None)
+        for t, (sp, v) in zip(self.terms, self.reduced):
             a = w if sp is None else sp.forward(w)
-            out.append(a @ v.astype(w.dtype, copy=False))
-        return out
+            tv, tg = t.subspace_value_and_grad(a, v.astype(w.dtype, copy=False), grad=grad)
+            val += tv
+            if grad:
+                g += tg if sp is None else sp.adjoint(tg)
+        return val, g
 
     def f(self, w):
-        val = sum(t.value_from_model(m) for t, m in zip(self.terms, self._models(w)))
+        val = self._terms(w, False)[0]
         if self.smooth is not None and np.isfinite(val):
             val += self.smooth.value(w)
         return val
 
     def f_grad(self, w):
-        val, grad = 0.0, np.zeros_like(w)
-        for t, (sp, v), m in zip(self.terms, self.reduced, self._models(w)):
-            val += t.value_from_model(m)
-            g = t.residual_factor(m) @ v.astype(w.dtype, copy=False).T
-            grad += g if sp is None else sp.adjoint(g)
+        val, grad = self._terms(w, True)
         if self.smooth is not None:
             val += self.smooth.value(w)
             grad += self.smooth.gradient(w)

@@ -1,0 +1,204 @@
+"""Command-line interface: round trip on the small toy, config/overrides, input errors, help."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xfusion.cli import main
+
+SUBCOMMANDS = ("demo", "fuse", "toy", "metrics", "plot")
+EXE = Path(sys.executable).parent / "xfusion"
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    assert main(["toy", "small", "-o", str(d), "--seed", "1"]) == 0
+    return d
+
+
+@pytest.fixture(scope="module")
+def fused(toy_dir):
+    out = toy_dir / "out.zarr"
+    assert main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_toy_writes_three_stores(toy_dir):
+    for name in ("x.zarr", "y.zarr", "truth.zarr"):
+        assert (toy_dir / name / "zarr.json").is_file()
+
+
+def test_metrics_and_plot_round_trip(toy_dir, fused, tmp_path, capsys):
+    import xarray as xr
+
+    res = xr.open_zarr(fused, consolidated=False)
+    assert res.attrs["regularization"] == "wavelet2d1d" and "flux" in res
+    capsys.readouterr()
+    assert main(["metrics", str(fused), str(toy_dir / "truth.zarr")]) == 0
+    out = capsys.readouterr().out
+    for name in ("nmse_db", "asam_rad", "acssim", "ergas", "psnr_db", "ssim", "mean_spectrum_rel_error"):
+        assert name in out
+    assert main(["metrics", str(fused)]) == 0
+    out = capsys.readouterr().out
+    assert "psnr_db" in out and "nmse_db" not in out
+
+    plots = tmp_path / "plots"
+    assert main(["plot", str(fused), "-o", str(plots), "--truth", str(toy_dir / "truth.zarr"),
+                 "--pixel", "7,7"]) == 0
+    for name in ("summary.png", "spectra.png", "maps.png", "history.png", "errors.png"):
+        f = plots / name
+        assert f.is_file() and f.stat().st_size > 10_000
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_installed_executable_round_trip(toy_dir, tmp_path):
+    assert EXE.is_file(), f"console script not installed at {EXE} (pip install -e .)"
+    out = tmp_path / "lr.zarr"
+    env = dict(os.environ, MPLBACKEND="Agg")
+    r = subprocess.run([str(EXE), "fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out),
+                        "--regularization", "lowrank_sobolev", "--max-iter", "30", "--option", "rank=4",
+                        "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "lowrank_sobolev/fista" in r.stdout
+    r = subprocess.run([str(EXE), "metrics", str(out), str(toy_dir / "truth.zarr")], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "nmse_db" in r.stdout
+    r = subprocess.run([str(EXE), "metrics", str(tmp_path / "missing.zarr")], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 3
+    assert "missing.zarr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_and_override(toy_dir, tmp_path):
+    import json
+
+    import xarray as xr
+
+    cfg = tmp_path / "fuse.toml"
+    cfg.write_text('regularization = "wavelet2d1d"\nmethod = "em"\nmax_iter = 7\ntol = 0\n'
+                   'checkpoint = "ck.zarr"\ncheckpoint_every = 3\n[options]\nk = 2.0\nn_scales_1d = 3\n')
+    out = tmp_path / "a.zarr"
+    args = ["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--config", str(cfg),
+            "--no-progress"]
+    assert main(args) == 0
+    res = xr.open_zarr(out, consolidated=False)
+    params = json.loads(res.attrs["parameters"])
+    assert res.attrs["iterations"] == 7 and params["k"] == 2.0 and params["n_scales_1d"] == 3
+    assert (tmp_path / "ck.zarr").exists()  # relative to the config file
+    # command-line flags override the config (and --option overrides [options])
+    assert main(args + ["--max-iter", "4", "--option", "k=1.5"]) == 0
+    res = xr.open_zarr(out, consolidated=False)
+    params = json.loads(res.attrs["parameters"])
+    assert res.attrs["iterations"] == 4 and params["k"] == 1.5 and params["n_scales_1d"] == 3
+
+
+def _err(capsys):
+    return capsys.readouterr().err
+
+
+def test_missing_store_exit_3(toy_dir, tmp_path, capsys):
+    missing = tmp_path / "nope.zarr"
+    assert main(["fuse", str(missing), str(toy_dir / "y.zarr"), "-o", str(tmp_path / "o.zarr")]) == 3
+    err = _err(capsys)
+    assert str(missing) in err and err.startswith("xfusion: error:") and "Traceback" not in err
+
+
+def test_not_a_zarr_store_exit_3(toy_dir, tmp_path, capsys):
+    d = tmp_path / "plain"
+    d.mkdir()
+    (d / "notes.txt").write_text("hello")
+    assert main(["fuse", str(d), str(toy_dir / "y.zarr"), "-o", str(tmp_path / "o.zarr")]) == 3
+    err = _err(capsys)
+    assert "not a Zarr store" in err and str(d) in err
+    f = tmp_path / "file.zarr"
+    f.write_text("x")
+    assert main(["metrics", str(f)]) == 3
+    assert "not a Zarr store" in _err(capsys)
+
+
+def test_store_without_counts_exit_3(toy_dir, tmp_path, capsys):
+    from xfusion.io import zarr as xz
+
+    bad = tmp_path / "nocounts.zarr"
+    xz.write(xz.open(toy_dir / "x.zarr").drop_vars("counts"), bad)
+    assert main(["fuse", str(bad), str(toy_dir / "y.zarr"), "-o", str(tmp_path / "o.zarr")]) == 3
+    err = _err(capsys)
+    assert "counts" in err and str(bad) in err and "Traceback" not in err
+
+
+def test_unknown_regularization(toy_dir, tmp_path, capsys):
+    x, y, o = str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), str(tmp_path / "o.zarr")
+    assert main(["fuse", x, y, "-o", o, "--regularization", "tv"]) == 2  # argparse choices
+    assert "invalid choice: 'tv'" in _err(capsys)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('regularization = "tv"\n')
+    assert main(["fuse", x, y, "-o", o, "--config", str(cfg), "--no-progress"]) == 3
+    assert "unknown regularization 'tv'" in _err(capsys)
+    cfg.write_text('regularisation = "none"\n')
+    assert main(["fuse", x, y, "-o", o, "--config", str(cfg), "--no-progress"]) == 3
+    assert "unknown key(s) ['regularisation']" in _err(capsys)
+
+
+def test_unknown_option_exit_3(toy_dir, tmp_path, capsys):
+    rc = main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(tmp_path / "o.zarr"),
+               "--option", "bogus=1", "--no-progress"])
+    assert rc == 3
+    err = _err(capsys)
+    assert "bogus" in err and "Traceback" not in err
+    assert main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(tmp_path / "o.zarr"),
+                 "--option", "novalue"]) == 3
+    assert "KEY=VALUE" in _err(capsys)
+
+
+def test_refuses_to_overwrite_non_store(toy_dir, tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("data")
+    rc = main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(precious), "--no-progress"])
+    assert rc == 3 and (precious / "keep.txt").is_file()
+    assert "refusing to overwrite" in _err(capsys)
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main(["toy", "no_such_toy", "-o", "x"]) == 2
+    assert main(["fuse", "a.zarr"]) == 2
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_help(cmd, capsys):
+    assert main([cmd, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert f"usage: xfusion {cmd}" in text
+    assert "arcsec" in text or "keV" in text
+    if cmd == "fuse":
+        for word in ("arcsec", "keV", " s,", "iterations", "--resume", "--scheduler", "KEY=VALUE"):
+            assert word in text
+
+
+def test_top_level_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(c in text for c in SUBCOMMANDS) and "exit codes" in text
+    assert main(["--version"]) == 0
+
+
+def test_keyboard_interrupt_exit_130(toy_dir, tmp_path, capsys, monkeypatch):
+    fuse_module = sys.modules["xfusion.fuse"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fuse_module, "fuse", interrupted)
+    ck = tmp_path / "ck.zarr"
+    base = ["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(tmp_path / "o.zarr")]
+    assert main(base + ["--checkpoint", str(ck)]) == 130
+    err = _err(capsys)
+    assert "--resume" in err and str(ck) in err
+    assert main(base) == 130
+    assert "--checkpoint" in _err(capsys)

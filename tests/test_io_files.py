@@ -1,0 +1,347 @@
+"""Observations from files (events + OGIP responses + PSF image) and alignment by cropping.
+
+Round trip: the ``small`` toy is written as synthetic XMM-EPIC-like (X) and XRISM-Resolve-like
+(Y) event lists (one event per count, inside its voxel, plus events the screening or the
+grid must reject), OGIP RMF/ARF files and a FITS PSF image; reading them back with
+``observation_from_files`` must give the toy's counts exactly and the same fused cube.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.io import fits
+from astropy.wcs import WCS
+
+import xfusion
+from xfusion.io.export import write_arf, write_rmf
+from xfusion.io.files import align, observation_from_files
+from xfusion.io.ogip import edges_coords
+from xfusion.observation import energy_edges
+from xfusion.operators.response import kernel_matrix
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RA0, DEC0 = 266.41, -29.01          # cube tangent point (deg)
+REF = (RA0 + 0.003, DEC0 - 0.002)   # tangent point of the files' sky-pixel WCS (differs on purpose)
+SKY = {"xmm_epic": (25921.0, 0.05), "xrism_resolve": (1215.5, 1.767)}  # (TCRPX, sky pixel arcsec)
+
+
+# --------------------------------------------------------------------------- writers
+def _offsets_to_radec(x, y, ra0=RA0, dec0=DEC0):
+    """Inverse gnomonic projection: x (west), y (north) offsets in arcsec -> RA, Dec in deg."""
+    xi = -np.deg2rad(np.asarray(x, dtype=np.float64) / 3600.0)
+    eta = np.deg2rad(np.asarray(y, dtype=np.float64) / 3600.0)
+    a0, d0 = np.deg2rad(ra0), np.deg2rad(dec0)
+    den = np.cos(d0) - eta * np.sin(d0)
+    ra = a0 + np.arctan2(xi, den)
+    dec = np.arctan2(np.sin(d0) + eta * np.cos(d0), np.hypot(xi, den))
+    return np.rad2deg(ra), np.rad2deg(dec)
+
+
+def _sky_wcs(instrument):
+    crpix, pix = SKY[instrument]
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crpix = [crpix, crpix]
+    w.wcs.crval = list(REF)
+    w.wcs.cdelt = [-pix / 3600.0, pix / 3600.0]
+    return w
+
+
+def _events_from_counts(obs, rng, jitter=0.35):
+    """One event per count: pixel centre + uniform jitter (|.| <= jitter pixel), energy inside the channel."""
+    c = np.asarray(obs["counts"].values).astype(np.int64)
+    n = c.ravel()
+    vox = np.repeat(np.arange(n.size), n)
+    ix, iy, ie = np.unravel_index(vox, c.shape)
+    p = float(obs["x"].attrs["pixel_size"])
+    x = obs["x"].values[ix] + rng.uniform(-jitter, jitter, vox.size) * p
+    y = obs["y"].values[iy] + rng.uniform(-jitter, jitter, vox.size) * p
+    return x, y, ie
+
+
+def _write_events(path, instrument, x, y, pi, extra, exposure):
+    crpix, _ = SKY[instrument]
+    xp, yp = _sky_wcs(instrument).wcs_world2pix(*_offsets_to_radec(x, y), 1)
+    if instrument == "xmm_epic":   # EPIC: integer sky pixels of 0.05", PI in eV
+        pos_fmt, int_type, pi_fmt, tel, ins = "J", np.int32, "I", "XMM", "EPN"
+    else:                          # Resolve: integer sky pixels, PI in 0.5 eV channels
+        pos_fmt, int_type, pi_fmt, tel, ins = "I", np.int16, "J", "XRISM", "RESOLVE"
+    cols = [
+        fits.Column(name="TIME", format="D", unit="s", array=np.linspace(0.0, exposure, x.size)),
+        fits.Column(name="X", format=pos_fmt, unit="pixel", array=np.round(xp).astype(int_type)),
+        fits.Column(name="Y", format=pos_fmt, unit="pixel", array=np.round(yp).astype(int_type)),
+        fits.Column(name="PI", format=pi_fmt, unit="chan", array=pi),
+    ]
+    cols += [fits.Column(name=k, format=f, array=a) for k, (f, a) in extra.items()]
+    hdu = fits.BinTableHDU.from_columns(cols, name="EVENTS")
+    h = hdu.header
+    h["TELESCOP"], h["INSTRUME"], h["OBJECT"] = tel, ins, "toy SNR"
+    h["EXPOSURE"] = (float(exposure), "[s] exposure")
+    h["ONTIME"] = float(exposure) * 1.1
+    for i in (2, 3):  # X, Y are columns 2 and 3 (after TIME)
+        ax = i - 2
+        h[f"TCTYP{i}"] = ("RA---TAN", "DEC--TAN")[ax]
+        h[f"TCRPX{i}"] = crpix
+        h[f"TCRVL{i}"] = REF[ax]
+        h[f"TCDLT{i}"] = (-1, 1)[ax] * SKY[instrument][1] / 3600.0
+        h[f"TCUNI{i}"] = "deg"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    return path
+
+
+def _write_x_events(x_obs, path, rng):
+    x, y, ie = _events_from_counts(x_obs, rng)
+    lo = np.round(x_obs["energy_lo"].values * 1000).astype(int)[ie]   # channel edges in eV (integers here)
+    hi = np.round(x_obs["energy_hi"].values * 1000).astype(int)[ie]
+    pi = rng.integers(lo + 1, hi)                                     # 1 eV clear of both edges
+    n = x.size
+    # events the reader must reject: bad pattern, flagged, outside the field, outside the band
+    bad = 40
+    x = np.concatenate([x, np.zeros(bad), np.full(10, 200.0), np.zeros(10)])
+    y = np.concatenate([y, np.zeros(bad), np.zeros(10), np.zeros(10)])
+    pi = np.concatenate([pi, np.full(bad, 900), np.full(10, 900), np.full(10, 3000)])
+    pattern = np.zeros(x.size, np.int16)
+    pattern[n:n + bad // 2] = 13
+    flag = np.zeros(x.size, np.int32)
+    flag[n + bad // 2:n + bad] = 1
+    return _write_events(path, "xmm_epic", x, y, pi.astype(np.int16),
+                         {"PATTERN": ("I", pattern), "FLAG": ("J", flag)}, float(x_obs["exposure"]))
+
+
+def _write_y_events(y_obs, path, rng):
+    x, y, ie = _events_from_counts(y_obs, rng)
+    lo = y_obs["energy_lo"].values[ie] * 2000   # PI units of 0.5 eV
+    hi = y_obs["energy_hi"].values[ie] * 2000
+    pi = rng.integers(np.floor(lo + 1e-6).astype(int) + 1, np.ceil(hi - 1e-6).astype(int))
+    n = x.size
+    x = np.concatenate([x, np.zeros(30)])
+    y = np.concatenate([y, np.zeros(30)])
+    pi = np.concatenate([pi, np.full(30, 1801)])
+    itype = np.zeros(x.size, np.int16)
+    itype[n:] = rng.integers(1, 5, 30)          # medium/low resolution grades: screened out
+    return _write_events(path, "xrism_resolve", x, y, pi.astype(np.int32), {"ITYPE": ("I", itype)},
+                         float(y_obs["exposure"]))
+
+
+def _extend(edges, n_below, n_above):
+    """Extend edges by whole bins of the first/last width, keeping the inner values bit-identical."""
+    d0, d1 = edges[1] - edges[0], edges[-1] - edges[-2]
+    return np.concatenate([edges[0] - d0 * np.arange(n_below, 0, -1), edges,
+                           edges[-1] + d1 * np.arange(1, n_above + 1)])
+
+
+def _rmf_da(matrix, true_edges, chan_edges, **attrs):
+    coords = edges_coords("energy_true", true_edges[:-1], true_edges[1:])
+    coords.update(edges_coords("energy", chan_edges[:-1], chan_edges[1:]))
+    return xr.DataArray(matrix, dims=("energy_true", "energy"), coords=coords, attrs={"units": "1", **attrs})
+
+
+def _arf_da(value, true_edges):
+    return xr.DataArray(np.full(true_edges.size - 1, float(value)), dims=("energy_true",),
+                        coords=edges_coords("energy_true", true_edges[:-1], true_edges[1:]), attrs={"units": "cm2"})
+
+
+def _write_psf(psf, path):
+    """PSF stamp as a FITS image (row = y, column = x) with a celestial WCS, CDELT in degrees."""
+    p = float(psf["psf_x"].attrs["pixel_size"])
+    n = psf.sizes["psf_x"]
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
+    w.wcs.crval = [RA0, DEC0]
+    w.wcs.cdelt = [-p / 3600.0, p / 3600.0]
+    w.wcs.cunit = ["deg", "deg"]
+    fits.PrimaryHDU(np.asarray(psf.transpose("psf_y", "psf_x").values, np.float64), header=w.to_header()).writeto(path)
+    return path
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def toy_files(tmp_path_factory):
+    x_obs, y_obs, _ = xfusion.toy.make("small", seed=0)
+    d = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(42)
+    fine, coarse = energy_edges(y_obs), energy_edges(x_obs)
+    # X: the toy's kernel response as an RMF on a 3.75 eV true-energy grid, 75 eV channels, 0.2-2 keV
+    x_true, x_chan = _extend(fine, 80, 160), _extend(coarse, 4, 8)
+    spacing = float(x_obs["energy_offset"].attrs["spacing"])
+    x_rmf = _rmf_da(kernel_matrix(x_obs["response"].values, spacing, x_true, x_chan), x_true, x_chan)
+    # Y: identity-like RMF on its 3.75 eV channels, 8 extra channels on each side of the band
+    y_edges = _extend(fine, 8, 8)
+    y_rmf = _rmf_da(np.eye(y_edges.size - 1), y_edges, y_edges)
+    files = {
+        "x_events": _write_x_events(x_obs, d / "pn.evt", rng),
+        "y_events": _write_y_events(y_obs, d / "resolve.evt", rng),
+        "x_rmf": write_rmf(x_rmf, d / "pn.rmf", telescope="XMM", instrument="EPN"),
+        "x_arf": write_arf(_arf_da(float(x_obs["effective_area"]), x_true), d / "pn.arf"),
+        "y_rmf": write_rmf(y_rmf, d / "resolve.rmf", telescope="XRISM", instrument="RESOLVE"),
+        "y_arf": write_arf(_arf_da(float(y_obs["effective_area"]), y_edges), d / "resolve.arf"),
+        "y_psf": _write_psf(y_obs["psf"], d / "resolve_psf.fits"),
+    }
+    band = (float(fine[0]), float(fine[-1]))
+    x_f = observation_from_files(events=files["x_events"], rmf=files["x_rmf"], arf=files["x_arf"],
+                                 pixel_size=10.0, center=(RA0, DEC0), shape=(15, 15), band=band)
+    y_f = observation_from_files(events=files["y_events"], rmf=files["y_rmf"], arf=files["y_arf"],
+                                 psf=files["y_psf"], psf_pixel_size=10.0, band=band,
+                                 grid={"pixel_size": 30.0, "center": (RA0, DEC0), "shape": (5, 5)})
+    return x_obs, y_obs, x_f, y_f, files
+
+
+# --------------------------------------------------------------------------- tests
+def test_counts_round_trip_exact(toy_files):
+    x_obs, y_obs, x_f, y_f, _ = toy_files
+    for toy_o, file_o in ((x_obs, x_f), (y_obs, y_f)):
+        xfusion.validate(file_o)
+        np.testing.assert_array_equal(file_o["counts"].values, toy_o["counts"].values)
+        for c in ("x", "y", "energy_lo", "energy_hi"):
+            np.testing.assert_array_equal(file_o[c].values, toy_o[c].values)
+        assert float(file_o["exposure"]) == float(toy_o["exposure"])
+        assert file_o.attrs["center_ra"] == RA0
+    assert x_f.attrs["instrument"] == "xmm_epic" and y_f.attrs["instrument"] == "xrism_resolve"
+    assert x_f["response"].dims == ("energy_true", "energy") and x_f.sizes["energy"] == 12
+    assert y_f.sizes["energy"] == 240 and y_f["psf"].shape == y_obs["psf"].shape
+    np.testing.assert_allclose(y_f["psf"].values, y_obs["psf"].values, rtol=1e-12, atol=1e-15)
+
+
+def test_fuse_from_files_matches_in_memory(toy_files):
+    x_obs, y_obs, x_f, y_f, _ = toy_files
+    ref = xfusion.fuse(x_obs, y_obs, max_iter=5, progress=False)
+    got = xfusion.fuse(x_f, y_f, max_iter=5, progress=False)
+    a, b = ref["flux"].values.astype(np.float64), got["flux"].values.astype(np.float64)
+    # The only differences between the two problems are the float32 storage of the RMF
+    # (the solver casts its response matrix to float32 anyway, so it sees the same numbers)
+    # and the PSF renormalization after reading (~1e-16 relative); areas (1000, 250 cm2)
+    # and the exposures are exact in the files. The results are measured bit-identical;
+    # rtol 1e-5 (~100 float32 ulps) leaves room for BLAS/FFT reordering only, while a
+    # wrong grid, channel, area or exposure would show up at >= 1e-3.
+    rel = np.max(np.abs(a - b)) / np.max(np.abs(a))
+    print(f"fused flux, files vs in-memory: max |diff| / max |flux| = {rel:.3g}")
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7 * np.max(np.abs(a)))
+    np.testing.assert_allclose(got["objective"].values, ref["objective"].values, rtol=1e-5)
+
+
+def test_grid_and_energy_options(toy_files):
+    x_obs, _, _, _, files = toy_files
+    common = dict(events=files["x_events"], rmf=files["x_rmf"], arf=files["x_arf"], pixel_size=10.0,
+                  center=(RA0, DEC0), shape=(15, 15))
+    # explicit edges: two RMF channels per counts channel (non-uniform groups are allowed too)
+    coarse = energy_edges(x_obs)
+    o = observation_from_files(energy_edges=coarse[::2], **common)
+    np.testing.assert_array_equal(o["counts"].values,
+                                  x_obs["counts"].values.reshape(15, 15, 6, 2).sum(-1))
+    np.testing.assert_allclose(o["response"].sum("energy").values.max(), 1.0, atol=1e-3)
+    o2 = observation_from_files(energy_edges=coarse[[0, 1, 4, 12]], **common)
+    assert o2.sizes["energy"] == 3
+    with pytest.raises(ValueError, match="not a channel edge"):
+        observation_from_files(energy_edges=coarse + 0.03, **common)
+    # group= on the default grid; no screening -> the 40 flagged / bad-pattern events come back
+    o3 = observation_from_files(band=(0.5, 1.4), group=3, filters={}, **common)
+    assert o3.sizes["energy"] == 4
+    assert float(o3["counts"].sum()) == float(x_obs["counts"].sum()) + 40
+    with pytest.raises(ValueError, match="either as grid= or as keywords"):
+        observation_from_files(grid={"pixel_size": 10.0, "center": (RA0, DEC0), "shape": (15, 15)},
+                               **{**common, "shape": (3, 3)})
+    with pytest.raises(ValueError, match="energy_edges is required"):
+        observation_from_files(events=files["x_events"], pixel_size=10.0, center=(RA0, DEC0), shape=(15, 15))
+
+
+# --------------------------------------------------------------------------- align
+def _obs_like(o, pad_x=(0, 0), pad_y=(0, 0), edges=None, seed=0):
+    """Observation with extra border pixels (filled with random counts) and/or other energy edges."""
+    p = float(o["x"].attrs["pixel_size"])
+    x = np.concatenate([o["x"].values[0] - p * np.arange(pad_x[0], 0, -1), o["x"].values,
+                        o["x"].values[-1] + p * np.arange(1, pad_x[1] + 1)])
+    y = np.concatenate([o["y"].values[0] - p * np.arange(pad_y[0], 0, -1), o["y"].values,
+                        o["y"].values[-1] + p * np.arange(1, pad_y[1] + 1)])
+    edges = energy_edges(o) if edges is None else edges
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(3.0, (x.size, y.size, edges.size - 1)).astype(float)
+    da = xr.DataArray(counts, dims=("x", "y", "energy"), coords={"x": x, "y": y})
+    kw = {"psf": o["psf"]} if "psf" in o else {}
+    if "response" in o:
+        kw.update(response=o["response"].values, response_spacing=float(o["energy_offset"].attrs["spacing"]))
+    return xfusion.observation(da, energy_edges=edges, pixel_size=p, exposure=1e3,
+                               effective_area=float(o["effective_area"]), name=o.attrs["name"], **kw)
+
+
+def test_align_crops_borders_and_channels():
+    x_obs, y_obs, _ = xfusion.toy.make("small", seed=0)
+    fine, coarse = energy_edges(y_obs), energy_edges(x_obs)
+    # X: 2 extra pixels left and 4 right in x, 1 extra below in y; one coarse channel more on
+    # each side (not covered by Y). Y: one extra coarse pixel right in x (partly beyond X's
+    # original field but inside the padded one), 7 / 13 extra fine channels below / above.
+    xa = _obs_like(x_obs, pad_x=(2, 4), pad_y=(1, 0), edges=_extend(coarse, 1, 1))
+    ya = _obs_like(y_obs, pad_x=(0, 1), edges=_extend(fine, 7, 13), seed=1)
+    with pytest.raises(ValueError):
+        xfusion.fusion_grid(xa, ya)
+    ya2, xa2 = align(ya, xa)                       # order of the arguments is kept
+    g = xfusion.fusion_grid(xa2, ya2)
+    assert (g.attrs["spatial_factor"], g.attrs["spectral_factor"]) == (3, 20)
+    # x: X edges -95..115, Y edges -75..105 -> common -75..105 (18 X pixels, 6 Y pixels)
+    assert (xa2.sizes["x"], ya2.sizes["x"]) == (18, 6)
+    assert xa2["x"].values[0] == -70.0 and ya2["x"].values[-1] == 90.0
+    # y: X edges -85..75, Y edges -75..75 -> the original 15 / 5
+    assert (xa2.sizes["y"], ya2.sizes["y"]) == (15, 5)
+    np.testing.assert_array_equal(energy_edges(xa2), coarse)
+    np.testing.assert_array_equal(energy_edges(ya2), fine)
+    np.testing.assert_array_equal(xa2["counts"].values, xa["counts"].values[2:20, 1:, 1:-1])
+    np.testing.assert_array_equal(ya2["counts"].values, ya["counts"].values[:, :, 7:-13])
+    r = xfusion.fuse(xa2, ya2, max_iter=2, progress=False)
+    assert r["flux"].shape == (18, 15, 240)
+
+
+def test_align_errors():
+    x_obs, y_obs, _ = xfusion.toy.make("small", seed=0)
+    fine, coarse = energy_edges(y_obs), energy_edges(x_obs)
+    # non-integer pixel ratio: 25 / 10
+    y25 = _obs_like(y_obs).assign_coords(
+        x=xr.Variable("x", np.arange(5) * 25.0 - 50, {"units": "arcsec", "pixel_size": 25.0}),
+        y=xr.Variable("y", np.arange(5) * 25.0 - 50, {"units": "arcsec", "pixel_size": 25.0}))
+    with pytest.raises(ValueError, match=r"non-integer ratio 2\.5.*pixel_size="):
+        align(x_obs, y25)
+    # grids offset by half a fine pixel: cannot be cropped into alignment
+    shifted = y_obs.assign_coords(x=y_obs["x"].copy(data=y_obs["x"].values + 5.0))
+    with pytest.raises(ValueError, match="center shifted"):
+        align(x_obs, shifted)
+    # channel edges off by half a fine channel everywhere
+    xs = _obs_like(x_obs, edges=coarse + 0.5 * (fine[1] - fine[0]))
+    with pytest.raises(ValueError, match="coordinate energy"):
+        align(xs, y_obs)
+    # different tangent points
+    xa = x_obs.assign_attrs(center_ra=RA0, center_dec=DEC0)
+    ya = y_obs.assign_attrs(center_ra=RA0 + 0.01, center_dec=DEC0)
+    with pytest.raises(ValueError, match="same center="):
+        align(xa, ya)
+
+
+def test_real_responses(tmp_path):
+    """EPIC-pn RMF/ARF and a real PSF image: band/grouping on real EBOUNDS, dense RMF kept small."""
+    need = [DATA / f for f in ("epn_ff20_dY9.rmf", "pn_pi_src.arf", "psf_f1_norm_0.25pix.fits", "xrs_mucal.rmf")]
+    missing = [p.name for p in need if not p.exists()]
+    if missing:
+        pytest.skip(f"real instrument files {missing} not found in {DATA}")
+    rng = np.random.default_rng(5)
+    n = 2000
+    x, y = rng.uniform(-40, 40, n), rng.uniform(-40, 40, n)
+    pi = rng.integers(520, 1980, n)
+    ev = _write_events(tmp_path / "pn.evt", "xmm_epic", x, y, pi.astype(np.int16),
+                       {"PATTERN": ("I", np.zeros(n, np.int16)), "FLAG": ("J", np.zeros(n, np.int32))}, 1e4)
+    o = observation_from_files(events=ev, rmf=need[0], arf=need[1], psf=need[2], psf_pixel_size=2.0,
+                               pixel_size=4.0, center=(RA0, DEC0), shape=(21, 21), band=(0.5, 2.0), group=15)
+    assert o.sizes["energy"] == 20 and o["response"].shape[1] == 20
+    et = energy_edges(o, "energy_true")                              # rows cropped to the band
+    ee = energy_edges(o)
+    assert 0.5 <= ee[0] and ee[-1] <= 2.0
+    assert o["response"].sizes["energy_true"] < 1319
+    assert ee[0] - 0.01 < et[0] <= ee[0] <= ee[-1] <= et[-1] < ee[-1] + 0.01
+    assert float(o["counts"].sum()) == np.sum((pi * 1e-3 >= ee[0]) & (pi * 1e-3 < ee[-1]))  # all inside the field
+    assert abs(float(o["psf"].sum()) - 1) < 1e-9 and o["psf"]["psf_x"].attrs["pixel_size"] == 2.0
+    # a Resolve-like event file on the 12000-channel microcalorimeter RMF: only the band is densified
+    evy = _write_events(tmp_path / "rs.evt", "xrism_resolve", x, y, (pi * 2).astype(np.int32),
+                        {"ITYPE": ("I", np.zeros(n, np.int16))}, 1e4)
+    oy = observation_from_files(events=evy, rmf=need[3], pixel_size=20.0, center=(RA0, DEC0), shape=(5, 5),
+                                band=(0.6, 0.9))
+    assert oy.sizes["energy"] == 300 and oy["response"].shape[0] <= 302

@@ -1,0 +1,115 @@
+"""Plot functions: Figures with labelled axes (units) on the small toy; summary writes a PNG."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import xfusion  # noqa: E402
+from xfusion import plot  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fused(small_toy):
+    x, y, truth = small_toy
+    return xfusion.fuse(x, y, progress=False), truth
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _labelled(fig, xunit, yunit):
+    axes = [a for a in fig.axes if a.get_label() != "<colorbar>" and a.get_visible()]
+    assert axes
+    for a in axes:
+        assert xunit in a.get_xlabel(), a.get_xlabel()
+        assert yunit in a.get_ylabel(), a.get_ylabel()
+        assert a.get_title()
+    return axes
+
+
+def _colorbar_labels(fig):
+    return [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"]
+
+
+def test_amplitude_maps(fused, small_toy):
+    res, truth = fused
+    fig = plot.amplitude_maps(res, truth)
+    assert isinstance(fig, Figure)
+    axes = _labelled(fig, "arcsec", "arcsec")
+    assert len(axes) == 4
+    titles = " ".join(a.get_title() for a in axes)
+    assert res.attrs["spatial_obs"] in titles and res.attrs["spectral_obs"] in titles
+    cbs = _colorbar_labels(fig)
+    assert len(cbs) == 3  # X counts, Y counts, one shared for fused + truth
+    assert sum("counts" in c for c in cbs) == 2 and any("cm$^{-2}$" in c for c in cbs)
+    # fused and truth share one colour scale
+    ims = [a.images[0] for a in axes[2:]]
+    assert ims[0].get_clim() == ims[1].get_clim()
+    # extent: pixel edges in arcsec, y up
+    x = res["x"].values
+    assert np.allclose(axes[2].images[0].get_extent(), [x[0] - 5, x[-1] + 5, x[0] - 5, x[-1] + 5])
+    # inputs from the observations themselves also work
+    x_obs, y_obs, _ = small_toy
+    fig = plot.amplitude_maps(x_obs=x_obs, y_obs=y_obs)
+    assert [a.get_title().split("\n")[0] for a in _labelled(fig, "arcsec", "arcsec")] == [
+        x_obs.attrs["name"], y_obs.attrs["name"]]
+
+
+def test_spectra(fused):
+    res, truth = fused
+    fig = plot.spectra(res, truth, pixels=[(7, 7), (0, 0)])
+    axes = _labelled(fig, "keV", "keV$^{-1}$")
+    assert len(axes) == 2
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert "fused" in labels and "truth" in labels and any("rescaled" in s for s in labels)
+    fig = plot.spectra(res, regions=[(slice(0, 3), slice(0, 3)), (slice(-20.0, 20.0), slice(-20.0, 20.0))])
+    axes = _labelled(fig, "keV", "ph cm")
+    assert "9 px" in axes[0].get_title() and "25 px" in axes[1].get_title()
+    fig = plot.spectra(res)  # automatic bright + typical pixel
+    assert len(_labelled(fig, "keV", "ph cm")) == 2
+    with pytest.raises(ValueError, match="outside"):
+        plot.spectra(res, pixels=[(99, 0)])
+
+
+def test_auto_pixels(fused):
+    res, _ = fused
+    (bx, by), (fx, fy) = plot.auto_pixels(res)
+    amp = res["flux"].sum("energy").values
+    assert amp[bx, by] == amp.max()
+    assert 0 < amp[fx, fy] < amp.max()
+
+
+def test_error_maps(fused):
+    res, truth = fused
+    fig = plot.error_maps(res, truth)
+    _labelled(fig, "arcsec", "arcsec")
+    cbs = _colorbar_labels(fig)
+    assert any("rad" in c for c in cbs) and any("%" in c for c in cbs)
+
+
+def test_objective_history(fused):
+    res, _ = fused
+    fig = plot.objective_history(res)
+    (ax,) = _labelled(fig, "iteration", "dimensionless")
+    assert ax.get_yscale() == "log"
+    assert len(ax.get_lines()) == 3
+
+
+def test_summary_png(fused, tmp_path):
+    res, truth = fused
+    path = tmp_path / "summary.png"
+    fig = plot.summary(res, truth, path=path)
+    assert isinstance(fig, Figure)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 50_000
+    assert "NMSE" in fig.get_suptitle()
+    # 4 maps + 2 spectra + history + SAM map (colour bars excluded)
+    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 8
+    fig = plot.summary(res, pixels=[(3, 3), (7, 7), (10, 2)])  # no truth: 3 maps, 3 spectra, history
+    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 7

@@ -1,0 +1,503 @@
+"""Command-line interface: ``xfusion demo | fuse | toy | metrics | plot``.
+
+Exit codes: 0 success; 2 usage error (bad arguments, from argparse); 3 input error (missing
+or unreadable store, invalid observation, unknown option: a one-line ``xfusion: error:``
+message, no traceback); 1 unexpected internal error (traceback printed); 130 interrupted
+(Ctrl-C; a run with ``--checkpoint`` can be continued with ``--resume``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import tomllib
+import traceback
+from pathlib import Path
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+CONFIG_KEYS = ("regularization", "method", "max_iter", "tol", "checkpoint", "checkpoint_every", "resume", "dtype",
+               "options")
+METRIC_NOTE = ("nmse_db: normalised MSE in dB (higher is better); asam_rad: mean spectral angle in radians; "
+               "acssim: 1 - mean SSIM per channel; ergas: relative global error (lower is better for these three)")
+
+
+class InputError(ValueError):
+    """A problem with the user's inputs (exit code 3)."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+# ----------------------------------------------------------------------------- helpers
+def _open_store(path, what="store"):
+    """Open a Zarr store, turning every failure into an InputError naming the path."""
+    from .io import zarr as xzarr
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {str(path)!r} does not exist")
+    if not p.is_dir() or not any((p / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs")):
+        raise InputError(f"{what} {str(path)!r} is not a Zarr store (no zarr.json/.zgroup inside)")
+    try:
+        return xzarr.open(p)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is an input problem here
+        raise InputError(f"cannot read {what} {str(path)!r} as a Zarr dataset: {exc}") from exc
+
+
+def _open_observation(path):
+    from .observation import validate
+
+    ds = _open_store(path, "observation store")
+    try:
+        return validate(ds)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: invalid observation: {exc}") from exc
+
+
+def _open_result(path):
+    ds = _open_store(path, "result store")
+    if "flux" not in ds:
+        raise InputError(f"{path}: not an xfusion result (no 'flux' variable; produce one with `xfusion fuse`)")
+    return ds
+
+
+def _open_truth(path):
+    ds = _open_store(path, "truth store")
+    if "flux" in ds:
+        return ds["flux"]
+    if len(ds.data_vars) == 1:
+        return ds[next(iter(ds.data_vars))]
+    raise InputError(f"{path}: truth store needs a 'flux' variable (x, y, energy) in ph cm-2 s-1")
+
+
+def _prepare_output(path, what="output store"):
+    """Refuse to overwrite anything that is not a Zarr store; create parent folders."""
+    p = Path(path)
+    if p.exists():
+        is_store = p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zgroup"))
+        if not is_store:
+            raise InputError(f"{what} {str(path)!r} exists and is not a Zarr store; refusing to overwrite it")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _write(ds, path):
+    from .io import zarr as xzarr
+
+    xzarr.write(ds, _prepare_output(path))
+    return path
+
+
+def _parse_value(text):
+    """Parse an --option value: TOML literal (1, 0.5, true, "s", [1, 2]), none/null -> None, else a string."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _parse_options(items):
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"--option expects KEY=VALUE (e.g. --option k=1.5); got {item!r}")
+        out[key] = _parse_value(value.strip())
+    return out
+
+
+def _load_config(path):
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"config file {str(path)!r} does not exist")
+    try:
+        cfg = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise InputError(f"config file {str(path)!r}: unknown key(s) {unknown}; valid keys: {list(CONFIG_KEYS)} "
+                         "(regularization options go in an [options] table)")
+    if not isinstance(cfg.get("options", {}), dict):
+        raise InputError(f"config file {str(path)!r}: 'options' must be a table ([options])")
+    if isinstance(cfg.get("checkpoint"), str) and not os.path.isabs(cfg["checkpoint"]):
+        cfg["checkpoint"] = str(p.parent / cfg["checkpoint"])
+    return cfg
+
+
+def _fuse_settings(args):
+    """Merge defaults < config file < command-line flags into fuse() keyword arguments."""
+    cfg = _load_config(args.config) if args.config else {}
+    options = dict(cfg.pop("options", {}) or {})
+    options.update(_parse_options(args.option))
+    kw = {k: v for k, v in cfg.items()}
+    for key in ("regularization", "method", "max_iter", "tol", "checkpoint", "checkpoint_every", "dtype"):
+        value = getattr(args, key)
+        if value is not None:
+            kw[key] = value
+    if args.resume:
+        kw["resume"] = True
+    if kw.get("resume") and not kw.get("checkpoint"):
+        raise InputError("--resume needs --checkpoint PATH (the store written by the interrupted run)")
+    for key, typ in (("max_iter", int), ("checkpoint_every", int), ("tol", float)):
+        if key in kw and kw[key] is not None:
+            try:
+                kw[key] = typ(kw[key])
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{key} must be a number; got {kw[key]!r}") from exc
+    return kw, options
+
+
+def _table_rows(result, truth, x_obs, y_obs):
+    from . import baselines, metrics
+
+    ratio = float(result.attrs["spatial_factor"])
+    label = f"fused ({result.attrs['regularization']}/{result.attrs['method']})"
+    rows = {label: metrics.report(result, truth)}
+    rows["X upsampled in energy"] = metrics.report(baselines.upsample_spatial(x_obs, y_obs), truth, ratio=ratio)
+    rows["Y upsampled in space"] = metrics.report(baselines.upsample_spectral(x_obs, y_obs), truth, ratio=ratio)
+    return rows
+
+
+def _consistency_rows(result):
+    from . import metrics
+
+    rows = {}
+    pairs = (("spatial_obs", "counts_spatial", "model_spatial", ("x", "y", "energy_spatial")),
+             ("spectral_obs", "counts_spectral", "model_spectral", ("x_spectral", "y_spectral", "energy")))
+    for name_key, obs, mod, dims in pairs:
+        if obs in result and mod in result:
+            name = str(result.attrs.get(name_key, obs))
+            rows[name] = metrics.consistency(result[obs].transpose(*dims).values, result[mod].transpose(*dims).values)
+    return rows
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_toy(args):
+    from . import toy
+
+    out = Path(args.output)
+    x_obs, y_obs, truth = toy.make(args.name, seed=args.seed)
+    for name, ds in (("x.zarr", x_obs), ("y.zarr", y_obs), ("truth.zarr", truth.to_dataset(name="flux"))):
+        _write(ds, out / name)
+    print(f"wrote {out / 'x.zarr'} ({x_obs.attrs['name']}: {dict(x_obs['counts'].sizes)}, "
+          f"{float(x_obs['x'].attrs['pixel_size']):g} arcsec pixels)")
+    print(f"wrote {out / 'y.zarr'} ({y_obs.attrs['name']}: {dict(y_obs['counts'].sizes)}, "
+          f"{float(y_obs['x'].attrs['pixel_size']):g} arcsec pixels)")
+    print(f"wrote {out / 'truth.zarr'} (flux in ph cm-2 s-1 per voxel, {dict(truth.sizes)})")
+    return EXIT_OK
+
+
+def cmd_fuse(args):
+    import inspect
+
+    from .fuse import fuse
+
+    kw, options = _fuse_settings(args)
+    if Path(args.output).resolve() in (Path(args.a).resolve(), Path(args.b).resolve()):
+        raise InputError(f"output {args.output!r} is one of the inputs; choose another path")
+    obs_a, obs_b = _open_observation(args.a), _open_observation(args.b)
+    _prepare_output(args.output)
+    client = None
+    if args.scheduler:
+        if "client" not in inspect.signature(fuse).parameters:
+            raise InputError("--scheduler is not supported by this xfusion version (fuse() has no client= argument)")
+        try:
+            from dask.distributed import Client
+
+            client = Client(args.scheduler, timeout="10s")
+        except OSError as exc:
+            raise InputError(f"cannot connect to the Dask scheduler at {args.scheduler!r}: {exc}") from exc
+        kw["client"] = client
+    args._checkpoint = kw.get("checkpoint")
+    try:
+        result = fuse(obs_a, obs_b, progress=not args.no_progress, **kw, **options)
+    finally:
+        if client is not None:
+            client.close()
+    _write(result, args.output)
+    a = result.attrs
+    print(f"wrote {args.output}: {a['regularization']}/{a['method']}, {a['iterations']} iterations "
+          f"({'converged' if a['converged'] else 'not converged: max_iter reached'}), {a['elapsed_s']:.1f} s")
+    return EXIT_OK
+
+
+def cmd_metrics(args):
+    from . import metrics
+
+    result = _open_result(args.result)
+    a = result.attrs
+    print(f"{args.result}: {a.get('regularization', '?')}/{a.get('method', '?')}, {a.get('iterations', '?')} "
+          f"iterations, converged={bool(a.get('converged', 0))}")
+    if args.truth:
+        truth = _open_truth(args.truth)
+        try:
+            row = metrics.report(result, truth)
+        except ValueError as exc:
+            raise InputError(f"{args.truth} does not match {args.result}: {exc}") from exc
+        print("\nreference-based metrics (vs truth):")
+        print(metrics.format_report({"fused": row}))
+        print(METRIC_NOTE)
+    rows = _consistency_rows(result)
+    if rows:
+        print("\nconsistency of the predicted counts with the data (no truth needed):")
+        print(metrics.format_report(rows, name_header="instrument"))
+        print("psnr_db, ssim: energy-summed count images; mean_spectrum_rel_error: spatially averaged spectra")
+    return EXIT_OK
+
+
+def _parse_pixels(items):
+    pixels = []
+    for item in items or []:
+        try:
+            ix, iy = (int(v) for v in item.replace(" ", "").split(","))
+        except ValueError as exc:
+            raise InputError(f"--pixel expects IX,IY (integer fused-pixel indices); got {item!r}") from exc
+        pixels.append((ix, iy))
+    return pixels or None
+
+
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def cmd_plot(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from . import plot
+
+    result = _open_result(args.result)
+    truth = _open_truth(args.truth) if args.truth else None
+    pixels = _parse_pixels(args.pixel)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    _save(plot.summary(result, truth, pixels=pixels), out / "summary.png")
+    _save(plot.spectra(result, truth, pixels=pixels), out / "spectra.png")
+    _save(plot.amplitude_maps(result, truth), out / "maps.png")
+    _save(plot.objective_history(result), out / "history.png")
+    if truth is not None:
+        _save(plot.error_maps(result, truth), out / "errors.png")
+    return EXIT_OK
+
+
+def cmd_demo(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import metrics, plot, toy
+    from .fuse import fuse
+
+    t0 = time.perf_counter()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"building the {args.toy!r} toy (seed {args.seed}) ...", flush=True)
+    x_obs, y_obs, truth = toy.make(args.toy, seed=args.seed)
+    kw = {} if args.max_iter is None else {"max_iter": args.max_iter}
+    result = fuse(x_obs, y_obs, progress=not args.no_progress, **kw)
+    _write(result, out / "fused.zarr")
+    _write(truth.to_dataset(name="flux"), out / "truth.zarr")
+    _write(x_obs, out / "x.zarr")
+    _write(y_obs, out / "y.zarr")
+    fig = plot.summary(result, truth, path=out / "summary.png")
+    plt.close(fig)
+    rows = _table_rows(result, truth, x_obs, y_obs)
+    table = metrics.format_report(rows)
+    a = result.attrs
+    header = (f"# xfusion {a['xfusion_version']} demo: toy {args.toy!r} (seed {args.seed}); "
+              f"{a['regularization']}/{a['method']}, {a['iterations']} iterations, "
+              f"converged={bool(a['converged'])}\n# parameters: {a['parameters']}\n# {METRIC_NOTE}\n")
+    (out / "metrics.txt").write_text(header + table + "\n")
+    wall = time.perf_counter() - t0
+    print(f"\noutput folder: {out.resolve()}")
+    print("  fused.zarr, truth.zarr, x.zarr, y.zarr, summary.png, metrics.txt")
+    print(f"wall time: {wall:.1f} s (fusion {a['elapsed_s']:.1f} s)\n")
+    print(table)
+    print(f"\nnext: xfusion metrics {out / 'fused.zarr'} {out / 'truth.zarr'}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser():
+    from . import __version__
+    from .fuse import FULL_METHODS, REGULARIZATIONS, SUBSPACE_METHODS
+    from .toy import NAMES
+
+    p = argparse.ArgumentParser(
+        prog="xfusion", formatter_class=_Formatter,
+        description="Hyperspectral fusion of two X-ray observations (one sharp in space, one sharp in energy).\n"
+                    "Spatial coordinates are in arcsec, energies in keV, exposures in s, fluxes in ph cm-2 s-1.",
+        epilog="exit codes: 0 ok, 2 usage error, 3 input error, 1 internal error, 130 interrupted.\n"
+               "Run `xfusion COMMAND --help` for the options of each command.")
+    p.add_argument("--version", action="version", version=f"xfusion {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser(
+        "demo", formatter_class=_Formatter, help="fuse a toy supernova remnant end to end (about a minute)",
+        description="Build a toy pair of observations, fuse them with the default settings (wavelet2d1d, EM),\n"
+                    "and write fused.zarr, truth.zarr, x.zarr, y.zarr, summary.png and metrics.txt.\n"
+                    "The toy's maps are in arcsec, spectra in keV, flux in ph cm-2 s-1 per voxel.")
+    d.add_argument("-o", "--output", default="xfusion-demo", metavar="DIR",
+                   help="output folder (default: ./xfusion-demo)")
+    d.add_argument("--toy", default="gaussian_rebin", choices=NAMES, metavar="NAME",
+                   help=f"toy model, one of {', '.join(NAMES)} (default: gaussian_rebin: X 45x45 pixels of "
+                        "10 arcsec x 60 channels of 15 eV; Y 15x15 pixels of 30 arcsec x 2400 channels of 0.375 eV)")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the Poisson draws (default: 0)")
+    d.add_argument("--max-iter", type=int, default=None, metavar="N",
+                   help="maximum number of iterations (default: the method's, 50 for EM)")
+    d.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    d.set_defaults(func=cmd_demo)
+
+    f = sub.add_parser(
+        "fuse", formatter_class=_Formatter, help="fuse two observation Zarr stores",
+        description="Fuse two observations (Zarr stores of the xfusion observation schema: counts (x, y, energy),\n"
+                    "x/y in arcsec, energy edges in keV, exposure in s, effective area in cm2) into one cube\n"
+                    "of photon flux per voxel (ph cm-2 s-1) on the sharp-spatial pixels and the sharp-spectral\n"
+                    "channels. Order does not matter. Settings: defaults < --config file < command-line flags.",
+        epilog="config file (TOML) example:\n"
+               '  regularization = "wavelet2d1d"\n  method = "em"\n  max_iter = 50\n  tol = 1e-4\n'
+               '  checkpoint = "run.ckpt.zarr"   # relative to the config file\n  checkpoint_every = 10\n'
+               "  [options]\n  k = 1.0\n  n_scales_1d = 5\n")
+    f.add_argument("a", metavar="A.zarr", help="first observation store")
+    f.add_argument("b", metavar="B.zarr", help="second observation store")
+    f.add_argument("-o", "--output", required=True, metavar="OUT.zarr",
+                   help="result store to write (an existing Zarr store is replaced)")
+    f.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file with keys regularization, method, max_iter, tol, checkpoint, checkpoint_every, "
+                        "resume, dtype and an [options] table")
+    f.add_argument("--regularization", choices=REGULARIZATIONS, default=None,
+                   help="prior on the fused cube (default: wavelet2d1d, sparsity in 2D x 1D starlets)")
+    f.add_argument("--method", choices=FULL_METHODS + SUBSPACE_METHODS, default=None,
+                   help="solver: em or ista for wavelet2d1d/none (default em); fista for the lowrank family")
+    f.add_argument("--max-iter", dest="max_iter", type=int, default=None, metavar="N",
+                   help="maximum number of iterations (default per method: em 50, ista 2000, fista 300)")
+    f.add_argument("--tol", type=float, default=None, metavar="T",
+                   help="stop when the relative change of the objective between iterations is <= T "
+                        "(dimensionless; default 1e-4; 0 runs all iterations)")
+    f.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="Zarr store where the iterate is saved every --checkpoint-every iterations")
+    f.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=None, metavar="K",
+                   help="save a checkpoint every K iterations (default 10)")
+    f.add_argument("--resume", action="store_true", default=None,
+                   help="continue an interrupted run from --checkpoint (same inputs and settings required)")
+    f.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="floating-point precision of the iterate (default float32)")
+    f.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="address of a Dask distributed scheduler (e.g. tcp://host:8786) to run on")
+    f.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    f.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="regularization/solver option, repeatable: e.g. k=1.5 (threshold in noise sigmas), "
+                        "n_scales_2d=1, n_scales_1d=5 (wavelet scales), rank=10 (spectral components), "
+                        "mu=0.03 (Sobolev weight), step=... (ista). Values are TOML literals; unknown keys "
+                        "are an error")
+    f.set_defaults(func=cmd_fuse)
+
+    t = sub.add_parser(
+        "toy", formatter_class=_Formatter, help="write a toy pair of observations and its truth",
+        description="Write the toy supernova remnant NAME as DIR/x.zarr (sharp in space), DIR/y.zarr (sharp in\n"
+                    "energy) and DIR/truth.zarr (variable flux, ph cm-2 s-1 per voxel). Pixel sizes are in\n"
+                    "arcsec, energy edges in keV, exposure in s, effective areas in cm2.")
+    t.add_argument("name", choices=NAMES, metavar="NAME", help=f"toy model: {', '.join(NAMES)} "
+                   "(small: X 15x15 pixels of 10 arcsec x 12 channels of 75 eV, Y 5x5 pixels of 30 arcsec "
+                   "x 240 channels of 3.75 eV; 0.5-1.4 keV)")
+    t.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the sky and the Poisson draws (default: 0)")
+    t.set_defaults(func=cmd_toy)
+
+    m = sub.add_parser(
+        "metrics", formatter_class=_Formatter, help="quality metrics of a fused result",
+        description="Print quality metrics of a fused result. With TRUTH.zarr: NMSE (dB), aSAM (rad), acSSIM\n"
+                    "and ERGAS against the true flux (ph cm-2 s-1 per voxel, same x/y grid in arcsec and energy\n"
+                    "grid in keV). Always: consistency of the predicted counts with the observed counts of\n"
+                    "both instruments (PSNR in dB, SSIM, relative error of the mean spectrum).")
+    m.add_argument("result", metavar="OUT.zarr", help="result store written by `xfusion fuse`")
+    m.add_argument("truth", metavar="TRUTH.zarr", nargs="?", default=None,
+                   help="optional truth store with variable flux (x, y, energy), e.g. from `xfusion toy`")
+    m.set_defaults(func=cmd_metrics)
+
+    pl = sub.add_parser(
+        "plot", formatter_class=_Formatter, help="figures of a fused result",
+        description="Write summary.png, spectra.png, maps.png and history.png (and errors.png with --truth)\n"
+                    "into DIR. Maps have x/y axes in arcsec; spectra are flux densities in ph cm-2 s-1 keV-1\n"
+                    "against energy in keV; the history is the objective against iterations.")
+    pl.add_argument("result", metavar="OUT.zarr", help="result store written by `xfusion fuse`")
+    pl.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
+    pl.add_argument("--truth", metavar="TRUTH.zarr", default=None,
+                    help="truth store (variable flux in ph cm-2 s-1 per voxel) to compare with")
+    pl.add_argument("--pixel", action="append", metavar="IX,IY",
+                    help="fused-pixel indices whose spectra to show, repeatable (default: the brightest and a "
+                         "typical source pixel)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def _raised_in_xfusion(exc):
+    """True if the exception was raised by xfusion's own code (a deliberate input check)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    name = last.tb_frame.f_globals.get("__name__", "") if last is not None else ""
+    return name == "xfusion" or name.startswith("xfusion.")
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``xfusion`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args._checkpoint = None
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except KeyboardInterrupt:
+        ckpt = getattr(args, "_checkpoint", None)
+        msg = "xfusion: interrupted"
+        if ckpt:
+            msg += (f"; the checkpoint {ckpt} can be resumed: rerun the same command with --resume "
+                    f"(--checkpoint {ckpt} --resume)")
+        elif args.command == "fuse":
+            msg += "; no checkpoint was written (use --checkpoint PATH so that a run can be resumed with --resume)"
+        print(msg, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into e.g. `head`, which exited early: not an error of ours
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
+    except InputError as exc:
+        print(f"xfusion: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        if _raised_in_xfusion(exc):
+            print(f"xfusion: error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        traceback.print_exc()
+        print("xfusion: internal error (please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        print("xfusion: internal error (please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

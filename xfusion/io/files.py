@@ -1,0 +1,409 @@
+"""Observations from instrument files, and alignment of two observations by cropping.
+
+:func:`observation_from_files` bins an event list (:func:`xfusion.io.events.read_events`)
+on a tangent-plane grid and attaches the instrument's OGIP responses
+(:func:`xfusion.io.ogip.read_rmf`, :func:`xfusion.io.ogip.read_arf`) and PSF image
+(:func:`xfusion.io.psf.read_psf`), returning a validated :func:`xfusion.observation`.
+
+:func:`align` crops two such observations onto grids that :func:`xfusion.fusion_grid`
+accepts (integer pixel and channel factors with coinciding edges), or explains which
+re-binning is needed when cropping cannot do it.
+
+Energy grid and response
+------------------------
+The counts are binned on whole RMF channels: without ``energy_edges`` the grid is the
+RMF's EBOUNDS channels inside ``band`` (grouped ``group`` at a time); explicit
+``energy_edges`` must fall on EBOUNDS edges (they are snapped to them when within 1% of
+a channel width). The RMF columns are summed over each group, so any grouping of whole
+channels is allowed (not only a uniform factor). RMF rows (true energies) that do not
+overlap the band are dropped: the fused model only has photons inside the band, so they
+are never used (this keeps e.g. a 12000 x 12000 microcalorimeter RMF small).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import xarray as xr
+
+from ..grid import assign_roles, fusion_grid
+from ..observation import REL_TOL, energy_edges as _edges_of, observation, pixel_size as _pixel_size
+from .events import read_events
+from .ogip import SparseRMF, edges_coords, read_arf, read_rmf
+from .psf import read_psf
+
+__all__ = ["observation_from_files", "align"]
+
+_GRID_KEYS = ("energy_edges", "pixel_size", "center", "shape")
+#: snapping tolerance of user energy edges onto EBOUNDS edges, in channel widths
+_SNAP = 0.01
+
+
+# --------------------------------------------------------------------------- responses
+def _sparse_rmf(rmf):
+    if isinstance(rmf, SparseRMF):
+        return rmf
+    if isinstance(rmf, xr.DataArray):
+        import scipy.sparse
+
+        da = rmf.transpose("energy_true", "energy")
+        ch = da["channel"].values if "channel" in da.coords else np.arange(da.sizes["energy"])
+        return SparseRMF(
+            matrix=scipy.sparse.csr_array(np.asarray(da.values, dtype=np.float64)),
+            energy_true_edges=np.stack([da["energy_true_lo"].values, da["energy_true_hi"].values], axis=1),
+            energy_edges=np.stack([da["energy_lo"].values, da["energy_hi"].values], axis=1),
+            channel=np.asarray(ch), attrs=dict(da.attrs))
+    return read_rmf(rmf, sparse=True)
+
+
+def _ebounds(sp):
+    lo, hi = sp.energy_edges[:, 0], sp.energy_edges[:, 1]
+    if lo.size > 1 and not np.allclose(lo[1:], hi[:-1], rtol=0, atol=REL_TOL * np.min(hi - lo)):
+        raise ValueError(
+            f"RMF {sp.attrs.get('file', '')!r}: EBOUNDS channels are not contiguous; counts cannot be binned on them"
+        )
+    return np.append(lo, hi[-1])
+
+
+def _channel_indices(edges, eb, label):
+    """Indices of EBOUNDS edges ``eb`` matching the requested ``edges`` (snapped within _SNAP channel)."""
+    idx = np.clip(np.searchsorted(eb, edges), 1, eb.size - 1)
+    idx = np.where(np.abs(eb[idx - 1] - edges) <= np.abs(eb[idx] - edges), idx - 1, idx)
+    width = np.diff(eb)[np.clip(idx, 0, eb.size - 2)]
+    bad = np.flatnonzero(np.abs(eb[idx] - edges) > _SNAP * width)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{label}: energy edge {edges[i]:.6g} keV is not a channel edge of the RMF (nearest EBOUNDS edge "
+            f"{eb[idx[i]]:.6g} keV). The counts must be binned on whole RMF channels: choose energy_edges among the "
+            "EBOUNDS edges, or omit energy_edges and use band=(emin, emax) and group=."
+        )
+    if np.any(np.diff(idx) <= 0):
+        raise ValueError(f"{label}: energy_edges map to empty RMF channel groups; use strictly increasing edges "
+                         "at least one RMF channel apart")
+    return idx
+
+
+def _rmf_on_channels(sp, idx):
+    """Dense RMF DataArray with columns summed over the channel groups ``idx`` and rows cropped to the band."""
+    eb = _ebounds(sp)
+    e0, e1 = eb[idx[0]], eb[idx[-1]]
+    t_lo, t_hi = sp.energy_true_edges[:, 0], sp.energy_true_edges[:, 1]
+    rows = np.flatnonzero((t_hi > e0) & (t_lo < e1))
+    if rows.size == 0 or t_lo[rows[0]] > e0 or t_hi[rows[-1]] < e1:
+        raise ValueError(
+            f"RMF {sp.attrs.get('file', '')!r} covers true energies {t_lo[0]:.4g}-{t_hi[-1]:.4g} keV, not the "
+            f"band {e0:.4g}-{e1:.4g} keV; narrow the band"
+        )
+    m = sp.matrix[rows[0]:rows[-1] + 1][:, idx[0]:idx[-1]]
+    m = np.asarray(m.toarray(), dtype=np.float64)
+    m = np.add.reduceat(m, idx[:-1] - idx[0], axis=1)
+    coords = edges_coords("energy_true", t_lo[rows[0]:rows[-1] + 1], t_hi[rows[0]:rows[-1] + 1])
+    coords.update(edges_coords("energy", eb[idx[:-1]], eb[idx[1:]]))
+    attrs = {k: v for k, v in sp.attrs.items() if isinstance(v, (str, int, float, bool))}
+    return xr.DataArray(m, dims=("energy_true", "energy"), coords=coords, name="rmf", attrs=attrs)
+
+
+def _arf(arf):
+    return arf if isinstance(arf, xr.DataArray) else read_arf(arf)
+
+
+def _psf(psf, psf_pixel_size):
+    if psf is None or isinstance(psf, xr.DataArray):
+        if isinstance(psf, xr.DataArray) and psf_pixel_size is not None:
+            from .psf import resample_psf
+
+            src = float(np.diff(psf["psf_x"].values).mean())
+            if not np.isclose(src, psf_pixel_size, rtol=REL_TOL):
+                psf = resample_psf(psf, psf_pixel_size)
+        return psf
+    return read_psf(psf, pixel_size=psf_pixel_size)
+
+
+# --------------------------------------------------------------------------- builder
+def observation_from_files(
+    *,
+    events,
+    rmf=None,
+    arf=None,
+    psf=None,
+    grid=None,
+    energy_edges=None,
+    pixel_size=None,
+    center=None,
+    shape=None,
+    psf_pixel_size=None,
+    name=None,
+    filters=None,
+    instrument=None,
+    band=None,
+    group=1,
+    exposure=None,
+) -> xr.Dataset:
+    """Build an observation from an event list and the instrument's response files.
+
+    Parameters
+    ----------
+    events : str or os.PathLike
+        Event file (XMM EPIC, Chandra ACIS or XRISM Resolve columns; see
+        :func:`xfusion.io.events.read_events`).
+    rmf, arf : path, DataArray (or SparseRMF for ``rmf``), optional
+        OGIP redistribution matrix and ancillary response. The RMF becomes ``response``
+        (its channels grouped like the counts, see the module docstring), the ARF
+        ``effective_area``. Without an RMF, ``energy_edges`` is required.
+    psf : path, DataArray or None
+        PSF image (FITS with a celestial WCS or a pixel-size keyword; read with
+        :func:`xfusion.io.psf.read_psf`, odd, centred on its peak, normalized).
+    grid : dict, optional
+        ``{"energy_edges", "pixel_size", "center", "shape"}``; the alternative to the
+        individual keywords below (giving both is an error).
+    energy_edges : array (n + 1,), keV, optional
+        Channel edges of the counts; default: the RMF's EBOUNDS channels inside ``band``.
+    pixel_size : float, arcsec
+        Pixel size of the counts cube.
+    center : (float, float), deg
+        (RA, Dec) of the tangent point; pixel centres are at
+        ``(i - (n - 1) / 2) * pixel_size`` (x towards the west, y north). Recorded in
+        ``attrs["center_ra"]``/``attrs["center_dec"]`` and used by :func:`align`.
+    shape : (int, int)
+        (nx, ny) pixels.
+    psf_pixel_size : float, arcsec, optional
+        Sampling of the returned PSF (flux-conserving resampling). Default: the image's
+        native sampling (no interpolation); :func:`xfusion.fusion_grid` resamples it to
+        the fused pixel when needed. Pass the sharp-spatial instrument's pixel size to
+        resample once here.
+    name : str, optional
+        Observation label; default "<instrument> (<events file>)".
+    filters, instrument : passed to :func:`read_events` (event screening, instrument).
+    band : (emin, emax), keV, optional
+        Band of the default energy grid: RMF channels lying entirely inside it. Default:
+        all EBOUNDS channels.
+    group : int
+        Number of consecutive RMF channels per counts channel for the default grid (a
+        trailing incomplete group is dropped).
+    exposure : float, s, optional
+        Override the exposure read from the event header (EXPOSURE, LIVETIME or ONTIME).
+
+    Returns
+    -------
+    xarray.Dataset
+        A validated observation (see :mod:`xfusion.observation`), with attrs
+        ``center_ra``, ``center_dec`` (deg), ``events_file``, ``instrument``.
+    """
+    if grid is not None:
+        given = [k for k, v in (("energy_edges", energy_edges), ("pixel_size", pixel_size), ("center", center),
+                                ("shape", shape)) if v is not None]
+        if given:
+            raise ValueError(f"give the grid either as grid= or as keywords, not both (also got {given})")
+        unknown = set(grid) - set(_GRID_KEYS)
+        if unknown:
+            raise ValueError(f"unknown grid key(s) {sorted(unknown)}; grid takes {list(_GRID_KEYS)}")
+        energy_edges, pixel_size = grid.get("energy_edges"), grid.get("pixel_size")
+        center, shape = grid.get("center"), grid.get("shape")
+    for label, v in (("pixel_size", pixel_size), ("center", center), ("shape", shape)):
+        if v is None:
+            raise ValueError(f"{label} is required (pass it as a keyword or in grid=)")
+    label = os.path.basename(os.fspath(events))
+
+    response = None
+    if rmf is not None:
+        sp = _sparse_rmf(rmf)
+        eb = _ebounds(sp)
+        if energy_edges is None:
+            lo_b, hi_b = (eb[0], eb[-1]) if band is None else (float(band[0]), float(band[1]))
+            tol = 1e-3 * np.diff(eb)  # band limits within 0.1% of a channel of an edge (float32 EBOUNDS)
+            inside = np.flatnonzero((eb[:-1] >= lo_b - tol) & (eb[1:] <= hi_b + tol))
+            g = int(group)
+            if g < 1:
+                raise ValueError(f"group must be a positive integer; got {group!r}")
+            n = inside.size // g
+            if n == 0:
+                raise ValueError(
+                    f"no group of {g} RMF channel(s) lies inside band {band} keV (EBOUNDS span "
+                    f"{eb[0]:.4g}-{eb[-1]:.4g} keV); widen the band"
+                )
+            if np.any(np.diff(inside) != 1):
+                raise ValueError("RMF channels inside the band are not consecutive")
+            idx = inside[0] + g * np.arange(n + 1)
+        else:
+            if band is not None or group != 1:
+                raise ValueError("band= and group= define the default energy grid; omit them with energy_edges=")
+            idx = _channel_indices(np.asarray(energy_edges, dtype=np.float64), eb, label)
+        energy_edges = eb[idx]
+        response = _rmf_on_channels(sp, idx)
+    elif energy_edges is None:
+        raise ValueError("energy_edges is required when no rmf is given")
+    elif band is not None or group != 1:
+        raise ValueError("band= and group= select RMF channels; without an rmf pass energy_edges only")
+    energy_edges = np.asarray(energy_edges, dtype=np.float64)
+
+    counts = read_events(events, energy_edges=energy_edges, pixel_size=float(pixel_size),
+                         center=tuple(center), shape=tuple(shape), filters=filters, instrument=instrument)
+    if exposure is None:
+        exposure = float(counts.attrs["exposure"])
+        if not np.isfinite(exposure):
+            raise ValueError(f"{label}: the event header has no EXPOSURE/LIVETIME/ONTIME keyword; pass exposure= (s)")
+    area = _arf(arf) if arf is not None else None
+    psf_da = _psf(psf, psf_pixel_size)
+    obs = observation(
+        counts, energy_edges=energy_edges, pixel_size=float(pixel_size), exposure=float(exposure),
+        effective_area=area, psf=psf_da, response=response,
+        name=name or f"{counts.attrs['instrument']} ({label})",
+    )
+    obs.attrs.update({
+        "center_ra": float(center[0]), "center_dec": float(center[1]),
+        "events_file": label, "instrument": counts.attrs["instrument"],
+        "n_binned": int(counts.attrs["n_binned"]),
+    })
+    return obs
+
+
+# --------------------------------------------------------------------------- align
+def _name(o, default):
+    return o.attrs.get("name", default)
+
+
+def _check_centers(a, b):
+    ca = (a.attrs.get("center_ra"), a.attrs.get("center_dec"))
+    cb = (b.attrs.get("center_ra"), b.attrs.get("center_dec"))
+    if None in ca or None in cb:
+        return
+    ra0, dec0 = np.deg2rad(ca)
+    ra1, dec1 = np.deg2rad(cb)
+    sep = np.arccos(np.clip(np.sin(dec0) * np.sin(dec1) + np.cos(dec0) * np.cos(dec1) * np.cos(ra1 - ra0), -1, 1))
+    sep_as = float(np.rad2deg(sep) * 3600)
+    if sep_as > 1e-3 * min(_pixel_size(a), _pixel_size(b)):
+        raise ValueError(
+            f"the observations use different tangent points ({ca[0]:.6f}, {ca[1]:.6f}) and ({cb[0]:.6f}, "
+            f"{cb[1]:.6f}) deg, {sep_as:.3g} arcsec apart: their x/y offsets are not in one frame. Re-bin both "
+            f"event lists with the same center= (e.g. {tuple(float(v) for v in ca)})"
+        )
+
+
+def _spatial_crop(fine, coarse, dim, v):
+    """Index slices (fine, coarse) along ``dim`` so the coarse pixels tile the fine ones."""
+    pf, pc = _pixel_size(fine), _pixel_size(coarse)
+    f0 = float(fine[dim].values[0]) - pf / 2
+    c0 = float(coarse[dim].values[0]) - pc / 2
+    nf, nc = fine.sizes[dim], coarse.sizes[dim]
+    shift = (c0 - f0) / pf
+    tol = 1e-6
+    if abs(shift - round(shift)) > tol:
+        frac = (shift - round(shift)) * pf
+        raise ValueError(
+            f"coordinate {dim}: the pixel edges of '{_name(coarse, 'coarse')}' ({pc} arcsec) fall "
+            f"{frac:+.4g} arcsec off the edges of '{_name(fine, 'fine')}' ({pf} arcsec pixels); cropping cannot "
+            f"align them. Re-bin one event list with its center shifted by {frac:+.4g} arcsec along {dim} "
+            "(or an odd/even shape so both grids share a pixel edge)"
+        )
+    s = int(round(shift))  # first coarse edge, in fine pixels from the first fine edge
+    j0 = max(0, int(np.ceil((-s) / v - tol)))              # first coarse pixel starting inside the fine field
+    j1 = min(nc, int(np.floor((nf - s) / v + tol)))        # end of the last coarse pixel inside it
+    if j1 <= j0:
+        raise ValueError(
+            f"coordinate {dim}: the fields of '{_name(fine, 'fine')}' and '{_name(coarse, 'coarse')}' do not "
+            f"overlap by a whole {pc}-arcsec pixel; re-bin the events on a common field (same center=, larger shape=)"
+        )
+    i0 = s + j0 * v
+    return slice(i0, i0 + (j1 - j0) * v), slice(j0, j1)
+
+
+def _spectral_crop(sharp, coarse):
+    """Channel slices (sharp-spectral, coarse) on the common band with coinciding edges."""
+    ef, ec = _edges_of(sharp), _edges_of(coarse)
+    tol = REL_TOL * float(np.min(np.diff(ef))) + 1e-12
+    pos = np.searchsorted(ef, ec)
+    idx = np.full(ec.size, -1)
+    for k, (e, p) in enumerate(zip(ec, pos)):
+        for q in (p - 1, p):
+            if 0 <= q < ef.size and abs(ef[q] - e) <= tol:
+                idx[k] = q
+    # longest run of consecutive matched coarse edges holding a constant number of fine channels
+    best, k = (0, 0), 0
+    while k < ec.size - 1:
+        if idx[k] < 0 or idx[k + 1] < 0:
+            k += 1
+            continue
+        v = idx[k + 1] - idx[k]
+        m = k + 1
+        while m < ec.size - 1 and idx[m + 1] >= 0 and idx[m + 1] - idx[m] == v:
+            m += 1
+        if m - k > best[1] - best[0]:
+            best = (k, m)
+        k = m
+    k0, k1 = best
+    if k1 == k0:
+        raise ValueError(
+            f"coordinate energy: no channel edge of '{_name(coarse, 'coarse')}' ({ec[0]:.4g}-{ec[-1]:.4g} keV) "
+            f"coincides with a pair of channel edges of '{_name(sharp, 'sharp')}' ({ef[0]:.4g}-{ef[-1]:.4g} keV); "
+            "cropping cannot align them. Re-bin the coarse events on energy_edges taken from the fine edges "
+            "(e.g. fine_edges[::k])"
+        )
+    # coarse channels of the common band that had to be dropped (edges not aligned)
+    common = (ec[:-1] >= ef[0] - tol) & (ec[1:] <= ef[-1] + tol)
+    kept = np.zeros(ec.size - 1, bool)
+    kept[k0:k1] = True
+    if np.any(common & ~kept):
+        warnings.warn(
+            f"align: {int(np.sum(common & ~kept))} channel(s) of '{_name(coarse, 'coarse')}' inside the common band "
+            f"were dropped because their edges do not coincide with whole groups of '{_name(sharp, 'sharp')}' "
+            f"channels; kept {ec[k0]:.4g}-{ec[k1]:.4g} keV. Re-bin on aligned edges to keep them",
+            stacklevel=3,
+        )
+    return slice(int(idx[k0]), int(idx[k1])), slice(k0, k1)
+
+
+def align(obs_a, obs_b):
+    """Crop two observations onto grids accepted by :func:`xfusion.fusion_grid`.
+
+    The sharp-spatial observation (smaller pixels) and the sharp-spectral one (narrower
+    channels) are recognised as in :func:`xfusion.grid.assign_roles`. Spatially, both are
+    cropped to the largest field tiled by whole coarse pixels whose edges coincide with
+    fine pixel edges (fine = factor x coarse pixels along x and y). In energy, both are
+    cropped to the longest run of coarse channels whose edges coincide with fine channel
+    edges, each holding the same number of fine channels (usually the common band; a
+    warning names channels of the common band dropped for misaligned edges). Every
+    variable sharing the cropped dims (counts, mask, vignetted area, RMF columns) is
+    cropped with them.
+
+    Returns
+    -------
+    (obs_a_cropped, obs_b_cropped), in the order given.
+
+    Raises
+    ------
+    ValueError
+        Non-integer pixel-size ratio, pixel edges offset by a fraction of a fine pixel,
+        no common field or band, different tangent points (``center_ra``/``center_dec``
+        attrs from :func:`observation_from_files`), non-square pixels; the message says
+        what to re-bin.
+    """
+    x_obs, y_obs, order = assign_roles(obs_a, obs_b)
+    _check_centers(x_obs, y_obs)
+    px, py = _pixel_size(x_obs), _pixel_size(y_obs)
+    for o in (x_obs, y_obs):
+        if not np.isclose(_pixel_size(o, "x"), _pixel_size(o, "y"), rtol=REL_TOL):
+            raise ValueError(f"'{_name(o, '?')}' has non-square pixels; re-bin the events with square pixels")
+    ratio = py / px
+    v = int(round(ratio))
+    if v < 1 or not np.isclose(ratio, v, rtol=REL_TOL, atol=0):
+        lo, hi = max(int(np.floor(ratio)), 1), int(np.ceil(ratio))
+        raise ValueError(
+            f"pixel sizes {py} arcsec ('{_name(y_obs, 'Y')}') and {px} arcsec ('{_name(x_obs, 'X')}') have a "
+            f"non-integer ratio {ratio:.6g}; cropping cannot fix that. Re-bin the events of '{_name(x_obs, 'X')}' "
+            f"with pixel_size={py / hi:.6g} (or {py / lo:.6g}) arcsec, or those of '{_name(y_obs, 'Y')}' with "
+            f"pixel_size={px * lo:.6g} (or {px * hi:.6g}) arcsec"
+        )
+    sx = {}
+    sy = {}
+    for d in ("x", "y"):
+        sx[d], sy[d] = _spatial_crop(x_obs, y_obs, d, v)
+    ey, ex = _spectral_crop(y_obs, x_obs)
+    x_new = x_obs.isel(x=sx["x"], y=sx["y"], energy=ex)
+    y_new = y_obs.isel(x=sy["x"], y=sy["y"], energy=ey)
+    for new, old in ((x_new, x_obs), (y_new, y_obs)):
+        new.attrs = dict(old.attrs)
+        new.attrs["cropped_from"] = f"x {old.sizes['x']}, y {old.sizes['y']}, energy {old.sizes['energy']}"
+    fusion_grid(x_new, y_new)  # raises if anything is still inconsistent
+    return (x_new, y_new) if order == "ab" else (y_new, x_new)

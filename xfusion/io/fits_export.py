@@ -1,0 +1,155 @@
+"""Export a fused cube as a FITS image cube with a world coordinate system.
+
+Layout of the file written by :func:`write_fits_cube`:
+
+* primary HDU: the cube, ``NAXIS1`` = x, ``NAXIS2`` = y, ``NAXIS3`` = energy (so in
+  NumPy the array is (energy, y, x)), float32 (float64 kept if the variable is float64),
+  ``BUNIT`` from the variable's units (``ph cm-2 s-1`` is written ``photon cm-2 s-1``, a
+  flux per voxel: per fused pixel and per energy bin).
+* spatial axes, with ``center=(ra, dec)`` (deg): a celestial gnomonic WCS
+  ``RA---TAN``/``DEC--TAN`` with tangent point ``CRVAL = center`` at the x = y = 0 offset
+  (``CRPIX`` may be fractional), ``CDELT1 = -pixel/3600``, ``CDELT2 = +pixel/3600`` deg
+  (x grows towards the west like :func:`xfusion.io.read_events` offsets, so RA decreases
+  with the column index: the usual east-left orientation), ``RADESYS = 'ICRS'``.
+  Without ``center``: a linear offset WCS, ``CTYPE1 = 'XOFFSET'``, ``CTYPE2 = 'YOFFSET'``,
+  ``CUNIT = 'arcsec'``, world coordinate = the cube's own ``x``/``y`` coordinate values
+  (arcsec, x west, y north).
+* energy axis: channel centres (keV). Uniform channels: linear, ``CTYPE3 = 'ENERGY'``,
+  ``CUNIT3 = 'keV'``, ``CRVAL3`` = first centre, ``CDELT3`` = width (the convention of
+  gammapy maps). Non-uniform channels: the FITS tabular algorithm (WCS Paper III), which
+  needs the 4-3 form of the spectral type, ``CTYPE3 = 'ENER-TAB'``, with the centres in the
+  one-row table extension ``WCS-TAB`` (column ``COORDS``, ``PS3_0``/``PS3_1``); astropy
+  reads it with ``astropy.wcs.WCS(header, fobj=hdulist)`` (between two pixels the
+  energy is interpolated linearly between the centres).
+* ``ENERGIES`` binary table (always): ``CHANNEL`` (1-based index along NAXIS3),
+  ``E_MIN``, ``E_MAX`` (keV), the exact channel edges.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+
+__all__ = ["write_fits_cube"]
+
+_FITS_UNITS = {"ph cm-2 s-1": "photon cm-2 s-1", "count": "count"}
+
+
+def _dim(da, prefix):
+    found = [d for d in da.dims if d == prefix or d.startswith(prefix + "_")]
+    if len(found) != 1:
+        raise ValueError(f"cannot find the {prefix!r} dimension of {da.name!r} (dims {da.dims})")
+    return found[0]
+
+
+def _pixel(da, dim):
+    c = da[dim]
+    if "pixel_size" in c.attrs:
+        return float(c.attrs["pixel_size"])
+    d = np.diff(np.asarray(c.values, dtype=np.float64))
+    if d.size == 0 or not np.allclose(d, d[0], rtol=1e-6):
+        raise ValueError(f"coordinate {dim} is not uniformly spaced and has no pixel_size attribute")
+    return float(d[0])
+
+
+def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=False) -> Path:
+    """Write a fused cube (or any (x, y, energy) variable of a result) as a FITS image cube.
+
+    Parameters
+    ----------
+    result : xarray.Dataset or DataArray
+        A :func:`xfusion.fuse` result (or a DataArray with x, y, energy dims and
+        ``energy_lo``/``energy_hi`` coords). Dims may carry suffixes (``x_spectral``,
+        ``energy_spatial``) for the instrument-grid variables.
+    path : str or os.PathLike
+        Output file.
+    variable : str
+        Variable of ``result`` to write (default ``"flux"``).
+    center : (float, float), optional
+        (RA, Dec) in degrees of the tangent point (offset x = y = 0), e.g. the ``center``
+        given to :func:`xfusion.io.files.observation_from_files`. Without it the spatial
+        axes are linear offsets in arcsec (see module docstring).
+    overwrite : bool
+        Overwrite an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    da = result[variable] if isinstance(result, xr.Dataset) else result
+    xd, yd, ed = _dim(da, "x"), _dim(da, "y"), _dim(da, "energy")
+    if da.ndim != 3:
+        raise ValueError(f"{variable!r} must be a 3D (x, y, energy) cube; got dims {da.dims}")
+    for c in (f"{ed}_lo", f"{ed}_hi"):
+        if c not in da.coords:
+            raise ValueError(f"{variable!r} needs energy edges: coordinate {c!r} (keV) is missing")
+    values = np.asarray(da.transpose(ed, yd, xd).values)
+    values = values if values.dtype == np.float64 else values.astype(np.float32)
+    lo = np.asarray(da[f"{ed}_lo"].values, dtype=np.float64)
+    hi = np.asarray(da[f"{ed}_hi"].values, dtype=np.float64)
+    n_e = lo.size
+    x = np.asarray(da[xd].values, dtype=np.float64)
+    y = np.asarray(da[yd].values, dtype=np.float64)
+    px, py = _pixel(da, xd), _pixel(da, yd)
+
+    hdu = fits.PrimaryHDU(values)
+    h = hdu.header
+    h["WCSAXES"] = 3
+    if center is not None:
+        ra, dec = (float(v) for v in center)
+        h["CTYPE1"], h["CTYPE2"] = ("RA---TAN", "gnomonic projection"), ("DEC--TAN", "gnomonic projection")
+        h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
+        h["CRPIX1"] = (1.0 - x[0] / px, "pixel of the tangent point (x offset 0)")
+        h["CRPIX2"] = (1.0 - y[0] / py, "pixel of the tangent point (y offset 0)")
+        h["CRVAL1"], h["CRVAL2"] = (ra, "[deg] RA of the tangent point"), (dec, "[deg] Dec of the tangent point")
+        h["CDELT1"] = (-px / 3600.0, "[deg] x grows towards the west")
+        h["CDELT2"] = (py / 3600.0, "[deg] y grows towards the north")
+        h["RADESYS"] = "ICRS"
+    else:
+        h["CTYPE1"], h["CTYPE2"] = ("XOFFSET", "tangent-plane offset, west"), ("YOFFSET", "tangent-plane offset, north")
+        h["CUNIT1"], h["CUNIT2"] = "arcsec", "arcsec"
+        h["CRPIX1"], h["CRPIX2"] = 1.0, 1.0
+        h["CRVAL1"], h["CRVAL2"] = (float(x[0]), "[arcsec] x offset of the first pixel"), (
+            float(y[0]), "[arcsec] y offset of the first pixel")
+        h["CDELT1"], h["CDELT2"] = (px, "[arcsec]"), (py, "[arcsec]")
+    widths = hi - lo
+    centres = 0.5 * (lo + hi)
+    uniform = n_e == 1 or (np.allclose(widths, widths[0], rtol=1e-6, atol=0)
+                           and np.allclose(lo[1:], hi[:-1], rtol=0, atol=1e-6 * widths.min()))
+    h["CUNIT3"] = "keV"
+    extra = []
+    if uniform:
+        h["CTYPE3"] = ("ENERGY", "channel centre energy")
+        h["CRPIX3"], h["CRVAL3"], h["CDELT3"] = 1.0, (float(centres[0]), "[keV]"), (float(widths[0]), "[keV]")
+    else:
+        h["CTYPE3"] = ("ENER-TAB", "channel centres tabulated in WCS-TAB")
+        h["CRPIX3"], h["CRVAL3"], h["CDELT3"] = 1.0, 1.0, 1.0
+        h["PS3_0"] = ("WCS-TAB", "EXTNAME of the coordinate table")
+        h["PS3_1"] = ("COORDS", "column of the coordinate array")
+        h["PV3_1"], h["PV3_2"], h["PV3_3"] = 1, 1, 1
+        tab = fits.BinTableHDU.from_columns(
+            [fits.Column(name="COORDS", format=f"{n_e}D", unit="keV", dim=f"(1,{n_e})",
+                         array=centres.reshape(1, n_e, 1))],
+            name="WCS-TAB")
+        extra.append(tab)
+    units = str(da.attrs.get("units", ""))
+    if units:
+        h["BUNIT"] = (_FITS_UNITS.get(units, units), "per voxel (pixel x energy bin)")
+    h["BTYPE"] = str(da.name or variable)
+    attrs = result.attrs if isinstance(result, xr.Dataset) else {}
+    for key, fkey in (("xfusion_version", "XFUSVERS"), ("regularization", "XFREGUL"), ("method", "XFMETHOD"),
+                      ("iterations", "XFNITER")):
+        if key in attrs:
+            h[fkey] = attrs[key]
+    h["CREATOR"] = "xfusion.io.fits_export"
+
+    energies = fits.BinTableHDU.from_columns(
+        [fits.Column(name="CHANNEL", format="J", array=np.arange(1, n_e + 1, dtype=np.int32)),
+         fits.Column(name="E_MIN", format="D", unit="keV", array=lo),
+         fits.Column(name="E_MAX", format="D", unit="keV", array=hi)],
+        name="ENERGIES")
+    path = Path(path)
+    fits.HDUList([hdu, energies, *extra]).writeto(path, overwrite=overwrite)
+    return path

@@ -1,0 +1,137 @@
+"""Dask execution: chunking policy and block-wise data terms for out-of-core / distributed fusion.
+
+Design (measured choices are in the issue notes and benchmarks/scale.py):
+
+* Data cubes are chunked in **pixel blocks that hold the whole energy axis** (``chunks=(cx,
+  cy, -1)``): every spectral operation is local to a block, and the blocks of the
+  sharp-spatial data (cx, cy) and of the sharp-spectral data (cx/v, cy/v) cover the same
+  sky, so the two data sets are chunked consistently.
+* **Low-rank path**: the iterate W (x, y, r) is r/L of the cube (a few MB even for 10^9-voxel
+  fields) and stays in client memory; each objective/gradient evaluation is one
+  ``map_blocks`` pass over each (persisted) data cube that returns, per block, the gradient
+  coefficients (bx, by, r) plus the block's data term, so only subspace-sized arrays and
+  scalars travel. The graph of an evaluation has a fixed number of tasks (two per data
+  block plus the reduction), independent of the iteration number. The fused cube is never
+  formed in the loop; at the end it is defined lazily block by block (``W @ V``) and written
+  to Zarr chunk by chunk by :func:`xfusion.io.zarr.write`.
+* Scheduler: whatever ``dask`` is configured with (threads by default); pass a
+  ``distributed.Client`` to ``fuse(client=...)`` to run on a cluster. A killed worker's
+  blocks are recomputed from their lineage (the Zarr store), so the run survives it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:  # dask is a core dependency, but keep the in-memory path importable without it
+    import dask
+    import dask.array as da
+except ImportError:  # pragma: no cover
+    dask = da = None
+
+#: target size of one data chunk (bytes): big enough to amortize task overhead (~1 ms per task)
+TARGET_CHUNK_BYTES = 64 * 2 ** 20
+
+
+def is_dask(obj):
+    data = getattr(obj, "data", obj)
+    return da is not None and isinstance(data, da.Array)
+
+
+def pixel_block(shape, itemsize, factor=1, target_bytes=TARGET_CHUNK_BYTES):
+    """Square pixel block (multiple of ``factor``) so that a (b, b, L) chunk is about ``target_bytes``.
+
+    ``shape`` = (M, N, L) of the fine-pixel cube. Returns (bx, by).
+    """
+    M, N, L = shape
+    b = int(math.sqrt(max(target_bytes / (L * itemsize), 1.0)))
+    b = max(factor, (b // factor) * factor)
+    return min(b, M), min(b, N)
+
+
+def _block_value_grad(d, a, v, grad):
+    """Data term and coefficient gradient of one block, ``m = a @ v`` -> (bx, by, r [+1]).
+
+    Computed in float64 whatever the input dtype: BLAS picks different kernels for different
+    block shapes, and in float32 their rounding differs enough (~1e-7) for an accelerated
+    solver to drift apart between chunkings over tens of iterations; in float64 the NumPy
+    path (one block) and every Dask chunking agree to float32 precision.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    d = np.asarray(d, dtype=np.float64)
+    m = a @ v
+    pos = d > 0
+    if np.any((m <= 0) & pos):
+        val = np.inf
+    else:
+        logm = np.log(np.where(m > 0, m, 1.0))
+        dlogd = np.where(pos, d * np.log(np.where(pos, d, 1.0)), 0.0)
+        val = float(np.sum(m, dtype=np.float64) - np.sum(d, dtype=np.float64) + np.sum(dlogd, dtype=np.float64)
+                    - np.sum(d * logm, dtype=np.float64))
+    r = v.shape[0]
+    out = np.zeros(a.shape[:2] + (r + 1 if grad else 1,), dtype=np.float64)
+    if grad:
+        tiny = np.finfo(m.dtype).tiny
+        out[:, :, :r] = (1.0 - d / np.maximum(m, tiny)) @ v.T
+    out[0, 0, -1] = val
+    return out
+
+
+class DaskPoissonTerm:
+    """Poisson data term whose counts are a Dask array chunked (bx, by, full energy).
+
+    Implements :meth:`subspace_value_and_grad` like :class:`xfusion.likelihood.PoissonTerm`
+    (masks are not supported on this path yet: a clear error is raised).
+    """
+
+    def __init__(self, model, data, dtype=np.float32, client=None, persist=True):
+        self.model = model
+        d = data.astype(dtype)
+        if len(d.chunks[2]) != 1:
+            d = d.rechunk({2: -1})
+        self.client = client
+        if persist:
+            d = client.persist(d) if client is not None else d.persist()
+        self.data = d
+
+    def _compute(self, x):
+        if self.client is not None:
+            return self.client.compute(x).result()
+        return x.compute()
+
+    def graph(self, a, v, grad=True):
+        """The Dask array of one evaluation (exposed so tests can count its tasks)."""
+        ad = da.from_array(np.ascontiguousarray(a), chunks=(self.data.chunks[0], self.data.chunks[1], a.shape[2]))
+        r = v.shape[0]
+        return da.map_blocks(_block_value_grad, self.data, ad, v, grad, dtype=np.float64,
+                             chunks=(self.data.chunks[0], self.data.chunks[1], (r + 1 if grad else 1,)),
+                             meta=np.empty((0, 0, 0), dtype=np.float64))
+
+    def subspace_value_and_grad(self, a, v, grad=True):
+        out = self._compute(self.graph(a, np.asarray(v), grad))
+        val = float(out[:, :, -1].sum())
+        if not np.isfinite(val):
+            val = np.inf
+        g = out[:, :, :-1].astype(a.dtype) if grad else None
+        return val, g
+
+
+def lazy_product(w, basis, chunks_xy, scale=1.0, clip=True, dtype=np.float32):
+    """Dask array (x, y, L) = max(W @ basis, 0) / scale, built block by block (never materialized)."""
+    wd = da.from_array(w, chunks=(chunks_xy[0], chunks_xy[1], w.shape[2]))
+    L = basis.shape[1]
+
+    def block(wb):
+        z = (wb @ basis) / scale
+        if clip:
+            np.maximum(z, 0, out=z)
+        return z.astype(dtype)
+
+    return da.map_blocks(block, wd, dtype=dtype, chunks=(wd.chunks[0], wd.chunks[1], (L,)),
+                         meta=np.empty((0, 0, 0), dtype=dtype))
+
+
+def compute(x, client=None):
+    return client.compute(x).result() if client is not None else x.compute()

@@ -1,0 +1,511 @@
+"""Figures for fused cubes: amplitude maps, spectra, error maps, objective history, summary.
+
+Every function returns a :class:`matplotlib.figure.Figure` (it never calls ``show``), so it
+works with any backend, including the non-interactive ``Agg`` one. ``matplotlib.pyplot`` is
+imported only when a figure is made.
+
+Conventions: maps are drawn with ``x`` (arcsec) to the right and ``y`` (arcsec) up
+(``origin="lower"``, extent = pixel centres +- half a pixel). Fluxes are photon fluxes
+(ph cm-2 s-1); spectra are drawn as flux densities per keV so that the fused cube (fine
+channels) and the inputs (their own channels) can share one axis.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics
+
+__all__ = ["amplitude_maps", "spectra", "error_maps", "objective_history", "summary"]
+
+FLUX = r"ph cm$^{-2}$ s$^{-1}$"
+FLUX_DENSITY = r"ph cm$^{-2}$ s$^{-1}$ keV$^{-1}$"
+_MAP_CMAP = "inferno"
+
+
+# ----------------------------------------------------------------------------- helpers
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _root(fig_or_ax):
+    """The top-level Figure of an Axes or (Sub)Figure."""
+    obj = fig_or_ax
+    get = getattr(obj, "get_figure", None)
+    if get is not None:
+        try:
+            fig = get(root=True)
+            if fig is not None:
+                return fig
+        except TypeError:  # matplotlib < 3.10
+            pass
+    fig = obj if not hasattr(obj, "axes") or hasattr(obj, "savefig") else obj.figure
+    while getattr(fig, "figure", fig) is not fig:
+        fig = fig.figure
+    return fig
+
+
+def _axes_list(ax, n, figsize):
+    """``n`` axes: the ones given (sequence or single Axes) or a new one-row figure."""
+    if ax is None:
+        fig = _pyplot().figure(figsize=figsize, layout="constrained")
+        return list(np.atleast_1d(fig.subplots(1, n)).ravel())
+    axes = list(np.atleast_1d(np.asarray(ax, dtype=object)).ravel())
+    if len(axes) < n:
+        raise ValueError(f"need {n} axes, got {len(axes)}")
+    return axes[:n]
+
+
+def _flux(obj, what="cube"):
+    """The ``flux`` DataArray of a result/truth Dataset, or the DataArray itself."""
+    if obj is None:
+        return None
+    if hasattr(obj, "data_vars"):
+        if "flux" in obj.data_vars:
+            return obj["flux"]
+        if len(obj.data_vars) == 1:
+            return obj[next(iter(obj.data_vars))]
+        raise ValueError(f"{what} Dataset has no 'flux' variable")
+    return obj
+
+
+def _edges_1d(da, dim):
+    """Pixel-edge extent (lo, hi) of a regular coordinate, arcsec."""
+    c = np.asarray(da[dim].values, dtype=np.float64)
+    size = da[dim].attrs.get("pixel_size")
+    if size is None:
+        size = float(np.diff(c).mean()) if c.size > 1 else 1.0
+    return c[0] - size / 2, c[-1] + size / 2
+
+
+def _sci(axis):
+    """Scientific notation with a common multiplier (e.g. x1e-4) for small/large values."""
+    from matplotlib.ticker import ScalarFormatter
+
+    fmt = ScalarFormatter(useMathText=True)
+    fmt.set_powerlimits((-2, 4))
+    axis.set_major_formatter(fmt)
+
+
+def _show_map(ax, img, xdim="x", ydim="y", **kw):
+    """imshow of a 2D DataArray with arcsec axes (x right, y up)."""
+    values = np.asarray(img.transpose(ydim, xdim).values, dtype=np.float64)
+    x0, x1 = _edges_1d(img, xdim)
+    y0, y1 = _edges_1d(img, ydim)
+    im = ax.imshow(values, origin="lower", extent=(x0, x1, y0, y1), interpolation="nearest", **kw)
+    ax.set_xlabel("x (arcsec)")
+    ax.set_ylabel("y (arcsec)")
+    return im
+
+
+def _name(result, obs, key, default):
+    if obs is not None and "name" in obs.attrs:
+        return str(obs.attrs["name"])
+    if result is not None and key in result.attrs:
+        return str(result.attrs[key])
+    return default
+
+
+def _spatial_factor(result, x_obs=None, y_obs=None):
+    if result is not None and "spatial_factor" in result.attrs:
+        return int(result.attrs["spatial_factor"])
+    if x_obs is not None and y_obs is not None:
+        return int(round(float(y_obs["x"].attrs["pixel_size"]) / float(x_obs["x"].attrs["pixel_size"])))
+    return 1
+
+
+def _x_counts(result, x_obs):
+    """Sharp-spatial counts as (x, y, energy_spatial) with edges coords ``energy_spatial_lo/hi``."""
+    if x_obs is not None:
+        c = x_obs["counts"]
+        return c.rename({"energy": "energy_spatial", "energy_lo": "energy_spatial_lo",
+                         "energy_hi": "energy_spatial_hi"})
+    if result is not None and "counts_spatial" in result:
+        return result["counts_spatial"]
+    return None
+
+
+def _y_counts(result, y_obs):
+    """Sharp-spectral counts as (x_spectral, y_spectral, energy)."""
+    if y_obs is not None:
+        return y_obs["counts"].rename({"x": "x_spectral", "y": "y_spectral"})
+    if result is not None and "counts_spectral" in result:
+        return result["counts_spectral"]
+    return None
+
+
+def _amplitude(flux):
+    return flux.sum("energy")
+
+
+def _source_mask(amp):
+    """Pixels of the source: energy-integrated flux >= half the mean over the field."""
+    amp = np.asarray(amp, dtype=np.float64)
+    m = np.isfinite(amp) & (amp >= 0.5 * np.nanmean(amp))
+    return m if m.any() else np.isfinite(amp)
+
+
+def auto_pixels(result):
+    """A bright and a typical pixel of the fused amplitude map: ``[(ix, iy), (ix, iy)]``.
+
+    The brightest pixel, and the pixel whose energy-integrated flux is closest to the median
+    over the source (pixels at least half as bright as the field average), chosen at least
+    two sharp-spectral pixels away from the brightest one when possible.
+    """
+    amp = np.asarray(_amplitude(_flux(result)).transpose("x", "y").values, dtype=np.float64)
+    bright = np.unravel_index(int(np.nanargmax(amp)), amp.shape)
+    src = _source_mask(amp)
+    med = np.nanmedian(amp[src])
+    ii, jj = np.indices(amp.shape)
+    far = np.hypot(ii - bright[0], jj - bright[1]) >= 2 * _spatial_factor(result)
+    cand = src & far if (src & far).any() else src
+    dist = np.where(cand, np.abs(amp - med), np.inf)
+    faint = np.unravel_index(int(np.argmin(dist)), amp.shape)
+    return [tuple(int(i) for i in bright), tuple(int(i) for i in faint)]
+
+
+# ----------------------------------------------------------------------------- maps
+def amplitude_maps(result=None, truth=None, x_obs=None, y_obs=None, *, ax=None):
+    """Energy-integrated maps of the inputs, the fused cube and the truth.
+
+    Panels (those available, in this order): the sharp-spatial input X and the
+    sharp-spectral input Y as **counts per pixel** (each with its own colour bar; taken from
+    ``x_obs``/``y_obs`` if given, else from ``counts_spatial``/``counts_spectral`` of
+    ``result``), then the fused flux and the truth summed over energy, in ph cm-2 s-1 per
+    fused pixel, with a shared colour scale and one colour bar. All maps use a square-root
+    stretch (from 0 to the maximum) so that faint structure stays visible next to bright knots.
+
+    ``ax``: optional sequence of Axes, one per panel. Returns the Figure.
+    """
+    panels = []
+    xc, yc = _x_counts(result, x_obs), _y_counts(result, y_obs)
+    if xc is not None:
+        name = _name(result, x_obs, "spatial_obs", "X")
+        panels.append(("counts", f"{name}\ninput counts", xc.sum("energy_spatial"), "x", "y"))
+    if yc is not None:
+        name = _name(result, y_obs, "spectral_obs", "Y")
+        panels.append(("counts", f"{name}\ninput counts", yc.sum("energy"), "x_spectral", "y_spectral"))
+    fused = _flux(result, "result")
+    tr = _flux(truth, "truth")
+    if fused is not None:
+        reg = result.attrs.get("regularization", "") if hasattr(result, "attrs") else ""
+        panels.append(("flux", "fused flux" + (f" ({reg})" if reg else ""), _amplitude(fused), "x", "y"))
+    if tr is not None:
+        panels.append(("flux", "truth", _amplitude(tr), "x", "y"))
+    if not panels:
+        raise ValueError("nothing to plot: pass result, truth, x_obs or y_obs")
+    axes = _axes_list(ax, len(panels), (4.2 * len(panels), 3.9))
+    from matplotlib.colors import PowerNorm
+
+    flux_vals = [np.nanmax(p[2].values) for p in panels if p[0] == "flux"]
+    vmax = max(flux_vals) if flux_vals else None
+    flux_axes, flux_im = [], None
+    for a, (kind, title, img, xd, yd) in zip(axes, panels):
+        if kind == "counts":
+            top = max(float(np.nanmax(img.values)), 1e-30)
+            im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=top))
+            cb = a.figure.colorbar(im, ax=a, shrink=0.85)
+            cb.set_label("counts per pixel (sqrt scale)")
+        else:
+            im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=max(vmax, 1e-30)))
+            flux_axes.append(a)
+            flux_im = im
+        a.set_title(title, fontsize=10)
+    if flux_im is not None:
+        cb = flux_axes[0].figure.colorbar(flux_im, ax=flux_axes, shrink=0.85)
+        cb.set_label(f"flux per pixel ({FLUX}, sqrt scale)")
+        _sci(cb.ax.yaxis)
+    return _root(axes[0])
+
+
+# ----------------------------------------------------------------------------- spectra
+def _as_slice(s, n):
+    if isinstance(s, slice):
+        return s
+    if np.ndim(s) == 0:
+        i = int(s)
+        return slice(i, i + 1)
+    lo, hi = s
+    return slice(lo, hi)
+
+
+def _is_label_slice(s):
+    return any(isinstance(v, (float, np.floating)) for v in (s.start, s.stop))
+
+
+def _region_indices(flux, xs, ys):
+    """Index ranges (start, stop) along x and y for a region given as index or arcsec slices."""
+    out = []
+    for dim, s in (("x", xs), ("y", ys)):
+        s = _as_slice(s, flux.sizes[dim])
+        c = np.asarray(flux[dim].values)
+        if _is_label_slice(s):
+            lo = -np.inf if s.start is None else float(s.start)
+            hi = np.inf if s.stop is None else float(s.stop)
+            idx = np.flatnonzero((c >= lo) & (c <= hi))
+            if idx.size == 0:
+                raise ValueError(f"region {dim} in [{lo}, {hi}] arcsec contains no pixel")
+            out.append((int(idx[0]), int(idx[-1]) + 1))
+        else:
+            start, stop, _ = s.indices(flux.sizes[dim])
+            if stop <= start:
+                raise ValueError(f"empty region along {dim}: {s}")
+            out.append((start, stop))
+    return out
+
+
+def _density(values, lo, hi):
+    return np.asarray(values, dtype=np.float64) / (np.asarray(hi) - np.asarray(lo))
+
+
+MAX_DISPLAY_BINS = 400
+
+
+def _group(values, lo, hi, factor):
+    """Sum groups of ``factor`` consecutive channels (the last group may be shorter)."""
+    if factor <= 1:
+        return np.asarray(values, dtype=np.float64), np.asarray(lo), np.asarray(hi)
+    n = len(lo)
+    idx = np.arange(0, n, factor)
+    last = np.minimum(idx + factor, n) - 1
+    return np.add.reduceat(np.asarray(values, dtype=np.float64), idx), np.asarray(lo)[idx], np.asarray(hi)[last]
+
+
+def _step(ax, lo, hi, dens, **kw):
+    """Histogram-like step line over explicit bin edges."""
+    edges = np.append(lo, hi[-1])
+    return ax.stairs(dens, edges, baseline=None, **kw)
+
+
+def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=True, rebin=None):
+    flux = _flux(result, "result")
+    (x0, x1), (y0, y1) = ranges
+    reg = dict(x=slice(x0, x1), y=slice(y0, y1))
+    lo0 = np.asarray(flux["energy_lo"].values)
+    hi0 = np.asarray(flux["energy_hi"].values)
+    factor = int(rebin) if rebin else max(1, int(np.ceil(lo0.size / MAX_DISPLAY_BINS)))
+    fused, lo, hi = _group(flux.isel(reg).sum(("x", "y")).values, lo0, hi0, factor)
+    total = float(fused.sum())
+    v = _spatial_factor(result, x_obs, y_obs)
+
+    yc = _y_counts(result, y_obs)
+    if yc is not None:
+        ys = yc.isel(x_spectral=slice(x0 // v, (x1 - 1) // v + 1), y_spectral=slice(y0 // v, (y1 - 1) // v + 1))
+        ysum = ys.sum(("x_spectral", "y_spectral")).values.astype(np.float64)
+        if ysum.sum() > 0 and total > 0:
+            ysum, ylo, yhi = _group(ysum, ys["energy_lo"].values, ys["energy_hi"].values, factor)
+            npx = ys.sizes["x_spectral"] * ys.sizes["y_spectral"]
+            lab = _name(result, y_obs, "spectral_obs", "Y").split(" (")[0]
+            _step(ax, ylo, yhi, _density(ysum * total / ysum.sum(), ylo, yhi), color="tab:blue", alpha=0.35,
+                  lw=0.7, label=f"{lab} counts, {npx} px (rescaled)")
+    xc = _x_counts(result, x_obs)
+    if xc is not None:
+        xsum = xc.isel(reg).sum(("x", "y")).values.astype(np.float64)
+        if xsum.sum() > 0 and total > 0:
+            xlo = np.asarray(xc["energy_spatial_lo"].values)
+            xhi = np.asarray(xc["energy_spatial_hi"].values)
+            lab = _name(result, x_obs, "spatial_obs", "X").split(" (")[0]
+            _step(ax, xlo, xhi, _density(xsum * total / xsum.sum(), xlo, xhi), color="tab:orange", lw=1.5,
+                  label=f"{lab} counts (rescaled)")
+    tr = _flux(truth, "truth")
+    if tr is not None:
+        t = _group(tr.transpose("x", "y", "energy").isel(reg).sum(("x", "y")).values, lo0, hi0, factor)[0]
+        _step(ax, lo, hi, _density(t, lo, hi), color="black", lw=1.0, ls="--", label="truth")
+    _step(ax, lo, hi, _density(fused, lo, hi), color="tab:red", lw=1.1, label="fused")
+    if factor > 1:
+        width = 1000 * float(np.median(hi - lo))
+        ax.set_xlabel(f"energy (keV), shown in {width:.3g} eV bins ({factor} channels each)")
+    else:
+        ax.set_xlabel("energy (keV)")
+    ax.set_ylabel(f"flux density ({FLUX_DENSITY})")
+    ax.set_xlim(lo[0], hi[-1])
+    ax.set_ylim(bottom=0)
+    _sci(ax.yaxis)
+    xv, yv = flux["x"].values, flux["y"].values
+    if x1 - x0 == 1 and y1 - y0 == 1:
+        title = f"pixel ({x0}, {y0}) at x={xv[x0]:g}, y={yv[y0]:g} arcsec"
+    else:
+        title = (f"region x {xv[x0]:g}..{xv[x1 - 1]:g}, y {yv[y0]:g}..{yv[y1 - 1]:g} arcsec "
+                 f"({(x1 - x0) * (y1 - y0)} px)")
+    ax.set_title(title, fontsize=10)
+    if legend:
+        ax.legend(fontsize=7, loc="lower left", framealpha=0.85)
+
+
+def spectra(result, truth=None, pixels=None, regions=None, *, x_obs=None, y_obs=None, ax=None, rebin=None):
+    """Spectra of fused pixels or regions, with the truth and the inputs.
+
+    Parameters
+    ----------
+    result : fused Dataset (:func:`xfusion.fuse`).
+    truth : optional DataArray/Dataset (x, y, energy) in ph cm-2 s-1 per voxel.
+    pixels : list of ``(ix, iy)`` fused-pixel indices. Default: a bright and a typical pixel
+        (:func:`auto_pixels`).
+    regions : list of ``(x_slice, y_slice)``; integer slices are pixel indices (stop
+        excluded), float slices are arcsec ranges (both ends included). Spectra are summed
+        over the region.
+    x_obs, y_obs : optional observations to take the input counts from (default: the
+        ``counts_spatial``/``counts_spectral`` stored in ``result``).
+    ax : optional sequence of Axes, one per pixel/region.
+    rebin : group this many fused channels per displayed bin (fused, truth and Y alike;
+        the x label says so). Default: the smallest factor giving at most 400 bins; 1 shows
+        every channel.
+
+    Each panel shows flux densities in ph cm-2 s-1 keV-1 against energy (keV): the fused
+    spectrum and the truth summed over the pixel/region, and the input counts of X (same
+    pixels) and of Y (the Y pixels containing them: index ``ix // spatial_factor``), both
+    **rescaled** so that their integral equals the fused one (shape comparison only).
+    """
+    flux = _flux(result, "result").transpose("x", "y", "energy")
+    if pixels is None and regions is None:
+        pixels = auto_pixels(result)
+    items = []
+    for ix, iy in pixels or []:
+        if not (0 <= ix < flux.sizes["x"] and 0 <= iy < flux.sizes["y"]):
+            raise ValueError(f"pixel ({ix}, {iy}) is outside the fused grid {flux.sizes['x']} x {flux.sizes['y']}")
+        items.append(((int(ix), int(ix) + 1), (int(iy), int(iy) + 1)))
+    for xs, ys in regions or []:
+        items.append(tuple(_region_indices(flux, xs, ys)))
+    if not items:
+        raise ValueError("no pixel or region to plot")
+    if ax is None:
+        n = len(items)
+        ncol = min(n, 2)
+        nrow = -(-n // ncol)
+        fig = _pyplot().figure(figsize=(6.2 * ncol, 4.0 * nrow), layout="constrained")
+        axes = list(np.atleast_1d(fig.subplots(nrow, ncol)).ravel())
+        for a in axes[n:]:
+            a.set_visible(False)
+    else:
+        axes = _axes_list(ax, len(items), None)
+    for a, rng in zip(axes, items):
+        _spectrum_panel(a, result, truth, rng, x_obs=x_obs, y_obs=y_obs, rebin=rebin)
+    return _root(axes[0])
+
+
+# ----------------------------------------------------------------------------- errors
+def _sam_panel(ax, result, truth):
+    sam = metrics.sam_map(_flux(truth, "truth"), _flux(result, "result"))
+    flux = _flux(result, "result")
+    img = flux.isel(energy=0, drop=True).copy(data=sam)
+    amp = np.asarray(_amplitude(_flux(truth, "truth")).transpose("x", "y").values, dtype=np.float64)
+    src = np.isfinite(sam) & _source_mask(amp)
+    # colour limit from the source: the empty borders have large, uninformative angles
+    top = float(np.percentile(sam[src], 99)) if src.any() else float(np.nanmax(sam))
+    extend = "max" if np.nanmax(sam) > top else "neither"
+    im = _show_map(ax, img, cmap="viridis", vmin=0, vmax=top)
+    cb = ax.figure.colorbar(im, ax=ax, shrink=0.85, extend=extend)
+    cb.set_label("spectral angle (rad)")
+    ax.set_title(f"spectral angle to truth (mean {np.nanmean(sam):.3f} rad)", fontsize=10)
+    return im
+
+
+def _relerr_panel(ax, result, truth):
+    rel = metrics.relative_error_map(_flux(truth, "truth"), _flux(result, "result"))
+    flux = _flux(result, "result")
+    img = flux.isel(energy=0, drop=True).copy(data=rel)
+    finite = np.abs(rel[np.isfinite(rel)])
+    # colour limit from the source (truth amplitude >= half its mean), not from the faint
+    # borders where tiny amplitudes give huge relative errors; clipped values use the end colours
+    amp = np.asarray(_amplitude(_flux(truth, "truth")).transpose("x", "y").values, dtype=np.float64)
+    src = np.abs(rel[np.isfinite(rel) & _source_mask(amp)])
+    lim = float(np.percentile(src, 95)) if src.size else (float(np.percentile(finite, 95)) if finite.size else 1.0)
+    lim = float(np.clip(lim, 1.0, 100.0))
+    im = _show_map(ax, img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    cb = ax.figure.colorbar(im, ax=ax, shrink=0.85, extend="both")
+    cb.set_label("relative amplitude error (%)")
+    med = np.median(finite) if finite.size else np.nan
+    ax.set_title(f"amplitude error (fused - truth) / truth\n(median |error| {med:.1f} %)", fontsize=10)
+    return im
+
+
+def error_maps(result, truth, *, ax=None):
+    """SAM map (radians) and relative amplitude error map (%) of ``result`` against ``truth``."""
+    axes = _axes_list(ax, 2, (9.5, 4.0))
+    _sam_panel(axes[0], result, truth)
+    _relerr_panel(axes[1], result, truth)
+    return _root(axes[0])
+
+
+# ----------------------------------------------------------------------------- history
+def objective_history(result, *, ax=None):
+    """Objective, data term and penalty against iteration (log y axis if the objective is > 0)."""
+    a = _axes_list(ax, 1, (6.0, 4.0))[0]
+    it = np.asarray(result["iteration"].values) if "iteration" in result.coords else None
+    styles = {"objective": dict(color="black", lw=2.0), "data_term": dict(color="tab:blue", ls="--"),
+              "penalty": dict(color="tab:green", ls=":")}
+    labels = {"objective": "objective (data + penalty)", "data_term": "data term (Poisson deviance)",
+              "penalty": "penalty"}
+    obj = None
+    for k in ("objective", "data_term", "penalty"):
+        if k not in result:
+            continue
+        v = np.asarray(result[k].values, dtype=np.float64)
+        x = it if it is not None else np.arange(v.size)
+        a.plot(x, v, marker="." if v.size < 60 else None, label=labels[k], **styles[k])
+        if k == "objective":
+            obj = v
+    if obj is not None:
+        fin = obj[np.isfinite(obj)]
+        if fin.size and np.all(fin > 0):
+            a.set_yscale("log", nonpositive="mask")
+    a.set_xlabel("iteration")
+    a.set_ylabel("objective value (dimensionless)")
+    attrs = getattr(result, "attrs", {})
+    reg, meth = attrs.get("regularization", "?"), attrs.get("method", "?")
+    n, conv = attrs.get("iterations"), attrs.get("converged")
+    title = f"convergence: {reg} / {meth}"
+    if n is not None:
+        title += f"\n{n} iterations, " + ("converged" if conv else "not converged (max_iter reached)")
+    a.set_title(title, fontsize=10)
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3, which="both")
+    return _root(a)
+
+
+# ----------------------------------------------------------------------------- summary
+def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=None, dpi=100):
+    """One-page overview: maps (X, Y, fused, truth), two spectra, convergence, SAM map.
+
+    ``pixels``: the two (or more) fused pixels whose spectra are shown (default
+    :func:`auto_pixels`: the brightest and a typical source pixel). With ``path`` the figure
+    is also saved as PNG at ``dpi``. Returns the Figure.
+    """
+    plt = _pyplot()
+    pixels = list(pixels) if pixels is not None else auto_pixels(result)
+    n_top = 3 + (truth is not None)
+    n_bottom = len(pixels) + 1 + (truth is not None)
+    ncol = max(n_top, n_bottom)
+    fig = plt.figure(figsize=(4.6 * ncol, 9.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.0])
+    amplitude_maps(result, truth, x_obs, y_obs, ax=top.subplots(1, n_top))
+    axb = list(np.atleast_1d(bottom.subplots(1, n_bottom)).ravel())
+    spectra(result, truth, pixels=pixels, x_obs=x_obs, y_obs=y_obs, ax=axb[:len(pixels)])
+    objective_history(result, ax=axb[len(pixels)])
+    if truth is not None:
+        _sam_panel(axb[-1], result, truth)
+    # mark the spectrum pixels on the fused map (and the SAM map)
+    flux = _flux(result, "result")
+    marked = [a for a in top.axes if a.get_title().startswith("fused")]
+    if truth is not None:
+        marked.append(axb[-1])
+    for k, (ix, iy) in enumerate(pixels):
+        for a in marked:
+            a.plot(flux["x"].values[ix], flux["y"].values[iy], marker="s", mfc="none", mec="cyan", ms=9, mew=1.5)
+            a.annotate(str(k + 1), (flux["x"].values[ix], flux["y"].values[iy]), color="cyan", fontsize=9,
+                       xytext=(6, 6), textcoords="offset points")
+    for k, a in enumerate(axb[:len(pixels)]):
+        a.set_title(f"[{k + 1}] " + a.get_title(), fontsize=10)
+    attrs = getattr(result, "attrs", {})
+    head = (f"xfusion {attrs.get('xfusion_version', '')}: {attrs.get('regularization', '?')} / "
+            f"{attrs.get('method', '?')}, {attrs.get('iterations', '?')} iterations, "
+            f"{float(attrs.get('elapsed_s', np.nan)):.1f} s")
+    if truth is not None:
+        m = metrics.report(result, _flux(truth, "truth"), ratio=_spatial_factor(result, x_obs, y_obs))
+        head += (f"  |  vs truth: NMSE {m['nmse_db']:.2f} dB, aSAM {m['asam_rad']:.3f} rad, "
+                 f"acSSIM {m['acssim']:.3f}, ERGAS {m['ergas']:.1f}")
+    fig.suptitle(head, fontsize=12)
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
