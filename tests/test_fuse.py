@@ -208,3 +208,23 @@ def test_ista_divergence_is_reported(small_toy):
     x, y, _ = small_toy
     with pytest.raises(FloatingPointError, match="smaller step"):
         xfusion.fuse(x, y, method="ista", step=50.0, max_iter=50, tol=0, progress=False)
+
+
+def test_vignetted_area_runs_on_full_cube_and_is_refused_by_low_rank(small_toy):
+    x, y, t = small_toy
+    et = np.linspace(0.4, 1.5, 1101)
+    vig = xr.DataArray(np.ones((15, 15, 1100)) * np.linspace(0.8, 1.0, 15)[:, None, None] * 1000,
+                       dims=("x", "y", "energy_true"),
+                       coords={"energy_true": 0.5 * (et[1:] + et[:-1]), "energy_true_lo": ("energy_true", et[:-1]),
+                               "energy_true_hi": ("energy_true", et[1:])}, attrs={"units": "cm2"})
+    xv = xfusion.observation(x.counts, energy_edges=np.append(x.energy_lo.values, x.energy_hi.values[-1]),
+                             pixel_size=10.0, exposure=float(x.exposure), effective_area=vig,
+                             response=x.response.values, response_spacing=float(x.energy_offset.attrs["spacing"]))
+    grid = fusion_grid(xv, y)
+    m = build_model(grid, xv, SPATIAL)
+    assert m.weights.shape == (15, 15, 240)
+    np.testing.assert_allclose(m.weights[0, 0] / m.weights[14, 0], 0.8, rtol=1e-6)
+    r = xfusion.fuse(xv, y, progress=False, max_iter=5)
+    assert np.isfinite(r.objective.values).all()
+    with pytest.raises(ValueError, match="do not vary with position"):
+        xfusion.fuse(xv, y, regularization="lowrank", progress=False)

@@ -63,9 +63,11 @@ def _fingerprint(x_obs, y_obs, settings, client=None):
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for o in (x_obs, y_obs):
         c = o["counts"].data
-        if parallel.is_dask(c):  # sums of the data and of the data weighted by position: cheap, one pass
+        if parallel.is_dask(c):  # sums of the data and of the data weighted by channel: cheap, one pass
+            import dask.array as da
+
             w = (c * (1 + np.arange(c.shape[-1]) % 7)).sum()
-            h.update(np.asarray(parallel.compute(__import__("dask").array.stack([c.sum(), w]), client)).tobytes())
+            h.update(np.asarray(parallel.compute(da.stack([c.sum(), w]), client)).tobytes())
         else:
             h.update(np.ascontiguousarray(c).tobytes())
     return h.hexdigest()
@@ -146,6 +148,7 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
         yd = da.asarray(y_obs["counts"].data).rechunk((bx // v, by // v, -1))
         terms = [parallel.DaskPoissonTerm(mx, xd, dt, client), parallel.DaskPoissonTerm(my, yd, dt, client)]
+        xd, yd = terms[0].data, terms[1].data  # persisted: later passes do not re-read the stores
     else:
         xd, yd = x_obs["counts"].values, y_obs["counts"].values
         xmask = x_obs["mask"].values if "mask" in x_obs else None
@@ -153,7 +156,11 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         terms = [PoissonTerm(mx, xd, xmask, dt), PoissonTerm(my, yd, ymask, dt)]
     xsum = float(parallel.compute(xd.sum(dtype=np.float64), client) if use_dask else xd.sum(dtype=np.float64))
     # mean level (internal units per voxel) that reproduces the X counts: from the model of a flat spectrum
-    level = xsum / max(float(mx.reduced(np.ones((1, shape[2])))[1].sum()) * shape[0] * shape[1], 1e-300)
+    if mx.weights.ndim == 1:
+        flat_total = float(mx.reduced(np.ones((1, shape[2])))[1].sum()) * shape[0] * shape[1]
+    else:  # vignetted: in-memory path only
+        flat_total = float(mx.forward(np.ones(shape, dt)).sum())
+    level = xsum / max(flat_total, 1e-300)
 
     basis = None
     if lowrank:
@@ -162,12 +169,17 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
                              "use regularization='wavelet2d1d' for vignetted data")
         wy = np.broadcast_to(my.weights, shape)[0, 0]
         spectra = yd.reshape(-1, yd.shape[-1]) / wy
-        moments = lowrank_mod.spectral_moments(spectra)
-        basis = lowrank_mod.pca_basis(moments=moments, rank=None if params["explained"] else params["rank"],
-                                      explained=params["explained"] or 0.999)
+        if use_dask and shape[2] > lowrank_mod.COVARIANCE_MAX_CHANNELS:
+            basis = lowrank_mod.pca_basis_randomized(spectra, rank=params["rank"])
+            s = parallel.compute(spectra.sum(axis=0, dtype=np.float64), client)
+        else:
+            moments = lowrank_mod.spectral_moments(spectra)
+            basis = lowrank_mod.pca_basis(moments=moments, rank=None if params["explained"] else params["rank"],
+                                          explained=params["explained"] or 0.999)
+            s = moments[1]
         vb = basis.astype(dt)
         # start: X amplitude per pixel times the mean Y spectrum (positive, in the subspace)
-        s = moments[1] / moments[1].sum()
+        s = s / s.sum()
         per_pix = mx.reduced(s[None])[1].sum()
         amp = xd.sum(axis=-1, dtype=np.float64)
         amp = (parallel.compute(amp, client) if use_dask else amp) / per_pix

@@ -43,6 +43,10 @@ REL_TOL = 1e-6
 
 
 # --------------------------------------------------------------------------- helpers
+def _is_lazy(a):
+    return hasattr(a, "dask") and hasattr(a, "chunks")
+
+
 def _edges_coords(edges, dim):
     edges = np.asarray(edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2:
@@ -215,7 +219,7 @@ def observation(
         if missing or counts.ndim != 3:
             raise ValueError(f"counts DataArray must have dims {CUBE_DIMS} (any order); got {counts.dims}")
         da = counts.transpose(*CUBE_DIMS)
-        values = np.asarray(da.values)
+        values = da.data if _is_lazy(da.data) else np.asarray(da.values)
         xcoord = da["x"].values if "x" in da.coords else None
         ycoord = da["y"].values if "y" in da.coords else None
     else:
@@ -227,7 +231,8 @@ def observation(
             raise ValueError(f"dims must be a permutation of {CUBE_DIMS} matching counts.ndim=3; got {dims}")
         values = np.transpose(values, [dims.index(d) for d in CUBE_DIMS])
         xcoord = ycoord = None
-    values = np.ascontiguousarray(values)  # a copy-or-view; never written to
+    if not _is_lazy(values):  # Dask arrays stay lazy (validated when read); NumPy: a copy-or-view, never written to
+        values = np.ascontiguousarray(values)
     if not np.issubdtype(values.dtype, np.number):
         raise ValueError(f"counts must be numeric; got dtype {values.dtype}")
     if not np.issubdtype(values.dtype, np.floating):

@@ -47,7 +47,16 @@ def pixel_block(shape, itemsize, factor=1, target_bytes=TARGET_CHUNK_BYTES):
     M, N, L = shape
     b = int(math.sqrt(max(target_bytes / (L * itemsize), 1.0)))
     b = max(factor, (b // factor) * factor)
-    return min(b, M), min(b, N)
+
+    def fit(n):
+        if b >= n:
+            return n
+        for c in range(b, max(factor, b // 2) - 1, -factor):  # prefer a divisor of n: no ragged last block
+            if n % c == 0:
+                return c
+        return b
+
+    return fit(M), fit(N)
 
 
 def _block_value_grad(d, a, v, grad):
@@ -72,7 +81,7 @@ def _block_value_grad(d, a, v, grad):
                     - np.sum(d * logm, dtype=np.float64))
     r = v.shape[0]
     out = np.zeros(a.shape[:2] + (r + 1 if grad else 1,), dtype=np.float64)
-    if grad:
+    if grad and np.isfinite(val):  # at an infeasible point the value (+inf) already rejects it
         tiny = np.finfo(m.dtype).tiny
         out[:, :, :r] = (1.0 - d / np.maximum(m, tiny)) @ v.T
     out[0, 0, -1] = val

@@ -68,13 +68,30 @@ class SpatialMatrix:
 
     @classmethod
     def from_psf(cls, kernel, shape, factor):
-        """Dense matrix of ``Rebin(factor) o Convolve2D(kernel)`` on an (M, N) field."""
+        """Dense matrix of ``Rebin(factor) o Convolve2D(kernel)`` on an (M, N) field, built directly.
+
+        With ``G = K * ones(v, v)`` (full convolution: the PSF summed over one coarse pixel),
+        ``P[(s, t), (i, j)] = G[s v - i + h_x + v - 1, t v - j + h_y + v - 1]`` (zero outside G):
+        a gather of m n M N elements, no identity cube and no FFTs.
+        """
+        from scipy.signal import convolve2d
+
         M, N = shape
-        conv = Convolve2D(kernel, (M, N), workers=1)
-        eye = np.eye(M * N).reshape(M, N, M * N)
-        cols = Rebin((factor, factor, 1)).forward(conv.forward(eye))
-        m, n = M // factor, N // factor
-        return cls(cols.reshape(m * n, M * N), (M, N), (m, n))
+        v = int(factor)
+        k = np.asarray(kernel, dtype=np.float64)
+        hx, hy = k.shape[0] // 2, k.shape[1] // 2
+        G = convolve2d(k, np.ones((v, v)), mode="full")
+        m, n = M // v, N // v
+        ax = (np.arange(m) * v)[:, None] - np.arange(M)[None, :] + hx + v - 1  # (m, M)
+        ay = (np.arange(n) * v)[:, None] - np.arange(N)[None, :] + hy + v - 1  # (n, N)
+        okx = (ax >= 0) & (ax < G.shape[0])
+        oky = (ay >= 0) & (ay < G.shape[1])
+        Gx = np.clip(ax, 0, G.shape[0] - 1)
+        Gy = np.clip(ay, 0, G.shape[1] - 1)
+        P = G[Gx[:, :, None, None], Gy[None, None, :, :]]  # (m, M, n, N)
+        P *= okx[:, :, None, None] & oky[None, None, :, :]
+        P = P.transpose(0, 2, 1, 3).reshape(m * n, M * N)
+        return cls(P, (M, N), (m, n))
 
     def in_shape(self, shape):
         return self.in_hw + tuple(shape[2:])

@@ -1,0 +1,114 @@
+"""Dask paths: NumPy == Dask threads == LocalCluster, constant task graphs, worker loss, lazy output."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xfusion
+from xfusion import parallel
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, small_toy):
+    x, y, _ = small_toy
+    d = tmp_path_factory.mktemp("stores")
+    xfusion.io.zarr.write(x, d / "x.zarr", chunks={"x": 6, "y": 6})
+    xfusion.io.zarr.write(y, d / "y.zarr", chunks={"x": 2, "y": 2})
+    return d / "x.zarr", d / "y.zarr"
+
+
+def lazy(stores):
+    return xfusion.io.zarr.open(stores[0], chunks={}), xfusion.io.zarr.open(stores[1], chunks={})
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as c, distributed.Client(c) as client:
+        yield c, client
+
+
+RUN = dict(regularization="lowrank_sobolev", progress=False, max_iter=25, tol=0, chunks=(6, 6))
+
+
+def test_numpy_dask_and_cluster_agree(small_toy, stores, cluster):
+    x, y, _ = small_toy
+    ref = xfusion.fuse(x, y, **{k: v for k, v in RUN.items() if k != "chunks"})
+    xl, yl = lazy(stores)
+    threads = xfusion.fuse(xl, yl, **RUN)
+    assert threads.attrs["backend"] == "dask" and parallel.is_dask(threads.flux)
+    dist = xfusion.fuse(xl, yl, client=cluster[1], **RUN)
+    scale = float(np.abs(ref.flux.values).max())
+    for r in (threads, dist):
+        assert float(np.abs(r.flux.values - ref.flux.values).max()) / scale <= 1e-5
+        np.testing.assert_allclose(r.model_spectral.values, ref.model_spectral.values, rtol=1e-4, atol=1e-3)
+
+
+def test_tasks_per_iteration_constant(stores):
+    xl, yl = lazy(stores)
+    seen = {}
+
+    def grab(it, state):
+        if it in (1, 20):
+            seen[it] = state["w"].copy()
+
+    r = xfusion.fuse(xl, yl, callback=grab, **RUN)
+    grid = xfusion.fusion_grid(xl, yl)
+    from xfusion.operators import build_model
+
+    mx = build_model(grid, xl, "spatial")
+    term = parallel.DaskPoissonTerm(mx, xl.counts.data.rechunk((6, 6, -1)), persist=False)
+    v = mx.reduced(r.basis.values.astype(np.float32))[1]
+    sizes = {it: len(dict(term.graph(w, v).__dask_graph__())) for it, w in seen.items()}
+    assert sizes[1] == sizes[20] > 0
+
+
+def test_lazy_result_written_chunk_by_chunk(stores, tmp_path):
+    xl, yl = lazy(stores)
+    r = xfusion.fuse(xl, yl, **RUN)
+    out = tmp_path / "fused.zarr"
+    xfusion.io.zarr.write(r, out)
+    back = xfusion.io.zarr.open(out)
+    np.testing.assert_array_equal(back.flux.values, r.flux.values)
+    assert back.attrs["backend"] == "dask"
+
+
+def test_worker_killed_mid_run_does_not_lose_it(small_toy, stores, cluster):
+    _, client = cluster
+    xl, yl = lazy(stores)
+    expected = xfusion.fuse(xl, yl, **RUN).flux.values
+    pids = list(client.run(os.getpid).values())
+    started = threading.Event()
+
+    def slow(it, state):
+        if it == 3:
+            started.set()
+        time.sleep(0.1)
+
+    result = {}
+    th = threading.Thread(target=lambda: result.setdefault("r", xfusion.fuse(xl, yl, client=client, callback=slow,
+                                                                             **RUN)))
+    th.start()
+    assert started.wait(60)
+    os.kill(pids[0], signal.SIGKILL)
+    th.join(240)
+    assert not th.is_alive() and "r" in result
+    np.testing.assert_allclose(result["r"].flux.values, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def test_pixel_block_policy():
+    bx, by = parallel.pixel_block((512, 512, 8192), 4, factor=4)
+    assert bx % 4 == 0 and by % 4 == 0 and bx * by * 8192 * 4 <= 2 * parallel.TARGET_CHUNK_BYTES
+    assert parallel.pixel_block((15, 15, 240), 4, factor=3) == (15, 15)
+
+
+def test_full_cube_regularizations_on_dask_say_what_to_do(stores):
+    xl, yl = lazy(stores)
+    with pytest.raises(NotImplementedError, match="load the data first"):
+        xfusion.fuse(xl, yl, progress=False)
