@@ -158,4 +158,11 @@ def psf_on_grid(psf: xr.DataArray, target_pixel: float) -> xr.DataArray:
         return psf
     from .io.psf import resample_psf
 
+    if "psf_energy" in psf.dims:
+        bands = [resample_psf(psf.isel(psf_energy=i).drop_vars("psf_energy"), target_pixel)
+                 for i in range(psf.sizes["psf_energy"])]
+        size = max(b.sizes["psf_x"] for b in bands)
+        bands = [resample_psf(psf.isel(psf_energy=i).drop_vars("psf_energy"), target_pixel, size=size)
+                 for i in range(psf.sizes["psf_energy"])]
+        return xr.concat(bands, dim="psf_energy").assign_coords(psf_energy=psf["psf_energy"])
     return resample_psf(psf, target_pixel)

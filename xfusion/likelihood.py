@@ -66,7 +66,8 @@ class PoissonTerm:
             from .parallel import _block_value_grad
 
             out = _block_value_grad(self.data, a, v, grad)
-            return float(out[:, :, -1].sum()), (out[:, :, :-1].astype(a.dtype) if grad else None)
+            val = float(out[:, :, -1].sum()) + self._dlogd - self._dsum
+            return val, (out[:, :, :-1].astype(a.dtype) if grad else None)
         m = a @ v
         val = self.value_from_model(m)
         return val, (self.residual_factor(m) @ v.T if grad else None)

@@ -9,8 +9,10 @@ variable          dims                               units     meaning
 ``exposure``      ()                                 s         exposure time
 ``effective_area``() or (energy_true) or             cm2       ARF: area as a function of TRUE energy;
                   (x, y, energy_true)                          optionally vignetted
-``psf``           (psf_x, psf_y)                     1         spatial response, odd-sized, centred,
-                                                               sums to 1 (optional)
+``psf``           (psf_x, psf_y) or                  1         spatial response, odd-sized, centred,
+                  (psf_energy, psf_x, psf_y)                   sums to 1 (optional); a stack over
+                                                               bands at ``psf_energy`` (keV) varies
+                                                               with energy (linear interpolation)
 ``response``      (energy_offset) or                 1         spectral response: a stationary 1D kernel
                   (energy_true, energy)                        (offsets in keV) or a redistribution
                                                                matrix (RMF) (optional)
@@ -107,6 +109,17 @@ def _spatial_coord(n, size, values, dim):
 
 
 def _psf_dataarray(psf, psf_pixel_size):
+    if isinstance(psf, xr.DataArray) and "psf_energy" in psf.dims:
+        # energy-dependent PSF: a stack over bands, linearly interpolated in energy by the model
+        if "psf_energy" not in psf.coords:
+            raise ValueError("an energy-dependent psf needs a 'psf_energy' coordinate (keV) giving the band energies")
+        _check_units(psf["psf_energy"], "keV", "psf coordinate psf_energy")
+        e = np.asarray(psf["psf_energy"].values, dtype=np.float64)
+        if e.size < 1 or np.any(np.diff(e) <= 0):
+            raise ValueError(f"psf_energy must increase strictly; got {e}")
+        bands = [_psf_dataarray(psf.isel(psf_energy=i).drop_vars("psf_energy"), psf_pixel_size) for i in range(e.size)]
+        out = xr.concat(bands, dim="psf_energy")
+        return out.assign_coords(psf_energy=("psf_energy", e, {"units": "keV"})).transpose("psf_energy", "psf_x", "psf_y")
     if isinstance(psf, xr.DataArray):
         if set(psf.dims) != {"psf_x", "psf_y"}:
             raise ValueError(f"psf DataArray must have dims ('psf_x', 'psf_y'); got {psf.dims}")
@@ -202,9 +215,10 @@ def observation(
         edge coords, e.g. from :func:`xfusion.io.read_arf`) keeps its own grid and is
         interpolated onto the fused grid later; a DataArray over (x, y, energy_true)
         describes vignetting. ``None`` means 1 cm2 (counts are then per cm2).
-    psf : None, 2D array or DataArray (psf_x, psf_y)
+    psf : None, 2D array or DataArray (psf_x, psf_y) or (psf_energy, psf_x, psf_y)
         Spatial response (odd size, sums to 1); ``psf_pixel_size`` (arcsec) gives its
-        sampling for plain arrays (default ``pixel_size``).
+        sampling for plain arrays (default ``pixel_size``). A stack over ``psf_energy``
+        (keV) is an energy-dependent PSF, interpolated linearly between bands.
     response : None, 1D array, or DataArray (energy_true, energy)
         Spectral response: a stationary kernel (odd length, sums to 1) sampled every
         ``response_spacing`` keV, or an RMF matrix whose ``energy`` columns are the

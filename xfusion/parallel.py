@@ -60,32 +60,40 @@ def pixel_block(shape, itemsize, factor=1, target_bytes=TARGET_CHUNK_BYTES):
 
 
 def _block_value_grad(d, a, v, grad):
-    """Data term and coefficient gradient of one block, ``m = a @ v`` -> (bx, by, r [+1]).
+    """Variable part of the data term and coefficient gradient of one block, ``m = a @ v``.
 
-    Computed in float64 whatever the input dtype: BLAS picks different kernels for different
-    block shapes, and in float32 their rounding differs enough (~1e-7) for an accelerated
-    solver to drift apart between chunkings over tens of iterations; in float64 the NumPy
-    path (one block) and every Dask chunking agree to float32 precision.
+    Returns (bx, by, r [+1]) with ``sum(m) - sum_{d>0} d log m`` in element [0, 0, -1] (the
+    data-only constant ``sum(d log d - d)`` is added once by the caller) and, where
+    feasible, the gradient ``(1 - d/m) @ v.T = v.sum(1) - (d/m) @ v.T``. Computed in float64
+    whatever the input dtype: BLAS picks different kernels for different block shapes, and
+    in float32 their rounding differs enough (~1e-7) for an accelerated solver to drift
+    apart between chunkings over tens of iterations; in float64 the NumPy path (one block)
+    and every Dask chunking agree to float32 precision.
     """
     a = np.asarray(a, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
-    d = np.asarray(d, dtype=np.float64)
     m = a @ v
     pos = d > 0
-    if np.any((m <= 0) & pos):
-        val = np.inf
-    else:
-        logm = np.log(np.where(m > 0, m, 1.0))
-        dlogd = np.where(pos, d * np.log(np.where(pos, d, 1.0)), 0.0)
-        val = float(np.sum(m, dtype=np.float64) - np.sum(d, dtype=np.float64) + np.sum(dlogd, dtype=np.float64)
-                    - np.sum(d * logm, dtype=np.float64))
+    dp = np.asarray(d[pos], dtype=np.float64)
+    mp = m[pos]
     r = v.shape[0]
     out = np.zeros(a.shape[:2] + (r + 1 if grad else 1,), dtype=np.float64)
-    if grad and np.isfinite(val):  # at an infeasible point the value (+inf) already rejects it
-        tiny = np.finfo(m.dtype).tiny
-        out[:, :, :r] = (1.0 - d / np.maximum(m, tiny)) @ v.T
-    out[0, 0, -1] = val
+    if np.any(mp <= 0):
+        out[0, 0, -1] = np.inf
+        return out
+    out[0, 0, -1] = float(np.sum(m) - np.sum(dp * np.log(mp)))
+    if grad:  # at an infeasible point the value (+inf) already rejects it
+        q = np.zeros_like(m)
+        q[pos] = dp / mp
+        out[:, :, :r] = v.sum(axis=1) - q @ v.T
     return out
+
+
+def data_constant(d):
+    """``sum(d log d - d)`` (0 log 0 = 0), float64, for a NumPy block."""
+    d = np.asarray(d, dtype=np.float64)
+    pos = d > 0
+    return float(np.sum(d[pos] * np.log(d[pos])) - np.sum(d))
 
 
 class DaskPoissonTerm:
@@ -104,6 +112,9 @@ class DaskPoissonTerm:
         if persist:
             d = client.persist(d) if client is not None else d.persist()
         self.data = d
+        consts = d.map_blocks(lambda b: np.full((1, 1, 1), data_constant(b)), dtype=np.float64,
+                              chunks=((1,) * len(d.chunks[0]), (1,) * len(d.chunks[1]), (1,)))
+        self.constant = float(self._compute(consts.sum()))
 
     def _compute(self, x):
         if self.client is not None:
@@ -120,7 +131,7 @@ class DaskPoissonTerm:
 
     def subspace_value_and_grad(self, a, v, grad=True):
         out = self._compute(self.graph(a, np.asarray(v), grad))
-        val = float(out[:, :, -1].sum())
+        val = float(out[:, :, -1].sum()) + self.constant
         if not np.isfinite(val):
             val = np.inf
         g = out[:, :, :-1].astype(a.dtype) if grad else None

@@ -17,7 +17,7 @@ import xarray as xr
 from ..grid import SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, psf_on_grid
 from ..observation import CUBE_DIMS, energy_edges, pixel_size, validate
 from .area import Scale
-from .psf import Convolve2D, SpatialMatrix
+from .psf import Convolve2D, EnergyDependentSpatial, SpatialMatrix, StackedSpatial, band_weights
 from .rebin import Rebin
 from .response import Convolve1D, ResponseMatrix, kernel_matrix, kernel_on_spacing, rmf_on_grid
 
@@ -79,6 +79,11 @@ class InstrumentModel(Chain):
         if self.weights.ndim > 1:
             raise ValueError("the low-rank path needs an effective area that does not vary with position")
         v = np.asarray(basis, dtype=np.float64) * self.weights
+        if isinstance(self.spatial, EnergyDependentSpatial):
+            bands = [v * wb for wb in self.spatial.weights]
+            if self.spectral is not None:
+                bands = [self.spectral.forward(b) for b in bands]
+            return StackedSpatial(self.spatial.ops), np.vstack(bands)
         if self.spectral is not None:
             v = self.spectral.forward(v)
         return self.spatial, v
@@ -127,11 +132,14 @@ def _spectral_op(obs, fine_edges, factor):
     return ResponseMatrix(kernel_matrix(resp.values, spacing, fine_edges, coarse))
 
 
-def _spatial_op(obs, fused_hw, factor, psf=None):
+def _spatial_op(obs, fused_hw, factor, psf=None, energies=None):
     if psf is None and "psf" in obs:
         psf = psf_on_grid(obs["psf"], pixel_size(obs) / factor)
     if psf is None:
         return Rebin((factor, factor, 1)) if factor > 1 else None
+    if "psf_energy" in psf.dims:
+        ops = [_spatial_op(obs, fused_hw, factor, psf.isel(psf_energy=i)) for i in range(psf.sizes["psf_energy"])]
+        return EnergyDependentSpatial(ops, band_weights(psf["psf_energy"].values, energies))
     M, N = fused_hw
     if M * N * (M // factor) * (N // factor) <= DENSE_SPATIAL_MAX:
         return SpatialMatrix.from_psf(psf.values, (M, N), factor)
@@ -152,7 +160,7 @@ def build_model(grid, obs, role) -> InstrumentModel:
         vs = _spatial_factor(grid, obs)
         w = t * _area_on_grid(obs, fine, hw, vs)
         spectral = None
-        spatial = _spatial_op(obs, hw, vs, grid["psf"] if "psf" in grid else None)
+        spatial = _spatial_op(obs, hw, vs, grid["psf"] if "psf" in grid else None, grid["energy"].values)
     else:
         raise ValueError(f"role must be '{SPATIAL}' or '{SPECTRAL}'; got {role!r}")
     return InstrumentModel(w, spectral, spatial, role, hw + (fine.size - 1,), obs["counts"].shape)

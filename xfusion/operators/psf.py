@@ -105,3 +105,81 @@ class SpatialMatrix:
         m, n = self.out_hw
         out = self._P[u.dtype].T @ u.reshape(m * n, -1)
         return out.reshape(self.in_hw + u.shape[2:])
+
+
+def band_weights(psf_energies, energies):
+    """Hat-function weights (n_bands, L): linear interpolation of the PSF between band
+    energies (constant beyond the first/last band); every column sums to 1 and is >= 0."""
+    e = np.asarray(psf_energies, dtype=np.float64)
+    eye = np.eye(e.size)
+    return np.stack([np.interp(energies, e, eye[b]) for b in range(e.size)])
+
+
+class EnergyDependentSpatial:
+    """PSF varying with energy: ``(B z)[..., k] = sum_b a_b(E_k) (B_b z)[..., k]``.
+
+    ``ops``: one spatial operator per band (each acting on axes 0, 1 of (M, N, K) arrays);
+    ``weights`` (n_bands, L): the interpolation weights ``a_b(E_k)``. Because convolution
+    is linear in the kernel, interpolating the PSF between bands is the weighted sum of the
+    band convolutions; each band is applied only to the channels where its weight is
+    non-zero, so with linear interpolation every channel goes through at most two PSFs.
+    Adjoint: ``sum_b B_b^T (a_b u)``.
+    """
+
+    def __init__(self, ops, weights):
+        self.ops = list(ops)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self._w32 = self.weights.astype(np.float32)
+        self.ranges = []
+        for w in self.weights:
+            nz = np.flatnonzero(w > 0)
+            self.ranges.append((int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0))
+
+    def in_shape(self, shape):
+        return self.ops[0].in_shape(shape)
+
+    def _w(self, x):
+        return self._w32 if x.dtype == np.float32 else self.weights
+
+    def forward(self, z):
+        w = self._w(z)
+        out = None
+        for op, (lo, hi), wb in zip(self.ops, self.ranges, w):
+            if hi <= lo:
+                continue
+            part = op.forward(z[..., lo:hi] * wb[lo:hi])
+            if out is None:
+                out = np.zeros(part.shape[:-1] + (z.shape[-1],), dtype=part.dtype)
+            out[..., lo:hi] += part
+        return out
+
+    def adjoint(self, u):
+        w = self._w(u)
+        out = None
+        for op, (lo, hi), wb in zip(self.ops, self.ranges, w):
+            if hi <= lo:
+                continue
+            part = op.adjoint(u[..., lo:hi]) * wb[lo:hi]
+            if out is None:
+                out = np.zeros(part.shape[:-1] + (u.shape[-1],), dtype=part.dtype)
+            out[..., lo:hi] += part
+        return out
+
+
+class StackedSpatial:
+    """Subspace form of :class:`EnergyDependentSpatial`: W (M, N, r) -> concat_b B_b(W) (m, n, n_b r).
+
+    Paired with the stacked reduced spectral model ``vstack_b(V w a_b)`` (n_b r, l), the
+    product ``StackedSpatial(W) @ V_stacked = sum_b B_b(W) @ V_b`` is the energy-dependent
+    model of ``W @ V``. Adjoint: split the last axis into bands and sum ``B_b^T``.
+    """
+
+    def __init__(self, ops):
+        self.ops = list(ops)
+
+    def forward(self, w):
+        return np.concatenate([op.forward(w) for op in self.ops], axis=-1)
+
+    def adjoint(self, g):
+        r = g.shape[-1] // len(self.ops)
+        return sum(op.adjoint(np.ascontiguousarray(g[..., b * r:(b + 1) * r])) for b, op in enumerate(self.ops))

@@ -3,7 +3,8 @@
 A *method* object holds the maths only:
 
 * ``init(x0) -> state`` and ``step(state) -> state``: the state is a flat dict of NumPy
-  arrays and Python scalars (so it can be checkpointed to Zarr as is);
+  arrays, Dask arrays (out-of-core solvers: written chunk by chunk, read back lazily) and
+  Python scalars (so it can be checkpointed to Zarr as is);
 * ``state["objective"]``: the objective of the current iterate, set by ``init``/``step``;
 * ``solution(state)``: the fused cube in internal units.
 
@@ -43,18 +44,41 @@ class RelativeChange:
         return all(abs(f[-i] - f[-i - 1]) <= self.tol * abs(f[-i]) for i in range(1, self.patience + 1))
 
 
+def _is_dask(v):
+    try:
+        import dask.array as da
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(v, da.Array)
+
+
+def _uniform_chunks(v):
+    """Zarr needs equal chunks except the last one on every axis: rechunk a Dask array if it has others."""
+    chunks = tuple(c if len(c) < 2 or len(set(c[:-1])) == 1 and c[-1] <= c[0] else (max(c),) for c in v.chunks)
+    return v if chunks == v.chunks else v.rechunk(tuple(c[0] for c in chunks))
+
+
 def _write_checkpoint(path, state, history, iteration, fingerprint):
+    """Write ``state`` + ``history`` to a Zarr store at ``path`` atomically (tmp + rename).
+
+    NumPy arrays are stored as is; Dask arrays (the out-of-core solvers) are written chunk by
+    chunk by the active Dask scheduler (``to_zarr`` of the lazy variables) into the same
+    store, and listed in the ``dask_state`` attribute so they are read back lazily.
+    """
     import xarray as xr
 
-    data = {}
+    data, lazy = {}, []
     for k, v in state.items():
         if isinstance(v, np.ndarray):
             data[f"state_{k}"] = ([f"{k}_d{i}" for i in range(v.ndim)], v)
+        elif _is_dask(v):
+            data[f"state_{k}"] = ([f"{k}_d{i}" for i in range(v.ndim)], _uniform_chunks(v))
+            lazy.append(k)
     for k, v in history.items():
         data[f"history_{k}"] = (("iteration",), np.asarray(v, dtype=np.float64))
-    scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray) and not _is_dask(v)}
     attrs = {"iteration": int(iteration), "scalars": json.dumps(scalars), "fingerprint": fingerprint,
-             "complete": 1}
+             "dask_state": json.dumps(lazy), "complete": 1}
     tmp, old = f"{path}.tmp", f"{path}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     xr.Dataset(data, attrs=attrs).to_zarr(tmp, mode="w", consolidated=False)
@@ -65,17 +89,27 @@ def _write_checkpoint(path, state, history, iteration, fingerprint):
 
 
 def _read_checkpoint(path, fingerprint):
+    """Read a checkpoint: NumPy state arrays loaded, Dask state arrays lazy (chunks as stored).
+
+    The lazy arrays read from ``path``: the solver must consume them (e.g. persist its next
+    iterate) before the next checkpoint replaces the store.
+    """
     import xarray as xr
 
     if not os.path.exists(path) and os.path.exists(f"{path}.old"):
         os.replace(f"{path}.old", path)  # killed between the two renames
-    ds = xr.open_zarr(path, consolidated=False).load()
+    ds = xr.open_zarr(path, consolidated=False, chunks={})
     if ds.attrs.get("fingerprint") != fingerprint:
         raise ValueError(
             f"checkpoint {path} was written by a run with different inputs or parameters; delete it or "
             "use the same call to resume"
         )
-    state = {k[len("state_"):]: np.ascontiguousarray(ds[k].values) for k in ds.data_vars if k.startswith("state_")}
+    lazy = set(json.loads(ds.attrs.get("dask_state", "[]")))
+    state = {}
+    for k in ds.data_vars:
+        if k.startswith("state_"):
+            name = k[len("state_"):]
+            state[name] = ds[k].data if name in lazy else np.ascontiguousarray(ds[k].values)
     state.update(json.loads(ds.attrs["scalars"]))
     history = {k[len("history_"):]: list(map(float, ds[k].values)) for k in ds.data_vars if k.startswith("history_")}
     return state, history, int(ds.attrs["iteration"])
