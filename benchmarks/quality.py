@@ -63,7 +63,7 @@ def main():
 
     results = {}
     for reg, method in RUNS:
-        kw = {"max_iter": a.ista, "tol": 0} if method == "ista" else {}
+        kw = {"max_iter": a.ista, "tol": None} if method == "ista" else {}
         t0 = time.perf_counter()
         res = xfusion.fuse(x, y, regularization=reg, method=method, progress=False, **kw)
         wall = time.perf_counter() - t0
@@ -82,7 +82,7 @@ def main():
     def clock(it, state):
         times.append((time.perf_counter() - t0, state["objective"]))
         return state["objective"] <= target
-    xfusion.fuse(x, y, max_iter=500, tol=0, progress=False, callback=clock)
+    xfusion.fuse(x, y, max_iter=500, tol=None, progress=False, callback=clock)
     hit = next(((it + 1, tt) for it, (tt, f) in enumerate(times) if f <= target), None)
     print(f"ISTA ({ista.attrs['iterations']} it, step {ista.attrs['parameters']}) final objective {target:.6g} "
           f"in {t_ista:.1f} s loop time")

@@ -122,7 +122,7 @@ def make_field(root, size, channels, factor, efactor, seed=0, n_comp=6):
 
 def in_memory_rate(reg):
     x, y, _ = xfusion.toy.make("gaussian_rebin")
-    r = xfusion.fuse(x, y, regularization=reg, progress=False, max_iter=20, tol=0)
+    r = xfusion.fuse(x, y, regularization=reg, progress=False, max_iter=20, tol=None)
     return r.flux.size * r.attrs["iterations"] / r.attrs["loop_elapsed_s"], r.attrs["seconds_per_iteration"]
 
 
@@ -159,7 +159,7 @@ def main():
                 y = xfusion.io.zarr.open(root / "y.zarr", chunks={})
                 with PeakRSS() as mem:
                     t0 = time.perf_counter()
-                    r = xfusion.fuse(x, y, regularization=a.reg, max_iter=a.iters, tol=0, client=client,
+                    r = xfusion.fuse(x, y, regularization=a.reg, max_iter=a.iters, tol=None, client=client,
                                      progress=False)
                     setup_and_loop = time.perf_counter() - t0
                     t_write = None

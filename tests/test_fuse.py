@@ -96,11 +96,11 @@ def test_options_are_checked(small_toy):
 @pytest.mark.parametrize("reg", ["wavelet2d1d", "lowrank_sobolev"])
 def test_resume_after_interruption_gives_same_result(small_toy, tmp_path, reg):
     x, y, _ = small_toy
-    full = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=0, progress=False)
+    full = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=None, progress=False)
     ck = tmp_path / "ck.zarr"
-    xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=0, progress=False, checkpoint=ck, checkpoint_every=2,
+    xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=None, progress=False, checkpoint=ck, checkpoint_every=2,
                  callback=lambda it, state: it == 5)  # "interrupted" after iteration 5, last checkpoint at 4
-    resumed = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=0, progress=False, checkpoint=ck,
+    resumed = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=None, progress=False, checkpoint=ck,
                            checkpoint_every=2, resume=True)
     assert resumed.attrs["iterations"] == 8
     np.testing.assert_allclose(resumed.flux.values, full.flux.values, rtol=1e-6, atol=1e-12)
@@ -124,7 +124,7 @@ def test_sigkill_then_resume(small_toy, tmp_path):
         x, y, _ = xfusion.toy.make("small", seed=0)
         def slow(it, state):
             time.sleep(0.4)
-        xfusion.fuse(x, y, max_iter=40, tol=0, progress=False, checkpoint={str(ck)!r}, checkpoint_every=2,
+        xfusion.fuse(x, y, max_iter=40, tol=None, progress=False, checkpoint={str(ck)!r}, checkpoint_every=2,
                      callback=slow)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
@@ -137,8 +137,8 @@ def test_sigkill_then_resume(small_toy, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     done = xfusion.io.zarr.open(ck).attrs["iteration"]
     assert 0 < done < 40
-    resumed = xfusion.fuse(x, y, max_iter=40, tol=0, progress=False, checkpoint=ck, checkpoint_every=2, resume=True)
-    full = xfusion.fuse(x, y, max_iter=40, tol=0, progress=False)
+    resumed = xfusion.fuse(x, y, max_iter=40, tol=None, progress=False, checkpoint=ck, checkpoint_every=2, resume=True)
+    full = xfusion.fuse(x, y, max_iter=40, tol=None, progress=False)
     np.testing.assert_allclose(resumed.flux.values, full.flux.values, rtol=1e-6, atol=1e-12)
 
 
@@ -146,7 +146,7 @@ def test_ista_reproduces_a_straightforward_algorithm_1(small_toy):
     """method="ista" equals a plain loop of Alg. 1 + Alg. 2 (PWS threshold mu * MAD of the finest band)."""
     x, y, _ = small_toy
     n_iter, mu = 6, 1.0
-    r = xfusion.fuse(x, y, method="ista", step=0.05, max_iter=n_iter, tol=0, dtype="float64", progress=False, n_scales_2d=2,
+    r = xfusion.fuse(x, y, method="ista", step=0.05, max_iter=n_iter, tol=None, dtype="float64", progress=False, n_scales_2d=2,
                      n_scales_1d=3, k=mu, per_band=False, null_space="threshold")
     # straightforward implementation, in the same internal units (Z scaled by mean t_X A_X)
     grid = fusion_grid(x, y)
@@ -207,7 +207,7 @@ def test_pca_basis_sorted_and_orthonormal():
 def test_ista_divergence_is_reported(small_toy):
     x, y, _ = small_toy
     with pytest.raises(FloatingPointError, match="smaller step"):
-        xfusion.fuse(x, y, method="ista", step=50.0, max_iter=50, tol=0, progress=False)
+        xfusion.fuse(x, y, method="ista", step=50.0, max_iter=50, tol=None, progress=False)
 
 
 def test_vignetted_area_runs_on_full_cube_and_is_refused_by_low_rank(small_toy):
@@ -228,3 +228,36 @@ def test_vignetted_area_runs_on_full_cube_and_is_refused_by_low_rank(small_toy):
     assert np.isfinite(r.objective.values).all()
     with pytest.raises(ValueError, match="do not vary with position"):
         xfusion.fuse(xv, y, regularization="lowrank", progress=False)
+
+
+@pytest.mark.parametrize("kw,exc,msg", [
+    (dict(regularization="tv"), ValueError, "unknown regularization"),
+    (dict(regularization="lowrank", rank=1000), ValueError, "exceeds"),
+    (dict(regularization="lowrank_sobolev", mu=-0.1), ValueError, "mu must be a number >= 0"),
+    (dict(tol=0), ValueError, "tol must be > 0"),
+    (dict(tol=-1e-3), ValueError, "tol must be > 0"),
+    (dict(k=-1.0), ValueError, "k must be"),
+    (dict(n_scales_1d=0), ValueError, "n_scales_1d must be an integer"),
+    (dict(method="ista", step=-1.0), ValueError, "step must be > 0"),
+    (dict(rank=3), TypeError, "unknown option"),
+])
+def test_bad_options_give_clear_errors(small_toy, kw, exc, msg):
+    x, y, _ = small_toy
+    with pytest.raises(exc, match=msg):
+        xfusion.fuse(x, y, progress=False, **kw)
+
+
+@pytest.mark.parametrize("reg", ["lowrank", "none"])
+def test_unregularized_options_early_stopped_beat_baselines(small_toy, base_metrics, reg):
+    x, y, t = small_toy
+    m = metrics.report(xfusion.fuse(x, y, regularization=reg, progress=False), t)
+    assert all(m["nmse_db"] > b["nmse_db"] + 1.0 for b in base_metrics.values())
+
+
+def test_soft_threshold_is_the_l1_prox():
+    """prox of t|.| in closed form: argmin_y t|y| + (y - x)^2 / 2, checked on a fine grid of y."""
+    xs = np.linspace(-3, 3, 13)
+    ys = np.linspace(-4, 4, 80001)
+    for t_ in (0.0, 0.5, 1.7):
+        brute = [ys[np.argmin(t_ * np.abs(ys) + 0.5 * (ys - x0) ** 2)] for x0 in xs]
+        np.testing.assert_allclose(soft_threshold(xs, t_), brute, atol=1e-4)

@@ -34,7 +34,7 @@ def cluster():
         yield c, client
 
 
-RUN = dict(regularization="lowrank_sobolev", progress=False, max_iter=25, tol=0, chunks=(6, 6))
+RUN = dict(regularization="lowrank_sobolev", progress=False, max_iter=25, tol=None, chunks=(6, 6))
 
 
 def test_numpy_dask_and_cluster_agree(small_toy, stores, cluster):

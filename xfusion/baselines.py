@@ -44,4 +44,4 @@ def upsample_spectral(obs_a, obs_b):
 
 def richardson_lucy(obs_a, obs_b, n_iter=10, **kw):
     """Plain two-instrument Richardson-Lucy: ``fuse(..., regularization="none", method="em")``."""
-    return fuse(obs_a, obs_b, regularization="none", method="em", max_iter=n_iter, tol=0, **kw)
+    return fuse(obs_a, obs_b, regularization="none", method="em", max_iter=n_iter, tol=None, **kw)

@@ -150,6 +150,8 @@ def _fuse_settings(args):
                 kw[key] = typ(kw[key])
             except (TypeError, ValueError) as exc:
                 raise InputError(f"{key} must be a number; got {kw[key]!r}") from exc
+    if kw.get("tol") == 0:  # CLI convention: tol 0 runs all max_iter iterations (fuse's tol=None)
+        kw["tol"] = None
     return kw, options
 
 

@@ -34,7 +34,8 @@ class RelativeChange:
     """
 
     def __init__(self, tol, patience=5, min_iter=0):
-        self.tol, self.patience, self.min_iter = float(tol), int(patience), int(min_iter)
+        self.tol = 0.0 if tol is None else float(tol)
+        self.patience, self.min_iter = int(patience), int(min_iter)
 
     def __call__(self, history):
         f = history["objective"]
@@ -58,12 +59,13 @@ def _uniform_chunks(v):
     return v if chunks == v.chunks else v.rechunk(tuple(c[0] for c in chunks))
 
 
-def _write_checkpoint(path, state, history, iteration, fingerprint):
+def _write_checkpoint(path, state, history, iteration, fingerprint, client=None):
     """Write ``state`` + ``history`` to a Zarr store at ``path`` atomically (tmp + rename).
 
     NumPy arrays are stored as is; Dask arrays (the out-of-core solvers) are written chunk by
-    chunk by the active Dask scheduler (``to_zarr`` of the lazy variables) into the same
-    store, and listed in the ``dask_state`` attribute so they are read back lazily.
+    chunk (``to_zarr`` of the lazy variables; by ``client`` when given, else by the active Dask
+    scheduler) into the same store, and listed in the ``dask_state`` attribute so they are
+    read back lazily.
     """
     import xarray as xr
 
@@ -81,7 +83,11 @@ def _write_checkpoint(path, state, history, iteration, fingerprint):
              "dask_state": json.dumps(lazy), "complete": 1}
     tmp, old = f"{path}.tmp", f"{path}.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    xr.Dataset(data, attrs=attrs).to_zarr(tmp, mode="w", consolidated=False)
+    ds = xr.Dataset(data, attrs=attrs)
+    if lazy and client is not None:
+        client.compute(ds.to_zarr(tmp, mode="w", consolidated=False, compute=False)).result()
+    else:
+        ds.to_zarr(tmp, mode="w", consolidated=False)
     if os.path.exists(path):
         os.replace(path, old)
     os.replace(tmp, path)
@@ -152,7 +158,7 @@ def run(method, x0, *, max_iter=100, tol=1e-4, callback=None, progress=True, che
                 bar.set_postfix(objective=f"{f[-1]:.6g}", rel_change=f"{rel:.2e}")
                 bar.update(1)
             if checkpoint is not None and (it % checkpoint_every == 0 or converged or it == max_iter):
-                _write_checkpoint(checkpoint, state, history, it, fingerprint)
+                _write_checkpoint(checkpoint, state, history, it, fingerprint, getattr(method, "client", None))
             if callback is not None and callback(it, state):
                 break
     finally:
