@@ -108,7 +108,26 @@ def test_pixel_block_policy():
     assert parallel.pixel_block((15, 15, 240), 4, factor=3) == (15, 15)
 
 
-def test_full_cube_regularizations_on_dask_say_what_to_do(stores):
-    xl, yl = lazy(stores)
-    with pytest.raises(NotImplementedError, match="load the data first"):
-        xfusion.fuse(xl, yl, progress=False)
+@pytest.fixture(scope="module")
+def big_stores(tmp_path_factory):
+    """A 30x30 toy so that 15-pixel blocks really exchange PSF and starlet halos."""
+    x, y, _ = xfusion.toy.make("small", x={"shape": [30, 30]}, source={"radius_arcsec": 100.0})
+    d = tmp_path_factory.mktemp("big")
+    xfusion.io.zarr.write(x, d / "x.zarr", chunks={"x": 15, "y": 15})
+    xfusion.io.zarr.write(y, d / "y.zarr", chunks={"x": 5, "y": 5})
+    return x, y, d / "x.zarr", d / "y.zarr"
+
+
+def test_wavelet2d1d_numpy_dask_and_cluster_agree(big_stores, cluster):
+    x, y, px, py = big_stores
+    kw = dict(progress=False, max_iter=8, tol=None)
+    ref = xfusion.fuse(x, y, **kw)
+    xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
+    threads = xfusion.fuse(xl, yl, chunks=(15, 15), **kw)
+    dist = xfusion.fuse(xl, yl, chunks=(15, 15), client=cluster[1], **kw)
+    scale = float(np.abs(ref.flux.values).max())
+    for r in (threads, dist):
+        assert r.attrs["backend"] == "dask" and parallel.is_dask(r.flux)
+        assert float(np.abs(r.flux.values - ref.flux.values).max()) / scale <= 1e-5
+        np.testing.assert_allclose(r.model_spatial.values, ref.model_spatial.values, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(r.objective.values, ref.objective.values, rtol=1e-3)

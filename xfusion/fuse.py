@@ -29,12 +29,12 @@ FLUX_UNITS = "ph cm-2 s-1"
 #: options accepted per regularization, with defaults (the paper's where it gives one)
 OPTION_DEFAULTS = {
     "wavelet2d1d": {"n_scales_2d": 1, "n_scales_1d": 5, "k": 1.0, "k_rule": "constant", "k_min": 0.5,
-                    "k_max": 3.0, "null_space": "zero", "per_band": True},
+                    "k_max": 3.0, "null_space": "zero", "per_band": True, "chunks": None},
     "lowrank": {"rank": 10, "explained": None, "precondition": True, "chunks": None},
     "lowrank_sobolev": {"rank": 10, "explained": None, "mu": 0.01, "precondition": True, "chunks": None},
     "lowrank_wavelet2d": {"rank": 10, "explained": None, "n_scales_2d": 2, "k": 1.0, "precondition": True,
                           "chunks": None},
-    "none": {},
+    "none": {"chunks": None},
 }
 METHOD_OPTIONS = {"ista": {"step": None}, "em": {}, "fista": {}}
 MAX_ITER = {"em": 50, "ista": 2000, "fista": 300}
@@ -153,11 +153,6 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
     shape = mx.fused_shape
     settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
                 "tol": tol, **{k: v for k, v in params.items()}}
-    if use_dask and not lowrank:
-        raise NotImplementedError(
-            "Dask-backed observations are supported for the low-rank regularizations (lowrank, lowrank_sobolev, "
-            "lowrank_wavelet2d); for wavelet2d1d load the data first (obs.load()) -- see the README, 'Scale'"
-        )
     if use_dask:
         if "mask" in x_obs or "mask" in y_obs:
             raise NotImplementedError("masks are not supported on the Dask path yet; load the data or drop the mask")
@@ -167,8 +162,12 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         v = grid.attrs["spatial_factor"]
         xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
         yd = da.asarray(y_obs["counts"].data).rechunk((bx // v, by // v, -1))
-        terms = [parallel.DaskPoissonTerm(mx, xd, dt, client), parallel.DaskPoissonTerm(my, yd, dt, client)]
-        xd, yd = terms[0].data, terms[1].data  # persisted: later passes do not re-read the stores
+        if lowrank:
+            terms = [parallel.DaskPoissonTerm(mx, xd, dt, client), parallel.DaskPoissonTerm(my, yd, dt, client)]
+            xd, yd = terms[0].data, terms[1].data  # persisted: later passes do not re-read the stores
+        else:
+            xd = client.persist(xd.astype(dt)) if client is not None else xd.astype(dt).persist()
+            yd = client.persist(yd.astype(dt)) if client is not None else yd.astype(dt).persist()
     else:
         xd, yd = x_obs["counts"].values, y_obs["counts"].values
         xmask = x_obs["mask"].values if "mask" in x_obs else None
@@ -214,12 +213,24 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         solver = SubspaceFISTA(terms, [mx.reduced(vb), my.reduced(vb)], smooth=smooth, prox=prox, precond=precond)
         x0 = w0
     else:
-        lik = PoissonLikelihood(terms)
         reg = None
         if regularization == "wavelet2d1d":
-            reg = Wavelet2D1D(**{k: params[k] for k in OPTION_DEFAULTS["wavelet2d1d"]})
-        solver = EMProx(lik, reg) if method == "em" else ISTA(lik, reg, step=params.get("step"))
-        x0 = np.full(shape, level, dtype=dt)
+            reg = Wavelet2D1D(**{k: params[k] for k in OPTION_DEFAULTS["wavelet2d1d"] if k != "chunks"})
+        if use_dask:
+            if method != "em":
+                raise NotImplementedError("on Dask-backed data the full-cube regularizations run with method='em'")
+            from .parallel_em import DaskEMProx
+
+            psf = None
+            if "psf" in grid:
+                p = grid["psf"]
+                psf = (p.transpose("psf_energy", "psf_x", "psf_y") if "psf_energy" in p.dims else p).values
+            solver = DaskEMProx(xd, yd, mx, my, psf, grid.attrs["spatial_factor"], reg, client)
+            x0 = level
+        else:
+            lik = PoissonLikelihood(terms)
+            solver = EMProx(lik, reg) if method == "em" else ISTA(lik, reg, step=params.get("step"))
+            x0 = np.full(shape, level, dtype=dt)
 
     fp = _fingerprint(x_obs, y_obs, settings, client)
     state, history, n_iter, converged = run(
@@ -239,8 +250,12 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         params["step"] = float(state.get("alpha", np.nan))
     args = (dict(settings, **params), n_iter, converged, time.perf_counter() - t_start,
             state.get("elapsed_loop_s", np.nan))
-    if use_dask:
+    if use_dask and lowrank:
         return _lazy_result(grid, x_obs, y_obs, sol, basis, scale, mx, my, xd, yd, history, *args)
+    if use_dask:
+        return _assemble(grid, x_obs, y_obs, (sol / scale).astype(np.float32), solver.model_x(sol),
+                         solver.model_y(sol), xd, yd, history, None, None, scale, *args, backend="dask",
+                         negative_fraction=0.0)
     return _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, sol if lowrank else None,
                    negative_fraction, *args)
 

@@ -15,7 +15,12 @@ Blockwise operators
   ``w_y * correlate(repeat(u))``: the halo is taken on the coarse grid (``ceil(radius / v)``
   coarse pixels, boundary 0), repeated, cropped to the PSF radius and correlated ('valid').
   The kernel is cropped to the field (taps farther than the field size never contribute),
-  so one block covering the whole field always works.
+  so one block covering the whole field always works. An energy-dependent PSF (band stack
+  + interpolation weights, as :class:`~xfusion.operators.psf.EnergyDependentSpatial`) is the
+  weighted sum of the band convolutions over each band's channel range.
+* Cost of the halos: the PSF halo is paid by the FFT convolutions, ``((b + 2r) / b)**2`` for
+  blocks of b pixels and PSF radius r, so blocks should be several times the PSF radius
+  (the default :func:`xfusion.parallel.pixel_block` gives ~80-pixel blocks for 2400 channels).
 * 2D-1D starlet: the 2D part needs a halo of ``2 (2**n_scales_2d - 1)`` pixels with the
   half-sample symmetric boundary of :mod:`xfusion.regularizers.starlet` at the field edges:
   Dask's ``boundary="reflect"`` pads ``(c b a | a b c ...)`` (the edge sample repeated), i.e.
@@ -42,6 +47,8 @@ scalars (data terms and penalty per block) and the lattice samples. The starlet 
 twice per iteration (storing the (n2+1)(n1+1) coefficient cubes would cost more memory than
 recomputing them). The graph has the same number of tasks at every iteration
 (:meth:`DaskEMProx.iteration_graph_size`).
+
+Masks (``w_v = 0`` voxels) are not supported on this path.
 """
 from __future__ import annotations
 
@@ -61,7 +68,6 @@ from .regularizers.starlet import mad_sigma, soft_threshold, starlet1d, starlet2
 
 _F32 = np.dtype(np.float32)
 _OBJ_META = np.empty((0, 0, 0), dtype=object)
-_TINY = np.finfo(np.float32).tiny
 
 
 def _meta(dtype):
@@ -91,11 +97,10 @@ def _value(m, d):
 
 
 def _data_consts(d):
-    """(sum d, sum d log d) of a data block, float64."""
-    d64 = d.astype(np.float64)
-    pos = d64 > 0
-    dlogd = np.where(pos, d64 * np.log(np.where(pos, d64, 1.0)), 0.0)
-    return np.array([[[d64.sum(), dlogd.sum()]]])
+    """(sum d, sum d log d) of a data block, float64 sums (terms as in PoissonTerm)."""
+    pos = d > 0
+    dlogd = np.where(pos, d * np.log(np.where(pos, d, 1.0)), 0.0)
+    return np.array([[[np.sum(d, dtype=np.float64), np.sum(dlogd, dtype=np.float64)]]])
 
 
 def _conv_valid(a, k):
@@ -153,27 +158,49 @@ def _x_forward(z, w, spec):
     return (wz if spec is None else spec.forward(wz)).astype(_F32)
 
 
-def _y_model(zo, w, k, v):
-    """Y model of a block from its (halo'ed) fused block: rebin_v(PSF * (w z)), 'valid' convolution."""
+def _y_model(zo, w, psf, v):
+    """Y model of a block from its (halo'ed) fused block: rebin_v(PSF * (w z)), 'valid' convolution.
+
+    ``psf``: None, or [(kernel, flipped kernel, lo, hi, band weights or None)]: one entry with
+    weights None for a stationary PSF; for an energy-dependent PSF one entry per band, applied
+    to channels lo:hi with the interpolation weights (as ``EnergyDependentSpatial``).
+    """
     wz = zo * w
-    c = wz if k is None else _conv_valid(wz, k)
-    return _rebin(c, v)
+    if psf is None:
+        return _rebin(wz, v)
+    if psf[0][4] is None:
+        return _rebin(_conv_valid(wz, psf[0][0]), v)
+    out = None
+    for k, _, lo, hi, wb in psf:
+        part = _rebin(_conv_valid(wz[..., lo:hi] * wb, k), v)
+        if out is None:
+            out = np.zeros(part.shape[:-1] + (wz.shape[-1],), dtype=part.dtype)
+        out[..., lo:hi] += part
+    return out
 
 
-def _y_block(zo, d, w, k, v):
-    m = _y_model(zo, w, k, v)
+def _y_block(zo, d, w, psf, v):
+    m = _y_model(zo, w, psf, v)
     val = _value(m, d)
     return d / np.maximum(m, np.finfo(m.dtype).tiny), _scalar(val)
 
 
-def _y_adjoint(uo, kflip, v, dc, h):
+def _y_adjoint(uo, psf, v, dc, h):
     """correlate(repeat(u)) of a block from its coarse-halo'ed block (weights applied by the caller)."""
     r = uo if v == 1 else np.repeat(np.repeat(uo, v, axis=0), v, axis=1)
-    if kflip is None:
+    if psf is None:
         return r
     ox, oy = dc[0] * v - h[0], dc[1] * v - h[1]
     r = r[ox:r.shape[0] - ox, oy:r.shape[1] - oy]
-    return _conv_valid(r, kflip)
+    if psf[0][4] is None:
+        return _conv_valid(r, psf[0][1])
+    out = None
+    for _, kf, lo, hi, wb in psf:
+        part = _conv_valid(r[..., lo:hi], kf) * wb
+        if out is None:
+            out = np.zeros(part.shape[:-1] + (r.shape[-1],), dtype=part.dtype)
+        out[..., lo:hi] += part
+    return out
 
 
 def _em_half(z, qx, qy_raw, wy, s):
@@ -264,7 +291,10 @@ class DaskEMProx:
     y_data : dask array (M/v, N/v, L) of Y counts, chunks (bx/v, by/v, L); rechunked to match X if needed.
     mx, my : :class:`~xfusion.operators.model.InstrumentModel` (internal units); uses ``mx.weights``,
         ``mx.spectral`` and ``my.weights`` only (never ``my.spatial``).
-    psf_kernel : 2D odd array (PSF at the fused pixel scale) or None.
+    psf_kernel : 2D odd array (PSF at the fused pixel scale) or None; or a band stack
+        (n_bands, kx, ky) for an energy-dependent PSF, interpolated over the fused channels with
+        ``psf_weights`` (n_bands, L) (default: ``my.spatial.weights`` of an
+        :class:`~xfusion.operators.psf.EnergyDependentSpatial`, cheap to read).
     factor : int spatial rebin factor v.
     regularizer : :class:`~xfusion.regularizers.sparsity.Wavelet2D1D` or None (plain Richardson-Lucy).
     client : optional ``distributed.Client``.
@@ -277,7 +307,7 @@ class DaskEMProx:
 
     name = "em"
 
-    def __init__(self, x_data, y_data, mx, my, psf_kernel, factor, regularizer, client=None):
+    def __init__(self, x_data, y_data, mx, my, psf_kernel, factor, regularizer, client=None, psf_weights=None):
         if da is None:  # pragma: no cover
             raise ImportError("dask is needed for DaskEMProx")
         self.client = client
@@ -302,17 +332,29 @@ class DaskEMProx:
         self._one = (tuple(1 for _ in xd.chunks[0]), tuple(1 for _ in xd.chunks[1]), (1,))
 
         # PSF: cropped to the field (taps beyond the field size never contribute)
-        self.k = self.kflip = None
-        self.h = (0, 0)
+        self.psf, self.h = None, (0, 0)
         if psf_kernel is not None:
             k = np.asarray(psf_kernel, dtype=np.float64)
-            if k.ndim != 2 or k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0:
-                raise ValueError(f"PSF kernel must be 2D with odd sizes; got shape {k.shape}")
-            hx, hy = min(k.shape[0] // 2, M - 1), min(k.shape[1] // 2, N - 1)
-            cx, cy = k.shape[0] // 2, k.shape[1] // 2
-            self.k = np.ascontiguousarray(k[cx - hx:cx + hx + 1, cy - hy:cy + hy + 1])
-            self.kflip = np.ascontiguousarray(self.k[::-1, ::-1])
+            if k.ndim not in (2, 3) or k.shape[-2] % 2 == 0 or k.shape[-1] % 2 == 0:
+                raise ValueError(f"PSF kernel must be 2D (or a 3D band stack) with odd sizes; got shape {k.shape}")
+            hx, hy = min(k.shape[-2] // 2, M - 1), min(k.shape[-1] // 2, N - 1)
+            cx, cy = k.shape[-2] // 2, k.shape[-1] // 2
+            k = k[..., cx - hx:cx + hx + 1, cy - hy:cy + hy + 1]
             self.h = (hx, hy)
+            if k.ndim == 2:
+                self.psf = [(np.ascontiguousarray(k), np.ascontiguousarray(k[::-1, ::-1]), 0, L, None)]
+            else:
+                wb = psf_weights if psf_weights is not None else getattr(my.spatial, "weights", None)
+                wb = None if wb is None else np.asarray(wb, dtype=np.float64)
+                if wb is None or wb.shape != (k.shape[0], L):
+                    raise ValueError(f"a PSF band stack {k.shape} needs psf_weights of shape ({k.shape[0]}, {L})")
+                self.psf = []
+                for kb, w in zip(k, wb):
+                    nz = np.flatnonzero(w > 0)  # the channel ranges of EnergyDependentSpatial
+                    if nz.size:
+                        lo, hi = int(nz[0]), int(nz[-1]) + 1
+                        self.psf.append((np.ascontiguousarray(kb), np.ascontiguousarray(kb[::-1, ::-1]), lo, hi,
+                                         w[lo:hi].astype(_F32)))
         self.dc = tuple(-(-h // v) for h in self.h)
         self.D = 2 * (2 ** regularizer.n2 - 1) if regularizer is not None else 0
         for name, depth, chunks in (("PSF radius", self.h, self.chunks), ("starlet halo", (self.D, self.D),
@@ -394,7 +436,7 @@ class DaskEMProx:
 
     def _hy_adjoint_raw(self, u):
         uo = self._halo(u, self.dc, 0)
-        return da.map_blocks(_y_adjoint, uo, self.kflip, self.v, self.dc, self.h, chunks=self.chunks, dtype=_F32,
+        return da.map_blocks(_y_adjoint, uo, self.psf, self.v, self.dc, self.h, chunks=self.chunks, dtype=_F32,
                              meta=_meta(_F32))
 
     def _as_cube(self, z0):
@@ -416,7 +458,7 @@ class DaskEMProx:
     def model_y(self, z):
         """Lazy predicted Y counts (M/v, N/v, L), chunks (bx/v, by/v, L)."""
         zo = self._halo(self._as_cube(z), self.h, 0)
-        return da.map_blocks(_y_model, zo, self.wyo, self.k, self.v, chunks=self.ychunks, dtype=_F32,
+        return da.map_blocks(_y_model, zo, self.wyo, self.psf, self.v, chunks=self.ychunks, dtype=_F32,
                              meta=_meta(_F32))
 
     def _graph(self, z, pen):
@@ -426,7 +468,7 @@ class DaskEMProx:
         qx = da.map_blocks(_item, tx, 0, chunks=self.chunks, dtype=_F32, meta=_meta(_F32))
         vx = da.map_blocks(_item, tx, 1, chunks=self._one, dtype=np.float64, meta=_meta(np.float64))
         zo = self._halo(z, self.h, 0)
-        ty = da.map_blocks(_y_block, zo, self.yd, self.wyo, self.k, self.v, chunks=self.ychunks, dtype=object,
+        ty = da.map_blocks(_y_block, zo, self.yd, self.wyo, self.psf, self.v, chunks=self.ychunks, dtype=object,
                            meta=_OBJ_META)
         ry = da.map_blocks(_item, ty, 0, chunks=self.ychunks, dtype=_F32, meta=_meta(_F32))
         vy = da.map_blocks(_item, ty, 1, chunks=self._one, dtype=np.float64, meta=_meta(np.float64))
