@@ -74,7 +74,7 @@ def test_result_schema_and_inputs_untouched(small_toy):
     assert r.model_spatial.shape == x.counts.shape and r.model_spectral.shape == y.counts.shape
     np.testing.assert_array_equal(r.counts_spectral.values, y.counts.values)
     params = json.loads(r.attrs["parameters"])
-    assert params["regularization"] == "wavelet2d1d" and params["k"] == 1.0
+    assert params["regularization"] == "wavelet2d1d" and params["k"] in (0.5, 1.0) and params["auto_counts_per_voxel"] > 0
     assert r.attrs["iterations"] == 5 and r.sizes["iteration"] == 6
     assert r.attrs["xfusion_version"] == xfusion.__version__
     # the predicted counts are the forward model of the fused flux
