@@ -49,6 +49,11 @@ def pca_basis(spectra=None, rank=None, explained=0.999, moments=None):
         pcs = vecs[:, :n_pc].T
     else:
         pcs = np.empty((0, L))
+    return _orthonormal(mean, pcs)
+
+
+def _orthonormal(mean, pcs):
+    """QR of [mean, pcs]; each vector signed so its largest-magnitude element is positive."""
     q, _ = np.linalg.qr(np.vstack([mean, pcs]).T)
     v = q.T
     idx = np.argmax(np.abs(v), axis=1)
@@ -75,8 +80,4 @@ def pca_basis_randomized(spectra, rank, seed=0, n_power_iter=3):
     k = max(int(rank) - 1, 1)
     _, _, vt = da.linalg.svd_compressed(s - mean, k=k, n_power_iter=n_power_iter, seed=seed)
     mean, vt = dask.compute(mean, vt)
-    q, _ = np.linalg.qr(np.vstack([mean, vt[: int(rank) - 1]]).T)
-    v = q.T
-    idx = np.argmax(np.abs(v), axis=1)
-    v *= np.sign(v[np.arange(v.shape[0]), idx])[:, None]
-    return np.ascontiguousarray(v)
+    return _orthonormal(mean, vt[: int(rank) - 1])
