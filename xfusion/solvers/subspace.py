@@ -35,9 +35,12 @@ class SubspaceFISTA:
     # are PoissonTerm (NumPy) or parallel.DaskPoissonTerm (data blocks on Dask workers)
     def _terms(self, w, grad):
         val, g = 0.0, (np.zeros_like(w) if grad else None)
-        for t, (sp, v) in zip(self.terms, self.reduced):
-            a = w if sp is None else sp.forward(w)
-            tv, tg = t.subspace_value_and_grad(a, v.astype(w.dtype, copy=False), grad=grad)
+        inputs = [(w if sp is None else sp.forward(w), v.astype(w.dtype, copy=False)) for sp, v in self.reduced]
+        if all(hasattr(t, "evaluate_many") for t in self.terms):  # Dask: all data passes in one compute
+            results = type(self.terms[0]).evaluate_many(self.terms, inputs, grad)
+        else:
+            results = [t.subspace_value_and_grad(a, v, grad=grad) for t, (a, v) in zip(self.terms, inputs)]
+        for (sp, _), (tv, tg) in zip(self.reduced, results):
             val += tv
             if grad:
                 g += tg if sp is None else sp.adjoint(tg)
