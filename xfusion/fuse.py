@@ -139,10 +139,11 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
     callback : ``f(iteration, state) -> bool`` called every iteration (True stops).
     dtype : "float32" (default) or "float64" for the iterate.
     client : optional ``dask.distributed.Client``. With Dask-backed observations (e.g.
-        ``xfusion.io.zarr.open(path, chunks={})``) or a client, the low-rank family runs
-        block-wise on Dask (see :mod:`xfusion.parallel`) and the returned cube is lazy
-        (write it with ``xfusion.io.zarr.write``); option ``chunks=(bx, by)`` sets the pixel
-        block of the fused grid (default from :func:`xfusion.parallel.pixel_block`).
+        ``xfusion.io.zarr.open(path, chunks={})``) or a client, fusion runs block-wise on
+        Dask -- the low-rank family in the subspace (:mod:`xfusion.parallel`), the full-cube
+        EM + starlet iteration with halos (:mod:`xfusion.parallel_em`) -- and the returned
+        cube is lazy (write it with ``xfusion.io.zarr.write``); option ``chunks=(bx, by)``
+        sets the pixel block of the fused grid (default :func:`xfusion.parallel.pixel_block`).
     **options : regularization / method options, e.g. ``k``, ``n_scales_2d``, ``n_scales_1d``,
         ``k_rule``, ``null_space`` (wavelet2d1d), ``rank``, ``explained``, ``mu`` (low rank),
         ``step`` (ista). Unknown options raise ``TypeError``.
