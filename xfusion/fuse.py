@@ -82,9 +82,10 @@ def _auto_wavelet_params(params, yd, client):
 
     Measured on the toys (NMSE, dB): at Table 1 counts (4.6 counts per Y voxel) k=1 with
     5 energy scales in the zeroed null-space bands gives 16.1 (k=0.5 with 3 scales: 15.4);
-    at ~50 counts per voxel k=0.5 with 3 scales gives 20.5 on gaussian_rebin x10 (k=1, 5
-    scales: 18.2) and 17.1 on realistic_rebin (14.9). Brighter data carry information at finer
-    spectral scales, so fewer bands are treated as invisible and the threshold is lower.
+    at ~50 counts per voxel k=0.5 with 2 scales gives 21.7 on gaussian_rebin x10 (3 scales:
+    20.5; k=1, 5 scales: 18.2) and 19.1 on realistic_rebin (3 scales: 17.1; k=1, 5 scales:
+    14.9). Brighter data carry information at finer spectral scales, so fewer bands are
+    treated as invisible and the threshold is lower.
     """
     if "auto" not in (params["k"], params["n_scales_1d"]):
         return
@@ -95,7 +96,7 @@ def _auto_wavelet_params(params, yd, client):
     if params["k"] == "auto":
         params["k"] = 0.5 if bright else 1.0
     if params["n_scales_1d"] == "auto":
-        params["n_scales_1d"] = 3 if bright else 5
+        params["n_scales_1d"] = 2 if bright else 5
 
 
 def _fingerprint(x_obs, y_obs, settings, client=None):
