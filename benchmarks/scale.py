@@ -170,7 +170,7 @@ def main():
                         t_write = time.perf_counter() - t1
                 spi = r.attrs["seconds_per_iteration"]
                 per[nw] = spi
-                print(f"{nw} worker(s): total {setup_and_loop:.1f} s (setup incl. PCA {setup_and_loop - r.attrs['loop_elapsed_s']:.1f} s), "
+                print(f"{nw} worker(s): total {setup_and_loop:.1f} s (setup {setup_and_loop - r.attrs['loop_elapsed_s']:.1f} s: persisting the data, PCA for the low rank, fingerprint), "
                       f"{spi:.3f} s/it, {vox / spi:.3g} voxel-it/s ({vox / spi / rate_mem:.2f}x the in-memory rate), "
                       f"peak RSS all processes {mem.peak / 2**30:.2f} GiB"
                       + (f", fused cube written to Zarr in {t_write:.1f} s" if t_write else ""))
