@@ -161,8 +161,11 @@ def psf_on_grid(psf: xr.DataArray, target_pixel: float) -> xr.DataArray:
     if "psf_energy" in psf.dims:
         bands = [resample_psf(psf.isel(psf_energy=i).drop_vars("psf_energy"), target_pixel)
                  for i in range(psf.sizes["psf_energy"])]
-        size = max(b.sizes["psf_x"] for b in bands)
-        bands = [resample_psf(psf.isel(psf_energy=i).drop_vars("psf_energy"), target_pixel, size=size)
-                 for i in range(psf.sizes["psf_energy"])]
-        return xr.concat(bands, dim="psf_energy").assign_coords(psf_energy=psf["psf_energy"])
+        n = max(max(b.sizes["psf_x"], b.sizes["psf_y"]) for b in bands)  # odd: pad all bands to n x n
+        c = (np.arange(n) - n // 2) * float(target_pixel)
+        attrs = {"units": "arcsec", "pixel_size": float(target_pixel)}
+        stack = np.stack([np.pad(b.values, [((n - k) // 2,) * 2 for k in b.shape]) for b in bands])
+        return xr.DataArray(stack, dims=("psf_energy", "psf_x", "psf_y"), attrs={"units": "1"},
+                            coords={"psf_energy": psf["psf_energy"], "psf_x": ("psf_x", c, attrs),
+                                    "psf_y": ("psf_y", c, attrs)})
     return resample_psf(psf, target_pixel)

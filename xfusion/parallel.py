@@ -99,7 +99,8 @@ def data_constant(d):
 class DaskPoissonTerm:
     """Poisson data term whose counts are a Dask array chunked (bx, by, full energy).
 
-    Implements :meth:`subspace_value_and_grad` like :class:`xfusion.likelihood.PoissonTerm`
+    Evaluated through :meth:`evaluate_many` (all terms in one compute), the Dask counterpart of
+    :meth:`xfusion.likelihood.PoissonTerm.subspace_value_and_grad`
     (masks are not supported on this path yet: a clear error is raised).
     """
 
@@ -134,9 +135,6 @@ class DaskPoissonTerm:
         if not np.isfinite(val):
             val = np.inf
         return val, (out[:, :, :-1].astype(dtype) if grad else None)
-
-    def subspace_value_and_grad(self, a, v, grad=True):
-        return self._finish(self._compute(self.graph(a, np.asarray(v), grad)), a.dtype, grad)
 
     @staticmethod
     def evaluate_many(terms, inputs, grad=True):

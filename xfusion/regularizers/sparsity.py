@@ -95,42 +95,39 @@ class Wavelet2D1D:
                 "k_min": self.k_min, "k_max": self.k_max, "null_space": self.null_space, "per_band": self.per_band}
 
     def _bands(self):
+        """(a, b, null) for every band but the coarse-coarse one; null = invisible to both instruments."""
         for a in range(self.n2 + 1):
             for b in range(self.n1 + 1):
                 if a == self.n2 and b == self.n1:
                     continue
                 yield a, b, (a < self.n2 and b < self.n1)
 
+    def _thresholded_bands(self, c):
+        """(band coefficients, threshold rho_b = k * MAD) for every band that is not zeroed."""
+        k = _k_map(c[self.n2, self.n1], self.k, self.k_min, self.k_max, self.k_rule)
+        sig0 = None if self.per_band else _mad(c[0, 0], self.sample)
+        for a, b, null in self._bands():
+            if null and self.null_space == "zero":
+                continue
+            yield c[a, b], k * (_mad(c[a, b], self.sample) if self.per_band else sig0)
+
     def prox(self, z, step=1.0, with_penalty=False):
         """Thresholded synthesis; with ``with_penalty`` also the weighted l1 norm of the kept coefficients."""
         c = starlet2d1d(z, self.n2, self.n1)
         out = c[self.n2, self.n1].copy()
-        k = _k_map(out, self.k, self.k_min, self.k_max, self.k_rule)
-        sig0 = None if self.per_band else _mad(c[0, 0], self.sample)
         pen = 0.0
-        for a, b, null in self._bands():
-            if null and self.null_space == "zero":
-                continue
-            sig = _mad(c[a, b], self.sample) if self.per_band else sig0
-            th = step * k * sig
-            band = soft_threshold(c[a, b], th)
-            out += band
+        for band, rho in self._thresholded_bands(c):
+            th = step * rho
+            kept = soft_threshold(band, th)
+            out += kept
             if with_penalty:
-                pen += float(np.sum(np.abs(band) * th, dtype=np.float64))
+                pen += float(np.sum(np.abs(kept) * th, dtype=np.float64))
         return (out, pen) if with_penalty else out
 
     def value(self, z):
         """Weighted l1 norm ``sum_b rho_b ||W_b z||_1`` of the (non-null) bands, current thresholds."""
         c = starlet2d1d(z, self.n2, self.n1)
-        k = _k_map(c[self.n2, self.n1], self.k, self.k_min, self.k_max, self.k_rule)
-        sig0 = None if self.per_band else _mad(c[0, 0], self.sample)
-        total = 0.0
-        for a, b, null in self._bands():
-            if null and self.null_space == "zero":
-                continue
-            sig = _mad(c[a, b], self.sample) if self.per_band else sig0
-            total += float(np.sum(np.abs(c[a, b]) * (k * sig), dtype=np.float64))
-        return total
+        return sum(float(np.sum(np.abs(band) * rho, dtype=np.float64)) for band, rho in self._thresholded_bands(c))
 
 
 class Wavelet2D:

@@ -7,7 +7,9 @@ current thresholds. ``step`` (alpha) must be small enough for the Poisson gradie
 smallest model values; when not given it defaults to ``0.02 * min(Z_0 / s)`` over voxels
 with ``s = sum_i H_i^T 1 > 0``, i.e. 1/50 of the smallest EM step at the start (measured on ``small``: half of it made the model
 vanish where data are positive within 4 iterations, a tenth within 70). If the objective
-becomes non-finite the run stops with an error asking for a smaller step, as the paper advises.
+becomes non-finite or exceeds 10x its starting value (measured: on ``realistic_rebin`` with k=1, 5 energy scales, the
+default step blew the cube up to NMSE -68 dB with a finite objective, 5.1e9 vs 5.1e7 at the start) the run stops with an
+error asking for a smaller step, as the paper advises.
 """
 from __future__ import annotations
 
@@ -32,10 +34,12 @@ class ISTA:
             sens = sum(t.sensitivity() for t in self.lik.terms)
             ok = sens > 0
             self.step_size = float(0.02 * np.min(z[ok] / sens[ok]))
-        return self._record({"alpha": float(self.step_size)}, z)
+        state = self._record({"alpha": float(self.step_size)}, z)
+        state["objective0"] = state["objective"]
+        return state
 
     def step(self, state):
-        if not np.isfinite(state["objective"]):
+        if not np.isfinite(state["objective"]) or state["objective"] > 10 * state["objective0"]:
             raise FloatingPointError(
                 f"fixed-step ISTA diverged (objective {state['objective']}) with step={state['alpha']:.4g}; "
                 "pass a smaller step= (the paper lowers it and restarts), or use method='em'"
@@ -46,7 +50,7 @@ class ISTA:
             if self.reg is not None:
                 z = self.reg.prox(z)
             np.maximum(z, 0, out=z)
-            return self._record({"alpha": state["alpha"]}, z)
+            return self._record({"alpha": state["alpha"], "objective0": state["objective0"]}, z)
 
     def solution(self, state):
         return state["z"]
