@@ -62,8 +62,8 @@ class SubspaceFISTA:
     def _pen(self, w):
         return self.proxreg.value(w) if self.proxreg is not None else 0.0
 
-    def _record(self, state, w, fval):
-        pen = self._pen(w)
+    def _record(self, state, w, fval, pen=None):
+        pen = self._pen(w) if pen is None else pen
         state.update(w=w, data_term=fval, penalty=pen, objective=fval + pen)
         return state
 
@@ -106,13 +106,14 @@ class SubspaceFISTA:
                 break
             lip *= 2.0
         restarts = state["restarts"]
-        if f_new + self._pen(w_new) > state["objective"]:  # adaptive restart
+        pen = self._pen(w_new)
+        if f_new + pen > state["objective"]:  # adaptive restart
             t_next, restarts = 1.0, restarts + 1
             if not np.isfinite(f_new):
-                w_new, f_new = w, state["data_term"]
+                w_new, f_new, pen = w, state["data_term"], state["penalty"]
         new = {"w_prev": w, "t": float(t_next), "lip": float(lip) * 0.8, "lip0": state["lip0"],
                "restarts": int(restarts)}
-        return self._record(new, w_new, f_new)
+        return self._record(new, w_new, f_new, pen)
 
     def solution(self, state):
         return state["w"]
