@@ -131,3 +131,82 @@ def test_wavelet2d1d_numpy_dask_and_cluster_agree(big_stores, cluster):
         assert float(np.abs(r.flux.values - ref.flux.values).max()) / scale <= 1e-5
         np.testing.assert_allclose(r.model_spatial.values, ref.model_spatial.values, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(r.objective.values, ref.objective.values, rtol=1e-3)
+
+
+def test_wavelet2d1d_worker_killed_mid_run_does_not_lose_it(big_stores, cluster):
+    """Full-cube path: the persisted iterate lives on the workers; a SIGKILLed worker's share is recomputed."""
+    x, y, px, py = big_stores
+    _, client = cluster
+    kw = dict(progress=False, max_iter=12, tol=None, chunks=(15, 15))
+    xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
+    expected = xfusion.fuse(xl, yl, **kw).flux.values
+    client.wait_for_workers(2, timeout=60)
+    pids = list(client.run(os.getpid).values())
+    started = threading.Event()
+
+    def slow(it, state):
+        if it == 4:
+            started.set()
+        time.sleep(0.2)
+
+    result = {}
+    th = threading.Thread(target=lambda: result.setdefault("r", xfusion.fuse(xl, yl, client=client, callback=slow,
+                                                                             **kw)))
+    th.start()
+    assert started.wait(120)
+    os.kill(pids[0], signal.SIGKILL)
+    th.join(300)
+    assert not th.is_alive() and "r" in result
+    got = client.compute(result["r"].flux.data).result()
+    assert float(np.abs(got - expected).max()) / float(np.abs(expected).max()) <= 1e-5
+
+
+CLIENT_SCRIPT = """
+import sys, time
+import distributed, xfusion
+px, py, ck, reg = sys.argv[1:5]
+def slow(it, state):
+    time.sleep(0.5)
+if __name__ == "__main__":
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                                  silence_logs=40) as c, distributed.Client(c) as client:
+        x, y = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
+        xfusion.fuse(x, y, regularization=reg, max_iter=30, tol=None, progress=False, chunks=(15, 15),
+                     checkpoint=ck, checkpoint_every=2, callback=slow, client=client)
+"""
+
+
+@pytest.mark.parametrize("reg", ["wavelet2d1d", "lowrank_sobolev"])
+def test_client_sigkill_on_a_cluster_then_resume(big_stores, cluster, tmp_path, reg):
+    """SIGKILL of the client process of a LocalCluster run; resuming from its Zarr checkpoint gives the same cube."""
+    import subprocess
+    import sys
+
+    x, y, px, py = big_stores
+    ck = tmp_path / "ck.zarr"
+    script = tmp_path / "run.py"
+    script.write_text(CLIENT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(px), str(py), str(ck), reg], start_new_session=True)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            if (ck / "zarr.json").exists() and xr.open_zarr(ck, consolidated=False).attrs.get("iteration", 0) >= 4:
+                break
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        try:  # the cluster's worker processes of the killed client
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == -signal.SIGKILL
+    done = xr.open_zarr(ck, consolidated=False).attrs["iteration"]
+    assert 4 <= done < 30
+    kw = dict(regularization=reg, max_iter=30, tol=None, progress=False, chunks=(15, 15), client=cluster[1])
+    xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
+    resumed = xfusion.fuse(xl, yl, checkpoint=ck, checkpoint_every=2, resume=True, **kw)
+    assert resumed.attrs["iterations"] == 30
+    full = xfusion.fuse(xl, yl, **kw)
+    a, b = (cluster[1].compute(r.flux.data).result() for r in (resumed, full))
+    assert float(np.abs(a - b).max()) / float(np.abs(b).max()) <= 1e-6

@@ -38,11 +38,18 @@ def numpy_solver(s, reg):
     return EMProx(PoissonLikelihood(terms), reg)
 
 
-def dask_solver(s, reg, chunk, client=None):
+#: slabs of ~97 channels in the "rechunk" layout on the 30x30 field (several slabs, a ragged last one)
+SLAB = 30 * 30 * 4 * 97
+
+
+def dask_solver(s, reg, chunk, client=None, layout="halo"):
     v = s["factor"]
     xd = da.from_array(s["xd"], chunks=(chunk, chunk, -1))
     yd = da.from_array(s["yd"], chunks=(chunk // v, chunk // v, -1))
-    return DaskEMProx(xd, yd, s["mx"], s["my"], s["psf"], v, reg, client)
+    return DaskEMProx(xd, yd, s["mx"], s["my"], s["psf"], v, reg, client, layout=layout, slab_bytes=SLAB)
+
+
+LAYOUTS = pytest.mark.parametrize("layout", ["halo", "rechunk"])
 
 
 def start(s, solver=None):
@@ -129,9 +136,11 @@ def test_thresholds_identical_to_numpy(wide):
     np.testing.assert_allclose(z1, np.maximum(reg.prox(zh), 0), rtol=0, atol=1e-6 * np.abs(z1).max())
 
 
+@LAYOUTS
 @pytest.mark.parametrize("chunk", [15, 30])
-def test_agrees_with_numpy_threads(wide, wide_reference, chunk):
-    solver = dask_solver(wide, Wavelet2D1D(), chunk)
+def test_agrees_with_numpy_threads(wide, wide_reference, chunk, layout):
+    solver = dask_solver(wide, Wavelet2D1D(), chunk, layout=layout)
+    assert layout == "halo" or len(solver.slabs) > 2
     st = iterate(solver, start(wide, solver), N_ITER)
     assert isinstance(st["z"], da.Array) and st["z"].chunks[:2] == ((chunk,) * (30 // chunk),) * 2
     assert rel_diff(st["z"].compute(), wide_reference) <= 1e-5
@@ -152,7 +161,8 @@ def test_small_whole_field_variants(small, kw):
     assert st["penalty"] == pytest.approx(ref["penalty"], rel=1e-3, abs=1e-6)
 
 
-def test_vignetted_weights_and_models(small):
+@LAYOUTS
+def test_vignetted_weights_and_models(small, layout):
     """(M, N, L) weights for both instruments; model_x/model_y == the NumPy models."""
     s = dict(small)
     rng = np.random.default_rng(3)
@@ -162,7 +172,7 @@ def test_vignetted_weights_and_models(small):
         mods.append(InstrumentModel(w, m.spectral, m.spatial, m.role, m.fused_shape, m.data_shape))
     s["mx"], s["my"] = mods
     ref = iterate(numpy_solver(s, Wavelet2D1D()), start(s), 3)
-    solver = dask_solver(s, Wavelet2D1D(), 15)
+    solver = dask_solver(s, Wavelet2D1D(), 15, layout=layout)
     st = iterate(solver, start(s, solver), 3)
     assert rel_diff(st["z"].compute(), ref["z"]) <= 1e-5
     mx_, my_ = solver.model_x(st["z"]), solver.model_y(st["z"])
@@ -171,7 +181,8 @@ def test_vignetted_weights_and_models(small):
     assert rel_diff(my_.compute(), s["my"].forward(ref["z"])) <= 1e-5
 
 
-def test_energy_dependent_psf(small):
+@LAYOUTS
+def test_energy_dependent_psf(small, layout):
     """A PSF band stack interpolated over energy (EnergyDependentSpatial in the NumPy model)."""
     import xarray as xr
 
@@ -188,15 +199,16 @@ def test_energy_dependent_psf(small):
     s = setup(x, ye)
     s["psf"] = s["grid"]["psf"].transpose("psf_energy", "psf_x", "psf_y").values
     ref = iterate(numpy_solver(s, Wavelet2D1D()), start(s), 3)
-    solver = dask_solver(s, Wavelet2D1D(), 15)
+    solver = dask_solver(s, Wavelet2D1D(), 15, layout=layout)
     st = iterate(solver, start(s, solver), 3)
     assert len(solver.psf) == 3
     assert rel_diff(st["z"].compute(), ref["z"]) <= 1e-5
     assert rel_diff(solver.model_y(st["z"]).compute(), s["my"].forward(ref["z"])) <= 1e-5
 
 
-def test_graph_size_constant(wide):
-    solver = dask_solver(wide, Wavelet2D1D(), 15)
+@LAYOUTS
+def test_graph_size_constant(wide, layout):
+    solver = dask_solver(wide, Wavelet2D1D(), 15, layout=layout)
     st = solver.init(start(wide, solver))
     sizes = {}
     for it in range(1, 21):
@@ -224,12 +236,13 @@ def test_checkpoint_round_trip(wide, tmp_path):
     np.testing.assert_allclose(hist["objective"], hist_full["objective"], rtol=1e-12)
 
 
-def test_local_cluster_agrees_and_checkpoints(wide, wide_reference, tmp_path):
+@LAYOUTS
+def test_local_cluster_agrees_and_checkpoints(wide, wide_reference, tmp_path, layout):
     distributed = pytest.importorskip("distributed")
     path = str(tmp_path / "ckpt.zarr")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:
-        solver = dask_solver(wide, Wavelet2D1D(), 15, client)
+        solver = dask_solver(wide, Wavelet2D1D(), 15, client, layout=layout)
         z0 = start(wide, solver)
         run(solver, z0, max_iter=4, tol=0, progress=False, checkpoint=path, checkpoint_every=4)
         st, _, n, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False, checkpoint=path, checkpoint_every=4,
@@ -241,3 +254,16 @@ def test_local_cluster_agrees_and_checkpoints(wide, wide_reference, tmp_path):
 def test_chunks_smaller_than_the_psf_radius_say_what_to_do(small):
     with pytest.raises(ValueError, match="larger chunks"):
         dask_solver(small, Wavelet2D1D(), 6)
+
+
+def test_rechunk_layout_allows_blocks_smaller_than_the_psf(small):
+    """The slab layout needs no PSF halo: 6-pixel blocks (PSF radius > 6) work and agree with NumPy."""
+    ref = iterate(numpy_solver(small, Wavelet2D1D()), start(small), 3)
+    solver = dask_solver(small, Wavelet2D1D(), 6, layout="rechunk")
+    st = iterate(solver, start(small, solver), 3)
+    assert rel_diff(st["z"].compute(), ref["z"]) <= 1e-5
+
+
+def test_unknown_layout(small):
+    with pytest.raises(ValueError, match="layout"):
+        dask_solver(small, Wavelet2D1D(), 15, layout="slabs")

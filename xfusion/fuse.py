@@ -24,6 +24,8 @@ from .solvers.ista import ISTA
 from .solvers.loop import run
 from .solvers.subspace import SubspaceFISTA
 
+#: Dask layout of the PSF operators on the full-cube path (see xfusion.parallel_em and benchmarks/layouts.py)
+DEFAULT_LAYOUT = "halo"
 REGULARIZATIONS = ("wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none")
 FULL_METHODS, SUBSPACE_METHODS = ("em", "ista"), ("fista",)
 FLUX_UNITS = "ph cm-2 s-1"
@@ -31,12 +33,13 @@ FLUX_UNITS = "ph cm-2 s-1"
 #: options accepted per regularization, with defaults (the paper's where it gives one)
 OPTION_DEFAULTS = {
     "wavelet2d1d": {"n_scales_2d": 1, "n_scales_1d": "auto", "k": "auto", "k_rule": "constant", "k_min": 0.5,
-                    "k_max": 3.0, "null_space": "zero", "per_band": True, "chunks": None},
+                    "k_max": 3.0, "null_space": "zero", "per_band": True, "chunks": None,
+                    "layout": DEFAULT_LAYOUT},
     "lowrank": {"rank": 10, "explained": None, "precondition": True, "chunks": None},
     "lowrank_sobolev": {"rank": 10, "explained": None, "mu": 0.01, "precondition": True, "chunks": None},
     "lowrank_wavelet2d": {"rank": 10, "explained": None, "n_scales_2d": 2, "k": 1.0, "precondition": True,
                           "chunks": None},
-    "none": {"chunks": None},
+    "none": {"chunks": None, "layout": DEFAULT_LAYOUT},
 }
 METHOD_OPTIONS = {"ista": {"step": None}, "em": {}, "fista": {}}
 MAX_ITER = {"em": 50, "ista": 2000, "fista": 300}
@@ -69,6 +72,9 @@ def _resolve(regularization, method, options):
             raise ValueError(f"option {key} must be an integer >= 1; got {params[key]!r}")
     if params.get("step") is not None and not params["step"] > 0:
         raise ValueError(f"option step must be > 0; got {params['step']!r}")
+    if "layout" in params and params["layout"] not in ("halo", "rechunk"):
+        raise ValueError(f"option layout must be 'halo' or 'rechunk' (Dask path: PSF operators on pixel blocks with "
+                         f"halos, or on full-field channel slabs); got {params['layout']!r}")
     return method, params, lowrank
 
 
@@ -163,6 +169,23 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
     every parameter (``parameters`` as JSON), the method, iterations, convergence flag, timing
     and the xfusion version.
     """
+    # The Dask path keeps client-side BLAS at one thread: with the threaded scheduler, blocks run in
+    # parallel threads and BLAS threads inside them oversubscribe the cores (gaussian_rebin, 2 cores:
+    # 1.3 -> 0.53 s/it); with a cluster, the client's small subspace/eigen computations then give the
+    # same bits whatever BLAS threading the client process has (FISTA amplifies 1-ulp differences
+    # to ~3e-5 in 30 iterations). distributed workers already start with one BLAS thread.
+    on_dask = client is not None or any(
+        isinstance(o, xr.Dataset) and "counts" in o and parallel.is_dask(o["counts"]) for o in (obs_a, obs_b))
+    with threadpool_limits(limits=1, user_api="blas") if on_dask else nullcontext():
+        return _fuse(obs_a, obs_b, regularization=regularization, method=method, max_iter=max_iter, tol=tol,
+                     checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                     callback=callback, dtype=dtype, client=client, **options)
+
+
+def _fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=None, tol=1e-4, checkpoint=None,
+         checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None,
+         **options) -> xr.Dataset:
+    """:func:`fuse` (BLAS threading already set)."""
     t_start = time.perf_counter()
     method, params, lowrank = _resolve(regularization, method, options)
     dt = np.dtype(dtype)
@@ -249,7 +272,8 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         reg = None
         if regularization == "wavelet2d1d":
             _auto_wavelet_params(params, yd, client if use_dask else None)
-            reg = Wavelet2D1D(**{k: params[k] for k in OPTION_DEFAULTS["wavelet2d1d"] if k != "chunks"})
+            names = [k for k in OPTION_DEFAULTS["wavelet2d1d"] if k not in ("chunks", "layout")]
+            reg = Wavelet2D1D(**{k: params[k] for k in names})
         if use_dask:
             if method != "em":
                 raise NotImplementedError("on Dask-backed data the full-cube regularizations run with method='em'")
@@ -259,7 +283,8 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
             if "psf" in grid:
                 p = grid["psf"]
                 psf = (p.transpose("psf_energy", "psf_x", "psf_y") if "psf_energy" in p.dims else p).values
-            solver = DaskEMProx(xd, yd, mx, my, psf, grid.attrs["spatial_factor"], reg, client)
+            solver = DaskEMProx(xd, yd, mx, my, psf, grid.attrs["spatial_factor"], reg, client,
+                                layout=params["layout"])
             x0 = level
         else:
             lik = PoissonLikelihood(terms)
@@ -267,14 +292,9 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
             x0 = np.full(shape, level, dtype=dt)
 
     fp = _fingerprint((xd, yd), settings, client)
-    # Dask's threaded scheduler runs blocks in parallel threads; BLAS threads inside them
-    # oversubscribe the cores (measured on gaussian_rebin, 2 cores: 1.3 s/it -> 0.53 s/it with
-    # one BLAS thread per block). distributed workers already start with one BLAS thread.
-    limit = threadpool_limits(limits=1, user_api="blas") if use_dask and client is None else nullcontext()
-    with limit:
-        state, history, n_iter, converged = run(
-            solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every, resume=resume, fingerprint=fp)
+    state, history, n_iter, converged = run(
+        solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, resume=resume, fingerprint=fp)
 
     sol = solver.solution(state)
     if use_dask:

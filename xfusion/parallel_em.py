@@ -67,6 +67,10 @@ from .regularizers.sparsity import lattice_strides
 from .regularizers.starlet import mad_sigma, soft_threshold, starlet1d, starlet2d
 
 _F32 = np.dtype(np.float32)
+#: layouts of the spatial (PSF) operators: halos on the pixel blocks, or a rechunk to full-field channel slabs
+LAYOUTS = ("halo", "rechunk")
+#: target size (bytes) of one full-field channel slab in the "rechunk" layout
+SLAB_BYTES = 64 * 2 ** 20
 _OBJ_META = np.empty((0, 0, 0), dtype=object)
 
 
@@ -203,6 +207,53 @@ def _y_adjoint(uo, psf, v, dc, h):
     return out
 
 
+def _y_ratio(m, d):
+    """(d / m, data-term part) of a Y block from its predicted counts ``m``."""
+    val = _value(m, d)
+    return d / np.maximum(m, np.finfo(m.dtype).tiny), _scalar(val)
+
+
+def _band_sum(a, psf, e0, flipped):
+    """Sum over the PSF bands of the 'valid' convolutions of a channel slab starting at channel ``e0``."""
+    L = a.shape[2]
+    if psf[0][4] is None:
+        return _conv_valid(a, psf[0][1 if flipped else 0])
+    out = None
+    for k, kf, lo, hi, wb in psf:
+        lo_, hi_ = max(lo, e0), min(hi, e0 + L)
+        if lo_ >= hi_:
+            continue
+        w = wb[lo_ - lo:hi_ - lo]
+        part = a[..., lo_ - e0:hi_ - e0]
+        part = _conv_valid(part, kf) * w if flipped else _conv_valid(part * w, k)
+        if out is None:
+            out = np.zeros(part.shape[:2] + (L,), dtype=part.dtype)
+        out[..., lo_ - e0:hi_ - e0] += part
+    if out is None:  # no band covers this slab
+        hx, hy = psf[0][0].shape[0] // 2, psf[0][0].shape[1] // 2
+        out = np.zeros((a.shape[0] - 2 * hx, a.shape[1] - 2 * hy, L), dtype=a.dtype)
+    return out
+
+
+def _slab_forward(wz, psf, v, e_offsets, block_id=None):
+    """rebin_v(PSF * wz) of a full-field channel slab (zero boundary: zero padding + 'valid')."""
+    if psf is None:
+        return _rebin(wz, v)
+    h = (psf[0][0].shape[0] // 2, psf[0][0].shape[1] // 2)
+    a = np.pad(wz, ((h[0], h[0]), (h[1], h[1]), (0, 0)))
+    return _rebin(_band_sum(a, psf, e_offsets[block_id[2]], False), v)
+
+
+def _slab_adjoint(u, psf, v, e_offsets, block_id=None):
+    """correlate(repeat_v(u)) of a full-field channel slab of the coarse grid (zero boundary)."""
+    r = u if v == 1 else np.repeat(np.repeat(u, v, axis=0), v, axis=1)
+    if psf is None:
+        return r
+    h = (psf[0][0].shape[0] // 2, psf[0][0].shape[1] // 2)
+    a = np.pad(r, ((h[0], h[0]), (h[1], h[1]), (0, 0)))
+    return _band_sum(a, psf, e_offsets[block_id[2]], True)
+
+
 def _em_half(z, qx, qy_raw, wy, s):
     """``z * (Hx^T(..) + Hy^T(..)) / s`` (same operation order as EMProx)."""
     corr = qx + qy_raw * wy
@@ -307,9 +358,13 @@ class DaskEMProx:
 
     name = "em"
 
-    def __init__(self, x_data, y_data, mx, my, psf_kernel, factor, regularizer, client=None, psf_weights=None):
+    def __init__(self, x_data, y_data, mx, my, psf_kernel, factor, regularizer, client=None, psf_weights=None,
+                 layout="halo", slab_bytes=SLAB_BYTES):
         if da is None:  # pragma: no cover
             raise ImportError("dask is needed for DaskEMProx")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+        self.layout = layout
         self.client = client
         self.reg = regularizer
         v = self.v = int(factor)
@@ -356,10 +411,18 @@ class DaskEMProx:
                         self.psf.append((np.ascontiguousarray(kb), np.ascontiguousarray(kb[::-1, ::-1]), lo, hi,
                                          w[lo:hi].astype(_F32)))
         self.dc = tuple(-(-h // v) for h in self.h)
+        if layout == "rechunk":  # full-field channel slabs of about slab_bytes for the spatial operators
+            n = max(1, min(L, int(slab_bytes // (M * N * 4))))
+            self.slabs = tuple(min(n, L - e) for e in range(0, L, n))
+            self.e_offsets = _offsets(self.slabs)
+            self.h_check = (0, 0)  # no PSF halo on the pixel blocks
+        else:
+            self.h_check = self.h
         self.D = 2 * (2 ** regularizer.n2 - 1) if regularizer is not None else 0
-        for name, depth, chunks in (("PSF radius", self.h, self.chunks), ("starlet halo", (self.D, self.D),
-                                                                           self.chunks),
-                                    ("PSF radius on the coarse grid", self.dc, self.ychunks)):
+        dc_check = self.dc if layout == "halo" else (0, 0)
+        for name, depth, chunks in (("PSF radius", self.h_check, self.chunks), ("starlet halo", (self.D, self.D),
+                                                                                 self.chunks),
+                                    ("PSF radius on the coarse grid", dc_check, self.ychunks)):
             for ax in range(2):
                 if depth[ax] > min(chunks[ax]):
                     raise ValueError(
@@ -375,7 +438,7 @@ class DaskEMProx:
             persist.append(wx)
         if wy.ndim == 3:
             wy = da.from_array(wy, chunks=self.chunks)
-            wyo = self._halo(wy, self.h, 0)
+            wyo = self._halo(wy, self.h, 0) if layout == "halo" else wy
             persist += [wy, wyo]
         spec = dask.delayed(mx.spectral, pure=True) if mx.spectral is not None else None
         persist = [xd, yd] + persist + ([spec] if spec is not None else [])
@@ -435,8 +498,28 @@ class DaskEMProx:
                                   boundary={0: boundary, 1: boundary, 2: "none"}, allow_rechunk=False)
 
     def _hy_adjoint_raw(self, u):
+        """``correlate(repeat_v(u))`` (without the weights) of a Y-shaped array, in the fused chunks."""
+        if self.layout == "rechunk":
+            M, N, _ = self.shape
+            us = u.rechunk((self.shape[0] // self.v, self.shape[1] // self.v, self.slabs))
+            q = da.map_blocks(_slab_adjoint, us, self.psf, self.v, self.e_offsets, chunks=((M,), (N,), self.slabs),
+                              dtype=_F32, meta=_meta(_F32))
+            return q.rechunk(self.chunks)
         uo = self._halo(u, self.dc, 0)
         return da.map_blocks(_y_adjoint, uo, self.psf, self.v, self.dc, self.h, chunks=self.chunks, dtype=_F32,
+                             meta=_meta(_F32))
+
+    def _hy_forward(self, z):
+        """Predicted Y counts ``rebin_v(PSF * (w_y z))`` in the Y chunks."""
+        if self.layout == "rechunk":
+            M, N, _ = self.shape
+            wz = da.map_blocks(np.multiply, z, self.wy, dtype=_F32, meta=_meta(_F32))
+            ws = wz.rechunk((M, N, self.slabs))
+            m = da.map_blocks(_slab_forward, ws, self.psf, self.v, self.e_offsets,
+                              chunks=((M // self.v,), (N // self.v,), self.slabs), dtype=_F32, meta=_meta(_F32))
+            return m.rechunk(self.ychunks)
+        zo = self._halo(z, self.h, 0)
+        return da.map_blocks(_y_model, zo, self.wyo, self.psf, self.v, chunks=self.ychunks, dtype=_F32,
                              meta=_meta(_F32))
 
     def _as_cube(self, z0):
@@ -457,9 +540,7 @@ class DaskEMProx:
 
     def model_y(self, z):
         """Lazy predicted Y counts (M/v, N/v, L), chunks (bx/v, by/v, L)."""
-        zo = self._halo(self._as_cube(z), self.h, 0)
-        return da.map_blocks(_y_model, zo, self.wyo, self.psf, self.v, chunks=self.ychunks, dtype=_F32,
-                             meta=_meta(_F32))
+        return self._hy_forward(self._as_cube(z))
 
     def _graph(self, z, pen):
         """Collections of one evaluation at ``z``: z_half, data-term parts, (penalty), lattice samples."""
@@ -467,9 +548,13 @@ class DaskEMProx:
                            meta=_OBJ_META)
         qx = da.map_blocks(_item, tx, 0, chunks=self.chunks, dtype=_F32, meta=_meta(_F32))
         vx = da.map_blocks(_item, tx, 1, chunks=self._one, dtype=np.float64, meta=_meta(np.float64))
-        zo = self._halo(z, self.h, 0)
-        ty = da.map_blocks(_y_block, zo, self.yd, self.wyo, self.psf, self.v, chunks=self.ychunks, dtype=object,
-                           meta=_OBJ_META)
+        if self.layout == "rechunk":
+            ty = da.map_blocks(_y_ratio, self._hy_forward(z), self.yd, chunks=self.ychunks, dtype=object,
+                               meta=_OBJ_META)
+        else:
+            zo = self._halo(z, self.h, 0)
+            ty = da.map_blocks(_y_block, zo, self.yd, self.wyo, self.psf, self.v, chunks=self.ychunks,
+                               dtype=object, meta=_OBJ_META)
         ry = da.map_blocks(_item, ty, 0, chunks=self.ychunks, dtype=_F32, meta=_meta(_F32))
         vy = da.map_blocks(_item, ty, 1, chunks=self._one, dtype=np.float64, meta=_meta(np.float64))
         qy = self._hy_adjoint_raw(ry)
