@@ -202,3 +202,24 @@ def test_keyboard_interrupt_exit_130(toy_dir, tmp_path, capsys, monkeypatch):
     assert "--resume" in err and str(ck) in err
     assert main(base) == 130
     assert "--checkpoint" in _err(capsys)
+
+
+@pytest.mark.parametrize("how", ["dask", "scheduler"])
+def test_fuse_out_of_core_and_on_a_scheduler(toy_dir, fused, tmp_path, how):
+    """--dask (lazy inputs, threads) and --scheduler ADDRESS (a LocalCluster) write the same cube as in memory."""
+    import numpy as np
+    import xarray as xr
+
+    out = tmp_path / "o.zarr"
+    args = ["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--no-progress"]
+    if how == "dask":
+        assert main(args + ["--dask"]) == 0
+    else:
+        distributed = pytest.importorskip("distributed")
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                                      silence_logs=40) as cluster:
+            assert main(args + ["--scheduler", cluster.scheduler_address]) == 0
+    got, ref = xr.open_zarr(out, consolidated=False), xr.open_zarr(fused, consolidated=False)
+    assert got.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
+    a, b = got.flux.values, ref.flux.values
+    assert float(np.abs(a - b).max()) <= 1e-5 * float(np.abs(b).max())

@@ -30,7 +30,8 @@ def lazy(stores):
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=40) as c, distributed.Client(c) as client:
+                                  silence_logs=40) as c, distributed.Client(c, set_as_default=False) as client:
+        # not the default scheduler: runs without client= really use Dask's threads
         yield c, client
 
 
@@ -44,6 +45,7 @@ def test_numpy_dask_and_cluster_agree(small_toy, stores, cluster):
     threads = xfusion.fuse(xl, yl, **RUN)
     assert threads.attrs["backend"] == "dask" and parallel.is_dask(threads.flux)
     dist = xfusion.fuse(xl, yl, client=cluster[1], **RUN)
+    dist = cluster[1].compute(dist).result()  # its lazy variables live on that (non-default) client
     scale = float(np.abs(ref.flux.values).max())
     for r in (threads, dist):
         assert float(np.abs(r.flux.values - ref.flux.values).max()) / scale <= 1e-5
@@ -99,13 +101,36 @@ def test_worker_killed_mid_run_does_not_lose_it(small_toy, stores, cluster):
     os.kill(pids[0], signal.SIGKILL)
     th.join(240)
     assert not th.is_alive() and "r" in result
-    np.testing.assert_allclose(result["r"].flux.values, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    got = client.compute(result["r"].flux.data).result()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
 def test_pixel_block_policy():
     bx, by = parallel.pixel_block((512, 512, 8192), 4, factor=4)
     assert bx % 4 == 0 and by % 4 == 0 and bx * by * 8192 * 4 <= 2 * parallel.TARGET_CHUNK_BYTES
     assert parallel.pixel_block((15, 15, 240), 4, factor=3) == (15, 15)
+    # memory: 16 chunk-sized temporaries in 0.25 GB -> chunks of <= 16 MB
+    b = parallel.pixel_block((256, 256, 4096), 4, 4, copies=16, memory=0.25e9)
+    assert b[0] * b[1] * 4096 * 4 <= 0.25e9 / 16 and b[0] % 4 == 0 and 256 % b[0] == 0
+    # kernels: a halo of 12 pixels asks for blocks of >= 48, a multiple of the factor
+    b = parallel.pixel_block((300, 300, 4096), 4, 4, copies=16, memory=0.25e9, min_block=48)
+    assert b[0] >= 48 and b[0] % 4 == 0
+
+
+def test_task_memory_reads_the_cluster(cluster):
+    per = [w["memory_limit"] / w["nthreads"] for w in cluster[1].scheduler_info()["workers"].values()]
+    assert parallel.task_memory(cluster[1]) == pytest.approx(0.5 * min(per))
+    assert parallel.task_memory() > 0  # this machine's available RAM per CPU
+
+
+def test_fuse_picks_blocks_from_psf_and_memory(big_stores):
+    """The automatic blocks of a lazy run respect the halo rule; chunks= overrides them."""
+    x, y, px, py = big_stores
+    xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
+    r = xfusion.fuse(xl, yl, max_iter=1, tol=None, progress=False)
+    assert r.flux.data.chunks[:2] == ((30,), (30,))  # 4 x PSF radius > 30 pixels: one block
+    r = xfusion.fuse(xl, yl, max_iter=1, tol=None, progress=False, chunks=(15, 15))
+    assert r.flux.data.chunks[:2] == ((15, 15), (15, 15))
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +150,15 @@ def test_wavelet2d1d_numpy_dask_and_cluster_agree(big_stores, cluster):
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
     threads = xfusion.fuse(xl, yl, chunks=(15, 15), **kw)
     dist = xfusion.fuse(xl, yl, chunks=(15, 15), client=cluster[1], **kw)
+    assert parallel.is_dask(dist.flux)
+    dist = cluster[1].compute(dist).result()  # its lazy variables live on that (non-default) client
     scale = float(np.abs(ref.flux.values).max())
+    import json
+
+    # layout "auto": channel slabs on the threaded scheduler, halos on the cluster (both measured faster there)
+    assert [json.loads(r.attrs["parameters"])["layout"] for r in (threads, dist)] == ["rechunk", "halo"]
     for r in (threads, dist):
-        assert r.attrs["backend"] == "dask" and parallel.is_dask(r.flux)
+        assert r.attrs["backend"] == "dask"
         assert float(np.abs(r.flux.values - ref.flux.values).max()) / scale <= 1e-5
         np.testing.assert_allclose(r.model_spatial.values, ref.model_spatial.values, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(r.objective.values, ref.objective.values, rtol=1e-3)

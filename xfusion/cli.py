@@ -31,8 +31,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _open_store(path, what="store"):
-    """Open a Zarr store, turning every failure into an InputError naming the path."""
+def _open_store(path, what="store", chunks=None):
+    """Open a Zarr store (loaded, or lazy with ``chunks``), turning every failure into an InputError naming the path."""
     from .io import zarr as xzarr
 
     p = Path(path)
@@ -41,15 +41,15 @@ def _open_store(path, what="store"):
     if not p.is_dir() or not any((p / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs")):
         raise InputError(f"{what} {str(path)!r} is not a Zarr store (no zarr.json/.zgroup inside)")
     try:
-        return xzarr.open(p)
+        return xzarr.open(p, chunks=chunks)
     except Exception as exc:  # noqa: BLE001 - any reader failure is an input problem here
         raise InputError(f"cannot read {what} {str(path)!r} as a Zarr dataset: {exc}") from exc
 
 
-def _open_observation(path):
+def _open_observation(path, lazy=False):
     from .observation import validate
 
-    ds = _open_store(path, "observation store")
+    ds = _open_store(path, "observation store", chunks={} if lazy else None)
     try:
         return validate(ds)
     except (ValueError, TypeError) as exc:
@@ -83,10 +83,10 @@ def _prepare_output(path, what="output store"):
     return p
 
 
-def _write(ds, path):
+def _write(ds, path, client=None):
     from .io import zarr as xzarr
 
-    xzarr.write(ds, _prepare_output(path))
+    xzarr.write(ds, _prepare_output(path), client=client)
     return path
 
 
@@ -203,7 +203,8 @@ def cmd_fuse(args):
     kw, options = _fuse_settings(args)
     if Path(args.output).resolve() in (Path(args.a).resolve(), Path(args.b).resolve()):
         raise InputError(f"output {args.output!r} is one of the inputs; choose another path")
-    obs_a, obs_b = _open_observation(args.a), _open_observation(args.b)
+    lazy = bool(args.dask or args.scheduler)
+    obs_a, obs_b = _open_observation(args.a, lazy), _open_observation(args.b, lazy)
     _prepare_output(args.output)
     client = None
     if args.scheduler:
@@ -219,10 +220,10 @@ def cmd_fuse(args):
     args._checkpoint = kw.get("checkpoint")
     try:
         result = fuse(obs_a, obs_b, progress=not args.no_progress, **kw, **options)
+        _write(result, args.output, client)  # a lazy result is computed chunk by chunk, on the client's cluster
     finally:
         if client is not None:
             client.close()
-    _write(result, args.output)
     a = result.attrs
     print(f"wrote {args.output}: {a['regularization']}/{a['method']}, {a['iterations']} iterations "
           f"({'converged' if a['converged'] else 'not converged: max_iter reached'}), {a['elapsed_s']:.1f} s")
@@ -396,7 +397,12 @@ def build_parser():
     f.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="floating-point precision of the iterate (default float32)")
     f.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                   help="address of a Dask distributed scheduler (e.g. tcp://host:8786) to run on")
+                   help="address of a Dask distributed scheduler (e.g. tcp://host:8786) to run on; the "
+                        "workers read the input stores (shared file system) and the fused cube is written "
+                        "chunk by chunk")
+    f.add_argument("--dask", action="store_true",
+                   help="out of core on this machine: open the inputs lazily with their stored Zarr chunks "
+                        "and run block-wise with Dask's threads (bounded memory for large fields)")
     f.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     f.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="regularization/solver option, repeatable: e.g. k=1.5 (threshold in noise sigmas), "

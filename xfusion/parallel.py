@@ -21,6 +21,7 @@ Design (measured choices are in the issue notes and benchmarks/scale.py):
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -39,24 +40,65 @@ def is_dask(obj):
     return da is not None and isinstance(data, da.Array)
 
 
-def pixel_block(shape, itemsize, factor=1, target_bytes=TARGET_CHUNK_BYTES):
+def threaded_scheduler(client=None):
+    """True when Dask computes in threads of this process: no client given and the active
+    scheduler is the default (threaded) or the synchronous one, not a distributed client or processes."""
+    if client is not None or dask is None:
+        return False
+    from dask import base, local, threaded
+
+    s = base.get_scheduler()
+    return s is None or s in (threaded.get, local.get_sync)
+
+
+def pixel_block(shape, itemsize, factor=1, target_bytes=TARGET_CHUNK_BYTES, *, min_block=1, copies=1,
+                memory=None):
     """Square pixel block (multiple of ``factor``) so that a (b, b, L) chunk is about ``target_bytes``.
 
-    ``shape`` = (M, N, L) of the fine-pixel cube. Returns (bx, by).
+    ``shape`` = (M, N, L) of the fine-pixel cube. The target is lowered to ``memory / copies``
+    when a task needs ``copies`` chunk-sized temporaries and has ``memory`` bytes (see
+    :func:`task_memory`), and the block is raised to at least ``min_block`` pixels (a halo of
+    r pixels costs ``((b + 2r) / b)**2`` in the spatial operators: ``min_block = 4 r`` keeps
+    that below 2.25). Blocks divide the field when a divisor is close. Returns (bx, by).
     """
     M, N, L = shape
+    if memory is not None:
+        target_bytes = min(target_bytes, memory / max(copies, 1))
     b = int(math.sqrt(max(target_bytes / (L * itemsize), 1.0)))
-    b = max(factor, (b // factor) * factor)
+    b = max(b, int(min_block))
+    b = max(factor, -(-b // factor) * factor if b == min_block else (b // factor) * factor)
 
     def fit(n):
         if b >= n:
             return n
-        for c in range(b, max(factor, b // 2) - 1, -factor):  # prefer a divisor of n: no ragged last block
+        for c in range(b, max(factor, b // 2, int(min_block)) - 1, -factor):  # prefer a divisor of n
             if n % c == 0:
                 return c
         return b
 
     return fit(M), fit(N)
+
+
+def task_memory(client=None, fraction=0.5):
+    """Bytes one running task may use for temporaries: ``fraction`` of the memory per thread.
+
+    With a ``distributed.Client``: the smallest ``memory_limit / nthreads`` over its workers
+    (the other half is left for the worker's share of the persisted data). Without: the
+    available RAM of this machine divided by its CPU count (threaded scheduler). None if unknown.
+    """
+    per = []
+    if client is not None:
+        for w in client.scheduler_info().get("workers", {}).values():
+            if w.get("memory_limit"):
+                per.append(w["memory_limit"] / max(w.get("nthreads", 1), 1))
+    else:
+        try:
+            import psutil
+
+            per.append(psutil.virtual_memory().available / max(os.cpu_count() or 1, 1))
+        except ImportError:  # pragma: no cover
+            pass
+    return fraction * min(per) if per else None
 
 
 def _block_value_grad(d, a, v, grad):

@@ -21,6 +21,12 @@ Blockwise operators
 * Cost of the halos: the PSF halo is paid by the FFT convolutions, ``((b + 2r) / b)**2`` for
   blocks of b pixels and PSF radius r, so blocks should be several times the PSF radius
   (the default :func:`xfusion.parallel.pixel_block` gives ~80-pixel blocks for 2400 channels).
+* ``layout="rechunk"`` instead moves ``w_y * Z`` to full-field channel slabs ``(M, N, n)`` of
+  about ``slab_bytes`` (an all-to-all rechunk), convolves each slab with zero padding and
+  rebins, and rechunks the result back to the Y blocks; the adjoint does the same on the
+  coarse grid. No PSF halo, so blocks may be smaller than the PSF; two rechunks each way per
+  iteration. Same numbers as the halo layout to float32 rounding (tests). Measured in
+  ``benchmarks/layouts.py --full``; the halo layout is the default (see the README).
 * 2D-1D starlet: the 2D part needs a halo of ``2 (2**n_scales_2d - 1)`` pixels with the
   half-sample symmetric boundary of :mod:`xfusion.regularizers.starlet` at the field edges:
   Dask's ``boundary="reflect"`` pads ``(c b a | a b c ...)`` (the edge sample repeated), i.e.

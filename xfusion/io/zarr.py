@@ -6,11 +6,19 @@ import os
 import xarray as xr
 
 
-def write(ds: xr.Dataset, path, *, chunks=None, mode="w"):
-    """Write a Dataset to a Zarr store (format 3). ``chunks``: optional dict dim -> size."""
+def write(ds: xr.Dataset, path, *, chunks=None, mode="w", client=None):
+    """Write a Dataset to a Zarr store (format 3), lazy variables chunk by chunk.
+
+    ``chunks``: optional dict dim -> size. ``client``: the ``distributed.Client`` that holds
+    the result's data (a lazy ``fuse(..., client=client)`` result); default: the active Dask
+    scheduler.
+    """
     if chunks:
         ds = ds.chunk({k: v for k, v in chunks.items() if k in ds.dims})
-    ds.to_zarr(os.fspath(path), mode=mode, consolidated=False)
+    if client is not None:
+        client.compute(ds.to_zarr(os.fspath(path), mode=mode, consolidated=False, compute=False)).result()
+    else:
+        ds.to_zarr(os.fspath(path), mode=mode, consolidated=False)
     return path
 
 

@@ -8,14 +8,21 @@ import scipy.linalg
 MAX_COMPONENTS = 64
 
 
-def spectral_moments(spectra):
-    """``(n, sum_i s_i, sum_i s_i s_i^T)`` of spectra (n, L), NumPy or Dask (one pass, float64)."""
+def _compute(colls, client):
+    if client is not None:
+        return tuple(client.gather(client.compute(list(colls))))
+    import dask
+
+    return tuple(dask.compute(*colls))
+
+
+def spectral_moments(spectra, client=None):
+    """``(n, sum_i s_i, sum_i s_i s_i^T)`` of spectra (n, L), NumPy or Dask (one pass, float64;
+    on ``client`` when given, else the active Dask scheduler)."""
     s = spectra.astype(np.float64)
     moments = (s.shape[0], s.sum(axis=0), s.T @ s)
     if hasattr(s, "dask"):
-        import dask
-
-        moments = (moments[0],) + tuple(dask.compute(*moments[1:]))
+        moments = (moments[0],) + _compute(moments[1:], client)
     return moments
 
 
@@ -65,19 +72,18 @@ def _orthonormal(mean, pcs):
 COVARIANCE_MAX_CHANNELS = 4096
 
 
-def pca_basis_randomized(spectra, rank, seed=0, n_power_iter=3):
+def pca_basis_randomized(spectra, rank, seed=0, n_power_iter=3, client=None):
     """Same basis as :func:`pca_basis` (mean + leading components), by a randomized SVD of the
     centred spectra (Halko et al. 2011; ``dask.array.linalg.svd_compressed``) -- for Dask
     spectra with many channels, where the L x L covariance (0.5 GB at L = 8192, 2 TFlop to
     form) is too costly. Approximate: the leading components agree with the exact ones to
     the accuracy of ``n_power_iter`` power iterations; ``rank`` must be given.
     """
-    import dask
     import dask.array as da
 
     s = spectra.astype(np.float64)
     mean = s.mean(axis=0)
     k = max(int(rank) - 1, 1)
     _, _, vt = da.linalg.svd_compressed(s - mean, k=k, n_power_iter=n_power_iter, seed=seed)
-    mean, vt = dask.compute(mean, vt)
+    mean, vt = _compute((mean, vt), client)
     return _orthonormal(mean, vt[: int(rank) - 1])
