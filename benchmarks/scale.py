@@ -138,6 +138,7 @@ def main():
     ap.add_argument("--memory-limit", default="3GB", help="per worker")
     ap.add_argument("--write", action="store_true", help="also write the fused cube to Zarr")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--layout", default="auto", help="wavelet2d1d/none: PSF layout (auto, halo, rechunk)")
     a = ap.parse_args()
     print(f"machine: {platform.machine()} cpus={os.cpu_count()} mem={psutil.virtual_memory().total / 2**30:.0f} GiB "
           f"python={platform.python_version()}")
@@ -159,14 +160,15 @@ def main():
                 y = xfusion.io.zarr.open(root / "y.zarr", chunks={})
                 with PeakRSS() as mem:
                     t0 = time.perf_counter()
+                    extra = {} if a.reg.startswith("lowrank") else {"layout": a.layout}
                     r = xfusion.fuse(x, y, regularization=a.reg, max_iter=a.iters, tol=None, client=client,
-                                     progress=False)
+                                     progress=False, **extra)
                     setup_and_loop = time.perf_counter() - t0
                     t_write = None
                     if a.write:
                         t1 = time.perf_counter()
                         out = root / f"fused_{nw}.zarr"
-                        r[["flux"]].to_zarr(out, mode="w", consolidated=False, compute=False).compute()
+                        xfusion.io.zarr.write(r[["flux"]], out, client=client)
                         t_write = time.perf_counter() - t1
                 spi = r.attrs["seconds_per_iteration"]
                 per[nw] = spi

@@ -149,15 +149,15 @@ def test_wavelet2d1d_numpy_dask_and_cluster_agree(big_stores, cluster):
     ref = xfusion.fuse(x, y, **kw)
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
     threads = xfusion.fuse(xl, yl, chunks=(15, 15), **kw)
+    slabs = xfusion.fuse(xl, yl, chunks=(15, 15), layout="rechunk", **kw)
     dist = xfusion.fuse(xl, yl, chunks=(15, 15), client=cluster[1], **kw)
     assert parallel.is_dask(dist.flux)
     dist = cluster[1].compute(dist).result()  # its lazy variables live on that (non-default) client
     scale = float(np.abs(ref.flux.values).max())
     import json
 
-    # layout "auto": channel slabs on the threaded scheduler, halos on the cluster (both measured faster there)
-    assert [json.loads(r.attrs["parameters"])["layout"] for r in (threads, dist)] == ["rechunk", "halo"]
-    for r in (threads, dist):
+    assert [json.loads(r.attrs["parameters"])["layout"] for r in (threads, dist)] == ["halo", "halo"]
+    for r in (threads, slabs, dist):
         assert r.attrs["backend"] == "dask"
         assert float(np.abs(r.flux.values - ref.flux.values).max()) / scale <= 1e-5
         np.testing.assert_allclose(r.model_spatial.values, ref.model_spatial.values, rtol=1e-4, atol=1e-3)

@@ -24,11 +24,12 @@ from .solvers.ista import ISTA
 from .solvers.loop import run
 from .solvers.subspace import SubspaceFISTA
 
-#: Dask layout of the PSF operators on the full-cube path (see xfusion.parallel_em and benchmarks/layouts.py):
-#: "auto" = "rechunk" (channel slabs) on the threaded scheduler, "halo" on a distributed cluster.
-#: Measured per iteration, wavelet2d1d 256x256x4096, 64-pixel blocks, 2 cores: threads 19.0 s (halo)
-#: vs 15.2 s (rechunk); LocalCluster 1 worker 42.5 vs 43.7 s; 2 workers 28.9 vs 31.4 s.
-DEFAULT_LAYOUT = "auto"
+#: Dask layout of the PSF operators on the full-cube path (xfusion.parallel_em): halos on the pixel blocks.
+#: Measured per wavelet2d1d iteration (benchmarks/layouts.py --full, 64-pixel blocks, 2 cores), halo vs
+#: rechunk: 256x256x4096 threads 17.1 vs 16.5 s and 19.0 vs 15.2 s (two runs), LocalCluster 1 worker
+#: 42.5 vs 43.7 s, 2 workers 28.9 vs 31.4 s; 256x256x2048 threads 8.1 vs 8.4 s, 2 workers 14.7 vs 16.4 s.
+#: Halos win on the cluster and tie on threads, where slabs take 40-50% more peak memory.
+DEFAULT_LAYOUT = "halo"
 REGULARIZATIONS = ("wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none")
 FULL_METHODS, SUBSPACE_METHODS = ("em", "ista"), ("fista",)
 FLUX_UNITS = "ph cm-2 s-1"
@@ -75,9 +76,9 @@ def _resolve(regularization, method, options):
             raise ValueError(f"option {key} must be an integer >= 1; got {params[key]!r}")
     if params.get("step") is not None and not params["step"] > 0:
         raise ValueError(f"option step must be > 0; got {params['step']!r}")
-    if "layout" in params and params["layout"] not in ("auto", "halo", "rechunk"):
-        raise ValueError(f"option layout must be 'auto', 'halo' or 'rechunk' (Dask path: PSF operators on pixel "
-                         f"blocks with halos, or on full-field channel slabs); got {params['layout']!r}")
+    if "layout" in params and params["layout"] not in ("halo", "rechunk"):
+        raise ValueError(f"option layout must be 'halo' or 'rechunk' (Dask path: PSF operators on pixel blocks "
+                         f"with halos, or on full-field channel slabs); got {params['layout']!r}")
     return method, params, lowrank
 
 
@@ -183,9 +184,8 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
         cube is lazy (write it with ``xfusion.io.zarr.write``); option ``chunks=(bx, by)``
         sets the pixel block of the fused grid (default: from the cube shape, the PSF and
         starlet halos and the memory per worker thread, ``_auto_chunks``); option ``layout``
-        ("auto", "halo", "rechunk") places the PSF operators of the full-cube path on the
-        pixel blocks with halos or on full-field channel slabs ("auto": slabs on the threaded
-        scheduler, halos on a distributed cluster -- the faster of each, measured).
+        ("halo", default, or "rechunk") places the PSF operators of the full-cube path on the
+        pixel blocks with halos or on full-field channel slabs (see ``DEFAULT_LAYOUT``).
     **options : regularization / method options, e.g. ``k``, ``n_scales_2d``, ``n_scales_1d``,
         ``k_rule``, ``null_space`` (wavelet2d1d), ``rank``, ``explained``, ``mu`` (low rank),
         ``step`` (ista). Unknown options raise ``TypeError``.
@@ -247,8 +247,6 @@ def _fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=N
         import dask.array as da
 
         v = grid.attrs["spatial_factor"]
-        if params.get("layout") == "auto":
-            params["layout"] = "rechunk" if parallel.threaded_scheduler(client) else "halo"
         bx, by = params.get("chunks") or _auto_chunks(grid, shape, dt, regularization, params, client)
         xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
         yd = da.asarray(y_obs["counts"].data).rechunk((bx // v, by // v, -1))

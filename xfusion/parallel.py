@@ -40,17 +40,6 @@ def is_dask(obj):
     return da is not None and isinstance(data, da.Array)
 
 
-def threaded_scheduler(client=None):
-    """True when Dask computes in threads of this process: no client given and the active
-    scheduler is the default (threaded) or the synchronous one, not a distributed client or processes."""
-    if client is not None or dask is None:
-        return False
-    from dask import base, local, threaded
-
-    s = base.get_scheduler()
-    return s is None or s in (threaded.get, local.get_sync)
-
-
 def pixel_block(shape, itemsize, factor=1, target_bytes=TARGET_CHUNK_BYTES, *, min_block=1, copies=1,
                 memory=None):
     """Square pixel block (multiple of ``factor``) so that a (b, b, L) chunk is about ``target_bytes``.
