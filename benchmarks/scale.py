@@ -138,7 +138,7 @@ def main():
     ap.add_argument("--memory-limit", default="3GB", help="per worker")
     ap.add_argument("--write", action="store_true", help="also write the fused cube to Zarr")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--layout", default="auto", help="wavelet2d1d/none: PSF layout (auto, halo, rechunk)")
+    ap.add_argument("--layout", default="halo", help="wavelet2d1d/none: PSF layout (halo, rechunk)")
     a = ap.parse_args()
     print(f"machine: {platform.machine()} cpus={os.cpu_count()} mem={psutil.virtual_memory().total / 2**30:.0f} GiB "
           f"python={platform.python_version()}")

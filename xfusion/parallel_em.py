@@ -176,23 +176,11 @@ def _y_model(zo, w, psf, v):
     to channels lo:hi with the interpolation weights (as ``EnergyDependentSpatial``).
     """
     wz = zo * w
-    if psf is None:
-        return _rebin(wz, v)
-    if psf[0][4] is None:
-        return _rebin(_conv_valid(wz, psf[0][0]), v)
-    out = None
-    for k, _, lo, hi, wb in psf:
-        part = _rebin(_conv_valid(wz[..., lo:hi] * wb, k), v)
-        if out is None:
-            out = np.zeros(part.shape[:-1] + (wz.shape[-1],), dtype=part.dtype)
-        out[..., lo:hi] += part
-    return out
+    return _rebin(wz if psf is None else _band_sum(wz, psf, 0, False), v)
 
 
 def _y_block(zo, d, w, psf, v):
-    m = _y_model(zo, w, psf, v)
-    val = _value(m, d)
-    return d / np.maximum(m, np.finfo(m.dtype).tiny), _scalar(val)
+    return _y_ratio(_y_model(zo, w, psf, v), d)
 
 
 def _y_adjoint(uo, psf, v, dc, h):
@@ -201,16 +189,7 @@ def _y_adjoint(uo, psf, v, dc, h):
     if psf is None:
         return r
     ox, oy = dc[0] * v - h[0], dc[1] * v - h[1]
-    r = r[ox:r.shape[0] - ox, oy:r.shape[1] - oy]
-    if psf[0][4] is None:
-        return _conv_valid(r, psf[0][1])
-    out = None
-    for _, kf, lo, hi, wb in psf:
-        part = _conv_valid(r[..., lo:hi], kf) * wb
-        if out is None:
-            out = np.zeros(part.shape[:-1] + (r.shape[-1],), dtype=part.dtype)
-        out[..., lo:hi] += part
-    return out
+    return _band_sum(r[ox:r.shape[0] - ox, oy:r.shape[1] - oy], psf, 0, True)
 
 
 def _y_ratio(m, d):
