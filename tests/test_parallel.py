@@ -81,27 +81,31 @@ def test_lazy_result_written_chunk_by_chunk(stores, tmp_path):
     assert back.attrs["backend"] == "dask"
 
 
-def test_worker_killed_mid_run_does_not_lose_it(small_toy, stores, cluster):
-    _, client = cluster
-    xl, yl = lazy(stores)
-    expected = xfusion.fuse(xl, yl, **RUN).flux.values
+def _kill_a_worker_mid_run(client, xl, yl, kw, at, pause):
+    """Run fuse on ``client``, SIGKILL one worker at iteration ``at``; return (result, threaded reference)."""
+    expected = xfusion.fuse(xl, yl, **kw).flux.values
+    client.wait_for_workers(2, timeout=60)
     pids = list(client.run(os.getpid).values())
     started = threading.Event()
 
     def slow(it, state):
-        if it == 3:
+        if it == at:
             started.set()
-        time.sleep(0.1)
+        time.sleep(pause)
 
     result = {}
     th = threading.Thread(target=lambda: result.setdefault("r", xfusion.fuse(xl, yl, client=client, callback=slow,
-                                                                             **RUN)))
+                                                                             **kw)))
     th.start()
-    assert started.wait(60)
+    assert started.wait(120)
     os.kill(pids[0], signal.SIGKILL)
-    th.join(240)
+    th.join(300)
     assert not th.is_alive() and "r" in result
-    got = client.compute(result["r"].flux.data).result()
+    return client.compute(result["r"].flux.data).result(), expected
+
+
+def test_worker_killed_mid_run_does_not_lose_it(small_toy, stores, cluster):
+    got, expected = _kill_a_worker_mid_run(cluster[1], *lazy(stores), RUN, at=3, pause=0.1)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
@@ -166,29 +170,10 @@ def test_wavelet2d1d_numpy_dask_and_cluster_agree(big_stores, cluster):
 
 def test_wavelet2d1d_worker_killed_mid_run_does_not_lose_it(big_stores, cluster):
     """Full-cube path: the persisted iterate lives on the workers; a SIGKILLed worker's share is recomputed."""
-    x, y, px, py = big_stores
-    _, client = cluster
-    kw = dict(progress=False, max_iter=12, tol=None, chunks=(15, 15))
+    _, _, px, py = big_stores
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
-    expected = xfusion.fuse(xl, yl, **kw).flux.values
-    client.wait_for_workers(2, timeout=60)
-    pids = list(client.run(os.getpid).values())
-    started = threading.Event()
-
-    def slow(it, state):
-        if it == 4:
-            started.set()
-        time.sleep(0.2)
-
-    result = {}
-    th = threading.Thread(target=lambda: result.setdefault("r", xfusion.fuse(xl, yl, client=client, callback=slow,
-                                                                             **kw)))
-    th.start()
-    assert started.wait(120)
-    os.kill(pids[0], signal.SIGKILL)
-    th.join(300)
-    assert not th.is_alive() and "r" in result
-    got = client.compute(result["r"].flux.data).result()
+    kw = dict(progress=False, max_iter=12, tol=None, chunks=(15, 15))
+    got, expected = _kill_a_worker_mid_run(cluster[1], xl, yl, kw, at=4, pause=0.2)
     assert float(np.abs(got - expected).max()) / float(np.abs(expected).max()) <= 1e-5
 
 

@@ -254,8 +254,7 @@ def _fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=N
             terms = [parallel.DaskPoissonTerm(mx, xd, dt, client), parallel.DaskPoissonTerm(my, yd, dt, client)]
             xd, yd = terms[0].data, terms[1].data  # persisted: later passes do not re-read the stores
         else:
-            xd = client.persist(xd.astype(dt)) if client is not None else xd.astype(dt).persist()
-            yd = client.persist(yd.astype(dt)) if client is not None else yd.astype(dt).persist()
+            xd, yd = parallel.persist_many([xd.astype(dt), yd.astype(dt)], client)
     else:
         xd, yd = x_obs["counts"].values, y_obs["counts"].values
         xmask = x_obs["mask"].values if "mask" in x_obs else None

@@ -54,8 +54,7 @@ def pixel_block(shape, itemsize, factor=1, target_bytes=TARGET_CHUNK_BYTES, *, m
     if memory is not None:
         target_bytes = min(target_bytes, memory / max(copies, 1))
     b = int(math.sqrt(max(target_bytes / (L * itemsize), 1.0)))
-    b = max(b, int(min_block))
-    b = max(factor, -(-b // factor) * factor if b == min_block else (b // factor) * factor)
+    b = max(factor, (b // factor) * factor, -(-int(min_block) // factor) * factor)  # min_block rounded up
 
     def fit(n):
         if b >= n:
@@ -142,16 +141,11 @@ class DaskPoissonTerm:
             d = d.rechunk({2: -1})
         self.client = client
         if persist:
-            d = client.persist(d) if client is not None else d.persist()
+            d = persist_many([d], client)[0]
         self.data = d
         consts = d.map_blocks(lambda b: np.full((1, 1, 1), data_constant(b)), dtype=np.float64,
                               chunks=((1,) * len(d.chunks[0]), (1,) * len(d.chunks[1]), (1,)))
-        self.constant = float(self._compute(consts.sum()))
-
-    def _compute(self, x):
-        if self.client is not None:
-            return self.client.compute(x).result()
-        return x.compute()
+        self.constant = float(compute(consts.sum(), client))
 
     def graph(self, a, v, grad=True):
         """The Dask array of one evaluation (exposed so tests can count its tasks)."""
@@ -173,7 +167,7 @@ class DaskPoissonTerm:
         process the blocks of both data cubes concurrently instead of one cube after the other."""
         graphs = [t.graph(a, np.asarray(v), grad) for t, (a, v) in zip(terms, inputs)]
         client = terms[0].client
-        outs = client.compute(graphs, sync=True) if client is not None else dask.compute(*graphs)
+        outs = compute_many(graphs, client)
         return [t._finish(o, a.dtype, grad) for t, o, (a, _) in zip(terms, outs, inputs)]
 
 
@@ -193,4 +187,23 @@ def lazy_product(w, basis, chunks_xy, scale=1.0, clip=True, dtype=np.float32):
 
 
 def compute(x, client=None):
-    return client.compute(x).result() if client is not None else x.compute()
+    """Value of one Dask collection, on ``client`` when given (else the active scheduler)."""
+    return compute_many([x], client)[0]
+
+
+def compute_many(colls, client=None):
+    """Values of several Dask collections in one pass, on ``client`` when given (else the active scheduler).
+
+    Collections persisted on a client must be computed on it: a non-default client's data are
+    invisible to the default scheduler.
+    """
+    if client is not None:
+        return list(client.gather(client.compute(list(colls))))
+    return list(dask.compute(*colls))
+
+
+def persist_many(colls, client=None):
+    """Persist several Dask collections (on ``client`` when given), returned in order."""
+    if client is not None:
+        return list(client.persist(list(colls)))
+    return list(dask.persist(*colls))

@@ -69,6 +69,7 @@ try:
 except ImportError:  # pragma: no cover
     dask = da = None
 
+from .parallel import compute_many, persist_many
 from .regularizers.sparsity import lattice_strides
 from .regularizers.starlet import mad_sigma, soft_threshold, starlet1d, starlet2d
 
@@ -179,10 +180,6 @@ def _y_model(zo, w, psf, v):
     return _rebin(wz if psf is None else _band_sum(wz, psf, 0, False), v)
 
 
-def _y_block(zo, d, w, psf, v):
-    return _y_ratio(_y_model(zo, w, psf, v), d)
-
-
 def _y_adjoint(uo, psf, v, dc, h):
     """correlate(repeat(u)) of a block from its coarse-halo'ed block (weights applied by the caller)."""
     r = uo if v == 1 else np.repeat(np.repeat(uo, v, axis=0), v, axis=1)
@@ -220,23 +217,21 @@ def _band_sum(a, psf, e0, flipped):
     return out
 
 
+def _slab_band_sum(a, psf, e0, flipped):
+    """``_band_sum`` of a full-field slab with the zero boundary (zero padding by the PSF radius, 'valid')."""
+    hx, hy = psf[0][0].shape[0] // 2, psf[0][0].shape[1] // 2
+    return _band_sum(np.pad(a, ((hx, hx), (hy, hy), (0, 0))), psf, e0, flipped)
+
+
 def _slab_forward(wz, psf, v, e_offsets, block_id=None):
-    """rebin_v(PSF * wz) of a full-field channel slab (zero boundary: zero padding + 'valid')."""
-    if psf is None:
-        return _rebin(wz, v)
-    h = (psf[0][0].shape[0] // 2, psf[0][0].shape[1] // 2)
-    a = np.pad(wz, ((h[0], h[0]), (h[1], h[1]), (0, 0)))
-    return _rebin(_band_sum(a, psf, e_offsets[block_id[2]], False), v)
+    """rebin_v(PSF * wz) of a full-field channel slab."""
+    return _rebin(wz if psf is None else _slab_band_sum(wz, psf, e_offsets[block_id[2]], False), v)
 
 
 def _slab_adjoint(u, psf, v, e_offsets, block_id=None):
-    """correlate(repeat_v(u)) of a full-field channel slab of the coarse grid (zero boundary)."""
+    """correlate(repeat_v(u)) of a full-field channel slab of the coarse grid."""
     r = u if v == 1 else np.repeat(np.repeat(u, v, axis=0), v, axis=1)
-    if psf is None:
-        return r
-    h = (psf[0][0].shape[0] // 2, psf[0][0].shape[1] // 2)
-    a = np.pad(r, ((h[0], h[0]), (h[1], h[1]), (0, 0)))
-    return _band_sum(a, psf, e_offsets[block_id[2]], True)
+    return r if psf is None else _slab_band_sum(r, psf, e_offsets[block_id[2]], True)
 
 
 def _em_half(z, qx, qy_raw, wy, s):
@@ -400,14 +395,11 @@ class DaskEMProx:
             n = max(1, min(L, int(slab_bytes // (M * N * 4))))
             self.slabs = tuple(min(n, L - e) for e in range(0, L, n))
             self.e_offsets = _offsets(self.slabs)
-            self.h_check = (0, 0)  # no PSF halo on the pixel blocks
-        else:
-            self.h_check = self.h
         self.D = 2 * (2 ** regularizer.n2 - 1) if regularizer is not None else 0
-        dc_check = self.dc if layout == "halo" else (0, 0)
-        for name, depth, chunks in (("PSF radius", self.h_check, self.chunks), ("starlet halo", (self.D, self.D),
-                                                                                 self.chunks),
-                                    ("PSF radius on the coarse grid", dc_check, self.ychunks)):
+        halos = [("starlet halo", (self.D, self.D), self.chunks)]
+        if layout == "halo":
+            halos += [("PSF radius", self.h, self.chunks), ("PSF radius on the coarse grid", self.dc, self.ychunks)]
+        for name, depth, chunks in halos:
             for ax in range(2):
                 if depth[ax] > min(chunks[ax]):
                     raise ValueError(
@@ -463,14 +455,10 @@ class DaskEMProx:
 
     # -- scheduling helpers -------------------------------------------------
     def _persist(self, colls):
-        if self.client is not None:
-            return list(self.client.persist(list(colls)))
-        return list(dask.persist(*colls))
+        return persist_many(colls, self.client)
 
     def _compute(self, colls):
-        if self.client is not None:
-            return list(self.client.gather(self.client.compute(list(colls))))
-        return list(dask.compute(*colls))
+        return compute_many(colls, self.client)
 
     # -- blockwise operators ------------------------------------------------
     @staticmethod
@@ -533,13 +521,8 @@ class DaskEMProx:
                            meta=_OBJ_META)
         qx = da.map_blocks(_item, tx, 0, chunks=self.chunks, dtype=_F32, meta=_meta(_F32))
         vx = da.map_blocks(_item, tx, 1, chunks=self._one, dtype=np.float64, meta=_meta(np.float64))
-        if self.layout == "rechunk":
-            ty = da.map_blocks(_y_ratio, self._hy_forward(z), self.yd, chunks=self.ychunks, dtype=object,
-                               meta=_OBJ_META)
-        else:
-            zo = self._halo(z, self.h, 0)
-            ty = da.map_blocks(_y_block, zo, self.yd, self.wyo, self.psf, self.v, chunks=self.ychunks,
-                               dtype=object, meta=_OBJ_META)
+        ty = da.map_blocks(_y_ratio, self._hy_forward(z), self.yd, chunks=self.ychunks, dtype=object,
+                           meta=_OBJ_META)
         ry = da.map_blocks(_item, ty, 0, chunks=self.ychunks, dtype=_F32, meta=_meta(_F32))
         vy = da.map_blocks(_item, ty, 1, chunks=self._one, dtype=np.float64, meta=_meta(np.float64))
         qy = self._hy_adjoint_raw(ry)

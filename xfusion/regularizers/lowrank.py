@@ -4,16 +4,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from ..parallel import compute_many
+
 #: largest number of principal components considered when choosing r by explained variance
 MAX_COMPONENTS = 64
-
-
-def _compute(colls, client):
-    if client is not None:
-        return tuple(client.gather(client.compute(list(colls))))
-    import dask
-
-    return tuple(dask.compute(*colls))
 
 
 def spectral_moments(spectra, client=None):
@@ -22,7 +16,7 @@ def spectral_moments(spectra, client=None):
     s = spectra.astype(np.float64)
     moments = (s.shape[0], s.sum(axis=0), s.T @ s)
     if hasattr(s, "dask"):
-        moments = (moments[0],) + _compute(moments[1:], client)
+        moments = (moments[0],) + tuple(compute_many(moments[1:], client))
     return moments
 
 
@@ -85,5 +79,5 @@ def pca_basis_randomized(spectra, rank, seed=0, n_power_iter=3, client=None):
     mean = s.mean(axis=0)
     k = max(int(rank) - 1, 1)
     _, _, vt = da.linalg.svd_compressed(s - mean, k=k, n_power_iter=n_power_iter, seed=seed)
-    mean, vt = _compute((mean, vt), client)
+    mean, vt = compute_many((mean, vt), client)
     return _orthonormal(mean, vt[: int(rank) - 1])

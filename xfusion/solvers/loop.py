@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from ..io.zarr import write
+
 HISTORY_KEYS = ("objective", "data_term", "penalty")
 
 
@@ -84,10 +86,7 @@ def _write_checkpoint(path, state, history, iteration, fingerprint, client=None)
     tmp, old = f"{path}.tmp", f"{path}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     ds = xr.Dataset(data, attrs=attrs)
-    if lazy and client is not None:
-        client.compute(ds.to_zarr(tmp, mode="w", consolidated=False, compute=False)).result()
-    else:
-        ds.to_zarr(tmp, mode="w", consolidated=False)
+    write(ds, tmp, client=client if lazy else None)
     if os.path.exists(path):
         os.replace(path, old)
     os.replace(tmp, path)
