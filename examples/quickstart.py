@@ -96,11 +96,14 @@ print(metrics.format_report(consistency, name_header="instrument"))
 # %% [markdown]
 # ## 4. Plots
 #
-# Energy-integrated maps: the inputs in counts per pixel, the fused cube and the truth in
-# ph cm-2 s-1 per 10 arcsec pixel (shared colour scale).
+# Narrow-band maps of the brightest emission line (the band, found from the fused spectrum
+# without the truth, is one X channel and is given in every title): X and Y in counts per
+# pixel, the fused cube and the truth in ph cm-2 s-1 per 10 arcsec pixel (shared colour scale).
+# X cannot separate the line from its neighbours, Y cannot resolve the shell; the fused map does both.
 
 # %%
-fig = plot.amplitude_maps(result, truth)
+print("line band (keV):", plot.line_band(result, x_obs=x_obs))
+fig = plot.line_maps(result, truth, x_obs, y_obs)
 
 # %% [markdown]
 # Spectra of the brightest pixel and of a 3 x 3-pixel region, as flux densities per keV.
@@ -129,6 +132,7 @@ table = {
     f"{reg} ({res.attrs['method']})": {
         **metrics.report(res, truth),
         "iterations": int(res.attrs["iterations"]),
+        "converged": bool(res.attrs["converged"]),
         "time_s": float(res.attrs["elapsed_s"]),
     }
     for reg, res in runs.items()
@@ -200,12 +204,24 @@ x_lazy = xzarr.open(workdir / "x.zarr", chunks={})
 y_lazy = xzarr.open(workdir / "y.zarr", chunks={})
 print(type(x_lazy["counts"].data).__module__, "chunks:", x_lazy["counts"].chunks)
 
+# %% [markdown]
+# The Dask path runs the same algorithm block by block, so on the same problem the two paths
+# differ only by floating-point rounding (sums in another order). FISTA's momentum amplifies
+# such differences over many iterations of a run that has not converged (measured: 0.7% of
+# the peak flux after 300 float32 iterations), so the meaningful check fixes the problem
+# (explicit `rank` and `mu`: settings left to "auto" are chosen from the data, and the choice,
+# recorded in the `parameters` attribute, may differ between the paths) and runs both paths
+# for the same 50 iterations in float64: they must agree to 1e-6 of the peak flux.
+
 # %%
-lazy_result = xfusion.fuse(x_lazy, y_lazy, regularization="lowrank_sobolev", progress=False)
-in_memory = xfusion.fuse(x_obs, y_obs, regularization="lowrank_sobolev", progress=False)
+same = dict(regularization="lowrank_sobolev", rank=10, mu=0.01, dtype="float64", max_iter=50, tol=None,
+            progress=False)
+lazy_result = xfusion.fuse(x_lazy, y_lazy, **same)
+in_memory = xfusion.fuse(x_obs, y_obs, **same)
 print("backend:", lazy_result.attrs["backend"], "| flux is lazy:", type(lazy_result["flux"].data).__module__)
-print("same result as in memory:", np.allclose(lazy_result["flux"].values, in_memory["flux"].values, rtol=1e-5,
-                                               atol=1e-6 * float(in_memory["flux"].max())))
+diff = float(np.abs(lazy_result["flux"].values - in_memory["flux"].values).max() / in_memory["flux"].max())
+print(f"largest difference: {diff:.1e} of the peak flux (tolerance 1e-6)")
+print("same result as in memory:", diff <= 1e-6)
 
 # %% [markdown]
 # The command line does the same: `xfusion toy small -o toy`, `xfusion fuse toy/x.zarr

@@ -1,10 +1,36 @@
+import os
 from pathlib import Path
 
 import pytest
 
 from xfusion import toy
 
+#: real instrument files, ``../shared/data`` relative to the repository root
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: set to 1 to let the real-file tests skip (e.g. a checkout without the data); otherwise they FAIL
+ALLOW_MISSING_ENV = "XFUSION_ALLOW_MISSING_DATA"
+
+
+def missing_data_allowed():
+    return os.environ.get(ALLOW_MISSING_ENV, "") == "1"
+
+
+def _missing_message(what):
+    return (f"real instrument data {what} not found (expected ../shared/data relative to the repository root, "
+            f"i.e. {SHARED_DATA}). Put the files there, or set {ALLOW_MISSING_ENV}=1 to skip the real-file tests "
+            "knowingly.")
+
+
+def require_data(*paths):
+    """Fail (or skip when ``XFUSION_ALLOW_MISSING_DATA=1``) unless every path exists."""
+    missing = [Path(p) for p in paths if not Path(p).exists()]
+    if not SHARED_DATA.is_dir():
+        missing = missing or [SHARED_DATA]
+    if missing:
+        msg = _missing_message(", ".join(p.name for p in missing))
+        if missing_data_allowed():
+            pytest.skip(msg)
+        pytest.fail(msg, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +40,24 @@ def small_toy():
 
 @pytest.fixture(scope="session")
 def shared_data():
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real instrument files not found at {SHARED_DATA}")
+    require_data(SHARED_DATA)
     return SHARED_DATA
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A real-file test that skips because ``../shared/data`` (or a file in it) is missing FAILS instead,
+    unless ``XFUSION_ALLOW_MISSING_DATA=1``: CI without the data must go red, not silently green.
+
+    Recognized by the skip reason naming the shared data directory (every real-file test's skip message
+    does); other skips (optional packages, no Jupyter kernel) are left alone.
+    """
+    outcome = yield
+    rep = outcome.get_result()
+    if not rep.skipped or missing_data_allowed() or not isinstance(rep.longrepr, tuple):
+        return
+    reason = str(rep.longrepr[2])
+    if str(SHARED_DATA) in reason or "shared/data" in reason:
+        rep.outcome = "failed"
+        rep.longrepr = (f"{reason}\n{_missing_message('files')} (this test skipped; {ALLOW_MISSING_ENV} is not set, "
+                        "so the skip is reported as a failure)")

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 import xfusion
 from xfusion import baselines, metrics, toy
@@ -74,7 +75,10 @@ def test_result_schema_and_inputs_untouched(small_toy):
     assert r.model_spatial.shape == x.counts.shape and r.model_spectral.shape == y.counts.shape
     np.testing.assert_array_equal(r.counts_spectral.values, y.counts.values)
     params = json.loads(r.attrs["parameters"])
-    assert params["regularization"] == "wavelet2d1d" and params["k"] in (0.5, 1.0) and params["auto_counts_per_voxel"] > 0
+    # k="auto" is chosen by Poisson thinning from the k ladder (xfusion.tuning) and recorded
+    from xfusion.tuning import K_LADDER
+    assert params["regularization"] == "wavelet2d1d" and params["k"] in K_LADDER
+    assert params["auto_tuning"]["method"] == "poisson thinning" and params["auto_tuning"]["choice"]["k"] == params["k"]
     assert r.attrs["iterations"] == 5 and r.sizes["iteration"] == 6
     assert r.attrs["xfusion_version"] == xfusion.__version__
     # the predicted counts are the forward model of the fused flux
@@ -100,11 +104,43 @@ def test_resume_after_interruption_gives_same_result(small_toy, tmp_path, reg):
     ck = tmp_path / "ck.zarr"
     xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=None, progress=False, checkpoint=ck, checkpoint_every=2,
                  callback=lambda it, state: it == 5)  # "interrupted" after iteration 5, last checkpoint at 4
+    seen = []
     resumed = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=None, progress=False, checkpoint=ck,
-                           checkpoint_every=2, resume=True)
+                           checkpoint_every=2, resume=True, callback=lambda it, state: seen.append(it))
+    assert seen == [5, 6, 7, 8]  # starts at the checkpoint's iteration + 1, runs only the remaining ones
     assert resumed.attrs["iterations"] == 8
     np.testing.assert_allclose(resumed.flux.values, full.flux.values, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(resumed.objective.values, full.objective.values, rtol=1e-9)
+
+
+@pytest.mark.parametrize("reg,key", [("wavelet2d1d", "z"), ("lowrank_sobolev", "w")])
+def test_resume_uses_the_stored_state(small_toy, tmp_path, reg, key):
+    """A perturbed stored state changes the resumed result when its checksums are recomputed (so the state is
+    really read), and is refused when they are not (so damage is never used)."""
+    from xfusion.checkpoints import CheckpointError, ZarrCheckpoint
+
+    x, y, _ = small_toy
+    kw = dict(regularization=reg, max_iter=8, tol=None, progress=False, checkpoint_every=2)
+    full = xfusion.fuse(x, y, **kw)
+    ck = tmp_path / "ck.zarr"
+    xfusion.fuse(x, y, checkpoint=ck, **dict(kw, max_iter=4))
+    store = ZarrCheckpoint(ck, xr.open_zarr(ck, consolidated=False).attrs["fingerprint"])
+    with store:
+        state, history, it = store.load()
+        assert it == 4
+        bump = np.ones_like(state[key])
+        bump[: bump.shape[0] // 2] = 2  # not a global scale, which EM's multiplicative update would undo
+        state[key] = state[key] * bump
+        store.save(state, history, it)  # perturbed, checksums recomputed
+    resumed = xfusion.fuse(x, y, checkpoint=ck, resume=True, **kw)
+    rel = float(np.abs(resumed.flux.values - full.flux.values).max() / np.abs(full.flux.values).max())
+    assert rel > 1e-3
+    # the same kind of change behind the checksum's back: refused
+    xfusion.fuse(x, y, checkpoint=ck, **dict(kw, max_iter=4))
+    arr = zarr.open_array(str(ck / f"state_{key}"), mode="r+")
+    arr[...] = arr[...] * bump
+    with pytest.raises(CheckpointError, match=f"state_{key}.*checksum"):
+        xfusion.fuse(x, y, checkpoint=ck, resume=True, **kw)
 
 
 def test_resume_refuses_a_foreign_checkpoint(small_toy, tmp_path):
@@ -137,7 +173,10 @@ def test_sigkill_then_resume(small_toy, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     done = xfusion.io.zarr.open(ck).attrs["iteration"]
     assert 0 < done < 40
-    resumed = xfusion.fuse(x, y, max_iter=40, tol=None, progress=False, checkpoint=ck, checkpoint_every=2, resume=True)
+    seen = []
+    resumed = xfusion.fuse(x, y, max_iter=40, tol=None, progress=False, checkpoint=ck, checkpoint_every=2, resume=True,
+                           callback=lambda it, state: seen.append(it))
+    assert seen == list(range(done + 1, 41))
     full = xfusion.fuse(x, y, max_iter=40, tol=None, progress=False)
     np.testing.assert_allclose(resumed.flux.values, full.flux.values, rtol=1e-6, atol=1e-12)
 

@@ -172,14 +172,16 @@ def test_write_pha_keywords(tmp_path):
                     "HDUCLAS3": "COUNT", "HDUCLAS4": "TYPE:I", "TELESCOP": "TOY",
                     "INSTRUME": "DET", "FILTER": "NONE", "EXPOSURE": 1234.5,
                     "AREASCAL": 1.0, "BACKSCAL": 0.5, "CORRSCAL": 0.0,
-                    "BACKFILE": "none", "CORRFILE": "none", "RESPFILE": "src.rmf",
+                    "CORRFILE": "NONE", "RESPFILE": "src.rmf",
                     "ANCRFILE": "src.arf", "CHANTYPE": "PI", "DETCHANS": 30,
                     "POISSERR": True, "SYS_ERR": 0.0, "GROUPING": 0,
                     "TLMIN1": 0, "TLMAX1": 29, "OBS_ID": 7, "OBJECT": "ToySource"}
         for key, value in expected.items():
             assert h[key] == value, key
         assert "HDUVERS" in h
-        assert s.columns.names == ["CHANNEL", "COUNTS", "QUALITY"]
+        assert "BACKFILE" not in h                 # no background: keyword omitted
+        assert s.columns.names == ["CHANNEL", "COUNTS", "QUALITY", "BACKSCAL"]
+        np.testing.assert_array_equal(s.data["BACKSCAL"], 0.5)
         assert _colformat(s, "COUNTS") == "J" and _colformat(s, "CHANNEL") == "J"
         np.testing.assert_array_equal(s.data["COUNTS"], counts)
         np.testing.assert_array_equal(s.data["CHANNEL"], np.arange(30))

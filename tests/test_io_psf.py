@@ -193,15 +193,15 @@ def test_psf_stack():
     hdus = [_gaussian_hdu(n=31, sigma_pix=s, cdelt_deg=0.5 / 3600) for s in (2.0, 3.0)]
     hdus.append(_gaussian_hdu(n=81, sigma_pix=8.0, cdelt_deg=0.25 / 3600))
     stack = read_psf_stack(hdus, [1.0, 3.0, 6.0], energy_edges=[[0.5, 2], [2, 4], [4, 8]])
-    assert stack.dims == ("energy_true", "psf_x", "psf_y")
-    assert stack["energy_true"].attrs["units"] == "keV"
-    np.testing.assert_array_equal(stack["energy_true"], [1.0, 3.0, 6.0])
-    np.testing.assert_array_equal(stack["energy_true_hi"], [2, 4, 8])
+    assert stack.dims == ("psf_energy", "psf_x", "psf_y")
+    assert stack["psf_energy"].attrs["units"] == "keV"
+    np.testing.assert_array_equal(stack["psf_energy"], [1.0, 3.0, 6.0])
+    np.testing.assert_array_equal(stack["psf_energy_hi"], [2, 4, 8])
     assert stack.attrs["pixel_size"] == pytest.approx(0.5)
     assert stack.shape[1] % 2 == 1 and stack.shape[1] == stack.shape[2]
     np.testing.assert_allclose(stack.sum(("psf_x", "psf_y")), 1.0)
     for i in range(3):
-        cx, cy = _centroid(stack.isel(energy_true=i))
+        cx, cy = _centroid(stack.isel(psf_energy=i))
         assert abs(cx) < 1e-6 and abs(cy) < 1e-6
     with pytest.raises(ValueError, match="one band-centre energy"):
         read_psf_stack(hdus, [1.0, 2.0])

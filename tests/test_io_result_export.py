@@ -44,18 +44,24 @@ def test_fits_cube_celestial_linear_energy(fused_small, tmp_path):
     with fits.open(path) as hdul:
         h = hdul[0].header
         assert (h["NAXIS1"], h["NAXIS2"], h["NAXIS3"]) == (15, 15, 240)
-        assert (h["CTYPE1"], h["CTYPE2"], h["CTYPE3"], h["CUNIT3"]) == ("RA---TAN", "DEC--TAN", "ENERGY", "keV")
+        assert (h["CTYPE1"], h["CTYPE2"], h["CTYPE3"], h["CUNIT3"]) == ("RA---TAN", "DEC--TAN", "ENER", "keV")
         assert h["CDELT1"] == pytest.approx(-10 / 3600) and h["CDELT2"] == pytest.approx(10 / 3600)
         assert u.Unit(h["BUNIT"], format="fits") == u.Unit("photon cm-2 s-1")
         data = hdul[0].data
         w = WCS(h)
+        assert w.has_spectral and w.has_celestial               # astropy recognises the spectral axis
+        assert w.spectral.wcs.ctype[0] == "ENER"
         np.testing.assert_array_equal(hdul["ENERGIES"].data["E_MIN"], flux["energy_lo"].values)
         np.testing.assert_array_equal(hdul["ENERGIES"].data["E_MAX"], flux["energy_hi"].values)
     for ix, iy, ie in ((0, 0, 0), (7, 7, 100), (14, 3, 239), (2, 12, 57)):
         ra, dec, e = w.wcs_pix2world([[ix, iy, ie]], 0)[0]
         era, edec = _radec(flux["x"].values[ix], flux["y"].values[iy])
         assert abs((ra - era) * np.cos(np.deg2rad(DEC0))) * 3600 < 1e-6 and abs(dec - edec) * 3600 < 1e-6
-        assert e == pytest.approx(float(flux["energy"][ie]), rel=1e-12)
+        # wcslib works in SI: the ENER axis comes back in J; the linear axis matches the (float32-rounded)
+        # channel centres within 0.1% of a channel width, the exact edges being in ENERGIES
+        tol = 1e-3 * float(flux["energy_hi"][ie] - flux["energy_lo"][ie])
+        assert (e * u.J).to_value(u.keV) == pytest.approx(float(flux["energy"][ie]), abs=tol)
+        assert w.pixel_to_world(ix, iy, ie)[1].to_value(u.keV) == pytest.approx(float(flux["energy"][ie]), abs=tol)
         assert data[ie, iy, ix] == flux.values[ix, iy, ie]
     # x grows towards the west: RA decreases with the column index
     assert w.wcs_pix2world([[1, 0, 0]], 0)[0][0] < w.wcs_pix2world([[0, 0, 0]], 0)[0][0]
@@ -97,13 +103,14 @@ def test_region_pha_ogip_keywords(fused_small, tmp_path):
         h = s.header
         want = {"HDUCLASS": "OGIP", "HDUCLAS1": "SPECTRUM", "HDUCLAS2": "TOTAL", "HDUCLAS3": "COUNT",
                 "HDUCLAS4": "TYPE:I", "TELESCOP": "XFUSION", "INSTRUME": "FUSED", "FILTER": "NONE",
-                "EXPOSURE": exposure, "AREASCAL": 1.0, "BACKSCAL": 1.0, "CORRSCAL": 0.0, "BACKFILE": "none",
-                "CORRFILE": "none", "RESPFILE": "centre.rmf", "ANCRFILE": "centre.arf", "CHANTYPE": "PI",
+                "EXPOSURE": exposure, "AREASCAL": 1.0, "BACKSCAL": 1.0, "CORRSCAL": 0.0,
+                "CORRFILE": "NONE", "RESPFILE": "centre.rmf", "ANCRFILE": "centre.arf", "CHANTYPE": "PI",
                 "DETCHANS": n, "POISSERR": True, "SYS_ERR": 0.0, "GROUPING": 0, "TLMIN1": 0, "TLMAX1": n - 1,
                 "OBJECT": "toy SNR", "OBS_ID": 1, "NPIXSOU": 9}
         for key, value in want.items():
             assert h[key] == value, key
         assert "HDUVERS" in h
+        assert "BACKFILE" not in h          # no background: omitted (gammapy opens any BACKFILE, 'none' too)
         assert s.columns.names == ["CHANNEL", "COUNTS", "QUALITY", "BACKSCAL"]
         np.testing.assert_array_equal(s.data["BACKSCAL"], 1.0)
         assert s.columns["COUNTS"].format == "J" and s.columns["CHANNEL"].format == "J"
@@ -190,17 +197,13 @@ def test_gammapy_fits_exported_line(tmp_path):
     ds = _line_cube()
     exposure, area = 1e5, 1000.0            # line: 1e-4 * 1e3 * 1e5 = 1e4 counts; continuum ~2.3e3
     pha, _, _ = write_pha_from_result(ds, np.ones((3, 3), bool), tmp_path / "line", exposure=exposure, area=area)
-    # gammapy's OGIP reader: PHA (counts, QUALITY -> safe mask), ARF x EXPOSURE, RMF. Its
-    # read() builds an on/off dataset and opens BACKFILE even when it is 'none' (the OGIP
-    # value for "no background"), so the pieces are assembled into a SpectrumDataset (Cash).
-    reader = OGIPDatasetReader(pha)
-    parts = reader.read_pha(pha)
-    meta = parts["counts"].meta
-    files = reader.get_filenames(meta)
-    exposure_map = reader.read_arf(files["arffile"], livetime=meta["EXPOSURE"] * u.s)
-    edisp = reader.read_rmf(files["rmffile"], exposure=exposure_map)
-    dataset = SpectrumDataset(counts=parts["counts"], exposure=exposure_map, edisp=edisp,
-                              mask_safe=parts["mask_safe"], name=str(meta["OBS_ID"]))
+    # gammapy's OGIP reader loads the files as written (PHA, QUALITY -> safe mask, ARF x EXPOSURE,
+    # RMF; no BACKFILE keyword -> no off counts); the on/off dataset without off counts is
+    # fitted as a plain SpectrumDataset (Cash statistic)
+    onoff = OGIPDatasetReader(pha).read()
+    assert onoff.counts_off is None
+    dataset = SpectrumDataset(counts=onoff.counts, exposure=onoff.exposure, edisp=onoff.edisp,
+                              mask_safe=onoff.mask_safe, name=onoff.name)
     total = float(ds["flux"].sum()) * area * exposure
     assert abs(float(dataset.counts.data.sum()) - total) < 0.5 * ds.sizes["energy"]
     line = GaussianSpectralModel(amplitude=5e-5 * u.Unit("cm-2 s-1"), mean=6.38 * u.keV, sigma=0.015 * u.keV)

@@ -78,3 +78,27 @@ def test_float32_gradient_close_to_float64(small_toy):
     g32 = likelihood(small_toy, np.float32).gradient(z.astype(np.float32))
     assert g32.dtype == np.float32
     assert np.linalg.norm(g32 - g64) / np.linalg.norm(g64) < 1e-4
+
+
+def test_negative_subspace_model_counts_as_zero_expected_counts():
+    """Where d = 0 a low-rank model may dip below 0: the term is that of max(m, 0) (>= 0, flat), never a reward."""
+    from xfusion.operators import Scale
+
+    class Model(Scale):
+        data_shape = (1, 1, 4)
+
+    d = np.array([0.0, 0.0, 3.0, 1.0]).reshape(1, 1, 4)
+    term = PoissonTerm(Model(1.0), d, dtype=np.float64)
+    m = np.array([-2.0, 0.5, 3.0, 2.0]).reshape(1, 1, 4)
+    ref = 0.0 + 0.5 + 0.0 + (2.0 - 1.0 + np.log(1 / 2.0))
+    assert term.value_from_model(m) == pytest.approx(ref)
+    assert term.value_from_model(m) >= 0
+    r = term.residual_factor(m)
+    np.testing.assert_allclose(r.ravel(), [0.0, 1.0, 0.0, 0.5])
+    # the block kernel of the subspace path (NumPy and Dask) agrees: value and gradient
+    from xfusion.parallel import _block_value_grad, data_constant
+
+    a, v = np.ones((1, 1, 1)), m.reshape(1, 4)
+    out = _block_value_grad(d, a, v, True)
+    assert out[0, 0, -1] + data_constant(d) == pytest.approx(ref)
+    assert out[0, 0, 0] == pytest.approx(float(r.ravel() @ v.ravel()))

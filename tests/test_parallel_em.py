@@ -1,4 +1,6 @@
 """DaskEMProx (EM + 2D-1D starlet prox on Dask arrays) == EMProx: threads, LocalCluster, checkpoints."""
+import json
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from xfusion.operators.model import InstrumentModel, build_model
 from xfusion.regularizers.sparsity import Wavelet2D1D, _mad, lattice_strides
 from xfusion.regularizers.starlet import starlet2d, starlet2d1d
 from xfusion.solvers.em import EMProx
+from xfusion.checkpoints import ZarrCheckpoint
 from xfusion.solvers.loop import run
 
 da = pytest.importorskip("dask.array")
@@ -223,14 +226,17 @@ def test_checkpoint_round_trip(wide, tmp_path):
     solver = dask_solver(wide, Wavelet2D1D(), 15)
     z0 = start(wide, solver)
     full, hist_full, n, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False)
-    run(solver, z0, max_iter=4, tol=0, progress=False, checkpoint=path, checkpoint_every=4)
+    run(solver, z0, max_iter=4, tol=0, progress=False, checkpoint=ZarrCheckpoint(path), checkpoint_every=4)
     import xarray as xr
 
     stored = xr.open_zarr(path, consolidated=False, chunks={})
     assert stored["state_z"].data.chunks[:2] == ((15, 15), (15, 15))
-    assert set(stored.attrs) >= {"dask_state", "scalars"}
-    resumed, hist, n2, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False, checkpoint=path,
-                               checkpoint_every=4, resume=True)
+    assert set(stored.attrs) >= {"dask_state", "scalars", "manifest", "complete"}
+    assert len(json.loads(stored.attrs["manifest"])["arrays"]["state_z"]["sha256"]) == 4  # one digest per block
+    seen = []
+    resumed, hist, n2, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False, checkpoint=ZarrCheckpoint(path),
+                               checkpoint_every=4, resume=True, callback=lambda it, st: seen.append(it))
+    assert seen == list(range(5, N_ITER + 1))
     assert n == n2 == N_ITER
     np.testing.assert_array_equal(resumed["z"].compute(), full["z"].compute())
     np.testing.assert_allclose(hist["objective"], hist_full["objective"], rtol=1e-12)
@@ -244,10 +250,11 @@ def test_local_cluster_agrees_and_checkpoints(wide, wide_reference, tmp_path, la
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:
         solver = dask_solver(wide, Wavelet2D1D(), 15, client, layout=layout)
         z0 = start(wide, solver)
-        run(solver, z0, max_iter=4, tol=0, progress=False, checkpoint=path, checkpoint_every=4)
-        st, _, n, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False, checkpoint=path, checkpoint_every=4,
-                          resume=True)
-        assert n == N_ITER and solver.iteration_graph_size(st) > 0
+        run(solver, z0, max_iter=4, tol=0, progress=False, checkpoint=ZarrCheckpoint(path), checkpoint_every=4)
+        seen = []
+        st, _, n, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False, checkpoint=ZarrCheckpoint(path),
+                          checkpoint_every=4, resume=True, callback=lambda it, st: seen.append(it))
+        assert n == N_ITER and seen == list(range(5, N_ITER + 1)) and solver.iteration_graph_size(st) > 0
         assert rel_diff(client.compute(st["z"]).result(), wide_reference) <= 1e-5
 
 

@@ -102,14 +102,69 @@ def test_objective_history(fused):
     assert len(ax.get_lines()) == 3
 
 
-def test_summary_png(fused, tmp_path):
+def test_line_band_is_a_line_without_truth(fused, small_toy):
     res, truth = fused
+    x_obs, _, _ = small_toy
+    lo, hi = plot.line_band(res, x_obs=x_obs)
+    # one sharp-spatial channel ...
+    xe = np.append(x_obs["energy_lo"].values, x_obs["energy_hi"].values[-1])
+    assert np.isclose(xe, lo).any() and np.isclose(xe, hi).any() and np.isclose(hi - lo, xe[1] - xe[0])
+    # ... holding the strongest line of the true field spectrum above its continuum
+    spec = truth.sum(("x", "y")).values
+    e = truth["energy"].values
+    inside = (e >= lo) & (e <= hi)
+    assert spec[inside].max() > 1.5 * np.median(spec)
+    lo2, hi2 = plot.line_band(res, width=0.02)
+    assert 0.015 <= hi2 - lo2 <= 0.03 and lo2 <= 0.5 * (lo + hi) <= hi2
+
+
+def test_line_maps_state_the_band(fused, small_toy):
+    res, truth = fused
+    x_obs, y_obs, _ = small_toy
+    fig = plot.line_maps(res, truth, x_obs, y_obs, band=(0.65, 0.725))
+    axes = _labelled(fig, "arcsec", "arcsec")
+    assert len(axes) == 4 and all("0.65-0.725 keV" in a.get_title() for a in axes)
+    # the fused map is the fused flux summed over the band's channels
+    sel = (res["energy"] >= 0.65) & (res["energy"] <= 0.725)
+    img = axes[2].images[0].get_array()
+    np.testing.assert_allclose(img, res["flux"].isel(energy=np.flatnonzero(sel.values)).sum("energy").T.values,
+                               rtol=1e-5)
+    assert axes[2].images[0].get_clim() == axes[3].images[0].get_clim()
+
+
+def test_summary_png(fused, small_toy, tmp_path):
+    res, truth = fused
+    x_obs, y_obs, _ = small_toy
     path = tmp_path / "summary.png"
-    fig = plot.summary(res, truth, path=path)
+    fig = plot.summary(res, truth, path=path, x_obs=x_obs, y_obs=y_obs)
     assert isinstance(fig, Figure)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 50_000
-    assert "NMSE" in fig.get_suptitle()
-    # 4 maps + 2 spectra + history + SAM map (colour bars excluded)
-    assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 8
+    head = fig.get_suptitle()
+    lo, hi = plot.line_band(res, x_obs=x_obs)
+    assert "NMSE" in head and f"line maps in {lo:.4g}-{hi:.4g} keV" in head
+    assert "X upsampled in energy" in head and "Y upsampled in space" in head  # the baselines' metrics
+    axes = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(axes) == 8  # 4 line maps + 2 spectra + history + SAM map
+    assert all(f"{lo:.4g}-{hi:.4g} keV" in a.get_title() for a in axes[:4])
+    # spectra: fused, truth and both baselines in the legend; the fused/true line ratio in the title
+    labels = [t.get_text() for t in axes[4].get_legend().get_texts()]
+    assert {"fused", "truth", "baseline: X upsampled in energy", "baseline: Y upsampled in space"} <= set(labels)
+    assert "fused/true flux in the line band" in axes[4].get_title()
+    # SAM map: NaN (grey) where the true flux is below half the field mean, the mean over the rest
+    sam_img = np.ma.getdata(axes[7].images[0].get_array()).astype(float)
+    amp = truth.sum("energy").transpose("y", "x").values
+    no_signal = amp < 0.5 * amp.mean()
+    assert no_signal.any() and np.all(np.isnan(sam_img[no_signal])) and np.all(np.isfinite(sam_img[~no_signal]))
+    sam = xfusion.metrics.sam_map(truth, res["flux"]).T
+    assert f"mean {np.mean(sam[~no_signal]):.3f} rad over {int((~no_signal).sum())} px" in axes[7].get_title()
     fig = plot.summary(res, pixels=[(3, 3), (7, 7), (10, 2)])  # no truth: 3 maps, 3 spectra, history
     assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 7
+
+
+def test_plot_and_io_are_importable_from_the_package():
+    import subprocess
+    import sys
+
+    code = "import xfusion, sys; xfusion.plot.summary; xfusion.io.read_events; print('matplotlib.pyplot' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # importing xfusion does not start pyplot

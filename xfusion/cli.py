@@ -3,19 +3,21 @@
 Exit codes: 0 success; 2 usage error (bad arguments, from argparse); 3 input error (missing
 or unreadable store, invalid observation, unknown option: a one-line ``xfusion: error:``
 message, no traceback); 1 unexpected internal error (traceback printed); 130 interrupted
-(Ctrl-C; a run with ``--checkpoint`` can be continued with ``--resume``).
+(Ctrl-C), 143 terminated (SIGTERM): the message says where the last checkpoint is and its
+iteration (continue with ``--resume``), or that none exists.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import tomllib
 import traceback
 from pathlib import Path
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 CONFIG_KEYS = ("regularization", "method", "max_iter", "tol", "checkpoint", "checkpoint_every", "resume", "dtype",
                "options")
 METRIC_NOTE = ("nmse_db: normalised MSE in dB (higher is better); asam_rad: mean spectral angle in radians; "
@@ -50,17 +52,38 @@ def _open_observation(path, lazy=False):
     from .observation import validate
 
     ds = _open_store(path, "observation store", chunks={} if lazy else None)
+    if "counts" not in ds and "flux" in ds:
+        kind = "a fused result" if _is_result(ds) else "a flux cube (e.g. a toy's truth.zarr)"
+        raise InputError(f"{path} is {kind}, not an observation: `xfusion fuse` takes two observation stores "
+                         "with a 'counts' variable (e.g. toy/x.zarr and toy/y.zarr from `xfusion toy`)")
     try:
         return validate(ds)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: invalid observation: {exc}") from exc
 
 
+def _is_result(ds):
+    """A store written from an ``xfusion.fuse`` result (not a bare truth cube)."""
+    return "flux" in ds and ("regularization" in ds.attrs or "model_spatial" in ds or "counts_spatial" in ds)
+
+
 def _open_result(path):
     ds = _open_store(path, "result store")
     if "flux" not in ds:
-        raise InputError(f"{path}: not an xfusion result (no 'flux' variable; produce one with `xfusion fuse`)")
+        hint = " (it is an observation store: fuse it first, `xfusion fuse A.zarr B.zarr -o out.zarr`)" \
+            if "counts" in ds else ""
+        raise InputError(f"{path}: not an xfusion result (no 'flux' variable; produce one with `xfusion fuse`){hint}")
     return ds
+
+
+def _check_result_truth_order(result_path, result, truth_path, fix):
+    """Refuse a truth given where the result goes and a result given as the truth (arguments swapped)."""
+    if _is_result(result):
+        return
+    truth_ds = _open_store(truth_path, "truth store")
+    if _is_result(truth_ds):
+        raise InputError(f"the arguments look swapped: {truth_path} is a fused result and {result_path} is not "
+                         f"(no fit history or model variables). Give the result first: `{fix.format(result=truth_path, truth=result_path)}`")
 
 
 def _open_truth(path):
@@ -72,21 +95,27 @@ def _open_truth(path):
     raise InputError(f"{path}: truth store needs a 'flux' variable (x, y, energy) in ph cm-2 s-1")
 
 
-def _prepare_output(path, what="output store"):
-    """Refuse to overwrite anything that is not a Zarr store; create parent folders."""
-    p = Path(path)
-    if p.exists():
-        is_store = p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zgroup"))
-        if not is_store:
-            raise InputError(f"{what} {str(path)!r} exists and is not a Zarr store; refusing to overwrite it")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def _write(ds, path, client=None):
+def _prepare_output(path, what="output store", inputs=(), overwrite="xfusion"):
+    """Check an output path before any computing (``xfusion.io.zarr.check_output``): never an input
+    store or inside/around one, never a file or a non-Zarr folder, an existing store only if
+    ``overwrite`` allows it (``"xfusion"``: only one xfusion wrote); the folder must be writable."""
     from .io import zarr as xzarr
 
-    xzarr.write(ds, _prepare_output(path), client=client)
+    try:
+        return xzarr.check_output(path, inputs=inputs, overwrite=overwrite, what=what)
+    except (xzarr.OutputError, TypeError) as exc:
+        raise InputError(str(exc)) from exc
+
+
+def _write(ds, path, client=None, inputs=(), overwrite="xfusion"):
+    """Write through a temporary sibling renamed when complete (``xfusion.io.zarr.write``)."""
+    from .io import zarr as xzarr
+
+    _prepare_output(path, inputs=inputs, overwrite=overwrite)
+    try:
+        xzarr.write(ds, path, client=client, inputs=inputs, overwrite=overwrite)
+    except xzarr.OutputError as exc:
+        raise InputError(str(exc)) from exc
     return path
 
 
@@ -125,8 +154,21 @@ def _load_config(path):
                          "(regularization options go in an [options] table)")
     if not isinstance(cfg.get("options", {}), dict):
         raise InputError(f"config file {str(path)!r}: 'options' must be a table ([options])")
-    if isinstance(cfg.get("checkpoint"), str) and not os.path.isabs(cfg["checkpoint"]):
-        cfg["checkpoint"] = str(p.parent / cfg["checkpoint"])
+    if "checkpoint" in cfg:
+        ck = cfg["checkpoint"]
+        if not isinstance(ck, str) or not ck:
+            raise InputError(f"config file {str(path)!r}: checkpoint must be a path string (e.g. "
+                             f'checkpoint = "run.ckpt.zarr"); got {ck!r}')
+        if not os.path.isabs(ck):
+            here = p.parent.resolve()
+            full = (here / ck).resolve()
+            if not full.is_relative_to(here) or full == here:
+                raise InputError(f"config file {str(path)!r}: checkpoint {ck!r} resolves to {str(full)!r}, outside "
+                                 "the config's folder; a relative checkpoint path must stay inside it (give an "
+                                 "absolute path to put it elsewhere)")
+            cfg["checkpoint"] = str(p.parent / ck)
+    if "resume" in cfg and cfg["resume"] not in (True, False, "auto"):
+        raise InputError(f"config file {str(path)!r}: resume must be true, false or \"auto\"; got {cfg['resume']!r}")
     return cfg
 
 
@@ -140,16 +182,26 @@ def _fuse_settings(args):
         value = getattr(args, key)
         if value is not None:
             kw[key] = value
+    if args.resume and args.resume_or_start:
+        raise InputError("--resume (continue, a checkpoint must exist) and --resume-or-start (continue if one "
+                         "exists, else start) exclude each other; give one")
     if args.resume:
         kw["resume"] = True
+    elif args.resume_or_start:
+        kw["resume"] = "auto"
     if kw.get("resume") and not kw.get("checkpoint"):
         raise InputError("--resume needs --checkpoint PATH (the store written by the interrupted run)")
     for key, typ in (("max_iter", int), ("checkpoint_every", int), ("tol", float)):
         if key in kw and kw[key] is not None:
+            if isinstance(kw[key], bool) or (typ is int and isinstance(kw[key], float) and not kw[key].is_integer()):
+                raise InputError(f"{key} must be {'an integer' if typ is int else 'a number'}; got {kw[key]!r}")
             try:
                 kw[key] = typ(kw[key])
             except (TypeError, ValueError) as exc:
                 raise InputError(f"{key} must be a number; got {kw[key]!r}") from exc
+    if kw.get("checkpoint_every") is not None and kw["checkpoint_every"] < 1:
+        raise InputError(f"checkpoint_every must be a positive integer (iterations between checkpoints); "
+                         f"got {kw['checkpoint_every']}")
     if kw.get("tol") == 0:  # CLI convention: tol 0 runs all max_iter iterations (fuse's tol=None)
         kw["tol"] = None
     return kw, options
@@ -200,12 +252,23 @@ def cmd_fuse(args):
 
     from .fuse import fuse
 
+    from .checkpoints import CheckpointError, ZarrCheckpoint, describe
+
     kw, options = _fuse_settings(args)
-    if Path(args.output).resolve() in (Path(args.a).resolve(), Path(args.b).resolve()):
-        raise InputError(f"output {args.output!r} is one of the inputs; choose another path")
+    inputs = (args.a, args.b)
+    if Path(args.a).resolve() == Path(args.b).resolve():
+        raise InputError(f"the same store {args.a!r} was given twice: fusion needs two different observations, "
+                         "one sharp in space (e.g. toy/x.zarr) and one sharp in energy (e.g. toy/y.zarr)")
+    overwrite = bool(args.overwrite)
+    _prepare_output(args.output, inputs=inputs, overwrite=overwrite)  # before any reading or computing
+    if kw.get("checkpoint"):
+        try:  # the same checks fuse() makes, plus the output: refused before the inputs are read
+            ZarrCheckpoint(kw["checkpoint"], protect=(*inputs, args.output))
+        except (CheckpointError, TypeError) as exc:
+            raise InputError(str(exc)) from exc
+        args._checkpoint_before = describe(kw["checkpoint"])
     lazy = bool(args.dask or args.scheduler)
     obs_a, obs_b = _open_observation(args.a, lazy), _open_observation(args.b, lazy)
-    _prepare_output(args.output)
     client = None
     if args.scheduler:
         if "client" not in inspect.signature(fuse).parameters:
@@ -220,7 +283,8 @@ def cmd_fuse(args):
     args._checkpoint = kw.get("checkpoint")
     try:
         result = fuse(obs_a, obs_b, progress=not args.no_progress, **kw, **options)
-        _write(result, args.output, client)  # a lazy result is computed chunk by chunk, on the client's cluster
+        # a lazy result is computed chunk by chunk, on the client's cluster
+        _write(result, args.output, client, inputs=inputs, overwrite=overwrite)
     finally:
         if client is not None:
             client.close()
@@ -234,6 +298,8 @@ def cmd_metrics(args):
     from . import metrics
 
     result = _open_result(args.result)
+    if args.truth:
+        _check_result_truth_order(args.result, result, args.truth, "xfusion metrics {result} {truth}")
     a = result.attrs
     print(f"{args.result}: {a.get('regularization', '?')}/{a.get('method', '?')}, {a.get('iterations', '?')} "
           f"iterations, converged={bool(a.get('converged', 0))}")
@@ -280,6 +346,8 @@ def cmd_plot(args):
     from . import plot
 
     result = _open_result(args.result)
+    if args.truth:
+        _check_result_truth_order(args.result, result, args.truth, "xfusion plot {result} --truth {truth} -o DIR")
     truth = _open_truth(args.truth) if args.truth else None
     pixels = _parse_pixels(args.pixel)
     out = Path(args.output)
@@ -313,7 +381,7 @@ def cmd_demo(args):
     _write(truth.to_dataset(name="flux"), out / "truth.zarr")
     _write(x_obs, out / "x.zarr")
     _write(y_obs, out / "y.zarr")
-    fig = plot.summary(result, truth, path=out / "summary.png")
+    fig = plot.summary(result, truth, path=out / "summary.png", x_obs=x_obs, y_obs=y_obs)
     plt.close(fig)
     rows = _table_rows(result, truth, x_obs, y_obs)
     table = metrics.format_report(rows)
@@ -341,7 +409,8 @@ def build_parser():
         prog="xfusion", formatter_class=_Formatter,
         description="Hyperspectral fusion of two X-ray observations (one sharp in space, one sharp in energy).\n"
                     "Spatial coordinates are in arcsec, energies in keV, exposures in s, fluxes in ph cm-2 s-1.",
-        epilog="exit codes: 0 ok, 2 usage error, 3 input error, 1 internal error, 130 interrupted.\n"
+        epilog="exit codes: 0 ok, 2 usage error, 3 input error, 1 internal error, 130 interrupted, "
+               "143 terminated.\n"
                "Run `xfusion COMMAND --help` for the options of each command.")
     p.add_argument("--version", action="version", version=f"xfusion {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -375,7 +444,9 @@ def build_parser():
     f.add_argument("a", metavar="A.zarr", help="first observation store")
     f.add_argument("b", metavar="B.zarr", help="second observation store")
     f.add_argument("-o", "--output", required=True, metavar="OUT.zarr",
-                   help="result store to write (an existing Zarr store is replaced)")
+                   help="result store to write (new; written to a temporary sibling and renamed when complete)")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace an existing Zarr store at --output (never an input, a file or a non-Zarr folder)")
     f.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with keys regularization, method, max_iter, tol, checkpoint, checkpoint_every, "
                         "resume, dtype and an [options] table")
@@ -389,11 +460,15 @@ def build_parser():
                    help="stop when the relative change of the objective between iterations is <= T "
                         "(dimensionless; default 1e-4; 0 runs all iterations)")
     f.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="Zarr store where the iterate is saved every --checkpoint-every iterations")
+                   help="Zarr store where the iterate is saved every --checkpoint-every iterations (new, or one "
+                        "written by xfusion's checkpoint writer; never an input or the output)")
     f.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=None, metavar="K",
                    help="save a checkpoint every K iterations (default 10)")
     f.add_argument("--resume", action="store_true", default=None,
-                   help="continue an interrupted run from --checkpoint (same inputs and settings required)")
+                   help="continue an interrupted run from --checkpoint (same inputs and settings required; "
+                        "an error if there is no checkpoint)")
+    f.add_argument("--resume-or-start", dest="resume_or_start", action="store_true",
+                   help="continue from --checkpoint if it exists, else start a new run that writes it")
     f.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="floating-point precision of the iterate (default float32)")
     f.add_argument("--scheduler", metavar="ADDRESS", default=None,
@@ -471,19 +546,13 @@ def main(argv=None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    args._checkpoint = None
+    args._checkpoint = args._checkpoint_before = None
+    previous = _on_sigterm()
     try:
         return int(args.func(args) or EXIT_OK)
-    except KeyboardInterrupt:
-        ckpt = getattr(args, "_checkpoint", None)
-        msg = "xfusion: interrupted"
-        if ckpt:
-            msg += (f"; the checkpoint {ckpt} can be resumed: rerun the same command with --resume "
-                    f"(--checkpoint {ckpt} --resume)")
-        elif args.command == "fuse":
-            msg += "; no checkpoint was written (use --checkpoint PATH so that a run can be resumed with --resume)"
-        print(msg, file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        print(_interrupt_message(args, exc), file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into e.g. `head`, which exited early: not an error of ours
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -505,6 +574,48 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print("xfusion: internal error (please report it with the traceback above)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that the run stops the same way as on Ctrl-C."""
+
+
+def _on_sigterm():
+    """Install the SIGTERM handler (main thread only); return the previous one (None if not installed)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _interrupt_message(args, exc):
+    """Where the run can be continued from: the last committed checkpoint and its iteration, or that none exists."""
+    what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+    msg = f"xfusion: {what}"
+    ckpt = getattr(args, "_checkpoint", None)
+    if ckpt:
+        from .checkpoints import describe
+
+        last = describe(ckpt)
+        if last is None:
+            msg += (f"; no checkpoint exists at {ckpt} (none was written before the interruption): rerun the same "
+                    "command to start again")
+        else:
+            msg += (f"; the last checkpoint is {ckpt} at iteration {last['iteration']}: rerun the same command "
+                    "with --resume to continue from it")
+            if last == getattr(args, "_checkpoint_before", None) and not getattr(args, "resume", None):
+                msg += " (it was written by an earlier run: this run had not saved one yet)"
+    elif args.command == "fuse":
+        msg += "; no checkpoint was written (use --checkpoint PATH so that a run can be resumed with --resume)"
+    return msg
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,9 @@ must be integers and the bin edges must line up:
 * spatial: ``v = pixel_Y / pixel_X`` integer, ``M = v m``, ``N = v n`` and the first pixel
   edges coincide (both grids cover the same field);
 * spectral: every X channel is exactly ``v_L`` consecutive Y channels
-  (``edges_Y[::v_L] == edges_X``); channel widths may vary along energy.
+  (``edges_Y[::v_L] == edges_X`` within :func:`xfusion.observation.edge_tolerance`: 0.1 % of
+  the narrowest Y channel plus float32 rounding, so float32 EBOUNDS edges match); channel
+  widths may vary along energy.
 
 Anything else is a ``ValueError`` naming the coordinate, both values and the fix.
 """
@@ -16,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .observation import REL_TOL, energy_edges, pixel_size, validate
+from .psf_sampling import resample_psf
+from .observation import REL_TOL, edge_tolerance, energy_edges, pixel_size, validate
 
 SPATIAL, SPECTRAL = "spatial", "spectral"
 
@@ -102,14 +105,17 @@ def _spectral_factor(x_obs, y_obs):
             "integer number of fine ones"
         )
     v = lY // lX
-    tol = REL_TOL * float(np.min(np.diff(eY))) + 1e-12
-    bad = np.flatnonzero(~np.isclose(eY[::v], eX, rtol=0, atol=tol))
+    tol = edge_tolerance(eX, np.min(np.diff(eY)))  # 0.1% of a fine channel + float32 rounding
+    bad = np.flatnonzero(np.abs(eY[::v] - eX) > tol)
     if bad.size:
         i = int(bad[0])
         raise ValueError(
             f"coordinate energy: edge {i} of '{_name(x_obs, 'X')}' is {eX[i]} keV but the matching edge of "
             f"'{_name(y_obs, 'Y')}' (fine edge {i * v}) is {eY[i * v]} keV; the channel edges must line up "
-            f"(factor {v}). Rebin both onto aligned energy edges."
+            f"(factor {v}; off by {abs(eX[i] - eY[i * v]) / np.diff(eY)[min(i * v, eY.size - 2)]:.3g} fine channel, "
+            f"tolerance {float(tol[i]):.3g} keV). Use xfusion.io.align to crop both to their common aligned band, or "
+            "rebuild the coarse observation with observation_from_files(..., energy_edges=<edges of the fine grid "
+            "that are also channel edges of its RMF>)."
         )
     return v
 
@@ -156,8 +162,6 @@ def psf_on_grid(psf: xr.DataArray, target_pixel: float) -> xr.DataArray:
     src = float(psf["psf_x"].attrs.get("pixel_size", np.diff(psf["psf_x"].values).mean()))
     if np.isclose(src, target_pixel, rtol=REL_TOL):
         return psf
-    from .io.psf import resample_psf
-
     if "psf_energy" in psf.dims:
         bands = [resample_psf(psf.isel(psf_energy=i).drop_vars("psf_energy"), target_pixel)
                  for i in range(psf.sizes["psf_energy"])]

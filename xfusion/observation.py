@@ -26,6 +26,16 @@ model-side energy of the ARF and RMF; ``psf_x``/``psf_y`` offsets of PSF pixel c
 arcsec; ``energy_offset`` kernel sample offsets in keV. Edges are always stored, never
 inferred from centres.
 
+Units: :func:`observation` accepts an astropy ``Quantity`` for every physical number (energy
+edges, pixel sizes, exposure, effective area, kernel spacing) and converts it to keV, arcsec,
+s and cm2; plain numbers are taken in those units, and implausible ones are refused with the
+likely mistake named (edges above ``MAX_PLAIN_KEV`` look like eV, angles below
+``MIN_PLAIN_ARCSEC`` like degrees). How each input was given is recorded in
+``attrs["input_units"]`` (JSON). A plain PSF array needs ``psf_pixel_size``: its sampling is
+never assumed. ``center=(ra, dec)`` records the tangent point of the offsets
+(``center_ra``/``center_dec`` on the Dataset and on ``x``/``y``); :func:`celestial_wcs` gives
+the WCS.
+
 NaN counts are refused: mark invalid voxels with ``mask`` instead (explicit, never
 patched). PSFs must be odd-sized and sum to 1 within 1e-3 (refused otherwise, with the fix
 in the message): a PSF stamp that lost flux outside its edges should be renormalized by
@@ -33,6 +43,7 @@ the user knowingly.
 """
 from __future__ import annotations
 
+import json
 import numbers
 
 import numpy as np
@@ -42,6 +53,145 @@ SCHEMA_VERSION = "1"
 CUBE_DIMS = ("x", "y", "energy")
 PSF_NORM_TOL = 1e-3
 REL_TOL = 1e-6
+#: channel edges of two grids coincide when they differ by less than EDGE_TOL channel widths plus
+#: FLOAT32_REL times the energy: real EBOUNDS are float32 (off by up to half an ulp, ~2e-7 keV at
+#: 6 keV), while a genuinely misaligned edge is off by a sizeable fraction of a channel
+EDGE_TOL = 1e-3
+FLOAT32_REL = 2 * float(np.finfo(np.float32).eps)
+
+
+def edge_tolerance(edges, width=None):
+    """Absolute tolerance (keV) for matching each of ``edges`` (keV) with another grid's edges.
+
+    ``EDGE_TOL * width + FLOAT32_REL * |edge|`` with ``width`` the narrowest channel (keV)
+    of the finer grid (default: of ``edges``): accepts float32-rounded edges, refuses edges
+    off by more than ~0.1 % of a channel.
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    w = float(np.min(np.diff(e))) if width is None else float(width)
+    return EDGE_TOL * w + FLOAT32_REL * np.abs(e)
+
+
+# --------------------------------------------------------------------------- units
+#: the unit of a plain number for each kind of input; an astropy Quantity is converted to it
+UNITS = {"energy": "keV", "angle": "arcsec", "time": "s", "area": "cm2"}
+#: plain energies above this (keV) are refused as "looks like eV"
+MAX_PLAIN_KEV = 100.0
+#: plain angles below this (arcsec) are refused as "looks like degrees"
+MIN_PLAIN_ARCSEC = 0.01
+
+
+def _is_quantity(v):
+    return hasattr(v, "unit") and hasattr(v, "to_value")
+
+
+def _to_unit(value, unit, what):
+    """Plain value(s) in ``unit`` and a note of how ``value`` was given.
+
+    ``value``: a number or array (taken to be in ``unit`` already), an astropy Quantity
+    (converted), or a 0-d xarray DataArray whose ``units`` attribute, if any, is converted
+    the same way (e.g. ``exposure`` or a scalar ``effective_area`` of another observation).
+    Returns ``(value, note)``; ``note`` is e.g. ``"ks (Quantity)"`` or ``"s (plain number)"``.
+    """
+    if isinstance(value, xr.DataArray):
+        if value.ndim != 0:
+            raise ValueError(f"{what}: expected a number, got a DataArray with dims {value.dims}")
+        given = value.attrs.get("units")
+        value = value.values[()]
+        if given is not None and str(given) != unit:
+            from astropy import units as u
+
+            try:
+                value = float(value) * u.Unit(str(given).replace("^", "**"))
+            except ValueError as exc:
+                raise ValueError(f"{what} has units {given!r}, which astropy cannot read; convert it to {unit}") from exc
+        elif given is not None:
+            return value, f"{unit} (DataArray units)"
+    if _is_quantity(value):
+        from astropy import units as u
+
+        try:
+            out = value.to_value(u.Unit(unit))
+        except u.UnitConversionError as exc:
+            raise ValueError(f"{what} is in {value.unit}, which cannot be converted to {unit}") from exc
+        return out, f"{value.unit.to_string()} (Quantity)"
+    return value, f"{unit} (plain number)"
+
+
+def _plausible_energies(edges, what, note):
+    """Plain keV values above MAX_PLAIN_KEV were almost certainly meant as eV."""
+    if note.endswith("(plain number)") and edges.size and np.nanmax(edges) > MAX_PLAIN_KEV:
+        raise ValueError(
+            f"{what} go up to {np.nanmax(edges):g}, which looks like eV: plain numbers are keV. "
+            f"Pass {what} * astropy.units.eV, or divide them by 1000"
+        )
+
+
+def _plausible_angle(value, what, note):
+    """Plain arcsec values below MIN_PLAIN_ARCSEC were almost certainly meant as degrees."""
+    if note.endswith("(plain number)") and value < MIN_PLAIN_ARCSEC:
+        raise ValueError(
+            f"{what}={value:g} looks like degrees ({value * 3600:g} arcsec if so): plain numbers are arcsec. "
+            f"Pass {what}={value:g} * astropy.units.deg, or the value in arcsec"
+        )
+
+
+def _positive_number(value, label, unit):
+    """A positive finite float from a number, Quantity or 0-d DataArray; plus its unit note."""
+    if value is None:
+        raise ValueError(f"{label} is required ({unit})")
+    value, note = _to_unit(value, unit, label)
+    if np.ndim(value) == 0 and isinstance(value, (numbers.Real, np.ndarray, np.generic)):
+        value = value.item() if isinstance(value, (np.ndarray, np.generic)) else value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{label} must be a positive finite number ({unit}); got {value!r}")
+    return float(value), note
+
+
+def _center_degrees(center):
+    """(RA, Dec) in degrees from a pair of numbers (deg) or Quantities, or an astropy SkyCoord."""
+    if hasattr(center, "icrs") and hasattr(center, "ra"):
+        c = center.icrs
+        ra, dec = float(c.ra.deg), float(c.dec.deg)
+    else:
+        try:
+            ra, dec = center
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"center must be (RA, Dec) in degrees or a SkyCoord; got {center!r}") from exc
+        ra, _ = _to_unit(ra, "deg", "center RA")
+        dec, _ = _to_unit(dec, "deg", "center Dec")
+        ra, dec = float(ra), float(dec)
+    if not (np.isfinite(ra) and np.isfinite(dec) and -90.0 <= dec <= 90.0):
+        raise ValueError(f"center must be a finite (RA, Dec) in degrees with |Dec| <= 90; got ({ra}, {dec})")
+    return ra % 360.0, dec
+
+
+def celestial_wcs(ds):
+    """Celestial WCS (astropy) of the (x, y) pixels of an observation or a fused result.
+
+    Needs the tangent point of the offsets: ``center_ra``/``center_dec`` (deg) in the
+    attributes of the ``x`` coordinate (set by :func:`observation` with ``center=``, or from
+    event files; carried over to ``xfusion.fuse`` results) or of the Dataset. Returns
+    ``None`` without one. The WCS is gnomonic (``RA---TAN``/``DEC--TAN``), its pixel axes
+    are (x, y) in that order with 0-based indices in astropy's ``pixel_to_world(ix, iy)``,
+    and ``x`` grows towards the west (RA decreases: ``CDELT1 < 0``), ``y`` towards the north.
+    """
+    x, y = ds["x"], ds["y"]
+    ra = x.attrs.get("center_ra", ds.attrs.get("center_ra"))
+    dec = x.attrs.get("center_dec", ds.attrs.get("center_dec"))
+    if ra is None or dec is None:
+        return None
+    from astropy.wcs import WCS
+
+    px, py = float(x.attrs["pixel_size"]), float(y.attrs["pixel_size"])
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.crval = [float(ra), float(dec)]
+    w.wcs.cdelt = [-px / 3600.0, py / 3600.0]
+    # FITS pixel (1-based) of the zero offset
+    w.wcs.crpix = [1.0 - float(x.values[0]) / px, 1.0 - float(y.values[0]) / py]
+    return w
 
 
 # --------------------------------------------------------------------------- helpers
@@ -108,7 +258,7 @@ def _spatial_coord(n, size, values, dim):
     return (dim, values, {"units": "arcsec", "pixel_size": float(size)})
 
 
-def _psf_dataarray(psf, psf_pixel_size):
+def _psf_dataarray(psf, psf_pixel_size, psf_dims=None):
     if isinstance(psf, xr.DataArray) and "psf_energy" in psf.dims:
         # energy-dependent PSF: a stack over bands, linearly interpolated in energy by the model
         if "psf_energy" not in psf.coords:
@@ -136,6 +286,13 @@ def _psf_dataarray(psf, psf_pixel_size):
             psf_pixel_size = sizes[0]
     else:
         values = np.array(psf, dtype=np.float64)
+        # plain arrays follow the image convention (rows = y, columns = x, like FITS images and
+        # numpy's imshow) unless psf_dims says otherwise; stored as (psf_x, psf_y)
+        dims = ("psf_y", "psf_x") if psf_dims is None else tuple(psf_dims)
+        if sorted(dims) != ["psf_x", "psf_y"]:
+            raise ValueError(f"psf_dims must be ('psf_y', 'psf_x') (image rows = y) or ('psf_x', 'psf_y'); got {psf_dims}")
+        if values.ndim == 2 and dims == ("psf_y", "psf_x"):
+            values = values.T
     if values.ndim != 2:
         raise ValueError(f"psf must be a 2D image (psf_x, psf_y); got {values.ndim} dimensions")
     if values.shape[0] % 2 == 0 or values.shape[1] % 2 == 0:
@@ -152,7 +309,10 @@ def _psf_dataarray(psf, psf_pixel_size):
             "(or xfusion.io.read_psf, which normalizes) if the stamp contains all the flux."
         )
     if psf_pixel_size is None:
-        raise ValueError("psf given without psf_pixel_size (arcsec) and without psf_x/psf_y coordinates")
+        raise ValueError(
+            "psf is a plain array, so its sampling is unknown: pass psf_pixel_size= (arcsec per PSF pixel, or a "
+            "Quantity; psf_pixel_size=pixel_size if it is sampled on the counts' pixels), or a DataArray with "
+            "psf_x/psf_y coordinates in arcsec")
     nx, ny = values.shape
     attrs = {"units": "arcsec", "pixel_size": float(psf_pixel_size)}
     return xr.DataArray(
@@ -194,8 +354,16 @@ def observation(
     dims=None,
     name=None,
     mask=None,
+    center=None,
+    psf_dims=None,
 ) -> xr.Dataset:
     """Build and validate one observation Dataset (see module docstring for the schema).
+
+    Units: every physical number may be an astropy ``Quantity`` (converted to keV, arcsec,
+    s, cm2); plain numbers *are* keV, arcsec, s and cm2. How each one was given is recorded
+    in ``attrs["input_units"]`` (JSON). Plain numbers that are implausible in these units
+    are refused with the likely mistake named: energy edges above 100 ("look like eV"),
+    pixel sizes below 0.01 ("look like degrees").
 
     Parameters
     ----------
@@ -203,31 +371,58 @@ def observation(
         Counts cube. A NumPy array needs ``dims`` naming its axes (a permutation of
         ``("x", "y", "energy")``); a DataArray must carry those dims (any order). Stored
         transposed to (x, y, energy), energy contiguous. Must be finite and >= 0.
-    energy_edges : array (n_energy + 1,), keV
-        Channel edges, strictly increasing.
-    pixel_size : float, arcsec
-        Spatial pixel size (square pixels).
-    exposure : float, s
-        Exposure time, > 0.
-    effective_area : None, float, array (n_energy,), or DataArray, cm2
+    energy_edges : array (n_energy + 1,), keV, or Quantity
+        Channel edges, strictly increasing. ``edges * u.eV`` is converted to keV.
+    pixel_size : float, arcsec, or Quantity
+        Spatial pixel size (square pixels), e.g. ``10.0`` or ``2.78e-3 * u.deg``.
+    exposure : float, s, Quantity, or 0-d DataArray
+        Exposure time, > 0, e.g. ``5e4`` or ``50 * u.ks``.
+    effective_area : None, float, array (n_energy,), Quantity, or DataArray, cm2
         Effective area as a function of true energy. A float is flat; a 1D array is taken
         on the channel grid; a DataArray over ``energy_true`` (with ``energy_true_lo/hi``
         edge coords, e.g. from :func:`xfusion.io.read_arf`) keeps its own grid and is
         interpolated onto the fused grid later; a DataArray over (x, y, energy_true)
-        describes vignetting. ``None`` means 1 cm2 (counts are then per cm2).
+        describes vignetting; a 0-d DataArray (another observation's scalar
+        ``effective_area``) is a flat area. DataArray ``units`` other than cm2 (e.g.
+        "m2") are converted. ``None`` means 1 cm2 (counts are then per cm2).
     psf : None, 2D array or DataArray (psf_x, psf_y) or (psf_energy, psf_x, psf_y)
-        Spatial response (odd size, sums to 1); ``psf_pixel_size`` (arcsec) gives its
-        sampling for plain arrays (default ``pixel_size``). A stack over ``psf_energy``
-        (keV) is an energy-dependent PSF, interpolated linearly between bands.
-    response : None, 1D array, or DataArray (energy_true, energy)
+        Spatial response (odd size, sums to 1). A DataArray carries its sampling in its
+        ``psf_x``/``psf_y`` coordinates (arcsec). A plain array **requires**
+        ``psf_pixel_size`` (arcsec or Quantity): a PSF sampled more finely than the counts
+        (usual for instrument PSF images) would otherwise be stretched silently. Pass
+        ``psf_pixel_size=pixel_size`` if it is sampled on the counts' pixels. A stack over
+        ``psf_energy`` (keV) is an energy-dependent PSF, interpolated linearly between bands
+        (e.g. :func:`xfusion.io.read_psf_stack`'s output, taken as is). A plain 2D array
+        follows the image convention: ``psf[row, column]`` = ``psf[y, x]`` (rows = y, as
+        in FITS images and in ``counts`` given with ``dims=("y", "x", ...)``); pass
+        ``psf_dims=("psf_x", "psf_y")`` if its first axis is x.
+    psf_dims : None or tuple
+        Axis order of a plain-array ``psf``: ``("psf_y", "psf_x")`` (default, image
+        convention) or ``("psf_x", "psf_y")``. Ignored for DataArrays (they carry dims).
+    response : None, 1D array, DataArray (energy_true, energy) or SparseRMF
         Spectral response: a stationary kernel (odd length, sums to 1) sampled every
-        ``response_spacing`` keV, or an RMF matrix whose ``energy`` columns are the
-        channels of ``counts`` (or an integer grouping of them, summed here).
+        ``response_spacing`` keV (or Quantity, e.g. ``0.5 * u.eV``), or an RMF matrix whose
+        ``energy`` columns are the channels of ``counts`` (or an integer grouping of them,
+        summed here). A :class:`xfusion.io.ogip.SparseRMF` (what ``read_rmf`` returns for
+        large RMFs) is cropped to the rows overlapping the counts' band and its channels
+        grouped on ``energy_edges`` (which must be EBOUNDS edges), so only that block is
+        dense. Small negative elements (calibration noise of real RMFs) are set to 0 with a
+        warning naming the rows (``clip_negative_rows``).
     mask : None or bool array like counts
         True where voxels are valid; invalid voxels are excluded from the likelihood.
     name : str, optional
         Label (e.g. "XMM/EPIC-pn").
+    center : (RA, Dec) in degrees (numbers or Quantities) or an astropy SkyCoord, optional
+        Tangent point of the ``x``/``y`` offsets (x grows to the west, y to the north).
+        Default: ``counts.attrs["center"]`` when ``counts`` comes from
+        :func:`xfusion.io.read_events`. Recorded as ``center_ra``/``center_dec`` attributes
+        of the Dataset and of its ``x``/``y`` coordinates, so fused results inherit it;
+        :func:`celestial_wcs` turns it into an astropy WCS.
     """
+    units = {}
+    if center is None and isinstance(counts, xr.DataArray) and counts.attrs.get("center") is not None:
+        center = tuple(counts.attrs["center"])
+    sky = _center_degrees(center) if center is not None else None
     if isinstance(counts, xr.DataArray):
         missing = set(CUBE_DIMS) - set(counts.dims)
         if missing or counts.ndim != 3:
@@ -252,17 +447,21 @@ def observation(
     if not np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float64)
 
-    for label, v in (("pixel_size", pixel_size), ("exposure", exposure)):
-        if v is None:
-            raise ValueError(f"{label} is required ({'arcsec' if label == 'pixel_size' else 's'})")
-        if not isinstance(v, numbers.Real) or not np.isfinite(v) or v <= 0:
-            raise ValueError(f"{label} must be a positive finite number; got {v!r}")
+    pixel_size, units["pixel_size"] = _positive_number(pixel_size, "pixel_size", UNITS["angle"])
+    _plausible_angle(pixel_size, "pixel_size", units["pixel_size"])
+    exposure, units["exposure"] = _positive_number(exposure, "exposure", UNITS["time"])
+    energy_edges, units["energy_edges"] = _to_unit(energy_edges, UNITS["energy"], "energy_edges")
+    energy_edges = np.asarray(energy_edges, dtype=np.float64)
+    _plausible_energies(energy_edges, "energy_edges", units["energy_edges"])
 
     nx, ny, ne = values.shape
     coords = {
         "x": _spatial_coord(nx, float(pixel_size), xcoord, "x"),
         "y": _spatial_coord(ny, float(pixel_size), ycoord, "y"),
     }
+    if sky is not None:
+        for d in ("x", "y"):
+            coords[d][2].update(center_ra=sky[0], center_dec=sky[1])
     coords.update(_edges_coords(energy_edges, "energy"))
     if coords["energy"][1].size != ne:
         raise ValueError(
@@ -274,6 +473,9 @@ def observation(
     ds["exposure"] = ((), float(exposure), {"units": "s"})
 
     # effective area
+    if effective_area is not None and not isinstance(effective_area, xr.DataArray) or (
+            isinstance(effective_area, xr.DataArray) and effective_area.ndim == 0):
+        effective_area, units["effective_area"] = _to_unit(effective_area, UNITS["area"], "effective_area")
     if effective_area is None:
         ds["effective_area"] = ((), 1.0, {"units": "cm2", "note": "not given: 1 cm2 assumed"})
     elif isinstance(effective_area, xr.DataArray):
@@ -285,10 +487,19 @@ def observation(
             area = area.drop_vars(["x", "y"], errors="ignore")
         elif area.dims != ("energy_true",):
             raise ValueError(f"effective_area dims must be (energy_true,) or (x, y, energy_true); got {area.dims}")
-        units = area.attrs.get("units", "cm2")
-        if units not in ("cm2", "cm**2", "cm^2"):
-            raise ValueError(f"effective_area is in '{units}'; convert to cm2")
-        ds["effective_area"] = area.astype(np.float64).assign_attrs(units="cm2")
+        given = str(area.attrs.get("units", "cm2"))
+        area = area.astype(np.float64)
+        if given not in ("cm2", "cm**2", "cm^2"):
+            from astropy import units as u
+
+            try:
+                factor = u.Unit(given.replace("^", "**")).to(u.cm ** 2)
+            except ValueError as exc:
+                raise ValueError(f"effective_area is in '{given}', which cannot be converted to cm2; "
+                                 "convert it to cm2") from exc
+            area = area * factor
+        units["effective_area"] = f"{given} (DataArray units)"
+        ds["effective_area"] = area.assign_attrs(units="cm2")
     elif np.ndim(effective_area) == 0:
         ds["effective_area"] = ((), float(effective_area), {"units": "cm2"})
     else:
@@ -301,10 +512,19 @@ def observation(
         ds = ds.assign_coords(_edges_coords(np.append(coords["energy_lo"][1], coords["energy_hi"][1][-1]), "energy_true"))
         ds["effective_area"] = (("energy_true",), arr, {"units": "cm2"})
 
+    if psf_pixel_size is not None:
+        psf_pixel_size, units["psf_pixel_size"] = _positive_number(psf_pixel_size, "psf_pixel_size", UNITS["angle"])
+        _plausible_angle(psf_pixel_size, "psf_pixel_size", units["psf_pixel_size"])
     if psf is not None:
-        ds["psf"] = _psf_dataarray(psf, psf_pixel_size if psf_pixel_size is not None else (
-            None if isinstance(psf, xr.DataArray) else float(pixel_size)))
+        ds["psf"] = _psf_dataarray(psf, psf_pixel_size, psf_dims)
 
+    if response_spacing is not None:
+        response_spacing, units["response_spacing"] = _positive_number(
+            response_spacing, "response_spacing", UNITS["energy"])
+        if units["response_spacing"].endswith("(plain number)") and response_spacing > 1.0:
+            raise ValueError(
+                f"response_spacing={response_spacing:g} keV between kernel samples looks like eV: plain numbers "
+                f"are keV. Pass response_spacing={response_spacing:g} * astropy.units.eV, or divide by 1000")
     if response is not None:
         ds = _add_response(ds, response, response_spacing)
 
@@ -314,11 +534,98 @@ def observation(
             raise ValueError(f"mask must be a boolean array of shape {values.shape} (x, y, energy)")
         ds["mask"] = (CUBE_DIMS, m)
 
-    ds.attrs.update({"xfusion_schema": SCHEMA_VERSION, "name": name or "observation"})
+    ds.attrs.update({"xfusion_schema": SCHEMA_VERSION, "name": name or "observation",
+                     "input_units": json.dumps(units, sort_keys=True)})
+    if sky is not None:
+        ds.attrs.update(center_ra=sky[0], center_dec=sky[1])
     return validate(ds)
 
 
+#: negative RMF elements are clipped (with a warning) when none is larger in magnitude than this
+#: fraction of the largest element of its row; larger negative elements are refused
+NEG_RMF_TOL = 0.05
+
+
+def clip_negative_rows(mat, true_edges, what="response"):
+    """``mat`` (energy_true, energy) with small negative elements removed, warning which rows.
+
+    Real RMFs carry small negative elements from their calibration fits (the XMM EPIC-pn
+    ``epn_ff20_dY9.rmf``: rows at 0.168-0.226 keV true energy, elements down to -0.57 % of
+    the row's peak, oscillating around zero over the channels). A probability cannot be
+    negative: in each such row the negative elements are set to 0 and the row is rescaled
+    to keep its sum (the total detection probability, which carries the flux calibration),
+    with a warning naming the rows and true energies (keV). Non-finite values, or a negative
+    element larger than ``NEG_RMF_TOL`` of its row's peak, are refused. Returns a new array
+    when anything changes (the input is never modified).
+    """
+    if not np.all(np.isfinite(mat)):
+        raise ValueError(f"{what} matrix contains non-finite values")
+    neg = mat < 0
+    if not neg.any():
+        return mat
+    rows = np.flatnonzero(neg.any(axis=1))
+    sub = mat[rows]
+    peak = sub.max(axis=1)
+    worst = -sub.min(axis=1)
+    e = np.asarray(true_edges, dtype=np.float64)
+    bad = rows[~(worst <= NEG_RMF_TOL * np.maximum(peak, 0.0))]
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{what} matrix row {i} (true energy {e[i]:.4g}-{e[i + 1]:.4g} keV) has a negative element "
+            f"({float(mat[i].min()):.3g}) larger than {NEG_RMF_TOL:.0%} of the row's peak ({float(mat[i].max()):.3g}); "
+            "this is not the calibration noise of a probability matrix. Fix the RMF or crop its rows to the "
+            "band you fit")
+    clipped = np.where(sub < 0, 0.0, sub)
+    total, kept = sub.sum(axis=1), clipped.sum(axis=1)
+    scale = np.where((total > 0) & (kept > 0), total / np.where(kept > 0, kept, 1.0), 1.0)
+    out = np.array(mat, dtype=np.float64, copy=True)
+    out[rows] = clipped * scale[:, None]
+    import warnings
+
+    warnings.warn(
+        f"{what}: {int(neg.sum())} negative element(s) (down to {float((worst / peak).max()):.2%} of their row's "
+        f"peak) in {rows.size} row(s) {int(rows[0])}..{int(rows[-1])} (true energies {e[rows[0]]:.4g}-"
+        f"{e[rows[-1] + 1]:.4g} keV) set to 0, each row rescaled to keep its sum (by up to "
+        f"{float(np.abs(scale - 1).max()):.2%})", stacklevel=3)
+    return out
+
+
+def _sparse_rmf_band(rmf, data_edges):
+    """Dense (energy_true, energy) DataArray of a SparseRMF-like object on the counts' band.
+
+    ``rmf`` has ``matrix`` (scipy.sparse, true-energy rows x EBOUNDS channels),
+    ``energy_true_edges`` and ``energy_edges`` ((n, 2) [lo, hi] keV). Every counts edge must
+    be an EBOUNDS edge (within :func:`edge_tolerance`); rows overlapping the band are kept
+    and the channels are summed over each counts channel.
+    """
+    eb = np.append(np.asarray(rmf.energy_edges, dtype=np.float64)[:, 0], float(rmf.energy_edges[-1][1]))
+    tl, th = (np.asarray(rmf.energy_true_edges, dtype=np.float64)[:, k] for k in (0, 1))
+    j = np.clip(np.searchsorted(eb, data_edges), 1, eb.size - 1)
+    j = np.where(np.abs(eb[j - 1] - data_edges) <= np.abs(eb[j] - data_edges), j - 1, j)
+    off = np.abs(eb[j] - data_edges) > edge_tolerance(data_edges, np.min(np.diff(eb)))
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise ValueError(
+            f"energy edge {data_edges[i]:.6g} keV of the counts is not a channel edge of the response (nearest "
+            f"EBOUNDS edge {eb[j[i]]:.6g} keV); bin the counts on whole RMF channels, e.g. with "
+            "xfusion.io.observation_from_files")
+    rows = np.flatnonzero((th > data_edges[0]) & (tl < data_edges[-1]))
+    if rows.size == 0 or tl[rows[0]] > data_edges[0] or th[rows[-1]] < data_edges[-1]:
+        raise ValueError(f"the response covers true energies {tl[0]:.4g}-{th[-1]:.4g} keV, not the counts' band "
+                         f"{data_edges[0]:.4g}-{data_edges[-1]:.4g} keV")
+    block = rmf.matrix[rows[0]:rows[-1] + 1][:, j[0]:j[-1]].toarray()
+    block = np.add.reduceat(np.asarray(block, dtype=np.float64), j[:-1] - j[0], axis=1)
+    coords = _edges_coords(np.append(tl[rows[0]:rows[-1] + 1], th[rows[-1]]), "energy_true")
+    coords.update(_edges_coords(eb[j], "energy"))
+    return xr.DataArray(block, dims=("energy_true", "energy"), coords=coords, attrs={"units": "1"})
+
+
 def _add_response(ds, response, spacing):
+    if hasattr(response, "matrix") and hasattr(response, "energy_true_edges"):
+        # a SparseRMF (read_rmf's default above 2.5e7 elements): keep only the rows and channel
+        # groups of the counts' band, never densifying the whole matrix
+        response = _sparse_rmf_band(response, energy_edges(ds, "energy"))
     if isinstance(response, xr.DataArray) and response.ndim == 2:
         rmf = _energy_true_dataarray(response, "response").transpose("energy_true", "energy")
         if "energy_lo" not in rmf.coords:
@@ -331,7 +638,7 @@ def _add_response(ds, response, spacing):
                 f"response has {n_r} channels and counts {n_d}; channels must match or group by an integer factor"
             )
         g = n_r // n_d
-        if not np.allclose(ch_edges[::g], data_edges, rtol=0, atol=REL_TOL * np.min(np.diff(data_edges))):
+        if np.any(np.abs(ch_edges[::g] - data_edges) > edge_tolerance(data_edges, np.min(np.diff(ch_edges)))):
             raise ValueError(
                 "response channel edges (coordinate energy) do not line up with the counts' energy_edges: "
                 f"first edges {ch_edges[:3]} vs {data_edges[:3]} keV. Bin the counts on the RMF's EBOUNDS channels."
@@ -339,9 +646,8 @@ def _add_response(ds, response, spacing):
         mat = np.asarray(rmf.values, dtype=np.float64)
         if g > 1:
             mat = mat.reshape(mat.shape[0], n_d, g).sum(axis=-1)
-        if not np.all(np.isfinite(mat)) or np.any(mat < 0):
-            raise ValueError("response matrix contains negative or non-finite values")
         et = energy_edges(rmf, "energy_true")
+        mat = clip_negative_rows(mat, et, "response")
         if "energy_true" in ds.dims:
             ds_et = energy_edges(ds, "energy_true")
             if ds_et.size != et.size or not np.allclose(ds_et, et):

@@ -25,6 +25,8 @@ import os
 
 import numpy as np
 
+from .likelihood import aligned, block_value_grad as _block_value_grad, data_constant  # noqa: F401
+
 try:  # dask is a core dependency, but keep the in-memory path importable without it
     import dask
     import dask.array as da
@@ -89,43 +91,6 @@ def task_memory(client=None, fraction=0.5):
     return fraction * min(per) if per else None
 
 
-def _block_value_grad(d, a, v, grad):
-    """Variable part of the data term and coefficient gradient of one block, ``m = a @ v``.
-
-    Returns (bx, by, r [+1]) with ``sum(m) - sum_{d>0} d log m`` in element [0, 0, -1] (the
-    data-only constant ``sum(d log d - d)`` is added once by the caller) and, where
-    feasible, the gradient ``(1 - d/m) @ v.T = v.sum(1) - (d/m) @ v.T``. Computed in float64
-    whatever the input dtype: BLAS picks different kernels for different block shapes, and
-    in float32 their rounding differs enough (~1e-7) for an accelerated solver to drift
-    apart between chunkings over tens of iterations; in float64 the NumPy path (one block)
-    and every Dask chunking agree to float32 precision.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    v = np.asarray(v, dtype=np.float64)
-    m = a @ v
-    pos = d > 0
-    dp = np.asarray(d[pos], dtype=np.float64)
-    mp = m[pos]
-    r = v.shape[0]
-    out = np.zeros(a.shape[:2] + (r + 1 if grad else 1,), dtype=np.float64)
-    if np.any(mp <= 0):
-        out[0, 0, -1] = np.inf
-        return out
-    out[0, 0, -1] = float(np.sum(m) - np.sum(dp * np.log(mp)))
-    if grad:  # at an infeasible point the value (+inf) already rejects it
-        q = np.zeros_like(m)
-        q[pos] = dp / mp
-        out[:, :, :r] = v.sum(axis=1) - q @ v.T
-    return out
-
-
-def data_constant(d):
-    """``sum(d log d - d)`` (0 log 0 = 0), float64, for a NumPy block."""
-    d = np.asarray(d, dtype=np.float64)
-    pos = d > 0
-    return float(np.sum(d[pos] * np.log(d[pos])) - np.sum(d))
-
-
 class DaskPoissonTerm:
     """Poisson data term whose counts are a Dask array chunked (bx, by, full energy).
 
@@ -177,7 +142,7 @@ def lazy_product(w, basis, chunks_xy, scale=1.0, clip=True, dtype=np.float32):
     L = basis.shape[1]
 
     def block(wb):
-        z = (wb @ basis) / scale
+        z = (aligned(wb) @ aligned(basis)) / scale  # aligned: see :func:`aligned`
         if clip:
             np.maximum(z, 0, out=z)
         return z.astype(dtype)

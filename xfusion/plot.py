@@ -15,7 +15,8 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["amplitude_maps", "spectra", "error_maps", "objective_history", "summary"]
+__all__ = ["amplitude_maps", "line_band", "line_maps", "spectra", "error_maps", "objective_history",
+           "summary", "auto_pixels"]
 
 FLUX = r"ph cm$^{-2}$ s$^{-1}$"
 FLUX_DENSITY = r"ph cm$^{-2}$ s$^{-1}$ keV$^{-1}$"
@@ -278,7 +279,7 @@ def _step(ax, lo, hi, dens, **kw):
     return ax.stairs(dens, edges, baseline=None, **kw)
 
 
-def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=True, rebin=None):
+def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=True, rebin=None, inputs=True):
     flux = _flux(result, "result")
     (x0, x1), (y0, y1) = ranges
     reg = dict(x=slice(x0, x1), y=slice(y0, y1))
@@ -289,7 +290,7 @@ def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=Tr
     total = float(fused.sum())
     v = _spatial_factor(result, x_obs, y_obs)
 
-    yc = _y_counts(result, y_obs)
+    yc = _y_counts(result, y_obs) if inputs else None
     if yc is not None:
         ys = yc.isel(x_spectral=slice(x0 // v, (x1 - 1) // v + 1), y_spectral=slice(y0 // v, (y1 - 1) // v + 1))
         ysum = ys.sum(("x_spectral", "y_spectral")).values.astype(np.float64)
@@ -299,7 +300,7 @@ def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=Tr
             lab = _name(result, y_obs, "spectral_obs", "Y").split(" (")[0]
             _step(ax, ylo, yhi, _density(ysum * total / ysum.sum(), ylo, yhi), color="tab:blue", alpha=0.35,
                   lw=0.7, label=f"{lab} counts, {npx} px (rescaled)")
-    xc = _x_counts(result, x_obs)
+    xc = _x_counts(result, x_obs) if inputs else None
     if xc is not None:
         xsum = xc.isel(reg).sum(("x", "y")).values.astype(np.float64)
         if xsum.sum() > 0 and total > 0:
@@ -324,7 +325,7 @@ def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=Tr
     _sci(ax.yaxis)
     xv, yv = flux["x"].values, flux["y"].values
     if x1 - x0 == 1 and y1 - y0 == 1:
-        title = f"pixel ({x0}, {y0}) at x={xv[x0]:g}, y={yv[y0]:g} arcsec"
+        title = f"pixel ({x0}, {y0}): x={xv[x0]:g}, y={yv[y0]:g} arcsec"
     else:
         title = (f"region x {xv[x0]:g}..{xv[x1 - 1]:g}, y {yv[y0]:g}..{yv[y1 - 1]:g} arcsec "
                  f"({(x1 - x0) * (y1 - y0)} px)")
@@ -435,7 +436,7 @@ def objective_history(result, *, ax=None):
     it = np.asarray(result["iteration"].values) if "iteration" in result.coords else None
     styles = {"objective": dict(color="black", lw=2.0), "data_term": dict(color="tab:blue", ls="--"),
               "penalty": dict(color="tab:green", ls=":")}
-    labels = {"objective": "objective (data + penalty)", "data_term": "data term (Poisson deviance)",
+    labels = {"objective": "objective (data + penalty)", "data_term": "data term (half the Poisson deviance)",
               "penalty": "penalty"}
     obj = None
     for k in ("objective", "data_term", "penalty"):
@@ -451,7 +452,7 @@ def objective_history(result, *, ax=None):
         if fin.size and np.all(fin > 0):
             a.set_yscale("log", nonpositive="mask")
     a.set_xlabel("iteration")
-    a.set_ylabel("objective value (dimensionless)")
+    a.set_ylabel("objective value (nats, dimensionless)")
     attrs = getattr(result, "attrs", {})
     reg, meth = attrs.get("regularization", "?"), attrs.get("method", "?")
     n, conv = attrs.get("iterations"), attrs.get("converged")
@@ -464,28 +465,211 @@ def objective_history(result, *, ax=None):
     return _root(a)
 
 
-# ----------------------------------------------------------------------------- summary
-def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=None, dpi=100):
-    """One-page overview: maps (X, Y, fused, truth), two spectra, convergence, SAM map.
+# ----------------------------------------------------------------------------- line maps
+def _x_channel_edges(result, x_obs):
+    """Channel edges (keV) of the sharp-spatial data, or None."""
+    xc = _x_counts(result, x_obs)
+    if xc is None:
+        return None
+    return np.append(np.asarray(xc["energy_spatial_lo"].values), float(xc["energy_spatial_hi"].values[-1]))
 
-    ``pixels``: the two (or more) fused pixels whose spectra are shown (default
-    :func:`auto_pixels`: the brightest and a typical source pixel). With ``path`` the figure
-    is also saved as PNG at ``dpi``. Returns the Figure.
+
+def line_band(result, *, x_obs=None, width=None):
+    """Energy band ``(lo, hi)`` in keV of the brightest emission line of the fused field.
+
+    The line is the largest excess of the field-summed fused spectrum over its running
+    median (the continuum; window of 10 sharp-spatial channels), found without any truth.
+    The band is the sharp-spatial channel that contains it (so the X map of the band is
+    exactly one X channel and all four maps cover the same energies), or, with ``width``
+    (keV), a band of that width centred on the line, snapped to the fused channel edges.
+    """
+    from scipy.ndimage import median_filter
+
+    flux = _flux(result, "result").transpose("x", "y", "energy")
+    lo = np.asarray(flux["energy_lo"].values, dtype=np.float64)
+    hi = np.asarray(flux["energy_hi"].values, dtype=np.float64)
+    spec = np.asarray(flux.sum(("x", "y")).values, dtype=np.float64) / (hi - lo)
+    factor = int(result.attrs.get("spectral_factor", 1)) if hasattr(result, "attrs") else 1
+    window = min(max(10 * factor + 1, 5), 2 * (spec.size // 2) - 1 if spec.size > 2 else 1)
+    excess = spec - median_filter(spec, size=max(window, 1), mode="nearest")
+    k = int(np.nanargmax(excess))
+    e0 = 0.5 * (lo[k] + hi[k])
+    if width is None:
+        xe = _x_channel_edges(result, x_obs)
+        if xe is not None and xe[0] <= e0 <= xe[-1]:
+            j = int(np.clip(np.searchsorted(xe, e0) - 1, 0, xe.size - 2))
+            return float(xe[j]), float(xe[j + 1])
+        width = factor * float(hi[k] - lo[k])
+    i0 = int(np.searchsorted(hi, e0 - width / 2, side="right"))
+    i1 = int(np.searchsorted(lo, e0 + width / 2, side="left"))
+    i0, i1 = min(i0, k), max(i1, k + 1)
+    return float(lo[i0]), float(hi[i1 - 1])
+
+
+def _in_band(lo, hi, band):
+    """Channels whose centre lies inside ``band``."""
+    c = 0.5 * (np.asarray(lo) + np.asarray(hi))
+    return (c >= band[0]) & (c <= band[1])
+
+
+def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=None):
+    """Narrow-band maps of one emission line: X and Y counts, fused and true flux in the band.
+
+    ``band`` (keV): default :func:`line_band` (the sharp-spatial channel holding the
+    brightest line). Panels: X counts in its channels inside the band, Y counts in the band
+    (its large pixels), then the fused and the true flux summed over the band, in ph cm-2
+    s-1 per fused pixel with one shared colour scale. Square-root stretch. The band is in
+    every title. Returns the Figure.
+    """
+    band = tuple(band) if band is not None else line_band(result, x_obs=x_obs)
+    btxt = f"{band[0]:.4g}-{band[1]:.4g} keV"
+    panels = []
+    xc, yc = _x_counts(result, x_obs), _y_counts(result, y_obs)
+    if xc is not None:
+        sel = _in_band(xc["energy_spatial_lo"].values, xc["energy_spatial_hi"].values, band)
+        if sel.any():
+            name = _name(result, x_obs, "spatial_obs", "X")
+            panels.append(("counts", f"{name}\ncounts in {btxt} ({int(sel.sum())} channel{'s' if sel.sum() > 1 else ''})",
+                           xc.isel(energy_spatial=np.flatnonzero(sel)).sum("energy_spatial"), "x", "y"))
+    if yc is not None:
+        sel = _in_band(yc["energy_lo"].values, yc["energy_hi"].values, band)
+        name = _name(result, y_obs, "spectral_obs", "Y")
+        panels.append(("counts", f"{name}\ncounts in {btxt}", yc.isel(energy=np.flatnonzero(sel)).sum("energy"),
+                       "x_spectral", "y_spectral"))
+    for obj, title in ((result, "fused flux"), (truth, "true flux")):
+        f = _flux(obj, title)
+        if f is not None:
+            sel = _in_band(f["energy_lo"].values, f["energy_hi"].values, band)
+            reg = obj.attrs.get("regularization", "") if title == "fused flux" and hasattr(obj, "attrs") else ""
+            panels.append(("flux", f"{title}{f' ({reg})' if reg else ''}\nin {btxt}",
+                           f.isel(energy=np.flatnonzero(sel)).sum("energy"), "x", "y"))
+    if not panels:
+        raise ValueError("nothing to plot: pass result, truth, x_obs or y_obs")
+    axes = _axes_list(ax, len(panels), (4.2 * len(panels), 3.9))
+    from matplotlib.colors import PowerNorm
+
+    vmax = max([float(np.nanmax(p[2].values)) for p in panels if p[0] == "flux"] + [1e-30])
+    flux_axes, flux_im = [], None
+    for a, (kind, title, img, xd, yd) in zip(axes, panels):
+        if kind == "counts":
+            top = max(float(np.nanmax(img.values)), 1e-30)
+            im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=top))
+            a.figure.colorbar(im, ax=a, shrink=0.85).set_label("counts per pixel (sqrt scale)")
+        else:
+            flux_im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=vmax))
+            flux_axes.append(a)
+        a.set_title(title, fontsize=10)
+    if flux_im is not None:
+        cb = flux_axes[0].figure.colorbar(flux_im, ax=flux_axes, shrink=0.85)
+        cb.set_label(f"flux in the band per pixel ({FLUX}, sqrt scale)")
+        _sci(cb.ax.yaxis)
+    fig = _root(axes[0])
+    fig._xfusion_band = band  # for summary(): the band actually drawn
+    return fig
+
+
+# ----------------------------------------------------------------------------- summary
+def _baselines(x_obs, y_obs):
+    """Naive reference cubes on the fused grid (needs both observations), or {}."""
+    if x_obs is None or y_obs is None:
+        return {}
+    from . import baselines
+
+    return {"X upsampled in energy": baselines.upsample_spatial(x_obs, y_obs),
+            "Y upsampled in space": baselines.upsample_spectral(x_obs, y_obs)}
+
+
+def _summary_spectrum(ax, result, truth, pixel, base, band, x_obs, y_obs):
+    """Spectrum of one fused pixel: fused, truth, the baselines (same flux units), line band shaded."""
+    ix, iy = pixel
+    rng = ((ix, ix + 1), (iy, iy + 1))
+    if base:
+        _spectrum_panel(ax, result, truth, rng, legend=False, inputs=False)
+        flux = _flux(result, "result")
+        lo0, hi0 = np.asarray(flux["energy_lo"].values), np.asarray(flux["energy_hi"].values)
+        factor = max(1, int(np.ceil(lo0.size / MAX_DISPLAY_BINS)))
+        styles = {"X upsampled in energy": dict(color="tab:orange", lw=1.3),
+                  "Y upsampled in space": dict(color="tab:blue", lw=0.8, alpha=0.6)}
+        for name, cube in base.items():
+            v, lo, hi = _group(cube.transpose("x", "y", "energy").values[ix, iy], lo0, hi0, factor)
+            _step(ax, lo, hi, _density(v, lo, hi), label=f"baseline: {name}", **styles.get(name, {}))
+    else:  # no observations: the input counts, rescaled (shape only)
+        _spectrum_panel(ax, result, truth, rng, x_obs=x_obs, y_obs=y_obs, legend=False)
+    ax.axvspan(band[0], band[1], color="0.5", alpha=0.18, lw=0, label="line band of the maps")
+    tr = _flux(truth, "truth")
+    if tr is not None:
+        ax.set_title(ax.get_title() + "\n" + _peak_note(_flux(result, "result"), tr, ix, iy, band), fontsize=8.5)
+    ax.legend(fontsize=6.5, loc="upper right", framealpha=0.8)
+
+
+def _peak_note(flux, truth, ix, iy, band):
+    """Fused / true flux of pixel (ix, iy) in the line band and at the highest true line peak."""
+    from scipy.ndimage import median_filter
+
+    f = np.asarray(flux.transpose("x", "y", "energy").values[ix, iy], dtype=np.float64)
+    t = np.asarray(truth.transpose("x", "y", "energy").values[ix, iy], dtype=np.float64)
+    sel = _in_band(flux["energy_lo"].values, flux["energy_hi"].values, band)
+    parts = []
+    if t[sel].sum() > 0:
+        parts.append(f"fused/true flux in the line band {f[sel].sum() / t[sel].sum():.2f}")
+    if t.size >= 5:
+        cont = median_filter(t, size=min(2 * (t.size // 2) - 1, 4 * max(t.size // 60, 1) + 1), mode="nearest")
+        k = int(np.argmax(t - cont))
+        if t[k] > cont[k]:
+            e = 0.5 * float(flux["energy_lo"].values[k] + flux["energy_hi"].values[k])
+            parts.append(f"fused/true peak of the strongest line ({e:.4g} keV) {f[k] / t[k]:.2f}")
+    return "\n".join(parts)
+
+
+def _masked_sam_panel(ax, result, truth, threshold=0.5):
+    """SAM map on the pixels with signal (true flux >= threshold x the field mean); grey elsewhere."""
+    tr, fu = _flux(truth, "truth"), _flux(result, "result")
+    sam = metrics.sam_map(tr, fu)
+    amp = np.asarray(_amplitude(tr).transpose("x", "y").values, dtype=np.float64)
+    signal = np.isfinite(sam) & (amp >= threshold * np.nanmean(amp))
+    img = fu.isel(energy=0, drop=True).copy(data=np.where(signal, sam, np.nan))
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.82")
+    top = float(np.percentile(sam[signal], 99)) if signal.any() else 1.0
+    im = _show_map(ax, img, cmap=cmap, vmin=0, vmax=max(top, 1e-6))
+    ax.figure.colorbar(im, ax=ax, shrink=0.85, extend="max").set_label("spectral angle to truth (rad)")
+    mean = float(np.mean(sam[signal])) if signal.any() else float("nan")
+    ax.set_title(f"spectral angle to truth: mean {mean:.3f} rad over {int(signal.sum())} px with signal\n"
+                 f"(grey: true flux < {threshold:g} x field mean, masked)", fontsize=9)
+    return mean
+
+
+def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=None, band=None, dpi=100):
+    """One-page overview that shows what fusion gained.
+
+    Top row: narrow-band maps of the brightest line (:func:`line_maps`; the band, in keV, is
+    in every title and in the figure title): X and Y counts, the fused flux and the truth.
+    Bottom row: the spectra of two fused pixels (``pixels``, default :func:`auto_pixels`:
+    the brightest and a typical source pixel) with the truth and, when ``x_obs`` and
+    ``y_obs`` are given, the naive baselines (X spread over the fine channels, Y spread over
+    the small pixels; :mod:`xfusion.baselines`) in the same flux units, the line band shaded
+    and the fused/true flux ratio in the band; the convergence history; with a truth, the
+    spectral-angle map masked where there is no signal. The figure title gives NMSE and aSAM
+    of the fused cube and of the baselines. With ``path`` the figure is saved as PNG at
+    ``dpi``. Returns the Figure.
     """
     plt = _pyplot()
     pixels = list(pixels) if pixels is not None else auto_pixels(result)
+    band = tuple(band) if band is not None else line_band(result, x_obs=x_obs)
     n_top = 3 + (truth is not None)
     n_bottom = len(pixels) + 1 + (truth is not None)
     ncol = max(n_top, n_bottom)
-    fig = plt.figure(figsize=(4.6 * ncol, 9.6), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.0])
-    amplitude_maps(result, truth, x_obs, y_obs, ax=top.subplots(1, n_top))
+    fig = plt.figure(figsize=(4.8 * ncol, 10.0), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.05])
+    line_maps(result, truth, x_obs, y_obs, band=band, ax=top.subplots(1, n_top))
     axb = list(np.atleast_1d(bottom.subplots(1, n_bottom)).ravel())
-    spectra(result, truth, pixels=pixels, x_obs=x_obs, y_obs=y_obs, ax=axb[:len(pixels)])
+    base = _baselines(x_obs, y_obs)
+    for a, px in zip(axb, pixels):
+        _summary_spectrum(a, result, truth, px, base, band, x_obs, y_obs)
     objective_history(result, ax=axb[len(pixels)])
     if truth is not None:
-        _sam_panel(axb[-1], result, truth)
-    # mark the spectrum pixels on the fused map (and the SAM map)
+        _masked_sam_panel(axb[-1], result, truth)
     flux = _flux(result, "result")
     marked = [a for a in top.axes if a.get_title().startswith("fused")]
     if truth is not None:
@@ -496,15 +680,20 @@ def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=Non
             a.annotate(str(k + 1), (flux["x"].values[ix], flux["y"].values[iy]), color="cyan", fontsize=9,
                        xytext=(6, 6), textcoords="offset points")
     for k, a in enumerate(axb[:len(pixels)]):
-        a.set_title(f"[{k + 1}] " + a.get_title(), fontsize=10)
+        a.set_title(f"[{k + 1}] " + a.get_title(), fontsize=a.title.get_fontsize())
     attrs = getattr(result, "attrs", {})
     head = (f"xfusion {attrs.get('xfusion_version', '')}: {attrs.get('regularization', '?')} / "
             f"{attrs.get('method', '?')}, {attrs.get('iterations', '?')} iterations, "
-            f"{float(attrs.get('elapsed_s', np.nan)):.1f} s")
+            f"{float(attrs.get('elapsed_s', np.nan)):.1f} s; line maps in {band[0]:.4g}-{band[1]:.4g} keV")
     if truth is not None:
-        m = metrics.report(result, _flux(truth, "truth"), ratio=_spatial_factor(result, x_obs, y_obs))
-        head += (f"  |  vs truth: NMSE {m['nmse_db']:.2f} dB, aSAM {m['asam_rad']:.3f} rad, "
+        ratio = _spatial_factor(result, x_obs, y_obs)
+        tr = _flux(truth, "truth")
+        m = metrics.report(result, tr, ratio=ratio)
+        head += (f"\nvs truth: fused NMSE {m['nmse_db']:.1f} dB, aSAM {m['asam_rad']:.3f} rad, "
                  f"acSSIM {m['acssim']:.3f}, ERGAS {m['ergas']:.1f}")
+        for name, cube in base.items():
+            b = metrics.report(cube, tr, ratio=ratio)
+            head += f"  |  {name}: {b['nmse_db']:.1f} dB, {b['asam_rad']:.3f} rad"
     fig.suptitle(head, fontsize=12)
     if path is not None:
         fig.savefig(path, dpi=dpi)

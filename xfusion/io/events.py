@@ -23,10 +23,51 @@ columns of a north-up, east-left image) and ``y`` towards the north.  This
 matches the PSF convention of :mod:`xfusion.io.psf` (offsets grow with the
 image column).
 
-The exposure (s) is taken from the EVENTS header keyword ``EXPOSURE`` if
-present, else ``LIVETIME``, else ``ONTIME`` (or the keyword named by
-``exposure_keyword``); the keyword used is recorded in
-``attrs["exposure_keyword"]``.
+Exposure (s) -- ``attrs["exposure"]``, how it was obtained in
+``attrs["exposure_source"]``:
+
+* **From the GTIs** (default when the file has GTI extensions): the sum of the
+  lengths of the good time intervals (overlaps merged) of the CCD the events
+  come from, times the dead-time correction of that mission:
+
+  =================  ===========================  =================================
+  instrument         GTI extensions               dead-time correction (livetime
+                                                  fraction), EVENTS header
+  =================  ===========================  =================================
+  ``xmm_epic``       ``STDGTInn`` (one per CCD    ``LIVETInn / ONTIMEnn`` of the CCD
+                     ``nn``; ``CCDNR`` column)    (``DEADC`` if those are absent)
+  ``chandra_acis``   ``GTIn`` with ``CCD_ID``     ``DTCOR`` (same for all CCDs)
+                     (``ccd_id`` column)
+  ``xrism_resolve``  ``GTI`` (whole array)        ``DEADC`` if present, else
+                                                  ``LIVETIME / ONTIME``, else 1
+  =================  ===========================  =================================
+
+  Missing correction keywords mean a correction of 1, said in
+  ``attrs["exposure_source"]``.  The CCD is the one holding most of the binned
+  events; when binned events come from CCDs whose exposures differ by more
+  than 0.1 % a warning says so (``attrs["exposure_per_ccd"]`` lists them all).
+  Events whose ``TIME`` lies outside the GTIs of their CCD are dropped
+  (``attrs["n_outside_gti"]``).
+* **From a header keyword** when there is no GTI extension or when
+  ``exposure_keyword`` is given: ``EXPOSURE``, else ``LIVETIME``, else
+  ``ONTIME`` (``attrs["exposure_keyword"]``).
+
+Energies and channels.  Integer ``PI`` columns are binned as integers, never
+as float energies: with ``channel_edges`` (what
+:func:`xfusion.io.files.observation_from_files` passes) an event of channel
+``PI // pi_per_channel`` goes to group ``k`` when ``channel_edges[k] <=
+channel < channel_edges[k + 1]`` (the RMF's EBOUNDS give the energies, e.g.
+EPIC-pn: 5 eV channels, ``pi_per_channel=5``; Resolve: ``pi_per_channel=1``);
+this is exact even where EBOUNDS are not linear in the channel number (EPIC-pn
+below 3 keV).  With ``energy_edges`` only, an event goes to bin ``k`` when
+``edge_k <= PI * unit < edge_k+1``, each edge first snapped to the nearest
+whole PI value when within 1 % of a PI unit of it, so float32 EBOUNDS edges
+(off by ~1e-7 keV) never move an event to the neighbouring bin.  The floating
+``energy`` column of Chandra is binned as is.
+
+Default screening skips a column that an already-screened file does not have
+when the screen is optional (Chandra ``status``: level-2 files are already
+status-filtered); the skipped screen is named in ``attrs["filters"]``.
 """
 
 from __future__ import annotations
@@ -46,23 +87,127 @@ __all__ = ["read_events", "INSTRUMENTS"]
 _ACIS_GOOD_GRADES = (0, 2, 3, 4, 6)
 
 #: Per-instrument column names, energy scale (keV per unit of the energy
-#: column) and default screening.
+#: column), default screening, screens skipped when their column is absent
+#: (already-screened files), CCD column, and whether the energy column holds
+#: integer PI channels.
 INSTRUMENTS: dict[str, dict] = {
     "xmm_epic": {
-        "x": "X", "y": "Y", "energy": "PI", "kev_per_unit": 1e-3,
+        "x": "X", "y": "Y", "energy": "PI", "kev_per_unit": 1e-3, "pi": True,
         "filters": {"PATTERN": ("<=", 4), "FLAG": ("==", 0)},
+        "optional": (), "ccd": "CCDNR",
     },
     "chandra_acis": {
-        "x": "x", "y": "y", "energy": "energy", "kev_per_unit": 1e-3,
+        "x": "x", "y": "y", "energy": "energy", "kev_per_unit": 1e-3, "pi": False,
         "filters": {"grade": ("in", _ACIS_GOOD_GRADES), "status": ("==", 0)},
+        "optional": ("status",), "ccd": "ccd_id",
     },
     "xrism_resolve": {
-        "x": "X", "y": "Y", "energy": "PI", "kev_per_unit": 0.5e-3,
+        "x": "X", "y": "Y", "energy": "PI", "kev_per_unit": 0.5e-3, "pi": True,
         "filters": {"ITYPE": ("==", 0)},
+        "optional": (), "ccd": None,
     },
 }
 
 _EXPOSURE_KEYWORDS = ("EXPOSURE", "LIVETIME", "ONTIME")
+#: relative spread of per-CCD exposures above which a warning is issued
+_CCD_EXPOSURE_RTOL = 1e-3
+#: an energy edge within this fraction of a PI unit of a whole PI value is snapped to it
+_PI_SNAP = 0.01
+
+
+# --------------------------------------------------------------------------- GTIs
+def _merged_intervals(start, stop):
+    """Union of [start, stop) intervals, sorted: (starts, stops)."""
+    start = np.asarray(start, dtype=np.float64).ravel()
+    stop = np.asarray(stop, dtype=np.float64).ravel()
+    keep = stop > start
+    start, stop = start[keep], stop[keep]
+    if start.size == 0:
+        return start, stop
+    order = np.argsort(start, kind="stable")
+    start, stop = start[order], stop[order]
+    run_stop = np.maximum.accumulate(stop)
+    new = np.concatenate(([True], start[1:] > run_stop[:-1]))
+    idx = np.flatnonzero(new)
+    return start[idx], np.maximum.reduceat(stop, idx)
+
+
+def _gti_ccd(hdu, instrument):
+    """CCD a GTI extension belongs to (None = all CCDs), or False if not a GTI of this mission."""
+    import re
+
+    name = hdu.name.upper()
+    cols = [c.upper() for c in hdu.columns.names]
+    if "START" not in cols or "STOP" not in cols:
+        return False
+    if instrument == "xmm_epic":
+        m = re.fullmatch(r"STDGTI(\d+)", name)
+        if not m:
+            return False
+        return int(hdu.header.get("CCDID", m.group(1)))
+    if instrument == "chandra_acis":
+        m = re.fullmatch(r"GTI(\d*)", name)
+        if "CCD_ID" in hdu.header:
+            return int(hdu.header["CCD_ID"])
+        if not m:
+            return False
+        return int(m.group(1)) if m.group(1) else None
+    return None if name == "GTI" else False
+
+
+def _read_gtis(hdul, instrument):
+    """{ccd (or None): (starts, stops)} merged, from the mission's GTI extensions."""
+    gtis: dict = {}
+    for h in hdul[1:]:
+        if not isinstance(h, fits.BinTableHDU):
+            continue
+        ccd = _gti_ccd(h, instrument)
+        if ccd is False:
+            continue
+        s0, s1 = gtis.get(ccd, (np.zeros(0), np.zeros(0)))
+        gtis[ccd] = _merged_intervals(np.concatenate([s0, h.data["START"]]),
+                                      np.concatenate([s1, h.data["STOP"]]))
+    return gtis
+
+
+def _livetime_fraction(header, instrument, ccd):
+    """(dead-time correction factor, keyword text) for one CCD (see module docstring)."""
+    def ratio(live, on):
+        if live in header and on in header and float(header[on]) > 0:
+            return float(header[live]) / float(header[on]), f"{live}/{on}"
+        return None
+
+    if instrument == "chandra_acis":
+        if "DTCOR" in header:
+            return float(header["DTCOR"]), "DTCOR"
+    elif instrument == "xmm_epic":
+        r = ratio(f"LIVETI{ccd:02d}", f"ONTIME{ccd:02d}") if ccd is not None else None
+        if r is not None:
+            return r
+        if "DEADC" in header:
+            return float(header["DEADC"]), "DEADC"
+    else:
+        if "DEADC" in header:
+            return float(header["DEADC"]), "DEADC"
+        r = ratio("LIVETIME", "ONTIME")
+        if r is not None:
+            return r
+    return 1.0, "no dead-time keyword: correction 1"
+
+
+def _in_intervals(t, starts, stops):
+    i = np.searchsorted(starts, t, side="right") - 1
+    ok = i >= 0
+    ok[ok] = t[ok] < stops[i[ok]]
+    return ok
+
+
+# --------------------------------------------------------------------------- energies
+def _snap_pi_edges(edges_kev, kev_per_unit):
+    """Edges in PI units, snapped to whole PI values within _PI_SNAP of one."""
+    e = np.asarray(edges_kev, dtype=np.float64) / kev_per_unit
+    r = np.round(e)
+    return np.where(np.abs(e - r) <= _PI_SNAP, r, e)
 
 
 def _detect_instrument(header, label):
@@ -162,6 +307,9 @@ def read_events(
     instrument: str | None = None,
     hdu: str | int = "EVENTS",
     exposure_keyword: str | None = None,
+    channel_edges=None,
+    pi_per_channel: int | None = None,
+    gti: bool = True,
 ) -> xr.DataArray:
     """Bin an event list into a counts cube.
 
@@ -170,7 +318,8 @@ def read_events(
     path : str or os.PathLike
         Event file (``.gz`` fine).
     energy_edges : array_like, shape (n_energy + 1,)
-        Energy bin edges in keV (increasing).
+        Energy bin edges in keV (increasing).  With ``channel_edges`` they are
+        only the energies of the groups (coordinates); the binning is by channel.
     pixel_size : float
         Spatial pixel size in arcsec.
     center : (float, float)
@@ -183,24 +332,42 @@ def read_events(
         boolean mask, a tuple ``(op, value)`` with op one of ``== != < <= >
         >= in``, a list/set (membership) or a scalar (equality).  ``None``
         applies the instrument defaults (see module docstring; for XMM MOS
-        ``PATTERN <= 12``); ``{}`` applies no screening.
+        ``PATTERN <= 12``); ``{}`` applies no screening.  A column missing
+        from the file is an error, except for optional default screens
+        (Chandra ``status``), which are skipped with a note in
+        ``attrs["filters"]``.
     instrument : {"xmm_epic", "chandra_acis", "xrism_resolve"}, optional
         Default: detected from ``TELESCOP``/``INSTRUME``.
     hdu : str or int
         Events extension (default ``"EVENTS"``).
     exposure_keyword : str, optional
-        Header keyword giving the exposure; default: the first of
-        ``EXPOSURE``, ``LIVETIME``, ``ONTIME`` present.
+        Take the exposure from this EVENTS header keyword instead of the GTIs.
+    channel_edges : array_like of int, shape (n_energy + 1,), optional
+        Bin integer ``PI`` by channel: group ``k`` holds the channels
+        ``channel_edges[k] <= PI // pi_per_channel < channel_edges[k + 1]``
+        (channel numbers as in the RMF's EBOUNDS ``CHANNEL``).  PI instruments
+        only (XMM EPIC, XRISM Resolve).
+    pi_per_channel : int, optional
+        PI values per RMF channel (EPIC-pn 5 eV channels: 5; Resolve: 1).
+        Required with ``channel_edges``.
+    gti : bool
+        Use the GTI extensions for the exposure and drop events outside them
+        (default).  False: header keyword only, no time screening.
 
     Returns
     -------
     xarray.DataArray, dims ("x", "y", "energy"), int64, units "count"
         Coordinates ``x``, ``y`` (arcsec tangent-plane offsets, x west, y
         north), ``energy``, ``energy_lo``, ``energy_hi`` (keV).  ``attrs``:
-        ``units``, ``exposure`` (s, NaN if no keyword), ``exposure_keyword``,
+        ``units``, ``exposure`` (s, NaN if unknown), ``exposure_source``
+        (text: GTIs and dead-time keyword, or header keyword),
+        ``exposure_keyword`` (header keyword or None), ``ontime`` (s, sum of
+        GTIs, NaN without GTIs), ``deadtime_correction``,
+        ``exposure_per_ccd`` (text ``ccd: s`` pairs), ``ccd``,
         ``instrument``, ``file``, ``center`` (RA, Dec deg), ``pixel_size``,
-        ``n_events`` (in file), ``n_selected`` (after screening),
-        ``n_binned`` (inside the cube), ``filters`` (text).
+        ``n_events`` (in file), ``n_selected`` (after screening and GTIs),
+        ``n_outside_gti``, ``n_binned`` (inside the cube), ``filters`` (text),
+        ``energy_binning`` (``"channel"``, ``"pi"`` or ``"energy"``).
     """
     label = os.path.basename(os.fspath(path))
     edges = np.asarray(energy_edges, dtype=np.float64)
@@ -209,6 +376,16 @@ def read_events(
     nx, ny = (int(s) for s in shape)
     if nx < 1 or ny < 1 or not float(pixel_size) > 0:
         raise ValueError("shape must be positive and pixel_size > 0.")
+    if channel_edges is not None:
+        channel_edges = np.asarray(channel_edges)
+        if (channel_edges.shape != edges.shape or not np.issubdtype(channel_edges.dtype, np.integer)
+                or np.any(np.diff(channel_edges) <= 0)):
+            raise ValueError(
+                f"channel_edges must be {edges.size} strictly increasing integers (one per energy edge); "
+                f"got shape {channel_edges.shape}, dtype {channel_edges.dtype}"
+            )
+        if pi_per_channel is None or int(pi_per_channel) < 1:
+            raise ValueError("channel_edges needs pi_per_channel (PI values per channel, a positive integer)")
 
     with fits.open(path, memmap=False) as hdul:
         try:
@@ -225,11 +402,16 @@ def read_events(
         if instrument not in INSTRUMENTS:
             raise ValueError(f"instrument must be one of {sorted(INSTRUMENTS)}.")
         cfg = INSTRUMENTS[instrument]
+        present = [c.upper() for c in ev.columns.names]
+        notes = []
         if filters is None:
             filters = dict(cfg["filters"])
             if instrument == "xmm_epic" and ins_name.startswith("EMOS"):
                 filters["PATTERN"] = ("<=", 12)
-        present = [c.upper() for c in ev.columns.names]
+            for col in cfg["optional"]:
+                if col.upper() not in present:
+                    filters.pop(col)
+                    notes.append(f"{col}: column absent (already-screened file), screen skipped")
         needed = [cfg["x"], cfg["y"], cfg["energy"], *filters]
         missing = [c for c in needed if c.upper() not in present]
         if missing:
@@ -237,50 +419,151 @@ def read_events(
                 f"{label}: EVENTS is missing column(s) {missing} needed for "
                 f"{instrument}; it has {ev.columns.names}."
             )
+        if channel_edges is not None and not cfg["pi"]:
+            raise ValueError(
+                f"{label}: channel_edges bins integer PI channels, but {instrument} events are binned on the "
+                f"floating '{cfg['energy']}' column; pass energy_edges only"
+            )
         data = ev.data
         n_events = len(data)
         mask = np.ones(n_events, dtype=bool)
         for col, rule in filters.items():
             mask &= _column_mask(data[col], rule, col)
+        ccd_col = cfg["ccd"] if cfg["ccd"] and cfg["ccd"].upper() in present else None
+        ccd_all = np.asarray(data[ccd_col]).astype(np.int64) if ccd_col else None
+
+        # ---- exposure: GTIs x dead-time correction, or a header keyword
+        gtis = _read_gtis(hdul, instrument) if (gti and exposure_keyword is None) else {}
+        n_outside_gti = 0
+        if gtis and "TIME" in present:
+            t = np.asarray(data["TIME"], dtype=np.float64)
+            in_gti = np.zeros(n_events, dtype=bool)
+            for ccd, (g0, g1) in gtis.items():
+                sel = mask if (ccd is None or ccd_all is None) else (mask & (ccd_all == ccd))
+                in_gti[sel] |= _in_intervals(t[sel], g0, g1)
+            if ccd_all is not None and None not in gtis:
+                known = np.isin(ccd_all, [c for c in gtis])
+                in_gti &= known
+            n_outside_gti = int(np.sum(mask & ~in_gti))
+            mask &= in_gti
+
         x_pix = np.asarray(data[cfg["x"]], dtype=np.float64)[mask]
         y_pix = np.asarray(data[cfg["y"]], dtype=np.float64)[mask]
-        energy = np.asarray(data[cfg["energy"]], dtype=np.float64)[mask] * cfg["kev_per_unit"]
+        raw_e = np.asarray(data[cfg["energy"]])[mask]
+        ccd_sel = ccd_all[mask] if ccd_all is not None else None
         wx = _column_wcs(ev, cfg["x"], label)
         wy = _column_wcs(ev, cfg["y"], label)
-        if exposure_keyword is None:
-            exposure_keyword = next((k for k in _EXPOSURE_KEYWORDS if k in header), None)
-        if exposure_keyword is None:
-            warnings.warn(f"{label}: no EXPOSURE/LIVETIME/ONTIME keyword; exposure=NaN",
-                          stacklevel=2)
-            exposure = float("nan")
-        else:
-            exposure = float(header[exposure_keyword])
+
+    # ---- energy index of every event (-1 = outside the band)
+    if channel_edges is not None:
+        if not np.issubdtype(raw_e.dtype, np.integer):
+            raise ValueError(f"{label}: column {cfg['energy']} is not integer; cannot bin by channel")
+        chan = raw_e.astype(np.int64) // int(pi_per_channel)
+        ie = np.searchsorted(channel_edges.astype(np.int64), chan, side="right") - 1
+        ie[(chan < channel_edges[0]) | (chan >= channel_edges[-1])] = -1
+        binning = "channel"
+    elif cfg["pi"] and np.issubdtype(raw_e.dtype, np.integer):
+        pe = _snap_pi_edges(edges, cfg["kev_per_unit"])
+        p = raw_e.astype(np.float64)
+        ie = np.searchsorted(pe, p, side="right") - 1
+        ie[(p < pe[0]) | (p >= pe[-1])] = -1
+        binning = "pi"
+    else:
+        energy = raw_e.astype(np.float64) * cfg["kev_per_unit"]
+        ie = np.searchsorted(edges, energy, side="right") - 1
+        ie[(energy < edges[0]) | (energy >= edges[-1])] = -1
+        binning = "energy"
 
     ra, dec = _sky_to_radec(x_pix, y_pix, wx, wy)
     xo, yo = _tangent_offsets(ra, dec, float(center[0]), float(center[1]))
     x_edges = (np.arange(nx + 1) - nx / 2.0) * float(pixel_size)
     y_edges = (np.arange(ny + 1) - ny / 2.0) * float(pixel_size)
-    cube, _ = np.histogramdd(np.column_stack([xo, yo, energy]),
-                             bins=(x_edges, y_edges, edges))
-    cube = cube.astype(np.int64)
+    ix = np.floor(xo / float(pixel_size) + nx / 2.0).astype(np.int64)
+    iy = np.floor(yo / float(pixel_size) + ny / 2.0).astype(np.int64)
+    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (ie >= 0)
+    ne = edges.size - 1
+    flat = (ix[inside] * ny + iy[inside]) * ne + ie[inside]
+    cube = np.bincount(flat, minlength=nx * ny * ne).astype(np.int64).reshape(nx, ny, ne)
+
+    # ---- exposure
+    exposure_kw = None
+    ontime = deadc = float("nan")
+    per_ccd: dict = {}
+    ccd_used = None
+    if gtis:
+        for ccd, (g0, g1) in gtis.items():
+            on = float(np.sum(g1 - g0))
+            f, kw = _livetime_fraction(header, instrument, ccd)
+            per_ccd[ccd] = (on, f, kw)
+        if len(per_ccd) == 1:
+            ccd_used = next(iter(per_ccd))
+        else:
+            if ccd_sel is None:
+                raise ValueError(
+                    f"{label}: {len(per_ccd)} per-CCD GTI extensions but no {cfg['ccd']!r} column to tell "
+                    "which CCD the events come from; pass exposure_keyword= or gti=False"
+                )
+            ids, n = np.unique(ccd_sel[inside], return_counts=True)
+            ids = [int(i) for i in ids if int(i) in per_ccd]
+            if not ids:
+                ccd_used = max(per_ccd, key=lambda c: per_ccd[c][0] * per_ccd[c][1])
+            else:
+                counts = dict(zip(np.unique(ccd_sel[inside]).tolist(), n.tolist()))
+                ccd_used = max(ids, key=lambda c: counts[c])
+                exps = np.array([per_ccd[c][0] * per_ccd[c][1] for c in ids])
+                if exps.max() - exps.min() > _CCD_EXPOSURE_RTOL * exps.max():
+                    warnings.warn(
+                        f"{label}: the binned events come from CCDs {ids} with exposures "
+                        f"{', '.join(f'{e:.6g}' for e in exps)} s; the cube uses CCD {ccd_used} "
+                        f"({per_ccd[ccd_used][0] * per_ccd[ccd_used][1]:.6g} s, most events). Bin one CCD "
+                        "at a time (filters={...: ...}) if the difference matters",
+                        stacklevel=2,
+                    )
+        ontime, deadc, kw = per_ccd[ccd_used]
+        exposure = ontime * deadc
+        where = "" if ccd_used is None else f" of CCD {ccd_used}"
+        source = f"GTIs{where} ({ontime:.6g} s) x dead-time correction {deadc:.6g} ({kw})"
+    else:
+        if exposure_keyword is None:
+            exposure_kw = next((k for k in _EXPOSURE_KEYWORDS if k in header), None)
+        else:
+            exposure_kw = exposure_keyword
+            if exposure_kw not in header:
+                raise ValueError(f"{label}: no {exposure_kw!r} keyword in the {hdu} header")
+        if exposure_kw is None:
+            warnings.warn(f"{label}: no GTI extension and no EXPOSURE/LIVETIME/ONTIME keyword; exposure=NaN",
+                          stacklevel=2)
+            exposure = float("nan")
+            source = "unknown"
+        else:
+            exposure = float(header[exposure_kw])
+            source = f"header keyword {exposure_kw}" + ("" if exposure_keyword else " (no GTI extension)")
 
     coords = {
         "x": xr.Variable("x", 0.5 * (x_edges[1:] + x_edges[:-1]), {"units": "arcsec"}),
         "y": xr.Variable("y", 0.5 * (y_edges[1:] + y_edges[:-1]), {"units": "arcsec"}),
     }
     coords.update(edges_coords("energy", edges[:-1], edges[1:]))
+    filt_text = "; ".join([f"{k} {v}" for k, v in filters.items()] + notes)
     attrs = {
         "units": "count",
-        "exposure": exposure,
-        "exposure_keyword": exposure_keyword,
+        "exposure": float(exposure),
+        "exposure_source": source,
+        "exposure_keyword": exposure_kw,
+        "ontime": float(ontime),
+        "deadtime_correction": float(deadc),
+        "exposure_per_ccd": "; ".join(f"{c}: {on * f:.9g}" for c, (on, f, _) in per_ccd.items()),
+        "ccd": -1 if ccd_used is None else int(ccd_used),
         "instrument": instrument,
         "file": label,
         "center": (float(center[0]), float(center[1])),
         "pixel_size": float(pixel_size),
         "n_events": int(n_events),
         "n_selected": int(mask.sum()),
+        "n_outside_gti": int(n_outside_gti),
         "n_binned": int(cube.sum()),
-        "filters": "; ".join(f"{k} {v}" for k, v in filters.items()),
+        "filters": filt_text,
+        "energy_binning": binning,
     }
     return xr.DataArray(cube, dims=("x", "y", "energy"), coords=coords,
                         name="counts", attrs=attrs)

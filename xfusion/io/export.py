@@ -315,8 +315,8 @@ def write_pha(
     backscal=1.0,
     areascal=1.0,
     corrscal: float = 0.0,
-    backfile: str = "none",
-    corrfile: str = "none",
+    backfile: str | None = None,
+    corrfile: str | None = None,
     telescope: str = "UNKNOWN",
     instrument: str = "UNKNOWN",
     filter: str = "NONE",  # noqa: A002
@@ -327,6 +327,7 @@ def write_pha(
     rate: bool = False,
     stat_err=None,
     quality=None,
+    grouping=None,
     ebounds: bool = True,
     overwrite: bool = False,
 ) -> Path:
@@ -353,11 +354,21 @@ def write_pha(
         :func:`write_arf`) and its basename is recorded.  ``None`` ->
         ``'none'``.
     backscal, areascal : float or array_like
-        Scalars go to the ``BACKSCAL`` / ``AREASCAL`` keywords; arrays (one
-        value per channel) are written as columns (some readers, e.g.
-        gammapy, need the columns) with the keyword set to 1.
-    corrscal, backfile, corrfile : ``CORRSCAL``, ``BACKFILE``, ``CORRFILE``.
-    telescope, instrument, filter, object_name, obs_id : header keywords.
+        ``BACKSCAL`` is always written as a column (gammapy's OGIP reader
+        needs the column) and as a keyword (the scalar, or 1 for an array).
+        ``AREASCAL``: a scalar goes to the keyword, an array (one value per
+        channel) to a column with the keyword set to 1.
+    backfile : str, optional
+        Background PHA file name (``BACKFILE``), relative to this file.
+        ``None`` (default) or ``"none"``/``"NONE"`` omits the keyword: gammapy
+        2.x opens any ``BACKFILE`` it finds (``'none'`` included) and XSPEC,
+        Sherpa and gammapy all take a missing ``BACKFILE`` as "no background".
+    corrscal, corrfile : ``CORRSCAL``, ``CORRFILE`` (``None``: ``'NONE'``,
+        the OGIP null value; no reader opens it).
+    telescope, instrument, filter, object_name : header keywords.
+    obs_id : optional
+        ``OBS_ID``; default: the file stem (gammapy names the dataset after
+        it and refuses a file without it).
     chantype : str
         ``CHANTYPE`` ("PI" or "PHA").
     first_channel : int, optional
@@ -372,6 +383,10 @@ def write_pha(
         as ``STAT_ERR`` with ``POISSERR = F``.
     quality : array_like of int, optional
         ``QUALITY`` column (0 = good); default all 0.
+    grouping : array_like of int, optional
+        OGIP ``GROUPING`` column (``1`` starts a group, ``-1`` continues it,
+        ``0`` no grouping information); default: no column and the keyword
+        ``GROUPING = 0``.
     ebounds : bool
         Also write an ``EBOUNDS`` extension (not part of 92-007 but read by
         several tools, gammapy requires it).
@@ -390,9 +405,12 @@ def write_pha(
     ``HDUCLASS='OGIP'``, ``HDUCLAS1='SPECTRUM'``, ``HDUCLAS2='TOTAL'``,
     ``HDUCLAS3='COUNT'|'RATE'``, ``HDUCLAS4='TYPE:I'``, ``HDUVERS='1.2.1'``,
     ``TELESCOP``, ``INSTRUME``, ``FILTER``, ``EXPOSURE``, ``AREASCAL``,
-    ``BACKSCAL``, ``CORRSCAL``, ``BACKFILE``, ``CORRFILE``, ``RESPFILE``,
-    ``ANCRFILE``, ``CHANTYPE``, ``DETCHANS``, ``POISSERR``, ``SYS_ERR``,
-    ``GROUPING``.
+    ``BACKSCAL``, ``CORRSCAL``, ``BACKFILE`` (only with a background),
+    ``CORRFILE``, ``RESPFILE``, ``ANCRFILE``, ``CHANTYPE``, ``DETCHANS``,
+    ``POISSERR``, ``SYS_ERR``, ``GROUPING`` (keyword 0 unless a
+    ``GROUPING`` column is written), ``OBS_ID``.  gammapy's
+    ``OGIPDatasetReader`` also needs ``ANCRFILE`` (an ARF).  Read back with
+    :func:`xfusion.io.ogip.read_pha`.
     """
     path = Path(path)
     da = spectrum_counts if isinstance(spectrum_counts, xr.DataArray) else None
@@ -459,11 +477,23 @@ def write_pha(
                                 unit="count/s" if rate else "count",
                                 array=stat_err.astype(np.float32)))
     q = np.zeros(n, np.int16) if quality is None else np.asarray(quality, np.int16)
+    if q.shape != (n,):
+        raise ValueError(f"quality must have one value per channel ({n},); got shape {q.shape}.")
     cols.append(fits.Column(name="QUALITY", format="I", array=q))
+    if grouping is not None:
+        grp = np.asarray(grouping)
+        if grp.shape != (n,) or not np.all(np.isin(grp, (-1, 0, 1))):
+            raise ValueError(f"grouping must hold one of 1, -1, 0 per channel ({n},) (OGIP GROUPING).")
+        cols.append(fits.Column(name="GROUPING", format="I", array=grp.astype(np.int16)))
     scal_keys = {}
     for name, value in (("BACKSCAL", backscal), ("AREASCAL", areascal)):
         arr = np.asarray(value, dtype=np.float64)
-        if arr.ndim == 0:
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError(f"{name} must be finite and >= 0.")
+        if arr.ndim == 0 and name == "BACKSCAL":
+            cols.append(fits.Column(name=name, format="E", array=np.full(n, float(arr), np.float32)))
+            scal_keys[name] = float(arr)
+        elif arr.ndim == 0:
             scal_keys[name] = float(arr)
         else:
             if arr.shape != (n,):
@@ -481,21 +511,22 @@ def write_pha(
     h["HDUVERS"] = ("1.2.1", "version of the format (OGIP/92-007)")
     if object_name is not None:
         h["OBJECT"] = (str(object_name), "name of the observed object")
-    if obs_id is not None:
-        h["OBS_ID"] = (obs_id, "observation identifier")
+    h["OBS_ID"] = (path.stem if obs_id is None else obs_id, "observation identifier")
     h["EXPOSURE"] = (exposure, "[s] exposure time")
     h["AREASCAL"] = (scal_keys["AREASCAL"], "area scaling factor")
     h["BACKSCAL"] = (scal_keys["BACKSCAL"], "background scaling factor")
     h["CORRSCAL"] = (float(corrscal), "correction file scaling factor")
-    h["BACKFILE"] = (str(backfile), "associated background file")
-    h["CORRFILE"] = (str(corrfile), "associated correction file")
+    if backfile is not None and str(backfile).strip().lower() != "none":
+        h["BACKFILE"] = (str(backfile), "associated background file")
+    h["CORRFILE"] = ("NONE" if corrfile is None else str(corrfile), "associated correction file")
     h["RESPFILE"] = (respfile, "associated redistribution matrix file")
     h["ANCRFILE"] = (ancrfile, "associated ancillary response file")
     h["CHANTYPE"] = (chantype, "channel type (PHA or PI)")
     h["DETCHANS"] = (n, "total number of detector channels")
     h["POISSERR"] = (stat_err is None, "Poisson errors to be assumed")
     h["SYS_ERR"] = (0.0, "no systematic error")
-    h["GROUPING"] = (0, "no grouping of the data")
+    if grouping is None:
+        h["GROUPING"] = (0, "no grouping of the data")
     h["TLMIN1"] = (int(channel[0]), "first legal channel number")
     h["TLMAX1"] = (int(channel[-1]), "last legal channel number")
 
@@ -640,4 +671,211 @@ def write_pha_from_result(
         h["HISTORY"] = "Spectrum of an xfusion fused cube for a nominal fused instrument:"
         h["HISTORY"] = "diagonal RMF on the fused energy bins, flat ARF, counts = flux*area*exposure"
         h["HISTORY"] = "(expected counts, rounded to nearest integer)" if not rate else "(expected rate, not rounded)"
+    return pha_path, rmf_path, arf_path
+
+
+# --------------------------------------------------------------------------
+# PHA type II: one spectrum per row
+# --------------------------------------------------------------------------
+__all__ += ["write_pha2", "write_pha2_from_result"]
+
+
+def write_pha2(
+    spectra,
+    energy_edges,
+    exposure,
+    path,
+    *,
+    respfile: str = "none",
+    ancrfile: str = "none",
+    backscal=1.0,
+    quality=None,
+    telescope: str = "UNKNOWN",
+    instrument: str = "UNKNOWN",
+    filter: str = "NONE",  # noqa: A002
+    object_name: str | None = None,
+    first_channel: int = 0,
+    extra_columns: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a type-II OGIP PHA file (OGIP/92-007): one integer-count spectrum per row.
+
+    Parameters
+    ----------
+    spectra : array_like, shape (n_spectra, n_channel)
+        Counts (non-negative integers).
+    energy_edges : array_like, (n_channel + 1,) or (n_channel, 2)
+        Nominal channel energies (keV), written as ``EBOUNDS``.
+    exposure : float or array_like (n_spectra,)
+        Exposure (s): keyword if scalar, else an ``EXPOSURE`` column.
+    path : str or os.PathLike
+        Output file.
+    respfile, ancrfile : str
+        ``RESPFILE`` / ``ANCRFILE`` keywords shared by all rows.
+    backscal : float or array_like (n_spectra,)
+        ``BACKSCAL``: the keyword when all rows share it, else a per-row vector column
+        (the value repeated over the channels, the layout Sherpa reads).
+    quality : array_like of int (n_spectra, n_channel), optional
+        ``QUALITY`` (default all 0).
+    first_channel : int
+        Number of the first channel (``TLMIN`` of ``CHANNEL``).
+    extra_columns : dict, optional
+        ``{name: (fits_format, values (n_spectra,))}``: per-row information, e.g. the
+        fused-pixel offsets of :func:`write_pha2_from_result`, written with ``SPEC_NUM``
+        in a separate ``SPEC_INFO`` table (Sherpa's type-II reader refuses scalar
+        per-row columns in ``SPECTRUM`` other than ``SPEC_NUM``/``TG_*``).
+
+    Notes
+    -----
+    Columns ``SPEC_NUM`` (J, 1..n), ``CHANNEL`` (nJ), ``COUNTS`` (nJ), ``QUALITY``
+    (nI) [, ``BACKSCAL`` (nE)] [, ``EXPOSURE`` (D) when the rows' exposures differ, which
+    Sherpa does not read]; keywords as for :func:`write_pha` with ``HDUCLAS4 =
+    'TYPE:II'``, ``POISSERR = T``, no ``BACKFILE``. Sherpa 4.19 loads such a file as one
+    dataset per row (checked); gammapy 2.x has no type-II reader (use :func:`write_pha`
+    per spectrum for it). Read back with :func:`xfusion.io.ogip.read_pha`.
+    """
+    path = Path(path)
+    c = np.asarray(spectra, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError(f"spectra must be 2D (n_spectra, n_channel); got shape {c.shape}.")
+    n_spec, n = c.shape
+    if np.any(c < 0) or not np.all(np.isfinite(c)) or not np.all(c == np.round(c)):
+        raise ValueError("type-II COUNTS must be finite non-negative integers.")
+    if c.max(initial=0) >= 2**31:
+        raise ValueError("counts exceed the 32-bit COUNTS column.")
+    lo, hi = _as_edges(energy_edges, n)
+    channel = np.arange(n, dtype=np.int32) + int(first_channel)
+    exp = np.asarray(exposure, dtype=np.float64)
+    if not np.all(exp > 0):
+        raise ValueError("exposure must be positive (s).")
+    q = np.zeros((n_spec, n), np.int16) if quality is None else np.asarray(quality, np.int16)
+    if q.shape != (n_spec, n):
+        raise ValueError(f"quality must have shape {(n_spec, n)}.")
+    bs = np.broadcast_to(np.asarray(backscal, dtype=np.float64), (n_spec,))
+    spec_num = np.arange(1, n_spec + 1, dtype=np.int32)
+    cols = [
+        fits.Column(name="SPEC_NUM", format="J", array=spec_num),
+        fits.Column(name="CHANNEL", format=f"{n}J", array=np.broadcast_to(channel, (n_spec, n))),
+        fits.Column(name="COUNTS", format=f"{n}J", unit="count", array=c.astype(np.int32)),
+        fits.Column(name="QUALITY", format=f"{n}I", array=q),
+    ]
+    if not np.all(bs == bs[0]):
+        cols.append(fits.Column(name="BACKSCAL", format=f"{n}E",
+                                array=np.repeat(bs[:, None], n, axis=1).astype(np.float32)))
+    if exp.ndim:
+        if exp.shape != (n_spec,):
+            raise ValueError(f"exposure must be a scalar or have shape ({n_spec},).")
+        if np.all(exp == exp[0]):
+            exp = exp[0]
+        else:
+            cols.append(fits.Column(name="EXPOSURE", format="D", unit="s", array=exp))
+    hdu = fits.BinTableHDU.from_columns(cols, name="SPECTRUM")
+    h = hdu.header
+    _common_keywords(h, telescope, instrument, filter)
+    h["HDUCLAS1"] = ("SPECTRUM", "PHA dataset (OGIP/92-007)")
+    h["HDUCLAS2"] = ("TOTAL", "gross spectrum (source + background)")
+    h["HDUCLAS3"] = ("COUNT", "data stored as counts")
+    h["HDUCLAS4"] = ("TYPE:II", "one spectrum per row (type II)")
+    h["HDUVERS"] = ("1.2.1", "version of the format (OGIP/92-007)")
+    if object_name is not None:
+        h["OBJECT"] = (str(object_name), "name of the observed object")
+    if exp.ndim == 0:
+        h["EXPOSURE"] = (float(exp), "[s] exposure time")
+    h["AREASCAL"] = (1.0, "area scaling factor")
+    if np.all(bs == bs[0]):
+        h["BACKSCAL"] = (float(bs[0]), "background scaling factor")
+    h["CORRSCAL"] = (0.0, "correction file scaling factor")
+    h["CORRFILE"] = ("NONE", "associated correction file")
+    h["RESPFILE"] = (str(respfile), "associated redistribution matrix file")
+    h["ANCRFILE"] = (str(ancrfile), "associated ancillary response file")
+    h["CHANTYPE"] = ("PI", "channel type (PHA or PI)")
+    h["DETCHANS"] = (n, "total number of detector channels")
+    h["POISSERR"] = (True, "Poisson errors to be assumed")
+    h["SYS_ERR"] = (0.0, "no systematic error")
+    h["GROUPING"] = (0, "no grouping of the data")
+    idx = [c.upper() for c in hdu.columns.names].index("CHANNEL") + 1
+    h[f"TLMIN{idx}"] = (int(channel[0]), "first legal channel number")
+    h[f"TLMAX{idx}"] = (int(channel[-1]), "last legal channel number")
+    hdus = [fits.PrimaryHDU(), hdu, _ebounds_hdu(lo, hi, channel, telescope, instrument, filter, "PI")]
+    if extra_columns:
+        info = [fits.Column(name="SPEC_NUM", format="J", array=spec_num)]
+        for name, (fmt, arr) in extra_columns.items():
+            arr = np.asarray(arr)
+            if arr.shape[:1] != (n_spec,):
+                raise ValueError(f"extra column {name!r} needs one value per spectrum ({n_spec}).")
+            info.append(fits.Column(name=name, format=fmt, array=arr))
+        hdus.append(fits.BinTableHDU.from_columns(info, name="SPEC_INFO"))
+    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    return path
+
+
+def write_pha2_from_result(
+    result,
+    path_prefix,
+    *,
+    regions=None,
+    exposure: float = 1.0,
+    area: float = 1.0,
+    variable: str = "flux",
+    telescope: str = "XFUSION",
+    instrument: str = "FUSED",
+    object_name: str | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, Path, Path]:
+    """Type-II PHA of a fused cube: one spectrum per fused pixel (or per region), + RMF + ARF.
+
+    The same nominal "fused instrument" as :func:`write_pha_from_result` (diagonal RMF on
+    the fused energy bins, flat ARF of ``area`` cm2, ``exposure`` s): row ``k`` holds the
+    expected counts ``flux * area * exposure`` of pixel / region ``k``, rounded to the
+    nearest integer (negative round-off set to 0).
+
+    Parameters
+    ----------
+    regions : None or sequence
+        ``None``: one row per fused pixel, in C order of (x, y); the ``SPEC_INFO`` table
+        gives ``X_PIX``, ``Y_PIX`` (0-based indices) and ``X_OFF``, ``Y_OFF`` (arcsec
+        offsets of the pixel centre, from the ``x``/``y`` coordinates) per ``SPEC_NUM``.
+        Otherwise a sequence of regions as accepted by :func:`write_pha_from_result`
+        (masks, pixel lists or slice pairs), one row each, ``SPEC_INFO`` giving
+        ``NPIXSOU`` (pixels summed).
+
+    Returns
+    -------
+    (pha_path, rmf_path, arf_path)
+    """
+    from xfusion.io.ogip import edges_coords
+
+    da = result[variable].transpose("x", "y", "energy")
+    if not (float(exposure) > 0 and float(area) > 0):
+        raise ValueError(f"exposure and area must be positive; got {exposure!r} s and {area!r} cm2.")
+    lo, hi = _edges_from(da, "energy")
+    vals = np.asarray(da.values, dtype=np.float64)
+    nx, ny, n = vals.shape
+    if regions is None:
+        spectra = vals.reshape(nx * ny, n)
+        ix, iy = np.unravel_index(np.arange(nx * ny), (nx, ny))
+        extra = {"X_PIX": ("J", ix.astype(np.int32)), "Y_PIX": ("J", iy.astype(np.int32)),
+                 "X_OFF": ("D", np.asarray(da["x"].values, np.float64)[ix]),
+                 "Y_OFF": ("D", np.asarray(da["y"].values, np.float64)[iy])}
+    else:
+        masks = [_region_mask(r, (nx, ny)) for r in regions]
+        if any(not m.any() for m in masks):
+            raise ValueError("a region selects no pixel.")
+        spectra = np.stack([vals[m].sum(axis=0) for m in masks])
+        extra = {"NPIXSOU": ("J", np.array([int(m.sum()) for m in masks], np.int32))}
+    expected = np.clip(spectra * float(area) * float(exposure), 0.0, None)
+    prefix = os.fspath(path_prefix)
+    pha_path, rmf_path, arf_path = (Path(prefix + s) for s in (".pha", ".rmf", ".arf"))
+    coords = edges_coords("energy_true", lo, hi)
+    coords.update(edges_coords("energy", lo, hi))
+    coords["channel"] = xr.Variable("energy", np.arange(n))
+    rmf = xr.DataArray(np.eye(n), dims=("energy_true", "energy"), coords=coords,
+                       attrs={"units": "1", "arf_folded": False})
+    arf = xr.DataArray(np.full(n, float(area)), dims=("energy_true",),
+                       coords=edges_coords("energy_true", lo, hi), attrs={"units": "cm2"})
+    keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
+    write_rmf(rmf, rmf_path, first_channel=0, overwrite=overwrite, **keys)
+    write_arf(arf, arf_path, overwrite=overwrite, **keys)
+    write_pha2(np.rint(expected), np.append(lo, hi[-1]), float(exposure), pha_path, respfile=rmf_path.name,
+               ancrfile=arf_path.name, object_name=object_name, extra_columns=extra, overwrite=overwrite, **keys)
     return pha_path, rmf_path, arf_path

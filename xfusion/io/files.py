@@ -17,7 +17,14 @@ RMF's EBOUNDS channels inside ``band`` (grouped ``group`` at a time); explicit
 a channel width). The RMF columns are summed over each group, so any grouping of whole
 channels is allowed (not only a uniform factor). RMF rows (true energies) that do not
 overlap the band are dropped: the fused model only has photons inside the band, so they
-are never used (this keeps e.g. a 12000 x 12000 microcalorimeter RMF small).
+are never used (this keeps e.g. a 12000 x 12000 microcalorimeter RMF small); small negative
+elements left in the kept rows (calibration noise, e.g. EPIC-pn at 0.17-0.23 keV) are set to 0
+with a warning (:func:`xfusion.observation.clip_negative_rows`). Integer PI events are binned
+by RMF channel index (``PI // k``, ``k`` inferred from EBOUNDS), never by comparing energies
+with the float32 EBOUNDS. ``grouping=`` (OGIP +1/-1 flags) chooses channel groups of any
+widths, e.g. the coarse channels whose edges are also channel edges of the other instrument
+(:func:`common_channel_edges`), which is what :func:`align` suggests when cropping cannot
+align two grids.
 """
 from __future__ import annotations
 
@@ -28,12 +35,13 @@ import numpy as np
 import xarray as xr
 
 from ..grid import assign_roles, fusion_grid
-from ..observation import REL_TOL, energy_edges as _edges_of, observation, pixel_size as _pixel_size
-from .events import read_events
+from ..observation import (REL_TOL, clip_negative_rows, edge_tolerance, energy_edges as _edges_of, observation,
+                           pixel_size as _pixel_size)
+from .events import INSTRUMENTS, _detect_instrument, read_events
 from .ogip import SparseRMF, edges_coords, read_arf, read_rmf
 from .psf import read_psf
 
-__all__ = ["observation_from_files", "align"]
+__all__ = ["observation_from_files", "align", "common_channel_edges"]
 
 _GRID_KEYS = ("energy_edges", "pixel_size", "center", "shape")
 #: snapping tolerance of user energy edges onto EBOUNDS edges, in channel widths
@@ -99,10 +107,48 @@ def _rmf_on_channels(sp, idx):
     m = sp.matrix[rows[0]:rows[-1] + 1][:, idx[0]:idx[-1]]
     m = np.asarray(m.toarray(), dtype=np.float64)
     m = np.add.reduceat(m, idx[:-1] - idx[0], axis=1)
+    # rows outside the band are already dropped; tiny negative elements left are clipped with a warning
+    m = clip_negative_rows(m, np.append(t_lo[rows[0]:rows[-1] + 1], t_hi[rows[-1]]),
+                           f"RMF {sp.attrs.get('file', '')!r}")
     coords = edges_coords("energy_true", t_lo[rows[0]:rows[-1] + 1], t_hi[rows[0]:rows[-1] + 1])
     coords.update(edges_coords("energy", eb[idx[:-1]], eb[idx[1:]]))
     attrs = {k: v for k, v in sp.attrs.items() if isinstance(v, (str, int, float, bool))}
     return xr.DataArray(m, dims=("energy_true", "energy"), coords=coords, name="rmf", attrs=attrs)
+
+
+def _pi_per_channel(sp, kev_per_unit):
+    """PI values per RMF channel if EBOUNDS channel ``c`` holds PI ``[c k, (c + 1) k)``, else None.
+
+    ``k = E_MAX[-1] / (unit * (CHANNEL[-1] + 1))`` must be a whole number and the upper half of
+    the channels must start within 1 % of a channel of ``c k`` PI units (EPIC-pn EBOUNDS depart
+    from 5 eV x channel below 3 keV: the nominal energies there are not the channel boundaries
+    of the PI values, which is why the events are binned by channel, not by energy).
+    """
+    ch = np.asarray(sp.channel, dtype=np.int64)
+    lo, hi = sp.energy_edges[:, 0], sp.energy_edges[:, 1]
+    k = float(hi[-1]) / kev_per_unit / float(ch[-1] + 1)
+    if not k > 0.5 or abs(k - round(k)) > 1e-3:
+        return None
+    k = int(round(k))
+    upper = slice(ch.size // 2, None)
+    if np.max(np.abs(lo[upper] / (kev_per_unit * k) - ch[upper])) > 0.01:
+        return None
+    return k
+
+
+def common_channel_edges(rmf, obs):
+    """EBOUNDS edges (keV) of ``rmf`` that coincide with channel edges of observation ``obs``.
+
+    Use them as ``energy_edges=`` of :func:`observation_from_files` for the coarse
+    instrument so that its channels group whole channels of the fine one (float32
+    EBOUNDS tolerated, see :func:`xfusion.observation.edge_tolerance`).
+    """
+    eb = _ebounds(_sparse_rmf(rmf))
+    ef = _edges_of(obs)
+    tol = edge_tolerance(eb, np.min(np.diff(ef)))
+    j = np.clip(np.searchsorted(ef, eb), 1, ef.size - 1)
+    near = np.minimum(np.abs(ef[j - 1] - eb), np.abs(ef[j] - eb))
+    return eb[near <= tol]
 
 
 def _arf(arf):
@@ -139,6 +185,7 @@ def observation_from_files(
     instrument=None,
     band=None,
     group=1,
+    grouping=None,
     exposure=None,
 ) -> xr.Dataset:
     """Build an observation from an event list and the instrument's response files.
@@ -182,14 +229,25 @@ def observation_from_files(
     group : int
         Number of consecutive RMF channels per counts channel for the default grid (a
         trailing incomplete group is dropped).
+    grouping : array of int (+1 / -1), optional
+        OGIP ``GROUPING`` of the RMF channels inside ``band`` (all EBOUNDS channels if no
+        band): ``+1`` starts a counts channel, ``-1`` continues it, so channel groups of any
+        widths can be chosen, e.g. coarse channels whose edges coincide with the other
+        instrument's (see :func:`common_channel_edges`). Replaces ``group``.
     exposure : float, s, optional
-        Override the exposure read from the event header (EXPOSURE, LIVETIME or ONTIME).
+        Override the exposure of :func:`read_events` (sum of the GTIs of the events' CCD times
+        the mission's dead-time correction, or the EXPOSURE/LIVETIME/ONTIME keyword when the
+        file has no GTI extension); how it was obtained is in ``attrs["exposure_source"]``.
 
     Returns
     -------
     xarray.Dataset
         A validated observation (see :mod:`xfusion.observation`), with attrs
-        ``center_ra``, ``center_dec`` (deg), ``events_file``, ``instrument``.
+        ``center_ra``, ``center_dec`` (deg), ``events_file``, ``instrument``, ``n_binned``,
+        ``exposure_source`` and ``energy_binning`` (``"channel"``: integer PI binned by RMF
+        channel index, ``PI // k`` with ``k`` PI values per channel inferred from EBOUNDS, e.g.
+        5 for EPIC-pn and 1 for Resolve; ``"pi"``/``"energy"`` otherwise, see
+        :func:`xfusion.io.events.read_events`).
     """
     if grid is not None:
         given = [k for k, v in (("energy_edges", energy_edges), ("pixel_size", pixel_size), ("center", center),
@@ -214,36 +272,67 @@ def observation_from_files(
             lo_b, hi_b = (eb[0], eb[-1]) if band is None else (float(band[0]), float(band[1]))
             tol = 1e-3 * np.diff(eb)  # band limits within 0.1% of a channel of an edge (float32 EBOUNDS)
             inside = np.flatnonzero((eb[:-1] >= lo_b - tol) & (eb[1:] <= hi_b + tol))
-            g = int(group)
-            if g < 1:
-                raise ValueError(f"group must be a positive integer; got {group!r}")
-            n = inside.size // g
-            if n == 0:
-                raise ValueError(
-                    f"no group of {g} RMF channel(s) lies inside band {band} keV (EBOUNDS span "
-                    f"{eb[0]:.4g}-{eb[-1]:.4g} keV); widen the band"
-                )
             if np.any(np.diff(inside) != 1):
                 raise ValueError("RMF channels inside the band are not consecutive")
-            idx = inside[0] + g * np.arange(n + 1)
+            if grouping is not None:
+                if group != 1:
+                    raise ValueError("give either group= (uniform) or grouping= (OGIP +1/-1 flags), not both")
+                gr = np.asarray(grouping)
+                if gr.shape != inside.shape or not np.all(np.isin(gr, (1, -1))) or (gr.size and gr[0] != 1):
+                    raise ValueError(
+                        f"grouping must hold one flag per RMF channel inside the band ({inside.size} channels, "
+                        f"{eb[inside[0]] if inside.size else float('nan'):.6g}-"
+                        f"{eb[inside[-1] + 1] if inside.size else float('nan'):.6g} keV): +1 starts a group, -1 "
+                        f"continues it, the first is +1; got shape {gr.shape}"
+                    )
+                idx = np.append(inside[np.flatnonzero(gr == 1)], inside[-1] + 1)
+            else:
+                g = int(group)
+                if g < 1:
+                    raise ValueError(f"group must be a positive integer; got {group!r}")
+                n = inside.size // g
+                if n == 0:
+                    raise ValueError(
+                        f"no group of {g} RMF channel(s) lies inside band {band} keV (EBOUNDS span "
+                        f"{eb[0]:.4g}-{eb[-1]:.4g} keV); widen the band"
+                    )
+                idx = inside[0] + g * np.arange(n + 1)
         else:
-            if band is not None or group != 1:
-                raise ValueError("band= and group= define the default energy grid; omit them with energy_edges=")
+            if band is not None or group != 1 or grouping is not None:
+                raise ValueError("band=, group= and grouping= define the default energy grid; omit them with "
+                                 "energy_edges=")
             idx = _channel_indices(np.asarray(energy_edges, dtype=np.float64), eb, label)
         energy_edges = eb[idx]
         response = _rmf_on_channels(sp, idx)
     elif energy_edges is None:
         raise ValueError("energy_edges is required when no rmf is given")
-    elif band is not None or group != 1:
-        raise ValueError("band= and group= select RMF channels; without an rmf pass energy_edges only")
+    elif band is not None or group != 1 or grouping is not None:
+        raise ValueError("band=, group= and grouping= select RMF channels; without an rmf pass energy_edges only")
     energy_edges = np.asarray(energy_edges, dtype=np.float64)
 
+    # integer PI binned by RMF channel index when the RMF's channels are PI // k (exact; EBOUNDS give energies)
+    chan_kw = {}
+    if response is not None:
+        from astropy.io import fits
+
+        ins = instrument
+        if ins is None:
+            with fits.open(events, memmap=False) as hdul:
+                ins = _detect_instrument(hdul["EVENTS"].header, label)[0]
+        cfg = INSTRUMENTS.get(ins, {})
+        if cfg.get("pi"):
+            k = _pi_per_channel(sp, cfg["kev_per_unit"])
+            if k is not None:
+                chan_kw = {"channel_edges": np.asarray(sp.channel, dtype=np.int64)[0] + idx.astype(np.int64),
+                           "pi_per_channel": k}
     counts = read_events(events, energy_edges=energy_edges, pixel_size=float(pixel_size),
-                         center=tuple(center), shape=tuple(shape), filters=filters, instrument=instrument)
+                         center=tuple(center), shape=tuple(shape), filters=filters, instrument=instrument,
+                         **chan_kw)
+    exposure_given = exposure is not None
     if exposure is None:
         exposure = float(counts.attrs["exposure"])
         if not np.isfinite(exposure):
-            raise ValueError(f"{label}: the event header has no EXPOSURE/LIVETIME/ONTIME keyword; pass exposure= (s)")
+            raise ValueError(f"{label}: no GTI extension and no EXPOSURE/LIVETIME/ONTIME keyword; pass exposure= (s)")
     area = _arf(arf) if arf is not None else None
     psf_da = _psf(psf, psf_pixel_size)
     obs = observation(
@@ -255,6 +344,8 @@ def observation_from_files(
         "center_ra": float(center[0]), "center_dec": float(center[1]),
         "events_file": label, "instrument": counts.attrs["instrument"],
         "n_binned": int(counts.attrs["n_binned"]),
+        "exposure_source": "argument exposure=" if exposure_given else counts.attrs["exposure_source"],
+        "energy_binning": counts.attrs["energy_binning"],
     })
     return obs
 
@@ -312,12 +403,13 @@ def _spatial_crop(fine, coarse, dim, v):
 def _spectral_crop(sharp, coarse):
     """Channel slices (sharp-spectral, coarse) on the common band with coinciding edges."""
     ef, ec = _edges_of(sharp), _edges_of(coarse)
-    tol = REL_TOL * float(np.min(np.diff(ef))) + 1e-12
+    tols = edge_tolerance(ec, np.min(np.diff(ef)))  # float32 EBOUNDS match, real offsets do not
+    tol = float(tols.max())
     pos = np.searchsorted(ef, ec)
     idx = np.full(ec.size, -1)
     for k, (e, p) in enumerate(zip(ec, pos)):
         for q in (p - 1, p):
-            if 0 <= q < ef.size and abs(ef[q] - e) <= tol:
+            if 0 <= q < ef.size and abs(ef[q] - e) <= tols[k]:
                 idx[k] = q
     # longest run of consecutive matched coarse edges holding a constant number of fine channels
     best, k = (0, 0), 0
@@ -337,8 +429,9 @@ def _spectral_crop(sharp, coarse):
         raise ValueError(
             f"coordinate energy: no channel edge of '{_name(coarse, 'coarse')}' ({ec[0]:.4g}-{ec[-1]:.4g} keV) "
             f"coincides with a pair of channel edges of '{_name(sharp, 'sharp')}' ({ef[0]:.4g}-{ef[-1]:.4g} keV); "
-            "cropping cannot align them. Re-bin the coarse events on energy_edges taken from the fine edges "
-            "(e.g. fine_edges[::k])"
+            "cropping cannot align them. Rebuild the coarse observation with observation_from_files(..., "
+            "energy_edges=common_channel_edges(<its rmf>, <the sharp-spectral observation>)) or with grouping= "
+            "(OGIP +1/-1 flags over its RMF channels) so that its channel edges fall on fine channel edges"
         )
     # coarse channels of the common band that had to be dropped (edges not aligned)
     common = (ec[:-1] >= ef[0] - tol) & (ec[1:] <= ef[-1] + tol)
@@ -348,7 +441,9 @@ def _spectral_crop(sharp, coarse):
         warnings.warn(
             f"align: {int(np.sum(common & ~kept))} channel(s) of '{_name(coarse, 'coarse')}' inside the common band "
             f"were dropped because their edges do not coincide with whole groups of '{_name(sharp, 'sharp')}' "
-            f"channels; kept {ec[k0]:.4g}-{ec[k1]:.4g} keV. Re-bin on aligned edges to keep them",
+            f"channels; kept {ec[k0]:.4g}-{ec[k1]:.4g} keV. To keep them, rebuild '{_name(coarse, 'coarse')}' "
+            "with observation_from_files(..., energy_edges=xfusion.io.files.common_channel_edges(<its rmf>, "
+            f"<'{_name(sharp, 'sharp')}'>))",
             stacklevel=3,
         )
     return slice(int(idx[k0]), int(idx[k1])), slice(k0, k1)

@@ -14,9 +14,13 @@ Layout of the file written by :func:`write_fits_cube`:
   Without ``center``: a linear offset WCS, ``CTYPE1 = 'XOFFSET'``, ``CTYPE2 = 'YOFFSET'``,
   ``CUNIT = 'arcsec'``, world coordinate = the cube's own ``x``/``y`` coordinate values
   (arcsec, x west, y north).
-* energy axis: channel centres (keV). Uniform channels: linear, ``CTYPE3 = 'ENERGY'``,
-  ``CUNIT3 = 'keV'``, ``CRVAL3`` = first centre, ``CDELT3`` = width (the convention of
-  gammapy maps). Non-uniform channels: the FITS tabular algorithm (WCS Paper III), which
+* energy axis: channel centres (keV). Uniform channels -- every edge within 0.1 % of a
+  channel width plus float32 rounding of the linear grid, so float32 EBOUNDS count as
+  uniform: linear, ``CTYPE3 = 'ENER'`` (the FITS WCS Paper III spectral type, which
+  ``astropy.wcs.WCS(header).has_spectral`` / ``.spectral`` recognise), ``CUNIT3 = 'keV'``,
+  ``CRPIX3 = 1``, ``CRVAL3`` = first centre, ``CDELT3`` = mean width; the exact edges are
+  in ``ENERGIES``. (wcslib converts a spectral axis to SI: ``WCS.wcs_pix2world`` returns
+  J; ``WCS.pixel_to_world(...)[-1].to("keV")`` gives keV.) Non-uniform channels: the FITS tabular algorithm (WCS Paper III), which
   needs the 4-3 form of the spectral type, ``CTYPE3 = 'ENER-TAB'``, with the centres in the
   one-row table extension ``WCS-TAB`` (column ``COORDS``, ``PS3_0``/``PS3_1``); astropy
   reads it with ``astropy.wcs.WCS(header, fobj=hdulist)`` (between two pixels the
@@ -116,13 +120,19 @@ def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=Fal
         h["CDELT1"], h["CDELT2"] = (px, "[arcsec]"), (py, "[arcsec]")
     widths = hi - lo
     centres = 0.5 * (lo + hi)
-    uniform = n_e == 1 or (np.allclose(widths, widths[0], rtol=1e-6, atol=0)
-                           and np.allclose(lo[1:], hi[:-1], rtol=0, atol=1e-6 * widths.min()))
+    edges = np.append(lo, hi[-1])
+    step = (hi[-1] - lo[0]) / n_e
+    linear = lo[0] + step * np.arange(n_e + 1)
+    tol = 1e-3 * step + 2 * float(np.finfo(np.float32).eps) * np.abs(edges)  # float32 EBOUNDS are uniform
+    contiguous = n_e == 1 or np.allclose(lo[1:], hi[:-1], rtol=0, atol=1e-6 * widths.min())
+    uniform = contiguous and bool(np.all(np.abs(edges - linear) <= tol))
     h["CUNIT3"] = "keV"
     extra = []
     if uniform:
-        h["CTYPE3"] = ("ENERGY", "channel centre energy")
-        h["CRPIX3"], h["CRVAL3"], h["CDELT3"] = 1.0, (float(centres[0]), "[keV]"), (float(widths[0]), "[keV]")
+        h["CTYPE3"] = ("ENER", "energy (FITS WCS Paper III), channel centres")
+        h["CRPIX3"] = 1.0
+        h["CRVAL3"] = (float(lo[0] + 0.5 * step), "[keV] centre of the first channel")
+        h["CDELT3"] = (float(step), "[keV] channel width")
     else:
         h["CTYPE3"] = ("ENER-TAB", "channel centres tabulated in WCS-TAB")
         h["CRPIX3"], h["CRVAL3"], h["CDELT3"] = 1.0, 1.0, 1.0

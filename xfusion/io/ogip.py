@@ -53,6 +53,12 @@ _ARF_COLUMNS = ("ENERG_LO", "ENERG_HI", "SPECRESP")
 #: rounding).  Above this value the matrix must carry an effective area.
 _ROW_SUM_AREA_THRESHOLD = 1.5
 
+#: ``read_rmf(sparse=None)`` returns a :class:`SparseRMF` when the dense matrix
+#: would hold more elements than this (2.5e7 float64 = 200 MB): the 12,000-channel
+#: microcalorimeter RMF (1.44e8 elements, 1.15 GB dense) is read sparse, the
+#: 1319 x 4096 EPIC-pn RMF dense.
+SPARSE_THRESHOLD = 25_000_000
+
 
 class OGIPError(ValueError):
     """A file does not follow the OGIP convention expected by the reader.
@@ -323,10 +329,12 @@ def read_rmf(
         File name; gzip-compressed files (``.gz``) are read transparently.
     sparse : bool or None
         ``True`` returns a :class:`SparseRMF` (``scipy.sparse.csr_array`` plus
-        coordinates).  ``False`` or ``None`` (the default) return a dense
-        :class:`xarray.DataArray`.  ``None`` is reserved for an automatic
-        choice in the future; it currently always means dense.  Note that a
-        12,000 x 12,000 matrix is ~1.15 GB in float64.
+        coordinates), ``False`` a dense :class:`xarray.DataArray`.  ``None``
+        (the default) chooses: sparse when the dense matrix would have more
+        than :data:`SPARSE_THRESHOLD` elements (2.5e7, 200 MB in float64; a
+        12,000 x 12,000 matrix is 1.15 GB dense, a 60,000-channel Resolve RMF
+        29 GB), dense otherwise.  ``attrs["sparse_auto"]`` records the
+        automatic choice.
     hdu : int or str, optional
         Matrix extension to use.  By default the first binary table with
         EXTNAME ``MATRIX`` or ``SPECRESP MATRIX`` (or, failing that,
@@ -341,6 +349,9 @@ def read_rmf(
     Returns
     -------
     xarray.DataArray or SparseRMF
+        (a :class:`SparseRMF` with ``sparse=True`` or, with ``sparse=None``,
+        above :data:`SPARSE_THRESHOLD` elements; its ``coords()`` and
+        ``to_dataarray()`` give the layout below.)
         Float64 array with dims ``("energy_true", "energy")`` and shape
         ``(n_rows_of_MATRIX, n_rows_of_EBOUNDS)``.  Coordinates:
 
@@ -536,6 +547,9 @@ def read_rmf(
         channel=channel,
         attrs=attrs,
     )
+    if sparse is None:
+        sparse = nrows * n_chan_total > SPARSE_THRESHOLD
+        sp.attrs["sparse_auto"] = bool(sparse)
     if sparse:
         return sp
     return sp.to_dataarray()
@@ -567,7 +581,8 @@ def read_arf(path, *, hdu: int | str | None = None) -> xr.DataArray:
     Raises
     ------
     OGIPError
-        Missing extension/columns, unsorted energies or non-positive widths.
+        Missing extension/columns, unsorted energies, non-positive widths, or
+        a NaN / infinite / negative ``SPECRESP``.
     """
     fname = _name(path)
     with fits.open(path, memmap=False) as hdul:
@@ -590,6 +605,15 @@ def read_arf(path, *, hdu: int | str | None = None) -> xr.DataArray:
                 f"{fname}: SPECRESP has unit {unit!r}; expected cm2 (or m2)."
             )
         area = area * unit_scale[unit]
+        bad = ~np.isfinite(area) | (area < 0)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            i = int(rows[0])
+            raise OGIPError(
+                f"{fname}: SPECRESP has {rows.size} negative or non-finite value(s), first at row {i} "
+                f"(ENERG_LO={lo[i]:.6g} keV, SPECRESP={area[i]!r}). An effective area must be finite and "
+                ">= 0 cm2; regenerate the ARF (or, knowingly, set those rows to 0 in a copy)."
+            )
         head = ahdu.header
         attrs = {
             "units": "cm2",
@@ -603,3 +627,160 @@ def read_arf(path, *, hdu: int | str | None = None) -> xr.DataArray:
         area, dims=("energy_true",), coords=edges_coords("energy_true", lo, hi),
         name="arf", attrs=attrs,
     )
+
+
+# --------------------------------------------------------------------------
+# PHA spectra
+# --------------------------------------------------------------------------
+__all__ += ["read_pha"]
+
+_PHA_HEADER_KEYS = {
+    "telescope": "TELESCOP", "instrument": "INSTRUME", "filter": "FILTER", "obs_id": "OBS_ID",
+    "object": "OBJECT", "chantype": "CHANTYPE", "hduclas3": "HDUCLAS3", "backfile": "BACKFILE",
+    "respfile": "RESPFILE", "ancrfile": "ANCRFILE", "corrfile": "CORRFILE",
+}
+
+
+def _pha_column_or_key(table, header, name, n_rows, n_chan, default, dtype):
+    """(n_rows, n_chan) values of a PHA quantity given as a column (scalar or vector) or a keyword."""
+    names = [c.upper() for c in table.columns.names]
+    if name in names:
+        v = np.asarray(table.data[name], dtype=dtype)
+        if v.ndim == 1:                       # one value per row (type II) or per channel (type I)
+            v = v[:, None] if n_rows > 1 or v.size != n_chan else v[None, :]
+        return np.broadcast_to(v, (n_rows, n_chan)).copy(), "column"
+    value = header.get(name, default)
+    return np.full((n_rows, n_chan), value, dtype=dtype), ("keyword" if name in header else "default")
+
+
+def read_pha(path, *, spectrum: int | None = None, hdu: int | str | None = None) -> xr.Dataset:
+    """Read an OGIP PHA spectrum (OGIP/92-007), type I or type II.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        PHA file (``.gz`` fine).
+    spectrum : int, optional
+        For a type-II file, the row (0-based) to read; default: all rows along a
+        ``spectrum`` dim (coordinate ``spec_num`` from ``SPEC_NUM`` if present).
+    hdu : int or str, optional
+        Extension; default EXTNAME ``SPECTRUM`` (or ``HDUCLAS1 = 'SPECTRUM'``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``("energy",)`` (type I or one row) or ``("spectrum", "energy")``.
+        Variables: ``counts`` (count) or ``rate`` (count/s) as stored,
+        ``stat_err`` when present, ``quality`` (int16, 0 = good), ``grouping``
+        (int16, OGIP ``+1`` starts a group, ``-1`` continues, ``0`` = no
+        grouping), ``backscal``, ``areascal`` (float64) and ``exposure`` (s),
+        each from its column (per channel or per row) or else its keyword,
+        broadcast to every channel; ``attrs[<name>_source]`` says which.
+        Coordinates: ``channel`` (the file's channel numbers) and, when an
+        ``EBOUNDS`` extension is in the file or in the ``RESPFILE`` (resolved
+        relative to the PHA's directory), ``energy``, ``energy_lo``,
+        ``energy_hi`` (keV).  ``attrs``: ``file``, ``spectrum_type``
+        (``"I"``/``"II"``), ``poisserr``, ``telescope``, ``instrument``,
+        ``filter``, ``obs_id``, ``object``, ``chantype``, ``hduclas3``,
+        ``backfile``, ``respfile``, ``ancrfile``, ``corrfile`` (empty string
+        when absent).  A type-II file's ``SPEC_INFO`` table (per-row
+        information from :func:`xfusion.io.export.write_pha2`) becomes
+        coordinates along ``spectrum`` (lower-case names).
+
+    Raises
+    ------
+    OGIPError
+        No spectrum extension, no ``CHANNEL`` or no ``COUNTS``/``RATE``
+        column, channel counts disagreeing with EBOUNDS.
+    """
+    fname = _name(path)
+    base_dir = os.path.dirname(os.fspath(path))
+    with fits.open(path, memmap=False) as hdul:
+        shdu = None
+        if hdu is not None:
+            shdu = hdul[hdu]
+        else:
+            for h in hdul:
+                if isinstance(h, fits.BinTableHDU) and (
+                        h.name.upper() == "SPECTRUM"
+                        or str(h.header.get("HDUCLAS1", "")).strip().upper() == "SPECTRUM"):
+                    shdu = h
+                    break
+        if shdu is None:
+            raise OGIPError(f"{fname}: no SPECTRUM extension (HDUs {_hdu_names(hdul)}); pass hdu=.")
+        head = shdu.header
+        cols = [c.upper() for c in shdu.columns.names]
+        data_col = "COUNTS" if "COUNTS" in cols else ("RATE" if "RATE" in cols else None)
+        if "CHANNEL" not in cols or data_col is None:
+            raise OGIPError(f"{fname}: {shdu.name} needs CHANNEL and COUNTS (or RATE) columns; it has "
+                            f"{shdu.columns.names}.")
+        values = np.asarray(shdu.data[data_col], dtype=np.float64)
+        chan = np.asarray(shdu.data["CHANNEL"])
+        type2 = values.ndim == 2
+        if not type2:
+            values, chan = values[None, :], chan[None, :]
+        n_rows, n_chan = values.shape
+        if np.any(chan != chan[:1]):
+            raise OGIPError(f"{fname}: the rows of a type-II file have different CHANNEL arrays.")
+        chan = chan[0].astype(np.int64)
+        out = {data_col.lower(): values}
+        sources = {}
+        if "STAT_ERR" in cols:
+            out["stat_err"], sources["stat_err"] = _pha_column_or_key(shdu, head, "STAT_ERR", n_rows, n_chan,
+                                                                       0.0, np.float64)
+        for name, default, dt in (("QUALITY", 0, np.int16), ("GROUPING", 0, np.int16),
+                                  ("BACKSCAL", 1.0, np.float64), ("AREASCAL", 1.0, np.float64),
+                                  ("EXPOSURE", np.nan, np.float64)):
+            out[name.lower()], sources[name.lower()] = _pha_column_or_key(shdu, head, name, n_rows, n_chan,
+                                                                           default, dt)
+        attrs = {k: str(head.get(v, "")).strip() for k, v in _PHA_HEADER_KEYS.items()}
+        attrs.update({"file": fname, "spectrum_type": "II" if type2 else "I",
+                      "poisserr": bool(head.get("POISSERR", data_col == "COUNTS"))})
+        attrs.update({f"{k}_source": v for k, v in sources.items()})
+        spec_num = np.asarray(shdu.data["SPEC_NUM"]) if (type2 and "SPEC_NUM" in cols) else None
+        info = {}
+        if type2 and "SPEC_INFO" in _hdu_names(hdul):   # per-row information (write_pha2)
+            t = hdul["SPEC_INFO"].data
+            for c in t.columns.names:
+                if c.upper() != "SPEC_NUM":
+                    info[c.lower()] = np.asarray(t[c])
+        eb = None
+        for h in hdul:
+            if isinstance(h, fits.BinTableHDU) and h.name.upper() == "EBOUNDS":
+                eb = h
+                break
+        if eb is not None:
+            eb = (np.asarray(eb.data["CHANNEL"]), np.asarray(eb.data["E_MIN"], np.float64)
+                  * _energy_unit_scale(eb, "E_MIN", fname), np.asarray(eb.data["E_MAX"], np.float64)
+                  * _energy_unit_scale(eb, "E_MAX", fname))
+    if eb is None and attrs["respfile"] and attrs["respfile"].lower() != "none":
+        resp = os.path.join(base_dir, attrs["respfile"])
+        if os.path.exists(resp):
+            with fits.open(resp, memmap=False) as rh:
+                e = _find_hdu(rh, ("EBOUNDS",), _name(resp), "EBOUNDS", hduclas2="EBOUNDS")
+                eb = (np.asarray(e.data["CHANNEL"]), np.asarray(e.data["E_MIN"], np.float64)
+                      * _energy_unit_scale(e, "E_MIN", _name(resp)), np.asarray(e.data["E_MAX"], np.float64)
+                      * _energy_unit_scale(e, "E_MAX", _name(resp)))
+    coords = {"channel": xr.Variable("energy", chan, attrs={"units": "1"})}
+    if eb is not None:
+        e_ch, e_lo, e_hi = eb
+        pos = {int(c): i for i, c in enumerate(e_ch)}
+        missing = [int(c) for c in chan if int(c) not in pos]
+        if missing:
+            raise OGIPError(f"{fname}: channels {missing[:5]}... of the spectrum are not in EBOUNDS "
+                            f"({int(e_ch[0])}..{int(e_ch[-1])}); the EBOUNDS belong to another channel set.")
+        take = np.array([pos[int(c)] for c in chan])
+        coords.update(edges_coords("energy", e_lo[take], e_hi[take]))
+    units = {"counts": "count", "rate": "count/s", "stat_err": "count/s" if data_col == "RATE" else "count",
+             "quality": "1", "grouping": "1", "backscal": "1", "areascal": "1", "exposure": "s"}
+    dims = ("spectrum", "energy") if (type2 and spectrum is None) else ("energy",)
+    ds = xr.Dataset(coords=coords, attrs=attrs)
+    for k, v in out.items():
+        v = v if dims == ("spectrum", "energy") else v[0 if spectrum is None else int(spectrum)]
+        ds[k] = xr.Variable(dims, v, attrs={"units": units[k]})
+    if spec_num is not None and spectrum is None:
+        ds = ds.assign_coords(spec_num=("spectrum", spec_num))
+        ds = ds.assign_coords({k: ("spectrum", v) for k, v in info.items() if v.shape[:1] == spec_num.shape})
+    elif spec_num is not None:
+        ds.attrs["spec_num"] = int(spec_num[int(spectrum)])
+    return ds

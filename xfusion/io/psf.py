@@ -4,7 +4,9 @@ A PSF in :mod:`xfusion` is an :class:`xarray.DataArray` with dims
 ``("psf_x", "psf_y")`` whose coordinates ``psf_x`` and ``psf_y`` are the
 offsets (arcsec) of the pixel centres from the PSF centre.  The array is
 odd-sized along both axes, centred (the middle pixel has offset 0) and sums
-to 1.  Energy-dependent PSFs add a leading ``energy_true`` dim (keV).
+to 1.  Energy-dependent PSFs (:func:`read_psf_stack`) add a leading
+``psf_energy`` dim (band energies in keV), the layout
+:func:`xfusion.observation` takes as is.
 
 FITS images are stored row = y, column = x; they are transposed to (x, y)
 on reading.  Offsets grow with the FITS pixel index (no RA flip is applied:
@@ -148,126 +150,7 @@ def psf_pixel_scale(header, label: str = "PSF image") -> float:
     )
 
 
-def _uniform_step(coord: np.ndarray, name: str) -> float:
-    coord = np.asarray(coord, dtype=np.float64)
-    if coord.size < 2:
-        raise ValueError(f"PSF coordinate {name!r} needs at least 2 pixels.")
-    steps = np.diff(coord)
-    step = float(np.mean(steps))
-    if step <= 0 or not np.allclose(steps, step, rtol=1e-6, atol=0):
-        raise ValueError(
-            f"PSF coordinate {name!r} must be uniformly increasing."
-        )
-    return step
-
-
-def _odd_size_covering(half_extent: float, pixel_size: float) -> int:
-    """Smallest odd n with n * pixel_size / 2 >= half_extent."""
-    n = int(math.ceil(2.0 * half_extent / pixel_size - 1e-9))
-    n = max(n, 1)
-    return n if n % 2 == 1 else n + 1
-
-
-def _overlap_matrix(in_centres, d_in, out_centres, d_out):
-    """W[j, i] = fraction of input pixel i lying inside output pixel j."""
-    in_lo = in_centres - 0.5 * d_in
-    in_hi = in_centres + 0.5 * d_in
-    out_lo = out_centres - 0.5 * d_out
-    out_hi = out_centres + 0.5 * d_out
-    lo = np.maximum(out_lo[:, None], in_lo[None, :])
-    hi = np.minimum(out_hi[:, None], in_hi[None, :])
-    return np.clip(hi - lo, 0.0, None) / d_in
-
-
-def _centred_coords(n: int, pixel_size: float) -> np.ndarray:
-    return (np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * pixel_size
-
-
-def _make_psf(values, pixel_size, attrs):
-    nx, ny = values.shape
-    coord_attrs = {"units": "arcsec"}
-    return xr.DataArray(
-        values,
-        dims=("psf_x", "psf_y"),
-        coords={
-            "psf_x": xr.Variable("psf_x", _centred_coords(nx, pixel_size), coord_attrs),
-            "psf_y": xr.Variable("psf_y", _centred_coords(ny, pixel_size), coord_attrs),
-        },
-        name="psf",
-        attrs=attrs,
-    )
-
-
-# --------------------------------------------------------------------------
-# public API
-# --------------------------------------------------------------------------
-def resample_psf(psf: xr.DataArray, pixel_size: float, size: int | None = None
-                 ) -> xr.DataArray:
-    """Flux-conserving resampling of a PSF onto a centred odd grid.
-
-    The input image is treated as piecewise constant over its pixels and
-    integrated exactly over each output pixel (overlap-area rebinning,
-    separable in x and y).  Total flux is conserved up to what falls outside
-    the output stamp.
-
-    Parameters
-    ----------
-    psf : xarray.DataArray, dims ("psf_x", "psf_y")
-        Input PSF; coordinates are pixel-centre offsets (arcsec) from the
-        PSF centre, uniformly spaced, square pixels.  It need not be
-        odd-sized, centred or normalized.
-    pixel_size : float
-        Output pixel size in arcsec.
-    size : int, optional
-        Output size in pixels along both axes (must be odd).  Default: the
-        smallest odd size covering the whole input image.
-
-    Returns
-    -------
-    xarray.DataArray, dims ("psf_x", "psf_y"), shape (size, size)
-        Sums to 1; centre pixel at offset (0, 0).  ``attrs`` copies the
-        input's and sets ``pixel_size`` (arcsec), ``units`` = "1" and
-        ``enclosed_fraction`` = fraction of the input flux inside the
-        output stamp, multiplied by the input's own ``enclosed_fraction``
-        if present (so it always refers to the original image).
-    """
-    if psf.dims != ("psf_x", "psf_y"):
-        psf = psf.transpose("psf_x", "psf_y")
-    pixel_size = float(pixel_size)
-    if not pixel_size > 0:
-        raise ValueError(f"pixel_size must be positive, got {pixel_size!r}.")
-    x = np.asarray(psf["psf_x"].values, dtype=np.float64)
-    y = np.asarray(psf["psf_y"].values, dtype=np.float64)
-    dx = _uniform_step(x, "psf_x")
-    dy = _uniform_step(y, "psf_y")
-    if not np.isclose(dx, dy, rtol=1e-6):
-        raise ValueError(f"PSF pixels must be square (got {dx} x {dy} arcsec).")
-    values = np.asarray(psf.values, dtype=np.float64)
-    total = float(values.sum())
-    if not total > 0:
-        raise ValueError("PSF has non-positive total flux; cannot normalize.")
-    if size is None:
-        half = max(abs(x[0] - dx / 2), abs(x[-1] + dx / 2),
-                   abs(y[0] - dy / 2), abs(y[-1] + dy / 2))
-        size = _odd_size_covering(half, pixel_size)
-    size = int(size)
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"PSF size must be a positive odd integer, got {size}.")
-    out_c = _centred_coords(size, pixel_size)
-    wx = _overlap_matrix(x, dx, out_c, pixel_size)
-    wy = _overlap_matrix(y, dy, out_c, pixel_size)
-    out = wx @ values @ wy.T
-    kept = float(out.sum())
-    if not kept > 0:
-        raise ValueError(
-            "No PSF flux falls inside the requested output stamp; increase "
-            "`size` or check the PSF coordinates."
-        )
-    attrs = dict(psf.attrs)
-    attrs["units"] = "1"
-    attrs["pixel_size"] = pixel_size
-    attrs["enclosed_fraction"] = float(attrs.get("enclosed_fraction", 1.0)) * kept / total
-    return _make_psf(out / kept, pixel_size, attrs)
+from ..psf_sampling import _make_psf, resample_psf  # noqa: E402,F401 - resampling lives in the core
 
 
 def read_psf(
@@ -440,15 +323,17 @@ def read_psf_stack(
         Common odd output size.  Default: the largest of the individual
         sizes, smaller stamps being zero-padded (flux unchanged).
     energy_edges : array_like, shape (n_energy, 2), optional
-        ``[lo, hi]`` of each band (keV); adds ``energy_true_lo`` /
-        ``energy_true_hi`` coordinates.
+        ``[lo, hi]`` of each band (keV); adds ``psf_energy_lo`` /
+        ``psf_energy_hi`` coordinates.
     **kwargs
         Passed to :func:`read_psf` (``hdu``, ``center``, ``input_pixel_size``).
 
     Returns
     -------
-    xarray.DataArray, dims ("energy_true", "psf_x", "psf_y")
-        Each energy slice sums to 1.  ``attrs["enclosed_fraction"]`` is an
+    xarray.DataArray, dims ("psf_energy", "psf_x", "psf_y")
+        Each energy slice sums to 1; coordinate ``psf_energy`` (keV) = ``energies``.
+        Accepted as is by :func:`xfusion.observation` (``psf=``), whose model
+        interpolates linearly in energy between the bands.  ``attrs["enclosed_fraction"]`` is an
         array (one per band), ``attrs["files"]`` the source labels.
     """
     energies = np.atleast_1d(np.asarray(energies, dtype=np.float64))
@@ -470,19 +355,19 @@ def read_psf_stack(
     psfs = [_pad_to(p, n) for p in psfs]
     stack = np.stack([p.values for p in psfs])
     coords = {
-        "energy_true": xr.Variable("energy_true", energies, {"units": "keV"}),
+        "psf_energy": xr.Variable("psf_energy", energies, {"units": "keV"}),
         "psf_x": psfs[0]["psf_x"].variable,
         "psf_y": psfs[0]["psf_y"].variable,
     }
     if energy_edges is not None:
         edges = np.asarray(energy_edges, dtype=np.float64).reshape(energies.size, 2)
-        coords["energy_true_lo"] = xr.Variable("energy_true", edges[:, 0], {"units": "keV"})
-        coords["energy_true_hi"] = xr.Variable("energy_true", edges[:, 1], {"units": "keV"})
+        coords["psf_energy_lo"] = xr.Variable("psf_energy", edges[:, 0], {"units": "keV"})
+        coords["psf_energy_hi"] = xr.Variable("psf_energy", edges[:, 1], {"units": "keV"})
     attrs = {
         "units": "1",
         "pixel_size": float(pixel_size),
         "enclosed_fraction": np.array([p.attrs["enclosed_fraction"] for p in psfs]),
         "files": [str(p.attrs.get("file", "")) for p in psfs],
     }
-    return xr.DataArray(stack, dims=("energy_true", "psf_x", "psf_y"),
+    return xr.DataArray(stack, dims=("psf_energy", "psf_x", "psf_y"),
                         coords=coords, name="psf", attrs=attrs)

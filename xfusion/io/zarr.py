@@ -1,25 +1,213 @@
-"""Zarr storage of observations and results (no pickle: arrays + JSON attributes)."""
+"""Zarr storage of observations and results (no pickle: arrays + JSON attributes).
+
+Writing never destroys what xfusion did not create (DESIGN section 9):
+
+* :func:`check_output` refuses, before any computing, an output path that is or lies inside
+  an input store (or contains one), an existing file or non-Zarr folder, an existing Zarr
+  store unless ``overwrite`` allows it, and a folder that cannot be written;
+* :func:`write` writes to a hidden temporary sibling (``.NAME.xfusion-tmp``) and renames it
+  onto ``path`` only when every chunk is written, so a killed write never leaves a store that
+  looks complete at ``path``; the replaced store is removed only after the rename.
+
+Every store written here carries the root attribute ``xfusion_store`` (the writer's version),
+so xfusion can tell its own stores from the user's (``overwrite="xfusion"``).
+"""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
+#: root attribute marking a store written by :func:`write`
+MARKER = "xfusion_store"
+_ZARR_FILES = ("zarr.json", ".zgroup", ".zarray")
 
-def write(ds: xr.Dataset, path, *, chunks=None, mode="w", client=None):
-    """Write a Dataset to a Zarr store (format 3), lazy variables chunk by chunk.
+
+class OutputError(ValueError):
+    """An output path that xfusion refuses to write (it would destroy or hide someone's data)."""
+
+
+def is_zarr_store(path) -> bool:
+    """True if ``path`` is a folder with Zarr (v2 or v3) root metadata."""
+    p = Path(path)
+    return p.is_dir() and any((p / f).exists() for f in _ZARR_FILES)
+
+
+def written_by_xfusion(path) -> bool:
+    """True if ``path`` is a Zarr v3 store whose root attributes carry xfusion's marker."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+        return MARKER in (meta.get("attributes") or {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _resolved(path) -> Path:
+    return Path(os.path.abspath(os.fspath(path))).resolve()
+
+
+def overlaps(a, b) -> bool:
+    """True if paths ``a`` and ``b`` are equal or one lies inside the other (after resolving links)."""
+    a, b = _resolved(a), _resolved(b)
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def sources(*datasets):
+    """Store paths the datasets were read from (xarray's ``encoding["source"]``), for overlap checks."""
+    out = []
+    for ds in datasets:
+        for obj in [ds, *getattr(ds, "variables", {}).values()]:
+            src = getattr(obj, "encoding", {}).get("source")
+            if isinstance(src, (str, os.PathLike)) and os.path.exists(src):
+                out.append(os.fspath(src))
+    return sorted(set(out))
+
+
+def check_output(path, *, inputs=(), overwrite=False, what="output store"):
+    """Refuse an output ``path`` that would destroy data; return it as a ``Path`` (parents created).
+
+    ``inputs``: store paths that must stay untouched (refused if ``path`` equals one, lies
+    inside one or contains one). ``overwrite``: False (an existing store is refused), True
+    (an existing Zarr store may be replaced) or ``"xfusion"`` (only a store written by
+    xfusion may be replaced). A file or a non-Zarr folder at ``path`` is always refused. The
+    parent folder must be writable (checked by creating and removing a probe file).
+    """
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"{what} must be a path (str or os.PathLike); got {path!r}")
+    if overwrite not in (True, False, "xfusion"):
+        raise ValueError(f"overwrite must be True, False or 'xfusion'; got {overwrite!r}")
+    p = Path(os.fspath(path))
+    for src in inputs:
+        if overlaps(p, src):
+            raise OutputError(f"{what} {str(path)!r} is, contains or lies inside the input store {str(src)!r}; "
+                              "writing there would destroy the input: choose another path")
+    if p.exists() or p.is_symlink():
+        if not is_zarr_store(p):
+            kind = "a file" if not p.is_dir() else "a folder that is not a Zarr store"
+            raise OutputError(f"{what} {str(path)!r} exists and is {kind}; refusing to overwrite it: "
+                              "choose another path")
+        if overwrite is False:
+            raise OutputError(f"{what} {str(path)!r} already exists; choose another path or allow replacing it "
+                              "(overwrite=True, CLI --overwrite)")
+        if overwrite == "xfusion" and not written_by_xfusion(p):
+            raise OutputError(f"{what} {str(path)!r} exists and was not written by xfusion; choose another path")
+    parent = p.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{p.name}.xfusion-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {str(path)!r}: folder {str(parent)!r} is not writable "
+                          f"({exc.strerror or exc})") from exc
+    return p
+
+
+def uniform_chunks(v):
+    """Zarr needs equal chunks except the last one on every axis: rechunk a Dask array that has others."""
+    chunks = tuple(c if len(c) < 2 or len(set(c[:-1])) == 1 and c[-1] <= c[0] else (max(c),) for c in v.chunks)
+    return v if chunks == v.chunks else v.rechunk(tuple(c[0] for c in chunks))
+
+
+def _for_writing(ds: xr.Dataset, chunks=None) -> xr.Dataset:
+    """A shallow copy without the encodings inherited from the inputs (e.g. their Zarr chunking) and
+    with Zarr-compatible Dask chunks; the caller's Dataset is not modified."""
+    ds = ds.copy(deep=False)
+    if chunks:
+        ds = ds.chunk({k: v for k, v in chunks.items() if k in ds.dims})
+    rechunked = {}
+    for name, var in ds.variables.items():
+        var.encoding = {}
+        if _is_dask(var.data):
+            data = uniform_chunks(var.data)
+            if data is not var.data:
+                rechunked[name] = var.copy(data=data)
+    for name, var in rechunked.items():
+        ds[name] = var
+    return ds
+
+
+def _is_dask(v):
+    try:
+        import dask.array as da
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(v, da.Array)
+
+
+def store(ds: xr.Dataset, path, *, mode="w", client=None, compute=True):
+    """Write ``ds`` to a Zarr v3 store as is (no checks, no temporary sibling): the raw writer used by
+    :func:`write` and by the checkpoint writer. ``compute=False`` returns the delayed chunk writes."""
+    path = os.fspath(path)
+    if not compute:
+        return ds.to_zarr(path, mode=mode, consolidated=False, compute=False)
+    if client is not None:
+        client.compute(ds.to_zarr(path, mode=mode, consolidated=False, compute=False)).result()
+    else:
+        ds.to_zarr(path, mode=mode, consolidated=False)
+    return path
+
+
+def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, inputs=None):
+    """Write a Dataset to a new Zarr store (format 3), lazy variables chunk by chunk.
 
     ``chunks``: optional dict dim -> size. ``client``: the ``distributed.Client`` that holds
     the result's data (a lazy ``fuse(..., client=client)`` result); default: the active Dask
-    scheduler.
+    scheduler. ``overwrite``: replace an existing Zarr store at ``path`` (True), only one
+    written by xfusion (``"xfusion"``), or refuse (False, default). ``inputs``: store paths
+    that must not be touched (default: the stores ``ds`` was read from). See
+    :func:`check_output` for what is refused; the checks run before any computing.
+
+    The store is written to a temporary sibling and renamed onto ``path`` when complete;
+    encodings copied from the inputs (chunks, compressors) are dropped.
     """
-    if chunks:
-        ds = ds.chunk({k: v for k, v in chunks.items() if k in ds.dims})
-    if client is not None:
-        client.compute(ds.to_zarr(os.fspath(path), mode=mode, consolidated=False, compute=False)).result()
-    else:
-        ds.to_zarr(os.fspath(path), mode=mode, consolidated=False)
+    if chunks is not None and not isinstance(chunks, dict):
+        raise TypeError(f"chunks must be a dict dim -> size; got {chunks!r}")
+    p = Path(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else path
+    if isinstance(p, Path):
+        _recover(p, p.absolute().parent / f".{p.name}.xfusion-tmp", p.absolute().parent / f".{p.name}.xfusion-old")
+    p = check_output(path, inputs=sources(ds) if inputs is None else inputs, overwrite=overwrite)
+    out = _for_writing(ds, chunks)
+    out.attrs[MARKER] = _version()
+    tmp = p.absolute().parent / f".{p.name}.xfusion-tmp"
+    old = p.absolute().parent / f".{p.name}.xfusion-old"
+    try:
+        store(out, tmp, client=client)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if p.exists():
+        os.replace(p, old)
+    os.replace(tmp, p)
+    shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _recover(p, tmp, old):
+    """Clean up after a write killed mid-way: an unfinished temporary sibling is removed (only if it
+    is ours: marked, or an empty folder); a store moved aside but not yet replaced is put back."""
+    if old.exists() and not p.exists() and not p.is_symlink():
+        os.replace(old, p)  # killed between the two renames: the previous store is restored
+    for leftover in (tmp, old):
+        if not leftover.exists():
+            continue
+        if leftover.is_dir() and not any(leftover.iterdir()):
+            leftover.rmdir()
+        elif leftover == old and is_zarr_store(old) or written_by_xfusion(leftover):
+            shutil.rmtree(leftover)
+        else:
+            raise OutputError(f"{str(leftover)!r} is in the way of writing {str(p)!r} and was not written by "
+                              "xfusion; move it away")
+
+
+def _version():
+    from .. import __version__
+
+    return __version__
 
 
 def open(path, *, chunks=None) -> xr.Dataset:  # noqa: A001 - mirrors xarray's verb
@@ -28,4 +216,5 @@ def open(path, *, chunks=None) -> xr.Dataset:  # noqa: A001 - mirrors xarray's v
     if not os.path.exists(path):
         raise FileNotFoundError(f"no Zarr store at {path}")
     ds = xr.open_zarr(path, chunks=chunks, consolidated=False)
+    ds.attrs.pop(MARKER, None)  # bookkeeping of the writer, not part of the data
     return ds if chunks is not None else ds.load()

@@ -56,22 +56,50 @@ class ResponseMatrix:
     folded in). Energy-dependent resolution is just a non-Toeplitz ``R``. Adjoint:
     ``(S^T u)[..., k] = sum_c u[..., c] R[k, c]``. Both are one BLAS matrix product over the
     contiguous last axis.
+
+    ``matrix`` may be a ``scipy.sparse`` matrix/array (e.g. ``read_rmf(...).matrix`` of a
+    large microcalorimeter RMF): it is kept in CSR form, with its transpose in CSR for the
+    forward product, and never densified; forward and adjoint are then sparse x dense
+    products on the spectra flattened to (pixels, energy), exact adjoints of each other.
     """
 
     def __init__(self, matrix):
+        import scipy.sparse as ssp
+
+        if ssp.issparse(matrix):
+            m = ssp.csr_array(matrix, dtype=np.float64)
+            if m.ndim != 2:
+                raise ValueError("response matrix must be 2D (L, l)")
+            self.sparse = True
+            self.matrix = m
+            mt = m.T.tocsr()
+            self._m = {np.dtype(np.float64): m, np.dtype(np.float32): m.astype(np.float32)}
+            self._mt = {np.dtype(np.float64): mt, np.dtype(np.float32): mt.astype(np.float32)}
+            return
         m = np.asarray(matrix, dtype=np.float64)
         if m.ndim != 2:
             raise ValueError("response matrix must be 2D (L, l)")
+        self.sparse = False
         self.matrix = m
         self._m = {np.dtype(np.float64): m, np.dtype(np.float32): m.astype(np.float32)}
 
     def in_shape(self, shape):
         return tuple(shape[:-1]) + (self.matrix.shape[0],)
 
+    def _sparse_apply(self, mats, z):
+        a = mats[z.dtype]
+        z2 = z.reshape(-1, z.shape[-1])
+        out = np.ascontiguousarray((a @ z2.T).T)
+        return out.reshape(z.shape[:-1] + (a.shape[0],))
+
     def forward(self, z):
+        if self.sparse:
+            return self._sparse_apply(self._mt, z)
         return z @ self._m[z.dtype]
 
     def adjoint(self, u):
+        if self.sparse:
+            return self._sparse_apply(self._m, u)
         return u @ self._m[u.dtype].T
 
 
@@ -124,4 +152,8 @@ def rmf_on_grid(matrix, true_edges, fine_edges):
             f"spans {fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV; use an RMF that covers the band or crop the cubes"
         )
     idx = np.clip(np.searchsorted(true_edges, e, side="right") - 1, 0, true_edges.size - 2)
+    import scipy.sparse as ssp
+
+    if ssp.issparse(matrix):  # stays sparse (CSR rows picked, never densified)
+        return ssp.csr_array(matrix, dtype=np.float64)[idx]
     return np.asarray(matrix, dtype=np.float64)[idx]

@@ -4,19 +4,26 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from ..parallel import compute_many
 
 #: largest number of principal components considered when choosing r by explained variance
 MAX_COMPONENTS = 64
 
 
-def spectral_moments(spectra, client=None):
-    """``(n, sum_i s_i, sum_i s_i s_i^T)`` of spectra (n, L), NumPy or Dask (one pass, float64;
-    on ``client`` when given, else the active Dask scheduler)."""
+def _dask_compute(colls):
+    import dask
+
+    return dask.compute(*colls)
+
+
+def spectral_moments(spectra, compute=None):
+    """``(n, sum_i s_i, sum_i s_i s_i^T)`` of spectra (n, L), NumPy or Dask (one pass, float64).
+
+    ``compute(collections) -> values`` evaluates Dask collections (the backend passes one bound
+    to its client); default: the active Dask scheduler."""
     s = spectra.astype(np.float64)
     moments = (s.shape[0], s.sum(axis=0), s.T @ s)
     if hasattr(s, "dask"):
-        moments = (moments[0],) + tuple(compute_many(moments[1:], client))
+        moments = (moments[0],) + tuple((compute or _dask_compute)(moments[1:]))
     return moments
 
 
@@ -33,7 +40,15 @@ def pca_basis(spectra=None, rank=None, explained=0.999, moments=None):
     the variance (at most 64). The covariance route makes the NumPy and Dask paths give the
     same basis; it costs O(L^2) memory (0.5 GB at L = 8192).
     """
+    if not (isinstance(explained, (int, float)) and not isinstance(explained, bool) and 0 < explained <= 1):
+        raise ValueError(f"explained must be a fraction of the variance in (0, 1]; got {explained!r}")
     n, s1, s2 = moments if moments is not None else spectral_moments(spectra)
+    if n < 1 or not np.all(np.isfinite(s1)) or not np.all(np.isfinite(s2)):
+        raise ValueError("the spectra for the low-rank basis are empty or contain NaN/inf (zero effective area "
+                         "where there are counts?)")
+    if not np.any(s1):
+        raise ValueError("the spectra for the low-rank basis are all zero: the sharp-spectral observation has no "
+                         "counts, so there is no spectral subspace to estimate; use regularization='wavelet2d1d'")
     mean = s1 / n
     cov = s2 / n - np.outer(mean, mean)
     L = cov.shape[0]
@@ -66,12 +81,13 @@ def _orthonormal(mean, pcs):
 COVARIANCE_MAX_CHANNELS = 4096
 
 
-def pca_basis_randomized(spectra, rank, seed=0, n_power_iter=3, client=None):
+def pca_basis_randomized(spectra, rank, seed=0, n_power_iter=3, compute=None):
     """Same basis as :func:`pca_basis` (mean + leading components), by a randomized SVD of the
     centred spectra (Halko et al. 2011; ``dask.array.linalg.svd_compressed``) -- for Dask
     spectra with many channels, where the L x L covariance (0.5 GB at L = 8192, 2 TFlop to
     form) is too costly. Approximate: the leading components agree with the exact ones to
-    the accuracy of ``n_power_iter`` power iterations; ``rank`` must be given.
+    the accuracy of ``n_power_iter`` power iterations; ``rank`` must be given. ``compute``: as in
+    :func:`spectral_moments`.
     """
     import dask.array as da
 
@@ -79,5 +95,5 @@ def pca_basis_randomized(spectra, rank, seed=0, n_power_iter=3, client=None):
     mean = s.mean(axis=0)
     k = max(int(rank) - 1, 1)
     _, _, vt = da.linalg.svd_compressed(s - mean, k=k, n_power_iter=n_power_iter, seed=seed)
-    mean, vt = compute_many((mean, vt), client)
+    mean, vt = (compute or _dask_compute)((mean, vt))
     return _orthonormal(mean, vt[: int(rank) - 1])

@@ -38,6 +38,11 @@ class Sobolev:
 
     def __init__(self, mu=0.03, level=1.0):
         self.mu, self.level = float(mu), float(level)
+        if not (np.isfinite(self.mu) and self.mu >= 0):
+            raise ValueError(f"Sobolev mu must be a finite number >= 0; got {mu!r}")
+        if not (np.isfinite(self.level) and self.level > 0):
+            raise ValueError(f"Sobolev level (mean intensity per voxel) must be finite and > 0; got {level!r}. "
+                             "It comes from the counts: are they all zero?")
         self.D = Gradient2D()
         self._c = self.mu / self.level
 

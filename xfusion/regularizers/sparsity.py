@@ -81,7 +81,7 @@ class Wavelet2D1D:
     """
 
     def __init__(self, n_scales_2d=1, n_scales_1d=5, k=1.0, k_rule="constant", k_min=0.5, k_max=3.0,
-                 null_space="zero", per_band=True, sample=MAD_SAMPLE):
+                 null_space="zero", per_band=True, sample=MAD_SAMPLE, conserve_flux=False):
         if null_space not in ("zero", "threshold"):
             raise ValueError("null_space must be 'zero' or 'threshold'")
         if k_rule not in ("constant", "sigmoid"):
@@ -89,6 +89,7 @@ class Wavelet2D1D:
         self.n2, self.n1 = int(n_scales_2d), int(n_scales_1d)
         self.k, self.k_rule, self.k_min, self.k_max = float(k), k_rule, float(k_min), float(k_max)
         self.null_space, self.per_band, self.sample = null_space, bool(per_band), sample
+        self.conserve_flux = bool(conserve_flux)
 
     def params(self):
         return {"n_scales_2d": self.n2, "n_scales_1d": self.n1, "k": self.k, "k_rule": self.k_rule,
@@ -122,6 +123,13 @@ class Wavelet2D1D:
             out += kept
             if with_penalty:
                 pen += float(np.sum(np.abs(kept) * th, dtype=np.float64))
+        if self.conserve_flux:
+            # clip here and rescale so the total equals the input's: clipping the negative lobes of
+            # thresholded coefficients otherwise adds flux (measured +1.3% on gaussian_rebin)
+            np.maximum(out, 0, out=out)
+            tot = float(np.sum(out, dtype=np.float64))
+            if tot > 0:
+                out *= np.float64(np.sum(z, dtype=np.float64) / tot).astype(out.dtype)
         return (out, pen) if with_penalty else out
 
     def value(self, z):

@@ -25,12 +25,21 @@ import numpy as np
 class EMProx:
     name = "em"
 
-    def __init__(self, likelihood, regularizer=None):
+    def __init__(self, likelihood, regularizer=None, free=None):
+        """``free`` (bool, fused shape): voxels some data constrain (``s > 0``, see
+        :func:`xfusion.likelihood.free_voxels`); the others are held at 0 (their EM step would
+        be 0/0). Default: where ``s > 0``."""
         self.lik = likelihood
         self.reg = regularizer
         self.sens = sum(t.sensitivity() for t in likelihood.terms)
-        if np.any(self.sens <= 0):
-            self.sens = np.maximum(self.sens, np.finfo(self.sens.dtype).tiny)
+        self.free = None if free is None else np.asarray(free, bool)
+        if self.free is None and np.any(self.sens <= 0):
+            self.free = self.sens > 0
+        if self.free is not None:
+            if self.free.all():
+                self.free = None
+            else:
+                self.sens = np.where(self.free, self.sens, 1).astype(self.sens.dtype)
 
     def _eval(self, z):
         """Data term at z and the EM correction factor sum_i H_i^T(d_i / H_i z)."""
@@ -46,8 +55,13 @@ class EMProx:
         state.update(z=z, data_term=val, penalty=pen, objective=val + pen)
         return state
 
+    def _hold(self, z):
+        if self.free is not None:
+            z[~self.free] = 0
+        return z
+
     def init(self, z0):
-        z = np.ascontiguousarray(z0)
+        z = self._hold(np.array(z0, order="C", copy=True))
         val, corr = self._eval(z)
         return self._record({"corr": corr}, z, val, 0.0)
 
@@ -57,6 +71,7 @@ class EMProx:
         if self.reg is not None:
             z, pen = self.reg.prox(z, with_penalty=True)
         np.maximum(z, 0, out=z)
+        self._hold(z)
         val, corr = self._eval(z)
         return self._record({"corr": corr}, z, val, pen)
 

@@ -19,8 +19,15 @@ import numpy as np
 class ISTA:
     name = "ista"
 
-    def __init__(self, likelihood, regularizer=None, step=None):
+    def __init__(self, likelihood, regularizer=None, step=None, free=None):
+        """``free`` (bool, fused shape): voxels some data constrain; the others are held at 0."""
         self.lik, self.reg, self.step_size = likelihood, regularizer, step
+        self.free = None if free is None or np.all(free) else np.asarray(free, bool)
+
+    def _hold(self, z):
+        if self.free is not None:
+            z[~self.free] = 0
+        return z
 
     def _record(self, state, z):
         val, grad = self.lik.value_and_grad(z)
@@ -29,10 +36,10 @@ class ISTA:
         return state
 
     def init(self, z0):
-        z = np.ascontiguousarray(z0)
+        z = self._hold(np.array(z0, order="C", copy=True))
         if self.step_size is None:
             sens = sum(t.sensitivity() for t in self.lik.terms)
-            ok = sens > 0
+            ok = (sens > 0) & (z > 0) if self.free is None else self.free & (z > 0)
             self.step_size = float(0.02 * np.min(z[ok] / sens[ok]))
         state = self._record({"alpha": float(self.step_size)}, z)
         state["objective0"] = state["objective"]
@@ -50,6 +57,7 @@ class ISTA:
             if self.reg is not None:
                 z = self.reg.prox(z)
             np.maximum(z, 0, out=z)
+            self._hold(z)
             return self._record({"alpha": state["alpha"], "objective0": state["objective0"]}, z)
 
     def solution(self, state):

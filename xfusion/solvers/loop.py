@@ -9,19 +9,24 @@ A *method* object holds the maths only:
 * ``solution(state)``: the fused cube in internal units.
 
 ``run`` adds the bookkeeping: relative-change stopping rule, ``max_iter``, callback,
-tqdm progress bar, and a Zarr checkpoint every ``checkpoint_every`` iterations that
-``resume=True`` continues from (same state -> same result as an uninterrupted run).
+tqdm progress bar, and a checkpoint every ``checkpoint_every`` iterations that ``resume``
+continues from (same state -> same result as an uninterrupted run). The checkpoint is an
+object given by the caller (``fuse`` builds an :class:`xfusion.checkpoints.ZarrCheckpoint`),
+so this module does no I/O itself; it calls
+
+* ``checkpoint.open()`` before anything else (lock, repair of a killed commit) and
+  ``checkpoint.close()`` at the end, whatever happens;
+* ``checkpoint.load(client)`` -> ``(state, history, iteration)`` or None when there is none
+  (the store verifies checksums, completeness and the run's fingerprint);
+* ``checkpoint.save(state, history, iteration, client)`` after iterations k, 2k, ..., at
+  convergence and at ``max_iter``.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
+import numbers
 import time
 
 import numpy as np
-
-from ..io.zarr import write
 
 HISTORY_KEYS = ("objective", "data_term", "penalty")
 
@@ -47,93 +52,45 @@ class RelativeChange:
         return all(abs(f[-i] - f[-i - 1]) <= self.tol * abs(f[-i]) for i in range(1, self.patience + 1))
 
 
-def _is_dask(v):
-    try:
-        import dask.array as da
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(v, da.Array)
-
-
-def _uniform_chunks(v):
-    """Zarr needs equal chunks except the last one on every axis: rechunk a Dask array if it has others."""
-    chunks = tuple(c if len(c) < 2 or len(set(c[:-1])) == 1 and c[-1] <= c[0] else (max(c),) for c in v.chunks)
-    return v if chunks == v.chunks else v.rechunk(tuple(c[0] for c in chunks))
-
-
-def _write_checkpoint(path, state, history, iteration, fingerprint, client=None):
-    """Write ``state`` + ``history`` to a Zarr store at ``path`` atomically (tmp + rename).
-
-    NumPy arrays are stored as is; Dask arrays (the out-of-core solvers) are written chunk by
-    chunk (``to_zarr`` of the lazy variables; by ``client`` when given, else by the active Dask
-    scheduler) into the same store, and listed in the ``dask_state`` attribute so they are
-    read back lazily.
-    """
-    import xarray as xr
-
-    data, lazy = {}, []
-    for k, v in state.items():
-        if isinstance(v, np.ndarray):
-            data[f"state_{k}"] = ([f"{k}_d{i}" for i in range(v.ndim)], v)
-        elif _is_dask(v):
-            data[f"state_{k}"] = ([f"{k}_d{i}" for i in range(v.ndim)], _uniform_chunks(v))
-            lazy.append(k)
-    for k, v in history.items():
-        data[f"history_{k}"] = (("iteration",), np.asarray(v, dtype=np.float64))
-    scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray) and not _is_dask(v)}
-    attrs = {"iteration": int(iteration), "scalars": json.dumps(scalars), "fingerprint": fingerprint,
-             "dask_state": json.dumps(lazy), "complete": 1}
-    tmp, old = f"{path}.tmp", f"{path}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds = xr.Dataset(data, attrs=attrs)
-    write(ds, tmp, client=client if lazy else None)
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_checkpoint(path, fingerprint):
-    """Read a checkpoint: NumPy state arrays loaded, Dask state arrays lazy (chunks as stored).
-
-    The lazy arrays read from ``path``: the solver must consume them (e.g. persist its next
-    iterate) before the next checkpoint replaces the store.
-    """
-    import xarray as xr
-
-    if not os.path.exists(path) and os.path.exists(f"{path}.old"):
-        os.replace(f"{path}.old", path)  # killed between the two renames
-    ds = xr.open_zarr(path, consolidated=False, chunks={})
-    if ds.attrs.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"checkpoint {path} was written by a run with different inputs or parameters; delete it or "
-            "use the same call to resume"
-        )
-    lazy = set(json.loads(ds.attrs.get("dask_state", "[]")))
-    state = {}
-    for k in ds.data_vars:
-        if k.startswith("state_"):
-            name = k[len("state_"):]
-            state[name] = ds[k].data if name in lazy else np.ascontiguousarray(ds[k].values)
-    state.update(json.loads(ds.attrs["scalars"]))
-    history = {k[len("history_"):]: list(map(float, ds[k].values)) for k in ds.data_vars if k.startswith("history_")}
-    return state, history, int(ds.attrs["iteration"])
-
-
 def run(method, x0, *, max_iter=100, tol=1e-4, callback=None, progress=True, checkpoint=None,
-        checkpoint_every=10, resume=False, fingerprint=""):
+        checkpoint_every=10, resume=False):
     """Iterate ``method`` from ``x0``; return ``(state, history, n_iter, converged)``.
 
     ``history`` lists the objective (and its parts) of iterates 0..n_iter. ``callback(it,
-    state)`` is called after each iteration; returning True stops the run.
+    state)`` is called after each iteration ``it`` (1, 2, ...; a resumed run starts at the
+    checkpoint's iteration + 1); returning True stops the run. ``checkpoint``: an object with
+    ``open/load/save/close`` (module notes) or None. ``resume``: False (start from ``x0``; a
+    checkpoint is replaced at the first save), True (continue from the checkpoint, which must
+    exist) or ``"auto"`` (continue if one exists, else start from ``x0``).
     """
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Integral) \
+            or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer (iterations between checkpoints); "
+                         f"got {checkpoint_every!r}")
+    if resume not in (False, True, "auto"):
+        raise ValueError(f"resume must be False, True or 'auto'; got {resume!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume needs a checkpoint to continue from (checkpoint=PATH)")
     stop = RelativeChange(tol, patience=getattr(method, "patience", 5), min_iter=getattr(method, "min_iter", 0))
+    client = getattr(method, "client", None)
+    if checkpoint is not None:
+        checkpoint.open()
+    try:
+        return _iterate(method, x0, stop, max_iter, callback, progress, checkpoint, checkpoint_every, resume, client)
+    finally:
+        if checkpoint is not None:
+            checkpoint.close()
+
+
+def _iterate(method, x0, stop, max_iter, callback, progress, checkpoint, checkpoint_every, resume, client):
+    stored = checkpoint.load(client) if checkpoint is not None and resume else None
+    if stored is None and resume is True:
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint} to continue from; "
+                                "run without resume (or with resume='auto', CLI --resume-or-start) to start one")
     start = 0
-    if checkpoint is not None and resume and (os.path.exists(checkpoint) or os.path.exists(f"{checkpoint}.old")):
-        state, history, start = _read_checkpoint(checkpoint, fingerprint)
+    if stored is not None:
+        state, history, start = stored
     else:
-        if checkpoint is not None and os.path.exists(checkpoint) and not resume:
-            shutil.rmtree(checkpoint)
         state = method.init(x0)
         history = {k: [float(state.get(k, np.nan))] for k in HISTORY_KEYS}
     bar = None
@@ -157,7 +114,7 @@ def run(method, x0, *, max_iter=100, tol=1e-4, callback=None, progress=True, che
                 bar.set_postfix(objective=f"{f[-1]:.6g}", rel_change=f"{rel:.2e}")
                 bar.update(1)
             if checkpoint is not None and (it % checkpoint_every == 0 or converged or it == max_iter):
-                _write_checkpoint(checkpoint, state, history, it, fingerprint, getattr(method, "client", None))
+                checkpoint.save(state, history, it, client)
             if callback is not None and callback(it, state):
                 break
     finally:

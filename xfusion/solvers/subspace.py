@@ -46,7 +46,11 @@ class SubspaceFISTA:
                 g += tg if sp is None else sp.adjoint(tg)
         return val, g
 
+    def _smooth_value(self, w):
+        return self.smooth.value(w) if self.smooth is not None else 0.0
+
     def f(self, w):
+        """Smooth part of the objective: Poisson data term + Sobolev penalty (if any)."""
         val = self._terms(w, False)[0]
         if self.smooth is not None and np.isfinite(val):
             val += self.smooth.value(w)
@@ -63,8 +67,12 @@ class SubspaceFISTA:
         return self.proxreg.value(w) if self.proxreg is not None else 0.0
 
     def _record(self, state, w, fval, pen=None):
+        """Store the iterate and its objective split honestly: ``data_term`` is the Poisson term
+        alone, ``penalty`` everything the regularization adds (Sobolev + sparsity); ``fval``
+        (the smooth part the line search works with) already contains the Sobolev term."""
         pen = self._pen(w) if pen is None else pen
-        state.update(w=w, data_term=fval, penalty=pen, objective=fval + pen)
+        smooth = self._smooth_value(w) if np.isfinite(fval) else 0.0
+        state.update(w=w, data_term=fval - smooth, penalty=pen + smooth, objective=fval + pen)
         return state
 
     # ----------------------------------------------------------------- iteration
@@ -110,7 +118,8 @@ class SubspaceFISTA:
         if f_new + pen > state["objective"]:  # adaptive restart
             t_next, restarts = 1.0, restarts + 1
             if not np.isfinite(f_new):
-                w_new, f_new, pen = w, state["data_term"], state["penalty"]
+                w_new, pen = w, self._pen(w)
+                f_new = state["objective"] - pen
         new = {"w_prev": w, "t": float(t_next), "lip": float(lip) * 0.8, "lip0": state["lip0"],
                "restarts": int(restarts)}
         return self._record(new, w_new, f_new, pen)

@@ -1,0 +1,12 @@
+# Convenience aliases for the two commands of dev.py (which needs nothing but Python >= 3.11).
+PYTHON ?= python3
+
+.PHONY: demo test docs
+demo:
+	$(PYTHON) dev.py demo
+
+test:
+	$(PYTHON) dev.py test
+
+docs:
+	$(PYTHON) dev.py test --no-tests

@@ -1,0 +1,285 @@
+"""The scene suite (issue 13): the default ``xfusion.fuse`` on many kinds of scenes, against the naive
+baselines and plain two-instrument Richardson-Lucy.
+
+Per scene (``xfusion.scenes.suite``; simulated by code independent of xfusion's operators) it prints:
+NMSE (dB, higher better), aSAM (rad), acSSIM, ERGAS (lower better) of the default fuse and of the two
+naive baselines (X upsampled in energy, Y upsampled in space); plain RL at its best iteration (an
+oracle: NMSE against the truth at every iteration) and at the iteration chosen without the truth
+(``xfusion.tuning.tune(..., regularization="none")`` when available, else n/a); the velocity- and
+line-width-map RMS errors (km/s) of the reference line over the brighter half of the field for the
+default and for the RL oracle (``xfusion.analysis.line_map`` moments of each cube, compared with the
+same measurement on the true cube); the total-flux bias of the default (%); wall times. Then a
+summary: the fractions of scenes where the default beats both baselines on all four metrics, reaches
+the RL oracle's NMSE, has a velocity RMS <= the RL oracle's, and a flux bias within 1%, naming the
+failures.
+
+    python benchmarks/suite.py                        # 24 tuning scenes (45x45 x 2000-2400, XMM+Resolve 36x36)
+    python benchmarks/suite.py --heldout              # the held-out seeds (never tune on them)
+    python benchmarks/suite.py --quick                # 6 small scenes (24x24 x 600)
+    python benchmarks/suite.py --size small --n 12    # 12 scenes, small cubes
+    python benchmarks/suite.py --method-kwargs '{"k": 1.0, "null_space": "threshold"}' --json out.json
+    python benchmarks/suite.py --indices 0,5,7        # a subset of the suite
+    timeout -s INT 1200 python benchmarks/suite.py     # stops after 20 min and still prints what it measured
+
+``--method-kwargs`` is JSON passed to ``xfusion.fuse`` (any option, e.g. ``"regularization": "lowrank"``).
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+
+import numpy as np
+
+import xfusion
+from xfusion import analysis, baselines, metrics, scenes
+from xfusion.grid import SPATIAL, assign_roles, fusion_grid
+from xfusion.operators.model import build_model
+
+METRICS = ("nmse_db", "asam_rad", "acssim", "ergas")
+HIGHER_BETTER = {"nmse_db": True, "asam_rad": False, "acssim": False, "ergas": False}
+
+
+def _pick_rl_iterations(x, y):
+    """Truth-free RL iteration count from xfusion.tuning, or (None, reason)."""
+    try:
+        from xfusion import tuning
+    except ImportError as exc:
+        return None, f"no xfusion.tuning ({exc})"
+    if not (hasattr(tuning, "tune") and hasattr(tuning, "choice")):
+        return None, "xfusion.tuning has no tune/choice"
+    try:
+        ch = tuning.choice(tuning.tune(x, y, regularization="none"))
+        return int(ch["max_iter"]), ""
+    except Exception as exc:  # another helper's module in progress: report, do not stop the suite
+        return None, f"tuning failed: {type(exc).__name__}: {exc}"
+
+
+def _science(flux, truth_maps, lm_args, lsf):
+    if truth_maps is None:
+        return {"velocity_rms_kms": float("nan"), "width_rms_kms": float("nan")}
+    est = analysis.line_map(flux, lsf_sigma=lsf, **lm_args)
+    return analysis.map_errors(truth_maps, est, fraction=0.5)
+
+
+def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning):
+    t_scene = time.perf_counter()
+    x, y, truth = scenes.from_spec(spec, size=size)
+    T = truth["flux"]
+    T64 = T.values.astype(np.float64)
+    grid = fusion_grid(x, y)
+    ratio = float(grid.attrs["spatial_factor"])
+    lm_args = scenes.line_map_args(truth)
+    lsf = float(truth.attrs["lsf_sigma_kev"])
+    truth_maps = analysis.line_map(T, lsf_sigma=lsf, **lm_args) if lm_args else None
+    row = {"name": spec["name"], "spec": {k: v for k, v in spec.items()}, "size": truth.attrs["size"],
+           "band": truth.attrs["band"], "counts_x": float(x.counts.sum()), "counts_y": float(y.counts.sum())}
+
+    # default fuse
+    t0 = time.perf_counter()
+    res = xfusion.fuse(x, y, progress=False, **fuse_kwargs)
+    row["t_fuse_s"] = time.perf_counter() - t0
+    row["fuse_iterations"] = int(res.attrs.get("iterations", -1))
+    row["default"] = metrics.report(res, T, ratio=ratio)
+    row["default"].update(_science(res, truth_maps, lm_args, lsf))
+    row["flux_bias_pct"] = 100.0 * (float(res["flux"].values.sum(dtype=np.float64)) / float(T64.sum()) - 1.0)
+
+    # naive baselines
+    for key, fn in (("x_up", baselines.upsample_spatial), ("y_up", baselines.upsample_spectral)):
+        b = fn(x, y)
+        row[key] = metrics.report(b, T, ratio=ratio)
+        row[key].update(_science(b, truth_maps, lm_args, lsf))
+
+    # truth-free RL iteration count
+    t0 = time.perf_counter()
+    pick, why = _pick_rl_iterations(x, y) if use_tuning else (None, "disabled (--no-tuning)")
+    row["t_tune_s"] = time.perf_counter() - t0
+    row["rl_pick_iteration"], row["rl_pick_note"] = pick, why
+
+    # plain RL, NMSE of every iterate (internal units: flux x mean(t_X A_X) on the fused grid)
+    x_sp, _, _ = assign_roles(x, y)
+    scale = float(np.mean(build_model(grid, x_sp, SPATIAL).weights))
+    curve, best = [], {"nmse": -math.inf, "it": 0, "z": None}
+    at_pick = {}
+    n_max = max(rl_iter, pick or 0)
+
+    t32 = T.values.astype(np.float32).ravel()
+    t_norm = float(np.dot(T64.ravel(), T64.ravel()))
+
+    def cb(it, state):
+        z = state["z"] / np.float32(scale)
+        d = z.ravel() - t32
+        v = 10.0 * math.log10(t_norm / max(float(np.dot(d, d)), 1e-300))  # metrics.nmse, in float32 (fast)
+        curve.append(v)
+        if v > best["nmse"]:
+            best.update(nmse=v, it=it, z=np.array(z, dtype=np.float32))
+        if pick is not None and it == pick:
+            at_pick["nmse"] = v
+            at_pick.update(_science(T.copy(data=z.astype(np.float32)), truth_maps, lm_args, lsf))
+        # oracle early stop: far past the best and well below it (and past the truth-free pick)
+        return it - best["it"] >= 20 and v < best["nmse"] - 1.0 and it >= (pick or 0)
+
+    t0 = time.perf_counter()
+    r = xfusion.fuse(x, y, regularization="none", method="em", max_iter=n_max, tol=None, progress=False, callback=cb)
+    row["t_rl_s"] = time.perf_counter() - t0
+    last = np.asarray(r["flux"].values, dtype=np.float64)
+    z_last = None if not curve else metrics.nmse(T64, last)
+    if z_last is not None and abs(z_last - curve[-1]) > 1e-2:  # the scale must reproduce fuse's own result
+        raise RuntimeError(f"RL iterate scale mismatch: {z_last:.4f} dB vs {curve[-1]:.4f} dB")
+    row["rl_curve_db"] = [round(v, 3) for v in curve]
+    row["rl_best"] = metrics.report(T.copy(data=best["z"]), T, ratio=ratio)
+    row["rl_best"]["iteration"] = best["it"]
+    row["rl_best"].update(_science(T.copy(data=best["z"]), truth_maps, lm_args, lsf))
+    row["rl_pick"] = at_pick if pick is not None else {}
+    if pick is not None and not at_pick:  # the run stopped before the pick (cannot happen: n_max >= pick)
+        row["rl_pick"] = {"nmse": float("nan")}
+    row["t_scene_s"] = time.perf_counter() - t_scene
+    return row
+
+
+def _f(v, fmt=".2f"):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, fmt)
+
+
+def _table(rows):
+    table = {}
+    for r in rows:
+        if "error" in r:
+            table[r["name"]] = {"error": r["error"][:60]}
+            continue
+        d, xu, yu, rb, rp = r["default"], r["x_up"], r["y_up"], r["rl_best"], r["rl_pick"]
+        table[r["name"]] = {
+            "NMSE def": _f(d["nmse_db"]), "Xup": _f(xu["nmse_db"]), "Yup": _f(yu["nmse_db"]),
+            "RL*(it)": f"{_f(rb['nmse_db'])}({rb['iteration']})",
+            "RLpick(it)": (f"{_f(rp.get('nmse'))}({r['rl_pick_iteration']})" if r["rl_pick_iteration"] else "n/a"),
+            "aSAM d/X/Y": "/".join(_f(m["asam_rad"], ".3f") for m in (d, xu, yu)),
+            "acSSIM d/X/Y": "/".join(_f(m["acssim"], ".3f") for m in (d, xu, yu)),
+            "ERGAS d/X/Y": "/".join(_f(m["ergas"], ".3g") for m in (d, xu, yu)),
+            "vRMS d/RL*": f"{_f(d['velocity_rms_kms'], '.0f')}/{_f(rb['velocity_rms_kms'], '.0f')}",
+            "wRMS d/RL*": f"{_f(d['width_rms_kms'], '.0f')}/{_f(rb['width_rms_kms'], '.0f')}",
+            "bias%": _f(r["flux_bias_pct"]),
+            "t_fuse": _f(r["t_fuse_s"], ".1f"), "t_scene": _f(r["t_scene_s"], ".0f"),
+        }
+    return metrics.format_report(table, name_header="scene")
+
+
+def _beats(d, b):
+    return all((d[m] > b[m]) if HIGHER_BETTER[m] else (d[m] < b[m]) for m in METRICS)
+
+
+def summary(rows):
+    ok = [r for r in rows if "error" not in r]
+    lines = []
+
+    def frac(name, test, pool):
+        fails = [r["name"] for r in pool if not test(r)]
+        n = len(pool)
+        lines.append(f"{name}: {n - len(fails)}/{n}" + (f" ({100 * (n - len(fails)) / n:.0f}%)" if n else "")
+                     + (f"; failing: {', '.join(fails)}" if fails else ""))
+
+    frac("default beats both baselines on all four metrics", lambda r: _beats(r["default"], r["x_up"])
+         and _beats(r["default"], r["y_up"]), ok)
+    frac("default NMSE >= RL oracle (best iteration)", lambda r: r["default"]["nmse_db"] >= r["rl_best"]["nmse_db"], ok)
+    lined = [r for r in ok if math.isfinite(r["rl_best"]["velocity_rms_kms"])]
+    frac("default velocity RMS <= RL oracle's (scenes with lines)",
+         lambda r: r["default"]["velocity_rms_kms"] <= r["rl_best"]["velocity_rms_kms"], lined)
+    frac("default line-width RMS <= RL oracle's (scenes with lines)",
+         lambda r: r["default"]["width_rms_kms"] <= r["rl_best"]["width_rms_kms"], lined)
+    frac("|total-flux bias| <= 1%", lambda r: abs(r["flux_bias_pct"]) <= 1.0, ok)
+    picked = [r for r in ok if r["rl_pick_iteration"]]
+    if picked:
+        frac("truth-free RL pick within 0.5 dB of the RL oracle",
+             lambda r: r["rl_pick"].get("nmse", -math.inf) >= r["rl_best"]["nmse_db"] - 0.5, picked)
+    else:
+        notes = {r["rl_pick_note"] for r in ok}
+        lines.append(f"truth-free RL pick: n/a ({'; '.join(sorted(notes))})")
+    err = [r["name"] for r in rows if "error" in r]
+    if err:
+        lines.append(f"scenes that raised: {', '.join(err)}")
+    if ok:
+        d = np.array([r["default"]["nmse_db"] for r in ok])
+        b = np.array([r["rl_best"]["nmse_db"] for r in ok])
+        lines.append(f"mean NMSE: default {d.mean():.2f} dB, RL oracle {b.mean():.2f} dB; median default - RL "
+                     f"{np.median(d - b):+.2f} dB; total wall {sum(r['t_scene_s'] for r in ok):.0f} s, "
+                     f"default fuse {sum(r['t_fuse_s'] for r in ok):.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--heldout", action="store_true", help="the held-out seeds (default: the tuning seeds)")
+    p.add_argument("--quick", action="store_true", help="6 small scenes")
+    p.add_argument("--n", type=int, default=24, help="number of scenes (default 24)")
+    p.add_argument("--size", default=None, help="'default', 'small' or NxL (fused pixels x channels)")
+    p.add_argument("--indices", default=None, help="comma-separated scene indices to run (a subset)")
+    p.add_argument("--method-kwargs", default="{}", help="JSON dict of options passed to xfusion.fuse")
+    p.add_argument("--rl-iter", type=int, default=100, help="most RL iterations for the oracle (default 100)")
+    p.add_argument("--no-tuning", action="store_true", help="skip the truth-free RL iteration pick")
+    p.add_argument("--json", default=None, help="write the per-scene rows (and the summary) to this JSON file")
+    a = p.parse_args(argv)
+    try:
+        fuse_kwargs = json.loads(a.method_kwargs)
+    except json.JSONDecodeError as exc:
+        p.error(f"--method-kwargs is not valid JSON ({exc}); e.g. --method-kwargs '{{\"k\": 1.0}}'")
+    if not isinstance(fuse_kwargs, dict):
+        p.error("--method-kwargs must be a JSON object, e.g. '{\"k\": 1.0}'")
+    size = a.size
+    if size is not None and size not in ("default", "small"):
+        try:
+            size = tuple(int(v) for v in size.lower().split("x"))
+        except ValueError:
+            p.error(f"--size must be 'default', 'small' or NxL; got {a.size!r}")
+    split = "heldout" if a.heldout else "tune"
+    specs = scenes.suite(split, n=a.n)
+    if a.quick:
+        specs, size = specs[:6], size or "small"
+    if a.indices:
+        specs = [specs[int(i)] for i in a.indices.split(",")]
+    size = size or "default"
+    print(f"machine: {platform.platform()} ({platform.machine()}), cpus={os.cpu_count()}, python="
+          f"{platform.python_version()}, numpy={np.__version__}, xfusion={xfusion.__version__}")
+    print(f"suite: split={split}, {len(specs)} scenes, size={size}, fuse options={fuse_kwargs or 'defaults'}, "
+          f"RL oracle up to {a.rl_iter} iterations")
+    rows = []
+
+    def save(summary_lines):
+        if a.json:  # rewritten after every scene: an interrupted run keeps what it measured
+            with open(a.json, "w") as fh:
+                json.dump({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                           "split": split, "size": str(size), "fuse_kwargs": fuse_kwargs, "rows": rows,
+                           "summary": summary_lines}, fh, indent=1, default=str)
+
+    for i, spec in enumerate(specs):
+        try:
+            row = run_scene(spec, size, fuse_kwargs, a.rl_iter, not a.no_tuning)
+        except KeyboardInterrupt:  # Ctrl-C (or timeout -s INT): report the scenes already measured
+            print(f"interrupted during scene {i + 1}/{len(specs)}; reporting {len(rows)} scenes", flush=True)
+            break
+        except Exception as exc:
+            traceback.print_exc()
+            row = {"name": spec["name"], "spec": spec, "error": f"{type(exc).__name__}: {exc}"}
+        rows.append(row)
+        if "error" in row:
+            print(f"[{i + 1}/{len(specs)}] {spec['name']}: ERROR {row['error']}", flush=True)
+        else:
+            print(f"[{i + 1}/{len(specs)}] {spec['name']} ({row['size']}, {row['band']}): default "
+                  f"{row['default']['nmse_db']:.2f} dB, RL* {row['rl_best']['nmse_db']:.2f} dB "
+                  f"(it {row['rl_best']['iteration']}); wall {row['t_scene_s']:.0f} s (fuse {row['t_fuse_s']:.0f}, "
+                  f"RL pick {row['t_tune_s']:.0f}, RL oracle {row['t_rl_s']:.0f} s)", flush=True)
+        save([])
+    print()
+    print(_table(rows))
+    print()
+    s = summary(rows)
+    print(s)
+    save(s.splitlines())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Measure truth-free selection by Poisson thinning against the truth (prints what it measured).
+
+    python benchmarks/tuning.py rl        # RL: best half-data iteration vs oracle full-data iteration
+    python benchmarks/tuning.py wavelet   # wavelet2d1d: old default, tuned choice, oracle over the same grid, RL oracle
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+import xfusion
+from xfusion import metrics, toy, tuning
+from xfusion.grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
+from xfusion.likelihood import PoissonLikelihood, PoissonTerm
+from xfusion.operators.model import build_model
+from xfusion.solvers.em import EMProx
+
+SCENES = [("small", 1.0), ("small", 0.1), ("gaussian_rebin", 1.0), ("gaussian_rebin", 0.1), ("gaussian_rebin", 10.0),
+          ("realistic_rebin", 1.0)]
+
+
+def scene(name, factor, seed=0):
+    cfg = toy.load_config(name)
+    over = {"x": {"counts": cfg["x"]["counts"] * factor}, "y": {"counts": cfg["y"]["counts"] * factor}}
+    return toy.make(name, seed=seed, **over)
+
+
+def rl_nmse_curve(x, y, t, n_max):
+    """NMSE (dB) of plain two-instrument RL on all counts at iterations 0..n_max."""
+    x_obs, y_obs, _ = assign_roles(x, y)
+    grid = fusion_grid(x_obs, y_obs)
+    mx, my = build_model(grid, x_obs, SPATIAL), build_model(grid, y_obs, SPECTRAL)
+    scale = float(np.mean(mx.weights))
+    mx, my = mx.scaled(scale), my.scaled(scale)
+    terms = [PoissonTerm(mx, x_obs.counts.values), PoissonTerm(my, y_obs.counts.values)]
+    em = EMProx(PoissonLikelihood(terms))
+    sp = tuning._Split.__new__(tuning._Split)
+    shape = mx.fused_shape
+    flat = float(mx.reduced(np.ones((1, shape[2])))[1].sum()) * shape[0] * shape[1]
+    z = np.full(shape, float(x_obs.counts.sum()) / flat, np.float32)
+    st = em.init(z)
+    tv = t.values
+    out = [metrics.nmse(tv, st["z"] / scale)]
+    for _ in range(n_max):
+        st = em.step(st)
+        out.append(metrics.nmse(tv, st["z"] / scale))
+    return np.array(out)
+
+
+def rl(cases=None):
+    """Best half-data RL iteration (thinning) vs the oracle full-data iteration, and the NMSE lost by rules."""
+    cases = cases or [(f"{n} x{f} seed {s}", (lambda n=n, f=f, s=s: scene(n, f, s))) for n, f in SCENES[:2]
+                      for s in (0, 1)]
+    rows = []
+    for label, build in cases:
+        x, y, t = build()
+        t0 = time.perf_counter()
+        cur = tuning.tune(x, y, regularization="none", seed=0, max_iter=120)
+        el = time.perf_counter() - t0
+        n_half = json.loads(cur.attrs["choice"])["half_data_iteration"]
+        curve = rl_nmse_curve(x, y, t, min(150, max(40, 6 * n_half)))
+        n_best = int(np.argmax(curve[1:]) + 1)
+        at = {r: curve[min(int(round(r * n_half)), len(curve) - 1)] for r in (1.0, 1.41, 2.0)}
+        rows.append((n_half, n_best, curve[n_best], at))
+        print(f"{label:40s}: half-data best it {n_half:3d}, oracle full it {n_best:3d} ({curve[n_best]:.2f} dB); "
+              + ", ".join(f"x{r}: {v - curve[n_best]:+.2f} dB" for r, v in at.items()) + f"; tune {el:.1f} s", flush=True)
+    r = np.array([(a[0], a[1]) for a in rows], float)
+    print("median ratio n_full/n_half = %.3f" % np.median(r[:, 1] / r[:, 0]))
+    for k in (1.0, 1.41, 2.0):
+        loss = np.array([a[3][k] - a[2] for a in rows])
+        print(f"rule n_full = {k} n_half: mean loss {loss.mean():+.2f} dB, worst {loss.min():+.2f} dB, "
+              f"within 0.5 dB {np.mean(loss >= -0.5):.0%}")
+
+
+def treatments(cases):
+    """NMSE of the null-space treatments at k = 1 (default stopping rule, and 20 iterations)."""
+    for label, build in cases:
+        x, y, t = build()
+        out = []
+        for ns, n1 in tuning.NULL_SPACE_CANDIDATES:
+            for mi in (20, 50):
+                out.append(f"{ns}/{n1}@{mi}: {fit_nmse(x, y, t, k=1.0, null_space=ns, n_scales_1d=n1, max_iter=mi)[0]:.2f}")
+        rl = rl_nmse_curve(x, y, t, 40)
+        print(f"{label:40s}: " + "  ".join(out) + f"  RL oracle {rl[1:].max():.2f} at {int(rl[1:].argmax()) + 1}", flush=True)
+
+
+def old_default(x, y):
+    """The pre-thinning rule (counts per Y voxel split at 15): k, n_scales_1d."""
+    _, y_obs, _ = assign_roles(x, y)
+    bright = float(y_obs.counts.sum()) / y_obs.counts.size >= 15.0
+    return {"k": 0.5 if bright else 1.0, "n_scales_1d": 2 if bright else 5, "null_space": "zero"}
+
+
+def fit_nmse(x, y, t, **kw):
+    r = xfusion.fuse(x, y, progress=False, **kw)
+    return metrics.nmse(t, r.flux), r
+
+
+def suite_scenes(split="tune", n=10, size="small", start=0):
+    from xfusion import scenes as sc
+
+    out = []
+    for spec in sc.suite(split, n=24)[start:start + n]:
+        def build(spec=spec):
+            x, y, truth = sc.from_spec(spec, size=size)
+            return x, y, truth["flux"]
+        out.append((spec["name"], build))
+    return out
+
+
+def wavelet(scenes=None):
+    scenes = scenes or [(f"{n} x{f}", (lambda n=n, f=f: scene(n, f, 0))) for n, f in SCENES]
+    summary = []
+    for label, build in scenes:
+        x, y, t = build()
+        name, f = label, ""
+        t0 = time.perf_counter()
+        cur = tuning.tune(x, y, regularization="wavelet2d1d", seed=0)
+        t_tune = time.perf_counter() - t0
+        ch = tuning.choice(cur)
+        t0 = time.perf_counter()
+        n_tuned, r = fit_nmse(x, y, t, **ch)
+        t_fit = time.perf_counter() - t0
+        n_old, _ = fit_nmse(x, y, t, **old_default(x, y))
+        ns, n1 = tuning.NULL_SPACE_DEFAULT
+        grid = {json.dumps({"null_space": ns, "n_scales_1d": n1, "k": k}, sort_keys=True) for k in tuning.K_LADDER}
+        oracle = {}
+        for g in sorted(grid):
+            oracle[g] = fit_nmse(x, y, t, **json.loads(g))[0]
+        best = max(oracle, key=oracle.get)
+        rl = rl_nmse_curve(x, y, t, 60)
+        t0 = time.perf_counter()
+        r_rl = xfusion.fuse(x, y, regularization="none", progress=False)
+        t_rl = time.perf_counter() - t0
+        n_rl = metrics.nmse(t, r_rl.flux)
+        print(f"{name}: old default {n_old:.2f} dB | tuned {n_tuned:.2f} dB ({json.dumps(ch)}) | "
+              f"oracle {oracle[best]:.2f} dB ({best}) | RL oracle {rl[1:].max():.2f} dB at it {int(rl[1:].argmax()) + 1} | "
+              f"RL auto {n_rl:.2f} dB at it {r_rl.attrs['iterations']} ({t_rl:.1f} s) | "
+              f"tune {t_tune:.1f} s + fit {t_fit:.1f} s ({r.attrs['iterations']} it)", flush=True)
+        print("   evaluated: " + "; ".join(f"{s}: dev {d:.1f}" for s, d in zip(cur.setting.values, cur.mean_deviance.values)))
+        print("   oracle grid: " + "; ".join(f"{g}: {v:.2f}" for g, v in oracle.items()), flush=True)
+        summary.append((name, f, n_old, n_tuned, oracle[best], rl[1:].max()))
+        print(f"   ratio (tune + fit) / fit = {(t_tune + t_fit) / t_fit:.2f}", flush=True)
+    gap = np.array([s[4] - s[3] for s in summary])
+    print(f"within 0.5 dB of oracle: {(gap <= 0.5).sum()}/{len(gap)}; within 1 dB: {(gap <= 1).sum()}/{len(gap)}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "rl":
+        rl()
+    elif sys.argv[1] == "rl_suite":  # python benchmarks/tuning.py rl_suite tune 10 small
+        rl(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    elif sys.argv[1] == "treatments":
+        treatments(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    elif sys.argv[1] == "wavelet":
+        wavelet()
+    elif sys.argv[1] == "suite":  # python benchmarks/tuning.py suite tune 10 small [start]
+        wavelet(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0))

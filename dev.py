@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""The two set-up-and-run commands of xfusion, for a fresh machine with only Python >= 3.11.
+
+    python3 dev.py demo [DEMO ARGS]     # venv + install + `xfusion demo` (writes ./xfusion-demo/)
+    python3 dev.py test [PYTEST ARGS]   # venv + install with the test and docs extras,
+                                        # build the docs with warnings as errors, run the tests
+
+Both create (or reuse) a virtual environment in ``.venv/`` next to this file (override with
+the environment variable ``XFUSION_VENV``), install this checkout into it with pip, and run
+inside it; nothing outside the environment and the output folders is touched. An existing
+environment is reused when it was made from the same ``pyproject.toml`` and extras (a
+stamp file inside it records them), so a second run skips the install. ``make demo`` and
+``make test`` call the same commands; ``.ci/run`` calls ``python3 dev.py test``.
+
+Extra arguments go to the demo (e.g. ``--toy small``) or to pytest (e.g. ``-k units``);
+``test --no-docs`` skips the documentation build, ``test --no-tests`` only builds it
+(``make docs``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+MIN_PYTHON = (3, 11)
+
+
+def _say(msg):
+    print(f"[dev.py] {msg}", flush=True)
+
+
+def _venv_dir():
+    return Path(os.environ.get("XFUSION_VENV", ROOT / ".venv")).resolve()
+
+
+def _venv_python(venv):
+    win = venv / "Scripts" / "python.exe"
+    return win if win.exists() else venv / "bin" / "python"
+
+
+def _run(cmd, **kw):
+    _say("$ " + " ".join(str(c) for c in cmd))
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, **kw).returncode
+
+
+def ensure_env(extras):
+    """Create the virtual environment if needed and install this checkout with ``extras``."""
+    if sys.version_info < MIN_PYTHON:
+        sys.exit(f"xfusion needs Python >= {'.'.join(map(str, MIN_PYTHON))}; this is {sys.version.split()[0]} "
+                 f"({sys.executable}). Run dev.py with a newer python3.")
+    venv = _venv_dir()
+    py = _venv_python(venv)
+    if not py.exists():
+        _say(f"creating the virtual environment {venv}")
+        if _run([sys.executable, "-m", "venv", venv]) != 0:
+            sys.exit("`python -m venv` failed; on Debian/Ubuntu install the python3-venv package first")
+        py = _venv_python(venv)
+    spec = ".[" + ",".join(extras) + "]" if extras else "."
+    stamp_text = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + spec.encode()).hexdigest()
+    stamp = venv / f"xfusion-install-{'-'.join(extras) or 'base'}.stamp"
+    if stamp.exists() and stamp.read_text() == stamp_text:
+        _say(f"reusing {venv} (already installed: {spec})")
+        return py
+    t0 = time.perf_counter()
+    if _run([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"]) != 0:
+        sys.exit("could not upgrade pip in the virtual environment (is the package index reachable?)")
+    if _run([py, "-m", "pip", "install", "--quiet", "-e", spec]) != 0:
+        sys.exit(f"pip install -e '{spec}' failed (see above)")
+    stamp.write_text(stamp_text)
+    _say(f"installed {spec} in {time.perf_counter() - t0:.0f} s")
+    return py
+
+
+def cmd_demo(args):
+    py = ensure_env([])
+    return _run([py, "-m", "xfusion.cli", "demo", *args], env=dict(os.environ, MPLBACKEND="Agg"))
+
+
+def cmd_test(args):
+    py = ensure_env(["test", "docs"])
+    env = dict(os.environ, MPLBACKEND="Agg")
+    if "--no-docs" in args:
+        args = [a for a in args if a != "--no-docs"]
+    else:
+        t0 = time.perf_counter()
+        rc = _run([py, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"],
+                  env=env)
+        if rc != 0:
+            _say("the documentation build failed (warnings are errors); fix the messages above")
+            return rc
+        _say(f"docs built in {time.perf_counter() - t0:.1f} s: {ROOT / 'docs/_build/html/index.html'}")
+    if "--no-tests" in args:
+        return 0
+    return _run([py, "-m", "pytest", "-q", *args], env=env)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"demo": cmd_demo, "test": cmd_test}
+    if not argv or argv[0] not in commands:
+        print(__doc__)
+        return 2
+    t0 = time.perf_counter()
+    rc = commands[argv[0]](argv[1:])
+    _say(f"{argv[0]} finished with exit code {rc} in {time.perf_counter() - t0:.0f} s")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Line maps (xfusion.analysis): known velocities and widths of synthetic lines are recovered."""
+import numpy as np
+import pytest
+import xarray as xr
+from scipy.special import ndtr
+
+from xfusion import analysis
+
+C = analysis.C_KMS
+E0 = 6.7004
+EDGES = np.linspace(6.55, 6.85, 751)  # 0.4 eV channels
+
+
+def _cube(vel, sig_kms, amp=1.0, cont=(2e-3, -1e-3), lines=None):
+    """Cube (nx, ny, L): linear continuum density a + b (E - E0) plus Gaussian lines integrated over bins."""
+    e = 0.5 * (EDGES[1:] + EDGES[:-1])
+    de = np.diff(EDGES)
+    base = (cont[0] + cont[1] * (e - E0)) * de
+    z = np.broadcast_to(base, vel.shape + (e.size,)).copy()
+    for v, s, a in (lines or [(vel, sig_kms, amp)]):
+        c = E0 / (1 + v / C)
+        sk = E0 * s / C
+        z += a * (ndtr((EDGES[None, None, 1:] - c[..., None]) / sk[..., None])
+                  - ndtr((EDGES[None, None, :-1] - c[..., None]) / sk[..., None]))
+    return z
+
+
+def _da(z):
+    return xr.DataArray(z, dims=("x", "y", "energy"), coords={
+        "energy_lo": ("energy", EDGES[:-1]), "energy_hi": ("energy", EDGES[1:])})
+
+
+KW = {"window": (E0 - 0.045, E0 + 0.045), "continuum": [(6.56, 6.62), (6.78, 6.84)]}
+
+
+@pytest.mark.parametrize("method", ["moments", "gaussian"])
+def test_recovers_known_velocity_and_width(method):
+    vel = np.linspace(-800, 800, 12).reshape(3, 4)
+    sig = np.linspace(120, 450, 12).reshape(4, 3).T.copy()
+    z = _cube(vel, sig)
+    m = analysis.line_map(_da(z), E0, method=method, **KW)
+    assert m["valid"].all()
+    np.testing.assert_allclose(m["velocity"], vel, atol=5.0)
+    np.testing.assert_allclose(m["line_width"], sig, rtol=0.03)
+    np.testing.assert_allclose(m["flux"], 1.0, rtol=0.01)
+    assert m.attrs["line_energy_kev"] == E0 and m.attrs["method"] == method
+
+
+def test_removes_instrumental_spread_and_sign_convention():
+    lsf = 0.0025  # keV
+    vel, sig = np.full((2, 2), 300.0), np.full((2, 2), 200.0)
+    s_tot = np.hypot(sig, lsf * C / E0)  # a 200 km/s line seen through a 2.5 eV Gaussian spread
+    z = _cube(vel, s_tot)
+    m = analysis.line_map(z, E0, energy_edges=EDGES, lsf_sigma=lsf, **KW)
+    np.testing.assert_allclose(m["line_width"], 200.0, rtol=0.05)
+    # receding (+v) means the centroid is below the rest energy
+    e = 0.5 * (EDGES[1:] + EDGES[:-1])
+    assert (z[0, 0] * e).sum() / z[0, 0].sum() < E0
+    assert float(m["velocity"][0, 0]) == pytest.approx(300.0, abs=5)
+
+
+def test_doppler_split_moments():
+    v = np.full((1, 1), 1500.0)
+    s = np.full((1, 1), 150.0)
+    z = _cube(v, s, lines=[(v, s, 1.0), (-v, s, 1.0)])
+    m = analysis.line_map(z, E0, energy_edges=EDGES, **KW)
+    # the centroid is the mean of the two centres E0 / (1 +- v/c): slightly above E0
+    ec = 0.5 * (E0 / (1 + 1500 / C) + E0 / (1 - 1500 / C))
+    assert float(m["velocity"][0, 0]) == pytest.approx(C * (E0 / ec - 1), abs=1)
+    assert float(m["line_width"][0, 0]) == pytest.approx(np.hypot(1500, 150), rel=0.02)
+
+
+def test_errors_from_variance_match_the_scatter():
+    rng = np.random.default_rng(0)
+    n = 40
+    vel, sig = np.full((n, n), 100.0), np.full((n, n), 250.0)
+    z = _cube(vel, sig, amp=1.0)
+    var = np.full(z.shape, (0.004) ** 2)
+    noisy = z + rng.normal(0, 0.004, z.shape)
+    m = analysis.line_map(noisy, E0, energy_edges=EDGES, variance=var, **KW)
+    pull_v = (m["velocity"].values - 100.0) / m["velocity_err"].values
+    pull_f = (m["flux"].values - 1.0) / m["flux_err"].values
+    assert 0.8 < pull_v.std() < 1.3
+    assert 0.8 < pull_f.std() < 1.4  # continuum noise adds a little
+    assert np.all(m["line_width_err"].values[m["resolved"].values] > 0)
+
+
+def test_invalid_pixels_are_flagged_not_silent():
+    vel, sig = np.zeros((2, 1)), np.full((2, 1), 200.0)
+    z = _cube(vel, sig)
+    z[1, 0] = _cube(vel[:1], sig[:1], amp=0.0)[0, 0]  # continuum only
+    z[1, 0, 370:380] -= 1e-4  # a dip: negative line flux
+    m = analysis.line_map(z, E0, energy_edges=EDGES, **KW)
+    assert bool(m["valid"][0, 0]) and not bool(m["valid"][1, 0])
+    assert np.isnan(m["velocity"][1, 0]) and np.isfinite(m["velocity"][0, 0])
+
+
+def test_inputs_not_mutated_and_forms_agree():
+    vel, sig = np.array([[100.0, -200.0]]), np.array([[150.0, 300.0]])
+    z = _cube(vel, sig)
+    before = z.copy()
+    a = analysis.line_map(z, E0, energy_edges=EDGES, **KW)
+    b = analysis.line_map(_da(z), E0, **KW)
+    c = analysis.line_map(xr.Dataset({"flux": _da(z)}), E0, **KW)
+    np.testing.assert_array_equal(z, before)
+    for other in (b, c):
+        np.testing.assert_allclose(a["velocity"], other["velocity"])
+
+
+def test_bad_input_messages():
+    z = _cube(np.zeros((1, 1)), np.full((1, 1), 200.0))
+    with pytest.raises(ValueError, match="contains no channel"):
+        analysis.line_map(z, E0, energy_edges=EDGES, window=(7.5, 7.6), continuum=KW["continuum"])
+    with pytest.raises(ValueError, match="overlap"):
+        analysis.line_map(z, E0, energy_edges=EDGES, window=KW["window"], continuum=[(6.6, 6.7)])
+    with pytest.raises(ValueError, match="energy_edges"):
+        analysis.line_map(z, E0, **KW)
+    bad = z.copy()
+    bad[0, 0, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        analysis.line_map(bad, E0, energy_edges=EDGES, **KW)
+
+
+def test_map_errors():
+    vel, sig = np.linspace(-300, 300, 16).reshape(4, 4), np.full((4, 4), 200.0)
+    t = analysis.line_map(_cube(vel, sig), E0, energy_edges=EDGES, **KW)
+    e = t.copy(deep=True)
+    e["velocity"] = e["velocity"] + 30.0
+    out = analysis.map_errors(t, e, fraction=0.5)
+    assert out["velocity_rms_kms"] == pytest.approx(30.0)
+    assert out["width_rms_kms"] == pytest.approx(0.0)
+    assert out["n_pixels"] >= 8

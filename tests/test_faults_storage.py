@@ -1,0 +1,510 @@
+"""Fault injection on storage (issue 11, items 1, 2 and 5): checkpoints that own their path, outputs
+that never destroy inputs, kills at chosen instants of a commit, corrupt and foreign stores.
+
+Every case reproduces a failure seen before the fix and asserts the new outcome. Real Zarr stores,
+real subprocesses killed with real signals; the kill instants inside a commit are chosen with
+``sys.setprofile`` in the child (it SIGKILLs itself on the n-th call of ``os.replace``), no code is
+patched.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xfusion
+from xfusion.checkpoints import CheckpointError, describe
+from xfusion.cli import main
+from xfusion.io.zarr import OutputError
+
+KW = dict(max_iter=6, tol=None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def full6(small_toy):
+    x, y, _ = small_toy
+    return xfusion.fuse(x, y, **KW)
+
+
+@pytest.fixture()
+def stores(small_toy, tmp_path):
+    """The small toy written as input stores (x.zarr, y.zarr) in tmp_path."""
+    x, y, _ = small_toy
+    for name, ds in (("x.zarr", x), ("y.zarr", y)):
+        xfusion.io.zarr.write(ds, tmp_path / name)
+    return tmp_path / "x.zarr", tmp_path / "y.zarr"
+
+
+def _tree(p):
+    """Every file under p with its bytes: to assert that nothing was touched."""
+    p = Path(p)
+    return {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
+
+
+def _ckpt_run(small_toy, ck, **kw):
+    x, y, _ = small_toy
+    args = dict(KW, checkpoint=ck, checkpoint_every=2)
+    args.update(kw)
+    return xfusion.fuse(x, y, **args)
+
+
+def _iterations(small_toy, ck, **kw):
+    seen = []
+    r = _ckpt_run(small_toy, ck, callback=lambda it, st: seen.append(it), **kw)
+    return r, seen
+
+
+@pytest.fixture()
+def cli(capsys):
+    """Run the CLI in this process: ``cli(*args)`` -> (exit code, stderr)."""
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        return code, capsys.readouterr().err
+    return run
+
+
+# ----------------------------------------------------------------------------- checkpoints own their path
+def test_checkpoint_refuses_an_ordinary_folder_and_leaves_it_intact(small_toy, tmp_path):
+    """Before: fuse(checkpoint="d", resume=False) emptied the folder d."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "thesis.tex").write_text("precious")
+    before = _tree(d)
+    with pytest.raises(CheckpointError, match=r"'.*d'.*not written by xfusion"):
+        _ckpt_run(small_toy, d)
+    assert _tree(d) == before
+    (tmp_path / "f.txt").write_text("a file")
+    with pytest.raises(CheckpointError, match="is a file"):
+        _ckpt_run(small_toy, tmp_path / "f.txt")
+    assert (tmp_path / "f.txt").read_text() == "a file"
+
+
+def test_checkpoint_refuses_a_foreign_zarr_store_and_sibling(small_toy, tmp_path):
+    """A Zarr store xfusion's checkpoint writer did not write (e.g. an observation) is never replaced, nor a
+    user's folder where the writer's temporary sibling would go."""
+    x, _, _ = small_toy
+    xfusion.io.zarr.write(x, tmp_path / "obs.zarr")
+    before = _tree(tmp_path / "obs.zarr")
+    with pytest.raises(CheckpointError, match="not written by xfusion's checkpoint writer"):
+        _ckpt_run(small_toy, tmp_path / "obs.zarr")
+    assert _tree(tmp_path / "obs.zarr") == before
+    (tmp_path / "ck.zarr.old").mkdir()
+    (tmp_path / "ck.zarr.old" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"ck\.zarr\.old"):
+        _ckpt_run(small_toy, tmp_path / "ck.zarr")
+    assert (tmp_path / "ck.zarr.old" / "notes.txt").read_text() == "mine"
+
+
+def test_checkpoint_in_or_around_an_input_store_is_refused(cli, stores, tmp_path):
+    """Before: `xfusion fuse ... --checkpoint toy/x.zarr` replaced an input store (API and CLI)."""
+    px, py = stores
+    before = _tree(px)
+    x, y = xfusion.io.zarr.open(px), xfusion.io.zarr.open(py)
+    for bad in (px, px / "counts", tmp_path):  # the store, inside it, a folder around it
+        with pytest.raises(CheckpointError, match="input or the output"):
+            xfusion.fuse(x, y, max_iter=2, progress=False, checkpoint=bad)
+    code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--checkpoint", px, "--no-progress")
+    assert code == 3 and "Traceback" not in err and str(px) in err
+    code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--checkpoint", tmp_path / "o.zarr", "--no-progress")
+    assert code == 3 and "input or the output" in err
+    assert _tree(px) == before and not (tmp_path / "o.zarr").exists()
+
+
+def test_config_checkpoint_outside_its_folder_is_refused(cli, stores, tmp_path):
+    """Before: checkpoint = "../../victim" in a config wiped what was there."""
+    px, py = stores
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "data.txt").write_text("keep")
+    cfg = tmp_path / "a" / "b" / "run.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('checkpoint = "../../victim"\n')
+    code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--config", cfg, "--no-progress")
+    assert code == 3 and "outside the config's folder" in err and "Traceback" not in err
+    assert (victim / "data.txt").read_text() == "keep"
+    cfg.write_text("checkpoint = 5\n")  # before: rc 1 and a traceback
+    code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--config", cfg, "--no-progress")
+    assert code == 3 and "checkpoint must be a path" in err and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_every_must_be_a_positive_integer(cli, small_toy, stores, tmp_path):
+    """Before: checkpoint_every=0 failed after the first iteration (ZeroDivisionError; CLI rc 1)."""
+    calls = []
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="checkpoint_every must be a positive integer"):
+            _ckpt_run(small_toy, tmp_path / "ck.zarr", checkpoint_every=bad, callback=lambda it, st: calls.append(it))
+    assert calls == [] and not (tmp_path / "ck.zarr").exists()  # refused before any iteration
+    px, py = stores
+    code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--checkpoint", tmp_path / "ck.zarr",
+             "--checkpoint-every", "0", "--no-progress")
+    assert code == 3 and len(err.strip().splitlines()) == 1 and "checkpoint_every" in err
+
+
+def test_resume_without_a_checkpoint_is_an_error_unless_asked_to_start(cli, small_toy, stores, tmp_path, full6):
+    """Before: --resume with no checkpoint silently started from iteration 0."""
+    ck = tmp_path / "ck.zarr"
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*ck.zarr"):
+        _ckpt_run(small_toy, ck, resume=True)
+    r, seen = _iterations(small_toy, ck, resume="auto")  # start, since there is none
+    assert seen == [1, 2, 3, 4, 5, 6] and ck.exists()
+    np.testing.assert_array_equal(r.flux.values, full6.flux.values)
+    px, py = stores
+    code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--checkpoint", tmp_path / "none.zarr", "--resume",
+             "--no-progress")
+    assert code == 3 and "no checkpoint at" in err and not (tmp_path / "o.zarr").exists()
+    code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--checkpoint", tmp_path / "none.zarr",
+             "--resume-or-start", "--max-iter", "2", "--no-progress")
+    assert code == 0, err
+    assert xr.open_zarr(tmp_path / "none.zarr", consolidated=False).attrs["iteration"] == 2
+
+
+# ----------------------------------------------------------------------------- kills around a commit
+def _leftovers(ck):
+    return sorted(p.name for p in ck.parent.iterdir() if p.name.startswith(ck.name + "."))
+
+
+def _two_states(small_toy, tmp_path, name2, name4):
+    """Real checkpoints of iterations 2 and 4 of the same run, moved to the given names."""
+    for n, name in ((2, name2), (4, name4)):
+        _ckpt_run(small_toy, tmp_path / f"it{n}.zarr", max_iter=n)
+        os.rename(tmp_path / f"it{n}.zarr", tmp_path / name)
+
+
+def test_old_left_after_a_commit_is_recovered(small_toy, tmp_path, full6):
+    """Before: a kill just after a commit left ck.zarr.old and every later save failed with
+    'OSError [Errno 39] Directory not empty'. The on-disk situation is built from two real checkpoints."""
+    ck = tmp_path / "ck.zarr"
+    _two_states(small_toy, tmp_path, "ck.zarr.old", "ck.zarr")  # the previous state next to the committed one
+    assert _leftovers(ck) == ["ck.zarr.old"]
+    r, seen = _iterations(small_toy, ck, resume=True)
+    assert seen == [5, 6] and _leftovers(ck) == []
+    np.testing.assert_array_equal(r.flux.values, full6.flux.values)
+
+
+@pytest.mark.parametrize("tmp_complete", [True, False])
+def test_kill_between_the_two_renames_is_recovered(small_toy, tmp_path, full6, tmp_complete):
+    """ck.zarr moved to ck.zarr.old, the new state not yet renamed: the complete new state is taken,
+    else the previous one is put back."""
+    ck = tmp_path / "ck.zarr"
+    _two_states(small_toy, tmp_path, "ck.zarr.old", "ck.zarr.tmp")
+    if not tmp_complete:  # killed while writing: the attributes were not finalized
+        meta = json.loads((tmp_path / "ck.zarr.tmp" / "zarr.json").read_text())
+        meta["attributes"]["complete"] = 0
+        (tmp_path / "ck.zarr.tmp" / "zarr.json").write_text(json.dumps(meta))
+    r, seen = _iterations(small_toy, ck, resume=True)
+    assert seen == ([5, 6] if tmp_complete else [3, 4, 5, 6]) and _leftovers(ck) == []
+    np.testing.assert_array_equal(r.flux.values, full6.flux.values)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import xfusion
+    ck, point = sys.argv[1], sys.argv[2]
+    x, y, _ = xfusion.toy.make("small", seed=0)
+    # commit of iteration 2: os.replace #1 (tmp -> ck); commit of iteration 4: #2 (ck -> old), #3 (tmp -> ck)
+    # during_write: first checksum of the second save (its arrays are written, the store is not finalized)
+    calls = {"replace": 0}
+    def kill_at(frame, event, arg):
+        if event == "c_return" and arg is os.replace:
+            calls["replace"] += 1
+            if (point, calls["replace"]) in (("between_renames", 2), ("after_commit", 3)):
+                os.kill(os.getpid(), signal.SIGKILL)
+        if event == "call" and frame.f_code.co_name == "_block_sha" and point == "during_write" and \
+                calls["replace"] == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+    sys.setprofile(kill_at)
+    xfusion.fuse(x, y, max_iter=6, tol=None, progress=False, checkpoint=ck, checkpoint_every=2)
+""")
+
+
+@pytest.mark.parametrize("point,resumes_at,left", [("during_write", 3, ["ck.zarr.lock", "ck.zarr.tmp"]),
+                                                    ("between_renames", 5, ["ck.zarr.lock", "ck.zarr.old",
+                                                                            "ck.zarr.tmp"]),
+                                                    ("after_commit", 5, ["ck.zarr.lock", "ck.zarr.old"])])
+def test_sigkill_inside_a_commit_then_resume(small_toy, tmp_path, full6, point, resumes_at, left):
+    """A real SIGKILL at chosen instants of the second commit; the next run repairs the store (and the dead
+    run's lock) and resumes from the right iteration to the uninterrupted result."""
+    ck = tmp_path / "ck.zarr"
+    script = tmp_path / "killme.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(ck), point], timeout=120, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert _leftovers(ck) == left
+    r, seen = _iterations(small_toy, ck, resume=True)
+    assert seen == list(range(resumes_at, 7)) and _leftovers(ck) == []
+    np.testing.assert_array_equal(r.flux.values, full6.flux.values)
+
+
+# ----------------------------------------------------------------------------- two writers
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_recovered(small_toy, tmp_path):
+    """Before: two processes on one checkpoint path, one crashed. Now the second gets a clear error naming the
+    holder while the first runs; a lock left by a SIGKILLed run is recovered."""
+    ck = tmp_path / "ck.zarr"
+    script = textwrap.dedent(f"""
+        import time, xfusion
+        x, y, _ = xfusion.toy.make("small", seed=0)
+        xfusion.fuse(x, y, max_iter=200, tol=None, progress=False, checkpoint={str(ck)!r}, checkpoint_every=2,
+                     callback=lambda it, st: time.sleep(0.2))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        t0 = time.time()
+        while not ck.exists() and time.time() - t0 < 60:
+            time.sleep(0.1)
+        assert ck.exists()
+        with pytest.raises(CheckpointError, match=rf"in use by process {proc.pid} on"):
+            _ckpt_run(small_toy, ck, resume=True)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads((tmp_path / "ck.zarr.lock").read_text())["pid"] == proc.pid  # the dead run's lock
+    r, seen = _iterations(small_toy, ck, resume=True, max_iter=describe(ck)["iteration"] + 2)
+    assert len(seen) == 2 and not (tmp_path / "ck.zarr.lock").exists()
+
+
+# ----------------------------------------------------------------------------- corrupt or partial checkpoints
+@pytest.fixture()
+def ck4(small_toy, tmp_path):
+    """A checkpoint at iteration 4 of the 6-iteration run."""
+    ck = tmp_path / "ck.zarr"
+    _ckpt_run(small_toy, ck, max_iter=4)
+    return ck
+
+
+def _chunks(ck, var):
+    return sorted(p for p in (ck / var).rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def test_deleted_state_chunk_is_refused_not_nan(small_toy, ck4):
+    """Before: a deleted chunk read back as the NaN fill value: an all-NaN cube without error."""
+    _chunks(ck4, "state_z")[0].unlink()
+    with pytest.raises(CheckpointError, match=r"ck\.zarr.*state_z.*checksum"):
+        _ckpt_run(small_toy, ck4, resume=True)
+
+
+def test_flipped_bytes_are_refused(small_toy, ck4):
+    """Before: 16 flipped bytes gave a result ~2% off without a word."""
+    f = _chunks(ck4, "state_z")[0]
+    raw = bytearray(f.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 16):
+        raw[i] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*ck\.zarr'"):
+        _ckpt_run(small_toy, ck4, resume=True)
+
+
+@pytest.mark.parametrize("damage", ["truncated_root", "truncated_array", "incomplete", "manifest",
+                                    "missing_array"])
+def test_damaged_metadata_gives_a_clear_error(small_toy, ck4, damage):
+    """Before: truncated metadata raised a raw JSONDecodeError/KeyError; `complete` was never checked."""
+    root = ck4 / "zarr.json"
+    if damage == "truncated_root":
+        root.write_text(root.read_text()[:40])
+    elif damage == "truncated_array":
+        (ck4 / "state_z" / "zarr.json").write_text((ck4 / "state_z" / "zarr.json").read_text()[:30])
+    elif damage in ("incomplete", "manifest"):
+        meta = json.loads(root.read_text())
+        if damage == "incomplete":
+            meta["attributes"]["complete"] = 0
+        else:
+            meta["attributes"]["manifest"] = meta["attributes"]["manifest"].replace('"iteration": 4', '"iteration": 5')
+        root.write_text(json.dumps(meta))
+    else:
+        import shutil
+
+        shutil.rmtree(ck4 / "state_corr")
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*ck\.zarr'") as info:
+        _ckpt_run(small_toy, ck4, resume=True)
+    assert {"truncated_root": "unreadable metadata", "truncated_array": "cannot be read",
+            "incomplete": "incomplete", "manifest": "manifest", "missing_array": "missing"}[damage] in str(info.value)
+
+
+def test_a_damaged_checkpoint_of_ours_can_be_replaced_by_a_new_run(small_toy, ck4, full6):
+    """Refused for resuming, but recognised as xfusion's own (marker array), so a fresh run may replace it."""
+    root = ck4 / "zarr.json"
+    root.write_text(root.read_text()[:40])
+    r = _ckpt_run(small_toy, ck4)
+    np.testing.assert_array_equal(r.flux.values, full6.flux.values)
+    assert xr.open_zarr(ck4, consolidated=False).attrs["iteration"] == 6
+
+
+def _perturb(x, y, flux=None, **changes):
+    """Copies of the observations with one variable changed (in place on the copy)."""
+    x, y = x.copy(deep=True), y.copy(deep=True)
+    for key, f in changes.items():
+        obs, var = key.split("__")
+        ds = x if obs == "x" else y
+        ds[var] = f(ds[var])
+    return x, y
+
+
+@pytest.mark.parametrize("change", [
+    {"x__response": lambda v: v * 1.01},
+    {"y__psf": lambda v: v.roll(psf_x=1)},
+    {"x__exposure": lambda v: v * 2},
+    {"y__effective_area": lambda v: v * 0.9},
+])
+def test_resume_with_changed_instrument_is_refused(small_toy, ck4, change):
+    """Before: the fingerprint covered counts and options only, so a resume with changed responses was accepted
+    and matched neither run."""
+    x, y, _ = small_toy
+    x2, y2 = _perturb(x, y, **change)
+    with pytest.raises(CheckpointError, match="different inputs or parameters"):
+        xfusion.fuse(x2, y2, checkpoint=ck4, checkpoint_every=2, resume=True, **KW)
+
+
+def test_resume_with_a_changed_mask_is_refused(small_toy, tmp_path):
+    x, y, _ = small_toy
+    mask = np.ones(x.counts.shape, bool)
+    mask[0, 0] = False
+    xm = x.assign(mask=(x.counts.dims, mask))
+    ck = tmp_path / "ck.zarr"
+    xfusion.fuse(xm, y, checkpoint=ck, checkpoint_every=2, **dict(KW, max_iter=2))
+    mask[1, 1] = False
+    with pytest.raises(CheckpointError, match="different inputs or parameters"):
+        xfusion.fuse(x.assign(mask=(x.counts.dims, mask)), y, checkpoint=ck, checkpoint_every=2, resume=True, **KW)
+
+
+def test_finished_run_is_extended_with_a_larger_max_iter(cli, small_toy, ck4, full6):
+    """max_iter is not part of the fingerprint: a run finished at 4 continues to 6 (iterations 5, 6 only)."""
+    r, seen = _iterations(small_toy, ck4, resume=True)
+    assert seen == [5, 6] and r.attrs["iterations"] == 6
+    np.testing.assert_array_equal(r.flux.values, full6.flux.values)
+
+
+# ----------------------------------------------------------------------------- honest interrupt message
+def _interrupted_cli(px, py, tmp_path, every, sig, wait_for_iteration, name):
+    ck, out = tmp_path / f"{name}.ckpt.zarr", tmp_path / f"{name}.zarr"
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.Popen([sys.executable, "-m", "xfusion.cli", "fuse", str(px), str(py), "-o", str(out),
+                             "--checkpoint", str(ck), "--checkpoint-every", str(every), "--max-iter", "100000",
+                             "--tol", "0", "--regularization", "none", "--no-progress"], stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        if wait_for_iteration is None and Path(f"{ck}.lock").exists():  # the loop has started
+            break
+        if wait_for_iteration is not None and (describe(ck) or {"iteration": 0})["iteration"] >= wait_for_iteration:
+            break
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    # the CLI's one-line message (asyncio may add 'Task was destroyed' noise after it at shutdown)
+    lines = [ln for ln in err.strip().splitlines() if "checkpoint" in ln]
+    return proc.returncode, (lines[-1] if lines else err), ck
+
+
+def test_interrupt_message_says_where_the_last_checkpoint_is(stores, tmp_path):
+    """Before: "the checkpoint can be resumed" even when none was written. Now the message names the last
+    committed checkpoint and its iteration (checked against the store), or says that none exists."""
+    px, py = stores
+    code, last, ck = _interrupted_cli(px, py, tmp_path, 3, signal.SIGINT, 6, "a")
+    stored = describe(ck)["iteration"]  # the committed store (or its .old if the signal fell inside a commit)
+    assert code == 130 and f"last checkpoint is {ck} at iteration {stored}" in last and "--resume" in last
+    assert stored % 3 == 0 and stored >= 6
+    code, last, ck = _interrupted_cli(px, py, tmp_path, 10 ** 9, signal.SIGTERM, None, "b")
+    assert code == 143 and "terminated" in last and f"no checkpoint exists at {ck}" in last and not ck.exists()
+
+
+# ----------------------------------------------------------------------------- outputs never destroy inputs
+def test_output_inside_or_equal_to_an_input_is_refused(cli, stores, tmp_path):
+    """Before: `xfusion fuse ... -o toy/x.zarr/counts` deleted the input's counts array (rc 0)."""
+    px, py = stores
+    before = _tree(px)
+    for bad in (px / "counts", px, tmp_path):
+        code, err = cli("fuse", px, py, "-o", bad, "--max-iter", "1", "--no-progress", "--overwrite")
+        assert code == 3 and "input store" in err and "Traceback" not in err
+    assert _tree(px) == before
+    x = xfusion.io.zarr.open(px)  # the API knows where a Dataset was read from
+    with pytest.raises(OutputError, match="input store"):
+        xfusion.io.zarr.write(x, px / "counts", overwrite=True)
+    assert _tree(px) == before
+
+
+def test_write_refuses_a_non_zarr_folder_and_an_existing_store(small_toy, tmp_path):
+    """Before: xfusion.io.zarr.write(ds, existing_folder) emptied a non-Zarr folder."""
+    x, _, _ = small_toy
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(b"\xff\xd8")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="not a Zarr store"):
+            xfusion.io.zarr.write(x, d, overwrite=overwrite)
+    assert (d / "a.jpg").read_bytes() == b"\xff\xd8"
+    xfusion.io.zarr.write(x, tmp_path / "s.zarr")
+    with pytest.raises(OutputError, match="already exists"):
+        xfusion.io.zarr.write(x * 2, tmp_path / "s.zarr")
+    xfusion.io.zarr.write(x.assign(counts=x.counts * 2), tmp_path / "s.zarr", overwrite=True)
+    np.testing.assert_array_equal(xfusion.io.zarr.open(tmp_path / "s.zarr").counts.values, 2 * x.counts.values)
+
+
+def test_cli_existing_output_needs_overwrite_and_is_checked_before_computing(cli, stores, tmp_path):
+    px, py = stores
+    out = tmp_path / "o.zarr"
+    assert cli("fuse", px, py, "-o", out, "--max-iter", "1", "--no-progress")[0] == 0
+    code, err = cli("fuse", px, py, "-o", out, "--max-iter", "1", "--no-progress", "--checkpoint", tmp_path / "ck.zarr")
+    assert code == 3 and "--overwrite" in err
+    assert not (tmp_path / "ck.zarr").exists()  # refused before fusing
+    assert cli("fuse", px, py, "-o", out, "--max-iter", "2", "--no-progress", "--overwrite")[0] == 0
+    assert xr.open_zarr(out, consolidated=False).attrs["iterations"] == 2
+    # an output folder that cannot be created (its parent is a file): rc 3 before any computing (before: rc 1
+    # with a traceback after the whole fusion)
+    (tmp_path / "file").write_text("x")
+    code, err = cli("fuse", px, py, "-o", tmp_path / "file" / "o.zarr", "--no-progress", "--checkpoint",
+             tmp_path / "ck.zarr")
+    assert code == 3 and "not writable" in err and "Traceback" not in err
+    assert not (tmp_path / "ck.zarr").exists()
+
+
+def test_failed_write_leaves_no_store_that_looks_complete(small_toy, tmp_path):
+    """Written to a temporary sibling and renamed when complete: a write that fails mid-way (here a chunk whose
+    computation raises) leaves neither a partial store at the path nor the temporary sibling; an existing
+    store is kept."""
+    import dask.array as da
+
+    x, _, _ = small_toy
+
+    def boom(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == 2:
+            raise RuntimeError("disk full (simulated by a failing chunk)")
+        return block
+
+    lazy = x.assign(counts=x.counts.copy(data=da.from_array(x.counts.values, chunks=(5, 5, -1))
+                                         .map_blocks(boom, dtype=np.float32)))
+    out = tmp_path / "o.zarr"
+    with pytest.raises(RuntimeError, match="disk full"):
+        xfusion.io.zarr.write(lazy, out)
+    assert sorted(os.listdir(tmp_path)) == []
+    xfusion.io.zarr.write(x, out)
+    before = _tree(out)
+    with pytest.raises(RuntimeError, match="disk full"):
+        xfusion.io.zarr.write(lazy, out, overwrite=True)
+    assert _tree(out) == before and sorted(os.listdir(tmp_path)) == ["o.zarr"]
+
+
+def test_dask_result_with_small_chunks_is_written(cli, stores, tmp_path):
+    """Before: `--dask --option chunks=[6,6]` fused, then failed writing (the inputs' 5-pixel Zarr chunk encoding
+    was copied onto the result) and left a partial store."""
+    xfusion.io.zarr.write(xfusion.io.zarr.open(stores[0]), tmp_path / "x5.zarr", chunks={"x": 5, "y": 5})
+    code, err = cli("fuse", tmp_path / "x5.zarr", stores[1], "-o", tmp_path / "o.zarr", "--dask", "--option",
+             "chunks=[6,6]", "--option", 'layout="rechunk"', "--max-iter", "2", "--no-progress")
+    assert code == 0, err
+    res = xr.open_zarr(tmp_path / "o.zarr", consolidated=False)
+    assert res.flux.shape == (15, 15, 240) and np.isfinite(res.flux.values).all()
+    assert res.model_spatial.encoding["chunks"][:2] == (6, 6)
+
+
+def test_result_arrays_never_alias_the_inputs(small_toy):
+    """Before: result.psf_spectral shared memory with the input's psf."""
+    x, y, _ = small_toy
+    r = xfusion.fuse(x, y, max_iter=1, progress=False)
+    shared = [(rn, on) for rn, rv in r.variables.items() for on, ov in [*x.variables.items(), *y.variables.items()]
+              if np.shares_memory(np.asarray(rv.values), np.asarray(ov.values))]
+    assert shared == []

@@ -1,0 +1,108 @@
+"""Truth-free settings by Poisson thinning (xfusion.tuning): the split, the held-out score, the choice, flux."""
+import json
+
+import numpy as np
+import pytest
+
+import xfusion
+from xfusion import metrics, scenes, tuning
+from xfusion.operators.model import predict
+
+
+def _poisson_obs(lam=5.0, shape=(20, 20, 100), seed=0):
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(lam, size=shape).astype(np.float32)
+    return xfusion.observation(counts, dims=("x", "y", "energy"), energy_edges=np.linspace(1.0, 2.0, shape[2] + 1),
+                               pixel_size=10.0, exposure=1000.0, effective_area=100.0)
+
+
+def test_thinning_halves_sum_to_the_data_and_have_the_right_means():
+    obs = _poisson_obs()
+    before = obs.copy(deep=True)
+    a, b = tuning.thin(obs, fraction=0.3, seed=1)
+    d, da, db = (o["counts"].values.astype(np.float64) for o in (obs, a, b))
+    np.testing.assert_array_equal(da + db, d)                       # exact split
+    assert np.all(da >= 0) and np.all(db >= 0) and np.all(da == np.round(da))
+    n, lam = d.size, 5.0
+    # Poisson(f lam) and Poisson((1-f) lam): means and variances within 5 standard errors
+    for part, f in ((da, 0.3), (db, 0.7)):
+        assert abs(part.mean() - f * lam) < 5 * np.sqrt(f * lam / n)
+        assert abs(part.var() - f * lam) < 5 * f * lam * np.sqrt(2 / n) + 5 * np.sqrt(f * lam / n)
+    # independent halves (a binomial split of Poisson counts): correlation within 5 / sqrt(n)
+    assert abs(np.corrcoef(da.ravel(), db.ravel())[0, 1]) < 5 / np.sqrt(n)
+    # exposures scaled by the fractions, input untouched, reproducible
+    assert float(a.exposure) == pytest.approx(300.0) and float(b.exposure) == pytest.approx(700.0)
+    assert json.loads(a.attrs["thinning"])["fraction"] == 0.3
+    assert obs.identical(before)
+    a2, _ = tuning.thin(obs, fraction=0.3, seed=1)
+    np.testing.assert_array_equal(a2["counts"].values, a["counts"].values)
+
+
+def test_thinning_refuses_bad_input():
+    obs = _poisson_obs(shape=(4, 4, 10))
+    with pytest.raises(ValueError, match="fraction must be"):
+        tuning.thin(obs, fraction=1.0)
+    frac = obs.assign(counts=obs["counts"] + 0.5)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        tuning.thin(frac)
+
+
+def test_deviance_is_zero_at_the_data_and_positive_elsewhere():
+    d = np.array([0.0, 1.0, 4.0, 10.0])
+    assert tuning.deviance(d, d + (d == 0)) == pytest.approx(2.0)   # the empty voxel: 2 (m - 0)
+    assert tuning.deviance(d[1:], d[1:]) == pytest.approx(0.0)
+    assert tuning.deviance(d, d * 1.1 + 0.1) > 0
+    assert tuning.deviance(d, np.array([1.0, 0.0, 1.0, 1.0])) == np.inf  # counts where the model is 0
+
+
+#: a coarse k grid at the default null-space treatment (what thinning chooses by default)
+GRID = [{"null_space": tuning.NULL_SPACE_DEFAULT[0], "n_scales_1d": tuning.NULL_SPACE_DEFAULT[1], "k": k}
+        for k in (0.25, 1.0, 3.0)]
+
+
+@pytest.mark.parametrize("kind,counts", [("snr_shell", 3e6), ("cluster_core", 1e6), ("synchrotron", 3e5)])
+def test_selection_lands_within_1_db_of_the_oracle_setting(kind, counts):
+    """Same candidate grid (and iteration cap) for the truth-free choice and for the oracle, which knows the truth."""
+    x, y, truth = scenes.make(kind, seed=7, counts=counts, size="small")
+    cur = tuning.tune(x, y, regularization="wavelet2d1d", grid=GRID, seed=0, max_iter=20)
+    assert cur.sizes["candidate"] == len(GRID) and np.isfinite(float(cur["mean_deviance"].min()))
+    nmse = [metrics.nmse(truth["flux"], xfusion.fuse(x, y, progress=False, max_iter=20, **g).flux) for g in GRID]
+    chosen = GRID.index(tuning.choice(cur))
+    assert max(nmse) - nmse[chosen] <= 1.0, (nmse, chosen, cur["mean_deviance"].values)
+
+
+def test_default_fuse_records_the_choice_and_conserves_flux(small_toy):
+    """``k="auto"`` etc. are chosen by thinning and recorded; the fused cube's total predicts both
+    instruments' totals within Poisson noise (5 sigma)."""
+    x, y, t = small_toy
+    r = xfusion.fuse(x, y, progress=False)
+    p = json.loads(r.attrs["parameters"])
+    rec = p["auto_tuning"]
+    assert rec["method"] == "poisson thinning" and p["k"] == rec["choice"]["k"]
+    assert p["null_space"] in ("zero", "threshold") and isinstance(p["n_scales_1d"], int)
+    for obs in (x, y):
+        n = float(obs["counts"].sum())
+        pred = float(predict(r.flux, obs).sum())
+        assert abs(pred - n) < 5 * np.sqrt(n), (pred, n)
+
+
+def test_rl_iteration_count_is_chosen_by_thinning(small_toy):
+    x, y, t = small_toy
+    cur = tuning.tune(x, y, regularization="none", seed=0)
+    dev = cur["mean_deviance"].values
+    half = tuning.choice(cur)["half_data_iteration"]
+    assert half == int(np.argmin(dev[1:]) + 1) and dev[half] < dev[0]
+    r = xfusion.fuse(x, y, regularization="none", progress=False)
+    assert r.attrs["iterations"] == tuning.rl_transfer(half)
+    assert json.loads(r.attrs["parameters"])["auto_tuning"]["choice"]["max_iter"] == r.attrs["iterations"]
+    ax = tuning.plot(cur)
+    assert ax.get_ylabel().startswith("held-out")
+
+
+def test_include_rl_adds_plain_rl_as_a_candidate(small_toy):
+    x, y, _ = small_toy
+    cur = tuning.tune(x, y, include_rl=True, seed=0)
+    settings = [json.loads(s) for s in cur["setting"].values]
+    assert settings[-1]["regularization"] == "none" and settings[-1]["max_iter"] >= 1
+    best = settings[int(np.argmin(cur["mean_deviance"].values))]
+    assert tuning.choice(cur) == best

@@ -1,0 +1,408 @@
+"""Checkpoint stores for :func:`xfusion.solvers.loop.run`: own their path, verified before use.
+
+``fuse`` builds a :class:`ZarrCheckpoint` and hands it to the solver loop, which only calls
+``open()``, ``load()``, ``save()`` and ``close()`` (``solvers/`` stays free of I/O).
+
+On disk, a checkpoint at ``PATH`` is a Zarr v3 store plus three siblings, all created by xfusion:
+
+* ``PATH`` -- the last committed state: the solver's state arrays (``state_*``), the objective
+  history (``history_*``), a root attribute ``xfusion_checkpoint`` (format) written with the
+  first metadata and a marker array ``xfusion_checkpoint`` (its own ``zarr.json``, a valid Zarr
+  node), so that xfusion recognises its own stores, even partial ones or ones whose root
+  metadata is damaged, and never touches anything else;
+* ``PATH.tmp`` -- the next state while it is written; ``PATH.old`` -- the previous state for
+  the instant between the two renames of a commit; ``PATH.lock`` -- the writer's lock.
+
+**Commit.** A state is written to ``PATH.tmp``; once every chunk is on disk, the root attributes
+get the manifest (iteration, fingerprint, scalars, per-array SHA-256 digests) with its own
+SHA-256 and ``complete = 1``; then ``PATH -> PATH.old``, ``PATH.tmp -> PATH`` (atomic renames)
+and ``PATH.old`` is removed. :meth:`ZarrCheckpoint.open` repairs whatever a kill at any instant
+left: ``PATH.old`` next to ``PATH`` is removed; ``PATH.old`` without ``PATH`` is put back, or
+replaced by a complete ``PATH.tmp``; an unfinished ``PATH.tmp`` is removed.
+
+**Checksums.** Each state and history array is hashed chunk by chunk: a NumPy array as one
+block, a Dask array block by block on its scheduler (the hashes travel, not the data), in the
+same pass that writes it. The digest of a block is SHA-256 over its dtype, shape and C-order
+bytes, so a flipped byte, a truncated or a missing chunk (read back as Zarr's fill value) does
+not match. :meth:`ZarrCheckpoint.load` checks the marker, ``complete``, the manifest digest, the
+fingerprint and every array digest before returning a state; any failure raises
+:class:`CheckpointError` naming the store (never a raw ``JSONDecodeError``/``KeyError``).
+
+**Lock.** ``PATH.lock`` is created with ``O_CREAT | O_EXCL`` and holds the writer's pid and host.
+A lock whose pid is dead on this host (a killed run) is recovered; any other is an error naming
+the holder. Two processes that find the same stale lock at the same instant may both recover it
+(a narrow race, documented).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .io import zarr as xzarr
+from .parallel import compute_many, is_dask
+
+FORMAT = 1
+MARKER_ATTR = "xfusion_checkpoint"
+MARKER_ARRAY = "xfusion_checkpoint"
+#: seconds after which an unreadable (half-written) lock file counts as stale
+LOCK_GRACE_S = 10.0
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path xfusion refuses, or a stored state that fails verification."""
+
+
+# --------------------------------------------------------------------------- digests
+def _block_sha(block) -> str:
+    b = np.ascontiguousarray(block)
+    h = hashlib.sha256(f"{b.dtype.str}{b.shape}".encode())
+    h.update(memoryview(b).cast("B") if b.size else b"")
+    return h.hexdigest()
+
+
+def _digest_tasks(a):
+    """Delayed per-block SHA-256 of a Dask array (C order of the block grid)."""
+    import dask
+
+    blocks = a.to_delayed().ravel()
+    return [dask.delayed(_block_sha, pure=True)(b) for b in blocks]
+
+
+def array_digest(a, client=None) -> list:
+    """SHA-256 digests of an array: ``[digest]`` for NumPy, one per block (C order) for Dask,
+    computed where the blocks live (``client`` when given)."""
+    if is_dask(a):
+        return list(compute_many(_digest_tasks(a), client))
+    return [_block_sha(np.asarray(a))]
+
+
+# --------------------------------------------------------------------------- ownership
+def _is_ours(p: Path) -> bool:
+    """A store (or partial store) written by the checkpoint writer: marker file or marker attribute."""
+    if not p.is_dir():
+        return False
+    if (p / MARKER_ARRAY / "zarr.json").is_file():
+        return True
+    try:
+        meta = json.loads((p / "zarr.json").read_text())
+        return MARKER_ATTR in (meta.get("attributes") or {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _empty_dir(p: Path) -> bool:
+    return p.is_dir() and not p.is_symlink() and not any(p.iterdir())
+
+
+def _attrs(p: Path) -> dict:
+    meta = json.loads((p / "zarr.json").read_text())
+    attrs = meta.get("attributes")
+    if not isinstance(attrs, dict):
+        raise ValueError("root zarr.json has no attributes")
+    return attrs
+
+
+def describe(path):
+    """``{"path", "iteration"}`` of the committed checkpoint at ``path`` (or of ``path.old`` when a
+    kill interrupted a commit), or None if there is none: for messages (e.g. after Ctrl-C)."""
+    for p in (Path(path), Path(f"{path}.old")):
+        try:
+            attrs = _attrs(p)
+            if attrs.get("complete") == 1 and MARKER_ATTR in attrs:
+                return {"path": os.fspath(path), "iteration": int(attrs["iteration"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- the store
+class ZarrCheckpoint:
+    """Checkpoint store at ``path`` for the run identified by ``fingerprint``.
+
+    The constructor refuses, before any computing: a path that is not a str/PathLike; a path
+    that equals, lies inside or contains one of ``protect`` (the input stores, the output); an
+    existing file or folder at ``path`` (or ``path.tmp`` / ``path.old``) not written by this
+    writer (an empty folder is accepted); a parent folder that cannot be written.
+    """
+
+    def __init__(self, path, fingerprint="", *, protect=()):
+        if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise TypeError(f"checkpoint must be a path (str or os.PathLike) to a Zarr store; got {path!r}")
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self.given = os.fspath(path)
+        self.fingerprint = fingerprint
+        self.tmp, self.old, self.lock = (Path(f"{self.path}{s}") for s in (".tmp", ".old", ".lock"))
+        self._locked = False
+        for src in protect:
+            if xzarr.overlaps(self.path, src):
+                raise CheckpointError(f"checkpoint {self.given!r} is, contains or lies inside {os.fspath(src)!r} "
+                                      "(an input or the output); a checkpoint store is replaced at every commit: "
+                                      "choose another path")
+        self._check_owned()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            probe = self.path.parent / f".{self.path.name}.xfusion-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint {self.given!r}: folder {str(self.path.parent)!r} is not "
+                                  f"writable ({exc.strerror or exc})") from exc
+
+    def __str__(self):
+        return self.given
+
+    def __repr__(self):
+        return f"ZarrCheckpoint({self.given!r})"
+
+    def _check_owned(self):
+        for p in (self.path, self.tmp, self.old):
+            if (p.exists() or p.is_symlink()) and not (_is_ours(p) or _empty_dir(p)):
+                kind = "a file" if not p.is_dir() else "a folder"
+                raise CheckpointError(
+                    f"checkpoint {self.given!r}: {str(p)!r} exists and is {kind} not written by xfusion's checkpoint "
+                    f"writer (no {MARKER_ATTR!r} marker); xfusion never replaces it: choose a new checkpoint path "
+                    "or move it away yourself")
+
+    # ---------------------------------------------------------------- lock
+    def _acquire(self):
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None or holder.get("host") != me["host"] or _pid_alive(int(holder["pid"])):
+                    who = "an unknown process" if holder is None else f"process {holder['pid']} on {holder['host']}"
+                    if holder is None and time.time() - self._lock_mtime() > LOCK_GRACE_S:
+                        self._unlink_lock()
+                        continue
+                    raise CheckpointError(
+                        f"checkpoint {self.given!r} is in use by {who} (lock file {str(self.lock)!r}); wait for that "
+                        "run to finish, or, if it is gone, delete the lock file") from None
+                self._unlink_lock()  # a killed run on this host: its lock is stale
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._locked = True
+            return
+        raise CheckpointError(f"checkpoint {self.given!r}: could not take the lock {str(self.lock)!r}")
+
+    def _holder(self):
+        try:
+            h = json.loads(self.lock.read_text())
+            return h if isinstance(h, dict) and isinstance(h.get("pid"), int) and "host" in h else None
+        except (OSError, ValueError):
+            return None
+
+    def _lock_mtime(self):
+        try:
+            return self.lock.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _unlink_lock(self):
+        try:
+            self.lock.unlink()
+        except FileNotFoundError:
+            pass
+
+    # ---------------------------------------------------------------- protocol used by loop.run
+    def open(self):
+        """Take the lock and repair what a kill left (see the module notes)."""
+        self._check_owned()
+        self._acquire()
+        try:
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Release the lock (only if this object holds it)."""
+        if self._locked:
+            h = self._holder()
+            if h is not None and h.get("pid") == os.getpid():
+                self._unlink_lock()
+            self._locked = False
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _recover(self):
+        if self.old.exists():
+            if self.path.exists():
+                shutil.rmtree(self.old)  # killed after the commit's second rename
+            elif self.tmp.exists() and self._complete(self.tmp):
+                os.replace(self.tmp, self.path)  # killed between the two renames, new state complete
+                shutil.rmtree(self.old)
+            else:
+                os.replace(self.old, self.path)
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)  # an unfinished write
+
+    @staticmethod
+    def _complete(p):
+        try:
+            return _attrs(p).get("complete") == 1
+        except (OSError, ValueError):
+            return False
+
+    def exists(self):
+        return self.path.exists()
+
+    def save(self, state, history, iteration, client=None):
+        """Write ``state`` (flat dict of NumPy arrays, Dask arrays and JSON scalars) and ``history``
+        (name -> list of floats) as iteration ``iteration``, then commit by rename."""
+        import xarray as xr
+
+        data, lazy, scalars = {}, [], {}
+        for k, v in state.items():
+            if isinstance(v, np.ndarray):
+                data[f"state_{k}"] = ([f"{k}_d{i}" for i in range(v.ndim)], v)
+            elif is_dask(v):
+                data[f"state_{k}"] = ([f"{k}_d{i}" for i in range(v.ndim)], xzarr.uniform_chunks(v))
+                lazy.append(k)
+            else:
+                scalars[k] = v.item() if isinstance(v, np.generic) else v
+        for k, v in history.items():
+            data[f"history_{k}"] = (("iteration",), np.asarray(v, dtype=np.float64))
+        data[MARKER_ARRAY] = ((), np.int8(FORMAT))
+        ds = xr.Dataset(data, attrs={MARKER_ATTR: FORMAT, "complete": 0})
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        try:
+            delayed = xzarr.store(ds, self.tmp, compute=False)
+            names = sorted(n for n in data if n != MARKER_ARRAY)
+            tasks = [_digest_tasks(ds[n].data) if is_dask(ds[n].data) else None for n in names]
+            flat = [t for ts in tasks if ts for t in ts]
+            got = compute_many([delayed, *flat], client if lazy else None)[1:]
+            digests, i = {}, 0
+            for n, ts in zip(names, tasks):
+                if ts:
+                    digests[n], i = got[i:i + len(ts)], i + len(ts)
+                else:
+                    digests[n] = [_block_sha(ds[n].values)]
+            arrays = {n: {"shape": list(ds[n].shape), "dtype": ds[n].dtype.str, "sha256": digests[n]}
+                      for n in names}
+            manifest = json.dumps({"format": FORMAT, "iteration": int(iteration), "fingerprint": self.fingerprint,
+                                   "scalars": scalars, "dask_state": lazy, "arrays": arrays}, sort_keys=True)
+            import zarr
+
+            zarr.open_group(os.fspath(self.tmp), mode="r+").attrs.update({
+                "iteration": int(iteration), "fingerprint": self.fingerprint, "scalars": json.dumps(scalars),
+                "dask_state": json.dumps(lazy), "manifest": manifest,
+                "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest(), "complete": 1})
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        if self.path.exists():
+            if self.old.exists():
+                shutil.rmtree(self.old)
+            os.replace(self.path, self.old)
+        os.replace(self.tmp, self.path)
+        shutil.rmtree(self.old, ignore_errors=True)
+
+    def load(self, client=None):
+        """The verified ``(state, history, iteration)`` stored at the path, or None if there is none.
+
+        NumPy state arrays are loaded; Dask state arrays are read lazily with their stored chunks
+        (their digests are checked by one read pass on ``client``): the solver must consume them
+        before the next :meth:`save` replaces the store.
+        """
+        if not self.path.exists() or _empty_dir(self.path):
+            return None
+        where = f"checkpoint {self.given!r}"
+        fix = ("; it cannot be used: delete it (it was written by xfusion) or rerun without resume to start "
+               "a new one")
+        if not _is_ours(self.path):
+            raise CheckpointError(f"{where} was not written by xfusion's checkpoint writer" + fix)
+        try:
+            attrs = _attrs(self.path)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{where} has unreadable metadata (zarr.json: {exc})" + fix) from exc
+        if attrs.get("complete") != 1:
+            raise CheckpointError(f"{where} is incomplete (its writer stopped before the end)" + fix)
+        manifest_s = attrs.get("manifest")
+        if not isinstance(manifest_s, str) or \
+                hashlib.sha256(manifest_s.encode()).hexdigest() != attrs.get("manifest_sha256"):
+            raise CheckpointError(f"{where} has a missing or altered manifest (checksum mismatch)" + fix)
+        try:
+            manifest = json.loads(manifest_s)
+            arrays, iteration = manifest["arrays"], int(manifest["iteration"])
+            scalars, lazy = dict(manifest["scalars"]), set(manifest["dask_state"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{where} has an unreadable manifest ({type(exc).__name__}: {exc})" + fix) from exc
+        if manifest.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"{where} was written by a run with different inputs or parameters (counts, masks, exposures, "
+                "areas, PSFs, responses or options other than max_iter); delete it or use the same inputs and "
+                "settings to resume")
+        import xarray as xr
+
+        try:
+            ds = xr.open_zarr(os.fspath(self.path), consolidated=False, chunks={})
+            state, history, checks = {}, {}, []
+            for n, meta in arrays.items():
+                if n not in ds:
+                    raise CheckpointError(f"{where}: array {n!r} is missing" + fix)
+                v = ds[n]
+                if list(v.shape) != meta["shape"] or v.dtype.str != meta["dtype"]:
+                    raise CheckpointError(f"{where}: array {n!r} has shape {v.shape} / dtype {v.dtype}, the manifest "
+                                          f"says {tuple(meta['shape'])} / {meta['dtype']}" + fix)
+                name = n.split("_", 1)[1]
+                if n.startswith("state_") and name in lazy:
+                    checks.append((n, v.data, meta["sha256"]))
+                    state[name] = v.data
+                else:
+                    values = np.ascontiguousarray(v.values)
+                    self._verify(n, [_block_sha(values)], meta["sha256"], where, fix)
+                    if n.startswith("state_"):
+                        state[name] = values
+                    else:
+                        history[name] = [float(x) for x in values]
+            if checks:
+                got = compute_many([t for _, a, _ in checks for t in _digest_tasks(a)], client)
+                i = 0
+                for n, a, expected in checks:
+                    m = len(a.to_delayed().ravel())
+                    self._verify(n, got[i:i + m], expected, where, fix)
+                    i += m
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged store
+            raise CheckpointError(f"{where} cannot be read ({type(exc).__name__}: {exc})" + fix) from exc
+        state.update(scalars)
+        return state, history, iteration
+
+    @staticmethod
+    def _verify(name, got, expected, where, fix):
+        if len(got) != len(expected):
+            raise CheckpointError(f"{where}: array {name!r} has {len(got)} chunks, the manifest lists "
+                                  f"{len(expected)}" + fix)
+        bad = [i for i, (g, e) in enumerate(zip(got, expected)) if g != e]
+        if bad:
+            raise CheckpointError(f"{where}: array {name!r} fails its checksum in chunk(s) {bad[:5]} (missing, "
+                                  "truncated or altered data)" + fix)

@@ -1,0 +1,661 @@
+"""Truth-free choice of fusion settings by Poisson thinning (data fission).
+
+Thinning
+--------
+If ``d ~ Poisson(lambda)`` and ``d_A | d ~ Binomial(d, f)``, then ``d_A ~ Poisson(f lambda)`` and
+``d_B = d - d_A ~ Poisson((1 - f) lambda)`` are *independent*. :func:`thin` splits every voxel
+of an observation this way and scales the exposure of each part by its fraction
+(``t_A = f t``, ``t_B = (1 - f) t``), so a flux cube (ph cm-2 s-1) means the same thing for the
+parts and for the whole: a cube fitted on part A predicts ``(1 - f) / f`` times part A's
+model counts for part B.
+
+Selection
+---------
+:func:`tune` fits candidate settings on part A of BOTH instruments and scores each by the
+Poisson deviance of part B of both instruments under the fitted model (scaled to part B's
+exposure)::
+
+    D = 2 sum_i sum_v [ m_iv - d_iv + d_iv log(d_iv / m_iv) ]      (0 log 0 = 0)
+
+summed over the two instruments i (the joint held-out log-likelihood up to a constant).
+The setting with the smallest mean deviance over ``n_splits`` splits is chosen, and the
+caller refits on all counts with it (:func:`xfusion.fuse` does this for ``k="auto"``,
+``mu="auto"``, ``rank="auto"``, ``max_iter="auto"``).
+
+What is selected, per regularization:
+
+* ``wavelet2d1d``: the threshold ``k`` (in noise sigmas), walking the ladder :data:`K_LADDER`
+  from 1 down while the held-out deviance improves (else up). Every candidate starts from
+  the same warm start (3 EM iterations on part A) and runs at most :data:`CANDIDATE_ITER`
+  iterations (the ranking at 12 iterations matched the ranking at convergence on the scenes
+  we checked); a candidate whose held-out deviance rose twice in a row (after >= 3
+  iterations) above the best finished candidate is abandoned. The threshold ``k * sigma``
+  is relative to the noise of each band, so ``k`` transfers from half to full counts
+  without rescaling.
+* The null-space treatment (``null_space``, ``n_scales_1d``) is NOT chosen by thinning by
+  default: a component that neither instrument sees changes no prediction, so the held-out
+  deviance is blind to it; it sees only side effects, and on a cluster-core scene it
+  preferred zeroing (2 scales) by 800 deviance units while the truth preferred thresholding
+  by 6 dB. ``select_null_space=True`` compares them anyway; the default
+  :data:`NULL_SPACE_DEFAULT` comes from the scene suite.
+* ``none`` (plain two-instrument Richardson-Lucy): one EM run on part A, scored at every
+  iteration (the forward models are computed by EM anyway: nearly free) until the minimum
+  is well behind; the best half-data iteration ``n_half`` is transferred to all counts by the
+  fitted rule :data:`RL_TRANSFER` (more counts support more iterations; the measured ratio
+  of the oracle full-data iteration to ``n_half`` ranged from 1 to 5, see :func:`rl_transfer`).
+* ``lowrank`` family: ``rank`` (:data:`RANK_LADDER`), then ``mu`` (``lowrank_sobolev``,
+  :data:`MU_LADDER`) by separate fits of part A through :func:`xfusion.fuse`, scored with
+  the delivered (clipped) flux cube; for plain ``lowrank`` the iteration count at a ladder
+  of iteration counts, transferred like RL. These are NOT cheap (one fit per candidate).
+
+Everything runs in memory (NumPy); Dask-backed observations are refused with a message.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import xarray as xr
+
+from .grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
+from .likelihood import PoissonLikelihood, PoissonTerm
+from .observation import validate
+from .operators.model import build_model
+from .regularizers.sparsity import Wavelet2D1D
+from .solvers.em import EMProx
+from .solvers.loop import RelativeChange
+
+#: Transfer of the plain-RL iteration count from a half (f = 0.5) to all counts:
+#: ``n_full = round(RL_TRANSFER[0] * n_half ** RL_TRANSFER[1])``, clipped to [1, RL_MAX_ITER].
+#: A fitted rule, not a law. Measured (benchmarks/tuning.py rl_suite tune 10 small; 10 suite scenes of
+#: 24x24x600, all five kinds): (n_half -> oracle full-data iteration) 53->141, 5->26, 2->2, 2->3,
+#: 90->150+, 15->29, 61->150+, 6->6, 8->25, 4->10 (median ratio 2.2); NMSE lost against the oracle
+#: iteration: ratio 1: mean 1.39 dB, worst 5.2 dB; ratio 1.41: mean 0.89, worst 3.5; ratio 2: mean
+#: 0.83 dB, worst 3.1 dB (synchrotron scenes, whose RL optimum does not move with the counts), within
+#: 0.5 dB in 6 of 10. On the toys (small, small x0.1, gaussian_rebin): 5->16, 5->20, 3->3, 3->4, 4->4.
+RL_TRANSFER = (2.0, 1.0)
+RL_MAX_ITER = 200
+#: k ladder of the coarse wavelet search and the null-space treatments compared at k = 1
+K_LADDER = (0.125, 0.25, 0.5, 1.0, 2.0, 3.0)
+NULL_SPACE_CANDIDATES = (("zero", 5), ("zero", 2), ("threshold", 5))
+#: null-space treatment and number of 1D scales used for "auto": NOT chosen by thinning, because the
+#: held-out deviance cannot see components that neither instrument sees (see the module docstring);
+#: chosen on the scene suite (benchmarks/tuning.py treatments)
+NULL_SPACE_DEFAULT = ("zero", 2)
+RANK_LADDER = (3, 5, 10, 20)
+MU_LADDER = (0.001, 0.003, 0.01, 0.03, 0.1)
+
+
+# ----------------------------------------------------------------------------- thinning
+def _counts_array(obs, what):
+    c = obs["counts"].data
+    if not isinstance(c, np.ndarray):
+        raise NotImplementedError(f"{what}: thinning needs in-memory counts; load the observation first "
+                                  "(obs = obs.load()) or pass explicit settings instead of 'auto'")
+    return c
+
+
+def thin(obs: xr.Dataset, fraction: float = 0.5, seed=None) -> tuple[xr.Dataset, xr.Dataset]:
+    """Binomial split of an observation's counts into two independent Poisson observations.
+
+    Parameters
+    ----------
+    obs : observation (:func:`xfusion.observation`) with non-negative integer counts (x, y, energy).
+    fraction : f in (0, 1): each count goes to the first part with probability f.
+    seed : anything :func:`numpy.random.default_rng` accepts.
+
+    Returns
+    -------
+    (part, rest): copies of ``obs`` with counts ``d_A ~ Binomial(d, f)`` and ``d - d_A`` (so
+    ``d_A + d_B == d`` exactly and, for Poisson data of mean lambda, ``d_A ~ Poisson(f lambda)``
+    and ``d_B ~ Poisson((1-f) lambda)`` are independent), and exposures ``f t`` and ``(1-f) t``
+    (s), so fluxes fitted on either part are comparable with fluxes fitted on all counts.
+    The input is not modified; the parts carry a ``thinning`` attribute (JSON).
+    """
+    validate(obs)
+    if not (isinstance(fraction, (int, float)) and 0.0 < float(fraction) < 1.0):
+        raise ValueError(f"fraction must be a number in (0, 1); got {fraction!r}")
+    f = float(fraction)
+    c = _counts_array(obs, "thin")
+    if np.any(c < 0) or not np.all(np.isfinite(c)) or np.any(c != np.round(c)):
+        raise ValueError("thinning needs photon counts: non-negative integers (Poisson data); these counts are "
+                         "negative, non-finite or fractional (background-subtracted or rescaled data cannot be thinned)")
+    rng = np.random.default_rng(seed)
+    a = rng.binomial(c.astype(np.int64), f)
+    b = c.astype(np.int64) - a
+    t = float(obs["exposure"].values)
+    info = {"fraction": f, "seed": None if seed is None else str(seed)}
+    parts = []
+    for cnt, frac, which in ((a, f, "part"), (b, 1.0 - f, "rest")):
+        o = obs.assign(counts=obs["counts"].copy(data=cnt.astype(c.dtype)),
+                       exposure=((), t * frac, dict(obs["exposure"].attrs, units="s")))
+        o.attrs = dict(obs.attrs, thinning=json.dumps(dict(info, which=which, exposure_factor=frac)))
+        parts.append(o)
+    return parts[0], parts[1]
+
+
+def deviance(data, model, mask=None) -> float:
+    """Poisson deviance ``2 sum [m - d + d log(d/m)]`` (float64; +inf where m <= 0 < d).
+
+    ``data`` and ``model`` are arrays of the same shape (counts); ``mask`` (bool, optional)
+    keeps only the True voxels.
+    """
+    d = np.asarray(data, dtype=np.float64)
+    m = np.asarray(model, dtype=np.float64)
+    if mask is not None:
+        keep = np.asarray(mask, dtype=bool)
+        d, m = d[keep], m[keep]
+    pos = d > 0
+    if np.any(m[pos] <= 0):
+        return math.inf
+    m = np.maximum(m, 0.0)
+    dl = np.where(pos, d * np.log(np.where(pos, d, 1.0) / np.where(pos, m, 1.0)), 0.0)
+    return float(2.0 * np.sum(m - d + dl))
+
+
+# ----------------------------------------------------------------------------- one split
+class _Split:
+    """Models of part A (exposure f t), its Poisson terms and the held-out part B of both instruments."""
+
+    def __init__(self, x_obs, y_obs, fraction, seed, dtype, models=None):
+        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        sx, sy = ss.spawn(2)
+        self.xa, self.xb = thin(x_obs, fraction, np.random.default_rng(sx))
+        self.ya, self.yb = thin(y_obs, fraction, np.random.default_rng(sy))
+        if models is None:
+            grid = fusion_grid(self.xa, self.ya)
+            mx, my = build_model(grid, self.xa, SPATIAL), build_model(grid, self.ya, SPECTRAL)
+            scale = float(np.mean(mx.weights))
+            models = (grid, mx.scaled(scale), my.scaled(scale), scale)
+        self.models = models
+        self.grid, mx, my, self.scale = models
+        self.dtype = np.dtype(dtype)
+        masks = [o["mask"].values if "mask" in o else None for o in (x_obs, y_obs)]
+        self.masks = masks
+        self.terms = [PoissonTerm(mx, self.xa["counts"].values, masks[0], self.dtype),
+                      PoissonTerm(my, self.ya["counts"].values, masks[1], self.dtype)]
+        self.held = [self.xb["counts"].values, self.yb["counts"].values]
+        self.ratio = (1.0 - fraction) / fraction
+        shape = mx.fused_shape
+        xsum = float(np.sum(self.terms[0].data, dtype=np.float64))
+        if mx.weights.ndim == 1:
+            flat = float(mx.reduced(np.ones((1, shape[2])))[1].sum()) * shape[0] * shape[1]
+        else:
+            flat = float(mx.forward(np.ones(shape, self.dtype)).sum())
+        self.level = xsum / max(flat, 1e-300)
+        self.shape = shape
+
+    def score_models(self, models):
+        """Held-out deviance of part B (both instruments) for part-A model counts ``models`` (X, Y)."""
+        return sum(deviance(h, self.ratio * m, k) for h, m, k in zip(self.held, models, self.masks))
+
+    def score(self, z):
+        return self.score_models([t.model.forward(z) for t in self.terms])
+
+    def start(self):
+        return np.full(self.shape, self.level, dtype=self.dtype)
+
+
+class _ScoredEM(EMProx):
+    """EM + prox on part A that also scores the held-out part B at every iterate (reusing its forward models)."""
+
+    def __init__(self, split, regularizer):
+        super().__init__(PoissonLikelihood(split.terms), regularizer)
+        self.split = split
+
+    def _eval(self, z):
+        val, corr, models = 0.0, None, []
+        for t in self.lik.terms:
+            m = t.model.forward(z)
+            models.append(m)
+            val += t.value_from_model(m)
+            q = t.model.adjoint(t.ratio(m))
+            corr = q if corr is None else corr + q
+        self.heldout = self.split.score_models(models)
+        return val, corr
+
+    def init(self, z0):
+        s = super().init(z0)
+        s["heldout"] = self.heldout
+        return s
+
+    def step(self, state):
+        s = super().step(state)
+        s["heldout"] = self.heldout
+        return s
+
+
+def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, past_min=None):
+    """Run scored EM(+prox) on part A from ``z0``; return (z, heldout curve, n_iter, abandoned).
+
+    Stops like :func:`xfusion.fuse` (relative objective change ``tol`` for 5 iterations, or
+    ``max_iter``); abandons when the held-out deviance rose ``patience_up`` times in a row and
+    is above ``abandon_above``; with ``past_min``, stops once the iteration count exceeds
+    ``max(past_min, 2 * argmin)`` of the held-out curve (the minimum is then behind us).
+    """
+    solver = _ScoredEM(split, reg)
+    state = solver.init(np.array(z0, dtype=split.dtype, copy=True))
+    hist = {"objective": [state["objective"]]}
+    curve = [state["heldout"]]
+    stop = RelativeChange(tol, patience=5)
+    abandoned = False
+    it = 0
+    while it < max_iter and not stop(hist):
+        state = solver.step(state)
+        it += 1
+        hist["objective"].append(state["objective"])
+        curve.append(state["heldout"])
+        if (abandon_above is not None and it >= max(patience_up, 3) and curve[-1] > abandon_above
+                and all(curve[-i] > curve[-i - 1] for i in range(1, patience_up + 1))):
+            abandoned = True
+            break
+        if past_min is not None:
+            i_min = int(np.argmin(curve))
+            if it - i_min >= max(past_min, i_min):
+                break
+    return state["z"], curve, it, abandoned
+
+
+# ----------------------------------------------------------------------------- families
+def _splits(obs_a, obs_b, fraction, n_splits, seed, dtype):
+    for o in (obs_a, obs_b):
+        _counts_array(o, "tune")
+    x_obs, y_obs, _ = assign_roles(obs_a, obs_b)
+    seeds = np.random.SeedSequence(seed).spawn(int(n_splits))
+    out, models = [], None
+    for s in seeds:
+        sp = _Split(x_obs, y_obs, fraction, s, dtype, models)
+        models = sp.models
+        out.append(sp)
+    return out
+
+
+def rl_transfer(n_half):
+    """Iteration count for all counts from the best half-data RL iteration (:data:`RL_TRANSFER`)."""
+    a, b = RL_TRANSFER
+    return int(min(max(round(a * float(n_half) ** b), 1), RL_MAX_ITER))
+
+
+def _tune_none(splits, max_iter, tol):
+    curves = []
+    for sp in splits:
+        _, curve, _, _ = _run_em(sp, None, sp.start(), max_iter, None, past_min=10)
+        curves.append(curve)
+    n = min(len(c) for c in curves)
+    mean = np.mean([c[:n] for c in curves], axis=0)
+    best = int(np.argmin(mean[1:]) + 1) if n > 1 else 0
+    cands = [{"iteration": i} for i in range(n)]
+    choice = {"max_iter": rl_transfer(best), "half_data_iteration": best}
+    return cands, np.array([c[:n] for c in curves]).T, choice, {"rule": f"n_full = {RL_TRANSFER[0]} * n_half^{RL_TRANSFER[1]}"}
+
+
+def _wavelet_reg(fixed, cand):
+    kw = {"n_scales_2d": fixed.get("n_scales_2d", 1), "k_rule": fixed.get("k_rule", "constant"),
+          "k_min": fixed.get("k_min", 0.5), "k_max": fixed.get("k_max", 3.0), "per_band": fixed.get("per_band", True)}
+    kw.update(cand)
+    return Wavelet2D1D(**kw)
+
+
+#: iteration cap of each wavelet candidate on the fitted part (warm-started; the final fit uses fuse's own rule)
+CANDIDATE_ITER = 12
+
+
+def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_iter=None, select_null_space=False):
+    """Coarse-to-fine over (null_space, n_scales_1d) then k; see the module docstring.
+
+    Warm start: every candidate starts from the same ``warm_iter`` plain EM iterations on
+    part A (continuation from the best candidate so far was tried and rejected: switching
+    priors first raises the held-out deviance, which then looks hopeless, and the final fit
+    starts from a flat cube anyway). Candidates run at most ``candidate_iter`` iterations.
+    """
+    warm = []
+    for sp in splits:
+        z, _, _, _ = _run_em(sp, None, sp.start(), warm_iter, None)
+        warm.append(z)
+    results = {}  # key -> [cand, scores per split, iterations, abandoned]
+    best = {"score": math.inf}
+
+    def evaluate(cand):
+        key = json.dumps(cand, sort_keys=True)
+        if key in results:
+            r = results[key]
+            return math.inf if r[3] else float(np.mean(r[1]))
+        scores, iters, ends, ab = [], [], [], False
+        for sp, z0 in zip(splits, warm):
+            z, curve, n, abandoned = _run_em(sp, _wavelet_reg(fixed, cand), z0,
+                                             min(max_iter, candidate_iter or CANDIDATE_ITER), tol,
+                                             abandon_above=best["score"] if np.isfinite(best["score"]) else None)
+            scores.append(curve[-1])
+            iters.append(n)
+            ends.append(z)
+            if abandoned:
+                ab = True
+                break
+        results[key] = [cand, scores, iters, ab]
+        s = math.inf if ab else float(np.mean(scores))
+        best["score"] = min(best["score"], s)
+        return s
+
+    if grid is not None:
+        for cand in grid:
+            evaluate(dict(cand))
+    else:
+        auto = lambda name: fixed.get(name, "auto") == "auto"  # noqa: E731
+        ns = NULL_SPACE_DEFAULT[0] if auto("null_space") else fixed["null_space"]
+        n1 = NULL_SPACE_DEFAULT[1] if auto("n_scales_1d") else fixed["n_scales_1d"]
+        if select_null_space and auto("null_space"):
+            tscore = {t: evaluate({"null_space": t[0], "n_scales_1d": t[1] if auto("n_scales_1d") else n1, "k": 1.0})
+                      for t in NULL_SPACE_CANDIDATES}
+            ns, n1 = min(tscore, key=tscore.get)
+        if auto("k"):
+            ladder = list(K_LADDER)
+            j = ladder.index(1.0)
+            sc = {1.0: evaluate({"null_space": ns, "n_scales_1d": n1, "k": 1.0})}
+            # walk down the ladder while the held-out deviance improves; up if the first step down did not
+            for direction in (-1, 1):
+                i = j + direction
+                while 0 <= i < len(ladder):
+                    sc[ladder[i]] = evaluate({"null_space": ns, "n_scales_1d": n1, "k": ladder[i]})
+                    if sc[ladder[i]] >= sc[ladder[i - direction]]:
+                        break
+                    i += direction
+                if min(sc, key=sc.get) != 1.0:
+                    break
+        else:
+            evaluate({"null_space": ns, "n_scales_1d": n1, "k": float(fixed["k"])})
+    rows = list(results.values())
+    scores = np.full((len(rows), len(splits)), np.inf)
+    for i, r in enumerate(rows):
+        scores[i, :len(r[1])] = r[1]
+    mean = np.array([math.inf if r[3] else float(np.mean(r[1])) for r in rows])
+    choice = dict(rows[int(np.argmin(mean))][0])
+    extra = {"iterations": [r[2] for r in rows], "abandoned": [bool(r[3]) for r in rows],
+             "warm_start": f"{warm_iter} EM iterations on the fitted part",
+             "candidate_iter": int(min(max_iter, candidate_iter or CANDIDATE_ITER))}
+    return [r[0] for r in rows], scores, choice, extra
+
+
+def _fit_half_fuse(sp, regularization, settings, max_iter, tol, dtype):
+    from .fuse import fuse
+
+    from .operators.model import predict
+
+    r = fuse(sp.xa, sp.ya, regularization=regularization, max_iter=max_iter, tol=tol, progress=False,
+             dtype=dtype, **settings)
+    # score the delivered (non-negative) flux cube: the unclipped low-rank model W V can be <= 0 where counts are
+    mods = [predict(r["flux"], o, role=role).values for o, role in ((sp.xa, SPATIAL), (sp.ya, SPECTRAL))]
+    return sp.score_models(mods), r
+
+
+def _tune_lowrank(splits, regularization, grid, fixed, max_iter, tol, dtype):
+    rows = []
+
+    def evaluate(cand, mi=max_iter):
+        for c, _, _ in rows:
+            if c == cand:
+                return
+        scores, iters = [], []
+        for sp in splits:
+            s, r = _fit_half_fuse(sp, regularization, {**fixed, **cand}, mi, tol, dtype)
+            scores.append(s)
+            iters.append(int(r.attrs["iterations"]))
+        rows.append((cand, scores, iters))
+
+    if grid is not None:
+        for cand in grid:
+            evaluate(dict(cand))
+    else:
+        second = {"lowrank_sobolev": ("mu", MU_LADDER), "lowrank_wavelet2d": ("k", K_LADDER)}.get(regularization)
+        base = {}
+        if second is not None:
+            base[second[0]] = fixed.get(second[0]) if fixed.get(second[0], "auto") != "auto" else (
+                0.01 if second[0] == "mu" else 1.0)
+        if fixed.get("rank", "auto") == "auto":
+            sp = splits[0]
+            limit = min(sp.shape[2], sp.held[1].shape[0] * sp.held[1].shape[1])
+            for r in [r for r in RANK_LADDER if r <= limit] or [limit]:
+                evaluate({"rank": r, **base})
+            rank = min(rows, key=lambda row: np.mean(row[1]))[0]["rank"]
+        else:
+            rank = fixed["rank"]
+        if second is not None and fixed.get(second[0], "auto") == "auto":
+            for v in second[1]:
+                evaluate({"rank": rank, second[0]: v})
+    scores = np.array([r[1] for r in rows], dtype=np.float64)
+    choice = dict(rows[int(np.argmin(scores.mean(axis=1)))][0])
+    return [r[0] for r in rows], scores, choice, {"iterations": [r[2] for r in rows]}
+
+
+def _tune_lowrank_iterations(splits, fixed, max_iter, dtype, ladder=(3, 5, 8, 12, 16, 20, 25, 30, 40, 50, 60, 80)):
+    """Plain low rank: held-out deviance at a ladder of iterations of ONE run per split.
+
+    The run's callback keeps the subspace coefficients W at the ladder iterations; each is scored
+    through the delivered flux ``max(W V, 0)`` (V the run's basis, W rescaled like the result's
+    ``coefficients``).
+    """
+    from .fuse import fuse
+    from .operators.model import predict
+
+    rungs = [n for n in ladder if n <= max_iter]
+    per_split = []
+    for sp in splits:
+        snaps = {}
+
+        def keep(it, state, snaps=snaps):
+            if it in rungs:
+                snaps[it] = np.array(state["w"], copy=True)
+            return False
+
+        r = fuse(sp.xa, sp.ya, regularization="lowrank", max_iter=max(rungs), tol=None, progress=False,
+                 dtype=dtype, callback=keep, **fixed)
+        coef = r["coefficients"].values.astype(np.float64)
+        w_end = snaps[max(rungs)].astype(np.float64)
+        big = np.abs(coef) > 1e-6 * np.abs(coef).max()
+        scale = float(np.median(w_end[big] / coef[big]))
+        basis = r["basis"].values.astype(np.float64)
+        scores = []
+        for n in rungs:
+            flux = r["flux"].copy(data=np.maximum(snaps[n] @ basis / scale, 0).astype(np.float32))
+            mods = [predict(flux, o, role=role).values for o, role in ((sp.xa, SPATIAL), (sp.ya, SPECTRAL))]
+            scores.append(sp.score_models(mods))
+        per_split.append(scores)
+    scores = np.array(per_split, dtype=np.float64).T
+    best = rungs[int(np.argmin(scores.mean(axis=1)))]
+    return ([{"max_iter": n} for n in rungs], scores, {"max_iter": rl_transfer(best), "half_data_iteration": best},
+            {"rule": "one run per split scored at the ladder; transfer as RL (RL_TRANSFER, not measured for low rank)"})
+
+
+# ----------------------------------------------------------------------------- public
+def tune(obs_a, obs_b, *, regularization="wavelet2d1d", grid=None, n_splits=1, seed=0, fraction=0.5,
+         max_iter=None, tol=1e-4, dtype="float32", select_null_space=False, include_rl=False,
+         **fixed) -> xr.Dataset:
+    """Choose fusion settings from the data alone by Poisson thinning (see the module docstring).
+
+    Parameters
+    ----------
+    obs_a, obs_b : the two observations (any order; in-memory counts).
+    regularization : as :func:`xfusion.fuse`.
+    grid : optional list of candidate settings (dicts of fuse options) evaluated exhaustively;
+        default: the coarse-to-fine search of the module docstring.
+    n_splits : independent thinnings averaged per candidate (more when one split is too noisy).
+    seed : seed of the thinning (reproducible).
+    fraction : share of counts in the fitted part (the rest is held out).
+    max_iter, tol : stopping rule of each candidate fit (default: that of :func:`xfusion.fuse`;
+        for ``none`` the longest RL run, default 100).
+    select_null_space : wavelet2d1d only: also compare the null-space treatments of
+        ``NULL_SPACE_CANDIDATES`` by held-out deviance (off by default: thinning is blind to
+        components neither instrument sees, and on the scene suite it picked the wrong one).
+    include_rl : wavelet2d1d only: add plain RL at its best iteration (same splits) as a
+        candidate ``{"regularization": "none", "max_iter": n}``; when it predicts the held-out
+        part better, the choice says so (fuse with ``regularization="none", max_iter=n``).
+        Measured on 5 suite scenes: it picked the better family every time (RL on bright
+        line-rich scenes, +7.9 and +8.5 dB over the wavelet choice; wavelet on 3 others).
+    **fixed : settings kept fixed (e.g. ``n_scales_2d=2``); any given as "auto" are tuned.
+
+    Returns
+    -------
+    xarray.Dataset with ``heldout_deviance`` (candidate, split): the Poisson deviance of the
+    held-out part of both instruments (dimensionless, lower is better), ``mean_deviance``
+    (candidate), coordinate ``setting`` (candidate; JSON of each candidate), and attrs
+    ``choice`` (JSON: the chosen settings for a fit on all counts), ``regularization``,
+    ``fraction``, ``n_splits``, ``seed``, ``elapsed_s``, and method notes (``details``, JSON).
+    """
+    from .fuse import MAX_ITER, REGULARIZATIONS
+
+    t0 = time.perf_counter()
+    if regularization not in REGULARIZATIONS:
+        raise ValueError(f"unknown regularization {regularization!r}; choose one of {', '.join(REGULARIZATIONS)}")
+    if not (isinstance(n_splits, int) and n_splits >= 1):
+        raise ValueError(f"n_splits must be an integer >= 1; got {n_splits!r}")
+    splits = _splits(obs_a, obs_b, fraction, n_splits, seed, dtype)
+    if regularization == "none":
+        cands, scores, choice, extra = _tune_none(splits, int(max_iter or 100), tol)
+    elif regularization == "wavelet2d1d":
+        cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
+                                                     select_null_space=select_null_space)
+        if include_rl:
+            _, rl_scores, rl_choice, _ = _tune_none(splits, 100, tol)
+            rl_scores = np.asarray(rl_scores, dtype=np.float64)
+            i = int(np.argmin(rl_scores[1:].mean(axis=1)) + 1)
+            cands = list(cands) + [{"regularization": "none", "max_iter": rl_choice["max_iter"]}]
+            scores = np.vstack([np.asarray(scores, dtype=np.float64).reshape(len(cands) - 1, -1), rl_scores[i][None]])
+            if rl_scores[i].mean() < np.min(np.asarray(scores[:-1]).mean(axis=1)):
+                choice = dict(cands[-1])
+    elif regularization == "lowrank" and grid is None and fixed.get("rank", "auto") != "auto":
+        cands, scores, choice, extra = _tune_lowrank_iterations(splits, fixed, int(max_iter or 80), dtype)
+    else:
+        fx = {k: v for k, v in fixed.items() if v != "auto"}
+        cands, scores, choice, extra = _tune_lowrank(splits, regularization, grid, fixed if grid is None else fx,
+                                                     int(max_iter or MAX_ITER["fista"]) if regularization != "lowrank"
+                                                     else int(max_iter or 30), tol, dtype)
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(cands), -1)
+    ds = xr.Dataset(
+        {"heldout_deviance": (("candidate", "split"), scores,
+                              {"long_name": "Poisson deviance of the held-out part (both instruments)"}),
+         "mean_deviance": (("candidate",), scores.mean(axis=1),
+                           {"long_name": "mean over splits (inf: candidate abandoned as hopeless)"})},
+        coords={"candidate": np.arange(len(cands)),
+                "setting": (("candidate",), [json.dumps(c, sort_keys=True) for c in cands])})
+    ds.attrs.update({"regularization": regularization, "choice": json.dumps(choice, sort_keys=True),
+                     "fraction": float(fraction), "n_splits": int(n_splits), "seed": str(seed),
+                     "elapsed_s": time.perf_counter() - t0, "details": json.dumps(extra, default=str)})
+    return ds
+
+
+def choice(curve: xr.Dataset) -> dict:
+    """The chosen settings of a :func:`tune` result (a dict of fuse options)."""
+    return json.loads(curve.attrs["choice"])
+
+
+def plot(curve: xr.Dataset, ax=None):
+    """Validation curve: held-out deviance (relative to the best) per candidate, the choice marked.
+
+    Returns the matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    mean = curve["mean_deviance"].values
+    ref = np.nanmin(mean)
+    labels = list(curve["setting"].values)
+    idx = np.arange(len(labels))
+    if curve.attrs["regularization"] == "none":
+        ax.plot(idx, mean - ref, "-o", ms=3)
+        ax.set_xlabel("RL iteration on the fitted part")
+    else:
+        ax.plot(idx, mean - ref, "o")
+        ax.set_xticks(idx)
+        ax.set_xticklabels([s.replace('"', "") for s in labels], rotation=70, fontsize=7, ha="right")
+    best = int(np.nanargmin(mean))
+    ax.plot([best], [mean[best] - ref], "r*", ms=12, label=f"choice {curve.attrs['choice']}")
+    ax.set_ylabel("held-out deviance - min")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.legend(fontsize=7)
+    ax.set_title(f"Poisson thinning ({curve.attrs['regularization']}, f={curve.attrs['fraction']})")
+    return ax
+
+
+# ----------------------------------------------------------------------------- fuse(..., "auto")
+#: fallbacks where thinning cannot run (Dask-backed counts): the pre-thinning defaults
+FALLBACK = {"rank": 10, "mu": 0.01, "null_space": "zero", "k_lowrank": 1.0}
+
+
+def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, dtype, on_dask, seed=0):
+    """Resolve the ``"auto"`` settings of :func:`xfusion.fuse` in place; return ``(max_iter, record)``.
+
+    ``params``: the resolved option dict of ``fuse`` (modified in place); ``max_iter``: an int or
+    "auto". In memory, every "auto" is chosen by :func:`tune` (one split, ``seed``); ``record``
+    is a JSON-able dict (the choice, the candidates and their held-out deviance) or None when
+    nothing was automatic. On Dask-backed data (``on_dask``) thinning is not implemented: the
+    pre-thinning defaults apply (rank 10, mu 0.01, null_space "zero", k and n_scales_1d from
+    the counts rule of ``fuse._auto_wavelet_params``, the EARLY_STOP iteration counts) and the
+    record says so.
+    """
+    from .fuse import EARLY_STOP
+
+    if params.get("rank") == "auto" and params.get("explained") is not None:
+        params["rank"] = FALLBACK["rank"]  # unused: the rank comes from the explained variance
+    keys = [k for k in ("k", "n_scales_1d", "null_space", "rank", "mu") if params.get(k) == "auto"]
+    auto_iter = max_iter == "auto"
+    if not keys and not auto_iter:
+        return int(max_iter), None
+    if regularization == "lowrank_wavelet2d" and params.get("k") == "auto" and on_dask:
+        params["k"] = FALLBACK["k_lowrank"]
+    if on_dask:
+        for k in ("rank", "mu", "null_space"):
+            if params.get(k) == "auto":
+                params[k] = FALLBACK[k]
+        mi = EARLY_STOP.get(regularization) if auto_iter else max_iter
+        return int(mi), {"method": "fallback (Dask-backed data: thinning runs in memory only)", "auto": keys}
+    fixed = {k: v for k, v in params.items() if k in ("n_scales_2d", "k_rule", "k_min", "k_max", "per_band", "k",
+                                                       "n_scales_1d", "null_space", "rank", "mu", "explained",
+                                                       "precondition")}
+    fixed = {k: v for k, v in fixed.items() if v is not None}
+    if regularization == "none":
+        cur = tune(obs_a, obs_b, regularization="none", seed=seed, dtype=dtype)
+    elif regularization == "wavelet2d1d":
+        cur = tune(obs_a, obs_b, regularization=regularization, seed=seed, dtype=dtype, tol=tol,
+                   max_iter=None if auto_iter else max_iter, **fixed)
+    elif regularization == "lowrank":
+        if params.get("rank") == "auto":
+            cur = tune(obs_a, obs_b, regularization="lowrank", seed=seed, dtype=dtype, tol=tol,
+                       max_iter=EARLY_STOP["lowrank"] if auto_iter else max_iter, **fixed)
+            params["rank"] = choice(cur)["rank"]
+            fixed["rank"] = params["rank"]
+            rec_rank = _record(cur)
+        else:
+            rec_rank = None
+        if auto_iter:
+            cur = tune(obs_a, obs_b, regularization="lowrank", seed=seed, dtype=dtype, **fixed)
+        rec = _record(cur)
+        if rec_rank is not None and auto_iter:
+            rec = {"rank": rec_rank, "iterations": rec}
+        ch = choice(cur)
+        params.update({k: v for k, v in ch.items() if k != "max_iter" and k != "half_data_iteration"})
+        return int(ch.get("max_iter", max_iter if not auto_iter else EARLY_STOP["lowrank"])), rec
+    else:
+        cur = tune(obs_a, obs_b, regularization=regularization, seed=seed, dtype=dtype, tol=tol,
+                   max_iter=None if auto_iter else max_iter, **fixed)
+    ch = choice(cur)
+    params.update({k: v for k, v in ch.items() if k not in ("max_iter", "half_data_iteration")})
+    if auto_iter:
+        mi = ch.get("max_iter", EARLY_STOP.get(regularization))
+        if mi is None:
+            from .fuse import MAX_ITER
+
+            mi = MAX_ITER[method]
+    else:
+        mi = max_iter
+    return int(mi), _record(cur)
+
+
+def _record(cur):
+    """Compact, deterministic JSON-able summary of a validation curve (no timings: fingerprints use it)."""
+    return {"method": "poisson thinning", "fraction": cur.attrs["fraction"], "seed": cur.attrs["seed"],
+            "n_splits": cur.attrs["n_splits"], "choice": json.loads(cur.attrs["choice"]),
+            "candidates": [json.loads(s) for s in cur["setting"].values] if cur.attrs["regularization"] != "none"
+            else f"RL iterations 0..{cur.sizes['candidate'] - 1} on the fitted part",
+            "heldout_deviance": [round(float(v), 3) if np.isfinite(v) else None for v in cur["mean_deviance"].values]}
