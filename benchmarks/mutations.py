@@ -95,7 +95,7 @@ FAULTS = [
           "        r = self.data / np.maximum(m, tiny) - 1.0  # MUTANT: sign\n",
           ["tests/test_gradients.py"],
           "sign flip in the Poisson gradient"),
-    Fault("subspace_grad_sign", "xfusion/parallel.py",
+    Fault("subspace_grad_sign", "xfusion/likelihood.py",
           "        out[:, :, :r] = v.sum(axis=1) - q @ v.T\n",
           "        out[:, :, :r] = q @ v.T - v.sum(axis=1)  # MUTANT: sign\n",
           ["tests/test_gradients.py"],
