@@ -229,3 +229,13 @@ def test_fuse_out_of_core_and_on_a_scheduler(toy_dir, fused, tmp_path, how):
     assert got.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
     a, b = got.flux.values, ref.flux.values
     assert float(np.abs(a - b).max()) <= 1e-5 * float(np.abs(b).max())
+
+
+def test_plot_output_that_is_a_file_exit_3(fused, tmp_path, capsys):
+    """``plot -o <an existing file>`` is bad input (exit 3, one line), not an internal error; the file is untouched."""
+    target = tmp_path / "afile"
+    target.write_text("mine")
+    assert main(["plot", str(fused), "-o", str(target)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a file exists there" in err[0]
+    assert target.read_text() == "mine"

@@ -381,12 +381,22 @@ def test_finished_run_is_extended_with_a_larger_max_iter(cli, small_toy, ck4, fu
 
 
 # ----------------------------------------------------------------------------- honest interrupt message
+def _interactive_signals():
+    """In the child: Ctrl-C and SIGTERM as in an interactive terminal. A test run started in the background
+    by a non-interactive shell (e.g. a CI script run with ``&``) inherits SIGINT ignored, and Python then
+    never installs its KeyboardInterrupt handler: the child would run on after the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
+
+
 def _interrupted_cli(px, py, tmp_path, every, sig, wait_for_iteration, name):
     ck, out = tmp_path / f"{name}.ckpt.zarr", tmp_path / f"{name}.zarr"
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.Popen([sys.executable, "-m", "xfusion.cli", "fuse", str(px), str(py), "-o", str(out),
                              "--checkpoint", str(ck), "--checkpoint-every", str(every), "--max-iter", "100000",
-                             "--tol", "0", "--regularization", "none", "--no-progress"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--tol", "0", "--regularization", "none", "--no-progress"], stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_interactive_signals)
     t0 = time.time()
     while time.time() - t0 < 60:
         if wait_for_iteration is None and Path(f"{ck}.lock").exists():  # the loop has started

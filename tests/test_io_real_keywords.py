@@ -4,7 +4,7 @@ Event files carry the column sets of XMM EPIC-pn (``STDGTInn`` per CCD, ``LIVETI
 ``ONTIMEnn``), Chandra ACIS level 2 (per-CCD ``GTIn`` with ``CCD_ID``, ``DTCOR``, no
 ``status`` column as in screened slices) and XRISM Resolve (``GTI``, ``PIXEL``, ``ITYPE``,
 ``DEADC`` or ``LIVETIME``/``ONTIME``); responses are the real EPIC-pn and microcalorimeter
-files of ``/work/shared/data`` where the test says so.
+files of ``../shared/data`` (next to the checkout) where the test says so.
 """
 from __future__ import annotations
 

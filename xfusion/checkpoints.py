@@ -339,8 +339,8 @@ class ZarrCheckpoint:
             data[f"history_{k}"] = (("iteration",), np.asarray(v, dtype=np.float64))
         data[MARKER_ARRAY] = ((), np.int8(FORMAT))
         ds = xr.Dataset(data, attrs={MARKER_ATTR: FORMAT, "complete": 0})
-        # Ctrl-C / SIGTERM wait until the commit is done: an interrupt inside Zarr's asynchronous writer
-        # left the CLI hanging once in a full-suite run (no message printed); a second signal is not deferred
+        # Ctrl-C / SIGTERM wait until the commit is done, so an interrupt never lands inside Zarr's
+        # asynchronous writer (it left pending-task noise on stderr); a second signal is not deferred
         with _signals_deferred():
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)

@@ -351,7 +351,13 @@ def cmd_plot(args):
     truth = _open_truth(args.truth) if args.truth else None
     pixels = _parse_pixels(args.pixel)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {args.output}: a file exists there; -o names a folder for the figures "
+                         "(summary.png, spectra.png, ...): give a new or existing folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"-o {args.output}: cannot create the figure folder ({exc.strerror})") from None
     _save(plot.summary(result, truth, pixels=pixels), out / "summary.png")
     _save(plot.spectra(result, truth, pixels=pixels), out / "spectra.png")
     _save(plot.amplitude_maps(result, truth), out / "maps.png")

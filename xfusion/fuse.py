@@ -501,6 +501,8 @@ def _fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=N
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError("dtype must be float32 or float64")
+    if client is not None:
+        parallel.check_workers(client)
     if tol is not None and not (_is_real(tol) and tol > 0):
         raise ValueError(f"tol must be > 0 (relative objective change, a finite number); got {tol!r}. Use tol=None "
                          "to run all max_iter iterations")

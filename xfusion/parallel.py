@@ -91,6 +91,25 @@ def task_memory(client=None, fraction=0.5):
     return fraction * min(per) if per else None
 
 
+def check_workers(client, timeout=10.0, busy=0.9):
+    """Refuse a cluster that cannot run fusion, before any work: no worker joined within ``timeout``
+    seconds (e.g. workers whose ``memory_limit`` is below what a worker process uses at rest are
+    restarted by their nanny over and over), or a worker already using more than ``busy`` of its
+    ``memory_limit`` while idle."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, OSError) as exc:
+        raise ValueError(f"no Dask worker joined the cluster at {client.scheduler.address} within {timeout:g} s "
+                         f"({type(exc).__name__}). If workers were started with a small memory_limit they may be "
+                         "restarting over and over: a worker process needs ~150 MB at rest; give each worker "
+                         "more memory (e.g. LocalCluster(memory_limit='2GB')) or check the cluster") from None
+    for addr, w in client.scheduler_info().get("workers", {}).items():
+        limit, used = w.get("memory_limit") or 0, (w.get("metrics") or {}).get("memory") or 0
+        if limit and used > busy * limit:
+            raise ValueError(f"Dask worker {addr} already uses {used / 2**20:.0f} MiB of its memory_limit "
+                             f"{limit / 2**20:.0f} MiB before any fusion work: give workers more memory")
+
+
 class DaskPoissonTerm:
     """Poisson data term whose counts are a Dask array chunked (bx, by, full energy).
 
