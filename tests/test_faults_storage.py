@@ -392,7 +392,7 @@ def _interactive_signals():
 
 def _interrupted_cli(px, py, tmp_path, every, sig, wait_for_iteration, name):
     ck, out = tmp_path / f"{name}.ckpt.zarr", tmp_path / f"{name}.zarr"
-    env = dict(os.environ, MPLBACKEND="Agg")
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([sys.executable, "-m", "xfusion.cli", "fuse", str(px), str(py), "-o", str(out),
                              "--checkpoint", str(ck), "--checkpoint-every", str(every), "--max-iter", "100000",
                              "--tol", "0", "--regularization", "none", "--no-progress"], stderr=subprocess.PIPE, text=True, env=env,
@@ -405,7 +405,12 @@ def _interrupted_cli(px, py, tmp_path, every, sig, wait_for_iteration, name):
             break
         time.sleep(0.1)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # show where the child is stuck (faulthandler dumps every thread on SIGABRT)
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"the CLI did not stop within 60 s of {sig!r}; its threads:\n{err[-6000:]}") from None
     # the CLI's one-line message (asyncio may add 'Task was destroyed' noise after it at shutdown)
     lines = [ln for ln in err.strip().splitlines() if "checkpoint" in ln]
     return proc.returncode, (lines[-1] if lines else err), ck
