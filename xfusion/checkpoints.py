@@ -302,14 +302,22 @@ class ZarrCheckpoint:
     def _recover(self):
         if self.old.exists():
             if self.path.exists():
-                shutil.rmtree(self.old)  # killed after the commit's second rename
+                self._remove_ours(self.old)  # killed after the commit's second rename
             elif self.tmp.exists() and self._complete(self.tmp):
                 os.replace(self.tmp, self.path)  # killed between the two renames, new state complete
-                shutil.rmtree(self.old)
+                self._remove_ours(self.old)
             else:
                 os.replace(self.old, self.path)
         if self.tmp.exists():
-            shutil.rmtree(self.tmp)  # an unfinished write
+            self._remove_ours(self.tmp)  # an unfinished write
+
+    def _remove_ours(self, p):
+        """Delete ``p`` (a ``.tmp``/``.old`` sibling) only if this writer made it: an empty folder or a
+        store carrying the checkpoint marker; anything else is refused, never deleted."""
+        if not (_is_ours(p) or _empty_dir(p)):  # the constructor's rule, checked again under the lock
+            raise CheckpointError(f"{str(p)!r} is in the way of checkpoint {str(self.path)!r} and was not written "
+                                  "by xfusion's checkpoint writer; move it away (xfusion deletes only its own files)")
+        shutil.rmtree(p)
 
     @staticmethod
     def _complete(p):
@@ -343,7 +351,7 @@ class ZarrCheckpoint:
         # asynchronous writer (it left pending-task noise on stderr); a second signal is not deferred
         with _signals_deferred():
             if self.tmp.exists():
-                shutil.rmtree(self.tmp)
+                self._remove_ours(self.tmp)
             try:
                 delayed = xzarr.store(ds, self.tmp, compute=False)
                 names = sorted(n for n in data if n != MARKER_ARRAY)
@@ -371,7 +379,7 @@ class ZarrCheckpoint:
                 raise
             if self.path.exists():
                 if self.old.exists():
-                    shutil.rmtree(self.old)
+                    self._remove_ours(self.old)
                 os.replace(self.path, self.old)
             os.replace(self.tmp, self.path)
             shutil.rmtree(self.old, ignore_errors=True)

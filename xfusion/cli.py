@@ -95,10 +95,10 @@ def _open_truth(path):
     raise InputError(f"{path}: truth store needs a 'flux' variable (x, y, energy) in ph cm-2 s-1")
 
 
-def _prepare_output(path, what="output store", inputs=(), overwrite="xfusion"):
+def _prepare_output(path, what="output store", inputs=(), overwrite=True):
     """Check an output path before any computing (``xfusion.io.zarr.check_output``): never an input
     store or inside/around one, never a file or a non-Zarr folder, an existing store only if
-    ``overwrite`` allows it (``"xfusion"``: only one xfusion wrote); the folder must be writable."""
+    ``overwrite`` allows it, and then only one xfusion wrote; the folder must be writable."""
     from .io import zarr as xzarr
 
     try:
@@ -107,7 +107,7 @@ def _prepare_output(path, what="output store", inputs=(), overwrite="xfusion"):
         raise InputError(str(exc)) from exc
 
 
-def _write(ds, path, client=None, inputs=(), overwrite="xfusion"):
+def _write(ds, path, client=None, inputs=(), overwrite=True):
     """Write through a temporary sibling renamed when complete (``xfusion.io.zarr.write``)."""
     from .io import zarr as xzarr
 

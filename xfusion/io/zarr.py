@@ -10,7 +10,7 @@ Writing never destroys what xfusion did not create (DESIGN section 9):
   looks complete at ``path``; the replaced store is removed only after the rename.
 
 Every store written here carries the root attribute ``xfusion_store`` (the writer's version),
-so xfusion can tell its own stores from the user's (``overwrite="xfusion"``).
+so xfusion can tell its own stores from the user's: only those are ever replaced.
 """
 from __future__ import annotations
 
@@ -71,15 +71,15 @@ def check_output(path, *, inputs=(), overwrite=False, what="output store"):
     """Refuse an output ``path`` that would destroy data; return it as a ``Path`` (parents created).
 
     ``inputs``: store paths that must stay untouched (refused if ``path`` equals one, lies
-    inside one or contains one). ``overwrite``: False (an existing store is refused), True
-    (an existing Zarr store may be replaced) or ``"xfusion"`` (only a store written by
-    xfusion may be replaced). A file or a non-Zarr folder at ``path`` is always refused. The
+    inside one or contains one). ``overwrite``: False (an existing store is refused) or True
+    (an existing store written by xfusion may be replaced; any other store, file or folder
+    at ``path`` is always refused). The
     parent folder must be writable (checked by creating and removing a probe file).
     """
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise TypeError(f"{what} must be a path (str or os.PathLike); got {path!r}")
-    if overwrite not in (True, False, "xfusion"):
-        raise ValueError(f"overwrite must be True, False or 'xfusion'; got {overwrite!r}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False; got {overwrite!r}")
     p = Path(os.fspath(path))
     for src in inputs:
         if overlaps(p, src):
@@ -93,8 +93,9 @@ def check_output(path, *, inputs=(), overwrite=False, what="output store"):
         if overwrite is False:
             raise OutputError(f"{what} {str(path)!r} already exists; choose another path or allow replacing it "
                               "(overwrite=True, CLI --overwrite)")
-        if overwrite == "xfusion" and not written_by_xfusion(p):
-            raise OutputError(f"{what} {str(path)!r} exists and was not written by xfusion; choose another path")
+        if not written_by_xfusion(p):  # xfusion replaces only its own stores, whatever ``overwrite`` says
+            raise OutputError(f"{what} {str(path)!r} exists and was not written by xfusion; refusing to replace "
+                              "it: choose another path")
     parent = p.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -157,8 +158,8 @@ def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, in
 
     ``chunks``: optional dict dim -> size. ``client``: the ``distributed.Client`` that holds
     the result's data (a lazy ``fuse(..., client=client)`` result); default: the active Dask
-    scheduler. ``overwrite``: replace an existing Zarr store at ``path`` (True), only one
-    written by xfusion (``"xfusion"``), or refuse (False, default). ``inputs``: store paths
+    scheduler. ``overwrite``: replace an existing store at ``path`` if xfusion wrote it (True),
+    or refuse any existing store (False, default). ``inputs``: store paths
     that must not be touched (default: the stores ``ds`` was read from). See
     :func:`check_output` for what is refused; the checks run before any computing.
 
@@ -197,7 +198,7 @@ def _recover(p, tmp, old):
             continue
         if leftover.is_dir() and not any(leftover.iterdir()):
             leftover.rmdir()
-        elif leftover == old and is_zarr_store(old) or written_by_xfusion(leftover):
+        elif written_by_xfusion(leftover):
             shutil.rmtree(leftover)
         else:
             raise OutputError(f"{str(leftover)!r} is in the way of writing {str(p)!r} and was not written by "
