@@ -252,7 +252,8 @@ HISTORY_ATTRS = {
 def _precheck(obs_a, obs_b, params, lowrank):
     """Checks of the problem that need only the observations, run before any work: plausible exposure x area,
     starlet scales that fit the grid, instruments that see something, and (in memory) counts that some flux can
-    explain. Returns the total counts (X, Y) of in-memory data, None for Dask-backed data (checked in ``_fuse``)."""
+    explain. Returns the problem it built, ``(grid, x_obs, y_obs, names, mx, my, sums)`` (unscaled models; ``sums``:
+    total counts (X, Y) of in-memory data, None for Dask-backed data, checked in ``_fuse``), so it is built once."""
     grid = fusion_grid(obs_a, obs_b)
     x_obs, y_obs, _ = assign_roles(obs_a, obs_b)
     names = (grid.attrs["spatial_obs"], grid.attrs["spectral_obs"])
@@ -260,8 +261,9 @@ def _precheck(obs_a, obs_b, params, lowrank):
     mx, my = build_model(grid, x_obs, SPATIAL), build_model(grid, y_obs, SPECTRAL)
     _check_scales(params, mx.fused_shape)
     _check_sees(names, (mx, my))
+    problem = (grid, x_obs, y_obs, names, mx, my)
     if parallel.is_dask(x_obs["counts"]) or parallel.is_dask(y_obs["counts"]):
-        return None
+        return (*problem, None)
     sums = []
     for name, obs, model in zip(names, (x_obs, y_obs), (mx, my)):
         term = PoissonTerm(model, obs["counts"].values, obs["mask"].values if "mask" in obs else None, np.float64)
@@ -270,7 +272,7 @@ def _precheck(obs_a, obs_b, params, lowrank):
     if lowrank and sums[1] == 0 and sums[0] > 0:
         raise ValueError(f"'{names[1]}' has no counts: the low-rank basis is estimated from its spectra, so there is "
                          "no spectral subspace; use regularization='wavelet2d1d'")
-    return tuple(sums)
+    return (*problem, tuple(sums))
 
 
 def _check_scales(params, shape):
@@ -521,7 +523,8 @@ def _fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=N
 
     on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in (obs_a, obs_b)
                                         if isinstance(o, xr.Dataset) and "counts" in o)
-    sums = _precheck(obs_a, obs_b, params, lowrank)  # degenerate inputs refused before any work (tuning included)
+    # degenerate inputs refused before any work (tuning included); the grid and models are built once, here
+    grid, x_obs, y_obs, names, mx, my, sums = _precheck(obs_a, obs_b, params, lowrank)
     no_counts = sums is not None and 0.0 in sums  # nothing to thin: the fallbacks of the Dask path apply
     max_iter, tuned = auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, dt.name,
                                     on_dask or no_counts)
@@ -530,13 +533,7 @@ def _fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=N
     if tuned is not None:
         params["auto_tuning"] = tuned
     ckpt = _checkpoint(checkpoint, checkpoint_every, resume, (obs_a, obs_b))
-    grid = fusion_grid(obs_a, obs_b)
-    x_obs, y_obs, _ = assign_roles(obs_a, obs_b)
-    names = (grid.attrs["spatial_obs"], grid.attrs["spectral_obs"])
-    _check_exposure(names, (x_obs, y_obs))
-    mx, my = build_model(grid, x_obs, SPATIAL), build_model(grid, y_obs, SPECTRAL)
-    _check_scales(params, mx.fused_shape)
-    _check_sees(names, (mx, my))
+    _check_scales(params, mx.fused_shape)  # again: tuning may have chosen the scales
     # internal units: expected X counts per fused voxel (keeps float32 well scaled)
     scale = float(np.mean(mx.weights))
     mx, my = mx.scaled(scale), my.scaled(scale)
