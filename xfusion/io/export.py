@@ -630,8 +630,6 @@ def write_pha_from_result(
     reader needs the column); no background file, ``QUALITY`` all good, channels numbered
     from 0 in the PHA, the RMF (``F_CHAN``, ``TLMIN4``) and ``EBOUNDS``.
     """
-    from xfusion.io.ogip import edges_coords
-
     da = result[variable].transpose("x", "y", "energy")
     mask = _region_mask(region, (da.sizes["x"], da.sizes["y"]))
     if not mask.any():
@@ -648,19 +646,9 @@ def write_pha_from_result(
     else:
         data = expected
 
-    prefix = os.fspath(path_prefix)
-    pha_path, rmf_path, arf_path = (Path(prefix + s) for s in (".pha", ".rmf", ".arf"))
     n = lo.size
-    coords = edges_coords("energy_true", lo, hi)
-    coords.update(edges_coords("energy", lo, hi))
-    coords["channel"] = xr.Variable("energy", np.arange(n))
-    rmf = xr.DataArray(np.eye(n), dims=("energy_true", "energy"), coords=coords,
-                       attrs={"units": "1", "arf_folded": False})
-    arf = xr.DataArray(np.full(n, float(area)), dims=("energy_true",),
-                       coords=edges_coords("energy_true", lo, hi), attrs={"units": "cm2"})
     keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
-    write_rmf(rmf, rmf_path, first_channel=0, overwrite=overwrite, **keys)
-    write_arf(arf, arf_path, overwrite=overwrite, **keys)
+    pha_path, rmf_path, arf_path = _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys)
     # BACKSCAL as a column of ones (keyword 1): OGIP allows either, gammapy needs the column
     write_pha(data, np.append(lo, hi[-1]), float(exposure), pha_path, rmf=rmf_path.name, arf=arf_path.name,
               rate=rate, first_channel=0, object_name=object_name, obs_id=obs_id, backscal=np.ones(n),
@@ -843,8 +831,6 @@ def write_pha2_from_result(
     -------
     (pha_path, rmf_path, arf_path)
     """
-    from xfusion.io.ogip import edges_coords
-
     da = result[variable].transpose("x", "y", "energy")
     if not (float(exposure) > 0 and float(area) > 0):
         raise ValueError(f"exposure and area must be positive; got {exposure!r} s and {area!r} cm2.")
@@ -864,8 +850,21 @@ def write_pha2_from_result(
         spectra = np.stack([vals[m].sum(axis=0) for m in masks])
         extra = {"NPIXSOU": ("J", np.array([int(m.sum()) for m in masks], np.int32))}
     expected = np.clip(spectra * float(area) * float(exposure), 0.0, None)
+    keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
+    pha_path, rmf_path, arf_path = _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys)
+    write_pha2(np.rint(expected), np.append(lo, hi[-1]), float(exposure), pha_path, respfile=rmf_path.name,
+               ancrfile=arf_path.name, object_name=object_name, extra_columns=extra, overwrite=overwrite, **keys)
+    return pha_path, rmf_path, arf_path
+
+
+def _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys):
+    """Write ``PREFIX.rmf`` (identity: fused channels are true energies) and ``PREFIX.arf`` (constant
+    ``area`` cm2) on the channel edges ``lo``/``hi`` (keV); return the (pha, rmf, arf) paths."""
+    from .ogip import edges_coords
+
     prefix = os.fspath(path_prefix)
     pha_path, rmf_path, arf_path = (Path(prefix + s) for s in (".pha", ".rmf", ".arf"))
+    n = lo.size
     coords = edges_coords("energy_true", lo, hi)
     coords.update(edges_coords("energy", lo, hi))
     coords["channel"] = xr.Variable("energy", np.arange(n))
@@ -873,9 +872,6 @@ def write_pha2_from_result(
                        attrs={"units": "1", "arf_folded": False})
     arf = xr.DataArray(np.full(n, float(area)), dims=("energy_true",),
                        coords=edges_coords("energy_true", lo, hi), attrs={"units": "cm2"})
-    keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
     write_rmf(rmf, rmf_path, first_channel=0, overwrite=overwrite, **keys)
     write_arf(arf, arf_path, overwrite=overwrite, **keys)
-    write_pha2(np.rint(expected), np.append(lo, hi[-1]), float(exposure), pha_path, respfile=rmf_path.name,
-               ancrfile=arf_path.name, object_name=object_name, extra_columns=extra, overwrite=overwrite, **keys)
     return pha_path, rmf_path, arf_path
