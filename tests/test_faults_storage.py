@@ -523,3 +523,28 @@ def test_result_arrays_never_alias_the_inputs(small_toy):
     shared = [(rn, on) for rn, rv in r.variables.items() for on, ov in [*x.variables.items(), *y.variables.items()]
               if np.shares_memory(np.asarray(rv.values), np.asarray(ov.values))]
     assert shared == []
+
+
+def test_only_stores_xfusion_wrote_are_ever_replaced_or_deleted(small_toy, tmp_path):
+    """overwrite=True replaces an xfusion store, never a Zarr store someone else wrote; a leftover
+    ``.tmp``/``.old`` beside a checkpoint that xfusion did not write is refused, not deleted."""
+    import shutil
+
+    from xfusion.checkpoints import ZarrCheckpoint
+
+    x, _, _ = small_toy
+    foreign = tmp_path / "theirs.zarr"
+    x.to_zarr(foreign, consolidated=False)  # written by xarray, not by xfusion
+    before = _tree(foreign)
+    with pytest.raises(OutputError, match="not written by xfusion"):
+        xfusion.io.zarr.write(x, foreign, overwrite=True)
+    assert _tree(foreign) == before
+    ck = tmp_path / "run.zarr"
+    for suffix in (".tmp", ".old"):
+        sibling = Path(f"{ck}{suffix}")
+        x.to_zarr(sibling, consolidated=False)
+        kept = _tree(sibling)
+        with pytest.raises(CheckpointError, match="not written by xfusion"):
+            ZarrCheckpoint(ck).open()
+        assert _tree(sibling) == kept
+        shutil.rmtree(sibling)  # the test's own files
