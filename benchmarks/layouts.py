@@ -9,12 +9,21 @@ Default mode: the wall time of one forward convolution of the whole cube for bot
 threaded scheduler and on a 2-worker LocalCluster.
 
 ``--full``: whole ``wavelet2d1d`` iterations of ``xfusion.fuse`` (EM step with the PSF forward
-and adjoint, starlet prox, thresholds) from Zarr, with ``layout="halo"`` and
-``layout="rechunk"``, on the threaded scheduler and on LocalClusters of 1 and 2 workers:
-seconds per iteration, peak RSS of all processes, and the difference between the two results.
+and adjoint, starlet prox, thresholds) from Zarr, on the threaded scheduler and on LocalClusters
+of 1 and 2 workers: seconds per iteration and peak RSS of all processes. Only the halo layout is
+left in the package: the generic block backend (xfusion.backends.blockwise) runs every operator
+with its halo and merges blocks smaller than a halo, so the slab layout (measured at most 20%
+faster on threads, slower on clusters, 40-50% more peak memory; it had to know each operator's
+channel ranges) was dropped.
+
+``--toy NAME``: the EM + 2D-1D prox solver on a toy (e.g. gaussian_rebin) in memory
+(``EMProx``), on Dask threads and on a 2-worker LocalCluster (``DaskEMProx``, blocks of
+``--block`` pixels, default 15): wall and CPU seconds per iteration (CPU of this process and its
+children, the cluster's workers included: comparable between runs on a loaded machine).
 
     python benchmarks/layouts.py --size 256 --channels 1024 --block 64 --radius 8
     python benchmarks/layouts.py --full --size 256 --channels 1024 --iters 3
+    OPENBLAS_NUM_THREADS=1 python benchmarks/layouts.py --toy gaussian_rebin --iters 5
 """
 import argparse
 import os
@@ -73,43 +82,77 @@ def full(a):
         t = make_field(root, a.size, a.channels, a.factor, a.efactor)
         print(f"field {a.size}x{a.size}x{a.channels} (factor {a.factor}, energy factor {a.efactor}) written in {t:.1f} s")
         chunks = (a.block, a.block) if a.block else None
-        results, table = {}, []
         for sched in a.schedulers.split(","):
-            for layout in ("halo", "rechunk"):
-                cl = client = None
-                if sched != "threads":
-                    cl = LocalCluster(n_workers=int(sched), threads_per_worker=1, memory_limit=a.memory_limit,
-                                      dashboard_address=None, silence_logs=40)
-                    client = Client(cl)
-                try:
-                    x = xfusion.io.zarr.open(root / "x.zarr", chunks={})
-                    y = xfusion.io.zarr.open(root / "y.zarr", chunks={})
-                    with PeakRSS() as mem:
-                        r = xfusion.fuse(x, y, regularization="wavelet2d1d", max_iter=a.iters, tol=None,
-                                         client=client, progress=False, layout=layout, chunks=chunks)
-                        f = r.flux.data
-                        f = client.compute(f).result() if client is not None else f.compute()
-                finally:
-                    if client is not None:
-                        client.close()
-                        cl.close()
-                spi = r.attrs["seconds_per_iteration"]
-                label = "threads" if sched == "threads" else f"LocalCluster {sched} worker(s)"
-                table.append((label, layout, spi, mem.peak / 2 ** 30))
-                print(f"{label:24s} {layout:8s} {spi:7.2f} s/it  peak RSS {mem.peak / 2**30:5.2f} GiB", flush=True)
-                if layout == "halo":
-                    results[sched] = f
-                else:
-                    ref = results.pop(sched)
-                    print(f"{'':24s} max |rechunk - halo| / max|halo| = {np.abs(f - ref).max() / np.abs(ref).max():.2e}")
-        print("\nsummary (s/it, halo vs rechunk):")
-        for i in range(0, len(table), 2):
-            (lab, _, th, mh), (_, _, tr, mr) = table[i], table[i + 1]
-            print(f"  {lab:24s} halo {th:.2f} ({mh:.2f} GiB)  rechunk {tr:.2f} ({mr:.2f} GiB) -> "
-                  f"{'halo' if th < tr else 'rechunk'} faster by {max(th, tr) / min(th, tr):.2f}x")
+            cl = client = None
+            if sched != "threads":
+                cl = LocalCluster(n_workers=int(sched), threads_per_worker=1, memory_limit=a.memory_limit,
+                                  dashboard_address=None, silence_logs=40)
+                client = Client(cl)
+            try:
+                x = xfusion.io.zarr.open(root / "x.zarr", chunks={})
+                y = xfusion.io.zarr.open(root / "y.zarr", chunks={})
+                with PeakRSS() as mem:
+                    r = xfusion.fuse(x, y, regularization="wavelet2d1d", max_iter=a.iters, tol=None,
+                                     client=client, progress=False, chunks=chunks)
+            finally:
+                if client is not None:
+                    client.close()
+                    cl.close()
+            label = "threads" if sched == "threads" else f"LocalCluster {sched} worker(s)"
+            print(f"{label:24s} {r.attrs['seconds_per_iteration']:7.2f} s/it  peak RSS {mem.peak / 2**30:5.2f} GiB  "
+                  f"blocks {r.flux.data.chunks[0][0]} px", flush=True)
     finally:
         if a.dir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def cpu_seconds():
+    import psutil
+
+    p = psutil.Process()
+    tot = sum(p.cpu_times()[:2])
+    for c in p.children(recursive=True):
+        try:
+            tot += sum(c.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return tot
+
+
+def toy(a):
+    """Per-iteration wall and CPU time of EMProx (memory) and DaskEMProx (threads, 2 workers) on a toy."""
+    from xfusion.grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
+    from xfusion.likelihood import PoissonLikelihood, PoissonTerm
+    from xfusion.operators.model import build_model
+    from xfusion.parallel_em import DaskEMProx
+    from xfusion.regularizers.sparsity import Wavelet2D1D
+    from xfusion.solvers.em import EMProx
+
+    x, y, _ = xfusion.toy.make(a.toy)
+    grid = fusion_grid(x, y)
+    xo, yo, _ = assign_roles(x, y)
+    mx, my = build_model(grid, xo, SPATIAL), build_model(grid, yo, SPECTRAL)
+    scale = float(np.mean(mx.weights))
+    mx, my = mx.scaled(scale), my.scaled(scale)
+    xd, yd = xo["counts"].values.astype(np.float32), yo["counts"].values.astype(np.float32)
+    level = float(xd.sum()) / float(mx.forward(np.ones(mx.fused_shape, np.float32)).sum())
+    v, b = grid.attrs["spatial_factor"], a.block or 15
+
+    def timed(label, solver, z0):
+        st = solver.step(solver.init(z0))
+        t, c = time.perf_counter(), cpu_seconds()
+        for _ in range(a.iters):
+            st = solver.step(st)
+        print(f"{label:28s} {(time.perf_counter() - t) / a.iters:7.3f} s/it  {(cpu_seconds() - c) / a.iters:7.3f} "
+              f"cpu-s/it", flush=True)
+
+    terms = [PoissonTerm(mx, xd, None, np.float32), PoissonTerm(my, yd, None, np.float32)]
+    timed("in memory (EMProx)", EMProx(PoissonLikelihood(terms), Wavelet2D1D()), np.full(mx.fused_shape, level, np.float32))
+    xc, yc = da.from_array(xd, chunks=(b, b, -1)), da.from_array(yd, chunks=(b // v, b // v, -1))
+    timed(f"Dask threads, {b}-px blocks", DaskEMProx(xc, yc, mx, my, None, v, Wavelet2D1D()), level)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=40) as cl, \
+            Client(cl) as client:
+        timed("LocalCluster 2 workers", DaskEMProx(xc, yc, mx, my, None, v, Wavelet2D1D(), client), level)
 
 
 def main():
@@ -120,6 +163,7 @@ def main():
                     help="pixel block (default: 64 for the convolution, the automatic policy with --full)")
     ap.add_argument("--radius", type=int, default=8)
     ap.add_argument("--full", action="store_true", help="whole fuse() iterations instead of one convolution")
+    ap.add_argument("--toy", default=None, help="EM + prox per iteration on this toy: memory, threads, 2 workers")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--factor", type=int, default=4)
     ap.add_argument("--efactor", type=int, default=32)
@@ -128,6 +172,8 @@ def main():
     ap.add_argument("--dir", default=None)
     a = ap.parse_args()
     print(f"machine: {platform.machine()} cpus={os.cpu_count()} dask={dask.__version__}")
+    if a.toy:
+        return toy(a)
     if a.full:
         return full(a)
     a.block = a.block or 64

@@ -138,7 +138,6 @@ def main():
     ap.add_argument("--memory-limit", default="3GB", help="per worker")
     ap.add_argument("--write", action="store_true", help="also write the fused cube to Zarr")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--layout", default="halo", help="wavelet2d1d/none: PSF layout (halo, rechunk)")
     a = ap.parse_args()
     print(f"machine: {platform.machine()} cpus={os.cpu_count()} mem={psutil.virtual_memory().total / 2**30:.0f} GiB "
           f"python={platform.python_version()}")
@@ -160,9 +159,8 @@ def main():
                 y = xfusion.io.zarr.open(root / "y.zarr", chunks={})
                 with PeakRSS() as mem:
                     t0 = time.perf_counter()
-                    extra = {} if a.reg.startswith("lowrank") else {"layout": a.layout}
                     r = xfusion.fuse(x, y, regularization=a.reg, max_iter=a.iters, tol=None, client=client,
-                                     progress=False, **extra)
+                                     progress=False)
                     setup_and_loop = time.perf_counter() - t0
                     t_write = None
                     if a.write:

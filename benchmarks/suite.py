@@ -19,6 +19,7 @@ failures.
     python benchmarks/suite.py --size small --n 12    # 12 scenes, small cubes
     python benchmarks/suite.py --method-kwargs '{"k": 1.0, "null_space": "threshold"}' --json out.json
     python benchmarks/suite.py --indices 0,5,7        # a subset of the suite
+    python benchmarks/suite.py --select               # default = regularization "auto" (wavelet or RL by thinning)
     timeout -s INT 1200 python benchmarks/suite.py     # stops after 20 min and still prints what it measured
 
 ``--method-kwargs`` is JSON passed to ``xfusion.fuse`` (any option, e.g. ``"regularization": "lowrank"``).
@@ -65,7 +66,7 @@ def _science(flux, truth_maps, lm_args, lsf):
     return analysis.map_errors(truth_maps, est, fraction=0.5)
 
 
-def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning):
+def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
     t_scene = time.perf_counter()
     x, y, truth = scenes.from_spec(spec, size=size)
     T = truth["flux"]
@@ -78,9 +79,24 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning):
     row = {"name": spec["name"], "spec": {k: v for k, v in spec.items()}, "size": truth.attrs["size"],
            "band": truth.attrs["band"], "counts_x": float(x.counts.sum()), "counts_y": float(y.counts.sum())}
 
-    # default fuse
+    # default fuse (with --select: regularization "auto", xfusion.tuning.select, then fuse with its choice)
     t0 = time.perf_counter()
-    res = xfusion.fuse(x, y, progress=False, **fuse_kwargs)
+    rl_from_select = None
+    if select:
+        from xfusion import tuning
+
+        cur = tuning.select(x, y, **{k: v for k, v in fuse_kwargs.items() if k in tuning.WAVELET_KEYS})
+        ch = tuning.choice(cur)
+        row["t_select_s"] = time.perf_counter() - t0
+        row["selected"] = ch
+        row["select_deviance"] = {s_: float(v) for s_, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
+        rl_from_select = json.loads(cur.attrs["details"]).get("rl", {}).get("max_iter")
+        kw = {k: v for k, v in fuse_kwargs.items() if ch["regularization"] == "wavelet2d1d" or k not in
+              tuning.WAVELET_KEYS}
+        kw.update(ch)
+        res = xfusion.fuse(x, y, progress=False, **kw)
+    else:
+        res = xfusion.fuse(x, y, progress=False, **fuse_kwargs)
     row["t_fuse_s"] = time.perf_counter() - t0
     row["fuse_iterations"] = int(res.attrs.get("iterations", -1))
     row["default"] = metrics.report(res, T, ratio=ratio)
@@ -95,7 +111,10 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning):
 
     # truth-free RL iteration count
     t0 = time.perf_counter()
-    pick, why = _pick_rl_iterations(x, y) if use_tuning else (None, "disabled (--no-tuning)")
+    if rl_from_select is not None:  # the same split and RL run as a separate tune(regularization="none")
+        pick, why = int(rl_from_select), "from select"
+    else:
+        pick, why = _pick_rl_iterations(x, y) if use_tuning else (None, "disabled (--no-tuning)")
     row["t_tune_s"] = time.perf_counter() - t0
     row["rl_pick_iteration"], row["rl_pick_note"] = pick, why
 
@@ -163,6 +182,8 @@ def _table(rows):
             "vRMS d/RL*": f"{_f(d['velocity_rms_kms'], '.0f')}/{_f(rb['velocity_rms_kms'], '.0f')}",
             "wRMS d/RL*": f"{_f(d['width_rms_kms'], '.0f')}/{_f(rb['width_rms_kms'], '.0f')}",
             "bias%": _f(r["flux_bias_pct"]),
+            **({"sel": "RL" if r["selected"]["regularization"] == "none" else f"W k={r['selected'].get('k')}"}
+               if "selected" in r else {}),
             "t_fuse": _f(r["t_fuse_s"], ".1f"), "t_scene": _f(r["t_scene_s"], ".0f"),
         }
     return metrics.format_report(table, name_header="scene")
@@ -198,6 +219,12 @@ def summary(rows):
     else:
         notes = {r["rl_pick_note"] for r in ok}
         lines.append(f"truth-free RL pick: n/a ({'; '.join(sorted(notes))})")
+    sel = [r for r in ok if "selected" in r]
+    if sel:
+        n_rl = sum(r["selected"]["regularization"] == "none" for r in sel)
+        lines.append(f"regularization 'auto' chose plain RL in {n_rl}/{len(sel)} scenes"
+                     + (f" ({', '.join(r['name'] for r in sel if r['selected']['regularization'] == 'none')})"
+                        if n_rl else ""))
     err = [r["name"] for r in rows if "error" in r]
     if err:
         lines.append(f"scenes that raised: {', '.join(err)}")
@@ -220,6 +247,10 @@ def main(argv=None):
     p.add_argument("--method-kwargs", default="{}", help="JSON dict of options passed to xfusion.fuse")
     p.add_argument("--rl-iter", type=int, default=100, help="most RL iterations for the oracle (default 100)")
     p.add_argument("--no-tuning", action="store_true", help="skip the truth-free RL iteration pick")
+    p.add_argument("--select", action="store_true", help="default = regularization 'auto' (xfusion.tuning.select: "
+                   "tuned wavelet2d1d or plain RL by held-out deviance), timed with its fit")
+    p.add_argument("--no-renormalize", action="store_true", help="ablation: EM+prox without the flux "
+                   "renormalization (xfusion.solvers.em.EMProx.renormalize = False; the pre-fix behaviour)")
     p.add_argument("--json", default=None, help="write the per-scene rows (and the summary) to this JSON file")
     a = p.parse_args(argv)
     try:
@@ -228,6 +259,10 @@ def main(argv=None):
         p.error(f"--method-kwargs is not valid JSON ({exc}); e.g. --method-kwargs '{{\"k\": 1.0}}'")
     if not isinstance(fuse_kwargs, dict):
         p.error("--method-kwargs must be a JSON object, e.g. '{\"k\": 1.0}'")
+    if a.no_renormalize:
+        from xfusion.solvers.em import EMProx
+
+        EMProx.renormalize = False
     size = a.size
     if size is not None and size not in ("default", "small"):
         try:
@@ -243,7 +278,9 @@ def main(argv=None):
     size = size or "default"
     print(f"machine: {platform.platform()} ({platform.machine()}), cpus={os.cpu_count()}, python="
           f"{platform.python_version()}, numpy={np.__version__}, xfusion={xfusion.__version__}")
-    print(f"suite: split={split}, {len(specs)} scenes, size={size}, fuse options={fuse_kwargs or 'defaults'}, "
+    print(f"suite: split={split}, {len(specs)} scenes, size={size}, fuse options={fuse_kwargs or 'defaults'}"
+          f"{', regularization auto (select)' if a.select else ''}"
+          f"{', NO flux renormalization (ablation)' if a.no_renormalize else ''}, "
           f"RL oracle up to {a.rl_iter} iterations")
     rows = []
 
@@ -256,7 +293,7 @@ def main(argv=None):
 
     for i, spec in enumerate(specs):
         try:
-            row = run_scene(spec, size, fuse_kwargs, a.rl_iter, not a.no_tuning)
+            row = run_scene(spec, size, fuse_kwargs, a.rl_iter, not a.no_tuning, a.select)
         except KeyboardInterrupt:  # Ctrl-C (or timeout -s INT): report the scenes already measured
             print(f"interrupted during scene {i + 1}/{len(specs)}; reporting {len(rows)} scenes", flush=True)
             break
@@ -270,7 +307,9 @@ def main(argv=None):
             print(f"[{i + 1}/{len(specs)}] {spec['name']} ({row['size']}, {row['band']}): default "
                   f"{row['default']['nmse_db']:.2f} dB, RL* {row['rl_best']['nmse_db']:.2f} dB "
                   f"(it {row['rl_best']['iteration']}); wall {row['t_scene_s']:.0f} s (fuse {row['t_fuse_s']:.0f}, "
-                  f"RL pick {row['t_tune_s']:.0f}, RL oracle {row['t_rl_s']:.0f} s)", flush=True)
+                  f"RL pick {row['t_tune_s']:.0f}, RL oracle {row['t_rl_s']:.0f} s)"
+                  + (f"; selected {row['selected']} in {row['t_select_s']:.0f} s" if "selected" in row else "")
+                  + f"; flux bias {row['flux_bias_pct']:+.2f}%", flush=True)
         save([])
     print()
     print(_table(rows))

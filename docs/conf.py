@@ -1,9 +1,10 @@
 """Sphinx configuration of the xfusion documentation (build: ``python -m sphinx -W -b html docs docs/_build/html``).
 
 The ``xfusion-options`` directive renders the table of every option of a regularization
-from the live ``xfusion.fuse.OPTION_DEFAULTS`` (so the defaults shown are the code's) with
-the unit and meaning given in ``OPTION_DOCS`` below; an option without an entry there is a
-build warning, hence an error under ``-W``: the documentation cannot fall behind the code.
+(or method) from the registry (``xfusion/registry/``: each option's dataclass field declares
+its default, unit and meaning), so the defaults shown are the code's; an option without a unit
+or meaning, and a registered regularization or method whose table no page renders, are build
+warnings, hence errors under ``-W``: the documentation cannot fall behind the code.
 """
 from __future__ import annotations
 
@@ -39,61 +40,12 @@ napoleon_use_ivar = True  # "Attributes" sections as field lists (no duplicate a
 default_role = "code"
 suppress_warnings = ["ref.python"]  # ambiguous cross-references between re-exported names
 
-#: unit and meaning of every option of xfusion.fuse's regularizations and methods
-OPTION_DOCS = {
-    "n_scales_2d": (
-        "integer", "Number of 2D (spatial) starlet scales J2. Scales finer than J2 are thresholded; the "
-        "coarsest spatial band is kept. 1 resolves the finest spatial detail with the least smoothing."),
-    "n_scales_1d": (
-        "integer or \"auto\"", "Number of 1D (spectral) starlet scales J1 of the 2D-1D transform. Bands with "
-        "2D scale < ``n_scales_2d`` and 1D scale < ``n_scales_1d`` are invisible to both instruments (see "
-        "``null_space``). ``\"auto\"``: chosen from the data without the truth."),
-    "k": (
-        "noise sigmas (dimensionless)", "Soft threshold ``rho = k * sigma`` of the starlet coefficients, "
-        "``sigma`` the MAD noise estimate of each band (``per_band``). Larger k: smoother cube, fewer faint "
-        "features. ``\"auto\"``: truth-free selection by Poisson thinning (the counts are split binomially "
-        "into two independent halves; the value whose fit on one half best predicts the other is kept)."),
-    "k_rule": (
-        "\"constant\" or \"sigmoid\"", "``\"constant\"``: the same k everywhere. ``\"sigmoid\"``: paper eq. 21, "
-        "k goes from ``k_min`` on faint voxels to ``k_max`` on bright ones with the coarse-scale brightness."),
-    "k_min": ("noise sigmas", "Smallest threshold of ``k_rule=\"sigmoid\"`` (faint voxels); ignored otherwise."),
-    "k_max": ("noise sigmas", "Largest threshold of ``k_rule=\"sigmoid\"`` (bright voxels); ignored otherwise."),
-    "null_space": (
-        "\"zero\", \"threshold\" or \"auto\"", "What to do with the bands that neither instrument sees (fine "
-        "in space and in energy): ``\"zero\"`` removes them (an infinite l1 weight; prevents their slow growth "
-        "over iterations), ``\"threshold\"`` treats them like the other bands (the paper); ``\"auto\"`` "
-        "chooses, together with ``n_scales_1d``, by Poisson thinning."),
-    "per_band": (
-        "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the MAD of the finest "
-        "band for every band."),
-    "rank": (
-        "integer (number of components) or \"auto\"", "Dimension r of the spectral subspace: ``Z = W V`` with V the mean "
-        "and the leading principal components of the sharp-spectral spectra. Must not exceed the number of "
-        "channels or of sharp-spectral pixels. ``\"auto\"``: chosen by Poisson thinning among a few ranks."),
-    "explained": (
-        "fraction in (0, 1], or None", "If set, choose the rank as the smallest number of components "
-        "explaining this fraction of the spectral variance (at most 64) instead of ``rank``."),
-    "precondition": (
-        "boolean", "Scale the FISTA steps per pixel by the sharp-spatial brightness (a diagonal "
-        "preconditioner): faster convergence on fields with a large dynamic range."),
-    "mu": (
-        "dimensionless, or \"auto\"", "Strength of the Sobolev smoothness penalty ``(mu / level) ||D W||^2`` on the subspace "
-        "maps W (``level`` the mean flux per voxel, which makes mu independent of exposure and flux units; "
-        "the paper advises 0.01-0.1). ``\"auto\"``: chosen by Poisson thinning."),
-    "chunks": (
-        "(bx, by) fused pixels, or None", "Dask path only: pixel block of the fused grid (each block holds the "
-        "whole energy axis). None: chosen from the cube shape, the PSF and starlet halos and the memory per "
-        "worker thread."),
-    "layout": (
-        "\"halo\" or \"rechunk\"", "Dask path, full-cube regularizations: run the PSF operators on the pixel "
-        "blocks with halos of the PSF radius (``\"halo\"``) or on full-field channel slabs (``\"rechunk\"``, "
-        "allows blocks smaller than the PSF)."),
-    "step": (
-        "internal units (None = automatic)", "Fixed step of ``method=\"ista\"`` (the paper's algorithm). "
-        "None: 1/50 of the smallest EM step at the start; a step that diverges stops the run with a message "
-        "asking for a smaller one."),
-}
+from xfusion import registry  # noqa: E402
 
+#: unit and meaning of every option, read from the registry (each option's dataclass field declares its default,
+#: unit and documentation: xfusion/registry/)
+OPTION_DOCS = {opt: (unit, doc) for name in registry.REGULARIZATIONS + tuple(f"method:{m}" for m in registry.METHODS)
+               for opt, (_, unit, doc) in registry.option_docs(name).items()}
 logger = logging.getLogger(__name__)
 
 
@@ -112,17 +64,17 @@ class OptionsDirective(Directive):
 
     def run(self):
         name = self.arguments[0]
-        if name.startswith("method:"):
-            table = fuse_module.METHOD_OPTIONS[name.split(":", 1)[1]]
-        else:
-            table = fuse_module.OPTION_DEFAULTS[name]
+        env = self.state.document.settings.env  # per page, kept across incremental builds (checked at the end)
+        if not hasattr(env, "xfusion_rendered"):
+            env.xfusion_rendered = {}
+        env.xfusion_rendered.setdefault(env.docname, set()).add(name)
+        table = registry.option_docs(name)
         lines = [".. list-table::", "   :header-rows: 1", "   :widths: 14 14 22 50", "",
                  "   * - option", "     - default", "     - unit", "     - meaning"]
-        for opt, default in table.items():
-            unit, text = OPTION_DOCS.get(opt, (None, None))
-            if unit is None:
-                logger.warning(f"option {opt!r} of {name} is not documented: add it to OPTION_DOCS in docs/conf.py",
-                               location=(self.state.document.current_source, self.lineno))
+        for opt, (default, unit, text) in table.items():
+            if not unit or not text:
+                logger.warning(f"option {opt!r} of {name} is not documented: give its field a unit and a doc in "
+                               "xfusion/registry/", location=(self.state.document.current_source, self.lineno))
                 unit, text = "?", "undocumented"
             lines += [f"   * - ``{opt}``", f"     - {_fmt_default(default)}", f"     - {unit}", f"     - {text}"]
         self.state_machine.insert_input(lines, self.state.document.current_source)
@@ -149,7 +101,23 @@ class CliHelpDirective(Directive):
         return [nodes.literal_block(text, text)]
 
 
+def _check_all_rendered(app, env):
+    """Every registered regularization and method with options has its table in the documentation."""
+    wanted = set(registry.REGULARIZATIONS) | {f"method:{m}" for m in registry.METHODS
+                                              if registry.option_docs(f"method:{m}")}
+    rendered = set().union(*getattr(env, "xfusion_rendered", {}).values())
+    for name in sorted(wanted - rendered):
+        logger.warning(f"{name} is registered but no page renders its options: add `.. xfusion-options:: {name}` "
+                       "to docs/options.rst")
+
+
+def _purge(app, env, docname):
+    getattr(env, "xfusion_rendered", {}).pop(docname, None)
+
+
 def setup(app):
     app.add_directive("xfusion-options", OptionsDirective)
+    app.connect("env-purge-doc", _purge)
+    app.connect("env-updated", _check_all_rendered)
     app.add_directive("xfusion-cli-help", CliHelpDirective)
-    return {"parallel_read_safe": True}
+    return {"parallel_read_safe": False}  # env.xfusion_rendered is not merged across parallel readers

@@ -130,3 +130,32 @@ def test_map_errors():
     assert out["velocity_rms_kms"] == pytest.approx(30.0)
     assert out["width_rms_kms"] == pytest.approx(0.0)
     assert out["n_pixels"] >= 8
+
+
+def test_errors_from_replicas_match_the_scatter_and_the_delta_method():
+    """Replica spreads (what xfusion.uncertainty gives) vs independent noise draws and the delta method."""
+    rng = np.random.default_rng(1)
+    n, k, sd = 10, 40, 0.004
+    vel, sig = np.linspace(-300, 300, n * n).reshape(n, n), np.full((n, n), 250.0)
+    z = _cube(vel, sig)
+    z[0, 0] = _cube(vel[:1, :1], sig[:1, :1], amp=0.0)[0, 0]  # no line: invalid, errors NaN
+    est = z + rng.normal(0, sd, z.shape)
+    reps = z[None] + rng.normal(0, sd, (k,) + z.shape)
+    da = xr.DataArray(reps, dims=("replica", "x", "y", "energy"))
+    m = analysis.line_map(est, E0, energy_edges=EDGES, replicas=da, **KW)
+    d = analysis.line_map(est, E0, energy_edges=EDGES, variance=np.full(z.shape, sd ** 2), **KW)
+    ok = m["valid"].values & np.isfinite(m["velocity_err"].values)
+    assert ok.sum() >= n * n - 3 and not np.isfinite(m["velocity_err"].values[0, 0])
+    ratio = np.median(m["velocity_err"].values[ok] / d["velocity_err"].values[ok])
+    assert 0.85 < ratio < 1.4  # the replicas also see the continuum noise the delta method ignores
+    pull = (m["velocity"].values[ok] - vel[ok]) / m["velocity_err"].values[ok]
+    assert 0.75 < pull.std() < 1.3 and abs(pull.mean()) < 0.3
+    assert np.all(m["n_valid_replicas"].values[ok] >= k // 2) and m.attrs["n_replicas"] == k
+    # the convenience on an uncertainty-like Dataset, the robust spread, and bad input
+    ds = xr.Dataset({"flux": _da(est), "flux_replicas": (("replica", "x", "y", "energy"), reps)})
+    q = analysis.line_map_errors(ds, E0, error="quantile", **KW)
+    assert 0.7 < np.median(q["velocity_err"].values[ok] / m["velocity_err"].values[ok]) < 1.3
+    with pytest.raises(ValueError, match="replicas must be"):
+        analysis.line_map(est, E0, energy_edges=EDGES, replicas=reps[:1], **KW)
+    with pytest.raises(ValueError, match="not both"):
+        analysis.line_map(est, E0, energy_edges=EDGES, replicas=reps, variance=reps[0], **KW)

@@ -509,7 +509,7 @@ def test_dask_result_with_small_chunks_is_written(cli, stores, tmp_path):
     was copied onto the result) and left a partial store."""
     xfusion.io.zarr.write(xfusion.io.zarr.open(stores[0]), tmp_path / "x5.zarr", chunks={"x": 5, "y": 5})
     code, err = cli("fuse", tmp_path / "x5.zarr", stores[1], "-o", tmp_path / "o.zarr", "--dask", "--option",
-             "chunks=[6,6]", "--option", 'layout="rechunk"', "--max-iter", "2", "--no-progress")
+             "chunks=[6,6]", "--max-iter", "2", "--no-progress")
     assert code == 0, err
     res = xr.open_zarr(tmp_path / "o.zarr", consolidated=False)
     assert res.flux.shape == (15, 15, 240) and np.isfinite(res.flux.values).all()

@@ -300,3 +300,56 @@ def test_soft_threshold_is_the_l1_prox():
     for t_ in (0.0, 0.5, 1.7):
         brute = [ys[np.argmin(t_ * np.abs(ys) + 0.5 * (ys - x0) ** 2)] for x0 in xs]
         np.testing.assert_allclose(soft_threshold(xs, t_), brute, atol=1e-4)
+
+
+def test_settings_of_refits_with_the_tuned_settings_and_warm_start(small_toy, tmp_path):
+    """settings=result refits with the values "auto" chose (bitwise the same fit, no re-tuning); init=result starts
+    at the solution, is validated against the grid, never mutated, and is part of the recorded parameters and of
+    the checkpoint fingerprint. (Measured on this toy: warm 14 iterations to convergence vs cold 22, NMSE equal to
+    1e-6 dB.)"""
+    x, y, t = small_toy
+    r = xfusion.fuse(x, y, regularization="none", progress=False)  # max_iter "auto": chosen by thinning
+    s = xfusion.settings_of(r)
+    assert s["regularization"] == "none" and s["method"] == "em" and s["max_iter"] == r.attrs["iterations"] > 0
+    assert "auto" not in s.values() and "auto_tuning" not in s and s == xfusion.settings_of(s)
+    again = xfusion.fuse(x, y, **s, progress=False)  # the same as settings=r (fuse merges settings_of(r))
+    assert "auto_tuning" not in json.loads(again.attrs["parameters"])  # nothing was re-tuned
+    np.testing.assert_array_equal(again.flux.values, r.flux.values)
+    with pytest.raises(ValueError, match="records regularization"):
+        xfusion.fuse(x, y, settings=r, regularization="lowrank", progress=False)
+    kw = dict(k=1.0, n_scales_1d=2, null_space="zero", progress=False)
+    r = xfusion.fuse(x, y, max_iter=8, **kw)
+    rc = copy.deepcopy(r)
+    warm = xfusion.fuse(x, y, settings=r, init=r, max_iter=1, tol=None, progress=False)
+    xr.testing.assert_identical(r, rc)
+    cold = xfusion.fuse(x, y, settings=r, max_iter=0, progress=False)  # the default flat start, not iterated
+    # the run starts at the previous solution (data term of its final iterate; the EM floor on exact zeros aside)
+    np.testing.assert_allclose(warm.data_term.values[0], r.data_term.values[-1], rtol=1e-3)
+    assert warm.data_term.values[0] < 0.5 * cold.data_term.values[0]
+    assert abs(metrics.nmse(t, warm.flux) - metrics.nmse(t, r.flux)) < 0.1
+    rec = json.loads(warm.attrs["parameters"])["init"]
+    assert rec["from"] == "result" and rec["regularization"] == "wavelet2d1d" and len(rec["flux_sha256"][0]) == 64
+    with pytest.raises(ValueError, match="fuse on"):
+        xfusion.fuse(x, y, init=r.flux.isel(x=slice(1, None)), **kw)
+    with pytest.raises(ValueError, match="same fused grid"):
+        xfusion.fuse(x, y, init=r.flux.assign_coords(x=r.x + 5 * float(r.x[1] - r.x[0])), **kw)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        xfusion.fuse(x, y, init=r.flux.where(r.x != r.x[0]), **kw)
+    # the warm start is in the checkpoint fingerprint: another start cannot resume this run
+    ck = tmp_path / "ck.zarr"
+    xfusion.fuse(x, y, settings=r, init=r, max_iter=1, tol=None, progress=False, checkpoint=ck)
+    with pytest.raises(ValueError, match="different inputs or parameters"):
+        xfusion.fuse(x, y, settings=r, init=r.flux * 2, max_iter=2, tol=None, progress=False, checkpoint=ck,
+                     resume=True)
+
+
+def test_low_rank_warm_start_uses_the_coefficients(small_toy):
+    x, y, _ = small_toy
+    r = xfusion.fuse(x, y, regularization="lowrank_sobolev", max_iter=20, progress=False)
+    warm = xfusion.fuse(x, y, settings=r, init=r, max_iter=1, tol=None, progress=False)
+    assert json.loads(warm.attrs["parameters"])["init"]["subspace"] == "coefficients"
+    assert r.attrs["backtrack_failures"] == 0 == warm.attrs["backtrack_failures"]  # line searches all succeeded
+    # the start is the previous solution: its objective is the previous final objective (float32 round-off)
+    np.testing.assert_allclose(warm.objective.values[0], r.objective.values[-1], rtol=1e-5)
+    flux_only = xfusion.fuse(x, y, settings=r, init=r.flux, max_iter=1, tol=None, progress=False)
+    assert json.loads(flux_only.attrs["parameters"])["init"]["subspace"] == "projected flux"

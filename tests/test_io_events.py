@@ -190,3 +190,56 @@ def test_orientation_and_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot detect the instrument"):
         read_events(tmp_path / "foo.evt", energy_edges=E_EDGES, pixel_size=PIX,
                     center=(RA0, DEC0), shape=SHAPE)
+
+
+def _write_resolve_pixels(path, events, header=None):
+    """Resolve events with the real column set: PIXEL, ITYPE, PI (0.5 eV), DETX/DETY (1-6), TIME, X, Y; GTI."""
+    pix, detx, dety, itype, pi, t = (np.asarray(v) for v in zip(*events))
+    cols = [fits.Column(name="TIME", format="D", array=t.astype(float)),
+            fits.Column(name="PIXEL", format="B", array=pix.astype(np.uint8)),
+            fits.Column(name="ITYPE", format="B", array=itype.astype(np.uint8)),
+            fits.Column(name="PI", format="J", array=pi.astype(np.int32)),
+            fits.Column(name="DETX", format="I", array=detx.astype(np.int16)),
+            fits.Column(name="DETY", format="I", array=dety.astype(np.int16)),
+            fits.Column(name="X", format="I", array=np.full(pix.size, 600, np.int16)),
+            fits.Column(name="Y", format="I", array=np.full(pix.size, 600, np.int16))]
+    hdu = fits.BinTableHDU.from_columns(cols, name="EVENTS")
+    h = hdu.header
+    h.update(TELESCOP="XRISM", INSTRUME="RESOLVE", PA_NOM=17.0, RA_PNT=RA0 + 0.001, DEC_PNT=DEC0,
+             TLMIN2=0, TLMAX2=35, TLMIN5=1, TLMAX5=6, TLMIN6=1, TLMAX6=6, DEADC=0.9)
+    h.update(header or {})
+    gti = fits.BinTableHDU.from_columns([fits.Column(name="START", format="D", array=[0.0, 200.0]),
+                                         fits.Column(name="STOP", format="D", array=[100.0, 300.0])], name="GTI")
+    fits.HDUList([fits.PrimaryHDU(), hdu, gti]).writeto(path)
+    return path
+
+
+def test_resolve_binned_by_pixel(tmp_path):
+    # every pixel 0..35 has one Hp event at 6.0005 keV (PI 12001); DETX/DETY from a simple map
+    ev = [(p, p % 6 + 1, p // 6 + 1, 0, 12001, 50.0) for p in range(36)]
+    ev += [(3, 4, 1, 0, 12001, 250.0),     # a second Hp event in pixel 3 (second GTI)
+           (3, 4, 1, 1, 12001, 50.0),      # Mp grade: screened by ITYPE == 0
+           (5, 6, 1, 0, 12001, 150.0),     # between the GTIs: dropped
+           (12, 1, 3, 0, 12001, 60.0)]     # calibration pixel: excluded
+    path = _write_resolve_pixels(tmp_path / "rsl_p0px1000_cl.evt", ev)
+    cube = read_events(path, energy_edges=[5.9, 6.1, 6.3], center=(RA0, DEC0), bin_by="pixel",
+                       exclude_pixels=(12, 20))
+    assert cube.dims == ("pixel", "energy") and 12 not in cube["pixel"].values and 20 not in cube["pixel"].values
+    assert cube.sizes["pixel"] == 34
+    counts = dict(zip(cube["pixel"].values.tolist(), cube.values[:, 0].tolist()))
+    assert counts[3] == 2 and counts[5] == 1 and counts[0] == 1 and cube.values[:, 1].sum() == 0
+    assert cube.attrs["exposure"] == pytest.approx(200.0 * 0.9)
+    # detector positions: (DETX - 3.5) * 30 arcsec; roll from PA_NOM; array centre from RA_PNT/DEC_PNT
+    k = list(cube["pixel"].values).index(7)   # DETX 2, DETY 2
+    assert cube["det_x"].values[k] == -45.0 and cube["det_y"].values[k] == -45.0
+    assert cube.attrs["roll"] == 17.0 and cube.attrs["roll_source"] == "PA_NOM"
+    ax, ay = cube.attrs["array_center"]
+    assert ax == pytest.approx(-0.001 * 3600 * np.cos(np.deg2rad(DEC0)), rel=1e-4) and abs(ay) < 1e-3
+    import xfusion
+
+    obs = xfusion.observation(cube, energy_edges=[5.9, 6.1, 6.3], pixel_size=30.0, exposure=cube.attrs["exposure"])
+    assert float(obs["roll"]) == 17.0 and obs["det_x"].values[k] == -45.0
+    # a pixel without events has no known position: a clear error naming it
+    path2 = _write_resolve_pixels(tmp_path / "missing.evt", ev[:30])
+    with pytest.raises(ValueError, match="pixel 30 has no events"):
+        read_events(path2, energy_edges=[5.9, 6.1], center=(RA0, DEC0), bin_by="pixel")

@@ -213,3 +213,54 @@ def test_write_pha_rate_columns_and_errors(tmp_path):
         write_pha([1, 2], [1, 2, 3], 0.0, tmp_path / "bad.pha")
     with pytest.raises(ValueError, match="channels"):
         write_pha([1, 2], [1, 2, 3], 1.0, tmp_path / "bad.pha", rmf=_toy_rmf())
+
+
+def _result_with_replicas(nx=3, ny=4, n=50, k=6, seed=0):
+    """A result-like Dataset (flux, ph cm-2 s-1 per voxel) and an uncertainty-like one with ``k`` replicas."""
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(6.0, 7.0, n + 1)
+    coords = {"x": np.arange(nx) * 10.0, "y": np.arange(ny) * 10.0, "energy": 0.5 * (edges[1:] + edges[:-1]),
+              "energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])}
+    flux = 1e-3 * (1 + rng.uniform(size=(nx, ny, n)))
+    reps = flux[None] * (1 + 0.1 * rng.normal(size=(k, nx, ny, n)))
+    res = xr.Dataset({"flux": (("x", "y", "energy"), flux)}, coords=coords)
+    unc = xr.Dataset({"flux": res["flux"], "flux_replicas": (("replica", "x", "y", "energy"), reps)}, coords=coords)
+    return res, unc, reps
+
+
+def test_pha_from_result_with_replica_errors_and_covariance(tmp_path):
+    from xfusion.io.export import write_pha2_from_result, write_pha_from_result
+
+    res, unc, reps = _result_with_replicas()
+    region = (slice(0, 2), slice(1, 4))
+    exposure, area = 1e4, 100.0
+    for rate in (False, True):
+        pha, _, _ = write_pha_from_result(res, region, tmp_path / f"r{int(rate)}", exposure=exposure, area=area,
+                                          rate=rate, uncertainty=unc)
+        spec = reps[:, 0:2, 1:4].sum(axis=(1, 2)) * area * (1.0 if rate else exposure)
+        with fits.open(pha) as h:
+            hdr, data = h["SPECTRUM"].header, h["SPECTRUM"].data
+            assert hdr["POISSERR"] is False and hdr["NREPLICA"] == 6
+            np.testing.assert_allclose(data["STAT_ERR"], spec.std(axis=0, ddof=1), rtol=1e-5)
+            cov_name = hdr["COVFILE"]
+        with fits.open(tmp_path / cov_name) as c:
+            cov = c["COVARIANCE"].data
+            assert c["COVARIANCE"].header["RANK"] == 5 and cov.shape == (50, 50)
+            np.testing.assert_allclose(cov, np.cov(spec.T), rtol=1e-6, atol=1e-12 * np.abs(cov).max())
+    # PHA type II: one STAT_ERR row per pixel (the voxel std) or per region
+    pha2, _, _ = write_pha2_from_result(res, tmp_path / "pix", exposure=exposure, area=area, uncertainty=unc)
+    with fits.open(pha2) as h:
+        d = h["SPECTRUM"].data
+        assert h["SPECTRUM"].header["POISSERR"] is False and d["STAT_ERR"].shape == (12, 50)
+        np.testing.assert_allclose(d["STAT_ERR"], (reps.std(axis=0, ddof=1) * area * exposure).reshape(12, 50),
+                                   rtol=1e-4)
+    pha3, _, _ = write_pha2_from_result(res, tmp_path / "reg", regions=[region], exposure=exposure, area=area,
+                                        uncertainty=unc)
+    with fits.open(pha3) as h:
+        np.testing.assert_allclose(h["SPECTRUM"].data["STAT_ERR"][0],
+                                   (reps[:, 0:2, 1:4].sum(axis=(1, 2)) * area * exposure).std(axis=0, ddof=1),
+                                   rtol=1e-5)
+    # replicas of another grid are refused with the reason
+    _, other, _ = _result_with_replicas(nx=4)
+    with pytest.raises(ValueError, match="grid"):
+        write_pha_from_result(res, region, tmp_path / "bad", uncertainty=other)

@@ -350,3 +350,66 @@ def test_real_responses(tmp_path):
     oy = observation_from_files(events=evy, rmf=need[3], pixel_size=20.0, center=(RA0, DEC0), shape=(5, 5),
                                 band=(0.6, 0.9))
     assert oy.sizes["energy"] == 300 and oy["response"].shape[0] <= 302
+
+
+def test_resolve_pixels_and_backgrounds_from_files(tmp_path):
+    """observation_from_files: pn-like image with its background from a source-free region of the same
+    events, Resolve binned by PIXEL (calibration pixel out) with a given background spectrum; the pair
+    has a footprint grid (issue 15)."""
+    from xfusion.io.files import background_counts
+
+    rng = np.random.default_rng(5)
+    # X: 16 x 16 pixels of 4", flat background of 2 counts per pixel in each 100 eV channel + a central source
+    n_bkg = 16 * 16 * 2 * 4
+    xb = rng.uniform(-32, 32, (n_bkg, 2))
+    xs = rng.normal(0, 6, (3000, 2))
+    pos = np.vstack([xb, xs])
+    pi = np.concatenate([rng.integers(6001, 6400, n_bkg), rng.integers(6001, 6400, 3000)]).astype(np.int16)
+    xpath = _write_events(tmp_path / "pn.evt", "xmm_epic", pos[:, 0], pos[:, 1], pi,
+                          {"PATTERN": ("I", np.zeros(pi.size, np.int16)), "FLAG": ("J", np.zeros(pi.size, np.int32))},
+                          1000.0)
+    grid = {"energy_edges": np.array([6.0, 6.1, 6.2, 6.3, 6.4]), "pixel_size": 4.0, "center": (RA0, DEC0),
+            "shape": (16, 16)}
+    c = (np.arange(16) - 7.5) * 4
+    region = np.hypot(*np.meshgrid(c, c, indexing="ij")) > 26
+    x = observation_from_files(events=xpath, grid=grid, background={"region": region}, exposure=1000.0)
+    b = x["background_rate"].values * 1000.0
+    assert np.ptp(b, axis=(0, 1)).max() == 0 and b[0, 0].sum() == pytest.approx(x["counts"].values[region].sum() / region.sum())
+    assert b[0, 0].sum() == pytest.approx(8.0, rel=0.2)  # 2 counts per channel per pixel, 4 channels
+    # exposure map (relative): vignetting ramp and a chip gap (column 5) -> per-pixel area, gap masked
+    emap = np.tile(np.linspace(1.0, 0.8, 16)[:, None], (1, 16))
+    emap[5] = 0.0
+    te = np.linspace(5.9, 6.5, 13)
+    arf = xr.DataArray(np.full(12, 500.0), dims=("energy_true",), attrs={"units": "cm2"},
+                       coords=edges_coords("energy_true", te[:-1], te[1:]))
+    xv = observation_from_files(events=xpath, grid=grid, arf=arf, exposure_map=emap, exposure=1000.0)
+    assert xv["effective_area"].dims == ("x", "y", "energy_true")
+    assert not xv["mask"].values[5].any() and xv["mask"].values[4].all()
+    np.testing.assert_allclose(xv["effective_area"].values[15, 3], 400.0)
+    with pytest.raises(ValueError, match="relative exposures in"):
+        observation_from_files(events=xpath, grid=grid, arf=arf, exposure_map=emap * 1000.0, exposure=1000.0)
+    # Y: Resolve-like pixels of 12" (3 x 3 with pixel 4 the calibration pixel), 10 eV channels
+    ev = []
+    for p in range(9):
+        for k in range(20):
+            ev.append((p, p % 3 + 1, p // 3 + 1, 0, 12002 + 40 * k, 10.0 + k))
+    cols = list(zip(*ev))
+    from astropy.io import fits as _f
+
+    t = [_f.Column(name=n, format=f, array=np.asarray(a)) for n, f, a in
+         zip(("PIXEL", "DETX", "DETY", "ITYPE", "PI", "TIME"), ("B", "I", "I", "B", "J", "D"), cols)]
+    hdu = _f.BinTableHDU.from_columns(t, name="EVENTS")
+    hdu.header.update(TELESCOP="XRISM", INSTRUME="RESOLVE", PA_NOM=17.0, RA_PNT=RA0, DEC_PNT=DEC0, EXPOSURE=500.0,
+                      TLMIN1=0, TLMAX1=8, TLMIN2=1, TLMAX2=3, TLMIN3=1, TLMAX3=3)
+    ypath = tmp_path / "rsl.evt"
+    _f.HDUList([_f.PrimaryHDU(), hdu]).writeto(ypath)
+    ey = np.round(np.linspace(6.0, 6.4, 41), 6)
+    y = observation_from_files(events=ypath, energy_edges=ey, center=(RA0, DEC0), bin_by="pixel", pixel_size=12.0,
+                               exclude_pixels=(4,), background=np.full(40, 16.0))
+    assert y["counts"].dims == ("pixel", "energy") and 4 not in y["pixel"].values and y.sizes["pixel"] == 8
+    np.testing.assert_allclose(y["background_rate"].values * 500.0, 2.0)  # 16 counts / 8 pixels per channel
+    assert float(y["roll"]) == 17.0
+    g = xfusion.fusion_grid(x, y)
+    assert g.attrs["spatial_model"] == "footprint"
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        background_counts(x["counts"], {"region": np.ones(3, bool)})

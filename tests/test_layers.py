@@ -15,10 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xfusion"
 LAYERS = [
     ("core", ["observation", "grid", "axes", "units", "psf_sampling"]),
     ("operators", ["operators"]),
-    ("terms", ["likelihood", "regularizers", "metrics", "analysis"]),
+    ("terms", ["likelihood", "gaussian", "regularizers", "metrics", "analysis"]),
     ("solvers", ["solvers"]),
     ("backends", ["parallel", "parallel_em", "backends", "checkpoints"]),
-    ("api", ["fuse", "tuning", "baselines", "toy", "scenes", "uncertainty", "plot", "cli", "toy_models"]),
+    ("api", ["registry", "start", "fuse", "tuning", "baselines", "toy", "scenes", "uncertainty", "plot", "cli", "toy_models",
+             "jwst", "syfu"]),
 ]
 #: io reads and writes files: it may use the core (to build observations) and nothing above it
 IO_ALLOWED = {"core", "io"}

@@ -102,3 +102,36 @@ def test_negative_subspace_model_counts_as_zero_expected_counts():
     out = _block_value_grad(d, a, v, True)
     assert out[0, 0, -1] + data_constant(d) == pytest.approx(ref)
     assert out[0, 0, 0] == pytest.approx(float(r.ravel() @ v.ravel()))
+
+
+def test_known_background_enters_value_gradient_and_ratio(small_toy):
+    """expected counts = H z + B (issue 15): value, gradient w (1 - d/(Hz+B)), RL ratio d/(Hz+B); the
+    sensitivity H^T w is unchanged; the model's own background is picked up by default."""
+    x_obs, y_obs, truth = small_toy
+    grid = fusion_grid(x_obs, y_obs)
+    my = build_model(grid, y_obs, SPECTRAL)
+    d = y_obs.counts.values
+    b = np.full(d.shape, 0.7)
+    term = PoissonTerm(my, d, dtype=np.float64, background=b)
+    plain = PoissonTerm(my, d, dtype=np.float64)
+    z = truth.values.astype(np.float64)
+    m = my.forward(z)
+    ref = np.sum((m + b) - d + np.where(d > 0, d * np.log(np.where(d > 0, d, 1) / (m + b)), 0))
+    assert term.value_from_model(m) == pytest.approx(ref, rel=1e-12)
+    assert term.value_from_model(m) != pytest.approx(plain.value_from_model(m), rel=1e-3)
+    np.testing.assert_allclose(term.ratio(m), d / (m + b))
+    np.testing.assert_allclose(term.residual_factor(m), 1 - d / (m + b))
+    np.testing.assert_allclose(term.sensitivity(), plain.sensitivity())
+    # finite differences of the value along a random direction
+    lik = PoissonLikelihood([term])
+    rng = np.random.default_rng(0)
+    dz = rng.standard_normal(z.shape) * z * 1e-3
+    f, g = lik.value_and_grad(z)
+    fd = (lik.value(z + dz) - lik.value(z - dz)) / 2
+    assert fd == pytest.approx(np.sum(g * dz), rel=1e-4)
+    # a model carrying its background (from the observation's background_rate) is used without passing it
+    y_b = y_obs.assign(background_rate=(y_obs.counts.dims, b / float(y_obs.exposure), {"units": "count s-1"}))
+    auto = PoissonTerm(build_model(grid, y_b, SPECTRAL), d, dtype=np.float64)
+    np.testing.assert_allclose(auto.background, b)
+    with pytest.raises(ValueError, match="background must be finite"):
+        PoissonTerm(my, d, dtype=np.float64, background=-b)

@@ -180,3 +180,32 @@ def test_inputs_not_modified(cube):
     M.consistency(cube, e)
     np.testing.assert_array_equal(cube, c0)
     np.testing.assert_array_equal(e, e0)
+
+
+def test_jwst_validation_filter_images_mean_spectrum_and_shapes():
+    from xfusion.metrics import filter_images, jwst_validation
+
+    rng = np.random.default_rng(5)
+    z = 1 + rng.random((12, 9, 10))
+    R = rng.random((10, 3))
+    R /= R.sum(axis=0)
+    img = filter_images(z, R)
+    np.testing.assert_allclose(img[2, 3], z[2, 3] @ R)
+    yh = z.reshape(4, 3, 3, 3, 10).mean(axis=(1, 3))
+    v = jwst_validation(img, yh, z, R, filters=["A", "B", "C"])
+    assert v["min_psnr_db"] == np.inf and v["filters"]["B"]["ssim"] == pytest.approx(1.0)
+    assert v["mean_spectrum_max_rel_error"] == pytest.approx(0.0, abs=1e-12)
+    # a 2 % brighter cube: every filter image off, the mean spectrum 2 % high
+    v = jwst_validation(img, yh, 1.02 * z, R)
+    assert np.isfinite(v["min_psnr_db"]) and set(v["filters"]) == {"filter0", "filter1", "filter2"}
+    np.testing.assert_allclose(v["mean_spectrum_rel_error"], 0.02, rtol=1e-9)
+    # masked imager pixels do not count; masked IFU spaxels leave the mean
+    m = np.ones(img.shape, bool)
+    bad = img.copy()
+    bad[0, 0] = 1e6
+    m[0, 0] = False
+    assert jwst_validation(bad, yh, z, R, imager_mask=m)["min_psnr_db"] == np.inf
+    with pytest.raises(ValueError, match="ifu_data must be"):
+        jwst_validation(img, yh[:3], z, R)
+    with pytest.raises(ValueError, match="response must be"):
+        filter_images(z, R[:4])

@@ -149,3 +149,50 @@ def test_grid_mismatched_units():
     b["energy"].attrs["units"] = "eV"
     with pytest.raises(ValueError, match="'eV' but xfusion expects 'keV'"):
         fusion_grid(a, b)
+
+
+# ----------------------------------------------------------------------------- detector-pixel observations
+def _pixels(**kw):
+    g = np.array([-30.0, 0.0, 30.0])
+    dx, dy = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
+    args = dict(energy_edges=np.linspace(6.0, 6.2, 11), pixel_size=30.0, exposure=1e4, dims=("energy", "pixel"),
+                det_x=dx, det_y=dy, roll=17.0, array_center=(3.0, -4.0), name="Resolve")
+    args.update(kw)
+    return observation(np.ones((10, 9)), **args)
+
+
+def test_pixel_observation_schema():
+    import astropy.units as u
+
+    ds = _pixels(exposure=np.linspace(5e3, 1e4, 9), mask=np.arange(9) != 4, roll=0.3 * u.rad,
+                 background=np.full((9, 10), 2.0))
+    assert ds["counts"].dims == ("pixel", "energy") and ds.sizes["pixel"] == 9
+    assert float(ds["exposure"]) == 1e4 and ds["exposure_fraction"].values[0] == pytest.approx(0.5)
+    assert float(ds["roll"]) == pytest.approx(np.rad2deg(0.3)) and ds["roll"].attrs["units"] == "deg"
+    assert ds["mask"].shape == (9, 10) and not ds["mask"].values[4].any() and ds["mask"].values[3].all()
+    # background stored as a rate: counts / per-pixel exposure
+    np.testing.assert_allclose(ds["background_rate"].values[0], 2.0 / 5e3)
+    assert validate(ds) is ds
+    area = xr.DataArray(np.full((9, 5), 100.0), dims=("pixel", "energy_true"),
+                        coords={"energy_true_lo": ("energy_true", np.linspace(5.9, 6.3, 6)[:-1]),
+                                "energy_true_hi": ("energy_true", np.linspace(5.9, 6.3, 6)[1:])})
+    assert _pixels(effective_area=area)["effective_area"].dims == ("pixel", "energy_true")
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"det_x": None}, "needs det_x and det_y"),
+    ({"det_y": np.zeros(3)}, "det_y must be 9 finite values"),
+    ({"exposure": np.ones(4)}, "per-pixel exposure must be 9"),
+    ({"array_center": 5.0}, "array_center must be"),
+    ({"background": np.ones((9, 3))}, "background must have the shape of counts"),
+    ({"background": -np.ones((9, 10))}, "finite and >= 0"),
+    ({"mask": np.ones(4, bool)}, "mask must be a boolean array"),
+])
+def test_pixel_observation_errors(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _pixels(**kw)
+
+
+def test_detector_geometry_needs_pixel_counts():
+    with pytest.raises(ValueError, match="detector-pixel observations"):
+        simple(roll=10.0)

@@ -168,3 +168,39 @@ def test_plot_and_io_are_importable_from_the_package():
     code = "import xfusion, sys; xfusion.plot.summary; xfusion.io.read_events; print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # importing xfusion does not start pyplot
+
+
+def _velocity_line_maps(n=6):
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    v = np.linspace(-400, 400, n * n).reshape(n, n)
+    v[0, 0] = np.nan  # no line there: drawn grey
+    coords = {"x": np.arange(n) * 10.0, "y": np.arange(n) * 10.0}
+    maps = xr.Dataset({"velocity": (("x", "y"), v + rng.normal(0, 30, v.shape)),
+                       "velocity_err": (("x", "y"), np.where(np.isnan(v), np.nan, 30.0))}, coords=coords,
+                      attrs={"n_replicas": 20, "name": "Fe XXV"})
+    return maps, xr.Dataset({"velocity": (("x", "y"), v)}, coords=coords)
+
+
+def test_velocity_maps_in_kms(fused):
+    maps, truth = _velocity_line_maps()
+    fig = plot.velocity_maps(maps, truth)
+    axes = _labelled(fig, "arcsec", "arcsec")
+    assert len(axes) == 3 and "error" in axes[1].get_title() and "20 replicas" in axes[1].get_title()
+    assert all("km/s" in c for c in _colorbar_labels(fig))
+    # velocity and truth share one symmetric scale; the error has its own, from 0
+    assert axes[0].images[0].get_clim() == axes[2].images[0].get_clim()
+    lo, hi = axes[0].images[0].get_clim()
+    assert lo == -hi and axes[1].images[0].get_clim()[0] == 0
+    assert np.ma.getmaskarray(axes[1].images[0].get_array())[0, 0] or np.isnan(axes[1].images[0].get_array()[0, 0])
+    with pytest.raises(ValueError, match="velocity_err"):
+        plot.velocity_maps(maps.drop_vars("velocity_err"))
+    # the summary's third row: velocity, error, truth
+    res, _ = fused
+    n = res.sizes["x"]
+    maps, truth = _velocity_line_maps(n)
+    maps, truth = (m.assign_coords(x=res["x"].values, y=res["y"].values) for m in (maps, truth))
+    fig = plot.summary(res, velocity=maps, velocity_truth=truth, pixels=[(3, 3)])
+    labels = _colorbar_labels(fig)
+    assert sum("km/s" in c for c in labels) == 3

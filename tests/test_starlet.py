@@ -165,9 +165,7 @@ def test_mad_sigma(rng):
     sigma = 2.5
     a = rng.normal(3.0, sigma, size=200_000)
     assert abs(mad_sigma(a) - sigma) / sigma < 0.05
-    est = mad_sigma(a, sample=20_000)
-    assert isinstance(est, float)
-    assert abs(est - sigma) / sigma < 0.05
+    assert isinstance(mad_sigma(a), float)
     a32 = a.astype(np.float32).reshape(400, 500)
     a0 = a32.copy()
     assert abs(mad_sigma(a32) - sigma) / sigma < 0.05

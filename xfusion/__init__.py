@@ -15,8 +15,12 @@ from .operators.model import predict  # noqa: E402
 
 __all__ = ["observation", "validate", "celestial_wcs", "fusion_grid", "predict", "toy", "io", "__version__"]
 from . import metrics  # noqa: E402,F401
-from .fuse import fuse  # noqa: E402
+from .fuse import fuse, settings_of  # noqa: E402
 from .tuning import tune  # noqa: E402
 from . import analysis, baselines, plot, scenes  # noqa: E402,F401
+from .uncertainty import uncertainty  # noqa: E402
 
-__all__ += ["fuse", "tune", "metrics", "plot", "baselines", "scenes", "analysis"]
+__all__ += ["fuse", "settings_of", "tune", "metrics", "plot", "baselines", "scenes", "analysis", "uncertainty"]
+from . import gaussian, jwst, syfu  # noqa: E402,F401  (JWST imager + IFU fusion: docs/jwst.rst)
+
+__all__ += ["gaussian", "jwst", "syfu"]

@@ -35,9 +35,12 @@ there ``velocity`` and ``line_width`` are NaN (NaN is produced nowhere else). Wh
 variance is not positive (``s2 <= 0``: the line is no wider than the instrumental spread,
 within noise) the width is 0 and ``resolved = False``.
 
-Errors: give ``variance`` (a cube of per-voxel flux variances like ``cube``, e.g. from
-replicas) and the first-order (delta-method) errors of ``flux``, ``velocity`` and
-``line_width`` are returned, treating voxels as independent and the continuum as exact.
+Errors: give ``replicas`` (replica cubes of ``cube``, e.g. ``xfusion.uncertainty(...)
+["flux_replicas"]``, or use :func:`line_map_errors`): the same measurement is made on every
+replica and the errors of ``flux``, ``velocity`` and ``line_width`` (km/s) are the spread of
+the replica values -- this keeps the correlations between voxels and the continuum noise.
+Or give ``variance`` (a cube of per-voxel flux variances like ``cube``) for first-order
+(delta-method) errors, treating voxels as independent and the continuum as exact.
 
 ``map_errors(truth_maps, estimate_maps, fraction=0.5)`` compares two sets of maps over the
 brighter part of the field (the pixels whose *true* line flux is in the top ``fraction``).
@@ -48,7 +51,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtr
 
-__all__ = ["line_map", "map_errors", "C_KMS"]
+__all__ = ["line_map", "line_map_errors", "map_errors", "C_KMS"]
 
 #: speed of light, km/s
 C_KMS = 299792.458
@@ -152,56 +155,9 @@ def _gauss_fit(r, lo, hi, F0, mu0, s0, smin, smax, n_iter=30):
     return p[:, 0], p[:, 1], np.exp(p[:, 2])
 
 
-def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigma=0.0, min_flux=0.0,
-             variance=None, energy_edges=None, name=None) -> xr.Dataset:
-    """Line flux, centroid velocity and width of one line in every pixel (see module docstring).
-
-    Parameters
-    ----------
-    cube : Dataset with ``flux``, DataArray (x, y, energy) with ``energy_lo``/``energy_hi``
-        coords (keV), or an ndarray (x, y, energy) with ``energy_edges``. Flux per voxel
-        (e.g. ph cm-2 s-1); the line flux comes out in the same unit per pixel.
-    line_energy : float, keV
-        Rest energy ``E0`` of the line (velocity zero).
-    window : (low, high) keV
-        Channels whose centres lie inside are the line window.
-    continuum : sequence of (low, high) keV ranges (1 or 2, line-free)
-        Side bands for the local linear continuum.
-    method : "moments" (default) or "gaussian".
-    lsf_sigma : float, keV
-        Instrumental Gaussian spread removed in quadrature from the width (0 keeps it).
-    min_flux : float
-        Pixels with line flux ``<= min_flux`` are not valid.
-    variance : like ``cube``, optional
-        Per-voxel flux variances; adds ``flux_err``, ``velocity_err``, ``line_width_err``.
-
-    Returns
-    -------
-    Dataset on (x, y): ``flux`` (line flux), ``velocity`` (km/s, + = receding),
-    ``line_width`` (km/s, Gaussian sigma), ``continuum`` (continuum flux under the window),
-    ``valid`` and ``resolved`` (bool), optionally the ``*_err`` maps (NaN where the width is
-    not resolved); attrs record every setting.
-    """
-    if method not in ("moments", "gaussian"):
-        raise ValueError(f"method must be 'moments' or 'gaussian'; got {method!r}")
-    E0 = float(line_energy)
-    if not np.isfinite(E0) or E0 <= 0:
-        raise ValueError(f"line_energy must be a positive energy in keV; got {line_energy!r}")
-    if lsf_sigma < 0:
-        raise ValueError(f"lsf_sigma must be >= 0 keV; got {lsf_sigma}")
-    values, edges, coords = _as_cube(cube, energy_edges)
-    M, N, L = values.shape
-    centres, widths = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges)
-    win = _channels(centres, window, "window", edges)
-    if isinstance(continuum, (tuple, list)) and len(continuum) == 2 and np.isscalar(continuum[0]):
-        continuum = [continuum]
-    if not continuum or len(continuum) > 2:
-        raise ValueError("continuum must be one or two (low, high) keV side bands")
-    bands = [_channels(centres, b, "continuum band", edges) for b in continuum]
-    if np.intersect1d(np.concatenate(bands), win).size:
-        raise ValueError(f"continuum bands {continuum} overlap the line window {tuple(window)}; keep them apart")
-
-    z = values.reshape(M * N, L)
+def _measure(z, centres, widths, edges, win, bands, E0, method, lsf_sigma, min_flux):
+    """Line parameters of the spectra ``z`` (P, L): ``(F, Ec, s2, ok, continuum (P, n_win), r, e, sheppard)``
+    (see the module docstring; ``s2`` has the instrumental spread removed)."""
     cont = _continuum(z, centres, widths, bands, win)
     r = z[:, win] - cont
     e = centres[win]
@@ -226,6 +182,73 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
         F, Ec = np.where(ok & inside, Fg, F), np.where(ok & inside, Eg, Ec)
         s2 = np.where(ok & inside, sg ** 2, s2)  # elsewhere (fit left the window): the moments are kept
     s2 = s2 - float(lsf_sigma) ** 2
+    return F, Ec, s2, ok, cont, r, e, sheppard
+
+
+def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigma=0.0, min_flux=0.0,
+             variance=None, replicas=None, error="std", energy_edges=None, name=None) -> xr.Dataset:
+    """Line flux, centroid velocity and width of one line in every pixel (see module docstring).
+
+    Parameters
+    ----------
+    cube : Dataset with ``flux``, DataArray (x, y, energy) with ``energy_lo``/``energy_hi``
+        coords (keV), or an ndarray (x, y, energy) with ``energy_edges``. Flux per voxel
+        (e.g. ph cm-2 s-1); the line flux comes out in the same unit per pixel.
+    line_energy : float, keV
+        Rest energy ``E0`` of the line (velocity zero).
+    window : (low, high) keV
+        Channels whose centres lie inside are the line window.
+    continuum : sequence of (low, high) keV ranges (1 or 2, line-free)
+        Side bands for the local linear continuum.
+    method : "moments" (default) or "gaussian".
+    lsf_sigma : float, keV
+        Instrumental Gaussian spread removed in quadrature from the width (0 keeps it).
+    min_flux : float
+        Pixels with line flux ``<= min_flux`` are not valid.
+    variance : like ``cube``, optional
+        Per-voxel flux variances; adds ``flux_err``, ``velocity_err``, ``line_width_err``
+        (delta method, voxels independent).
+    replicas : (replica, x, y, energy) array or DataArray, optional
+        Replica cubes of ``cube`` (``xfusion.uncertainty(...)["flux_replicas"]``): the same
+        measurement is made on every replica and ``flux_err``, ``velocity_err`` (km/s),
+        ``line_width_err`` (km/s) are their spread (``error="std"``: standard deviation,
+        ddof=1; ``"quantile"``: half the 16-84% range), over the replicas where the line is
+        valid; also ``velocity_replica_mean`` (km/s) and ``n_valid_replicas``. The errors are
+        NaN where the estimate is not valid or fewer than half the replicas (and fewer than 2)
+        are. Unlike ``variance``, this keeps the correlations between voxels.
+    error : "std" or "quantile" (with ``replicas``).
+
+    Returns
+    -------
+    Dataset on (x, y): ``flux`` (line flux), ``velocity`` (km/s, + = receding),
+    ``line_width`` (km/s, Gaussian sigma), ``continuum`` (continuum flux under the window),
+    ``valid`` and ``resolved`` (bool), optionally the ``*_err`` maps (NaN where the width is
+    not resolved); attrs record every setting.
+    """
+    if method not in ("moments", "gaussian"):
+        raise ValueError(f"method must be 'moments' or 'gaussian'; got {method!r}")
+    if replicas is not None and variance is not None:
+        raise ValueError("give variance= (delta-method errors) or replicas= (replica spread), not both")
+    E0 = float(line_energy)
+    if not np.isfinite(E0) or E0 <= 0:
+        raise ValueError(f"line_energy must be a positive energy in keV; got {line_energy!r}")
+    if lsf_sigma < 0:
+        raise ValueError(f"lsf_sigma must be >= 0 keV; got {lsf_sigma}")
+    values, edges, coords = _as_cube(cube, energy_edges)
+    M, N, L = values.shape
+    centres, widths = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges)
+    win = _channels(centres, window, "window", edges)
+    if isinstance(continuum, (tuple, list)) and len(continuum) == 2 and np.isscalar(continuum[0]):
+        continuum = [continuum]
+    if not continuum or len(continuum) > 2:
+        raise ValueError("continuum must be one or two (low, high) keV side bands")
+    bands = [_channels(centres, b, "continuum band", edges) for b in continuum]
+    if np.intersect1d(np.concatenate(bands), win).size:
+        raise ValueError(f"continuum bands {continuum} overlap the line window {tuple(window)}; keep them apart")
+
+    z = values.reshape(M * N, L)
+    F, Ec, s2, ok, cont, r, e, sheppard = _measure(z, centres, widths, edges, win, bands, E0, method, lsf_sigma,
+                                                   min_flux)
     velocity = np.where(ok, C_KMS * (E0 / Ec - 1.0), np.nan)
     width = np.where(ok, C_KMS * np.sqrt(np.maximum(s2, 0.0)) / Ec, np.nan)
     valid, resolved = ok, ok & (s2 > 0)
@@ -260,12 +283,80 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
                                {"units": "km/s"})
         out["line_width_err"] = (("x", "y"), np.where(resolved, C_KMS * w_err / Ec, np.nan).reshape(shape2),
                                  {"units": "km/s"})
+    if replicas is not None:
+        _replica_errors(out, replicas, values.shape, (centres, widths, edges, win, bands, E0, method, lsf_sigma,
+                                                      min_flux), ok, resolved, error)
     out.attrs.update({"line_energy_kev": E0, "window_kev": [float(v) for v in window],
                       "continuum_kev": [[float(v) for v in b] for b in continuum], "method": method,
                       "lsf_sigma_kev": float(lsf_sigma), "min_flux": float(min_flux),
                       "velocity_convention": "v = c (E0 / Ec - 1), positive = receding",
                       "name": name or f"line {E0:.4f} keV"})
     return out
+
+
+def _replica_errors(out, replicas, shape, ctx, ok, resolved, error):
+    """Add the replica spread of flux, velocity and width to the maps ``out`` (see :func:`line_map`)."""
+    if error not in ("std", "quantile"):
+        raise ValueError(f"error must be 'std' or 'quantile'; got {error!r}")
+    if isinstance(replicas, xr.DataArray):
+        if "replica" not in replicas.dims or set(replicas.dims) != {"replica", *_CUBE_DIMS}:
+            raise ValueError(f"replicas must have dims ('replica', 'x', 'y', 'energy'); got {replicas.dims}")
+        replicas = replicas.transpose("replica", *_CUBE_DIMS).data
+    n = int(replicas.shape[0]) if hasattr(replicas, "shape") and len(replicas.shape) == 4 else 0
+    if n < 2 or tuple(replicas.shape[1:]) != tuple(shape):
+        raise ValueError(f"replicas must be (replica >= 2, x, y, energy) with the cube's shape {tuple(shape)}; got "
+                         f"{getattr(replicas, 'shape', None)}")
+    centres, widths, edges, win, bands, E0, method, lsf_sigma, min_flux = ctx
+    P = shape[0] * shape[1]
+    F, V, W = (np.empty((n, P)) for _ in range(3))
+    OK = np.empty((n, P), bool)
+    for i in range(n):
+        z = np.asarray(replicas[i], dtype=np.float64).reshape(P, shape[2])
+        if not np.all(np.isfinite(z)):
+            raise ValueError(f"replica {i} contains NaN or inf")
+        f, ec, s2, v_ok, *_ = _measure(z, centres, widths, edges, win, bands, E0, method, lsf_sigma, min_flux)
+        F[i], OK[i] = f, v_ok
+        V[i] = np.where(v_ok, C_KMS * (E0 / ec - 1.0), np.nan)
+        W[i] = np.where(v_ok, C_KMS * np.sqrt(np.maximum(s2, 0.0)) / ec, np.nan)
+    nv = OK.sum(axis=0)
+    enough = ok & (nv >= max(2, (n + 1) // 2))
+
+    def spread(a):
+        a = np.where(OK, a, np.nan)[:, enough]
+        res = np.full(P, np.nan)
+        if a.size:
+            with np.errstate(invalid="ignore"):
+                if error == "std":
+                    res[enough] = np.nanstd(a, axis=0, ddof=1)
+                else:
+                    q16, q84 = np.nanquantile(a, [0.16, 0.84], axis=0)
+                    res[enough] = 0.5 * (q84 - q16)
+        return res
+
+    shape2 = shape[:2]
+    fs = F.std(axis=0, ddof=1) if error == "std" else 0.5 * np.subtract(*np.quantile(F, [0.84, 0.16], axis=0))
+    vmean = np.full(P, np.nan)
+    if enough.any():
+        vmean[enough] = np.nanmean(np.where(OK, V, np.nan)[:, enough], axis=0)
+    out["flux_err"] = (("x", "y"), fs.reshape(shape2), {"long_name": f"line flux error (replica {error})"})
+    out["velocity_err"] = (("x", "y"), spread(V).reshape(shape2),
+                           {"units": "km/s", "long_name": f"velocity error (replica {error}); NaN: estimate not "
+                                                          "valid or too few valid replicas"})
+    out["line_width_err"] = (("x", "y"), np.where(resolved, spread(W), np.nan).reshape(shape2),
+                             {"units": "km/s", "long_name": f"width error (replica {error}); NaN where unresolved"})
+    out["velocity_replica_mean"] = (("x", "y"), vmean.reshape(shape2),
+                                    {"units": "km/s", "long_name": "mean replica velocity (minus velocity: bootstrap "
+                                                                   "bias estimate)"})
+    out["n_valid_replicas"] = (("x", "y"), nv.reshape(shape2).astype(np.int32))
+    out.attrs.update({"n_replicas": n, "error": error})
+
+
+def line_map_errors(uncertainty, line_energy, **kwargs) -> xr.Dataset:
+    """Line maps of the result in an :func:`xfusion.uncertainty` Dataset with errors from its replicas:
+    ``line_map(uncertainty["flux"], line_energy, replicas=uncertainty["flux_replicas"], **kwargs)``."""
+    if not isinstance(uncertainty, xr.Dataset) or not {"flux", "flux_replicas"} <= set(uncertainty.data_vars):
+        raise ValueError("line_map_errors needs the Dataset returned by xfusion.uncertainty (flux and flux_replicas)")
+    return line_map(uncertainty["flux"], line_energy, replicas=uncertainty["flux_replicas"], **kwargs)
 
 
 def map_errors(truth_maps, estimate_maps, fraction=0.5):

@@ -1,4 +1,4 @@
-"""Command-line interface: ``xfusion demo | fuse | toy | metrics | plot``.
+"""Command-line interface: ``xfusion demo | fuse | toy | metrics | plot | jwst``.
 
 Exit codes: 0 success; 2 usage error (bad arguments, from argparse); 3 input error (missing
 or unreadable store, invalid observation, unknown option: a one-line ``xfusion: error:``
@@ -255,10 +255,13 @@ def cmd_fuse(args):
     from .checkpoints import CheckpointError, ZarrCheckpoint, describe
 
     kw, options = _fuse_settings(args)
-    inputs = (args.a, args.b)
-    if Path(args.a).resolve() == Path(args.b).resolve():
-        raise InputError(f"the same store {args.a!r} was given twice: fusion needs two different observations, "
-                         "one sharp in space (e.g. toy/x.zarr) and one sharp in energy (e.g. toy/y.zarr)")
+    inputs = (args.a, args.b, *(args.more or ()))
+    seen = {}
+    for path in inputs:
+        if Path(path).resolve() in seen:
+            raise InputError(f"the same store {path!r} was given twice: fusion needs different observations, "
+                             "one sharp in space (e.g. toy/x.zarr) and one sharp in energy (e.g. toy/y.zarr)")
+        seen[Path(path).resolve()] = path
     overwrite = bool(args.overwrite)
     _prepare_output(args.output, inputs=inputs, overwrite=overwrite)  # before any reading or computing
     if kw.get("checkpoint"):
@@ -268,7 +271,7 @@ def cmd_fuse(args):
             raise InputError(str(exc)) from exc
         args._checkpoint_before = describe(kw["checkpoint"])
     lazy = bool(args.dask or args.scheduler)
-    obs_a, obs_b = _open_observation(args.a, lazy), _open_observation(args.b, lazy)
+    observations = [_open_observation(path, lazy) for path in inputs]
     client = None
     if args.scheduler:
         if "client" not in inspect.signature(fuse).parameters:
@@ -282,7 +285,7 @@ def cmd_fuse(args):
         kw["client"] = client
     args._checkpoint = kw.get("checkpoint")
     try:
-        result = fuse(obs_a, obs_b, progress=not args.no_progress, **kw, **options)
+        result = fuse(*observations, progress=not args.no_progress, **kw, **options)
         # a lazy result is computed chunk by chunk, on the client's cluster
         _write(result, args.output, client, inputs=inputs, overwrite=overwrite)
     finally:
@@ -387,7 +390,13 @@ def cmd_demo(args):
     _write(truth.to_dataset(name="flux"), out / "truth.zarr")
     _write(x_obs, out / "x.zarr")
     _write(y_obs, out / "y.zarr")
-    fig = plot.summary(result, truth, path=out / "summary.png", x_obs=x_obs, y_obs=y_obs)
+    vel = (None, None)
+    if args.replicas:  # error bars of the velocity map from refitted replicas (xfusion.uncertainty)
+        from .uncertainty import uncertainty
+
+        vel = plot.band_velocity_maps(uncertainty(result, x_obs, y_obs, n=args.replicas), truth, x_obs=x_obs)
+    fig = plot.summary(result, truth, path=out / "summary.png", x_obs=x_obs, y_obs=y_obs, velocity=vel[0],
+                       velocity_truth=vel[1])
     plt.close(fig)
     rows = _table_rows(result, truth, x_obs, y_obs)
     table = metrics.format_report(rows)
@@ -406,9 +415,57 @@ def cmd_demo(args):
 
 
 # ----------------------------------------------------------------------------- parser
+def cmd_jwst(args):
+    """Fuse NIRCam i2d images with a NIRSpec s3d cube (or the JWST toy) and print SyFu's validation."""
+    from . import jwst, metrics
+    from .io import jwst as iojwst
+
+    if args.toy:
+        imager, ifu, _ = jwst.make_toy(seed=args.seed)
+    else:
+        if not args.imager or not args.ifu:
+            raise InputError("give --imager I2D.fits [...] and --ifu S3D.fits, or --toy")
+        for f in list(args.imager) + [args.ifu]:
+            if not Path(f).is_file():
+                raise InputError(f"{f!r} does not exist")
+        imager = iojwst.stack_filters([iojwst.read_nircam_i2d(f) for f in args.imager])
+        ifu = iojwst.read_nirspec_s3d(args.ifu)
+    names = [str(f) for f in imager["filter"].values]
+    held = list(args.held_out or [])
+    keep = [f for f in names if f not in held]
+    opts = {k: v for k, v in (("mu", args.mu), ("rank", args.rank), ("gamma", args.gamma), ("max_iter", args.max_iter))
+            if v is not None}
+    result = jwst.fuse_jwst(imager, ifu, filters=keep, **opts)
+    a = result.attrs
+    print(f"fused {len(keep)} filters ({', '.join(keep)}) with {ifu.sizes['energy']} IFU channels: rank {a['rank']}, "
+          f"mu {a['mu']:g}, gamma {a['gamma']:g}, {a['n_iter']} iterations, {a['elapsed_s']:.1f} s")
+    print("cross-calibration factors (SyFu eq. 7): " + ", ".join(
+        f"{f} {c:.4f}" for f, c in zip(keep, result["cross_calibration"].values)))
+    ym = imager.sel(filter=keep)["data"].transpose("x", "y", "filter").values
+    v = metrics.jwst_validation(ym, ifu["data"].transpose("x", "y", "energy").values, result["flux"].values,
+                                result["response"].values, filters=keep,
+                                imager_mask=imager.sel(filter=keep)["mask"].transpose("x", "y", "filter").values,
+                                ifu_mask=ifu["mask"].transpose("x", "y", "energy").values)
+    rows = {f: dict(v["filters"][f], used="yes") for f in keep}
+    if held:
+        R = jwst.filter_response(held, jwst._edges(ifu))
+        yh = imager.sel(filter=held)["data"].transpose("x", "y", "filter").values
+        _, R = jwst.cross_calibrate(yh, ifu["data"].transpose("x", "y", "energy").values, R)
+        pred = result["flux"].values.astype(float) @ R
+        for i, f in enumerate(held):
+            rows[f] = {"psnr_db": metrics.psnr(yh[..., i], pred[..., i]),
+                       "ssim": metrics.ssim_image(yh[..., i], pred[..., i]), "used": "held out"}
+    print(metrics.format_report(rows, name_header="filter"))
+    print(f"mean spectrum vs the IFU: max relative error {v['mean_spectrum_max_rel_error']:.4f}")
+    if args.output:
+        _write(result, args.output, overwrite=False)
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
 def build_parser():
     from . import __version__
-    from .fuse import FULL_METHODS, REGULARIZATIONS, SUBSPACE_METHODS
+    from . import registry
     from .toy import NAMES
 
     p = argparse.ArgumentParser(
@@ -435,6 +492,9 @@ def build_parser():
     d.add_argument("--max-iter", type=int, default=None, metavar="N",
                    help="maximum number of iterations (default: the method's, 50 for EM)")
     d.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    d.add_argument("--replicas", type=int, default=2, metavar="N",
+                   help="bootstrap replicas behind the velocity error map of the summary (default 2: a rough "
+                        "map; 20 for numbers you quote; 0: no velocity row)")
     d.set_defaults(func=cmd_demo)
 
     f = sub.add_parser(
@@ -446,9 +506,12 @@ def build_parser():
         epilog="config file (TOML) example:\n"
                '  regularization = "wavelet2d1d"\n  method = "em"\n  max_iter = 50\n  tol = 1e-4\n'
                '  checkpoint = "run.ckpt.zarr"   # relative to the config file\n  checkpoint_every = 10\n'
-               "  [options]\n  k = 1.0\n  n_scales_1d = 5\n")
+               "  [options]\n  k = 1.0\n  n_scales_1d = 5\n\n" + registry.help_text())
     f.add_argument("a", metavar="A.zarr", help="first observation store")
     f.add_argument("b", metavar="B.zarr", help="second observation store")
+    f.add_argument("more", metavar="C.zarr", nargs="*",
+                   help="further observation stores on the fused pixels or the fused channels (e.g. MOS1, MOS2 "
+                        "beside pn and Resolve): their Poisson terms join the likelihood (in memory only)")
     f.add_argument("-o", "--output", required=True, metavar="OUT.zarr",
                    help="result store to write (new; written to a temporary sibling and renamed when complete)")
     f.add_argument("--overwrite", action="store_true",
@@ -456,10 +519,13 @@ def build_parser():
     f.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with keys regularization, method, max_iter, tol, checkpoint, checkpoint_every, "
                         "resume, dtype and an [options] table")
-    f.add_argument("--regularization", choices=REGULARIZATIONS, default=None,
-                   help="prior on the fused cube (default: wavelet2d1d, sparsity in 2D x 1D starlets)")
-    f.add_argument("--method", choices=FULL_METHODS + SUBSPACE_METHODS, default=None,
-                   help="solver: em or ista for wavelet2d1d/none (default em); fista for the lowrank family")
+    f.add_argument("--regularization", choices=registry.REGULARIZATIONS + ("auto",), default=None,
+                   help="prior on the fused cube (default: wavelet2d1d, sparsity in 2D x 1D starlets; 'auto': "
+                        "wavelet2d1d or none, whichever predicts held-out counts best; see the list below)")
+    f.add_argument("--method", choices=registry.METHODS, default=None,
+                   help="solver: " + "; ".join(f"{', '.join(registry.methods_for(fam))} for the {fam}-cube "
+                                               f"regularizations (default {registry.methods_for(fam)[0]})"
+                                               for fam in (registry.FULL, registry.SUBSPACE)))
     f.add_argument("--max-iter", dest="max_iter", type=int, default=None, metavar="N",
                    help="maximum number of iterations (default per method: em 50, ista 2000, fista 300)")
     f.add_argument("--tol", type=float, default=None, metavar="T",
@@ -528,6 +594,24 @@ def build_parser():
                     help="fused-pixel indices whose spectra to show, repeatable (default: the brightest and a "
                          "typical source pixel)")
     pl.set_defaults(func=cmd_plot)
+
+    j = sub.add_parser(
+        "jwst", formatter_class=_Formatter, help="fuse JWST NIRCam images with a NIRSpec IFU cube",
+        description="Fuse co-registered NIRCam i2d images (resampled to 1/3 of the NIRSpec spaxel, same field)\n"
+                    "with a NIRSpec s3d cube (MJy/sr, wavelength in um), or the JWST toy (--toy), and print\n"
+                    "SyFu's checks: cross-calibration factors, PSNR (dB) and SSIM of every filter image of the\n"
+                    "fused cube against NIRCam (held-out filters too), the mean spectrum against NIRSpec.")
+    j.add_argument("--imager", nargs="+", metavar="I2D.fits", help="NIRCam images, one per filter")
+    j.add_argument("--ifu", metavar="S3D.fits", help="NIRSpec IFU cube")
+    j.add_argument("--toy", action="store_true", help="use the JWST toy (xfusion.jwst.make_toy) instead of files")
+    j.add_argument("--seed", type=int, default=0, help="seed of the toy (default: 0)")
+    j.add_argument("--held-out", nargs="+", metavar="FILTER", help="filters left out of the fusion and predicted")
+    j.add_argument("--mu", type=float, default=None, help="Sobolev weight (default: xfusion.jwst.DEFAULT_MU)")
+    j.add_argument("--rank", type=int, default=None, help="subspace rank (default: min(5, filters + 1))")
+    j.add_argument("--gamma", type=float, default=None, help="relative weight of the IFU data term (default: 1)")
+    j.add_argument("--max-iter", type=int, default=None, help="iteration limit (default: 300)")
+    j.add_argument("-o", "--output", metavar="OUT.zarr", default=None, help="write the fused result (new store)")
+    j.set_defaults(func=cmd_jwst)
     return p
 
 

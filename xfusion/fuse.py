@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import nullcontext
+from dataclasses import dataclass
 import json
 import time
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -12,46 +14,37 @@ from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
-from .likelihood import PoissonLikelihood, PoissonTerm, free_voxels, support_by_channel, support_in_memory
+from .likelihood import PoissonLikelihood, free_voxels, make_term, support_by_channel, support_in_memory
 from .observation import CUBE_DIMS, energy_edges
 from .operators.model import build_model
 from . import parallel
+from . import start as start_mod
 from .regularizers import lowrank as lowrank_mod
-from .regularizers.sobolev import Sobolev
-from .regularizers.sparsity import Wavelet2D, Wavelet2D1D
 from .solvers.em import EMProx
 from .solvers.ista import ISTA
 from .solvers.loop import run
 from .solvers.subspace import SubspaceFISTA
 
-#: Dask layout of the PSF operators on the full-cube path (xfusion.parallel_em): halos on the pixel blocks.
-#: Measured per wavelet2d1d iteration (benchmarks/layouts.py --full, 64-pixel blocks, 2 cores), halo vs
-#: rechunk: 256x256x4096 threads 17.1 vs 16.5 s and 19.0 vs 15.2 s (two runs), LocalCluster 1 worker
-#: 42.5 vs 43.7 s, 2 workers 28.9 vs 31.4 s; 256x256x2048 threads 8.1 vs 8.4 s, 2 workers 14.7 vs 16.4 s.
-#: Halos win on the cluster and tie on threads, where slabs take 40-50% more peak memory.
-DEFAULT_LAYOUT = "halo"
-REGULARIZATIONS = ("wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none")
-FULL_METHODS, SUBSPACE_METHODS = ("em", "ista"), ("fista",)
+from . import registry
+from .registry.options import DEFAULT_LAYOUT  # noqa: F401  (re-exported: the Dask layout default)
+from .registry.wavelet2d1d import AUTO_COUNTS_SPLIT, auto_wavelet_params as _auto_wavelet_params  # noqa: F401
+
 FLUX_UNITS = "ph cm-2 s-1"
 
+# Views of the registry (xfusion/registry/: one file per regularization and method) for the code and the tests
+# that read tables: the names, the families' methods, the options with their defaults, the iteration caps.
+REGULARIZATIONS = registry.REGULARIZATIONS
+FULL_METHODS, SUBSPACE_METHODS = registry.methods_for(registry.FULL), registry.methods_for(registry.SUBSPACE)
 #: options accepted per regularization, with defaults (the paper's where it gives one)
-OPTION_DEFAULTS = {
-    "wavelet2d1d": {"n_scales_2d": 1, "n_scales_1d": "auto", "k": "auto", "k_rule": "constant", "k_min": 0.5,
-                    "k_max": 3.0, "null_space": "auto", "per_band": True, "chunks": None,
-                    "layout": DEFAULT_LAYOUT},
-    "lowrank": {"rank": 10, "explained": None, "precondition": True, "chunks": None},
-    "lowrank_sobolev": {"rank": 10, "explained": None, "mu": 0.01, "precondition": True, "chunks": None},
-    "lowrank_wavelet2d": {"rank": 10, "explained": None, "n_scales_2d": 2, "k": 1.0, "precondition": True,
-                          "chunks": None},
-    "none": {"chunks": None, "layout": DEFAULT_LAYOUT},
-}
-METHOD_OPTIONS = {"ista": {"step": None}, "em": {}, "fista": {}}
-MAX_ITER = {"em": 50, "ista": 2000, "fista": 300}
+OPTION_DEFAULTS = {n: registry.regularization(n).options.defaults() for n in REGULARIZATIONS}
+METHOD_OPTIONS = {n: registry.method(n).options.defaults() for n in registry.METHODS}
+MAX_ITER = {n: registry.method(n).max_iter for n in registry.METHODS}
 #: the unregularized options are regularized by early stopping (measured on gaussian_rebin: plain RL
 #: peaks at iteration 4-5, 15.5 dB, then falls to 9.3 dB at 30; plain low rank peaks at ~40 on
 #: gaussian_rebin, 17.1 dB, and falls to 6.8 dB after 300 on small). Since thinning (xfusion.tuning), the
 #: default for "none" is max_iter="auto" and these counts are only the fallback on Dask-backed data.
-EARLY_STOP = {"none": 5, "lowrank": 30}
+EARLY_STOP = {n: registry.regularization(n).early_stop for n in REGULARIZATIONS
+              if registry.regularization(n).early_stop is not None}
 
 
 def _is_real(v):
@@ -73,99 +66,40 @@ def _max_scales(n):
 
 
 def _resolve(regularization, method, options):
-    if regularization not in REGULARIZATIONS:
-        raise ValueError(f"unknown regularization {regularization!r}; choose one of {', '.join(REGULARIZATIONS)}")
-    lowrank = regularization.startswith("lowrank")
-    allowed = SUBSPACE_METHODS if lowrank else FULL_METHODS
+    """Look the regularization and method up in the registry, merge and validate the options; return
+    ``(method, params, lowrank)`` (``lowrank``: the subspace family)."""
+    spec = registry.regularization(regularization)
+    allowed = registry.methods_for(spec.family)
     method = method or allowed[0]
     if method not in allowed:
         raise ValueError(f"method {method!r} does not apply to regularization {regularization!r}; use one of {allowed}")
-    params = dict(OPTION_DEFAULTS[regularization])
-    params.update(METHOD_OPTIONS[method])
+    mspec = registry.method(method)
+    params = spec.options.defaults()
+    params.update(mspec.options.defaults())
     unknown = set(options) - set(params)
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)} for regularization={regularization!r}, "
                         f"method={method!r}; valid options: {sorted(params)}")
     params.update(options)
-    for key in ("mu", "k", "k_min", "k_max"):
-        if key in params and params[key] != "auto" and not (_is_real(params[key]) and params[key] >= 0):
-            raise ValueError(f"option {key} must be a number >= 0 (finite, not a bool); got {params[key]!r}")
-    for key in ("rank", "n_scales_2d", "n_scales_1d"):
-        if key in params and params[key] != "auto" and not (_is_int(params[key]) and params[key] >= 1):
-            raise ValueError(f"option {key} must be an integer >= 1 (not a bool or float); got {params[key]!r}")
-    if "k_min" in params and params["k_min"] > params["k_max"]:
-        raise ValueError(f"option k_min={params['k_min']!r} exceeds k_max={params['k_max']!r}; the sigmoid rule "
-                         "needs k_min <= k_max")
-    for key in ("per_band", "precondition"):
-        if key in params and not isinstance(params[key], (bool, np.bool_)):
-            raise ValueError(f"option {key} must be True or False; got {params[key]!r}")
-    if params.get("explained") is not None and not (_is_real(params["explained"]) and 0 < params["explained"] <= 1):
-        raise ValueError(f"option explained must be a fraction of the spectral variance in (0, 1] (e.g. 0.999) or "
-                         f"None; got {params['explained']!r}")
-    if params.get("step") is not None and not (_is_real(params["step"]) and params["step"] > 0):
-        raise ValueError(f"option step must be > 0 (a finite number); got {params['step']!r}")
-    chunks = params.get("chunks")
-    if chunks is not None and not (isinstance(chunks, (tuple, list)) and len(chunks) == 2
-                                   and all(_is_int(c) and c >= 1 for c in chunks)):
-        raise ValueError(f"option chunks must be two positive integers (pixel block along x and y); got {chunks!r}")
-    if "layout" in params and params["layout"] not in ("halo", "rechunk"):
-        raise ValueError(f"option layout must be 'halo' or 'rechunk' (Dask path: PSF operators on pixel blocks "
-                         f"with halos, or on full-field channel slabs); got {params['layout']!r}")
-    return method, params, lowrank
-
-
-#: photon statistics that separate the two automatic wavelet settings (mean counts per
-#: sharp-spectral voxel; gaussian_rebin has 4.6, realistic_rebin 56, gaussian_rebin x10 46)
-AUTO_COUNTS_SPLIT = 15.0
-
-
-def _auto_wavelet_params(params, yd, client):
-    """Resolve ``k="auto"`` / ``n_scales_1d="auto"`` from the photon statistics of Y, in place.
-
-    Since thinning this rule is only the fallback on Dask-backed data (``xfusion.tuning.auto_settings``
-    resolves "auto" in memory; ``null_space="auto"`` becomes "zero" here). It was fitted on three toys
-    and fails on unseen scenes (issue 13: 5.6 dB on an SNR shell where plain RL reaches 11 dB).
-
-    Measured on the toys (NMSE, dB): at Table 1 counts (4.6 counts per Y voxel) k=1 with
-    5 energy scales in the zeroed null-space bands gives 16.1 (k=0.5 with 3 scales: 15.4);
-    at ~50 counts per voxel k=0.5 with 2 scales gives 21.7 on gaussian_rebin x10 (3 scales:
-    20.5; k=1, 5 scales: 18.2) and 19.1 on realistic_rebin (3 scales: 17.1; k=1, 5 scales:
-    14.9). Brighter data carry information at finer spectral scales, so fewer bands are
-    treated as invisible and the threshold is lower.
-    """
-    if "auto" not in (params["k"], params["n_scales_1d"]):
-        return
-    total = parallel.compute(yd.sum(dtype=np.float64), client) if parallel.is_dask(yd) else yd.sum(dtype=np.float64)
-    per_voxel = float(total) / yd.size
-    bright = per_voxel >= AUTO_COUNTS_SPLIT
-    params["auto_counts_per_voxel"] = per_voxel
-    if params["k"] == "auto":
-        params["k"] = 0.5 if bright else 1.0
-    if params["n_scales_1d"] == "auto":
-        params["n_scales_1d"] = 2 if bright else 5
+    spec.options.validate(params)
+    mspec.options.validate(params)
+    return method, params, spec.family == registry.SUBSPACE
 
 
 def _auto_chunks(grid, shape, dt, regularization, params, client):
     """Pixel block of the Dask path from the cube shape, the kernels and the memory per task.
 
-    Temporaries per task, in chunk-sized float32 copies: the low-rank block term works in
-    float64 (model, ratio, masked copies: ~10); the EM + 2D-1D starlet block holds the
-    (J2+1)(J1+1) coefficient cubes plus the iterate and FFT buffers (~(J2+1)(J1+2)+4; J1=5
-    when automatic); plain EM ~6. Halos: the PSF radius (``layout="halo"``) and the 2D
-    starlet's 2 (2^J2 - 1) pixels set ``min_block = 4 * halo``.
+    Temporaries per task, in chunk-sized float32 copies, and the prior's halo come from the registry
+    (``copies``, ``halo``): the low-rank block term works in float64 (model, ratio, masked copies:
+    ~10); the EM + 2D-1D starlet block holds the (J2+1)(J1+1) coefficient cubes plus the iterate
+    and FFT buffers (~(J2+1)(J1+2)+4; J1=5 when automatic); plain EM ~6. Halos: the PSF radius
+    (full cube, ``layout="halo"``) and the prior's (2D starlet: 2 (2^J2 - 1) pixels) set
+    ``min_block = 4 * halo``.
     """
-    if regularization.startswith("lowrank"):
-        copies, halo = 10, 0
-    else:
-        halo = 0
-        if params.get("layout", "halo") == "halo" and "psf" in grid:
-            halo = max(grid["psf"].sizes["psf_x"], grid["psf"].sizes["psf_y"]) // 2
-        copies = 6
-        if regularization == "wavelet2d1d":
-            n2 = params["n_scales_2d"]
-            n1 = 5 if params["n_scales_1d"] == "auto" else params["n_scales_1d"]
-            copies = (n2 + 1) * (n1 + 2) + 4
-            halo = max(halo, 2 * (2 ** n2 - 1))
+    spec = registry.regularization(regularization)
+    copies, halo = spec.copies(params), spec.halo(params)
+    if spec.family == registry.FULL and params.get("layout", "halo") == "halo" and "psf" in grid:
+        halo = max(halo, max(grid["psf"].sizes["psf_x"], grid["psf"].sizes["psf_y"]) // 2)
     return parallel.pixel_block(shape, dt.itemsize, grid.attrs["spatial_factor"], min_block=4 * halo, copies=copies,
                                 memory=parallel.task_memory(client))
 
@@ -249,30 +183,62 @@ HISTORY_ATTRS = {
 }
 
 
-def _precheck(obs_a, obs_b, params, lowrank):
+def _precheck(observations, params, lowrank):
     """Checks of the problem that need only the observations, run before any work: plausible exposure x area,
     starlet scales that fit the grid, instruments that see something, and (in memory) counts that some flux can
-    explain. Returns the problem it built, ``(grid, x_obs, y_obs, names, mx, my, sums)`` (unscaled models; ``sums``:
-    total counts (X, Y) of in-memory data, None for Dask-backed data, checked in ``_fuse``), so it is built once."""
-    grid = fusion_grid(obs_a, obs_b)
-    x_obs, y_obs, _ = assign_roles(obs_a, obs_b)
-    names = (grid.attrs["spatial_obs"], grid.attrs["spectral_obs"])
-    _check_exposure(names, (x_obs, y_obs))
-    mx, my = build_model(grid, x_obs, SPATIAL), build_model(grid, y_obs, SPECTRAL)
-    _check_scales(params, mx.fused_shape)
-    _check_sees(names, (mx, my))
-    problem = (grid, x_obs, y_obs, names, mx, my)
-    if parallel.is_dask(x_obs["counts"]) or parallel.is_dask(y_obs["counts"]):
-        return (*problem, None)
+    explain. Returns the problem it built, ``(grid, obs, names, models, sums)`` as lists (sharp-spatial first, then
+    sharp-spectral, then any further inputs in their order; unscaled models; ``sums``: total counts of in-memory
+    data, None for Dask-backed data, checked in ``_fuse``), so it is built once. The first two observations set the
+    fused grid (:func:`xfusion.fusion_grid`); each further one must share its pixels or its channels
+    (:func:`_extra_model`)."""
+    grid = fusion_grid(observations[0], observations[1])
+    x_obs, y_obs, _ = assign_roles(observations[0], observations[1])
+    obs = [x_obs, y_obs, *observations[2:]]
+    names = [grid.attrs["spatial_obs"], grid.attrs["spectral_obs"]] + [
+        str(o.attrs.get("name", f"observation {i + 1}")) for i, o in enumerate(observations[2:], start=2)]
+    _check_exposure(names, obs)
+    models = [build_model(grid, x_obs, SPATIAL), build_model(grid, y_obs, SPECTRAL)] + [
+        _extra_model(grid, o, n) for o, n in zip(observations[2:], names[2:])]
+    _check_scales(params, models[0].fused_shape)
+    _check_sees(names, models)
+    if any(parallel.is_dask(o["counts"]) for o in obs):
+        return grid, obs, names, models, None
     sums = []
-    for name, obs, model in zip(names, (x_obs, y_obs), (mx, my)):
-        term = PoissonTerm(model, obs["counts"].values, obs["mask"].values if "mask" in obs else None, np.float64)
-        support_in_memory(term, name, energy_edges(obs))
+    for name, o, model in zip(names, obs, models):
+        term = make_term(o, model, np.float64)
+        support_in_memory(term, name, energy_edges(o))
         sums.append(float(np.sum(term.data if term.weight is None else term.data * term.weight, dtype=np.float64)))
     if lowrank and sums[1] == 0 and sums[0] > 0:
         raise ValueError(f"'{names[1]}' has no counts: the low-rank basis is estimated from its spectra, so there is "
                          "no spectral subspace; use regularization='wavelet2d1d'")
-    return (*problem, tuple(sums))
+    return grid, obs, names, models, sums
+
+
+def _extra_model(grid, obs, name):
+    """Instrument model of an observation beyond the two that set the fused grid (e.g. MOS1 and MOS2 beside pn and
+    Resolve): on the fused pixels (same x, y: modelled like the sharp-spatial one, its own response and area) or on
+    the fused channels (same energy edges: like the sharp-spectral one, with its own PSF, pixel rebinning and area).
+    Anything else is refused with what to change."""
+    from .grid import psf_on_grid
+    from .observation import is_pixel_observation, pixel_size, validate
+
+    validate(obs)
+    if is_pixel_observation(obs):
+        raise NotImplementedError(f"'{name}': a detector-pixel observation can only be one of the first two inputs "
+                                  "(the sharp-spectral one) for now")
+    same = lambda a, b: a.shape == b.shape and np.allclose(a, b, rtol=1e-6, atol=0)  # noqa: E731
+    if same(obs["x"].values, grid["x"].values) and same(obs["y"].values, grid["y"].values):
+        return build_model(grid, obs, SPATIAL)
+    if same(energy_edges(obs), energy_edges(grid)):
+        g = grid.drop_vars("psf") if "psf" in grid else grid
+        if "psf" in obs:
+            g = g.assign(psf=psf_on_grid(obs["psf"], pixel_size(grid)))
+        return build_model(g, obs, SPECTRAL)
+    raise ValueError(f"'{name}' shares neither the fused pixels ({grid.sizes['x']}x{grid.sizes['y']} of "
+                     f"{grid.attrs['pixel_size']} arcsec from '{grid.attrs['spatial_obs']}') nor the fused channels "
+                     f"({grid.sizes['energy']} from '{grid.attrs['spectral_obs']}'): give the first two observations "
+                     "the finest pixels and the finest channels, and put further ones on the same pixel grid or the "
+                     "same channels (reproject or regroup them)")
 
 
 def _check_scales(params, shape):
@@ -356,10 +322,11 @@ def _mark_unconstrained(ds, free):
     return ds
 
 
-def _zero_result(grid, x_obs, y_obs, xd, yd, scale, params, lowrank, use_dask, elapsed):
+def _zero_result(problem, params, lowrank, elapsed):
     """Both observations have no counts: the maximum-likelihood flux is 0 everywhere (exactly, no iteration)."""
-    shape = (grid.sizes["x"], grid.sizes["y"], grid.sizes["energy"])
-    if use_dask:
+    grid, (x_obs, y_obs), (xd, yd) = problem.grid, problem.observations[:2], problem.data[:2]
+    shape = problem.shape
+    if problem.use_dask:
         import dask.array as da
 
         def zeros(sh, like):
@@ -372,39 +339,65 @@ def _zero_result(grid, x_obs, y_obs, xd, yd, scale, params, lowrank, use_dask, e
     if lowrank:  # one flat component, zero maps
         basis = np.full((1, shape[2]), 1 / np.sqrt(shape[2]))
         coeffs = np.zeros(shape[:2] + (1,), np.float32)
+    extras = [(i, o, np.zeros(d.shape, np.float32), d) for i, (o, d) in
+              enumerate(zip(problem.observations, problem.data)) if i >= 2]
     ds = _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, xd.astype(np.float32), yd.astype(np.float32), history,
-                   basis, coeffs, scale, params, 0, True, elapsed, 0.0, backend="dask" if use_dask else "numpy",
-                   negative_fraction=0.0)
+                   basis, coeffs, problem.scale, params, 0, True, elapsed, 0.0,
+                   backend="dask" if problem.use_dask else "numpy", negative_fraction=0.0, extras=extras)
     ds.attrs["note"] = "both observations have zero counts: the maximum-likelihood flux is 0 everywhere"
     ds.attrs["unconstrained_voxels"] = 0
     return ds
 
 
-def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=None, tol=1e-4, checkpoint=None,
+def fuse(*observations, regularization="wavelet2d1d", method=None, max_iter=None, tol=1e-4, checkpoint=None,
          checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None,
-         **options) -> xr.Dataset:
-    """Fuse two observations (any order) into one cube on the fused grid.
+         init=None, settings=None, **options) -> xr.Dataset:
+    """Fuse observations (two in any order, or more) into one cube on the fused grid.
 
     Parameters
     ----------
-    obs_a, obs_b : xarray.Dataset
-        Observations (:func:`xfusion.observation`); which one is sharp in space and which in
-        energy is read from their coordinates.
-    regularization : {"wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none"}
-        The prior phi(Z). ``wavelet2d1d`` (default): l1 norm of the 2D-1D starlet
-        coefficients (2D on each channel, then 1D along each spectrum), soft-thresholded at k
+    *observations : xarray.Dataset
+        Observations (:func:`xfusion.observation`); of the first two, which one is sharp in space
+        and which in energy is read from their coordinates, and they set the fused grid. Further
+        observations (e.g. MOS1 and MOS2 beside pn and Resolve) join the same likelihood -- their
+        Poisson terms add -- and must lie on the fused pixels or on the fused channels; their
+        predicted and observed counts are returned as ``model_obsI`` / ``counts_obsI`` (I their
+        position, from 0). In memory only; "auto" options are tuned on the first two.
+    regularization : {"wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none", "anscombe2d1d", "auto"}
+        The prior phi(Z), one of the registry's (:mod:`xfusion.registry`: one file each, with
+        its options), or ``"auto"``: tuned ``wavelet2d1d`` or ``none`` (RL stopped early),
+        whichever predicts held-out counts best (:func:`xfusion.tuning.resolve_auto`; the choice
+        is the recorded ``regularization``, the curve ``parameters["auto_tuning"]``).
+        ``wavelet2d1d`` (default): l1 norm of the 2D-1D starlet coefficients (2D on each channel, then 1D along each spectrum), soft-thresholded at k
         noise sigmas. ``lowrank``: Z = W V with V the mean and leading principal components of
         the sharp-spectral spectra (regularized by early stopping). ``lowrank_sobolev``: plus
         a spatial smoothness penalty on W. ``lowrank_wavelet2d``: plus a 2D starlet l1 penalty
         on W. ``none``: plain two-instrument Richardson-Lucy with early stopping.
+        ``anscombe2d1d``: the 2D-1D starlet prior on the variance-stabilized cube
+        ``2 sqrt(z + 3/8)`` (in memory only).
     method : {"em", "ista"} for full-cube regularizations (default "em"); "fista" for the
-        low-rank family. See :mod:`xfusion.solvers`.
+        low-rank family. See :mod:`xfusion.solvers`. The early-stopping iteration counts of
+        ``none`` and ``lowrank`` apply to EM and FISTA, not to fixed-step ISTA (its own cap).
     max_iter, tol : iteration cap (default per method: em 50, ista 2000, fista 300; for the
         unregularized options: ``none`` "auto" (the early-stopping iteration chosen by Poisson
         thinning, see :mod:`xfusion.tuning`), ``lowrank`` 30 ("auto" accepted)) and the relative
         objective change (> 0) at which to stop; ``tol=None`` runs all ``max_iter`` iterations.
     checkpoint, checkpoint_every, resume : Zarr store path written every k iterations;
         ``resume=True`` continues an interrupted run from it (same result as uninterrupted).
+    init : optional warm start: a previous result (Dataset with ``flux``, ph cm-2 s-1) or a flux
+        DataArray (x, y, energy) on the fused grid of these observations (same sizes and
+        coordinates; a different grid raises ``ValueError``). The iteration starts there instead of
+        from a flat cube: full-cube methods from its flux (EM is multiplicative, so voxels at exactly
+        0 start at ``xfusion.start.INIT_FLOOR`` x the mean level instead); the low-rank family from its
+        ``coefficients`` when its ``basis`` equals the one estimated now, else from the projection
+        of its cube (``coefficients @ basis``, or ``flux``) onto the new basis. Never modified or
+        aliased; recorded in ``parameters`` (key ``init``: source and SHA-256 of the flux) and in
+        the checkpoint fingerprint. ``resume`` from a checkpoint takes precedence.
+    settings : optional previous result (or the dict :func:`settings_of` returns): fuse with all the
+        settings it recorded -- regularization, method, dtype, tol, max_iter and every option, with
+        the values "auto" chose (no re-tuning). Options passed here, and ``max_iter``, ``tol``,
+        ``dtype`` when given with non-default values, override the recorded ones; a different
+        ``regularization`` or ``method`` raises ``ValueError``.
     progress : show a tqdm bar (iteration, objective, relative change).
     callback : ``f(iteration, state) -> bool`` called every iteration (True stops).
     dtype : "float32" (default) or "float64" for the iterate.
@@ -486,19 +479,80 @@ def fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=No
     # 1.3 -> 0.53 s/it); with a cluster, the client's small subspace/eigen computations then give the
     # same bits whatever BLAS threading the client process has (FISTA amplifies 1-ulp differences
     # to ~3e-5 in 30 iterations). distributed workers already start with one BLAS thread.
+    if len(observations) < 2:
+        raise TypeError(f"fuse needs at least two observations (one sharp in space, one sharp in energy); got "
+                        f"{len(observations)}")
     on_dask = client is not None or any(
-        isinstance(o, xr.Dataset) and "counts" in o and parallel.is_dask(o["counts"]) for o in (obs_a, obs_b))
+        isinstance(o, xr.Dataset) and "counts" in o and parallel.is_dask(o["counts"]) for o in observations)
+    if settings is not None:
+        regularization, method, max_iter, tol, dtype, options = _apply_settings(
+            settings, regularization, method, max_iter, tol, dtype, options)
     with threadpool_limits(limits=1, user_api="blas") if on_dask else nullcontext():
-        return _fuse(obs_a, obs_b, regularization=regularization, method=method, max_iter=max_iter, tol=tol,
+        return _fuse(*observations, regularization=regularization, method=method, max_iter=max_iter, tol=tol,
                      checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                     callback=callback, dtype=dtype, client=client, **options)
+                     callback=callback, dtype=dtype, client=client, init=init, **options)
 
 
-def _fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=None, tol=1e-4, checkpoint=None,
-         checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None,
+#: keyword arguments of :func:`fuse` that :func:`settings_of` returns besides the options
+SETTING_KEYS = ("regularization", "method", "dtype", "tol", "max_iter")
+
+
+def settings_of(result) -> dict:
+    """Every setting a result of :func:`fuse` was computed with, as keyword arguments of :func:`fuse`.
+
+    ``result``: a Dataset returned by :func:`fuse` (or read back from its Zarr store). Returns
+    ``{"regularization", "method", "dtype", "tol", "max_iter", <options>}`` with the values used --
+    those "auto" chose (``k``, ``n_scales_1d``, ``null_space``, ``rank``, ``mu``, the early-stopping
+    ``max_iter``), ISTA's step -- so ``fuse(a, b, **settings_of(result))`` (or ``settings=result``)
+    refits other data (e.g. bootstrap replicas) with the same tuned settings and no re-tuning.
+    Diagnostics (``auto_tuning``, the warm start ``init``) are not settings and are left out.
+    """
+    if isinstance(result, dict):
+        rec = dict(result)
+    elif isinstance(result, xr.Dataset) and "parameters" in result.attrs:
+        rec = json.loads(result.attrs["parameters"])
+    else:
+        raise ValueError("settings_of needs a result of xfusion.fuse (a Dataset with a 'parameters' attribute) or "
+                         f"the dict settings_of returned; got {type(result).__name__}")
+    missing = [k for k in ("regularization", "method") if k not in rec]
+    if missing:
+        raise ValueError(f"the recorded settings lack {missing}: not a result of xfusion.fuse")
+    reg, method = rec["regularization"], rec["method"]
+    method, params, _ = _resolve(reg, method, {})
+    out = {"regularization": reg, "method": method}
+    for k in ("dtype", "tol", "max_iter"):
+        if k in rec:
+            out[k] = rec[k]
+    for k in params:
+        if k in rec:
+            v = rec[k]
+            out[k] = tuple(v) if k == "chunks" and isinstance(v, list) else v
+    return out
+
+
+def _apply_settings(settings, regularization, method, max_iter, tol, dtype, options):
+    """Merge the recorded ``settings`` with the explicit arguments of :func:`fuse` (see its docstring)."""
+    rec = settings_of(settings)
+    for key, given, default in (("regularization", regularization, "wavelet2d1d"), ("method", method, None)):
+        if given != default and given != rec[key]:
+            raise ValueError(f"settings= records {key}={rec[key]!r} but {key}={given!r} was passed; drop one of them")
+    max_iter = rec.get("max_iter") if max_iter is None else max_iter
+    tol = rec.get("tol", tol) if tol == 1e-4 else tol
+    dtype = rec.get("dtype", dtype) if dtype == "float32" else dtype
+    opts = {k: v for k, v in rec.items() if k not in SETTING_KEYS}
+    opts.update(options)
+    return rec["regularization"], rec["method"], max_iter, tol, dtype, opts
+
+
+def _fuse(*observations, regularization="wavelet2d1d", method=None, max_iter=None, tol=1e-4, checkpoint=None,
+         checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None, init=None,
          **options) -> xr.Dataset:
     """:func:`fuse` (BLAS threading already set)."""
     t_start = time.perf_counter()
+    auto_record = None
+    if regularization == "auto":
+        regularization, max_iter, options, auto_record = _choose_regularization(observations, max_iter, tol, dtype,
+                                                                                client, options)
     method, params, lowrank = _resolve(regularization, method, options)
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -508,198 +562,313 @@ def _fuse(obs_a, obs_b, *, regularization="wavelet2d1d", method=None, max_iter=N
     if tol is not None and not (_is_real(tol) and tol > 0):
         raise ValueError(f"tol must be > 0 (relative objective change, a finite number); got {tol!r}. Use tol=None "
                          "to run all max_iter iterations")
+    spec, mspec = registry.regularization(regularization), registry.method(method)
+    # priors regularized by early stopping (none, lowrank) set the cap of the methods whose early iterates are
+    # the smooth ones (EM, FISTA; not fixed-step ISTA): thinning picks the RL iteration ("auto"), low rank keeps
+    # its measured count ("auto" opt-in: see xfusion.tuning)
+    early = mspec.early_stopping and spec.early_stop is not None
     if max_iter is None:
-        # thinning picks the RL iteration; low rank keeps its measured count ("auto" opt-in: see xfusion.tuning)
-        max_iter = "auto" if regularization == "none" else EARLY_STOP.get(regularization, MAX_ITER[method])
-    if not (max_iter == "auto" and regularization in EARLY_STOP) and not (_is_int(max_iter) and max_iter >= 0):
+        max_iter = spec.max_iter if early and spec.max_iter is not None else mspec.max_iter
+    if not (max_iter == "auto" and early) and not (_is_int(max_iter) and max_iter >= 0):
+        auto_ok = ", ".join(f"'{n}'" for n in EARLY_STOP)
         raise ValueError(f"max_iter must be an integer >= 0 (not a bool or float, never truncated) or 'auto' (for "
-                         f"regularization 'none' or 'lowrank'); got {max_iter!r}")
-    for i, o in enumerate((obs_a, obs_b)):
+                         f"regularization {auto_ok} with method em/fista); got {max_iter!r}")
+    for i, o in enumerate(observations):
         if isinstance(o, xr.Dataset) and "counts" in o and 0 in o["counts"].shape:
-            raise ValueError(f"observation {'ab'[i]} ('{o.attrs.get('name', '?')}') has an empty counts cube (sizes "
+            label = "ab"[i] if i < 2 else i + 1
+            raise ValueError(f"observation {label} ('{o.attrs.get('name', '?')}') has an empty counts cube (sizes "
                              f"{dict(o['counts'].sizes)}); select a region and band that contain pixels and channels")
     # "auto" settings: chosen by Poisson thinning (xfusion.tuning), recorded in the parameters
     from .tuning import auto_settings
 
-    on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in (obs_a, obs_b)
+    on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in observations
                                         if isinstance(o, xr.Dataset) and "counts" in o)
+    if on_dask and len(observations) > 2:
+        raise NotImplementedError("more than two observations run in memory only for now; load them (.load()) and "
+                                  "fuse without a client")
     # degenerate inputs refused before any work (tuning included); the grid and models are built once, here
-    grid, x_obs, y_obs, names, mx, my, sums = _precheck(obs_a, obs_b, params, lowrank)
-    no_counts = sums is not None and 0.0 in sums  # nothing to thin: the fallbacks of the Dask path apply
-    max_iter, tuned = auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, dt.name,
+    grid, obs, names, models, sums = _precheck(observations, params, lowrank)
+    start = None if init is None else start_mod.check_init(init, grid, client)
+    no_counts = sums is not None and 0.0 in sums[:2]  # nothing to thin: the fallbacks of the Dask path apply
+    max_iter, tuned = auto_settings(observations[0], observations[1], regularization, method, params, max_iter, tol,
+                                    dt.name,
                                     on_dask or no_counts)
     if no_counts and tuned is not None:
         tuned["method"] = "fallback (an observation has no counts: nothing to thin)"
+    if tuned is not None and len(observations) > 2:
+        tuned["observations"] = "the first two (thinning of more inputs is not implemented)"
+    if auto_record is not None:  # regularization="auto": its choice is the record (nothing else was tuned)
+        tuned = auto_record if tuned is None else dict(auto_record, options=tuned)
     if tuned is not None:
         params["auto_tuning"] = tuned
-    ckpt = _checkpoint(checkpoint, checkpoint_every, resume, (obs_a, obs_b))
-    _check_scales(params, mx.fused_shape)  # again: tuning may have chosen the scales
-    # internal units: expected X counts per fused voxel (keeps float32 well scaled)
-    scale = float(np.mean(mx.weights))
-    mx, my = mx.scaled(scale), my.scaled(scale)
-    use_dask = parallel.is_dask(x_obs["counts"]) or parallel.is_dask(y_obs["counts"]) or client is not None
-    shape = mx.fused_shape
+    ckpt = _checkpoint(checkpoint, checkpoint_every, resume, observations)
+    _check_scales(params, models[0].fused_shape)  # again: tuning may have chosen the scales
     settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
                 "tol": tol, **{k: v for k, v in params.items()}}
+    if start is not None:
+        settings["init"] = start["record"]
+    # stage 1: the problem (scaled models, data and their terms, support, flux level)
+    problem = _build_problem(grid, obs, names, models, regularization, params, dt, client)
+    if not any(problem.sums):
+        return _zero_result(problem, dict(settings, **params), lowrank, time.perf_counter() - t_start)
+    # stages 2-3: the solver and its initial point
+    if lowrank:
+        solver, x0, basis = _subspace_solver(problem, spec, params, start, settings.get("init"))
+    else:
+        (solver, x0), basis = _full_solver(problem, spec, method, params, start, settings.get("init")), None
+    # stage 4: run
+    if ckpt is not None:
+        ckpt.fingerprint = _fingerprint(problem.observations, problem.data, settings, client)
+    state, history, n_iter, converged = run(
+        solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=ckpt,
+        checkpoint_every=checkpoint_every, resume=resume)
+    # stage 5: the result
+    if method == "ista" and "step" in params:
+        params["step"] = float(state.get("alpha", np.nan))
+    return _result(problem, solver, state, history, basis, dict(settings, **params), n_iter, converged,
+                   time.perf_counter() - t_start)
+
+
+def _choose_regularization(observations, max_iter, tol, dtype, client, options):
+    """``regularization="auto"``: the tuned 2D-1D starlet prior or plain Richardson-Lucy stopped early, whichever
+    predicts held-out counts best (:func:`xfusion.tuning.resolve_auto`, Poisson thinning of the first two
+    observations, in memory). Returns ``(regularization, max_iter, options, record)`` with nothing left "auto".
+    On Dask-backed data thinning does not run: ``wavelet2d1d`` with its fallbacks (recorded)."""
+    from .tuning import WAVELET_KEYS, resolve_auto
+
+    on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in observations
+                                        if isinstance(o, xr.Dataset) and "counts" in o)
+    if on_dask:
+        return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
+                                                  "method": "fallback (Dask-backed data: thinning runs in memory)"}
+    wopts = {k: v for k, v in options.items() if k in WAVELET_KEYS}
+    rest = {k: v for k, v in options.items() if k not in WAVELET_KEYS}
+    reg, chosen, record = resolve_auto(observations[0], observations[1], dtype=dtype, tol=tol or 1e-4, **wopts)
+    if reg == "none":
+        n = chosen.pop("max_iter")
+        max_iter = n if max_iter is None else max_iter
+        return reg, max_iter, {**rest, **chosen}, record
+    return reg, max_iter, {**rest, **chosen}, record
+
+
+@dataclass
+class _Problem:
+    """Stage 1 of :func:`fuse`: everything that defines the problem, one entry per observation in each list
+    (the sharp-spatial observation first, then the sharp-spectral one).
+
+    ``models``: instrument models scaled to internal units (expected sharp-spatial counts per fused voxel:
+    ``flux = z / scale``); ``data``: the counts as the solver reads them (NumPy, or persisted Dask blocks);
+    ``terms``: their data terms (:func:`xfusion.likelihood.make_term`; Dask: the block-wise Poisson terms of the
+    low-rank path, None for the full cube, whose Dask solver holds its own); ``sums``: total counts;
+    ``free``: voxels some data constrain (fused shape or per channel); ``level``: the flat cube's value
+    (internal units per voxel) that reproduces the counts.
+    """
+    grid: xr.Dataset
+    observations: list
+    names: list
+    models: list
+    data: list
+    terms: list
+    scale: float
+    dtype: np.dtype
+    use_dask: bool
+    client: object
+    sums: list
+    free: np.ndarray
+    level: float
+
+    @property
+    def shape(self):
+        return self.models[0].fused_shape
+
+
+def _build_problem(grid, observations, names, models, regularization, params, dt, client):
+    """Stage 1: scale the models, load (or block) the data, make their terms, find the support and the level."""
+    x_obs, y_obs = observations[:2]
+    # internal units: expected X counts per fused voxel (keeps float32 well scaled)
+    scale = float(np.mean(models[0].weights))
+    models = [m.scaled(scale) for m in models]
+    mx, my = models[:2]
+    use_dask = parallel.is_dask(x_obs["counts"]) or parallel.is_dask(y_obs["counts"]) or client is not None
+    shape = mx.fused_shape
     if use_dask:
         if "mask" in x_obs or "mask" in y_obs:
             raise NotImplementedError("masks are not supported on the Dask path yet; load the data or drop the mask")
+        if mx.background is not None or my.background is not None or grid.attrs.get("spatial_model") == "footprint":
+            raise NotImplementedError("a known background or a detector-pixel (footprint) instrument is not supported on "
+                                      "the Dask path yet; load the observations into memory (.load()) and fuse without "
+                                      "a client")
+        if any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson" for o in (x_obs, y_obs)):
+            raise NotImplementedError("Gaussian data terms (a 'variance' variable) are not supported on the Dask path "
+                                      "yet; load the observations into memory (.load()) and fuse without a client")
         import dask.array as da
 
         v = grid.attrs["spatial_factor"]
         bx, by = params.get("chunks") or _auto_chunks(grid, shape, dt, regularization, params, client)
         xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
         yd = da.asarray(y_obs["counts"].data).rechunk((bx // v, by // v, -1))
-        if lowrank:
+        if registry.regularization(regularization).family == registry.SUBSPACE:
             terms = [parallel.DaskPoissonTerm(mx, xd, dt, client), parallel.DaskPoissonTerm(my, yd, dt, client)]
             xd, yd = terms[0].data, terms[1].data  # persisted: later passes do not re-read the stores
         else:
+            terms = [None, None]
             xd, yd = parallel.persist_many([xd.astype(dt), yd.astype(dt)], client)
     else:
         xd, yd = x_obs["counts"].values, y_obs["counts"].values
-        xmask = x_obs["mask"].values if "mask" in x_obs else None
-        ymask = y_obs["mask"].values if "mask" in y_obs else None
-        terms = [PoissonTerm(mx, xd, xmask, dt), PoissonTerm(my, yd, ymask, dt)]
+        terms = [make_term(obs, m, dt) for obs, m in zip(observations, models)]
     # voxels no flux can change the data of leave the problem (held at 0, reported); counts no flux can
     # explain, or an instrument that sees nothing, are refused (xfusion.likelihood.support_*)
-    edges = (energy_edges(x_obs), energy_edges(y_obs))
+    edges = [energy_edges(o) for o in observations]
+    data = [xd, yd] + [o["counts"].values for o in observations[2:]]
     if use_dask:
-        cx, cy = (np.asarray(c, np.float64) for c in parallel.compute_many(
-            [xd.sum(axis=(0, 1), dtype=np.float64), yd.sum(axis=(0, 1), dtype=np.float64)], client))
-        sens = support_by_channel(mx, names[0], edges[0], cx) + support_by_channel(my, names[1], edges[1], cy)
-        xsum, ysum = float(cx.sum()), float(cy.sum())
+        totals = [np.asarray(c, np.float64) for c in parallel.compute_many(
+            [d.sum(axis=(0, 1), dtype=np.float64) for d in data], client)]
+        sens = sum(support_by_channel(m, n, e, c) for m, n, e, c in zip(models, names, edges, totals))
+        sums = [float(c.sum()) for c in totals]
     else:
-        sens = support_in_memory(terms[0], names[0], edges[0]) + support_in_memory(terms[1], names[1], edges[1])
-        xsum, ysum = float(xd.sum(dtype=np.float64)), float(yd.sum(dtype=np.float64))
-    free = free_voxels(sens)
-    if xsum == 0 and ysum == 0:
-        return _zero_result(grid, x_obs, y_obs, xd, yd, scale, dict(settings, **params), lowrank, use_dask,
-                            time.perf_counter() - t_start)
-    if lowrank and ysum == 0:
-        raise ValueError(f"'{names[1]}' has no counts: the low-rank basis is estimated from its spectra, so there is "
-                         "no spectral subspace; use regularization='wavelet2d1d'")
+        sens = sum(support_in_memory(t, n, e) for t, n, e in zip(terms, names, edges))
+        sums = [float(d.sum(dtype=np.float64)) for d in data]
     # mean level (internal units per voxel) that reproduces the X counts (the Y counts if X has none): from the
     # model of a flat cube
-    level = _flat_level(mx, xsum, shape, dt) if xsum > 0 else _flat_level(my, ysum, shape, dt)
+    level = _flat_level(mx, sums[0], shape, dt) if sums[0] > 0 else _flat_level(my, sums[1], shape, dt)
+    return _Problem(grid, list(observations), list(names), models, data, terms, scale, dt, use_dask, client, sums,
+                    free_voxels(sens), level)
 
-    basis = None
-    if lowrank:
-        if mx.weights.ndim > 1 or my.weights.ndim > 1:
-            raise ValueError("low-rank regularizations need effective areas that do not vary with position; "
-                             "use regularization='wavelet2d1d' for vignetted data")
-        wy = np.broadcast_to(my.weights, shape)[0, 0]
-        # flux spectra; channels Y cannot see (zero area: no counts there, checked above) are 0, not 0/0
-        spectra = yd.reshape(-1, yd.shape[-1]) / np.where(wy > 0, wy, np.inf)
-        if params["rank"] > min(shape[2], yd.shape[0] * yd.shape[1]):
-            raise ValueError(f"rank={params['rank']} exceeds the {shape[2]} channels or the "
-                             f"{yd.shape[0] * yd.shape[1]} spectra of '{grid.attrs['spectral_obs']}'; use a smaller rank")
-        if use_dask and shape[2] > lowrank_mod.COVARIANCE_MAX_CHANNELS:
-            basis = lowrank_mod.pca_basis_randomized(spectra, rank=params["rank"],
-                                                         compute=lambda c: parallel.compute_many(c, client))
-            s = parallel.compute(spectra.sum(axis=0, dtype=np.float64), client)
-        else:
-            moments = lowrank_mod.spectral_moments(spectra, compute=lambda c: parallel.compute_many(c, client))
-            basis = lowrank_mod.pca_basis(moments=moments, rank=None if params["explained"] else params["rank"],
-                                          explained=params["explained"] or 0.999)
-            s = moments[1]
-        vb = basis.astype(dt)
-        # start: X amplitude per pixel times the mean Y spectrum (positive, in the subspace)
-        s = s / s.sum()
-        per_pix = mx.reduced(s[None])[1].sum()
-        amp = xd.sum(axis=-1, dtype=np.float64)
-        amp = (parallel.compute(amp, client) if use_dask else amp) / per_pix
-        if not amp.any():  # no X counts: a flat start at the level of the Y counts
-            amp = np.full(amp.shape, level * shape[2])
-        amp = amp + 1e-3 * amp.mean()
-        w0 = (amp[:, :, None] * (s @ basis.T)[None, None, :]).astype(dt)
-        smooth = Sobolev(params["mu"], level) if regularization == "lowrank_sobolev" else None
-        prox = Wavelet2D(params["n_scales_2d"], params["k"]) if regularization == "lowrank_wavelet2d" else None
-        precond = (amp / amp.mean())[:, :, None] if params.get("precondition", True) else None
-        solver = SubspaceFISTA(terms, [mx.reduced(vb), my.reduced(vb)], smooth=smooth, prox=prox, precond=precond)
-        x0 = w0
+
+def _subspace_solver(problem, spec, params, start, init_record):
+    """Stages 2-3, low-rank family: the spectral basis from the sharp-spectral spectra, the solver and W0."""
+    grid, (mx, my), (xd, yd) = problem.grid, problem.models[:2], problem.data[:2]
+    shape, dt, level, client, use_dask = problem.shape, problem.dtype, problem.level, problem.client, problem.use_dask
+    if problem.sums[1] == 0:
+        raise ValueError(f"'{problem.names[1]}' has no counts: the low-rank basis is estimated from its spectra, so "
+                         "there is no spectral subspace; use regularization='wavelet2d1d'")
+    if any(m.weights.ndim > 1 for m in problem.models):
+        raise ValueError("low-rank regularizations need effective areas that do not vary with position; "
+                         "use regularization='wavelet2d1d' for vignetted data")
+    wy = np.broadcast_to(my.weights, shape)[0, 0]
+    # flux spectra; channels Y cannot see (zero area: no counts there, checked above) are 0, not 0/0
+    spectra = yd.reshape(-1, yd.shape[-1]) / np.where(wy > 0, wy, np.inf)
+    if params["rank"] > min(shape[2], yd.shape[0] * yd.shape[1]):
+        raise ValueError(f"rank={params['rank']} exceeds the {shape[2]} channels or the "
+                         f"{yd.shape[0] * yd.shape[1]} spectra of '{grid.attrs['spectral_obs']}'; use a smaller rank")
+    if use_dask and shape[2] > lowrank_mod.COVARIANCE_MAX_CHANNELS:
+        basis = lowrank_mod.pca_basis_randomized(spectra, rank=None if params["explained"] else params["rank"],
+                                                 explained=params["explained"],
+                                                 compute=lambda c: parallel.compute_many(c, client))
+        s = parallel.compute(spectra.sum(axis=0, dtype=np.float64), client)
     else:
-        reg = None
-        if regularization == "wavelet2d1d":
-            _auto_wavelet_params(params, yd, client if use_dask else None)
-            names = [k for k in OPTION_DEFAULTS["wavelet2d1d"] if k not in ("chunks", "layout")]
-            reg = Wavelet2D1D(**{k: params[k] for k in names})
-        if use_dask:
-            if method != "em":
-                raise NotImplementedError("on Dask-backed data the full-cube regularizations run with method='em'")
-            from .parallel_em import DaskEMProx
+        moments = lowrank_mod.spectral_moments(spectra, compute=lambda c: parallel.compute_many(c, client))
+        basis = lowrank_mod.pca_basis(moments=moments, rank=None if params["explained"] else params["rank"],
+                                      explained=params["explained"] or 0.999)
+        s = moments[1]
+    vb = basis.astype(dt)
+    # start: X amplitude per pixel times the mean Y spectrum (positive, in the subspace)
+    s = s / s.sum()
+    per_pix = mx.reduced(s[None])[1].sum()
+    amp = xd.sum(axis=-1, dtype=np.float64)
+    amp = (parallel.compute(amp, client) if use_dask else amp) / per_pix
+    if not amp.any():  # no X counts: a flat start at the level of the Y counts
+        amp = np.full(amp.shape, level * shape[2])
+    amp = amp + 1e-3 * amp.mean()
+    w0 = (amp[:, :, None] * (s @ basis.T)[None, None, :]).astype(dt)
+    smooth, prox = spec.build(params, level)
+    precond = (amp / amp.mean())[:, :, None] if params.get("precondition", True) else None
+    solver = SubspaceFISTA(problem.terms, [m.reduced(vb) for m in problem.models], smooth=smooth, prox=prox,
+                           precond=precond)
+    x0 = w0 if start is None else start_mod.subspace_start(start, basis, problem.scale, w0, solver, init_record, client)
+    return solver, x0, basis
 
-            psf = None
-            if "psf" in grid:
-                p = grid["psf"]
-                psf = (p.transpose("psf_energy", "psf_x", "psf_y") if "psf_energy" in p.dims else p).values
-            solver = DaskEMProx(xd, yd, mx, my, psf, grid.attrs["spatial_factor"], reg, client,
-                                layout=params["layout"])
-            x0 = level
-        else:
-            lik = PoissonLikelihood(terms)
-            solver = EMProx(lik, reg, free=free) if method == "em" else ISTA(lik, reg, step=params.get("step"),
-                                                                             free=free)
-            x0 = np.full(shape, level, dtype=dt)
 
-    if ckpt is not None:
-        ckpt.fingerprint = _fingerprint((x_obs, y_obs), (xd, yd), settings, client)
-    state, history, n_iter, converged = run(
-        solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=ckpt,
-        checkpoint_every=checkpoint_every, resume=resume)
+def _full_solver(problem, spec, method, params, start, init_record):
+    """Stages 2-3, full-cube family: the prior, the solver (EM or ISTA; Dask: block-wise EM) and Z0."""
+    grid, (mx, my), (xd, yd) = problem.grid, problem.models[:2], problem.data[:2]
+    use_dask, client, level, dt, scale = problem.use_dask, problem.client, problem.level, problem.dtype, problem.scale
+    if spec.prepare is not None:  # options left "auto" (Dask-backed data) resolved from the counts
+        spec.prepare(params, yd, client if use_dask else None)
+    reg = spec.build(params, level)
+    if use_dask:
+        if method != "em":
+            raise NotImplementedError("on Dask-backed data the full-cube regularizations run with method='em'")
+        if not spec.dask:
+            raise NotImplementedError(f"regularization {spec.name!r} runs in memory only; load the data "
+                                      "(without chunks=) or use regularization='wavelet2d1d' on Dask")
+        from .parallel_em import DaskEMProx
 
+        psf = None
+        if "psf" in grid:
+            p = grid["psf"]
+            psf = (p.transpose("psf_energy", "psf_x", "psf_y") if "psf_energy" in p.dims else p).values
+        solver = DaskEMProx(xd, yd, mx, my, psf, grid.attrs["spatial_factor"], reg, client,
+                            layout=params["layout"])
+        x0 = level if start is None else start_mod.cube_start(start, scale, level, method, dt, init_record)
+    else:
+        lik = PoissonLikelihood(problem.terms)
+        free = problem.free
+        solver = EMProx(lik, reg, free=free) if method == "em" else ISTA(lik, reg, step=params.get("step"),
+                                                                         free=free)
+        x0 = np.full(problem.shape, level, dtype=dt) if start is None else \
+            start_mod.cube_start(start, scale, level, method, dt, init_record)
+    return solver, x0
+
+
+def _result(problem, solver, state, history, basis, params, n_iter, converged, elapsed):
+    """Stage 5, the one result builder: the solution in physical units, both instruments' predicted counts
+    (low rank: models of the unclipped W V, as in the solver) on the problem's backend (NumPy, or lazy Dask
+    blocks never materialized), labelled by :func:`_assemble`; unconstrained voxels held at 0 and reported;
+    FISTA's failed line searches reported (attribute ``backtrack_failures``, and a warning)."""
+    grid, (x_obs, y_obs) = problem.grid, problem.observations[:2]
+    (mx, my), (xd, yd) = problem.models[:2], problem.data[:2]
+    scale, client, free = problem.scale, problem.client, problem.free
     sol = solver.solution(state)
     _check_finite(sol, history, client)
-    if use_dask:
-        z, negative_fraction = None, float("nan")
-    elif lowrank:
-        z = sol @ basis.astype(sol.dtype)
-        negative_fraction = float(np.mean(z < 0))
-        np.maximum(z, 0, out=z)
-        z[~np.broadcast_to(free, z.shape)] = 0  # unconstrained voxels leave the problem: held at 0
+    coeffs = sol if basis is not None else None
+    extras = []
+    if problem.use_dask and basis is not None:
+        vb = basis.astype(sol.dtype)
+        sp_y, v_y = my.reduced(vb)
+        a_y = sol if sp_y is None else sp_y.forward(sol)
+        blocks = (xd.chunks[0][0], xd.chunks[1][0])
+        flux = parallel.lazy_product(sol, basis, blocks, scale=scale)
+        mod_x = parallel.lazy_product(sol, mx.reduced(vb)[1], blocks, clip=False)
+        mod_y = parallel.lazy_product(a_y, v_y, (yd.chunks[0][0], yd.chunks[1][0]), clip=False)
+        counts, negative_fraction = (xd.astype(np.float32), yd.astype(np.float32)), float("nan")
+    elif problem.use_dask:
+        flux, mod_x, mod_y = (sol / scale).astype(np.float32), solver.model_x(sol), solver.model_y(sol)
+        counts, negative_fraction = (xd, yd), 0.0
     else:
-        z, negative_fraction = sol, 0.0
-    if method == "ista" and "step" in params:
-        params["step"] = float(state.get("alpha", np.nan))
-    args = (dict(settings, **params), n_iter, converged, time.perf_counter() - t_start,
-            state.get("elapsed_loop_s", np.nan))
-    if use_dask and lowrank:
-        ds = _lazy_result(grid, x_obs, y_obs, sol, basis, scale, mx, my, xd, yd, history, *args)
-    elif use_dask:
-        ds = _assemble(grid, x_obs, y_obs, (sol / scale).astype(np.float32), solver.model_x(sol),
-                       solver.model_y(sol), xd, yd, history, None, None, scale, *args, backend="dask",
-                       negative_fraction=0.0)
-    else:
-        ds = _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, sol if lowrank else None,
-                     negative_fraction, *args)
+        if basis is not None:
+            zz = np.ascontiguousarray(sol @ basis.astype(sol.dtype))
+            z = zz.copy()
+            negative_fraction = float(np.mean(z < 0))
+            np.maximum(z, 0, out=z)
+            z[~np.broadcast_to(free, z.shape)] = 0  # unconstrained voxels leave the problem: held at 0
+        else:
+            z = zz = np.ascontiguousarray(sol)
+            negative_fraction = 0.0
+        flux = (z / scale).astype(np.float32)
+        mod_x, mod_y = mx.expected(zz).astype(np.float32), my.expected(zz).astype(np.float32)
+        counts = (x_obs["counts"].values, y_obs["counts"].values)
+        extras = [(i, o, m.expected(zz).astype(np.float32), o["counts"].values) for i, (o, m) in
+                  enumerate(zip(problem.observations, problem.models)) if i >= 2]
+    ds = _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, *counts, history, basis, coeffs, scale, params, n_iter,
+                   converged, elapsed, state.get("elapsed_loop_s", np.nan),
+                   backend="dask" if problem.use_dask else "numpy", negative_fraction=negative_fraction,
+                   extras=extras)
+    if "backtrack_failures" in state:
+        failures = int(state["backtrack_failures"])
+        ds.attrs["backtrack_failures"] = failures
+        if failures:
+            warnings.warn(f"FISTA's line search found no step satisfying its bound in {failures} of {n_iter} "
+                          "iterations; the iterate was kept there (see the result attribute backtrack_failures). "
+                          "Check the result, or use tol=None with fewer iterations", RuntimeWarning, stacklevel=3)
     return _mark_unconstrained(ds, free)
 
 
-def _result(grid, x_obs, y_obs, z, scale, mx, my, history, basis, coeffs, negative_fraction, params, n_iter,
-            converged, elapsed, loop_elapsed):
-    """Label the in-memory solution (low rank: models of the unclipped W V, as in the solver and the Dask path)."""
-    zz = np.ascontiguousarray(z if coeffs is None else coeffs @ basis.astype(coeffs.dtype))
-    return _assemble(grid, x_obs, y_obs, (z / scale).astype(np.float32), mx.forward(zz).astype(np.float32),
-                     my.forward(zz).astype(np.float32), x_obs["counts"].values, y_obs["counts"].values, history,
-                     basis, coeffs, scale, params, n_iter, converged, elapsed, loop_elapsed,
-                     backend="numpy", negative_fraction=negative_fraction)
-
-
-def _lazy_result(grid, x_obs, y_obs, w, basis, scale, mx, my, xd, yd, history, params, n_iter, converged, elapsed,
-                 loop_elapsed):
-    """Result of the Dask low-rank path: flux and models defined block by block from W (never materialized)."""
-    vb = basis.astype(w.dtype)
-    sp_y, v_y = my.reduced(vb)
-    a_y = w if sp_y is None else sp_y.forward(w)
-    flux = parallel.lazy_product(w, basis, (xd.chunks[0][0], xd.chunks[1][0]), scale=scale)
-    mod_x = parallel.lazy_product(w, mx.reduced(vb)[1], (xd.chunks[0][0], xd.chunks[1][0]), clip=False)
-    mod_y = parallel.lazy_product(a_y, v_y, (yd.chunks[0][0], yd.chunks[1][0]), clip=False)
-    return _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, xd.astype(np.float32), yd.astype(np.float32), history,
-                     basis, w, scale, params, n_iter, converged, elapsed, loop_elapsed,
-                     backend="dask", negative_fraction=float("nan"))
-
-
 def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, basis, coeffs, scale, params, n_iter,
-              converged, elapsed, loop_elapsed, backend, negative_fraction):
+              converged, elapsed, loop_elapsed, backend, negative_fraction, extras=()):
+    """Label a solution: coordinates, units, the instruments' predicted and observed counts (``extras``: ``(i,
+    obs, model, counts)`` of observations beyond the first two, as ``model_obsI`` / ``counts_obsI`` with their
+    own axes named ``x_obsI``, ``energy_obsI``... where they differ from the fused grid), history, attributes."""
     coords = {c: grid[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")}
     ds = xr.Dataset(coords=coords)
     ds["flux"] = (CUBE_DIMS, flux, {"units": FLUX_UNITS, "long_name": "fused photon flux per voxel"})
@@ -711,6 +880,18 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
     ds["model_spectral"] = _renamed(y_obs["counts"].copy(data=mod_y), mys).assign_attrs(
         units="count", long_name=f"predicted counts of {grid.attrs['spectral_obs']}")
     ds["counts_spectral"] = _renamed(y_obs["counts"].copy(data=cnt_y), mys).astype(np.float32)
+    for i, o, mod, cnt in extras:
+        same = lambda a, b: a.shape == b.shape and np.allclose(a, b, rtol=1e-6, atol=0)  # noqa: E731
+        own = [d for d in ("x", "y") if not same(o[d].values, grid[d].values)]
+        if not same(energy_edges(o), energy_edges(grid)):
+            own += ["energy", "energy_lo", "energy_hi"]
+        names = {d: f"{d}_obs{i}" for d in own}
+        name = o.attrs.get("name", f"observation {i}")
+        ds[f"model_obs{i}"] = _renamed(o["counts"].copy(data=mod), names).assign_attrs(
+            units="count", long_name=f"predicted counts of {name}")
+        ds[f"counts_obs{i}"] = _renamed(o["counts"].copy(data=cnt), names).astype(np.float32)
+    if extras:
+        ds.attrs["extra_observations"] = json.dumps([o.attrs.get("name", f"observation {i}") for i, o, _, _ in extras])
     for k, v in history.items():
         units, long_name = HISTORY_ATTRS.get(k, ("1", k))
         ds[k] = (("iteration",), np.asarray(v, dtype=np.float64), {"units": units, "long_name": long_name})

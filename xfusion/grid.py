@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from .psf_sampling import resample_psf
-from .observation import REL_TOL, edge_tolerance, energy_edges, pixel_size, validate
+from .observation import REL_TOL, check_spectral_units, edge_tolerance, energy_edges, is_pixel_observation, pixel_size, validate
 
 SPATIAL, SPECTRAL = "spatial", "spectral"
 
@@ -64,6 +64,49 @@ def assign_roles(obs_a, obs_b):
     if sp is None:
         sp = "b" if se == "a" else "a"
     return (obs_a, obs_b, "ab") if sp == "a" else (obs_b, obs_a, "ba")
+
+
+def _radec_of(ra0, dec0, x, y):
+    """RA, Dec (deg) of tangent-plane offsets ``x`` (west), ``y`` (north) arcsec about (ra0, dec0) deg."""
+    xi, eta = np.deg2rad(-x / 3600.0), np.deg2rad(y / 3600.0)
+    a0, d0 = np.deg2rad(ra0), np.deg2rad(dec0)
+    rho = np.hypot(xi, eta)
+    if rho == 0:
+        return ra0, dec0
+    c = np.arctan(rho)
+    dec = np.arcsin(np.cos(c) * np.sin(d0) + eta * np.sin(c) * np.cos(d0) / rho)
+    ra = a0 + np.arctan2(xi * np.sin(c), rho * np.cos(d0) * np.cos(c) - eta * np.sin(d0) * np.sin(c))
+    return float(np.rad2deg(ra)), float(np.rad2deg(dec))
+
+
+def _offsets_of(ra0, dec0, ra, dec):
+    """Gnomonic offsets (x west, y north; arcsec) of (ra, dec) about (ra0, dec0), all deg."""
+    a0, d0, a, d = (np.deg2rad(v) for v in (ra0, dec0, ra, dec))
+    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
+    xi = np.cos(d) * np.sin(a - a0) / cosc
+    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cosc
+    return -float(np.rad2deg(xi)) * 3600.0, float(np.rad2deg(eta)) * 3600.0
+
+
+def footprint_geometry(grid, y_obs):
+    """(array centre (x, y) arcsec, roll deg) of a detector-pixel observation in the frame of ``grid``.
+
+    Both frames are gnomonic offsets; when both carry a tangent point (``center_ra``/``center_dec``
+    on ``grid.x`` and on ``y_obs.det_x``) and they differ, the array centre is re-projected into the
+    grid's frame and the roll corrected by the rotation of the local north between the frames
+    (measured numerically over 10 arcsec); otherwise both frames are taken to be the same.
+    """
+    ax, ay, roll = (float(y_obs[v].values) for v in ("array_x", "array_y", "roll"))
+    g, o = grid["x"].attrs, y_obs["det_x"].attrs
+    if not all(k in d for d in (g, o) for k in ("center_ra", "center_dec")):
+        return (ax, ay), roll
+    g0, o0 = (float(g["center_ra"]), float(g["center_dec"])), (float(o["center_ra"]), float(o["center_dec"]))
+    if np.allclose(g0, o0, rtol=0, atol=1e-10):
+        return (ax, ay), roll
+    c = _offsets_of(*g0, *_radec_of(*o0, ax, ay))
+    n = _offsets_of(*g0, *_radec_of(*o0, ax, ay + 10.0))
+    turn = np.rad2deg(np.arctan2(-(n[0] - c[0]), n[1] - c[1]))  # north of the obs frame, seen in the grid frame
+    return c, roll + float(turn)
 
 
 def _spatial_factor(x_obs, y_obs):
@@ -129,11 +172,26 @@ def fusion_grid(obs_a, obs_b) -> xr.Dataset:
     variable ``psf`` (when it has one), and attrs ``spatial_factor`` (v_M = v_N),
     ``spectral_factor`` (v_L), ``spatial_obs`` / ``spectral_obs`` (names), ``order``
     ("ab" if ``obs_a`` is the sharp-spatial one) and ``pixel_size``.
+
+    A detector-pixel sharp-spectral observation (counts over ``("pixel", "energy")``, e.g.
+    XRISM Resolve) is not an integer grouping of the fused pixels: ``spatial_model`` is then
+    ``"footprint"`` (else ``"rebin"``), ``spatial_factor`` is only the nominal ratio of the pixel
+    sizes (for ERGAS and plots), and ``footprint_center_x``/``_y`` (arcsec, in the fused frame)
+    and ``footprint_roll`` (deg) place the array (:func:`footprint_geometry`); the model is the
+    exact overlap matrix of :mod:`xfusion.operators.footprint`, after the PSF.
     """
+    check_spectral_units(obs_a, obs_b)  # keV with um is refused before anything else
     validate(obs_a)
     validate(obs_b)
     x_obs, y_obs, order = assign_roles(obs_a, obs_b)
-    vs = _spatial_factor(x_obs, y_obs)
+    if is_pixel_observation(x_obs):
+        raise ValueError(f"'{_name(x_obs, 'X')}' is a detector-pixel observation but has the smaller pixels: the "
+                         "sharp-spatial instrument must be an image (x, y, energy)")
+    footprint = is_pixel_observation(y_obs)
+    if footprint:  # nominal ratio of the pixel sizes (ERGAS, plots); the model uses the exact footprint
+        vs = max(int(round(pixel_size(y_obs) / pixel_size(x_obs))), 1)
+    else:
+        vs = _spatial_factor(x_obs, y_obs)
     vl = _spectral_factor(x_obs, y_obs)
     grid = xr.Dataset(
         coords={
@@ -150,8 +208,12 @@ def fusion_grid(obs_a, obs_b) -> xr.Dataset:
             "spectral_obs": _name(y_obs, "Y"),
             "order": order,
             "pixel_size": pixel_size(x_obs),
+            "spatial_model": "footprint" if footprint else "rebin",
         },
     )
+    if footprint:
+        (cx, cy), roll = footprint_geometry(grid, y_obs)
+        grid.attrs.update(footprint_center_x=cx, footprint_center_y=cy, footprint_roll=roll)
     if "psf" in y_obs:
         grid["psf"] = psf_on_grid(y_obs["psf"], pixel_size(x_obs))
     return grid

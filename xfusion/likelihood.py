@@ -10,6 +10,13 @@ which differs from ``sum(m - d log m)`` only by a constant, is >= 0 and 0 at a p
 relative changes of the objective are meaningful. Gradient:
 ``grad D = H^T( w (1 - d / m) )``.
 
+Known background. With an additive background ``B`` (expected counts per data voxel, known:
+``model.background`` from the observation's ``background_rate``, or ``background=``) the
+expected counts are ``m = H z + B``: the value and ``w (1 - d / m)`` use that ``m``, the
+Richardson-Lucy ratio is ``d / (H z + B)``, the EM sensitivity ``H^T w`` is unchanged. The
+methods below take ``Hz`` (the linear model, what the solvers compute) and add ``B``
+themselves, so the solvers need no change.
+
 Masked voxels (``w_v = 0``; from the observation's ``mask``) are excluded explicitly.
 Where ``m_v = 0`` and ``d_v > 0`` the objective is +inf (the point is infeasible); the
 gradient there uses ``d / max(m, tiny)`` so it is finite but huge. ``m_v < 0`` (possible
@@ -84,36 +91,66 @@ def data_constant(d):
     return float(np.sum(d[pos] * np.log(d[pos])) - np.sum(d))
 
 
+def poisson_value(m, d, w=None):
+    """Variable part of D for one block: ``sum w max(m, 0) - sum w d log m`` (float64 sums), +inf where the
+    model is <= 0 with counts (masked voxels, ``w = 0``, excluded). The block kernel of every backend:
+    D is the sum over blocks plus the data-only constant ``sum(w d log d - w d)``."""
+    pos = d > 0
+    if np.any((m <= 0) & pos if w is None else (m <= 0) & pos & (w > 0)):
+        return np.inf
+    logm = np.log(np.where(m > 0, m, 1.0))
+    if np.any(m < 0):  # subspace iterates only: expected counts are max(m, 0)
+        m = np.maximum(m, 0)
+    if w is None:
+        return float(np.sum(m, dtype=np.float64)) - float(np.sum(d * logm, dtype=np.float64))
+    return float(np.sum(w * m, dtype=np.float64)) - float(np.sum(w * d * logm, dtype=np.float64))
+
+
+def poisson_ratio(m, d, w=None):
+    """``w d / m`` of one block (the Richardson-Lucy correction in data space; 0 where masked, whatever m)."""
+    tiny = np.finfo(m.dtype).tiny
+    with np.errstate(over="ignore"):
+        q = d / np.maximum(m, tiny)
+    return q if w is None else np.where(w > 0, q * w, 0).astype(q.dtype, copy=False)
+
+
 class PoissonTerm:
     """One data set: counts ``data`` (shape ``model.data_shape``), its model and optional mask."""
 
-    def __init__(self, model, data, mask=None, dtype=np.float32):
+    def __init__(self, model, data, mask=None, dtype=np.float32, background=None):
         self.model = model
         self.data = np.array(data, dtype=dtype, order="C", copy=True)  # private copy: never aliases user data
         self.weight = None if mask is None else np.asarray(mask, dtype=dtype)
+        if background is None:
+            background = getattr(model, "background", None)
+        self.background = None
+        if background is not None:
+            b = np.array(background, dtype=dtype, order="C", copy=True)
+            if b.shape != self.data.shape or not np.all(np.isfinite(b)) or np.any(b < 0):
+                raise ValueError(f"background must be finite, >= 0 and shaped like the data {self.data.shape}; got "
+                                 f"shape {b.shape}")
+            self.background = b if np.any(b > 0) else None
         if self.weight is not None:
             self.data[self.weight == 0] = 0  # masked counts never enter (no inf * 0 in the ratios)
         d = self.data if self.weight is None else self.data * self.weight
         self._dlogd = float(np.sum(np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0), dtype=np.float64))
         self._dsum = float(np.sum(d, dtype=np.float64))
 
+    def _plus_background(self, m):
+        return m if self.background is None else m + self.background.astype(m.dtype, copy=False)
+
+    @property
+    def constant(self):
+        """``sum(w d log d - w d)``: the data-only part of D (0 log 0 = 0), float64."""
+        return self._dlogd - self._dsum
+
     def value_from_model(self, m):
-        """D for a model array m (float64 accumulation)."""
-        d = self.data
-        w = self.weight
-        pos = d > 0
-        if np.any((m <= 0) & pos if w is None else (m <= 0) & pos & (w > 0)):
-            return np.inf
-        logm = np.log(np.where(m > 0, m, 1.0))
-        if np.any(m < 0):  # subspace iterates only: expected counts are max(m, 0)
-            m = np.maximum(m, 0)
-        if w is None:
-            return float(np.sum(m, dtype=np.float64)) - self._dsum + self._dlogd - float(np.sum(d * logm, dtype=np.float64))
-        return (float(np.sum(w * m, dtype=np.float64)) - self._dsum + self._dlogd
-                - float(np.sum(w * d * logm, dtype=np.float64)))
+        """D for a linear model array m = H z (float64 accumulation; the background, if any, added here)."""
+        return poisson_value(self._plus_background(m), self.data, self.weight) + self.constant
 
     def residual_factor(self, m):
-        """``w (1 - d/m)``: the gradient of D with respect to the model (0 where masked, whatever m)."""
+        """``w (1 - d/(m + B))``: the gradient of D with respect to the model (0 where masked, whatever m)."""
+        m = self._plus_background(m)
         tiny = np.finfo(m.dtype).tiny
         with np.errstate(over="ignore"):  # d > 0 = m: infeasible, the value (+inf) says so
             r = 1.0 - self.data / np.maximum(m, tiny)
@@ -122,11 +159,8 @@ class PoissonTerm:
         return r if self.weight is None else np.where(self.weight > 0, r * self.weight, 0).astype(r.dtype, copy=False)
 
     def ratio(self, m):
-        """``w d / m`` (the Richardson-Lucy correction in data space; 0 where masked, whatever m)."""
-        tiny = np.finfo(m.dtype).tiny
-        with np.errstate(over="ignore"):
-            q = self.data / np.maximum(m, tiny)
-        return q if self.weight is None else np.where(self.weight > 0, q * self.weight, 0).astype(q.dtype, copy=False)
+        """``w d / (m + B)`` (the Richardson-Lucy correction in data space; 0 where masked, whatever m)."""
+        return poisson_ratio(self._plus_background(m), self.data, self.weight)
 
     def subspace_value_and_grad(self, a, v, grad=True):
         """Value (and coefficient gradient) for the model ``m = a @ v`` of a subspace iterate.
@@ -134,7 +168,7 @@ class PoissonTerm:
         ``a`` (..., r): the spatially transformed coefficients; ``v`` (r, l): the reduced
         spectral model. Returns ``(D, (w (1 - d/m)) @ v.T or None)``.
         """
-        if self.weight is None:  # the same block kernel as the Dask path, on one block
+        if self.weight is None and self.background is None and self.data.ndim == 3:  # the Dask path's block kernel
             out = block_value_grad(self.data, a, v, grad)
             val = float(out[:, :, -1].sum()) + self._dlogd - self._dsum
             return val, (out[:, :, :-1].astype(a.dtype) if grad else None)
@@ -230,7 +264,8 @@ def support_in_memory(term, name, edges):
     peak = float(h1[valid].max()) if valid.any() else 0.0
     zero = h1 <= ZERO_SUPPORT * peak
     support = np.where(valid & ~zero, h1, 0.0)
-    counts = np.where(valid & zero, term.data, 0).sum(axis=(0, 1), dtype=np.float64)
+    unexplained = valid & zero if term.background is None else valid & zero & (term.background <= 0)
+    counts = np.where(unexplained, term.data, 0).sum(axis=tuple(range(h1.ndim - 1)), dtype=np.float64)
     _check_channels(name, model, support, counts, edges)
     w = np.ones(term.data.shape, np.float64) if term.weight is None else term.weight.astype(np.float64)
     return np.asarray(model.adjoint(np.where(zero, 0.0, w)), dtype=np.float64)
@@ -259,3 +294,17 @@ def free_voxels(sensitivity):
     """Fused voxels some flux can change the data of: ``s = sum_i H_i^T w_i > ZERO_SUPPORT max(s)``."""
     s = np.asarray(sensitivity)
     return s > ZERO_SUPPORT * float(s.max(initial=0.0))
+
+
+def make_term(obs, model, dtype=np.float32):
+    """The data term of one observation on its instrument model: the ONE place :func:`xfusion.fuse`'s problem
+    builder (and its pre-checks) create data terms, so another statistic (e.g. a Gaussian term for
+    background-subtracted or integrated data) is added here. Today: Poisson counts (:class:`PoissonTerm`) with
+    the observation's ``mask`` (1 = use, 0 = ignore) and the model's known background, in ``dtype``; a Gaussian
+    term (:class:`xfusion.gaussian.GaussianTerm`) when the observation has a ``variance`` variable or
+    ``attrs["data_term"] == "gaussian"`` (:func:`xfusion.gaussian.data_term`)."""
+    if "variance" in obs or str(obs.attrs.get("data_term", "poisson")).lower() != "poisson":
+        from .gaussian import data_term
+
+        return data_term(model, obs, dtype=dtype)
+    return PoissonTerm(model, obs["counts"].values, obs["mask"].values if "mask" in obs else None, dtype)

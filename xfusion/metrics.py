@@ -39,6 +39,8 @@ __all__ = [
     "psnr",
     "ssim_image",
     "consistency",
+    "filter_images",
+    "jwst_validation",
     "report",
     "format_report",
     "SSIM_SIGMA",
@@ -476,3 +478,72 @@ def format_report(rows: dict[str, dict], *, floatfmt: str = ".4g", name_header: 
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# imager + IFU validation (SyFu, Marquis et al. 2026, Appendix D)
+# ---------------------------------------------------------------------------
+
+
+def filter_images(flux, response) -> np.ndarray:
+    r"""Images of a fused cube through filters: ``I[x, y, f] = sum_l Z[x, y, l] R[l, f]``.
+
+    ``flux`` (x, y, energy) cube (e.g. MJy/sr over wavelength bins), ``response`` (L, F) the
+    normalized (columns summing to 1), cross-calibrated filter matrix
+    (``xfusion.jwst.filter_response`` / ``cross_calibrate``): each image is the
+    throughput-weighted mean of the cube, in the cube's units. Returns float64 (x, y, F).
+    """
+    z = _cube(flux, "flux")
+    R = np.asarray(response, dtype=np.float64)
+    if R.ndim != 2 or R.shape[0] != z.shape[-1]:
+        raise ValueError(f"response must be (channels={z.shape[-1]}, filters); got shape {R.shape}")
+    return z @ R
+
+
+def jwst_validation(imager_data, ifu_data, flux, response, *, filters=None, factor: int = 3,
+                    imager_mask=None, ifu_mask=None) -> dict:
+    r"""SyFu's truth-free checks of a fused cube against its two inputs.
+
+    * per filter f: PSNR (eq. 10) and SSIM (eq. 11) of the filter image of ``flux``
+      (:func:`filter_images`) against the imager's image ``imager_data[..., f]`` (reference);
+      masked pixels are replaced by the prediction in both (they do not count);
+    * the mean spectrum: relative error :math:`(\bar Z_l - \bar Y_{h,l}) / \bar Y_{h,l}` per
+      channel, with bars the means over the field (valid spaxels of the IFU; the fused cube
+      over the same field), and its maximum absolute value.
+
+    ``imager_data`` (M, N, F), ``ifu_data`` (M/factor, N/factor, L), ``flux`` (M, N, L),
+    ``response`` (L, F). A held-out filter is checked the same way: pass a cube fused
+    without it and that filter's image and response. Returns ``{"filters": {name: {"psnr_db",
+    "ssim"}}, "min_psnr_db", "mean_spectrum_rel_error" (L,), "mean_spectrum_max_rel_error"}``.
+    """
+    z = _cube(flux, "flux")
+    ym = np.asarray(getattr(imager_data, "values", imager_data), dtype=np.float64)
+    yh = np.asarray(getattr(ifu_data, "values", ifu_data), dtype=np.float64)
+    if ym.ndim != 3 or ym.shape[:2] != z.shape[:2]:
+        raise ValueError(f"imager_data must be (x, y, filter) on the fused pixels {z.shape[:2]}; got {ym.shape}")
+    if yh.ndim != 3 or yh.shape[-1] != z.shape[-1] or yh.shape[0] * factor != z.shape[0] \
+            or yh.shape[1] * factor != z.shape[1]:
+        raise ValueError(f"ifu_data must be (x, y, energy) = ({z.shape[0] // factor}, {z.shape[1] // factor}, "
+                         f"{z.shape[-1]}) for the fused cube {z.shape} and factor {factor}; got {yh.shape}")
+    pred = filter_images(z, response)
+    if pred.shape[-1] != ym.shape[-1]:
+        raise ValueError(f"response has {pred.shape[-1]} filters but imager_data has {ym.shape[-1]}")
+    names = [f"filter{i}" for i in range(ym.shape[-1])] if filters is None else [str(f) for f in filters]
+    if len(names) != ym.shape[-1]:
+        raise ValueError(f"{len(names)} filter names for {ym.shape[-1]} images")
+    vm = np.ones(ym.shape, bool) if imager_mask is None else np.asarray(imager_mask, bool)
+    out = {}
+    for i, name in enumerate(names):
+        obs = np.where(vm[..., i], ym[..., i], pred[..., i])
+        out[name] = {"psnr_db": psnr(obs, pred[..., i]), "ssim": ssim_image(obs, pred[..., i])}
+    vh = np.ones(yh.shape, bool) if ifu_mask is None else np.asarray(ifu_mask, bool)
+    cnt = vh.sum(axis=(0, 1))
+    if np.any(cnt == 0):
+        raise ValueError("some IFU channels have no valid spaxel: the mean spectrum is undefined there")
+    mh = np.where(vh, yh, 0.0).sum(axis=(0, 1)) / cnt
+    mz = z.mean(axis=(0, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(mh != 0, (mz - mh) / np.where(mh != 0, mh, 1.0), np.nan)
+    return {"filters": out, "min_psnr_db": float(min(v["psnr_db"] for v in out.values())),
+            "mean_spectrum_rel_error": rel,
+            "mean_spectrum_max_rel_error": float(np.nanmax(np.abs(rel))) if np.any(np.isfinite(rel)) else math.nan}

@@ -19,6 +19,16 @@ variable          dims                               units     meaning
 ``mask``          (x, y, energy)                     bool      True where a voxel is valid (optional)
 ================  =================================  ========  ==========================================
 
+Optional ``background_rate`` (dims like counts, count s-1): a known additive background per
+voxel, expected counts = forward(Z) + rate x exposure.
+
+Detector-pixel observations (XRISM Resolve binned by PIXEL) have ``counts`` over
+``("pixel", "energy")`` instead, coords ``pixel`` (detector numbers) and ``det_x``/``det_y``
+(arcsec, detector frame, ``pixel_size`` attribute = side of a detector pixel), 0-d variables
+``roll`` (deg) and ``array_x``/``array_y`` (arcsec, sky offset of the array centre), optionally
+``exposure_fraction`` (pixel) and an ``effective_area`` over (pixel, energy_true); see
+:func:`observation` and :mod:`xfusion.operators.footprint`.
+
 Coordinates: ``x``, ``y`` pixel centres in arcsec (tangent-plane offsets; the pixel size
 is ``x.attrs["pixel_size"]``), ``energy`` channel centres in keV with explicit edges
 ``energy_lo``/``energy_hi``; ``energy_true`` (+ ``energy_true_lo``/``_hi``) for the
@@ -51,6 +61,8 @@ import xarray as xr
 
 SCHEMA_VERSION = "1"
 CUBE_DIMS = ("x", "y", "energy")
+#: dims of the counts of a detector-pixel observation (e.g. XRISM Resolve binned by PIXEL)
+PIXEL_DIMS = ("pixel", "energy")
 PSF_NORM_TOL = 1e-3
 REL_TOL = 1e-6
 #: channel edges of two grids coincide when they differ by less than EDGE_TOL channel widths plus
@@ -134,6 +146,44 @@ def _plausible_angle(value, what, note):
             f"{what}={value:g} looks like degrees ({value * 3600:g} arcsec if so): plain numbers are arcsec. "
             f"Pass {what}={value:g} * astropy.units.deg, or the value in arcsec"
         )
+
+
+#: spectral axes xfusion knows: X-ray energy (keV, the default) and wavelength (um, JWST; see xfusion.jwst).
+#: The dimension is called ``energy`` either way; its coordinates' ``units`` (and ``attrs["spectral_unit"]``)
+#: say which quantity it is.
+SPECTRAL_UNITS = {"keV": "energy", "um": "wavelength"}
+
+
+def spectral_unit(ds, strict=True):
+    """Unit of the spectral axis of an observation or result: ``attrs["spectral_unit"]``, else the ``units`` of its
+    ``energy`` coordinate, else None (no spectral axis, e.g. an imager's filter stack without one). A unit other
+    than those of ``SPECTRAL_UNITS`` is refused (``strict``) or returned as None (left to :func:`validate`)."""
+    unit = ds.attrs.get("spectral_unit")
+    if unit is None and "energy" in getattr(ds, "coords", {}):
+        unit = ds["energy"].attrs.get("units")
+    if unit is not None and str(unit) not in SPECTRAL_UNITS and not strict:
+        return None
+    if unit is not None and str(unit) not in SPECTRAL_UNITS:
+        raise ValueError(f"spectral axis of '{ds.attrs.get('name', '?')}' is in {unit!r}; xfusion knows "
+                         f"{', '.join(f'{u} ({q})' for u, q in SPECTRAL_UNITS.items())}. Convert it with astropy "
+                         "(e.g. edges.to(u.um, equivalencies=u.spectral()))")
+    return None if unit is None else str(unit)
+
+
+def check_spectral_units(*datasets):
+    """Refuse datasets whose spectral axes are different quantities (keV energy vs um wavelength).
+
+    xfusion never converts between energy and wavelength implicitly: the channel order reverses
+    and bin widths change non-linearly, so a silent conversion would misplace every response.
+    """
+    units = [(ds.attrs.get("name", f"#{i}"), spectral_unit(ds, strict=False)) for i, ds in enumerate(datasets)]
+    known = {u for _, u in units if u is not None}
+    if len(known) > 1:
+        desc = ", ".join(f"'{n}' in {u} ({SPECTRAL_UNITS[u]})" for n, u in units if u is not None)
+        raise ValueError(f"spectral axes do not match: {desc}. xfusion does not convert between X-ray energy and "
+                         "wavelength implicitly; convert one of them first (astropy: "
+                         "edges.to(u.um, equivalencies=u.spectral()); note that the channel order reverses)")
+    return known.pop() if known else None
 
 
 def _positive_number(value, label, unit):
@@ -230,8 +280,74 @@ def energy_edges(ds_or_da, dim="energy"):
 
 
 def pixel_size(ds, dim="x"):
-    """Pixel size in arcsec stored on the ``x``/``y`` coordinate."""
+    """Pixel size in arcsec stored on the ``x``/``y`` coordinate (of a detector-pixel
+    observation: the side of its square detector pixels, on ``det_x``)."""
+    if dim in ("x", "y") and dim not in ds.coords and "det_x" in ds.coords:
+        return float(ds["det_x"].attrs["pixel_size"])
     return float(ds[dim].attrs["pixel_size"])
+
+
+def is_pixel_observation(ds) -> bool:
+    """True for a detector-pixel observation (counts over ``("pixel", "energy")``)."""
+    return "counts" in ds and ds["counts"].dims == PIXEL_DIMS
+
+
+def _pixel_coords(npix, size, ids, det_x, det_y, units):
+    """Coords ``pixel`` (ids), ``det_x``/``det_y`` (arcsec, detector frame) of a pixel observation."""
+    if det_x is None or det_y is None:
+        raise ValueError("a detector-pixel observation needs det_x and det_y: the pixel centres in detector "
+                         "coordinates (arcsec offsets from the array centre), e.g. from xfusion.io.read_events("
+                         "..., bin_by='pixel')")
+    out = {}
+    for name, v in (("det_x", det_x), ("det_y", det_y)):
+        v, units[name] = _to_unit(v, UNITS["angle"], name)
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != (npix,) or not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} must be {npix} finite values (arcsec), one per pixel; got shape {v.shape}")
+        out[name] = ("pixel", v, {"units": "arcsec", "pixel_size": float(size)})
+    ids = np.arange(npix) if ids is None else np.asarray(ids)
+    if ids.shape != (npix,) or np.unique(ids).size != npix:
+        raise ValueError(f"pixel ids must be {npix} distinct values; got {ids}")
+    out["pixel"] = ("pixel", ids, {"long_name": "detector pixel number"})
+    return out
+
+
+def _add_pixel_geometry(ds, roll, array_center, exposure_fraction, units):
+    roll = 0.0 if roll is None else roll
+    roll, units["roll"] = _to_unit(roll, "deg", "roll")
+    if np.ndim(roll) != 0 or not np.isfinite(float(roll)):
+        raise ValueError(f"roll must be a finite angle (degrees or Quantity); got {roll!r}")
+    ds["roll"] = ((), float(roll), {"units": "deg", "long_name": "detector roll: +y_det position angle, east of north"})
+    ac = (0.0, 0.0) if array_center is None else array_center
+    try:
+        ax, ay = ac
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"array_center must be (x, y) arcsec offsets; got {array_center!r}") from exc
+    for name, v in (("array_x", ax), ("array_y", ay)):
+        v, units[name] = _to_unit(v, UNITS["angle"], name)
+        if np.ndim(v) != 0 or not np.isfinite(float(v)):
+            raise ValueError(f"array_center must be two finite offsets (arcsec); got {array_center!r}")
+        ds[name] = ((), float(v), {"units": "arcsec", "long_name": "sky offset of the detector array centre"})
+    if exposure_fraction is not None:
+        ds["exposure_fraction"] = (("pixel",), np.asarray(exposure_fraction, np.float64),
+                                   {"units": "1", "long_name": "per-pixel exposure / exposure"})
+    return ds
+
+
+def _background_rate(background, ds, cdims):
+    """``background`` (count per data voxel, like counts) as a rate (count s-1) per voxel."""
+    b = background.transpose(*cdims).values if isinstance(background, xr.DataArray) else background
+    b = np.array(b, dtype=np.float64)
+    if b.shape != ds["counts"].shape:
+        raise ValueError(f"background must have the shape of counts {ds['counts'].shape} {cdims} (expected "
+                         f"background counts per voxel); got {b.shape}")
+    if not np.all(np.isfinite(b)) or np.any(b < 0):
+        raise ValueError("background must be finite and >= 0 (expected background counts per voxel)")
+    t = float(ds["exposure"].values)
+    if "exposure_fraction" in ds:
+        t = t * ds["exposure_fraction"].values[:, None]
+    return (cdims, b / t, {"units": "count s-1",
+                           "long_name": "known background rate per data voxel (expected counts / exposure)"})
 
 
 def _check_units(da, expected, what):
@@ -356,6 +472,11 @@ def observation(
     mask=None,
     center=None,
     psf_dims=None,
+    det_x=None,
+    det_y=None,
+    roll=None,
+    array_center=None,
+    background=None,
 ) -> xr.Dataset:
     """Build and validate one observation Dataset (see module docstring for the schema).
 
@@ -364,6 +485,23 @@ def observation(
     in ``attrs["input_units"]`` (JSON). Plain numbers that are implausible in these units
     are refused with the likely mistake named: energy edges above 100 ("look like eV"),
     pixel sizes below 0.01 ("look like degrees").
+
+    Detector-pixel observations (a microcalorimeter such as XRISM Resolve): ``counts`` with
+    dims ("pixel", "energy") (a DataArray, or a plain array with
+    ``dims=("pixel", "energy")``; a ``pixel`` coordinate keeps the detector pixel numbers). Their geometry:
+    ``det_x``, ``det_y`` (P,) pixel centres in DETECTOR coordinates (arcsec or Quantity,
+    offsets from the array centre), ``pixel_size`` the side of the square detector pixel
+    (arcsec), ``roll`` (degrees, default 0) the counter-clockwise rotation of the detector
+    axes from +x (west) towards +y (north) -- the position angle of the detector +y axis,
+    east of north -- and ``array_center`` (x, y) arcsec, the sky offset of the array centre
+    in the tangent frame of ``center`` (default (0, 0)). Stored as coords ``det_x``/``det_y``
+    (``pixel_size`` attribute) and 0-d variables ``roll`` (deg), ``array_x``/``array_y``
+    (arcsec). ``exposure`` may then be a per-pixel array (P,) (s): stored as ``exposure``
+    (the largest) and ``exposure_fraction`` (pixel,) = t_p / exposure; ``effective_area``
+    may be a DataArray (pixel, energy_true) of per-pixel ARFs; ``mask`` may be (P,) (a
+    pixel mask, broadcast over energy) or (P, n_energy). The model of such an observation
+    on the fused grid is the exact footprint of its pixels (:mod:`xfusion.operators.footprint`),
+    after its PSF.
 
     Parameters
     ----------
@@ -418,12 +556,41 @@ def observation(
         :func:`xfusion.io.read_events`. Recorded as ``center_ra``/``center_dec`` attributes
         of the Dataset and of its ``x``/``y`` coordinates, so fused results inherit it;
         :func:`celestial_wcs` turns it into an astropy WCS.
+    det_x, det_y, roll, array_center : detector-pixel observations only (see below).
+    background : None or array like counts (count per data voxel), optional
+        Known additive background: expected counts ``forward(Z) + B`` (e.g. a background
+        region of the same events scaled by BACKSCAL/area, or a model). Stored as
+        ``background_rate`` (count s-1 per voxel, = B / exposure), so a thinned or rescaled
+        exposure rescales it consistently. Must be finite and >= 0.
+
     """
     units = {}
     if center is None and isinstance(counts, xr.DataArray) and counts.attrs.get("center") is not None:
         center = tuple(counts.attrs["center"])
     sky = _center_degrees(center) if center is not None else None
-    if isinstance(counts, xr.DataArray):
+    pixel_obs = (isinstance(counts, xr.DataArray) and "pixel" in counts.dims) or (
+        not isinstance(counts, xr.DataArray) and dims is not None and "pixel" in tuple(dims))
+    pixel_ids = None
+    if pixel_obs:
+        if isinstance(counts, xr.DataArray):
+            if set(counts.dims) != set(PIXEL_DIMS):
+                raise ValueError(f"detector-pixel counts must have dims {PIXEL_DIMS}; got {counts.dims}")
+            da = counts.transpose(*PIXEL_DIMS)
+            values = np.asarray(da.values)
+            pixel_ids = np.asarray(da["pixel"].values) if "pixel" in da.coords else None
+            # geometry carried by xfusion.io.read_events(..., bin_by="pixel") unless given here
+            det_x = da["det_x"].values if det_x is None and "det_x" in da.coords else det_x
+            det_y = da["det_y"].values if det_y is None and "det_y" in da.coords else det_y
+            roll = counts.attrs.get("roll") if roll is None else roll
+            array_center = counts.attrs.get("array_center") if array_center is None else array_center
+        else:
+            values = np.asarray(counts)
+            if sorted(tuple(dims)) != sorted(PIXEL_DIMS) or values.ndim != 2:
+                raise ValueError(f"dims must be a permutation of {PIXEL_DIMS} for detector-pixel counts of ndim 2; "
+                                 f"got {dims}")
+            values = np.transpose(values, [tuple(dims).index(d) for d in PIXEL_DIMS])
+        xcoord = ycoord = None
+    elif isinstance(counts, xr.DataArray):
         missing = set(CUBE_DIMS) - set(counts.dims)
         if missing or counts.ndim != 3:
             raise ValueError(f"counts DataArray must have dims {CUBE_DIMS} (any order); got {counts.dims}")
@@ -449,18 +616,36 @@ def observation(
 
     pixel_size, units["pixel_size"] = _positive_number(pixel_size, "pixel_size", UNITS["angle"])
     _plausible_angle(pixel_size, "pixel_size", units["pixel_size"])
-    exposure, units["exposure"] = _positive_number(exposure, "exposure", UNITS["time"])
+    exposure_fraction = None
+    if pixel_obs and not isinstance(exposure, xr.DataArray) and np.ndim(_to_unit(exposure, "s", "exposure")[0]) == 1:
+        tp, units["exposure"] = _to_unit(exposure, UNITS["time"], "exposure")
+        tp = np.asarray(tp, dtype=np.float64)
+        if tp.shape != values.shape[:1] or not np.all(np.isfinite(tp)) or np.any(tp <= 0):
+            raise ValueError(f"per-pixel exposure must be {values.shape[0]} positive finite values (s), one per "
+                             f"pixel; got shape {tp.shape}")
+        exposure, exposure_fraction = float(tp.max()), tp / tp.max()
+    else:
+        exposure, units["exposure"] = _positive_number(exposure, "exposure", UNITS["time"])
     energy_edges, units["energy_edges"] = _to_unit(energy_edges, UNITS["energy"], "energy_edges")
     energy_edges = np.asarray(energy_edges, dtype=np.float64)
     _plausible_energies(energy_edges, "energy_edges", units["energy_edges"])
 
-    nx, ny, ne = values.shape
-    coords = {
-        "x": _spatial_coord(nx, float(pixel_size), xcoord, "x"),
-        "y": _spatial_coord(ny, float(pixel_size), ycoord, "y"),
-    }
+    if pixel_obs:
+        (npix, ne), nx, ny = values.shape, None, None
+        coords = _pixel_coords(npix, float(pixel_size), pixel_ids, det_x, det_y, units)
+        cdims = PIXEL_DIMS
+    else:
+        if any(v is not None for v in (det_x, det_y, roll, array_center)):
+            raise ValueError("det_x, det_y, roll and array_center describe detector-pixel observations: pass counts "
+                             "with dims ('pixel', 'energy')")
+        nx, ny, ne = values.shape
+        coords = {
+            "x": _spatial_coord(nx, float(pixel_size), xcoord, "x"),
+            "y": _spatial_coord(ny, float(pixel_size), ycoord, "y"),
+        }
+        cdims = CUBE_DIMS
     if sky is not None:
-        for d in ("x", "y"):
+        for d in (("det_x", "det_y") if pixel_obs else ("x", "y")):
             coords[d][2].update(center_ra=sky[0], center_dec=sky[1])
     coords.update(_edges_coords(energy_edges, "energy"))
     if coords["energy"][1].size != ne:
@@ -469,8 +654,10 @@ def observation(
             f"pass {ne + 1} edges"
         )
     ds = xr.Dataset(coords=coords)
-    ds["counts"] = (CUBE_DIMS, values, {"units": "count"})
+    ds["counts"] = (cdims, values, {"units": "count"})
     ds["exposure"] = ((), float(exposure), {"units": "s"})
+    if pixel_obs:
+        ds = _add_pixel_geometry(ds, roll, array_center, exposure_fraction, units)
 
     # effective area
     if effective_area is not None and not isinstance(effective_area, xr.DataArray) or (
@@ -480,7 +667,15 @@ def observation(
         ds["effective_area"] = ((), 1.0, {"units": "cm2", "note": "not given: 1 cm2 assumed"})
     elif isinstance(effective_area, xr.DataArray):
         area = _energy_true_dataarray(effective_area, "effective_area")
-        if area.ndim == 3:
+        if pixel_obs and area.ndim == 2 and "pixel" in area.dims:
+            area = area.transpose("pixel", "energy_true")
+            if area.shape[0] != values.shape[0]:
+                raise ValueError(f"per-pixel effective_area has {area.shape[0]} pixels, counts {values.shape[0]}")
+            area = area.drop_vars(["pixel"], errors="ignore")
+        elif area.ndim == 3:
+            if pixel_obs:
+                raise ValueError("a detector-pixel observation takes effective_area over (pixel, energy_true), not "
+                                 "(x, y, energy_true)")
             area = area.transpose("x", "y", "energy_true")
             if area.shape[:2] != (nx, ny):
                 raise ValueError(f"vignetted effective_area has spatial shape {area.shape[:2]}, counts {(nx, ny)}")
@@ -529,10 +724,16 @@ def observation(
         ds = _add_response(ds, response, response_spacing)
 
     if mask is not None:
-        m = np.asarray(mask.transpose(*CUBE_DIMS).values if isinstance(mask, xr.DataArray) else mask)
+        m = np.asarray(mask.transpose(*[d for d in cdims if d in mask.dims]).values
+                       if isinstance(mask, xr.DataArray) else mask)
+        if pixel_obs and m.shape == values.shape[:1] and m.dtype == bool:
+            m = np.repeat(m[:, None], values.shape[1], axis=1)
         if m.shape != values.shape or m.dtype != bool:
-            raise ValueError(f"mask must be a boolean array of shape {values.shape} (x, y, energy)")
-        ds["mask"] = (CUBE_DIMS, m)
+            raise ValueError(f"mask must be a boolean array of shape {values.shape} {cdims}"
+                             + (f" or ({values.shape[0]},) per pixel" if pixel_obs else ""))
+        ds["mask"] = (cdims, m)
+    if background is not None:
+        ds["background_rate"] = _background_rate(background, ds, cdims)
 
     ds.attrs.update({"xfusion_schema": SCHEMA_VERSION, "name": name or "observation",
                      "input_units": json.dumps(units, sort_keys=True)})
@@ -653,10 +854,15 @@ def _add_response(ds, response, spacing):
             if ds_et.size != et.size or not np.allclose(ds_et, et):
                 # put the area on the RMF grid: an ARF normally shares the RMF grid already
                 area = ds["effective_area"]
-                new = np.interp(0.5 * (et[1:] + et[:-1]), ds["energy_true"].values, area.values)
+                # linear interpolation along energy_true (last axis; also for a vignetted (x, y, energy_true) area)
+                src, dst = ds["energy_true"].values, 0.5 * (et[1:] + et[:-1])
+                j = np.clip(np.searchsorted(src, dst) - 1, 0, src.size - 2) if src.size > 1 else np.zeros(dst.size, int)
+                f = np.clip((dst - src[j]) / (src[j + 1] - src[j]), 0.0, 1.0) if src.size > 1 else np.zeros(dst.size)
+                vals = np.asarray(area.values, dtype=np.float64)
+                new = vals[..., j] * (1 - f) + vals[..., np.minimum(j + 1, src.size - 1)] * f
                 ds = ds.drop_vars(["effective_area", "energy_true", "energy_true_lo", "energy_true_hi"])
                 ds = ds.assign_coords(_edges_coords(et, "energy_true"))
-                ds["effective_area"] = (("energy_true",), new, {"units": "cm2", "note": "interpolated onto RMF grid"})
+                ds["effective_area"] = (area.dims, new, {"units": "cm2", "note": "interpolated onto RMF grid"})
         else:
             ds = ds.assign_coords(_edges_coords(et, "energy_true"))
         ds["response"] = (("energy_true", "energy"), mat, {"units": "1", "kind": "matrix"})
@@ -693,15 +899,34 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         if v not in ds:
             fix = "set ds['exposure'] = ((), seconds, {'units': 's'})" if v == "exposure" else "add a counts cube"
             raise ValueError(f"observation '{ds.attrs.get('name', '?')}' has no '{v}' variable; {fix}")
-    if ds["counts"].dims != CUBE_DIMS:
-        raise ValueError(f"counts dims must be {CUBE_DIMS}; got {ds['counts'].dims}. Use .transpose{CUBE_DIMS}")
-    for d in ("x", "y"):
+    pixel_obs = ds["counts"].dims == PIXEL_DIMS
+    if ds["counts"].dims != CUBE_DIMS and not pixel_obs:
+        raise ValueError(f"counts dims must be {CUBE_DIMS} (or {PIXEL_DIMS} for a detector-pixel observation); got "
+                         f"{ds['counts'].dims}. Use .transpose{CUBE_DIMS}")
+    for d in (("det_x", "det_y") if pixel_obs else ("x", "y")):
+        if d not in ds.coords:
+            raise ValueError(f"coordinate {d} is missing (arcsec)")
         _check_units(ds[d], "arcsec", f"coordinate {d}")
         if "pixel_size" not in ds[d].attrs:
             raise ValueError(f"coordinate {d} has no 'pixel_size' attribute (arcsec)")
+    if pixel_obs:
+        for v, u in (("roll", "deg"), ("array_x", "arcsec"), ("array_y", "arcsec")):
+            if v not in ds:
+                raise ValueError(f"detector-pixel observation '{ds.attrs.get('name', '?')}' has no '{v}' ({u}); "
+                                 "build it with xfusion.observation(..., det_x=, det_y=, roll=, array_center=)")
+            _check_units(ds[v], u, v)
+    if "background_rate" in ds:
+        _check_units(ds["background_rate"], "count s-1", "background_rate")
+        if ds["background_rate"].dims != ds["counts"].dims:
+            raise ValueError(f"background_rate dims {ds['background_rate'].dims} differ from counts {ds['counts'].dims}")
     for c in ("energy", "energy_lo", "energy_hi"):
         if c not in ds.coords:
             raise ValueError(f"coordinate '{c}' is missing; energies need explicit edges (energy_lo, energy_hi in keV)")
+        if ds[c].attrs.get("units") in ("um", "micron"):
+            raise ValueError(f"observation '{ds.attrs.get('name', '?')}' has a wavelength axis ({c} in um): the "
+                             "counts schema is for X-ray energies in keV. Fuse imager + IFU wavelength data with "
+                             "xfusion.jwst.fuse_jwst, or convert the edges to keV with astropy "
+                             "(edges.to(u.keV, equivalencies=u.spectral()), reversing the channel order)")
         _check_units(ds[c], "keV", f"coordinate {c}")
     energy_edges(ds, "energy")
     _check_units(ds["exposure"], "s", "exposure")

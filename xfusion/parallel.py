@@ -25,7 +25,8 @@ import os
 
 import numpy as np
 
-from .likelihood import aligned, block_value_grad as _block_value_grad, data_constant  # noqa: F401
+from .likelihood import aligned, data_constant, poisson_ratio, poisson_value
+from .likelihood import block_value_grad as _block_value_grad  # noqa: F401
 
 try:  # dask is a core dependency, but keep the in-memory path importable without it
     import dask
@@ -111,25 +112,36 @@ def check_workers(client, timeout=10.0, busy=0.9):
 
 
 class DaskPoissonTerm:
-    """Poisson data term whose counts are a Dask array chunked (bx, by, full energy).
+    """Poisson data term whose counts are a Dask array chunked (bx, by, full energy), persisted.
 
-    Evaluated through :meth:`evaluate_many` (all terms in one compute), the Dask counterpart of
-    :meth:`xfusion.likelihood.PoissonTerm.subspace_value_and_grad`
-    (masks are not supported on this path yet: a clear error is raised).
+    Subspace (low-rank) path: evaluated through :meth:`evaluate_many` (all terms in one compute),
+    the Dask counterpart of :meth:`xfusion.likelihood.PoissonTerm.subspace_value_and_grad`.
+    Full-cube path (with a ``backend``, :class:`xfusion.backends.blockwise.DaskBackend`):
+    :meth:`value_from_model` and :meth:`ratio` map the likelihood's block kernels
+    (:func:`~xfusion.likelihood.poisson_value`, :func:`~xfusion.likelihood.poisson_ratio`) over
+    the blocks, as :class:`~xfusion.likelihood.PoissonTerm` calls them on the whole cube. No mask
+    and no background on this path (``weight``/``background`` are None).
     """
 
-    def __init__(self, model, data, dtype=np.float32, client=None, persist=True):
-        self.model = model
+    weight = background = None
+
+    def __init__(self, model, data, dtype=np.float32, client=None, backend=None):
+        self.model, self.client, self.backend = model, client, backend
         d = data.astype(dtype)
         if len(d.chunks[2]) != 1:
             d = d.rechunk({2: -1})
-        self.client = client
-        if persist:
-            d = persist_many([d], client)[0]
-        self.data = d
+        self.data = d = persist_many([d], client)[0]
         consts = d.map_blocks(lambda b: np.full((1, 1, 1), data_constant(b)), dtype=np.float64,
                               chunks=((1,) * len(d.chunks[0]), (1,) * len(d.chunks[1]), (1,)))
         self.constant = float(compute(consts.sum(), client))
+
+    def value_from_model(self, m):
+        """Lazy D for the model m (Dask, chunked like the data)."""
+        return self.backend.total(poisson_value, m, self.data) + self.constant
+
+    def ratio(self, m):
+        """Lazy ``d / m`` (the Richardson-Lucy correction), chunked like the data."""
+        return self.backend.map(poisson_ratio, m, self.data)
 
     def graph(self, a, v, grad=True):
         """The Dask array of one evaluation (exposed so tests can count its tasks)."""

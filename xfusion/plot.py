@@ -16,7 +16,7 @@ import numpy as np
 from . import metrics
 
 __all__ = ["amplitude_maps", "line_band", "line_maps", "spectra", "error_maps", "objective_history",
-           "summary", "auto_pixels"]
+           "summary", "auto_pixels", "velocity_maps", "band_velocity_maps"]
 
 FLUX = r"ph cm$^{-2}$ s$^{-1}$"
 FLUX_DENSITY = r"ph cm$^{-2}$ s$^{-1}$ keV$^{-1}$"
@@ -568,6 +568,71 @@ def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=
     return fig
 
 
+# ----------------------------------------------------------------------------- velocity maps
+def velocity_maps(maps, truth=None, *, ax=None, vlim=None):
+    """Line-centroid velocity, its error and the true velocity, side by side (km/s colour bars).
+
+    ``maps``: a Dataset of :func:`xfusion.analysis.line_map` with errors (``velocity`` and
+    ``velocity_err``, km/s; e.g. from :func:`xfusion.analysis.line_map_errors`). ``truth``:
+    optional Dataset with a ``velocity`` map (km/s) on the same (x, y) pixels -- a scene's
+    truth or ``line_map`` of the true cube. Panels: velocity and true velocity on one
+    symmetric diverging scale (``vlim`` km/s, default the 98th percentile of |v|), the 1-sigma
+    error on its own scale; grey: no valid line (NaN). Returns the Figure.
+    """
+    if "velocity" not in maps or "velocity_err" not in maps:
+        raise ValueError("velocity_maps needs line maps with errors (velocity and velocity_err): use "
+                         "xfusion.analysis.line_map_errors(uncertainty, ...) or line_map(..., replicas=)")
+    if truth is not None and "velocity" not in truth:
+        raise ValueError("truth must be a Dataset with a 'velocity' map (km/s)")
+    import matplotlib
+
+    panels = [("velocity", maps["velocity"], "fused: line-centroid velocity"),
+              ("error", maps["velocity_err"], f"fused: velocity error (1 sigma, {maps.attrs.get('n_replicas', '?')} "
+                                              "replicas)")]
+    if truth is not None:
+        panels.append(("velocity", truth["velocity"], "truth: line-centroid velocity"))
+    axes = _axes_list(ax, len(panels), (4.4 * len(panels), 3.9))
+    vel = [np.asarray(p[1].values, float) for p in panels if p[0] == "velocity"]
+    finite = np.concatenate([v[np.isfinite(v)] for v in vel]) if vel else np.zeros(0)
+    lim = float(vlim) if vlim is not None else (float(np.percentile(np.abs(finite), 98)) if finite.size else 1.0)
+    lim = max(lim, 1e-3)
+    div = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.82")
+    seq = matplotlib.colormaps["viridis"].with_extremes(bad="0.82")
+    name = maps.attrs.get("name", "line")
+    for a, (kind, img, title) in zip(axes, panels):
+        if kind == "velocity":
+            im = _show_map(a, img, cmap=div, vmin=-lim, vmax=lim)
+            a.figure.colorbar(im, ax=a, shrink=0.85).set_label("velocity (km/s, + receding)")
+        else:
+            e = np.asarray(img.values, float)
+            top = float(np.percentile(e[np.isfinite(e)], 98)) if np.isfinite(e).any() else 1.0
+            im = _show_map(a, img, cmap=seq, vmin=0, vmax=max(top, 1e-3))
+            a.figure.colorbar(im, ax=a, shrink=0.85, extend="max").set_label("velocity error (km/s)")
+        a.set_title(f"{title}\n{name}", fontsize=9)
+    return _root(axes[0])
+
+
+def band_velocity_maps(uncertainty, truth=None, *, x_obs=None, band=None):
+    """Velocity maps with errors of the brightest line of a fused cube, and of the truth (for :func:`summary`).
+
+    ``uncertainty``: the Dataset of :func:`xfusion.uncertainty`. The line window is ``band``
+    (default :func:`line_band`, the sharp-spatial channel holding the brightest line), the rest
+    energy its centre (velocities are relative to it), the continuum the two side bands of the
+    same width. Returns ``(maps, truth_maps)`` (line maps with ``velocity_err``; ``truth_maps``
+    None without a truth cube).
+    """
+    from . import analysis
+
+    lo, hi = tuple(band) if band is not None else line_band(uncertainty, x_obs=x_obs)
+    w = hi - lo
+    e = uncertainty["energy"].values
+    cont = [b for b in ((lo - w, lo), (hi, hi + w)) if b[0] >= e[0] and b[1] <= e[-1]]
+    kw = {"window": (lo, hi), "continuum": cont or [(e[0], lo)], "name": f"line at {0.5 * (lo + hi):.4g} keV"}
+    maps = analysis.line_map_errors(uncertainty, 0.5 * (lo + hi), **kw)
+    tmaps = None if truth is None else analysis.line_map(_flux(truth, "truth"), 0.5 * (lo + hi), **kw)
+    return maps, tmaps
+
+
 # ----------------------------------------------------------------------------- summary
 def _baselines(x_obs, y_obs):
     """Naive reference cubes on the fused grid (needs both observations), or {}."""
@@ -640,7 +705,8 @@ def _masked_sam_panel(ax, result, truth, threshold=0.5):
     return mean
 
 
-def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=None, band=None, dpi=100):
+def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=None, band=None, dpi=100,
+            velocity=None, velocity_truth=None):
     """One-page overview that shows what fusion gained.
 
     Top row: narrow-band maps of the brightest line (:func:`line_maps`; the band, in keV, is
@@ -651,8 +717,10 @@ def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=Non
     the small pixels; :mod:`xfusion.baselines`) in the same flux units, the line band shaded
     and the fused/true flux ratio in the band; the convergence history; with a truth, the
     spectral-angle map masked where there is no signal. The figure title gives NMSE and aSAM
-    of the fused cube and of the baselines. With ``path`` the figure is saved as PNG at
-    ``dpi``. Returns the Figure.
+    of the fused cube and of the baselines. With ``velocity`` (line maps with errors, see
+    :func:`velocity_maps`) a third row shows the velocity map, its error map and
+    ``velocity_truth`` (a Dataset with a ``velocity`` map, km/s). With ``path`` the figure is
+    saved as PNG at ``dpi``. Returns the Figure.
     """
     plt = _pyplot()
     pixels = list(pixels) if pixels is not None else auto_pixels(result)
@@ -660,8 +728,13 @@ def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=Non
     n_top = 3 + (truth is not None)
     n_bottom = len(pixels) + 1 + (truth is not None)
     ncol = max(n_top, n_bottom)
-    fig = plt.figure(figsize=(4.8 * ncol, 10.0), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.05])
+    rows = 2 + (velocity is not None)
+    fig = plt.figure(figsize=(4.8 * ncol, 5.0 * rows), layout="constrained")
+    subs = fig.subfigures(rows, 1, height_ratios=[1.0, 1.05, 1.0][:rows])
+    top, bottom = subs[0], subs[1]
+    if velocity is not None:
+        nv = 2 + (velocity_truth is not None)
+        velocity_maps(velocity, velocity_truth, ax=subs[2].subplots(1, nv))
     line_maps(result, truth, x_obs, y_obs, band=band, ax=top.subplots(1, n_top))
     axb = list(np.atleast_1d(bottom.subplots(1, n_bottom)).ravel())
     base = _baselines(x_obs, y_obs)

@@ -65,6 +65,18 @@ whole PI value when within 1 % of a PI unit of it, so float32 EBOUNDS edges
 (off by ~1e-7 keV) never move an event to the neighbouring bin.  The floating
 ``energy`` column of Chandra is binned as is.
 
+Pixel binning (``bin_by="pixel"``).  Events are screened as usual (Resolve default:
+``ITYPE == 0``, high-resolution primary "Hp" grade only; add Mp with
+``filters={"ITYPE": ("in", (0, 1))}``), kept inside the GTIs, and counted per ``PIXEL`` and
+energy group.  The pixels are those from ``TLMIN`` to ``TLMAX`` of the ``PIXEL``
+column minus ``exclude_pixels``; a pixel without events still gets a (zero) spectrum.
+Each pixel's detector position is the most frequent (``DETX``, ``DETY``) of its events
+(integer detector pixel coordinates), centred on the middle of the ``TLMIN``-``TLMAX``
+range of those columns and scaled by ``detector_pixel_size``: ``det_x = (DETX -
+(TLMIN + TLMAX) / 2) * detector_pixel_size``; DETX is taken to be the detector x axis
+that ``roll`` rotates (a detector frame mirrored with respect to the sky would need its
+DETX negated). A pixel with no events and so no position is an error.
+
 Default screening skips a column that an already-screened file does not have
 when the screen is optional (Chandra ``status``: level-2 files are already
 status-filtered); the skipped screen is named in ``attrs["filters"]``.
@@ -105,6 +117,8 @@ INSTRUMENTS: dict[str, dict] = {
         "x": "X", "y": "Y", "energy": "PI", "kev_per_unit": 0.5e-3, "pi": True,
         "filters": {"ITYPE": ("==", 0)},
         "optional": (), "ccd": None,
+        # bin_by="pixel": the calibration pixel sees the 55Fe source, not the sky; nominal 30" pixels
+        "exclude_pixels": (12,), "detector_pixel_size": 30.0,
     },
 }
 
@@ -300,9 +314,9 @@ def read_events(
     path,
     *,
     energy_edges,
-    pixel_size: float,
-    center: tuple[float, float],
-    shape: tuple[int, int],
+    pixel_size: float | None = None,
+    center: tuple[float, float] = None,
+    shape: tuple[int, int] | None = None,
     filters: Mapping | None = None,
     instrument: str | None = None,
     hdu: str | int = "EVENTS",
@@ -310,6 +324,11 @@ def read_events(
     channel_edges=None,
     pi_per_channel: int | None = None,
     gti: bool = True,
+    bin_by: str = "sky",
+    exclude_pixels=None,
+    detector_pixel_size: float | None = None,
+    roll: float | None = None,
+    array_center=None,
 ) -> xr.DataArray:
     """Bin an event list into a counts cube.
 
@@ -353,10 +372,28 @@ def read_events(
     gti : bool
         Use the GTI extensions for the exposure and drop events outside them
         (default).  False: header keyword only, no time screening.
+    bin_by : {"sky", "pixel"}
+        ``"pixel"`` (XRISM Resolve): bin by the ``PIXEL`` column instead of the sky
+        position; see "Pixel binning" in the module docstring. ``pixel_size`` and
+        ``shape`` are then not used.
+    exclude_pixels : sequence of int, optional
+        ``bin_by="pixel"``: detector pixels left out (default for Resolve: ``(12,)``, the
+        calibration pixel, which sees the 55Fe source, not the sky). Add bad pixels here.
+    detector_pixel_size : float, arcsec, optional
+        ``bin_by="pixel"``: side of a detector pixel on the sky (default for Resolve: 30).
+    roll : float, deg, optional
+        ``bin_by="pixel"``: roll (position angle of the detector +DETY axis, east of north);
+        default: the ``PA_NOM`` keyword (EVENTS header, then primary).
+    array_center : (RA, Dec) deg, optional
+        ``bin_by="pixel"``: sky position of the array centre; default ``RA_PNT``/``DEC_PNT``,
+        else ``RA_NOM``/``DEC_NOM``.
 
     Returns
     -------
     xarray.DataArray, dims ("x", "y", "energy"), int64, units "count"
+        With ``bin_by="pixel"`` the dims are ("pixel", "energy"), with coords ``pixel``,
+        ``det_x``, ``det_y`` (arcsec) and attrs ``roll`` (deg), ``array_center`` (x, y arcsec
+        offsets about ``center``), ``detector_pixel_size`` and ``excluded_pixels``.
         Coordinates ``x``, ``y`` (arcsec tangent-plane offsets, x west, y
         north), ``energy``, ``energy_lo``, ``energy_hi`` (keV).  ``attrs``:
         ``units``, ``exposure`` (s, NaN if unknown), ``exposure_source``
@@ -373,9 +410,16 @@ def read_events(
     edges = np.asarray(energy_edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError("energy_edges must be a 1-D increasing array of >= 2 edges (keV).")
-    nx, ny = (int(s) for s in shape)
-    if nx < 1 or ny < 1 or not float(pixel_size) > 0:
-        raise ValueError("shape must be positive and pixel_size > 0.")
+    if bin_by not in ("sky", "pixel"):
+        raise ValueError(f"bin_by must be 'sky' (an (x, y) image) or 'pixel' (detector pixels); got {bin_by!r}")
+    if center is None:
+        raise ValueError("center (RA, Dec in degrees: the tangent point of the sky offsets) is required")
+    if bin_by == "sky":
+        if pixel_size is None or shape is None:
+            raise ValueError("pixel_size and shape are required to bin events on the sky (bin_by='sky')")
+        nx, ny = (int(s) for s in shape)
+        if nx < 1 or ny < 1 or not float(pixel_size) > 0:
+            raise ValueError("shape must be positive and pixel_size > 0.")
     if channel_edges is not None:
         channel_edges = np.asarray(channel_edges)
         if (channel_edges.shape != edges.shape or not np.issubdtype(channel_edges.dtype, np.integer)
@@ -412,7 +456,8 @@ def read_events(
                 if col.upper() not in present:
                     filters.pop(col)
                     notes.append(f"{col}: column absent (already-screened file), screen skipped")
-        needed = [cfg["x"], cfg["y"], cfg["energy"], *filters]
+        pos_cols = [cfg["x"], cfg["y"]] if bin_by == "sky" else ["PIXEL", "DETX", "DETY"]
+        needed = [*pos_cols, cfg["energy"], *filters]
         missing = [c for c in needed if c.upper() not in present]
         if missing:
             raise ValueError(
@@ -447,12 +492,16 @@ def read_events(
             n_outside_gti = int(np.sum(mask & ~in_gti))
             mask &= in_gti
 
-        x_pix = np.asarray(data[cfg["x"]], dtype=np.float64)[mask]
-        y_pix = np.asarray(data[cfg["y"]], dtype=np.float64)[mask]
         raw_e = np.asarray(data[cfg["energy"]])[mask]
         ccd_sel = ccd_all[mask] if ccd_all is not None else None
-        wx = _column_wcs(ev, cfg["x"], label)
-        wy = _column_wcs(ev, cfg["y"], label)
+        if bin_by == "sky":
+            x_pix = np.asarray(data[cfg["x"]], dtype=np.float64)[mask]
+            y_pix = np.asarray(data[cfg["y"]], dtype=np.float64)[mask]
+            wx = _column_wcs(ev, cfg["x"], label)
+            wy = _column_wcs(ev, cfg["y"], label)
+        else:
+            pix_info = _pixel_columns(ev, mask, label, instrument, exclude_pixels, roll, array_center,
+                                      [h.header for h in hdul])
 
     # ---- energy index of every event (-1 = outside the band)
     if channel_edges is not None:
@@ -474,16 +523,22 @@ def read_events(
         ie[(energy < edges[0]) | (energy >= edges[-1])] = -1
         binning = "energy"
 
-    ra, dec = _sky_to_radec(x_pix, y_pix, wx, wy)
-    xo, yo = _tangent_offsets(ra, dec, float(center[0]), float(center[1]))
-    x_edges = (np.arange(nx + 1) - nx / 2.0) * float(pixel_size)
-    y_edges = (np.arange(ny + 1) - ny / 2.0) * float(pixel_size)
-    ix = np.floor(xo / float(pixel_size) + nx / 2.0).astype(np.int64)
-    iy = np.floor(yo / float(pixel_size) + ny / 2.0).astype(np.int64)
-    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (ie >= 0)
     ne = edges.size - 1
-    flat = (ix[inside] * ny + iy[inside]) * ne + ie[inside]
-    cube = np.bincount(flat, minlength=nx * ny * ne).astype(np.int64).reshape(nx, ny, ne)
+    if bin_by == "pixel":
+        ids, row = pix_info["ids"], pix_info["row"]
+        inside = (row >= 0) & (ie >= 0)
+        flat = row[inside] * ne + ie[inside]
+        cube = np.bincount(flat, minlength=ids.size * ne).astype(np.int64).reshape(ids.size, ne)
+    else:
+        ra, dec = _sky_to_radec(x_pix, y_pix, wx, wy)
+        xo, yo = _tangent_offsets(ra, dec, float(center[0]), float(center[1]))
+        x_edges = (np.arange(nx + 1) - nx / 2.0) * float(pixel_size)
+        y_edges = (np.arange(ny + 1) - ny / 2.0) * float(pixel_size)
+        ix = np.floor(xo / float(pixel_size) + nx / 2.0).astype(np.int64)
+        iy = np.floor(yo / float(pixel_size) + ny / 2.0).astype(np.int64)
+        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (ie >= 0)
+        flat = (ix[inside] * ny + iy[inside]) * ne + ie[inside]
+        cube = np.bincount(flat, minlength=nx * ny * ne).astype(np.int64).reshape(nx, ny, ne)
 
     # ---- exposure
     exposure_kw = None
@@ -539,10 +594,27 @@ def read_events(
             exposure = float(header[exposure_kw])
             source = f"header keyword {exposure_kw}" + ("" if exposure_keyword else " (no GTI extension)")
 
-    coords = {
-        "x": xr.Variable("x", 0.5 * (x_edges[1:] + x_edges[:-1]), {"units": "arcsec"}),
-        "y": xr.Variable("y", 0.5 * (y_edges[1:] + y_edges[:-1]), {"units": "arcsec"}),
-    }
+    if bin_by == "pixel":
+        size = float(detector_pixel_size if detector_pixel_size is not None
+                     else INSTRUMENTS[instrument].get("detector_pixel_size", np.nan))
+        if not size > 0:
+            raise ValueError(f"{label}: pass detector_pixel_size= (arcsec per detector pixel) for {instrument}")
+        coords = {"pixel": xr.Variable("pixel", ids, {"long_name": "detector pixel (PIXEL column)"}),
+                  "det_x": xr.Variable("pixel", pix_info["detx"] * size, {"units": "arcsec"}),
+                  "det_y": xr.Variable("pixel", pix_info["dety"] * size, {"units": "arcsec"})}
+        ac = _tangent_offsets(np.array([pix_info["center_radec"][0]]), np.array([pix_info["center_radec"][1]]),
+                              float(center[0]), float(center[1]))
+        pixel_attrs = {"roll": float(pix_info["roll"]), "roll_source": pix_info["roll_source"],
+                       "array_center": (float(ac[0][0]), float(ac[1][0])),
+                       "array_center_source": pix_info["center_source"],
+                       "detector_pixel_size": size, "excluded_pixels": list(pix_info["excluded"])}
+        pixel_size = size
+    else:
+        coords = {
+            "x": xr.Variable("x", 0.5 * (x_edges[1:] + x_edges[:-1]), {"units": "arcsec"}),
+            "y": xr.Variable("y", 0.5 * (y_edges[1:] + y_edges[:-1]), {"units": "arcsec"}),
+        }
+        pixel_attrs = {}
     coords.update(edges_coords("energy", edges[:-1], edges[1:]))
     filt_text = "; ".join([f"{k} {v}" for k, v in filters.items()] + notes)
     attrs = {
@@ -564,6 +636,70 @@ def read_events(
         "n_binned": int(cube.sum()),
         "filters": filt_text,
         "energy_binning": binning,
+        **pixel_attrs,
     }
-    return xr.DataArray(cube, dims=("x", "y", "energy"), coords=coords,
-                        name="counts", attrs=attrs)
+    return xr.DataArray(cube, dims=("pixel", "energy") if bin_by == "pixel" else ("x", "y", "energy"),
+                        coords=coords, name="counts", attrs=attrs)
+
+
+def _header_value(headers, *keys):
+    for k in keys:
+        for h in headers:
+            if k in h:
+                return k, h[k]
+    return None, None
+
+
+def _pixel_columns(ev, mask, label, instrument, exclude, roll, array_center, headers):
+    """Detector pixels of the selected events: row index per event (-1 = excluded), pixel ids,
+    DET positions (in detector pixels from the array centre), roll and array-centre sky position."""
+    data, cols = ev.data, ev.columns
+
+    def lim(name, values):
+        i = [c.upper() for c in cols.names].index(name)
+        lo = ev.header.get(f"TLMIN{i + 1}")
+        hi = ev.header.get(f"TLMAX{i + 1}")
+        if lo is None or hi is None:
+            lo, hi = (int(values.min()), int(values.max())) if values.size else (0, -1)
+        return int(lo), int(hi)
+
+    pix_all = np.asarray(data["PIXEL"]).astype(np.int64)
+    detx_all = np.asarray(data["DETX"]).astype(np.float64)
+    dety_all = np.asarray(data["DETY"]).astype(np.float64)
+    if exclude is None:
+        exclude = INSTRUMENTS[instrument].get("exclude_pixels", ())
+    exclude = tuple(int(p) for p in exclude)
+    p0, p1 = lim("PIXEL", pix_all)
+    ids = np.array([p for p in range(p0, p1 + 1) if p not in exclude], dtype=np.int64)
+    xl, yl = lim("DETX", detx_all), lim("DETY", dety_all)
+    cx, cy = 0.5 * (xl[0] + xl[1]), 0.5 * (yl[0] + yl[1])
+    detx, dety = np.empty(ids.size), np.empty(ids.size)
+    for k, p in enumerate(ids):
+        sel = pix_all == p
+        if not sel.any():
+            raise ValueError(f"{label}: pixel {p} has no events, so its DETX/DETY position is unknown; add it to "
+                             "exclude_pixels= (or check the PIXEL column range TLMIN/TLMAX)")
+        vals, n = np.unique(np.stack([detx_all[sel], dety_all[sel]], axis=1), axis=0, return_counts=True)
+        detx[k], dety[k] = vals[int(np.argmax(n))] - (cx, cy)
+    lut = np.full(max(p1, int(pix_all.max(initial=0))) + 2, -1, dtype=np.int64)
+    lut[ids] = np.arange(ids.size)
+    pix = pix_all[mask]
+    row = np.where((pix >= 0) & (pix < lut.size), lut[np.clip(pix, 0, lut.size - 1)], -1)
+    if roll is None:
+        kw, roll = _header_value(headers, "PA_NOM")
+        if kw is None:
+            raise ValueError(f"{label}: no PA_NOM keyword (roll angle); pass roll= (deg, position angle of +DETY)")
+        roll_source = "PA_NOM"
+    else:
+        roll_source = "argument roll="
+    if array_center is None:
+        kw, ra = _header_value(headers, "RA_PNT", "RA_NOM")
+        kw2, dec = _header_value(headers, "DEC_PNT", "DEC_NOM")
+        if kw is None or kw2 is None:
+            raise ValueError(f"{label}: no RA_PNT/DEC_PNT (or RA_NOM/DEC_NOM) keywords; pass array_center=(ra, dec)")
+        array_center, center_source = (float(ra), float(dec)), f"{kw}/{kw2}"
+    else:
+        center_source = "argument array_center="
+    return {"ids": ids, "row": row, "detx": detx, "dety": dety, "roll": float(roll), "roll_source": roll_source,
+            "center_radec": tuple(float(v) for v in array_center), "center_source": center_source,
+            "excluded": exclude}

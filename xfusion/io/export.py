@@ -540,11 +540,11 @@ def write_pha(
 # --------------------------------------------------------------------------
 # Spectrum of a fused cube for a nominal "fused instrument"
 # --------------------------------------------------------------------------
-__all__ += ["write_pha_from_result"]
+__all__ += ["write_pha_from_result", "region_mask"]
 
 
-def _region_mask(region, shape) -> np.ndarray:
-    """Boolean (x, y) mask from a mask, a list of (ix, iy) pixels or a pair of slices."""
+def region_mask(region, shape) -> np.ndarray:
+    """Boolean (x, y) mask of ``shape`` from a mask, a list of (ix, iy) pixels or a pair of slices."""
     if isinstance(region, xr.DataArray):
         region = region.transpose("x", "y").values
     if isinstance(region, tuple) and len(region) == 2 and all(isinstance(s, slice) for s in region):
@@ -581,6 +581,7 @@ def write_pha_from_result(
     instrument: str = "FUSED",
     object_name: str | None = None,
     obs_id=1,
+    uncertainty=None,
     overwrite: bool = False,
 ) -> tuple[Path, Path, Path]:
     """Write the fused spectrum of a region as a PHA + RMF + ARF of a nominal "fused instrument".
@@ -617,12 +618,23 @@ def write_pha_from_result(
         rounded) with ``STAT_ERR = sqrt(expected counts) / exposure`` (``POISSERR = F``).
     telescope, instrument, object_name, obs_id : header keywords (``OBS_ID`` is optional in
         OGIP but gammapy's reader names the dataset after it).
+    uncertainty : xarray.Dataset, optional
+        The Dataset of :func:`xfusion.uncertainty` for this result (``flux_replicas``, same
+        grid). The region is summed in every replica: ``STAT_ERR`` = their standard deviation
+        (ddof=1) in the unit of the data column (count, or count/s with ``rate``) and
+        ``POISSERR = F`` (the fused spectrum is not Poisson: its errors come from the
+        replicas). The channel-by-channel covariance across replicas (same unit squared) goes
+        to the companion file ``<prefix>.cov.fits`` (image HDU ``COVARIANCE``, n_channel x
+        n_channel, keywords ``NREPLICA`` and ``RANK`` <= NREPLICA - 1), named in the PHA
+        header by ``COVFILE``. Without it the errors are those of Poisson counts (see
+        ``rate``), which understate or overstate the real ones.
     overwrite : bool
         Overwrite existing files.
 
     Returns
     -------
-    (pha_path, rmf_path, arf_path) : tuple of pathlib.Path
+    (pha_path, rmf_path, arf_path) : tuple of pathlib.Path (with ``uncertainty`` the covariance
+    file ``<prefix>.cov.fits`` is written too)
 
     Notes
     -----
@@ -631,7 +643,7 @@ def write_pha_from_result(
     from 0 in the PHA, the RMF (``F_CHAN``, ``TLMIN4``) and ``EBOUNDS``.
     """
     da = result[variable].transpose("x", "y", "energy")
-    mask = _region_mask(region, (da.sizes["x"], da.sizes["y"]))
+    mask = region_mask(region, (da.sizes["x"], da.sizes["y"]))
     if not mask.any():
         raise ValueError("the region selects no pixel.")
     if not (float(exposure) > 0 and float(area) > 0):
@@ -645,6 +657,13 @@ def write_pha_from_result(
         data = np.rint(expected)
     else:
         data = expected
+    stat_err = cov = None
+    if uncertainty is not None:
+        reps = _replica_spectra(uncertainty, [mask], da)[:, 0]  # (replica, energy)
+        unit = float(area) * float(exposure) / (float(exposure) if rate else 1.0)
+        stat_err = reps.std(axis=0, ddof=1) * unit
+        dev = (reps - reps.mean(axis=0)) * unit
+        cov = dev.T @ dev / (reps.shape[0] - 1)
 
     n = lo.size
     keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
@@ -652,10 +671,17 @@ def write_pha_from_result(
     # BACKSCAL as a column of ones (keyword 1): OGIP allows either, gammapy needs the column
     write_pha(data, np.append(lo, hi[-1]), float(exposure), pha_path, rmf=rmf_path.name, arf=arf_path.name,
               rate=rate, first_channel=0, object_name=object_name, obs_id=obs_id, backscal=np.ones(n),
-              overwrite=overwrite, **keys)
+              stat_err=stat_err, overwrite=overwrite, **keys)
+    if cov is not None:
+        cov_path = Path(os.fspath(path_prefix) + ".cov.fits")
+        _write_covariance(cov, cov_path, reps.shape[0], "count/s" if rate else "count", overwrite, pha_path.name)
     with fits.open(pha_path, mode="update") as hdul:
         h = hdul["SPECTRUM"].header
         h["NPIXSOU"] = (int(mask.sum()), "number of fused pixels summed")
+        if cov is not None:
+            h["COVFILE"] = (cov_path.name, "channel covariance file")
+            h["NREPLICA"] = (int(reps.shape[0]), "replicas behind STAT_ERR")
+            h["HISTORY"] = "STAT_ERR: std over xfusion.uncertainty replicas; channels are correlated (COVFILE)"
         h["HISTORY"] = "Spectrum of an xfusion fused cube for a nominal fused instrument:"
         h["HISTORY"] = "diagonal RMF on the fused energy bins, flat ARF, counts = flux*area*exposure"
         h["HISTORY"] = "(expected counts, rounded to nearest integer)" if not rate else "(expected rate, not rounded)"
@@ -684,6 +710,7 @@ def write_pha2(
     object_name: str | None = None,
     first_channel: int = 0,
     extra_columns: dict | None = None,
+    stat_err=None,
     overwrite: bool = False,
 ) -> Path:
     """Write a type-II OGIP PHA file (OGIP/92-007): one integer-count spectrum per row.
@@ -712,6 +739,9 @@ def write_pha2(
         fused-pixel offsets of :func:`write_pha2_from_result`, written with ``SPEC_NUM``
         in a separate ``SPEC_INFO`` table (Sherpa's type-II reader refuses scalar
         per-row columns in ``SPECTRUM`` other than ``SPEC_NUM``/``TG_*``).
+    stat_err : array_like (n_spectra, n_channel), optional
+        Statistical errors (count) written as a ``STAT_ERR`` vector column with
+        ``POISSERR = F``; default none (``POISSERR = T``).
 
     Notes
     -----
@@ -747,6 +777,11 @@ def write_pha2(
         fits.Column(name="COUNTS", format=f"{n}J", unit="count", array=c.astype(np.int32)),
         fits.Column(name="QUALITY", format=f"{n}I", array=q),
     ]
+    if stat_err is not None:
+        se = np.asarray(stat_err, dtype=np.float64)
+        if se.shape != (n_spec, n) or not np.all(np.isfinite(se)) or np.any(se < 0):
+            raise ValueError(f"stat_err must be finite, >= 0 and have shape {(n_spec, n)} (count).")
+        cols.append(fits.Column(name="STAT_ERR", format=f"{n}E", unit="count", array=se.astype(np.float32)))
     if not np.all(bs == bs[0]):
         cols.append(fits.Column(name="BACKSCAL", format=f"{n}E",
                                 array=np.repeat(bs[:, None], n, axis=1).astype(np.float32)))
@@ -778,7 +813,7 @@ def write_pha2(
     h["ANCRFILE"] = (str(ancrfile), "associated ancillary response file")
     h["CHANTYPE"] = ("PI", "channel type (PHA or PI)")
     h["DETCHANS"] = (n, "total number of detector channels")
-    h["POISSERR"] = (True, "Poisson errors to be assumed")
+    h["POISSERR"] = (stat_err is None, "Poisson errors to be assumed")
     h["SYS_ERR"] = (0.0, "no systematic error")
     h["GROUPING"] = (0, "no grouping of the data")
     idx = [c.upper() for c in hdu.columns.names].index("CHANNEL") + 1
@@ -808,6 +843,7 @@ def write_pha2_from_result(
     telescope: str = "XFUSION",
     instrument: str = "FUSED",
     object_name: str | None = None,
+    uncertainty=None,
     overwrite: bool = False,
 ) -> tuple[Path, Path, Path]:
     """Type-II PHA of a fused cube: one spectrum per fused pixel (or per region), + RMF + ARF.
@@ -826,6 +862,12 @@ def write_pha2_from_result(
         Otherwise a sequence of regions as accepted by :func:`write_pha_from_result`
         (masks, pixel lists or slice pairs), one row each, ``SPEC_INFO`` giving
         ``NPIXSOU`` (pixels summed).
+    uncertainty : xarray.Dataset, optional
+        The Dataset of :func:`xfusion.uncertainty` for this result: each row gets ``STAT_ERR``
+        (count) = the standard deviation over the replicas of that pixel's / region's
+        spectrum (ddof=1), ``POISSERR = F``. Channels (and neighbouring pixels) are
+        correlated; the covariance of a region is in :func:`write_pha_from_result`'s
+        companion file.
 
     Returns
     -------
@@ -844,17 +886,71 @@ def write_pha2_from_result(
                  "X_OFF": ("D", np.asarray(da["x"].values, np.float64)[ix]),
                  "Y_OFF": ("D", np.asarray(da["y"].values, np.float64)[iy])}
     else:
-        masks = [_region_mask(r, (nx, ny)) for r in regions]
+        masks = [region_mask(r, (nx, ny)) for r in regions]
         if any(not m.any() for m in masks):
             raise ValueError("a region selects no pixel.")
         spectra = np.stack([vals[m].sum(axis=0) for m in masks])
         extra = {"NPIXSOU": ("J", np.array([int(m.sum()) for m in masks], np.int32))}
+    stat_err = None
+    if uncertainty is not None:
+        if regions is None:
+            reps = uncertainty["flux_replicas"].transpose("replica", "x", "y", "energy") \
+                if isinstance(uncertainty, xr.Dataset) and "flux_replicas" in uncertainty else None
+            if reps is None or reps.shape[1:] != vals.shape or reps.shape[0] < 2:
+                _replica_spectra(uncertainty, [np.ones((nx, ny), bool)], da)  # raises the explanatory error
+            acc, acc2 = np.zeros(vals.shape), np.zeros(vals.shape)
+            for i in range(reps.shape[0]):
+                r = np.asarray(reps[i].values, np.float64)
+                acc += r
+                acc2 += r * r
+            k = reps.shape[0]
+            var = np.maximum(acc2 - acc * acc / k, 0.0) / (k - 1)
+            stat_err = np.sqrt(var).reshape(nx * ny, n)
+        else:
+            stat_err = _replica_spectra(uncertainty, masks, da).std(axis=0, ddof=1)
+        stat_err = stat_err * float(area) * float(exposure)
     expected = np.clip(spectra * float(area) * float(exposure), 0.0, None)
     keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
     pha_path, rmf_path, arf_path = _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys)
     write_pha2(np.rint(expected), np.append(lo, hi[-1]), float(exposure), pha_path, respfile=rmf_path.name,
-               ancrfile=arf_path.name, object_name=object_name, extra_columns=extra, overwrite=overwrite, **keys)
+               ancrfile=arf_path.name, object_name=object_name, extra_columns=extra, stat_err=stat_err,
+               overwrite=overwrite, **keys)
     return pha_path, rmf_path, arf_path
+
+
+def _replica_spectra(uncertainty, masks, da):
+    """Region spectra of every replica, (replica, region, energy) float64, checked against the result's grid."""
+    if not isinstance(uncertainty, xr.Dataset) or "flux_replicas" not in uncertainty:
+        raise ValueError("uncertainty= must be the Dataset returned by xfusion.uncertainty (with flux_replicas)")
+    reps = uncertainty["flux_replicas"].transpose("replica", "x", "y", "energy")
+    want = (da.sizes["x"], da.sizes["y"], da.sizes["energy"])
+    if reps.shape[1:] != want:
+        raise ValueError(f"uncertainty= replicas are on a {reps.shape[1:]} grid but the result is {want}: pass the "
+                         "uncertainty computed for this result")
+    if reps.shape[0] < 2:
+        raise ValueError("uncertainty= needs at least 2 replicas")
+    m = np.stack(masks).astype(np.float64)
+    out = np.stack([np.einsum("rxy,xye->re", m, np.asarray(reps[i].values, np.float64))
+                    for i in range(reps.shape[0])])
+    if not np.all(np.isfinite(out)):
+        raise ValueError("uncertainty= replicas contain NaN or inf")
+    return out
+
+
+def _write_covariance(cov, path, n_rep, unit, overwrite, pha_name):
+    """Companion FITS file of a PHA: the channel covariance (image HDU ``COVARIANCE``)."""
+    hdu = fits.ImageHDU(np.asarray(cov, np.float64), name="COVARIANCE")
+    h = hdu.header
+    h["BUNIT"] = (f"({unit})**2", "unit of the PHA data column, squared")
+    h["NREPLICA"] = (int(n_rep), "replicas behind the covariance (ddof=1)")
+    h["RANK"] = (int(np.linalg.matrix_rank(cov)) if cov.shape[0] <= 4096 else min(n_rep - 1, cov.shape[0]),
+                 "rank <= NREPLICA - 1")
+    h["PHAFILE"] = (pha_name, "spectrum these errors belong to")
+    h["CHAN0"] = (0, "channel number of row/column 0")
+    h["COMMENT"] = "Covariance of the fused spectrum across xfusion.uncertainty replicas: the fused"
+    h["COMMENT"] = "channels are correlated (deconvolution, regularization), STAT_ERR = sqrt(diag)."
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=overwrite)
+    return path
 
 
 def _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys):

@@ -41,7 +41,7 @@ from .events import INSTRUMENTS, _detect_instrument, read_events
 from .ogip import SparseRMF, edges_coords, read_arf, read_rmf
 from .psf import read_psf
 
-__all__ = ["observation_from_files", "align", "common_channel_edges"]
+__all__ = ["observation_from_files", "align", "common_channel_edges", "background_counts"]
 
 _GRID_KEYS = ("energy_edges", "pixel_size", "center", "shape")
 #: snapping tolerance of user energy edges onto EBOUNDS edges, in channel widths
@@ -151,6 +151,62 @@ def common_channel_edges(rmf, obs):
     return eb[near <= tol]
 
 
+def background_counts(counts, background):
+    """Expected background counts per voxel (shaped like ``counts``) from a background description.
+
+    ``counts``: DataArray (x, y, energy) or (pixel, energy) of binned events. ``background``:
+
+    * an array shaped like ``counts``: expected background counts per voxel, taken as is;
+    * an array (n_energy,): the background spectrum (counts) of the whole field (or array),
+      spread uniformly per unit area: each of the ``n`` equal pixels gets ``spectrum / n``;
+    * ``{"region": mask}`` (sky binning): ``mask`` bool (nx, ny) True on a source-free region
+      of the same events; every pixel gets the region's mean spectrum per pixel,
+      ``B[x, y, e] = sum_region counts[., ., e] / n_region`` -- the region spectrum scaled by
+      the area ratio pixel / region (what a BACKSCAL ratio records; equal exposure assumed:
+      same events). The region's counts stay in the data (they are also explained by B).
+    """
+    c = np.asarray(counts.values, dtype=np.float64)
+    spatial = c.shape[:-1]
+    if isinstance(background, dict):
+        if set(background) != {"region"}:
+            raise ValueError(f"background dict takes only 'region' (a bool mask over {spatial}); got {list(background)}")
+        m = np.asarray(background["region"])
+        if m.dtype != bool or m.shape != spatial:
+            raise ValueError(f"background region must be a bool mask of shape {spatial} (the counts' pixels); got "
+                             f"{m.dtype} {m.shape}")
+        if not m.any():
+            raise ValueError("background region is empty; mark the source-free pixels True")
+        per_pixel = c[m].sum(axis=0) / m.sum()
+        return np.broadcast_to(per_pixel, c.shape).copy()
+    b = np.asarray(background, dtype=np.float64)
+    if b.shape == c.shape:
+        return b.copy()
+    if b.shape == c.shape[-1:]:
+        return np.broadcast_to(b / int(np.prod(spatial)), c.shape).copy()
+    raise ValueError(f"background must be counts per voxel {c.shape}, a spectrum ({c.shape[-1]},) or "
+                     f"{{'region': mask}}; got shape {b.shape}")
+
+
+def _exposure_map(emap, area, edges, counts):
+    """Per-pixel effective area (x, y, energy_true) = emap * ARF (cropped to the band) and the mask of emap > 0."""
+    if counts.dims != ("x", "y", "energy"):
+        raise ValueError("exposure_map applies to sky binning; detector pixels take a per-pixel exposure array")
+    m = np.asarray(emap, dtype=np.float64)
+    if m.shape != counts.shape[:2] or not np.all(np.isfinite(m)) or np.any(m < 0) or np.any(m > 1 + 1e-6):
+        raise ValueError(f"exposure_map must be relative exposures in [0, 1] of shape {counts.shape[:2]} (x, y): "
+                         f"divide an exposure map in seconds by the exposure; got shape {m.shape}")
+    if area is None:
+        raise ValueError("exposure_map scales the effective area: pass arf= as well")
+    et = _edges_of(area, "energy_true")
+    keep = np.flatnonzero((et[1:] > edges[0]) & (et[:-1] < edges[-1]))
+    keep = np.arange(max(keep[0] - 1, 0), min(keep[-1] + 2, et.size - 1))  # one bin margin for interpolation
+    a = area.isel(energy_true=keep)
+    vign = (xr.DataArray(m, dims=("x", "y")) * a).transpose("x", "y", "energy_true")
+    vign = vign.assign_attrs(units=area.attrs.get("units", "cm2"))
+    mask = np.broadcast_to((m > 0)[:, :, None], counts.shape).copy()
+    return vign, mask
+
+
 def _arf(arf):
     return arf if isinstance(arf, xr.DataArray) else read_arf(arf)
 
@@ -187,6 +243,10 @@ def observation_from_files(
     group=1,
     grouping=None,
     exposure=None,
+    bin_by="sky",
+    exclude_pixels=None,
+    background=None,
+    exposure_map=None,
 ) -> xr.Dataset:
     """Build an observation from an event list and the instrument's response files.
 
@@ -238,6 +298,29 @@ def observation_from_files(
         Override the exposure of :func:`read_events` (sum of the GTIs of the events' CCD times
         the mission's dead-time correction, or the EXPOSURE/LIVETIME/ONTIME keyword when the
         file has no GTI extension); how it was obtained is in ``attrs["exposure_source"]``.
+    bin_by : {"sky", "pixel"}
+        ``"pixel"``: a detector-pixel observation (XRISM Resolve) binned by ``PIXEL``
+        (:func:`xfusion.io.events.read_events`, ``bin_by="pixel"``: calibration pixel 12 and
+        ``exclude_pixels`` left out, ``ITYPE == 0`` by default, roll from ``PA_NOM``, array
+        centre from ``RA_PNT``/``DEC_PNT``); ``pixel_size`` (default 30 arcsec for Resolve) is
+        the detector pixel side and ``shape`` is not used.
+    exclude_pixels : sequence of int, optional
+        Detector pixels to leave out with ``bin_by="pixel"`` (default: the calibration pixel).
+    background : None, array, or {"region": mask}, optional
+        Known additive background (expected counts = forward(Z) + B), see
+        :func:`background_counts`: an array shaped like the counts (counts per voxel), an
+        array (n_energy,) (the background spectrum of the whole field / array, spread per
+        unit area), or ``{"region": bool (nx, ny)}`` (sky binning: a source-free region of
+        the same events; its spectrum per pixel, i.e. scaled by the area ratio that BACKSCAL
+        records, is the background of every pixel).
+
+    exposure_map : array (nx, ny), optional (sky binning only)
+        Relative exposure of each pixel in [0, 1]: vignetting x chip gaps x bad columns (e.g. an
+        ``eexpmap`` / ``fluximage`` exposure map regridded to this grid and divided by the exposure).
+        The ARF becomes a per-pixel effective area ``exposure_map[x, y] * A(E)`` (the ARF cropped
+        to the band's true energies first); pixels with 0 (chip gaps, bad columns) are masked
+        (``mask`` False), so their counts are excluded explicitly. The low-rank regularizations
+        need a position-independent area and refuse such observations.
 
     Returns
     -------
@@ -259,8 +342,14 @@ def observation_from_files(
             raise ValueError(f"unknown grid key(s) {sorted(unknown)}; grid takes {list(_GRID_KEYS)}")
         energy_edges, pixel_size = grid.get("energy_edges"), grid.get("pixel_size")
         center, shape = grid.get("center"), grid.get("shape")
+    if bin_by == "pixel":
+        if shape is not None:
+            raise ValueError("shape= defines a sky grid; detector-pixel binning (bin_by='pixel') has no shape")
+        shape = ()
+    elif exclude_pixels is not None:
+        raise ValueError("exclude_pixels= applies to bin_by='pixel' only")
     for label, v in (("pixel_size", pixel_size), ("center", center), ("shape", shape)):
-        if v is None:
+        if v is None and not (label == "pixel_size" and bin_by == "pixel"):
             raise ValueError(f"{label} is required (pass it as a keyword or in grid=)")
     label = os.path.basename(os.fspath(events))
 
@@ -325,20 +414,30 @@ def observation_from_files(
             if k is not None:
                 chan_kw = {"channel_edges": np.asarray(sp.channel, dtype=np.int64)[0] + idx.astype(np.int64),
                            "pi_per_channel": k}
-    counts = read_events(events, energy_edges=energy_edges, pixel_size=float(pixel_size),
-                         center=tuple(center), shape=tuple(shape), filters=filters, instrument=instrument,
-                         **chan_kw)
+    if bin_by == "pixel":
+        counts = read_events(events, energy_edges=energy_edges, center=tuple(center), filters=filters,
+                             instrument=instrument, bin_by="pixel", exclude_pixels=exclude_pixels,
+                             detector_pixel_size=pixel_size, **chan_kw)
+        pixel_size = counts.attrs["detector_pixel_size"]
+    else:
+        counts = read_events(events, energy_edges=energy_edges, pixel_size=float(pixel_size),
+                             center=tuple(center), shape=tuple(shape), filters=filters, instrument=instrument,
+                             **chan_kw)
     exposure_given = exposure is not None
     if exposure is None:
         exposure = float(counts.attrs["exposure"])
         if not np.isfinite(exposure):
             raise ValueError(f"{label}: no GTI extension and no EXPOSURE/LIVETIME/ONTIME keyword; pass exposure= (s)")
     area = _arf(arf) if arf is not None else None
+    mask = None
+    if exposure_map is not None:
+        area, mask = _exposure_map(exposure_map, area, energy_edges, counts)
     psf_da = _psf(psf, psf_pixel_size)
     obs = observation(
         counts, energy_edges=energy_edges, pixel_size=float(pixel_size), exposure=float(exposure),
         effective_area=area, psf=psf_da, response=response,
         name=name or f"{counts.attrs['instrument']} ({label})",
+        background=None if background is None else background_counts(counts, background), mask=mask,
     )
     obs.attrs.update({
         "center_ra": float(center[0]), "center_dec": float(center[1]),

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..grid import SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, psf_on_grid
-from ..observation import CUBE_DIMS, energy_edges, pixel_size, validate
+from ..grid import SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, footprint_geometry, psf_on_grid
+from ..observation import CUBE_DIMS, energy_edges, is_pixel_observation, pixel_size, validate
 from .area import Scale
+from .footprint import Footprint, footprint_matrix
 from .psf import Convolve2D, EnergyDependentSpatial, SpatialMatrix, StackedSpatial, band_weights
 from .rebin import Rebin
 from .response import Convolve1D, ResponseMatrix, kernel_matrix, kernel_on_spacing, rmf_on_grid
@@ -31,11 +32,6 @@ class Chain:
     def __init__(self, ops):
         self.ops = [op for op in ops if op is not None]
 
-    def in_shape(self, shape):
-        for op in reversed(self.ops):
-            shape = op.in_shape(shape)
-        return shape
-
     def forward(self, z):
         for op in self.ops:
             z = op.forward(z)
@@ -48,26 +44,35 @@ class Chain:
 
 
 class InstrumentModel(Chain):
-    """``spatial(spectral(weights * Z))`` for one instrument on the fused grid.
+    """``post * spatial(spectral(weights * Z))`` for one instrument on the fused grid.
 
     Attributes: ``weights`` (t*A on the fused grid, (L,) or (M, N, L), s cm2),
     ``spectral`` (last-axis operator or None), ``spatial`` (axes-(0,1) operator or None),
-    ``role`` ("spatial" for X, "spectral" for Y), ``data_shape`` (shape of the counts).
+    ``role`` ("spatial" for X, "spectral" for Y), ``data_shape`` (shape of the counts),
+    ``post`` (None, or data-side factors (P, L): per-pixel ARF / reference ARF of a
+    detector-pixel instrument) and ``background`` (None, or the known expected background
+    counts B of the data, shape ``data_shape``: NOT part of the linear operator; the
+    likelihood adds it, expected counts = forward(Z) + B, see :meth:`expected`).
     """
 
-    def __init__(self, weights, spectral, spatial, role, fused_shape, data_shape):
+    def __init__(self, weights, spectral, spatial, role, fused_shape, data_shape, post=None, background=None):
         self.weights = np.asarray(weights, dtype=np.float64)
         self.spectral, self.spatial, self.role = spectral, spatial, role
         self.fused_shape, self.data_shape = tuple(fused_shape), tuple(data_shape)
-        super().__init__([Scale(self.weights), spectral, spatial])
-
-    def in_shape(self, shape):
-        return self.fused_shape
+        self.post = None if post is None else np.asarray(post, dtype=np.float64)
+        self.background = None if background is None else np.asarray(background, dtype=np.float64)
+        super().__init__([Scale(self.weights), spectral, spatial, None if post is None else Scale(self.post)])
 
     def scaled(self, factor):
-        """The same model with weights divided by ``factor`` (solving for ``factor * Z``)."""
+        """The same model with weights divided by ``factor`` (solving for ``factor * Z``); the
+        background (counts) is unchanged."""
         return InstrumentModel(self.weights / factor, self.spectral, self.spatial, self.role, self.fused_shape,
-                               self.data_shape)
+                               self.data_shape, self.post, self.background)
+
+    def expected(self, z):
+        """Expected counts ``forward(z) + background`` (data shape)."""
+        m = self.forward(z)
+        return m if self.background is None else m + self.background.astype(m.dtype)
 
     def reduced(self, basis):
         """Model on subspace coefficients: Z = W @ basis, basis (r, L), W (M, N, r).
@@ -78,6 +83,9 @@ class InstrumentModel(Chain):
         """
         if self.weights.ndim > 1:
             raise ValueError("the low-rank path needs an effective area that does not vary with position")
+        if self.post is not None:
+            raise ValueError("the low-rank path needs one effective area for all detector pixels (per-pixel ARFs "
+                             "given); use regularization='wavelet2d1d' or 'none'")
         v = np.asarray(basis, dtype=np.float64) * self.weights
         if isinstance(self.spatial, EnergyDependentSpatial):
             bands = [v * wb for wb in self.spatial.weights]
@@ -147,11 +155,96 @@ def _spatial_op(obs, fused_hw, factor, psf=None, energies=None):
     return Chain([conv, Rebin((factor, factor, 1))]) if factor > 1 else conv
 
 
+#: a detector pixel must see at least this fraction of its area inside the fused field
+FOOTPRINT_COVERAGE = 0.999
+
+
+def _footprint_op(grid, obs, psf, energies):
+    """Spatial operator of a detector-pixel observation: PSF on the fused grid, then the footprint."""
+    hw = (grid.sizes["x"], grid.sizes["y"])
+    px, det = pixel_size(grid), pixel_size(obs)
+    (cx, cy), roll = footprint_geometry(grid, obs)
+    F = footprint_matrix(grid["x"].values, grid["y"].values, px, obs["det_x"].values, obs["det_y"].values, det,
+                         roll, (cx, cy))
+    cover = np.asarray(F.sum(axis=1)).ravel() / (det / px) ** 2
+    used = np.asarray(obs["mask"].values.any(axis=1)) if "mask" in obs else np.ones(cover.size, bool)
+    bad = np.flatnonzero(used & (cover < FOOTPRINT_COVERAGE))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(
+            f"detector pixel {obs['pixel'].values[k]} of '{obs.attrs.get('name', 'Y')}' has only {cover[k]:.1%} of its "
+            f"area inside the fused field ({bad.size} pixel(s) so): flux from outside the field would be missing from "
+            "its model. Use a sharp-spatial image covering the whole array, or mask those pixels (mask=False)")
+    if "exposure_fraction" in obs:
+        import scipy.sparse as sps
+
+        F = sps.diags(np.asarray(obs["exposure_fraction"].values, np.float64)) @ F
+    op = Footprint(F, hw)
+    if psf is None:
+        return op
+    if "psf_energy" in psf.dims:
+        ops = [_footprint_with_psf(op, psf.isel(psf_energy=i).values, hw) for i in range(psf.sizes["psf_energy"])]
+        return EnergyDependentSpatial(ops, band_weights(psf["psf_energy"].values, energies))
+    return _footprint_with_psf(op, psf.values, hw)
+
+
+def _footprint_with_psf(op, kernel, hw):
+    conv = Convolve2D(kernel, hw)
+    if op.n_pixels * hw[0] * hw[1] <= DENSE_SPATIAL_MAX:
+        return op.with_psf(conv)  # one dense (P, M N) product instead of two FFTs per iteration
+    return Chain([conv, op])
+
+
+def _pixel_area(obs, fine_edges):
+    """Per-pixel effective area (P, L) cm2 on the fused energy bins, or None if one ARF for all."""
+    a = obs["effective_area"]
+    if "pixel" not in a.dims:
+        return None
+    centres = obs["energy_true"].values
+    et = energy_edges(obs, "energy_true")
+    if fine_edges[0] < et[0] - 1e-9 or fine_edges[-1] > et[-1] + 1e-9:
+        raise ValueError(f"per-pixel effective_area covers {et[0]:.4g}-{et[-1]:.4g} keV, the fused grid needs "
+                         f"{fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV")
+    e = 0.5 * (fine_edges[1:] + fine_edges[:-1])
+    return np.stack([np.interp(e, centres, row) for row in np.asarray(a.transpose("pixel", "energy_true").values)])
+
+
+def _background(obs):
+    """Expected background counts per data voxel (data shape) or None."""
+    if "background_rate" not in obs:
+        return None
+    t = float(obs["exposure"].values)
+    if "exposure_fraction" in obs:
+        t = t * obs["exposure_fraction"].values[:, None]
+    return np.asarray(obs["background_rate"].values, np.float64) * t
+
+
 def build_model(grid, obs, role) -> InstrumentModel:
-    """Forward model of ``obs`` (role "spatial" = X, "spectral" = Y) on the fused ``grid``."""
+    """Forward model of ``obs`` (role "spatial" = X, "spectral" = Y) on the fused ``grid``.
+
+    A detector-pixel observation (counts over ``("pixel", "energy")``) as Y: the PSF on the
+    fused grid, then the exact footprint of its pixels (rows scaled by ``exposure_fraction``;
+    per-pixel ARFs as data-side factors ``post`` relative to their mean); never the integer
+    rebinning. The observation's ``background_rate`` becomes ``model.background`` (counts).
+    """
     fine = energy_edges(grid)
     hw = (grid.sizes["x"], grid.sizes["y"])
     t = float(obs["exposure"].values)
+    post = None
+    if role == SPECTRAL and is_pixel_observation(obs):
+        pa = _pixel_area(obs, fine)
+        if pa is None:
+            w = t * _area_on_grid(obs, fine, hw, 1)
+        else:
+            ref = pa.mean(axis=0)
+            w = t * ref
+            post = np.where(ref > 0, pa / np.where(ref > 0, ref, 1.0), 0.0)
+        psf = grid["psf"] if "psf" in grid else (psf_on_grid(obs["psf"], pixel_size(grid)) if "psf" in obs else None)
+        spatial = _footprint_op(grid, obs, psf, grid["energy"].values)
+        return InstrumentModel(w, None, spatial, role, hw + (fine.size - 1,), obs["counts"].shape, post,
+                               _background(obs))
+    if is_pixel_observation(obs):
+        raise ValueError("a detector-pixel observation can only be the sharp-spectral instrument (role 'spectral')")
     if role == SPATIAL:
         vl = _spectral_factor(obs, grid)
         w = t * _area_on_grid(obs, fine, hw, 1)
@@ -163,7 +256,8 @@ def build_model(grid, obs, role) -> InstrumentModel:
         spatial = _spatial_op(obs, hw, vs, grid["psf"] if "psf" in grid else None, grid["energy"].values)
     else:
         raise ValueError(f"role must be '{SPATIAL}' or '{SPECTRAL}'; got {role!r}")
-    return InstrumentModel(w, spectral, spatial, role, hw + (fine.size - 1,), obs["counts"].shape)
+    return InstrumentModel(w, spectral, spatial, role, hw + (fine.size - 1,), obs["counts"].shape, None,
+                           _background(obs))
 
 
 def _infer_role(flux, obs):
@@ -197,5 +291,7 @@ def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
     values = np.asarray(f.values)
     if not np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float64)
-    out = model.forward(values)
-    return obs["counts"].copy(data=out).assign_attrs(units="count", long_name="expected counts")
+    out = model.expected(values)
+    return obs["counts"].copy(data=out).assign_attrs(
+        units="count", long_name="expected counts" + (" (including the known background)" if model.background
+                                                      is not None else ""))

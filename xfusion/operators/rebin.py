@@ -11,15 +11,18 @@ class Rebin:
     (M, N, L) -> (M/v_x, N/v_y, L/v_e). Adjoint: replicate each coarse value over its block
     (``R^T u = u (x) 1``). Sum-rebinning conserves counts; the adjoint conserves nothing but
     satisfies <R z, u> = <z, R^T u>.
+
+    Block form (:mod:`xfusion.operators.blocks`): no halo, ``factor = (v_x, v_y)``: a block of
+    ``(b_x, b_y)`` pixels (multiples of the factors) maps to ``(b_x / v_x, b_y / v_y)``.
     """
+
+    depth = (0, 0)
 
     def __init__(self, factors):
         self.factors = tuple(int(f) for f in factors)
         if len(self.factors) != 3 or min(self.factors) < 1:
             raise ValueError(f"rebin factors must be 3 positive integers; got {factors}")
-
-    def in_shape(self, shape):
-        return tuple(s * f for s, f in zip(shape, self.factors))
+        self.factor = self.factors[:2]
 
     def forward(self, z):
         fx, fy, fe = self.factors
@@ -42,3 +45,6 @@ class Rebin:
         if fx > 1 or fy > 1:
             out = np.broadcast_to(out[:, None, :, None, :], (m, fx, n, fy, out.shape[-1])).reshape(m * fx, n * fy, -1)
         return np.array(out, copy=True) if out is u or not out.flags.owndata else out
+
+    forward_valid = forward
+    adjoint_valid = adjoint

@@ -15,6 +15,9 @@ class Convolve1D:
     the last axis, kernel transform precomputed.
     """
 
+    #: block form: acts on the energy axis only (blocks hold all of it): no halo, no spatial factor
+    depth, factor = (0, 0), (1, 1)
+
     def __init__(self, kernel, n, workers=-1):
         k = np.asarray(kernel, dtype=np.float64)
         if k.ndim != 1 or k.size % 2 == 0:
@@ -23,9 +26,6 @@ class Convolve1D:
         self.nfft = sfft.next_fast_len(self.n + k.size - 1, real=True)
         K = sfft.rfft(k, self.nfft)
         self._K = {np.dtype(np.float64): K, np.dtype(np.float32): K.astype(np.complex64)}
-
-    def in_shape(self, shape):
-        return tuple(shape)
 
     def _apply(self, z, conj):
         K = self._K[z.dtype]
@@ -47,6 +47,12 @@ class Convolve1D:
     def adjoint(self, u):
         return self._apply(u, True)
 
+    def forward_valid(self, z):
+        return self.forward(z)
+
+    def adjoint_valid(self, u):
+        return self.adjoint(u)
+
 
 class ResponseMatrix:
     """Redistribution by a matrix ``R`` of shape (L, l): ``(S z)[..., c] = sum_k z[..., k] R[k, c]``.
@@ -62,6 +68,9 @@ class ResponseMatrix:
     forward product, and never densified; forward and adjoint are then sparse x dense
     products on the spectra flattened to (pixels, energy), exact adjoints of each other.
     """
+
+    #: block form: acts on the energy axis only (blocks hold all of it): no halo, no spatial factor
+    depth, factor = (0, 0), (1, 1)
 
     def __init__(self, matrix):
         import scipy.sparse as ssp
@@ -83,9 +92,6 @@ class ResponseMatrix:
         self.matrix = m
         self._m = {np.dtype(np.float64): m, np.dtype(np.float32): m.astype(np.float32)}
 
-    def in_shape(self, shape):
-        return tuple(shape[:-1]) + (self.matrix.shape[0],)
-
     def _sparse_apply(self, mats, z):
         a = mats[z.dtype]
         z2 = z.reshape(-1, z.shape[-1])
@@ -101,6 +107,12 @@ class ResponseMatrix:
         if self.sparse:
             return self._sparse_apply(self._m, u)
         return u @ self._m[u.dtype].T
+
+    def forward_valid(self, z):
+        return self.forward(z)
+
+    def adjoint_valid(self, u):
+        return self.adjoint(u)
 
 
 def kernel_cdf(kernel, spacing):

@@ -81,19 +81,35 @@ def _orthonormal(mean, pcs):
 COVARIANCE_MAX_CHANNELS = 4096
 
 
-def pca_basis_randomized(spectra, rank, seed=0, n_power_iter=3, compute=None):
+def pca_basis_randomized(spectra, rank=None, seed=0, n_power_iter=3, compute=None, explained=None):
     """Same basis as :func:`pca_basis` (mean + leading components), by a randomized SVD of the
     centred spectra (Halko et al. 2011; ``dask.array.linalg.svd_compressed``) -- for Dask
     spectra with many channels, where the L x L covariance (0.5 GB at L = 8192, 2 TFlop to
     form) is too costly. Approximate: the leading components agree with the exact ones to
-    the accuracy of ``n_power_iter`` power iterations; ``rank`` must be given. ``compute``: as in
+    the accuracy of ``n_power_iter`` power iterations. ``rank`` fixes r; otherwise (``rank=None``)
+    r - 1 is the smallest number of components reaching ``explained`` of the variance, as in
+    :func:`pca_basis`: the variances of the leading components are ``sigma_k^2 / n`` (singular
+    values of the centred spectra, at most 64 computed) and the total is the trace of the
+    covariance, the summed channel variances (same pass). ``compute``: as in
     :func:`spectral_moments`.
     """
     import dask.array as da
 
+    if rank is None and explained is None:
+        raise ValueError("pca_basis_randomized needs rank= or explained=")
+    if explained is not None and not (isinstance(explained, (int, float)) and not isinstance(explained, bool)
+                                      and 0 < explained <= 1):
+        raise ValueError(f"explained must be a fraction of the variance in (0, 1]; got {explained!r}")
     s = spectra.astype(np.float64)
+    n, L = s.shape
     mean = s.mean(axis=0)
-    k = max(int(rank) - 1, 1)
-    _, _, vt = da.linalg.svd_compressed(s - mean, k=k, n_power_iter=n_power_iter, seed=seed)
-    mean, vt = (compute or _dask_compute)((mean, vt))
-    return _orthonormal(mean, vt[: int(rank) - 1])
+    k = max(int(rank) - 1, 1) if rank is not None else max(min(MAX_COMPONENTS, L - 1, n - 1), 1)
+    c = s - mean
+    _, sv, vt = da.linalg.svd_compressed(c, k=k, n_power_iter=n_power_iter, seed=seed)
+    total = (c * c).sum() / n
+    mean, sv, vt, total = (compute or _dask_compute)((mean, sv, vt, total))
+    if rank is not None:
+        return _orthonormal(mean, vt[: int(rank) - 1])
+    vals = np.asarray(sv, dtype=np.float64) ** 2 / n
+    n_pc = int(min(np.searchsorted(np.cumsum(vals) / max(float(total), 1e-300), explained) + 1, k))
+    return _orthonormal(mean, vt[:n_pc])

@@ -46,9 +46,6 @@ class Sobolev:
         self.D = Gradient2D()
         self._c = self.mu / self.level
 
-    def params(self):
-        return {"mu": self.mu}
-
     def value(self, w):
         return self._c * float(np.sum(self.D.forward(w).astype(np.float64) ** 2))
 

@@ -89,8 +89,9 @@ _BLOCK_BYTES = 1 << 21  # target size of one block of the input, 2 MiB
 _PARALLEL_MIN_BYTES = 1 << 21  # below this, run serially
 
 _pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+#: one pool per worker count (at most 8 sizes), never shut down while the process runs: another thread may be
+#: submitting to a pool at any time (replacing a pool of another size under it made its submit raise)
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _num_threads() -> int:
@@ -108,14 +109,12 @@ def _num_threads() -> int:
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
+    """The shared pool of ``n`` worker threads (created once per size; threads are idle between calls)."""
     with _pool_lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="xfusion-starlet")
-            _pool_size = n
-        return _pool
+        pool = _pools.get(n)
+        if pool is None:
+            pool = _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"xfusion-starlet{n}")
+        return pool
 
 
 def _run(tasks, nbytes: int) -> None:
@@ -133,7 +132,8 @@ def _run(tasks, nbytes: int) -> None:
         for t in group:
             t()
 
-    for f in [_get_pool(n).submit(work, g) for g in groups]:
+    pool = _get_pool(n)
+    for f in [pool.submit(work, g) for g in groups]:
         f.result()
 
 
@@ -443,24 +443,21 @@ def reconstruct(coeffs, ndim_scales: int = 1) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def mad_sigma(a, sample: int | None = None) -> float:
+def mad_sigma(a) -> float:
     r"""Robust noise standard deviation from the median absolute deviation.
 
     .. math:: \hat\sigma = \operatorname{median}(|a - \operatorname{median}(a)|) / 0.6745
 
     (0.6745 is the 0.75 quantile of the standard normal, so the estimate is
-    unbiased for Gaussian noise.)
+    unbiased for Gaussian noise.)  Subsampling of large bands is done by the
+    caller on a lattice of global indices
+    (:func:`xfusion.regularizers.sparsity.lattice_strides`), the same on every
+    backend.
 
     Parameters
     ----------
     a : array_like
         Values (any shape, flattened).  Not modified.
-    sample : int, optional
-        If given and ``a.size > sample``, estimate from the deterministic
-        strided subsample ``a.ravel()[::ceil(a.size / sample)]`` (at most
-        ``sample`` elements).  This is an approximation intended for huge
-        cubes; it is exact in distribution only if the values are
-        exchangeable (e.g. white noise).
 
     Returns
     -------
@@ -470,12 +467,6 @@ def mad_sigma(a, sample: int | None = None) -> float:
     if x.size == 0:
         raise ValueError("mad_sigma of an empty array")
     x = x.reshape(-1)
-    if sample is not None:
-        sample = int(sample)
-        if sample < 1:
-            raise ValueError("sample must be a positive integer")
-        if x.size > sample:
-            x = x[:: -(-x.size // sample)]
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
     med = np.median(x)

@@ -19,8 +19,14 @@ import numpy as np
 
 
 class SubspaceFISTA:
+    """``max_backtracks``: doublings of the Lipschitz estimate tried per iteration. When none gives a step
+    satisfying the quadratic upper bound (an objective that is not locally smooth, or round-off at the
+    optimum), no unverified step is taken: the iterate stays, the momentum restarts, the estimate returns
+    to its value before the search, and ``state["backtrack_failures"]`` counts it (:func:`xfusion.fuse`
+    reports the count as the result attribute ``backtrack_failures`` and warns)."""
     name = "fista"
     min_iter, patience = 30, 10
+    max_backtracks = 60
 
     def __init__(self, terms, reduced, smooth=None, prox=None, precond=None):
         self.terms = terms
@@ -88,7 +94,8 @@ class SubspaceFISTA:
         dd = d if self.precond is None else d / np.sqrt(self.precond)
         lip = float(np.linalg.norm(dg.ravel()) / max(np.linalg.norm(dd.ravel()), 1e-300))
         lip = lip if np.isfinite(lip) and lip > 0 else 1.0
-        return self._record({"w_prev": w.copy(), "t": 1.0, "lip": lip, "lip0": lip, "restarts": 0}, w, f0)
+        return self._record({"w_prev": w.copy(), "t": 1.0, "lip": lip, "lip0": lip, "restarts": 0,
+                             "backtrack_failures": 0}, w, f0)
 
     def step(self, state):
         w, w_prev, t, lip = state["w"], state["w_prev"], state["t"], state["lip"]
@@ -99,7 +106,8 @@ class SubspaceFISTA:
             y, t_next = w, 1.0
             fy, gy = self.f_grad(y)
         pg = gy if self.precond is None else gy * self.precond.astype(gy.dtype, copy=False)
-        for _ in range(60):
+        accepted = False
+        for _ in range(self.max_backtracks):
             w_new = y - pg / np.asarray(lip, dtype=y.dtype)
             if self.proxreg is not None:
                 # prox of (lambda/L) phi in the P metric: thresholds scale with the step P/L;
@@ -111,9 +119,15 @@ class SubspaceFISTA:
             quad = dw * dw if self.precond is None else dw * dw / self.precond
             bound = fy + float(np.sum(gy * dw)) + 0.5 * lip * float(np.sum(quad))
             if np.isfinite(f_new) and f_new <= bound + 1e-12 * abs(bound):
+                accepted = True
                 break
             lip *= 2.0
-        restarts = state["restarts"]
+        restarts, failures = state["restarts"], int(state.get("backtrack_failures", 0))
+        if not accepted:  # explicit outcome: keep the iterate, restart the momentum, count it
+            pen = self._pen(w)
+            new = {"w_prev": w, "t": 1.0, "lip": float(state["lip"]), "lip0": state["lip0"],
+                   "restarts": int(restarts) + 1, "backtrack_failures": failures + 1}
+            return self._record(new, w, state["objective"] - pen, pen)
         pen = self._pen(w_new)
         if f_new + pen > state["objective"]:  # adaptive restart
             t_next, restarts = 1.0, restarts + 1
@@ -121,7 +135,7 @@ class SubspaceFISTA:
                 w_new, pen = w, self._pen(w)
                 f_new = state["objective"] - pen
         new = {"w_prev": w, "t": float(t_next), "lip": float(lip) * 0.8, "lip0": state["lip0"],
-               "restarts": int(restarts)}
+               "restarts": int(restarts), "backtrack_failures": failures}
         return self._record(new, w_new, f_new, pen)
 
     def solution(self, state):

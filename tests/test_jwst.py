@@ -1,0 +1,281 @@
+"""JWST imager + IFU: filter operator adjoints, filters and cross-calibration (SyFu eq. 6-7), wavelength units
+refused next to keV, i2d/s3d readers on files written with the pipeline's layout, the toy fuses, SyFu baseline."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import xfusion
+from xfusion import jwst, metrics
+from xfusion.io.jwst import read_nircam_i2d, read_nirspec_s3d, stack_filters
+from xfusion.observation import check_spectral_units, observation, spectral_unit, validate
+from xfusion.operators.dottest import dottest
+from xfusion.syfu import syfu
+
+EDGES = np.linspace(1.66, 2.30, 33)
+LAM = 0.5 * (EDGES[1:] + EDGES[:-1])
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return jwst.make_toy(seed=1, size=24, n_channels=48)
+
+
+def test_filter_and_ifu_operators_are_adjoint():
+    shape = (12, 9, EDGES.size - 1)
+    R = jwst.filter_response(list(jwst.FILTERS), EDGES)
+    mx = jwst.imager_model(R, shape)
+    assert mx.data_shape == (12, 9, 5)
+    assert dottest(mx, shape) < 1e-10 and dottest(mx, shape, np.float32) < 1e-4
+    my = jwst.ifu_model(jwst.ifu_psf_stack([1.7, 2.0, 2.3], 0.1 / 3), LAM, shape)
+    assert my.data_shape == (4, 3, 32)
+    assert dottest(my, shape) < 1e-10
+    # a flat cube of 1 MJy/sr is 1 MJy/sr in every filter and (away from the edges) in every IFU spaxel
+    np.testing.assert_allclose(mx.forward(np.ones(shape)), 1.0, rtol=1e-12)
+    big = (18, 18, shape[2])
+    my = jwst.ifu_model(jwst.ifu_psf_stack([1.7, 2.0, 2.3], 0.1 / 3), LAM, big)
+    np.testing.assert_allclose(my.forward(np.ones(big))[2:-2, 2:-2, :], 1.0, rtol=1e-9)
+
+
+def test_filter_response_overlaps_and_refuses_filters_outside_the_grid():
+    R = jwst.filter_response(list(jwst.FILTERS), EDGES)
+    np.testing.assert_allclose(R.sum(axis=0), 1.0)
+    # F200W overlaps all the others; a narrow filter's weight sits at its pivot
+    f200 = list(jwst.FILTERS).index("F200W")
+    for j in range(5):
+        if j != f200:
+            assert np.sum((R[:, f200] > 0.01) & (R[:, j] > 0.01)) >= 1
+    f187 = list(jwst.FILTERS).index("F187N")
+    assert abs(LAM[np.argmax(R[:, f187])] - jwst.FILTERS["F187N"].pivot) < 0.02
+    with pytest.raises(ValueError, match="F182M has only .* inside .*symmetric fusion"):
+        jwst.filter_response(["F182M"], np.linspace(1.85, 2.3, 20))
+    with pytest.raises(ValueError, match="unknown filter 'F444W'"):
+        jwst.filter_response(["F444W"], EDGES)
+    # tabulated curves are accepted
+    wl = np.linspace(1.9, 2.1, 50)
+    Rt = jwst.filter_response(["MINE"], EDGES, {"MINE": (wl, np.ones_like(wl))})
+    assert Rt[:, 0].sum() == pytest.approx(1.0) and Rt[LAM < 1.88, 0].sum() == 0
+
+
+def test_cross_calibration_recovers_the_pipeline_mismatch(toy):
+    imager, ifu, truth = toy
+    R = jwst.filter_response(list(imager["filter"].values), jwst._edges(ifu))
+    factors, Rc = jwst.cross_calibrate(imager["data"].values, ifu["data"].values, R)
+    # recovered to the flux exchanged across the small field's edges by the two different PSFs (< 3 %)
+    np.testing.assert_allclose(factors, truth["calibration"].values, rtol=0.03)
+    # eq. 6 holds with the calibrated response
+    mean_h = ifu["data"].values.mean(axis=(0, 1))
+    np.testing.assert_allclose(mean_h @ Rc, imager["data"].values.mean(axis=(0, 1)), rtol=1e-12)
+    with pytest.raises(ValueError, match="response shape"):
+        jwst.cross_calibrate(imager["data"].values, ifu["data"].values, R[:-1])
+
+
+def test_wavelength_axis_refused_next_to_kev(toy, small_toy):
+    imager, ifu, _ = toy
+    x_obs = small_toy[0]
+    assert spectral_unit(ifu) == "um" and spectral_unit(x_obs) == "keV"
+    with pytest.raises(ValueError, match=r"spectral axes do not match.*keV \(energy\).*um \(wavelength\).*convert"):
+        check_spectral_units(x_obs, ifu)
+    with pytest.raises(ValueError, match="spectral axes do not match"):
+        xfusion.fusion_grid(x_obs, ifu)
+    with pytest.raises(ValueError, match="spectral axes do not match"):
+        jwst.fuse_jwst(x_obs, ifu)
+    # a counts observation whose energy axis is really in um is refused with the way out
+    bad = x_obs.copy()
+    for c in ("energy", "energy_lo", "energy_hi"):
+        bad[c].attrs["units"] = "um"
+    bad.attrs.pop("spectral_unit", None)
+    with pytest.raises(ValueError, match="wavelength axis .*xfusion.jwst.fuse_jwst"):
+        validate(bad)
+    # an unknown spectral unit is refused; keV with keV (X-ray) is unchanged
+    odd = ifu.copy()
+    odd.attrs["spectral_unit"] = "Hz"
+    with pytest.raises(ValueError, match="'Hz'.*xfusion knows keV"):
+        spectral_unit(odd)
+    assert check_spectral_units(small_toy[0], small_toy[1]) == "keV"
+    # wavelength edges given to the X-ray builder are not silently taken as keV
+    import astropy.units as u
+
+    with pytest.raises(ValueError, match="um.*cannot be converted to keV"):
+        observation(np.ones((4, 4, 3)), dims=("x", "y", "energy"), energy_edges=[1.7, 1.8, 1.9, 2.0] * u.um,
+                    pixel_size=1.0, exposure=10.0)
+
+
+def _write(path, sci, err, dq, hdr_sci, primary):
+    ph = fits.PrimaryHDU()
+    for k, v in primary.items():
+        ph.header[k] = v
+    hdus = [ph]
+    for name, arr in (("SCI", sci), ("ERR", err), ("DQ", dq)):
+        h = fits.ImageHDU(arr, name=name)
+        if name in ("SCI", "ERR"):
+            for k, v in hdr_sci.items():
+                h.header[k] = v
+        hdus.append(h)
+    hdus.append(fits.BinTableHDU.from_columns([fits.Column(name="meta", format="10A", array=["asdf"])],
+                                              name="ASDF"))
+    fits.HDUList(hdus).writeto(path)
+
+
+def _celestial(pixel_deg, crpix=(5.0, 4.0)):
+    return {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CUNIT1": "deg", "CUNIT2": "deg",
+            "CRVAL1": 83.8375, "CRVAL2": -5.4169, "CRPIX1": crpix[0], "CRPIX2": crpix[1],
+            "CDELT1": -pixel_deg, "CDELT2": pixel_deg, "PC1_1": 1.0, "PC1_2": 0.0, "PC2_1": 0.0, "PC2_2": 1.0,
+            "BUNIT": "MJy/sr", "PIXAR_SR": (pixel_deg * np.pi / 180) ** 2}
+
+
+def test_readers_on_files_with_the_pipeline_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    # i2d: (ny, nx) = (6, 9), one NaN and one DQ-flagged pixel
+    sci = rng.random((6, 9)) * 10
+    err = 0.1 + rng.random((6, 9))
+    dq = np.zeros((6, 9), np.uint32)
+    sci[2, 3] = np.nan
+    dq[4, 7] = 1
+    px = 0.031 / 3600
+    for f in ("F187N", "F212N"):
+        _write(tmp_path / f"jw01288_{f.lower()}_i2d.fits", sci, err, dq, _celestial(px),
+               {"TELESCOP": "JWST", "INSTRUME": "NIRCAM", "FILTER": f, "TARGNAME": "d203-506"})
+    ims = [read_nircam_i2d(tmp_path / f"jw01288_{f.lower()}_i2d.fits") for f in ("F187N", "F212N")]
+    im = stack_filters(ims)
+    assert list(im["filter"].values) == ["F187N", "F212N"] and im.attrs["instrument"] == "NIRCAM"
+    assert im["x"].attrs["pixel_size"] == pytest.approx(0.031, rel=1e-9)
+    assert im["data"].dims == ("x", "y", "filter") and im.sizes["x"] == 9 and im.sizes["y"] == 6
+    assert float(im["data"].isel(x=1, y=0, filter=0)) == pytest.approx(sci[0, 1])  # x = FITS axis 1
+    np.testing.assert_allclose(im["variance"].isel(filter=1).values[0, 0], err[0, 0] ** 2)
+    assert not im["mask"].isel(x=3, y=2, filter=0) and not im["mask"].isel(x=7, y=4, filter=0)
+    assert int(im["mask"].sum()) == 2 * (54 - 2)
+    assert float(im["x"].values[4]) == 0.0 and float(im["y"].values[3]) == 0.0  # CRPIX (5, 4) -> offset 0
+    assert im.attrs["pixar_sr"] == pytest.approx((px * np.pi / 180) ** 2)
+    from astropy.wcs import WCS
+
+    assert WCS(fits.Header.fromstring(im.attrs["wcs"])).wcs.crval[0] == pytest.approx(83.8375)
+
+    # s3d: (nwave, ny, nx) = (20, 5, 4), linear wavelength in um
+    cube = rng.random((20, 5, 4)) + 1
+    cerr = np.full(cube.shape, 0.05)
+    cdq = np.zeros(cube.shape, np.uint32)
+    cdq[3, 1, 2] = 513
+    hdr = _celestial(0.1 / 3600, (2.0, 3.0))
+    hdr.update({"CTYPE3": "WAVE", "CUNIT3": "um", "CRVAL3": 1.66, "CDELT3": 0.000355, "CRPIX3": 1.0,
+                "PC3_3": 1.0})
+    _write(tmp_path / "jw01288_s3d.fits", cube, cerr, cdq, hdr,
+           {"TELESCOP": "JWST", "INSTRUME": "NIRSPEC", "GRATING": "G235H", "FILTER": "F170LP"})
+    ifu = read_nirspec_s3d(tmp_path / "jw01288_s3d.fits")
+    assert ifu["data"].dims == ("x", "y", "energy") and ifu["data"].shape == (4, 5, 20)
+    assert spectral_unit(ifu) == "um" and ifu["energy"].attrs["units"] == "um"
+    np.testing.assert_allclose(ifu["energy"].values[:2], [1.66, 1.66 + 0.000355])
+    np.testing.assert_allclose(ifu["energy_hi"].values - ifu["energy_lo"].values, 0.000355)
+    assert float(ifu["data"].isel(x=2, y=1, energy=5)) == pytest.approx(cube[5, 1, 2])
+    assert not ifu["mask"].isel(x=2, y=1, energy=3) and int((~ifu["mask"]).sum()) == 1
+    assert ifu.attrs["grating"] == "G235H" and ifu["x"].attrs["pixel_size"] == pytest.approx(0.1)
+
+    # wrong units and a tabulated wavelength axis are refused with the fix
+    hdr_bad = dict(hdr, BUNIT="MJy")
+    _write(tmp_path / "bad_s3d.fits", cube, cerr, cdq, hdr_bad, {"INSTRUME": "NIRSPEC"})
+    with pytest.raises(ValueError, match="BUNIT='MJy'.*MJy/sr.*PIXAR_SR"):
+        read_nirspec_s3d(tmp_path / "bad_s3d.fits")
+    _write(tmp_path / "tab_s3d.fits", cube, cerr, cdq, dict(hdr, CTYPE3="WAVE-TAB"), {"INSTRUME": "NIRSPEC"})
+    with pytest.raises(ValueError, match="WAVE-TAB.*linear grid"):
+        read_nirspec_s3d(tmp_path / "tab_s3d.fits")
+
+
+def test_toy_fuses_and_passes_the_syfu_checks(toy):
+    imager, ifu, truth = toy
+    res = jwst.fuse_jwst(imager, ifu, max_iter=60)
+    z = res["flux"].values
+    assert res["flux"].dims == ("x", "y", "energy") and res.attrs["spectral_unit"] == "um"
+    assert res["energy"].attrs["units"] == "um"
+    target = truth["flux"].values
+    # better than the upsampled IFU, in NMSE and SAM
+    up = np.repeat(np.repeat(ifu["data"].values, 3, 0), 3, 1)
+    assert metrics.nmse(target, z) > metrics.nmse(target, up) + 4
+    assert metrics.asam(target, z) < metrics.asam(target, up)
+    v = metrics.jwst_validation(imager["data"].values, ifu["data"].values, z, res["response"].values,
+                                filters=list(imager["filter"].values))
+    assert v["min_psnr_db"] > 28 and v["mean_spectrum_max_rel_error"] < 0.05
+    np.testing.assert_allclose(res["cross_calibration"].values, truth["calibration"].values, rtol=0.03)
+    _, held = jwst.held_out_check(imager, ifu, "F187N", max_iter=30)
+    assert held["F187N"]["psnr_db"] > 20 and np.isfinite(held["F187N"]["ssim"])
+    with pytest.raises(ValueError, match="some, not all"):
+        jwst.held_out_check(imager, ifu, list(imager["filter"].values))
+
+
+def test_syfu_baseline_runs_and_improves_on_its_start(toy):
+    imager, ifu, truth = toy
+    edges = jwst._edges(ifu)
+    lam = 0.5 * (edges[1:] + edges[:-1])
+    px = float(imager["x"].attrs["pixel_size"])
+
+    def ks(fwhm):
+        k = [jwst.gaussian_kernel(f, px) for f in fwhm]
+        n = max(a.shape[0] for a in k)
+        return np.stack([np.pad(a, (n - a.shape[0]) // 2) for a in k])
+
+    _, R = jwst.cross_calibrate(imager["data"].values, ifu["data"].values,
+                                jwst.filter_response(list(imager["filter"].values), edges))
+    out = syfu(imager["data"].values, ifu["data"].values, R, ks(jwst.nircam_fwhm(lam)), ks(jwst.nirspec_fwhm(lam)),
+               k=3, n_iter=40)
+    up = np.repeat(np.repeat(ifu["data"].values, 3, 0), 3, 1)
+    assert out["k"] == 3 and out["n_iter"] <= 40 and out["gamma"] > 0 and out["mu"] > 0
+    assert metrics.nmse(truth["flux"].values, out["at_imager_resolution"]) > metrics.nmse(truth["flux"].values, up)
+
+
+def test_ifu_model_with_margin_is_adjoint_and_matches_scipy():
+    from scipy.signal import fftconvolve
+
+    shape = (18, 15, 8)
+    lam = np.linspace(1.7, 2.2, 8)
+    my = jwst.ifu_model(jwst.ifu_psf_stack([1.7, 2.2], 0.1 / 3), lam, shape, margin=1)
+    assert my.data_shape == (4, 3, 8) and dottest(my, shape) < 1e-10
+    z = np.random.default_rng(0).random(shape)
+    k = jwst.ifu_psf_stack([1.7], 0.1 / 3).values[0]
+    ref = fftconvolve(z[..., 0], k, mode="same").reshape(6, 3, 5, 3).mean(axis=(1, 3))[1:-1, 1:-1]
+    np.testing.assert_allclose(my.forward(z)[..., 0], ref, rtol=1e-10)
+
+
+def _toy_to_fits(imager, ifu, folder):
+    """The toy written as pipeline products: one i2d per filter (SCI/ERR/DQ, TAN WCS, MJy/sr) and one s3d."""
+    paths = []
+    for f in imager["filter"].values:
+        im = imager.sel(filter=f)
+        px = float(imager["x"].attrs["pixel_size"])
+        hdr = _celestial(px / 3600, ((imager.sizes["x"] + 1) / 2, (imager.sizes["y"] + 1) / 2))
+        p = folder / f"toy_{str(f).lower()}_i2d.fits"
+        _write(p, im["data"].values.T, np.sqrt(im["variance"].values).T, np.zeros(im["data"].shape[::-1], np.uint32),
+               hdr, {"INSTRUME": "NIRCAM", "FILTER": str(f)})
+        paths.append(str(p))
+    e = jwst._edges(ifu)
+    hdr = _celestial(0.1 / 3600, ((ifu.sizes["x"] + 1) / 2, (ifu.sizes["y"] + 1) / 2))
+    hdr.update({"CTYPE3": "WAVE", "CUNIT3": "um", "CRVAL3": 0.5 * (e[0] + e[1]), "CDELT3": e[1] - e[0], "CRPIX3": 1.0})
+    cube = ifu["data"].values.transpose(2, 1, 0)
+    s3d = folder / "toy_s3d.fits"
+    _write(s3d, cube, np.sqrt(ifu["variance"].values).transpose(2, 1, 0), np.zeros(cube.shape, np.uint32), hdr,
+           {"INSTRUME": "NIRSPEC", "GRATING": "G235H", "FILTER": "F170LP"})
+    return paths, str(s3d)
+
+
+def test_cli_fuses_pipeline_files_and_reports_the_checks(toy, tmp_path, capsys):
+    from xfusion import cli
+
+    imager, ifu, _ = toy
+    i2d, s3d = _toy_to_fits(imager, ifu, tmp_path)
+    # the files read back as the toy
+    back = stack_filters([read_nircam_i2d(p) for p in i2d])
+    np.testing.assert_allclose(back["data"].values, imager["data"].values)
+    np.testing.assert_allclose(read_nirspec_s3d(s3d)["energy_hi"].values, ifu["energy_hi"].values, rtol=1e-9)
+    out = tmp_path / "fused.zarr"
+    rc = cli.main(["jwst", "--imager", *i2d, "--ifu", s3d, "--held-out", "F212N", "--max-iter", "25", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "cross-calibration factors" in text and "held out" in text and out.exists()
+    fused = xfusion.io.zarr.open(out)
+    assert fused["flux"].dims == ("x", "y", "energy") and fused["energy"].attrs["units"] == "um"
+    # misaligned fields are refused (exit 3, one line)
+    shifted = tmp_path / "shifted"
+    shifted.mkdir()
+    i2d2, _ = _toy_to_fits(imager.assign_coords(x=imager["x"] + 0.05), ifu, shifted)
+    with fits.open(i2d2[0], mode="update") as h:
+        h["SCI"].header["CRVAL1"] = 83.8375 + 0.1 / 3600
+    assert cli.main(["jwst", "--imager", i2d2[0], "--ifu", s3d]) == 3
+    assert "not co-registered" in capsys.readouterr().err
+    assert cli.main(["jwst", "--imager", *i2d]) == 3

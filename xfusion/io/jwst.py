@@ -1,0 +1,170 @@
+"""Readers for JWST stage-3 products: NIRCam ``*_i2d.fits`` images and NIRSpec IFU ``*_s3d.fits`` cubes.
+
+Layout read (JWST pipeline products, as documented in the JWST Calibration Pipeline "Data
+Products" pages): a primary HDU with the observation keywords (``INSTRUME``, ``FILTER``,
+``GRATING``, ``TARGNAME``...), then image extensions ``SCI`` (surface brightness,
+``BUNIT = 'MJy/sr'``), ``ERR`` (1-sigma error, same unit), ``DQ`` (bit flags, 0 = good) and
+more we do not need. ``SCI`` carries the WCS and ``PIXAR_SR`` (pixel area, sr). For an
+``s3d`` cube the FITS axes are (RA, Dec, wavelength) -- NumPy shape ``(nwave, ny, nx)`` --
+with ``CTYPE3 = 'WAVE'``, ``CUNIT3 = 'um'``, ``CRVAL3``/``CDELT3``/``CRPIX3`` (a linear
+wavelength grid; tabulated ``WAVE-TAB`` grids are refused with a clear message).
+
+Both readers return Datasets in the layout of :mod:`xfusion.jwst` (``data``, ``variance`` =
+ERR**2, ``mask`` = DQ == 0 and finite SCI/ERR, coords ``x``/``y`` in arcsec offsets from the
+reference pixel; NaN values stay in ``data`` but are masked, never patched). Axis order:
+``x`` is FITS axis 1 (columns), ``y`` axis 2 (rows). The celestial WCS is kept as the header
+text in ``attrs["wcs"]`` (``astropy.wcs.WCS(header)`` rebuilds it) with ``center_ra``/
+``center_dec`` of the reference pixel. This module imports only the core (layer rule).
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+SURFACE_BRIGHTNESS = ("MJy/sr", "MJy sr-1", "MJy.sr-1", "MJy/str")
+
+
+def _hdu(hdul, name, path):
+    try:
+        return hdul[name]
+    except KeyError:
+        raise ValueError(f"{path}: no {name} extension; a JWST i2d/s3d product has SCI, ERR and DQ") from None
+
+
+def _pixel_scale_arcsec(h, path):
+    """Pixel size (arcsec) from CDELT1/2 or the CD/PC matrix; refuses non-square or rotated pixels."""
+    from astropy.wcs import WCS
+
+    w = WCS(h, naxis=2)
+    m = w.pixel_scale_matrix * 3600.0  # deg -> arcsec
+    sx, sy = np.hypot(m[0, 0], m[1, 0]), np.hypot(m[0, 1], m[1, 1])
+    if not np.isclose(sx, sy, rtol=1e-4):
+        raise ValueError(f"{path}: pixels are not square ({sx:.6g}\" x {sy:.6g}\"); resample to square pixels first")
+    if abs(m[1, 0]) > 1e-6 * sx or abs(m[0, 1]) > 1e-6 * sx:
+        raise ValueError(f"{path}: the image is rotated with respect to RA/Dec (PC/CD off-diagonal terms); rotate "
+                         "the imager and the cube to a common orientation first (SyFu: co-registration)")
+    return float(sx), w
+
+
+def _xy(nx, ny, pixel, crpix1, crpix2):
+    a = {"units": "arcsec", "pixel_size": float(pixel)}
+    return {"x": ("x", (np.arange(nx) + 1 - crpix1) * pixel, dict(a)),
+            "y": ("y", (np.arange(ny) + 1 - crpix2) * pixel, dict(a))}
+
+
+def _common(hdul, path, ndim):
+    sci = _hdu(hdul, "SCI", path)
+    err = _hdu(hdul, "ERR", path)
+    dq = _hdu(hdul, "DQ", path)
+    h = sci.header
+    unit = str(h.get("BUNIT", "")).strip()
+    if unit not in SURFACE_BRIGHTNESS:
+        raise ValueError(f"{path}: SCI has BUNIT={unit!r}; expected surface brightness (MJy/sr). Convert the "
+                         "product to MJy/sr (PIXAR_SR gives the pixel solid angle) before fusing")
+    d = np.asarray(sci.data, dtype=np.float64)
+    e = np.asarray(err.data, dtype=np.float64)
+    q = np.asarray(dq.data)
+    if d.ndim != ndim or e.shape != d.shape or q.shape != d.shape:
+        raise ValueError(f"{path}: SCI {d.shape}, ERR {e.shape}, DQ {q.shape} must be {ndim}D arrays of one shape")
+    mask = (q == 0) & np.isfinite(d) & np.isfinite(e) & (e > 0)
+    return h, d, e, mask, unit
+
+
+def _attrs(hdul, h, unit, w, path):
+    p = hdul[0].header
+    ra, dec = (float(v) for v in w.wcs.crval[:2])
+    attrs = {"name": str(p.get("TARGNAME", path)), "instrument": str(p.get("INSTRUME", "")),
+             "bunit": "MJy/sr", "source_file": str(path), "wcs": w.to_header_string(),
+             "center_ra": ra, "center_dec": dec}
+    if "PIXAR_SR" in h:
+        attrs["pixar_sr"] = float(h["PIXAR_SR"])
+    return attrs
+
+
+def read_nircam_i2d(path, filter=None):
+    """One NIRCam ``i2d`` image as a one-filter imager Dataset (x, y, filter).
+
+    ``data`` MJy/sr, ``variance`` (MJy/sr)**2 = ERR**2, ``mask`` (DQ == 0, finite, ERR > 0).
+    ``filter`` overrides the primary header's ``FILTER`` keyword. Stack several filters
+    (same WCS) with :func:`stack_filters`.
+    """
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        h, d, e, mask, unit = _common(hdul, path, 2)
+        pixel, w = _pixel_scale_arcsec(h, path)
+        name = filter or str(hdul[0].header.get("FILTER", "")).strip()
+        if not name:
+            raise ValueError(f"{path}: no FILTER keyword in the primary header; pass filter=")
+        attrs = _attrs(hdul, h, unit, w, path)
+        crpix1, crpix2 = (float(v) for v in w.wcs.crpix[:2])
+    ny, nx = d.shape
+    ds = xr.Dataset(coords={**_xy(nx, ny, pixel, crpix1, crpix2), "filter": ("filter", [name])})
+    tr = (1, 0)  # FITS (row=y, col=x) -> (x, y)
+    ds["data"] = (("x", "y", "filter"), d.transpose(tr)[..., None], {"units": "MJy/sr"})
+    ds["variance"] = (("x", "y", "filter"), np.where(mask, e * e, np.nan).transpose(tr)[..., None],
+                      {"units": "(MJy/sr)2"})
+    ds["mask"] = (("x", "y", "filter"), mask.transpose(tr)[..., None])
+    ds.attrs.update(attrs, spectral_unit="um", data_term="gaussian")
+    return ds
+
+
+def stack_filters(images):
+    """Concatenate one-filter imager Datasets (same pixel grid) along ``filter``."""
+    images = list(images)
+    if not images:
+        raise ValueError("no images to stack")
+    ref = images[0]
+    for im in images[1:]:
+        for c in ("x", "y"):
+            if im.sizes[c] != ref.sizes[c] or not np.allclose(im[c].values, ref[c].values, atol=1e-6):
+                raise ValueError(f"images '{ref.attrs.get('source_file')}' and '{im.attrs.get('source_file')}' are "
+                                 f"not on the same {c} grid; resample them onto one grid first")
+    out = xr.concat(images, dim="filter", data_vars="minimal", coords="minimal", compat="override",
+                    combine_attrs="override")
+    return out
+
+
+def read_nirspec_s3d(path):
+    """A NIRSpec IFU ``s3d`` cube as an IFU Dataset (x, y, energy) with ``energy`` = wavelength (um).
+
+    Wavelength edges from the linear WCS of axis 3 (``CRVAL3 + (i + 1 - CRPIX3) CDELT3`` at
+    channel centres, edges half a ``CDELT3`` either side); ``CUNIT3`` must be um (or m,
+    converted). ``data`` MJy/sr, ``variance`` = ERR**2, ``mask`` from DQ and finiteness.
+    """
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        h, d, e, mask, unit = _common(hdul, path, 3)
+        ctype3 = str(h.get("CTYPE3", "")).strip().upper()
+        if ctype3 != "WAVE":
+            raise ValueError(f"{path}: CTYPE3={ctype3!r}; only a linear wavelength axis ('WAVE') is supported "
+                             "(a 'WAVE-TAB' grid: resample the cube onto a linear grid)")
+        scale = {"um": 1.0, "micron": 1.0, "m": 1e6, "nm": 1e-3}.get(str(h.get("CUNIT3", "")).strip())
+        if scale is None:
+            raise ValueError(f"{path}: CUNIT3={h.get('CUNIT3')!r}; expected um (or m, nm)")
+        for k in ("CRVAL3", "CDELT3"):
+            if k not in h:
+                raise ValueError(f"{path}: SCI has no {k}: the wavelength grid is undefined")
+        n = d.shape[0]
+        centres = (float(h["CRVAL3"]) + (np.arange(n) + 1 - float(h.get("CRPIX3", 1.0))) * float(h["CDELT3"])) * scale
+        step = float(h["CDELT3"]) * scale
+        if step <= 0:
+            raise ValueError(f"{path}: CDELT3 <= 0; wavelengths must increase")
+        pixel, w = _pixel_scale_arcsec(h, path)
+        attrs = _attrs(hdul, h, unit, w, path)
+        p = hdul[0].header
+        attrs.update(grating=str(p.get("GRATING", "")), filter=str(p.get("FILTER", "")))
+        crpix1, crpix2 = (float(v) for v in w.wcs.crpix[:2])
+    edges = np.append(centres - step / 2, centres[-1] + step / 2)
+    a = {"units": "um", "long_name": "wavelength"}
+    nw, ny, nx = d.shape
+    ds = xr.Dataset(coords={**_xy(nx, ny, pixel, crpix1, crpix2),
+                            "energy": ("energy", centres, a), "energy_lo": ("energy", edges[:-1], dict(a)),
+                            "energy_hi": ("energy", edges[1:], dict(a))})
+    tr = (2, 1, 0)  # (wave, y, x) -> (x, y, wave)
+    ds["data"] = (("x", "y", "energy"), d.transpose(tr), {"units": "MJy/sr"})
+    ds["variance"] = (("x", "y", "energy"), np.where(mask, e * e, np.nan).transpose(tr), {"units": "(MJy/sr)2"})
+    ds["mask"] = (("x", "y", "energy"), mask.transpose(tr))
+    ds.attrs.update(attrs, spectral_unit="um", data_term="gaussian")
+    return ds

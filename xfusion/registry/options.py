@@ -1,0 +1,134 @@
+"""Option fields shared by several regularizations (one definition: default, unit, documentation, check)."""
+from __future__ import annotations
+
+from .base import is_int, is_real, option
+
+#: Dask layout of the PSF operators on the full-cube path (xfusion.parallel_em): halos on the pixel blocks.
+#: Measured per wavelet2d1d iteration (benchmarks/layouts.py --full, 64-pixel blocks, 2 cores), halo vs
+#: rechunk: 256x256x4096 threads 17.1 vs 16.5 s and 19.0 vs 15.2 s (two runs), LocalCluster 1 worker
+#: 42.5 vs 43.7 s, 2 workers 28.9 vs 31.4 s; 256x256x2048 threads 8.1 vs 8.4 s, 2 workers 14.7 vs 16.4 s.
+#: Halos win on the cluster and tie on threads, where slabs take 40-50% more peak memory.
+DEFAULT_LAYOUT = "halo"
+
+
+def nonneg_number(auto=False):
+    def check(name, v):
+        if not (auto and v == "auto") and not (is_real(v) and v >= 0):
+            raise ValueError(f"option {name} must be a number >= 0 (finite, not a bool); got {v!r}")
+    return check
+
+
+def positive_int(auto=False):
+    def check(name, v):
+        if not (auto and v == "auto") and not (is_int(v) and v >= 1):
+            raise ValueError(f"option {name} must be an integer >= 1 (not a bool or float); got {v!r}")
+    return check
+
+
+def boolean(name, v):
+    if not isinstance(v, bool):
+        import numpy as np
+
+        if not isinstance(v, np.bool_):
+            raise ValueError(f"option {name} must be True or False; got {v!r}")
+
+
+def one_of(*choices):
+    def check(name, v):
+        if v not in choices:
+            raise ValueError(f"option {name} must be one of {', '.join(map(repr, choices))}; got {v!r}")
+    return check
+
+
+def _explained(name, v):
+    if v is not None and not (is_real(v) and 0 < v <= 1):
+        raise ValueError(f"option explained must be a fraction of the spectral variance in (0, 1] (e.g. 0.999) or "
+                         f"None; got {v!r}")
+
+
+def _chunks(name, v):
+    if v is not None and not (isinstance(v, (tuple, list)) and len(v) == 2 and all(is_int(c) and c >= 1 for c in v)):
+        raise ValueError(f"option chunks must be two positive integers (pixel block along x and y); got {v!r}")
+
+
+def _layout(name, v):
+    if v not in ("halo", "rechunk"):
+        raise ValueError(f"option layout must be 'halo' or 'rechunk' (Dask path: PSF operators on pixel blocks "
+                         f"with halos, or on full-field channel slabs); got {v!r}")
+
+
+def n_scales_2d(default):
+    return option(default, "integer", "Number of 2D (spatial) starlet scales J2. Scales finer than J2 are "
+                  "thresholded; the coarsest spatial band is kept. 1 resolves the finest spatial detail with the "
+                  "least smoothing.", positive_int())
+
+
+def n_scales_1d(default):
+    return option(default, "integer or \"auto\"", "Number of 1D (spectral) starlet scales J1 of the 2D-1D "
+                  "transform. Bands with 2D scale < ``n_scales_2d`` and 1D scale < ``n_scales_1d`` are invisible "
+                  "to both instruments (see ``null_space``). ``\"auto\"``: chosen from the data without the "
+                  "truth.", positive_int(auto=True))
+
+
+def k(default, auto=True, what="the starlet coefficients"):
+    return option(default, "noise sigmas (dimensionless)" + (", or \"auto\"" if auto else ""),
+                  f"Soft threshold ``rho = k * sigma`` of {what}, ``sigma`` the MAD noise estimate of each band "
+                  "(``per_band``). Larger k: smoother cube, fewer faint features." + (
+                      " ``\"auto\"``: truth-free selection by Poisson thinning (the counts are split binomially "
+                      "into two independent halves; the value whose fit on one half best predicts the other is "
+                      "kept)." if auto else ""), nonneg_number(auto=auto))
+
+
+K_RULE = lambda: option("constant", "\"constant\" or \"sigmoid\"", "``\"constant\"``: the same k everywhere. "
+                "``\"sigmoid\"``: paper eq. 21, k goes from ``k_min`` on faint voxels to ``k_max`` on bright ones "
+                "with the coarse-scale brightness.", one_of("constant", "sigmoid"))
+K_MIN = lambda: option(0.5, "noise sigmas", "Smallest threshold of ``k_rule=\"sigmoid\"`` (faint voxels); ignored "
+               "otherwise.", nonneg_number())
+K_MAX = lambda: option(3.0, "noise sigmas", "Largest threshold of ``k_rule=\"sigmoid\"`` (bright voxels); ignored "
+               "otherwise.", nonneg_number())
+
+
+def null_space(default, auto=True):
+    choices = ("zero", "threshold", "auto") if auto else ("zero", "threshold")
+    return option(default, " or ".join(f"\"{c}\"" for c in choices),
+                  "What to do with the bands that neither instrument sees (fine in space and in energy): "
+                  "``\"zero\"`` removes them (an infinite l1 weight; prevents their slow growth over iterations), "
+                  "``\"threshold\"`` treats them like the other bands (the paper)" + (
+                      "; ``\"auto\"`` chooses, together with ``n_scales_1d``, by Poisson thinning." if auto else "."),
+                  one_of(*choices))
+
+
+PER_BAND = lambda: option(True, "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the "
+                          "MAD of "
+                  "the finest band for every band.", boolean)
+RANK = lambda: option(10, "integer (number of components) or \"auto\"",
+                      "Dimension r of the spectral subspace: ``Z = W V`` "
+              "with V the mean and the leading principal components of the sharp-spectral spectra. Must not exceed "
+              "the number of channels or of sharp-spectral pixels. ``\"auto\"``: chosen by Poisson thinning among a "
+              "few ranks.", positive_int(auto=True))
+EXPLAINED = lambda: option(None, "fraction in (0, 1], or None", "If set, choose the rank as the smallest number of "
+                   "components explaining this fraction of the spectral variance (at most 64) instead of "
+                   "``rank``.", _explained)
+PRECONDITION = lambda: option(True, "boolean", "Scale the FISTA steps per pixel by the sharp-spatial brightness (a "
+                      "diagonal preconditioner): faster convergence on fields with a large dynamic range.", boolean)
+MU = lambda: option(0.01, "dimensionless, or \"auto\"", "Strength of the Sobolev smoothness penalty ``(mu / level) "
+            "||D W||^2`` on the subspace maps W (``level`` the mean flux per voxel, which makes mu independent of "
+            "exposure and flux units; the paper advises 0.01-0.1). ``\"auto\"``: chosen by Poisson thinning.",
+            nonneg_number(auto=True))
+CHUNKS = lambda: option(None, "(bx, by) fused pixels, or None",
+                        "Dask path only: pixel block of the fused grid (each block "
+                "holds the whole energy axis). None: chosen from the cube shape, the PSF and starlet halos and the "
+                "memory per worker thread.", _chunks)
+LAYOUT = lambda: option(DEFAULT_LAYOUT, "\"halo\" or \"rechunk\"", "Dask path, full-cube regularizations: run the PSF "
+                "operators on the pixel blocks with halos of the PSF radius (``\"halo\"``) or on full-field channel "
+                "slabs (``\"rechunk\"``, allows blocks smaller than the PSF).", _layout)
+
+
+def _step(name, v):
+    if v is not None and not (is_real(v) and v > 0):
+        raise ValueError(f"option step must be > 0 (a finite number); got {v!r}")
+
+
+STEP = lambda: option(None, "internal units (None = automatic)", "Fixed step of ``method=\"ista\"`` (the paper's "
+              "algorithm). None: 1/50 of the smallest EM step at the start; a step that diverges stops the run "
+              "with a message asking for a smaller one.", _step)

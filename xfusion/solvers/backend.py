@@ -1,0 +1,67 @@
+"""The backend interface the solvers are written against, and its in-memory (NumPy) implementation.
+
+A solver never touches arrays directly: it asks its backend to
+
+* ``cube(z0, shape, dtype)``: a private copy of the start point (array or scalar level);
+* ``forward(op, z)`` / ``adjoint(op, u)``: apply an operator (:mod:`xfusion.operators`);
+* ``map(f, *args)``: apply a local function voxel by voxel / block by block (``f`` sees NumPy
+  arrays; arguments shaped like the cube are split like it, smaller ones broadcast, totals
+  from ``total`` passed as numbers);
+* ``total(f, *args)``: the sum over the blocks of ``f(*blocks)`` (a float per block; on Dask a
+  lazy scalar that ``map`` and ``finish`` accept, so a global sum needs no extra round trip);
+* ``statistics(reg, z)``: the regularizer's global statistics of ``z`` to be computed with the
+  state (on Dask in the same pass, so an iteration is one round trip), or None when the prox
+  computes them itself (in memory: the 2D transform is then shared);
+* ``prox(reg, z, stats)``: a regularizer's prox and its penalty, ``(z', penalty)``, with the
+  statistics of ``z`` (None: computed here);
+* ``finish(arrays, scalars, stats)``: the state of an iteration: arrays kept (persisted on a
+  cluster), scalars (data-term parts from the terms' ``value_from_model``, penalties) as Python
+  floats, and ``stats = (reg, statistics(reg, z) or None)`` as the regularizer's named floats --
+  on Dask the only values that travel back to the client;
+* ``persist(x)``: keep an array that every iteration reads (e.g. the EM sensitivity).
+
+:class:`NumpyBackend` does each directly; the Dask one (:mod:`xfusion.backends.blockwise`) runs
+the same functions on pixel blocks holding the whole energy axis. The maths lives in the
+operators, the likelihood's block kernels and the regularizers, never in a backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class NumpyBackend:
+    """In-memory backend: direct calls on NumPy arrays."""
+
+    client = None
+
+    def cube(self, z0, shape, dtype):
+        a = np.asarray(z0)
+        if a.ndim == 0:
+            return np.full(shape, a, dtype=dtype)
+        return np.array(a, dtype=a.dtype if np.issubdtype(a.dtype, np.floating) else dtype, order="C", copy=True)
+
+    def forward(self, op, z):
+        return op.forward(z)
+
+    def adjoint(self, op, u):
+        return op.adjoint(u)
+
+    def map(self, f, *args):
+        return f(*args)
+
+    def total(self, f, *args):
+        return f(*args)
+
+    def statistics(self, reg, z):
+        return None
+
+    def prox(self, reg, z, stats=None):
+        if stats is None:
+            return reg.prox(z, with_penalty=True)
+        return reg.block_apply(z, 0, stats)
+
+    def persist(self, x):
+        return x
+
+    def finish(self, arrays, scalars, stats=None):
+        return dict(arrays, **{k: float(v) for k, v in scalars.items()})
