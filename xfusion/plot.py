@@ -576,7 +576,7 @@ def velocity_maps(maps, truth=None, *, ax=None, vlim=None):
     ``velocity_err``, km/s; e.g. from :func:`xfusion.analysis.line_map_errors`). ``truth``:
     optional Dataset with a ``velocity`` map (km/s) on the same (x, y) pixels -- a scene's
     truth or ``line_map`` of the true cube. Panels: velocity and true velocity on one
-    symmetric diverging scale (``vlim`` km/s, default the 98th percentile of |v|), the 1-sigma
+    symmetric diverging scale (``vlim`` km/s, default the 98th percentile of ``abs(v)``), the 1-sigma
     error on its own scale; grey: no valid line (NaN). Returns the Figure.
     """
     if "velocity" not in maps or "velocity_err" not in maps:
