@@ -1,12 +1,14 @@
-"""Every operator: adjoint (dot test), independent reference, purity, dtype, conservation."""
+"""Every operator: independent reference, purity, dtype, conservation (dot tests: tests/test_adjoints.py)."""
 import numpy as np
 import pytest
 import scipy.signal
 
 from xfusion.grid import SPATIAL, SPECTRAL, fusion_grid
-from xfusion.operators import Convolve1D, Convolve2D, Rebin, ResponseMatrix, Scale, SpatialMatrix, build_model
+from xfusion.operators import Convolve1D, Convolve2D, Rebin, ResponseMatrix, SpatialMatrix, build_model
 from xfusion.operators.dottest import dottest
 from xfusion.operators.response import kernel_matrix, kernel_on_spacing
+
+from test_adjoints import OPS  # the one table of operators (dot tests there, purity and dtype here)
 
 rng = np.random.default_rng(1)
 K2 = rng.random((7, 5))
@@ -14,32 +16,10 @@ K2 /= K2.sum()
 K1 = rng.random(9)
 K1 /= K1.sum()
 
-CASES = {
-    "scale_energy": (lambda: Scale(rng.random(12) + 0.5), (6, 4, 12)),
-    "scale_vignetted": (lambda: Scale(rng.random((6, 4, 12))), (6, 4, 12)),
-    "rebin_space": (lambda: Rebin((3, 2, 1)), (6, 4, 12)),
-    "rebin_energy": (lambda: Rebin((1, 1, 4)), (6, 4, 12)),
-    "rebin_all": (lambda: Rebin((2, 2, 3)), (6, 4, 12)),
-    "conv1d": (lambda: Convolve1D(K1, 13), (5, 4, 13)),
-    "conv1d_kernel_longer_than_axis": (lambda: Convolve1D(K1, 5), (3, 2, 5)),
-    "matrix": (lambda: ResponseMatrix(rng.random((12, 5))), (4, 3, 12)),
-    "conv2d": (lambda: Convolve2D(K2, (11, 8)), (11, 8, 6)),
-    "conv2d_kernel_larger_than_field": (lambda: Convolve2D(K2, (4, 3)), (4, 3, 2)),
-    "spatial_matrix": (lambda: SpatialMatrix.from_psf(K2[:, :5], (9, 6), 3), (9, 6, 7)),
-}
-
-
-@pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
-def test_dot_product(name, dtype, tol):
-    make, shape = CASES[name]
-    assert dottest(make(), shape, dtype) <= tol
-
-
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", OPS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pure_and_dtype(name, dtype):
-    make, shape = CASES[name]
+    make, shape = OPS[name]
     op = make()
     x = rng.random(shape).astype(dtype)
     x0 = x.copy()

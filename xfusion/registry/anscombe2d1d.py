@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import options as o
-from .base import FULL, OptionSet, Regularization, describe
+from .base import FULL, Regularization, describe
+from . import wavelet2d1d
 from .wavelet2d1d import PRIOR_KEYS, _copies
 
 #: Anscombe's offset: 2 sqrt(n + 3/8) has variance ~1 for Poisson n
@@ -24,23 +25,12 @@ OFFSET = 3.0 / 8.0
 
 
 @dataclass
-class Options(OptionSet):
-    n_scales_2d: object = o.n_scales_2d(1)
+class Options(wavelet2d1d.Options):
+    """The options of ``wavelet2d1d`` with fixed (not "auto") defaults: thinning does not tune this prior yet."""
     n_scales_1d: object = o.option(5, "integer", "Number of 1D (spectral) starlet scales J1 of the 2D-1D transform "
                                    "(bands finer than both instruments see: ``null_space``).", o.positive_int())
     k: object = o.k(1.0, auto=False, what="the starlet coefficients of the stabilized cube 2 sqrt(z + 3/8)")
-    k_rule: object = o.K_RULE()
-    k_min: object = o.K_MIN()
-    k_max: object = o.K_MAX()
     null_space: object = o.null_space("zero", auto=False)
-    per_band: object = o.PER_BAND()
-    chunks: object = o.CHUNKS()
-    layout: object = o.LAYOUT()
-
-    def cross_check(self):
-        if self.k_min > self.k_max:
-            raise ValueError(f"option k_min={self.k_min!r} exceeds k_max={self.k_max!r}; the sigmoid rule "
-                             "needs k_min <= k_max")
 
 
 Options.__doc__ = describe(Options, "Options of regularization='anscombe2d1d'.")
