@@ -1,6 +1,6 @@
 """Read times of the real OGIP responses (moved out of tests/test_io_ogip.py: no wall-clock asserts in unit tests).
 
-Measures ``xfusion.io.ogip.read_rmf`` on the 12000 x 12000 microcalorimeter RMF (sparse, and the
+Measures ``xfusion.io.ogip_read.read_rmf`` on the 12000 x 12000 microcalorimeter RMF (sparse, and the
 1.15 GB dense matrix) and on the EPIC-pn RMF, best of ``--repeat`` runs, and prints the machine.
 The previous unit test asserted sparse < 2 s and dense < 5 s; this script reports those targets.
 
@@ -14,7 +14,7 @@ import platform
 import time
 from pathlib import Path
 
-from xfusion.io.ogip import read_rmf
+from xfusion.io.ogip_read import read_rmf
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TARGETS = {("xrs_mucal.rmf", True): 2.0, ("xrs_mucal.rmf", False): 5.0}

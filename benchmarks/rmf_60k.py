@@ -95,7 +95,7 @@ def write_resolve_rmf(path):
 
 
 def main():
-    from xfusion.io.ogip import SparseRMF, read_rmf
+    from xfusion.io.ogip_read import SparseRMF, read_rmf
     from xfusion.operators.response import ResponseMatrix, rmf_on_grid
 
     with tempfile.TemporaryDirectory() as d:

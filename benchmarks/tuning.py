@@ -2,6 +2,8 @@
 
     python benchmarks/tuning.py rl        # RL: best half-data iteration vs oracle full-data iteration
     python benchmarks/tuning.py wavelet   # wavelet2d1d: old default, tuned choice, oracle over the same grid, RL oracle
+    python benchmarks/tuning.py kgrid 7 default          # k above 3 on a full-size suite scene (deviance and NMSE)
+    python benchmarks/tuning.py rl_rule 2,3,7,8 small    # RL iteration rule against the oracle on suite scenes
 """
 from __future__ import annotations
 
@@ -148,6 +150,49 @@ def wavelet(scenes=None):
     print(f"within 0.5 dB of oracle: {(gap <= 0.5).sum()}/{len(gap)}; within 1 dB: {(gap <= 1).sum()}/{len(gap)}")
 
 
+def _suite_scene(i, size, split="tune"):
+    from xfusion import scenes as sc
+
+    spec = sc.suite(split, n=24)[i]
+    x, y, truth = sc.from_spec(spec, size=size)
+    return spec["name"], x, y, truth["flux"]
+
+
+def kgrid(indices, size="default", ks=(2.0, 3.0, 4.5, 6.0, 8.0)):
+    """Wavelet k above the old ladder top: held-out deviance of each k (same warm start, 12 iterations, no
+    abandonment) and NMSE of the full fit at each k (python benchmarks/tuning.py kgrid 7 default)."""
+    for i in indices:
+        name, x, y, t = _suite_scene(i, size)
+        sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+        z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+        dev = {k: tuning._run_em(sp, tuning._wavelet_reg({}, {"k": k, "null_space": "zero", "n_scales_1d": 2}), z0,
+                                 tuning.CANDIDATE_ITER, 1e-4)[1][-1] for k in ks}
+        m = min(dev.values())
+        out = [(k, round(fit_nmse(x, y, t, k=k, null_space="zero", n_scales_1d=2)[0], 2), round(dev[k] - m, 1))
+               for k in ks]
+        print(f"{name}: (k, NMSE dB, held-out deviance - min): {out}", flush=True)
+
+
+def rl_rule(indices, size="small", n_max=150):
+    """Plain RL: oracle full-data iteration vs the best half-data iteration of the joint held-out deviance and of
+    each instrument's own (python benchmarks/tuning.py rl_rule 2,3,7,8 small); NMSE lost by xfusion's rule."""
+    losses = []
+    for i in indices:
+        name, x, y, t = _suite_scene(i, size)
+        curve = rl_nmse_curve(x, y, t, n_max)
+        cur = tuning.tune(x, y, regularization="none", seed=0, max_iter=n_max)
+        ch = tuning.choice(cur)
+        best = int(np.argmax(curve[1:]) + 1)
+        n = min(ch["max_iter"], len(curve) - 1)
+        losses.append(curve[n] - curve[best])
+        print(f"{name}: oracle it {best} ({curve[best]:.2f} dB); half-data best {ch['half_data_iteration']} (sharp-"
+              f"spatial {ch['spatial_iteration']}, sharp-spectral {ch['spectral_iteration']}) -> {ch['max_iter']}: "
+              f"{losses[-1]:+.2f} dB", flush=True)
+    loss = np.array(losses)
+    print(f"rule: mean loss {loss.mean():+.2f} dB, worst {loss.min():+.2f} dB, within 0.5 dB {np.sum(loss >= -0.5)}/"
+          f"{loss.size}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "rl":
         rl()
@@ -155,6 +200,11 @@ if __name__ == "__main__":
         rl(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
     elif sys.argv[1] == "treatments":
         treatments(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    elif sys.argv[1] == "kgrid":  # python benchmarks/tuning.py kgrid 7 default [2,3,4.5,6,8]
+        kgrid([int(v) for v in sys.argv[2].split(",")], sys.argv[3],
+              *([tuple(float(v) for v in sys.argv[4].split(","))] if len(sys.argv) > 4 else []))
+    elif sys.argv[1] == "rl_rule":  # python benchmarks/tuning.py rl_rule 2,3,7,8,9,11,12,1,5,17,13,0 small
+        rl_rule([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small")
     elif sys.argv[1] == "wavelet":
         wavelet()
     elif sys.argv[1] == "suite":  # python benchmarks/tuning.py suite tune 10 small [start]

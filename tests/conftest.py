@@ -39,6 +39,25 @@ def small_toy():
 
 
 @pytest.fixture(scope="session")
+def local_cluster():
+    """``(cluster, client)``: ONE real 2-worker ``distributed.LocalCluster`` (processes) for the whole session,
+    shared by the Dask tests (starting one costs seconds: two Python processes importing the stack). The
+    client is not the default scheduler, so tests without ``client=`` really use Dask's threads. A test that
+    kills a worker leaves the nanny to restart it; tests wait for both workers before use."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=40) as c, distributed.Client(c, set_as_default=False) as client:
+        yield c, client
+
+
+@pytest.fixture
+def cluster(local_cluster):
+    """The session's LocalCluster with both workers up (a worker killed by an earlier test is back)."""
+    local_cluster[1].wait_for_workers(2, timeout=120)
+    return local_cluster
+
+
+@pytest.fixture(scope="session")
 def shared_data():
     require_data(SHARED_DATA)
     return SHARED_DATA

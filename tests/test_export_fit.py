@@ -1,4 +1,4 @@
-"""End-to-end check: files written by xfusion.io.export load and fit in gammapy.
+"""End-to-end check: files written by xfusion.io.ogip_write load and fit in gammapy.
 
 A Gaussian line at a known energy is folded through a known ARF x RMF,
 Poisson-sampled together with a flat background (on/off measurement), written
@@ -24,8 +24,8 @@ from gammapy.datasets import OGIPDatasetReader  # noqa: E402
 from gammapy.modeling import Fit  # noqa: E402
 from gammapy.modeling.models import GaussianSpectralModel, SkyModel  # noqa: E402
 
-from xfusion.io.export import write_pha  # noqa: E402
-from xfusion.io.ogip import edges_coords  # noqa: E402
+from xfusion.io.ogip_write import write_pha  # noqa: E402
+from xfusion.io.ogip_read import edges_coords  # noqa: E402
 
 LINE_E = 6.4        # keV
 LINE_SIGMA = 0.03   # keV, intrinsic
@@ -161,7 +161,7 @@ def _fit_pha_with_stat_err(pha_path, band, mean0, sigma0):
     from gammapy.estimators import FluxPoints
     from gammapy.modeling.models import ConstantSpectralModel
 
-    from xfusion.io.ogip import read_arf
+    from xfusion.io.ogip_read import read_arf
 
     with fits.open(pha_path) as h:
         sp, eb, hdr = h["SPECTRUM"].data, h["EBOUNDS"].data, h["SPECTRUM"].header
@@ -195,7 +195,7 @@ def test_gammapy_fits_a_fused_region_spectrum_with_replica_errors(tmp_path):
     STAT_ERR from replicas: gammapy's chi2 fit recovers the line centre within its error."""
     from scipy.ndimage import gaussian_filter1d
 
-    from xfusion.io.export import write_pha_from_result
+    from xfusion.io.ogip_write import write_pha_from_result
 
     rng = np.random.default_rng(7)
     edges = np.linspace(6.5, 6.9, 161)  # 2.5 eV channels

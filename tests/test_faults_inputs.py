@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 import xfusion
-from xfusion import parallel
+from xfusion import likelihood, parallel
 from xfusion.observation import energy_edges
 
 FAST = dict(progress=False, max_iter=6, tol=None)
@@ -299,27 +299,25 @@ def test_block_kernel_does_not_depend_on_memory_alignment():
         out[...] = arr
         return out
 
-    ref = parallel._block_value_grad(d, a, v, True)
+    ref = likelihood.block_value_grad(d, a, v, True)
     for off in (1, 3, 4):
         vu, du, au = misaligned(v, off), misaligned(d, off), misaligned(a, off)
         assert not vu.flags.aligned
-        np.testing.assert_array_equal(parallel._block_value_grad(du, au, vu, True), ref)
+        np.testing.assert_array_equal(likelihood.block_value_grad(du, au, vu, True), ref)
 
 
-def test_identical_runs_on_a_local_cluster_give_identical_bits(small_toy, tmp_path):
+def test_identical_runs_on_a_local_cluster_give_identical_bits(small_toy, tmp_path, cluster):
     """Issue 11 item 4: two identical lowrank_sobolev runs on one 2-worker LocalCluster, bit for bit."""
-    distributed = pytest.importorskip("distributed")
+    client = cluster[1]
     x, y, _ = small_toy
     xfusion.io.zarr.write(x, tmp_path / "x.zarr", chunks={"x": 6, "y": 6})
     xfusion.io.zarr.write(y, tmp_path / "y.zarr", chunks={"x": 2, "y": 2})
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=40) as c, distributed.Client(c, set_as_default=False) as client:
-        runs = []
-        for _ in range(2):
-            xl = xfusion.io.zarr.open(tmp_path / "x.zarr", chunks={})
-            yl = xfusion.io.zarr.open(tmp_path / "y.zarr", chunks={})
-            r = fz(xl, yl, "lowrank_sobolev", client=client, chunks=(6, 6), max_iter=15)
-            runs.append(client.compute(r).result())
+    runs = []
+    for _ in range(2):
+        xl = xfusion.io.zarr.open(tmp_path / "x.zarr", chunks={})
+        yl = xfusion.io.zarr.open(tmp_path / "y.zarr", chunks={})
+        r = fz(xl, yl, "lowrank_sobolev", client=client, chunks=(6, 6), max_iter=15)
+        runs.append(client.compute(r).result())
     a, b = runs
     assert a.attrs["iterations"] == 15  # unaligned inputs gave 1-ulp objective differences from iteration 1
     np.testing.assert_array_equal(a.objective.values, b.objective.values)

@@ -24,7 +24,9 @@ from xfusion.checkpoints import CheckpointError, describe
 from xfusion.cli import main
 from xfusion.io.zarr import OutputError
 
-KW = dict(max_iter=6, tol=None, progress=False)
+#: explicit settings ("auto" ones are tuned by thinning at every call: nothing here is about tuning)
+PIN = dict(k=1.0, n_scales_1d=2, null_space="zero")
+KW = dict(max_iter=6, tol=None, progress=False, **PIN)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_checkpoint_in_or_around_an_input_store_is_refused(cli, stores, tmp_path
     x, y = xfusion.io.zarr.open(px), xfusion.io.zarr.open(py)
     for bad in (px, px / "counts", tmp_path):  # the store, inside it, a folder around it
         with pytest.raises(CheckpointError, match="input or the output"):
-            xfusion.fuse(x, y, max_iter=2, progress=False, checkpoint=bad)
+            xfusion.fuse(x, y, max_iter=2, progress=False, checkpoint=bad, **PIN)
     code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--checkpoint", px, "--no-progress")
     assert code == 3 and "Traceback" not in err and str(px) in err
     code, err = cli("fuse", px, py, "-o", tmp_path / "o.zarr", "--checkpoint", tmp_path / "o.zarr", "--no-progress")
@@ -221,7 +223,8 @@ KILL_SCRIPT = textwrap.dedent("""
                 calls["replace"] == 1:
             os.kill(os.getpid(), signal.SIGKILL)
     sys.setprofile(kill_at)
-    xfusion.fuse(x, y, max_iter=6, tol=None, progress=False, checkpoint=ck, checkpoint_every=2)
+    xfusion.fuse(x, y, max_iter=6, tol=None, progress=False, checkpoint=ck, checkpoint_every=2, k=1.0, n_scales_1d=2,
+                 null_space="zero")
 """)
 
 
@@ -252,7 +255,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_recovered(small_toy, tm
         import time, xfusion
         x, y, _ = xfusion.toy.make("small", seed=0)
         xfusion.fuse(x, y, max_iter=200, tol=None, progress=False, checkpoint={str(ck)!r}, checkpoint_every=2,
-                     callback=lambda it, st: time.sleep(0.2))
+                     callback=lambda it, st: time.sleep(0.2), **{PIN!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
@@ -519,7 +522,7 @@ def test_dask_result_with_small_chunks_is_written(cli, stores, tmp_path):
 def test_result_arrays_never_alias_the_inputs(small_toy):
     """Before: result.psf_spectral shared memory with the input's psf."""
     x, y, _ = small_toy
-    r = xfusion.fuse(x, y, max_iter=1, progress=False)
+    r = xfusion.fuse(x, y, max_iter=1, progress=False, **PIN)
     shared = [(rn, on) for rn, rv in r.variables.items() for on, ov in [*x.variables.items(), *y.variables.items()]
               if np.shares_memory(np.asarray(rv.values), np.asarray(ov.values))]
     assert shared == []

@@ -153,6 +153,44 @@ def test_fuse_takes_gaussian_terms_per_instrument_and_refuses_em(small_toy):
     params = {"rank": "auto", "mu": "auto", "explained": None}
     it, rec = auto_settings(xg, y_obs, "lowrank_sobolev", "fista", params, 50, 1e-4, "float32", False)
     assert "Gaussian data term" in rec["method"] and params["rank"] != "auto" and params["mu"] != "auto"
-    # replicas are Poisson: refused for a Gaussian term, not silently wrong
-    with pytest.raises(NotImplementedError, match="Gaussian data term"):
-        xfusion.uncertainty(res, xg, y_obs, n=2)
+    # Gaussian data may be negative (background-subtracted; bootstrap or fission draws): accepted, and the
+    # start/preconditioner never take a square root of a negative amplitude (no RuntimeWarning, no NaN)
+    import warnings
+
+    neg = xg.assign(counts=xg["counts"] - 2.0 * float(xg["counts"].mean()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        low = xfusion.fuse(neg, y_obs.assign(variance=np.maximum(y_obs["counts"], 1.0)), regularization="lowrank_sobolev",
+                           max_iter=5, progress=False)
+    assert np.isfinite(low["flux"].values).all() and np.isfinite(low["objective"].values).all()
+    # thinning splits Poisson counts: refused for a Gaussian term, not silently wrong (bootstrap draws N(m, var))
+    with pytest.raises(NotImplementedError, match="thinning.*Gaussian data term.*bootstrap"):
+        xfusion.uncertainty(res, xg, y_obs, n=2, method="thinning")
+
+
+def test_fission_halves_are_independent_with_the_stated_variances():
+    import xarray as xr
+
+    from xfusion.gaussian_fission import fission
+
+    rng = np.random.default_rng(5)
+    shape = (40, 50, 100)
+    mu = 3.0 + rng.random(shape)
+    var = 0.5 + rng.random(shape)
+    obs = xr.Dataset({"counts": (("x", "y", "energy"), mu + rng.standard_normal(shape) * np.sqrt(var)),
+                      "variance": (("x", "y", "energy"), var)}, attrs={"name": "g"})
+    before = obs["counts"].values.copy()
+    for tau in (1.0, 0.5):
+        fit, test = fission(obs, tau=tau, seed=1)
+        a, b = (fit["counts"].values - mu) / np.sqrt(var), (test["counts"].values - mu) / np.sqrt(var)
+        # standardized by their stated variances: unit variance, zero mean, uncorrelated (n = 2e5: se ~ 0.003)
+        np.testing.assert_allclose(fit["variance"].values, (1 + tau ** 2) * var)
+        np.testing.assert_allclose(test["variance"].values, (1 + tau ** -2) * var)
+        za, zb = a / np.sqrt(1 + tau ** 2), b / np.sqrt(1 + tau ** -2)
+        assert abs(za.var() - 1) < 0.02 and abs(zb.var() - 1) < 0.02 and abs(za.mean()) < 0.01
+        assert abs(np.corrcoef(za.ravel(), zb.ravel())[0, 1]) < 0.015
+        # the data are recovered exactly from the two parts: X = (X1 + tau^2 X2) / (1 + tau^2)
+        np.testing.assert_allclose((fit["counts"].values + tau ** 2 * test["counts"].values) / (1 + tau ** 2), before)
+    np.testing.assert_array_equal(obs["counts"].values, before)  # the input is not modified
+    with pytest.raises(ValueError, match="no 'variance'.*thin"):
+        fission(obs.drop_vars("variance"))

@@ -11,7 +11,7 @@ from xfusion import toy
 from xfusion.grid import SPATIAL, SPECTRAL, fusion_grid
 from xfusion.likelihood import PoissonLikelihood, PoissonTerm
 from xfusion.operators import build_model
-from xfusion.parallel import _block_value_grad, data_constant
+from xfusion.likelihood import block_value_grad, data_constant
 from xfusion.regularizers.sobolev import Sobolev
 from xfusion.solvers.em import EMProx
 from xfusion.solvers.subspace import SubspaceFISTA
@@ -121,23 +121,23 @@ def test_subspace_value_and_grad(problem, masked, role):
 
 
 def test_block_value_grad_kernel():
-    """parallel._block_value_grad on one block: value = sum(m) - sum_{d>0} d log m, gradient by FD, +inf where
+    """likelihood.block_value_grad on one block: value = sum(m) - sum_{d>0} d log m, gradient by FD, +inf where
     m <= 0 under positive data."""
     r = np.random.default_rng(8)
     v = np.abs(r.standard_normal((3, 20))) + 0.1
     a = np.abs(r.standard_normal((4, 5, 3))) + 0.2
     d = r.poisson(a @ v).astype(np.float64)
-    out = _block_value_grad(d, a, v, True)
+    out = block_value_grad(d, a, v, True)
     m = a @ v
     pos = d > 0
     assert out[0, 0, -1] == pytest.approx(m.sum() - np.sum(d[pos] * np.log(m[pos])), rel=1e-12)
     assert np.all(out[1:, :, -1] == 0) and np.all(out[0, 1:, -1] == 0)
-    fd_check(lambda aa: _block_value_grad(d, aa, v, False)[0, 0, -1], out[:, :, :-1], a)
+    fd_check(lambda aa: block_value_grad(d, aa, v, False)[0, 0, -1], out[:, :, :-1], a)
     # with the data constant the value is the KL form of PoissonTerm
     assert out[0, 0, -1] + data_constant(d) == pytest.approx(by_hand(m, d), rel=1e-10)
     a_bad = a.copy()
     a_bad[np.unravel_index(np.argmax(d.sum(-1)), d.shape[:2])] = -1.0
-    assert _block_value_grad(d, a_bad, v, False)[0, 0, -1] == np.inf
+    assert block_value_grad(d, a_bad, v, False)[0, 0, -1] == np.inf
 
 
 @pytest.mark.parametrize("with_sobolev", [False, True], ids=["poisson", "poisson+sobolev"])

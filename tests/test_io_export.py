@@ -1,4 +1,4 @@
-"""Tests for xfusion.io.export: OGIP keywords/columns and round trips.
+"""Tests for xfusion.io.ogip_write: OGIP keywords/columns and round trips.
 
 Checked against OGIP/92-007 (type-I PHA) and CAL/GEN/92-002(a) (RMF, ARF):
 
@@ -28,8 +28,8 @@ import pytest
 import xarray as xr
 from astropy.io import fits
 
-from xfusion.io.export import write_arf, write_pha, write_rmf
-from xfusion.io.ogip import edges_coords, read_arf, read_rmf
+from xfusion.io.ogip_write import write_arf, write_pha, write_rmf
+from xfusion.io.ogip_read import edges_coords, read_arf, read_rmf
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -229,7 +229,7 @@ def _result_with_replicas(nx=3, ny=4, n=50, k=6, seed=0):
 
 
 def test_pha_from_result_with_replica_errors_and_covariance(tmp_path):
-    from xfusion.io.export import write_pha2_from_result, write_pha_from_result
+    from xfusion.io.ogip_write import write_pha2_from_result, write_pha_from_result
 
     res, unc, reps = _result_with_replicas()
     region = (slice(0, 2), slice(1, 4))

@@ -16,9 +16,9 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 import xfusion
-from xfusion.io.export import write_arf, write_rmf
-from xfusion.io.files import align, observation_from_files
-from xfusion.io.ogip import edges_coords
+from xfusion.io.ogip_write import write_arf, write_rmf
+from xfusion.io.observation_files import align, observation_from_files
+from xfusion.io.ogip_read import edges_coords
 from xfusion.observation import energy_edges
 from xfusion.operators.response import kernel_matrix
 
@@ -356,7 +356,7 @@ def test_resolve_pixels_and_backgrounds_from_files(tmp_path):
     """observation_from_files: pn-like image with its background from a source-free region of the same
     events, Resolve binned by PIXEL (calibration pixel out) with a given background spectrum; the pair
     has a footprint grid (issue 15)."""
-    from xfusion.io.files import background_counts
+    from xfusion.io.observation_files import background_counts
 
     rng = np.random.default_rng(5)
     # X: 16 x 16 pixels of 4", flat background of 2 counts per pixel in each 100 eV channel + a central source
@@ -413,3 +413,106 @@ def test_resolve_pixels_and_backgrounds_from_files(tmp_path):
     assert g.attrs["spatial_model"] == "footprint"
     with pytest.raises(ValueError, match="bool mask of shape"):
         background_counts(x["counts"], {"region": np.ones(3, bool)})
+
+
+def _write_bkg_pha(path, counts, exposure, backscal, areascal, quality):
+    """A background PHA as an extractor writes it (evselect/xtdpha-like OGIP keywords), with EBOUNDS."""
+    n = counts.size
+    ch = np.arange(n, dtype=np.int16)
+    spec = fits.BinTableHDU.from_columns([
+        fits.Column(name="CHANNEL", format="I", array=ch),
+        fits.Column(name="COUNTS", format="J", unit="count", array=counts.astype(np.int32)),
+        fits.Column(name="QUALITY", format="I", array=quality.astype(np.int16)),
+        fits.Column(name="GROUPING", format="I", array=np.ones(n, np.int16)),
+    ], name="SPECTRUM")
+    spec.header.update(TELESCOP="XMM", INSTRUME="EPN", FILTER="Medium", HDUCLASS="OGIP", HDUCLAS1="SPECTRUM",
+                       HDUCLAS2="BKG", HDUCLAS3="COUNT", HDUVERS="1.2.1", CHANTYPE="PI", DETCHANS=n,
+                       EXPOSURE=exposure, BACKSCAL=backscal, AREASCAL=areascal, CORRSCAL=0.0, POISSERR=True,
+                       BACKFILE="none", CORRFILE="none", RESPFILE="none", ANCRFILE="none", TLMIN1=0, TLMAX1=n - 1)
+    eb = fits.BinTableHDU.from_columns([
+        fits.Column(name="CHANNEL", format="I", array=ch),
+        fits.Column(name="E_MIN", format="E", unit="keV", array=(0.05 * ch).astype(np.float32)),
+        fits.Column(name="E_MAX", format="E", unit="keV", array=(0.05 * (ch + 1)).astype(np.float32)),
+    ], name="EBOUNDS")
+    eb.header.update(HDUCLASS="OGIP", HDUCLAS1="RESPONSE", HDUCLAS2="EBOUNDS", CHANTYPE="PI", DETCHANS=n)
+    fits.HDUList([fits.PrimaryHDU(), spec, eb]).writeto(path)
+    return path
+
+
+def test_background_from_pha_file(tmp_path):
+    """background={"pha": file, "backscal": B_s}: a background PHA with real OGIP keywords is scaled to the
+    source by BACKSCAL, EXPOSURE and AREASCAL ratios and summed on the counts channels, matched by EBOUNDS
+    energies (no rmf) or by RMF channel numbers (issue 15)."""
+    rng = np.random.default_rng(3)
+    pos = rng.uniform(-32, 32, (500, 2))
+    pi = rng.integers(6001, 6400, 500).astype(np.int16)
+    xpath = _write_events(tmp_path / "pn.evt", "xmm_epic", pos[:, 0], pos[:, 1], pi,
+                          {"PATTERN": ("I", np.zeros(500, np.int16)), "FLAG": ("J", np.zeros(500, np.int32))},
+                          1000.0)
+    cb = rng.poisson(50, 200)
+    quality = np.zeros(200, np.int16)
+    quality[:10] = quality[190:] = 5                      # bad channels outside the band: allowed
+    bpath = _write_bkg_pha(tmp_path / "bkg.pha", cb, 20000.0, 4.0e6, 0.9, quality)
+    b_s = 256 * (4.0 / 0.05) ** 2                          # 16 x 16 pixels of 4" in 0.05" sky pixels
+    # expected per pixel: two 50 eV background channels per 100 eV counts channel (channels 120..127)
+    want = cb[120:128].reshape(4, 2).sum(1) * (b_s / 4.0e6) * (1000.0 / 20000.0) / 0.9 / 256
+    grid = {"energy_edges": np.array([6.0, 6.1, 6.2, 6.3, 6.4]), "pixel_size": 4.0, "center": (RA0, DEC0),
+            "shape": (16, 16)}
+    x = observation_from_files(events=xpath, grid=grid, exposure=1000.0, background={"pha": bpath, "backscal": b_s})
+    np.testing.assert_allclose(x["background_rate"].values * 1000.0, np.broadcast_to(want, (16, 16, 4)), rtol=1e-6)
+    assert "BACKSCAL ratio" in x.attrs["background_source"]
+    # with an RMF on the same 50 eV channels: matched by channel number, grouped like the counts
+    te = np.linspace(5.9, 6.5, 13)
+    ce = 0.05 * np.arange(201)
+    rmf = _rmf_da(np.eye(12, 200, k=118), te, ce)
+    xr_ = observation_from_files(events=xpath, rmf=rmf, band=(6.0, 6.4), group=2, pixel_size=4.0,
+                                 center=(RA0, DEC0), shape=(16, 16), exposure=1000.0,
+                                 background={"pha": bpath, "backscal": b_s})
+    np.testing.assert_allclose(xr_["background_rate"].values[3, 7] * 1000.0, want, rtol=1e-6)
+    quality[125] = 2
+    bad = _write_bkg_pha(tmp_path / "bad.pha", cb, 20000.0, 4.0e6, 0.9, quality)
+    with pytest.raises(ValueError, match="QUALITY"):
+        observation_from_files(events=xpath, grid=grid, exposure=1000.0, background={"pha": bad, "backscal": b_s})
+    with pytest.raises(ValueError, match="backscal"):
+        observation_from_files(events=xpath, grid=grid, exposure=1000.0, background={"pha": bpath})
+
+
+def test_per_pixel_arfs_for_detector_pixels(tmp_path):
+    """bin_by='pixel' with per-pixel ARFs ({pixel: ARF file} or a (pixel, energy_true) DataArray): the ARFs of the
+    pixels kept are used by pixel NUMBER (calibration and excluded pixels dropped), in the counts' pixel order,
+    and the model's expected counts follow them (issue 15)."""
+    ev = [(p, p % 3 + 1, p // 3 + 1, 0, 12002 + 40 * k, 10.0 + k) for p in range(9) for k in range(20)]
+    cols = [fits.Column(name=n, format=f, array=np.asarray(a)) for n, f, a in
+            zip(("PIXEL", "DETX", "DETY", "ITYPE", "PI", "TIME"), ("B", "I", "I", "B", "J", "D"), zip(*ev))]
+    hdu = fits.BinTableHDU.from_columns(cols, name="EVENTS")
+    hdu.header.update(TELESCOP="XRISM", INSTRUME="RESOLVE", PA_NOM=17.0, RA_PNT=RA0, DEC_PNT=DEC0, EXPOSURE=500.0,
+                      TLMIN1=0, TLMAX1=8, TLMIN2=1, TLMAX2=3, TLMIN3=1, TLMAX3=3)
+    ypath = tmp_path / "rsl.evt"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(ypath)
+    te = np.linspace(5.9, 6.5, 13)
+    files = {p: write_arf(_arf_da(100.0 + 10 * p, te), tmp_path / f"pix{p}.arf", telescope="XRISM",
+                          instrument="RESOLVE") for p in range(9)}
+    ey = np.round(np.linspace(6.0, 6.4, 41), 6)
+    kw = dict(events=ypath, energy_edges=ey, center=(RA0, DEC0), bin_by="pixel", pixel_size=12.0,
+              exclude_pixels=(4, 7))
+    y = observation_from_files(arf=files, **kw)
+    kept = y["pixel"].values
+    assert y["effective_area"].dims == ("pixel", "energy_true") and 4 not in kept and 7 not in kept
+    np.testing.assert_allclose(y["effective_area"].values[:, 0], 100.0 + 10 * kept)
+    # the same from a DataArray with a pixel coordinate, in another order; expected counts scale with the area
+    da = xr.concat([_arf_da(100.0 + 10 * p, te) for p in range(8, -1, -1)], dim="pixel").assign_coords(
+        pixel=np.arange(8, -1, -1))
+    y2 = observation_from_files(arf=da, **kw)
+    np.testing.assert_array_equal(y2["effective_area"].values, y["effective_area"].values)
+    c = (np.arange(16) - 7.5) * 4.0
+    coords = {"x": ("x", c, {"pixel_size": 4.0}), "y": ("y", c, {"pixel_size": 4.0})}
+    coords.update(edges_coords("energy", ey[:-1], ey[1:]))
+    flat = xr.DataArray(np.ones((16, 16, 40)), dims=("x", "y", "energy"), coords=coords)
+    pred = xfusion.predict(flat, y).values                # flat sky: counts proportional to each pixel's area
+    ratio = pred.sum(axis=1) / np.asarray(y["effective_area"].values[:, 0])
+    np.testing.assert_allclose(ratio / ratio.mean(), 1.0, rtol=1e-6)   # all pixels lie inside the field
+    with pytest.raises(ValueError, match=r"no ARF for detector pixel\(s\) \[8\]"):
+        observation_from_files(arf={p: files[p] for p in range(8)}, **kw)
+    other = write_arf(_arf_da(5.0, np.linspace(5.9, 6.5, 7)), tmp_path / "coarse.arf")
+    with pytest.raises(ValueError, match="another true-energy grid"):
+        observation_from_files(arf={**files, 3: other}, **kw)

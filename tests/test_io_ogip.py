@@ -1,4 +1,4 @@
-"""Tests for xfusion.io.ogip (RMF / ARF readers)."""
+"""Tests for xfusion.io.ogip_read (RMF / ARF readers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse
 from astropy.io import fits
 
-from xfusion.io.ogip import OGIPError, SparseRMF, read_arf, read_rmf
+from xfusion.io.ogip_read import OGIPError, SparseRMF, read_arf, read_rmf
 
 from conftest import require_data
 

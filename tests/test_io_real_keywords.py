@@ -20,9 +20,9 @@ from astropy.wcs import WCS
 
 import xfusion
 from xfusion.io.events import read_events
-from xfusion.io.export import write_pha, write_pha2, write_pha2_from_result
-from xfusion.io.files import common_channel_edges, observation_from_files
-from xfusion.io.ogip import OGIPError, SparseRMF, edges_coords, read_arf, read_pha, read_rmf
+from xfusion.io.ogip_write import write_pha, write_pha2, write_pha2_from_result
+from xfusion.io.observation_files import common_channel_edges, observation_from_files
+from xfusion.io.ogip_read import OGIPError, SparseRMF, edges_coords, read_arf, read_pha, read_rmf
 from xfusion.io.psf import read_psf, read_psf_stack
 from xfusion.observation import edge_tolerance, energy_edges
 from xfusion.operators.response import ResponseMatrix, rmf_on_grid

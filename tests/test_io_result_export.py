@@ -15,9 +15,9 @@ from astropy.wcs import WCS
 from scipy.special import ndtr
 
 import xfusion
-from xfusion.io.export import write_pha_from_result
-from xfusion.io.fits_export import write_fits_cube
-from xfusion.io.ogip import read_arf, read_rmf
+from xfusion.io.ogip_write import write_pha_from_result
+from xfusion.io.fits_cube import write_fits_cube
+from xfusion.io.ogip_read import read_arf, read_rmf
 
 RA0, DEC0 = 83.633, 22.014
 
@@ -25,7 +25,7 @@ RA0, DEC0 = 83.633, 22.014
 @pytest.fixture(scope="module")
 def fused_small():
     x_obs, y_obs, _ = xfusion.toy.make("small", seed=0)
-    return xfusion.fuse(x_obs, y_obs, max_iter=5, progress=False)
+    return xfusion.fuse(x_obs, y_obs, max_iter=5, progress=False, k=1.0, n_scales_1d=2, null_space="zero")
 
 
 def _radec(x, y):

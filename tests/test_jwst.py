@@ -279,3 +279,48 @@ def test_cli_fuses_pipeline_files_and_reports_the_checks(toy, tmp_path, capsys):
     assert cli.main(["jwst", "--imager", i2d2[0], "--ifu", s3d]) == 3
     assert "not co-registered" in capsys.readouterr().err
     assert cli.main(["jwst", "--imager", *i2d]) == 3
+
+
+def test_general_fuse_takes_jwst_data_tunes_by_fission_and_bootstraps(toy, small_toy):
+    imager, ifu, truth = toy
+    small = dict(regularization="lowrank_sobolev", rank=4, max_iter=40, tol=None, dtype="float64", progress=False)
+    before = (imager["data"].values.copy(), ifu["data"].values.copy(), dict(imager.attrs))
+    res = xfusion.fuse(ifu, imager, mu=0.003, **small)  # any order; the JWST layout is converted (jwst.observations)
+    np.testing.assert_array_equal(imager["data"].values, before[0])  # inputs untouched
+    np.testing.assert_array_equal(ifu["data"].values, before[1])
+    assert dict(imager.attrs) == before[2] and "counts" not in imager
+    # the result is on the imager's field (margin cropped), wavelength in um, the data units
+    assert res["flux"].shape == (24, 24, 48) and res["energy"].attrs["units"] == "um"
+    np.testing.assert_allclose(res["x"].values, imager["x"].values)
+    assert res["flux"].attrs["units"] == "MJy/sr" and res.attrs["spectral_unit"] == "um"
+    assert res["model_spatial"].dims == ("x", "y", "filter") and res["model_spatial"].shape == (24, 24, 5)
+    # fuse_jwst is this call with the JWST defaults: the same cube
+    same = jwst.fuse_jwst(imager, ifu, rank=4, mu=0.003, max_iter=40, tol=None)
+    np.testing.assert_allclose(same["flux"].values, res["flux"].values, rtol=1e-6, atol=1e-6)
+    assert metrics.nmse(truth["flux"].values, res["flux"].values) > 25
+    # plots say wavelength (um) and the data units, not keV and photon fluxes
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from xfusion import plot
+
+    fig = plot.spectra(res, pixels=[(5, 5)])
+    assert fig.axes[0].get_xlabel() == "wavelength (um)" and "MJy/sr" in fig.axes[0].get_ylabel()
+    matplotlib.pyplot.close(fig)
+    # a wavelength observation next to an X-ray one is refused through the general API too
+    x_obs, y_obs = jwst.observations(imager, ifu)
+    with pytest.raises(ValueError, match="spectral axes do not match"):
+        xfusion.fuse(small_toy[0], y_obs, **small)
+    # mu="auto": Gaussian data fission chooses it (recorded), not the Poisson-thinning fallback
+    import json
+
+    auto = xfusion.fuse(x_obs, y_obs, mu="auto", **dict(small, max_iter=15))
+    rec = json.loads(auto.attrs["parameters"])["auto_tuning"]
+    assert rec["method"] == "gaussian data fission" and len(rec["heldout_chi2"]) == 6
+    assert json.loads(auto.attrs["parameters"])["mu"] == rec["candidates"][int(np.argmin(rec["heldout_chi2"]))]["mu"]
+    # parametric bootstrap with Gaussian noise of the given variance; thinning refused
+    unc = xfusion.uncertainty(res, imager, ifu, n=2, seed=3)
+    assert unc["flux_std"].shape == res["flux"].shape and unc["flux_std"].attrs["units"] == "MJy/sr"
+    assert np.all(np.isfinite(unc["flux_std"].values)) and float(unc["flux_std"].mean()) > 0
+    with pytest.raises(NotImplementedError, match="thinning.*bootstrap"):
+        xfusion.uncertainty(res, imager, ifu, n=2, method="thinning")

@@ -18,8 +18,8 @@ LAYERS = [
     ("terms", ["likelihood", "gaussian", "regularizers", "metrics", "analysis"]),
     ("solvers", ["solvers"]),
     ("backends", ["parallel", "parallel_em", "backends", "checkpoints"]),
-    ("api", ["registry", "start", "fuse", "tuning", "baselines", "toy", "scenes", "uncertainty", "plot", "cli", "toy_models",
-             "jwst", "syfu"]),
+    ("api", ["registry", "start", "fuse", "tuning", "baselines", "toy", "scenes", "scenes_mosaic", "uncertainty", "plot",
+             "cli", "toy_models", "jwst", "syfu", "gaussian_fission"]),
 ]
 #: io reads and writes files: it may use the core (to build observations) and nothing above it
 IO_ALLOWED = {"core", "io"}
@@ -108,7 +108,7 @@ def test_imports_go_one_way():
     ("from .parallel import f\n", "likelihood", ["parallel"]),
     ("def f():\n    from .io.psf import resample_psf\n", "grid", ["io.psf"]),
     ("from . import metrics, plot\n", "cli", ["metrics", "plot"]),
-    ("import xfusion.fuse\n", "io.files", ["fuse"]),
+    ("import xfusion.fuse\n", "io.observation_files", ["fuse"]),
 ])
 def test_import_parser_sees_relative_lazy_and_absolute_imports(tmp_path, source, module, expected):
     path = tmp_path / "m.py"

@@ -96,10 +96,10 @@ def test_negative_subspace_model_counts_as_zero_expected_counts():
     r = term.residual_factor(m)
     np.testing.assert_allclose(r.ravel(), [0.0, 1.0, 0.0, 0.5])
     # the block kernel of the subspace path (NumPy and Dask) agrees: value and gradient
-    from xfusion.parallel import _block_value_grad, data_constant
+    from xfusion.likelihood import block_value_grad, data_constant
 
     a, v = np.ones((1, 1, 1)), m.reshape(1, 4)
-    out = _block_value_grad(d, a, v, True)
+    out = block_value_grad(d, a, v, True)
     assert out[0, 0, -1] + data_constant(d) == pytest.approx(ref)
     assert out[0, 0, 0] == pytest.approx(float(r.ravel() @ v.ravel()))
 

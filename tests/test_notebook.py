@@ -55,8 +55,8 @@ def test_quickstart_executes(tmp_path, monkeypatch):
     assert not errors
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "nmse_db" in text and "same result as in memory: True" in text
-    # the export section must really run (it sits behind ``hasattr(export, "write_pha")`` in the notebook)
-    assert "has no xfusion.io.export.write_pha" not in text
+    # the export section must really run (it sits behind ``hasattr(ogip_write, "write_pha")`` in the notebook)
+    assert "has no xfusion.io.ogip_write.write_pha" not in text
     assert "['region_3x3.arf', 'region_3x3.pha', 'region_3x3.rmf']" in text and "region_3x3.rmf" in text
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]

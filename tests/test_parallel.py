@@ -27,12 +27,7 @@ def lazy(stores):
     return xfusion.io.zarr.open(stores[0], chunks={}), xfusion.io.zarr.open(stores[1], chunks={})
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=40) as c, distributed.Client(c, set_as_default=False) as client:
-        # not the default scheduler: runs without client= really use Dask's threads
-        yield c, client
+# ``cluster``: the session's 2-worker LocalCluster (tests/conftest.py); its client is not the default scheduler
 
 
 # explicit settings: "auto" ones are tuned by thinning in memory but take fallbacks on Dask (xfusion.tuning)
@@ -169,7 +164,7 @@ def test_wavelet2d1d_worker_killed_mid_run_does_not_lose_it(big_stores, cluster)
     """Full-cube path: the persisted iterate lives on the workers; a SIGKILLed worker's share is recomputed."""
     _, _, px, py = big_stores
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
-    kw = dict(progress=False, max_iter=12, tol=None, chunks=(15, 15))
+    kw = dict(progress=False, max_iter=8, tol=None, chunks=(15, 15))  # 4 iterations after the loss
     got, expected = _kill_a_worker_mid_run(cluster[1], xl, yl, kw, at=4, pause=0.2)
     assert float(np.abs(got - expected).max()) / float(np.abs(expected).max()) <= 1e-5
 
@@ -177,16 +172,21 @@ def test_wavelet2d1d_worker_killed_mid_run_does_not_lose_it(big_stores, cluster)
 CLIENT_SCRIPT = """
 import sys, time
 import distributed, xfusion
-px, py, ck, reg = sys.argv[1:5]
+px, py, ck, reg, n = sys.argv[1:6]
 def slow(it, state):
     time.sleep(0.5)
 if __name__ == "__main__":
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
                                   silence_logs=40) as c, distributed.Client(c) as client:
         x, y = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
-        xfusion.fuse(x, y, regularization=reg, max_iter=30, tol=None, progress=False, chunks=(15, 15),
+        xfusion.fuse(x, y, regularization=reg, max_iter=int(n), tol=None, progress=False, chunks=(15, 15),
                      checkpoint=ck, checkpoint_every=2, callback=slow, client=client)
 """
+
+
+#: iterations of the killed run: it sleeps 0.5 s per iteration and is killed once iteration 4 is checkpointed,
+#: so >= 4 s remain before it could finish
+N_KILLED = 12
 
 
 @pytest.mark.parametrize("reg", ["wavelet2d1d", "lowrank_sobolev"])
@@ -199,7 +199,8 @@ def test_client_sigkill_on_a_cluster_then_resume(big_stores, cluster, tmp_path, 
     ck = tmp_path / "ck.zarr"
     script = tmp_path / "run.py"
     script.write_text(CLIENT_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(px), str(py), str(ck), reg], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(px), str(py), str(ck), reg, str(N_KILLED)],
+                            start_new_session=True)
     try:
         t0 = time.time()
         while time.time() - t0 < 120:
@@ -215,14 +216,14 @@ def test_client_sigkill_on_a_cluster_then_resume(big_stores, cluster, tmp_path, 
             pass
     assert proc.returncode == -signal.SIGKILL
     done = describe(ck)["iteration"]  # the committed state (a kill inside a commit is repaired on resume)
-    assert 4 <= done < 30
-    kw = dict(regularization=reg, max_iter=30, tol=None, progress=False, chunks=(15, 15), client=cluster[1])
+    assert 4 <= done < N_KILLED
+    kw = dict(regularization=reg, max_iter=N_KILLED, tol=None, progress=False, chunks=(15, 15), client=cluster[1])
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
     seen = []
     resumed = xfusion.fuse(xl, yl, checkpoint=ck, checkpoint_every=2, resume=True,
                            callback=lambda it, st: seen.append(it), **kw)
-    assert seen == list(range(done + 1, 31))  # only the remaining iterations, from the checkpoint's + 1
-    assert resumed.attrs["iterations"] == 30
+    assert seen == list(range(done + 1, N_KILLED + 1))  # only the remaining iterations, from the checkpoint's + 1
+    assert resumed.attrs["iterations"] == N_KILLED
     full = xfusion.fuse(xl, yl, **kw)
     a, b = (cluster[1].compute(r.flux.data).result() for r in (resumed, full))
     assert float(np.abs(a - b).max()) / float(np.abs(b).max()) <= 1e-6

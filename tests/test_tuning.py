@@ -75,7 +75,7 @@ def test_default_fuse_records_the_choice_and_conserves_flux(small_toy):
     """``k="auto"`` etc. are chosen by thinning and recorded; the fused cube's total predicts both
     instruments' totals within Poisson noise (5 sigma)."""
     x, y, t = small_toy
-    r = xfusion.fuse(x, y, progress=False)
+    r = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d")
     p = json.loads(r.attrs["parameters"])
     rec = p["auto_tuning"]
     assert rec["method"] == "poisson thinning" and p["k"] == rec["choice"]["k"]
@@ -90,10 +90,15 @@ def test_rl_iteration_count_is_chosen_by_thinning(small_toy):
     x, y, t = small_toy
     cur = tuning.tune(x, y, regularization="none", seed=0)
     dev = cur["mean_deviance"].values
-    half = tuning.choice(cur)["half_data_iteration"]
+    ch = tuning.choice(cur)
+    half = ch["half_data_iteration"]
     assert half == int(np.argmin(dev[1:]) + 1) and dev[half] < dev[0]
+    # the transfer to all counts: x1 unless the sharp-spectral instrument's own held-out optimum comes later
+    n_sp, n_se = ch["spatial_iteration"], ch["spectral_iteration"]
+    assert n_sp >= 1 and n_se >= 1
+    assert ch["max_iter"] == (half if n_se <= n_sp else round(tuning.RL_LINE_FACTOR * half))
     r = xfusion.fuse(x, y, regularization="none", progress=False)
-    assert r.attrs["iterations"] == tuning.rl_transfer(half)
+    assert r.attrs["iterations"] == ch["max_iter"]
     assert json.loads(r.attrs["parameters"])["auto_tuning"]["choice"]["max_iter"] == r.attrs["iterations"]
     ax = tuning.plot(cur)
     assert ax.get_ylabel().startswith("held-out")
@@ -113,7 +118,8 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
     assert {k: v for k, v in ch.items() if k != "regularization"} == {k: v for k, v in best.items()
                                                                       if k != "regularization"}
     rl = json.loads(cur.attrs["details"])["rl"]
-    assert rl["max_iter"] == tuning.rl_transfer(rl["half_data_iteration"]) == settings[-1]["max_iter"]
+    assert rl["max_iter"] == tuning.rl_transfer(rl["half_data_iteration"], rl["spatial_iteration"],
+                                                rl["spectral_iteration"]) == settings[-1]["max_iter"]
     with pytest.raises(ValueError, match="belong to neither"):
         tuning.select(x, y, rank=5)
 
@@ -156,3 +162,39 @@ def test_poisson_noise_model_thresholds_follow_the_intensity():
     assert 0.5 < b / f < 2 and b < 0.6 * bright, rel     # the Poisson model: alike, and the bright half smoother
     with pytest.raises(ValueError, match="noise must be"):
         Wavelet2D1D(noise="gaussian")
+
+
+def test_tuning_thins_and_scores_every_input():
+    """N inputs (pn + two Resolve-like tiles): every input is thinned and its held-out part scored; the first two
+    keep the parts of a two-input tuning (same seeds), so the flat start's held-out deviance grows by exactly the
+    third input's share; low-rank tuning on more than two inputs is refused with what to do."""
+    from xfusion import scenes_mosaic
+
+    obs, _ = scenes_mosaic.make_small(seed=3)
+    two = tuning.tune(obs["pn"], obs["tile1"], regularization="none", seed=0, max_iter=12)
+    three = tuning.tune(obs["pn"], obs["tile1"], obs["tile2"], regularization="none", seed=0, max_iter=12)
+    sp2 = tuning._splits([obs["pn"], obs["tile1"]], 0.5, 1, 0, "float32")[0]
+    sp3 = tuning._splits([obs["pn"], obs["tile1"], obs["tile2"]], 0.5, 1, 0, "float32")[0]
+    assert len(sp3.held) == 3 and sp3.spectral == [1, 2]
+    for a, b in zip(sp2.held, sp3.held):
+        np.testing.assert_array_equal(a, b)
+    flat = [t._plus_background(t.model.forward(sp3.start())) for t in sp3.terms]
+    third = tuning.deviance(sp3.held[2], sp3.ratio * flat[2], sp3.masks[2])
+    d2, d3 = two["mean_deviance"].values[0], three["mean_deviance"].values[0]
+    assert third > 0 and d3 == pytest.approx(d2 + third, rel=1e-6)
+    assert tuning.choice(three)["max_iter"] >= 1
+    with pytest.raises(NotImplementedError, match="exactly two"):
+        tuning.tune(obs["pn"], obs["tile1"], obs["tile2"], regularization="lowrank")
+
+
+def test_default_is_auto_and_a_wavelet_option_names_the_family(small_toy):
+    """``fuse``'s default regularization is "auto" (held-out scene suite: never worse than the tuned wavelet prior);
+    a wavelet setting given explicitly selects wavelet2d1d with no comparison (and no tuning: nothing is "auto")."""
+    import inspect
+
+    assert inspect.signature(xfusion.fuse).parameters["regularization"].default == "auto"
+    x, y, _ = small_toy
+    r = xfusion.fuse(x, y, progress=False, k=1.0, n_scales_1d=2, null_space="zero", max_iter=2)
+    p = json.loads(r.attrs["parameters"])
+    assert r.attrs["regularization"] == "wavelet2d1d" and p["k"] == 1.0
+    assert p["auto_tuning"]["chosen"] == "wavelet2d1d" and "option(s) given" in p["auto_tuning"]["method"]

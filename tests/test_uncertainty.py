@@ -109,3 +109,75 @@ def test_bad_input(fitted):
     xs, ys, _ = scenes.make("cluster_core", seed=3, counts=3e5, size=(24, 240))
     with pytest.raises(ValueError, match="do not match"):
         xfusion.uncertainty(r, xs, ys, n=2)
+
+
+def test_any_number_of_observations(fitted):
+    """Three inputs (a MOS-like second image on the fused pixels): replica i resamples every input from its own
+    predicted counts, in the order given to fuse, and refits all three; a wrong order or a missing input is refused."""
+    x, y, _ = fitted
+    rng = np.random.default_rng(11)
+    mos = x.copy(deep=True).assign_attrs(name="mos1")
+    mos["counts"] = x["counts"].copy(data=rng.poisson(0.5 * x["counts"].values).astype(np.float32))
+    mos["exposure"] = x["exposure"] * 0.5
+    r = xfusion.fuse(y, x, mos, progress=False, **SETTINGS)
+    u = xfusion.uncertainty(r, y, x, mos, n=2, seed=4)
+    # replica 0 by hand: Poisson draws of y, x, mos (their models) from default_rng([seed, 0]), refitted cold
+    draw = np.random.default_rng([4, 0])
+    models = [r["model_spectral"].rename(x_spectral="x", y_spectral="y"),
+              r["model_spatial"].rename(energy_spatial="energy"), r["model_obs2"].rename(energy_obs2="energy")]
+    drawn = [o.copy(deep=False).assign(counts=o["counts"].copy(data=draw.poisson(
+        m.transpose(*o["counts"].dims).values.astype(np.float64)).astype(np.float32)))
+        for o, m in zip((y, x, mos), models)]
+    ref = xfusion.fuse(*drawn, progress=False, **SETTINGS)
+    np.testing.assert_array_equal(u["flux_replicas"].values[0], ref["flux"].transpose("x", "y", "energy").values)
+    assert np.all(np.isfinite(u["flux_std"].values)) and float(u["flux_std"].max()) > 0
+    with pytest.raises(ValueError, match="fitted on 3 observations but 2"):
+        xfusion.uncertainty(r, y, x, n=2)
+    with pytest.raises(ValueError, match="same order"):
+        xfusion.uncertainty(r, y, mos, x, n=2)
+
+
+def test_capped_warm_replicas_scaled_by_control(fitted):
+    """A converged fit (21 iterations): warm replicas stop at max_iter='auto' = 11 iterations except replica 0,
+    the control, which runs the fit's 21 iterations and gives the ratio that scales the others."""
+    x, y, _ = fitted
+    r = xfusion.fuse(x, y, progress=False, **dict(SETTINGS, max_iter=60, tol=1e-3))
+    assert r.attrs["converged"] == 1 and r.attrs["iterations"] == 21
+    u = xfusion.uncertainty(r, x, y, n=2, seed=2)
+    assert u["replica_warm"].all() and list(u["replica_capped"].values) == [False, True]
+    assert list(u["replica_iterations"].values) == [21, 11]  # control: the fit's count; capped: half (no tol)
+    ratio = u.attrs["control_ratio"]
+    assert np.isfinite(ratio) and ratio >= 1.0 and u.attrs["capped_replicas"] == 1
+    with pytest.raises(ValueError, match="max_iter"):
+        xfusion.uncertainty(r, x, y, n=2, max_iter=0)
+    with pytest.raises(ValueError, match="warm-started"):
+        xfusion.uncertainty(r, x, y, n=2, max_iter=5, warm=False)
+
+
+def test_bias_aware_intervals(fitted, tmp_path):
+    """bias_aware=True adds the unregularized maximum-likelihood refit and its replicas: flux_lo/hi are ml_flux -+
+    ml_flux_std, the view has the layout of an uncertainty output (line maps, exports), the noise-only part is
+    unchanged, and the ML replicas go to the sub-store PATH/ml."""
+    from xfusion import analysis
+    from xfusion.uncertainty import ML_SETTINGS, bias_aware_view
+
+    x, y, r = fitted
+    u = xfusion.uncertainty(r, x, y, n=2, seed=3, bias_aware=True, store=tmp_path / "b")
+    plain = xfusion.uncertainty(r, x, y, n=2, seed=3)
+    np.testing.assert_array_equal(u["flux_std"].values, plain["flux_std"].values)
+    assert sorted(p.name for p in (tmp_path / "b" / "ml").iterdir() if p.name.startswith("replica_")) == \
+        ["replica_00000", "replica_00001"]
+    ml = xfusion.fuse(x, y, progress=False, **ML_SETTINGS)
+    np.testing.assert_array_equal(u["ml_flux"].values, ml["flux"].transpose("x", "y", "energy").values)
+    assert u.attrs["interval_factor"] == pytest.approx(1.8373, abs=1e-3)  # Student t, 1 dof, 84.13%
+    np.testing.assert_allclose(u["flux_hi"].values - u["flux_lo"].values,
+                               2 * u.attrs["interval_factor"] * u["ml_flux_std"].values, rtol=1e-5,
+                               atol=1e-6 * float(u["ml_flux"].max()))  # float32 round-off of lo/hi
+    assert float(u["ml_flux_std"].max()) > 0 and not np.array_equal(u["ml_flux"].values, u["flux"].values)
+    assert xzarr.written_by_xfusion(tmp_path / "b" / "ml")
+    view = bias_aware_view(u)
+    np.testing.assert_array_equal(view["flux"].values, u["ml_flux"].values)
+    lm = analysis.line_map_errors(view, 6.7004, window=(6.64, 6.76), continuum=[(6.3, 6.5)])
+    assert "velocity_err" in lm
+    with pytest.raises(ValueError, match="bias_aware=True"):
+        bias_aware_view(plain)

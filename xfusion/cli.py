@@ -292,6 +292,8 @@ def cmd_fuse(args):
         if client is not None:
             client.close()
     a = result.attrs
+    if len(inputs) > 2 and "grid_explanation" in a:  # which input set which axis, how each one entered the model
+        print(a["grid_explanation"])
     print(f"wrote {args.output}: {a['regularization']}/{a['method']}, {a['iterations']} iterations "
           f"({'converged' if a['converged'] else 'not converged: max_iter reached'}), {a['elapsed_s']:.1f} s")
     return EXIT_OK
@@ -415,6 +417,16 @@ def cmd_demo(args):
 
 
 # ----------------------------------------------------------------------------- parser
+def _mu_value(text):
+    """``--mu`` of ``xfusion jwst``: a number or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mu takes a number or 'auto'; got {text!r}") from None
+
+
 def cmd_jwst(args):
     """Fuse NIRCam i2d images with a NIRSpec s3d cube (or the JWST toy) and print SyFu's validation."""
     from . import jwst, metrics
@@ -480,7 +492,8 @@ def build_parser():
 
     d = sub.add_parser(
         "demo", formatter_class=_Formatter, help="fuse a toy supernova remnant end to end (about a minute)",
-        description="Build a toy pair of observations, fuse them with the default settings (wavelet2d1d, EM),\n"
+        description="Build a toy pair of observations, fuse them with the default settings ('auto': tuned\n"
+                    "wavelet2d1d or plain RL by Poisson thinning; EM),\n"
                     "and write fused.zarr, truth.zarr, x.zarr, y.zarr, summary.png and metrics.txt.\n"
                     "The toy's maps are in arcsec, spectra in keV, flux in ph cm-2 s-1 per voxel.")
     d.add_argument("-o", "--output", default="xfusion-demo", metavar="DIR",
@@ -498,7 +511,7 @@ def build_parser():
     d.set_defaults(func=cmd_demo)
 
     f = sub.add_parser(
-        "fuse", formatter_class=_Formatter, help="fuse two observation Zarr stores",
+        "fuse", formatter_class=_Formatter, help="fuse two (or more) observation Zarr stores",
         description="Fuse two observations (Zarr stores of the xfusion observation schema: counts (x, y, energy),\n"
                     "x/y in arcsec, energy edges in keV, exposure in s, effective area in cm2) into one cube\n"
                     "of photon flux per voxel (ph cm-2 s-1) on the sharp-spatial pixels and the sharp-spectral\n"
@@ -510,8 +523,10 @@ def build_parser():
     f.add_argument("a", metavar="A.zarr", help="first observation store")
     f.add_argument("b", metavar="B.zarr", help="second observation store")
     f.add_argument("more", metavar="C.zarr", nargs="*",
-                   help="further observation stores on the fused pixels or the fused channels (e.g. MOS1, MOS2 "
-                        "beside pn and Resolve): their Poisson terms join the likelihood (in memory only)")
+                   help="further observation stores, any number (e.g. MOS1, MOS2 beside pn, the other pointings "
+                        "of a Resolve mosaic): on the fused pixels, on the fused channels, or detector-pixel tiles; "
+                        "their Poisson terms join the likelihood (in memory only). The grid comes from the input "
+                        "with the smallest pixels and the one with the narrowest channels (printed)")
     f.add_argument("-o", "--output", required=True, metavar="OUT.zarr",
                    help="result store to write (new; written to a temporary sibling and renamed when complete)")
     f.add_argument("--overwrite", action="store_true",
@@ -520,8 +535,9 @@ def build_parser():
                    help="TOML file with keys regularization, method, max_iter, tol, checkpoint, checkpoint_every, "
                         "resume, dtype and an [options] table")
     f.add_argument("--regularization", choices=registry.REGULARIZATIONS + ("auto",), default=None,
-                   help="prior on the fused cube (default: wavelet2d1d, sparsity in 2D x 1D starlets; 'auto': "
-                        "wavelet2d1d or none, whichever predicts held-out counts best; see the list below)")
+                   help="prior on the fused cube (default: 'auto', tuned wavelet2d1d -- sparsity in 2D x 1D "
+                        "starlets -- or none, plain RL stopped early, whichever predicts held-out counts best; a "
+                        "wavelet --option selects wavelet2d1d; see the list below)")
     f.add_argument("--method", choices=registry.METHODS, default=None,
                    help="solver: " + "; ".join(f"{', '.join(registry.methods_for(fam))} for the {fam}-cube "
                                                f"regularizations (default {registry.methods_for(fam)[0]})"
@@ -606,7 +622,8 @@ def build_parser():
     j.add_argument("--toy", action="store_true", help="use the JWST toy (xfusion.jwst.make_toy) instead of files")
     j.add_argument("--seed", type=int, default=0, help="seed of the toy (default: 0)")
     j.add_argument("--held-out", nargs="+", metavar="FILTER", help="filters left out of the fusion and predicted")
-    j.add_argument("--mu", type=float, default=None, help="Sobolev weight (default: xfusion.jwst.DEFAULT_MU)")
+    j.add_argument("--mu", type=_mu_value, default=None,
+                   help="Sobolev weight, or 'auto' (chosen by Gaussian data fission; default: xfusion.jwst.DEFAULT_MU)")
     j.add_argument("--rank", type=int, default=None, help="subspace rank (default: min(5, filters + 1))")
     j.add_argument("--gamma", type=float, default=None, help="relative weight of the IFU data term (default: 1)")
     j.add_argument("--max-iter", type=int, default=None, help="iteration limit (default: 300)")

@@ -137,3 +137,18 @@ def data_term(model, obs, data=None, mask=None, dtype=np.float32):
                          "'variance' variable; add ds['variance'] = (dims, ERR**2) or set data_term='poisson'")
     var = obs["variance"].transpose(*obs[var_name].dims).values
     return GaussianTerm(model, data, var, mask, float(obs.attrs.get("gamma", 1.0)), dtype)
+
+
+# --------------------------------------------------------------------------- helpers (also used by
+# xfusion.gaussian_fission, the API-level fission tuning and bootstrap)
+def _is_gaussian(obs):
+    return "variance" in obs or str(obs.attrs.get("data_term", "poisson")).lower() == "gaussian"
+
+
+def _data_name(obs):
+    return "counts" if "counts" in obs else "data"
+
+
+def _float_dtype(da):
+    """The data's dtype if floating, else float64 (Gaussian draws are never truncated to integer counts)."""
+    return da.dtype if np.issubdtype(da.dtype, np.floating) else np.dtype(np.float64)

@@ -15,6 +15,8 @@ Anything else is a ``ValueError`` naming the coordinate, both values and the fix
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import xarray as xr
 
@@ -163,15 +165,31 @@ def _spectral_factor(x_obs, y_obs):
     return v
 
 
-def fusion_grid(obs_a, obs_b) -> xr.Dataset:
-    """The fused grid of two observations, in either order.
+def fusion_grid(*observations) -> xr.Dataset:
+    """The fused grid of two or more observations, in any order.
 
     Returns a Dataset with coords ``x``, ``y`` (arcsec, from the sharp-spatial
     observation), ``energy``, ``energy_lo``, ``energy_hi`` (keV, from the sharp-spectral
     one), the sharp-spectral instrument's PSF resampled to the fused pixel scale as
     variable ``psf`` (when it has one), and attrs ``spatial_factor`` (v_M = v_N),
     ``spectral_factor`` (v_L), ``spatial_obs`` / ``spectral_obs`` (names), ``order``
-    ("ab" if ``obs_a`` is the sharp-spatial one) and ``pixel_size``.
+    ("ab" if the first observation is the sharp-spatial one, with two inputs), ``pixel_size``,
+    ``roles`` (JSON: per input, in the order given, its ``name`` and how it enters the model:
+    ``"spatial"``/``"spectral"`` for the pair that sets the grid, and for further inputs
+    ``"pixels"`` -- on the fused pixels, its own response, area and optional PSF relative to the
+    fused resolution --, ``"channels"`` -- on the fused channels, its own PSF and integer pixel
+    grouping --, or ``"footprint"`` -- a detector-pixel tile, its own pointing and roll) and
+    ``explanation`` (which input sets which axis, and why; the same text as
+    :func:`explain_grid`).
+
+    Which inputs set the grid: with two inputs, :func:`assign_roles` (the smaller pixel is
+    sharp in space, the narrower median channel sharp in energy). With more, the image input
+    (x, y, energy) with the smallest pixels sets ``x``/``y`` and the input with the narrowest
+    median channel sets ``energy`` (ties: the first given; for the pixels, an image without a
+    ``psf`` first, as its resolution is the target); every further input must lie on
+    the fused pixels, on the fused channels, or be a detector-pixel tile on the fused
+    channels whose pixels lie inside the fused field (a mosaic tile: it constrains only the
+    fused pixels it sees). Anything else is a ``ValueError`` naming the input and the fix.
 
     A detector-pixel sharp-spectral observation (counts over ``("pixel", "energy")``, e.g.
     XRISM Resolve) is not an integer grouping of the fused pixels: ``spatial_model`` is then
@@ -180,6 +198,149 @@ def fusion_grid(obs_a, obs_b) -> xr.Dataset:
     and ``footprint_roll`` (deg) place the array (:func:`footprint_geometry`); the model is the
     exact overlap matrix of :mod:`xfusion.operators.footprint`, after the PSF.
     """
+    if len(observations) < 2:
+        raise TypeError(f"fusion_grid needs at least two observations (one sharp in space, one sharp in energy); got "
+                        f"{len(observations)}")
+    if len(observations) == 2:
+        obs_a, obs_b = observations
+        grid = _pair_grid(obs_a, obs_b)
+        ix, iy = (0, 1) if grid.attrs["order"] == "ab" else (1, 0)
+        roles = [None, None]
+        roles[ix], roles[iy] = SPATIAL, SPECTRAL
+    else:
+        check_spectral_units(*observations)
+        for o in observations:
+            validate(o)
+        ix, iy = _pick_pair(observations)
+        grid = _pair_grid(observations[ix], observations[iy])
+        if grid.attrs["order"] == "ba":  # equal grids: assign_roles told them apart by psf / response
+            ix, iy = iy, ix
+        grid.attrs["order"] = "ab" if ix < iy else "ba"
+        roles = [SPATIAL if i == ix else SPECTRAL if i == iy else _extra_role(grid, o, _name(o, f"input {i}"))
+                 for i, o in enumerate(observations)]
+    names = [_name(o, f"input {i}") for i, o in enumerate(observations)]
+    grid.attrs["roles"] = json.dumps([{"input": i, "name": n, "role": r} for i, (n, r) in enumerate(zip(names, roles))])
+    grid.attrs["explanation"] = _explain(grid, observations, roles)
+    return grid
+
+
+def explain_grid(*observations) -> str:
+    """Which input sets which axis of the fused grid, and how every input enters the model (the
+    ``explanation`` attribute of :func:`fusion_grid`; printed by ``xfusion fuse``)."""
+    return fusion_grid(*observations).attrs["explanation"]
+
+
+def input_positions(grid) -> list:
+    """Input positions (0-based, in the order given to :func:`fusion_grid`) in the order the models
+    are built: the sharp-spatial input, the sharp-spectral one, then the others as given."""
+    roles = json.loads(grid.attrs["roles"])
+    first = [next(r["input"] for r in roles if r["role"] == role) for role in (SPATIAL, SPECTRAL)]
+    return first + [r["input"] for r in roles if r["input"] not in first]
+
+
+#: roles of further inputs (beyond the pair that sets the grid)
+PIXELS, CHANNELS, FOOTPRINT = "pixels", "channels", "footprint"
+
+
+def _median_width(o):
+    return float(np.median(np.diff(energy_edges(o))))
+
+
+def _pick_pair(observations):
+    """(ix, iy): the image input with the smallest pixels and the input with the narrowest median channel
+    (ties within ``REL_TOL``: for the pixels the first image without a ``psf``, else the first given; for the
+    channels the first given other than the sharp-spatial one), refused when one input is the finest in both."""
+    images = [i for i, o in enumerate(observations) if not is_pixel_observation(o)]
+    if not images:
+        raise ValueError("no input is an image (counts over x, y, energy): one must be the sharp-spatial instrument "
+                         "that sets the fused pixels (e.g. EPIC-pn); detector-pixel tiles (pixel, energy) cannot")
+    px = [pixel_size(observations[i]) for i in images]
+    best = min(px)
+    finest = [i for i, p in zip(images, px) if np.isclose(p, best, rtol=REL_TOL, atol=0)]
+    # among equal pixels, the image without a PSF (its resolution is the target; a PSF on a further image on the
+    # fused pixels is the blur relative to it), else the first given
+    ix = next((i for i in finest if "psf" not in observations[i]), finest[0])
+    widths = [_median_width(o) for o in observations]
+    w0 = min(widths)
+    tied = [i for i, w in enumerate(widths) if np.isclose(w, w0, rtol=REL_TOL, atol=0)]
+    others = [i for i in tied if i != ix]
+    if not others:
+        sharper = [i for i, o in enumerate(observations) if i != ix]
+        iy = min(sharper, key=lambda i: widths[i])
+        if not np.isclose(pixel_size(observations[iy]), best, rtol=REL_TOL, atol=0):
+            raise ValueError(f"'{_name(observations[ix], 'input ' + str(ix))}' has both the smallest pixels "
+                             f"({best} arcsec) and the narrowest channels ({w0} keV median) of all inputs: fusion "
+                             "needs one sharp-spatial and one sharp-spectral observation; rebin one of them")
+    else:
+        iy = others[0]
+    return ix, iy
+
+
+def _same(a, b):
+    return a.shape == b.shape and np.allclose(a, b, rtol=1e-6, atol=0)
+
+
+def _same_channels(o, grid):
+    a, b = energy_edges(o), energy_edges(grid)
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= edge_tolerance(b, np.min(np.diff(b)))))
+
+
+def _extra_role(grid, o, name):
+    """How a further input enters the model (:data:`PIXELS`, :data:`CHANNELS` or :data:`FOOTPRINT`), or a
+    ``ValueError`` saying what to change."""
+    fused = (f"the fused pixels ({grid.sizes['x']}x{grid.sizes['y']} of {grid.attrs['pixel_size']} arcsec from "
+             f"'{grid.attrs['spatial_obs']}')")
+    chans = f"the fused channels ({grid.sizes['energy']} from '{grid.attrs['spectral_obs']}')"
+    if is_pixel_observation(o):
+        if not _same_channels(o, grid):
+            raise ValueError(f"'{name}' is a detector-pixel tile but its {o.sizes['energy']} channels are not "
+                             f"{chans}: give every tile the channels of the sharp-spectral input (regroup them)")
+        return FOOTPRINT
+    if _same(o["x"].values, grid["x"].values) and _same(o["y"].values, grid["y"].values):
+        try:
+            _spectral_factor(o, grid)
+        except ValueError as exc:
+            raise ValueError(f"'{name}' lies on the fused pixels but its channels are not an integer grouping of "
+                             f"{chans}: {exc}") from None
+        return PIXELS
+    if _same_channels(o, grid):
+        try:
+            _spatial_factor(grid, o)
+        except ValueError as exc:
+            raise ValueError(f"'{name}' is on the fused channels but its pixels are not an integer grouping of "
+                             f"{fused}: {exc}") from None
+        return CHANNELS
+    raise ValueError(f"'{name}' shares neither {fused} nor {chans}: put it on the same pixel grid or the same "
+                     "channels (reproject or regroup it), or give it as a detector-pixel tile on the fused channels")
+
+
+def _explain(grid, observations, roles):
+    a = grid.attrs
+    sy = next(o for o, r in zip(observations, roles) if r == SPECTRAL)
+    lines = [f"fused grid {grid.sizes['x']}x{grid.sizes['y']} pixels x {grid.sizes['energy']} channels "
+             f"({grid['energy_lo'].values[0]:.6g}-{grid['energy_hi'].values[-1]:.6g} keV)",
+             f"x, y: from '{a['spatial_obs']}' ({a['pixel_size']:g} arcsec pixels, the smallest"
+             f"{' of the image inputs' if len(observations) > 2 else ''})",
+             f"energy: from '{a['spectral_obs']}' ({grid.sizes['energy']} channels, median "
+             f"{_median_width(sy) * 1e3:.4g} eV, the narrowest)" + (
+                 f"; a detector-pixel tile (centre ({a['footprint_center_x']:.4g}, {a['footprint_center_y']:.4g}) "
+                 f"arcsec, roll {a['footprint_roll']:.4g} deg)" if a.get("spatial_model") == "footprint" else "")]
+    how = {PIXELS: "on the fused pixels: its own response, area (and PSF relative to the fused resolution, if given)",
+           CHANNELS: "on the fused channels: its own PSF, pixel grouping and area",
+           FOOTPRINT: "detector-pixel tile: exact footprint of its pixels (own pointing and roll) after its PSF; "
+                      "constrains only the fused pixels it sees"}
+    for i, (o, r) in enumerate(zip(observations, roles)):
+        if r in how:
+            extra = ""
+            if r == FOOTPRINT:
+                (cx, cy), roll = footprint_geometry(grid, o)
+                extra = f" (centre ({cx:.4g}, {cy:.4g}) arcsec, roll {roll:.4g} deg)"
+            lines.append(f"input {i} '{_name(o, 'input ' + str(i))}': {how[r]}{extra}")
+    return "\n".join(lines)
+
+
+def _pair_grid(obs_a, obs_b) -> xr.Dataset:
+    """The grid of the pair that sets it (see :func:`fusion_grid`)."""
     check_spectral_units(obs_a, obs_b)  # keV with um is refused before anything else
     validate(obs_a)
     validate(obs_b)

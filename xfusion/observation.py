@@ -541,7 +541,7 @@ def observation(
         Spectral response: a stationary kernel (odd length, sums to 1) sampled every
         ``response_spacing`` keV (or Quantity, e.g. ``0.5 * u.eV``), or an RMF matrix whose
         ``energy`` columns are the channels of ``counts`` (or an integer grouping of them,
-        summed here). A :class:`xfusion.io.ogip.SparseRMF` (what ``read_rmf`` returns for
+        summed here). A :class:`xfusion.io.ogip_read.SparseRMF` (what ``read_rmf`` returns for
         large RMFs) is cropped to the rows overlapping the counts' band and its channels
         grouped on ``energy_edges`` (which must be EBOUNDS edges), so only that block is
         dense. Small negative elements (calibration noise of real RMFs) are set to 0 with a
@@ -945,6 +945,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
                 "counts contain NaN or inf; xfusion never patches them silently. Set those voxels to 0 and pass "
                 "mask= (False where invalid) to exclude them from the fit"
             )
-        if np.any(counts < 0):
-            raise ValueError(f"counts contain negative values (min {counts.min()}); counts must be >= 0")
+        gaussian = "variance" in ds or str(ds.attrs.get("data_term", "poisson")).lower() == "gaussian"
+        if np.any(counts < 0) and not gaussian:  # Gaussian data (xfusion.gaussian) may be negative
+            raise ValueError(f"counts contain negative values (min {counts.min()}); counts must be >= 0 (data with "
+                             "Gaussian errors: give their 'variance' variable)")
     return ds

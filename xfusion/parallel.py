@@ -25,8 +25,7 @@ import os
 
 import numpy as np
 
-from .likelihood import aligned, data_constant, poisson_ratio, poisson_value
-from .likelihood import block_value_grad as _block_value_grad  # noqa: F401
+from .likelihood import aligned, block_value_grad, data_constant, poisson_ratio, poisson_value
 
 try:  # dask is a core dependency, but keep the in-memory path importable without it
     import dask
@@ -119,35 +118,65 @@ class DaskPoissonTerm:
     Full-cube path (with a ``backend``, :class:`xfusion.backends.blockwise.DaskBackend`):
     :meth:`value_from_model` and :meth:`ratio` map the likelihood's block kernels
     (:func:`~xfusion.likelihood.poisson_value`, :func:`~xfusion.likelihood.poisson_ratio`) over
-    the blocks, as :class:`~xfusion.likelihood.PoissonTerm` calls them on the whole cube. No mask
-    and no background on this path (``weight``/``background`` are None).
+    the blocks, as :class:`~xfusion.likelihood.PoissonTerm` calls them on the whole cube; the
+    model's known background B (``model.background``, counts, data shape) is chunked like the
+    data and added to the model block by block (expected counts ``H z + B``); a ``mask`` (1 = use,
+    0 = ignore, shaped like the data) becomes the kernels' weight ``w`` (masked counts set to 0, as
+    in memory). Background and mask: full-cube path only (with a ``backend``).
     """
 
-    weight = background = None
-
-    def __init__(self, model, data, dtype=np.float32, client=None, backend=None):
+    def __init__(self, model, data, dtype=np.float32, client=None, backend=None, mask=None):
         self.model, self.client, self.backend = model, client, backend
         d = data.astype(dtype)
         if len(d.chunks[2]) != 1:
             d = d.rechunk({2: -1})
-        self.data = d = persist_many([d], client)[0]
+        self.weight = None
+        if mask is not None:
+            if backend is None:
+                raise NotImplementedError("masks on Dask-backed data run with the full-cube regularizations (method "
+                                          "'em'); for the low-rank family load the observations into memory (.load()) "
+                                          "and fuse without a client")
+            if tuple(mask.shape) != tuple(d.shape):
+                raise ValueError(f"mask shape {tuple(mask.shape)} differs from the data shape {d.shape}")
+            w = da.asarray(mask).astype(dtype).rechunk(d.chunks)
+            d = da.where(w > 0, d, 0).astype(dtype)  # masked counts never enter (no inf * 0 in the ratios)
+            self.weight = persist_many([w], client)[0]
+        bg = getattr(model, "background", None)
+        if bg is not None and np.any(bg > 0):
+            if backend is None:
+                raise NotImplementedError("a known background on Dask-backed data runs with the full-cube "
+                                          "regularizations (method 'em'); for the low-rank family load the "
+                                          "observations into memory (.load()) and fuse without a client")
+            if bg.shape != d.shape or not np.all(np.isfinite(bg)) or np.any(bg < 0):
+                raise ValueError(f"background must be finite, >= 0 and shaped like the data {d.shape}; got {bg.shape}")
+            self.data, self.background = persist_many([d, da.from_array(np.asarray(bg, dtype), chunks=d.chunks)],
+                                                      client)
+        else:
+            self.data, self.background = persist_many([d], client)[0], None
+        d = self.data if self.weight is None else self.data * self.weight
         consts = d.map_blocks(lambda b: np.full((1, 1, 1), data_constant(b)), dtype=np.float64,
                               chunks=((1,) * len(d.chunks[0]), (1,) * len(d.chunks[1]), (1,)))
         self.constant = float(compute(consts.sum(), client))
 
+    def _dw(self):
+        return (self.data,) if self.weight is None else (self.data, self.weight)
+
+    def _plus_background(self, m):
+        return m if self.background is None else self.backend.map(np.add, m, self.background)
+
     def value_from_model(self, m):
-        """Lazy D for the model m (Dask, chunked like the data)."""
-        return self.backend.total(poisson_value, m, self.data) + self.constant
+        """Lazy D for the model m = H z (Dask, chunked like the data; the background, if any, added here)."""
+        return self.backend.total(poisson_value, self._plus_background(m), *self._dw()) + self.constant
 
     def ratio(self, m):
-        """Lazy ``d / m`` (the Richardson-Lucy correction), chunked like the data."""
-        return self.backend.map(poisson_ratio, m, self.data)
+        """Lazy ``d / (m + B)`` (the Richardson-Lucy correction), chunked like the data."""
+        return self.backend.map(poisson_ratio, self._plus_background(m), *self._dw())
 
     def graph(self, a, v, grad=True):
         """The Dask array of one evaluation (exposed so tests can count its tasks)."""
         ad = da.from_array(np.ascontiguousarray(a), chunks=(self.data.chunks[0], self.data.chunks[1], a.shape[2]))
         r = v.shape[0]
-        return da.map_blocks(_block_value_grad, self.data, ad, v, grad, dtype=np.float64,
+        return da.map_blocks(block_value_grad, self.data, ad, v, grad, dtype=np.float64,
                              chunks=(self.data.chunks[0], self.data.chunks[1], (r + 1 if grad else 1,)),
                              meta=np.empty((0, 0, 0), dtype=np.float64))
 

@@ -7,10 +7,11 @@ regularizer's ``block_statistics``/``combine``/``block_apply``. This module only
 so that the blocks of both instruments cover the same sky: the fused cube in ``(b_x, b_y, L)``
 blocks, X counts ``(b_x, b_y, l)``, Y counts ``(b_x / v, b_y / v, L)``.
 
-One rule for what runs on Dask: the EM method with any regularizer that has block forms
-(``Wavelet2D1D`` without ``conserve_flux``, or none), operators that have block forms (not a
-whole-field matrix such as a detector footprint), no mask and no known background; fixed-step
-ISTA is in memory only. Anything else raises ``NotImplementedError`` saying so.
+One rule for what runs on Dask: EM with a regularizer that has block forms (``Wavelet2D1D``
+without ``conserve_flux``, or none) and operators that have block forms (not a whole-field matrix
+such as a detector footprint); with masks, vignetted areas (weights built per block from an
+:class:`~xfusion.operators.area.AreaMap`), known backgrounds and further inputs (``extras``;
+``fuse`` still runs more than two in memory only). Anything else raises ``NotImplementedError``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .backends.blockwise import DaskBackend
 from .likelihood import PoissonLikelihood
-from .operators.blocks import has_block_form
+from .operators.blocks import factor as factor_of, has_block_form
 from .parallel import DaskPoissonTerm
 from .solvers.em import EMProx
 
@@ -36,20 +37,21 @@ class DaskEMProx(EMProx):
     ``regularizer``: ``Wavelet2D1D`` or None; ``client``: optional ``distributed.Client``;
     ``free``: as :class:`EMProx` (e.g. per channel, (L,)). ``psf_kernel`` is ignored (the PSF is
     ``my``'s) and kept for the callers' signature. Data keep their float dtype (float32 or float64).
+    ``masks``: None or one mask (1 = use, 0 = ignore; shaped like the counts) or None per instrument;
+    ``extras``: further ``(counts, model[, mask])`` (more observations in the same likelihood), each
+    counts cube chunked to the blocks divided by its model's spatial factor.
     """
 
     def __init__(self, x_data, y_data, mx, my, psf_kernel=None, factor=1, regularizer=None, client=None,
-                 layout="halo", free=None):
+                 layout="halo", free=None, extras=(), masks=None):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r} (the 'rechunk' layout was removed: "
                              "operators run on pixel blocks with their halos, any chunk size)")
-        for name, m in (("X", mx), ("Y", my)):
+        for name, m in [("X", mx), ("Y", my)] + [(f"input {i + 3}", e[1]) for i, e in enumerate(extras)]:
             if not has_block_form(m.spatial if m.spatial is not None else []) or \
                     (m.spectral is not None and not has_block_form(m.spectral)):
                 raise NotImplementedError(f"the {name} model has an operator without a block form (a whole-field "
                                           "matrix): run in memory")
-            if getattr(m, "background", None) is not None:
-                raise NotImplementedError("a known background is not supported on the Dask path: run in memory")
         if regularizer is not None and (getattr(regularizer, "conserve_flux", False)
                                         or not hasattr(regularizer, "block_apply")):
             raise NotImplementedError(f"{type(regularizer).__name__} has no block form here: run in memory")
@@ -67,14 +69,30 @@ class DaskEMProx(EMProx):
         yd = yd.rechunk((tuple(c // v for c in self.chunks[0]), tuple(c // v for c in self.chunks[1]), -1))
         self.shape, self.layout = (M, N, L), layout
         backend = DaskBackend(self.chunks, client)
-        terms = [DaskPoissonTerm(mx, xd, dt, client, backend), DaskPoissonTerm(my, yd, dt, client, backend)]
+        mk = masks or (None, None)
+        terms = [DaskPoissonTerm(mx, xd, dt, client, backend, mk[0]), DaskPoissonTerm(my, yd, dt, client, backend,
+                                                                                       mk[1])]
+        for i, (d, m, *w) in enumerate(extras):
+            f = factor_of(m.spatial if m.spatial is not None else [])
+            d = da.asarray(d)
+            if d.shape[:2] != (M // f[0], N // f[1]) or any(c % f[a] for a in range(2) for c in self.chunks[a]):
+                raise ValueError(f"counts {d.shape} of input {i + 3} do not fit the fused {M}x{N} pixels in blocks "
+                                 f"{self.chunks[:2]} with its spatial factor {f}: blocks must be multiples of it")
+            d = d.rechunk(tuple(tuple(c // f[a] for c in self.chunks[a]) for a in range(2)) + (-1,))
+            terms.append(DaskPoissonTerm(m, d, dt, client, backend, w[0] if w else None))
         self.xd, self.yd = terms[0].data, terms[1].data
         super().__init__(PoissonLikelihood(terms), regularizer, free, backend)
 
+    def model(self, i, z):
+        """Lazy expected counts of input ``i`` (0 = X, 1 = Y, then the extras; known background included),
+        chunked like its data."""
+        t = self.lik.terms[i]
+        return t._plus_background(self.B.forward(t.model, self.B.cube(z, self.shape, self.xd.dtype)))
+
     def model_x(self, z):
-        """Lazy predicted X counts (M, N, l), chunks (b_x, b_y, l)."""
-        return self.B.forward(self.lik.terms[0].model, self.B.cube(z, self.shape, self.xd.dtype))
+        """Lazy expected X counts (M, N, l) (known background included), chunks (b_x, b_y, l)."""
+        return self.model(0, z)
 
     def model_y(self, z):
-        """Lazy predicted Y counts (M/v, N/v, L), chunks (b_x/v, b_y/v, L)."""
-        return self.B.forward(self.lik.terms[1].model, self.B.cube(z, self.shape, self.xd.dtype))
+        """Lazy expected Y counts (M/v, N/v, L) (known background included), chunks (b_x/v, b_y/v, L)."""
+        return self.model(1, z)

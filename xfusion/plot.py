@@ -120,9 +120,11 @@ def _x_counts(result, x_obs):
     """Sharp-spatial counts as (x, y, energy_spatial) with edges coords ``energy_spatial_lo/hi``."""
     if x_obs is not None:
         c = x_obs["counts"]
+        if "energy" not in c.dims:  # an imager's filter stack (xfusion.jwst): no channel spectrum
+            return None
         return c.rename({"energy": "energy_spatial", "energy_lo": "energy_spatial_lo",
                          "energy_hi": "energy_spatial_hi"})
-    if result is not None and "counts_spatial" in result:
+    if result is not None and "counts_spatial" in result and "energy_spatial" in result["counts_spatial"].dims:
         return result["counts_spatial"]
     return None
 
@@ -207,7 +209,7 @@ def amplitude_maps(result=None, truth=None, x_obs=None, y_obs=None, *, ax=None):
             top = max(float(np.nanmax(img.values)), 1e-30)
             im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=top))
             cb = a.figure.colorbar(im, ax=a, shrink=0.85)
-            cb.set_label("counts per pixel (sqrt scale)")
+            cb.set_label(f"{_data_label(result)} (sqrt scale)")
         else:
             im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=max(vmax, 1e-30)))
             flux_axes.append(a)
@@ -215,7 +217,7 @@ def amplitude_maps(result=None, truth=None, x_obs=None, y_obs=None, *, ax=None):
         a.set_title(title, fontsize=10)
     if flux_im is not None:
         cb = flux_axes[0].figure.colorbar(flux_im, ax=flux_axes, shrink=0.85)
-        cb.set_label(f"flux per pixel ({FLUX}, sqrt scale)")
+        cb.set_label(f"flux per pixel ({_flux_unit(fused)}, sqrt scale)")
         _sci(cb.ax.yaxis)
     return _root(axes[0])
 
@@ -256,6 +258,26 @@ def _region_indices(flux, xs, ys):
     return out
 
 
+def _axis(flux):
+    """``(quantity, unit, fine unit, factor)`` of a cube's spectral axis: X-ray energy (keV, eV) or
+    wavelength (um, nm; :mod:`xfusion.jwst`)."""
+    if str(flux["energy"].attrs.get("units", "keV")) == "um":
+        return "wavelength", "um", "nm", 1000.0
+    return "energy", "keV", "eV", 1000.0
+
+
+def _flux_unit(flux):
+    """Unit label of a cube's values: photon flux, or the data units of a wavelength cube (e.g. MJy/sr)."""
+    u = None if flux is None else flux.attrs.get("units")
+    return FLUX if u in (None, "", "ph cm-2 s-1") else str(u)
+
+
+def _data_label(result):
+    """Colour-bar label of the input maps: counts, or the data units of a wavelength result."""
+    u = getattr(result, "attrs", {}).get("flux_units") if result is not None else None
+    return "counts per pixel" if u in (None, "ph cm-2 s-1") else f"data per pixel ({u})"
+
+
 def _density(values, lo, hi):
     return np.asarray(values, dtype=np.float64) / (np.asarray(hi) - np.asarray(lo))
 
@@ -289,6 +311,11 @@ def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=Tr
     fused, lo, hi = _group(flux.isel(reg).sum(("x", "y")).values, lo0, hi0, factor)
     total = float(fused.sum())
     v = _spatial_factor(result, x_obs, y_obs)
+    quantity, unit, fine, per = _axis(flux)
+    n_mean = (x1 - x0) * (y1 - y0) * max(factor, 1)
+
+    def dens(values, lo_, hi_):  # surface brightness (e.g. MJy/sr): the region's mean per bin, not a density
+        return np.asarray(values, dtype=np.float64) / n_mean if quantity == "wavelength" else _density(values, lo_, hi_)
 
     yc = _y_counts(result, y_obs) if inputs else None
     if yc is not None:
@@ -298,7 +325,7 @@ def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=Tr
             ysum, ylo, yhi = _group(ysum, ys["energy_lo"].values, ys["energy_hi"].values, factor)
             npx = ys.sizes["x_spectral"] * ys.sizes["y_spectral"]
             lab = _name(result, y_obs, "spectral_obs", "Y").split(" (")[0]
-            _step(ax, ylo, yhi, _density(ysum * total / ysum.sum(), ylo, yhi), color="tab:blue", alpha=0.35,
+            _step(ax, ylo, yhi, dens(ysum * total / ysum.sum(), ylo, yhi), color="tab:blue", alpha=0.35,
                   lw=0.7, label=f"{lab} counts, {npx} px (rescaled)")
     xc = _x_counts(result, x_obs) if inputs else None
     if xc is not None:
@@ -307,19 +334,22 @@ def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=Tr
             xlo = np.asarray(xc["energy_spatial_lo"].values)
             xhi = np.asarray(xc["energy_spatial_hi"].values)
             lab = _name(result, x_obs, "spatial_obs", "X").split(" (")[0]
-            _step(ax, xlo, xhi, _density(xsum * total / xsum.sum(), xlo, xhi), color="tab:orange", lw=1.5,
+            _step(ax, xlo, xhi, dens(xsum * total / xsum.sum(), xlo, xhi), color="tab:orange", lw=1.5,
                   label=f"{lab} counts (rescaled)")
     tr = _flux(truth, "truth")
     if tr is not None:
         t = _group(tr.transpose("x", "y", "energy").isel(reg).sum(("x", "y")).values, lo0, hi0, factor)[0]
-        _step(ax, lo, hi, _density(t, lo, hi), color="black", lw=1.0, ls="--", label="truth")
-    _step(ax, lo, hi, _density(fused, lo, hi), color="tab:red", lw=1.1, label="fused")
+        _step(ax, lo, hi, dens(t, lo, hi), color="black", lw=1.0, ls="--", label="truth")
+    _step(ax, lo, hi, dens(fused, lo, hi), color="tab:red", lw=1.1, label="fused")
     if factor > 1:
-        width = 1000 * float(np.median(hi - lo))
-        ax.set_xlabel(f"energy (keV), shown in {width:.3g} eV bins ({factor} channels each)")
+        width = per * float(np.median(hi - lo))
+        ax.set_xlabel(f"{quantity} ({unit}), shown in {width:.3g} {fine} bins ({factor} channels each)")
     else:
-        ax.set_xlabel("energy (keV)")
-    ax.set_ylabel(f"flux density ({FLUX_DENSITY})")
+        ax.set_xlabel(f"{quantity} ({unit})")
+    if quantity == "wavelength":
+        ax.set_ylabel(f"mean surface brightness ({flux.attrs.get('units', '')})")
+    else:
+        ax.set_ylabel(f"flux density ({FLUX_DENSITY})")
     ax.set_xlim(lo[0], hi[-1])
     ax.set_ylim(bottom=0)
     _sci(ax.yaxis)
@@ -522,7 +552,8 @@ def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=
     every title. Returns the Figure.
     """
     band = tuple(band) if band is not None else line_band(result, x_obs=x_obs)
-    btxt = f"{band[0]:.4g}-{band[1]:.4g} keV"
+    unit = _axis(_flux(result, "result"))[1] if result is not None else "keV"
+    btxt = f"{band[0]:.4g}-{band[1]:.4g} {unit}"
     panels = []
     xc, yc = _x_counts(result, x_obs), _y_counts(result, y_obs)
     if xc is not None:
@@ -554,14 +585,15 @@ def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=
         if kind == "counts":
             top = max(float(np.nanmax(img.values)), 1e-30)
             im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=top))
-            a.figure.colorbar(im, ax=a, shrink=0.85).set_label("counts per pixel (sqrt scale)")
+            a.figure.colorbar(im, ax=a, shrink=0.85).set_label(f"{_data_label(result)} (sqrt scale)")
         else:
             flux_im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=vmax))
             flux_axes.append(a)
         a.set_title(title, fontsize=10)
     if flux_im is not None:
         cb = flux_axes[0].figure.colorbar(flux_im, ax=flux_axes, shrink=0.85)
-        cb.set_label(f"flux in the band per pixel ({FLUX}, sqrt scale)")
+        units = _flux_unit(_flux(result, "result") if result is not None else None)
+        cb.set_label(f"flux in the band per pixel ({units}, sqrt scale)")
         _sci(cb.ax.yaxis)
     fig = _root(axes[0])
     fig._xfusion_band = band  # for summary(): the band actually drawn
@@ -757,7 +789,8 @@ def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=Non
     attrs = getattr(result, "attrs", {})
     head = (f"xfusion {attrs.get('xfusion_version', '')}: {attrs.get('regularization', '?')} / "
             f"{attrs.get('method', '?')}, {attrs.get('iterations', '?')} iterations, "
-            f"{float(attrs.get('elapsed_s', np.nan)):.1f} s; line maps in {band[0]:.4g}-{band[1]:.4g} keV")
+            f"{float(attrs.get('elapsed_s', np.nan)):.1f} s; line maps in {band[0]:.4g}-{band[1]:.4g} "
+            f"{_axis(_flux(result, 'result'))[1]}")
     if truth is not None:
         ratio = _spatial_factor(result, x_obs, y_obs)
         tr = _flux(truth, "truth")

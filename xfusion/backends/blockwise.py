@@ -9,8 +9,10 @@ Nothing here knows a formula: it only decides where blocks run (the interface is
   a block form, each run applied with ``overlap(depth, boundary=0)`` (zeros beyond the field: the
   operators' boundary rule) + one ``map_blocks`` of its 'valid' form, which changes the block
   shape by the rebinning factor (``b -> b / v``; the adjoint ``b -> b v``). A position-dependent
-  :class:`~xfusion.operators.area.Scale` (vignetted weights) multiplies by its weights chunked
-  like the cube (kept on the workers). Blocks smaller than the halo are merged for that
+  :class:`~xfusion.operators.area.Scale` (vignetted weights) multiplies each block by the
+  weights of its pixels, built on the worker from the compact
+  :class:`~xfusion.operators.area.AreaMap` (the (M, N, L) weights never exist on the client;
+  an (M, N, L) array given as weights is sent chunked like the cube). Blocks smaller than the halo are merged for that
   operator (and split back after), so any chunking works, kernels larger than a chunk included.
   Operators and regularizers are sent to the workers once per backend (persisted), not with
   every task.
@@ -72,6 +74,12 @@ def _stats_block(reg, halo, shape, ox, oy, zo, block_id=None):
 def _apply_block(reg, halo, stats, zo):
     z, pen = reg.block_apply(zo, halo, stats)
     return _boxed((z, np.full((1, 1, 1), pen, dtype=np.float64)))
+
+
+def _scale_block(op, ox, oy, x, block_id=None):
+    i, j = block_id[0], block_id[1]
+    w = op.weights_block(ox[i], ox[i] + x.shape[0], oy[j], oy[j] + x.shape[1])
+    return x * w.astype(x.dtype, copy=False)
 
 
 def _merged(chunks, need, unit):
@@ -211,9 +219,12 @@ class DaskBackend:
         for r in (reversed(runs) if adjoint else runs):
             if isinstance(r, list):
                 x = self._apply_run(r, x, adjoint)
-            else:  # position-dependent weights: multiplied by their blocks
+            elif isinstance(r.area, np.ndarray):  # an (M, N, L) array: sent once, chunked like the cube
                 w = self._send(r, ("weights", id(r), x.dtype.str), lambda: r.weights.astype(x.dtype))
                 x = da.map_blocks(np.multiply, x, w, dtype=x.dtype, meta=_meta(x.dtype))
+            else:  # a compact AreaMap: each block's weights built where the block is
+                x = da.map_blocks(_scale_block, self._send(r), _offsets(x.chunks[0]), _offsets(x.chunks[1]), x,
+                                  dtype=x.dtype, meta=_meta(x.dtype))
         return x
 
     def forward(self, op, z):

@@ -54,7 +54,7 @@ Exposure (s) -- ``attrs["exposure"]``, how it was obtained in
 
 Energies and channels.  Integer ``PI`` columns are binned as integers, never
 as float energies: with ``channel_edges`` (what
-:func:`xfusion.io.files.observation_from_files` passes) an event of channel
+:func:`xfusion.io.observation_files.observation_from_files` passes) an event of channel
 ``PI // pi_per_channel`` goes to group ``k`` when ``channel_edges[k] <=
 channel < channel_edges[k + 1]`` (the RMF's EBOUNDS give the energies, e.g.
 EPIC-pn: 5 eV channels, ``pi_per_channel=5``; Resolve: ``pi_per_channel=1``);
@@ -92,7 +92,7 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
-from xfusion.io.ogip import edges_coords
+from xfusion.io.ogip_read import edges_coords
 
 __all__ = ["read_events", "INSTRUMENTS"]
 

@@ -137,6 +137,12 @@ def footprint_matrix(x, y, pixel_size, det_x, det_y, det_pixel_size, roll=0.0, c
     return sp.csr_matrix((v, (r, cc)), shape=(P, M * N))
 
 
+#: a dense footprint keeps only its non-zero columns when they are fewer than this fraction of the field
+COLUMN_FRACTION = 0.8
+#: relative size of the FFT round-off zeroed in a dense footprint x PSF matrix (:meth:`Footprint.with_psf`)
+ROUNDOFF = 1e-12
+
+
 class Footprint:
     """Fused cube (M, N, K) -> detector spectra (P, K) by a (sparse or dense) matrix F (P, M N).
 
@@ -148,14 +154,22 @@ class Footprint:
     depth = 0
 
     def __init__(self, matrix, in_hw):
+        # ``columns``: for a dense matrix with all-zero columns (a tile seeing part of the field), the
+        # fused pixels (flat indices) it touches; forward gathers them, adjoint scatters back (zeros elsewhere)
         self.in_hw = tuple(int(v) for v in in_hw)
         if sp.issparse(matrix):
             F = sp.csr_matrix(matrix, dtype=np.float64)
             self._F = {np.dtype(np.float64): F, np.dtype(np.float32): F.astype(np.float32)}
             self._FT = {k: m.T.tocsr() for k, m in self._F.items()}
+            self.columns = None
         else:
             F = np.asarray(matrix, dtype=np.float64)
-            self._F = {np.dtype(np.float64): F, np.dtype(np.float32): F.astype(np.float32)}
+            # a dense F B (footprint x PSF) of a tile that sees part of the field: keep the columns it
+            # touches only, so its cost scales with the fused pixels it sees, not with the whole field
+            cols = np.flatnonzero(np.any(F != 0, axis=0)) if F.ndim == 2 else None
+            self.columns = cols if cols is not None and cols.size < COLUMN_FRACTION * F.shape[1] else None
+            Fc = F if self.columns is None else np.ascontiguousarray(F[:, self.columns])
+            self._F = {np.dtype(np.float64): Fc, np.dtype(np.float32): Fc.astype(np.float32)}
             self._FT = {k: m.T for k, m in self._F.items()}
         if F.ndim != 2 or F.shape[1] != self.in_hw[0] * self.in_hw[1]:
             raise ValueError(f"footprint matrix shape {F.shape} does not act on a {self.in_hw} field")
@@ -169,6 +183,8 @@ class Footprint:
         dt = self._dt(z)
         M, N = self.in_hw
         flat = np.asarray(z, dtype=dt).reshape(M * N, -1)
+        if self.columns is not None:
+            flat = flat[self.columns]
         out = np.asarray(self._F[dt] @ flat, dtype=dt)
         return out.reshape((self.n_pixels,) + z.shape[2:])
 
@@ -176,13 +192,21 @@ class Footprint:
         dt = self._dt(u)
         flat = np.asarray(u, dtype=dt).reshape(self.n_pixels, -1)
         out = np.asarray(self._FT[dt] @ flat, dtype=dt)
+        if self.columns is not None:
+            full = np.zeros((self.in_hw[0] * self.in_hw[1], out.shape[1]), dtype=dt)
+            full[self.columns] = out
+            out = full
         return out.reshape(self.in_hw + u.shape[1:])
 
     def with_psf(self, psf_op):
         """Dense ``F B`` (P, M N) for a spatial operator ``B`` on the (M, N) field (e.g. a
         :class:`~xfusion.operators.psf.Convolve2D` of the PSF on the fused grid): built from the
-        adjoint, ``(F B)^T = B^T F^T``, exact to float64 rounding. PSF first, then footprint."""
-        FT = self._F[np.dtype(np.float64)].T
+        adjoint, ``(F B)^T = B^T F^T``, exact to float64 rounding. PSF first, then footprint.
+        Entries below ``ROUNDOFF`` x the largest are the FFT's round-off where the PSF does not reach:
+        set to 0, so that a tile keeps only the columns it sees (:attr:`columns`)."""
+        FT = self.matrix.T
         FT = FT.toarray() if sp.issparse(FT) else np.asarray(FT)
         cols = psf_op.adjoint(np.ascontiguousarray(FT.reshape(self.in_hw + (self.n_pixels,))))
-        return Footprint(np.ascontiguousarray(cols.reshape(-1, self.n_pixels).T), self.in_hw)
+        FB = np.ascontiguousarray(cols.reshape(-1, self.n_pixels).T)
+        FB[np.abs(FB) < ROUNDOFF * np.abs(FB).max(initial=0.0)] = 0.0
+        return Footprint(FB, self.in_hw)

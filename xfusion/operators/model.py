@@ -16,7 +16,7 @@ import xarray as xr
 
 from ..grid import SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, footprint_geometry, psf_on_grid
 from ..observation import CUBE_DIMS, energy_edges, is_pixel_observation, pixel_size, validate
-from .area import Scale
+from .area import AreaMap, Scale
 from .footprint import Footprint, footprint_matrix
 from .psf import Convolve2D, EnergyDependentSpatial, SpatialMatrix, StackedSpatial, band_weights
 from .rebin import Rebin
@@ -46,28 +46,56 @@ class Chain:
 class InstrumentModel(Chain):
     """``post * spatial(spectral(weights * Z))`` for one instrument on the fused grid.
 
-    Attributes: ``weights`` (t*A on the fused grid, (L,) or (M, N, L), s cm2),
+    Attributes: ``area`` (t*A on the fused grid, s cm2: an (L,) array, or for a vignetted area an
+    :class:`~xfusion.operators.area.AreaMap` (M, N, L) kept at the observation's resolution),
+    ``weights`` (the same as an array; an AreaMap is built whole: in-memory use only),
     ``spectral`` (last-axis operator or None), ``spatial`` (axes-(0,1) operator or None),
-    ``role`` ("spatial" for X, "spectral" for Y), ``data_shape`` (shape of the counts),
+    ``data_shape`` (shape of the counts),
     ``post`` (None, or data-side factors (P, L): per-pixel ARF / reference ARF of a
     detector-pixel instrument) and ``background`` (None, or the known expected background
     counts B of the data, shape ``data_shape``: NOT part of the linear operator; the
     likelihood adds it, expected counts = forward(Z) + B, see :meth:`expected`).
     """
 
-    def __init__(self, weights, spectral, spatial, role, fused_shape, data_shape, post=None, background=None):
-        self.weights = np.asarray(weights, dtype=np.float64)
-        self.spectral, self.spatial, self.role = spectral, spatial, role
+    def __init__(self, weights, spectral, spatial, fused_shape, data_shape, post=None, background=None):
+        self.area = weights if isinstance(weights, AreaMap) else np.asarray(weights, dtype=np.float64)
+        self.spectral, self.spatial = spectral, spatial
         self.fused_shape, self.data_shape = tuple(fused_shape), tuple(data_shape)
         self.post = None if post is None else np.asarray(post, dtype=np.float64)
         self.background = None if background is None else np.asarray(background, dtype=np.float64)
-        super().__init__([Scale(self.weights), spectral, spatial, None if post is None else Scale(self.post)])
+        super().__init__([Scale(self.area), spectral, spatial, None if post is None else Scale(self.post)])
+
+    @property
+    def weights(self):
+        return self.ops[0].weights
+
+    @property
+    def vignetted(self):
+        """Whether the weights vary with position ((M, N, L) rather than (L,))."""
+        return self.area.ndim > 1
+
+    def mean_weight(self):
+        """Mean of t*A over the fused voxels (exact, without building a vignetted cube)."""
+        return self.area.mean() if isinstance(self.area, AreaMap) else float(np.mean(self.area))
+
+    def sees(self):
+        """Whether t*A > 0 somewhere on the fused grid (without building a vignetted cube)."""
+        return self.area.any_positive() if isinstance(self.area, AreaMap) else bool(np.max(self.area) > 0)
+
+    def per_channel(self):
+        """The model with its weights averaged over the fused pixels ((L,); the same model if they are)."""
+        if not self.vignetted:
+            return self
+        w = self.area.channel_mean() if isinstance(self.area, AreaMap) else self.area.mean(axis=(0, 1))
+        return InstrumentModel(w, self.spectral, self.spatial, self.fused_shape, self.data_shape, self.post,
+                               self.background)
 
     def scaled(self, factor):
         """The same model with weights divided by ``factor`` (solving for ``factor * Z``); the
         background (counts) is unchanged."""
-        return InstrumentModel(self.weights / factor, self.spectral, self.spatial, self.role, self.fused_shape,
-                               self.data_shape, self.post, self.background)
+        w = self.area.scaled(1.0 / factor) if isinstance(self.area, AreaMap) else self.area / factor
+        return InstrumentModel(w, self.spectral, self.spatial, self.fused_shape, self.data_shape, self.post,
+                               self.background)
 
     def expected(self, z):
         """Expected counts ``forward(z) + background`` (data shape)."""
@@ -81,12 +109,12 @@ class InstrumentModel(Chain):
         (r, l) so that ``model(W @ basis) == spatial(W) @ V_eff``. Needs a non-vignetted
         area (weights over energy only).
         """
-        if self.weights.ndim > 1:
+        if self.vignetted:
             raise ValueError("the low-rank path needs an effective area that does not vary with position")
         if self.post is not None:
             raise ValueError("the low-rank path needs one effective area for all detector pixels (per-pixel ARFs "
                              "given); use regularization='wavelet2d1d' or 'none'")
-        v = np.asarray(basis, dtype=np.float64) * self.weights
+        v = np.asarray(basis, dtype=np.float64) * self.area
         if isinstance(self.spatial, EnergyDependentSpatial):
             bands = [v * wb for wb in self.spatial.weights]
             if self.spectral is not None:
@@ -97,11 +125,12 @@ class InstrumentModel(Chain):
         return self.spatial, v
 
 
-def _area_on_grid(obs, fine_edges, fused_hw, factor):
-    """Effective area (cm2) of ``obs`` on the fused energy bins (and fused pixels if vignetted)."""
+def _area_on_grid(obs, fine_edges, fused_hw, factor, exposure=1.0):
+    """Exposure x effective area (s cm2) of ``obs`` on the fused energy bins: (L,), or for a vignetted area an
+    :class:`~xfusion.operators.area.AreaMap` over the fused pixels (kept on the observation's pixels)."""
     a = obs["effective_area"]
     if a.ndim == 0:
-        return np.full(fine_edges.size - 1, float(a.values))
+        return exposure * np.full(fine_edges.size - 1, float(a.values))
     et = energy_edges(obs, "energy_true")
     e = 0.5 * (fine_edges[1:] + fine_edges[:-1])
     if e[0] < et[0] or e[-1] > et[-1]:
@@ -111,12 +140,8 @@ def _area_on_grid(obs, fine_edges, fused_hw, factor):
         )
     centres = obs["energy_true"].values
     if a.ndim == 1:
-        return np.interp(e, centres, a.values)
-    vals = np.asarray(a.transpose("x", "y", "energy_true").values)
-    out = np.stack([np.interp(e, centres, row) for row in vals.reshape(-1, vals.shape[-1])])
-    out = out.reshape(vals.shape[:2] + (e.size,))
-    if factor > 1:
-        out = np.repeat(np.repeat(out, factor, axis=0), factor, axis=1)
+        return exposure * np.interp(e, centres, a.values)
+    out = AreaMap(a.transpose("x", "y", "energy_true").values, centres, e, factor, exposure)
     if out.shape[:2] != tuple(fused_hw):
         raise ValueError("vignetted effective_area does not match the fused pixel grid")
     return out
@@ -234,29 +259,29 @@ def build_model(grid, obs, role) -> InstrumentModel:
     if role == SPECTRAL and is_pixel_observation(obs):
         pa = _pixel_area(obs, fine)
         if pa is None:
-            w = t * _area_on_grid(obs, fine, hw, 1)
+            w = _area_on_grid(obs, fine, hw, 1, t)
         else:
             ref = pa.mean(axis=0)
             w = t * ref
             post = np.where(ref > 0, pa / np.where(ref > 0, ref, 1.0), 0.0)
         psf = grid["psf"] if "psf" in grid else (psf_on_grid(obs["psf"], pixel_size(grid)) if "psf" in obs else None)
         spatial = _footprint_op(grid, obs, psf, grid["energy"].values)
-        return InstrumentModel(w, None, spatial, role, hw + (fine.size - 1,), obs["counts"].shape, post,
+        return InstrumentModel(w, None, spatial, hw + (fine.size - 1,), obs["counts"].shape, post,
                                _background(obs))
     if is_pixel_observation(obs):
         raise ValueError("a detector-pixel observation can only be the sharp-spectral instrument (role 'spectral')")
     if role == SPATIAL:
         vl = _spectral_factor(obs, grid)
-        w = t * _area_on_grid(obs, fine, hw, 1)
+        w = _area_on_grid(obs, fine, hw, 1, t)
         spectral, spatial = _spectral_op(obs, fine, vl), None
     elif role == SPECTRAL:
         vs = _spatial_factor(grid, obs)
-        w = t * _area_on_grid(obs, fine, hw, vs)
+        w = _area_on_grid(obs, fine, hw, vs, t)
         spectral = None
         spatial = _spatial_op(obs, hw, vs, grid["psf"] if "psf" in grid else None, grid["energy"].values)
     else:
         raise ValueError(f"role must be '{SPATIAL}' or '{SPECTRAL}'; got {role!r}")
-    return InstrumentModel(w, spectral, spatial, role, hw + (fine.size - 1,), obs["counts"].shape, None,
+    return InstrumentModel(w, spectral, spatial, hw + (fine.size - 1,), obs["counts"].shape, None,
                            _background(obs))
 
 

@@ -1,4 +1,7 @@
-"""``wavelet2d1d`` (default): l1 sparsity of the 2D-1D starlet coefficients of the full cube (paper Alg. 2)."""
+"""``wavelet2d1d``: l1 sparsity of the 2D-1D starlet coefficients of the full cube (paper Alg. 2).
+
+One of the two families of the default ``regularization="auto"`` (:func:`xfusion.tuning.select`), and what
+"auto" becomes when a wavelet option is given explicitly or the data cannot be thinned."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Readers for OGIP spectral response files (RMF and ARF).
+"""Readers for OGIP files: spectral responses (RMF, ARF) and spectra (PHA, type I and II).
 
 The OGIP formats are described in the HEASARC memos CAL/GEN/92-002 (and its
 addendum 92-002a).  An RMF has a response-matrix extension (``MATRIX`` or
@@ -684,7 +684,7 @@ def read_pha(path, *, spectrum: int | None = None, hdu: int | str | None = None)
         ``filter``, ``obs_id``, ``object``, ``chantype``, ``hduclas3``,
         ``backfile``, ``respfile``, ``ancrfile``, ``corrfile`` (empty string
         when absent).  A type-II file's ``SPEC_INFO`` table (per-row
-        information from :func:`xfusion.io.export.write_pha2`) becomes
+        information from :func:`xfusion.io.ogip_write.write_pha2`) becomes
         coordinates along ``spectrum`` (lower-case names).
 
     Raises

@@ -2,7 +2,7 @@
 
 :func:`observation_from_files` bins an event list (:func:`xfusion.io.events.read_events`)
 on a tangent-plane grid and attaches the instrument's OGIP responses
-(:func:`xfusion.io.ogip.read_rmf`, :func:`xfusion.io.ogip.read_arf`) and PSF image
+(:func:`xfusion.io.ogip_read.read_rmf`, :func:`xfusion.io.ogip_read.read_arf`) and PSF image
 (:func:`xfusion.io.psf.read_psf`), returning a validated :func:`xfusion.observation`.
 
 :func:`align` crops two such observations onto grids that :func:`xfusion.fusion_grid`
@@ -38,10 +38,10 @@ from ..grid import assign_roles, fusion_grid
 from ..observation import (REL_TOL, clip_negative_rows, edge_tolerance, energy_edges as _edges_of, observation,
                            pixel_size as _pixel_size)
 from .events import INSTRUMENTS, _detect_instrument, read_events
-from .ogip import SparseRMF, edges_coords, read_arf, read_rmf
+from .ogip_read import SparseRMF, edges_coords, read_arf, read_rmf
 from .psf import read_psf
 
-__all__ = ["observation_from_files", "align", "common_channel_edges", "background_counts"]
+__all__ = ["observation_from_files", "align", "common_channel_edges", "background_counts", "background_from_pha"]
 
 _GRID_KEYS = ("energy_edges", "pixel_size", "center", "shape")
 #: snapping tolerance of user energy edges onto EBOUNDS edges, in channel widths
@@ -169,7 +169,8 @@ def background_counts(counts, background):
     spatial = c.shape[:-1]
     if isinstance(background, dict):
         if set(background) != {"region"}:
-            raise ValueError(f"background dict takes only 'region' (a bool mask over {spatial}); got {list(background)}")
+            raise ValueError(f"background dict takes 'region' (a bool mask over {spatial}) or, in "
+                             f"observation_from_files, 'pha' and 'backscal'; got {list(background)}")
         m = np.asarray(background["region"])
         if m.dtype != bool or m.shape != spatial:
             raise ValueError(f"background region must be a bool mask of shape {spatial} (the counts' pixels); got "
@@ -185,6 +186,76 @@ def background_counts(counts, background):
         return np.broadcast_to(b / int(np.prod(spatial)), c.shape).copy()
     raise ValueError(f"background must be counts per voxel {c.shape}, a spectrum ({c.shape[-1]},) or "
                      f"{{'region': mask}}; got shape {b.shape}")
+
+
+def background_from_pha(background, energy_edges, exposure, channels=None):
+    """Background spectrum (counts per counts channel, the whole extraction) from a background PHA file.
+
+    ``background``: ``{"pha": path or read_pha Dataset (type I, or one row of a type II),
+    "backscal": B_s}`` with ``B_s`` the BACKSCAL of the source extraction (the whole field or
+    pixel array of the counts) in the units of the file's BACKSCAL (e.g. the file's own value
+    for an NXB spectrum of the same pixels). Each background channel is scaled as OGIP
+    fitting tools do:
+
+        B = C_b * (B_s / BACKSCAL_b) * (t_s / EXPOSURE_b) / AREASCAL_b
+
+    (``C_b`` counts, or RATE x EXPOSURE_b; ``t_s`` = ``exposure``, s, the source exposure;
+    the source AREASCAL is 1), then summed over the background channels inside each counts
+    channel: by channel number when ``channels`` (the (n + 1,) RMF channel numbers bounding
+    the counts channels) is given, else by the file's EBOUNDS energies, which must tile
+    ``energy_edges`` (keV). Channels in use with QUALITY != 0 are refused.
+    Returns ``(spectrum (n,), description)``.
+    """
+    from .ogip_read import read_pha
+
+    if set(background) != {"pha", "backscal"}:
+        raise ValueError("a background PHA is given as {'pha': path, 'backscal': B_s}, B_s the BACKSCAL of the "
+                         "source extraction (the whole field / pixel array of the counts) in the units of the "
+                         f"file's BACKSCAL; got keys {sorted(background)}")
+    src = background["pha"]
+    ds = src if isinstance(src, xr.Dataset) else read_pha(src)
+    label = os.path.basename(str(ds.attrs.get("file", src)))
+    if "spectrum" in ds.dims:
+        raise ValueError(f"{label} is a type-II PHA with {ds.sizes['spectrum']} spectra; pass one row: "
+                         "{'pha': xfusion.io.read_pha(path, spectrum=i), ...}")
+    b_s = float(background["backscal"])
+    if not np.isfinite(b_s) or b_s <= 0:
+        raise ValueError(f"background backscal must be a positive number (the source extraction's BACKSCAL); "
+                         f"got {background['backscal']!r}")
+    t_b = ds["exposure"].values
+    if not np.all(np.isfinite(t_b)) or np.any(t_b <= 0):
+        raise ValueError(f"{label}: no positive EXPOSURE; the background cannot be scaled to the source exposure")
+    c_b = ds["counts"].values if "counts" in ds else ds["rate"].values * t_b
+    scaled = c_b * (b_s / ds["backscal"].values) * (float(exposure) / t_b) / ds["areascal"].values
+    n = len(energy_edges) - 1
+    if channels is not None:
+        ch = ds["channel"].values
+        which = np.searchsorted(np.asarray(channels), ch, side="right") - 1
+        inside = (ch >= channels[0]) & (ch < channels[-1])
+        missing = np.setdiff1d(np.arange(channels[0], channels[-1]), ch[inside])
+        if missing.size:
+            raise ValueError(f"{label}: channels {missing[:5].tolist()}... of the counts are not in the background "
+                             "PHA; it must cover the band on the RMF's channels")
+    else:
+        if "energy_lo" not in ds.coords:
+            raise ValueError(f"{label}: no EBOUNDS (in the file or its RESPFILE) and no rmf= given: the background "
+                             "channels cannot be matched to the counts channels")
+        e = np.asarray(energy_edges, dtype=np.float64)
+        lo, hi = ds["energy_lo"].values, ds["energy_hi"].values
+        which = np.searchsorted(e, 0.5 * (lo + hi), side="right") - 1
+        inside = (which >= 0) & (which < n)
+        width = np.bincount(which[inside], weights=(hi - lo)[inside], minlength=n)
+        if not np.allclose(width, np.diff(e), rtol=1e-3, atol=0):
+            raise ValueError(f"{label}: its EBOUNDS channels do not tile the counts channels "
+                             f"{e[0]:.6g}-{e[-1]:.6g} keV; use a background on the same channels")
+    bad = inside & (ds["quality"].values != 0)
+    if bad.any():
+        raise ValueError(f"{label}: {int(bad.sum())} channel(s) in use have QUALITY != 0 (e.g. channel "
+                         f"{int(ds['channel'].values[bad][0])}); narrow the band or fix the background file")
+    spec = np.bincount(which[inside], weights=scaled[inside], minlength=n)
+    desc = (f"{label}: counts x BACKSCAL ratio {b_s:.6g}/{float(np.median(ds['backscal'].values)):.6g} x EXPOSURE "
+            f"ratio {float(exposure):.6g}/{float(np.median(t_b)):.6g} s / AREASCAL, spread per unit area")
+    return spec, desc
 
 
 def _exposure_map(emap, area, edges, counts):
@@ -209,6 +280,39 @@ def _exposure_map(emap, area, edges, counts):
 
 def _arf(arf):
     return arf if isinstance(arf, xr.DataArray) else read_arf(arf)
+
+
+def _pixel_arfs(arf, counts):
+    """Per-pixel effective area (pixel, energy_true) for the counts' detector pixels, chosen by pixel number.
+
+    ``arf``: ``{pixel number: ARF path or DataArray (energy_true,)}`` (all on the same true-energy
+    grid) or a DataArray (pixel, energy_true) with a ``pixel`` coordinate of detector numbers;
+    pixels the counts do not hold (calibration, excluded) are dropped, missing ones refused.
+    """
+    if "pixel" not in counts.dims:
+        raise ValueError("per-pixel ARFs (a dict, or an ARF over pixel) need bin_by='pixel'; sky binning takes "
+                         "one ARF and exposure_map= for position-dependent area")
+    if isinstance(arf, dict):
+        parts = {int(k): _arf(v) for k, v in arf.items()}
+        first = next(iter(parts.values()), None)
+        if first is None or any(a.dims != ("energy_true",) for a in parts.values()):
+            raise ValueError("per-pixel ARFs: give {pixel number: ARF path or DataArray over energy_true}")
+        for k, a in parts.items():
+            for c in ("energy_true_lo", "energy_true_hi"):
+                if a[c].shape != first[c].shape or not np.array_equal(a[c].values, first[c].values):
+                    raise ValueError(f"the ARF of pixel {k} has another true-energy grid than pixel "
+                                     f"{next(iter(parts))}; per-pixel ARFs must share their ENERG_LO/ENERG_HI")
+        arf = xr.concat([a.drop_vars([c for c in a.coords if c not in a.dims and not c.startswith("energy_true")])
+                         for a in parts.values()], dim="pixel").assign_coords(pixel=list(parts))
+        arf.attrs = dict(first.attrs)
+    if "pixel" not in arf.coords:
+        raise ValueError("a per-pixel ARF DataArray needs a 'pixel' coordinate of detector pixel numbers")
+    want = np.asarray(counts["pixel"].values)
+    missing = np.setdiff1d(want, arf["pixel"].values)
+    if missing.size:
+        raise ValueError(f"no ARF for detector pixel(s) {missing.tolist()} of the counts; give one per pixel used "
+                         "or exclude those pixels (exclude_pixels=)")
+    return arf.sel(pixel=want).transpose("pixel", "energy_true")
 
 
 def _psf(psf, psf_pixel_size):
@@ -258,7 +362,10 @@ def observation_from_files(
     rmf, arf : path, DataArray (or SparseRMF for ``rmf``), optional
         OGIP redistribution matrix and ancillary response. The RMF becomes ``response``
         (its channels grouped like the counts, see the module docstring), the ARF
-        ``effective_area``. Without an RMF, ``energy_edges`` is required.
+        ``effective_area``. Without an RMF, ``energy_edges`` is required. With
+        ``bin_by="pixel"``, ``arf`` may also be per-pixel ARFs: ``{pixel number: path or
+        DataArray}`` (same true-energy grid) or a DataArray (pixel, energy_true) with a
+        ``pixel`` coordinate; those of the pixels kept are used, by pixel number.
     psf : path, DataArray or None
         PSF image (FITS with a celestial WCS or a pixel-size keyword; read with
         :func:`xfusion.io.psf.read_psf`, odd, centred on its peak, normalized).
@@ -312,7 +419,11 @@ def observation_from_files(
         array (n_energy,) (the background spectrum of the whole field / array, spread per
         unit area), or ``{"region": bool (nx, ny)}`` (sky binning: a source-free region of
         the same events; its spectrum per pixel, i.e. scaled by the area ratio that BACKSCAL
-        records, is the background of every pixel).
+        records, is the background of every pixel), or ``{"pha": path, "backscal": B_s}``: a
+        background PHA (e.g. an XMM background region or a Resolve NXB spectrum) scaled to the
+        source by the BACKSCAL ratio (``B_s`` the source extraction's, i.e. of the whole field or
+        pixel array) and the exposure ratio, see :func:`background_from_pha`
+        (``attrs["background_source"]`` records the scaling).
 
     exposure_map : array (nx, ny), optional (sky binning only)
         Relative exposure of each pixel in [0, 1]: vignetting x chip gaps x bad columns (e.g. an
@@ -428,11 +539,18 @@ def observation_from_files(
         exposure = float(counts.attrs["exposure"])
         if not np.isfinite(exposure):
             raise ValueError(f"{label}: no GTI extension and no EXPOSURE/LIVETIME/ONTIME keyword; pass exposure= (s)")
-    area = _arf(arf) if arf is not None else None
+    if isinstance(arf, dict) or (isinstance(arf, xr.DataArray) and "pixel" in arf.dims):
+        area = _pixel_arfs(arf, counts)
+    else:
+        area = _arf(arf) if arf is not None else None
     mask = None
     if exposure_map is not None:
         area, mask = _exposure_map(exposure_map, area, energy_edges, counts)
     psf_da = _psf(psf, psf_pixel_size)
+    bkg_desc = None
+    if isinstance(background, dict) and "pha" in background:
+        chans = None if response is None else np.asarray(sp.channel, dtype=np.int64)[0] + idx.astype(np.int64)
+        background, bkg_desc = background_from_pha(background, energy_edges, exposure, chans)
     obs = observation(
         counts, energy_edges=energy_edges, pixel_size=float(pixel_size), exposure=float(exposure),
         effective_area=area, psf=psf_da, response=response,
@@ -446,6 +564,8 @@ def observation_from_files(
         "exposure_source": "argument exposure=" if exposure_given else counts.attrs["exposure_source"],
         "energy_binning": counts.attrs["energy_binning"],
     })
+    if bkg_desc is not None:
+        obs.attrs["background_source"] = bkg_desc
     return obs
 
 
@@ -541,7 +661,7 @@ def _spectral_crop(sharp, coarse):
             f"align: {int(np.sum(common & ~kept))} channel(s) of '{_name(coarse, 'coarse')}' inside the common band "
             f"were dropped because their edges do not coincide with whole groups of '{_name(sharp, 'sharp')}' "
             f"channels; kept {ec[k0]:.4g}-{ec[k1]:.4g} keV. To keep them, rebuild '{_name(coarse, 'coarse')}' "
-            "with observation_from_files(..., energy_edges=xfusion.io.files.common_channel_edges(<its rmf>, "
+            "with observation_from_files(..., energy_edges=xfusion.io.observation_files.common_channel_edges(<its rmf>, "
             f"<'{_name(sharp, 'sharp')}'>))",
             stacklevel=3,
         )

@@ -73,7 +73,7 @@ def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=Fal
         Variable of ``result`` to write (default ``"flux"``).
     center : (float, float), optional
         (RA, Dec) in degrees of the tangent point (offset x = y = 0), e.g. the ``center``
-        given to :func:`xfusion.io.files.observation_from_files`. Without it the spatial
+        given to :func:`xfusion.io.observation_files.observation_from_files`. Without it the spatial
         axes are linear offsets in arcsec (see module docstring).
     overwrite : bool
         Overwrite an existing file.
@@ -153,7 +153,7 @@ def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=Fal
                       ("iterations", "XFNITER")):
         if key in attrs:
             h[fkey] = attrs[key]
-    h["CREATOR"] = "xfusion.io.fits_export"
+    h["CREATOR"] = "xfusion.io.fits_cube"
 
     energies = fits.BinTableHDU.from_columns(
         [fits.Column(name="CHANNEL", format="J", array=np.arange(1, n_e + 1, dtype=np.int32)),

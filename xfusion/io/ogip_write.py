@@ -19,11 +19,11 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
-from xfusion.io.ogip import SparseRMF
+from xfusion.io.ogip_read import SparseRMF
 
 __all__ = ["write_pha", "write_rmf", "write_arf"]
 
-_CREATOR = "xfusion.io.export"
+_CREATOR = "xfusion.io.ogip_write"
 
 
 def _edges_from(obj: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +116,7 @@ def write_rmf(
     matrix : xarray.DataArray or SparseRMF
         Dims ``("energy_true", "energy")`` with coordinates
         ``energy_true_lo/hi`` and ``energy_lo/hi`` (keV) and optionally
-        ``channel`` (e.g. the output of :func:`xfusion.io.ogip.read_rmf`).
+        ``channel`` (e.g. the output of :func:`xfusion.io.ogip_read.read_rmf`).
         If ``attrs["arf_folded"]`` is true the extension is named
         ``SPECRESP MATRIX`` with ``HDUCLAS3 = 'FULL'``; otherwise ``MATRIX``
         with ``HDUCLAS3 = 'REDIST'``.
@@ -410,7 +410,7 @@ def write_pha(
     ``POISSERR``, ``SYS_ERR``, ``GROUPING`` (keyword 0 unless a
     ``GROUPING`` column is written), ``OBS_ID``.  gammapy's
     ``OGIPDatasetReader`` also needs ``ANCRFILE`` (an ARF).  Read back with
-    :func:`xfusion.io.ogip.read_pha`.
+    :func:`xfusion.io.ogip_read.read_pha`.
     """
     path = Path(path)
     da = spectrum_counts if isinstance(spectrum_counts, xr.DataArray) else None
@@ -750,7 +750,7 @@ def write_pha2(
     Sherpa does not read]; keywords as for :func:`write_pha` with ``HDUCLAS4 =
     'TYPE:II'``, ``POISSERR = T``, no ``BACKFILE``. Sherpa 4.19 loads such a file as one
     dataset per row (checked); gammapy 2.x has no type-II reader (use :func:`write_pha`
-    per spectrum for it). Read back with :func:`xfusion.io.ogip.read_pha`.
+    per spectrum for it). Read back with :func:`xfusion.io.ogip_read.read_pha`.
     """
     path = Path(path)
     c = np.asarray(spectra, dtype=np.float64)
@@ -956,7 +956,7 @@ def _write_covariance(cov, path, n_rep, unit, overwrite, pha_name):
 def _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys):
     """Write ``PREFIX.rmf`` (identity: fused channels are true energies) and ``PREFIX.arf`` (constant
     ``area`` cm2) on the channel edges ``lo``/``hi`` (keV); return the (pha, rmf, arf) paths."""
-    from .ogip import edges_coords
+    from .ogip_read import edges_coords
 
     prefix = os.fspath(path_prefix)
     pha_path, rmf_path, arf_path = (Path(prefix + s) for s in (".pha", ".rmf", ".arf"))

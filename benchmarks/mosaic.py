@@ -1,0 +1,279 @@
+"""Mosaic fusion (issue 18): EPIC-pn + MOS1 + MOS2 and a 2x2 Resolve mosaic in one likelihood.
+
+Scene: :func:`xfusion.scenes_mosaic.make_mosaic` (a cluster core with a bulk-velocity gradient, 72x72 fused
+pixels of 5" x 400 channels of 2 eV at 6.2-7.0 keV; pn 3e6 counts, MOS1/MOS2 ~1.3e6 each, four Resolve
+pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half an array). Prints:
+
+1. **quality**: NMSE (dB, higher better) of the fused cube against the truth and the velocity-map RMS error
+   (km/s, moments of the reference line over the bright half of the field, as benchmarks/suite.py) for
+   pn + Resolve mosaic and pn + MOS1 + MOS2 + Resolve mosaic, same settings (``--reg``, default wavelet2d1d
+   with pinned options k=1, n_scales_1d=5, null_space=zero; and plain RL at a fixed iteration); the velocity
+   RMS also inside the mosaic only (fused pixels whose centre lies in some tile); ``--rl-sweep``: plain RL
+   at iterations 2, 4, 8, 16, 32 of one run per input set (and each set at its best-NMSE iteration);
+2. **seams**: per tile, predicted vs observed total counts (chi = (obs - pred) / sqrt(pred)) and the
+   per-detector-pixel chi2/dof (band-integrated); pn's band-integrated residual map (d - m)/sqrt(m), the
+   fused map's relative error vs the truth (band-integrated) and the velocity-map error on strips of +-5"
+   along the tile edges that lie inside another pointing (the seams) vs inside the tiles away from any
+   edge, the outer edge of the mosaic and outside it (a seam shows as larger residuals or errors there);
+3. **time vs data size**: seconds per iteration (RL, 5 iterations, best of ``--repeat``) and the total data
+   size (voxels of all inputs' counts) for 2 (pn + tile 1), 3 (+ MOS1), 5 (pn + 4 tiles), 6 (+ MOS1) and 7
+   inputs, with the ratio time / data size relative to the 2-input case;
+4. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders;
+   wavelet2d1d 10 iterations and RL 5 iterations) computed with the
+   committed code (``git archive HEAD`` unpacked in a temporary directory, run in a subprocess) and with the
+   working tree: maximum absolute difference of the flux (0 = bit for bit).
+
+    nice -n 15 python benchmarks/mosaic.py                 # all sections (~10-20 min on a loaded 2-core box)
+    python benchmarks/mosaic.py --sections time --repeat 3
+    python benchmarks/mosaic.py --two-input-check --sections none
+    python benchmarks/mosaic.py --size 72 200 --counts 3e5 2e6 --rl-sweep --sections quality   # few pn counts
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import xfusion
+from xfusion import analysis, scenes
+from xfusion.fuse import counts_of
+from xfusion.metrics import nmse
+from xfusion.scenes_mosaic import make_mosaic, tile_masks
+
+PINNED = {"k": 1.0, "n_scales_1d": 5, "null_space": "zero"}
+
+
+def _vel(flux, truth, region=None):
+    lm = scenes.line_map_args(truth)
+    lsf = float(truth.attrs["lsf_sigma_kev"])
+    tm = analysis.line_map(truth["flux"], lsf_sigma=lsf, **lm)
+    em = analysis.line_map(flux, lsf_sigma=lsf, **lm)
+    if region is not None:
+        tm = tm.assign(valid=tm["valid"] & region)
+    return analysis.map_errors(tm, em, fraction=0.5)["velocity_rms_kms"]
+
+
+def quality(obs, truth, args):
+    mosaic = truth.attrs["tile_centers_arcsec"]
+    inside = tile_masks(truth, truth.x.values, truth.y.values).any("tile").values
+    sets = {"pn + Resolve mosaic": ["pn"] + [f"tile{k + 1}" for k in range(len(mosaic))],
+            "pn + MOS1 + MOS2 + Resolve mosaic": ["pn", "mos1", "mos2"] + [f"tile{k + 1}" for k in range(len(mosaic))]}
+    runs = {"wavelet2d1d": dict(regularization="wavelet2d1d", max_iter=args.max_iter, tol=1e-4, **PINNED),
+            f"RL {args.rl_iter} it": dict(regularization="none", max_iter=args.rl_iter, tol=None)}
+    if args.rl_sweep:
+        rl_sweep(obs, truth, sets, inside)
+    print("\n== quality: NMSE (dB) and velocity RMS (km/s; bright half of the field | inside the mosaic) ==")
+    out = {}
+    for rname, kw in runs.items():
+        for sname, keys in sets.items():
+            t0 = time.perf_counter()
+            r = xfusion.fuse(*[obs[k] for k in keys], progress=False, **kw)
+            dt = time.perf_counter() - t0
+            q = {"nmse_db": nmse(truth["flux"], r["flux"]), "vel_rms": _vel(r["flux"], truth),
+                 "vel_rms_mosaic": _vel(r["flux"], truth, inside), "iterations": int(r.attrs["iterations"]),
+                 "s_per_it": float(r.attrs["seconds_per_iteration"]), "wall_s": dt}
+            out[(rname, sname)] = (q, r)
+            print(f"{rname:14s} {sname:36s} NMSE {q['nmse_db']:6.2f} dB  vel {q['vel_rms']:6.1f} | "
+                  f"{q['vel_rms_mosaic']:6.1f} km/s  ({q['iterations']} it, {q['s_per_it']:.2f} s/it, {dt:.0f} s)",
+                  flush=True)
+    return out
+
+
+def rl_sweep(obs, truth, sets, inside, marks=(2, 4, 8, 16, 32)):
+    """Plain RL (regularization="none") of each input set, NMSE and velocity RMS at several iterations of ONE
+    run (the iterate read by the callback; internal units converted with the final flux): the curve, and each
+    set at its own best iteration (an oracle: the truth chooses)."""
+    print("\n== RL sweep: NMSE (dB) | velocity RMS (km/s, bright half; inside the mosaic) per iteration ==")
+    for sname, keys in sets.items():
+        rec = {}
+
+        def cb(it, state):
+            if it in marks:
+                rec[it] = np.array(state["z"], dtype=np.float64, copy=True)
+            return False
+
+        r = xfusion.fuse(*[obs[k] for k in keys], regularization="none", max_iter=max(marks), tol=None,
+                         progress=False, callback=cb)
+        scale = float(rec[max(marks)].sum() / np.sum(r["flux"].values, dtype=np.float64))
+        best = None
+        for it in marks:
+            f = truth["flux"].copy(data=(rec[it] / scale).astype(np.float32))
+            q = (nmse(truth["flux"], f), _vel(f, truth), _vel(f, truth, inside))
+            best = q if best is None or q[0] > best[0] else best
+            print(f"RL it {it:2d}  {sname:36s} NMSE {q[0]:6.2f} dB  vel {q[1]:6.1f} | {q[2]:6.1f} km/s", flush=True)
+        print(f"RL best-NMSE iteration, {sname}: NMSE {best[0]:.2f} dB, vel {best[1]:.1f} | {best[2]:.1f} km/s")
+
+
+def _border_strips(truth, x, y, width=5.0):
+    """(internal, outer): fused pixels within ``width`` arcsec of a tile edge that lies inside another tile (a
+    seam between pointings) or inside no other tile (the outer boundary of the mosaic)."""
+    gx, gy = np.meshgrid(x, y, indexing="ij")
+    inside = tile_masks(truth, x, y).values
+    internal, outer = np.zeros(gx.shape, bool), np.zeros(gx.shape, bool)
+    n_side, pitch = truth.attrs["det_n"], truth.attrs["det_pixel"]
+    h = 0.5 * n_side * pitch
+    for k, (c, r) in enumerate(zip(truth.attrs["tile_centers_arcsec"], truth.attrs["tile_rolls_deg"])):
+        a = np.deg2rad(r)
+        dx, dy = gx - c[0], gy - c[1]
+        u, v = np.cos(a) * dx + np.sin(a) * dy, -np.sin(a) * dx + np.cos(a) * dy
+        near = ((np.abs(np.abs(u) - h) < width) & (np.abs(v) < h + width)) | \
+               ((np.abs(np.abs(v) - h) < width) & (np.abs(u) < h + width))
+        others = np.delete(inside, k, axis=0).any(axis=0)
+        internal |= near & others
+        outer |= near & ~others
+    return internal, outer & ~internal
+
+
+def seams(result, obs, truth, label):
+    print(f"\n== seams ({label}) ==")
+    inputs = json.loads(result.coverage.attrs["input_names"])
+    pos = {n: i for i, n in enumerate(inputs)}
+    rows = []
+    for k in range(len(truth.attrs["tile_centers_arcsec"])):
+        name = f"Resolve tile {k + 1}"
+        m, d = (v.values for v in counts_of(result, pos[name]))
+        w = obs[f"tile{k + 1}"]["mask"].values
+        mp, dp = (np.where(w, m, 0).sum(axis=1), np.where(w, d, 0).sum(axis=1))
+        use = mp > 0
+        chi_tot = (dp.sum() - mp.sum()) / np.sqrt(mp.sum())
+        chi2 = float(np.sum((dp[use] - mp[use]) ** 2 / mp[use]) / use.sum())
+        rows.append((name, mp.sum(), dp.sum(), chi_tot, chi2))
+        print(f"{name}: predicted {mp.sum():.6g}  observed {dp.sum():.6g}  chi {chi_tot:+.2f}  "
+              f"per-pixel chi2/dof {chi2:.2f} ({int(use.sum())} pixels, band-integrated)")
+    x, y = result.x.values, result.y.values
+    internal, outer = _border_strips(truth, x, y)
+    inside = tile_masks(truth, x, y).any("tile").values
+    m = result["model_spatial"].values.sum(-1)
+    d = result["counts_spatial"].values.sum(-1)
+    res = (d - m) / np.sqrt(np.maximum(m, 1e-9))
+    fe = result["flux"].values.sum(-1)
+    ft = truth["flux"].values.sum(-1)
+    rel = (fe - ft) / np.maximum(ft, 1e-30)
+    lm, lsf = scenes.line_map_args(truth), float(truth.attrs["lsf_sigma_kev"])
+    tv = analysis.line_map(truth["flux"], lsf_sigma=lsf, **lm)
+    ev = analysis.line_map(result["flux"], lsf_sigma=lsf, **lm)
+    dv = np.abs(ev["velocity"].values - tv["velocity"].values)
+    vok = tv["valid"].values & ev["valid"].values
+    bright = ft > np.quantile(ft, 0.25)
+    print("  band-integrated: pn residual (d - m)/sqrt(m); fused map relative error vs truth; |velocity error|")
+    for nm, sel in (("seams between pointings", internal & bright),
+                    ("inside tiles, off the edges", inside & ~internal & ~outer & bright),
+                    ("outer edge of the mosaic", outer & bright), ("outside every tile", ~inside & ~outer & bright)):
+        vv = dv[sel & vok]
+        print(f"  {nm:28s} pn residual mean {res[sel].mean():+.3f} rms {res[sel].std():.3f} | map rel. error mean "
+              f"{rel[sel].mean():+.4f} rms {np.sqrt(np.mean(rel[sel] ** 2)):.4f} | |dv| median "
+              f"{np.median(vv) if vv.size else np.nan:5.1f} km/s ({int(sel.sum())} px)")
+    return rows
+
+
+def timing(obs, args):
+    print("\n== time per iteration vs data size (RL, 5 iterations, best of %d) ==" % args.repeat)
+    tiles = [k for k in obs if k.startswith("tile")]
+    sets = [["pn", "tile1"], ["pn", "mos1", "tile1"], ["pn"] + tiles, ["pn", "mos1"] + tiles,
+            ["pn", "mos1", "mos2"] + tiles]
+    base = None
+    for keys in sets:
+        size = sum(int(obs[k]["counts"].size) for k in keys)
+        best = np.inf
+        for _ in range(args.repeat):
+            r = xfusion.fuse(*[obs[k] for k in keys], regularization="none", max_iter=5, tol=None, progress=False)
+            best = min(best, float(r.attrs["seconds_per_iteration"]))
+        base = base or (best, size)
+        print(f"{len(keys)} inputs: data {size:9d} voxels ({size / base[1]:.2f}x)  {best:.3f} s/it "
+              f"({best / base[0]:.2f}x)  time/size {best / size * 1e6:.3f} us/voxel "
+              f"({(best / size) / (base[0] / base[1]):.2f}x of 2 inputs)", flush=True)
+
+
+def two_input_check(args):
+    """Fuse pn + tile 1 with the committed code and with the working tree; print the max |difference|."""
+    print("\n== two inputs: committed code (git HEAD) vs working tree ==")
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = subprocess.run(["git", "-C", str(repo), "archive", "HEAD", "xfusion"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=tar.stdout, check=True)
+        data = Path(tmp) / "data"
+        data.mkdir()
+        # the scene from the working tree (scenes_mosaic is new), stored as Zarr; both codes read the same stores
+        from xfusion.io import zarr as xz
+
+        obs, _ = make_mosaic(size=(args.size[0], args.size[1]), tiles=1, mos=False)
+        for k in ("pn", "tile1"):
+            xz.write(obs[k], data / f"{k}.zarr")
+        x, y, _ = scenes.make("snr_shell", 1, size="small", response="realistic")  # image + image (rebin, RMF)
+        xz.write(x, data / "x.zarr")
+        xz.write(y, data / "y.zarr")
+        code = ("import sys, numpy as np\nsys.path.insert(0, sys.argv[1])\nimport xfusion\n"
+                "from xfusion.io import zarr as xz\n"
+                "print('xfusion from', xfusion.__file__, file=sys.stderr)\n"
+                "out = []\n"
+                "for pair in (('pn', 'tile1'), ('x', 'y'), ('y', 'x')):\n"
+                "    a, b = (xz.open(sys.argv[2] + '/' + k + '.zarr').load() for k in pair)\n"
+                "    r = xfusion.fuse(a, b, regularization='wavelet2d1d', max_iter=10, tol=None, progress=False, "
+                "k=1.0, n_scales_1d=5, null_space='zero')\n"
+                "    out.append(r.flux.values.ravel())\n"
+                "    r = xfusion.fuse(a, b, regularization='none', max_iter=5, tol=None, progress=False)\n"
+                "    out.append(r.flux.values.ravel())\n"
+                "np.save(sys.argv[3], np.concatenate(out))\n")
+        flux = {}
+        for label, root in (("HEAD", tmp), ("working tree", str(repo))):
+            f = Path(tmp) / f"flux_{label.replace(' ', '_')}.npy"
+            env = dict(os.environ, PYTHONPATH=root)
+            p = subprocess.run([sys.executable, "-c", code, root, str(data), str(f)], capture_output=True, text=True,
+                               env=env)
+            if p.returncode:
+                print(f"{label}: failed\n{p.stderr[-2000:]}")
+                return
+            print(p.stderr.strip().splitlines()[-1])
+            flux[label] = np.load(f)
+        d = float(np.max(np.abs(flux["HEAD"].astype(np.float64) - flux["working tree"])))
+        print(f"max |flux(HEAD) - flux(working tree)| = {d:.3g} ph cm-2 s-1 (max flux {flux['HEAD'].max():.3g}); "
+              f"bit-for-bit: {bool(np.array_equal(flux['HEAD'], flux['working tree']))}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", default="quality,seams,time", help="comma list of quality, seams, time, or none")
+    ap.add_argument("--size", type=int, nargs=2, default=(72, 400), metavar=("N", "L"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-iter", type=int, default=50)
+    ap.add_argument("--rl-iter", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--two-input-check", action="store_true")
+    ap.add_argument("--counts", type=float, nargs=2, default=(3e6, 2e6), metavar=("PN", "RESOLVE"),
+                    help="expected counts of pn and of all Resolve tiles (MOS get their share of pn's by area)")
+    ap.add_argument("--rl-sweep", action="store_true", help="also plain RL at iterations 2-32 of one run per set")
+    args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    t0 = time.perf_counter()
+    if sections & {"quality", "seams", "time"}:
+        obs, truth = make_mosaic(seed=args.seed, size=tuple(args.size), counts=tuple(args.counts))
+        print(f"scene built in {time.perf_counter() - t0:.1f} s: " + ", ".join(
+            f"{o.attrs['name']} {float(o['counts'].sum()):.3g} counts" for o in obs.values()))
+        print(xfusion.fusion_grid(*obs.values()).attrs["explanation"])
+    res = None
+    if "quality" in sections:
+        res = quality(obs, truth, args)
+    if "seams" in sections:
+        if res is None:
+            r = xfusion.fuse(*obs.values(), regularization="wavelet2d1d", max_iter=args.max_iter, tol=1e-4,
+                             progress=False, **PINNED)
+        else:
+            r = res[("wavelet2d1d", "pn + MOS1 + MOS2 + Resolve mosaic")][1]
+        seams(r, obs, truth, "pn + MOS1 + MOS2 + Resolve mosaic, wavelet2d1d")
+        if res is not None:
+            seams(res[(f"RL {args.rl_iter} it", "pn + MOS1 + MOS2 + Resolve mosaic")][1], obs, truth,
+                  f"same inputs, RL {args.rl_iter} iterations")
+    if "time" in sections:
+        timing(obs, args)
+    if args.two_input_check:
+        two_input_check(args)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
