@@ -39,7 +39,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -317,7 +316,7 @@ class ZarrCheckpoint:
         if not (_is_ours(p) or _empty_dir(p)):  # the constructor's rule, checked again under the lock
             raise CheckpointError(f"{str(p)!r} is in the way of checkpoint {str(self.path)!r} and was not written "
                                   "by xfusion's checkpoint writer; move it away (xfusion deletes only its own files)")
-        shutil.rmtree(p)
+        xzarr.remove_marked(p)
 
     @staticmethod
     def _complete(p):
@@ -353,7 +352,7 @@ class ZarrCheckpoint:
             if self.tmp.exists():
                 self._remove_ours(self.tmp)
             try:
-                delayed = xzarr.store(ds, self.tmp, compute=False)
+                delayed = xzarr.store(ds, self.tmp, compute=False, marker={MARKER_ATTR: FORMAT})
                 names = sorted(n for n in data if n != MARKER_ARRAY)
                 tasks = [_digest_tasks(ds[n].data) if is_dask(ds[n].data) else None for n in names]
                 flat = [t for ts in tasks if ts for t in ts]
@@ -375,14 +374,15 @@ class ZarrCheckpoint:
                     "dask_state": json.dumps(lazy), "manifest": manifest,
                     "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest(), "complete": 1})
             except BaseException:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the write's own error is the one to report
+                    xzarr.remove_marked(self.tmp, missing_ok=True)
                 raise
             if self.path.exists():
                 if self.old.exists():
                     self._remove_ours(self.old)
                 os.replace(self.path, self.old)
             os.replace(self.tmp, self.path)
-            shutil.rmtree(self.old, ignore_errors=True)
+            xzarr.remove_marked(self.old, missing_ok=True)
 
     def load(self, client=None):
         """The verified ``(state, history, iteration)`` stored at the path, or None if there is none.

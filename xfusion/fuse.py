@@ -621,10 +621,11 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
             label = "ab"[i] if i < 2 else i + 1
             raise ValueError(f"observation {label} ('{o.attrs.get('name', '?')}') has an empty counts cube (sizes "
                              f"{dict(o['counts'].sizes)}); select a region and band that contain pixels and channels")
-    auto_record = None
+    auto_record = checked = None
     if regularization == "auto":
-        # degenerate inputs refused before any tuning (the same checks as below, without options)
-        _precheck(observations, {}, False)
+        # degenerate inputs refused before any tuning; the problem built here is reused below unless the choice
+        # is a low-rank prior (its own checks)
+        checked = _precheck(observations, options, False)
         regularization, max_iter, options, auto_record = _choose_regularization(observations, max_iter, tol, dtype,
                                                                                 client, options)
     method, params, lowrank = _resolve(regularization, method, options)
@@ -648,7 +649,8 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         raise NotImplementedError("more than two observations run in memory only for now; load them (.load()) and "
                                   "fuse without a client")
     # degenerate inputs refused before any work (tuning included); the grid and models are built once, here
-    grid, obs, names, models, sums = _precheck(observations, params, lowrank)
+    grid, obs, names, models, sums = (checked if checked is not None and not lowrank else
+                                      _precheck(observations, params, lowrank))
     start = None if init is None else start_mod.check_init(init, grid, client)
     no_counts = sums is not None and 0.0 in sums[:2]  # nothing to thin: the fallbacks of the Dask path apply
     # more inputs: the pair that sets the grid first, every further input thinned and scored too

@@ -369,29 +369,29 @@ def _xy(n, pixel):
     return {"x": ("x", c, a), "y": ("y", c, a)}
 
 
+def _gaussian_dataset(coords, third, data, variance, mask, bunit, attrs):
+    """Dataset with ``data``/``variance`` (x, y, ``third``) in ``bunit`` / ``bunit**2`` and ``mask`` (True = valid);
+    copies of the inputs, never views."""
+    d = np.asarray(data, dtype=np.float64)
+    dims = ("x", "y", third)
+    ds = xr.Dataset(coords=coords)
+    ds["data"] = (dims, d.copy(), {"units": bunit})
+    ds["variance"] = (dims, np.broadcast_to(np.asarray(variance, np.float64), d.shape).copy(), {"units": f"({bunit})2"})
+    ds["mask"] = (dims, np.ones(d.shape, bool) if mask is None else np.asarray(mask, bool).copy())
+    ds.attrs.update(attrs, spectral_unit="um", data_term="gaussian")
+    return ds
+
+
 def imager_dataset(data, variance, filters, pixel_arcsec, mask=None, name="NIRCam", bunit="MJy/sr"):
     """Imager Dataset: ``data``/``variance`` (x, y, filter) in ``bunit`` / ``bunit**2``, ``mask`` (True = valid)."""
-    d = np.asarray(data, dtype=np.float64)
-    ds = xr.Dataset(coords={**_xy(d.shape[0], pixel_arcsec),
-                            "filter": ("filter", list(filters))})
-    ds["data"] = (("x", "y", "filter"), d.copy(), {"units": bunit})
-    ds["variance"] = (("x", "y", "filter"), np.broadcast_to(np.asarray(variance, np.float64), d.shape).copy(),
-                      {"units": f"({bunit})2"})
-    ds["mask"] = (("x", "y", "filter"), np.ones(d.shape, bool) if mask is None else np.asarray(mask, bool).copy())
-    ds.attrs.update(name=name, instrument="NIRCAM", spectral_unit="um", data_term="gaussian")
-    return ds
+    coords = {**_xy(np.shape(data)[0], pixel_arcsec), "filter": ("filter", list(filters))}
+    return _gaussian_dataset(coords, "filter", data, variance, mask, bunit, {"name": name, "instrument": "NIRCAM"})
 
 
 def ifu_dataset(data, variance, edges_um, pixel_arcsec, mask=None, name="NIRSpec", bunit="MJy/sr"):
     """IFU Dataset: ``data``/``variance`` (x, y, energy) with ``energy`` = wavelength (um, explicit edges)."""
-    d = np.asarray(data, dtype=np.float64)
-    ds = xr.Dataset(coords={**_xy(d.shape[0], pixel_arcsec), **_edges_coords(edges_um)})
-    ds["data"] = (("x", "y", "energy"), d.copy(), {"units": bunit})
-    ds["variance"] = (("x", "y", "energy"), np.broadcast_to(np.asarray(variance, np.float64), d.shape).copy(),
-                      {"units": f"({bunit})2"})
-    ds["mask"] = (("x", "y", "energy"), np.ones(d.shape, bool) if mask is None else np.asarray(mask, bool).copy())
-    ds.attrs.update(name=name, instrument="NIRSPEC", spectral_unit="um", data_term="gaussian")
-    return ds
+    coords = {**_xy(np.shape(data)[0], pixel_arcsec), **_edges_coords(edges_um)}
+    return _gaussian_dataset(coords, "energy", data, variance, mask, bunit, {"name": name, "instrument": "NIRSPEC"})
 
 
 def _edges(ds):

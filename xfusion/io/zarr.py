@@ -14,12 +14,12 @@ so xfusion can tell its own stores from the user's: only those are ever replaced
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
 #: root attribute marking a store written by :func:`write`
@@ -44,6 +44,24 @@ def written_by_xfusion(path) -> bool:
         return MARKER in (meta.get("attributes") or {})
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def remove_marked(path, missing_ok=False):
+    """Delete a store xfusion wrote and marked (the caller has checked the marker), its root ``zarr.json``
+    -- which carries the marker -- LAST: a deletion killed mid-way leaves a folder that is still marked (or
+    empty), so the next run can finish it instead of refusing a folder it cannot tell from a user's."""
+    p = Path(path)
+    if not p.exists() and missing_ok:
+        return
+    for child in p.iterdir():
+        if child.name == "zarr.json":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    (p / "zarr.json").unlink(missing_ok=True)
+    p.rmdir()
 
 
 def _resolved(path) -> Path:
@@ -140,10 +158,19 @@ def _is_dask(v):
     return isinstance(v, da.Array)
 
 
-def store(ds: xr.Dataset, path, *, mode="w", client=None, compute=True):
+def store(ds: xr.Dataset, path, *, mode="w", client=None, compute=True, marker=None):
     """Write ``ds`` to a Zarr v3 store as is (no checks, no temporary sibling): the raw writer used by
-    :func:`write` and by the checkpoint writer. ``compute=False`` returns the delayed chunk writes."""
+    :func:`write` and by the checkpoint writer. ``compute=False`` returns the delayed chunk writes.
+
+    ``marker`` (dict, with ``mode="w"``): attributes written to the new, empty root group BEFORE any
+    variable, so that a store killed mid-write already says who wrote it (its writer may then clean
+    it up; anything unmarked is never deleted)."""
     path = os.fspath(path)
+    if marker is not None and mode == "w":
+        import zarr
+
+        zarr.open_group(path, mode="w", zarr_format=3, attributes=dict(marker))
+        mode = "a"
     if not compute:
         return ds.to_zarr(path, mode=mode, consolidated=False, compute=False)
     if client is not None:
@@ -177,14 +204,15 @@ def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, in
     tmp = p.absolute().parent / f".{p.name}.xfusion-tmp"
     old = p.absolute().parent / f".{p.name}.xfusion-old"
     try:
-        store(out, tmp, client=client)
+        store(out, tmp, client=client, marker={MARKER: out.attrs[MARKER]})
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the write's own error is the one to report
+            remove_marked(tmp, missing_ok=True)
         raise
     if p.exists():
         os.replace(p, old)
     os.replace(tmp, p)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_marked(old, missing_ok=True)
     return path
 
 
@@ -199,7 +227,7 @@ def _recover(p, tmp, old):
         if leftover.is_dir() and not any(leftover.iterdir()):
             leftover.rmdir()
         elif written_by_xfusion(leftover):
-            shutil.rmtree(leftover)
+            remove_marked(leftover)
         else:
             raise OutputError(f"{str(leftover)!r} is in the way of writing {str(p)!r} and was not written by "
                               "xfusion; move it away")

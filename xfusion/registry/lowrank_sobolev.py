@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import lowrank
 from . import options as o
-from .base import SUBSPACE, OptionSet, Regularization, describe
+from .base import SUBSPACE, Regularization, describe
 
 
 @dataclass
-class Options(OptionSet):
-    rank: object = o.RANK()
-    explained: object = o.EXPLAINED()
+class Options(lowrank.Options):
+    """The low-rank options plus the Sobolev weight ``mu``."""
     mu: object = o.MU()
-    precondition: object = o.PRECONDITION()
-    chunks: object = o.CHUNKS()
 
 
 Options.__doc__ = describe(Options, "Options of regularization='lowrank_sobolev'.")

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import lowrank
 from . import options as o
-from .base import SUBSPACE, OptionSet, Regularization, describe
+from .base import SUBSPACE, Regularization, describe
 
 
 @dataclass
-class Options(OptionSet):
-    rank: object = o.RANK()
-    explained: object = o.EXPLAINED()
+class Options(lowrank.Options):
+    """The low-rank options plus the 2D starlet penalty on the maps W."""
     n_scales_2d: object = o.n_scales_2d(2)
     k: object = o.k(1.0, what="the 2D starlet coefficients of each map of W")
-    precondition: object = o.PRECONDITION()
-    chunks: object = o.CHUNKS()
 
 
 Options.__doc__ = describe(Options, "Options of regularization='lowrank_wavelet2d'.")
