@@ -11,8 +11,9 @@ calib    For each scene kind (xfusion.scenes.make, size ``--size``, scene seed `
                     reference line over the bright half of the field -- true line flux >= its median --
                     against line_map of the true cube; pulls (estimate - truth) / error: their std);
            variants noise (flux +- flux_std), bc (2 flux - replica mean +- std), infl (flux +- sqrt(std^2 +
-                    (mean - flux)^2)), aware (flux_lo..flux_hi: the ML refit +- t std); ``--weak JSON``:
-                    the same from a refit with those options (weak_*).
+                    (mean - flux)^2)), aware (flux_lo..flux_hi: the ML refit +- t std; ``--ml-iter K``: K RL
+                    iterations instead of ML_SETTINGS'); ``--weak JSON``: the same from a refit with those
+                    options (weak_*).
          Also the replica std / real scatter of the fits over realizations (tuned and ML), the bias / noise.
 cost     One default fit (tuning included) of a table1 scene at full size vs ``--cost-rep`` replicas
          (warm starts where the fit converged; ``--cost-cap``: the replicas' max_iter), serial; the time of
@@ -22,7 +23,9 @@ cluster  ``--cl-rep`` replicas on a 1-worker and a 2-worker LocalCluster (1 thre
 gammapy  Cluster-core scenes (small size, seeds ``--seed``...): fuse, ``uncertainty(bias_aware=True)`` with
          ``--gp-rep`` replicas, the core's PHA with STAT_ERR fitted by gammapy (chi2, flux points) with a
          Gaussian line + constant, for the tuned cube (noise-only errors) and the bias-aware view; the truth's
-         spectrum fitted the same way gives the reference centroid.
+         spectrum fitted the same way (same model, band, STAT_ERR weights and starts; the lowest chi2 of 5 starts,
+         because a double line has several minima) gives the reference centroid; pull = difference / (t x the
+         fit's error), t the Student factor of the replicas.
 
 Run bounded: ``nice -n 15 timeout 3000 python benchmarks/calibration.py --part calib``.
 """
@@ -82,6 +85,11 @@ def _intervals(u, largs, bias_aware):
     return out
 
 
+def _bias_aware(args, on):
+    """``bias_aware=`` of uncertainty(): False, True (ML_SETTINGS) or ``{"max_iter": --ml-iter}``."""
+    return {"max_iter": args.ml_iter} if on and args.ml_iter else bool(on)
+
+
 def calib(args):
     """Coverage of the truth by the 68% intervals (see the module docstring), per scene kind and variant."""
     size = tuple(int(v) for v in args.size.split("x"))
@@ -89,7 +97,7 @@ def calib(args):
     weak = json.loads(args.weak) if args.weak else None
     print(f"calibration: size {size[0]}x{size[0]}x{size[1]}, counts {args.counts:g} per instrument, "
           f"{args.real} realizations x {args.rep} replicas, method {args.method}, scene seed {args.seed}, "
-          f"bias-aware {args.bias_aware}, weak {weak}; load {os.getloadavg()}", flush=True)
+          f"bias-aware {_bias_aware(args, args.bias_aware)}, weak {weak}; load {os.getloadavg()}", flush=True)
     summary = {}
     for kind in kinds:
         t_kind = time.perf_counter()
@@ -112,7 +120,7 @@ def calib(args):
             yo = _with_counts(y0, rng.poisson(ye["counts"].values.astype(np.float64)).astype(np.float32))
             r = xfusion.fuse(xo, yo, progress=False, settings=settings)
             u = xfusion.uncertainty(r, xo, yo, n=args.rep, seed=j, regions=regions, method=args.method,
-                                    bias_aware=args.bias_aware)
+                                    bias_aware=_bias_aware(args, args.bias_aware))
             treg = np.stack([tf[mk].sum(axis=0) for mk in u["region_mask"].values])
             sets = {"": _intervals(u, largs, bool(args.bias_aware))}
             if weak:
@@ -220,9 +228,11 @@ def cluster(args):
     print(f"speed-up 2 workers vs 1: {times[1] / times[2]:.2f}x", flush=True)
 
 
-def _gammapy_line_fit(pha_path, band, mean0, sigma0):
+def _gammapy_line_fit(pha_path, band, mean0, sigma0, starts=(-0.006, -0.003, 0.0, 0.003, 0.006)):
     """chi2 fit (gammapy, flux points with the PHA's STAT_ERR) of a Gaussian line + constant in ``band`` keV:
-    (centre, its error, sigma) in keV."""
+    (centre, its error, sigma, success, chi2/dof) in keV. The fit is started from ``mean0 + starts`` (keV) and the
+    lowest chi2 is kept: a blended or double line has several local minima, and the truth and the fused spectrum
+    must be compared at the same (global) minimum of the same model."""
     import astropy.units as u
     from astropy.io import fits
     from astropy.table import Table
@@ -244,13 +254,24 @@ def _gammapy_line_fit(pha_path, band, mean0, sigma0):
     t["dnde"] = (data / de)[sel] * u.Unit("cm-2 s-1 keV-1")
     t["dnde_err"] = (err / de)[sel] * u.Unit("cm-2 s-1 keV-1")
     t.meta["SED_TYPE"] = "dnde"
-    line = GaussianSpectralModel(amplitude=float(np.sum(data[sel])) * u.Unit("cm-2 s-1"), mean=mean0 * u.keV,
-                                 sigma=sigma0 * u.keV)
-    cont = ConstantSpectralModel(const=float(np.min(t["dnde"].value)) * u.Unit("cm-2 s-1 keV-1"))
-    ds = FluxPointsDataset(models=SkyModel(spectral_model=line + cont, name="src"),
-                           data=FluxPoints.from_table(t, sed_type="dnde"))
-    res = Fit().run(datasets=[ds])
-    return line.mean.value, line.mean.error, line.sigma.value, bool(res.success), ds.stat_sum() / max(sel.sum() - 4, 1)
+    best = None
+    for d0 in starts:
+        line = GaussianSpectralModel(amplitude=float(np.sum(data[sel])) * u.Unit("cm-2 s-1"),
+                                     mean=(mean0 + d0) * u.keV, sigma=sigma0 * u.keV)
+        cont = ConstantSpectralModel(const=float(np.min(t["dnde"].value)) * u.Unit("cm-2 s-1 keV-1"))
+        ds = FluxPointsDataset(models=SkyModel(spectral_model=line + cont, name="src"),
+                               data=FluxPoints.from_table(t, sed_type="dnde"))
+        res = Fit().run(datasets=[ds])
+        stat = float(ds.stat_sum())
+        # the lowest chi2 wins even where the optimizer's success flag is False (on the 1e-4-scale spectra of
+        # held-out seed 500012 four of five starts reported False at the line; the one "successful" start had
+        # locked onto a one-channel feature with chi2/dof 21.6); the flag of the kept fit is reported
+        if np.isfinite(stat) and np.isfinite(line.mean.value) and (best is None or stat < best[-1]):
+            best = (line.mean.value, line.mean.error, line.sigma.value, bool(res.success),
+                    stat / max(sel.sum() - 4, 1), stat)
+    if best is None:
+        return float("nan"), float("nan"), float("nan"), False, float("nan")
+    return best[:5]
 
 
 def gammapy_check(args):
@@ -262,32 +283,41 @@ def gammapy_check(args):
     from xfusion.io import write_pha_from_result
 
     pulls = {"noise-only": [], "bias-aware": []}
-    for seed in range(args.seed, args.seed + args.gp_seeds):
+    seeds = list(range(args.seed, args.seed + args.gp_seeds))
+    print(f"gammapy: cluster_core seeds {seeds} (declared before running), {args.gp_rep} replicas, core "
+          f"{2 * args.gp_half}x{2 * args.gp_half} px; a pull is (fused centre - truth centre) / (t * gammapy error), "
+          "both spectra fitted with the same model from the same starts (lowest chi2 kept)", flush=True)
+    for seed in seeds:
         x, y, truth = scenes.make("cluster_core", seed=seed, counts=args.gp_counts, size="small")
         r = xfusion.fuse(x, y, progress=False)
         n = x.sizes["x"]
         h = args.gp_half
         region = {"x": (n // 2 - h, n // 2 + h), "y": (n // 2 - h, n // 2 + h)}
-        u = xfusion.uncertainty(r, x, y, n=args.gp_rep, regions={"core": region}, bias_aware=True)
+        u = xfusion.uncertainty(r, x, y, n=args.gp_rep, regions={"core": region}, bias_aware=_bias_aware(args, True))
         view = bias_aware_view(u)
         box = (slice(*region["x"]), slice(*region["y"]))
         e0 = truth.attrs["line_energy_kev"]
         band = (e0 - 0.009, e0 + 0.012)  # Fe XXV w alone (x is 18 eV below)
         with tempfile.TemporaryDirectory() as tmp:
             out = {}
-            for name, cube, unc in (("noise-only", r, u), ("bias-aware", view, view),
-                                    ("truth", xr.Dataset({"flux": truth["flux"]}), u)):  # u: chi2 weights only
-                pha, _, _ = write_pha_from_result(cube, box, os.path.join(tmp, name.replace("-", "_")), exposure=1e9,
-                                                  area=1.0, uncertainty=unc)
+            tcube = xr.Dataset({"flux": truth["flux"]})
+            # the truth is fitted with the same STAT_ERR (chi2 weights) as the spectrum it is compared with
+            for name, cube, unc in (("noise-only", r, u), ("bias-aware", view, view), ("truth/noise-only", tcube, u),
+                                    ("truth/bias-aware", tcube, view)):
+                prefix = os.path.join(tmp, name.replace("-", "_").replace("/", "_"))
+                pha, _, _ = write_pha_from_result(cube, box, prefix, exposure=1e9, area=1.0, uncertainty=unc)
                 out[name] = _gammapy_line_fit(pha, band, e0, 0.003)
-        mt = out["truth"][0]
+        tfac = float(u.attrs["interval_factor"])  # Student t of n-1 dof: STAT_ERR is the std of n replicas
         for name in ("noise-only", "bias-aware"):
             m, e, sg, ok, chi = out[name]
+            mt, st = out[f"truth/{name}"][0], out[f"truth/{name}"][2]
+            e = tfac * e
             pulls[name].append((m - mt) / e)
             print(f"seed {seed} {name}: gammapy chi2 fit of the core spectrum (Fe XXV w, {band[0]:.4f}-{band[1]:.4f} "
                   f"keV; STAT_ERR from {args.gp_rep} replicas, {2 * h}x{2 * h} px, {args.gp_counts:g} counts): centre "
-                  f"{m:.5f} +- {e:.5f} keV, sigma {sg:.4f} keV, chi2/dof {chi:.2f}, success {ok}; truth's spectrum "
-                  f"fitted the same way: {mt:.5f} keV; difference {(m - mt) * 1e3:+.2f} eV = {(m - mt) / e:+.2f} sigma "
+                  f"{m:.5f} +- {e:.5f} keV (t={tfac:.3f} x fit error), sigma {sg:.4f} keV, chi2/dof {chi:.2f}, success "
+                  f"{ok}; subcluster {truth.attrs.get('subcluster')}; truth's spectrum fitted the same way: {mt:.5f} "
+                  f"keV (sigma {st:.4f}); difference {(m - mt) * 1e3:+.2f} eV = {(m - mt) / e:+.2f} sigma "
                   f"({'within' if abs(m - mt) <= e else 'NOT within'} its error)", flush=True)
     for name, pl in pulls.items():
         pl = np.asarray(pl)
@@ -306,6 +336,8 @@ def main(argv=None):
     ap.add_argument("--rep", type=int, default=10)
     ap.add_argument("--method", default="bootstrap")
     ap.add_argument("--bias-aware", action="store_true", help="also the bias-aware intervals (variant 'aware')")
+    ap.add_argument("--ml-iter", type=int, default=0, help="RL iterations of the bias-aware ML refit (0: the "
+                    "default, xfusion.uncertainty.ML_SETTINGS)")
     ap.add_argument("--weak", default="", help='JSON options of a weaker refit, e.g. \'{"k": 0}\' (variant weak_*)')
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--cost-kind", default="snr_shell")

@@ -6,8 +6,10 @@ pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half a
 
 1. **quality**: NMSE (dB, higher better) of the fused cube against the truth and the velocity-map RMS error
    (km/s, moments of the reference line over the bright half of the field, as benchmarks/suite.py) for
-   pn + Resolve mosaic and pn + MOS1 + MOS2 + Resolve mosaic, same settings (``--reg``, default wavelet2d1d
-   with pinned options k=1, n_scales_1d=5, null_space=zero; and plain RL at a fixed iteration); the velocity
+   pn + Resolve mosaic and pn + MOS1 + MOS2 + Resolve mosaic, same settings (the default ``fuse``, i.e.
+   ``regularization="auto"``; wavelet2d1d with pinned options k=1, n_scales_1d=5, null_space=zero and
+   tol=1e-4; plain RL at a fixed iteration; ``--converged N``: the pinned wavelet run for N iterations;
+   ``--control``: also pn alone with the exposure giving it pn + MOS's counts, no MOS); the velocity
    RMS also inside the mosaic only (fused pixels whose centre lies in some tile); ``--rl-sweep``: plain RL
    at iterations 2, 4, 8, 16, 32 of one run per input set (and each set at its best-NMSE iteration);
 2. **seams**: per tile, predicted vs observed total counts (chi = (obs - pred) / sqrt(pred)) and the
@@ -15,9 +17,10 @@ pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half a
    fused map's relative error vs the truth (band-integrated) and the velocity-map error on strips of +-5"
    along the tile edges that lie inside another pointing (the seams) vs inside the tiles away from any
    edge, the outer edge of the mosaic and outside it (a seam shows as larger residuals or errors there);
-3. **time vs data size**: seconds per iteration (RL, 5 iterations, best of ``--repeat``) and the total data
-   size (voxels of all inputs' counts) for 2 (pn + tile 1), 3 (+ MOS1), 5 (pn + 4 tiles), 6 (+ MOS1) and 7
-   inputs, with the ratio time / data size relative to the 2-input case;
+3. **time vs data size**: seconds per iteration (RL, ``--time-iter`` iterations, best of ``--repeat``), the total
+   data size (voxels of all inputs' counts) and the fused voxels the inputs' models read per use (a tile reads
+   only the fused pixels it sees after its PSF) for 2 (pn + tile 1), 3 (+ MOS1), 5 (pn + 4 tiles), 6 (+ MOS1)
+   and 7 inputs, with the ratios time / data size and time / touched voxels relative to the 2-input case;
 4. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders;
    wavelet2d1d 10 iterations and RL 5 iterations) computed with the
    committed code (``git archive HEAD`` unpacked in a temporary directory, run in a subprocess) and with the
@@ -63,22 +66,35 @@ def quality(obs, truth, args):
     inside = tile_masks(truth, truth.x.values, truth.y.values).any("tile").values
     sets = {"pn + Resolve mosaic": ["pn"] + [f"tile{k + 1}" for k in range(len(mosaic))],
             "pn + MOS1 + MOS2 + Resolve mosaic": ["pn", "mos1", "mos2"] + [f"tile{k + 1}" for k in range(len(mosaic))]}
-    runs = {"wavelet2d1d": dict(regularization="wavelet2d1d", max_iter=args.max_iter, tol=1e-4, **PINNED),
+    runs = {"default (auto)": {},
+            "wavelet2d1d": dict(regularization="wavelet2d1d", max_iter=args.max_iter, tol=1e-4, **PINNED),
             f"RL {args.rl_iter} it": dict(regularization="none", max_iter=args.rl_iter, tol=None)}
+    if args.converged:
+        runs[f"wavelet2d1d {args.converged} it"] = dict(regularization="wavelet2d1d", max_iter=args.converged,
+                                                         tol=None, **PINNED)
     if args.rl_sweep:
         rl_sweep(obs, truth, sets, inside)
+    sources = {k: (obs, truth) for k in sets}
+    if args.control:  # pn alone with the counts pn + MOS1 + MOS2 have (no MOS at all), Resolve's counts unchanged:
+        # the scene's flux scale follows pn's counts, so this is pn's exposure x ratio relative to Resolve's
+        ratio = sum(float(obs[k]["counts"].sum()) for k in ("pn", "mos1", "mos2")) / float(obs["pn"]["counts"].sum())
+        name = f"pn x{ratio:.2f} exposure + Resolve mosaic"
+        sets[name] = sets["pn + Resolve mosaic"]
+        sources[name] = make_mosaic(seed=args.seed, size=tuple(args.size),
+                                    counts=(args.counts[0] * ratio, args.counts[1]), mos=False)
     print("\n== quality: NMSE (dB) and velocity RMS (km/s; bright half of the field | inside the mosaic) ==")
     out = {}
     for rname, kw in runs.items():
         for sname, keys in sets.items():
             t0 = time.perf_counter()
-            r = xfusion.fuse(*[obs[k] for k in keys], progress=False, **kw)
+            o, t = sources[sname]
+            r = xfusion.fuse(*[o[k] for k in keys], progress=False, **kw)
             dt = time.perf_counter() - t0
-            q = {"nmse_db": nmse(truth["flux"], r["flux"]), "vel_rms": _vel(r["flux"], truth),
-                 "vel_rms_mosaic": _vel(r["flux"], truth, inside), "iterations": int(r.attrs["iterations"]),
+            q = {"nmse_db": nmse(t["flux"], r["flux"]), "vel_rms": _vel(r["flux"], t),
+                 "vel_rms_mosaic": _vel(r["flux"], t, inside), "iterations": int(r.attrs["iterations"]),
                  "s_per_it": float(r.attrs["seconds_per_iteration"]), "wall_s": dt}
             out[(rname, sname)] = (q, r)
-            print(f"{rname:14s} {sname:36s} NMSE {q['nmse_db']:6.2f} dB  vel {q['vel_rms']:6.1f} | "
+            print(f"{rname:18s} {sname:40s} NMSE {q['nmse_db']:6.2f} dB  vel {q['vel_rms']:6.1f} | "
                   f"{q['vel_rms_mosaic']:6.1f} km/s  ({q['iterations']} it, {q['s_per_it']:.2f} s/it, {dt:.0f} s)",
                   flush=True)
     return out
@@ -171,22 +187,47 @@ def seams(result, obs, truth, label):
     return rows
 
 
+def _fused_voxels_touched(keys, obs):
+    """Fused voxels each input's forward model reads per use, summed over the inputs: the whole cube for an image
+    input, the fused pixels a tile sees (its footprint after its PSF: ``Gather`` columns) x channels for a tile."""
+    from xfusion.fuse import _precheck
+
+    _, _, _, models, _ = _precheck([obs[k] for k in keys], {}, False)
+    total = 0
+    for m in models:
+        M, N, L = m.fused_shape
+        cols = next((op.columns for op in m.ops if getattr(op, "columns", None) is not None), None)
+        total += (M * N if cols is None else cols.size) * L
+    return total
+
+
 def timing(obs, args):
-    print("\n== time per iteration vs data size (RL, 5 iterations, best of %d) ==" % args.repeat)
+    from threadpoolctl import threadpool_limits
+
+    print("\n== time per iteration vs data size (RL, %d iterations, best of %d; BLAS threads: %s) ==" % (
+        args.time_iter, args.repeat, args.blas_threads or "default"))
+    print("   data = voxels of all inputs' counts; touched = fused voxels the inputs' models read per use")
     tiles = [k for k in obs if k.startswith("tile")]
     sets = [["pn", "tile1"], ["pn", "mos1", "tile1"], ["pn"] + tiles, ["pn", "mos1"] + tiles,
             ["pn", "mos1", "mos2"] + tiles]
     base = None
+    rows = []
     for keys in sets:
         size = sum(int(obs[k]["counts"].size) for k in keys)
+        work = _fused_voxels_touched(keys, obs)
         best = np.inf
         for _ in range(args.repeat):
-            r = xfusion.fuse(*[obs[k] for k in keys], regularization="none", max_iter=5, tol=None, progress=False)
+            with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+                r = xfusion.fuse(*[obs[k] for k in keys], regularization="none", max_iter=args.time_iter, tol=None,
+                                 progress=False)
             best = min(best, float(r.attrs["seconds_per_iteration"]))
-        base = base or (best, size)
-        print(f"{len(keys)} inputs: data {size:9d} voxels ({size / base[1]:.2f}x)  {best:.3f} s/it "
-              f"({best / base[0]:.2f}x)  time/size {best / size * 1e6:.3f} us/voxel "
-              f"({(best / size) / (base[0] / base[1]):.2f}x of 2 inputs)", flush=True)
+        base = base or (best, size, work)
+        rows.append((len(keys), size, work, best))
+        print(f"{len(keys)} inputs: data {size:8d} voxels ({size / base[1]:.2f}x)  touched {work / 1e6:6.2f} M "
+              f"({work / base[2]:.2f}x)  {best * 1e3:7.1f} ms/it ({best / base[0]:.2f}x)  time/data "
+              f"{(best / size) / (base[0] / base[1]):.2f}x  time/touched {(best / work) / (base[0] / base[2]):.2f}x "
+              f"of 2 inputs", flush=True)
+    return rows
 
 
 def two_input_check(args):
@@ -243,10 +284,18 @@ def main():
     ap.add_argument("--max-iter", type=int, default=50)
     ap.add_argument("--rl-iter", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--time-iter", type=int, default=10, help="iterations per timing run")
+    ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads in the timing runs (default: the "
+                    "library's; 1 avoids OpenBLAS's threaded small products stalling on a loaded machine)")
     ap.add_argument("--two-input-check", action="store_true")
     ap.add_argument("--counts", type=float, nargs=2, default=(3e6, 2e6), metavar=("PN", "RESOLVE"),
                     help="expected counts of pn and of all Resolve tiles (MOS get their share of pn's by area)")
     ap.add_argument("--rl-sweep", action="store_true", help="also plain RL at iterations 2-32 of one run per set")
+    ap.add_argument("--converged", type=int, default=0, metavar="N",
+                    help="also the pinned wavelet2d1d run for N iterations without a stopping rule")
+    ap.add_argument("--control", action="store_true",
+                    help="also pn alone with the exposure giving it the counts of pn + MOS1 + MOS2 (no MOS): does more "
+                         "sharp-spatial data of the SAME instrument help?")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     t0 = time.perf_counter()

@@ -97,12 +97,13 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
         kw.update(ch)
         res = xfusion.fuse(x, y, progress=False, **kw)
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,
-        # "wavelet2d1d") walks the same ladder); fitted only when "auto" chose RL (else it is the same fit)
+        # "wavelet2d1d") walks the same ladder); fitted only when "auto" chose RL or the thresholded candidate
+        # (else it is the same fit)
         wrows = [(float(v), json.loads(s_)) for s_, v in zip(cur["setting"].values, cur["mean_deviance"].values)
                  if "regularization" not in json.loads(s_)]
         wch = min(wrows, key=lambda t: t[0])[1]
         row["wavelet_choice"] = wch
-        if ch["regularization"] == "none":
+        if ch != {"regularization": "wavelet2d1d", **wch}:  # RL, or the thresholded wavelet candidate
             t1 = time.perf_counter()
             wres = xfusion.fuse(x, y, progress=False, **{**fuse_kwargs, **wch})
             row["t_wavelet_s"] = time.perf_counter() - t1
@@ -197,7 +198,8 @@ def _table(rows):
             "vRMS d/RL*": f"{_f(d['velocity_rms_kms'], '.0f')}/{_f(rb['velocity_rms_kms'], '.0f')}",
             "wRMS d/RL*": f"{_f(d['width_rms_kms'], '.0f')}/{_f(rb['width_rms_kms'], '.0f')}",
             "bias%": _f(r["flux_bias_pct"]),
-            **({"sel": "RL" if r["selected"]["regularization"] == "none" else f"W k={r['selected'].get('k')}",
+            **({"sel": "RL" if r["selected"]["regularization"] == "none" else f"W k={r['selected'].get('k')}"
+                + (f" th{r['selected'].get('max_iter')}" if r["selected"].get("null_space") == "threshold" else ""),
                 "W NMSE/vRMS": f"{_f(r['wavelet']['nmse_db'])}/{_f(r['wavelet'].get('velocity_rms_kms'), '.0f')}"}
                if "selected" in r and "wavelet" in r else {}),
             "t_fuse": _f(r["t_fuse_s"], ".1f"), "t_scene": _f(r["t_scene_s"], ".0f"),
@@ -259,6 +261,9 @@ def summary(rows):
         frac("'auto' family choice within 0.5 dB of the better of (wavelet choice, RL at its pick) in hindsight",
              lambda r: r["default"]["nmse_db"] >= max(r["wavelet"]["nmse_db"], r["rl_pick"]["nmse"]) - 0.5, fam)
     if sel:
+        th = [r["name"] for r in sel if r["selected"].get("null_space") == "threshold"]
+        lines.append(f"regularization 'auto' chose the thresholded wavelet candidate (iterations by thinning) in "
+                     f"{len(th)}/{len(sel)} scenes" + (f" ({', '.join(th)})" if th else ""))
         n_rl = sum(r["selected"]["regularization"] == "none" for r in sel)
         lines.append(f"regularization 'auto' chose plain RL in {n_rl}/{len(sel)} scenes"
                      + (f" ({', '.join(r['name'] for r in sel if r['selected']['regularization'] == 'none')})"

@@ -4,6 +4,9 @@
     python benchmarks/tuning.py wavelet   # wavelet2d1d: old default, tuned choice, oracle over the same grid, RL oracle
     python benchmarks/tuning.py kgrid 7 default          # k above 3 on a full-size suite scene (deviance and NMSE)
     python benchmarks/tuning.py rl_rule 2,3,7,8 small    # RL iteration rule against the oracle on suite scenes
+    python benchmarks/tuning.py wave_iters 6,16,21,0 small   # is the chosen wavelet fit under-converged?
+    python benchmarks/tuning.py null_iters 1,6,11 small  # null space zero vs threshold (iterations by thinning) vs RL
+    python benchmarks/tuning.py hindsight 0,1,6 heldout small  # 'auto' choice vs best visited candidate in hindsight
 """
 from __future__ import annotations
 
@@ -150,10 +153,10 @@ def wavelet(scenes=None):
     print(f"within 0.5 dB of oracle: {(gap <= 0.5).sum()}/{len(gap)}; within 1 dB: {(gap <= 1).sum()}/{len(gap)}")
 
 
-def _suite_scene(i, size, split="tune"):
+def _suite_scene(i, size, split="tune", n=24):
     from xfusion import scenes as sc
 
-    spec = sc.suite(split, n=24)[i]
+    spec = sc.suite(split, n=n)[i]
     x, y, truth = sc.from_spec(spec, size=size)
     return spec["name"], x, y, truth["flux"]
 
@@ -193,6 +196,144 @@ def rl_rule(indices, size="small", n_max=150):
           f"{loss.size}")
 
 
+def _nmse_curve_fit(x, y, t, n, **kw):
+    """NMSE (dB) of ``xfusion.fuse(x, y, max_iter=n, tol=None, **kw)`` at iterations 1..n (callback on the iterate)."""
+    import math
+
+    x_sp, _, _ = assign_roles(x, y)
+    scale = float(np.mean(build_model(fusion_grid(x, y), x_sp, SPATIAL).weights))
+    t32 = t.values.astype(np.float32).ravel()
+    tn = float(np.dot(t.values.astype(np.float64).ravel(), t.values.astype(np.float64).ravel()))
+    curve = []
+
+    def cb(it, state):
+        d = (state["z"] / np.float32(scale)).ravel() - t32
+        curve.append(10.0 * math.log10(tn / max(float(np.dot(d, d)), 1e-300)))
+        return False
+
+    r = xfusion.fuse(x, y, max_iter=n, tol=None, progress=False, callback=cb, **kw)
+    last = metrics.nmse(t.values, r.flux.values)
+    if abs(last - curve[-1]) > 0.02:
+        raise RuntimeError(f"iterate scale mismatch: {last:.3f} vs {curve[-1]:.3f} dB")
+    return np.array(curve)
+
+
+def wave_iters(indices, size="small", n_max=200):
+    """Is the chosen wavelet fit under-converged? For each suite scene (tuning seeds): the 'auto' choice, the
+    wavelet fit with the chosen k (or k of the wavelet candidates' best) at 50/100/200 iterations (tol=None),
+    null_space zero vs threshold, the default stopping rule (tol 1e-4, 50 it), the RL oracle, and the best
+    half-data iteration of the held-out deviance along the chosen wavelet candidate (truth-free)."""
+    for i in indices:
+        name, x, y, t = _suite_scene(i, size)
+        t0 = time.perf_counter()
+        cur = tuning.select(x, y)
+        ch = tuning.choice(cur)
+        wrows = [(float(v), json.loads(s_)) for s_, v in zip(cur["setting"].values, cur["mean_deviance"].values)
+                 if "regularization" not in json.loads(s_)]
+        wch = min(wrows, key=lambda r: r[0])[1]
+        t_sel = time.perf_counter() - t0
+        d = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", **wch)
+        n_def = metrics.nmse(t.values, d.flux.values)
+        out = {}
+        for ns in ("zero", "threshold"):
+            c = _nmse_curve_fit(x, y, t, n_max, regularization="wavelet2d1d", **dict(wch, null_space=ns))
+            out[ns] = c
+        rl = rl_nmse_curve(x, y, t, 150)
+        # truth-free: held-out deviance along the chosen candidate (half data), from the same warm start
+        sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+        z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+        _, hc, _, _ = tuning._run_em(sp, tuning._wavelet_reg({}, wch), z0, n_max, None)
+        n_h = int(np.argmin(hc[1:]) + 1)
+        z = out["zero"]
+        th = out["threshold"]
+        print(f"{name}: auto {ch} (select {t_sel:.0f} s); wavelet {wch}: default stop {n_def:.2f} dB "
+              f"({d.attrs['iterations']} it) | zero @50/100/200 {z[49]:.2f}/{z[99]:.2f}/{z[n_max - 1]:.2f} best "
+              f"{z.max():.2f}@{int(z.argmax()) + 1} | threshold @50/100/200 {th[49]:.2f}/{th[99]:.2f}/"
+              f"{th[n_max - 1]:.2f} best {th.max():.2f}@{int(th.argmax()) + 1} | RL oracle {rl[1:].max():.2f}@"
+              f"{int(rl[1:].argmax()) + 1} | half-data held-out best it {n_h} (+3 warm) of {len(hc) - 1}; "
+              f"deviance at 12/50/100/min: {hc[12]:.1f}/{hc[min(50, len(hc) - 1)]:.1f}/{hc[min(100, len(hc) - 1)]:.1f}/"
+              f"{min(hc):.1f}", flush=True)
+
+
+def null_iters(indices, size="small", n_max=100, n_suite=24):
+    """Null-space zeroing vs thresholding with a thinning-chosen iteration count (suite scenes, tuning seeds).
+
+    Per scene: the 'auto' choice; the wavelet candidates' best k fitted with null_space "zero" (fuse's default
+    stopping rule) and "threshold" (NMSE at every iteration to ``n_max``); the held-out deviance along the
+    "threshold" candidate on the half-data split (joint and per instrument) and the iteration it transfers to
+    (:func:`xfusion.tuning.rl_transfer`, as for plain RL); the RL oracle and RL at its truth-free pick."""
+    rows = []
+    for i in indices:
+        name, x, y, t = _suite_scene(i, size, n=n_suite)
+        t0 = time.perf_counter()
+        cur = tuning.select(x, y)
+        ch = tuning.choice(cur)
+        wrows = [(float(v), json.loads(s_)) for s_, v in zip(cur["setting"].values, cur["mean_deviance"].values)
+                 if "regularization" not in json.loads(s_)]
+        wch = min(wrows, key=lambda r: r[0])[1]
+        rl_pick = json.loads(cur.attrs["details"])["rl"]["max_iter"]
+        d = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", **wch)
+        n_zero = metrics.nmse(t.values, d.flux.values)
+        th = _nmse_curve_fit(x, y, t, n_max, regularization="wavelet2d1d", **dict(wch, null_space="threshold"))
+        rl = rl_nmse_curve(x, y, t, 150)
+        sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+        z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+        pp = []
+        _, hc, _, _ = tuning._run_em(sp, tuning._wavelet_reg({}, dict(wch, null_space="threshold")), z0, n_max, None,
+                                     past_min=10, parts=pp)
+        pp = np.asarray(pp)
+        n_h = int(np.argmin(hc[1:]) + 1)
+        n_sp, n_se = int(np.argmin(pp[1:, 0]) + 1), int(np.argmin(pp[1:, 1]) + 1)
+        n_t = min(tuning.rl_transfer(n_h + 3, n_sp + 3, n_se + 3), n_max)
+        auto = rl[min(ch["max_iter"], 150)] if ch["regularization"] == "none" else n_zero
+        row = dict(name=name, k=wch["k"], zero=n_zero, th_pick=th[n_t - 1], th_pick_it=n_t,
+                   th_x1=th[min(n_h + 3, n_max) - 1], th_half_it=n_h + 3, th_sp_se=(n_sp + 3, n_se + 3), th_best=th.max(),
+                   th_best_it=int(th.argmax()) + 1, th50=th[49], rl_best=rl[1:].max(), rl_best_it=int(rl[1:].argmax()) + 1,
+                   rl_pick=rl[min(rl_pick, 150)], rl_pick_it=rl_pick, auto=auto, auto_choice=ch["regularization"],
+                   dev_zero=float(min(r[0] for r in wrows)), dev_th=float(min(hc)),
+                   dev_rl=float(cur["mean_deviance"].values[-1]), t=time.perf_counter() - t0)
+        rows.append(row)
+        print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    for key in ("zero", "th_pick", "th50", "th_best", "rl_pick", "rl_best", "auto"):
+        v = np.array([r[key] for r in rows])
+        print(f"{key}: mean {v.mean():.2f} dB; vs RL oracle mean {np.mean(v - [r['rl_best'] for r in rows]):+.2f}, "
+              f">= oracle - 0.5 in {np.sum(v >= np.array([r['rl_best'] for r in rows]) - 0.5)}/{len(rows)}", flush=True)
+
+
+def hindsight(indices, split="heldout", size="small"):
+    """Issue 13 target "the truth-free choice lands within 0.5 dB of the best setting in hindsight (same candidate
+    grid)": for each suite scene, every candidate the 'auto' selection visited (the k rungs at the default null
+    space, the thresholded candidate, plain RL at its transferred iteration count) is fitted on ALL counts
+    (python benchmarks/tuning.py hindsight 0,1,6,11 heldout small); prints the NMSE of each, the choice's loss
+    against the best, and the fraction within 0.5 dB."""
+    import os
+
+    losses = []
+    for i in indices:
+        name, x, y, t = _suite_scene(i, size, split)
+        t0 = time.perf_counter()
+        cur = tuning.select(x, y)
+        ch = tuning.choice(cur)
+        res = []
+        for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
+            cand = json.loads(str(st))
+            kw = dict(cand)
+            kw.setdefault("regularization", "wavelet2d1d")
+            r = xfusion.fuse(x, y, progress=False, **kw)
+            res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values)))
+        chosen = [v for c, _, v in res if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d",
+                                                                                      **ch}]
+        best = max(v for _, _, v in res)
+        loss = chosen[0] - best
+        losses.append(loss)
+        print(f"{name}: choice {ch} -> {chosen[0]:.2f} dB, best in hindsight {best:.2f} dB, loss {loss:+.2f} dB; "
+              + "; ".join(f"{json.dumps(c, sort_keys=True)}: dev {d:.0f}, {v:.2f} dB" for c, d, v in res)
+              + f" ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+    loss = np.array(losses)
+    print(f"within 0.5 dB of the best candidate in hindsight: {np.sum(loss >= -0.5)}/{loss.size}; mean loss "
+          f"{loss.mean():+.2f} dB, worst {loss.min():+.2f} dB")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "rl":
         rl()
@@ -205,6 +346,15 @@ if __name__ == "__main__":
               *([tuple(float(v) for v in sys.argv[4].split(","))] if len(sys.argv) > 4 else []))
     elif sys.argv[1] == "rl_rule":  # python benchmarks/tuning.py rl_rule 2,3,7,8,9,11,12,1,5,17,13,0 small
         rl_rule([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small")
+    elif sys.argv[1] == "wave_iters":  # python benchmarks/tuning.py wave_iters 6,16,21,0 small
+        wave_iters([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small")
+    elif sys.argv[1] == "null_iters":  # python benchmarks/tuning.py null_iters 1,6,11,16 small
+        # python benchmarks/tuning.py null_iters 25,32,37 small 48  (indices into suite("tune", n=48): fresh
+        # tuning seeds 1024-1047 for n=48 indices >= 24)
+        null_iters([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small",
+                   n_suite=int(sys.argv[4]) if len(sys.argv) > 4 else 24)
+    elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small
+        hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:5])
     elif sys.argv[1] == "wavelet":
         wavelet()
     elif sys.argv[1] == "suite":  # python benchmarks/tuning.py suite tune 10 small [start]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import xfusion
 from xfusion import metrics, toy
@@ -160,6 +160,26 @@ def test_dask_and_numpy_agree_for_the_low_rank_family(small_toy, reg):
     a, b = lazy.flux.values, ref.flux.values
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
     np.testing.assert_allclose(lazy.objective.values, ref.objective.values, rtol=1e-5)
+
+
+def _blas_threads():
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_fuse_runs_one_blas_thread_and_restores_the_callers(small_toy):
+    """fuse fits with BLAS_THREADS BLAS threads (measured faster here, far faster under load) and gives the
+    caller's setting back, also when the fit raises."""
+    x, y, _ = small_toy
+    seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        xfusion.fuse(x, y, regularization="none", max_iter=2, tol=None, progress=False,
+                     callback=lambda it, state: seen.append(_blas_threads()))
+        assert _blas_threads() == before
+        with pytest.raises(ValueError):
+            xfusion.fuse(x, y, regularization="none", max_iter=-1, progress=False)
+        assert _blas_threads() == before
+    assert seen and all(n == [1] * len(n) for n in seen)
 
 
 # ----------------------------------------------------------------------------- masks in fuse

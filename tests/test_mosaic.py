@@ -146,3 +146,40 @@ def test_cli_fuses_three_inputs_and_fingerprints_all_of_them(small, tmp_path, ca
                  "--max-iter", "4", "--tol", "0", "--no-progress", "--checkpoint", str(ck), "--resume"])
     assert code != 0
     assert "different inputs" in capsys.readouterr().err
+
+
+def test_more_than_two_inputs_on_dask_match_numpy(cluster):
+    """pn + MOS1 (masked in part) + MOS2 + a Resolve-like image on the session LocalCluster == in memory: flux, every
+    input's predicted counts and the coverage map (issue 18); a low-rank prior or a mosaic tile on Dask is refused."""
+    from xfusion import scenes
+    from xfusion.fuse import counts_of
+
+    obs, _ = scenes_mosaic.make_small(seed=3)
+    _, y, _ = scenes.make("cluster_core", 3, counts=(2e5, 2e5), psf_pixels=1.0, response="gaussian",
+                          geometry="xmm_resolve", size=(24, 40))
+    keep = np.ones(obs["mos1"].counts.shape, bool)
+    keep[3:9, 14:20, 1:3] = False  # a hole across two blocks
+    ins = [obs["pn"], obs["mos1"].assign(mask=(obs["mos1"].counts.dims, keep)), y.assign_attrs(name="Resolve image"),
+           obs["mos2"]]
+    opts = dict(regularization="wavelet2d1d", k=1.0, n_scales_1d=2, null_space="zero", max_iter=1, tol=None,
+                progress=False)  # one EM + prox step: every input's block model, adjoint and the prox on the blocks
+    ref = xfusion.fuse(*ins, **opts)
+    chunked = [o.assign(counts=o.counts.chunk({"x": 2 if o is ins[2] else 12, "y": 2 if o is ins[2] else 12}))
+               for o in ins]
+    dist = cluster[1].compute(xfusion.fuse(*chunked, client=cluster[1], **opts)).result()
+    assert dist.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
+
+    def rel(a, b):
+        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+    assert rel(dist.flux.values, ref.flux.values) <= 1e-5
+    for i in range(len(ins)):
+        for a, b in zip(counts_of(dist, i), counts_of(ref, i)):
+            assert rel(a.values, b.values) <= 1e-5, i
+    assert rel(dist.coverage.values, ref.coverage.values) <= 1e-5
+    assert dist.coverage.attrs["input_names"] == ref.coverage.attrs["input_names"]
+    np.testing.assert_array_equal(dist.n_inputs_seeing.values, ref.n_inputs_seeing.values)
+    with pytest.raises(NotImplementedError, match="full-cube regularizations"):
+        xfusion.fuse(*chunked, regularization="lowrank", rank=3, max_iter=1, progress=False)
+    with pytest.raises(NotImplementedError, match="block form"):
+        xfusion.fuse(*chunked[:2], obs["tile1"], chunked[2], **opts)

@@ -120,6 +120,17 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
     rl = json.loads(cur.attrs["details"])["rl"]
     assert rl["max_iter"] == tuning.rl_transfer(rl["half_data_iteration"], rl["spatial_iteration"],
                                                 rl["spectral_iteration"]) == settings[-1]["max_iter"]
+    # the ladder's best k with its null space thresholded, stopped early like RL (iterations by thinning)
+    th = settings[-2]
+    ladder = settings[:-2]
+    best_ladder = ladder[int(np.argmin(cur["mean_deviance"].values[:-2]))]
+    assert th["null_space"] == "threshold" and th["k"] == best_ladder["k"] and th["regularization"] == "wavelet2d1d"
+    assert all(s["null_space"] == tuning.NULL_SPACE_DEFAULT[0] for s in ladder)
+    d = json.loads(cur.attrs["details"])["threshold"]
+    assert d["half_data_iteration"] >= 4  # the 3 warm-start iterations counted
+    expected = (d["half_data_iteration"] if d["half_data_iteration"] == 4 else
+                tuning.rl_transfer(d["half_data_iteration"], d["spatial_iteration"], d["spectral_iteration"]))
+    assert th["max_iter"] == d["max_iter"] == expected
     with pytest.raises(ValueError, match="belong to neither"):
         tuning.select(x, y, rank=5)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
 from dataclasses import dataclass
 import json
 import time
@@ -10,7 +9,6 @@ import warnings
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions
@@ -20,6 +18,7 @@ from .operators.model import build_model
 from . import parallel
 from . import start as start_mod
 from .regularizers import lowrank as lowrank_mod
+from .solvers.backend import blas_limited
 from .solvers.em import EMProx
 from .solvers.ista import ISTA
 from .solvers.loop import run
@@ -396,6 +395,7 @@ def _zero_result(problem, params, lowrank, elapsed):
     return ds
 
 
+@blas_limited
 def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1e-4, checkpoint=None,
          checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None,
          init=None, settings=None, **options) -> xr.Dataset:
@@ -419,11 +419,12 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         (:mod:`xfusion.gaussian`). See docs/jwst.rst.
     regularization : {"wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none", "anscombe2d1d", "auto"}
         The prior phi(Z), one of the registry's (:mod:`xfusion.registry`: one file each, with
-        its options), or ``"auto"``: tuned ``wavelet2d1d`` or ``none`` (RL stopped early),
-        whichever predicts held-out counts best (:func:`xfusion.tuning.resolve_auto`; the choice
-        is the recorded ``regularization``, the curve ``parameters["auto_tuning"]``). ``"auto"`` is
-        the default (held-out scene suite, 24 small scenes: mean NMSE 18.6 dB against 17.0 for the
-        tuned ``wavelet2d1d``, never worse; README). Any wavelet option given explicitly (``k``,
+        its options), or ``"auto"``: tuned ``wavelet2d1d`` (null space zeroed, or thresholded and
+        stopped early) or ``none`` (RL stopped early), whichever predicts held-out counts best
+        (:func:`xfusion.tuning.resolve_auto`; the choice is the recorded ``regularization``, with
+        ``max_iter`` when stopped early; the curve ``parameters["auto_tuning"]``). ``"auto"`` is
+        the default (held-out scene suite, 24 small scenes, session 6: mean NMSE 19.6 dB against 17.0
+        for the tuned ``wavelet2d1d``, worse on 2 scenes; README). Any wavelet option given explicitly (``k``,
         ``n_scales_1d``, ``null_space``, ...) selects ``wavelet2d1d`` without the comparison;
         Dask-backed, Gaussian or count-free data fall back to ``wavelet2d1d`` (recorded).
         ``wavelet2d1d``: l1 norm of the 2D-1D starlet coefficients (2D on each channel, then 1D along each spectrum), soft-thresholded at k
@@ -541,15 +542,12 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         raise TypeError(f"fuse needs at least two observations (one sharp in space, one sharp in energy); got "
                         f"{len(observations)}")
     observations = _wavelength_inputs(observations)
-    on_dask = client is not None or any(
-        isinstance(o, xr.Dataset) and "counts" in o and parallel.is_dask(o["counts"]) for o in observations)
     if settings is not None:
         regularization, method, max_iter, tol, dtype, options = _apply_settings(
             settings, regularization, method, max_iter, tol, dtype, options)
-    with threadpool_limits(limits=1, user_api="blas") if on_dask else nullcontext():
-        return _fuse(*observations, regularization=regularization, method=method, max_iter=max_iter, tol=tol,
-                     checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                     callback=callback, dtype=dtype, client=client, init=init, **options)
+    return _fuse(*observations, regularization=regularization, method=method, max_iter=max_iter, tol=tol,
+                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                 callback=callback, dtype=dtype, client=client, init=init, **options)
 
 
 #: keyword arguments of :func:`fuse` that :func:`settings_of` returns besides the options
@@ -645,9 +643,10 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
 
     on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in observations
                                         if isinstance(o, xr.Dataset) and "counts" in o)
-    if on_dask and len(observations) > 2:
-        raise NotImplementedError("more than two observations run in memory only for now; load them (.load()) and "
-                                  "fuse without a client")
+    if on_dask and len(observations) > 2 and lowrank:
+        raise NotImplementedError("more than two observations on Dask run with the full-cube regularizations "
+                                  "(wavelet2d1d, none); for a low-rank one load them (.load()) and fuse without a "
+                                  "client")
     # degenerate inputs refused before any work (tuning included); the grid and models are built once, here
     grid, obs, names, models, sums = (checked if checked is not None and not lowrank else
                                       _precheck(observations, params, lowrank))
@@ -724,10 +723,9 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options):
     ordered = observations if len(observations) == 2 else [observations[i] for i in
                                                            input_positions(fusion_grid(*observations))]
     reg, chosen, record = resolve_auto(*ordered, dtype=dtype, tol=tol or 1e-4, **wopts)
-    if reg == "none":
+    if "max_iter" in chosen:  # plain RL, or the thresholded wavelet prior stopped early (iterations by thinning)
         n = chosen.pop("max_iter")
         max_iter = n if max_iter is None else max_iter
-        return reg, max_iter, {**rest, **chosen}, record
     return reg, max_iter, {**rest, **chosen}, record
 
 
@@ -777,7 +775,7 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
             raise NotImplementedError("a detector-pixel (footprint) instrument is not supported on the Dask path: its "
                                       "footprint is one matrix over the whole field (no block form); load the "
                                       "observations into memory (.load()) and fuse without a client")
-        if any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson" for o in (x_obs, y_obs)):
+        if any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson" for o in observations):
             raise NotImplementedError("Gaussian data terms (a 'variance' variable) are not supported on the Dask path "
                                       "yet; load the observations into memory (.load()) and fuse without a client")
         import dask.array as da
@@ -786,7 +784,7 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
         bx, by = params.get("chunks") or _auto_chunks(grid, shape, dt, regularization, params, client)
         xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
         yd = da.asarray(y_obs["counts"].data).rechunk((bx // v, by // v, -1))
-        masks = [o["mask"].data if "mask" in o else None for o in (x_obs, y_obs)]
+        masks = [o["mask"].data if "mask" in o else None for o in observations]
         if registry.regularization(regularization).family == registry.SUBSPACE:  # (masks refused there)
             terms = [parallel.DaskPoissonTerm(mx, xd, dt, client, mask=masks[0]),
                      parallel.DaskPoissonTerm(my, yd, dt, client, mask=masks[1])]
@@ -800,7 +798,7 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
     # voxels no flux can change the data of leave the problem (held at 0, reported); counts no flux can
     # explain, or an instrument that sees nothing, are refused (xfusion.likelihood.support_*)
     edges = [_channel_edges(o) for o in observations]
-    data = [xd, yd] + [o["counts"].values for o in observations[2:]]
+    data = [xd, yd] + [da.asarray(o["counts"].data) if use_dask else o["counts"].values for o in observations[2:]]
     if use_dask:  # per channel: raw totals (the level), and totals of the used (unmasked) counts (the checks)
         import dask.array as da
 
@@ -895,9 +893,10 @@ def _full_solver(problem, spec, method, params, start, init_record):
         if "psf" in grid:
             p = grid["psf"]
             psf = (p.transpose("psf_energy", "psf_x", "psf_y") if "psf_energy" in p.dims else p).values
+        masks = [o["mask"].data if "mask" in o else None for o in problem.observations]
         solver = DaskEMProx(xd, yd, mx, my, psf, grid.attrs["spatial_factor"], reg, client,
-                            layout=params["layout"], masks=[o["mask"].data if "mask" in o else None
-                                                            for o in problem.observations[:2]])
+                            layout=params["layout"], masks=masks[:2],
+                            extras=[(d, m, w) for d, m, w in zip(problem.data[2:], problem.models[2:], masks[2:])])
         x0 = level if start is None else start_mod.cube_start(start, scale, level, method, dt, init_record)
     else:
         lik = PoissonLikelihood(problem.terms)
@@ -933,6 +932,10 @@ def _result(problem, solver, state, history, basis, params, n_iter, converged, e
     elif problem.use_dask:
         flux, mod_x, mod_y = (sol / scale).astype(np.float32), solver.model_x(sol), solver.model_y(sol)
         counts, negative_fraction = (xd, yd), 0.0
+        pos = input_positions(grid)  # further inputs (issue 18): lazy models and the observed counts (unmasked)
+        extras = [(pos[i], problem.observations[i], solver.model(i, sol), problem.data[i])
+                  for i in range(2, len(problem.observations))]
+        problem.coverage = _dask_coverage(solver, client)
     else:
         if basis is not None:
             zz = np.ascontiguousarray(sol @ basis.astype(sol.dtype))
@@ -987,6 +990,17 @@ def counts_of(result, input):  # noqa: A002 - the position of an input, as in th
     return result[f"model_{key}"], result[f"counts_{key}"]
 
 
+def _dask_coverage(solver, client):
+    """Per-input ``sum_k (A_i^T w_i)[x, y, k]`` (internal units, (M, N) NumPy) on the Dask path, one adjoint per input
+    on the blocks (as the EM sensitivity), all computed together: what :func:`_add_coverage` reads."""
+    from .solvers.em import _ones
+
+    B = solver.B
+    parts = [B.adjoint(t.model, t.weight if t.weight is not None else B.map(_ones, t.data)).sum(
+        axis=-1, dtype=np.float64) for t in solver.lik.terms]
+    return [np.asarray(c, np.float64) for c in parallel.compute_many(parts, client)]
+
+
 #: coverage below this fraction of an input's peak is round-off (PSF convolution by FFT), reported as 0
 COVERAGE_FLOOR = 1e-9
 
@@ -999,7 +1013,8 @@ def _add_coverage(ds, grid, problem):
     that reaches the input's data: PSF spill-over out of the field and footprint gaps reduce it, masked data do
     not count). Zero where the input does not see (outside a mosaic tile; values below ``COVERAGE_FLOOR`` of the
     input's peak are round-off of the FFT PSF adjoint and set to 0). Inputs in the order given to
-    :func:`fuse`. Computed once from the support check, in memory only."""
+    :func:`fuse`. Computed once: in memory from the support check, on Dask by one adjoint per input on the blocks
+    (:func:`_dask_coverage`)."""
     pos = input_positions(grid)
     shape = (len(pos),) + tuple(problem.shape[:2])
     cov = np.zeros(shape, np.float32)

@@ -11,7 +11,7 @@ One rule for what runs on Dask: EM with a regularizer that has block forms (``Wa
 without ``conserve_flux``, or none) and operators that have block forms (not a whole-field matrix
 such as a detector footprint); with masks, vignetted areas (weights built per block from an
 :class:`~xfusion.operators.area.AreaMap`), known backgrounds and further inputs (``extras``;
-``fuse`` still runs more than two in memory only). Anything else raises ``NotImplementedError``.
+``fuse`` passes every input beyond the first two here). Anything else raises ``NotImplementedError``.
 """
 from __future__ import annotations
 

@@ -33,6 +33,14 @@ difference 3.2e-5 of a pixel area (the supersampling's own error), and the row s
 ``det_pixel_size**2 / pixel_size**2`` to 8e-13 for pixels inside the field; built in 0.24 s for
 36 pixels on a 64x64 grid.
 
+Restriction to what a tile sees (issue 18): a tile of a mosaic sees only part of the fused field
+(its pixels and the PSF halo around them). :meth:`Footprint.restricted` splits a footprint whose
+dense ``F B`` keeps only those columns into a :class:`Gather` (fused cube -> the seen pixels,
+adjoint: scatter into zeros) and the footprint on the seen pixels; an instrument model then puts
+the exposure x area weights between the two (:class:`xfusion.operators.model.InstrumentModel`),
+so no per-iteration pass over the whole cube remains but the scatter of the adjoint. Same products
+in the same order: results are bit-identical to the unsplit operator.
+
 The matrix acts on the whole field at once: it has no locality a pixel-block (Dask) layout
 could use (``depth = 0`` means "no halo defined": :mod:`xfusion.parallel_em` and the Dask
 path of :func:`xfusion.fuse` refuse footprint instruments with a clear message).
@@ -198,6 +206,15 @@ class Footprint:
             out = full
         return out.reshape(self.in_hw + u.shape[1:])
 
+    def restricted(self):
+        """``(gather, footprint)`` with ``footprint.forward(gather.forward(z)) == self.forward(z)`` (bit for bit):
+        :class:`Gather` of the fused pixels this operator sees (:attr:`columns`) and the footprint on them
+        (input (C, 1, K)); None when it acts on the whole field (``columns`` None, e.g. a bare sparse footprint)."""
+        if self.columns is None:
+            return None
+        g = Gather(self.columns, self.in_hw)
+        return g, Footprint(self._F[np.dtype(np.float64)], (self.columns.size, 1))
+
     def with_psf(self, psf_op):
         """Dense ``F B`` (P, M N) for a spatial operator ``B`` on the (M, N) field (e.g. a
         :class:`~xfusion.operators.psf.Convolve2D` of the PSF on the fused grid): built from the
@@ -210,3 +227,31 @@ class Footprint:
         FB = np.ascontiguousarray(cols.reshape(-1, self.n_pixels).T)
         FB[np.abs(FB) < ROUNDOFF * np.abs(FB).max(initial=0.0)] = 0.0
         return Footprint(FB, self.in_hw)
+
+
+class Gather:
+    """Fused cube (M, N, K) -> the fused pixels ``columns`` (flat C-order indices i N + j) as (C, 1, K); the
+    adjoint scatters (C, 1, K) back into zeros (M, N, K). ``<G z, u> = <z, G^T u>`` exactly (a selection).
+
+    The first operator of a tile that sees part of the field (:meth:`Footprint.restricted`): everything after
+    it (exposure x area weights, the footprint) costs in proportion to the pixels the tile sees."""
+
+    depth = 0
+
+    def __init__(self, columns, in_hw):
+        self.in_hw = tuple(int(v) for v in in_hw)
+        cols = np.asarray(columns, dtype=np.intp)
+        n = self.in_hw[0] * self.in_hw[1]
+        if cols.ndim != 1 or cols.size == 0 or cols.min() < 0 or cols.max() >= n or np.any(np.diff(cols) <= 0):
+            raise ValueError(f"columns must be increasing flat indices of the {self.in_hw} field")
+        self.columns = cols
+
+    def forward(self, z):
+        M, N = self.in_hw
+        return np.asarray(z).reshape(M * N, -1)[self.columns].reshape((self.columns.size, 1) + z.shape[2:])
+
+    def adjoint(self, u):
+        u = np.asarray(u)
+        full = np.zeros((self.in_hw[0] * self.in_hw[1],) + u.shape[2:], dtype=u.dtype)
+        full[self.columns] = u.reshape((self.columns.size,) + u.shape[2:])
+        return full.reshape(self.in_hw + u.shape[2:])

@@ -63,11 +63,17 @@ class InstrumentModel(Chain):
         self.fused_shape, self.data_shape = tuple(fused_shape), tuple(data_shape)
         self.post = None if post is None else np.asarray(post, dtype=np.float64)
         self.background = None if background is None else np.asarray(background, dtype=np.float64)
-        super().__init__([Scale(self.area), spectral, spatial, None if post is None else Scale(self.post)])
+        self._scale = Scale(self.area)
+        post_op = None if post is None else Scale(self.post)
+        split = _restricted(spatial) if spectral is None and self.area.ndim == 1 else None
+        if split is None:
+            super().__init__([self._scale, spectral, spatial, post_op])
+        else:  # a tile that sees part of the field: gather its pixels first, weight only those (issue 18)
+            super().__init__([split[0], self._scale, split[1], post_op])
 
     @property
     def weights(self):
-        return self.ops[0].weights
+        return self._scale.weights
 
     @property
     def vignetted(self):
@@ -123,6 +129,13 @@ class InstrumentModel(Chain):
         if self.spectral is not None:
             v = self.spectral.forward(v)
         return self.spatial, v
+
+
+def _restricted(spatial):
+    """``(gather, rest)`` of a footprint that sees part of the field (:meth:`Footprint.restricted`), else None.
+    Per-energy weights commute with the gather (both act on other axes), so the model applies them to the
+    gathered pixels only: the same products, bit for bit, without two passes over the whole cube per use."""
+    return spatial.restricted() if isinstance(spatial, Footprint) else None
 
 
 def _area_on_grid(obs, fine_edges, fused_hw, factor, exposure=1.0):

@@ -26,7 +26,26 @@ operators, the likelihood's block kernels and the regularizers, never in a backe
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+#: BLAS threads while xfusion fits or tunes (NumPy and Dask alike; the caller's setting is restored on
+#: return). The operators' dense products are small and memory-bound, so BLAS threads add waiting, not
+#: speed: measured on gaussian_rebin (wavelet2d1d, 10 iterations in memory, 2-core machine, session 6),
+#: 1 thread 6.3-6.7 s against 13.3-13.9 s with OpenBLAS's 2 threads at load 1-3, and 10-15 s against
+#: 87-116 s at load 4-6 (threads that wait for one another on an oversubscribed machine).
+BLAS_THREADS = 1
+
+
+def blas_limited(func):
+    """Decorator: run ``func`` with at most :data:`BLAS_THREADS` BLAS threads (``threadpoolctl``)."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            return func(*args, **kwargs)
+    return wrapper
 
 
 class NumpyBackend:
