@@ -487,8 +487,11 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         - ``n_scales_1d`` (integer or "auto"): spectral starlet scales J1.
         - ``null_space`` ("zero", "threshold" or "auto", default "auto"): bands finer than both
           instruments see (2D scale < J2 and 1D scale < J1) are removed, or thresholded like
-          the others as in the paper; "auto" compares ("zero", J1=5), ("zero", J1=2) and
-          ("threshold", J1=5) by thinning (with ``k`` and ``n_scales_1d`` "auto").
+          the others as in the paper; "auto" (with ``n_scales_1d`` "auto") is ("zero", J1=2),
+          the scene suite's choice for the k ladder, and with ``regularization="auto"`` the
+          chosen k is also scored with the null space thresholded and stopped early like RL
+          (:func:`xfusion.tuning.select`; ``xfusion.tuning.tune(select_null_space=True)`` compares
+          the treatments at k = 1).
         - ``per_band`` (bool, default True): a MAD per band; False uses the finest band's MAD
           for all (the paper).
 
