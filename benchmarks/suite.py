@@ -99,9 +99,7 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,
         # "wavelet2d1d") walks the same ladder); fitted only when "auto" chose RL or the thresholded candidate
         # (else it is the same fit)
-        wrows = [(float(v), json.loads(s_)) for s_, v in zip(cur["setting"].values, cur["mean_deviance"].values)
-                 if "regularization" not in json.loads(s_)]
-        wch = min(wrows, key=lambda t: t[0])[1]
+        wch = tuning.ladder_choice(cur)
         row["wavelet_choice"] = wch
         if ch != {"regularization": "wavelet2d1d", **wch}:  # RL, or the thresholded wavelet candidate
             t1 = time.perf_counter()

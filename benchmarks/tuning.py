@@ -42,7 +42,6 @@ def rl_nmse_curve(x, y, t, n_max):
     mx, my = mx.scaled(scale), my.scaled(scale)
     terms = [PoissonTerm(mx, x_obs.counts.values), PoissonTerm(my, y_obs.counts.values)]
     em = EMProx(PoissonLikelihood(terms))
-    sp = tuning._Split.__new__(tuning._Split)
     shape = mx.fused_shape
     flat = float(mx.reduced(np.ones((1, shape[2])))[1].sum()) * shape[0] * shape[1]
     z = np.full(shape, float(x_obs.counts.sum()) / flat, np.float32)
@@ -228,9 +227,7 @@ def wave_iters(indices, size="small", n_max=200):
         t0 = time.perf_counter()
         cur = tuning.select(x, y)
         ch = tuning.choice(cur)
-        wrows = [(float(v), json.loads(s_)) for s_, v in zip(cur["setting"].values, cur["mean_deviance"].values)
-                 if "regularization" not in json.loads(s_)]
-        wch = min(wrows, key=lambda r: r[0])[1]
+        wch = tuning.ladder_choice(cur)
         t_sel = time.perf_counter() - t0
         d = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", **wch)
         n_def = metrics.nmse(t.values, d.flux.values)
@@ -268,9 +265,7 @@ def null_iters(indices, size="small", n_max=100, n_suite=24):
         t0 = time.perf_counter()
         cur = tuning.select(x, y)
         ch = tuning.choice(cur)
-        wrows = [(float(v), json.loads(s_)) for s_, v in zip(cur["setting"].values, cur["mean_deviance"].values)
-                 if "regularization" not in json.loads(s_)]
-        wch = min(wrows, key=lambda r: r[0])[1]
+        wch = tuning.ladder_choice(cur)
         rl_pick = json.loads(cur.attrs["details"])["rl"]["max_iter"]
         d = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", **wch)
         n_zero = metrics.nmse(t.values, d.flux.values)
@@ -290,7 +285,8 @@ def null_iters(indices, size="small", n_max=100, n_suite=24):
                    th_x1=th[min(n_h + 3, n_max) - 1], th_half_it=n_h + 3, th_sp_se=(n_sp + 3, n_se + 3), th_best=th.max(),
                    th_best_it=int(th.argmax()) + 1, th50=th[49], rl_best=rl[1:].max(), rl_best_it=int(rl[1:].argmax()) + 1,
                    rl_pick=rl[min(rl_pick, 150)], rl_pick_it=rl_pick, auto=auto, auto_choice=ch["regularization"],
-                   dev_zero=float(min(r[0] for r in wrows)), dev_th=float(min(hc)),
+                   dev_zero=float(min(v for s_, v in zip(cur["setting"].values, cur["mean_deviance"].values)
+                                      if "regularization" not in json.loads(s_))), dev_th=float(min(hc)),
                    dev_rl=float(cur["mean_deviance"].values[-1]), t=time.perf_counter() - t0)
         rows.append(row)
         print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)

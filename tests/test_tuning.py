@@ -125,6 +125,9 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
     ladder = settings[:-2]
     best_ladder = ladder[int(np.argmin(cur["mean_deviance"].values[:-2]))]
     assert th["null_space"] == "threshold" and th["k"] == best_ladder["k"] and th["regularization"] == "wavelet2d1d"
+    assert tuning.ladder_choice(cur) == best_ladder  # what k="auto" with wavelet2d1d fits
+    with pytest.raises(ValueError, match="no wavelet k ladder"):
+        tuning.ladder_choice(tuning.tune(x, y, regularization="none", max_iter=5))
     assert all(s["null_space"] == tuning.NULL_SPACE_DEFAULT[0] for s in ladder)
     d = json.loads(cur.attrs["details"])["threshold"]
     assert d["half_data_iteration"] >= 4  # the 3 warm-start iterations counted

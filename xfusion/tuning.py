@@ -679,6 +679,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     elif regularization == "wavelet2d1d":
         cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
                                                      select_null_space=select_null_space)
+        extra = dict(extra, ladder=dict(choice))
         choices = [dict(c) for c in cands]
         scores = np.asarray(scores, dtype=np.float64).reshape(len(cands), -1)
         if include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get("null_space",
@@ -782,6 +783,16 @@ def resolve_auto(*observations, seed=0, dtype="float32", tol=1e-4, **fixed):
 def choice(curve: xr.Dataset) -> dict:
     """The chosen settings of a :func:`tune` result (a dict of fuse options)."""
     return json.loads(curve.attrs["choice"])
+
+
+def ladder_choice(curve: xr.Dataset) -> dict:
+    """The best candidate of the wavelet ``k`` ladder of a wavelet2d1d or "auto" :func:`tune`/:func:`select` result
+    (null space as :data:`NULL_SPACE_DEFAULT` unless fixed), whatever was chosen overall: what
+    ``regularization="wavelet2d1d"`` with ``k="auto"`` fits (a dict of wavelet options)."""
+    details = json.loads(curve.attrs["details"])
+    if "ladder" not in details:
+        raise ValueError(f"this curve ({curve.attrs.get('regularization')!r}) has no wavelet k ladder")
+    return dict(details["ladder"])
 
 
 def plot(curve: xr.Dataset, ax=None):

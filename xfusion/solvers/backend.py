@@ -32,10 +32,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 #: BLAS threads while xfusion fits or tunes (NumPy and Dask alike; the caller's setting is restored on
-#: return). The operators' dense products are small and memory-bound, so BLAS threads add waiting, not
-#: speed: measured on gaussian_rebin (wavelet2d1d, 10 iterations in memory, 2-core machine, session 6),
-#: 1 thread 6.3-6.7 s against 13.3-13.9 s with OpenBLAS's 2 threads at load 1-3, and 10-15 s against
-#: 87-116 s at load 4-6 (threads that wait for one another on an oversubscribed machine).
+#: return). The operators' dense products are small, so extra BLAS threads gain little when the cores are
+#: free and cost a lot when they are not (threads that wait for one another). Measured on the 2-core
+#: machine, session 6, wavelet2d1d, 10 iterations in memory: suite scene mixed/1004 (45x45x2400) quiet
+#: (load < 1): 2 threads 5.6 s, 1 thread 5.8-6.2 s (one thread 3-9% slower); gaussian_rebin with one other
+#: job running (load 1-3): 13.3-13.9 s against 6.3-6.7 s; at load 4-6: 87-116 s against 10-15 s. Raise
+#: it on a many-core machine that runs nothing else.
 BLAS_THREADS = 1
 
 
