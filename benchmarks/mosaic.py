@@ -17,7 +17,8 @@ pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half a
    fused map's relative error vs the truth (band-integrated) and the velocity-map error on strips of +-5"
    along the tile edges that lie inside another pointing (the seams) vs inside the tiles away from any
    edge, the outer edge of the mosaic and outside it (a seam shows as larger residuals or errors there);
-3. **time vs data size**: seconds per iteration (RL, ``--time-iter`` iterations, best of ``--repeat``), the total
+3. **time vs data size**: wall and CPU seconds per iteration (RL, ``--time-iter`` iterations, best of ``--repeat``
+   interleaved runs, the machine's load printed), the total
    data size (voxels of all inputs' counts) and the fused voxels the inputs' models read per use (a tile reads
    only the fused pixels it sees after its PSF) for 2 (pn + tile 1), 3 (+ MOS1), 5 (pn + 4 tiles), 6 (+ MOS1)
    and 7 inputs, with the ratios time / data size and time / touched voxels relative to the 2-input case;
@@ -201,32 +202,53 @@ def _fused_voxels_touched(keys, obs):
     return total
 
 
-def timing(obs, args):
+def _per_iteration(keys, obs, n_iter, blas_threads):
+    """(wall, CPU) seconds per RL iteration of one fit, from the clock readings of a callback at every iteration
+    (the loop only: set-up, e.g. building the footprints, excluded). CPU time (``time.process_time``, this
+    process) counts the work done, not the time spent waiting for a core on a loaded machine."""
     from threadpoolctl import threadpool_limits
 
-    print("\n== time per iteration vs data size (RL, %d iterations, best of %d; BLAS threads: %s) ==" % (
-        args.time_iter, args.repeat, args.blas_threads or "default"))
-    print("   data = voxels of all inputs' counts; touched = fused voxels the inputs' models read per use")
+    stamps = []
+
+    def cb(it, state):
+        stamps.append((time.perf_counter(), time.process_time()))
+        return False
+
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        xfusion.fuse(*[obs[k] for k in keys], regularization="none", max_iter=n_iter, tol=None, progress=False,
+                     callback=cb)
+    (w0, c0), (w1, c1) = stamps[0], stamps[-1]
+    n = len(stamps) - 1
+    return (w1 - w0) / n, (c1 - c0) / n
+
+
+def timing(obs, args):
+    print("\n== time per iteration vs data size (RL, %d iterations, best of %d; BLAS threads: %s; load %s) ==" % (
+        args.time_iter, args.repeat, args.blas_threads or "default", " ".join(f"{v:.1f}" for v in os.getloadavg())))
+    print("   data = voxels of all inputs' counts; touched = fused voxels the inputs' models read per use;\n"
+          "   wall and CPU (this process) ms per iteration between the first and last callback, minimum over the "
+          "repeats;\n   ratios relative to 2 inputs (target: time ratio <= data ratio, i.e. time/data <= 1)")
     tiles = [k for k in obs if k.startswith("tile")]
     sets = [["pn", "tile1"], ["pn", "mos1", "tile1"], ["pn"] + tiles, ["pn", "mos1"] + tiles,
             ["pn", "mos1", "mos2"] + tiles]
     base = None
     rows = []
+    runs = {tuple(k): [] for k in sets}
+    for _ in range(args.repeat):  # interleaved: a change of the machine's load hits every set alike
+        for keys in sets:
+            runs[tuple(keys)].append(_per_iteration(keys, obs, args.time_iter, args.blas_threads))
     for keys in sets:
         size = sum(int(obs[k]["counts"].size) for k in keys)
         work = _fused_voxels_touched(keys, obs)
-        best = np.inf
-        for _ in range(args.repeat):
-            with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-                r = xfusion.fuse(*[obs[k] for k in keys], regularization="none", max_iter=args.time_iter, tol=None,
-                                 progress=False)
-            best = min(best, float(r.attrs["seconds_per_iteration"]))
-        base = base or (best, size, work)
-        rows.append((len(keys), size, work, best))
-        print(f"{len(keys)} inputs: data {size:8d} voxels ({size / base[1]:.2f}x)  touched {work / 1e6:6.2f} M "
-              f"({work / base[2]:.2f}x)  {best * 1e3:7.1f} ms/it ({best / base[0]:.2f}x)  time/data "
-              f"{(best / size) / (base[0] / base[1]):.2f}x  time/touched {(best / work) / (base[0] / base[2]):.2f}x "
-              f"of 2 inputs", flush=True)
+        wall = min(r[0] for r in runs[tuple(keys)])
+        cpu = min(r[1] for r in runs[tuple(keys)])
+        base = base or (wall, cpu, size, work)
+        rows.append((len(keys), size, work, wall, cpu))
+        print(f"{len(keys)} inputs: data {size:8d} voxels ({size / base[2]:.2f}x)  touched {work / 1e6:6.2f} M "
+              f"({work / base[3]:.2f}x)  wall {wall * 1e3:6.1f} ms/it ({wall / base[0]:.2f}x)  CPU {cpu * 1e3:6.1f} "
+              f"ms/it ({cpu / base[1]:.2f}x)  CPU time/data {(cpu / size) / (base[1] / base[2]):.2f}x  "
+              f"CPU time/touched {(cpu / work) / (base[1] / base[3]):.2f}x of 2 inputs", flush=True)
+    print("   load after: " + " ".join(f"{v:.1f}" for v in os.getloadavg()))
     return rows
 
 
@@ -283,8 +305,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-iter", type=int, default=50)
     ap.add_argument("--rl-iter", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--time-iter", type=int, default=10, help="iterations per timing run")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--time-iter", type=int, default=20, help="iterations per timing run")
     ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads in the timing runs (default: the "
                     "library's; 1 avoids OpenBLAS's threaded small products stalling on a loaded machine)")
     ap.add_argument("--two-input-check", action="store_true")

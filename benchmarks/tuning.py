@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
@@ -330,6 +331,127 @@ def hindsight(indices, split="heldout", size="small"):
           f"{loss.mean():+.2f} dB, worst {loss.min():+.2f} dB")
 
 
+def _half_run(sp, reg, z0, n_max, past_min=10):
+    """Scored EM(+prox) on part A of split ``sp`` from ``z0`` (no stopping rule but ``past_min``), keeping every
+    iterate: (iterates, joint held-out curve, per-observation curves (iterate, observation))."""
+    solver = tuning._ScoredEM(sp, reg)
+    st = solver.init(np.array(z0, dtype=sp.dtype, copy=True))
+    zs, curve, parts = [st["z"].copy()], [st["heldout"]], [list(st["heldout_parts"])]
+    for it in range(1, n_max + 1):
+        st = solver.step(st)
+        zs.append(st["z"].copy())
+        curve.append(st["heldout"])
+        parts.append(list(st["heldout_parts"]))
+        i_min = int(np.argmin(curve))
+        if past_min is not None and it - i_min >= max(past_min, i_min):
+            break
+    return zs, np.array(curve), np.array(parts)
+
+
+def _paired(sp, za, zb):
+    """Held-out deviance difference D(za) - D(zb) on part B of split ``sp`` and its Poisson standard error
+    ``2 sqrt(sum m (log ma/mb)^2)`` (m = mean of the two predictions: the variance of the held-out counts)."""
+    diff, var = 0.0, 0.0
+    for t, h, k in zip(sp.terms, sp.held, sp.masks):
+        ma = sp.ratio * t._plus_background(t.model.forward(za)).astype(np.float64)
+        mb = sp.ratio * t._plus_background(t.model.forward(zb)).astype(np.float64)
+        if k is not None:
+            ma, mb, hh = ma[k], mb[k], h[k]
+        else:
+            hh = h
+        lr = np.log(np.maximum(ma, 1e-30) / np.maximum(mb, 1e-30))
+        diff += float(2.0 * np.sum(ma - mb - hh * lr))
+        var += float(4.0 * np.sum(0.5 * (ma + mb) * lr * lr))
+    return diff, math.sqrt(var)
+
+
+def guard_data(indices, split="tune", n_suite=48, size="small", seeds=(0, 1, 2), out=None, n_max=100):
+    """Data for rules against over-running candidates (issue 13, session 7): per suite scene, the 'auto' choice and
+    deviances; full-data NMSE curves of the thresholded candidate (ladder k) and of plain RL, the zeroed ladder
+    fit's NMSE; on each thinning split (``seeds``): the half-data held-out curves (joint and per instrument) of the
+    thresholded candidate from the warm start and of RL from the flat start, the zeroed candidate's deviance at
+    tuning.CANDIDATE_ITER, and the paired Poisson standard errors of the deviance differences (each iterate of the
+    thresholded curve against its minimum; zero vs thresholded best; RL best vs thresholded best). One JSON line
+    per scene (``out`` file, appended)."""
+    for i in indices:
+        name, x, y, t = _suite_scene(i, size, split, n=n_suite)
+        t0 = time.perf_counter()
+        cur = tuning.select(x, y)
+        ch = tuning.choice(cur)
+        wch = tuning.ladder_choice(cur)
+        det = json.loads(cur.attrs["details"])
+        devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
+        th_full = _nmse_curve_fit(x, y, t, n_max, regularization="wavelet2d1d", **dict(wch, null_space="threshold"))
+        d = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", **wch)
+        zero_full = metrics.nmse(t.values, d.flux.values)
+        rl_full = rl_nmse_curve(x, y, t, 150)
+        splits = []
+        for s in seeds:
+            sp = tuning._splits([x, y], 0.5, 1, s, "float32")[0]
+            z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+            zz, zc, _, _ = tuning._run_em(sp, tuning._wavelet_reg({}, wch), z0, tuning.CANDIDATE_ITER, 1e-4)
+            zs, tc, tp = _half_run(sp, tuning._wavelet_reg({}, dict(wch, null_space="threshold")), z0, n_max)
+            jb = int(np.argmin(tc[1:]) + 1)
+            se_iter = [_paired(sp, zs[j], zs[jb]) for j in range(len(zs))]
+            rs, rc, rp = _half_run(sp, None, sp.start(), n_max)
+            rb = int(np.argmin(rc[1:]) + 1)
+            spec_idx = sp.spectral
+            tp_sp = tp.sum(axis=1) - tp[:, spec_idx].sum(axis=1)
+            rp_sp = rp.sum(axis=1) - rp[:, spec_idx].sum(axis=1)
+            splits.append(dict(
+                seed=s, zero_dev=float(zc[-1]), th_curve=tc.tolist(), th_spatial=tp_sp.tolist(),
+                th_spectral=tp[:, spec_idx].sum(axis=1).tolist(), th_best=jb,
+                th_se_vs_best=[[round(a, 2), round(b, 2)] for a, b in se_iter],
+                zero_vs_th=list(_paired(sp, zz, zs[jb])), rl_curve=rc.tolist(), rl_spatial=rp_sp.tolist(),
+                rl_spectral=rp[:, spec_idx].sum(axis=1).tolist(), rl_best=rb,
+                rl_vs_th=list(_paired(sp, rs[rb], zs[jb])), zero_vs_rl=list(_paired(sp, zz, rs[rb]))))
+            del zs, rs
+        row = dict(name=name, index=i, choice=ch, ladder=wch, details=det, devs=devs, th_full=th_full.tolist(),
+                   zero_full=zero_full, zero_full_iter=int(d.attrs["iterations"]), rl_full=rl_full.tolist(),
+                   splits=splits, t=time.perf_counter() - t0)
+        print(f"{name}: choice {ch}; zero {zero_full:.2f} dB; th best {th_full.max():.2f}@{int(th_full.argmax()) + 1}; "
+              f"RL best {rl_full[1:].max():.2f}@{int(rl_full[1:].argmax()) + 1}; th half best "
+              f"{[sp_['th_best'] for sp_ in splits]}; {row['t']:.0f} s", flush=True)
+        if out:
+            with open(out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def asam_breakdown(indices, split="heldout", n_suite=24, size="small"):
+    """Where does the 'auto' fuse lose the aSAM (mean spectral angle) test against the Y-upsampled baseline?
+    Per suite scene: aSAM of the 'auto' fit, the k-ladder (zeroed) fit, Y upsampled and the 'auto' fit averaged
+    over each Y pixel's block of fused pixels (spectral shape without the fine spatial noise), per quartile of
+    true pixel brightness, and the mean counts per Y pixel per channel (python benchmarks/tuning.py asam
+    0,2,5,8,9,10,13 heldout 24)."""
+    from xfusion import baselines
+
+    for i in indices:
+        name, x, y, t = _suite_scene(i, size, split, n=n_suite)
+        cur = tuning.select(x, y)
+        ch = tuning.choice(cur)
+        wch = tuning.ladder_choice(cur)
+        auto = xfusion.fuse(x, y, progress=False, **ch).flux.values.astype(np.float64)
+        wav = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", **wch).flux.values.astype(np.float64)
+        yu = baselines.upsample_spectral(x, y).values.astype(np.float64)
+        tv = t.values.astype(np.float64)
+        v = int(fusion_grid(x, y).attrs["spatial_factor"])
+        nx, ny, nl = auto.shape
+        blk = auto.reshape(nx // v, v, ny // v, v, nl).mean(axis=(1, 3))
+        blk = np.repeat(np.repeat(blk, v, axis=0), v, axis=1)
+        _, y_obs, _ = assign_roles(x, y)
+        cy = float(y_obs.counts.values.mean())
+        bright = tv.sum(axis=-1)
+        q = np.quantile(bright, [0.25, 0.5, 0.75])
+        bins = np.digitize(bright, q)
+        out = {}
+        for key, e in (("auto", auto), ("ladder", wav), ("y_up", yu), ("auto_blk", blk)):
+            m = metrics.sam_map(tv, e)
+            out[key] = [float(np.nanmean(m))] + [float(np.nanmean(np.where(bins == b, m, np.nan))) for b in range(4)]
+        print(f"{name}: choice {ch}; Y counts/pixel/channel {cy:.2f}, block {v}x{v}; aSAM [all, faintest .. brightest "
+              f"quartile]: " + "; ".join(f"{k} " + "/".join(f"{a:.3f}" for a in val) for k, val in out.items()),
+              flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "rl":
         rl()
@@ -351,6 +473,10 @@ if __name__ == "__main__":
                    n_suite=int(sys.argv[4]) if len(sys.argv) > 4 else 24)
     elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small
         hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:5])
+    elif sys.argv[1] == "guard_data":  # python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl
+        guard_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5])
+    elif sys.argv[1] == "asam":  # python benchmarks/tuning.py asam 0,2,5,8,9,10,13 heldout 24
+        asam_breakdown([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]))
     elif sys.argv[1] == "wavelet":
         wavelet()
     elif sys.argv[1] == "suite":  # python benchmarks/tuning.py suite tune 10 small [start]

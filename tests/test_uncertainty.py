@@ -14,7 +14,7 @@ import xarray as xr
 import xfusion
 from xfusion import scenes
 from xfusion.io import zarr as xzarr
-from xfusion.uncertainty import ReplicaStore, region_masks
+from xfusion.uncertainty import ReplicaStore, _count_regularizes, region_masks
 
 SETTINGS = {"k": 1.0, "n_scales_1d": 2, "null_space": "zero", "max_iter": 8, "tol": None}
 
@@ -57,8 +57,13 @@ def test_replicas_statistics_store_and_resume(fitted, tmp_path):
     np.testing.assert_allclose(np.diagonal(u["region_covariance"].values, axis1=1, axis2=2),
                                u["region_std"].values ** 2, rtol=1e-3)
     assert list(u["region"].values) == ["centre", "left"]
-    # the fit ran all max_iter (tol=None): not converged, so replicas start cold with the same count
-    assert not u["replica_warm"].any() and np.all(u["replica_iterations"].values == 8)
+    # the fit ran all max_iter (tol=None) with a prior (null space zeroed): the prior, not the count, sets the
+    # estimator, so replicas start warm and (8 <= 20 iterations: no cap) run the fit's 8 iterations
+    assert u["replica_warm"].all() and np.all(u["replica_iterations"].values == 8)
+    # an iteration count that regularizes (RL, the thresholded null space stopped early): cold replicas
+    s = json.loads(u.attrs["settings"])
+    assert not _count_regularizes(s)
+    assert _count_regularizes(dict(s, null_space="threshold")) and _count_regularizes(dict(s, regularization="none"))
     assert json.loads(u.attrs["settings"])["k"] == 1.0
 
 
@@ -121,14 +126,15 @@ def test_any_number_of_observations(fitted):
     mos["exposure"] = x["exposure"] * 0.5
     r = xfusion.fuse(y, x, mos, progress=False, **SETTINGS)
     u = xfusion.uncertainty(r, y, x, mos, n=2, seed=4)
-    # replica 0 by hand: Poisson draws of y, x, mos (their models) from default_rng([seed, 0]), refitted cold
+    # replica 0 by hand: Poisson draws of y, x, mos (their models) from default_rng([seed, 0]), refitted warm
+    # from the fit (a prior sets the estimator)
     draw = np.random.default_rng([4, 0])
     models = [r["model_spectral"].rename(x_spectral="x", y_spectral="y"),
               r["model_spatial"].rename(energy_spatial="energy"), r["model_obs2"].rename(energy_obs2="energy")]
     drawn = [o.copy(deep=False).assign(counts=o["counts"].copy(data=draw.poisson(
         m.transpose(*o["counts"].dims).values.astype(np.float64)).astype(np.float32)))
         for o, m in zip((y, x, mos), models)]
-    ref = xfusion.fuse(*drawn, progress=False, **SETTINGS)
+    ref = xfusion.fuse(*drawn, progress=False, init=r, **SETTINGS)
     np.testing.assert_array_equal(u["flux_replicas"].values[0], ref["flux"].transpose("x", "y", "energy").values)
     assert np.all(np.isfinite(u["flux_std"].values)) and float(u["flux_std"].max()) > 0
     with pytest.raises(ValueError, match="fitted on 3 observations but 2"):
@@ -138,14 +144,15 @@ def test_any_number_of_observations(fitted):
 
 
 def test_capped_warm_replicas_scaled_by_control(fitted):
-    """A converged fit (21 iterations): warm replicas stop at max_iter='auto' = 11 iterations except replica 0,
-    the control, which runs the fit's 21 iterations and gives the ratio that scales the others."""
+    """A converged fit (32 iterations, stopped by the relative change of the iterate <= 1e-3): warm replicas stop
+    at max_iter='auto' = 16 iterations except replica 0, the control, which runs the fit's 32 iterations and gives
+    the ratio that scales the others."""
     x, y, _ = fitted
     r = xfusion.fuse(x, y, progress=False, **dict(SETTINGS, max_iter=60, tol=1e-3))
-    assert r.attrs["converged"] == 1 and r.attrs["iterations"] == 21
+    assert r.attrs["converged"] == 1 and r.attrs["iterations"] == 32
     u = xfusion.uncertainty(r, x, y, n=2, seed=2)
     assert u["replica_warm"].all() and list(u["replica_capped"].values) == [False, True]
-    assert list(u["replica_iterations"].values) == [21, 11]  # control: the fit's count; capped: half (no tol)
+    assert list(u["replica_iterations"].values) == [32, 16]  # control: the fit's count; capped: half (no tol)
     ratio = u.attrs["control_ratio"]
     assert np.isfinite(ratio) and ratio >= 1.0 and u.attrs["capped_replicas"] == 1
     with pytest.raises(ValueError, match="max_iter"):

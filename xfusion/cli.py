@@ -545,8 +545,9 @@ def build_parser():
     f.add_argument("--max-iter", dest="max_iter", type=int, default=None, metavar="N",
                    help="maximum number of iterations (default per method: em 50, ista 2000, fista 300)")
     f.add_argument("--tol", type=float, default=None, metavar="T",
-                   help="stop when the relative change of the objective between iterations is <= T "
-                        "(dimensionless; default 1e-4; 0 runs all iterations)")
+                   help="stop when the relative change between iterations (of the cube for EM with a prior, "
+                        "else of the objective) is <= T for 5 iterations (dimensionless; default 1e-4; 0 runs all "
+                        "iterations)")
     f.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="Zarr store where the iterate is saved every --checkpoint-every iterations (new, or one "
                         "written by xfusion's checkpoint writer; never an input or the output)")

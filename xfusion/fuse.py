@@ -179,6 +179,8 @@ HISTORY_ATTRS = {
     "data_term": ("1", "Poisson data term sum(m - d + d ln(d/m)) over both data sets, 0 ln 0 = 0 (half the "
                        "Poisson deviance, >= 0, 0 at a perfect fit; nats)"),
     "penalty": ("1", "regularization penalty added to the data term (nats)"),
+    "iterate_change": ("1", "relative change of the iterate ||Z_k - Z_(k-1)|| / ||Z_k|| (EM with a prior: what tol "
+                            "stops on; NaN at iteration 0)"),
 }
 
 
@@ -379,7 +381,7 @@ def _zero_result(problem, params, lowrank, elapsed):
         flux, mod_x, mod_y = zeros(shape, xd), zeros(xd.shape, xd), zeros(yd.shape, yd)
     else:
         flux, mod_x, mod_y = (np.zeros(sh, np.float32) for sh in (shape, xd.shape, yd.shape))
-    history = {k: [0.0] for k in HISTORY_ATTRS}
+    history = {k: [0.0] for k in ("objective", "data_term", "penalty")}
     basis = coeffs = None
     if lowrank:  # one flat component, zero maps
         basis = np.full((1, shape[2]), 1 / np.sqrt(shape[2]))
@@ -440,7 +442,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
     max_iter, tol : iteration cap (default per method: em 50, ista 2000, fista 300; for the
         unregularized options: ``none`` "auto" (the early-stopping iteration chosen by Poisson
         thinning, see :mod:`xfusion.tuning`), ``lowrank`` 30 ("auto" accepted)) and the relative
-        objective change (> 0) at which to stop; ``tol=None`` runs all ``max_iter`` iterations.
+        change (> 0) at which to stop, held for 5 iterations: of the iterate, ``||Z_k - Z_{k-1}|| / ||Z_k||``,
+        for EM with a prior (its objective's two parts can cancel: :mod:`xfusion.solvers.em`; history
+        ``iterate_change``), else of the objective; ``tol=None`` runs all ``max_iter`` iterations.
     checkpoint, checkpoint_every, resume : Zarr store path written every k iterations;
         ``resume=True`` continues an interrupted run from it (same result as uninterrupted).
     init : optional warm start: a previous result (Dataset with ``flux``, ph cm-2 s-1) or a flux
@@ -615,8 +619,8 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
     if client is not None:
         parallel.check_workers(client)
     if tol is not None and not (_is_real(tol) and tol > 0):
-        raise ValueError(f"tol must be > 0 (relative objective change, a finite number); got {tol!r}. Use tol=None "
-                         "to run all max_iter iterations")
+        raise ValueError(f"tol must be > 0 (relative change of the iterate or objective, a finite number); "
+                         f"got {tol!r}. Use tol=None to run all max_iter iterations")
     for i, o in enumerate(observations):
         if isinstance(o, xr.Dataset) and "counts" in o and 0 in o["counts"].shape:
             label = "ab"[i] if i < 2 else i + 1

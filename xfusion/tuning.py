@@ -85,7 +85,7 @@ from .operators.model import build_model
 from .regularizers.sparsity import Wavelet2D1D
 from .solvers.backend import blas_limited
 from .solvers.em import EMProx
-from .solvers.loop import RelativeChange
+from .solvers.loop import stopping_rule
 
 #: Transfer of the plain-RL iteration count from a half (f = 0.5) to all counts:
 #: ``n_full = round(RL_TRANSFER[0] * n_half ** RL_TRANSFER[1])``, clipped to [1, RL_MAX_ITER].
@@ -292,24 +292,25 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
 
     ``parts`` (a list, optional) receives the held-out deviance of each observation at every iterate.
 
-    Stops like :func:`xfusion.fuse` (relative objective change ``tol`` for 5 iterations, or
-    ``max_iter``); abandons when the held-out deviance rose ``patience_up`` times in a row and
-    is above ``abandon_above``; with ``past_min``, stops once the iteration count exceeds
-    ``max(past_min, 2 * argmin)`` of the held-out curve (the minimum is then behind us).
+    Stops like :func:`xfusion.fuse` (:func:`xfusion.solvers.loop.stopping_rule`: with a prior the relative
+    change of the iterate, else of the objective, ``<= tol`` for 5 iterations; or ``max_iter``); abandons
+    when the held-out deviance rose ``patience_up`` times in a row and is above ``abandon_above``; with
+    ``past_min``, stops once the iteration count exceeds ``max(past_min, 2 * argmin)`` of the held-out curve
+    (the minimum is then behind us).
     """
     solver = _ScoredEM(split, reg)
     state = solver.init(np.array(z0, dtype=split.dtype, copy=True))
-    hist = {"objective": [state["objective"]]}
+    stop = stopping_rule(solver, tol)
+    hist = {stop.key: [state.get(stop.key, np.nan)]}
     curve = [state["heldout"]]
     if parts is not None:
         parts.append(list(state["heldout_parts"]))
-    stop = RelativeChange(tol, patience=5)
     abandoned = False
     it = 0
     while it < max_iter and not stop(hist):
         state = solver.step(state)
         it += 1
-        hist["objective"].append(state["objective"])
+        hist[stop.key].append(state[stop.key])
         curve.append(state["heldout"])
         if parts is not None:
             parts.append(list(state["heldout_parts"]))

@@ -22,12 +22,14 @@ Methods
     approximate where the estimator is far from linear (very low counts, thresholding).
     Observations with a known background are refused.
 
-Warm starts. When the fit converged (stopped by ``tol`` at a fixed point of its
-objective), replicas start from the result (``fuse(..., init=result)``). When the iteration
-count is the regularizer (early-stopped Richardson-Lucy ``"none"``, low rank stopped at
-``max_iter``, any fit that did not converge), a warm start would run a different estimator
-(more iterations from a better start), so those replicas start cold with the same count
-(``warm="auto"``; the choice is recorded per replica).
+Warm starts. When the fit converged (stopped by ``tol``), or is an EM fit with a prior that
+sets the estimator (its penalized fixed point; stopped at ``max_iter`` it is a truncation of
+it), replicas start from the result (``fuse(..., init=result)``). When the iteration count is
+the regularizer (early-stopped Richardson-Lucy ``"none"``, low rank stopped at ``max_iter``,
+the starlet with ``null_space="threshold"`` stopped early, any method other than EM that did
+not converge), a warm start would run a different estimator (more iterations from a better
+start), so those replicas start cold with the same count (``warm="auto"``; the choice is
+recorded per replica).
 
 Capped warm replicas (``max_iter="auto"``). A warm replica runs a fixed number of iterations
 (no ``tol`` stop: started on the plateau, a relative-change rule stops it after ~8 iterations
@@ -407,7 +409,8 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
     seed : replica ``i`` draws from ``default_rng([seed, i])``.
     regions : dict name -> region or list of regions (masks, pixel lists, slice pairs, boxes); default the
         whole field.
-    warm : "auto" (warm start when the fit converged), True or False.
+    warm : "auto" (warm start when the fit converged or is an EM fit with a prior whose count is not its
+        regularizer: module notes), True or False.
     max_iter : iterations of a warm-started bootstrap replica (EM fit), run exactly (no ``tol`` stop). "auto":
         half the fit's iteration count (at least 10) when the fit ran more than 20, else the fit's count; an
         integer: that cap (at most the fit's count); None: each replica runs the settings' own stopping rule
@@ -477,8 +480,8 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
     flux = np.asarray(result["flux"].transpose(*_CUBE).values, dtype=np.float32)
     if not np.all(np.isfinite(flux)):
         raise ValueError("the result's flux contains NaN or inf")
-    if warm == "auto":  # a fixed point (stopped by tol): warm; an iteration count as regularizer: cold
-        warm = bool(int(result.attrs.get("converged", 0)))
+    if warm == "auto":  # the prior sets the estimator: warm; an iteration count as regularizer: cold
+        warm = bool(int(result.attrs.get("converged", 0))) or not _count_regularizes(settings)
     cap = _replica_cap(max_iter, result, settings, method, warm)
     names, masks = region_masks(regions, flux.shape[:2])
 
@@ -597,6 +600,19 @@ def bias_aware_view(u) -> xr.Dataset:
                        "settings": u.attrs.get("ml_settings", json.dumps(ML_SETTINGS)), "method": u.attrs.get(
                            "method", "bootstrap"), "n": u.attrs.get("n")})
     return view
+
+
+def _count_regularizes(settings):
+    """True when the fit's iteration count is part of its estimator (replicas must start cold and run the same
+    count): plain Richardson-Lucy and low rank stopped early (their ``early_stop`` role in the registry), the
+    2D-1D starlet with ``null_space="threshold"`` (stopped early like RL, its count chosen by thinning: see
+    :mod:`xfusion.tuning`), and any method other than EM. An EM fit with a prior otherwise approaches the
+    penalized fixed point; stopped at ``max_iter`` it is a truncation, not a different estimator, so its
+    replicas start warm from it (their drift past the fit is what the control replica measures)."""
+    from .fuse import EARLY_STOP
+
+    return (settings.get("method") != "em" or settings.get("regularization") in EARLY_STOP
+            or settings.get("null_space") == "threshold")
 
 
 def _replica_cap(max_iter, result, settings, method, warm):

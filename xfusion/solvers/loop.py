@@ -6,9 +6,12 @@ A *method* object holds the maths only:
   arrays, Dask arrays (out-of-core solvers: written chunk by chunk, read back lazily) and
   Python scalars (so it can be checkpointed to Zarr as is);
 * ``state["objective"]``: the objective of the current iterate, set by ``init``/``step``;
-* ``solution(state)``: the fused cube in internal units.
+* ``solution(state)``: the fused cube in internal units;
+* optionally ``stop_on = "iterate"``: stop on the relative change of the iterate, which ``step`` then
+  sets as ``state["iterate_change"]`` (:class:`IterateChange`; default ``"objective"``:
+  :class:`RelativeChange`).
 
-``run`` adds the bookkeeping: relative-change stopping rule, ``max_iter``, callback,
+``run`` adds the bookkeeping: the stopping rule (:func:`stopping_rule`), ``max_iter``, callback,
 tqdm progress bar, and a checkpoint every ``checkpoint_every`` iterations that ``resume``
 continues from (same state -> same result as an uninterrupted run). The checkpoint is an
 object given by the caller (``fuse`` builds an :class:`xfusion.checkpoints.ZarrCheckpoint`),
@@ -29,6 +32,8 @@ import time
 import numpy as np
 
 HISTORY_KEYS = ("objective", "data_term", "penalty")
+#: recorded in the history too by methods that stop on it (``stop_on = "iterate"``)
+ITERATE_KEY = "iterate_change"
 
 
 class RelativeChange:
@@ -44,6 +49,8 @@ class RelativeChange:
         self.tol = 0.0 if tol is None else float(tol)
         self.patience, self.min_iter = int(patience), int(min_iter)
 
+    key = "objective"
+
     def __call__(self, history):
         f = history["objective"]
         n = len(f) - 1
@@ -51,12 +58,53 @@ class RelativeChange:
             return False
         return all(abs(f[-i] - f[-i - 1]) <= self.tol * abs(f[-i]) for i in range(1, self.patience + 1))
 
+    @staticmethod
+    def last(history):
+        """The last relative change (for the progress bar)."""
+        f = history["objective"]
+        return abs(f[-1] - f[-2]) / max(abs(f[-1]), 1e-300)
+
+
+class IterateChange(RelativeChange):
+    """Stop when ``||z_k - z_{k-1}|| / ||z_k|| <= tol`` (Euclidean norms over the whole cube; the history entry
+    ``iterate_change``) held for ``patience`` consecutive iterations and at least ``min_iter`` iterations ran
+    (``tol <= 0`` never stops; a NaN entry -- e.g. iterations resumed from a checkpoint that did not record it --
+    never counts as small).
+
+    For methods whose monitored "objective" is not one fixed function (EM + prox, :mod:`xfusion.solvers.em`): its
+    two parts can cancel. Measured (session 6, 72x72x200 mosaic scene of benchmarks/mosaic.py, pn 3e6 counts,
+    wavelet2d1d k=1): the objective rule stopped pn + MOS1 + MOS2 + Resolve after 20 iterations (NMSE 20.88 dB)
+    against 46 for pn + Resolve (22.83 dB) while both still improved to ~100 iterations; this rule with
+    ``tol=1e-4`` ran both to ``max_iter=50`` (22.24 and 22.92 dB).
+    """
+
+    key = ITERATE_KEY
+
+    def __call__(self, history):
+        c = history.get(ITERATE_KEY, [])
+        n = len(c) - 1
+        if self.tol <= 0 or n < max(self.min_iter, self.patience):
+            return False
+        return all(c[-i] <= self.tol for i in range(1, self.patience + 1))  # NaN <= tol is False
+
+    @staticmethod
+    def last(history):
+        return history[ITERATE_KEY][-1]
+
+
+def stopping_rule(method, tol):
+    """The stopping rule of ``method``: :class:`IterateChange` if ``method.stop_on == "iterate"``, else
+    :class:`RelativeChange` (the objective), with the method's ``patience`` (default 5) and ``min_iter`` (0)."""
+    cls = IterateChange if getattr(method, "stop_on", "objective") == "iterate" else RelativeChange
+    return cls(tol, patience=getattr(method, "patience", 5), min_iter=getattr(method, "min_iter", 0))
+
 
 def run(method, x0, *, max_iter=100, tol=1e-4, callback=None, progress=True, checkpoint=None,
         checkpoint_every=10, resume=False):
     """Iterate ``method`` from ``x0``; return ``(state, history, n_iter, converged)``.
 
-    ``history`` lists the objective (and its parts) of iterates 0..n_iter. ``callback(it,
+    ``history`` lists the objective (and its parts; and ``iterate_change``, NaN at iterate 0, for a method
+    that stops on it) of iterates 0..n_iter. ``tol``: see :func:`stopping_rule`. ``callback(it,
     state)`` is called after each iteration ``it`` (1, 2, ...; a resumed run starts at the
     checkpoint's iteration + 1); returning True stops the run. ``checkpoint``: an object with
     ``open/load/save/close`` (module notes) or None. ``resume``: False (start from ``x0``; a
@@ -71,7 +119,7 @@ def run(method, x0, *, max_iter=100, tol=1e-4, callback=None, progress=True, che
         raise ValueError(f"resume must be False, True or 'auto'; got {resume!r}")
     if resume and checkpoint is None:
         raise ValueError("resume needs a checkpoint to continue from (checkpoint=PATH)")
-    stop = RelativeChange(tol, patience=getattr(method, "patience", 5), min_iter=getattr(method, "min_iter", 0))
+    stop = stopping_rule(method, tol)
     client = getattr(method, "client", None)
     if checkpoint is not None:
         checkpoint.open()
@@ -87,12 +135,15 @@ def _iterate(method, x0, stop, max_iter, callback, progress, checkpoint, checkpo
     if stored is None and resume is True:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint} to continue from; "
                                 "run without resume (or with resume='auto', CLI --resume-or-start) to start one")
+    keys = HISTORY_KEYS + ((ITERATE_KEY,) if stop.key == ITERATE_KEY else ())
     start = 0
     if stored is not None:
         state, history, start = stored
+        for k in keys:  # a checkpoint written before the key was recorded
+            history.setdefault(k, [np.nan] * len(history["objective"]))
     else:
         state = method.init(x0)
-        history = {k: [float(state.get(k, np.nan))] for k in HISTORY_KEYS}
+        history = {k: [float(state.get(k, np.nan))] for k in keys}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -105,13 +156,12 @@ def _iterate(method, x0, stop, max_iter, callback, progress, checkpoint, checkpo
         while it < max_iter and not converged:
             state = method.step(state)
             it += 1
-            for k in HISTORY_KEYS:
+            for k in keys:
                 history[k].append(float(state.get(k, np.nan)))
             converged = stop(history)
             if bar is not None:
-                f = history["objective"]
-                rel = abs(f[-1] - f[-2]) / max(abs(f[-1]), 1e-300)
-                bar.set_postfix(objective=f"{f[-1]:.6g}", rel_change=f"{rel:.2e}")
+                bar.set_postfix(objective=f"{history['objective'][-1]:.6g}",
+                                **{"rel_change" if stop.key == "objective" else stop.key: f"{stop.last(history):.2e}"})
                 bar.update(1)
             if checkpoint is not None and (it % checkpoint_every == 0 or converged or it == max_iter):
                 checkpoint.save(state, history, it, client)
