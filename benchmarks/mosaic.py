@@ -22,10 +22,12 @@ pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half a
    data size (voxels of all inputs' counts) and the fused voxels the inputs' models read per use (a tile reads
    only the fused pixels it sees after its PSF) for 2 (pn + tile 1), 3 (+ MOS1), 5 (pn + 4 tiles), 6 (+ MOS1)
    and 7 inputs, with the ratios time / data size and time / touched voxels relative to the 2-input case;
-4. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders;
-   wavelet2d1d 10 iterations and RL 5 iterations) computed with the
-   committed code (``git archive HEAD`` unpacked in a temporary directory, run in a subprocess) and with the
-   working tree: maximum absolute difference of the flux (0 = bit for bit).
+4. **profile** (not in the default sections): CPU ms per RL iteration per input (forward, data term, adjoint,
+   adding it to the EM correction) and the EM step, each piece timed in place, for 2 and 7 inputs;
+5. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders) and the
+   7-input mosaic (wavelet2d1d 10 iterations and RL 5 iterations) computed with the
+   committed code (``git archive HEAD`` unpacked in a temporary directory, run in a subprocess; or the package under
+   ``--reference DIR``) and with the working tree: maximum absolute difference of the flux (0 = bit for bit).
 
     nice -n 15 python benchmarks/mosaic.py                 # all sections (~10-20 min on a loaded 2-core box)
     python benchmarks/mosaic.py --sections time --repeat 3
@@ -252,55 +254,128 @@ def timing(obs, args):
     return rows
 
 
+def profile(obs, n_iter=30):
+    """Where the time of an RL iteration goes, per input: the EM sequence (each input's forward, data term (value
+    and ratio), adjoint, and adding the adjoint to the correction; then the EM step) run for ``n_iter`` iterations
+    with each piece timed in place (process CPU time, one BLAS thread), for 2 and 7 inputs; ms per iteration and
+    share. The same operators and likelihood terms as ``fuse`` (without its bookkeeping)."""
+    from threadpoolctl import threadpool_limits
+
+    from xfusion.fuse import _precheck
+    from xfusion.likelihood import PoissonTerm
+
+    clock = time.process_time
+    print("\n== profile: CPU ms per RL iteration, per input (in place; load %s) ==" % " ".join(
+        f"{v:.1f}" for v in os.getloadavg()))
+    totals = []
+    for keys in (["pn", "tile1"], ["pn", "mos1", "mos2", "tile1", "tile2", "tile3", "tile4"]):
+        _, _, _, models, _ = _precheck([obs[k] for k in keys], {}, False)
+        used, terms = set(), []
+        for m in models:  # the models come in the order fuse uses; name them by their data
+            k = next(k for k in keys if k not in used and obs[k]["counts"].shape == m.data_shape)
+            used.add(k)
+            mask = obs[k]["mask"].values if "mask" in obs[k] else None
+            terms.append((k, m, PoissonTerm(m, obs[k]["counts"].values, mask)))
+        with threadpool_limits(limits=1, user_api="blas"):
+            s = None
+            for k, m, t in terms:
+                q = m.adjoint(np.ones(m.data_shape, np.float32) if t.weight is None else t.weight)
+                s = q if s is None else s + q
+            s = np.where(s > 0, s, 1).astype(np.float32)
+            z = np.full(models[0].fused_shape, 1e-3, np.float32)
+            acc, em = {k: np.zeros(4) for k, _, _ in terms}, 0.0
+            for it in range(n_iter + 2):  # 2 iterations to warm up
+                corr = None
+                for k, m, t in terms:
+                    c0 = clock()
+                    mo = m.forward(z)
+                    c1 = clock()
+                    t.value_from_model(mo)
+                    r = t.ratio(mo)
+                    c2 = clock()
+                    q = m.adjoint(r)
+                    c3 = clock()
+                    corr = q if corr is None else np.add(corr, q)
+                    c4 = clock()
+                    if it >= 2:
+                        acc[k] += (c1 - c0, c2 - c1, c3 - c2, c4 - c3)
+                c0 = clock()
+                z = np.maximum(z * corr / s, 0)
+                if it >= 2:
+                    em += clock() - c0
+        tot = (sum(a.sum() for a in acc.values()) + em) / n_iter * 1e3
+        totals.append(tot)
+        print(f"{len(keys)} inputs: {tot:.2f} ms/it\n  {'input':7s} {'forward':>8s} {'data':>6s} {'adjoint':>8s} "
+              f"{'add':>6s} {'total':>7s} {'share':>6s}")
+        for k, a in acc.items():
+            a = a / n_iter * 1e3
+            print(f"  {k:7s} {a[0]:8.2f} {a[1]:6.2f} {a[2]:8.2f} {a[3]:6.2f} {a.sum():7.2f} {a.sum() / tot:6.1%}")
+        print(f"  EM step {em / n_iter * 1e3:.2f} ms ({em / n_iter * 1e3 / tot:.1%})", flush=True)
+    data = [sum(int(obs[k]["counts"].size) for k in keys) for keys in (("pn", "tile1"), tuple(obs))]
+    print(f"7 inputs / 2 inputs: {totals[1] / totals[0]:.2f}x the time for {data[1] / data[0]:.2f}x the data")
+
+
 def two_input_check(args):
-    """Fuse pn + tile 1 with the committed code and with the working tree; print the max |difference|."""
-    print("\n== two inputs: committed code (git HEAD) vs working tree ==")
+    """Fuse pn + tile 1, an image + image pair (both orders) and the 7 mosaic inputs with the committed code (or
+    the package under ``--reference``) and with the working tree; print the max |difference| per case."""
+    ref_label = "HEAD" if args.reference is None else f"reference {args.reference}"
+    print(f"\n== {ref_label} vs working tree (pn + tile 1; image + image both orders; 7 inputs) ==")
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
-        tar = subprocess.run(["git", "-C", str(repo), "archive", "HEAD", "xfusion"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", tmp], input=tar.stdout, check=True)
+        if args.reference is None:
+            tar = subprocess.run(["git", "-C", str(repo), "archive", "HEAD", "xfusion"], capture_output=True,
+                                 check=True)
+            subprocess.run(["tar", "-x", "-C", tmp], input=tar.stdout, check=True)
+            ref_root = tmp
+        else:
+            ref_root = str(Path(args.reference).resolve())
         data = Path(tmp) / "data"
         data.mkdir()
-        # the scene from the working tree (scenes_mosaic is new), stored as Zarr; both codes read the same stores
+        # the scenes from the working tree, stored as Zarr; both codes read the same stores
         from xfusion.io import zarr as xz
 
-        obs, _ = make_mosaic(size=(args.size[0], args.size[1]), tiles=1, mos=False)
-        for k in ("pn", "tile1"):
+        obs, _ = make_mosaic(size=(args.size[0], args.size[1]))
+        for k in obs:
             xz.write(obs[k], data / f"{k}.zarr")
         x, y, _ = scenes.make("snr_shell", 1, size="small", response="realistic")  # image + image (rebin, RMF)
         xz.write(x, data / "x.zarr")
         xz.write(y, data / "y.zarr")
-        code = ("import sys, numpy as np\nsys.path.insert(0, sys.argv[1])\nimport xfusion\n"
+        cases = [("pn", "tile1"), ("x", "y"), ("y", "x"), ("pn", "mos1", "mos2", "tile1", "tile2", "tile3", "tile4")]
+        code = ("import sys, json, numpy as np\nsys.path.insert(0, sys.argv[1])\nimport xfusion\n"
                 "from xfusion.io import zarr as xz\n"
                 "print('xfusion from', xfusion.__file__, file=sys.stderr)\n"
-                "out = []\n"
-                "for pair in (('pn', 'tile1'), ('x', 'y'), ('y', 'x')):\n"
-                "    a, b = (xz.open(sys.argv[2] + '/' + k + '.zarr').load() for k in pair)\n"
-                "    r = xfusion.fuse(a, b, regularization='wavelet2d1d', max_iter=10, tol=None, progress=False, "
+                "out = {}\n"
+                "for case in json.loads(sys.argv[4]):\n"
+                "    obs = [xz.open(sys.argv[2] + '/' + k + '.zarr').load() for k in case]\n"
+                "    r = xfusion.fuse(*obs, regularization='wavelet2d1d', max_iter=10, tol=None, progress=False, "
                 "k=1.0, n_scales_1d=5, null_space='zero')\n"
-                "    out.append(r.flux.values.ravel())\n"
-                "    r = xfusion.fuse(a, b, regularization='none', max_iter=5, tol=None, progress=False)\n"
-                "    out.append(r.flux.values.ravel())\n"
-                "np.save(sys.argv[3], np.concatenate(out))\n")
+                "    out['+'.join(case) + ' wavelet2d1d 10 it'] = r.flux.values\n"
+                "    r = xfusion.fuse(*obs, regularization='none', max_iter=5, tol=None, progress=False)\n"
+                "    out['+'.join(case) + ' RL 5 it'] = r.flux.values\n"
+                "np.savez(sys.argv[3], **out)\n")
         flux = {}
-        for label, root in (("HEAD", tmp), ("working tree", str(repo))):
-            f = Path(tmp) / f"flux_{label.replace(' ', '_')}.npy"
+        for label, root in ((ref_label, ref_root), ("working tree", str(repo))):
+            f = Path(tmp) / f"flux_{len(flux)}.npz"
             env = dict(os.environ, PYTHONPATH=root)
-            p = subprocess.run([sys.executable, "-c", code, root, str(data), str(f)], capture_output=True, text=True,
-                               env=env)
+            p = subprocess.run([sys.executable, "-c", code, root, str(data), str(f), json.dumps(cases)],
+                               capture_output=True, text=True, env=env)
             if p.returncode:
                 print(f"{label}: failed\n{p.stderr[-2000:]}")
                 return
             print(p.stderr.strip().splitlines()[-1])
-            flux[label] = np.load(f)
-        d = float(np.max(np.abs(flux["HEAD"].astype(np.float64) - flux["working tree"])))
-        print(f"max |flux(HEAD) - flux(working tree)| = {d:.3g} ph cm-2 s-1 (max flux {flux['HEAD'].max():.3g}); "
-              f"bit-for-bit: {bool(np.array_equal(flux['HEAD'], flux['working tree']))}")
+            with np.load(f) as z:
+                flux[label] = {k: z[k] for k in z.files}
+        a, b = flux[ref_label], flux["working tree"]
+        for k in a:
+            d = float(np.max(np.abs(a[k].astype(np.float64) - b[k])))
+            print(f"{k:60s} max |difference| {d:.3g} ph cm-2 s-1 = {d / float(np.abs(a[k]).max()):.2e} of the max "
+                  f"flux; bit for bit: {bool(np.array_equal(a[k], b[k]))}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="quality,seams,time", help="comma list of quality, seams, time, or none")
+    ap.add_argument("--sections", default="quality,seams,time",
+                    help="comma list of quality, seams, time, profile, or none")
     ap.add_argument("--size", type=int, nargs=2, default=(72, 400), metavar=("N", "L"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-iter", type=int, default=50)
@@ -310,6 +385,8 @@ def main():
     ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads in the timing runs (default: the "
                     "library's; 1 avoids OpenBLAS's threaded small products stalling on a loaded machine)")
     ap.add_argument("--two-input-check", action="store_true")
+    ap.add_argument("--reference", default=None, metavar="DIR", help="--two-input-check against the xfusion package "
+                    "under DIR (a copy of an earlier tree) instead of git HEAD")
     ap.add_argument("--counts", type=float, nargs=2, default=(3e6, 2e6), metavar=("PN", "RESOLVE"),
                     help="expected counts of pn and of all Resolve tiles (MOS get their share of pn's by area)")
     ap.add_argument("--rl-sweep", action="store_true", help="also plain RL at iterations 2-32 of one run per set")
@@ -321,7 +398,7 @@ def main():
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     t0 = time.perf_counter()
-    if sections & {"quality", "seams", "time"}:
+    if sections & {"quality", "seams", "time", "profile"}:
         obs, truth = make_mosaic(seed=args.seed, size=tuple(args.size), counts=tuple(args.counts))
         print(f"scene built in {time.perf_counter() - t0:.1f} s: " + ", ".join(
             f"{o.attrs['name']} {float(o['counts'].sum()):.3g} counts" for o in obs.values()))
@@ -341,6 +418,8 @@ def main():
                   f"same inputs, RL {args.rl_iter} iterations")
     if "time" in sections:
         timing(obs, args)
+    if "profile" in sections:
+        profile(obs)
     if args.two_input_check:
         two_input_check(args)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")

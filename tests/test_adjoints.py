@@ -7,6 +7,7 @@ magnitude in float32 too.
 """
 import numpy as np
 import pytest
+import scipy.sparse
 import xarray as xr
 
 from xfusion import toy
@@ -14,6 +15,7 @@ from xfusion.grid import SPATIAL, SPECTRAL, fusion_grid
 from xfusion.operators import Chain, Convolve1D, Convolve2D, Rebin, ResponseMatrix, Scale, SpatialMatrix, build_model
 from xfusion.operators.area import AreaMap
 from xfusion.operators.dottest import dottest
+from xfusion.operators.model import InstrumentModel
 from xfusion.operators.psf import EnergyDependentSpatial, StackedSpatial, band_weights
 from xfusion.regularizers.sobolev import Gradient2D
 
@@ -27,6 +29,7 @@ K2b = rng.random((5, 3))
 K2b /= K2b.sum()
 K1 = rng.random(9)
 K1 /= K1.sum()
+KS = np.outer([0.1, 0.5, 1.0, 0.3, 0.05], [0.2, 1.0, 0.4])  # separable (rank 1), asymmetric on both axes
 ENERGIES = np.linspace(0.5, 1.4, 12)
 
 
@@ -71,6 +74,13 @@ OPS = {
     "chain_conv_rebin": (lambda: Chain([Scale(rng.random(12) + 0.5), Convolve2D(K2, (9, 6)), Rebin((3, 3, 1))]),
                          (9, 6, 12)),
     "chain_spectral": (lambda: Chain([Convolve1D(K1, 12), Rebin((1, 1, 4))]), (3, 3, 12)),
+    # issue 18 (session 7): a separable PSF as two 1D Toeplitz products; instrument models with the per-energy
+    # weights folded into the response matrix, or applied after the spatial operator (on the data)
+    "conv2d_separable": (lambda: Convolve2D(KS, (11, 8)), (11, 8, 6)),
+    "model_folded_response": (lambda: InstrumentModel(rng.random(12) + 0.5, ResponseMatrix(rng.random((12, 5))),
+                                                      Convolve2D(KS, (9, 6)), (9, 6, 12), (9, 6, 5)), (9, 6, 12)),
+    "model_weights_after_spatial": (lambda: InstrumentModel(rng.random(12) + 0.5, None, SpatialMatrix.from_psf(
+        K2, (9, 6), 3), (9, 6, 12), (3, 2, 12)), (9, 6, 12)),
     "gradient2d": (lambda: Gradient2D(), (7, 5, 3)),
 }
 
@@ -82,6 +92,41 @@ def test_elementary_and_composed(name, dtype):
     op = make()
     for seed in (0, 1):
         assert dottest(op, shape, dtype, seed=seed) <= TOL[dtype]
+
+
+@DTYPES
+def test_separable_psf_and_reordered_weights_are_the_same_operators(dtype):
+    """Issue 18 (session 7): the separable path of Convolve2D equals its FFTs, and the instrument models with the
+    weights folded into the response matrix or moved after the spatial operator equal ``spatial(spectral(w Z))``
+    written as a plain chain, to float round-off; a non-separable kernel keeps the FFTs."""
+    from xfusion.operators.psf import _conv_valid
+
+    assert Convolve2D(K2, (11, 8)).separable is None
+    r = np.random.default_rng(4)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for shape in ((11, 8, 6), (37, 21, 3)):  # one partial Toeplitz block; several (BAND_ROWS = 16) and a partial one
+        conv = Convolve2D(KS, shape[:2])
+        assert conv.separable is not None
+        z = r.standard_normal(shape).astype(dtype)
+        for flipped, got in ((False, conv.forward(z)), (True, conv.adjoint(z))):
+            ref = conv._padded(lambda a: _conv_valid(a, conv.kernel, flipped), z)
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, ref, rtol=0, atol=rtol * np.abs(ref).max())
+    w, R = r.random(12) + 0.5, ResponseMatrix(r.random((12, 5)))
+    cases = [(InstrumentModel(w, R, Convolve2D(KS, (9, 6)), (9, 6, 12), (9, 6, 5)),
+              [Scale(w), R, Convolve2D(KS, (9, 6))], ["ResponseMatrix", "Convolve2D"]),
+             (InstrumentModel(w, None, Rebin((3, 3, 1)), (9, 6, 12), (3, 2, 12)), [Scale(w), Rebin((3, 3, 1))],
+              ["Rebin", "Scale"]),
+             (InstrumentModel(w, Convolve1D(K1, 12), None, (9, 6, 12), (9, 6, 12)), [Scale(w), Convolve1D(K1, 12)],
+              ["Scale", "Convolve1D"])]
+    Rs = ResponseMatrix(scipy.sparse.random(12, 5, density=0.4, random_state=1, format="csr"))  # a sparse RMF folds too
+    cases.append((InstrumentModel(w, Rs, None, (9, 6, 12), (9, 6, 5)), [Scale(w), Rs], ["ResponseMatrix"]))
+    z = r.random((9, 6, 12)).astype(dtype)
+    for model, plain, names in cases:
+        assert [type(o).__name__ for o in model.ops] == names
+        ref, u = Chain(plain).forward(z), r.random(model.data_shape).astype(dtype)
+        np.testing.assert_allclose(model.forward(z), ref, rtol=rtol, atol=0)
+        np.testing.assert_allclose(model.adjoint(u), Chain(plain).adjoint(u), rtol=rtol, atol=0)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +196,8 @@ class Shifted:
         return np.roll(self.op.adjoint(y), 1, axis=self.axis)
 
 
-@pytest.mark.parametrize("name,axis", [("conv2d", 0), ("conv2d", 1), ("spatial_matrix", 0), ("stacked_spatial", 1),
+@pytest.mark.parametrize("name,axis", [("conv2d", 0), ("conv2d", 1), ("conv2d_separable", 0), ("conv2d_separable", 1),
+                                       ("spatial_matrix", 0), ("stacked_spatial", 1),
                                        ("rebin_space", 0), ("conv1d", 2), ("response_matrix", 2),
                                        ("energy_dependent_conv", 0)])
 @DTYPES
@@ -211,19 +257,36 @@ def test_footprint_adjoint(dtype, psf):
         assert dottest(tile, (12, 12, 5), dtype) <= TOL[dtype]
         z = np.random.default_rng(1).random((12, 12, 5))
         assert np.allclose(tile.forward(z), tile.matrix @ z.reshape(144, 5), rtol=1e-6, atol=0)
-        # restricted to the pixels it sees (issue 18): gather, area weights on those only, footprint; the same
-        # products bit for bit, each part and the instrument model adjoint to float round-off
+        # restricted to the pixels it sees (issue 18): gather, footprint on those only, then the per-energy area
+        # weights on the tile's (P, L) data; the same operator to float round-off, each part and the model adjoint
         from xfusion.operators.model import InstrumentModel
 
         gather, rest = tile.restricted()
         assert dottest(gather, (12, 12, 5), dtype) <= TOL[dtype]
+        # block-sparse F B on the gathered pixels (boxes of pixels, each with the rows that see it): same matrix;
+        # here one box is cheapest (9 rows), so blocks of any partition are checked too, rows left out included
+        from xfusion.operators.footprint import BlockFootprint
+
+        n = gather.columns.size
+        np.testing.assert_array_equal(rest.matrix, tile.matrix[:, gather.columns])
+        part = BlockFootprint(rest.matrix, [0, 7, 30, 31, 55])
+        assert len(part.blocks) == 5 and sum(r.size * (e - a) for a, e, r, _, _ in part.blocks) < 9 * n
+        zz = np.random.default_rng(5).standard_normal((n, 1, 5)).astype(dtype)
+        uu = np.random.default_rng(6).standard_normal((9, 5)).astype(dtype)
+        atol = 1e-5 if dtype == np.float32 else 1e-12
+        for op in (rest, part):
+            np.testing.assert_array_equal(op.matrix, tile.matrix[:, gather.columns])
+            np.testing.assert_allclose(op.forward(zz), rest.matrix @ zz[:, 0], rtol=0, atol=atol)
+            np.testing.assert_allclose(op.adjoint(uu)[:, 0], rest.matrix.T @ uu, rtol=0, atol=atol)
+            assert dottest(op, (n, 1, 5), dtype) <= TOL[dtype]
         w = np.linspace(1.0, 2.0, 5)
         model = InstrumentModel(w, None, tile, (12, 12, 5), (9, 5))
-        assert [type(o).__name__ for o in model.ops] == ["Gather", "Scale", "Footprint"]
+        assert [type(o).__name__ for o in model.ops] == ["Gather", "BlockFootprint", "Scale"]
         whole = Chain([Scale(w), tile])
         zz, u = z.astype(dtype), np.random.default_rng(2).random((9, 5)).astype(dtype)
-        assert np.array_equal(model.forward(zz), whole.forward(zz))
-        assert np.array_equal(model.adjoint(u), whole.adjoint(u))
+        rtol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(model.forward(zz), whole.forward(zz), rtol=rtol, atol=0)
+        np.testing.assert_allclose(model.adjoint(u), whole.adjoint(u), rtol=rtol, atol=0)
         assert dottest(model, (12, 12, 5), dtype) <= TOL[dtype]
 
 
@@ -283,14 +346,19 @@ def test_blockwise_dask_equals_numpy_and_dot_test(name, dtype):
 
 
 def test_whole_field_operators_are_refused_by_the_block_backend():
+    """Footprints (sparse, dense F B, and a tile's gather + block-sparse F B) act on the whole field at once:
+    the block backend refuses them with a clear message (tiles run in memory)."""
     from xfusion.backends.blockwise import DaskBackend
     from xfusion.operators.footprint import Footprint, footprint_matrix
 
     x = (np.arange(12) - 5.5) * 4.0
     op = Footprint(footprint_matrix(x, x, 4.0, np.array([0.0]), np.array([0.0]), 10.0), (12, 12))
+    tile = Footprint(footprint_matrix(x, x, 4.0, np.array([0.0]), np.array([0.0]), 10.0, 0.0, (-12.0, -12.0)),
+                     (12, 12)).with_psf(Convolve2D(KS, (12, 12)))
     B = DaskBackend(((6, 6), (6, 6), (5,)))
-    with pytest.raises(ValueError, match="no block"):
-        B.forward(op, da.zeros((12, 12, 5), chunks=(6, 6, 5)))
+    for o in (op, tile, Chain(list(tile.restricted()))):
+        with pytest.raises(ValueError, match="no block"):
+            B.forward(o, da.zeros((12, 12, 5), chunks=(6, 6, 5)))
 
 
 def test_subspace_block_kernel_on_uneven_chunks(small_models):

@@ -12,6 +12,7 @@ right-multiplication by a spectral basis, the low-rank solvers can use
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sps
 import xarray as xr
 
 from ..grid import SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, footprint_geometry, psf_on_grid
@@ -64,12 +65,7 @@ class InstrumentModel(Chain):
         self.post = None if post is None else np.asarray(post, dtype=np.float64)
         self.background = None if background is None else np.asarray(background, dtype=np.float64)
         self._scale = Scale(self.area)
-        post_op = None if post is None else Scale(self.post)
-        split = _restricted(spatial) if spectral is None and self.area.ndim == 1 else None
-        if split is None:
-            super().__init__([self._scale, spectral, spatial, post_op])
-        else:  # a tile that sees part of the field: gather its pixels first, weight only those (issue 18)
-            super().__init__([split[0], self._scale, split[1], post_op])
+        super().__init__(_ordered(self._scale, spectral, spatial, None if post is None else Scale(self.post)))
 
     @property
     def weights(self):
@@ -131,11 +127,30 @@ class InstrumentModel(Chain):
         return self.spatial, v
 
 
-def _restricted(spatial):
-    """``(gather, rest)`` of a footprint that sees part of the field (:meth:`Footprint.restricted`), else None.
-    Per-energy weights commute with the gather (both act on other axes), so the model applies them to the
-    gathered pixels only: the same products, bit for bit, without two passes over the whole cube per use."""
-    return spatial.restricted() if isinstance(spatial, Footprint) else None
+def _ordered(scale, spectral, spatial, post):
+    """The operators of ``post * spatial(spectral(w * Z))``, first applied first, with the per-energy weights ``w``
+    where they cost least (issue 18: the cost of an input should follow its data, not the fused cube).
+
+    Weights over energy only ((L,) array) commute with every spatial operator (which acts on each energy channel
+    alike) and fold into a response matrix (``(w Z) R = Z (diag(w) R)``). So:
+
+    * spectral is a :class:`~xfusion.operators.response.ResponseMatrix`: ``diag(w) R`` replaces both (no pass over
+      the fused cube for the weights; pn, MOS);
+    * no spectral operator: the weights act after the spatial operator, on the data's (P, L) or (m, n, L) array; a
+      footprint that sees part of the field starts with the :class:`Gather` of its pixels
+      (:meth:`Footprint.restricted`; a Resolve tile: gather -> footprint x PSF -> weights, all in proportion to the
+      pixels it sees or to its data);
+    * otherwise (a convolution over energy, or weights varying with position): ``w`` first, as written.
+
+    The same operator up to float rounding (products in another order; bit-identical before session 7)."""
+    if scale.area.ndim == 1 and isinstance(spectral, ResponseMatrix):
+        m = spectral.matrix
+        folded = ResponseMatrix(sps.diags(scale.area) @ m if spectral.sparse else scale.area[:, None] * m)
+        return [folded, spatial, post]
+    if scale.area.ndim == 1 and spectral is None and spatial is not None:
+        split = spatial.restricted() if isinstance(spatial, Footprint) else None
+        return (list(split) if split is not None else [spatial]) + [scale, post]
+    return [scale, spectral, spatial, post]
 
 
 def _area_on_grid(obs, fine_edges, fused_hw, factor, exposure=1.0):
@@ -214,8 +229,6 @@ def _footprint_op(grid, obs, psf, energies):
             f"area inside the fused field ({bad.size} pixel(s) so): flux from outside the field would be missing from "
             "its model. Use a sharp-spatial image covering the whole array, or mask those pixels (mask=False)")
     if "exposure_fraction" in obs:
-        import scipy.sparse as sps
-
         F = sps.diags(np.asarray(obs["exposure_fraction"].values, np.float64)) @ F
     op = Footprint(F, hw)
     if psf is None:
