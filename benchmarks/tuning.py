@@ -7,6 +7,9 @@
     python benchmarks/tuning.py wave_iters 6,16,21,0 small   # is the chosen wavelet fit under-converged?
     python benchmarks/tuning.py null_iters 1,6,11 small  # null space zero vs threshold (iterations by thinning) vs RL
     python benchmarks/tuning.py hindsight 0,1,6 heldout small  # 'auto' choice vs best visited candidate in hindsight
+    python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl 0,1,2  # curves + paired SEs per scene (JSON lines)
+    python benchmarks/tuning.py guard_rules out.jsonl 0 25     # selection / transfer rules compared offline on them
+    python benchmarks/tuning.py asam 0,2,5 heldout 24          # where the spectral angle loses to Y upsampled
 """
 from __future__ import annotations
 
@@ -452,6 +455,97 @@ def asam_breakdown(indices, split="heldout", n_suite=24, size="small"):
               flush=True)
 
 
+def _rule_eval(row, rule, seeds=(0,)):
+    """NMSE (dB) of the candidate a selection ``rule`` picks on one guard_data ``row`` (offline: the full-data NMSE
+    curves are in the row). ``rule``: dict with
+    ``th_se`` (1-SE rule along the thresholded curve: earliest iterate within th_se x SE of the minimum; None: argmin),
+    ``line`` ("always": rl_transfer's line factor (session 6); "s7": tuning.threshold_transfer; "never"; "const" (x
+    ``factor``); "spguard" (``factor`` unless the sharp-spatial minimum is the first iterate after the warm
+    start); "se": only when the sharp-spectral deviance falls by more
+    than line_se x SE from the sharp-spatial minimum to its own), ``margin_th`` / ``margin_rl`` (a candidate with more
+    free structure than the zeroed ladder must beat it by this many SE of the paired difference).
+    Returns (label, nmse, chosen iterations)."""
+    sps = [sp for sp in row["splits"] if sp["seed"] in seeds]
+    th_curve = np.mean([sp["th_curve"] for sp in sps if len(sp["th_curve"])], axis=0) if len(sps) == 1 else None
+    if th_curve is None:
+        n = min(len(sp["th_curve"]) for sp in sps)
+        th_curve = np.mean([sp["th_curve"][:n] for sp in sps], axis=0)
+    n = len(th_curve)
+    se = np.sqrt(np.mean([np.array(sp["th_se_vs_best"])[:n, 1] ** 2 for sp in sps], axis=0) / len(sps))
+    best = int(np.argmin(th_curve[1:]) + 1)
+    if rule.get("th_se") is not None:
+        d = th_curve - th_curve[best]
+        ok = [j for j in range(1, best + 1) if d[j] <= rule["th_se"] * se[j]]
+        jb = ok[0] if ok else best
+    else:
+        jb = best
+    spat = np.mean([sp["th_spatial"][:n] for sp in sps], axis=0)
+    spec = np.mean([sp["th_spectral"][:n] for sp in sps], axis=0)
+    n_sp, n_se = int(np.argmin(spat[1:]) + 1), int(np.argmin(spec[1:]) + 1)
+    line = rule.get("line", "always")
+    w = 3
+    if line == "s7":
+        n_th = tuning.threshold_transfer(jb + w, n_sp + w, n_se + w, w)
+    elif jb <= 1:
+        n_th = jb + w
+    elif line == "const":
+        n_th = int(round((jb + w) * rule["factor"]))
+    elif line == "never" or n_se <= n_sp:
+        n_th = jb + w
+    elif line == "se":
+        drop = spec[n_sp] - spec[n_se]
+        n_th = int(round((jb + w) * (tuning.RL_LINE_FACTOR if drop > rule.get("line_se", 1.0) * se[n_sp] else 1)))
+    elif line == "ratio":  # factor only when the sharp-spectral minimum is clearly later
+        n_th = int(round((jb + w) * (tuning.RL_LINE_FACTOR if n_se >= rule.get("line_ratio", 2) * n_sp else 1)))
+    elif line == "spguard":  # no line factor when the sharp-spatial held-out minimum is the first iterate after warm
+        n_th = int(round((jb + w) * (rule.get("factor", tuning.RL_LINE_FACTOR) if n_sp > 1 else 1)))
+    else:
+        n_th = tuning.rl_transfer(jb + w, n_sp + w, n_se + w)
+    n_th = min(max(n_th, 1), tuning.RL_MAX_ITER)
+    rl_n = row["details"]["rl"]["max_iter"]
+    dz = np.mean([sp["zero_dev"] for sp in sps])
+    dt = float(th_curve[best])
+    dr = np.mean([min(sp["rl_curve"][1:]) for sp in sps])
+    se_zt = math.sqrt(np.mean([sp["zero_vs_th"][1] ** 2 for sp in sps]) / len(sps))
+    se_zr = math.sqrt(np.mean([sp["zero_vs_rl"][1] ** 2 for sp in sps]) / len(sps))
+    se_rt = math.sqrt(np.mean([sp["rl_vs_th"][1] ** 2 for sp in sps]) / len(sps))
+    mt, mr = rule.get("margin_th", 0.0), rule.get("margin_rl", 0.0)
+    # the zeroed ladder is the default; a candidate must beat it by its margin; between th and RL the smaller deviance
+    score = {"zero": dz, "th": dt + mt * se_zt, "rl": dr + mr * se_zr}
+    pick = min(score, key=score.get)
+    th_full, rl_full = row["th_full"], row["rl_full"]
+    val = {"zero": row["zero_full"], "th": th_full[min(n_th, len(th_full)) - 1],
+           "rl": rl_full[min(rl_n, len(rl_full) - 1)]}
+    return pick, val[pick], {"n_th": n_th, "n_rl": rl_n, "val": val, "se": (se_zt, se_zr, se_rt), "dev": (dz, dt, dr)}
+
+
+def guard_rules(path, lo=0, hi=48):
+    """Offline comparison of selection rules on guard_data rows (indices lo <= index < hi)."""
+    rows = [json.loads(line) for line in open(path)]
+    rows = [r for r in rows if lo <= r["index"] < hi]
+    rules = {"session 6": {}, "session 7": {"line": "s7"}, "x1": {"line": "never"},
+             "x1.5": {"line": "const", "factor": 1.5}, "x2": {"line": "const", "factor": 2.0},
+             "spguard x3": {"line": "spguard"}, "spguard x2": {"line": "spguard", "factor": 2.0},
+             "spguard x2 +m1": {"line": "spguard", "factor": 2.0, "margin_th": 1.0},
+             "th 1SE": {"th_se": 1.0}, "line se1": {"line": "se", "line_se": 1.0},
+             "line se2": {"line": "se", "line_se": 2.0}, "line never": {"line": "never"},
+             "margin th 1": {"margin_th": 1.0}, "margin th 2": {"margin_th": 2.0},
+             "margin th1 rl1": {"margin_th": 1.0, "margin_rl": 1.0}, "margin 2/2": {"margin_th": 2.0, "margin_rl": 2.0},
+             "1SE + margin1": {"th_se": 1.0, "margin_th": 1.0}, "line se1 + margin1": {"line": "se", "margin_th": 1.0}}
+    print(f"{len(rows)} scenes")
+    res = {}
+    for label, rule in rules.items():
+        out = [_rule_eval(r, rule) for r in rows]
+        v = np.array([o[1] for o in out])
+        orc = np.array([max(r["rl_full"][1:]) for r in rows])
+        hind = np.array([max(o[2]["val"].values()) for o in out])
+        res[label] = v
+        print(f"{label:22s}: mean {v.mean():.2f} dB (RL* {orc.mean():.2f}); >= RL* {np.sum(v >= orc - 1e-9)}/{len(v)}; "
+              f">= RL* - 0.5 {np.sum(v >= orc - 0.5)}; within 0.5 of best of its 3 {np.sum(v >= hind - 0.5)}; worst vs "
+              f"best of 3 {np.min(v - hind):+.2f}; picks " + "".join(o[0][0] for o in out), flush=True)
+    return rows, res
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "rl":
         rl()
@@ -474,9 +568,12 @@ if __name__ == "__main__":
     elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small
         hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:5])
     elif sys.argv[1] == "guard_data":  # python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl
-        guard_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5])
+        guard_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
+                   seeds=tuple(int(v) for v in sys.argv[6].split(",")) if len(sys.argv) > 6 else (0, 1, 2))
     elif sys.argv[1] == "asam":  # python benchmarks/tuning.py asam 0,2,5,8,9,10,13 heldout 24
         asam_breakdown([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "guard_rules":  # python benchmarks/tuning.py guard_rules data.jsonl 0 48
+        guard_rules(sys.argv[2], *[int(v) for v in sys.argv[3:5]])
     elif sys.argv[1] == "wavelet":
         wavelet()
     elif sys.argv[1] == "suite":  # python benchmarks/tuning.py suite tune 10 small [start]

@@ -131,11 +131,26 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
     assert all(s["null_space"] == tuning.NULL_SPACE_DEFAULT[0] for s in ladder)
     d = json.loads(cur.attrs["details"])["threshold"]
     assert d["half_data_iteration"] >= 4  # the 3 warm-start iterations counted
-    expected = (d["half_data_iteration"] if d["half_data_iteration"] == 4 else
-                tuning.rl_transfer(d["half_data_iteration"], d["spatial_iteration"], d["spectral_iteration"]))
+    expected = tuning.threshold_transfer(d["half_data_iteration"], d["spatial_iteration"], d["spectral_iteration"])
     assert th["max_iter"] == d["max_iter"] == expected
     with pytest.raises(ValueError, match="belong to neither"):
         tuning.select(x, y, rank=5)
+
+
+def test_threshold_transfer_waits_for_lines_only_when_the_sharp_spatial_fit_still_improves():
+    """The thresholded candidate's half -> full iteration transfer (session 7): the line factor applies only when the
+    sharp-spectral held-out deviance keeps falling after the sharp-spatial minimum AND that minimum is not the first
+    iterate after the warm start (faint scenes, where waiting over-ran: mixed/1004 24 iterations 9.7 dB vs 8 13.8)."""
+    f = tuning.THRESHOLD_LINE_FACTOR
+    assert 1.0 < f < tuning.RL_LINE_FACTOR
+    assert tuning.threshold_transfer(10, 7, 12) == round(f * 10)  # lines still sharpening: wait
+    assert tuning.threshold_transfer(10, 4, 12) == 10  # sharp-spatial best right after the 3 warm iterations
+    assert tuning.threshold_transfer(10, 4, 12, warm_iter=2) == round(f * 10)  # ... relative to the warm start
+    assert tuning.threshold_transfer(4, 4, 9) == 4  # joint best right after the warm start
+    assert tuning.threshold_transfer(10, 9, 9) == tuning.threshold_transfer(10, 9, 5) == 10  # no later spectral best
+    assert tuning.threshold_transfer(150, 60, 140) == tuning.RL_MAX_ITER
+    with pytest.raises(ValueError, match="n_spatial"):
+        tuning.threshold_transfer(10, -1, 12)
 
 
 @pytest.mark.parametrize("kind", ["snr_shell", "cluster_core", "synchrotron"])

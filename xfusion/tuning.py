@@ -45,7 +45,9 @@ What is selected, per regularization:
   Compared that way (each family at its own best iteration) the held-out deviance ranked
   zero / threshold / RL rightly on most tuning scenes (session 6, benchmarks/tuning.py
   null_iters on 18 small tuning scenes: wrong by > 1 dB on cluster_core/1001 and
-  point_sources/1008 only).
+  point_sources/1008 only). Its iteration count goes from half to all counts by
+  :func:`threshold_transfer` (session 7: RL's line factor, reduced to 2 and not applied when the
+  sharp-spatial held-out minimum is the first iterate after the warm start -- faint scenes).
 * ``none`` (plain two-instrument Richardson-Lucy): one EM run on part A, scored at every
   iteration (the forward models are computed by EM anyway: nearly free) until the minimum
   is well behind; the best half-data iteration ``n_half`` is transferred to all counts by
@@ -405,6 +407,46 @@ def _tune_none(splits, max_iter, tol):
 #: "auto" (session 6): the wavelet candidate with ``null_space="threshold"`` at the ladder's best ``k``, run on part A
 #: up to this many iterations (stopped once the held-out minimum is well behind) and scored at its best iteration
 THRESHOLD_MAX_ITER = 100
+#: Line factor of the thresholded candidate's iteration transfer (:func:`threshold_transfer`; plain RL keeps
+#: :data:`RL_LINE_FACTOR`). Fitted on that candidate (session 7, benchmarks/tuning.py guard_data on suite("tune", n=48)
+#: indices 0-24, 24x24x600; NMSE of the thresholded fit at the transferred count against its best full-data
+#: iteration): RL's rule (factor 3 whenever the sharp-spectral minimum is later) lost 0.85 dB on average, worst 4.06
+#: (mixed/1004: 24 iterations 9.73 dB, 8 iterations 13.79 dB), within 0.5 dB on 15/25 scenes; with the sharp-spatial
+#: guard below and factor 3: 0.56 / 3.65 / 17; with the guard and factor 2: 0.42 / 3.65 / 21 (3.65: point_sources/1013,
+#: whose half-data curve still falls at 100 iterations); a constant factor 1, 1.5 or 2: 0.69, 0.49, 0.74 dB.
+THRESHOLD_LINE_FACTOR = 2.0
+THRESHOLD_RULE = ("n_full = n_half (warm-start iterations included) if the best half-data iterate, or the "
+                  "sharp-spatial instrument's own best, is the first one after the warm start, or if the "
+                  "sharp-spectral held-out deviance is best no later than the sharp-spatial one's; else "
+                  f"{THRESHOLD_LINE_FACTOR:g} n_half")
+
+
+def threshold_transfer(n_half, n_spatial, n_spectral, warm_iter=3):
+    """Iteration count for all counts of the thresholded wavelet candidate (:func:`_tune_threshold`).
+
+    ``n_half``, ``n_spatial``, ``n_spectral``: best half-data iterates (warm-start iterations included) of the joint
+    held-out deviance, of the sharp-spatial instrument's and of the sharp-spectral instrument(s)'; ``warm_iter``: the
+    plain EM iterations of the warm start. Returns ``n_half`` when ``n_half`` or ``n_spatial`` is the first iterate
+    after the warm start (``<= warm_iter + 1``) or when ``n_spectral <= n_spatial``; else
+    ``THRESHOLD_LINE_FACTOR * n_half`` (:data:`THRESHOLD_LINE_FACTOR`); clipped to [1, RL_MAX_ITER].
+
+    Why the sharp-spatial guard: on faint scenes the sharp-spatial instrument's held-out deviance is best right after
+    the warm start (every further iterate adds spatial noise) while the sharp-spectral one still falls for a few
+    iterates; RL's line rule read that as lines being sharpened and tripled the count, but the joint half-data
+    minimum was already at the full-data optimum (suite("tune", n=48) at 24x24x600: point_sources/1003 7 iterations
+    18.07 dB, 21 iterations 14.77 dB, best 18.11 at 6; mixed/1004 8 -> 13.79 dB, 24 -> 9.73 dB, best at 8). Where the
+    sharp-spatial minimum comes later the factor helps (cluster_core/1001: 13 iterations 28.07 dB, 26 iterations
+    29.90, best 29.91 at 25).
+    """
+    for name, v in (("n_half", n_half), ("n_spatial", n_spatial), ("n_spectral", n_spectral)):
+        if not (isinstance(v, (int, np.integer)) and v >= 0):
+            raise ValueError(f"{name} must be a non-negative iteration count; got {v!r}")
+    first = int(warm_iter) + 1
+    if n_half <= first or n_spatial <= first or n_spectral <= n_spatial:
+        n = float(n_half)
+    else:
+        n = THRESHOLD_LINE_FACTOR * float(n_half)
+    return int(min(max(round(n), 1), RL_MAX_ITER))
 
 
 def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=3):
@@ -414,13 +456,14 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     (narrow lines that move from pixel to pixel on bright scenes); thresholding them lets them grow with the
     iterations like plain RL, so the iteration count is chosen like RL's: one scored run per split from the same
     warm start (``warm_iter`` EM iterations), the best half-data iteration of the mean held-out curve transferred
-    to all counts by :func:`rl_transfer` (warm-start iterations included) -- except when that best iterate is
-    the first one after the warm start: then ``n_full = warm_iter + 1``. Why: on faint scenes the per-instrument
-    minima are noise and the line factor fired there (fresh tuning seeds point_sources/1038 and
-    synchrotron/1042, suite("tune", n=48), 24x24x600: 12 iterations gave 8.7 and 16.5 dB, 4 gave 12.6 and 18.6 dB;
-    where the best iterate came later, cluster_core/1041 at 15, the factor helped: 45 iterations 18.9 dB, 15
-    iterations 17.7 dB; benchmarks/tuning.py null_iters). Returns ``(setting, scores per split at the best
-    iterate, choice)``.
+    to all counts by :func:`threshold_transfer` (warm-start iterations included): ``n_half``, or
+    :data:`THRESHOLD_LINE_FACTOR` times it when the sharp-spectral held-out deviance is still falling after the
+    sharp-spatial one's minimum and that minimum is not the first iterate after the warm start. Session 6 used
+    :func:`rl_transfer` (factor 3) with only the first guard (fresh tuning seeds point_sources/1038 and
+    synchrotron/1042, suite("tune", n=48), 24x24x600: 12 iterations gave 8.7 and 16.5 dB, 4 gave 12.6 and 18.6 dB);
+    it over-ran faint scenes where the sharp-spatial minimum is the first iterate (held-out mixed/500009: 21
+    iterations, 9.9 dB, against 14.4 dB for the zeroed prior; see :func:`threshold_transfer`). Returns
+    ``(setting, scores per split at the best iterate, choice)``.
     """
     cand = dict(cand, null_space="threshold")
     curves, parts = [], []
@@ -437,10 +480,7 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     best = int(np.argmin(mean[1:]) + 1) if n > 1 else 0
     pm = np.mean([p[:n] for p in parts], axis=0)
     n_sp, n_se = ((int(np.argmin(pm[1:, 0]) + 1), int(np.argmin(pm[1:, 1]) + 1)) if n > 1 else (0, 0))
-    if best <= 1:  # the held-out minimum at the first iterate after the warm start: no line sharpening to wait for
-        n_full = best + warm_iter
-    else:
-        n_full = rl_transfer(best + warm_iter, n_sp + warm_iter, n_se + warm_iter)
+    n_full = threshold_transfer(best + warm_iter, n_sp + warm_iter, n_se + warm_iter, warm_iter)
     setting = {"regularization": "wavelet2d1d", **cand, "max_iter": n_full}
     choice = dict(setting, half_data_iteration=best + warm_iter, spatial_iteration=n_sp + warm_iter,
                   spectral_iteration=n_se + warm_iter)
@@ -688,8 +728,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
             th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice)
             cands, choices = list(cands) + [th_set], choices + [th_choice]
             scores = np.vstack([scores, np.asarray(th_scores, dtype=np.float64)[None]])
-            extra = dict(extra, threshold={**th_choice, "rule": RL_RULE + " (warm-start iterations included); n_half "
-                                            "when it is the first iterate after the warm start"})
+            extra = dict(extra, threshold={**th_choice, "rule": THRESHOLD_RULE})
         if include_rl:
             _, rl_scores, rl_choice, rl_extra = _tune_none(splits, 100, tol)
             rl_scores = np.asarray(rl_scores, dtype=np.float64)
@@ -734,7 +773,8 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     with ``null_space="threshold"`` scored at every iteration (:func:`_tune_threshold`; only when the
     null space is left "auto") and plain two-instrument Richardson-Lucy scored at every iteration are
     compared by the Poisson deviance of the held-out part of both instruments; the smallest wins. The
-    iteration counts of the last two are transferred to all counts by :func:`rl_transfer`. Why: on
+    iteration counts of the last two are transferred to all counts by :func:`threshold_transfer` and
+    :func:`rl_transfer`. Why: on
     bright, line-rich scenes plain RL (or the thresholded prior) stopped early keeps Doppler-split lines
     that the zeroed starlet prior smooths away (suite: +2 to +8 dB); on faint or continuum-dominated
     scenes the zeroed prior wins. Cost: the wavelet tuning plus two early-stopped runs on half the counts
