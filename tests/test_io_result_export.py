@@ -222,3 +222,63 @@ def test_gammapy_fits_exported_line(tmp_path):
     assert 0 < err < 1e-3
     assert abs(mean - LINE_E) < 3 * err
     assert abs(amp - LINE_FLUX) < 3 * amp_err
+
+
+def test_grouped_region_pha_carries_the_within_bin_correlation(tmp_path):
+    """Replicas whose channels are correlated (white noise smoothed over ~1 channel, lag correlations
+    exp(-k^2/4)): the PHA header reports the inflation of diagonal errors (sqrt(sum_k rho_k) = (4 pi)^(1/4) =
+    1.88 expected), group="auto" merges channels until it falls to <= 1.1, and the grouped STAT_ERR is the
+    replicas' spread of the bin sums (larger than the quadrature sum of the channel errors); independent
+    channels are left alone (GRPRECOM 1)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    from xfusion.io.ogip_write import channel_correlation, error_inflation
+
+    rng = np.random.default_rng(3)
+    L = 480
+    edges = np.linspace(6.5, 6.98, L + 1)
+    coords = {"energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])}
+    base = np.full((1, 1, L), 1e-3)
+
+    def replicas(smooth):
+        nz = rng.normal(size=(24, 1, 1, L))
+        if smooth:
+            nz = gaussian_filter1d(nz, 1.0, axis=-1)
+            nz /= nz.std()
+        return base[None] * (1 + 0.05 * nz)
+
+    res = xr.Dataset({"flux": (("x", "y", "energy"), base)}, coords=coords)
+    for smooth in (True, False):
+        reps = replicas(smooth)
+        unc = xr.Dataset({"flux_replicas": (("replica", "x", "y", "energy"), reps)}, coords=coords)
+        flat = reps[:, 0, 0] * 1e4
+        rho = channel_correlation(flat, 4)
+        assert rho[0] == 1.0
+        if smooth:
+            np.testing.assert_allclose(rho[1:3], np.exp(-np.array([1, 4]) / 4), atol=0.05)
+        pre = tmp_path / f"s{int(smooth)}"
+        pha, _, _ = write_pha_from_result(res, np.ones((1, 1), bool), pre, exposure=1e4, area=1.0,
+                                          uncertainty=unc)
+        pha_g, _, _ = write_pha_from_result(res, np.ones((1, 1), bool), f"{pre}_g", exposure=1e4, area=1.0,
+                                            uncertainty=unc, group="auto")
+        with fits.open(pha) as h0, fits.open(pha_g) as h1:
+            k0, k1 = h0["SPECTRUM"].header, h1["SPECTRUM"].header
+            g = k0["GRPRECOM"]
+            assert k1.get("GRPSIZE", 1) == g and k1["ORIGCHAN"] == L
+            assert len(h1["EBOUNDS"].data) == -(-L // g) and h1["EBOUNDS"].data["E_MAX"][-1] == pytest.approx(6.98)
+            np.testing.assert_allclose(h1["SPECTRUM"].data["COUNTS"].sum(), h0["SPECTRUM"].data["COUNTS"].sum(),
+                                       rtol=1e-6)
+            if smooth:
+                assert k0["ERRINFL"] == pytest.approx(error_inflation(rho), rel=1e-6)
+                assert 1.6 < k0["ERRINFL"] < 2.2 and 3 <= g <= 12
+                assert k1["ERRINFL"] <= 1.1
+                sums = np.add.reduceat(flat, np.arange(0, L, g), axis=1)
+                np.testing.assert_allclose(h1["SPECTRUM"].data["STAT_ERR"], sums.std(axis=0, ddof=1), rtol=1e-4)
+                quad = np.sqrt(np.add.reduceat(flat.var(axis=0, ddof=1), np.arange(0, L, g)))
+                assert np.median(h1["SPECTRUM"].data["STAT_ERR"] / quad) > 1.4
+            else:
+                assert g == 1 and "GRPSIZE" not in k1 and abs(k0["ERRINFL"] - 1) < 0.1
+    with pytest.raises(ValueError, match="group='auto'"):
+        write_pha_from_result(res, np.ones((1, 1), bool), tmp_path / "x", group="auto")
+    with pytest.raises(ValueError, match="group must be"):
+        write_pha_from_result(res, np.ones((1, 1), bool), tmp_path / "y", group=0)
