@@ -276,6 +276,7 @@ class _ScoredEM(EMProx):
             corr = q if corr is None else corr + q
         self.parts = self.split.score_parts(models)
         self.heldout = float(sum(self.parts))
+        self._expected = models if self.noise_maps else None  # the noise probe's expected counts (EMProx._noise)
         return val, corr
 
     def init(self, z0):
@@ -489,7 +490,8 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
 
 def _wavelet_reg(fixed, cand):
     kw = {"n_scales_2d": fixed.get("n_scales_2d", 1), "k_rule": fixed.get("k_rule", "constant"),
-          "k_min": fixed.get("k_min", 0.5), "k_max": fixed.get("k_max", 3.0), "per_band": fixed.get("per_band", True)}
+          "k_min": fixed.get("k_min", 0.5), "k_max": fixed.get("k_max", 3.0), "per_band": fixed.get("per_band", True),
+          "noise": fixed.get("noise", "mad")}
     kw.update(cand)
     return Wavelet2D1D(**kw)
 
@@ -762,7 +764,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
 #: the families ``regularization="auto"`` compares (:func:`select`)
 AUTO_FAMILIES = ("wavelet2d1d", "none")
 #: options of the wavelet family that :func:`select` passes on (fixed by the caller or "auto")
-WAVELET_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band")
+WAVELET_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise")
 
 
 def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol=1e-4, **fixed) -> xr.Dataset:
@@ -910,7 +912,7 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
                "a Gaussian data term: data fission (xfusion.gaussian) handles rank/mu of the low-rank family with "
                "a fixed max_iter when every term is Gaussian")
         return int(mi), {"method": f"fallback ({why})", "auto": keys}
-    fixed = {k: v for k, v in params.items() if k in ("n_scales_2d", "k_rule", "k_min", "k_max", "per_band", "k",
+    fixed = {k: v for k, v in params.items() if k in ("n_scales_2d", "k_rule", "k_min", "k_max", "per_band", "noise", "k",
                                                        "n_scales_1d", "null_space", "rank", "mu", "explained",
                                                        "precondition")}
     fixed = {k: v for k, v in fixed.items() if v is not None}

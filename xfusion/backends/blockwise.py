@@ -67,12 +67,13 @@ def _op_block(op, adjoint, halo, x):
     return blocks.adjoint_block(op, x, halo) if adjoint else blocks.forward_block(op, x, halo)
 
 
-def _stats_block(reg, halo, shape, ox, oy, zo, block_id=None):
-    return _boxed(reg.block_statistics(zo, halo, shape, (ox[block_id[0]], oy[block_id[1]])))
+def _stats_block(reg, halo, shape, ox, oy, zo, *noise, block_id=None):
+    kw = {"noise": noise} if noise else {}
+    return _boxed(reg.block_statistics(zo, halo, shape, (ox[block_id[0]], oy[block_id[1]]), **kw))
 
 
-def _apply_block(reg, halo, stats, zo):
-    z, pen = reg.block_apply(zo, halo, stats)
+def _apply_block(reg, halo, stats, zo, *noise):
+    z, pen = reg.block_apply(zo, halo, stats, **({"noise": noise} if noise else {}))
     return _boxed((z, np.full((1, 1, 1), pen, dtype=np.float64)))
 
 
@@ -234,31 +235,42 @@ class DaskBackend:
         return self._apply(op, u, True)
 
     # -- regularizers ------------------------------------------------------------------------
-    def _halo(self, reg, z):
+    def _halo(self, reg, z, noise=()):
+        """``(halo, chunks, [z, *noise] with halos, one block per chunk)``: the cubes ``noise`` (shaped like ``z``)
+        split and extended exactly like ``z``."""
         halo = int(reg.depth)
         chunks = tuple(_merged(z.chunks[a], halo, 1) for a in range(2))
-        zm = z if chunks == z.chunks[:2] else z.rechunk(chunks + (z.chunks[2],))
-        if halo:
-            b = _BOUNDARY[reg.boundary]
-            zm = da.overlap.overlap(zm, depth={0: halo, 1: halo, 2: 0}, boundary={0: b, 1: b, 2: "none"},
-                                    allow_rechunk=False)
-        return halo, chunks, zm, tuple((1,) * len(c) for c in chunks) + ((1,),)
+        out = []
+        for x in (z,) + tuple(noise):
+            x = self._arg(x)
+            xm = x if x.chunks[:2] == chunks else x.rechunk(chunks + (z.chunks[2],))
+            if halo:
+                b = _BOUNDARY[reg.boundary]
+                xm = da.overlap.overlap(xm, depth={0: halo, 1: halo, 2: 0}, boundary={0: b, 1: b, 2: "none"},
+                                        allow_rechunk=False)
+            out.append(xm)
+        return halo, chunks, out, tuple((1,) * len(c) for c in chunks) + ((1,),)
 
-    def statistics(self, reg, z):
+    def normal(self, like, seed):
+        return da.random.RandomState(seed).standard_normal(like.shape, chunks=like.chunks).astype(like.dtype)
+
+    def statistics(self, reg, z, noise=()):
         """Lazy per-block parts of ``reg``'s statistics of ``z`` (an object array, one part per block), for
-        :meth:`finish` to gather with the scalars; :meth:`combined` computes and combines them now."""
-        halo, chunks, zm, one = self._halo(reg, z)
+        :meth:`finish` to gather with the scalars; :meth:`combined` computes and combines them now. ``noise``:
+        further cubes shaped like ``z`` that the regularizer reads (with the same halo)."""
+        halo, chunks, zm, one = self._halo(reg, z, noise or ())
         return da.map_blocks(_stats_block, self._send(reg), halo, z.shape, _offsets(chunks[0]), _offsets(chunks[1]),
-                             zm, chunks=one, dtype=object, meta=_meta(object))
+                             *zm, chunks=one, dtype=object, meta=_meta(object))
 
-    def combined(self, reg, z):
-        return reg.combine(list(self._compute([self.statistics(reg, z)])[0].ravel()))
+    def combined(self, reg, z, noise=()):
+        return reg.combine(list(self._compute([self.statistics(reg, z, noise)])[0].ravel()))
 
-    def prox(self, reg, z, stats=None):
+    def prox(self, reg, z, stats=None, noise=()):
         if stats is None:  # not computed with the state (e.g. a state resumed without them): one more pass
-            stats = self.combined(reg, z)
-        halo, chunks, zm, one = self._halo(reg, z)
-        t = da.map_blocks(_apply_block, self._send(reg), halo, stats, zm, chunks=one, dtype=object, meta=_meta(object))
+            stats = self.combined(reg, z, noise)
+        halo, chunks, zm, one = self._halo(reg, z, noise or ())
+        t = da.map_blocks(_apply_block, self._send(reg), halo, stats, *zm, chunks=one, dtype=object,
+                          meta=_meta(object))
         out = da.map_blocks(_item, t, 0, chunks=chunks + (z.chunks[2],), dtype=z.dtype, meta=_meta(z.dtype))
         pen = da.map_blocks(_item, t, 1, chunks=one, dtype=np.float64, meta=_meta(np.float64)).sum()
         if chunks != z.chunks[:2]:

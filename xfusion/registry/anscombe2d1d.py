@@ -31,6 +31,9 @@ class Options(wavelet2d1d.Options):
                                    "(bands finer than both instruments see: ``null_space``).", o.positive_int())
     k: object = o.k(1.0, auto=False, what="the starlet coefficients of the stabilized cube 2 sqrt(z + 3/8)")
     null_space: object = o.null_space("zero", auto=False)
+    noise: object = o.option("mad", '"mad" or "poisson"', "Noise model of the thresholds of the stabilized cube "
+                             "(as ``wavelet2d1d``'s; ``\"propagated\"`` needs the EM step's variance, which the "
+                             "transform changes, so it is not offered here).", o.one_of("mad", "poisson"))
 
 
 Options.__doc__ = describe(Options, "Options of regularization='anscombe2d1d'.")

@@ -98,6 +98,13 @@ def null_space(default, auto=True):
                   one_of(*choices))
 
 
+NOISE = lambda: option("mad", '"mad", "poisson" or "propagated"',
+                       "Noise model of the thresholds: ``\"mad\"`` one robust (MAD) sigma per band of the EM step; "
+                       "``\"poisson\"`` that MAD scaled by the square root of the local intensity; "
+                       "``\"propagated\"`` the Poisson variance of the EM step propagated to each band, a map per "
+                       "band with a per-band correlation factor from a noise probe (:mod:`xfusion.regularizers."
+                       "sparsity`; EM only; helps with several sharp-spatial cameras, mixed on single pairs).",
+                       one_of("mad", "poisson", "propagated"))
 PER_BAND = lambda: option(True, "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the "
                           "MAD of "
                   "the finest band for every band.", boolean)

@@ -16,6 +16,59 @@ level lets it grow with the iterations (measured: NMSE falls from 16 dB to 10 dB
 iterations 5 and 40 on ``gaussian_rebin``). With ``null_space="zero"`` (default) those
 bands (2D scale < ``n_scales_2d`` and 1D scale < ``n_scales_1d``) are set to zero: an
 infinite l1 weight on them.
+
+Noise model "propagated" (``noise="propagated"``; EM solver only, :class:`xfusion.solvers.em.EMProx`)
+---------------------------------------------------------------------------------------------------
+The prox acts on the EM step ``z_half = (z / s) sum_i H_i^T(w_i d_i / m_i)`` with ``m_i = H_i z + B_i`` the
+expected counts of input ``i``, ``w_i`` its mask (0/1) and ``s = sum_i H_i^T w_i`` the sensitivity, summed over
+EVERY input (internal units of the solver: z is the fused cube in the models' units, s in counts per unit of z).
+Linearized at ``d_i ~ Poisson(m_i)`` (all data voxels independent), ``z_half`` has the covariance
+
+    Cov(z_half) = D (sum_i H_i^T diag(w_i / m_i) H_i) D,      D = diag(z / s),
+
+whose diagonal is at most ``z / s``: ``Var(z_half_v) = (z_v / s_v)^2 sum_ij w_ij H_ijv^2 / m_ij <= z_v / s_v``
+because ``H_ijv z_v <= m_ij`` (equality when every data voxel sees one fused voxel: the variance of the counts
+attributed to v, ``s_v z_v`` expected). More data (a larger s) lowers it as 1 / s; a brighter voxel raises it.
+
+*Independent-voxel part.* A band ``W_b z_half`` is the linear filter ``g_b`` (2D filter of band a times 1D
+filter of band b) of ``z_half``; for independent voxels of variance ``v = z / s`` its variance per coefficient is
+``g_b^2 * v`` (squared taps). We use ``V_b = ||g_b||^2 (phi_a (x) phi_b) * v``: the squared l2 norm of the
+filter times ``v`` smoothed by the starlet scaling functions of 2D level ``min(a, n2 - 1)`` and 1D level
+``min(b, n1 - 1)`` (one smoothing cascade of ``v``: the cost of one 1D transform of a cube for ``n2 = 1``). It
+is exact where ``v`` is locally constant; the scaling functions are 0.6-1x as wide as the normalized squared
+filters (standard deviation along an axis 0.55, 1.6, 3.5, 7.0, 14 samples for wavelet bands 1-5 against 0, 1,
+2.2, 4.6, 9.2), so sharp variance features are smoothed a little less than exactly (the reflected edges are
+also approximate). tests/test_noise_model.py: bands of independent Poisson noise match ``V_b`` within 4%.
+
+*Correlations.* The EM step is NOT independent between voxels: ``H^T`` spreads each data voxel's correction over
+the PSF and the line spread, so the bands of ``z_half`` carry much less noise than ``V_b``. Measured on 5 small
+tuning scenes (z = 30 RL iterations, 12 Poisson draws of the data at ``H z``): true std / ``sqrt(V_b)`` 0.21-0.33
+in band (0, n1) (fine in space), 0.17-0.49 in the coarse-space bands, 0.01-0.09 in the null bands -- band- and
+scene-dependent, while the spatial pattern of ``V_b`` matched the true one (correlation 0.88-0.94 of the std maps
+in the kept bands). So every band gets a factor ``c_b`` from a noise probe: ``probe = (z / s) sum_i H_i^T(w_i
+eps_i / sqrt(m_i))``, with fixed standard-normal draws ``eps_i`` on each input's data, has exactly the covariance
+above; ``c_b = MAD(W_b probe / sqrt(V_b))`` over the lattice sample (a robust scale of the probe's band in units
+of the independent-voxel sigma; 1 for independent voxels). The threshold map is ``rho_b(u) = k c_b
+sqrt(max(V_b(u), f_b))``, ``f_b`` = :data:`NOISE_FLOOR` x the lattice mean of ``V_b`` (voxels at z = 0 keep a
+threshold). The signal never enters the noise estimate (the "mad" MAD is signal-dominated at high counts), and
+the thresholds follow z / s from voxel to voxel (brightness, exposure, mosaic overlaps, extra inputs).
+``per_band`` is ignored (every band has its own filter). Cost per statistics step: one more adjoint per input
+(the probe), the 2D-1D transform of the probe (1D part at the lattice pixels only) and the smoothing cascade of
+``v``; the apply smooths ``v`` again (per block on Dask). The probe's draws differ between backends (same
+distribution): Dask and in-memory fits agree statistically, not to round-off. The solver refreshes the probe and
+these statistics at its first 4 states and then every 8th (:attr:`xfusion.solvers.em.EMProx.probe_every`).
+
+Measured (session 7; logs s7_prior_*.log of the session notes). Noise: against 12 Poisson redraws of the data at
+a fixed z (6 small tuning scenes), the true band noise is 0.93-1.5x ``c_b sqrt(V_b)`` in the kept bands (most
+in bright regions: the correlation factor is larger where a voxel outshines its PSF neighbourhood); a
+variant with ``var = (z / s)^2 sum_i H_i^T(w_i / m_i)`` and an RMS factor matched the noise better (0.75-1.17x)
+but fused worse (``regularization="auto"``, 24 small tuning scenes: same mean NMSE, mean velocity error 133 vs
+122 km/s), so it is not used. Quality, 72x72x200 mosaic of benchmarks/mosaic.py at 3e6 pn counts, k=1 for 150
+iterations: pn + Resolve 24.28 dB / 43 km/s ("mad": 23.37 / 71), pn + MOS1 + MOS2 + Resolve 23.87 / 49 (22.61 /
+86). ``regularization="auto"`` (benchmarks/suite.py --select, 24 small scenes): tuning seeds 19.68 vs 19.53 dB
+mean NMSE (better on 18), held-out seeds 19.74 vs 19.57 (better on 12, RL oracle 19.61); mean velocity error
++1.5 and +3 km/s; single-scene losses up to -2.2 (tuning) and -2.3 dB (held-out), mostly synchrotron and very
+bright scenes where "auto" no longer picks plain RL (0 of 48 with this model) or picks the zeroed prior.
 """
 from __future__ import annotations
 
@@ -25,12 +78,15 @@ from .starlet import mad_sigma, soft_threshold, starlet1d, starlet2d
 
 #: default number of coefficients per band used for the MAD noise estimate
 MAD_SAMPLE = 2 ** 18
-#: noise model of the thresholds: "mad" (one robust sigma per band) or "poisson" (per voxel: the band's MAD
-#: of the coefficients divided by sqrt(intensity), times sqrt(intensity); intensity = the coarse-coarse band,
+#: noise model of the thresholds: "mad" (one robust sigma per band), "propagated" (module notes) or "poisson" (per
+#: voxel: the band's MAD of the coefficients divided by sqrt(intensity), times sqrt(intensity); intensity = the
+#: coarse-coarse band,
 #: floored at NOISE_FLOOR x its mean). Poisson noise grows like sqrt(intensity): one sigma per band
 #: over-smooths bright regions and under-smooths faint ones.
 NOISE_DEFAULT = "mad"
 NOISE_FLOOR = 0.05
+#: the noise models :class:`Wavelet2D1D` accepts
+NOISE_MODELS = ("mad", "poisson", "propagated")
 
 
 def lattice_strides(shape, sample):
@@ -73,6 +129,30 @@ def _crop2(c, halo):
     return c if halo == 0 else c[:, halo:c.shape[1] - halo, halo:c.shape[2] - halo]
 
 
+def _level(j, n):
+    """Starlet scaling-function level whose smoothing stands for the squared filter of band ``j`` of an
+    ``n``-scale transform (module notes): ``min(j, n - 1)`` (0: no smoothing)."""
+    return max(min(j, n - 1), 0)
+
+
+_NORMS = {}
+
+
+def _band_norms(n2, n1):
+    """``(||g_a||^2 for a in 0..n2, ||g_b||^2 for b in 0..n1)``: squared l2 norms of the filters of the 2D bands (2D
+    impulse response) and of the 1D bands (1D impulse response), away from the edges."""
+    key = (int(n2), int(n1))
+    if key not in _NORMS:
+        def norms(n, ndim):
+            half = 4 * 2 ** max(n, 1) + 1
+            e = np.zeros((2 * half + 1,) * ndim + ((1,) if ndim == 2 else ()))
+            e[(half,) * ndim] = 1.0
+            c = starlet2d(e, n) if ndim == 2 else starlet1d(e, n)
+            return [float(np.sum(c[j] ** 2)) for j in range(n + 1)]
+        _NORMS[key] = (norms(n2, 2), norms(n1, 1))
+    return _NORMS[key]
+
+
 class Wavelet2D1D:
     """Soft thresholding of 2D-1D starlet coefficients; the coarse-coarse band is untouched.
 
@@ -80,7 +160,10 @@ class Wavelet2D1D:
     the weighted l1 norm ``sum_b rho_b ||W_b z||_1`` with the current thresholds.
     ``sample``: estimate MADs from at most this many coefficients per band, on a lattice of
     global indices (:func:`lattice_strides`; default 2**18; a documented approximation for
-    large cubes; exact when None or when the band is smaller).
+    large cubes; exact when None or when the band is smaller). ``noise``: the threshold's noise model,
+    "mad", "poisson" or "propagated" (module notes; the EM solver passes the noise maps it needs: ``statistics``,
+    ``prox``, ``block_statistics`` and ``block_apply`` then take ``noise=(var, probe)``, resp. ``(var,)``); None:
+    :data:`NOISE_DEFAULT` at construction.
 
     Split for block backends: the prox is ``apply(z, statistics(z))``. ``statistics`` is global
     (per-band MADs of the lattice sample; for ``k_rule="sigmoid"`` the mean and standard
@@ -97,12 +180,14 @@ class Wavelet2D1D:
     boundary = "symmetric"
 
     def __init__(self, n_scales_2d=1, n_scales_1d=5, k=1.0, k_rule="constant", k_min=0.5, k_max=3.0,
-                 null_space="zero", per_band=True, sample=MAD_SAMPLE, conserve_flux=False, noise=NOISE_DEFAULT):
+                 null_space="zero", per_band=True, sample=MAD_SAMPLE, conserve_flux=False, noise=None):
         if null_space not in ("zero", "threshold"):
             raise ValueError("null_space must be 'zero' or 'threshold'")
-        if noise not in ("mad", "poisson"):
-            raise ValueError(f"noise must be 'mad' (one MAD per band) or 'poisson' (MAD of the coefficients over "
-                             f"sqrt(intensity), times sqrt(intensity)); got {noise!r}")
+        noise = NOISE_DEFAULT if noise is None else noise
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be 'mad' (one MAD per band), 'poisson' (MAD of the coefficients over "
+                             f"sqrt(intensity), times sqrt(intensity)) or 'propagated' (the EM step's Poisson "
+                             f"variance z / s through each band's filter; needs the EM solver); got {noise!r}")
         self.noise = noise
         if k_rule not in ("constant", "sigmoid"):
             raise ValueError("k_rule must be 'constant' or 'sigmoid'")
@@ -125,13 +210,60 @@ class Wavelet2D1D:
 
     def _needed(self):
         """Bands whose MAD is needed: every kept band (per band) or the finest one (the paper's rule)."""
-        return self._kept() if self.per_band else [(0, 0)]
+        return self._kept() if self.per_band or self.noise == "propagated" else [(0, 0)]
+
+    @property
+    def wants_noise(self):
+        """True when the prox needs the EM step's noise maps (``noise="propagated"``): the solver then passes
+        ``noise=(var, probe)`` to the statistics and ``noise=(var,)`` to the apply (module notes)."""
+        return self.noise == "propagated"
+
+    def _no_noise(self, what):
+        return ValueError(f"Wavelet2D1D(noise='propagated').{what} needs the EM step's noise maps (noise=(var, "
+                          "probe)); they come from the EM solver (xfusion.solvers.em.EMProx, method='em'): use "
+                          "noise='mad' with other solvers")
+
+    # -- propagated noise: variance of each band --------------------------------------------------
+    def _variance_bands(self, vo, halo, lattice=None):
+        """``{(a, b): (level, norm)}`` with ``V_ab = norm * level`` the variance of band (a, b) of a cube of
+        independent voxels of variance ``vo`` (a block with ``halo`` pixels), on the block's interior or at its
+        ``lattice`` pixels: ``norm = ||g_a||^2 ||g_b||^2`` and ``level`` = ``vo`` smoothed by the starlet scaling
+        functions of 2D level ``min(a, n2 - 1)`` and 1D level ``min(b, n1 - 1)`` (module notes; bands on the same
+        levels share the array)."""
+        n2a, n1b = _band_norms(self.n2, self.n1)
+        lev2 = {a: _level(a, self.n2) for a, _ in self._needed()}
+        top2 = max(lev2.values())
+        if top2 > 0:
+            w = starlet2d(vo, top2)
+            c2 = [vo]
+            for j in range(top2):  # c_{j+1} = c_j - w_{j+1}
+                c2.append(c2[-1] - w[j])
+        else:
+            c2 = [vo]
+        out, cache = {}, {}
+        top1 = max(_level(b, self.n1) for _, b in self._needed())
+        for a, b in self._needed():
+            la = lev2[a]
+            if la not in cache:
+                x = _crop2(c2[la][None], halo)[0]
+                if lattice is not None:
+                    x = x[lattice]
+                levels = [x]
+                if top1 > 0:
+                    w1 = starlet1d(x, top1, axis=-1)
+                    for j in range(top1):
+                        levels.append(levels[-1] - w1[j])
+                cache[la] = levels
+            out[(a, b)] = (cache[la][_level(b, self.n1)], float(n2a[a] * n1b[b]))
+        return out
 
     # -- statistics (global) -----------------------------------------------------------------
-    def _parts(self, stack, coarse, shape, origin):
+    def _parts(self, stack, coarse, shape, origin, vbands=None):
         """Lattice samples of the needed bands and |C| moments of a block whose interior starts at global
         pixel ``origin`` of a cube of ``shape``. ``stack(a, lattice)``: the 1D transform (along energy) of
-        2D band ``a`` at the lattice pixels; ``coarse()``: the coarse-coarse band of the block."""
+        2D band ``a`` at the lattice pixels (for ``noise="propagated"``: of the noise probe's band);
+        ``coarse()``: the coarse-coarse band of the block; ``vbands(lattice)``: the band variances
+        (:meth:`_variance_bands`) at the lattice pixels (``noise="propagated"``)."""
         sx, sy, se = lattice_strides(shape, self.sample)
         lattice = (slice((-origin[0]) % sx, None, sx), slice((-origin[1]) % sy, None, sy))
         cache, samples = {}, {}
@@ -143,39 +275,72 @@ class Wavelet2D1D:
             if self.n2 not in cache:
                 cache[self.n2] = stack(self.n2, lattice)
             samples["intensity"] = np.ascontiguousarray(cache[self.n2][self.n1][:, :, ::se])
+        if self.noise == "propagated":  # the independent-voxel band variances at the same lattice voxels
+            for ab, (level, norm) in vbands(lattice).items():
+                samples[("var",) + ab] = np.ascontiguousarray(level[:, :, ::se]) * level.dtype.type(norm)
         moments = None
         if self.k_rule == "sigmoid":
             c = np.abs(coarse()).astype(np.float64)
             moments = np.array([c.sum(), np.sum(c * c), c.size])
         return samples, moments
 
-    def block_statistics(self, zo, halo, shape, origin):
+    def block_statistics(self, zo, halo, shape, origin, noise=None):
         """Per-block part of :meth:`statistics`: ``zo`` a block with ``halo`` pixels (class notes),
         ``shape`` the cube's, ``origin`` the global (x, y) index of the block's first interior pixel.
-        Only the lattice pixels get the 1D transform (and the coarse 2D band for the sigmoid rule)."""
+        Only the lattice pixels get the 1D transform (and the coarse 2D band for the sigmoid rule).
+        ``noise`` (``noise="propagated"`` only): the blocks ``(var, probe)`` with the same halo."""
+        if self.noise == "propagated":
+            if noise is None:
+                raise self._no_noise("block_statistics")
+            vo, po = noise[0], noise[1]
+            p2 = _crop2(starlet2d(po, self.n2), halo)
+            c2 = None if self.k_rule != "sigmoid" else _crop2(starlet2d(zo, self.n2), halo)
+            return self._parts(lambda a, lat: starlet1d(p2[a][lat], self.n1, axis=-1),
+                               lambda: starlet1d(c2[self.n2], self.n1, axis=-1)[self.n1], shape, origin,
+                               lambda lat: self._variance_bands(vo, halo, lat))
         c2 = _crop2(starlet2d(zo, self.n2), halo)
         return self._parts(lambda a, lat: starlet1d(c2[a][lat], self.n1, axis=-1),
                            lambda: starlet1d(c2[self.n2], self.n1, axis=-1)[self.n1], shape, origin)
 
-    def _statistics(self, c1, shape):
+    def _statistics(self, c1, shape, noise=None):
         """:meth:`statistics` from the coefficients of the whole cube (no second transform)."""
+        if self.noise == "propagated":
+            if noise is None:
+                raise self._no_noise("statistics")
+            p2 = starlet2d(noise[1], self.n2)  # the probe's 1D transforms at the lattice pixels only
+            return self.combine([self._parts(lambda a, lat: starlet1d(p2[a][lat], self.n1, axis=-1),
+                                             lambda: c1[self.n2][self.n1], shape, (0, 0),
+                                             lambda lat: self._variance_bands(noise[0], 0, lat))])
         return self.combine([self._parts(lambda a, lat: c1[a][(slice(None),) + lat], lambda: c1[self.n2][self.n1],
                                          shape, (0, 0))])
 
     def combine(self, parts):
         """Global statistics from the per-block parts: ``{"sigma": {(a, b): MAD / 0.6745}, "k_mean", "k_std"}``.
         The MADs are medians over the union of the lattice samples (order-free), so they do not
-        depend on the blocks."""
+        depend on the blocks. ``noise="propagated"``: ``sigma[(a, b)]`` is the band's correlation factor
+        ``c_ab`` (MAD of the probe's band over the square root of its floored independent-voxel variance)
+        and ``vfloor[(a, b)]`` the floor of that variance (:data:`NOISE_FLOOR` x its lattice mean)."""
         parts = list(parts)
         stats = {}
+
+        def cat(key):
+            return np.concatenate([p[0][key].ravel() for p in parts])
+
         if self.noise == "poisson":
-            inten = np.maximum(np.concatenate([p[0]["intensity"].ravel() for p in parts]).astype(np.float64), 0)
+            inten = np.maximum(cat("intensity").astype(np.float64), 0)
             floor = max(NOISE_FLOOR * float(inten.mean()) if inten.size else 0.0, 1e-30)
             stats["floor"] = floor
             mod = np.sqrt(np.maximum(inten, floor))
-            sig = {ab: mad_sigma(np.concatenate([p[0][ab].ravel() for p in parts]) / mod) for ab in self._needed()}
+            sig = {ab: mad_sigma(cat(ab) / mod) for ab in self._needed()}
+        elif self.noise == "propagated":
+            sig, vfloor = {}, {}
+            for ab in self._needed():
+                var = np.maximum(cat(("var",) + ab).astype(np.float64), 0)
+                vfloor[ab] = max(NOISE_FLOOR * float(var.mean()) if var.size else 0.0, 1e-30)
+                sig[ab] = mad_sigma(cat(ab) / np.sqrt(np.maximum(var, vfloor[ab])))
+            stats["vfloor"] = vfloor
         else:
-            sig = {ab: mad_sigma(np.concatenate([p[0][ab].ravel() for p in parts])) for ab in self._needed()}
+            sig = {ab: mad_sigma(cat(ab)) for ab in self._needed()}
         stats["sigma"] = sig
         if self.k_rule == "sigmoid":
             s1, s2, n = np.sum([p[1] for p in parts], axis=0)
@@ -188,13 +353,16 @@ class Wavelet2D1D:
         c2 = _crop2(starlet2d(zo, self.n2), halo)
         return [starlet1d(c2[a], self.n1, axis=-1) for a in range(self.n2 + 1)]
 
-    def statistics(self, z):
-        return self._statistics(self._coefficients(z, 0), z.shape)
+    def statistics(self, z, noise=None):
+        if self.noise == "propagated":  # the coefficients of z only for the sigmoid rule's moments
+            return self.combine([self.block_statistics(z, 0, z.shape, (0, 0), noise)])
+        return self._statistics(self._coefficients(z, 0), z.shape, noise)
 
     def stats_scalars(self, stats):
-        """The statistics as named floats (``sigma_a_b``, ``k_mean``, ``k_std``): what a solver state (and its
-        checkpoint) holds; :meth:`stats_from_scalars` reads them back."""
+        """The statistics as named floats (``sigma_a_b``, ``vfloor_a_b``, ``k_mean``, ``k_std``): what a solver state
+        (and its checkpoint) holds; :meth:`stats_from_scalars` reads them back."""
         out = {f"sigma_{a}_{b}": float(v) for (a, b), v in stats["sigma"].items()}
+        out.update({f"vfloor_{a}_{b}": float(v) for (a, b), v in stats.get("vfloor", {}).items()})
         out.update({k: float(stats[k]) for k in ("k_mean", "k_std", "floor") if k in stats})
         return out
 
@@ -202,7 +370,11 @@ class Wavelet2D1D:
         """Statistics from :meth:`stats_scalars`' names in ``state``, or None if it holds none."""
         if not all(f"sigma_{a}_{b}" in state for a, b in self._needed()):
             return None
+        if self.noise == "propagated" and not all(f"vfloor_{a}_{b}" in state for a, b in self._needed()):
+            return None
         stats = {"sigma": {(a, b): float(state[f"sigma_{a}_{b}"]) for a, b in self._needed()}}
+        if self.noise == "propagated":
+            stats["vfloor"] = {(a, b): float(state[f"vfloor_{a}_{b}"]) for a, b in self._needed()}
         stats.update({k: float(state[k]) for k in ("k_mean", "k_std", "floor") if k in state})
         return stats
 
@@ -215,36 +387,54 @@ class Wavelet2D1D:
         c = (a - a.dtype.type(stats["k_mean"])) / max(stats["k_std"], 1e-30)
         return ((self.k_max - self.k_min) / (1.0 + np.exp(-c)) + self.k_min).astype(coarse.dtype)
 
-    def _thresholds(self, c1, stats, step):
-        """(band coefficients, threshold ``step k sigma_b``) of every kept band."""
+    def _thresholds(self, c1, stats, step, vbands=None):
+        """(band coefficients, threshold ``step k sigma_b``) of every kept band; ``noise="propagated"``: the
+        threshold map ``step k c_b sqrt(max(V_b, vfloor_b))`` with ``vbands`` the band variances V_b."""
         k = self._k_map(c1[self.n2][self.n1], stats)
         sig = stats["sigma"]
         if self.noise == "poisson":  # Poisson noise: sigma_b(v) = sigma_b sqrt(max(C(v), floor)), C the intensity
             c = c1[self.n2][self.n1]
             k = k * np.sqrt(np.maximum(c, c.dtype.type(stats["floor"])))
+        sds = {}
         for a, b in self._kept():
-            yield c1[a][b], step * k * (sig[(a, b)] if self.per_band else sig[(0, 0)])
+            if self.noise == "propagated":  # V_b = ||g_b||^2 x a smoothed level shared by several bands: one sqrt each
+                level, norm = vbands[(a, b)]
+                key = (id(level), stats["vfloor"][(a, b)] / norm)
+                if key not in sds:
+                    sds[key] = np.sqrt(np.maximum(level, level.dtype.type(key[1])))
+                yield c1[a][b], float(step * sig[(a, b)] * norm ** 0.5) * k * sds[key]
+            else:
+                yield c1[a][b], step * k * (sig[(a, b)] if self.per_band else sig[(0, 0)])
 
-    def _apply(self, c1, stats, step=1.0):
+    def _apply(self, c1, stats, step=1.0, vbands=None):
         out, pen = c1[self.n2][self.n1].copy(), 0.0
-        for band, th in self._thresholds(c1, stats, step):
+        for band, th in self._thresholds(c1, stats, step, vbands):
             kept = soft_threshold(band, th)
             pen += float(np.sum(np.abs(kept) * th, dtype=np.float64))
             out += kept
         return out, pen
 
-    def block_apply(self, zo, halo, stats):
-        """Thresholded synthesis of a block's interior and its part of the penalty (class notes)."""
-        return self._apply(self._coefficients(zo, halo), stats)
+    def _vbands_of(self, noise, halo, what):
+        if self.noise != "propagated":
+            return None
+        if noise is None:
+            raise self._no_noise(what)
+        return self._variance_bands(noise[0], halo)
 
-    def apply(self, z, stats):
-        return self.block_apply(z, 0, stats)[0]
+    def block_apply(self, zo, halo, stats, noise=None):
+        """Thresholded synthesis of a block's interior and its part of the penalty (class notes); ``noise``
+        (``noise="propagated"`` only): ``(var, ...)`` blocks with the same halo (only ``var`` is read)."""
+        return self._apply(self._coefficients(zo, halo), stats, 1.0, self._vbands_of(noise, halo, "block_apply"))
 
-    def prox(self, z, step=1.0, with_penalty=False):
+    def apply(self, z, stats, noise=None):
+        return self.block_apply(z, 0, stats, noise)[0]
+
+    def prox(self, z, step=1.0, with_penalty=False, noise=None):
         """Thresholded synthesis ``apply(z, statistics(z))`` (the coefficients computed once); with
-        ``with_penalty`` also the weighted l1 norm of the kept coefficients."""
+        ``with_penalty`` also the weighted l1 norm of the kept coefficients. ``noise``: the EM step's
+        ``(var, probe)`` maps (``noise="propagated"`` only; module notes)."""
         c1 = self._coefficients(z, 0)
-        out, pen = self._apply(c1, self._statistics(c1, z.shape), step)
+        out, pen = self._apply(c1, self._statistics(c1, z.shape, noise), step, self._vbands_of(noise, 0, "prox"))
         if self.conserve_flux:
             # clip here and rescale so the total equals the input's: clipping the negative lobes of
             # thresholded coefficients otherwise adds flux (measured +1.3% on gaussian_rebin)
@@ -254,11 +444,12 @@ class Wavelet2D1D:
                 out *= np.float64(np.sum(z, dtype=np.float64) / tot).astype(out.dtype)
         return (out, pen) if with_penalty else out
 
-    def value(self, z):
+    def value(self, z, noise=None):
         """Weighted l1 norm ``sum_b rho_b ||W_b z||_1`` of the (non-null) bands, current thresholds."""
         c1 = self._coefficients(z, 0)
-        stats = self._statistics(c1, z.shape)
-        return sum(float(np.sum(np.abs(band) * th, dtype=np.float64)) for band, th in self._thresholds(c1, stats, 1.0))
+        stats = self._statistics(c1, z.shape, noise)
+        return sum(float(np.sum(np.abs(band) * th, dtype=np.float64))
+                   for band, th in self._thresholds(c1, stats, 1.0, self._vbands_of(noise, 0, "value")))
 
 
 class Wavelet2D:

@@ -9,11 +9,14 @@ A solver never touches arrays directly: it asks its backend to
   from ``total`` passed as numbers);
 * ``total(f, *args)``: the sum over the blocks of ``f(*blocks)`` (a float per block; on Dask a
   lazy scalar that ``map`` and ``finish`` accept, so a global sum needs no extra round trip);
-* ``statistics(reg, z)``: the regularizer's global statistics of ``z`` to be computed with the
+* ``normal(like, seed)``: standard-normal draws shaped (and on Dask chunked) like ``like`` (the noise
+  probe of a prior with ``noise="propagated"``; the draws differ between backends);
+* ``statistics(reg, z[, noise])``: the regularizer's global statistics of ``z`` to be computed with the
   state (on Dask in the same pass, so an iteration is one round trip), or None when the prox
   computes them itself (in memory: the 2D transform is then shared);
-* ``prox(reg, z, stats)``: a regularizer's prox and its penalty, ``(z', penalty)``, with the
-  statistics of ``z`` (None: computed here);
+* ``prox(reg, z, stats[, noise])``: a regularizer's prox and its penalty, ``(z', penalty)``, with the
+  statistics of ``z`` (None: computed here); ``noise``: cubes shaped like ``z`` the regularizer reads
+  beside it (the EM step's ``(var, probe)`` maps; split and haloed like ``z`` on Dask);
 * ``finish(arrays, scalars, stats)``: the state of an iteration: arrays kept (persisted on a
   cluster), scalars (data-term parts from the terms' ``value_from_model``, penalties) as Python
   floats, and ``stats = (reg, statistics(reg, z) or None)`` as the regularizer's named floats --
@@ -73,13 +76,17 @@ class NumpyBackend:
     def total(self, f, *args):
         return f(*args)
 
-    def statistics(self, reg, z):
+    def normal(self, like, seed):
+        return np.random.default_rng(seed).standard_normal(like.shape, dtype=np.float32).astype(like.dtype, copy=False)
+
+    def statistics(self, reg, z, noise=None):
         return None
 
-    def prox(self, reg, z, stats=None):
+    def prox(self, reg, z, stats=None, noise=None):
+        kw = {} if noise is None else {"noise": noise}
         if stats is None:
-            return reg.prox(z, with_penalty=True)
-        return reg.block_apply(z, 0, stats)
+            return reg.prox(z, with_penalty=True, **kw)
+        return reg.block_apply(z, 0, stats, **kw)
 
     def persist(self, x):
         return x
