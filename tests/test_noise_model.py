@@ -1,6 +1,8 @@
 """Noise model "propagated" of the 2D-1D starlet prior (xfusion.regularizers.sparsity): the EM step's Poisson
 variance z / s through each band's filter, scaled per band by a noise probe. Block (Dask) == in memory, and the
 propagated sigma of each band == the empirical standard deviation of the bands of Poisson noise."""
+import json
+
 import numpy as np
 import pytest
 
@@ -128,6 +130,11 @@ def test_fuse_exposes_the_noise_model():
     assert xfusion.settings_of(b)["noise"] == "propagated" and xfusion.settings_of(a)["noise"] == "mad"
     fa, fb = a["flux"].values, b["flux"].values
     assert np.all(np.isfinite(fb)) and not np.allclose(fa, fb, rtol=1e-3)
+    # "auto" keeps comparing the families (RL included) and tunes every starlet candidate with this noise model
+    c = xfusion.fuse(x, y, noise="propagated", progress=False)
+    rec = json.loads(c.attrs["parameters"])["auto_tuning"]
+    assert rec["regularization"] == "auto" and rec["method"] == "poisson thinning"
+    assert c.attrs["regularization"] != "wavelet2d1d" or xfusion.settings_of(c)["noise"] == "propagated"
     with pytest.raises(ValueError, match="noise"):
         xfusion.fuse(x, y, regularization="anscombe2d1d", noise="propagated", max_iter=2, progress=False)
     with pytest.raises(ValueError, match="noise|propagated"):

@@ -504,8 +504,8 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
           (:mod:`xfusion.regularizers.sparsity`). Measured (session 7): with pn + MOS1 + MOS2 +
           a Resolve mosaic it lets MOS help (benchmarks/mosaic.py, "auto" at 3e5 pn counts 17.64
           -> 21.48 dB); on the 24 held-out small scenes mean NMSE +0.17 dB but 7 scenes lose
-          > 0.5 dB (worst -2.3), so it is not the default. Giving it (like any wavelet option)
-          makes ``regularization="auto"`` the tuned starlet prior, not RL.
+          > 0.5 dB (worst -2.3), so it is not the default. With ``regularization="auto"`` every
+          starlet candidate is tuned and scored with it (RL still competes).
 
         lowrank, lowrank_sobolev, lowrank_wavelet2d:
 
@@ -731,8 +731,10 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options):
         return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
                                                   "method": "fallback (an observation without counts: Poisson "
                                                             "thinning does not apply)"}
-    fixed = sorted(k for k, v in wopts.items() if v != "auto")
-    if fixed:  # a wavelet setting given explicitly names the family: no comparison with plain RL
+    # a wavelet setting given explicitly names the family (no comparison with plain RL); the noise model of the
+    # thresholds does not: every wavelet candidate is tuned and scored with it
+    fixed = sorted(k for k, v in wopts.items() if v != "auto" and k != "noise")
+    if fixed:
         return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
                                                   "method": f"wavelet2d1d option(s) given ({', '.join(fixed)})"}
     ordered = observations if len(observations) == 2 else [observations[i] for i in
