@@ -140,3 +140,34 @@ def test_fuse_exposes_the_noise_model():
     with pytest.raises(ValueError, match="noise|propagated"):
         xfusion.fuse(x, y, method="ista", noise="propagated", max_iter=2, progress=False,
                      **{k: v for k, v in kw.items() if k not in ("max_iter", "progress")})
+
+
+def test_propagated_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_one(tmp_path):
+    """The probe's refresh schedule lives in the state (checkpointed), not in the solver object: a fresh solver
+    resuming at iteration 5 refreshes exactly where the uninterrupted fit did, so the two iterates are equal."""
+    from xfusion import toy
+    from xfusion.checkpoints import ZarrCheckpoint
+    from xfusion.grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
+    from xfusion.likelihood import PoissonLikelihood, PoissonTerm
+    from xfusion.operators.model import build_model
+    from xfusion.solvers.em import EMProx
+    from xfusion.solvers.loop import run
+
+    x, y, _ = toy.make("small", seed=0)
+    xo, yo, _ = assign_roles(x, y)
+    grid = fusion_grid(xo, yo)
+    mx, my = build_model(grid, xo, SPATIAL), build_model(grid, yo, SPECTRAL)
+    scale = mx.mean_weight()
+    mx, my = mx.scaled(scale), my.scaled(scale)
+    xd, yd = xo["counts"].values.astype(np.float32), yo["counts"].values.astype(np.float32)
+    z0 = np.full(mx.fused_shape, xd.sum() / mx.forward(np.ones(mx.fused_shape, np.float32)).sum(), np.float32)
+
+    def solver():
+        return EMProx(PoissonLikelihood([PoissonTerm(mx, xd), PoissonTerm(my, yd)]), Wavelet2D1D(noise="propagated"))
+
+    full = run(solver(), z0, max_iter=12, tol=None, progress=False)[0]
+    path = str(tmp_path / "ck.zarr")
+    run(solver(), z0, max_iter=5, tol=None, progress=False, checkpoint=ZarrCheckpoint(path), checkpoint_every=5)
+    resumed = run(solver(), z0, max_iter=12, tol=None, progress=False, checkpoint=ZarrCheckpoint(path),
+                  checkpoint_every=5, resume=True)[0]
+    np.testing.assert_array_equal(resumed["z"], full["z"])

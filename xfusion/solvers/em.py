@@ -149,7 +149,7 @@ class EMProx:
         self.sens = self.B.persist(self.B.map(_safe, s, self.free))
         #: the prior's thresholds need the EM step's noise maps (``noise="propagated"``)
         self.noise_maps = regularizer is not None and bool(getattr(regularizer, "wants_noise", False))
-        self._eps, self._n_states = {}, 0
+        self._eps = {}
 
     def _probe_noise(self, i, like):
         """Fixed standard-normal draws shaped like input ``i``'s data (seed ``i``; kept for the whole fit)."""
@@ -157,12 +157,11 @@ class EMProx:
             self._eps[i] = self.B.persist(self.B.normal(like, i))
         return self._eps[i]
 
-    def _probe_due(self):
-        """Whether this state refreshes the noise probe's back-projection: at the first 4 states of a solver, then
-        every :attr:`probe_every` (it follows the expected counts, which change slowly after the first iterations)."""
-        n = self._n_states
-        self._n_states += 1
-        return n < 4 or n % self.probe_every == 0
+    def _probe_due(self, index):
+        """Whether state ``index`` (0 = the start; kept in the state as ``noise_state``, so a resumed fit keeps the
+        schedule) refreshes the noise probe's back-projection: the first 4 states, then every :attr:`probe_every`
+        (it follows the expected counts, which change slowly after the first iterations)."""
+        return index < 4 or index % self.probe_every == 0
 
     def _noise_q(self):
         """``q = sum_i H_i^T(w_i eps_i / sqrt(m_i))`` at the expected counts ``m_i`` of the last :meth:`_eval`
@@ -203,12 +202,11 @@ class EMProx:
         objective (plain RL: the data term)."""
         return "objective" if self.reg is None else "iterate"
 
-    def _state(self, z, pen, z_prev=None, q=None, carried=None):
+    def _state(self, z, pen, z_prev=None, q=None, carried=None, index=0):
         val, corr = self._eval(z)
         stats, arrays, scalars = None, {"z": z, "corr": corr}, {"data_term": val, "penalty": pen}
         if self.noise_maps:  # refresh the probe and the statistics (first states, every probe_every-th), or carry them
-            due = self._probe_due()
-            if due or q is None or not carried:
+            if self._probe_due(index) or q is None or not carried:
                 q = self._noise_q()
                 noise = self._noise(z, q)
                 zh = self.B.map(_half, z, corr, self.sens)
@@ -219,6 +217,7 @@ class EMProx:
             else:
                 scalars.update(carried)
             arrays["noise_q"] = q
+            scalars["noise_state"] = index
             self._expected = None
         elif self.reg is not None:  # statistics of the next EM step, with the state (None in memory: see the backend)
             stats = (self.reg, self.B.statistics(self.reg, self.B.map(_half, z, corr, self.sens)))
@@ -254,9 +253,11 @@ class EMProx:
         z = self.B.map(_clip_hold, z, self.free)
         if self.reg is not None and self.renormalize:
             z = self._renormalized(z, zh)
-        keep = ("sigma_", "vfloor_", "k_mean", "k_std")  # statistics carried to the next state (noise maps)
-        carried = {k: v for k, v in state.items() if self.noise_maps and k.startswith(keep)}
-        return self._state(z, pen, state["z"] if self.stop_on == "iterate" else None, state.get("noise_q"), carried)
+        if not self.noise_maps:
+            return self._state(z, pen, state["z"] if self.stop_on == "iterate" else None)
+        # the statistics are carried to the next state unless it refreshes them (a state without an index: refresh)
+        return self._state(z, pen, state["z"] if self.stop_on == "iterate" else None, state["noise_q"],
+                           self.reg.stats_scalars(stats), int(state.get("noise_state", -1)) + 1)
 
     def _renormalized(self, z, z_half):
         """``z`` rescaled so its predicted counts ``sum(s z)`` equal those of the EM step ``z_half``.
