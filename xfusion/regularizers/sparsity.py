@@ -289,28 +289,27 @@ class Wavelet2D1D:
         ``shape`` the cube's, ``origin`` the global (x, y) index of the block's first interior pixel.
         Only the lattice pixels get the 1D transform (and the coarse 2D band for the sigmoid rule).
         ``noise`` (``noise="propagated"`` only): the blocks ``(var, probe)`` with the same halo."""
-        if self.noise == "propagated":
-            if noise is None:
-                raise self._no_noise("block_statistics")
-            vo, po = noise[0], noise[1]
-            p2 = _crop2(starlet2d(po, self.n2), halo)
-            c2 = None if self.k_rule != "sigmoid" else _crop2(starlet2d(zo, self.n2), halo)
-            return self._parts(lambda a, lat: starlet1d(p2[a][lat], self.n1, axis=-1),
-                               lambda: starlet1d(c2[self.n2], self.n1, axis=-1)[self.n1], shape, origin,
-                               lambda lat: self._variance_bands(vo, halo, lat))
+        if self.noise == "propagated":  # the coarse band of z only for the sigmoid rule's moments
+            return self._probe_parts(noise, halo, shape, origin, lambda: starlet1d(
+                _crop2(starlet2d(zo, self.n2), halo)[self.n2], self.n1, axis=-1)[self.n1], "block_statistics")
         c2 = _crop2(starlet2d(zo, self.n2), halo)
         return self._parts(lambda a, lat: starlet1d(c2[a][lat], self.n1, axis=-1),
                            lambda: starlet1d(c2[self.n2], self.n1, axis=-1)[self.n1], shape, origin)
 
+    def _probe_parts(self, noise, halo, shape, origin, coarse, what):
+        """:meth:`_parts` for ``noise="propagated"``: the noise probe's bands (1D transforms at the lattice pixels
+        only) and the band variances of ``var``, from ``noise=(var, probe)`` blocks with ``halo`` pixels."""
+        if noise is None:
+            raise self._no_noise(what)
+        p2 = _crop2(starlet2d(noise[1], self.n2), halo)
+        return self._parts(lambda a, lat: starlet1d(p2[a][lat], self.n1, axis=-1), coarse, shape, origin,
+                           lambda lat: self._variance_bands(noise[0], halo, lat))
+
     def _statistics(self, c1, shape, noise=None):
         """:meth:`statistics` from the coefficients of the whole cube (no second transform)."""
         if self.noise == "propagated":
-            if noise is None:
-                raise self._no_noise("statistics")
-            p2 = starlet2d(noise[1], self.n2)  # the probe's 1D transforms at the lattice pixels only
-            return self.combine([self._parts(lambda a, lat: starlet1d(p2[a][lat], self.n1, axis=-1),
-                                             lambda: c1[self.n2][self.n1], shape, (0, 0),
-                                             lambda lat: self._variance_bands(noise[0], 0, lat))])
+            return self.combine([self._probe_parts(noise, 0, shape, (0, 0), lambda: c1[self.n2][self.n1],
+                                                   "statistics")])
         return self.combine([self._parts(lambda a, lat: c1[a][(slice(None),) + lat], lambda: c1[self.n2][self.n1],
                                          shape, (0, 0))])
 
