@@ -12,8 +12,8 @@ calib    For each scene kind (xfusion.scenes.make, size ``--size``, scene seed `
                     against line_map of the true cube; pulls (estimate - truth) / error: their std);
            variants noise (flux +- flux_std), bc (2 flux - replica mean +- std), infl (flux +- sqrt(std^2 +
                     (mean - flux)^2)), aware (flux_lo..flux_hi: the ML refit +- t std; ``--ml-iter K``: K RL
-                    iterations instead of ML_SETTINGS'; ``--ml-replica-iter K``: its replicas warm from the
-                    ML fit, capped at K); ``--weak JSON``: the same from a refit with those options (weak_*).
+                    iterations instead of ML_SETTINGS'); ``--weak JSON``: the same from a refit with
+                    those options (weak_*).
          Also the replica std / real scatter of the fits over realizations (tuned and ML), the bias / noise.
 cost     One default fit (tuning included) of a table1 scene at full size vs ``--cost-rep`` replicas
          (``warm="auto"``: warm starts where the fit converged or is an EM fit with a prior;
@@ -89,10 +89,8 @@ def _intervals(u, largs, bias_aware):
 
 
 def _bias_aware(args, on):
-    """``bias_aware=`` of uncertainty(): False, True (ML_SETTINGS) or ``{"max_iter": --ml-iter, "replica_iter":
-    --ml-replica-iter}`` (those given)."""
-    over = {k: v for k, v in (("max_iter", args.ml_iter), ("replica_iter", getattr(args, "ml_replica_iter", 0))) if v}
-    return over if on and over else bool(on)
+    """``bias_aware=`` of uncertainty(): False, True (ML_SETTINGS) or ``{"max_iter": --ml-iter}``."""
+    return {"max_iter": args.ml_iter} if on and args.ml_iter else bool(on)
 
 
 def calib(args):
@@ -458,9 +456,6 @@ def main(argv=None):
     ap.add_argument("--bias-aware", action="store_true", help="also the bias-aware intervals (variant 'aware')")
     ap.add_argument("--ml-iter", type=int, default=0, help="RL iterations of the bias-aware ML refit (0: the "
                     "default, xfusion.uncertainty.ML_SETTINGS)")
-    ap.add_argument("--ml-replica-iter", type=int, default=0, help="bias-aware replicas warm-started from the ML "
-                    "fit and capped at this many RL iterations (control replica: the fit's count; "
-                    "bias_aware={'replica_iter': K}); 0: cold replicas of the fit's count (default)")
     ap.add_argument("--weak", default="", help='JSON options of a weaker refit, e.g. \'{"k": 0}\' (variant weak_*)')
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--cost-kind", default="snr_shell")

@@ -196,21 +196,6 @@ def test_bias_aware_intervals(fitted, tmp_path):
             xfusion.uncertainty(r, x, y, n=2, bias_aware=bad)
 
 
-def test_bias_aware_replicas_warm_from_the_ml_fit(fitted):
-    """bias_aware={"replica_iter": K}: the ML replicas start from the ML fit and stop after K iterations, the
-    control replica runs the ML fit's count, and the capped ones are scaled by its ratio (measured in
-    benchmarks/calibration.py --ml-replica-iter)."""
-    x, y, r = fitted
-    u = xfusion.uncertainty(r, x, y, n=3, seed=3, bias_aware={"max_iter": 40, "replica_iter": 10})
-    assert u["ml_replica_warm"].values.all()
-    assert u["ml_replica_iterations"].values.tolist() == [40, 10, 10]
-    assert u["ml_replica_capped"].values.tolist() == [False, True, True]
-    assert np.isfinite(u.attrs["ml_control_ratio"]) and u.attrs["ml_control_ratio"] > 0
-    assert json.loads(u.attrs["ml_settings"])["replica_iter"] == 10 and u.attrs["ml_iterations"] == 40
-    with pytest.raises(ValueError, match="replica_iter"):
-        xfusion.uncertainty(r, x, y, n=2, bias_aware={"replica_iter": 0})
-
-
 def test_ml_refit_iterations_remove_the_resolution_bias():
     """Why ML_SETTINGS runs 1000 RL iterations: on the expected (noise-free) counts of an Fe-K mixed scene, the
     line centroids of the ML refit after 200 iterations are still biased where the velocity varies inside the

@@ -64,14 +64,12 @@ What the intervals mean -- two kinds
   :func:`bias_aware_view` returns them in the layout of this output (for
   :func:`xfusion.analysis.line_map_errors` and the PHA exports). ``bias_aware={"max_iter": K}``
   (or ``"tol"``) overrides ``ML_SETTINGS`` (recorded in the attribute ``ml_settings``).
-  ``bias_aware={"replica_iter": K}`` (experimental, cheaper): the ML replicas start warm from the
-  ML fit and stop after ``K`` iterations; the control replica runs the ML fit's count and its
-  ratio scales the others (as for capped EM replicas). Measured (session 7, held-out seed
-  500007, 12x240, 20 x 20): it is NOT calibrated -- one global ratio cannot serve every scale
-  (RL's fine-scale noise keeps growing while region sums have converged): cluster_core voxels /
-  regions / velocity covered 0.54 / 0.92 / 0.75 at K=100 and 0.57 / 0.82 / 0.74 at K=300
-  (mixed: 0.52 / 0.91 / 0.74 and 0.56 / 0.82 / 0.72), against 0.64 / 0.69 / 0.71 with cold
-  1000-iteration replicas; the default stays cold.
+  Tried and not kept (session 7): ML replicas warm from the ML fit, capped at K iterations and
+  scaled by a control replica's ratio (as capped EM replicas are) are 3-7x cheaper but NOT
+  calibrated -- one global ratio cannot serve every scale (RL's fine-scale noise keeps growing
+  while region sums have converged): on held-out seed 500007 (12x240, 20 x 20) cluster_core
+  voxels / regions / velocity were covered 0.54 / 0.92 / 0.75 at K=100 and 0.57 / 0.82 / 0.74 at
+  K=300, against 0.64 / 0.69 / 0.71 with cold 1000-iteration replicas.
 
   Why 1000 iterations: Richardson-Lucy without a prior is still regularized by its iteration
   count. It converges slowly in the directions the data constrain weakly -- the spectral shape
@@ -153,7 +151,7 @@ _CUBE = ("x", "y", "energy")
 #: more-) instrument Richardson-Lucy with no prior, run to a tight relative change (or the cap)
 ML_SETTINGS = {"regularization": "none", "method": "em", "max_iter": 1000, "tol": 1e-5}
 #: the keys of ML_SETTINGS a dict ``bias_aware={...}`` may override
-_ML_OVERRIDES = ("max_iter", "tol", "replica_iter")
+_ML_OVERRIDES = ("max_iter", "tol")
 #: variables of the bias-aware part (prefix ``ml_``) that :func:`bias_aware_view` returns without the prefix
 _ML_VARS = ("flux", "flux_std", "flux_quantile", "flux_replica_mean", "flux_replicas", "region_spectrum",
             "region_std", "region_quantile", "region_replicas", "region_covariance", "replica_iterations",
@@ -432,8 +430,6 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
         with ``store`` in its sub-store ``PATH/ml``), returned as the ``ml_*`` variables and ``flux_lo`` /
         ``flux_hi``, ``region_lo`` / ``region_hi``; :func:`bias_aware_view` gives them in the layout of this
         function's output (for line maps and exports). Costs a fit and ``n`` replicas of RL at ``ML_SETTINGS``.
-        ``{"replica_iter": K}``: ML replicas warm from the ML fit, capped at K (experimental, not calibrated:
-        module notes).
     progress : print one line per finished replica.
 
     Returns
@@ -560,8 +556,6 @@ def _ml_settings(bias_aware):
                                 or not np.isfinite(tol) or tol < 0):
             raise ValueError(f"bias_aware tol must be None or a finite number >= 0 (relative change); got {tol!r}")
         out["tol"] = None if tol is None else float(tol)
-    if "replica_iter" in bias_aware and bias_aware["replica_iter"] is not None:
-        out["replica_iter"] = _as_int(bias_aware["replica_iter"], "bias_aware replica_iter", 1)
     return out
 
 
@@ -570,14 +564,9 @@ def _add_bias_aware(out, observations, ml_settings, *, store, progress, **kwargs
     from .fuse import fuse
 
     dtype = json.loads(out.attrs["settings"]).get("dtype", "float32")
-    fit_settings = {k: v for k, v in ml_settings.items() if k != "replica_iter"}
-    ml = fuse(*observations, progress=False, dtype=dtype, **fit_settings)
+    ml = fuse(*observations, progress=False, dtype=dtype, **ml_settings)
     sub = None if store is None else Path(os.fspath(store)) / "ml"
-    if ml_settings.get("replica_iter"):  # warm from the ML fit, capped; the control replica runs the fit's count
-        kwargs = dict(kwargs, max_iter=ml_settings["replica_iter"])
-        um = uncertainty(ml, *observations, store=sub, progress=progress, warm=True, **kwargs)
-    else:
-        um = uncertainty(ml, *observations, store=sub, progress=progress, warm="auto", **kwargs)
+    um = uncertainty(ml, *observations, store=sub, progress=progress, warm="auto", **kwargs)
     for v in _ML_VARS:
         if v in um:
             out[f"ml_{v}"] = um[v].assign_attrs(um[v].attrs, long_name=f"maximum-likelihood refit: "
