@@ -17,13 +17,15 @@ pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half a
    fused map's relative error vs the truth (band-integrated) and the velocity-map error on strips of +-5"
    along the tile edges that lie inside another pointing (the seams) vs inside the tiles away from any
    edge, the outer edge of the mosaic and outside it (a seam shows as larger residuals or errors there);
-3. **time vs data size**: wall and CPU seconds per iteration (RL, ``--time-iter`` iterations, best of ``--repeat``
+3. **time vs data size**: wall and CPU seconds per iteration (RL, or ``--time-regularization wavelet2d1d``;
+   ``--time-iter`` iterations, best of ``--repeat``
    interleaved runs, the machine's load printed), the total
    data size (voxels of all inputs' counts) and the fused voxels the inputs' models read per use (a tile reads
    only the fused pixels it sees after its PSF) for 2 (pn + tile 1), 3 (+ MOS1), 5 (pn + 4 tiles), 6 (+ MOS1)
    and 7 inputs, with the ratios time / data size and time / touched voxels relative to the 2-input case;
-4. **profile** (not in the default sections): CPU ms per RL iteration per input (forward, data term, adjoint,
-   adding it to the EM correction) and the EM step, each piece timed in place, for 2 and 7 inputs;
+4. **profile** (not in the default sections): CPU ms per RL iteration per input, or per group of inputs evaluated
+   together (:mod:`xfusion.operators.group`): forward, data term, adjoint, adding it to the EM correction, and the
+   EM step, each piece timed in place, for 2 and 7 inputs;
 5. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders) and the
    7-input mosaic (wavelet2d1d 10 iterations and RL 5 iterations) computed with the
    committed code (``git archive HEAD`` unpacked in a temporary directory, run in a subprocess; or the package under
@@ -192,22 +194,35 @@ def seams(result, obs, truth, label):
 
 def _fused_voxels_touched(keys, obs):
     """Fused voxels each input's forward model reads per use, summed over the inputs: the whole cube for an image
-    input, the fused pixels a tile sees (its footprint after its PSF: ``Gather`` columns) x channels for a tile."""
+    input, the fused pixels a tile sees (its footprint after its PSF: ``Gather`` columns) x channels for a tile; a
+    group of inputs evaluated together (:mod:`xfusion.operators.group`) counts once (the cube, or the union of the
+    pixels its tiles see)."""
     from xfusion.fuse import _precheck
 
     _, _, _, models, _ = _precheck([obs[k] for k in keys], {}, False)
+    try:  # inputs evaluated together read the cube once (xfusion.operators.group; absent in older code)
+        from xfusion.operators.group import SharedGather, group_models
+    except ImportError:
+        groups = [(None, [i]) for i in range(len(models))]
+    else:
+        groups = group_models(models)
     total = 0
-    for m in models:
-        M, N, L = m.fused_shape
-        cols = next((op.columns for op in m.ops if getattr(op, "columns", None) is not None), None)
+    for g, idx in groups:
+        M, N, L = models[idx[0]].fused_shape
+        if g is None:
+            m = models[idx[0]]
+            cols = next((op.columns for op in m.ops if getattr(op, "columns", None) is not None), None)
+        else:
+            cols = g.columns if isinstance(g, SharedGather) else None
         total += (M * N if cols is None else cols.size) * L
     return total
 
 
-def _per_iteration(keys, obs, n_iter, blas_threads):
-    """(wall, CPU) seconds per RL iteration of one fit, from the clock readings of a callback at every iteration
-    (the loop only: set-up, e.g. building the footprints, excluded). CPU time (``time.process_time``, this
-    process) counts the work done, not the time spent waiting for a core on a loaded machine."""
+def _per_iteration(keys, obs, n_iter, blas_threads, regularization="none"):
+    """(wall, CPU) seconds per iteration of one fit (RL, or ``regularization="wavelet2d1d"`` with the pinned options
+    :data:`PINNED`), from the clock readings of a callback at every iteration (the loop only: set-up, e.g. building
+    the footprints, excluded). CPU time (``time.process_time``, this process) counts the work done, not the time
+    spent waiting for a core on a loaded machine."""
     from threadpoolctl import threadpool_limits
 
     stamps = []
@@ -217,17 +232,21 @@ def _per_iteration(keys, obs, n_iter, blas_threads):
         return False
 
     with threadpool_limits(limits=blas_threads, user_api="blas"):
-        xfusion.fuse(*[obs[k] for k in keys], regularization="none", max_iter=n_iter, tol=None, progress=False,
-                     callback=cb)
+        xfusion.fuse(*[obs[k] for k in keys], regularization=regularization, max_iter=n_iter, tol=None,
+                     progress=False, callback=cb, **(PINNED if regularization != "none" else {}))
     (w0, c0), (w1, c1) = stamps[0], stamps[-1]
     n = len(stamps) - 1
     return (w1 - w0) / n, (c1 - c0) / n
 
 
 def timing(obs, args):
-    print("\n== time per iteration vs data size (RL, %d iterations, best of %d; BLAS threads: %s; load %s) ==" % (
-        args.time_iter, args.repeat, args.blas_threads or "default", " ".join(f"{v:.1f}" for v in os.getloadavg())))
-    print("   data = voxels of all inputs' counts; touched = fused voxels the inputs' models read per use;\n"
+    label = "RL" if args.time_regularization == "none" else "wavelet2d1d " + ", ".join(
+        f"{k}={v}" for k, v in PINNED.items())
+    print("\n== time per iteration vs data size (%s, %d iterations, best of %d; BLAS threads: %s; load %s) ==" % (
+        label, args.time_iter, args.repeat, args.blas_threads or "default",
+        " ".join(f"{v:.1f}" for v in os.getloadavg())))
+    print("   data = voxels of all inputs' counts; touched = fused voxels the inputs' models read per use (a group of\n"
+          "   inputs evaluated together, xfusion.operators.group, reads them once);\n"
           "   wall and CPU (this process) ms per iteration between the first and last callback, minimum over the "
           "repeats;\n   ratios relative to 2 inputs (target: time ratio <= data ratio, i.e. time/data <= 1)")
     tiles = [k for k in obs if k.startswith("tile")]
@@ -238,7 +257,8 @@ def timing(obs, args):
     runs = {tuple(k): [] for k in sets}
     for _ in range(args.repeat):  # interleaved: a change of the machine's load hits every set alike
         for keys in sets:
-            runs[tuple(keys)].append(_per_iteration(keys, obs, args.time_iter, args.blas_threads))
+            runs[tuple(keys)].append(_per_iteration(keys, obs, args.time_iter, args.blas_threads,
+                                                    args.time_regularization))
     for keys in sets:
         size = sum(int(obs[k]["counts"].size) for k in keys)
         work = _fused_voxels_touched(keys, obs)
@@ -255,17 +275,24 @@ def timing(obs, args):
 
 
 def profile(obs, n_iter=30):
-    """Where the time of an RL iteration goes, per input: the EM sequence (each input's forward, data term (value
-    and ratio), adjoint, and adding the adjoint to the correction; then the EM step) run for ``n_iter`` iterations
-    with each piece timed in place (process CPU time, one BLAS thread), for 2 and 7 inputs; ms per iteration and
-    share. The same operators and likelihood terms as ``fuse`` (without its bookkeeping)."""
+    """Where the time of an RL iteration goes, per input or group of inputs evaluated together (the solver's
+    :attr:`xfusion.solvers.em.EMProx.groups`): the EM sequence (forward, data term (value and ratio), adjoint, and
+    adding the adjoint to the correction; then the EM step) run for ``n_iter`` iterations with each piece timed in
+    place (process CPU time, one BLAS thread), for 2 and 7 inputs; ms per iteration and share. The same operators,
+    groups and likelihood terms as ``fuse`` (without its bookkeeping)."""
     from threadpoolctl import threadpool_limits
 
     from xfusion.fuse import _precheck
     from xfusion.likelihood import PoissonTerm
 
+    try:
+        from xfusion.operators.group import group_models
+    except ImportError:  # older code: every input alone
+        def group_models(models):
+            return [(None, [i]) for i in range(len(models))]
+
     clock = time.process_time
-    print("\n== profile: CPU ms per RL iteration, per input (in place; load %s) ==" % " ".join(
+    print("\n== profile: CPU ms per RL iteration, per input or group (in place; load %s) ==" % " ".join(
         f"{v:.1f}" for v in os.getloadavg()))
     totals = []
     for keys in (["pn", "tile1"], ["pn", "mos1", "mos2", "tile1", "tile2", "tile3", "tile4"]):
@@ -276,6 +303,7 @@ def profile(obs, n_iter=30):
             used.add(k)
             mask = obs[k]["mask"].values if "mask" in obs[k] else None
             terms.append((k, m, PoissonTerm(m, obs[k]["counts"].values, mask)))
+        groups = group_models(models)
         with threadpool_limits(limits=1, user_api="blas"):
             s = None
             for k, m, t in terms:
@@ -283,33 +311,37 @@ def profile(obs, n_iter=30):
                 s = q if s is None else s + q
             s = np.where(s > 0, s, 1).astype(np.float32)
             z = np.full(models[0].fused_shape, 1e-3, np.float32)
-            acc, em = {k: np.zeros(4) for k, _, _ in terms}, 0.0
+            names = ["+".join(terms[i][0] for i in idx) for _, idx in groups]
+            acc, em = {n: np.zeros(4) for n in names}, 0.0
             for it in range(n_iter + 2):  # 2 iterations to warm up
                 corr = None
-                for k, m, t in terms:
+                for name, (g, idx) in zip(names, groups):
                     c0 = clock()
-                    mo = m.forward(z)
+                    mo = [terms[idx[0]][1].forward(z)] if g is None else g.forward(z)
                     c1 = clock()
-                    t.value_from_model(mo)
-                    r = t.ratio(mo)
+                    rs = []
+                    for i, mi in zip(idx, mo):
+                        terms[i][2].value_from_model(mi)
+                        rs.append(terms[i][2].ratio(mi))
                     c2 = clock()
-                    q = m.adjoint(r)
+                    q = terms[idx[0]][1].adjoint(rs[0]) if g is None else g.adjoint(rs)
                     c3 = clock()
                     corr = q if corr is None else np.add(corr, q)
                     c4 = clock()
                     if it >= 2:
-                        acc[k] += (c1 - c0, c2 - c1, c3 - c2, c4 - c3)
+                        acc[name] += (c1 - c0, c2 - c1, c3 - c2, c4 - c3)
                 c0 = clock()
                 z = np.maximum(z * corr / s, 0)
                 if it >= 2:
                     em += clock() - c0
         tot = (sum(a.sum() for a in acc.values()) + em) / n_iter * 1e3
         totals.append(tot)
-        print(f"{len(keys)} inputs: {tot:.2f} ms/it\n  {'input':7s} {'forward':>8s} {'data':>6s} {'adjoint':>8s} "
+        width = max(len(n) for n in names)
+        print(f"{len(keys)} inputs: {tot:.2f} ms/it\n  {'input':{width}s} {'forward':>8s} {'data':>6s} {'adjoint':>8s} "
               f"{'add':>6s} {'total':>7s} {'share':>6s}")
         for k, a in acc.items():
             a = a / n_iter * 1e3
-            print(f"  {k:7s} {a[0]:8.2f} {a[1]:6.2f} {a[2]:8.2f} {a[3]:6.2f} {a.sum():7.2f} {a.sum() / tot:6.1%}")
+            print(f"  {k:{width}s} {a[0]:8.2f} {a[1]:6.2f} {a[2]:8.2f} {a[3]:6.2f} {a.sum():7.2f} {a.sum() / tot:6.1%}")
         print(f"  EM step {em / n_iter * 1e3:.2f} ms ({em / n_iter * 1e3 / tot:.1%})", flush=True)
     data = [sum(int(obs[k]["counts"].size) for k in keys) for keys in (("pn", "tile1"), tuple(obs))]
     print(f"7 inputs / 2 inputs: {totals[1] / totals[0]:.2f}x the time for {data[1] / data[0]:.2f}x the data")
@@ -382,6 +414,9 @@ def main():
     ap.add_argument("--rl-iter", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--time-iter", type=int, default=20, help="iterations per timing run")
+    ap.add_argument("--time-regularization", default="none", choices=("none", "wavelet2d1d"),
+                    help="the fits timed: plain RL (the operators' cost; default) or the wavelet2d1d prior with the "
+                         "pinned options (its prox works on the fused cube whatever the inputs)")
     ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads in the timing runs (default: the "
                     "library's; 1 avoids OpenBLAS's threaded small products stalling on a loaded machine)")
     ap.add_argument("--two-input-check", action="store_true")

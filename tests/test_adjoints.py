@@ -15,6 +15,7 @@ from xfusion.grid import SPATIAL, SPECTRAL, fusion_grid
 from xfusion.operators import Chain, Convolve1D, Convolve2D, Rebin, ResponseMatrix, Scale, SpatialMatrix, build_model
 from xfusion.operators.area import AreaMap
 from xfusion.operators.dottest import dottest
+from xfusion.operators.footprint import Footprint
 from xfusion.operators.model import InstrumentModel
 from xfusion.operators.psf import EnergyDependentSpatial, StackedSpatial, band_weights
 from xfusion.regularizers.sobolev import Gradient2D
@@ -127,6 +128,73 @@ def test_separable_psf_and_reordered_weights_are_the_same_operators(dtype):
         ref, u = Chain(plain).forward(z), r.random(model.data_shape).astype(dtype)
         np.testing.assert_allclose(model.forward(z), ref, rtol=rtol, atol=0)
         np.testing.assert_allclose(model.adjoint(u), Chain(plain).adjoint(u), rtol=rtol, atol=0)
+
+
+def _tile_model(r, hw, box, n_pixels, L, post=False):
+    """A tile-like model on an ``hw`` field: a dense footprint x PSF (n_pixels, M N) non-zero only on the fused
+    pixels of ``box`` (x0, x1, y0, y1), random sparsity inside, so that it starts with a Gather and a
+    BlockFootprint; per-energy weights, and per-pixel factors (``post``) if asked."""
+    F = np.zeros((n_pixels,) + tuple(hw))
+    x0, x1, y0, y1 = box
+    F[:, x0:x1, y0:y1] = r.random((n_pixels, x1 - x0, y1 - y0)) * (r.random((n_pixels, x1 - x0, y1 - y0)) < 0.6)
+    p = r.random((n_pixels, L)) + 0.5 if post else None
+    return InstrumentModel(r.random(L) + 0.5, None, Footprint(F.reshape(n_pixels, -1), hw), hw + (L,),
+                           (n_pixels, L), p)
+
+
+def _group_case(r):
+    """Two response-first models (one with a separable PSF after its response), three tile-like models (one with
+    per-pixel factors) on a 12 x 10 field of 12 channels, and a rebinned model that shares nothing."""
+    hw, L = (12, 10), 12
+    return [InstrumentModel(r.random(L) + 0.5, ResponseMatrix(r.random((L, 5))), None, hw + (L,), hw + (5,)),
+            _tile_model(r, hw, (0, 7, 0, 6), 4, L),
+            InstrumentModel(r.random(L) + 0.5, ResponseMatrix(r.random((L, 3))), Convolve2D(KS, hw), hw + (L,),
+                            hw + (3,)),
+            _tile_model(r, hw, (4, 12, 3, 10), 5, L, post=True),
+            InstrumentModel(r.random(L) + 0.5, None, Rebin((3, 2, 1)), hw + (L,), (4, 5, L)),
+            _tile_model(r, hw, (2, 9, 5, 10), 3, L)]
+
+
+@DTYPES
+def test_groups_of_models_are_their_members_stacked(dtype):
+    """Issue 18 (session 8): models sharing their first operator, evaluated together
+    (:mod:`xfusion.operators.group`): a SharedResponse (one product with the stacked response matrices) and a
+    SharedGather (one gather of the union of the pixels the tiles see, one block-sparse product of the stacked
+    footprints, one scatter). The group's forward is the list of the members' forwards and its adjoint the sum
+    of their adjoints (float round-off), and the stacked operator passes the dot test with N(0,1) vectors. The
+    groups run in memory (NumPy); the Dask backend applies the members one by one (see test_mosaic)."""
+    from xfusion.operators.group import SharedGather, SharedResponse, group_models
+
+    r = np.random.default_rng(8)
+    models = _group_case(r)
+    groups = group_models(models)
+    assert [(type(g).__name__, idx) for g, idx in groups] == [
+        ("SharedResponse", [0, 2]), ("SharedGather", [1, 3, 5]), ("NoneType", [4])]
+    assert isinstance(groups[0][0], SharedResponse) and isinstance(groups[1][0], SharedGather)
+    # the union of the pixels the tiles see, each once
+    cols = np.concatenate([models[i].ops[0].columns for i in (1, 3, 5)])
+    assert sorted(groups[1][0].columns.tolist()) == np.unique(cols).tolist()
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for g, idx in groups[:2]:
+        for seed in (0, 1):
+            q = np.random.default_rng(seed)
+            z = q.standard_normal(models[0].fused_shape).astype(dtype)
+            us = [q.standard_normal(models[i].data_shape).astype(dtype) for i in idx]
+            fz, aty = g.forward(z), g.adjoint(us)
+            assert [f.shape for f in fz] == [models[i].data_shape for i in idx] and aty.shape == z.shape
+            assert all(f.dtype == dtype for f in fz) and aty.dtype == dtype
+            for f, i in zip(fz, idx):
+                ref = models[i].forward(z)
+                np.testing.assert_allclose(f, ref, rtol=0, atol=rtol * np.abs(ref).max())
+            ref = sum(models[i].adjoint(u) for i, u in zip(idx, us))
+            np.testing.assert_allclose(aty, ref, rtol=0, atol=rtol * np.abs(ref).max())
+            lhs = sum(float(np.sum(f.astype(np.float64) * u)) for f, u in zip(fz, us))
+            rhs = float(np.sum(z.astype(np.float64) * aty))
+            assert abs(lhs - rhs) <= TOL[dtype] * max(abs(lhs), abs(rhs))
+    # a single model of a kind, or models on different cubes, are not grouped
+    assert [idx for _, idx in group_models(models[:2])] == [[0], [1]]
+    other = InstrumentModel(np.ones(6), ResponseMatrix(r.random((6, 2))), None, (12, 10, 6), (12, 10, 2))
+    assert [idx for _, idx in group_models([models[0], other])] == [[0], [1]]
 
 
 @pytest.fixture(scope="module")

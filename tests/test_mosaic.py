@@ -119,6 +119,42 @@ def test_two_input_results_do_not_depend_on_the_n_input_path(small):
         xfusion.fusion_grid(pn, tile, odd)
 
 
+def test_inputs_evaluated_together_equal_one_by_one(small):
+    """Issue 18 (session 8): in memory, EM evaluates the inputs that share a first operator together (pn + MOS1 +
+    MOS2: one product with the stacked response matrices; the tiles: one gather of the pixels they see, one scatter
+    of their adjoints; :mod:`xfusion.operators.group`). The iterates equal those of the inputs taken one by one
+    (a backend without grouping, as the Dask one) to float round-off, with and without a prior; two inputs form no
+    group."""
+    from xfusion.fuse import _precheck
+    from xfusion.likelihood import PoissonLikelihood, make_term
+    from xfusion.regularizers.sparsity import Wavelet2D1D
+    from xfusion.solvers.backend import NumpyBackend
+    from xfusion.solvers.em import EMProx
+
+    class OneByOne(NumpyBackend):
+        grouped = False
+
+    obs, _ = small
+    _, ins, _, models, _ = _precheck(list(obs.values()), {}, False)
+    terms = [make_term(o, m, np.float32) for o, m in zip(ins, models)]
+    level = float(sum(t.data.sum() for t in terms[:1])) / np.prod(models[0].data_shape)
+    for reg in (None, Wavelet2D1D(k=1.0, n_scales_1d=2, null_space="zero")):
+        runs = []
+        for backend in (NumpyBackend(), OneByOne()):
+            em = EMProx(PoissonLikelihood(terms), reg, backend=backend)
+            state = em.init(np.full(models[0].fused_shape, level, np.float32))
+            for _ in range(2):
+                state = em.step(state)
+            runs.append((em, state))
+        (grouped, a), (alone, b) = runs
+        assert sorted(len(idx) for _, idx in grouped.groups) == [2, 3]  # the two tiles; pn + MOS1 + MOS2
+        assert all(g is None for g, _ in alone.groups)
+        np.testing.assert_allclose(a["z"], b["z"], rtol=0, atol=1e-5 * float(np.abs(b["z"]).max()))
+        assert abs(a["data_term"] - b["data_term"]) <= 1e-6 * abs(b["data_term"])
+    two = EMProx(PoissonLikelihood(terms[:2]))
+    assert all(g is None for g, _ in two.groups)
+
+
 def test_cli_fuses_three_inputs_and_fingerprints_all_of_them(small, tmp_path, capsys):
     """`xfusion fuse a b c -o out` with a mosaic (pn + two tiles): the result has every input's predicted counts
     and the coverage map; the checkpoint refuses to resume when the THIRD input changed."""

@@ -267,13 +267,8 @@ class _ScoredEM(EMProx):
         self.split = split
 
     def _eval(self, z):
-        val, corr, models = 0.0, None, []
-        for t in self.lik.terms:
-            m = t.model.forward(z)
-            models.append(t._plus_background(m))  # held-out score of the expected counts H z + B
-            val += t.value_from_model(m)
-            q = t.model.adjoint(t.ratio(m))
-            corr = q if corr is None else corr + q
+        val, corr, models = self._models_and_correction(z)
+        models = [t._plus_background(m) for t, m in zip(self.lik.terms, models)]  # held-out score of H z + B
         self.parts = self.split.score_parts(models)
         self.heldout = float(sum(self.parts))
         self._expected = models if self.noise_maps else None  # the noise probe's expected counts (EMProx._noise)

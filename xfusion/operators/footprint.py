@@ -352,6 +352,7 @@ class Gather:
 
     def adjoint(self, u):
         u = np.asarray(u)
-        full = np.zeros((self.in_hw[0] * self.in_hw[1],) + u.shape[2:], dtype=u.dtype)
+        n = self.in_hw[0] * self.in_hw[1]  # every pixel written when all are gathered: no zeros needed
+        full = (np.empty if self.columns.size == n else np.zeros)((n,) + u.shape[2:], dtype=u.dtype)
         full[self.columns] = u.reshape((self.columns.size,) + u.shape[2:])
         return full.reshape(self.in_hw + u.shape[2:])

@@ -57,6 +57,8 @@ class NumpyBackend:
     """In-memory backend: direct calls on NumPy arrays."""
 
     client = None
+    #: the solvers may evaluate inputs that share a first operator together (:mod:`xfusion.operators.group`)
+    grouped = True
 
     def cube(self, z0, shape, dtype):
         a = np.asarray(z0)

@@ -1,0 +1,172 @@
+"""Observations evaluated together: the models of several inputs that share their first operator (issue 18).
+
+A fit with many inputs sums one Poisson term per input, and the EM correction is ``sum_i H_i^T(d_i / H_i z)``.
+Inputs whose models start with the same KIND of operator on the same fused cube can share that first step:
+
+* :class:`SharedResponse`: models that start with a dense spectral response on the fused cube (EPIC-pn, MOS1,
+  MOS2: ``H_i = T_i R_i``, ``R_i`` an (L, l_i) :class:`~xfusion.operators.response.ResponseMatrix` with the
+  exposure x area folded in, ``T_i`` the rest, e.g. MOS's PSF on its data). Forward: ONE product of the cube
+  (M N, L) with the stacked matrix ``[R_1 | ... | R_n]`` (L, sum l_i) (the cube is read once), then each ``T_i`` on
+  its columns. Adjoint: each ``T_i^T u_i`` written into its columns of one (M N, sum l_i) array, then ONE product
+  with the stacked matrix's transpose: ``sum_i R_i^T T_i^T u_i`` without a cube per input and the sums of cubes.
+* :class:`SharedGather`: models that start with a :class:`~xfusion.operators.footprint.Gather` of the fused pixels
+  they see and a :class:`~xfusion.operators.footprint.BlockFootprint` (the tiles of a mosaic: ``H_i = T_i F_i G_i``,
+  ``F_i`` footprint x PSF on the pixels tile i sees, ``T_i`` its exposure x area weights). The union of the pixels
+  they see is gathered ONCE, and the members' footprints are stacked into ONE (sum P_i, C) matrix stored by blocks
+  on boxes of b x b fused pixels of the union (b chosen for the stack by
+  :func:`~xfusion.operators.footprint._boxes`; block k holds the rows of EVERY tile that sees box k). Adjoint: the
+  tiles' ``T_i^T u_i`` stacked, one product per box written into the union, one scatter into the cube:
+  ``sum_i G_i^T F_i^T T_i^T u_i`` without a zero cube, a scatter and a cube sum per tile.
+
+Each group is the same linear map as its members (the stacked operator ``z -> (H_1 z, ..., H_n z)``; adjoint
+``(u_1, ..., u_n) -> sum_i H_i^T u_i``) up to float round-off (products summed in another order).
+:func:`group_models` finds the groups of a list of models; a solver evaluates a group with ``forward(z)`` (a list
+of the members' data arrays) and ``adjoint(us)`` (one cube). In memory only (NumPy arrays): the Dask backend runs
+the members one by one (tiles have no block form there; see :mod:`xfusion.parallel_em`).
+
+Measured (session 8, 72x72x400 mosaic scene, one BLAS thread, CPU ms per RL iteration with forward, data term,
+adjoint and sum, each timed in place; ``benchmarks/mosaic.py --sections profile``): pn + MOS1 + MOS2 16.5-17.8
+(one by one 23), the four tiles 10.2-11.2 (one by one 19); a whole iteration of the 7 inputs 27-28 ms against 43-45
+(details in ``docs/mosaic.rst``, "Cost of an input"). Building a :class:`SharedGather` forms the dense stacked
+(sum P_i, C) matrix once (144 x 5184 here) to choose its boxes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .footprint import BlockFootprint, Gather, _boxes
+from .response import ResponseMatrix
+
+
+def _dt(a):
+    return a.dtype if a.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def _rest(model, k):
+    """The operators of ``model`` after its first ``k`` (first applied first)."""
+    return model.ops[k:]
+
+
+def _apply(ops, x, adjoint=False):
+    for op in (reversed(ops) if adjoint else ops):
+        x = op.adjoint(x) if adjoint else op.forward(x)
+    return x
+
+
+class SharedResponse:
+    """Models ``H_i = T_i R_i`` starting with a dense :class:`ResponseMatrix` ``R_i`` (L, l_i) on the same fused
+    cube (M, N, L): forward ``z -> [T_i((z R)[:, :, cols_i])]`` with ``R = [R_1 | ... | R_n]``; adjoint
+    ``[u_i] -> (stack_i T_i^T u_i) R^T`` (see the module notes). ``members``: the models."""
+
+    def __init__(self, members):
+        self.members = list(members)
+        mats = [m.ops[0].matrix for m in self.members]
+        self.fused_shape = tuple(self.members[0].fused_shape)
+        if any(m.fused_shape != self.fused_shape for m in self.members) or any(
+                r.shape[0] != self.fused_shape[2] for r in mats):
+            raise ValueError("SharedResponse: the members must act on the same fused cube")
+        R = np.hstack([np.asarray(r, np.float64) for r in mats])
+        self._R = {np.dtype(np.float64): R, np.dtype(np.float32): R.astype(np.float32)}
+        self.bounds = np.r_[0, np.cumsum([r.shape[1] for r in mats])]
+        self.rests = [_rest(m, 1) for m in self.members]
+
+    def forward(self, z):
+        dt = _dt(z)
+        M, N, L = self.fused_shape
+        y = np.asarray(z, dtype=dt).reshape(M * N, L) @ self._R[dt]
+        out = []
+        for a, e, rest in zip(self.bounds[:-1], self.bounds[1:], self.rests):
+            part = np.ascontiguousarray(y[:, a:e]).reshape(M, N, e - a)
+            out.append(_apply(rest, part))
+        return out
+
+    def adjoint(self, us):
+        dt = _dt(us[0])
+        M, N, L = self.fused_shape
+        buf = np.empty((M * N, int(self.bounds[-1])), dtype=dt)
+        for a, e, rest, u in zip(self.bounds[:-1], self.bounds[1:], self.rests, us):
+            buf[:, a:e] = np.asarray(_apply(rest, u, adjoint=True), dtype=dt).reshape(M * N, e - a)
+        return (buf @ self._R[dt].T).reshape(M, N, L)
+
+
+class SharedGather:
+    """Models ``H_i = T_i F_i G_i`` starting with a :class:`Gather` ``G_i`` and a :class:`BlockFootprint` ``F_i``
+    on the same fused field (the tiles of a mosaic): the union of the pixels they see gathered once, the members'
+    footprints stacked into ONE block-sparse (sum P_i, C) matrix on the union's boxes, the adjoints written box by
+    box into the union and scattered once (module notes)."""
+
+    def __init__(self, members):
+        self.members = list(members)
+        self.in_hw = self.members[0].ops[0].in_hw
+        self.fused_shape = tuple(self.members[0].fused_shape)
+        if any(m.ops[0].in_hw != self.in_hw or m.fused_shape != self.fused_shape for m in self.members):
+            raise ValueError("SharedGather: the members must act on the same fused cube")
+        union = np.unique(np.concatenate([m.ops[0].columns for m in self.members]))
+        F = np.zeros((sum(m.ops[1].n_pixels for m in self.members), union.size))
+        r = 0
+        for m in self.members:  # member i's rows, its columns placed at its pixels' union positions
+            g, fp = m.ops[:2]
+            F[r:r + fp.n_pixels, np.searchsorted(union, g.columns)] = fp.matrix
+            r += fp.n_pixels
+        order, starts = _boxes(F, union, self.in_hw[1])
+        self.gather = Gather(union[order], self.in_hw)
+        self.footprint = BlockFootprint(F[:, order], starts)
+        self.rows = np.r_[0, np.cumsum([m.ops[1].n_pixels for m in self.members])]
+        self.rests = [_rest(m, 2) for m in self.members]
+
+    @property
+    def columns(self):
+        """The fused pixels (flat indices) the members see, in the order gathered."""
+        return self.gather.columns
+
+    def forward(self, z):
+        y = self.footprint.forward(self.gather.forward(np.asarray(z, dtype=_dt(z))))  # (sum P_i, L)
+        return [_apply(rest, y[a:e]) if rest else y[a:e].copy() for a, e, rest in
+                zip(self.rows[:-1], self.rows[1:], self.rests)]
+
+    def adjoint(self, us):
+        dt = _dt(us[0])
+        L = self.fused_shape[2]
+        v = np.empty((int(self.rows[-1]), L), dtype=dt)
+        for a, e, rest, u in zip(self.rows[:-1], self.rows[1:], self.rests, us):
+            v[a:e] = np.asarray(_apply(rest, u, adjoint=True), dtype=dt).reshape(e - a, L)
+        return self.gather.adjoint(self.footprint.adjoint(v).reshape(-1, 1, L))
+
+
+def _kind(model):
+    """What a model can share with others: ``("response", ...)``, ``("gather", ...)`` or None."""
+    ops = getattr(model, "ops", None)
+    if not ops:
+        return None
+    first = ops[0]
+    shape = tuple(getattr(model, "fused_shape", ()))
+    if isinstance(first, ResponseMatrix) and not first.sparse and len(shape) == 3:
+        return ("response", shape)
+    if isinstance(first, Gather) and len(ops) > 1 and isinstance(ops[1], BlockFootprint) and len(shape) == 3:
+        return ("gather", shape, first.in_hw)
+    return None
+
+
+def group_models(models):
+    """Groups of ``models`` (a list of :class:`~xfusion.operators.model.InstrumentModel`) evaluated together:
+    a list of ``(group, indices)`` in the order of each group's first member, ``group`` a :class:`SharedResponse`
+    or :class:`SharedGather` of the models at ``indices`` (two or more), or None for a model evaluated alone
+    (``indices`` of length 1). Every index appears once."""
+    keys = [_kind(m) for m in models]
+    out, seen = [], {}
+    for i, k in enumerate(keys):
+        if k is None or keys.count(k) < 2:
+            out.append((None, [i]))
+        elif k not in seen:
+            seen[k] = len(out)
+            out.append((k, [i]))
+        else:
+            out[seen[k]][1].append(i)
+    groups = []
+    for k, idx in out:
+        if k is None:
+            groups.append((None, idx))
+        else:
+            cls = SharedResponse if k[0] == "response" else SharedGather
+            groups.append((cls([models[i] for i in idx]), idx))
+    return groups
