@@ -219,3 +219,19 @@ def test_more_than_two_inputs_on_dask_match_numpy(cluster):
         xfusion.fuse(*chunked, regularization="lowrank", rank=3, max_iter=1, progress=False)
     with pytest.raises(NotImplementedError, match="block form"):
         xfusion.fuse(*chunked[:2], obs["tile1"], chunked[2], **opts)
+
+
+def test_predict_models_an_image_with_a_relative_psf_as_fuse_does(small):
+    """xfusion.predict of MOS (on pn's pixels, carrying the blur relative to pn's PSF) equals the model fuse builds
+    for it, and differs from the same observation without its psf (the blur is applied, not dropped)."""
+    from xfusion.fuse import _precheck
+
+    obs, truth = small
+    _, inputs, names, models, _ = _precheck(list(obs.values()), {}, False)
+    i = names.index(obs["mos1"].attrs["name"])
+    flux = truth["flux"].transpose("x", "y", "energy")
+    want = models[i].expected(flux.values.astype(np.float64))
+    got = xfusion.predict(flux.astype(np.float64), obs["mos1"]).values
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
+    unblurred = xfusion.predict(flux.astype(np.float64), obs["mos1"].drop_vars("psf")).values
+    assert np.max(np.abs(unblurred - want)) > 0.01 * want.max()

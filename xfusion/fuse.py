@@ -272,15 +272,10 @@ def _extra_model(grid, obs, name, role):
       (:mod:`xfusion.operators.footprint`); it constrains only the fused pixels it sees."""
     from .grid import CHANNELS, FOOTPRINT, PIXELS, psf_on_grid
     from .observation import pixel_size
-    from .operators.model import InstrumentModel, _spatial_op
+    from .operators.model import pixels_model
 
     if role == PIXELS:
-        m = build_model(grid, obs, SPATIAL)
-        if "psf" not in obs:
-            return m
-        hw = (grid.sizes["x"], grid.sizes["y"])
-        spatial = _spatial_op(obs, hw, 1, psf_on_grid(obs["psf"], pixel_size(grid)), grid["energy"].values)
-        return InstrumentModel(m.area, m.spectral, spatial, m.fused_shape, m.data_shape, None, m.background)
+        return pixels_model(grid, obs)
     if role in (CHANNELS, FOOTPRINT):
         g = grid.drop_vars("psf") if "psf" in grid else grid
         if "psf" in obs:

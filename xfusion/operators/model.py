@@ -311,6 +311,18 @@ def build_model(grid, obs, role) -> InstrumentModel:
                            _background(obs))
 
 
+def pixels_model(grid, obs) -> InstrumentModel:
+    """Model of an observation on the fused PIXELS (same x, y as the grid; e.g. MOS1/MOS2 beside EPIC-pn): its own
+    response and area (as the sharp-spatial instrument), and a ``psf`` it carries applied on the fused pixels as
+    the blur RELATIVE to the fused resolution (e.g. the kernel taking pn's PSF to MOS's): ``H = R_spec B_rel W``."""
+    m = build_model(grid, obs, SPATIAL)
+    if "psf" not in obs:
+        return m
+    hw = (grid.sizes["x"], grid.sizes["y"])
+    spatial = _spatial_op(obs, hw, 1, psf_on_grid(obs["psf"], pixel_size(grid)), grid["energy"].values)
+    return InstrumentModel(m.area, m.spectral, spatial, m.fused_shape, m.data_shape, None, m.background)
+
+
 def _infer_role(flux, obs):
     px, po = pixel_size(flux), pixel_size(obs)
     ef, eo = np.diff(energy_edges(flux)), np.diff(energy_edges(obs))
@@ -332,13 +344,16 @@ def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
     ``flux``: DataArray (x, y, energy) in ph cm-2 s-1 per voxel with coords ``x``/``y``
     (arcsec, ``pixel_size`` attr) and ``energy_lo``/``energy_hi`` (keV), e.g. the ``flux``
     of a fusion result or a toy ``truth``. Returns a DataArray labelled like ``obs.counts``.
-    ``role`` ("spatial" or "spectral") is inferred from the grids when omitted.
+    ``role`` ("spatial" or "spectral") is inferred from the grids when omitted. An image on the fused pixels
+    that carries a ``psf`` (MOS beside pn) is modelled with that blur relative to the fused resolution
+    (:func:`pixels_model`), as :func:`xfusion.fuse` models it.
     """
     validate(obs)
     f = flux.transpose(*CUBE_DIMS)
     grid = xr.Dataset(coords={c: f[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
     role = role or _infer_role(grid, obs)
-    model = build_model(grid, obs, role)
+    # an image on the fused pixels that carries a psf: the blur relative to the fused resolution, as in fuse
+    model = pixels_model(grid, obs) if role == SPATIAL else build_model(grid, obs, role)
     values = np.asarray(f.values)
     if not np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float64)
