@@ -423,7 +423,11 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         the default (held-out scene suite, 24 small scenes, session 6: mean NMSE 19.6 dB against 17.0
         for the tuned ``wavelet2d1d``, worse on 2 scenes; README). Any wavelet option given explicitly (``k``,
         ``n_scales_1d``, ``null_space``, ...) selects ``wavelet2d1d`` without the comparison;
-        Dask-backed, Gaussian or count-free data fall back to ``wavelet2d1d`` (recorded).
+        Dask-backed, Gaussian or count-free data fall back to ``wavelet2d1d`` (recorded). ``"auto"`` delivers the
+        cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``, 1e4 pseudo-counts unless given; None: off;
+        :mod:`xfusion.regularizers.shape`): faint pixels take their neighbourhood's spectral shape, every pixel
+        keeps its total (held-out small suite, session 8: beats both naive baselines on 23/24 scenes against 18,
+        mean NMSE 20.16 against 19.73 dB).
         ``wavelet2d1d``: l1 norm of the 2D-1D starlet coefficients (2D on each channel, then 1D along each spectrum), soft-thresholded at k
         noise sigmas. ``lowrank``: Z = W V with V the mean and leading principal components of
         the sharp-spectral spectra (regularized by early stopping). ``lowrank_sobolev``: plus
@@ -738,7 +742,17 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options):
     if "max_iter" in chosen:  # plain RL, or the thresholded wavelet prior stopped early (iterations by thinning)
         n = chosen.pop("max_iter")
         max_iter = n if max_iter is None else max_iter
-    return reg, max_iter, {**rest, **chosen}, record
+    return reg, max_iter, {**_auto_shape(rest), **chosen}, record
+
+
+def _auto_shape(options):
+    """``regularization="auto"`` delivers its cube through the spectral-shape prior (:mod:`xfusion.regularizers.shape`,
+    :data:`~xfusion.regularizers.shape.AUTO_PSEUDO_COUNTS` pseudo-counts) unless ``shape_prior`` is given (None: off).
+    Only where thinning chose the family (measured there, session 8); the fallbacks (Dask-backed, Gaussian or
+    count-free data, wavelet options given) fit what they name, without it unless ``shape_prior`` is given."""
+    from .regularizers.shape import AUTO_PSEUDO_COUNTS
+
+    return options if "shape_prior" in options else {**options, "shape_prior": AUTO_PSEUDO_COUNTS}
 
 
 @dataclass
@@ -931,6 +945,8 @@ def _result(problem, solver, state, history, basis, params, n_iter, converged, e
     sol = solver.solution(state)
     _check_finite(sol, history, client)
     coeffs = sol if basis is not None else None
+    if basis is None and params.get("shape_prior") is not None:  # the spectral-shape prior of the delivered cube
+        sol = _shape_prior(problem, solver, sol, params["shape_prior"])
     extras = []
     if problem.use_dask and basis is not None:
         vb = basis.astype(sol.dtype)
@@ -983,6 +999,17 @@ def _result(problem, solver, state, history, basis, params, n_iter, converged, e
 
         ds = finish_result(ds, grid, x_obs)
     return ds
+
+
+def _shape_prior(problem, solver, z, pseudo_counts):
+    """``z`` with each pixel's spectral shape shrunk toward its neighbourhood's (:mod:`xfusion.regularizers.shape`;
+    every input's counts), on the solver's backend (Dask: blocks with the starlet halo, one pass for the total)."""
+    from .regularizers.shape import SpectralShape
+
+    prior = SpectralShape(pseudo_counts, float(sum(problem.sums)))
+    if not problem.use_dask:
+        return prior.prox(z)
+    return solver.B.prox(prior, z, solver.B.combined(prior, z))[0]
 
 
 def counts_of(result, input):  # noqa: A002 - the position of an input, as in the result's ``input`` coordinate

@@ -9,6 +9,7 @@ from .base import FULL, OptionSet, Regularization, describe
 
 @dataclass
 class Options(OptionSet):
+    shape_prior: object = o.SHAPE_PRIOR()
     chunks: object = o.CHUNKS()
     layout: object = o.LAYOUT()
 

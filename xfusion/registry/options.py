@@ -98,6 +98,19 @@ def null_space(default, auto=True):
                   one_of(*choices))
 
 
+def _shape_prior(name, v):
+    if v is not None and not (is_real(v) and v > 0):
+        raise ValueError(f"option shape_prior must be None (off) or a number of pseudo-counts > 0 (photons, e.g. "
+                         f"1e4); got {v!r}")
+
+
+SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), or None",
+                             "Spectral-shape prior of the delivered cube: each pixel's spectrum is shrunk toward its "
+                             "starlet neighbourhood's shape with weight n_p / (n_p + shape_prior), n_p the pixel's "
+                             "photons, keeping every pixel's total (:mod:`xfusion.regularizers.shape`). None: off. "
+                             "``regularization=\"auto\"`` sets 1e4 unless given.", _shape_prior)
+
+
 NOISE = lambda: option("mad", '"mad", "poisson" or "propagated"',
                        "Noise model of the thresholds: ``\"mad\"`` one robust (MAD) sigma per band of the EM step; "
                        "``\"poisson\"`` that MAD scaled by the square root of the local intensity; "

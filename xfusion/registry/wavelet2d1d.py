@@ -29,6 +29,7 @@ class Options(OptionSet):
     null_space: object = o.null_space("auto")
     per_band: object = o.PER_BAND()
     noise: object = o.NOISE()
+    shape_prior: object = o.SHAPE_PRIOR()
     chunks: object = o.CHUNKS()
     layout: object = o.LAYOUT()
 

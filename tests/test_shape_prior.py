@@ -1,0 +1,75 @@
+"""Spectral-shape prior of the delivered cube (xfusion.regularizers.shape): pixel totals kept, faint pixels take
+their neighbourhood's shape, bright ones keep theirs; Dask blocks == in memory; fuse(shape_prior=...) records it."""
+import json
+
+import numpy as np
+import pytest
+
+from xfusion.regularizers.shape import SpectralShape
+
+da = pytest.importorskip("dask.array")
+from xfusion.backends.blockwise import DaskBackend  # noqa: E402
+
+
+def _angle(a, b):
+    c = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    return np.arccos(np.clip(c, -1, 1))
+
+
+def _cube(seed=0):
+    """A bright blob of one spectral shape on a faint field of the same shape; every pixel's spectrum a Poisson
+    draw at its brightness (so faint shapes are noisy), as counts."""
+    rng = np.random.default_rng(seed)
+    n, L = 20, 64
+    e = np.arange(L)
+    shape = 1.0 + 3.0 * np.exp(-0.5 * ((e - 20) / 2.0) ** 2) + 2.0 * np.exp(-0.5 * ((e - 45) / 3.0) ** 2)
+    shape /= shape.sum()
+    X, Y = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    bright = 20.0 + 5e4 * np.exp(-0.5 * ((X - 9.5) ** 2 + (Y - 9.5) ** 2) / 2.5 ** 2)
+    truth = bright[:, :, None] * shape
+    return rng.poisson(truth).astype(np.float32), truth
+
+
+def test_shape_prior_keeps_pixel_totals_and_fixes_faint_shapes():
+    z, truth = _cube()
+    total = float(z.sum(dtype=np.float64))
+    out = SpectralShape(1e4, total).prox(z)
+    assert out.dtype == z.dtype and np.all(out >= 0)
+    np.testing.assert_allclose(out.sum(-1), z.sum(-1), rtol=1e-5)
+    before, after = _angle(z, truth), _angle(out, truth)
+    pix = truth.sum(-1)
+    faint, core = pix < np.quantile(pix, 0.25), pix > np.quantile(pix, 0.99)
+    assert after[faint].mean() < 0.5 * before[faint].mean()  # noisy faint shapes -> the neighbourhood's
+    np.testing.assert_allclose(after[core], before[core], atol=0.01)  # bright pixels (n_p >> n0) keep their own
+    # fewer pseudo-counts, less shrinkage: the weight n_p / (n_p + n0) at work
+    weak = SpectralShape(10.0, total).prox(z)
+    assert after[faint].mean() < _angle(weak, truth)[faint].mean() < before[faint].mean()
+    with pytest.raises(ValueError, match="pseudo_counts"):
+        SpectralShape(0.0, total)
+
+
+def test_shape_prior_on_dask_blocks_equals_numpy():
+    z, _ = _cube(1)
+    prior = SpectralShape(3e3, float(z.sum(dtype=np.float64)))
+    ref = prior.prox(z)
+    B = DaskBackend(((7, 7, 6), (5, 5, 5, 5), (z.shape[2],)))  # blocks smaller than the halo (6 pixels) too
+    zd = B.cube(z, z.shape, z.dtype)
+    got, _ = B.prox(prior, zd, B.combined(prior, zd))
+    np.testing.assert_allclose(got.compute(), ref, rtol=1e-5, atol=1e-6 * float(ref.max()))
+
+
+def test_fuse_shape_prior_option():
+    import xfusion
+    from xfusion import toy
+
+    x, y, _ = toy.make("small", seed=0)
+    kw = dict(regularization="none", max_iter=5, tol=None, progress=False)
+    plain = xfusion.fuse(x, y, **kw)
+    shaped = xfusion.fuse(x, y, shape_prior=1e4, **kw)
+    assert json.loads(shaped.attrs["parameters"])["shape_prior"] == 1e4
+    assert xfusion.settings_of(shaped)["shape_prior"] == 1e4
+    f0, f1 = plain["flux"].values, shaped["flux"].values
+    np.testing.assert_allclose(f1.sum(-1), f0.sum(-1), rtol=1e-4, atol=1e-6 * float(f0.sum(-1).max()))
+    assert np.abs(f1 - f0).max() > 1e-3 * f0.max()
+    with pytest.raises(ValueError, match="shape_prior"):
+        xfusion.fuse(x, y, shape_prior=-1.0, **kw)
