@@ -323,6 +323,10 @@ def hindsight(indices, split="heldout", size="small"):
             res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values)))
         chosen = [v for c, _, v in res if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d",
                                                                                       **ch}]
+        if not chosen:  # the zeroed ladder candidate with its iteration count by thinning (session 8): one more fit
+            r = xfusion.fuse(x, y, progress=False, **ch)
+            res.append((dict(ch, chosen=True), math.nan, metrics.nmse(t.values, r.flux.values)))
+            chosen = [res[-1][2]]
         best = max(v for _, _, v in res)
         loss = chosen[0] - best
         losses.append(loss)
@@ -418,6 +422,204 @@ def guard_data(indices, split="tune", n_suite=48, size="small", seeds=(0, 1, 2),
         if out:
             with open(out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+
+
+def zero_data(indices, split="tune", n_suite=48, size="small", seeds=(0, 1, 2), out=None, n_max=100):
+    """Data for the zeroed prior's iteration count (issue 13, session 8): per suite scene, the 'auto' choice, the
+    k ladder's best setting (null space zeroed) and its full-data NMSE at every iteration 1..n_max (tol=None) with
+    the relative iterate change (where fuse's default stop, IterateChange tol 1e-4 patience 5, max_iter 50, ends);
+    on each thinning split (``seeds``): the half-data held-out deviance (joint, sharp-spatial, sharp-spectral) of
+    the same setting from the tuning warm start (3 EM iterations) at every iteration to ``n_max``, and the paired
+    Poisson standard error of each iterate's deviance against the curve's minimum. One JSON line per scene
+    (``out``, appended)."""
+    from xfusion.solvers.loop import IterateChange
+
+    for i in indices:
+        name, x, y, t = _suite_scene(i, size, split, n=n_suite)
+        t0 = time.perf_counter()
+        cur = tuning.select(x, y)
+        ch = tuning.choice(cur)
+        wch = tuning.ladder_choice(cur)
+        det = json.loads(cur.attrs["details"])
+        devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
+        changes = []
+        x_sp, _, _ = assign_roles(x, y)
+        scale = float(np.mean(build_model(fusion_grid(x, y), x_sp, SPATIAL).weights))
+        t32 = t.values.astype(np.float32).ravel()
+        tn = float(np.dot(t.values.astype(np.float64).ravel(), t.values.astype(np.float64).ravel()))
+        full = []
+
+        def cb(it, state):
+            d = (state["z"] / np.float32(scale)).ravel() - t32
+            full.append(10.0 * math.log10(tn / max(float(np.dot(d, d)), 1e-300)))
+            changes.append(float(state.get("iterate_change", np.nan)))
+            return False
+
+        xfusion.fuse(x, y, max_iter=n_max, tol=None, progress=False, callback=cb, regularization="wavelet2d1d", **wch)
+        stop = IterateChange(1e-4)
+        n_def = 50
+        for n in range(1, min(50, len(changes)) + 1):
+            if stop({IterateChange.key: [np.nan] + changes[:n]}):
+                n_def = n
+                break
+        splits = []
+        for s in seeds:
+            sp = tuning._splits([x, y], 0.5, 1, s, "float32")[0]
+            z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+            zs, zc, zp = _half_run(sp, tuning._wavelet_reg({}, wch), z0, n_max, past_min=None)
+            jb = int(np.argmin(zc[1:]) + 1)
+            se = [round(_paired(sp, zs[j], zs[jb])[1], 2) for j in range(len(zs))]
+            spec = zp[:, sp.spectral].sum(axis=1)
+            splits.append(dict(seed=s, curve=zc.tolist(), spatial=(zp.sum(axis=1) - spec).tolist(),
+                               spectral=spec.tolist(), best=jb, se_vs_best=se))
+            del zs
+        row = dict(name=name, index=i, choice=ch, ladder=wch, details=det, devs=devs, zero_full=full,
+                   iterate_change=changes, default_iter=n_def, splits=splits, t=time.perf_counter() - t0)
+        f = np.array(full)
+        print(f"{name}: choice {ch.get('regularization')} {ch.get('null_space', '')}; ladder k {wch['k']}; zero NMSE "
+              f"default stop ({n_def} it) {f[n_def - 1]:.2f} dB, best {f.max():.2f}@{int(f.argmax()) + 1}, @10/20/30/50/100 "
+              + "/".join(f"{f[j - 1]:.2f}" for j in (10, 20, 30, 50, 100) if j <= len(f))
+              + f"; half-data best it (+3 warm) {[sp_['best'] + 3 for sp_ in splits]}; {row['t']:.0f} s", flush=True)
+        if out:
+            with open(out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def _zero_pick(sp, factor=1.0, cap=50, past_min=10, warm=3, cand_iter=12, se_mult=None):
+    """Offline replay of tuning._zero_iterations on one zero_data split: (n_half, n_full, prior iterations run)."""
+    c = np.asarray(sp["curve"], dtype=np.float64)
+    limit = cap - warm
+    it = min(cand_iter, len(c) - 1)
+    while it < min(limit, len(c) - 1):
+        i_min = int(np.argmin(c[1:it + 1]) + 1)
+        if it - i_min >= max(past_min, i_min):
+            break
+        it += 1
+    best = int(np.argmin(c[1:it + 1]) + 1)
+    if se_mult is not None:  # earliest iterate within se_mult paired SE of the minimum (SEs are against the full run's)
+        se = np.asarray(sp["se_vs_best"], dtype=np.float64)
+        ok = [j for j in range(1, best + 1) if c[j] - c[best] <= se_mult * se[j]]
+        best = ok[0] if ok else best
+    n_half = best + warm
+    return n_half, int(min(max(round(factor * n_half), warm + 1), cap)), it
+
+
+def zero_rules(path, lo=0, hi=48, seed=0):
+    """Offline comparison of iteration rules for the zeroed prior on zero_data rows (lo <= index < hi): NMSE lost
+    against the best iteration in hindsight (1..50 and 1..100), against the best of 10/20/30/50/100, and the prior
+    iterations the half-data runs needed (python benchmarks/tuning.py zero_rules s8_quality_zero_data.jsonl 0 24)."""
+    rows = [json.loads(line) for line in open(path)]
+    rows = [r for r in rows if lo <= r["index"] < hi]
+    seen = {}
+    for r in rows:
+        seen[r["index"]] = r
+    rows = [seen[i] for i in sorted(seen)]
+    print(f"{len(rows)} scenes ({sum(r['choice'].get('null_space') == 'zero' for r in rows)} where 'auto' chose the "
+          f"zeroed prior: marked *)")
+    rules = {"default (tol 1e-4, max 50)": None}
+    for n in (10, 15, 20, 30):
+        rules[f"fixed {n}"] = ("fixed", n)
+    for f in (0.75, 1.0, 1.25, 1.5, 2.0):
+        rules[f"x{f:g} n_half"] = ("factor", f)
+    rules["x1 n_half, cap 100"] = ("factor", 1.0, 100)
+    rules["x1.25 n_half, cap 100"] = ("factor", 1.25, 100)
+    rules["x1 n_half 1SE"] = ("se", 1.0, 1.0)
+    rules["x1.5 n_half 1SE"] = ("se", 1.5, 1.0)
+    for label, rule in rules.items():
+        loss50, loss100, lossg, its, picks = [], [], [], [], []
+        for r in rows:
+            f = np.asarray(r["zero_full"], dtype=np.float64)
+            sp = [s for s in r["splits"] if s["seed"] == seed][0]
+            if rule is None:
+                n = r["default_iter"]
+                it = 0
+            elif rule[0] == "fixed":
+                n, it = rule[1], 0
+            elif rule[0] == "factor":
+                cap = rule[2] if len(rule) > 2 else 50
+                _, n, it = _zero_pick(sp, rule[1], cap=cap)
+            else:
+                _, n, it = _zero_pick(sp, rule[1], se_mult=rule[2])
+            v = f[min(n, len(f)) - 1]
+            picks.append(n)
+            its.append(it)
+            loss50.append(v - f[:50].max())
+            loss100.append(v - f.max())
+            lossg.append(v - max(f[j - 1] for j in (10, 20, 30, 50, 100) if j <= len(f)))
+        l50, l100, lg = (np.array(a) for a in (loss50, loss100, lossg))
+        z = np.array([r["choice"].get("null_space") == "zero" for r in rows])
+        print(f"{label:28s} vs best<=50: mean {l50.mean():+.2f} worst {l50.min():+.2f} within 0.5 {np.sum(l50 >= -0.5)}/"
+              f"{len(l50)} [* mean {l50[z].mean() if z.any() else float('nan'):+.2f}]; vs best<=100 mean {l100.mean():+.2f}; "
+              f"vs best of 10/20/30/50/100 mean {lg.mean():+.2f} worst {lg.min():+.2f}; half iters run mean "
+              f"{np.mean(its):.0f}; picks {picks}", flush=True)
+    for r in rows:
+        f = np.asarray(r["zero_full"])
+        print(f"  {r['name']:22s}{'*' if r['choice'].get('null_space') == 'zero' else ' '} k {r['ladder']['k']:<5g} full best "
+              f"{f.max():.2f}@{int(f.argmax()) + 1} (<=50: @{int(f[:50].argmax()) + 1}), default {f[r['default_iter'] - 1]:.2f}@"
+              f"{r['default_iter']}; half best (+3) " + ", ".join(f"s{s['seed']}:{s['best'] + 3}" for s in r["splits"])
+              + f"; x1 pick {_zero_pick([s for s in r['splits'] if s['seed'] == seed][0])[1]}")
+
+
+def zero_family(zero_path, guard_path, lo=0, hi=48, factor=None, seed=0):
+    """Offline: 'auto' NMSE per scene with the zeroed prior's iteration count by thinning (tuning.zero_transfer,
+    or ``factor`` x n_half) against the session 7 behaviour (fuse's stop, 50 iterations), and with the zeroed candidate
+    scored for the family choice at its best half-data iterate (of the ladder's first CANDIDATE_ITER, free; or of the
+    continued run) instead of its last. zero_data rows (this session) + guard_data rows (session 7: full-data NMSE
+    curves of the thresholded candidate and plain RL), joined on the suite index (python benchmarks/tuning.py
+    zero_family s8_quality_zero_data.jsonl s7_quality_guard_data.jsonl 0 24)."""
+    zr = {}
+    for line in open(zero_path):
+        r = json.loads(line)
+        zr[r["index"]] = r
+    gr = {}
+    for line in open(guard_path):
+        r = json.loads(line)
+        gr[r["index"]] = r
+    idx = [i for i in sorted(zr) if lo <= i < hi and i in gr]
+    fac = tuning.ZERO_FACTOR if factor is None else factor
+    out = {k: [] for k in ("s7", "rule", "rule_b12", "rule_bcont", "oracle3", "rl_oracle")}
+    for i in idx:
+        r, g = zr[i], gr[i]
+        if r["ladder"] != g["ladder"]:
+            print(f"  {r['name']}: ladder differs between the runs; skipped")
+            continue
+        f = np.asarray(r["zero_full"])
+        sp = [s for s in r["splits"] if s["seed"] == seed][0]
+        _, n_zero, it = _zero_pick(sp, fac)
+        c = np.asarray(sp["curve"])
+        lad = json.dumps(r["ladder"], sort_keys=True)
+        devs = r["devs"]
+        d_zero = devs[lad]
+        th_key = [k for k in devs if '"threshold"' in k]
+        rl_key = [k for k in devs if '"none"' in k]
+        det = r["details"]
+        n_th = det["threshold"]["max_iter"] if "threshold" in det else None
+        n_rl = det["rl"]["max_iter"]
+        val_th = g["th_full"][min(n_th, len(g["th_full"])) - 1] if n_th else -np.inf
+        val_rl = g["rl_full"][min(n_rl, len(g["rl_full"]) - 1)]
+        d = {"zero": d_zero, "th": devs[th_key[0]] if th_key else np.inf, "rl": devs[rl_key[0]]}
+        v_s7 = {"zero": f[r["default_iter"] - 1], "th": val_th, "rl": val_rl}
+        v_new = dict(v_s7, zero=f[n_zero - 1])
+        pick = min(d, key=d.get)
+        d12 = dict(d, zero=float(np.min(c[1:tuning.CANDIDATE_ITER + 1])))
+        dc = dict(d, zero=float(np.min(c[1:it + 1])))
+        p12, pc = min(d12, key=d12.get), min(dc, key=dc.get)
+        out["s7"].append(v_s7[pick])
+        out["rule"].append(v_new[pick])
+        out["rule_b12"].append(v_new[p12])
+        out["rule_bcont"].append(v_new[pc])
+        out["oracle3"].append(max(v_new.values()))
+        out["rl_oracle"].append(max(g["rl_full"][1:]))
+        print(f"  {r['name']:40s} picks s7/b12/bcont {pick}/{p12}/{pc}; NMSE zero {v_s7['zero']:.2f}->{v_new['zero']:.2f} "
+              f"(n {n_zero}), th {val_th:.2f} (n {n_th}), RL {val_rl:.2f} (n {n_rl}); dev zero@12 - th "
+              f"{d['zero'] - d['th']:+.0f}, zero@best12 - th {d12['zero'] - d['th']:+.0f}, - RL {d12['zero'] - d['rl']:+.0f}")
+    rl = np.array(out["rl_oracle"])
+    best3 = np.array(out["oracle3"])
+    for k in ("s7", "rule", "rule_b12", "rule_bcont"):
+        v = np.array(out[k])
+        print(f"{k:10s}: mean NMSE {v.mean():.2f} dB (RL oracle {rl.mean():.2f}); >= RL oracle {np.sum(v >= rl - 1e-9)}/"
+              f"{len(v)}; family within 0.5 dB of the best of the three {np.sum(v >= best3 - 0.5)}/{len(v)}; worst vs "
+              f"best of three {np.min(v - best3):+.2f}", flush=True)
 
 
 def asam_breakdown(indices, split="heldout", n_suite=24, size="small"):
@@ -570,6 +772,14 @@ if __name__ == "__main__":
     elif sys.argv[1] == "guard_data":  # python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl
         guard_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
                    seeds=tuple(int(v) for v in sys.argv[6].split(",")) if len(sys.argv) > 6 else (0, 1, 2))
+    elif sys.argv[1] == "zero_data":  # python benchmarks/tuning.py zero_data 0,1,2 tune 48 out.jsonl 0,1,2
+        zero_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
+                  seeds=tuple(int(v) for v in sys.argv[6].split(",")) if len(sys.argv) > 6 else (0, 1, 2))
+    elif sys.argv[1] == "zero_rules":  # python benchmarks/tuning.py zero_rules data.jsonl 0 24
+        zero_rules(sys.argv[2], *[int(v) for v in sys.argv[3:5]])
+    elif sys.argv[1] == "zero_family":  # python benchmarks/tuning.py zero_family zero.jsonl guard.jsonl 0 24 [factor]
+        zero_family(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+                    float(sys.argv[6]) if len(sys.argv) > 6 else None)
     elif sys.argv[1] == "asam":  # python benchmarks/tuning.py asam 0,2,5,8,9,10,13 heldout 24
         asam_breakdown([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]))
     elif sys.argv[1] == "guard_rules":  # python benchmarks/tuning.py guard_rules data.jsonl 0 48

@@ -115,8 +115,10 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
     best = settings[int(np.argmin(cur["mean_deviance"].values))]
     ch = tuning.choice(cur)
     assert cur.attrs["regularization"] == "auto" and ch["regularization"] in tuning.AUTO_FAMILIES
-    assert {k: v for k, v in ch.items() if k != "regularization"} == {k: v for k, v in best.items()
-                                                                      if k != "regularization"}
+    got = {k: v for k, v in ch.items() if k != "regularization"}
+    if "zero" in json.loads(cur.attrs["details"]):  # the zeroed ladder candidate won: it gains its iteration count
+        assert got.pop("max_iter") == json.loads(cur.attrs["details"])["zero"]["max_iter"] and "max_iter" not in best
+    assert got == {k: v for k, v in best.items() if k != "regularization"}
     rl = json.loads(cur.attrs["details"])["rl"]
     assert rl["max_iter"] == tuning.rl_transfer(rl["half_data_iteration"], rl["spatial_iteration"],
                                                 rl["spectral_iteration"]) == settings[-1]["max_iter"]
@@ -151,6 +153,33 @@ def test_threshold_transfer_waits_for_lines_only_when_the_sharp_spatial_fit_stil
     assert tuning.threshold_transfer(150, 60, 140) == tuning.RL_MAX_ITER
     with pytest.raises(ValueError, match="n_spatial"):
         tuning.threshold_transfer(10, -1, 12)
+
+
+def test_zeroed_prior_iterations_are_the_thinned_deviance_minimum_continued_from_the_ladder_run(small_toy):
+    """The zeroed prior's iteration count (session 8): its half-data run continues from the ladder's last iterate
+    until the held-out minimum i is max(10, i) iterations behind; the best iterate (3 warm-start iterations
+    counted) goes to all counts as round(1.25 n_half), clipped to [4, 50]; against the families stopped early the
+    candidate is scored at its best ladder iterate."""
+    assert tuning.zero_transfer(4) == 5 and tuning.zero_transfer(9) == round(tuning.ZERO_FACTOR * 9)
+    assert tuning.zero_transfer(0) == 4 and tuning.zero_transfer(47) == tuning.ZERO_MAX_ITER == 50
+    with pytest.raises(ValueError, match="n_half"):
+        tuning.zero_transfer(-1)
+    x, y, _ = small_toy
+    cand = {"k": 0.125, "n_scales_1d": 2, "null_space": "zero"}
+    cur = tuning.tune(x, y, regularization="wavelet2d1d", stop_zero=True, seed=0, **cand)
+    zc = json.loads(cur.attrs["details"])["zero"]
+    ch = tuning.choice(cur)
+    assert ch == dict(cand, max_iter=zc["max_iter"])
+    run = zc["iterations_run"][0]
+    assert run > tuning.CANDIDATE_ITER  # on this toy the ladder's 12 iterations did not yet show the minimum behind
+    # the same run straight from the warm start: the continued curve's minimum, and the stop once it is behind
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+    z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+    _, curve, _, _ = tuning._run_em(sp, tuning._wavelet_reg({}, cand), z0, run, None)
+    i = int(np.argmin(curve[1:]) + 1)
+    assert zc["half_data_iteration"] == i + 3 and zc["max_iter"] == tuning.zero_transfer(i + 3)
+    assert run - i >= max(tuning.ZERO_PAST_MIN, i) > run - 1 - i
+    assert float(cur["mean_deviance"].values[0]) == pytest.approx(curve[i], rel=1e-5)  # scored at its best iterate
 
 
 @pytest.mark.parametrize("kind", ["snr_shell", "cluster_core", "synchrotron"])

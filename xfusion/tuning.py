@@ -48,6 +48,31 @@ What is selected, per regularization:
   point_sources/1008 only). Its iteration count goes from half to all counts by
   :func:`threshold_transfer` (session 7: RL's line factor, reduced to 2 and not applied when the
   sharp-spatial held-out minimum is the first iterate after the warm start -- faint scenes).
+* The zeroed candidate's iteration count (session 8; ``regularization="auto"`` when it wins, :func:`_zero_iterations`):
+  EM with a prior stops on the change of the iterate (tol 1e-4), which rarely fires, so the zeroed prior ran to
+  ``max_iter=50`` although its NMSE peaks after 3-30 iterations on many scenes and then falls (synchrotron/1007 of
+  the tuning suite: 26.00 dB at 7 iterations, 22.52 at 50). The ladder's winning run on part A is continued (no new
+  warm start) until its held-out minimum is well behind, and its best iterate ``n_half`` (warm start included) goes
+  to all counts as ``round(1.25 n_half)`` (:func:`zero_transfer`, :data:`ZERO_FACTOR`), at most 50. Against the
+  families stopped early the zeroed candidate is scored at the best iterate of its ladder run (free), not its last.
+  Measured on suite("tune", n=48) indices 0-23 (24x24x600; the split ``select`` uses; the zeroed ladder fit of every
+  scene, NMSE at every full-data iteration; benchmarks/tuning.py zero_data / zero_rules, s8_quality_zero_*.log): NMSE
+  lost against the scene's best iteration <= 50 in hindsight: fuse's stop (50 iterations) mean 0.56 dB, worst 3.48,
+  within 0.5 dB on 14/24; this rule 0.10 / 0.44 / 24/24 (factor 1: 0.14/0.75/22, 1.5: 0.12/0.75/23, 2: 0.20/1.28/21;
+  the best single fixed count, 20: 0.32/1.70/20). Fresh tuning seeds 24-47, checked after freezing: 0.55/2.77/16 ->
+  0.15/1.51/22 (worst synchrotron/1037, best at 3 iterations, the rule 10). Against the best of 10/20/30/50/100
+  iterations: 0.49 -> 0.03 dB (0-23), 0.41 -> 0.01 (24-47). With the family choice (offline, full-data curves of
+  all three candidates; benchmarks/tuning.py zero_family): "auto" mean NMSE 20.63 -> 20.73 dB on 0-23 (RL oracle
+  20.58; scoring the zeroed candidate at its best iterate flips synchrotron/1002, /1007, /1012 from the thresholded
+  candidate to it, +0.33, +0.53, +0.44 dB, and point_sources/1018, -0.10), 20.42 -> 20.51 on 24-47. Held out,
+  measured after freezing (benchmarks/suite.py --heldout --select; s8_quality_heldout_*.log): 24 small scenes mean
+  NMSE 19.73 -> 19.89 dB (per scene -0.14 to +1.55), NMSE >= RL oracle 15 -> 18/24; 8 full-size scenes 17.20 ->
+  17.96 dB, point_sources/500008 16.64 -> 18.87 (RL oracle 17.99). With the spectral-shape prior of the delivered
+  cube (``shape_prior``, commit 4e45484) both ways: small 20.16 -> 20.30 dB, NMSE >= RL oracle 17 -> 19/24. Cost: the
+  continuation runs only when the zeroed candidate wins, and the final fit then runs ``n_full`` iterations instead
+  of 50: the demo (gaussian_rebin, "auto", with shape_prior) took 23.8 s CPU instead of 32.6 (12 iterations, 18.02
+  dB instead of 17.65); worst case, a half-data curve still falling at the cap (held-out mixed/500004, full size):
+  ``select`` 12.4 -> 18.4 s CPU (final fit unchanged, 50 iterations).
 * ``none`` (plain two-instrument Richardson-Lucy): one EM run on part A, scored at every
   iteration (the forward models are computed by EM anyway: nearly free) until the minimum
   is well behind; the best half-data iteration ``n_half`` is transferred to all counts by
@@ -483,6 +508,71 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     return setting, [float(c[best]) for c in curves], choice
 
 
+#: "auto" (session 8): iteration count of the zeroed wavelet prior when the ladder's candidate is chosen
+#: (:func:`_zero_iterations`, :func:`zero_transfer`). Cap on all counts: fuse's default for EM with a prior (50).
+ZERO_MAX_ITER = 50
+#: the half-data run stops once its held-out minimum ``i`` is ``max(ZERO_PAST_MIN, i)`` iterations behind
+ZERO_PAST_MIN = 10
+#: factor from the best half-data iterate (warm start included) to the full-data iteration count. Fitted on
+#: suite("tune", n=48) indices 0-23 at 24x24x600 (benchmarks/tuning.py zero_rules; the module docstring has the
+#: table): NMSE lost against the best iteration <= 50 in hindsight, mean / worst / within 0.5 dB: factor 0.75
+#: 0.37/1.77/18 of 24, 1 0.14/0.75/22, 1.25 0.10/0.44/24, 1.5 0.12/0.75/23, 2 0.20/1.28/21 (fuse's stop at 50:
+#: 0.56/3.48/14). The full-data optimum comes a little later than the half-data one (ratios 1-2.4; more counts
+#: support more sharpening), as for plain RL on continuum scenes.
+ZERO_FACTOR = 1.25
+ZERO_RULE = ("n_full = ZERO_FACTOR x n_half (warm-start iterations included), the best half-data iterate of the "
+             "zeroed candidate continued from its ladder run, clipped to [warm iterations + 1, ZERO_MAX_ITER]")
+
+
+def zero_transfer(n_half, warm_iter=3):
+    """Iteration count on all counts of the zeroed wavelet candidate (null_space "zero"; :func:`_zero_iterations`).
+
+    ``n_half``: best iterate of the candidate's held-out deviance on the fitted part, warm-start iterations
+    included (``warm_iter`` plain EM iterations, then the prior). Returns ``round(ZERO_FACTOR * n_half)`` clipped to
+    [``warm_iter + 1``, :data:`ZERO_MAX_ITER`] (see :data:`ZERO_FACTOR` for the measurements).
+    """
+    if not (isinstance(n_half, (int, np.integer)) and n_half >= 0):
+        raise ValueError(f"n_half must be a non-negative iteration count; got {n_half!r}")
+    return int(min(max(round(ZERO_FACTOR * float(n_half)), int(warm_iter) + 1, 1), ZERO_MAX_ITER))
+
+
+def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, past_min=ZERO_PAST_MIN):
+    """Best iteration of the chosen zeroed candidate by thinning, continuing its ladder run (no new warm start).
+
+    ``keep``: from :func:`_tune_wavelet` (the candidate's JSON ``key``, its last iterate ``ends`` and held-out
+    curve ``curves`` on each split, ``curves[s][0]`` the warm start). Each split's run continues from its last
+    iterate until the held-out minimum ``i`` (prior iterations) is ``max(past_min, i)`` iterations behind or
+    ``max_iter - warm_iter`` prior iterations ran; the best iterate of the mean curve (warm-start iterations
+    included) goes to all counts by :func:`zero_transfer`. Extra cost: nothing when the ladder's run already
+    shows the minimum well behind, else at most ``max_iter - warm_iter - CANDIDATE_ITER`` iterations per split.
+    Returns a dict (``max_iter``, ``half_data_iteration``, ``iterations_run``). With ``noise="propagated"`` the
+    restarted state draws its noise statistics afresh from the last iterate (an approximation of the straight run).
+    """
+    reg = _wavelet_reg(fixed, json.loads(keep["key"]))
+    curves, runs = [], []
+    cap = max(int(max_iter) - int(warm_iter), 1)
+    for sp, z, c in zip(splits, keep["ends"], keep["curves"]):
+        c = [float(v) for v in c]
+        solver, state = None, None
+        while len(c) - 1 < cap:
+            it = len(c) - 1
+            i_min = int(np.argmin(c[1:]) + 1) if it >= 1 else 0
+            if it >= 1 and it - i_min >= max(past_min, i_min):
+                break
+            if solver is None:  # the same iterate as the ladder's last: the state is rebuilt from it
+                solver = _ScoredEM(sp, reg)
+                state = solver.init(np.array(z, dtype=sp.dtype, copy=True))
+            state = solver.step(state)
+            c.append(float(state["heldout"]))
+        curves.append(c)
+        runs.append(len(c) - 1)
+    n = min(len(c) for c in curves)
+    mean = np.mean([c[:n] for c in curves], axis=0)
+    best = int(np.argmin(mean[1:]) + 1) if n > 1 else 0
+    return {"max_iter": zero_transfer(best + warm_iter, warm_iter), "half_data_iteration": best + warm_iter,
+            "iterations_run": runs}
+
+
 def _wavelet_reg(fixed, cand):
     kw = {"n_scales_2d": fixed.get("n_scales_2d", 1), "k_rule": fixed.get("k_rule", "constant"),
           "k_min": fixed.get("k_min", 0.5), "k_max": fixed.get("k_max", 3.0), "per_band": fixed.get("per_band", True),
@@ -495,13 +585,17 @@ def _wavelet_reg(fixed, cand):
 CANDIDATE_ITER = 12
 
 
-def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_iter=None, select_null_space=False):
+def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_iter=None, select_null_space=False,
+                  keep=None):
     """Coarse-to-fine over (null_space, n_scales_1d) then k; see the module docstring.
 
     Warm start: every candidate starts from the same ``warm_iter`` plain EM iterations on
     part A (continuation from the best candidate so far was tried and rejected: switching
     priors first raises the held-out deviance, which then looks hopeless, and the final fit
     starts from a flat cube anyway). Candidates run at most ``candidate_iter`` iterations.
+    ``keep`` (a dict, optional) receives the best candidate's ``key`` (its JSON), ``ends`` (its last iterate on
+    each split) and ``curves`` (its held-out deviance at every iterate on each split): what
+    :func:`_zero_iterations` continues.
     """
     warm = []
     for sp in splits:
@@ -515,7 +609,7 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
         if key in results:
             r = results[key]
             return math.inf if r[3] else float(np.mean(r[1]))
-        scores, iters, ends, ab = [], [], [], False
+        scores, iters, ends, curves, ab = [], [], [], [], False
         for sp, z0 in zip(splits, warm):
             z, curve, n, abandoned = _run_em(sp, _wavelet_reg(fixed, cand), z0,
                                              min(max_iter, candidate_iter or CANDIDATE_ITER), tol,
@@ -523,11 +617,14 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
             scores.append(curve[-1])
             iters.append(n)
             ends.append(z)
+            curves.append(curve)
             if abandoned:
                 ab = True
                 break
         results[key] = [cand, scores, iters, ab]
         s = math.inf if ab else float(np.mean(scores))
+        if keep is not None and s < best["score"]:  # the best so far (the argmin below: first of equal scores)
+            keep.update(key=key, ends=ends, curves=curves, warm_iter=warm_iter)
         best["score"] = min(best["score"], s)
         return s
 
@@ -664,7 +761,7 @@ def _tune_lowrank_iterations(splits, fixed, max_iter, dtype, ladder=(3, 5, 8, 12
 @blas_limited
 def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, seed=0, fraction=0.5,
          max_iter=None, tol=1e-4, dtype="float32", select_null_space=False, include_rl=False,
-         include_threshold=False, **fixed) -> xr.Dataset:
+         include_threshold=False, stop_zero=False, **fixed) -> xr.Dataset:
     """Choose fusion settings from the data alone by Poisson thinning (see the module docstring).
 
     Parameters
@@ -691,6 +788,10 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     include_threshold : wavelet2d1d only (with the default null space): add the ladder's best ``k`` with
         ``null_space="threshold"``, its iteration count chosen like plain RL's (:func:`_tune_threshold`), as a
         candidate ``{"regularization": "wavelet2d1d", "k": ..., "null_space": "threshold", "max_iter": n}``.
+    stop_zero : wavelet2d1d only: when the chosen candidate is the ladder's with its null space zeroed, choose its
+        iteration count too (:func:`_zero_iterations`, continuing the candidate's half-data run; the choice gains
+        ``"max_iter": n``), and score that candidate at the best iterate of its ladder run (not its last) against the
+        thresholded candidate and plain RL, which are scored at their best iterates.
     **fixed : settings kept fixed (e.g. ``n_scales_2d=2``); any given as "auto" are tuned.
 
     Returns
@@ -715,11 +816,20 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     if regularization == "none":
         cands, scores, choice, extra = _tune_none(splits, int(max_iter or 100), tol)
     elif regularization == "wavelet2d1d":
+        keep = {} if stop_zero else None
         cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
-                                                     select_null_space=select_null_space)
+                                                     select_null_space=select_null_space, keep=keep)
         extra = dict(extra, ladder=dict(choice))
         choices = [dict(c) for c in cands]
         scores = np.asarray(scores, dtype=np.float64).reshape(len(cands), -1)
+        if stop_zero and keep and json.loads(keep["key"]).get("null_space") == "zero":
+            # against the families stopped early (each at its best iterate), the ladder's best candidate is scored
+            # at the best iterate of its ladder run too (free: the curve is there; see ZERO_FACTOR)
+            row = [json.dumps(c, sort_keys=True) for c in cands].index(keep["key"])
+            n = min(len(c) for c in keep["curves"])
+            j = int(np.argmin(np.mean([c[:n] for c in keep["curves"]], axis=0)[1:]) + 1) if n > 1 else 0
+            scores[row] = [float(c[j]) for c in keep["curves"]]
+            extra = dict(extra, ladder_scored_at=j + keep["warm_iter"])
         if include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get("null_space",
                                                                                             "auto") == "auto":
             th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice)
@@ -735,6 +845,12 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
             scores = np.vstack([scores, rl_scores[i][None]])
             extra = dict(extra, rl={**rl_choice, "rule": rl_extra["rule"]})
         choice = {k: v for k, v in choices[int(np.argmin(scores.mean(axis=1)))].items() if k not in DIAG_KEYS}
+        if (stop_zero and keep and choice.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" and "max_iter" not in
+                choice and choice.get("regularization", "wavelet2d1d") == "wavelet2d1d"
+                and json.loads(keep["key"]) == {k: v for k, v in choice.items() if k != "regularization"}):
+            zc = _zero_iterations(splits, fixed, keep, warm_iter=keep["warm_iter"])
+            choice = dict(choice, max_iter=zc["max_iter"])
+            extra = dict(extra, zero={**zc, "rule": ZERO_RULE})
     elif regularization == "lowrank" and grid is None and fixed.get("rank", "auto") != "auto":
         cands, scores, choice, extra = _tune_lowrank_iterations(splits, fixed, int(max_iter or 80), dtype)
     else:
@@ -782,14 +898,16 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     Dataset with attrs ``regularization = "auto"`` and ``choice`` (JSON) always naming the family:
     ``{"regularization": "none", "max_iter": n}`` or ``{"regularization": "wavelet2d1d", "k": ...,
     "null_space": ..., "n_scales_1d": ...}`` (with ``"max_iter": n`` when the null space is
-    thresholded) -- pass it to :func:`xfusion.fuse` as keyword arguments.
+    thresholded, and, since session 8, when the ladder's zeroed candidate wins: :func:`_zero_iterations`) -- pass
+    it to :func:`xfusion.fuse` as keyword arguments. The zeroed candidate is compared at the best iterate of its
+    ladder run (the others at their best iterates too).
     """
     bad = sorted(set(fixed) - set(WAVELET_KEYS))
     if bad:
         raise ValueError(f"regularization='auto' compares {' and '.join(AUTO_FAMILIES)}; option(s) {', '.join(bad)} "
                          f"belong to neither (accepted: {', '.join(WAVELET_KEYS)}); choose the regularization explicitly")
     t0 = time.perf_counter()
-    cur = tune(*observations, regularization="wavelet2d1d", include_rl=True, include_threshold=True,
+    cur = tune(*observations, regularization="wavelet2d1d", include_rl=True, include_threshold=True, stop_zero=True,
                n_splits=n_splits, seed=seed, fraction=fraction, dtype=dtype, tol=tol, **fixed)
     ch = choice(cur)
     if "regularization" not in ch:
@@ -803,7 +921,8 @@ def resolve_auto(*observations, seed=0, dtype="float32", tol=1e-4, **fixed):
     """For :func:`xfusion.fuse` with ``regularization="auto"``: ``(regularization, options, record)``.
 
     ``options``: the chosen settings to fuse with (``max_iter`` for "none"; ``k``, ``null_space``,
-    ``n_scales_1d`` and the fixed wavelet options for "wavelet2d1d": nothing left "auto", so fuse
+    ``n_scales_1d``, ``max_iter`` (iterations by thinning) and the fixed wavelet options for "wavelet2d1d": nothing
+    left "auto", so fuse
     does not tune again); ``record``: JSON-able summary of the validation curve (as
     ``parameters["auto_tuning"]``), with ``"regularization": "auto"``.
     """
