@@ -107,6 +107,8 @@ def calib(args):
         x0, y0, truth = scenes.make(kind, seed=args.seed, counts=args.counts, size=size)
         xe, ye, _ = scenes.make(kind, seed=args.seed, counts=args.counts, size=size, noise=False)
         settings = xfusion.settings_of(xfusion.fuse(x0, y0, progress=False))
+        if args.shape_prior != "auto":  # the spectral-shape prior of the delivered cube: off or another strength
+            settings = dict(settings, shape_prior=None if args.shape_prior == "none" else float(args.shape_prior))
         tf = truth["flux"].transpose("x", "y", "energy").values.astype(np.float64)
         regions = _quadrants(size[0])
         largs = scenes.line_map_args(truth)
@@ -175,7 +177,7 @@ def calib(args):
             res["vel_noise_pull_std"] = round(float(np.nanstd((vels[:, ok] - np.nanmean(vels[:, ok], axis=0))
                                                               / verrs[:, ok])), 3)
         res.update({"tuned": {k: settings[k] for k in settings if k in ("k", "n_scales_1d", "null_space",
-                                                                         "max_iter")},
+                                                                         "max_iter", "shape_prior")},
                     "replica_iterations_mean": round(float(np.mean(iters)), 1),
                     "minutes": round((time.perf_counter() - t_kind) / 60, 1)})
         summary[kind] = res
@@ -458,6 +460,8 @@ def main(argv=None):
                     "default, xfusion.uncertainty.ML_SETTINGS)")
     ap.add_argument("--weak", default="", help='JSON options of a weaker refit, e.g. \'{"k": 0}\' (variant weak_*)')
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--shape-prior", default="auto", help="calib: the fits' shape_prior: 'auto' (as fuse chose), "
+                    "'none' (off) or pseudo-counts")
     ap.add_argument("--cost-kind", default="snr_shell")
     ap.add_argument("--cost-counts", type=float, default=3e6)
     ap.add_argument("--cost-rep", type=int, default=20)
