@@ -300,13 +300,19 @@ def null_iters(indices, size="small", n_max=100, n_suite=24):
               f">= oracle - 0.5 in {np.sum(v >= np.array([r['rl_best'] for r in rows]) - 0.5)}/{len(rows)}", flush=True)
 
 
-def hindsight(indices, split="heldout", size="small"):
+def hindsight(indices, split="heldout", size="small", shape="auto"):
     """Issue 13 target "the truth-free choice lands within 0.5 dB of the best setting in hindsight (same candidate
     grid)": for each suite scene, every candidate the 'auto' selection visited (the k rungs at the default null
     space, the thresholded candidate, plain RL at its transferred iteration count) is fitted on ALL counts
     (python benchmarks/tuning.py hindsight 0,1,6,11 heldout small); prints the NMSE of each, the choice's loss
-    against the best, and the fraction within 0.5 dB."""
+    against the best, and the fraction within 0.5 dB. ``shape``: "auto" delivers every candidate through the
+    spectral-shape prior as the default fuse delivers its choice (``shape_prior`` = AUTO_PSEUDO_COUNTS); "none": off
+    (the session-7 measure)."""
     import os
+
+    from xfusion.regularizers.shape import AUTO_PSEUDO_COUNTS
+
+    extra = {"shape_prior": AUTO_PSEUDO_COUNTS} if shape == "auto" else {}
 
     losses = []
     for i in indices:
@@ -319,12 +325,12 @@ def hindsight(indices, split="heldout", size="small"):
             cand = json.loads(str(st))
             kw = dict(cand)
             kw.setdefault("regularization", "wavelet2d1d")
-            r = xfusion.fuse(x, y, progress=False, **kw)
+            r = xfusion.fuse(x, y, progress=False, **kw, **extra)
             res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values)))
         chosen = [v for c, _, v in res if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d",
                                                                                       **ch}]
         if not chosen:  # the zeroed ladder candidate with its iteration count by thinning (session 8): one more fit
-            r = xfusion.fuse(x, y, progress=False, **ch)
+            r = xfusion.fuse(x, y, progress=False, **ch, **extra)
             res.append((dict(ch, chosen=True), math.nan, metrics.nmse(t.values, r.flux.values)))
             chosen = [res[-1][2]]
         best = max(v for _, _, v in res)
@@ -767,8 +773,8 @@ if __name__ == "__main__":
         # tuning seeds 1024-1047 for n=48 indices >= 24)
         null_iters([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small",
                    n_suite=int(sys.argv[4]) if len(sys.argv) > 4 else 24)
-    elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small
-        hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:5])
+    elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small [auto|none]
+        hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:6])
     elif sys.argv[1] == "guard_data":  # python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl
         guard_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
                    seeds=tuple(int(v) for v in sys.argv[6].split(",")) if len(sys.argv) > 6 else (0, 1, 2))
