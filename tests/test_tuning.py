@@ -93,10 +93,13 @@ def test_rl_iteration_count_is_chosen_by_thinning(small_toy):
     ch = tuning.choice(cur)
     half = ch["half_data_iteration"]
     assert half == int(np.argmin(dev[1:]) + 1) and dev[half] < dev[0]
-    # the transfer to all counts: x1 unless the sharp-spectral instrument's own held-out optimum comes later
-    n_sp, n_se = ch["spatial_iteration"], ch["spectral_iteration"]
+    # the transfer to all counts: x1 unless the sharp-spectral instrument's own held-out optimum comes later or its
+    # summed spectrum shows resolved lines
+    n_sp, n_se, rough = ch["spatial_iteration"], ch["spectral_iteration"], ch["line_roughness"]
     assert n_sp >= 1 and n_se >= 1
-    assert ch["max_iter"] == (half if n_se <= n_sp else round(tuning.RL_LINE_FACTOR * half))
+    assert rough == tuning.line_roughness(y.counts)
+    lines = n_se > n_sp or rough >= tuning.RL_LINE_ROUGHNESS
+    assert ch["max_iter"] == (round(tuning.RL_LINE_FACTOR * half) if lines else half)
     r = xfusion.fuse(x, y, regularization="none", progress=False)
     assert r.attrs["iterations"] == ch["max_iter"]
     assert json.loads(r.attrs["parameters"])["auto_tuning"]["choice"]["max_iter"] == r.attrs["iterations"]
@@ -121,7 +124,7 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
     assert got == {k: v for k, v in best.items() if k != "regularization"}
     rl = json.loads(cur.attrs["details"])["rl"]
     assert rl["max_iter"] == tuning.rl_transfer(rl["half_data_iteration"], rl["spatial_iteration"],
-                                                rl["spectral_iteration"]) == settings[-1]["max_iter"]
+                                                rl["spectral_iteration"], rl["line_roughness"]) == settings[-1]["max_iter"]
     # the ladder's best k with its null space thresholded, stopped early like RL (iterations by thinning)
     th = settings[-2]
     ladder = settings[:-2]
@@ -256,3 +259,25 @@ def test_default_is_auto_and_a_wavelet_option_names_the_family(small_toy):
     p = json.loads(r.attrs["parameters"])
     assert r.attrs["regularization"] == "wavelet2d1d" and p["k"] == 1.0
     assert p["auto_tuning"]["chosen"] == "wavelet2d1d" and "option(s) given" in p["auto_tuning"]["method"]
+
+
+def test_line_roughness_separates_lines_from_continuum_and_drives_rl_transfer():
+    """A smooth Poisson continuum reads ~1 at any brightness; resolved narrow lines read far above the threshold."""
+    import xarray as xr
+
+    rng = np.random.default_rng(3)
+    e = np.linspace(0.5, 8.0, 600)
+    cont = 2000.0 * np.exp(-e / 2.0)  # counts per channel, summed over pixels
+    lines = cont + sum(6e4 * np.exp(-0.5 * ((e - c) / 0.02) ** 2) for c in (1.0, 2.0, 6.4))  # 3 resolved lines
+
+    def obs(mean):
+        per_pixel = np.broadcast_to(mean / 16.0, (4, 4, e.size))
+        return xr.DataArray(rng.poisson(per_pixel), dims=("x", "y", "energy"))
+
+    smooth, rich = tuning.line_roughness(obs(cont)), tuning.line_roughness(obs(lines))
+    assert 0.7 < smooth < 1.4 and rich > 3 * tuning.RL_LINE_ROUGHNESS
+    assert tuning.rl_transfer(6, 7, 5, smooth) == 6
+    assert tuning.rl_transfer(6, 7, 5, rich) == round(tuning.RL_LINE_FACTOR * 6)
+    assert tuning.rl_transfer(6, 7, 5) == 6  # without a roughness: the n_spectral > n_spatial rule alone
+    with pytest.raises(ValueError, match="energy"):
+        tuning.line_roughness(xr.DataArray(np.ones((3, 3)), dims=("x", "y")))
