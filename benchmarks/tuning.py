@@ -199,8 +199,9 @@ def rl_rule(indices, size="small", n_max=150):
           f"{loss.size}")
 
 
-def _nmse_curve_fit(x, y, t, n, **kw):
-    """NMSE (dB) of ``xfusion.fuse(x, y, max_iter=n, tol=None, **kw)`` at iterations 1..n (callback on the iterate)."""
+def _nmse_curve_fit(x, y, t, n, changes=None, **kw):
+    """NMSE (dB) of ``xfusion.fuse(x, y, max_iter=n, tol=None, **kw)`` at iterations 1..n (callback on the iterate);
+    ``changes`` (a list, optional) receives the relative change of the iterate at each iteration."""
     import math
 
     x_sp, _, _ = assign_roles(x, y)
@@ -212,6 +213,8 @@ def _nmse_curve_fit(x, y, t, n, **kw):
     def cb(it, state):
         d = (state["z"] / np.float32(scale)).ravel() - t32
         curve.append(10.0 * math.log10(tn / max(float(np.dot(d, d)), 1e-300)))
+        if changes is not None:
+            changes.append(float(state.get("iterate_change", np.nan)))
         return False
 
     r = xfusion.fuse(x, y, max_iter=n, tol=None, progress=False, callback=cb, **kw)
@@ -449,19 +452,7 @@ def zero_data(indices, split="tune", n_suite=48, size="small", seeds=(0, 1, 2), 
         det = json.loads(cur.attrs["details"])
         devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
         changes = []
-        x_sp, _, _ = assign_roles(x, y)
-        scale = float(np.mean(build_model(fusion_grid(x, y), x_sp, SPATIAL).weights))
-        t32 = t.values.astype(np.float32).ravel()
-        tn = float(np.dot(t.values.astype(np.float64).ravel(), t.values.astype(np.float64).ravel()))
-        full = []
-
-        def cb(it, state):
-            d = (state["z"] / np.float32(scale)).ravel() - t32
-            full.append(10.0 * math.log10(tn / max(float(np.dot(d, d)), 1e-300)))
-            changes.append(float(state.get("iterate_change", np.nan)))
-            return False
-
-        xfusion.fuse(x, y, max_iter=n_max, tol=None, progress=False, callback=cb, regularization="wavelet2d1d", **wch)
+        full = _nmse_curve_fit(x, y, t, n_max, changes=changes, regularization="wavelet2d1d", **wch).tolist()
         stop = IterateChange(1e-4)
         n_def = 50
         for n in range(1, min(50, len(changes)) + 1):
