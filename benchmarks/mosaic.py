@@ -25,9 +25,9 @@ pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half a
    and 7 inputs, with the ratios time / data size and time / touched voxels relative to the 2-input case;
 4. **profile** (not in the default sections): CPU ms per RL iteration per input, or per group of inputs evaluated
    together (:mod:`xfusion.operators.group`): forward, data term, adjoint, adding it to the EM correction, and the
-   EM step, each piece timed in place, for 2 and 7 inputs;
+   EM step, each piece timed in place, for 2, 5 and 7 inputs;
 5. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders) and the
-   7-input mosaic (wavelet2d1d 10 iterations and RL 5 iterations) computed with the
+   5-input (pn + 4 tiles) and 7-input mosaic (wavelet2d1d 10 iterations and RL 5 iterations) computed with the
    committed code (``git archive HEAD`` unpacked in a temporary directory, run in a subprocess; or the package under
    ``--reference DIR``) and with the working tree: maximum absolute difference of the flux (0 = bit for bit).
 
@@ -278,7 +278,7 @@ def profile(obs, n_iter=30):
     """Where the time of an RL iteration goes, per input or group of inputs evaluated together (the solver's
     :attr:`xfusion.solvers.em.EMProx.groups`): the EM sequence (forward, data term (value and ratio), adjoint, and
     adding the adjoint to the correction; then the EM step) run for ``n_iter`` iterations with each piece timed in
-    place (process CPU time, one BLAS thread), for 2 and 7 inputs; ms per iteration and share. The same operators,
+    place (process CPU time, one BLAS thread), for 2, 5 and 7 inputs; ms per iteration and share. The same operators,
     groups and likelihood terms as ``fuse`` (without its bookkeeping)."""
     from threadpoolctl import threadpool_limits
 
@@ -295,7 +295,8 @@ def profile(obs, n_iter=30):
     print("\n== profile: CPU ms per RL iteration, per input or group (in place; load %s) ==" % " ".join(
         f"{v:.1f}" for v in os.getloadavg()))
     totals = []
-    for keys in (["pn", "tile1"], ["pn", "mos1", "mos2", "tile1", "tile2", "tile3", "tile4"]):
+    for keys in (["pn", "tile1"], ["pn", "tile1", "tile2", "tile3", "tile4"],
+                 ["pn", "mos1", "mos2", "tile1", "tile2", "tile3", "tile4"]):
         _, _, _, models, _ = _precheck([obs[k] for k in keys], {}, False)
         used, terms = set(), []
         for m in models:  # the models come in the order fuse uses; name them by their data
@@ -324,9 +325,12 @@ def profile(obs, n_iter=30):
                         terms[i][2].value_from_model(mi)
                         rs.append(terms[i][2].ratio(mi))
                     c2 = clock()
-                    q = terms[idx[0]][1].adjoint(rs[0]) if g is None else g.adjoint(rs)
+                    if g is None or corr is None or not hasattr(g, "adjoint_add"):
+                        q = terms[idx[0]][1].adjoint(rs[0]) if g is None else g.adjoint(rs)
+                    else:  # as EM: a group adds its adjoint into the running correction (timed as its adjoint)
+                        q = g.adjoint_add(rs, corr)
                     c3 = clock()
-                    corr = q if corr is None else np.add(corr, q)
+                    corr = q if corr is None or q is corr else np.add(corr, q)
                     c4 = clock()
                     if it >= 2:
                         acc[name] += (c1 - c0, c2 - c1, c3 - c2, c4 - c3)
@@ -343,15 +347,17 @@ def profile(obs, n_iter=30):
             a = a / n_iter * 1e3
             print(f"  {k:{width}s} {a[0]:8.2f} {a[1]:6.2f} {a[2]:8.2f} {a[3]:6.2f} {a.sum():7.2f} {a.sum() / tot:6.1%}")
         print(f"  EM step {em / n_iter * 1e3:.2f} ms ({em / n_iter * 1e3 / tot:.1%})", flush=True)
-    data = [sum(int(obs[k]["counts"].size) for k in keys) for keys in (("pn", "tile1"), tuple(obs))]
-    print(f"7 inputs / 2 inputs: {totals[1] / totals[0]:.2f}x the time for {data[1] / data[0]:.2f}x the data")
+    data = [sum(int(obs[k]["counts"].size) for k in keys) for keys in
+            (("pn", "tile1"), ("pn", "tile1", "tile2", "tile3", "tile4"), tuple(obs))]
+    for n, tot, d in zip((5, 7), totals[1:], data[1:]):
+        print(f"{n} inputs / 2 inputs: {tot / totals[0]:.2f}x the time for {d / data[0]:.2f}x the data")
 
 
 def two_input_check(args):
-    """Fuse pn + tile 1, an image + image pair (both orders) and the 7 mosaic inputs with the committed code (or
-    the package under ``--reference``) and with the working tree; print the max |difference| per case."""
+    """Fuse pn + tile 1, an image + image pair (both orders), pn + 4 tiles and the 7 mosaic inputs with the committed
+    code (or the package under ``--reference``) and with the working tree; print the max |difference| per case."""
     ref_label = "HEAD" if args.reference is None else f"reference {args.reference}"
-    print(f"\n== {ref_label} vs working tree (pn + tile 1; image + image both orders; 7 inputs) ==")
+    print(f"\n== {ref_label} vs working tree (pn + tile 1; image + image both orders; 5 and 7 inputs) ==")
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         if args.reference is None:
@@ -372,7 +378,8 @@ def two_input_check(args):
         x, y, _ = scenes.make("snr_shell", 1, size="small", response="realistic")  # image + image (rebin, RMF)
         xz.write(x, data / "x.zarr")
         xz.write(y, data / "y.zarr")
-        cases = [("pn", "tile1"), ("x", "y"), ("y", "x"), ("pn", "mos1", "mos2", "tile1", "tile2", "tile3", "tile4")]
+        cases = [("pn", "tile1"), ("x", "y"), ("y", "x"), ("pn", "tile1", "tile2", "tile3", "tile4"),
+                 ("pn", "mos1", "mos2", "tile1", "tile2", "tile3", "tile4")]
         code = ("import sys, json, numpy as np\nsys.path.insert(0, sys.argv[1])\nimport xfusion\n"
                 "from xfusion.io import zarr as xz\n"
                 "print('xfusion from', xfusion.__file__, file=sys.stderr)\n"

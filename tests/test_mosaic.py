@@ -123,8 +123,8 @@ def test_inputs_evaluated_together_equal_one_by_one(small):
     """Issue 18 (session 8): in memory, EM evaluates the inputs that share a first operator together (pn + MOS1 +
     MOS2: one product with the stacked response matrices; the tiles: one gather of the pixels they see, one scatter
     of their adjoints; :mod:`xfusion.operators.group`). The iterates equal those of the inputs taken one by one
-    (a backend without grouping, as the Dask one) to float round-off, with and without a prior; two inputs form no
-    group."""
+    (a backend without grouping, as the Dask one) to float round-off, with and without a prior; two inputs (pn + a
+    tile): bit for bit (``benchmarks/mosaic.py --two-input-check``)."""
     from xfusion.fuse import _precheck
     from xfusion.likelihood import PoissonLikelihood, make_term
     from xfusion.regularizers.sparsity import Wavelet2D1D
@@ -151,8 +151,10 @@ def test_inputs_evaluated_together_equal_one_by_one(small):
         assert all(g is None for g, _ in alone.groups)
         np.testing.assert_allclose(a["z"], b["z"], rtol=0, atol=1e-5 * float(np.abs(b["z"]).max()))
         assert abs(a["data_term"] - b["data_term"]) <= 1e-6 * abs(b["data_term"])
+    # two inputs (pn + one tile): the tile alone is a group of one that adds its adjoint into pn's, the same sums
+    # bit for bit (session 9; tests/test_tiles_inplace.py)
     two = EMProx(PoissonLikelihood(terms[:2]))
-    assert all(g is None for g, _ in two.groups)
+    assert [len(idx) for _, idx in two.groups] == [1, 1]
 
 
 def test_cli_fuses_three_inputs_and_fingerprints_all_of_them(small, tmp_path, capsys):

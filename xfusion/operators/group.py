@@ -11,24 +11,29 @@ Inputs whose models start with the same KIND of operator on the same fused cube 
   with the stacked matrix's transpose: ``sum_i R_i^T T_i^T u_i`` without a cube per input and the sums of cubes.
 * :class:`SharedGather`: models that start with a :class:`~xfusion.operators.footprint.Gather` of the fused pixels
   they see and a :class:`~xfusion.operators.footprint.BlockFootprint` (the tiles of a mosaic: ``H_i = T_i F_i G_i``,
-  ``F_i`` footprint x PSF on the pixels tile i sees, ``T_i`` its exposure x area weights). The union of the pixels
-  they see is gathered ONCE, and the members' footprints are stacked into ONE (sum P_i, C) matrix stored by blocks
-  on boxes of b x b fused pixels of the union (b chosen for the stack by
-  :func:`~xfusion.operators.footprint._boxes`; block k holds the rows of EVERY tile that sees box k). Adjoint: the
-  tiles' ``T_i^T u_i`` stacked, one product per box written into the union, one scatter into the cube:
-  ``sum_i G_i^T F_i^T T_i^T u_i`` without a zero cube, a scatter and a cube sum per tile.
+  ``F_i`` footprint x PSF on the pixels tile i sees, ``T_i`` its exposure x area weights). The members' footprints
+  are stacked into ONE (sum P_i, C) matrix on the union of the pixels they see, stored by blocks on boxes of b x b
+  fused pixels of the union (b chosen for the stack by :func:`~xfusion.operators.footprint._boxes`; block k holds
+  the rows of EVERY tile that sees box k). Forward: each box read straight from the fused cube, run of consecutive
+  pixels by run, into one small buffer (no gathered copy). Adjoint: the tiles' ``T_i^T u_i`` stacked, one product
+  per box ADDED run by run into the cube: ``sum_i G_i^T F_i^T T_i^T u_i`` without a zero cube, a scatter and a cube
+  sum. :meth:`SharedGather.adjoint_add` adds into the caller's running sum (the EM correction) in place. A tile
+  alone is a group of one (session 9): its model's sums, bit for bit, added into the other inputs' adjoint.
 
 Each group is the same linear map as its members (the stacked operator ``z -> (H_1 z, ..., H_n z)``; adjoint
 ``(u_1, ..., u_n) -> sum_i H_i^T u_i``) up to float round-off (products summed in another order).
 :func:`group_models` finds the groups of a list of models; a solver evaluates a group with ``forward(z)`` (a list
-of the members' data arrays) and ``adjoint(us)`` (one cube). In memory only (NumPy arrays): the Dask backend runs
-the members one by one (tiles have no block form there; see :mod:`xfusion.parallel_em`).
+of the members' data arrays) and ``adjoint(us)`` (one cube) or ``adjoint_add(us, out)`` (``out`` plus it, in place
+when ``out`` is the caller's own array). In memory only (NumPy arrays): the Dask backend runs the members one by
+one (tiles have no block form there; see :mod:`xfusion.parallel_em`).
 
 Measured (session 8, 72x72x400 mosaic scene, one BLAS thread, CPU ms per RL iteration with forward, data term,
 adjoint and sum, each timed in place; ``benchmarks/mosaic.py --sections profile``): pn + MOS1 + MOS2 16.5-17.8
 (one by one 23), the four tiles 10.2-11.2 (one by one 19); a whole iteration of the 7 inputs 27-28 ms against 43-45
-(details in ``docs/mosaic.rst``, "Cost of an input"). Building a :class:`SharedGather` forms the dense stacked
-(sum P_i, C) matrix once (144 x 5184 here) to choose its boxes.
+(details in ``docs/mosaic.rst``, "Cost of an input"). Session 9 (cube read and written in place, same profile, load
+5-6): tile 1 alone 4.2 -> 2.9 ms, the four tiles 10.1 -> 8.1 ms; boxes smaller than 12 pixels save multiply-adds
+(6 x 6: 23% fewer) but cost more than they save (about 10 us per extra block, measured). Building a
+:class:`SharedGather` forms the dense stacked (sum P_i, C) matrix once (144 x 5184 here) to choose its boxes.
 """
 from __future__ import annotations
 
@@ -88,12 +93,19 @@ class SharedResponse:
             buf[:, a:e] = np.asarray(_apply(rest, u, adjoint=True), dtype=dt).reshape(M * N, e - a)
         return (buf @ self._R[dt].T).reshape(M, N, L)
 
+    def adjoint_add(self, us, out):
+        """``out + adjoint(us)`` (a new array: the same sum as the caller's ``np.add``)."""
+        return np.add(out, self.adjoint(us))
+
 
 class SharedGather:
     """Models ``H_i = T_i F_i G_i`` starting with a :class:`Gather` ``G_i`` and a :class:`BlockFootprint` ``F_i``
-    on the same fused field (the tiles of a mosaic): the union of the pixels they see gathered once, the members'
-    footprints stacked into ONE block-sparse (sum P_i, C) matrix on the union's boxes, the adjoints written box by
-    box into the union and scattered once (module notes)."""
+    on the same fused field (the tiles of a mosaic; also a tile alone): the members' footprints stacked into ONE
+    block-sparse (sum P_i, C) matrix on boxes of the union of the pixels they see, each box read straight from the
+    fused cube (:meth:`BlockFootprint.forward_from`: no gathered copy); the adjoints of the members stacked and
+    ADDED box by box into one cube (:meth:`BlockFootprint.adjoint_add`; into the caller's running sum with
+    :meth:`adjoint_add`: no zero cube, scatter or cube sum). A single member has its model's boxes: the same sums
+    as the model, bit for bit (module notes)."""
 
     def __init__(self, members):
         self.members = list(members)
@@ -113,24 +125,43 @@ class SharedGather:
         self.footprint = BlockFootprint(F[:, order], starts)
         self.rows = np.r_[0, np.cumsum([m.ops[1].n_pixels for m in self.members])]
         self.rests = [_rest(m, 2) for m in self.members]
+        self._runs = self.footprint.runs(self.gather.columns)
 
     @property
     def columns(self):
-        """The fused pixels (flat indices) the members see, in the order gathered."""
+        """The fused pixels (flat indices) the members see, in the order of the boxes."""
         return self.gather.columns
 
     def forward(self, z):
-        y = self.footprint.forward(self.gather.forward(np.asarray(z, dtype=_dt(z))))  # (sum P_i, L)
+        M, N, L = self.fused_shape
+        flat = np.ascontiguousarray(np.asarray(z, dtype=_dt(z)).reshape(M * N, L))
+        y = self.footprint.forward_from(flat, self._runs)  # (sum P_i, L)
         return [_apply(rest, y[a:e]) if rest else y[a:e].copy() for a, e, rest in
                 zip(self.rows[:-1], self.rows[1:], self.rests)]
 
-    def adjoint(self, us):
-        dt = _dt(us[0])
-        L = self.fused_shape[2]
-        v = np.empty((int(self.rows[-1]), L), dtype=dt)
+    def _add(self, us, flat):
+        v = np.empty((int(self.rows[-1]), flat.shape[1]), dtype=flat.dtype)
         for a, e, rest, u in zip(self.rows[:-1], self.rows[1:], self.rests, us):
-            v[a:e] = np.asarray(_apply(rest, u, adjoint=True), dtype=dt).reshape(e - a, L)
-        return self.gather.adjoint(self.footprint.adjoint(v).reshape(-1, 1, L))
+            v[a:e] = np.asarray(_apply(rest, u, adjoint=True), dtype=flat.dtype).reshape(e - a, flat.shape[1])
+        return self.footprint.adjoint_add(v, flat, self._runs)
+
+    def adjoint(self, us):
+        M, N, L = self.fused_shape
+        return self._add(us, np.zeros((M * N, L), dtype=_dt(us[0]))).reshape(M, N, L)
+
+    def adjoint_add(self, us, out):
+        """``out + adjoint(us)``, added INTO ``out`` when it is a C-contiguous, writeable fused cube of the members'
+        float dtype sharing no memory with ``us`` (the caller's running sum of adjoints, which it owns: e.g. the
+        EM correction); otherwise a new array. The same sums as ``out + adjoint(us)`` (bit for bit for one
+        member)."""
+        dt = _dt(us[0])
+        if not (isinstance(out, np.ndarray) and out.shape == self.fused_shape and out.dtype == dt
+                and out.flags.c_contiguous and out.flags.writeable
+                and not any(np.may_share_memory(out, u) for u in us)):
+            return np.add(out, self.adjoint(us))
+        M, N, L = self.fused_shape
+        self._add(us, out.reshape(M * N, L))
+        return out
 
 
 def _kind(model):
@@ -150,12 +181,13 @@ def _kind(model):
 def group_models(models):
     """Groups of ``models`` (a list of :class:`~xfusion.operators.model.InstrumentModel`) evaluated together:
     a list of ``(group, indices)`` in the order of each group's first member, ``group`` a :class:`SharedResponse`
-    or :class:`SharedGather` of the models at ``indices`` (two or more), or None for a model evaluated alone
-    (``indices`` of length 1). Every index appears once."""
+    of the models at ``indices`` (two or more), a :class:`SharedGather` of the tiles at ``indices`` (one or more: a
+    tile alone adds its adjoint into the others' in place), or None for a model evaluated alone (``indices`` of
+    length 1). Every index appears once."""
     keys = [_kind(m) for m in models]
     out, seen = [], {}
     for i, k in enumerate(keys):
-        if k is None or keys.count(k) < 2:
+        if k is None or (keys.count(k) < 2 and k[0] != "gather"):
             out.append((None, [i]))
         elif k not in seen:
             seen[k] = len(out)

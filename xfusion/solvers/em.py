@@ -216,8 +216,11 @@ class EMProx:
                 models[i] = m
                 val = val + terms[i].value_from_model(m)
                 rs.append(terms[i].ratio(m))
-            q = self.B.adjoint(terms[idx[0]].model, rs[0]) if g is None else g.adjoint(rs)
-            corr = q if corr is None else self.B.map(np.add, corr, q)
+            if g is None:
+                q = self.B.adjoint(terms[idx[0]].model, rs[0])
+                corr = q if corr is None else self.B.map(np.add, corr, q)
+            else:  # a group adds its adjoint into the running sum where it can (tiles: no zero cube, no cube sum)
+                corr = g.adjoint(rs) if corr is None else g.adjoint_add(rs, corr)
         return val, corr, models
 
     def _eval(self, z):
