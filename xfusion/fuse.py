@@ -900,6 +900,19 @@ def _subspace_solver(problem, spec, params, start, init_record):
     return solver, x0, basis
 
 
+def _role_groups(grid, n):
+    """Per model (model order), "spatial" (the sharp-spatial input and inputs on its pixels) or "spectral" (the
+    others), for the balanced EM step of several sharp-spatial inputs (:mod:`xfusion.solvers.em`); None for two
+    inputs or a grid without roles."""
+    if n <= 2 or "roles" not in grid.attrs:
+        return None
+    from .grid import PIXELS
+
+    roles = {r["input"]: r["role"] for r in json.loads(grid.attrs["roles"])}
+    pos = input_positions(grid)
+    return ["spatial" if j == 0 or roles.get(pos[j]) == PIXELS else "spectral" for j in range(n)]
+
+
 def _full_solver(problem, spec, method, params, start, init_record):
     """Stages 2-3, full-cube family: the prior, the solver (EM or ISTA; Dask: block-wise EM) and Z0."""
     grid, (mx, my), (xd, yd) = problem.grid, problem.models[:2], problem.data[:2]
@@ -922,13 +935,14 @@ def _full_solver(problem, spec, method, params, start, init_record):
         masks = [o["mask"].data if "mask" in o else None for o in problem.observations]
         solver = DaskEMProx(xd, yd, mx, my, psf, grid.attrs["spatial_factor"], reg, client,
                             layout=params["layout"], masks=masks[:2],
-                            extras=[(d, m, w) for d, m, w in zip(problem.data[2:], problem.models[2:], masks[2:])])
+                            extras=[(d, m, w) for d, m, w in zip(problem.data[2:], problem.models[2:], masks[2:])],
+                            roles=_role_groups(grid, len(problem.models)))
         x0 = level if start is None else start_mod.cube_start(start, scale, level, method, dt, init_record)
     else:
         lik = PoissonLikelihood(problem.terms)
         free = problem.free
-        solver = EMProx(lik, reg, free=free) if method == "em" else ISTA(lik, reg, step=params.get("step"),
-                                                                         free=free)
+        solver = EMProx(lik, reg, free=free, roles=_role_groups(grid, len(problem.models))) if method == "em" \
+            else ISTA(lik, reg, step=params.get("step"), free=free)
         x0 = np.full(problem.shape, level, dtype=dt) if start is None else \
             start_mod.cube_start(start, scale, level, method, dt, init_record)
     return solver, x0

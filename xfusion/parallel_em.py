@@ -39,11 +39,11 @@ class DaskEMProx(EMProx):
     ``my``'s) and kept for the callers' signature. Data keep their float dtype (float32 or float64).
     ``masks``: None or one mask (1 = use, 0 = ignore; shaped like the counts) or None per instrument;
     ``extras``: further ``(counts, model[, mask])`` (more observations in the same likelihood), each
-    counts cube chunked to the blocks divided by its model's spatial factor.
+    counts cube chunked to the blocks divided by its model's spatial factor. ``roles``: as :class:`EMProx`.
     """
 
     def __init__(self, x_data, y_data, mx, my, psf_kernel=None, factor=1, regularizer=None, client=None,
-                 layout="halo", free=None, extras=(), masks=None):
+                 layout="halo", free=None, extras=(), masks=None, roles=None):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r} (the 'rechunk' layout was removed: "
                              "operators run on pixel blocks with their halos, any chunk size)")
@@ -81,7 +81,7 @@ class DaskEMProx(EMProx):
             d = d.rechunk(tuple(tuple(c // f[a] for c in self.chunks[a]) for a in range(2)) + (-1,))
             terms.append(DaskPoissonTerm(m, d, dt, client, backend, w[0] if w else None))
         self.xd, self.yd = terms[0].data, terms[1].data
-        super().__init__(PoissonLikelihood(terms), regularizer, free, backend)
+        super().__init__(PoissonLikelihood(terms), regularizer, free, backend, roles)
 
     def model(self, i, z):
         """Lazy expected counts of input ``i`` (0 = X, 1 = Y, then the extras; known background included),

@@ -307,7 +307,9 @@ class _ScoredEM(EMProx):
     """EM + prox on part A that also scores the held-out part B at every iterate (reusing its forward models)."""
 
     def __init__(self, split, regularizer):
-        super().__init__(PoissonLikelihood(split.terms), regularizer)
+        n = len(split.terms)  # more than two inputs: the roles of fuse's EM step (balanced sharp-spatial group)
+        super().__init__(PoissonLikelihood(split.terms), regularizer, roles=None if n <= 2 else [
+            "spectral" if j in split.spectral else "spatial" for j in range(n)])
         self.split = split
 
     def _eval(self, z):

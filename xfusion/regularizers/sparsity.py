@@ -196,6 +196,26 @@ class Wavelet2D1D:
         self.null_space, self.per_band, self.sample = null_space, bool(per_band), sample
         self.conserve_flux = bool(conserve_flux)
         self.depth = 2 * (2 ** self.n2 - 1)
+        #: factors of the thresholds of some bands, ``{(a, b): f}`` (:meth:`with_band_scale`)
+        self.band_scale = {}
+
+    def spatial_bands(self):
+        """The kept bands that are fine in space and coarsest in energy, ``(a, n1)`` for ``a < n2``: structure only
+        a sharp-spatial instrument constrains."""
+        return [(a, self.n1) for a in range(self.n2)]
+
+    def with_band_scale(self, scale):
+        """A copy whose thresholds of the bands in ``scale`` (``{(a, b): f}``, f > 0) are multiplied by ``f`` (noise
+        models "mad" and "poisson"; "propagated" thresholds follow the EM step's noise and are not scaled). Used by
+        the balanced EM step of several sharp-spatial inputs (:mod:`xfusion.solvers.em`); ``self`` is unchanged."""
+        import copy
+
+        bad = [ab for ab, f in scale.items() if not (np.isfinite(f) and f > 0)]
+        if bad:
+            raise ValueError(f"band threshold factors must be finite and > 0; got {[scale[ab] for ab in bad]}")
+        out = copy.copy(self)
+        out.band_scale = {**self.band_scale, **{(int(a), int(b)): float(f) for (a, b), f in scale.items()}}
+        return out
 
     def _bands(self):
         """(a, b, null) for every band but the coarse-coarse one; null = invisible to both instruments."""
@@ -403,7 +423,9 @@ class Wavelet2D1D:
                     sds[key] = np.sqrt(np.maximum(level, level.dtype.type(key[1])))
                 yield c1[a][b], float(step * sig[(a, b)] * norm ** 0.5) * k * sds[key]
             else:
-                yield c1[a][b], step * k * (sig[(a, b)] if self.per_band else sig[(0, 0)])
+                th = step * k * (sig[(a, b)] if self.per_band else sig[(0, 0)])
+                f = self.band_scale.get((a, b))
+                yield c1[a][b], th if f is None else th * f
 
     def _apply(self, c1, stats, step=1.0, vbands=None):
         out, pen = c1[self.n2][self.n1].copy(), 0.0

@@ -48,6 +48,34 @@ set ``self._expected`` (the expected counts of every input). Cost per iteration 
 0.068 vs 0.064 s and 0.096 vs 0.088 s. The extra work is the threshold maps (a smoothing cascade of ``var``
 and one threshold array per band) and, every 8th iteration, the probe (one adjoint per input).
 
+Several sharp-spatial inputs (issue 18, session 9; ``roles`` given, at least two inputs with role "spatial": pn + MOS1
++ MOS2). The EM correction is the sensitivity-weighted mean of the inputs' back-projected ratios, so adding MOS
+(same pixels, same role) shrinks the share ``s_R / s`` of the sharp-spectral inputs in every step: the structure only
+they constrain (line shifts, i.e. velocities) moves more slowly, and with thresholds set by the signal ("mad") its
+implied penalty ``rho s / z`` grows. Balanced step: every sharp-spatial input gets the weight
+``a = sum_v max_i s_i(v) / sum_v sum_i s_i(v)`` (i over the sharp-spatial inputs, ``s_i = H_i^T w_i``; 0.54 for
+pn + MOS1 + MOS2), the others 1, and the EM step is that of the WEIGHTED likelihood ``sum_i a_i L_i``::
+
+    Z_half = Z / s_a * sum_i a_i H_i^T( d_i / (H_i Z) ),     s_a = sum_i a_i H_i^T 1
+
+(without a prior it converges to the maximizer of ``sum_i a_i L_i``: a weighted (tempered) likelihood in which the
+sharp-spatial group weighs as much as its largest input alone while its ratio pools all its counts; it equals the ML
+estimate when the model fits the data exactly, e.g. noise-free). The data term in the state is ``sum_i a_i L_i``.
+With a prior, the thresholds of the bands only the sharp-spatial inputs constrain (fine in space, coarsest in
+energy: ``(a, n1)``, ``a < n2``) are multiplied by ``f = a S / S_a`` (``S = sum_v s``, ``S_a = sum_v s_a``; noise
+models "mad" and "poisson"), so structure only the sharp-spatial inputs see keeps the penalty it has without the
+weights (exactly so where the thresholds are signal-dominated), while the sharp-spectral structure gets the step
+share it has with one sharp-spatial input. Two inputs, or one sharp-spatial input (pn + Resolve tiles): unchanged
+(no weights). :attr:`EMProx.balance_spatial` = False turns it off. Measured (benchmarks/mosaic_suite.py, default
+"auto", 72x72x200, pn + MOS1 + MOS2 + 2x2 Resolve mosaic minus pn + mosaic; session-9 logs s9_mosvel_*.log of the
+development notes): 20 tuning scenes, NMSE +0.40 dB (better on 15/20, worst -1.50) -> +0.41 (17/20, worst -1.73),
+velocity RMS -1.7 km/s (better on 10/16) -> -1.1 (10/16); weights alone (no threshold factor): +0.25 dB 16/20,
++0.1 km/s 9/16. Held out (10 scenes, rule frozen before): +0.62 dB (8/10, worst -1.08) -> +1.15 (9/10, worst
+-0.05), velocity +9.1 km/s (better on 2/8) -> +5.5 (5/8; point_sources/700007: +55 km/s, "auto" picked the
+thresholded null space there).
+At fixed k = 1, 50 iterations (3 tuning scenes, weights alone) the velocity error with MOS fell 7-13 km/s below pn's
+(unweighted: 0 to 3 above). Most of the remaining per-scene velocity change comes from the k and iterations auto picks.
+
 Written once against a backend (:mod:`xfusion.solvers.backend`): in memory by default, on
 Dask blocks with :class:`xfusion.backends.blockwise.DaskBackend`. In memory, inputs whose models share their
 first operator are evaluated together (:attr:`EMProx.groups`, :mod:`xfusion.operators.group`: pn + MOS1 + MOS2
@@ -94,6 +122,16 @@ def _safe(s, free):
     return np.where(keep, s, 1).astype(s.dtype, copy=False)
 
 
+def _scaled(a, f):
+    """``a * f`` (``f`` a float; the dtype of ``a`` kept)."""
+    return a * a.dtype.type(f)
+
+
+def _sum(a):
+    """``sum(a)`` in float64 (a block's share)."""
+    return float(np.sum(a, dtype=np.float64))
+
+
 def _weighted_total(s, z):
     """``sum(s z)`` in float64 (a block's share of the predicted counts)."""
     return float(np.sum(s * z, dtype=np.float64))
@@ -134,26 +172,63 @@ class EMProx:
     #: noise="propagated" priors: the noise probe's back-projection and the prior's statistics are recomputed at
     #: the first 4 states, then at every ``probe_every``-th (one adjoint per input each time); carried in between
     probe_every = 8
+    #: weigh the sharp-spatial inputs together as much as the largest of them when there are several (module notes,
+    #: "Several sharp-spatial inputs"); needs ``roles``
+    balance_spatial = True
 
-    def __init__(self, likelihood, regularizer=None, free=None, backend=None):
+    def __init__(self, likelihood, regularizer=None, free=None, backend=None, roles=None):
         """``free`` (bool, fused shape or broadcastable to it): voxels some data constrain (``s > 0``, see
         :func:`xfusion.likelihood.free_voxels`); the others are held at 0 (their EM step would be 0/0).
         Default: all voxels, those with ``s = 0`` staying at 0 by themselves. ``backend``: where the
-        arrays live (:mod:`xfusion.solvers.backend`; default in memory)."""
+        arrays live (:mod:`xfusion.solvers.backend`; default in memory). ``roles``: None, or per term "spatial"
+        (the sharp-spatial input and inputs on its pixels) or "spectral" (the others): with two or more "spatial"
+        inputs the EM step is balanced (module notes; :attr:`weights`, None when not)."""
         self.lik = likelihood
         self.reg = regularizer
         self.B = backend or NumpyBackend()
         self.client = self.B.client
         self.free = None if free is None or np.all(free) else np.asarray(free, bool)
-        s = None
+        qs = []
         for t in likelihood.terms:
             w = t.weight if t.weight is not None else self.B.map(_ones, t.data)
-            q = self.B.adjoint(t.model, w)
+            qs.append(self.B.adjoint(t.model, w))
+        #: per-input weights ``a_i`` of the EM step (None: all 1) and the spatial-band threshold factor
+        self.weights, self.band_factor = self._balance(qs, roles)
+        if self.band_factor is not None and hasattr(regularizer, "with_band_scale"):
+            self.reg = regularizer.with_band_scale({ab: self.band_factor for ab in regularizer.spatial_bands()})
+        s = None
+        for i, q in enumerate(qs):
+            if self.weights is not None:
+                q = self.B.map(_scaled, q, self.weights[i])
             s = q if s is None else self.B.map(np.add, s, q)
         self.sens = self.B.persist(self.B.map(_safe, s, self.free))
         #: the prior's thresholds need the EM step's noise maps (``noise="propagated"``)
         self.noise_maps = regularizer is not None and bool(getattr(regularizer, "wants_noise", False))
         self._eps = {}
+
+    def _balance(self, qs, roles):
+        """``(weights, f)`` of the balanced EM step (module notes) from the inputs' sensitivities ``qs``
+        (``H_i^T w_i``) and ``roles``; ``(None, None)`` when fewer than two inputs are "spatial" (or no roles, or
+        :attr:`balance_spatial` is off). One round trip of totals on Dask."""
+        if roles is None or not self.balance_spatial:
+            return None, None
+        roles = list(roles)
+        if len(roles) != len(qs) or any(r not in ("spatial", "spectral") for r in roles):
+            raise ValueError(f"roles must give 'spatial' or 'spectral' for each of the {len(qs)} inputs; got {roles}")
+        sp = [i for i, r in enumerate(roles) if r == "spatial"]
+        if len(sp) < 2:
+            return None, None
+        top, tot = qs[sp[0]], qs[sp[0]]
+        for i in sp[1:]:
+            top, tot = self.B.map(np.maximum, top, qs[i]), self.B.map(np.add, tot, qs[i])
+        lazy = {"max": self.B.total(_sum, top), "spatial": self.B.total(_sum, tot)}
+        lazy.update({f"s{i}": self.B.total(_sum, qs[i]) for i in range(len(qs)) if i not in sp})
+        got = self.B.finish({}, lazy)
+        sx, sr = got["spatial"], sum(v for k, v in got.items() if k.startswith("s") and k != "spatial")
+        if not (sx > 0 and got["max"] > 0):
+            return None, None
+        a = got["max"] / sx
+        return [a if i in sp else 1.0 for i in range(len(qs))], a * (sx + sr) / (a * sx + sr)
 
     def _probe_noise(self, i, like):
         """Fixed standard-normal draws shaped like input ``i``'s data (seed ``i``; kept for the whole fit)."""
@@ -177,6 +252,8 @@ class EMProx:
         for i, (t, m) in enumerate(zip(self.lik.terms, models)):
             w = () if t.weight is None else (t.weight,)
             r = self.B.map(_noise_ratio, m, self._probe_noise(i, m), *w)
+            if self.weights is not None:  # the weighted correction's noise
+                r = self.B.map(_scaled, r, self.weights[i])
             a = self.B.adjoint(t.model, r)
             q = a if q is None else self.B.map(np.add, q, a)
         return q
@@ -204,7 +281,8 @@ class EMProx:
         return self._groups
 
     def _models_and_correction(self, z):
-        """``(val, corr, m)``: the data term at z, the EM correction ``sum_i H_i^T(d_i / H_i z)`` and every
+        """``(val, corr, m)``: the data term at z, the EM correction ``sum_i H_i^T(d_i / H_i z)`` (weighted:
+        ``sum_i a_i L_i`` and ``sum_i a_i H_i^T(d_i / H_i z)``, :attr:`weights`) and every
         input's linear model ``H_i z`` (a list in the terms' order). Inputs that share a first operator are
         evaluated together (:attr:`groups`): the same sums in another order (float round-off)."""
         terms = self.lik.terms
@@ -214,8 +292,12 @@ class EMProx:
             rs = []
             for i, m in zip(idx, ms):
                 models[i] = m
-                val = val + terms[i].value_from_model(m)
-                rs.append(terms[i].ratio(m))
+                if self.weights is None:
+                    val = val + terms[i].value_from_model(m)
+                    rs.append(terms[i].ratio(m))
+                else:  # the balanced step: the weighted data term sum_i a_i L_i and its EM correction
+                    val = val + self.weights[i] * terms[i].value_from_model(m)
+                    rs.append(self.B.map(_scaled, terms[i].ratio(m), self.weights[i]))
             if g is None:
                 q = self.B.adjoint(terms[idx[0]].model, rs[0])
                 corr = q if corr is None else self.B.map(np.add, corr, q)
