@@ -10,6 +10,7 @@
     python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl 0,1,2  # curves + paired SEs per scene (JSON lines)
     python benchmarks/tuning.py guard_rules out.jsonl 0 25     # selection / transfer rules compared offline on them
     python benchmarks/tuning.py asam 0,2,5 heldout 24          # where the spectral angle loses to Y upsampled
+    python benchmarks/tuning.py family_data 0,1,2 tune 48 out.jsonl  # every candidate's NMSE/velocity per iteration
 """
 from __future__ import annotations
 
@@ -619,6 +620,106 @@ def zero_family(zero_path, guard_path, lo=0, hi=48, factor=None, seed=0):
               f"best of three {np.min(v - best3):+.2f}", flush=True)
 
 
+def _curves_fit(x, y, t, n, shape, tmaps, lm_args, lsf, **kw):
+    """Per iteration 1..n of ``xfusion.fuse(x, y, max_iter=n, tol=None, **kw)``: NMSE (dB) of the iterate and of the
+    iterate delivered through the spectral-shape prior ``shape`` (xfusion.regularizers.shape.SpectralShape), and the
+    velocity RMS (km/s, brighter half) of both (NaN without lines)."""
+    from xfusion import analysis
+
+    x_sp, _, _ = assign_roles(x, y)
+    scale = float(np.mean(build_model(fusion_grid(x, y), x_sp, SPATIAL).weights))
+    t64 = t.values.astype(np.float64)
+    out = {"raw": [], "shaped": [], "v_raw": [], "v_shaped": []}
+
+    def vel(z):
+        if tmaps is None:
+            return float("nan")
+        return float(analysis.map_errors(tmaps, analysis.line_map(t.copy(data=z), lsf_sigma=lsf, **lm_args),
+                                         fraction=0.5)["velocity_rms_kms"])
+
+    def cb(it, state):
+        z = (state["z"] / np.float32(scale)).astype(np.float32)
+        zs = shape.prox(z).astype(np.float32)
+        out["raw"].append(metrics.nmse(t64, z))
+        out["shaped"].append(metrics.nmse(t64, zs))
+        out["v_raw"].append(vel(z))
+        out["v_shaped"].append(vel(zs))
+        return False
+
+    r = xfusion.fuse(x, y, max_iter=n, tol=None, progress=False, callback=cb, **kw)
+    last = metrics.nmse(t64, r.flux.values)
+    if abs(last - out["raw"][-1]) > 0.02:
+        raise RuntimeError(f"iterate scale mismatch: {last:.3f} vs {out['raw'][-1]:.3f} dB")
+    return {k: [round(v, 4) for v in vals] for k, vals in out.items()}
+
+
+def family_data(indices, split="tune", n_suite=48, size="small", out=None):
+    """Data for the family choice and the iteration transfers with the delivered shape prior (issue 13, session 9).
+    Per suite scene: the 'auto' choice, candidate deviances and details; on thinning split 0 (the one 'auto' uses):
+    the half-data held-out curves (joint, sharp-spatial, sharp-spectral) of the zeroed ladder candidate (to 47 prior
+    iterations), the thresholded candidate and plain RL (each to its minimum well behind), and the paired Poisson
+    SEs of the deviance differences between the three at their best iterates (zeroed: best of its first
+    CANDIDATE_ITER, as scored by 'auto'); on all counts: NMSE and velocity RMS of every iterate, raw and through the
+    spectral-shape prior (zeroed 1..50, thresholded 1..120, RL 1..200). One JSON line per scene (``out``)."""
+    from xfusion import analysis
+    from xfusion import scenes as sc
+    from xfusion.regularizers.shape import AUTO_PSEUDO_COUNTS, SpectralShape
+
+    specs = sc.suite(split, n=n_suite)
+    for i in indices:
+        spec = specs[i]
+        name = spec["name"]
+        x, y, truth = sc.from_spec(spec, size=size)
+        t = truth["flux"]
+        lm_args = sc.line_map_args(truth)
+        lsf = float(truth.attrs["lsf_sigma_kev"])
+        tmaps = analysis.line_map(t, lsf_sigma=lsf, **lm_args) if lm_args else None
+        t0 = time.perf_counter()
+        cur = tuning.select(x, y)
+        t_sel = time.perf_counter() - t0
+        ch = tuning.choice(cur)
+        wch = tuning.ladder_choice(cur)
+        det = json.loads(cur.attrs["details"])
+        devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
+        sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+        z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+        half = {}
+        keep = {}
+        for fam, reg, start, n_max, pm in (("zero", tuning._wavelet_reg({}, wch), z0, 47, None),
+                                           ("th", tuning._wavelet_reg({}, dict(wch, null_space="threshold")), z0,
+                                            tuning.THRESHOLD_MAX_ITER, 10),
+                                           ("rl", None, sp.start(), 100, 10)):
+            zs, c, p = _half_run(sp, reg, start, n_max, past_min=pm)
+            spec_i = sp.spectral
+            sc_ = p[:, spec_i].sum(axis=1)
+            lim = tuning.CANDIDATE_ITER if fam == "zero" else len(c) - 1
+            jb = int(np.argmin(c[1:lim + 1]) + 1)
+            keep[fam] = zs[jb]
+            half[fam] = dict(curve=c.tolist(), spatial=(p.sum(axis=1) - sc_).tolist(), spectral=sc_.tolist(), best=jb)
+            del zs
+        pairs = {f"{a}_vs_{b}": list(_paired(sp, keep[a], keep[b])) for a, b in (("zero", "th"), ("zero", "rl"),
+                                                                                 ("th", "rl"))}
+        held_counts = [float(np.sum(h)) for h in sp.held]
+        del keep
+        shape = SpectralShape(AUTO_PSEUDO_COUNTS, float(x.counts.sum()) + float(y.counts.sum()))
+        full = {"zero": _curves_fit(x, y, t, 50, shape, tmaps, lm_args, lsf, regularization="wavelet2d1d", **wch),
+                "th": _curves_fit(x, y, t, 120, shape, tmaps, lm_args, lsf, regularization="wavelet2d1d",
+                                  **dict(wch, null_space="threshold")),
+                "rl": _curves_fit(x, y, t, 200, shape, tmaps, lm_args, lsf, regularization="none", method="em")}
+        row = dict(name=name, index=i, spec=spec, choice=ch, ladder=wch, details=det, devs=devs, half=half,
+                   pairs=pairs, held_counts=held_counts, counts=[float(x.counts.sum()), float(y.counts.sum())],
+                   shape=list(t.shape), full=full, t_select=t_sel, t=time.perf_counter() - t0)
+        f = full
+        print(f"{name}: choice {ch}; best shaped zero {max(f['zero']['shaped']):.2f}, th {max(f['th']['shaped']):.2f}"
+              f"@{int(np.argmax(f['th']['shaped'])) + 1}, RL {max(f['rl']['shaped']):.2f}@"
+              f"{int(np.argmax(f['rl']['shaped'])) + 1} (raw RL* {max(f['rl']['raw'][:100]):.2f}@"
+              f"{int(np.argmax(f['rl']['raw'][:100])) + 1}); half best {[half[k]['best'] for k in half]}; "
+              f"{row['t']:.0f} s", flush=True)
+        if out:
+            with open(out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
 def asam_breakdown(indices, split="heldout", n_suite=24, size="small"):
     """Where does the 'auto' fuse lose the aSAM (mean spectral angle) test against the Y-upsampled baseline?
     Per suite scene: aSAM of the 'auto' fit, the k-ladder (zeroed) fit, Y upsampled and the 'auto' fit averaged
@@ -777,6 +878,9 @@ if __name__ == "__main__":
     elif sys.argv[1] == "zero_family":  # python benchmarks/tuning.py zero_family zero.jsonl guard.jsonl 0 24 [factor]
         zero_family(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
                     float(sys.argv[6]) if len(sys.argv) > 6 else None)
+    elif sys.argv[1] == "family_data":  # python benchmarks/tuning.py family_data 0,1,2 tune 48 out.jsonl [size]
+        family_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
+                    size=sys.argv[6] if len(sys.argv) > 6 else "small")
     elif sys.argv[1] == "asam":  # python benchmarks/tuning.py asam 0,2,5,8,9,10,13 heldout 24
         asam_breakdown([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]))
     elif sys.argv[1] == "guard_rules":  # python benchmarks/tuning.py guard_rules data.jsonl 0 48

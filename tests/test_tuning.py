@@ -115,7 +115,12 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
     settings = [json.loads(s) for s in cur["setting"].values]
     assert settings[-1]["regularization"] == "none" and settings[-1]["max_iter"] >= 1
     assert all("k" in s for s in settings[:-1])
-    best = settings[int(np.argmin(cur["mean_deviance"].values))]
+    # the smallest held-out deviance plus the family prior's penalty (session 9)
+    prior = json.loads(cur.attrs["details"])["family_prior"]
+    penalty, _ = tuning._family_prior(tuning._splits([x, y], 0.5, 1, 0, "float32")[0], settings, len(settings) - 2,
+                                      prior["se"])
+    best = settings[int(np.argmin(cur["mean_deviance"].values + penalty))]
+    assert prior["applied"] == bool(penalty.any())
     ch = tuning.choice(cur)
     assert cur.attrs["regularization"] == "auto" and ch["regularization"] in tuning.AUTO_FAMILIES
     got = {k: v for k, v in ch.items() if k != "regularization"}
@@ -281,3 +286,34 @@ def test_line_roughness_separates_lines_from_continuum_and_drives_rl_transfer():
     assert tuning.rl_transfer(6, 7, 5) == 6  # without a roughness: the n_spectral > n_spatial rule alone
     with pytest.raises(ValueError, match="energy"):
         tuning.line_roughness(xr.DataArray(np.ones((3, 3)), dims=("x", "y")))
+
+
+def test_line_richness_sees_broad_lines_and_family_prior_follows_it(small_toy):
+    """Lines wider than a channel read ~1 channel by channel but far above LINE_RICHNESS binned; a continuum stays
+    below. "auto"'s family prior: with lines the zeroed ladder is not chosen, without lines only it is."""
+    import xarray as xr
+
+    rng = np.random.default_rng(5)
+    e = np.linspace(0.5, 8.0, 2400)
+    cont = 600.0 * np.exp(-e / 2.0)
+    broad = cont + sum(300.0 * np.exp(-0.5 * ((e - c) / 0.025) ** 2) for c in (1.0, 2.0, 6.4))  # sigma 8 channels
+
+    def obs(mean):
+        return xr.DataArray(rng.poisson(np.broadcast_to(mean / 4.0, (2, 2, e.size))), dims=("x", "y", "energy"))
+
+    c_obs, b_obs = obs(cont), obs(broad)
+    assert tuning.line_roughness(b_obs) < 2.0  # the single-channel measure misses them
+    assert tuning.line_richness(c_obs) < 3.0 and tuning.line_richness(b_obs) > 3 * tuning.LINE_RICHNESS
+    x, y, _ = small_toy
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+    cands = [{"k": 1.0, "null_space": "zero", "n_scales_1d": 2}, {"k": 0.5, "null_space": "zero", "n_scales_1d": 2},
+             {"regularization": "wavelet2d1d", "k": 0.5, "null_space": "threshold", "max_iter": 9},
+             {"regularization": "none", "max_iter": 7}]
+    penalty, rec = tuning._family_prior(sp, cands, 2, 10.0)
+    assert rec["line_richness"] == tuning.line_richness(sp.ya["counts"] + sp.yb["counts"])
+    assert rec["lines"] == (rec["line_richness"] >= tuning.LINE_RICHNESS) and rec["applied"] == rec["lines"]
+    m = tuning.FAMILY_MARGIN * 10.0 if rec["lines"] else 0.0
+    assert list(penalty) == [m, m, 0.0, 0.0]  # the zeroed ladder must win by FAMILY_MARGIN standard errors
+    assert not tuning._family_prior(sp, cands, 2, None)[0].any()  # no standard error: no prior
+    za = np.full(sp.shape, 1.0, np.float32)  # paired held-out difference of an iterate with itself: 0, variance 0
+    assert tuning._paired_difference(sp, za, za) == (0.0, 0.0)
