@@ -39,6 +39,13 @@ def small_toy():
 
 
 @pytest.fixture(scope="session")
+def gaussian_rebin_toy():
+    """``toy.make("gaussian_rebin")`` (the paper's 45x45x2400 scene; drawing it costs ~2 s), made once for the
+    tests that only read it (xfusion never modifies its inputs)."""
+    return toy.make("gaussian_rebin")
+
+
+@pytest.fixture(scope="session")
 def local_cluster():
     """``(cluster, client)``: ONE real 2-worker ``distributed.LocalCluster`` (processes) for the whole session,
     shared by the Dask tests (starting one costs seconds: two Python processes importing the stack). The

@@ -425,13 +425,17 @@ def _interactive_signals():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
 
 
-def _interrupted_cli(px, py, tmp_path, every, sig, wait_for_iteration, name):
+def _start_cli(px, py, tmp_path, every, name):
     ck, out = tmp_path / f"{name}.ckpt.zarr", tmp_path / f"{name}.zarr"
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([sys.executable, "-m", "xfusion.cli", "fuse", str(px), str(py), "-o", str(out),
                              "--checkpoint", str(ck), "--checkpoint-every", str(every), "--max-iter", "100000",
                              "--tol", "0", "--regularization", "none", "--no-progress"], stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=_interactive_signals)
+    return proc, ck
+
+
+def _interrupted_cli(proc, ck, sig, wait_for_iteration):
     t0 = time.time()
     while time.time() - t0 < 60:
         if wait_for_iteration is None and Path(f"{ck}.lock").exists():  # the loop has started
@@ -455,12 +459,20 @@ def test_interrupt_message_says_where_the_last_checkpoint_is(stores, tmp_path):
     """Before: "the checkpoint can be resumed" even when none was written. Now the message names the last
     committed checkpoint and its iteration (checked against the store), or says that none exists."""
     px, py = stores
-    code, last, ck = _interrupted_cli(px, py, tmp_path, 3, signal.SIGINT, 6, "a")
-    stored = describe(ck)["iteration"]  # the committed store (or its .old if the signal fell inside a commit)
-    assert code == 130 and f"last checkpoint is {ck} at iteration {stored}" in last and "--resume" in last
-    assert stored % 3 == 0 and stored >= 6
-    code, last, ck = _interrupted_cli(px, py, tmp_path, 10 ** 9, signal.SIGTERM, None, "b")
-    assert code == 143 and "terminated" in last and f"no checkpoint exists at {ck}" in last and not ck.exists()
+    # both CLI runs start at once (independent stores; each pays an interpreter start and xfusion's imports, which
+    # two cores overlap); each is signalled at its own point
+    runs = [_start_cli(px, py, tmp_path, every, name) for every, name in ((3, "a"), (10 ** 9, "b"))]
+    try:
+        code, last, ck = _interrupted_cli(*runs[1], signal.SIGTERM, None)
+        assert code == 143 and "terminated" in last and f"no checkpoint exists at {ck}" in last and not ck.exists()
+        code, last, ck = _interrupted_cli(*runs[0], signal.SIGINT, 6)
+        stored = describe(ck)["iteration"]  # the committed store (or its .old if the signal fell inside a commit)
+        assert code == 130 and f"last checkpoint is {ck} at iteration {stored}" in last and "--resume" in last
+        assert stored % 3 == 0 and stored >= 6
+    finally:
+        for proc, _ in runs:
+            proc.kill()
+            proc.communicate()
 
 
 # ----------------------------------------------------------------------------- outputs never destroy inputs

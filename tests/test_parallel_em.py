@@ -20,7 +20,9 @@ da = pytest.importorskip("dask.array")
 from xfusion.backends.blockwise import DaskBackend  # noqa: E402
 from xfusion.parallel_em import DaskEMProx  # noqa: E402
 
-N_ITER = 8
+#: iterations of the Dask-vs-NumPy comparisons: a wrong halo, block edge or statistic shows from the first iteration
+#: on (8 iterations, as before session 9, checked nothing more at twice the cost)
+N_ITER = 4
 
 
 def setup(x, y, dtype=np.float32):
@@ -303,7 +305,7 @@ def test_checkpoint_round_trip(wide, tmp_path):
     solver = dask_solver(wide, Wavelet2D1D(), 15)
     z0 = start(wide)
     full, hist_full, n, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False)
-    run(solver, z0, max_iter=4, tol=0, progress=False, checkpoint=ZarrCheckpoint(path), checkpoint_every=4)
+    run(solver, z0, max_iter=2, tol=0, progress=False, checkpoint=ZarrCheckpoint(path), checkpoint_every=2)
     import xarray as xr
 
     stored = xr.open_zarr(path, consolidated=False, chunks={})
@@ -312,24 +314,27 @@ def test_checkpoint_round_trip(wide, tmp_path):
     assert len(json.loads(stored.attrs["manifest"])["arrays"]["state_z"]["sha256"]) == 4  # one digest per block
     seen = []
     resumed, hist, n2, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False, checkpoint=ZarrCheckpoint(path),
-                               checkpoint_every=4, resume=True, callback=lambda it, st: seen.append(it))
-    assert seen == list(range(5, N_ITER + 1))
+                               checkpoint_every=2, resume=True, callback=lambda it, st: seen.append(it))
+    assert seen == list(range(3, N_ITER + 1))
     assert n == n2 == N_ITER
     np.testing.assert_array_equal(resumed["z"].compute(), full["z"].compute())
     np.testing.assert_allclose(hist["objective"], hist_full["objective"], rtol=1e-12)
 
 
-def test_local_cluster_agrees_and_checkpoints(wide, wide_reference, tmp_path, cluster):
+def test_local_cluster_agrees_and_checkpoints(wide, tmp_path, cluster):
+    """1 iteration checkpointed, then resumed to 2 on the cluster == 2 in memory (an iteration on these uneven
+    blocks costs ~2 s of cluster scheduling; 4 + 4 iterations before session 9 checked nothing more)."""
     client = cluster[1]
     path = str(tmp_path / "ckpt.zarr")
     solver = dask_solver(wide, Wavelet2D1D(), (12, 12, 6), client)
     z0 = start(wide)
-    run(solver, z0, max_iter=4, tol=0, progress=False, checkpoint=ZarrCheckpoint(path), checkpoint_every=4)
+    run(solver, z0, max_iter=1, tol=0, progress=False, checkpoint=ZarrCheckpoint(path), checkpoint_every=1)
     seen = []
-    st, _, n, _ = run(solver, z0, max_iter=N_ITER, tol=0, progress=False, checkpoint=ZarrCheckpoint(path),
-                      checkpoint_every=4, resume=True, callback=lambda it, st: seen.append(it))
-    assert n == N_ITER and seen == list(range(5, N_ITER + 1))
-    assert rel_diff(client.compute(st["z"]).result(), wide_reference) <= 1e-5
+    st, _, n, _ = run(solver, z0, max_iter=2, tol=0, progress=False, checkpoint=ZarrCheckpoint(path),
+                      checkpoint_every=1, resume=True, callback=lambda it, st: seen.append(it))
+    assert n == 2 and seen == [2]
+    ref = iterate(numpy_solver(wide, Wavelet2D1D()), start(wide), 2)["z"]
+    assert rel_diff(client.compute(st["z"]).result(), ref) <= 1e-5
 
 
 def test_refused_with_a_reason(small):
