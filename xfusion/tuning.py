@@ -116,48 +116,6 @@ What is selected, per regularization:
   full-size choices alone (no flip among the 10) -- a choice made after seeing that held-out failure. Held out,
   measured after freezing the margin (benchmarks/suite.py --heldout --select; s9_quality_heldout_*_margin.log): see
   :data:`FAMILY_MARGIN`.
-* ``none`` (plain two-instrument Richardson-Lucy): one EM run on part A, scored at every
-  iteration (the forward models are computed by EM anyway: nearly free) until the minimum
-  is well behind; the best half-data iteration ``n_half`` is transferred to all counts by
-  :func:`rl_transfer`: ``n_half`` itself, or :data:`RL_LINE_FACTOR` times it when the held-out
-  deviance of the sharp-spectral instrument(s) alone is still falling after the sharp-spatial
-  one's minimum (lines being sharpened, which the joint deviance undervalues; see
-  :data:`RL_LINE_FACTOR` for the measurements), or when the summed sharp-spectral spectrum shows
-  resolved lines (:func:`line_roughness` >= :data:`RL_LINE_ROUGHNESS`, session 8: the order of the
-  two minima is decided by one or two iterations when ``n_half`` is small).
-* ``lowrank`` family: ``rank`` (:data:`RANK_LADDER`), then ``mu`` (``lowrank_sobolev``,
-  :data:`MU_LADDER`) by separate fits of part A through :func:`xfusion.fuse`, scored with
-  the delivered (clipped) flux cube; for plain ``lowrank`` the iteration count at a ladder
-  of iteration counts, transferred like RL. These are NOT cheap (one fit per candidate).
-
-* ``regularization="auto"`` (:func:`select`, :func:`resolve_auto`): the wavelet candidates above,
-  the ladder's best k with a thresholded null space stopped early, and plain RL at its best
-  half-data iteration, scored on the same split; the smallest held-out deviance picks (plain RL
-  or the thresholded prior stopped early keep Doppler-split lines on bright line-rich scenes;
-  the zeroed starlet prior wins on faint or continuum-dominated ones). On 18 small tuning scenes
-  (24x24x600, seeds 1001-1017, session 6) this three-way choice gave mean NMSE 19.80 dB against
-  19.58 dB for the two-way one (RL oracle 19.80 dB): +2.2 dB on synchrotron/1007, +1.4 on
-  point_sources/1003, +1.1 on synchrotron/1012, -1.0 on cluster_core/1006.
-* The family prior of ``regularization="auto"`` (session 9, :func:`_family_prior`, :data:`LINE_RICHNESS`): a prior
-  fitted on the tuning suite, NOT a likelihood. The zeroed and thresholded candidates differ in the bands fine in space
-  and in energy, which neither instrument sees linearly, so the held-out deviance cannot rank them there (session 7:
-  it preferred the worse candidate by 5-29 paired standard errors on 12 of the 14 misses of suite("tune", n=48)). What
-  those bands hold can be read from the summed sharp-spectral counts: if they show lines (:func:`line_richness` >=
-  :data:`LINE_RICHNESS`), the bands hold lines that move from pixel to pixel and the zeroed ladder is not chosen (the
-  thresholded candidate or plain RL, whichever predicts the held-out counts better); if not (a continuum only), they
-  hold noise and only the zeroed ladder is chosen. Measured offline (benchmarks/tuning.py family_data: every
-  candidate's NMSE at every full-data iteration, delivered through the shape prior; 24x24x600;
-  s9_quality_family_*.log), "auto" NMSE before -> after: tuning scenes 0-23 (fitted on; the rule with the best mean
-  of the variants tried: margins of 5-12 paired SEs instead of the exclusion with lines, no prior without lines)
-  mean 21.11 -> 21.52 dB (RL oracle 20.58), NMSE >= RL oracle 15 -> 20/24, velocity RMS <= RL oracle's 17 -> 15/19,
-  within 0.5 dB of the best of the three candidates 16 -> 20/24 (worst -2.80 -> -1.76 dB); fresh tuning scenes
-  24-47, checked after freezing: 20.80 -> 21.20 dB (RL oracle 20.40), 13 -> 16/24, velocity 17 -> 17/19, 16 -> 19/24
-  (worst -3.93 -> -2.12 dB). Held out after freezing (benchmarks/suite.py --heldout --size small --select,
-  s9_quality_heldout_small.log): mean NMSE 20.39 -> 20.62 dB, NMSE >= RL oracle 19 -> 20/24 (snr_shell/500000 13.51
-  -> 15.04, mixed/500014 16.46 -> 19.99 dB; lost point_sources/500003, 21.85 -> 20.28 dB against 21.14), velocity
-  16/19 both, baselines 23/24 both. Where it is wrong: a line scene whose zeroed fit is better (tuning
-  point_sources/1003, mixed/1014, /1019: -0.8 to -1.8 dB) and the velocity map of faint line scenes (mixed/1009,
-  /1019 of the tuning suite); a line that is not in the summed spectrum (lines that cancel in the sum) is not seen.
 
 Everything runs in memory (NumPy); Dask-backed observations are refused with a message.
 """
