@@ -997,6 +997,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         extra = dict(extra, ladder=dict(choice))
         choices = [dict(c) for c in cands]
         n_ladder = len(cands)
+        th_best = None  # the thresholded candidate's best half-data iterate per split (family prior)
         scores = np.asarray(scores, dtype=np.float64).reshape(len(cands), -1)
         if stop_zero and keep and json.loads(keep["key"]).get("null_space") == "zero":
             # against the families stopped early (each at its best iterate), the ladder's best candidate is scored
@@ -1008,7 +1009,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
             extra = dict(extra, ladder_scored_at=j + keep["warm_iter"])
         if include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get("null_space",
                                                                                             "auto") == "auto":
-            th_best = [] if family_prior else None  # the thresholded candidate's best half-data iterate per split
+            th_best = [] if family_prior else None
             th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice, iterates=th_best)
             cands, choices = list(cands) + [th_set], choices + [th_choice]
             scores = np.vstack([scores, np.asarray(th_scores, dtype=np.float64)[None]])
@@ -1022,7 +1023,6 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
             scores = np.vstack([scores, rl_scores[i][None]])
             extra = dict(extra, rl={**rl_choice, "rule": rl_extra["rule"]})
         mean = scores.mean(axis=1)
-        th_best = locals().get("th_best")
         if family_prior and include_rl:
             se = None
             if keep and keep.get("best_z") and th_best and all(z is not None for z in keep["best_z"] + th_best):
