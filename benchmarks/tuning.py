@@ -382,6 +382,14 @@ def _paired(sp, za, zb):
     return diff, math.sqrt(var)
 
 
+def _auto_record(x, y):
+    """The 'auto' selection of a scene as the data collectors record it: ``(choice, ladder choice, details,
+    {setting: mean held-out deviance})``."""
+    cur = tuning.select(x, y)
+    devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
+    return tuning.choice(cur), tuning.ladder_choice(cur), json.loads(cur.attrs["details"]), devs
+
+
 def guard_data(indices, split="tune", n_suite=48, size="small", seeds=(0, 1, 2), out=None, n_max=100):
     """Data for rules against over-running candidates (issue 13, session 7): per suite scene, the 'auto' choice and
     deviances; full-data NMSE curves of the thresholded candidate (ladder k) and of plain RL, the zeroed ladder
@@ -393,11 +401,7 @@ def guard_data(indices, split="tune", n_suite=48, size="small", seeds=(0, 1, 2),
     for i in indices:
         name, x, y, t = _suite_scene(i, size, split, n=n_suite)
         t0 = time.perf_counter()
-        cur = tuning.select(x, y)
-        ch = tuning.choice(cur)
-        wch = tuning.ladder_choice(cur)
-        det = json.loads(cur.attrs["details"])
-        devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
+        ch, wch, det, devs = _auto_record(x, y)
         th_full = _nmse_curve_fit(x, y, t, n_max, regularization="wavelet2d1d", **dict(wch, null_space="threshold"))
         d = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", **wch)
         zero_full = metrics.nmse(t.values, d.flux.values)
@@ -447,11 +451,7 @@ def zero_data(indices, split="tune", n_suite=48, size="small", seeds=(0, 1, 2), 
     for i in indices:
         name, x, y, t = _suite_scene(i, size, split, n=n_suite)
         t0 = time.perf_counter()
-        cur = tuning.select(x, y)
-        ch = tuning.choice(cur)
-        wch = tuning.ladder_choice(cur)
-        det = json.loads(cur.attrs["details"])
-        devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
+        ch, wch, det, devs = _auto_record(x, y)
         changes = []
         full = _nmse_curve_fit(x, y, t, n_max, changes=changes, regularization="wavelet2d1d", **wch).tolist()
         stop = IterateChange(1e-4)
@@ -675,12 +675,8 @@ def family_data(indices, split="tune", n_suite=48, size="small", out=None):
         lsf = float(truth.attrs["lsf_sigma_kev"])
         tmaps = analysis.line_map(t, lsf_sigma=lsf, **lm_args) if lm_args else None
         t0 = time.perf_counter()
-        cur = tuning.select(x, y)
+        ch, wch, det, devs = _auto_record(x, y)
         t_sel = time.perf_counter() - t0
-        ch = tuning.choice(cur)
-        wch = tuning.ladder_choice(cur)
-        det = json.loads(cur.attrs["details"])
-        devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
         sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
         z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
         half = {}
