@@ -716,6 +716,75 @@ def family_data(indices, split="tune", n_suite=48, size="small", out=None):
                 fh.write(json.dumps(row) + "\n")
 
 
+def family_rules(paths):
+    """Offline replay of the family choice of 'auto' on family_data rows (``paths``: JSONL files; rows keyed by
+    (shape, index), the last one kept): the session-9 prior (with lines: the zeroed ladder must win by 9 paired SE)
+    and the current one (tuning._family_prior: FAMILY_MARGIN / FAMILY_MARGIN_BRIGHT split at FAMILY_COUNTS_SPLIT
+    counts per fused voxel; without lines the zeroed ladder), each family at the iteration count the current transfer
+    rules give (zero_transfer, threshold_transfer, rl_transfer on the recorded half-data curves), delivered through the
+    shape prior. Prints per size and index range (small 24x24x600: 0-23, 24-47; full: 0-9, 10-47): mean NMSE (RL oracle = best raw RL iterate <= 100),
+    NMSE >= RL oracle, velocity RMS <= RL oracle's, the family within 0.5 dB of the best of the three, the picks, and
+    every changed choice (python benchmarks/tuning.py family_rules a.jsonl b.jsonl)."""
+    from xfusion import scenes as sc
+
+    rows = {}
+    for path in paths:
+        for line in open(path):
+            r = json.loads(line)
+            rows[(tuple(r["shape"]), r["index"])] = r
+    w = 3
+    out = {}
+    for key in sorted(rows):
+        r = rows[key]
+        h = r["half"]
+        fp = r["details"].get("family_prior") or {}
+        rich = fp.get("line_richness")
+        if rich is None:  # rows recorded before session 9's prior: from the sharp-spectral counts
+            _, y, _ = sc.from_spec(r["spec"], size="small" if list(r["shape"][:2]) == [24, 24] else "default")
+            rich = tuning.line_richness(y["counts"])
+        cpv = sum(r["counts"]) / float(np.prod(r["shape"]))
+        dz = float(np.min(h["zero"]["curve"][1:tuning.CANDIDATE_ITER + 1]))
+        n = {"zero": tuning.zero_transfer(_zero_pick({"curve": h["zero"]["curve"]}, cap=tuning.ZERO_MAX_ITER)[0], w)}
+        best = {f: int(np.argmin(h[f]["curve"][1:]) + 1) for f in ("th", "rl")}
+        nsp = {f: int(np.argmin(np.asarray(h[f]["spatial"][1:])) + 1) for f in ("th", "rl")}
+        nse = {f: int(np.argmin(np.asarray(h[f]["spectral"][1:])) + 1) for f in ("th", "rl")}
+        n["th"] = tuning.threshold_transfer(best["th"] + w, nsp["th"] + w, nse["th"] + w, w)
+        n["rl"] = tuning.rl_transfer(best["rl"], nsp["rl"], nse["rl"], r["details"]["rl"]["line_roughness"])
+        dev = {"zero": dz, "th": float(np.min(h["th"]["curve"][1:])), "rl": float(np.min(h["rl"]["curve"][1:]))}
+        se = r["pairs"]["zero_vs_th"][1]
+        lines = rich >= tuning.LINE_RICHNESS
+        s9 = dict(dev, zero=dz + (9.0 * se if lines else 0.0))
+        m = tuning.FAMILY_MARGIN_BRIGHT if cpv >= tuning.FAMILY_COUNTS_SPLIT else tuning.FAMILY_MARGIN
+        s10 = dict(dev, zero=dz + m * se) if lines else {"zero": dz, "th": math.inf, "rl": math.inf}
+        f = r["full"]
+        val = {k: f[k]["shaped"][min(n[k], len(f[k]["shaped"])) - 1] for k in n}
+        vel = {k: f[k]["v_shaped"][min(n[k], len(f[k]["v_shaped"])) - 1] for k in n}
+        j = int(np.argmax(f["rl"]["raw"][:100]))
+        small = list(r["shape"][:2]) == [24, 24]  # session 10 fitted on small 0-23 and full 0-9
+        group = (f"small {'0-23' if r['index'] < 24 else '24-47'}" if small else
+                 f"full {'0-9' if r['index'] < 10 else '10-47'}")
+        out.setdefault(group, []).append(dict(name=r["name"], picks=(min(s9, key=s9.get), min(s10, key=s10.get)),
+                                              val=val, vel=vel, orc=f["rl"]["raw"][j], vorc=f["rl"]["v_raw"][j],
+                                              cpv=cpv, z=(dz - dev["th"]) / se))
+    for group, res in out.items():
+        orc = np.array([o["orc"] for o in res])
+        vo = np.array([o["vorc"] for o in res], dtype=np.float64)
+        lined = np.isfinite(vo)
+        best3 = np.array([max(o["val"].values()) for o in res])
+        for i, label in enumerate(("session 9", "session 10")):
+            v = np.array([o["val"][o["picks"][i]] for o in res])
+            vel = np.array([o["vel"][o["picks"][i]] for o in res], dtype=np.float64)
+            print(f"{group:11s} {label:10s} ({len(v)} scenes): mean NMSE {v.mean():.2f} dB (RL oracle {orc.mean():.2f}); "
+                  f">= RL oracle {np.sum(v >= orc)}; velocity <= RL oracle's {np.sum(vel[lined] <= vo[lined])}/"
+                  f"{lined.sum()}; within 0.5 dB of the best family {np.sum(v >= best3 - 0.5)}; picks "
+                  + "".join(o["picks"][i][0] for o in res), flush=True)
+        for o in res:
+            a, b = o["picks"]
+            if a != b:
+                print(f"    {o['name']}: {a} -> {b}, {o['val'][a]:.2f} -> {o['val'][b]:.2f} dB (RL oracle {o['orc']:.2f}); "
+                      f"{o['cpv']:.2f} counts per fused voxel, zeroed - thresholded deviance {o['z']:+.1f} SE")
+
+
 def asam_breakdown(indices, split="heldout", n_suite=24, size="small"):
     """Where does the 'auto' fuse lose the aSAM (mean spectral angle) test against the Y-upsampled baseline?
     Per suite scene: aSAM of the 'auto' fit, the k-ladder (zeroed) fit, Y upsampled and the 'auto' fit averaged
@@ -877,6 +946,8 @@ if __name__ == "__main__":
     elif sys.argv[1] == "family_data":  # python benchmarks/tuning.py family_data 0,1,2 tune 48 out.jsonl [size]
         family_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
                     size=sys.argv[6] if len(sys.argv) > 6 else "small")
+    elif sys.argv[1] == "family_rules":  # python benchmarks/tuning.py family_rules small.jsonl full.jsonl
+        family_rules(sys.argv[2:])
     elif sys.argv[1] == "asam":  # python benchmarks/tuning.py asam 0,2,5,8,9,10,13 heldout 24
         asam_breakdown([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]))
     elif sys.argv[1] == "guard_rules":  # python benchmarks/tuning.py guard_rules data.jsonl 0 48

@@ -290,7 +290,8 @@ def test_line_roughness_separates_lines_from_continuum_and_drives_rl_transfer():
 
 def test_line_richness_sees_broad_lines_and_family_prior_follows_it(small_toy):
     """Lines wider than a channel read ~1 channel by channel but far above LINE_RICHNESS binned; a continuum stays
-    below. "auto"'s family prior: with lines the zeroed ladder is not chosen, without lines only it is."""
+    below. "auto"'s family prior: with lines the zeroed ladder must win the held-out deviance by a margin (larger with
+    many counts per fused voxel), without lines only it is chosen."""
     import xarray as xr
 
     rng = np.random.default_rng(5)
@@ -311,9 +312,23 @@ def test_line_richness_sees_broad_lines_and_family_prior_follows_it(small_toy):
              {"regularization": "none", "max_iter": 7}]
     penalty, rec = tuning._family_prior(sp, cands, 2, 10.0)
     assert rec["line_richness"] == tuning.line_richness(sp.ya["counts"] + sp.yb["counts"])
-    assert rec["lines"] == (rec["line_richness"] >= tuning.LINE_RICHNESS) and rec["applied"] == rec["lines"]
-    m = tuning.FAMILY_MARGIN * 10.0 if rec["lines"] else 0.0
-    assert list(penalty) == [m, m, 0.0, 0.0]  # the zeroed ladder must win by FAMILY_MARGIN standard errors
-    assert not tuning._family_prior(sp, cands, 2, None)[0].any()  # no standard error: no prior
+    cpv = (float(x.counts.sum()) + float(y.counts.sum())) / float(np.prod(sp.shape))  # thinning keeps every count
+    assert rec["counts_per_voxel"] == pytest.approx(cpv, rel=1e-9) and cpv >= tuning.FAMILY_COUNTS_SPLIT
+    assert rec["lines"] and rec["applied"] and rec["margin"] == tuning.FAMILY_MARGIN_BRIGHT
+    m = 10.0 * tuning.FAMILY_MARGIN_BRIGHT
+    assert list(penalty) == [m, m, 0.0, 0.0]  # bright lines: the zeroed ladder must win by FAMILY_MARGIN_BRIGHT SE
+    assert not tuning._family_prior(sp, cands, 2, None)[0].any()  # no standard error: no margin
+    # the same grids, new counts: 2% of the sharp-spatial ones, and one sharp-spectral line of ~2e4 counts on a faint
+    # continuum (lines, < 1 count per fused voxel), then a flat continuum (no lines)
+    x2 = x.copy(deep=True)
+    x2["counts"].values[...] = rng.binomial(x.counts.values.astype(np.int64), 0.02)
+    lam = np.full(y.counts.shape, 0.5)
+    lam[..., 100] = 800.0
+    for mean, want in ((lam, [90.0, 90.0, 0.0, 0.0]), (np.full(y.counts.shape, 20.0), [0.0, 0.0, np.inf, np.inf])):
+        y2 = y.copy(deep=True)
+        y2["counts"].values[...] = rng.poisson(mean)
+        pen, rec = tuning._family_prior(tuning._splits([x2, y2], 0.5, 1, 0, "float32")[0], cands, 2, 10.0)
+        assert rec["lines"] == np.isfinite(want).all() and rec["applied"]
+        assert list(pen) == want, rec  # faint lines: FAMILY_MARGIN (9) SE; a continuum only: the zeroed ladder
     za = np.full(sp.shape, 1.0, np.float32)  # paired held-out difference of an iterate with itself: 0, variance 0
     assert tuning._paired_difference(sp, za, za) == (0.0, 0.0)
