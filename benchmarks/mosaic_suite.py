@@ -40,6 +40,17 @@ Session 9, the balanced EM step of several sharp-spatial inputs (:mod:`xfusion.s
 +0.41 dB (17/20), -1.1 km/s (10/16); held out (10, frozen before) +0.62 dB (8/10, worst -1.08), +9.1 km/s (2/8) ->
 +1.15 dB (9/10, worst -0.05), +5.5 km/s (5/8). The velocity target (MOS improves it on average) is still not met.
 
+Session 10, the tuner's selection score with several sharp-spatial inputs (HEAD bc1403f, "auto", noise "mad"; the
+pn fits are unchanged). Tuning scenes 0-19 at HEAD, MOS minus pn: +0.96 dB (19/20), -0.6 km/s (10/16). Scores
+``alpha D_spatial + D_spectral``: alpha 0.25 +0.82 dB (18/20), +8.4 km/s (11/16); alpha 0 (the sharp-spectral
+deviance alone: plain RL wins on faint scenes) -0.29 dB (11/20), +41.7 km/s (8/16); alpha = C_se / C_sp (held-out
+counts; 35 at pn 3e4, 3.5 at 3e5, 0.35 at 3e6) +0.59 dB (13/20), -1.3 km/s (9/16). Capped at 1 (changes only the pn
+3e6 scenes; the 15 of tuning indices 0-43): +0.63 -> +0.82 dB (12/15 both), velocity better with MOS 4/12 -> 6/12,
+mean -20.2 km/s both; tuning 0-19 overall +1.03 dB (19/20), -1.0 km/s (11/16). Held out after freezing, the three
+scenes it changes (indices 2, 6, 9): NMSE +0.14, +0.12, -0.03 dB against HEAD, velocity +2 and +15 km/s (worse);
+the issue's scene (cluster_core seed 0, pn 3e6; pn alone 23.22 dB / 79 km/s): 23.01 / 83 -> 22.02 / 111. Not
+adopted. No score tried makes MOS improve the velocity map (logs s10_mosvel_*.log of the development notes).
+
     nice -n 15 python benchmarks/mosaic_suite.py --split tune --n 6
     nice -n 15 python benchmarks/mosaic_suite.py --split heldout --n 6 --json out.json
     python benchmarks/mosaic_suite.py --split tune --n 3 --options '{"regularization": "wavelet2d1d", "k": 1}'
