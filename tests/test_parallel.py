@@ -155,7 +155,7 @@ def big_stores(tmp_path_factory):
 def test_wavelet2d1d_numpy_dask_and_cluster_agree(big_stores, cluster):
     x, y, px, py = big_stores
     # not "auto"; 4 iterations: the backends agree iteration by iteration (the objective of each is compared), and
-    # a cluster iteration of this path costs ~1 s (~500 small tasks)
+    # a cluster iteration of this path costs ~0.5-1 s (~90 tasks since session 10; ~385 before)
     kw = dict(progress=False, max_iter=4, tol=None, k=1.0, n_scales_1d=5, null_space="zero")
     ref = xfusion.fuse(x, y, **kw)
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
