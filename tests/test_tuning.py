@@ -99,7 +99,11 @@ def test_rl_iteration_count_is_chosen_by_thinning(small_toy):
     assert n_sp >= 1 and n_se >= 1
     assert rough == tuning.line_roughness(y.counts)
     lines = n_se > n_sp or rough >= tuning.RL_LINE_ROUGHNESS
-    assert ch["max_iter"] == (round(tuning.RL_LINE_FACTOR * half) if lines else half)
+    # ... and at least RL_SQ_FACTOR x the best iterate of the sharp-spectral held-out squared error (session 10)
+    n_sq = ch["sq_error_iteration"]
+    assert 1 <= n_sq < cur.sizes["candidate"]
+    rule = round(tuning.RL_LINE_FACTOR * half) if lines else half
+    assert ch["max_iter"] == max(rule, round(tuning.RL_SQ_FACTOR * n_sq))
     r = xfusion.fuse(x, y, regularization="none", progress=False)
     assert r.attrs["iterations"] == ch["max_iter"]
     assert json.loads(r.attrs["parameters"])["auto_tuning"]["choice"]["max_iter"] == r.attrs["iterations"]
@@ -128,8 +132,9 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
         assert got.pop("max_iter") == json.loads(cur.attrs["details"])["zero"]["max_iter"] and "max_iter" not in best
     assert got == {k: v for k, v in best.items() if k != "regularization"}
     rl = json.loads(cur.attrs["details"])["rl"]
-    assert rl["max_iter"] == tuning.rl_transfer(rl["half_data_iteration"], rl["spatial_iteration"],
-                                                rl["spectral_iteration"], rl["line_roughness"]) == settings[-1]["max_iter"]
+    assert rl["max_iter"] == tuning.sq_transfer(rl["sq_error_iteration"], tuning.rl_transfer(
+        rl["half_data_iteration"], rl["spatial_iteration"], rl["spectral_iteration"], rl["line_roughness"])
+    ) == settings[-1]["max_iter"]
     # the ladder's best k with its null space thresholded, stopped early like RL (iterations by thinning)
     th = settings[-2]
     ladder = settings[:-2]
@@ -140,9 +145,8 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
         tuning.ladder_choice(tuning.tune(x, y, regularization="none", max_iter=5))
     assert all(s["null_space"] == tuning.NULL_SPACE_DEFAULT[0] for s in ladder)
     d = json.loads(cur.attrs["details"])["threshold"]
-    assert d["half_data_iteration"] >= 4  # the 3 warm-start iterations counted
-    expected = tuning.threshold_transfer(d["half_data_iteration"], d["spatial_iteration"], d["spectral_iteration"])
-    assert th["max_iter"] == d["max_iter"] == expected
+    assert d["half_data_iteration"] >= 4 and d["sq_error_iteration"] >= 4  # the 3 warm-start iterations counted
+    assert th["max_iter"] == d["max_iter"] == tuning.sq_transfer(d["sq_error_iteration"])  # session 10
     with pytest.raises(ValueError, match="belong to neither"):
         tuning.select(x, y, rank=5)
 
@@ -161,6 +165,27 @@ def test_threshold_transfer_waits_for_lines_only_when_the_sharp_spatial_fit_stil
     assert tuning.threshold_transfer(150, 60, 140) == tuning.RL_MAX_ITER
     with pytest.raises(ValueError, match="n_spatial"):
         tuning.threshold_transfer(10, -1, 12)
+
+
+def test_heldout_squared_error_is_recorded_per_iterate_and_transferred(small_toy):
+    """Session 10: the sharp-spectral held-out squared error ``sum (d_B - r m_A)**2`` is recorded at every iterate
+    of the scored EM run (the run waits for its minimum too); its best iterate goes to all counts by sq_transfer."""
+    x, y, _ = small_toy
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+    sq, pp = [], []
+    z, curve, n, _ = tuning._run_em(sp, None, sp.start(), 6, None, parts=pp, sq=sq)
+    assert len(sq) == len(curve) == len(pp) == n + 1 == 7
+    models = [t._plus_background(t.model.forward(z)).astype(np.float64) for t in sp.terms]
+    assert sp.spectral == [1]
+    assert sq[-1] == pytest.approx(float(np.sum((sp.held[1] - sp.ratio * models[1]) ** 2)), rel=1e-5)
+    assert sp.sq_error_parts(models)[1] == pytest.approx(sq[-1], rel=1e-5)
+    assert sq[-1] < sq[0]  # the flat start predicts the lines worse than 6 RL iterations
+    f = tuning.RL_SQ_FACTOR
+    assert 1.0 < f < tuning.RL_LINE_FACTOR
+    assert tuning.sq_transfer(8) == round(f * 8) and tuning.sq_transfer(8, 30) == 30 and tuning.sq_transfer(0) == 1
+    assert tuning.sq_transfer(190, 3) == tuning.RL_MAX_ITER
+    with pytest.raises(ValueError, match="non-negative iteration count"):
+        tuning.sq_transfer(-1)
 
 
 def test_zeroed_prior_iterations_are_the_thinned_deviance_minimum_continued_from_the_ladder_run(small_toy):
