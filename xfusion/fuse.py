@@ -421,10 +421,11 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         (:func:`xfusion.tuning.resolve_auto`; the choice is the recorded ``regularization``, with
         ``max_iter`` when stopped early; the curve ``parameters["auto_tuning"]``). ``"auto"`` is
         the default (held-out scene suite, 24 small scenes, session 6: mean NMSE 19.6 dB against 17.0
-        for the tuned ``wavelet2d1d``, worse on 2 scenes; README). Since session 9 the family is chosen under a prior
-        fitted on the tuning suite (:data:`xfusion.tuning.FAMILY_MARGIN`): when the summed sharp-spectral counts show
-        lines the zeroed candidates must predict the held-out counts better by 9 paired standard errors (held-out
-        small suite: mean NMSE 20.39 -> 20.57 dB). Any wavelet option given explicitly (``k``,
+        for the tuned ``wavelet2d1d``, worse on 2 scenes; README). Since sessions 9-10 the family is chosen under a prior
+        fitted on the tuning suite (:func:`xfusion.tuning._family_prior`): when the summed sharp-spectral counts show
+        lines the zeroed candidates must predict the held-out counts better by 9 paired standard errors (18 with
+        >= 1.7 counts per fused voxel); without lines the zeroed prior is taken. Held-out suite, session 10: mean NMSE
+        20.86 dB at 24x24x600 and 20.02 dB at full size (RL oracle 19.61 and 17.34 dB; README). Any wavelet option given explicitly (``k``,
         ``n_scales_1d``, ``null_space``, ...) selects ``wavelet2d1d`` without the comparison;
         Dask-backed, Gaussian or count-free data fall back to ``wavelet2d1d`` (recorded). ``"auto"`` delivers the
         cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``, 1e4 pseudo-counts unless given; None: off;
