@@ -50,6 +50,10 @@ mean -20.2 km/s both; tuning 0-19 overall +1.03 dB (19/20), -1.0 km/s (11/16). H
 scenes it changes (indices 2, 6, 9): NMSE +0.14, +0.12, -0.03 dB against HEAD, velocity +2 and +15 km/s (worse);
 the issue's scene (cluster_core seed 0, pn 3e6; pn alone 23.22 dB / 79 km/s): 23.01 / 83 -> 22.02 / 111. Not
 adopted. No score tried makes MOS improve the velocity map (logs s10_mosvel_*.log of the development notes).
+With the session-10 issue-13 rules (size-aware family prior, squared-error iteration counts; HEAD 845df4e, held out,
+``--split heldout --n 10 --noise mad``, s10_lead_mosaic_heldout_final.log): MOS effect +0.93 dB (10/10, worst
++0.02), -11.4 km/s (5/8); mean fits pn 19.17 dB / 212 km/s, pn + MOS 20.09 dB / 200 km/s (session 9: pn 18.74 / 191,
+pn + MOS 19.89 / 197: the velocity effect improved because pn alone got worse).
 
     nice -n 15 python benchmarks/mosaic_suite.py --split tune --n 6
     nice -n 15 python benchmarks/mosaic_suite.py --split heldout --n 6 --json out.json
