@@ -400,16 +400,18 @@ class _Split:
             raise ValueError(f"{len(models)} predicted count cubes for {len(self.held)} held-out observations")
         return [deviance(h, self.ratio * m, k) for h, m, k in zip(self.held, models, self.masks)]
 
-    def sq_error_parts(self, models):
-        """Held-out squared error ``sum_v (d_v - r m_v)**2`` (counts**2) of part B of each observation for part-A
-        model counts ``models`` (model order; ``r = (1 - f) / f``; masks honoured). A proper score of the mean like
-        the deviance, but weighing every voxel's residual alike (the deviance divides by the counts), as the NMSE of
-        the fused cube weighs bright voxels (session 10, :data:`RL_SQ_FACTOR`)."""
+    def sq_error_parts(self, models, which=None):
+        """Held-out squared error ``sum_v (d_v - r m_v)**2`` (counts**2) of part B of the observations ``which``
+        (indices in model order; default all) for part-A model counts ``models`` (model order; ``r = (1 - f) / f``;
+        masks honoured). A proper score of the mean like the deviance, but weighing every voxel's residual alike (the
+        deviance divides by the counts), as the NMSE of the fused cube weighs bright voxels (session 10,
+        :data:`RL_SQ_FACTOR`)."""
         if len(models) != len(self.held):
             raise ValueError(f"{len(models)} predicted count cubes for {len(self.held)} held-out observations")
         out = []
-        for h, m, k in zip(self.held, models, self.masks):
-            r = np.asarray(h, dtype=np.float64) - self.ratio * np.asarray(m, dtype=np.float64)
+        for j in range(len(self.held)) if which is None else which:
+            h, k = self.held[j], self.masks[j]
+            r = np.asarray(h, dtype=np.float64) - self.ratio * np.asarray(models[j], dtype=np.float64)
             out.append(float(np.sum(r[k] ** 2 if k is not None else r * r)))
         return out
 
@@ -427,31 +429,33 @@ class _Split:
 
 
 class _ScoredEM(EMProx):
-    """EM + prox on part A that also scores the held-out part B at every iterate (reusing its forward models)."""
+    """EM + prox on part A that also scores the held-out part B at every iterate (reusing its forward models): the
+    deviance of each observation, and with ``sq`` the summed squared error of the sharp-spectral ones."""
 
-    def __init__(self, split, regularizer):
+    def __init__(self, split, regularizer, sq=False):
         n = len(split.terms)  # more than two inputs: the roles of fuse's EM step (balanced sharp-spatial group)
         super().__init__(PoissonLikelihood(split.terms), regularizer, roles=None if n <= 2 else [
             "spectral" if j in split.spectral else "spatial" for j in range(n)])
-        self.split = split
+        self.split, self.want_sq, self.sq = split, bool(sq), None
 
     def _eval(self, z):
         val, corr, models = self._models_and_correction(z)
         models = [t._plus_background(m) for t, m in zip(self.lik.terms, models)]  # held-out score of H z + B
         self.parts = self.split.score_parts(models)
-        self.sq_parts = self.split.sq_error_parts(models)
+        if self.want_sq:
+            self.sq = float(sum(self.split.sq_error_parts(models, self.split.spectral)))
         self.heldout = float(sum(self.parts))
         self._expected = models if self.noise_maps else None  # the noise probe's expected counts (EMProx._noise)
         return val, corr
 
     def init(self, z0):
         s = super().init(z0)
-        s["heldout"], s["heldout_parts"], s["heldout_sq_parts"] = self.heldout, self.parts, self.sq_parts
+        s["heldout"], s["heldout_parts"], s["heldout_sq"] = self.heldout, self.parts, self.sq
         return s
 
     def step(self, state):
         s = super().step(state)
-        s["heldout"], s["heldout_parts"], s["heldout_sq_parts"] = self.heldout, self.parts, self.sq_parts
+        s["heldout"], s["heldout_parts"], s["heldout_sq"] = self.heldout, self.parts, self.sq
         return s
 
 
@@ -470,7 +474,7 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
     ``past_min``, stops once the iteration count exceeds ``max(past_min, 2 * argmin)`` of the held-out curve
     (the minimum is then behind us).
     """
-    solver = _ScoredEM(split, reg)
+    solver = _ScoredEM(split, reg, sq=sq is not None)
     state = solver.init(np.array(z0, dtype=split.dtype, copy=True))
     stop = stopping_rule(solver, tol)
     hist = {stop.key: [state.get(stop.key, np.nan)]}
@@ -478,7 +482,7 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
     if parts is not None:
         parts.append(list(state["heldout_parts"]))
     if sq is not None:
-        sq.append(float(sum(state["heldout_sq_parts"][j] for j in split.spectral)))
+        sq.append(state["heldout_sq"])
     if best is not None:  # the iterates after z0 (z0 itself is the warm start, not the candidate)
         best.update(score=math.inf, z=None, i=None)
     abandoned = False
@@ -491,7 +495,7 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
         if parts is not None:
             parts.append(list(state["heldout_parts"]))
         if sq is not None:
-            sq.append(float(sum(state["heldout_sq_parts"][j] for j in split.spectral)))
+            sq.append(state["heldout_sq"])
         if best is not None and curve[-1] < best["score"]:
             best.update(score=curve[-1], z=np.array(state["z"], copy=True), i=it)
         if (abandon_above is not None and it >= max(patience_up, 3) and curve[-1] > abandon_above
@@ -621,6 +625,14 @@ def sq_transfer(n_sq, n_rule=0):
     return int(min(max(round(RL_SQ_FACTOR * float(n_sq)), int(n_rule), 1), RL_MAX_ITER))
 
 
+def _role_deviances(split, per_input):
+    """``(iterate, [sharp-spatial, sharp-spectral])`` held-out deviances from the per-input ones ``per_input``
+    (iterate, input) of :func:`_run_em`'s ``parts``."""
+    pp = np.asarray(per_input, dtype=np.float64)
+    spec = pp[:, split.spectral].sum(axis=1)
+    return np.stack([pp.sum(axis=1) - spec, spec], axis=1)
+
+
 def _curve_minima(curves, parts, sqs):
     """Best iterates (>= 1) of the mean over splits of the joint deviance, of the sharp-spatial and sharp-spectral
     deviances and of the sharp-spectral squared error: ``(n, best, n_spatial, n_spectral, n_sq)``."""
@@ -641,9 +653,7 @@ def _tune_none(splits, max_iter, tol):
         _, curve, _, _ = _run_em(sp, None, sp.start(), max_iter, None, past_min=10, parts=pp, sq=qq)
         curves.append(curve)
         sqs.append(qq)
-        pp = np.asarray(pp, dtype=np.float64)
-        spec = pp[:, sp.spectral].sum(axis=1)
-        parts.append(np.stack([pp.sum(axis=1) - spec, spec], axis=1))  # (iterate, [sharp-spatial, sharp-spectral])
+        parts.append(_role_deviances(sp, pp))
     n, best, n_sp, n_se, n_sq = _curve_minima(curves, parts, sqs)
     cands = [{"iteration": i} for i in range(n)]
     sp0 = splits[0]
@@ -665,13 +675,8 @@ THRESHOLD_MAX_ITER = 100
 #: guard below and factor 3: 0.56 / 3.65 / 17; with the guard and factor 2: 0.42 / 3.65 / 21 (3.65: point_sources/1013,
 #: whose half-data curve still falls at 100 iterations); a constant factor 1, 1.5 or 2: 0.69, 0.49, 0.74 dB.
 THRESHOLD_LINE_FACTOR = 2.0
-#: the session-7 rule (:func:`threshold_transfer`), used by "auto" until session 9; since session 10 the thresholded
-#: candidate's count is :data:`SQ_RULE` (:func:`sq_transfer`)
-THRESHOLD_RULE_S7 = ("n_full = n_half (warm-start iterations included) if the best half-data iterate, or the "
-                     "sharp-spatial instrument's own best, is the first one after the warm start, or if the "
-                     "sharp-spectral held-out deviance is best no later than the sharp-spatial one's; else "
-                     f"{THRESHOLD_LINE_FACTOR:g} n_half")
-THRESHOLD_RULE = SQ_RULE
+#: :func:`threshold_transfer` (the session-7 rule, used by "auto" until session 9) is kept for the benchmarks' replays;
+#: since session 10 the thresholded candidate's count is :data:`SQ_RULE` (:func:`sq_transfer`)
 
 
 def threshold_transfer(n_half, n_spatial, n_spectral, warm_iter=3):
@@ -735,9 +740,7 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
             iterates.append(bz.get("z"))
         curves.append(curve)
         sqs.append(qq)
-        pp = np.asarray(pp, dtype=np.float64)
-        spec = pp[:, sp.spectral].sum(axis=1)
-        parts.append(np.stack([pp.sum(axis=1) - spec, spec], axis=1))
+        parts.append(_role_deviances(sp, pp))
     _, best, n_sp, n_se, n_sq = _curve_minima(curves, parts, sqs)
     n_full = sq_transfer(n_sq + warm_iter)
     setting = {"regularization": "wavelet2d1d", **cand, "max_iter": n_full}
@@ -1143,7 +1146,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
             th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice, iterates=th_best)
             cands, choices = list(cands) + [th_set], choices + [th_choice]
             scores = np.vstack([scores, np.asarray(th_scores, dtype=np.float64)[None]])
-            extra = dict(extra, threshold={**th_choice, "rule": THRESHOLD_RULE})
+            extra = dict(extra, threshold={**th_choice, "rule": SQ_RULE})
         if include_rl:
             _, rl_scores, rl_choice, rl_extra = _tune_none(splits, 100, tol)
             rl_scores = np.asarray(rl_scores, dtype=np.float64)
