@@ -26,7 +26,10 @@ pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half a
 4. **profile** (not in the default sections): CPU ms per RL iteration per input, or per group of inputs evaluated
    together (:mod:`xfusion.operators.group`): forward, data term, adjoint, adding it to the EM correction, and the
    EM step, each piece timed in place, for 2, 5 and 7 inputs;
-5. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders) and the
+5. **factor** (not in the default sections): would the tiles be cheaper with their shared PSF applied once to the
+   fused cube and only their bare footprints per tile? Multiply-adds, CPU ms per forward and adjoint, and the
+   difference of the two forms, for tile 1 alone and the 4 tiles (:func:`factor`);
+6. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders) and the
    5-input (pn + 4 tiles) and 7-input mosaic (wavelet2d1d 10 iterations and RL 5 iterations) computed with the
    committed code (``git archive HEAD`` unpacked in a temporary directory, run in a subprocess; or the package under
    ``--reference DIR``) and with the working tree: maximum absolute difference of the flux (0 = bit for bit).
@@ -353,6 +356,102 @@ def profile(obs, n_iter=30):
         print(f"{n} inputs / 2 inputs: {tot / totals[0]:.2f}x the time for {d / data[0]:.2f}x the data")
 
 
+def factor(obs, n_iter=20):
+    """Issue 18, session 11: would the tiles be cheaper with their PSF applied ONCE to the fused cube? All tiles of
+    the mosaic share one PSF on the fused grid (checked), so ``F_i B z`` could be evaluated as ``F_i (B z)``: one
+    convolution per use (:class:`~xfusion.operators.psf.Convolve2D`, separable here), then each tile's BARE
+    footprint (~50 fused pixels per detector pixel instead of ~1100 after the PSF), stacked block-sparse on the
+    union of the pixels they see as in :class:`~xfusion.operators.group.SharedGather`; the adjoint adds the
+    footprints' transposes into one cube and makes one PSF transpose. Prints, for tile 1 alone and the 4 tiles (pn
+    fixes the grid): multiply-adds per channel (the exact non-zeros of the stacked F B, the block-sparse product as
+    evaluated, and the shared form's useful multiply-adds: a separable 'valid' convolution restricted to the pixels
+    the footprints read, ``k_y |S| + k_x |S dilated along y|``, plus the bare footprints' blocks), CPU ms per
+    forward and adjoint (best of 3 x ``n_iter``, one BLAS thread, float32, 400 channels) and the largest
+    difference between the two forms (relative to the largest output)."""
+    from scipy.ndimage import binary_dilation
+    from threadpoolctl import threadpool_limits
+
+    from xfusion.fuse import _precheck
+    from xfusion.grid import psf_on_grid
+    from xfusion.observation import pixel_size
+    from xfusion.operators.footprint import BlockFootprint, _boxes
+    from xfusion.operators.group import SharedGather, group_models
+    from xfusion.operators.model import _footprint_op
+    from xfusion.operators.psf import Convolve2D
+
+    clock = time.process_time
+
+    def best(f):
+        f()
+        out = []
+        for _ in range(3):
+            c0 = clock()
+            for _ in range(n_iter):
+                f()
+            out.append((clock() - c0) / n_iter * 1e3)
+        return min(out)
+
+    print("\n== shared PSF (one convolution + bare footprints) vs footprint x PSF per tile (load %s) ==" % " ".join(
+        f"{v:.1f}" for v in os.getloadavg()))
+    grid = xfusion.fusion_grid(*obs.values())
+    px = pixel_size(grid)
+    for tiles in (["tile1"], [k for k in obs if k.startswith("tile")]):
+        keys = ["pn"] + tiles
+        _, _, _, models, _ = _precheck([obs[k] for k in keys], {}, False)
+        g = next(g for g, _ in group_models(models) if isinstance(g, SharedGather))
+        M, N, L = g.fused_shape
+        kernels = [psf_on_grid(obs[k]["psf"], px).values for k in tiles]
+        if any(k.shape != kernels[0].shape or not np.array_equal(k, kernels[0]) for k in kernels):
+            print("  the tiles' PSFs differ on the fused grid: no shared convolution")
+            continue
+        conv = Convolve2D(kernels[0], (M, N))
+        bare = np.vstack([_footprint_op(grid, obs[k], None, grid["energy"].values).matrix.toarray() for k in tiles])
+        union = np.flatnonzero((bare != 0).any(axis=0))
+        order, starts = _boxes(bare[:, union], union, N)
+        fp = BlockFootprint(bare[:, union][:, order], starts)
+        runs = fp.runs(union[order])
+        S = np.zeros(M * N, bool)
+        S[union] = True
+        S = S.reshape(M, N)
+        kx, ky = conv.kernel.shape
+        Sy = binary_dilation(S, np.ones((1, ky), bool))
+        dense = g.footprint.matrix
+        macs = {"exact F B non-zeros": int(np.count_nonzero(dense)),
+                "F B block-sparse (as run)": sum(r.size * (e - a) for a, e, r, *_ in g.footprint.blocks),
+                "shared: PSF (useful) + bare blocks": int(ky * S.sum() + kx * Sy.sum())
+                + sum(r.size * (e - a) for a, e, r, *_ in fp.blocks)}
+        rng = np.random.default_rng(0)
+        z = rng.random((M, N, L), dtype=np.float32)
+        u = rng.random((dense.shape[0], L), dtype=np.float32)
+
+        def shared_forward():
+            return fp.forward_from(conv.forward(z).reshape(M * N, L), runs)
+
+        def shared_adjoint():
+            c = np.zeros((M * N, L), np.float32)
+            fp.adjoint_add(u, c, runs)
+            return conv.adjoint(c.reshape(M, N, L))
+
+        def current_adjoint():
+            return g.footprint.adjoint_add(u, np.zeros((M * N, L), np.float32), g._runs)
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            ref = g.footprint.forward_from(z.reshape(M * N, L), g._runs)
+            d_f = float(np.abs(shared_forward() - ref).max() / np.abs(ref).max())
+            a_ref = current_adjoint().reshape(M, N, L)
+            d_a = float(np.abs(shared_adjoint() - a_ref).max() / np.abs(a_ref).max())
+            t = {"F B per tile (SharedGather)": (best(lambda: g.footprint.forward_from(z.reshape(M * N, L), g._runs)),
+                                                 best(current_adjoint)),
+                 "shared PSF + bare footprints": (best(shared_forward), best(shared_adjoint)),
+                 "  of which the PSF": (best(lambda: conv.forward(z)), best(lambda: conv.adjoint(z)))}
+        print(f"{' + '.join(tiles)}: {dense.shape[0]} detector pixels, {union.size} fused pixels in their footprints "
+              f"(of {M * N}), PSF {kx}x{ky}{' separable' if conv.separable is not None else ''}; multiply-adds per "
+              "channel: " + ", ".join(f"{k} {v}" for k, v in macs.items()))
+        for k, (f, a) in t.items():
+            print(f"  {k:30s} forward {f:6.2f} ms  adjoint {a:6.2f} ms  (CPU, {L} channels, float32)")
+        print(f"  max |shared - per tile| / max: forward {d_f:.1e}, adjoint {d_a:.1e}", flush=True)
+
+
 def two_input_check(args):
     """Fuse pn + tile 1, an image + image pair (both orders), pn + 4 tiles and the 7 mosaic inputs with the committed
     code (or the package under ``--reference``) and with the working tree; print the max |difference| per case."""
@@ -414,7 +513,7 @@ def two_input_check(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="quality,seams,time",
-                    help="comma list of quality, seams, time, profile, or none")
+                    help="comma list of quality, seams, time, profile, factor, or none")
     ap.add_argument("--size", type=int, nargs=2, default=(72, 400), metavar=("N", "L"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-iter", type=int, default=50)
@@ -440,7 +539,7 @@ def main():
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     t0 = time.perf_counter()
-    if sections & {"quality", "seams", "time", "profile"}:
+    if sections & {"quality", "seams", "time", "profile", "factor"}:
         obs, truth = make_mosaic(seed=args.seed, size=tuple(args.size), counts=tuple(args.counts))
         print(f"scene built in {time.perf_counter() - t0:.1f} s: " + ", ".join(
             f"{o.attrs['name']} {float(o['counts'].sum()):.3g} counts" for o in obs.values()))
@@ -462,6 +561,8 @@ def main():
         timing(obs, args)
     if "profile" in sections:
         profile(obs)
+    if "factor" in sections:
+        factor(obs)
     if args.two_input_check:
         two_input_check(args)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
