@@ -64,6 +64,7 @@ OPS = {
     "conv2d": (lambda: Convolve2D(K2, (11, 8)), (11, 8, 6)),
     "conv2d_kernel_larger_than_field": (lambda: Convolve2D(K2, (4, 3)), (4, 3, 2)),
     "spatial_matrix": (lambda: SpatialMatrix.from_psf(K2, (9, 6), 3), (9, 6, 7)),
+    "spatial_matrix_separable": (lambda: SpatialMatrix.from_psf(KS, (9, 6), 3), (9, 6, 7)),
     "energy_dependent_conv": (lambda: EnergyDependentSpatial(
         [Convolve2D(K2, (9, 6)), Convolve2D(K2b, (9, 6))], band_weights([0.7, 1.1], ENERGIES)), (9, 6, 12)),
     "energy_dependent_matrix": (lambda: EnergyDependentSpatial(

@@ -167,6 +167,9 @@ class SpatialMatrix:
     """
 
     block_ops = None
+    #: None, or ``(Px, Py)`` with ``P = kron(Px, Py)`` (a separable PSF, :meth:`from_psf`): the products then run
+    #: on the two axes in turn
+    factors = None
 
     def __init__(self, matrix, in_hw, out_hw):
         P = np.asarray(matrix, dtype=np.float64)
@@ -175,6 +178,7 @@ class SpatialMatrix:
             raise ValueError(f"matrix shape {P.shape} does not map {in_hw} to {out_hw}")
         self.matrix = P
         self._P = {np.dtype(np.float64): P, np.dtype(np.float32): P.astype(np.float32)}
+        self._F = {}
 
     @classmethod
     def from_psf(cls, kernel, shape, factor):
@@ -182,7 +186,9 @@ class SpatialMatrix:
 
         With ``G = K * ones(v, v)`` (full convolution: the PSF summed over one coarse pixel),
         ``P[(s, t), (i, j)] = G[s v - i + h_x + v - 1, t v - j + h_y + v - 1]`` (zero outside G):
-        a gather of m n M N elements, no identity cube and no FFTs.
+        a gather of m n M N elements, no identity cube and no FFTs. A separable kernel ``K = outer(a, b)``
+        (:func:`separable_factors`) also gives :attr:`factors`: ``P = kron(Px, Py)`` with ``Px[s, i] = (a * 1_v)[s v
+        - i + h_x + v - 1]`` (and ``Py`` alike), which :meth:`forward` and :meth:`adjoint` then use.
         """
         from scipy.signal import convolve2d
 
@@ -203,15 +209,36 @@ class SpatialMatrix:
         P = P.transpose(0, 2, 1, 3).reshape(m * n, M * N)
         op = cls(P, (M, N), (m, n))
         op.block_ops = [Convolve2D(k, (M, N))] + ([Rebin((v, v, 1))] if v > 1 else [])
+        sep = separable_factors(k)
+        if sep is not None:  # K = outer(a, b): G = outer(a * 1_v, b * 1_v), P = kron(Px, Py)
+            gx, gy = np.convolve(sep[0], np.ones(v)), np.convolve(sep[1], np.ones(v))
+            op.factors = (np.where(okx, gx[Gx], 0.0), np.where(oky, gy[Gy], 0.0))
         return op
 
+    def _factors(self, dtype):
+        if dtype not in self._F:
+            self._F[dtype] = tuple(np.ascontiguousarray(f, dtype=dtype) for f in self.factors)
+        return self._F[dtype]
+
     def forward(self, z):
+        """``P z`` over the pixels of every energy slice (or component); with :attr:`factors` as ``Px`` along axis
+        0 then ``Py`` along axis 1 (the same operator to float round-off; (M + m) N / (m n) times fewer
+        multiply-adds than the dense product, e.g. 11x for 45x45 pixels to 15x15)."""
         M, N = self.in_hw
+        if self.factors is not None and z.dtype in (np.float32, np.float64):
+            px, py = self._factors(z.dtype)
+            a = (px @ z.reshape(M, -1)).reshape(px.shape[0], N, -1)  # (m, N, L)
+            return np.matmul(py, a).reshape(self.out_hw + z.shape[2:])
         out = self._P[z.dtype] @ z.reshape(M * N, -1)
         return out.reshape(self.out_hw + z.shape[2:])
 
     def adjoint(self, u):
+        """``P^T u``; with :attr:`factors` as ``Py^T`` along axis 1 then ``Px^T`` along axis 0."""
         m, n = self.out_hw
+        if self.factors is not None and u.dtype in (np.float32, np.float64):
+            px, py = self._factors(u.dtype)
+            b = np.matmul(py.T, u.reshape(m, n, -1))  # (m, N, L)
+            return (px.T @ b.reshape(m, -1)).reshape(self.in_hw + u.shape[2:])
         out = self._P[u.dtype].T @ u.reshape(m * n, -1)
         return out.reshape(self.in_hw + u.shape[2:])
 

@@ -469,9 +469,23 @@ def mad_sigma(a) -> float:
     x = x.reshape(-1)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    med = np.median(x)
+    med = _median(x)
     dev = np.abs(x - med)
-    return float(np.median(dev)) / 0.6745
+    return float(_median(dev)) / 0.6745
+
+
+def _median(x):
+    """``np.median`` of a 1D floating array, the same value (NaN if any is NaN; the mean of the two middle values, in
+    the array's dtype, for an even size) by one partition at the middle (``np.median`` also partitions the last
+    element, to find NaNs)."""
+    n = x.size
+    h = n // 2
+    if np.isnan(x).any():
+        return x.dtype.type(np.nan)
+    if n % 2:
+        return np.partition(x, h)[h]
+    p = np.partition(x, (h - 1, h))
+    return np.mean(p[h - 1:h + 1])
 
 
 def soft_threshold(a, thresh) -> np.ndarray:

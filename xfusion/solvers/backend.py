@@ -59,6 +59,8 @@ class NumpyBackend:
     client = None
     #: the solvers may evaluate inputs that share a first operator together (:mod:`xfusion.operators.group`)
     grouped = True
+    #: :meth:`statistics` returns None (the prox computes them): a solver need not form their argument
+    stats_with_state = False
 
     def cube(self, z0, shape, dtype):
         a = np.asarray(z0)

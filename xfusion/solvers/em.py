@@ -99,7 +99,8 @@ def _ones(d):
 
 def _half(z, corr, s):
     """The EM step ``z * corr / s``."""
-    return z * corr / s
+    out = np.multiply(z, corr)
+    return np.divide(out, s, out=out) if out.dtype == np.result_type(out, s) else out / s
 
 
 def _variance(z, s):
@@ -137,15 +138,29 @@ def _weighted_total(s, z):
     return float(np.sum(s * z, dtype=np.float64))
 
 
+def _row_total(q):
+    """``sum(q)`` of a cube of squares: summed along the last axis in ``q``'s dtype (pairwise: relative error ~1e-7
+    in float32), the partial sums in float64; None when not finite in a narrower dtype than float64 (overflow: the
+    caller sums again in float64)."""
+    out = float(np.sum(np.add.reduce(q, axis=-1) if q.ndim else q, dtype=np.float64))
+    return out if np.isfinite(out) or q.dtype == np.float64 else None
+
+
 def _sq_diff(a, b):
-    """``sum((a - b)^2)`` in float64 (a block's share)."""
-    d = a.astype(np.float64) - b
-    return float(np.sum(d * d))
+    """``sum((a - b)^2)`` (a block's share; for the iterate change of the stop rule, which is compared with ``tol``):
+    see :func:`_row_total`."""
+    d = np.subtract(a, b)
+    out = _row_total(np.multiply(d, d, out=d))
+    if out is None:
+        d = np.subtract(a, b, dtype=np.float64)
+        out = _row_total(np.multiply(d, d, out=d))
+    return out
 
 
 def _sq(a):
-    """``sum(a^2)`` in float64 (a block's share)."""
-    return float(np.sum(np.square(a, dtype=np.float64)))
+    """``sum(a^2)`` (a block's share): see :func:`_row_total`."""
+    out = _row_total(np.square(a))
+    return _row_total(np.square(a, dtype=np.float64)) if out is None else out
 
 
 def _rescaled(z, num, den):
@@ -153,7 +168,8 @@ def _rescaled(z, num, den):
     num, den = float(num), float(den)
     if not (den > 0 and np.isfinite(num) and np.isfinite(den)):
         return z
-    return (z * np.float64(num / den)).astype(z.dtype, copy=False)
+    # the product in float64, rounded to z's dtype on output (no float64 cube)
+    return np.multiply(z, np.float64(num / den), out=np.empty(z.shape, z.dtype), casting="same_kind")
 
 
 def _clip_hold(z, free):
@@ -336,7 +352,8 @@ class EMProx:
             scalars["noise_state"] = index
             self._expected = None
         elif self.reg is not None:  # statistics of the next EM step, with the state (None in memory: see the backend)
-            stats = (self.reg, self.B.statistics(self.reg, self.B.map(_half, z, corr, self.sens)))
+            stats = (self.reg, self.B.statistics(self.reg, self.B.map(_half, z, corr, self.sens))
+                     if getattr(self.B, "stats_with_state", True) else None)
         if z_prev is not None:  # ||z - z_prev||^2 and ||z||^2: totals, on Dask in the same round trip
             scalars.update(_dz2=self.B.total(_sq_diff, z, z_prev), _z2=self.B.total(_sq, z))
         state = self.B.finish(arrays, scalars, stats)
