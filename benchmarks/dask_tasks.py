@@ -25,6 +25,7 @@ import psutil
 from dask.callbacks import Callback
 
 import xfusion
+from xfusion.fuse import _flat_level
 from xfusion.grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
 from xfusion.likelihood import PoissonLikelihood, PoissonTerm
 from xfusion.operators.model import build_model
@@ -51,8 +52,7 @@ def setup(name, dtype=np.float32):
     mx, my = mx.scaled(scale), my.scaled(scale)
     shape = mx.fused_shape
     xd, yd = xo["counts"].values.astype(dtype), yo["counts"].values.astype(dtype)
-    flat = float(mx.per_channel().reduced(np.ones((1, shape[2])))[1].sum()) * shape[0] * shape[1]
-    level = float(xd.sum(dtype=np.float64)) / max(flat, 1e-300)
+    level = _flat_level(mx, float(xd.sum(dtype=np.float64)), shape, dtype)  # fuse's start level
     return dict(mx=mx, my=my, xd=xd, yd=yd, z0=np.full(shape, level, dtype), v=grid.attrs["spatial_factor"],
                 block=block, shape=shape)
 

@@ -33,6 +33,12 @@ from xfusion import scenes as sc
 from xfusion import tuning
 
 
+def _by_index(path):
+    """JSON-lines rows of ``path`` by their suite index (a later row replaces an earlier one)."""
+    with open(path) as fh:
+        return {r["index"]: r for r in map(json.loads, fh)}
+
+
 def _tweedie(d, m, p=0.5):
     """Tweedie deviance of power ``p`` (0 < p < 1; p -> 1 Poisson, p = 0 squared error) summed over voxels."""
     d = np.asarray(d, dtype=np.float64)
@@ -79,11 +85,7 @@ def _run(sp, reg, z0, n_max, window=20):
 
 
 def curves(indices, split="tune", n_suite=48, out=None, family=None, rl_max=150, th_max=100, quarter=True):
-    rows = {}
-    if family:
-        for line in open(family):
-            r = json.loads(line)
-            rows[r["index"]] = r
+    rows = _by_index(family) if family else {}
     specs = sc.suite(split, n=n_suite)
     for i in indices:
         spec = specs[i]
@@ -173,14 +175,7 @@ def _family(row, richness):
 def replay(family_path, curves_path, lo=0, hi=48, factors=None, verbose=True):
     """Offline "auto" with the session-9 and session-10 iteration transfers (same family choice) on tuning scenes
     lo <= index < hi present in both files; ``factors``: RL_SQ_FACTOR values to compare (default: the shipped one)."""
-    fam_rows = {}
-    for line in open(family_path):
-        r = json.loads(line)
-        fam_rows[r["index"]] = r
-    cur_rows = {}
-    for line in open(curves_path):
-        r = json.loads(line)
-        cur_rows[r["index"]] = r
+    fam_rows, cur_rows = _by_index(family_path), _by_index(curves_path)
     idx = [i for i in sorted(set(fam_rows) & set(cur_rows)) if lo <= i < hi]
     specs = sc.suite("tune", n=48)
     rich = {}

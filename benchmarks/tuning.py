@@ -34,6 +34,12 @@ SCENES = [("small", 1.0), ("small", 0.1), ("gaussian_rebin", 1.0), ("gaussian_re
           ("realistic_rebin", 1.0)]
 
 
+def _by_index(path):
+    """JSON-lines rows of ``path`` by their suite index (a later row replaces an earlier one)."""
+    with open(path) as fh:
+        return {r["index"]: r for r in map(json.loads, fh)}
+
+
 def scene(name, factor, seed=0):
     cfg = toy.load_config(name)
     over = {"x": {"counts": cfg["x"]["counts"] * factor}, "y": {"counts": cfg["y"]["counts"] * factor}}
@@ -508,12 +514,8 @@ def zero_rules(path, lo=0, hi=48, seed=0):
     """Offline comparison of iteration rules for the zeroed prior on zero_data rows (lo <= index < hi): NMSE lost
     against the best iteration in hindsight (1..50 and 1..100), against the best of 10/20/30/50/100, and the prior
     iterations the half-data runs needed (python benchmarks/tuning.py zero_rules s8_quality_zero_data.jsonl 0 24)."""
-    rows = [json.loads(line) for line in open(path)]
-    rows = [r for r in rows if lo <= r["index"] < hi]
-    seen = {}
-    for r in rows:
-        seen[r["index"]] = r
-    rows = [seen[i] for i in sorted(seen)]
+    seen = _by_index(path)
+    rows = [seen[i] for i in sorted(seen) if lo <= i < hi]
     print(f"{len(rows)} scenes ({sum(r['choice'].get('null_space') == 'zero' for r in rows)} where 'auto' chose the "
           f"zeroed prior: marked *)")
     rules = {"default (tol 1e-4, max 50)": None}
@@ -567,14 +569,7 @@ def zero_family(zero_path, guard_path, lo=0, hi=48, factor=None, seed=0):
     continued run) instead of its last. zero_data rows (this session) + guard_data rows (session 7: full-data NMSE
     curves of the thresholded candidate and plain RL), joined on the suite index (python benchmarks/tuning.py
     zero_family s8_quality_zero_data.jsonl s7_quality_guard_data.jsonl 0 24)."""
-    zr = {}
-    for line in open(zero_path):
-        r = json.loads(line)
-        zr[r["index"]] = r
-    gr = {}
-    for line in open(guard_path):
-        r = json.loads(line)
-        gr[r["index"]] = r
+    zr, gr = _by_index(zero_path), _by_index(guard_path)
     idx = [i for i in sorted(zr) if lo <= i < hi and i in gr]
     fac = tuning.ZERO_FACTOR if factor is None else factor
     out = {k: [] for k in ("s7", "rule", "rule_b12", "rule_bcont", "oracle3", "rl_oracle")}
@@ -967,9 +962,7 @@ def ladder_rules(paths, fit=None, verbose=True):
     (point_sources/1028) and 3.9 dB (point_sources/1013) on tuning rows; not adopted either."""
     rows = {}
     for path in paths:
-        for line in open(path):
-            r = json.loads(line)
-            rows[r["index"]] = r
+        rows.update(_by_index(path))
     groups = {"all": sorted(rows)}
     if fit is not None:
         groups = {"fit": [i for i in sorted(rows) if i in fit], "check": [i for i in sorted(rows) if i not in fit]}
@@ -999,9 +992,8 @@ def family_rules(paths):
 
     rows = {}
     for path in paths:
-        for line in open(path):
-            r = json.loads(line)
-            rows[(tuple(r["shape"]), r["index"])] = r
+        with open(path) as fh:
+            rows.update({(tuple(r["shape"]), r["index"]): r for r in map(json.loads, fh)})
     w = 3
     out = {}
     for key in sorted(rows):
