@@ -186,3 +186,36 @@ def test_soft_threshold():
     assert soft_threshold(a.astype(np.float32), np.float64(1.0)).dtype == np.float32
     with pytest.raises(ValueError):
         soft_threshold(a, -1.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 1001])
+def test_median_equals_numpy(rng, n):
+    """The one-partition median: np.median's value for odd and even sizes, ties and NaN, in the array's dtype."""
+    from xfusion.regularizers.starlet import _median
+
+    for a in (rng.standard_normal(n), np.round(rng.standard_normal(n), 1), rng.standard_normal(n).astype(np.float32)):
+        m = _median(a.copy())
+        assert m == np.median(a) and np.asarray(m).dtype == a.dtype
+    a = rng.standard_normal(n)
+    a[n // 2] = np.nan
+    assert np.isnan(_median(a))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threshold_in_place_equals_soft_threshold(rng, dtype):
+    """The prox's in-place, row-blocked thresholding gives the cube of coarse + sum_b soft_threshold(w_b, th_b) to
+    the bit, and its penalty sum_b th_b ||S(w_b)||_1 to float64 round-off."""
+    from xfusion.regularizers.sparsity import Wavelet2D1D
+
+    reg = Wavelet2D1D(k=1.5, n_scales_2d=1, n_scales_1d=3, null_space="zero")
+    z = rng.gamma(2.0, 1.0, (9, 7, 40)).astype(dtype)
+    c1 = reg._coefficients(z, 0)
+    stats = reg._statistics(c1, z.shape)
+    ref, pen = c1[reg.n2][reg.n1].copy(), 0.0
+    for band, th in reg._thresholds(c1, stats, 1.0):
+        kept = soft_threshold(band, th)
+        ref += kept
+        pen += float(np.sum(np.abs(kept) * th, dtype=np.float64))
+    out, got = reg._apply(reg._coefficients(z, 0), stats)
+    np.testing.assert_array_equal(out, ref)
+    assert got == pytest.approx(pen, rel=1e-6) and pen > 0
