@@ -94,7 +94,7 @@ def curves(indices, split="tune", n_suite=48, out=None, family=None, rl_max=150,
         if i in rows:
             wch = rows[i]["ladder"]
         else:
-            wch = tuning.ladder_choice(tuning.select(x, y))
+            wch = tuning.ladder_choice(tuning.select(x, y, complete=True))
         sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
         rl, _ = _run(sp, None, sp.start(), rl_max)
         z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
@@ -228,7 +228,7 @@ def fullcheck(family_path, indices=None):
         if list(truth["flux"].shape) != list(r["shape"]):
             raise ValueError(f"{r['name']}: the row is of a {r['shape']} cube, the suite scene {truth['flux'].shape}")
         t0 = time.perf_counter()
-        cur = tuning.select(x, y)
+        cur = tuning.select(x, y, complete=True)
         el = time.perf_counter() - t0
         det = json.loads(cur.attrs["details"])
         ch = tuning.choice(cur)

@@ -62,7 +62,7 @@ def diag(indices, split="tune", n=48, size="small"):
         grid = fusion_grid(x, y)
         v = int(grid.attrs["spatial_factor"])
         gl = int(grid.attrs["spectral_factor"])
-        cur = tuning.select(x, y)
+        cur = tuning.select(x, y, complete=True)
         ch = tuning.choice(cur)
         det = json.loads(cur.attrs["details"])
         rows = {}
@@ -119,7 +119,7 @@ def cache(indices, split="tune", n=48, size="small", out="shape_cache"):
             continue
         spec = specs[i]
         x, y, truth = sc.from_spec(spec, size=size)
-        cur = tuning.select(x, y)
+        cur = tuning.select(x, y, complete=True)
         ch = tuning.choice(cur)
         res = xfusion.fuse(x, y, progress=False, **ch)
         grid = fusion_grid(x, y)

@@ -87,7 +87,8 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
     if select:
         from xfusion import tuning
 
-        cur = tuning.select(x, y, **{k: v for k, v in fuse_kwargs.items() if k in tuning.WAVELET_KEYS})
+        cur = tuning.select(x, y, complete=True,  # every family run: the RL pick below
+                            **{k: v for k, v in fuse_kwargs.items() if k in tuning.WAVELET_KEYS})
         ch = tuning.choice(cur)
         row["t_select_s"] = time.perf_counter() - t0
         row["selected"] = ch

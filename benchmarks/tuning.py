@@ -241,7 +241,7 @@ def wave_iters(indices, size="small", n_max=200):
     for i in indices:
         name, x, y, t = _suite_scene(i, size)
         t0 = time.perf_counter()
-        cur = tuning.select(x, y)
+        cur = tuning.select(x, y, complete=True)
         ch = tuning.choice(cur)
         wch = tuning.ladder_choice(cur)
         t_sel = time.perf_counter() - t0
@@ -279,7 +279,7 @@ def null_iters(indices, size="small", n_max=100, n_suite=24):
     for i in indices:
         name, x, y, t = _suite_scene(i, size, n=n_suite)
         t0 = time.perf_counter()
-        cur = tuning.select(x, y)
+        cur = tuning.select(x, y, complete=True)
         ch = tuning.choice(cur)
         wch = tuning.ladder_choice(cur)
         rl_pick = json.loads(cur.attrs["details"])["rl"]["max_iter"]
@@ -330,7 +330,7 @@ def hindsight(indices, split="heldout", size="small", shape="auto"):
     for i in indices:
         name, x, y, t = _suite_scene(i, size, split)
         t0 = time.perf_counter()
-        cur = tuning.select(x, y)
+        cur = tuning.select(x, y, complete=True)
         ch = tuning.choice(cur)
         res = []
         for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
@@ -393,7 +393,7 @@ def _paired(sp, za, zb):
 def _auto_record(x, y):
     """The 'auto' selection of a scene as the data collectors record it: ``(choice, ladder choice, details,
     {setting: mean held-out deviance})``."""
-    cur = tuning.select(x, y)
+    cur = tuning.select(x, y, complete=True)
     devs = {str(s): float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
     return tuning.choice(cur), tuning.ladder_choice(cur), json.loads(cur.attrs["details"]), devs
 
@@ -1057,7 +1057,7 @@ def asam_breakdown(indices, split="heldout", n_suite=24, size="small"):
 
     for i in indices:
         name, x, y, t = _suite_scene(i, size, split, n=n_suite)
-        cur = tuning.select(x, y)
+        cur = tuning.select(x, y, complete=True)
         ch = tuning.choice(cur)
         wch = tuning.ladder_choice(cur)
         auto = xfusion.fuse(x, y, progress=False, **ch).flux.values.astype(np.float64)

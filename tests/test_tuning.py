@@ -115,7 +115,7 @@ def test_auto_regularization_compares_rl_and_wavelet_on_the_same_split(small_toy
     """``select`` (regularization "auto") = the wavelet candidates of ``tune`` + plain RL at its best iteration,
     scored on the same held-out half; the choice names its family and is the smallest held-out deviance."""
     x, y, _ = small_toy
-    cur = tuning.select(x, y, seed=0)
+    cur = tuning.select(x, y, seed=0, complete=True)  # every family run in full (the default cuts hopeless runs)
     settings = [json.loads(s) for s in cur["setting"].values]
     assert settings[-1]["regularization"] == "none" and settings[-1]["max_iter"] >= 1
     assert all("k" in s for s in settings[:-1])
@@ -357,3 +357,48 @@ def test_line_richness_sees_broad_lines_and_family_prior_follows_it(small_toy):
         assert list(pen) == want, rec  # faint lines: FAMILY_MARGIN (9) SE; a continuum only: the zeroed ladder
     za = np.full(sp.shape, 1.0, np.float32)  # paired held-out difference of an iterate with itself: 0, variance 0
     assert tuning._paired_difference(sp, za, za) == (0.0, 0.0)
+
+
+def test_run_em_stops_a_hopeless_run_once_its_deviance_minimum_is_behind(small_toy):
+    """``_run_em(hopeless=...)`` (session 12): asked each time the held-out deviance's own minimum i is max(past_min,
+    i) iterates behind (even if the squared error's minimum is not); a False answer changes nothing, a True one stops
+    the run there, reported as abandoned, with the iterates so far unchanged."""
+    x, y, _ = small_toy
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+    reg = tuning._wavelet_reg({}, {"null_space": "threshold", "n_scales_1d": 2, "k": 1.0})
+    z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+    runs = {}
+    for name, answer in (("none", None), ("never", False), ("always", True)):
+        asked = []
+        test = None if answer is None else (lambda b, a=answer, asked=asked: asked.append(b["i"]) or a)
+        _, curve, n, abandoned = tuning._run_em(sp, reg, z0, 60, None, past_min=3, best={}, sq=[], hopeless=test)
+        runs[name] = (curve, n, abandoned, asked)
+    assert runs["never"][:3] == runs["none"][:3] and not runs["none"][2]
+    curve, n, abandoned, asked = runs["always"]
+    full = runs["none"][0]
+    first = next(it for it in range(1, len(full)) if it - int(np.argmin(full[:it + 1])) >= max(3, int(np.argmin(
+        full[:it + 1]))))
+    assert abandoned and n == first and len(asked) == 1 and curve == full[:n + 1]
+    assert asked[0] == int(np.argmin(full[1:n + 1]) + 1)  # asked with the best iterate so far
+
+
+def test_select_cuts_only_runs_that_cannot_change_the_choice(small_toy):
+    """By default ``select`` (session 12) does not run the thresholded candidate and plain RL when the summed
+    sharp-spectral counts have no lines (the family prior then takes the zeroed ladder whatever they score), and
+    stops the thresholded run early once the prior can no longer choose it; the choice is the one given with every
+    candidate run in full (``complete=True``)."""
+    x, y, _ = scenes.make("synchrotron", seed=7, counts=3e5, size="small")
+    full, cut = tuning.select(x, y, seed=0, complete=True), tuning.select(x, y, seed=0)
+    assert tuning.choice(cut) == tuning.choice(full) and tuning.choice(cut)["null_space"] == "zero"
+    d_full, d_cut = json.loads(full.attrs["details"]), json.loads(cut.attrs["details"])
+    assert not d_full["family_prior"]["lines"] and "no lines" in d_cut["family_prior"]["settled"]
+    assert "rl" in d_full and "threshold" in d_full and "rl" not in d_cut and "threshold" not in d_cut
+    assert cut.sizes["candidate"] == full.sizes["candidate"] - 2
+    np.testing.assert_array_equal(cut["mean_deviance"].values, full["mean_deviance"].values[:-2])
+    x, y, _ = small_toy  # lines; plain RL beats the thresholded candidate, whose run stops at its deviance minimum
+    full, cut = tuning.select(x, y, seed=0, complete=True), tuning.select(x, y, seed=0)
+    assert tuning.choice(cut) == tuning.choice(full)
+    th_full, th_cut = json.loads(full.attrs["details"])["threshold"], json.loads(cut.attrs["details"])["threshold"]
+    assert th_cut.get("stopped_hopeless") and "stopped_hopeless" not in th_full
+    assert th_cut["half_data_iteration"] == th_full["half_data_iteration"]  # same best iterate, same score
+    np.testing.assert_array_equal(cut["mean_deviance"].values, full["mean_deviance"].values)

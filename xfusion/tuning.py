@@ -178,7 +178,7 @@ RL_MAX_ITER = 200
 RL_LINE_FACTOR = 3.0
 #: diagnostics in a plain-RL choice (not fuse options)
 DIAG_KEYS = ("half_data_iteration", "spatial_iteration", "spectral_iteration", "line_roughness",
-             "sq_error_iteration")
+             "sq_error_iteration", "stopped_hopeless")
 #: Session 10: factor from the best half-data iterate of the sharp-spectral instrument(s)' held-out SQUARED ERROR
 #: (``n_sq``; :meth:`_Split.sq_error_parts`) to all counts, for plain RL (``n_full = max(rl_transfer(...),
 #: round(RL_SQ_FACTOR n_sq))``, :func:`sq_transfer`) and for the thresholded candidate (``n_full = round(RL_SQ_FACTOR
@@ -460,13 +460,16 @@ class _ScoredEM(EMProx):
 
 
 def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, past_min=None, parts=None, best=None,
-            sq=None):
+            sq=None, hopeless=None):
     """Run scored EM(+prox) on part A from ``z0``; return (z, heldout curve, n_iter, abandoned).
 
     ``parts`` (a list, optional) receives the held-out deviance of each observation at every iterate; ``best`` (a dict,
     optional) the iterate with the smallest held-out deviance (``z``, its ``score`` and iteration ``i``); ``sq`` (a
     list, optional) the held-out squared error of the sharp-spectral observations (``split.spectral``, summed) at every
-    iterate, and ``past_min`` then also waits until ITS minimum is behind.
+    iterate, and ``past_min`` then also waits until ITS minimum is behind. ``hopeless`` (with ``past_min`` and
+    ``best``; optional): called with ``best`` once the deviance's own minimum is behind (and again whenever that best
+    iterate changes); when it returns True the run stops there, reported as abandoned (the candidate cannot be chosen,
+    so the squared error's later minimum is not needed).
 
     Stops like :func:`xfusion.fuse` (:func:`xfusion.solvers.loop.stopping_rule`: with a prior the relative
     change of the iterate, else of the objective, ``<= tol`` for 5 iterations; or ``max_iter``); abandons
@@ -486,6 +489,7 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
     if best is not None:  # the iterates after z0 (z0 itself is the warm start, not the candidate)
         best.update(score=math.inf, z=None, i=None)
     abandoned = False
+    checked = None  # the best iterate ``hopeless`` last cleared
     it = 0
     while it < max_iter and not stop(hist):
         state = solver.step(state)
@@ -503,11 +507,15 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
             abandoned = True
             break
         if past_min is not None:
-            i_min = int(np.argmin(curve))
-            if sq is not None:
-                i_min = max(i_min, int(np.argmin(sq)))
+            i_dev = int(np.argmin(curve))
+            i_min = i_dev if sq is None else max(i_dev, int(np.argmin(sq)))
             if it - i_min >= max(past_min, i_min):
                 break
+            if hopeless is not None and it - i_dev >= max(past_min, i_dev) and best.get("i") != checked:
+                checked = best.get("i")
+                if hopeless(best):
+                    abandoned = True
+                    break
     return state["z"], curve, it, abandoned
 
 
@@ -707,7 +715,7 @@ def threshold_transfer(n_half, n_spatial, n_spectral, warm_iter=3):
     return int(min(max(round(n), 1), RL_MAX_ITER))
 
 
-def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=3, iterates=None):
+def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=3, iterates=None, hopeless=None):
     """The wavelet candidate ``cand`` with its null space thresholded instead of zeroed, stopped early like plain RL.
 
     Zeroing the bands that are fine in space and fine in energy removes what the positivity of EM recovers there
@@ -721,7 +729,10 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     deviance is still falling after the sharp-spatial one's minimum and that minimum is not the first iterate after
     the warm start (it stopped line scenes whose two minima come together too early: suite("tune", n=48) mixed/1009,
     cluster_core/1026, 24x24x600: 17 and 13 iterations, 16.56 and 22.32 dB; the squared error: 52 and 30
-    iterations, 18.31 and 23.54 dB, best 18.32 and 23.79). Session 6 used
+    iterations, 18.31 and 23.54 dB, best 18.32 and 23.79). ``hopeless`` (one split only; see :func:`_run_em`): the
+    run stops once its deviance minimum is behind if it says the candidate cannot be chosen (session 12: it need not
+    wait for the squared error's later minimum; its count is then that of the truncated run and the choice records
+    ``stopped_hopeless``). Session 6 used
     :func:`rl_transfer` (factor 3) with only the first guard (fresh tuning seeds point_sources/1038 and
     synchrotron/1042, suite("tune", n=48), 24x24x600: 12 iterations gave 8.7 and 16.5 dB, 4 gave 12.6 and 18.6 dB);
     it over-ran faint scenes where the sharp-spatial minimum is the first iterate (held-out mixed/500009: 21
@@ -729,13 +740,17 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     ``(setting, scores per split at the best iterate, choice)``.
     """
     cand = dict(cand, null_space="threshold")
+    if hopeless is not None and len(splits) != 1:
+        raise ValueError("hopeless stopping of the thresholded candidate needs exactly one split")
     curves, parts, sqs = [], [], []
+    stopped = False
     for sp in splits:
         z0, _, _, _ = _run_em(sp, None, sp.start(), warm_iter, None)
         pp, qq = [], []
         bz = {}
-        _, curve, _, _ = _run_em(sp, _wavelet_reg(fixed, cand), z0, max_iter, None, past_min=10, parts=pp,
-                                 best=bz if iterates is not None else None, sq=qq)
+        _, curve, _, stopped = _run_em(sp, _wavelet_reg(fixed, cand), z0, max_iter, None, past_min=10, parts=pp,
+                                       best=bz if (iterates is not None or hopeless is not None) else None, sq=qq,
+                                       hopeless=hopeless)
         if iterates is not None:
             iterates.append(bz.get("z"))
         curves.append(curve)
@@ -746,6 +761,8 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     setting = {"regularization": "wavelet2d1d", **cand, "max_iter": n_full}
     choice = dict(setting, half_data_iteration=best + warm_iter, spatial_iteration=n_sp + warm_iter,
                   spectral_iteration=n_se + warm_iter, sq_error_iteration=n_sq + warm_iter)
+    if stopped:
+        choice["stopped_hopeless"] = True
     return setting, [float(c[best]) for c in curves], choice
 
 
@@ -1030,6 +1047,35 @@ def _counts_per_voxel(split):
     return total / float(np.prod(split.shape))
 
 
+def _lines_and_counts(split):
+    """``(line_richness, lines, counts_per_voxel)`` of ``split`` as the family prior reads them: the
+    :func:`line_richness` of the summed sharp-spectral counts (both parts), whether it reaches
+    :data:`LINE_RICHNESS`, and :func:`_counts_per_voxel`."""
+    rich = line_richness(split.ya["counts"] + split.yb["counts"])
+    return rich, bool(rich >= LINE_RICHNESS), _counts_per_voxel(split)
+
+
+def _beaten(split, z_zero, score_zero, margin, score_rl):
+    """For :func:`_tune_threshold`'s ``hopeless``: a test of the thresholded candidate's best iterate so far ``b``
+    (:func:`_run_em`'s ``best``: ``z`` and held-out deviance ``score``) that is True when the family prior cannot
+    choose it (candidates in the order ladder, thresholded, RL; the first of equal scores wins): when plain RL's score
+    ``score_rl`` is lower, or when ``score >= score_zero + margin * se``, ``score_zero`` the best zeroed ladder
+    candidate's score and ``se`` the Poisson standard error of the paired held-out deviance difference of the two
+    iterates on ``split`` (:func:`_paired_difference`)."""
+
+    def beaten(b):
+        if b.get("z") is None:
+            return False
+        if b["score"] > score_rl:
+            return True
+        if not np.isfinite(score_zero):
+            return False
+        _, var = _paired_difference(split, z_zero, b["z"])
+        return bool(np.isfinite(var) and b["score"] >= score_zero + margin * math.sqrt(var))
+
+    return beaten
+
+
 def _family_prior(split, cands, n_ladder, se):
     """Penalty (held-out deviance units) the family prior adds to each candidate of ``regularization="auto"``.
 
@@ -1042,9 +1088,7 @@ def _family_prior(split, cands, n_ladder, se):
     least :data:`FAMILY_COUNTS_SPLIT` counts per fused voxel (all inputs; :func:`_counts_per_voxel`). Without lines
     the other candidates get ``inf``: the zeroed ladder is chosen. Returns ``(penalty per candidate, record)``.
     """
-    rich = line_richness(split.ya["counts"] + split.yb["counts"])
-    lines = rich >= LINE_RICHNESS
-    cpv = _counts_per_voxel(split)
+    rich, lines, cpv = _lines_and_counts(split)
     margin = FAMILY_MARGIN_BRIGHT if cpv >= FAMILY_COUNTS_SPLIT else FAMILY_MARGIN
     ladder = np.arange(len(cands)) < n_ladder
     zeroed = np.array([c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" and c.get("regularization", "wavelet2d1d")
@@ -1065,7 +1109,7 @@ def _family_prior(split, cands, n_ladder, se):
 @blas_limited
 def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, seed=0, fraction=0.5,
          max_iter=None, tol=1e-4, dtype="float32", select_null_space=False, include_rl=False,
-         include_threshold=False, stop_zero=False, family_prior=False, **fixed) -> xr.Dataset:
+         include_threshold=False, stop_zero=False, family_prior=False, complete=False, **fixed) -> xr.Dataset:
     """Choose fusion settings from the data alone by Poisson thinning (see the module docstring).
 
     Parameters
@@ -1096,6 +1140,12 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         (:func:`_family_prior`, :data:`LINE_RICHNESS`, :data:`FAMILY_MARGIN`; what :func:`select` does) instead of by
         the deviance alone; the curve keeps every candidate's deviance, ``details`` records the prior (its line
         richness and standard error) and ``chosen_candidate``.
+    complete : with ``family_prior``: run every candidate in full even where the prior has already decided. By
+        default (False) runs that cannot change the choice are cut (session 12; same choice, fewer EM steps):
+        without lines the thresholded candidate and plain RL are not run (the prior takes the zeroed ladder whatever
+        they score; ``details["family_prior"]["settled"]`` says so), and with one split the thresholded run (after
+        plain RL's) stops once its deviance minimum is behind if the prior can no longer choose it (:func:`_beaten`,
+        :func:`_tune_threshold`'s ``hopeless``). Benchmarks that read every candidate's record pass True.
     stop_zero : wavelet2d1d only: when the chosen candidate is the ladder's with its null space zeroed, choose its
         iteration count too (:func:`_zero_iterations`, continuing the candidate's half-data run; the choice gains
         ``"max_iter": n``), and score that candidate at the best iterate of its ladder run (not its last) against the
@@ -1140,23 +1190,46 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
             j = int(np.argmin(np.mean([c[:n] for c in keep["curves"]], axis=0)[1:]) + 1) if n > 1 else 0
             scores[row] = [float(c[j]) for c in keep["curves"]]
             extra = dict(extra, ladder_scored_at=j + keep["warm_iter"])
-        if include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get("null_space",
-                                                                                            "auto") == "auto":
+        settled = None  # the family prior's decision when the other families cannot change it (complete=False)
+        prior_now = family_prior and include_rl and include_threshold and not complete
+        lines0 = True
+        if prior_now:
+            rich0, lines0, cpv0 = _lines_and_counts(splits[0])
+            if not lines0 and choice.get("null_space", "zero") == "zero" and all(
+                    c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" for c in cands):
+                settled = {"line_richness": rich0, "lines": False, "applied": True, "counts_per_voxel": cpv0,
+                           "se": None, "margin": None, "rule": FAMILY_PRIOR_RULE,
+                           "settled": "no lines: the prior takes the zeroed ladder whatever the thresholded candidate "
+                                      "and plain RL would score, so they were not run"}
+        rl_run = None
+        if include_rl and settled is None:  # run before the thresholded candidate, whose run it may cut short
+            _, rl_scores, rl_choice, rl_extra = _tune_none(splits, 100, tol)
+            rl_scores = np.asarray(rl_scores, dtype=np.float64)
+            rl_run = (rl_scores[int(np.argmin(rl_scores[1:].mean(axis=1)) + 1)], rl_choice, rl_extra)
+        hopeless = None
+        if (prior_now and settled is None and lines0 and len(splits) == 1 and keep and keep.get("best_z")
+                and keep["best_z"][0] is not None and rl_run is not None):
+            zrow = np.array([c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" for c in cands])
+            z_best = float(np.min(scores.mean(axis=1)[zrow])) if zrow.any() else math.inf
+            margin0 = FAMILY_MARGIN_BRIGHT if cpv0 >= FAMILY_COUNTS_SPLIT else FAMILY_MARGIN
+            hopeless = _beaten(splits[0], keep["best_z"][0], z_best, margin0, float(np.mean(rl_run[0])))
+        if settled is None and include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get(
+                "null_space", "auto") == "auto":
             th_best = [] if family_prior else None
-            th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice, iterates=th_best)
+            th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice, iterates=th_best, hopeless=hopeless)
             cands, choices = list(cands) + [th_set], choices + [th_choice]
             scores = np.vstack([scores, np.asarray(th_scores, dtype=np.float64)[None]])
             extra = dict(extra, threshold={**th_choice, "rule": SQ_RULE})
-        if include_rl:
-            _, rl_scores, rl_choice, rl_extra = _tune_none(splits, 100, tol)
-            rl_scores = np.asarray(rl_scores, dtype=np.float64)
-            i = int(np.argmin(rl_scores[1:].mean(axis=1)) + 1)
+        if rl_run is not None:
+            rl_score, rl_choice, rl_extra = rl_run
             cands = list(cands) + [{"regularization": "none", "max_iter": rl_choice["max_iter"]}]
             choices = choices + [dict(cands[-1])]
-            scores = np.vstack([scores, rl_scores[i][None]])
+            scores = np.vstack([scores, rl_score[None]])
             extra = dict(extra, rl={**rl_choice, "rule": rl_extra["rule"]})
         mean = scores.mean(axis=1)
-        if family_prior and include_rl:
+        if settled is not None:
+            extra = dict(extra, family_prior=settled)
+        elif family_prior and include_rl:
             se = None
             if keep and keep.get("best_z") and th_best and all(z is not None for z in keep["best_z"] + th_best):
                 pairs = [_paired_difference(sp, za, zb) for sp, za, zb in zip(splits, keep["best_z"], th_best)]
@@ -1200,7 +1273,8 @@ AUTO_FAMILIES = ("wavelet2d1d", "none")
 WAVELET_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise")
 
 
-def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol=1e-4, **fixed) -> xr.Dataset:
+def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol=1e-4, complete=False,
+           **fixed) -> xr.Dataset:
     """``regularization="auto"``: tuned ``wavelet2d1d`` or plain RL, whichever predicts held-out counts best.
 
     On the same thinning split(s) (:func:`thin`), the wavelet candidates of :func:`tune` (the ``k``
@@ -1216,8 +1290,11 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     bright, line-rich scenes plain RL (or the thresholded prior) stopped early keeps Doppler-split lines
     that the zeroed starlet prior smooths away (suite: +2 to +8 dB); on faint or continuum-dominated
     scenes the zeroed prior wins. Cost: the wavelet tuning plus two early-stopped runs on half the counts
-    (at most 100 iterations each, stopped once the minimum is well behind); measured with fuse at load 2.0
-    (session 6, 45x45x2400): gaussian_rebin 28.2 s = 2.29x one fit with the choice, mixed/1004 29.8 s = 2.48x.
+    (at most 100 iterations each, stopped once the minimum is well behind; since session 12 not run when the family
+    prior has already decided, see ``complete`` in :func:`tune`). Measured (session 12, CPU time, 24 held-out suite
+    scenes at full size, 36x36 or 45x45 x 1600-2400): tuning plus the final fit took a median 2.5x (at most 4.5x) one
+    fit with fixed settings (k=1, zeroed null space, fuse's default stop: 50 iterations), and a median 6.4x the final
+    fit with the chosen settings, which is often short (5-16 iterations on faint scenes).
 
     ``fixed``: wavelet options (:data:`WAVELET_KEYS`; "auto" = tuned). Returns the :func:`tune`
     Dataset with attrs ``regularization = "auto"`` and ``choice`` (JSON) always naming the family:
@@ -1233,7 +1310,8 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
                          f"belong to neither (accepted: {', '.join(WAVELET_KEYS)}); choose the regularization explicitly")
     t0 = time.perf_counter()
     cur = tune(*observations, regularization="wavelet2d1d", include_rl=True, include_threshold=True, stop_zero=True,
-               family_prior=True, n_splits=n_splits, seed=seed, fraction=fraction, dtype=dtype, tol=tol, **fixed)
+               family_prior=True, n_splits=n_splits, seed=seed, fraction=fraction, dtype=dtype, tol=tol,
+               complete=complete, **fixed)
     ch = choice(cur)
     if "regularization" not in ch:
         ch = {"regularization": "wavelet2d1d", **ch}
