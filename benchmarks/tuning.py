@@ -312,14 +312,15 @@ def null_iters(indices, size="small", n_max=100, n_suite=24):
               f">= oracle - 0.5 in {np.sum(v >= np.array([r['rl_best'] for r in rows]) - 0.5)}/{len(rows)}", flush=True)
 
 
-def hindsight(indices, split="heldout", size="small", shape="auto"):
+def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24):
     """Issue 13 target "the truth-free choice lands within 0.5 dB of the best setting in hindsight (same candidate
     grid)": for each suite scene, every candidate the 'auto' selection visited (the k rungs at the default null
     space, the thresholded candidate, plain RL at its transferred iteration count) is fitted on ALL counts
     (python benchmarks/tuning.py hindsight 0,1,6,11 heldout small); prints the NMSE of each, the choice's loss
     against the best, and the fraction within 0.5 dB. ``shape``: "auto" delivers every candidate through the
     spectral-shape prior as the default fuse delivers its choice (``shape_prior`` = AUTO_PSEUDO_COUNTS); "none": off
-    (the session-7 measure)."""
+    (the session-7 measure). ``n_suite``: the suite's size (``xfusion.scenes.suite(split, n=n_suite)``; 48 gives 24
+    more scenes, 24-47, that the 24-scene suite does not hold)."""
     import os
 
     from xfusion.regularizers.shape import AUTO_PSEUDO_COUNTS
@@ -328,7 +329,7 @@ def hindsight(indices, split="heldout", size="small", shape="auto"):
 
     losses = []
     for i in indices:
-        name, x, y, t = _suite_scene(i, size, split)
+        name, x, y, t = _suite_scene(i, size, split, n=n_suite)
         t0 = time.perf_counter()
         cur = tuning.select(x, y, complete=True)
         ch = tuning.choice(cur)
@@ -1192,8 +1193,9 @@ if __name__ == "__main__":
         # tuning seeds 1024-1047 for n=48 indices >= 24)
         null_iters([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small",
                    n_suite=int(sys.argv[4]) if len(sys.argv) > 4 else 24)
-    elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small [auto|none]
-        hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:6])
+    elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small [auto|none] [n]
+        hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:6],
+                  *([int(sys.argv[6])] if len(sys.argv) > 6 else []))
     elif sys.argv[1] == "guard_data":  # python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl
         guard_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
                    seeds=tuple(int(v) for v in sys.argv[6].split(",")) if len(sys.argv) > 6 else (0, 1, 2))
