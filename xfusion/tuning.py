@@ -75,6 +75,13 @@ What is selected, per regularization:
   of 50: the demo (gaussian_rebin, "auto", with shape_prior) took 23.8 s CPU instead of 32.6 (12 iterations, 18.02
   dB instead of 17.65); worst case, a half-data curve still falling at the cap (held-out mixed/500004, full size):
   ``select`` 12.4 -> 18.4 s CPU (final fit unchanged, 50 iterations).
+* What cannot change the choice is not run (session 12, ``tune(complete=False)``, the default of ``select``): without
+  lines the thresholded candidate and plain RL (the family prior takes the zeroed ladder whatever they score); with
+  one split the thresholded run stops at its own deviance minimum when plain RL (now run first) or the zeroed
+  ladder's margin already beats it, instead of waiting for its squared error's later minimum. Same choice and
+  bit-identical fits on 24 held-out full-size, 48 small and 9 small-mosaic scenes; tuning EM steps -10% at full size.
+  Cost then (24 held-out full-size scenes, CPU): tuning + final fit = median 2.5x (max 4.5x, within 3x on 16/24) one
+  fit with fixed settings (k=1, zeroed null space, 50 iterations); median 6.4x the chosen fit, often 5-16 iterations.
 * ``none`` (plain two-instrument Richardson-Lucy): one EM run on part A, scored at every
   iteration (the forward models are computed by EM anyway: nearly free) until the minimum
   is well behind; the best half-data iteration ``n_half`` is transferred to all counts by
@@ -477,6 +484,8 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
     ``past_min``, stops once the iteration count exceeds ``max(past_min, 2 * argmin)`` of the held-out curve
     (the minimum is then behind us).
     """
+    if hopeless is not None and (past_min is None or best is None):
+        raise ValueError("hopeless needs past_min and best (the run asks it about its best iterate)")
     solver = _ScoredEM(split, reg, sq=sq is not None)
     state = solver.init(np.array(z0, dtype=split.dtype, copy=True))
     stop = stopping_rule(solver, tol)
@@ -1296,6 +1305,7 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     fit with fixed settings (k=1, zeroed null space, fuse's default stop: 50 iterations), and a median 6.4x the final
     fit with the chosen settings, which is often short (5-16 iterations on faint scenes).
 
+    ``complete``: run every candidate in full (see :func:`tune`; default: runs that cannot change the choice are cut).
     ``fixed``: wavelet options (:data:`WAVELET_KEYS`; "auto" = tuned). Returns the :func:`tune`
     Dataset with attrs ``regularization = "auto"`` and ``choice`` (JSON) always naming the family:
     ``{"regularization": "none", "max_iter": n}`` or ``{"regularization": "wavelet2d1d", "k": ...,
