@@ -165,11 +165,17 @@ def wavelet(scenes=None):
     print(f"within 0.5 dB of oracle: {(gap <= 0.5).sum()}/{len(gap)}; within 1 dB: {(gap <= 1).sum()}/{len(gap)}")
 
 
-def _suite_scene(i, size, split="tune", n=24):
+def _suite_full(i, size, split="tune", n=24):
+    """Suite scene ``i`` of ``xfusion.scenes.suite(split, n=n)``: ``(spec, x, y, truth Dataset)``."""
     from xfusion import scenes as sc
 
     spec = sc.suite(split, n=n)[i]
     x, y, truth = sc.from_spec(spec, size=size)
+    return spec, x, y, truth
+
+
+def _suite_scene(i, size, split="tune", n=24):
+    spec, x, y, truth = _suite_full(i, size, split, n)
     return spec["name"], x, y, truth["flux"]
 
 
@@ -663,12 +669,9 @@ def family_data(indices, split="tune", n_suite=48, size="small", out=None):
     from xfusion import scenes as sc
     from xfusion.regularizers.shape import AUTO_PSEUDO_COUNTS, SpectralShape
 
-    specs = sc.suite(split, n=n_suite)
     for i in indices:
-        spec = specs[i]
-        name = spec["name"]
-        x, y, truth = sc.from_spec(spec, size=size)
-        t = truth["flux"]
+        spec, x, y, truth = _suite_full(i, size, split, n_suite)
+        name, t = spec["name"], truth["flux"]
         lm_args = sc.line_map_args(truth)
         lsf = float(truth.attrs["lsf_sigma_kev"])
         tmaps = analysis.line_map(t, lsf_sigma=lsf, **lm_args) if lm_args else None
@@ -787,15 +790,11 @@ def ladder_data(indices, split="tune", n_suite=48, size="default", out=None):
     visited zeroed rung's NMSE through the shape prior at iterations 1..50 (and the iterate change, for fuse's default
     stop), the thresholded candidate's and plain RL's NMSE at their chosen counts (fuse with shape_prior, as
     hindsight). One JSON line per scene (python benchmarks/tuning.py ladder_data 0,1 tune 48 out.jsonl default)."""
-    from xfusion import scenes as sc
     from xfusion.regularizers.shape import AUTO_PSEUDO_COUNTS, SpectralShape
 
-    specs = sc.suite(split, n=n_suite)
     for i in indices:
-        spec = specs[i]
-        name = spec["name"]
-        x, y, truth = sc.from_spec(spec, size=size)
-        t = truth["flux"]
+        spec, x, y, truth = _suite_full(i, size, split, n_suite)
+        name, t = spec["name"], truth["flux"]
         t0 = time.perf_counter()
         ch, wch, det, devs = _auto_record(x, y)
         t_sel = time.perf_counter() - t0
