@@ -215,6 +215,29 @@ def test_zeroed_prior_iterations_are_the_thinned_deviance_minimum_continued_from
     assert float(cur["mean_deviance"].values[0]) == pytest.approx(curve[i], rel=1e-5)  # scored at its best iterate
 
 
+def test_zeroed_prior_continuation_stops_once_its_count_is_the_cap():
+    """Session 13: with one split the zeroed candidate's continuation stops as soon as its best half-data iterate so
+    far transfers to ZERO_MAX_ITER (the best iterate of a longer run is that one or a later one, and zero_transfer
+    never decreases): the same count as the uncut run, in fewer EM steps. Suite scene mixed/1009 (24x24x600), whose
+    held-out deviance still falls at 40 half-data iterations."""
+    from xfusion import scenes
+
+    x, y, _ = scenes.from_spec(scenes.suite("tune", n=24)[9], size="small")
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")
+    keep = {}
+    _, _, ch, _ = tuning._tune_wavelet(sp, None, {}, 50, 1e-4, keep=keep)
+    cut = tuning._zero_iterations(sp, {}, keep)
+    full = tuning._zero_iterations(sp, {}, keep, cut=False)
+    assert full["max_iter"] == cut["max_iter"] == tuning.ZERO_MAX_ITER
+    assert cut.get("capped") and "capped" not in full
+    assert cut["iterations_run"][0] < full["iterations_run"][0]
+    # it stopped at the first iterate whose best-so-far transfers to the cap (that iterate is then the best so far)
+    assert cut["iterations_run"][0] == cut["half_data_iteration"] - 3
+    assert tuning.zero_transfer(cut["half_data_iteration"] - 1) < tuning.ZERO_MAX_ITER
+    assert tuning.zero_transfer(cut["half_data_iteration"]) == tuning.ZERO_MAX_ITER
+    assert cut["half_data_iteration"] <= full["half_data_iteration"]
+
+
 @pytest.mark.parametrize("kind", ["snr_shell", "cluster_core", "synchrotron"])
 def test_regularized_fit_conserves_flux_on_three_kinds(kind):
     """The fused cube's total predicts both instruments' totals within Poisson noise, with a strong threshold

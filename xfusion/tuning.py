@@ -803,7 +803,7 @@ def zero_transfer(n_half, warm_iter=3):
     return int(min(max(round(ZERO_FACTOR * float(n_half)), int(warm_iter) + 1, 1), ZERO_MAX_ITER))
 
 
-def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, past_min=ZERO_PAST_MIN):
+def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, past_min=ZERO_PAST_MIN, cut=True):
     """Best iteration of the chosen zeroed candidate by thinning, continuing its ladder run (no new warm start).
 
     ``keep``: from :func:`_tune_wavelet` (the candidate's JSON ``key``, its last iterate ``ends`` and held-out
@@ -814,10 +814,16 @@ def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, p
     shows the minimum well behind, else at most ``max_iter - warm_iter - CANDIDATE_ITER`` iterations per split.
     Returns a dict (``max_iter``, ``half_data_iteration``, ``iterations_run``). With ``noise="propagated"`` the
     restarted state draws its noise statistics afresh from the last iterate (an approximation of the straight run).
+
+    With one split (and ``cut``) the run also stops as soon as its best iterate so far transfers to
+    :data:`ZERO_MAX_ITER` (session 13; ``capped`` in the record): the best iterate of a longer run can only be that one or a later one, and
+    :func:`zero_transfer` never decreases, so the count is already decided (same count; ``half_data_iteration`` is
+    then the best iterate when the run stopped, a lower bound of the uncut run's).
     """
     reg = _wavelet_reg(fixed, json.loads(keep["key"]))
     curves, runs = [], []
     cap = max(int(max_iter) - int(warm_iter), 1)
+    capped = False
     for sp, z, c in zip(splits, keep["ends"], keep["curves"]):
         c = [float(v) for v in c]
         solver, state = None, None
@@ -825,6 +831,9 @@ def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, p
             it = len(c) - 1
             i_min = int(np.argmin(c[1:]) + 1) if it >= 1 else 0
             if it >= 1 and it - i_min >= max(past_min, i_min):
+                break
+            if cut and len(splits) == 1 and it >= 1 and zero_transfer(i_min + warm_iter, warm_iter) >= ZERO_MAX_ITER:
+                capped = True  # argmin only moves later as the run goes on: the count is ZERO_MAX_ITER whatever comes
                 break
             if solver is None:  # the same iterate as the ladder's last: the state is rebuilt from it
                 solver = _ScoredEM(sp, reg)
@@ -836,8 +845,11 @@ def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, p
     n = min(len(c) for c in curves)
     mean = np.mean([c[:n] for c in curves], axis=0)
     best = int(np.argmin(mean[1:]) + 1) if n > 1 else 0
-    return {"max_iter": zero_transfer(best + warm_iter, warm_iter), "half_data_iteration": best + warm_iter,
-            "iterations_run": runs}
+    out = {"max_iter": zero_transfer(best + warm_iter, warm_iter), "half_data_iteration": best + warm_iter,
+           "iterations_run": runs}
+    if capped:
+        out["capped"] = True
+    return out
 
 
 def _wavelet_reg(fixed, cand):

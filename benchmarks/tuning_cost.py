@@ -1,0 +1,148 @@
+"""What the default ``fuse`` (``regularization="auto"``: tuning by thinning + final fit) costs against one fit.
+
+Issue 13 asks for "tuning plus the final fit within 3x one fit". Per scene of ``xfusion.scenes.suite`` this prints
+and writes (JSON lines) the CPU seconds of the process for
+
+* the default ``xfusion.fuse(x, y)`` (tuning, final fit, delivered cube), split by stage of the tuning: the warm
+  starts, the k ladder, plain RL on half the counts, the thresholded candidate, the zeroed candidate's
+  continuation; with the EM steps of each stage (an EM step on half the counts costs about one on all counts);
+* one fit with fixed settings (``wavelet2d1d``, k = 1, null space zeroed, fuse's default stop: 50 iterations);
+
+and their ratio; also the wall time of the default against the wall time of the fixed fit's iterations alone (its
+``loop_elapsed_s``: no model building, no delivery), the strictest reading of "one fit". The stages are read by
+wrapping the tuning's stage functions and counting the steps of its scored EM solver (instrumentation only: the same
+code runs).
+
+    python benchmarks/tuning_cost.py --split heldout --n 24 --indices 0,4,5 --json cost.jsonl
+    python benchmarks/tuning_cost.py --size small            # 24 small scenes (24x24x600)
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import xfusion
+from xfusion import scenes, tuning
+
+STAGES = {"_tune_wavelet": "ladder", "_tune_none": "rl", "_tune_threshold": "threshold",
+          "_zero_iterations": "zero_continuation"}
+
+
+class Meter:
+    """Counts scored EM steps and CPU seconds per tuning stage (the innermost stage function running)."""
+
+    def __init__(self):
+        self.stack, self.steps, self.cpu = [], {}, {}
+        self._orig = {}
+
+    def install(self):
+        for fn, label in STAGES.items():
+            self._orig[fn] = getattr(tuning, fn)
+            setattr(tuning, fn, self._wrap(self._orig[fn], label))
+        self._orig["step"] = tuning._ScoredEM.step
+        meter, orig_step = self, tuning._ScoredEM.step
+
+        def step(solver, state):
+            label = meter.stack[-1] if meter.stack else "other"
+            meter.steps[label] = meter.steps.get(label, 0) + 1
+            return orig_step(solver, state)
+
+        tuning._ScoredEM.step = step
+
+    def uninstall(self):
+        for fn in STAGES:
+            setattr(tuning, fn, self._orig[fn])
+        tuning._ScoredEM.step = self._orig["step"]
+
+    def _wrap(self, fn, label):
+        def wrapped(*a, **kw):
+            self.stack.append(label)
+            t0 = time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.stack.pop()
+                dt = time.process_time() - t0
+                self.cpu[label] = self.cpu.get(label, 0.0) + dt
+                if self.stack:  # nested: the outer stage's time excludes it
+                    self.cpu[self.stack[-1]] = self.cpu.get(self.stack[-1], 0.0) - dt
+        return wrapped
+
+
+def _timed(fn):
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c0, time.perf_counter() - w0
+
+
+def measure(spec, size, fixed_kw):
+    x, y, _ = scenes.from_spec(spec, size=size)
+    meter = Meter()
+    meter.install()
+    try:
+        r, cpu, wall = _timed(lambda: xfusion.fuse(x, y, progress=False))
+    finally:
+        meter.uninstall()
+    f, cpu_f, wall_f = _timed(lambda: xfusion.fuse(x, y, progress=False, **fixed_kw))
+    tuned_cpu = sum(meter.cpu.values())
+    out = {"name": spec["name"], "size": size, "counts_x": float(x["counts"].sum()), "counts_y": float(y["counts"].sum()),
+           "shape": [int(v) for v in r["flux"].shape], "choice": r.attrs["regularization"],
+           "flux_md5": hashlib.md5(np.ascontiguousarray(r["flux"].values).tobytes()).hexdigest(),
+           "final_iterations": int(r.attrs["iterations"]), "cpu": round(cpu, 2), "wall": round(wall, 2),
+           "tuning_cpu": round(tuned_cpu, 2), "final_and_rest_cpu": round(cpu - tuned_cpu, 2),
+           "stage_cpu": {k: round(v, 2) for k, v in meter.cpu.items()}, "stage_steps": meter.steps,
+           "fixed_cpu": round(cpu_f, 2), "fixed_wall": round(wall_f, 2), "fixed_iterations": int(f.attrs["iterations"]),
+           "fixed_loop_wall": round(float(f.attrs["loop_elapsed_s"]), 2),
+           "ratio_wall_to_fixed_loop": round(wall / float(f.attrs["loop_elapsed_s"]), 3),
+           "ratio_cpu": round(cpu / cpu_f, 3), "ratio_wall": round(wall / wall_f, 3),
+           "settings": {k: v for k, v in json.loads(r.attrs["parameters"]).items()
+                        if k in ("k", "null_space", "n_scales_1d", "max_iter", "regularization")}}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="heldout")
+    ap.add_argument("--n", type=int, default=24, help="suite size (scenes.suite(split, n))")
+    ap.add_argument("--indices", default=None, help="comma-separated scene indices (default: all n)")
+    ap.add_argument("--size", default="default", help="default (45x45 / 36x36 x 1600-2400) or small (24x24x600)")
+    ap.add_argument("--json", default=None, help="append one JSON line per scene to this file")
+    args = ap.parse_args(argv)
+    specs = scenes.suite(args.split, n=args.n)
+    idx = [int(v) for v in args.indices.split(",")] if args.indices else list(range(len(specs)))
+    fixed_kw = {"regularization": "wavelet2d1d", "k": 1.0, "null_space": "zero"}
+    print(f"tuning cost: {platform.node()} {os.cpu_count()} CPUs, python {platform.python_version()}, "
+          f"xfusion {xfusion.__version__}; one fit = fuse(x, y, **{fixed_kw}); CPU seconds of the process",
+          flush=True)
+    ratios, strict = [], []
+    for i in idx:
+        res = measure(specs[i], args.size, fixed_kw)
+        res["index"] = i
+        ratios.append(res["ratio_cpu"])
+        strict.append(res["ratio_wall_to_fixed_loop"])
+        st = " ".join(f"{k} {res['stage_steps'].get(k, 0)} st/{res['stage_cpu'].get(k, 0):.1f} s"
+                      for k in ("other", "ladder", "rl", "threshold", "zero_continuation"))
+        print(f"{i:3d} {res['name']:28s} {'x'.join(map(str, res['shape']))} choice {res['choice']:11s} "
+              f"final {res['final_iterations']:3d} it | default {res['cpu']:6.1f} s (tuning {res['tuning_cpu']:.1f}: "
+              f"{st}) | fixed {res['fixed_cpu']:6.1f} s {res['fixed_iterations']} it | ratio {res['ratio_cpu']:.2f}",
+              flush=True)
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps(res) + "\n")
+    r = np.array(ratios)
+    if r.size:
+        print(f"ratio (default / one fixed fit), CPU: median {np.median(r):.2f}, max {r.max():.2f}, "
+              f"within 3x {int((r <= 3).sum())}/{r.size}", flush=True)
+        q = np.array(strict)
+        print(f"wall of the default / wall of the fixed fit's iterations: median {np.median(q):.2f}, max {q.max():.2f}, "
+              f"within 3x {int((q <= 3).sum())}/{q.size}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
