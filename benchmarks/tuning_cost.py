@@ -15,6 +15,7 @@ code runs).
 
     python benchmarks/tuning_cost.py --split heldout --n 24 --indices 0,4,5 --json cost.jsonl
     python benchmarks/tuning_cost.py --size small            # 24 small scenes (24x24x600)
+    python benchmarks/tuning_cost.py --default-only --indices 10,15   # wall time of the default alone (quiet machine)
 """
 import argparse
 import hashlib
@@ -80,7 +81,7 @@ def _timed(fn):
     return out, time.process_time() - c0, time.perf_counter() - w0
 
 
-def measure(spec, size, fixed_kw):
+def measure(spec, size, fixed_kw, default_only=False):
     x, y, _ = scenes.from_spec(spec, size=size)
     meter = Meter()
     meter.install()
@@ -88,6 +89,10 @@ def measure(spec, size, fixed_kw):
         r, cpu, wall = _timed(lambda: xfusion.fuse(x, y, progress=False))
     finally:
         meter.uninstall()
+    if default_only:  # the issue-13 time target: wall time of the default alone (run one job at a time)
+        return {"name": spec["name"], "size": size, "shape": [int(v) for v in r["flux"].shape],
+                "choice": r.attrs["regularization"], "final_iterations": int(r.attrs["iterations"]),
+                "cpu": round(cpu, 2), "wall": round(wall, 2), "load_after": os.getloadavg()[0]}
     f, cpu_f, wall_f = _timed(lambda: xfusion.fuse(x, y, progress=False, **fixed_kw))
     tuned_cpu = sum(meter.cpu.values())
     out = {"name": spec["name"], "size": size, "counts_x": float(x["counts"].sum()), "counts_y": float(y["counts"].sum()),
@@ -112,6 +117,8 @@ def main(argv=None):
     ap.add_argument("--indices", default=None, help="comma-separated scene indices (default: all n)")
     ap.add_argument("--size", default="default", help="default (45x45 / 36x36 x 1600-2400) or small (24x24x600)")
     ap.add_argument("--json", default=None, help="append one JSON line per scene to this file")
+    ap.add_argument("--default-only", action="store_true",
+                    help="time the default fuse alone (wall; the <= 60 s target), no fixed fit")
     args = ap.parse_args(argv)
     specs = scenes.suite(args.split, n=args.n)
     idx = [int(v) for v in args.indices.split(",")] if args.indices else list(range(len(specs)))
@@ -121,8 +128,16 @@ def main(argv=None):
           flush=True)
     ratios, strict = [], []
     for i in idx:
-        res = measure(specs[i], args.size, fixed_kw)
+        res = measure(specs[i], args.size, fixed_kw, args.default_only)
         res["index"] = i
+        if args.default_only:
+            print(f"{i:3d} {res['name']:28s} {'x'.join(map(str, res['shape']))} choice {res['choice']:11s} final "
+                  f"{res['final_iterations']:3d} it | default {res['wall']:6.1f} s wall, {res['cpu']:6.1f} s CPU | "
+                  f"load {res['load_after']:.2f}", flush=True)
+            if args.json:
+                with open(args.json, "a") as fh:
+                    fh.write(json.dumps(res) + "\n")
+            continue
         ratios.append(res["ratio_cpu"])
         strict.append(res["ratio_wall_to_fixed_loop"])
         st = " ".join(f"{k} {res['stage_steps'].get(k, 0)} st/{res['stage_cpu'].get(k, 0):.1f} s"

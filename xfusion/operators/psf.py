@@ -299,6 +299,10 @@ class EnergyDependentSpatial:
         return self._w32 if x.dtype == np.float32 else self.weights
 
     def _apply(self, z, fwd, block):
+        """``sum_b a_b B_b z`` (forward) or ``sum_b B_b^T (a_b u)`` (adjoint). The band operators act on the pixel
+        axes only and the weights on the channel axis, so they commute: the weights multiply the side with fewer
+        pixels when the band rebins (the forward's output, the adjoint's input; session 13: 9x fewer multiplies for
+        3x3 rebinning), and the forward reads the band's channels as a view (no weighted copy of the input)."""
         from .blocks import adjoint_block, forward_block
 
         w, halo = self._w(z), (self.depth if fwd else self.adjoint_depth)
@@ -306,12 +310,11 @@ class EnergyDependentSpatial:
         for op, (lo, hi), wb in zip(self.ops, self.ranges, w):
             if hi <= lo:
                 continue
+            a, wr = z[..., lo:hi], wb[lo:hi]
             if fwd:
-                a = z[..., lo:hi] * wb[lo:hi]
-                part = forward_block(op, a, halo) if block else op.forward(a)
+                part = (forward_block(op, a, halo) if block else op.forward(a)) * wr
             else:
-                a = z[..., lo:hi]
-                part = (adjoint_block(op, a, halo) if block else op.adjoint(a)) * wb[lo:hi]
+                part = adjoint_block(op, a * wr, halo) if block else op.adjoint(a * wr)
             if out is None:
                 out = np.zeros(part.shape[:-1] + (z.shape[-1],), dtype=part.dtype)
             out[..., lo:hi] += part
