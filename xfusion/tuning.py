@@ -1315,7 +1315,10 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     prior has already decided, see ``complete`` in :func:`tune`). Measured (session 12, CPU time, 24 held-out suite
     scenes at full size, 36x36 or 45x45 x 1600-2400): tuning plus the final fit took a median 2.5x (at most 4.5x) one
     fit with fixed settings (k=1, zeroed null space, fuse's default stop: 50 iterations), and a median 6.4x the final
-    fit with the chosen settings, which is often short (5-16 iterations on faint scenes).
+    fit with the chosen settings, which is often short (5-16 iterations on faint scenes). Session 13
+    (benchmarks/tuning_cost.py, same scenes, two jobs at once): against the whole fixed-setting ``fuse`` call a median
+    2.0x, within 3x on 22-23/24 scenes in two runs (at most 3.1-3.2x); against that fit's iterations alone (wall) a
+    median 2.75x, at most 4.9x, within 3x on 16/24 -- session 12's reading.
 
     ``complete``: run every candidate in full (see :func:`tune`; default: runs that cannot change the choice are cut).
     ``fixed``: wavelet options (:data:`WAVELET_KEYS`; "auto" = tuned). Returns the :func:`tune`
