@@ -51,8 +51,8 @@ def _run(cmd, **kw):
 #: their failure is reported, not fatal. PyPI has no Sherpa wheel for this platform (seen on 2026-11-30: sherpa 4.19.0,
 #: source only); its source build needs tools a bare machine lacks.
 OPTIONAL = {"test": ("sherpa", "the Sherpa fit of tests/test_export_fit.py (skipped without it); its source build "
-                               "needs a C compiler, bison, flex and the FFTW headers (Debian: apt-get install bison flex "
-                               "libfftw3-dev)")}
+                               "needs a C compiler, bison, flex and the FFTW headers (Debian: apt-get install "
+                               "bison flex libfftw3-dev)")}
 
 
 def _optional(py, extra):

@@ -1016,7 +1016,7 @@ def family_rules(paths):
         se = r["pairs"]["zero_vs_th"][1]
         lines = rich >= tuning.LINE_RICHNESS
         s9 = dict(dev, zero=dz + (9.0 * se if lines else 0.0))
-        m = tuning.FAMILY_MARGIN_BRIGHT if cpv >= tuning.FAMILY_COUNTS_SPLIT else tuning.FAMILY_MARGIN
+        m = tuning._family_margin(cpv)
         s10 = dict(dev, zero=dz + m * se) if lines else {"zero": dz, "th": math.inf, "rl": math.inf}
         f = r["full"]
         val = {k: f[k]["shaped"][min(n[k], len(f[k]["shaped"])) - 1] for k in n}

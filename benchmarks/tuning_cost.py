@@ -95,7 +95,8 @@ def measure(spec, size, fixed_kw, default_only=False):
                 "cpu": round(cpu, 2), "wall": round(wall, 2), "load_after": os.getloadavg()[0]}
     f, cpu_f, wall_f = _timed(lambda: xfusion.fuse(x, y, progress=False, **fixed_kw))
     tuned_cpu = sum(meter.cpu.values())
-    out = {"name": spec["name"], "size": size, "counts_x": float(x["counts"].sum()), "counts_y": float(y["counts"].sum()),
+    out = {"name": spec["name"], "size": size, "counts_x": float(x["counts"].sum()),
+           "counts_y": float(y["counts"].sum()),
            "shape": [int(v) for v in r["flux"].shape], "choice": r.attrs["regularization"],
            "flux_md5": hashlib.md5(np.ascontiguousarray(r["flux"].values).tobytes()).hexdigest(),
            "final_iterations": int(r.attrs["iterations"]), "cpu": round(cpu, 2), "wall": round(wall, 2),
@@ -154,8 +155,8 @@ def main(argv=None):
         print(f"ratio (default / one fixed fit), CPU: median {np.median(r):.2f}, max {r.max():.2f}, "
               f"within 3x {int((r <= 3).sum())}/{r.size}", flush=True)
         q = np.array(strict)
-        print(f"wall of the default / wall of the fixed fit's iterations: median {np.median(q):.2f}, max {q.max():.2f}, "
-              f"within 3x {int((q <= 3).sum())}/{q.size}", flush=True)
+        print(f"wall of the default / wall of the fixed fit's iterations: median {np.median(q):.2f}, "
+              f"max {q.max():.2f}, within 3x {int((q <= 3).sum())}/{q.size}", flush=True)
     return 0
 
 

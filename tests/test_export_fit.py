@@ -106,9 +106,10 @@ def test_gammapy_fits_written_spectrum(tmp_path):
 
 
 def test_sherpa_fits_written_spectrum(tmp_path):
-    """Sherpa fits the files as written (the optional ``sherpa`` extra: no wheels on PyPI, built from source)."""
+    """Sherpa fits the files as written (the optional ``sherpa`` extra: no wheel for this platform on PyPI, so it is
+    built from source)."""
     ui = pytest.importorskip("sherpa.astro.ui", reason="sherpa not installed (dev.py test installs it when its source "
-                             "build can run: it needs bison and flex); pip install -e '.[sherpa]'")
+                             "build can run: it needs bison, flex and the FFTW headers); pip install -e '.[sherpa]'")
     rmf, arf, t_edges, e_edges = _response()
     cdf = 0.5 * (1 + erf((t_edges - LINE_E) / (np.sqrt(2) * LINE_SIGMA)))
     mu_src = (LINE_FLUX * np.diff(cdf) * arf.values * EXPOSURE) @ rmf.values

@@ -225,7 +225,7 @@ def test_zeroed_prior_continuation_stops_once_its_count_is_the_cap():
     x, y, _ = scenes.from_spec(scenes.suite("tune", n=24)[9], size="small")
     sp = tuning._splits([x, y], 0.5, 1, 0, "float32")
     keep = {}
-    _, _, ch, _ = tuning._tune_wavelet(sp, None, {}, 50, 1e-4, keep=keep)
+    tuning._tune_wavelet(sp, None, {}, 50, 1e-4, keep=keep)  # fills keep: the ladder's best run
     cut = tuning._zero_iterations(sp, {}, keep)
     full = tuning._zero_iterations(sp, {}, keep, cut=False)
     assert full["max_iter"] == cut["max_iter"] == tuning.ZERO_MAX_ITER

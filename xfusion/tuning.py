@@ -816,9 +816,9 @@ def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, p
     restarted state draws its noise statistics afresh from the last iterate (an approximation of the straight run).
 
     With one split (and ``cut``) the run also stops as soon as its best iterate so far transfers to
-    :data:`ZERO_MAX_ITER` (session 13; ``capped`` in the record): the best iterate of a longer run can only be that one or a later one, and
-    :func:`zero_transfer` never decreases, so the count is already decided (same count; ``half_data_iteration`` is
-    then the best iterate when the run stopped, a lower bound of the uncut run's).
+    :data:`ZERO_MAX_ITER` (session 13; ``capped`` in the record): the best iterate of a longer run can only be that
+    one or a later one, and :func:`zero_transfer` never decreases, so the count is already decided (same count;
+    ``half_data_iteration`` is then the best iterate when the run stopped, a lower bound of the uncut run's).
     """
     reg = _wavelet_reg(fixed, json.loads(keep["key"]))
     curves, runs = [], []
@@ -1097,6 +1097,12 @@ def _beaten(split, z_zero, score_zero, margin, score_rl):
     return beaten
 
 
+def _family_margin(cpv):
+    """The family prior's margin (paired standard errors) at ``cpv`` counts per fused voxel: :data:`FAMILY_MARGIN`,
+    or :data:`FAMILY_MARGIN_BRIGHT` from :data:`FAMILY_COUNTS_SPLIT` on."""
+    return FAMILY_MARGIN_BRIGHT if cpv >= FAMILY_COUNTS_SPLIT else FAMILY_MARGIN
+
+
 def _family_prior(split, cands, n_ladder, se):
     """Penalty (held-out deviance units) the family prior adds to each candidate of ``regularization="auto"``.
 
@@ -1110,7 +1116,7 @@ def _family_prior(split, cands, n_ladder, se):
     the other candidates get ``inf``: the zeroed ladder is chosen. Returns ``(penalty per candidate, record)``.
     """
     rich, lines, cpv = _lines_and_counts(split)
-    margin = FAMILY_MARGIN_BRIGHT if cpv >= FAMILY_COUNTS_SPLIT else FAMILY_MARGIN
+    margin = _family_margin(cpv)
     ladder = np.arange(len(cands)) < n_ladder
     zeroed = np.array([c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" and c.get("regularization", "wavelet2d1d")
                        == "wavelet2d1d" for c in cands]) & ladder
@@ -1232,8 +1238,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
                 and keep["best_z"][0] is not None and rl_run is not None):
             zrow = np.array([c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" for c in cands])
             z_best = float(np.min(scores.mean(axis=1)[zrow])) if zrow.any() else math.inf
-            margin0 = FAMILY_MARGIN_BRIGHT if cpv0 >= FAMILY_COUNTS_SPLIT else FAMILY_MARGIN
-            hopeless = _beaten(splits[0], keep["best_z"][0], z_best, margin0, float(np.mean(rl_run[0])))
+            hopeless = _beaten(splits[0], keep["best_z"][0], z_best, _family_margin(cpv0), float(np.mean(rl_run[0])))
         if settled is None and include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get(
                 "null_space", "auto") == "auto":
             th_best = [] if family_prior else None
