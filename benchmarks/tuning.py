@@ -13,6 +13,7 @@
     python benchmarks/tuning.py family_data 0,1,2 tune 48 out.jsonl  # every candidate's NMSE/velocity per iteration
     python benchmarks/tuning.py ladder_data 0,1 tune 48 out.jsonl default  # every k rung: deviance + squared error
     python benchmarks/tuning.py ladder_rules a.jsonl,b.jsonl 0,1,3  # k / zeroed-count / family rules offline (fit set)
+    python benchmarks/tuning.py null_factor 0,1,2 tune 48 small      # null bands at f x the threshold vs zeroed
 """
 from __future__ import annotations
 
@@ -1047,6 +1048,42 @@ def family_rules(paths):
                       f"{o['cpv']:.2f} counts per fused voxel, zeroed - thresholded deviance {o['z']:+.1f} SE")
 
 
+def null_factor(indices, split="tune", n_suite=48, size="small", factors=(1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 40.0),
+                n_max=60, out=None):
+    """Session 14: the thresholded prior with its null bands at ``f`` times the other bands' threshold (option
+    ``null_factor``), against the zeroed prior, at the k the ladder chooses (python benchmarks/tuning.py null_factor
+    0,1,2 tune 48 small). One fit of ``n_max`` iterations per variant (tol=None), NMSE at every iterate; prints each
+    variant's best-iterate NMSE against the best variant, and the mean / worst loss and the count within 0.5 dB per
+    variant. ``out``: JSON lines with the curves."""
+    keys = [f"f{f:g}" for f in factors] + ["zero"]
+    loss = {k: [] for k in keys}
+    fh = open(out, "a") if out else None
+    for i in indices:
+        t0 = time.perf_counter()
+        name, x, y, t = _suite_scene(i, size, split, n=n_suite)
+        lch = tuning.ladder_choice(tuning.select(x, y))
+        k, n1 = float(lch.get("k", 1.0)), lch.get("n_scales_1d", 2)
+        kw = dict(regularization="wavelet2d1d", k=k, n_scales_1d=n1)
+        curves = {f"f{f:g}": _nmse_curve_fit(x, y, t, n_max, null_space="threshold", null_factor=f, **kw)
+                  for f in factors}
+        curves["zero"] = _nmse_curve_fit(x, y, t, n_max, null_space="zero", **kw)
+        best = {key: float(c.max()) for key, c in curves.items()}
+        top = max(best.values())
+        for key in keys:
+            loss[key].append(best[key] - top)
+        if fh:
+            fh.write(json.dumps({"index": i, "name": name, "k": k, **{key: c.tolist() for key, c in curves.items()}})
+                     + "\n")
+            fh.flush()
+        print(f"{name}: k {k:g}, best variant {top:.2f} dB; " + ", ".join(
+            f"{key} {best[key] - top:+.2f}@{int(np.argmax(curves[key])) + 1}" for key in keys)
+            + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for key in keys:
+        v = np.array(loss[key])
+        print(f"{key}: loss against the best variant mean {v.mean():+.2f} dB, worst {v.min():+.2f}, within 0.5 dB "
+              f"{np.sum(v >= -0.5)}/{v.size}")
+
+
 def asam_breakdown(indices, split="heldout", n_suite=24, size="small"):
     """Where does the 'auto' fuse lose the aSAM (mean spectral angle) test against the Y-upsampled baseline?
     Per suite scene: aSAM of the 'auto' fit, the k-ladder (zeroed) fit, Y upsampled and the 'auto' fit averaged
@@ -1192,6 +1229,9 @@ if __name__ == "__main__":
         # tuning seeds 1024-1047 for n=48 indices >= 24)
         null_iters([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small",
                    n_suite=int(sys.argv[4]) if len(sys.argv) > 4 else 24)
+    elif sys.argv[1] == "null_factor":  # python benchmarks/tuning.py null_factor 0,1,2 tune 48 small [out.jsonl]
+        null_factor([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), sys.argv[5],
+                    out=sys.argv[6] if len(sys.argv) > 6 else None)
     elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small [auto|none] [n]
         hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:6],
                   *([int(sys.argv[6])] if len(sys.argv) > 6 else []))

@@ -499,6 +499,10 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
           chosen k is also scored with the null space thresholded and stopped early like RL
           (:func:`xfusion.tuning.select`; ``xfusion.tuning.tune(select_null_space=True)`` compares
           the treatments at k = 1).
+        - ``null_factor`` (number > 0, default 1): with ``null_space="threshold"`` those bands are
+          thresholded at ``null_factor`` times the other bands' rule (1: the paper); the thresholded
+          candidate of ``regularization="auto"`` uses 20 (``xfusion.tuning.NULL_FACTOR``): only
+          null-band structure far above the noise survives.
         - ``per_band`` (bool, default True): a MAD per band; False uses the finest band's MAD
           for all (the paper).
         - ``noise`` ("mad", "poisson" or "propagated", default "mad"): the noise model of sigma.

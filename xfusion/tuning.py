@@ -49,7 +49,14 @@ What is selected, per regularization:
   :func:`sq_transfer` (session 10: :data:`RL_SQ_FACTOR` times the best half-data iterate of the sharp-spectral
   instrument's held-out squared error, which weighs residuals like the NMSE; until session 9
   :func:`threshold_transfer`, RL's line factor reduced to 2 and not applied when the sharp-spatial held-out minimum
-  is the first iterate after the warm start).
+  is the first iterate after the warm start). Since session 14 this candidate thresholds its null bands at
+  :data:`NULL_FACTOR` (20) times the rule of the other bands (option ``null_factor``): only a null-band coefficient
+  far above the noise survives (a bright, narrow line in a few pixels), the rest is zeroed as by the ladder's prior.
+  Fitted on suite("tune", n=48) at 24x24x600 (one fit per factor at the ladder's k, NMSE at each fit's best
+  iterate; ``benchmarks/tuning.py null_factor``): against the best of (factor 1, 2, 3, 5, 8, 12, 20, 40, zeroed)
+  the mean loss was 0.72 dB for factor 1 (the paper's thresholded prior), 0.20 for 20, 0.26 for 40, 2.99 for
+  the zeroed prior; within 0.5 dB on 17, 36, 33 and 15 of 42 scenes. The default ``fuse`` on those tuning scenes:
+  mean NMSE +0.40 dB, NMSE >= RL's oracle 36 -> 39/43. Held out: see the README.
 * The zeroed candidate's iteration count (session 8; ``regularization="auto"`` when it wins, :func:`_zero_iterations`):
   EM with a prior stops on the change of the iterate (tol 1e-4), which rarely fires, so the zeroed prior ran to
   ``max_iter=50`` although its NMSE peaks after 3-30 iterations on many scenes and then falls (synchrotron/1007 of
@@ -724,8 +731,14 @@ def threshold_transfer(n_half, n_spatial, n_spectral, warm_iter=3):
     return int(min(max(round(n), 1), RL_MAX_ITER))
 
 
+#: "auto" (session 14): the thresholded candidate's null bands get NULL_FACTOR times the other bands' threshold
+#: (module notes; fitted on the small tuning scenes)
+NULL_FACTOR = 20.0
+
+
 def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=3, iterates=None, hopeless=None):
-    """The wavelet candidate ``cand`` with its null space thresholded instead of zeroed, stopped early like plain RL.
+    """The wavelet candidate ``cand`` with its null space thresholded instead of zeroed (at :data:`NULL_FACTOR` times
+    the other bands' threshold unless ``fixed`` gives ``null_factor``), stopped early like plain RL.
 
     Zeroing the bands that are fine in space and fine in energy removes what the positivity of EM recovers there
     (narrow lines that move from pixel to pixel on bright scenes); thresholding them lets them grow with the
@@ -748,7 +761,7 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     iterations, 9.9 dB, against 14.4 dB for the zeroed prior; see :func:`threshold_transfer`). Returns
     ``(setting, scores per split at the best iterate, choice)``.
     """
-    cand = dict(cand, null_space="threshold")
+    cand = dict(cand, null_space="threshold", null_factor=fixed.get("null_factor", NULL_FACTOR))
     if hopeless is not None and len(splits) != 1:
         raise ValueError("hopeless stopping of the thresholded candidate needs exactly one split")
     curves, parts, sqs = [], [], []
@@ -1296,7 +1309,8 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
 #: the families ``regularization="auto"`` compares (:func:`select`)
 AUTO_FAMILIES = ("wavelet2d1d", "none")
 #: options of the wavelet family that :func:`select` passes on (fixed by the caller or "auto")
-WAVELET_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise")
+WAVELET_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise",
+                "null_factor")
 
 
 def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol=1e-4, complete=False,

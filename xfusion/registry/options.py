@@ -18,6 +18,11 @@ def nonneg_number(auto=False):
     return check
 
 
+def positive_number(name, v):
+    if not (is_real(v) and v > 0):
+        raise ValueError(f"option {name} must be a number > 0 (finite, not a bool); got {v!r}")
+
+
 def positive_int(auto=False):
     def check(name, v):
         if not (auto and v == "auto") and not (is_int(v) and v >= 1):
@@ -118,6 +123,11 @@ NOISE = lambda: option("mad", '"mad", "poisson" or "propagated"',
                        "band with a per-band correlation factor from a noise probe (:mod:`xfusion.regularizers."
                        "sparsity`; EM only; helps with several sharp-spatial cameras, mixed on single pairs).",
                        one_of("mad", "poisson", "propagated"))
+NULL_FACTOR = lambda: option(1.0, "number > 0", "With ``null_space=\"threshold\"``: the thresholds of the bands "
+                             "neither instrument sees (fine in space and in energy) are ``null_factor`` times those of "
+                             "the other bands (1: every band alike, the paper; large: close to ``\"zero\"``, but a "
+                             "coefficient far above the noise is kept). Ignored with ``null_space=\"zero\"``.",
+                             positive_number)
 PER_BAND = lambda: option(True, "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the "
                           "MAD of "
                   "the finest band for every band.", boolean)

@@ -15,7 +15,8 @@ from .base import FULL, OptionSet, Regularization, describe
 #: sharp-spectral voxel; gaussian_rebin has 4.6, realistic_rebin 56, gaussian_rebin x10 46)
 AUTO_COUNTS_SPLIT = 15.0
 #: options passed to :class:`xfusion.regularizers.sparsity.Wavelet2D1D`
-PRIOR_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise")
+PRIOR_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise",
+              "null_factor")
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Options(OptionSet):
     k_min: object = o.K_MIN()
     k_max: object = o.K_MAX()
     null_space: object = o.null_space("auto")
+    null_factor: object = o.NULL_FACTOR()
     per_band: object = o.PER_BAND()
     noise: object = o.NOISE()
     shape_prior: object = o.SHAPE_PRIOR()

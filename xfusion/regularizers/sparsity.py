@@ -15,7 +15,10 @@ sees) is invisible to both instruments: the data cannot pin it and an l1 penalty
 level lets it grow with the iterations (measured: NMSE falls from 16 dB to 10 dB between
 iterations 5 and 40 on ``gaussian_rebin``). With ``null_space="zero"`` (default) those
 bands (2D scale < ``n_scales_2d`` and 1D scale < ``n_scales_1d``) are set to zero: an
-infinite l1 weight on them.
+infinite l1 weight on them. With ``null_space="threshold"`` they are thresholded at ``null_factor`` times the rule
+of the other bands (``rho_b = null_factor * k * sigma_b``; 1: every band alike, the paper): a large factor keeps only
+null-band coefficients far above their band's noise, such as a bright narrow line confined to a few pixels, which
+EM's positivity recovers from the two instruments together and zeroing would remove.
 
 Noise model "propagated" (``noise="propagated"``; EM solver only, :class:`xfusion.solvers.em.EMProx`)
 ---------------------------------------------------------------------------------------------------
@@ -198,9 +201,14 @@ class Wavelet2D1D:
     boundary = "symmetric"
 
     def __init__(self, n_scales_2d=1, n_scales_1d=5, k=1.0, k_rule="constant", k_min=0.5, k_max=3.0,
-                 null_space="zero", per_band=True, sample=MAD_SAMPLE, conserve_flux=False, noise=None):
+                 null_space="zero", per_band=True, sample=MAD_SAMPLE, conserve_flux=False, noise=None, null_factor=1.0):
         if null_space not in ("zero", "threshold"):
             raise ValueError("null_space must be 'zero' or 'threshold'")
+        if not (np.isfinite(null_factor) and null_factor > 0):
+            raise ValueError(f"null_factor must be a finite number > 0 (the null bands' threshold over the others'); "
+                             f"got {null_factor!r}")
+        #: factor of the null bands' thresholds when ``null_space="threshold"`` (1: the paper, every band alike)
+        self.null_factor = float(null_factor)
         noise = NOISE_DEFAULT if noise is None else noise
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be 'mad' (one MAD per band), 'poisson' (MAD of the coefficients over "
@@ -434,14 +442,15 @@ class Wavelet2D1D:
             k = k * np.sqrt(np.maximum(c, c.dtype.type(stats["floor"])))
         sds = {}
         for a, b in self._kept():
+            null = self.null_factor if (a < self.n2 and b < self.n1) else 1.0
             if self.noise == "propagated":  # V_b = ||g_b||^2 x a smoothed level shared by several bands: one sqrt each
                 level, norm = vbands[(a, b)]
                 key = (id(level), stats["vfloor"][(a, b)] / norm)
                 if key not in sds:
                     sds[key] = np.sqrt(np.maximum(level, level.dtype.type(key[1])))
-                yield c1[a][b], float(step * sig[(a, b)] * norm ** 0.5) * k * sds[key]
+                yield c1[a][b], float(step * sig[(a, b)] * norm ** 0.5 * null) * k * sds[key]
             else:
-                th = step * k * (sig[(a, b)] if self.per_band else sig[(0, 0)])
+                th = step * k * (sig[(a, b)] if self.per_band else sig[(0, 0)]) * null
                 f = self.band_scale.get((a, b))
                 yield c1[a][b], th if f is None else th * f
 
