@@ -249,7 +249,11 @@ class Wavelet2D1D:
             for b in range(self.n1 + 1):
                 if a == self.n2 and b == self.n1:
                     continue
-                yield a, b, (a < self.n2 and b < self.n1)
+                yield a, b, self._is_null(a, b)
+
+    def _is_null(self, a, b):
+        """Band (a, b) is fine in space and fine in energy: invisible to both instruments."""
+        return a < self.n2 and b < self.n1
 
     def _kept(self):
         return [(a, b) for a, b, null in self._bands() if not (null and self.null_space == "zero")]
@@ -442,7 +446,7 @@ class Wavelet2D1D:
             k = k * np.sqrt(np.maximum(c, c.dtype.type(stats["floor"])))
         sds = {}
         for a, b in self._kept():
-            null = self.null_factor if (a < self.n2 and b < self.n1) else 1.0
+            null = self.null_factor if self._is_null(a, b) else 1.0
             if self.noise == "propagated":  # V_b = ||g_b||^2 x a smoothed level shared by several bands: one sqrt each
                 level, norm = vbands[(a, b)]
                 key = (id(level), stats["vfloor"][(a, b)] / norm)
