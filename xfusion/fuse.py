@@ -424,8 +424,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         for the tuned ``wavelet2d1d``, worse on 2 scenes; README). Since sessions 9-10 the family is chosen under a prior
         fitted on the tuning suite (:func:`xfusion.tuning._family_prior`): when the summed sharp-spectral counts show
         lines the zeroed candidates must predict the held-out counts better by 9 paired standard errors (18 with
-        >= 1.7 counts per fused voxel); without lines the zeroed prior is taken. Held-out suite, session 10: mean NMSE
-        20.86 dB at 24x24x600 and 20.02 dB at full size (RL oracle 19.61 and 17.34 dB; README). Any wavelet option given explicitly (``k``,
+        >= 1.7 counts per fused voxel); without lines the zeroed prior is taken. Held-out suite (48 scenes per size, code
+        of session 14): mean NMSE 22.27 dB at 24x24x600 and 20.91 dB at full size (RL oracle 20.96 and 18.11 dB;
+        README, benchmarks/results/suite_heldout.csv). Any wavelet option given explicitly (``k``,
         ``n_scales_1d``, ``null_space``, ...) selects ``wavelet2d1d`` without the comparison;
         Dask-backed, Gaussian or count-free data fall back to ``wavelet2d1d`` (recorded). ``"auto"`` delivers the
         cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``, 1e4 pseudo-counts unless given; None: off;

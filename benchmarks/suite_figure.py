@@ -1,0 +1,166 @@
+"""The scene suite's per-scene results as one table (CSV) and one figure (PNG), from ``benchmarks/suite.py --json``.
+
+Issue 13 asks that the README's figures come from the suite. This reads the JSON files that
+``python benchmarks/suite.py --heldout --select --json F`` writes (several files per size are merged: scenes run in
+parallel jobs; a scene present twice keeps the last file's row), and writes
+
+* ``--csv``: one row per scene and size: kind, seed, size, counts, the default's choice, and for the default, plain RL
+  at its oracle iteration (the best NMSE over its iterations: uses the truth) and the two naive baselines
+  (X upsampled in energy, Y upsampled in space): NMSE (dB), velocity-map and line-width RMS errors (km/s, brighter
+  half of the field; empty without lines), total-flux bias (%);
+* ``--png``: per size (one row of panels each), (a) the default's NMSE minus RL's oracle NMSE per scene, grouped by
+  scene kind, with the worse naive baseline's difference beside it; (b) the default's velocity-map RMS error against
+  RL's oracle's (log-log; below the diagonal the default is better); (c) the total-flux bias. Each panel's title
+  states the issue-13 target it shows and the count that meets it.
+
+    python benchmarks/suite_figure.py --input full=a.json,b.json --input small=c.json,d.json \\
+        --png docs/figures/suite_heldout.png --csv benchmarks/results/suite_heldout.csv
+"""
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from suite import _beats  # benchmarks/suite.py: the "beats a baseline on all four metrics" test
+
+KINDS = ("snr_shell", "cluster_core", "synchrotron", "point_sources", "mixed")
+COLORS = dict(zip(KINDS, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange")))
+COLUMNS = ("size", "kind", "seed", "scene", "grid", "counts_x", "counts_y", "choice",
+           "nmse_default_db", "nmse_rl_oracle_db", "nmse_x_up_db", "nmse_y_up_db",
+           "velocity_rms_default_kms", "velocity_rms_rl_oracle_kms", "width_rms_default_kms",
+           "width_rms_rl_oracle_kms", "flux_bias_pct", "beats_both_baselines")
+
+
+def load(paths):
+    """Rows of the suite JSON files ``paths`` merged by scene name (the last file wins), errors dropped."""
+    rows = {}
+    for p in paths:
+        for r in json.loads(Path(p).read_text())["rows"]:
+            if "error" not in r:
+                rows[r["name"]] = r
+    if not rows:
+        raise SystemExit(f"no scene rows in {', '.join(map(str, paths))}: pass files written by "
+                         "benchmarks/suite.py --json")
+    return list(rows.values())
+
+
+def _choice(sel):
+    if sel is None:
+        return ""
+    if sel.get("regularization") == "none":
+        return f"RL {sel.get('max_iter')} it"
+    txt = f"starlet k={sel.get('k')} {sel.get('null_space', '')}"
+    return txt + (f" {sel['max_iter']} it" if "max_iter" in sel else "")
+
+
+def _num(v):
+    return "" if v is None or not math.isfinite(v) else f"{v:.4g}"
+
+
+def table(size, rows):
+    """One CSV dict per scene (see the module docstring)."""
+    out = []
+    for r in rows:
+        d, rb = r["default"], r["rl_best"]
+        out.append({"size": size, "kind": r["spec"]["kind"], "seed": r["spec"]["seed"], "scene": r["name"],
+                    "grid": r["size"], "counts_x": f"{r['counts_x']:.0f}", "counts_y": f"{r['counts_y']:.0f}",
+                    "choice": _choice(r.get("selected")),
+                    "nmse_default_db": _num(d["nmse_db"]), "nmse_rl_oracle_db": _num(rb["nmse_db"]),
+                    "nmse_x_up_db": _num(r["x_up"]["nmse_db"]), "nmse_y_up_db": _num(r["y_up"]["nmse_db"]),
+                    "velocity_rms_default_kms": _num(d["velocity_rms_kms"]),
+                    "velocity_rms_rl_oracle_kms": _num(rb["velocity_rms_kms"]),
+                    "width_rms_default_kms": _num(d["width_rms_kms"]),
+                    "width_rms_rl_oracle_kms": _num(rb["width_rms_kms"]),
+                    "flux_bias_pct": _num(r["flux_bias_pct"]),
+                    "beats_both_baselines": _beats(d, r["x_up"]) and _beats(d, r["y_up"])})
+    return out
+
+
+def figure(groups, path):
+    """``groups``: {size label: rows}. One row of three panels per size (module docstring); saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(len(groups), 3, figsize=(14, 4.2 * len(groups)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1.3, 1.0]})
+    for (label, rows), (a, b, c) in zip(groups.items(), axes):
+        rows = sorted(rows, key=lambda r: (KINDS.index(r["spec"]["kind"]), r["default"]["nmse_db"]
+                                           - r["rl_best"]["nmse_db"]))
+        x = np.arange(len(rows))
+        dd = np.array([r["default"]["nmse_db"] - r["rl_best"]["nmse_db"] for r in rows])
+        db = np.array([max(r["x_up"]["nmse_db"], r["y_up"]["nmse_db"]) - r["rl_best"]["nmse_db"] for r in rows])
+        col = [COLORS[r["spec"]["kind"]] for r in rows]
+        a.bar(x, dd, color=col, width=0.8)
+        a.plot(x, db, "k_", ms=7, label="better naive baseline - RL oracle (clipped at -15)")
+        a.axhline(0, color="k", lw=0.8)
+        a.set_xticks([])
+        a.set_xlabel(f"{len(rows)} held-out scenes, grouped by kind")
+        a.set_ylabel("NMSE: default - RL oracle (dB)")
+        a.set_ylim(max(min(dd.min(), db.min()) - 1, -15), dd.max() + 1)
+        handles, _ = a.get_legend_handles_labels()
+        a.legend(handles=handles + [Patch(color=COLORS[k], label=k) for k in KINDS], fontsize=7, ncol=2,
+                 loc="lower right")
+        a.set_title(f"{label}: NMSE >= RL oracle in {int((dd >= 0).sum())}/{len(rows)} (target 90%)", fontsize=10)
+
+        lined = [r for r in rows if math.isfinite(r["rl_best"]["velocity_rms_kms"])]
+        vd = np.array([r["default"]["velocity_rms_kms"] for r in lined])
+        vr = np.array([r["rl_best"]["velocity_rms_kms"] for r in lined])
+        b.scatter(vr, vd, c=[COLORS[r["spec"]["kind"]] for r in lined], s=18)
+        lo, hi = min(vd.min(), vr.min()) / 1.5, max(vd.max(), vr.max()) * 1.5
+        b.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        b.set_xscale("log")
+        b.set_yscale("log")
+        b.set_xlim(lo, hi)
+        b.set_ylim(lo, hi)
+        b.set_xlabel("velocity RMS, RL oracle (km/s)")
+        b.set_ylabel("velocity RMS, default (km/s)")
+        b.set_title(f"velocity <= RL oracle in {int((vd <= vr).sum())}/{len(lined)} (target 90%)", fontsize=10)
+
+        fb = np.array([r["flux_bias_pct"] for r in rows])
+        c.axhspan(-1, 1, color="0.9", zorder=0)
+        c.scatter(x, fb, c=col, s=12, zorder=2)
+        c.axhline(0, color="k", lw=0.8)
+        c.set_xticks([])
+        c.set_ylabel("total-flux bias (%)")
+        c.set_title(f"|flux bias| <= 1% in {int((np.abs(fb) <= 1).sum())}/{len(rows)}", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", action="append", required=True,
+                   help="LABEL=FILE[,FILE...]: suite.py JSON files of one size (repeat for each size)")
+    p.add_argument("--png", default=None, help="write the figure here")
+    p.add_argument("--csv", default=None, help="write the per-scene table here")
+    args = p.parse_args(argv)
+    groups = {}
+    for item in args.input:
+        label, sep, files = item.partition("=")
+        if not sep or not files:
+            raise SystemExit(f"--input {item!r}: expected LABEL=FILE[,FILE...]")
+        groups[label] = load(files.split(","))
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            for label, rows in groups.items():
+                w.writerows(table(label, rows))
+    if args.png:
+        figure(groups, args.png)
+    for label, rows in groups.items():
+        t = table(label, rows)
+        print(f"{label}: {len(t)} scenes; beats both baselines {sum(r['beats_both_baselines'] for r in t)}; "
+              f"NMSE >= RL oracle {sum(float(r['nmse_default_db']) >= float(r['nmse_rl_oracle_db']) for r in t)}")
+
+
+if __name__ == "__main__":
+    main()
