@@ -9,12 +9,12 @@ parallel jobs; a scene present twice keeps the last file's row), and writes
   (X upsampled in energy, Y upsampled in space): NMSE (dB), velocity-map and line-width RMS errors (km/s, brighter
   half of the field; empty without lines), total-flux bias (%);
 * ``--png``: per size (one row of panels each), (a) the default's NMSE minus RL's oracle NMSE per scene, grouped by
-  scene kind, with the worse naive baseline's difference beside it; (b) the default's velocity-map RMS error against
+  scene kind, with the better naive baseline's difference beside it; (b) the default's velocity-map RMS error against
   RL's oracle's (log-log; below the diagonal the default is better); (c) the total-flux bias. Each panel's title
   states the issue-13 target it shows and the count that meets it.
 
     python benchmarks/suite_figure.py --input full=a.json,b.json --input small=c.json,d.json \\
-        --png docs/figures/suite_heldout.png --csv benchmarks/results/suite_heldout.csv
+        --png benchmarks/results/suite_heldout.png --csv benchmarks/results/suite_heldout.csv
 """
 import argparse
 import csv
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from suite import _beats  # benchmarks/suite.py: the "beats a baseline on all four metrics" test
 
-KINDS = ("snr_shell", "cluster_core", "synchrotron", "point_sources", "mixed")
+from xfusion.scenes import KINDS
+
 COLORS = dict(zip(KINDS, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange")))
 COLUMNS = ("size", "kind", "seed", "scene", "grid", "counts_x", "counts_y", "choice",
            "nmse_default_db", "nmse_rl_oracle_db", "nmse_x_up_db", "nmse_y_up_db",
@@ -141,23 +142,23 @@ def main(argv=None):
     p.add_argument("--png", default=None, help="write the figure here")
     p.add_argument("--csv", default=None, help="write the per-scene table here")
     args = p.parse_args(argv)
-    groups = {}
+    groups, tables = {}, {}
     for item in args.input:
         label, sep, files = item.partition("=")
         if not sep or not files:
             raise SystemExit(f"--input {item!r}: expected LABEL=FILE[,FILE...]")
         groups[label] = load(files.split(","))
+        tables[label] = table(label, groups[label])
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=COLUMNS)
             w.writeheader()
-            for label, rows in groups.items():
-                w.writerows(table(label, rows))
+            for t in tables.values():
+                w.writerows(t)
     if args.png:
         figure(groups, args.png)
-    for label, rows in groups.items():
-        t = table(label, rows)
+    for label, t in tables.items():
         print(f"{label}: {len(t)} scenes; beats both baselines {sum(r['beats_both_baselines'] for r in t)}; "
               f"NMSE >= RL oracle {sum(float(r['nmse_default_db']) >= float(r['nmse_rl_oracle_db']) for r in t)}")
 
