@@ -308,9 +308,13 @@ def test_auto_wavelet_rule_exact(per_voxel, k, n1):
 
 
 @pytest.mark.parametrize("y_counts,k,n1", [(4e5, 0.5, 2), (2e4, 1.0, 5)])
-def test_auto_rule_recorded_by_fuse(y_counts, k, n1):
-    """Through fuse on Dask-backed data (where the counts rule sets k and the scales; in memory they are tuned
-    by thinning): the small toy's Y has 66.7 counts per voxel (bright); with 2e4 counts 3.3 (dim)."""
+def test_auto_rule_recorded_by_fuse(y_counts, k, n1, monkeypatch):
+    """Through fuse on Dask-backed data too large to tune in memory (here: a limit of 0 bytes; the counts rule then
+    sets k and the scales, elsewhere they are tuned by thinning): the small toy's Y has 66.7 counts per voxel
+    (bright); with 2e4 counts 3.3 (dim)."""
+    from xfusion import tuning
+
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", 0)
     x, y, _ = toy.make("small", y={"counts": y_counts})
     y = y.assign(counts=y.counts.chunk({"x": 5, "y": 5, "energy": -1}))
     r = xfusion.fuse(x, y, progress=False, max_iter=1, null_space="zero")

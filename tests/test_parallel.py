@@ -30,7 +30,7 @@ def lazy(stores):
 # ``cluster``: the session's 2-worker LocalCluster (tests/conftest.py); its client is not the default scheduler
 
 
-# explicit settings: "auto" ones are tuned by thinning in memory but take fallbacks on Dask (xfusion.tuning);
+# explicit settings: nothing is tuned (tests/test_dask_tuning.py covers "auto" on Dask-backed data);
 # 12 iterations (25 before session 9; ~0.3 s each on the cluster): FISTA's momentum and line searches act from the
 # second iteration on, and a block or halo error shows from the first
 RUN = dict(regularization="lowrank_sobolev", progress=False, max_iter=12, tol=None, chunks=(6, 6), rank=10, mu=0.01)
@@ -54,6 +54,21 @@ def test_numpy_dask_and_cluster_agree(small_toy, stores, threads_run, cluster):
     for r in (threads, dist):
         assert float(np.abs(r.flux.values - ref.flux.values).max()) / scale <= 1e-5
         np.testing.assert_allclose(r.model_spectral.values, ref.model_spectral.values, rtol=1e-4, atol=1e-3)
+
+
+def test_auto_iterations_on_a_cluster_are_tuned_in_memory(small_toy, stores, cluster):
+    """max_iter="auto" of plain RL with a (non-default) client: the lazy stores are computed on that client, thinned
+    in this process, and the fit on the cluster equals the in-memory one (tests/test_dask_tuning.py: threads)."""
+    import json
+
+    x, y, _ = small_toy
+    ref = xfusion.fuse(x, y, regularization="none", progress=False)
+    dist = xfusion.fuse(*lazy(stores), regularization="none", progress=False, client=cluster[1])
+    pr, pd = json.loads(ref.attrs["parameters"]), json.loads(dist.attrs["parameters"])
+    assert pd["max_iter"] == pr["max_iter"] and pd["auto_tuning"]["choice"] == pr["auto_tuning"]["choice"]
+    assert "tuned in memory" in pd["auto_tuning"]["in_memory"]
+    dist = cluster[1].compute(dist).result()
+    assert float(np.abs(dist.flux.values - ref.flux.values).max()) <= 1e-5 * float(ref.flux.max())
 
 
 def test_tasks_per_iteration_constant(stores, monkeypatch):

@@ -41,7 +41,8 @@ MAX_ITER = {n: registry.method(n).max_iter for n in registry.METHODS}
 #: the unregularized options are regularized by early stopping (measured on gaussian_rebin: plain RL
 #: peaks at iteration 4-5, 15.5 dB, then falls to 9.3 dB at 30; plain low rank peaks at ~40 on
 #: gaussian_rebin, 17.1 dB, and falls to 6.8 dB after 300 on small). Since thinning (xfusion.tuning), the
-#: default for "none" is max_iter="auto" and these counts are only the fallback on Dask-backed data.
+#: default for "none" is max_iter="auto" and these counts are only the fallback on Dask-backed data too large to
+#: tune in memory (xfusion.tuning.IN_MEMORY_BYTES).
 EARLY_STOP = {n: registry.regularization(n).early_stop for n in REGULARIZATIONS
               if registry.regularization(n).early_stop is not None}
 
@@ -428,7 +429,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         of session 14): mean NMSE 22.27 dB at 24x24x600 and 20.91 dB at full size (RL oracle 20.96 and 18.11 dB;
         README, benchmarks/results/suite_heldout.csv). Any wavelet option given explicitly (``k``,
         ``n_scales_1d``, ``null_space``, ...) selects ``wavelet2d1d`` without the comparison;
-        Dask-backed, Gaussian or count-free data fall back to ``wavelet2d1d`` (recorded). ``"auto"`` delivers the
+        Gaussian or count-free data, and Dask-backed data whose tuning would not fit
+        ``xfusion.tuning.IN_MEMORY_BYTES``, fall back to ``wavelet2d1d`` (recorded); smaller Dask-backed data are
+        tuned on in-memory copies and fitted on Dask (the record's ``in_memory`` says so). ``"auto"`` delivers the
         cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``, 1e4 pseudo-counts unless given; None: off;
         :mod:`xfusion.regularizers.shape`): faint pixels take their neighbourhood's spectral shape, every pixel
         keeps its total (held-out small suite, session 8: beats both naive baselines on 23/24 scenes against 18,
@@ -662,7 +665,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         raise ValueError(f"max_iter must be an integer >= 0 (not a bool or float, never truncated) or 'auto' (for "
                          f"regularization {auto_ok} with method em/fista); got {max_iter!r}")
     # "auto" settings: chosen by Poisson thinning (xfusion.tuning), recorded in the parameters
-    from .tuning import auto_settings
+    from .tuning import auto_settings, in_memory_copies
 
     on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in observations
                                         if isinstance(o, xr.Dataset) and "counts" in o)
@@ -677,10 +680,18 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
     no_counts = sums is not None and 0.0 in sums[:2]  # nothing to thin: the fallbacks of the Dask path apply
     # more inputs: the pair that sets the grid first, every further input thinned and scored too
     pair = observations if len(observations) == 2 else obs
-    max_iter, tuned = auto_settings(pair[0], pair[1], regularization, method, params, max_iter, tol,
-                                    dt.name, on_dask or no_counts, extra=tuple(pair[2:]))
+    copies = note = None
+    if on_dask and not no_counts and (max_iter == "auto" or any(isinstance(v, str) and v == "auto"
+                                                                for v in params.values())):
+        copies, note = in_memory_copies(pair, client)  # thinning in memory when it fits, the fit on Dask
+        no_counts = copies is not None and any("counts" in c and not np.any(c["counts"].values) for c in copies[:2])
+    tune_on = pair if copies is None else copies
+    max_iter, tuned = auto_settings(tune_on[0], tune_on[1], regularization, method, params, max_iter, tol, dt.name,
+                                    (on_dask and copies is None) or no_counts, extra=tuple(tune_on[2:]))
     if no_counts and tuned is not None:
         tuned["method"] = "fallback (an observation has no counts: nothing to thin)"
+    elif tuned is not None and note is not None:
+        tuned.update({"in_memory": note} if copies is not None else {"method": f"fallback ({note})"})
     if auto_record is not None:  # regularization="auto": its choice is the record (nothing else was tuned)
         tuned = auto_record if tuned is None else dict(auto_record, options=tuned)
     if tuned is not None:
@@ -717,15 +728,20 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options):
     """``regularization="auto"``: the tuned 2D-1D starlet prior or plain Richardson-Lucy stopped early, whichever
     predicts held-out counts best (:func:`xfusion.tuning.resolve_auto`, Poisson thinning of every
     observation, in memory). Returns ``(regularization, max_iter, options, record)`` with nothing left "auto".
-    On Dask-backed data thinning does not run: ``wavelet2d1d`` with its fallbacks (recorded); with a Gaussian
+    On Dask-backed data thinning runs on in-memory copies when it fits (:func:`xfusion.tuning.in_memory_copies`;
+    the fit then runs on Dask), else ``wavelet2d1d`` with its fallbacks (recorded); with a Gaussian
     data term (no counts to thin, no EM): ``lowrank_sobolev`` (its ``mu`` by data fission when "auto")."""
-    from .tuning import WAVELET_KEYS, resolve_auto
+    from .tuning import WAVELET_KEYS, in_memory_copies, resolve_auto
 
     on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in observations
                                         if isinstance(o, xr.Dataset) and "counts" in o)
+    note = None
     if on_dask:
-        return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
-                                                  "method": "fallback (Dask-backed data: thinning runs in memory)"}
+        copies, note = in_memory_copies(observations, client)
+        if copies is None:
+            return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
+                                                      "method": f"fallback ({note})"}
+        observations = copies
     wopts = {k: v for k, v in options.items() if k in WAVELET_KEYS}
     rest = {k: v for k, v in options.items() if k not in WAVELET_KEYS}
     gaussian = any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson"
@@ -748,6 +764,8 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options):
     ordered = observations if len(observations) == 2 else [observations[i] for i in
                                                            input_positions(fusion_grid(*observations))]
     reg, chosen, record = resolve_auto(*ordered, dtype=dtype, tol=tol or 1e-4, **wopts)
+    if note is not None:
+        record["in_memory"] = note
     if "max_iter" in chosen:  # plain RL, or the thresholded wavelet prior stopped early (iterations by thinning)
         n = chosen.pop("max_iter")
         max_iter = n if max_iter is None else max_iter

@@ -148,7 +148,10 @@ What is selected, per regularization:
   dB on the held-out full-size scenes; session 9's held-out results (which scenes lost, not their data) were known
   when this rule was fitted. Held out, measured after freezing: see :data:`FAMILY_MARGIN_BRIGHT`.
 
-Everything runs in memory (NumPy); Dask-backed observations are refused with a message.
+Everything runs in memory (NumPy); :func:`tune` and :func:`select` refuse Dask-backed observations with a message.
+:func:`xfusion.fuse` given Dask-backed observations tunes on in-memory copies of them when the tuning fits
+:data:`IN_MEMORY_BYTES` (:func:`in_memory_copies`) and runs the final fit on Dask; only larger problems take the
+pre-thinning fallbacks (recorded).
 """
 from __future__ import annotations
 
@@ -1429,6 +1432,37 @@ def plot(curve: xr.Dataset, ax=None):
 
 
 # ----------------------------------------------------------------------------- fuse(..., "auto")
+#: Most memory (bytes) in-memory tuning may take for :func:`xfusion.fuse` on Dask-backed observations (the estimate of
+#: :func:`in_memory_copies`); above it "auto" takes the fallbacks. Raise it on a large machine, lower it on a small one.
+IN_MEMORY_BYTES = 4 * 2 ** 30
+#: Peak memory of in-memory tuning in float32 copies of the fused cube. Measured (session 17, tracemalloc peak of
+#: :func:`select` with every candidate of ``regularization="auto"``): 18.2-20.3 on five 24x24x600 tuning scenes of
+#: ``xfusion.scenes.suite("tune", n=48)``, 18.6 on one at 45x45x2000; 24 leaves a margin.
+CUBE_COPIES = 24
+
+
+def in_memory_copies(observations, client=None):
+    """In-memory copies of ``observations`` for thinning, or None when tuning would not fit :data:`IN_MEMORY_BYTES`.
+
+    Returns ``(copies, note)``: ``copies`` is a list with every Dask-backed observation computed (on ``client`` when
+    given; the caller's Datasets are left as they are, still lazy) and the others as given, or None; ``note`` says
+    what was estimated (``CUBE_COPIES`` x 4 bytes per fused voxel plus the observations' own bytes, three times:
+    the data and its two thinned halves) and, when None, what to do."""
+    from . import parallel
+
+    grid = fusion_grid(*observations)
+    voxels = grid.sizes["x"] * grid.sizes["y"] * grid.sizes["energy"]
+    need = CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations)
+    size = f"{need / 2 ** 30:.2f} GiB" if need >= 2 ** 30 else f"{need / 2 ** 20:.0f} MiB"
+    estimate = f"in-memory tuning needs about {size}"
+    if need > IN_MEMORY_BYTES:
+        return None, (f"Dask-backed data and {estimate}, more than xfusion.tuning.IN_MEMORY_BYTES = "
+                      f"{IN_MEMORY_BYTES / 2 ** 30:.2f} GiB: fuse a smaller field or band, or raise that limit")
+    lazy = [any(parallel.is_dask(v.data) for v in o.variables.values()) for o in observations]
+    done = iter(parallel.compute_many([o for o, z in zip(observations, lazy) if z], client) if any(lazy) else ())
+    return [next(done) if z else o for o, z in zip(observations, lazy)], f"Dask-backed data tuned in memory ({estimate})"
+
+
 #: fallbacks where thinning cannot run (Dask-backed counts): the pre-thinning defaults
 FALLBACK = {"rank": 10, "mu": 0.01, "null_space": "zero", "k_lowrank": 1.0}
 
@@ -1439,7 +1473,8 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
     ``params``: the resolved option dict of ``fuse`` (modified in place); ``max_iter``: an int or
     "auto". In memory, every "auto" is chosen by :func:`tune` (one split, ``seed``); ``record``
     is a JSON-able dict (the choice, the candidates and their held-out deviance) or None when
-    nothing was automatic. On Dask-backed data (``on_dask``) thinning is not implemented: the
+    nothing was automatic. With ``on_dask`` (Dask-backed data that :func:`in_memory_copies` found too large to
+    tune in memory; smaller ones arrive here as in-memory copies with ``on_dask`` False) the
     pre-thinning defaults apply (rank 10, mu 0.01, null_space "zero", k and n_scales_1d from
     the counts rule of ``fuse._auto_wavelet_params``, the EARLY_STOP iteration counts) and the
     record says so. ``extra``: further observations (beyond the first two) thinned and scored too
@@ -1469,7 +1504,7 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
             if params.get(k) == "auto":
                 params[k] = FALLBACK[k]
         mi = EARLY_STOP.get(regularization) if auto_iter else max_iter
-        why = ("Dask-backed data: thinning runs in memory only" if on_dask else
+        why = ("Dask-backed data too large to tune in memory" if on_dask else
                "a Gaussian data term: data fission (xfusion.gaussian) handles rank/mu of the low-rank family with "
                "a fixed max_iter when every term is Gaussian")
         return int(mi), {"method": f"fallback ({why})", "auto": keys}

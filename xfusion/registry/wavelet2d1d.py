@@ -47,8 +47,9 @@ Options.__doc__ = describe(Options, "Options of regularization='wavelet2d1d'.")
 def auto_wavelet_params(params, yd, client):
     """Resolve ``k="auto"`` / ``n_scales_1d="auto"`` from the photon statistics of Y, in place.
 
-    Since thinning this rule is only the fallback on Dask-backed data (``xfusion.tuning.auto_settings``
-    resolves "auto" in memory; ``null_space="auto"`` becomes "zero" here). It was fitted on three toys
+    Since thinning this rule is only the fallback on Dask-backed data too large to tune in memory
+    (``xfusion.tuning.IN_MEMORY_BYTES``; ``xfusion.tuning.auto_settings`` resolves "auto" by thinning otherwise;
+    ``null_space="auto"`` becomes "zero" here). It was fitted on three toys
     and fails on unseen scenes (issue 13: 5.6 dB on an SNR shell where plain RL reaches 11 dB).
 
     Measured on the toys (NMSE, dB): at Table 1 counts (4.6 counts per Y voxel) k=1 with

@@ -1,0 +1,55 @@
+"""The default ``fuse`` (``regularization="auto"``) on Dask-backed observations against the same call in memory
+(session 17): on Dask, Poisson thinning runs on in-memory copies (``xfusion.tuning.in_memory_copies``) and the final
+fit runs block-wise on Dask's threads. Prints, per scene: the choice of each path, the wall time of each, the
+largest flux difference relative to the largest flux, and the NMSE against the truth of each.
+
+    python benchmarks/dask_auto.py                       # the paper's gaussian_rebin toy (45x45x2400)
+    python benchmarks/dask_auto.py --scene suite:3       # scene 3 of xfusion.scenes.suite("heldout", n=24), full size
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+import xfusion
+from xfusion import metrics, toy
+
+
+def _scene(name):
+    if name.startswith("suite:"):
+        from xfusion import scenes
+
+        spec = scenes.suite("heldout", n=24)[int(name.split(":")[1])]
+        x, y, truth = scenes.from_spec(spec)
+        return spec["name"], x, y, truth["flux"]
+    x, y, t = toy.make(name, seed=0)
+    return name, x, y, t
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scene", action="append", help="toy name or suite:INDEX (repeatable; default gaussian_rebin)")
+    p.add_argument("--chunk", type=int, default=16, help="pixel chunk of the lazy sharp-spatial input (default 16)")
+    a = p.parse_args(argv)
+    for name in a.scene or ["gaussian_rebin"]:
+        label, x, y, t = _scene(name)
+        t0 = time.perf_counter()
+        ref = xfusion.fuse(x, y, progress=False)
+        t1 = time.perf_counter()
+        lazy = xfusion.fuse(x.chunk({"x": a.chunk, "y": a.chunk}), y.chunk(), progress=False)
+        out = lazy.compute()
+        t2 = time.perf_counter()
+        pr, pd = (json.loads(r.attrs["parameters"]) for r in (ref, lazy))
+        rec = pd["auto_tuning"]
+        diff = float(np.abs(out.flux.values - ref.flux.values).max() / ref.flux.values.max())
+        print(f"{label}: in memory {pr['regularization']} {pr['max_iter']} it, {t1 - t0:.1f} s, "
+              f"{metrics.nmse(t, ref.flux):.3f} dB | Dask {pd['regularization']} {pd['max_iter']} it, {t2 - t1:.1f} s, "
+              f"{metrics.nmse(t, out.flux):.3f} dB | same choice: {pr['auto_tuning']['choice'] == rec['choice']} | "
+              f"max |difference| / max flux {diff:.1e} | {rec.get('in_memory', rec.get('method'))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Truth-free "auto" settings on Dask-backed observations (session 17): Poisson thinning runs on in-memory copies
+when the tuning fits ``xfusion.tuning.IN_MEMORY_BYTES``, the final fit runs on Dask, and the result is the in-memory
+one to float round-off; above the limit the pre-thinning fallbacks apply and the record says why."""
+import importlib
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xfusion
+from xfusion import parallel, tuning
+
+
+def _lazy(x, y):
+    return x.chunk({"x": 8, "y": 8}), y.chunk()
+
+
+def _record(r):
+    return json.loads(r.attrs["parameters"])
+
+
+@pytest.mark.parametrize("kw", [{}, {"regularization": "none"}], ids=["auto", "none-max_iter-auto"])
+def test_auto_on_dask_backed_data_is_tuned_in_memory_and_matches_numpy(small_toy, kw):
+    x, y, _ = small_toy
+    xd, yd = _lazy(x, y)
+    before = [o.copy(deep=True) for o in (xd, yd)]
+    a = xfusion.fuse(x, y, progress=False, **kw)
+    b = xfusion.fuse(xd, yd, progress=False, **kw)
+    pa, pb = _record(a), _record(b)
+    assert parallel.is_dask(b.flux.data)  # the final fit ran on Dask
+    # the same choice from the same thinning split (seed 0), noted as tuned in memory
+    assert pa["regularization"] == pb["regularization"] and pa["max_iter"] == pb["max_iter"]
+    assert pa["auto_tuning"]["choice"] == pb["auto_tuning"]["choice"]
+    assert "in memory" in pb["auto_tuning"]["in_memory"] and "MiB" in pb["auto_tuning"]["in_memory"]
+    assert "fallback" not in json.dumps(pb["auto_tuning"])
+    fa, fb = a.flux.values, b.flux.values
+    np.testing.assert_allclose(fb, fa, rtol=0, atol=1e-5 * float(fa.max()))
+    # the caller's lazy observations are left lazy and unchanged
+    for o, o0 in zip((xd, yd), before):
+        assert parallel.is_dask(o["counts"].data)
+        xr.testing.assert_identical(o, o0)
+
+
+def test_over_the_memory_limit_dask_takes_the_recorded_fallback(small_toy, monkeypatch):
+    x, y, _ = small_toy
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", 1024)
+    r = xfusion.fuse(*_lazy(x, y), progress=False, max_iter=3)
+    p = _record(r)
+    assert p["regularization"] == "wavelet2d1d"
+    method = p["auto_tuning"]["method"]
+    assert method.startswith("fallback") and "IN_MEMORY_BYTES" in method and "MiB" in method
+    # an explicit prior with "auto" settings: the counts rule, and the record says why
+    r = xfusion.fuse(*_lazy(x, y), progress=False, regularization="none")
+    p = _record(r)
+    assert p["max_iter"] == importlib.import_module("xfusion.fuse").EARLY_STOP["none"]
+    assert "IN_MEMORY_BYTES" in p["auto_tuning"]["method"]
+
+
+def test_in_memory_copies_estimate_and_refuse(small_toy, monkeypatch):
+    x, y, _ = small_toy
+    xd, yd = _lazy(x, y)
+    copies, note = tuning.in_memory_copies([xd, yd])
+    assert not any(parallel.is_dask(v.data) for c in copies for v in c.variables.values())
+    xr.testing.assert_identical(copies[0], x)
+    voxels = x.sizes["x"] * x.sizes["y"] * y.sizes["energy"]
+    need = tuning.CUBE_COPIES * 4 * voxels + 3 * (x.nbytes + y.nbytes)
+    assert f"{need / 2 ** 20:.0f} MiB" in note
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", need - 1)
+    copies, note = tuning.in_memory_copies([xd, yd])
+    assert copies is None and "raise that limit" in note
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", need)
+    assert tuning.in_memory_copies([xd, yd])[0] is not None
