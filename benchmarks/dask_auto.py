@@ -1,7 +1,9 @@
 """The default ``fuse`` (``regularization="auto"``) on Dask-backed observations against the same call in memory
 (session 17): on Dask, Poisson thinning runs on in-memory copies (``xfusion.tuning.in_memory_copies``) and the final
 fit runs block-wise on Dask's threads. Prints, per scene: the choice of each path, the wall time of each, the
-largest flux difference relative to the largest flux, and the NMSE against the truth of each.
+largest flux difference relative to the largest flux, and the NMSE against the truth of each. With ``--fallback``
+also the Dask run without in-memory tuning (``xfusion.tuning.IN_MEMORY_BYTES = 0``: the counts rule that every
+Dask-backed run took before session 17).
 
     python benchmarks/dask_auto.py                       # the paper's gaussian_rebin toy (45x45x2400)
     python benchmarks/dask_auto.py --scene suite:3       # scene 3 of xfusion.scenes.suite("heldout", n=24), full size
@@ -33,6 +35,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scene", action="append", help="toy name or suite:INDEX (repeatable; default gaussian_rebin)")
     p.add_argument("--chunk", type=int, default=16, help="pixel chunk of the lazy sharp-spatial input (default 16)")
+    p.add_argument("--fallback", action="store_true", help="also run Dask with IN_MEMORY_BYTES = 0 (the old fallback)")
     a = p.parse_args(argv)
     for name in a.scene or ["gaussian_rebin"]:
         label, x, y, t = _scene(name)
@@ -49,6 +52,18 @@ def main(argv=None):
               f"{metrics.nmse(t, ref.flux):.3f} dB | Dask {pd['regularization']} {pd['max_iter']} it, {t2 - t1:.1f} s, "
               f"{metrics.nmse(t, out.flux):.3f} dB | same choice: {pr['auto_tuning']['choice'] == rec['choice']} | "
               f"max |difference| / max flux {diff:.1e} | {rec.get('in_memory', rec.get('method'))}", flush=True)
+        if a.fallback:
+            from xfusion import tuning
+
+            keep, tuning.IN_MEMORY_BYTES = tuning.IN_MEMORY_BYTES, 0
+            try:
+                t3 = time.perf_counter()
+                old = xfusion.fuse(x.chunk({"x": a.chunk, "y": a.chunk}), y.chunk(), progress=False)
+                po, old = json.loads(old.attrs["parameters"]), old.compute()
+                print(f"    fallback (limit 0): {po['regularization']} k={po.get('k')} {po['max_iter']} it, "
+                      f"{time.perf_counter() - t3:.1f} s, {metrics.nmse(t, old.flux):.3f} dB", flush=True)
+            finally:
+                tuning.IN_MEMORY_BYTES = keep
 
 
 if __name__ == "__main__":

@@ -71,3 +71,23 @@ def test_in_memory_copies_estimate_and_refuse(small_toy, monkeypatch):
     assert copies is None and "raise that limit" in note
     monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", need)
     assert tuning.in_memory_copies([xd, yd])[0] is not None
+
+
+def test_four_inputs_on_dask_are_tuned_in_memory_like_numpy():
+    """pn + MOS1 + a Resolve-like image + MOS2 (issue 18), chunked: the same thinning choice as in memory (every input
+    thinned and scored), the fit on Dask (two iterations here) equal to the in-memory one."""
+    from xfusion import scenes, scenes_mosaic
+
+    obs, _ = scenes_mosaic.make_small(seed=3)
+    _, y, _ = scenes.make("cluster_core", 3, counts=(2e5, 2e5), psf_pixels=1.0, response="gaussian",
+                          geometry="xmm_resolve", size=(24, 40))
+    ins = [obs["pn"], obs["mos1"], y.assign_attrs(name="Resolve image"), obs["mos2"]]
+    lazy = [o.assign(counts=o.counts.chunk({"x": 2 if o is ins[2] else 12, "y": 2 if o is ins[2] else 12}))
+            for o in ins]
+    ref = xfusion.fuse(*ins, progress=False, max_iter=2)
+    out = xfusion.fuse(*lazy, progress=False, max_iter=2)
+    pr, pd = _record(ref), _record(out)
+    assert out.attrs["backend"] == "dask" and pd["auto_tuning"]["choice"] == pr["auto_tuning"]["choice"]
+    assert len(pd["auto_tuning"]["heldout_deviance"]) == len(pr["auto_tuning"]["heldout_deviance"]) > 1
+    assert "tuned in memory" in pd["auto_tuning"]["in_memory"]
+    np.testing.assert_allclose(out.flux.values, ref.flux.values, rtol=0, atol=1e-5 * float(ref.flux.max()))
