@@ -74,7 +74,6 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 from scipy import ndimage
-from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
 from .observation import observation
@@ -182,6 +181,8 @@ def _realistic_profile(sigma, wing):
 
 def _blur(arr, psf, chunk=300):
     """Same-size linear convolution (zero boundary) of every (x, y) slice with ``psf`` (scipy FFT)."""
+    from scipy.signal import fftconvolve  # here: scipy.signal costs ~1 s to import, and ``import xfusion`` imports this
+
     if arr.ndim == 2:
         return fftconvolve(arr, psf, mode="same")
     out = np.empty_like(arr)

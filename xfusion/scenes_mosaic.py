@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
 from . import scenes
@@ -137,6 +136,8 @@ def _psf_stamp(sigma_px, half=None):
 
 
 def _blur(cube, psf):
+    from scipy.signal import fftconvolve  # here: scipy.signal costs ~1 s to import (xfusion.scenes._blur)
+
     return np.stack([fftconvolve(cube[:, :, k], psf, mode="same") for k in range(cube.shape[2])], axis=-1)
 
 
