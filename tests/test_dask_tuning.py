@@ -45,13 +45,16 @@ def test_auto_on_dask_backed_data_is_tuned_in_memory_and_matches_numpy(small_toy
 def test_over_the_memory_limit_dask_takes_the_recorded_fallback(small_toy, monkeypatch):
     x, y, _ = small_toy
     monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", 1024)
-    r = xfusion.fuse(*_lazy(x, y), progress=False, max_iter=3)
+    with pytest.warns(UserWarning, match="not tuned.*IN_MEMORY_BYTES") as seen:
+        r = xfusion.fuse(*_lazy(x, y), progress=False, max_iter=3)
+    assert seen[0].filename == __file__  # the warning points at the user's call, not inside xfusion
     p = _record(r)
     assert p["regularization"] == "wavelet2d1d"
     method = p["auto_tuning"]["method"]
     assert method.startswith("fallback") and "IN_MEMORY_BYTES" in method and "MiB" in method
     # an explicit prior with "auto" settings: the counts rule, and the record says why
-    r = xfusion.fuse(*_lazy(x, y), progress=False, regularization="none")
+    with pytest.warns(UserWarning, match="not tuned"):
+        r = xfusion.fuse(*_lazy(x, y), progress=False, regularization="none")
     p = _record(r)
     assert p["max_iter"] == importlib.import_module("xfusion.fuse").EARLY_STOP["none"]
     assert "IN_MEMORY_BYTES" in p["auto_tuning"]["method"]
@@ -67,7 +70,8 @@ def test_in_memory_copies_estimate_and_refuse(small_toy, monkeypatch):
     need = tuning.CUBE_COPIES * 4 * voxels + 3 * (x.nbytes + y.nbytes)
     assert f"{need / 2 ** 20:.0f} MiB" in note
     monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", need - 1)
-    copies, note = tuning.in_memory_copies([xd, yd])
+    with pytest.warns(UserWarning, match="raise that limit"):
+        copies, note = tuning.in_memory_copies([xd, yd])
     assert copies is None and "raise that limit" in note
     monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", need)
     assert tuning.in_memory_copies([xd, yd])[0] is not None

@@ -158,6 +158,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -1441,13 +1442,26 @@ IN_MEMORY_BYTES = 4 * 2 ** 30
 CUBE_COPIES = 24
 
 
+def _caller_level():
+    """``stacklevel`` of a warning raised by the caller of this function that points at the first frame outside the
+    xfusion package (the user's call, however deep inside xfusion the warning is raised)."""
+    import os
+    import sys
+
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def in_memory_copies(observations, client=None):
     """In-memory copies of ``observations`` for thinning, or None when tuning would not fit :data:`IN_MEMORY_BYTES`.
 
     Returns ``(copies, note)``: ``copies`` is a list with every Dask-backed observation computed (on ``client`` when
     given; the caller's Datasets are left as they are, still lazy) and the others as given, or None; ``note`` says
     what was estimated (``CUBE_COPIES`` x 4 bytes per fused voxel plus the observations' own bytes, three times:
-    the data and its two thinned halves) and, when None, what to do."""
+    the data and its two thinned halves) and, when None, what to do (also given as a UserWarning)."""
     from . import parallel
 
     grid = fusion_grid(*observations)
@@ -1456,8 +1470,12 @@ def in_memory_copies(observations, client=None):
     size = f"{need / 2 ** 30:.2f} GiB" if need >= 2 ** 30 else f"{need / 2 ** 20:.0f} MiB"
     estimate = f"in-memory tuning needs about {size}"
     if need > IN_MEMORY_BYTES:
-        return None, (f"Dask-backed data and {estimate}, more than xfusion.tuning.IN_MEMORY_BYTES = "
-                      f"{IN_MEMORY_BYTES / 2 ** 30:.2f} GiB: fuse a smaller field or band, or raise that limit")
+        note = (f"Dask-backed data and {estimate}, more than xfusion.tuning.IN_MEMORY_BYTES = "
+                f"{IN_MEMORY_BYTES / 2 ** 30:.2f} GiB: fuse a smaller field or band, or raise that limit")
+        # the fallback settings can cost several dB (docs/dask.rst): say so where the user sees it, not only in the record
+        warnings.warn(f"'auto' settings not tuned: {note}; the pre-thinning rules are used instead", UserWarning,
+                      stacklevel=_caller_level())
+        return None, note
     lazy = [any(parallel.is_dask(v.data) for v in o.variables.values()) for o in observations]
     done = iter(parallel.compute_many([o for o, z in zip(observations, lazy) if z], client) if any(lazy) else ())
     return [next(done) if z else o for o, z in zip(observations, lazy)], f"Dask-backed data tuned in memory ({estimate})"
