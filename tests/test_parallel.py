@@ -151,9 +151,10 @@ def test_fuse_picks_blocks_from_psf_and_memory(big_stores):
     """The automatic blocks of a lazy run respect the halo rule; chunks= overrides them."""
     x, y, px, py = big_stores
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
-    r = xfusion.fuse(xl, yl, max_iter=1, tol=None, progress=False)
+    kw = dict(max_iter=1, tol=None, progress=False, regularization="wavelet2d1d", **PINNED["wavelet2d1d"])
+    r = xfusion.fuse(xl, yl, **kw)
     assert r.flux.data.chunks[:2] == ((30,), (30,))  # 4 x PSF radius > 30 pixels: one block
-    r = xfusion.fuse(xl, yl, max_iter=1, tol=None, progress=False, chunks=(15, 15))
+    r = xfusion.fuse(xl, yl, chunks=(15, 15), **kw)
     assert r.flux.data.chunks[:2] == ((15, 15), (15, 15))
 
 
@@ -192,7 +193,7 @@ def test_wavelet2d1d_worker_killed_mid_run_does_not_lose_it(big_stores, cluster)
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
     # killed at iteration 2 of 4: iteration 3 recomputes the lost share, iteration 4 runs on the recovered state
     # (8 iterations, killed at 4, checked nothing more; each iteration after the loss costs ~2-4 s on the cluster)
-    kw = dict(progress=False, max_iter=4, tol=None, chunks=(15, 15))
+    kw = dict(progress=False, max_iter=4, tol=None, chunks=(15, 15), **PINNED["wavelet2d1d"])  # nothing tuned
     got, expected = _kill_a_worker_mid_run(cluster[1], xl, yl, kw, at=2, pause=0.2)
     assert float(np.abs(got - expected).max()) / float(np.abs(expected).max()) <= 1e-5
 
@@ -212,9 +213,13 @@ if __name__ == "__main__":
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
                                   silence_logs=40) as c, distributed.Client(c) as client:
         x, y = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
+        pinned = {"k": 1.0, "n_scales_1d": 5, "null_space": "zero"} if reg == "wavelet2d1d" else {}  # PINNED
         xfusion.fuse(x, y, regularization=reg, max_iter=int(n), tol=None, progress=False, chunks=(15, 15),
-                     checkpoint=ck, checkpoint_every=2, callback=slow, client=client)
+                     checkpoint=ck, checkpoint_every=2, callback=slow, client=client, **pinned)
 """
+
+#: settings given, so that nothing is tuned by thinning (tests/test_dask_tuning.py covers that on Dask)
+PINNED = {"wavelet2d1d": {"k": 1.0, "n_scales_1d": 5, "null_space": "zero"}, "lowrank_sobolev": {}}
 
 
 #: iterations of the killed run: it is killed once iteration 4 is checkpointed and cannot pass iteration n - 1
@@ -251,7 +256,7 @@ def test_client_sigkill_on_a_cluster_then_resume(big_stores, cluster, tmp_path, 
     assert proc.returncode == -signal.SIGKILL
     done = describe(ck)["iteration"]  # the committed state (a kill inside a commit is repaired on resume)
     assert 4 <= done < N_KILLED
-    kw = dict(regularization=reg, max_iter=N_KILLED, tol=None, progress=False, chunks=(15, 15))
+    kw = dict(regularization=reg, max_iter=N_KILLED, tol=None, progress=False, chunks=(15, 15), **PINNED[reg])
     xl, yl = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
     seen = []
     resumed = xfusion.fuse(xl, yl, checkpoint=ck, checkpoint_every=2, resume=True, client=cluster[1],

@@ -665,7 +665,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         raise ValueError(f"max_iter must be an integer >= 0 (not a bool or float, never truncated) or 'auto' (for "
                          f"regularization {auto_ok} with method em/fista); got {max_iter!r}")
     # "auto" settings: chosen by Poisson thinning (xfusion.tuning), recorded in the parameters
-    from .tuning import auto_settings, in_memory_copies
+    from .tuning import AUTO_KEYS, auto_settings, in_memory_copies
 
     on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in observations
                                         if isinstance(o, xr.Dataset) and "counts" in o)
@@ -681,8 +681,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
     # more inputs: the pair that sets the grid first, every further input thinned and scored too
     pair = observations if len(observations) == 2 else obs
     copies = note = None
-    if on_dask and not no_counts and (max_iter == "auto" or any(isinstance(v, str) and v == "auto"
-                                                                for v in params.values())):
+    if on_dask and not no_counts and (max_iter == "auto" or any(params.get(k) == "auto" for k in AUTO_KEYS)):
         copies, note = in_memory_copies(pair, client)  # thinning in memory when it fits, the fit on Dask
         no_counts = copies is not None and any("counts" in c and not np.any(c["counts"].values) for c in copies[:2])
     tune_on = pair if copies is None else copies
@@ -735,18 +734,24 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options):
 
     on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in observations
                                         if isinstance(o, xr.Dataset) and "counts" in o)
-    note = None
-    if on_dask:
-        copies, note = in_memory_copies(observations, client)
-        if copies is None:
-            return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
-                                                      "method": f"fallback ({note})"}
-        observations = copies
     wopts = {k: v for k, v in options.items() if k in WAVELET_KEYS}
     rest = {k: v for k, v in options.items() if k not in WAVELET_KEYS}
     gaussian = any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson"
                    for o in observations if isinstance(o, xr.Dataset))
-    empty = any(isinstance(o, xr.Dataset) and "counts" in o and not np.any(o["counts"].values) for o in observations)
+    # a wavelet setting given explicitly names the family (no comparison with plain RL); the noise model of the
+    # thresholds does not: every wavelet candidate is tuned and scored with it
+    fixed = sorted(k for k, v in wopts.items() if v != "auto" and k != "noise")
+    note = None
+    if on_dask and not fixed:  # thinning on in-memory copies when they fit (nothing is loaded when nothing is tuned)
+        copies, note = (None, "Dask-backed data with a Gaussian data term") if gaussian else \
+            in_memory_copies(observations, client)
+        if copies is None:
+            return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
+                                                      "method": f"fallback ({note})"}
+        observations = copies
+    # counts are read in memory only (on Dask: the copies; with wavelet options given nothing is loaded)
+    empty = (not on_dask or note is not None) and any(
+        isinstance(o, xr.Dataset) and "counts" in o and not np.any(o["counts"].values) for o in observations)
     if gaussian and not any(v != "auto" for v in wopts.values()):  # EM needs Poisson terms: the low-rank + Sobolev prior (SyFu's; mu by data fission if "auto")
         return "lowrank_sobolev", max_iter, rest, {
             "regularization": "auto", "chosen": "lowrank_sobolev",
@@ -755,9 +760,6 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options):
         return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
                                                   "method": "fallback (an observation without counts: Poisson "
                                                             "thinning does not apply)"}
-    # a wavelet setting given explicitly names the family (no comparison with plain RL); the noise model of the
-    # thresholds does not: every wavelet candidate is tuned and scored with it
-    fixed = sorted(k for k, v in wopts.items() if v != "auto" and k != "noise")
     if fixed:
         return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
                                                   "method": f"wavelet2d1d option(s) given ({', '.join(fixed)})"}

@@ -1481,6 +1481,8 @@ def in_memory_copies(observations, client=None):
     return [next(done) if z else o for o, z in zip(observations, lazy)], f"Dask-backed data tuned in memory ({estimate})"
 
 
+#: options that :func:`auto_settings` chooses by thinning when they are "auto" (besides ``max_iter``)
+AUTO_KEYS = ("k", "n_scales_1d", "null_space", "rank", "mu")
 #: fallbacks where thinning cannot run (Dask-backed counts): the pre-thinning defaults
 FALLBACK = {"rank": 10, "mu": 0.01, "null_space": "zero", "k_lowrank": 1.0}
 
@@ -1502,7 +1504,7 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
 
     if params.get("rank") == "auto" and params.get("explained") is not None:
         params["rank"] = FALLBACK["rank"]  # unused: the rank comes from the explained variance
-    keys = [k for k in ("k", "n_scales_1d", "null_space", "rank", "mu") if params.get(k) == "auto"]
+    keys = [k for k in AUTO_KEYS if params.get(k) == "auto"]
     auto_iter = max_iter == "auto"
     if not keys and not auto_iter:
         return int(max_iter), None
