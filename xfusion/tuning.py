@@ -1438,7 +1438,9 @@ def plot(curve: xr.Dataset, ax=None):
 IN_MEMORY_BYTES = 4 * 2 ** 30
 #: Peak memory of in-memory tuning in float32 copies of the fused cube. Measured (session 17, tracemalloc peak of
 #: :func:`select` with every candidate of ``regularization="auto"``): 18.2-20.3 on five 24x24x600 tuning scenes of
-#: ``xfusion.scenes.suite("tune", n=48)``, 18.6 on one at 45x45x2000; 24 leaves a margin.
+#: ``xfusion.scenes.suite("tune", n=48)``, 18.6 on one at 45x45x2000, 17.7 on a 90x90x2400 cluster core (whole
+#: process: 1.60 GiB resident at peak, scene simulation and libraries included, against an estimate of 1.77 GiB);
+#: 24 leaves a margin.
 CUBE_COPIES = 24
 
 
