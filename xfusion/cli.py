@@ -566,7 +566,8 @@ def build_parser():
                         "chunk by chunk")
     f.add_argument("--dask", action="store_true",
                    help="out of core on this machine: open the inputs lazily with their stored Zarr chunks "
-                        "and run block-wise with Dask's threads (bounded memory for large fields)")
+                        "and run block-wise with Dask's threads (bounded memory for large fields; settings "
+                        "left 'auto' are tuned in memory when that fits xfusion.tuning.IN_MEMORY_BYTES, 4 GiB)")
     f.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     f.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="regularization/solver option, repeatable: e.g. k=1.5 (threshold in noise sigmas), "

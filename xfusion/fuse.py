@@ -689,8 +689,10 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
                                     (on_dask and copies is None) or no_counts, extra=tuple(tune_on[2:]))
     if no_counts and tuned is not None:
         tuned["method"] = "fallback (an observation has no counts: nothing to thin)"
+    elif tuned is not None and copies is not None:
+        tuned["in_memory"] = note
     elif tuned is not None and note is not None:
-        tuned.update({"in_memory": note} if copies is not None else {"method": f"fallback ({note})"})
+        tuned["method"] = f"fallback ({note})"
     if auto_record is not None:  # regularization="auto": its choice is the record (nothing else was tuned)
         tuned = auto_record if tuned is None else dict(auto_record, options=tuned)
     if tuned is not None:
