@@ -317,7 +317,8 @@ def test_auto_rule_recorded_by_fuse(y_counts, k, n1, monkeypatch):
     monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", 0)
     x, y, _ = toy.make("small", y={"counts": y_counts})
     y = y.assign(counts=y.counts.chunk({"x": 5, "y": 5, "energy": -1}))
-    r = xfusion.fuse(x, y, progress=False, max_iter=1, null_space="zero")
+    with pytest.warns(UserWarning, match="not tuned"):  # the fallback is announced
+        r = xfusion.fuse(x, y, progress=False, max_iter=1, null_space="zero")
     p = json.loads(r.attrs["parameters"])
     assert (p["k"], p["n_scales_1d"]) == (k, n1)
     assert p["auto_counts_per_voxel"] == pytest.approx(float(y.counts.sum()) / y.counts.size, rel=1e-9)
