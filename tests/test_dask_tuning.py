@@ -60,7 +60,7 @@ def test_over_the_memory_limit_dask_takes_the_recorded_fallback(small_toy, monke
     assert "IN_MEMORY_BYTES" in p["auto_tuning"]["method"]
 
 
-def test_in_memory_copies_estimate_and_refuse(small_toy, monkeypatch):
+def test_in_memory_copies_estimate_subfield_and_refuse(small_toy, monkeypatch):
     x, y, _ = small_toy
     xd, yd = _lazy(x, y)
     copies, note = tuning.in_memory_copies([xd, yd])
@@ -69,12 +69,42 @@ def test_in_memory_copies_estimate_and_refuse(small_toy, monkeypatch):
     voxels = x.sizes["x"] * x.sizes["y"] * y.sizes["energy"]
     need = tuning.CUBE_COPIES * 4 * voxels + 3 * (x.nbytes + y.nbytes)
     assert f"{need / 2 ** 20:.0f} MiB" in note
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", need)
+    assert tuning.in_memory_copies([xd, yd])[0][0].sizes["x"] == 15  # the whole field fits exactly
+    # just too small for the whole field: the central 4x4 of Y's 5x5 pixels and the 12x12 of X's under them
     monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", need - 1)
+    with pytest.warns(UserWarning, match="central 12x12"):
+        copies, note = tuning.in_memory_copies([xd, yd])
+    xc, yc = copies
+    assert (xc.sizes["x"], xc.sizes["y"], yc.sizes["x"], yc.sizes["y"]) == (12, 12, 4, 4)
+    xr.testing.assert_identical(xc, x.isel(x=slice(0, 12), y=slice(0, 12)))
+    xr.testing.assert_identical(yc, y.isel(x=slice(0, 4), y=slice(0, 4)))
+    assert "central 12x12" in note and "whole field (15x15" in note
+    # no sub-field fits: refused, with what to do
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", 1024)
     with pytest.warns(UserWarning, match="raise that limit"):
         copies, note = tuning.in_memory_copies([xd, yd])
-    assert copies is None and "raise that limit" in note
-    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", need)
-    assert tuning.in_memory_copies([xd, yd])[0] is not None
+    assert copies is None
+    assert tuning._central_subfield([xd, yd, xd], 0.5) is None  # two image inputs only
+
+
+def test_too_large_for_memory_is_tuned_on_the_central_subfield(small_toy, monkeypatch):
+    """The whole field's estimate above the limit, a central sub-field below it: thinning runs on the sub-field (in
+    memory), the whole field is fitted on Dask with its settings (on this toy the same choice as the whole field)."""
+    x, y, _ = small_toy
+    xd, yd = _lazy(x, y)
+    before = [o.copy(deep=True) for o in (xd, yd)]
+    ref = xfusion.fuse(x, y, progress=False)
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", int(0.8 * tuning._need([x, y])[0]))
+    with pytest.warns(UserWarning, match="tuned in memory on its central 12x12") as seen:
+        out = xfusion.fuse(xd, yd, progress=False)
+    assert seen[0].filename == __file__
+    p = _record(out)
+    assert "central 12x12" in p["auto_tuning"]["in_memory"] and out.flux.shape == ref.flux.shape
+    assert p["auto_tuning"]["choice"] == _record(ref)["auto_tuning"]["choice"]
+    np.testing.assert_allclose(out.flux.values, ref.flux.values, rtol=0, atol=1e-5 * float(ref.flux.max()))
+    for o, o0 in zip((xd, yd), before):
+        xr.testing.assert_identical(o, o0)
 
 
 def test_four_inputs_on_dask_are_tuned_in_memory_like_numpy():

@@ -1457,6 +1457,45 @@ def _caller_level():
     return level
 
 
+#: fewest sharp-spectral pixels per axis of the sub-field :func:`in_memory_copies` tunes on when the whole field is
+#: too large (a smaller crop leaves the coarse instrument too few pixels to score)
+SUBFIELD_MIN_PIXELS = 4
+
+
+def _need(observations):
+    """Estimated peak bytes of in-memory tuning (:data:`CUBE_COPIES` float32 fused cubes + 3x the observations)."""
+    grid = fusion_grid(*observations)
+    voxels = grid.sizes["x"] * grid.sizes["y"] * grid.sizes["energy"]
+    return CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations), (grid.sizes["x"], grid.sizes["y"])
+
+
+def _central_subfield(observations, fraction):
+    """Two image observations (pixel grids) cropped (lazily) to the central ``fraction`` of the sharp-spectral pixels
+    along x and y (at least :data:`SUBFIELD_MIN_PIXELS`), the sharp-spatial one to the same sky box (whole fine pixels
+    inside the kept coarse pixels); None when the crop would not be smaller, or for other than two image inputs
+    (detector-pixel observations, more inputs)."""
+    from .observation import is_pixel_observation
+
+    if len(observations) != 2 or any(is_pixel_observation(o) for o in observations):
+        return None
+    x_obs, y_obs, order = assign_roles(*observations)
+    keep, box = {}, {}
+    for d in ("x", "y"):
+        c = y_obs[d].values
+        n = c.size
+        m = min(n, max(SUBFIELD_MIN_PIXELS, int(np.floor(n * fraction))))
+        if m >= n or n < 2:
+            return None
+        a = (n - m) // 2
+        half = abs(float(c[1] - c[0])) / 2
+        keep[d] = slice(a, a + m)
+        box[d] = (min(c[a], c[a + m - 1]) - half, max(c[a], c[a + m - 1]) + half)
+    yc = y_obs.isel(keep)
+    inside = {d: np.nonzero((x_obs[d].values > box[d][0]) & (x_obs[d].values < box[d][1]))[0] for d in ("x", "y")}
+    xc = x_obs.isel(inside)
+    return [xc, yc] if order == "ab" else [yc, xc]
+
+
 def in_memory_copies(observations, client=None):
     """In-memory copies of ``observations`` for thinning, or None when tuning would not fit :data:`IN_MEMORY_BYTES`.
 
@@ -1466,14 +1505,28 @@ def in_memory_copies(observations, client=None):
     the data and its two thinned halves) and, when None, what to do (also given as a UserWarning)."""
     from . import parallel
 
-    grid = fusion_grid(*observations)
-    voxels = grid.sizes["x"] * grid.sizes["y"] * grid.sizes["energy"]
-    need = CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations)
-    size = f"{need / 2 ** 30:.2f} GiB" if need >= 2 ** 30 else f"{need / 2 ** 20:.0f} MiB"
-    estimate = f"in-memory tuning needs about {size}"
+    def size(v):
+        return f"{v / 2 ** 30:.2f} GiB" if v >= 2 ** 30 else f"{v / 2 ** 20:.0f} MiB"
+
+    need, shape = _need(observations)
+    estimate = f"in-memory tuning needs about {size(need)}"
     if need > IN_MEMORY_BYTES:
+        # the whole field does not fit: tune on its centre, cropped to fit (two pixel-grid inputs), fit all of it
+        sub = _central_subfield(observations, 0.9 * math.sqrt(IN_MEMORY_BYTES / need))
+        sub_need, sub_shape = _need(sub) if sub is not None else (None, None)
+        if sub is not None and sub_need <= IN_MEMORY_BYTES:
+            copies, _ = in_memory_copies(sub, client)
+            note = (f"Dask-backed data: the whole field ({shape[0]}x{shape[1]} fused pixels) needs about {size(need)}, "
+                    f"more than xfusion.tuning.IN_MEMORY_BYTES = {size(IN_MEMORY_BYTES)}; tuned in memory on its "
+                    f"central {sub_shape[0]}x{sub_shape[1]} pixels ({size(sub_need)}), the settings applied to the "
+                    f"whole field")
+            # a centre brighter than the field can favour weaker regularization than the whole field needs
+            warnings.warn(f"{note} (raise that limit to tune on the whole field)", UserWarning,
+                          stacklevel=_caller_level())
+            return copies, note
         note = (f"Dask-backed data and {estimate}, more than xfusion.tuning.IN_MEMORY_BYTES = "
-                f"{IN_MEMORY_BYTES / 2 ** 30:.2f} GiB: fuse a smaller field or band, or raise that limit")
+                f"{IN_MEMORY_BYTES / 2 ** 30:.2f} GiB (no central sub-field of two pixel-grid inputs fits either): "
+                f"fuse a smaller field or band, or raise that limit")
         # the fallback settings can cost several dB (docs/dask.rst): say so where the user sees it, not only in the record
         warnings.warn(f"'auto' settings not tuned: {note}; the pre-thinning rules are used instead", UserWarning,
                       stacklevel=_caller_level())
