@@ -1500,9 +1500,12 @@ def in_memory_copies(observations, client=None):
     """In-memory copies of ``observations`` for thinning, or None when tuning would not fit :data:`IN_MEMORY_BYTES`.
 
     Returns ``(copies, note)``: ``copies`` is a list with every Dask-backed observation computed (on ``client`` when
-    given; the caller's Datasets are left as they are, still lazy) and the others as given, or None; ``note`` says
-    what was estimated (``CUBE_COPIES`` x 4 bytes per fused voxel plus the observations' own bytes, three times:
-    the data and its two thinned halves) and, when None, what to do (also given as a UserWarning)."""
+    given; the caller's Datasets are left as they are, still lazy) and the others as given; ``note`` says what was
+    estimated (``CUBE_COPIES`` x 4 bytes per fused voxel plus the observations' own bytes, three times: the data and
+    its two thinned halves). When the whole field does not fit, two image inputs are cropped to the central sub-field
+    that does (:func:`_central_subfield`, about ``0.9 sqrt(limit / estimate)`` of the sharp-spectral pixels per axis)
+    and ``copies`` holds the crops: the caller tunes on them and fits the whole field (a UserWarning says so; measured
+    in docs/dask.rst). Else ``copies`` is None and ``note`` says what to do (also given as a UserWarning)."""
     from . import parallel
 
     def size(v):
