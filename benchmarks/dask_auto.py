@@ -33,7 +33,25 @@ def _scene(name):
     return name, x, y, t
 
 
+def _dask_fuse(x, y, chunk, limit=None):
+    """Default ``fuse`` on chunked copies of ``x``, ``y`` (with ``xfusion.tuning.IN_MEMORY_BYTES`` set to ``limit``
+    when given, restored after): ``(parameters, computed result, wall seconds)``."""
+    from xfusion import tuning
+
+    keep = tuning.IN_MEMORY_BYTES
+    tuning.IN_MEMORY_BYTES = keep if limit is None else limit
+    try:
+        t0 = time.perf_counter()
+        r = xfusion.fuse(x.chunk({"x": chunk, "y": chunk}), y.chunk(), progress=False)
+        params, r = json.loads(r.attrs["parameters"]), r.compute()
+        return params, r, time.perf_counter() - t0
+    finally:
+        tuning.IN_MEMORY_BYTES = keep
+
+
 def main(argv=None):
+    from xfusion import tuning
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scene", action="append", help="toy name or suite:INDEX (repeatable; default gaussian_rebin)")
     p.add_argument("--chunk", type=int, default=16, help="pixel chunk of the lazy sharp-spatial input (default 16)")
@@ -45,43 +63,25 @@ def main(argv=None):
         label, x, y, t = _scene(name)
         t0 = time.perf_counter()
         ref = xfusion.fuse(x, y, progress=False)
-        t1 = time.perf_counter()
-        lazy = xfusion.fuse(x.chunk({"x": a.chunk, "y": a.chunk}), y.chunk(), progress=False)
-        out = lazy.compute()
-        t2 = time.perf_counter()
-        pr, pd = (json.loads(r.attrs["parameters"]) for r in (ref, lazy))
+        t_ref = time.perf_counter() - t0
+        pr = json.loads(ref.attrs["parameters"])
+        pd, out, t_dask = _dask_fuse(x, y, a.chunk)
         rec = pd["auto_tuning"]
         diff = float(np.abs(out.flux.values - ref.flux.values).max() / ref.flux.values.max())
-        print(f"{label}: in memory {pr['regularization']} {pr['max_iter']} it, {t1 - t0:.1f} s, "
-              f"{metrics.nmse(t, ref.flux):.3f} dB | Dask {pd['regularization']} {pd['max_iter']} it, {t2 - t1:.1f} s, "
+        print(f"{label}: in memory {pr['regularization']} {pr['max_iter']} it, {t_ref:.1f} s, "
+              f"{metrics.nmse(t, ref.flux):.3f} dB | Dask {pd['regularization']} {pd['max_iter']} it, {t_dask:.1f} s, "
               f"{metrics.nmse(t, out.flux):.3f} dB | same choice: {pr['auto_tuning']['choice'] == rec['choice']} | "
               f"max |difference| / max flux {diff:.1e} | {rec.get('in_memory', rec.get('method'))}", flush=True)
         if a.subfield:
-            from xfusion import tuning
-
-            keep, tuning.IN_MEMORY_BYTES = tuning.IN_MEMORY_BYTES, int(0.3 * tuning._need([x, y])[0])
-            try:
-                t3 = time.perf_counter()
-                sub = xfusion.fuse(x.chunk({"x": a.chunk, "y": a.chunk}), y.chunk(), progress=False)
-                ps, sub = json.loads(sub.attrs["parameters"]), sub.compute()
-                rec = ps["auto_tuning"]
-                print(f"    sub-field: {ps['regularization']} {ps['max_iter']} it, choice {rec.get('choice')} "
-                      f"(whole field: {pr['auto_tuning']['choice']}), {time.perf_counter() - t3:.1f} s, "
-                      f"{metrics.nmse(t, sub.flux):.3f} dB | {rec.get('in_memory', rec.get('method'))}", flush=True)
-            finally:
-                tuning.IN_MEMORY_BYTES = keep
+            ps, sub, dt = _dask_fuse(x, y, a.chunk, int(0.3 * tuning._need([x, y])[0]))
+            rec = ps["auto_tuning"]
+            print(f"    sub-field: {ps['regularization']} {ps['max_iter']} it, choice {rec.get('choice')} "
+                  f"(whole field: {pr['auto_tuning']['choice']}), {dt:.1f} s, {metrics.nmse(t, sub.flux):.3f} dB | "
+                  f"{rec.get('in_memory', rec.get('method'))}", flush=True)
         if a.fallback:
-            from xfusion import tuning
-
-            keep, tuning.IN_MEMORY_BYTES = tuning.IN_MEMORY_BYTES, 0
-            try:
-                t3 = time.perf_counter()
-                old = xfusion.fuse(x.chunk({"x": a.chunk, "y": a.chunk}), y.chunk(), progress=False)
-                po, old = json.loads(old.attrs["parameters"]), old.compute()
-                print(f"    fallback (limit 0): {po['regularization']} k={po.get('k')} {po['max_iter']} it, "
-                      f"{time.perf_counter() - t3:.1f} s, {metrics.nmse(t, old.flux):.3f} dB", flush=True)
-            finally:
-                tuning.IN_MEMORY_BYTES = keep
+            po, old, dt = _dask_fuse(x, y, a.chunk, 0)
+            print(f"    fallback (limit 0): {po['regularization']} k={po.get('k')} {po['max_iter']} it, {dt:.1f} s, "
+                  f"{metrics.nmse(t, old.flux):.3f} dB", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Dask paths: NumPy == Dask threads == LocalCluster, constant task graphs, worker loss, lazy output."""
+import json
 import os
 import signal
 import threading
@@ -34,6 +35,8 @@ def lazy(stores):
 # 12 iterations (25 before session 9; ~0.3 s each on the cluster): FISTA's momentum and line searches act from the
 # second iteration on, and a block or halo error shows from the first
 RUN = dict(regularization="lowrank_sobolev", progress=False, max_iter=12, tol=None, chunks=(6, 6), rank=10, mu=0.01)
+#: settings given per regularization, so that nothing is tuned by thinning (tests/test_dask_tuning.py covers that)
+PINNED = {"wavelet2d1d": {"k": 1.0, "n_scales_1d": 5, "null_space": "zero"}, "lowrank_sobolev": {}}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,6 @@ def test_numpy_dask_and_cluster_agree(small_toy, stores, threads_run, cluster):
 def test_auto_iterations_on_a_cluster_are_tuned_in_memory(small_toy, stores, cluster):
     """max_iter="auto" of plain RL with a (non-default) client: the lazy stores are computed on that client, thinned
     in this process, and the fit on the cluster equals the in-memory one (tests/test_dask_tuning.py: threads)."""
-    import json
-
     x, y, _ = small_toy
     ref = xfusion.fuse(x, y, regularization="none", progress=False)
     dist = xfusion.fuse(*lazy(stores), regularization="none", progress=False, client=cluster[1])
@@ -199,9 +200,9 @@ def test_wavelet2d1d_worker_killed_mid_run_does_not_lose_it(big_stores, cluster)
 
 
 CLIENT_SCRIPT = """
-import sys, time
+import json, sys, time
 import distributed, xfusion
-px, py, ck, reg, n = sys.argv[1:6]
+px, py, ck, reg, n, pinned = sys.argv[1:7]
 def slow(it, state):
     # 0.2 s per iteration; from iteration n - 1 on it waits for the kill, so the run can never finish first (the
     # last checkpoint before the kill is 4 or 6 < n, however loaded the machine) and n can stay small
@@ -213,13 +214,9 @@ if __name__ == "__main__":
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
                                   silence_logs=40) as c, distributed.Client(c) as client:
         x, y = xfusion.io.zarr.open(px, chunks={}), xfusion.io.zarr.open(py, chunks={})
-        pinned = {"k": 1.0, "n_scales_1d": 5, "null_space": "zero"} if reg == "wavelet2d1d" else {}  # PINNED
         xfusion.fuse(x, y, regularization=reg, max_iter=int(n), tol=None, progress=False, chunks=(15, 15),
-                     checkpoint=ck, checkpoint_every=2, callback=slow, client=client, **pinned)
+                     checkpoint=ck, checkpoint_every=2, callback=slow, client=client, **json.loads(pinned))
 """
-
-#: settings given, so that nothing is tuned by thinning (tests/test_dask_tuning.py covers that on Dask)
-PINNED = {"wavelet2d1d": {"k": 1.0, "n_scales_1d": 5, "null_space": "zero"}, "lowrank_sobolev": {}}
 
 
 #: iterations of the killed run: it is killed once iteration 4 is checkpointed and cannot pass iteration n - 1
@@ -238,7 +235,8 @@ def test_client_sigkill_on_a_cluster_then_resume(big_stores, cluster, tmp_path, 
     ck = tmp_path / "ck.zarr"
     script = tmp_path / "run.py"
     script.write_text(CLIENT_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(px), str(py), str(ck), reg, str(N_KILLED)],
+    proc = subprocess.Popen([sys.executable, str(script), str(px), str(py), str(ck), reg, str(N_KILLED),
+                             json.dumps(PINNED[reg])],
                             start_new_session=True)
     try:
         t0 = time.time()

@@ -1506,37 +1506,40 @@ def in_memory_copies(observations, client=None):
     that does (:func:`_central_subfield`, about ``0.9 sqrt(limit / estimate)`` of the sharp-spectral pixels per axis)
     and ``copies`` holds the crops: the caller tunes on them and fits the whole field (a UserWarning says so; measured
     in docs/dask.rst). Else ``copies`` is None and ``note`` says what to do (also given as a UserWarning)."""
-    from . import parallel
-
     def size(v):
         return f"{v / 2 ** 30:.2f} GiB" if v >= 2 ** 30 else f"{v / 2 ** 20:.0f} MiB"
 
     need, shape = _need(observations)
     estimate = f"in-memory tuning needs about {size(need)}"
-    if need > IN_MEMORY_BYTES:
-        # the whole field does not fit: tune on its centre, cropped to fit (two pixel-grid inputs), fit all of it
-        sub = _central_subfield(observations, 0.9 * math.sqrt(IN_MEMORY_BYTES / need))
-        sub_need, sub_shape = _need(sub) if sub is not None else (None, None)
-        if sub is not None and sub_need <= IN_MEMORY_BYTES:
-            copies, _ = in_memory_copies(sub, client)
-            note = (f"Dask-backed data: the whole field ({shape[0]}x{shape[1]} fused pixels) needs about {size(need)}, "
-                    f"more than xfusion.tuning.IN_MEMORY_BYTES = {size(IN_MEMORY_BYTES)}; tuned in memory on its "
-                    f"central {sub_shape[0]}x{sub_shape[1]} pixels ({size(sub_need)}), the settings applied to the "
-                    f"whole field")
-            # a centre brighter than the field can favour weaker regularization than the whole field needs
-            warnings.warn(f"{note} (raise that limit to tune on the whole field)", UserWarning,
-                          stacklevel=_caller_level())
-            return copies, note
-        note = (f"Dask-backed data and {estimate}, more than xfusion.tuning.IN_MEMORY_BYTES = "
-                f"{IN_MEMORY_BYTES / 2 ** 30:.2f} GiB (no central sub-field of two pixel-grid inputs fits either): "
-                f"fuse a smaller field or band, or raise that limit")
-        # the fallback settings can cost several dB (docs/dask.rst): say so where the user sees it, not only in the record
-        warnings.warn(f"'auto' settings not tuned: {note}; the pre-thinning rules are used instead", UserWarning,
-                      stacklevel=_caller_level())
-        return None, note
+    if need <= IN_MEMORY_BYTES:
+        return _loaded(observations, client), f"Dask-backed data tuned in memory ({estimate})"
+    limit = f"xfusion.tuning.IN_MEMORY_BYTES = {size(IN_MEMORY_BYTES)}"
+    # the whole field does not fit: tune on its centre, cropped to fit (two image inputs), fit all of it
+    sub = _central_subfield(observations, 0.9 * math.sqrt(IN_MEMORY_BYTES / need))
+    sub_need, sub_shape = _need(sub) if sub is not None else (None, None)
+    if sub is not None and sub_need <= IN_MEMORY_BYTES:
+        note = (f"Dask-backed data: the whole field ({shape[0]}x{shape[1]} fused pixels) needs about {size(need)}, more "
+                f"than {limit}; tuned in memory on its central {sub_shape[0]}x{sub_shape[1]} pixels "
+                f"({size(sub_need)}), the settings applied to the whole field")
+        # a centre brighter than the field can favour weaker regularization than the whole field needs
+        warnings.warn(f"{note} (raise that limit to tune on the whole field)", UserWarning, stacklevel=_caller_level())
+        return _loaded(sub, client), note
+    note = (f"Dask-backed data and {estimate}, more than {limit} (no central sub-field of two image inputs fits "
+            f"either): fuse a smaller field or band, or raise that limit")
+    # the fallback settings can cost several dB (docs/dask.rst): say so where the user sees it, not only in the record
+    warnings.warn(f"'auto' settings not tuned: {note}; the pre-thinning rules are used instead", UserWarning,
+                  stacklevel=_caller_level())
+    return None, note
+
+
+def _loaded(observations, client):
+    """``observations`` with every Dask-backed one computed in one pass (on ``client`` when given), the others as
+    given: new Datasets, the caller's left lazy."""
+    from . import parallel
+
     lazy = [any(parallel.is_dask(v.data) for v in o.variables.values()) for o in observations]
     done = iter(parallel.compute_many([o for o, z in zip(observations, lazy) if z], client) if any(lazy) else ())
-    return [next(done) if z else o for o, z in zip(observations, lazy)], f"Dask-backed data tuned in memory ({estimate})"
+    return [next(done) if z else o for o, z in zip(observations, lazy)]
 
 
 #: options that :func:`auto_settings` chooses by thinning when they are "auto" (besides ``max_iter``)
