@@ -15,6 +15,8 @@ parallel jobs; a scene present twice keeps the last file's row), and writes
 
     python benchmarks/suite_figure.py --input full=a.json,b.json --input small=c.json,d.json \\
         --png benchmarks/results/suite_heldout.png --csv benchmarks/results/suite_heldout.csv
+    python benchmarks/suite_figure.py --base-csv benchmarks/results/suite_heldout.csv --input "full size=e.json" \
+        --png benchmarks/results/suite_heldout.png --csv benchmarks/results/suite_heldout.csv   # some scenes again
 """
 import argparse
 import csv
@@ -79,6 +81,22 @@ def table(size, rows):
     return out
 
 
+def rows_from_csv(path):
+    """{size label: rows} of a CSV this script wrote, as the rows :func:`figure` draws (the CSV holds every number the
+    figure uses): to redraw the figure after some scenes were measured again (``--base-csv``)."""
+    groups = {}
+    with open(path, newline="") as fh:
+        for c in csv.DictReader(fh):
+            c["beats_both_baselines"] = c["beats_both_baselines"] == "True"
+            f = lambda key: float(c[key]) if c[key] != "" else math.nan  # noqa: E731
+            groups.setdefault(c["size"], []).append({
+                "name": c["scene"], "spec": {"kind": c["kind"]}, "csv": c, "flux_bias_pct": f("flux_bias_pct"),
+                "default": {"nmse_db": f("nmse_default_db"), "velocity_rms_kms": f("velocity_rms_default_kms")},
+                "rl_best": {"nmse_db": f("nmse_rl_oracle_db"), "velocity_rms_kms": f("velocity_rms_rl_oracle_kms")},
+                "x_up": {"nmse_db": f("nmse_x_up_db")}, "y_up": {"nmse_db": f("nmse_y_up_db")}})
+    return groups
+
+
 def figure(groups, path):
     """``groups``: {size label: rows}. One row of three panels per size (module docstring); saved to ``path``."""
     import matplotlib
@@ -141,14 +159,28 @@ def main(argv=None):
                    help="LABEL=FILE[,FILE...]: suite.py JSON files of one size (repeat for each size)")
     p.add_argument("--png", default=None, help="write the figure here")
     p.add_argument("--csv", default=None, help="write the per-scene table here")
+    p.add_argument("--base-csv", default=None, help="start from this CSV's rows (all sizes); the --input rows replace "
+                   "the rows of the same size label and scene (scenes measured again)")
     args = p.parse_args(argv)
     groups, tables = {}, {}
+    if args.base_csv:
+        groups = rows_from_csv(args.base_csv)
+        tables = {label: [r["csv"] for r in rows] for label, rows in groups.items()}
     for item in args.input:
         label, sep, files = item.partition("=")
         if not sep or not files:
             raise SystemExit(f"--input {item!r}: expected LABEL=FILE[,FILE...]")
-        groups[label] = load(files.split(","))
-        tables[label] = table(label, groups[label])
+        new = load(files.split(","))
+        if args.base_csv and label not in groups:
+            raise SystemExit(f"--input {item!r}: no rows of size {label!r} in {args.base_csv} "
+                             f"(labels there: {', '.join(groups)})")
+        if label in groups:  # replace the scenes measured again, in place (the table keeps its order)
+            by_name = {r["name"]: r for r in new}
+            groups[label] = [by_name.pop(r["name"], r) for r in groups[label]] + list(by_name.values())
+            tables[label] = [table(label, [r])[0] if "csv" not in r else r["csv"] for r in groups[label]]
+        else:
+            groups[label] = new
+            tables[label] = table(label, new)
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="") as fh:

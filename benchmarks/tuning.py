@@ -14,6 +14,7 @@
     python benchmarks/tuning.py ladder_data 0,1 tune 48 out.jsonl default  # every k rung: deviance + squared error
     python benchmarks/tuning.py ladder_rules a.jsonl,b.jsonl 0,1,3  # k / zeroed-count / family rules offline (fit set)
     python benchmarks/tuning.py null_factor 0,1,2 tune 48 small      # null bands at f x the threshold vs zeroed
+    python benchmarks/tuning.py ladder_top 1,9 heldout 24 out.jsonl  # k rungs 12, 16 above 8: steps and outcomes
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import time
 import numpy as np
 
 import xfusion
-from xfusion import metrics, toy, tuning
+from xfusion import analysis, metrics, scenes, toy, tuning
 from xfusion.grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
 from xfusion.likelihood import PoissonLikelihood, PoissonTerm
 from xfusion.operators.model import build_model
@@ -1210,6 +1211,73 @@ def guard_rules(path, lo=0, hi=48):
     return rows, res
 
 
+def _find(rec, key):
+    """The first value of ``key`` anywhere in a nested record (dicts, lists, JSON strings)."""
+    if isinstance(rec, str) and key in rec:
+        try:
+            rec = json.loads(rec)
+        except ValueError:
+            return None
+    if isinstance(rec, dict):
+        if key in rec:
+            return rec[key]
+        rec = list(rec.values())
+    if isinstance(rec, list):
+        for v in rec:
+            f = _find(v, key)
+            if f is not None:
+                return f
+    return None
+
+
+def _ladder_fuse(x, y, truth, top):
+    """Default ``fuse`` with the k ladder cut at ``top``: NMSE, velocity and width RMS (km/s), the chosen k, the
+    guarded steps above 8 (:data:`xfusion.tuning.K_GUARDED_ABOVE`) and the wall time."""
+    from suite import _science
+
+    saved = tuning.K_LADDER
+    tuning.K_LADDER = saved[:saved.index(top) + 1]
+    try:
+        t0 = time.perf_counter()
+        res = xfusion.fuse(x, y, progress=False)
+        wall = time.perf_counter() - t0
+    finally:
+        tuning.K_LADDER = saved
+    lm_args = scenes.line_map_args(truth)
+    lsf = float(truth.attrs["lsf_sigma_kev"])
+    tm = analysis.line_map(truth["flux"], lsf_sigma=lsf, **lm_args) if lm_args else None
+    sci = _science(res, tm, lm_args, lsf)
+    rec = res.attrs.get("parameters", {})
+    rec = json.loads(rec) if isinstance(rec, str) else rec
+    return {"top": top, "nmse": metrics.nmse(truth["flux"].values, res["flux"].values),
+            "velocity": sci["velocity_rms_kms"], "width": sci["width_rms_kms"], "wall_s": wall,
+            "k": _find(rec, "k"), "steps": _find(rec, "k_above"), "iterations": int(res.attrs.get("iterations", -1))}
+
+
+def ladder_top(indices, split="heldout", n_suite=24, out=None, old=True):
+    """k ladder above 8 (session 19): per full-size suite scene, the default (rungs 12 and 16, guarded: a step up
+    from 8 counts only if the sharp-spectral held-out squared error falls too; the record of each step: deviance
+    gain, its Poisson SE, squared-error gain) and, where the walk took a rung above 8, the old ladder (top 8; with
+    ``old``). JSON lines to ``out``. Session 19 measured the unguarded ladder the same way (every step taken while
+    the deviance fell) plus each step's gains (notes s19/stepprobe.py) and derived the guard's outcome from them."""
+    for i in indices:
+        spec = scenes.suite(split, n=n_suite)[i]
+        x, y, truth = scenes.from_spec(spec, size="default")
+        row = {"index": i, "split": split, "n": n_suite, "name": spec["name"],
+               "runs": [_ladder_fuse(x, y, truth, tuning.K_LADDER[-1])]}
+        steps = (row["runs"][0]["steps"] or {}).get("steps", [])
+        if row["runs"][0]["k"] is not None and float(row["runs"][0]["k"]) > tuning.K_GUARDED_ABOVE and old:
+            row["runs"].append(_ladder_fuse(x, y, truth, tuning.K_GUARDED_ABOVE))
+        for r in row["runs"]:
+            print(f"{i:3d} {spec['name'][:40]:40s} top {r['top']:4g}: k {r['k']} {r['nmse']:6.2f} dB "
+                  f"v {r['velocity']:6.1f} w {r['width']:6.1f} km/s {r['wall_s']:5.1f} s", flush=True)
+        print("    steps (k, deviance gain, SE, sharp-spectral squared-error gain) "
+              f"{[(s['k'], round(s['gain'], 1), round(s['se'], 1), round(s['sq_gain_spectral'], 1)) for s in steps]}",
+              flush=True)
+        if out:
+            with open(out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
 if __name__ == "__main__":
     if sys.argv[1] == "rl":
         rl()
@@ -1217,6 +1285,9 @@ if __name__ == "__main__":
         rl(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
     elif sys.argv[1] == "treatments":
         treatments(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    elif sys.argv[1] == "ladder_top":  # python benchmarks/tuning.py ladder_top 1,9 heldout 24 out.jsonl [noold]
+        ladder_top([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
+                   old=not (len(sys.argv) > 6 and sys.argv[6] == "noold"))
     elif sys.argv[1] == "kgrid":  # python benchmarks/tuning.py kgrid 7 default [2,3,4.5,6,8]
         kgrid([int(v) for v in sys.argv[2].split(",")], sys.argv[3],
               *([tuple(float(v) for v in sys.argv[4].split(","))] if len(sys.argv) > 4 else []))

@@ -25,15 +25,14 @@ Runs end to end with no hand edits of any file (``python examples/xmm_resolve.py
 5. exports the fused spectrum of a central region and of the whole array (PHA + RMF + ARF)
    and fits them with gammapy.
 
-Measured (seed 0, ``--compare``, working tree of 2026-11-29 21:02 UTC, 2 busy cores; metrics over
-the 1916 fused pixels under the array, velocity errors over the brighter half; NMSE dB /
-velocity RMS / median |error| km/s): default wavelet2d1d (thinning chose k=8, J1=2, zero)
-16.6 / 56 / 34; plain RL (8 it.) 13.7 / 114 / 48; Y upsampled 7.8 / 103 / 87; X upsampled
-1.3 / 840 / 467. ``regularization="auto"`` picks the same wavelet settings (identical cube);
-``null_space="threshold"`` 11.0 / 86 / 44 is worse (thinning compared it and did not pick it),
-and so is ``k_rule="sigmoid"`` 15.2 / 140 / 54 (not a thinning candidate). With ``k=3.0`` (the
-top of thinning's k ladder before it was extended to 8): 15.6 / 121 / 48, worse than plain RL
-in velocity RMS. See README.md for a second seed.
+Measured (seed 0, ``--compare``, session 19's code, 2026-12-01, 2 cores; metrics over the 1916 fused pixels under the
+array, velocity errors over the brighter half; NMSE dB / velocity RMS / median |error| km/s): default (``"auto"``
+chose wavelet2d1d, k=8, J1=2, the null space thresholded with null bands at 20x) 17.58 / 56.7 / 36.7; plain RL (15
+it.) 13.55 / 196.9 / 60.0; Y upsampled 7.83 / 102.9 / 86.8; X upsampled 1.32 / 840 / 467; ``null_space="zero"``
+16.90 / 60.9 / 39.8, ``null_space="threshold"`` 10.50 / 104.0 / 45.4 and ``k_rule="sigmoid"`` 15.23 / 139.9 / 54.1
+are worse. The k ladder reaches 16, but here the step above 8 is refused (it lowers the held-out deviance through pn
+alone while Resolve's held-out squared error rises; unguarded it took k=16: 17.11 dB, 59.7 km/s). See README.md for
+a second seed.
 
 Simplifications, stated: the sky has no flux outside the analysed band (6.5-6.9 keV), so no
 photon is redistributed into it from outside; the "truth" the fusion aims at is the sky seen

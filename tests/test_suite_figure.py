@@ -55,3 +55,22 @@ def test_input_without_rows_is_refused(tmp_path, suite_figure):
         suite_figure.main(["--input", f"small={empty}"])
     with pytest.raises(SystemExit, match="LABEL=FILE"):
         suite_figure.main(["--input", str(empty)])
+
+
+def test_base_csv_keeps_the_other_rows_and_replaces_the_scenes_measured_again(tmp_path, suite_figure):
+    rows = [_row("a", "snr_shell", _metrics(12.0, 0.2, 0.3, 200.0, 50.0), _metrics(11.0, 0.2, 0.3, 200.0, 60.0), 0.2),
+            _row("b", "mixed", _metrics(10.0, 0.45, 0.3, 200.0, 80.0), _metrics(10.5, 0.2, 0.3, 200.0, 70.0), -1.5)]
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    first.write_text(json.dumps({"rows": rows}))
+    base = tmp_path / "base.csv"
+    suite_figure.main(["--input", f"small={first}", "--input", f"full={first}", "--csv", str(base)])
+    better = _row("b", "mixed", _metrics(11.0, 0.2, 0.3, 200.0, 65.0), _metrics(10.5, 0.2, 0.3, 200.0, 70.0), 0.1)
+    again.write_text(json.dumps({"rows": [better]}))
+    out, png = tmp_path / "out.csv", tmp_path / "out.png"
+    suite_figure.main(["--base-csv", str(base), "--input", f"small={again}", "--csv", str(out), "--png", str(png)])
+    got = [(r["size"], r["scene"], r["nmse_default_db"], r["beats_both_baselines"]) for r in csv.DictReader(out.open())]
+    assert got == [("small", "a", "12", "True"), ("small", "b", "11", "True"),  # b measured again, in place
+                   ("full", "a", "12", "True"), ("full", "b", "10", "False")]  # the other size untouched
+    assert png.stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="no rows of size 'huge'"):
+        suite_figure.main(["--base-csv", str(base), "--input", f"huge={again}"])

@@ -425,3 +425,37 @@ def test_select_cuts_only_runs_that_cannot_change_the_choice(small_toy):
     assert th_cut.get("stopped_hopeless") and "stopped_hopeless" not in th_full
     assert th_cut["half_data_iteration"] == th_full["half_data_iteration"]  # same best iterate, same score
     np.testing.assert_array_equal(cut["mean_deviance"].values, full["mean_deviance"].values)
+
+
+def _ladder(cur):
+    return sorted(json.loads(s)["k"] for s in cur["setting"].values)
+
+
+def test_k_walk_goes_past_8_only_while_deviance_and_sharp_spectral_squared_error_fall():
+    """Two faint cluster cores whose held-out deviance still falls from k = 8 to 12. On seed 3 the sharp-spectral
+    held-out squared error falls too: the walk takes rung 12 (absent from the old ladder). On seed 7 it rises: 12 is
+    refused and is not a candidate. Each step is recorded with its deviance gain, standard error and squared-error
+    gain, in the curve and in the result's record."""
+    def walk(seed):
+        x, y, _ = scenes.make("cluster_core", seed=seed, counts=3e4, psf_pixels=4.0, size="small")
+        cur = tuning.tune(x, y, regularization="wavelet2d1d")
+        details = json.loads(cur.attrs["details"])
+        dev = {json.loads(s)["k"]: float(v) for s, v in zip(cur["setting"].values, cur["mean_deviance"].values)}
+        return cur, details["ladder"]["k"], details["k_above"]["steps"], dev
+
+    cur, k, steps, dev = walk(3)
+    assert k > 8.0 and 12.0 in dev and steps[0]["k"] == 12.0
+    # the recorded gain is the drop of the held-out deviance from 8 to 12 (paired, same split)
+    assert steps[0]["gain"] == pytest.approx(dev[8.0] - dev[12.0], rel=1e-4, abs=1e-2)
+    assert steps[0]["gain"] > 0 and steps[0]["se"] > 0 and steps[0]["sq_gain_spectral"] > 0
+    assert tuning._record(cur)["k_above"]["steps"] == steps  # in parameters["auto_tuning"] too
+
+    cur, k, steps, dev = walk(7)
+    assert k == 8.0 and max(dev) == 8.0  # refused: not a candidate
+    assert steps == [{"k": 12.0, **{f: steps[0][f] for f in ("gain", "se", "sq_gain_spectral")}}]
+    assert steps[0]["gain"] > 0 and steps[0]["sq_gain_spectral"] < 0
+
+
+def test_lowrank_wavelet_ladder_stops_at_8():
+    assert tuning.LOWRANK_K_LADDER == tuning.K_LADDER[:tuning.K_LADDER.index(8.0) + 1]
+    assert max(tuning.K_LADDER) > 8.0

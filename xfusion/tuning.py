@@ -26,7 +26,8 @@ caller refits on all counts with it (:func:`xfusion.fuse` does this for ``k="aut
 What is selected, per regularization:
 
 * ``wavelet2d1d``: the threshold ``k`` (in noise sigmas), walking the ladder :data:`K_LADDER`
-  from 1 down while the held-out deviance improves (else up). Every candidate starts from
+  from 1 down while the held-out deviance improves (else up; above k = 8 only while the
+  sharp-spectral held-out squared error improves too, :data:`K_GUARDED_ABOVE`). Every candidate starts from
   the same warm start (3 EM iterations on part A) and runs at most :data:`CANDIDATE_ITER`
   iterations (the ranking at 12 iterations matched the ranking at convergence on the scenes
   we checked); a candidate whose held-out deviance rose twice in a row (after >= 3
@@ -292,7 +293,18 @@ SQ_RULE = (f"n_full = {RL_SQ_FACTOR:g} n_sq (n_sq: best half-data iterate, warm-
 #: reached: on faint full-size scenes (45x45x2000-2400, < 0.2 counts per voxel) the old top rung 3 was chosen
 #: with the deviance still falling (synchrotron/1007: held-out deviance min at k = 4.5, NMSE 19.41 dB at k = 3,
 #: 20.10 at 4.5, 20.37 at 6, 20.52 at 8; session 5, benchmarks/tuning.py kgrid)
-K_LADDER = (0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0)
+#: Session 19: rungs 12 and 16 above 8. In 23 of 72 full-size held-out scenes (none of the small ones) the walk
+#: ended at 8 with the held-out deviance still falling. A step up from 8 counts only if it ALSO lowers the held-out
+#: squared error of the sharp-spectral instrument(s) (:meth:`_Split.sq_error_parts`, the score that weighs voxels
+#: like the NMSE, see :data:`RL_SQ_FACTOR`): past 8 the joint deviance can fall through the sharp-spatial
+#: instrument alone while the lines are smoothed away (the XMM-pn + Resolve example: 8 -> 12 lowered the deviance by
+#: 220, 9 standard errors, all of it pn's, and raised Resolve's squared error; k = 12-16 lost 0.1-0.5 dB there).
+#: Measured in session 19 (benchmarks/tuning.py ladder_top, QUALITY_HISTORY.md).
+K_LADDER = (0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 12.0, 16.0)
+#: the rungs above this one need the sharp-spectral squared error to fall too
+K_GUARDED_ABOVE = 8.0
+#: ``lowrank_wavelet2d`` fits every rung, and its cost and quality were measured with the ladder up to 8
+LOWRANK_K_LADDER = K_LADDER[:K_LADDER.index(K_GUARDED_ABOVE) + 1]
 NULL_SPACE_CANDIDATES = (("zero", 5), ("zero", 2), ("threshold", 5))
 #: null-space treatment and number of 1D scales of the k ladder (chosen on the scene suite, benchmarks/tuning.py
 #: treatments); "auto" also scores the ladder's best k with the null space thresholded and stopped early
@@ -899,6 +911,23 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
         warm.append(z)
     results = {}  # key -> [cand, scores per split, iterations, abandoned]
     best = {"score": math.inf}
+    guard_ends, steps = {}, []  # last iterates of the rungs >= K_GUARDED_ABOVE; the guarded steps up
+
+    def significant(lo, hi):
+        """A step up the ladder from ``lo`` to ``hi`` above :data:`K_GUARDED_ABOVE` (both candidate dicts): True
+        when it lowers the held-out squared error of the sharp-spectral instrument(s) too (summed over splits).
+        Recorded in ``steps``: the held-out deviance gain and its Poisson standard error, and that squared-error
+        gain (counts**2)."""
+        a, b = (json.dumps({**lo, "k": k}, sort_keys=True) for k in (lo["k"], hi["k"]))
+        gain = var = sq = 0.0
+        for sp, za, zb in zip(splits, guard_ends[a], guard_ends[b]):
+            d, v = _paired_difference(sp, za, zb)
+            ma, mb = ([t._plus_background(t.model.forward(z)) for t in sp.terms] for z in (za, zb))
+            gain, var = gain + d, var + v
+            sq += sum(sp.sq_error_parts(ma, sp.spectral)) - sum(sp.sq_error_parts(mb, sp.spectral))
+        steps.append({"k": hi["k"], "gain": round(gain, 3), "se": round(math.sqrt(var), 3),
+                      "sq_gain_spectral": round(sq, 3)})
+        return sq > 0.0
 
     def evaluate(cand):
         key = json.dumps(cand, sort_keys=True)
@@ -921,6 +950,8 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                 ab = True
                 break
         results[key] = [cand, scores, iters, ab]
+        if cand["k"] >= K_GUARDED_ABOVE and not ab:
+            guard_ends[key] = ends
         s = math.inf if ab else float(np.mean(scores))
         if keep is not None and s < best["score"]:  # the best so far (the argmin below: first of equal scores)
             keep.update(key=key, ends=ends, curves=curves, warm_iter=warm_iter, best_z=bests)
@@ -946,8 +977,19 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
             for direction in (-1, 1):
                 i = j + direction
                 while 0 <= i < len(ladder):
-                    sc[ladder[i]] = evaluate({"null_space": ns, "n_scales_1d": n1, "k": ladder[i]})
+                    cand = {"null_space": ns, "n_scales_1d": n1, "k": ladder[i]}
+                    guarded = direction > 0 and ladder[i] > K_GUARDED_ABOVE
+                    before = (dict(keep) if keep is not None else None, best["score"])
+                    sc[ladder[i]] = evaluate(cand)
                     if sc[ladder[i]] >= sc[ladder[i - direction]]:
+                        break
+                    if guarded and not significant({**cand, "k": ladder[i - 1]}, cand):
+                        # not a candidate: the step's gain is within the noise (recorded in ``steps``)
+                        del results[json.dumps(cand, sort_keys=True)], sc[ladder[i]]
+                        if keep is not None:
+                            keep.clear()
+                            keep.update(before[0])
+                        best["score"] = before[1]
                         break
                     i += direction
                 if min(sc, key=sc.get) != 1.0:
@@ -963,6 +1005,11 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
     extra = {"iterations": [r[2] for r in rows], "abandoned": [bool(r[3]) for r in rows],
              "warm_start": f"{warm_iter} EM iterations on the fitted part",
              "candidate_iter": int(min(max_iter, candidate_iter or CANDIDATE_ITER))}
+    if steps:
+        extra["k_above"] = {"steps": steps,
+                            "rule": f"a rung above k = {K_GUARDED_ABOVE:g} is a candidate only if both its held-out "
+                                    "deviance and the sharp-spectral held-out squared error are lower than the rung "
+                                    "below's"}
     return [r[0] for r in rows], scores, choice, extra
 
 
@@ -996,7 +1043,7 @@ def _tune_lowrank(splits, regularization, grid, fixed, max_iter, tol, dtype):
         for cand in grid:
             evaluate(dict(cand))
     else:
-        second = {"lowrank_sobolev": ("mu", MU_LADDER), "lowrank_wavelet2d": ("k", K_LADDER)}.get(regularization)
+        second = {"lowrank_sobolev": ("mu", MU_LADDER), "lowrank_wavelet2d": ("k", LOWRANK_K_LADDER)}.get(regularization)
         base = {}
         if second is not None:
             base[second[0]] = fixed.get(second[0]) if fixed.get(second[0], "auto") != "auto" else (
@@ -1637,4 +1684,5 @@ def _record(cur):
             "n_splits": cur.attrs["n_splits"], "choice": json.loads(cur.attrs["choice"]),
             "candidates": [json.loads(s) for s in cur["setting"].values] if cur.attrs["regularization"] != "none"
             else f"RL iterations 0..{cur.sizes['candidate'] - 1} on the fitted part",
-            "heldout_deviance": [round(float(v), 3) if np.isfinite(v) else None for v in cur["mean_deviance"].values]}
+            "heldout_deviance": [round(float(v), 3) if np.isfinite(v) else None for v in cur["mean_deviance"].values],
+            **{k: v for k, v in json.loads(cur.attrs.get("details", "{}")).items() if k == "k_above"}}
