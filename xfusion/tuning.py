@@ -913,9 +913,10 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
     best = {"score": math.inf}
     guard_ends, steps = {}, []  # last iterates of the rungs >= K_GUARDED_ABOVE; the guarded steps up
 
-    def significant(lo, hi):
-        """A step up the ladder from ``lo`` to ``hi`` above :data:`K_GUARDED_ABOVE` (both candidate dicts): True
-        when it lowers the held-out squared error of the sharp-spectral instrument(s) too (summed over splits).
+    def step_counts(lo, hi):
+        """A step up the ladder from ``lo`` to ``hi`` above :data:`K_GUARDED_ABOVE` (both candidate dicts, the
+        held-out deviance of ``hi`` already lower): True when it lowers the held-out squared error of the
+        sharp-spectral instrument(s) too (summed over splits).
         Recorded in ``steps``: the held-out deviance gain and its Poisson standard error, and that squared-error
         gain (counts**2)."""
         a, b = (json.dumps({**lo, "k": k}, sort_keys=True) for k in (lo["k"], hi["k"]))
@@ -979,12 +980,12 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                 while 0 <= i < len(ladder):
                     cand = {"null_space": ns, "n_scales_1d": n1, "k": ladder[i]}
                     guarded = direction > 0 and ladder[i] > K_GUARDED_ABOVE
-                    before = (dict(keep) if keep is not None else None, best["score"])
+                    before = (dict(keep) if keep is not None else None, best["score"]) if guarded else None
                     sc[ladder[i]] = evaluate(cand)
                     if sc[ladder[i]] >= sc[ladder[i - direction]]:
                         break
-                    if guarded and not significant({**cand, "k": ladder[i - 1]}, cand):
-                        # not a candidate: the step's gain is within the noise (recorded in ``steps``)
+                    if guarded and not step_counts({**cand, "k": ladder[i - 1]}, cand):
+                        # not a candidate: the sharp-spectral squared error rose (the step is in ``steps``)
                         del results[json.dumps(cand, sort_keys=True)], sc[ladder[i]]
                         if keep is not None:
                             keep.clear()
@@ -1680,9 +1681,12 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
 
 def _record(cur):
     """Compact, deterministic JSON-able summary of a validation curve (no timings: fingerprints use it)."""
-    return {"method": "poisson thinning", "fraction": cur.attrs["fraction"], "seed": cur.attrs["seed"],
-            "n_splits": cur.attrs["n_splits"], "choice": json.loads(cur.attrs["choice"]),
-            "candidates": [json.loads(s) for s in cur["setting"].values] if cur.attrs["regularization"] != "none"
-            else f"RL iterations 0..{cur.sizes['candidate'] - 1} on the fitted part",
-            "heldout_deviance": [round(float(v), 3) if np.isfinite(v) else None for v in cur["mean_deviance"].values],
-            **{k: v for k, v in json.loads(cur.attrs.get("details", "{}")).items() if k == "k_above"}}
+    rec = {"method": "poisson thinning", "fraction": cur.attrs["fraction"], "seed": cur.attrs["seed"],
+           "n_splits": cur.attrs["n_splits"], "choice": json.loads(cur.attrs["choice"]),
+           "candidates": [json.loads(s) for s in cur["setting"].values] if cur.attrs["regularization"] != "none"
+           else f"RL iterations 0..{cur.sizes['candidate'] - 1} on the fitted part",
+           "heldout_deviance": [round(float(v), 3) if np.isfinite(v) else None for v in cur["mean_deviance"].values]}
+    details = json.loads(cur.attrs.get("details", "{}"))
+    if "k_above" in details:  # the steps of the k walk above K_GUARDED_ABOVE (why it stopped there)
+        rec["k_above"] = details["k_above"]
+    return rec
