@@ -459,3 +459,19 @@ def test_k_walk_goes_past_8_only_while_deviance_and_sharp_spectral_squared_error
 def test_lowrank_wavelet_ladder_stops_at_8():
     assert tuning.LOWRANK_K_LADDER == tuning.K_LADDER[:tuning.K_LADDER.index(8.0) + 1]
     assert max(tuning.K_LADDER) > 8.0
+
+
+def test_k_step_above_8_is_judged_on_every_sharp_spectral_input():
+    """Five inputs (pn, MOS1, MOS2 and two Resolve-like tiles), faint: the walk reaches a step above 8, which is
+    judged on the summed squared error of the two tiles (the sharp-spectral inputs) and refused here."""
+    from xfusion import scenes_mosaic
+
+    obs, _ = scenes_mosaic.make_mosaic("cluster_core", 1, size=(24, 40), counts=(5e3, 3e3), tiles=2, noise=True,
+                                       psf_pixels=1.0, centers=((-17.0, -14.0), (16.0, 18.0)), rolls=(8.0, 31.0),
+                                       det_pixel=20.0, det_n=3)
+    cur = tuning.tune(*obs.values(), regularization="wavelet2d1d")
+    steps = json.loads(cur.attrs["details"])["k_above"]["steps"]
+    sp = tuning._splits(tuning._ordered(list(obs.values())), 0.5, 1, 0, "float32")[0]
+    assert len(obs) == 5 and len(sp.spectral) == 2  # the two tiles (model order)
+    assert steps[0]["k"] == 12.0 and steps[0]["gain"] > 0 and steps[0]["sq_gain_spectral"] < 0
+    assert max(_ladder(cur)) == 8.0 and tuning.choice(cur)["k"] == 8.0
