@@ -452,6 +452,11 @@ def test_k_walk_goes_past_8_only_while_deviance_and_sharp_spectral_squared_error
 
     cur, k, steps, dev = walk(7)
     assert k == 8.0 and max(dev) == 8.0  # refused: not a candidate
+    import matplotlib
+
+    matplotlib.use("Agg")
+    texts = [t.get_text() for t in tuning.plot(cur).texts]  # the validation curve says why the walk stopped
+    assert any(t.startswith("k=12 not a candidate") and "squared error higher" in t for t in texts)
     assert steps == [{"k": 12.0, **{f: steps[0][f] for f in ("gain", "se", "sq_gain_spectral")}}]
     assert steps[0]["gain"] > 0 and steps[0]["sq_gain_spectral"] < 0
 

@@ -1471,8 +1471,16 @@ def plot(curve: xr.Dataset, ax=None):
         ax.plot(idx, mean - ref, "o")
         ax.set_xticks(idx)
         ax.set_xticklabels([s.replace('"', "") for s in labels], rotation=70, fontsize=7, ha="right")
-    best = json.loads(curve.attrs.get("details", "{}")).get("chosen_candidate", int(np.nanargmin(mean)))
+    details = json.loads(curve.attrs.get("details", "{}"))
+    best = details.get("chosen_candidate", int(np.nanargmin(mean)))
     ax.plot([best], [mean[best] - ref], "r*", ms=12, label=f"choice {curve.attrs['choice']}")
+    ks = {json.loads(s).get("k") for s in labels} if curve.attrs["regularization"] != "none" else set()
+    refused = [st for st in details.get("k_above", {}).get("steps", []) if st["k"] not in ks]
+    if refused:  # a rung above K_GUARDED_ABOVE that lowered the deviance but not the sharp-spectral squared error
+        ax.text(0.01, 0.02, "\n".join(
+            f"k={st['k']:g} not a candidate: deviance lower by {st['gain']:.1f} (SE {st['se']:.1f}), sharp-spectral "
+            f"squared error higher by {-st['sq_gain_spectral']:.3g}" for st in refused),
+            transform=ax.transAxes, fontsize=7, va="bottom")
     ax.set_ylabel("held-out deviance - min")
     ax.set_yscale("symlog", linthresh=10)
     ax.legend(fontsize=7)
