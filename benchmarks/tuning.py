@@ -1211,25 +1211,6 @@ def guard_rules(path, lo=0, hi=48):
     return rows, res
 
 
-def _find(rec, key):
-    """The first value of ``key`` anywhere in a nested record (dicts, lists, JSON strings)."""
-    if isinstance(rec, str) and key in rec:
-        try:
-            rec = json.loads(rec)
-        except ValueError:
-            return None
-    if isinstance(rec, dict):
-        if key in rec:
-            return rec[key]
-        rec = list(rec.values())
-    if isinstance(rec, list):
-        for v in rec:
-            f = _find(v, key)
-            if f is not None:
-                return f
-    return None
-
-
 def _ladder_fuse(x, y, truth, top):
     """Default ``fuse`` with the k ladder cut at ``top``: NMSE, velocity and width RMS (km/s), the chosen k, the
     guarded steps above 8 (:data:`xfusion.tuning.K_GUARDED_ABOVE`) and the wall time."""
@@ -1251,7 +1232,8 @@ def _ladder_fuse(x, y, truth, top):
     rec = json.loads(rec) if isinstance(rec, str) else rec
     return {"top": top, "nmse": metrics.nmse(truth["flux"].values, res["flux"].values),
             "velocity": sci["velocity_rms_kms"], "width": sci["width_rms_kms"], "wall_s": wall,
-            "k": _find(rec, "k"), "steps": _find(rec, "k_above"), "iterations": int(res.attrs.get("iterations", -1))}
+            "k": rec.get("k"), "steps": rec.get("auto_tuning", {}).get("k_above"),
+            "iterations": int(res.attrs.get("iterations", -1))}
 
 
 def ladder_top(indices, split="heldout", n_suite=24, out=None, old=True):

@@ -452,7 +452,7 @@ class _Split:
         return sum(deviance(h, self.ratio * m, k) for h, m, k in zip(self.held, models, self.masks))
 
     def score(self, z):
-        return self.score_models([t._plus_background(t.model.forward(z)) for t in self.terms])  # expected: H z + B
+        return self.score_models(_predicted(self, z))  # expected: H z + B
 
     def start(self):
         return np.full(self.shape, self.level, dtype=self.dtype)
@@ -919,11 +919,10 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
         sharp-spectral instrument(s) too (summed over splits).
         Recorded in ``steps``: the held-out deviance gain and its Poisson standard error, and that squared-error
         gain (counts**2)."""
-        a, b = (json.dumps({**lo, "k": k}, sort_keys=True) for k in (lo["k"], hi["k"]))
         gain = var = sq = 0.0
-        for sp, za, zb in zip(splits, guard_ends[a], guard_ends[b]):
-            d, v = _paired_difference(sp, za, zb)
-            ma, mb = ([t._plus_background(t.model.forward(z)) for t in sp.terms] for z in (za, zb))
+        for sp, za, zb in zip(splits, *(guard_ends[json.dumps(c, sort_keys=True)] for c in (lo, hi))):
+            ma, mb = _predicted(sp, za), _predicted(sp, zb)
+            d, v = _paired_difference(sp, za, zb, models=(ma, mb))
             gain, var = gain + d, var + v
             sq += sum(sp.sq_error_parts(ma, sp.spectral)) - sum(sp.sq_error_parts(mb, sp.spectral))
         steps.append({"k": hi["k"], "gain": round(gain, 3), "se": round(math.sqrt(var), 3),
@@ -1104,17 +1103,18 @@ def _tune_lowrank_iterations(splits, fixed, max_iter, dtype, ladder=(3, 5, 8, 12
             {"rule": "one run per split scored at the ladder; transfer as RL (RL_TRANSFER, not measured for low rank)"})
 
 
-def _paired_difference(split, za, zb):
+def _paired_difference(split, za, zb, models=None):
     """Held-out deviance difference ``D(za) - D(zb)`` on part B of ``split`` and its Poisson variance.
 
-    ``za``, ``zb``: two part-A iterates (internal units). With ``m_a``, ``m_b`` their predicted part-B counts, the
-    difference is ``2 sum [m_a - m_b - d log(m_a / m_b)]`` and, for Poisson counts ``d`` of mean ~ ``(m_a + m_b) / 2``,
-    its variance ``4 sum (m_a + m_b) / 2 (log m_a / m_b)^2`` (both instruments; masks honoured). Returns
-    ``(difference, variance)``."""
+    ``za``, ``zb``: two part-A iterates (internal units); ``models`` (optional): their predicted part-A counts
+    ``(H za + B, H zb + B)`` per observation, if already computed (:func:`_predicted`). With ``m_a``, ``m_b`` the
+    predicted part-B counts, the difference is ``2 sum [m_a - m_b - d log(m_a / m_b)]`` and, for Poisson counts
+    ``d`` of mean ~ ``(m_a + m_b) / 2``, its variance ``4 sum (m_a + m_b) / 2 (log m_a / m_b)^2`` (both
+    instruments; masks honoured). Returns ``(difference, variance)``."""
+    pa, pb = models if models is not None else (_predicted(split, za), _predicted(split, zb))
     diff, var = 0.0, 0.0
-    for t, h, k in zip(split.terms, split.held, split.masks):
-        ma = split.ratio * t._plus_background(t.model.forward(za)).astype(np.float64)
-        mb = split.ratio * t._plus_background(t.model.forward(zb)).astype(np.float64)
+    for h, k, a, b in zip(split.held, split.masks, pa, pb):
+        ma, mb = split.ratio * a.astype(np.float64), split.ratio * b.astype(np.float64)
         hh = h
         if k is not None:
             ma, mb, hh = ma[k], mb[k], h[k]
@@ -1122,6 +1122,11 @@ def _paired_difference(split, za, zb):
         diff += float(2.0 * np.sum(ma - mb - hh * lr))
         var += float(4.0 * np.sum(0.5 * (ma + mb) * lr * lr))
     return diff, var
+
+
+def _predicted(split, z):
+    """Predicted part-A counts ``H z + B`` of every observation of ``split`` (model order)."""
+    return [t._plus_background(t.model.forward(z)) for t in split.terms]
 
 
 def _counts_per_voxel(split):
