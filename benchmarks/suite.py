@@ -40,7 +40,6 @@ import xfusion
 from xfusion import analysis, baselines, metrics, scenes
 from xfusion.grid import SPATIAL, assign_roles, fusion_grid
 from xfusion.operators.model import build_model
-from xfusion.regularizers.shape import AUTO_PSEUDO_COUNTS
 
 METRICS = ("nmse_db", "asam_rad", "acssim", "ergas")
 HIGHER_BETTER = {"nmse_db": True, "asam_rad": False, "acssim": False, "ergas": False}
@@ -97,7 +96,9 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
         kw = {k: v for k, v in fuse_kwargs.items() if ch["regularization"] == "wavelet2d1d" or k not in
               tuning.WAVELET_KEYS}
         kw.update(ch)
-        kw.setdefault("shape_prior", AUTO_PSEUDO_COUNTS)  # what fuse(regularization="auto") delivers through
+        if "shape_prior" not in kw:  # what fuse(regularization="auto") delivers through: its n0 by thinning
+            kw["shape_prior"], row["shape_prior"] = tuning.tune_shape(
+                x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS})
         res = xfusion.fuse(x, y, progress=False, **kw)
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,
         # "wavelet2d1d") walks the same ladder); fitted only when "auto" chose RL or the thresholded candidate

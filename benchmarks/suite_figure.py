@@ -49,13 +49,16 @@ def load(paths):
     return list(rows.values())
 
 
-def _choice(sel):
+def _choice(sel, shape=None):
+    """The default's choice in words; ``shape``: the spectral-shape prior's record of ``suite.py`` (session 20: its
+    pseudo-counts chosen by thinning), appended as ``shape <n0>``."""
     if sel is None:
         return ""
+    n0 = f" shape {shape['choice']:g}" if shape else ""
     if sel.get("regularization") == "none":
-        return f"RL {sel.get('max_iter')} it"
+        return f"RL {sel.get('max_iter')} it{n0}"
     txt = f"starlet k={sel.get('k')} {sel.get('null_space', '')}"
-    return txt + (f" {sel['max_iter']} it" if "max_iter" in sel else "")
+    return txt + (f" {sel['max_iter']} it" if "max_iter" in sel else "") + n0
 
 
 def _num(v):
@@ -69,7 +72,7 @@ def table(size, rows):
         d, rb = r["default"], r["rl_best"]
         out.append({"size": size, "kind": r["spec"]["kind"], "seed": r["spec"]["seed"], "scene": r["name"],
                     "grid": r["size"], "counts_x": f"{r['counts_x']:.0f}", "counts_y": f"{r['counts_y']:.0f}",
-                    "choice": _choice(r.get("selected")),
+                    "choice": _choice(r.get("selected"), r.get("shape_prior")),
                     "nmse_default_db": _num(d["nmse_db"]), "nmse_rl_oracle_db": _num(rb["nmse_db"]),
                     "nmse_x_up_db": _num(r["x_up"]["nmse_db"]), "nmse_y_up_db": _num(r["y_up"]["nmse_db"]),
                     "velocity_rms_default_kms": _num(d["velocity_rms_kms"]),
@@ -155,13 +158,16 @@ def figure(groups, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", action="append", required=True,
-                   help="LABEL=FILE[,FILE...]: suite.py JSON files of one size (repeat for each size)")
+    p.add_argument("--input", action="append", default=[],
+                   help="LABEL=FILE[,FILE...]: suite.py JSON files of one size (repeat for each size; none with "
+                        "--base-csv: the figure redrawn from the CSV)")
     p.add_argument("--png", default=None, help="write the figure here")
     p.add_argument("--csv", default=None, help="write the per-scene table here")
     p.add_argument("--base-csv", default=None, help="start from this CSV's rows (all sizes); the --input rows replace "
                    "the rows of the same size label and scene (scenes measured again)")
     args = p.parse_args(argv)
+    if not args.input and not args.base_csv:
+        p.error("give --input (suite.py JSON files) or --base-csv (redraw from a CSV this script wrote)")
     groups, tables = {}, {}
     if args.base_csv:
         groups = rows_from_csv(args.base_csv)

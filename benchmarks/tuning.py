@@ -326,14 +326,11 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24):
     space, the thresholded candidate, plain RL at its transferred iteration count) is fitted on ALL counts
     (python benchmarks/tuning.py hindsight 0,1,6,11 heldout small); prints the NMSE of each, the choice's loss
     against the best, and the fraction within 0.5 dB. ``shape``: "auto" delivers every candidate through the
-    spectral-shape prior as the default fuse delivers its choice (``shape_prior`` = AUTO_PSEUDO_COUNTS); "none": off
-    (the session-7 measure). ``n_suite``: the suite's size (``xfusion.scenes.suite(split, n=n_suite)``; 48 gives 24
+    spectral-shape prior as the default fuse delivers its choice (``shape_prior``: AUTO_PSEUDO_COUNTS until session
+    19; since session 20 the pseudo-counts ``tuning.tune_shape`` picks for the choice, the same for every candidate);
+    "none": off (the session-7 measure). ``n_suite``: the suite's size (``xfusion.scenes.suite(split, n=n_suite)``; 48 gives 24
     more scenes, 24-47, that the 24-scene suite does not hold)."""
     import os
-
-    from xfusion.regularizers.shape import AUTO_PSEUDO_COUNTS
-
-    extra = {"shape_prior": AUTO_PSEUDO_COUNTS} if shape == "auto" else {}
 
     losses = []
     for i in indices:
@@ -341,6 +338,9 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24):
         t0 = time.perf_counter()
         cur = tuning.select(x, y, complete=True)
         ch = tuning.choice(cur)
+        extra = {"shape_prior": tuning.tune_shape(x, y, settings={k: v for k, v in ch.items()
+                                                                  if k not in tuning.DIAG_KEYS})[0]} \
+            if shape == "auto" else {}
         res = []
         for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
             cand = json.loads(str(st))

@@ -5,7 +5,8 @@ and writes (JSON lines) the CPU seconds of the process for
 
 * the default ``xfusion.fuse(x, y)`` (tuning, final fit, delivered cube), split by stage of the tuning: the warm
   starts, the k ladder, plain RL on half the counts, the thresholded candidate, the zeroed candidate's
-  continuation; with the EM steps of each stage (an EM step on half the counts costs about one on all counts);
+  continuation, the shape prior's pseudo-counts (session 20, ``tune_shape``: one fit of half the counts); with
+  the EM steps of each stage (an EM step on half the counts costs about one on all counts);
 * one fit with fixed settings (``wavelet2d1d``, k = 1, null space zeroed, fuse's default stop: 50 iterations);
 
 and their ratio; also the wall time of the default against the wall time of the fixed fit's iterations alone (its
@@ -31,7 +32,7 @@ import xfusion
 from xfusion import scenes, tuning
 
 STAGES = {"_tune_wavelet": "ladder", "_tune_none": "rl", "_tune_threshold": "threshold",
-          "_zero_iterations": "zero_continuation"}
+          "_zero_iterations": "zero_continuation", "tune_shape": "shape"}
 
 
 class Meter:
@@ -142,7 +143,7 @@ def main(argv=None):
         ratios.append(res["ratio_cpu"])
         strict.append(res["ratio_wall_to_fixed_loop"])
         st = " ".join(f"{k} {res['stage_steps'].get(k, 0)} st/{res['stage_cpu'].get(k, 0):.1f} s"
-                      for k in ("other", "ladder", "rl", "threshold", "zero_continuation"))
+                      for k in ("other", "ladder", "rl", "threshold", "zero_continuation", "shape"))
         print(f"{i:3d} {res['name']:28s} {'x'.join(map(str, res['shape']))} choice {res['choice']:11s} "
               f"final {res['final_iterations']:3d} it | default {res['cpu']:6.1f} s (tuning {res['tuning_cpu']:.1f}: "
               f"{st}) | fixed {res['fixed_cpu']:6.1f} s {res['fixed_iterations']} it | ratio {res['ratio_cpu']:.2f}",

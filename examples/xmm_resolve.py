@@ -380,15 +380,17 @@ VARIANTS = (("auto", {"regularization": "auto"}),
 
 
 def _chosen(result):
-    """Short summary of the settings a result used (what "auto" chose), e.g. ``k=1, J1=5, zero``."""
+    """Short summary of the settings a result used (what "auto" chose), e.g. ``k=1, J1=5, zero, shape 30000`` (the
+    last: the spectral-shape prior's pseudo-counts)."""
     import json
 
     p = json.loads(result.attrs["parameters"])
     reg = p.get("regularization", result.attrs.get("regularization", "?"))
+    shape = f", shape {p['shape_prior']:g}" if p.get("shape_prior") is not None else ""
     if "k" not in p:
-        return f"{reg}, {result.attrs.get('iterations')} it."
+        return f"{reg}, {result.attrs.get('iterations')} it.{shape}"
     k = p["k"] if p.get("k_rule", "constant") == "constant" else f"sigmoid {p.get('k_min')}-{p.get('k_max')}"
-    return f"k={k}, J1={p.get('n_scales_1d')}, {p.get('null_space')}"
+    return f"k={k}, J1={p.get('n_scales_1d')}, {p.get('null_space')}{shape}"
 
 
 def main(outdir, seed=0, compare=False):
@@ -455,7 +457,7 @@ def main(outdir, seed=0, compare=False):
     tmaps = velocity_maps(np.where(under[..., None], target, 0), edges)
     print(f"\nmetrics over the {int(under.sum())} fused pixels under the Resolve array (target: sky at "
           "Resolve resolution)")
-    print(f"{'method':44s} {'NMSE dB':>8s} {'v RMS km/s':>11s} {'v median':>9s} {'width RMS':>10s} {'invalid':>8s} "
+    print(f"{'method':56s} {'NMSE dB':>8s} {'v RMS km/s':>11s} {'v median':>9s} {'width RMS':>10s} {'invalid':>8s} "
           f"{'time s':>7s}")
     results = {}
     bright = tmaps["valid"].values & (tmaps["flux"].values >= np.quantile(tmaps["flux"].values, 0.5))
@@ -467,7 +469,7 @@ def main(outdir, seed=0, compare=False):
         use = bright & emaps["valid"].values
         med = float(np.median(np.abs(emaps["velocity"].values[use] - tmaps["velocity"].values[use])))
         results[name] = (db, err["velocity_rms_kms"], err["width_rms_kms"], med, err["n_invalid"])
-        print(f"{name:44s} {db:8.2f} {err['velocity_rms_kms']:11.1f} {med:9.1f} {err['width_rms_kms']:10.1f} "
+        print(f"{name:56s} {db:8.2f} {err['velocity_rms_kms']:11.1f} {med:9.1f} {err['width_rms_kms']:10.1f} "
               f"{err['n_invalid']:8d} {dt:7.1f}")
     np.save(outdir / "fused_flux.npy", np.asarray(fused["flux"].values))  # for inspection (NumPy format, no pickle)
 

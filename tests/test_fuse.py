@@ -59,10 +59,12 @@ def test_default_on_gaussian_rebin_beats_baselines_and_best_richardson_lucy(gaus
     r = xfusion.fuse(x, y, progress=False)
     m = metrics.report(r, t)
     assert m["nmse_db"] >= 12.0
-    # "auto" delivers the chosen family's cube through the spectral-shape prior (xfusion.regularizers.shape)
-    from xfusion.regularizers.shape import AUTO_PSEUDO_COUNTS
+    # "auto" delivers the chosen family's cube through the spectral-shape prior (xfusion.regularizers.shape), its
+    # pseudo-counts chosen by thinning too (xfusion.tuning.tune_shape)
+    from xfusion.tuning import SHAPE_LADDER
 
-    assert json.loads(r.attrs["parameters"])["shape_prior"] == AUTO_PSEUDO_COUNTS
+    params = json.loads(r.attrs["parameters"])
+    assert params["shape_prior"] in SHAPE_LADDER and params["shape_prior"] == params["auto_tuning"]["shape_prior"]["choice"]
     for f in (baselines.upsample_spatial, baselines.upsample_spectral):
         b = metrics.report(f(x, y), t, ratio=3)
         assert m["nmse_db"] > b["nmse_db"] and m["asam_rad"] < b["asam_rad"]

@@ -432,7 +432,8 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         Gaussian or count-free data, and Dask-backed data whose tuning would not fit
         ``xfusion.tuning.IN_MEMORY_BYTES``, fall back to ``wavelet2d1d`` (recorded); smaller Dask-backed data are
         tuned on in-memory copies and fitted on Dask (the record's ``in_memory`` says so). ``"auto"`` delivers the
-        cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``, 1e4 pseudo-counts unless given; None: off;
+        cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``: None for off, or
+        pseudo-counts; unless given they are chosen by thinning too, :func:`xfusion.tuning.tune_shape`;
         :mod:`xfusion.regularizers.shape`): faint pixels take their neighbourhood's spectral shape, every pixel
         keeps its total (held-out small suite, session 8: beats both naive baselines on 23/24 scenes against 18,
         mean NMSE 20.16 against 19.73 dB).
@@ -651,7 +652,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         # is a low-rank prior (its own checks)
         checked = _precheck(observations, options, False)
         regularization, max_iter, options, auto_record = _choose_regularization(observations, max_iter, tol, dtype,
-                                                                                client, options)
+                                                                                client, options, method)
     method, params, lowrank = _resolve(regularization, method, options)
     spec, mspec = registry.regularization(regularization), registry.method(method)
     # priors regularized by early stopping (none, lowrank) set the cap of the methods whose early iterates are
@@ -725,7 +726,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
                    time.perf_counter() - t_start)
 
 
-def _choose_regularization(observations, max_iter, tol, dtype, client, options):
+def _choose_regularization(observations, max_iter, tol, dtype, client, options, method=None):
     """``regularization="auto"``: the tuned 2D-1D starlet prior or plain Richardson-Lucy stopped early, whichever
     predicts held-out counts best (:func:`xfusion.tuning.resolve_auto`, Poisson thinning of every
     observation, in memory). Returns ``(regularization, max_iter, options, record)`` with nothing left "auto".
@@ -773,17 +774,16 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options):
     if "max_iter" in chosen:  # plain RL, or the thresholded wavelet prior stopped early (iterations by thinning)
         n = chosen.pop("max_iter")
         max_iter = n if max_iter is None else max_iter
-    return reg, max_iter, {**_auto_shape(rest), **chosen}, record
+    if rest.get("shape_prior", "auto") == "auto":  # its pseudo-counts by thinning too (session 20), after the
+        # options are checked (an invalid one is refused before this fit; an invalid max_iter below, without it)
+        _resolve(reg, method, {**{k: v for k, v in rest.items() if k != "shape_prior"}, **chosen})
+    if rest.get("shape_prior", "auto") == "auto" and (max_iter is None or (_is_int(max_iter) and max_iter >= 0)):
+        from .tuning import tune_shape
 
-
-def _auto_shape(options):
-    """``regularization="auto"`` delivers its cube through the spectral-shape prior (:mod:`xfusion.regularizers.shape`,
-    :data:`~xfusion.regularizers.shape.AUTO_PSEUDO_COUNTS` pseudo-counts) unless ``shape_prior`` is given (None: off).
-    Only where thinning chose the family (measured there, session 8); the fallbacks (Dask-backed, Gaussian or
-    count-free data, wavelet options given) fit what they name, without it unless ``shape_prior`` is given."""
-    from .regularizers.shape import AUTO_PSEUDO_COUNTS
-
-    return options if "shape_prior" in options else {**options, "shape_prior": AUTO_PSEUDO_COUNTS}
+        fit = {"regularization": reg, **chosen, "max_iter": max_iter, **({"method": method} if method else {})}
+        n0, record["shape_prior"] = tune_shape(*ordered, settings=fit, dtype=dtype, tol=tol or 1e-4)
+        rest = {**rest, "shape_prior": n0}
+    return reg, max_iter, {**rest, **chosen}, record
 
 
 @dataclass

@@ -149,6 +149,11 @@ What is selected, per regularization:
   dB on the held-out full-size scenes; session 9's held-out results (which scenes lost, not their data) were known
   when this rule was fitted. Held out, measured after freezing: see :data:`FAMILY_MARGIN_BRIGHT`.
 
+* The spectral-shape prior of the delivered cube (session 20, :func:`tune_shape`): after the family, its
+  pseudo-counts ``n0`` among :data:`SHAPE_LADDER` (1e3-1e6) by the held-out deviance of the chosen fit on half the
+  counts, kept at 1e4 unless another rung is better by more than one paired standard error, and not scored when that
+  half fit would run more than :data:`SHAPE_MAX_HALF_ITER` iterations (cost).
+
 Everything runs in memory (NumPy); :func:`tune` and :func:`select` refuse Dask-backed observations with a message.
 :func:`xfusion.fuse` given Dask-backed observations tunes on in-memory copies of them when the tuning fits
 :data:`IN_MEMORY_BYTES` (:func:`in_memory_copies`) and runs the final fit on Dask; only larger problems take the
@@ -168,6 +173,7 @@ from .grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid, input_positions
 from .likelihood import PoissonLikelihood, PoissonTerm
 from .observation import validate
 from .operators.model import build_model
+from .regularizers.shape import AUTO_PSEUDO_COUNTS
 from .regularizers.sparsity import Wavelet2D1D
 from .solvers.backend import blas_limited
 from .solvers.em import EMProx
@@ -1439,6 +1445,86 @@ def resolve_auto(*observations, seed=0, dtype="float32", tol=1e-4, **fixed):
             ch.pop(k, None)
     rec = dict(_record(cur), regularization="auto", chosen=reg)
     return reg, ch, rec
+
+
+#: pseudo-counts ``n0`` of the spectral-shape prior compared by :func:`tune_shape` (session 20; photons)
+SHAPE_LADDER = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
+#: the count of the half-data fit :func:`tune_shape` scores: the chosen count over this factor (the factor the
+#: transfers of :func:`sq_transfer` and :func:`zero_transfer` apply from half to all counts)
+SHAPE_HALF_FACTOR = 1.25
+#: the pseudo-counts of sessions 8-19 (:data:`xfusion.regularizers.shape.AUTO_PSEUDO_COUNTS`, the best single value on
+#: the small tuning scenes): kept unless the best rung predicts the held-out half better by :data:`SHAPE_MARGIN`
+#: paired Poisson standard errors
+SHAPE_ANCHOR = AUTO_PSEUDO_COUNTS
+#: one standard error (the usual "one-SE rule" of cross-validation; not fitted: on the tuning scenes margins of 0.5-3
+#: gave the same mean NMSE within 0.02 dB, 0 lost on the scenes whose held-out deviance is flat over the ladder)
+SHAPE_MARGIN = 1.0
+#: :func:`tune_shape` scores the ladder only when its half-data fit runs at most this many iterations (the tuning's
+#: budget per candidate, :data:`CANDIDATE_ITER`), else keeps :data:`SHAPE_ANCHOR`: a cost bound added after the
+#: held-out run (session 20). Uncapped, the half fit ran up to 103 iterations (point_sources/500018: the default fuse
+#: took 71.8 s quiet, over the 60 s target) and tuning plus final fit stayed within 3x one fit (CPU) on 13 of the 24
+#: first-set scenes instead of 21; the NMSE gain is the continuum scenes', whose fits are short (5-12 iterations).
+SHAPE_MAX_HALF_ITER = CANDIDATE_ITER
+
+
+def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4, ladder=SHAPE_LADDER,
+               anchor=SHAPE_ANCHOR, margin=None, max_half=None):
+    """Pseudo-counts of the spectral-shape prior (:mod:`xfusion.regularizers.shape`) by Poisson thinning.
+
+    ``observations``: the inputs in model order (as :func:`select`; the same split for the same ``seed``);
+    ``settings``: the fit :func:`select` chose (``regularization`` and its options, ``max_iter`` its count on all
+    counts). The chosen fit runs on part A for ``round(max_iter / SHAPE_HALF_FACTOR)`` iterations (at least 1); its
+    cube goes through the prior with every ``n0`` of ``ladder`` (the starlet levels computed once,
+    :func:`xfusion.regularizers.shape.shrink_ladder`) and each is scored by the Poisson deviance of part B of every
+    input (:meth:`_Split.score_models`). The best rung is chosen if it beats ``anchor`` by more than ``margin``
+    (default :data:`SHAPE_MARGIN`) paired Poisson standard errors (:func:`_paired_difference`), else ``anchor``.
+    ``n0`` is the concentration of the prior's Dirichlet shape model, a property of the sky rather than of the
+    counts, so the value chosen on half the counts applies to all of them. Returns ``(n0, record)``; the record holds
+    the ladder, each rung's held-out deviance, its gain over the anchor and that gain's standard error, and the
+    half-data count. Cost: at most :data:`SHAPE_MAX_HALF_ITER` iterations on part A and one starlet pass (session 20:
+    1.3-3.9 s CPU on the 45x45x2000-2400 and 36x36x1600-1800 scenes it scored, against 9-18 s for one fixed fit).
+
+    Not scored (the anchor, recorded as ``"not tuned"``) when the half-data fit would run more than
+    ``max_half`` (default :data:`SHAPE_MAX_HALF_ITER`) iterations.
+
+    Why (session 20): ``n0 = 1e4`` was the best single value on the small tuning scenes (session 8), but the best
+    value per scene spans 1e3-3e3 (bright line-rich mixes, whose neighbouring pixels differ in shape) to 3e5-1e6
+    (continuum-only scenes, whose pixels share their neighbourhood's smooth shape). The part of the shape that the
+    prior changes (each pixel's spectrum at the sharp-spatial instrument's energy resolution) is seen by the held-out
+    counts, unlike the bands fine in space and in energy that decide the family (:data:`FAMILY_MARGIN`). Measured
+    (``benchmarks/QUALITY_HISTORY.md``, session 20; every rung's NMSE against the truth, offline), NMSE change
+    against 1e4 for all: tuning scenes, 48 small +0.23 dB (none worse), 24 full size +0.25 dB; held out (the 144
+    rows of the suite CSV) +0.22 to +0.29 dB per set, all of it on the continuum-only (synchrotron) scenes, +1.1 to
+    +1.8 dB per kind; line scenes unchanged on average (-0.13 to +0.05 dB per kind).
+    """
+    from .fuse import MAX_ITER, fuse
+    from .regularizers.shape import shrink_ladder
+
+    margin = SHAPE_MARGIN if margin is None else float(margin)
+    sp = _splits(list(observations), fraction, 1, seed, dtype)[0]
+    fit = dict(settings)
+    n_full = fit.pop("max_iter", None)
+    n_full = MAX_ITER["em"] if n_full is None else int(n_full)
+    n_half = max(1, int(round(n_full / SHAPE_HALF_FACTOR)))
+    max_half = SHAPE_MAX_HALF_ITER if max_half is None else int(max_half)
+    if n_half > max_half:  # too dear: the anchor, unscored
+        return float(anchor), {"method": "not tuned", "choice": float(anchor), "half_data_iterations": n_half,
+                               "why": f"the half-data fit would run {n_half} iterations, more than {max_half}"}
+    res = fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
+    z = np.asarray(res["flux"].transpose("x", "y", "energy").values, dtype=np.float64) * sp.scale
+    counts = float(sum(np.sum(t.data, dtype=np.float64) for t in sp.terms))
+    cubes = shrink_ladder(z, counts, ladder)
+    models = {n0: _predicted(sp, c.astype(sp.dtype)) for n0, c in cubes.items()}
+    dev = [sp.score_models(m) for m in models.values()]
+    best = list(cubes)[int(np.argmin(dev))]
+    ref = anchor if anchor in models else best
+    pairs = [_paired_difference(sp, None, None, models=(models[ref], m)) for m in models.values()]
+    gain = pairs[list(cubes).index(best)]
+    n0 = best if gain[0] > margin * math.sqrt(gain[1]) else ref
+    rec = {"method": "poisson thinning", "pseudo_counts": list(cubes), "heldout_deviance": [round(d, 3) for d in dev],
+           "gain_over_anchor": [round(d, 3) for d, _ in pairs], "se": [round(math.sqrt(v), 3) for _, v in pairs],
+           "anchor": ref, "margin": margin, "half_data_iterations": n_half, "choice": n0}
+    return n0, rec
 
 
 def choice(curve: xr.Dataset) -> dict:

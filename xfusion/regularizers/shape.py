@@ -23,7 +23,9 @@ shape, the posterior mean shape is, from the coarsest level ``J`` (:data:`N_SCAL
 and the result is ``F_p s_0(p)``: every pixel keeps its total (so the spatial image, the total flux and each
 pixel's prediction of energy-integrated counts are unchanged); a pixel with ``n_p >> n0`` keeps its own shape,
 one with ``n_p << n0`` takes its neighbourhood's flux-weighted shape (which is dominated by the nearest bright
-emission). Non-negative in, non-negative out. ``n0`` is a fixed count, not tuned per scene.
+emission). Non-negative in, non-negative out. ``n0`` does not depend on the counts (the concentration of the shape
+model); sessions 8-19 fixed it (below), since session 20 ``regularization="auto"`` chooses it per scene by Poisson
+thinning (:func:`xfusion.tuning.tune_shape`, several values at the cost of one: :func:`shrink_ladder`).
 
 Measured (offline on the 48 cached 'auto' fits, 24x24x600; benchmarks/faint_eval.py; beats both naive baselines
 on all four metrics / mean NMSE / mean velocity RMS over the brighter half, 38 scenes with lines): without
@@ -47,7 +49,9 @@ import numpy as np
 
 from .starlet import starlet2d
 
-#: pseudo-counts n0 of ``regularization="auto"`` (module notes; fitted on tuning seeds only)
+#: pseudo-counts n0 of ``regularization="auto"`` in sessions 8-19 (module notes; fitted on tuning seeds only); since
+#: session 20 ``"auto"`` chooses n0 by thinning (:func:`xfusion.tuning.tune_shape`) and keeps this value unless the
+#: held-out half prefers another by more than one paired standard error (:data:`xfusion.tuning.SHAPE_ANCHOR`)
 AUTO_PSEUDO_COUNTS = 1.0e4
 #: starlet levels of the hierarchy (module notes)
 N_SCALES = 2
@@ -67,6 +71,59 @@ def _area(j):
             w = starlet2d(e, j)
             _AREAS[j] = 1.0 / float(np.sum(w[j] ** 2))
     return _AREAS[j]
+
+
+def _as_cube(zo, halo):
+    z = np.asarray(zo)
+    dt = z.dtype if np.issubdtype(z.dtype, np.floating) else np.dtype(np.float64)
+    z = np.maximum(z.astype(np.float64, copy=False), 0.0)
+    return z, dt, (slice(halo, z.shape[0] - halo), slice(halo, z.shape[1] - halo))
+
+
+def _unit(c):
+    """Spectral shape ``c / sum_e c`` of each pixel (flat where the pixel is empty) and the pixel totals."""
+    c = np.maximum(c, 0.0)
+    t = c.sum(axis=-1, keepdims=True)
+    return np.where(t > 0, c / np.where(t > 0, t, 1.0), 1.0 / c.shape[-1]), t
+
+
+class _Hierarchy:
+    """What the posterior mean needs whatever ``n0``: the shapes ``u(c_j)`` and photons ``N_j`` of every level
+    (interior ``inner`` of the block), and each pixel's total; ``C`` photons per unit of ``z``."""
+
+    def __init__(self, z, n_scales, inner, C):
+        w = starlet2d(z, n_scales)
+        levels = [z]
+        for j in range(n_scales):
+            levels.append(levels[-1] - w[j])
+        del w
+        self.coarsest = _unit(levels[n_scales][inner])[0]
+        self.fine = []
+        for j in range(n_scales - 1, -1, -1):
+            u, t = _unit(levels[j][inner])
+            self.fine.append((u, (C * _area(j)) * t))
+        self.totals = z[inner].sum(axis=-1, keepdims=True)
+
+
+def _shrink(h, n0):
+    """``F_p s_0(p)`` of the module notes for pseudo-counts ``n0`` on a :class:`_Hierarchy`."""
+    s = h.coarsest
+    for u, n in h.fine:
+        s = (n * u + n0 * s) / (n + n0)
+    return h.totals * s
+
+
+def shrink_ladder(z, counts, pseudo_counts, n_scales=N_SCALES):
+    """``z`` (x, y, energy; any non-negative units) through the prior of each of ``pseudo_counts`` (photons):
+    ``{n0: cube}`` (float64), the starlet levels computed once. ``counts``: total photons of every input (the
+    cube is returned unchanged when it or the cube's total is 0). Each cube equals
+    ``SpectralShape(n0, counts, n_scales).prox(z)`` (in float64)."""
+    z, _, inner = _as_cube(z, 0)
+    total = float(np.sum(z, dtype=np.float64))
+    if not (total > 0 and counts > 0):
+        return {float(n0): z.copy() for n0 in pseudo_counts}
+    h = _Hierarchy(z, int(n_scales), inner, counts / total)
+    return {float(n0): _shrink(h, float(n0)) for n0 in pseudo_counts}
 
 
 class SpectralShape:
@@ -102,32 +159,10 @@ class SpectralShape:
     # -- apply (local) -----------------------------------------------------------------------------
     def block_apply(self, zo, halo, stats):
         """Shrunk interior of a block ``zo`` with ``halo`` pixels (and a zero penalty, the backends' prox form)."""
-        z = np.asarray(zo)
-        dt = z.dtype if np.issubdtype(z.dtype, np.floating) else np.dtype(np.float64)
-        z = np.maximum(z.astype(np.float64, copy=False), 0.0)
-        total = stats["total"]
-        inner = (slice(halo, z.shape[0] - halo), slice(halo, z.shape[1] - halo))
-        if not (total > 0 and self.counts > 0):
+        z, dt, inner = _as_cube(zo, halo)
+        if not (stats["total"] > 0 and self.counts > 0):
             return z[inner].astype(dt), 0.0
-        C = self.counts / total  # photons per unit of z
-        w = starlet2d(z, self.J)
-        levels = [z]
-        for j in range(self.J):
-            levels.append(levels[-1] - w[j])
-        del w
-
-        def shape(c):
-            c = np.maximum(c, 0.0)
-            t = c.sum(axis=-1, keepdims=True)
-            return np.where(t > 0, c / np.where(t > 0, t, 1.0), 1.0 / c.shape[-1]), t
-
-        s, _ = shape(levels[self.J][inner])
-        for j in range(self.J - 1, -1, -1):
-            u, t = shape(levels[j][inner])
-            n = (C * _area(j)) * t
-            s = (n * u + self.n0 * s) / (n + self.n0)
-        out = z[inner].sum(axis=-1, keepdims=True) * s
-        return out.astype(dt), 0.0
+        return _shrink(_Hierarchy(z, self.J, inner, self.counts / stats["total"]), self.n0).astype(dt), 0.0
 
     def apply(self, z, stats):
         return self.block_apply(z, 0, stats)[0]
