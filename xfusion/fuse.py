@@ -774,15 +774,15 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     if "max_iter" in chosen:  # plain RL, or the thresholded wavelet prior stopped early (iterations by thinning)
         n = chosen.pop("max_iter")
         max_iter = n if max_iter is None else max_iter
-    if rest.get("shape_prior", "auto") == "auto":  # its pseudo-counts by thinning too (session 20), after the
-        # options are checked (an invalid one is refused before this fit; an invalid max_iter below, without it)
-        _resolve(reg, method, {**{k: v for k, v in rest.items() if k != "shape_prior"}, **chosen})
-    if rest.get("shape_prior", "auto") == "auto" and (max_iter is None or (_is_int(max_iter) and max_iter >= 0)):
-        from .tuning import tune_shape
+    if rest.get("shape_prior", "auto") == "auto":  # its pseudo-counts by thinning too (session 20)
+        rest = {k: v for k, v in rest.items() if k != "shape_prior"}
+        _resolve(reg, method, {**rest, **chosen})  # an invalid option is refused before that fit
+        if max_iter is None or (_is_int(max_iter) and max_iter >= 0):  # else refused below, before any fit
+            from .tuning import tune_shape
 
-        fit = {"regularization": reg, **chosen, "max_iter": max_iter, **({"method": method} if method else {})}
-        n0, record["shape_prior"] = tune_shape(*ordered, settings=fit, dtype=dtype, tol=tol or 1e-4)
-        rest = {**rest, "shape_prior": n0}
+            fit = {"regularization": reg, **chosen, "max_iter": max_iter, **({"method": method} if method else {})}
+            rest["shape_prior"], record["shape_prior"] = tune_shape(*ordered, settings=fit, dtype=dtype,
+                                                                    tol=tol or 1e-4)
     return reg, max_iter, {**rest, **chosen}, record
 
 

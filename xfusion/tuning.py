@@ -1501,7 +1501,6 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     from .regularizers.shape import shrink_ladder
 
     margin = SHAPE_MARGIN if margin is None else float(margin)
-    sp = _splits(list(observations), fraction, 1, seed, dtype)[0]
     fit = dict(settings)
     n_full = fit.pop("max_iter", None)
     n_full = MAX_ITER["em"] if n_full is None else int(n_full)
@@ -1510,6 +1509,7 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     if n_half > max_half:  # too dear: the anchor, unscored
         return float(anchor), {"method": "not tuned", "choice": float(anchor), "half_data_iterations": n_half,
                                "why": f"the half-data fit would run {n_half} iterations, more than {max_half}"}
+    sp = _splits(list(observations), fraction, 1, seed, dtype)[0]
     res = fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
     z = np.asarray(res["flux"].transpose("x", "y", "energy").values, dtype=np.float64) * sp.scale
     counts = float(sum(np.sum(t.data, dtype=np.float64) for t in sp.terms))
