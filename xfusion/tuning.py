@@ -1467,25 +1467,23 @@ SHAPE_MARGIN = 1.0
 SHAPE_MAX_HALF_ITER = CANDIDATE_ITER
 
 
-def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4, ladder=SHAPE_LADDER,
-               anchor=SHAPE_ANCHOR, margin=None, max_half=None):
+def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4):
     """Pseudo-counts of the spectral-shape prior (:mod:`xfusion.regularizers.shape`) by Poisson thinning.
 
     ``observations``: the inputs in model order (as :func:`select`; the same split for the same ``seed``);
     ``settings``: the fit :func:`select` chose (``regularization`` and its options, ``max_iter`` its count on all
     counts). The chosen fit runs on part A for ``round(max_iter / SHAPE_HALF_FACTOR)`` iterations (at least 1); its
-    cube goes through the prior with every ``n0`` of ``ladder`` (the starlet levels computed once,
+    cube goes through the prior with every ``n0`` of :data:`SHAPE_LADDER` (the starlet levels computed once,
     :func:`xfusion.regularizers.shape.shrink_ladder`) and each is scored by the Poisson deviance of part B of every
-    input (:meth:`_Split.score_models`). The best rung is chosen if it beats ``anchor`` by more than ``margin``
-    (default :data:`SHAPE_MARGIN`) paired Poisson standard errors (:func:`_paired_difference`), else ``anchor``.
+    input (:meth:`_Split.score_models`). The best rung is chosen if it beats :data:`SHAPE_ANCHOR` by more than
+    :data:`SHAPE_MARGIN` paired Poisson standard errors (:func:`_paired_difference`), else the anchor.
     ``n0`` is the concentration of the prior's Dirichlet shape model, a property of the sky rather than of the
     counts, so the value chosen on half the counts applies to all of them. Returns ``(n0, record)``; the record holds
     the ladder, each rung's held-out deviance, its gain over the anchor and that gain's standard error, and the
     half-data count. Cost: at most :data:`SHAPE_MAX_HALF_ITER` iterations on part A and one starlet pass (session 20:
-    1.3-3.9 s CPU on the 45x45x2000-2400 and 36x36x1600-1800 scenes it scored, against 9-18 s for one fixed fit).
-
-    Not scored (the anchor, recorded as ``"not tuned"``) when the half-data fit would run more than
-    ``max_half`` (default :data:`SHAPE_MAX_HALF_ITER`) iterations.
+    1.3-3.9 s CPU on the 7 first-set held-out scenes, 36x36-45x45 x 1600-2400, it scored, against 8.6-20.2 s for one
+    fixed fit). Not scored (the anchor, recorded as ``"not tuned"``) when the half-data fit would run more than
+    :data:`SHAPE_MAX_HALF_ITER` iterations.
 
     Why (session 20): ``n0 = 1e4`` was the best single value on the small tuning scenes (session 8), but the best
     value per scene spans 1e3-3e3 (bright line-rich mixes, whose neighbouring pixels differ in shape) to 3e5-1e6
@@ -1500,30 +1498,28 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     from .fuse import MAX_ITER, fuse
     from .regularizers.shape import shrink_ladder
 
-    margin = SHAPE_MARGIN if margin is None else float(margin)
     fit = dict(settings)
     n_full = fit.pop("max_iter", None)
     n_full = MAX_ITER["em"] if n_full is None else int(n_full)
     n_half = max(1, int(round(n_full / SHAPE_HALF_FACTOR)))
-    max_half = SHAPE_MAX_HALF_ITER if max_half is None else int(max_half)
-    if n_half > max_half:  # too dear: the anchor, unscored
-        return float(anchor), {"method": "not tuned", "choice": float(anchor), "half_data_iterations": n_half,
-                               "why": f"the half-data fit would run {n_half} iterations, more than {max_half}"}
+    if n_half > SHAPE_MAX_HALF_ITER:  # too dear: the anchor, unscored
+        return SHAPE_ANCHOR, {"method": "not tuned", "choice": SHAPE_ANCHOR, "half_data_iterations": n_half,
+                              "why": f"the half-data fit would run {n_half} iterations, more than "
+                                     f"{SHAPE_MAX_HALF_ITER}"}
     sp = _splits(list(observations), fraction, 1, seed, dtype)[0]
     res = fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
     z = np.asarray(res["flux"].transpose("x", "y", "energy").values, dtype=np.float64) * sp.scale
     counts = float(sum(np.sum(t.data, dtype=np.float64) for t in sp.terms))
-    cubes = shrink_ladder(z, counts, ladder)
+    cubes = shrink_ladder(z, counts, SHAPE_LADDER)
     models = {n0: _predicted(sp, c.astype(sp.dtype)) for n0, c in cubes.items()}
     dev = [sp.score_models(m) for m in models.values()]
     best = list(cubes)[int(np.argmin(dev))]
-    ref = anchor if anchor in models else best
-    pairs = [_paired_difference(sp, None, None, models=(models[ref], m)) for m in models.values()]
+    pairs = [_paired_difference(sp, None, None, models=(models[SHAPE_ANCHOR], m)) for m in models.values()]
     gain = pairs[list(cubes).index(best)]
-    n0 = best if gain[0] > margin * math.sqrt(gain[1]) else ref
+    n0 = best if gain[0] > SHAPE_MARGIN * math.sqrt(gain[1]) else SHAPE_ANCHOR
     rec = {"method": "poisson thinning", "pseudo_counts": list(cubes), "heldout_deviance": [round(d, 3) for d in dev],
            "gain_over_anchor": [round(d, 3) for d, _ in pairs], "se": [round(math.sqrt(v), 3) for _, v in pairs],
-           "anchor": ref, "margin": margin, "half_data_iterations": n_half, "choice": n0}
+           "anchor": SHAPE_ANCHOR, "margin": SHAPE_MARGIN, "half_data_iterations": n_half, "choice": n0}
     return n0, rec
 
 
