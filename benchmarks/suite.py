@@ -86,7 +86,8 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
     if select:
         from xfusion import tuning
 
-        cur = tuning.select(x, y, complete=True,  # every family run: the RL pick below
+        half = {}  # the choice's half-data iterate (tune_shape scores it)
+        cur = tuning.select(x, y, complete=True, half_fit=half,  # every family run: the RL pick below
                             **{k: v for k, v in fuse_kwargs.items() if k in tuning.WAVELET_KEYS})
         ch = tuning.choice(cur)
         row["t_select_s"] = time.perf_counter() - t0
@@ -98,7 +99,7 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
         kw.update(ch)
         if "shape_prior" not in kw:  # what fuse(regularization="auto") delivers through: its n0 by thinning
             kw["shape_prior"], row["shape_prior"] = tuning.tune_shape(
-                x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS})
+                x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)
         res = xfusion.fuse(x, y, progress=False, **kw)
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,
         # "wavelet2d1d") walks the same ladder); fitted only when "auto" chose RL or the thresholded candidate

@@ -327,7 +327,8 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24):
     (python benchmarks/tuning.py hindsight 0,1,6,11 heldout small); prints the NMSE of each, the choice's loss
     against the best, and the fraction within 0.5 dB. ``shape``: "auto" delivers every candidate through the
     spectral-shape prior as the default fuse delivers its choice (``shape_prior``: AUTO_PSEUDO_COUNTS until session
-    19; since session 20 the pseudo-counts ``tuning.tune_shape`` picks for the choice, the same for every candidate);
+    19; since session 20 the pseudo-counts ``tuning.tune_shape`` picks for the choice, the same for every candidate;
+    since session 21 scored on the choice's own half-data iterate);
     "none": off (the session-7 measure). ``n_suite``: the suite's size (``xfusion.scenes.suite(split, n=n_suite)``; 48 gives 24
     more scenes, 24-47, that the 24-scene suite does not hold)."""
     import os
@@ -336,10 +337,11 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24):
     for i in indices:
         name, x, y, t = _suite_scene(i, size, split, n=n_suite)
         t0 = time.perf_counter()
-        cur = tuning.select(x, y, complete=True)
+        half = {}
+        cur = tuning.select(x, y, complete=True, half_fit=half)
         ch = tuning.choice(cur)
         extra = {"shape_prior": tuning.tune_shape(x, y, settings={k: v for k, v in ch.items()
-                                                                  if k not in tuning.DIAG_KEYS})[0]} \
+                                                                  if k not in tuning.DIAG_KEYS}, half_fit=half)[0]} \
             if shape == "auto" else {}
         res = []
         for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):

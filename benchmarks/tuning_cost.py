@@ -5,7 +5,7 @@ and writes (JSON lines) the CPU seconds of the process for
 
 * the default ``xfusion.fuse(x, y)`` (tuning, final fit, delivered cube), split by stage of the tuning: the warm
   starts, the k ladder, plain RL on half the counts, the thresholded candidate, the zeroed candidate's
-  continuation, the shape prior's pseudo-counts (session 20, ``tune_shape``: at most 12 iterations on half the counts); with
+  continuation, the shape prior's pseudo-counts (``tune_shape``; since session 21 scored on the tuning's own iterate: no fit); with
   the EM steps of each stage (an EM step on half the counts costs about one on all counts);
 * one fit with fixed settings (``wavelet2d1d``, k = 1, null space zeroed, fuse's default stop: 50 iterations);
 

@@ -768,11 +768,14 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
                                                   "method": f"wavelet2d1d option(s) given ({', '.join(fixed)})"}
     ordered = observations if len(observations) == 2 else [observations[i] for i in
                                                            input_positions(fusion_grid(*observations))]
-    reg, chosen, record = resolve_auto(*ordered, dtype=dtype, tol=tol or 1e-4, **wopts)
+    half = {}  # the chosen candidate's half-data iterate, which the shape prior's tuning scores
+    reg, chosen, record = resolve_auto(*ordered, dtype=dtype, tol=tol or 1e-4, half_fit=half, **wopts)
     if note is not None:
         record["in_memory"] = note
     if "max_iter" in chosen:  # plain RL, or the thresholded wavelet prior stopped early (iterations by thinning)
         n = chosen.pop("max_iter")
+        if max_iter is not None and max_iter != n:  # another count than the one the iterate was transferred to
+            half = {}
         max_iter = n if max_iter is None else max_iter
     if rest.get("shape_prior", "auto") == "auto":  # its pseudo-counts by thinning too (session 20)
         rest = {k: v for k, v in rest.items() if k != "shape_prior"}
@@ -781,8 +784,8 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
             from .tuning import tune_shape
 
             fit = {"regularization": reg, **chosen, "max_iter": max_iter, **({"method": method} if method else {})}
-            rest["shape_prior"], record["shape_prior"] = tune_shape(*ordered, settings=fit, dtype=dtype,
-                                                                    tol=tol or 1e-4)
+            rest["shape_prior"], record["shape_prior"] = tune_shape(
+                *ordered, settings=fit, dtype=dtype, tol=tol or 1e-4, half_fit=half if method in (None, "em") else None)
     return reg, max_iter, {**rest, **chosen}, record
 
 

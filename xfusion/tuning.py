@@ -151,8 +151,9 @@ What is selected, per regularization:
 
 * The spectral-shape prior of the delivered cube (session 20, :func:`tune_shape`): after the family, its
   pseudo-counts ``n0`` among :data:`SHAPE_LADDER` (1e3-1e6) by the held-out deviance of the chosen fit on half the
-  counts, kept at 1e4 unless another rung is better by more than one paired standard error, and not scored when that
-  half fit would run more than :data:`SHAPE_MAX_HALF_ITER` iterations (cost).
+  counts, kept at 1e4 unless another rung is better by more than one paired standard error. Since session 21 the
+  half-data cube is the tuning's own iterate of the chosen candidate (the one its count was transferred from), so the
+  stage costs no fit and long fits are scored too.
 
 Everything runs in memory (NumPy); :func:`tune` and :func:`select` refuse Dask-backed observations with a message.
 :func:`xfusion.fuse` given Dask-backed observations tunes on in-memory copies of them when the tuning fits
@@ -496,13 +497,14 @@ class _ScoredEM(EMProx):
 
 
 def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, past_min=None, parts=None, best=None,
-            sq=None, hopeless=None):
+            sq=None, hopeless=None, best_sq=None):
     """Run scored EM(+prox) on part A from ``z0``; return (z, heldout curve, n_iter, abandoned).
 
     ``parts`` (a list, optional) receives the held-out deviance of each observation at every iterate; ``best`` (a dict,
     optional) the iterate with the smallest held-out deviance (``z``, its ``score`` and iteration ``i``); ``sq`` (a
     list, optional) the held-out squared error of the sharp-spectral observations (``split.spectral``, summed) at every
-    iterate, and ``past_min`` then also waits until ITS minimum is behind. ``hopeless`` (with ``past_min`` and
+    iterate, and ``past_min`` then also waits until ITS minimum is behind; ``best_sq`` (a dict, optional, with ``sq``)
+    the iterate with the smallest of those squared errors (same keys as ``best``). ``hopeless`` (with ``past_min`` and
     ``best``; optional): called with ``best`` once the deviance's own minimum is behind (and again whenever that best
     iterate changes); when it returns True the run stops there, reported as abandoned (the candidate cannot be chosen,
     so the squared error's later minimum is not needed).
@@ -524,8 +526,11 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
         parts.append(list(state["heldout_parts"]))
     if sq is not None:
         sq.append(state["heldout_sq"])
-    if best is not None:  # the iterates after z0 (z0 itself is the warm start, not the candidate)
-        best.update(score=math.inf, z=None, i=None)
+    if best_sq is not None and sq is None:
+        raise ValueError("best_sq needs sq (the squared errors it picks from)")
+    for b in (best, best_sq):  # the iterates after z0 (z0 itself is the warm start, not the candidate)
+        if b is not None:
+            b.update(score=math.inf, z=None, i=None)
     abandoned = False
     checked = None  # the best iterate ``hopeless`` last cleared
     it = 0
@@ -538,8 +543,9 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
             parts.append(list(state["heldout_parts"]))
         if sq is not None:
             sq.append(state["heldout_sq"])
-        if best is not None and curve[-1] < best["score"]:
-            best.update(score=curve[-1], z=np.array(state["z"], copy=True), i=it)
+        for b, v in ((best, curve[-1]), (best_sq, sq[-1] if sq is not None else None)):
+            if b is not None and v < b["score"]:
+                b.update(score=v, z=np.array(state["z"], copy=True), i=it)
         if (abandon_above is not None and it >= max(patience_up, 3) and curve[-1] > abandon_above
                 and all(curve[-i] > curve[-i - 1] for i in range(1, patience_up + 1))):
             abandoned = True
@@ -692,21 +698,34 @@ def _curve_minima(curves, parts, sqs):
             int(np.argmin(sq[1:]) + 1))
 
 
-def _tune_none(splits, max_iter, tol):
-    curves, parts, sqs = [], [], []
+def _tune_none(splits, max_iter, tol, iterates=None):
+    """Plain RL on part A scored at every iterate (the ``"none"`` family): ``(cands, curves, choice, extra)``.
+
+    ``iterates`` (a list, optional) receives, per split, the half-data iterate the count was transferred from
+    (:func:`sq_transfer`: the squared error's best iterate when ``RL_SQ_FACTOR n_sq`` decides, else the deviance's
+    best, which :func:`rl_transfer` scales); each split's own best iterate (one split: the curve's).
+    """
+    curves, parts, sqs, bests = [], [], [], []
     for sp in splits:
         pp, qq = [], []
-        _, curve, _, _ = _run_em(sp, None, sp.start(), max_iter, None, past_min=10, parts=pp, sq=qq)
+        bz, bq = ({}, {}) if iterates is not None else (None, None)
+        _, curve, _, _ = _run_em(sp, None, sp.start(), max_iter, None, past_min=10, parts=pp, sq=qq, best=bz,
+                                 best_sq=bq)
         curves.append(curve)
         sqs.append(qq)
         parts.append(_role_deviances(sp, pp))
+        bests.append((bz, bq))
     n, best, n_sp, n_se, n_sq = _curve_minima(curves, parts, sqs)
     cands = [{"iteration": i} for i in range(n)]
     sp0 = splits[0]
     rough = line_roughness(sp0.ya["counts"] + sp0.yb["counts"])  # all sharp-spectral counts (part A + part B)
-    choice = {"max_iter": sq_transfer(n_sq, rl_transfer(best, n_sp, n_se, rough)), "half_data_iteration": best,
+    n_rule = rl_transfer(best, n_sp, n_se, rough)
+    choice = {"max_iter": sq_transfer(n_sq, n_rule), "half_data_iteration": best,
               "spatial_iteration": n_sp, "spectral_iteration": n_se, "line_roughness": rough,
               "sq_error_iteration": n_sq}
+    if iterates is not None:
+        from_sq = round(RL_SQ_FACTOR * n_sq) >= n_rule
+        iterates.extend({"z": b[1 if from_sq else 0]["z"], "iteration": b[1 if from_sq else 0]["i"]} for b in bests)
     return cands, np.array([c[:n] for c in curves]).T, choice, {"rule": RL_RULE}
 
 
@@ -758,7 +777,8 @@ def threshold_transfer(n_half, n_spatial, n_spectral, warm_iter=3):
 NULL_FACTOR = 20.0
 
 
-def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=3, iterates=None, hopeless=None):
+def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=3, iterates=None, hopeless=None,
+                    sq_iterates=None):
     """The wavelet candidate ``cand`` with its null space thresholded instead of zeroed (at :data:`NULL_FACTOR` times
     the other bands' threshold unless ``fixed`` gives ``null_factor``), stopped early like plain RL.
 
@@ -776,7 +796,9 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     iterations, 18.31 and 23.54 dB, best 18.32 and 23.79). ``hopeless`` (one split only; see :func:`_run_em`): the
     run stops once its deviance minimum is behind if it says the candidate cannot be chosen (session 12: it need not
     wait for the squared error's later minimum; its count is then that of the truncated run and the choice records
-    ``stopped_hopeless``). Session 6 used
+    ``stopped_hopeless``). ``iterates`` (a list, optional) receives each split's best iterate of the held-out deviance
+    (an array), ``sq_iterates`` (a list, optional) that of the squared error, the one the count is transferred from
+    (``{"z", "iteration"}``, warm start included). Session 6 used
     :func:`rl_transfer` (factor 3) with only the first guard (fresh tuning seeds point_sources/1038 and
     synchrotron/1042, suite("tune", n=48), 24x24x600: 12 iterations gave 8.7 and 16.5 dB, 4 gave 12.6 and 18.6 dB);
     it over-ran faint scenes where the sharp-spatial minimum is the first iterate (held-out mixed/500009: 21
@@ -791,12 +813,14 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     for sp in splits:
         z0, _, _, _ = _run_em(sp, None, sp.start(), warm_iter, None)
         pp, qq = [], []
-        bz = {}
+        bz, bq = {}, ({} if sq_iterates is not None else None)
         _, curve, _, stopped = _run_em(sp, _wavelet_reg(fixed, cand), z0, max_iter, None, past_min=10, parts=pp,
                                        best=bz if (iterates is not None or hopeless is not None) else None, sq=qq,
-                                       hopeless=hopeless)
+                                       hopeless=hopeless, best_sq=bq)
         if iterates is not None:
             iterates.append(bz.get("z"))
+        if sq_iterates is not None:
+            sq_iterates.append({"z": bq["z"], "iteration": None if bq["i"] is None else bq["i"] + warm_iter})
         curves.append(curve)
         sqs.append(qq)
         parts.append(_role_deviances(sp, pp))
@@ -838,7 +862,8 @@ def zero_transfer(n_half, warm_iter=3):
     return int(min(max(round(ZERO_FACTOR * float(n_half)), int(warm_iter) + 1, 1), ZERO_MAX_ITER))
 
 
-def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, past_min=ZERO_PAST_MIN, cut=True):
+def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, past_min=ZERO_PAST_MIN, cut=True,
+                     iterates=None):
     """Best iteration of the chosen zeroed candidate by thinning, continuing its ladder run (no new warm start).
 
     ``keep``: from :func:`_tune_wavelet` (the candidate's JSON ``key``, its last iterate ``ends`` and held-out
@@ -854,14 +879,21 @@ def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, p
     :data:`ZERO_MAX_ITER` (session 13; ``capped`` in the record): the best iterate of a longer run can only be that
     one or a later one, and :func:`zero_transfer` never decreases, so the count is already decided (same count;
     ``half_data_iteration`` is then the best iterate when the run stopped, a lower bound of the uncut run's).
+    ``iterates`` (a list, optional; needs ``keep["best_z"]``) receives each split's best iterate of the ladder run and
+    its continuation (``{"z", "iteration"}``, warm start included; one split: the iterate the count is transferred
+    from).
     """
     reg = _wavelet_reg(fixed, json.loads(keep["key"]))
     curves, runs = [], []
     cap = max(int(max_iter) - int(warm_iter), 1)
     capped = False
-    for sp, z, c in zip(splits, keep["ends"], keep["curves"]):
+    for s, (sp, z, c) in enumerate(zip(splits, keep["ends"], keep["curves"])):
         c = [float(v) for v in c]
         solver, state = None, None
+        if iterates is not None:
+            i0 = int(np.argmin(c[1:]) + 1) if len(c) > 1 else None
+            iterates.append({"z": keep["best_z"][s] if i0 is not None else None, "score": c[i0] if i0 else math.inf,
+                             "iteration": None if i0 is None else i0 + warm_iter})
         while len(c) - 1 < cap:
             it = len(c) - 1
             i_min = int(np.argmin(c[1:]) + 1) if it >= 1 else 0
@@ -875,6 +907,8 @@ def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, p
                 state = solver.init(np.array(z, dtype=sp.dtype, copy=True))
             state = solver.step(state)
             c.append(float(state["heldout"]))
+            if iterates is not None and c[-1] < iterates[-1]["score"]:
+                iterates[-1].update(z=np.array(state["z"], copy=True), score=c[-1], iteration=len(c) - 1 + warm_iter)
         curves.append(c)
         runs.append(len(c) - 1)
     n = min(len(c) for c in curves)
@@ -1212,7 +1246,8 @@ def _family_prior(split, cands, n_ladder, se):
 @blas_limited
 def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, seed=0, fraction=0.5,
          max_iter=None, tol=1e-4, dtype="float32", select_null_space=False, include_rl=False,
-         include_threshold=False, stop_zero=False, family_prior=False, complete=False, **fixed) -> xr.Dataset:
+         include_threshold=False, stop_zero=False, family_prior=False, complete=False, half_fit=None,
+         **fixed) -> xr.Dataset:
     """Choose fusion settings from the data alone by Poisson thinning (see the module docstring).
 
     Parameters
@@ -1253,6 +1288,13 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         iteration count too (:func:`_zero_iterations`, continuing the candidate's half-data run; the choice gains
         ``"max_iter": n``), and score that candidate at the best iterate of its ladder run (not its last) against the
         thresholded candidate and plain RL, which are scored at their best iterates.
+    half_fit : a dict, optional (wavelet2d1d with ``stop_zero``, ``include_threshold`` and ``include_rl``: what
+        :func:`select` runs): receives the first split (``split``, a ``_Split``) and the chosen candidate's iterate on
+        its part A from which the count on all counts was transferred (``z``, internal units; ``iteration``, warm
+        start included): the zeroed candidate's best deviance iterate (:func:`zero_transfer`), the thresholded one's
+        best squared-error iterate (:func:`sq_transfer`), plain RL's of the two that decides its count. Left empty
+        when the chosen candidate has none (e.g. the zeroed one without an iteration count).
+        :func:`tune_shape` scores the spectral-shape prior on it (session 21).
     **fixed : settings kept fixed (e.g. ``n_scales_2d=2``); any given as "auto" are tuned.
 
     Returns
@@ -1305,8 +1347,10 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
                            "settled": "no lines: the prior takes the zeroed ladder whatever the thresholded candidate "
                                       "and plain RL would score, so they were not run"}
         rl_run = None
+        rows_its = {}  # candidate row -> per-split transfer iterates (half_fit)
         if include_rl and settled is None:  # run before the thresholded candidate, whose run it may cut short
-            _, rl_scores, rl_choice, rl_extra = _tune_none(splits, 100, tol)
+            rl_its = [] if half_fit is not None else None
+            _, rl_scores, rl_choice, rl_extra = _tune_none(splits, 100, tol, iterates=rl_its)
             rl_scores = np.asarray(rl_scores, dtype=np.float64)
             rl_run = (rl_scores[int(np.argmin(rl_scores[1:].mean(axis=1)) + 1)], rl_choice, rl_extra)
         hopeless = None
@@ -1318,12 +1362,16 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         if settled is None and include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get(
                 "null_space", "auto") == "auto":
             th_best = [] if family_prior else None
-            th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice, iterates=th_best, hopeless=hopeless)
+            th_its = [] if half_fit is not None else None
+            th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice, iterates=th_best, hopeless=hopeless,
+                                                           sq_iterates=th_its)
+            rows_its[len(cands)] = th_its
             cands, choices = list(cands) + [th_set], choices + [th_choice]
             scores = np.vstack([scores, np.asarray(th_scores, dtype=np.float64)[None]])
             extra = dict(extra, threshold={**th_choice, "rule": SQ_RULE})
         if rl_run is not None:
             rl_score, rl_choice, rl_extra = rl_run
+            rows_its[len(cands)] = rl_its
             cands = list(cands) + [{"regularization": "none", "max_iter": rl_choice["max_iter"]}]
             choices = choices + [dict(cands[-1])]
             scores = np.vstack([scores, rl_score[None]])
@@ -1345,9 +1393,14 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         if (stop_zero and keep and choice.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" and "max_iter" not in
                 choice and choice.get("regularization", "wavelet2d1d") == "wavelet2d1d"
                 and json.loads(keep["key"]) == {k: v for k, v in choice.items() if k != "regularization"}):
-            zc = _zero_iterations(splits, fixed, keep, warm_iter=keep["warm_iter"])
+            zero_its = [] if half_fit is not None and keep.get("best_z") else None
+            zc = _zero_iterations(splits, fixed, keep, warm_iter=keep["warm_iter"], iterates=zero_its)
+            rows_its[chosen] = zero_its
             choice = dict(choice, max_iter=zc["max_iter"])
             extra = dict(extra, zero={**zc, "rule": ZERO_RULE})
+        its = rows_its.get(chosen)
+        if half_fit is not None and its and its[0].get("z") is not None:
+            half_fit.update(split=splits[0], z=its[0]["z"], iteration=its[0]["iteration"])
     elif regularization == "lowrank" and grid is None and fixed.get("rank", "auto") != "auto":
         cands, scores, choice, extra = _tune_lowrank_iterations(splits, fixed, int(max_iter or 80), dtype)
     else:
@@ -1377,7 +1430,7 @@ WAVELET_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "
 
 
 def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol=1e-4, complete=False,
-           **fixed) -> xr.Dataset:
+           half_fit=None, **fixed) -> xr.Dataset:
     """``regularization="auto"``: tuned ``wavelet2d1d`` or plain RL, whichever predicts held-out counts best.
 
     On the same thinning split(s) (:func:`thin`), the wavelet candidates of :func:`tune` (the ``k``
@@ -1403,6 +1456,7 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     median 2.75x, at most 4.9x, within 3x on 16/24 -- session 12's reading.
 
     ``complete``: run every candidate in full (see :func:`tune`; default: runs that cannot change the choice are cut).
+    ``half_fit``: a dict receiving the chosen candidate's half-data iterate (see :func:`tune`; for :func:`tune_shape`).
     ``fixed``: wavelet options (:data:`WAVELET_KEYS`; "auto" = tuned). Returns the :func:`tune`
     Dataset with attrs ``regularization = "auto"`` and ``choice`` (JSON) always naming the family:
     ``{"regularization": "none", "max_iter": n}`` or ``{"regularization": "wavelet2d1d", "k": ...,
@@ -1418,7 +1472,7 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     t0 = time.perf_counter()
     cur = tune(*observations, regularization="wavelet2d1d", include_rl=True, include_threshold=True, stop_zero=True,
                family_prior=True, n_splits=n_splits, seed=seed, fraction=fraction, dtype=dtype, tol=tol,
-               complete=complete, **fixed)
+               complete=complete, half_fit=half_fit, **fixed)
     ch = choice(cur)
     if "regularization" not in ch:
         ch = {"regularization": "wavelet2d1d", **ch}
@@ -1427,7 +1481,7 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     return cur
 
 
-def resolve_auto(*observations, seed=0, dtype="float32", tol=1e-4, **fixed):
+def resolve_auto(*observations, seed=0, dtype="float32", tol=1e-4, half_fit=None, **fixed):
     """For :func:`xfusion.fuse` with ``regularization="auto"``: ``(regularization, options, record)``.
 
     ``options``: the chosen settings to fuse with (``max_iter`` for "none"; ``k``, ``null_space``,
@@ -1436,7 +1490,7 @@ def resolve_auto(*observations, seed=0, dtype="float32", tol=1e-4, **fixed):
     does not tune again); ``record``: JSON-able summary of the validation curve (as
     ``parameters["auto_tuning"]``), with ``"regularization": "auto"``.
     """
-    cur = select(*observations, seed=seed, dtype=dtype, tol=tol, **fixed)
+    cur = select(*observations, seed=seed, dtype=dtype, tol=tol, half_fit=half_fit, **fixed)
     ch = choice(cur)
     reg = ch.pop("regularization")
     if reg == "wavelet2d1d":
@@ -1459,31 +1513,35 @@ SHAPE_ANCHOR = AUTO_PSEUDO_COUNTS
 #: one standard error (the usual "one-SE rule" of cross-validation; not fitted: on the tuning scenes margins of 0.5-3
 #: gave the same mean NMSE within 0.02 dB, 0 lost on the scenes whose held-out deviance is flat over the ladder)
 SHAPE_MARGIN = 1.0
-#: :func:`tune_shape` scores the ladder only when its half-data fit runs at most this many iterations (the tuning's
-#: budget per candidate, :data:`CANDIDATE_ITER`), else keeps :data:`SHAPE_ANCHOR`: a cost bound added after the
-#: held-out run (session 20). Uncapped, the half fit ran up to 103 iterations (point_sources/500018: the default fuse
-#: took 71.8 s quiet, over the 60 s target) and tuning plus final fit stayed within 3x one fit (CPU) on 13 of the 24
-#: first-set scenes instead of 21; the NMSE gain is the continuum scenes', whose fits are short (5-12 iterations).
+#: without the tuning's own iterate (``max_iter`` given with "auto", or a direct call), :func:`tune_shape` fits the
+#: chosen settings on half the counts itself, and only when that fit runs at most this many iterations (the tuning's
+#: budget per candidate, :data:`CANDIDATE_ITER`), else it keeps :data:`SHAPE_ANCHOR`. Session 20 bounded every call
+#: so (uncapped, the half fit ran up to 103 iterations: point_sources/500018 took 71.8 s quiet, over the 60 s target,
+#: and tuning plus final fit stayed within 3x one fit on 13 of 24 scenes instead of 21); since session 21 ``fuse``
+#: passes the tuning's iterate, which costs no fit, and the bound applies only here.
 SHAPE_MAX_HALF_ITER = CANDIDATE_ITER
 
 
-def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4):
+def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4, half_fit=None):
     """Pseudo-counts of the spectral-shape prior (:mod:`xfusion.regularizers.shape`) by Poisson thinning.
 
     ``observations``: the inputs in model order (as :func:`select`; the same split for the same ``seed``);
     ``settings``: the fit :func:`select` chose (``regularization`` and its options, ``max_iter`` its count on all
-    counts). The chosen fit runs on part A for ``round(max_iter / SHAPE_HALF_FACTOR)`` iterations (at least 1); its
-    cube goes through the prior with every ``n0`` of :data:`SHAPE_LADDER` (the starlet levels computed once,
+    counts); ``half_fit``: what :func:`select` put in its ``half_fit`` dict (the split and the chosen candidate's
+    iterate on part A from which ``max_iter`` was transferred: see :func:`tune`), or None. That iterate (else a fit of
+    the chosen settings on part A for ``round(max_iter / SHAPE_HALF_FACTOR)`` iterations, at least 1) goes through
+    the prior with every ``n0`` of :data:`SHAPE_LADDER` (the starlet levels computed once,
     :func:`xfusion.regularizers.shape.shrink_ladder`) and each is scored by the Poisson deviance of part B of every
     input (:meth:`_Split.score_models`). The best rung is chosen if it beats :data:`SHAPE_ANCHOR` by more than
     :data:`SHAPE_MARGIN` paired Poisson standard errors (:func:`_paired_difference`), else the anchor.
     ``n0`` is the concentration of the prior's Dirichlet shape model, a property of the sky rather than of the
     counts, so the value chosen on half the counts applies to all of them. Returns ``(n0, record)``; the record holds
-    the ladder, each rung's held-out deviance, its gain over the anchor and that gain's standard error, and the
-    half-data count. Cost: at most :data:`SHAPE_MAX_HALF_ITER` iterations on part A and one starlet pass (session 20:
-    1.3-3.9 s CPU on the 7 first-set held-out scenes, 36x36-45x45 x 1600-2400, it scored, against 8.6-20.2 s for one
-    fixed fit). Not scored (the anchor, recorded as ``"not tuned"``) when the half-data fit would run more than
-    :data:`SHAPE_MAX_HALF_ITER` iterations.
+    the ladder, each rung's held-out deviance, its gain over the anchor and that gain's standard error, the half-data
+    count and where the half-data cube came from (``half_data_cube``: "the tuning's iterate" or "a fit").
+    Cost with the tuning's iterate: one starlet pass and one forward model per rung (session 21: 0.05 s CPU small,
+    0.4-1.7 s at full size, against 8.6-20.2 s for one fixed fit). Without it: at most :data:`SHAPE_MAX_HALF_ITER`
+    iterations on part A (session 20: 1.3-3.9 s CPU on the full-size scenes it scored); not scored (the anchor,
+    recorded as ``"not tuned"``) when that fit would run more iterations.
 
     Why (session 20): ``n0 = 1e4`` was the best single value on the small tuning scenes (session 8), but the best
     value per scene spans 1e3-3e3 (bright line-rich mixes, whose neighbouring pixels differ in shape) to 3e5-1e6
@@ -1498,17 +1556,21 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     from .fuse import MAX_ITER, fuse
     from .regularizers.shape import shrink_ladder
 
-    fit = dict(settings)
-    n_full = fit.pop("max_iter", None)
-    n_full = MAX_ITER["em"] if n_full is None else int(n_full)
-    n_half = max(1, int(round(n_full / SHAPE_HALF_FACTOR)))
-    if n_half > SHAPE_MAX_HALF_ITER:  # too dear: the anchor, unscored
-        return SHAPE_ANCHOR, {"method": "not tuned", "choice": SHAPE_ANCHOR, "half_data_iterations": n_half,
-                              "why": f"the half-data fit would run {n_half} iterations, more than "
-                                     f"{SHAPE_MAX_HALF_ITER}"}
-    sp = _splits(list(observations), fraction, 1, seed, dtype)[0]
-    res = fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
-    z = np.asarray(res["flux"].transpose("x", "y", "energy").values, dtype=np.float64) * sp.scale
+    if half_fit and half_fit.get("z") is not None:  # the tuning's own iterate: nothing to fit
+        sp, n_half = half_fit["split"], int(half_fit["iteration"])
+        z, source = np.asarray(half_fit["z"], dtype=np.float64), "the tuning's iterate"
+    else:
+        fit = dict(settings)
+        n_full = fit.pop("max_iter", None)
+        n_full = MAX_ITER["em"] if n_full is None else int(n_full)
+        n_half = max(1, int(round(n_full / SHAPE_HALF_FACTOR)))
+        if n_half > SHAPE_MAX_HALF_ITER:  # too dear: the anchor, unscored
+            return SHAPE_ANCHOR, {"method": "not tuned", "choice": SHAPE_ANCHOR, "half_data_iterations": n_half,
+                                  "why": f"the half-data fit would run {n_half} iterations, more than "
+                                         f"{SHAPE_MAX_HALF_ITER}"}
+        sp = _splits(list(observations), fraction, 1, seed, dtype)[0]
+        res = fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
+        z, source = np.asarray(res["flux"].transpose("x", "y", "energy").values, dtype=np.float64) * sp.scale, "a fit"
     counts = float(sum(np.sum(t.data, dtype=np.float64) for t in sp.terms))
     cubes = shrink_ladder(z, counts, SHAPE_LADDER)
     models = {n0: _predicted(sp, c.astype(sp.dtype)) for n0, c in cubes.items()}
@@ -1519,7 +1581,8 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     n0 = best if gain[0] > SHAPE_MARGIN * math.sqrt(gain[1]) else SHAPE_ANCHOR
     rec = {"method": "poisson thinning", "pseudo_counts": list(cubes), "heldout_deviance": [round(d, 3) for d in dev],
            "gain_over_anchor": [round(d, 3) for d, _ in pairs], "se": [round(math.sqrt(v), 3) for _, v in pairs],
-           "anchor": SHAPE_ANCHOR, "margin": SHAPE_MARGIN, "half_data_iterations": n_half, "choice": n0}
+           "anchor": SHAPE_ANCHOR, "margin": SHAPE_MARGIN, "half_data_iterations": n_half, "half_data_cube": source,
+           "choice": n0}
     return n0, rec
 
 
