@@ -113,7 +113,7 @@ SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), or None",
                              "Spectral-shape prior of the delivered cube: each pixel's spectrum is shrunk toward its "
                              "starlet neighbourhood's shape with weight n_p / (n_p + shape_prior), n_p the pixel's "
                              "photons, keeping every pixel's total (:mod:`xfusion.regularizers.shape`). None: off. "
-                             "``regularization=\"auto\"`` chooses it by Poisson thinning among 1e3-1e6 unless given "
+                             "``regularization=\"auto\"`` chooses it by Poisson thinning among 1e3-3e7 unless given "
                              "(:func:`xfusion.tuning.tune_shape`).", _shape_prior)
 
 
