@@ -1506,7 +1506,7 @@ def resolve_auto(*observations, seed=0, dtype="float32", tol=1e-4, half_fit=None
 #: rising there. Measured: the 11 tuning scenes that took 1e6 all take 3e7, NMSE +0.67 dB (5 small: +0.00 to +1.66)
 #: and +0.05 dB (6 full size: -0.01 to +0.11); held out, the 37 scenes whose best rung was 1e5 or more: 31 move to 3e7,
 #: small +0.64 dB (13 scenes), full size +0.22 dB (24), none worse than -0.01 dB, velocity maps unchanged (within
-#: 0.4 km/s); the 6 whose best rung was 1e5 stay there (the held-out deviance over the ladder was unimodal on all 216
+#: 0.3 km/s); the 6 whose best rung was 1e5 stay there (the held-out deviance over the ladder was unimodal on all 216
 #: tuning and held-out scenes). Above ~3e7 the prior's weight ``n_p / (n_p + n0)`` is near 0 on these scenes: each
 #: pixel takes its neighbourhood's shape, scaled to its own total.
 SHAPE_LADDER = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7)
