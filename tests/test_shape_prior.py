@@ -137,3 +137,23 @@ def test_shape_prior_with_another_iteration_count_fits_half_the_counts():
     rec = p["auto_tuning"]["shape_prior"]
     assert rec["method"] == "not tuned" and rec["choice"] == p["shape_prior"] == tuning.SHAPE_ANCHOR
     assert rec["half_data_iterations"] == 24 > tuning.SHAPE_MAX_HALF_ITER
+
+
+def test_half_fit_is_the_iterate_the_count_was_transferred_from():
+    """``tune(half_fit=)`` keeps the chosen candidate's half-data iterate: on mixed/1019 (thresholded null space
+    chosen, count 1.25 x the sharp-spectral squared error's best iterate) it is bit for bit the iterate a fresh run of
+    the same candidate on the same part A reaches after that many iterations (warm start included), and its count
+    transfers to the chosen ``max_iter``."""
+    from xfusion import scenes, tuning
+
+    x, y, _ = scenes.from_spec(scenes.suite("tune", n=48)[19], size="small")
+    half = {}
+    reg, ch, _ = tuning.resolve_auto(x, y, half_fit=half)
+    assert reg == "wavelet2d1d" and ch["null_space"] == "threshold"
+    assert tuning.sq_transfer(half["iteration"]) == ch["max_iter"]
+    sp = half["split"]
+    z0, _, _, _ = tuning._run_em(sp, None, sp.start(), 3, None)  # the candidate's warm start
+    cand = {k: ch[k] for k in ("k", "n_scales_1d", "null_space", "null_factor")}
+    z, _, n, _ = tuning._run_em(sp, tuning._wavelet_reg({}, cand), z0, half["iteration"] - 3, None)
+    assert n == half["iteration"] - 3
+    np.testing.assert_array_equal(z, half["z"])
