@@ -772,11 +772,8 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     reg, chosen, record = resolve_auto(*ordered, dtype=dtype, tol=tol or 1e-4, half_fit=half, **wopts)
     if note is not None:
         record["in_memory"] = note
-    if "max_iter" in chosen:  # plain RL, or the thresholded wavelet prior stopped early (iterations by thinning)
-        n = chosen.pop("max_iter")
-        if max_iter is not None and max_iter != n:  # another count than the one the iterate was transferred to
-            half = {}
-        max_iter = n if max_iter is None else max_iter
+    n_tuned = chosen.pop("max_iter", None)  # the count by thinning (RL, or the wavelet prior stopped early)
+    max_iter = n_tuned if max_iter is None else max_iter
     if rest.get("shape_prior", "auto") == "auto":  # its pseudo-counts by thinning too (session 20)
         rest = {k: v for k, v in rest.items() if k != "shape_prior"}
         _resolve(reg, method, {**rest, **chosen})  # an invalid option is refused before that fit
@@ -784,8 +781,9 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
             from .tuning import tune_shape
 
             fit = {"regularization": reg, **chosen, "max_iter": max_iter, **({"method": method} if method else {})}
+            own = max_iter == n_tuned and method in (None, "em")  # the fit whose half-data iterate the tuning kept
             rest["shape_prior"], record["shape_prior"] = tune_shape(
-                *ordered, settings=fit, dtype=dtype, tol=tol or 1e-4, half_fit=half if method in (None, "em") else None)
+                *ordered, settings=fit, dtype=dtype, tol=tol or 1e-4, half_fit=half if own else None)
     return reg, max_iter, {**rest, **chosen}, record
 
 

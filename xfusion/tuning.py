@@ -724,8 +724,8 @@ def _tune_none(splits, max_iter, tol, iterates=None):
               "spatial_iteration": n_sp, "spectral_iteration": n_se, "line_roughness": rough,
               "sq_error_iteration": n_sq}
     if iterates is not None:
-        from_sq = round(RL_SQ_FACTOR * n_sq) >= n_rule
-        iterates.extend({"z": b[1 if from_sq else 0]["z"], "iteration": b[1 if from_sq else 0]["i"]} for b in bests)
+        k = 1 if round(RL_SQ_FACTOR * n_sq) >= n_rule else 0  # the squared error's count decides, or the rule's
+        iterates.extend({"z": b[k]["z"], "iteration": b[k]["i"]} for b in bests)
     return cands, np.array([c[:n] for c in curves]).T, choice, {"rule": RL_RULE}
 
 
