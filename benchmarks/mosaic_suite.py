@@ -54,6 +54,12 @@ With the session-10 issue-13 rules (size-aware family prior, squared-error itera
 ``--split heldout --n 10 --noise mad``, s10_lead_mosaic_heldout_final.log): MOS effect +0.93 dB (10/10, worst
 +0.02), -11.4 km/s (5/8); mean fits pn 19.17 dB / 212 km/s, pn + MOS 20.09 dB / 200 km/s (session 9: pn 18.74 / 191,
 pn + MOS 19.89 / 197: the velocity effect improved because pn alone got worse).
+Session 22, the default of session 21 (HEAD 086d4fa: spectral-shape prior with pseudo-counts by thinning, extended
+ladder; nothing MOS-specific changed since session 10), the same 10 held-out scenes (``--split heldout --n 10 --noise
+mad``, s22/mos_heldout.log, load 2-3): MOS effect +0.73 dB (9/10, worst -1.98), -0.5 km/s (5/8); mean fits pn
+19.72 dB / 202.4 km/s, pn + MOS 20.45 dB / 201.9 km/s. The one loss is point_sources/700007 (pn 3e4): both fits take
+the thresholded null space at 129 iterations (the half-data run reached its 100-iteration cap), 13.91 -> 11.93 dB,
+141 -> 176 km/s; without it MOS helps by +1.03 dB and -5.6 km/s (7 line scenes, 5 better).
 
     nice -n 15 python benchmarks/mosaic_suite.py --split tune --n 6
     nice -n 15 python benchmarks/mosaic_suite.py --split heldout --n 6 --json out.json
