@@ -60,6 +60,10 @@ mad``, s22/mos_heldout.log, load 2-3): MOS effect +0.73 dB (9/10, worst -1.98), 
 19.72 dB / 202.4 km/s, pn + MOS 20.45 dB / 201.9 km/s. The one loss is point_sources/700007 (pn 3e4): both fits take
 the thresholded null space at 129 iterations (the half-data run reached its 100-iteration cap), 13.91 -> 11.93 dB,
 141 -> 176 km/s; without it MOS helps by +1.03 dB and -5.6 km/s (7 line scenes, 5 better).
+The 20 tuning scenes at the same HEAD (``--split tune --n 20 --noise mad``, s22/mos_tune.log): +0.67 dB (18/20, worst
+-2.01), -7.5 km/s (12/16); mean fits pn 19.09 dB / 158.5 km/s, pn + MOS 19.77 / 151.1. The -2.01 is point_sources/102
+(pn 3e6): with MOS the family prior takes the zeroed prior (k 1, 15 iterations, 13.58 dB) over the thresholded one
+that pn alone takes (15.59 dB); s22/ps102.py.
 
     nice -n 15 python benchmarks/mosaic_suite.py --split tune --n 6
     nice -n 15 python benchmarks/mosaic_suite.py --split heldout --n 6 --json out.json
