@@ -1546,7 +1546,7 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     the ladder, each rung's held-out deviance, its gain over the anchor and that gain's standard error, the half-data
     count and where the half-data cube came from (``half_data_cube``: "the tuning's iterate" or "a fit").
     Cost with the tuning's iterate: one starlet pass and one forward model per rung (session 21: 0.05 s CPU small,
-    0.4-1.7 s at full size, against 8.6-20.2 s for one fixed fit). Without it: at most :data:`SHAPE_MAX_HALF_ITER`
+    0.4-1.8 s at full size, against 8.6-20.2 s for one fixed fit). Without it: at most :data:`SHAPE_MAX_HALF_ITER`
     iterations on part A (session 20: 1.3-3.9 s CPU on the full-size scenes it scored); not scored (the anchor,
     recorded as ``"not tuned"``) when that fit would run more iterations.
 
