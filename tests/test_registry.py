@@ -26,7 +26,7 @@ def test_fuse_tables_are_views_of_the_registry():
         assert set(registry.methods_for(spec.family)) <= set(registry.METHODS)
     assert fuse_module.METHOD_OPTIONS == {"em": {}, "ista": {"step": None}, "fista": {}}
     assert fuse_module.MAX_ITER == {"em": 50, "ista": 2000, "fista": 300}
-    assert fuse_module.EARLY_STOP == {"none": 5, "lowrank": 30}
+    assert fuse_module.EARLY_STOP == {"none": 5, "lowrank": 30, "lowrank_local": 20}
     with pytest.raises(ValueError, match="unknown regularization 'tv'.*anscombe2d1d"):
         registry.regularization("tv")
 

@@ -729,6 +729,48 @@ def _tune_none(splits, max_iter, tol, iterates=None):
     return cands, np.array([c[:n] for c in curves]).T, choice, {"rule": RL_RULE}
 
 
+#: ranks ``regularization="lowrank_local"`` compares with ``rank="auto"`` (:func:`_tune_local_rank`)
+LOCAL_RANK_LADDER = (2, 3, 5)
+#: its count on all counts: ``LOCAL_RANK_FACTOR`` x the best half-data iterate of the sharp-spectral held-out squared
+#: error (as :func:`sq_transfer` for plain RL and the thresholded prior; see :func:`_tune_local_rank`)
+LOCAL_RANK_FACTOR = 1.25
+
+
+def _tune_local_rank(splits, fixed, max_iter):
+    """``regularization="lowrank_local"`` (:mod:`xfusion.regularizers.local_rank`): its rank and iteration count.
+
+    Each rank of :data:`LOCAL_RANK_LADDER` (or the fixed ``rank``) runs EM + the local projection on part A from the
+    flat start, scored at every iterate like plain RL (:func:`_run_em` with ``past_min=10``: until the minima of
+    the held-out deviance and of the sharp-spectral held-out squared error are well behind, at most ``max_iter``).
+    The rank whose best iterate has the lowest held-out deviance (mean over splits) is chosen; its count on all
+    counts is ``round(LOCAL_RANK_FACTOR * n_sq)`` (``n_sq``: the squared error's best half-data iterate), clipped
+    to [1, RL_MAX_ITER]. Returns ``(cands, scores per split, choice, extra)``.
+    """
+    from .regularizers.local_rank import LocalLowRank
+
+    rank = fixed.get("rank", "auto")
+    ranks = LOCAL_RANK_LADDER if rank == "auto" else (int(rank),)
+    patch = int(fixed.get("patch", 6))
+    cands, scores, rows = [], [], []
+    for r in ranks:
+        curves, parts, sqs = [], [], []
+        for sp in splits:
+            pp, qq = [], []
+            _, curve, _, _ = _run_em(sp, LocalLowRank(r, patch), sp.start(), max_iter, None, past_min=10, parts=pp,
+                                     sq=qq)
+            curves.append(curve)
+            sqs.append(qq)
+            parts.append(_role_deviances(sp, pp))
+        _, best, _, _, n_sq = _curve_minima(curves, parts, sqs)
+        n_full = int(min(max(round(LOCAL_RANK_FACTOR * n_sq), 1), RL_MAX_ITER))
+        cands.append({"rank": r, "patch": patch, "max_iter": n_full})
+        scores.append([float(c[best]) for c in curves])
+        rows.append({"rank": r, "half_data_iteration": best, "sq_error_iteration": n_sq,
+                     "iterations_run": [len(c) - 1 for c in curves]})
+    chosen = int(np.argmin([np.mean(s) for s in scores]))
+    return cands, scores, dict(cands[chosen]), {"ranks": rows, "rule": f"n_full = {LOCAL_RANK_FACTOR:g} n_sq"}
+
+
 #: "auto" (session 6): the wavelet candidate with ``null_space="threshold"`` at the ladder's best ``k``, run on part A
 #: up to this many iterations (stopped once the held-out minimum is well behind) and scored at its best iteration
 THRESHOLD_MAX_ITER = 100
@@ -1312,7 +1354,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         raise ValueError(f"unknown regularization {regularization!r}; choose one of {', '.join(REGULARIZATIONS)}")
     if not (isinstance(n_splits, int) and n_splits >= 1):
         raise ValueError(f"n_splits must be an integer >= 1; got {n_splits!r}")
-    if len(observations) > 2 and regularization not in ("wavelet2d1d", "none"):
+    if len(observations) > 2 and regularization not in ("wavelet2d1d", "none", "lowrank_local"):
         raise NotImplementedError(f"tuning {regularization!r} uses exactly two observations (got {len(observations)});"
                                   " pass explicit rank/mu/max_iter, or tune wavelet2d1d / none")
     splits = _splits(observations, fraction, n_splits, seed, dtype)
@@ -1401,6 +1443,8 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         its = rows_its.get(chosen)
         if half_fit is not None and its and its[0].get("z") is not None:
             half_fit.update(split=splits[0], z=its[0]["z"], iteration=its[0]["iteration"])
+    elif regularization == "lowrank_local":
+        cands, scores, choice, extra = _tune_local_rank(splits, fixed, int(max_iter or RL_MAX_ITER))
     elif regularization == "lowrank" and grid is None and fixed.get("rank", "auto") != "auto":
         cands, scores, choice, extra = _tune_lowrank_iterations(splits, fixed, int(max_iter or 80), dtype)
     else:
@@ -1804,7 +1848,7 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
         return int(mi), {"method": f"fallback ({why})", "auto": keys}
     fixed = {k: v for k, v in params.items() if k in ("n_scales_2d", "k_rule", "k_min", "k_max", "per_band", "noise", "k",
                                                        "n_scales_1d", "null_space", "rank", "mu", "explained",
-                                                       "precondition")}
+                                                       "precondition", "patch")}
     fixed = {k: v for k, v in fixed.items() if v is not None}
     if regularization == "none":
         cur = tune(obs_a, obs_b, *extra, regularization="none", seed=seed, dtype=dtype)

@@ -14,7 +14,8 @@ import importlib
 from .base import FULL, SUBSPACE, Method, OptionSet, Regularization  # noqa: F401
 
 #: the registered regularizations (module names in this package; the default of ``fuse`` is "auto": the first, tuned, or "none", chosen by thinning)
-REGULARIZATIONS = ("wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none", "anscombe2d1d")
+REGULARIZATIONS = ("wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none", "anscombe2d1d",
+                   "lowrank_local")
 #: the registered methods; per family the first is the default
 METHODS = ("em", "ista", "fista")
 
