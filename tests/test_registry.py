@@ -131,3 +131,41 @@ def test_regularization_auto_resolves_to_a_registered_prior(small_toy):
     assert r.attrs["regularization"] in ("wavelet2d1d", "none")
     assert p["auto_tuning"]["regularization"] == "auto" and p["auto_tuning"]["chosen"] == r.attrs["regularization"]
     assert "auto" not in xfusion.settings_of(r).values()
+
+
+def test_stabilize_anscombe_is_anscombe2d1d_and_reaches_every_tuning_candidate(small_toy):
+    """``wavelet2d1d`` with ``stabilize="anscombe"`` is the same prior as ``anscombe2d1d`` (same options: the same
+    result bit for bit); the tuning builds every wavelet candidate stabilized; under "auto" the option does not name
+    the family (plain RL is still compared) and is recorded."""
+    from xfusion import tuning
+    from xfusion.regularizers.stabilized import AnscombeStabilized
+
+    x, y, _ = small_toy
+    kw = dict(k=1.0, n_scales_1d=5, null_space="zero", max_iter=4, tol=None, progress=False)
+    a = xfusion.fuse(x, y, regularization="anscombe2d1d", **kw)
+    w = xfusion.fuse(x, y, regularization="wavelet2d1d", stabilize="anscombe", **kw)
+    plain = xfusion.fuse(x, y, regularization="wavelet2d1d", **kw)
+    np.testing.assert_array_equal(a.flux.values, w.flux.values)
+    assert not np.allclose(plain.flux.values, w.flux.values, rtol=1e-3)
+    cand = {"k": 1.0, "null_space": "zero", "n_scales_1d": 2}
+    assert isinstance(tuning._wavelet_reg({"stabilize": "anscombe"}, cand), AnscombeStabilized)
+    assert isinstance(tuning._wavelet_reg({}, cand), Wavelet2D1D)
+    auto = xfusion.fuse(x, y, stabilize="anscombe", progress=False)
+    p = json.loads(auto.attrs["parameters"])
+    rec = p["auto_tuning"]
+    assert rec["regularization"] == "auto" and "none" in json.dumps(rec["candidates"])  # RL still a candidate
+    assert p["regularization"] == "none" or p["stabilize"] == "anscombe"
+    default = xfusion.fuse(x, y, progress=False)
+    assert rec["heldout_deviance"] != json.loads(default.attrs["parameters"])["auto_tuning"]["heldout_deviance"]
+
+
+def test_stabilize_refuses_what_it_cannot_do(small_toy):
+    x, y, _ = small_toy
+    with pytest.raises(ValueError, match='stabilize="anscombe" cannot use noise="propagated"'):
+        xfusion.fuse(x, y, regularization="wavelet2d1d", stabilize="anscombe", noise="propagated", k=1.0,
+                     max_iter=1, progress=False)
+    with pytest.raises(ValueError, match="option stabilize must be one of 'none', 'anscombe'"):
+        xfusion.fuse(x, y, regularization="wavelet2d1d", stabilize="sqrt", k=1.0, max_iter=1, progress=False)
+    with pytest.raises(NotImplementedError, match="stabilize='anscombe' runs in memory only"):
+        xfusion.fuse(x.chunk({"x": 8}), y, regularization="wavelet2d1d", stabilize="anscombe", k=1.0, n_scales_1d=5,
+                     null_space="zero", max_iter=1, progress=False)

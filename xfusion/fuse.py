@@ -742,8 +742,8 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     gaussian = any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson"
                    for o in observations if isinstance(o, xr.Dataset))
     # a wavelet setting given explicitly names the family (no comparison with plain RL); the noise model of the
-    # thresholds does not: every wavelet candidate is tuned and scored with it
-    fixed = sorted(k for k, v in wopts.items() if v != "auto" and k != "noise")
+    # thresholds and the variance stabilization do not: every wavelet candidate is tuned and scored with them
+    fixed = sorted(k for k, v in wopts.items() if v != "auto" and k not in ("noise", "stabilize"))
     note = None
     if on_dask and not fixed:  # thinning on in-memory copies when they fit (nothing is loaded when nothing is tuned)
         copies, note = (None, "Dask-backed data with a Gaussian data term") if gaussian else \
@@ -958,6 +958,9 @@ def _full_solver(problem, spec, method, params, start, init_record):
         if not spec.dask:
             raise NotImplementedError(f"regularization {spec.name!r} runs in memory only; load the data "
                                       "(without chunks=) or use regularization='wavelet2d1d' on Dask")
+        if params.get("stabilize", "none") != "none" and spec.name != "anscombe2d1d":
+            raise NotImplementedError(f"stabilize={params['stabilize']!r} runs in memory only; load the data (without "
+                                      "chunks=) or leave stabilize='none' on Dask")
         from .parallel_em import DaskEMProx
 
         psf = None

@@ -964,10 +964,18 @@ def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, p
 
 
 def _wavelet_reg(fixed, cand):
+    """The wavelet candidate ``cand`` with the options ``fixed`` (stabilized when ``fixed["stabilize"]`` is
+    "anscombe": :mod:`xfusion.regularizers.stabilized`)."""
     kw = {"n_scales_2d": fixed.get("n_scales_2d", 1), "k_rule": fixed.get("k_rule", "constant"),
           "k_min": fixed.get("k_min", 0.5), "k_max": fixed.get("k_max", 3.0), "per_band": fixed.get("per_band", True),
           "noise": fixed.get("noise", "mad")}
     kw.update(cand)
+    if fixed.get("stabilize", "none") == "anscombe":
+        from .regularizers.stabilized import AnscombeStabilized
+
+        return AnscombeStabilized(Wavelet2D1D(**kw))
+    if fixed.get("stabilize", "none") != "none":
+        raise ValueError(f"stabilize must be 'none' or 'anscombe'; got {fixed['stabilize']!r}")
     return Wavelet2D1D(**kw)
 
 
@@ -1470,7 +1478,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
 AUTO_FAMILIES = ("wavelet2d1d", "none")
 #: options of the wavelet family that :func:`select` passes on (fixed by the caller or "auto")
 WAVELET_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise",
-                "null_factor")
+                "null_factor", "stabilize")
 
 
 def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol=1e-4, complete=False,
@@ -1848,7 +1856,7 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
         return int(mi), {"method": f"fallback ({why})", "auto": keys}
     fixed = {k: v for k, v in params.items() if k in ("n_scales_2d", "k_rule", "k_min", "k_max", "per_band", "noise", "k",
                                                        "n_scales_1d", "null_space", "rank", "mu", "explained",
-                                                       "precondition", "patch")}
+                                                       "precondition", "patch", "stabilize")}
     fixed = {k: v for k, v in fixed.items() if v is not None}
     if regularization == "none":
         cur = tune(obs_a, obs_b, *extra, regularization="none", seed=seed, dtype=dtype)

@@ -31,11 +31,20 @@ class Options(OptionSet):
     null_factor: object = o.NULL_FACTOR()
     per_band: object = o.PER_BAND()
     noise: object = o.NOISE()
+    stabilize: object = o.option("none", '"none" or "anscombe"',
+                                 "``\"anscombe\"``: the prior works on the variance-stabilized cube 2 sqrt(z + 3/8) "
+                                 "(:mod:`xfusion.regularizers.stabilized`: Poisson noise grows with the intensity, so "
+                                 "one MAD per band under-smooths bright voxels and over-smooths faint ones); with "
+                                 "``regularization=\"auto\"`` every wavelet candidate of the tuning is stabilized. "
+                                 "In memory only; not with ``noise=\"propagated\"``.", o.one_of("none", "anscombe"))
     shape_prior: object = o.SHAPE_PRIOR()
     chunks: object = o.CHUNKS()
     layout: object = o.LAYOUT()
 
     def cross_check(self):
+        if self.stabilize == "anscombe" and self.noise == "propagated":
+            raise ValueError('stabilize="anscombe" cannot use noise="propagated" (it needs the EM step\'s variance, '
+                             'which the transform changes); use noise="mad" or "poisson"')
         if self.k_min > self.k_max:
             raise ValueError(f"option k_min={self.k_min!r} exceeds k_max={self.k_max!r}; the sigmoid rule "
                              "needs k_min <= k_max")
@@ -76,7 +85,12 @@ def auto_wavelet_params(params, yd, client):
 def build(params, level):
     from ..regularizers.sparsity import Wavelet2D1D
 
-    return Wavelet2D1D(**{k: params[k] for k in PRIOR_KEYS})
+    reg = Wavelet2D1D(**{k: params[k] for k in PRIOR_KEYS})
+    if params.get("stabilize", "none") == "anscombe":
+        from ..regularizers.stabilized import AnscombeStabilized
+
+        return AnscombeStabilized(reg)
+    return reg
 
 
 def _copies(params):
