@@ -27,6 +27,7 @@ small, tuning (``--split tune --n 48`` 0-23)    -0.27 dB (11/24), +3.8 km/s     
 small, held out (``--split heldout --n 24``)    -0.00 dB (10/24), -1.2 km/s     -0.02 dB (10/24), +29.3 km/s
 full size, tuning (``--n 24 --size default``)   +0.57 dB (18/24), +3.2 km/s     -1.85 dB (0/8, scenes 0-7)
 full size, held out                             +0.26 dB (13/24), +6.5 km/s     not run
+full size, fresh held out (``--n 48`` 24-47)    +0.27 dB (17/24), +6.0 km/s     not run
 ==============================================  ==============================  ===============================
 
 ``lowrank_local`` gains on the small point-source skies (+3.34 dB held out, 5/5) and loses elsewhere; the frozen

@@ -415,7 +415,8 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         :func:`xfusion.jwst.observations` of them) with Gaussian data terms, the low-rank family,
         ``flux`` in the data units over wavelength (um); "auto" rank/mu by data fission
         (:mod:`xfusion.gaussian`). See docs/jwst.rst.
-    regularization : {"wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none", "anscombe2d1d", "auto"}
+    regularization : {"wavelet2d1d", "lowrank", "lowrank_sobolev", "lowrank_wavelet2d", "none", "anscombe2d1d",
+                      "lowrank_local", "auto"}
         The prior phi(Z), one of the registry's (:mod:`xfusion.registry`: one file each, with
         its options), or ``"auto"``: tuned ``wavelet2d1d`` (null space zeroed, or thresholded and
         stopped early) or ``none`` (RL stopped early), whichever predicts held-out counts best
@@ -443,7 +444,10 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         a spatial smoothness penalty on W. ``lowrank_wavelet2d``: plus a 2D starlet l1 penalty
         on W. ``none``: plain two-instrument Richardson-Lucy with early stopping.
         ``anscombe2d1d``: the 2D-1D starlet prior on the variance-stabilized cube
-        ``2 sqrt(z + 3/8)`` (in memory only).
+        ``2 sqrt(z + 3/8)`` (in memory only; the same with every setting tuned: option ``stabilize="anscombe"``,
+        also under "auto"). ``lowrank_local``: each overlapping patch of the field keeps its own rank-r spectral
+        subspace (:mod:`xfusion.regularizers.local_rank`; rank and count by thinning; in memory only). Both
+        measured against the default on the suite in session 23 (README): neither replaces it.
     method : {"em", "ista"} for full-cube regularizations (default "em"); "fista" for the
         low-rank family. See :mod:`xfusion.solvers`. The early-stopping iteration counts of
         ``none`` and ``lowrank`` apply to EM and FISTA, not to fixed-step ISTA (its own cap).
