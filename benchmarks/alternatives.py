@@ -30,10 +30,9 @@ full size, held out                             +0.26 dB (13/24), +6.5 km/s     
 full size, fresh held out (``--n 48`` 24-47)    +0.27 dB (17/24), +6.0 km/s     not run
 ==============================================  ==============================  ===============================
 
-``lowrank_local`` gains on the point-source skies (held out: small +3.34 dB, 5/5; full size +2.56 dB, 4/5) and
-loses elsewhere; the frozen
-criteria for the stabilized default (full size: >= +0.2 dB, better on >= 14/24, velocity <= +5 km/s) were not all
-met held out (``benchmarks/QUALITY_HISTORY.md``, session 23).
+``lowrank_local`` gains on the point-source skies (held out: small +3.34 dB, 5/5; full size +2.56 dB, 4/5) and loses
+elsewhere; the frozen criteria for the stabilized default (full size: >= +0.2 dB, better on >= 14/24, velocity <= +5
+km/s) were not all met held out (``benchmarks/QUALITY_HISTORY.md``, session 23).
 """
 import argparse
 import json
