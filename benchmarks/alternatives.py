@@ -27,10 +27,10 @@ small, tuning (``--split tune --n 48`` 0-23)    -0.27 dB (11/24), +3.8 km/s     
 small, held out (``--split heldout --n 24``)    -0.00 dB (10/24), -1.2 km/s     -0.02 dB (10/24), +29.3 km/s
 full size, tuning (``--n 24 --size default``)   +0.57 dB (18/24), +3.2 km/s     -1.85 dB (0/8, scenes 0-7)
 full size, held out                             +0.26 dB (13/24), +6.5 km/s     -1.70 dB (5/24), +23.8 km/s
-full size, fresh held out (``--n 48`` 24-47)    +0.27 dB (17/24), +6.0 km/s     not run
+full size, fresh held out (``--n 48`` 24-47)    +0.27 dB (17/24), +6.0 km/s     -2.25 dB (3/24), +10.9 km/s
 ==============================================  ==============================  ===============================
 
-``lowrank_local`` gains on the point-source skies (held out: small +3.34 dB, 5/5; full size +2.56 dB, 4/5) and loses
+``lowrank_local`` gains on the point-source skies (held out: small +3.34 dB, 5/5; full size +1.49 dB, 6/9) and loses
 elsewhere; the frozen criteria for the stabilized default (full size: >= +0.2 dB, better on >= 14/24, velocity <= +5
 km/s) were not all met held out (``benchmarks/QUALITY_HISTORY.md``, session 23).
 """
