@@ -973,7 +973,7 @@ def _full_solver(problem, spec, method, params, start, init_record):
         if not spec.dask:
             raise NotImplementedError(f"regularization {spec.name!r} runs in memory only; load the data "
                                       "(without chunks=) or use regularization='wavelet2d1d' on Dask")
-        if params.get("stabilize", "none") != "none" and spec.name != "anscombe2d1d":
+        if params.get("stabilize", "none") != "none":  # the stabilized prox has no block form
             raise NotImplementedError(f"stabilize={params['stabilize']!r} runs in memory only; load the data (without "
                                       "chunks=) or leave stabilize='none' on Dask")
         from .parallel_em import DaskEMProx

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from . import options as o
 from .base import FULL, Regularization, describe
 from . import wavelet2d1d
-from .wavelet2d1d import PRIOR_KEYS, _copies
+from .wavelet2d1d import _copies
 from ..regularizers.stabilized import AnscombeStabilized
 
 
@@ -44,9 +44,7 @@ AnscombeWavelet2D1D = AnscombeStabilized
 
 
 def build(params, level):
-    from ..regularizers.sparsity import Wavelet2D1D
-
-    return AnscombeWavelet2D1D(Wavelet2D1D(**{k: params[k] for k in PRIOR_KEYS}))
+    return wavelet2d1d.build(params, level)  # stabilize is always "anscombe" here
 
 
 SPEC = Regularization(

@@ -56,9 +56,10 @@ class LocalLowRank:
             if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
         self.rank, self.patch = int(rank), int(patch)
-        self.stride = max(self.patch // 2, 1) if stride is None else int(stride)
-        if self.stride < 1 or self.stride > self.patch:
+        if stride is not None and not (isinstance(stride, (int, np.integer)) and not isinstance(stride, bool)
+                                       and 1 <= stride <= self.patch):
             raise ValueError(f"stride must be an integer in [1, patch={self.patch}] (larger leaves gaps); got {stride!r}")
+        self.stride = max(self.patch // 2, 1) if stride is None else int(stride)
 
     def project(self, z):
         """``Pi(z)`` for a cube (M, N, L): a new array of ``z``'s float dtype (``z`` is not modified)."""
