@@ -29,7 +29,10 @@ pointings 2e6 counts together, rolls 0/12/27/38 deg, overlapping by about half a
 5. **factor** (not in the default sections): would the tiles be cheaper with their shared PSF applied once to the
    fused cube and only their bare footprints per tile? Multiply-adds, CPU ms per forward and adjoint, and the
    difference of the two forms, for tile 1 alone and the 4 tiles (:func:`factor`);
-6. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders) and the
+6. **dask** (not in the default sections): the pinned wavelet2d1d fit of pn + tile 1, pn + 4 tiles and the 7
+   inputs in memory and on a LocalCluster (2 worker processes x 1 thread, ``--dask-chunks`` fused pixel blocks):
+   wall ms per iteration and the largest flux difference (:func:`dask_section`);
+7. ``--two-input-check``: two-input results (pn + tile 1, and an image + image small scene in both orders) and the
    5-input (pn + 4 tiles) and 7-input mosaic (wavelet2d1d 10 iterations and RL 5 iterations) computed with the
    committed code (``git archive HEAD`` unpacked in a temporary directory, run in a subprocess; or the package under
    ``--reference DIR``) and with the working tree: maximum absolute difference of the flux (0 = bit for bit).
@@ -452,6 +455,40 @@ def factor(obs, n_iter=20):
         print(f"  max |shared - per tile| / max: forward {d_f:.1e}, adjoint {d_a:.1e}", flush=True)
 
 
+def dask_section(obs, args):
+    """The mosaic on Dask (session 24: tiles run there, each pixel block adding its share of every tile's
+    footprint): for pn + tile 1, pn + 4 tiles and the 7 inputs, the pinned wavelet2d1d fit for ``--time-iter``
+    iterations in memory and on a LocalCluster (2 worker processes x 1 thread, fused blocks ``--dask-chunks``);
+    wall ms per iteration (loop only, from the callbacks) and the largest flux difference relative to the
+    largest flux."""
+    from dask.distributed import Client, LocalCluster
+
+    bx, by = args.dask_chunks
+    print(f"\n== on Dask (LocalCluster 2 x 1 thread, blocks {bx}x{by}) vs in memory: wavelet2d1d "
+          f"{args.time_iter} iterations (load {' '.join(f'{v:.1f}' for v in os.getloadavg())}) ==", flush=True)
+    tiles = [k for k in obs if k.startswith("tile")]
+    sets = [["pn", "tile1"], ["pn"] + tiles, ["pn", "mos1", "mos2"] + tiles]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GB") as cluster, \
+            Client(cluster) as client:
+        for keys in sets:
+            out = {}
+            for label, kw in (("memory", {}), ("dask", {"client": client, "chunks": (bx, by)})):
+                stamps = []
+
+                def cb(it, state):
+                    stamps.append(time.perf_counter())
+                    return False
+
+                r = xfusion.fuse(*[obs[k] for k in keys], regularization="wavelet2d1d", max_iter=args.time_iter,
+                                 tol=None, progress=False, callback=cb, **PINNED, **kw)
+                out[label] = (np.asarray(r.flux.values), (stamps[-1] - stamps[0]) / (len(stamps) - 1),
+                              r.attrs["backend"])
+            ref, got = out["memory"][0], out["dask"][0]
+            d = float(np.max(np.abs(got.astype(np.float64) - ref)) / np.max(np.abs(ref)))
+            print(f"{' + '.join(keys):45s} memory {out['memory'][1] * 1e3:7.1f} ms/it  dask ({out['dask'][2]}) "
+                  f"{out['dask'][1] * 1e3:7.1f} ms/it  max |flux difference| / max {d:.1e}", flush=True)
+
+
 def two_input_check(args):
     """Fuse pn + tile 1, an image + image pair (both orders), pn + 4 tiles and the 7 mosaic inputs with the committed
     code (or the package under ``--reference``) and with the working tree; print the max |difference| per case."""
@@ -513,7 +550,7 @@ def two_input_check(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="quality,seams,time",
-                    help="comma list of quality, seams, time, profile, factor, or none")
+                    help="comma list of quality, seams, time, profile, factor, dask, or none")
     ap.add_argument("--size", type=int, nargs=2, default=(72, 400), metavar=("N", "L"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-iter", type=int, default=50)
@@ -525,6 +562,8 @@ def main():
                          "pinned options (its prox works on the fused cube whatever the inputs)")
     ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads in the timing runs (default: the "
                     "library's; 1 avoids OpenBLAS's threaded small products stalling on a loaded machine)")
+    ap.add_argument("--dask-chunks", type=int, nargs=2, default=(36, 36), metavar=("BX", "BY"),
+                    help="fused pixel blocks of the dask section")
     ap.add_argument("--two-input-check", action="store_true")
     ap.add_argument("--reference", default=None, metavar="DIR", help="--two-input-check against the xfusion package "
                     "under DIR (a copy of an earlier tree) instead of git HEAD")
@@ -539,7 +578,7 @@ def main():
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     t0 = time.perf_counter()
-    if sections & {"quality", "seams", "time", "profile", "factor"}:
+    if sections & {"quality", "seams", "time", "profile", "factor", "dask"}:
         obs, truth = make_mosaic(seed=args.seed, size=tuple(args.size), counts=tuple(args.counts))
         print(f"scene built in {time.perf_counter() - t0:.1f} s: " + ", ".join(
             f"{o.attrs['name']} {float(o['counts'].sum()):.3g} counts" for o in obs.values()))
@@ -563,6 +602,8 @@ def main():
         profile(obs)
     if "factor" in sections:
         factor(obs)
+    if "dask" in sections:
+        dask_section(obs, args)
     if args.two_input_check:
         two_input_check(args)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")

@@ -414,20 +414,61 @@ def test_blockwise_dask_equals_numpy_and_dot_test(name, dtype):
     assert abs(lhs - rhs) <= TOL[dtype] * max(abs(lhs), abs(rhs))
 
 
-def test_whole_field_operators_are_refused_by_the_block_backend():
-    """Footprints (sparse, dense F B, and a tile's gather + block-sparse F B) act on the whole field at once:
-    the block backend refuses them with a clear message (tiles run in memory)."""
-    from xfusion.backends.blockwise import DaskBackend
+def _whole_field_ops():
+    """Whole-field detector maps as models hold them: a bare sparse footprint, a dense F B of a tile in a corner
+    (it keeps the columns it sees), the tile's gather + block-sparse F B, the large-field form (PSF convolution,
+    then the sparse footprint), each followed by weights over energy and per detector pixel (a model's ``rest``)."""
+    from xfusion.operators.area import Scale
     from xfusion.operators.footprint import Footprint, footprint_matrix
 
     x = (np.arange(12) - 5.5) * 4.0
-    op = Footprint(footprint_matrix(x, x, 4.0, np.array([0.0]), np.array([0.0]), 10.0), (12, 12))
-    tile = Footprint(footprint_matrix(x, x, 4.0, np.array([0.0]), np.array([0.0]), 10.0, 0.0, (-12.0, -12.0)),
-                     (12, 12)).with_psf(Convolve2D(KS, (12, 12)))
-    B = DaskBackend(((6, 6), (6, 6), (5,)))
-    for o in (op, tile, Chain(list(tile.restricted()))):
-        with pytest.raises(ValueError, match="no block"):
-            B.forward(o, da.zeros((12, 12, 5), chunks=(6, 6, 5)))
+    dx, dy = np.array([-6.0, 6.0, -6.0, 6.0]), np.array([-6.0, -6.0, 6.0, 6.0])
+    bare = Footprint(footprint_matrix(x, x, 4.0, dx, dy, 12.0, 17.0, (3.0, -2.0)), (12, 12))
+    corner = Footprint(footprint_matrix(x, x, 4.0, dx, dy, 10.0, 30.0, (-12.0, -12.0)), (12, 12))
+    tile = corner.with_psf(Convolve2D(KS, (12, 12)))
+    r = np.random.default_rng(3)
+    rest = [Scale(r.uniform(0.5, 2.0, 5)), Scale(r.uniform(0.5, 2.0, (4, 5)))]
+    return {"bare": Chain([bare] + rest), "tile_dense": Chain([tile] + rest),
+            "tile_gather_blocks": Chain(list(tile.restricted()) + rest),
+            "psf_then_bare": Chain([Convolve2D(KS, (12, 12)), bare] + rest)}
+
+
+@pytest.mark.parametrize("name", ["bare", "tile_dense", "tile_gather_blocks", "psf_then_bare"])
+@DTYPES
+def test_whole_field_maps_on_dask_blocks_equal_numpy_and_dot_test(name, dtype):
+    """Detector footprints act on the whole field: on Dask, the forward sums every pixel block's share (blocks
+    that hold none of the map's pixels add nothing), the adjoint writes each block from the (P, K) data, and the
+    weights after the map act on its small output in memory. On tiny uneven chunks (some blocks outside the
+    corner tile, kernels larger than a chunk): both equal the in-memory ones and the dot test holds."""
+    from xfusion.backends.blockwise import DaskBackend
+
+    op = _whole_field_ops()[name]
+    chunks = ((2, 4, 1, 5), (5, 3, 4), (5,))
+    B = DaskBackend(chunks)
+    assert B.supports(op)
+    r = np.random.default_rng(8)
+    x = r.standard_normal((12, 12, 5)).astype(dtype)
+    fx = B.forward(op, da.from_array(x, chunks=chunks))
+    y = r.standard_normal(fx.shape).astype(dtype)
+    aty = B.adjoint(op, da.from_array(y, chunks=(2, 5)))
+    assert fx.chunks == ((4,), (5,)) and aty.chunks == chunks
+    fx, aty = fx.compute(), aty.compute()
+    assert fx.dtype == aty.dtype == dtype and fx.shape == (4, 5) and aty.shape == x.shape
+    for got, ref in ((fx, op.forward(x)), (aty, op.adjoint(y))):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=10 * TOL[dtype] * np.abs(ref).max())
+    lhs = float(np.sum(fx.astype(np.float64) * y))
+    rhs = float(np.sum(x.astype(np.float64) * aty))
+    assert abs(lhs - rhs) <= TOL[dtype] * max(abs(lhs), abs(rhs))
+
+
+def test_operators_without_any_block_form_are_refused_by_the_block_backend():
+    """A whole-field operator that is not a detector map (the stacked energy-dependent PSF) has no form on pixel
+    blocks: the backend says so (run in memory)."""
+    from xfusion.backends.blockwise import DaskBackend
+
+    make, shape = OPS["stacked_spatial"]
+    B = DaskBackend(((shape[0],), (shape[1],), (shape[2],)))
+    assert not B.supports(make())
 
 
 def test_subspace_block_kernel_on_uneven_chunks(small_models):

@@ -137,12 +137,21 @@ def test_fuse_with_footprint_and_background():
     assert float(xfusion.predict(res_nob["flux"], y_nob).values[keep].sum()) > sky_part + 0.5 * b
 
 
-def test_dask_path_refuses_footprint_clearly():
+@pytest.mark.parametrize("background", [0.0, 0.3])
+def test_detector_pixels_on_the_dask_path_equal_memory(background):
+    """A detector-pixel Y (bare footprint, no PSF; with and without a known background) with Dask-backed counts,
+    the X blocks smaller than the field: the block-wise fit (each block adds its share of the footprint) equals
+    the in-memory one."""
     pytest.importorskip("dask.array")
-    x, y, _ = _pixel_pair()
-    y = y.drop_vars("mask").chunk()
-    with pytest.raises(NotImplementedError, match="detector-pixel"):
-        xfusion.fuse(x, y, regularization="none", max_iter=2, progress=False)
+    x, y, _ = _pixel_pair(background=background)
+    assert ("background_rate" in y) == (background > 0)
+    y = y.drop_vars("mask")
+    opts = dict(regularization="wavelet2d1d", k=1.0, n_scales_1d=2, max_iter=3, tol=None, progress=False)
+    ref = xfusion.fuse(x, y, **opts)
+    got = xfusion.fuse(x.chunk({"x": 6, "y": 6}), y.chunk(), chunks=(6, 6), **opts)
+    assert got.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
+    f = np.asarray(got.flux.values)
+    np.testing.assert_allclose(f, ref.flux.values, rtol=0, atol=1e-5 * float(ref.flux.max()))
 
 
 def test_per_pixel_exposure_and_area():

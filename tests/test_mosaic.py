@@ -188,7 +188,7 @@ def test_cli_fuses_three_inputs_and_fingerprints_all_of_them(small, tmp_path, ca
 
 def test_more_than_two_inputs_on_dask_match_numpy(cluster):
     """pn + MOS1 (masked in part) + MOS2 + a Resolve-like image on the session LocalCluster == in memory: flux, every
-    input's predicted counts and the coverage map (issue 18); a low-rank prior or a mosaic tile on Dask is refused."""
+    input's predicted counts and the coverage map (issue 18); a low-rank prior on Dask is refused."""
     from xfusion import scenes
     from xfusion.fuse import counts_of
 
@@ -219,8 +219,37 @@ def test_more_than_two_inputs_on_dask_match_numpy(cluster):
     np.testing.assert_array_equal(dist.n_inputs_seeing.values, ref.n_inputs_seeing.values)
     with pytest.raises(NotImplementedError, match="full-cube regularizations"):
         xfusion.fuse(*chunked, regularization="lowrank", rank=3, max_iter=1, progress=False)
-    with pytest.raises(NotImplementedError, match="block form"):
-        xfusion.fuse(*chunked[:2], obs["tile1"], chunked[2], **opts)
+
+
+def test_mosaic_tiles_on_dask_match_numpy(cluster, small):
+    """pn + two Resolve tiles (one with masked pixels and channels) + MOS1 + MOS2 on the session LocalCluster (counts
+    chunked, the tiles' too) == in memory: flux, every input's predicted counts and the coverage map. The tiles'
+    footprints act on the whole field: each pixel block adds its share (issue 18: tiles on Dask)."""
+    from xfusion.fuse import counts_of
+
+    obs, _ = small
+    keep = np.ones(obs["tile1"].counts.shape, bool)
+    keep[2, :] = False
+    keep[:, 5:9] = False
+    ins = [obs["pn"], obs["tile1"].assign(mask=(obs["tile1"].counts.dims, keep & obs["tile1"]["mask"].values)),
+           obs["tile2"], obs["mos1"], obs["mos2"]]
+    opts = dict(regularization="wavelet2d1d", k=1.0, n_scales_1d=2, null_space="zero", max_iter=2, tol=None,
+                progress=False)
+    ref = xfusion.fuse(*ins, **opts)
+    chunked = [o.assign(counts=o.counts.chunk({"pixel": 4} if "pixel" in o.counts.dims else {"x": 12, "y": 12}))
+               for o in ins]
+    dist = cluster[1].compute(xfusion.fuse(*chunked, client=cluster[1], **opts)).result()
+    assert dist.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
+
+    def rel(a, b):
+        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+    assert rel(dist.flux.values, ref.flux.values) <= 1e-5
+    for i in range(len(ins)):
+        for a, b in zip(counts_of(dist, i), counts_of(ref, i)):
+            assert rel(a.values, b.values) <= 1e-5, i
+    assert rel(dist.coverage.values, ref.coverage.values) <= 1e-5
+    np.testing.assert_array_equal(dist.n_inputs_seeing.values, ref.n_inputs_seeing.values)
 
 
 def test_predict_models_an_image_with_a_relative_psf_as_fuse_does(small):
@@ -237,3 +266,32 @@ def test_predict_models_an_image_with_a_relative_psf_as_fuse_does(small):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
     unblurred = xfusion.predict(flux.astype(np.float64), obs["mos1"].drop_vars("psf")).values
     assert np.max(np.abs(unblurred - want)) > 0.01 * want.max()
+
+
+def _energy_psf(tile, kernels):
+    """``tile`` with its PSF given at 6.0 and 7.0 keV (``kernels``: two (psf_x, psf_y) arrays)."""
+    psf = tile["psf"]
+    e = xr.DataArray(np.stack(kernels), dims=("psf_energy",) + psf.dims,
+                     coords={"psf_energy": ("psf_energy", [6.0, 7.0], {"units": "keV"}), **psf.coords},
+                     attrs=psf.attrs)
+    return tile.drop_vars("psf").assign(psf=e)
+
+
+def test_tile_with_an_energy_dependent_psf(small, cluster):
+    """A Resolve tile whose PSF is given per energy fuses (it used to fail in memory on the bands' halo): the
+    same PSF at both energies gives the fit of the energy-independent PSF; a wider PSF at 7 keV changes it. On
+    Dask the energy-dependent footprint has no block form: refused, saying what to do."""
+    obs, _ = small
+    k = obs["tile1"]["psf"].values
+    same = _energy_psf(obs["tile1"], [k, k])
+    ref = xfusion.fuse(obs["pn"], obs["tile1"], obs["tile2"], **KW)
+    got = xfusion.fuse(obs["pn"], same, obs["tile2"], **KW)
+    np.testing.assert_allclose(got.flux.values, ref.flux.values, rtol=0, atol=1e-5 * float(ref.flux.max()))
+    from scipy.ndimage import gaussian_filter
+
+    wide = gaussian_filter(k, 1.5)
+    other = xfusion.fuse(obs["pn"], _energy_psf(obs["tile1"], [k, wide / wide.sum() * k.sum()]), obs["tile2"], **KW)
+    assert float(np.max(np.abs(other.flux.values - ref.flux.values))) > 1e-3 * float(ref.flux.max())
+    with pytest.raises(NotImplementedError, match="energy-dependent PSF before a detector footprint"):
+        xfusion.fuse(obs["pn"], same, obs["tile2"], client=cluster[1], **KW)
+

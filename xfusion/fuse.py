@@ -844,10 +844,6 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
     use_dask = parallel.is_dask(x_obs["counts"]) or parallel.is_dask(y_obs["counts"]) or client is not None
     shape = mx.fused_shape
     if use_dask:
-        if grid.attrs.get("spatial_model") == "footprint":
-            raise NotImplementedError("a detector-pixel (footprint) instrument is not supported on the Dask path: its "
-                                      "footprint is one matrix over the whole field (no block form); load the "
-                                      "observations into memory (.load()) and fuse without a client")
         if any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson" for o in observations):
             raise NotImplementedError("Gaussian data terms (a 'variance' variable) are not supported on the Dask path "
                                       "yet; load the observations into memory (.load()) and fuse without a client")
@@ -856,7 +852,8 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
         v = grid.attrs["spatial_factor"]
         bx, by = params.get("chunks") or _auto_chunks(grid, shape, dt, regularization, params, client)
         xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
-        yd = da.asarray(y_obs["counts"].data).rechunk((bx // v, by // v, -1))
+        yd = da.asarray(y_obs["counts"].data)  # a detector-pixel tile (pixel, energy): one chunk
+        yd = yd.rechunk((-1, -1) if yd.ndim == 2 else (bx // v, by // v, -1))
         masks = [o["mask"].data if "mask" in o else None for o in observations]
         if registry.regularization(regularization).family == registry.SUBSPACE:  # (masks refused there)
             terms = [parallel.DaskPoissonTerm(mx, xd, dt, client, mask=masks[0]),
@@ -877,7 +874,7 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
 
         used = [d if k is None else da.where(da.asarray(k).rechunk(d.chunks) > 0, d, 0) for d, k in zip(data, masks)]
         got = [np.asarray(c, np.float64) for c in parallel.compute_many(
-            [d.sum(axis=(0, 1), dtype=np.float64) for d in data + used], client)]
+            [d.sum(axis=tuple(range(d.ndim - 1)), dtype=np.float64) for d in data + used], client)]
         totals, used = got[:len(data)], got[len(data):]
         # per channel: vignetted weights enter through their mean over the pixels (> 0 where any pixel sees the
         # channel; voxels no pixel sees get s = 0 and stay 0 in EM); counts a known background explains are allowed

@@ -128,8 +128,8 @@ class DaskPoissonTerm:
     def __init__(self, model, data, dtype=np.float32, client=None, backend=None, mask=None):
         self.model, self.client, self.backend = model, client, backend
         d = data.astype(dtype)
-        if len(d.chunks[2]) != 1:
-            d = d.rechunk({2: -1})
+        if len(d.chunks[-1]) != 1:
+            d = d.rechunk({d.ndim - 1: -1})
         self.weight = None
         if mask is not None:
             if backend is None:
@@ -154,8 +154,8 @@ class DaskPoissonTerm:
         else:
             self.data, self.background = persist_many([d], client)[0], None
         d = self.data if self.weight is None else self.data * self.weight
-        consts = d.map_blocks(lambda b: np.full((1, 1, 1), data_constant(b)), dtype=np.float64,
-                              chunks=((1,) * len(d.chunks[0]), (1,) * len(d.chunks[1]), (1,)))
+        consts = d.map_blocks(lambda b: np.full((1,) * b.ndim, data_constant(b)), dtype=np.float64,
+                              chunks=tuple((1,) * len(c) for c in d.chunks))
         self.constant = float(compute(consts.sum(), client))
 
     def _dw(self):

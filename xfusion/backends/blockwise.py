@@ -16,6 +16,12 @@ Nothing here knows a formula: it only decides where blocks run (the interface is
   operator (and split back after), so any chunking works, kernels larger than a chunk included.
   Operators and regularizers are sent to the workers once per backend (persisted), not with
   every task.
+* Whole-field detector maps (a Resolve tile's footprint x PSF: :func:`~xfusion.operators.footprint.field_matrix`,
+  (P, M N)) are cut by the cube's pixel blocks (:func:`~xfusion.operators.footprint.block_columns`, sent once):
+  the forward is one task per block that holds any of the map's pixels (its share ``F_b z_b``, (P, K)) and one
+  task summing them; the adjoint one task per block (``F_b^T u``; zeros where the map reads nothing). The
+  operators after the map (weights over energy and per detector pixel) act on its small (P, K) output in one
+  task. Same sums as in memory up to float round-off (added block by block).
 * Halos: ONE task per block gathers the block's halo from its neighbouring blocks and runs the
   operator or regularizer on it (:func:`_halo_map`; the same block as ``dask.array.overlap`` with
   that boundary builds, bit for bit, without its ~10-20 slicing, concatenation and boundary tasks per
@@ -47,6 +53,7 @@ from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph
 
 from ..operators import blocks
+from ..operators.footprint import block_columns, field_matrix
 
 try:  # dask >= 2024.12 describes tasks with Task / TaskRef; older versions take tuples
     from dask._task_spec import Task, TaskRef
@@ -132,7 +139,8 @@ def _boxed(x):
 
 
 def _scalar_block(f, *args):
-    return np.full((1, 1, 1), f(*args), dtype=np.float64)
+    nd = next(a.ndim for a in args if isinstance(a, np.ndarray))
+    return np.full((1,) * nd, f(*args), dtype=np.float64)
 
 
 def _op_block(op, adjoint, halo, x):
@@ -147,6 +155,43 @@ def _stats_block(reg, halo, shape, origin, zo, *noise):
 def _apply_block(reg, halo, stats, zo, *noise):
     z, pen = reg.block_apply(zo, halo, stats, **({"noise": noise} if noise else {}))
     return z, np.full((1, 1, 1), pen, dtype=np.float64)
+
+
+def _field_forward_block(Fb, zb):
+    """One pixel block's share ``Fb z_b`` (P, K) of a whole-field map's forward."""
+    return np.asarray(Fb @ zb.reshape(-1, zb.shape[-1]), dtype=zb.dtype)
+
+
+def _field_adjoint_block(Fb, u, bx, by):
+    """One pixel block ``(Fb^T u)`` (bx, by, K) of a whole-field map's adjoint."""
+    return np.asarray(Fb.T @ u, dtype=u.dtype).reshape(bx, by, u.shape[-1])
+
+
+def _field_sum(shape, dtype, *parts):
+    """The sum of the blocks' shares (block order; zeros when no block has any)."""
+    out = np.zeros(shape, dtype=dtype)
+    for p in parts:
+        out += p
+    return out
+
+
+def _zeros(shape, dtype):
+    return np.zeros(shape, dtype=dtype)
+
+
+def _rest_block(ops, adjoint, x):
+    """Operators that follow a whole-field map, on its small (P, K) output, in memory (one task)."""
+    for op in (reversed(ops) if adjoint else ops):
+        x = op.adjoint(x) if adjoint else op.forward(x)
+    return x
+
+
+class _FieldMap:
+    """A whole-field detector map ``F`` (P, M N) (:func:`xfusion.operators.footprint.field_matrix`) in a model's
+    operators, and the operators after it (``rest``: they act on its (P, K) output, in memory)."""
+
+    def __init__(self, parts, F, rest):
+        self.parts, self.F, self.rest = parts, F, rest
 
 
 def _scale_block(op, ox, oy, x, block_id=None):
@@ -328,9 +373,25 @@ class DaskBackend:
         return _summed(da.map_blocks(_scalar_block, f, *args, chunks=one, dtype=np.float64, meta=_meta(np.float64)))
 
     # -- operators -------------------------------------------------------------------------
+    def _field(self, ps):
+        """``(F, n)`` of the whole-field map ``ps`` starts with, or None (cached per operator)."""
+        key = ("field", id(ps[0]))
+        if key not in self._sent:
+            self._sent[key] = (ps[0], field_matrix(ps))
+        return self._sent[key][1]
+
     def _runs(self, op):
-        run = []
-        for p in blocks.parts(op):
+        """The parts of ``op`` in the order applied: lists of operators with block forms (one haloed pass each),
+        position-dependent weights, and at most one :class:`_FieldMap` (a whole-field detector map, e.g. a
+        Resolve tile's footprint x PSF) that takes the operators after it along."""
+        run, ps = [], blocks.parts(op)
+        for k, p in enumerate(ps):
+            fm = None if hasattr(p, "forward_valid") else self._field(ps[k:])
+            if fm is not None:
+                if run:
+                    yield run
+                yield _FieldMap(ps[k:k + fm[1]], fm[0], ps[k + fm[1]:])
+                return
             if getattr(p, "position_dependent", False):
                 if run:
                     yield run
@@ -340,6 +401,69 @@ class DaskBackend:
                 run.append(p)
         if run:
             yield run
+
+    def supports(self, op):
+        """Whether ``op`` runs on this backend: operators with block forms and position-dependent weights, then
+        at most one whole-field detector map and anything after it (in memory, on the map's small output)."""
+        for r in self._runs(op):
+            if isinstance(r, list) and not blocks.has_block_form(r):
+                return False
+        return True
+
+    def _field_blocks(self, fm, chunks, dtype):
+        """``{(i, j): matrix sent to the workers, or None}``: the columns of ``fm.F`` of every pixel block."""
+        key = ("fieldblocks", id(fm.parts[0]), chunks, np.dtype(dtype).str)
+        if key not in self._sent:
+            ox, oy = _offsets(chunks[0]), _offsets(chunks[1])
+            hw = (sum(chunks[0]), sum(chunks[1]))
+            mats = {}
+            for i, cx in enumerate(chunks[0]):
+                for j, cy in enumerate(chunks[1]):
+                    b = block_columns(fm.F, hw, ox[i], ox[i] + cx, oy[j], oy[j] + cy, dtype)
+                    mats[i, j] = None if b is None else self._persist([dask.delayed(b, pure=True)])[0]
+            self._sent[key] = (fm.parts[0], mats)
+        return self._sent[key][1]
+
+    def _apply_field(self, fm, x, adjoint):
+        """Forward: the cube's pixel blocks -> (P, K) (one task per block that the map reads, one sum), then
+        ``rest`` in one task. Adjoint: ``rest``'s adjoint in one task, then (P, K) -> one block per pixel block
+        of the fused cube (zeros where the map reads nothing)."""
+        ops = self._send(fm.rest, ("ops",) + tuple(id(p) for p in fm.rest)) if fm.rest else None
+        if not adjoint:
+            chunks, P, K = x.chunks[:2], fm.F.shape[0], x.shape[2]
+            mats = self._field_blocks(fm, chunks, x.dtype)
+            name = f"field-{tokenize(x.name, id(fm.parts[0]))}"
+            layer, parts = {}, []
+            for ij, key in _keys(x).items():
+                if mats[ij] is not None:
+                    pk = (name + "-part",) + ij
+                    layer[pk] = _task(pk, _field_forward_block, _ref(mats[ij].key), _ref(key))
+                    parts.append(_ref(pk))
+            out = (name, 0, 0)
+            layer[out] = _task(out, _field_sum, (P, K), x.dtype.str, *parts)
+            deps = [x] + [m for m in mats.values() if m is not None]
+            y = da.Array(HighLevelGraph.from_collections(name, layer, dependencies=deps), name,
+                         chunks=((P,), (K,)), dtype=x.dtype, meta=np.empty((0, 0), x.dtype))
+            return y if ops is None else da.map_blocks(_rest_block, ops, False, y, dtype=x.dtype,
+                                                       meta=np.empty((0, 0), x.dtype))
+        u = x.rechunk((-1,) * x.ndim)
+        if ops is not None:
+            u = da.map_blocks(_rest_block, ops, True, u, dtype=u.dtype, meta=np.empty((0, 0), u.dtype))
+        u = u.reshape(u.shape[0], -1).rechunk((-1, -1))
+        chunks, K = self.chunks[:2], u.shape[1]
+        mats = self._field_blocks(fm, chunks, u.dtype)
+        ukey = next(iter(flatten(u.__dask_keys__())))
+        name = f"fieldT-{tokenize(u.name, id(fm.parts[0]), chunks)}"
+        layer = {}
+        for i, cx in enumerate(chunks[0]):
+            for j, cy in enumerate(chunks[1]):
+                key = (name, i, j, 0)
+                m = mats[i, j]
+                layer[key] = (_task(key, _zeros, (cx, cy, K), u.dtype.str) if m is None else
+                              _task(key, _field_adjoint_block, _ref(m.key), _ref(ukey), cx, cy))
+        deps = [u] + [m for m in mats.values() if m is not None]
+        return da.Array(HighLevelGraph.from_collections(name, layer, dependencies=deps), name,
+                        chunks=chunks + ((K,),), dtype=u.dtype, meta=_meta(u.dtype))
 
     def _apply_run(self, run, x, adjoint):
         halo = blocks.adjoint_depth(run) if adjoint else blocks.depth(run)
@@ -368,7 +492,9 @@ class DaskBackend:
     def _apply(self, op, x, adjoint):
         runs = list(self._runs(op))
         for r in (reversed(runs) if adjoint else runs):
-            if isinstance(r, list):
+            if isinstance(r, _FieldMap):
+                x = self._apply_field(r, x, adjoint)
+            elif isinstance(r, list):
                 x = self._apply_run(r, x, adjoint)
             elif isinstance(r.area, np.ndarray):  # an (M, N, L) array: sent once, chunked like the cube
                 w = self._send(r, ("weights", id(r), x.dtype.str), lambda: r.weights.astype(x.dtype))

@@ -47,7 +47,15 @@ def parts(op):
 
 
 def has_block_form(op):
-    return all(hasattr(p, "forward_valid") and not getattr(p, "position_dependent", False) for p in parts(op))
+    """Whether every part of ``op`` runs on a pixel block with a halo (a part made of others, such as an
+    energy-dependent PSF, only if its halo is defined: not over whole-field maps)."""
+    if not all(hasattr(p, "forward_valid") and not getattr(p, "position_dependent", False) for p in parts(op)):
+        return False
+    try:
+        depth(op)
+    except ValueError:
+        return False
+    return True
 
 
 def _check(op):

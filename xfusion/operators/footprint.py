@@ -45,9 +45,11 @@ of 13 pixels around 6x6 detector pixels of 6 fused pixels) and O(P L) for the we
 product beats a sparse one here (measured, 1 thread, 200 channels: 0.53 ms dense against 0.72 ms
 CSR with the 31% non-zero entries, 0.56 ms with entries below 1e-5 of the largest dropped).
 
-The matrix acts on the whole field at once: it has no locality a pixel-block (Dask) layout
-could use (``depth = 0`` means "no halo defined": :mod:`xfusion.parallel_em` and the Dask
-path of :func:`xfusion.fuse` refuse footprint instruments with a clear message).
+The matrix acts on the whole field at once (``depth = 0``: no halo form). On Dask (session 24) it is cut by the
+fused cube's pixel blocks instead: :func:`field_matrix` gives the whole map as one sparse (P, M N) matrix and
+:func:`block_columns` its columns in one block, so the forward is the sum of every block's share ``F_b z_b``
+(a (P, K) array per block that holds any of the map's pixels) and the adjoint writes each block ``F_b^T u``
+from the small (P, K) data (:mod:`xfusion.backends.blockwise`).
 """
 from __future__ import annotations
 
@@ -284,7 +286,7 @@ class BlockFootprint:
     (C, K) copy), each box's adjoint ADDED run by run into a fused cube (no zero cube, scatter and cube sum). The
     same sums as gather + :meth:`forward` and :meth:`adjoint` + scatter + cube sum, bit for bit. Measured (session
     9, 72x72x400 mosaic scene, one thread, in the RL loop): tile 1 4.2 -> 2.9 ms per forward + adjoint + sum.
-    ``depth = 0``: a whole-field operator (no pixel-block form; the Dask path refuses tiles)."""
+    ``depth = 0``: a whole-field operator (no halo form; on Dask cut by pixel blocks, :func:`field_matrix`)."""
 
     depth = 0
 
@@ -430,3 +432,43 @@ class Gather:
         full = (np.empty if self.columns.size == n else np.zeros)((n,) + u.shape[2:], dtype=u.dtype)
         full[self.columns] = u.reshape((self.columns.size,) + u.shape[2:])
         return full.reshape(self.in_hw + u.shape[2:])
+
+
+def field_matrix(ops):
+    """The whole-field detector map that ``ops`` (first applied first) start with, as ``(F, n)``: ``F`` the float64
+    CSR matrix (P, M N) over the flat fused pixels (i N + j) and ``n`` how many of ``ops`` it stands for --
+    ``[Footprint, ...]`` (n = 1) or ``[Gather, BlockFootprint, ...]`` (a tile that sees part of the field, n = 2);
+    None if ``ops`` starts with neither. ``F z`` is the same linear map as those operators (exact zeros left out,
+    sums in another order: float round-off). Used by the Dask backend (:mod:`xfusion.backends.blockwise`), which
+    cuts ``F`` by the fused cube's pixel blocks (:func:`block_columns`)."""
+    if not ops:
+        return None
+    first = ops[0]
+    if isinstance(first, Footprint):
+        F = first.matrix
+        return (F.tocsr() if sp.issparse(F) else sp.csr_matrix(F)), 1
+    if isinstance(first, Gather) and len(ops) > 1 and isinstance(ops[1], BlockFootprint):
+        B = sp.coo_matrix(ops[1].matrix)
+        n = first.in_hw[0] * first.in_hw[1]
+        return sp.csr_matrix((B.data, (B.row, first.columns[B.col])), shape=(B.shape[0], n)), 2
+    return None
+
+
+#: a block's columns of a whole-field map are kept dense above this fraction of non-zero entries, sparse below
+BLOCK_DENSE_FRACTION = 0.1
+
+
+def block_columns(F, in_hw, x0, x1, y0, y1, dtype=np.float64):
+    """The columns of a whole-field map ``F`` (P, M N) (:func:`field_matrix`) of the fused pixels
+    ``[x0, x1) x [y0, y1)``, in their C order within that block: a (P, (x1 - x0) (y1 - y0)) matrix of ``dtype``
+    (dense above :data:`BLOCK_DENSE_FRACTION` non-zeros, CSR below), or None when the block holds none of the
+    map's non-zeros (the block adds nothing to the forward, and its adjoint is 0). So that ``F z = sum_blocks
+    block_columns(...) @ z_block`` and ``(F^T u)_block = block_columns(...)^T u``."""
+    N = int(in_hw[1])
+    cols = (np.arange(x0, x1)[:, None] * N + np.arange(y0, y1)[None, :]).ravel()
+    sub = F[:, cols]
+    if sub.nnz == 0:
+        return None
+    if sub.nnz > BLOCK_DENSE_FRACTION * sub.shape[0] * sub.shape[1]:
+        return np.ascontiguousarray(sub.toarray(), dtype=dtype)
+    return sub.astype(dtype).tocsr()

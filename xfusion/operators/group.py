@@ -25,7 +25,7 @@ Each group is the same linear map as its members (the stacked operator ``z -> (H
 :func:`group_models` finds the groups of a list of models; a solver evaluates a group with ``forward(z)`` (a list
 of the members' data arrays) and ``adjoint(us)`` (one cube) or ``adjoint_add(us, out)`` (``out`` plus it, in place
 when ``out`` is the caller's own array). In memory only (NumPy arrays): the Dask backend runs the members one by
-one (tiles have no block form there; see :mod:`xfusion.parallel_em`).
+one (a tile there: every pixel block's share of its footprint, :mod:`xfusion.backends.blockwise`).
 
 Measured (session 8, 72x72x400 mosaic scene, one BLAS thread, CPU ms per RL iteration with forward, data term,
 adjoint and sum, each timed in place; ``benchmarks/mosaic.py --sections profile``): pn + MOS1 + MOS2 16.5-17.8

@@ -305,7 +305,8 @@ class EnergyDependentSpatial:
         3x3 rebinning), and the forward reads the band's channels as a view (no weighted copy of the input)."""
         from .blocks import adjoint_block, forward_block
 
-        w, halo = self._w(z), (self.depth if fwd else self.adjoint_depth)
+        # the halo only for block forms: in memory the bands may be whole-field maps (a tile's footprint x PSF)
+        w, halo = self._w(z), ((self.depth if fwd else self.adjoint_depth) if block else None)
         out = None
         for op, (lo, hi), wb in zip(self.ops, self.ranges, w):
             if hi <= lo:
