@@ -194,11 +194,28 @@ def test_cli_fuses_three_inputs_and_fingerprints_all_of_them(small, tmp_path, ca
     assert "different inputs" in capsys.readouterr().err
 
 
+def _same_fit(dist, ref, n):
+    """``dist`` (on Dask) and ``ref`` (in memory) agree to 1e-5 of their largest values: flux, the ``n`` inputs'
+    predicted counts, the coverage map and how many inputs see each voxel."""
+    from xfusion.fuse import counts_of
+
+    assert dist.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
+
+    def rel(a, b):
+        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+    assert rel(dist.flux.values, ref.flux.values) <= 1e-5
+    for i in range(n):
+        for a, b in zip(counts_of(dist, i), counts_of(ref, i)):
+            assert rel(a.values, b.values) <= 1e-5, i
+    assert rel(dist.coverage.values, ref.coverage.values) <= 1e-5
+    np.testing.assert_array_equal(dist.n_inputs_seeing.values, ref.n_inputs_seeing.values)
+
+
 def test_more_than_two_inputs_on_dask_match_numpy(cluster):
     """pn + MOS1 (masked in part) + MOS2 + a Resolve-like image on the session LocalCluster == in memory: flux, every
     input's predicted counts and the coverage map (issue 18); a low-rank prior on Dask is refused."""
     from xfusion import scenes
-    from xfusion.fuse import counts_of
 
     obs, _ = scenes_mosaic.make_small(seed=3)
     _, y, _ = scenes.make("cluster_core", 3, counts=(2e5, 2e5), psf_pixels=1.0, response="gaussian",
@@ -213,16 +230,7 @@ def test_more_than_two_inputs_on_dask_match_numpy(cluster):
     chunked = [o.assign(counts=o.counts.chunk({"x": 2 if o is ins[2] else 12, "y": 2 if o is ins[2] else 12}))
                for o in ins]
     dist = cluster[1].compute(xfusion.fuse(*chunked, client=cluster[1], **opts)).result()
-    assert dist.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
-
-    def rel(a, b):
-        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-    assert rel(dist.flux.values, ref.flux.values) <= 1e-5
-    for i in range(len(ins)):
-        for a, b in zip(counts_of(dist, i), counts_of(ref, i)):
-            assert rel(a.values, b.values) <= 1e-5, i
-    assert rel(dist.coverage.values, ref.coverage.values) <= 1e-5
+    _same_fit(dist, ref, len(ins))
     assert dist.coverage.attrs["input_names"] == ref.coverage.attrs["input_names"]
     np.testing.assert_array_equal(dist.n_inputs_seeing.values, ref.n_inputs_seeing.values)
     with pytest.raises(NotImplementedError, match="full-cube regularizations"):
@@ -233,7 +241,6 @@ def test_mosaic_tiles_on_dask_match_numpy(cluster, small):
     """pn + two Resolve tiles (one with masked pixels and channels) + MOS1 + MOS2 on the session LocalCluster (counts
     chunked, the tiles' too) == in memory: flux, every input's predicted counts and the coverage map. The tiles'
     footprints act on the whole field: each pixel block adds its share (issue 18: tiles on Dask)."""
-    from xfusion.fuse import counts_of
 
     obs, _ = small
     keep = np.ones(obs["tile1"].counts.shape, bool)
@@ -247,17 +254,7 @@ def test_mosaic_tiles_on_dask_match_numpy(cluster, small):
     chunked = [o.assign(counts=o.counts.chunk({"pixel": 4} if "pixel" in o.counts.dims else {"x": 12, "y": 12}))
                for o in ins]
     dist = cluster[1].compute(xfusion.fuse(*chunked, client=cluster[1], **opts)).result()
-    assert dist.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
-
-    def rel(a, b):
-        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-    assert rel(dist.flux.values, ref.flux.values) <= 1e-5
-    for i in range(len(ins)):
-        for a, b in zip(counts_of(dist, i), counts_of(ref, i)):
-            assert rel(a.values, b.values) <= 1e-5, i
-    assert rel(dist.coverage.values, ref.coverage.values) <= 1e-5
-    np.testing.assert_array_equal(dist.n_inputs_seeing.values, ref.n_inputs_seeing.values)
+    _same_fit(dist, ref, len(ins))
 
 
 def test_predict_models_an_image_with_a_relative_psf_as_fuse_does(small):
