@@ -196,6 +196,17 @@ def test_top_level_help_and_version(capsys):
     assert main(["--version"]) == 0
 
 
+def test_python_dash_m_runs_the_command():
+    """``python -m xfusion`` is the ``xfusion`` command (where the console script is not on the PATH): same
+    version, and a usage error gives the usage exit code."""
+    import xfusion
+
+    ok = subprocess.run([sys.executable, "-m", "xfusion", "--version"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and xfusion.__version__ in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "xfusion", "fuse"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "usage: xfusion fuse" in bad.stderr
+
+
 def test_keyboard_interrupt_exit_130(toy_dir, tmp_path, capsys, monkeypatch):
     fuse_module = sys.modules["xfusion.fuse"]
 
