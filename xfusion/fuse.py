@@ -341,10 +341,19 @@ def _check_finite(sol, history, client=None):
             "can explain, or extreme exposures/areas; report it with the inputs if none applies")
 
 
-def _mark_unconstrained(ds, free):
+def _mark_unconstrained(ds, free, client=None):
     """Hold the voxels no data constrain at 0 in ``flux`` and report them (attr ``unconstrained_voxels``; with
-    any, a ``constrained`` mask variable)."""
+    any, a ``constrained`` mask variable). ``free``: per voxel or per channel, or the Dask solver's lazy per-voxel
+    mask (counted on ``client``, where it was persisted)."""
     shape = tuple(ds.sizes[d] for d in CUBE_DIMS)
+    if parallel.is_dask(free):  # the Dask solver's per-voxel mask: counted there, kept lazy
+        n_free = int(parallel.compute(free.sum(), client))
+        ds.attrs["unconstrained_voxels"] = int(np.prod(shape)) - n_free
+        if n_free == int(np.prod(shape)):
+            return ds
+        mask = xr.DataArray(free.rechunk(ds["flux"].data.chunks) if parallel.is_dask(ds["flux"]) else free,
+                            dims=CUBE_DIMS)
+        return _held_and_reported(ds, mask)
     free = np.asarray(free, bool)
     n_free = int(np.broadcast_to(free, shape).sum())
     n_out = int(np.prod(shape)) - n_free
@@ -358,6 +367,11 @@ def _mark_unconstrained(ds, free):
 
         chunks = ds["flux"].data.chunks if parallel.is_dask(ds["flux"]) else "auto"
         mask = xr.DataArray(da.broadcast_to(da.from_array(free), shape, chunks=chunks), dims=CUBE_DIMS)
+    return _held_and_reported(ds, mask)
+
+
+def _held_and_reported(ds, mask):
+    """``ds`` with ``flux`` 0 where ``mask`` (x, y, energy) is False, and the ``constrained`` variable."""
     ds["flux"] = ds["flux"].where(mask, 0).astype(np.float32).assign_attrs(ds["flux"].attrs)
     ds["constrained"] = mask.assign_attrs(
         units="1", long_name="True where some data constrain the flux; False voxels (zero sensitivity: zero area, "
@@ -876,8 +890,9 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
         got = [np.asarray(c, np.float64) for c in parallel.compute_many(
             [d.sum(axis=tuple(range(d.ndim - 1)), dtype=np.float64) for d in data + used], client)]
         totals, used = got[:len(data)], got[len(data):]
-        # per channel: vignetted weights enter through their mean over the pixels (> 0 where any pixel sees the
-        # channel; voxels no pixel sees get s = 0 and stay 0 in EM); counts a known background explains are allowed
+        # per channel (the checks): vignetted weights enter through their mean over the pixels (> 0 where any pixel
+        # sees the channel); the EM solver finds the voxels no input sees in its own sensitivity (free="sensitivity":
+        # held at 0 and reported, as in memory); counts a known background explains are allowed
         sens = sum(support_by_channel(m.per_channel(), n, e, c if m.background is None else np.where(
             m.background.sum(axis=tuple(range(m.background.ndim - 1))) > 0, 0.0, c))
             for m, n, e, c in zip(models, names, edges, used))
@@ -983,7 +998,7 @@ def _full_solver(problem, spec, method, params, start, init_record):
         solver = DaskEMProx(xd, yd, mx, my, psf, grid.attrs["spatial_factor"], reg, client,
                             layout=params["layout"], masks=masks[:2],
                             extras=[(d, m, w) for d, m, w in zip(problem.data[2:], problem.models[2:], masks[2:])],
-                            roles=_role_groups(grid, len(problem.models)))
+                            roles=_role_groups(grid, len(problem.models)), free="sensitivity")
         x0 = level if start is None else start_mod.cube_start(start, scale, level, method, dt, init_record)
     else:
         lik = PoissonLikelihood(problem.terms)
@@ -1003,6 +1018,8 @@ def _result(problem, solver, state, history, basis, params, n_iter, converged, e
     grid, (x_obs, y_obs) = problem.grid, problem.observations[:2]
     (mx, my), (xd, yd) = problem.models[:2], problem.data[:2]
     scale, client, free = problem.scale, problem.client, problem.free
+    if problem.use_dask and basis is None and getattr(solver, "free", None) is not None:
+        free = solver.free  # per voxel (a lazy bool cube), as in memory: voxels no input sees
     sol = solver.solution(state)
     _check_finite(sol, history, client)
     coeffs = sol if basis is not None else None
@@ -1054,7 +1071,7 @@ def _result(problem, solver, state, history, basis, params, n_iter, converged, e
             warnings.warn(f"FISTA's line search found no step satisfying its bound in {failures} of {n_iter} "
                           "iterations; the iterate was kept there (see the result attribute backtrack_failures). "
                           "Check the result, or use tol=None with fewer iterations", RuntimeWarning, stacklevel=3)
-    ds = _mark_unconstrained(ds, free)
+    ds = _mark_unconstrained(ds, free, client)
     if grid.attrs.get("spectral_unit") == "um":  # imager + IFU: data units, wavelength, margin cropped
         from .jwst import finish_result
 

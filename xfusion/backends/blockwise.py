@@ -365,6 +365,10 @@ class DaskBackend:
         like = next(a for a in args if isinstance(a, da.Array))
         return da.map_blocks(f, *args, dtype=like.dtype, meta=_meta(like.dtype))
 
+    def peak(self, x):
+        """Lazy largest value of ``x`` (a 0-d Dask array; 0 for an empty or all-negative ``x``, as in memory)."""
+        return da.maximum(da.max(x), 0.0)
+
     def total(self, f, *args):
         """Lazy sum over the blocks of ``f(*blocks)`` (a float per block, float64)."""
         args = [self._arg(a) for a in args]

@@ -9,6 +9,7 @@ A solver never touches arrays directly: it asks its backend to
   from ``total`` passed as numbers);
 * ``total(f, *args)``: the sum over the blocks of ``f(*blocks)`` (a float per block; on Dask a
   lazy scalar that ``map`` and ``finish`` accept, so a global sum needs no extra round trip);
+* ``peak(x)``: the largest value of ``x`` (0 for none; on Dask a lazy scalar that ``finish`` accepts);
 * ``normal(like, seed)``: standard-normal draws shaped (and on Dask chunked) like ``like`` (the noise
   probe of a prior with ``noise="propagated"``; the draws differ between backends);
 * ``statistics(reg, z[, noise])``: the regularizer's global statistics of ``z`` to be computed with the
@@ -79,6 +80,9 @@ class NumpyBackend:
 
     def total(self, f, *args):
         return f(*args)
+
+    def peak(self, x):
+        return float(np.max(x, initial=0.0))
 
     def normal(self, like, seed):
         return np.random.default_rng(seed).standard_normal(like.shape, dtype=np.float32).astype(like.dtype, copy=False)

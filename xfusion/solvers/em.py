@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..likelihood import ZERO_SUPPORT
 from .backend import NumpyBackend
 
 
@@ -172,6 +173,11 @@ def _rescaled(z, num, den):
     return np.multiply(z, np.float64(num / den), out=np.empty(z.shape, z.dtype), casting="same_kind")
 
 
+def _above(s, level):
+    """``s > level`` (bool)."""
+    return s > level
+
+
 def _clip_hold(z, free):
     """``max(z, 0)``, and 0 on the voxels no data constrain."""
     out = np.maximum(z, 0)
@@ -195,7 +201,9 @@ class EMProx:
     def __init__(self, likelihood, regularizer=None, free=None, backend=None, roles=None):
         """``free`` (bool, fused shape or broadcastable to it): voxels some data constrain (``s > 0``, see
         :func:`xfusion.likelihood.free_voxels`); the others are held at 0 (their EM step would be 0/0).
-        Default: all voxels, those with ``s = 0`` staying at 0 by themselves. ``backend``: where the
+        Default: all voxels, those with ``s = 0`` staying at 0 by themselves. ``"sensitivity"``: the voxels
+        :func:`~xfusion.likelihood.free_voxels` finds in this solver's own sensitivity ``s`` (on Dask: a bool cube
+        kept like the iterate, never gathered; so that voxels no input sees stay at 0 as in memory). ``backend``: where the
         arrays live (:mod:`xfusion.solvers.backend`; default in memory). ``roles``: None, or per term "spatial"
         (the sharp-spatial input and inputs on its pixels) or "spectral" (the others): with two or more "spatial"
         inputs the EM step is balanced (module notes; :attr:`weights`, None when not)."""
@@ -203,7 +211,10 @@ class EMProx:
         self.reg = regularizer
         self.B = backend or NumpyBackend()
         self.client = self.B.client
-        self.free = None if free is None or np.all(free) else np.asarray(free, bool)
+        by_sensitivity = isinstance(free, str) and free == "sensitivity"
+        if isinstance(free, str) and not by_sensitivity:
+            raise ValueError(f"free must be a bool array, None or 'sensitivity'; got {free!r}")
+        self.free = None if by_sensitivity or free is None or np.all(free) else np.asarray(free, bool)
         qs = []
         for t in likelihood.terms:
             w = t.weight if t.weight is not None else self.B.map(_ones, t.data)
@@ -217,6 +228,9 @@ class EMProx:
             if self.weights is not None:
                 q = self.B.map(_scaled, q, self.weights[i])
             s = q if s is None else self.B.map(np.add, s, q)
+        if by_sensitivity:  # free_voxels(s), on the backend: s above ZERO_SUPPORT of its peak
+            peak = self.B.finish({}, {"peak": self.B.peak(s)})["peak"]
+            self.free = self.B.persist(self.B.map(_above, s, ZERO_SUPPORT * peak))
         self.sens = self.B.persist(self.B.map(_safe, s, self.free))
         #: the prior's thresholds need the EM step's noise maps (``noise="propagated"``)
         self.noise_maps = regularizer is not None and bool(getattr(regularizer, "wants_noise", False))
