@@ -60,6 +60,20 @@ def test_over_the_memory_limit_dask_takes_the_recorded_fallback(small_toy, monke
     assert "IN_MEMORY_BYTES" in p["auto_tuning"]["method"]
 
 
+def test_a_mosaic_over_the_memory_limit_says_why_no_subfield(monkeypatch):
+    """pn + two Resolve tiles on Dask over the in-memory limit: no central sub-field is cut for tiles, the warning
+    says so, and the fit runs on Dask with the recorded fallback rules (no NaN)."""
+    from xfusion.scenes_mosaic import make_small
+
+    obs, _ = make_small(seed=3)
+    lazy = [obs[k].chunk() for k in ("pn", "tile1", "tile2")]
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", 1024)
+    with pytest.warns(UserWarning, match="not for detector-pixel tiles or more inputs"):
+        r = xfusion.fuse(*lazy, progress=False, max_iter=3)
+    assert r.attrs["backend"] == "dask" and _record(r)["auto_tuning"]["method"].startswith("fallback")
+    assert not np.isnan(np.asarray(r.flux.values)).any()
+
+
 def test_in_memory_copies_estimate_subfield_and_refuse(small_toy, monkeypatch):
     x, y, _ = small_toy
     xd, yd = _lazy(x, y)

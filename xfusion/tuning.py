@@ -1792,8 +1792,12 @@ def in_memory_copies(observations, client=None):
         # a centre brighter than the field can favour weaker regularization than the whole field needs
         warnings.warn(f"{note} (raise that limit to tune on the whole field)", UserWarning, stacklevel=_caller_level())
         return _loaded(sub, client), note
-    note = (f"Dask-backed data and {estimate}, more than {limit} (no central sub-field of two image inputs fits "
-            f"either): fuse a smaller field or band, or raise that limit")
+    from .observation import is_pixel_observation
+
+    why = ("no central sub-field of the two image inputs fits either" if len(observations) == 2 and not any(
+        is_pixel_observation(o) for o in observations) else "a central sub-field is cut only for two image inputs, "
+        "not for detector-pixel tiles or more inputs")
+    note = f"Dask-backed data and {estimate}, more than {limit} ({why}): fuse a smaller field or band, or raise that limit"
     # the fallback settings can cost several dB (docs/dask.rst): say so where the user sees it, not only in the record
     warnings.warn(f"'auto' settings not tuned: {note}; the pre-thinning rules are used instead", UserWarning,
                   stacklevel=_caller_level())
