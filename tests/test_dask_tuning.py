@@ -60,18 +60,28 @@ def test_over_the_memory_limit_dask_takes_the_recorded_fallback(small_toy, monke
     assert "IN_MEMORY_BYTES" in p["auto_tuning"]["method"]
 
 
-def test_a_mosaic_over_the_memory_limit_says_why_no_subfield(monkeypatch):
-    """pn + two Resolve tiles on Dask over the in-memory limit: no central sub-field is cut for tiles, the warning
-    says so, and the fit runs on Dask with the recorded fallback rules (no NaN)."""
-    from xfusion.scenes_mosaic import make_small
+def test_a_mosaic_too_large_is_tuned_on_its_central_subfield(monkeypatch):
+    """pn + four Resolve tiles on Dask, the whole field over the in-memory limit: the tuning runs on the central
+    sub-field (pn cropped, each tile keeping its detector pixels wholly inside the box), the fit on the whole field
+    on Dask with those settings (no NaN); with a limit no sub-field meets, the recorded fallback rules."""
+    from xfusion.scenes_mosaic import make_mosaic
 
-    obs, _ = make_small(seed=3)
-    lazy = [obs[k].chunk() for k in ("pn", "tile1", "tile2")]
-    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", 1024)
-    with pytest.warns(UserWarning, match="not for detector-pixel tiles or more inputs"):
-        r = xfusion.fuse(*lazy, progress=False, max_iter=3)
-    assert r.attrs["backend"] == "dask" and _record(r)["auto_tuning"]["method"].startswith("fallback")
+    obs, _ = make_mosaic("cluster_core", 3, size=(108, 40), counts=(3e5, 3e5), mos=False)
+    lazy = [o.chunk() for o in obs.values()]
+    need, _ = tuning._need(list(obs.values()))
+    sub = tuning._central_subfield(list(obs.values()), 0.75)
+    assert sub is not None and sub[0].sizes["x"] == 81 and len(sub) >= 2
+    for full, cut in zip(list(obs.values())[1:], sub[1:]):  # every kept tile pixel lies inside the crop
+        assert 0 < cut.sizes["pixel"] <= full.sizes["pixel"]
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", int(0.7 * need))
+    with pytest.warns(UserWarning, match="tuned in memory on its central"):
+        r = xfusion.fuse(*lazy, progress=False)
+    assert r.attrs["backend"] == "dask" and "central" in _record(r)["auto_tuning"]["in_memory"]
     assert not np.isnan(np.asarray(r.flux.values)).any()
+    monkeypatch.setattr(tuning, "IN_MEMORY_BYTES", 1024)
+    with pytest.warns(UserWarning, match="no central sub-field fits"):
+        r = xfusion.fuse(*lazy, progress=False, max_iter=3)
+    assert _record(r)["auto_tuning"]["method"].startswith("fallback")
 
 
 def test_in_memory_copies_estimate_subfield_and_refuse(small_toy, monkeypatch):
@@ -99,7 +109,9 @@ def test_in_memory_copies_estimate_subfield_and_refuse(small_toy, monkeypatch):
     with pytest.warns(UserWarning, match="raise that limit"):
         copies, note = tuning.in_memory_copies([xd, yd])
     assert copies is None
-    assert tuning._central_subfield([xd, yd, xd], 0.5) is None  # two image inputs only
+    # more image inputs: every one cropped to the same box (the two-input crop, for the same two)
+    two, three = tuning._central_subfield([xd, yd], 0.5), tuning._central_subfield([xd, yd, xd], 0.5)
+    assert len(three) == 3 and all(a.sizes == b.sizes for a, b in zip(two + [two[0]], three))
 
 
 def test_too_large_for_memory_is_tuned_on_the_central_subfield(small_toy, monkeypatch):

@@ -1730,26 +1730,12 @@ def _caller_level():
 SUBFIELD_MIN_PIXELS = 4
 
 
-def _need(observations):
-    """Estimated peak bytes of in-memory tuning (:data:`CUBE_COPIES` float32 fused cubes + 3x the observations)."""
-    grid = fusion_grid(*observations)
-    voxels = grid.sizes["x"] * grid.sizes["y"] * grid.sizes["energy"]
-    return CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations), (grid.sizes["x"], grid.sizes["y"])
-
-
-def _central_subfield(observations, fraction):
-    """Two image observations (pixel grids) cropped (lazily) to the central ``fraction`` of the sharp-spectral pixels
-    along x and y (at least :data:`SUBFIELD_MIN_PIXELS`), the sharp-spatial one to the same sky box (whole fine pixels
-    inside the kept coarse pixels); None when the crop would not be smaller, or for other than two image inputs
-    (detector-pixel observations, more inputs)."""
-    from .observation import is_pixel_observation
-
-    if len(observations) != 2 or any(is_pixel_observation(o) for o in observations):
-        return None
-    x_obs, y_obs, order = assign_roles(*observations)
+def _central_box(image, fraction):
+    """``(keep, box)``: the slices of the central ``fraction`` of ``image``'s pixels along x and y and their sky box
+    ``{axis: (low, high)}`` (arcsec, pixel edges); None when that would keep every pixel."""
     keep, box = {}, {}
     for d in ("x", "y"):
-        c = y_obs[d].values
+        c = image[d].values
         n = c.size
         m = min(n, max(SUBFIELD_MIN_PIXELS, int(np.floor(n * fraction))))
         if m >= n or n < 2:
@@ -1758,6 +1744,63 @@ def _central_subfield(observations, fraction):
         half = abs(float(c[1] - c[0])) / 2
         keep[d] = slice(a, a + m)
         box[d] = (min(c[a], c[a + m - 1]) - half, max(c[a], c[a + m - 1]) + half)
+    return keep, box
+
+
+def _central_subfield_many(observations, fraction, tiles):
+    """:func:`_central_subfield` for more than two inputs or detector-pixel tiles (``tiles``: which inputs are)."""
+    from .grid import footprint_geometry
+    from .observation import pixel_size
+    from .operators.footprint import detector_corners
+
+    images = [o for o, t in zip(observations, tiles) if not t]
+    if not images:
+        return None
+    coarse = max(images, key=pixel_size)
+    cut = _central_box(coarse, fraction)
+    if cut is None:
+        return None
+    keep, box = cut
+    out = []
+    for o, t in zip(observations, tiles):
+        if o is coarse:
+            out.append(o.isel(keep))
+        elif not t:
+            out.append(o.isel({d: np.nonzero((o[d].values > box[d][0]) & (o[d].values < box[d][1]))[0]
+                               for d in ("x", "y")}))
+        else:
+            (cx, cy), roll = footprint_geometry(coarse, o)
+            xy = detector_corners(o["det_x"].values, o["det_y"].values, pixel_size(o), roll, (cx, cy))
+            inside = np.all((xy[..., 0] >= box["x"][0]) & (xy[..., 0] <= box["x"][1]) & (xy[..., 1] >= box["y"][0])
+                            & (xy[..., 1] <= box["y"][1]), axis=1)
+            if inside.any():
+                out.append(o.isel(pixel=np.flatnonzero(inside)))
+    return out if len(out) >= 2 else None
+
+
+def _need(observations):
+    """Estimated peak bytes of in-memory tuning (:data:`CUBE_COPIES` float32 fused cubes + 3x the observations)."""
+    grid = fusion_grid(*observations)
+    voxels = grid.sizes["x"] * grid.sizes["y"] * grid.sizes["energy"]
+    return CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations), (grid.sizes["x"], grid.sizes["y"])
+
+
+def _central_subfield(observations, fraction):
+    """The observations cropped (lazily) to a central sky box: the central ``fraction`` of the pixels, along x and y
+    (at least :data:`SUBFIELD_MIN_PIXELS`), of the image with the largest pixels (two images: the sharp-spectral
+    one); every other image to the same box (whole pixels inside it); a detector-pixel tile to its pixels that lie
+    wholly inside the box (a tile with none is left out). None when the crop would not be smaller or keeps fewer
+    than two observations."""
+    from .observation import is_pixel_observation
+
+    tiles = [is_pixel_observation(o) for o in observations]
+    if len(observations) != 2 or any(tiles):
+        return _central_subfield_many(observations, fraction, tiles)
+    x_obs, y_obs, order = assign_roles(*observations)
+    cut = _central_box(y_obs, fraction)
+    if cut is None:
+        return None
+    keep, box = cut
     yc = y_obs.isel(keep)
     inside = {d: np.nonzero((x_obs[d].values > box[d][0]) & (x_obs[d].values < box[d][1]))[0] for d in ("x", "y")}
     xc = x_obs.isel(inside)
@@ -1770,9 +1813,9 @@ def in_memory_copies(observations, client=None):
     Returns ``(copies, note)``: ``copies`` is a list with every Dask-backed observation computed (on ``client`` when
     given; the caller's Datasets are left as they are, still lazy) and the others as given; ``note`` says what was
     estimated (``CUBE_COPIES`` x 4 bytes per fused voxel plus the observations' own bytes, three times: the data and
-    its two thinned halves). When the whole field does not fit, two image inputs are cropped to the central sub-field
-    that does (:func:`_central_subfield`, about ``0.9 sqrt(limit / estimate)`` of the sharp-spectral pixels per axis)
-    and ``copies`` holds the crops: the caller tunes on them and fits the whole field (a UserWarning says so; measured
+    its two thinned halves). When the whole field does not fit, the inputs are cropped to the central sub-field that
+    does (:func:`_central_subfield`, about ``0.9 sqrt(limit / estimate)`` of the coarsest image's pixels per axis; a
+    mosaic tile keeps its detector pixels inside it, session 24) and ``copies`` holds the crops: the caller tunes on them and fits the whole field (a UserWarning says so; measured
     in docs/dask.rst). Else ``copies`` is None and ``note`` says what to do (also given as a UserWarning)."""
     def size(v):
         return f"{v / 2 ** 30:.2f} GiB" if v >= 2 ** 30 else f"{v / 2 ** 20:.0f} MiB"
@@ -1782,7 +1825,7 @@ def in_memory_copies(observations, client=None):
     if need <= IN_MEMORY_BYTES:
         return _loaded(observations, client), f"Dask-backed data tuned in memory ({estimate})"
     limit = f"xfusion.tuning.IN_MEMORY_BYTES = {size(IN_MEMORY_BYTES)}"
-    # the whole field does not fit: tune on its centre, cropped to fit (two image inputs), fit all of it
+    # the whole field does not fit: tune on its centre, cropped to fit, fit all of it
     sub = _central_subfield(observations, 0.9 * math.sqrt(IN_MEMORY_BYTES / need))
     sub_need, sub_shape = _need(sub) if sub is not None else (None, None)
     if sub is not None and sub_need <= IN_MEMORY_BYTES:
@@ -1792,12 +1835,8 @@ def in_memory_copies(observations, client=None):
         # a centre brighter than the field can favour weaker regularization than the whole field needs
         warnings.warn(f"{note} (raise that limit to tune on the whole field)", UserWarning, stacklevel=_caller_level())
         return _loaded(sub, client), note
-    from .observation import is_pixel_observation
-
-    why = ("no central sub-field of the two image inputs fits either" if len(observations) == 2 and not any(
-        is_pixel_observation(o) for o in observations) else "a central sub-field is cut only for two image inputs, "
-        "not for detector-pixel tiles or more inputs")
-    note = f"Dask-backed data and {estimate}, more than {limit} ({why}): fuse a smaller field or band, or raise that limit"
+    note = (f"Dask-backed data and {estimate}, more than {limit} (no central sub-field fits either, or none keeps two "
+            f"inputs): fuse a smaller field or band, or raise that limit")
     # the fallback settings can cost several dB (docs/dask.rst): say so where the user sees it, not only in the record
     warnings.warn(f"'auto' settings not tuned: {note}; the pre-thinning rules are used instead", UserWarning,
                   stacklevel=_caller_level())
