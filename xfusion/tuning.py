@@ -1815,8 +1815,8 @@ def in_memory_copies(observations, client=None):
     estimated (``CUBE_COPIES`` x 4 bytes per fused voxel plus the observations' own bytes, three times: the data and
     its two thinned halves). When the whole field does not fit, the inputs are cropped to the central sub-field that
     does (:func:`_central_subfield`, about ``0.9 sqrt(limit / estimate)`` of the coarsest image's pixels per axis; a
-    mosaic tile keeps its detector pixels inside it, session 24) and ``copies`` holds the crops: the caller tunes on them and fits the whole field (a UserWarning says so; measured
-    in docs/dask.rst). Else ``copies`` is None and ``note`` says what to do (also given as a UserWarning)."""
+    mosaic tile keeps its detector pixels inside it, session 24) and ``copies`` holds the crops: the caller tunes on
+    them and fits the whole field (a UserWarning says so; measured in docs/dask.rst). Else ``copies`` is None and ``note`` says what to do (also given as a UserWarning)."""
     def size(v):
         return f"{v / 2 ** 30:.2f} GiB" if v >= 2 ** 30 else f"{v / 2 ** 20:.0f} MiB"
 
