@@ -141,7 +141,7 @@ def test_fuse_with_footprint_and_background():
 def test_detector_pixels_on_the_dask_path_equal_memory(background):
     """A detector-pixel Y (bare footprint, no PSF; with and without a known background) with Dask-backed counts,
     the X blocks smaller than the field: the block-wise fit (each block adds its share of the footprint) equals
-    the in-memory one."""
+    the in-memory one; the low-rank family is refused there with a message."""
     pytest.importorskip("dask.array")
     x, y, _ = _pixel_pair(background=background)
     assert ("background_rate" in y) == (background > 0)
@@ -152,6 +152,10 @@ def test_detector_pixels_on_the_dask_path_equal_memory(background):
     assert got.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
     f = np.asarray(got.flux.values)
     np.testing.assert_allclose(f, ref.flux.values, rtol=0, atol=1e-5 * float(ref.flux.max()))
+    # the low-rank family has no detector-pixel form on Dask: refused, saying what to do
+    with pytest.raises(NotImplementedError, match="low-rank family.*detector-pixel input"):
+        xfusion.fuse(x.chunk({"x": 6, "y": 6}), y.chunk(), regularization="lowrank", rank=2, max_iter=2,
+                     progress=False)
 
 
 def test_per_pixel_exposure_and_area():

@@ -870,6 +870,11 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
         yd = yd.rechunk((-1, -1) if yd.ndim == 2 else (bx // v, by // v, -1))
         masks = [o["mask"].data if "mask" in o else None for o in observations]
         if registry.regularization(regularization).family == registry.SUBSPACE:  # (masks refused there)
+            if yd.ndim == 2:
+                raise NotImplementedError(
+                    f"the low-rank family ({regularization!r}) on Dask does not take a detector-pixel input "
+                    f"('{names[1]}'): use regularization='wavelet2d1d' or 'none' on Dask, or load the observations "
+                    "into memory (.load()) and fuse without a client")
             terms = [parallel.DaskPoissonTerm(mx, xd, dt, client, mask=masks[0]),
                      parallel.DaskPoissonTerm(my, yd, dt, client, mask=masks[1])]
             xd, yd = terms[0].data, terms[1].data  # persisted: later passes do not re-read the stores
