@@ -1747,12 +1747,24 @@ def _central_box(image, fraction):
     return keep, box
 
 
-def _central_subfield_many(observations, fraction, tiles):
-    """:func:`_central_subfield` for more than two inputs or detector-pixel tiles (``tiles``: which inputs are)."""
+def _need(observations):
+    """Estimated peak bytes of in-memory tuning (:data:`CUBE_COPIES` float32 fused cubes + 3x the observations)."""
+    grid = fusion_grid(*observations)
+    voxels = grid.sizes["x"] * grid.sizes["y"] * grid.sizes["energy"]
+    return CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations), (grid.sizes["x"], grid.sizes["y"])
+
+
+def _central_subfield(observations, fraction):
+    """The observations cropped (lazily) to a central sky box: the central ``fraction`` of the pixels, along x and y
+    (at least :data:`SUBFIELD_MIN_PIXELS`), of the image with the largest pixels (two images: the sharp-spectral
+    one); every other image to the same box (whole pixels inside it); a detector-pixel tile to its pixels that lie
+    wholly inside the box (a tile with none is left out). None when the crop would not be smaller or keeps fewer
+    than two observations."""
     from .grid import footprint_geometry
-    from .observation import pixel_size
+    from .observation import is_pixel_observation, pixel_size
     from .operators.footprint import detector_corners
 
+    tiles = [is_pixel_observation(o) for o in observations]
     images = [o for o, t in zip(observations, tiles) if not t]
     if not images:
         return None
@@ -1776,35 +1788,6 @@ def _central_subfield_many(observations, fraction, tiles):
             if inside.any():
                 out.append(o.isel(pixel=np.flatnonzero(inside)))
     return out if len(out) >= 2 else None
-
-
-def _need(observations):
-    """Estimated peak bytes of in-memory tuning (:data:`CUBE_COPIES` float32 fused cubes + 3x the observations)."""
-    grid = fusion_grid(*observations)
-    voxels = grid.sizes["x"] * grid.sizes["y"] * grid.sizes["energy"]
-    return CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations), (grid.sizes["x"], grid.sizes["y"])
-
-
-def _central_subfield(observations, fraction):
-    """The observations cropped (lazily) to a central sky box: the central ``fraction`` of the pixels, along x and y
-    (at least :data:`SUBFIELD_MIN_PIXELS`), of the image with the largest pixels (two images: the sharp-spectral
-    one); every other image to the same box (whole pixels inside it); a detector-pixel tile to its pixels that lie
-    wholly inside the box (a tile with none is left out). None when the crop would not be smaller or keeps fewer
-    than two observations."""
-    from .observation import is_pixel_observation
-
-    tiles = [is_pixel_observation(o) for o in observations]
-    if len(observations) != 2 or any(tiles):
-        return _central_subfield_many(observations, fraction, tiles)
-    x_obs, y_obs, order = assign_roles(*observations)
-    cut = _central_box(y_obs, fraction)
-    if cut is None:
-        return None
-    keep, box = cut
-    yc = y_obs.isel(keep)
-    inside = {d: np.nonzero((x_obs[d].values > box[d][0]) & (x_obs[d].values < box[d][1]))[0] for d in ("x", "y")}
-    xc = x_obs.isel(inside)
-    return [xc, yc] if order == "ab" else [yc, xc]
 
 
 def in_memory_copies(observations, client=None):

@@ -450,10 +450,9 @@ class DaskBackend:
                          chunks=((P,), (K,)), dtype=x.dtype, meta=np.empty((0, 0), x.dtype))
             return y if ops is None else da.map_blocks(_rest_block, ops, False, y, dtype=x.dtype,
                                                        meta=np.empty((0, 0), x.dtype))
-        u = x.rechunk((-1,) * x.ndim)
+        u = x.rechunk((-1, -1))  # the (P, K) data in one chunk
         if ops is not None:
             u = da.map_blocks(_rest_block, ops, True, u, dtype=u.dtype, meta=np.empty((0, 0), u.dtype))
-        u = u.reshape(u.shape[0], -1).rechunk((-1, -1))
         chunks, K = self.chunks[:2], u.shape[1]
         mats = self._field_blocks(fm, chunks, u.dtype)
         ukey = next(iter(flatten(u.__dask_keys__())))
