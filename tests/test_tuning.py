@@ -405,6 +405,34 @@ def test_run_em_stops_a_hopeless_run_once_its_deviance_minimum_is_behind(small_t
     assert asked[0] == int(np.argmin(full[1:n + 1]) + 1)  # asked with the best iterate so far
 
 
+def test_run_em_patience_cuts_the_wait_past_the_minimum(small_toy):
+    """``_run_em(patience=p)`` (session 25): the run stops at the first iterate ``it`` with ``it - i >= max(past_min,
+    p * i)``, ``i`` the later of the deviance's and the squared error's minima so far; its curves are the start of the
+    patience-1 run's (the same iterates, fewer of them), and the thresholded candidate uses
+    :data:`xfusion.tuning.THRESHOLD_PATIENCE`."""
+    x, y, _ = small_toy
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+    reg = tuning._wavelet_reg({}, {"null_space": "threshold", "n_scales_1d": 2, "k": 1.0})
+    z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+    runs = {}
+    for p in (1.0, 0.35):
+        sq = []
+        _, curve, n, _ = tuning._run_em(sp, reg, z0, 80, None, past_min=2, sq=sq, patience=p)
+        runs[p] = (curve, sq, n)
+    (c1, q1, n1), (c2, q2, n2) = runs[1.0], runs[0.35]
+
+    def first_stop(c, q, p):
+        for it in range(1, len(c)):
+            i = max(int(np.argmin(c[:it + 1])), int(np.argmin(q[:it + 1])))
+            if it - i >= max(2, p * i):
+                return it
+        return None
+
+    assert n1 == first_stop(c1, q1, 1.0) and n2 == first_stop(c1, q1, 0.35)
+    assert n2 < n1 and c2 == c1[:n2 + 1] and q2 == q1[:n2 + 1]
+    assert 0 < tuning.THRESHOLD_PATIENCE < 1
+
+
 def test_select_cuts_only_runs_that_cannot_change_the_choice(small_toy):
     """By default ``select`` (session 12) does not run the thresholded candidate and plain RL when the summed
     sharp-spectral counts have no lines (the family prior then takes the zeroed ladder whatever they score), and
