@@ -842,7 +842,8 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     iterations like plain RL, so the iteration count is chosen like RL's: one scored run per split from the same
     warm start (``warm_iter`` EM iterations); since session 10 the best half-data iterate of the mean sharp-spectral
     held-out SQUARED error goes to all counts by :func:`sq_transfer` (warm-start iterations included; the run goes on
-    until that minimum and the deviance's are well behind), and the candidate is scored (against the other families)
+    until that minimum and the deviance's are well behind: the later one ``i`` by ``max(10, THRESHOLD_PATIENCE i)``
+    iterations, :data:`THRESHOLD_PATIENCE`), and the candidate is scored (against the other families)
     at the best iterate of its held-out deviance. Sessions 7-9 transferred the deviance's best iterate by
     :func:`threshold_transfer`: ``n_half``, or :data:`THRESHOLD_LINE_FACTOR` times it when the sharp-spectral held-out
     deviance is still falling after the sharp-spatial one's minimum and that minimum is not the first iterate after
