@@ -15,6 +15,8 @@
     python benchmarks/tuning.py ladder_rules a.jsonl,b.jsonl 0,1,3  # k / zeroed-count / family rules offline (fit set)
     python benchmarks/tuning.py null_factor 0,1,2 tune 48 small      # null bands at f x the threshold vs zeroed
     python benchmarks/tuning.py ladder_top 1,9 heldout 24 out.jsonl  # k rungs 12, 16 above 8: steps and outcomes
+    python benchmarks/tuning.py patience_data 0,1,2 tune 48 default out.jsonl  # thresholded runs, session-24 wait
+    python benchmarks/tuning.py patience_rules a.jsonl,b.jsonl   # shorter waits replayed exactly on those runs
 """
 from __future__ import annotations
 
@@ -1262,6 +1264,99 @@ def ladder_top(indices, split="heldout", n_suite=24, out=None, old=True):
             with open(out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
 
+
+def patience_data(indices, split="tune", n_suite=48, size="default", out=None):
+    """Record every thresholded half-data run of the default tuning (session 25, ``THRESHOLD_PATIENCE``) with the
+    session-24 wait (patience 1, i.e. ``max(10, i)`` past the later minimum ``i``): held-out deviance and
+    sharp-spectral squared error at every iterate, and the hopeless test's answer for EVERY best deviance iterate
+    (it depends on that iterate only), so that :func:`patience_rules` can cut the same runs by shorter waits exactly.
+    One JSON line per scene: the run(s), the chosen settings."""
+    orig_run, orig_step = tuning._run_em, tuning._ScoredEM.step
+    runs = []
+
+    def run_em(split_, reg, z0, max_iter, tol, *a, patience=1.0, hopeless=None, sq=None, **kw):
+        if sq is None or reg is None or kw.get("past_min") is None:  # the ladder, plain RL, warm starts
+            return orig_run(split_, reg, z0, max_iter, tol, *a, patience=patience, hopeless=hopeless, sq=sq, **kw)
+        rec = {"max_iter": max_iter, "past_min": kw["past_min"], "has_hopeless": hopeless is not None,
+               "hopeless": {}}
+        seen = {"best": math.inf, "it": 0}
+
+        def step(solver, state):
+            state = orig_step(solver, state)
+            seen["it"] += 1
+            if hopeless is not None and state["heldout"] < seen["best"]:
+                seen["best"] = state["heldout"]
+                rec["hopeless"][str(seen["it"])] = bool(hopeless({"z": state["z"], "score": state["heldout"],
+                                                                   "i": seen["it"]}))
+            return state
+
+        tuning._ScoredEM.step = step
+        try:
+            z, curve, it, ab = orig_run(split_, reg, z0, max_iter, tol, *a, patience=1.0, hopeless=hopeless, sq=sq,
+                                        **kw)
+        finally:
+            tuning._ScoredEM.step = orig_step
+        rec.update(curve=[float(v) for v in curve], sq=[float(v) for v in sq], it=it, abandoned=bool(ab))
+        runs.append(rec)
+        return z, curve, it, ab
+
+    specs = scenes.suite(split, n=n_suite)
+    tuning._run_em = run_em
+    try:
+        for i in indices:
+            x, y, _ = scenes.from_spec(specs[i], size=size)
+            runs.clear()
+            reg, ch, _ = tuning.resolve_auto(x, y, half_fit={})
+            row = {"index": i, "name": specs[i]["name"], "size": size, "regularization": reg, "choice": ch,
+                   "runs": list(runs)}
+            print(i, specs[i]["name"], reg, ch.get("null_space"), ch.get("max_iter"), [r["it"] for r in runs],
+                  flush=True)
+            if out:
+                with open(out, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+    finally:
+        tuning._run_em = orig_run
+
+
+def _patience_cut(rec, floor, c):
+    """Where :func:`xfusion.tuning._run_em` would stop the recorded run ``rec`` waiting ``max(floor, c i)`` past the
+    later minimum ``i`` (and asking the hopeless test on the same schedule): ``(iterate, why)``."""
+    curve, sq, checked = rec["curve"], rec["sq"], None
+    for it in range(1, len(curve)):
+        i_dev = int(np.argmin(curve[:it + 1]))
+        i_min = max(i_dev, int(np.argmin(sq[:it + 1])))
+        if it - i_min >= max(floor, c * i_min):
+            return it, "past_min"
+        b = int(np.argmin(curve[1:it + 1]) + 1)
+        if rec["has_hopeless"] and it - i_dev >= max(floor, c * i_dev) and b != checked:
+            checked = b
+            if rec["hopeless"][str(b)]:
+                return it, "hopeless"
+    return len(curve) - 1, "end of the recorded run"
+
+
+def patience_rules(paths, rules=((10, 1.0), (10, 0.5), (10, 0.35), (10, 0.25), (10, 0.0), (5, 0.35))):
+    """Replay :func:`patience_data` recordings under each wait ``max(floor, c i)``: the stage's steps saved and the
+    scenes whose fit would change (the run's best deviance iterate moves: its score and the family prior's standard
+    error; or, when the thresholded candidate is chosen, its squared-error iterate: its count)."""
+    rows = [json.loads(line) for p in paths for line in open(p)]
+    print(f"{len(rows)} scenes from {', '.join(paths)}")
+    for floor, c in rules:
+        total = saved = 0
+        changed = []
+        for r in rows:
+            for rec in r["runs"]:
+                if (floor, c) == (10, 1.0) and _patience_cut(rec, 10, 1.0)[0] != rec["it"]:
+                    raise RuntimeError(f"{r['name']}: the replay does not reproduce the recorded run")
+                it, _ = _patience_cut(rec, floor, c)
+                total, saved = total + rec["it"], saved + rec["it"] - it
+                old = (int(np.argmin(rec["curve"][1:]) + 1), int(np.argmin(rec["sq"][1:]) + 1))
+                new = (int(np.argmin(rec["curve"][1:it + 1]) + 1), int(np.argmin(rec["sq"][1:it + 1]) + 1))
+                if old[0] != new[0] or (old[1] != new[1] and r["choice"].get("null_space") == "threshold"):
+                    changed.append(f"{r['name'].split()[0]} {old}->{new}")
+        print(f"  wait max({floor}, {c:g} i): {total} steps, {saved} saved ({100 * saved / max(total, 1):.0f}%), "
+              f"fits changed: {len(changed)} {changed}")
+
 if __name__ == "__main__":
     if sys.argv[1] == "rl":
         rl()
@@ -1313,6 +1408,11 @@ if __name__ == "__main__":
         family_rules(sys.argv[2:])
     elif sys.argv[1] == "asam":  # python benchmarks/tuning.py asam 0,2,5,8,9,10,13 heldout 24
         asam_breakdown([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "patience_data":  # python benchmarks/tuning.py patience_data 0,1,2 tune 48 default out.jsonl
+        patience_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), sys.argv[5],
+                      out=sys.argv[6] if len(sys.argv) > 6 else None)
+    elif sys.argv[1] == "patience_rules":  # python benchmarks/tuning.py patience_rules a.jsonl,b.jsonl
+        patience_rules(sys.argv[2].split(","))
     elif sys.argv[1] == "guard_rules":  # python benchmarks/tuning.py guard_rules data.jsonl 0 48
         guard_rules(sys.argv[2], *[int(v) for v in sys.argv[3:5]])
     elif sys.argv[1] == "wavelet":
