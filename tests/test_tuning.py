@@ -433,6 +433,32 @@ def test_run_em_patience_cuts_the_wait_past_the_minimum(small_toy):
     assert 0 < tuning.THRESHOLD_PATIENCE < 1
 
 
+def test_thresholded_candidate_waits_threshold_patience_past_its_minimum(monkeypatch):
+    """``_tune_threshold`` runs with :data:`xfusion.tuning.THRESHOLD_PATIENCE` (session 25): with the session-24 wait
+    (1) the same run goes on longer and, on this scene (small tuning scene 0, whose squared-error minimum comes late),
+    ends at the same best iterates (the same setting and count)."""
+    from xfusion import scenes
+
+    x, y, _ = scenes.from_spec(scenes.suite("tune", n=48)[0], size="small")
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")
+    cand = {"k": 0.5, "n_scales_1d": 2}
+    steps = {}
+    real = tuning._run_em
+
+    def counting(*a, **kw):
+        out = real(*a, **kw)
+        if kw.get("sq") is not None:
+            steps[kw.get("patience", 1.0)] = out[2]
+        return out
+
+    monkeypatch.setattr(tuning, "_run_em", counting)
+    now = tuning._tune_threshold(sp, {}, cand)
+    monkeypatch.setattr(tuning, "THRESHOLD_PATIENCE", 1.0)
+    before = tuning._tune_threshold(sp, {}, cand)
+    assert set(steps) == {0.35, 1.0} and steps[0.35] < steps[1.0]
+    assert now[0] == before[0] and now[1] == before[1] and now[2] == before[2]
+
+
 def test_select_cuts_only_runs_that_cannot_change_the_choice(small_toy):
     """By default ``select`` (session 12) does not run the thresholded candidate and plain RL when the summed
     sharp-spectral counts have no lines (the family prior then takes the zeroed ladder whatever they score), and
