@@ -290,10 +290,16 @@ def support_by_channel(model, name, edges, channel_counts):
     return np.asarray(w * np.asarray(back, dtype=np.float64)[0], dtype=np.float64)
 
 
+def above_support(s, peak):
+    """``s > ZERO_SUPPORT peak`` (bool): where a sensitivity ``s`` is not zero, relative to its largest value
+    ``peak`` (the rule of :func:`free_voxels`; the EM solver applies it block by block on Dask)."""
+    return s > ZERO_SUPPORT * peak
+
+
 def free_voxels(sensitivity):
     """Fused voxels some flux can change the data of: ``s = sum_i H_i^T w_i > ZERO_SUPPORT max(s)``."""
     s = np.asarray(sensitivity)
-    return s > ZERO_SUPPORT * float(s.max(initial=0.0))
+    return above_support(s, float(s.max(initial=0.0)))
 
 
 def make_term(obs, model, dtype=np.float32):

@@ -90,7 +90,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..likelihood import ZERO_SUPPORT
+from ..likelihood import above_support
 from .backend import NumpyBackend
 
 
@@ -173,11 +173,6 @@ def _rescaled(z, num, den):
     return np.multiply(z, np.float64(num / den), out=np.empty(z.shape, z.dtype), casting="same_kind")
 
 
-def _above(s, level):
-    """``s > level`` (bool)."""
-    return s > level
-
-
 def _clip_hold(z, free):
     """``max(z, 0)``, and 0 on the voxels no data constrain."""
     out = np.maximum(z, 0)
@@ -228,9 +223,9 @@ class EMProx:
             if self.weights is not None:
                 q = self.B.map(_scaled, q, self.weights[i])
             s = q if s is None else self.B.map(np.add, s, q)
-        if by_sensitivity:  # free_voxels(s), on the backend: s above ZERO_SUPPORT of its peak
+        if by_sensitivity:  # free_voxels(s), on the backend
             peak = self.B.finish({}, {"peak": self.B.peak(s)})["peak"]
-            self.free = self.B.persist(self.B.map(_above, s, ZERO_SUPPORT * peak))
+            self.free = self.B.persist(self.B.map(above_support, s, peak))
         self.sens = self.B.persist(self.B.map(_safe, s, self.free))
         #: the prior's thresholds need the EM step's noise maps (``noise="propagated"``)
         self.noise_maps = regularizer is not None and bool(getattr(regularizer, "wants_noise", False))
