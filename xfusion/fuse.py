@@ -18,7 +18,7 @@ from .operators.model import build_model
 from . import parallel
 from . import start as start_mod
 from .regularizers import lowrank as lowrank_mod
-from .solvers.backend import blas_limited
+from .solvers.backend import fitting
 from .solvers.em import EMProx
 from .solvers.ista import ISTA
 from .solvers.loop import run
@@ -407,7 +407,7 @@ def _zero_result(problem, params, lowrank, elapsed):
     return ds
 
 
-@blas_limited
+@fitting
 def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1e-4, checkpoint=None,
          checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None,
          init=None, settings=None, **options) -> xr.Dataset:

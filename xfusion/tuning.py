@@ -176,7 +176,7 @@ from .observation import validate
 from .operators.model import build_model
 from .regularizers.shape import AUTO_PSEUDO_COUNTS
 from .regularizers.sparsity import Wavelet2D1D
-from .solvers.backend import blas_limited
+from .solvers.backend import fitting
 from .solvers.em import EMProx
 from .solvers.loop import stopping_rule
 
@@ -1309,7 +1309,7 @@ def _family_prior(split, cands, n_ladder, se):
 
 
 # ----------------------------------------------------------------------------- public
-@blas_limited
+@fitting
 def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, seed=0, fraction=0.5,
          max_iter=None, tol=1e-4, dtype="float32", select_null_space=False, include_rl=False,
          include_threshold=False, stop_zero=False, family_prior=False, complete=False, half_fit=None,

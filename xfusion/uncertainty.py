@@ -145,6 +145,7 @@ import numpy as np
 import xarray as xr
 
 from .io import zarr as xzarr
+from .solvers import heap
 
 __all__ = ["uncertainty", "bias_aware_view", "METHODS", "QUANTILES", "ML_SETTINGS"]
 
@@ -416,6 +417,7 @@ def _fingerprint(flux, models, counts, settings, method, seed, warm):
 
 
 # ------------------------------------------------------------------------------------------ main
+@heap.retained()
 def uncertainty(result, *observations, n=20, method="bootstrap", client=None, store=None, seed=0, regions=None,
                 warm="auto", max_iter="auto", covariance=True, bias_aware=False, progress=False) -> xr.Dataset:
     """Per-voxel and region errors of a fused cube from ``n`` refitted replicas (see the module docstring).

@@ -35,6 +35,8 @@ import functools
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from . import heap
+
 #: BLAS threads while xfusion fits or tunes (NumPy and Dask alike; the caller's setting is restored on
 #: return). The operators' dense products are small, so extra BLAS threads gain little when the cores are
 #: free and cost a lot when they are not (threads that wait for one another). Measured on the 2-core
@@ -45,11 +47,13 @@ from threadpoolctl import threadpool_limits
 BLAS_THREADS = 1
 
 
-def blas_limited(func):
-    """Decorator: run ``func`` with at most :data:`BLAS_THREADS` BLAS threads (``threadpoolctl``)."""
+def fitting(func):
+    """Decorator for the entry points that fit (``fuse``, ``tune``): run ``func`` with at most
+    :data:`BLAS_THREADS` BLAS threads (``threadpoolctl``) and with freed memory kept in the process
+    (:func:`xfusion.solvers.heap.retained`); the caller's settings are restored on return."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"), heap.retained():
             return func(*args, **kwargs)
     return wrapper
 

@@ -1,0 +1,68 @@
+"""What keeping freed memory in the process (``xfusion.solvers.heap``) saves, on suite scenes.
+
+Each (scene, mode, fit) runs in a fresh Python process, the environment variable ``XFUSION_RETAIN_MEMORY`` set to
+1 (the default: freed memory kept while xfusion fits) or 0 (glibc's own rule). Printed and written (JSON lines)
+per run: wall seconds, user and kernel CPU seconds, minor page faults, peak resident memory, iterations and the
+md5 of the delivered cube (the two modes must give the same cube: the setting changes no arithmetic).
+
+    python benchmarks/heap.py                          # point_sources/500018 (held out, 45x45x2400), fixed fit
+    python benchmarks/heap.py --fit default --indices 18,23 --json heap.jsonl
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import hashlib, json, resource, sys, time
+import numpy as np
+import xfusion
+from xfusion import scenes
+split, n, index, size, fit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+spec = scenes.suite(split, n)[index]
+x, y, _ = scenes.from_spec(spec, size=size)
+kw = {} if fit == "default" else {"regularization": "wavelet2d1d", "k": 1.0, "null_space": "zero"}
+r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+r = xfusion.fuse(x, y, progress=False, **kw)
+wall, r1 = time.perf_counter() - w0, resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"name": spec["name"], "index": index, "fit": fit, "wall": round(wall, 2),
+                  "user": round(r1.ru_utime - r0.ru_utime, 2), "sys": round(r1.ru_stime - r0.ru_stime, 2),
+                  "minflt": r1.ru_minflt - r0.ru_minflt, "maxrss_mb": round(r1.ru_maxrss / 1024),
+                  "iterations": int(r.attrs["iterations"]),
+                  "md5": hashlib.md5(np.ascontiguousarray(r["flux"].values).tobytes()).hexdigest()}))
+"""
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="heldout")
+    ap.add_argument("--n", type=int, default=24)
+    ap.add_argument("--indices", default="18")
+    ap.add_argument("--size", default="default")
+    ap.add_argument("--fit", default="fixed", choices=("fixed", "default"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    for index in [int(i) for i in args.indices.split(",")]:
+        runs = {}
+        for mode in ("0", "1"):
+            env = {**os.environ, "XFUSION_RETAIN_MEMORY": mode}
+            out = subprocess.run([sys.executable, "-c", CHILD, args.split, str(args.n), str(index), args.size,
+                                  args.fit], env=env, capture_output=True, text=True, check=True)
+            row = {**json.loads(out.stdout.strip().splitlines()[-1]), "retain": mode == "1",
+                   "load_after": round(os.getloadavg()[0], 2)}
+            runs[mode] = row
+            print(f"{row['name']:<45} {args.fit:<7} retain={mode}  wall {row['wall']:6.1f} s  user {row['user']:6.1f}"
+                  f"  sys {row['sys']:5.1f}  faults {row['minflt']:>8}  peak {row['maxrss_mb']:5d} MB"
+                  f"  {row['iterations']} it  md5 {row['md5'][:8]}", flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        same = runs["0"]["md5"] == runs["1"]["md5"]
+        print(f"  wall saved {100 * (1 - runs['1']['wall'] / runs['0']['wall']):.0f}%, same cube: {same}", flush=True)
+        if not same:
+            raise SystemExit("the two modes gave different cubes")
+
+
+if __name__ == "__main__":
+    main()
