@@ -3,7 +3,9 @@
 Run with ``python benchmarks/starlet.py [--repeat N]``.  Prints the machine,
 then the best and median wall time of the 1D, 2D and 2D-1D transforms on a
 ``(45, 45, 2400)`` cube in float32 and float64, plus one smoothing pass of
-the shifted-slice kernel against ``scipy.ndimage.correlate1d``.
+the shifted-slice kernel against ``scipy.ndimage.correlate1d``. Each transform runs with the compiled
+passes (:mod:`xfusion.regularizers.starlet_kernels`, when Numba is installed) and with NumPy's, inside
+:func:`xfusion.solvers.heap.retained` as in a fit.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 from scipy import ndimage
 
 from xfusion.regularizers import starlet as st
+from xfusion.regularizers import starlet_kernels
+from xfusion.solvers import heap
 
 SHAPE = (45, 45, 2400)
 N2D, N1D = 2, 3
@@ -48,7 +52,7 @@ def main() -> None:
     print(f"numpy {np.__version__}, python {platform.python_version()}")
     print(f"cube shape {SHAPE}, n_scales_2d={N2D}, n_scales_1d={N1D}, repeat={args.repeat}")
     print()
-    print(f"{'transform':<34}{'dtype':<9}{'best [ms]':>10}{'median [ms]':>13}{'out [MB]':>10}")
+    print(f"{'transform':<42}{'dtype':<9}{'best [ms]':>10}{'median [ms]':>13}{'out [MB]':>10}")
 
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -62,9 +66,14 @@ def main() -> None:
              lambda: st.starlet2d(cube[:, :, :10], N2D), None),
         ]
         for name, fn, ncopies in cases:
-            best, med = timeit(fn, args.repeat)
-            mb = f"{ncopies * cube.nbytes / 1e6:10.0f}" if ncopies else f"{'':10}"
-            print(f"{name:<34}{np.dtype(dtype).name:<9}{best * 1e3:10.2f}{med * 1e3:13.2f}{mb}")
+            for compiled in ([True, False] if starlet_kernels.available else [False]):
+                starlet_kernels.available = compiled
+                with heap.retained():
+                    best, med = timeit(fn, args.repeat)
+                mb = f"{ncopies * cube.nbytes / 1e6:10.0f}" if ncopies else f"{'':10}"
+                label = f"{name} [{'numba' if compiled else 'numpy'}]"
+                print(f"{label:<42}{np.dtype(dtype).name:<9}{best * 1e3:10.2f}{med * 1e3:13.2f}{mb}")
+            starlet_kernels.available = starlet_kernels._enabled()
 
     # one smoothing pass (taps 1 apart) along energy: kernel choice
     print()

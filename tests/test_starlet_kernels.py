@@ -1,0 +1,72 @@
+"""The compiled starlet passes (:mod:`xfusion.regularizers.starlet_kernels`) give the NumPy passes' numbers to the
+bit: transforms of every shape the kernels take (and of those they leave to NumPy), and the 2D-1D prior's prox."""
+import numpy as np
+import pytest
+
+from xfusion.regularizers import starlet, starlet_kernels
+from xfusion.regularizers.sparsity import Wavelet2D1D
+
+pytestmark = pytest.mark.skipif(not starlet_kernels.available,
+                                reason="Numba is not installed or XFUSION_NUMBA=0: the NumPy passes run alone")
+
+
+def _both(monkeypatch, f):
+    """``(compiled, numpy)`` results of ``f()``."""
+    fast = f()
+    with monkeypatch.context() as m:
+        m.setattr(starlet_kernels, "available", False)
+        slow = f()
+    return fast, slow
+
+
+def _same_bits(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes(), float(np.max(np.abs(a.astype(np.float64) - b)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (3, 2, 5), (5, 7, 9), (13, 4, 2), (20, 21, 300)])
+def test_transforms_equal_the_numpy_passes_to_the_bit(monkeypatch, dtype, shape):
+    z = (np.random.default_rng(7).random(shape) * 10 - 2).astype(dtype)
+    for j in (1, 3, 5):  # dilations up to 16 samples: beyond the short axes (repeated reflection)
+        _same_bits(*_both(monkeypatch, lambda: starlet.starlet1d(z, j)))
+        _same_bits(*_both(monkeypatch, lambda: starlet.starlet2d(z, j)))
+        _same_bits(*_both(monkeypatch, lambda: starlet.starlet2d1d(z, min(j, 2), j)))
+
+
+def test_non_contiguous_blocks_and_other_axes(monkeypatch):
+    z = np.random.default_rng(8).normal(size=(12, 10, 40)).astype(np.float32)
+    zt = z.transpose(1, 0, 2)  # a strided view
+    _same_bits(*_both(monkeypatch, lambda: starlet.starlet2d1d(zt, 2, 3)))
+    # axes the kernels do not take run in NumPy: still the same numbers
+    _same_bits(*_both(monkeypatch, lambda: starlet.starlet1d(z, 2, axis=0)))
+    _same_bits(*_both(monkeypatch, lambda: starlet.starlet2d(z, 2, axes=(1, 2))))
+
+
+def test_the_kernels_are_used_for_cubes(monkeypatch):
+    calls = []
+    for name in ("level_1d", "level_2d", "shrink_add"):
+        orig = getattr(starlet_kernels, name)
+        monkeypatch.setattr(starlet_kernels, name, lambda *a, _o=orig, _n=name: (calls.append(_n), _o(*a))[1])
+    z = np.random.default_rng(9).random((16, 16, 200)).astype(np.float32)
+    Wavelet2D1D(n_scales_2d=1, n_scales_1d=2, k=1.0).prox(z)
+    assert {"level_1d", "level_2d", "shrink_add"} <= set(calls)
+
+
+@pytest.mark.parametrize("null_space", ["zero", "threshold"])
+def test_prox_equals_the_numpy_prox_to_the_bit(monkeypatch, null_space):
+    rng = np.random.default_rng(10)
+    z = rng.gamma(2.0, 3.0, size=(24, 24, 400)).astype(np.float32)
+    reg = Wavelet2D1D(n_scales_2d=1, n_scales_1d=2, k=1.5, null_space=null_space)
+    (a, pa), (b, pb) = _both(monkeypatch, lambda: reg.prox(z, step=0.7, with_penalty=True))
+    _same_bits(a, b)
+    assert pa == pb
+
+
+def test_negative_threshold_refused(monkeypatch):
+    z = np.random.default_rng(11).random((16, 16, 200)).astype(np.float32)
+    reg = Wavelet2D1D(n_scales_2d=1, n_scales_1d=2, k=1.0)
+    for available in (True, False):
+        monkeypatch.setattr(starlet_kernels, "available", available)
+        with pytest.raises(ValueError, match="non-negative"):
+            reg.prox(z, step=-1.0)
