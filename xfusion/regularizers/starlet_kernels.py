@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 try:  # optional at import: without Numba the NumPy passes run (the same numbers, slower)
     from numba import njit
 except ImportError:  # pragma: no cover - exercised only without numba
     njit = None
 
-__all__ = ["available", "level_1d", "level_2d", "shrink_add"]
+__all__ = ["available", "level_1d", "level_2d", "shrink_add", "warm"]
 
 
 def _enabled() -> bool:
@@ -193,3 +195,26 @@ def level_2d(c, s, axes, nxt, w, s1, s2):
     _pass0(s1, s, s2)
     _pass1(s2, s, s1)
     _pass1_last(s1, s, nxt, nxt.dtype.type(1.0 / 256.0), c, w)
+
+
+def warm(dtypes=("float32", "float64")):
+    """Compile the kernels now for ``dtypes`` and for the array layouts fits meet (whole blocks, and blocks cut
+    along the energy axis: strided views), so that no compilation happens later in a timed call; returns the
+    seconds it took (0 when the kernels are not available). Numba compiles one version per combination of array
+    layouts and dtypes on first use; a fit compiles the ones it needs as it goes (a few seconds per process)."""
+    if not available:
+        return 0.0
+    import time
+
+    from . import starlet
+    from .sparsity import Wavelet2D1D
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for dt in dtypes:
+        for shape in ((8, 8, 64), (24, 24, 1200)):  # one block, and blocks cut along energy / rows (> 2 MiB)
+            z = rng.random(shape).astype(dt)
+            starlet.starlet2d1d(z, 2, 3)
+            for null_space in ("zero", "threshold"):
+                Wavelet2D1D(n_scales_2d=1, n_scales_1d=2, null_space=null_space).prox(z)
+    return time.perf_counter() - t0
