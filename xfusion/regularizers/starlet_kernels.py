@@ -55,6 +55,13 @@ if njit is not None:
         i = i % (2 * n)
         return 2 * n - 1 - i if i >= n else i
 
+    @njit(inline="always", nogil=True)
+    def _tap(left, right, c):
+        """``((left + right) + c) + c``: NumPy's 3-tap pass for one element, its roundings in its order."""
+        v = left + right
+        v = v + c
+        return v + c
+
     @_jit
     def _pass0(src, s, out):
         """One 3-tap pass along axis 0 of a 3D block."""
@@ -63,10 +70,7 @@ if njit is not None:
             il, ir = _refl(i - s, n), _refl(i + s, n)
             for y in range(ny):
                 for e in range(nl):
-                    c = src[i, y, e]
-                    v = src[il, y, e] + src[ir, y, e]
-                    v = v + c
-                    out[i, y, e] = v + c
+                    out[i, y, e] = _tap(src[il, y, e], src[ir, y, e], src[i, y, e])
 
     @_jit
     def _pass1(src, s, out):
@@ -76,10 +80,7 @@ if njit is not None:
             for i in range(n):
                 il, ir = _refl(i - s, n), _refl(i + s, n)
                 for e in range(nl):
-                    c = src[x, i, e]
-                    v = src[x, il, e] + src[x, ir, e]
-                    v = v + c
-                    out[x, i, e] = v + c
+                    out[x, i, e] = _tap(src[x, il, e], src[x, ir, e], src[x, i, e])
 
     @_jit
     def _pass1_last(src, s, out, scale, prev, w):
@@ -90,11 +91,7 @@ if njit is not None:
             for i in range(n):
                 il, ir = _refl(i - s, n), _refl(i + s, n)
                 for e in range(nl):
-                    c = src[x, i, e]
-                    v = src[x, il, e] + src[x, ir, e]
-                    v = v + c
-                    v = v + c
-                    v = v * scale
+                    v = _tap(src[x, il, e], src[x, ir, e], src[x, i, e]) * scale
                     out[x, i, e] = v
                     w[x, i, e] = prev[x, i, e] - v
 
@@ -106,22 +103,13 @@ if njit is not None:
         for x in range(nx):
             for y in range(ny):
                 for i in range(lo):
-                    c = src[x, y, i]
-                    v = src[x, y, _refl(i - s, n)] + src[x, y, _refl(i + s, n)]
-                    v = v + c
-                    out[x, y, i] = v + c
+                    out[x, y, i] = _tap(src[x, y, _refl(i - s, n)], src[x, y, _refl(i + s, n)], src[x, y, i])
                 left, right = src[x, y, lo - s:hi - s], src[x, y, lo + s:hi + s]
                 mid, o = src[x, y, lo:hi], out[x, y, lo:hi]
                 for k in range(hi - lo):  # interior: offsets as views (no negative-index test in the loop)
-                    c = mid[k]
-                    v = left[k] + right[k]
-                    v = v + c
-                    o[k] = v + c
+                    o[k] = _tap(left[k], right[k], mid[k])
                 for i in range(hi, n):
-                    c = src[x, y, i]
-                    v = src[x, y, _refl(i - s, n)] + src[x, y, _refl(i + s, n)]
-                    v = v + c
-                    out[x, y, i] = v + c
+                    out[x, y, i] = _tap(src[x, y, _refl(i - s, n)], src[x, y, _refl(i + s, n)], src[x, y, i])
 
     @_jit
     def _pass2_last(src, s, out, scale, prev, w):
@@ -131,29 +119,19 @@ if njit is not None:
         for x in range(nx):
             for y in range(ny):
                 for i in range(lo):
-                    c = src[x, y, i]
-                    v = src[x, y, _refl(i - s, n)] + src[x, y, _refl(i + s, n)]
-                    v = v + c
-                    v = (v + c) * scale
+                    v = _tap(src[x, y, _refl(i - s, n)], src[x, y, _refl(i + s, n)], src[x, y, i]) * scale
                     out[x, y, i] = v
                     w[x, y, i] = prev[x, y, i] - v
                 left, right = src[x, y, lo - s:hi - s], src[x, y, lo + s:hi + s]
                 mid, o, p, q = src[x, y, lo:hi], out[x, y, lo:hi], prev[x, y, lo:hi], w[x, y, lo:hi]
                 for k in range(hi - lo):
-                    c = mid[k]
-                    v = left[k] + right[k]
-                    v = v + c
-                    v = (v + c) * scale
+                    v = _tap(left[k], right[k], mid[k]) * scale
                     o[k] = v
                     q[k] = p[k] - v
                 for i in range(hi, n):
-                    c = src[x, y, i]
-                    v = src[x, y, _refl(i - s, n)] + src[x, y, _refl(i + s, n)]
-                    v = v + c
-                    v = (v + c) * scale
+                    v = _tap(src[x, y, _refl(i - s, n)], src[x, y, _refl(i + s, n)], src[x, y, i]) * scale
                     out[x, y, i] = v
                     w[x, y, i] = prev[x, y, i] - v
-
 
     @_jit
     def _shrink_add(band, th, out, mag):
