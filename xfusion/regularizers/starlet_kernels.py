@@ -13,7 +13,7 @@ of the 2D one 14. The kernels here do one level's work in 2 (1D) or 4 (2D) loops
 
 each result rounded to the array's dtype as NumPy rounds it (float32 stays float32; only additions,
 one exact power-of-two product and one subtraction: no fused multiply-add can change them). So the
-coefficients are equal to the bit (``tests/test_starlet.py`` checks it on float32 and float64 blocks,
+coefficients are equal to the bit (``tests/test_starlet_kernels.py`` checks it on float32 and float64 blocks,
 every axis, dilations larger than the axis). The speed-up is measured in ``benchmarks/starlet.py``.
 
 The kernels release the GIL and run on the caller's thread (the starlet's block pool keeps its
