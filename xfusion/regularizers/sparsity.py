@@ -478,15 +478,12 @@ class Wavelet2D1D:
         starts = range(0, n, APPLY_ROWS)
         pens = [0.0] * len(starts)  # per block, summed in block order (deterministic whatever the threads do)
 
-        fast = (_kernels.available and out.ndim == 3 and out.dtype in (np.float32, np.float64)
-                and all(b.dtype == out.dtype for b, _ in bands))
+        fast = _kernels.takes(out, *(b for b, _ in bands))
 
         def task(i, rows):
             o, tmp, pen = out[rows], None, 0.0
             for band, th in bands:
                 if fast:  # the same numbers in one pass (starlet_kernels.shrink_add)
-                    if th < 0:
-                        raise ValueError("thresh must be non-negative")
                     tmp = np.empty(o.shape, o.dtype) if tmp is None else tmp
                     _kernels.shrink_add(band[rows], th, o, tmp)
                 else:

@@ -253,17 +253,10 @@ def _blocks(shape, itemsize, skip_axes, ncoef=1):
     return ca, [slice(edges[i], edges[i + 1]) for i in range(nblk) if edges[i + 1] > edges[i]]
 
 
-def _compiled(src, out, last_axis_only):
-    """Whether the compiled passes (:mod:`.starlet_kernels`, the same numbers) take this block: a 3D block of one
-    floating dtype, the axis to smooth the last one (1D) or the two first (2D)."""
-    return (_kernels.available and src.ndim == 3 and src.dtype == out.dtype
-            and src.dtype in (np.float32, np.float64) and last_axis_only)
-
-
 def _st1d_block(src, out, J, axis) -> None:
     """1D transform of ``src`` into ``out[0..J]`` (``src`` may be ``out[0]``)."""
     scratch = np.empty(src.shape, dtype=out.dtype)
-    fast = _compiled(src, out, axis == src.ndim - 1)
+    fast = axis == src.ndim - 1 and _kernels.takes(src, out[0])  # compiled passes (.starlet_kernels)
     c = src
     for j in range(J):
         nxt = out[j + 1]
@@ -278,7 +271,7 @@ def _st1d_block(src, out, J, axis) -> None:
 def _st2d_block(src, out, J, axes) -> None:
     s1 = np.empty(src.shape, dtype=out.dtype)
     s2 = np.empty(src.shape, dtype=out.dtype)
-    fast = _compiled(src, out, tuple(axes) == (0, 1))
+    fast = tuple(axes) == (0, 1) and _kernels.takes(src, out[0])
     c = src
     for j in range(J):
         nxt = out[j + 1]

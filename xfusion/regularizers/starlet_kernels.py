@@ -37,7 +37,7 @@ try:  # optional at import: without Numba the NumPy passes run (the same numbers
 except ImportError:  # pragma: no cover - exercised only without numba
     njit = None
 
-__all__ = ["available", "level_1d", "level_2d", "shrink_add", "warm"]
+__all__ = ["available", "takes", "level_1d", "level_2d", "shrink_add", "warm"]
 
 
 def _enabled() -> bool:
@@ -45,6 +45,13 @@ def _enabled() -> bool:
 
 
 available = _enabled()
+
+
+def takes(*arrays) -> bool:
+    """Whether the kernels take these blocks: available, and all 3D arrays of one dtype, float32 or float64."""
+    dt = arrays[0].dtype
+    return (available and dt in (np.float32, np.float64)
+            and all(a.ndim == 3 and a.dtype == dt for a in arrays))
 
 if njit is not None:
     _jit = njit(nogil=True, cache=False)
@@ -153,7 +160,10 @@ if njit is not None:
 
 def shrink_add(band, th, out, mag):
     """``band -= clip(band, -th, th)`` (in place), ``out += band``, ``mag = |band|`` on 3D blocks of one dtype, ``th``
-    a number >= 0: the values of ``np.clip``, ``-=``, ``np.abs`` and ``+=`` to the bit."""
+    a number >= 0 (else ``ValueError``, as NumPy's path): the values of ``np.clip``, ``-=``, ``np.abs`` and ``+=`` to
+    the bit."""
+    if th < 0:
+        raise ValueError("thresh must be non-negative")
     _shrink_add(band, band.dtype.type(th), out, mag)
 
 
