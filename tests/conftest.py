@@ -67,21 +67,42 @@ def local_cluster():
     c.close()
 
 
+def _stopped_nannies(c):
+    """Names of the cluster's nannies that closed (a nanny whose worker restart failed closes itself and never
+    starts another worker; its error is logged at ERROR level, hidden here by silence_logs=40)."""
+    from distributed.core import Status
+
+    return [n for n, w in c.workers.items() if w.status in (Status.closing, Status.closed, Status.failed)]
+
+
 @pytest.fixture
 def cluster(local_cluster):
     """``(cluster, client)``: the session's LocalCluster with both workers up (a worker killed by an earlier test is
-    back), or a new one when it does not come back."""
+    back), or a new one as soon as a nanny is seen closed (or after 60 s)."""
+    import time
+
     c, client = local_cluster["pair"]
-    try:
-        client.wait_for_workers(2, timeout=60)
-    except TimeoutError:
-        # seen in session 26, in the full suite only (2 runs of 3; never with test_parallel.py alone): the nanny of
-        # the worker SIGKILLed by test_parallel's kill tests stopped instead of starting a new worker, and scaling
-        # the cluster back to 2 brought a worker in 1 of 3 tries. A new cluster always starts.
-        client.close()
-        c.close()
-        local_cluster["pair"] = _start_cluster()
-        local_cluster["pair"][1].wait_for_workers(2, timeout=120)
+    # seen in session 26 in the full suite (3 runs of 4; not in 5 full runs of session 27 with the nanny's logs kept):
+    # the nanny of the worker SIGKILLed by test_parallel's kill tests stopped instead of starting a new worker.
+    # Hypothesis (not proven): the restarted worker registered before the scheduler, its event loop stalled, had
+    # dropped the killed one, and was refused as a duplicate name; a nanny whose restart fails closes itself.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.wait_for_workers(2, timeout=1)
+            return local_cluster["pair"]
+        except TimeoutError:
+            stopped = _stopped_nannies(c)
+            if stopped or time.monotonic() > deadline:
+                break
+    import warnings
+
+    warnings.warn(f"session LocalCluster replaced: nannies {stopped} closed, "
+                  f"{len(client.scheduler_info()['workers'])} of 2 workers up")
+    client.close()
+    c.close()
+    local_cluster["pair"] = _start_cluster()
+    local_cluster["pair"][1].wait_for_workers(2, timeout=120)
     return local_cluster["pair"]
 
 

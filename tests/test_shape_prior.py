@@ -80,11 +80,11 @@ def test_shrink_ladder_equals_the_prior_of_each_pseudo_count():
 
     z, _ = _cube(2)
     total = float(z.sum(dtype=np.float64))
-    cubes = shrink_ladder(z, total, (10.0, 1e3, 1e5))
+    cubes = dict(shrink_ladder(z, total, (10.0, 1e3, 1e5)))
     assert list(cubes) == [10.0, 1e3, 1e5]
     for n0, c in cubes.items():  # the starlet levels shared, each result the prior's own (float64)
         np.testing.assert_array_equal(c, SpectralShape(n0, total).prox(z.astype(np.float64)))
-    assert not np.any(shrink_ladder(np.zeros_like(z), total, (1e3,))[1e3])  # nothing to shrink
+    assert not np.any(dict(shrink_ladder(np.zeros_like(z), total, (1e3,)))[1e3])  # nothing to shrink
 
 
 @pytest.mark.parametrize("index, expect", [(7, "more"), (4, "anchor"), (19, "long")])

@@ -70,3 +70,17 @@ def test_negative_threshold_refused(monkeypatch):
         monkeypatch.setattr(starlet_kernels, "available", available)
         with pytest.raises(ValueError, match="non-negative"):
             reg.prox(z, step=-1.0)
+
+
+def test_shape_prior_ladder_equals_the_numpy_shrinkage_to_the_bit(monkeypatch):
+    from xfusion.regularizers.shape import SpectralShape, shrink_ladder
+
+    z = np.random.default_rng(5).gamma(0.5, 3.0, (11, 9, 140))
+    z[2, 3] = 0.0  # an empty pixel: a flat shape
+    for n_scales in (1, 2, 3):
+        fast, slow = _both(monkeypatch, lambda: dict(shrink_ladder(z, 1e6, (10.0, 1e3, 3e7), n_scales=n_scales)))
+        assert list(fast) == list(slow)
+        for n0 in fast:
+            _same_bits(fast[n0], slow[n0])
+    prior = SpectralShape(300.0, 1e6)
+    _same_bits(*_both(monkeypatch, lambda: prior.prox(z.astype(np.float32))))  # the fit's prox (float32 cube)

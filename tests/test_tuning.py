@@ -55,6 +55,43 @@ def test_deviance_is_zero_at_the_data_and_positive_elsewhere():
     assert tuning.deviance(d, np.array([1.0, 0.0, 1.0, 1.0])) == np.inf  # counts where the model is 0
 
 
+def _deviance_formula(d, m, mask=None):
+    """The deviance as written: ``2 sum [m - d + d log(d/m)]`` with 0 where d = 0, inf where m <= 0 < d."""
+    d, m = np.asarray(d, dtype=np.float64), np.asarray(m, dtype=np.float64)
+    if mask is not None:
+        d, m = d[mask], m[mask]
+    pos = d > 0
+    if np.any(m[pos] <= 0):
+        return np.inf
+    m = np.maximum(m, 0.0)
+    return float(2.0 * np.sum(m - d + np.where(pos, d * np.log(np.where(pos, d, 1.0) / np.where(pos, m, 1.0)), 0.0)))
+
+
+def test_deviance_scored_many_times_gives_the_formula_to_the_bit():
+    # the held-out part is scored at every iterate with what depends on the data found once (tuning._Deviance):
+    # the same float as the formula, for count and model dtypes, masks, empty voxels, zero and negative models
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        shape = tuple(rng.integers(1, 30, size=3))
+        lam = float(rng.choice([0.02, 0.5, 5.0, 500.0]))
+        d = rng.poisson(lam, shape).astype([np.float32, np.float64, np.int64][trial % 3])
+        m = rng.gamma(1.0, lam, shape).astype([np.float32, np.float64][trial % 2])
+        if trial % 5 == 0:
+            m[rng.random(shape) < 0.1] = 0.0
+        if trial % 11 == 0:
+            m[rng.random(shape) < 0.1] = -1.0
+        mask = rng.random(shape) < 0.7 if trial % 4 == 0 else None
+        dev = tuning._Deviance(d, mask)
+        for model in (m, m * 1.5):
+            want, got = _deviance_formula(d, model, mask), dev(model)
+            assert got == want or (np.isinf(got) and np.isinf(want)), (trial, got, want)
+    d = np.array([0.0, 2.0, -0.0])  # a negative zero in the data: the explicit 0 path, same value
+    assert tuning._Deviance(d)(np.ones(3)) == _deviance_formula(d, np.ones(3))
+    model = np.ones(3)
+    tuning._Deviance(d)(model)
+    assert np.array_equal(model, np.ones(3))  # the model is not written
+
+
 #: a coarse k grid at the default null-space treatment (what thinning chooses by default)
 GRID = [{"null_space": tuning.NULL_SPACE_DEFAULT[0], "n_scales_1d": tuning.NULL_SPACE_DEFAULT[1], "k": k}
         for k in (0.25, 1.0, 3.0)]

@@ -375,17 +375,39 @@ def deviance(data, model, mask=None) -> float:
     ``data`` and ``model`` are arrays of the same shape (counts); ``mask`` (bool, optional)
     keeps only the True voxels.
     """
-    d = np.asarray(data, dtype=np.float64)
-    m = np.asarray(model, dtype=np.float64)
-    if mask is not None:
-        keep = np.asarray(mask, dtype=bool)
-        d, m = d[keep], m[keep]
-    pos = d > 0
-    if np.any(m[pos] <= 0):
-        return math.inf
-    m = np.maximum(m, 0.0)
-    dl = np.where(pos, d * np.log(np.where(pos, d, 1.0) / np.where(pos, m, 1.0)), 0.0)
-    return float(2.0 * np.sum(m - d + dl))
+    return _Deviance(data, mask)(model)
+
+
+class _Deviance:
+    """:func:`deviance` against fixed ``data`` (and ``mask``) for any number of models: where the data are > 0 is
+    found once, as the held-out part B is scored at every iterate. The same operations as the formula, element by
+    element and in its order, so the same float (the counts enter as float64, an exact conversion, as they did): for
+    a voxel without counts ``d log(d/m)`` is taken as ``0 * log(1) = 0`` (data >= 0; other data keep the explicit 0).
+    Holds a view of ``data`` (a copy of the kept voxels with a mask) and one bool per voxel."""
+
+    def __init__(self, data, mask=None):
+        d = np.asarray(data)
+        self.keep = None if mask is None else np.asarray(mask, dtype=bool)
+        self.d = d[self.keep] if self.keep is not None else d
+        self.pos = self.d > 0
+        self.zeros = bool(np.all((self.d == 0) | self.pos))  # else the explicit 0 where not > 0
+
+    def __call__(self, model) -> float:
+        m = np.array(model, dtype=np.float64)  # a copy: written below
+        if self.keep is not None:
+            m = m[self.keep]
+        if np.any((m <= 0) & self.pos):
+            return math.inf
+        np.maximum(m, 0.0, out=m)
+        dl = np.where(self.pos, m, 1.0)
+        np.divide(self.d, dl, out=dl, where=self.pos)  # d / m where d > 0, 1 elsewhere
+        np.log(dl, out=dl)
+        np.multiply(self.d, dl, out=dl)
+        if not self.zeros:
+            dl = np.where(self.pos, dl, 0.0)
+        np.subtract(m, self.d, out=m)
+        np.add(m, dl, out=m)
+        return float(2.0 * np.sum(m))
 
 
 # ----------------------------------------------------------------------------- one split
@@ -416,6 +438,7 @@ class _Split:
         self.masks = masks
         self.terms = [PoissonTerm(m, a["counts"].values, k, self.dtype) for m, a, k in zip(ms, self.parts, masks)]
         self.held = [b["counts"].values for _, b in pairs]
+        self._deviance = [_Deviance(h, k) for h, k in zip(self.held, masks)]
         # which observations are sharp in energy (the sharp-spectral one, and further inputs on its channels or
         # detector-pixel tiles) and which sharp in space (the sharp-spatial one and inputs on its pixels)
         roles = {r["input"]: r["role"] for r in json.loads(self.grid.attrs.get("roles", "[]"))}
@@ -435,7 +458,7 @@ class _Split:
         """Held-out deviance of part B of each observation for part-A model counts ``models`` (model order)."""
         if len(models) != len(self.held):
             raise ValueError(f"{len(models)} predicted count cubes for {len(self.held)} held-out observations")
-        return [deviance(h, self.ratio * m, k) for h, m, k in zip(self.held, models, self.masks)]
+        return [dev(self.ratio * m) for dev, m in zip(self._deviance, models)]
 
     def sq_error_parts(self, models, which=None):
         """Held-out squared error ``sum_v (d_v - r m_v)**2`` (counts**2) of part B of the observations ``which``
@@ -456,7 +479,7 @@ class _Split:
         """Held-out deviance of part B (all instruments) for part-A model counts ``models`` (model order)."""
         if len(models) != len(self.held):
             raise ValueError(f"{len(models)} predicted count cubes for {len(self.held)} held-out observations")
-        return sum(deviance(h, self.ratio * m, k) for h, m, k in zip(self.held, models, self.masks))
+        return sum(dev(self.ratio * m) for dev, m in zip(self._deviance, models))
 
     def score(self, z):
         return self.score_models(_predicted(self, z))  # expected: H z + B
@@ -1647,14 +1670,13 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
         res = fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
         z, source = np.asarray(res["flux"].transpose("x", "y", "energy").values, dtype=np.float64) * sp.scale, "a fit"
     counts = float(sum(np.sum(t.data, dtype=np.float64) for t in sp.terms))
-    cubes = shrink_ladder(z, counts, SHAPE_LADDER)
-    models = {n0: _predicted(sp, c.astype(sp.dtype)) for n0, c in cubes.items()}
+    models = {n0: _predicted(sp, c.astype(sp.dtype)) for n0, c in shrink_ladder(z, counts, SHAPE_LADDER)}
     dev = [sp.score_models(m) for m in models.values()]
-    best = list(cubes)[int(np.argmin(dev))]
+    best = list(models)[int(np.argmin(dev))]
     pairs = [_paired_difference(sp, None, None, models=(models[SHAPE_ANCHOR], m)) for m in models.values()]
-    gain = pairs[list(cubes).index(best)]
+    gain = pairs[list(models).index(best)]
     n0 = best if gain[0] > SHAPE_MARGIN * math.sqrt(gain[1]) else SHAPE_ANCHOR
-    rec = {"method": "poisson thinning", "pseudo_counts": list(cubes), "heldout_deviance": [round(d, 3) for d in dev],
+    rec = {"method": "poisson thinning", "pseudo_counts": list(models), "heldout_deviance": [round(d, 3) for d in dev],
            "gain_over_anchor": [round(d, 3) for d, _ in pairs], "se": [round(math.sqrt(v), 3) for _, v in pairs],
            "anchor": SHAPE_ANCHOR, "margin": SHAPE_MARGIN, "half_data_iterations": n_half, "half_data_cube": source,
            "choice": n0}

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import starlet_kernels
 from .starlet import starlet2d
 
 #: pseudo-counts n0 of ``regularization="auto"`` in sessions 8-19 (module notes; fitted on tuning seeds only); since
@@ -106,24 +107,35 @@ class _Hierarchy:
 
 
 def _shrink(h, n0):
-    """``F_p s_0(p)`` of the module notes for pseudo-counts ``n0`` on a :class:`_Hierarchy`."""
+    """``F_p s_0(p)`` of the module notes for pseudo-counts ``n0`` on a :class:`_Hierarchy`: one compiled pass per
+    level (:func:`~xfusion.regularizers.starlet_kernels.shape_level`, the same numbers) when it takes the cubes."""
     s = h.coarsest
+    if h.fine and starlet_kernels.takes(s, h.totals, *(a for level in h.fine for a in level)):
+        out = np.empty_like(s)
+        for j, (u, n) in enumerate(h.fine):
+            starlet_kernels.shape_level(u, n, n0, s if j == 0 else out, h.totals if j == len(h.fine) - 1 else None,
+                                        out)
+        return out
     for u, n in h.fine:
         s = (n * u + n0 * s) / (n + n0)
     return h.totals * s
 
 
 def shrink_ladder(z, counts, pseudo_counts, n_scales=N_SCALES):
-    """``z`` (x, y, energy; any non-negative units) through the prior of each of ``pseudo_counts`` (photons):
-    ``{n0: cube}`` (float64), the starlet levels computed once. ``counts``: total photons of every input (the
-    cube is returned unchanged when it or the cube's total is 0). Each cube equals
-    ``SpectralShape(n0, counts, n_scales).prox(z)`` (in float64)."""
+    """``z`` (x, y, energy; any non-negative units) through the prior of each of ``pseudo_counts`` (photons): yields
+    ``(n0, cube)`` (float64) in that order, the starlet levels computed once and each cube when it is asked for (one
+    in memory at a time if the caller lets it go). ``counts``: total photons of every input (the cube comes back
+    unchanged when it or the cube's total is 0). Each cube equals ``SpectralShape(n0, counts, n_scales).prox(z)``
+    (in float64)."""
     z, _, inner = _as_cube(z, 0)
     total = float(np.sum(z, dtype=np.float64))
     if not (total > 0 and counts > 0):
-        return {float(n0): z.copy() for n0 in pseudo_counts}
+        for n0 in pseudo_counts:
+            yield float(n0), z.copy()
+        return
     h = _Hierarchy(z, int(n_scales), inner, counts / total)
-    return {float(n0): _shrink(h, float(n0)) for n0 in pseudo_counts}
+    for n0 in pseudo_counts:
+        yield float(n0), _shrink(h, float(n0))
 
 
 class SpectralShape:
