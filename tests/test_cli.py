@@ -223,9 +223,10 @@ def test_keyboard_interrupt_exit_130(toy_dir, tmp_path, capsys, monkeypatch):
     assert "--checkpoint" in _err(capsys)
 
 
-@pytest.mark.parametrize("how", ["dask", "scheduler"])
+@pytest.mark.parametrize("how", ["dask", "scheduler", "retained"])
 def test_fuse_out_of_core_and_on_a_scheduler(toy_dir, fused, tmp_path, how, request):
-    """--dask (lazy inputs, threads) and --scheduler ADDRESS (the session's LocalCluster) write the same cube as in
+    """--dask (lazy inputs, threads) and --scheduler ADDRESS (the session's LocalCluster; also with
+    --retain-worker-memory, after which the workers have their own settings back) write the same cube as in
     memory."""
     import numpy as np
     import xarray as xr
@@ -235,12 +236,24 @@ def test_fuse_out_of_core_and_on_a_scheduler(toy_dir, fused, tmp_path, how, requ
     if how == "dask":
         assert main(args + ["--dask"]) == 0
     else:
-        cluster = request.getfixturevalue("cluster")[0]
-        assert main(args + ["--scheduler", cluster.scheduler_address]) == 0
+        cluster, client = request.getfixturevalue("cluster")
+        more = ["--retain-worker-memory"] if how == "retained" else []
+        assert main(args + ["--scheduler", cluster.scheduler_address] + more) == 0
+        from xfusion.solvers import heap
+
+        assert not any(client.run(heap.active).values())
     got, ref = xr.open_zarr(out, consolidated=False), xr.open_zarr(fused, consolidated=False)
     assert got.attrs["backend"] == "dask" and ref.attrs["backend"] == "numpy"
     a, b = got.flux.values, ref.flux.values
     assert float(np.abs(a - b).max()) <= 1e-5 * float(np.abs(b).max())
+
+
+def test_retain_worker_memory_needs_a_scheduler(toy_dir, tmp_path, capsys):
+    out = tmp_path / "o.zarr"
+    args = ["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--no-progress"] + PINNED
+    assert main(args + ["--retain-worker-memory"]) == 3
+    assert "give --scheduler" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_plot_output_that_is_a_file_exit_3(fused, tmp_path, capsys):

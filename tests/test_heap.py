@@ -6,6 +6,7 @@ skip with another C library or a glibc older than 2.33.
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 import pytest
@@ -91,3 +92,32 @@ def test_fuse_runs_with_memory_kept_and_gives_the_same_cube(monkeypatch, small_t
     assert seen and all(not active and grown >= BIG for active, grown in seen)
     np.testing.assert_array_equal(kept["flux"].values, plain["flux"].values)
     assert not heap.active()
+
+
+def _worker_mmaps_big_blocks():
+    return _mmapped_by(BIG) >= BIG
+
+
+def test_dask_workers_keep_freed_memory_only_when_asked_and_get_their_settings_back(cluster, monkeypatch):
+    _mallinfo()  # skips without glibc >= 2.33
+    _, client = cluster
+    assert all(client.run(_worker_mmaps_big_blocks).values())  # distributed's own setting: mmapped, given back
+    with heap.retained(client=client):
+        assert heap.active() and all(client.run(heap.active).values())
+        assert not any(client.run(_worker_mmaps_big_blocks).values())  # served from the heap, kept
+        with heap.retained(client=client):  # re-entrant on the workers too
+            pass
+        assert all(client.run(heap.active).values())
+    assert not heap.active() and not any(client.run(heap.active).values())
+    assert all(client.run(_worker_mmaps_big_blocks).values())
+    # each worker gets distributed's trim threshold back (its environment: 64 KiB), not glibc's default (64 MiB): a
+    # 16 MiB block (from the heap, below the 32 MiB mmap threshold left) is given back when freed
+    assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {"65536"}
+    assert not any(client.run(_worker_keeps_a_freed_heap_block).values())
+
+
+def _worker_keeps_a_freed_heap_block():
+    before = _mallinfo().fordblks
+    a = np.ones(16 * 2 ** 20 // 8)
+    del a
+    return _mallinfo().fordblks - before >= 8 * 2 ** 20

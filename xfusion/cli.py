@@ -253,7 +253,10 @@ def cmd_fuse(args):
     from .fuse import fuse
 
     from .checkpoints import CheckpointError, ZarrCheckpoint, describe
+    from .solvers import heap
 
+    if getattr(args, "retain_worker_memory", False) and not args.scheduler:
+        raise InputError("--retain-worker-memory applies to the workers of a Dask cluster: give --scheduler too")
     kw, options = _fuse_settings(args)
     inputs = (args.a, args.b, *(args.more or ()))
     seen = {}
@@ -285,9 +288,10 @@ def cmd_fuse(args):
         kw["client"] = client
     args._checkpoint = kw.get("checkpoint")
     try:
-        result = fuse(*observations, progress=not args.no_progress, **kw, **options)
-        # a lazy result is computed chunk by chunk, on the client's cluster
-        _write(result, args.output, client, inputs=inputs, overwrite=overwrite)
+        with heap.retained(client=client if getattr(args, "retain_worker_memory", False) else None):
+            result = fuse(*observations, progress=not args.no_progress, **kw, **options)
+            # a lazy result is computed chunk by chunk, on the client's cluster
+            _write(result, args.output, client, inputs=inputs, overwrite=overwrite)
     finally:
         if client is not None:
             client.close()
@@ -564,6 +568,10 @@ def build_parser():
                    help="address of a Dask distributed scheduler (e.g. tcp://host:8786) to run on; the "
                         "workers read the input stores (shared file system) and the fused cube is written "
                         "chunk by chunk")
+    f.add_argument("--retain-worker-memory", action="store_true",
+                   help="with --scheduler: the workers keep freed memory while this run lasts (faster "
+                        "iterations; each worker holds about its peak working set, which distributed's memory "
+                        "monitor counts: use where workers have room; see xfusion.solvers.heap)")
     f.add_argument("--dask", action="store_true",
                    help="out of core on this machine: open the inputs lazily with their stored Zarr chunks "
                         "and run block-wise with Dask's threads (bounded memory for large fields; settings "

@@ -23,6 +23,16 @@ as its own dynamic rule leaves a process that has freed a large block: mmap thre
 threshold 64 MiB, mmap allowed. Nothing else changes: the arithmetic is the same, so results are
 identical. With another C library (musl, macOS, Windows), or with the environment variable
 ``XFUSION_RETAIN_MEMORY=0``, it does nothing.
+
+Dask workers
+------------
+distributed starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` on purpose: freed memory goes back to the
+system at once, so its memory monitor (spill at 60% of ``memory_limit``, pause at 80%, restart at 95%) reads what a
+worker really holds. They pay the same page faults (session 26, ``s26/dask_heap.py``: 20 iterations of a 45x45x2400
+scene on a 2-worker LocalCluster in 16.0-22.7 s, 12.6-13.4 s with freed memory kept). So xfusion leaves workers
+alone unless asked: ``with heap.retained(client=client): xfusion.fuse(x, y, client=client)`` (or the CLI's
+``--retain-worker-memory``) keeps it on every worker for the block, for whatever runs there, then restores their
+settings and trims. Use it where workers have room: each keeps about its peak working set for the block.
 """
 from __future__ import annotations
 
@@ -40,8 +50,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 #: free bytes at the heap's top above which glibc gives memory back during a fit (the largest ``int``)
 TRIM_BYTES = 2 ** 31 - 1
 #: what the outermost exit leaves: glibc's dynamic rule at its ceiling (DEFAULT_MMAP_THRESHOLD_MAX, twice it, its
-#: default count of mmapped blocks)
+#: default count of mmapped blocks), or the process's own ``MALLOC_*_`` environment settings where it has them (a
+#: Dask worker: distributed sets ``MALLOC_TRIM_THRESHOLD_`` for its memory monitor)
 _AFTER = {_M_MMAP_THRESHOLD: 32 * 2 ** 20, _M_TRIM_THRESHOLD: 64 * 2 ** 20, _M_MMAP_MAX: 65536}
+_ENV = {_M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_", _M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_",
+        _M_MMAP_MAX: "MALLOC_MMAP_MAX_"}
 
 _lock = threading.Lock()
 _depth = 0
@@ -70,14 +83,19 @@ def _enabled() -> bool:
 
 
 def active() -> bool:
-    """True while a :func:`retained` block runs with glibc and the setting enabled."""
+    """True while a :func:`retained` block runs in this process with glibc and the setting enabled."""
     return _applied
 
 
-@contextlib.contextmanager
-def retained():
-    """Run the block with freed memory kept in the process (module notes); re-entrant and thread-safe (the
-    settings are process-wide: they hold from the first entry to the last exit of any thread)."""
+def _after(param):
+    try:
+        return int(os.environ[_ENV[param]])
+    except (KeyError, ValueError):
+        return _AFTER[param]
+
+
+def _enter():
+    """One entry: the first keeps freed memory (returns whether it is kept in this process)."""
     global _depth, _applied
     with _lock:
         _depth += 1
@@ -86,14 +104,45 @@ def retained():
             libc = _glibc()
             libc.mallopt(_M_MMAP_MAX, 0)
             libc.mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES)
+        return _applied
+
+
+def _exit():
+    """One exit: the last restores glibc's settings and gives the free memory back (a process never entered, e.g. a
+    Dask worker started during the block, is left alone)."""
+    global _depth, _applied
+    with _lock:
+        if _depth == 0:
+            return
+        _depth -= 1
+        if _depth == 0 and _applied:
+            _applied = False
+            libc = _glibc()
+            for param in _AFTER:
+                libc.mallopt(param, _after(param))
+            libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def retained(client=None):
+    """Run the block with freed memory kept in the process (module notes); re-entrant and thread-safe (the
+    settings are process-wide: they hold from the first entry to the last exit of any thread).
+
+    ``client`` (a ``dask.distributed.Client``, opt-in): the cluster's workers keep theirs too while the block runs
+    (each worker as this process: ``XFUSION_RETAIN_MEMORY`` as set there, glibc only), and on exit they get their own
+    settings back (distributed's ``MALLOC_TRIM_THRESHOLD_``) and return the free memory. Mind distributed's memory
+    monitor: it reads a worker's resident memory, which then includes the memory kept, so a worker near its
+    ``memory_limit`` spills, pauses or restarts sooner (module notes, "Dask workers")."""
+    _enter()
+    on_workers = False
     try:
+        if client is not None:
+            client.run(_enter)
+            on_workers = True
         yield
     finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0 and _applied:
-                _applied = False
-                libc = _glibc()
-                for param, value in _AFTER.items():
-                    libc.mallopt(param, value)
-                libc.malloc_trim(0)
+        try:
+            if on_workers:
+                client.run(_exit, on_error="ignore")  # best effort: a worker lost meanwhile has nothing to undo
+        finally:
+            _exit()
