@@ -162,7 +162,6 @@ if njit is not None:
                     m[e] = abs(k)
                     o[e] = o[e] + k
 
-
     @_jit
     def _shape_level(u, n, n0, s, t, out):
         """``(n u + n0 s) / (n + n0)`` per element (``n``, ``t`` per pixel: shape (x, y, 1)), times ``t`` when ``t``
@@ -181,6 +180,7 @@ if njit is not None:
                 else:
                     for e in range(nl):
                         ox[e] = (nn * ux[e] + n0 * sx[e]) / den
+
 
 def shrink_add(band, th, out, mag):
     """``band -= clip(band, -th, th)`` (in place), ``out += band``, ``mag = |band|`` on 3D blocks of one dtype, ``th``

@@ -28,8 +28,9 @@ Dask workers
 ------------
 distributed starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` on purpose: freed memory goes back to the
 system at once, so its memory monitor (spill at 60% of ``memory_limit``, pause at 80%, restart at 95%) reads what a
-worker really holds. They pay the same page faults (session 26, ``s26/dask_heap.py``: 20 iterations of a 45x45x2400
-scene on a 2-worker LocalCluster in 16.0-22.7 s, 12.6-13.4 s with freed memory kept). So xfusion leaves workers
+worker really holds. They pay the same page faults (session 27, ``benchmarks/heap.py --fit dask``: 20 iterations
+of a 45x45x2400 scene on a 2-worker LocalCluster in 23.4-24.0 s, 14.2-16.8 s with freed memory kept, each worker's
+peak resident memory 620 -> 710-727 MB). So xfusion leaves workers
 alone unless asked: ``with heap.retained(client=client): xfusion.fuse(x, y, client=client)`` (or the CLI's
 ``--retain-worker-memory``) keeps it on every worker for the block, for whatever runs there, then restores their
 settings and trims. Use it where workers have room: each keeps about its peak working set for the block.
@@ -137,8 +138,8 @@ def retained(client=None):
     on_workers = False
     try:
         if client is not None:
+            on_workers = True  # before: a worker entered when another failed is still undone (never entered: no-op)
             client.run(_enter)
-            on_workers = True
         yield
     finally:
         try:
