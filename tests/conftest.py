@@ -1,3 +1,5 @@
+import collections
+import logging
 import os
 from pathlib import Path
 
@@ -45,11 +47,29 @@ def gaussian_rebin_toy():
     return toy.make("gaussian_rebin")
 
 
+class _Recent(logging.Handler):
+    """The last distributed ERROR records of this process (the nannies and the scheduler of a LocalCluster log
+    here), for the warning of :func:`cluster` when it replaces the cluster."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.lines = collections.deque(maxlen=8)
+
+    def emit(self, record):
+        self.lines.append(f"{record.name}: {record.getMessage()}"[:300])
+
+
+_RECENT = _Recent()
+
+
 def _start_cluster():
     import distributed
 
     c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                  silence_logs=40)
+    log = logging.getLogger("distributed")
+    if _RECENT not in log.handlers:  # added after the start: silence_logs mutes the handlers present then
+        log.addHandler(_RECENT)
     return c, distributed.Client(c, set_as_default=False)
 
 
@@ -98,7 +118,8 @@ def cluster(local_cluster):
     import warnings
 
     warnings.warn(f"session LocalCluster replaced: nannies {stopped} closed, "
-                  f"{len(client.scheduler_info()['workers'])} of 2 workers up")
+                  f"{len(client.scheduler_info()['workers'])} of 2 workers up; distributed's last errors: "
+                  f"{list(_RECENT.lines) or 'none'}")
     client.close()
     c.close()
     local_cluster["pair"] = _start_cluster()

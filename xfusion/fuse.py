@@ -499,6 +499,10 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         starlet halos and the memory per worker thread, ``_auto_chunks``); option ``layout``
         ("halo", default, or "rechunk") places the PSF operators of the full-cube path on the
         pixel blocks with halos or on full-field channel slabs (see ``DEFAULT_LAYOUT``).
+        The workers give freed memory back to the system (distributed's setting); to have
+        them keep it for a faster fit, run the call inside
+        ``xfusion.solvers.heap.retained(client=client)`` (opt-in: the memory kept counts
+        against each worker's ``memory_limit``).
     **options
         Options of the regularization and method; their defaults are in ``OPTION_DEFAULTS``
         and ``METHOD_OPTIONS``, unknown ones raise ``TypeError`` listing the valid ones. A
