@@ -1,6 +1,8 @@
 import collections
 import logging
 import os
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -99,8 +101,6 @@ def _stopped_nannies(c):
 def cluster(local_cluster):
     """``(cluster, client)``: the session's LocalCluster with both workers up (a worker killed by an earlier test is
     back), or a new one as soon as a nanny is seen closed (or after 30 s)."""
-    import time
-
     c, client = local_cluster["pair"]
     # seen in CI runs (`dev.py test`: -n 2 --dist loadfile) of sessions 26 (3 of 4) and 27: after test_parallel's
     # kill tests the SIGKILLed worker did not come back (session 27: its nanny not closed, no distributed ERROR
@@ -115,8 +115,6 @@ def cluster(local_cluster):
             stopped = _stopped_nannies(c)
             if stopped or time.monotonic() > deadline:
                 break
-    import warnings
-
     states = {n: (str(w.status), getattr(w.process, "status", None) and str(w.process.status),
                   w.process is not None and w.process.is_alive()) for n, w in c.workers.items()}
     warnings.warn(f"session LocalCluster replaced: nannies {stopped} closed, "

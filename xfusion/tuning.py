@@ -477,9 +477,7 @@ class _Split:
 
     def score_models(self, models):
         """Held-out deviance of part B (all instruments) for part-A model counts ``models`` (model order)."""
-        if len(models) != len(self.held):
-            raise ValueError(f"{len(models)} predicted count cubes for {len(self.held)} held-out observations")
-        return sum(dev(self.ratio * m) for dev, m in zip(self._deviance, models))
+        return sum(self.score_parts(models))
 
     def score(self, z):
         return self.score_models(_predicted(self, z))  # expected: H z + B
