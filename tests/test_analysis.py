@@ -117,8 +117,16 @@ def test_bad_input_messages():
         analysis.line_map(z, E0, **KW)
     bad = z.copy()
     bad[0, 0, 3] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="cube contains NaN"):
         analysis.line_map(bad, E0, energy_edges=EDGES, **KW)
+    # session 28: a variance with a NaN is named as such (was "cube contains NaN"), a negative one is refused (was:
+    # NaN errors on valid pixels with only RuntimeWarnings)
+    with pytest.raises(ValueError, match="variance contains NaN"):
+        analysis.line_map(z, E0, energy_edges=EDGES, variance=np.where(np.isnan(bad), np.nan, 1e-6), **KW)
+    neg = np.full(z.shape, 1e-6)
+    neg[0, 0, 370] = -1e-6
+    with pytest.raises(ValueError, match="variance contains negative values"):
+        analysis.line_map(z, E0, energy_edges=EDGES, variance=neg, **KW)
 
 
 def test_map_errors():

@@ -359,3 +359,20 @@ def test_cluster_whose_workers_cannot_start_is_refused_up_front():
                       silence_logs=50) as cluster, Client(cluster) as client:
         with pytest.raises(ValueError, match="memory_limit"):
             parallel.check_workers(client, timeout=3)
+
+
+@pytest.mark.parametrize("reg", ["none", "wavelet2d1d", "lowrank"])
+@pytest.mark.parametrize("value,msg", [(np.nan, "NaN or inf"), (np.inf, "NaN or inf"), (-50.0, "negative values")])
+def test_dask_counts_with_bad_values_are_refused_with_explicit_settings(small_toy, reg, value, msg):
+    """Session 28: validate leaves the value checks of Dask-backed counts to their first read; with explicit settings
+    (no tuning) that read is the problem's setup, which must refuse NaN/inf and negative counts as in memory (before:
+    NaN ended in a misleading 'step too large' error, negative counts in a silent result)."""
+    x, y, _ = small_toy
+    bad = x.copy(deep=True)
+    bad["counts"][7, 7, 3] = value
+    with pytest.raises(ValueError, match=re.escape(f"counts of '{x.attrs['name']}' contain {msg}")):
+        fz(bad.chunk({"x": 5}), y.chunk({"energy": 60}), reg)
+    ybad = y.copy(deep=True)
+    ybad["counts"][1, 1, 5] = value
+    with pytest.raises(ValueError, match=re.escape(f"counts of '{y.attrs['name']}' contain {msg}")):
+        fz(x.chunk({"x": 5}), ybad.chunk({"energy": 60}), reg)

@@ -59,8 +59,8 @@ _CUBE_DIMS = ("x", "y", "energy")
 _SQRT2PI = np.sqrt(2.0 * np.pi)
 
 
-def _as_cube(cube, energy_edges):
-    """(values float64 (x, y, energy), edges (L+1,), coords for 2D outputs)."""
+def _as_cube(cube, energy_edges, what="cube"):
+    """(values float64 (x, y, energy), edges (L+1,), coords for 2D outputs); ``what`` names it in errors."""
     if isinstance(cube, xr.Dataset):
         if "flux" not in cube.data_vars:
             raise ValueError("line_map needs a cube: a Dataset with a 'flux' variable (x, y, energy), a DataArray "
@@ -92,7 +92,7 @@ def _as_cube(cube, energy_edges):
     if edges.shape != (values.shape[-1] + 1,) or np.any(np.diff(edges) <= 0):
         raise ValueError(f"energy edges must be {values.shape[-1] + 1} strictly increasing values (keV)")
     if not np.all(np.isfinite(values)):
-        raise ValueError("cube contains NaN or inf; line_map does not patch them -- fix or mask the cube first")
+        raise ValueError(f"{what} contains NaN or inf; line_map does not patch them -- fix or mask the {what} first")
     return values, edges, coords
 
 
@@ -264,9 +264,13 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
     out["resolved"] = (("x", "y"), resolved.reshape(shape2), {"long_name": "width above the removed spread"})
 
     if variance is not None:
-        var, _, _ = _as_cube(variance, edges if not isinstance(variance, xr.DataArray) else None)
+        var, _, _ = _as_cube(variance, edges if not isinstance(variance, xr.DataArray) else None, "variance")
         if var.shape != values.shape:
             raise ValueError(f"variance has shape {var.shape}, cube {values.shape}")
+        if np.any(var < 0):
+            raise ValueError(f"variance contains negative values (min {var.min():.3g}); variances are >= 0 (give the "
+                             "variance of each voxel, e.g. uncertainty(...)['flux_std'] ** 2, not a difference of "
+                             "cubes)")
         vw = var.reshape(M * N, L)[:, win]
         Fs = np.where(ok, F, 1.0)
         # delta method: dF/dr_k = 1, dEc/dr_k = (E_k - Ec)/F, ds2/dr_k = ((E_k - Ec)^2 - s2_raw)/F

@@ -820,6 +820,18 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     return reg, max_iter, {**rest, **chosen}, record
 
 
+def _check_count_values(names, n_bad, minima):
+    """Refuse Dask-backed counts with NaN/inf or negative values (``n_bad``, ``minima``: per input, counted in the
+    pass that reads them first), as :func:`xfusion.observation.validate` refuses in-memory ones."""
+    for name, bad, low in zip(names, n_bad, minima):
+        if bad > 0:
+            raise ValueError(f"counts of '{name}' contain NaN or inf ({int(bad)} voxels); xfusion never patches them "
+                             "silently. Set those voxels to 0 and pass mask= (False where invalid) to exclude them "
+                             "from the fit")
+        if low < 0:
+            raise ValueError(f"counts of '{name}' contain negative values (min {float(low):g}); counts must be >= 0")
+
+
 @dataclass
 class _Problem:
     """Stage 1 of :func:`fuse`: everything that defines the problem, one entry per observation in each list
@@ -896,9 +908,12 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
         import dask.array as da
 
         used = [d if k is None else da.where(da.asarray(k).rechunk(d.chunks) > 0, d, 0) for d, k in zip(data, masks)]
+        n = len(data)  # in the same pass: the value checks validate leaves to the first read of Dask counts
         got = [np.asarray(c, np.float64) for c in parallel.compute_many(
-            [d.sum(axis=tuple(range(d.ndim - 1)), dtype=np.float64) for d in data + used], client)]
-        totals, used = got[:len(data)], got[len(data):]
+            [d.sum(axis=tuple(range(d.ndim - 1)), dtype=np.float64) for d in data + used]
+            + [(~da.isfinite(d)).sum() for d in data] + [da.where(da.isfinite(d), d, 0).min() for d in data], client)]
+        totals, used = got[:n], got[n:2 * n]
+        _check_count_values(names, got[2 * n:3 * n], got[3 * n:])
         # per channel (the checks): vignetted weights enter through their mean over the pixels (> 0 where any pixel
         # sees the channel); the EM solver finds the voxels no input sees in its own sensitivity (free="sensitivity":
         # held at 0 and reported, as in memory); counts a known background explains are allowed

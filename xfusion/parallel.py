@@ -110,6 +110,13 @@ def check_workers(client, timeout=10.0, busy=0.9):
                              f"{limit / 2**20:.0f} MiB before any fusion work: give workers more memory")
 
 
+def _block_constant(b):
+    """:func:`xfusion.likelihood.data_constant` of one block, as a (1, ..., 1) array; quiet on non-finite or negative
+    counts, which the problem's setup refuses by name right after (xfusion.fuse: the first read of Dask counts)."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return np.full((1,) * b.ndim, data_constant(b))
+
+
 class DaskPoissonTerm:
     """Poisson data term whose counts are a Dask array chunked (bx, by, full energy), persisted.
 
@@ -154,8 +161,7 @@ class DaskPoissonTerm:
         else:
             self.data, self.background = persist_many([d], client)[0], None
         d = self.data if self.weight is None else self.data * self.weight
-        consts = d.map_blocks(lambda b: np.full((1,) * b.ndim, data_constant(b)), dtype=np.float64,
-                              chunks=tuple((1,) * len(c) for c in d.chunks))
+        consts = d.map_blocks(_block_constant, dtype=np.float64, chunks=tuple((1,) * len(c) for c in d.chunks))
         self.constant = float(compute(consts.sum(), client))
 
     def _dw(self):
