@@ -167,3 +167,19 @@ def test_errors_from_replicas_match_the_scatter_and_the_delta_method():
         analysis.line_map(est, E0, energy_edges=EDGES, replicas=reps[:1], **KW)
     with pytest.raises(ValueError, match="not both"):
         analysis.line_map(est, E0, energy_edges=EDGES, replicas=reps, variance=reps[0], **KW)
+
+
+def test_energies_as_quantities():
+    """Session 28: line_energy, window, continuum and lsf_sigma may be astropy Quantities (in any energy unit, also
+    inside tuples); the maps equal those from plain keV; a non-energy unit is refused by name."""
+    u = pytest.importorskip("astropy.units")
+    vel, sig = np.array([[100.0, -200.0]]), np.array([[150.0, 300.0]])
+    z = _cube(vel, sig)
+    a = analysis.line_map(z, E0, energy_edges=EDGES, lsf_sigma=0.002, **KW)
+    (w0, w1), cont = KW["window"], KW["continuum"]
+    b = analysis.line_map(z, E0 * 1000 * u.eV, energy_edges=EDGES, lsf_sigma=2 * u.eV, window=(w0 * u.keV, w1 * u.keV),
+                          continuum=np.array(cont) * u.keV)
+    for v in ("flux", "velocity", "line_width"):
+        np.testing.assert_allclose(b[v].values, a[v].values, rtol=1e-12)
+    with pytest.raises(ValueError, match="line_energy is in s"):
+        analysis.line_map(z, 3 * u.s, energy_edges=EDGES, **KW)

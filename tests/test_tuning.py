@@ -43,8 +43,14 @@ def test_thinning_refuses_bad_input():
     with pytest.raises(ValueError, match="fraction must be"):
         tuning.thin(obs, fraction=1.0)
     frac = obs.assign(counts=obs["counts"] + 0.5)
-    with pytest.raises(ValueError, match="non-negative integers"):
+    with pytest.raises(ValueError, match="non-negative integers.*explicit settings"):
         tuning.thin(frac)
+    huge = obs.assign(counts=obs["counts"] * 1e35)  # session 28: was numpy's "n < 0" from the binomial draw
+    with pytest.raises(ValueError, match="implausibly large"):
+        tuning.thin(huge)
+    for grid in ({"k": [1.0, 2.0]}, [1.0, 2.0]):  # session 28: was "dictionary update sequence element #0 ..."
+        with pytest.raises(ValueError, match="grid must be a list of candidate settings"):
+            tuning.tune(obs, obs, grid=grid)
 
 
 def test_deviance_is_zero_at_the_data_and_positive_elsewhere():

@@ -51,6 +51,8 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtr
 
+from .observation import _is_quantity, _to_unit
+
 __all__ = ["line_map", "line_map_errors", "map_errors", "C_KMS"]
 
 #: speed of light, km/s
@@ -185,6 +187,15 @@ def _measure(z, centres, widths, edges, win, bands, E0, method, lsf_sigma, min_f
     return F, Ec, s2, ok, cont, r, e, sheppard
 
 
+def _kev(v, what):
+    """Energies in keV: numbers as given, astropy Quantities (also inside a tuple or list) converted."""
+    if _is_quantity(v) or isinstance(v, xr.DataArray):
+        return _to_unit(v, "keV", what)[0]
+    if isinstance(v, (tuple, list)):
+        return type(v)(_kev(e, what) for e in v)
+    return v
+
+
 def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigma=0.0, min_flux=0.0,
              variance=None, replicas=None, error="std", energy_edges=None, name=None) -> xr.Dataset:
     """Line flux, centroid velocity and width of one line in every pixel (see module docstring).
@@ -195,7 +206,8 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
         coords (keV), or an ndarray (x, y, energy) with ``energy_edges``. Flux per voxel
         (e.g. ph cm-2 s-1); the line flux comes out in the same unit per pixel.
     line_energy : float, keV
-        Rest energy ``E0`` of the line (velocity zero).
+        Rest energy ``E0`` of the line (velocity zero). This and the other energies (``window``,
+        ``continuum``, ``lsf_sigma``) may be astropy Quantities (converted to keV).
     window : (low, high) keV
         Channels whose centres lie inside are the line window.
     continuum : sequence of (low, high) keV ranges (1 or 2, line-free)
@@ -229,6 +241,10 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
         raise ValueError(f"method must be 'moments' or 'gaussian'; got {method!r}")
     if replicas is not None and variance is not None:
         raise ValueError("give variance= (delta-method errors) or replicas= (replica spread), not both")
+    line_energy, lsf_sigma, window = _kev(line_energy, "line_energy"), _kev(lsf_sigma, "lsf_sigma"), _kev(window,
+                                                                                                        "window")
+    continuum = _kev(continuum, "continuum")
+    continuum = continuum.tolist() if isinstance(continuum, np.ndarray) else continuum
     E0 = float(line_energy)
     if not np.isfinite(E0) or E0 <= 0:
         raise ValueError(f"line_energy must be a positive energy in keV; got {line_energy!r}")

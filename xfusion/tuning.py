@@ -352,9 +352,11 @@ def thin(obs: xr.Dataset, fraction: float = 0.5, seed=None) -> tuple[xr.Dataset,
         raise ValueError(f"fraction must be a number in (0, 1); got {fraction!r}")
     f = float(fraction)
     c = _counts_array(obs, "thin")
-    if np.any(c < 0) or not np.all(np.isfinite(c)) or np.any(c != np.round(c)):
-        raise ValueError("thinning needs photon counts: non-negative integers (Poisson data); these counts are "
-                         "negative, non-finite or fractional (background-subtracted or rescaled data cannot be thinned)")
+    if np.any(c < 0) or not np.all(np.isfinite(c)) or np.any(c != np.round(c)) or np.any(c >= 2.0 ** 62):
+        raise ValueError("thinning needs photon counts: non-negative integers (Poisson data) below 2**62; these "
+                         "counts are negative, non-finite, fractional or implausibly large (background-subtracted or "
+                         "rescaled data cannot be thinned). Fuse them with explicit settings instead of 'auto', e.g. "
+                         "regularization='wavelet2d1d', k=1.0 (or regularization='none', max_iter=50)")
     rng = np.random.default_rng(seed)
     a = rng.binomial(c.astype(np.int64), f)
     b = c.astype(np.int64) - a
@@ -1399,6 +1401,9 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         raise ValueError(f"unknown regularization {regularization!r}; choose one of {', '.join(REGULARIZATIONS)}")
     if not (isinstance(n_splits, int) and n_splits >= 1):
         raise ValueError(f"n_splits must be an integer >= 1; got {n_splits!r}")
+    if grid is not None and (isinstance(grid, (dict, str)) or not all(isinstance(g, dict) for g in grid)):
+        raise ValueError(f"grid must be a list of candidate settings, one dict of fuse options each (e.g. "
+                         f"[{{'k': 1.0}}, {{'k': 2.0}}]); got {grid!r}")
     if len(observations) > 2 and regularization not in ("wavelet2d1d", "none", "lowrank_local"):
         raise NotImplementedError(f"tuning {regularization!r} uses exactly two observations (got {len(observations)});"
                                   " pass explicit rank/mu/max_iter, or tune wavelet2d1d / none")
