@@ -49,7 +49,15 @@ the WCS.
 NaN counts are refused: mark invalid voxels with ``mask`` instead (explicit, never
 patched). PSFs must be odd-sized and sum to 1 within 1e-3 (refused otherwise, with the fix
 in the message): a PSF stamp that lost flux outside its edges should be renormalized by
-the user knowingly.
+the user knowingly; :func:`validate` applies the same value rules (finite, >= 0, sums to 1) to a
+Dataset's ``psf``.
+
+Counts are photon counts: a Quantity or DataArray ``units`` other than counts (or
+dimensionless), e.g. a rate in ct/s, is refused. Per-voxel arrays (``mask``, ``background``)
+given as plain arrays are read in the layout of ``counts`` as given and reordered exactly like
+it; DataArrays by their dims and their own ``energy`` coordinate. A counts DataArray's ``energy``
+coordinate must lie in the bins of ``energy_edges`` (a cube stored from high to low energy is
+reordered by it; one on other channels is refused).
 """
 from __future__ import annotations
 
@@ -274,6 +282,10 @@ def energy_edges(ds_or_da, dim="energy"):
     """Edges (keV, length n+1) of an energy-like dimension, from its stored lo/hi coords."""
     lo = np.asarray(ds_or_da[f"{dim}_lo"].values, dtype=np.float64)
     hi = np.asarray(ds_or_da[f"{dim}_hi"].values, dtype=np.float64)
+    if lo.size > 1 and np.any(np.diff(lo) <= 0):
+        order = "descending" if np.all(np.diff(lo) < 0) else "not sorted by energy"
+        raise ValueError(f"{dim} bins are {order} ({dim}_lo {lo[0]:g}, {lo[1]:g}, ... keV); xfusion needs them "
+                         f"increasing. Sort them, e.g. ds.sortby('{dim}')")
     if lo.size > 1 and not np.allclose(lo[1:], hi[:-1], rtol=0, atol=REL_TOL * np.min(hi - lo)):
         raise ValueError(f"{dim} bins are not contiguous (gaps between {dim}_hi and the next {dim}_lo)")
     return np.append(lo, hi[-1])
@@ -334,13 +346,14 @@ def _add_pixel_geometry(ds, roll, array_center, exposure_fraction, units):
     return ds
 
 
-def _background_rate(background, ds, cdims):
-    """``background`` (count per data voxel, like counts) as a rate (count s-1) per voxel."""
-    b = background.transpose(*cdims).values if isinstance(background, xr.DataArray) else background
-    b = np.array(b, dtype=np.float64)
+def _background_rate(background, ds, cdims, given_shape, given_dims):
+    """``background`` (count per data voxel, already in the stored order of counts, see
+    :func:`_like_counts`) as a rate (count s-1) per voxel."""
+    b = np.array(background, dtype=np.float64)  # a copy: never an alias of the caller's array
     if b.shape != ds["counts"].shape:
-        raise ValueError(f"background must have the shape of counts {ds['counts'].shape} {cdims} (expected "
-                         f"background counts per voxel); got {b.shape}")
+        raise ValueError(f"background must have the shape of counts {tuple(given_shape)} {given_dims} (expected "
+                         f"background counts per voxel, in the layout of counts, or a DataArray with dims "
+                         f"{cdims}); got {b.shape}")
     if not np.all(np.isfinite(b)) or np.any(b < 0):
         raise ValueError("background must be finite and >= 0 (expected background counts per voxel)")
     t = float(ds["exposure"].values)
@@ -366,12 +379,38 @@ def _spatial_coord(n, size, values, dim):
         raise ValueError(f"coordinate {dim} has {values.size} values for {n} pixels")
     if n > 1:
         d = np.diff(values)
+        if np.allclose(d, -size, rtol=REL_TOL, atol=0):
+            raise ValueError(
+                f"coordinate {dim} is descending (spacing {d[0]:g} arcsec); xfusion needs it increasing. Sort the "
+                f"cube by it first, e.g. counts.sortby('{dim}') (and any mask/background given with it)."
+            )
         if not np.allclose(d, size, rtol=REL_TOL, atol=0):
             raise ValueError(
                 f"coordinate {dim} must be increasing with uniform spacing equal to pixel_size={size} arcsec; "
                 f"found spacings between {d.min()} and {d.max()}. Regrid the cube onto a regular grid."
             )
     return (dim, values, {"units": "arcsec", "pixel_size": float(size)})
+
+
+def check_psf_values(values, what="psf"):
+    """Refuse a PSF image (2D array) that is not finite, has negative values, or does not sum to 1.
+
+    The rules :func:`observation` applies to a ``psf`` argument and :func:`validate` to a
+    Dataset's ``psf`` variable (each band of an energy-dependent stack): every value finite and
+    >= 0, the sum 1 within ``PSF_NORM_TOL`` (a PSF that sums to s scales the model by s, i.e.
+    silently changes the flux). ``what`` names the PSF in the message.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        n_bad, n_neg = int(np.sum(~np.isfinite(values))), int(np.sum(values < 0))
+        raise ValueError(f"{what} contains negative or non-finite values; PSFs must be finite and >= 0 (found "
+                         f"{n_bad} NaN/inf and {n_neg} negative values)")
+    total = values.sum()
+    if not np.isclose(total, 1.0, rtol=0, atol=PSF_NORM_TOL):
+        raise ValueError(
+            f"{what} sums to {total:.6g}, not 1; xfusion refuses unnormalized PSFs. Pass psf / psf.sum() "
+            "(or xfusion.io.read_psf, which normalizes) if the stamp contains all the flux."
+        )
 
 
 def _psf_dataarray(psf, psf_pixel_size, psf_dims=None):
@@ -416,14 +455,7 @@ def _psf_dataarray(psf, psf_pixel_size, psf_dims=None):
             f"psf has even shape {values.shape}; xfusion needs an odd-sized PSF centred on its middle pixel. "
             "Crop one row/column (or pad with zeros) so the peak sits in the central pixel."
         )
-    if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError("psf contains negative or non-finite values; PSFs must be finite and >= 0")
-    total = values.sum()
-    if not np.isclose(total, 1.0, rtol=0, atol=PSF_NORM_TOL):
-        raise ValueError(
-            f"psf sums to {total:.6g}, not 1; xfusion refuses unnormalized PSFs. Pass psf / psf.sum() "
-            "(or xfusion.io.read_psf, which normalizes) if the stamp contains all the flux."
-        )
+    check_psf_values(values)
     if psf_pixel_size is None:
         raise ValueError(
             "psf is a plain array, so its sampling is unknown: pass psf_pixel_size= (arcsec per PSF pixel, or a "
@@ -453,6 +485,135 @@ def _energy_true_dataarray(da, what):
     if np.any(np.diff(edges) <= 0):
         raise ValueError(f"{what}: energy_true edges must increase strictly")
     return da
+
+
+#: unit strings of a counts DataArray taken as photon counts (others are parsed by astropy: ct or dimensionless)
+COUNT_UNITS = ("count", "counts", "ct", "cts", "1", "")
+
+
+def _plain_counts(counts):
+    """``counts`` without its unit, refusing any unit other than counts (or dimensionless).
+
+    An astropy Quantity must be in ``ct`` or dimensionless; a DataArray's ``units`` attribute,
+    if any, must be a count unit (``COUNT_UNITS`` or what astropy reads as ``ct`` or
+    dimensionless). A count *rate* (ct / s) or a flux is refused: the likelihood is Poisson in
+    the number of photons, so the cube must hold counts.
+    """
+    fix = ("xfusion fits photon counts (Poisson data): pass the number of counts per voxel, e.g. "
+           "rate * exposure for a count-rate cube, as a plain array or with units 'count'")
+    if _is_quantity(counts):
+        from astropy import units as u
+
+        if counts.unit not in (u.ct, u.dimensionless_unscaled):
+            raise ValueError(f"counts are in {counts.unit.to_string()}, not counts; {fix}")
+        return counts.value
+    if isinstance(counts, xr.DataArray) and counts.attrs.get("units") is not None:
+        given = str(counts.attrs["units"]).strip()
+        if given.lower() in COUNT_UNITS:
+            return counts
+        from astropy import units as u
+
+        try:
+            unit = u.Unit(given.replace("^", "**"))
+        except ValueError:
+            unit = None
+        if unit not in (u.ct, u.dimensionless_unscaled):
+            raise ValueError(f"counts have units {given!r}, not counts; {fix}")
+    return counts
+
+
+def _energy_order(da, edges, what="counts"):
+    """Channel order that puts DataArray ``da`` on the bins of ``edges`` (keV), from its ``energy`` coordinate.
+
+    Returns None when ``da`` has no ``energy`` coordinate or its values already lie in the
+    matching bins of ``edges`` (within :func:`edge_tolerance`: centres, lower or upper edges all
+    qualify); else the permutation (``np.argsort``) after which they do -- e.g. a cube stored
+    from high to low energy is reversed. Raises ValueError when no order fits: the coordinate
+    and the edges describe different channels. A ``units`` attribute on the coordinate is
+    converted to keV (astropy); without one the values are taken in keV.
+    """
+    if "energy" not in da.coords or da["energy"].ndim != 1 or da["energy"].size + 1 != edges.size:
+        return None
+    coord = da["energy"]
+    e = np.asarray(coord.values, dtype=np.float64)
+    given = coord.attrs.get("units")
+    if given is not None and str(given) != "keV":
+        from astropy import units as u
+
+        try:
+            e = (e * u.Unit(str(given).replace("^", "**"))).to_value(u.keV)
+        except (ValueError, u.UnitConversionError) as exc:
+            raise ValueError(f"{what}: its energy coordinate is in {given!r}, which cannot be converted to keV; "
+                             "convert it (or drop it: .drop_vars('energy'))") from exc
+    lo, hi = edges[:-1], edges[1:]
+    tol = edge_tolerance(edges)
+
+    def fits(v):
+        return bool(np.all((v >= lo - tol[:-1]) & (v <= hi + tol[1:])))
+
+    if fits(e):
+        return None
+    order = np.argsort(e, kind="stable")
+    if fits(e[order]):
+        return order
+    off = int(np.flatnonzero(~((e >= lo - tol[:-1]) & (e <= hi + tol[1:])))[0])
+    hint = ("" if given is not None or np.nanmax(np.abs(e)) <= MAX_PLAIN_KEV else
+            " (the coordinate has no units attribute, so it is taken in keV; it looks like eV: set "
+            ".attrs['units'] = 'eV')")
+    raise ValueError(
+        f"{what}: its energy coordinate ({e[0]:.6g} ... {e[-1]:.6g} keV) does not match energy_edges "
+        f"({edges[0]:.6g} ... {edges[-1]:.6g} keV): channel {off} is at {e[off]:.6g} keV but its bin is "
+        f"{lo[off]:.6g}-{hi[off]:.6g} keV{hint}. Pass the edges of the cube's own channels, or drop the "
+        "coordinate (.drop_vars('energy')) if it is only a label")
+
+
+def _like_counts(arr, what, layout):
+    """A per-voxel argument (``mask``, ``background``) as a NumPy array in the stored order of counts.
+
+    ``layout``: dict with ``dims`` and ``shape`` of counts as given, ``cdims`` (stored dims),
+    ``stored`` (stored shape), ``order`` (channel permutation applied to counts, or None),
+    ``edges`` (keV) and ``coords`` (stored x/y coordinate values, or None).
+
+    * a DataArray is transposed by its dims; if it has an ``energy`` coordinate it is ordered
+      by it (:func:`_energy_order`), otherwise like counts; its ``x``/``y`` coordinates, if
+      any, must equal the counts';
+    * a plain array shaped like counts as given is read in the counts' layout: transposed as
+      counts and its channels reordered as counts' were;
+    * a plain array shaped like the stored counts (``cdims`` order) but not like counts as given
+      is taken in the stored order, with a warning (with a shape that fits both, the counts'
+      layout wins);
+    * anything else is returned as an array for the caller's shape check to refuse.
+    """
+    cdims, order = layout["cdims"], layout["order"]
+    if isinstance(arr, xr.DataArray):
+        if set(arr.dims) - set(cdims):
+            raise ValueError(f"{what} DataArray has dims {arr.dims}; expected those of counts {tuple(cdims)} "
+                             "(any order)")
+        da = arr.transpose(*[d for d in cdims if d in arr.dims], ...)
+        for d in ("x", "y"):
+            if d in da.coords and layout["coords"] is not None and d in layout["coords"]:
+                own, ref = np.asarray(da[d].values, dtype=np.float64), layout["coords"][d]
+                if own.shape != ref.shape or not np.allclose(own, ref, rtol=0, atol=REL_TOL * max(np.ptp(ref), 1.0)):
+                    raise ValueError(f"{what}: its coordinate {d} ({own[:3]}...) differs from the counts' "
+                                     f"({ref[:3]}...); give {what} on the counts' pixels")
+        if "energy" in da.dims:
+            own = _energy_order(da, layout["edges"], what) if "energy" in da.coords else order
+            if own is not None:
+                da = da.isel(energy=own)
+        return np.asarray(da.values)
+    a = np.asarray(arr)
+    src = tuple(layout["dims"])
+    if a.shape == tuple(layout["shape"]) and a.ndim == len(cdims):
+        a = np.transpose(a, [src.index(d) for d in cdims])
+        return a if order is None else a[..., order]
+    if a.shape == tuple(layout["stored"]) and src != tuple(cdims):
+        import warnings
+
+        warnings.warn(f"{what} has shape {a.shape}: counts in the stored order {cdims}, not in the layout of "
+                      f"counts {src} {tuple(layout['shape'])}; taken in the stored order. Give {what} in the "
+                      "layout of counts (or as a DataArray with dims): when the sizes cannot tell the two apart, "
+                      "arrays are read in the layout of counts", UserWarning, stacklevel=4)
+    return a
 
 
 # --------------------------------------------------------------------------- builder
@@ -505,10 +666,17 @@ def observation(
 
     Parameters
     ----------
-    counts : ndarray or DataArray
-        Counts cube. A NumPy array needs ``dims`` naming its axes (a permutation of
-        ``("x", "y", "energy")``); a DataArray must carry those dims (any order). Stored
-        transposed to (x, y, energy), energy contiguous. Must be finite and >= 0.
+    counts : ndarray, DataArray or Quantity
+        Counts cube (photon counts per voxel). A NumPy array needs ``dims`` naming its axes (a
+        permutation of ``("x", "y", "energy")``); a DataArray must carry those dims (any order).
+        Stored transposed to (x, y, energy), energy contiguous. Must be finite and >= 0. Units:
+        a Quantity must be in ``ct`` or dimensionless, a DataArray's ``units`` attribute (if
+        any) "count", "counts", "ct" or dimensionless; anything else (a rate in ct/s, a flux)
+        is refused: pass counts, e.g. rate * exposure. A DataArray's own ``energy``
+        coordinate (keV, or converted from its ``units``), if it has one, must lie in the
+        bins of ``energy_edges``: a cube stored in another channel order (e.g. high to low
+        energy) is reordered by it, one on other channels is refused. Its ``x``/``y``
+        coordinates become the pixel centres (increasing, spaced by ``pixel_size``).
     energy_edges : array (n_energy + 1,), keV, or Quantity
         Channel edges, strictly increasing. ``edges * u.eV`` is converted to keV.
     pixel_size : float, arcsec, or Quantity
@@ -517,7 +685,8 @@ def observation(
         Exposure time, > 0, e.g. ``5e4`` or ``50 * u.ks``.
     effective_area : None, float, array (n_energy,), Quantity, or DataArray, cm2
         Effective area as a function of true energy. A float is flat; a 1D array is taken
-        on the channel grid; a DataArray over ``energy_true`` (with ``energy_true_lo/hi``
+        on the channel grid of ``energy_edges`` (ascending, whatever the order of a counts
+        DataArray's channels); a DataArray over ``energy_true`` (with ``energy_true_lo/hi``
         edge coords, e.g. from :func:`xfusion.io.read_arf`) keeps its own grid and is
         interpolated onto the fused grid later; a DataArray over (x, y, energy_true)
         describes vignetting; a 0-d DataArray (another observation's scalar
@@ -546,8 +715,14 @@ def observation(
         grouped on ``energy_edges`` (which must be EBOUNDS edges), so only that block is
         dense. Small negative elements (calibration noise of real RMFs) are set to 0 with a
         warning naming the rows (``clip_negative_rows``).
-    mask : None or bool array like counts
-        True where voxels are valid; invalid voxels are excluded from the likelihood.
+    mask : None, bool array like counts, or DataArray
+        True where voxels are valid; invalid voxels are excluded from the likelihood. A plain
+        array is read in the layout of ``counts`` as given (its shape, its ``dims``) and
+        reordered exactly like counts (transposed, channels reordered as counts' were); a
+        DataArray by its dims (and by its own ``energy`` coordinate if it has one; its
+        ``x``/``y`` coordinates, if any, must equal the counts'). An array in the stored
+        (x, y, energy) order whose shape cannot be the counts' layout is still accepted, with
+        a warning.
     name : str, optional
         Label (e.g. "XMM/EPIC-pn").
     center : (RA, Dec) in degrees (numbers or Quantities) or an astropy SkyCoord, optional
@@ -557,14 +732,18 @@ def observation(
         of the Dataset and of its ``x``/``y`` coordinates, so fused results inherit it;
         :func:`celestial_wcs` turns it into an astropy WCS.
     det_x, det_y, roll, array_center : detector-pixel observations only (see below).
-    background : None or array like counts (count per data voxel), optional
+    background : None, array like counts (count per data voxel), or DataArray, optional
         Known additive background: expected counts ``forward(Z) + B`` (e.g. a background
         region of the same events scaled by BACKSCAL/area, or a model). Stored as
         ``background_rate`` (count s-1 per voxel, = B / exposure), so a thinned or rescaled
-        exposure rescales it consistently. Must be finite and >= 0.
+        exposure rescales it consistently. Must be finite and >= 0. Read in the layout of
+        ``counts`` exactly like ``mask``.
 
     """
     units = {}
+    counts = _plain_counts(counts)
+    given_dims = tuple(counts.dims) if isinstance(counts, xr.DataArray) else (None if dims is None else tuple(dims))
+    given_shape = np.shape(counts) if not isinstance(counts, xr.DataArray) else counts.shape
     if center is None and isinstance(counts, xr.DataArray) and counts.attrs.get("center") is not None:
         center = tuple(counts.attrs["center"])
     sky = _center_degrees(center) if center is not None else None
@@ -653,6 +832,14 @@ def observation(
             f"energy_edges has {coords['energy'][1].size + 1} values but counts has {ne} energy channels; "
             f"pass {ne + 1} edges"
         )
+    # a counts DataArray's own energy coordinate must agree with the edges; a cube stored in another channel
+    # order (e.g. high to low energy) is put in order (values is a new array: the caller's is never touched)
+    order = _energy_order(counts, energy_edges) if isinstance(counts, xr.DataArray) else None
+    if order is not None:
+        values = values[..., order]
+        values = values if _is_lazy(values) else np.ascontiguousarray(values)
+    layout = {"dims": given_dims, "shape": given_shape, "cdims": cdims, "stored": values.shape, "order": order,
+              "edges": energy_edges, "coords": None if pixel_obs else {d: coords[d][1] for d in ("x", "y")}}
     ds = xr.Dataset(coords=coords)
     ds["counts"] = (cdims, values, {"units": "count"})
     ds["exposure"] = ((), float(exposure), {"units": "s"})
@@ -724,16 +911,17 @@ def observation(
         ds = _add_response(ds, response, response_spacing)
 
     if mask is not None:
-        m = np.asarray(mask.transpose(*[d for d in cdims if d in mask.dims]).values
-                       if isinstance(mask, xr.DataArray) else mask)
+        m = _like_counts(mask, "mask", layout)
         if pixel_obs and m.shape == values.shape[:1] and m.dtype == bool:
             m = np.repeat(m[:, None], values.shape[1], axis=1)
         if m.shape != values.shape or m.dtype != bool:
-            raise ValueError(f"mask must be a boolean array of shape {values.shape} {cdims}"
-                             + (f" or ({values.shape[0]},) per pixel" if pixel_obs else ""))
-        ds["mask"] = (cdims, m)
+            raise ValueError(f"mask must be a boolean array shaped like counts, {tuple(given_shape)} {given_dims}"
+                             + (f", or ({values.shape[0]},) per pixel" if pixel_obs else "")
+                             + f", or a DataArray with dims {cdims}; got {m.dtype} {m.shape}")
+        ds["mask"] = (cdims, np.array(m, copy=True))
     if background is not None:
-        ds["background_rate"] = _background_rate(background, ds, cdims)
+        ds["background_rate"] = _background_rate(_like_counts(background, "background", layout), ds, cdims,
+                                                 given_shape, given_dims)
 
     ds.attrs.update({"xfusion_schema": SCHEMA_VERSION, "name": name or "observation",
                      "input_units": json.dumps(units, sort_keys=True)})
@@ -892,6 +1080,12 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
 
     Works on NumPy- or Dask-backed datasets (value checks on Dask counts are skipped here
     to avoid a full pass; they are done when the data are first read by ``fuse``).
+
+    Checks dims and units of counts, coordinates and exposure; ``x``/``y`` pixel centres and
+    energy bins increasing (descending ones are refused with the fix, ``ds.sortby(...)``);
+    counts finite and >= 0; effective area finite and >= 0; a ``psf`` (each band of a
+    ``psf_energy`` stack) finite, >= 0 and summing to 1 within ``PSF_NORM_TOL`` (the rules
+    of :func:`observation`, :func:`check_psf_values`); a ``response`` finite.
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"an observation is an xarray.Dataset; got {type(ds).__name__}. Build one with xfusion.observation")
@@ -909,6 +1103,11 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         _check_units(ds[d], "arcsec", f"coordinate {d}")
         if "pixel_size" not in ds[d].attrs:
             raise ValueError(f"coordinate {d} has no 'pixel_size' attribute (arcsec)")
+        step = np.diff(np.asarray(ds[d].values, dtype=np.float64))
+        if not pixel_obs and np.any(step <= 0):
+            order = "descending" if np.all(step < 0) else "not increasing"
+            raise ValueError(f"coordinate {d} of '{ds.attrs.get('name', '?')}' is {order}; xfusion needs pixel "
+                             f"centres increasing. Sort it, e.g. ds.sortby('{d}')")
     if pixel_obs:
         for v, u in (("roll", "deg"), ("array_x", "arcsec"), ("array_y", "arcsec")):
             if v not in ds:
@@ -938,6 +1137,19 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         a = np.asarray(ds["effective_area"].values)
         if not np.all(np.isfinite(a)) or np.any(a < 0):
             raise ValueError("effective_area contains negative or non-finite values")
+    if "psf" in ds:
+        psf = ds["psf"]
+        if "psf_energy" in psf.dims:
+            for i in range(psf.sizes["psf_energy"]):
+                check_psf_values(psf.isel(psf_energy=i).values, f"psf band {i} (psf_energy index {i})")
+        else:
+            check_psf_values(psf.values)
+    if "response" in ds and isinstance(ds["response"].data, np.ndarray):
+        r = ds["response"].values
+        if not np.all(np.isfinite(r)):
+            raise ValueError(f"response of '{ds.attrs.get('name', '?')}' contains {int(np.sum(~np.isfinite(r)))} "
+                             "NaN or inf value(s); a response must be finite. Fix or rebuild it (e.g. with "
+                             "xfusion.observation, or xfusion.io.read_rmf for an RMF)")
     counts = ds["counts"].data
     if isinstance(counts, np.ndarray):
         if not np.all(np.isfinite(counts)):

@@ -1,0 +1,107 @@
+"""How xfusion.observation and xfusion.validate read what users pass: layouts, coordinates, units.
+
+One test per confirmed bug (red-team reproducers of session 28): each fails without its fix.
+"""
+import numpy as np
+import pytest
+import xarray as xr
+
+from xfusion.observation import observation, validate
+
+EDGES = np.linspace(1.0, 2.0, 5)  # 4 channels, keV
+KW = dict(energy_edges=EDGES, pixel_size=10.0, exposure=1e4)
+
+
+def _centres(edges):
+    return 0.5 * (edges[1:] + edges[:-1])
+
+
+# ----------------------------------------------------------------------------- 1. mask / background layout
+def test_mask_and_background_follow_the_layout_of_counts():
+    """A cube with as many channels as x pixels, given as (energy, y, x): a mask or background in the same
+    layout must be transposed with it (they used to be taken as (x, y, energy): channel 0 became column 0)."""
+    ne, ny, nx = 4, 3, 4
+    counts = np.ones((ne, ny, nx))
+    mask = np.ones((ne, ny, nx), bool)
+    mask[0] = False                   # channel 0 is bad
+    bg = np.zeros((ne, ny, nx))
+    bg[0] = 100.0                     # background only in channel 0
+    mask0, bg0 = mask.copy(), bg.copy()
+    obs = observation(counts, dims=("energy", "y", "x"), mask=mask, background=bg, **KW)
+    m = obs["mask"].transpose("x", "y", "energy").values
+    assert (~m).sum(axis=(0, 1)).tolist() == [nx * ny, 0, 0, 0]
+    b = obs["background_rate"].transpose("x", "y", "energy").values * 1e4
+    np.testing.assert_allclose(b.sum(axis=(0, 1)), [100.0 * nx * ny, 0, 0, 0])
+    # DataArrays are read by their dims; nothing the user passed is changed or aliased
+    obs2 = observation(counts, dims=("energy", "y", "x"), mask=xr.DataArray(mask, dims=("energy", "y", "x")), **KW)
+    assert obs2["mask"].equals(obs["mask"])
+    obs["mask"].values[:] = True
+    assert np.array_equal(mask, mask0) and np.array_equal(bg, bg0)
+
+
+# ----------------------------------------------------------------------------- 2. a DataArray's energy coordinate
+def test_counts_energy_coordinate_is_used():
+    """A cube stored from high to low energy (with its coordinate) is put in order; one on other channels
+    than energy_edges is refused. The caller's DataArray is not changed."""
+    c = np.zeros((3, 2, 4))
+    c[..., 0] = 100.0                  # a line in the first stored channel = the highest energy
+    da = xr.DataArray(c, dims=("x", "y", "energy"), coords={"energy": _centres(EDGES)[::-1]})
+    da0 = da.copy(deep=True)
+    mask = np.ones(c.shape, bool)
+    mask[..., 0] = False               # plain mask in the counts' layout: masks the same (line) channel
+    obs = observation(da, mask=mask, **KW)
+    spec = obs["counts"].sum(("x", "y")).values
+    assert int(np.argmax(spec)) == 3 and float(obs["energy"][3]) == pytest.approx(1.875)
+    assert not obs["mask"].values[..., 3].any() and obs["mask"].values[..., :3].all()
+    assert da.identical(da0)
+    other = xr.DataArray(c, dims=("x", "y", "energy"), coords={"energy": np.linspace(6.0, 7.0, 4)})
+    with pytest.raises(ValueError, match="energy coordinate .* does not match energy_edges.*drop the coordinate"):
+        observation(other, **KW)
+    # in eV with a units attribute: converted; the right channels in keV: accepted as is
+    ev = da.assign_coords(energy=("energy", _centres(EDGES)[::-1] * 1e3, {"units": "eV"}))
+    assert int(np.argmax(observation(ev, **KW)["counts"].sum(("x", "y")).values)) == 3
+    asc = da.assign_coords(energy=_centres(EDGES))
+    assert int(np.argmax(observation(asc, **KW)["counts"].sum(("x", "y")).values)) == 0
+
+
+# ----------------------------------------------------------------------------- 3. validate: psf and response
+def test_validate_refuses_a_bad_psf_and_a_nan_response(small_toy):
+    x, y, _ = small_toy
+    for change, msg in ((lambda p: p.where(p.psf_x != p.psf_x[0], np.nan), "psf contains negative or non-finite"),
+                        (lambda p: p * 3, "psf sums to 3, not 1")):
+        bad = y.copy()
+        bad["psf"] = change(y["psf"])
+        with pytest.raises(ValueError, match=msg):
+            validate(bad)
+    bad = x.copy(deep=True)
+    bad["response"][2] = np.nan
+    with pytest.raises(ValueError, match="response of .* contains 1 NaN or inf"):
+        validate(bad)
+    assert validate(x) is x and validate(y) is y
+
+
+# ----------------------------------------------------------------------------- 4. counts units
+def test_counts_must_be_counts():
+    import astropy.units as u
+
+    rate = np.full((4, 3, 2), 2e-3)
+    with pytest.raises(ValueError, match=r"counts are in ct / s, not counts.*rate \* exposure"):
+        observation(rate * u.ct / u.s, dims=("energy", "y", "x"), **KW)
+    with pytest.raises(ValueError, match="counts have units 'count s-1', not counts"):
+        observation(xr.DataArray(rate, dims=("energy", "y", "x"), attrs={"units": "count s-1"}), **KW)
+    ok = observation(rate * 5e4 * u.ct, dims=("energy", "y", "x"), **KW)
+    assert float(ok["counts"].max()) == pytest.approx(100.0)
+    for units in ("count", "counts", "ct", "1"):
+        observation(xr.DataArray(rate, dims=("energy", "y", "x"), attrs={"units": units}), **KW)
+
+
+# ----------------------------------------------------------------------------- 5. descending axes: say "sort"
+def test_descending_axes_are_named_with_the_fix(small_toy):
+    x, _, _ = small_toy
+    with pytest.raises(ValueError, match=r"energy bins are descending.*ds.sortby\('energy'\)"):
+        validate(x.isel(energy=slice(None, None, -1)))
+    with pytest.raises(ValueError, match=r"coordinate x of .* is descending.*ds.sortby\('x'\)"):
+        validate(x.isel(x=slice(None, None, -1)))
+    da = xr.DataArray(np.ones((3, 2, 4)), dims=("x", "y", "energy"), coords={"x": [20.0, 10.0, 0.0]})
+    with pytest.raises(ValueError, match=r"coordinate x is descending.*sortby\('x'\)"):
+        observation(da, **KW)
