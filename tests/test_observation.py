@@ -165,7 +165,7 @@ def test_pixel_observation_schema():
     import astropy.units as u
 
     ds = _pixels(exposure=np.linspace(5e3, 1e4, 9), mask=np.arange(9) != 4, roll=0.3 * u.rad,
-                 background=np.full((9, 10), 2.0))
+                 background=np.full((10, 9), 2.0))  # in the layout of counts (dims=("energy", "pixel"))
     assert ds["counts"].dims == ("pixel", "energy") and ds.sizes["pixel"] == 9
     assert float(ds["exposure"]) == 1e4 and ds["exposure_fraction"].values[0] == pytest.approx(0.5)
     assert float(ds["roll"]) == pytest.approx(np.rad2deg(0.3)) and ds["roll"].attrs["units"] == "deg"
@@ -173,6 +173,9 @@ def test_pixel_observation_schema():
     # background stored as a rate: counts / per-pixel exposure
     np.testing.assert_allclose(ds["background_rate"].values[0], 2.0 / 5e3)
     assert validate(ds) is ds
+    with pytest.warns(UserWarning, match="taken in the stored order"):  # (pixel, energy): accepted, with a warning
+        stored = _pixels(exposure=np.linspace(5e3, 1e4, 9), background=np.full((9, 10), 2.0))
+    np.testing.assert_array_equal(stored["background_rate"].values, ds["background_rate"].values)
     area = xr.DataArray(np.full((9, 5), 100.0), dims=("pixel", "energy_true"),
                         coords={"energy_true_lo": ("energy_true", np.linspace(5.9, 6.3, 6)[:-1]),
                                 "energy_true_hi": ("energy_true", np.linspace(5.9, 6.3, 6)[1:])})
@@ -185,7 +188,7 @@ def test_pixel_observation_schema():
     ({"exposure": np.ones(4)}, "per-pixel exposure must be 9"),
     ({"array_center": 5.0}, "array_center must be"),
     ({"background": np.ones((9, 3))}, "background must have the shape of counts"),
-    ({"background": -np.ones((9, 10))}, "finite and >= 0"),
+    ({"background": -np.ones((10, 9))}, "finite and >= 0"),
     ({"mask": np.ones(4, bool)}, "mask must be a boolean array"),
 ])
 def test_pixel_observation_errors(kw, msg):

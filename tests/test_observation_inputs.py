@@ -77,6 +77,19 @@ def test_validate_refuses_a_bad_psf_and_a_nan_response(small_toy):
     bad["response"][2] = np.nan
     with pytest.raises(ValueError, match="response of .* contains 1 NaN or inf"):
         validate(bad)
+    # also refused since session 28 (a Dataset built by hand or read back): a kernel that does not sum to 1, a
+    # negative or non-finite background, a non-boolean mask
+    bad = x.copy(deep=True)
+    bad["response"] = bad["response"] * 2
+    with pytest.raises(ValueError, match="response kernel sums to 2, not 1"):
+        validate(bad)
+    for value in (np.nan, -1e-3):
+        bad = x.assign(background_rate=(x.counts.dims, np.full(x.counts.shape, value), {"units": "count s-1"}))
+        with pytest.raises(ValueError, match="background_rate of .* contains negative or non-finite"):
+            validate(bad)
+    with pytest.raises(ValueError, match="mask of .* has dtype float64; a mask is boolean"):
+        validate(x.assign(mask=(x.counts.dims, np.ones(x.counts.shape))))
+    assert validate(x.assign(mask=(x.counts.dims, np.ones(x.counts.shape, bool)))) is not None
     assert validate(x) is x and validate(y) is y
 
 

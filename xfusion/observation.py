@@ -392,6 +392,16 @@ def _spatial_coord(n, size, values, dim):
     return (dim, values, {"units": "arcsec", "pixel_size": float(size)})
 
 
+def check_kernel_values(kernel):
+    """Refuse a 1D response kernel (line spread over ``energy_offset``) that is not finite, has negative values or
+    does not sum to 1 within ``PSF_NORM_TOL`` (a kernel summing to s scales the model by s)."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if not np.all(np.isfinite(kernel)) or np.any(kernel < 0):
+        raise ValueError("response kernel contains negative or non-finite values")
+    if not np.isclose(kernel.sum(), 1.0, rtol=0, atol=PSF_NORM_TOL):
+        raise ValueError(f"response kernel sums to {kernel.sum():.6g}, not 1; pass kernel / kernel.sum()")
+
+
 def check_psf_values(values, what="psf"):
     """Refuse a PSF image (2D array) that is not finite, has negative values, or does not sum to 1.
 
@@ -1064,10 +1074,7 @@ def _add_response(ds, response, spacing):
         raise ValueError("a 1D response kernel needs response_spacing (keV between samples), > 0")
     if kernel.size % 2 == 0:
         raise ValueError(f"response kernel has even length {kernel.size}; use an odd, centred kernel")
-    if not np.all(np.isfinite(kernel)) or np.any(kernel < 0):
-        raise ValueError("response kernel contains negative or non-finite values")
-    if not np.isclose(kernel.sum(), 1.0, rtol=0, atol=PSF_NORM_TOL):
-        raise ValueError(f"response kernel sums to {kernel.sum():.6g}, not 1; pass kernel / kernel.sum()")
+    check_kernel_values(kernel)
     off = (np.arange(kernel.size) - kernel.size // 2) * float(spacing)
     ds = ds.assign_coords(energy_offset=("energy_offset", off, {"units": "keV", "spacing": float(spacing)}))
     ds["response"] = (("energy_offset",), kernel, {"units": "1", "kind": "kernel"})
@@ -1085,7 +1092,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     energy bins increasing (descending ones are refused with the fix, ``ds.sortby(...)``);
     counts finite and >= 0; effective area finite and >= 0; a ``psf`` (each band of a
     ``psf_energy`` stack) finite, >= 0 and summing to 1 within ``PSF_NORM_TOL`` (the rules
-    of :func:`observation`, :func:`check_psf_values`); a ``response`` finite.
+    of :func:`observation`, :func:`check_psf_values`); a ``response`` finite (a 1D kernel also >= 0 and
+    summing to 1, :func:`check_kernel_values`); a ``background_rate`` finite and >= 0; a ``mask`` boolean.
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"an observation is an xarray.Dataset; got {type(ds).__name__}. Build one with xfusion.observation")
@@ -1118,6 +1126,13 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         _check_units(ds["background_rate"], "count s-1", "background_rate")
         if ds["background_rate"].dims != ds["counts"].dims:
             raise ValueError(f"background_rate dims {ds['background_rate'].dims} differ from counts {ds['counts'].dims}")
+        b = ds["background_rate"].data
+        if isinstance(b, np.ndarray) and (not np.all(np.isfinite(b)) or np.any(b < 0)):
+            raise ValueError(f"background_rate of '{ds.attrs.get('name', '?')}' contains negative or non-finite "
+                             "values; a background is finite and >= 0 (count s-1 per voxel)")
+    if "mask" in ds and ds["mask"].dtype != bool:
+        raise ValueError(f"mask of '{ds.attrs.get('name', '?')}' has dtype {ds['mask'].dtype}; a mask is boolean "
+                         "(True where the data are valid): ds['mask'] = ds['mask'] > 0")
     for c in ("energy", "energy_lo", "energy_hi"):
         if c not in ds.coords:
             raise ValueError(f"coordinate '{c}' is missing; energies need explicit edges (energy_lo, energy_hi in keV)")
@@ -1150,6 +1165,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
             raise ValueError(f"response of '{ds.attrs.get('name', '?')}' contains {int(np.sum(~np.isfinite(r)))} "
                              "NaN or inf value(s); a response must be finite. Fix or rebuild it (e.g. with "
                              "xfusion.observation, or xfusion.io.read_rmf for an RMF)")
+        if ds["response"].attrs.get("kind") == "kernel":
+            check_kernel_values(r)
     counts = ds["counts"].data
     if isinstance(counts, np.ndarray):
         if not np.all(np.isfinite(counts)):
