@@ -128,6 +128,12 @@ def test_resume_after_interruption_gives_same_result(small_toy, tmp_path, reg):
     assert resumed.attrs["iterations"] == 8
     np.testing.assert_allclose(resumed.flux.values, full.flux.values, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(resumed.objective.values, full.objective.values, rtol=1e-9)
+    # session 28: a smaller max_iter than the checkpoint's iteration is refused (was: its later state returned as if
+    # it were the max_iter run); the same max_iter returns the finished run
+    with pytest.raises(ValueError, match="is at iteration 8, past max_iter=6: a run cannot be rewound"):
+        xfusion.fuse(x, y, regularization=reg, max_iter=6, tol=None, progress=False, checkpoint=ck, resume=True)
+    again = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=None, progress=False, checkpoint=ck, resume=True)
+    np.testing.assert_array_equal(again.flux.values, resumed.flux.values)
 
 
 @pytest.mark.parametrize("reg,key", [("wavelet2d1d", "z"), ("lowrank_sobolev", "w")])

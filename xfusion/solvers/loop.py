@@ -135,6 +135,10 @@ def _iterate(method, x0, stop, max_iter, callback, progress, checkpoint, checkpo
     if stored is None and resume is True:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint} to continue from; "
                                 "run without resume (or with resume='auto', CLI --resume-or-start) to start one")
+    if stored is not None and stored[2] > max_iter:
+        raise ValueError(f"the checkpoint at {checkpoint} is at iteration {stored[2]}, past max_iter={max_iter}: a run "
+                         f"cannot be rewound. Resume with max_iter >= {stored[2]} (the same as the interrupted run), or "
+                         "start a new run (resume=False replaces the checkpoint at its first save; or another path)")
     keys = HISTORY_KEYS + ((ITERATE_KEY,) if stop.key == ITERATE_KEY else ())
     start = 0
     if stored is not None:
