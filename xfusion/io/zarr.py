@@ -7,7 +7,10 @@ Writing never destroys what xfusion did not create (DESIGN section 9):
   store unless ``overwrite`` allows it, and a folder that cannot be written;
 * :func:`write` writes to a hidden temporary sibling (``.NAME.xfusion-tmp``) and renames it
   onto ``path`` only when every chunk is written, so a killed write never leaves a store that
-  looks complete at ``path``; the replaced store is removed only after the rename.
+  looks complete at ``path``; the replaced store is removed only after the rename;
+* a symbolic link is never written through, at ``path`` or at its temporary siblings: renaming
+  and removing a link's target would reach another folder (the link's target could be emptied
+  through the link); the real path must be given. Nothing is deleted in that case.
 
 Every store written here carries the root attribute ``xfusion_store`` (the writer's version),
 so xfusion can tell its own stores from the user's: only those are ever replaced.
@@ -49,8 +52,11 @@ def written_by_xfusion(path) -> bool:
 def remove_marked(path, missing_ok=False):
     """Delete a store xfusion wrote and marked (the caller has checked the marker), its root ``zarr.json``
     -- which carries the marker -- LAST: a deletion killed mid-way leaves a folder that is still marked (or
-    empty), so the next run can finish it instead of refusing a folder it cannot tell from a user's."""
+    empty), so the next run can finish it instead of refusing a folder it cannot tell from a user's.
+    A symbolic link is refused (:class:`OutputError`, nothing deleted): its target is not the store here."""
     p = Path(path)
+    if p.is_symlink():
+        raise OutputError(_link_message(p, "delete"))
     if not p.exists() and missing_ok:
         return
     for child in p.iterdir():
@@ -62,6 +68,19 @@ def remove_marked(path, missing_ok=False):
             child.unlink()
     (p / "zarr.json").unlink(missing_ok=True)
     p.rmdir()
+
+
+def _link_message(p, verb="write"):
+    p = Path(p)
+    try:
+        target = os.readlink(p)
+    except OSError:  # pragma: no cover - raced away
+        target = "?"
+    real = _resolved(p) if p.exists() else None
+    hint = f"pass the real path {str(real)!r} instead" if real is not None else \
+        "it points nowhere (dangling); move it away or pass a real path"
+    return (f"{str(p)!r} is a symbolic link (to {target!r}); xfusion does not {verb} through links (renaming or "
+            f"removing the store would act on the link, not on its target): {hint}. Nothing was changed")
 
 
 def _resolved(path) -> Path:
@@ -88,6 +107,7 @@ def sources(*datasets):
 def check_output(path, *, inputs=(), overwrite=False, what="output store"):
     """Refuse an output ``path`` that would destroy data; return it as a ``Path`` (parents created).
 
+    A symbolic link at ``path`` is always refused (pass the real path).
     ``inputs``: store paths that must stay untouched (refused if ``path`` equals one, lies
     inside one or contains one). ``overwrite``: False (an existing store is refused) or True
     (an existing store written by xfusion may be replaced; any other store, file or folder
@@ -99,6 +119,8 @@ def check_output(path, *, inputs=(), overwrite=False, what="output store"):
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be True or False; got {overwrite!r}")
     p = Path(os.fspath(path))
+    if p.is_symlink():  # before anything else: even an "overwrite" must never act through a link
+        raise OutputError(f"{what} " + _link_message(p))
     for src in inputs:
         if overlaps(p, src):
             raise OutputError(f"{what} {str(path)!r} is, contains or lies inside the input store {str(src)!r}; "
@@ -218,7 +240,17 @@ def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, in
 
 def _recover(p, tmp, old):
     """Clean up after a write killed mid-way: an unfinished temporary sibling is removed (only if it
-    is ours: marked, or an empty folder); a store moved aside but not yet replaced is put back."""
+    is ours: marked, or an empty folder); a store moved aside but not yet replaced is put back.
+    A symbolic link at ``p`` or at a sibling is refused before anything is moved or deleted (xfusion
+    never creates links there: one is the user's, or the trace of a write through a link)."""
+    if p.is_symlink():
+        raise OutputError(_link_message(p))
+    for q in (tmp, old):
+        if q.is_symlink():
+            raise OutputError(f"{str(q)!r} is a symbolic link (to {os.readlink(q)!r}) in the way of writing "
+                              f"{str(p)!r}; xfusion never puts one there (it is someone's link, or the trace of a "
+                              "write through a link by an older xfusion): check its target and move the link away. "
+                              "Nothing was changed")
     if old.exists() and not p.exists() and not p.is_symlink():
         os.replace(old, p)  # killed between the two renames: the previous store is restored
     for leftover in (tmp, old):
