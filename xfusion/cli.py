@@ -5,11 +5,19 @@ or unreadable store, invalid observation, unknown option: a one-line ``xfusion: 
 message, no traceback); 1 unexpected internal error (traceback printed); 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM): the message says where the last checkpoint is and its
 iteration (continue with ``--resume``), or that none exists.
+
+Outputs never destroy what xfusion did not write (DESIGN section 9): every command that writes
+(``demo``, ``toy``, ``fuse``, ``plot``, ``jwst``) checks all its output paths before any computing.
+An existing Zarr store, figure or text file is refused unless ``--overwrite`` is given, and even
+then only a store, figure (PNG ``Software`` text ``xfusion VERSION``) or ``metrics.txt`` (first
+line ``# xfusion VERSION demo:``) that xfusion wrote is replaced; anything else at the path is always
+refused. ``plot -o`` refuses a folder that is, or lies inside, an input store (or any Zarr store).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -95,7 +103,7 @@ def _open_truth(path):
     raise InputError(f"{path}: truth store needs a 'flux' variable (x, y, energy) in ph cm-2 s-1")
 
 
-def _prepare_output(path, what="output store", inputs=(), overwrite=True):
+def _prepare_output(path, what="output store", inputs=(), overwrite=False):
     """Check an output path before any computing (``xfusion.io.zarr.check_output``): never an input
     store or inside/around one, never a file or a non-Zarr folder, an existing store only if
     ``overwrite`` allows it, and then only one xfusion wrote; the folder must be writable."""
@@ -107,8 +115,9 @@ def _prepare_output(path, what="output store", inputs=(), overwrite=True):
         raise InputError(str(exc)) from exc
 
 
-def _write(ds, path, client=None, inputs=(), overwrite=True):
-    """Write through a temporary sibling renamed when complete (``xfusion.io.zarr.write``)."""
+def _write(ds, path, client=None, inputs=(), overwrite=False):
+    """Write through a temporary sibling renamed when complete (``xfusion.io.zarr.write``); an existing store
+    is replaced only with ``overwrite`` (the command's ``--overwrite``) and only if xfusion wrote it."""
     from .io import zarr as xzarr
 
     _prepare_output(path, inputs=inputs, overwrite=overwrite)
@@ -117,6 +126,95 @@ def _write(ds, path, client=None, inputs=(), overwrite=True):
     except xzarr.OutputError as exc:
         raise InputError(str(exc)) from exc
     return path
+
+
+PNG_SOFTWARE = "xfusion"  # prefix of the PNG ``Software`` text of the figures written here
+
+
+def _png_software(path):
+    """The ``Software`` text of a PNG file (None if absent or not a PNG)."""
+    import struct
+    import zlib
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                size, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or size > 1 << 20:
+                    return None
+                data = fh.read(size)
+                fh.read(4)  # CRC
+                if kind not in (b"tEXt", b"zTXt", b"iTXt"):
+                    continue
+                key, _, value = data.partition(b"\0")
+                if key != b"Software":
+                    continue
+                if kind == b"zTXt":
+                    value = zlib.decompress(value[1:])
+                elif kind == b"iTXt":  # compression flag, method, language \0 translated keyword \0 text
+                    flag, rest = value[0], value[2:].split(b"\0", 2)[-1]
+                    value = zlib.decompress(rest) if flag else rest
+                return value.decode("latin-1", "replace")
+    except (OSError, zlib.error, struct.error, IndexError):
+        return None
+
+
+def _file_by_xfusion(path):
+    """True if ``path`` is a figure (PNG ``Software`` text ``xfusion VERSION``) or a text file (first line
+    ``# xfusion VERSION demo: ...``, the demo's metrics.txt) that this CLI wrote."""
+    p = Path(path)
+    if p.suffix.lower() == ".png":
+        return (_png_software(p) or "").startswith(PNG_SOFTWARE + " ")
+    try:
+        with open(p, "rb") as fh:
+            return re.match(rb"# xfusion \S+ demo: ", fh.readline(200)) is not None
+    except OSError:
+        return False
+
+
+def _prepare_files(paths, overwrite, flag="--overwrite"):
+    """Refuse, before any computing, output files that would destroy something: an existing path that is
+    not a regular file (a folder, a link), an existing file without ``overwrite``, and -- even with it -- a
+    file xfusion did not write. The folders must be writable."""
+    for path in paths:
+        p = Path(path)
+        if p.is_symlink() or (p.exists() and not p.is_file()):
+            kind = "a symbolic link" if p.is_symlink() else "a folder"
+            raise InputError(f"{str(p)!r} exists and is {kind}; refusing to write a file there: choose another "
+                             "output folder (-o)")
+        if p.exists():
+            if not overwrite:
+                raise InputError(f"{str(p)!r} already exists; refusing to overwrite it: choose another output "
+                                 f"folder (-o) or pass {flag} to replace the files xfusion wrote there")
+            if not _file_by_xfusion(p):
+                raise InputError(f"{str(p)!r} exists and was not written by xfusion (no xfusion marker in it); "
+                                 f"refusing to replace it even with {flag}: move it away or choose another "
+                                 "output folder (-o)")
+    for folder in sorted({Path(path).absolute().parent for path in paths}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".xfusion-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise InputError(f"cannot write into the output folder {str(folder)!r} "
+                             f"({exc.strerror or exc})") from None
+
+
+def _write_file(path, text):
+    """Write a text file through a temporary sibling renamed when complete."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.xfusion-tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _parse_value(text):
@@ -236,9 +334,13 @@ def cmd_toy(args):
     from . import toy
 
     out = Path(args.output)
+    overwrite = bool(args.overwrite)
+    names = ("x.zarr", "y.zarr", "truth.zarr")
+    for name in names:  # all three before writing any: a refusal leaves the folder as it was
+        _prepare_output(out / name, overwrite=overwrite)
     x_obs, y_obs, truth = toy.make(args.name, seed=args.seed)
-    for name, ds in (("x.zarr", x_obs), ("y.zarr", y_obs), ("truth.zarr", truth.to_dataset(name="flux"))):
-        _write(ds, out / name)
+    for name, ds in zip(names, (x_obs, y_obs, truth.to_dataset(name="flux"))):
+        _write(ds, out / name, overwrite=overwrite)
     print(f"wrote {out / 'x.zarr'} ({x_obs.attrs['name']}: {dict(x_obs['counts'].sizes)}, "
           f"{float(x_obs['x'].attrs['pixel_size']):g} arcsec pixels)")
     print(f"wrote {out / 'y.zarr'} ({y_obs.attrs['name']}: {dict(y_obs['counts'].sizes)}, "
@@ -340,12 +442,39 @@ def _parse_pixels(items):
     return pixels or None
 
 
-def _save(fig, path):
+def _save(fig, path, dpi=100, announce=True):
+    """Save a figure as PNG marked ``Software = xfusion VERSION`` (so that ``--overwrite`` can tell it from the
+    user's files), through a temporary sibling renamed when complete."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
+    from . import __version__
+
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.xfusion-tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": f"{PNG_SOFTWARE} {__version__}"})
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    if announce:
+        print(f"wrote {path}")
+
+
+def _refuse_inside_store(out, inputs, flag="-o"):
+    """Refuse a figure folder that is, or lies inside, an input store or any Zarr store."""
+    from .io import zarr as xzarr
+
+    full = Path(os.path.abspath(out))
+    for src in inputs:
+        real = Path(os.path.abspath(src)).resolve()
+        if full.resolve() == real or full.resolve().is_relative_to(real):
+            raise InputError(f"{flag} {str(out)!r} is or lies inside the input store {str(src)!r}; writing figures "
+                             "there would change the input: choose a folder outside it")
+    for folder in (full, *full.parents):
+        if xzarr.is_zarr_store(folder):
+            raise InputError(f"{flag} {str(out)!r} is or lies inside the Zarr store {str(folder)!r}; writing "
+                             "figures there would change that store: choose a folder outside it")
 
 
 def cmd_plot(args):
@@ -363,10 +492,13 @@ def cmd_plot(args):
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {args.output}: a file exists there; -o names a folder for the figures "
                          "(summary.png, spectra.png, ...): give a new or existing folder")
+    _refuse_inside_store(out, [p for p in (args.result, args.truth) if p])
+    names = ["summary.png", "spectra.png", "maps.png", "history.png"] + (["errors.png"] if truth is not None else [])
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"-o {args.output}: cannot create the figure folder ({exc.strerror})") from None
+    _prepare_files([out / n for n in names], bool(args.overwrite))  # all of them before drawing any
     _save(plot.summary(result, truth, pixels=pixels), out / "summary.png")
     _save(plot.spectra(result, truth, pixels=pixels), out / "spectra.png")
     _save(plot.amplitude_maps(result, truth), out / "maps.png")
@@ -380,37 +512,42 @@ def cmd_demo(args):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from . import metrics, plot, toy
     from .fuse import fuse
 
     t0 = time.perf_counter()
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    overwrite = bool(args.overwrite)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {args.output}: a file exists there; -o names the demo's output folder: give a new "
+                         "or existing folder")
+    _refuse_inside_store(out, [])
+    for name in ("fused.zarr", "truth.zarr", "x.zarr", "y.zarr"):  # every output before any computing
+        _prepare_output(out / name, overwrite=overwrite)
+    _prepare_files([out / "summary.png", out / "metrics.txt"], overwrite)
     print(f"building the {args.toy!r} toy (seed {args.seed}) ...", flush=True)
     x_obs, y_obs, truth = toy.make(args.toy, seed=args.seed)
     kw = {} if args.max_iter is None else {"max_iter": args.max_iter}
     result = fuse(x_obs, y_obs, progress=not args.no_progress, **kw)
-    _write(result, out / "fused.zarr")
-    _write(truth.to_dataset(name="flux"), out / "truth.zarr")
-    _write(x_obs, out / "x.zarr")
-    _write(y_obs, out / "y.zarr")
+    _write(result, out / "fused.zarr", overwrite=overwrite)
+    _write(truth.to_dataset(name="flux"), out / "truth.zarr", overwrite=overwrite)
+    _write(x_obs, out / "x.zarr", overwrite=overwrite)
+    _write(y_obs, out / "y.zarr", overwrite=overwrite)
     vel = (None, None)
     if args.replicas:  # error bars of the velocity map from refitted replicas (xfusion.uncertainty)
         from .uncertainty import uncertainty
 
         vel = plot.band_velocity_maps(uncertainty(result, x_obs, y_obs, n=args.replicas), truth, x_obs=x_obs)
-    fig = plot.summary(result, truth, path=out / "summary.png", x_obs=x_obs, y_obs=y_obs, velocity=vel[0],
-                       velocity_truth=vel[1])
-    plt.close(fig)
+    _save(plot.summary(result, truth, x_obs=x_obs, y_obs=y_obs, velocity=vel[0], velocity_truth=vel[1]),
+          out / "summary.png", announce=False)
     rows = _table_rows(result, truth, x_obs, y_obs)
     table = metrics.format_report(rows)
     a = result.attrs
     header = (f"# xfusion {a['xfusion_version']} demo: toy {args.toy!r} (seed {args.seed}); "
               f"{a['regularization']}/{a['method']}, {a['iterations']} iterations, "
               f"converged={bool(a['converged'])}\n# parameters: {a['parameters']}\n# {METRIC_NOTE}\n")
-    (out / "metrics.txt").write_text(header + table + "\n")
+    _write_file(out / "metrics.txt", header + table + "\n")
     wall = time.perf_counter() - t0
     print(f"\noutput folder: {out.resolve()}")
     print("  fused.zarr, truth.zarr, x.zarr, y.zarr, summary.png, metrics.txt")
@@ -446,6 +583,9 @@ def cmd_jwst(args):
                 raise InputError(f"{f!r} does not exist")
         imager = iojwst.stack_filters([iojwst.read_nircam_i2d(f) for f in args.imager])
         ifu = iojwst.read_nirspec_s3d(args.ifu)
+    inputs = [f for f in list(args.imager or []) + [args.ifu] if f and not args.toy]
+    if args.output:  # before any computing (the fusion takes a while)
+        _prepare_output(args.output, inputs=inputs)
     names = [str(f) for f in imager["filter"].values]
     held = list(args.held_out or [])
     keep = [f for f in names if f not in held]
@@ -474,7 +614,7 @@ def cmd_jwst(args):
     print(metrics.format_report(rows, name_header="filter"))
     print(f"mean spectrum vs the IFU: max relative error {v['mean_spectrum_max_rel_error']:.4f}")
     if args.output:
-        _write(result, args.output, overwrite=False)
+        _write(result, args.output, inputs=inputs)
         print(f"wrote {args.output}")
     return EXIT_OK
 
@@ -509,6 +649,10 @@ def build_parser():
     d.add_argument("--max-iter", type=int, default=None, metavar="N",
                    help="maximum number of iterations (default: the method's, 50 for EM)")
     d.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier demo in DIR (stores, summary.png, metrics.txt written "
+                        "by xfusion); without it any existing one is refused. Never replaces what xfusion did "
+                        "not write")
     d.add_argument("--replicas", type=int, default=2, metavar="N",
                    help="bootstrap replicas behind the velocity error map of the summary (default 2: a rough "
                         "map; 20 for numbers you quote; 0: no velocity row)")
@@ -594,6 +738,10 @@ def build_parser():
                    "x 240 channels of 3.75 eV; 0.5-1.4 keV)")
     t.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     t.add_argument("--seed", type=int, default=0, help="random seed of the sky and the Poisson draws (default: 0)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace existing DIR/x.zarr, y.zarr, truth.zarr written by xfusion (including your own "
+                        "observations saved with xfusion.io.zarr.write!); without it any existing one is refused "
+                        "and nothing is written. Never a file, a non-Zarr folder or a store xfusion did not write")
     t.set_defaults(func=cmd_toy)
 
     m = sub.add_parser(
@@ -613,7 +761,12 @@ def build_parser():
                     "into DIR. Maps have x/y axes in arcsec; spectra are flux densities in ph cm-2 s-1 keV-1\n"
                     "against energy in keV; the history is the objective against iterations.")
     pl.add_argument("result", metavar="OUT.zarr", help="result store written by `xfusion fuse`")
-    pl.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
+    pl.add_argument("-o", "--output", required=True, metavar="DIR",
+                    help="output folder (created if needed; never an input store, inside one or inside any Zarr "
+                         "store)")
+    pl.add_argument("--overwrite", action="store_true",
+                    help="replace figures of these names in DIR that xfusion wrote (PNG marked Software=xfusion); "
+                         "without it any existing one is refused. Never replaces a file xfusion did not write")
     pl.add_argument("--truth", metavar="TRUTH.zarr", default=None,
                     help="truth store (variable flux in ph cm-2 s-1 per voxel) to compare with")
     pl.add_argument("--pixel", action="append", metavar="IX,IY",
