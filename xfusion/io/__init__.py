@@ -4,7 +4,7 @@ One file per kind of file: ``ogip_read`` / ``ogip_write`` (RMF, ARF, PHA), ``eve
 ``psf`` (PSF images), ``fits_cube`` (a fused cube as a FITS image cube), ``observation_files`` (an
 observation from instrument files, and alignment of two), ``zarr`` (stores), ``jwst`` (i2d/s3d).
 """
-from . import events, fits_cube, observation_files, ogip_read, ogip_write, psf, zarr  # noqa: F401
+from . import events, fits_cube, fits_output, observation_files, ogip_read, ogip_write, psf, zarr  # noqa: F401
 from .events import read_events  # noqa: F401
 from .fits_cube import write_fits_cube  # noqa: F401
 from .observation_files import (align, background_counts, background_from_pha, common_channel_edges,  # noqa: F401

@@ -27,6 +27,10 @@ Layout of the file written by :func:`write_fits_cube`:
   energy is interpolated linearly between the centres).
 * ``ENERGIES`` binary table (always): ``CHANNEL`` (1-based index along NAXIS3),
   ``E_MIN``, ``E_MAX`` (keV), the exact channel edges.
+* ``CREATOR = 'xfusion VERSION'`` in the primary header: the marker by which ``overwrite=True``
+  knows the file is xfusion's. Only such a file is replaced; anything else at the path (a text
+  file, someone's FITS image) is refused (:mod:`xfusion.io.fits_output`), and the file is written
+  to a temporary sibling renamed when complete.
 """
 from __future__ import annotations
 
@@ -35,6 +39,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from astropy.io import fits
+
+from .fits_output import check_fits_output, creator
+from .fits_output import writeto as _writeto
 
 __all__ = ["write_fits_cube"]
 
@@ -76,12 +83,14 @@ def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=Fal
         given to :func:`xfusion.io.observation_files.observation_from_files`. Without it the spatial
         axes are linear offsets in arcsec (see module docstring).
     overwrite : bool
-        Overwrite an existing file.
+        Replace an existing file, only if xfusion wrote it (``CREATOR = 'xfusion ...'``); any
+        other file at ``path`` is refused even then. Checked before anything is computed.
 
     Returns
     -------
     pathlib.Path
     """
+    check_fits_output(path, overwrite, "FITS cube")
     da = result[variable] if isinstance(result, xr.Dataset) else result
     xd, yd, ed = _dim(da, "x"), _dim(da, "y"), _dim(da, "energy")
     if da.ndim != 3:
@@ -153,13 +162,11 @@ def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=Fal
                       ("iterations", "XFNITER")):
         if key in attrs:
             h[fkey] = attrs[key]
-    h["CREATOR"] = "xfusion.io.fits_cube"
+    h["CREATOR"] = (creator(), "xfusion.io.fits_cube")
 
     energies = fits.BinTableHDU.from_columns(
         [fits.Column(name="CHANNEL", format="J", array=np.arange(1, n_e + 1, dtype=np.int32)),
          fits.Column(name="E_MIN", format="D", unit="keV", array=lo),
          fits.Column(name="E_MAX", format="D", unit="keV", array=hi)],
         name="ENERGIES")
-    path = Path(path)
-    fits.HDUList([hdu, energies, *extra]).writeto(path, overwrite=overwrite)
-    return path
+    return _writeto([hdu, energies, *extra], path, overwrite, "FITS cube")

@@ -8,6 +8,17 @@ Inputs use the :mod:`xfusion` conventions: an RMF is a DataArray with dims
 ``("energy_true", "energy")`` and coordinates ``energy_true_lo/hi`` and
 ``energy_lo/hi`` (keV), optionally ``channel``; an ARF is a DataArray along
 ``energy_true`` in cm2.
+
+Writing never destroys what xfusion did not create (DESIGN section 9, :mod:`xfusion.io.fits_output`):
+every file carries ``CREATOR = 'xfusion VERSION'`` in its primary header; ``overwrite=False`` refuses
+an existing path (``FileExistsError``) and ``overwrite=True`` replaces only a FITS file that xfusion
+wrote (anything else -- e.g. the instrument's own ``PREFIX.rmf`` -- is refused with
+:class:`xfusion.io.zarr.OutputError`, a ``ValueError``). The writers of several files check every
+path before writing any, and each file is written to a temporary sibling renamed when complete.
+
+The spectra of a fused cube (:func:`write_pha_from_result`, :func:`write_pha2_from_result`) refuse
+integer counts that lost the spectrum to rounding (``ValueError``): pass the observation's exposure
+and effective area.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
+from xfusion.io.fits_output import check_fits_output, primary_hdu
+from xfusion.io.fits_output import writeto as _writeto
 from xfusion.io.ogip_read import SparseRMF
 
 __all__ = ["write_pha", "write_rmf", "write_arf"]
@@ -139,7 +152,8 @@ def write_rmf(
         Storage type of ``MATRIX``: float32 (``PE``, default) or float64
         (``PD``).
     overwrite : bool
-        Overwrite an existing file.
+        Replace an existing file, only if xfusion wrote it (FITS ``CREATOR = 'xfusion ...'``);
+        anything else at ``path`` is refused (:mod:`xfusion.io.fits_output`).
 
     Returns
     -------
@@ -233,7 +247,7 @@ def write_rmf(
 
     ehdu = _ebounds_hdu(e_lo, e_hi, channel, telescope, instrument, filter_, chantype)
     path = Path(path)
-    fits.HDUList([fits.PrimaryHDU(), mhdu, ehdu]).writeto(path, overwrite=overwrite)
+    _writeto([primary_hdu(), mhdu, ehdu], path, overwrite, "RMF")
     return path
 
 
@@ -260,7 +274,8 @@ def write_arf(
     telescope, instrument, filter : str, optional
         Header keywords; default from ``attrs`` or UNKNOWN/UNKNOWN/NONE.
     overwrite : bool
-        Overwrite an existing file.
+        Replace an existing file, only if xfusion wrote it (FITS ``CREATOR = 'xfusion ...'``);
+        anything else at ``path`` is refused (:mod:`xfusion.io.fits_output`).
 
     Returns
     -------
@@ -297,7 +312,7 @@ def write_arf(
     h["HDUCLAS2"] = ("SPECRESP", "dataset contains spectral response")
     h["HDUVERS"] = ("1.1.0", "version of the format (OGIP CAL/GEN/92-002)")
     path = Path(path)
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=overwrite)
+    _writeto([primary_hdu(), hdu], path, overwrite, "ARF")
     return path
 
 
@@ -391,7 +406,9 @@ def write_pha(
         Also write an ``EBOUNDS`` extension (not part of 92-007 but read by
         several tools, gammapy requires it).
     overwrite : bool
-        Overwrite existing files.
+        Replace existing files (the PHA and the responses written beside it), only those
+        xfusion wrote (FITS ``CREATOR = 'xfusion ...'``); anything else is refused. Every
+        path is checked before any file is written.
 
     Returns
     -------
@@ -435,6 +452,9 @@ def write_pha(
         else:
             first_channel = 0
     channel = np.arange(n, dtype=np.int64) + int(first_channel)
+    _check_outputs([("PHA", path)] + [(what, path.with_suffix(suffix)) for obj, what, suffix in
+                                      ((rmf, "RMF", ".rmf"), (arf, "ARF", ".arf"))
+                                      if isinstance(obj, (xr.DataArray, SparseRMF))], overwrite)
 
     def _response(obj, suffix, writer, n_check_dim):
         if obj is None:
@@ -530,10 +550,10 @@ def write_pha(
     h["TLMIN1"] = (int(channel[0]), "first legal channel number")
     h["TLMAX1"] = (int(channel[-1]), "last legal channel number")
 
-    hdus = [fits.PrimaryHDU(), hdu]
+    hdus = [primary_hdu(), hdu]
     if ebounds:
         hdus.append(_ebounds_hdu(lo, hi, channel, telescope, instrument, filter, chantype))
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    _writeto(hdus, path, overwrite, "PHA")
     return path
 
 
@@ -677,7 +697,12 @@ def write_pha_from_result(
     exposure, area : float
         Nominal exposure (s) and flat effective area (cm2). Choose them so that the counts
         per channel are large (the rounding below is then negligible): the numbers carry
-        no noise information of their own.
+        no noise information of their own. The observation's exposure and effective area
+        are a natural choice. With ``rate=False``, a ``ValueError`` is raised when the
+        rounding loses the spectrum: when the written integer counts total differs from the
+        expected total ``sum(flux * area * exposure)`` by more than half of it (e.g. every
+        channel rounds to 0, as with the defaults 1 s and 1 cm2 for a fused flux of ~1e-5
+        ph cm-2 s-1 per channel). A region of zero flux writes zeros.
     variable : str
         Variable of ``result`` to sum (default ``"flux"``).
     rate : bool
@@ -716,7 +741,9 @@ def write_pha_from_result(
         smallest grouping whose diagonal errors are valid (keyword ``GRPSIZE`` records
         it; 1 writes the channels as they are). ``None`` (default) or 1: no grouping.
     overwrite : bool
-        Overwrite existing files.
+        Replace existing output files that xfusion wrote (FITS ``CREATOR = 'xfusion ...'``);
+        any other file at an output path (e.g. your instrument's ``<prefix>.rmf``) is refused
+        even then. Every output path is checked before anything is written.
 
     Returns
     -------
@@ -742,6 +769,11 @@ def write_pha_from_result(
     if group == "auto" and uncertainty is None:
         raise ValueError("group='auto' chooses the grouping from the replicas' channel correlations: pass "
                          "uncertainty= (the Dataset of xfusion.uncertainty), or an integer group.")
+    outs = [(what, Path(os.fspath(path_prefix) + sfx)) for what, sfx in (("PHA", ".pha"), ("RMF", ".rmf"),
+                                                                          ("ARF", ".arf"))]
+    if uncertainty is not None:
+        outs.append(("covariance file", Path(os.fspath(path_prefix) + ".cov.fits")))
+    _check_outputs(outs, overwrite)  # before any computing or writing
     spectrum = np.asarray(da.values, dtype=np.float64)[mask].sum(axis=0)
     reps = diag = None
     if uncertainty is not None:
@@ -764,6 +796,7 @@ def write_pha_from_result(
         if expected.max() >= 2**31:
             raise ValueError("expected counts exceed the 32-bit COUNTS column; lower exposure/area or use rate=True.")
         data = np.rint(expected)
+        _check_rounding(expected, data, exposure, area, "write_pha_from_result")
     else:
         data = expected
     stat_err = cov = None
@@ -937,7 +970,7 @@ def write_pha2(
     idx = [c.upper() for c in hdu.columns.names].index("CHANNEL") + 1
     h[f"TLMIN{idx}"] = (int(channel[0]), "first legal channel number")
     h[f"TLMAX{idx}"] = (int(channel[-1]), "last legal channel number")
-    hdus = [fits.PrimaryHDU(), hdu, _ebounds_hdu(lo, hi, channel, telescope, instrument, filter, "PI")]
+    hdus = [primary_hdu(), hdu, _ebounds_hdu(lo, hi, channel, telescope, instrument, filter, "PI")]
     if extra_columns:
         info = [fits.Column(name="SPEC_NUM", format="J", array=spec_num)]
         for name, (fmt, arr) in extra_columns.items():
@@ -946,7 +979,7 @@ def write_pha2(
                 raise ValueError(f"extra column {name!r} needs one value per spectrum ({n_spec}).")
             info.append(fits.Column(name=name, format=fmt, array=arr))
         hdus.append(fits.BinTableHDU.from_columns(info, name="SPEC_INFO"))
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    _writeto(hdus, path, overwrite, "PHA")
     return path
 
 
@@ -969,7 +1002,12 @@ def write_pha2_from_result(
     The same nominal "fused instrument" as :func:`write_pha_from_result` (diagonal RMF on
     the fused energy bins, flat ARF of ``area`` cm2, ``exposure`` s): row ``k`` holds the
     expected counts ``flux * area * exposure`` of pixel / region ``k``, rounded to the
-    nearest integer (negative round-off set to 0).
+    nearest integer (negative round-off set to 0). Pass the observation's ``exposure`` (s)
+    and ``area`` (cm2): a ``ValueError`` is raised when the rounding loses the spectra, i.e.
+    when the total of the written counts over all rows differs from the expected total by
+    more than half of it (e.g. every count rounds to 0 with the defaults 1 s, 1 cm2; single
+    faint pixels may round to 0, the file as a whole may not). ``overwrite``: as for
+    :func:`write_pha_from_result` (only files xfusion wrote are replaced).
 
     Parameters
     ----------
@@ -996,6 +1034,8 @@ def write_pha2_from_result(
     da = result[variable].transpose("x", "y", "energy")
     if not (float(exposure) > 0 and float(area) > 0):
         raise ValueError(f"exposure and area must be positive; got {exposure!r} s and {area!r} cm2.")
+    _check_outputs([(what, Path(os.fspath(path_prefix) + sfx))
+                    for what, sfx in (("PHA", ".pha"), ("RMF", ".rmf"), ("ARF", ".arf"))], overwrite)
     lo, hi = _edges_from(da, "energy")
     vals = np.asarray(da.values, dtype=np.float64)
     nx, ny, n = vals.shape
@@ -1030,6 +1070,7 @@ def write_pha2_from_result(
             stat_err = _replica_spectra(uncertainty, masks, da).std(axis=0, ddof=1)
         stat_err = stat_err * float(area) * float(exposure)
     expected = np.clip(spectra * float(area) * float(exposure), 0.0, None)
+    _check_rounding(expected, np.rint(expected), exposure, area, "write_pha2_from_result", rate_hint=False)
     keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
     pha_path, rmf_path, arf_path = _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys)
     write_pha2(np.rint(expected), np.append(lo, hi[-1]), float(exposure), pha_path, respfile=rmf_path.name,
@@ -1074,8 +1115,28 @@ def _write_covariance(cov, path, n_rep, unit, overwrite, pha_name, rank=None):
     h["COMMENT"] = "Do not invert a raw block of it with few replicas (n): its inverse is about"
     h["COMMENT"] = "(n-1)/(n-p-2) times too large for p channels, and noisy. Band it first (lags"
     h["COMMENT"] = "<= 2, correlations averaged over all channels), or group (PHA GRPRECOM)."
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=overwrite)
+    _writeto([primary_hdu(), hdu], path, overwrite, "covariance file")
     return path
+
+
+def _check_outputs(paths, overwrite):
+    """Every output of a multi-file writer checked before any is written (a refusal writes nothing)."""
+    for what, p in paths:
+        check_fits_output(p, overwrite, what)
+
+
+def _check_rounding(expected, counts, exposure, area, writer, rate_hint=True):
+    """Refuse integer counts that lost the spectrum: the written total must stay within half of the expected
+    total ``sum(flux * area * exposure)`` (with many counts per channel the rounding is negligible; with the
+    defaults exposure=1 s, area=1 cm2 a fused flux of ~1e-5 ph cm-2 s-1 per channel rounds to 0 everywhere)."""
+    total, kept = float(np.sum(expected)), float(np.sum(counts))
+    if total > 0 and abs(kept - total) > 0.5 * total:
+        alt = ", or rate=True (RATE in count/s, not rounded)" if rate_hint else ""
+        raise ValueError(
+            f"{writer}: rounding the expected counts flux * area * exposure to integers leaves {kept:.0f} counts "
+            f"of {total:.3g} (exposure={float(exposure):g} s, area={float(area):g} cm2): the spectrum would lose its "
+            "counts. Pass the observation's exposure (s) and effective area (cm2), e.g. exposure=1e5, area=100.0, "
+            f"so that the channels hold many counts{alt}.")
 
 
 def _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys):
@@ -1093,6 +1154,7 @@ def _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys):
                        attrs={"units": "1", "arf_folded": False})
     arf = xr.DataArray(np.full(n, float(area)), dims=("energy_true",),
                        coords=edges_coords("energy_true", lo, hi), attrs={"units": "cm2"})
+    _check_outputs((("PHA", pha_path), ("RMF", rmf_path), ("ARF", arf_path)), overwrite)
     write_rmf(rmf, rmf_path, first_channel=0, overwrite=overwrite, **keys)
     write_arf(arf, arf_path, overwrite=overwrite, **keys)
     return pha_path, rmf_path, arf_path
