@@ -1,0 +1,173 @@
+"""Outputs never destroy what xfusion did not write (DESIGN section 9): one test per bug of session 28's red team.
+
+1. ``xfusion toy/demo -o DIR`` replaced existing x.zarr/y.zarr (the user's own observations) without --overwrite;
+2. ``xfusion plot/demo -o DIR`` overwrote the user's files, and ``plot -o`` wrote into an input store;
+3. ``write_pha_from_result`` (and the type-II writer) with the default exposure=1 s, area=1 cm2 wrote all-zero counts;
+4. the FITS/OGIP writers with overwrite=True replaced any file (the user's instrument .rmf/.arf, a text file);
+5. ``xfusion.io.zarr.write(..., overwrite=True)`` through a symbolic link emptied the link's target.
+"""
+import os
+
+import matplotlib
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.io import fits
+
+import xfusion
+from xfusion.cli import main
+from xfusion.io import zarr as xzarr
+from xfusion.io.ogip_read import edges_coords
+from xfusion.io.ogip_write import write_pha2_from_result, write_pha_from_result
+
+matplotlib.use("Agg")
+
+
+def _user_observation(name="my XMM pn obs"):
+    counts = np.random.default_rng(0).poisson(5, (8, 6, 6)).astype(float)
+    return xfusion.observation(counts, dims=("energy", "y", "x"), energy_edges=np.linspace(0.5, 2.1, 9),
+                               pixel_size=4.1, exposure=5e4, name=name)
+
+
+def _tree(d):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def _cube(flux_value=1e-6, nx=4, ny=3, n=20):
+    e = np.linspace(0.5, 2.5, n + 1)
+    flux = np.full((nx, ny, n), flux_value)
+    return xr.Dataset({"flux": (("x", "y", "energy"), flux, {"units": "ph cm-2 s-1"})},
+                      coords={"x": ("x", np.arange(nx) * 5.0, {"units": "arcsec", "pixel_size": 5.0}),
+                              "y": ("y", np.arange(ny) * 5.0, {"units": "arcsec", "pixel_size": 5.0}),
+                              **edges_coords("energy", e[:-1], e[1:])})
+
+
+# ---------------------------------------------------------------------------------------------- bug 1
+def test_toy_and_demo_refuse_existing_stores_without_overwrite(tmp_path, capsys):
+    d = tmp_path / "project"
+    xzarr.write(_user_observation(), d / "x.zarr")  # the user's own observation, saved as the README shows
+    before = _tree(d)
+    assert main(["toy", "small", "-o", str(d)]) == 3
+    err = capsys.readouterr().err
+    assert str(d / "x.zarr") in err and "--overwrite" in err
+    assert xzarr.open(d / "x.zarr").attrs["name"] == "my XMM pn obs"
+    assert _tree(d) == before  # nothing written: y.zarr, truth.zarr were not created either
+    assert main(["demo", "--toy", "small", "-o", str(d), "--no-progress", "--replicas", "0"]) == 3
+    err = capsys.readouterr().err
+    assert str(d / "x.zarr") in err and "--overwrite" in err
+    assert _tree(d) == before and xzarr.open(d / "x.zarr").attrs["name"] == "my XMM pn obs"
+    # the explicit choice still works: --overwrite replaces the stores xfusion wrote
+    assert main(["toy", "small", "-o", str(d), "--overwrite"]) == 0
+    assert xzarr.open(d / "x.zarr").attrs["name"] != "my XMM pn obs"
+
+
+# ---------------------------------------------------------------------------------------------- bug 2
+def test_plot_and_demo_refuse_user_files_and_input_stores(tmp_path, capsys):
+    toy = tmp_path / "toy"
+    assert main(["toy", "small", "-o", str(toy)]) == 0
+    out = tmp_path / "out.zarr"
+    assert main(["fuse", str(toy / "x.zarr"), str(toy / "y.zarr"), "-o", str(out), "--no-progress",
+                 "--regularization", "none", "--max-iter", "3"]) == 0
+    capsys.readouterr()
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "summary.png").write_text("my figure for the paper")
+    (paper / "metrics.txt").write_text("my notes")
+    for extra in ([], ["--overwrite"]):  # even --overwrite never replaces a file xfusion did not write
+        assert main(["plot", str(out), "-o", str(paper), *extra]) == 3
+        err = capsys.readouterr().err
+        assert str(paper / "summary.png") in err and ("--overwrite" in err or "not written by xfusion" in err)
+        assert (paper / "summary.png").read_text() == "my figure for the paper"
+        assert sorted(os.listdir(paper)) == ["metrics.txt", "summary.png"]  # no other figure written either
+        assert main(["demo", "--toy", "small", "-o", str(paper), "--no-progress", "--replicas", "0", *extra]) == 3
+        capsys.readouterr()
+        assert (paper / "metrics.txt").read_text() == "my notes"
+        assert sorted(os.listdir(paper)) == ["metrics.txt", "summary.png"]
+    # figures never go into an input store (nor into a folder inside one)
+    store_files = _tree(toy / "x.zarr")
+    for target in (out, toy / "x.zarr", out / "figs"):
+        assert main(["plot", str(out), "-o", str(target)]) == 3
+        assert "store" in capsys.readouterr().err
+    assert main(["plot", str(out), "-o", str(toy / "x.zarr"), "--truth", str(toy / "truth.zarr")]) == 3
+    assert _tree(toy / "x.zarr") == store_files and not list(out.glob("*.png")) and not (out / "figs").exists()
+    # valid uses unchanged: a new folder, then the same folder again with --overwrite (xfusion's own figures)
+    figs = tmp_path / "figs"
+    assert main(["plot", str(out), "-o", str(figs)]) == 0
+    assert main(["plot", str(out), "-o", str(figs)]) == 3
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["plot", str(out), "-o", str(figs), "--overwrite"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- bug 3
+def test_pha_refuses_counts_lost_to_rounding(tmp_path):
+    ds = _cube(1e-6)  # ph cm-2 s-1 per voxel: 1e-6 counts with the default 1 s, 1 cm2
+    with pytest.raises(ValueError, match="exposure.*area"):
+        write_pha_from_result(ds, np.ones((4, 3), bool), tmp_path / "r")
+    with pytest.raises(ValueError, match="exposure.*area"):
+        write_pha2_from_result(ds, tmp_path / "r2")
+    assert os.listdir(tmp_path) == []  # nothing written
+    # documented use: the observation's exposure and area -> the counts are kept
+    pha, _, _ = write_pha_from_result(ds, np.ones((4, 3), bool), tmp_path / "ok", exposure=1e5, area=100.0)
+    assert int(fits.getdata(pha, "SPECTRUM")["COUNTS"].sum()) == 12 * 20 * 10
+    pha2, _, _ = write_pha2_from_result(ds, tmp_path / "ok2", exposure=1e5, area=100.0)
+    assert int(fits.getdata(pha2, "SPECTRUM")["COUNTS"].sum()) == 12 * 20 * 10
+    # a region of zero flux writes zeros (nothing to lose); rate=True is never rounded
+    pha0, _, _ = write_pha_from_result(_cube(0.0), np.ones((4, 3), bool), tmp_path / "zero")
+    assert int(fits.getdata(pha0, "SPECTRUM")["COUNTS"].sum()) == 0
+    write_pha_from_result(ds, np.ones((4, 3), bool), tmp_path / "rate", rate=True)
+
+
+# ---------------------------------------------------------------------------------------------- bug 4
+def test_fits_writers_replace_only_their_own_files(tmp_path):
+    ds = _cube(1e-6)
+    pre = tmp_path / "src"
+    for ext in (".rmf", ".arf"):  # the user's instrument responses under the same prefix
+        h = fits.PrimaryHDU()
+        h.header["ORIGIN"] = "USER " + ext
+        h.writeto(f"{pre}{ext}")
+    with pytest.raises(xzarr.OutputError, match=r"src\.rmf.*not written by xfusion"):
+        write_pha_from_result(ds, np.ones((4, 3), bool), pre, exposure=1e5, area=100.0, overwrite=True)
+    assert {ext: fits.getheader(f"{pre}{ext}").get("ORIGIN") for ext in (".rmf", ".arf")} == \
+        {".rmf": "USER .rmf", ".arf": "USER .arf"}
+    assert not os.path.exists(f"{pre}.pha")  # every path checked before any file is written
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    with pytest.raises(xzarr.OutputError, match="not written by xfusion"):
+        xfusion.io.write_fits_cube(ds, notes, overwrite=True)
+    assert notes.read_text() == "precious"
+    # xfusion's own files: overwrite=False still refuses, overwrite=True replaces them
+    cube = xfusion.io.write_fits_cube(ds, tmp_path / "cube.fits")
+    assert fits.getheader(cube)["CREATOR"].startswith("xfusion ")
+    with pytest.raises(OSError, match="exists"):
+        xfusion.io.write_fits_cube(ds, cube)
+    xfusion.io.write_fits_cube(ds, cube, overwrite=True)
+    pha, rmf, arf = write_pha_from_result(ds, np.ones((4, 3), bool), tmp_path / "mine", exposure=1e5, area=100.0)
+    write_pha_from_result(ds, np.ones((4, 3), bool), tmp_path / "mine", exposure=2e5, area=100.0, overwrite=True)
+    assert fits.getheader(pha, "SPECTRUM")["EXPOSURE"] == 2e5
+    assert [p.name for p in sorted(tmp_path.iterdir()) if p.name.startswith(".")] == []  # no temporary left
+
+
+# ---------------------------------------------------------------------------------------------- bug 5
+def test_zarr_write_refuses_symbolic_links(tmp_path):
+    x, y = _user_observation("first"), _user_observation("second")
+    real = tmp_path / "runs" / "fused_v1.zarr"
+    xzarr.write(x, real)
+    files = _tree(real)
+    link = tmp_path / "latest.zarr"
+    link.symlink_to(real)
+    for _ in range(2):  # and the next attempt says the same (nothing left half-done)
+        with pytest.raises(xzarr.OutputError, match="symbolic link.*real path"):
+            xzarr.write(y, link, overwrite=True)
+        assert _tree(real) == files and xzarr.open(real).attrs["name"] == "first"
+        assert sorted(os.listdir(tmp_path)) == ["latest.zarr", "runs"] and link.is_symlink()
+    # a link where a half-done replace left its temporary sibling: refused, its target untouched
+    link.unlink()
+    tmp_link = tmp_path / ".latest.zarr.xfusion-tmp"
+    tmp_link.symlink_to(real)
+    with pytest.raises(xzarr.OutputError, match="symbolic link"):
+        xzarr.write(y, link)
+    assert _tree(real) == files and tmp_link.is_symlink() and not link.exists()
+    # the real path works as before
+    tmp_link.unlink()
+    xzarr.write(y, real, overwrite=True)
+    assert xzarr.open(real).attrs["name"] == "second"
