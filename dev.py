@@ -98,7 +98,9 @@ def ensure_env(extras):
 
 def cmd_demo(args):
     py = ensure_env([])
-    return _run([py, "-m", "xfusion.cli", "demo", *args], env=dict(os.environ, MPLBACKEND="Agg"))
+    # a second run replaces the demo's own outputs (--overwrite replaces only what xfusion wrote and marked)
+    extra = [] if "--overwrite" in args else ["--overwrite"]
+    return _run([py, "-m", "xfusion.cli", "demo", *extra, *args], env=dict(os.environ, MPLBACKEND="Agg"))
 
 
 def cmd_test(args):
