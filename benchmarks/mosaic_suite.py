@@ -64,6 +64,9 @@ The 20 tuning scenes at the same HEAD (``--split tune --n 20 --noise mad``, s22/
 -2.01), -7.5 km/s (12/16); mean fits pn 19.09 dB / 158.5 km/s, pn + MOS 19.77 / 151.1. The -2.01 is point_sources/102
 (pn 3e6): with MOS the family prior takes the zeroed prior (k 1, 15 iterations, 13.58 dB) over the thresholded one
 that pn alone takes (15.59 dB); s22/ps102.py.
+Session 28 (HEAD 6d9d8f5, default unchanged since session 21 but for exact speed-ups; ``--split heldout --n 60
+--indices 20-59 --noise mad``, 40 skies never run before, s28/mos_fresh_*.log): MOS effect +0.91 dB (35/40, worst
+-1.61), -4.0 km/s (25/32, SE 2.1); with the 20 earlier held-out skies: +0.95 dB (53/60), -1.85 km/s (34/48, SE 1.9).
 
     nice -n 15 python benchmarks/mosaic_suite.py --split tune --n 6
     nice -n 15 python benchmarks/mosaic_suite.py --split heldout --n 6 --json out.json
