@@ -160,6 +160,14 @@ def test_summary_png(fused, small_toy, tmp_path):
     assert f"mean {np.mean(sam[~no_signal]):.3f} rad over {int((~no_signal).sum())} px" in axes[7].get_title()
     fig = plot.summary(res, pixels=[(3, 3), (7, 7), (10, 2)])  # no truth: 3 maps, 3 spectra, history
     assert len([a for a in fig.axes if a.get_label() != "<colorbar>"]) == 7
+    # session 28: the PNG is marked as xfusion's; saving again replaces it, a user's own file at the path is refused
+    assert plot.is_xfusion_png(path) and plot.png_software(path).startswith("xfusion ")
+    plot.summary(res, path=path, pixels=[(3, 3), (7, 7)])
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"\x89PNG\r\n\x1a\n my own figure")
+    with pytest.raises(ValueError, match="not a figure xfusion wrote"):
+        plot.summary(res, path=mine, pixels=[(3, 3), (7, 7)])
+    assert mine.read_bytes().endswith(b"my own figure")
 
 
 def test_plot_and_io_are_importable_from_the_package():

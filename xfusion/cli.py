@@ -128,48 +128,14 @@ def _write(ds, path, client=None, inputs=(), overwrite=False):
     return path
 
 
-PNG_SOFTWARE = "xfusion"  # prefix of the PNG ``Software`` text of the figures written here
-
-
-def _png_software(path):
-    """The ``Software`` text of a PNG file (None if absent or not a PNG)."""
-    import struct
-    import zlib
-
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
-                return None
-            while True:
-                head = fh.read(8)
-                if len(head) < 8:
-                    return None
-                size, kind = struct.unpack(">I4s", head)
-                if kind in (b"IDAT", b"IEND") or size > 1 << 20:
-                    return None
-                data = fh.read(size)
-                fh.read(4)  # CRC
-                if kind not in (b"tEXt", b"zTXt", b"iTXt"):
-                    continue
-                key, _, value = data.partition(b"\0")
-                if key != b"Software":
-                    continue
-                if kind == b"zTXt":
-                    value = zlib.decompress(value[1:])
-                elif kind == b"iTXt":  # compression flag, method, language \0 translated keyword \0 text
-                    flag, rest = value[0], value[2:].split(b"\0", 2)[-1]
-                    value = zlib.decompress(rest) if flag else rest
-                return value.decode("latin-1", "replace")
-    except (OSError, zlib.error, struct.error, IndexError):
-        return None
-
-
 def _file_by_xfusion(path):
     """True if ``path`` is a figure (PNG ``Software`` text ``xfusion VERSION``) or a text file (first line
     ``# xfusion VERSION demo: ...``, the demo's metrics.txt) that this CLI wrote."""
     p = Path(path)
     if p.suffix.lower() == ".png":
-        return (_png_software(p) or "").startswith(PNG_SOFTWARE + " ")
+        from .plot import is_xfusion_png
+
+        return is_xfusion_png(p)
     try:
         with open(p, "rb") as fh:
             return re.match(rb"# xfusion \S+ demo: ", fh.readline(200)) is not None
@@ -444,19 +410,15 @@ def _parse_pixels(items):
 
 def _save(fig, path, dpi=100, announce=True):
     """Save a figure as PNG marked ``Software = xfusion VERSION`` (so that ``--overwrite`` can tell it from the
-    user's files), through a temporary sibling renamed when complete."""
+    user's files; :func:`xfusion.plot.save_png`), through a temporary sibling renamed when complete."""
     import matplotlib.pyplot as plt
 
-    from . import __version__
+    from .plot import save_png
 
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.xfusion-tmp")
     try:
-        fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": f"{PNG_SOFTWARE} {__version__}"})
-        os.replace(tmp, p)
+        save_png(fig, path, dpi=dpi)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     if announce:
         print(f"wrote {path}")
 

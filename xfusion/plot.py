@@ -737,6 +737,73 @@ def _masked_sam_panel(ax, result, truth, threshold=0.5):
     return mean
 
 
+#: prefix of the PNG ``Software`` text of the figures xfusion writes (:func:`save_png`)
+PNG_SOFTWARE = "xfusion"
+
+
+def png_software(path):
+    """The ``Software`` text of a PNG file (None if absent or not a PNG)."""
+    import struct
+    import zlib
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                size, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or size > 1 << 20:
+                    return None
+                data = fh.read(size)
+                fh.read(4)  # CRC
+                if kind not in (b"tEXt", b"zTXt", b"iTXt"):
+                    continue
+                key, _, value = data.partition(b"\0")
+                if key != b"Software":
+                    continue
+                if kind == b"zTXt":
+                    value = zlib.decompress(value[1:])
+                elif kind == b"iTXt":  # compression flag, method, language \0 translated keyword \0 text
+                    flag, rest = value[0], value[2:].split(b"\0", 2)[-1]
+                    value = zlib.decompress(rest) if flag else rest
+                return value.decode("latin-1", "replace")
+    except (OSError, zlib.error, struct.error, IndexError):
+        return None
+
+
+def is_xfusion_png(path):
+    """True if ``path`` is a PNG whose ``Software`` text is ``xfusion VERSION`` (a figure xfusion wrote)."""
+    return (png_software(path) or "").startswith(PNG_SOFTWARE + " ")
+
+
+def save_png(fig, path, dpi=100):
+    """Save ``fig`` as PNG at ``path``, marked ``Software = xfusion VERSION``, through a temporary sibling renamed
+    when complete. An existing file is replaced only if it is such a figure (DESIGN section 9: nothing xfusion did not
+    write is overwritten); anything else at ``path`` (the user's own figure, a folder, a link) is refused with a
+    ValueError."""
+    import os
+    from pathlib import Path
+
+    from . import __version__
+
+    p = Path(path)
+    if p.is_symlink() or (p.exists() and not p.is_file()):
+        raise ValueError(f"{str(p)!r} is {'a symbolic link' if p.is_symlink() else 'a folder'}; refusing to write a "
+                         "figure there: choose another path")
+    if p.exists() and not is_xfusion_png(p):
+        raise ValueError(f"{str(p)!r} exists and is not a figure xfusion wrote (no PNG Software = 'xfusion ...' "
+                         "text); refusing to replace it: move it away or choose another path")
+    tmp = p.with_name(f".{p.name}.xfusion-tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": f"{PNG_SOFTWARE} {__version__}"})
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=None, band=None, dpi=100,
             velocity=None, velocity_truth=None):
     """One-page overview that shows what fusion gained.
@@ -752,7 +819,8 @@ def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=Non
     of the fused cube and of the baselines. With ``velocity`` (line maps with errors, see
     :func:`velocity_maps`) a third row shows the velocity map, its error map and
     ``velocity_truth`` (a Dataset with a ``velocity`` map, km/s). With ``path`` the figure is
-    saved as PNG at ``dpi``. Returns the Figure.
+    saved as PNG at ``dpi`` (:func:`save_png`: an existing file is replaced only if xfusion wrote it). Returns the
+    Figure.
     """
     plt = _pyplot()
     pixels = list(pixels) if pixels is not None else auto_pixels(result)
@@ -802,5 +870,5 @@ def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=Non
             head += f"  |  {name}: {b['nmse_db']:.1f} dB, {b['asam_rad']:.3f} rad"
     fig.suptitle(head, fontsize=12)
     if path is not None:
-        fig.savefig(path, dpi=dpi)
+        save_png(fig, path, dpi=dpi)
     return fig
