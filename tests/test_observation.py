@@ -56,6 +56,7 @@ def test_effective_area_dataarray_kept_on_its_grid():
 BAD = {
     "missing dims": (dict(dims=None), "dims="),
     "uneven energy": (dict(energy_edges=np.array([1, 1.1, 1.05, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0])), "increase strictly"),
+    "negative energy": (dict(energy_edges=np.linspace(-1, 2, 11)), "photon energies are >= 0"),
     "edges wrong length": (dict(energy_edges=np.linspace(1, 2, 10)), "pass 11 edges"),
     "negative exposure": (dict(exposure=-1.0), "exposure must be a positive"),
     "zero exposure": (dict(exposure=0.0), "exposure must be a positive"),

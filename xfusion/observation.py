@@ -263,6 +263,9 @@ def _edges_coords(edges, dim):
         raise ValueError(f"{dim} edges must be a 1D array of at least 2 values (keV); got shape {edges.shape}")
     if not np.all(np.isfinite(edges)):
         raise ValueError(f"{dim} edges contain non-finite values; pass finite edges in keV")
+    if edges[0] < 0:
+        raise ValueError(f"{dim} edges start at {edges[0]:g} keV; photon energies are >= 0 (pass the channels' "
+                         "energies in keV, not offsets from a line)")
     if np.any(np.diff(edges) <= 0):
         i = int(np.argmax(np.diff(edges) <= 0))
         raise ValueError(
