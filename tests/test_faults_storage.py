@@ -90,6 +90,20 @@ def test_checkpoint_refuses_an_ordinary_folder_and_leaves_it_intact(small_toy, t
     assert (tmp_path / "f.txt").read_text() == "a file"
 
 
+def test_checkpoint_through_a_symbolic_link_is_refused(small_toy, tmp_path):
+    """Session 28: a link to an xfusion checkpoint was renamed aside (the link, not its target), a new store written
+    in its place, and the commit failed on removing the link; now refused before anything moves."""
+    ck = tmp_path / "runs" / "ck.zarr"
+    _ckpt_run(small_toy, ck)
+    before = _tree(ck)
+    (tmp_path / "link.zarr").symlink_to(ck)
+    for kw in ({}, {"resume": True}):
+        with pytest.raises(CheckpointError, match="is a symbolic link.*pass the real path"):
+            _ckpt_run(small_toy, tmp_path / "link.zarr", **kw)
+    assert (tmp_path / "link.zarr").is_symlink() and _tree(ck) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.zarr", "runs"]
+
+
 def test_checkpoint_refuses_a_foreign_zarr_store_and_sibling(small_toy, tmp_path):
     """A Zarr store xfusion's checkpoint writer did not write (e.g. an observation) is never replaced, nor a
     user's folder where the writer's temporary sibling would go."""

@@ -188,7 +188,7 @@ class ZarrCheckpoint:
     The constructor refuses, before any computing: a path that is not a str/PathLike; a path
     that equals, lies inside or contains one of ``protect`` (the input stores, the output); an
     existing file or folder at ``path`` (or ``path.tmp`` / ``path.old``) not written by this
-    writer (an empty folder is accepted); a parent folder that cannot be written.
+    writer (an empty folder is accepted); a symbolic link at any of them; a parent folder that cannot be written.
     """
 
     def __init__(self, path, fingerprint="", *, protect=()):
@@ -222,6 +222,10 @@ class ZarrCheckpoint:
 
     def _check_owned(self):
         for p in (self.path, self.tmp, self.old):
+            if p.is_symlink():  # a commit renames and removes these paths: it would act on the link, not its target
+                raise CheckpointError(
+                    f"checkpoint {self.given!r}: {str(p)!r} is a symbolic link (to {os.readlink(p)!r}); xfusion does "
+                    "not write checkpoints through links: pass the real path instead. Nothing was changed")
             if (p.exists() or p.is_symlink()) and not (_is_ours(p) or _empty_dir(p)):
                 kind = "a file" if not p.is_dir() else "a folder"
                 raise CheckpointError(
