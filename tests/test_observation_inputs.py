@@ -118,3 +118,35 @@ def test_descending_axes_are_named_with_the_fix(small_toy):
     da = xr.DataArray(np.ones((3, 2, 4)), dims=("x", "y", "energy"), coords={"x": [20.0, 10.0, 0.0]})
     with pytest.raises(ValueError, match=r"coordinate x is descending.*sortby\('x'\)"):
         observation(da, **KW)
+
+
+# ----------------------------------------------------------------------------- 6. an ARF is not extrapolated
+def _edges_da(values, et, name="energy_true"):
+    return xr.DataArray(values, dims=name, coords={name: _centres(et), f"{name}_lo": (name, et[:-1]),
+                                                   f"{name}_hi": (name, et[1:])}, attrs={"units": "cm2"})
+
+
+def test_arf_on_another_grid_is_interpolated_never_extrapolated():
+    """Session 28 (second red-team pass): an ARF not covering the RMF's true energies was extrapolated flat (an
+    8-18 keV ARF gave a 6.2-7 keV band its 8 keV area, silently). Now refused where the response maps those
+    energies into the channels; where it does not, the area there is 0."""
+    et = np.linspace(1.0, 2.0, 21)  # the RMF's true-energy grid (50 eV)
+    rmf = np.zeros((20, 4))
+    rmf[np.arange(20), np.arange(20) // 5] = 1.0  # diagonal-ish: each true bin into one channel
+    response = xr.DataArray(rmf, dims=("energy_true", "energy"), coords={
+        "energy_true": _centres(et), "energy_true_lo": ("energy_true", et[:-1]), "energy_true_hi": ("energy_true", et[1:]),
+        "energy": _centres(EDGES), "energy_lo": ("energy", EDGES[:-1]), "energy_hi": ("energy", EDGES[1:])})
+    counts = np.ones((4, 3, 2))
+    fine = np.linspace(0.5, 2.5, 81)  # covers the RMF: interpolated (linear in energy here: exact)
+    ok = observation(counts, dims=("energy", "y", "x"), response=response,
+                     effective_area=_edges_da(100.0 + 10.0 * _centres(fine), fine), **KW)
+    np.testing.assert_allclose(ok["effective_area"].values, 100.0 + 10.0 * _centres(et))
+    short = np.linspace(1.5, 3.0, 31)  # misses 1.0-1.5 keV, which the response sends into channels 0-1
+    with pytest.raises(ValueError, match=r"covers 1.5-3 keV but the response maps true energies 1.025-1.475 keV"):
+        observation(counts, dims=("energy", "y", "x"), response=response,
+                    effective_area=_edges_da(np.full(30, 100.0), short), **KW)
+    quiet = rmf.copy()
+    quiet[:10] = 0.0  # the response sends nothing from 1.0-1.5 keV: allowed, with no area there
+    got = observation(counts, dims=("energy", "y", "x"), response=response.copy(data=quiet),
+                      effective_area=_edges_da(np.full(30, 100.0), short), **KW)
+    assert np.all(got["effective_area"].values[:10] == 0) and np.allclose(got["effective_area"].values[10:], 100.0)

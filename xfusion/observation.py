@@ -1061,6 +1061,20 @@ def _add_response(ds, response, spacing):
                 f = np.clip((dst - src[j]) / (src[j + 1] - src[j]), 0.0, 1.0) if src.size > 1 else np.zeros(dst.size)
                 vals = np.asarray(area.values, dtype=np.float64)
                 new = vals[..., j] * (1 - f) + vals[..., np.minimum(j + 1, src.size - 1)] * f
+                # no extrapolation: outside the ARF's own edges the area is unknown (session 28: an ARF of 8-18 keV
+                # gave a 6.2-7 keV band its 8 keV value); refused where the response sends photons into the channels
+                tol = edge_tolerance(ds_et)
+                outside = (dst < ds_et[0] - tol[0]) | (dst > ds_et[-1] + tol[-1])
+                if outside.any():
+                    rows = mat.sum(axis=1)
+                    needed = outside & (rows > 1e-3 * rows.max())
+                    if needed.any():
+                        raise ValueError(
+                            f"effective_area (ARF) covers {ds_et[0]:.4g}-{ds_et[-1]:.4g} keV but the response maps "
+                            f"true energies {dst[needed].min():.4g}-{dst[needed].max():.4g} keV into these channels: "
+                            "xfusion does not extrapolate an ARF. Pass the ARF made for this RMF (covering at least "
+                            f"{et[0]:.4g}-{et[-1]:.4g} keV)")
+                    new[..., outside] = 0.0
                 ds = ds.drop_vars(["effective_area", "energy_true", "energy_true_lo", "energy_true_hi"])
                 ds = ds.assign_coords(_edges_coords(et, "energy_true"))
                 ds["effective_area"] = (area.dims, new, {"units": "cm2", "note": "interpolated onto RMF grid"})
