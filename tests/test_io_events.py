@@ -243,3 +243,14 @@ def test_resolve_binned_by_pixel(tmp_path):
     path2 = _write_resolve_pixels(tmp_path / "missing.evt", ev[:30])
     with pytest.raises(ValueError, match="pixel 30 has no events"):
         read_events(path2, energy_edges=[5.9, 6.1], center=(RA0, DEC0), bin_by="pixel")
+
+
+def test_tangent_point_on_the_far_side_bins_nothing(tmp_path):
+    """Session 28: positions 90 deg or more from ``center`` have no gnomonic projection; the formula put the far
+    hemisphere back onto the field (every event of a file binned for the antipodal tangent point)."""
+    x, y, e, _ = _events()
+    path = _write(tmp_path / "pn.evt", "xmm_epic", x, y, e, {}, {"EXPOSURE": 1000.0})
+    near = read_events(path, energy_edges=E_EDGES, pixel_size=PIX, center=(RA0, DEC0), shape=SHAPE, filters={})
+    far = read_events(path, energy_edges=E_EDGES, pixel_size=PIX, center=((RA0 + 180.0) % 360.0, -DEC0),
+                      shape=SHAPE, filters={})
+    assert near.attrs["n_binned"] > 0 and far.attrs["n_binned"] == 0 and int(far.sum()) == 0

@@ -388,6 +388,9 @@ def test_resolve_pixels_and_backgrounds_from_files(tmp_path):
     np.testing.assert_allclose(xv["effective_area"].values[15, 3], 400.0)
     with pytest.raises(ValueError, match="relative exposures in"):
         observation_from_files(events=xpath, grid=grid, arf=arf, exposure_map=emap * 1000.0, exposure=1000.0)
+    far = arf.assign_coords(edges_coords("energy_true", te[:-1] + 2.0, te[1:] + 2.0))  # session 28: was IndexError
+    with pytest.raises(ValueError, match="the ARF covers 7.9-8.5 keV but the band is 6-6.4 keV"):
+        observation_from_files(events=xpath, grid=grid, arf=far, exposure_map=emap, exposure=1000.0)
     # Y: Resolve-like pixels of 12" (3 x 3 with pixel 4 the calibration pixel), 10 eV channels
     ev = []
     for p in range(9):

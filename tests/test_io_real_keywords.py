@@ -159,6 +159,18 @@ def test_exposure_xmm_pn_gti_times_livetime(tmp_path):
     # the old behaviour stays available on request
     kw = read_events(path, energy_edges=edges, exposure_keyword="EXPOSURE", **GRID)
     assert kw.attrs["exposure"] == 5.0e4 and kw.attrs["n_outside_gti"] == 0
+    # session 28: without a TIME column the events cannot be screened by the GTIs, whose summed exposure would then
+    # not describe them (was: GTI exposure with every event binned); refused, header keyword still available
+    with fits.open(path) as h:
+        ev = h["EVENTS"]
+        cols = [c for c in ev.columns if c.name != "TIME"]
+        hdus = [fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, header=ev.header, name="EVENTS")]
+        hdus += [hdu.copy() for hdu in h[2:]]
+    fits.HDUList(hdus).writeto(tmp_path / "notime.fits")
+    with pytest.raises(ValueError, match="no TIME column, so they cannot be screened by the GTI"):
+        read_events(tmp_path / "notime.fits", energy_edges=edges, **GRID)
+    kw = read_events(tmp_path / "notime.fits", energy_edges=edges, exposure_keyword="EXPOSURE", **GRID)
+    assert kw.attrs["exposure"] == 5.0e4
 
 
 def test_exposure_chandra_acis_screened_evt2(tmp_path):

@@ -150,3 +150,19 @@ def test_arf_on_another_grid_is_interpolated_never_extrapolated():
     got = observation(counts, dims=("energy", "y", "x"), response=response.copy(data=quiet),
                       effective_area=_edges_da(np.full(30, 100.0), short), **KW)
     assert np.all(got["effective_area"].values[:10] == 0) and np.allclose(got["effective_area"].values[10:], 100.0)
+
+
+def test_validate_refuses_non_finite_tile_geometry():
+    """Session 28 (second red-team pass): a NaN roll or array centre passed validate, then fuse said a detector pixel
+    had 0% of its area inside the field."""
+    from xfusion import scenes_mosaic
+
+    obs, _ = scenes_mosaic.make_small(seed=3)
+    tile = next(o for k, o in obs.items() if k.startswith("tile"))
+    assert validate(tile) is tile
+    for var in ("roll", "array_x", "array_y"):
+        with pytest.raises(ValueError, match=f"'{var}' is not finite"):
+            validate(tile.assign({var: tile[var].copy(data=np.nan)}))
+    with pytest.raises(ValueError, match="coordinate det_x has non-finite values"):
+        validate(tile.assign_coords(det_x=tile["det_x"].copy(data=np.where(np.arange(tile.sizes["pixel"]) == 0, np.nan,
+                                                                          tile["det_x"].values))))

@@ -1139,6 +1139,13 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
                 raise ValueError(f"detector-pixel observation '{ds.attrs.get('name', '?')}' has no '{v}' ({u}); "
                                  "build it with xfusion.observation(..., det_x=, det_y=, roll=, array_center=)")
             _check_units(ds[v], u, v)
+            if not np.all(np.isfinite(np.asarray(ds[v].values, dtype=np.float64))):
+                raise ValueError(f"detector-pixel observation '{ds.attrs.get('name', '?')}': '{v}' is not finite "
+                                 f"({ds[v].values!r} {u}); give the array's roll and centre")
+        for d in ("det_x", "det_y"):
+            if not np.all(np.isfinite(np.asarray(ds[d].values, dtype=np.float64))):
+                raise ValueError(f"detector-pixel observation '{ds.attrs.get('name', '?')}': coordinate {d} has "
+                                 "non-finite values; give every detector pixel's offset (arcsec)")
     if "background_rate" in ds:
         _check_units(ds["background_rate"], "count s-1", "background_rate")
         if ds["background_rate"].dims != ds["counts"].dims:

@@ -298,12 +298,15 @@ def _sky_to_radec(x, y, wx, wy):
 
 
 def _tangent_offsets(ra, dec, ra0, dec0):
-    """Gnomonic offsets (arcsec): x towards the west, y towards the north."""
+    """Gnomonic offsets (arcsec): x towards the west, y towards the north. Positions 90 deg or more from the tangent
+    point have no gnomonic projection (the formula would put the far hemisphere back onto the field): NaN, binned
+    nowhere."""
     a = np.deg2rad(ra)
     d = np.deg2rad(dec)
     a0 = np.deg2rad(ra0)
     d0 = np.deg2rad(dec0)
     cos_c = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
+    cos_c = np.where(cos_c > 0, cos_c, np.nan)
     xi = np.cos(d) * np.sin(a - a0) / cos_c                    # east
     eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cos_c
     rad2as = 180.0 / np.pi * 3600.0
@@ -479,6 +482,12 @@ def read_events(
 
         # ---- exposure: GTIs x dead-time correction, or a header keyword
         gtis = _read_gtis(hdul, instrument) if (gti and exposure_keyword is None) else {}
+        if gtis and "TIME" not in present:
+            raise ValueError(
+                f"{label}: the events have no TIME column, so they cannot be screened by the GTI extensions, and an "
+                "exposure summed from those GTIs would not describe them. Pass gti=False (the header exposure, no "
+                "time screening) or exposure_keyword='EXPOSURE' (or another keyword) if the events were screened "
+                "already")
         n_outside_gti = 0
         if gtis and "TIME" in present:
             t = np.asarray(data["TIME"], dtype=np.float64)
@@ -534,8 +543,9 @@ def read_events(
         xo, yo = _tangent_offsets(ra, dec, float(center[0]), float(center[1]))
         x_edges = (np.arange(nx + 1) - nx / 2.0) * float(pixel_size)
         y_edges = (np.arange(ny + 1) - ny / 2.0) * float(pixel_size)
-        ix = np.floor(xo / float(pixel_size) + nx / 2.0).astype(np.int64)
-        iy = np.floor(yo / float(pixel_size) + ny / 2.0).astype(np.int64)
+        seen = np.isfinite(xo) & np.isfinite(yo)  # NaN: 90 deg or more from the tangent point (binned nowhere)
+        ix = np.floor(np.where(seen, xo / float(pixel_size) + nx / 2.0, -1.0)).astype(np.int64)
+        iy = np.floor(np.where(seen, yo / float(pixel_size) + ny / 2.0, -1.0)).astype(np.int64)
         inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (ie >= 0)
         flat = (ix[inside] * ny + iy[inside]) * ne + ie[inside]
         cube = np.bincount(flat, minlength=nx * ny * ne).astype(np.int64).reshape(nx, ny, ne)
@@ -604,6 +614,9 @@ def read_events(
                   "det_y": xr.Variable("pixel", pix_info["dety"] * size, {"units": "arcsec"})}
         ac = _tangent_offsets(np.array([pix_info["center_radec"][0]]), np.array([pix_info["center_radec"][1]]),
                               float(center[0]), float(center[1]))
+        if not (np.isfinite(ac[0][0]) and np.isfinite(ac[1][0])):
+            raise ValueError(f"{label}: the array centre {tuple(pix_info['center_radec'])} deg is 90 deg or more from "
+                             f"center={tuple(center)}: pass the tangent point of the field (e.g. RA_PNT, DEC_PNT)")
         pixel_attrs = {"roll": float(pix_info["roll"]), "roll_source": pix_info["roll_source"],
                        "array_center": (float(ac[0][0]), float(ac[1][0])),
                        "array_center_source": pix_info["center_source"],

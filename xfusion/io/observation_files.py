@@ -270,6 +270,9 @@ def _exposure_map(emap, area, edges, counts):
         raise ValueError("exposure_map scales the effective area: pass arf= as well")
     et = _edges_of(area, "energy_true")
     keep = np.flatnonzero((et[1:] > edges[0]) & (et[:-1] < edges[-1]))
+    if keep.size == 0:  # (partial coverage is judged against the response by xfusion.observation)
+        raise ValueError(f"the ARF covers {et[0]:.4g}-{et[-1]:.4g} keV but the band is {edges[0]:.4g}-{edges[-1]:.4g} "
+                         "keV: pass an ARF covering the band (xfusion does not extrapolate an ARF)")
     keep = np.arange(max(keep[0] - 1, 0), min(keep[-1] + 2, et.size - 1))  # one bin margin for interpolation
     a = area.isel(energy_true=keep)
     vign = (xr.DataArray(m, dims=("x", "y")) * a).transpose("x", "y", "energy_true")
