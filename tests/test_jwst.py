@@ -324,3 +324,18 @@ def test_general_fuse_takes_jwst_data_tunes_by_fission_and_bootstraps(toy, small
     assert np.all(np.isfinite(unc["flux_std"].values)) and float(unc["flux_std"].mean()) > 0
     with pytest.raises(NotImplementedError, match="thinning.*bootstrap"):
         xfusion.uncertainty(res, imager, ifu, n=2, method="thinning")
+
+
+def test_nan_ifu_voxels_are_fused_when_masked_and_named_when_not(toy):
+    """Session 28 (second red-team pass): real s3d cubes have NaN spaxels. Masked (as the error asks), they stopped
+    the low-rank basis ('spectra ... contain NaN'); unmasked, the error blamed the imager's response."""
+    imager, ifu, _ = toy
+    bad = ifu.copy(deep=True)
+    d, m = bad["data"].values.copy(), bad["mask"].values.copy()
+    d[0, 0, :], d[3, 4, 10] = np.nan, np.nan
+    m[0, 0, :], m[3, 4, 10] = False, False
+    masked = bad.assign(data=(bad["data"].dims, d, bad["data"].attrs), mask=(bad["mask"].dims, m))
+    r = jwst.fuse_jwst(imager, masked, max_iter=10)
+    assert np.all(np.isfinite(r.flux.values))
+    with pytest.raises(ValueError, match="the IFU data contain 49 non-finite values where the mask says valid"):
+        jwst.fuse_jwst(imager, masked.assign(mask=ifu["mask"]), max_iter=10)

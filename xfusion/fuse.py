@@ -904,6 +904,8 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
     # explain, or an instrument that sees nothing, are refused (xfusion.likelihood.support_*)
     edges = [_channel_edges(o) for o in observations]
     data = [xd, yd] + [da.asarray(o["counts"].data) if use_dask else o["counts"].values for o in observations[2:]]
+    if not use_dask:  # Gaussian data may hold NaN where masked (their terms checked it): 0 in the totals and spectra
+        data = [d if np.all(np.isfinite(d)) else np.where(np.isfinite(d), d, 0.0) for d in data]
     if use_dask:  # per channel: raw totals (the level), and totals of the used (unmasked) counts (the checks)
         import dask.array as da
 

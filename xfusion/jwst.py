@@ -594,6 +594,11 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
     R = filter_response(use, edges) if response is None else np.array(response, dtype=np.float64)
     if R.shape != (edges.size - 1, len(use)):
         raise ValueError(f"response must be (IFU channels {edges.size - 1}, filters {len(use)}); got {R.shape}")
+    for what, d, m in (("imager", ym, mm), ("IFU", yh, mh)):  # before the cross-calibration reads them
+        bad = m & ~np.isfinite(d)
+        if bad.any():
+            raise ValueError(f"the {what} data contain {int(bad.sum())} non-finite values where the mask says valid; "
+                             "pass mask=False there (e.g. from the DQ extension) -- xfusion never patches them silently")
     factors = np.ones(len(use))
     if cross_calibration:
         factors, R = cross_calibrate(ym, yh, R, mm, mh)
