@@ -376,3 +376,23 @@ def test_dask_counts_with_bad_values_are_refused_with_explicit_settings(small_to
     ybad["counts"][1, 1, 5] = value
     with pytest.raises(ValueError, match=re.escape(f"counts of '{y.attrs['name']}' contain {msg}")):
         fz(x.chunk({"x": 5}), ybad.chunk({"energy": 60}), reg)
+
+
+def test_a_path_or_a_repeated_observation_is_named(small_toy, tmp_path):
+    """Session 28 (second red-team pass): a store's path raised "'str' object has no attribute 'attrs'"; the same
+    observation given twice was fused silently (its photons counted twice)."""
+    x, y, _ = small_toy
+    with pytest.raises(TypeError, match=r"observation 2 is a PosixPath.*xfusion.io.zarr.open\(path\)"):
+        xfusion.fuse(x, tmp_path / "y.zarr")
+    with pytest.raises(TypeError, match=r"observation 1 is a ndarray.*xfusion.observation"):
+        xfusion.fuse(x.counts.values, y)
+    with pytest.raises(TypeError, match=r"observation 2 is a str"):
+        xfusion.fusion_grid(x, "y.zarr")
+    for twice in (x, x.copy(deep=True)):
+        with pytest.warns(UserWarning, match=r"observations 1 and 3 .* are the same data"):
+            xfusion.fuse(x, y, twice, regularization="none", **dict(FAST, max_iter=1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # distinct inputs: no warning
+        xfusion.fuse(x, y, x.assign_attrs(name="MOS-like"), regularization="none", **dict(FAST, max_iter=1))

@@ -115,6 +115,9 @@ def test_pha_refuses_counts_lost_to_rounding(tmp_path):
     pha0, _, _ = write_pha_from_result(_cube(0.0), np.ones((4, 3), bool), tmp_path / "zero")
     assert int(fits.getdata(pha0, "SPECTRUM")["COUNTS"].sum()) == 0
     write_pha_from_result(ds, np.ones((4, 3), bool), tmp_path / "rate", rate=True)
+    # a folder that does not exist is named (was: FileNotFoundError naming the hidden temporary file)
+    with pytest.raises(FileNotFoundError, match=r"its folder .*nowhere' does not exist"):
+        write_pha_from_result(ds, np.ones((4, 3), bool), tmp_path / "nowhere" / "r", exposure=1e5, area=100.0)
 
 
 # ---------------------------------------------------------------------------------------------- bug 4

@@ -185,6 +185,30 @@ HISTORY_ATTRS = {
 }
 
 
+def _check_inputs_given(observations):
+    """Refuse what is not an observation Dataset (e.g. a store's path) with the fix; warn when one observation is
+    given twice (the same object, or the same name and counts): its photons would count twice."""
+    import os
+
+    for i, o in enumerate(observations):
+        if not isinstance(o, xr.Dataset):
+            hint = (": open a stored observation with xfusion.io.zarr.open(path) (or xfusion.io.observation_from_files "
+                    "for event files)" if isinstance(o, (str, os.PathLike)) else
+                    ": build one with xfusion.observation(...)")
+            raise TypeError(f"observation {i + 1} is a {type(o).__name__}, not an xarray.Dataset{hint}")
+    for i, a in enumerate(observations):
+        for j in range(i):
+            b = observations[j]
+            same = a is b or (a.attrs.get("name") == b.attrs.get("name") and "counts" in a and "counts" in b
+                              and a["counts"].shape == b["counts"].shape
+                              and isinstance(a["counts"].data, np.ndarray) and isinstance(b["counts"].data, np.ndarray)
+                              and np.array_equal(a["counts"].values, b["counts"].values))
+            if same:
+                warnings.warn(f"observations {j + 1} and {i + 1} ('{a.attrs.get('name', '?')}') are the same data: "
+                              "their photons count twice in the likelihood. Pass each observation once",
+                              UserWarning, stacklevel=3)
+
+
 def _wavelength_inputs(observations):
     """JWST imager + IFU Datasets in their own layout (wavelength in um, ``data``/``variance``; e.g.
     :func:`xfusion.jwst.imager_dataset`, :mod:`xfusion.io.jwst`'s readers) become xfusion observations
@@ -601,6 +625,7 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
     if len(observations) < 2:
         raise TypeError(f"fuse needs at least two observations (one sharp in space, one sharp in energy); got "
                         f"{len(observations)}")
+    _check_inputs_given(observations)
     observations = _wavelength_inputs(observations)
     if settings is not None:
         regularization, method, max_iter, tol, dtype, options = _apply_settings(

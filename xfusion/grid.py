@@ -201,6 +201,10 @@ def fusion_grid(*observations) -> xr.Dataset:
     if len(observations) < 2:
         raise TypeError(f"fusion_grid needs at least two observations (one sharp in space, one sharp in energy); got "
                         f"{len(observations)}")
+    for i, o in enumerate(observations):
+        if not isinstance(o, xr.Dataset):
+            raise TypeError(f"observation {i + 1} is a {type(o).__name__}, not an xarray.Dataset (open a stored one "
+                            "with xfusion.io.zarr.open(path); build one with xfusion.observation(...))")
     if len(observations) == 2:
         obs_a, obs_b = observations
         grid = _pair_grid(obs_a, obs_b)

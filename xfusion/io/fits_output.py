@@ -68,6 +68,9 @@ def written_by_xfusion(path) -> bool:
 def check_fits_output(path, overwrite: bool, what: str = "output file") -> Path:
     """Refuse a FITS output ``path`` that would destroy something (see the module docstring); return it."""
     p = Path(os.fspath(path))
+    if not p.absolute().parent.is_dir():
+        raise FileNotFoundError(f"{what} {str(p)!r}: its folder {str(p.absolute().parent)!r} does not exist; create "
+                                "it first or choose another path")
     if not (p.exists() or p.is_symlink()):
         return p
     if not overwrite:
