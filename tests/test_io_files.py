@@ -241,6 +241,8 @@ def test_grid_and_energy_options(toy_files):
     o3 = observation_from_files(band=(0.5, 1.4), group=3, filters={}, **common)
     assert o3.sizes["energy"] == 4
     assert float(o3["counts"].sum()) == float(x_obs["counts"].sum()) + 40
+    with pytest.raises(ValueError, match="group must be a positive integer"):  # session 28: was truncated to 2
+        observation_from_files(band=(0.5, 1.4), group=2.5, filters={}, **common)
     with pytest.raises(ValueError, match="either as grid= or as keywords"):
         observation_from_files(grid={"pixel_size": 10.0, "center": (RA0, DEC0), "shape": (15, 15)},
                                **{**common, "shape": (3, 3)})

@@ -214,7 +214,8 @@ def test_exposure_chandra_acis_screened_evt2(tmp_path):
                     filters={"status": ("==", 0)}, **GRID)
 
 
-@pytest.mark.parametrize("deadc", [None, 0.9987], ids=["livetime_over_ontime", "DEADC"])
+@pytest.mark.parametrize("deadc", [None, 0.9987, 1.5, "N/A"], ids=["livetime_over_ontime", "DEADC", "DEADC>1",
+                                                                  "DEADC-text"])
 def test_exposure_xrism_resolve(tmp_path, deadc):
     rng = np.random.default_rng(3)
     n = 300
@@ -236,8 +237,15 @@ def test_exposure_xrism_resolve(tmp_path, deadc):
         header["DEADC"] = deadc
     hdus = [fits.PrimaryHDU(), _events_hdu(cols, header, ("X", "Y"), wcs), _gti_hdu("GTI", *gti)]
     fits.HDUList(hdus).writeto(tmp_path / "xa000000000rsl_p0px1000_cl.evt")
+    if deadc in (1.5, "N/A"):  # session 28: an exposure above the on time, or "could not convert string to float"
+        with pytest.raises(ValueError, match=r"dead-time correction DEADC = .* is not in \(0, 1\]"):
+            read_events(tmp_path / "xa000000000rsl_p0px1000_cl.evt", energy_edges=np.linspace(0.5, 12, 24), **GRID)
+        return
     cube = read_events(tmp_path / "xa000000000rsl_p0px1000_cl.evt", energy_edges=np.linspace(0.5, 12, 24),
                        **GRID)
+    with pytest.raises(ValueError, match="shape must be two integers"):
+        read_events(tmp_path / "xa000000000rsl_p0px1000_cl.evt", energy_edges=np.linspace(0.5, 12, 24),
+                    **{**GRID, "shape": (16.7, 16)})
     corr = deadc if deadc is not None else 0.995
     assert abs(cube.attrs["exposure"] / (on * corr) - 1) < 1e-3
     assert cube.attrs["exposure"] == pytest.approx(on * corr, rel=1e-12)

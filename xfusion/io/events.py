@@ -185,24 +185,41 @@ def _read_gtis(hdul, instrument):
 
 
 def _livetime_fraction(header, instrument, ccd):
-    """(dead-time correction factor, keyword text) for one CCD (see module docstring)."""
+    """(dead-time correction factor, keyword text) for one CCD (see module docstring); a factor outside (0, 1] (or not
+    a number) is refused by name: the live time cannot exceed the on time."""
+    f, kw = _livetime_keyword(header, instrument, ccd)
+    try:
+        ok = 0.0 < float(f) <= 1.0 + 1e-9
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"dead-time correction {kw} = {f!r} is not in (0, 1] (live time / on time): the event file's "
+                         "header is damaged; pass exposure_keyword= (e.g. 'LIVETIME' or 'EXPOSURE') or fix the keyword")
+    return float(f), kw
+
+
+def _livetime_keyword(header, instrument, ccd):
     def ratio(live, on):
-        if live in header and on in header and float(header[on]) > 0:
-            return float(header[live]) / float(header[on]), f"{live}/{on}"
+        if live in header and on in header:
+            try:
+                if float(header[on]) > 0:
+                    return float(header[live]) / float(header[on]), f"{live}/{on}"
+            except (TypeError, ValueError):
+                return f"{header[live]!r}/{header[on]!r}", f"{live}/{on}"
         return None
 
     if instrument == "chandra_acis":
         if "DTCOR" in header:
-            return float(header["DTCOR"]), "DTCOR"
+            return header["DTCOR"], "DTCOR"
     elif instrument == "xmm_epic":
         r = ratio(f"LIVETI{ccd:02d}", f"ONTIME{ccd:02d}") if ccd is not None else None
         if r is not None:
             return r
         if "DEADC" in header:
-            return float(header["DEADC"]), "DEADC"
+            return header["DEADC"], "DEADC"
     else:
         if "DEADC" in header:
-            return float(header["DEADC"]), "DEADC"
+            return header["DEADC"], "DEADC"
         r = ratio("LIVETIME", "ONTIME")
         if r is not None:
             return r
@@ -420,6 +437,8 @@ def read_events(
     if bin_by == "sky":
         if pixel_size is None or shape is None:
             raise ValueError("pixel_size and shape are required to bin events on the sky (bin_by='sky')")
+        if len(shape) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape):
+            raise ValueError(f"shape must be two integers (pixels along x and y); got {shape!r}")
         nx, ny = (int(s) for s in shape)
         if nx < 1 or ny < 1 or not float(pixel_size) > 0:
             raise ValueError("shape must be positive and pixel_size > 0.")

@@ -490,6 +490,9 @@ def observation_from_files(
                     )
                 idx = np.append(inside[np.flatnonzero(gr == 1)], inside[-1] + 1)
             else:
+                if isinstance(group, bool) or not isinstance(group, (int, np.integer)):
+                    raise ValueError(f"group must be a positive integer (RMF channels per fused channel); got "
+                                     f"{group!r}")
                 g = int(group)
                 if g < 1:
                     raise ValueError(f"group must be a positive integer; got {group!r}")
