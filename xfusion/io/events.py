@@ -670,6 +670,10 @@ def read_events(
         "energy_binning": binning,
         **pixel_attrs,
     }
+    if n_events > 0 and attrs["n_binned"] == 0:  # legal, but nearly always a wrong center, shape, band or GTI
+        warnings.warn(f"{label}: none of its {n_events} events was binned into the cube ({attrs['n_selected']} passed "
+                      f"the screening, {attrs['n_outside_gti']} fell outside the GTIs): check center, shape and "
+                      "pixel_size (sky binning), the energy band, the filters and the GTIs", UserWarning, stacklevel=2)
     return xr.DataArray(cube, dims=("pixel", "energy") if bin_by == "pixel" else ("x", "y", "energy"),
                         coords=coords, name="counts", attrs=attrs)
 
