@@ -224,6 +224,23 @@ def test_bad_options_are_refused_before_any_work(small_toy, kw, msg, monkeypatch
         xfusion.fuse(x, y, progress=False, **kw)
 
 
+@pytest.mark.parametrize("kw,msg", [
+    (dict(rank=5), r"unknown option\(s\) \['rank'\].*regularization='auto' chooses between"),
+    (dict(kk=1.0), r"unknown option\(s\) \['kk'\]"),
+])
+def test_unknown_options_with_auto_are_refused_before_tuning(small_toy, kw, msg, monkeypatch):
+    """Session 28 (third red-team pass): with regularization="auto" an unknown option (or one of another family) was
+    refused only after the whole tuning (17 s on gaussian_rebin), naming the regularization "auto" had chosen."""
+    x, y, _ = small_toy
+
+    def no_work(*a, **k):
+        raise AssertionError("the tuning started before the options were checked")
+
+    monkeypatch.setattr(xfusion.tuning, "resolve_auto", no_work)
+    with pytest.raises(TypeError, match=msg):
+        xfusion.fuse(x, y, progress=False, **kw)
+
+
 def test_valid_edge_options_are_accepted(small_toy):
     x, y, _ = small_toy
     r = xfusion.fuse(x, y, n_scales_2d=3, k=np.float32(1.0), n_scales_1d=7, null_space="zero", max_iter=np.int64(2),

@@ -803,6 +803,13 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     # thresholds and the variance stabilization do not: every wavelet candidate is tuned and scored with them
     fixed = sorted(k for k, v in wopts.items() if v != "auto" and k not in ("noise", "stabilize"))
     note = None
+    if not gaussian:  # the two families "auto" chooses between take these options: checked before any work
+        try:
+            _resolve("wavelet2d1d", method, options)
+        except TypeError as exc:
+            raise TypeError(f"{exc}. regularization='auto' chooses between 'wavelet2d1d' and plain RL ('none'); an "
+                            "option of another regularization (e.g. rank, mu) needs it named, e.g. "
+                            "regularization='lowrank'") from None
     if on_dask and not fixed:  # thinning on in-memory copies when they fit (nothing is loaded when nothing is tuned)
         copies, note = (None, "Dask-backed data with a Gaussian data term") if gaussian else \
             in_memory_copies(observations, client)
