@@ -206,7 +206,7 @@ def rl_rule(indices, size="small", n_max=150):
         name, x, y, t = _suite_scene(i, size)
         curve = rl_nmse_curve(x, y, t, n_max)
         cur = tuning.tune(x, y, regularization="none", seed=0, max_iter=n_max)
-        ch = tuning.choice(cur)
+        ch = json.loads(cur.attrs["choice"])  # with the diagnostics (tuning.choice keeps the fuse options only)
         best = int(np.argmax(curve[1:]) + 1)
         n = min(ch["max_iter"], len(curve) - 1)
         losses.append(curve[n] - curve[best])

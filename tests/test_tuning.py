@@ -133,7 +133,12 @@ def test_rl_iteration_count_is_chosen_by_thinning(small_toy):
     x, y, t = small_toy
     cur = tuning.tune(x, y, regularization="none", seed=0)
     dev = cur["mean_deviance"].values
-    ch = tuning.choice(cur)
+    ch = json.loads(cur.attrs["choice"])  # the record: the count and its diagnostics
+    assert tuning.choice(cur) == {"max_iter": ch["max_iter"]}  # session 28: only fuse options (was: diagnostics too)
+    assert xfusion.fuse(x, y, regularization="none", progress=False, **tuning.choice(cur)).attrs["iterations"] == \
+        ch["max_iter"]
+    with pytest.raises(ValueError, match="stabilize='anscombe'"):  # session 28: was "unknown option(s) ['rank']"
+        tuning.tune(x, y, regularization="anscombe2d1d")
     half = ch["half_data_iteration"]
     assert half == int(np.argmin(dev[1:]) + 1) and dev[half] < dev[0]
     # the transfer to all counts: x1 unless the sharp-spectral instrument's own held-out optimum comes later or its

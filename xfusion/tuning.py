@@ -1399,6 +1399,14 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     t0 = time.perf_counter()
     if regularization not in REGULARIZATIONS:
         raise ValueError(f"unknown regularization {regularization!r}; choose one of {', '.join(REGULARIZATIONS)}")
+    from . import registry
+
+    if regularization not in ("none", "wavelet2d1d", "lowrank_local") and \
+            registry.regularization(regularization).family != registry.SUBSPACE:
+        hint = (" (the same prior: tune regularization='wavelet2d1d' with stabilize='anscombe')"
+                if regularization == "anscombe2d1d" else "")
+        raise ValueError(f"tune does not choose the settings of regularization={regularization!r}{hint}; tune "
+                         "'wavelet2d1d', 'none' or a low-rank one, or pass its settings explicitly to xfusion.fuse")
     if not (isinstance(n_splits, int) and n_splits >= 1):
         raise ValueError(f"n_splits must be an integer >= 1; got {n_splits!r}")
     if grid is not None and (isinstance(grid, (dict, str)) or not all(isinstance(g, dict) for g in grid)):
@@ -1567,7 +1575,7 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     cur = tune(*observations, regularization="wavelet2d1d", include_rl=True, include_threshold=True, stop_zero=True,
                family_prior=True, n_splits=n_splits, seed=seed, fraction=fraction, dtype=dtype, tol=tol,
                complete=complete, half_fit=half_fit, **fixed)
-    ch = choice(cur)
+    ch = json.loads(cur.attrs["choice"])  # the record, diagnostics included
     if "regularization" not in ch:
         ch = {"regularization": "wavelet2d1d", **ch}
     cur.attrs.update({"regularization": "auto", "choice": json.dumps(ch, sort_keys=True),
@@ -1687,8 +1695,11 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
 
 
 def choice(curve: xr.Dataset) -> dict:
-    """The chosen settings of a :func:`tune` result (a dict of fuse options)."""
-    return json.loads(curve.attrs["choice"])
+    """The chosen settings of a :func:`tune` result: a dict of fuse options to pass with the curve's regularization
+    (``fuse(a, b, regularization=curve.attrs["regularization"], **choice(curve))``; a :func:`select` choice names its
+    own ``regularization``). The diagnostics of the choice (:data:`DIAG_KEYS`, e.g. the best half-data iteration)
+    stay in ``curve.attrs["choice"]`` (JSON) and ``curve.attrs["details"]``."""
+    return {k: v for k, v in json.loads(curve.attrs["choice"]).items() if k not in DIAG_KEYS}
 
 
 def ladder_choice(curve: xr.Dataset) -> dict:
