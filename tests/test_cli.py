@@ -58,6 +58,12 @@ def test_metrics_and_plot_round_trip(toy_dir, fused, tmp_path, capsys):
         f = plots / name
         assert f.is_file() and f.stat().st_size > 10_000
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # session 28: a pixel outside the grid is refused before any figure (was: an internal error for 99, and for -1
+    # summary.png written before the refusal)
+    for bad in ("99,0", "-1,0"):
+        capsys.readouterr()
+        assert main(["plot", str(fused), "-o", str(tmp_path / "bad"), f"--pixel={bad}"]) == 3
+        assert "outside the fused grid" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_installed_executable_round_trip(toy_dir, tmp_path):

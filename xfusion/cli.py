@@ -450,6 +450,10 @@ def cmd_plot(args):
         _check_result_truth_order(args.result, result, args.truth, "xfusion plot {result} --truth {truth} -o DIR")
     truth = _open_truth(args.truth) if args.truth else None
     pixels = _parse_pixels(args.pixel)
+    try:
+        plot.check_pixels(result, pixels)  # before any figure is written
+    except ValueError as exc:
+        raise InputError(f"--pixel: {exc}") from None
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {args.output}: a file exists there; -o names a folder for the figures "

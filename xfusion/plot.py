@@ -301,6 +301,15 @@ def _step(ax, lo, hi, dens, **kw):
     return ax.stairs(dens, edges, baseline=None, **kw)
 
 
+def check_pixels(result, pixels):
+    """Refuse fused-pixel indices ``(ix, iy)`` outside the result's grid (a negative index would wrap around)."""
+    flux = _flux(result, "result")
+    nx, ny = flux.sizes["x"], flux.sizes["y"]
+    for ix, iy in pixels or []:
+        if not (0 <= ix < nx and 0 <= iy < ny):
+            raise ValueError(f"pixel ({ix}, {iy}) is outside the fused grid {nx} x {ny}")
+
+
 def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=True, rebin=None, inputs=True):
     flux = _flux(result, "result")
     (x0, x1), (y0, y1) = ranges
@@ -392,9 +401,8 @@ def spectra(result, truth=None, pixels=None, regions=None, *, x_obs=None, y_obs=
     if pixels is None and regions is None:
         pixels = auto_pixels(result)
     items = []
+    check_pixels(result, pixels)
     for ix, iy in pixels or []:
-        if not (0 <= ix < flux.sizes["x"] and 0 <= iy < flux.sizes["y"]):
-            raise ValueError(f"pixel ({ix}, {iy}) is outside the fused grid {flux.sizes['x']} x {flux.sizes['y']}")
         items.append(((int(ix), int(ix) + 1), (int(iy), int(iy) + 1)))
     for xs, ys in regions or []:
         items.append(tuple(_region_indices(flux, xs, ys)))
@@ -824,6 +832,7 @@ def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=Non
     """
     plt = _pyplot()
     pixels = list(pixels) if pixels is not None else auto_pixels(result)
+    check_pixels(result, pixels)
     band = tuple(band) if band is not None else line_band(result, x_obs=x_obs)
     n_top = 3 + (truth is not None)
     n_bottom = len(pixels) + 1 + (truth is not None)
