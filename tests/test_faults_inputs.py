@@ -413,3 +413,13 @@ def test_a_path_or_a_repeated_observation_is_named(small_toy, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # distinct inputs: no warning
         xfusion.fuse(x, y, x.assign_attrs(name="MOS-like"), regularization="none", **dict(FAST, max_iter=1))
+
+
+def test_dask_chunks_not_multiples_of_the_spatial_factor_are_named(small_toy):
+    """Session 28 (third red-team pass): was "X pixel chunks ((5, 5, 5), (5, 5, 5)) must be multiples of the spatial
+    factor 3", naming neither the option nor a fix."""
+    x, y, _ = small_toy
+    with pytest.raises(ValueError, match=r"chunks=\(5, 5\) must be multiples of the spatial factor 3.*chunks=\(6, 6\)"):
+        fz(x.chunk({"x": 5}), y.chunk({"energy": 60}), "none", chunks=(5, 5))
+    r = fz(x.chunk({"x": 5}), y.chunk({"energy": 60}), "none", chunks=(6, 6))
+    assert np.isfinite(r.flux.values).all()

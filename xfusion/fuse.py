@@ -913,6 +913,12 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
 
         v = grid.attrs["spatial_factor"]
         bx, by = params.get("chunks") or _auto_chunks(grid, shape, dt, regularization, params, client)
+        yd0 = y_obs["counts"]
+        if params.get("chunks") and yd0.ndim == 3 and (bx % v or by % v):  # Y's pixels group v x v fused pixels
+            fix = tuple(-(-b // v) * v for b in (bx, by))
+            raise ValueError(f"chunks={(bx, by)} must be multiples of the spatial factor {v} (fused pixels per "
+                             f"'{names[1]}' pixel, so that each block holds whole Y pixels): e.g. chunks={fix}, or "
+                             "chunks=None to choose them")
         xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
         yd = da.asarray(y_obs["counts"].data)  # a detector-pixel tile (pixel, energy): one chunk
         yd = yd.rechunk((-1, -1) if yd.ndim == 2 else (bx // v, by // v, -1))
