@@ -513,7 +513,8 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         ``regularization`` or ``method`` raises ``ValueError``.
     progress : show a tqdm bar (iteration, objective, relative change).
     callback : ``f(iteration, state) -> bool`` called every iteration (True stops).
-    dtype : "float32" (default) or "float64" for the iterate.
+    dtype : "float32" (default) or "float64" for the iterate (the solver's arithmetic); the delivered ``flux`` is
+        stored in float32 either way.
     client : optional ``dask.distributed.Client``. With Dask-backed observations (e.g.
         ``xfusion.io.zarr.open(path, chunks={})``) or a client, fusion runs block-wise on
         Dask -- the low-rank family in the subspace (:mod:`xfusion.parallel`), the full-cube
