@@ -173,9 +173,11 @@ def _as_int(v, what, low):
     return int(v)
 
 
-def _obs_counts(obs, model, rename, recorded=None):
+def _obs_counts(obs, model, rename, recorded=None, subspace=False):
     """Model counts of one instrument as an array in the order of ``obs['counts'].dims``; ``recorded``: the counts
-    the result says it was fitted on (checked against the observation's)."""
+    the result says it was fitted on (checked against the observation's). ``subspace``: a low-rank result, whose
+    predicted counts are those of the unclipped ``W V`` (the delivered flux is clipped at 0): where they are negative
+    the Poisson mean of a replica is 0 (session 28: such results were refused as "not a usable fit")."""
     def arr(da):
         m = da.rename({k: v for k, v in rename.items() if k in da.dims or k in da.coords})
         m = m.drop_vars([c for c in m.coords if c not in m.dims], errors="ignore")
@@ -192,6 +194,8 @@ def _obs_counts(obs, model, rename, recorded=None):
         raise ValueError(f"observation '{obs.attrs.get('name', '?')}' is not the one the result was fitted on in "
                          "that position (its counts differ from the result's recorded counts): pass the observations "
                          "the result was fitted on, in the same order")
+    if subspace and "variance" not in obs:
+        v = np.maximum(v, 0.0)
     if not np.all(np.isfinite(v)) or (np.any(v < 0) and "variance" not in obs):  # Gaussian data may be < 0
         raise ValueError("the result's predicted counts contain NaN, inf or negative values: not a usable fit")
     return v
@@ -212,11 +216,15 @@ def _models_of(result, observations):
     if len(extra) != len(observations) - 2:
         raise ValueError(f"the result was fitted on {2 + len(extra)} observations but {len(observations)} were given: "
                          "pass the observations the result was fitted on, in the same order")
+    from . import registry
+
+    reg = str(result.attrs.get("regularization", ""))
+    sub = reg in registry.REGULARIZATIONS and registry.regularization(reg).family == registry.SUBSPACE
     models = [None] * len(observations)
     models[pos[0]] = _obs_counts(observations[pos[0]], result["model_spatial"], _SPATIAL_RENAME,
-                                 result.get("counts_spatial"))
+                                 result.get("counts_spatial"), sub)
     models[pos[1]] = _obs_counts(observations[pos[1]], result["model_spectral"], _SPECTRAL_RENAME,
-                                 result.get("counts_spectral"))
+                                 result.get("counts_spectral"), sub)
     for p in pos[2:]:
         name = f"model_obs{p}"
         if name not in result:
@@ -224,7 +232,7 @@ def _models_of(result, observations):
                              "result was fitted on, in the same order")
         mod = result[name]
         rename = {d: d[: -len(f"_obs{p}")] for d in list(mod.dims) + list(mod.coords) if d.endswith(f"_obs{p}")}
-        models[p] = _obs_counts(observations[p], mod, rename, result.get(f"counts_obs{p}"))
+        models[p] = _obs_counts(observations[p], mod, rename, result.get(f"counts_obs{p}"), sub)
     return models
 
 
