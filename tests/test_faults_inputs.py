@@ -423,3 +423,14 @@ def test_dask_chunks_not_multiples_of_the_spatial_factor_are_named(small_toy):
         fz(x.chunk({"x": 5}), y.chunk({"energy": 60}), "none", chunks=(5, 5))
     r = fz(x.chunk({"x": 5}), y.chunk({"energy": 60}), "none", chunks=(6, 6))
     assert np.isfinite(r.flux.values).all()
+
+
+def test_an_input_masked_everywhere_is_named():
+    """Session 28 (fourth red-team pass): a tile with every pixel masked was refused as 'an all-zero response matrix
+    or PSF?' (it has no response)."""
+    from xfusion import scenes_mosaic
+
+    obs, _ = scenes_mosaic.make_small(seed=0)
+    dead = obs["tile2"].assign(mask=(obs["tile2"].counts.dims, np.zeros(obs["tile2"].counts.shape, bool)))
+    with pytest.raises(ValueError, match="'Resolve tile 2' has every data voxel masked"):
+        xfusion.fuse(obs["pn"], obs["tile1"], dead, regularization="none", **dict(FAST, max_iter=1))

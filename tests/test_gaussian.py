@@ -194,3 +194,22 @@ def test_fission_halves_are_independent_with_the_stated_variances():
     np.testing.assert_array_equal(obs["counts"].values, before)  # the input is not modified
     with pytest.raises(ValueError, match="no 'variance'.*thin"):
         fission(obs.drop_vars("variance"))
+
+
+def test_a_number_or_per_channel_variance_is_broadcast():
+    """Session 28 (fourth red-team pass): a scalar or per-channel 'variance' variable passed validate, then fuse
+    failed in xarray's transpose; GaussianTerm documents 'broadcastable to the data or a number'."""
+    import xarray as xr
+
+    import xfusion
+    from xfusion.scenes_mosaic import make_small
+
+    obs, _ = make_small(seed=0)
+    kw = dict(regularization="lowrank_sobolev", rank=3, mu=0.01, max_iter=3, progress=False)
+    full = obs["pn"].assign(variance=(obs["pn"].counts.dims, np.full(obs["pn"].counts.shape, 4.0)))
+    ref = xfusion.fuse(full, obs["tile1"], **kw)
+    for var in (xr.DataArray(4.0), xr.DataArray(np.full(obs["pn"].sizes["energy"], 4.0), dims="energy")):
+        got = xfusion.fuse(obs["pn"].assign(variance=var), obs["tile1"], **kw)
+        np.testing.assert_array_equal(got.flux.values, ref.flux.values)
+    with pytest.raises(ValueError, match="variance has dims .* not a subset of the data's"):
+        xfusion.fuse(obs["pn"].assign(variance=xr.DataArray(np.ones(2), dims="other")), obs["tile1"], **kw)

@@ -12,7 +12,7 @@ import xarray as xr
 
 from . import __version__
 from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions
-from .likelihood import PoissonLikelihood, free_voxels, make_term, support_by_channel, support_in_memory
+from .likelihood import FREE_FLOOR, PoissonLikelihood, free_voxels, make_term, support_by_channel, support_in_memory
 from .observation import CUBE_DIMS, energy_edges, is_pixel_observation
 from .operators.model import build_model
 from . import parallel
@@ -1183,8 +1183,9 @@ def _dask_coverage(solver, client):
     return [np.asarray(c, np.float64) for c in parallel.compute_many(parts, client)]
 
 
-#: coverage below this fraction of an input's peak is round-off (PSF convolution by FFT), reported as 0
-COVERAGE_FLOOR = 1e-9
+#: coverage below this fraction of an input's peak is round-off (PSF convolution by FFT), reported as 0; the same
+#: floor as the free voxels' (:data:`xfusion.likelihood.FREE_FLOOR`)
+COVERAGE_FLOOR = FREE_FLOOR
 
 
 def _add_coverage(ds, grid, problem):

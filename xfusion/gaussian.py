@@ -135,7 +135,11 @@ def data_term(model, obs, data=None, mask=None, dtype=np.float32):
     if "variance" not in obs:
         raise ValueError(f"observation '{obs.attrs.get('name', '?')}' asks for a Gaussian data term but has no "
                          "'variance' variable; add ds['variance'] = (dims, ERR**2) or set data_term='poisson'")
-    var = obs["variance"].transpose(*obs[var_name].dims).values
+    v, dims = obs["variance"], obs[var_name].dims
+    if set(v.dims) - set(dims):
+        raise ValueError(f"observation '{obs.attrs.get('name', '?')}': variance has dims {v.dims}, not a subset of the "
+                         f"data's {dims}; give it on the data's dims (or a number, or per channel)")
+    var = v.broadcast_like(obs[var_name]).transpose(*dims).values  # a number or per channel: broadcast (session 28)
     return GaussianTerm(model, data, var, mask, float(obs.attrs.get("gamma", 1.0)), dtype)
 
 

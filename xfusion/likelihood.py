@@ -261,6 +261,9 @@ def support_in_memory(term, name, edges):
     model = term.model
     h1 = np.asarray(model.forward(np.ones(model.fused_shape, np.float64)), dtype=np.float64)
     valid = np.ones(h1.shape, bool) if term.weight is None else term.weight > 0
+    if not valid.any():  # (session 28: blamed the response or PSF)
+        raise ValueError(f"observation '{name}' has every data voxel masked (mask False everywhere): it constrains "
+                         "nothing; leave it out of the inputs or fix its mask")
     peak = float(h1[valid].max()) if valid.any() else 0.0
     zero = h1 <= ZERO_SUPPORT * peak
     support = np.where(valid & ~zero, h1, 0.0)
@@ -290,14 +293,21 @@ def support_by_channel(model, name, edges, channel_counts):
     return np.asarray(w * np.asarray(back, dtype=np.float64)[0], dtype=np.float64)
 
 
+#: a fused voxel whose summed sensitivity is at most this fraction of the largest is not free (held at 0, reported
+#: unconstrained): below it the data cannot move it (the float32 iterate resolves 1e-7), and it is the floor below
+#: which an input's coverage map reports 0 (session 28: 1e-12 here left voxels that no input's coverage saw at their
+#: start value, marked constrained)
+FREE_FLOOR = 1e-9
+
+
 def above_support(s, peak):
-    """``s > ZERO_SUPPORT peak`` (bool): where a sensitivity ``s`` is not zero, relative to its largest value
+    """``s > FREE_FLOOR peak`` (bool): where a sensitivity ``s`` is not zero, relative to its largest value
     ``peak`` (the rule of :func:`free_voxels`; the EM solver applies it block by block on Dask)."""
-    return s > ZERO_SUPPORT * peak
+    return s > FREE_FLOOR * peak
 
 
 def free_voxels(sensitivity):
-    """Fused voxels some flux can change the data of: ``s = sum_i H_i^T w_i > ZERO_SUPPORT max(s)``."""
+    """Fused voxels some flux can change the data of: ``s = sum_i H_i^T w_i > FREE_FLOOR max(s)``."""
     s = np.asarray(sensitivity)
     return above_support(s, float(s.max(initial=0.0)))
 
