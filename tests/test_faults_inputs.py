@@ -434,3 +434,19 @@ def test_an_input_masked_everywhere_is_named():
     dead = obs["tile2"].assign(mask=(obs["tile2"].counts.dims, np.zeros(obs["tile2"].counts.shape, bool)))
     with pytest.raises(ValueError, match="'Resolve tile 2' has every data voxel masked"):
         xfusion.fuse(obs["pn"], obs["tile1"], dead, regularization="none", **dict(FAST, max_iter=1))
+
+
+def test_pixels_no_input_sees_are_held_at_zero_in_a_mosaic():
+    """Session 28 (fourth red-team pass): pn masked on a band of pixels that two tiles reach only through their PSF
+    tails (below 1e-9 of the peak sensitivity): those pixels showed n_inputs_seeing 0 but kept their start value,
+    marked constrained. Coverage and free voxels now share one floor (FREE_FLOOR)."""
+    from xfusion import scenes_mosaic
+
+    obs, _ = scenes_mosaic.make_small(seed=0)
+    pm = np.ones(obs["pn"].counts.shape, bool)
+    pm[:12] = False
+    pn = obs["pn"].assign(mask=(obs["pn"].counts.dims, pm))
+    r = xfusion.fuse(pn, obs["tile1"], obs["tile2"], regularization="none", **dict(FAST, max_iter=5))
+    unseen = (r["n_inputs_seeing"] == 0).values
+    assert unseen.any()
+    assert not r["constrained"].values[unseen].any() and float(np.abs(r["flux"].values[unseen]).max()) == 0.0
