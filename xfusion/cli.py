@@ -639,7 +639,8 @@ def build_parser():
     f.add_argument("more", metavar="C.zarr", nargs="*",
                    help="further observation stores, any number (e.g. MOS1, MOS2 beside pn, the other pointings "
                         "of a Resolve mosaic): on the fused pixels, on the fused channels, or detector-pixel tiles; "
-                        "their Poisson terms join the likelihood (in memory only). The grid comes from the input "
+                        "their Poisson terms join the likelihood (in memory, or on Dask with --dask/--scheduler for the "
+                        "full-cube regularizations). The grid comes from the input "
                         "with the smallest pixels and the one with the narrowest channels (printed)")
     f.add_argument("-o", "--output", required=True, metavar="OUT.zarr",
                    help="result store to write (new; written to a temporary sibling and renamed when complete)")
