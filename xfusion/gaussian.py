@@ -140,7 +140,10 @@ def data_term(model, obs, data=None, mask=None, dtype=np.float32):
         raise ValueError(f"observation '{obs.attrs.get('name', '?')}': variance has dims {v.dims}, not a subset of the "
                          f"data's {dims}; give it on the data's dims (or a number, or per channel)")
     var = v.broadcast_like(obs[var_name]).transpose(*dims).values  # a number or per channel: broadcast (session 28)
-    return GaussianTerm(model, data, var, mask, float(obs.attrs.get("gamma", 1.0)), dtype)
+    try:
+        return GaussianTerm(model, data, var, mask, float(obs.attrs.get("gamma", 1.0)), dtype)
+    except ValueError as exc:  # name the input (several may be Gaussian)
+        raise ValueError(f"observation '{obs.attrs.get('name', '?')}': {exc}") from None
 
 
 # --------------------------------------------------------------------------- helpers (also used by

@@ -1170,7 +1170,7 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     _check_units(ds["exposure"], "s", "exposure")
     t = float(ds["exposure"].values)
     if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"exposure must be > 0 s; got {t}")
+        raise ValueError(f"exposure of '{ds.attrs.get('name', '?')}' must be > 0 s; got {t}")
     if "effective_area" in ds:
         _check_units(ds["effective_area"], "cm2", "effective_area")
         a = np.asarray(ds["effective_area"].values)
