@@ -450,3 +450,21 @@ def test_pixels_no_input_sees_are_held_at_zero_in_a_mosaic():
     unseen = (r["n_inputs_seeing"] == 0).values
     assert unseen.any()
     assert not r["constrained"].values[unseen].any() and float(np.abs(r["flux"].values[unseen]).max()) == 0.0
+
+
+def test_predict_places_the_flux_by_its_coordinates_and_refuses_bad_values(small_toy):
+    """Session 28 (fifth red-team pass): predict used the flux by position (a flipped or shifted cube gave wrong
+    counts silently) and let NaN and negative flux through to the counts."""
+    x, y, t = small_toy
+    for obs in (x, y):
+        ref = xfusion.predict(t, obs)
+        np.testing.assert_array_equal(xfusion.predict(t.transpose("energy", "y", "x"), obs).values, ref.values)
+        with pytest.raises(ValueError, match="flux coordinate x is not increasing"):
+            xfusion.predict(t.isel(x=slice(None, None, -1)), obs)
+        with pytest.raises(ValueError, match="flux coordinate x does not line up"):
+            xfusion.predict(t.assign_coords(x=t.x + 1000.0), obs)
+        for bad in (t.where(t.x > -50), -t):
+            with pytest.raises(ValueError, match="flux contains NaN, inf or negative values"):
+                xfusion.predict(bad, obs)
+    with pytest.raises(TypeError, match="flux must be a DataArray"):
+        xfusion.predict(t.values, x)

@@ -338,6 +338,30 @@ def _infer_role(flux, obs):
     raise ValueError("cannot infer whether obs is the sharp-spatial or sharp-spectral instrument; pass role=")
 
 
+def _check_placement(f, obs):
+    """Refuse a flux cube whose pixels are not where ``obs``'s image pixels are (session 28: predict used the cube by
+    position, so a shifted or flipped cube gave wrong counts silently): the centres of each v x v block of fused
+    pixels (v = the ratio of pixel sizes) must be the observation's pixel centres, within 1e-3 of a fused pixel.
+    Detector-pixel observations are placed by their own geometry (the footprint), not checked here."""
+    if "x" not in obs["counts"].dims:
+        return
+    px, po = pixel_size(f), pixel_size(obs)
+    v = int(round(po / px))
+    for d in ("x", "y"):
+        fc, oc = np.asarray(f[d].values, np.float64), np.asarray(obs[d].values, np.float64)
+        if fc.size > 1 and np.any(np.diff(fc) <= 0):
+            raise ValueError(f"flux coordinate {d} is not increasing; sort the cube by it first (flux.sortby('{d}'))")
+        if fc.size != oc.size * v:
+            raise ValueError(f"flux coordinate {d} ({fc.size} pixels of {px:g} arcsec) does not cover "
+                             f"'{obs.attrs.get('name', '?')}' ({oc.size} pixels of {po:g} arcsec) pixel for pixel")
+        centres = fc.reshape(oc.size, v).mean(axis=1)
+        if not np.allclose(centres, oc, rtol=0, atol=1e-3 * px):
+            k = int(np.argmax(np.abs(centres - oc)))
+            raise ValueError(f"flux coordinate {d} does not line up with '{obs.attrs.get('name', '?')}': its pixel "
+                             f"{k} is centred at {oc[k]:g} arcsec, the flux's pixels there at {centres[k]:g}; give "
+                             "the flux on the observation's sky grid (e.g. the result of fusing it)")
+
+
 def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
     """Expected counts of ``obs`` for a photon-flux cube on the fused grid.
 
@@ -349,14 +373,25 @@ def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
     (:func:`pixels_model`), as :func:`xfusion.fuse` models it.
     """
     validate(obs)
+    if isinstance(flux, xr.Dataset) and "flux" in flux:
+        flux = flux["flux"]
+    if not isinstance(flux, xr.DataArray) or set(flux.dims) != set(CUBE_DIMS):
+        raise TypeError(f"flux must be a DataArray with dims {CUBE_DIMS} and their coordinates (e.g. a fusion "
+                        f"result's 'flux' or a toy truth); got {type(flux).__name__}")
     f = flux.transpose(*CUBE_DIMS)
-    grid = xr.Dataset(coords={c: f[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
-    role = role or _infer_role(grid, obs)
-    # an image on the fused pixels that carries a psf: the blur relative to the fused resolution, as in fuse
-    model = pixels_model(grid, obs) if role == SPATIAL else build_model(grid, obs, role)
+    missing = [c for c in ("x", "y", "energy_lo", "energy_hi") if c not in f.coords]
+    if missing:
+        raise ValueError(f"flux has no {missing} coordinate(s): predict places the cube by them (arcsec, keV)")
     values = np.asarray(f.values)
     if not np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0):  # (session 28: NaN and negative counts came out)
+        raise ValueError("flux contains NaN, inf or negative values; a photon flux cube is finite and >= 0")
+    grid = xr.Dataset(coords={c: f[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
+    role = role or _infer_role(grid, obs)
+    _check_placement(f, obs)
+    # an image on the fused pixels that carries a psf: the blur relative to the fused resolution, as in fuse
+    model = pixels_model(grid, obs) if role == SPATIAL else build_model(grid, obs, role)
     out = model.expected(values)
     return obs["counts"].copy(data=out).assign_attrs(
         units="count", long_name="expected counts" + (" (including the known background)" if model.background
