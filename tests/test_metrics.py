@@ -209,3 +209,22 @@ def test_jwst_validation_filter_images_mean_spectrum_and_shapes():
         jwst_validation(img, yh[:3], z, R)
     with pytest.raises(ValueError, match="response must be"):
         filter_images(z, R[:4])
+
+
+def test_non_finite_or_misplaced_cubes_are_refused():
+    """Session 28 (fifth red-team pass): a NaN voxel gave aSAM 0 and acSSIM 0 (perfect scores: the NaN pixel and
+    channel were skipped like empty ones); labelled cubes on different grids were compared by position (a channel
+    with its mirror; a cube shifted off the field scored a perfect NMSE)."""
+    import xfusion
+
+    _, _, t = xfusion.toy.make("small", seed=0)
+    bad = t.copy()
+    bad.values[0, 0, 0] = np.nan
+    for f in (M.asam, M.acssim, M.nmse):
+        with pytest.raises(ValueError, match="the estimate contains 1 NaN or inf"):
+            f(t, bad)
+    with pytest.raises(ValueError, match="coordinate energy differs"):
+        M.nmse(t, t.isel(energy=slice(None, None, -1)))
+    with pytest.raises(ValueError, match="coordinate x differs"):
+        M.nmse(t, t.assign_coords(x=t.x + 1000.0))
+    assert M.nmse(t, t.transpose("energy", "y", "x")) == math.inf  # the same grid in another order: fine

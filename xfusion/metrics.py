@@ -97,11 +97,29 @@ def _image(a, what: str = "image") -> np.ndarray:
     return arr
 
 
+def _same_grid(truth, estimate):
+    """Refuse two labelled cubes or images on different grids (session 28: they were compared by position, e.g. a
+    channel with its mirror, or a cube with one shifted off the field)."""
+    if not (_is_dataarray(truth) and _is_dataarray(estimate)):
+        return
+    for c in ("x", "y", "energy", "energy_lo"):
+        if c in truth.coords and c in estimate.coords and truth[c].ndim == 1 and estimate[c].ndim == 1:
+            a, b = np.asarray(truth[c].values, np.float64), np.asarray(estimate[c].values, np.float64)
+            if a.shape == b.shape and not np.allclose(a, b, rtol=1e-6, atol=1e-9 * max(np.abs(a).max(initial=0), 1)):
+                raise ValueError(f"truth and estimate are on different grids (coordinate {c} differs: "
+                                 f"{a[:3]}... vs {b[:3]}...); compare them on the same grid")
+
+
 def _pair(truth, estimate, conv=_cube):
+    _same_grid(truth, estimate)
     t = conv(truth, "truth")
     e = conv(estimate, "estimate")
     if t.shape != e.shape:
         raise ValueError(f"shape mismatch: truth {t.shape} vs estimate {e.shape}")
+    for what, a in (("truth", t), ("estimate", e)):
+        if not np.all(np.isfinite(a)):  # (session 28: a NaN voxel gave aSAM 0, a perfect score)
+            raise ValueError(f"the {what} contains {int(np.sum(~np.isfinite(a)))} NaN or inf value(s); metrics "
+                             "need finite cubes")
     return t, e
 
 
