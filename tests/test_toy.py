@@ -61,3 +61,11 @@ def test_snr_structure(gaussian_rebin_toy):
     lo, hi = (e > 0.5) & (e < 0.55), (e > 1.2) & (e < 1.3)
     ratio = lambda sp: sp[hi].sum() / sp[lo].sum()  # noqa: E731
     assert ratio(truth.values[6, 22]) < 0.8 * ratio(truth.values[38, 22])
+
+
+def test_misspelled_override_keys_are_refused():
+    """Session 28 (fifth red-team pass): make("small", x={"count": 1e6}) ignored the misspelled key silently."""
+    with pytest.raises(ValueError, match=r"'x.count' is not a configuration key; keys here: .*'counts'"):
+        toy.make("small", x={"count": 1e6})
+    with pytest.raises(ValueError, match="'sorce' is not a configuration key"):
+        toy.make("small", sorce={"radius_arcsec": 10.0})

@@ -63,6 +63,33 @@ def load_config(name):
     return tomllib.loads(text)
 
 
+def _known_keys():
+    """Every key path (tuples) of the shipped configurations: what an override may name."""
+    paths = set()
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            paths.add(prefix + (k,))
+            if isinstance(v, dict):
+                walk(v, prefix + (k,))
+
+    for f in resources.files("xfusion").joinpath("toy_models").iterdir():
+        if f.name.endswith(".toml"):
+            walk(tomllib.loads(f.read_text()), ())
+    return paths
+
+
+def _check_overrides(over, known, prefix=()):
+    """Refuse an override key no configuration has (session 28: a misspelled key was ignored silently)."""
+    for k, v in over.items():
+        path = prefix + (k,)
+        if path not in known:
+            near = sorted(p[-1] for p in known if p[:-1] == prefix)
+            raise ValueError(f"toy override {'.'.join(path)!r} is not a configuration key; keys here: {near}")
+        if isinstance(v, dict):
+            _check_overrides(v, known, path)
+
+
 def _merge(base, over):
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -215,6 +242,7 @@ def make(name, seed=0, **overrides):
     ``truth`` is a DataArray (x, y, energy) of photon flux per voxel, ph cm-2 s-1, on the
     fused grid (x, y of ``x_obs``; energy of ``y_obs``).
     """
+    _check_overrides(overrides, _known_keys())
     cfg = _merge(load_config(name), overrides)
     rng = np.random.default_rng(seed)
     cx, cy = cfg["x"], cfg["y"]
