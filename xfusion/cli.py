@@ -147,6 +147,8 @@ def _prepare_files(paths, overwrite, flag="--overwrite"):
     """Refuse, before any computing, output files that would destroy something: an existing path that is
     not a regular file (a folder, a link), an existing file without ``overwrite``, and -- even with it -- a
     file xfusion did not write. The folders must be writable."""
+    from .io import zarr as xzarr
+
     for path in paths:
         p = Path(path)
         if p.is_symlink() or (p.exists() and not p.is_file()):
@@ -163,10 +165,7 @@ def _prepare_files(paths, overwrite, flag="--overwrite"):
                                  "output folder (-o)")
     for folder in sorted({Path(path).absolute().parent for path in paths}):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".xfusion-probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            xzarr.writable_folder(folder)
         except OSError as exc:
             raise InputError(f"cannot write into the output folder {str(folder)!r} "
                              f"({exc.strerror or exc})") from None

@@ -104,6 +104,16 @@ def sources(*datasets):
     return sorted(set(out))
 
 
+def writable_folder(folder, tag=""):
+    """Create ``folder`` (and its parents) if needed and check that a file can be written in it, by writing and
+    removing a hidden probe ``.{tag}xfusion-probe-PID``; raises OSError otherwise."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".{tag}xfusion-probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def check_output(path, *, inputs=(), overwrite=False, what="output store"):
     """Refuse an output ``path`` that would destroy data; return it as a ``Path`` (parents created).
 
@@ -138,10 +148,7 @@ def check_output(path, *, inputs=(), overwrite=False, what="output store"):
                               "it: choose another path")
     parent = p.absolute().parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".{p.name}.xfusion-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        writable_folder(parent, p.name + ".")
     except OSError as exc:
         raise OutputError(f"cannot write {what} {str(path)!r}: folder {str(parent)!r} is not writable "
                           f"({exc.strerror or exc})") from exc
