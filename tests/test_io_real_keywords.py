@@ -403,6 +403,16 @@ def test_read_arf_refuses_nan_and_negative(tmp_path):
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp_path / f"{name}.arf")
         with pytest.raises(OGIPError, match=r"SPECRESP has 1 negative or non-finite value\(s\), first at row 7"):
             read_arf(tmp_path / f"{name}.arf")
+    # session 28: a gap between rows was accepted (and interpolated across later)
+    hi = lo[1:].copy()
+    hi[10] -= 0.05
+    hdu = fits.BinTableHDU.from_columns([fits.Column(name="ENERG_LO", format="E", unit="keV", array=lo[:-1]),
+                                         fits.Column(name="ENERG_HI", format="E", unit="keV", array=hi),
+                                         fits.Column(name="SPECRESP", format="E", unit="cm**2",
+                                                     array=np.full(49, 100.0))], name="SPECRESP")
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp_path / "gap.arf")
+    with pytest.raises(OGIPError, match="bins are not contiguous: row 10 ends at"):
+        read_arf(tmp_path / "gap.arf")
 
 
 @pytest.fixture(scope="module")

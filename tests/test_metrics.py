@@ -228,3 +228,11 @@ def test_non_finite_or_misplaced_cubes_are_refused():
     with pytest.raises(ValueError, match="coordinate x differs"):
         M.nmse(t, t.assign_coords(x=t.x + 1000.0))
     assert M.nmse(t, t.transpose("energy", "y", "x")) == math.inf  # the same grid in another order: fine
+
+
+def test_ssim_image_refuses_a_non_positive_data_range():
+    a = np.random.default_rng(0).random((8, 8))
+    for dr in (0.0, -1.0, float("nan")):  # session 28: returned NaN
+        with pytest.raises(ValueError, match="data_range must be a finite number > 0"):
+            M.ssim_image(a, a, data_range=dr)
+    assert M.ssim_image(a, a, data_range=1.0) == pytest.approx(1.0)

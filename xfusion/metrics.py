@@ -385,6 +385,8 @@ def ssim_image(a, b, *, data_range: float | None = None) -> float:
     """
     x, y = _pair(a, b, conv=_image)
     dr = None if data_range is None else float(data_range)
+    if dr is not None and not (np.isfinite(dr) and dr > 0):  # (session 28: returned NaN)
+        raise ValueError(f"data_range must be a finite number > 0 (the span of the values); got {data_range!r}")
     return float(_ssim_channels(x[..., None], y[..., None], dr)[0])
 
 

@@ -595,6 +595,12 @@ def read_arf(path, *, hdu: int | str | None = None) -> xr.DataArray:
             np.asarray(ahdu.data["ENERG_HI"], dtype=np.float64) * scale,
             fname, ahdu.name, "ENERG_LO", "ENERG_HI",
         )
+        gap = np.abs(lo[1:] - hi[:-1]) > 1e-3 * (hi - lo)[:-1]  # (session 28: accepted silently)
+        if gap.any():
+            k = int(np.flatnonzero(gap)[0])
+            raise OGIPError(f"{fname}: {ahdu.name} bins are not contiguous: row {k} ends at {hi[k]:.6g} keV, row {k + 1} "
+                            f"starts at {lo[k + 1]:.6g} keV. An ARF must tabulate the area over contiguous bins; "
+                            "regenerate it (or fill the gap) rather than let xfusion interpolate across it")
         area = np.asarray(ahdu.data["SPECRESP"], dtype=np.float64)
         idx = [c.upper() for c in ahdu.columns.names].index("SPECRESP") + 1
         unit = str(ahdu.header.get(f"TUNIT{idx}", "cm2")).strip().lower()
