@@ -174,3 +174,29 @@ def test_zarr_write_refuses_symbolic_links(tmp_path):
     tmp_link.unlink()
     xzarr.write(y, real, overwrite=True)
     assert xzarr.open(real).attrs["name"] == "second"
+
+
+def test_a_file_at_the_temporary_name_is_never_overwritten_or_removed(tmp_path):
+    """The one temporary-file writer (xfusion.io.safe_files, used by the FITS writers, the PNG figures and the CLI's
+    text files) refuses a file already at its temporary name, leaves it as it was, and removes only its own
+    temporary file when the write fails."""
+    import os
+
+    from xfusion.io.safe_files import write_via_temporary
+
+    target = tmp_path / "spec.pha"
+    squat = tmp_path / f".spec.xfusion-tmp-{os.getpid()}.pha"
+    squat.write_text("someone's")
+    with pytest.raises(FileExistsError, match="in the way"):
+        write_via_temporary(target, lambda t: t.write_text("new"))
+    assert squat.read_text() == "someone's" and not target.exists()
+    squat.unlink()
+
+    def fails(t):
+        t.write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_via_temporary(target, fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert write_via_temporary(target, lambda t: t.write_text("ok")) == target and target.read_text() == "ok"

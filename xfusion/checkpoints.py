@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import zarr as xzarr
+from .io.safe_files import writable_folder
 from .parallel import compute_many, is_dask
 
 FORMAT = 1
@@ -206,10 +207,7 @@ class ZarrCheckpoint:
                                       "choose another path")
         self._check_owned()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            probe = self.path.parent / f".{self.path.name}.xfusion-probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            writable_folder(self.path.parent, self.path.name + ".")
         except OSError as exc:
             raise CheckpointError(f"cannot write checkpoint {self.given!r}: folder {str(self.path.parent)!r} is not "
                                   f"writable ({exc.strerror or exc})") from exc

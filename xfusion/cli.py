@@ -147,7 +147,7 @@ def _prepare_files(paths, overwrite, flag="--overwrite"):
     """Refuse, before any computing, output files that would destroy something: an existing path that is
     not a regular file (a folder, a link), an existing file without ``overwrite``, and -- even with it -- a
     file xfusion did not write. The folders must be writable."""
-    from .io import zarr as xzarr
+    from .io.safe_files import writable_folder
 
     for path in paths:
         p = Path(path)
@@ -165,7 +165,7 @@ def _prepare_files(paths, overwrite, flag="--overwrite"):
                                  "output folder (-o)")
     for folder in sorted({Path(path).absolute().parent for path in paths}):
         try:
-            xzarr.writable_folder(folder)
+            writable_folder(folder)
         except OSError as exc:
             raise InputError(f"cannot write into the output folder {str(folder)!r} "
                              f"({exc.strerror or exc})") from None
@@ -173,13 +173,9 @@ def _prepare_files(paths, overwrite, flag="--overwrite"):
 
 def _write_file(path, text):
     """Write a text file through a temporary sibling renamed when complete."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.xfusion-tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .io.safe_files import write_via_temporary
+
+    write_via_temporary(path, lambda tmp: tmp.write_text(text))
 
 
 def _parse_value(text):

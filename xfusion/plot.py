@@ -792,10 +792,10 @@ def save_png(fig, path, dpi=100):
     when complete. An existing file is replaced only if it is such a figure (DESIGN section 9: nothing xfusion did not
     write is overwritten); anything else at ``path`` (the user's own figure, a folder, a link) is refused with a
     ValueError."""
-    import os
     from pathlib import Path
 
     from . import __version__
+    from .io.safe_files import write_via_temporary
 
     p = Path(path)
     if p.is_symlink() or (p.exists() and not p.is_file()):
@@ -804,12 +804,8 @@ def save_png(fig, path, dpi=100):
     if p.exists() and not is_xfusion_png(p):
         raise ValueError(f"{str(p)!r} exists and is not a figure xfusion wrote (no PNG Software = 'xfusion ...' "
                          "text); refusing to replace it: move it away or choose another path")
-    tmp = p.with_name(f".{p.name}.xfusion-tmp")
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": f"{PNG_SOFTWARE} {__version__}"})
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_via_temporary(p, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png",
+                                                   metadata={"Software": f"{PNG_SOFTWARE} {__version__}"}))
 
 
 def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=None, band=None, dpi=100,

@@ -2,9 +2,11 @@
 
 One file per kind of file: ``ogip_read`` / ``ogip_write`` (RMF, ARF, PHA), ``events`` (event lists),
 ``psf`` (PSF images), ``fits_cube`` (a fused cube as a FITS image cube), ``observation_files`` (an
-observation from instrument files, and alignment of two), ``zarr`` (stores), ``jwst`` (i2d/s3d).
+observation from instrument files, and alignment of two), ``zarr`` (stores), ``jwst`` (i2d/s3d), ``safe_files``
+(writing a file without destroying what xfusion did not create).
 """
-from . import events, fits_cube, fits_output, observation_files, ogip_read, ogip_write, psf, zarr  # noqa: F401
+from . import (events, fits_cube, fits_output, observation_files, ogip_read, ogip_write, psf, safe_files,  # noqa: F401
+               zarr)
 from .events import read_events  # noqa: F401
 from .fits_cube import write_fits_cube  # noqa: F401
 from .observation_files import (align, background_counts, background_from_pha, common_channel_edges,  # noqa: F401

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
+from .safe_files import write_via_temporary
 from .zarr import OutputError
 
 __all__ = ["creator", "primary_hdu", "written_by_xfusion", "check_fits_output", "writeto"]
@@ -94,11 +95,4 @@ def writeto(hdul, path, overwrite: bool = False, what: str = "output file") -> P
     p = check_fits_output(path, overwrite, what)
     if not isinstance(hdul, fits.HDUList):
         hdul = fits.HDUList(list(hdul))
-    # the temporary name keeps the suffix: astropy compresses by extension (.gz)
-    tmp = p.with_name(f".{p.stem}.xfusion-tmp-{os.getpid()}{p.suffix}")
-    try:
-        hdul.writeto(tmp, overwrite=True)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+    return write_via_temporary(p, lambda tmp: hdul.writeto(tmp))  # (the suffix is kept: astropy's .gz)

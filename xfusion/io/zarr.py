@@ -25,6 +25,8 @@ from pathlib import Path
 
 import xarray as xr
 
+from .safe_files import writable_folder
+
 #: root attribute marking a store written by :func:`write`
 MARKER = "xfusion_store"
 _ZARR_FILES = ("zarr.json", ".zgroup", ".zarray")
@@ -102,16 +104,6 @@ def sources(*datasets):
             if isinstance(src, (str, os.PathLike)) and os.path.exists(src):
                 out.append(os.fspath(src))
     return sorted(set(out))
-
-
-def writable_folder(folder, tag=""):
-    """Create ``folder`` (and its parents) if needed and check that a file can be written in it, by writing and
-    removing a hidden probe ``.{tag}xfusion-probe-PID``; raises OSError otherwise."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".{tag}xfusion-probe-{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
 
 
 def check_output(path, *, inputs=(), overwrite=False, what="output store"):
