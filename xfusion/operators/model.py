@@ -340,26 +340,16 @@ def _infer_role(flux, obs):
 
 def _check_placement(f, obs):
     """Refuse a flux cube whose pixels are not where ``obs``'s image pixels are (session 28: predict used the cube by
-    position, so a shifted or flipped cube gave wrong counts silently): the centres of each v x v block of fused
-    pixels (v = the ratio of pixel sizes) must be the observation's pixel centres, within 1e-3 of a fused pixel.
+    position, so a shifted or flipped cube gave wrong counts silently), by the fused grid's own rule
+    (:func:`xfusion.grid._spatial_factor`: an integer pixel-size ratio, whole pixels, the first pixel edges equal).
     Detector-pixel observations are placed by their own geometry (the footprint), not checked here."""
     if "x" not in obs["counts"].dims:
         return
-    px, po = pixel_size(f), pixel_size(obs)
-    v = int(round(po / px))
     for d in ("x", "y"):
-        fc, oc = np.asarray(f[d].values, np.float64), np.asarray(obs[d].values, np.float64)
-        if fc.size > 1 and np.any(np.diff(fc) <= 0):
+        c = np.asarray(f[d].values, np.float64)
+        if c.size > 1 and np.any(np.diff(c) <= 0):
             raise ValueError(f"flux coordinate {d} is not increasing; sort the cube by it first (flux.sortby('{d}'))")
-        if fc.size != oc.size * v:
-            raise ValueError(f"flux coordinate {d} ({fc.size} pixels of {px:g} arcsec) does not cover "
-                             f"'{obs.attrs.get('name', '?')}' ({oc.size} pixels of {po:g} arcsec) pixel for pixel")
-        centres = fc.reshape(oc.size, v).mean(axis=1)
-        if not np.allclose(centres, oc, rtol=0, atol=1e-3 * px):
-            k = int(np.argmax(np.abs(centres - oc)))
-            raise ValueError(f"flux coordinate {d} does not line up with '{obs.attrs.get('name', '?')}': its pixel "
-                             f"{k} is centred at {oc[k]:g} arcsec, the flux's pixels there at {centres[k]:g}; give "
-                             "the flux on the observation's sky grid (e.g. the result of fusing it)")
+    _spatial_factor(f.assign_attrs(name="flux"), obs)
 
 
 def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
