@@ -395,35 +395,27 @@ def _spatial_coord(n, size, values, dim):
     return (dim, values, {"units": "arcsec", "pixel_size": float(size)})
 
 
-def check_kernel_values(kernel):
-    """Refuse a 1D response kernel (line spread over ``energy_offset``) that is not finite, has negative values or
-    does not sum to 1 within ``PSF_NORM_TOL`` (a kernel summing to s scales the model by s)."""
-    kernel = np.asarray(kernel, dtype=np.float64)
-    if not np.all(np.isfinite(kernel)) or np.any(kernel < 0):
-        raise ValueError("response kernel contains negative or non-finite values")
-    if not np.isclose(kernel.sum(), 1.0, rtol=0, atol=PSF_NORM_TOL):
-        raise ValueError(f"response kernel sums to {kernel.sum():.6g}, not 1; pass kernel / kernel.sum()")
+def check_psf_values(values, what="psf", fix="pass psf / psf.sum() (or xfusion.io.read_psf, which normalizes) if the "
+                                             "stamp contains all the flux"):
+    """Refuse a PSF image or a response kernel (any shape) that is not finite, has negative values, or does not sum to 1.
 
-
-def check_psf_values(values, what="psf"):
-    """Refuse a PSF image (2D array) that is not finite, has negative values, or does not sum to 1.
-
-    The rules :func:`observation` applies to a ``psf`` argument and :func:`validate` to a
-    Dataset's ``psf`` variable (each band of an energy-dependent stack): every value finite and
-    >= 0, the sum 1 within ``PSF_NORM_TOL`` (a PSF that sums to s scales the model by s, i.e.
-    silently changes the flux). ``what`` names the PSF in the message.
+    The rules :func:`observation` applies to a ``psf`` or a 1D response kernel and :func:`validate` to a Dataset's
+    ``psf`` (each band of an energy-dependent stack) and kernel: every value finite and >= 0, the sum 1 within
+    ``PSF_NORM_TOL`` (one that sums to s scales the model by s, i.e. silently changes the flux). ``what`` names it in
+    the message, ``fix`` says how to normalize it.
     """
     values = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(values)) or np.any(values < 0):
         n_bad, n_neg = int(np.sum(~np.isfinite(values))), int(np.sum(values < 0))
-        raise ValueError(f"{what} contains negative or non-finite values; PSFs must be finite and >= 0 (found "
+        raise ValueError(f"{what} contains negative or non-finite values; it must be finite and >= 0 (found "
                          f"{n_bad} NaN/inf and {n_neg} negative values)")
     total = values.sum()
     if not np.isclose(total, 1.0, rtol=0, atol=PSF_NORM_TOL):
-        raise ValueError(
-            f"{what} sums to {total:.6g}, not 1; xfusion refuses unnormalized PSFs. Pass psf / psf.sum() "
-            "(or xfusion.io.read_psf, which normalizes) if the stamp contains all the flux."
-        )
+        raise ValueError(f"{what} sums to {total:.6g}, not 1; xfusion refuses unnormalized ones: {fix}")
+
+
+#: what :func:`check_psf_values` says about a response kernel
+KERNEL_CHECK = dict(what="response kernel", fix="pass kernel / kernel.sum()")
 
 
 def _psf_dataarray(psf, psf_pixel_size, psf_dims=None):
@@ -1091,7 +1083,7 @@ def _add_response(ds, response, spacing):
         raise ValueError("a 1D response kernel needs response_spacing (keV between samples), > 0")
     if kernel.size % 2 == 0:
         raise ValueError(f"response kernel has even length {kernel.size}; use an odd, centred kernel")
-    check_kernel_values(kernel)
+    check_psf_values(kernel, **KERNEL_CHECK)
     off = (np.arange(kernel.size) - kernel.size // 2) * float(spacing)
     ds = ds.assign_coords(energy_offset=("energy_offset", off, {"units": "keV", "spacing": float(spacing)}))
     ds["response"] = (("energy_offset",), kernel, {"units": "1", "kind": "kernel"})
@@ -1110,7 +1102,7 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     counts finite and >= 0; effective area finite and >= 0; a ``psf`` (each band of a
     ``psf_energy`` stack) finite, >= 0 and summing to 1 within ``PSF_NORM_TOL`` (the rules
     of :func:`observation`, :func:`check_psf_values`); a ``response`` finite (a 1D kernel also >= 0 and
-    summing to 1, :func:`check_kernel_values`); a ``background_rate`` finite and >= 0; a ``mask`` boolean.
+    summing to 1, the same check); a ``background_rate`` finite and >= 0; a ``mask`` boolean.
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"an observation is an xarray.Dataset; got {type(ds).__name__}. Build one with xfusion.observation")
@@ -1190,7 +1182,7 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
                              "NaN or inf value(s); a response must be finite. Fix or rebuild it (e.g. with "
                              "xfusion.observation, or xfusion.io.read_rmf for an RMF)")
         if ds["response"].attrs.get("kind") == "kernel":
-            check_kernel_values(r)
+            check_psf_values(r, **KERNEL_CHECK)
     counts = ds["counts"].data
     if isinstance(counts, np.ndarray):
         if not np.all(np.isfinite(counts)):
