@@ -13,7 +13,7 @@ import xarray as xr
 from . import __version__
 from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions
 from .likelihood import FREE_FLOOR, PoissonLikelihood, free_voxels, make_term, support_by_channel, support_in_memory
-from .observation import CUBE_DIMS, energy_edges, is_pixel_observation
+from .observation import CUBE_DIMS, check_count_values, energy_edges, is_pixel_observation
 from .operators.model import build_model
 from . import parallel
 from . import start as start_mod
@@ -853,18 +853,6 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     return reg, max_iter, {**rest, **chosen}, record
 
 
-def _check_count_values(names, n_bad, minima):
-    """Refuse Dask-backed counts with NaN/inf or negative values (``n_bad``, ``minima``: per input, counted in the
-    pass that reads them first), as :func:`xfusion.observation.validate` refuses in-memory ones."""
-    for name, bad, low in zip(names, n_bad, minima):
-        if bad > 0:
-            raise ValueError(f"counts of '{name}' contain NaN or inf ({int(bad)} voxels); xfusion never patches them "
-                             "silently. Set those voxels to 0 and pass mask= (False where invalid) to exclude them "
-                             "from the fit")
-        if low < 0:
-            raise ValueError(f"counts of '{name}' contain negative values (min {float(low):g}); counts must be >= 0")
-
-
 @dataclass
 class _Problem:
     """Stage 1 of :func:`fuse`: everything that defines the problem, one entry per observation in each list
@@ -954,7 +942,8 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
             [d.sum(axis=tuple(range(d.ndim - 1)), dtype=np.float64) for d in data + used]
             + [(~da.isfinite(d)).sum() for d in data] + [da.where(da.isfinite(d), d, 0).min() for d in data], client)]
         totals, used = got[:n], got[n:2 * n]
-        _check_count_values(names, got[2 * n:3 * n], got[3 * n:])
+        for name, bad, low in zip(names, got[2 * n:3 * n], got[3 * n:]):  # (Gaussian data are refused on Dask)
+            check_count_values(name, int(bad), float(low))
         # per channel (the checks): vignetted weights enter through their mean over the pixels (> 0 where any pixel
         # sees the channel); the EM solver finds the voxels no input sees in its own sensitivity (free="sensitivity":
         # held at 0 and reported, as in memory); counts a known background explains are allowed

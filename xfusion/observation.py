@@ -1185,13 +1185,21 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
             check_psf_values(r, **KERNEL_CHECK)
     counts = ds["counts"].data
     if isinstance(counts, np.ndarray):
-        if not np.all(np.isfinite(counts)):
-            raise ValueError(
-                "counts contain NaN or inf; xfusion never patches them silently. Set those voxels to 0 and pass "
-                "mask= (False where invalid) to exclude them from the fit"
-            )
         gaussian = "variance" in ds or str(ds.attrs.get("data_term", "poisson")).lower() == "gaussian"
-        if np.any(counts < 0) and not gaussian:  # Gaussian data (xfusion.gaussian) may be negative
-            raise ValueError(f"counts contain negative values (min {counts.min()}); counts must be >= 0 (data with "
-                             "Gaussian errors: give their 'variance' variable)")
+        n_bad = int(np.sum(~np.isfinite(counts)))
+        check_count_values(ds.attrs.get("name", "?"), n_bad, float(np.min(counts, initial=0.0)) if not n_bad else 0.0,
+                           gaussian)
     return ds
+
+
+def check_count_values(name, n_nonfinite, minimum, gaussian=False):
+    """Refuse counts with NaN/inf (``n_nonfinite`` voxels) or, unless the data are Gaussian (xfusion.gaussian: they
+    may be negative), negative values (``minimum``, the smallest value or 0): :func:`validate` for in-memory counts,
+    :func:`xfusion.fuse` in the pass that first reads Dask-backed ones."""
+    if n_nonfinite:
+        raise ValueError(f"counts of '{name}' contain NaN or inf ({int(n_nonfinite)} voxels); xfusion never patches "
+                         "them silently. Set those voxels to 0 and pass mask= (False where invalid) to exclude them "
+                         "from the fit")
+    if minimum < 0 and not gaussian:
+        raise ValueError(f"counts of '{name}' contain negative values (min {float(minimum):g}); counts must be >= 0 "
+                         "(data with Gaussian errors: give their 'variance' variable)")
