@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from . import __version__
-from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions
+from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions, require_datasets
 from .likelihood import FREE_FLOOR, PoissonLikelihood, free_voxels, make_term, support_by_channel, support_in_memory
 from .observation import CUBE_DIMS, check_count_values, energy_edges, is_pixel_observation
 from .operators.model import build_model
@@ -188,14 +188,7 @@ HISTORY_ATTRS = {
 def _check_inputs_given(observations):
     """Refuse what is not an observation Dataset (e.g. a store's path) with the fix; warn when one observation is
     given twice (the same object, or the same name and counts): its photons would count twice."""
-    import os
-
-    for i, o in enumerate(observations):
-        if not isinstance(o, xr.Dataset):
-            hint = (": open a stored observation with xfusion.io.zarr.open(path) (or xfusion.io.observation_from_files "
-                    "for event files)" if isinstance(o, (str, os.PathLike)) else
-                    ": build one with xfusion.observation(...)")
-            raise TypeError(f"observation {i + 1} is a {type(o).__name__}, not an xarray.Dataset{hint}")
+    require_datasets(observations)
     for i, a in enumerate(observations):
         for j in range(i):
             b = observations[j]

@@ -165,6 +165,17 @@ def _spectral_factor(x_obs, y_obs):
     return v
 
 
+def require_datasets(observations):
+    """Refuse an input that is not an observation Dataset (e.g. a store's path), saying how to get one."""
+    import os
+
+    for i, o in enumerate(observations):
+        if not isinstance(o, xr.Dataset):
+            hint = ("open a stored observation with xfusion.io.zarr.open(path) (or xfusion.io.observation_from_files "
+                    "for event files)" if isinstance(o, (str, os.PathLike)) else "build one with xfusion.observation(...)")
+            raise TypeError(f"observation {i + 1} is a {type(o).__name__}, not an xarray.Dataset: {hint}")
+
+
 def fusion_grid(*observations) -> xr.Dataset:
     """The fused grid of two or more observations, in any order.
 
@@ -201,10 +212,7 @@ def fusion_grid(*observations) -> xr.Dataset:
     if len(observations) < 2:
         raise TypeError(f"fusion_grid needs at least two observations (one sharp in space, one sharp in energy); got "
                         f"{len(observations)}")
-    for i, o in enumerate(observations):
-        if not isinstance(o, xr.Dataset):
-            raise TypeError(f"observation {i + 1} is a {type(o).__name__}, not an xarray.Dataset (open a stored one "
-                            "with xfusion.io.zarr.open(path); build one with xfusion.observation(...))")
+    require_datasets(observations)
     if len(observations) == 2:
         obs_a, obs_b = observations
         grid = _pair_grid(obs_a, obs_b)
