@@ -69,3 +69,22 @@ def test_misspelled_override_keys_are_refused():
         toy.make("small", x={"count": 1e6})
     with pytest.raises(ValueError, match="'sorce' is not a configuration key"):
         toy.make("small", sorce={"radius_arcsec": 10.0})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": None}, r"seed must be an integer >= 0.*got None"),
+    ({"seed": -1}, r"seed must be an integer >= 0.*got -1"),
+    ({"seed": 1.5}, r"seed must be an integer >= 0.*got 1.5"),
+    ({"x": {"counts": 0}}, r"toy x.counts must be .* in \(0, 1e15\); got 0"),
+    ({"y": {"counts": -5.0}}, r"toy y.counts must be .*; got -5.0"),
+    ({"x": {"n_channels": 0}}, r"toy x.n_channels must be an integer >= 1; got 0"),
+    ({"x": {"n_channels": 7}}, r"toy y.n_channels \(240\) must be a multiple of x.n_channels \(7\)"),
+    ({"x": {"psf": {"kind": "airy"}}}, r"toy x.psf.kind must be 'gaussian' .* or 'king'.*got 'airy'"),
+])
+def test_generator_arguments_are_checked_by_name(kwargs, message):
+    """Session 29 (leftover of the session-28 red team): seed=None, counts=0, n_channels=0 or an unknown PSF kind
+    failed inside NumPy ('lam value too large', ZeroDivisionError, KeyError 'core_arcsec') without naming the key."""
+    with pytest.raises(ValueError, match=message):
+        toy.make("small", **kwargs)
+    x, y, _ = toy.make("small", seed=np.int64(3), x={"counts": np.float32(2e4)})  # NumPy scalars are fine
+    assert x.attrs["seed"] == 3 and 0 < float(x["counts"].sum()) < 4e4

@@ -71,5 +71,7 @@ def _spread_pixels(grid, y_obs, c):
 
 
 def richardson_lucy(obs_a, obs_b, n_iter=10, **kw):
-    """Plain two-instrument Richardson-Lucy: ``fuse(..., regularization="none", method="em")``."""
+    """Plain two-instrument Richardson-Lucy: ``fuse(..., regularization="none", method="em")`` for ``n_iter``
+    iterations (no early stop); ``kw`` are :func:`xfusion.fuse`'s other keywords (``progress``, ``dtype``,
+    ``callback``, ``client``, ...)."""
     return fuse(obs_a, obs_b, regularization="none", method="em", max_iter=n_iter, tol=None, **kw)

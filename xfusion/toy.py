@@ -24,6 +24,7 @@ y={"counts": 2.5e7})`` for ten times the photons.
 from __future__ import annotations
 
 import copy
+import numbers
 import tomllib
 from importlib import resources
 
@@ -234,6 +235,28 @@ def _blur(weights, psf):
     return np.clip(fftconvolve(weights, k, mode="same", axes=(0, 1)), 0, None)
 
 
+def _check_config(cfg):
+    """Refuse instrument settings the generator cannot draw from, naming the key (session 29: counts=0,
+    n_channels=0 or an unknown PSF kind failed deep inside NumPy with no hint of the key)."""
+    for side in ("x", "y"):
+        c = cfg[side]
+        counts = c["counts"]
+        if isinstance(counts, bool) or not isinstance(counts, numbers.Real) or not (0 < counts < 1e15):
+            raise ValueError(f"toy {side}.counts must be the expected number of photons, a number in (0, 1e15); "
+                             f"got {counts!r}")
+        n = c["n_channels"]
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"toy {side}.n_channels must be an integer >= 1; got {n!r}")
+        kind = c["psf"].get("kind")
+        if kind not in ("gaussian", "king"):
+            raise ValueError(f"toy {side}.psf.kind must be 'gaussian' (with sigma_arcsec) or 'king' (with "
+                             f"core_arcsec and beta); got {kind!r}")
+    fine, coarse = cfg["y"]["n_channels"], cfg["x"]["n_channels"]
+    if fine % coarse:
+        raise ValueError(f"toy y.n_channels ({fine}) must be a multiple of x.n_channels ({coarse}): each coarse "
+                         f"channel holds a whole number of fine ones")
+
+
 # ----------------------------------------------------------------------------- public
 def make(name, seed=0, **overrides):
     """Build a toy pair ``(x_obs, y_obs, truth)``; see the module docstring.
@@ -243,7 +266,11 @@ def make(name, seed=0, **overrides):
     fused grid (x, y of ``x_obs``; energy of ``y_obs``).
     """
     _check_overrides(overrides, _known_keys())
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 (the toy is deterministic: the same seed gives the same "
+                         f"counts); got {seed!r}")
     cfg = _merge(load_config(name), overrides)
+    _check_config(cfg)
     rng = np.random.default_rng(seed)
     cx, cy = cfg["x"], cfg["y"]
     e0, e1 = cfg["energy_range"]
