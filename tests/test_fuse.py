@@ -25,7 +25,7 @@ from xfusion.regularizers.starlet import mad_sigma, soft_threshold, starlet2d1d
 
 
 #: explicit settings for tests about checkpoints and resuming: "auto" ones are tuned by thinning at every call
-#: (test_resume_after_interruption_gives_same_result keeps them, so a resumed run's re-tuning is covered)
+#: (test_resume_after_interruption_gives_same_result keeps them: a resumed run reuses what they chose)
 PINNED = {"wavelet2d1d": dict(k=1.0, n_scales_1d=2, null_space="zero"), "lowrank_sobolev": dict(rank=10, mu=0.01)}
 
 
@@ -134,6 +134,35 @@ def test_resume_after_interruption_gives_same_result(small_toy, tmp_path, reg):
         xfusion.fuse(x, y, regularization=reg, max_iter=6, tol=None, progress=False, checkpoint=ck, resume=True)
     again = xfusion.fuse(x, y, regularization=reg, max_iter=8, tol=None, progress=False, checkpoint=ck, resume=True)
     np.testing.assert_array_equal(again.flux.values, resumed.flux.values)
+
+
+@pytest.mark.parametrize("reg", ["auto", "none"])
+def test_resume_reuses_the_settings_auto_chose(small_toy, tmp_path, monkeypatch, reg):
+    """Session 29: a resumed run tuned its "auto" settings again (the tuning costs 2-3 fits: all of it repeated
+    after a kill in the final fit; and a tuning that chose otherwise would make the checkpoint look foreign). The
+    checkpoint now keeps the choice for the request (inputs and arguments as given) and the resumed run reuses it."""
+    from xfusion import tuning
+
+    x, y, _ = small_toy
+    full = xfusion.fuse(x, y, regularization=reg, progress=False)
+    n = full.attrs["iterations"]
+    ck = tmp_path / "ck.zarr"
+    xfusion.fuse(x, y, regularization=reg, progress=False, checkpoint=ck, checkpoint_every=1,
+                 callback=lambda it, state: it == n // 2)
+    def refuse(*a, **k):
+        raise AssertionError("tuned again on resume")
+    monkeypatch.setattr(tuning, "tune", refuse)
+    monkeypatch.setattr(tuning, "resolve_auto", refuse)
+    seen = []
+    resumed = xfusion.fuse(x, y, regularization=reg, progress=False, checkpoint=ck, checkpoint_every=1, resume=True,
+                           callback=lambda it, state: seen.append(it))
+    assert seen[0] == n // 2 + 1 and resumed.attrs["iterations"] == n
+    np.testing.assert_array_equal(resumed.flux.values, full.flux.values)
+    assert json.loads(resumed.attrs["parameters"]) == json.loads(full.attrs["parameters"])  # auto_tuning included
+    # other counts: another request, so the stored choice is not reused (tuning is asked for, and refused here)
+    with pytest.raises(AssertionError, match="tuned again"):
+        xfusion.fuse(x.assign(counts=x.counts + 1), y, regularization=reg, progress=False, checkpoint=ck,
+                     resume=True)
 
 
 @pytest.mark.parametrize("reg,key", [("wavelet2d1d", "z"), ("lowrank_sobolev", "w")])

@@ -198,6 +198,9 @@ class ZarrCheckpoint:
         self.path = Path(os.path.abspath(os.fspath(path)))
         self.given = os.fspath(path)
         self.fingerprint = fingerprint
+        #: identity of the request (inputs and arguments as given, "auto" unresolved) and the settings "auto" chose
+        #: for it, kept in the manifest so that a resumed run reuses them instead of tuning again (``fuse``)
+        self.request, self.choice = "", None
         self.tmp, self.old, self.lock = (Path(f"{self.path}{s}") for s in (".tmp", ".old", ".lock"))
         self._locked = False
         for src in protect:
@@ -330,6 +333,26 @@ class ZarrCheckpoint:
     def exists(self):
         return self.path.exists()
 
+    def stored_choice(self, request):
+        """The settings "auto" chose in the run that wrote this checkpoint (the dict given as ``choice``), if its
+        manifest is intact and records the same request (``request()``: its digest, computed only when the store
+        holds a choice); else None (no store, an older or damaged one, another request: :meth:`load` reports what
+        is wrong with a store when the run resumes)."""
+        for p in (self.path, self.old):  # the old state stands in for a commit a kill interrupted
+            try:
+                attrs = _attrs(p)
+                manifest = attrs.get("manifest")
+                if (attrs.get("complete") != 1 or not isinstance(manifest, str)
+                        or hashlib.sha256(manifest.encode()).hexdigest() != attrs.get("manifest_sha256")):
+                    continue
+                stored = json.loads(manifest)
+            except (OSError, ValueError, TypeError):
+                continue
+            if isinstance(stored.get("choice"), dict) and stored.get("request") == request():
+                return stored["choice"]
+            return None
+        return None
+
     def save(self, state, history, iteration, client=None):
         """Write ``state`` (flat dict of NumPy arrays, Dask arrays and JSON scalars) and ``history``
         (name -> list of floats) as iteration ``iteration``, then commit by rename."""
@@ -368,7 +391,8 @@ class ZarrCheckpoint:
                 arrays = {n: {"shape": list(ds[n].shape), "dtype": ds[n].dtype.str, "sha256": digests[n]}
                           for n in names}
                 manifest = json.dumps({"format": FORMAT, "iteration": int(iteration), "fingerprint": self.fingerprint,
-                                       "scalars": scalars, "dask_state": lazy, "arrays": arrays}, sort_keys=True)
+                                       "scalars": scalars, "dask_state": lazy, "arrays": arrays,
+                                       "request": self.request, "choice": self.choice}, sort_keys=True)
                 import zarr
 
                 zarr.open_group(os.fspath(self.tmp), mode="r+").attrs.update({

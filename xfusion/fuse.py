@@ -124,6 +124,25 @@ def _checkpoint(path, every, resume, observations):
     return ZarrCheckpoint(path, protect=sources(*observations))
 
 
+class _Request:
+    """Identity of a :func:`fuse` request as given: the observations (every variable, the counts included) and the
+    arguments with "auto" unresolved, except ``max_iter`` (a resumed run may raise it to extend the run) and the
+    warm start (not used by the tuning). Hashed once, on first use (:func:`_fingerprint`)."""
+
+    def __init__(self, observations, regularization, method, tol, dtype, options, client):
+        self._args = (observations, regularization, method, tol, dtype, dict(options), client)
+        self._digest = None
+
+    def digest(self):
+        if self._digest is None:
+            observations, regularization, method, tol, dtype, options, client = self._args
+            arrays = [o["counts"].data for o in observations if isinstance(o, xr.Dataset) and "counts" in o]
+            args = {"request": {"regularization": regularization, "method": method, "tol": tol, "dtype": dtype,
+                                "options": options}}
+            self._digest = _fingerprint(observations, arrays, args, client)
+        return self._digest
+
+
 def _digest(h, name, value):
     """Add a named array or JSON value to the hash ``h`` (arrays: dtype, shape and bytes)."""
     h.update(name.encode())
@@ -490,6 +509,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         ``iterate_change``), else of the objective; ``tol=None`` runs all ``max_iter`` iterations.
     checkpoint, checkpoint_every, resume : Zarr store path written every k iterations;
         ``resume=True`` continues an interrupted run from it (same result as uninterrupted).
+        The settings "auto" chose are kept in the checkpoint: resuming with the same observations
+        and arguments reuses them (no tuning again; also when ``max_iter`` is raised to extend the
+        run) and reports the same ``auto_tuning`` record.
     init : optional warm start: a previous result (Dataset with ``flux``, ph cm-2 s-1) or a flux
         DataArray (x, y, energy) on the fused grid of these observations (same sizes and
         coordinates; a different grid raises ``ValueError``). The iteration starts there instead of
@@ -699,6 +721,15 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
             raise ValueError(f"observation {label} ('{o.attrs.get('name', '?')}') has an empty counts cube (sizes "
                              f"{dict(o['counts'].sizes)}); select a region and band that contain pixels and channels")
     auto_record = checked = None
+    # the checkpoint path is checked before any work; a resumed run reuses what "auto" chose in the interrupted one
+    ckpt = _checkpoint(checkpoint, checkpoint_every, resume, observations)
+    request = _Request(observations, regularization, method, tol, dt.name, options, client)
+    reuse = ckpt.stored_choice(request.digest) if ckpt is not None and resume else None
+    if reuse is not None:
+        rec = settings_of(reuse)
+        regularization, method = rec["regularization"], rec["method"]
+        max_iter = rec["max_iter"] if max_iter is None or max_iter == "auto" else max_iter
+        options = {k: v for k, v in rec.items() if k not in SETTING_KEYS}
     if regularization == "auto":
         # degenerate inputs refused before any tuning; the problem built here is reused below unless the choice
         # is a low-rank prior (its own checks)
@@ -748,9 +779,14 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         tuned["method"] = f"fallback ({note})"
     if auto_record is not None:  # regularization="auto": its choice is the record (nothing else was tuned)
         tuned = auto_record if tuned is None else dict(auto_record, options=tuned)
+    if reuse is not None:
+        tuned = reuse.get("auto_tuning")
     if tuned is not None:
         params["auto_tuning"] = tuned
-    ckpt = _checkpoint(checkpoint, checkpoint_every, resume, observations)
+        if ckpt is not None:  # kept in the checkpoint: resuming does not tune again (and cannot choose otherwise)
+            ckpt.request = request.digest()
+            ckpt.choice = reuse if reuse is not None else json.loads(json.dumps(
+                {"regularization": regularization, "method": method, "max_iter": max_iter, **params}, default=str))
     _check_scales(params, models[0].fused_shape)  # again: tuning may have chosen the scales
     settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
                 "tol": tol, **{k: v for k, v in params.items()}}
