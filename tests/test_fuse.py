@@ -165,6 +165,23 @@ def test_resume_reuses_the_settings_auto_chose(small_toy, tmp_path, monkeypatch,
                      resume=True)
 
 
+def test_a_refused_checkpoint_path_costs_no_tuning(small_toy, tmp_path, monkeypatch):
+    """Session 29: the checkpoint path was checked after the automatic tuning (minutes on a real field), so a
+    user's file at that path was refused only then. Now before any work."""
+    from xfusion import tuning
+    from xfusion.checkpoints import CheckpointError
+
+    x, y, _ = small_toy
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    def refuse(*a, **k):
+        raise AssertionError("tuned before the checkpoint path was checked")
+    monkeypatch.setattr(tuning, "resolve_auto", refuse)
+    with pytest.raises(CheckpointError, match="not written by xfusion"):
+        xfusion.fuse(x, y, progress=False, checkpoint=mine)
+    assert mine.read_text() == "mine"
+
+
 @pytest.mark.parametrize("reg,key", [("wavelet2d1d", "z"), ("lowrank_sobolev", "w")])
 def test_resume_uses_the_stored_state(small_toy, tmp_path, reg, key):
     """A perturbed stored state changes the resumed result when its checksums are recomputed (so the state is
