@@ -468,3 +468,17 @@ def test_predict_places_the_flux_by_its_coordinates_and_refuses_bad_values(small
                 xfusion.predict(bad, obs)
     with pytest.raises(TypeError, match="flux must be a DataArray"):
         xfusion.predict(t.values, x)
+
+
+def test_predict_refuses_a_flux_on_other_channels_than_the_sharp_spectral_instruments(small_toy):
+    """Session 29 (red team): predict matched the sharp-spectral instrument's channels to the flux's by index: a cube
+    shifted by two channels gave the unshifted counts, and one with fewer channels failed inside xarray."""
+    x, y, t = small_toy
+    step = float(t.energy_hi[0] - t.energy_lo[0])
+    shifted = t.assign_coords(energy=t.energy + 2 * step, energy_lo=t.energy_lo + 2 * step,
+                              energy_hi=t.energy_hi + 2 * step)
+    with pytest.raises(ValueError, match=r"flux channels \(240, .*\) are not the channels of 'Y .*edge 0"):
+        xfusion.predict(shifted, y)
+    with pytest.raises(ValueError, match=r"flux channels \(230, .*\) are not the channels of"):
+        xfusion.predict(t.isel(energy=slice(0, 230)), y)
+    np.testing.assert_array_equal(xfusion.predict(t, y).values, xfusion.predict(t.copy(deep=True), y).values)

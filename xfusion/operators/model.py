@@ -16,7 +16,7 @@ import scipy.sparse as sps
 import xarray as xr
 
 from ..grid import SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, footprint_geometry, psf_on_grid
-from ..observation import CUBE_DIMS, energy_edges, is_pixel_observation, pixel_size, validate
+from ..observation import CUBE_DIMS, edge_tolerance, energy_edges, is_pixel_observation, pixel_size, validate
 from .area import AreaMap, Scale
 from .footprint import Footprint, footprint_matrix
 from .psf import Convolve2D, EnergyDependentSpatial, SpatialMatrix, StackedSpatial, band_weights
@@ -352,6 +352,20 @@ def _check_placement(f, obs):
     _spatial_factor(f.assign_attrs(name="flux"), obs)
 
 
+def _check_channels(grid, obs):
+    """Refuse a flux cube whose channels are not the sharp-spectral observation's own (the fused energy grid is
+    that observation's channels, :func:`xfusion.grid.fusion_grid`)."""
+    a, b = energy_edges(obs), energy_edges(grid)
+    if a.shape != b.shape or np.any(np.abs(a - b) > edge_tolerance(a, np.min(np.diff(a)))):
+        i = 0 if a.shape != b.shape else int(np.flatnonzero(np.abs(a - b) > edge_tolerance(a, np.min(np.diff(a))))[0])
+        raise ValueError(
+            f"flux channels ({b.size - 1}, {b[0]:.6g}-{b[-1]:.6g} keV) are not the channels of "
+            f"'{obs.attrs.get('name', 'the observation')}' ({a.size - 1}, {a[0]:.6g}-{a[-1]:.6g} keV"
+            + (f"; edge {i}: {b[i]:.6g} vs {a[i]:.6g} keV" if a.shape == b.shape else "") + "): the sharp-spectral "
+            "instrument sees the fused channels one to one, so predict it from a cube on its channels (a fusion "
+            "result or truth on the same fused grid)")
+
+
 def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
     """Expected counts of ``obs`` for a photon-flux cube on the fused grid.
 
@@ -380,6 +394,8 @@ def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
     grid = xr.Dataset(coords={c: f[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
     role = role or _infer_role(grid, obs)
     _check_placement(f, obs)
+    if role == SPECTRAL:  # its channels are the fused channels (session 29: they were matched by index)
+        _check_channels(grid, obs)
     # an image on the fused pixels that carries a psf: the blur relative to the fused resolution, as in fuse
     model = pixels_model(grid, obs) if role == SPATIAL else build_model(grid, obs, role)
     out = model.expected(values)
