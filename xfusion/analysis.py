@@ -15,7 +15,8 @@ Model (per pixel; ``z_k`` the flux in channel ``k`` with edges ``[lo_k, hi_k]``,
   integrated over each window channel. One side band gives a flat continuum.
 * **Line** (``method="moments"``): over the window channels (centres inside ``window``)
   ``F = sum r_k`` (line flux, ph cm-2 s-1 for a flux cube), ``Ec = sum E_k r_k / F``,
-  ``s2 = sum (E_k - Ec)^2 r_k / F - <dE^2>/12`` (Sheppard's correction for binning)
+  ``s2 = sum (E_k - Ec)^2 r_k / F - sum dE_k^2 r_k / (12 F)`` (Sheppard's correction for binning,
+  flux-weighted like the moment itself)
   ``- lsf_sigma^2`` (an instrumental line spread to remove, keV).
   ``method="gaussian"`` then refines ``(F, Ec, s)`` by a least-squares fit of a Gaussian
   integrated over the channels, ``r_k = F [Phi((hi_k - Ec)/s) - Phi((lo_k - Ec)/s)]``
@@ -39,13 +40,21 @@ Errors: give ``replicas`` (replica cubes of ``cube``, e.g. ``xfusion.uncertainty
 ["flux_replicas"]``, or use :func:`line_map_errors`): the same measurement is made on every
 replica and the errors of ``flux``, ``velocity`` and ``line_width`` (km/s) are the spread of
 the replica values -- this keeps the correlations between voxels and the continuum noise.
-Or give ``variance`` (a cube of per-voxel flux variances like ``cube``) for first-order
-(delta-method) errors, treating voxels as independent and the continuum as exact.
+Or give ``variance`` (a cube of per-voxel flux variances like ``cube``) for first-order errors,
+treating voxels as independent and the continuum as exact: the delta method of the moments, or for
+``method="gaussian"`` the fit's own covariance ``(J^T J)^-1 J^T diag(var) J (J^T J)^-1`` (``J`` the
+Jacobian of the channel-integrated Gaussian at the fitted parameters).
+
+Channels are the cube's own ``energy_lo``/``energy_hi``: uneven widths and gaps (channels
+dropped) are allowed. With a gap inside the window the moments miss the line flux there (a
+warning says so); the Gaussian fit uses the channels that are present.
 
 ``map_errors(truth_maps, estimate_maps, fraction=0.5)`` compares two sets of maps over the
 brighter part of the field (the pixels whose *true* line flux is in the top ``fraction``).
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -62,7 +71,9 @@ _SQRT2PI = np.sqrt(2.0 * np.pi)
 
 
 def _as_cube(cube, energy_edges, what="cube"):
-    """(values float64 (x, y, energy), edges (L+1,), coords for 2D outputs); ``what`` names it in errors."""
+    """(values float64 (x, y, energy), channel bounds ``(lo, hi)`` (L,) keV, coords for 2D outputs); ``what`` names it
+    in errors. A DataArray's channels are its ``energy_lo``/``energy_hi`` (increasing, not overlapping; gaps allowed,
+    e.g. a cube with bad channels dropped); ``energy_edges`` gives contiguous channels."""
     if isinstance(cube, xr.Dataset):
         if "flux" not in cube.data_vars:
             raise ValueError("line_map needs a cube: a Dataset with a 'flux' variable (x, y, energy), a DataArray "
@@ -78,7 +89,7 @@ def _as_cube(cube, energy_edges, what="cube"):
                 raise ValueError("cube has no energy_lo/energy_hi coordinates (keV); pass energy_edges=")
             lo = np.asarray(da["energy_lo"].values, dtype=np.float64)
             hi = np.asarray(da["energy_hi"].values, dtype=np.float64)
-            edges = np.append(lo, hi[-1])
+            edges = None
         else:
             edges = np.asarray(energy_edges, dtype=np.float64)
         coords = {d: da[d] for d in ("x", "y") if d in da.coords}
@@ -91,21 +102,26 @@ def _as_cube(cube, energy_edges, what="cube"):
             raise ValueError("a plain-array cube needs energy_edges= (keV, n_energy + 1 values)")
         edges = np.asarray(energy_edges, dtype=np.float64)
         coords = {}
-    if edges.shape != (values.shape[-1] + 1,) or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"energy edges must be {values.shape[-1] + 1} strictly increasing values (keV)")
+    if edges is not None:
+        if edges.shape != (values.shape[-1] + 1,) or np.any(np.diff(edges) <= 0):
+            raise ValueError(f"energy edges must be {values.shape[-1] + 1} strictly increasing values (keV)")
+        lo, hi = edges[:-1], edges[1:]
+    elif not (np.all(hi > lo) and np.all(lo[1:] >= hi[:-1] - 1e-9 * (hi[:-1] - lo[:-1]))):
+        raise ValueError(f"{what} channels must increase in energy without overlapping (energy_lo < energy_hi <= the "
+                         "next energy_lo, keV); sort the cube by energy (cube.sortby('energy'))")
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{what} contains NaN or inf; line_map does not patch them -- fix or mask the {what} first")
-    return values, edges, coords
+    return values, (lo, hi), coords
 
 
-def _channels(centres, rng_kev, what, edges):
+def _channels(centres, rng_kev, what, bounds):
     lo, hi = (float(v) for v in rng_kev)
     if not hi > lo:
         raise ValueError(f"{what} range must be (low, high) keV with high > low; got {rng_kev}")
     idx = np.flatnonzero((centres >= lo) & (centres < hi))
     if idx.size == 0:
         raise ValueError(f"{what} {lo:.6g}-{hi:.6g} keV contains no channel centre of the cube "
-                         f"({edges[0]:.6g}-{edges[-1]:.6g} keV); choose a range inside the band")
+                         f"({bounds[0][0]:.6g}-{bounds[1][-1]:.6g} keV); choose a range inside the band")
     return idx
 
 
@@ -131,12 +147,7 @@ def _gauss_fit(r, lo, hi, F0, mu0, s0, smin, smax, n_iter=30):
     lam = np.full(p.shape[0], 1e-2)
 
     def model(p):
-        F, mu, s = p[:, 0:1], p[:, 1:2], np.exp(p[:, 2:3])
-        a, b = (lo[None] - mu) / s, (hi[None] - mu) / s
-        pa, pb = np.exp(-0.5 * a * a) / _SQRT2PI, np.exp(-0.5 * b * b) / _SQRT2PI
-        g = ndtr(b) - ndtr(a)
-        J = np.stack([g, F * (pa - pb) / s, F * (a * pa - b * pb)], axis=-1)
-        return F * g, J
+        return _gauss_model(p[:, 0:1], p[:, 1:2], np.exp(p[:, 2:3]), lo, hi)
 
     m, J = model(p)
     cost = np.sum((r - m) ** 2, axis=1)
@@ -157,9 +168,29 @@ def _gauss_fit(r, lo, hi, F0, mu0, s0, smin, smax, n_iter=30):
     return p[:, 0], p[:, 1], np.exp(p[:, 2])
 
 
-def _measure(z, centres, widths, edges, win, bands, E0, method, lsf_sigma, min_flux):
-    """Line parameters of the spectra ``z`` (P, L): ``(F, Ec, s2, ok, continuum (P, n_win), r, e, sheppard)``
-    (see the module docstring; ``s2`` has the instrumental spread removed)."""
+def _gauss_model(F, mu, s, lo, hi):
+    """Channel-integrated Gaussian ``F [Phi((hi-mu)/s) - Phi((lo-mu)/s)]`` (P, K) and its Jacobian (P, K, 3) with
+    respect to ``(F, mu, ln s)``; ``F, mu, s`` (P, 1), ``lo, hi`` (K,)."""
+    a, b = (lo[None] - mu) / s, (hi[None] - mu) / s
+    pa, pb = np.exp(-0.5 * a * a) / _SQRT2PI, np.exp(-0.5 * b * b) / _SQRT2PI
+    g = ndtr(b) - ndtr(a)
+    return F * g, np.stack([g, F * (pa - pb) / s, F * (a * pa - b * pb)], axis=-1)
+
+
+def _gauss_cov(F, mu, s, lo, hi, var):
+    """Covariance (P, 3, 3) of the least-squares Gaussian parameters ``(F, mu, ln s)`` for independent channel
+    variances ``var`` (P, K): the sandwich ``(J^T J)^-1 J^T diag(var) J (J^T J)^-1`` (first order; the continuum
+    is taken as exact, as for the moments)."""
+    _, J = _gauss_model(F[:, None], mu[:, None], s[:, None], lo, hi)
+    A = np.linalg.pinv(np.einsum("pki,pkj->pij", J, J))
+    B = np.einsum("pki,pk,pkj->pij", J, var, J)
+    return A @ B @ A
+
+
+def _measure(z, centres, widths, bounds, win, bands, E0, method, lsf_sigma, min_flux):
+    """Line parameters of the spectra ``z`` (P, L): ``(F, Ec, s2, ok, continuum (P, n_win), r, e, sheppard, fitted)``
+    (see the module docstring; ``s2`` has the instrumental spread removed; ``sheppard`` the binning correction,
+    per pixel; ``fitted`` marks the pixels whose values come from the Gaussian fit)."""
     cont = _continuum(z, centres, widths, bands, win)
     r = z[:, win] - cont
     e = centres[win]
@@ -170,21 +201,26 @@ def _measure(z, centres, widths, edges, win, bands, E0, method, lsf_sigma, min_f
     ok &= (Ec >= e[0]) & (Ec <= e[-1])  # a centroid outside the window is noise, not a line
     Ec = np.where(ok, Ec, E0)
     d = e[None, :] - Ec[:, None]
-    sheppard = np.mean(widths[win] ** 2) / 12.0
+    w2 = widths[win] ** 2
+    if np.ptp(w2) == 0:
+        sheppard = np.full(F.shape, w2[0] / 12.0)
+    else:  # flux-weighted like the second moment (session 29: the plain mean biased widths on uneven channels)
+        sheppard = np.where(ok, r @ w2 / (12.0 * Fs), 0.0)
     s2 = np.where(ok, np.sum(d * d * r, axis=1) / Fs - sheppard, 0.0)
+    fitted = np.zeros(F.shape, bool)
     if method == "gaussian":
         smin, smax = 0.25 * widths[win].min(), float(e[-1] - e[0])
         s0 = np.clip(np.sqrt(np.maximum(s2, 0.0)), smin, smax)
         Fg, Eg, sg = F.copy(), Ec.copy(), s0.copy()
         idx = np.flatnonzero(ok)
         if idx.size:
-            Fg[idx], Eg[idx], sg[idx] = _gauss_fit(r[idx], edges[win], edges[win + 1], F[idx], Ec[idx], s0[idx],
+            Fg[idx], Eg[idx], sg[idx] = _gauss_fit(r[idx], bounds[0][win], bounds[1][win], F[idx], Ec[idx], s0[idx],
                                                    smin, smax)
-        inside = (Eg > e[0]) & (Eg < e[-1]) & (Fg > min_flux)
-        F, Ec = np.where(ok & inside, Fg, F), np.where(ok & inside, Eg, Ec)
-        s2 = np.where(ok & inside, sg ** 2, s2)  # elsewhere (fit left the window): the moments are kept
+        fitted = ok & (Eg > e[0]) & (Eg < e[-1]) & (Fg > min_flux)
+        F, Ec = np.where(fitted, Fg, F), np.where(fitted, Eg, Ec)
+        s2 = np.where(fitted, sg ** 2, s2)  # elsewhere (fit left the window): the moments are kept
     s2 = s2 - float(lsf_sigma) ** 2
-    return F, Ec, s2, ok, cont, r, e, sheppard
+    return F, Ec, s2, ok, cont, r, e, sheppard, fitted
 
 
 def _kev(v, what):
@@ -250,21 +286,28 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
         raise ValueError(f"line_energy must be a positive energy in keV; got {line_energy!r}")
     if lsf_sigma < 0:
         raise ValueError(f"lsf_sigma must be >= 0 keV; got {lsf_sigma}")
-    values, edges, coords = _as_cube(cube, energy_edges)
+    values, bounds, coords = _as_cube(cube, energy_edges)
     M, N, L = values.shape
-    centres, widths = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges)
-    win = _channels(centres, window, "window", edges)
+    lo, hi = bounds
+    centres, widths = 0.5 * (lo + hi), hi - lo
+    win = _channels(centres, window, "window", bounds)
     if isinstance(continuum, (tuple, list)) and len(continuum) == 2 and np.isscalar(continuum[0]):
         continuum = [continuum]
     if not continuum or len(continuum) > 2:
         raise ValueError("continuum must be one or two (low, high) keV side bands")
-    bands = [_channels(centres, b, "continuum band", edges) for b in continuum]
+    bands = [_channels(centres, b, "continuum band", bounds) for b in continuum]
     if np.intersect1d(np.concatenate(bands), win).size:
         raise ValueError(f"continuum bands {continuum} overlap the line window {tuple(window)}; keep them apart")
+    gap = win[:-1][lo[win[1:]] - hi[win[:-1]] > 1e-6 * widths[win[:-1]]]
+    if method == "moments" and gap.size:
+        warnings.warn(f"the line window has missing channels ({gap.size} gap(s), the first at "
+                      f"{hi[gap[0]]:.6g}-{lo[gap[0] + 1]:.6g} keV): the moments do not count the line flux there, so "
+                      "flux, centroid and width are biased; method='gaussian' fits the channels that are present",
+                      UserWarning, stacklevel=2)
 
     z = values.reshape(M * N, L)
-    F, Ec, s2, ok, cont, r, e, sheppard = _measure(z, centres, widths, edges, win, bands, E0, method, lsf_sigma,
-                                                   min_flux)
+    F, Ec, s2, ok, cont, r, e, sheppard, fitted = _measure(z, centres, widths, bounds, win, bands, E0, method,
+                                                           lsf_sigma, min_flux)
     velocity = np.where(ok, C_KMS * (E0 / Ec - 1.0), np.nan)
     width = np.where(ok, C_KMS * np.sqrt(np.maximum(s2, 0.0)) / Ec, np.nan)
     valid, resolved = ok, ok & (s2 > 0)
@@ -280,7 +323,8 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
     out["resolved"] = (("x", "y"), resolved.reshape(shape2), {"long_name": "width above the removed spread"})
 
     if variance is not None:
-        var, _, _ = _as_cube(variance, edges if not isinstance(variance, xr.DataArray) else None, "variance")
+        var, _, _ = _as_cube(variance, np.append(lo, hi[-1]) if not isinstance(variance, xr.DataArray) else None,
+                             "variance")
         if var.shape != values.shape:
             raise ValueError(f"variance has shape {var.shape}, cube {values.shape}")
         if np.any(var < 0):
@@ -298,13 +342,21 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
         s = np.sqrt(np.maximum(s2, 0.0))
         with np.errstate(divide="ignore", invalid="ignore"):
             w_err = np.where(s > 0, s2_err / (2 * np.where(s > 0, s, 1.0)), np.nan)
+        idx = np.flatnonzero(fitted)
+        if idx.size:  # the Gaussian fit's own errors where its values are used (session 29: the moments' were given)
+            s_fit = np.sqrt(s2[idx] + float(lsf_sigma) ** 2)
+            C = _gauss_cov(F[idx], Ec[idx], s_fit, lo[win], hi[win], vw[idx])
+            f_err[idx], e_err[idx] = np.sqrt(C[:, 0, 0]), np.sqrt(C[:, 1, 1])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w_err[idx] = np.where(s[idx] > 0, s_fit ** 2 * np.sqrt(C[:, 2, 2]) / np.where(s[idx] > 0, s[idx], 1.0),
+                                      np.nan)
         out["flux_err"] = (("x", "y"), f_err.reshape(shape2))
         out["velocity_err"] = (("x", "y"), np.where(ok, C_KMS * E0 * e_err / Ec ** 2, np.nan).reshape(shape2),
                                {"units": "km/s"})
         out["line_width_err"] = (("x", "y"), np.where(resolved, C_KMS * w_err / Ec, np.nan).reshape(shape2),
                                  {"units": "km/s"})
     if replicas is not None:
-        _replica_errors(out, replicas, values.shape, (centres, widths, edges, win, bands, E0, method, lsf_sigma,
+        _replica_errors(out, replicas, values.shape, (centres, widths, bounds, win, bands, E0, method, lsf_sigma,
                                                       min_flux), ok, resolved, error)
     out.attrs.update({"line_energy_kev": E0, "window_kev": [float(v) for v in window],
                       "continuum_kev": [[float(v) for v in b] for b in continuum], "method": method,
@@ -326,7 +378,7 @@ def _replica_errors(out, replicas, shape, ctx, ok, resolved, error):
     if n < 2 or tuple(replicas.shape[1:]) != tuple(shape):
         raise ValueError(f"replicas must be (replica >= 2, x, y, energy) with the cube's shape {tuple(shape)}; got "
                          f"{getattr(replicas, 'shape', None)}")
-    centres, widths, edges, win, bands, E0, method, lsf_sigma, min_flux = ctx
+    centres, widths, bounds, win, bands, E0, method, lsf_sigma, min_flux = ctx
     P = shape[0] * shape[1]
     F, V, W = (np.empty((n, P)) for _ in range(3))
     OK = np.empty((n, P), bool)
@@ -334,7 +386,7 @@ def _replica_errors(out, replicas, shape, ctx, ok, resolved, error):
         z = np.asarray(replicas[i], dtype=np.float64).reshape(P, shape[2])
         if not np.all(np.isfinite(z)):
             raise ValueError(f"replica {i} contains NaN or inf")
-        f, ec, s2, v_ok, *_ = _measure(z, centres, widths, edges, win, bands, E0, method, lsf_sigma, min_flux)
+        f, ec, s2, v_ok, *_ = _measure(z, centres, widths, bounds, win, bands, E0, method, lsf_sigma, min_flux)
         F[i], OK[i] = f, v_ok
         V[i] = np.where(v_ok, C_KMS * (E0 / ec - 1.0), np.nan)
         W[i] = np.where(v_ok, C_KMS * np.sqrt(np.maximum(s2, 0.0)) / ec, np.nan)
