@@ -127,6 +127,8 @@ def test_uneven_channels_and_channel_gaps():
     assert float(g["line_width"][0, 0]) == pytest.approx(179.0, rel=2e-3)
     with pytest.warns(UserWarning, match="the line window has missing channels .* method='gaussian'"):
         analysis.line_map(gapped, E0, **KW)
+    with pytest.raises(ValueError, match="holds 2 channel.*needs at least 4 channels"):
+        analysis.line_map(da, E0, method="gaussian", window=(E0 - 0.0004, E0 + 0.0004), continuum=KW["continuum"])
     with pytest.raises(ValueError, match="must increase in energy without overlapping"):
         analysis.line_map(da.isel(energy=slice(None, None, -1)), E0, **KW)
 

@@ -291,6 +291,10 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
     lo, hi = bounds
     centres, widths = 0.5 * (lo + hi), hi - lo
     win = _channels(centres, window, "window", bounds)
+    if method == "gaussian" and win.size < 4:
+        raise ValueError(f"window {tuple(window)} keV holds {win.size} channel(s); method='gaussian' fits 3 parameters "
+                         "(flux, centre, width) and needs at least 4 channels: widen the window or use "
+                         "method='moments'")
     if isinstance(continuum, (tuple, list)) and len(continuum) == 2 and np.isscalar(continuum[0]):
         continuum = [continuum]
     if not continuum or len(continuum) > 2:
