@@ -89,7 +89,7 @@ def sky(rng):
     cont = np.exp(-(e - 6.5) / 3.0)
     cont /= cont.sum()
     sig = E_LINE * 180.0 / C_KMS
-    mu = E_LINE * (1 + v / C_KMS)
+    mu = E_LINE / (1 + v / C_KMS)  # positive = receding, as xfusion.analysis
     from scipy.special import erf
 
     lines = 0.5 * (erf((edges[None, None, 1:] - mu[..., None]) / (np.sqrt(2) * sig))

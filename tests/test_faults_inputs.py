@@ -298,7 +298,9 @@ def test_sobolev_penalty_is_the_smoothness_term(small_toy):
     r2 = fz(x, y, "lowrank_sobolev", max_iter=3, mu=0.02)
     assert np.all(r.penalty.values > 0)
     assert r2.penalty.values[0] == pytest.approx(2 * r.penalty.values[0], rel=1e-9)
-    assert r2.data_term.values[0] == r.data_term.values[0]
+    # the same start, so the same data term (to round-off: the subspace solver records it as a difference,
+    # objective - smoothness, and the smoothness scales with mu)
+    assert r2.data_term.values[0] == pytest.approx(r.data_term.values[0], rel=1e-13)
 
 
 # ----------------------------------------------------------------------------- reproducible cluster runs

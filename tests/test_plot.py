@@ -116,7 +116,9 @@ def test_line_band_is_a_line_without_truth(fused, small_toy):
     inside = (e >= lo) & (e <= hi)
     assert spec[inside].max() > 1.5 * np.median(spec)
     lo2, hi2 = plot.line_band(res, width=0.02)
-    assert 0.015 <= hi2 - lo2 <= 0.03 and lo2 <= 0.5 * (lo + hi) <= hi2
+    # the same line: the 20 eV band's centre (the line) lies in the sharp-spatial channel found above (session 29:
+    # was "that channel's centre lies in the 20 eV band", true only for a line near the channel's centre)
+    assert 0.015 <= hi2 - lo2 <= 0.03 and lo <= 0.5 * (lo2 + hi2) <= hi
 
 
 def test_line_maps_state_the_band(fused, small_toy):

@@ -88,3 +88,16 @@ def test_generator_arguments_are_checked_by_name(kwargs, message):
         toy.make("small", **kwargs)
     x, y, _ = toy.make("small", seed=np.int64(3), x={"counts": np.float32(2e4)})  # NumPy scalars are fine
     assert x.attrs["seed"] == 3 and 0 < float(x["counts"].sum()) < 4e4
+
+
+def test_velocity_sign_is_the_analysis_convention():
+    """Session 29 (red team): the toy put lines at E0 (1 + v/c), so its "receding" knot (v_kms > 0) was blueshifted
+    and xfusion.analysis.line_map (positive = receding) measured -2003 km/s for +2000. Now E0 / (1 + v/c)."""
+    from xfusion.analysis import line_map
+
+    for v in (-2000.0, 2000.0):
+        _, _, truth = toy.make("small", source={"knot": {"v_kms": v, "brightness": 400.0}})
+        knot = truth.sel(x=[20.0], y=[-30.0], method="nearest")
+        m = line_map(knot, 1.0220, window=(1.000, 1.045), continuum=[(0.975, 0.995), (1.07, 1.09)],
+                     method="gaussian")
+        assert float(m.velocity[0, 0]) == pytest.approx(v, abs=60.0)

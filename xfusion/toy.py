@@ -5,7 +5,8 @@
 The sky is a clumpy, expanding spherical shell seen in projection, plus a bright compact
 knot. Each 3D cell of the shell has a temperature (smoothly varying: continuum slope and
 line ratios change across the remnant), an abundance factor and a line-of-sight velocity
-``v_z = v_exp z / r``, so lines are split into red- and blue-shifted halves where the
+``v_z = v_exp z / r`` (positive = receding, ``E = E0 / (1 + v/c)``: the convention of
+:mod:`xfusion.analysis`; the knot's ``v_kms`` too), so lines are split into red- and blue-shifted halves where the
 shell is seen face-on and merge at the limb. Spectra are thermal-like continua
 ``E^-0.3 exp(-E/kT)`` plus Gaussian emission lines whose emissivities peak at
 ion-dependent temperatures (O VII/VIII, Fe XVII-XXIV, Ne IX/X, Mg XI at 0.5-1.4 keV;
@@ -169,7 +170,7 @@ def _templates(cfg, edges, kT, vel, sigma_y_kev):
     lines = np.zeros((kT.size, vel.size, e.size))
     for (el, amp, tpk) in LINES[cfg["lines"]]:
         emis = amp * np.exp(-0.5 * (np.log(kT / tpk) / 0.45) ** 2)  # (nT,)
-        centre = el * (1 + vel / C_KMS)  # (nV,)
+        centre = el / (1 + vel / C_KMS)  # (nV,) positive = receding (session 29: was el (1 + v/c), a blueshift)
         s = np.sqrt(sigma_y_kev ** 2 + (el * 150.0 / C_KMS) ** 2)  # LSF + 150 km/s turbulence
         prof = ndtr((edges[None, 1:] - centre[:, None]) / s) - ndtr((edges[None, :-1] - centre[:, None]) / s)
         lines += emis[:, None, None] * prof[None]
