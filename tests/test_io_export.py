@@ -264,3 +264,19 @@ def test_pha_from_result_with_replica_errors_and_covariance(tmp_path):
     _, other, _ = _result_with_replicas(nx=4)
     with pytest.raises(ValueError, match="grid"):
         write_pha_from_result(res, region, tmp_path / "bad", uncertainty=other)
+
+
+def test_write_pha_refuses_counts_beyond_int32(tmp_path):
+    """Counts >= 2**31 do not fit the 32-bit COUNTS column: refused (they wrapped to -2**31 before), and no file
+    (not even the RMF written beside the PHA) is left; the largest legal count is written exactly; rates are fine."""
+    edges = [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match=r"exceed the 32-bit COUNTS column.*rate=True"):
+        write_pha([3.0e9, 5.0, 2.0 ** 31], edges, 1000.0, tmp_path / "big.pha", rmf=_toy_rmf(n_chan=3))
+    assert list(tmp_path.iterdir()) == []
+    top = 2.0 ** 31 - 1
+    path = write_pha([top, 5.0, 0.0], edges, 1000.0, tmp_path / "top.pha")
+    with fits.open(path) as hdul:
+        np.testing.assert_array_equal(hdul["SPECTRUM"].data["COUNTS"], [2 ** 31 - 1, 5, 0])
+    path = write_pha([3.0e9, 5.0, 2.0 ** 31], edges, 1000.0, tmp_path / "rate.pha", rate=True)
+    with fits.open(path) as hdul:
+        np.testing.assert_allclose(hdul["SPECTRUM"].data["RATE"], [3.0e6, 5e-3, 2.0 ** 31 / 1e3], rtol=1e-6)

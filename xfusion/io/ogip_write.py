@@ -37,6 +37,7 @@ from xfusion.io.ogip_read import SparseRMF
 __all__ = ["write_pha", "write_rmf", "write_arf"]
 
 _CREATOR = "xfusion.io.ogip_write"
+_INT32_MAX = np.iinfo(np.int32).max  # largest value of a J (32-bit integer) FITS column
 
 
 def _edges_from(obj: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +353,9 @@ def write_pha(
     ----------
     spectrum_counts : array_like or xarray.DataArray, shape (n_channel,)
         Counts per channel (dim ``energy`` for a DataArray).  Must be
-        non-negative integers unless ``rate=True``.
+        non-negative integers unless ``rate=True``, and at most 2**31 - 1
+        (the 32-bit ``COUNTS`` column; larger counts raise ``ValueError``:
+        split the exposure, or use ``rate=True``).
     energy_edges : array_like or None
         Nominal channel energies (keV): ``(n + 1,)`` contiguous edges or
         ``(n, 2)`` pairs.  ``None`` takes ``energy_lo/hi`` from the
@@ -443,6 +446,12 @@ def write_pha(
         raise ValueError(f"exposure must be positive (s); got {exposure!r}.")
     if np.any(counts < 0) or not np.all(np.isfinite(counts)):
         raise ValueError("spectrum counts must be finite and non-negative.")
+    if not rate and counts.max(initial=0) > _INT32_MAX:  # checked before any file is written
+        k = int(np.argmax(counts))
+        raise ValueError(
+            f"write_pha: counts up to {counts[k]:.6g} (channel index {k}) exceed the 32-bit COUNTS column "
+            f"(at most {_INT32_MAX}); they would wrap to negative numbers. Split the exposure into shorter "
+            "spectra, or write rates with rate=True (RATE in count/s, float).")
 
     if first_channel is None:
         if da is not None and "channel" in da.coords:
