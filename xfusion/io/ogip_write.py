@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 import xarray as xr
 from astropy.io import fits
 
@@ -69,6 +70,28 @@ def _as_edges(energy_edges, n: int) -> tuple[np.ndarray, np.ndarray]:
     if np.any(hi <= lo) or np.any(np.diff(lo) <= 0):
         raise ValueError("energy_edges must be increasing with positive widths.")
     return lo, hi
+
+
+def _pair_edges(pairs, dim: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 2)`` [lo, hi] edges of a :class:`SparseRMF` (keV), checked as :func:`_edges_from` checks coordinates."""
+    e = np.asarray(pairs, dtype=np.float64)
+    if e.ndim != 2 or e.shape[1] != 2:
+        raise ValueError(f"SparseRMF {dim}_edges must have shape (n, 2) [lo, hi] (keV); got {e.shape}.")
+    lo, hi = e[:, 0], e[:, 1]
+    if np.any(hi <= lo) or np.any(np.diff(lo) <= 0):
+        raise ValueError(f"{dim} edges must be increasing with positive widths.")
+    return lo, hi
+
+
+def _sparse_elements(m, lo_thresh):
+    """(rows, cols, values) of the elements of the sparse matrix ``m`` with ``|value| > lo_thresh``, in
+    row-major order -- what ``np.nonzero(np.abs(dense) > lo_thresh)`` gives on ``m.toarray()`` (duplicate
+    entries summed, explicit zeros dropped), in memory proportional to the stored elements."""
+    csr = scipy.sparse.csr_array(m, dtype=np.float64, copy=True)
+    csr.sum_duplicates()  # also sorts the column indices of every row
+    rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+    keep = np.abs(csr.data) > lo_thresh
+    return rows[keep], csr.indices[keep].astype(np.int64), csr.data[keep]
 
 
 def _common_keywords(header, telescope, instrument, filter_):
@@ -168,20 +191,38 @@ def write_rmf(
     rows without elements have ``N_GRP = 0``.  ``TLMIN4``/``TLMAX4`` give the
     legal channel range of ``F_CHAN``; ``NUMGRP``/``NUMELT`` the totals.
     Energies are written as double precision (``D``) in keV.
+
+    A :class:`~xfusion.io.ogip_read.SparseRMF` is written from its stored elements, never
+    as a dense matrix (memory and time grow with the stored elements, not with
+    ``n_energy_true * n_channel``); the file is the same as for its ``to_dataarray()``.
     """
     if isinstance(matrix, SparseRMF):
-        matrix = matrix.to_dataarray()
-    if set(matrix.dims) != {"energy_true", "energy"}:
-        raise ValueError(
-            f"RMF must have dims ('energy_true', 'energy'); got {matrix.dims}."
-        )
-    matrix = matrix.transpose("energy_true", "energy")
-    t_lo, t_hi = _edges_from(matrix, "energy_true")
-    e_lo, e_hi = _edges_from(matrix, "energy")
-    values = np.asarray(matrix.values, dtype=np.float64)
-    n_true, n_chan = values.shape
+        # the stored elements straight from the sparse structure: a dense 12,000-channel matrix is 1.15 GB
+        # (a 60,000-channel one 29 GB), the reason read_rmf returned a SparseRMF
+        t_lo, t_hi = _pair_edges(matrix.energy_true_edges, "energy_true")
+        e_lo, e_hi = _pair_edges(matrix.energy_edges, "energy")
+        n_true, n_chan = matrix.shape
+        if (t_lo.size, e_lo.size) != (n_true, n_chan) or np.shape(matrix.channel) != (n_chan,):
+            raise ValueError(
+                f"SparseRMF matrix has shape {matrix.shape} but {t_lo.size} energy_true bins, {e_lo.size} energy "
+                f"bins and {np.size(matrix.channel)} channels.")
+        default_first = int(np.asarray(matrix.channel)[0]) if n_chan else 0
+        rows, cols, vals = _sparse_elements(matrix.matrix, lo_thresh)
+    else:
+        if set(matrix.dims) != {"energy_true", "energy"}:
+            raise ValueError(
+                f"RMF must have dims ('energy_true', 'energy'); got {matrix.dims}."
+            )
+        matrix = matrix.transpose("energy_true", "energy")
+        t_lo, t_hi = _edges_from(matrix, "energy_true")
+        e_lo, e_hi = _edges_from(matrix, "energy")
+        values = np.asarray(matrix.values, dtype=np.float64)
+        n_true, n_chan = values.shape
+        default_first = int(matrix["channel"].values[0]) if "channel" in matrix.coords else 0
+        rows, cols = np.nonzero(np.abs(values) > lo_thresh)  # row-major order
+        vals = values[rows, cols]
     if first_channel is None:
-        first_channel = int(matrix["channel"].values[0]) if "channel" in matrix.coords else 0
+        first_channel = default_first
     channel = np.arange(n_chan, dtype=np.int64) + int(first_channel)
     telescope = telescope or _meta(matrix, "telescope", "UNKNOWN")
     instrument = instrument or _meta(matrix, "instrument", "UNKNOWN")
@@ -192,8 +233,7 @@ def write_rmf(
         raise ValueError("dtype must be float32 or float64.")
 
     # --- groups of contiguous stored elements, vectorised ---
-    rows, cols = np.nonzero(np.abs(values) > lo_thresh)  # row-major order
-    elems = values[rows, cols].astype(dtype)
+    elems = vals.astype(dtype)
     if rows.size:
         new = np.ones(rows.size, dtype=bool)
         new[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)
