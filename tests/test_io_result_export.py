@@ -282,3 +282,35 @@ def test_grouped_region_pha_carries_the_within_bin_correlation(tmp_path):
         write_pha_from_result(res, np.ones((1, 1), bool), tmp_path / "x", group="auto")
     with pytest.raises(ValueError, match="group must be"):
         write_pha_from_result(res, np.ones((1, 1), bool), tmp_path / "y", group=0)
+
+
+def test_region_numpy_index_arrays_select_their_pixels(tmp_path):
+    """np.nonzero(mask) / np.where(mask) is NumPy's (ix_array, iy_array) form: it selects the pixels of mask for any
+    number of them (with exactly two pixels it was read as two (ix, iy) pairs: pixels (0, 3), (2, 1) instead of
+    (0, 2), (3, 1)). Lists of pairs keep their meaning; a tuple of two plain pairs is ambiguous and refused."""
+    from xfusion.io.ogip_write import region_mask
+
+    for pixels in ([(0, 2), (3, 1)], [(1, 3)], [(0, 2), (3, 1), (1, 1)]):
+        mask = np.zeros((4, 5), bool)
+        for ix, iy in pixels:
+            mask[ix, iy] = True
+        np.testing.assert_array_equal(region_mask(np.nonzero(mask), (4, 5)), mask)
+        np.testing.assert_array_equal(region_mask(np.where(mask), (4, 5)), mask)
+        np.testing.assert_array_equal(region_mask(pixels, (4, 5)), mask)
+        np.testing.assert_array_equal(region_mask(np.array(pixels), (4, 5)), mask)
+    with pytest.raises(ValueError, match="ambiguous.*list"):
+        region_mask(((0, 2), (3, 1)), (4, 5))
+    np.testing.assert_array_equal(np.flatnonzero(region_mask(((0, 2), (3, 1), (1, 1)), (4, 5))), [2, 6, 16])
+    with pytest.raises(ValueError, match="must lie in"):
+        region_mask((np.array([0, 4]), np.array([2, 1])), (4, 5))
+    # the spectrum of a 2-pixel np.nonzero region is the sum of those two pixels
+    edges = np.linspace(6.0, 7.0, 11)
+    flux = np.arange(4 * 5 * 10, dtype=np.float64).reshape(4, 5, 10) * 1e-6
+    ds = xr.Dataset({"flux": (("x", "y", "energy"), flux)},
+                    coords={"energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])})
+    mask = np.zeros((4, 5), bool)
+    mask[0, 2] = mask[3, 1] = True
+    pha, _, _ = write_pha_from_result(ds, np.nonzero(mask), tmp_path / "two", exposure=1e5, area=100.0, rate=True)
+    with fits.open(pha) as hdul:
+        assert hdul["SPECTRUM"].header["NPIXSOU"] == 2
+        np.testing.assert_allclose(hdul["SPECTRUM"].data["RATE"], (flux[0, 2] + flux[3, 1]) * 100.0, rtol=1e-6)

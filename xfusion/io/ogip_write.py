@@ -613,14 +613,33 @@ __all__ += ["write_pha_from_result", "region_mask"]
 
 
 def region_mask(region, shape) -> np.ndarray:
-    """Boolean (x, y) mask of ``shape`` from a mask, a list of (ix, iy) pixels or a pair of slices."""
+    """Boolean (x, y) mask of ``shape`` from a region of the fused cube.
+
+    ``region`` is one of:
+
+    * a boolean mask of shape ``shape`` (NumPy array, or a DataArray with dims ``x``, ``y``);
+    * a **list** of ``(ix, iy)`` integer pixel indices, e.g. ``[(0, 2), (3, 1)]`` (an ``(n, 2)`` array);
+    * NumPy's **tuple of index arrays** ``(ix_array, iy_array)``, as returned by ``np.nonzero(mask)``
+      or ``np.where(mask)``: read the NumPy way (``mask[region]``), for any number of pixels --
+      ``np.nonzero(mask)`` selects exactly the pixels of ``mask``;
+    * a pair of slices ``(slice_x, slice_y)``.
+
+    A tuple of exactly two plain ``(a, b)`` pairs, e.g. ``((0, 2), (3, 1))``, could be either two
+    pixels or NumPy's index arrays (pixels (0, 3) and (2, 1)), so it is refused (``ValueError``): pass
+    a list ``[(0, 2), (3, 1)]`` for pixels, or NumPy arrays ``(np.array([0, 2]), np.array([3, 1]))``
+    for index arrays. Pixel indices must lie inside ``shape`` (no negative indices).
+    """
     if isinstance(region, xr.DataArray):
         region = region.transpose("x", "y").values
     if isinstance(region, tuple) and len(region) == 2 and all(isinstance(s, slice) for s in region):
         mask = np.zeros(shape, dtype=bool)
         mask[region] = True
         return mask
-    arr = np.asarray(region)
+    if isinstance(region, tuple) and len(region) == 2 and _index_arrays(region):
+        ix, iy = (np.asarray(a) for a in region)
+        arr = np.stack([ix, iy], axis=1)  # NumPy's (ix_array, iy_array) -> (n, 2) pixel list
+    else:
+        arr = np.asarray(region)
     if arr.dtype == bool:
         if arr.shape != tuple(shape):
             raise ValueError(f"region mask has shape {arr.shape}; the cube has (x, y) shape {tuple(shape)}.")
@@ -632,9 +651,32 @@ def region_mask(region, shape) -> np.ndarray:
         mask[arr[:, 0], arr[:, 1]] = True
         return mask
     raise ValueError(
-        "region must be a boolean (x, y) mask, a list of (ix, iy) integer pixel indices, or a pair of "
-        "slices (slice_x, slice_y)."
+        "region must be a boolean (x, y) mask, a list of (ix, iy) integer pixel indices, NumPy's tuple of index "
+        "arrays (ix_array, iy_array) as from np.nonzero(mask), or a pair of slices (slice_x, slice_y)."
     )
+
+
+def _index_arrays(region) -> bool:
+    """True if the 2-tuple ``region`` is NumPy's ``(ix_array, iy_array)`` form; raise on the ambiguous
+    ``((a, b), (c, d))``; False for anything else (read as a pixel list, or refused, by the caller)."""
+    a, b = region
+    if all(isinstance(v, np.ndarray) for v in (a, b)):  # np.nonzero / np.where / np.unravel_index output
+        if a.ndim == 1 and b.ndim == 1 and a.shape == b.shape and a.dtype != bool and b.dtype != bool:
+            return True
+        raise ValueError(
+            f"region: a tuple of two arrays is read as NumPy's index arrays (ix_array, iy_array), as from "
+            f"np.nonzero(mask); these have shapes {a.shape} and {b.shape} (need two 1-D integer arrays of the same "
+            "length). Pass a boolean (x, y) mask or a list of (ix, iy) pixels instead.")
+    try:
+        lens = [len(v) for v in (a, b)]
+    except TypeError:
+        return False
+    if lens == [2, 2]:
+        raise ValueError(
+            f"region {region!r} is ambiguous: two (ix, iy) pixels, or NumPy's index arrays (ix_array, iy_array) "
+            "(as from np.nonzero)? Pass a list [(ix, iy), (ix, iy)] for pixels, or NumPy arrays "
+            "(np.array(ixs), np.array(iys)) / np.nonzero(mask) for index arrays.")
+    return False
 
 
 __all__ += ["channel_correlation", "error_inflation", "recommended_grouping"]
@@ -738,8 +780,10 @@ def write_pha_from_result(
     result : xarray.Dataset
         A :func:`xfusion.fuse` result (or any Dataset with a ``variable`` (x, y, energy)
         in ph cm-2 s-1 per voxel and ``energy_lo``/``energy_hi`` coordinates in keV).
-    region : bool array / DataArray (x, y), sequence of (ix, iy), or (slice, slice)
-        Pixels summed into the spectrum (a pixel listed twice counts once).
+    region : bool array / DataArray (x, y), list of (ix, iy), NumPy's (ix_array, iy_array), or (slice, slice)
+        Pixels summed into the spectrum (a pixel listed twice counts once); ``np.nonzero(mask)``
+        selects the pixels of ``mask``. See :func:`region_mask` (an ambiguous tuple of two
+        ``(a, b)`` pairs is refused).
     path_prefix : str or os.PathLike
         Output prefix: writes ``<prefix>.pha``, ``<prefix>.rmf`` and ``<prefix>.arf`` (the
         PHA refers to the others by basename in ``RESPFILE``/``ANCRFILE``).
@@ -1065,7 +1109,8 @@ def write_pha2_from_result(
         gives ``X_PIX``, ``Y_PIX`` (0-based indices) and ``X_OFF``, ``Y_OFF`` (arcsec
         offsets of the pixel centre, from the ``x``/``y`` coordinates) per ``SPEC_NUM``.
         Otherwise a sequence of regions as accepted by :func:`write_pha_from_result`
-        (masks, pixel lists or slice pairs), one row each, ``SPEC_INFO`` giving
+        (masks, pixel lists, ``np.nonzero`` index arrays or slice pairs; :func:`region_mask`),
+        one row each, ``SPEC_INFO`` giving
         ``NPIXSOU`` (pixels summed).
     uncertainty : xarray.Dataset, optional
         The Dataset of :func:`xfusion.uncertainty` for this result: each row gets ``STAT_ERR``
