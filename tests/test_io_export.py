@@ -204,7 +204,9 @@ def test_write_pha_rate_columns_and_errors(tmp_path):
         assert s.header["TLMIN1"] == 1
         assert {"RATE", "STAT_ERR", "BACKSCAL"} <= set(s.columns.names)
         np.testing.assert_allclose(s.data["RATE"], counts / 10.0)
-        np.testing.assert_allclose(s.data["STAT_ERR"], np.sqrt(counts) / 10.0, rtol=1e-6)
+        # Poisson errors floored at one count: the empty channel gets 1/10, not 0 (chi-square divides by it)
+        np.testing.assert_allclose(s.data["STAT_ERR"], np.sqrt([3.0, 1.0, 5.0, 10.0]) / 10.0, rtol=1e-6)
+        assert "floored at the error of one count" in str(s.header["COMMENT"])
     with pytest.raises(ValueError, match="integers"):
         write_pha([1.5, 2.0], [1, 2, 3], 1.0, tmp_path / "bad.pha")
     with pytest.raises(ValueError, match="energy_edges"):

@@ -314,3 +314,24 @@ def test_region_numpy_index_arrays_select_their_pixels(tmp_path):
     with fits.open(pha) as hdul:
         assert hdul["SPECTRUM"].header["NPIXSOU"] == 2
         np.testing.assert_allclose(hdul["SPECTRUM"].data["RATE"], (flux[0, 2] + flux[3, 1]) * 100.0, rtol=1e-6)
+
+
+def test_rate_pha_stat_err_never_zero(tmp_path):
+    """rate=True without uncertainty: STAT_ERR (POISSERR = F) is sqrt(max(expected counts, 1)) / exposure, so the
+    channels of zero fused flux get the error of one count instead of 0 (a chi-square divided by it)."""
+    edges = np.linspace(6.0, 7.0, 11)
+    flux = np.zeros((1, 1, 10))
+    flux[0, 0, 3:7] = [1e-5, 5e-5, 5e-5, 1e-9]  # zero outside the line; the last one < 1 expected count
+    ds = xr.Dataset({"flux": (("x", "y", "energy"), flux)},
+                    coords={"energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])})
+    exposure, area = 1e5, 100.0
+    pha, _, _ = write_pha_from_result(ds, [(0, 0)], tmp_path / "s", exposure=exposure, area=area, rate=True)
+    with fits.open(pha) as hdul:
+        s = hdul["SPECTRUM"]
+        assert s.header["POISSERR"] is False
+        err = s.data["STAT_ERR"].astype(np.float64)
+        assert np.all(np.isfinite(err)) and np.all(err > 0)
+        expected = flux[0, 0] * area * exposure
+        np.testing.assert_allclose(err, np.sqrt(np.maximum(expected, 1.0)) / exposure, rtol=1e-6)
+        np.testing.assert_allclose(err[:3], 1.0 / exposure, rtol=1e-6)
+        assert "floored at the error of one count" in str(s.header["COMMENT"])

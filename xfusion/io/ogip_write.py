@@ -435,7 +435,12 @@ def write_pha(
         the RMF's channels.
     rate : bool
         Write ``RATE`` (count/s, = counts / exposure) instead of ``COUNTS``;
-        then ``STAT_ERR`` is written (default ``sqrt(counts) / exposure``).
+        then ``STAT_ERR`` is written (``POISSERR = F``), by default
+        ``sqrt(max(counts, 1)) / exposure``: the Poisson error, floored at
+        the error of one count so that channels with fewer than one count
+        (empty ones included) never get ``STAT_ERR = 0``, which a chi-square
+        -- the only statistic for a ``RATE`` spectrum without Poisson
+        errors -- cannot use (the floor is recorded in a header ``COMMENT``).
     stat_err : array_like, optional
         Explicit statistical errors (same units as the data column); written
         as ``STAT_ERR`` with ``POISSERR = F``.
@@ -527,12 +532,14 @@ def write_pha(
     ancrfile = _response(arf, ".arf", write_arf, "energy_true")
 
     exposure = float(exposure)
+    floored_err = False
     cols = [fits.Column(name="CHANNEL", format="J", array=channel.astype(np.int32))]
     if rate:
         cols.append(fits.Column(name="RATE", format="E", unit="count/s",
                                 array=(counts / exposure).astype(np.float32)))
-        if stat_err is None:
-            stat_err = np.sqrt(counts) / exposure
+        if stat_err is None:  # Poisson error, floored at one count: never 0 (chi-square divides by it)
+            stat_err = np.sqrt(np.maximum(counts, 1.0)) / exposure
+            floored_err = True
     else:
         if not np.all(counts == np.round(counts)):
             raise ValueError(
@@ -598,6 +605,10 @@ def write_pha(
         h["GROUPING"] = (0, "no grouping of the data")
     h["TLMIN1"] = (int(channel[0]), "first legal channel number")
     h["TLMAX1"] = (int(channel[-1]), "last legal channel number")
+    if floored_err:
+        h["COMMENT"] = "STAT_ERR = sqrt(max(counts, 1)) / EXPOSURE: the Poisson error of the counts,"
+        h["COMMENT"] = "floored at the error of one count so that no channel has STAT_ERR = 0"
+        h["COMMENT"] = "(a chi-square divides by it; empty channels are common in fused cubes)."
 
     hdus = [primary_hdu(), hdu]
     if ebounds:
@@ -803,7 +814,11 @@ def write_pha_from_result(
         the region, **rounded to the nearest integer** (``numpy.rint``, halves to even;
         negative values from round-off are set to 0), Poisson errors implied
         (``POISSERR = T``). True: ``RATE`` = expected counts / exposure (count/s, not
-        rounded) with ``STAT_ERR = sqrt(expected counts) / exposure`` (``POISSERR = F``).
+        rounded) with ``STAT_ERR = sqrt(max(expected counts, 1)) / exposure``
+        (``POISSERR = F``): the Poisson error, floored at the error of one count so that
+        channels of zero fused flux (zeroed null-space bands, flux clipped at 0) do not get
+        ``STAT_ERR = 0``, which a chi-square fit would divide by (the floor is noted in a
+        header ``COMMENT``; pass ``uncertainty`` for the errors of the fused spectrum).
     telescope, instrument, object_name, obs_id : header keywords (``OBS_ID`` is optional in
         OGIP but gammapy's reader names the dataset after it).
     uncertainty : xarray.Dataset, optional
