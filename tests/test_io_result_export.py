@@ -335,3 +335,25 @@ def test_rate_pha_stat_err_never_zero(tmp_path):
         np.testing.assert_allclose(err, np.sqrt(np.maximum(expected, 1.0)) / exposure, rtol=1e-6)
         np.testing.assert_allclose(err[:3], 1.0 / exposure, rtol=1e-6)
         assert "floored at the error of one count" in str(s.header["COMMENT"])
+
+
+def test_export_refuses_gapped_energy_axis(tmp_path):
+    """A cube with channels dropped (gaps between energy bins) is refused by both PHA exports before any file is
+    written (its ARF was written and then refused by read_arf: 'SPECRESP bins are not contiguous'); each contiguous
+    part exports and reads back."""
+    from xfusion.io.ogip_write import write_pha2_from_result
+
+    edges = np.linspace(6.0, 7.4, 281)
+    ds = xr.Dataset({"flux": (("x", "y", "energy"), np.full((2, 2, 280), 1e-5))},
+                    coords={"energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])})
+    keep = np.ones(280, bool)
+    keep[100:105] = False
+    gapped = ds.isel(energy=keep)
+    with pytest.raises(ValueError, match=r"not contiguous.*channel 99 ends at 6.5 keV.*separately"):
+        write_pha_from_result(gapped, [(0, 0)], tmp_path / "g", exposure=1e6, area=1e3)
+    with pytest.raises(ValueError, match=r"write_pha2_from_result: the energy bins are not contiguous"):
+        write_pha2_from_result(gapped, tmp_path / "g2", exposure=1e6, area=1e3)
+    assert list(tmp_path.iterdir()) == []
+    _, _, arf = write_pha_from_result(ds.isel(energy=slice(105, None)), [(0, 0)], tmp_path / "part",
+                                      exposure=1e6, area=1e3)
+    assert read_arf(arf).sizes["energy_true"] == 175

@@ -790,7 +790,11 @@ def write_pha_from_result(
     ----------
     result : xarray.Dataset
         A :func:`xfusion.fuse` result (or any Dataset with a ``variable`` (x, y, energy)
-        in ph cm-2 s-1 per voxel and ``energy_lo``/``energy_hi`` coordinates in keV).
+        in ph cm-2 s-1 per voxel and ``energy_lo``/``energy_hi`` coordinates in keV). The
+        energy bins must be contiguous (each ``energy_lo`` = the previous ``energy_hi``): a
+        cube with channels dropped (``result.isel(energy=good)``) is refused
+        (``ValueError``) before anything is written, since its ARF could not be read back;
+        export contiguous channel ranges separately, or ignore channels in the fitting tool.
     region : bool array / DataArray (x, y), list of (ix, iy), NumPy's (ix_array, iy_array), or (slice, slice)
         Pixels summed into the spectrum (a pixel listed twice counts once); ``np.nonzero(mask)``
         selects the pixels of ``mask``. See :func:`region_mask` (an ambiguous tuple of two
@@ -871,6 +875,7 @@ def write_pha_from_result(
     if not (float(exposure) > 0 and float(area) > 0):
         raise ValueError(f"exposure and area must be positive; got {exposure!r} s and {area!r} cm2.")
     lo, hi = _edges_from(da, "energy")
+    _check_contiguous(lo, hi, "write_pha_from_result")
     if group is not None and not (group == "auto" or (isinstance(group, (int, np.integer))
                                                       and not isinstance(group, (bool, np.bool_)) and group >= 1)):
         raise ValueError(f"group must be None, an integer >= 1 (channels merged per bin) or 'auto'; got {group!r}.")
@@ -1114,7 +1119,8 @@ def write_pha2_from_result(
     and ``area`` (cm2): a ``ValueError`` is raised when the rounding loses the spectra, i.e.
     when the total of the written counts over all rows differs from the expected total by
     more than half of it (e.g. every count rounds to 0 with the defaults 1 s, 1 cm2; single
-    faint pixels may round to 0, the file as a whole may not). ``overwrite``: as for
+    faint pixels may round to 0, the file as a whole may not). The energy bins must be
+    contiguous, as for :func:`write_pha_from_result`. ``overwrite``: as for
     :func:`write_pha_from_result` (only files xfusion wrote are replaced).
 
     Parameters
@@ -1146,6 +1152,7 @@ def write_pha2_from_result(
     _check_outputs([(what, Path(os.fspath(path_prefix) + sfx))
                     for what, sfx in (("PHA", ".pha"), ("RMF", ".rmf"), ("ARF", ".arf"))], overwrite)
     lo, hi = _edges_from(da, "energy")
+    _check_contiguous(lo, hi, "write_pha2_from_result")
     vals = np.asarray(da.values, dtype=np.float64)
     nx, ny, n = vals.shape
     if regions is None:
@@ -1246,6 +1253,22 @@ def _check_rounding(expected, counts, exposure, area, writer, rate_hint=True):
             f"of {total:.3g} (exposure={float(exposure):g} s, area={float(area):g} cm2): the spectrum would lose its "
             "counts. Pass the observation's exposure (s) and effective area (cm2), e.g. exposure=1e5, area=100.0, "
             f"so that the channels hold many counts{alt}.")
+
+
+def _check_contiguous(lo, hi, writer):
+    """Refuse fused energy bins with gaps (or overlaps) before anything is written: the nominal fused
+    instrument's RMF and ARF tabulate those bins, and an ARF over non-contiguous bins is refused by
+    :func:`xfusion.io.ogip_read.read_arf` (and by other OGIP readers). Same tolerance as ``read_arf``."""
+    gap = np.abs(lo[1:] - hi[:-1]) > 1e-3 * (hi - lo)[:-1]
+    if gap.any():
+        k = int(np.flatnonzero(gap)[0])
+        raise ValueError(
+            f"{writer}: the energy bins are not contiguous ({int(gap.sum())} gap(s)): channel {k} ends at "
+            f"{hi[k]:.6g} keV but channel {k + 1} starts at {lo[k + 1]:.6g} keV (were channels dropped, e.g. "
+            "result.isel(energy=good)?). The fused instrument's ARF and RMF need contiguous bins (read_arf refuses "
+            "gaps). Export each contiguous channel range separately (result.isel(energy=slice(i0, i1))), or keep "
+            "every channel and exclude the bad ones in the fitting tool (XSPEC ignore, Sherpa ignore) instead of "
+            "dropping them.")
 
 
 def _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys):
