@@ -357,3 +357,22 @@ def test_export_refuses_gapped_energy_axis(tmp_path):
     _, _, arf = write_pha_from_result(ds.isel(energy=slice(105, None)), [(0, 0)], tmp_path / "part",
                                       exposure=1e6, area=1e3)
     assert read_arf(arf).sizes["energy_true"] == 175
+
+
+def test_exported_rmf_says_line_widths_include_the_lsf(tmp_path):
+    """The diagonal RMF of both exports tells the user (header COMMENT) that the fused cube keeps the sharp-spectral
+    instrument's line spread, to be subtracted in quadrature from fitted widths (line_map's lsf_sigma)."""
+    from xfusion.io.ogip_write import write_pha2_from_result
+
+    edges = np.linspace(6.0, 7.0, 11)
+    ds = xr.Dataset({"flux": (("x", "y", "energy"), np.full((2, 2, 10), 1e-5))},
+                    coords={"energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])})
+    _, rmf1, _ = write_pha_from_result(ds, [(0, 0)], tmp_path / "a", exposure=1e6, area=1e3)
+    _, rmf2, _ = write_pha2_from_result(ds, tmp_path / "b", exposure=1e6, area=1e3)
+    for rmf in (rmf1, rmf2):
+        with fits.open(rmf) as hdul:
+            text = " ".join(str(c) for c in hdul["MATRIX"].header["COMMENT"])
+        assert "line spread function" in text and "in quadrature" in text and "lsf_sigma" in text
+        np.testing.assert_array_equal(read_rmf(rmf).values, np.eye(10))
+    for f in (write_pha_from_result, write_pha2_from_result):
+        assert "sigma_LSF" in f.__doc__ and "lsf_sigma" in f.__doc__
