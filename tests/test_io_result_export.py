@@ -6,6 +6,8 @@ exported spectrum of a hand-made fused cube with one known line.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -160,6 +162,14 @@ def test_region_pha_ogip_keywords(fused_small, tmp_path):
         assert s.header["HDUCLAS3"] == "RATE" and s.header["POISSERR"] is False
         np.testing.assert_allclose(s.data["RATE"], expected / exposure, rtol=1e-6)
         np.testing.assert_allclose(s.data["STAT_ERR"], np.sqrt(expected) / exposure, rtol=1e-6)
+    # too small an exposure x area: refused, and the suggested one works (session 29: the suggestion was a fixed
+    # exposure=1e5, area=100, smaller than what a user may have passed)
+    with pytest.raises(ValueError, match=r"exposure x area of about (\S+) s cm2 gives ~100 per channel") as info:
+        write_pha_from_result(fused_small, mask, tmp_path / "faint", exposure=1e-6, area=1.0)
+    need = float(re.search(r"about (\S+) s cm2", str(info.value)).group(1))
+    p, _, _ = write_pha_from_result(fused_small, mask, tmp_path / "suggested", exposure=need, area=1.0)
+    with fits.open(p) as hdul:
+        assert hdul["SPECTRUM"].data["COUNTS"].mean() == pytest.approx(100, rel=0.05)
     with pytest.raises(ValueError, match="no pixel"):
         write_pha_from_result(fused_small, np.zeros((15, 15), bool), tmp_path / "empty")
     with pytest.raises(ValueError, match="region"):

@@ -653,7 +653,8 @@ def build_parser():
                                                f"regularizations (default {registry.methods_for(fam)[0]})"
                                                for fam in (registry.FULL, registry.SUBSPACE)))
     f.add_argument("--max-iter", dest="max_iter", type=int, default=None, metavar="N",
-                   help="maximum number of iterations (default per method: em 50, ista 2000, fista 300)")
+                   help="maximum number of iterations (default per method: em 50, ista 2000, fista 300; none and "
+                        "lowrank_local: chosen by Poisson thinning; lowrank: 30)")
     f.add_argument("--tol", type=float, default=None, metavar="T",
                    help="stop when the relative change between iterations (of the cube for EM with a prior, "
                         "else of the objective) is <= T for 5 iterations (dimensionless; default 1e-4; 0 runs all "

@@ -460,7 +460,8 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         lie on the fused pixels, on the fused channels, or are detector-pixel tiles with their own
         pointing and roll that constrain only the fused pixels they see; their predicted and
         observed counts are returned as ``model_obsI`` / ``counts_obsI`` (I their position, from
-        0). More than two: in memory only, and "auto" options are tuned on the grid's pair.
+        0). More than two: "auto" options are tuned with every input thinned and scored; on Dask
+        with the full-cube regularizations (wavelet2d1d, none), in memory for the low-rank family.
         Wavelength data: a JWST imager + IFU pair (their Datasets, ``spectral_unit="um"``, or
         :func:`xfusion.jwst.observations` of them) with Gaussian data terms, the low-rank family,
         ``flux`` in the data units over wavelength (um); "auto" rank/mu by data fission

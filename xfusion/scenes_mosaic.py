@@ -156,7 +156,9 @@ def make_mosaic(kind="cluster_core", seed=0, *, size=(72, 400), counts=(3e6, 2e6
     psf_pixels : Resolve PSF Gaussian sigma in fused pixels.
     centers, rolls, det_pixel, det_n : tile geometry (arcsec, deg, arcsec, pixels per side).
 
-    Returns ``(observations, truth)``: a dict of observation Datasets (pn first) and the truth Dataset.
+    Returns
+    -------
+    (observations, truth) : a dict of observation Datasets (pn first) and the truth Dataset.
     """
     if not 1 <= int(tiles) <= len(centers) or len(rolls) < int(tiles):
         raise ValueError(f"tiles must be 1..{min(len(centers), len(rolls))} (one per centre and roll); got {tiles!r}")

@@ -1344,7 +1344,10 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     *observations : the observations (any order, two or more; in-memory counts). Every one is thinned and its
         held-out part scored (further inputs as :func:`xfusion.fuse` models them: same pixels, same
         channels or detector-pixel tiles); the low-rank families tune on exactly two.
-    regularization : as :func:`xfusion.fuse`.
+    regularization : one family, as named in :func:`xfusion.fuse` (default ``"wavelet2d1d"``: the k ladder of
+        that prior; ``"none"``: the plain-RL iteration count; ...). ``"auto"`` is not a family: the comparison
+        of families that ``fuse(regularization="auto")`` makes is :func:`resolve_auto`, and its record is the
+        result's ``parameters["auto_tuning"]``.
     grid : optional list of candidate settings (dicts of fuse options) evaluated exhaustively;
         default: the coarse-to-fine search of the module docstring.
     n_splits : independent thinnings averaged per candidate (more when one split is too noisy).

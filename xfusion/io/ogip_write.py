@@ -1266,11 +1266,15 @@ def _check_rounding(expected, counts, exposure, area, writer, rate_hint=True):
     total, kept = float(np.sum(expected)), float(np.sum(counts))
     if total > 0 and abs(kept - total) > 0.5 * total:
         alt = ", or rate=True (RATE in count/s, not rounded)" if rate_hint else ""
+        # the exposure x area giving ~100 counts per channel on average (session 29: a fixed suggestion could be
+        # smaller than what the user had passed)
+        need = 100.0 * np.size(expected) / total * float(exposure) * float(area)
         raise ValueError(
             f"{writer}: rounding the expected counts flux * area * exposure to integers leaves {kept:.0f} counts "
             f"of {total:.3g} (exposure={float(exposure):g} s, area={float(area):g} cm2): the spectrum would lose its "
-            "counts. Pass the observation's exposure (s) and effective area (cm2), e.g. exposure=1e5, area=100.0, "
-            f"so that the channels hold many counts{alt}.")
+            "counts. Pass the observation's exposure (s) and effective area (cm2) so that the channels hold many "
+            f"counts: exposure x area of about {need:.3g} s cm2 gives ~100 per channel (e.g. "
+            f"exposure={need / float(area):.3g} with area={float(area):g}){alt}.")
 
 
 def _check_contiguous(lo, hi, writer):
