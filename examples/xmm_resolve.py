@@ -26,15 +26,16 @@ Runs end to end with no hand edits of any file (``python examples/xmm_resolve.py
 5. exports the fused spectrum of a central region and of the whole array (PHA + RMF + ARF)
    and fits them with gammapy.
 
-Measured (seed 0, ``--compare``, session 19's code, 2026-12-01, 2 cores; metrics over the 1916 fused pixels under the
-array, velocity errors over the brighter half; NMSE dB / velocity RMS / median |error| km/s): default (``"auto"``
-chose wavelet2d1d, k=8, J1=2, the null space thresholded with null bands at 20x) 17.58 / 56.7 / 36.7; plain RL (15
-it.) 13.55 / 196.9 / 60.0; Y upsampled 7.83 / 102.9 / 86.8; X upsampled 1.32 / 840 / 467; ``null_space="zero"``
-16.90 / 60.9 / 39.8, ``null_space="threshold"`` 10.50 / 104.0 / 45.4 and ``k_rule="sigmoid"`` 15.23 / 139.9 / 54.1
-are worse. The k ladder reaches 16, but here the step above 8 is refused (it lowers the held-out deviance through pn
-alone while Resolve's held-out squared error rises; unguarded it took k=16: 17.11 dB, 59.7 km/s). Session 21: the
-spectral-shape prior's pseudo-counts are scored on this long fit too and 3e3 is taken (1e4 before): default 17.29 dB
-/ 56.8 / 36.9 (seed 1: 17.12 / 42.1 / 27.3; it was 17.48 / 41.5 / 26.7). See README.md for a second seed.
+Measured (seed 0, ``--compare``, session 29, 2026-12-02, 2 cores, 51 s; metrics over the 1916 fused pixels under
+the array, velocity errors over the brighter half; NMSE dB / velocity RMS / median |error| km/s): default (``"auto"``
+chose wavelet2d1d, k=8, J1=2, the null space thresholded with null bands at 20x, shape prior 3e3) 17.65 / 59.6 /
+32.1; plain RL (14 it.) 13.65 / 178.4 / 65.0; Y upsampled 7.82 / 101.3 / 84.2; X upsampled 1.32 / 829 / 483;
+``null_space="zero"`` 16.95 / 64.3 / 34.6, ``null_space="threshold"`` 10.60 / 102.0 / 39.0 and ``k_rule="sigmoid"``
+15.18 / 165.0 / 56.4 are worse. Seed 1: default 17.83 / 45.9 / 25.8, plain RL 13.80 / 171.1 / 58.8. The k ladder
+reaches 16, but here the step above 8 is refused (it lowers the held-out deviance through pn alone while Resolve's
+held-out squared error rises). Session 29 corrected the sky's velocity sign (lines at ``E0 / (1 + v/c)``, positive =
+receding, as :mod:`xfusion.analysis`; they were at ``E0 (1 + v/c)``), which mirrors its velocity map: sessions 21-28
+gave 17.29 / 56.8 / 36.9 for the default on the old sky. See README.md for the table.
 
 Simplifications, stated: the sky has no flux outside the analysed band (6.5-6.9 keV), so no
 photon is redistributed into it from outside; the "truth" the fusion aims at is the sky seen
