@@ -457,7 +457,7 @@ def main(argv=None):
     ap.add_argument("--method", default="bootstrap")
     ap.add_argument("--bias-aware", action="store_true", help="also the bias-aware intervals (variant 'aware')")
     ap.add_argument("--ml-iter", type=int, default=0, help="RL iterations of the bias-aware ML refit (0: the "
-                    "default, xfusion.uncertainty.ML_SETTINGS)")
+                    "default, ML_SETTINGS of the module xfusion.uncertainty)")
     ap.add_argument("--weak", default="", help='JSON options of a weaker refit, e.g. \'{"k": 0}\' (variant weak_*)')
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--shape-prior", default="auto", help="calib: the fits' shape_prior: 'auto' (as fuse chose), "

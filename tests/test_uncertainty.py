@@ -110,7 +110,20 @@ def test_bad_input(fitted):
     with pytest.raises(ValueError, match="parameters"):
         xfusion.uncertainty(r.assign_attrs(parameters=None).drop_attrs(), x, y, n=2)
     with pytest.raises(ValueError, match="selects no pixel"):
-        xfusion.uncertainty(r, x, y, n=2, regions={"empty": {"x": (3, 3), "y": (0, 2)}})
+        xfusion.uncertainty(r, x, y, n=2, regions={"empty": np.zeros((12, 12), bool)})
+    # session 29 (red team): box bounds outside the field, fractional or empty were cut silently
+    for box in ({"x": (3, 3), "y": (0, 2)}, {"x": (-2, 12), "y": (0, 2)}, {"x": (10, 100), "y": (0, 2)},
+                {"x": (2.9, 4.9), "y": (0, 2)}):
+        with pytest.raises(ValueError, match=r"bounds must be integers with 0 <= low < high <= 12"):
+            xfusion.uncertainty(r, x, y, n=2, regions={"box": box})
+    with pytest.raises(ValueError, match="region names must be distinct as text"):
+        xfusion.uncertainty(r, x, y, n=2, regions={1: (slice(0, 2), slice(0, 2)), "1": (slice(2, 4), slice(0, 2))})
+    # session 29 (red team): the same counts with another exposure (or area, PSF, response...) were accepted:
+    # replicas of another problem and a -50% "bias"
+    with pytest.raises(ValueError, match=r"'.*' does not predict the result's counts .*relative difference 1"):
+        xfusion.uncertainty(r, x.assign(exposure=x.exposure * 2), y, n=2)
+    with pytest.raises(ValueError, match=r"does not predict the result's counts"):
+        xfusion.uncertainty(r, x, y.assign(effective_area=y.effective_area * 1.01), n=2)
     xs, ys, _ = scenes.make("cluster_core", seed=3, counts=3e5, size=(24, 240))
     with pytest.raises(ValueError, match="do not match"):
         xfusion.uncertainty(r, xs, ys, n=2)
@@ -279,3 +292,34 @@ def test_low_rank_result_with_negative_predicted_counts_is_bootstrapped():
     assert float(r["model_spatial"].min()) < 0  # the case
     u = xfusion.uncertainty(r, *ins, n=2, max_iter=None)
     assert np.all(np.isfinite(u["flux_std"].values)) and float(u["flux_std"].max()) > 0
+
+
+def test_replicas_of_a_fit_stopped_by_its_callback_run_its_iteration_count(fitted):
+    """Session 29 (red team): a fit stopped by fuse(callback=...) after 4 of max_iter 15 iterations recorded the cap,
+    so its replicas ran 15 iterations: another estimator (flux_std 1.6x that of the max_iter=4 fit)."""
+    x, y, _ = fitted
+    kw = dict(SETTINGS, max_iter=15)
+    stopped = xfusion.fuse(x, y, progress=False, callback=lambda it, state: it == 4, **kw)
+    four = xfusion.fuse(x, y, progress=False, **dict(kw, max_iter=4))
+    assert stopped.attrs["iterations"] == 4 and not stopped.attrs["converged"]
+    assert xfusion.settings_of(stopped)["max_iter"] == 4 and xfusion.settings_of(four)["max_iter"] == 4
+    a = xfusion.uncertainty(stopped, x, y, n=2, seed=1)
+    b = xfusion.uncertainty(four, x, y, n=2, seed=1)
+    np.testing.assert_array_equal(a["flux_replicas"].values, b["flux_replicas"].values)
+
+
+def test_bias_aware_with_an_integer_cap_and_degenerate_intervals(small_toy):
+    """Session 29 (red team): max_iter=<int> with bias_aware=True was passed on to the maximum-likelihood refit's
+    replicas and refused there, after all the work; and voxels where the ML refit is 0 got zero-width intervals
+    with no word. Now the cap applies to the result's replicas; degenerate intervals are marked and warned of."""
+    x, y, _ = small_toy  # (its ML refit is 0 where no count constrains a voxel)
+    r = xfusion.fuse(x, y, progress=False, **dict(SETTINGS, max_iter=30))
+    capped = xfusion.uncertainty(r, x, y, n=2, seed=2, max_iter=10)
+    with pytest.warns(UserWarning, match="bias-aware intervals of zero width") as seen:
+        u = xfusion.uncertainty(r, x, y, n=2, seed=2, max_iter=10, bias_aware={"max_iter": 100})
+    assert seen[0].filename == __file__
+    np.testing.assert_array_equal(u["flux_std"].values, capped["flux_std"].values)
+    deg = u["interval_degenerate"].values
+    assert deg.any() and np.all(u["flux_hi"].values[deg] == u["flux_lo"].values[deg])
+    assert np.all(u["ml_flux"].values[deg] == 0) and not np.any((u["ml_flux_std"].values == 0) & ~deg
+                                                                  & (u["ml_flux"].values == 0))

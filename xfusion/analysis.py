@@ -432,8 +432,9 @@ def line_map_errors(uncertainty, line_energy, **kwargs) -> xr.Dataset:
     ``line_map(uncertainty["flux"], line_energy, replicas=uncertainty["flux_replicas"], **kwargs)``.
 
     These are the noise-only errors of the tuned cube. For bias-aware velocity errors pass
-    ``xfusion.uncertainty.bias_aware_view(u)`` (of ``uncertainty(..., bias_aware=True)``): the maps of the
-    unregularized maximum-likelihood refit with its replicas' spread; multiply the errors by
+    ``bias_aware_view(u)`` (``from xfusion.uncertainty import bias_aware_view``; ``u`` from
+    ``uncertainty(..., bias_aware=True)``): the maps of the unregularized maximum-likelihood refit with
+    its replicas' spread; multiply the errors by
     ``u.attrs["interval_factor"]`` (Student t, n-1 dof) for a 68% interval."""
     if not isinstance(uncertainty, xr.Dataset) or not {"flux", "flux_replicas"} <= set(uncertainty.data_vars):
         raise ValueError("line_map_errors needs the Dataset returned by xfusion.uncertainty (flux and flux_replicas)")

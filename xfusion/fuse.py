@@ -663,7 +663,8 @@ def settings_of(result) -> dict:
     ``{"regularization", "method", "dtype", "tol", "max_iter", <options>}`` with the values used --
     those "auto" chose (``k``, ``n_scales_1d``, ``null_space``, ``rank``, ``mu``, the early-stopping
     ``max_iter``), ISTA's step -- so ``fuse(a, b, **settings_of(result))`` (or ``settings=result``)
-    refits other data (e.g. bootstrap replicas) with the same tuned settings and no re-tuning.
+    refits other data (e.g. bootstrap replicas) with the same tuned settings and no re-tuning. A fit that
+    a ``callback`` stopped before ``max_iter`` (``converged`` 0) gives its iteration count as ``max_iter``.
     Diagnostics (``auto_tuning``, the warm start ``init``) are not settings and are left out.
     """
     if isinstance(result, dict):
@@ -682,6 +683,11 @@ def settings_of(result) -> dict:
     for k in ("dtype", "tol", "max_iter"):
         if k in rec:
             out[k] = rec[k]
+    # a fit stopped by its callback before max_iter (not converged) is the estimator of its iteration count:
+    # refits (uncertainty's replicas) run that count (session 29: they ran to the cap, another estimator)
+    if isinstance(result, xr.Dataset) and _is_int(out.get("max_iter")) and not int(result.attrs.get("converged", 1)) \
+            and _is_int(result.attrs.get("iterations")) and int(result.attrs["iterations"]) < out["max_iter"]:
+        out["max_iter"] = int(result.attrs["iterations"])
     for k in params:
         if k in rec:
             v = rec[k]

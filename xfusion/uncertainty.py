@@ -139,6 +139,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,17 +234,60 @@ def _models_of(result, observations):
         mod = result[name]
         rename = {d: d[: -len(f"_obs{p}")] for d in list(mod.dims) + list(mod.coords) if d.endswith(f"_obs{p}")}
         models[p] = _obs_counts(observations[p], mod, rename, result.get(f"counts_obs{p}"), sub)
+    _check_instruments(result, observations, models, sub)
     return models
 
 
-def _box(region):
+#: largest relative L1 difference between the result's predicted counts of an input and the counts the given
+#: observation predicts from the result's flux (measured: 2e-8 - 2e-7 for matching inputs, float32 flux)
+MODEL_MISMATCH = 1e-4
+
+
+def _check_instruments(result, observations, models, subspace):
+    """Refuse observations whose instrument (exposure, area, PSF, response, mask, background) is not the one the
+    result was fitted with: their expected counts from the result's flux (a low-rank result's unclipped cube) must
+    be the result's predicted counts (session 29: only the counts were compared, so the same counts with twice the
+    exposure gave replicas of another problem and a -50% "bias")."""
+    from .operators.model import _predict
+
+    flux = result["flux"].transpose(*_CUBE)
+    if subspace and "coefficients" in result and "basis" in result:
+        values = np.asarray(result["coefficients"].transpose("x", "y", "component").values, np.float64) @ \
+            np.asarray(result["basis"].transpose("component", "energy").values, np.float64)
+    else:
+        values = np.asarray(flux.values, np.float64)
+    for o, m in zip(observations, models):
+        if "variance" in o:  # Gaussian data terms (JWST): no counts model to compare here
+            continue
+        pred = np.asarray(_predict(flux, values, o).transpose(*o["counts"].dims).values, np.float64)
+        if subspace:
+            pred = np.maximum(pred, 0.0)
+        diff = float(np.sum(np.abs(pred - m))) / max(float(np.sum(m)), 1e-300)
+        if diff > MODEL_MISMATCH:
+            raise ValueError(
+                f"observation '{o.attrs.get('name', '?')}' does not predict the result's counts from the result's flux "
+                f"(relative difference {diff:.3g}; its exposure, effective area, PSF, response, mask or background "
+                "differ from those the result was fitted with): pass the observations the result was fitted on, "
+                "unchanged and in the same order")
+
+
+def _box(region, shape):
+    """A ``{'x': (x0, x1), 'y': (y0, y1)}`` box as slices, its bounds integers with ``0 <= lo < hi <= size`` (session
+    29: negative, fractional and out-of-field bounds were cut silently, e.g. x (-2, 15) gave the last 2 columns)."""
     if isinstance(region, dict) and set(region) == {"x", "y"}:
         try:
             (x0, x1), (y0, y1) = region["x"], region["y"]
-            return slice(int(x0), int(x1)), slice(int(y0), int(y1))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"a box region is {{'x': (x0, x1), 'y': (y0, y1)}} in pixel indices; got {region!r}") \
                 from exc
+        out = []
+        for d, (lo, hi), size in (("x", (x0, x1), shape[0]), ("y", (y0, y1), shape[1])):
+            ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in (lo, hi))
+            if not ok or not 0 <= lo < hi <= size:
+                raise ValueError(f"box region {d} {(lo, hi)!r}: bounds must be integers with 0 <= low < high <= {size} "
+                                 f"(pixel indices of the {shape[0]}x{shape[1]} field, high excluded)")
+            out.append(slice(int(lo), int(hi)))
+        return tuple(out)
     return region
 
 
@@ -263,13 +307,16 @@ def region_masks(regions, shape):
                          f"{type(regions).__name__}")
     if not items:
         raise ValueError("regions is empty; pass None for the whole field")
+    labels = [str(k) for k, _ in items]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"region names must be distinct as text (they label the output); got {[k for k, _ in items]}")
     masks = []
     for name, r in items:
-        m = region_mask(_box(r), shape)
+        m = region_mask(_box(r, shape), shape)
         if not m.any():
             raise ValueError(f"region {name!r} selects no pixel of the {shape[0]}x{shape[1]} field")
         masks.append(m)
-    return [str(k) for k, _ in items], np.stack(masks)
+    return labels, np.stack(masks)
 
 
 # ----------------------------------------------------------------------------------- one replica
@@ -450,7 +497,9 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
         integer: that cap (at most the fit's count); None: each replica runs the settings' own stopping rule
         (``tol``). With a cap below the fit's count, replica 0 is a control that runs the fit's count: the capped
         replicas' deviations from the fit are scaled by its ratio (attribute ``control_ratio``; module notes).
-        Cold replicas always run the settings' count.
+        Cold replicas always run the settings' count. With ``bias_aware``, an integer cap applies to the
+        result's replicas only; the maximum-likelihood refit's replicas take "auto" (session 29: the cap was
+        passed on and refused there, after all the work).
     covariance : compute ``region_covariance`` (region, energy, energy2) (float32, L^2 values per region).
     bias_aware : False, True or a dict of ``ML_SETTINGS`` overrides (``{"max_iter": K, "tol": t}``): also
         compute the bias-aware intervals (module notes): the unregularized maximum-likelihood
@@ -560,7 +609,8 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
                      store)
     if ml_settings is not None:
         out = _add_bias_aware(out, observations, ml_settings, n=n, method=method, client=client, store=store, seed=seed,
-                              regions=regions, max_iter=max_iter, covariance=covariance, progress=progress)
+                              regions=regions, max_iter=max_iter if max_iter is None else "auto", covariance=covariance,
+                              progress=progress)
     return out
 
 
@@ -607,6 +657,18 @@ def _add_bias_aware(out, observations, ml_settings, *, store, progress, **kwargs
     out["flux_lo"] = (f - tf * s).assign_attrs(units=units, long_name="bias-aware 68% interval, lower end (ml_flux - "
                                                                        "t * ml_flux_std)")
     out["flux_hi"] = (f + tf * s).assign_attrs(units=units, long_name="bias-aware 68% interval, upper end")
+    # where the maximum-likelihood refit is exactly 0 (voxels whose counts are all 0: a multiplicative EM fit never
+    # leaves 0), every replica drawn from it is 0 too and the interval has zero width: it says nothing there
+    # (session 29: such intervals looked certain and never held the truth)
+    degenerate = (s == 0) & (f == 0)
+    out["interval_degenerate"] = degenerate.assign_attrs(
+        long_name="bias-aware interval of zero width: the ML refit and all its replicas are 0 (no counts there); "
+                  "flux_lo/flux_hi carry no information in these voxels")
+    n_deg = int(degenerate.sum())
+    if n_deg:
+        warnings.warn(f"{n_deg} of {degenerate.size} voxels have bias-aware intervals of zero width: the maximum-"
+                      "likelihood refit is 0 there (no counts), so its replicas are too; those intervals carry no "
+                      "information (variable interval_degenerate marks them)", UserWarning, stacklevel=4)
     out["region_lo"] = (um["region_spectrum"] - tf * um["region_std"]).assign_attrs(units=units)
     out["region_hi"] = (um["region_spectrum"] + tf * um["region_std"]).assign_attrs(units=units)
     out.attrs.update({"bias_aware": 1, "interval_factor": tf, "ml_settings": json.dumps(ml_settings),

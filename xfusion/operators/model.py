@@ -391,6 +391,12 @@ def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
         values = values.astype(np.float64)
     if not np.all(np.isfinite(values)) or np.any(values < 0):  # (session 28: NaN and negative counts came out)
         raise ValueError("flux contains NaN, inf or negative values; a photon flux cube is finite and >= 0")
+    return _predict(f, values, obs, role)
+
+
+def _predict(f, values, obs, role=None):
+    """:func:`predict` of the (x, y, energy) array ``values`` placed by the coordinates of the DataArray ``f``
+    (checked there; here also a low-rank result's unclipped cube, for :func:`xfusion.uncertainty`)."""
     grid = xr.Dataset(coords={c: f[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
     role = role or _infer_role(grid, obs)
     _check_placement(f, obs)
