@@ -31,7 +31,8 @@ fingerprint and every array digest before returning a state; any failure raises
 **Lock.** ``PATH.lock`` is created with ``O_CREAT | O_EXCL`` and holds the writer's pid and host.
 A lock whose pid is dead on this host (a killed run) is recovered; any other is an error naming
 the holder. Two processes that find the same stale lock at the same instant may both recover it
-(a narrow race, documented).
+(a narrow race, documented). The lock is :class:`xfusion.io.writer_lock.WriterLock`, shared with the
+replica store of :func:`xfusion.uncertainty`.
 """
 from __future__ import annotations
 
@@ -39,21 +40,18 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
 
 from .io import zarr as xzarr
 from .io.safe_files import writable_folder
+from .io.writer_lock import WriterLock
 from .parallel import compute_many, is_dask
 
 FORMAT = 1
 MARKER_ATTR = "xfusion_checkpoint"
 MARKER_ARRAY = "xfusion_checkpoint"
-#: seconds after which an unreadable (half-written) lock file counts as stale
-LOCK_GRACE_S = 10.0
 
 
 class CheckpointError(ValueError):
@@ -170,18 +168,6 @@ def describe(path):
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --------------------------------------------------------------------------- the store
 class ZarrCheckpoint:
     """Checkpoint store at ``path`` for the run identified by ``fingerprint``.
@@ -202,7 +188,7 @@ class ZarrCheckpoint:
         #: for it, kept in the manifest so that a resumed run reuses them instead of tuning again (``fuse``)
         self.request, self.choice = "", None
         self.tmp, self.old, self.lock = (Path(f"{self.path}{s}") for s in (".tmp", ".old", ".lock"))
-        self._locked = False
+        self._lock = WriterLock(self.lock, f"checkpoint {self.given!r}", CheckpointError)
         for src in protect:
             if xzarr.overlaps(self.path, src):
                 raise CheckpointError(f"checkpoint {self.given!r} is, contains or lies inside {os.fspath(src)!r} "
@@ -234,54 +220,11 @@ class ZarrCheckpoint:
                     f"writer (no {MARKER_ATTR!r} marker); xfusion never replaces it: choose a new checkpoint path "
                     "or move it away yourself")
 
-    # ---------------------------------------------------------------- lock
-    def _acquire(self):
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        for _ in range(3):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None or holder.get("host") != me["host"] or _pid_alive(int(holder["pid"])):
-                    who = "an unknown process" if holder is None else f"process {holder['pid']} on {holder['host']}"
-                    if holder is None and time.time() - self._lock_mtime() > LOCK_GRACE_S:
-                        self._unlink_lock()
-                        continue
-                    raise CheckpointError(
-                        f"checkpoint {self.given!r} is in use by {who} (lock file {str(self.lock)!r}); wait for that "
-                        "run to finish, or, if it is gone, delete the lock file") from None
-                self._unlink_lock()  # a killed run on this host: its lock is stale
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self._locked = True
-            return
-        raise CheckpointError(f"checkpoint {self.given!r}: could not take the lock {str(self.lock)!r}")
-
-    def _holder(self):
-        try:
-            h = json.loads(self.lock.read_text())
-            return h if isinstance(h, dict) and isinstance(h.get("pid"), int) and "host" in h else None
-        except (OSError, ValueError):
-            return None
-
-    def _lock_mtime(self):
-        try:
-            return self.lock.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    def _unlink_lock(self):
-        try:
-            self.lock.unlink()
-        except FileNotFoundError:
-            pass
-
     # ---------------------------------------------------------------- protocol used by loop.run
     def open(self):
         """Take the lock and repair what a kill left (see the module notes)."""
         self._check_owned()
-        self._acquire()
+        self._lock.acquire()
         try:
             self._recover()
         except BaseException:
@@ -290,11 +233,7 @@ class ZarrCheckpoint:
 
     def close(self):
         """Release the lock (only if this object holds it)."""
-        if self._locked:
-            h = self._holder()
-            if h is not None and h.get("pid") == os.getpid():
-                self._unlink_lock()
-            self._locked = False
+        self._lock.release()
 
     def __enter__(self):
         self.open()
