@@ -323,3 +323,65 @@ def test_bias_aware_with_an_integer_cap_and_degenerate_intervals(small_toy):
     assert deg.any() and np.all(u["flux_hi"].values[deg] == u["flux_lo"].values[deg])
     assert np.all(u["ml_flux"].values[deg] == 0) and not np.any((u["ml_flux_std"].values == 0) & ~deg
                                                                   & (u["ml_flux"].values == 0))
+
+
+def test_damaged_replica_store_is_refused_on_resume(fitted, tmp_path):
+    """Session 29 (red team): a resumed store was used as is -- a missing chunk read back as NaN (flux_std NaN in
+    every voxel, no error), a truncated chunk gave a raw Zstd RuntimeError, an altered value was accepted. Every
+    replica now carries the SHA-256 of its cube and record, checked on read: a clear error naming the replica and
+    the fix (nothing is recomputed over it); once that replica is deleted, the rerun is bit-identical."""
+    import re
+    import shutil
+
+    import zarr
+
+    from xfusion.uncertainty import ReplicaStoreError
+
+    x, y, r = fitted
+    good = tmp_path / "good"
+    ref = xfusion.uncertainty(r, x, y, n=2, store=good, seed=7)
+
+    def chunk(s):
+        return sorted(p for p in (s / "replica_00001" / "flux").rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+
+    def missing(s):
+        chunk(s).unlink()
+
+    def truncated(s):
+        f = chunk(s)
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+    def altered(s):
+        a = zarr.open_array(str(s / "replica_00001" / "flux"), mode="r+")
+        a[0, 0, 0] = a[0, 0, 0] + 1.0
+
+    def record(s):  # the replica's record (iterations, control ratio...) altered
+        g = zarr.open_group(str(s / "replica_00001"), mode="r+")
+        g.attrs["replica"] = g.attrs["replica"].replace('"iterations": 8', '"iterations": 9')
+
+    def not_a_store(s):
+        (s / "replica_00001" / "zarr.json").unlink()
+
+    for damage, what in ((missing, "fails its checksum"), (truncated, "cannot be read"),
+                         (altered, "fails its checksum"), (record, "altered record"),
+                         (not_a_store, "not a complete replica")):
+        s = tmp_path / damage.__name__
+        shutil.copytree(good, s)
+        damage(s)
+        with pytest.raises(ReplicaStoreError, match=rf"replica store '{re.escape(str(s))}': replica 1 .*{what}.*delete "
+                                                    "that replica folder and rerun"):
+            xfusion.uncertainty(r, x, y, n=2, store=s, seed=7)
+        assert issubclass(ReplicaStoreError, ValueError) and not (tmp_path / f"{damage.__name__}.lock").exists()
+        assert not (s / "replica_00002").exists()  # refused before any new work
+        shutil.rmtree(s / "replica_00001")  # the fix the message gives
+        u = xfusion.uncertainty(r, x, y, n=2, store=s, seed=7)
+        np.testing.assert_array_equal(u["flux_replicas"].values, ref["flux_replicas"].values)
+        np.testing.assert_array_equal(u["flux_std"].values, ref["flux_std"].values)
+    # a store written before replicas carried checksums cannot be verified: refused as a whole
+    old = tmp_path / "old"
+    shutil.copytree(good, old)
+    zarr.open_group(str(old), mode="r+").attrs["xfusion_uncertainty"] = dict(
+        zarr.open_group(str(old), mode="r").attrs["xfusion_uncertainty"], format=1)
+    with pytest.raises(ReplicaStoreError, match="older xfusion, before replicas carried checksums"):
+        xfusion.uncertainty(r, x, y, n=2, store=old, seed=7)
+

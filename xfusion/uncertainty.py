@@ -119,7 +119,11 @@ Resuming. With ``store=PATH`` every finished replica is written to ``PATH/replic
 disk is complete). ``PATH`` is created by xfusion with its marker attribute and a
 fingerprint of the problem (result flux and models, settings, method, seed); a rerun with
 the same problem skips the replicas already there (``n`` may grow), a different problem is
-refused, and a path xfusion did not create is never written into.
+refused, and a path xfusion did not create is never written into. Each replica records the
+SHA-256 of its cube (dtype, shape, bytes) and of its record, checked when a rerun reads it: a
+missing, truncated or altered replica raises :class:`ReplicaStoreError` naming it (delete that
+replica folder and rerun to recompute it), as does a store written before replicas carried
+checksums (format 1: its replicas cannot be verified).
 
 Parallel. With ``client`` (a ``dask.distributed.Client``) the observations, their models and
 the start are scattered once to every worker (one object); each replica is then a small task
@@ -145,6 +149,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .checkpoints import _block_sha
 from .io import zarr as xzarr
 from .solvers import heap
 
@@ -420,45 +425,93 @@ def _replica_packed(index, seed, method, packed, settings, warm, cap, control):
 
 
 # ------------------------------------------------------------------------------------- the store
+#: format of a replica store: 2 = every replica carries the SHA-256 of its cube and of its record (format 1: none)
+STORE_FORMAT = 2
+
+
+class ReplicaStoreError(xzarr.OutputError):
+    """A replica store xfusion refuses to use: written before replicas were verified, or a replica that fails
+    verification (missing, truncated or altered data)."""
+
+
 class ReplicaStore:
     """Replicas on disk: ``PATH`` (a Zarr group xfusion created, marked and fingerprinted) holding one
-    complete Zarr store ``replica_NNNNN`` per finished replica."""
+    complete Zarr store ``replica_NNNNN`` per finished replica, with the SHA-256 digests of its cube
+    (dtype, shape and bytes, as the checkpoints' ``_block_sha``) and of its record, checked on every read."""
 
     def __init__(self, path, fingerprint, inputs=()):
         self.path = Path(os.fspath(path))
+        self.given = os.fspath(path)
         self.fingerprint = fingerprint
-        p = self.path
-        if p.exists() or p.is_symlink():
-            if not xzarr.is_zarr_store(p) or not xzarr.written_by_xfusion(p):
-                raise xzarr.OutputError(f"store {str(path)!r} exists and was not created by xfusion.uncertainty; "
-                                        "refusing to write into it: choose another path")
-            attrs = json.loads((p / "zarr.json").read_text()).get("attributes") or {}
-            rec = attrs.get(STORE_ATTR)
-            if not isinstance(rec, dict):
-                raise xzarr.OutputError(f"store {str(path)!r} is an xfusion store but not a replica store of "
-                                        "xfusion.uncertainty; choose another path")
-            if rec.get("fingerprint") != fingerprint:
-                raise xzarr.OutputError(f"store {str(path)!r} holds replicas of a different problem (result, "
-                                        "observations, settings, method or seed differ); choose another path, or "
-                                        "remove that store yourself if it is no longer needed")
-        else:
-            root = xr.Dataset(attrs={STORE_ATTR: {"fingerprint": fingerprint, "format": 1}})
-            xzarr.write(root, p, inputs=list(inputs))
+        if not self._check():
+            root = xr.Dataset(attrs={STORE_ATTR: {"fingerprint": fingerprint, "format": STORE_FORMAT}})
+            xzarr.write(root, self.path, inputs=list(inputs))
+
+    def _check(self):
+        """False if there is no store yet; True if ``PATH`` is a replica store of this problem; else raises."""
+        p, path = self.path, self.given
+        if not (p.exists() or p.is_symlink()):
+            return False
+        if not xzarr.is_zarr_store(p) or not xzarr.written_by_xfusion(p):
+            raise xzarr.OutputError(f"store {str(path)!r} exists and was not created by xfusion.uncertainty; "
+                                    "refusing to write into it: choose another path")
+        attrs = json.loads((p / "zarr.json").read_text()).get("attributes") or {}
+        rec = attrs.get(STORE_ATTR)
+        if not isinstance(rec, dict):
+            raise xzarr.OutputError(f"store {str(path)!r} is an xfusion store but not a replica store of "
+                                    "xfusion.uncertainty; choose another path")
+        if rec.get("format") != STORE_FORMAT:
+            raise ReplicaStoreError(f"replica store {str(path)!r} was written by an older xfusion, before replicas "
+                                    "carried checksums: its replicas cannot be verified (a damaged one would "
+                                    "silently change the error bars); delete that store (it was written by xfusion) "
+                                    "and rerun to recompute the replicas, or use a new store")
+        if rec.get("fingerprint") != self.fingerprint:
+            raise xzarr.OutputError(f"store {str(path)!r} holds replicas of a different problem (result, "
+                                    "observations, settings, method or seed differ); choose another path, or "
+                                    "remove that store yourself if it is no longer needed")
+        return True
 
     def _name(self, i):
         return self.path / f"replica_{i:05d}"
 
+    def _damaged(self, i, what):
+        return ReplicaStoreError(f"replica store {self.given!r}: replica {i} ({str(self._name(i))!r}) {what}; it "
+                                 "was written by xfusion: delete that replica folder and rerun to recompute it, or "
+                                 "use a new store")
+
     def done(self, i):
+        """True if replica ``i`` is in the store (verified when read); a folder in its place that is not a
+        replica xfusion wrote is an error (it would be in the way of writing it)."""
         q = self._name(i)
-        return xzarr.is_zarr_store(q) and xzarr.written_by_xfusion(q)
+        if xzarr.is_zarr_store(q) and xzarr.written_by_xfusion(q):
+            return True
+        if q.exists() or q.is_symlink():
+            raise self._damaged(i, "is not a complete replica (missing or unreadable zarr.json)")
+        return False
 
     def write(self, z, meta):
-        ds = xr.Dataset({"flux": (_CUBE, z)}, attrs={"replica": json.dumps(meta)})
+        rec = json.dumps(meta)
+        ds = xr.Dataset({"flux": (_CUBE, z)}, attrs={"replica": rec, "flux_sha256": _block_sha(z),
+                                                     "replica_sha256": hashlib.sha256(rec.encode()).hexdigest()})
         xzarr.write(ds, self._name(meta["index"]), inputs=[])
 
     def read(self, i, lazy=True):
-        ds = xr.open_zarr(os.fspath(self._name(i)), consolidated=False, chunks={} if lazy else None)
-        return ds["flux"].data if lazy else np.asarray(ds["flux"].values), json.loads(ds.attrs["replica"])
+        """Replica ``i``'s cube (a Dask array over the store if ``lazy``, else NumPy) and record, after checking
+        them against their digests (the cube is read once for that)."""
+        try:
+            ds = xr.open_zarr(os.fspath(self._name(i)), consolidated=False, chunks={} if lazy else None)
+            rec, digests = ds.attrs["replica"], (ds.attrs.get("flux_sha256"), ds.attrs.get("replica_sha256"))
+            values = np.ascontiguousarray(ds["flux"].values)
+            meta = json.loads(rec)
+        except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged replica
+            raise self._damaged(i, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+        if not all(isinstance(d, str) for d in digests):
+            raise self._damaged(i, "has no checksum (flux_sha256, replica_sha256)")
+        if _block_sha(values) != digests[0]:
+            raise self._damaged(i, "fails its checksum (missing, truncated or altered data)")
+        if hashlib.sha256(rec.encode()).hexdigest() != digests[1] or not isinstance(meta, dict):
+            raise self._damaged(i, "has an altered record (checksum mismatch)")
+        return (ds["flux"].data if lazy else values), meta
 
 
 def _fingerprint(flux, models, counts, settings, method, seed, warm):
@@ -574,7 +627,10 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
     if store is not None:
         rstore = ReplicaStore(store, fp, inputs=xzarr.sources(*observations, result))
     todo = [i for i in range(n) if rstore is None or not rstore.done(i)]
-    cubes, metas = {}, {}
+    cubes, metas, lazy = {}, {}, {}
+    for i in range(n):  # replicas finished earlier (resumed run): from the store, verified before new work
+        if i not in todo:
+            lazy[i], metas[i] = rstore.read(i, lazy=True)
 
     def finish(z, meta):
         if rstore is not None:
@@ -600,11 +656,6 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
             finish(*fut.result())
             fut.release()
         packed.release()
-    # replicas finished earlier (resumed run) come from the store
-    lazy = {}
-    for i in range(n):
-        if i not in cubes:
-            lazy[i], metas[i] = rstore.read(i, lazy=True)
     out = _summarize(result, flux, cubes, lazy, metas, n, names, masks, settings, method, seed, warm, covariance,
                      store)
     if ml_settings is not None:
