@@ -385,3 +385,67 @@ def test_damaged_replica_store_is_refused_on_resume(fitted, tmp_path):
     with pytest.raises(ReplicaStoreError, match="older xfusion, before replicas carried checksums"):
         xfusion.uncertainty(r, x, y, n=2, store=old, seed=7)
 
+
+CONCURRENT_RUN = """
+import sys
+import xfusion
+from xfusion import scenes
+x, y, _ = scenes.make("cluster_core", seed=3, counts=3e5, size=(12, 240))
+r = xfusion.fuse(x, y, progress=False, **{settings!r})
+xfusion.uncertainty(r, x, y, n=400, store=sys.argv[1], seed=7)
+"""
+
+
+def test_one_writer_per_replica_store(fitted, tmp_path):
+    """Session 29 (red team): two uncertainty runs on one store at once crashed (an OutputError about an option
+    uncertainty does not have, a raw FileNotFoundError) or left the store broken for every later run. Now the
+    store has the checkpoints' writer lock PATH.lock: a second run (a real process) is refused with the holder's
+    pid; the lock is released when the holder stops on Ctrl-C, and a SIGKILLed holder's lock is recovered: the
+    resumed store then gives the replicas of an uninterrupted run, bit for bit."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xfusion.uncertainty import ReplicaStoreError
+
+    x, y, r = fitted
+    store, lock = tmp_path / "reps", tmp_path / "reps.lock"
+    script = tmp_path / "replica_writer.py"
+    script.write_text(CONCURRENT_RUN.format(settings=SETTINGS))
+
+    def lock_pid():
+        try:
+            return json.loads(lock.read_text())["pid"]
+        except (OSError, ValueError):
+            return None
+
+    def holder(started):  # a run writing replicas, once ``started()``
+        proc = subprocess.Popen([sys.executable, str(script), str(store)], stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while not started(proc) and proc.poll() is None and time.time() - t0 < 60:
+            time.sleep(0.05)
+        assert proc.poll() is None and started(proc), proc.stderr.read() if proc.poll() else "did not start"
+        return proc
+
+    proc = holder(lambda p: (store / "replica_00000").exists())  # its first replica is written: the store is busy
+    try:
+        with pytest.raises(ReplicaStoreError, match=rf"replica store '{re.escape(str(store))}' is in use by process "
+                                                    rf"{proc.pid} on .*delete the lock file"):
+            xfusion.uncertainty(r, x, y, n=2, store=store, seed=7)
+        assert lock_pid() == proc.pid  # the refused run left the holder's lock alone
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the holder releases its lock on the way out
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "KeyboardInterrupt" in err and not lock.exists()
+    proc = holder(lambda p: lock_pid() == p.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(lock.read_text())["pid"] == proc.pid  # the dead run's lock: recovered by the next run
+    u = xfusion.uncertainty(r, x, y, n=3, store=store, seed=7)
+    assert not lock.exists()
+    np.testing.assert_array_equal(u["flux_replicas"].values,
+                                  xfusion.uncertainty(r, x, y, n=3, seed=7)["flux_replicas"].values)

@@ -123,7 +123,9 @@ refused, and a path xfusion did not create is never written into. Each replica r
 SHA-256 of its cube (dtype, shape, bytes) and of its record, checked when a rerun reads it: a
 missing, truncated or altered replica raises :class:`ReplicaStoreError` naming it (delete that
 replica folder and rerun to recompute it), as does a store written before replicas carried
-checksums (format 1: its replicas cannot be verified).
+checksums (format 1: its replicas cannot be verified). One run at a time: the call holds the
+writer's lock ``PATH.lock`` (pid and host, as the checkpoints'; a killed run's lock is
+recovered, a live holder is named in the error) until its replicas are written and summarized.
 
 Parallel. With ``client`` (a ``dask.distributed.Client``) the observations, their models and
 the start are scattered once to every worker (one object); each replica is then a small task
@@ -151,6 +153,8 @@ import xarray as xr
 
 from .checkpoints import _block_sha
 from .io import zarr as xzarr
+from .io.safe_files import writable_folder
+from .io.writer_lock import WriterLock
 from .solvers import heap
 
 __all__ = ["uncertainty", "bias_aware_view", "METHODS", "QUANTILES", "ML_SETTINGS"]
@@ -430,22 +434,40 @@ STORE_FORMAT = 2
 
 
 class ReplicaStoreError(xzarr.OutputError):
-    """A replica store xfusion refuses to use: written before replicas were verified, or a replica that fails
-    verification (missing, truncated or altered data)."""
+    """A replica store xfusion refuses to use: in use by another run, written before replicas were verified, or a
+    replica that fails verification (missing, truncated or altered data)."""
 
 
 class ReplicaStore:
     """Replicas on disk: ``PATH`` (a Zarr group xfusion created, marked and fingerprinted) holding one
     complete Zarr store ``replica_NNNNN`` per finished replica, with the SHA-256 digests of its cube
-    (dtype, shape and bytes, as the checkpoints' ``_block_sha``) and of its record, checked on every read."""
+    (dtype, shape and bytes, as the checkpoints' ``_block_sha``) and of its record, checked on every read.
+
+    The constructor takes the writer's lock ``PATH.lock`` (:class:`xfusion.io.writer_lock.WriterLock`, as the
+    checkpoints) before it creates or checks the store, and holds it until :meth:`close` (also a context manager;
+    a store dropped without ``close`` releases it when collected)."""
 
     def __init__(self, path, fingerprint, inputs=()):
+        self._lock = None
         self.path = Path(os.fspath(path))
         self.given = os.fspath(path)
         self.fingerprint = fingerprint
-        if not self._check():
-            root = xr.Dataset(attrs={STORE_ATTR: {"fingerprint": fingerprint, "format": STORE_FORMAT}})
-            xzarr.write(root, self.path, inputs=list(inputs))
+        self._check()  # a path that is not ours is refused before anything is written (the lock included)
+        parent = self.path.absolute().parent
+        try:
+            writable_folder(parent, self.path.name + ".")
+        except OSError as exc:
+            raise xzarr.OutputError(f"cannot write store {self.given!r}: folder {str(parent)!r} is not writable "
+                                    f"({exc.strerror or exc})") from exc
+        self._lock = WriterLock(parent / f"{self.path.name}.lock", f"replica store {self.given!r}", ReplicaStoreError)
+        try:
+            self._lock.acquire()
+            if not self._check():  # again under the lock: another run may have created it meanwhile
+                root = xr.Dataset(attrs={STORE_ATTR: {"fingerprint": fingerprint, "format": STORE_FORMAT}})
+                xzarr.write(root, self.path, inputs=list(inputs))
+        except BaseException:
+            self.close()
+            raise
 
     def _check(self):
         """False if there is no store yet; True if ``PATH`` is a replica store of this problem; else raises."""
@@ -470,6 +492,23 @@ class ReplicaStore:
                                     "observations, settings, method or seed differ); choose another path, or "
                                     "remove that store yourself if it is no longer needed")
         return True
+
+    def close(self):
+        """Release the lock (if this object holds it)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - e.g. at interpreter exit; a dead run's lock is recovered anyway
+            pass
 
     def _name(self, i):
         return self.path / f"replica_{i:05d}"
@@ -626,38 +665,43 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
     rstore = None
     if store is not None:
         rstore = ReplicaStore(store, fp, inputs=xzarr.sources(*observations, result))
-    todo = [i for i in range(n) if rstore is None or not rstore.done(i)]
-    cubes, metas, lazy = {}, {}, {}
-    for i in range(n):  # replicas finished earlier (resumed run): from the store, verified before new work
-        if i not in todo:
-            lazy[i], metas[i] = rstore.read(i, lazy=True)
+    try:  # the store's lock (held from ReplicaStore()) is released on every exit: errors, Ctrl-C
+        todo = [i for i in range(n) if rstore is None or not rstore.done(i)]
+        cubes, metas, lazy = {}, {}, {}
+        for i in range(n):  # replicas finished earlier (resumed run): from the store, verified before new work
+            if i not in todo:
+                lazy[i], metas[i] = rstore.read(i, lazy=True)
 
-    def finish(z, meta):
+        def finish(z, meta):
+            if rstore is not None:
+                rstore.write(z, meta)
+            cubes[meta["index"]], metas[meta["index"]] = z, meta
+            if progress:
+                print(f"replica {meta['index']}: {meta['iterations']} iterations, {meta['elapsed_s']:.1f} s",
+                      flush=True)
+
+        start = result["flux"].transpose(*_CUBE).astype(np.float32).copy(deep=True)
+        start = start.drop_vars([c for c in start.coords if c not in ("x", "y", "energy", "energy_lo", "energy_hi")])
+        observations = list(observations)
+        if client is None:
+            for i in todo:
+                finish(*replica(i, seed, method, observations, models, start, settings, warm, cap, i == 0))
+        elif todo:
+            from distributed import as_completed
+
+            # the data go to every worker once (one object), then one small task per replica
+            [packed] = client.scatter([(observations, models, start)], broadcast=True, hash=False)
+            futures = [client.submit(_replica_packed, i, seed, method, packed, settings, warm, cap, i == 0, pure=False,
+                                     key=f"xfusion-replica-{fp[:12]}-{seed}-{i}") for i in todo]
+            for fut in as_completed(futures):
+                finish(*fut.result())
+                fut.release()
+            packed.release()
+        out = _summarize(result, flux, cubes, lazy, metas, n, names, masks, settings, method, seed, warm, covariance,
+                         store)
+    finally:
         if rstore is not None:
-            rstore.write(z, meta)
-        cubes[meta["index"]], metas[meta["index"]] = z, meta
-        if progress:
-            print(f"replica {meta['index']}: {meta['iterations']} iterations, {meta['elapsed_s']:.1f} s", flush=True)
-
-    start = result["flux"].transpose(*_CUBE).astype(np.float32).copy(deep=True)
-    start = start.drop_vars([c for c in start.coords if c not in ("x", "y", "energy", "energy_lo", "energy_hi")])
-    observations = list(observations)
-    if client is None:
-        for i in todo:
-            finish(*replica(i, seed, method, observations, models, start, settings, warm, cap, i == 0))
-    elif todo:
-        from distributed import as_completed
-
-        # the data go to every worker once (one object), then one small task per replica
-        [packed] = client.scatter([(observations, models, start)], broadcast=True, hash=False)
-        futures = [client.submit(_replica_packed, i, seed, method, packed, settings, warm, cap, i == 0, pure=False,
-                                 key=f"xfusion-replica-{fp[:12]}-{seed}-{i}") for i in todo]
-        for fut in as_completed(futures):
-            finish(*fut.result())
-            fut.release()
-        packed.release()
-    out = _summarize(result, flux, cubes, lazy, metas, n, names, masks, settings, method, seed, warm, covariance,
-                     store)
+            rstore.close()
     if ml_settings is not None:
         out = _add_bias_aware(out, observations, ml_settings, n=n, method=method, client=client, store=store, seed=seed,
                               regions=regions, max_iter=max_iter if max_iter is None else "auto", covariance=covariance,
