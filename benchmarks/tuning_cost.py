@@ -93,6 +93,7 @@ def measure(spec, size, fixed_kw, default_only=False):
     if default_only:  # the issue-13 time target: wall time of the default alone (run one job at a time)
         return {"name": spec["name"], "size": size, "shape": [int(v) for v in r["flux"].shape],
                 "choice": r.attrs["regularization"], "final_iterations": int(r.attrs["iterations"]),
+                "flux_md5": hashlib.md5(np.ascontiguousarray(r["flux"].values).tobytes()).hexdigest(),
                 "cpu": round(cpu, 2), "wall": round(wall, 2), "load_after": os.getloadavg()[0]}
     f, cpu_f, wall_f = _timed(lambda: xfusion.fuse(x, y, progress=False, **fixed_kw))
     tuned_cpu = sum(meter.cpu.values())
