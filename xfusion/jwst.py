@@ -180,15 +180,18 @@ def filter_response(filters, edges_um, throughput_curves=None, coverage=0.99):
 def cross_calibrate(imager_data, ifu_data, response, imager_mask=None, ifu_mask=None):
     r"""SyFu's cross-calibration (eq. 6-7): per-filter factors making the imager agree with the IFU on average.
 
-    ``imager_data`` (M, N, F), ``ifu_data`` (m, n, L) over the same field of view,
-    ``response`` (L, F) normalized filter matrix (:func:`filter_response`). With bars the
-    spatial means over valid pixels, the factor of filter f is
+    ``imager_data`` (M, N, F), ``ifu_data`` (m, n, L) over the same field of view (``M = k m``,
+    ``N = k n`` with k the integer pixel ratio), ``response`` (L, F) normalized filter matrix
+    (:func:`filter_response`). With bars the spatial means over the same field, the factor of filter f is
 
     .. math:: c_f = \overline{Y_{m,f}} \,/\, (\hat L_f \cdot \overline{Y_h})
 
     (eq. 7 with the pipeline-normalized throughput ``L_f / ||L_f||_1``); the calibrated
-    response ``c_f R[:, f]`` then satisfies eq. 6, ``mean(Y_m,f) = L_f mean(Y_h)``. Returns
-    ``(factors (F,), calibrated response (L, F))``; factors near 1 mean the two pipelines
+    response ``c_f R[:, f]`` then satisfies eq. 6, ``mean(Y_m,f) = L_f mean(Y_h)``. The field is
+    the same for both means: with masks, filter f is compared over the IFU spaxels valid in
+    every channel of its band (``R[:, f]`` above 1e-6 of its peak) whose k x k imager pixels are
+    all valid in that filter (the imager over those pixels, the IFU over those spaxels).
+    Returns ``(factors (F,), calibrated response (L, F))``; factors near 1 mean the two pipelines
     agree. The PSFs must conserve flux for the means to be comparable (they sum to 1).
     """
     ym = np.asarray(imager_data, dtype=np.float64)
@@ -196,14 +199,34 @@ def cross_calibrate(imager_data, ifu_data, response, imager_mask=None, ifu_mask=
     R = np.asarray(response, dtype=np.float64)
     if R.shape != (yh.shape[-1], ym.shape[-1]):
         raise ValueError(f"response shape {R.shape} must be (IFU channels {yh.shape[-1]}, filters {ym.shape[-1]})")
+    (M, N, F), (m, n, L) = ym.shape, yh.shape
+    k = M // m if m else 0
+    if k < 1 or (M, N) != (k * m, k * n):
+        raise ValueError(f"the imager field {M}x{N} is not an integer multiple of the IFU field {m}x{n}: crop both "
+                         "to the common field of view (cross-calibration compares them over the same field)")
     vm = np.ones(ym.shape, bool) if imager_mask is None else np.asarray(imager_mask, bool)
     vh = np.ones(yh.shape, bool) if ifu_mask is None else np.asarray(ifu_mask, bool)
-    mean_m = np.array([ym[..., f][vm[..., f]].mean() for f in range(ym.shape[-1])])
     cnt = vh.sum(axis=(0, 1))
     if np.any(cnt == 0):
         raise ValueError("the IFU has channels with no valid spaxel: the mean spectrum is undefined there")
-    mean_h = np.where(vh, yh, 0).sum(axis=(0, 1)) / cnt
-    pred = mean_h @ R
+    mean_all = np.where(vh, yh, 0).sum(axis=(0, 1)) / cnt
+    # imager pixels valid per spaxel: (m, n, F), True when all k x k pixels are valid
+    block_ok = vm.reshape(m, k, n, k, F).all(axis=(1, 3))
+    mean_m, pred = np.empty(F), np.empty(F)
+    for f in range(F):
+        band = R[:, f] > 1e-6 * np.abs(R[:, f]).max() if np.any(R[:, f]) else np.ones(L, bool)
+        foot = block_ok[..., f] & vh[..., band].all(axis=-1)  # spaxels valid in both for this filter
+        if not foot.any():
+            raise ValueError(f"filter column {f}: no IFU spaxel is valid both in every channel of the filter's band and in "
+                             "all its imager pixels, so the two cannot be compared over the same field (SyFu eq. "
+                             "7). Check the masks (a fully masked filter image or IFU band?) or pass "
+                             "cross_calibration=False")
+        pix = np.repeat(np.repeat(foot, k, axis=0), k, axis=1)
+        mean_m[f] = ym[..., f][pix].mean()
+        c = (vh & foot[..., None]).sum(axis=(0, 1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mh = np.where(c > 0, np.where(vh & foot[..., None], yh, 0).sum(axis=(0, 1)) / np.maximum(c, 1), mean_all)
+        pred[f] = mh @ R[:, f]
     if np.any(pred == 0):
         raise ValueError("a filter integrates the mean IFU spectrum to 0: cross-calibration is undefined")
     factors = mean_m / pred
@@ -519,6 +542,40 @@ def is_wavelength(ds):
     return isinstance(ds, xr.Dataset) and ds.attrs.get("spectral_unit") == "um"
 
 
+def _parse_unit(text):
+    """An astropy unit from a data ``units`` attribute (``MJy/str``, the JWST pipeline's spelling, read as MJy/sr);
+    None when astropy cannot read it."""
+    from astropy import units as u
+
+    t = str(text).strip()
+    try:
+        return u.Unit(t[:-3] + "sr" if t.endswith("/str") else t)
+    except (ValueError, TypeError):
+        return None
+
+
+def ifu_unit_factor(imager, ifu):
+    """The factor taking the IFU's data to the imager's flux unit (its variance: the square), 1.0 when the units
+    are the same (or the IFU states none: taken to be the imager's). Units astropy converts into each other (the
+    same physical type, e.g. Jy/sr and MJy/sr) give the conversion factor; others are refused with both units."""
+    um = str(imager["data"].attrs.get("units", "MJy/sr")).strip()
+    uh = str(ifu["data"].attrs.get("units", um)).strip()
+    if uh == um:
+        return 1.0
+    a, b = _parse_unit(um), _parse_unit(uh)
+    if a is not None and b is not None:
+        if a == b:
+            return 1.0
+        try:
+            return float(b.to(a))
+        except Exception:  # astropy's UnitConversionError: different physical types
+            raise ValueError(f"the imager's data are in {um!r} ({a.physical_type}) but the IFU's in {uh!r} "
+                             f"({b.physical_type}): these cannot be converted into each other. Give both as surface "
+                             "brightness (e.g. MJy/sr; PIXAR_SR gives a pixel's solid angle)") from None
+    raise ValueError(f"the imager's data are in {um!r} but the IFU's in {uh!r}, and astropy cannot read "
+                     f"{um if a is None else uh!r} to convert them: give both in one unit (e.g. MJy/sr)")
+
+
 def _check_inputs(imager, ifu, filters):
     """The checks of an imager + IFU pair (raw layout); returns the imager restricted to ``filters``."""
     check_spectral_units(imager, ifu)
@@ -573,6 +630,8 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
       ``n_psf_nodes`` wavelengths); ``attrs["gamma"]``: the relative weight of its data term.
 
     Both carry ``attrs["spectral_unit"] = "um"``; every spectral coordinate has ``units="um"``.
+    Both are in the imager's flux unit: an IFU in another unit astropy converts (e.g. Jy/sr next to
+    MJy/sr) is converted (:func:`ifu_unit_factor`), any other is refused.
     The inputs are never modified (copies).
     """
     im, use, factor = _check_inputs(imager, ifu, filters)
@@ -588,8 +647,9 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
     ym = im["data"].transpose("x", "y", "filter").values.astype(np.float64)
     vm = im["variance"].transpose("x", "y", "filter").values.astype(np.float64)
     mm = im["mask"].transpose("x", "y", "filter").values.astype(bool) if "mask" in im else np.ones(ym.shape, bool)
-    yh = ifu["data"].transpose("x", "y", "energy").values.astype(np.float64)
-    vh = ifu["variance"].transpose("x", "y", "energy").values.astype(np.float64)
+    unit_factor = ifu_unit_factor(im, ifu)  # e.g. Jy/sr -> MJy/sr: the IFU is converted to the imager's unit
+    yh = ifu["data"].transpose("x", "y", "energy").values.astype(np.float64) * unit_factor
+    vh = ifu["variance"].transpose("x", "y", "energy").values.astype(np.float64) * unit_factor ** 2
     mh = ifu["mask"].transpose("x", "y", "energy").values.astype(bool) if "mask" in ifu else np.ones(yh.shape, bool)
     R = filter_response(use, edges) if response is None else np.array(response, dtype=np.float64)
     if R.shape != (edges.size - 1, len(use)):
@@ -631,7 +691,7 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
                        jwst_role="imager", margin_pixels=pad, cross_calibration=json.dumps(
                            {f: float(c) for f, c in zip(use, factors)}), bunit=bunit)
     y_obs = xr.Dataset(coords={c: ifu[c].variable.copy() for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
-    y_obs["counts"] = (("x", "y", "energy"), yh.copy(), {"units": str(ifu["data"].attrs.get("units", bunit))})
+    y_obs["counts"] = (("x", "y", "energy"), yh.copy(), {"units": bunit})
     y_obs["variance"] = (("x", "y", "energy"), vh.copy(), {"units": f"({bunit})2"})
     y_obs["mask"] = (("x", "y", "energy"), mh.copy())
     y_obs["psf"] = psf.copy(deep=True)
@@ -639,6 +699,8 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
     y_obs.attrs.update(keep)
     y_obs.attrs.update(name=str(ifu.attrs.get("name", "IFU")), spectral_unit="um", data_term="gaussian",
                        jwst_role="ifu", margin_spaxels=b, gamma=gamma, bunit=bunit)
+    if unit_factor != 1.0:
+        y_obs.attrs.update(converted_from=str(ifu["data"].attrs.get("units")), unit_factor=unit_factor)
     return x_obs, y_obs
 
 
