@@ -384,3 +384,48 @@ def test_cross_calibration_compares_the_same_field_when_spaxels_are_masked():
                                rtol=1e-12)
     with pytest.raises(ValueError, match="filter column 1: no IFU spaxel is valid"):
         jwst.cross_calibrate(ym, yh, R, np.broadcast_to(np.arange(5) != 1, ym.shape), None)
+
+
+def test_readers_orient_mirrored_and_rotated_products_north_up(tmp_path):
+    """Session 29 red team: an i2d stored rotated by 180 degrees (CD1_1 > 0, CD2_2 < 0) or mirrored (CDELT1 > 0) was
+    returned in file order with the coordinates of a north-up image (the sky rotated/mirrored, fused silently)."""
+    from astropy.wcs import WCS
+
+    rng = np.random.default_rng(2)
+    sci, err, dq = rng.random((6, 9)) * 10, 0.1 + rng.random((6, 9)), np.zeros((6, 9), np.uint32)
+    dq[1, 2] = 1
+    px = 0.031 / 3600
+    hdr = _celestial(px, (3.0, 2.0))
+    prim = {"INSTRUME": "NIRCAM", "FILTER": "F200W"}
+    _write(tmp_path / "up_i2d.fits", sci, err, dq, hdr, prim)
+    # the same sky stored rotated by 180 degrees / mirrored east-west, with a correct WCS
+    rot = dict(hdr, CDELT1=px, CDELT2=-px, CRPIX1=9 + 1 - 3.0, CRPIX2=6 + 1 - 2.0)
+    _write(tmp_path / "rot_i2d.fits", sci[::-1, ::-1], err[::-1, ::-1], dq[::-1, ::-1], rot, prim)
+    mir = dict(hdr, CDELT1=px, CRPIX1=9 + 1 - 3.0)
+    _write(tmp_path / "mir_i2d.fits", sci[:, ::-1], err[:, ::-1], dq[:, ::-1], mir, prim)
+    up = read_nircam_i2d(tmp_path / "up_i2d.fits")
+    assert "reoriented" not in up.attrs
+    for name, what in (("rot", "x (east-west) and y (north-south)"), ("mir", "x (east-west) to")):
+        other = read_nircam_i2d(tmp_path / f"{name}_i2d.fits")
+        np.testing.assert_array_equal(other["data"].values, up["data"].values)
+        np.testing.assert_array_equal(other["mask"].values, up["mask"].values)
+        np.testing.assert_allclose(other["x"].values, up["x"].values, atol=1e-12)
+        np.testing.assert_allclose(other["y"].values, up["y"].values, atol=1e-12)
+        assert what in other.attrs["reoriented"]
+        # the WCS kept describes the returned array: the same sky at every pixel
+        w_up, w_o = (WCS(fits.Header.fromstring(d.attrs["wcs"])) for d in (up, other))
+        np.testing.assert_allclose(w_o.all_pix2world([[0, 0], [8, 5]], 0), w_up.all_pix2world([[0, 0], [8, 5]], 0))
+    # an s3d cube with y to the south is flipped the same way
+    cube = rng.random((4, 6, 9)) + 1
+    h3 = dict(hdr, CTYPE3="WAVE", CUNIT3="um", CRVAL3=1.7, CDELT3=0.01, CRPIX3=1.0)
+    _write(tmp_path / "up_s3d.fits", cube, cube * 0 + 0.1, np.zeros(cube.shape, np.uint32), h3, {"INSTRUME": "NIRSPEC"})
+    _write(tmp_path / "s_s3d.fits", cube[:, ::-1], cube * 0 + 0.1, np.zeros(cube.shape, np.uint32),
+           dict(h3, CDELT2=-px, CRPIX2=6 + 1 - 2.0), {"INSTRUME": "NIRSPEC"})
+    a, b = read_nirspec_s3d(tmp_path / "up_s3d.fits"), read_nirspec_s3d(tmp_path / "s_s3d.fits")
+    np.testing.assert_array_equal(b["data"].values, a["data"].values)
+    np.testing.assert_allclose(b["y"].values, a["y"].values, atol=1e-12)
+    # a rotation by another angle is refused with the way out
+    turned = dict(hdr, PC1_1=np.cos(0.3), PC1_2=-np.sin(0.3), PC2_1=np.sin(0.3), PC2_2=np.cos(0.3))
+    _write(tmp_path / "turn_i2d.fits", sci, err, dq, turned, prim)
+    with pytest.raises(ValueError, match="rotated with respect to RA/Dec.*reproject"):
+        read_nircam_i2d(tmp_path / "turn_i2d.fits")

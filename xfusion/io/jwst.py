@@ -12,7 +12,11 @@ wavelength grid; tabulated ``WAVE-TAB`` grids are refused with a clear message).
 Both readers return Datasets in the layout of :mod:`xfusion.jwst` (``data``, ``variance`` =
 ERR**2, ``mask`` = DQ == 0 and finite SCI/ERR, coords ``x``/``y`` in arcsec offsets from the
 reference pixel; NaN values stay in ``data`` but are masked, never patched). Axis order:
-``x`` is FITS axis 1 (columns), ``y`` axis 2 (rows). The celestial WCS is kept as the header
+``x`` is FITS axis 1 (columns), ``y`` axis 2 (rows), oriented as xfusion's grids: x to the west,
+y to the north. A product whose WCS has x to the east or y to the south (a mirrored or
+180-degree rotated image: ``CD1_1 > 0`` or ``CD2_2 < 0``) is flipped to that orientation (its
+WCS with it; ``attrs["reoriented"]`` says so); a rotated one is refused (reproject it north-up
+first). The celestial WCS (of the array as returned) is kept as the header
 text in ``attrs["wcs"]`` (``astropy.wcs.WCS(header)`` rebuilds it) with ``center_ra``/
 ``center_dec`` of the reference pixel. This module imports only the core (layer rule).
 """
@@ -31,8 +35,13 @@ def _hdu(hdul, name, path):
         raise ValueError(f"{path}: no {name} extension; a JWST i2d/s3d product has SCI, ERR and DQ") from None
 
 
-def _pixel_scale_arcsec(h, path):
-    """Pixel size (arcsec) from CDELT1/2 or the CD/PC matrix; refuses non-square or rotated pixels."""
+def _pixel_scale_arcsec(h, path, shape_xy=None):
+    """Pixel size (arcsec) and the celestial WCS, oriented as xfusion's grids (x to the west, y to the north).
+
+    Refuses non-square or rotated pixels. A pure flip of an axis (``CD1_1 > 0``: x grows to the east, a mirrored
+    image; ``CD2_2 < 0``: y grows to the south; both: a 180-degree rotation) is undone: returns
+    ``(pixel, wcs, flip_x, flip_y)`` with the WCS of the flipped array (reference pixel and matrix column
+    mirrored) -- the reader reverses those array axes. ``shape_xy`` = (nx, ny), needed to flip."""
     from astropy.wcs import WCS
 
     w = WCS(h, naxis=2)
@@ -41,9 +50,35 @@ def _pixel_scale_arcsec(h, path):
     if not np.isclose(sx, sy, rtol=1e-4):
         raise ValueError(f"{path}: pixels are not square ({sx:.6g}\" x {sy:.6g}\"); resample to square pixels first")
     if abs(m[1, 0]) > 1e-6 * sx or abs(m[0, 1]) > 1e-6 * sx:
-        raise ValueError(f"{path}: the image is rotated with respect to RA/Dec (PC/CD off-diagonal terms); rotate "
-                         "the imager and the cube to a common orientation first (SyFu: co-registration)")
-    return float(sx), w
+        raise ValueError(f"{path}: the image is rotated with respect to RA/Dec (PC/CD off-diagonal terms); "
+                         "reproject the imager and the cube onto a north-up grid (x to the west, y to the north; "
+                         "e.g. the reproject package) first (SyFu: co-registration)")
+    flip_x, flip_y = bool(m[0, 0] > 0), bool(m[1, 1] < 0)  # xfusion: RA decreases with x, Dec increases with y
+    if flip_x or flip_y:
+        if shape_xy is None:
+            raise ValueError(f"{path}: the image is not north-up (x to the west, y to the north)")
+        w = w.deepcopy()
+        for j, flip in enumerate((flip_x, flip_y)):
+            if flip:
+                w.wcs.crpix[j] = shape_xy[j] + 1 - w.wcs.crpix[j]
+                if w.wcs.has_cd():
+                    w.wcs.cd[:, j] *= -1
+                else:
+                    w.wcs.pc[:, j] *= -1
+        w.wcs.set()
+    return float(sx), w, flip_x, flip_y
+
+
+def _flip(arrays, flip_x, flip_y):
+    """Reverse the x (last, FITS axis 1) and/or y (FITS axis 2) axes of FITS-ordered arrays."""
+    out = []
+    for a in arrays:
+        if flip_x:
+            a = a[..., ::-1]
+        if flip_y:
+            a = a[..., ::-1, :]
+        out.append(np.ascontiguousarray(a))
+    return out
 
 
 def _xy(nx, ny, pixel, crpix1, crpix2):
@@ -70,7 +105,7 @@ def _common(hdul, path, ndim):
     return h, d, e, mask, unit
 
 
-def _attrs(hdul, h, unit, w, path):
+def _attrs(hdul, h, unit, w, path, flips=(False, False)):
     p = hdul[0].header
     ra, dec = (float(v) for v in w.wcs.crval[:2])
     attrs = {"name": str(p.get("TARGNAME", path)), "instrument": str(p.get("INSTRUME", "")),
@@ -78,6 +113,9 @@ def _attrs(hdul, h, unit, w, path):
              "center_ra": ra, "center_dec": dec}
     if "PIXAR_SR" in h:
         attrs["pixar_sr"] = float(h["PIXAR_SR"])
+    flips = [a for a, f in zip(("x (east-west)", "y (north-south)"), flips) if f]
+    if flips:
+        attrs["reoriented"] = "flipped " + " and ".join(flips) + " to x west, y north (the file is not north-up)"
     return attrs
 
 
@@ -92,11 +130,12 @@ def read_nircam_i2d(path, filter=None):
 
     with fits.open(path) as hdul:
         h, d, e, mask, unit = _common(hdul, path, 2)
-        pixel, w = _pixel_scale_arcsec(h, path)
+        pixel, w, flip_x, flip_y = _pixel_scale_arcsec(h, path, d.shape[::-1])
+        d, e, mask = _flip((d, e, mask), flip_x, flip_y)
         name = filter or str(hdul[0].header.get("FILTER", "")).strip()
         if not name:
             raise ValueError(f"{path}: no FILTER keyword in the primary header; pass filter=")
-        attrs = _attrs(hdul, h, unit, w, path)
+        attrs = _attrs(hdul, h, unit, w, path, (flip_x, flip_y))
         crpix1, crpix2 = (float(v) for v in w.wcs.crpix[:2])
     ny, nx = d.shape
     ds = xr.Dataset(coords={**_xy(nx, ny, pixel, crpix1, crpix2), "filter": ("filter", [name])})
@@ -151,8 +190,9 @@ def read_nirspec_s3d(path):
         step = float(h["CDELT3"]) * scale
         if step <= 0:
             raise ValueError(f"{path}: CDELT3 <= 0; wavelengths must increase")
-        pixel, w = _pixel_scale_arcsec(h, path)
-        attrs = _attrs(hdul, h, unit, w, path)
+        pixel, w, flip_x, flip_y = _pixel_scale_arcsec(h, path, d.shape[:0:-1])
+        d, e, mask = _flip((d, e, mask), flip_x, flip_y)
+        attrs = _attrs(hdul, h, unit, w, path, (flip_x, flip_y))
         p = hdul[0].header
         attrs.update(grating=str(p.get("GRATING", "")), filter=str(p.get("FILTER", "")))
         crpix1, crpix2 = (float(v) for v in w.wcs.crpix[:2])
