@@ -429,3 +429,28 @@ def test_readers_orient_mirrored_and_rotated_products_north_up(tmp_path):
     _write(tmp_path / "turn_i2d.fits", sci, err, dq, turned, prim)
     with pytest.raises(ValueError, match="rotated with respect to RA/Dec.*reproject"):
         read_nircam_i2d(tmp_path / "turn_i2d.fits")
+
+
+def test_stack_filters_compares_sky_positions_and_refuses_duplicate_filters(tmp_path):
+    """Session 29 red team: two i2d with the same CRPIX but CRVAL1 5 pixels apart were stacked (only the offsets
+    from each file's own reference pixel were compared); the same filter twice crashed in pandas later."""
+    rng = np.random.default_rng(3)
+    sci, err, dq = rng.random((6, 9)), np.ones((6, 9)), np.zeros((6, 9), np.uint32)
+    px = 0.031 / 3600
+    hdr = _celestial(px, (5.0, 4.0))
+    cosd = np.cos(np.deg2rad(hdr["CRVAL2"]))
+    files = {"a": (hdr, "F182M"), "off": (dict(hdr, CRVAL1=hdr["CRVAL1"] + 5 * px / cosd), "F200W"),
+             # the same sky as "a" with another reference pixel: CRPIX 2 columns to the east, CRVAL there
+             "same": (dict(hdr, CRPIX1=3.0, CRVAL1=hdr["CRVAL1"] + 2 * px / cosd), "F210M"), "dup": (hdr, "F182M")}
+    for k, (h, f) in files.items():
+        _write(tmp_path / f"{k}_i2d.fits", sci, err, dq, h, {"INSTRUME": "NIRCAM", "FILTER": f})
+    a, off, same, dup = (read_nircam_i2d(tmp_path / f"{k}_i2d.fits") for k in files)
+    with pytest.raises(ValueError, match=r"different pixels of the sky.*offset by \(-0.155\", 0\"\) = \(-5, 0\) "
+                                         r"pixels.*[Rr]esample"):
+        stack_filters([a, off])
+    st = stack_filters([a, same])
+    assert list(st["filter"].values) == ["F182M", "F210M"]
+    np.testing.assert_allclose(st["x"].values, a["x"].values)
+    np.testing.assert_allclose(st["data"].isel(filter=1).values, a["data"].isel(filter=0).values)
+    with pytest.raises(ValueError, match="filter F182M appears twice .*dup_i2d.fits.*give each filter once"):
+        stack_filters([a, dup])

@@ -148,19 +148,57 @@ def read_nircam_i2d(path, filter=None):
     return ds
 
 
+def _sky_shift(ref, im):
+    """(dx, dy) arcsec: where ``im``'s grid sits in ``ref``'s frame relative to its own offsets (x west, y north),
+    from the tangent points ``center_ra``/``center_dec`` (small field); (0, 0) without them."""
+    keys = ("center_ra", "center_dec")
+    if not all(k in d.attrs for d in (ref, im) for k in keys):
+        return 0.0, 0.0
+    ra0, dec0, ra1, dec1 = (float(d.attrs[k]) for d in (ref, im) for k in keys)
+    dra = (ra1 - ra0 + 180.0) % 360.0 - 180.0
+    return -dra * np.cos(np.deg2rad(dec0)) * 3600.0, (dec1 - dec0) * 3600.0
+
+
 def stack_filters(images):
-    """Concatenate one-filter imager Datasets (same pixel grid) along ``filter``."""
+    """Concatenate one-filter imager Datasets (same pixel grid on the same sky) along ``filter``.
+
+    The images must cover the same pixels of the sky: same size and pixel, and the same sky position of every
+    pixel (from their ``x``/``y`` offsets and tangent points ``center_ra``/``center_dec``, to 1 % of a pixel;
+    reference pixels may differ). The result keeps the first image's coordinates and attrs. Each filter
+    must appear once."""
     images = list(images)
     if not images:
         raise ValueError("no images to stack")
     ref = images[0]
-    for im in images[1:]:
+    src = [str(im.attrs.get("source_file", f"image {i}")) for i, im in enumerate(images)]
+    seen = {}
+    for i, im in enumerate(images):
+        for f in (str(v) for v in im["filter"].values):
+            if f in seen:
+                raise ValueError(f"filter {f} appears twice ('{seen[f]}' and '{src[i]}'): give each filter once")
+            seen[f] = src[i]
+    px = float(ref["x"].attrs.get("pixel_size", np.nan))
+    out_images = [ref]
+    for i, im in enumerate(images[1:], 1):
         for c in ("x", "y"):
-            if im.sizes[c] != ref.sizes[c] or not np.allclose(im[c].values, ref[c].values, atol=1e-6):
-                raise ValueError(f"images '{ref.attrs.get('source_file')}' and '{im.attrs.get('source_file')}' are "
-                                 f"not on the same {c} grid; resample them onto one grid first")
-    out = xr.concat(images, dim="filter", data_vars="minimal", coords="minimal", compat="override",
+            a, b = ref[c].values, im[c].values
+            if im.sizes[c] != ref.sizes[c] or not np.allclose(b - b[0], a - a[0], atol=1e-6):
+                raise ValueError(f"images '{src[0]}' and '{src[i]}' are not on the same {c} grid ({ref.sizes[c]} vs "
+                                 f"{im.sizes[c]} pixels); resample them onto one grid first")
+        sx, sy = _sky_shift(ref, im)
+        dx = float(im["x"].values[0]) + sx - float(ref["x"].values[0])
+        dy = float(im["y"].values[0]) + sy - float(ref["y"].values[0])
+        tol = 0.01 * px if np.isfinite(px) else 1e-6
+        if np.hypot(dx, dy) > tol:
+            raise ValueError(f"images '{src[0]}' and '{src[i]}' are on different pixels of the sky: the second is "
+                             f"offset by ({dx:.4g}\", {dy:.4g}\") = ({dx / px:.3g}, {dy / px:.3g}) pixels to the west "
+                             "and north (from their WCS: reference pixel and CRVAL). Resample them onto one "
+                             "pixel grid first (e.g. the JWST pipeline's resample step with one output WCS)")
+        out_images.append(im.assign_coords(x=ref["x"], y=ref["y"]))
+    out = xr.concat(out_images, dim="filter", data_vars="minimal", coords="minimal", compat="override",
                     combine_attrs="override")
+    if len(images) > 1:
+        out.attrs["source_files"] = ", ".join(src)
     return out
 
 
