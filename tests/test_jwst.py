@@ -454,3 +454,31 @@ def test_stack_filters_compares_sky_positions_and_refuses_duplicate_filters(tmp_
     np.testing.assert_allclose(st["data"].isel(filter=1).values, a["data"].isel(filter=0).values)
     with pytest.raises(ValueError, match="filter F182M appears twice .*dup_i2d.fits.*give each filter once"):
         stack_filters([a, dup])
+
+
+def test_s3d_wavelengths_follow_the_full_wcs(tmp_path):
+    """Session 29 red team: read_nirspec_s3d ignored PC3_3 (CDELT3 = 1, PC3_3 = 0.02 um read as 1 um steps: 1.67,
+    2.67 ... 32.67 um) and refused the CD3_3 form."""
+    cube = np.random.default_rng(4).random((12, 3, 3)) + 1
+    err, dq = np.full(cube.shape, 0.1), np.zeros(cube.shape, np.uint32)
+    base = dict(_celestial(0.1 / 3600, (2.0, 2.0)), CTYPE3="WAVE", CUNIT3="um", CRVAL3=1.67, CRPIX3=1.0)
+    expect = 1.67 + 0.02 * np.arange(12)
+    cd = {k: v for k, v in base.items() if not k.startswith(("PC", "CDELT"))}
+    cd.update(CD1_1=-0.1 / 3600, CD2_2=0.1 / 3600, CD3_3=0.02)
+    cases = {"pc": dict(base, CDELT3=1.0, PC3_3=0.02), "cd": cd, "nm": dict(base, CUNIT3="nm", CRVAL3=1670.0,
+                                                                             CDELT3=20.0),
+             "micron": dict(base, CUNIT3="micron", CDELT3=0.02), "crpix": dict(base, CDELT3=0.02, CRPIX3=3.0,
+                                                                               CRVAL3=1.71)}
+    for k, h in cases.items():
+        _write(tmp_path / f"{k}_s3d.fits", cube, err, dq, h, {"INSTRUME": "NIRSPEC"})
+        ifu = read_nirspec_s3d(tmp_path / f"{k}_s3d.fits")
+        np.testing.assert_allclose(ifu["energy"].values, expect, rtol=1e-12, err_msg=k)
+        np.testing.assert_allclose(ifu["energy_hi"].values - ifu["energy_lo"].values, 0.02, rtol=1e-9, err_msg=k)
+    bad = {"mixed": (dict(base, CDELT3=1.0, CD3_3=0.02), "mixes the CDi_j form .*CD3_3.*PCi_j"),
+           "none": (base, "no CRVAL3 or no CDELT3 / CD3_3 / PC3_3"),
+           "down": (dict(base, CDELT3=1.0, PC3_3=-0.02), r"wavelength step .* -0.02 um <= 0"),
+           "coupled": (dict(base, CDELT3=0.02, PC3_1=0.1), "coupled to the spatial axes")}
+    for k, (h, msg) in bad.items():
+        _write(tmp_path / f"{k}_s3d.fits", cube, err, dq, h, {"INSTRUME": "NIRSPEC"})
+        with pytest.raises(ValueError, match=msg):
+            read_nirspec_s3d(tmp_path / f"{k}_s3d.fits")

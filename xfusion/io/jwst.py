@@ -44,6 +44,13 @@ def _pixel_scale_arcsec(h, path, shape_xy=None):
     mirrored) -- the reader reverses those array axes. ``shape_xy`` = (nx, ny), needed to flip."""
     from astropy.wcs import WCS
 
+    import re
+
+    cd = [k for k in h if re.fullmatch(r"CD\d+_\d+", str(k))]
+    pc = [k for k in h if re.fullmatch(r"PC\d+_\d+", str(k))]
+    if cd and pc:
+        raise ValueError(f"{path}: the WCS mixes the CDi_j form ({', '.join(cd)}) with PCi_j ({', '.join(pc)}), "
+                         "which the FITS standard forbids (wcslib then ignores CDi_j); keep one form")
     w = WCS(h, naxis=2)
     m = w.pixel_scale_matrix * 3600.0  # deg -> arcsec
     sx, sy = np.hypot(m[0, 0], m[1, 0]), np.hypot(m[0, 1], m[1, 1])
@@ -202,11 +209,42 @@ def stack_filters(images):
     return out
 
 
+def _wavelengths(h, n, path):
+    """Channel centres (um) and step of the linear wavelength axis 3, from the full WCS (astropy.wcs) as the FITS
+    standard defines it: ``CRVAL3 + CDELT3 PC3_3 (i + 1 - CRPIX3)`` or ``CD3_3`` in place of ``CDELT3 PC3_3``."""
+    import warnings
+
+    from astropy import units as u
+    from astropy.wcs import WCS
+
+    unit = str(h.get("CUNIT3", "")).strip()
+    if unit not in ("um", "micron", "m", "nm"):
+        raise ValueError(f"{path}: CUNIT3={h.get('CUNIT3')!r}; expected um (or m, nm)")
+    if "CRVAL3" not in h or not any(k in h for k in ("CDELT3", "CD3_3", "PC3_3")):
+        raise ValueError(f"{path}: SCI has no CRVAL3 or no CDELT3 / CD3_3 / PC3_3: the wavelength grid is undefined")
+    h = h.copy()
+    h["CUNIT3"] = "um" if unit == "micron" else unit  # wcslib does not read 'micron'
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's FITSFixedWarning about the JWST headers' non-standard keys
+        w = WCS(h, naxis=3)
+    m = w.pixel_scale_matrix
+    if np.any(m[2, :2] != 0) or np.any(m[:2, 2] != 0):
+        raise ValueError(f"{path}: the wavelength axis is coupled to the spatial axes (PC3_1, PC3_2, PC1_3, PC2_3 or "
+                         "CD3_1...): resample the cube onto a separable grid first")
+    scale = u.Unit(str(w.wcs.cunit[2])).to(u.um)  # wcslib works in SI (m)
+    centres = w.sub([3]).all_pix2world(np.arange(n, dtype=np.float64), 0)[0] * scale
+    step = float(m[2, 2]) * scale
+    if not step > 0:
+        raise ValueError(f"{path}: the wavelength step (CDELT3 x PC3_3, or CD3_3) is {step:.4g} um <= 0; "
+                         "wavelengths must increase")
+    return centres, step
+
+
 def read_nirspec_s3d(path):
     """A NIRSpec IFU ``s3d`` cube as an IFU Dataset (x, y, energy) with ``energy`` = wavelength (um).
 
-    Wavelength edges from the linear WCS of axis 3 (``CRVAL3 + (i + 1 - CRPIX3) CDELT3`` at
-    channel centres, edges half a ``CDELT3`` either side); ``CUNIT3`` must be um (or m,
+    Wavelength edges from the linear WCS of axis 3 (astropy.wcs: ``CRVAL3 + (i + 1 - CRPIX3) CDELT3 PC3_3``,
+    or ``CD3_3``, at channel centres, edges half a step either side); ``CUNIT3`` must be um (or m, nm,
     converted). ``data`` MJy/sr, ``variance`` = ERR**2, ``mask`` from DQ and finiteness.
     """
     from astropy.io import fits
@@ -217,17 +255,7 @@ def read_nirspec_s3d(path):
         if ctype3 != "WAVE":
             raise ValueError(f"{path}: CTYPE3={ctype3!r}; only a linear wavelength axis ('WAVE') is supported "
                              "(a 'WAVE-TAB' grid: resample the cube onto a linear grid)")
-        scale = {"um": 1.0, "micron": 1.0, "m": 1e6, "nm": 1e-3}.get(str(h.get("CUNIT3", "")).strip())
-        if scale is None:
-            raise ValueError(f"{path}: CUNIT3={h.get('CUNIT3')!r}; expected um (or m, nm)")
-        for k in ("CRVAL3", "CDELT3"):
-            if k not in h:
-                raise ValueError(f"{path}: SCI has no {k}: the wavelength grid is undefined")
-        n = d.shape[0]
-        centres = (float(h["CRVAL3"]) + (np.arange(n) + 1 - float(h.get("CRPIX3", 1.0))) * float(h["CDELT3"])) * scale
-        step = float(h["CDELT3"]) * scale
-        if step <= 0:
-            raise ValueError(f"{path}: CDELT3 <= 0; wavelengths must increase")
+        centres, step = _wavelengths(h, d.shape[0], path)
         pixel, w, flip_x, flip_y = _pixel_scale_arcsec(h, path, d.shape[:0:-1])
         d, e, mask = _flip((d, e, mask), flip_x, flip_y)
         attrs = _attrs(hdul, h, unit, w, path, (flip_x, flip_y))
