@@ -482,3 +482,33 @@ def test_s3d_wavelengths_follow_the_full_wcs(tmp_path):
         _write(tmp_path / f"{k}_s3d.fits", cube, err, dq, h, {"INSTRUME": "NIRSPEC"})
         with pytest.raises(ValueError, match=msg):
             read_nirspec_s3d(tmp_path / f"{k}_s3d.fits")
+
+
+def test_uncertainty_rebuilds_the_fits_observations_and_refuses_others():
+    """Session 29 red team: xfusion.uncertainty(result, imager, ifu) rebuilt the observations with
+    jwst.observations' defaults: a 3-filter result got the replicas of the 5-filter problem (3.3 x the error bars),
+    a cross_calibration=False result those of a calibrated one, without a word."""
+    import json
+
+    imager, ifu, _ = jwst.make_toy(size=12, n_channels=16)
+    keep = ["F182M", "F200W", "F210M"]
+    r = jwst.fuse_jwst(imager, ifu, filters=keep, max_iter=20)
+    opts = json.loads(r.attrs["jwst_options"])
+    assert opts["filters"] == keep and opts["cross_calibration"] is True and opts["margin"] == 1
+    own = xfusion.uncertainty(r, imager.sel(filter=keep), ifu, n=2, seed=1)
+    full = xfusion.uncertainty(r, imager, ifu, n=2, seed=1)  # raw data: rebuilt with the fit's 3 filters
+    np.testing.assert_allclose(full["flux_std"].values, own["flux_std"].values, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"fitted on the filters \['F182M', 'F200W', 'F210M'\] but the "
+                                         r"observations hold \['F182M', 'F187N'.*imager.sel"):
+        xfusion.uncertainty(r, *jwst.observations(imager, ifu), n=2)
+    nocal = jwst.fuse_jwst(imager, ifu, cross_calibration=False, max_iter=20)
+    a = xfusion.uncertainty(nocal, imager, ifu, n=2, seed=1)
+    b = xfusion.uncertainty(nocal, *jwst.observations(imager, ifu, cross_calibration=False), n=2, seed=1)
+    np.testing.assert_allclose(a["flux_std"].values, b["flux_std"].values, rtol=1e-6)
+    with pytest.raises(ValueError, match="cross-calibration factors .* differ from the observations'"):
+        xfusion.uncertainty(nocal, *jwst.observations(imager, ifu), n=2)
+    with pytest.raises(ValueError, match="fitted with gamma=2.0 but the IFU observation has gamma=1.0"):
+        xfusion.uncertainty(jwst.fuse_jwst(imager, ifu, gamma=2.0, max_iter=5), *jwst.observations(imager, ifu), n=2)
+    psf = jwst.ifu_psf_stack([1.7, 2.3], float(imager["x"].attrs["pixel_size"]))
+    with pytest.raises(ValueError, match="fitted with a user psf.*xfusion.jwst.observations\\(imager, ifu, psf=..."):
+        xfusion.uncertainty(jwst.fuse_jwst(imager, ifu, psf=psf, max_iter=5), imager, ifu, n=2)

@@ -221,10 +221,11 @@ def _check_inputs_given(observations):
                               UserWarning, stacklevel=3)
 
 
-def _wavelength_inputs(observations):
+def _wavelength_inputs(observations, result=None):
     """JWST imager + IFU Datasets in their own layout (wavelength in um, ``data``/``variance``; e.g.
     :func:`xfusion.jwst.imager_dataset`, :mod:`xfusion.io.jwst`'s readers) become xfusion observations
-    (:func:`xfusion.jwst.observations` with its defaults); anything else is returned unchanged."""
+    (:func:`xfusion.jwst.observations` with its defaults, or with the options ``result`` was fitted with:
+    :func:`xfusion.jwst.observations_for`); anything else is returned unchanged."""
     if not any(isinstance(o, xr.Dataset) and o.attrs.get("spectral_unit") == "um" and "data" in o
                and "counts" not in o for o in observations):
         return observations
@@ -234,7 +235,12 @@ def _wavelength_inputs(observations):
         raise ValueError("wavelength (um) data are fused as one imager + one IFU Dataset; got "
                          f"{len(observations)} inputs")
     a, b = observations
-    return jwst_observations(*((a, b) if "filter" in a.dims else (b, a)))
+    imager, ifu = (a, b) if "filter" in a.dims else (b, a)
+    if result is not None:
+        from .jwst import observations_for
+
+        return observations_for(result, imager, ifu)
+    return jwst_observations(imager, ifu)
 
 
 def _channel_edges(obs):

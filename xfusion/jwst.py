@@ -662,6 +662,7 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
     factors = np.ones(len(use))
     if cross_calibration:
         factors, R = cross_calibrate(ym, yh, R, mm, mh)
+    psf_default = psf is None
     if psf is None:
         psf = _psf_nodes(ifu, px_m, n_psf_nodes)
     elif not (isinstance(psf, xr.DataArray) and "psf_energy" in psf.dims
@@ -689,7 +690,11 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
     x_obs.attrs.update(keep)
     x_obs.attrs.update(name=str(imager.attrs.get("name", "imager")), spectral_unit="um", data_term="gaussian",
                        jwst_role="imager", margin_pixels=pad, cross_calibration=json.dumps(
-                           {f: float(c) for f, c in zip(use, factors)}), bunit=bunit)
+                           {f: float(c) for f, c in zip(use, factors)}), bunit=bunit,
+                       jwst_options=json.dumps({"filters": use, "cross_calibration": bool(cross_calibration),
+                                                "margin": b, "gamma": gamma, "n_psf_nodes": int(n_psf_nodes),
+                                                "psf": "default" if psf_default else "given",
+                                                "response": "default" if response is None else "given"}))
     y_obs = xr.Dataset(coords={c: ifu[c].variable.copy() for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
     y_obs["counts"] = (("x", "y", "energy"), yh.copy(), {"units": bunit})
     y_obs["variance"] = (("x", "y", "energy"), vh.copy(), {"units": f"({bunit})2"})
@@ -786,9 +791,73 @@ def finish_result(ds, grid, x_obs=None):
             ds[k].attrs["long_name"] = ("Gaussian data terms sum gamma w (d - m)^2 / (2 var) over both data sets"
                                         if k == "data_term" else "objective = data_term + penalty")
     ds.attrs.update(flux_units=units, spectral_unit="um", margin_pixels=pad)
-    if x_obs is not None and "cross_calibration" in x_obs.attrs:
-        ds.attrs["cross_calibration"] = x_obs.attrs["cross_calibration"]
+    if x_obs is not None:
+        for k in ("cross_calibration", "jwst_options"):
+            if k in x_obs.attrs:
+                ds.attrs[k] = x_obs.attrs[k]
     return ds
+
+
+def _recorded_options(result):
+    """The options of :func:`observations` a result was fitted with (``attrs["jwst_options"]``); for a result
+    without them (older): the filters of ``model_spatial`` and ``cross_calibration`` False when every recorded
+    factor is exactly 1."""
+    if "jwst_options" in result.attrs:
+        return json.loads(result.attrs["jwst_options"])
+    opts = {}
+    if "model_spatial" in result and "filter" in result["model_spatial"].coords:
+        opts["filters"] = [str(f) for f in result["model_spatial"]["filter"].values]
+    if "cross_calibration" in result.attrs:
+        cal = json.loads(result.attrs["cross_calibration"])
+        opts["cross_calibration"] = not all(float(c) == 1.0 for c in cal.values())
+    return opts
+
+
+def observations_for(result, imager, ifu):
+    """:func:`observations` of ``imager`` and ``ifu`` (the JWST layout) with the options ``result`` was fitted
+    with (filters, cross-calibration, margin, gamma, PSF nodes: ``attrs["jwst_options"]``), for
+    :func:`xfusion.uncertainty`. A fit with a user PSF or response cannot be rebuilt from the raw Datasets:
+    refused (pass the observations built for the fit)."""
+    opts = _recorded_options(result)
+    given = [k for k in ("psf", "response") if opts.get(k) == "given"]
+    if given:
+        raise ValueError(f"the result was fitted with a user {' and '.join(given)}, which it does not record: pass "
+                         f"the observations it was fitted on, xfusion.jwst.observations(imager, ifu, "
+                         f"{', '.join(f'{k}=...' for k in given)}, ...), instead of the raw imager and IFU")
+    kw = {k: opts[k] for k in ("filters", "cross_calibration", "margin", "gamma", "n_psf_nodes") if k in opts}
+    if "filters" in kw:
+        have = [str(f) for f in imager["filter"].values]
+        missing = [f for f in kw["filters"] if f not in have]
+        if missing:
+            raise ValueError(f"the result was fitted on the filters {kw['filters']} but the imager has no "
+                             f"{missing} (it has {have}): pass the imager the result was fitted on")
+    return observations(imager, ifu, **kw)
+
+
+def check_observations_match(result, x_obs, y_obs):
+    """Refuse imager + IFU observations that are not those ``result`` was fitted on: other filters, another
+    cross-calibration (e.g. ``cross_calibration`` True against False), margin or IFU weight ``gamma``."""
+    opts = _recorded_options(result)
+    use = [str(f) for f in x_obs["filter"].values]
+    fit = opts.get("filters")
+    if fit is not None and list(fit) != use:
+        raise ValueError(f"the result was fitted on the filters {list(fit)} but the observations hold {use}: pass "
+                         f"the imager restricted to the fitted filters (imager.sel(filter={list(fit)})) or its "
+                         "raw Datasets (rebuilt with the fit's options)")
+    if "cross_calibration" in result.attrs and "cross_calibration" in x_obs.attrs:
+        a, b = json.loads(result.attrs["cross_calibration"]), json.loads(x_obs.attrs["cross_calibration"])
+        if set(a) == set(b) and any(not np.isclose(a[f], b[f], rtol=1e-9, atol=0) for f in a):
+            raise ValueError(f"the result's cross-calibration factors {a} differ from the observations' {b}: they "
+                             "were built with other options (cross_calibration=, response=) or other data. Pass the "
+                             "observations the result was fitted on")
+    pad = result.attrs.get("margin_pixels")
+    if pad is not None and int(pad) != int(x_obs.attrs.get("margin_pixels", 0)):
+        raise ValueError(f"the result was fitted with a margin of {int(pad)} imager pixels but the observations have "
+                         f"{int(x_obs.attrs.get('margin_pixels', 0))}: build them with the fit's margin")
+    g = opts.get("gamma")
+    if g is not None and not np.isclose(float(g), float(y_obs.attrs.get("gamma", 1.0)), rtol=1e-12):
+        raise ValueError(f"the result was fitted with gamma={g} but the IFU observation has gamma="
+                         f"{y_obs.attrs.get('gamma', 1.0)}: build the observations with the fit's gamma")
 
 
 def fuse_jwst(imager, ifu, *, psf=None, filters=None, rank=None, mu=DEFAULT_MU, gamma=1.0, max_iter=300, tol=1e-6,

@@ -625,8 +625,15 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
                         f"given to xfusion.fuse); got {len(observations)}")
     from .fuse import _wavelength_inputs
 
-    observations = tuple(_wavelength_inputs(observations))  # JWST imager + IFU layout -> observations (as fuse)
+    raw = tuple(observations)
+    observations = tuple(_wavelength_inputs(raw, result))  # JWST imager + IFU layout -> observations (as the fit)
     wavelength = any(o.attrs.get("spectral_unit") == "um" for o in observations)
+    if wavelength and len(observations) == 2 and all(isinstance(o, xr.Dataset) for o in observations):
+        from .jwst import check_observations_match
+
+        pair = {o.attrs.get("jwst_role"): o for o in observations}
+        if set(pair) == {"imager", "ifu"}:  # the filters and options the result was fitted with
+            check_observations_match(result, pair["imager"], pair["ifu"])
     for o in observations:
         if not isinstance(o, xr.Dataset) or "counts" not in o:
             raise ValueError("every observation must be an xfusion observation (a Dataset with 'counts'); got "
