@@ -561,7 +561,9 @@ def jwst_validation(imager_data, ifu_data, flux, response, *, filters=None, fact
     if np.any(cnt == 0):
         raise ValueError("some IFU channels have no valid spaxel: the mean spectrum is undefined there")
     mh = np.where(vh, yh, 0.0).sum(axis=(0, 1)) / cnt
-    mz = z.mean(axis=(0, 1))
+    m_, n_ = yh.shape[:2]  # the fused cube over the same field: the pixels of the valid spaxels, per channel
+    zb = z.reshape(m_, factor, n_, factor, z.shape[-1]).mean(axis=(1, 3))
+    mz = np.where(vh, zb, 0.0).sum(axis=(0, 1)) / cnt
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(mh != 0, (mz - mh) / np.where(mh != 0, mh, 1.0), np.nan)
     return {"filters": out, "min_psnr_db": float(min(v["psnr_db"] for v in out.values())),
