@@ -531,3 +531,26 @@ def test_jwst_validation_mean_spectrum_over_the_same_field():
     assert v["mean_spectrum_max_rel_error"] < 1e-12
     v = metrics.jwst_validation(z @ R, yh, z, R)  # no mask: the whole field, where the cube differs
     assert v["mean_spectrum_max_rel_error"] > 0.1
+
+
+def test_user_psf_is_checked_finite_normalized_and_on_the_imagers_pixels():
+    """Session 29 red team: a PSF x 2 (NMSE 16 dB instead of 30), one on 0.1" pixels, or with a NaN (an unrelated
+    'predicts zero counts' error) were accepted."""
+    import warnings
+
+    imager, ifu, truth = jwst.make_toy(size=12, n_channels=16)
+    psf = truth["psf"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jwst.observations(imager, ifu, psf=psf)  # the right PSF: no warning
+    with pytest.raises(ValueError, match=r"psf does not sum to 1 at every node \(1.66 um: 2,.*Normalize it"):
+        jwst.observations(imager, ifu, psf=psf * 2)
+    with pytest.warns(UserWarning, match="psf sums to 1.66 um: 0.95.*truncated"):
+        jwst.observations(imager, ifu, psf=psf * 0.95)
+    coarse = jwst.ifu_psf_stack(np.linspace(1.66, 2.30, 5), 0.1)
+    with pytest.raises(ValueError, match=r"sampled on 0.1\" pixels \(psf_x\) but the imager's pixels are 0.0333333\""):
+        jwst.observations(imager, ifu, psf=coarse)
+    bad = psf.copy(deep=True)
+    bad[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"psf has 1 NaN or inf value\(s\) \(at nodes \[1\]\)"):
+        jwst.observations(imager, ifu, psf=bad)

@@ -607,6 +607,43 @@ def _check_inputs(imager, ifu, filters):
     return im, use, factor
 
 
+def _check_psf(psf, pixel):
+    """A user PSF stack: finite, each node summing to 1 (refused beyond 10 %, warned of beyond 1 %: the IFU model's
+    block mean would scale the flux by the sum, which the cross-calibration and the fit then absorb), sampled on
+    the imager's pixels (``psf_x``/``psf_y`` ``pixel_size`` or coordinate spacing, where known)."""
+    import warnings
+
+    for c in ("psf_x", "psf_y"):
+        if c not in psf.dims:
+            raise ValueError(f"psf has no {c} dimension: it must be (psf_energy [um], psf_x, psf_y) on the imager's "
+                             "pixels (see xfusion.jwst.ifu_psf_stack)")
+    v = np.asarray(psf.transpose("psf_energy", "psf_x", "psf_y").values, dtype=np.float64)
+    bad = ~np.isfinite(v)
+    if bad.any():
+        raise ValueError(f"the psf has {int(bad.sum())} NaN or inf value(s) (at nodes "
+                         f"{sorted(set(np.nonzero(bad)[0].tolist()))}): give a finite PSF (zero outside its support)")
+    sums = v.sum(axis=(1, 2))
+    nodes = psf["psf_energy"].values
+    off = np.abs(sums - 1.0)
+    text = ", ".join(f"{float(w):.4g} um: {float(t):.4g}" for w, t in zip(nodes, sums))
+    if np.any(off > 0.1):
+        raise ValueError(f"the psf does not sum to 1 at every node ({text}): the IFU model is the block mean of the "
+                         "PSF-blurred cube, so a PSF summing to s scales the IFU's flux by s (the surface "
+                         "brightness is not conserved). Normalize it: psf / psf.sum(('psf_x', 'psf_y'))")
+    if np.any(off > 0.01):
+        warnings.warn(f"the psf sums to {text} (not 1): the IFU model scales the flux by the sum; normalize it "
+                      "(psf / psf.sum(('psf_x', 'psf_y'))) unless the missing flux is real (a truncated PSF)",
+                      UserWarning, stacklevel=4)
+    for c in ("psf_x", "psf_y"):
+        size = psf[c].attrs.get("pixel_size") if c in psf.coords else None
+        if size is None and c in psf.coords and psf.sizes[c] > 1 and np.issubdtype(psf[c].dtype, np.number):
+            size = float(np.mean(np.diff(psf[c].values)))
+        if size is not None and not np.isclose(float(size), pixel, rtol=1e-3):
+            raise ValueError(f"the psf is sampled on {float(size):.6g}\" pixels ({c}) but the imager's pixels are "
+                             f"{pixel:.6g}\": the IFU PSF acts on the fused cube at the imager's resolution. Resample "
+                             "it onto the imager's pixels (xfusion.jwst.ifu_psf_stack(nodes, imager pixel))")
+
+
 def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibration=True, response=None,
                  n_psf_nodes=5, gamma=1.0):
     r"""The imager and the IFU as xfusion observations, so that :func:`xfusion.fuse` fuses them.
@@ -669,6 +706,8 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
               and psf["psf_energy"].attrs.get("units") == "um"):
         raise ValueError("psf must be a DataArray (psf_energy [um], psf_x, psf_y) on the imager's pixels (see "
                          "xfusion.jwst.ifu_psf_stack)")
+    else:
+        _check_psf(psf, px_m)
     pw = [(pad, pad), (pad, pad), (0, 0)]
     xs = im["x"].values.astype(np.float64)
     ys = im["y"].values.astype(np.float64)
