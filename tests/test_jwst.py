@@ -554,3 +554,23 @@ def test_user_psf_is_checked_finite_normalized_and_on_the_imagers_pixels():
     bad[1, 0, 0] = np.nan
     with pytest.raises(ValueError, match=r"psf has 1 NaN or inf value\(s\) \(at nodes \[1\]\)"):
         jwst.observations(imager, ifu, psf=bad)
+
+
+def test_i2d_without_dq_reads_with_wht_and_nan_as_the_mask(tmp_path):
+    """Session 29 red team: a pipeline i2d (SCI, ERR, CON, WHT, VAR_*: no DQ) was refused ('no DQ extension')."""
+    sci = np.ones((6, 9), np.float32)
+    sci[2, 3] = np.nan
+    wht = np.ones((6, 9), np.float32)
+    wht[0, :2] = 0  # no data there
+    h = fits.Header(_celestial(0.031 / 3600))
+    prim = fits.PrimaryHDU()
+    prim.header["FILTER"], prim.header["INSTRUME"] = "F200W", "NIRCAM"
+    fits.HDUList([prim, fits.ImageHDU(sci, h, name="SCI"), fits.ImageHDU(sci * 0 + 0.1, name="ERR"),
+                  fits.ImageHDU(np.zeros((1, 6, 9), np.int32), name="CON"), fits.ImageHDU(wht, name="WHT"),
+                  fits.ImageHDU(sci * 0.01, name="VAR_POISSON")]).writeto(tmp_path / "f200w_i2d.fits")
+    im = read_nircam_i2d(tmp_path / "f200w_i2d.fits")
+    m = im["mask"].isel(filter=0).values  # (x, y)
+    assert int((~m).sum()) == 3 and not m[3, 2] and not m[0, 0] and not m[1, 0]
+    fits.HDUList([prim, fits.ImageHDU(sci, h, name="SCI")]).writeto(tmp_path / "noerr_i2d.fits")
+    with pytest.raises(ValueError, match="no ERR extension; a JWST i2d/s3d product has SCI and ERR"):
+        read_nircam_i2d(tmp_path / "noerr_i2d.fits")

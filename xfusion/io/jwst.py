@@ -3,16 +3,17 @@
 Layout read (JWST pipeline products, as documented in the JWST Calibration Pipeline "Data
 Products" pages): a primary HDU with the observation keywords (``INSTRUME``, ``FILTER``,
 ``GRATING``, ``TARGNAME``...), then image extensions ``SCI`` (surface brightness,
-``BUNIT = 'MJy/sr'``), ``ERR`` (1-sigma error, same unit), ``DQ`` (bit flags, 0 = good) and
+``BUNIT = 'MJy/sr'``), ``ERR`` (1-sigma error, same unit), ``DQ`` (bit flags, 0 = good; s3d
+cubes have it, pipeline i2d images do not), ``WHT`` (i2d: drizzle weight, 0 = no data) and
 more we do not need. ``SCI`` carries the WCS and ``PIXAR_SR`` (pixel area, sr). For an
 ``s3d`` cube the FITS axes are (RA, Dec, wavelength) -- NumPy shape ``(nwave, ny, nx)`` --
 with ``CTYPE3 = 'WAVE'``, ``CUNIT3 = 'um'``, ``CRVAL3``/``CDELT3``/``CRPIX3`` (a linear
 wavelength grid; tabulated ``WAVE-TAB`` grids are refused with a clear message).
 
 Both readers return Datasets in the layout of :mod:`xfusion.jwst` (``data``, ``variance`` =
-ERR**2, ``mask`` = DQ == 0 and finite SCI/ERR, coords ``x``/``y`` in arcsec offsets from the
-reference pixel; NaN values stay in ``data`` but are masked, never patched). Axis order:
-``x`` is FITS axis 1 (columns), ``y`` axis 2 (rows), oriented as xfusion's grids: x to the west,
+ERR**2, ``mask`` = finite SCI/ERR, ERR > 0, DQ == 0 and WHT > 0 where present, coords
+``x``/``y`` in arcsec offsets from the reference pixel; NaN values stay in ``data`` but are
+masked, never patched). Axis order: ``x`` is FITS axis 1 (columns), ``y`` axis 2 (rows), oriented as xfusion's grids: x to the west,
 y to the north. A product whose WCS has x to the east or y to the south (a mirrored or
 180-degree rotated image: ``CD1_1 > 0`` or ``CD2_2 < 0``) is flipped to that orientation (its
 WCS with it; ``attrs["reoriented"]`` says so); a rotated one is refused (reproject it north-up
@@ -28,11 +29,14 @@ import xarray as xr
 SURFACE_BRIGHTNESS = ("MJy/sr", "MJy sr-1", "MJy.sr-1", "MJy/str")
 
 
-def _hdu(hdul, name, path):
+def _hdu(hdul, name, path, required=True):
     try:
         return hdul[name]
     except KeyError:
-        raise ValueError(f"{path}: no {name} extension; a JWST i2d/s3d product has SCI, ERR and DQ") from None
+        if not required:
+            return None
+        raise ValueError(f"{path}: no {name} extension; a JWST i2d/s3d product has SCI and ERR (and DQ or WHT)") \
+            from None
 
 
 def _pixel_scale_arcsec(h, path, shape_xy=None):
@@ -97,7 +101,8 @@ def _xy(nx, ny, pixel, crpix1, crpix2):
 def _common(hdul, path, ndim):
     sci = _hdu(hdul, "SCI", path)
     err = _hdu(hdul, "ERR", path)
-    dq = _hdu(hdul, "DQ", path)
+    dq = _hdu(hdul, "DQ", path, required=False)  # pipeline i2d products have none: WHT and NaN say what is masked
+    wht = _hdu(hdul, "WHT", path, required=False)
     h = sci.header
     unit = str(h.get("BUNIT", "")).strip()
     if unit not in SURFACE_BRIGHTNESS:
@@ -105,10 +110,16 @@ def _common(hdul, path, ndim):
                          "product to MJy/sr (PIXAR_SR gives the pixel solid angle) before fusing")
     d = np.asarray(sci.data, dtype=np.float64)
     e = np.asarray(err.data, dtype=np.float64)
-    q = np.asarray(dq.data)
-    if d.ndim != ndim or e.shape != d.shape or q.shape != d.shape:
-        raise ValueError(f"{path}: SCI {d.shape}, ERR {e.shape}, DQ {q.shape} must be {ndim}D arrays of one shape")
-    mask = (q == 0) & np.isfinite(d) & np.isfinite(e) & (e > 0)
+    if d.ndim != ndim or e.shape != d.shape:
+        raise ValueError(f"{path}: SCI {d.shape} and ERR {e.shape} must be {ndim}D arrays of one shape")
+    mask = np.isfinite(d) & np.isfinite(e) & (e > 0)
+    for name, hdu, ok in (("DQ", dq, lambda a: a == 0), ("WHT", wht, lambda a: np.isfinite(a) & (a > 0))):
+        if hdu is None or hdu.data is None:
+            continue
+        a = np.asarray(hdu.data)
+        if a.shape != d.shape:
+            raise ValueError(f"{path}: {name} {a.shape} must have the shape of SCI {d.shape}")
+        mask &= ok(a)
     return h, d, e, mask, unit
 
 
@@ -129,7 +140,8 @@ def _attrs(hdul, h, unit, w, path, flips=(False, False)):
 def read_nircam_i2d(path, filter=None):
     """One NIRCam ``i2d`` image as a one-filter imager Dataset (x, y, filter).
 
-    ``data`` MJy/sr, ``variance`` (MJy/sr)**2 = ERR**2, ``mask`` (DQ == 0, finite, ERR > 0).
+    ``data`` MJy/sr, ``variance`` (MJy/sr)**2 = ERR**2, ``mask`` (finite, ERR > 0, DQ == 0 and WHT > 0 where present:
+    pipeline i2d products have WHT and no DQ).
     ``filter`` overrides the primary header's ``FILTER`` keyword. Stack several filters
     (same WCS) with :func:`stack_filters`.
     """
