@@ -574,3 +574,33 @@ def test_i2d_without_dq_reads_with_wht_and_nan_as_the_mask(tmp_path):
     fits.HDUList([prim, fits.ImageHDU(sci, h, name="SCI")]).writeto(tmp_path / "noerr_i2d.fits")
     with pytest.raises(ValueError, match="no ERR extension; a JWST i2d/s3d product has SCI and ERR"):
         read_nircam_i2d(tmp_path / "noerr_i2d.fits")
+
+
+def test_held_out_check_and_cli_with_masked_pixels_and_bad_names(tmp_path, capsys):
+    """Session 29 red team: held_out_check and the CLI's --held-out failed after the fusion with 'the truth contains
+    NaN' on any masked imager pixel; the CLI noticed an unknown --held-out name only after fusing, and holding out
+    every filter was an 'internal error'."""
+    from xfusion import cli
+
+    imager, ifu, _ = jwst.make_toy(size=12, n_channels=16)
+    d, m = imager["data"].values.copy(), np.ones(imager["data"].shape, bool)
+    d[5, 5, :], m[5, 5, :] = np.nan, False
+    masked = jwst.imager_dataset(d, imager["variance"].values, list(imager["filter"].values),
+                                 imager["x"].attrs["pixel_size"], mask=m)
+    _, ref = jwst.held_out_check(imager, ifu, ["F187N"], max_iter=10)
+    _, got = jwst.held_out_check(masked, ifu, ["F187N"], max_iter=10)
+    assert np.isfinite(got["F187N"]["psnr_db"]) and abs(got["F187N"]["psnr_db"] - ref["F187N"]["psnr_db"]) < 1.0
+    with pytest.raises(ValueError, match=r"held-out filters \['f187n'\] are not in the imager .*case-sensitive"):
+        jwst.held_out_check(imager, ifu, ["f187n"])
+    i2d, s3d = _toy_to_fits(imager, ifu, tmp_path)
+    for p in i2d:  # DQ-flagged NaN pixels, as at the edge of a real mosaic
+        with fits.open(p, mode="update") as h:
+            h["SCI"].data[0, :3] = np.nan
+            h["DQ"].data[0, :3] = 1
+    capsys.readouterr()
+    assert cli.main(["jwst", "--imager", *i2d, "--ifu", s3d, "--held-out", "F187N", "--max-iter", "5"]) == 0
+    assert "held out" in capsys.readouterr().out
+    assert cli.main(["jwst", "--imager", *i2d, "--ifu", s3d, "--held-out", "F999W"]) == 3
+    assert "--held-out: held-out filters ['F999W'] are not in the imager" in capsys.readouterr().err
+    assert cli.main(["jwst", "--imager", *i2d[:2], "--ifu", s3d, "--held-out", "F182M", "F187N"]) == 3
+    assert "some, not all" in capsys.readouterr().err

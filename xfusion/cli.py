@@ -545,11 +545,14 @@ def cmd_jwst(args):
         imager = iojwst.stack_filters([iojwst.read_nircam_i2d(f) for f in args.imager])
         ifu = iojwst.read_nirspec_s3d(args.ifu)
     inputs = [f for f in list(args.imager or []) + [args.ifu] if f and not args.toy]
-    if args.output:  # before any computing (the fusion takes a while)
-        _prepare_output(args.output, inputs=inputs)
     names = [str(f) for f in imager["filter"].values]
     held = list(args.held_out or [])
-    keep = [f for f in names if f not in held]
+    try:  # before any computing (the fusion takes a while)
+        keep = jwst.check_held_out(names, held) if held else names
+    except ValueError as exc:
+        raise InputError(f"--held-out: {exc}") from None
+    if args.output:
+        _prepare_output(args.output, inputs=inputs)
     opts = {k: v for k, v in (("mu", args.mu), ("rank", args.rank), ("gamma", args.gamma), ("max_iter", args.max_iter))
             if v is not None}
     result = jwst.fuse_jwst(imager, ifu, filters=keep, **opts)
@@ -565,13 +568,8 @@ def cmd_jwst(args):
                                 ifu_mask=ifu["mask"].transpose("x", "y", "energy").values)
     rows = {f: dict(v["filters"][f], used="yes") for f in keep}
     if held:
-        R = jwst.filter_response(held, jwst._edges(ifu))
-        yh = imager.sel(filter=held)["data"].transpose("x", "y", "filter").values
-        _, R = jwst.cross_calibrate(yh, ifu["data"].transpose("x", "y", "energy").values, R)
-        pred = result["flux"].values.astype(float) @ R
-        for i, f in enumerate(held):
-            rows[f] = {"psnr_db": metrics.psnr(yh[..., i], pred[..., i]),
-                       "ssim": metrics.ssim_image(yh[..., i], pred[..., i]), "used": "held out"}
+        for f, row in jwst.held_out_scores(imager, ifu, result["flux"].values, held).items():
+            rows[f] = dict(row, used="held out")
     print(metrics.format_report(rows, name_header="filter"))
     print(f"mean spectrum vs the IFU: max relative error {v['mean_spectrum_max_rel_error']:.4f}")
     if args.output:

@@ -984,20 +984,50 @@ def held_out_check(imager, ifu, held_out, **options):
     Returns ``(result, {filter: {"psnr_db", "ssim"}})``. ``DEFAULT_MU`` was measured for five filters; with
     fewer, pass ``mu="auto"`` (data fission on the fused filters and the IFU only, never the held-out images):
     on the toy it picks 0.001 and lifts held-out F212N from 28.3 to 30.7 dB (seed 0; docs/jwst.rst).
+    Masked imager pixels do not count (:func:`held_out_scores`).
     """
-    from .metrics import psnr, ssim_image
-
     names = [str(f) for f in imager["filter"].values]
     held = [held_out] if isinstance(held_out, str) else [str(f) for f in held_out]
-    keep = [f for f in names if f not in held]
-    if not keep or len(keep) == len(names):
-        raise ValueError(f"held_out must name some, not all, of the imager's filters {names}; got {held}")
+    keep = check_held_out(names, held)
     res = fuse_jwst(imager, ifu, filters=keep, **options)
-    edges = _edges(ifu)
-    R = filter_response(held, edges)
-    ym = imager.sel(filter=held)["data"].transpose("x", "y", "filter").values
-    if options.get("cross_calibration", True):
-        _, R = cross_calibrate(ym, ifu["data"].transpose("x", "y", "energy").values, R)
-    pred = res["flux"].values.astype(np.float64) @ R
-    return res, {f: {"psnr_db": psnr(ym[..., i], pred[..., i]), "ssim": ssim_image(ym[..., i], pred[..., i])}
-                 for i, f in enumerate(held)}
+    return res, held_out_scores(imager, ifu, res["flux"].values, held, options.get("cross_calibration", True))
+
+
+def check_held_out(names, held):
+    """The filters to fuse when ``held`` (names) are held out of the imager's ``names``: refuses unknown or
+    repeated names and holding out every filter (before any fusion)."""
+    unknown = [f for f in held if f not in names]
+    if unknown:
+        raise ValueError(f"held-out filters {unknown} are not in the imager (it has {names}; names are "
+                         "case-sensitive)")
+    if len(set(held)) != len(held):
+        raise ValueError(f"held-out filters {held} name a filter twice")
+    keep = [f for f in names if f not in held]
+    if not keep or not held:
+        raise ValueError(f"held_out must name some, not all, of the imager's filters {names}; got {held}")
+    return keep
+
+
+def held_out_scores(imager, ifu, flux, held, cross_calibration=True):
+    """PSNR and SSIM of the filters ``held`` (held out of the fit) against a fused cube ``flux`` (x, y, energy) on
+    the imager's field: each integrated over its throughput, cross-calibrated against the IFU over the common
+    valid field (:func:`cross_calibrate` with the masks); masked imager pixels do not count (replaced by the
+    prediction, as :func:`xfusion.metrics.jwst_validation`). Returns ``{filter: {"psnr_db", "ssim"}}``."""
+    from .metrics import psnr, ssim_image
+
+    sel = imager.sel(filter=held)
+    ym = sel["data"].transpose("x", "y", "filter").values.astype(np.float64)
+    mm = sel["mask"].transpose("x", "y", "filter").values.astype(bool) if "mask" in sel else np.isfinite(ym)
+    yh = ifu["data"].transpose("x", "y", "energy").values.astype(np.float64) * ifu_unit_factor(imager, ifu)
+    mh = ifu["mask"].transpose("x", "y", "energy").values.astype(bool) if "mask" in ifu else np.isfinite(yh)
+    R = filter_response(held, _edges(ifu))
+    if cross_calibration:
+        _, R = cross_calibrate(ym, yh, R, mm, mh)
+    pred = np.asarray(flux, dtype=np.float64) @ R
+    out = {}
+    for i, f in enumerate(held):
+        if not mm[..., i].any():
+            raise ValueError(f"the held-out filter {f} has no valid pixel: it cannot be compared")
+        obs = np.where(mm[..., i], ym[..., i], pred[..., i])
+        out[f] = {"psnr_db": psnr(obs, pred[..., i]), "ssim": ssim_image(obs, pred[..., i])}
+    return out

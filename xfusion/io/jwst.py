@@ -13,8 +13,8 @@ wavelength grid; tabulated ``WAVE-TAB`` grids are refused with a clear message).
 Both readers return Datasets in the layout of :mod:`xfusion.jwst` (``data``, ``variance`` =
 ERR**2, ``mask`` = finite SCI/ERR, ERR > 0, DQ == 0 and WHT > 0 where present, coords
 ``x``/``y`` in arcsec offsets from the reference pixel; NaN values stay in ``data`` but are
-masked, never patched). Axis order: ``x`` is FITS axis 1 (columns), ``y`` axis 2 (rows), oriented as xfusion's grids: x to the west,
-y to the north. A product whose WCS has x to the east or y to the south (a mirrored or
+masked, never patched). Axis order: ``x`` is FITS axis 1 (columns), ``y`` axis 2 (rows),
+oriented as xfusion's grids: x to the west, y to the north. A product whose WCS has x to the east or y to the south (a mirrored or
 180-degree rotated image: ``CD1_1 > 0`` or ``CD2_2 < 0``) is flipped to that orientation (its
 WCS with it; ``attrs["reoriented"]`` says so); a rotated one is refused (reproject it north-up
 first). The celestial WCS (of the array as returned) is kept as the header
