@@ -604,3 +604,26 @@ def test_held_out_check_and_cli_with_masked_pixels_and_bad_names(tmp_path, capsy
     assert "--held-out: held-out filters ['F999W'] are not in the imager" in capsys.readouterr().err
     assert cli.main(["jwst", "--imager", *i2d[:2], "--ifu", s3d, "--held-out", "F182M", "F187N"]) == 3
     assert "some, not all" in capsys.readouterr().err
+
+
+def test_duplicate_or_empty_filters_psf_nodes_and_wavelength_unit_hints():
+    """Session 29 red team: a filter twice (pandas InvalidIndexError, or weighted twice), a fully masked filter (NaN
+    calibration, then an unrelated error), n_psf_nodes=0 ('max() arg is an empty sequence'), a grid in nm or m (no
+    hint)."""
+    imager, ifu, _ = jwst.make_toy(size=12, n_channels=16)
+    with pytest.raises(ValueError, match=r"filters= names filter\(s\) \['F200W'\] more than once"):
+        jwst.observations(imager, ifu, filters=["F200W", "F200W"])
+    twice = imager.isel(filter=[0, 2, 2])
+    with pytest.raises(ValueError, match=r"the imager names filter\(s\) \['F200W'\] more than once"):
+        jwst.fuse_jwst(twice, ifu)
+    m = imager["mask"].values.copy()
+    m[..., 1] = False
+    with pytest.raises(ValueError, match=r"filter\(s\) \['F187N'\] have no valid pixel .*filters=\['F182M', 'F200W'"):
+        jwst.observations(imager.assign(mask=(imager["mask"].dims, m)), ifu)
+    with pytest.raises(ValueError, match="n_psf_nodes must be an integer >= 1"):
+        jwst.observations(imager, ifu, n_psf_nodes=0)
+    e = jwst._edges(ifu)
+    with pytest.raises(ValueError, match="looks like nm: give wavelengths in um"):
+        jwst.filter_response(["F182M"], e * 1000)
+    with pytest.raises(ValueError, match="looks like m: give wavelengths in um"):
+        jwst.filter_response(["F182M"], e * 1e-6)

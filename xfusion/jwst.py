@@ -170,9 +170,14 @@ def filter_response(filters, edges_um, throughput_curves=None, coverage=0.99):
             inside = np.trapezoid(t * ((fine >= e[0]) & (fine <= e[-1])), fine)
             col = throughput(name, lam) * dl
         if not (total > 0 and inside / total >= coverage and col.sum() > 0):
+            hint = ""
+            if e[-1] > 100:
+                hint = " (the grid looks like nm: give wavelengths in um, i.e. divide by 1000)"
+            elif e[-1] < 1e-3:
+                hint = " (the grid looks like m: give wavelengths in um, i.e. multiply by 1e6)"
             raise ValueError(f"filter {name} has only {inside / max(total, 1e-300):.1%} of its throughput inside the "
-                             f"wavelength grid {e[0]:.4g}-{e[-1]:.4g} um; symmetric fusion needs every filter inside "
-                             "the IFU's range: drop it or extend the grid")
+                             f"wavelength grid {e[0]:.4g}-{e[-1]:.4g} um{hint}; symmetric fusion needs every filter "
+                             "inside the IFU's range: drop it or extend the grid")
         cols.append(col / col.sum())
     return np.stack(cols, axis=1)
 
@@ -589,7 +594,12 @@ def _check_inputs(imager, ifu, filters):
     if ifu.attrs.get("spectral_unit", ifu["energy"].attrs.get("units")) != "um":
         raise ValueError("the IFU's spectral axis must be wavelength in um (attrs spectral_unit='um')")
     all_filters = [str(f) for f in imager["filter"].values]
-    use = all_filters if filters is None else list(filters)
+    use = all_filters if filters is None else [str(f) for f in filters]
+    for what, lst in (("the imager", all_filters), ("filters=", use)):
+        twice = sorted({f for f in lst if lst.count(f) > 1})
+        if twice:
+            raise ValueError(f"{what} names filter(s) {twice} more than once ({lst}): give each filter once (the "
+                             "same image twice would count twice in the fit)")
     missing = [f for f in use if f not in all_filters]
     if missing:
         raise ValueError(f"filters {missing} are not in the imager (it has {all_filters})")
@@ -696,10 +706,18 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
         if bad.any():
             raise ValueError(f"the {what} data contain {int(bad.sum())} non-finite values where the mask says valid; "
                              "pass mask=False there (e.g. from the DQ extension) -- xfusion never patches them silently")
+    empty = [f for i, f in enumerate(use) if not mm[..., i].any()]
+    if empty:
+        raise ValueError(f"filter(s) {empty} have no valid pixel (all masked: DQ flags, NaN or ERR <= 0): leave "
+                         f"them out (filters={[f for f in use if f not in empty]})")
     factors = np.ones(len(use))
     if cross_calibration:
         factors, R = cross_calibrate(ym, yh, R, mm, mh)
     psf_default = psf is None
+    if psf is None and (isinstance(n_psf_nodes, bool) or not isinstance(n_psf_nodes, (int, np.integer))
+                        or n_psf_nodes < 1):
+        raise ValueError(f"n_psf_nodes must be an integer >= 1 (wavelengths of the default PSF stack); got "
+                         f"{n_psf_nodes!r}")
     if psf is None:
         psf = _psf_nodes(ifu, px_m, n_psf_nodes)
     elif not (isinstance(psf, xr.DataArray) and "psf_energy" in psf.dims
