@@ -609,3 +609,21 @@ def test_only_stores_xfusion_wrote_are_ever_replaced_or_deleted(small_toy, tmp_p
             ZarrCheckpoint(ck).open()
         assert _tree(sibling) == kept
         shutil.rmtree(sibling)  # the test's own files
+
+
+def test_a_checkpoint_written_on_dask_resumes_in_memory_and_back(small_toy, tmp_path):
+    """Session 29 (red team): a checkpoint of a Dask-backed run, resumed with the same observations in memory, failed
+    at the first step (its state came back as Dask arrays: 'operand type(s) all returned NotImplemented'). Now the
+    state is read into memory; both directions give the uninterrupted cube (to the backends' float round-off)."""
+    x, y, _ = small_toy
+    kw = dict(KW, max_iter=8)
+    ref = xfusion.fuse(x, y, **kw)
+    lazy = (x.chunk({"x": 5}), y.chunk())
+    for i, (first, then) in enumerate(((lazy, (x, y)), ((x, y), lazy))):
+        ck = tmp_path / f"ck{i}.zarr"
+        xfusion.fuse(*first, checkpoint=ck, checkpoint_every=2, callback=lambda it, state: it == 5, **kw)
+        seen = []
+        r = xfusion.fuse(*then, checkpoint=ck, checkpoint_every=2, resume=True,
+                         callback=lambda it, state: seen.append(it), **kw)
+        assert seen[0] == 5 and r.attrs["iterations"] == 8
+        np.testing.assert_allclose(r.flux.values, ref.flux.values, rtol=0, atol=1e-5 * float(ref.flux.max()))

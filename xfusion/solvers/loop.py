@@ -143,6 +143,8 @@ def _iterate(method, x0, stop, max_iter, callback, progress, checkpoint, checkpo
     start = 0
     if stored is not None:
         state, history, start = stored
+        if isinstance(x0, np.ndarray):  # a checkpoint written on Dask, resumed in memory: its lazy state is read now
+            state = {k: np.asarray(v) if hasattr(v, "dask") else v for k, v in state.items()}
         for k in keys:  # a checkpoint written before the key was recorded
             history.setdefault(k, [np.nan] * len(history["objective"]))
     else:
