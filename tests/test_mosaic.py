@@ -300,3 +300,28 @@ def test_tile_with_an_energy_dependent_psf(small, cluster):
     with pytest.raises(NotImplementedError, match="energy-dependent PSF before a detector footprint"):
         xfusion.fuse(obs["pn"], same, obs["tile2"], client=cluster[1], **KW)
 
+
+
+def test_mos_with_an_energy_dependent_psf(small):
+    """Session 29 (red team): MOS beside pn with its relative PSF given per energy failed in memory and on Dask
+    ('operands could not be broadcast together with shapes (24,24,4) (40,)'): the blur acts after MOS's response, on
+    its own channels, but its band weights were made on the fused ones. The same kernel at both energies now gives
+    the fit of the energy-independent PSF, in memory and on Dask; and the subspace reduction is the model."""
+    from xfusion.grid import fusion_grid
+    from xfusion.operators.model import pixels_model
+
+    obs, _ = small
+    k = obs["mos1"]["psf"].values
+    same = _energy_psf(obs["mos1"], [k, k])
+    ref = xfusion.fuse(obs["pn"], obs["mos1"], obs["tile1"], **KW)
+    for inputs in ((obs["pn"], same, obs["tile1"]), tuple(o.chunk() for o in (obs["pn"], same, obs["tile1"]))):
+        got = xfusion.fuse(*inputs, **KW)
+        np.testing.assert_allclose(got.flux.values, ref.flux.values, rtol=0, atol=1e-5 * float(ref.flux.max()))
+    from scipy.ndimage import gaussian_filter
+
+    wide = gaussian_filter(k, 1.5)
+    m = pixels_model(fusion_grid(obs["pn"], obs["tile1"]), _energy_psf(obs["mos1"], [k, wide / wide.sum() * k.sum()]))
+    rng = np.random.default_rng(0)
+    basis, w = rng.random((3, m.fused_shape[2])), rng.random(m.fused_shape[:2] + (3,))
+    sp, v = m.reduced(basis)
+    np.testing.assert_allclose(sp.forward(w) @ v, m.forward(w @ basis), rtol=1e-9, atol=1e-12)

@@ -118,10 +118,12 @@ class InstrumentModel(Chain):
                              "given); use regularization='wavelet2d1d' or 'none'")
         v = np.asarray(basis, dtype=np.float64) * self.area
         if isinstance(self.spatial, EnergyDependentSpatial):
-            bands = [v * wb for wb in self.spatial.weights]
+            # the blur acts after the response, so its band weights are over the response's output channels:
+            # sum_b op_b(spectral(w Z) a_b) = sum_b op_b(W) (spectral(w basis) a_b) (session 29: the weights were
+            # applied before the response, which fails to broadcast for a MOS-like input and is not the model)
             if self.spectral is not None:
-                bands = [self.spectral.forward(b) for b in bands]
-            return StackedSpatial(self.spatial.ops), np.vstack(bands)
+                v = self.spectral.forward(v)
+            return StackedSpatial(self.spatial.ops), np.vstack([v * wb for wb in self.spatial.weights])
         if self.spectral is not None:
             v = self.spectral.forward(v)
         return self.spatial, v
@@ -319,7 +321,10 @@ def pixels_model(grid, obs) -> InstrumentModel:
     if "psf" not in obs:
         return m
     hw = (grid.sizes["x"], grid.sizes["y"])
-    spatial = _spatial_op(obs, hw, 1, psf_on_grid(obs["psf"], pixel_size(grid)), grid["energy"].values)
+    # the blur acts after the response, on the observation's own channels: an energy-dependent psf is weighted at
+    # their energies (session 29: at the fused channels', which failed to broadcast)
+    e = energy_edges(obs)
+    spatial = _spatial_op(obs, hw, 1, psf_on_grid(obs["psf"], pixel_size(grid)), 0.5 * (e[1:] + e[:-1]))
     return InstrumentModel(m.area, m.spectral, spatial, m.fused_shape, m.data_shape, None, m.background)
 
 
