@@ -286,3 +286,35 @@ def test_randomized_basis_honours_explained():
     assert pca_basis_randomized(d, rank=3).shape == (3, 300)
     with pytest.raises(ValueError, match="rank= or explained="):
         pca_basis_randomized(d)
+
+
+def test_a_result_whose_client_closed_is_refused_clearly(small_toy, tmp_path):
+    """Session 29 (red team): a fuse(..., client=) result written or used as init= after its client closed failed
+    inside Dask ("Missing dependency ('_rescaled-...', 0, 0, 0)"), and a closed client passed to fuse gave
+    "IOLoop is closed". Now each names the closed client and the fix."""
+    import distributed
+
+    x, y, _ = small_toy
+    kw = dict(regularization="wavelet2d1d", k=1.0, n_scales_1d=2, null_space="zero", max_iter=2, tol=None,
+              progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                                  silence_logs=40) as c, distributed.Client(c) as client:
+        r = xfusion.fuse(x, y, client=client, **kw)
+        xfusion.io.zarr.write(r, tmp_path / "open.zarr", client=client)  # fine while the client is open
+    with pytest.raises(ValueError, match="holds data computed on a Dask cluster whose client is now closed"):
+        xfusion.io.zarr.write(r, tmp_path / "closed.zarr")
+    assert not (tmp_path / "closed.zarr").exists()
+    with pytest.raises(ValueError, match="init= holds data computed on a Dask cluster whose client is now closed"):
+        xfusion.fuse(x, y, init=r, **kw)
+    with pytest.raises(ValueError, match="the Dask client is closed: pass an open client"):
+        xfusion.fuse(x, y, client=client, **kw)
+    done = xfusion.io.zarr.open(tmp_path / "open.zarr")
+    xfusion.fuse(x, y, init=done, **kw)  # the written result is a fine warm start
+
+
+def test_ista_on_dask_says_what_to_do(small_toy):
+    """Session 29 (red team): the refusal of method='ista' on Dask-backed data named no fix."""
+    x, y, _ = small_toy
+    with pytest.raises(NotImplementedError, match=r"method='em' \(got 'ista'\): use method='em'.*\.load\(\)"):
+        xfusion.fuse(x.chunk(), y.chunk(), regularization="wavelet2d1d", method="ista", k=1.0, n_scales_1d=2,
+                     null_space="zero", max_iter=2, tol=None, progress=False)

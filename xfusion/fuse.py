@@ -543,9 +543,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         EM + starlet iteration with halos (:mod:`xfusion.parallel_em`) -- and the returned
         cube is lazy (write it with ``xfusion.io.zarr.write``); option ``chunks=(bx, by)``
         sets the pixel block of the fused grid (default: from the cube shape, the PSF and
-        starlet halos and the memory per worker thread, ``_auto_chunks``); option ``layout``
-        ("halo", default, or "rechunk") places the PSF operators of the full-cube path on the
-        pixel blocks with halos or on full-field channel slabs (see ``DEFAULT_LAYOUT``).
+        starlet halos and the memory per worker thread, ``_auto_chunks``); the PSF operators of the
+        full-cube path run on the pixel blocks with their halos (option ``layout``, only "halo": the
+        full-field "rechunk" layout was removed).
         The workers give freed memory back to the system (distributed's setting); to have
         them keep it for a faster fit, run the call inside
         ``xfusion.solvers.heap.retained(client=client)`` (opt-in: the memory kept counts
@@ -614,7 +614,7 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
           starlet scales and threshold on each map of W.
 
         Dask path (any regularization): ``chunks`` ((bx, by) fused pixels, default None =
-        automatic) and ``layout`` ("halo" or "rechunk", full cube only; see ``client``).
+        automatic) and ``layout`` ("halo" only, full cube; see ``client``).
         method="ista": ``step`` (internal units, default None = 1/50 of the smallest EM step
         at the start). The documentation lists every option with its unit and default.
 
@@ -1077,7 +1077,9 @@ def _full_solver(problem, spec, method, params, start, init_record):
     reg = spec.build(params, level)
     if use_dask:
         if method != "em":
-            raise NotImplementedError("on Dask-backed data the full-cube regularizations run with method='em'")
+            raise NotImplementedError(f"on Dask-backed data the full-cube regularizations run with method='em' (got "
+                                      f"{method!r}): use method='em' (the default), or load the data (.load()) and "
+                                      "fuse without a client for the paper's fixed-step ISTA")
         if not spec.dask:
             raise NotImplementedError(f"regularization {spec.name!r} runs in memory only; load the data "
                                       "(without chunks=) or use regularization='wavelet2d1d' on Dask")

@@ -96,6 +96,9 @@ def check_workers(client, timeout=10.0, busy=0.9):
     seconds (e.g. workers whose ``memory_limit`` is below what a worker process uses at rest are
     restarted by their nanny over and over), or a worker already using more than ``busy`` of its
     ``memory_limit`` while idle."""
+    if getattr(client, "status", "running") in ("closing", "closed"):
+        raise ValueError(f"the Dask client is {client.status}: pass an open client, or client=None to run on this "
+                         "machine")  # (session 29: this failed inside Dask with 'IOLoop is closed')
     try:
         client.wait_for_workers(1, timeout=timeout)
     except (TimeoutError, OSError) as exc:

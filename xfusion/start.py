@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from . import parallel
+from .io.zarr import require_live
 from .observation import CUBE_DIMS
 
 
@@ -36,6 +37,7 @@ def check_init(init, grid, client=None):
                          f"fused grid; got {type(init).__name__}")
     if set(flux.dims) != set(CUBE_DIMS):
         raise ValueError(f"init= flux has dims {flux.dims}; a warm start needs dims {CUBE_DIMS} (the fused grid)")
+    require_live(flux, "init=")
     flux = flux.transpose(*CUBE_DIMS)
     want = {d: grid.sizes[d] for d in CUBE_DIMS}
     if dict(flux.sizes) != want:

@@ -201,6 +201,25 @@ def store(ds: xr.Dataset, path, *, mode="w", client=None, compute=True, marker=N
     return path
 
 
+def require_live(obj, what="the data"):
+    """Refuse a lazy Dataset/DataArray whose Dask graph holds data of a ``distributed`` cluster that is gone (its
+    futures cancelled or their client closed): e.g. a ``fuse(..., client=client)`` result used after the client was
+    closed (session 29: this failed inside Dask with "Missing dependency ..."). In-memory data pass."""
+    arrays = [v.data for v in obj.variables.values()] if isinstance(obj, xr.Dataset) else [getattr(obj, "data", obj)]
+    for a in arrays:
+        graph = getattr(a, "__dask_graph__", None)
+        if graph is None or graph() is None:
+            continue
+        for v in dict(graph()).values():
+            status = getattr(v, "status", None)
+            client = getattr(getattr(v, "client", None), "status", "running")
+            if type(v).__name__ == "Future" and (status in ("cancelled", "lost", "error") or client != "running"):
+                raise ValueError(f"{what} holds data computed on a Dask cluster whose client is now {client} (its "
+                                 f"results are {status}): write or load it while the client is open "
+                                 "(xfusion.io.zarr.write(result, path, client=client), or client.compute(result)"
+                                 ".result()), or fuse again")
+
+
 def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, inputs=None):
     """Write a Dataset to a new Zarr store (format 3), lazy variables chunk by chunk.
 
@@ -220,6 +239,7 @@ def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, in
     if isinstance(p, Path):
         _recover(p, p.absolute().parent / f".{p.name}.xfusion-tmp", p.absolute().parent / f".{p.name}.xfusion-old")
     p = check_output(path, inputs=sources(ds) if inputs is None else inputs, overwrite=overwrite)
+    require_live(ds, "the Dataset to write")
     out = _for_writing(ds, chunks)
     out.attrs[MARKER] = _version()
     tmp = p.absolute().parent / f".{p.name}.xfusion-tmp"
