@@ -200,3 +200,31 @@ def test_a_file_at_the_temporary_name_is_never_overwritten_or_removed(tmp_path):
         write_via_temporary(target, fails)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert write_via_temporary(target, lambda t: t.write_text("ok")) == target and target.read_text() == "ok"
+
+
+def test_ctrl_c_during_a_store_write_waits_for_the_store(tmp_path):
+    """Session 29: Ctrl-C inside Zarr's asynchronous writer left chunk writes running after the cleanup, which
+    recreated an unmarked temporary folder in the way of every later write (an uncertainty replica store then
+    refused to resume). Now the first Ctrl-C takes effect once the store is written and in place."""
+    import os
+    import signal
+
+    import dask.array as da
+
+    from xfusion.io import zarr as xzarr
+
+    fired = []
+
+    def interrupt(block):
+        if not fired:
+            fired.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return block
+
+    data = da.ones((8, 8, 4), chunks=(2, 2, 4)).map_blocks(interrupt, meta=np.empty((0, 0, 0)))  # run at compute
+    ds = xr.Dataset({"flux": (("x", "y", "energy"), data)})
+    with pytest.raises(KeyboardInterrupt):
+        xzarr.write(ds, tmp_path / "out.zarr")
+    assert fired and sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no temporary sibling left
+    np.testing.assert_array_equal(xzarr.open(tmp_path / "out.zarr")["flux"].values, np.ones((8, 8, 4)))
+    xzarr.write(xr.Dataset({"flux": (("x", "y", "energy"), np.ones((2, 2, 2)))}), tmp_path / "again.zarr")

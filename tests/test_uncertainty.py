@@ -389,9 +389,7 @@ def test_damaged_replica_store_is_refused_on_resume(fitted, tmp_path):
 CONCURRENT_RUN = """
 import signal
 import sys
-# Ctrl-C as in a terminal: a test run started in the background by a non-interactive shell (a CI script run with &)
-# inherits SIGINT ignored, and Python then never raises KeyboardInterrupt (the run went on and finished)
-signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, whatever the parent's disposition
 import xfusion
 from xfusion import scenes
 x, y, _ = scenes.make("cluster_core", seed=3, counts=3e5, size=(12, 240))

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import zarr as xzarr
-from .io.safe_files import writable_folder
+from .io.safe_files import signals_deferred, writable_folder
 from .io.writer_lock import WriterLock
 from .parallel import compute_many, is_dask
 
@@ -106,53 +106,6 @@ def _attrs(p: Path) -> dict:
     if not isinstance(attrs, dict):
         raise ValueError("root zarr.json has no attributes")
     return attrs
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Defer SIGINT and SIGTERM (main thread only) until the block ends, then deliver the first one.
-
-    A checkpoint commit is short and must not be cut inside Zarr's asynchronous writer: the first
-    signal is recorded and re-delivered to the previous handler after the commit (so Ctrl-C still
-    stops the run, right after a consistent checkpoint); a second signal during the block is
-    delivered at once.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending = []
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.getsignal(s) for s in sigs}
-
-    def record(signum, frame):
-        if pending:  # second signal: do not wait any longer
-            _deliver(previous[signum], signum, frame)
-        pending.append((signum, frame))
-
-    for s in sigs:
-        signal.signal(s, record)
-    try:
-        yield
-    finally:
-        for s in sigs:
-            signal.signal(s, previous[s])
-    if pending:
-        _deliver(previous[pending[0][0]], *pending[0])
-
-
-def _deliver(handler, signum, frame):
-    import signal
-
-    if callable(handler):
-        handler(signum, frame)
-    elif handler == signal.SIG_DFL and signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    elif handler == signal.SIG_DFL:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
 
 
 def describe(path):
@@ -312,7 +265,7 @@ class ZarrCheckpoint:
         ds = xr.Dataset(data, attrs={MARKER_ATTR: FORMAT, "complete": 0})
         # Ctrl-C / SIGTERM wait until the commit is done, so an interrupt never lands inside Zarr's
         # asynchronous writer (it left pending-task noise on stderr); a second signal is not deferred
-        with _signals_deferred():
+        with signals_deferred():
             if self.tmp.exists():
                 self._remove_ours(self.tmp)
             try:

@@ -12,6 +12,7 @@ Whether the path itself may be replaced (only files xfusion wrote and marked) is
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -41,3 +42,52 @@ def write_via_temporary(path, write):
     finally:
         tmp.unlink(missing_ok=True)  # only ours: refused above if it was there before
     return p
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Defer SIGINT and SIGTERM (main thread only) until the block ends, then deliver the first one.
+
+    A checkpoint commit or a store's write must not be cut inside Zarr's asynchronous writer (its
+    pending chunk writes go on in Zarr's thread and can recreate a folder the cleanup just removed:
+    session 29, a replica store left an unmarked ``.replica_00001.xfusion-tmp`` that blocked every
+    later run): the first signal is recorded and re-delivered to the previous handler after the
+    block (so Ctrl-C still stops the run, right after a consistent write); a second signal during the
+    block is delivered at once.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in sigs}
+
+    def record(signum, frame):
+        if pending:  # second signal: do not wait any longer
+            _deliver(previous[signum], signum, frame)
+        pending.append((signum, frame))
+
+    for s in sigs:
+        signal.signal(s, record)
+    try:
+        yield
+    finally:
+        for s in sigs:
+            signal.signal(s, previous[s])
+    if pending:
+        _deliver(previous[pending[0][0]], *pending[0])
+
+
+def _deliver(handler, signum, frame):
+    import signal
+
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL and signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from .safe_files import writable_folder
+from .safe_files import signals_deferred, writable_folder
 
 #: root attribute marking a store written by :func:`write`
 MARKER = "xfusion_store"
@@ -231,7 +231,8 @@ def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, in
     :func:`check_output` for what is refused; the checks run before any computing.
 
     The store is written to a temporary sibling and renamed onto ``path`` when complete;
-    encodings copied from the inputs (chunks, compressors) are dropped.
+    encodings copied from the inputs (chunks, compressors) are dropped. A first Ctrl-C (or SIGTERM)
+    during the write takes effect when the store is in place; a second one at once.
     """
     if chunks is not None and not isinstance(chunks, dict):
         raise TypeError(f"chunks must be a dict dim -> size; got {chunks!r}")
@@ -244,16 +245,20 @@ def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, in
     out.attrs[MARKER] = _version()
     tmp = p.absolute().parent / f".{p.name}.xfusion-tmp"
     old = p.absolute().parent / f".{p.name}.xfusion-old"
-    try:
-        store(out, tmp, client=client, marker={MARKER: out.attrs[MARKER]})
-    except BaseException:
-        with contextlib.suppress(OSError):  # the write's own error is the one to report
-            remove_marked(tmp, missing_ok=True)
-        raise
-    if p.exists():
-        os.replace(p, old)
-    os.replace(tmp, p)
-    remove_marked(old, missing_ok=True)
+    # Ctrl-C / SIGTERM wait until the store is written and in place (a second signal does not wait): an interrupt
+    # inside Zarr's asynchronous writer left chunk writes running after the cleanup, which recreated an unmarked
+    # temporary folder in the way of every later write (session 29)
+    with signals_deferred():
+        try:
+            store(out, tmp, client=client, marker={MARKER: out.attrs[MARKER]})
+        except BaseException:
+            with contextlib.suppress(OSError):  # the write's own error is the one to report
+                remove_marked(tmp, missing_ok=True)
+            raise
+        if p.exists():
+            os.replace(p, old)
+        os.replace(tmp, p)
+        remove_marked(old, missing_ok=True)
     return path
 
 
