@@ -267,10 +267,38 @@ def test_predict_models_an_image_with_a_relative_psf_as_fuse_does(small):
     i = names.index(obs["mos1"].attrs["name"])
     flux = truth["flux"].transpose("x", "y", "energy")
     want = models[i].expected(flux.values.astype(np.float64))
-    got = xfusion.predict(flux.astype(np.float64), obs["mos1"]).values
+    got = xfusion.predict(flux.astype(np.float64), obs["mos1"], role="pixels").values
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
     unblurred = xfusion.predict(flux.astype(np.float64), obs["mos1"].drop_vars("psf")).values
     assert np.max(np.abs(unblurred - want)) > 0.01 * want.max()
+    # a truth cube does not say whether an image carrying a psf sets the fused pixels or lies beside them
+    with pytest.raises(ValueError, match="role='spatial' or role='pixels'"):
+        xfusion.predict(flux.astype(np.float64), obs["mos1"])
+
+
+def test_predict_of_a_result_is_fuse_s_model_of_every_input(small):
+    """predict(result.flux, obs) == the result's model_* for every input, as fuse models it (session 29: predict
+    blurred the input that sets the fused pixels by its own psf, which fuse does not apply, 0.6 of the maximum off):
+    pn carrying its own psf (it sets the fused pixels: no blur), MOS beside it (its relative psf) and the Resolve
+    tiles (psf and footprint); with two inputs too (pn with its psf + one tile)."""
+    from xfusion.fuse import counts_of
+
+    obs, _ = small
+    psf = obs["mos1"]["psf"]
+    pn = obs["pn"].assign(psf=psf.copy(data=np.full(psf.shape, 1.0 / psf.size)))  # a wide psf: the blur would show
+    ins = [pn, obs["mos1"], obs["mos2"], obs["tile1"], obs["tile2"]]
+    for inputs in (ins, [pn, obs["tile1"]]):
+        r = xfusion.fuse(*inputs, **KW)
+        for i, o in enumerate(inputs):
+            want = counts_of(r, i)[0]
+            got = xfusion.predict(r["flux"], o).values  # the input's own axes, in its order
+            np.testing.assert_allclose(got, want.values, rtol=2e-5, atol=2e-5 * float(want.max()),
+                                       err_msg=o.attrs["name"])
+    # the same input given explicitly as the one that sets the fused pixels, or as a further image on them
+    np.testing.assert_allclose(xfusion.predict(r["flux"], pn, role="spatial").values,
+                               r["model_spatial"].values, rtol=2e-5, atol=2e-5 * float(r["model_spatial"].max()))
+    blurred = xfusion.predict(r["flux"], pn, role="pixels").values
+    assert np.max(np.abs(blurred - r["model_spatial"].values)) > 0.05 * float(r["model_spatial"].max())
 
 
 def _energy_psf(tile, kernels):

@@ -1262,6 +1262,8 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
     coords = {c: grid[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")}
     ds = xr.Dataset(coords=coords)
     ds["flux"] = (CUBE_DIMS, flux, {"units": FLUX_UNITS, "long_name": "fused photon flux per voxel"})
+    if "roles" in grid.attrs:  # how each input entered the model, by name: xfusion.predict(result.flux, obs) reads it
+        ds["flux"].attrs["inputs"] = grid.attrs["roles"]
     mxs = {"energy": "energy_spatial", "energy_lo": "energy_spatial_lo", "energy_hi": "energy_spatial_hi"}
     mys = {"x": "x_spectral", "y": "y_spectral"}
     ds["model_spatial"] = _renamed(x_obs["counts"].copy(data=mod_x), mxs).assign_attrs(

@@ -36,9 +36,9 @@ Checked against xfusion's forward model of the same inputs (the models :func:`xf
 ``truth["flux"]``; tests/test_scenes_mosaic.py, session 8): noise-free counts of the 72x72x400 scene at 3e6 pn
 counts agree within 1.3e-6 in total and 2e-5 per voxel for pn (MOS 1.6e-6 per voxel), 4e-5 in total and 8e-4 per
 voxel for the tiles ((data - model) / sqrt(model) at most 0.015); ``make_small`` within 0.1% per voxel for MOS,
-0.5% for pn and the tiles. (:func:`xfusion.predict` of a single MOS observation does NOT apply its relative
-``psf``: it models an image on the fused pixels as the sharp-spatial instrument, whose PSF is the target; fuse
-does.)
+0.5% for pn and the tiles. (:func:`xfusion.predict` of a single MOS observation applies its relative ``psf`` as
+fuse does when given ``role="pixels"`` or a fusion result's flux; from a truth cube without ``role`` it is refused,
+as an image carrying a psf may also be the input that sets the fused pixels, modelled without it.)
 
 Sizes: ``size=(n, L)`` fused pixels and channels (``n`` a multiple of 6, ``L`` of 10); the
 mosaic needs ``n >= 72`` (360") so every tile lies inside the field (checked). ``size=(24, 40)``

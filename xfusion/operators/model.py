@@ -11,11 +11,13 @@ right-multiplication by a spectral basis, the low-rank solvers can use
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import scipy.sparse as sps
 import xarray as xr
 
-from ..grid import SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, footprint_geometry, psf_on_grid
+from ..grid import PIXELS, SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, footprint_geometry, psf_on_grid
 from ..observation import CUBE_DIMS, edge_tolerance, energy_edges, is_pixel_observation, pixel_size, validate
 from .area import AreaMap, Scale
 from .footprint import Footprint, footprint_matrix
@@ -377,9 +379,17 @@ def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
     ``flux``: DataArray (x, y, energy) in ph cm-2 s-1 per voxel with coords ``x``/``y``
     (arcsec, ``pixel_size`` attr) and ``energy_lo``/``energy_hi`` (keV), e.g. the ``flux``
     of a fusion result or a toy ``truth``. Returns a DataArray labelled like ``obs.counts``.
-    ``role`` ("spatial" or "spectral") is inferred from the grids when omitted. An image on the fused pixels
-    that carries a ``psf`` (MOS beside pn) is modelled with that blur relative to the fused resolution
-    (:func:`pixels_model`), as :func:`xfusion.fuse` models it.
+    ``role`` is inferred from the grids when omitted: ``"spectral"`` (the sharp-spectral input, or any input on
+    the fused channels or a detector-pixel tile: its PSF, pixel grouping or footprint), ``"spatial"`` (the input
+    that sets the fused pixels: its own response and area and NO blur, its PSF being the fused resolution) or
+    ``"pixels"`` (a further image on the fused pixels, e.g. MOS beside pn: its ``psf`` is applied as the blur
+    relative to the fused resolution, :func:`pixels_model`) -- each as :func:`xfusion.fuse` models it.
+
+    Which of "spatial" and "pixels" an image on the fused pixels is depends on the other inputs of the fusion
+    (:func:`xfusion.fusion_grid`), so predict takes it, in this order, from ``role``; from the record of a fusion
+    result's ``flux`` (attribute ``inputs``: each input's ``name`` and role; ``obs`` is found by its ``name``);
+    else an image without a ``psf`` is "spatial" (both models are then the same) and an image carrying a ``psf``
+    is refused, as its meaning (the fused resolution or a relative blur) is unknown: pass ``role``.
     """
     validate(obs)
     if isinstance(flux, xr.Dataset) and "flux" in flux:
@@ -399,16 +409,56 @@ def predict(flux: xr.DataArray, obs: xr.Dataset, role=None) -> xr.DataArray:
     return _predict(f, values, obs, role)
 
 
+def _recorded_role(f, obs):
+    """The role fuse gave ``obs`` (found by its ``name``) in the record ``inputs`` of a result's flux, or None."""
+    try:
+        rec = json.loads(f.attrs["inputs"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    name = obs.attrs.get("name")
+    roles = {r.get("role") for r in rec if isinstance(r, dict) and name is not None and r.get("name") == name}
+    return roles.pop() if len(roles) == 1 else None
+
+
+def _image_role(f, obs, role):
+    """"spatial" (the input that sets the fused pixels: no blur) or "pixels" (a further image on them: its psf
+    relative to the fused resolution) for an image modelled on the fused pixels; see :func:`predict`."""
+    if role == PIXELS:
+        return PIXELS
+    if role is not None:
+        return SPATIAL
+    rec = _recorded_role(f, obs)
+    if rec in (SPATIAL, PIXELS):
+        return rec
+    if "psf" not in obs:
+        return SPATIAL
+    name = obs.attrs.get("name", "the observation")
+    raise ValueError(
+        f"cannot tell how '{name}' enters the fusion: an image on the fused pixels that carries a psf is either the "
+        "input that sets the fused pixels (fuse applies no blur: its psf is the fused resolution) or a further image "
+        "on them (e.g. MOS beside pn: its psf is the blur relative to the fused resolution), depending on the other "
+        "inputs (xfusion.fusion_grid). Pass role='spatial' or role='pixels', or predict from a fusion result's flux "
+        "(it records each input's role by name)")
+
+
 def _predict(f, values, obs, role=None):
     """:func:`predict` of the (x, y, energy) array ``values`` placed by the coordinates of the DataArray ``f``
     (checked there; here also a low-rank result's unclipped cube, for :func:`xfusion.uncertainty`)."""
+    if role not in (None, SPATIAL, SPECTRAL, PIXELS):
+        raise ValueError(f"role must be '{SPATIAL}', '{PIXELS}' or '{SPECTRAL}'; got {role!r}")
     grid = xr.Dataset(coords={c: f[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
-    role = role or _infer_role(grid, obs)
+    explicit = role
+    role = SPATIAL if role == PIXELS else (role or _infer_role(grid, obs))
     _check_placement(f, obs)
     if role == SPECTRAL:  # its channels are the fused channels (session 29: they were matched by index)
         _check_channels(grid, obs)
-    # an image on the fused pixels that carries a psf: the blur relative to the fused resolution, as in fuse
-    model = pixels_model(grid, obs) if role == SPATIAL else build_model(grid, obs, role)
+    # an image on the fused pixels: the input that sets them without a blur (its psf is the fused resolution), a
+    # further one (MOS beside pn) with its psf relative to the fused resolution, as fuse models them (session 29:
+    # every image carrying a psf was blurred, also the one that sets the pixels, which fuse models without it)
+    if role == SPATIAL and _image_role(f, obs, explicit) == PIXELS:
+        model = pixels_model(grid, obs)
+    else:
+        model = build_model(grid, obs, role)
     out = model.expected(values)
     return obs["counts"].copy(data=out).assign_attrs(
         units="count", long_name="expected counts" + (" (including the known background)" if model.background
