@@ -101,6 +101,39 @@ def test_uneven_spatial_coordinate_and_missing_units():
         validate(ds)
 
 
+def _psf_da(values, cx, cy):
+    return xr.DataArray(values, dims=("psf_x", "psf_y"), coords={"psf_x": ("psf_x", cx, {"units": "arcsec"}),
+                                                                 "psf_y": ("psf_y", cy, {"units": "arcsec"})})
+
+
+def test_psf_dataarray_is_placed_by_its_coordinates():
+    """A PSF DataArray is placed by its psf_x/psf_y offsets (session 29: only the x spacing was kept and the offsets
+    rebuilt centred, so an asymmetrically cropped stamp was silently shifted, non-square pixels squashed, and a
+    descending axis failed later): an off-centre stamp is padded to an odd stamp centred on offset 0, a descending
+    axis reversed with its values; non-square, non-uniform sampling or no sample at offset 0 is refused."""
+    q = np.zeros((9, 9))
+    q[2, 4], q[5, 4], q[2, 7] = 0.5, 0.3, 0.2  # taps at (0, 0), (+3, 0) and (0, +3) arcsec by the coordinates below
+    c = np.arange(9) - 4.0
+    ds = simple(psf=_psf_da(q, np.arange(9) - 2.0, c))
+    psf = ds.psf
+    assert psf.shape == (13, 9) and psf.psf_x.attrs["pixel_size"] == 1.0
+    assert psf.sel(psf_x=0.0, psf_y=0.0) == 0.5 and psf.sel(psf_x=3.0, psf_y=0.0) == 0.3
+    assert psf.sel(psf_x=0.0, psf_y=3.0) == 0.2 and float(psf.sum()) == 1.0
+    np.testing.assert_array_equal(psf.psf_x.values, np.arange(13) - 6.0)
+    # the same taps with psf_x descending
+    down = simple(psf=_psf_da(q[::-1], (np.arange(9) - 2.0)[::-1], c)).psf
+    xr.testing.assert_identical(down, psf)
+    # a centred stamp is unchanged
+    g = np.outer([1, 2, 1], [1, 2, 1]) / 16.0
+    np.testing.assert_array_equal(simple(psf=_psf_da(g, [-2.0, 0, 2.0], [-2.0, 0, 2.0])).psf.values, g)
+    bad = {"not square": (_psf_da(q, c, 2 * c), "psf pixels are not square"),
+           "uneven": (_psf_da(g, [-1.0, 0, 1.5], [-1.0, 0, 1.0]), "psf coordinate psf_x is not uniformly spaced"),
+           "no sample at 0": (_psf_da(g, [-0.5, 0.5, 1.5], [-1.0, 0, 1.0]), "psf coordinate psf_x has no sample at offset 0")}
+    for psf_in, msg in bad.values():
+        with pytest.raises(ValueError, match=msg):
+            simple(psf=psf_in)
+
+
 # ----------------------------------------------------------------------------- grid
 def pair(x_shape=(6, 6, 4), y_shape=(2, 2, 20), px=10.0, py=30.0, ex=None, ey=None):
     ex = np.linspace(1, 2, x_shape[2] + 1) if ex is None else ex

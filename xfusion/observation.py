@@ -418,6 +418,64 @@ def check_psf_values(values, what="psf", fix="pass psf / psf.sum() (or xfusion.i
 KERNEL_CHECK = dict(what="response kernel", fix="pass kernel / kernel.sum()")
 
 
+#: a PSF coordinate may be off the uniform sampling by this fraction of its spacing
+PSF_COORD_TOL = 1e-3
+
+
+def _psf_by_coords(psf, psf_pixel_size):
+    """(values (psf_x, psf_y), spacing) of a PSF DataArray placed by its ``psf_x``/``psf_y`` coordinates (offsets
+    from the source position, arcsec): each must be uniform (a descending axis is reversed with its values) with
+    the same spacing on both axes (square pixels), and offset 0 must be one of its samples; a stamp whose offset 0
+    is not its middle pixel (cropped asymmetrically) is padded with zeros to an odd stamp centred on it (session
+    29: the coordinates were dropped but for the x spacing, so such a stamp was silently re-centred, non-square
+    pixels squashed, and a descending axis failed later). An axis without a coordinate is taken as centred."""
+    values = np.asarray(psf.values, dtype=np.float64)
+    steps, starts = {}, {}
+    for k, d in enumerate(("psf_x", "psf_y")):
+        if d not in psf.coords or psf.sizes[d] < 2:
+            continue
+        _check_units(psf[d], "arcsec", f"psf coordinate {d}")
+        c = np.asarray(psf[d].values, dtype=np.float64)
+        if not np.all(np.isfinite(c)):
+            raise ValueError(f"psf coordinate {d} has non-finite values")
+        if c[-1] < c[0]:  # descending (e.g. x increasing to the east): reverse the axis with its values
+            c, values = c[::-1], np.flip(values, axis=k)
+        step = (c[-1] - c[0]) / (c.size - 1)
+        off = np.abs(c - (c[0] + step * np.arange(c.size)))
+        if step <= 0 or np.any(off > PSF_COORD_TOL * step):
+            raise ValueError(f"psf coordinate {d} is not uniformly spaced (offsets {c[:4]}...); give the PSF on a regular "
+                             "grid of square pixels (xfusion.io.resample_psf)")
+        steps[d], starts[d] = step, c[0]
+    if not steps:
+        return values, psf_pixel_size
+    sizes = list(steps.values())
+    if len(sizes) == 2 and not np.isclose(sizes[0], sizes[1], rtol=REL_TOL):
+        raise ValueError(f"psf pixels are not square: psf_x spacing {sizes[0]} arcsec, psf_y spacing {sizes[1]} "
+                         "arcsec; resample the PSF to square pixels first (the model samples it on the square fused "
+                         "pixels)")
+    if psf_pixel_size is not None and not np.isclose(sizes[0], psf_pixel_size, rtol=REL_TOL):
+        raise ValueError(f"psf coords give a {sizes[0]} arcsec pixel but psf_pixel_size={psf_pixel_size}")
+    step = sizes[0]
+    pads = []
+    for k, d in enumerate(("psf_x", "psf_y")):
+        n = values.shape[k]
+        if d not in starts:
+            pads.append((0, 0))
+            continue
+        i0 = -starts[d] / step  # index of offset 0
+        if abs(i0 - round(i0)) > PSF_COORD_TOL:
+            raise ValueError(
+                f"psf coordinate {d} has no sample at offset 0 (the source position): its samples are at "
+                f"{starts[d]:.6g} + i * {step:.6g} arcsec. Give the PSF sampled on pixel centres that include the "
+                "source position, e.g. resampled with xfusion.io.resample_psf")
+        i0 = int(round(i0))
+        h = max(abs(i0), abs(n - 1 - i0))  # half-width of the centred stamp that holds every sample
+        pads.append((h - i0, h - (n - 1 - i0)))
+    if any(p != (0, 0) for p in pads):
+        values = np.pad(values, pads)
+    return values, step
+
+
 def _psf_dataarray(psf, psf_pixel_size, psf_dims=None):
     if isinstance(psf, xr.DataArray) and "psf_energy" in psf.dims:
         # energy-dependent PSF: a stack over bands, linearly interpolated in energy by the model
@@ -433,17 +491,7 @@ def _psf_dataarray(psf, psf_pixel_size, psf_dims=None):
     if isinstance(psf, xr.DataArray):
         if set(psf.dims) != {"psf_x", "psf_y"}:
             raise ValueError(f"psf DataArray must have dims ('psf_x', 'psf_y'); got {psf.dims}")
-        psf = psf.transpose("psf_x", "psf_y")
-        values = np.asarray(psf.values, dtype=np.float64)
-        sizes = []
-        for d in ("psf_x", "psf_y"):
-            if d in psf.coords and psf.sizes[d] > 1:
-                _check_units(psf[d], "arcsec", f"psf coordinate {d}")
-                sizes.append(float(np.diff(psf[d].values).mean()))
-        if sizes:
-            if psf_pixel_size is not None and not np.isclose(sizes[0], psf_pixel_size, rtol=REL_TOL):
-                raise ValueError(f"psf coords give a {sizes[0]} arcsec pixel but psf_pixel_size={psf_pixel_size}")
-            psf_pixel_size = sizes[0]
+        values, psf_pixel_size = _psf_by_coords(psf.transpose("psf_x", "psf_y"), psf_pixel_size)
     else:
         values = np.array(psf, dtype=np.float64)
         # plain arrays follow the image convention (rows = y, columns = x, like FITS images and
@@ -699,7 +747,10 @@ def observation(
         "m2") are converted. ``None`` means 1 cm2 (counts are then per cm2).
     psf : None, 2D array or DataArray (psf_x, psf_y) or (psf_energy, psf_x, psf_y)
         Spatial response (odd size, sums to 1). A DataArray carries its sampling in its
-        ``psf_x``/``psf_y`` coordinates (arcsec). A plain array **requires**
+        ``psf_x``/``psf_y`` coordinates (arcsec offsets from the source position) and is placed
+        by them: uniform, square pixels (a descending axis is reversed with its values), offset 0
+        one of the samples; a stamp whose offset 0 is not the middle pixel is padded with zeros to
+        an odd stamp centred on it (any size then). A plain array **requires**
         ``psf_pixel_size`` (arcsec or Quantity): a PSF sampled more finely than the counts
         (usual for instrument PSF images) would otherwise be stretched silently. Pass
         ``psf_pixel_size=pixel_size`` if it is sampled on the counts' pixels. A stack over
