@@ -59,6 +59,30 @@ def test_area_interpolated_from_an_arf_grid(small_toy):
         build_model(fusion_grid(xs, y), xs, SPATIAL)
 
 
+def test_arf_must_cover_the_fused_bins_edges():
+    """The ARF coverage check uses the fused bins' edges, as the per-pixel ARFs' (session 29: it used their centres,
+    so an ARF starting at 0.56 keV inside a 0.50-0.65 keV first bin was accepted and its end value held over 40% of
+    the bin); an ARF ending on the last edge up to float32 rounding is accepted."""
+    fe = np.linspace(0.5, 1.1, 5)
+
+    def obs(et):
+        return xfusion.observation(np.zeros((4, 4, 4)), dims=("x", "y", "energy"), energy_edges=fe, pixel_size=2.0,
+                                   exposure=1.0, effective_area=_arf(et, np.linspace(100, 200, et.size - 1)))
+
+    flux = xr.DataArray(np.ones((4, 4, 4)), dims=("x", "y", "energy"), coords={
+        "x": ("x", (np.arange(4.0) - 1.5) * 2, {"units": "arcsec", "pixel_size": 2.0}),
+        "y": ("y", (np.arange(4.0) - 1.5) * 2, {"units": "arcsec", "pixel_size": 2.0}),
+        "energy": ("energy", 0.5 * (fe[1:] + fe[:-1]), {"units": "keV"}),
+        "energy_lo": ("energy", fe[:-1], {"units": "keV"}), "energy_hi": ("energy", fe[1:], {"units": "keV"})})
+    with pytest.raises(ValueError, match="covers 0.56-1.2 keV but the fused grid needs 0.5-1.1 keV"):
+        xfusion.predict(flux, obs(np.linspace(0.56, 1.2, 9)), role="spatial")
+    with pytest.raises(ValueError, match="covers 0.4-1.05 keV"):
+        xfusion.predict(flux, obs(np.linspace(0.4, 1.05, 9)), role="spatial")
+    et = np.linspace(0.5, 1.1, 9).astype(np.float32).astype(np.float64)
+    et[0], et[-1] = np.nextafter(np.float32(0.5), 1), np.nextafter(np.float32(1.1), 0)
+    assert np.all(xfusion.predict(flux, obs(et), role="spatial").values > 0)
+
+
 # ----------------------------------------------------------------------------- PSF resampling
 def _gauss_stamp(half, pixel, sx, sy, offset=(0.0, 0.0)):
     """PSF stamp at ``pixel`` arcsec: a 2D Gaussian integrated exactly over each pixel (erf)."""

@@ -157,6 +157,13 @@ def _ordered(scale, spectral, spatial, post):
     return [scale, spectral, spatial, post]
 
 
+def _covers(true_edges, fine_edges):
+    """Whether an ARF on ``true_edges`` covers the fused bins ``fine_edges`` (keV) up to float32 rounding and 0.1% of
+    the narrowest fused bin (:func:`xfusion.observation.edge_tolerance`)."""
+    tol = edge_tolerance(fine_edges[[0, -1]], np.min(np.diff(fine_edges)))
+    return bool(fine_edges[0] >= true_edges[0] - tol[0] and fine_edges[-1] <= true_edges[-1] + tol[1])
+
+
 def _area_on_grid(obs, fine_edges, fused_hw, factor, exposure=1.0):
     """Exposure x effective area (s cm2) of ``obs`` on the fused energy bins: (L,), or for a vignetted area an
     :class:`~xfusion.operators.area.AreaMap` over the fused pixels (kept on the observation's pixels)."""
@@ -165,7 +172,9 @@ def _area_on_grid(obs, fine_edges, fused_hw, factor, exposure=1.0):
         return exposure * np.full(fine_edges.size - 1, float(a.values))
     et = energy_edges(obs, "energy_true")
     e = 0.5 * (fine_edges[1:] + fine_edges[:-1])
-    if e[0] < et[0] or e[-1] > et[-1]:
+    # the fused bins' edges, not their centres (session 29: a first bin 40% below the ARF's start was accepted with
+    # the ARF's end value held), the same check as the per-pixel ARFs'
+    if not _covers(et, fine_edges):
         raise ValueError(
             f"effective_area of '{obs.attrs.get('name')}' covers {et[0]:.4g}-{et[-1]:.4g} keV but the fused grid "
             f"needs {fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV; use an ARF that covers the band"
@@ -257,7 +266,7 @@ def _pixel_area(obs, fine_edges):
         return None
     centres = obs["energy_true"].values
     et = energy_edges(obs, "energy_true")
-    if fine_edges[0] < et[0] - 1e-9 or fine_edges[-1] > et[-1] + 1e-9:
+    if not _covers(et, fine_edges):
         raise ValueError(f"per-pixel effective_area covers {et[0]:.4g}-{et[-1]:.4g} keV, the fused grid needs "
                          f"{fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV")
     e = 0.5 * (fine_edges[1:] + fine_edges[:-1])
