@@ -255,3 +255,41 @@ def test_tangent_point_on_the_far_side_bins_nothing(tmp_path):
         far = read_events(path, energy_edges=E_EDGES, pixel_size=PIX, center=((RA0 + 180.0) % 360.0, -DEC0),
                           shape=SHAPE, filters={})
     assert near.attrs["n_binned"] > 0 and far.attrs["n_binned"] == 0 and int(far.sum()) == 0
+
+
+@pytest.mark.parametrize("binned_about", ["grid centre", "pointing"])
+def test_resolve_position_angle_is_turned_into_the_grid_frame(tmp_path, binned_about):
+    """Session 29 red team: PA_NOM (position angle at the pointing, east of the local north there) was used as the
+    roll in the tangent frame of ``center`` without the turn of north between the pointing and that tangent point:
+    3.5 arcsec off at Dec 85 for a pointing 10' east of the grid centre when binned about the grid centre."""
+    from astropy.coordinates import SkyCoord
+
+    import xfusion
+    import xarray as xr
+    from xfusion.grid import _radec_of, footprint_geometry
+    from xfusion.operators.footprint import detector_corners
+
+    c0, pa = (150.0, 85.0), 30.0
+    ra_p, dec_p = _radec_of(*c0, -600.0, 0.0)
+    ev = [(p, p % 6 + 1, p // 6 + 1, 0, 12001, 50.0) for p in range(36)]
+    path = _write_resolve_pixels(tmp_path / "rsl.evt", ev, {"RA_PNT": ra_p, "DEC_PNT": dec_p, "PA_NOM": pa})
+    center = c0 if binned_about == "grid centre" else (ra_p, dec_p)
+    cube = read_events(path, energy_edges=[5.9, 6.1], center=center, bin_by="pixel", exclude_pixels=())
+    assert cube.attrs["roll"] == pa  # stored as given: the position angle at the array centre
+    obs = xfusion.observation(cube, energy_edges=[5.9, 6.1], pixel_size=30.0, exposure=1.0)
+    grid = xr.Dataset(coords={"x": ("x", [0.0], {"center_ra": c0[0], "center_dec": c0[1], "pixel_size": 4.0})})
+    (cx, cy), roll = footprint_geometry(grid, obs)
+    got = detector_corners(obs.det_x.values, obs.det_y.values, 30.0, roll, (cx, cy)).mean(axis=1)
+    # truth (astropy): a gnomonic detector frame at the pointing, +DETY at PA east of north, +DETX to the west
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix = [ra_p, dec_p], [1.0, 1.0]
+    a = np.deg2rad(pa)
+    w.wcs.cd = np.array([[-np.cos(a), np.sin(a)], [np.sin(a), np.cos(a)]]) / 3600.0
+    sky = w.pixel_to_world(obs.det_x.values, obs.det_y.values)
+    g = WCS(naxis=2)
+    g.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    g.wcs.crval, g.wcs.crpix, g.wcs.cdelt = list(c0), [1.0, 1.0], [-1 / 3600.0, 1 / 3600.0]
+    tx, ty = g.world_to_pixel(SkyCoord(sky.ra, sky.dec))
+    assert np.hypot(got[:, 0] - tx, got[:, 1] - ty).max() < 0.01
+    assert roll == pytest.approx(28.096, abs=1e-3)

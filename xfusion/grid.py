@@ -90,25 +90,47 @@ def _offsets_of(ra0, dec0, ra, dec):
     return -float(np.rad2deg(xi)) * 3600.0, float(np.rad2deg(eta)) * 3600.0
 
 
+def north_angle(ra0, dec0, ra, dec):
+    """Angle (deg, counter-clockwise: from +y towards -x, i.e. towards the east) of the local north at (ra, dec)
+    in the gnomonic frame (x west, y north) about (ra0, dec0), all deg: 0 at the tangent point itself.
+
+    A position angle ``pa`` measured at (ra, dec) (east of the local north there, e.g. ``PA_NOM`` at the
+    pointing) is the rotation ``pa + north_angle(ra0, dec0, ra, dec)`` in that frame. Exact (the derivative of
+    the projection along the meridian), so valid up to the poles of the frame, not at a celestial pole itself.
+    """
+    a0, d0, a, d = (np.deg2rad(float(v)) for v in (ra0, dec0, ra, dec))
+    da = a - a0
+    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(da)
+    dcosc = np.sin(d0) * np.cos(d) - np.cos(d0) * np.sin(d) * np.cos(da)  # d(cosc)/d(dec)
+    num_xi, num_eta = np.cos(d) * np.sin(da), np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(da)
+    dxi = (-np.sin(d) * np.sin(da) * cosc - num_xi * dcosc) / cosc ** 2     # d(xi)/d(dec), xi = -x (east)
+    deta = ((np.cos(d0) * np.cos(d) + np.sin(d0) * np.sin(d) * np.cos(da)) * cosc - num_eta * dcosc) / cosc ** 2
+    return float(np.rad2deg(np.arctan2(dxi, deta)))
+
+
 def footprint_geometry(grid, y_obs):
     """(array centre (x, y) arcsec, roll deg) of a detector-pixel observation in the frame of ``grid``.
 
-    Both frames are gnomonic offsets; when both carry a tangent point (``center_ra``/``center_dec``
-    on ``grid.x`` and on ``y_obs.det_x``) and they differ, the array centre is re-projected into the
-    grid's frame and the roll corrected by the rotation of the local north between the frames
-    (measured numerically over 10 arcsec); otherwise both frames are taken to be the same.
+    Convention: the observation's ``roll`` is the position angle of the detector +y axis at the array
+    centre, east of the local north there (``PA_NOM`` of XRISM Resolve), and ``array_x``/``array_y`` the
+    gnomonic offsets of the array centre about the observation's tangent point (``center_ra``/
+    ``center_dec`` on ``y_obs.det_x``). The returned roll is the rotation of the detector axes in the
+    grid's tangent-plane frame (counter-clockwise, from +x west towards +y north): the position angle plus
+    the angle of the local north at the array centre in that frame (:func:`north_angle`), so the same
+    pointing lands on the same sky whatever tangent point the events were binned about. The array centre
+    is re-projected into the grid's frame when the tangent points differ. Without a tangent point on the
+    observation, ``roll`` and ``array_x``/``array_y`` are taken as given in the grid's frame; without one on
+    the grid, the observation's own frame is used.
     """
     ax, ay, roll = (float(y_obs[v].values) for v in ("array_x", "array_y", "roll"))
     g, o = grid["x"].attrs, y_obs["det_x"].attrs
-    if not all(k in d for d in (g, o) for k in ("center_ra", "center_dec")):
+    if not all(k in o for k in ("center_ra", "center_dec")):
         return (ax, ay), roll
-    g0, o0 = (float(g["center_ra"]), float(g["center_dec"])), (float(o["center_ra"]), float(o["center_dec"]))
-    if np.allclose(g0, o0, rtol=0, atol=1e-10):
-        return (ax, ay), roll
-    c = _offsets_of(*g0, *_radec_of(*o0, ax, ay))
-    n = _offsets_of(*g0, *_radec_of(*o0, ax, ay + 10.0))
-    turn = np.rad2deg(np.arctan2(-(n[0] - c[0]), n[1] - c[1]))  # north of the obs frame, seen in the grid frame
-    return c, roll + float(turn)
+    o0 = (float(o["center_ra"]), float(o["center_dec"]))
+    g0 = (float(g["center_ra"]), float(g["center_dec"])) if all(k in g for k in ("center_ra", "center_dec")) else o0
+    a_radec = _radec_of(*o0, ax, ay)
+    c = (ax, ay) if np.allclose(g0, o0, rtol=0, atol=1e-10) else _offsets_of(*g0, *a_radec)
+    return c, roll + north_angle(*g0, *a_radec)
 
 
 def _spatial_factor(x_obs, y_obs):

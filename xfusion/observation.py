@@ -332,7 +332,8 @@ def _add_pixel_geometry(ds, roll, array_center, exposure_fraction, units):
     roll, units["roll"] = _to_unit(roll, "deg", "roll")
     if np.ndim(roll) != 0 or not np.isfinite(float(roll)):
         raise ValueError(f"roll must be a finite angle (degrees or Quantity); got {roll!r}")
-    ds["roll"] = ((), float(roll), {"units": "deg", "long_name": "detector roll: +y_det position angle, east of north"})
+    ds["roll"] = ((), float(roll), {"units": "deg",
+                                    "long_name": "detector roll: +y_det position angle at the array centre, east of north"})
     ac = (0.0, 0.0) if array_center is None else array_center
     try:
         ax, ay = ac
@@ -705,10 +706,14 @@ def observation(
     ``dims=("pixel", "energy")``; a ``pixel`` coordinate keeps the detector pixel numbers). Their geometry:
     ``det_x``, ``det_y`` (P,) pixel centres in DETECTOR coordinates (arcsec or Quantity,
     offsets from the array centre), ``pixel_size`` the side of the square detector pixel
-    (arcsec), ``roll`` (degrees, default 0) the counter-clockwise rotation of the detector
-    axes from +x (west) towards +y (north) -- the position angle of the detector +y axis,
-    east of north -- and ``array_center`` (x, y) arcsec, the sky offset of the array centre
-    in the tangent frame of ``center`` (default (0, 0)). Stored as coords ``det_x``/``det_y``
+    (arcsec), ``roll`` (degrees, default 0) the position angle of the detector +y axis at the
+    array centre, east of the local north there (e.g. ``PA_NOM``; at roll 0 +x_det is west) --
+    and ``array_center`` (x, y) arcsec, the sky offset of the array centre in the tangent frame
+    of ``center`` (default (0, 0)). On the fused grid the roll becomes the counter-clockwise
+    rotation of the detector axes from +x (west) towards +y (north) in the grid's tangent frame:
+    the position angle plus the turn of north between the array centre and the grid's tangent
+    point (:func:`xfusion.grid.footprint_geometry`; without ``center`` the roll is used as that
+    rotation directly). Stored as coords ``det_x``/``det_y``
     (``pixel_size`` attribute) and 0-d variables ``roll`` (deg), ``array_x``/``array_y``
     (arcsec). ``exposure`` may then be a per-pixel array (P,) (s): stored as ``exposure``
     (the largest) and ``exposure_fraction`` (pixel,) = t_p / exposure; ``effective_area``

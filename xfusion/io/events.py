@@ -402,8 +402,13 @@ def read_events(
     detector_pixel_size : float, arcsec, optional
         ``bin_by="pixel"``: side of a detector pixel on the sky (default for Resolve: 30).
     roll : float, deg, optional
-        ``bin_by="pixel"``: roll (position angle of the detector +DETY axis, east of north);
-        default: the ``PA_NOM`` keyword (EVENTS header, then primary).
+        ``bin_by="pixel"``: roll (position angle of the detector +DETY axis at the array centre,
+        east of the local north there); default: the ``PA_NOM`` keyword (EVENTS header, then
+        primary). Stored as given: it is not the rotation in the frame of ``center``, which
+        differs by the turn of north between the array centre and ``center`` (0.3 deg at
+        Dec 60 for a pointing 5' away); :func:`xfusion.grid.footprint_geometry` adds that turn
+        when the array is placed on a grid, so binning about ``center`` or about the pointing
+        gives the same footprint.
     array_center : (RA, Dec) deg, optional
         ``bin_by="pixel"``: sky position of the array centre; default ``RA_PNT``/``DEC_PNT``,
         else ``RA_NOM``/``DEC_NOM``.
