@@ -178,6 +178,34 @@ def test_grid_misaligned_pixels():
         fusion_grid(a, b)
 
 
+def test_grid_refuses_different_tangent_points():
+    """Session 29 red team: fusion_grid / fuse combined images about tangent points 30' apart without a word and
+    labelled the result with the first one's; align refused the same pair."""
+    c0, c1 = (10.0, 20.0), (10.0, 20.5)
+    a1 = simple((6, 6, 4), 10.0, np.linspace(1, 2, 5), response=np.array([0.25, 0.5, 0.25]), response_spacing=0.01,
+                name="A", center=c0)
+    b1 = simple((2, 2, 20), 30.0, np.linspace(1, 2, 21), psf=np.array([[0, 0.1, 0], [0.1, 0.6, 0.1], [0, 0.1, 0]]),
+                psf_pixel_size=10.0, name="B", center=c1)
+    for call in (lambda: fusion_grid(a1, b1), lambda: fusion_grid(b1, a1),
+                 lambda: xfusion.fuse(a1, b1, regularization="none", max_iter=1, progress=False)):
+        with pytest.raises(ValueError, match=r"'A' and 'B' use different tangent points .* 1\.8e\+03 arcsec apart.*"
+                                             r"center="):
+            call()
+    b0 = b1.assign_attrs(center_ra=c0[0], center_dec=c0[1])
+    for d in ("x", "y"):
+        b0[d].attrs.update(center_ra=c0[0], center_dec=c0[1])
+    g = fusion_grid(a1, b0)  # one tangent point: accepted
+    assert g.x.attrs["center_dec"] == 20.0
+    # a third image on the fused pixels about another tangent point is refused too
+    a2 = a1.assign_attrs(center_dec=20.5, name="A2")
+    with pytest.raises(ValueError, match="the fused grid .* and 'A2' use different tangent points"):
+        fusion_grid(a1, b0, a2)
+    # a detector-pixel tile may keep its own tangent point (footprint_geometry re-projects it)
+    x = simple((6, 6, 2), 10.0, np.linspace(6.0, 6.2, 3), center=c0, name="X")
+    tile = _pixels(center=(c0[0], c0[1] + 10 / 3600))
+    assert fusion_grid(x, tile).attrs["spatial_model"] == "footprint"
+
+
 def test_grid_mismatched_units():
     a, b = pair()
     b["energy"].attrs["units"] = "eV"

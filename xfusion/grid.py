@@ -108,6 +108,37 @@ def north_angle(ra0, dec0, ra, dec):
     return float(np.rad2deg(np.arctan2(dxi, deta)))
 
 
+def _tangent_point(ds):
+    """(RA, Dec) deg of the x/y (or det_x/det_y) offsets of ``ds``, or None."""
+    for attrs in [ds.attrs] + [ds[d].attrs for d in ("x", "det_x") if d in ds.coords]:
+        if attrs.get("center_ra") is not None and attrs.get("center_dec") is not None:
+            return float(attrs["center_ra"]), float(attrs["center_dec"])
+    return None
+
+
+def check_tangent_points(a, b, what, fix):
+    """Refuse two inputs whose x/y offsets are about tangent points more than 1e-3 of the smaller pixel apart
+    (either without one: not checked). ``what`` names the pair, ``fix`` says what to do."""
+    ca, cb = _tangent_point(a), _tangent_point(b)
+    if ca is None or cb is None:
+        return
+    ra0, dec0 = np.deg2rad(ca)
+    ra1, dec1 = np.deg2rad(cb)
+    sep = np.arccos(np.clip(np.sin(dec0) * np.sin(dec1) + np.cos(dec0) * np.cos(dec1) * np.cos(ra1 - ra0), -1, 1))
+    sep_as = float(np.rad2deg(sep) * 3600)
+    if sep_as > 1e-3 * min(pixel_size(a), pixel_size(b)):
+        raise ValueError(
+            f"{what} use different tangent points ({ca[0]:.6f}, {ca[1]:.6f}) and ({cb[0]:.6f}, {cb[1]:.6f}) deg, "
+            f"{sep_as:.3g} arcsec apart: their x/y offsets are not in one frame. {fix}")
+
+
+def _fusion_center_fix(ca):
+    return (f"The fused cube would be labelled with the first and model the wrong sky. Re-bin both event lists "
+            f"about one center= (e.g. {ca}) and crop them with xfusion.io.align, or rebuild the image on the other "
+            "tangent point (reproject it); a detector-pixel tile (counts over pixel, energy) may keep its own, it is "
+            "re-projected")
+
+
 def footprint_geometry(grid, y_obs):
     """(array centre (x, y) arcsec, roll deg) of a detector-pixel observation in the frame of ``grid``.
 
@@ -330,6 +361,8 @@ def _extra_role(grid, o, name):
             raise ValueError(f"'{name}' is a detector-pixel tile but its {o.sizes['energy']} channels are not "
                              f"{chans}: give every tile the channels of the sharp-spectral input (regroup them)")
         return FOOTPRINT
+    check_tangent_points(grid, o, f"the fused grid (from '{grid.attrs['spatial_obs']}') and '{name}'",
+                         _fusion_center_fix(_tangent_point(grid)))
     if _same(o["x"].values, grid["x"].values) and _same(o["y"].values, grid["y"].values):
         try:
             _spectral_factor(o, grid)
@@ -383,6 +416,9 @@ def _pair_grid(obs_a, obs_b) -> xr.Dataset:
         raise ValueError(f"'{_name(x_obs, 'X')}' is a detector-pixel observation but has the smaller pixels: the "
                          "sharp-spatial instrument must be an image (x, y, energy)")
     footprint = is_pixel_observation(y_obs)
+    if not footprint:  # a detector-pixel tile is re-projected (footprint_geometry); images must share the frame
+        check_tangent_points(x_obs, y_obs, f"'{_name(x_obs, 'X')}' and '{_name(y_obs, 'Y')}'",
+                             _fusion_center_fix(_tangent_point(x_obs)))
     if footprint:  # nominal ratio of the pixel sizes (ERGAS, plots); the model uses the exact footprint
         vs = max(int(round(pixel_size(y_obs) / pixel_size(x_obs))), 1)
     else:

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from ..grid import assign_roles, fusion_grid
+from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_grid
 from ..observation import (REL_TOL, clip_negative_rows, edge_tolerance, energy_edges as _edges_of, observation,
                            pixel_size as _pixel_size)
 from .events import INSTRUMENTS, _detect_instrument, read_events
@@ -581,20 +581,9 @@ def _name(o, default):
 
 
 def _check_centers(a, b):
-    ca = (a.attrs.get("center_ra"), a.attrs.get("center_dec"))
-    cb = (b.attrs.get("center_ra"), b.attrs.get("center_dec"))
-    if None in ca or None in cb:
-        return
-    ra0, dec0 = np.deg2rad(ca)
-    ra1, dec1 = np.deg2rad(cb)
-    sep = np.arccos(np.clip(np.sin(dec0) * np.sin(dec1) + np.cos(dec0) * np.cos(dec1) * np.cos(ra1 - ra0), -1, 1))
-    sep_as = float(np.rad2deg(sep) * 3600)
-    if sep_as > 1e-3 * min(_pixel_size(a), _pixel_size(b)):
-        raise ValueError(
-            f"the observations use different tangent points ({ca[0]:.6f}, {ca[1]:.6f}) and ({cb[0]:.6f}, "
-            f"{cb[1]:.6f}) deg, {sep_as:.3g} arcsec apart: their x/y offsets are not in one frame. Re-bin both "
-            f"event lists with the same center= (e.g. {tuple(float(v) for v in ca)})"
-        )
+    ca = _tangent_point(a)
+    check_tangent_points(a, b, "the observations", "Re-bin both event lists with the same center= (e.g. "
+                         f"{ca})")
 
 
 def _spatial_crop(fine, coarse, dim, v):
