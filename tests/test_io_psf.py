@@ -159,6 +159,50 @@ def test_transpose_x_y():
     assert float(psf.sel(psf_x=10.0, psf_y=0.0)) == pytest.approx(5.0 / img.sum())
 
 
+def _sky_psf_hdu(data, cd1, cd2, pc=None):
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"], h["CUNIT1"], h["CUNIT2"] = "RA---TAN", "DEC--TAN", "deg", "deg"
+    h["CRVAL1"], h["CRVAL2"], h["CRPIX1"], h["CRPIX2"] = 150.0, 30.0, 11, 11
+    h["CDELT1"], h["CDELT2"] = cd1, cd2
+    h.update(pc or {})
+    return fits.PrimaryHDU(data, h)
+
+
+@pytest.mark.parametrize("case", ["standard", "columns east", "rows south", "both"])
+@pytest.mark.parametrize("center", ["peak", "crpix", "centroid"])
+def test_wcs_orientation_flips_to_west_north(case, center):
+    """Session 29 red team: read_psf took psf_x = +column and psf_y = +row whatever the celestial WCS said, so a
+    PSF image with CDELT1 > 0 (columns east) or CDELT2 < 0 (rows south) came out mirrored."""
+    s = 1.0 / 3600
+    img = np.zeros((21, 21))  # rows = y, columns = x; standard orientation: columns west, rows north
+    img[10, 10], img[10, 14], img[13, 10] = 0.6, 0.3, 0.1  # 0.3: 4" west of the peak, 0.1: 3" north
+    data, cd1, cd2 = {"standard": (img, -s, s), "columns east": (img[:, ::-1], s, s),
+                      "rows south": (img[::-1], -s, -s), "both": (img[::-1, ::-1], s, -s)}[case]
+    psf = read_psf(_sky_psf_hdu(data, cd1, cd2), center=center)
+    at = {round(float(psf.sel(psf_x=x, psf_y=y, method="nearest")), 6): (x, y) for x, y in
+          ((4.0, 0.0), (0.0, 3.0), (-4.0, 0.0), (0.0, -3.0))}
+    if center == "centroid":  # sub-pixel centre (1.2", 0.3") west/north of the peak: the taps are resampled
+        assert _centroid(psf) == pytest.approx((0.0, 0.0), abs=1e-9)
+        assert float(psf.where(psf.psf_x > 1.5, 0.0).sum()) == pytest.approx(0.3, abs=1e-9)  # west: the 0.3 tap
+        assert float(psf.where(psf.psf_y > 1.5, 0.0).sum()) == pytest.approx(0.1, abs=1e-9)  # north: the 0.1 tap
+        return
+    assert at[0.3] == (4.0, 0.0) and at[0.1] == (0.0, 3.0), case
+    assert psf.attrs["wcs_flips"] == {"standard": "none", "columns east": "columns (ran east)",
+                                      "rows south": "rows (ran south)",
+                                      "both": "columns (ran east), rows (ran south)"}[case]
+
+
+def test_wcs_rotation_refused():
+    s = 1.0 / 3600
+    img = np.zeros((21, 21))
+    img[10, 10] = 1.0
+    rot = {"PC1_1": 0.0, "PC1_2": -1.0, "PC2_1": 1.0, "PC2_2": 0.0}
+    with pytest.raises(ValueError, match="WCS is rotated: its columns run 90 deg from the east-west line.*reproject"):
+        read_psf(_sky_psf_hdu(img, -s, s, rot))
+    tiny = {"PC1_1": 1.0, "PC1_2": -1e-9, "PC2_1": 1e-9, "PC2_2": 1.0}  # rounding-level terms: accepted
+    assert read_psf(_sky_psf_hdu(img, -s, s, tiny)).attrs["wcs_flips"] == "none"
+
+
 def test_resample_flux_and_shift():
     hdu = _gaussian_hdu(n=61, sigma_pix=4.0, centre=(30.3, 29.6))
     psf = read_psf(hdu, input_pixel_size=0.1, center="centroid", pixel_size=0.37)

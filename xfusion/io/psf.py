@@ -9,9 +9,12 @@ to 1.  Energy-dependent PSFs (:func:`read_psf_stack`) add a leading
 :func:`xfusion.observation` takes as is.
 
 FITS images are stored row = y, column = x; they are transposed to (x, y)
-on reading.  Offsets grow with the FITS pixel index (no RA flip is applied:
-``psf_x`` increases with the image column, i.e. towards *decreasing* RA for
-a standard sky image).
+on reading.  ``psf_x`` grows towards the west (decreasing RA) and ``psf_y``
+towards the north, as ``x``/``y`` do.  A standard sky image (``CDELT1 < 0``,
+``CDELT2 > 0``) is read as it is (``psf_x`` increases with the column); one
+whose celestial WCS says its columns run east or its rows south is flipped
+(:func:`psf_axis_flips`); a rotated WCS is refused (rotate or reproject the
+image first).  An image without a celestial WCS is read as it is.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
-__all__ = ["read_psf", "resample_psf", "read_psf_stack", "psf_pixel_scale"]
+__all__ = ["read_psf", "resample_psf", "read_psf_stack", "psf_pixel_scale", "psf_axis_flips"]
 
 #: Keywords accepted (in this order) as the pixel size in arcsec when the
 #: header has no usable celestial WCS.
@@ -150,6 +153,59 @@ def psf_pixel_scale(header, label: str = "PSF image") -> float:
     )
 
 
+def _celestial_wcs2(header):
+    """The 2-axis astropy WCS of an image header if it is celestial, else None."""
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    header = header.copy()
+    for i in (1, 2):  # wcslib rejects the spelled-out 'degree' (CIAO writes it)
+        if str(header.get(f"CUNIT{i}", "")).strip().lower() in ("degree", "degrees"):
+            header[f"CUNIT{i}"] = "deg"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2)
+        except Exception:  # malformed WCS -> treat as absent
+            return None
+    return wcs if wcs.has_celestial and wcs.wcs.lng >= 0 and wcs.wcs.lat >= 0 else None
+
+
+def psf_axis_flips(header, shape, label: str = "PSF image") -> tuple[bool, bool]:
+    """(flip columns, flip rows) that put a PSF image with a celestial WCS in xfusion's orientation: columns
+    towards the west (``psf_x``), rows towards the north (``psf_y``), as in a standard sky image (``CDELT1 < 0``,
+    ``CDELT2 > 0``). Measured with astropy at the reference pixel (sky offsets of one column and one row step),
+    so ``CDELTi``, ``CDi_j``, ``PCi_j``, ``CROTA2`` and swapped RA/Dec axes are all read. An image without a
+    celestial WCS is taken as it is (``(False, False)``).
+
+    Raises
+    ------
+    ValueError
+        If the axes are rotated (not along west/east and north/south): only flips are applied.
+    """
+    wcs = _celestial_wcs2(header)
+    if wcs is None:
+        return False, False
+    c0, r0 = (float(v) - 1.0 for v in wcs.wcs.crpix)
+    ref = wcs.pixel_to_world(c0, r0)
+    jac = np.empty((2, 2))  # rows (west, north) arcsec, columns (one column step, one row step)
+    for k, (dc, dr) in enumerate(((1.0, 0.0), (0.0, 1.0))):
+        east, north = ref.spherical_offsets_to(wcs.pixel_to_world(c0 + dc, r0 + dr))
+        jac[:, k] = -east.to_value("arcsec"), north.to_value("arcsec")
+    diag, off = np.abs(np.diag(jac)), np.abs(jac[[0, 1], [1, 0]])
+    ny, nx = shape
+    # off-diagonal terms move the outermost taps by more than 1 % of a pixel: a rotation, not a flip
+    if not np.all(diag > 0) or np.max(off / diag.min()) * max(nx, ny) / 2 > 0.01:
+        angle = float(np.rad2deg(np.arctan2(abs(jac[1, 0]), abs(jac[0, 0]))))
+        raise ValueError(
+            f"{label}: the image's WCS is rotated: its columns run {angle:.4g} deg from the east-west line (WCS "
+            f"matrix, arcsec per column / row: west {jac[0, 0]:.4g} / {jac[0, 1]:.4g}, north {jac[1, 0]:.4g} / "
+            f"{jac[1, 1]:.4g}). read_psf only flips axes to put the columns west and the rows north; rotate the "
+            "image to a north-up, east-left orientation first (e.g. reproject it onto a WCS with CDELT1 < 0, "
+            "CDELT2 > 0 and no rotation), or pass the PSF as a DataArray with psf_x (west) / psf_y (north) "
+            "coordinates")
+    return bool(jac[0, 0] < 0), bool(jac[1, 1] < 0)
+
+
 from ..psf_sampling import _make_psf, resample_psf  # noqa: E402,F401 - resampling lives in the core
 
 
@@ -197,18 +253,22 @@ def read_psf(
         ``input_pixel_size`` (arcsec), ``enclosed_fraction`` (fraction of
         the image flux inside the returned stamp), ``center`` (method),
         ``center_pixel`` ((x, y) 0-based in the input image), ``file``,
-        ``hdu``, ``n_nonfinite`` (non-finite input pixels set to 0).
+        ``hdu``, ``n_nonfinite`` (non-finite input pixels set to 0),
+        ``wcs_flips`` (axes flipped to put ``psf_x`` west and ``psf_y`` north,
+        from the celestial WCS: "none" for a standard sky image).
 
     Raises
     ------
     ValueError
-        No image / no pixel scale / bad centre / even size.
+        No image / no pixel scale / bad centre / even size / a rotated
+        celestial WCS (only flips are applied: rotate or reproject first).
     """
     data, header, label, hdu_name = _open_image(path, hdu)
     nonfinite = ~np.isfinite(data)
     n_nonfinite = int(nonfinite.sum())
     if n_nonfinite:
         data = np.where(nonfinite, 0.0, data)
+    flip_x, flip_y = psf_axis_flips(header, data.shape, label)
     img = data.T  # (x, y)
     total = float(img.sum())
     if not total > 0:
@@ -249,10 +309,17 @@ def read_psf(
         "input_pixel_size": scale,
         "center": method,
         "center_pixel": (cx, cy),
+        "wcs_flips": ", ".join(n for n, f in (("columns (ran east)", flip_x), ("rows (ran south)", flip_y)) if f)
+                     or "none",
         "file": label,
         "hdu": hdu_name,
         "n_nonfinite": n_nonfinite,
     }
+    # to xfusion's orientation (psf_x west, psf_y north); center_pixel stays in the input image's pixels
+    if flip_x:
+        img, cx = img[::-1, :], nx - 1 - cx
+    if flip_y:
+        img, cy = img[:, ::-1], ny - 1 - cy
     integer_centre = float(cx).is_integer() and float(cy).is_integer()
     same_scale = pixel_size is None or math.isclose(float(pixel_size), scale, rel_tol=1e-9)
     if integer_centre and same_scale:
