@@ -92,6 +92,32 @@ def test_fits_cube_offsets_and_tabular_energy(tmp_path):
         assert data[ie, iy, ix] == vals[ix, iy, ie]
 
 
+def test_fits_cube_wcs_follows_the_coordinates_not_a_stale_pixel_size(tmp_path):
+    """Session 29 red team: celestial_wcs and write_fits_cube took CDELT from the pixel_size attribute, which
+    xarray copies unchanged through coarsen or a strided isel (12" off after a 2x2 binning of 4" pixels), and
+    mirrored a reversed x without a word."""
+    obs = xfusion.observation(np.arange(8 * 6 * 2, dtype=float).reshape(8, 6, 2), dims=("x", "y", "energy"),
+                              energy_edges=[1, 2, 3], pixel_size=4.0, exposure=1.0, center=(RA0, DEC0))
+    cases = [obs["counts"].coarsen(x=2, y=2).sum(), obs["counts"].isel(x=slice(None, None, 2), y=slice(1, None, 2))]
+    for k, da in enumerate(cases):
+        assert da.x.attrs["pixel_size"] == 4.0  # the stale attribute
+        path = write_fits_cube(da, tmp_path / f"c{k}.fits", variable="counts", center=(RA0, DEC0))
+        for w in (WCS(fits.getheader(path)).celestial, xfusion.celestial_wcs(da.to_dataset(name="counts"))):
+            for ix, iy in ((0, 0), (da.sizes["x"] - 1, da.sizes["y"] - 1), (1, 2)):
+                ra, dec = w.wcs_pix2world([[ix, iy]], 0)[0]
+                era, edec = _radec(float(da.x[ix]), float(da.y[iy]))
+                assert abs((ra - era) * np.cos(np.deg2rad(DEC0))) * 3600 < 1e-6 and abs(dec - edec) * 3600 < 1e-6
+        assert fits.getheader(path)["CDELT2"] == pytest.approx(8.0 / 3600)
+    flipped = obs["counts"].isel(x=slice(None, None, -1))
+    with pytest.raises(ValueError, match=r"coordinate x does not increase .*sortby\('x'\)"):
+        write_fits_cube(flipped, tmp_path / "flip.fits", variable="counts", center=(RA0, DEC0))
+    with pytest.raises(ValueError, match="coordinate x does not increase"):
+        xfusion.celestial_wcs(flipped.to_dataset(name="counts"))
+    gappy = obs["counts"].isel(x=[0, 1, 3, 4])
+    with pytest.raises(ValueError, match="coordinate x is not uniformly spaced"):
+        write_fits_cube(gappy, tmp_path / "gap.fits", variable="counts")
+
+
 # --------------------------------------------------------------------------- PHA export
 def test_region_pha_ogip_keywords(fused_small, tmp_path):
     exposure, area = 1e5, 500.0

@@ -224,6 +224,37 @@ def _center_degrees(center):
     return ra % 360.0, dec
 
 
+def axis_spacing(coord, dim=None):
+    """Pixel size (arcsec) of a spatial coordinate, from its values: they must increase uniformly (rtol 1e-6).
+
+    The coordinate values win over a ``pixel_size`` attribute that disagrees with them: xarray keeps the values
+    in step with the data through ``coarsen``, strided ``isel`` or ``sel``, but copies the attribute unchanged,
+    so after such an operation only the values still say where the pixels are. An attribute that agrees is
+    returned as is (so a fused cube's WCS is unchanged to the last digit); a single pixel has only the attribute.
+    """
+    dim = dim or coord.name
+    v = np.asarray(coord.values, dtype=np.float64)
+    attr = coord.attrs.get("pixel_size")
+    if v.size < 2:
+        if attr is None:
+            raise ValueError(f"coordinate {dim} has one pixel and no pixel_size attribute: give it pixel_size (arcsec)")
+        return float(attr)
+    d = np.diff(v)
+    step = (v[-1] - v[0]) / (v.size - 1)
+    if not np.all(np.isfinite(d)) or step <= 0 or np.any(d <= 0):
+        raise ValueError(
+            f"coordinate {dim} does not increase (from {v[0]:.6g} to {v[-1]:.6g} arcsec over {v.size} pixels): the "
+            f"WCS has {dim} growing {'west' if dim.startswith('x') else 'north'} with the pixel index; sort it first "
+            f"(da.sortby({dim!r}))")
+    if not np.allclose(d, step, rtol=1e-6, atol=0):
+        raise ValueError(
+            f"coordinate {dim} is not uniformly spaced (steps {d.min():.6g} to {d.max():.6g} arcsec): a WCS needs a "
+            "regular grid; select a regular subset (e.g. isel with a constant step) or resample the cube")
+    if attr is not None and np.isclose(float(attr), step, rtol=1e-6, atol=0):
+        return float(attr)
+    return float(step)
+
+
 def celestial_wcs(ds):
     """Celestial WCS (astropy) of the (x, y) pixels of an observation or a fused result.
 
@@ -233,6 +264,9 @@ def celestial_wcs(ds):
     ``None`` without one. The WCS is gnomonic (``RA---TAN``/``DEC--TAN``), its pixel axes
     are (x, y) in that order with 0-based indices in astropy's ``pixel_to_world(ix, iy)``,
     and ``x`` grows towards the west (RA decreases: ``CDELT1 < 0``), ``y`` towards the north.
+    The pixel size and reference pixel come from the ``x``/``y`` coordinate values, which must
+    increase uniformly (:func:`axis_spacing`: after ``coarsen`` or a strided selection the
+    values are right and a copied ``pixel_size`` attribute is not).
     """
     x, y = ds["x"], ds["y"]
     ra = x.attrs.get("center_ra", ds.attrs.get("center_ra"))
@@ -241,7 +275,7 @@ def celestial_wcs(ds):
         return None
     from astropy.wcs import WCS
 
-    px, py = float(x.attrs["pixel_size"]), float(y.attrs["pixel_size"])
+    px, py = axis_spacing(x, "x"), axis_spacing(y, "y")
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.cunit = ["deg", "deg"]

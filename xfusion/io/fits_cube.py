@@ -9,6 +9,8 @@ Layout of the file written by :func:`write_fits_cube`:
 * spatial axes, with ``center=(ra, dec)`` (deg): a celestial gnomonic WCS
   ``RA---TAN``/``DEC--TAN`` with tangent point ``CRVAL = center`` at the x = y = 0 offset
   (``CRPIX`` may be fractional), ``CDELT1 = -pixel/3600``, ``CDELT2 = +pixel/3600`` deg
+  (``pixel`` and ``CRPIX`` from the ``x``/``y`` coordinate values, which must increase
+  uniformly: :func:`xfusion.observation.axis_spacing`)
   (x grows towards the west like :func:`xfusion.io.read_events` offsets, so RA decreases
   with the column index: the usual east-left orientation), ``RADESYS = 'ICRS'``.
   Without ``center``: a linear offset WCS, ``CTYPE1 = 'XOFFSET'``, ``CTYPE2 = 'YOFFSET'``,
@@ -56,13 +58,10 @@ def _dim(da, prefix):
 
 
 def _pixel(da, dim):
-    c = da[dim]
-    if "pixel_size" in c.attrs:
-        return float(c.attrs["pixel_size"])
-    d = np.diff(np.asarray(c.values, dtype=np.float64))
-    if d.size == 0 or not np.allclose(d, d[0], rtol=1e-6):
-        raise ValueError(f"coordinate {dim} is not uniformly spaced and has no pixel_size attribute")
-    return float(d[0])
+    """Pixel size from the coordinate values (uniform, increasing; see :func:`xfusion.observation.axis_spacing`)."""
+    from ..observation import axis_spacing
+
+    return axis_spacing(da[dim], dim)
 
 
 def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=False) -> Path:
