@@ -434,6 +434,45 @@ def test_resolve_pixels_and_backgrounds_from_files(tmp_path):
         background_counts(x["counts"], {"region": np.ones(3, bool)})
 
 
+def test_labelled_exposure_map_and_background_are_placed_by_dim_names(tmp_path):
+    """Session 29 red team: observation_from_files read exposure_map, background and the background region with
+    np.asarray, so a DataArray in image order (y, x) was silently transposed on a square field."""
+    rng = np.random.default_rng(2)
+    pos = rng.uniform(-12, 12, (400, 2))
+    pi = rng.integers(6001, 6400, 400).astype(np.int16)
+    xpath = _write_events(tmp_path / "pn.evt", "xmm_epic", pos[:, 0], pos[:, 1], pi,
+                          {"PATTERN": ("I", np.zeros(pi.size, np.int16)), "FLAG": ("J", np.zeros(pi.size, np.int32))},
+                          1000.0)
+    grid = {"energy_edges": np.array([6.0, 6.2, 6.4]), "pixel_size": 4.0, "center": (RA0, DEC0), "shape": (6, 6)}
+    c = (np.arange(6) - 2.5) * 4
+    east = c < 0  # x grows to the west
+    emap_xy = np.where(east[:, None], 0.2, 1.0) * np.ones((1, 6))           # (x, y): varies along x only
+    bkg_xy = np.where(east[:, None, None], 5.0, 1.0) * np.ones((1, 6, 2))
+    region_xy = np.broadcast_to(east[:, None], (6, 6)).copy()
+    te = np.linspace(5.9, 6.5, 13)
+    arf = xr.DataArray(np.full(12, 500.0), dims=("energy_true",), attrs={"units": "cm2"},
+                       coords=edges_coords("energy_true", te[:-1], te[1:]))
+    yx = {"y": c, "x": c}
+    for emap, bkg, region in ((emap_xy, bkg_xy, region_xy),
+                              (xr.DataArray(emap_xy.T, dims=("y", "x"), coords=yx),
+                               xr.DataArray(bkg_xy.transpose(1, 0, 2), dims=("y", "x", "energy"), coords=yx),
+                               xr.DataArray(region_xy.T, dims=("y", "x"), coords=yx))):
+        o = observation_from_files(events=xpath, grid=grid, arf=arf, exposure_map=emap, exposure=1000.0,
+                                   background=bkg)
+        a = o["effective_area"].isel(energy_true=0) / 500.0
+        assert float(a.sel(x=-10.0, y=10.0)) == pytest.approx(0.2) and float(a.sel(x=10.0, y=-10.0)) == 1.0
+        b = o["background_rate"].isel(energy=0) * 1000.0
+        assert float(b.sel(x=-10.0, y=10.0)) == pytest.approx(5.0) and float(b.sel(x=10.0, y=-10.0)) == 1.0
+        r = observation_from_files(events=xpath, grid=grid, background={"region": region}, exposure=1000.0)
+        counts = r["counts"].values
+        np.testing.assert_allclose(r["background_rate"].values[0, 0] * 1000.0, counts[east].sum(axis=(0, 1)) / 18)
+    with pytest.raises(ValueError, match=r"exposure_map DataArray has dims \('dim_0', 'dim_1'\).*rename"):
+        observation_from_files(events=xpath, grid=grid, arf=arf, exposure_map=xr.DataArray(emap_xy), exposure=1000.0)
+    with pytest.raises(ValueError, match="background: its coordinate x .* differs from the counts'"):
+        observation_from_files(events=xpath, grid=grid, exposure=1000.0,
+                               background=xr.DataArray(bkg_xy, dims=("x", "y", "energy"), coords={"x": c + 4.0}))
+
+
 def _write_bkg_pha(path, counts, exposure, backscal, areascal, quality):
     """A background PHA as an extractor writes it (evselect/xtdpha-like OGIP keywords), with EBOUNDS."""
     n = counts.size

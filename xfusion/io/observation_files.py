@@ -151,6 +151,27 @@ def common_channel_edges(rmf, obs):
     return eb[near <= tol]
 
 
+def _in_counts_layout(arr, counts, what, dims):
+    """``arr`` as a float/bool NumPy array in the layout of ``counts``: a DataArray is transposed by its dim names
+    (which must be among ``dims``, the counts' dims it may have) and its ``x``/``y``/``pixel`` coordinates, if any,
+    must equal the counts'; anything else is taken as is (positionally, in the counts' order)."""
+    if not isinstance(arr, xr.DataArray):
+        return np.asarray(arr)
+    extra = [d for d in arr.dims if d not in dims]
+    if extra:
+        raise ValueError(f"{what} DataArray has dims {arr.dims}; expected some of {tuple(dims)} (any order), named "
+                         "like the counts' so it can be placed by name (rename them, e.g. .rename(dim_0='y', "
+                         "dim_1='x'), or pass a plain array in the counts' (x, y, ...) order)")
+    da = arr.transpose(*[d for d in counts.dims if d in arr.dims])
+    for d in ("x", "y", "pixel"):
+        if d in da.coords and d in counts.coords:
+            own, ref = np.asarray(da[d].values, dtype=np.float64), np.asarray(counts[d].values, dtype=np.float64)
+            if own.shape != ref.shape or not np.allclose(own, ref, rtol=0, atol=REL_TOL * max(np.ptp(ref), 1.0)):
+                raise ValueError(f"{what}: its coordinate {d} ({own[:3]}...) differs from the counts' ({ref[:3]}...); "
+                                 f"give {what} on the counts' pixels")
+    return np.asarray(da.values)
+
+
 def background_counts(counts, background):
     """Expected background counts per voxel (shaped like ``counts``) from a background description.
 
@@ -171,7 +192,7 @@ def background_counts(counts, background):
         if set(background) != {"region"}:
             raise ValueError(f"background dict takes 'region' (a bool mask over {spatial}) or, in "
                              f"observation_from_files, 'pha' and 'backscal'; got {list(background)}")
-        m = np.asarray(background["region"])
+        m = _in_counts_layout(background["region"], counts, "background region", counts.dims[:-1])
         if m.dtype != bool or m.shape != spatial:
             raise ValueError(f"background region must be a bool mask of shape {spatial} (the counts' pixels); got "
                              f"{m.dtype} {m.shape}")
@@ -179,7 +200,7 @@ def background_counts(counts, background):
             raise ValueError("background region is empty; mark the source-free pixels True")
         per_pixel = c[m].sum(axis=0) / m.sum()
         return np.broadcast_to(per_pixel, c.shape).copy()
-    b = np.asarray(background, dtype=np.float64)
+    b = np.asarray(_in_counts_layout(background, counts, "background", counts.dims), dtype=np.float64)
     if b.shape == c.shape:
         return b.copy()
     if b.shape == c.shape[-1:]:
@@ -262,7 +283,7 @@ def _exposure_map(emap, area, edges, counts):
     """Per-pixel effective area (x, y, energy_true) = emap * ARF (cropped to the band) and the mask of emap > 0."""
     if counts.dims != ("x", "y", "energy"):
         raise ValueError("exposure_map applies to sky binning; detector pixels take a per-pixel exposure array")
-    m = np.asarray(emap, dtype=np.float64)
+    m = np.asarray(_in_counts_layout(emap, counts, "exposure_map", ("x", "y")), dtype=np.float64)
     if m.shape != counts.shape[:2] or not np.all(np.isfinite(m)) or np.any(m < 0) or np.any(m > 1 + 1e-6):
         raise ValueError(f"exposure_map must be relative exposures in [0, 1] of shape {counts.shape[:2]} (x, y): "
                          f"divide an exposure map in seconds by the exposure; got shape {m.shape}")
@@ -426,9 +447,10 @@ def observation_from_files(
         background PHA (e.g. an XMM background region or a Resolve NXB spectrum) scaled to the
         source by the BACKSCAL ratio (``B_s`` the source extraction's, i.e. of the whole field or
         pixel array) and the exposure ratio, see :func:`background_from_pha`
-        (``attrs["background_source"]`` records the scaling).
+        (``attrs["background_source"]`` records the scaling). A DataArray (the background or
+        the region mask) is placed by its dim names, any order (e.g. ("y", "x", "energy")).
 
-    exposure_map : array (nx, ny), optional (sky binning only)
+    exposure_map : array (nx, ny) or DataArray over ("x", "y") in any order, optional (sky binning only)
         Relative exposure of each pixel in [0, 1]: vignetting x chip gaps x bad columns (e.g. an
         ``eexpmap`` / ``fluximage`` exposure map regridded to this grid and divided by the exposure).
         The ARF becomes a per-pixel effective area ``exposure_map[x, y] * A(E)`` (the ARF cropped
