@@ -293,3 +293,18 @@ def test_resolve_position_angle_is_turned_into_the_grid_frame(tmp_path, binned_a
     tx, ty = g.world_to_pixel(SkyCoord(sky.ra, sky.dec))
     assert np.hypot(got[:, 0] - tx, got[:, 1] - ty).max() < 0.01
     assert roll == pytest.approx(28.096, abs=1e-3)
+
+
+def test_center_as_quantities_or_skycoord(tmp_path):
+    """Session 29 red team: read_events took float(center[0]): a Quantity pair or a SkyCoord (which
+    xfusion.observation(center=) accepts) failed with astropy's TypeError."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    x, y, e, _ = _events()
+    path = _write(tmp_path / "pn.evt", "xmm_epic", x, y, e, {}, {"EXPOSURE": 1000.0})
+    ref = read_events(path, energy_edges=E_EDGES, pixel_size=PIX, center=(RA0, DEC0), shape=SHAPE, filters={})
+    for c in ((RA0 * u.deg, DEC0 * u.deg), SkyCoord(RA0 * u.deg, DEC0 * u.deg), (RA0 * 60 * u.arcmin, DEC0 * u.deg)):
+        cube = read_events(path, energy_edges=E_EDGES, pixel_size=PIX, center=c, shape=SHAPE, filters={})
+        np.testing.assert_array_equal(cube.values, ref.values)
+        assert cube.attrs["center"] == pytest.approx(ref.attrs["center"], abs=1e-12)

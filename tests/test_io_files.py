@@ -473,6 +473,26 @@ def test_labelled_exposure_map_and_background_are_placed_by_dim_names(tmp_path):
                                background=xr.DataArray(bkg_xy, dims=("x", "y", "energy"), coords={"x": c + 4.0}))
 
 
+def test_center_as_quantities_or_skycoord(tmp_path):
+    """Session 29 red team: observation_from_files took tuple(center): a SkyCoord (accepted by
+    xfusion.observation(center=)) failed with "scalar 'SkyCoord' object is not iterable"."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    rng = np.random.default_rng(3)
+    pos = rng.uniform(-12, 12, (200, 2))
+    pi = rng.integers(6001, 6400, 200).astype(np.int16)
+    xpath = _write_events(tmp_path / "pn.evt", "xmm_epic", pos[:, 0], pos[:, 1], pi,
+                          {"PATTERN": ("I", np.zeros(pi.size, np.int16)), "FLAG": ("J", np.zeros(pi.size, np.int32))},
+                          1000.0)
+    kw = dict(events=xpath, energy_edges=[6.0, 6.2, 6.4], pixel_size=4.0, shape=(6, 6), exposure=1000.0)
+    ref = observation_from_files(center=(RA0, DEC0), **kw)
+    for c in ((RA0 * u.deg, DEC0 * u.deg), SkyCoord(RA0 * u.deg, DEC0 * u.deg)):
+        o = observation_from_files(center=c, **kw)
+        np.testing.assert_array_equal(o["counts"].values, ref["counts"].values)
+        assert (o.attrs["center_ra"], o.attrs["center_dec"]) == pytest.approx((RA0, DEC0), abs=1e-12)
+
+
 def _write_bkg_pha(path, counts, exposure, backscal, areascal, quality):
     """A background PHA as an extractor writes it (evselect/xtdpha-like OGIP keywords), with EBOUNDS."""
     n = counts.size

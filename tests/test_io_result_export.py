@@ -118,6 +118,26 @@ def test_fits_cube_wcs_follows_the_coordinates_not_a_stale_pixel_size(tmp_path):
         write_fits_cube(gappy, tmp_path / "gap.fits", variable="counts")
 
 
+def test_fits_cube_uses_the_stored_tangent_point(tmp_path):
+    """Session 29 red team: write_fits_cube ignored center_ra/center_dec stored on the cube (a linear offset WCS
+    without center=), wrote a contradicting center= as is (every pixel 334" off), and failed on a Quantity or
+    SkyCoord centre."""
+    from astropy.coordinates import SkyCoord
+
+    obs = xfusion.observation(np.arange(8 * 6 * 2, dtype=float).reshape(8, 6, 2), dims=("x", "y", "energy"),
+                              energy_edges=[1, 2, 3], pixel_size=4.0, exposure=1.0, center=(RA0, DEC0))
+    ref = xfusion.celestial_wcs(obs)
+    for k, c in enumerate((None, (RA0, DEC0), (RA0 * u.deg, DEC0 * u.deg), SkyCoord(RA0 * u.deg, DEC0 * u.deg))):
+        h = fits.getheader(write_fits_cube(obs, tmp_path / f"c{k}.fits", variable="counts", center=c))
+        assert (h["CTYPE1"], h["CRVAL1"], h["CRVAL2"]) == ("RA---TAN", RA0, DEC0)
+        w = WCS(h).celestial
+        for ix, iy in ((0, 0), (7, 5)):
+            assert w.pixel_to_world(ix, iy).separation(ref.pixel_to_world(ix, iy)).arcsec < 1e-9
+    with pytest.raises(ValueError, match=r"center=\(83.733, 22.014\) deg contradicts the tangent point stored on "
+                                         r"the cube \(83.633000, 22.014000\) deg, 334 arcsec apart.*Omit center="):
+        write_fits_cube(obs, tmp_path / "bad.fits", variable="counts", center=(83.733, 22.014))
+
+
 # --------------------------------------------------------------------------- PHA export
 def test_region_pha_ogip_keywords(fused_small, tmp_path):
     exposure, area = 1e5, 500.0

@@ -93,6 +93,7 @@ import xarray as xr
 from astropy.io import fits
 
 from xfusion.io.ogip_read import edges_coords
+from xfusion.observation import _center_degrees
 
 __all__ = ["read_events", "INSTRUMENTS"]
 
@@ -361,7 +362,7 @@ def read_events(
         only the energies of the groups (coordinates); the binning is by channel.
     pixel_size : float
         Spatial pixel size in arcsec.
-    center : (float, float)
+    center : (float, float), (Quantity, Quantity) or astropy SkyCoord
         (RA, Dec) in degrees of the cube centre (tangent point).
     shape : (int, int)
         Number of pixels (nx, ny).  Pixel centres are at
@@ -409,7 +410,7 @@ def read_events(
         Dec 60 for a pointing 5' away); :func:`xfusion.grid.footprint_geometry` adds that turn
         when the array is placed on a grid, so binning about ``center`` or about the pointing
         gives the same footprint.
-    array_center : (RA, Dec) deg, optional
+    array_center : (RA, Dec) deg (or Quantities, or a SkyCoord), optional
         ``bin_by="pixel"``: sky position of the array centre; default ``RA_PNT``/``DEC_PNT``,
         else ``RA_NOM``/``DEC_NOM``.
 
@@ -439,6 +440,7 @@ def read_events(
         raise ValueError(f"bin_by must be 'sky' (an (x, y) image) or 'pixel' (detector pixels); got {bin_by!r}")
     if center is None:
         raise ValueError("center (RA, Dec in degrees: the tangent point of the sky offsets) is required")
+    center = _center_degrees(center)  # numbers (deg), Quantities or a SkyCoord, as xfusion.observation takes
     if bin_by == "sky":
         if pixel_size is None or shape is None:
             raise ValueError("pixel_size and shape are required to bin events on the sky (bin_by='sky')")
@@ -740,7 +742,7 @@ def _pixel_columns(ev, mask, label, instrument, exclude, roll, array_center, hea
             raise ValueError(f"{label}: no RA_PNT/DEC_PNT (or RA_NOM/DEC_NOM) keywords; pass array_center=(ra, dec)")
         array_center, center_source = (float(ra), float(dec)), f"{kw}/{kw2}"
     else:
-        center_source = "argument array_center="
+        array_center, center_source = _center_degrees(array_center), "argument array_center="
     return {"ids": ids, "row": row, "detx": detx, "dety": dety, "roll": float(roll), "roll_source": roll_source,
             "center_radec": tuple(float(v) for v in array_center), "center_source": center_source,
             "excluded": exclude}

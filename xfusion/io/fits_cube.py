@@ -6,14 +6,14 @@ Layout of the file written by :func:`write_fits_cube`:
   NumPy the array is (energy, y, x)), float32 (float64 kept if the variable is float64),
   ``BUNIT`` from the variable's units (``ph cm-2 s-1`` is written ``photon cm-2 s-1``, a
   flux per voxel: per fused pixel and per energy bin).
-* spatial axes, with ``center=(ra, dec)`` (deg): a celestial gnomonic WCS
+* spatial axes, with a tangent point (stored on the cube, or ``center=(ra, dec)``): a celestial gnomonic WCS
   ``RA---TAN``/``DEC--TAN`` with tangent point ``CRVAL = center`` at the x = y = 0 offset
   (``CRPIX`` may be fractional), ``CDELT1 = -pixel/3600``, ``CDELT2 = +pixel/3600`` deg
   (``pixel`` and ``CRPIX`` from the ``x``/``y`` coordinate values, which must increase
   uniformly: :func:`xfusion.observation.axis_spacing`)
   (x grows towards the west like :func:`xfusion.io.read_events` offsets, so RA decreases
   with the column index: the usual east-left orientation), ``RADESYS = 'ICRS'``.
-  Without ``center``: a linear offset WCS, ``CTYPE1 = 'XOFFSET'``, ``CTYPE2 = 'YOFFSET'``,
+  Without a tangent point: a linear offset WCS, ``CTYPE1 = 'XOFFSET'``, ``CTYPE2 = 'YOFFSET'``,
   ``CUNIT = 'arcsec'``, world coordinate = the cube's own ``x``/``y`` coordinate values
   (arcsec, x west, y north).
 * energy axis: channel centres (keV). Uniform channels -- every edge within 0.1 % of a
@@ -64,6 +64,32 @@ def _pixel(da, dim):
     return axis_spacing(da[dim], dim)
 
 
+def _center(result, da, xd, center, pixel):
+    """The tangent point to write: the one stored on the cube (``center_ra``/``center_dec`` on its x coordinate,
+    the variable or the Dataset), else ``center``; a ``center`` that contradicts the stored one (by more than
+    1e-3 pixel) is refused: the offsets are about the stored point, so another CRVAL would move every pixel."""
+    from ..observation import _center_degrees
+
+    stored = None
+    for attrs in (da[xd].attrs, da.attrs, getattr(result, "attrs", {})):
+        if attrs.get("center_ra") is not None and attrs.get("center_dec") is not None:
+            stored = _center_degrees((float(attrs["center_ra"]), float(attrs["center_dec"])))
+            break
+    given = None if center is None else _center_degrees(center)
+    if stored is None or given is None:
+        return stored if given is None else given
+    r0, d0, r1, d1 = np.deg2rad([*stored, *given])
+    sep = float(np.rad2deg(np.arccos(np.clip(np.sin(d0) * np.sin(d1) + np.cos(d0) * np.cos(d1) * np.cos(r1 - r0),
+                                             -1, 1))) * 3600)
+    if sep > 1e-3 * pixel:
+        raise ValueError(
+            f"center={given} deg contradicts the tangent point stored on the cube ({stored[0]:.6f}, {stored[1]:.6f}) "
+            f"deg, {sep:.3g} arcsec apart: its x/y offsets are about the stored point, so every pixel would be "
+            "written that far off. Omit center= (the stored one is used), or re-bin the events about the other "
+            "centre and fuse again")
+    return stored
+
+
 def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=False) -> Path:
     """Write a fused cube (or any (x, y, energy) variable of a result) as a FITS image cube.
 
@@ -77,10 +103,12 @@ def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=Fal
         Output file.
     variable : str
         Variable of ``result`` to write (default ``"flux"``).
-    center : (float, float), optional
-        (RA, Dec) in degrees of the tangent point (offset x = y = 0), e.g. the ``center``
-        given to :func:`xfusion.io.observation_files.observation_from_files`. Without it the spatial
-        axes are linear offsets in arcsec (see module docstring).
+    center : (float, float) deg, (Quantity, Quantity) or astropy SkyCoord, optional
+        (RA, Dec) of the tangent point (offset x = y = 0). Default: the one stored on the cube
+        (``center_ra``/``center_dec`` of its ``x`` coordinate, as :func:`xfusion.fuse` results of
+        observations with a ``center`` carry, or of the variable / Dataset); one that contradicts
+        the stored one is refused. Without either, the spatial axes are linear offsets in arcsec
+        (see module docstring).
     overwrite : bool
         Replace an existing file, only if xfusion wrote it (``CREATOR = 'xfusion ...'``); any
         other file at ``path`` is refused even then. Checked before anything is computed.
@@ -105,12 +133,13 @@ def write_fits_cube(result, path, *, variable="flux", center=None, overwrite=Fal
     x = np.asarray(da[xd].values, dtype=np.float64)
     y = np.asarray(da[yd].values, dtype=np.float64)
     px, py = _pixel(da, xd), _pixel(da, yd)
+    center = _center(result, da, xd, center, min(px, py))
 
     hdu = fits.PrimaryHDU(values)
     h = hdu.header
     h["WCSAXES"] = 3
     if center is not None:
-        ra, dec = (float(v) for v in center)
+        ra, dec = center
         h["CTYPE1"], h["CTYPE2"] = ("RA---TAN", "gnomonic projection"), ("DEC--TAN", "gnomonic projection")
         h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
         h["CRPIX1"] = (1.0 - x[0] / px, "pixel of the tangent point (x offset 0)")

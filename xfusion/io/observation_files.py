@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 
 from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_grid
-from ..observation import (REL_TOL, clip_negative_rows, edge_tolerance, energy_edges as _edges_of, observation,
+from ..observation import (REL_TOL, _center_degrees, clip_negative_rows, edge_tolerance, energy_edges as _edges_of, observation,
                            pixel_size as _pixel_size)
 from .events import INSTRUMENTS, _detect_instrument, read_events
 from .ogip_read import SparseRMF, edges_coords, read_arf, read_rmf
@@ -400,7 +400,7 @@ def observation_from_files(
         Channel edges of the counts; default: the RMF's EBOUNDS channels inside ``band``.
     pixel_size : float, arcsec
         Pixel size of the counts cube.
-    center : (float, float), deg
+    center : (float, float) deg, (Quantity, Quantity) or astropy SkyCoord
         (RA, Dec) of the tangent point; pixel centres are at
         ``(i - (n - 1) / 2) * pixel_size`` (x towards the west, y north). Recorded in
         ``attrs["center_ra"]``/``attrs["center_dec"]`` and used by :func:`align`.
@@ -487,6 +487,7 @@ def observation_from_files(
     for label, v in (("pixel_size", pixel_size), ("center", center), ("shape", shape)):
         if v is None and not (label == "pixel_size" and bin_by == "pixel"):
             raise ValueError(f"{label} is required (pass it as a keyword or in grid=)")
+    center = _center_degrees(center)  # numbers (deg), Quantities or a SkyCoord, as xfusion.observation takes
     label = os.path.basename(os.fspath(events))
 
     response = None
