@@ -306,7 +306,7 @@ def test_align_errors():
         align(x_obs, y25)
     # grids offset by half a fine pixel: cannot be cropped into alignment
     shifted = y_obs.assign_coords(x=y_obs["x"].copy(data=y_obs["x"].values + 5.0))
-    with pytest.raises(ValueError, match="center shifted"):
+    with pytest.raises(ValueError, match="cropping cannot align them. Both grids are centred on the tangent point"):
         align(x_obs, shifted)
     # channel edges off by half a fine channel everywhere
     xs = _obs_like(x_obs, edges=coarse + 0.5 * (fine[1] - fine[0]))
@@ -317,6 +317,28 @@ def test_align_errors():
     ya = y_obs.assign_attrs(center_ra=RA0 + 0.01, center_dec=DEC0)
     with pytest.raises(ValueError, match="same center="):
         align(xa, ya)
+
+
+def test_align_advice_for_misaligned_edges_works(tmp_path):
+    """Session 29 red team: for pixel edges half a fine pixel apart align advised re-binning one event list with its
+    center shifted, which moves the tangent point: align then refused the pair for different tangent points. The
+    advice is now a shape of the other parity, which works."""
+    rng = np.random.default_rng(4)
+    pos = rng.uniform(-40, 40, (2000, 2))
+    pi = rng.integers(6001, 6400, 2000).astype(np.int16)
+    path = _write_events(tmp_path / "pn.evt", "xmm_epic", pos[:, 0], pos[:, 1], pi,
+                         {"PATTERN": ("I", np.zeros(pi.size, np.int16)), "FLAG": ("J", np.zeros(pi.size, np.int32))},
+                         1000.0)
+    kw = dict(events=path, center=(RA0, DEC0), exposure=1000.0)
+    rs = observation_from_files(energy_edges=[6.0, 6.1, 6.2], pixel_size=16.0, shape=(6, 6), name="rs", **kw)
+    pn = observation_from_files(energy_edges=[6.0, 6.2], pixel_size=4.0, shape=(25, 25), name="pn", **kw)
+    with pytest.raises(ValueError, match=r"coordinate x: the pixel edges of 'rs' \(16.0 arcsec\) fall [+-]2 arcsec off "
+                                         r".*re-bin 'pn' with 24 or 26 pixels along x \(shape=\), about the same "
+                                         r"center="):
+        align(pn, rs)
+    pn24 = observation_from_files(energy_edges=[6.0, 6.2], pixel_size=4.0, shape=(24, 24), name="pn", **kw)
+    a, b = align(pn24, rs)  # following the advice works
+    assert a.sizes["x"] == 24 and b.sizes["x"] == 6
 
 
 def test_real_responses(tmp_path):

@@ -619,11 +619,22 @@ def _spatial_crop(fine, coarse, dim, v):
     tol = 1e-6
     if abs(shift - round(shift)) > tol:
         frac = (shift - round(shift)) * pf
+        nf_, nc_ = _name(fine, "fine"), _name(coarse, "coarse")
+        if abs(abs(frac) - pf / 2) <= tol * pf:
+            # both grids centred on the tangent point (read_events): edges meet when nf and nc * v share parity.
+            # Shifting center= instead would change the tangent point, which align refuses.
+            alt = f", or '{nc_}' with {nc - 1} or {nc + 1}" if v % 2 else ""
+            fix = (f"Both grids are centred on the tangent point, so their edges meet only when the fine pixels "
+                   f"({nf}) and the coarse ones times {v} ({nc * v}) are both even or both odd: re-bin '{nf_}' with "
+                   f"{nf - 1} or {nf + 1} pixels along {dim} (shape=){alt}, about the same center=")
+        else:
+            fix = (f"The grids are not both centred on their tangent point (as read_events bins them): rebuild "
+                   f"'{nc_}' so that its pixel edges fall on those of '{nf_}' (coordinates {dim} = a fine pixel edge "
+                   f"+ (j + 0.5) x {pc} arcsec), keeping the same center= (a shifted center= is another tangent "
+                   "point, which align refuses)")
         raise ValueError(
-            f"coordinate {dim}: the pixel edges of '{_name(coarse, 'coarse')}' ({pc} arcsec) fall "
-            f"{frac:+.4g} arcsec off the edges of '{_name(fine, 'fine')}' ({pf} arcsec pixels); cropping cannot "
-            f"align them. Re-bin one event list with its center shifted by {frac:+.4g} arcsec along {dim} "
-            "(or an odd/even shape so both grids share a pixel edge)"
+            f"coordinate {dim}: the pixel edges of '{nc_}' ({pc} arcsec) fall {frac:+.4g} arcsec off the edges of "
+            f"'{nf_}' ({pf} arcsec pixels); cropping cannot align them. {fix}"
         )
     s = int(round(shift))  # first coarse edge, in fine pixels from the first fine edge
     j0 = max(0, int(np.ceil((-s) / v - tol)))              # first coarse pixel starting inside the fine field
