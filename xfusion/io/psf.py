@@ -101,19 +101,7 @@ def psf_pixel_scale(header, label: str = "PSF image") -> float:
     ValueError
         If no scale can be found, or the pixels are not square.
     """
-    from astropy.wcs import WCS, FITSFixedWarning
-
-    header = header.copy()
-    for i in (1, 2):  # wcslib rejects the spelled-out 'degree' (CIAO writes it)
-        unit = str(header.get(f"CUNIT{i}", "")).strip().lower()
-        if unit in ("degree", "degrees"):
-            header[f"CUNIT{i}"] = "deg"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        try:
-            wcs = WCS(header, naxis=2)
-        except Exception:  # malformed WCS -> treat as absent
-            wcs = None
+    wcs, header = _wcs2(header)
     scales = None
     if wcs is not None and wcs.has_celestial:
         from astropy.wcs.utils import proj_plane_pixel_scales
@@ -153,21 +141,27 @@ def psf_pixel_scale(header, label: str = "PSF image") -> float:
     )
 
 
-def _celestial_wcs2(header):
-    """The 2-axis astropy WCS of an image header if it is celestial, else None."""
+def _wcs2(header):
+    """``(wcs, header)``: the 2-axis astropy WCS of an image header (None if malformed) and the header it was read
+    from (a copy, with CUNIT 'degree' spelled 'deg': wcslib rejects the spelled-out form CIAO writes)."""
     from astropy.wcs import WCS, FITSFixedWarning
 
     header = header.copy()
-    for i in (1, 2):  # wcslib rejects the spelled-out 'degree' (CIAO writes it)
+    for i in (1, 2):
         if str(header.get(f"CUNIT{i}", "")).strip().lower() in ("degree", "degrees"):
             header[f"CUNIT{i}"] = "deg"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
-            wcs = WCS(header, naxis=2)
+            return WCS(header, naxis=2), header
         except Exception:  # malformed WCS -> treat as absent
-            return None
-    return wcs if wcs.has_celestial and wcs.wcs.lng >= 0 and wcs.wcs.lat >= 0 else None
+            return None, header
+
+
+def _celestial_wcs2(header):
+    """The 2-axis astropy WCS of an image header if it is celestial, else None."""
+    wcs = _wcs2(header)[0]
+    return wcs if wcs is not None and wcs.has_celestial and wcs.wcs.lng >= 0 and wcs.wcs.lat >= 0 else None
 
 
 def psf_axis_flips(header, shape, label: str = "PSF image") -> tuple[bool, bool]:
