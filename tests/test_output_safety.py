@@ -223,8 +223,14 @@ def test_ctrl_c_during_a_store_write_waits_for_the_store(tmp_path):
 
     data = da.ones((8, 8, 4), chunks=(2, 2, 4)).map_blocks(interrupt, meta=np.empty((0, 0, 0)))  # run at compute
     ds = xr.Dataset({"flux": (("x", "y", "energy"), data)})
-    with pytest.raises(KeyboardInterrupt):
-        xzarr.write(ds, tmp_path / "out.zarr")
+    # Ctrl-C as in a terminal: a test run started in the background by a non-interactive shell (as CI is)
+    # inherits SIGINT ignored, and then no KeyboardInterrupt is raised at all
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            xzarr.write(ds, tmp_path / "out.zarr")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert fired and sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no temporary sibling left
     np.testing.assert_array_equal(xzarr.open(tmp_path / "out.zarr")["flux"].values, np.ones((8, 8, 4)))
     xzarr.write(xr.Dataset({"flux": (("x", "y", "energy"), np.ones((2, 2, 2)))}), tmp_path / "again.zarr")

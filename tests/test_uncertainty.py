@@ -389,7 +389,8 @@ def test_damaged_replica_store_is_refused_on_resume(fitted, tmp_path):
 CONCURRENT_RUN = """
 import signal
 import sys
-signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, whatever the parent's disposition
+# Ctrl-C as in a terminal: a CI run started in the background inherits SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import xfusion
 from xfusion import scenes
 x, y, _ = scenes.make("cluster_core", seed=3, counts=3e5, size=(12, 240))
