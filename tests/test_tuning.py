@@ -582,3 +582,25 @@ def test_k_step_above_8_is_judged_on_every_sharp_spectral_input():
     assert len(obs) == 5 and len(sp.spectral) == 2  # the two tiles (model order)
     assert steps[0]["k"] == 12.0 and steps[0]["gain"] > 0 and steps[0]["sq_gain_spectral"] < 0
     assert max(_ladder(cur)) == 8.0 and tuning.choice(cur)["k"] == 8.0
+
+
+def test_tune_refuses_arguments_it_would_ignore_or_truncate():
+    """Red team s29: max_iter=0 ran the default 100 RL iterations, -3 and 2.7 were truncated to nonsense, unknown
+    fixed options were silently dropped, grid=[] failed in argmin, n_splits=True was one split and np.int64(2) was
+    refused; thin refused np.float32(0.5)."""
+    x, y, _ = xfusion.toy.make("small")
+    for bad in (0, -3, 2.7, True, "50"):
+        with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+            tuning.tune(x, y, regularization="none", max_iter=bad)
+    with pytest.raises(ValueError, match="takes no option.*banana"):
+        tuning.tune(x, y, regularization="none", max_iter=5, banana=3)
+    with pytest.raises(ValueError, match="takes no option.*banana"):
+        tuning.tune(x, y, max_iter=5, banana=3)
+    with pytest.raises(ValueError, match="grid must be a list of candidate settings \\(at least one\\)"):
+        tuning.tune(x, y, grid=[], max_iter=5)
+    with pytest.raises(ValueError, match="n_splits must be an integer"):
+        tuning.tune(x, y, regularization="none", n_splits=True, max_iter=5)
+    a = tuning.tune(x, y, regularization="none", n_splits=np.int64(2), max_iter=5)
+    assert a.sizes["split"] == 2
+    p, _ = tuning.thin(x, np.float32(0.5), seed=1)
+    assert json.loads(p.attrs["thinning"])["fraction"] == 0.5

@@ -163,6 +163,7 @@ pre-thinning fallbacks (recorded).
 from __future__ import annotations
 
 import json
+import numbers
 import math
 import time
 import warnings
@@ -348,7 +349,7 @@ def thin(obs: xr.Dataset, fraction: float = 0.5, seed=None) -> tuple[xr.Dataset,
     The input is not modified; the parts carry a ``thinning`` attribute (JSON).
     """
     validate(obs)
-    if not (isinstance(fraction, (int, float)) and 0.0 < float(fraction) < 1.0):
+    if isinstance(fraction, bool) or not (isinstance(fraction, numbers.Real) and 0.0 < float(fraction) < 1.0):
         raise ValueError(f"fraction must be a number in (0, 1); got {fraction!r}")
     f = float(fraction)
     c = _counts_array(obs, "thin")
@@ -1410,11 +1411,22 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
                 if regularization == "anscombe2d1d" else "")
         raise ValueError(f"tune does not choose the settings of regularization={regularization!r}{hint}; tune "
                          "'wavelet2d1d', 'none' or a low-rank one, or pass its settings explicitly to xfusion.fuse")
-    if not (isinstance(n_splits, int) and n_splits >= 1):
+    if isinstance(n_splits, bool) or not (isinstance(n_splits, numbers.Integral) and n_splits >= 1):
         raise ValueError(f"n_splits must be an integer >= 1; got {n_splits!r}")
-    if grid is not None and (isinstance(grid, (dict, str)) or not all(isinstance(g, dict) for g in grid)):
-        raise ValueError(f"grid must be a list of candidate settings, one dict of fuse options each (e.g. "
+    n_splits = int(n_splits)
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral)
+                                 or max_iter < 1):
+        raise ValueError(f"max_iter must be an integer >= 1 (or None for the default); got {max_iter!r}")
+    if grid is not None and (isinstance(grid, (dict, str)) or not all(isinstance(g, dict) for g in grid)
+                             or len(grid) == 0):
+        raise ValueError(f"grid must be a list of candidate settings (at least one), one dict of fuse options each (e.g. "
                          f"[{{'k': 1.0}}, {{'k': 2.0}}]); got {grid!r}")
+    if regularization in ("none", "wavelet2d1d"):
+        accepted = WAVELET_KEYS if regularization == "wavelet2d1d" else ()
+        bad = sorted(set(fixed) - set(accepted))
+        if bad:
+            raise ValueError(f"tune(regularization={regularization!r}) takes no option(s) {', '.join(bad)} "
+                             f"(fixed options accepted: {', '.join(accepted) or 'none'})")
     if len(observations) > 2 and regularization not in ("wavelet2d1d", "none", "lowrank_local"):
         raise NotImplementedError(f"tuning {regularization!r} uses exactly two observations (got {len(observations)});"
                                   " pass explicit rank/mu/max_iter, or tune wavelet2d1d / none")
@@ -1943,11 +1955,11 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
         cur = tune(obs_a, obs_b, *extra, regularization="none", seed=seed, dtype=dtype)
     elif regularization == "wavelet2d1d":
         cur = tune(obs_a, obs_b, *extra, regularization=regularization, seed=seed, dtype=dtype, tol=tol,
-                   max_iter=None if auto_iter else max_iter, **fixed)
+                   max_iter=None if auto_iter else (max_iter or None), **fixed)
     elif regularization == "lowrank":
         if params.get("rank") == "auto":
             cur = tune(obs_a, obs_b, regularization="lowrank", seed=seed, dtype=dtype, tol=tol,
-                       max_iter=EARLY_STOP["lowrank"] if auto_iter else max_iter, **fixed)
+                       max_iter=EARLY_STOP["lowrank"] if auto_iter else (max_iter or None), **fixed)
             params["rank"] = choice(cur)["rank"]
             fixed["rank"] = params["rank"]
             rec_rank = _record(cur)
@@ -1963,7 +1975,7 @@ def auto_settings(obs_a, obs_b, regularization, method, params, max_iter, tol, d
         return int(ch.get("max_iter", max_iter if not auto_iter else EARLY_STOP["lowrank"])), rec
     else:
         cur = tune(obs_a, obs_b, regularization=regularization, seed=seed, dtype=dtype, tol=tol,
-                   max_iter=None if auto_iter else max_iter, **fixed)
+                   max_iter=None if auto_iter else (max_iter or None), **fixed)
     ch = choice(cur)
     params.update({k: v for k, v in ch.items() if k != "max_iter" and k not in DIAG_KEYS})
     if auto_iter:
