@@ -270,3 +270,23 @@ def test_plot_output_that_is_a_file_exit_3(fused, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a file exists there" in err[0]
     assert target.read_text() == "mine"
+
+
+def test_fuse_arguments_are_not_options_and_config_max_iter_auto(toy_dir, tmp_path, capsys):
+    """Red team s29: ``--option max_iter=5`` (or ``tol`` in [options]) bypassed the flag's checks, and with the flag
+    too fuse() got it twice (a TypeError); ``--option regularization=none`` reached fuse as None. A config's
+    ``max_iter = "auto"`` (fuse's default for plain RL) was refused as "must be a number"."""
+    x, y, o = str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), str(tmp_path / "o.zarr")
+    for extra in (["--max-iter", "3", "--option", "max_iter=5"], ["--option", "regularization=none"],
+                  ["--option", "progress=true"]):
+        assert main(["fuse", x, y, "-o", o, "--no-progress"] + extra) == 3
+        err = _err(capsys)
+        assert "not a regularization option" in err, err
+        assert "Traceback" not in err and "multiple values" not in err
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('max_iter = 3\n[options]\ntol = 0.1\n')
+    assert main(["fuse", x, y, "-o", o, "--config", str(cfg), "--no-progress"]) == 3
+    assert "tol is not a regularization option" in _err(capsys)
+    cfg.write_text('regularization = "none"\nmax_iter = "auto"\n')
+    assert main(["fuse", x, y, "-o", o, "--config", str(cfg), "--no-progress"]) == 0
+    capsys.readouterr()

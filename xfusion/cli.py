@@ -231,11 +231,31 @@ def _load_config(path):
     return cfg
 
 
+def _check_option_keys(options):
+    """Refuse a ``fuse`` argument given as a regularization option (``--option max_iter=5``, ``[options] tol``): it
+    bypassed the flag's checks, and with the flag too fuse() got it twice (a TypeError)."""
+    import inspect
+
+    from .fuse import fuse
+
+    named = [n for n, p in inspect.signature(fuse).parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in options:
+        if key in CONFIG_KEYS:
+            raise InputError(f"{key} is not a regularization option: give it as --{key.replace('_', '-')} or as a "
+                             f"top-level key of the config file (not in --option or [options])")
+        if key in named:
+            hint = " (--no-progress turns the progress bar off)" if key == "progress" else ""
+            raise InputError(f"{key} is an argument of xfusion.fuse that the command line does not set; it is not a "
+                             f"regularization option (--option, [options]){hint}")
+
+
 def _fuse_settings(args):
     """Merge defaults < config file < command-line flags into fuse() keyword arguments."""
     cfg = _load_config(args.config) if args.config else {}
     options = dict(cfg.pop("options", {}) or {})
     options.update(_parse_options(args.option))
+    _check_option_keys(options)
     kw = {k: v for k, v in cfg.items()}
     for key in ("regularization", "method", "max_iter", "tol", "checkpoint", "checkpoint_every", "dtype"):
         value = getattr(args, key)
@@ -252,6 +272,8 @@ def _fuse_settings(args):
         raise InputError("--resume needs --checkpoint PATH (the store written by the interrupted run)")
     for key, typ in (("max_iter", int), ("checkpoint_every", int), ("tol", float)):
         if key in kw and kw[key] is not None:
+            if key == "max_iter" and kw[key] == "auto":  # fuse's own default for the early-stopped families
+                continue
             if isinstance(kw[key], bool) or (typ is int and isinstance(kw[key], float) and not kw[key].is_integer()):
                 raise InputError(f"{key} must be {'an integer' if typ is int else 'a number'}; got {kw[key]!r}")
             try:
