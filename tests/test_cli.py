@@ -290,3 +290,20 @@ def test_fuse_arguments_are_not_options_and_config_max_iter_auto(toy_dir, tmp_pa
     cfg.write_text('regularization = "none"\nmax_iter = "auto"\n')
     assert main(["fuse", x, y, "-o", o, "--config", str(cfg), "--no-progress"]) == 0
     capsys.readouterr()
+
+
+def test_option_stabilize_none_is_the_string(toy_dir, tmp_path, capsys):
+    """Red team s29: ``--option stabilize=none`` (its documented default) became None and fuse refused it ("must be
+    one of 'none', 'anscombe'; got None"); options whose None is meaningful (shape_prior) still get None."""
+    import json
+
+    import xarray as xr
+
+    from xfusion.cli import _parse_options
+
+    assert _parse_options(["stabilize=none", "shape_prior=none"]) == {"stabilize": "none", "shape_prior": None}
+    out = tmp_path / "s.zarr"
+    assert main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--no-progress",
+                 "--option", "stabilize=none"] + PINNED[:-2] + ["--max-iter", "2"]) == 0
+    assert json.loads(xr.open_zarr(out, consolidated=False).attrs["parameters"])["stabilize"] == "none"
+    capsys.readouterr()

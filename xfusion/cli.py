@@ -196,7 +196,17 @@ def _parse_options(items):
         if not sep or not key:
             raise InputError(f"--option expects KEY=VALUE (e.g. --option k=1.5); got {item!r}")
         out[key] = _parse_value(value.strip())
+        if out[key] is None and value.strip().lower() == "none" and key in _none_string_options():
+            out[key] = "none"  # e.g. stabilize=none: the documented value is the string "none", not None
     return out
+
+
+def _none_string_options():
+    """Options whose documented default is the string "none" (``stabilize``): ``--option KEY=none`` means that."""
+    from . import registry
+
+    return {k for name in registry.REGULARIZATIONS for k, (d, *_) in registry.option_docs(name).items()
+            if isinstance(d, str) and d == "none"}
 
 
 def _load_config(path):
