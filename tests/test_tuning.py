@@ -604,3 +604,14 @@ def test_tune_refuses_arguments_it_would_ignore_or_truncate():
     assert a.sizes["split"] == 2
     p, _ = tuning.thin(x, np.float32(0.5), seed=1)
     assert json.loads(p.attrs["thinning"])["fraction"] == 0.5
+
+
+def test_resolve_auto_returns_only_fuse_options():
+    """Red team s29: select's arguments given to resolve_auto (n_splits, fraction) were copied into the options it
+    returns when wavelet2d1d won, and fuse(**options) refused them."""
+    x, y, _ = xfusion.toy.make("small", seed=0, x={"counts": 3e3}, y={"counts": 3e3})
+    reg, opts, _ = tuning.resolve_auto(x, y, n_splits=1, fraction=0.5, n_scales_2d=1)
+    assert reg == "wavelet2d1d"  # this faint toy takes the zeroed ladder
+    assert "n_splits" not in opts and "fraction" not in opts and opts["n_scales_2d"] == 1
+    res = xfusion.fuse(x, y, regularization=reg, progress=False, **opts)
+    assert res.attrs["regularization"] == "wavelet2d1d"

@@ -1611,7 +1611,8 @@ def resolve_auto(*observations, seed=0, dtype="float32", tol=1e-4, half_fit=None
     ch = choice(cur)
     reg = ch.pop("regularization")
     if reg == "wavelet2d1d":
-        ch = {**{k: v for k, v in fixed.items() if v != "auto"}, **ch}
+        # the fixed wavelet options only: select's own arguments passed through (n_splits, fraction) are not fuse's
+        ch = {**{k: v for k, v in fixed.items() if v != "auto" and k in WAVELET_KEYS}, **ch}
         for k in DIAG_KEYS:
             ch.pop(k, None)
     rec = dict(_record(cur), regularization="auto", chosen=reg)
