@@ -602,6 +602,12 @@ def test_tune_refuses_arguments_it_would_ignore_or_truncate():
         tuning.tune(x, y, regularization="none", n_splits=True, max_iter=5)
     a = tuning.tune(x, y, regularization="none", n_splits=np.int64(2), max_iter=5)
     assert a.sizes["split"] == 2
+    for bad in ("int8", "float16"):  # was KeyError: dtype('int8')
+        with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+            tuning.tune(x, y, regularization="none", max_iter=5, dtype=bad)
+    for bad in (-1, 0, float("nan"), "1e-4"):  # -1, 0, nan were accepted (no candidate fit stopped on its change)
+        with pytest.raises(ValueError, match="tol must be a finite number > 0"):
+            tuning.tune(x, y, max_iter=5, tol=bad)
     p, _ = tuning.thin(x, np.float32(0.5), seed=1)
     assert json.loads(p.attrs["thinning"])["fraction"] == 0.5
 

@@ -1417,6 +1417,11 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral)
                                  or max_iter < 1):
         raise ValueError(f"max_iter must be an integer >= 1 (or None for the default); got {max_iter!r}")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < math.inf):
+        raise ValueError(f"tol must be a finite number > 0 (relative change stopping each candidate fit) or None; "
+                         f"got {tol!r}")
+    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
     if grid is not None and (isinstance(grid, (dict, str)) or not all(isinstance(g, dict) for g in grid)
                              or len(grid) == 0):
         raise ValueError(f"grid must be a list of candidate settings (at least one), one dict of fuse options each (e.g. "
