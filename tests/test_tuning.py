@@ -602,6 +602,11 @@ def test_tune_refuses_arguments_it_would_ignore_or_truncate():
         tuning.tune(x, y, regularization="none", n_splits=True, max_iter=5)
     a = tuning.tune(x, y, regularization="none", n_splits=np.int64(2), max_iter=5)
     assert a.sizes["split"] == 2
+    for flag in ("include_rl", "stop_zero", "select_null_space", "family_prior"):  # were ignored silently
+        with pytest.raises(ValueError, match=f"{flag} apply to regularization='wavelet2d1d' only"):
+            tuning.tune(x, y, regularization="none", max_iter=5, **{flag: True})
+    with pytest.raises(ValueError, match="has no candidate grid"):
+        tuning.tune(x, y, regularization="none", max_iter=5, grid=[{"max_iter": 3}])
     for bad in ("int8", "float16"):  # was KeyError: dtype('int8')
         with pytest.raises(ValueError, match="dtype must be float32 or float64"):
             tuning.tune(x, y, regularization="none", max_iter=5, dtype=bad)

@@ -1426,6 +1426,17 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
                              or len(grid) == 0):
         raise ValueError(f"grid must be a list of candidate settings (at least one), one dict of fuse options each (e.g. "
                          f"[{{'k': 1.0}}, {{'k': 2.0}}]); got {grid!r}")
+    flags = [n for n, v in (("select_null_space", select_null_space), ("include_rl", include_rl),
+                            ("include_threshold", include_threshold), ("stop_zero", stop_zero),
+                            ("family_prior", family_prior), ("complete", complete),
+                            ("half_fit", half_fit is not None)) if v]
+    if regularization != "wavelet2d1d" and flags:
+        raise ValueError(f"{', '.join(flags)} apply to regularization='wavelet2d1d' only (the k ladder and the "
+                         f"families compared with it); tune(regularization={regularization!r}) would ignore them")
+    if grid is not None and regularization in ("none", "lowrank_local"):
+        raise ValueError(f"tune(regularization={regularization!r}) has no candidate grid (it chooses "
+                         f"{'the RL iteration count' if regularization == 'none' else 'rank and iterations'} along "
+                         "its runs); grid applies to wavelet2d1d and the low-rank families")
     if regularization in ("none", "wavelet2d1d"):
         accepted = WAVELET_KEYS if regularization == "wavelet2d1d" else ()
         bad = sorted(set(fixed) - set(accepted))
