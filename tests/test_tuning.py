@@ -626,3 +626,29 @@ def test_resolve_auto_returns_only_fuse_options():
     assert "n_splits" not in opts and "fraction" not in opts and opts["n_scales_2d"] == 1
     res = xfusion.fuse(x, y, regularization=reg, progress=False, **opts)
     assert res.attrs["regularization"] == "wavelet2d1d"
+
+
+def test_plot_on_odd_curves():
+    """Red team s29: plot of a selection of candidates raised IndexError (the chosen candidate's number indexed the
+    selection), an all-NaN curve numpy's "All-NaN slice encountered", a fuse record (dict) a KeyError."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y, _ = xfusion.toy.make("small")
+    cur = tuning.tune(x, y, max_iter=5)
+    best = json.loads(cur.attrs["details"])["chosen_candidate"]
+    assert best > 0
+    ax = tuning.plot(cur.isel(candidate=[0]))  # the choice is not among them: not marked
+    assert not any(line.get_marker() == "*" for line in ax.get_lines())
+    ax = tuning.plot(cur.isel(candidate=[0, best]))  # marked at its place in the selection
+    star = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert len(star) == 1 and list(star[0].get_xdata()) == [1]
+    nan = cur.copy(deep=True)
+    nan["mean_deviance"][:] = np.nan
+    with pytest.raises(ValueError, match="no candidate of this curve has a finite held-out deviance"):
+        tuning.plot(nan)
+    with pytest.raises(ValueError, match="plot needs the validation curve"):
+        tuning.plot({"choice": "{}"})
+    plt.close("all")

@@ -1751,10 +1751,15 @@ def plot(curve: xr.Dataset, ax=None):
     """
     import matplotlib.pyplot as plt
 
+    if not (isinstance(curve, xr.Dataset) and "mean_deviance" in curve and "choice" in curve.attrs):
+        raise ValueError(f"plot needs the validation curve tune() or select() returns (a Dataset with "
+                         f"mean_deviance and a choice); got {type(curve).__name__}")
+    mean = curve["mean_deviance"].values
+    if not np.isfinite(mean).any():
+        raise ValueError("no candidate of this curve has a finite held-out deviance: nothing to plot")
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
-    mean = curve["mean_deviance"].values
-    ref = np.nanmin(mean)
+    ref = np.nanmin(mean[np.isfinite(mean)])
     labels = list(curve["setting"].values)
     idx = np.arange(len(labels))
     if curve.attrs["regularization"] == "none":
@@ -1765,8 +1770,14 @@ def plot(curve: xr.Dataset, ax=None):
         ax.set_xticks(idx)
         ax.set_xticklabels([s.replace('"', "") for s in labels], rotation=70, fontsize=7, ha="right")
     details = json.loads(curve.attrs.get("details", "{}"))
-    best = details.get("chosen_candidate", int(np.nanargmin(mean)))
-    ax.plot([best], [mean[best] - ref], "r*", ms=12, label=f"choice {curve.attrs['choice']}")
+    best = details.get("chosen_candidate", None)
+    if best is None:
+        best = int(np.nanargmin(mean))
+    else:  # a candidate number (the curve may be a selection of candidates: curve.isel(candidate=...))
+        at = np.flatnonzero(curve["candidate"].values == best) if "candidate" in curve.coords else []
+        best = int(at[0]) if len(at) else None
+    if best is not None:
+        ax.plot([best], [mean[best] - ref], "r*", ms=12, label=f"choice {curve.attrs['choice']}")
     ks = {json.loads(s).get("k") for s in labels} if curve.attrs["regularization"] != "none" else set()
     refused = [st for st in details.get("k_above", {}).get("steps", []) if st["k"] not in ks]
     if refused:  # a rung above K_GUARDED_ABOVE that lowered the deviance but not the sharp-spectral squared error
@@ -1776,7 +1787,8 @@ def plot(curve: xr.Dataset, ax=None):
             transform=ax.transAxes, fontsize=7, va="bottom")
     ax.set_ylabel("held-out deviance - min")
     ax.set_yscale("symlog", linthresh=10)
-    ax.legend(fontsize=7)
+    if best is not None:
+        ax.legend(fontsize=7)
     ax.set_title(f"Poisson thinning ({curve.attrs['regularization']}, f={curve.attrs['fraction']})")
     return ax
 
