@@ -652,3 +652,17 @@ def test_plot_on_odd_curves():
     with pytest.raises(ValueError, match="plot needs the validation curve"):
         tuning.plot({"choice": "{}"})
     plt.close("all")
+
+
+def test_settings_dict_with_an_unknown_key_is_refused():
+    """Red team s29: fuse(settings={... "max_iterr": 3}) or settings_of of a hand-edited dict dropped the misspelt key
+    silently (the fit ran the recorded max_iter); a result's own parameters (auto_tuning, init) are still fine."""
+    x, y, _ = xfusion.toy.make("small")
+    res = xfusion.fuse(x, y, regularization="none", max_iter=3, progress=False)
+    s = xfusion.settings_of(res)
+    assert xfusion.settings_of(dict(s)) == s
+    assert xfusion.settings_of(json.loads(res.attrs["parameters"]))["max_iter"] == 3
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['max_iterr'\]"):
+        xfusion.fuse(x, y, settings=dict(s, max_iterr=5), progress=False)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['k'\]"):
+        xfusion.settings_of(dict(s, k=1.0))

@@ -685,6 +685,11 @@ def settings_of(result) -> dict:
         raise ValueError(f"the recorded settings lack {missing}: not a result of xfusion.fuse")
     reg, method = rec["regularization"], rec["method"]
     method, params, _ = _resolve(reg, method, {})
+    if isinstance(result, dict):  # written by hand or edited: a key this fit does not take would be dropped silently
+        unknown = sorted(set(rec) - set(SETTING_KEYS) - set(params) - {"auto_tuning", "init", "step"})
+        if unknown:
+            raise ValueError(f"settings: unknown key(s) {unknown} for regularization={reg!r}, method={method!r}; "
+                             f"valid: {sorted(set(SETTING_KEYS) | set(params))}")
     out = {"regularization": reg, "method": method}
     for k in ("dtype", "tol", "max_iter"):
         if k in rec:
