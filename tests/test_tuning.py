@@ -607,6 +607,12 @@ def test_tune_refuses_arguments_it_would_ignore_or_truncate():
             tuning.tune(x, y, regularization="none", max_iter=5, **{flag: True})
     with pytest.raises(ValueError, match="has no candidate grid"):
         tuning.tune(x, y, regularization="none", max_iter=5, grid=[{"max_iter": 3}])
+    with pytest.raises(ValueError, match="option n_scales_2d must be an integer >= 1"):  # was tuned on (k=3 chosen)
+        tuning.tune(x, y, max_iter=5, n_scales_2d=0)
+    with pytest.raises(ValueError, match="option k must be a number >= 0"):  # was "thresh must be non-negative"
+        tuning.tune(x, y, max_iter=5, grid=[{"k": -1.0}])
+    with pytest.raises(ValueError, match="a grid candidate gives values, not 'auto'"):  # was a float() error
+        tuning.tune(x, y, max_iter=5, grid=[{"k": "auto"}])
     for bad in ("int8", "float16"):  # was KeyError: dtype('int8')
         with pytest.raises(ValueError, match="dtype must be float32 or float64"):
             tuning.tune(x, y, regularization="none", max_iter=5, dtype=bad)

@@ -1443,6 +1443,14 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         if bad:
             raise ValueError(f"tune(regularization={regularization!r}) takes no option(s) {', '.join(bad)} "
                              f"(fixed options accepted: {', '.join(accepted) or 'none'})")
+    if regularization == "wavelet2d1d":  # fuse's checks of the options, before any fit (n_scales_2d=0 was accepted)
+        from .fuse import _resolve
+
+        _resolve(regularization, "em", dict(fixed))
+        for g in grid or ():
+            if "auto" in g.values():
+                raise ValueError(f"a grid candidate gives values, not 'auto'; got {g!r}")
+            _resolve(regularization, "em", {**{k: v for k, v in fixed.items() if v != "auto"}, **g})
     if len(observations) > 2 and regularization not in ("wavelet2d1d", "none", "lowrank_local"):
         raise NotImplementedError(f"tuning {regularization!r} uses exactly two observations (got {len(observations)});"
                                   " pass explicit rank/mu/max_iter, or tune wavelet2d1d / none")
