@@ -307,3 +307,13 @@ def test_option_stabilize_none_is_the_string(toy_dir, tmp_path, capsys):
                  "--option", "stabilize=none"] + PINNED[:-2] + ["--max-iter", "2"]) == 0
     assert json.loads(xr.open_zarr(out, consolidated=False).attrs["parameters"])["stabilize"] == "none"
     capsys.readouterr()
+
+
+def test_config_dtype_of_the_wrong_type(toy_dir, tmp_path, capsys):
+    """Red team s29: ``dtype = 64`` in the config file gave numpy's "Cannot interpret '64' as a data type"."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('dtype = 64\nmax_iter = 2\n')
+    assert main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(tmp_path / "o.zarr"),
+                 "--config", str(cfg), "--no-progress"]) == 3
+    err = _err(capsys)
+    assert "dtype must be float32 or float64; got 64" in err and "Traceback" not in err

@@ -725,9 +725,12 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
          **options) -> xr.Dataset:
     """:func:`fuse` (BLAS threading already set)."""
     t_start = time.perf_counter()
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError("dtype must be float32 or float64")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:  # e.g. dtype = 64 in a config file: numpy's "Cannot interpret '64' as a data type"
+        dt = None
+    if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):  # (np.dtype == None is float64's)
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
     if client is not None:
         parallel.check_workers(client)
     if tol is not None and not (_is_real(tol) and tol > 0):
