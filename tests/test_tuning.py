@@ -613,6 +613,9 @@ def test_tune_refuses_arguments_it_would_ignore_or_truncate():
         tuning.tune(x, y, max_iter=5, grid=[{"k": -1.0}])
     with pytest.raises(ValueError, match="a grid candidate gives values, not 'auto'"):  # was a float() error
         tuning.tune(x, y, max_iter=5, grid=[{"k": "auto"}])
+    for bad in (-1, 1.5, "a"):  # was numpy's "expected non-negative integer" / "SeedSequence expects int ..."
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            tuning.tune(x, y, regularization="none", max_iter=5, seed=bad)
     for bad in ("int8", "float16"):  # was KeyError: dtype('int8')
         with pytest.raises(ValueError, match="dtype must be float32 or float64"):
             tuning.tune(x, y, regularization="none", max_iter=5, dtype=bad)

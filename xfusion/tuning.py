@@ -620,7 +620,11 @@ def _splits(observations, fraction, n_splits, seed, dtype):
     for o in observations:
         _counts_array(o, "tune")
     ordered = _ordered(observations)
-    seeds = np.random.SeedSequence(seed).spawn(int(n_splits))
+    try:
+        root = np.random.SeedSequence(seed)
+    except (TypeError, ValueError) as exc:  # numpy's "expected non-negative integer" did not name the argument
+        raise ValueError(f"seed must be a non-negative integer, a sequence of them or None; got {seed!r}") from exc
+    seeds = root.spawn(int(n_splits))
     out, models = [], None
     for s in seeds:
         sp = _Split(ordered, fraction, s, dtype, models)
