@@ -319,6 +319,23 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_recovered(small_toy, tm
     assert len(seen) == 2 and not (tmp_path / "ck.zarr.lock").exists()
 
 
+def test_a_users_file_at_the_lock_name_is_never_removed(small_toy, tmp_path):
+    """Session 29 (review): an unreadable file at PATH.lock older than the grace period was taken for a half-written
+    lock and deleted, whatever it held. Now only an empty file or one cut inside xfusion's own JSON is recovered;
+    anything else is refused and left as it was."""
+    ck, lock = tmp_path / "ck.zarr", tmp_path / "ck.zarr.lock"
+    old = time.time() - 3600
+    lock.write_text("my notes")
+    os.utime(lock, (old, old))
+    with pytest.raises(CheckpointError, match="exists and is not an xfusion lock file; xfusion does not remove it"):
+        _ckpt_run(small_toy, ck)
+    assert lock.read_text() == "my notes"
+    lock.write_text('{"pid": 12')  # ours, cut short by a kill: recovered
+    os.utime(lock, (old, old))
+    _ckpt_run(small_toy, ck)
+    assert not lock.exists()
+
+
 # ----------------------------------------------------------------------------- corrupt or partial checkpoints
 @pytest.fixture()
 def ck4(small_toy, tmp_path):

@@ -2,10 +2,11 @@
 
 Used by the checkpoints (:class:`xfusion.checkpoints.ZarrCheckpoint`) and the replica store of
 :func:`xfusion.uncertainty`. The lock file is created with ``O_CREAT | O_EXCL`` and holds the writer's pid and host
-(JSON). A lock whose pid is dead on this host (a killed run) is recovered; an unreadable lock (half-written) older than
-:data:`LOCK_GRACE_S` is recovered too; any other lock is an error naming the holder (its pid and host, or "an unknown
-process"). The holder's own process counts as alive: a second writer in the same process is refused as well. Two
-processes that find the same stale lock at the same instant may both recover it (a narrow race, documented).
+(JSON). A lock whose pid is dead on this host (a killed run) is recovered; a half-written one (empty, or cut inside
+that JSON) older than :data:`LOCK_GRACE_S` is recovered too; any other lock is an error naming the holder (its pid
+and host, or "an unknown process"); a file at the lock's name that is not an xfusion lock is refused, never removed.
+The holder's own process counts as alive: a second writer in the same process is refused as well. Two processes that
+find the same stale lock at the same instant may both recover it (a narrow race, documented).
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class WriterLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self.holder()
+                if holder is None and not self._half_written():  # someone's file at our lock's name: never removed
+                    raise self.error(f"{self.what}: {str(self.path)!r} exists and is not an xfusion lock file; "
+                                     "xfusion does not remove it: move it away (or choose another path)") from None
                 if holder is None or holder.get("host") != me["host"] or pid_alive(int(holder["pid"])):
                     who = "an unknown process" if holder is None else f"process {holder['pid']} on {holder['host']}"
                     if holder is None and time.time() - self._mtime() > LOCK_GRACE_S:
@@ -94,6 +98,15 @@ class WriterLock:
 
     def __exit__(self, *exc):
         self.release()
+
+    def _half_written(self):
+        """Whether an unreadable lock file is one of ours cut short (created with O_EXCL, killed before or while
+        ``json.dump`` wrote ``{"pid": ...``): empty, or a prefix of that text."""
+        try:
+            head = self.path.read_bytes()[:8]
+        except OSError:
+            return True  # gone meanwhile: nothing to remove
+        return b'{"pid": '.startswith(head) or head.startswith(b'{"pid": ')
 
     def _mtime(self):
         try:
