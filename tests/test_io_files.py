@@ -91,6 +91,15 @@ def _write_events(path, instrument, x, y, pi, extra, exposure):
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
     return path
 
+def _pn_uniform_events(path, *, seed, half_width, n):
+    """An EPIC-pn-like event list (good PATTERN/FLAG, 1000 s) of ``n`` events uniform over +-``half_width`` arcsec
+    and PI 6001-6399."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(-half_width, half_width, (n, 2))
+    pi = rng.integers(6001, 6400, n).astype(np.int16)
+    return _write_events(path, "xmm_epic", pos[:, 0], pos[:, 1], pi,
+                         {"PATTERN": ("I", np.zeros(n, np.int16)), "FLAG": ("J", np.zeros(n, np.int32))}, 1000.0)
+
 
 def _write_x_events(x_obs, path, rng):
     x, y, ie = _events_from_counts(x_obs, rng)
@@ -323,12 +332,7 @@ def test_align_advice_for_misaligned_edges_works(tmp_path):
     """Session 29 red team: for pixel edges half a fine pixel apart align advised re-binning one event list with its
     center shifted, which moves the tangent point: align then refused the pair for different tangent points. The
     advice is now a shape of the other parity, which works."""
-    rng = np.random.default_rng(4)
-    pos = rng.uniform(-40, 40, (2000, 2))
-    pi = rng.integers(6001, 6400, 2000).astype(np.int16)
-    path = _write_events(tmp_path / "pn.evt", "xmm_epic", pos[:, 0], pos[:, 1], pi,
-                         {"PATTERN": ("I", np.zeros(pi.size, np.int16)), "FLAG": ("J", np.zeros(pi.size, np.int32))},
-                         1000.0)
+    path = _pn_uniform_events(tmp_path / "pn.evt", seed=4, half_width=40, n=2000)
     kw = dict(events=path, center=(RA0, DEC0), exposure=1000.0)
     rs = observation_from_files(energy_edges=[6.0, 6.1, 6.2], pixel_size=16.0, shape=(6, 6), name="rs", **kw)
     pn = observation_from_files(energy_edges=[6.0, 6.2], pixel_size=4.0, shape=(25, 25), name="pn", **kw)
@@ -459,12 +463,7 @@ def test_resolve_pixels_and_backgrounds_from_files(tmp_path):
 def test_labelled_exposure_map_and_background_are_placed_by_dim_names(tmp_path):
     """Session 29 red team: observation_from_files read exposure_map, background and the background region with
     np.asarray, so a DataArray in image order (y, x) was silently transposed on a square field."""
-    rng = np.random.default_rng(2)
-    pos = rng.uniform(-12, 12, (400, 2))
-    pi = rng.integers(6001, 6400, 400).astype(np.int16)
-    xpath = _write_events(tmp_path / "pn.evt", "xmm_epic", pos[:, 0], pos[:, 1], pi,
-                          {"PATTERN": ("I", np.zeros(pi.size, np.int16)), "FLAG": ("J", np.zeros(pi.size, np.int32))},
-                          1000.0)
+    xpath = _pn_uniform_events(tmp_path / "pn.evt", seed=2, half_width=12, n=400)
     grid = {"energy_edges": np.array([6.0, 6.2, 6.4]), "pixel_size": 4.0, "center": (RA0, DEC0), "shape": (6, 6)}
     c = (np.arange(6) - 2.5) * 4
     east = c < 0  # x grows to the west
@@ -501,12 +500,7 @@ def test_center_as_quantities_or_skycoord(tmp_path):
     import astropy.units as u
     from astropy.coordinates import SkyCoord
 
-    rng = np.random.default_rng(3)
-    pos = rng.uniform(-12, 12, (200, 2))
-    pi = rng.integers(6001, 6400, 200).astype(np.int16)
-    xpath = _write_events(tmp_path / "pn.evt", "xmm_epic", pos[:, 0], pos[:, 1], pi,
-                          {"PATTERN": ("I", np.zeros(pi.size, np.int16)), "FLAG": ("J", np.zeros(pi.size, np.int32))},
-                          1000.0)
+    xpath = _pn_uniform_events(tmp_path / "pn.evt", seed=3, half_width=12, n=200)
     kw = dict(events=xpath, energy_edges=[6.0, 6.2, 6.4], pixel_size=4.0, shape=(6, 6), exposure=1000.0)
     ref = observation_from_files(center=(RA0, DEC0), **kw)
     for c in ((RA0 * u.deg, DEC0 * u.deg), SkyCoord(RA0 * u.deg, DEC0 * u.deg)):
