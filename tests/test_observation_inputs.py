@@ -152,6 +152,29 @@ def test_arf_on_another_grid_is_interpolated_never_extrapolated():
     assert np.all(got["effective_area"].values[:10] == 0) and np.allclose(got["effective_area"].values[10:], 100.0)
 
 
+
+def test_arf_finer_than_the_rmf_is_averaged_over_each_row():
+    """Session 30: an ARF on finer true-energy bins than the RMF was sampled at each row's centre (an ARF of 1 eV bins
+    with 100 cm2 on the first 3 eV of every 10 eV row gave 0 cm2 there, not the row's mean, 30). OGIP's SPECRESP is a
+    bin's mean area, so each row gets the overlap-weighted mean; a vignetted (x, y, energy_true) area likewise."""
+    et = np.round(np.linspace(1.0, 2.0, 21), 9)       # RMF rows of 50 eV
+    rmf = np.zeros((20, 4))
+    rmf[np.arange(20), np.arange(20) // 5] = 1.0
+    response = xr.DataArray(rmf, dims=("energy_true", "energy"), coords={
+        "energy_true": _centres(et), "energy_true_lo": ("energy_true", et[:-1]), "energy_true_hi": ("energy_true", et[1:]),
+        "energy": _centres(EDGES), "energy_lo": ("energy", EDGES[:-1]), "energy_hi": ("energy", EDGES[1:])})
+    fine = np.round(np.linspace(1.0, 2.0, 201), 9)    # ARF bins of 5 eV: 100 cm2 on the first 3 of every 10
+    step = np.where(np.arange(200) % 10 < 3, 100.0, 0.0)
+    counts = np.ones((4, 3, 2))
+    got = observation(counts, dims=("energy", "y", "x"), response=response, effective_area=_edges_da(step, fine), **KW)
+    np.testing.assert_allclose(got["effective_area"].values, 30.0, rtol=1e-12)
+    assert "averaged" in got["effective_area"].attrs["note"]
+    vign = xr.DataArray(np.arange(1.0, 4.0)[None, :, None] * np.ones((2, 1, 1)) * step, dims=("x", "y", "energy_true"),
+                        coords=_edges_da(step, fine).coords)
+    gotv = observation(counts, dims=("energy", "y", "x"), response=response, effective_area=vign, **KW)
+    np.testing.assert_allclose(gotv["effective_area"].values, 30.0 * np.arange(1.0, 4.0)[None, :, None]
+                               * np.ones((2, 1, 20)), rtol=1e-12)
+
 def test_validate_refuses_non_finite_tile_geometry():
     """Session 28 (second red-team pass): a NaN roll or array centre passed validate, then fuse said a detector pixel
     had 0% of its area inside the field."""

@@ -675,3 +675,16 @@ def test_settings_dict_with_an_unknown_key_is_refused():
         xfusion.fuse(x, y, settings=dict(s, max_iterr=5), progress=False)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['k'\]"):
         xfusion.settings_of(dict(s, k=1.0))
+
+
+def test_tune_warns_when_no_candidate_has_a_finite_heldout_deviance():
+    """Session 30: a low-rank cube clipped at 0 can predict no counts where the held-out half has some (deviance
+    +inf). With every candidate so, the first was returned as the choice without a word; now a warning says the choice
+    is not supported by the data, and the curve's long name says what inf means."""
+    from xfusion import scenes
+
+    x, y, _ = scenes.make("snr_shell", seed=1, size="small", counts=1e6)[:3]
+    with pytest.warns(UserWarning, match="every candidate's held-out deviance is infinite"):
+        cur = xfusion.tune(x, y, regularization="lowrank", grid=[{"rank": 3}])
+    assert np.isinf(cur["mean_deviance"].values).all()
+    assert "predicts no counts" in cur["mean_deviance"].attrs["long_name"]

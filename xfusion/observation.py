@@ -562,6 +562,37 @@ def _psf_dataarray(psf, psf_pixel_size, psf_dims=None):
     )
 
 
+def _arf_is_finer(arf_edges, row_edges):
+    """Whether every ARF bin is at most as wide as the narrowest RMF row (float32 rounding allowed)."""
+    return float(np.max(np.diff(arf_edges))) <= float(np.min(np.diff(row_edges))) * (1 + 1e-6)
+
+
+def _area_on_rows(vals, arf_edges, row_edges, arf_centres):
+    """An ARF (..., K) on its true-energy bins ``arf_edges`` (K+1,) (centres ``arf_centres``) put on the RMF rows
+    ``row_edges`` (R+1,), keV.
+
+    An ARF's SPECRESP is the mean area over its bin [ENERG_LO, ENERG_HI]. When every ARF bin is at most as wide
+    as the narrowest row, row r gets the mean of the ARF over the row (bins weighted by their overlap with it,
+    over the part of the row the ARF covers): ``A_r = sum_i |b_i & r| A_i / sum_i |b_i & r|``. A coarser ARF is
+    interpolated linearly between its bin centres at the row centre (sampling a step function at the centre would
+    put an ARF bin's edge in the middle of a row). Returns the (..., R) areas and the row centres (R,); rows the
+    ARF does not reach are left to the caller (their value is then meaningless).
+    """
+    src_lo, src_hi = arf_edges[:-1], arf_edges[1:]
+    dst = 0.5 * (row_edges[1:] + row_edges[:-1])
+    if _arf_is_finer(arf_edges, row_edges):
+        lo = np.maximum(src_lo[:, None], row_edges[None, :-1])
+        hi = np.minimum(src_hi[:, None], row_edges[None, 1:])
+        w = np.clip(hi - lo, 0.0, None)                       # (K, R) overlap widths, keV
+        cover = w.sum(axis=0)
+        w = np.divide(w, cover, out=np.zeros_like(w), where=cover > 0)
+        return vals @ w, dst
+    src = np.asarray(arf_centres, dtype=np.float64)
+    j = np.clip(np.searchsorted(src, dst) - 1, 0, src.size - 2) if src.size > 1 else np.zeros(dst.size, int)
+    f = np.clip((dst - src[j]) / (src[j + 1] - src[j]), 0.0, 1.0) if src.size > 1 else np.zeros(dst.size)
+    return vals[..., j] * (1 - f) + vals[..., np.minimum(j + 1, src.size - 1)] * f, dst
+
+
 def _energy_true_dataarray(da, what):
     """Validate a DataArray on ``energy_true`` (with edges) and return it in float64."""
     if "energy_true" not in da.dims:
@@ -779,8 +810,10 @@ def observation(
         Effective area as a function of true energy. A float is flat; a 1D array is taken
         on the channel grid of ``energy_edges`` (ascending, whatever the order of a counts
         DataArray's channels); a DataArray over ``energy_true`` (with ``energy_true_lo/hi``
-        edge coords, e.g. from :func:`xfusion.io.read_arf`) keeps its own grid and is
-        interpolated onto the fused grid later; a DataArray over (x, y, energy_true)
+        edge coords, e.g. from :func:`xfusion.io.read_arf`) keeps its own grid (with a
+        ``response`` matrix on another true-energy grid it is put on the matrix's rows: averaged
+        over each row when its bins are at most as wide as the rows, else interpolated linearly
+        between its bin centres) and is interpolated onto the fused grid later; a DataArray over (x, y, energy_true)
         describes vignetting; a 0-d DataArray (another observation's scalar
         ``effective_area``) is a flat area. DataArray ``units`` other than cm2 (e.g.
         "m2") are converted. ``None`` means 1 cm2 (counts are then per cm2).
@@ -1137,12 +1170,8 @@ def _add_response(ds, response, spacing):
             if ds_et.size != et.size or not np.allclose(ds_et, et):
                 # put the area on the RMF grid: an ARF normally shares the RMF grid already
                 area = ds["effective_area"]
-                # linear interpolation along energy_true (last axis; also for a vignetted (x, y, energy_true) area)
-                src, dst = ds["energy_true"].values, 0.5 * (et[1:] + et[:-1])
-                j = np.clip(np.searchsorted(src, dst) - 1, 0, src.size - 2) if src.size > 1 else np.zeros(dst.size, int)
-                f = np.clip((dst - src[j]) / (src[j + 1] - src[j]), 0.0, 1.0) if src.size > 1 else np.zeros(dst.size)
                 vals = np.asarray(area.values, dtype=np.float64)
-                new = vals[..., j] * (1 - f) + vals[..., np.minimum(j + 1, src.size - 1)] * f
+                new, dst = _area_on_rows(vals, ds_et, et, ds["energy_true"].values)
                 # no extrapolation: outside the ARF's own edges the area is unknown (session 28: an ARF of 8-18 keV
                 # gave a 6.2-7 keV band its 8 keV value); refused where the response sends photons into the channels
                 tol = edge_tolerance(ds_et)
@@ -1159,7 +1188,9 @@ def _add_response(ds, response, spacing):
                     new[..., outside] = 0.0
                 ds = ds.drop_vars(["effective_area", "energy_true", "energy_true_lo", "energy_true_hi"])
                 ds = ds.assign_coords(_edges_coords(et, "energy_true"))
-                ds["effective_area"] = (area.dims, new, {"units": "cm2", "note": "interpolated onto RMF grid"})
+                note = ("averaged over each RMF row" if _arf_is_finer(ds_et, et)
+                        else "interpolated linearly between the ARF's bin centres at each RMF row's centre")
+                ds["effective_area"] = (area.dims, new, {"units": "cm2", "note": note})
         else:
             ds = ds.assign_coords(_edges_coords(et, "energy_true"))
         ds["response"] = (("energy_true", "energy"), mat, {"units": "1", "kind": "matrix"})

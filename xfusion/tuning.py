@@ -1554,11 +1554,19 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
                                                      int(max_iter or MAX_ITER["fista"]) if regularization != "lowrank"
                                                      else int(max_iter or 30), tol, dtype)
     scores = np.asarray(scores, dtype=np.float64).reshape(len(cands), -1)
+    if not np.isfinite(scores.mean(axis=1)).any():
+        warnings.warn(
+            f"tune({regularization!r}): every candidate's held-out deviance is infinite (each was abandoned, or its "
+            "non-negative cube predicts no counts in voxels where the held-out half has some, e.g. a low-rank cube "
+            f"clipped at 0), so the choice {json.dumps(choice, sort_keys=True)} is not supported by the data; "
+            "compare the candidates on more counts, another family, or fix the setting", UserWarning,
+            stacklevel=_caller_level())
     ds = xr.Dataset(
         {"heldout_deviance": (("candidate", "split"), scores,
                               {"long_name": "Poisson deviance of the held-out part (both instruments)"}),
          "mean_deviance": (("candidate",), scores.mean(axis=1),
-                           {"long_name": "mean over splits (inf: candidate abandoned as hopeless)"})},
+                           {"long_name": "mean over splits (inf: candidate abandoned as hopeless, or its cube predicts no "
+                                         "counts where the held-out part has some)"})},
         coords={"candidate": np.arange(len(cands)),
                 "setting": (("candidate",), [json.dumps(c, sort_keys=True) for c in cands])})
     ds.attrs.update({"regularization": regularization, "choice": json.dumps(choice, sort_keys=True),
