@@ -610,3 +610,41 @@ def test_per_pixel_arfs_for_detector_pixels(tmp_path):
     other = write_arf(_arf_da(5.0, np.linspace(5.9, 6.5, 7)), tmp_path / "coarse.arf")
     with pytest.raises(ValueError, match="another true-energy grid"):
         observation_from_files(arf={**files, 3: other}, **kw)
+
+
+def _with_float_pi(src, dst, values=None):
+    """A copy of the event file ``src`` whose PI column is stored as float32 (``values``: replace its values)."""
+    with fits.open(src) as h:
+        cols = []
+        for c in h["EVENTS"].columns:
+            if c.name == "PI":
+                arr = np.asarray(h["EVENTS"].data["PI"], np.float32) if values is None else np.asarray(values, np.float32)
+                cols.append(fits.Column(name="PI", format="E", unit="chan", array=arr))
+            else:
+                cols.append(fits.Column(name=c.name, format=c.format, unit=c.unit, array=h["EVENTS"].data[c.name]))
+        ev = fits.BinTableHDU.from_columns(cols, name="EVENTS")
+        for card in h["EVENTS"].header.cards:  # the column WCS (TC*) and the observation keywords, kept
+            if card.keyword.startswith("TC") or card.keyword in ("TELESCOP", "INSTRUME", "OBJECT", "EXPOSURE", "ONTIME"):
+                ev.header[card.keyword] = card.value
+        fits.HDUList([fits.PrimaryHDU(), ev]).writeto(dst)
+    return dst
+
+
+def test_float_pi_column_of_whole_channels_bins_by_channel(tmp_path):
+    """Session 30 red team: a PI column stored as floats (whole channel numbers, as some pipelines write it) was refused
+    when binning by the response's channels ("is not integer", no fix given) and binned by energy otherwise. Whole
+    numbers are channel numbers: the cube equals the integer column's; a fractional PI is refused, saying what to do."""
+    path = _pn_uniform_events(tmp_path / "pn.evt", seed=6, half_width=30, n=1500)
+    flt = _with_float_pi(path, tmp_path / "pn_float.evt")
+    te = np.linspace(5.9, 6.5, 13)
+    rmf = _rmf_da(np.eye(12, 200, k=118), te, 0.05 * np.arange(201))
+    kw = dict(rmf=rmf, band=(6.0, 6.4), group=2, pixel_size=4.0, center=(RA0, DEC0), shape=(12, 12), exposure=1000.0)
+    a = observation_from_files(events=path, **kw)
+    b = observation_from_files(events=flt, **kw)
+    assert a["counts"].sum() > 900
+    np.testing.assert_array_equal(a["counts"].values, b["counts"].values)
+    with fits.open(path) as h:
+        pi = np.asarray(h["EVENTS"].data["PI"], np.float64)
+    frac = _with_float_pi(path, tmp_path / "pn_frac.evt", values=pi + 0.5)
+    with pytest.raises(ValueError, match=r"not whole channel numbers \(e.g. 6\d{3}\.5\).*integer PI column"):
+        observation_from_files(events=frac, **kw)

@@ -539,9 +539,15 @@ def read_events(
                                       [h.header for h in hdul])
 
     # ---- energy index of every event (-1 = outside the band)
+    if cfg["pi"] and np.issubdtype(raw_e.dtype, np.floating) and raw_e.size and np.all(np.isfinite(raw_e)) and \
+            np.all(raw_e == np.round(raw_e)) and np.all(np.abs(raw_e) < 2.0 ** 53):
+        raw_e = raw_e.astype(np.int64)  # a PI column stored as floats holding whole channel numbers: channels
     if channel_edges is not None:
         if not np.issubdtype(raw_e.dtype, np.integer):
-            raise ValueError(f"{label}: column {cfg['energy']} is not integer; cannot bin by channel")
+            bad = raw_e[~np.isfinite(raw_e) | (raw_e != np.round(raw_e))]
+            raise ValueError(f"{label}: column {cfg['energy']} holds values that are not whole channel numbers (e.g. "
+                             f"{float(bad[0]):g}); binning by the response's channels needs integer PI channels. Bin by "
+                             "energy instead (read_events with energy_edges=) or give the events' integer PI column")
         chan = raw_e.astype(np.int64) // int(pi_per_channel)
         ie = np.searchsorted(channel_edges.astype(np.int64), chan, side="right") - 1
         ie[(chan < channel_edges[0]) | (chan >= channel_edges[-1])] = -1
