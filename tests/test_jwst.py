@@ -627,3 +627,33 @@ def test_duplicate_or_empty_filters_psf_nodes_and_wavelength_unit_hints():
         jwst.filter_response(["F182M"], e * 1000)
     with pytest.raises(ValueError, match="looks like m: give wavelengths in um"):
         jwst.filter_response(["F182M"], e * 1e-6)
+
+
+def test_ifu_channel_with_no_valid_spaxel_is_refused_naming_it():
+    """Session 30: an IFU channel NaN in every spaxel (a detector gap, a bad channel), masked as the readers do,
+    failed in the cross-calibration ('channels with no valid spaxel', no index, no wavelength, no way out), and
+    unmasked with the generic non-finite count; without the cross-calibration the fused flux there came out 0
+    (~14 MJy/sr in the truth) with no error. SyFu's baseline failed in numpy's SVD ('did not converge')."""
+    imager, ifu, _ = jwst.make_toy(size=12, n_channels=16)
+    d, m = ifu["data"].values.copy(), ifu["mask"].values.copy()
+    d[..., 7] = np.nan
+    gap = ifu.assign(data=(ifu["data"].dims, d, ifu["data"].attrs))
+    msg = (r"1 wavelength channel\(s\) with no valid spaxel .*channel 7 \(1.96 um\).*refuses.*channels 8-15 "
+           r"\(1.98-2.3 um\): ifu.isel\(energy=slice\(8, 16\)\)")
+    for cube in (gap, gap.assign(mask=(ifu["mask"].dims, m & np.isfinite(d)))):  # unmasked, then masked
+        for cal in (True, False):
+            with pytest.raises(ValueError, match=msg):
+                jwst.observations(imager, cube, cross_calibration=cal)
+    x_obs, y_obs = jwst.observations(imager, ifu)  # observations edited afterwards: refused by the general path
+    y_obs["mask"][..., 7] = False
+    with pytest.raises(ValueError, match=r"channel 7 \(1.96 um\)"):
+        xfusion.fuse(x_obs, y_obs, regularization="lowrank_sobolev", rank=3, mu=0.003, max_iter=2)
+    # some valid spaxels in the channel: fused; the suggested crop fuses too
+    part = gap.assign(data=(ifu["data"].dims, np.where(np.arange(4)[:, None, None] == 0, ifu["data"].values, d)))
+    part = part.assign(mask=(ifu["mask"].dims, np.isfinite(part["data"].values)))
+    for im, cube in ((imager, part), (imager.sel(filter=["F210M", "F212N"]), gap.isel(energy=slice(8, 16)))):
+        assert np.all(np.isfinite(jwst.fuse_jwst(im, cube, max_iter=5)["flux"].values))
+    R = jwst.filter_response(list(imager["filter"].values), jwst._edges(ifu))
+    k = np.stack([jwst.gaussian_kernel(0.1, 0.1 / 3, radius=3)] * 16)
+    with pytest.raises(ValueError, match=r"ifu_data contain NaN or inf: every pixel of channel\(s\) \[7\]"):
+        syfu(imager["data"].values, d, R, k, k, n_iter=2)

@@ -213,7 +213,9 @@ def cross_calibrate(imager_data, ifu_data, response, imager_mask=None, ifu_mask=
     vh = np.ones(yh.shape, bool) if ifu_mask is None else np.asarray(ifu_mask, bool)
     cnt = vh.sum(axis=(0, 1))
     if np.any(cnt == 0):
-        raise ValueError("the IFU has channels with no valid spaxel: the mean spectrum is undefined there")
+        raise ValueError(f"the IFU has channels with no valid spaxel (indices {np.flatnonzero(cnt == 0)[:8].tolist()}"
+                         f"{', ...' if np.sum(cnt == 0) > 8 else ''}): the mean spectrum is undefined there; "
+                         "cross-calibrate over a wavelength range without them (crop the cube and the response)")
     mean_all = np.where(vh, yh, 0).sum(axis=(0, 1)) / cnt
     # imager pixels valid per spaxel: (m, n, F), True when all k x k pixels are valid
     block_ok = vm.reshape(m, k, n, k, F).all(axis=(1, 3))
@@ -541,6 +543,40 @@ def _check_alignment(im, ifu, pixel):
                          "rotate to a common orientation, resample NIRCam to 1/3 of the NIRSpec spaxel, align)")
 
 
+def _check_ifu_channels(data, mask, edges):
+    """Refuse an IFU cube with wavelength channels that hold no valid spaxel (every spaxel NaN or masked: a
+    detector gap, a bad channel, the NaN end channels of an s3d cube).
+
+    ``data``/``mask`` (m, n, L), ``edges`` (L + 1,) um. A channel counts as empty when no spaxel is both valid in
+    ``mask`` and finite. Such a channel cannot be fused: the spectral subspace is learnt from the IFU's spectra,
+    which say nothing there (the fused flux came out 0 instead of ~14 MJy/sr on the toy), and every filter must
+    lie where the IFU has data (symmetric fusion; SyFu chooses gap-free ranges, their Appendix C). The message
+    names the channels (index, wavelength) and the longest run of channels with data, to crop to. Channels
+    with *some* valid spaxels are fine: their masked voxels leave the problem."""
+    ok = (np.asarray(mask, bool) & np.isfinite(data)).any(axis=(0, 1))
+    dead = np.flatnonzero(~ok)
+    if not dead.size:
+        return
+    lam = 0.5 * (edges[1:] + edges[:-1])
+    named = ", ".join(f"{int(i)} ({lam[i]:.4g} um)" for i in dead[:8]) + (f", ... ({dead.size} in all)"
+                                                                        if dead.size > 8 else "")
+    # longest run of channels with data: [a, b)
+    best, a = (0, 0), None
+    for i, good in enumerate(np.append(ok, False)):
+        if good and a is None:
+            a = i
+        elif not good and a is not None:
+            best, a = max(best, (a, i), key=lambda r: r[1] - r[0]), None
+    fix = ("" if best[1] <= best[0] else
+           f" The longest run with data is channels {best[0]}-{best[1] - 1} ({edges[best[0]]:.4g}-{edges[best[1]]:.4g} "
+           f"um): ifu.isel(energy=slice({best[0]}, {best[1]})), with filters= those inside it.")
+    raise ValueError(f"the IFU has {dead.size} wavelength channel(s) with no valid spaxel (every spaxel NaN or "
+                     f"masked: a detector gap or a bad channel): channel {named}. The fused cube cannot be "
+                     "estimated there (the spectral subspace comes from the IFU's spectra, and each filter must lie "
+                     "where the IFU has data), so xfusion refuses rather than invent it: fuse a wavelength range "
+                     f"without such channels, as SyFu does (gap-free ranges).{fix}")
+
+
 def is_wavelength(ds):
     """True for a JWST-style Dataset (raw :func:`imager_dataset`/:func:`ifu_dataset`/readers, or the xfusion
     observations of :func:`observations`): its spectral axis is wavelength in um."""
@@ -701,6 +737,7 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
     R = filter_response(use, edges) if response is None else np.array(response, dtype=np.float64)
     if R.shape != (edges.size - 1, len(use)):
         raise ValueError(f"response must be (IFU channels {edges.size - 1}, filters {len(use)}); got {R.shape}")
+    _check_ifu_channels(yh, mh, edges)  # a wholly NaN or masked channel: named, before the checks below
     for what, d, m in (("imager", ym, mm), ("IFU", yh, mh)):  # before the cross-calibration reads them
         bad = m & ~np.isfinite(d)
         if bad.any():
@@ -796,6 +833,8 @@ def problem(obs_a, obs_b):
     if x_obs.sizes["energy"] != edges.size - 1 or not np.allclose(_edges(x_obs), edges, rtol=1e-9, atol=0):
         raise ValueError("the imager's filter_response is not on the IFU's wavelength bins: rebuild the pair with "
                          "xfusion.jwst.observations")
+    _check_ifu_channels(y_obs["counts"].transpose("x", "y", "energy").values,
+                        y_obs["mask"].transpose("x", "y", "energy").values, edges)
     M, N = x_obs.sizes["x"], x_obs.sizes["y"]
     L = edges.size - 1
     shape = (M, N, L)

@@ -85,6 +85,25 @@ def _grad_adj(gx, gy):
     return out
 
 
+def _check_finite(a, what):
+    """Refuse NaN or inf in ``a`` (M, N, C): SyFu has no mask. Names the channels (last axis) that are wholly
+    non-finite (a detector gap or bad channel of the IFU) and the count of other bad values."""
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return
+    whole = np.flatnonzero(bad.all(axis=(0, 1)))
+    part = int(bad.sum()) - whole.size * a.shape[0] * a.shape[1]
+    text = []
+    if whole.size:
+        text.append(f"every pixel of channel(s) {whole[:8].tolist()}{' ...' if whole.size > 8 else ''} (a detector gap "
+                    "or bad channel)")
+    if part:
+        text.append(f"{part} other value(s)")
+    raise ValueError(f"{what} contain NaN or inf: {' and '.join(text)}. SyFu (a least-squares fit with no mask) "
+                     "cannot use them: fuse a wavelength range without such channels (SyFu's gap-free ranges) and "
+                     "replace isolated bad pixels first, or use xfusion.jwst.fuse_jwst, which takes a mask")
+
+
 def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=None, mu=None, gamma=None,
          n_iter=1000):
     """Run SyFu on arrays.
@@ -94,7 +113,8 @@ def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=No
     grid. ``k``, ``mu``, ``gamma``: None = SyFu's automatic rules (module notes). Returns a dict with
     ``scene`` (the estimate of X, (M, N, L)), ``at_imager_resolution`` (``W_m X``), the parameters
     used, ``n_iter`` (CG stops early when the relative residual of the normal equations is below
-    1e-12), ``cg_info`` (scipy's flag, 0 = converged), ``relative_residual`` and ``time_s``.
+    1e-12), ``cg_info`` (scipy's flag, 0 = converged), ``relative_residual`` and ``time_s``. NaN or inf in
+    the data are refused (SyFu has no mask), naming the channels that are wholly non-finite.
     """
     from scipy.sparse.linalg import LinearOperator, cg
 
@@ -102,6 +122,8 @@ def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=No
     ym = np.asarray(imager_data, dtype=np.float64)
     yh = np.asarray(ifu_data, dtype=np.float64)
     R = np.asarray(response, dtype=np.float64)
+    _check_finite(ym, "imager_data")
+    _check_finite(yh, "ifu_data")
     M, N, F = ym.shape
     L = yh.shape[-1]
     v = int(factor)
