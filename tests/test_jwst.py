@@ -657,3 +657,32 @@ def test_ifu_channel_with_no_valid_spaxel_is_refused_naming_it():
     k = np.stack([jwst.gaussian_kernel(0.1, 0.1 / 3, radius=3)] * 16)
     with pytest.raises(ValueError, match=r"ifu_data contain NaN or inf: every pixel of channel\(s\) \[7\]"):
         syfu(imager["data"].values, d, R, k, k, n_iter=2)
+
+
+def test_non_square_pixels_are_refused_naming_both_sizes():
+    """Session 30: an imager (or IFU) whose pixels differ along x and y (y coordinates and pixel_size 1.5 x those of
+    x) was fused as if square (only x's pixel_size was read); coordinates contradicting pixel_size were not seen."""
+    imager, ifu, _ = jwst.make_toy(size=12, n_channels=16)
+
+    def stretch(ds, f, attr=True):
+        n, px = ds.sizes["y"], float(ds["y"].attrs["pixel_size"])
+        a = {**ds["y"].attrs, "pixel_size": f * px} if attr else dict(ds["y"].attrs)
+        return ds.assign_coords(y=("y", (np.arange(n) - (n - 1) / 2.0) * f * px, a))
+
+    with pytest.raises(ValueError, match=r"the imager's pixels are not square: 0.0333333\" along x and 0.05\" along y "
+                                         r"\(from the x and y coordinates\).*resample the imager onto square pixels"):
+        jwst.fuse_jwst(stretch(imager, 1.5), ifu, max_iter=2)
+    with pytest.raises(ValueError, match=r"imager's pixels are not square: 0.0333333\" along x and 0.05\" along y"):
+        jwst.observations(stretch(imager, 1.5, attr=False), ifu)  # pixel_size says square, the coordinates do not
+    with pytest.raises(ValueError, match=r"the IFU's pixels are not square: 0.1\" along x and 0.15\" along y"):
+        jwst.observations(imager, stretch(ifu, 1.5))
+    lie = imager.assign_coords(y=imager["y"].assign_attrs(pixel_size=0.05))  # square coordinates, attr says 0.05
+    with pytest.raises(ValueError, match=r"imager's y pixel_size attribute says 0.05\" but its coordinates are "
+                                         r"0.0333333\" apart"):
+        jwst.observations(lie, ifu)
+    uneven = imager.assign_coords(y=imager["y"] + np.r_[0.0, 0.01, np.zeros(10)])
+    with pytest.raises(ValueError, match="imager's y coordinates are not evenly spaced"):
+        jwst.observations(uneven, ifu)
+    x_obs, y_obs = jwst.observations(imager, ifu)  # the general path checks the observations too
+    with pytest.raises(ValueError, match=r"IFU's pixels are not square: 0.1\" along x and 0.15\" along y"):
+        xfusion.fuse(x_obs, stretch(y_obs, 1.5), regularization="lowrank_sobolev", rank=3, mu=0.003, max_iter=2)

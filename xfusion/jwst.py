@@ -617,6 +617,47 @@ def ifu_unit_factor(imager, ifu):
                      f"{um if a is None else uh!r} to convert them: give both in one unit (e.g. MJy/sr)")
 
 
+def _pixel_size(ds, what):
+    """The pixel size (arcsec) of ``ds``'s ``x``/``y`` grid, which must be square.
+
+    Along each axis the size is the spacing of the coordinate (where it has two or more values; it must be even,
+    to 0.1 %) and the ``pixel_size`` attribute (where set; it must agree with the spacing to 0.1 %). Pixels whose
+    sizes along x and y differ by more than 0.01 % are refused, naming both: the models take one spatial factor
+    for both axes and the PSF on square pixels, so rectangular pixels would be silently read as square."""
+    size, source = {}, {}
+    for c in ("x", "y"):
+        if c not in ds.coords:
+            raise ValueError(f"the {what} has no '{c}' coordinate (pixel centres in arcsec; see "
+                             f"xfusion.jwst.{'imager' if what == 'imager' else 'ifu'}_dataset)")
+        attr = ds[c].attrs.get("pixel_size")
+        step = None
+        if ds.sizes[c] > 1:
+            d = np.abs(np.diff(np.asarray(ds[c].values, dtype=np.float64)))
+            step = float(d.mean())
+            if not np.allclose(d, step, rtol=1e-3, atol=0):
+                raise ValueError(f"the {what}'s {c} coordinates are not evenly spaced (steps {d.min():.6g}\" to "
+                                 f"{d.max():.6g}\"): resample it onto a regular grid of square pixels first")
+        if step is None and attr is None:
+            raise ValueError(f"the {what}'s {c} coordinate has one value and no pixel_size attribute: set "
+                             f"{what}['{c}'].attrs['pixel_size'] (arcsec)")
+        size[c], source[c] = (step, "coordinate spacing") if step is not None else (float(attr), "pixel_size")
+    if not np.isclose(size["x"], size["y"], rtol=1e-4, atol=0):
+        src = ("the x and y coordinates" if set(source.values()) == {"coordinate spacing"} else
+               f"x: its {source['x']}, y: its {source['y']}")
+        raise ValueError(f"the {what}'s pixels are not square: {size['x']:.6g}\" along x and {size['y']:.6g}\" along y "
+                         f"(from {src}). The imager and IFU models use one "
+                         "pixel size for both axes (the block factor, the PSF sampling), so they would be treated as "
+                         f"square: resample the {what} onto square pixels first (e.g. reproject, or the JWST "
+                         "pipeline's resample / cube_build with one pixel scale)")
+    for c in ("x", "y"):
+        attr = ds[c].attrs.get("pixel_size")
+        if attr is not None and source[c] == "coordinate spacing" and not np.isclose(float(attr), size[c], rtol=1e-3):
+            raise ValueError(f"the {what}'s {c} pixel_size attribute says {float(attr):.6g}\" but its coordinates are "
+                             f"{size[c]:.6g}\" apart: make them agree (set the attribute to the spacing, or give the "
+                             "coordinates of the pixel centres)")
+    return size["x"]
+
+
 def _check_inputs(imager, ifu, filters):
     """The checks of an imager + IFU pair (raw layout); returns the imager restricted to ``filters``."""
     check_spectral_units(imager, ifu)
@@ -640,7 +681,7 @@ def _check_inputs(imager, ifu, filters):
     if missing:
         raise ValueError(f"filters {missing} are not in the imager (it has {all_filters})")
     im = imager.sel(filter=use)
-    px_m, px_h = float(im["x"].attrs["pixel_size"]), float(ifu["x"].attrs["pixel_size"])
+    px_m, px_h = _pixel_size(im, "imager"), _pixel_size(ifu, "IFU")
     factor = int(round(px_h / px_m))
     if factor < 1 or abs(factor * px_m - px_h) > 1e-6 * px_h:
         raise ValueError(f"the IFU pixel ({px_h}\") is not an integer multiple of the imager's ({px_m}\"); "
@@ -715,6 +756,9 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
     Both carry ``attrs["spectral_unit"] = "um"``; every spectral coordinate has ``units="um"``.
     Both are in the imager's flux unit: an IFU in another unit astropy converts (e.g. Jy/sr next to
     MJy/sr) is converted (:func:`ifu_unit_factor`), any other is refused.
+    Pixels must be square, along x and y alike (from the coordinates' spacing and ``pixel_size``): others are
+    refused with both sizes. An IFU channel with no valid spaxel (all NaN or masked: a detector gap) is refused,
+    naming it and the longest run of channels with data to crop to.
     The inputs are never modified (copies).
     """
     im, use, factor = _check_inputs(imager, ifu, filters)
@@ -726,7 +770,7 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
     if not (np.isfinite(gamma) and gamma > 0):
         raise ValueError(f"gamma (relative weight of the IFU data term) must be finite and > 0; got {gamma!r}")
     edges = _edges(ifu)
-    px_m = float(im["x"].attrs["pixel_size"])
+    px_m = _pixel_size(im, "imager")
     ym = im["data"].transpose("x", "y", "filter").values.astype(np.float64)
     vm = im["variance"].transpose("x", "y", "filter").values.astype(np.float64)
     mm = im["mask"].transpose("x", "y", "filter").values.astype(bool) if "mask" in im else np.ones(ym.shape, bool)
@@ -823,8 +867,8 @@ def problem(obs_a, obs_b):
             if v not in o:
                 raise ValueError(f"observation '{o.attrs.get('name')}' has no '{v}': build it with "
                                  "xfusion.jwst.observations")
-    px = float(x_obs["x"].attrs["pixel_size"])
-    factor = int(round(float(y_obs["x"].attrs["pixel_size"]) / px))
+    px = _pixel_size(x_obs, "imager")
+    factor = int(round(_pixel_size(y_obs, "IFU") / px))
     pad, b = int(x_obs.attrs.get("margin_pixels", 0)), int(y_obs.attrs.get("margin_spaxels", 0))
     if pad != b * factor:
         raise ValueError(f"the imager is padded by {pad} pixels but the IFU margin is {b} spaxels of {factor} "
