@@ -509,7 +509,7 @@ def test_uncertainty_rebuilds_the_fits_observations_and_refuses_others():
         xfusion.uncertainty(nocal, *jwst.observations(imager, ifu), n=2)
     with pytest.raises(ValueError, match="fitted with gamma=2.0 but the IFU observation has gamma=1.0"):
         xfusion.uncertainty(jwst.fuse_jwst(imager, ifu, gamma=2.0, max_iter=5), *jwst.observations(imager, ifu), n=2)
-    psf = jwst.ifu_psf_stack([1.7, 2.3], float(imager["x"].attrs["pixel_size"]))
+    psf = jwst.ifu_psf_stack([1.66, 2.3], float(imager["x"].attrs["pixel_size"]))
     with pytest.raises(ValueError, match="fitted with a user psf.*xfusion.jwst.observations\\(imager, ifu, psf=..."):
         xfusion.uncertainty(jwst.fuse_jwst(imager, ifu, psf=psf, max_iter=5), imager, ifu, n=2)
 
@@ -686,3 +686,30 @@ def test_non_square_pixels_are_refused_naming_both_sizes():
     x_obs, y_obs = jwst.observations(imager, ifu)  # the general path checks the observations too
     with pytest.raises(ValueError, match=r"IFU's pixels are not square: 0.1\" along x and 0.15\" along y"):
         xfusion.fuse(x_obs, stretch(y_obs, 1.5), regularization="lowrank_sobolev", rank=3, mu=0.003, max_iter=2)
+
+
+def test_psf_nodes_must_span_the_fused_channels():
+    """Session 30: a PSF given at 1.9-2.1 um for a 1.66-2.30 um cube was fused with the 1.9 um PSF below 1.9 um and
+    the 2.1 um one above (band_weights clamps), silently; unsorted nodes were interpolated as if sorted."""
+    import warnings
+
+    imager, ifu, truth = jwst.make_toy(size=12, n_channels=16)
+    px = float(imager["x"].attrs["pixel_size"])
+    narrow = jwst.ifu_psf_stack(np.linspace(1.9, 2.1, 3), px)
+    with pytest.raises(ValueError, match=r"psf is given at 1.9-2.1 um \(psf_energy\) but the fused channels run from "
+                                         r"1.68 to 2.28 um .*0.22 um \(13.1% .*ifu.sel\(energy=slice\(1.9, 2.1\)\)"):
+        jwst.fuse_jwst(imager, ifu, psf=narrow, max_iter=2)
+    with pytest.warns(UserWarning, match=r"psf is given at 1.68-2.27 um.*up to 0.01 um \(0.4% .*within 1%, accepted"):
+        jwst.observations(imager, ifu, psf=jwst.ifu_psf_stack([1.68, 2.0, 2.27], px))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jwst.observations(imager, ifu, psf=jwst.ifu_psf_stack([1.68, 2.28], px))  # nodes at the first/last centres
+        jwst.observations(imager, ifu, psf=jwst.ifu_psf_stack([2.0], px))  # one node: the same PSF everywhere
+        _, y1 = jwst.observations(imager, ifu, n_psf_nodes=1)
+    assert y1["psf"]["psf_energy"].values.tolist() == pytest.approx([1.98])  # default single node: the band's centre
+    with pytest.raises(ValueError, match=r"nodes \(psf_energy\) must be strictly increasing; got \[2.3, 1.98, 1.66\]"):
+        jwst.observations(imager, ifu, psf=truth["psf"].isel(psf_energy=[4, 2, 0]))
+    x_obs, y_obs = jwst.observations(imager, ifu)  # a PSF swapped into the observations: refused by fuse too
+    y_obs = y_obs.drop_vars(["psf", "psf_energy", "psf_x", "psf_y"]).assign(psf=narrow)
+    with pytest.raises(ValueError, match=r"psf is given at 1.9-2.1 um"):
+        xfusion.fuse(x_obs, y_obs, regularization="lowrank_sobolev", rank=3, mu=0.003, max_iter=2)

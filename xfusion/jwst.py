@@ -517,8 +517,12 @@ def make_toy(seed=0, size=48, n_channels=128, filters=tuple(FILTERS), snr_imager
 
 # --------------------------------------------------------------------------- fusion
 def _psf_nodes(ifu, pixel, n_nodes):
+    """The default PSF stack: matching kernels at ``n_nodes`` wavelengths spanning the IFU's band (its edges); one
+    node is a wavelength-independent PSF, taken at the band's centre (it was the lower edge: the narrowest kernel
+    used at every wavelength)."""
     e = _edges(ifu)
-    return ifu_psf_stack(np.linspace(e[0], e[-1], n_nodes), pixel)
+    nodes = np.linspace(e[0], e[-1], n_nodes) if n_nodes > 1 else np.array([0.5 * (e[0] + e[-1])])
+    return ifu_psf_stack(nodes, pixel)
 
 
 def _field_centre(ds):
@@ -694,6 +698,46 @@ def _check_inputs(imager, ifu, filters):
     return im, use, factor
 
 
+#: a user PSF's nodes may stop short of the fused channels by up to this fraction of the wavelength (warned of:
+#: the nearest node's PSF is used there, and the PSF width scales with the wavelength); beyond it, refused
+PSF_CLAMP_TOLERANCE = 0.01
+
+
+def _check_psf_nodes(nodes, wavelengths, warn=True):
+    """A user PSF's wavelength nodes (um) against the fused channel centres ``wavelengths`` (um).
+
+    The IFU model interpolates the PSF linearly between nodes and uses the nearest node's PSF beyond them
+    (:func:`xfusion.operators.psf.band_weights`). Nodes must be strictly increasing. With two or more nodes,
+    channels beyond them by more than ``PSF_CLAMP_TOLERANCE`` (1 %) of their wavelength are refused, naming both
+    ranges; by less (down to 1e-6), warned of (``warn``). A single node is a wavelength-independent PSF, used
+    everywhere."""
+    import warnings
+
+    n = np.asarray(nodes, dtype=np.float64)
+    lam = np.asarray(wavelengths, dtype=np.float64)
+    if n.size > 1 and np.any(np.diff(n) <= 0):
+        raise ValueError(f"the psf's wavelength nodes (psf_energy) must be strictly increasing; got "
+                         f"{np.round(n, 5).tolist()} um: sort them (psf.sortby('psf_energy')) and drop repeats")
+    if n.size < 2:
+        return
+    below, above = float(n[0] - lam[0]), float(lam[-1] - n[-1])
+    rel = max(below / lam[0], above / lam[-1])
+    if rel <= 1e-6:
+        return
+    text = (f"the psf is given at {n[0]:.4g}-{n[-1]:.4g} um (psf_energy) but the fused channels run from "
+            f"{lam[0]:.4g} to {lam[-1]:.4g} um (centres): the PSF of the nearest node would be used beyond the nodes, "
+            f"up to {max(below, above):.3g} um ({rel:.1%} of the wavelength) away")
+    if rel > PSF_CLAMP_TOLERANCE:
+        raise ValueError(f"{text}. Give PSFs at nodes spanning the channels (e.g. at both ends of the band; "
+                         "xfusion.jwst.ifu_psf_stack(nodes, imager pixel) for the Gaussian model), or crop the IFU "
+                         f"cube to the nodes' range (ifu.sel(energy=slice({n[0]:.4g}, {n[-1]:.4g}))) with the filters "
+                         "inside it")
+    if warn:
+        warnings.warn(f"{text}; within {PSF_CLAMP_TOLERANCE:.0%}, accepted (the PSF width scales with the wavelength, "
+                      "so by about that much): give nodes spanning the channels to silence this", UserWarning,
+                      stacklevel=4)
+
+
 def _check_psf(psf, pixel):
     """A user PSF stack: finite, each node summing to 1 (refused beyond 10 %, warned of beyond 1 %: the IFU model's
     block mean would scale the flux by the sum, which the cross-calibration and the fit then absorb), sampled on
@@ -807,6 +851,7 @@ def observations(imager, ifu, *, filters=None, psf=None, margin=1, cross_calibra
                          "xfusion.jwst.ifu_psf_stack)")
     else:
         _check_psf(psf, px_m)
+        _check_psf_nodes(psf["psf_energy"].values, 0.5 * (edges[1:] + edges[:-1]))
     pw = [(pad, pad), (pad, pad), (0, 0)]
     xs = im["x"].values.astype(np.float64)
     ys = im["y"].values.astype(np.float64)
@@ -879,6 +924,8 @@ def problem(obs_a, obs_b):
                          "xfusion.jwst.observations")
     _check_ifu_channels(y_obs["counts"].transpose("x", "y", "energy").values,
                         y_obs["mask"].transpose("x", "y", "energy").values, edges)
+    if "psf" in y_obs and "psf_energy" in y_obs["psf"].dims:  # warned of once, by observations()
+        _check_psf_nodes(y_obs["psf"]["psf_energy"].values, 0.5 * (edges[1:] + edges[:-1]), warn=False)
     M, N = x_obs.sizes["x"], x_obs.sizes["y"]
     L = edges.size - 1
     shape = (M, N, L)
@@ -1020,7 +1067,8 @@ def fuse_jwst(imager, ifu, *, psf=None, filters=None, rank=None, mu=DEFAULT_MU, 
     depend on the flux units; ``mu="auto"``: chosen by Gaussian data fission,
     :func:`xfusion.gaussian_fission.fission`), solved by accelerated proximal gradient
     (:class:`~xfusion.solvers.subspace.SubspaceFISTA`, per-pixel preconditioning).
-    ``psf``: the IFU PSF relative to the target resolution (psf_energy in um); default the
+    ``psf``: the IFU PSF relative to the target resolution (psf_energy in um, nodes spanning the fused
+    channels: refused beyond 1 % of the wavelength, warned of within); default the
     Gaussian matching kernels of :func:`matching_kernel` at ``n_psf_nodes`` wavelengths.
     ``filters``: the subset of imager filters to fuse (the others are held out).
     ``rank``: dimension of the spectral subspace; None = ``min(DEFAULT_RANK, F + 1)`` with F the
