@@ -401,3 +401,40 @@ def test_error_channel_mismatch(tmp_path):
 
 def test_error_is_valueerror():
     assert issubclass(OGIPError, ValueError)
+
+
+def _with_column_in_ev(path, out, extname, colname):
+    """Copy of ``path`` whose ``extname`` column ``colname`` is stored in eV (TUNIT 'eV', values x 1000)."""
+    with fits.open(path) as hdul:
+        h = hdul[extname]
+        cols = [fits.Column(name=c.name, format=c.format, unit="eV" if c.name == colname else c.unit,
+                            array=np.asarray(h.data[c.name], np.float64) * 1e3 if c.name == colname
+                            else h.data[c.name]) for c in h.columns]
+        new = fits.BinTableHDU.from_columns(cols, name=extname)
+        for k, v in h.header.items():
+            if not k.startswith(("TTYPE", "TFORM", "TUNIT", "NAXIS", "PCOUNT", "GCOUNT", "TFIELDS", "XTENSION",
+                                 "BITPIX", "EXTNAME")):
+                new.header[k] = v
+        hdul[extname] = new
+        hdul.writeto(out)
+    return out
+
+
+def test_every_energy_column_read_with_its_own_tunit(tmp_path):
+    """Red team s30: ENERG_HI (and E_MAX) were converted with the TUNIT of ENERG_LO (E_MIN): an ENERG_HI in eV
+    next to an ENERG_LO in keV was read 1000x too large (0.75 keV as 750 keV), silently."""
+    path, expected, et, ee = _write_rmf(tmp_path / "kev.rmf")
+    p1 = _with_column_in_ev(path, tmp_path / "hi_ev.rmf", "MATRIX", "ENERG_HI")
+    p2 = _with_column_in_ev(p1, tmp_path / "hi_ev_emax_ev.rmf", "EBOUNDS", "E_MAX")
+    for p in (p1, p2):
+        rmf = read_rmf(p)
+        np.testing.assert_array_equal(rmf.values, expected)
+        np.testing.assert_allclose(rmf["energy_true_hi"], et[1:], rtol=1e-6)
+        np.testing.assert_allclose(rmf["energy_hi"], ee[1:], rtol=1e-6)
+    lo = np.linspace(0.3, 10.0, 50)
+    arf = tmp_path / "kev.arf"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column(name="ENERG_LO", format="D", unit="keV", array=lo[:-1]),
+         fits.Column(name="ENERG_HI", format="D", unit="eV", array=lo[1:] * 1e3),
+         fits.Column(name="SPECRESP", format="D", unit="cm2", array=np.full(49, 100.0))], name="SPECRESP")]).writeto(arf)
+    np.testing.assert_allclose(read_arf(arf)["energy_true_hi"], lo[1:], rtol=1e-12)

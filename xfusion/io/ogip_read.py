@@ -189,7 +189,8 @@ def edges_coords(dim: str, lo, hi, units: str = "keV") -> dict[str, xr.Variable]
 
 
 def _energy_unit_scale(hdu, colname, fname) -> float:
-    """Factor converting a column's energies to keV (keV assumed if no TUNIT)."""
+    """Factor converting column ``colname``'s energies to keV, from that column's own ``TUNITn``
+    (keV assumed if it has none): 1 for keV, 1e-3 for eV, 1e3 for MeV."""
     idx = [c.upper() for c in hdu.columns.names].index(colname) + 1
     unit = str(hdu.header.get(f"TUNIT{idx}", "keV")).strip().lower()
     scales = {"kev": 1.0, "": 1.0, "ev": 1e-3, "mev": 1e3}
@@ -358,7 +359,8 @@ def read_rmf(
         * ``energy_true``, ``energy_true_lo``, ``energy_true_hi`` (keV), from
           ``ENERG_LO``/``ENERG_HI``;
         * ``energy``, ``energy_lo``, ``energy_hi`` (keV), from EBOUNDS
-          ``E_MIN``/``E_MAX``;
+          ``E_MIN``/``E_MAX`` (every energy column converted with its own
+          ``TUNITn``: keV, eV or MeV, keV if absent);
         * ``channel`` (along ``energy``), from EBOUNDS ``CHANNEL``.
 
         ``attrs``: ``units`` (``"1"`` or ``"cm2"``), ``file`` (basename),
@@ -419,10 +421,10 @@ def read_rmf(
         edata = ehdu.data
 
         # ---- EBOUNDS ----
-        escale = _energy_unit_scale(ehdu, "E_MIN", fname)
+        # each column with its own TUNIT (FITS gives every column one; E_MAX in eV next to E_MIN in keV is legal)
         e_lo, e_hi = _check_edges(
-            np.asarray(edata["E_MIN"], dtype=np.float64) * escale,
-            np.asarray(edata["E_MAX"], dtype=np.float64) * escale,
+            np.asarray(edata["E_MIN"], dtype=np.float64) * _energy_unit_scale(ehdu, "E_MIN", fname),
+            np.asarray(edata["E_MAX"], dtype=np.float64) * _energy_unit_scale(ehdu, "E_MAX", fname),
             fname, "EBOUNDS", "E_MIN", "E_MAX",
         )
         channel = np.asarray(edata["CHANNEL"]).astype(np.int64)
@@ -435,10 +437,9 @@ def read_rmf(
             )
 
         # ---- MATRIX energies ----
-        tscale = _energy_unit_scale(mhdu, "ENERG_LO", fname)
         t_lo, t_hi = _check_edges(
-            np.asarray(mdata["ENERG_LO"], dtype=np.float64) * tscale,
-            np.asarray(mdata["ENERG_HI"], dtype=np.float64) * tscale,
+            np.asarray(mdata["ENERG_LO"], dtype=np.float64) * _energy_unit_scale(mhdu, "ENERG_LO", fname),
+            np.asarray(mdata["ENERG_HI"], dtype=np.float64) * _energy_unit_scale(mhdu, "ENERG_HI", fname),
             fname, mhdu.name, "ENERG_LO", "ENERG_HI",
         )
         nrows = t_lo.size
@@ -589,10 +590,9 @@ def read_arf(path, *, hdu: int | str | None = None) -> xr.DataArray:
         ahdu = _find_hdu(hdul, ("SPECRESP",), fname, "SPECRESP (ARF)",
                          hduclas2="SPECRESP", hdu=hdu)
         _require_columns(ahdu, _ARF_COLUMNS, fname)
-        scale = _energy_unit_scale(ahdu, "ENERG_LO", fname)
-        lo, hi = _check_edges(
-            np.asarray(ahdu.data["ENERG_LO"], dtype=np.float64) * scale,
-            np.asarray(ahdu.data["ENERG_HI"], dtype=np.float64) * scale,
+        lo, hi = _check_edges(  # each column with its own TUNIT
+            np.asarray(ahdu.data["ENERG_LO"], dtype=np.float64) * _energy_unit_scale(ahdu, "ENERG_LO", fname),
+            np.asarray(ahdu.data["ENERG_HI"], dtype=np.float64) * _energy_unit_scale(ahdu, "ENERG_HI", fname),
             fname, ahdu.name, "ENERG_LO", "ENERG_HI",
         )
         gap = np.abs(lo[1:] - hi[:-1]) > 1e-3 * (hi - lo)[:-1]  # (session 28: accepted silently)
