@@ -415,6 +415,40 @@ def test_read_arf_refuses_nan_and_negative(tmp_path):
         read_arf(tmp_path / "gap.arf")
 
 
+def _arf_file(path, lo, hi, fmt="E"):
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column(name="ENERG_LO", format=fmt, unit="keV", array=lo),
+         fits.Column(name="ENERG_HI", format=fmt, unit="keV", array=hi),
+         fits.Column(name="SPECRESP", format="E", unit="cm2", array=np.full(lo.size, 100.0))],
+        name="SPECRESP")]).writeto(path)
+    return path
+
+
+def test_read_arf_float32_seams_closed_real_gaps_refused(tmp_path):
+    """Red team s30: a float32 0.5-eV ARF grid with ENERG_HI = ENERG_LO + width (1-2 ulp seams, up to 1.9e-6 keV at
+    30 keV) was refused as 'not contiguous: row k ends at 8 keV, row k+1 starts at 8 keV'. The seams are closed with
+    the next ENERG_LO (strictly contiguous downstream); a real gap is still refused, with the digits that show it."""
+    lo = (np.float32(0.3) + np.arange(59400, dtype=np.float32) * np.float32(0.0005)).astype(np.float32)
+    hi = (lo + np.float32(0.0005)).astype(np.float32)
+    assert np.count_nonzero(lo[1:] != hi[:-1]) > 1000
+    arf = read_arf(_arf_file(tmp_path / "f32.arf", lo, hi))
+    assert arf.sizes["energy_true"] == 59400
+    np.testing.assert_array_equal(arf["energy_true_lo"].values, lo.astype(np.float64))   # ENERG_LO kept as is
+    np.testing.assert_array_equal(arf["energy_true_hi"].values[:-1], arf["energy_true_lo"].values[1:])
+    assert arf["energy_true_hi"].values[-1] == float(hi[-1])
+    np.testing.assert_array_equal(energy_edges(arf, "energy_true")[:-1], lo.astype(np.float64))
+    obs = xfusion.observation(np.ones((2, 2, 2)), dims=("x", "y", "energy"), energy_edges=[6.0, 6.5, 7.0],
+                              pixel_size=5.0, exposure=1e3, effective_area=arf)
+    assert obs.sizes["energy_true"] == 59400
+    # a real gap of 1e-5 keV (2 % of a 0.5 eV bin) at 8 keV: refused, naming the row and showing the gap
+    gap_hi = hi.copy()
+    k = int(np.searchsorted(lo, 8.0))
+    gap_hi[k] = lo[k + 1] - np.float32(1e-5)
+    with pytest.raises(OGIPError, match=rf"not contiguous: row {k} ends at 8\.0004\d{{4}} keV, row {k + 1} starts at "
+                                        r"8\.0005\d{4} keV \(a gap of 9\.5\de-06 keV, 0\.019\d of the bin; 1 such seam"):
+        read_arf(_arf_file(tmp_path / "gap.arf", lo, gap_hi))
+
+
 @pytest.fixture(scope="module")
 def mucal_default():
     """The 12000 x 12000 microcalorimeter RMF read with the defaults (read once for the module)."""
