@@ -449,6 +449,57 @@ def test_read_arf_float32_seams_closed_real_gaps_refused(tmp_path):
         read_arf(_arf_file(tmp_path / "gap.arf", lo, gap_hi))
 
 
+def test_float32_ebounds_seams_accepted_real_gaps_refused(tmp_path):
+    """Red team s30: EBOUNDS with E_MAX = E_MIN + 5 eV in float32 (884 seams of 1-2 ulps, up to 1.9e-6 keV = 0.04 %
+    of a channel) were refused by observation_from_files and common_channel_edges ('EBOUNDS channels are not
+    contiguous', tolerance 1e-6 of a channel, naming no channel). Float32 seams are accepted (E_MIN kept); a real
+    gap is refused naming the channels and the gap. read_rmf closes such seams itself (strictly contiguous)."""
+    require_data(EPN_RMF)
+    sp = read_rmf(EPN_RMF, sparse=True)
+    emin = sp.energy_edges[:, 0].astype(np.float32)
+    width = np.where(np.arange(emin.size) >= 600, np.float32(0.005),
+                     (sp.energy_edges[:, 1] - sp.energy_edges[:, 0]).astype(np.float32)).astype(np.float32)
+    emax = (emin + width).astype(np.float32)
+    assert np.count_nonzero(emin[1:] != emax[:-1]) > 500
+    seamed = SparseRMF(matrix=sp.matrix, energy_true_edges=sp.energy_true_edges, channel=sp.channel,
+                       energy_edges=np.stack([emin, emax], axis=1).astype(np.float64), attrs=dict(sp.attrs))
+    fine = _obs((3.0 + 0.5e-3 * np.arange(2001)).astype(np.float32).astype(np.float64), 6.0, 2, "fine")
+    np.testing.assert_array_equal(common_channel_edges(seamed, fine), common_channel_edges(sp, fine))
+    rng = np.random.default_rng(7)
+    path, *_ = _pn_file(tmp_path / "pn.evt", rng)
+    kw = dict(events=path, band=(6.0, 7.0), group=10, **GRID)
+    ref = observation_from_files(rmf=sp, **kw)
+    o = observation_from_files(rmf=seamed, **kw)
+    np.testing.assert_array_equal(energy_edges(o), energy_edges(ref))
+    np.testing.assert_array_equal(o["counts"].values, ref["counts"].values)
+    np.testing.assert_array_equal(o["response"].values, ref["response"].values)
+    # a real gap (1 eV, 0.2 of a channel) after channel 1200: refused, naming the channels and the gap
+    gap = emax.astype(np.float64)
+    gap[1200] -= 1e-3
+    bad = SparseRMF(matrix=sp.matrix, energy_true_edges=sp.energy_true_edges, channel=sp.channel,
+                    energy_edges=np.stack([emin.astype(np.float64), gap], axis=1), attrs=dict(sp.attrs))
+    with pytest.raises(ValueError, match=r"EBOUNDS channels are not contiguous: channel 1200 ends at 6\.004\d* keV "
+                                         r"and channel 1201 starts at 6\.005\d* keV, a gap of 0\.001 keV \(0\.25 of a "
+                                         r"channel; 1 such seam"):
+        common_channel_edges(bad, fine)
+    # the same seams in a file: read_rmf closes them (E_MAX = next E_MIN), so the dense RMF is a valid response
+    with fits.open(EPN_RMF) as h:
+        h["EBOUNDS"].data["E_MIN"] = emin
+        h["EBOUNDS"].data["E_MAX"] = emax
+        h.writeto(tmp_path / "pn_f32.rmf")
+    dense = read_rmf(tmp_path / "pn_f32.rmf", sparse=False)
+    np.testing.assert_array_equal(dense["energy_hi"].values[:-1], dense["energy_lo"].values[1:])
+    np.testing.assert_array_equal(dense["energy_lo"].values, emin.astype(np.float64))
+    edges = energy_edges(ref)
+    sel = dense.isel(energy=slice(int(np.searchsorted(dense["energy_lo"].values, edges[0])),
+                                  int(np.searchsorted(dense["energy_lo"].values, edges[-1]))))
+    r0 = int(np.searchsorted(sel["energy_true_lo"].values, ref["energy_true_lo"].values[0]))
+    sel = sel.isel(energy_true=slice(r0, r0 + ref.sizes["energy_true"]))   # the rows observation_from_files kept
+    obs = xfusion.observation(np.ones((2, 2, edges.size - 1)), dims=("x", "y", "energy"), energy_edges=edges,
+                              pixel_size=5.0, exposure=1e3, response=sel)
+    np.testing.assert_allclose(obs["response"].values, ref["response"].values, rtol=1e-12, atol=0)
+
+
 @pytest.fixture(scope="module")
 def mucal_default():
     """The 12000 x 12000 microcalorimeter RMF read with the defaults (read once for the module)."""

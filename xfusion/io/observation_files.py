@@ -36,7 +36,7 @@ import xarray as xr
 
 from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_grid
 from ..observation import (REL_TOL, _center_degrees, clip_negative_rows, edge_tolerance, energy_edges as _edges_of, observation,
-                           pixel_size as _pixel_size)
+                           pixel_size as _pixel_size, seam_gaps)
 from .events import INSTRUMENTS, _detect_instrument, read_events
 from .ogip_read import SparseRMF, edges_coords, read_arf, read_rmf
 from .psf import read_psf
@@ -66,10 +66,24 @@ def _sparse_rmf(rmf):
 
 
 def _ebounds(sp):
+    """EBOUNDS channel edges (keV, n + 1): every ``E_MIN`` and the last ``E_MAX``.
+
+    A seam where ``E_MAX[i]`` and ``E_MIN[i + 1]`` differ by float32 rounding
+    (:func:`xfusion.observation.seam_gaps`) is accepted, ``E_MIN[i + 1]`` kept; a real gap or
+    overlap is refused, naming the channel and the size of the gap.
+    """
     lo, hi = sp.energy_edges[:, 0], sp.energy_edges[:, 1]
-    if lo.size > 1 and not np.allclose(lo[1:], hi[:-1], rtol=0, atol=REL_TOL * np.min(hi - lo)):
+    gap, bad = seam_gaps(lo, hi)
+    if bad.size:
+        i = int(bad[0])
+        ch = np.asarray(sp.channel)
+        c0, c1 = (int(ch[i]), int(ch[i + 1])) if ch.size == lo.size else (i, i + 1)
         raise ValueError(
-            f"RMF {sp.attrs.get('file', '')!r}: EBOUNDS channels are not contiguous; counts cannot be binned on them"
+            f"RMF {sp.attrs.get('file', '')!r}: EBOUNDS channels are not contiguous: channel {c0} ends at "
+            f"{hi[i]:.9g} keV and channel {c1} starts at {lo[i + 1]:.9g} keV, a {'gap' if gap[i] > 0 else 'overlap'} "
+            f"of {abs(gap[i]):.3g} keV ({abs(gap[i]) / (hi[i] - lo[i]):.3g} of a channel; {bad.size} such seam(s)), "
+            "more than float32 rounding. Counts cannot be binned on them: use the EBOUNDS that belong to this RMF "
+            "(E_MAX of each channel equal to E_MIN of the next)"
         )
     return np.append(lo, hi[-1])
 
