@@ -438,3 +438,41 @@ def test_every_energy_column_read_with_its_own_tunit(tmp_path):
          fits.Column(name="ENERG_HI", format="D", unit="eV", array=lo[1:] * 1e3),
          fits.Column(name="SPECRESP", format="D", unit="cm2", array=np.full(49, 100.0))], name="SPECRESP")]).writeto(arf)
     np.testing.assert_allclose(read_arf(arf)["energy_true_hi"], lo[1:], rtol=1e-12)
+
+
+def _two_block_rmf(tmp_path, name, first, second, **kw2):
+    """An RMF with two MATRIX extensions (EXTVER 1 and 2) holding ``first`` and ``second`` (``kw2``: options of
+    the second block's writer, e.g. another true-energy grid) and one EBOUNDS."""
+    pa, ea, *_ = _write_rmf(tmp_path / f"{name}_a.rmf", first)
+    pb, eb, *_ = _write_rmf(tmp_path / f"{name}_b.rmf", second, **kw2)
+    with fits.open(pa, memmap=False) as ha, fits.open(pb, memmap=False) as hb:
+        m1, m2 = ha["MATRIX"], hb["MATRIX"]
+        m1.header["EXTVER"], m2.header["EXTVER"] = 1, 2
+        fits.HDUList([fits.PrimaryHDU(), m1, m2, ha["EBOUNDS"]]).writeto(tmp_path / f"{name}.rmf")
+    return tmp_path / f"{name}.rmf", ea, eb
+
+
+def test_rmf_split_in_several_matrix_blocks_is_their_sum(tmp_path):
+    """Red team s30: an RMF with two MATRIX extensions (EXTVER 1, 2: CAL/GEN/92-002 2020 revision, the response is
+    their sum) was read from the first only, silently (the photopeak block of EPIC-pn without its tail). Now the
+    blocks are summed when they share the true-energy grid and channels, and refused otherwise, naming them."""
+    core = np.where(_EXPECTED >= 0.2, _EXPECTED, 0.0)
+    tail = _EXPECTED - core
+    path, ea, eb = _two_block_rmf(tmp_path, "two", core, tail)
+    expected = ea + eb
+    rmf = read_rmf(path)
+    np.testing.assert_allclose(rmf.values, expected, rtol=0, atol=1e-7)
+    assert np.abs(rmf.values - ea).max() > 0.09                   # the tail is really there (0.1 in row 1)
+    assert rmf.attrs["matrix_blocks"] == 2 and rmf.attrs["hdu"] == "MATRIX"
+    np.testing.assert_allclose(read_rmf(path, sparse=True).matrix.toarray(), expected, rtol=0, atol=1e-7)
+    one = read_rmf(path, hdu=2)                                   # hdu= reads that block only
+    np.testing.assert_array_equal(one.values, eb)
+    assert one.attrs["matrix_blocks"] == 1
+    # blocks on different true-energy grids cannot be summed: refused, naming both blocks
+    path, *_ = _two_block_rmf(tmp_path, "grids", core, tail, energy_true=np.linspace(0.5, 2.6, 7))
+    with pytest.raises(OGIPError, match=r"blocks HDU 1 \(MATRIX, EXTVER 1\) and HDU 2 \(MATRIX, EXTVER 2\) have "
+                                        r"different true-energy grids \(edge 1: 0\.75 vs 0\.850000\d* keV\).*hdu="):
+        read_rmf(path)
+    path, *_ = _two_block_rmf(tmp_path, "chans", core, tail, first_channel=0)
+    with pytest.raises(OGIPError, match=r"HDU 1 .* and HDU 2 .* number their channels from 1 and 0"):
+        read_rmf(path)

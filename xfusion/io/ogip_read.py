@@ -22,7 +22,8 @@ true-energy bin) has ``N_GRP`` groups, group ``g`` starting at channel
 row holds the concatenated values of all its groups.  ``F_CHAN``/``N_CHAN``
 may be scalar, fixed-length or variable-length columns and ``MATRIX`` may be
 fixed-length (zero padded) or variable-length; all of these are handled by a
-vectorised unpacker.
+vectorised unpacker.  An RMF split into several matrix extensions
+(``EXTVER`` 1, 2, ...) is read as the sum of its blocks.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import scipy.sparse
 import xarray as xr
 from astropy.io import fits
 
-from ..observation import seam_gaps
+from ..observation import edge_tolerance, seam_gaps
 
 __all__ = [
     "OGIPError",
@@ -332,6 +333,153 @@ class SparseRMF:
         )
 
 
+def _matrix_hdus(hdul, fname, hdu):
+    """``[(label, hdu), ...]``: the response-matrix extensions to read.
+
+    ``hdu`` given: that one. Otherwise every binary table named ``MATRIX`` or ``SPECRESP MATRIX``
+    (an RMF may be split into several, ``EXTVER`` 1, 2, ... -- CAL/GEN/92-002, 2020 revision --
+    whose sum is the response) or, failing that, every one with ``HDUCLAS2 = 'RSP_MATRIX'``.
+    ``label`` names the block in messages: ``"HDU 2 (MATRIX, EXTVER 2)"``.
+    """
+    def label(h):
+        i = next(k for k, x in enumerate(hdul) if x is h)
+        return f"HDU {i} ({h.name}, EXTVER {h.header.get('EXTVER', 1)})"
+
+    if hdu is None:
+        tables = [h for h in hdul if isinstance(h, fits.BinTableHDU)]
+        found = [h for h in tables if h.name.upper() in _MATRIX_NAMES] or [
+            h for h in tables if str(h.header.get("HDUCLAS2", "")).strip().upper() == "RSP_MATRIX"]
+        if found:
+            return [(label(h), h) for h in found]
+    h = _find_hdu(hdul, _MATRIX_NAMES, fname, "response matrix (MATRIX / SPECRESP MATRIX)",
+                  hduclas2="RSP_MATRIX", hdu=hdu)
+    return [(label(h), h)]
+
+
+def _read_matrix_block(mhdu, label, ehead, channel, first_channel, fname):
+    """One matrix extension unpacked: a dict with its true-energy edges ``t_lo``/``t_hi`` (keV),
+    the element ``rows``, ``cols`` (column index = channel - first channel) and ``values``, the
+    first channel ``tlmin`` and its ``tlmin_source``, ``name``, ``label``, ``hduclas3`` and ``meta``."""
+    _require_columns(mhdu, _MATRIX_COLUMNS, fname)
+    mhead = mhdu.header
+    mdata = mhdu.data
+    n_chan_total = channel.size
+
+    # ---- MATRIX energies (each column with its own TUNIT) ----
+    t_lo, t_hi = _check_edges(
+        np.asarray(mdata["ENERG_LO"], dtype=np.float64) * _energy_unit_scale(mhdu, "ENERG_LO", fname),
+        np.asarray(mdata["ENERG_HI"], dtype=np.float64) * _energy_unit_scale(mhdu, "ENERG_HI", fname),
+        fname, mhdu.name, "ENERG_LO", "ENERG_HI",
+    )
+    t_hi, _, _ = _close_float32_seams(t_lo, t_hi)
+    nrows = t_lo.size
+
+    detchans = mhead.get("DETCHANS")
+    if detchans is not None and int(detchans) != n_chan_total:
+        raise OGIPError(
+            f"{fname}: channel-count mismatch: {mhdu.name} has DETCHANS="
+            f"{int(detchans)} but EBOUNDS has {n_chan_total} rows. The "
+            "matrix and EBOUNDS must describe the same channels; use the "
+            "EBOUNDS extension that belongs to this matrix."
+        )
+
+    # ---- channel offset ----
+    tlmin = _column_tlmin(mhdu, "F_CHAN")
+    if first_channel is not None:
+        tlmin = int(first_channel)
+        tlmin_source = "argument"
+    elif tlmin is not None:
+        tlmin_source = "TLMIN"
+    else:
+        tlmin = 1
+        tlmin_source = "default"
+
+    # ---- unpack groups (vectorised) ----
+    n_grp = np.asarray(mdata["N_GRP"]).astype(np.int64).ravel()
+    if np.any(n_grp < 0):
+        raise OGIPError(f"{fname}: negative N_GRP values in {mhdu.name}.")
+    f_chan = _flatten_groups(
+        mdata["F_CHAN"], n_grp, fname, "F_CHAN", mhdu.name
+    ).astype(np.int64)
+    n_chan = _flatten_groups(
+        mdata["N_CHAN"], n_grp, fname, "N_CHAN", mhdu.name
+    ).astype(np.int64)
+    if np.any(n_chan < 0):
+        raise OGIPError(f"{fname}: negative N_CHAN values in {mhdu.name}.")
+    group_row = np.repeat(np.arange(nrows), n_grp)
+    row_len = np.bincount(group_row, weights=n_chan, minlength=nrows).astype(
+        np.int64
+    )
+    values = _flatten_groups(
+        mdata["MATRIX"], row_len, fname, "MATRIX", mhdu.name
+    ).astype(np.float64)
+
+    # element -> (row, column)
+    n_elem = int(n_chan.sum())
+    group_start = np.cumsum(n_chan) - n_chan
+    offset = np.arange(n_elem, dtype=np.int64) - np.repeat(group_start, n_chan)
+    cols = np.repeat(f_chan - tlmin, n_chan) + offset
+    rows = np.repeat(group_row, n_chan)
+    if n_elem and (cols.min() < 0 or cols.max() >= n_chan_total):
+        bad_lo, bad_hi = int(cols.min()) + tlmin, int(cols.max()) + tlmin
+        raise OGIPError(
+            f"{fname}: channel-count mismatch: {mhdu.name} refers to channels "
+            f"{bad_lo}..{bad_hi} (F_CHAN/N_CHAN with first channel {tlmin}, "
+            f"from {tlmin_source}) but EBOUNDS has {n_chan_total} channels "
+            f"({channel[0]}..{channel[-1]}). Check TLMIN of F_CHAN (0- vs "
+            "1-based channels) and that EBOUNDS belongs to this matrix."
+        )
+    meta = {
+        "telescope": str(mhead.get("TELESCOP", "")).strip(),
+        "instrument": str(mhead.get("INSTRUME", "")).strip(),
+        "detnam": str(mhead.get("DETNAM", "")).strip(),
+        "filter": str(mhead.get("FILTER", "")).strip(),
+        "chantype": str(mhead.get("CHANTYPE", ehead.get("CHANTYPE", ""))).strip(),
+        "lo_thresh": float(mhead.get("LO_THRES", mhead.get("LO_THRESH", 0.0))),
+    }
+    return {"t_lo": t_lo, "t_hi": t_hi, "rows": rows, "cols": cols, "values": values, "tlmin": tlmin,
+            "tlmin_source": tlmin_source, "name": mhdu.name, "label": label,
+            "hduclas3": str(mhead.get("HDUCLAS3", "")).strip().upper(), "meta": meta}
+
+
+def _check_matrix_blocks(parts, fname):
+    """The first block, after checking that all blocks are parts of one response (their sum).
+
+    They must be the same kind of matrix (EXTNAME and ``HDUCLAS3``), on the same true-energy grid
+    (edges equal within :func:`xfusion.observation.edge_tolerance`, i.e. float32 rounding) and
+    number their channels from the same first channel; anything else is refused naming the blocks.
+    """
+    a = parts[0]
+    ea = np.append(a["t_lo"], a["t_hi"][-1])
+    fix = "Read one block with read_rmf(..., hdu=<HDU number>) if that is what you mean, or fix the file"
+    for b in parts[1:]:
+        pair = f"{a['label']} and {b['label']}"
+        if (b["name"].upper(), b["hduclas3"]) != (a["name"].upper(), a["hduclas3"]):
+            raise OGIPError(
+                f"{fname}: the response-matrix blocks {pair} are not parts of one response (HDUCLAS3 "
+                f"{a['hduclas3']!r} vs {b['hduclas3']!r}); a multi-block RMF is the sum of blocks of the same kind. "
+                + fix)
+        eb = np.append(b["t_lo"], b["t_hi"][-1])
+        if eb.size != ea.size:
+            raise OGIPError(
+                f"{fname}: the response-matrix blocks {pair} have different true-energy grids ({ea.size - 1} and "
+                f"{eb.size - 1} rows); a multi-block RMF is the sum of blocks on one grid, so they cannot be "
+                "summed. " + fix)
+        off = np.flatnonzero(np.abs(eb - ea) > edge_tolerance(ea))
+        if off.size:
+            k = int(off[0])
+            raise OGIPError(
+                f"{fname}: the response-matrix blocks {pair} have different true-energy grids (edge {k}: "
+                f"{ea[k]:.9g} vs {eb[k]:.9g} keV); a multi-block RMF is the sum of blocks on one grid, so they "
+                "cannot be summed. " + fix)
+        if b["tlmin"] != a["tlmin"]:
+            raise OGIPError(
+                f"{fname}: the response-matrix blocks {pair} number their channels from {a['tlmin']} and "
+                f"{b['tlmin']} (TLMIN of F_CHAN); the channels of a summed response must be the same. Pass "
+                "first_channel= if the file is mislabelled, or read one block with hdu=")
+    return a
+
+
 def read_rmf(
     path,
     *,
@@ -355,15 +503,16 @@ def read_rmf(
         29 GB), dense otherwise.  ``attrs["sparse_auto"]`` records the
         automatic choice.
     hdu : int or str, optional
-        Matrix extension to use.  By default the first binary table with
-        EXTNAME ``MATRIX`` or ``SPECRESP MATRIX`` (or, failing that,
-        ``HDUCLAS2 = 'RSP_MATRIX'``) is used.
+        Matrix extension to use (that one only).  By default every binary
+        table with EXTNAME ``MATRIX`` or ``SPECRESP MATRIX`` (or, failing
+        that, ``HDUCLAS2 = 'RSP_MATRIX'``) is read, and several are summed
+        (see Notes, *Several matrix blocks*).
     arf_folded : bool, optional
         Override the detection of a folded-in effective area (see Notes).
     first_channel : int, optional
         Channel number of the first column (the value subtracted from
-        ``F_CHAN``).  Overrides the ``TLMIN`` keyword and the EBOUNDS
-        fallback (see Notes); use it for files known to be mislabelled.
+        ``F_CHAN``).  Overrides the ``TLMIN`` keyword and the default of 1
+        (see Notes); use it for files known to be mislabelled.
 
     Returns
     -------
@@ -382,18 +531,22 @@ def read_rmf(
         * ``channel`` (along ``energy``), from EBOUNDS ``CHANNEL``.
 
         ``attrs``: ``units`` (``"1"`` or ``"cm2"``), ``file`` (basename),
-        ``hdu`` (EXTNAME of the matrix), ``arf_folded``, ``hduclas3``,
+        ``hdu`` (EXTNAME of the matrix), ``matrix_blocks`` (number of
+        matrix extensions summed, usually 1), ``arf_folded``, ``hduclas3``,
         ``row_sum_max``, ``f_chan_tlmin`` (first channel number used to
         convert ``F_CHAN`` to column indices), ``f_chan_tlmin_source``
-        (``"TLMIN"``, ``"EBOUNDS"`` or ``"argument"``), ``telescope``, ``instrument``,
-        ``detnam``, ``filter``, ``chantype``, ``detchans``, ``lo_thresh``.
+        (``"TLMIN"``: the ``TLMINn`` keyword of ``F_CHAN``; ``"default"``: no
+        such keyword, the OGIP default 1; ``"argument"``: ``first_channel=``),
+        ``telescope``, ``instrument``, ``detnam``, ``filter``, ``chantype``,
+        ``detchans``, ``lo_thresh`` (the header values of the first block).
 
     Raises
     ------
     OGIPError
         If an extension or column is missing, energies are not strictly
-        increasing, bin widths are non-positive, or the channel counts of
-        the matrix and EBOUNDS disagree.
+        increasing, bin widths are non-positive, the channel counts of
+        the matrix and EBOUNDS disagree, or several matrix blocks cannot be
+        summed (different kinds, true-energy grids or first channels).
 
     Notes
     -----
@@ -427,6 +580,15 @@ def read_rmf(
     grids returned are strictly contiguous; larger gaps are kept as in the
     file (:func:`xfusion.io.observation_from_files` refuses them in EBOUNDS).
 
+    *Several matrix blocks.*  CAL/GEN/92-002 (2020 revision) lets an RMF
+    be split into several ``MATRIX`` extensions (``EXTVER`` 1, 2, ..., e.g.
+    a calorimeter's line core and its low-energy tail); the response is
+    their sum.  Without ``hdu=`` all of them are read and summed; they must
+    be of one kind (EXTNAME, ``HDUCLAS3``), on one true-energy grid (edges
+    equal to float32 rounding) and number their channels from the same
+    first channel, else an :class:`OGIPError` names the two blocks.  They
+    share the file's ``EBOUNDS``.
+
     *Groups.*  ``N_GRP = 0`` rows are all-zero; ``N_GRP > 1`` is supported for
     scalar, fixed-length and variable-length ``F_CHAN``/``N_CHAN`` columns
     and for fixed-length (zero-padded) and variable-length ``MATRIX``
@@ -434,16 +596,10 @@ def read_rmf(
     """
     fname = _name(path)
     with fits.open(path, memmap=False) as hdul:
-        mhdu = _find_hdu(
-            hdul, _MATRIX_NAMES, fname, "response matrix (MATRIX / SPECRESP MATRIX)",
-            hduclas2="RSP_MATRIX", hdu=hdu,
-        )
+        blocks = _matrix_hdus(hdul, fname, hdu)
         ehdu = _find_hdu(hdul, ("EBOUNDS",), fname, "EBOUNDS", hduclas2="EBOUNDS")
-        _require_columns(mhdu, _MATRIX_COLUMNS, fname)
         _require_columns(ehdu, _EBOUNDS_COLUMNS, fname)
-        mhead = mhdu.header
         ehead = ehdu.header
-        mdata = mhdu.data
         edata = ehdu.data
 
         # ---- EBOUNDS ----
@@ -462,24 +618,6 @@ def read_rmf(
                 f"(first {channel[0]}, last {channel[-1]}, {n_chan_total} rows). "
                 "This reader requires one EBOUNDS row per channel in order."
             )
-
-        # ---- MATRIX energies ----
-        t_lo, t_hi = _check_edges(
-            np.asarray(mdata["ENERG_LO"], dtype=np.float64) * _energy_unit_scale(mhdu, "ENERG_LO", fname),
-            np.asarray(mdata["ENERG_HI"], dtype=np.float64) * _energy_unit_scale(mhdu, "ENERG_HI", fname),
-            fname, mhdu.name, "ENERG_LO", "ENERG_HI",
-        )
-        t_hi, _, _ = _close_float32_seams(t_lo, t_hi)
-        nrows = t_lo.size
-
-        detchans = mhead.get("DETCHANS")
-        if detchans is not None and int(detchans) != n_chan_total:
-            raise OGIPError(
-                f"{fname}: channel-count mismatch: {mhdu.name} has DETCHANS="
-                f"{int(detchans)} but EBOUNDS has {n_chan_total} rows. The "
-                "matrix and EBOUNDS must describe the same channels; use the "
-                "EBOUNDS extension that belongs to this matrix."
-            )
         e_detchans = ehead.get("DETCHANS")
         if e_detchans is not None and int(e_detchans) != n_chan_total:
             raise OGIPError(
@@ -487,71 +625,22 @@ def read_rmf(
                 f"{int(e_detchans)} but {n_chan_total} rows; fix the file."
             )
 
-        # ---- channel offset ----
-        tlmin = _column_tlmin(mhdu, "F_CHAN")
-        if first_channel is not None:
-            tlmin = int(first_channel)
-            tlmin_source = "argument"
-        elif tlmin is not None:
-            tlmin_source = "TLMIN"
-        else:
-            tlmin = 1
-            tlmin_source = "default"
-
-        # ---- unpack groups (vectorised) ----
-        n_grp = np.asarray(mdata["N_GRP"]).astype(np.int64).ravel()
-        if np.any(n_grp < 0):
-            raise OGIPError(f"{fname}: negative N_GRP values in {mhdu.name}.")
-        f_chan = _flatten_groups(
-            mdata["F_CHAN"], n_grp, fname, "F_CHAN", mhdu.name
-        ).astype(np.int64)
-        n_chan = _flatten_groups(
-            mdata["N_CHAN"], n_grp, fname, "N_CHAN", mhdu.name
-        ).astype(np.int64)
-        if np.any(n_chan < 0):
-            raise OGIPError(f"{fname}: negative N_CHAN values in {mhdu.name}.")
-        group_row = np.repeat(np.arange(nrows), n_grp)
-        row_len = np.bincount(group_row, weights=n_chan, minlength=nrows).astype(
-            np.int64
-        )
-        values = _flatten_groups(
-            mdata["MATRIX"], row_len, fname, "MATRIX", mhdu.name
-        ).astype(np.float64)
-
-        hduclas3 = str(mhead.get("HDUCLAS3", "")).strip().upper()
-        meta = {
-            "telescope": str(mhead.get("TELESCOP", "")).strip(),
-            "instrument": str(mhead.get("INSTRUME", "")).strip(),
-            "detnam": str(mhead.get("DETNAM", "")).strip(),
-            "filter": str(mhead.get("FILTER", "")).strip(),
-            "chantype": str(mhead.get("CHANTYPE", ehead.get("CHANTYPE", ""))).strip(),
-            "lo_thresh": float(mhead.get("LO_THRES", mhead.get("LO_THRESH", 0.0))),
-        }
-        hdu_name = mhdu.name
-
-    # element -> (row, column)
-    n_elem = int(n_chan.sum())
-    group_start = np.cumsum(n_chan) - n_chan
-    offset = np.arange(n_elem, dtype=np.int64) - np.repeat(group_start, n_chan)
-    cols = np.repeat(f_chan - tlmin, n_chan) + offset
-    rows = np.repeat(group_row, n_chan)
-    if n_elem and (cols.min() < 0 or cols.max() >= n_chan_total):
-        bad_lo, bad_hi = int(cols.min()) + tlmin, int(cols.max()) + tlmin
-        raise OGIPError(
-            f"{fname}: channel-count mismatch: {hdu_name} refers to channels "
-            f"{bad_lo}..{bad_hi} (F_CHAN/N_CHAN with first channel {tlmin}, "
-            f"from {tlmin_source}) but EBOUNDS has {n_chan_total} channels "
-            f"({channel[0]}..{channel[-1]}). Check TLMIN of F_CHAN (0- vs "
-            "1-based channels) and that EBOUNDS belongs to this matrix."
-        )
-
+        parts = [_read_matrix_block(mhdu, label, ehead, channel, first_channel, fname)
+                 for label, mhdu in blocks]
+    first = _check_matrix_blocks(parts, fname)
+    t_lo, t_hi = first["t_lo"], first["t_hi"]
+    nrows = t_lo.size
+    # the response is the sum of its blocks: elements on the same cell (within or across blocks) are summed
     matrix = scipy.sparse.csr_array(
-        (values, (rows, cols)), shape=(nrows, n_chan_total), dtype=np.float64
+        (np.concatenate([b["values"] for b in parts]),
+         (np.concatenate([b["rows"] for b in parts]), np.concatenate([b["cols"] for b in parts]))),
+        shape=(nrows, n_chan_total), dtype=np.float64,
     )
     matrix.sum_duplicates()
     row_sum = np.asarray(matrix.sum(axis=1)).ravel()
     row_sum_max = float(row_sum.max()) if row_sum.size else 0.0
 
+    hdu_name, hduclas3 = first["name"], first["hduclas3"]
     if arf_folded is None:
         arf_folded = hdu_name.upper() == "SPECRESP MATRIX" and (
             hduclas3 == "FULL" or row_sum_max > _ROW_SUM_AREA_THRESHOLD
@@ -560,13 +649,14 @@ def read_rmf(
         "units": "cm2" if arf_folded else "1",
         "file": fname,
         "hdu": hdu_name,
+        "matrix_blocks": len(parts),
         "arf_folded": bool(arf_folded),
         "hduclas3": hduclas3,
         "row_sum_max": row_sum_max,
-        "f_chan_tlmin": int(tlmin),
-        "f_chan_tlmin_source": tlmin_source,
+        "f_chan_tlmin": int(first["tlmin"]),
+        "f_chan_tlmin_source": first["tlmin_source"],
         "detchans": int(n_chan_total),
-        **meta,
+        **first["meta"],
     }
 
     sp = SparseRMF(
