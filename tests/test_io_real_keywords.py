@@ -391,6 +391,60 @@ def test_real_pn_rmf_negative_elements(tmp_path):
                             response=bad)
 
 
+def test_full_response_never_counts_the_area_twice(tmp_path):
+    """Red team s30: a full response (RMF x ARF: SPECRESP MATRIX, HDUCLAS3='FULL'; read_rmf says units cm2) given with
+    the ARF was stored as a probability (units '1', row sums up to 573) and multiplied by the ARF again: expected
+    counts ~500x too high. With an area it is now refused (observation and observation_from_files); alone it is split
+    exactly into effective_area (its row sums, cm2) and a redistribution, whose product is the plain RMF x ARF."""
+    from xfusion.io import write_rmf
+
+    require_data(EPN_RMF)
+    pn_arf = DATA / "pn_pi_src.arf"
+    require_data(pn_arf)
+    rmf, arf = read_rmf(EPN_RMF), read_arf(pn_arf)          # same true-energy grid
+    full = rmf.copy(data=rmf.values * arf.values[:, None])
+    full.attrs.update(arf_folded=True, units="cm2")
+    rsp = read_rmf(write_rmf(full, tmp_path / "pn.rsp"), sparse=True)
+    assert rsp.attrs["units"] == "cm2" and rsp.attrs["arf_folded"] is True
+    eb = np.append(rsp.energy_edges[:, 0], rsp.energy_edges[-1, 1])
+    i0, i1 = np.searchsorted(eb, 6.0 - 1e-4), np.searchsorted(eb, 7.0 - 1e-4)
+    edges = eb[i0:i1 + 1:10]
+    kw = dict(dims=("x", "y", "energy"), energy_edges=edges, pixel_size=5.0, exposure=1e4)
+    counts = np.ones((3, 3, edges.size - 1))
+    with pytest.raises(ValueError, match=r"response 'pn.rsp' is a full response \(RMF x ARF: units 'cm2'.*"
+                                         r"effective_area= would multiply it again.*redistribution-only RMF"):
+        xfusion.observation(counts, effective_area=arf, response=rsp, **kw)
+    ref = xfusion.observation(counts, effective_area=arf, response=read_rmf(EPN_RMF, sparse=True), **kw)
+    r0 = int(np.searchsorted(rsp.energy_true_edges[:, 0], float(ref["energy_true_lo"][0])))
+    block = rsp.to_dataarray().isel(energy=slice(i0, i1), energy_true=slice(r0, r0 + ref.sizes["energy_true"]))
+    for resp in (rsp, block):                     # a SparseRMF, and a dense block (split on its own channels)
+        o = xfusion.observation(counts, response=resp, **kw)
+        assert o["response"].attrs["units"] == "1" and o["effective_area"].attrs["units"] == "cm2"
+        assert o["effective_area"].dims == ("energy_true",) and float(o["response"].sum("energy").max()) <= 1 + 1e-6
+        np.testing.assert_allclose(o["effective_area"].values[:, None] * o["response"].values,
+                                   ref["effective_area"].values[:, None] * ref["response"].values,
+                                   rtol=2e-6, atol=1e-9 * float(arf.max()))
+    # the SparseRMF's area is its row sums over all EBOUNDS channels: the ARF x the RMF's row sum (~1)
+    o = xfusion.observation(counts, response=rsp, **kw)
+    k = int(np.searchsorted(rmf["energy_true_lo"].values, float(o["energy_true_lo"][0])))
+    n = o.sizes["energy_true"]
+    np.testing.assert_allclose(o["effective_area"].values, arf.values[k:k + n] * rmf.values[k:k + n].sum(axis=1),
+                               rtol=2e-6)
+    # observation_from_files: refused with arf= (before reading the events), split without it
+    rng = np.random.default_rng(8)
+    path, *_ = _pn_file(tmp_path / "pn.evt", rng)
+    fkw = dict(events=path, band=(6.0, 7.0), group=10, **GRID)
+    with pytest.raises(ValueError, match=r"full response .*arf= would multiply it again"):
+        observation_from_files(rmf=tmp_path / "pn.rsp", arf=pn_arf, **fkw)
+    ref = observation_from_files(rmf=EPN_RMF, arf=pn_arf, **fkw)
+    o = observation_from_files(rmf=tmp_path / "pn.rsp", **fkw)
+    assert o["response"].attrs["units"] == "1" and float(o["response"].sum("energy").max()) <= 1 + 1e-6
+    np.testing.assert_allclose(o["effective_area"].values[:, None] * o["response"].values,
+                               ref["effective_area"].values[:, None] * ref["response"].values,
+                               rtol=2e-6, atol=1e-9 * float(arf.max()))
+    np.testing.assert_array_equal(o["counts"].values, ref["counts"].values)
+
+
 def test_read_arf_refuses_nan_and_negative(tmp_path):
     lo = np.linspace(0.3, 10, 50)
     for name, bad in (("nan", np.nan), ("neg", -1.0)):

@@ -863,7 +863,14 @@ def observation(
         large RMFs) is cropped to the rows overlapping the counts' band and its channels
         grouped on ``energy_edges`` (which must be EBOUNDS edges), so only that block is
         dense. Small negative elements (calibration noise of real RMFs) are set to 0 with a
-        warning naming the rows (``clip_negative_rows``).
+        warning naming the rows (``clip_negative_rows``). A *full* response (RMF x ARF in
+        cm2: ``attrs["units"] == "cm2"`` or ``attrs["arf_folded"]``, as ``read_rmf`` labels an
+        OGIP ``SPECRESP MATRIX`` with ``HDUCLAS3 = 'FULL'``) already holds the effective area:
+        together with ``effective_area`` it is refused (the area would count twice); alone it
+        is split exactly (:func:`split_full_response`): ``effective_area`` (energy_true, cm2) =
+        its row sums over all its channels (all EBOUNDS channels for a SparseRMF, the
+        DataArray's own otherwise), ``response`` = each row divided by its sum, so
+        ``effective_area x response`` is the full response.
     mask : None, bool array like counts, or DataArray
         True where voxels are valid; invalid voxels are excluded from the likelihood. A plain
         array is read in the layout of ``counts`` as given (its shape, its ``dims``) and
@@ -1057,7 +1064,7 @@ def observation(
                 f"response_spacing={response_spacing:g} keV between kernel samples looks like eV: plain numbers "
                 f"are keV. Pass response_spacing={response_spacing:g} * astropy.units.eV, or divide by 1000")
     if response is not None:
-        ds = _add_response(ds, response, response_spacing)
+        ds = _add_response(ds, response, response_spacing, area_given=effective_area is not None)
 
     if mask is not None:
         m = _like_counts(mask, "mask", layout)
@@ -1129,6 +1136,54 @@ def clip_negative_rows(mat, true_edges, what="response"):
     return out
 
 
+#: units of a response matrix that carries the effective area (a full response, RMF x ARF)
+AREA_UNITS = ("cm2", "cm**2", "cm^2")
+
+
+def is_full_response(response) -> bool:
+    """True when ``response`` (an RMF DataArray or SparseRMF) is a full response, RMF x ARF, in cm2.
+
+    Read from its ``attrs``: ``units`` cm2 or ``arf_folded`` true, as :func:`xfusion.io.read_rmf`
+    labels an OGIP ``SPECRESP MATRIX`` with ``HDUCLAS3 = 'FULL'`` (or row sums above 1.5).
+    """
+    attrs = getattr(response, "attrs", None) or {}
+    units = str(attrs.get("units", "")).strip().lower().replace(" ", "")
+    return bool(attrs.get("arf_folded", False)) or units in AREA_UNITS
+
+
+def split_full_response(mat, row_sum):
+    """``(redistribution, area)``: a full response ``R`` (energy_true, energy) in cm2 as the product
+    the forward model applies, ``R[i, c] = A_i P[i, c]``.
+
+    xfusion applies the effective area on true energies and then a dimensionless redistribution,
+    so a full response (RMF x ARF, the area already inside it) is split exactly: ``A_i = s_i`` (cm2),
+    ``row_sum[i]``, the sum of row ``i`` over all the response's channels, and
+    ``P[i, c] = R[i, c] / s_i`` (rows summing to 1 over those channels). ``A_i`` is then the ARF
+    times the RMF's total detection probability at ``E_i`` (the ARF itself when the RMF's rows sum
+    to 1); ``A_i P[i, c] = R[i, c]``, so the expected counts are those of the full response. Rows
+    with ``s_i <= 0`` get ``A_i = 0`` and ``P[i, :] = 0``.
+    """
+    mat = np.asarray(mat, dtype=np.float64)
+    s = np.asarray(row_sum, dtype=np.float64)
+    pos = s > 0
+    p = np.where(pos[:, None], mat / np.where(pos, s, 1.0)[:, None], 0.0)
+    return p, np.where(pos, s, 0.0)
+
+
+def _full_response_refused(response, what="effective_area="):
+    """ValueError for a full response (cm2) given together with an effective area."""
+    attrs = getattr(response, "attrs", None) or {}
+    name = f" {attrs['file']!r}" if attrs.get("file") else ""
+    rs = attrs.get("row_sum_max")
+    sums = f", row sums up to {float(rs):.4g} cm2" if isinstance(rs, (int, float)) else ""
+    return ValueError(
+        f"response{name} is a full response (RMF x ARF: units {attrs.get('units', '?')!r}, arf_folded="
+        f"{attrs.get('arf_folded', '?')}{sums}): the effective area is already inside it, and {what} would "
+        "multiply it again (expected counts hundreds of times too high). Pass the redistribution-only RMF "
+        f"(units '1', e.g. the .rmf, not the .rsp) with {what}, or this response without {what} (xfusion "
+        "then splits it exactly: effective_area = its row sums in cm2, response = each row / its sum)")
+
+
 def _sparse_rmf_band(rmf, data_edges):
     """Dense (energy_true, energy) DataArray of a SparseRMF-like object on the counts' band.
 
@@ -1156,14 +1211,32 @@ def _sparse_rmf_band(rmf, data_edges):
     block = np.add.reduceat(np.asarray(block, dtype=np.float64), j[:-1] - j[0], axis=1)
     coords = _edges_coords(np.append(tl[rows[0]:rows[-1] + 1], th[rows[-1]]), "energy_true")
     coords.update(_edges_coords(eb[j], "energy"))
-    return xr.DataArray(block, dims=("energy_true", "energy"), coords=coords, attrs={"units": "1"})
+    folded = is_full_response(rmf)  # a full response keeps its cm2 label (never relabelled as a probability)
+    return xr.DataArray(block, dims=("energy_true", "energy"), coords=coords,
+                        attrs={"units": "cm2" if folded else "1", "arf_folded": folded})
 
 
-def _add_response(ds, response, spacing):
+def _add_response(ds, response, spacing, area_given=False):
+    """``ds`` with its ``response`` (and, for a full response in cm2, its ``effective_area``).
+
+    A full response (:func:`is_full_response`) with ``area_given`` is refused (the area would
+    count twice); alone it is split by :func:`split_full_response` with the row sums over all
+    its channels (all EBOUNDS channels for a SparseRMF, the DataArray's own channels otherwise):
+    ``effective_area`` (energy_true) = the row sums (cm2), ``response`` = rows / row sums.
+    """
+    full = is_full_response(response)
+    if full and area_given:
+        raise _full_response_refused(response)
+    full_rows = None
     if hasattr(response, "matrix") and hasattr(response, "energy_true_edges"):
         # a SparseRMF (read_rmf's default above 2.5e7 elements): keep only the rows and channel
         # groups of the counts' band, never densifying the whole matrix
-        response = _sparse_rmf_band(response, energy_edges(ds, "energy"))
+        band = _sparse_rmf_band(response, energy_edges(ds, "energy"))
+        if full:  # row sums over ALL the RMF's channels, not only the band's
+            r0 = int(np.searchsorted(np.asarray(response.energy_true_edges, dtype=np.float64)[:, 0],
+                                     float(band["energy_true_lo"].values[0])))
+            full_rows = np.asarray(response.matrix[r0:r0 + band.sizes["energy_true"]].sum(axis=1)).ravel()
+        response = band
     if isinstance(response, xr.DataArray) and response.ndim == 2:
         rmf = _energy_true_dataarray(response, "response").transpose("energy_true", "energy")
         if "energy_lo" not in rmf.coords:
@@ -1185,7 +1258,11 @@ def _add_response(ds, response, spacing):
         if g > 1:
             mat = mat.reshape(mat.shape[0], n_d, g).sum(axis=-1)
         et = energy_edges(rmf, "energy_true")
+        row_sum = mat.sum(axis=1) if full_rows is None else full_rows
         mat = clip_negative_rows(mat, et, "response")
+        area = None
+        if full:
+            mat, area = split_full_response(mat, row_sum)
         if "energy_true" in ds.dims:
             ds_et = energy_edges(ds, "energy_true")
             if ds_et.size != et.size or not np.allclose(ds_et, et):
@@ -1214,7 +1291,12 @@ def _add_response(ds, response, spacing):
                 ds["effective_area"] = (area.dims, new, {"units": "cm2", "note": note})
         else:
             ds = ds.assign_coords(_edges_coords(et, "energy_true"))
-        ds["response"] = (("energy_true", "energy"), mat, {"units": "1", "kind": "matrix"})
+        attrs = {"units": "1", "kind": "matrix"}
+        if full:
+            note = "split from a full response (RMF x ARF, cm2)"
+            ds["effective_area"] = (("energy_true",), area, {"units": "cm2", "note": f"row sums of the {note}"})
+            attrs["note"] = f"rows divided by their sums (effective_area): {note}"
+        ds["response"] = (("energy_true", "energy"), mat, attrs)
         return ds
     kernel = np.array(response.values if isinstance(response, xr.DataArray) else response, dtype=np.float64)
     if isinstance(response, xr.DataArray) and "energy_offset" in response.coords and spacing is None:

@@ -35,8 +35,9 @@ import numpy as np
 import xarray as xr
 
 from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_grid
-from ..observation import (REL_TOL, _center_degrees, clip_negative_rows, edge_tolerance, energy_edges as _edges_of, observation,
-                           pixel_size as _pixel_size, seam_gaps)
+from ..observation import (REL_TOL, _center_degrees, _full_response_refused, clip_negative_rows, edge_tolerance,
+                           energy_edges as _edges_of, is_full_response, observation, pixel_size as _pixel_size,
+                           seam_gaps, split_full_response)
 from .events import INSTRUMENTS, _detect_instrument, read_events
 from .ogip_read import SparseRMF, edges_coords, read_arf, read_rmf
 from .psf import read_psf
@@ -108,7 +109,11 @@ def _channel_indices(edges, eb, label):
 
 
 def _rmf_on_channels(sp, idx):
-    """Dense RMF DataArray with columns summed over the channel groups ``idx`` and rows cropped to the band."""
+    """``(response, area)``: dense RMF DataArray with columns summed over the channel groups ``idx`` and rows
+    cropped to the band; ``area`` is None, or for a full response (RMF x ARF in cm2,
+    :func:`xfusion.observation.is_full_response`) the effective area (energy_true, cm2) it is split into: the
+    sums of its kept rows over ALL EBOUNDS channels, the response then being each row divided by its sum
+    (:func:`xfusion.observation.split_full_response`)."""
     eb = _ebounds(sp)
     e0, e1 = eb[idx[0]], eb[idx[-1]]
     t_lo, t_hi = sp.energy_true_edges[:, 0], sp.energy_true_edges[:, 1]
@@ -125,9 +130,16 @@ def _rmf_on_channels(sp, idx):
     m = clip_negative_rows(m, np.append(t_lo[rows[0]:rows[-1] + 1], t_hi[rows[-1]]),
                            f"RMF {sp.attrs.get('file', '')!r}")
     coords = edges_coords("energy_true", t_lo[rows[0]:rows[-1] + 1], t_hi[rows[0]:rows[-1] + 1])
-    coords.update(edges_coords("energy", eb[idx[:-1]], eb[idx[1:]]))
     attrs = {k: v for k, v in sp.attrs.items() if isinstance(v, (str, int, float, bool))}
-    return xr.DataArray(m, dims=("energy_true", "energy"), coords=coords, name="rmf", attrs=attrs)
+    area = None
+    if is_full_response(sp):
+        note = f"split from the full response (RMF x ARF, cm2) {sp.attrs.get('file', '')!r}"
+        m, a = split_full_response(m, np.asarray(sp.matrix[rows[0]:rows[-1] + 1].sum(axis=1)).ravel())
+        area = xr.DataArray(a, dims=("energy_true",), coords=dict(coords), name="arf",
+                            attrs={"units": "cm2", "note": f"row sums of the response {note}"})
+        attrs.update(units="1", arf_folded=False, note=f"rows divided by their sums (effective_area): {note}")
+    coords.update(edges_coords("energy", eb[idx[:-1]], eb[idx[1:]]))
+    return xr.DataArray(m, dims=("energy_true", "energy"), coords=coords, name="rmf", attrs=attrs), area
 
 
 def _pi_per_channel(sp, kev_per_unit):
@@ -404,6 +416,12 @@ def observation_from_files(
         ``bin_by="pixel"``, ``arf`` may also be per-pixel ARFs: ``{pixel number: path or
         DataArray}`` (same true-energy grid) or a DataArray (pixel, energy_true) with a
         ``pixel`` coordinate; those of the pixels kept are used, by pixel number.
+        A full response (RMF x ARF in cm2, e.g. a ``.rsp``: ``SPECRESP MATRIX`` with
+        ``HDUCLAS3 = 'FULL'``, which ``read_rmf`` labels ``units = "cm2"``) already holds the
+        effective area: with ``arf`` it is refused (the area would count twice); alone it is
+        split exactly (:func:`xfusion.observation.split_full_response`): ``effective_area`` =
+        its row sums over all EBOUNDS channels (cm2), ``response`` = each row divided by its
+        sum (``exposure_map`` then scales that area).
     psf : path, DataArray or None
         PSF image (FITS with a celestial WCS or a pixel-size keyword; read with
         :func:`xfusion.io.psf.read_psf`, odd, centred on its peak, normalized).
@@ -504,9 +522,11 @@ def observation_from_files(
     center = _center_degrees(center)  # numbers (deg), Quantities or a SkyCoord, as xfusion.observation takes
     label = os.path.basename(os.fspath(events))
 
-    response = None
+    response = response_area = None
     if rmf is not None:
         sp = _sparse_rmf(rmf)
+        if is_full_response(sp) and arf is not None:   # refused before any event is read
+            raise _full_response_refused(sp, "arf=")
         eb = _ebounds(sp)
         if energy_edges is None:
             lo_b, hi_b = (eb[0], eb[-1]) if band is None else (float(band[0]), float(band[1]))
@@ -546,7 +566,7 @@ def observation_from_files(
                                  "energy_edges=")
             idx = _channel_indices(np.asarray(energy_edges, dtype=np.float64), eb, label)
         energy_edges = eb[idx]
-        response = _rmf_on_channels(sp, idx)
+        response, response_area = _rmf_on_channels(sp, idx)
     elif energy_edges is None:
         raise ValueError("energy_edges is required when no rmf is given")
     elif band is not None or group != 1 or grouping is not None:
@@ -585,7 +605,7 @@ def observation_from_files(
     if isinstance(arf, dict) or (isinstance(arf, xr.DataArray) and "pixel" in arf.dims):
         area = _pixel_arfs(arf, counts)
     else:
-        area = _arf(arf) if arf is not None else None
+        area = _arf(arf) if arf is not None else response_area  # (a full response's own area, or None)
     mask = None
     if exposure_map is not None:
         area, mask = _exposure_map(exposure_map, area, energy_edges, counts)
