@@ -73,7 +73,9 @@ def main(argv=None):
               f"{metrics.nmse(t, out.flux):.3f} dB | same choice: {pr['auto_tuning']['choice'] == rec['choice']} | "
               f"max |difference| / max flux {diff:.1e} | {rec.get('in_memory', rec.get('method'))}", flush=True)
         if a.subfield:
-            ps, sub, dt = _dask_fuse(x, y, a.chunk, int(0.3 * tuning._need([x, y])[0]))
+            # 0.3 of the part of the estimate that scales with the field (session 30: a fixed part besides it)
+            ps, sub, dt = _dask_fuse(x, y, a.chunk, tuning.OVERHEAD_BYTES +
+                                     int(0.3 * (tuning._need([x, y])[0] - tuning.OVERHEAD_BYTES)))
             rec = ps["auto_tuning"]
             print(f"    sub-field: {ps['regularization']} {ps['max_iter']} it, choice {rec.get('choice')} "
                   f"(whole field: {pr['auto_tuning']['choice']}), {dt:.1f} s, {metrics.nmse(t, sub.flux):.3f} dB | "

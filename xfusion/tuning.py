@@ -1823,6 +1823,12 @@ IN_MEMORY_BYTES = 4 * 2 ** 30
 #: process: 1.60 GiB resident at peak, scene simulation and libraries included, against an estimate of 1.77 GiB);
 #: 24 leaves a margin.
 CUBE_COPIES = 24
+#: Fixed part of the peak (bytes) of in-memory tuning, whatever the field's size: the modules it imports and the
+#: Numba compiling of the starlet passes in the calling process. Measured (session 30, ``benchmarks/dask_memory.py``,
+#: the calling process's peak resident memory above its resident memory before): 71 MiB at 18x18x80 fused voxels
+#: (the cubes themselves ~2 MiB), 139 MiB at 48x48x400 where the cube copies alone were estimated at 86 MiB (0.62 of
+#: the measured peak without this term); at 96x96x800 and 126x126x1200 it is a few percent of the peak.
+OVERHEAD_BYTES = 72 * 2 ** 20
 
 
 def _caller_level():
@@ -1861,10 +1867,17 @@ def _central_box(image, fraction):
 
 
 def _need(observations):
-    """Estimated peak bytes of in-memory tuning (:data:`CUBE_COPIES` float32 fused cubes + 3x the observations)."""
+    """Estimated peak bytes of in-memory tuning and the fused pixels ``(nx, ny)``.
+
+    ``need = OVERHEAD_BYTES + CUBE_COPIES * 4 * nx * ny * L + 3 * (bytes of the observations)``: a fixed part
+    (:data:`OVERHEAD_BYTES`), :data:`CUBE_COPIES` float32 fused cubes of ``nx * ny * L`` voxels, and the observations
+    three times (the data and its two thinned halves). Measured against the calling process's peak resident memory
+    (``benchmarks/dask_memory.py``, session 30): 1.14, 1.07 and 1.30 times the peak at 48x48x400, 96x96x800 and
+    126x126x1200 (without the fixed part 0.62, 0.97 and 1.24)."""
     grid = fusion_grid(*observations)
     voxels = grid.sizes["x"] * grid.sizes["y"] * grid.sizes["energy"]
-    return CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations), (grid.sizes["x"], grid.sizes["y"])
+    return (OVERHEAD_BYTES + CUBE_COPIES * 4 * voxels + 3 * sum(int(o.nbytes) for o in observations),
+            (grid.sizes["x"], grid.sizes["y"]))
 
 
 def _central_subfield(observations, fraction):
@@ -1908,9 +1921,10 @@ def in_memory_copies(observations, client=None):
 
     Returns ``(copies, note)``: ``copies`` is a list with every Dask-backed observation computed (on ``client`` when
     given; the caller's Datasets are left as they are, still lazy) and the others as given; ``note`` says what was
-    estimated (``CUBE_COPIES`` x 4 bytes per fused voxel plus the observations' own bytes, three times: the data and
-    its two thinned halves). When the whole field does not fit, the inputs are cropped to the central sub-field that
-    does (:func:`_central_subfield`, about ``0.9 sqrt(limit / estimate)`` of the coarsest image's pixels per axis; a
+    estimated (:func:`_need`: a fixed :data:`OVERHEAD_BYTES`, ``CUBE_COPIES`` x 4 bytes per fused voxel, plus the
+    observations' own bytes, three times: the data and its two thinned halves). When the whole field does not fit, the
+    inputs are cropped to the central sub-field that does (:func:`_central_subfield`, about
+    ``0.9 sqrt((limit - OVERHEAD_BYTES) / (estimate - OVERHEAD_BYTES))`` of the coarsest image's pixels per axis; a
     mosaic tile keeps its detector pixels inside it, session 24) and ``copies`` holds the crops: the caller tunes on
     them and fits the whole field (a UserWarning says so; measured in docs/dask.rst). Else ``copies`` is None and ``note`` says what to do (also given as a UserWarning)."""
     def size(v):
@@ -1922,7 +1936,9 @@ def in_memory_copies(observations, client=None):
         return _loaded(observations, client), f"Dask-backed data tuned in memory ({estimate})"
     limit = f"xfusion.tuning.IN_MEMORY_BYTES = {size(IN_MEMORY_BYTES)}"
     # the whole field does not fit: tune on its centre, cropped to fit, fit all of it
-    sub = _central_subfield(observations, 0.9 * math.sqrt(IN_MEMORY_BYTES / need))
+    # the cubes scale with the sub-field's area, the fixed part does not
+    sub = _central_subfield(observations, 0.9 * math.sqrt(max(IN_MEMORY_BYTES - OVERHEAD_BYTES, 0) /
+                                                          (need - OVERHEAD_BYTES)))
     sub_need, sub_shape = _need(sub) if sub is not None else (None, None)
     if sub is not None and sub_need <= IN_MEMORY_BYTES:
         note = (f"Dask-backed data: the whole field ({shape[0]}x{shape[1]} fused pixels) needs about {size(need)}, more "
