@@ -38,7 +38,7 @@ def test_scaled_estimate(cube):
     # every channel off by exactly its mean-relative rmse: rmse_k / mu_k = rms_k / mu_k
     rms = np.sqrt(np.mean(cube**2, axis=(0, 1)))
     mu = cube.mean(axis=(0, 1))
-    assert np.isclose(M.ergas(cube, est, 2), 200 * np.sqrt(np.mean((rms / mu) ** 2)))
+    assert np.isclose(M.ergas(cube, est, 2), 50 * np.sqrt(np.mean((rms / mu) ** 2)))  # d = 1/ratio
 
 
 def test_nmse_hand():
@@ -69,7 +69,8 @@ def test_ergas_hand():
     e = t.copy()
     e[..., 0] += 0.1  # rmse_0 = 0.1 -> 0.1
     e[..., 1] += 0.4  # rmse_1 = 0.4 -> 0.2
-    expect = 100 * 3 * np.sqrt((0.1**2 + 0.2**2) / 2)
+    # eq. A.4: d = resolution of X / resolution of Y = 10"/30" = 1/ratio (session 30: it was d = ratio, 9x too large)
+    expect = 100 / 3 * np.sqrt((0.1**2 + 0.2**2) / 2)
     assert np.isclose(M.ergas(t, e, 3), expect)
     # a channel with zero mean truth is skipped
     t2 = np.concatenate([t, np.zeros((2, 2, 1))], axis=-1)
@@ -236,3 +237,50 @@ def test_ssim_image_refuses_a_non_positive_data_range():
         with pytest.raises(ValueError, match="data_range must be a finite number > 0"):
             M.ssim_image(a, a, data_range=dr)
     assert M.ssim_image(a, a, data_range=1.0) == pytest.approx(1.0)
+
+
+def test_truth_as_a_dataset_uses_its_flux():
+    """Session 30: a truth Dataset (``xfusion.io.zarr.open('truth.zarr')`` of ``xfusion toy``) failed with numpy's
+    "float() argument must be ... not 'method'"; its ``flux`` variable is used, as for a result."""
+    import xfusion
+
+    _, _, t = xfusion.toy.make("small", seed=0)
+    est = t * 1.1
+    ds = t.to_dataset(name="flux")
+    assert M.report(est, ds, ratio=3) == M.report(est, t, ratio=3)
+    assert M.nmse(ds, est) == M.nmse(t, est)
+    with pytest.raises(ValueError, match="without a 'flux' variable"):
+        M.nmse(xr.Dataset({"a": t, "b": t}), est)
+
+
+def test_psnr_and_consistency_refuse_mirrored_grids_and_name_the_observed():
+    """Session 30: psnr and consistency compared DataArrays on mirrored grids by position (ssim_image refused them),
+    and a NaN in consistency's ``observed`` was reported as "the truth contains ..."."""
+    rng = np.random.default_rng(0)
+    c = dict(x=np.arange(8.0) * 10, y=np.arange(8.0) * 10, energy=np.linspace(1, 2, 5))
+    obs = xr.DataArray(rng.gamma(2.0, 1.0, (8, 8, 5)), dims=("x", "y", "energy"), coords=c)
+    pred = obs * 1.05
+    rev = pred.isel(x=slice(None, None, -1))
+    with pytest.raises(ValueError, match=r"different grids.*\.sortby\('x'\)"):
+        M.psnr(obs.sum("energy"), rev.sum("energy"))
+    with pytest.raises(ValueError, match="observed and predicted are on different grids"):
+        M.consistency(obs, rev)
+    assert M.consistency(obs, rev.sortby("x")) == M.consistency(obs, pred)
+    bad = obs.values.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="the observed contains 1 NaN"):
+        M.consistency(bad, pred.values)
+
+
+def test_cubes_in_different_units_are_refused():
+    """Session 30: a result in ph cm-2 s-1 was scored against a truth whose units are 'counts' without a word;
+    equivalent spellings still pass."""
+    import xfusion
+
+    _, _, t = xfusion.toy.make("small", seed=0)
+    assert t.attrs["units"] == "ph cm-2 s-1"
+    with pytest.raises(ValueError, match="truth is in 'counts' but estimate is in 'ph cm-2 s-1'"):
+        M.report(t, (t * 1e4).assign_attrs(units="counts"), ratio=3)
+    same = (t * 1.1).assign_attrs(units="photon / (cm2 s)")
+    assert M.nmse(same, t) == M.nmse(same.values, t.values)
+    assert np.isfinite(M.nmse(t.assign_attrs(units=""), t * 1.1))  # no units: nothing to compare

@@ -10,7 +10,12 @@ Conventions
 -----------
 * Cubes are NumPy arrays with axes ``(x, y, energy)`` or xarray DataArrays
   whose dims include ``x``, ``y`` and ``energy`` (any order; they are
-  transposed to ``("x", "y", "energy")``; extra dims must have size 1).
+  transposed to ``("x", "y", "energy")``; extra dims must have size 1), or
+  Datasets holding the cube as ``flux`` (a result, a ``truth.zarr`` store).
+* Two labelled cubes must be on the same grid (coordinates ``x``, ``y``,
+  ``energy``; a reversed axis is refused, reorder it with ``.sortby(dim)``)
+  and, when both carry a ``units`` attribute, in the same units (equivalent
+  spellings, read by astropy, pass); otherwise ValueError.
 * Argument order is always ``truth`` (or ``observed``) first, ``estimate``
   (or ``predicted``) second.
 * Everything is computed in float64; scalars are returned as Python floats,
@@ -65,6 +70,22 @@ def _is_dataarray(a) -> bool:
     return hasattr(a, "dims") and hasattr(a, "transpose") and not isinstance(a, np.ndarray)
 
 
+def _variable(a, what: str):
+    """The cube of a Dataset (its ``flux`` variable, or its only variable), else ``a`` itself.
+
+    A result of :func:`xfusion.fuse` and the ``truth.zarr`` of ``xfusion toy`` (opened with
+    :func:`xfusion.io.zarr.open`) are Datasets holding ``flux`` (session 30: a truth Dataset failed
+    with numpy's "float() argument must be ... not 'method'")."""
+    if not hasattr(a, "data_vars"):
+        return a
+    if "flux" in a.data_vars:
+        return a["flux"]
+    if len(a.data_vars) == 1:
+        return a[next(iter(a.data_vars))]
+    raise ValueError(f"{what}: a Dataset without a 'flux' variable (it has {sorted(a.data_vars)}): pass the cube, "
+                     f"e.g. ds['name'] for the variable holding the {what}")
+
+
 def _labelled(a, dims: tuple[str, ...], what: str) -> np.ndarray:
     missing = [d for d in dims if d not in a.dims]
     if missing:
@@ -78,7 +99,8 @@ def _labelled(a, dims: tuple[str, ...], what: str) -> np.ndarray:
 
 
 def _cube(a, what: str = "cube") -> np.ndarray:
-    """``(x, y, energy)`` float64 array from an ndarray or a DataArray."""
+    """``(x, y, energy)`` float64 array from an ndarray, a DataArray or a Dataset (its ``flux``)."""
+    a = _variable(a, what)
     if _is_dataarray(a):
         return _labelled(a, _CUBE_DIMS, what)
     arr = np.asarray(a, dtype=np.float64)
@@ -89,6 +111,7 @@ def _cube(a, what: str = "cube") -> np.ndarray:
 
 def _image(a, what: str = "image") -> np.ndarray:
     """``(x, y)`` float64 array from an ndarray or a DataArray."""
+    a = _variable(a, what)
     if _is_dataarray(a):
         return _labelled(a, ("x", "y"), what)
     arr = np.asarray(a, dtype=np.float64)
@@ -97,7 +120,7 @@ def _image(a, what: str = "image") -> np.ndarray:
     return arr
 
 
-def _same_grid(truth, estimate):
+def _same_grid(truth, estimate, names=("truth", "estimate")):
     """Refuse two labelled cubes or images on different grids (session 28: they were compared by position, e.g. a
     channel with its mirror, or a cube with one shifted off the field)."""
     if not (_is_dataarray(truth) and _is_dataarray(estimate)):
@@ -106,20 +129,62 @@ def _same_grid(truth, estimate):
         if c in truth.coords and c in estimate.coords and truth[c].ndim == 1 and estimate[c].ndim == 1:
             a, b = np.asarray(truth[c].values, np.float64), np.asarray(estimate[c].values, np.float64)
             if a.shape == b.shape and not np.allclose(a, b, rtol=1e-6, atol=1e-9 * max(np.abs(a).max(initial=0), 1)):
-                raise ValueError(f"truth and estimate are on different grids (coordinate {c} differs: "
-                                 f"{a[:3]}... vs {b[:3]}...); compare them on the same grid")
+                dim = truth[c].dims[0]
+                hint = (f"; {names[1]} runs the other way along {dim}: reorder it with .sortby({dim!r})"
+                        if np.allclose(a, b[::-1], rtol=1e-6, atol=1e-9 * max(np.abs(a).max(initial=0), 1)) else "")
+                raise ValueError(f"{names[0]} and {names[1]} are on different grids (coordinate {c} differs: "
+                                 f"{a[:3]}... vs {b[:3]}...); compare them on the same grid{hint}")
 
 
-def _pair(truth, estimate, conv=_cube):
-    _same_grid(truth, estimate)
-    t = conv(truth, "truth")
-    e = conv(estimate, "estimate")
-    if t.shape != e.shape:
-        raise ValueError(f"shape mismatch: truth {t.shape} vs estimate {e.shape}")
-    for what, a in (("truth", t), ("estimate", e)):
+#: spellings of a unit that astropy does not read, and what they mean
+_UNIT_ALIASES = {"counts": "ct", "cts": "ct", "count": "ct", "photons": "ph", "photon": "ph"}
+
+
+def _parse_unit(text: str):
+    """An astropy unit for a ``units`` attribute, or None if astropy cannot read it."""
+    from astropy import units as u
+
+    words = [_UNIT_ALIASES.get(w.lower(), w) for w in text.replace("^", "**").split()]
+    try:
+        return u.Unit(" ".join(words), parse_strict="raise")
+    except (ValueError, TypeError):
+        return None
+
+
+def _same_units(a, b, names=("truth", "estimate")):
+    """Refuse two labelled cubes whose ``units`` attributes disagree (session 30: a result in ph cm-2 s-1 was scored
+    against a truth in counts without a word). Equivalent spellings (``ph cm-2 s-1``, ``photon / (cm2 s)``) pass;
+    a cube without units (or with an empty one) is taken to be in the other's units."""
+    ua = str(getattr(a, "attrs", {}).get("units", "") or "").strip()
+    ub = str(getattr(b, "attrs", {}).get("units", "") or "").strip()
+    if not ua or not ub or " ".join(ua.split()) == " ".join(ub.split()):
+        return
+    pa, pb = _parse_unit(ua), _parse_unit(ub)
+    if pa is not None and pb is not None and pa == pb:
+        return
+    why = "" if pa is not None and pb is not None else " (astropy cannot read one of them, so they cannot be compared)"
+    raise ValueError(f"{names[0]} is in {ua!r} but {names[1]} is in {ub!r}{why}: compare cubes in the same units "
+                     f"(convert one, e.g. counts / (exposure x area) for a photon flux, and set its 'units' "
+                     f"attribute)")
+
+
+def _finite(arrays):
+    """Refuse NaN or inf in any of the named arrays ``(name, array)``."""
+    for what, a in arrays:
         if not np.all(np.isfinite(a)):  # (session 28: a NaN voxel gave aSAM 0, a perfect score)
             raise ValueError(f"the {what} contains {int(np.sum(~np.isfinite(a)))} NaN or inf value(s); metrics "
                              "need finite cubes")
+
+
+def _pair(truth, estimate, conv=_cube, names=("truth", "estimate")):
+    truth, estimate = _variable(truth, names[0]), _variable(estimate, names[1])
+    _same_grid(truth, estimate, names)
+    _same_units(truth, estimate, names)
+    t = conv(truth, names[0])
+    e = conv(estimate, names[1])
+    if t.shape != e.shape:
+        raise ValueError(f"shape mismatch: {names[0]} {t.shape} vs {names[1]} {e.shape}")
+    _finite(((names[0], t), (names[1], e)))
     return t, e
 
 
@@ -269,29 +334,35 @@ def ergas(truth, estimate, ratio: float) -> float:
     r"""Relative dimensionless global error (eq. A.4), lower is better.
 
     .. math:: \mathrm{ERGAS} = 100\, d \sqrt{\frac{1}{L}\sum_k
-              \left(\frac{\|\hat Z_k - Z_k\|_F}{\mu_k\sqrt{MN}}\right)^2}
+              \left(\frac{\|\hat Z_k - Z_k\|_F}{\mu_k\sqrt{MN}}\right)^2},
+              \qquad d = \frac{1}{\mathrm{ratio}}
 
     with :math:`\mu_k` the mean of the **truth** slice :math:`Z_k` (the
     standard ERGAS normalisation; the paper's :math:`\hat Z` notation in
     Appendix A denotes the reference).  Channels with :math:`\mu_k = 0` are
-    skipped (``nan`` if none remains).
+    skipped (``nan`` if none remains).  :math:`d` is the ratio of the spatial
+    resolution of X to that of Y (eq. A.4; Wald's :math:`h/l`), e.g.
+    10"/30" = 1/3: ``ratio = 3`` gives :math:`100/3` times the root mean
+    square relative error.  (Before session 30 :math:`d` = ``ratio`` was used,
+    ``ratio**2`` = 9 times the paper's value for a factor 3.)
 
     Parameters
     ----------
     ratio : float
-        :math:`d`, ratio of the spatial resolutions: pixel size of the
-        low-spatial-resolution data Y over that of X (e.g. 3 for 30"/10").
+        The resolution factor, pixel size of the low-spatial-resolution data
+        Y over that of X (e.g. 3 for 30"/10"; the result attribute
+        ``spatial_factor``); :math:`d` is its inverse.
     """
     ratio = float(ratio)
     if not ratio > 0:
-        raise ValueError("ratio must be positive")
+        raise ValueError("ratio must be positive (the pixel size of Y over that of X, e.g. 3 for 30\"/10\")")
     t, e = _pair(truth, estimate)
     mu = t.mean(axis=(0, 1))
     rmse = np.sqrt(np.mean(np.square(e - t), axis=(0, 1)))
     ok = mu != 0
     if not ok.any():
         return math.nan
-    return float(100.0 * ratio * np.sqrt(np.mean((rmse[ok] / mu[ok]) ** 2)))
+    return float(100.0 / ratio * np.sqrt(np.mean((rmse[ok] / mu[ok]) ** 2)))
 
 
 def relative_error_map(truth, estimate) -> np.ndarray:
@@ -358,11 +429,17 @@ def psnr(observed, predicted) -> float:
 
     with :math:`Y` = ``observed`` (its maximum is the data range) and
     :math:`X` = ``predicted``; arrays of any equal shape (DataArrays are
-    aligned on the observed dim order).  ``+inf`` if identical.
+    aligned on the observed dim order; two DataArrays on different x, y or
+    energy coordinates, e.g. one mirrored, are refused as by the other
+    metrics).  ``+inf`` if identical.
     """
+    names = ("observed", "predicted")
+    observed, predicted = _variable(observed, names[0]), _variable(predicted, names[1])
     if _is_dataarray(observed):
         o = np.asarray(observed.values, dtype=np.float64)
         if _is_dataarray(predicted):
+            _same_grid(observed, predicted, names)
+            _same_units(observed, predicted, names)
             predicted = predicted.transpose(*observed.dims)
     else:
         o = np.asarray(observed, dtype=np.float64)
@@ -394,7 +471,8 @@ def consistency(observed, predicted) -> dict:
     r"""Consistency of predicted counts with an observed counts cube.
 
     Both are ``(x, y, energy)`` cubes of the same shape (e.g. the data and
-    the forward model applied to a fused cube).
+    the forward model applied to a fused cube), finite; two DataArrays must
+    be on the same grid and in the same units (else ValueError).
 
     Returns
     -------
@@ -407,10 +485,7 @@ def consistency(observed, predicted) -> dict:
         :math:`\frac{\frac1L\sum_k |\bar p_k - \bar o_k|}{\frac1L\sum_k \bar o_k}`
         (``nan`` if the observed mean spectrum sums to 0).
     """
-    o = _cube(observed, "observed")
-    p = _cube(predicted, "predicted")
-    if o.shape != p.shape:
-        raise ValueError(f"shape mismatch: observed {o.shape} vs predicted {p.shape}")
+    o, p = _pair(observed, predicted, names=("observed", "predicted"))
     io, ip = o.sum(axis=-1), p.sum(axis=-1)
     mo, mp = o.mean(axis=(0, 1)), p.mean(axis=(0, 1))
     den = float(np.mean(mo))
@@ -434,7 +509,10 @@ def report(result, truth, *, ratio: float | None = None) -> dict:
     ----------
     result : xarray.Dataset with variable ``flux`` (dims x, y, energy), or a
         DataArray / ndarray cube.
-    truth : DataArray / ndarray cube of the same shape.
+    truth : DataArray / ndarray cube of the same shape, or a Dataset holding it
+        as ``flux`` (e.g. ``xfusion.io.zarr.open("truth.zarr")``). Labelled
+        cubes must share the grid (coordinates x, y, energy) and, when both
+        carry a ``units`` attribute, the units (equivalent spellings pass).
     ratio : float, optional
         ERGAS resolution ratio; defaults to the Dataset attribute
         ``spatial_factor`` when ``result`` is a Dataset that has it.
@@ -453,7 +531,7 @@ def report(result, truth, *, ratio: float | None = None) -> dict:
             ratio = float(result.attrs["spatial_factor"])
     if ratio is None:
         raise ValueError("ratio is required (no 'spatial_factor' attribute on result)")
-    t, e = _pair(truth, est)
+    t, e = _pair(truth, est)  # grids, units and finiteness checked once, on the labelled cubes
     return {
         "nmse_db": nmse(t, e),
         "asam_rad": asam(t, e),
