@@ -425,3 +425,30 @@ def test_low_rank_warm_start_uses_the_coefficients(small_toy):
     np.testing.assert_allclose(warm.objective.values[0], r.objective.values[-1], rtol=1e-5)
     flux_only = xfusion.fuse(x, y, settings=r, init=r.flux, max_iter=1, tol=None, progress=False)
     assert json.loads(flux_only.attrs["parameters"])["init"]["subspace"] == "projected flux"
+
+
+def test_baselines_subtract_the_background_and_leave_masked_voxels_out(small_toy):
+    """Session 30: on pixel grids upsample_spatial / upsample_spectral spread a known background as source flux and
+    the counts of invalid (masked) voxels as flux; the detector-pixel path already handled both. Now both paths
+    subtract ``background_rate x exposure`` and fill what only masked voxels cover with the channel's mean."""
+    x, y, truth = small_toy
+    rng = np.random.default_rng(3)
+    for obs, f in ((x, baselines.upsample_spatial), (y, baselines.upsample_spectral)):
+        args = (lambda o: (o, y)) if obs is x else (lambda o: (x, o))
+        b0 = f(*args(obs))
+        ob = obs.copy()
+        ob["counts"] = obs.counts + rng.poisson(20.0, obs.counts.shape).astype(np.float32)
+        ob["background_rate"] = xr.full_like(obs.counts, 20.0 / float(obs.exposure), dtype=np.float64).assign_attrs(
+            units="count s-1")
+        assert abs(float(f(*args(ob)).sum()) / float(b0.sum()) - 1) < 0.02  # was +13 % (X) with the background
+        om = obs.copy()
+        mask = np.ones(obs.counts.shape, bool)
+        mask[:, : obs.sizes["y"] // 2] = False
+        om["mask"] = (obs.counts.dims, mask)
+        om["counts"] = obs.counts.where(mask, 1e4).astype(np.float32)
+        bm = f(*args(om)).values
+        assert bm.max() < 10 * b0.values.max()  # no junk spread as flux (was 1e-5 vs truth 2e-7 in the masked half)
+        k = obs.sizes["y"] // 2 * (truth.sizes["y"] // obs.sizes["y"])  # fused columns under masked voxels only
+        np.testing.assert_allclose(bm[:, :k], np.broadcast_to(bm[:, k:].mean(axis=(0, 1)), bm[:, :k].shape),
+                                   rtol=1e-5)  # the field's mean spectrum, not junk and not 0
+        np.testing.assert_array_equal(bm[:, k:], b0.values[:, k:])  # valid pixels unchanged
