@@ -215,3 +215,88 @@ def test_velocity_maps_in_kms(fused):
     fig = plot.summary(res, velocity=maps, velocity_truth=truth, pixels=[(3, 3)])
     labels = _colorbar_labels(fig)
     assert sum("km/s" in c for c in labels) == 3
+
+
+def test_error_maps_place_the_maps_by_dim_name(fused):
+    """Session 30: an (energy, y, x) result had its SAM and relative-error maps pasted into an (y, x) template:
+    drawn transposed (square field) or failed (non-square)."""
+    result, truth = fused
+    flux = result.flux.isel(y=slice(0, 12))  # non-square: 15 x 12
+    tr = truth.isel(y=slice(0, 12))
+    fig = plot.error_maps(flux.transpose("energy", "y", "x"), tr)
+    drawn = np.asarray(fig.axes[0].get_images()[0].get_array())
+    np.testing.assert_allclose(drawn, xfusion.metrics.sam_map(tr, flux).T, equal_nan=True)
+
+
+def test_spectra_refuse_a_truth_on_another_grid(fused):
+    """Session 30: plot.spectra took the truth by position: a reversed or cropped truth was drawn for the wrong pixel."""
+    result, truth = fused
+    with pytest.raises(ValueError, match=r"different grids.*sortby\('x'\)"):
+        plot.spectra(result, truth.isel(x=slice(None, None, -1)), pixels=[(2, 11)])
+    with pytest.raises(ValueError, match="truth has 14 values along x but the fused cube has 15"):
+        plot.spectra(result, truth.isel(x=slice(1, None)), pixels=[(2, 11)])
+
+
+def test_swapped_observations_take_their_roles(fused, small_toy):
+    """Session 30: x_obs / y_obs were taken by position; swapped, spectra drew the X counts of pixel (0, 3) for
+    pixel (2, 11) and the line band came from a fine Y channel."""
+    result, _ = fused
+    x, y, truth = small_toy
+    ax = plot.spectra(result, None, pixels=[(2, 11)], x_obs=y, y_obs=x, rebin=1).axes[0]
+    xs = x.counts.values.astype(float)[2, 11]
+    [p] = [p for p in ax.patches if p.get_label().startswith("X")]
+    d = p.get_data()
+    shape = d.values * np.diff(d.edges)
+    np.testing.assert_allclose(shape / shape.sum(), xs / xs.sum(), rtol=1e-4)
+    assert plot.line_band(result, x_obs=y) == plot.line_band(result, x_obs=x)
+    fig = plot.line_maps(result, truth, y, x)
+    assert fig.axes[0].get_title().startswith(x.attrs["name"])
+
+
+@pytest.mark.parametrize("band,why", [((875, 950), "in eV"), ((2.0, 3.0), "outside"), ((0.95, 0.875), "lo > hi"),
+                                      ((0.9001, 0.9002), "narrower")])
+def test_a_band_selecting_no_channel_is_refused(fused, small_toy, band, why):
+    """Session 30: such bands drew all-zero maps titled with the band, without an error."""
+    result, truth = fused
+    x, y, _ = small_toy
+    with pytest.raises(ValueError, match=rf"selects no channel.*{why}.*0\.5-1\.4 keV"):
+        plot.line_maps(result, truth, x, y, band=band)
+    if band == (875, 950):
+        with pytest.raises(ValueError, match="selects no channel"):
+            plot.summary(result, truth, band=band)
+
+
+@pytest.fixture(scope="module")
+def resolve_pixels():
+    """A result fused with a detector-pixel (Resolve binned by PIXEL) sharp-spectral observation."""
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    n, ef = 24, np.linspace(6.0, 6.4, 21)
+    truth = np.full((n, n, 20), 0.02)
+    truth[8:14, 10:16, 8:12] += 0.5
+    x = xfusion.observation(rng.poisson(truth.reshape(n, n, 5, 4).sum(-1) * 50.0), energy_edges=ef[::4],
+                            pixel_size=4.0, exposure=50.0, dims=("x", "y", "energy"), name="X")
+    g = (np.arange(3) - 1) * 12.0
+    dx, dy = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
+    geo = dict(energy_edges=ef, pixel_size=12.0, exposure=100.0, dims=("pixel", "energy"), det_x=dx, det_y=dy,
+               roll=17.0, array_center=(1.3, -2.1), name="Y (Resolve pixels)")
+    empty = xfusion.observation(np.zeros((9, 20)), **geo)
+    grid = xfusion.fusion_grid(x, empty)
+    t = xr.DataArray(truth, dims=("x", "y", "energy"),
+                     coords={c: grid[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")})
+    y = xfusion.observation(rng.poisson(xfusion.predict(t, empty).values), **geo)
+    return xfusion.fuse(x, y, regularization="none", method="em", max_iter=3, progress=False), t, x, y
+
+
+def test_results_with_detector_pixels_are_plotted_with_a_note(resolve_pixels):
+    """Session 30: every figure failed with "Dimensions {'x_spectral', 'y_spectral'} do not exist" (or "cannot rename
+    'x'" with y_obs=); the Y map is now a note panel and the Y spectrum a note in the legend."""
+    r, t, x, y = resolve_pixels
+    for fig in (plot.amplitude_maps(r, t), plot.line_maps(r, t), plot.line_maps(r, t, x, y)):
+        texts = [tx.get_text() for a in fig.axes for tx in a.texts]
+        assert any("9 detector pixels" in tx for tx in texts), texts
+    ax = plot.spectra(r, t, pixels=[(10, 12)]).axes[0]
+    assert any("detector pixels, counts not drawn" in tx.get_text() for tx in ax.get_legend().get_texts())
+    plot.summary(r, t)
+    plot.summary(r, t, x_obs=y, y_obs=x)

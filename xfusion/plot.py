@@ -116,6 +116,90 @@ def _spatial_factor(result, x_obs=None, y_obs=None):
     return 1
 
 
+def _looks_spectral(result, obs):
+    """True if ``obs`` is the sharp-spectral input of ``result`` (detector pixels, or pixels larger than the fused
+    ones, or channels as narrow as the fused ones), False if it is the sharp-spatial one, None if undecided."""
+    from .observation import energy_edges, is_pixel_observation, pixel_size
+
+    if is_pixel_observation(obs):
+        return True
+    flux = _flux(result, "result")
+    try:
+        p, p0 = pixel_size(obs), float(flux["x"].attrs.get("pixel_size", result.attrs.get("pixel_size")))
+        if not np.isclose(p, p0, rtol=1e-6):  # the sharp-spatial input has the fused pixels
+            return bool(p > p0)
+        factor = int(result.attrs.get("spectral_factor", 1))
+        w = float(np.median(np.diff(energy_edges(obs))))
+        w0 = float(np.median(flux["energy_hi"].values - flux["energy_lo"].values))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if factor > 1 and np.isclose(w, w0, rtol=1e-6):  # the sharp-spectral input has the fused channels
+        return True
+    if factor > 1 and np.isclose(w, factor * w0, rtol=1e-6):
+        return False
+    return None
+
+
+def _roles(result, x_obs, y_obs):
+    """``(x_obs, y_obs)`` in their roles, whatever order they were given in (session 30: swapped, the plots drew the
+    X counts of another pixel and an empty X map without a word): by :func:`xfusion.grid.assign_roles` (smaller pixel
+    = sharp-spatial, narrower channels = sharp-spectral) when both are given, as :func:`xfusion.fuse` and
+    :mod:`xfusion.baselines` do; a single one is compared with ``result``'s grid."""
+    if x_obs is not None and y_obs is not None:
+        from .grid import assign_roles
+
+        try:
+            x_obs, y_obs, _ = assign_roles(x_obs, y_obs)
+        except (KeyError, ValueError):  # e.g. an imager's filter stack (xfusion.jwst): taken as given
+            pass
+        return x_obs, y_obs
+    one = x_obs if x_obs is not None else y_obs
+    if one is None or result is None or not hasattr(result, "attrs"):
+        return x_obs, y_obs
+    spectral = _looks_spectral(result, one)
+    if spectral is None:
+        return x_obs, y_obs
+    return (None, one) if spectral else (one, None)
+
+
+def _check_truth(result, truth):
+    """Refuse a truth on another grid than the fused cube (reversed, shifted or cropped axes; session 30: plot.spectra
+    drew another pixel's truth), as :mod:`xfusion.metrics` does."""
+    flux, tr = _flux(result, "result"), _flux(truth, "truth")
+    if flux is None or tr is None:
+        return
+    metrics._same_grid(tr, flux, ("truth", "result"))
+    for d in ("x", "y", "energy"):
+        if d in tr.dims and d in flux.dims and tr.sizes[d] != flux.sizes[d]:
+            raise ValueError(f"truth has {tr.sizes[d]} values along {d} but the fused cube has {flux.sizes[d]}: give "
+                             f"the truth on the fused grid (e.g. truth.sel({d}=result.{d}))")
+
+
+def _xy_map(flux, values):
+    """An ``(x, y)`` map (e.g. :func:`xfusion.metrics.sam_map`) labelled with the fused cube's x, y coordinates, by
+    name whatever the cube's dim order (session 30: pasted into a template in the cube's order, an (energy, y, x)
+    result was drawn transposed)."""
+    import xarray as xr
+
+    return xr.DataArray(np.asarray(values), dims=("x", "y"), coords={"x": flux["x"], "y": flux["y"]})
+
+
+def _per_detector_pixel(yc):
+    """True for sharp-spectral counts over detector pixels (``pixel``, ``energy``): no sky map of their own."""
+    return yc is not None and "pixel" in yc.dims
+
+
+def _pixel_note(name, yc):
+    """The note drawn in place of a Y map of detector pixels."""
+    return (f"{name}:\n{yc.sizes['pixel']} detector pixels\n(counts per detector pixel, not a sky image:\n"
+            "no map drawn; see xfusion.predict and the\nresult's counts_spectral / model_spectral)")
+
+
+def _note_panel(ax, title, text):
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8.5, transform=ax.transAxes, wrap=True)
+
+
 def _x_counts(result, x_obs):
     """Sharp-spatial counts as (x, y, energy_spatial) with edges coords ``energy_spatial_lo/hi``."""
     if x_obs is not None:
@@ -130,8 +214,10 @@ def _x_counts(result, x_obs):
 
 
 def _y_counts(result, y_obs):
-    """Sharp-spectral counts as (x_spectral, y_spectral, energy)."""
+    """Sharp-spectral counts as (x_spectral, y_spectral, energy), or (pixel, energy) for detector pixels."""
     if y_obs is not None:
+        if "pixel" in y_obs["counts"].dims:
+            return y_obs["counts"]
         return y_obs["counts"].rename({"x": "x_spectral", "y": "y_spectral"})
     if result is not None and "counts_spectral" in result:
         return result["counts_spectral"]
@@ -181,12 +267,16 @@ def amplitude_maps(result=None, truth=None, x_obs=None, y_obs=None, *, ax=None):
 
     ``ax``: optional sequence of Axes, one per panel. Returns the Figure.
     """
+    x_obs, y_obs = _roles(result, x_obs, y_obs)
     panels = []
     xc, yc = _x_counts(result, x_obs), _y_counts(result, y_obs)
     if xc is not None:
         name = _name(result, x_obs, "spatial_obs", "X")
         panels.append(("counts", f"{name}\ninput counts", xc.sum("energy_spatial"), "x", "y"))
-    if yc is not None:
+    if _per_detector_pixel(yc):
+        name = _name(result, y_obs, "spectral_obs", "Y")
+        panels.append(("note", f"{name}\ninput counts", _pixel_note(name, yc), None, None))
+    elif yc is not None:
         name = _name(result, y_obs, "spectral_obs", "Y")
         panels.append(("counts", f"{name}\ninput counts", yc.sum("energy"), "x_spectral", "y_spectral"))
     fused = _flux(result, "result")
@@ -205,7 +295,9 @@ def amplitude_maps(result=None, truth=None, x_obs=None, y_obs=None, *, ax=None):
     vmax = max(flux_vals) if flux_vals else None
     flux_axes, flux_im = [], None
     for a, (kind, title, img, xd, yd) in zip(axes, panels):
-        if kind == "counts":
+        if kind == "note":
+            _note_panel(a, title, img)
+        elif kind == "counts":
             top = max(float(np.nanmax(img.values)), 1e-30)
             im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=top))
             cb = a.figure.colorbar(im, ax=a, shrink=0.85)
@@ -327,7 +419,10 @@ def _spectrum_panel(ax, result, truth, ranges, x_obs=None, y_obs=None, legend=Tr
         return np.asarray(values, dtype=np.float64) / n_mean if quantity == "wavelength" else _density(values, lo_, hi_)
 
     yc = _y_counts(result, y_obs) if inputs else None
-    if yc is not None:
+    if _per_detector_pixel(yc):  # no (x, y) grid to pick the pixels under the region from: said in the legend
+        lab = _name(result, y_obs, "spectral_obs", "Y").split(" (")[0]
+        ax.plot([], [], " ", label=f"{lab}: detector pixels, counts not drawn")
+    elif yc is not None:
         ys = yc.isel(x_spectral=slice(x0 // v, (x1 - 1) // v + 1), y_spectral=slice(y0 // v, (y1 - 1) // v + 1))
         ysum = ys.sum(("x_spectral", "y_spectral")).values.astype(np.float64)
         if ysum.sum() > 0 and total > 0:
@@ -398,6 +493,8 @@ def spectra(result, truth=None, pixels=None, regions=None, *, x_obs=None, y_obs=
     **rescaled** so that their integral equals the fused one (shape comparison only).
     """
     flux = _flux(result, "result").transpose("x", "y", "energy")
+    _check_truth(result, truth)
+    x_obs, y_obs = _roles(result, x_obs, y_obs)
     if pixels is None and regions is None:
         pixels = auto_pixels(result)
     items = []
@@ -427,7 +524,7 @@ def spectra(result, truth=None, pixels=None, regions=None, *, x_obs=None, y_obs=
 def _sam_panel(ax, result, truth):
     sam = metrics.sam_map(_flux(truth, "truth"), _flux(result, "result"))
     flux = _flux(result, "result")
-    img = flux.isel(energy=0, drop=True).copy(data=sam)
+    img = _xy_map(flux, sam)
     amp = np.asarray(_amplitude(_flux(truth, "truth")).transpose("x", "y").values, dtype=np.float64)
     src = np.isfinite(sam) & _source_mask(amp)
     # colour limit from the source: the empty borders have large, uninformative angles
@@ -443,7 +540,7 @@ def _sam_panel(ax, result, truth):
 def _relerr_panel(ax, result, truth):
     rel = metrics.relative_error_map(_flux(truth, "truth"), _flux(result, "result"))
     flux = _flux(result, "result")
-    img = flux.isel(energy=0, drop=True).copy(data=rel)
+    img = _xy_map(flux, rel)
     finite = np.abs(rel[np.isfinite(rel)])
     # colour limit from the source (truth amplitude >= half its mean), not from the faint
     # borders where tiny amplitudes give huge relative errors; clipped values use the end colours
@@ -460,7 +557,9 @@ def _relerr_panel(ax, result, truth):
 
 
 def error_maps(result, truth, *, ax=None):
-    """SAM map (radians) and relative amplitude error map (%) of ``result`` against ``truth``."""
+    """SAM map (radians) and relative amplitude error map (%) of ``result`` against ``truth`` (same grid, any dim
+    order)."""
+    _check_truth(result, truth)
     axes = _axes_list(ax, 2, (9.5, 4.0))
     _sam_panel(axes[0], result, truth)
     _relerr_panel(axes[1], result, truth)
@@ -523,6 +622,7 @@ def line_band(result, *, x_obs=None, width=None):
     """
     from scipy.ndimage import median_filter
 
+    x_obs = _roles(result, x_obs, None)[0]
     flux = _flux(result, "result").transpose("x", "y", "energy")
     lo = np.asarray(flux["energy_lo"].values, dtype=np.float64)
     hi = np.asarray(flux["energy_hi"].values, dtype=np.float64)
@@ -550,6 +650,23 @@ def _in_band(lo, hi, band):
     return (c >= band[0]) & (c <= band[1])
 
 
+def _check_band(cube, band):
+    """Refuse a band ``(lo, hi)`` that holds no channel centre of ``cube`` (session 30: a band in eV, outside the
+    cube, reversed or narrower than a channel drew all-zero maps without a word)."""
+    if cube is None:
+        return
+    lo, hi = np.asarray(cube["energy_lo"].values, float), np.asarray(cube["energy_hi"].values, float)
+    if _in_band(lo, hi, band).any():
+        return
+    unit = _axis(cube)[1]
+    why = (" (lo > hi: give it as (lo, hi))" if band[0] > band[1] else
+           " (narrower than the channels: no channel centre inside)" if lo.min() <= band[0] <= hi.max() else
+           f" (outside the cube's range{'; in ' + _axis(cube)[2] + '?' if band[0] > 100 * hi.max() else ''})")
+    raise ValueError(f"band {band[0]:g}-{band[1]:g} selects no channel of the cube{why}: its channels span "
+                     f"{lo.min():.4g}-{hi.max():.4g} {unit}; give band=(lo, hi) in {unit}, containing at least one "
+                     f"channel centre")
+
+
 def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=None):
     """Narrow-band maps of one emission line: X and Y counts, fused and true flux in the band.
 
@@ -559,7 +676,9 @@ def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=
     s-1 per fused pixel with one shared colour scale. Square-root stretch. The band is in
     every title. Returns the Figure.
     """
+    x_obs, y_obs = _roles(result, x_obs, y_obs)
     band = tuple(band) if band is not None else line_band(result, x_obs=x_obs)
+    _check_band(_flux(result, "result") if result is not None else _flux(truth, "truth"), band)
     unit = _axis(_flux(result, "result"))[1] if result is not None else "keV"
     btxt = f"{band[0]:.4g}-{band[1]:.4g} {unit}"
     panels = []
@@ -570,7 +689,10 @@ def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=
             name = _name(result, x_obs, "spatial_obs", "X")
             panels.append(("counts", f"{name}\ncounts in {btxt} ({int(sel.sum())} channel{'s' if sel.sum() > 1 else ''})",
                            xc.isel(energy_spatial=np.flatnonzero(sel)).sum("energy_spatial"), "x", "y"))
-    if yc is not None:
+    if _per_detector_pixel(yc):
+        name = _name(result, y_obs, "spectral_obs", "Y")
+        panels.append(("note", f"{name}\ncounts in {btxt}", _pixel_note(name, yc), None, None))
+    elif yc is not None:
         sel = _in_band(yc["energy_lo"].values, yc["energy_hi"].values, band)
         name = _name(result, y_obs, "spectral_obs", "Y")
         panels.append(("counts", f"{name}\ncounts in {btxt}", yc.isel(energy=np.flatnonzero(sel)).sum("energy"),
@@ -590,7 +712,9 @@ def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=
     vmax = max([float(np.nanmax(p[2].values)) for p in panels if p[0] == "flux"] + [1e-30])
     flux_axes, flux_im = [], None
     for a, (kind, title, img, xd, yd) in zip(axes, panels):
-        if kind == "counts":
+        if kind == "note":
+            _note_panel(a, title, img)
+        elif kind == "counts":
             top = max(float(np.nanmax(img.values)), 1e-30)
             im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=top))
             a.figure.colorbar(im, ax=a, shrink=0.85).set_label(f"{_data_label(result)} (sqrt scale)")
@@ -732,7 +856,7 @@ def _masked_sam_panel(ax, result, truth, threshold=0.5):
     sam = metrics.sam_map(tr, fu)
     amp = np.asarray(_amplitude(tr).transpose("x", "y").values, dtype=np.float64)
     signal = np.isfinite(sam) & (amp >= threshold * np.nanmean(amp))
-    img = fu.isel(energy=0, drop=True).copy(data=np.where(signal, sam, np.nan))
+    img = _xy_map(fu, np.where(signal, sam, np.nan))
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.82")
@@ -827,9 +951,12 @@ def summary(result, truth=None, path=None, pixels=None, *, x_obs=None, y_obs=Non
     Figure.
     """
     plt = _pyplot()
+    _check_truth(result, truth)
+    x_obs, y_obs = _roles(result, x_obs, y_obs)
     pixels = list(pixels) if pixels is not None else auto_pixels(result)
     check_pixels(result, pixels)
     band = tuple(band) if band is not None else line_band(result, x_obs=x_obs)
+    _check_band(_flux(result, "result"), band)
     n_top = 3 + (truth is not None)
     n_bottom = len(pixels) + 1 + (truth is not None)
     ncol = max(n_top, n_bottom)
