@@ -317,3 +317,56 @@ def test_config_dtype_of_the_wrong_type(toy_dir, tmp_path, capsys):
                  "--config", str(cfg), "--no-progress"]) == 3
     err = _err(capsys)
     assert "dtype must be float32 or float64; got 64" in err and "Traceback" not in err
+
+
+def test_metrics_lists_every_input_and_detector_pixels(tmp_path, capsys):
+    """Session 30: `xfusion metrics` left out a third input's consistency row, and died ("internal error") in its
+    consistency table on a result fused with detector pixels (counts over (pixel, energy))."""
+    import numpy as np
+
+    import xfusion
+    import xfusion.io.zarr as xz
+    from xfusion import toy
+
+    x, y, _ = toy.make("small")
+    x2 = toy.make("small", seed=1)[0].assign_attrs(name="X2 (second CCD)")
+    xz.write(xfusion.fuse(x, y, x2, regularization="none", method="em", max_iter=2, progress=False),
+             tmp_path / "three.zarr")
+    capsys.readouterr()
+    assert main(["metrics", str(tmp_path / "three.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in ("X (CCD-like)", "Y (microcalorimeter-like)", "X2 (second CCD)")), out
+
+    rng = np.random.default_rng(0)
+    ef = np.linspace(6.0, 6.4, 21)
+    xo = xfusion.observation(rng.poisson(20.0, (24, 24, 5)), energy_edges=ef[::4], pixel_size=4.0, exposure=50.0,
+                             dims=("x", "y", "energy"), name="X")
+    g = (np.arange(3) - 1) * 12.0
+    dx, dy = (a.ravel() for a in np.meshgrid(g, g, indexing="ij"))
+    yo = xfusion.observation(rng.poisson(50.0, (9, 20)), energy_edges=ef, pixel_size=12.0, exposure=100.0,
+                             dims=("pixel", "energy"), det_x=dx, det_y=dy, roll=17.0, name="Y (Resolve pixels)")
+    r = xfusion.fuse(xo, yo, regularization="none", method="em", max_iter=2, progress=False)
+    xz.write(r, tmp_path / "pixels.zarr")
+    capsys.readouterr()
+    assert main(["metrics", str(tmp_path / "pixels.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "Y (Resolve pixels)" in out and "X" in out
+    assert main(["plot", str(tmp_path / "pixels.zarr"), "-o", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "maps.png").is_file()
+
+
+def test_a_failed_plot_leaves_no_empty_folder(fused, tmp_path, monkeypatch, capsys):
+    """Session 30: `xfusion plot` failing while drawing left the empty figure folder (and parents) it had created."""
+    from xfusion import plot
+
+    def boom(*a, **k):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(plot, "summary", boom)
+    out = tmp_path / "new" / "figs"
+    assert main(["plot", str(fused), "-o", str(out)]) == 1
+    assert not (tmp_path / "new").exists()
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    assert main(["plot", str(fused), "-o", str(keep)]) == 1
+    assert keep.is_dir()  # a folder that existed before stays

@@ -309,16 +309,47 @@ def _table_rows(result, truth, x_obs, y_obs):
     return rows
 
 
+def _consistency_inputs(result):
+    """``(name, counts variable, model variable)`` of every input of a result: the sharp-spatial, the sharp-spectral
+    and any further one (``counts_obsI`` / ``model_obsI``; session 30: a third input's row was left out)."""
+    pairs = [(str(result.attrs.get("spatial_obs", "counts_spatial")), "counts_spatial", "model_spatial"),
+             (str(result.attrs.get("spectral_obs", "counts_spectral")), "counts_spectral", "model_spectral")]
+    extra = sorted((v for v in result.data_vars if v.startswith("model_obs") and v[len("model_obs"):].isdigit()),
+                   key=lambda v: int(v[len("model_obs"):]))
+    for mod in extra:
+        name = str(result[mod].attrs.get("long_name", mod)).removeprefix("predicted counts of ")
+        pairs.append((name, "counts_obs" + mod[len("model_obs"):], mod))
+    return [(n, o, m) for n, o, m in pairs if o in result and m in result]
+
+
+def _as_cube(da):
+    """Counts as an (x, y, energy) array, whatever their axes are called (``x_spectral``, ``energy_obs2``...);
+    detector pixels (``pixel``, ``energy``) as (pixel, 1, energy). None if the axes are not recognised."""
+    def dim(prefix):
+        found = [d for d in da.dims if d == prefix or d.startswith(prefix + "_")]
+        return found[0] if len(found) == 1 else None
+
+    e, p = dim("energy"), dim("pixel")
+    if p is not None and e is not None and da.ndim == 2:
+        return da.transpose(p, e).values[:, None, :]
+    x, y = dim("x"), dim("y")
+    if None in (x, y, e) or da.ndim != 3:
+        return None
+    return da.transpose(x, y, e).values
+
+
 def _consistency_rows(result):
     from . import metrics
 
     rows = {}
-    pairs = (("spatial_obs", "counts_spatial", "model_spatial", ("x", "y", "energy_spatial")),
-             ("spectral_obs", "counts_spectral", "model_spectral", ("x_spectral", "y_spectral", "energy")))
-    for name_key, obs, mod, dims in pairs:
-        if obs in result and mod in result:
-            name = str(result.attrs.get(name_key, obs))
-            rows[name] = metrics.consistency(result[obs].transpose(*dims).values, result[mod].transpose(*dims).values)
+    for name, obs, mod in _consistency_inputs(result):
+        o, m = _as_cube(result[obs]), _as_cube(result[mod])
+        if o is None or m is None:
+            continue
+        row = metrics.consistency(o, m)
+        if "pixel" in result[obs].dims:  # detector pixels are no image: no structural similarity
+            row["ssim"] = None
+        rows[name if name not in rows else f"{name} ({obs})"] = row
     return rows
 
 
@@ -420,7 +451,8 @@ def cmd_metrics(args):
     if rows:
         print("\nconsistency of the predicted counts with the data (no truth needed):")
         print(metrics.format_report(rows, name_header="instrument"))
-        print("psnr_db, ssim: energy-summed count images; mean_spectrum_rel_error: spatially averaged spectra")
+        print("psnr_db, ssim: energy-summed count images (ssim '-' for detector pixels: no image); "
+              "mean_spectrum_rel_error: spatially averaged spectra")
     return EXIT_OK
 
 
@@ -487,17 +519,26 @@ def cmd_plot(args):
                          "(summary.png, spectra.png, ...): give a new or existing folder")
     _refuse_inside_store(out, [p for p in (args.result, args.truth) if p])
     names = ["summary.png", "spectra.png", "maps.png", "history.png"] + (["errors.png"] if truth is not None else [])
+    created = [d for d in (out, *out.parents) if not d.exists()]  # the folders this command makes, deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"-o {args.output}: cannot create the figure folder ({exc.strerror})") from None
-    _prepare_files([out / n for n in names], bool(args.overwrite))  # all of them before drawing any
-    _save(plot.summary(result, truth, pixels=pixels), out / "summary.png")
-    _save(plot.spectra(result, truth, pixels=pixels), out / "spectra.png")
-    _save(plot.amplitude_maps(result, truth), out / "maps.png")
-    _save(plot.objective_history(result), out / "history.png")
-    if truth is not None:
-        _save(plot.error_maps(result, truth), out / "errors.png")
+    try:
+        _prepare_files([out / n for n in names], bool(args.overwrite))  # all of them before drawing any
+        _save(plot.summary(result, truth, pixels=pixels), out / "summary.png")
+        _save(plot.spectra(result, truth, pixels=pixels), out / "spectra.png")
+        _save(plot.amplitude_maps(result, truth), out / "maps.png")
+        _save(plot.objective_history(result), out / "history.png")
+        if truth is not None:
+            _save(plot.error_maps(result, truth), out / "errors.png")
+    except BaseException:
+        for d in created:  # a failure leaves no empty figure folder behind (session 30); a folder with files stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     return EXIT_OK
 
 
