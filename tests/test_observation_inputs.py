@@ -189,3 +189,21 @@ def test_validate_refuses_non_finite_tile_geometry():
     with pytest.raises(ValueError, match="coordinate det_x has non-finite values"):
         validate(tile.assign_coords(det_x=tile["det_x"].copy(data=np.where(np.arange(tile.sizes["pixel"]) == 0, np.nan,
                                                                           tile["det_x"].values))))
+
+
+def test_unlabelled_full_response_is_refused():
+    """Session 30: a response matrix labelled (or defaulting to) units '1' whose rows sum to hundreds (an RMF x ARF in
+    cm2 without its label) was taken as a probability, multiplying the expected counts by the area. Rows summing
+    above PROBABILITY_ROW_MAX are refused, pointing at the cm2 label; labelled cm2, the same matrix is split."""
+    et = np.linspace(1.0, 2.0, 21)
+    rmf = np.zeros((20, 4))
+    rmf[np.arange(20), np.arange(20) // 5] = 250.0  # cm2 in every row
+    response = xr.DataArray(rmf, dims=("energy_true", "energy"), coords={
+        "energy_true": _centres(et), "energy_true_lo": ("energy_true", et[:-1]), "energy_true_hi": ("energy_true", et[1:]),
+        "energy": _centres(EDGES), "energy_lo": ("energy", EDGES[:-1]), "energy_hi": ("energy", EDGES[1:])})
+    counts = np.ones((4, 3, 2))
+    with pytest.raises(ValueError, match=r"sums to 250 over the counts' channels.*units'\] = 'cm2'"):
+        observation(counts, dims=("energy", "y", "x"), response=response, **KW)
+    ok = observation(counts, dims=("energy", "y", "x"), response=response.assign_attrs(units="cm2"), **KW)
+    np.testing.assert_allclose(ok["effective_area"].values, 250.0)
+    np.testing.assert_allclose(ok["response"].values.sum(axis=1), 1.0)

@@ -1136,6 +1136,9 @@ def clip_negative_rows(mat, true_edges, what="response"):
     return out
 
 
+#: largest row sum accepted for a redistribution matrix (units '1'): a photon lands in at most one channel, so rows
+#: sum to <= 1 (calibration rounding allowed); larger sums are a full response (cm2) without its label, refused
+PROBABILITY_ROW_MAX = 1.5
 #: units of a response matrix that carries the effective area (a full response, RMF x ARF)
 AREA_UNITS = ("cm2", "cm**2", "cm^2")
 
@@ -1263,6 +1266,15 @@ def _add_response(ds, response, spacing, area_given=False):
         area = None
         if full:
             mat, area = split_full_response(mat, row_sum)
+        elif mat.size and float(mat.sum(axis=1).max()) > PROBABILITY_ROW_MAX:
+            i = int(np.argmax(mat.sum(axis=1)))
+            raise ValueError(
+                f"response row {i} (true energy {0.5 * (et[i] + et[i + 1]):.4g} keV) sums to "
+                f"{float(mat[i].sum()):.4g} over the counts' channels: a redistribution matrix (units '1') sends each "
+                f"photon to at most one channel, so its rows sum to at most 1 (above {PROBABILITY_ROW_MAX} is refused). "
+                "This looks like a full response (RMF x ARF, cm2): set response.attrs['units'] = 'cm2' (xfusion then "
+                "splits it into an effective area and a redistribution) and pass no effective_area, or pass the "
+                "redistribution-only RMF (.rmf, not .rsp)")
         if "energy_true" in ds.dims:
             ds_et = energy_edges(ds, "energy_true")
             if ds_et.size != et.size or not np.allclose(ds_et, et):
