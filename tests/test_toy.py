@@ -80,6 +80,20 @@ def test_misspelled_override_keys_are_refused():
     ({"x": {"n_channels": 0}}, r"toy x.n_channels must be an integer >= 1; got 0"),
     ({"x": {"n_channels": 7}}, r"toy y.n_channels \(240\) must be a multiple of x.n_channels \(7\)"),
     ({"x": {"psf": {"kind": "airy"}}}, r"toy x.psf.kind must be 'gaussian' .* or 'king'.*got 'airy'"),
+    # session 30 (red team): these failed deep inside (KeyError, ZeroDivisionError, 'lam value too large')
+    ({"x": {"psf": {"kind": "king"}}}, r"toy x.psf.core_arcsec .* is required when x.psf.kind is 'king'"),
+    ({"y": {"pixel_size": 5.0}}, r"toy y.pixel_size \(5 arcsec\) must be a whole multiple .* of x.pixel_size"),
+    ({"y": {"pixel_size": 20.0}}, r"toy y.pixel_size \(20 arcsec\) .* divides x.shape \[15, 15\]"),
+    ({"x": {"response": {"sigma_ev": 0.0}}}, r"toy x.response.sigma_ev must be .* in \(0, inf\); got 0.0"),
+    ({"x": {"psf": {"sigma_arcsec": 0.0}}}, r"toy x.psf.sigma_arcsec must be .* in \(0, inf\); got 0.0"),
+    ({"source": {"thickness_arcsec": 0.0}}, r"toy source.thickness_arcsec must be .*; got 0.0"),
+    ({"source": {"kT_keV": [1.0, 0.5]}}, r"toy source.kT_keV\[1\] must be .* in \[1, inf\); got 0.5"),
+    ({"lines": "foo"}, r"toy lines must be one of \['fe_k', 'soft'\]; got 'foo'"),
+    ({"x": 5}, r"toy x must be a table .*; got 5"),
+    ({"x": {"psf": {"kind": "king", "core_arcsec": 6.0, "beta": 0.8}}}, r"toy x.psf.beta must be .*beta > 1"),
+    ({"x": {"response": {"kind": "ccd", "sigma_ev_at_1kev": 50.0, "tail_fraction": 1.0}}},
+     r"toy x.response.tail_fraction must be .* in \[0, 1\); got 1.0"),
+    ({"y": {"area": {"kind": "tophat"}}}, r"toy y.area.kind must be one of \('flat', 'pn_like', 'resolve_like'\)"),
 ])
 def test_generator_arguments_are_checked_by_name(kwargs, message):
     """Session 29 (leftover of the session-28 red team): seed=None, counts=0, n_channels=0 or an unknown PSF kind
@@ -101,3 +115,36 @@ def test_velocity_sign_is_the_analysis_convention():
         m = line_map(knot, 1.0220, window=(1.000, 1.045), continuum=[(0.975, 0.995), (1.07, 1.09)],
                      method="gaussian")
         assert float(m.velocity[0, 0]) == pytest.approx(v, abs=60.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"y": {"response": {"kind": "ccd"}}}, r"toy y.response.kind must be 'gaussian' .*; got 'ccd'"),
+    ({"x": {"response": {"kind": "foo", "sigma_ev_at_1kev": 50.0}}},
+     r"toy x.response.kind must be 'gaussian' .* or 'ccd' .*; got 'foo'"),
+    ({"x": {"psf": {"beta": 3.0}}}, r"toy x.psf.beta is not read by a 'gaussian' psf .*set x.psf.kind to 'king'"),
+    ({"x": {"response": {"tail_fraction": 0.1}}}, r"toy x.response.tail_fraction is not read by a 'gaussian'"),
+    ({"x": {"psf": {"kind": "king", "core_arcsec": 6.0, "sigma_arcsec": 3.0}}},
+     r"toy x.psf.sigma_arcsec is not read by a 'king' psf"),
+])
+def test_overrides_the_generator_would_not_read_are_refused(kwargs, message):
+    """Session 30 (red team): y.response.kind="ccd" and x.psf.beta on a Gaussian PSF were accepted and changed nothing
+    (identical toy), and x.response.kind="foo" was built as the CCD RMF. Each is refused naming the key."""
+    with pytest.raises(ValueError, match=message):
+        toy.make("small", **kwargs)
+    # switching kind with the keys of the new kind is fine (the base's sigma_arcsec is simply not used)
+    x, _, _ = toy.make("small", x={"psf": {"kind": "king", "core_arcsec": 6.0, "beta": 1.5},
+                                   "response": {"kind": "ccd", "sigma_ev_at_1kev": 51.0}})
+    assert x["response"].dims == ("energy_true", "energy")
+
+
+def test_knot_velocity_beyond_the_shell_grid_is_refused():
+    """Session 30 (red team): source.knot.v_kms = 6000 or 9000 km/s (v_exp 4000) was moved silently to the end of the
+    shell's velocity grid (4400 km/s). It is refused naming the allowed range; the range's ends are accepted."""
+    for v in (6000.0, -4500.0):
+        with pytest.raises(ValueError, match=r"toy source.knot.v_kms must be .*\+-1.1 x source.v_exp_kms \(4000 "
+                                             r"km/s\).* in \[-4400, 4400\]; got"):
+            toy.make("small", source={"knot": {"v_kms": v}})
+    with pytest.raises(ValueError, match=r"\[-6600, 6600\]; got 9000.0"):
+        toy.make("small", source={"knot": {"v_kms": 9000.0}, "v_exp_kms": 6000.0})
+    toy.make("small", source={"knot": {"v_kms": 4400.0}})
+    toy.make("small", source={"knot": {"v_kms": 6500.0}, "v_exp_kms": 6000.0})

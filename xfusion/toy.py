@@ -198,7 +198,7 @@ def sky_weights(cfg, xc, yc, rng, n_t=5, n_v=49, n_z=64):
     abund = np.exp(0.5 * _smooth_field(rng, shell.shape, 3.0))
     vz = vexp * Zc / np.maximum(r, 1e-9)
     kT = np.geomspace(tlo, thi, n_t)
-    vel = np.linspace(-1.1 * vexp, 1.1 * vexp, n_v)
+    vel = np.linspace(-KNOT_V_RANGE * vexp, KNOT_V_RANGE * vexp, n_v)
     # linear interpolation weights onto the T and v nodes
     ti = tfield * (n_t - 1)
     t0 = np.clip(np.floor(ti).astype(int), 0, n_t - 2)
@@ -236,11 +236,96 @@ def _blur(weights, psf):
     return np.clip(fftconvolve(weights, k, mode="same", axes=(0, 1)), 0, None)
 
 
-def _check_config(cfg):
-    """Refuse instrument settings the generator cannot draw from, naming the key (session 29: counts=0,
-    n_channels=0 or an unknown PSF kind failed deep inside NumPy with no hint of the key)."""
+#: keys each kind of PSF / response / area reads (an override of a key the chosen kind does not read is refused:
+#: it would change nothing; session 30)
+PSF_KEYS = {"gaussian": ("sigma_arcsec",), "king": ("core_arcsec", "beta")}
+X_RESPONSE_KEYS = {"gaussian": ("sigma_ev",), "ccd": ("sigma_ev_at_1kev", "tail_fraction")}
+Y_RESPONSE_KEYS = {"gaussian": ("sigma_ev",)}
+AREA_KINDS = ("flat", "pn_like", "resolve_like")
+#: the knot's velocity lies on the shell's velocity grid, +-KNOT_V_RANGE * v_exp_kms (a knot faster than that was
+#: moved to the grid's end silently before session 30; it is refused)
+KNOT_V_RANGE = 1.1
+
+
+def _number(value, key, lo=None, hi=None, lo_open=True, hi_open=False, what="a number"):
+    """``value`` as a float if it is a finite real number within (lo, hi) (open or closed ends), else a ValueError
+    naming the toy key ``key`` and the allowed range."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and np.isfinite(float(value))
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        rng = ("" if lo is None and hi is None else
+               f" in {'(' if lo_open else '['}{'-inf' if lo is None else f'{lo:g}'}, "
+               f"{'inf' if hi is None else f'{hi:g}'}{')' if hi_open or hi is None else ']'}")
+        raise ValueError(f"toy {key} must be {what}{rng}; got {value!r}")
+    return float(value)
+
+
+def _table(cfg, key):
+    """The sub-table ``cfg[key]`` (dotted path), refused by name when an override replaced it by a non-table."""
+    d = cfg
+    for k in key.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+        if not isinstance(d, dict):
+            raise ValueError(f"toy {key} must be a table (a dict of settings, e.g. {key.split('.')[-1]}={{...}}); "
+                             f"got {d!r}")
+    return d
+
+
+def _check_psf(psf, key):
+    kind = psf.get("kind")
+    if kind not in PSF_KEYS:
+        raise ValueError(f"toy {key}.kind must be 'gaussian' (with sigma_arcsec) or 'king' (with "
+                         f"core_arcsec and beta); got {kind!r}")
+    if kind == "gaussian":
+        if "sigma_arcsec" not in psf:
+            raise ValueError(f"toy {key}.sigma_arcsec (Gaussian sigma, arcsec) is required when {key}.kind is "
+                             f"'gaussian'")
+        _number(psf["sigma_arcsec"], f"{key}.sigma_arcsec", 0.0, what="the Gaussian sigma in arcsec, a number")
+    else:
+        if "core_arcsec" not in psf:
+            raise ValueError(f"toy {key}.core_arcsec (King core radius, arcsec) is required when {key}.kind is "
+                             f"'king'")
+        _number(psf["core_arcsec"], f"{key}.core_arcsec", 0.0, what="the King core radius in arcsec, a number")
+        _number(psf.get("beta", 1.5), f"{key}.beta", 1.0,
+                what="the King slope (1 + r^2/r_c^2)^-beta, finite flux only for beta > 1: a number")
+
+
+def _check_unread(overrides, cfg):
+    """Refuse an override of a PSF / response key that the kind in force does not read (session 30: x.psf.beta on a
+    Gaussian PSF or y.response.kind="ccd" were accepted and changed nothing)."""
     for side in ("x", "y"):
-        c = cfg[side]
+        over = overrides.get(side)
+        if not isinstance(over, dict):
+            continue
+        for part, table in (("psf", PSF_KEYS), ("response", X_RESPONSE_KEYS if side == "x" else Y_RESPONSE_KEYS)):
+            o = over.get(part)
+            if not isinstance(o, dict):
+                continue
+            kind = cfg[side][part].get("kind")
+            unread = sorted(set(o) - {"kind"} - set(table.get(kind, ())))
+            if kind in table and unread:
+                raise ValueError(f"toy {side}.{part}.{unread[0]} is not read by a {kind!r} {part} (it reads "
+                                 f"{', '.join(table[kind])}); set {side}.{part}.kind to "
+                                 f"{' or '.join(repr(k) for k in table if unread[0] in table[k]) or 'another kind'}"
+                                 f" or drop the key")
+
+
+def _check_config(cfg):
+    """Refuse settings the generator cannot draw from, naming the key (session 29: counts=0, n_channels=0 or an
+    unknown PSF kind failed deep inside NumPy with no hint of the key; session 30: a King PSF without core_arcsec,
+    a Y pixel finer than X's, zero widths, an unknown line list or a table replaced by a number too)."""
+    if cfg.get("lines") not in LINES:
+        raise ValueError(f"toy lines must be one of {sorted(LINES)}; got {cfg.get('lines')!r}")
+    er = cfg.get("energy_range")
+    if not (isinstance(er, (list, tuple)) and len(er) == 2):
+        raise ValueError(f"toy energy_range must be [low, high] in keV; got {er!r}")
+    e0 = _number(er[0], "energy_range[0]", 0.0, what="the low end in keV, a number")
+    _number(er[1], "energy_range[1]", e0, what="the high end in keV, a number")
+    for side in ("x", "y"):
+        c = _table(cfg, side)
         counts = c["counts"]
         if isinstance(counts, bool) or not isinstance(counts, numbers.Real) or not (0 < counts < 1e15):
             raise ValueError(f"toy {side}.counts must be the expected number of photons, a number in (0, 1e15); "
@@ -248,14 +333,63 @@ def _check_config(cfg):
         n = c["n_channels"]
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"toy {side}.n_channels must be an integer >= 1; got {n!r}")
-        kind = c["psf"].get("kind")
-        if kind not in ("gaussian", "king"):
-            raise ValueError(f"toy {side}.psf.kind must be 'gaussian' (with sigma_arcsec) or 'king' (with "
-                             f"core_arcsec and beta); got {kind!r}")
+        _number(c["pixel_size"], f"{side}.pixel_size", 0.0, what="the pixel size in arcsec, a number")
+        _check_psf(_table(cfg, f"{side}.psf"), f"{side}.psf")
+        area = _table(cfg, f"{side}.area")
+        if area.get("kind") not in AREA_KINDS:
+            raise ValueError(f"toy {side}.area.kind must be one of {AREA_KINDS}; got {area.get('kind')!r}")
+        _number(area.get("value"), f"{side}.area.value", 0.0, what="the effective area in cm2, a number")
+        resp = _table(cfg, f"{side}.response")
+        kinds = X_RESPONSE_KEYS if side == "x" else Y_RESPONSE_KEYS
+        if resp.get("kind") not in kinds:  # session 30: "foo" was built as the CCD RMF, y's kind never read
+            what = ("'gaussian' (a Gaussian kernel of sigma_ev) or 'ccd' (an RMF: sigma_ev_at_1kev, tail_fraction)"
+                    if side == "x" else "'gaussian' (the sharp-spectral line spread is a Gaussian of sigma_ev)")
+            raise ValueError(f"toy {side}.response.kind must be {what}; got {resp.get('kind')!r}")
+        for k in kinds[resp["kind"]]:
+            if k == "tail_fraction":
+                _number(resp.get(k, 0.0), f"{side}.response.{k}", 0.0, 1.0, lo_open=False, hi_open=True,
+                        what="the fraction of photons in the low-energy shoulder, a number")
+            elif k not in resp:
+                raise ValueError(f"toy {side}.response.{k} is required when {side}.response.kind is "
+                                 f"{resp['kind']!r}")
+            else:
+                _number(resp[k], f"{side}.response.{k}", 0.0, what="the line-spread sigma in eV, a number")
+    cx = cfg["x"]
+    _number(cx["exposure"], "x.exposure", 0.0, what="the exposure in s, a number")
+    shape = cx["shape"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 2
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise ValueError(f"toy x.shape must be [M, N], two integers >= 1 (X pixels); got {shape!r}")
+    px, py = float(cx["pixel_size"]), float(cfg["y"]["pixel_size"])
+    v = py / px
+    if round(v) < 1 or abs(v - round(v)) > 1e-9 * v or any(int(s) % round(v) for s in shape):
+        raise ValueError(f"toy y.pixel_size ({py:g} arcsec) must be a whole multiple (>= 1) of x.pixel_size "
+                         f"({px:g} arcsec) that divides x.shape {list(shape)}: each Y pixel covers a whole block of "
+                         f"X pixels")
     fine, coarse = cfg["y"]["n_channels"], cfg["x"]["n_channels"]
     if fine % coarse:
         raise ValueError(f"toy y.n_channels ({fine}) must be a multiple of x.n_channels ({coarse}): each coarse "
                          f"channel holds a whole number of fine ones")
+    src = _table(cfg, "source")
+    _number(src["radius_arcsec"], "source.radius_arcsec", 0.0, what="the shell radius in arcsec, a number")
+    _number(src["thickness_arcsec"], "source.thickness_arcsec", 0.0, what="the shell FWHM in arcsec, a number")
+    vexp = _number(src["v_exp_kms"], "source.v_exp_kms", 0.0, what="the expansion velocity in km/s, a number")
+    _number(src["clumpiness"], "source.clumpiness", 0.0, lo_open=False, what="the log-normal sigma, a number")
+    kt = src["kT_keV"]
+    if not (isinstance(kt, (list, tuple)) and len(kt) == 2):
+        raise ValueError(f"toy source.kT_keV must be [low, high] temperatures in keV; got {kt!r}")
+    t0 = _number(kt[0], "source.kT_keV[0]", 0.0, what="the lowest temperature in keV, a number")
+    _number(kt[1], "source.kT_keV[1]", t0, lo_open=False, what="the highest temperature in keV, a number")
+    knot = _table(cfg, "source.knot")
+    _number(knot["x_arcsec"], "source.knot.x_arcsec", what="the knot position in arcsec, a number")
+    _number(knot["y_arcsec"], "source.knot.y_arcsec", what="the knot position in arcsec, a number")
+    _number(knot["sigma_arcsec"], "source.knot.sigma_arcsec", 0.0, what="the knot's Gaussian sigma in arcsec, a number")
+    _number(knot["brightness"], "source.knot.brightness", 0.0, lo_open=False, what="a number")
+    _number(knot["kT_keV"], "source.knot.kT_keV", 0.0, what="the knot temperature in keV, a number")
+    vmax = KNOT_V_RANGE * vexp
+    _number(knot["v_kms"], "source.knot.v_kms", -vmax, vmax, lo_open=False,
+            what=f"the knot's line-of-sight velocity in km/s within the shell's velocity grid, +-{KNOT_V_RANGE:g} x "
+                 f"source.v_exp_kms ({vexp:g} km/s): a number")
 
 
 # ----------------------------------------------------------------------------- public
@@ -272,6 +406,7 @@ def make(name, seed=0, **overrides):
                          f"counts); got {seed!r}")
     cfg = _merge(load_config(name), overrides)
     _check_config(cfg)
+    _check_unread(overrides, cfg)
     rng = np.random.default_rng(seed)
     cx, cy = cfg["x"], cfg["y"]
     e0, e1 = cfg["energy_range"]
