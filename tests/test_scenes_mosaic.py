@@ -29,3 +29,22 @@ def test_simulator_and_forward_model_agree_on_expected_counts(kind):
     band = truth.attrs["band"]
     pn_sigma = {"fe_k": 59.0, "soft": 33.0}[band]
     assert max(scenes_mosaic.MOS_SIGMA_EV_BY_BAND[band]) < pn_sigma
+
+
+def test_truth_attrs_record_the_counts_each_input_holds():
+    """Session 30 (red team): the tiles' exposure is normalized with the calibration pixel counted, then that pixel is
+    zeroed (1.934e6 expected of 2e6 at the defaults), and the truth said counts_y = pn's counts (3e6). The data stay
+    (published mosaic measurements rest on them); the attrs and docstring say what each input is expected to hold."""
+    obs, truth = scenes_mosaic.make_small(seed=0, noise=False)
+    a = truth.attrs
+    for k, o in obs.items():
+        assert float(o["counts"].sum()) == pytest.approx(a[f"expected_counts_{k}"], rel=1e-5)
+    tiles = sum(float(o["counts"].sum()) for k, o in obs.items() if k.startswith("tile"))
+    assert a["counts_x"] == 2e5 and a["resolve_counts_requested"] == 1e5
+    assert a["counts_y"] == pytest.approx(tiles, rel=1e-5) == 1e5  # 3x3 tiles: no calibration pixel 12
+    obs, truth = scenes_mosaic.make_mosaic(size=(72, 10), counts=(3e6, 2e6), tiles=2, mos=False, noise=False)
+    tiles = sum(float(o["counts"].sum()) for k, o in obs.items() if k.startswith("tile"))
+    a = truth.attrs
+    assert a["counts_x"] == 3e6 and a["resolve_counts_requested"] == 2e6 and a["expected_counts_pn"] == 3e6
+    assert a["counts_y"] == pytest.approx(tiles, rel=1e-5) and 1.9e6 < a["counts_y"] < 1.98e6
+    assert "INCLUDING the calibration pixel" in scenes_mosaic.__doc__
