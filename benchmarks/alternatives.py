@@ -42,10 +42,25 @@ import time
 import numpy as np
 
 import xfusion
+from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
 from mosaic_suite import velocity_rms  # benchmarks/mosaic_suite.py: the same velocity-map error
 from xfusion import metrics, scenes
 
+SCRIPT = "alternatives.py"
+
 ALTERNATIVES = {"anscombe": {"stabilize": "anscombe"}, "lowrank_local": {"regularization": "lowrank_local"}}
+
+
+def _size(text):
+    """--size: 'small', 'default' or NxL -> what xfusion.scenes.from_spec takes (session 30: NxL was documented but
+    passed on as a string and refused)."""
+    if text in ("small", "default"):
+        return text
+    try:
+        n, L = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'small', 'default' or NxL like 12x80; got {text!r}") from None
+    return (n, L)
 
 
 def run_scene(spec, size, which):
@@ -80,17 +95,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--split", default="tune", choices=("tune", "heldout"))
     p.add_argument("--n", type=int, default=24, help="suite size (scene i of suite(split, n))")
-    p.add_argument("--size", default="small", help="'small', 'default' or NxL")
+    p.add_argument("--size", default="small", type=_size, help="'small', 'default' or NxL (fused pixels x channels, "
+                   "e.g. 12x80)")
     p.add_argument("--indices", default=None, help="comma-separated scene indices (default: all n)")
     p.add_argument("--which", default="anscombe,lowrank_local", help="alternatives (comma-separated)")
-    p.add_argument("--json", default=None, help="append the per-scene rows to this JSON-lines file")
+    p.add_argument("--json", default=None, help="append the per-scene rows to this JSON-lines file (a file this "
+                   "script did not write is refused before computing)")
     a = p.parse_args(argv)
+    check_output(p, a.json, SCRIPT)
     which = [w for w in a.which.split(",") if w]
     bad = sorted(set(which) - set(ALTERNATIVES))
     if bad:
         p.error(f"unknown alternative(s) {bad}; choose from {sorted(ALTERNATIVES)}")
     specs = scenes.suite(a.split, n=a.n)
-    idx = range(a.n) if a.indices is None else [int(v) for v in a.indices.split(",")]
+    idx = range(a.n) if a.indices is None else parse_indices(p, a.indices, len(specs))
     rows = []
     for i in idx:
         row = dict(run_scene(specs[i], a.size, which), i=i)
@@ -99,8 +117,7 @@ def main(argv=None):
             f"{w} {row[w]['nmse']:6.2f} dB {row[w]['vel']:6.1f} km/s ({row[w]['s']:.0f} s)" for w in ["default"] + which),
             flush=True)
         if a.json:
-            with open(a.json, "a") as fh:
-                fh.write(json.dumps(row, default=str) + "\n")
+            append_record(a.json, row, SCRIPT)
     summary(rows, which)
 
 

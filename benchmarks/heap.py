@@ -17,6 +17,10 @@ import os
 import subprocess
 import sys
 
+from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
+
+SCRIPT = "heap.py"
+
 CHILD = r"""
 import hashlib, json, os, resource, sys, time
 import numpy as np
@@ -62,14 +66,16 @@ print(json.dumps({"name": spec["name"], "index": index, "fit": fit, "wall": roun
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", default="heldout")
+    ap.add_argument("--split", default="heldout", choices=("tune", "heldout"))
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--indices", default="18")
     ap.add_argument("--size", default="default")
     ap.add_argument("--fit", default="fixed", choices=("fixed", "default", "dask"))
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="append one JSON line per run (a file this script did not write is "
+                    "refused before computing)")
     args = ap.parse_args(argv)
-    for index in [int(i) for i in args.indices.split(",")]:
+    check_output(ap, args.json, SCRIPT)
+    for index in parse_indices(ap, args.indices, args.n):
         runs = {}
         for mode in ("0", "1"):
             env = {**os.environ, "XFUSION_RETAIN_MEMORY": mode}
@@ -82,8 +88,7 @@ def main(argv=None):
                   f"  sys {row['sys']:5.1f}  faults {row['minflt']:>8}  peak {row['maxrss_mb']:5d} MB"
                   f"  {row['iterations']} it  md5 {row['md5'][:8]}", flush=True)
             if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_record(args.json, row, SCRIPT)
         same = runs["0"]["md5"] == runs["1"]["md5"]
         print(f"  wall saved {100 * (1 - runs['1']['wall'] / runs['0']['wall']):.0f}%, same cube: {same}", flush=True)
         if not same:

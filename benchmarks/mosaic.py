@@ -547,7 +547,10 @@ def two_input_check(args):
                   f"flux; bit for bit: {bool(np.array_equal(a[k], b[k]))}")
 
 
-def main():
+SECTIONS = ("quality", "seams", "time", "profile", "factor", "dask")
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="quality,seams,time",
                     help="comma list of quality, seams, time, profile, factor, dask, or none")
@@ -575,10 +578,16 @@ def main():
     ap.add_argument("--control", action="store_true",
                     help="also pn alone with the exposure giving it the counts of pn + MOS1 + MOS2 (no MOS): does more "
                          "sharp-spatial data of the SAME instrument help?")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
+    unknown = sorted(sections - set(SECTIONS) - {"none"})
+    if unknown or ("none" in sections and len(sections) > 1):  # session 30: a typo ran nothing and exited 0
+        ap.error(f"--sections: unknown section(s) {unknown} (or 'none' mixed with others); choose a comma list of "
+                 f"{', '.join(SECTIONS)}, or none")
+    if sections == {"none"} and not args.two_input_check:
+        ap.error("--sections none with no --two-input-check: nothing to run")
     t0 = time.perf_counter()
-    if sections & {"quality", "seams", "time", "profile", "factor", "dask"}:
+    if sections & set(SECTIONS):
         obs, truth = make_mosaic(seed=args.seed, size=tuple(args.size), counts=tuple(args.counts))
         print(f"scene built in {time.perf_counter() - t0:.1f} s: " + ", ".join(
             f"{o.attrs['name']} {float(o['counts'].sum()):.3g} counts" for o in obs.values()))

@@ -74,18 +74,18 @@ Session 28 (HEAD 6d9d8f5, default unchanged since session 21 but for exact speed
     nice -n 15 python benchmarks/mosaic_suite.py --scenes cluster_core:0:3e4,cluster_core:0:3e5,cluster_core:0:3e6
 """
 import argparse
-import json
 import os
-import sys
 import time
 
 import numpy as np
 
 import xfusion
+from bench_cli import check_output, parse_indices, parse_json_dict, write_document  # benchmarks/bench_cli.py
 from xfusion import analysis, scenes
 from xfusion.metrics import nmse
 from xfusion.scenes_mosaic import make_mosaic
 
+SCRIPT = "mosaic_suite.py"
 #: sky kinds (scenes.KINDS with lines first; synchrotron has no line: NMSE only)
 KINDS = ("cluster_core", "snr_shell", "point_sources", "mixed", "synchrotron")
 PN_COUNTS = (3e4, 3e5, 3e6)
@@ -191,15 +191,17 @@ def main(argv=None):
     ap.add_argument("--size", type=int, nargs=2, default=SIZE, metavar=("N", "L"))
     ap.add_argument("--options", default="{}", help="JSON dict of fuse options (default: the default fuse, auto)")
     ap.add_argument("--noise", default=",".join(NOISE_MODELS), help="noise models to compare (comma-separated)")
-    ap.add_argument("--json", default=None, help="write the per-scene results here")
+    ap.add_argument("--json", default=None, help="write the per-scene results here (a JSON list; a file this script "
+                    "did not write is refused before computing)")
     args = ap.parse_args(argv)
-    options = json.loads(args.options)
+    options = parse_json_dict(ap, args.options, "--options")
     if "noise" in options:
-        sys.exit("--options must not set 'noise': the suite compares the noise models given with --noise")
+        ap.error("--options must not set 'noise': the suite compares the noise models given with --noise")
+    check_output(ap, args.json, SCRIPT)
     nms = tuple(args.noise.split(","))
     specs = scenes_of(args.split, args.n)
     if args.indices:
-        specs = [specs[int(i)] for i in args.indices.split(",")]
+        specs = [specs[i] for i in parse_indices(ap, args.indices, len(specs))]
     if args.scenes:
         specs = []
         for item in args.scenes.split(","):
@@ -208,7 +210,9 @@ def main(argv=None):
                 specs.append({"name": f"{kind}/{int(seed)}/{float(c):.0e}", "kind": kind, "seed": int(seed),
                               "pn_counts": float(c)})
             except ValueError:
-                sys.exit(f"--scenes: expected KIND:SEED:PN_COUNTS items separated by commas; got {item!r}")
+                ap.error(f"--scenes: expected KIND:SEED:PN_COUNTS items separated by commas; got {item!r}")
+            if kind not in scenes.KINDS:
+                ap.error(f"--scenes: unknown kind {kind!r} in {item!r}; choose from {', '.join(scenes.KINDS)}")
     what = "explicit scenes" if args.scenes else f"split {args.split}"
     print(f"# mosaic suite: {what}, {len(specs)} scenes, size {args.size[0]}x{args.size[0]}x"
           f"{args.size[1]}, Resolve {RESOLVE_COUNTS:.0e} counts, options {options}, noise models {nms}; load "
@@ -228,9 +232,8 @@ def main(argv=None):
     summarize(rows, nms)
     print(f"total {time.perf_counter() - t_all:.0f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{"spec": r["spec"], "res": {f"{k[0]}|{k[1]}": v for k, v in r["res"].items()}} for r in rows],
-                      f, indent=1)
+        write_document(args.json, [{"spec": r["spec"], "res": {f"{k[0]}|{k[1]}": v for k, v in r["res"].items()}}
+                                   for r in rows], SCRIPT, indent=1)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,12 @@ import traceback
 import numpy as np
 
 import xfusion
+from bench_cli import check_output, parse_indices, parse_json_dict, write_document  # benchmarks/bench_cli.py
 from xfusion import analysis, baselines, metrics, scenes
 from xfusion.grid import SPATIAL, assign_roles, fusion_grid
 from xfusion.operators.model import build_model
 
+SCRIPT = "suite.py"
 METRICS = ("nmse_db", "asam_rad", "acssim", "ergas")
 HIGHER_BETTER = {"nmse_db": True, "asam_rad": False, "acssim": False, "ergas": False}
 
@@ -297,14 +299,11 @@ def main(argv=None):
                    "tuned wavelet2d1d or plain RL by held-out deviance), timed with its fit")
     p.add_argument("--no-renormalize", action="store_true", help="ablation: EM+prox without the flux "
                    "renormalization (xfusion.solvers.em.EMProx.renormalize = False; the pre-fix behaviour)")
-    p.add_argument("--json", default=None, help="write the per-scene rows (and the summary) to this JSON file")
+    p.add_argument("--json", default=None, help="write the per-scene rows (and the summary) to this JSON file "
+                   "(rewritten after every scene; a file this script did not write is refused before computing)")
     a = p.parse_args(argv)
-    try:
-        fuse_kwargs = json.loads(a.method_kwargs)
-    except json.JSONDecodeError as exc:
-        p.error(f"--method-kwargs is not valid JSON ({exc}); e.g. --method-kwargs '{{\"k\": 1.0}}'")
-    if not isinstance(fuse_kwargs, dict):
-        p.error("--method-kwargs must be a JSON object, e.g. '{\"k\": 1.0}'")
+    fuse_kwargs = parse_json_dict(p, a.method_kwargs, "--method-kwargs")
+    check_output(p, a.json, SCRIPT)
     if a.no_renormalize:
         from xfusion.solvers.em import EMProx
 
@@ -320,7 +319,7 @@ def main(argv=None):
     if a.quick:
         specs, size = specs[:6], size or "small"
     if a.indices:
-        specs = [specs[int(i)] for i in a.indices.split(",")]
+        specs = [specs[i] for i in parse_indices(p, a.indices, len(specs))]
     size = size or "default"
     print(f"machine: {platform.platform()} ({platform.machine()}), cpus={os.cpu_count()}, python="
           f"{platform.python_version()}, numpy={np.__version__}, xfusion={xfusion.__version__}")
@@ -331,11 +330,10 @@ def main(argv=None):
     rows = []
 
     def save(summary_lines):
-        if a.json:  # rewritten after every scene: an interrupted run keeps what it measured
-            with open(a.json, "w") as fh:
-                json.dump({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                           "split": split, "size": str(size), "fuse_kwargs": fuse_kwargs, "rows": rows,
-                           "summary": summary_lines}, fh, indent=1, default=str)
+        if a.json:  # rewritten after every scene (temporary sibling renamed): an interrupted run keeps what it measured
+            write_document(a.json, {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                                    "split": split, "size": str(size), "fuse_kwargs": fuse_kwargs, "rows": rows,
+                                    "summary": summary_lines}, SCRIPT, indent=1, default=str)
 
     for i, spec in enumerate(specs):
         try:

@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -1357,65 +1358,83 @@ def patience_rules(paths, rules=((10, 1.0), (10, 0.5), (10, 0.35), (10, 0.25), (
         print(f"  wait max({floor}, {c:g} i): {total} steps, {saved} saved ({100 * saved / max(total, 1):.0f}%), "
               f"fits changed: {len(changed)} {changed}")
 
+def _ints(text):
+    return [int(v) for v in text.split(",")]
+
+
+def _opt(a, i, default=None, conv=str):
+    return conv(a[i]) if len(a) > i else default
+
+
+#: sub-command -> (its arguments, a function of the argument list returning the run). Session 30: the old if/elif
+#: chain on sys.argv printed nothing and exited 0 for --help or an unknown sub-command (an IndexError for none).
+COMMANDS = {
+    "rl": ("", lambda a: lambda: rl()),
+    "rl_suite": ("SPLIT N SIZE", lambda a: (lambda s=a[0], n=int(a[1]), z=a[2]: rl(suite_scenes(s, n, z)))),
+    "treatments": ("SPLIT N SIZE", lambda a: (lambda s=a[0], n=int(a[1]), z=a[2]: treatments(suite_scenes(s, n, z)))),
+    "ladder_top": ("INDICES SPLIT N OUT [noold]", lambda a: (
+        lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], old=_opt(a, 4) != "noold":
+        ladder_top(i, s, n, out=o, old=old))),
+    "kgrid": ("INDICES SIZE [KS]", lambda a: (
+        lambda i=_ints(a[0]), z=a[1], ks=_opt(a, 2, None, lambda v: tuple(float(u) for u in v.split(","))):
+        kgrid(i, z, *([ks] if ks else [])))),
+    "rl_rule": ("INDICES [SIZE]", lambda a: (lambda i=_ints(a[0]), z=_opt(a, 1, "small"): rl_rule(i, z))),
+    "wave_iters": ("INDICES [SIZE]", lambda a: (lambda i=_ints(a[0]), z=_opt(a, 1, "small"): wave_iters(i, z))),
+    # null_iters 25,32,37 small 48: indices into suite("tune", n=48) (fresh tuning seeds 1024-1047 for indices >= 24)
+    "null_iters": ("INDICES [SIZE] [N]", lambda a: (
+        lambda i=_ints(a[0]), z=_opt(a, 1, "small"), n=_opt(a, 2, 24, int): null_iters(i, z, n_suite=n))),
+    "null_factor": ("INDICES SPLIT N SIZE [OUT]", lambda a: (
+        lambda i=_ints(a[0]), s=a[1], n=int(a[2]), z=a[3], o=_opt(a, 4): null_factor(i, s, n, z, out=o))),
+    "hindsight": ("INDICES [SPLIT] [SIZE] [SHAPE] [N]", lambda a: (
+        lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, int): hindsight(i, *rest, *([n] if n else [])))),
+    "guard_data": ("INDICES SPLIT N OUT [SEEDS]", lambda a: (
+        lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], sd=tuple(_opt(a, 4, [0, 1, 2], _ints)):
+        guard_data(i, s, n, out=o, seeds=sd))),
+    "zero_data": ("INDICES SPLIT N OUT [SEEDS]", lambda a: (
+        lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], sd=tuple(_opt(a, 4, [0, 1, 2], _ints)):
+        zero_data(i, s, n, out=o, seeds=sd))),
+    "zero_rules": ("PATH [LO] [HI]", lambda a: (lambda p=a[0], r=[int(v) for v in a[1:3]]: zero_rules(p, *r))),
+    "zero_family": ("ZERO_PATH GUARD_PATH LO HI [FACTOR]", lambda a: (
+        lambda z=a[0], g=a[1], lo=int(a[2]), hi=int(a[3]), f=_opt(a, 4, None, float): zero_family(z, g, lo, hi, f))),
+    "family_data": ("INDICES SPLIT N OUT [SIZE]", lambda a: (
+        lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], z=_opt(a, 4, "small"): family_data(i, s, n, out=o, size=z))),
+    "ladder_data": ("INDICES SPLIT N OUT [SIZE]", lambda a: (
+        lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], z=_opt(a, 4, "default"):
+        ladder_data(i, s, n, out=o, size=z))),
+    "ladder_rules": ("PATHS [FIT_INDICES]", lambda a: (
+        lambda p=a[0].split(","), f=_opt(a, 1, None, _ints): ladder_rules(p, fit=f))),
+    "family_rules": ("PATH ...", lambda a: (lambda p=list(a): family_rules(p))),
+    "asam": ("INDICES SPLIT N", lambda a: (lambda i=_ints(a[0]), s=a[1], n=int(a[2]): asam_breakdown(i, s, n))),
+    "patience_data": ("INDICES SPLIT N SIZE [OUT]", lambda a: (
+        lambda i=_ints(a[0]), s=a[1], n=int(a[2]), z=a[3], o=_opt(a, 4): patience_data(i, s, n, z, out=o))),
+    "patience_rules": ("PATHS", lambda a: (lambda p=a[0].split(","): patience_rules(p))),
+    "guard_rules": ("PATH [LO] [HI]", lambda a: (lambda p=a[0], r=[int(v) for v in a[1:3]]: guard_rules(p, *r))),
+    "wavelet": ("", lambda a: lambda: wavelet()),
+    "suite": ("SPLIT N SIZE [START]", lambda a: (
+        lambda s=a[0], n=int(a[1]), z=a[2], st=_opt(a, 3, 0, int): wavelet(suite_scenes(s, n, z, st)))),
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="sub-commands and their arguments:\n" + "\n".join(
+                                    f"  {k} {v[0]}" for k, v in COMMANDS.items()))
+    p.add_argument("command", choices=tuple(COMMANDS), metavar="COMMAND", help="one of the sub-commands below")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the sub-command's arguments")
+    a = p.parse_args(argv)
+    usage, build = COMMANDS[a.command]
+    words = usage.split()
+    n_req = sum(not w.startswith("[") and w != "..." for w in words)
+    n_max = None if "..." in words else len(words)
+    if len(a.args) < n_req or (n_max is not None and len(a.args) > n_max):
+        p.error(f"{a.command} takes {usage or 'no arguments'}; got {' '.join(a.args) or 'none'}")
+    try:
+        run = build(a.args)
+    except (IndexError, ValueError) as exc:
+        p.error(f"{a.command} {usage}: bad argument ({exc}); got {' '.join(a.args)}")
+    run()
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "rl":
-        rl()
-    elif sys.argv[1] == "rl_suite":  # python benchmarks/tuning.py rl_suite tune 10 small
-        rl(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
-    elif sys.argv[1] == "treatments":
-        treatments(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
-    elif sys.argv[1] == "ladder_top":  # python benchmarks/tuning.py ladder_top 1,9 heldout 24 out.jsonl [noold]
-        ladder_top([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
-                   old=not (len(sys.argv) > 6 and sys.argv[6] == "noold"))
-    elif sys.argv[1] == "kgrid":  # python benchmarks/tuning.py kgrid 7 default [2,3,4.5,6,8]
-        kgrid([int(v) for v in sys.argv[2].split(",")], sys.argv[3],
-              *([tuple(float(v) for v in sys.argv[4].split(","))] if len(sys.argv) > 4 else []))
-    elif sys.argv[1] == "rl_rule":  # python benchmarks/tuning.py rl_rule 2,3,7,8,9,11,12,1,5,17,13,0 small
-        rl_rule([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small")
-    elif sys.argv[1] == "wave_iters":  # python benchmarks/tuning.py wave_iters 6,16,21,0 small
-        wave_iters([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small")
-    elif sys.argv[1] == "null_iters":  # python benchmarks/tuning.py null_iters 1,6,11,16 small
-        # python benchmarks/tuning.py null_iters 25,32,37 small 48  (indices into suite("tune", n=48): fresh
-        # tuning seeds 1024-1047 for n=48 indices >= 24)
-        null_iters([int(v) for v in sys.argv[2].split(",")], sys.argv[3] if len(sys.argv) > 3 else "small",
-                   n_suite=int(sys.argv[4]) if len(sys.argv) > 4 else 24)
-    elif sys.argv[1] == "null_factor":  # python benchmarks/tuning.py null_factor 0,1,2 tune 48 small [out.jsonl]
-        null_factor([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), sys.argv[5],
-                    out=sys.argv[6] if len(sys.argv) > 6 else None)
-    elif sys.argv[1] == "hindsight":  # python benchmarks/tuning.py hindsight 0,1,6,11 heldout small [auto|none] [n]
-        hindsight([int(v) for v in sys.argv[2].split(",")], *sys.argv[3:6],
-                  *([int(sys.argv[6])] if len(sys.argv) > 6 else []))
-    elif sys.argv[1] == "guard_data":  # python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl
-        guard_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
-                   seeds=tuple(int(v) for v in sys.argv[6].split(",")) if len(sys.argv) > 6 else (0, 1, 2))
-    elif sys.argv[1] == "zero_data":  # python benchmarks/tuning.py zero_data 0,1,2 tune 48 out.jsonl 0,1,2
-        zero_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
-                  seeds=tuple(int(v) for v in sys.argv[6].split(",")) if len(sys.argv) > 6 else (0, 1, 2))
-    elif sys.argv[1] == "zero_rules":  # python benchmarks/tuning.py zero_rules data.jsonl 0 24
-        zero_rules(sys.argv[2], *[int(v) for v in sys.argv[3:5]])
-    elif sys.argv[1] == "zero_family":  # python benchmarks/tuning.py zero_family zero.jsonl guard.jsonl 0 24 [factor]
-        zero_family(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
-                    float(sys.argv[6]) if len(sys.argv) > 6 else None)
-    elif sys.argv[1] == "family_data":  # python benchmarks/tuning.py family_data 0,1,2 tune 48 out.jsonl [size]
-        family_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
-                    size=sys.argv[6] if len(sys.argv) > 6 else "small")
-    elif sys.argv[1] == "ladder_data":  # python benchmarks/tuning.py ladder_data 0,1,2 tune 48 out.jsonl [size]
-        ladder_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), out=sys.argv[5],
-                    size=sys.argv[6] if len(sys.argv) > 6 else "default")
-    elif sys.argv[1] == "ladder_rules":  # python benchmarks/tuning.py ladder_rules a.jsonl,b.jsonl [fit indices]
-        ladder_rules(sys.argv[2].split(","), fit=[int(v) for v in sys.argv[3].split(",")] if len(sys.argv) > 3 else None)
-    elif sys.argv[1] == "family_rules":  # python benchmarks/tuning.py family_rules small.jsonl full.jsonl
-        family_rules(sys.argv[2:])
-    elif sys.argv[1] == "asam":  # python benchmarks/tuning.py asam 0,2,5,8,9,10,13 heldout 24
-        asam_breakdown([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]))
-    elif sys.argv[1] == "patience_data":  # python benchmarks/tuning.py patience_data 0,1,2 tune 48 default out.jsonl
-        patience_data([int(v) for v in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), sys.argv[5],
-                      out=sys.argv[6] if len(sys.argv) > 6 else None)
-    elif sys.argv[1] == "patience_rules":  # python benchmarks/tuning.py patience_rules a.jsonl,b.jsonl
-        patience_rules(sys.argv[2].split(","))
-    elif sys.argv[1] == "guard_rules":  # python benchmarks/tuning.py guard_rules data.jsonl 0 48
-        guard_rules(sys.argv[2], *[int(v) for v in sys.argv[3:5]])
-    elif sys.argv[1] == "wavelet":
-        wavelet()
-    elif sys.argv[1] == "suite":  # python benchmarks/tuning.py suite tune 10 small [start]
-        wavelet(suite_scenes(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0))
+    sys.exit(main())

@@ -29,8 +29,10 @@ import time
 import numpy as np
 
 import xfusion
+from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
 from xfusion import scenes, tuning
 
+SCRIPT = "tuning_cost.py"
 STAGES = {"_tune_wavelet": "ladder", "_tune_none": "rl", "_tune_threshold": "threshold",
           "_zero_iterations": "zero_continuation", "tune_shape": "shape"}
 
@@ -124,16 +126,18 @@ def compile_kernels():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", default="heldout")
+    ap.add_argument("--split", default="heldout", choices=("tune", "heldout"))
     ap.add_argument("--n", type=int, default=24, help="suite size (scenes.suite(split, n))")
     ap.add_argument("--indices", default=None, help="comma-separated scene indices (default: all n)")
     ap.add_argument("--size", default="default", help="default (45x45 / 36x36 x 1600-2400) or small (24x24x600)")
-    ap.add_argument("--json", default=None, help="append one JSON line per scene to this file")
+    ap.add_argument("--json", default=None, help="append one JSON line per scene to this file (a file this script "
+                    "did not write is refused before computing)")
     ap.add_argument("--default-only", action="store_true",
                     help="time the default fuse alone (wall; the <= 60 s target), no fixed fit")
     args = ap.parse_args(argv)
+    check_output(ap, args.json, SCRIPT)
     specs = scenes.suite(args.split, n=args.n)
-    idx = [int(v) for v in args.indices.split(",")] if args.indices else list(range(len(specs)))
+    idx = parse_indices(ap, args.indices, len(specs)) if args.indices else list(range(len(specs)))
     fixed_kw = {"regularization": "wavelet2d1d", "k": 1.0, "null_space": "zero"}
     print(f"tuning cost: {platform.node()} {os.cpu_count()} CPUs, python {platform.python_version()}, "
           f"xfusion {xfusion.__version__}; one fit = fuse(x, y, **{fixed_kw}); CPU seconds of the process",
@@ -149,8 +153,7 @@ def main(argv=None):
                   f"{res['final_iterations']:3d} it | default {res['wall']:6.1f} s wall, {res['cpu']:6.1f} s CPU | "
                   f"load {res['load_after']:.2f}", flush=True)
             if args.json:
-                with open(args.json, "a") as fh:
-                    fh.write(json.dumps(res) + "\n")
+                append_record(args.json, res, SCRIPT)
             continue
         ratios.append(res["ratio_cpu"])
         strict.append(res["ratio_wall_to_fixed_loop"])
@@ -161,8 +164,7 @@ def main(argv=None):
               f"{st}) | fixed {res['fixed_cpu']:6.1f} s {res['fixed_iterations']} it | ratio {res['ratio_cpu']:.2f}",
               flush=True)
         if args.json:
-            with open(args.json, "a") as fh:
-                fh.write(json.dumps(res) + "\n")
+            append_record(args.json, res, SCRIPT)
     r = np.array(ratios)
     if r.size:
         print(f"ratio (default / one fixed fit), CPU: median {np.median(r):.2f}, max {r.max():.2f}, "

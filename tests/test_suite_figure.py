@@ -1,7 +1,10 @@
-"""benchmarks/suite_figure.py: the README's suite table and figure are computed from suite.py's JSON rows."""
+"""benchmarks/suite_figure.py: the README's suite table and figure are computed from suite.py's JSON rows; and the
+command lines of the benchmark scripts (benchmarks/bench_cli.py: indices, JSON options, result files that are not the
+script's own are refused before computing), checked by running only their argument parsing."""
 import csv
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -74,3 +77,133 @@ def test_base_csv_keeps_the_other_rows_and_replaces_the_scenes_measured_again(tm
     assert png.stat().st_size > 10_000
     with pytest.raises(SystemExit, match="no rows of size 'huge'"):
         suite_figure.main(["--base-csv", str(base), "--input", f"huge={again}"])
+
+
+
+@pytest.fixture()
+def run(monkeypatch, capsys):
+    """Run a benchmark script's main in this process, where it must stop at its argument checks: (exit code,
+    output). In-process: a subprocess per case would pay xfusion's import again (seconds on a loaded machine)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    loaded = set(sys.modules)
+
+    def go(script, *args):
+        mod = importlib.import_module(script[:-3])
+        entry = mod.cli if script == "operators.py" else mod.main
+        try:
+            code = entry(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return code or 0, out.out + out.err
+
+    yield go
+    for name in set(sys.modules) - loaded:  # the benchmark scripts imported here (not the libraries they loaded)
+        if str(getattr(sys.modules[name], "__file__", "")).startswith(str(BENCH)):
+            sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("script, extra", [("suite.py", ["--n", "24"]), ("tuning_cost.py", ["--n", "24"]),
+                                           ("mosaic_suite.py", ["--n", "6"]), ("alternatives.py", ["--n", "24"])])
+def test_bad_indices_are_argparse_errors(run, script, extra):
+    """Session 30 (red team): --indices 99 gave an IndexError traceback, -1 ran the last scene silently."""
+    for bad, what in (("99", "index 99 out of range 0.."), ("-1", "index -1 out of range"), ("1,x", "got 'x'")):
+        rc, out = run(script, *extra, "--indices", bad)
+        assert rc == 2 and what in out and "Traceback" not in out, out[-500:]
+
+
+def test_mosaic_suite_bad_options_and_scripts_that_did_nothing(run):
+    """Session 30 (red team): mosaic_suite --options '{bad' gave a JSONDecodeError traceback; tuning.py --help or an
+    unknown sub-command printed nothing and exited 0 (none: IndexError); mosaic.py --sections with a typo ran
+    nothing and exited 0; operators.py ignored --help and started its benchmark."""
+    rc, out = run("mosaic_suite.py", "--options", "{bad")
+    assert rc == 2 and "--options is not valid JSON" in out and "Traceback" not in out
+    rc, out = run("tuning.py", "--help")
+    assert rc == 0 and "rl_rule INDICES [SIZE]" in out
+    rc, out = run("tuning.py", "rl_rul", "2,3", "small")
+    assert rc == 2 and "invalid choice: 'rl_rul'" in out
+    rc, out = run("tuning.py")
+    assert rc == 2 and "required: COMMAND" in out and "Traceback" not in out
+    rc, out = run("tuning.py", "rl_rule", "2,x")
+    assert rc == 2 and "rl_rule INDICES [SIZE]: bad argument" in out
+    rc, out = run("mosaic.py", "--sections", "qualty", "--size", "72", "40")
+    assert rc == 2 and "unknown section(s) ['qualty']" in out
+    rc, out = run("operators.py", "--help")
+    assert rc == 0 and "Time one full Poisson likelihood gradient" in out and "machine:" not in out
+
+
+def test_alternatives_size_nxl_is_parsed(run):
+    """Session 30 (red team): --help promised --size NxL but 12x80 was passed on as a string and refused."""
+    rc, out = run("alternatives.py", "--size", "12x80", "--indices", "99")
+    assert rc == 2 and "index 99 out of range" in out  # the size parsed; stopped at the indices
+    rc, out = run("alternatives.py", "--size", "12y80")
+    assert rc == 2 and "expected 'small', 'default' or NxL like 12x80" in out
+    alt = importlib.import_module("alternatives")
+    assert alt._size("12x80") == (12, 80) and alt._size("small") == "small"
+
+
+@pytest.mark.parametrize("script, extra", [("suite.py", []), ("mosaic_suite.py", []), ("tuning_cost.py", []),
+                                           ("alternatives.py", []), ("heap.py", [])])
+def test_json_output_that_is_not_the_scripts_own_is_refused_before_computing(run, tmp_path, script, extra):
+    """Session 30 (red team): suite.py and mosaic_suite.py --json F overwrote a user's F after computing (tuning_cost,
+    alternatives and heap appended to it). A file whose records do not carry the script's marker is refused before
+    anything is computed, and left as it was."""
+    user = tmp_path / "mine.json"
+    user.write_text('{"my": "precious results"}\n')
+    # --indices 99: without the check a script stops at once there, instead of computing a suite before writing
+    rc, out = run(script, *extra, "--json", str(user), "--indices", "99")
+    assert rc == 2 and "refused: it exists and was not written by benchmarks/" + script in out, out[-500:]
+    assert user.read_text() == '{"my": "precious results"}\n'
+    rc, out = run(script, "--json", str(tmp_path / "no" / "such" / "dir.json"))
+    assert rc == 2 and "does not exist" in out
+
+
+def test_result_files_are_recognized_by_their_marker(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    bc = importlib.import_module("bench_cli")
+    lines, doc = tmp_path / "a.jsonl", tmp_path / "b.json"
+    assert bc.why_not_ours(str(lines), "x.py") is None  # absent
+    lines.write_text("")
+    assert bc.why_not_ours(str(lines), "x.py") is None  # empty: nothing to lose
+    bc.append_record(str(lines), {"index": 1}, "x.py")
+    bc.append_record(str(lines), {"index": 2}, "x.py")
+    assert [json.loads(v)["index"] for v in lines.read_text().splitlines()] == [1, 2]
+    assert "not written by benchmarks/y.py" in bc.why_not_ours(str(lines), "y.py")  # another script's file
+    with lines.open("a") as fh:  # a line cut short by a killed run: still ours, the next record on its own line
+        fh.write('{"xfusion_benchmark": "x.py", "ind')
+    bc.append_record(str(lines), {"index": 3}, "x.py")
+    assert json.loads(lines.read_text().splitlines()[-1])["index"] == 3
+    bc.write_document(str(doc), {"rows": [1]}, "x.py")
+    bc.write_document(str(doc), {"rows": [1, 2]}, "x.py")  # its own file: rewritten (renamed over)
+    assert json.loads(doc.read_text()) == {"xfusion_benchmark": "x.py", "rows": [1, 2]}
+    assert os.listdir(tmp_path) == sorted(os.listdir(tmp_path)) and len(os.listdir(tmp_path)) == 2  # no temporaries
+    doc.write_text('[{"spec": 1}]')
+    with pytest.raises(RuntimeError, match="not written"):
+        bc.write_document(str(doc), [{"spec": 2}], "x.py")
+    assert doc.read_text() == '[{"spec": 1}]'
+    sys.modules.pop("bench_cli", None)
+
+
+def test_quality_times_em_wavelet_explicitly(monkeypatch):
+    """Session 30 (red team): quality.py timed fuse's default ("auto": tuning included, may be plain RL) from before
+    the call as "EM+wavelet", and printed "0x faster" for ratios below 1."""
+    import xfusion
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    q = importlib.import_module("quality")
+    assert q._ratio(1.0, 2.0) == "2x slower" and q._ratio(3.0, 0.4) == "7.5x faster"
+    calls, fuse = [], xfusion.fuse
+
+    def spy(*a, **kw):
+        calls.append(kw)
+        return fuse(*a, **kw)
+
+    monkeypatch.setattr(q, "RUNS", [("wavelet2d1d", "ista")])
+    monkeypatch.setattr(q, "metrics", type("M", (), {"report": staticmethod(lambda *a, **k: {}),
+                                                     "nmse": staticmethod(lambda *a, **k: 0.0),
+                                                     "format_report": staticmethod(lambda rows: "")}))
+    monkeypatch.setattr(q.xfusion, "fuse", spy)
+    q.main(["--toy", "small", "--ista", "3", "--rl", "1"])
+    timed = calls[-1]
+    assert timed["regularization"] == "wavelet2d1d" and timed["method"] == "em" and callable(timed["callback"])
+    sys.modules.pop("quality", None)

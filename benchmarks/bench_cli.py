@@ -1,0 +1,151 @@
+"""Command-line helpers shared by the benchmark scripts (session 30 red team).
+
+* :func:`parse_indices`: ``--indices 0,5,7`` or ``20-59`` (inclusive ranges) checked against the suite's size; an
+  index out of range or negative is an argparse error (exit 2), not an ``IndexError`` traceback or, for ``-1``,
+  silently the last scene.
+* :func:`parse_json_dict`: a ``--options``-like JSON object, or an argparse error saying what is wrong.
+* Result files (DESIGN section 9, users' data are sacred): every record a script writes carries the key
+  :data:`MARKER` with the script's name. :func:`check_output` runs before any computing and refuses a path that holds
+  anything else (a file the script did not write, a directory, a missing or read-only folder); an empty file is
+  accepted (nothing to lose). :func:`append_record` appends one JSON line (JSON-lines files keep growing, as
+  before); :func:`write_document` rewrites the script's own file through a temporary sibling renamed over it, so an
+  interrupted write never leaves a cut-short file. Both check the path again before writing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+#: key carried by every record (or document) a benchmark script writes; its value is the script's name
+MARKER = "xfusion_benchmark"
+
+
+def parse_indices(parser, text, n, option="--indices"):
+    """Indices ``"0,5,7"`` / ``"20-59"`` (inclusive) as a list of ints in ``[0, n)``; ``parser.error`` otherwise."""
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        m = re.fullmatch(r"(\d+)-(\d+)", item)
+        try:
+            vals = list(range(int(m[1]), int(m[2]) + 1)) if m else [int(item)]
+        except ValueError:
+            vals = []
+        if not vals:
+            parser.error(f"{option}: expected comma-separated scene indices or ranges like 0,5,7 or 20-59; got {item!r}")
+        for v in vals:
+            if not 0 <= v < n:
+                parser.error(f"{option}: index {v} out of range 0..{n - 1} (the suite has {n} scenes; "
+                             f"a larger suite: raise --n)")
+        out.extend(vals)
+    return out
+
+
+def parse_json_dict(parser, text, option):
+    """A JSON object given on the command line, or ``parser.error`` naming ``option``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        parser.error(f"{option} is not valid JSON ({exc}); e.g. {option} '{{\"max_iter\": 50}}'")
+    if not isinstance(value, dict):
+        parser.error(f"{option} must be a JSON object, e.g. '{{\"max_iter\": 50}}'; got {text!r}")
+    return value
+
+
+def _records(text):
+    """The records of a JSON document (an object, or a list of objects) or of JSON lines; None if unreadable."""
+    try:
+        doc = json.loads(text)
+        return [doc] if isinstance(doc, dict) else doc if isinstance(doc, list) else None
+    except json.JSONDecodeError:
+        pass
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    out = []
+    for i, ln in enumerate(lines):
+        try:
+            out.append(json.loads(ln))
+        except json.JSONDecodeError:
+            # a last line cut short by a killed run (no newline after it) of an otherwise readable file
+            if i == len(lines) - 1 and not text.endswith("\n") and out:
+                break
+            return None
+    return out
+
+
+def why_not_ours(path, script):
+    """None if ``path`` may be written by ``script`` (absent, empty, or only records carrying MARKER == script);
+    otherwise the reason it is refused."""
+    if not os.path.lexists(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            return f"its folder {folder} does not exist"
+        if not os.access(folder, os.W_OK):
+            return f"its folder {folder} is not writable"
+        return None
+    if not os.path.isfile(path) or os.path.islink(path):
+        return "it exists and is not a regular file"
+    if not os.access(path, os.W_OK):
+        return "it is not writable"
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if not raw.strip():
+        return None
+    try:
+        recs = _records(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        recs = None
+    if not recs or not all(isinstance(r, dict) and r.get(MARKER) == script for r in recs):
+        return (f"it exists and was not written by benchmarks/{script} (its records carry no "
+                f"{MARKER!r}: {script!r} key)")
+    return None
+
+
+def check_output(parser, path, script, option="--json"):
+    """Refuse (``parser.error``, before any computing) a result path that ``script`` may not write."""
+    if path is None:
+        return
+    why = why_not_ours(path, script)
+    if why:
+        parser.error(f"{option} {path}: refused: {why}. Nothing was computed; choose a new file name (or a file "
+                     f"this script wrote, to add to it)")
+
+
+def _recheck(path, script):
+    why = why_not_ours(path, script)
+    if why:
+        raise RuntimeError(f"{path}: not written: {why} (it changed while the benchmark ran)")
+
+
+def append_record(path, record, script):
+    """Append ``record`` (a dict; MARKER added) as one JSON line to ``script``'s own file ``path``."""
+    _recheck(path, script)
+    line = json.dumps({MARKER: script, **record}, default=str) + "\n"
+    with open(path, "a+") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell():
+            fh.seek(fh.tell() - 1)
+            if fh.read(1) != "\n":  # after a line cut short by a killed run
+                line = "\n" + line
+        fh.write(line)
+        fh.flush()
+
+
+def write_document(path, doc, script, **dump_kw):
+    """Rewrite ``script``'s own file ``path`` with ``doc`` (a dict: MARKER added; a list: added to each dict record),
+    through a temporary sibling renamed over it."""
+    _recheck(path, script)
+    if isinstance(doc, dict):
+        doc = {MARKER: script, **doc}
+    else:
+        doc = [{MARKER: script, **r} for r in doc]
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, **dump_kw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
