@@ -353,3 +353,27 @@ def test_mos_with_an_energy_dependent_psf(small):
     basis, w = rng.random((3, m.fused_shape[2])), rng.random(m.fused_shape[:2] + (3,))
     sp, v = m.reduced(basis)
     np.testing.assert_allclose(sp.forward(w) @ v, m.forward(w @ basis), rtol=1e-9, atol=1e-12)
+
+
+def test_unnamed_inputs_carry_one_label_everywhere():
+    """Session 30 red team: inputs without a name were 'input 2' in the roles record, 'observation 3' in the coverage
+    map (whose grid pair was 'X'/'Y') and 'observation 2' in extra_observations and model_obs2. Now 'input i' (its
+    position given to fuse) everywhere; a further input's refusal names the fused grid, not 'X'/'Y'."""
+    import json
+
+    from xfusion.scenes_mosaic import make_small
+
+    obs, _ = make_small(seed=0)
+    ins = [obs[k].copy() for k in ("pn", "tile1", "mos1", "tile2")]
+    for o in ins:
+        o.attrs.pop("name", None)
+    r = xfusion.fuse(*ins, regularization="none", max_iter=2, tol=None, progress=False)
+    want = [f"input {i}" for i in range(4)]
+    assert [d["name"] for d in json.loads(r.attrs["inputs"])] == want
+    assert json.loads(r["coverage"].attrs["input_names"]) == want
+    assert json.loads(r.attrs["extra_observations"]) == want[2:]
+    assert r["model_obs2"].attrs["long_name"] == "predicted counts of input 2"
+    assert (r.attrs["spatial_obs"], r.attrs["spectral_obs"]) == ("input 0", "input 1")
+    mos = obs["mos1"].isel(energy=slice(1, None))  # a narrower band: not a grouping of the fused channels
+    with pytest.raises(ValueError, match=r"'EPIC-MOS1' lies on the fused pixels.*'the fused grid' has 40 channels.*of 'EPIC-MOS1'"):
+        xfusion.fusion_grid(obs["pn"], obs["tile1"], mos)

@@ -279,7 +279,7 @@ def _precheck(observations, params, lowrank):
     obs = [observations[i] for i in pos]
     x_obs, y_obs = obs[:2]
     names = [grid.attrs["spatial_obs"], grid.attrs["spectral_obs"]] + [
-        str(o.attrs.get("name", f"observation {i + 1}")) for i, o in zip(pos[2:], obs[2:])]
+        str(o.attrs.get("name", f"input {i}")) for i, o in zip(pos[2:], obs[2:])]
     _check_exposure(names, obs)
     roles = {r["input"]: r["role"] for r in json.loads(grid.attrs["roles"])}
     models = [build_model(grid, x_obs, SPATIAL), build_model(grid, y_obs, SPECTRAL)] + [
@@ -458,7 +458,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
     Parameters
     ----------
     *observations : xarray.Dataset
-        Observations (:func:`xfusion.observation`), in any order. :func:`xfusion.fusion_grid`
+        Observations (:func:`xfusion.observation`), in any order (explicit settings give the same cube in
+        any order; "auto" draws each input's thinning by its position, so another order is another random
+        split: docs/mosaic.rst). :func:`xfusion.fusion_grid`
         picks the pair that sets the fused grid -- the image with the smallest pixels (x, y) and
         the input with the narrowest channels (energy) -- and says why (result attribute
         ``grid_explanation``). Further observations (e.g. MOS1 and MOS2 beside pn, the other
@@ -1289,7 +1291,7 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
         if not same(energy_edges(o), energy_edges(grid)):
             own += ["energy", "energy_lo", "energy_hi"]
         names = {d: f"{d}_obs{i}" for d in own}
-        name = o.attrs.get("name", f"observation {i}")
+        name = o.attrs.get("name", f"input {i}")
         # axes shared with the fused grid carry the grid's coordinates exactly (equal within 1e-6 of a channel or
         # pixel: never an outer join of nearly equal labels)
         shared = {c: grid[c] for c in ("x", "y", "energy", "energy_lo", "energy_hi")
@@ -1299,7 +1301,7 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
             ds[var] = da_.assign_attrs(units="count", long_name=f"predicted counts of {name}") \
                 if var.startswith("model") else da_.astype(np.float32)
     if extras:
-        ds.attrs["extra_observations"] = json.dumps([o.attrs.get("name", f"observation {i}") for i, o, _, _ in extras])
+        ds.attrs["extra_observations"] = json.dumps([o.attrs.get("name", f"input {i}") for i, o, _, _ in extras])
     for k in ("explanation", "roles"):
         if k in grid.attrs:
             ds.attrs["grid_" + k if k == "explanation" else "inputs"] = grid.attrs[k]

@@ -281,9 +281,13 @@ def fusion_grid(*observations) -> xr.Dataset:
         if grid.attrs["order"] == "ba":  # equal grids: assign_roles told them apart by psf / response
             ix, iy = iy, ix
         grid.attrs["order"] = "ab" if ix < iy else "ba"
+        grid.attrs["spatial_obs"] = _name(observations[ix], f"input {ix}")  # named so in _extra_role's messages
+        grid.attrs["spectral_obs"] = _name(observations[iy], f"input {iy}")
         roles = [SPATIAL if i == ix else SPECTRAL if i == iy else _extra_role(grid, o, _name(o, f"input {i}"))
                  for i, o in enumerate(observations)]
     names = [_name(o, f"input {i}") for i, o in enumerate(observations)]
+    # an input without a name is 'input i' (its position given) in every record of the result
+    grid.attrs["spatial_obs"], grid.attrs["spectral_obs"] = names[ix], names[iy]
     grid.attrs["roles"] = json.dumps([{"input": i, "name": n, "role": r} for i, (n, r) in enumerate(zip(names, roles))])
     grid.attrs["explanation"] = _explain(grid, observations, roles)
     return grid
@@ -365,14 +369,14 @@ def _extra_role(grid, o, name):
                          _fusion_center_fix(_tangent_point(grid)))
     if _same(o["x"].values, grid["x"].values) and _same(o["y"].values, grid["y"].values):
         try:
-            _spectral_factor(o, grid)
+            _spectral_factor(o.assign_attrs(name=name), grid.assign_attrs(name="the fused grid"))
         except ValueError as exc:
             raise ValueError(f"'{name}' lies on the fused pixels but its channels are not an integer grouping of "
                              f"{chans}: {exc}") from None
         return PIXELS
     if _same_channels(o, grid):
         try:
-            _spatial_factor(grid, o)
+            _spatial_factor(grid.assign_attrs(name="the fused grid"), o.assign_attrs(name=name))
         except ValueError as exc:
             raise ValueError(f"'{name}' is on the fused channels but its pixels are not an integer grouping of "
                              f"{fused}: {exc}") from None
