@@ -452,3 +452,25 @@ def test_baselines_subtract_the_background_and_leave_masked_voxels_out(small_toy
         np.testing.assert_allclose(bm[:, :k], np.broadcast_to(bm[:, k:].mean(axis=(0, 1)), bm[:, :k].shape),
                                    rtol=1e-5)  # the field's mean spectrum, not junk and not 0
         np.testing.assert_array_equal(bm[:, k:], b0.values[:, k:])  # valid pixels unchanged
+
+
+def test_lowrank_refuses_channels_the_sharp_spectral_instrument_cannot_see():
+    """Session 30 red team: with the sharp-spectral instrument blind (zero area) below 1 keV while the CCD sees it
+    (Resolve with its gate valve closed), the low-rank basis (from its spectra) is 0 there: the cube came out ~0 in
+    that band (1e-33 against a truth of 5e-4), the CCD's counts were pushed into the other channels (+45 %), silently,
+    or the start failed naming nothing. Now refused, naming the instrument, the channels and the fix."""
+    e_x, e_y = np.linspace(0.5, 2.0, 16), np.linspace(0.5, 2.0, 151)
+    rng = np.random.default_rng(0)
+    x = xfusion.observation(rng.poisson(20.0, (16, 16, 15)).astype(float), dims=("x", "y", "energy"),
+                            energy_edges=e_x, pixel_size=10.0, exposure=5e4, effective_area=500.0, name="CCD")
+    area = np.full(150, 250.0)
+    area[:50] = 0.0
+    counts = rng.poisson(5.0, (4, 4, 150)).astype(float)
+    counts[..., :50] = 0.0
+    y = xfusion.observation(counts, dims=("x", "y", "energy"), energy_edges=e_y, pixel_size=40.0, exposure=2e5,
+                            effective_area=area, name="calorimeter")
+    with pytest.raises(ValueError, match=r"'calorimeter' has no effective area in 50 fused channel\(s\) \(0.505-0.995 "
+                                         r"keV\) where 'CCD' sees.*regularization='wavelet2d1d'"):
+        xfusion.fuse(x, y, regularization="lowrank", max_iter=3, progress=False)
+    r = xfusion.fuse(x, y, regularization="none", max_iter=3, progress=False)  # plain RL takes the band from the CCD
+    assert float(r["flux"].values[..., :50].sum()) > 0

@@ -688,3 +688,20 @@ def test_tune_warns_when_no_candidate_has_a_finite_heldout_deviance():
         cur = xfusion.tune(x, y, regularization="lowrank", grid=[{"rank": 3}])
     assert np.isinf(cur["mean_deviance"].values).all()
     assert "predicts no counts" in cur["mean_deviance"].attrs["long_name"]
+
+
+def test_tune_warns_when_one_candidate_alone_is_finite():
+    """Session 30 red team: with the sharp-spectral instrument blind below 0.8 keV, plain RL on the fitted half holds
+    exactly 0 flux wherever that half has no CCD counts; the held-out half has some there, so 18 of 19 iterations
+    scored +inf and tune reported a max_iter as if the curve had chosen it. Now a warning says it cannot choose."""
+    x, y, _ = xfusion.toy.make("small")
+    e = np.append(y["energy_lo"].values, y["energy_hi"].values[-1])
+    blind = y["energy"].values < 0.8
+    cy = y["counts"].values.copy()
+    cy[..., blind] = 0
+    yb = xfusion.observation(cy, dims=("x", "y", "energy"), energy_edges=e, pixel_size=30.0,
+                             exposure=float(y["exposure"]), effective_area=np.where(blind, 0.0, 250.0),
+                             psf=y["psf"].values, psf_pixel_size=10.0, name="Y blind below 0.8 keV")
+    with pytest.warns(UserWarning, match=r"tune\('none'\): only one of \d+ candidates .* the curve cannot choose"):
+        cur = xfusion.tune(x, yb, regularization="none")
+    assert np.isfinite(cur["mean_deviance"].values).sum() == 1

@@ -1031,6 +1031,15 @@ def _subspace_solver(problem, spec, params, start, init_record):
         raise ValueError(f"'{problem.names[1]}' has no counts: the low-rank basis is estimated from its spectra, so "
                          "there is no spectral subspace; use regularization='wavelet2d1d'")
     wy = np.broadcast_to(my.weights, shape)[0, 0]  # not vignetted: refused in _precheck
+    blind = (wy <= 0) & (np.broadcast_to(mx.weights, shape)[0, 0] > 0)
+    if blind.any():  # the basis (Y's spectra) is 0 there: the cube could hold no flux where X sees some
+        e = grid["energy"].values[blind]
+        raise ValueError(
+            f"'{problem.names[1]}' has no effective area in {int(blind.sum())} fused channel(s) ({e.min():.4g}-"
+            f"{e.max():.4g} keV) where '{problem.names[0]}' sees: the low-rank basis comes from "
+            f"'{problem.names[1]}''s spectra, so the cube could hold no flux there (it would be 0 and the missing "
+            "counts put in the other channels). Use regularization='wavelet2d1d' or 'none', or fuse only the band "
+            "both instruments see")
     # flux spectra; channels Y cannot see (zero area: no counts there, checked above) are 0, not 0/0
     spectra = yd.reshape(-1, yd.shape[-1]) / np.where(wy > 0, wy, np.inf)
     if params["rank"] > min(shape[2], yd.shape[0] * yd.shape[1]):

@@ -1554,7 +1554,15 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
                                                      int(max_iter or MAX_ITER["fista"]) if regularization != "lowrank"
                                                      else int(max_iter or 30), tol, dtype)
     scores = np.asarray(scores, dtype=np.float64).reshape(len(cands), -1)
-    if not np.isfinite(scores.mean(axis=1)).any():
+    finite = np.isfinite(scores.mean(axis=1))
+    if finite.any() and finite.sum() == 1 and len(cands) >= 3 and regularization != "wavelet2d1d":
+        warnings.warn(
+            f"tune({regularization!r}): only one of {len(cands)} candidates ({json.dumps(cands[int(np.argmax(finite))])}"
+            ") has a finite held-out deviance: the others predict no counts in voxels where the held-out half has some "
+            "(e.g. plain RL holding exactly 0 flux where only one instrument sees and the fitted half has no counts), "
+            "so the curve cannot choose. Fuse only where both instruments see, or use a regularized family",
+            UserWarning, stacklevel=_caller_level())
+    if not finite.any():
         warnings.warn(
             f"tune({regularization!r}): every candidate's held-out deviance is infinite (each was abandoned, or its "
             "non-negative cube predicts no counts in voxels where the held-out half has some, e.g. a low-rank cube "
