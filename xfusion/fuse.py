@@ -195,10 +195,12 @@ EXPOSURE_AREA_RANGE = (1e-20, 1e20)
 
 #: history variables of a result: (units, long_name)
 HISTORY_ATTRS = {
-    "objective": ("1", "objective = data_term + penalty (negative log-likelihood in nats, up to a constant)"),
+    "objective": ("1", "objective = data_term + penalty (data term in nats; the penalty's scale: see penalty)"),
     "data_term": ("1", "Poisson data term sum(m - d + d ln(d/m)) over both data sets, 0 ln 0 = 0 (half the "
                        "Poisson deviance, >= 0, 0 at a perfect fit; nats)"),
-    "penalty": ("1", "regularization penalty added to the data term (nats)"),
+    "penalty": ("1", "regularization penalty added to the data term (in the solver's internal units: it does not "
+                     "scale like the data term -- the sparsity penalty grows with the counts squared -- so it is for "
+                     "following one fit, not for comparing fits of different data)"),
     "iterate_change": ("1", "relative change of the iterate ||Z_k - Z_(k-1)|| / ||Z_k|| (EM with a prior: what tol "
                             "stops on; NaN at iteration 0)"),
 }

@@ -199,8 +199,8 @@ def _spectral_factor(x_obs, y_obs):
     if lY % lX != 0:
         raise ValueError(
             f"coordinate energy: '{_name(y_obs, 'Y')}' has {lY} channels, not a multiple of the {lX} channels of "
-            f"'{_name(x_obs, 'X')}' (ratio {lY / lX:.6g}); regroup the channels so each coarse channel holds an "
-            "integer number of fine ones"
+            f"'{_name(x_obs, 'X')}' (ratio {lY / lX:.6g}); every coarse channel must hold the SAME whole number of fine "
+            "channels (one grouping factor for the band): regroup the channels so they do"
         )
     v = lY // lX
     tol = edge_tolerance(eX, np.min(np.diff(eY)))  # 0.1% of a fine channel + float32 rounding
