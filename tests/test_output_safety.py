@@ -234,3 +234,96 @@ def test_ctrl_c_during_a_store_write_waits_for_the_store(tmp_path):
     assert fired and sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no temporary sibling left
     np.testing.assert_array_equal(xzarr.open(tmp_path / "out.zarr")["flux"].values, np.ones((8, 8, 4)))
     xzarr.write(xr.Dataset({"flux": (("x", "y", "energy"), np.ones((2, 2, 2)))}), tmp_path / "again.zarr")
+
+
+# ---------------------------------------------------------------------------------------------- session 30 (red team)
+_GATED_WRITER = r'''
+import os, sys, time
+import dask.array as da, numpy as np, xarray as xr
+from xfusion.io import zarr as xzarr
+out, started, go = sys.argv[1:4]
+
+def gate(block):  # the first writer holds the store (and its lock) until the test lets it go on
+    open(started, "w").close()
+    t0 = time.time()
+    while not os.path.exists(go):
+        if time.time() - t0 > 60:
+            raise SystemExit("never released")
+        time.sleep(0.01)
+    return block
+
+data = da.ones((4, 3, 2), chunks=(4, 3, 2)).map_blocks(gate, meta=np.empty((0, 0, 0)))
+xzarr.write(xr.Dataset({"flux": (("x", "y", "energy"), data)}, attrs={"writer": "first"}), out)
+print("OK")
+'''
+
+
+def test_a_second_writer_of_the_same_store_is_refused_and_the_first_completes(tmp_path):
+    """Session 30: two writers of one path shared the temporary name ``.NAME.xfusion-tmp``; the second one's
+    start-up recovery deleted the first one's live temporary store (it carries the marker), both said OK and the
+    store had no root zarr.json. Now the lock ``.NAME.xfusion-lock`` refuses the second writer, naming the first,
+    and the first one's temporary store is left alone."""
+    import subprocess
+    import sys
+    import time
+
+    out, started, go = tmp_path / "out.zarr", tmp_path / "started", tmp_path / "go"
+    (tmp_path / "writer_script.py").write_text(_GATED_WRITER)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "writer_script.py"), str(out), str(started), str(go)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not started.exists():
+            assert proc.poll() is None and time.time() - t0 < 90, proc.communicate()
+            time.sleep(0.02)
+        assert (tmp_path / ".out.zarr.xfusion-tmp").is_dir()  # the first writer is inside its write
+        second = xr.Dataset({"flux": (("x", "y", "energy"), np.full((4, 3, 2), 2.0))}, attrs={"writer": "second"})
+        with pytest.raises(xzarr.OutputError, match=f"in use by process {proc.pid} .*xfusion-lock"):
+            xzarr.write(second, out)
+        assert (tmp_path / ".out.zarr.xfusion-tmp").is_dir() and not out.exists()  # nothing of the first touched
+    finally:
+        go.touch()
+        stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and stdout.strip() == "OK", stderr
+    done = xzarr.open(out)
+    assert done.attrs["writer"] == "first" and float(done["flux"].min()) == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # lock released, no temporary
+    xzarr.write(second, out, overwrite=True)  # the lock is free again
+    assert xzarr.open(out).attrs["writer"] == "second"
+
+
+def test_overwrite_refuses_a_store_holding_the_users_additions(tmp_path, capsys):
+    """Session 30: ``--overwrite`` / ``write(..., overwrite=True)`` deleted an xfusion store whole, including an
+    array and a file the user had added inside it. The store now records what xfusion wrote (root attribute
+    ``xfusion_entries``); anything else in it is named in a refusal and kept."""
+    import zarr
+
+    d = tmp_path / "project"
+    assert main(["toy", "small", "-o", str(d)]) == 0
+    g = zarr.open_group(str(d / "x.zarr"), mode="a")
+    g.create_array("my_line_map", shape=(3, 3), dtype="f4", dimension_names=["a", "b"])[:] = 1.0
+    (d / "x.zarr" / "NOTES.txt").write_text("observing log, do not lose\n")
+    before = _tree(d / "x.zarr")
+    assert xzarr.foreign_entries(d / "x.zarr") == ["NOTES.txt", "my_line_map"]
+    capsys.readouterr()
+    assert main(["toy", "small", "-o", str(d), "--overwrite"]) == 3
+    err = capsys.readouterr().err
+    assert "'NOTES.txt', 'my_line_map'" in err and "xfusion did not write" in err and "Traceback" not in err
+    with pytest.raises(xzarr.OutputError, match="NOTES.txt"):
+        xzarr.write(_user_observation(), d / "x.zarr", overwrite=True)
+    assert _tree(d / "x.zarr") == before  # nothing deleted
+    assert xzarr.foreign_entries(d / "y.zarr") == []  # a store as xfusion wrote it is still replaced
+    xzarr.write(_user_observation(), d / "y.zarr", overwrite=True)
+    assert "xfusion_entries" not in xzarr.open(d / "y.zarr").attrs  # bookkeeping, not data
+
+
+def test_write_takes_a_dataset(tmp_path):
+    """Session 30: write(DataArray) failed inside the writer ("'DataArray' object has no attribute 'variables'"),
+    after the path checks. Now a TypeError up front says a Dataset is needed and how to make one."""
+    cube = _cube()
+    with pytest.raises(TypeError, match=r"takes an xarray.Dataset; got .*DataArray.*to_dataset\(name='flux'\)"):
+        xzarr.write(cube["flux"], tmp_path / "out.zarr")
+    for bad in (None, {"flux": 1}):
+        with pytest.raises(TypeError, match="takes an xarray.Dataset"):
+            xzarr.write(bad, tmp_path / "out.zarr")
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,14 @@ Writing never destroys what xfusion did not create (DESIGN section 9):
 * :func:`write` writes to a hidden temporary sibling (``.NAME.xfusion-tmp``) and renames it
   onto ``path`` only when every chunk is written, so a killed write never leaves a store that
   looks complete at ``path``; the replaced store is removed only after the rename;
+* one writer at a time: :func:`write` holds the lock file ``.NAME.xfusion-lock`` (a
+  :class:`xfusion.io.writer_lock.WriterLock`) from its first check to the last rename, so a second
+  process writing the same path is refused with an error naming the first one, and the temporary
+  store of a live writer is never taken for a killed write's leftover and deleted;
+* a store is replaced (``overwrite=True``) only if it holds nothing but what xfusion wrote there:
+  the root attribute ``xfusion_entries`` records the names written (the variables, and the root
+  ``zarr.json``); an array, folder or file added inside the store afterwards is named in the
+  refusal, never deleted;
 * a symbolic link is never written through, at ``path`` or at its temporary siblings: renaming
   and removing a link's target would reach another folder (the link's target could be emptied
   through the link); the real path must be given. Nothing is deleted in that case.
@@ -26,9 +34,12 @@ from pathlib import Path
 import xarray as xr
 
 from .safe_files import signals_deferred, writable_folder
+from .writer_lock import WriterLock
 
 #: root attribute marking a store written by :func:`write`
 MARKER = "xfusion_store"
+#: root attribute listing the top-level entries :func:`write` created (JSON list of names)
+ENTRIES = "xfusion_entries"
 _ZARR_FILES = ("zarr.json", ".zgroup", ".zarray")
 
 
@@ -49,6 +60,31 @@ def written_by_xfusion(path) -> bool:
         return MARKER in (meta.get("attributes") or {})
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def foreign_entries(path) -> list:
+    """Top-level entries of the xfusion store ``path`` that xfusion did not write: names not in its root attribute
+    ``xfusion_entries`` (the variables :func:`write` wrote, and ``zarr.json``), except child stores that carry
+    xfusion's own marker (e.g. the replicas of :func:`xfusion.uncertainty`). A store written before that attribute
+    existed: every entry that is not a Zarr node (a file, a folder without ``zarr.json``) counts as foreign."""
+    p = Path(path)
+    try:
+        attrs = json.loads((p / "zarr.json").read_text()).get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        attrs = {}
+    recorded = attrs.get(ENTRIES)
+    known = set(recorded) | {"zarr.json"} if isinstance(recorded, list) else None
+    out = []
+    for child in sorted(p.iterdir(), key=lambda c: c.name):
+        if known is not None and child.name in known:
+            continue
+        if child.is_dir() and not child.is_symlink() and written_by_xfusion(child):
+            continue
+        if known is None and (child.name == "zarr.json" or (child.is_dir() and not child.is_symlink()
+                                                              and (child / "zarr.json").is_file())):
+            continue
+        out.append(child.name)
+    return out
 
 
 def remove_marked(path, missing_ok=False):
@@ -112,8 +148,9 @@ def check_output(path, *, inputs=(), overwrite=False, what="output store"):
     A symbolic link at ``path`` is always refused (pass the real path).
     ``inputs``: store paths that must stay untouched (refused if ``path`` equals one, lies
     inside one or contains one). ``overwrite``: False (an existing store is refused) or True
-    (an existing store written by xfusion may be replaced; any other store, file or folder
-    at ``path`` is always refused). The
+    (an existing store written by xfusion may be replaced if it holds nothing xfusion did not
+    write there, :func:`foreign_entries`; any other store, file or folder at ``path`` is always
+    refused). The
     parent folder must be writable (checked by creating and removing a probe file).
     """
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
@@ -138,6 +175,13 @@ def check_output(path, *, inputs=(), overwrite=False, what="output store"):
         if not written_by_xfusion(p):  # xfusion replaces only its own stores, whatever ``overwrite`` says
             raise OutputError(f"{what} {str(path)!r} exists and was not written by xfusion; refusing to replace "
                               "it: choose another path")
+        foreign = foreign_entries(p)
+        if foreign:  # replacing the store would delete what someone added to it
+            shown = ", ".join(repr(n) for n in foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10
+                                                                 else "")
+            raise OutputError(f"{what} {str(path)!r} was written by xfusion but now also holds {shown}, which "
+                              "xfusion did not write; refusing to replace it (that would delete them): move them "
+                              "out of the store, or choose another path")
     parent = p.absolute().parent
     try:
         writable_folder(parent, p.name + ".")
@@ -223,42 +267,63 @@ def require_live(obj, what="the data"):
 def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, inputs=None):
     """Write a Dataset to a new Zarr store (format 3), lazy variables chunk by chunk.
 
-    ``chunks``: optional dict dim -> size. ``client``: the ``distributed.Client`` that holds
-    the result's data (a lazy ``fuse(..., client=client)`` result); default: the active Dask
-    scheduler. ``overwrite``: replace an existing store at ``path`` if xfusion wrote it (True),
-    or refuse any existing store (False, default). ``inputs``: store paths
-    that must not be touched (default: the stores ``ds`` was read from). See
+    ``ds``: an ``xarray.Dataset`` (a DataArray is refused with a TypeError: convert it with
+    ``da.to_dataset(name="flux")``). ``chunks``: optional dict dim -> size. ``client``: the
+    ``distributed.Client`` that holds the result's data (a lazy ``fuse(..., client=client)`` result);
+    default: the active Dask scheduler. ``overwrite``: replace an existing store at ``path`` if xfusion
+    wrote it and it holds nothing else (True), or refuse any existing store (False, default).
+    ``inputs``: store paths that must not be touched (default: the stores ``ds`` was read from). See
     :func:`check_output` for what is refused; the checks run before any computing.
 
     The store is written to a temporary sibling and renamed onto ``path`` when complete;
-    encodings copied from the inputs (chunks, compressors) are dropped. A first Ctrl-C (or SIGTERM)
-    during the write takes effect when the store is in place; a second one at once.
+    encodings copied from the inputs (chunks, compressors) are dropped. The lock file
+    ``.NAME.xfusion-lock`` beside ``path`` is held meanwhile: a second writer of the same path (another
+    process, or another thread of this one) is refused with :class:`OutputError` naming the holder.
+    A first Ctrl-C (or SIGTERM) during the write takes effect when the store is in place; a second one
+    at once. The KeyboardInterrupt raised then, after the store is complete at ``path``, carries the
+    attribute ``written`` (``path``), so that a caller can say the output is complete.
     """
+    if not isinstance(ds, xr.Dataset):
+        fix = (" (e.g. result['flux'] or a toy's truth): convert it with da.to_dataset(name='flux')"
+               if isinstance(ds, xr.DataArray) else "")
+        kind = type(ds).__qualname__ if type(ds).__module__ == "builtins" else \
+            f"{type(ds).__module__}.{type(ds).__qualname__}"
+        raise TypeError(f"xfusion.io.zarr.write takes an xarray.Dataset; got {kind}{fix}")
     if chunks is not None and not isinstance(chunks, dict):
         raise TypeError(f"chunks must be a dict dim -> size; got {chunks!r}")
-    p = Path(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else path
-    if isinstance(p, Path):
-        _recover(p, p.absolute().parent / f".{p.name}.xfusion-tmp", p.absolute().parent / f".{p.name}.xfusion-old")
-    p = check_output(path, inputs=sources(ds) if inputs is None else inputs, overwrite=overwrite)
-    require_live(ds, "the Dataset to write")
-    out = _for_writing(ds, chunks)
-    out.attrs[MARKER] = _version()
-    tmp = p.absolute().parent / f".{p.name}.xfusion-tmp"
-    old = p.absolute().parent / f".{p.name}.xfusion-old"
-    # Ctrl-C / SIGTERM wait until the store is written and in place (a second signal does not wait): an interrupt
-    # inside Zarr's asynchronous writer left chunk writes running after the cleanup, which recreated an unmarked
-    # temporary folder in the way of every later write (session 29)
-    with signals_deferred():
+    inputs = sources(ds) if inputs is None else inputs
+    # the checks before taking the lock (they create the parent folder the lock lives in) and again under it
+    p = check_output(path, inputs=inputs, overwrite=overwrite)
+    tmp, old = (p.absolute().parent / f".{p.name}.xfusion-{s}" for s in ("tmp", "old"))
+    lock = WriterLock(p.absolute().parent / f".{p.name}.xfusion-lock", f"output store {str(path)!r}", OutputError)
+    written = False
+    with lock:
         try:
-            store(out, tmp, client=client, marker={MARKER: out.attrs[MARKER]})
-        except BaseException:
-            with contextlib.suppress(OSError):  # the write's own error is the one to report
-                remove_marked(tmp, missing_ok=True)
+            _recover(p, tmp, old)
+            p = check_output(path, inputs=inputs, overwrite=overwrite)
+            require_live(ds, "the Dataset to write")
+            out = _for_writing(ds, chunks)
+            out.attrs[MARKER] = _version()
+            out.attrs[ENTRIES] = sorted(map(str, out.variables))
+            # Ctrl-C / SIGTERM wait until the store is written and in place (a second signal does not wait): an
+            # interrupt inside Zarr's asynchronous writer left chunk writes running after the cleanup, which
+            # recreated an unmarked temporary folder in the way of every later write (session 29)
+            with signals_deferred():
+                try:
+                    store(out, tmp, client=client, marker={MARKER: out.attrs[MARKER], ENTRIES: out.attrs[ENTRIES]})
+                except BaseException:
+                    with contextlib.suppress(OSError):  # the write's own error is the one to report
+                        remove_marked(tmp, missing_ok=True)
+                    raise
+                if p.exists():
+                    os.replace(p, old)
+                os.replace(tmp, p)
+                written = True
+                remove_marked(old, missing_ok=True)
+        except KeyboardInterrupt as exc:  # a deferred interrupt, delivered once the store was in place
+            if written:
+                exc.written = os.fspath(path)
             raise
-        if p.exists():
-            os.replace(p, old)
-        os.replace(tmp, p)
-        remove_marked(old, missing_ok=True)
     return path
 
 
@@ -301,5 +366,6 @@ def open(path, *, chunks=None) -> xr.Dataset:  # noqa: A001 - mirrors xarray's v
     if not os.path.exists(path):
         raise FileNotFoundError(f"no Zarr store at {path}")
     ds = xr.open_zarr(path, chunks=chunks, consolidated=False)
-    ds.attrs.pop(MARKER, None)  # bookkeeping of the writer, not part of the data
+    for key in (MARKER, ENTRIES):  # bookkeeping of the writer, not part of the data
+        ds.attrs.pop(key, None)
     return ds if chunks is not None else ds.load()
