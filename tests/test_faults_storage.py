@@ -644,3 +644,51 @@ def test_a_checkpoint_written_on_dask_resumes_in_memory_and_back(small_toy, tmp_
                          callback=lambda it, state: seen.append(it), **kw)
         assert seen[0] == 5 and r.attrs["iterations"] == 8
         np.testing.assert_allclose(r.flux.values, ref.flux.values, rtol=0, atol=1e-5 * float(ref.flux.max()))
+
+
+# ----------------------------------------------------------------------------- session 30 (red team)
+def _no_computing(monkeypatch):
+    """Make any set-up work of fuse (the problem, the "auto" tuning) fail loudly."""
+    fuse_module = sys.modules["xfusion.fuse"]
+
+    def computing(*args, **kwargs):
+        raise AssertionError("fuse started computing before refusing the resume")
+
+    monkeypatch.setattr(fuse_module, "_precheck", computing)
+    monkeypatch.setattr(fuse_module, "_choose_regularization", computing)
+
+
+def test_resume_problems_are_reported_before_any_computing(small_toy, ck4, tmp_path, monkeypatch):
+    """Session 30: resume=True with no checkpoint at the path (or one written for other settings) ran the "auto"
+    tuning first (13-22 s on the small toy) and only then failed. Now what the manifest can tell is checked first:
+    existence, integrity, the inputs as given and the settings "auto" does not choose."""
+    x, y, _ = small_toy
+    _no_computing(monkeypatch)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*missing.zarr"):
+        xfusion.fuse(x, y, checkpoint=tmp_path / "missing.zarr", resume=True, progress=False)  # "auto" settings
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        xfusion.fuse(x, y, checkpoint=tmp_path / "missing.zarr", resume=True, **KW)
+    with pytest.raises(CheckpointError, match=r"different inputs or parameters: k=1\.0 there, k=2\.0 now"):
+        xfusion.fuse(x, y, checkpoint=ck4, checkpoint_every=2, resume=True, **dict(KW, k=2.0))
+    with pytest.raises(CheckpointError, match="tol=None there, tol=0.001 now"):
+        xfusion.fuse(x, y, checkpoint=ck4, checkpoint_every=2, resume="auto", **dict(KW, tol=1e-3))
+    x2 = x.assign(exposure=x["exposure"] * 2)
+    with pytest.raises(CheckpointError, match="the inputs differ"):
+        xfusion.fuse(x2, y, checkpoint=ck4, checkpoint_every=2, resume=True, **KW)
+    meta = json.loads((ck4 / "zarr.json").read_text())
+    meta["attributes"]["manifest"] += " "
+    (ck4 / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="altered manifest"):
+        xfusion.fuse(x, y, checkpoint=ck4, checkpoint_every=2, resume=True, **KW)
+
+
+def test_a_resumed_run_times_its_own_iterations(small_toy, ck4, full6):
+    """Session 30: a resumed run recorded seconds_per_iteration = its loop time / ALL iterations (those of the
+    interrupted run too), understating it by total / run. Now over the iterations this call ran, and the result
+    says where it started."""
+    r = _ckpt_run(small_toy, ck4, resume=True)  # ck4: iteration 4 of 6
+    assert r.attrs["iterations"] == 6 and r.attrs["resumed_from_iteration"] == 4
+    assert r.attrs["seconds_per_iteration"] == r.attrs["loop_elapsed_s"] / 2
+    assert full6.attrs["resumed_from_iteration"] == 0
+    assert full6.attrs["seconds_per_iteration"] == full6.attrs["loop_elapsed_s"] / 6
+

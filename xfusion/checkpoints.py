@@ -58,6 +58,9 @@ class CheckpointError(ValueError):
     """A checkpoint path xfusion refuses, or a stored state that fails verification."""
 
 
+_FIX = "; it cannot be used: delete it (it was written by xfusion) or rerun without resume to start a new one"
+
+
 # --------------------------------------------------------------------------- digests
 def _block_sha(block) -> str:
     b = np.ascontiguousarray(block)
@@ -140,6 +143,10 @@ class ZarrCheckpoint:
         #: identity of the request (inputs and arguments as given, "auto" unresolved) and the settings "auto" chose
         #: for it, kept in the manifest so that a resumed run reuses them instead of tuning again (``fuse``)
         self.request, self.choice = "", None
+        #: digest of the observations as given (:func:`xfusion.fuse`) and the settings of the run (JSON, without
+        #: ``max_iter``), kept in the manifest so that a resume with other inputs or settings is refused before any
+        #: computing (:meth:`committed_manifest`), not only by the fingerprint once the run is set up
+        self.inputs, self.settings = "", None
         self.tmp, self.old, self.lock = (Path(f"{self.path}{s}") for s in (".tmp", ".old", ".lock"))
         self._lock = WriterLock(self.lock, f"checkpoint {self.given!r}", CheckpointError)
         for src in protect:
@@ -245,6 +252,40 @@ class ZarrCheckpoint:
             return None
         return None
 
+    def committed_manifest(self):
+        """The verified manifest (dict) of the committed state -- at the path, or at ``PATH.old`` when a kill
+        interrupted a commit -- or None if there is none (nothing, or an empty folder, at both). Raises
+        :class:`CheckpointError` for a store that is not a complete checkpoint of xfusion with an intact manifest.
+        Reads only the root metadata (no array): for the checks before any computing (``fuse(..., resume=...)``);
+        :meth:`load` verifies the arrays too."""
+        for p in (self.path, self.old):
+            if p.exists() and not _empty_dir(p):
+                return self._manifest(p)[0]
+        return None
+
+    def _manifest(self, p):
+        """``(manifest dict, its JSON text)`` of the store ``p`` after checking marker, completeness and checksum."""
+        where = f"checkpoint {self.given!r}"
+        if not _is_ours(p):
+            raise CheckpointError(f"{where} was not written by xfusion's checkpoint writer" + _FIX)
+        try:
+            attrs = _attrs(p)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{where} has unreadable metadata (zarr.json: {exc})" + _FIX) from exc
+        if attrs.get("complete") != 1:
+            raise CheckpointError(f"{where} is incomplete (its writer stopped before the end)" + _FIX)
+        manifest_s = attrs.get("manifest")
+        if not isinstance(manifest_s, str) or \
+                hashlib.sha256(manifest_s.encode()).hexdigest() != attrs.get("manifest_sha256"):
+            raise CheckpointError(f"{where} has a missing or altered manifest (checksum mismatch)" + _FIX)
+        try:
+            manifest = json.loads(manifest_s)
+            if not isinstance(manifest, dict):
+                raise TypeError("not a JSON object")
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{where} has an unreadable manifest ({type(exc).__name__}: {exc})" + _FIX) from exc
+        return manifest, manifest_s
+
     def save(self, state, history, iteration, client=None):
         """Write ``state`` (flat dict of NumPy arrays, Dask arrays and JSON scalars) and ``history``
         (name -> list of floats) as iteration ``iteration``, then commit by rename."""
@@ -284,7 +325,8 @@ class ZarrCheckpoint:
                           for n in names}
                 manifest = json.dumps({"format": FORMAT, "iteration": int(iteration), "fingerprint": self.fingerprint,
                                        "scalars": scalars, "dask_state": lazy, "arrays": arrays,
-                                       "request": self.request, "choice": self.choice}, sort_keys=True)
+                                       "request": self.request, "choice": self.choice, "inputs": self.inputs,
+                                       "settings": self.settings}, sort_keys=True, default=str)
                 import zarr
 
                 zarr.open_group(os.fspath(self.tmp), mode="r+").attrs.update({
@@ -311,23 +353,9 @@ class ZarrCheckpoint:
         """
         if not self.path.exists() or _empty_dir(self.path):
             return None
-        where = f"checkpoint {self.given!r}"
-        fix = ("; it cannot be used: delete it (it was written by xfusion) or rerun without resume to start "
-               "a new one")
-        if not _is_ours(self.path):
-            raise CheckpointError(f"{where} was not written by xfusion's checkpoint writer" + fix)
+        where, fix = f"checkpoint {self.given!r}", _FIX
+        manifest, _ = self._manifest(self.path)
         try:
-            attrs = _attrs(self.path)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{where} has unreadable metadata (zarr.json: {exc})" + fix) from exc
-        if attrs.get("complete") != 1:
-            raise CheckpointError(f"{where} is incomplete (its writer stopped before the end)" + fix)
-        manifest_s = attrs.get("manifest")
-        if not isinstance(manifest_s, str) or \
-                hashlib.sha256(manifest_s.encode()).hexdigest() != attrs.get("manifest_sha256"):
-            raise CheckpointError(f"{where} has a missing or altered manifest (checksum mismatch)" + fix)
-        try:
-            manifest = json.loads(manifest_s)
             arrays, iteration = manifest["arrays"], int(manifest["iteration"])
             scalars, lazy = dict(manifest["scalars"]), set(manifest["dask_state"])
         except (ValueError, KeyError, TypeError) as exc:

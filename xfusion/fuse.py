@@ -127,11 +127,25 @@ def _checkpoint(path, every, resume, observations):
 class _Request:
     """Identity of a :func:`fuse` request as given: the observations (every variable, the counts included) and the
     arguments with "auto" unresolved, except ``max_iter`` (a resumed run may raise it to extend the run) and the
-    warm start (not used by the tuning). Hashed once, on first use (:func:`_fingerprint`)."""
+    warm start (not used by the tuning). Hashed once, on first use (:func:`_fingerprint`). :meth:`inputs`: the
+    observations without the counts' values (their dims, shape and dtype only): no pass over the data, and the
+    same whether the counts are NumPy or Dask (chunked any way)."""
 
     def __init__(self, observations, regularization, method, tol, dtype, options, client):
         self._args = (observations, regularization, method, tol, dtype, dict(options), client)
-        self._digest = None
+        self._digest = self._inputs = None
+
+    def checkable(self):
+        """True if every observation is a Dataset (others are refused by the run's checks, with their reasons)."""
+        return all(isinstance(o, xr.Dataset) for o in self._args[0])
+
+    def inputs(self):
+        if self._inputs is None:
+            observations = self._args[0]
+            counts = [[list(o["counts"].dims), list(o["counts"].shape), o["counts"].dtype.str]
+                      for o in observations if isinstance(o, xr.Dataset) and "counts" in o]
+            self._inputs = _fingerprint(observations, [], {"counts": counts})
+        return self._inputs
 
     def digest(self):
         if self._digest is None:
@@ -141,6 +155,60 @@ class _Request:
                                 "options": options}}
             self._digest = _fingerprint(observations, arrays, args, client)
         return self._digest
+
+
+def _json(value):
+    """``value`` as it reads back from JSON (tuples as lists, numpy scalars as numbers; others as text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _stored_settings(settings):
+    """The settings a checkpoint records for :func:`_check_resume`: those of the fingerprint, as JSON."""
+    return _json({k: v for k, v in settings.items() if k not in ("max_iter", "auto_tuning", "init")})
+
+
+def _check_resume(ckpt, resume, request, regularization, method, tol, dtype, options):
+    """Before any computing (the "auto" tuning included), what a resume can tell from the checkpoint's manifest
+    alone: ``resume=True`` needs a committed checkpoint; a damaged one is refused
+    (:meth:`xfusion.checkpoints.ZarrCheckpoint.committed_manifest`); one written for other observations (digest
+    of every variable as given, the counts' dims, shape and dtype; their values are checked by the fingerprint)
+    or with other settings (those given here that "auto" does not choose: tol, dtype, an explicit regularization,
+    the method and the options given) is refused, naming the difference.
+    What depends on the tuning is checked by the fingerprint when the run starts (as before)."""
+    from .checkpoints import CheckpointError
+
+    manifest = ckpt.committed_manifest()
+    if manifest is None:
+        if resume is True:
+            raise FileNotFoundError(f"resume=True but there is no checkpoint at {ckpt} to continue from; run "
+                                    "without resume (or with resume='auto', CLI --resume-or-start) to start one")
+        return
+    where = f"checkpoint {str(ckpt)!r}"
+    if manifest.get("inputs") and request.checkable() and manifest["inputs"] != request.inputs():
+        raise CheckpointError(f"{where} was written by a run with different inputs or parameters: the inputs "
+                              "differ (counts, masks, exposures, areas, PSFs, responses or their attributes); delete "
+                              "it or use the same inputs to resume")
+    stored = manifest.get("settings")
+    if not isinstance(stored, dict):
+        return  # an older checkpoint: the fingerprint decides
+    now = {"tol": tol, "dtype": dtype}
+    if regularization != "auto":
+        try:
+            method, params, _ = _resolve(regularization, method, options)
+        except (ValueError, TypeError):
+            params = {}  # reported by the run's own checks
+        now.update({"regularization": regularization, "method": method},
+                   **{k: v for k, v in params.items() if not (isinstance(v, str) and v == "auto")})
+    else:  # the options given explicitly are used as given by whichever regularization "auto" picks
+        now.update({k: v for k, v in options.items() if not (isinstance(v, str) and v == "auto")})
+        if method is not None:
+            now["method"] = method
+    diff = [(k, stored[k], v) for k, v in _json(now).items() if k in stored and stored[k] != v]
+    if diff:
+        shown = "; ".join(f"{k}={a!r} there, {k}={b!r} now" for k, a, b in diff)
+        raise CheckpointError(f"{where} was written by a run with different inputs or parameters: {shown}; use "
+                              "the same settings to resume (only max_iter may change), or start a new run (without "
+                              "resume, or another checkpoint path)")
 
 
 def _digest(h, name, value):
@@ -444,7 +512,7 @@ def _zero_result(problem, params, lowrank, elapsed):
     extras = [(pos[i], o, np.zeros(d.shape, np.float32), d) for i, (o, d) in
               enumerate(zip(problem.observations, problem.data)) if i >= 2]
     ds = _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, xd.astype(np.float32), yd.astype(np.float32), history,
-                   basis, coeffs, problem.scale, params, 0, True, elapsed, 0.0,
+                   basis, coeffs, problem.scale, params, 0, True, elapsed, 0.0, 0,
                    backend="dask" if problem.use_dask else "numpy", negative_fraction=0.0, extras=extras)
     ds.attrs["note"] = "both observations have zero counts: the maximum-likelihood flux is 0 everywhere"
     ds.attrs["unconstrained_voxels"] = 0
@@ -631,7 +699,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
     ``objective``, ``data_term``, ``penalty`` over ``iteration``; for the low-rank family also
     ``basis`` (component, energy) and ``coefficients`` (x, y, component). Attributes record
     every parameter (``parameters`` as JSON), the method, iterations, convergence flag, timing
-    and the xfusion version. History: ``data_term`` = sum(m - d + d ln(d/m)) over both data
+    (``elapsed_s``: this call, s; ``loop_elapsed_s``: its iterations, s; ``seconds_per_iteration`` =
+    ``loop_elapsed_s`` over the iterations this call ran, which for a resumed or extended run are
+    ``iterations - resumed_from_iteration``) and the xfusion version. History: ``data_term`` = sum(m - d + d ln(d/m)) over both data
     sets (0 ln 0 = 0; half the Poisson deviance, >= 0), ``penalty`` = what the regularization
     adds (Sobolev and/or sparsity), ``objective`` = their sum (nats, ``units="1"``).
 
@@ -749,6 +819,8 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
     # the checkpoint path is checked before any work; a resumed run reuses what "auto" chose in the interrupted one
     ckpt = _checkpoint(checkpoint, checkpoint_every, resume, observations)
     request = _Request(observations, regularization, method, tol, dt.name, options, client)
+    if ckpt is not None and resume:  # a missing, damaged or mismatched checkpoint refused before any computing
+        _check_resume(ckpt, resume, request, regularization, method, tol, dt.name, options)
     reuse = ckpt.stored_choice(request.digest) if ckpt is not None and resume else None
     if reuse is not None:
         rec = settings_of(reuse)
@@ -829,6 +901,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
     # stage 4: run
     if ckpt is not None:
         ckpt.fingerprint = _fingerprint(problem.observations, problem.data, settings, client)
+        ckpt.inputs, ckpt.settings = request.inputs(), _stored_settings(settings)
     state, history, n_iter, converged = run(
         solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=ckpt,
         checkpoint_every=checkpoint_every, resume=resume)
@@ -1178,7 +1251,7 @@ def _result(problem, solver, state, history, basis, params, n_iter, converged, e
         extras = [(pos[i], o, m.expected(zz).astype(np.float32), o["counts"].values) for i, (o, m) in
                   enumerate(zip(problem.observations, problem.models)) if i >= 2]
     ds = _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, *counts, history, basis, coeffs, scale, params, n_iter,
-                   converged, elapsed, state.get("elapsed_loop_s", np.nan),
+                   converged, elapsed, state.get("elapsed_loop_s", np.nan), state.get("iterations_run", n_iter),
                    backend="dask" if problem.use_dask else "numpy", negative_fraction=negative_fraction,
                    extras=extras)
     if problem.coverage is not None:
@@ -1276,7 +1349,7 @@ def _add_coverage(ds, grid, problem):
 
 
 def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, basis, coeffs, scale, params, n_iter,
-              converged, elapsed, loop_elapsed, backend, negative_fraction, extras=()):
+              converged, elapsed, loop_elapsed, n_run, backend, negative_fraction, extras=()):
     """Label a solution: coordinates, units, the instruments' predicted and observed counts (``extras``: ``(i,
     obs, model, counts)`` of observations beyond the first two, as ``model_obsI`` / ``counts_obsI`` with their
     own axes named ``x_obsI``, ``energy_obsI``... where they differ from the fused grid), history, attributes."""
@@ -1340,7 +1413,9 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
         "negative_fraction_clipped": negative_fraction,
         "elapsed_s": float(elapsed),
         "loop_elapsed_s": float(loop_elapsed),
-        "seconds_per_iteration": float(loop_elapsed) / max(int(n_iter), 1),
+        # of this call: a resumed run's loop time over the iterations it ran, not over all n_iter
+        "seconds_per_iteration": float(loop_elapsed) / max(int(n_run), 1),
+        "resumed_from_iteration": int(n_iter) - int(n_run),
         **{k: grid.attrs[k] for k in ("spatial_factor", "spectral_factor", "spatial_obs", "spectral_obs", "order",
                                        "pixel_size")},
     })

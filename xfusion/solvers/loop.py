@@ -110,6 +110,10 @@ def run(method, x0, *, max_iter=100, tol=1e-4, callback=None, progress=True, che
     ``open/load/save/close`` (module notes) or None. ``resume``: False (start from ``x0``; a
     checkpoint is replaced at the first save), True (continue from the checkpoint, which must
     exist) or ``"auto"`` (continue if one exists, else start from ``x0``).
+
+    The returned state also holds ``elapsed_loop_s`` (s, wall time of this call's iterations) and
+    ``iterations_run`` (the iterations this call ran: ``n_iter`` minus the checkpoint's iteration when
+    resumed).
     """
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Integral) \
             or checkpoint_every < 1:
@@ -177,4 +181,5 @@ def _iterate(method, x0, stop, max_iter, callback, progress, checkpoint, checkpo
         if bar is not None:
             bar.close()
     state["elapsed_loop_s"] = time.perf_counter() - t0
+    state["iterations_run"] = it - start  # by this call (a resumed run started at ``start``)
     return state, history, it, bool(converged)
