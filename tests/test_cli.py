@@ -370,3 +370,55 @@ def test_a_failed_plot_leaves_no_empty_folder(fused, tmp_path, monkeypatch, caps
     keep.mkdir()
     assert main(["plot", str(fused), "-o", str(keep)]) == 1
     assert keep.is_dir()  # a folder that existed before stays
+
+
+def test_interrupt_during_the_final_write_says_the_output_is_complete(toy_dir, tmp_path, capsys, monkeypatch):
+    """Session 30: a Ctrl-C during the final write (deferred until the store is in place) ended with "interrupted; no
+    checkpoint was written", not saying that OUT.zarr was complete, so the user reran and was refused ("already
+    exists"). The exit code stays 130 (a script calling xfusion must stop on Ctrl-C); the message says the output
+    is complete."""
+    import signal
+
+    from xfusion.io import zarr as xzarr
+
+    real = xzarr.store
+
+    def ctrl_c_inside(ds, path, **kw):
+        out = real(ds, path, **kw)
+        os.kill(os.getpid(), signal.SIGINT)  # as from a terminal: deferred by signals_deferred
+        return out
+
+    monkeypatch.setattr(xzarr, "store", ctrl_c_inside)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    out = tmp_path / "out.zarr"
+    try:
+        code = main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--no-progress",
+                     "--regularization", "none", "--max-iter", "2"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = _err(capsys)
+    assert code == 130 and f"{out} is complete" in err and "no checkpoint was written" not in err, err
+    assert xzarr.open(out).attrs["iterations"] == 2
+
+
+def test_fuse_output_paths_inside_a_store_new_folders_and_max_iter_auto(toy_dir, tmp_path, capsys):
+    """Session 30 (minor): ``fuse -o userstore.zarr/child.zarr`` wrote a group inside someone's Zarr store (plot
+    refuses that); a run that failed after the path checks left the folders the checks had created;
+    ``--max-iter auto`` was refused on the command line though the config file accepts "auto"."""
+    import zarr
+
+    from xfusion.cli import _fuse_settings, build_parser
+
+    x, y = str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr")
+    user = tmp_path / "plain.zarr"
+    zarr.open_group(str(user), mode="w", zarr_format=3)
+    assert main(["fuse", x, y, "-o", str(user / "child.zarr"), "--no-progress"]) == 3
+    assert "lies inside the Zarr store" in _err(capsys) and sorted(os.listdir(user)) == ["zarr.json"]
+    # fails after the checks created a/b/ (no such option): the folders it made are removed again
+    assert main(["fuse", x, y, "-o", str(tmp_path / "a" / "b" / "o.zarr"), "--checkpoint",
+                 str(tmp_path / "c" / "ck.zarr"), "--no-progress", "--option", "no_such_option=1"]) == 3
+    assert "no_such_option" in _err(capsys) and sorted(os.listdir(tmp_path)) == ["plain.zarr"]
+    args = build_parser().parse_args(["fuse", x, y, "-o", "o.zarr", "--max-iter", "auto"])
+    assert _fuse_settings(args)[0]["max_iter"] == "auto"
+    assert main(["fuse", x, y, "-o", "o.zarr", "--max-iter", "2.5"]) == 2
+    assert "integer or 'auto'" in _err(capsys)

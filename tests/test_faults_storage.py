@@ -692,3 +692,37 @@ def test_a_resumed_run_times_its_own_iterations(small_toy, ck4, full6):
     assert full6.attrs["resumed_from_iteration"] == 0
     assert full6.attrs["seconds_per_iteration"] == full6.attrs["loop_elapsed_s"] / 6
 
+
+def test_a_full_disk_is_a_one_line_error_and_toy_writes_all_or_nothing(tmp_path, cli, monkeypatch):
+    """Session 30: ENOSPC while writing gave "internal error (please report it)" with a zarr traceback (exit 1),
+    and `xfusion toy` left x.zarr without y.zarr and truth.zarr. Now: one line naming the path and the cause, exit
+    code 3, no temporary store left, the stores this run wrote removed, and the folder it created too. (The disk
+    is filled by a writer that raises ENOSPC part way, as zarr's LocalStore does on a full tmpfs.)"""
+    import errno
+
+    from xfusion.io import zarr as xzarr
+
+    real, calls = xzarr.store, []
+
+    def filling(ds, path, **kw):
+        calls.append(path)
+        if len(calls) == 2:  # the second store (y.zarr): its marker and part of a chunk, then the disk is full
+            import zarr
+
+            zarr.open_group(os.fspath(path), mode="w", zarr_format=3, attributes=dict(kw.get("marker") or {}))
+            (Path(path) / "partial").write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(ds, path, **kw)
+
+    monkeypatch.setattr(xzarr, "store", filling)
+    out = tmp_path / "new" / "toy"
+    code, err = cli("toy", "small", "-o", out)
+    assert code == 3 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("xfusion: error: cannot write") and "y.zarr" in err and "No space left on device" in err
+    assert "removed" in err and "x.zarr" in err
+    assert list(tmp_path.iterdir()) == []  # no store, no temporary, no folder this run created
+    # the same error from anywhere else (e.g. a checkpoint commit) is one line too, not an internal error
+    monkeypatch.setattr("xfusion.cli.cmd_toy", lambda args: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "ck.zarr.tmp/state_z/c/0")))
+    code, err = cli("toy", "small", "-o", out)
+    assert code == 3 and err.strip() == "xfusion: error: No space left on device (ck.zarr.tmp/state_z/c/0)"

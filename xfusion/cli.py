@@ -1,10 +1,15 @@
 """Command-line interface: ``xfusion demo | fuse | toy | metrics | plot | jwst``.
 
 Exit codes: 0 success; 2 usage error (bad arguments, from argparse); 3 input error (missing
-or unreadable store, invalid observation, unknown option: a one-line ``xfusion: error:``
-message, no traceback); 1 unexpected internal error (traceback printed); 130 interrupted
-(Ctrl-C), 143 terminated (SIGTERM): the message says where the last checkpoint is and its
-iteration (continue with ``--resume``), or that none exists.
+or unreadable store, invalid observation, unknown option, a refused path, and an output that
+cannot be written: no space left on the device, a quota, a read-only or forbidden folder: a
+one-line ``xfusion: error:`` message, no traceback); 1 unexpected internal error (traceback
+printed); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the message says where the last
+checkpoint is and its iteration (continue with ``--resume``), or that none exists. A signal that
+arrives while the output is being written takes effect once it is complete: the exit code is
+still 130 (143), so that a script calling xfusion stops, and the message says that the output
+is complete (nothing to rerun). ``toy`` writes its three stores all or none: a run that fails or
+is interrupted part way removes those it wrote; a failed run removes the empty folders it created.
 
 Outputs never destroy what xfusion did not write (DESIGN section 9): every command that writes
 (``demo``, ``toy``, ``fuse``, ``plot``, ``jwst``) checks all its output paths before any computing.
@@ -16,6 +21,8 @@ refused. ``plot -o`` refuses a folder that is, or lies inside, an input store (o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import re
 import signal
@@ -26,6 +33,9 @@ import traceback
 from pathlib import Path
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+#: OSError numbers that are the environment's, not xfusion's bug: a one-line error with exit code 3, no traceback
+ENV_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM")
+                       if hasattr(errno, n))
 CONFIG_KEYS = ("regularization", "method", "max_iter", "tol", "checkpoint", "checkpoint_every", "resume", "dtype",
                "options")
 METRIC_NOTE = ("nmse_db: normalised MSE in dB (higher is better); asam_rad: mean spectral angle in radians; "
@@ -109,15 +119,25 @@ def _prepare_output(path, what="output store", inputs=(), overwrite=False):
     ``overwrite`` allows it, and then only one xfusion wrote; the folder must be writable."""
     from .io import zarr as xzarr
 
+    if isinstance(path, (str, os.PathLike)) and os.fspath(path):
+        full = Path(os.path.abspath(path))
+        for folder in (*full.parents, *full.resolve().parents):
+            if xzarr.is_zarr_store(folder) and not any(xzarr.overlaps(folder, src) for src in inputs):  # as plot -o: a store never gets a foreign group inside it
+                raise InputError(f"{what} {str(path)!r} lies inside the Zarr store {str(folder)!r}; writing there "
+                                 "would change that store: choose a path outside it")
     try:
         return xzarr.check_output(path, inputs=inputs, overwrite=overwrite, what=what)
     except (xzarr.OutputError, TypeError) as exc:
         raise InputError(str(exc)) from exc
 
 
-def _write(ds, path, client=None, inputs=(), overwrite=False):
+def _write(ds, path, client=None, inputs=(), overwrite=False, written=None):
     """Write through a temporary sibling renamed when complete (``xfusion.io.zarr.write``); an existing store
-    is replaced only with ``overwrite`` (the command's ``--overwrite``) and only if xfusion wrote it."""
+    is replaced only with ``overwrite`` (the command's ``--overwrite``) and only if xfusion wrote it.
+
+    A full disk, a quota, a read-only or forbidden folder (:data:`ENV_ERRNOS`) is an :class:`InputError` naming
+    the path (the incomplete temporary store is removed by the writer). ``written``: a list the path is appended
+    to once the store is complete -- also when a Ctrl-C deferred during the write is raised after it."""
     from .io import zarr as xzarr
 
     _prepare_output(path, inputs=inputs, overwrite=overwrite)
@@ -125,7 +145,50 @@ def _write(ds, path, client=None, inputs=(), overwrite=False):
         xzarr.write(ds, path, client=client, inputs=inputs, overwrite=overwrite)
     except xzarr.OutputError as exc:
         raise InputError(str(exc)) from exc
+    except KeyboardInterrupt as exc:
+        if getattr(exc, "written", None) is not None and written is not None:
+            written.append(os.fspath(path))
+        raise
+    except OSError as exc:
+        if exc.errno not in ENV_ERRNOS:
+            raise
+        raise InputError(f"cannot write {str(path)!r}: {_os_error(exc)}; nothing was written there (free some "
+                         "space or choose another output folder, then rerun)") from exc
+    if written is not None:
+        written.append(os.fspath(path))
     return path
+
+
+def _os_error(exc):
+    """``strerror (filename)`` of an OSError, for one-line messages."""
+    text = exc.strerror or str(exc)
+    return f"{text} ({exc.filename})" if exc.filename else text
+
+
+def _missing_folders(*paths):
+    """The folders above ``paths`` (files or stores) that do not exist yet, deepest first."""
+    out = set()
+    for path in paths:
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path):
+            for folder in Path(os.path.abspath(path)).parents:
+                if folder.exists():
+                    break
+                out.add(folder)
+    return sorted(out, key=lambda f: len(f.parts), reverse=True)
+
+
+@contextlib.contextmanager
+def _new_folders_removed_on_failure(*paths):
+    """On any failure of the block, remove the folders above ``paths`` that it created (the writability checks
+    create them) and that are still empty; never a folder that existed before or holds anything."""
+    new = _missing_folders(*paths)
+    try:
+        yield
+    except BaseException:
+        for folder in new:
+            with contextlib.suppress(OSError):  # not empty (e.g. a checkpoint to resume from) or gone: kept
+                folder.rmdir()
+        raise
 
 
 def _file_by_xfusion(path):
@@ -360,11 +423,21 @@ def cmd_toy(args):
     out = Path(args.output)
     overwrite = bool(args.overwrite)
     names = ("x.zarr", "y.zarr", "truth.zarr")
-    for name in names:  # all three before writing any: a refusal leaves the folder as it was
-        _prepare_output(out / name, overwrite=overwrite)
-    x_obs, y_obs, truth = toy.make(args.name, seed=args.seed)
-    for name, ds in zip(names, (x_obs, y_obs, truth.to_dataset(name="flux"))):
-        _write(ds, out / name, overwrite=overwrite)
+    written = getattr(args, "_written", [])
+    with _new_folders_removed_on_failure(*(out / name for name in names)):
+        for name in names:  # all three before writing any: a refusal leaves the folder as it was
+            _prepare_output(out / name, overwrite=overwrite)
+        x_obs, y_obs, truth = toy.make(args.name, seed=args.seed)
+        try:
+            for name, ds in zip(names, (x_obs, y_obs, truth.to_dataset(name="flux"))):
+                _write(ds, out / name, overwrite=overwrite, written=written)
+        except BaseException as exc:
+            if len(written) < len(names):  # all three or none: a pair without its truth is not a toy
+                removed = _remove_written(written)
+                if isinstance(exc, InputError) and removed:
+                    raise InputError(f"{exc} (removed {', '.join(removed)}, written before it by this run: the "
+                                     "toy's stores are written all or none)") from exc
+            raise
     print(f"wrote {out / 'x.zarr'} ({x_obs.attrs['name']}: {dict(x_obs['counts'].sizes)}, "
           f"{float(x_obs['x'].attrs['pixel_size']):g} arcsec pixels)")
     print(f"wrote {out / 'y.zarr'} ({y_obs.attrs['name']}: {dict(y_obs['counts'].sizes)}, "
@@ -373,14 +446,21 @@ def cmd_toy(args):
     return EXIT_OK
 
 
+def _remove_written(written):
+    """Remove the stores this run wrote (listed in ``written``, emptied); return the paths removed."""
+    from .io import zarr as xzarr
+
+    removed = []
+    while written:
+        path = written.pop()
+        if xzarr.written_by_xfusion(path):
+            with contextlib.suppress(OSError):
+                xzarr.remove_marked(path)
+                removed.append(path)
+    return removed[::-1]
+
+
 def cmd_fuse(args):
-    import inspect
-
-    from .fuse import fuse
-
-    from .checkpoints import CheckpointError, ZarrCheckpoint, describe
-    from .solvers import heap
-
     if getattr(args, "retain_worker_memory", False) and not args.scheduler:
         raise InputError("--retain-worker-memory applies to the workers of a Dask cluster: give --scheduler too")
     kw, options = _fuse_settings(args)
@@ -391,6 +471,24 @@ def cmd_fuse(args):
             raise InputError(f"the same store {path!r} was given twice: fusion needs different observations, "
                              "one sharp in space (e.g. toy/x.zarr) and one sharp in energy (e.g. toy/y.zarr)")
         seen[Path(path).resolve()] = path
+    with _new_folders_removed_on_failure(args.output, kw.get("checkpoint")):
+        result = _fuse_and_write(args, kw, options, inputs)
+    a = result.attrs
+    if len(inputs) > 2 and "grid_explanation" in a:  # which input set which axis, how each one entered the model
+        print(a["grid_explanation"])
+    print(f"wrote {args.output}: {a['regularization']}/{a['method']}, {a['iterations']} iterations "
+          f"({'converged' if a['converged'] else 'not converged: max_iter reached'}), {a['elapsed_s']:.1f} s")
+    return EXIT_OK
+
+
+def _fuse_and_write(args, kw, options, inputs):
+    """``cmd_fuse`` after its arguments are parsed: the output and checkpoint checks, the run, the write."""
+    import inspect
+
+    from .checkpoints import CheckpointError, ZarrCheckpoint, describe
+    from .fuse import fuse
+    from .solvers import heap
+
     overwrite = bool(args.overwrite)
     _prepare_output(args.output, inputs=inputs, overwrite=overwrite)  # before any reading or computing
     if kw.get("checkpoint"):
@@ -417,16 +515,12 @@ def cmd_fuse(args):
         with heap.retained(client=client if getattr(args, "retain_worker_memory", False) else None):
             result = fuse(*observations, progress=not args.no_progress, **kw, **options)
             # a lazy result is computed chunk by chunk, on the client's cluster
-            _write(result, args.output, client, inputs=inputs, overwrite=overwrite)
+            _write(result, args.output, client, inputs=inputs, overwrite=overwrite,
+                   written=getattr(args, "_written", None))
     finally:
         if client is not None:
             client.close()
-    a = result.attrs
-    if len(inputs) > 2 and "grid_explanation" in a:  # which input set which axis, how each one entered the model
-        print(a["grid_explanation"])
-    print(f"wrote {args.output}: {a['regularization']}/{a['method']}, {a['iterations']} iterations "
-          f"({'converged' if a['converged'] else 'not converged: max_iter reached'}), {a['elapsed_s']:.1f} s")
-    return EXIT_OK
+    return result
 
 
 def cmd_metrics(args):
@@ -602,6 +696,16 @@ def _mu_value(text):
         raise argparse.ArgumentTypeError(f"--mu takes a number or 'auto'; got {text!r}") from None
 
 
+def _max_iter_value(text):
+    """``--max-iter`` of ``xfusion fuse``: an integer or "auto" (as the config file's ``max_iter``)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-iter takes an integer or 'auto'; got {text!r}") from None
+
+
 def cmd_jwst(args):
     """Fuse NIRCam i2d images with a NIRSpec s3d cube (or the JWST toy) and print SyFu's validation."""
     from . import jwst, metrics
@@ -723,8 +827,9 @@ def build_parser():
                    help="solver: " + "; ".join(f"{', '.join(registry.methods_for(fam))} for the {fam}-cube "
                                                f"regularizations (default {registry.methods_for(fam)[0]})"
                                                for fam in (registry.FULL, registry.SUBSPACE)))
-    f.add_argument("--max-iter", dest="max_iter", type=int, default=None, metavar="N",
-                   help="maximum number of iterations (default per method: em 50, ista 2000, fista 300; none and "
+    f.add_argument("--max-iter", dest="max_iter", type=_max_iter_value, default=None, metavar="N",
+                   help="maximum number of iterations, or 'auto' (chosen by Poisson thinning; for auto, none, "
+                        "lowrank and lowrank_local) (default per method: em 50, ista 2000, fista 300; none and "
                         "lowrank_local: chosen by Poisson thinning; lowrank: 30)")
     f.add_argument("--tol", type=float, default=None, metavar="T",
                    help="stop when the relative change between iterations (of the cube for EM with a prior, "
@@ -851,6 +956,7 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     args._checkpoint = args._checkpoint_before = None
+    args._written = []  # output stores written completely (for the message after a Ctrl-C)
     previous = _on_sigterm()
     try:
         return int(args.func(args) or EXIT_OK)
@@ -870,6 +976,13 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         if _raised_in_xfusion(exc):
             print(f"xfusion: error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        traceback.print_exc()
+        print("xfusion: internal error (please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+    except OSError as exc:
+        if exc.errno in ENV_ERRNOS:  # a full disk, a quota, a read-only folder: the environment, not a bug
+            print(f"xfusion: error: {_os_error(exc)}", file=sys.stderr)
             return EXIT_INPUT
         traceback.print_exc()
         print("xfusion: internal error (please report it with the traceback above)", file=sys.stderr)
@@ -904,6 +1017,11 @@ def _interrupt_message(args, exc):
     """Where the run can be continued from: the last committed checkpoint and its iteration, or that none exists."""
     what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
     msg = f"xfusion: {what}"
+    written = getattr(args, "_written", None)
+    if written:  # the signal came during the final write, which finished first: the run's work is complete
+        return (f"{msg} after the output was written: {', '.join(written)} "
+                f"{'is' if len(written) == 1 else 'are'} complete (nothing left to do or resume; the exit code "
+                "still says that the run was interrupted)")
     ckpt = getattr(args, "_checkpoint", None)
     if ckpt:
         from .checkpoints import describe
