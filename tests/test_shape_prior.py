@@ -141,7 +141,7 @@ def test_shape_prior_with_another_iteration_count_fits_half_the_counts():
 
 def test_half_fit_is_the_iterate_the_count_was_transferred_from():
     """``tune(half_fit=)`` keeps the chosen candidate's half-data iterate: on mixed/1019 (thresholded null space
-    chosen, count 1.25 x the sharp-spectral squared error's best iterate) it is bit for bit the iterate a fresh run of
+    chosen, count 1.25 x the sharp-spectral squared error's best iterate) it is (to float round-off) the iterate a fresh run of
     the same candidate on the same part A reaches after that many iterations (warm start included), and its count
     transfers to the chosen ``max_iter``."""
     from xfusion import scenes, tuning
@@ -156,4 +156,14 @@ def test_half_fit_is_the_iterate_the_count_was_transferred_from():
     cand = {k: ch[k] for k in ("k", "n_scales_1d", "null_space", "null_factor")}
     z, _, n, _ = tuning._run_em(sp, tuning._wavelet_reg({}, cand), z0, half["iteration"] - 3, None)
     assert n == half["iteration"] - 3
-    np.testing.assert_array_equal(z, half["z"])
+    # the same iterate, not always bit for bit: with several BLAS/OpenMP threads the last bits of a sum can differ
+    # between two runs in one process (session 30, a new machine: bit for bit with OMP_NUM_THREADS=1, else up to 1e-3
+    # relative on a few voxels, thresholding amplifying the round-off). So: far closer to it than the iterates one
+    # step before and after are
+    def dist(a):
+        return float(np.linalg.norm((a - half["z"]).ravel()))
+
+    reg = tuning._wavelet_reg({}, cand)
+    before = tuning._run_em(sp, reg, z0, half["iteration"] - 4, None)[0]
+    after = tuning._run_em(sp, reg, z0, half["iteration"] - 2, None)[0]
+    assert dist(z) < 0.05 * min(dist(before), dist(after)), (dist(z), dist(before), dist(after))
