@@ -207,3 +207,40 @@ def test_unlabelled_full_response_is_refused():
     ok = observation(counts, dims=("energy", "y", "x"), response=response.assign_attrs(units="cm2"), **KW)
     np.testing.assert_allclose(ok["effective_area"].values, 250.0)
     np.testing.assert_allclose(ok["response"].values.sum(axis=1), 1.0)
+
+
+# ----------------------------------------------------------------------------- session 30 red team (options)
+def _kernel_da(offsets, units="keV"):
+    k = np.exp(-0.5 * (np.arange(offsets.size) - offsets.size // 2) ** 2 / 4.0)
+    attrs = {} if units is None else {"units": units}
+    return xr.DataArray(k / k.sum(), dims="energy_offset", coords={"energy_offset": ("energy_offset", offsets, attrs)})
+
+
+def test_kernel_energy_offset_units_are_converted():
+    counts = np.ones((3, 2, 4))
+    off_ev = np.arange(-4, 5) * 5.0
+    ds = observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off_ev, "eV"), **KW)
+    assert np.isclose(ds["energy_offset"].attrs["spacing"], 0.005)
+    np.testing.assert_allclose(ds["energy_offset"].values, off_ev / 1000.0)
+    with pytest.raises(ValueError, match="looks like eV"):
+        observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off_ev, None), **KW)
+    with pytest.raises(ValueError, match="cannot be converted to keV"):
+        observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off_ev, "arcsec"), **KW)
+
+
+def test_kernel_placed_by_its_offsets_and_validate_refuses_shifted_offsets():
+    counts = np.ones((3, 2, 4))
+    off = np.arange(-4, 5) * 0.01
+    centred = observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off), **KW)
+    shifted = observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off + 0.02), **KW)
+    # offset 0 is sample 2 of 9: padded with 4 zeros below to 13 samples centred on it (peak at offset +0.02 keV)
+    assert shifted.sizes["energy_offset"] == 13
+    np.testing.assert_allclose(shifted["response"].values[4:], centred["response"].values)
+    np.testing.assert_allclose(shifted["response"].values[:4], 0.0)
+    assert np.isclose(float(shifted["energy_offset"][int(shifted["response"].argmax())]), 0.02)
+    with pytest.raises(ValueError, match="no sample at offset 0"):
+        observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off + 0.005), **KW)
+    with pytest.raises(ValueError, match="not uniformly spaced"):
+        observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off * (1 + np.abs(off))), **KW)
+    with pytest.raises(ValueError, match="not the odd, centred grid"):
+        validate(centred.assign_coords(energy_offset=centred.energy_offset + 0.02))

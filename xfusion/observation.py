@@ -857,7 +857,9 @@ def observation(
         convention) or ``("psf_x", "psf_y")``. Ignored for DataArrays (they carry dims).
     response : None, 1D array, DataArray (energy_true, energy) or SparseRMF
         Spectral response: a stationary kernel (odd length, sums to 1) sampled every
-        ``response_spacing`` keV (or Quantity, e.g. ``0.5 * u.eV``), or an RMF matrix whose
+        ``response_spacing`` keV (or Quantity, e.g. ``0.5 * u.eV``) -- a kernel DataArray with an
+        ``energy_offset`` coordinate is placed by it (units converted, e.g. eV; uniform; offset 0
+        must be a sample, an off-centre kernel is padded to centre it) -- or an RMF matrix whose
         ``energy`` columns are the channels of ``counts`` (or an integer grouping of them,
         summed here). A :class:`xfusion.io.ogip_read.SparseRMF` (what ``read_rmf`` returns for
         large RMFs) is cropped to the rows overlapping the counts' band and its channels
@@ -1219,6 +1221,64 @@ def _sparse_rmf_band(rmf, data_edges):
                         attrs={"units": "cm2" if folded else "1", "arf_folded": folded})
 
 
+def _kernel_offsets_kev(coord):
+    """Offsets (keV) of a response kernel's ``energy_offset`` coordinate, converted from its ``units`` attribute
+    (astropy; e.g. ``'eV'``). Without units they are taken in keV, and offsets of more than 1 keV between samples
+    are refused as "looks like eV" (the rule of a plain ``response_spacing``)."""
+    c = np.asarray(coord.values, dtype=np.float64)
+    given = coord.attrs.get("units")
+    if given is not None and str(given) != UNITS["energy"]:
+        from astropy import units as u
+
+        try:
+            c = (c * u.Unit(str(given))).to_value(u.keV)
+        except (ValueError, TypeError, u.UnitConversionError) as exc:
+            raise ValueError(f"response kernel coordinate energy_offset has units {given!r}, which cannot be "
+                             "converted to keV; give the offsets in keV or eV (attrs['units'])") from exc
+    elif given is None and c.size > 1 and np.all(np.isfinite(c)) and np.abs(np.diff(c)).max() > 1.0:
+        raise ValueError(f"response kernel coordinate energy_offset has no units attribute, so it is taken in keV, "
+                         f"but its samples are {np.abs(np.diff(c)).max():g} keV apart, which looks like eV: set "
+                         "kernel['energy_offset'].attrs['units'] = 'eV' (or divide the offsets by 1000)")
+    return c
+
+
+def _kernel_by_coords(kernel, spacing=None):
+    """(values, spacing keV) of a 1D response kernel DataArray placed by its ``energy_offset`` coordinate (offset of
+    the recorded energy from the true one): like a PSF (:func:`_psf_by_coords`), the offsets must be uniform (a
+    descending axis is reversed with its values) and 0 must be one of the samples; a kernel whose offset 0 is not
+    its middle sample is padded with zeros to an odd kernel centred on it (session 30: the offsets were read for
+    their mean spacing only, so a kernel at +0.06..+0.18 keV was silently re-centred on 0 and a coordinate in eV
+    was taken as keV). ``spacing`` (keV, from ``response_spacing``) must agree with the coordinate if given."""
+    values = np.asarray(kernel.values, dtype=np.float64)
+    c = _kernel_offsets_kev(kernel["energy_offset"])
+    if c.size < 2:
+        if spacing is None:
+            raise ValueError("a 1-sample response kernel needs response_spacing (keV between samples), > 0")
+        if not np.isclose(c[0], 0.0, atol=1e-9):
+            raise ValueError(f"response kernel's only sample is at energy_offset {c[0]:g} keV, not 0")
+        return values, spacing
+    if not np.all(np.isfinite(c)):
+        raise ValueError("response kernel coordinate energy_offset has non-finite values")
+    if c[-1] < c[0]:
+        c, values = c[::-1], values[::-1]
+    step = (c[-1] - c[0]) / (c.size - 1)
+    if step <= 0 or np.any(np.abs(c - (c[0] + step * np.arange(c.size))) > PSF_COORD_TOL * step):
+        raise ValueError(f"response kernel coordinate energy_offset is not uniformly spaced (offsets {c[:4]}... keV); "
+                         "give the kernel on a regular grid of offsets (interpolate it first)")
+    if spacing is not None and not np.isclose(step, spacing, rtol=REL_TOL):
+        raise ValueError(f"response kernel energy_offset gives a {step:g} keV spacing but response_spacing={spacing:g} "
+                         "keV; pass one of them")
+    i0 = -c[0] / step
+    if abs(i0 - round(i0)) > PSF_COORD_TOL:
+        raise ValueError(f"response kernel coordinate energy_offset has no sample at offset 0: its samples are at "
+                         f"{c[0]:.6g} + i * {step:.6g} keV. Give the kernel sampled on offsets that include 0")
+    i0, n = int(round(i0)), values.size
+    h = max(abs(i0), abs(n - 1 - i0))
+    if (h - i0, h - (n - 1 - i0)) != (0, 0):
+        values = np.pad(values, (h - i0, h - (n - 1 - i0)))
+    return values, step
+
+
 def _add_response(ds, response, spacing, area_given=False):
     """``ds`` with its ``response`` (and, for a full response in cm2, its ``effective_area``).
 
@@ -1311,8 +1371,8 @@ def _add_response(ds, response, spacing, area_given=False):
         ds["response"] = (("energy_true", "energy"), mat, attrs)
         return ds
     kernel = np.array(response.values if isinstance(response, xr.DataArray) else response, dtype=np.float64)
-    if isinstance(response, xr.DataArray) and "energy_offset" in response.coords and spacing is None:
-        spacing = float(np.diff(response["energy_offset"].values).mean())
+    if isinstance(response, xr.DataArray) and kernel.ndim == 1 and "energy_offset" in response.coords:
+        kernel, spacing = _kernel_by_coords(response, spacing)
     if kernel.ndim != 1:
         raise ValueError("response must be a 1D kernel or a 2D (energy_true, energy) DataArray")
     if spacing is None or not np.isfinite(spacing) or spacing <= 0:
@@ -1327,6 +1387,26 @@ def _add_response(ds, response, spacing, area_given=False):
 
 
 # --------------------------------------------------------------------------- validation
+def _check_kernel_offsets(ds):
+    """Refuse a 1D response kernel whose ``energy_offset`` coordinate is not the centred grid the model uses:
+    keV, odd length, ``(i - n // 2) * spacing`` with ``spacing`` its attribute (the model reads only the attribute,
+    so offsets shifted or rescaled by hand would be silently ignored)."""
+    name = ds.attrs.get("name", "?")
+    if "energy_offset" not in ds.coords or "spacing" not in ds["energy_offset"].attrs:
+        raise ValueError(f"response kernel of '{name}' has no energy_offset coordinate with a 'spacing' attribute "
+                         "(keV); build it with xfusion.observation(..., response=kernel, response_spacing=...)")
+    _check_units(ds["energy_offset"], "keV", "coordinate energy_offset")
+    off = np.asarray(ds["energy_offset"].values, dtype=np.float64)
+    spacing = float(ds["energy_offset"].attrs["spacing"])
+    want = (np.arange(off.size) - off.size // 2) * spacing
+    if off.size % 2 == 0 or not np.isfinite(spacing) or spacing <= 0 or not np.allclose(
+            off, want, rtol=0, atol=PSF_COORD_TOL * abs(spacing)):
+        raise ValueError(f"response kernel of '{name}': energy_offset ({off[0]:.6g} .. {off[-1]:.6g} keV, {off.size} "
+                         f"samples) is not the odd, centred grid (i - n // 2) * spacing with its spacing attribute "
+                         f"{spacing:g} keV that the model uses; rebuild the observation with xfusion.observation "
+                         "(a kernel DataArray is placed by its energy_offset coordinate)")
+
+
 def validate(ds: xr.Dataset) -> xr.Dataset:
     """Check an observation Dataset against the schema; return it unchanged or raise ValueError.
 
@@ -1419,6 +1499,7 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
                              "xfusion.observation, or xfusion.io.read_rmf for an RMF)")
         if ds["response"].attrs.get("kind") == "kernel":
             check_psf_values(r, **KERNEL_CHECK)
+            _check_kernel_offsets(ds)
     counts = ds["counts"].data
     if isinstance(counts, np.ndarray):
         gaussian = "variance" in ds or str(ds.attrs.get("data_term", "poisson")).lower() == "gaussian"
