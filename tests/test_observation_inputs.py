@@ -244,3 +244,15 @@ def test_kernel_placed_by_its_offsets_and_validate_refuses_shifted_offsets():
         observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off * (1 + np.abs(off))), **KW)
     with pytest.raises(ValueError, match="not the odd, centred grid"):
         validate(centred.assign_coords(energy_offset=centred.energy_offset + 0.02))
+
+
+def test_validate_refuses_non_uniform_xy_and_a_stale_pixel_size():
+    ds = observation(np.ones((6, 2, 4)), dims=("x", "y", "energy"), **KW)
+    edited = ds.assign_coords(x=("x", np.r_[ds.x.values[:3], ds.x.values[3:] + 5.0], ds.x.attrs))
+    with pytest.raises(ValueError, match="coordinate x .* not uniformly spaced"):
+        validate(edited)
+    stale = ds.copy()
+    stale["y"].attrs["pixel_size"] = 20.0
+    with pytest.raises(ValueError, match=r"pixel_size attribute 20 arcsec but its values are 10 arcsec apart"):
+        validate(stale)
+    validate(ds)

@@ -1387,6 +1387,24 @@ def _add_response(ds, response, spacing, area_given=False):
 
 
 # --------------------------------------------------------------------------- validation
+def _check_uniform_pixels(ds, d, step):
+    """Refuse an ``x``/``y`` coordinate whose pixel centres (differences ``step``) are not uniformly spaced by its
+    ``pixel_size`` attribute (rtol ``REL_TOL``), the rule :func:`observation` applies: the model uses the attribute
+    and assumes a regular grid, so edited centres or an attribute left stale (e.g. by ``coarsen``) would be silently
+    mislabelled."""
+    name, size = ds.attrs.get("name", "?"), float(ds[d].attrs["pixel_size"])
+    if not np.isfinite(size) or size <= 0:
+        raise ValueError(f"coordinate {d} of '{name}' has pixel_size {size!r}; it must be a positive number (arcsec)")
+    if step.size and not np.allclose(step, step[0], rtol=REL_TOL, atol=0):
+        raise ValueError(f"coordinate {d} of '{name}' is not uniformly spaced (spacings {step.min():g} to "
+                         f"{step.max():g} arcsec); xfusion needs a regular grid. Regrid the cube (or select a regular "
+                         "subset) and rebuild it with xfusion.observation")
+    if step.size and not np.isclose(step[0], size, rtol=REL_TOL, atol=0):
+        raise ValueError(f"coordinate {d} of '{name}' has pixel_size attribute {size:g} arcsec but its values are "
+                         f"{step[0]:g} arcsec apart (e.g. after coarsen or a strided isel); set "
+                         f"ds['{d}'].attrs['pixel_size'] = {step[0]:g} if the values are right")
+
+
 def _check_kernel_offsets(ds):
     """Refuse a 1D response kernel whose ``energy_offset`` coordinate is not the centred grid the model uses:
     keV, odd length, ``(i - n // 2) * spacing`` with ``spacing`` its attribute (the model reads only the attribute,
@@ -1413,7 +1431,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     Works on NumPy- or Dask-backed datasets (value checks on Dask counts are skipped here
     to avoid a full pass; they are done when the data are first read by ``fuse``).
 
-    Checks dims and units of counts, coordinates and exposure; ``x``/``y`` pixel centres and
+    Checks dims and units of counts, coordinates and exposure; ``x``/``y`` pixel centres
+    uniformly spaced by their ``pixel_size`` attribute (as :func:`observation` builds them) and
     energy bins increasing (descending ones are refused with the fix, ``ds.sortby(...)``);
     counts finite and >= 0; effective area finite and >= 0; a ``psf`` (each band of a
     ``psf_energy`` stack) finite, >= 0 and summing to 1 within ``PSF_NORM_TOL`` (the rules
@@ -1441,6 +1460,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
             order = "descending" if np.all(step < 0) else "not increasing"
             raise ValueError(f"coordinate {d} of '{ds.attrs.get('name', '?')}' is {order}; xfusion needs pixel "
                              f"centres increasing. Sort it, e.g. ds.sortby('{d}')")
+        if not pixel_obs:
+            _check_uniform_pixels(ds, d, step)
     if pixel_obs:
         for v, u in (("roll", "deg"), ("array_x", "arcsec"), ("array_y", "arcsec")):
             if v not in ds:
