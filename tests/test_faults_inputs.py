@@ -3,6 +3,7 @@
 Every case asserts its documented outcome: a clear error naming the cause and the fix, or a finite
 result whose degenerate part is reported -- never a NaN cube, never a silent zero cube.
 """
+import json
 import re
 
 import numpy as np
@@ -484,3 +485,11 @@ def test_predict_refuses_a_flux_on_other_channels_than_the_sharp_spectral_instru
     with pytest.raises(ValueError, match=r"flux channels \(230, .*\) are not the channels of"):
         xfusion.predict(t.isel(energy=slice(0, 230)), y)
     np.testing.assert_array_equal(xfusion.predict(t, y).values, xfusion.predict(t.copy(deep=True), y).values)
+
+
+def test_explained_records_the_basis_size_used_and_ignores_rank(small_toy):
+    """Session 30 (red team): with explained=, parameters['rank'] recorded the unused rank option (rank=3 recorded
+    3 while 2 components ran) and an unused rank=30 was still checked against the Y size."""
+    x, y, _ = small_toy
+    r = xfusion.fuse(x, y, regularization="lowrank", rank=30, explained=0.5, max_iter=2, progress=False)
+    assert json.loads(r.attrs["parameters"])["rank"] == r.sizes["component"] == 2

@@ -1117,7 +1117,7 @@ def _subspace_solver(problem, spec, params, start, init_record):
             "both instruments see")
     # flux spectra; channels Y cannot see (zero area: no counts there, checked above) are 0, not 0/0
     spectra = yd.reshape(-1, yd.shape[-1]) / np.where(wy > 0, wy, np.inf)
-    if params["rank"] > min(shape[2], yd.shape[0] * yd.shape[1]):
+    if not params["explained"] and params["rank"] > min(shape[2], yd.shape[0] * yd.shape[1]):  # rank unused else
         raise ValueError(f"rank={params['rank']} exceeds the {shape[2]} channels or the "
                          f"{yd.shape[0] * yd.shape[1]} spectra of '{grid.attrs['spectral_obs']}'; use a smaller rank")
     if use_dask and shape[2] > lowrank_mod.COVARIANCE_MAX_CHANNELS:
@@ -1130,6 +1130,8 @@ def _subspace_solver(problem, spec, params, start, init_record):
         basis = lowrank_mod.pca_basis(moments=moments, rank=None if params["explained"] else params["rank"],
                                       explained=params["explained"] or 0.999)
         s = moments[1]
+    if params["explained"]:  # record the basis size explained= chose, not the unused rank option
+        params["rank"] = int(basis.shape[0])
     vb = basis.astype(dt)
     # start: X amplitude per pixel times the mean Y spectrum (positive, in the subspace)
     s = s / s.sum()

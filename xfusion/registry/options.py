@@ -139,7 +139,8 @@ RANK = lambda: option(10, "integer (number of components) or \"auto\"",
               "few ranks.", positive_int(auto=True))
 EXPLAINED = lambda: option(None, "fraction in (0, 1], or None", "If set, choose the rank as the smallest number of "
                    "components explaining this fraction of the spectral variance (at most 64) instead of "
-                   "``rank``.", _explained)
+                   "``rank`` (which is then unused; the result's parameters record the chosen count as ``rank``).",
+                   _explained)
 PRECONDITION = lambda: option(True, "boolean", "Scale the FISTA steps per pixel by the sharp-spatial brightness (a "
                       "diagonal preconditioner): faster convergence on fields with a large dynamic range.", boolean)
 MU = lambda: option(0.01, "dimensionless, or \"auto\"", "Strength of the Sobolev smoothness penalty ``(mu / level) "
