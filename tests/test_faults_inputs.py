@@ -493,3 +493,14 @@ def test_explained_records_the_basis_size_used_and_ignores_rank(small_toy):
     x, y, _ = small_toy
     r = xfusion.fuse(x, y, regularization="lowrank", rank=30, explained=0.5, max_iter=2, progress=False)
     assert json.loads(r.attrs["parameters"])["rank"] == r.sizes["component"] == 2
+
+
+def test_numpy_scalar_options_are_recorded_as_numbers(small_toy):
+    """Session 30 (red team): np.float32 / np.int64 options were recorded as strings ('0.001'), so
+    fuse(..., settings=result) refused them."""
+    x, y, _ = small_toy
+    r = xfusion.fuse(x, y, k=np.float32(1.0), n_scales_2d=np.int64(1), null_space="zero", max_iter=2,
+                     tol=np.float32(1e-3), progress=False)
+    p = json.loads(r.attrs["parameters"])
+    assert p["k"] == 1.0 and p["n_scales_2d"] == 1 and np.isclose(p["tol"], 1e-3)
+    assert xfusion.fuse(x, y, settings=r, max_iter=1, progress=False).attrs["iterations"] == 1

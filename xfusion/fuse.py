@@ -159,7 +159,7 @@ class _Request:
 
 def _json(value):
     """``value`` as it reads back from JSON (tuples as lists, numpy scalars as numbers; others as text)."""
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(json.dumps(value, default=_json_default))
 
 
 def _stored_settings(settings):
@@ -209,6 +209,16 @@ def _check_resume(ckpt, resume, request, regularization, method, tol, dtype, opt
         raise CheckpointError(f"{where} was written by a run with different inputs or parameters: {shown}; use "
                               "the same settings to resume (only max_iter may change), or start a new run (without "
                               "resume, or another checkpoint path)")
+
+def _json_default(value):
+    """JSON form of what ``json.dumps`` cannot write: NumPy scalars as numbers (an ``np.float32(1e-3)`` tol was
+    recorded as the string ``'0.001'``, which ``fuse(..., settings=result)`` then refused), arrays as lists,
+    anything else as its ``str``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 def _digest(h, name, value):
@@ -883,7 +893,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         if ckpt is not None:  # kept in the checkpoint: resuming does not tune again (and cannot choose otherwise)
             ckpt.request = request.digest()
             ckpt.choice = reuse if reuse is not None else json.loads(json.dumps(
-                {"regularization": regularization, "method": method, "max_iter": max_iter, **params}, default=str))
+                {"regularization": regularization, "method": method, "max_iter": max_iter, **params}, default=_json_default))
     _check_scales(params, models[0].fused_shape)  # again: tuning may have chosen the scales
     settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
                 "tol": tol, **{k: v for k, v in params.items()}}
@@ -1410,7 +1420,7 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
         "converged": int(converged),
         "tol": "none" if params["tol"] is None else float(params["tol"]),
         "max_iter": int(params["max_iter"]),
-        "parameters": json.dumps(params, default=str),
+        "parameters": json.dumps(params, default=_json_default),
         "flux_units": FLUX_UNITS,
         "negative_fraction_clipped": negative_fraction,
         "elapsed_s": float(elapsed),
