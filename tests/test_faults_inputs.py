@@ -504,3 +504,18 @@ def test_numpy_scalar_options_are_recorded_as_numbers(small_toy):
     p = json.loads(r.attrs["parameters"])
     assert p["k"] == 1.0 and p["n_scales_2d"] == 1 and np.isclose(p["tol"], 1e-3)
     assert xfusion.fuse(x, y, settings=r, max_iter=1, progress=False).attrs["iterations"] == 1
+
+
+def test_sigmoid_rule_k_is_unused_and_constant_rule_ignores_k_min_k_max(small_toy):
+    """Session 30 (red team): with k_rule="sigmoid" k was accepted and recorded (the same cube for k=0.1 and 7),
+    and k="auto" was 'tuned'; with k_rule="constant" k_min > k_max was refused although both are ignored."""
+    x, y, _ = small_toy
+    w = dict(regularization="wavelet2d1d", n_scales_1d=2, progress=False)
+    with pytest.raises(ValueError, match=r"k=0.1 is unused with k_rule='sigmoid'"):
+        xfusion.fuse(x, y, k_rule="sigmoid", k=0.1, null_space="zero", max_iter=2, **w)
+    r = xfusion.fuse(x, y, k_rule="sigmoid", max_iter=3, **w)  # k "auto", null_space "auto": tuned without k
+    p = json.loads(r.attrs["parameters"])
+    assert p["k"] is None and "k" not in p["auto_tuning"]["choice"]
+    assert all("k" not in c for c in p["auto_tuning"].get("candidates", []))
+    assert json.loads(xfusion.fuse(x, y, settings=r, max_iter=1, progress=False).attrs["parameters"])["k"] is None
+    xfusion.fuse(x, y, k=1.0, k_min=4.0, k_max=2.0, null_space="zero", max_iter=1, **w)

@@ -49,7 +49,8 @@ def test_options_are_validated_by_their_dataclass():
     with pytest.raises(ValueError, match="option k must be a number >= 0"):
         opts(k="auto")  # no thinning for this prior: "auto" is refused, not silently kept
     with pytest.raises(ValueError, match="k_min=2.0 exceeds k_max=1.0"):
-        opts(k_min=2.0, k_max=1.0)
+        opts(k_rule="sigmoid", k_min=2.0, k_max=1.0)
+    opts(k_min=2.0, k_max=1.0)  # ignored by the constant rule (session 30)
     assert "stabilized" in opts.__doc__ and "``k``" in opts.__doc__
 
 

@@ -83,6 +83,8 @@ def _resolve(regularization, method, options):
     params.update(options)
     spec.options.validate(params)
     mspec.options.validate(params)
+    if params.get("k_rule") == "sigmoid":  # k unused (validated "auto" or None): neither tuned nor recorded
+        params["k"] = None
     return method, params, spec.family == registry.SUBSPACE
 
 
@@ -645,7 +647,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
           band's starlet coefficients, sigma its MAD noise estimate; larger k, smoother cube.
         - ``k_rule`` ("constant" or "sigmoid", default "constant"): "sigmoid" is paper eq. 21,
           k from ``k_min`` (faint voxels) to ``k_max`` (bright voxels, noise sigmas, defaults
-          0.5 and 3.0) with the coarse-scale brightness; both are ignored with "constant".
+          0.5 and 3.0) with the coarse-scale brightness; both are ignored with "constant". With
+          "sigmoid", ``k`` is unused: an explicit number is refused, "auto" is not tuned and
+          ``k`` is recorded as None.
         - ``n_scales_2d`` (integer, default 1): spatial starlet scales J2.
         - ``n_scales_1d`` (integer or "auto"): spectral starlet scales J1.
         - ``null_space`` ("zero", "threshold" or "auto", default "auto"): bands finer than both

@@ -1084,7 +1084,7 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                 ab = True
                 break
         results[key] = [cand, scores, iters, ab]
-        if cand["k"] >= K_GUARDED_ABOVE and not ab:
+        if cand.get("k", 0.0) >= K_GUARDED_ABOVE and not ab:  # no k: the sigmoid rule
             guard_ends[key] = ends
         s = math.inf if ab else float(np.mean(scores))
         if keep is not None and s < best["score"]:  # the best so far (the argmin below: first of equal scores)
@@ -1103,7 +1103,10 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
             tscore = {t: evaluate({"null_space": t[0], "n_scales_1d": t[1] if auto("n_scales_1d") else n1, "k": 1.0})
                       for t in NULL_SPACE_CANDIDATES}
             ns, n1 = min(tscore, key=tscore.get)
-        if auto("k"):
+        sigmoid = fixed.get("k_rule", "constant") == "sigmoid"  # k unused: not tuned
+        if sigmoid:
+            evaluate({"null_space": ns, "n_scales_1d": n1})
+        elif auto("k"):
             ladder = list(K_LADDER)
             j = ladder.index(1.0)
             sc = {1.0: evaluate({"null_space": ns, "n_scales_1d": n1, "k": 1.0})}

@@ -25,7 +25,8 @@ class Options(wavelet2d1d.Options):
     """The options of ``wavelet2d1d`` with fixed (not "auto") defaults: thinning does not tune this prior yet."""
     n_scales_1d: object = o.option(5, "integer", "Number of 1D (spectral) starlet scales J1 of the 2D-1D transform "
                                    "(bands finer than both instruments see: ``null_space``).", o.positive_int())
-    k: object = o.k(1.0, auto=False, what="the starlet coefficients of the stabilized cube 2 sqrt(z + 3/8)")
+    k: object = o.k(1.0, auto=False, what="the starlet coefficients of the stabilized cube 2 sqrt(z + 3/8)",
+                      sigmoid=True)
     null_space: object = o.null_space("zero", auto=False)
     noise: object = o.option("mad", '"mad" or "poisson"', "Noise model of the thresholds of the stabilized cube "
                              "(as ``wavelet2d1d``'s; ``\"propagated\"`` needs the EM step's variance, which the "

@@ -11,9 +11,9 @@ from .base import is_int, is_real, option
 DEFAULT_LAYOUT = "halo"
 
 
-def nonneg_number(auto=False):
+def nonneg_number(auto=False, none=False):
     def check(name, v):
-        if not (auto and v == "auto") and not (is_real(v) and v >= 0):
+        if not (none and v is None) and not (auto and v == "auto") and not (is_real(v) and v >= 0):
             raise ValueError(f"option {name} must be a number >= 0 (finite, not a bool); got {v!r}")
     return check
 
@@ -75,13 +75,18 @@ def n_scales_1d(default):
                   "truth.", positive_int(auto=True))
 
 
-def k(default, auto=True, what="the starlet coefficients"):
-    return option(default, "noise sigmas (dimensionless)" + (", or \"auto\"" if auto else ""),
+def k(default, auto=True, what="the starlet coefficients", sigmoid=False):
+    """``sigmoid``: the prior also has ``k_rule``; with ``k_rule="sigmoid"`` k is unused (None)."""
+    return option(default, "noise sigmas (dimensionless)" + (", or \"auto\"" if auto else "") + (
+                  ", or None with ``k_rule=\"sigmoid\"``" if sigmoid else ""),
                   f"Soft threshold ``rho = k * sigma`` of {what}, ``sigma`` the MAD noise estimate of each band "
                   "(``per_band``). Larger k: smoother cube, fewer faint features." + (
                       " ``\"auto\"``: truth-free selection by Poisson thinning (the counts are split binomially "
                       "into two independent halves; the value whose fit on one half best predicts the other is "
-                      "kept)." if auto else ""), nonneg_number(auto=auto))
+                      "kept)." if auto else "") + (
+                      " Unused with ``k_rule=\"sigmoid\"`` (the threshold goes from ``k_min`` to ``k_max``): then "
+                      "it is not tuned and is recorded as None, and a number other than the default is refused."
+                      if sigmoid else ""), nonneg_number(auto=auto, none=sigmoid))
 
 
 K_RULE = lambda: option("constant", "\"constant\" or \"sigmoid\"", "``\"constant\"``: the same k everywhere. "

@@ -4,6 +4,7 @@ One of the two families of the default ``regularization="auto"`` (:func:`xfusion
 "auto" becomes when a wavelet option is given explicitly or the data cannot be thinned."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ PRIOR_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "nu
 class Options(OptionSet):
     n_scales_2d: object = o.n_scales_2d(1)
     n_scales_1d: object = o.n_scales_1d("auto")
-    k: object = o.k("auto")
+    k: object = o.k("auto", sigmoid=True)
     k_rule: object = o.K_RULE()
     k_min: object = o.K_MIN()
     k_max: object = o.K_MAX()
@@ -45,7 +46,13 @@ class Options(OptionSet):
         if self.stabilize == "anscombe" and self.noise == "propagated":
             raise ValueError('stabilize="anscombe" cannot use noise="propagated" (it needs the EM step\'s variance, '
                              'which the transform changes); use noise="mad" or "poisson"')
-        if self.k_min > self.k_max:
+        default_k = {f.name: f.default for f in dataclasses.fields(self)}["k"]
+        if self.k_rule == "sigmoid" and self.k is not None and self.k != default_k:
+            raise ValueError(f"option k={self.k!r} is unused with k_rule='sigmoid' (the threshold goes from "
+                             f"k_min={self.k_min!r} to k_max={self.k_max!r}); drop k, or use k_rule='constant'")
+        if self.k_rule != "sigmoid" and self.k is None:
+            raise ValueError("option k=None is only for k_rule='sigmoid'; give k (noise sigmas) or 'auto'")
+        if self.k_rule == "sigmoid" and self.k_min > self.k_max:  # ignored by the constant rule
             raise ValueError(f"option k_min={self.k_min!r} exceeds k_max={self.k_max!r}; the sigmoid rule "
                              "needs k_min <= k_max")
 

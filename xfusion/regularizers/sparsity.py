@@ -219,7 +219,9 @@ class Wavelet2D1D:
         if k_rule not in ("constant", "sigmoid"):
             raise ValueError("k_rule must be 'constant' or 'sigmoid'")
         self.n2, self.n1 = int(n_scales_2d), int(n_scales_1d)
-        self.k, self.k_rule, self.k_min, self.k_max = float(k), k_rule, float(k_min), float(k_max)
+        # k: the constant rule's threshold (None, unused, with the sigmoid rule)
+        self.k = None if k is None and k_rule == "sigmoid" else float(k)
+        self.k_rule, self.k_min, self.k_max = k_rule, float(k_min), float(k_max)
         self.null_space, self.per_band, self.sample = null_space, bool(per_band), sample
         self.conserve_flux = bool(conserve_flux)
         self.depth = 2 * (2 ** self.n2 - 1)
