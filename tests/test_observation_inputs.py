@@ -256,3 +256,25 @@ def test_validate_refuses_non_uniform_xy_and_a_stale_pixel_size():
     with pytest.raises(ValueError, match=r"pixel_size attribute 20 arcsec but its values are 10 arcsec apart"):
         validate(stale)
     validate(ds)
+
+
+def test_observation_never_aliases_the_callers_arrays():
+    """Session 30 (red team): float64 (x, y, energy) counts, a 1D effective_area, a PSF DataArray and an RMF
+    DataArray were stored as views: editing them afterwards changed the observation."""
+    counts, area = np.ones((3, 2, 4)), np.full(4, 250.0)
+    psf = xr.DataArray(np.pad([[1.0]], 1), dims=("psf_x", "psf_y"))
+    rmf = xr.DataArray(np.eye(4), dims=("energy_true", "energy"), coords={
+        "energy_true_lo": ("energy_true", EDGES[:-1], {"units": "keV"}),
+        "energy_true_hi": ("energy_true", EDGES[1:], {"units": "keV"}),
+        "energy_lo": ("energy", EDGES[:-1], {"units": "keV"}), "energy_hi": ("energy", EDGES[1:], {"units": "keV"})})
+    for cts in (counts, xr.DataArray(counts, dims=("x", "y", "energy"))):
+        ds = observation(cts, dims=("x", "y", "energy"), effective_area=area, psf=psf, psf_pixel_size=10.0,
+                         response=rmf, **KW)
+        before = {v: ds[v].values.copy() for v in ("counts", "effective_area", "psf", "response")}
+        counts[0, 0, 0] += 1000.0
+        area[:] = 1.0
+        psf.values[1, 1] = 5.0
+        rmf.values[0, 0] = 0.0
+        for v, b in before.items():
+            np.testing.assert_array_equal(ds[v].values, b, err_msg=v)
+        counts[0, 0, 0], area[:], psf.values[1, 1], rmf.values[0, 0] = 1.0, 250.0, 1.0, 1.0

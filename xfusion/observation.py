@@ -756,6 +756,33 @@ def _like_counts(arr, what, layout):
     return a
 
 
+def _numpy_buffers(value):
+    """The in-memory NumPy arrays behind a user's argument (an array, Quantity, or DataArray with its coordinates)."""
+    if isinstance(value, xr.DataArray):
+        return [a for a in [value.data] + [c.data for c in value.coords.values()] if isinstance(a, np.ndarray)]
+    value = getattr(value, "value", value) if _is_quantity(value) else value
+    return [value] if isinstance(value, np.ndarray) else []
+
+
+def _unaliased(ds, *given):
+    """``ds`` with a copy of every in-memory variable or coordinate that may share memory with an argument in
+    ``given`` (session 30: the counts, a 1D effective_area, a PSF or RMF DataArray were stored as views, so editing
+    the caller's array afterwards changed the observation). Nothing the user passed is aliased; Dask arrays are
+    left lazy (they are never written to)."""
+    bufs = [b for g in given for b in _numpy_buffers(g) if b.size]
+    if not bufs:
+        return ds
+    for name in list(ds.variables):
+        data = ds.variables[name].data
+        if isinstance(data, np.ndarray) and data.size and any(np.may_share_memory(data, b) for b in bufs):
+            var = ds.variables[name].copy(deep=True)
+            if name in ds.coords:
+                ds = ds.assign_coords({name: var})
+            else:
+                ds[name] = var
+    return ds
+
+
 # --------------------------------------------------------------------------- builder
 def observation(
     counts,
@@ -1085,7 +1112,7 @@ def observation(
                      "input_units": json.dumps(units, sort_keys=True)})
     if sky is not None:
         ds.attrs.update(center_ra=sky[0], center_dec=sky[1])
-    return validate(ds)
+    return validate(_unaliased(ds, counts, effective_area, psf, response, exposure))
 
 
 #: negative RMF elements are clipped (with a warning) when none is larger in magnitude than this
