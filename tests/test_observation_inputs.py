@@ -278,3 +278,21 @@ def test_observation_never_aliases_the_callers_arrays():
         for v, b in before.items():
             np.testing.assert_array_equal(ds[v].values, b, err_msg=v)
         counts[0, 0, 0], area[:], psf.values[1, 1], rmf.values[0, 0] = 1.0, 250.0, 1.0, 1.0
+
+
+def test_validate_checks_the_dims_of_mask_and_effective_area():
+    """Session 30 (red team): a mask over (x, y) or (energy) only and an effective_area over 'energy' passed
+    validate; fuse then failed deep inside numpy/xarray."""
+    ds = observation(np.ones((3, 2, 4)), dims=("x", "y", "energy"), **KW)
+    for dims, shape in ((("x", "y"), (3, 2)), (("energy",), (4,))):
+        bad = ds.copy()
+        bad["mask"] = (dims, np.ones(shape, bool))
+        with pytest.raises(ValueError, match=r"mask of .* must have the dims of counts"):
+            validate(bad)
+    bad = ds.copy()
+    bad["effective_area"] = (("energy",), np.full(4, 100.0), {"units": "cm2"})
+    with pytest.raises(ValueError, match=r"effective_area of .* has dims \('energy',\); allowed"):
+        validate(bad)
+    bad["effective_area"] = (("energy_true",), np.full(4, 100.0), {"units": "cm2"})
+    with pytest.raises(ValueError, match="energy_true_lo/energy_true_hi .* are missing"):
+        validate(bad)

@@ -1510,6 +1510,10 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         if isinstance(b, np.ndarray) and (not np.all(np.isfinite(b)) or np.any(b < 0)):
             raise ValueError(f"background_rate of '{ds.attrs.get('name', '?')}' contains negative or non-finite "
                              "values; a background is finite and >= 0 (count s-1 per voxel)")
+    if "mask" in ds and ds["mask"].dims != ds["counts"].dims:
+        raise ValueError(f"mask of '{ds.attrs.get('name', '?')}' has dims {ds['mask'].dims}; it must have the dims "
+                         f"of counts {ds['counts'].dims}: broadcast it, e.g. ds['mask'] = "
+                         "ds['mask'].broadcast_like(ds['counts']).transpose(*ds['counts'].dims)")
     if "mask" in ds and ds["mask"].dtype != bool:
         raise ValueError(f"mask of '{ds.attrs.get('name', '?')}' has dtype {ds['mask'].dtype}; a mask is boolean "
                          "(True where the data are valid): ds['mask'] = ds['mask'] > 0")
@@ -1529,6 +1533,17 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         raise ValueError(f"exposure of '{ds.attrs.get('name', '?')}' must be > 0 s; got {t}")
     if "effective_area" in ds:
         _check_units(ds["effective_area"], "cm2", "effective_area")
+        allowed = [(), ("energy_true",), ("pixel", "energy_true") if pixel_obs else ("x", "y", "energy_true")]
+        if ds["effective_area"].dims not in allowed:
+            raise ValueError(f"effective_area of '{ds.attrs.get('name', '?')}' has dims {ds['effective_area'].dims}; "
+                             f"allowed: {', '.join(map(str, allowed))}. An ARF is over true energies: rename its "
+                             "dimension to 'energy_true' with edges energy_true_lo/energy_true_hi (keV), or build the "
+                             "observation with xfusion.observation(..., effective_area=...)")
+        if "energy_true" in ds["effective_area"].dims:
+            if not {"energy_true_lo", "energy_true_hi"} <= set(ds.coords):
+                raise ValueError(f"effective_area of '{ds.attrs.get('name', '?')}' is over energy_true but the "
+                                 "coordinates energy_true_lo/energy_true_hi (keV) are missing; give the ARF's edges")
+            energy_edges(ds, "energy_true")
         a = np.asarray(ds["effective_area"].values)
         if not np.all(np.isfinite(a)) or np.any(a < 0):
             raise ValueError("effective_area contains negative or non-finite values")
