@@ -296,3 +296,22 @@ def test_validate_checks_the_dims_of_mask_and_effective_area():
     bad["effective_area"] = (("energy_true",), np.full(4, 100.0), {"units": "cm2"})
     with pytest.raises(ValueError, match="energy_true_lo/energy_true_hi .* are missing"):
         validate(bad)
+
+
+def test_arf_and_rmf_energy_true_in_ev_are_converted():
+    """Session 30 (red team): an ARF with energy_true edges in eV was stored in eV (fuse then said it covers
+    300-2000 keV), an RMF's were relabelled keV (500-1400 'keV')."""
+    ev = EDGES * 1000.0
+    c = lambda v: ("energy_true", v, {"units": "eV"})  # noqa: E731
+    arf = xr.DataArray(np.full(4, 250.0), dims="energy_true", attrs={"units": "cm2"},
+                       coords={"energy_true_lo": c(ev[:-1]), "energy_true_hi": c(ev[1:])})
+    rmf = xr.DataArray(np.eye(4), dims=("energy_true", "energy"), coords={
+        "energy_true_lo": c(ev[:-1]), "energy_true_hi": c(ev[1:]),
+        "energy_lo": ("energy", EDGES[:-1], {"units": "keV"}), "energy_hi": ("energy", EDGES[1:], {"units": "keV"})})
+    for kw in (dict(effective_area=arf), dict(response=rmf)):
+        ds = observation(np.ones((3, 2, 4)), dims=("x", "y", "energy"), **kw, **KW)
+        np.testing.assert_allclose(ds["energy_true_lo"].values, EDGES[:-1])
+        assert ds["energy_true_lo"].attrs["units"] == "keV"
+    with pytest.raises(ValueError, match="is in 'arcsec', which cannot be converted to keV"):
+        observation(np.ones((3, 2, 4)), dims=("x", "y", "energy"), effective_area=arf.assign_coords(
+            energy_true_lo=("energy_true", ev[:-1], {"units": "arcsec"})), **KW)

@@ -614,6 +614,35 @@ def _area_on_rows(vals, arf_edges, row_edges, arf_centres):
     return vals[..., j] * (1 - f) + vals[..., np.minimum(j + 1, src.size - 1)] * f, dst
 
 
+#: energy coordinates of an ARF or RMF DataArray, converted to keV by :func:`_energy_coords_in_kev`
+ENERGY_COORDS = ("energy_true", "energy_true_lo", "energy_true_hi", "energy", "energy_lo", "energy_hi")
+
+
+def _energy_coords_in_kev(da, what):
+    """``da`` with its energy coordinates (``ENERGY_COORDS``) in keV: a ``units`` attribute other than keV is
+    converted with astropy (e.g. ``'eV'``; session 30: eV edges were stored as they were and an RMF's relabelled
+    keV, so 500-1400 eV became 500-1400 keV), one astropy cannot convert to keV is refused naming it, and
+    coordinates without units (keV) going above ``MAX_PLAIN_KEV`` are refused as "looks like eV"."""
+    from astropy import units as u
+
+    new = {}
+    for c in ENERGY_COORDS:
+        if c not in da.coords:
+            continue
+        given = da[c].attrs.get("units")
+        v = np.asarray(da[c].values, dtype=np.float64)
+        if given is None:
+            _plausible_energies(v, f"{what} coordinate {c} (no units attribute, so keV)", "(plain number)")
+        elif str(given) != UNITS["energy"]:
+            try:
+                v = (v * u.Unit(str(given))).to_value(u.keV)
+            except (ValueError, TypeError, u.UnitConversionError) as exc:
+                raise ValueError(f"{what} coordinate {c} is in {given!r}, which cannot be converted to keV; give "
+                                 "true energies in keV or eV (attrs['units'])") from exc
+            new[c] = (da[c].dims, v, dict(da[c].attrs, units=UNITS["energy"]))
+    return da.assign_coords(new) if new else da
+
+
 def _energy_true_dataarray(da, what):
     """Validate a DataArray on ``energy_true`` (with edges) and return it in float64."""
     if "energy_true" not in da.dims:
@@ -621,6 +650,7 @@ def _energy_true_dataarray(da, what):
     for c in ("energy_true_lo", "energy_true_hi"):
         if c not in da.coords:
             raise ValueError(f"{what} needs explicit true-energy edges: coordinate '{c}' (keV) is missing")
+    da = _energy_coords_in_kev(da, what)
     edges = energy_edges(da, "energy_true")
     if np.any(np.diff(edges) <= 0):
         raise ValueError(f"{what}: energy_true edges must increase strictly")
