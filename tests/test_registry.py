@@ -170,3 +170,13 @@ def test_stabilize_refuses_what_it_cannot_do(small_toy):
     with pytest.raises(NotImplementedError, match="stabilize='anscombe' runs in memory only"):
         xfusion.fuse(x.chunk({"x": 8}), y, regularization="wavelet2d1d", stabilize="anscombe", k=1.0, n_scales_1d=5,
                      null_space="zero", max_iter=1, progress=False)
+
+
+def test_removed_rechunk_layout_is_refused_and_not_advertised():
+    """Session 30 (red team): layout="rechunk" was in the options table and accepted (recorded as used in memory,
+    refused by the Dask path) although the layout was removed in session 4."""
+    doc = registry.option_docs("wavelet2d1d")["layout"]
+    assert "rechunk\"`` were removed in session 4" in doc[2] and doc[1] == '"halo"'
+    with pytest.raises(ValueError, match="layout='rechunk' was removed in session 4.*use layout='halo'"):
+        registry.regularization("wavelet2d1d").options(layout="rechunk")
+    registry.regularization("wavelet2d1d").options(layout="halo")

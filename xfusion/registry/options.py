@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from .base import is_int, is_real, option
 
-#: Dask layout of the PSF operators on the full-cube path (xfusion.parallel_em): halos on the pixel blocks.
+#: Dask layout of the PSF operators on the full-cube path (xfusion.parallel_em): halos on the pixel blocks, the
+#: only one since session 4 (the measurements below chose it over the removed "rechunk" slabs).
 #: Measured per wavelet2d1d iteration (benchmarks/layouts.py --full, 64-pixel blocks, 2 cores), halo vs
 #: rechunk: 256x256x4096 threads 17.1 vs 16.5 s and 19.0 vs 15.2 s (two runs), LocalCluster 1 worker
 #: 42.5 vs 43.7 s, 2 workers 28.9 vs 31.4 s; 256x256x2048 threads 8.1 vs 8.4 s, 2 workers 14.7 vs 16.4 s.
@@ -57,9 +58,13 @@ def _chunks(name, v):
 
 
 def _layout(name, v):
-    if v not in ("halo", "rechunk"):
-        raise ValueError(f"option layout must be 'halo' or 'rechunk' (Dask path: PSF operators on pixel blocks "
-                         f"with halos, or on full-field channel slabs); got {v!r}")
+    if v == "rechunk":
+        raise ValueError("option layout='rechunk' was removed in session 4 (the full-field channel slabs): the PSF "
+                         "operators run on pixel blocks with their halos, at any chunk size; use layout='halo' (the "
+                         "default) or drop the option")
+    if v != "halo":
+        raise ValueError(f"option layout must be 'halo' (Dask path: PSF operators on pixel blocks with halos); "
+                         f"got {v!r}")
 
 
 def n_scales_2d(default):
@@ -156,9 +161,9 @@ CHUNKS = lambda: option(None, "(bx, by) fused pixels, or None",
                         "Dask path only: pixel block of the fused grid (each block "
                 "holds the whole energy axis). None: chosen from the cube shape, the PSF and starlet halos and the "
                 "memory per worker thread.", _chunks)
-LAYOUT = lambda: option(DEFAULT_LAYOUT, "\"halo\" or \"rechunk\"", "Dask path, full-cube regularizations: run the PSF "
-                "operators on the pixel blocks with halos of the PSF radius (``\"halo\"``) or on full-field channel "
-                "slabs (``\"rechunk\"``, allows blocks smaller than the PSF).", _layout)
+LAYOUT = lambda: option(DEFAULT_LAYOUT, "\"halo\"", "Dask path, full-cube regularizations: run the PSF "
+                "operators on the pixel blocks with halos of the PSF radius (``\"halo\"``, the only layout: the "
+                "full-field channel slabs of ``\"rechunk\"`` were removed in session 4 and are refused).", _layout)
 
 
 def _step(name, v):
