@@ -315,3 +315,17 @@ def test_arf_and_rmf_energy_true_in_ev_are_converted():
     with pytest.raises(ValueError, match="is in 'arcsec', which cannot be converted to keV"):
         observation(np.ones((3, 2, 4)), dims=("x", "y", "energy"), effective_area=arf.assign_coords(
             energy_true_lo=("energy_true", ev[:-1], {"units": "arcsec"})), **KW)
+
+
+def test_validate_refuses_a_non_scalar_exposure_and_an_impossible_center():
+    """Session 30 (red team): a 1-D exposure gave numpy's TypeError in validate; center_dec=120 set by hand passed."""
+    ds = observation(np.ones((3, 2, 4)), dims=("x", "y", "energy"), center=(10.0, 20.0), **KW)
+    bad = ds.drop_vars("exposure").assign(exposure=(("x",), np.full(3, 1e4), {"units": "s"}))
+    with pytest.raises(ValueError, match=r"exposure of .* has dims \('x',\); it is one number"):
+        validate(bad)
+    for target in ("ds", "x"):
+        bad = ds.copy()
+        (bad.attrs if target == "ds" else bad["x"].attrs).update(center_dec=120.0)
+        with pytest.raises(ValueError, match=r"\|Dec\| <= 90"):
+            validate(bad)
+    validate(ds)

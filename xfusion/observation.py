@@ -1444,6 +1444,23 @@ def _add_response(ds, response, spacing, area_given=False):
 
 
 # --------------------------------------------------------------------------- validation
+def _check_center_attrs(ds):
+    """Refuse a tangent point (``center_ra``/``center_dec`` attributes of the Dataset or its ``x``/``y``, deg) that
+    is not a finite (RA, Dec) with |Dec| <= 90, the rule of ``observation(center=...)``."""
+    for where, attrs in (("", ds.attrs), *((f" coordinate {d}", ds[d].attrs) for d in ("x", "y") if d in ds.coords)):
+        if "center_ra" not in attrs and "center_dec" not in attrs:
+            continue
+        ra, dec = attrs.get("center_ra", 0.0), attrs.get("center_dec", 0.0)  # either may be on another object
+        try:
+            ok = np.isfinite(float(ra)) and np.isfinite(float(dec)) and -90.0 <= float(dec) <= 90.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"observation '{ds.attrs.get('name', '?')}'{where}: center_ra/center_dec = {ra!r}, "
+                             f"{dec!r} is not a finite (RA, Dec) in degrees with |Dec| <= 90; fix the attributes "
+                             "or rebuild with xfusion.observation(..., center=(ra, dec))")
+
+
 def _check_uniform_pixels(ds, d, step):
     """Refuse an ``x``/``y`` coordinate whose pixel centres (differences ``step``) are not uniformly spaced by its
     ``pixel_size`` attribute (rtol ``REL_TOL``), the rule :func:`observation` applies: the model uses the attribute
@@ -1558,6 +1575,11 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         _check_units(ds[c], "keV", f"coordinate {c}")
     energy_edges(ds, "energy")
     _check_units(ds["exposure"], "s", "exposure")
+    if ds["exposure"].ndim != 0:
+        raise ValueError(f"exposure of '{ds.attrs.get('name', '?')}' has dims {ds['exposure'].dims}; it is one number "
+                         "(s). An exposure map: pass the largest as exposure and build the observation with "
+                         "xfusion.observation (a detector-pixel observation takes per-pixel exposures)")
+    _check_center_attrs(ds)
     t = float(ds["exposure"].values)
     if not np.isfinite(t) or t <= 0:
         raise ValueError(f"exposure of '{ds.attrs.get('name', '?')}' must be > 0 s; got {t}")
