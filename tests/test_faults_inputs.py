@@ -519,3 +519,15 @@ def test_sigmoid_rule_k_is_unused_and_constant_rule_ignores_k_min_k_max(small_to
     assert all("k" not in c for c in p["auto_tuning"].get("candidates", []))
     assert json.loads(xfusion.fuse(x, y, settings=r, max_iter=1, progress=False).attrs["parameters"])["k"] is None
     xfusion.fuse(x, y, k=1.0, k_min=4.0, k_max=2.0, null_space="zero", max_iter=1, **w)
+
+
+def test_client_progress_and_dtype_none_are_checked(small_toy):
+    """Session 30 (red team): client='x' gave an AttributeError, progress='no' showed the bar, dtype=None ran in
+    float64."""
+    x, y, _ = small_toy
+    with pytest.raises(TypeError, match="client must be a dask.distributed.Client"):
+        xfusion.fuse(x, y, client="x", regularization="none", max_iter=1, progress=False)
+    with pytest.raises(TypeError, match="progress must be True or False; got 'no'"):
+        xfusion.fuse(x, y, regularization="none", max_iter=1, progress="no")
+    with pytest.raises(ValueError, match="dtype must be 'float32' .* got None"):
+        xfusion.fuse(x, y, regularization="none", max_iter=1, progress=False, dtype=None)

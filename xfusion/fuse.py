@@ -617,7 +617,7 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         the values "auto" chose (no re-tuning). Options passed here, and ``max_iter``, ``tol``,
         ``dtype`` when given with non-default values, override the recorded ones; a different
         ``regularization`` or ``method`` raises ``ValueError``.
-    progress : show a tqdm bar (iteration, objective, relative change).
+    progress : True or False: show a tqdm bar (iteration, objective, relative change).
     callback : ``f(iteration, state) -> bool`` called every iteration (True stops).
     dtype : "float32" (default) or "float64" for the iterate (the solver's arithmetic); the delivered ``flux`` is
         stored in float32 either way.
@@ -813,6 +813,10 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
          **options) -> xr.Dataset:
     """:func:`fuse` (BLAS threading already set)."""
     t_start = time.perf_counter()
+    if dtype is None:  # np.dtype(None) is float64: not the default float32, so refused rather than guessed
+        raise ValueError("dtype must be 'float32' (the default) or 'float64'; got None")
+    if not isinstance(progress, (bool, np.bool_)):  # a truthy string such as 'no' showed the bar
+        raise TypeError(f"progress must be True or False; got {progress!r}")
     try:
         dt = np.dtype(dtype)
     except TypeError:  # e.g. dtype = 64 in a config file: numpy's "Cannot interpret '64' as a data type"

@@ -96,6 +96,9 @@ def check_workers(client, timeout=10.0, busy=0.9):
     seconds (e.g. workers whose ``memory_limit`` is below what a worker process uses at rest are
     restarted by their nanny over and over), or a worker already using more than ``busy`` of its
     ``memory_limit`` while idle."""
+    if not (hasattr(client, "wait_for_workers") and hasattr(client, "scheduler_info")):
+        raise TypeError(f"client must be a dask.distributed.Client (or None to run on this machine); got "
+                        f"{type(client).__name__} {client!r}")
     if getattr(client, "status", "running") in ("closing", "closed"):
         raise ValueError(f"the Dask client is {client.status}: pass an open client, or client=None to run on this "
                          "machine")  # (session 29: this failed inside Dask with 'IOLoop is closed')
