@@ -237,7 +237,7 @@ def test_kernel_placed_by_its_offsets_and_validate_refuses_shifted_offsets():
     assert shifted.sizes["energy_offset"] == 13
     np.testing.assert_allclose(shifted["response"].values[4:], centred["response"].values)
     np.testing.assert_allclose(shifted["response"].values[:4], 0.0)
-    assert np.isclose(float(shifted["energy_offset"][int(shifted["response"].argmax())]), 0.02)
+    assert np.isclose(float(shifted["energy_offset"][int(np.argmax(shifted["response"].values))]), 0.02)
     with pytest.raises(ValueError, match="no sample at offset 0"):
         observation(counts, dims=("x", "y", "energy"), response=_kernel_da(off + 0.005), **KW)
     with pytest.raises(ValueError, match="not uniformly spaced"):
