@@ -474,3 +474,25 @@ def test_lowrank_refuses_channels_the_sharp_spectral_instrument_cannot_see():
         xfusion.fuse(x, y, regularization="lowrank", max_iter=3, progress=False)
     r = xfusion.fuse(x, y, regularization="none", max_iter=3, progress=False)  # plain RL takes the band from the CCD
     assert float(r["flux"].values[..., :50].sum()) > 0
+
+
+def test_one_pixel_psf_at_the_fused_pixel_runs_quietly_and_coarser_is_refused():
+    """Session 30 red team: a 1x1 (delta) PSF at the fused pixel size ran with numpy's 'Mean of empty slice' warnings
+    (an eagerly computed default), and at the observation's own 30" pixels failed deep inside ("PSF coordinate 'psf_x'
+    needs at least 2 pixels") naming no fix. Now quiet, and refused with the reason and the fixes."""
+    import warnings
+
+    x, y, _ = xfusion.toy.make("small")
+    e = np.append(y["energy_lo"].values, y["energy_hi"].values[-1])
+
+    def with_psf(pix):
+        return xfusion.observation(y["counts"].values, dims=("x", "y", "energy"), energy_edges=e, pixel_size=30.0,
+                                   exposure=float(y["exposure"]), effective_area=250.0, psf=np.ones((1, 1)),
+                                   psf_pixel_size=pix, name="Y delta PSF")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        r = xfusion.fuse(x, with_psf(10.0), regularization="none", max_iter=3, progress=False)
+    assert np.isfinite(r["flux"].values).all()
+    with pytest.raises(ValueError, match=r"1x1 pixel\(s\) of 30 arcsec: a one-pixel PSF .*psf_pixel_size=10\).*psf=None"):
+        xfusion.fuse(x, with_psf(30.0), regularization="none", max_iter=3, progress=False)

@@ -456,9 +456,16 @@ def _pair_grid(obs_a, obs_b) -> xr.Dataset:
 
 def psf_on_grid(psf: xr.DataArray, target_pixel: float) -> xr.DataArray:
     """PSF sampled at ``target_pixel`` arcsec (flux-conserving resampling when it differs)."""
-    src = float(psf["psf_x"].attrs.get("pixel_size", np.diff(psf["psf_x"].values).mean()))
+    stored = psf["psf_x"].attrs.get("pixel_size")  # (np.diff of a one-pixel PSF is empty: only when not stored)
+    src = float(stored) if stored is not None else float(np.diff(psf["psf_x"].values).mean())
     if np.isclose(src, target_pixel, rtol=REL_TOL):
         return psf
+    if psf.sizes["psf_x"] < 2 or psf.sizes["psf_y"] < 2:
+        raise ValueError(
+            f"the PSF is {psf.sizes['psf_x']}x{psf.sizes['psf_y']} pixel(s) of {src:g} arcsec: a one-pixel PSF (a "
+            f"delta) cannot be resampled to the fused pixels of {target_pixel:g} arcsec (its shape inside the pixel is "
+            f"unknown). Give it at the fused pixel size (psf_pixel_size={target_pixel:g}) for no blur beyond the fused "
+            "pixel, pass psf=None, or give a PSF image of several pixels")
     if "psf_energy" in psf.dims:
         bands = [resample_psf(psf.isel(psf_energy=i).drop_vars("psf_energy"), target_pixel)
                  for i in range(psf.sizes["psf_energy"])]
