@@ -686,24 +686,17 @@ def cmd_demo(args):
 
 
 # ----------------------------------------------------------------------------- parser
-def _mu_value(text):
-    """``--mu`` of ``xfusion jwst``: a number or "auto"."""
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--mu takes a number or 'auto'; got {text!r}") from None
-
-
-def _max_iter_value(text):
-    """``--max-iter`` of ``xfusion fuse``: an integer or "auto" (as the config file's ``max_iter``)."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-iter takes an integer or 'auto'; got {text!r}") from None
+def _number_or_auto(cast, flag, kind):
+    """An argparse ``type``: ``cast(text)`` (e.g. ``float`` for ``xfusion jwst --mu``, ``int`` for ``xfusion fuse
+    --max-iter``) or the string "auto" (as the config file's value)."""
+    def parse(text):
+        if text == "auto":
+            return text
+        try:
+            return cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes {kind} or 'auto'; got {text!r}") from None
+    return parse
 
 
 def cmd_jwst(args):
@@ -827,7 +820,8 @@ def build_parser():
                    help="solver: " + "; ".join(f"{', '.join(registry.methods_for(fam))} for the {fam}-cube "
                                                f"regularizations (default {registry.methods_for(fam)[0]})"
                                                for fam in (registry.FULL, registry.SUBSPACE)))
-    f.add_argument("--max-iter", dest="max_iter", type=_max_iter_value, default=None, metavar="N",
+    f.add_argument("--max-iter", dest="max_iter", type=_number_or_auto(int, "--max-iter", "an integer"), default=None,
+                   metavar="N",
                    help="maximum number of iterations, or 'auto' (chosen by Poisson thinning; for auto, none, "
                         "lowrank and lowrank_local) (default per method: em 50, ista 2000, fista 300; none and "
                         "lowrank_local: chosen by Poisson thinning; lowrank: 30)")
@@ -924,7 +918,7 @@ def build_parser():
     j.add_argument("--toy", action="store_true", help="use the JWST toy (xfusion.jwst.make_toy) instead of files")
     j.add_argument("--seed", type=int, default=0, help="seed of the toy (default: 0)")
     j.add_argument("--held-out", nargs="+", metavar="FILTER", help="filters left out of the fusion and predicted")
-    j.add_argument("--mu", type=_mu_value, default=None,
+    j.add_argument("--mu", type=_number_or_auto(float, "--mu", "a number"), default=None,
                    help="Sobolev weight, or 'auto' (chosen by Gaussian data fission; default: xfusion.jwst.DEFAULT_MU)")
     j.add_argument("--rank", type=int, default=None, help="subspace rank (default: min(5, filters + 1))")
     j.add_argument("--gamma", type=float, default=None, help="relative weight of the IFU data term (default: 1)")
