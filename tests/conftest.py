@@ -38,6 +38,16 @@ def require_data(*paths):
 
 
 @pytest.fixture(scope="session")
+def child_env():
+    """The environment of the Python processes that the kill, lock and resume tests start, with Numba's starlet
+    kernels off (``XFUSION_NUMBA=0``). A new process compiles them on first use, ~3-4 s per dtype on 2 cores,
+    which was most of each such test's time; these tests are about processes, locks and files, the NumPy passes
+    give the kernels' numbers to the bit (tests/test_starlet_kernels.py), and this process and the cluster's
+    workers keep the kernels, so a resume across the two paths is checked too."""
+    return dict(os.environ, XFUSION_NUMBA="0")
+
+
+@pytest.fixture(scope="session")
 def small_toy():
     return toy.make("small", seed=0)
 

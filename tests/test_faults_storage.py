@@ -278,13 +278,14 @@ KILL_SCRIPT = textwrap.dedent("""
                                                     ("between_renames", 5, ["ck.zarr.lock", "ck.zarr.old",
                                                                             "ck.zarr.tmp"]),
                                                     ("after_commit", 5, ["ck.zarr.lock", "ck.zarr.old"])])
-def test_sigkill_inside_a_commit_then_resume(small_toy, tmp_path, full6, point, resumes_at, left):
+def test_sigkill_inside_a_commit_then_resume(small_toy, tmp_path, full6, point, resumes_at, left, child_env):
     """A real SIGKILL at chosen instants of the second commit; the next run repairs the store (and the dead
     run's lock) and resumes from the right iteration to the uninterrupted result."""
     ck = tmp_path / "ck.zarr"
     script = tmp_path / "killme.py"
     script.write_text(KILL_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(ck), point], timeout=120, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(script), str(ck), point], timeout=120, capture_output=True, text=True,
+                          env=child_env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert _leftovers(ck) == left
     r, seen = _iterations(small_toy, ck, resume=True)
@@ -293,7 +294,7 @@ def test_sigkill_inside_a_commit_then_resume(small_toy, tmp_path, full6, point, 
 
 
 # ----------------------------------------------------------------------------- two writers
-def test_a_second_writer_is_refused_and_a_dead_ones_lock_recovered(small_toy, tmp_path):
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_recovered(small_toy, tmp_path, child_env):
     """Before: two processes on one checkpoint path, one crashed. Now the second gets a clear error naming the
     holder while the first runs; a lock left by a SIGKILLed run is recovered."""
     ck = tmp_path / "ck.zarr"
@@ -303,7 +304,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_recovered(small_toy, tm
         xfusion.fuse(x, y, max_iter=200, tol=None, progress=False, checkpoint={str(ck)!r}, checkpoint_every=2,
                      callback=lambda it, st: time.sleep(0.2), **{PIN!r})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    proc = subprocess.Popen([sys.executable, "-c", script], env=child_env)
     try:
         t0 = time.time()
         while not ck.exists() and time.time() - t0 < 60:

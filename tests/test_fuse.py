@@ -220,7 +220,7 @@ def test_resume_refuses_a_foreign_checkpoint(small_toy, tmp_path):
         xfusion.fuse(x, y, max_iter=2, progress=False, checkpoint=ck, resume=True, **dict(PINNED["wavelet2d1d"], k=2.0))
 
 
-def test_sigkill_then_resume(small_toy, tmp_path):
+def test_sigkill_then_resume(small_toy, tmp_path, child_env):
     """A run killed with SIGKILL mid-way resumes from its Zarr checkpoint to the uninterrupted result."""
     x, y, _ = small_toy
     ck = tmp_path / "ck.zarr"
@@ -233,7 +233,7 @@ def test_sigkill_then_resume(small_toy, tmp_path):
         xfusion.fuse(x, y, max_iter={n}, tol=None, progress=False, checkpoint={str(ck)!r}, checkpoint_every=2,
                      callback=slow, **{PINNED["wavelet2d1d"]!r})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    proc = subprocess.Popen([sys.executable, "-c", script], env=child_env)
     try:
         t0 = time.time()
         while not (ck / "zarr.json").exists() and time.time() - t0 < 60:

@@ -225,7 +225,7 @@ N_KILLED = 8
 
 
 @pytest.mark.parametrize("reg", ["wavelet2d1d", "lowrank_sobolev"])
-def test_client_sigkill_on_a_cluster_then_resume(big_stores, cluster, tmp_path, reg):
+def test_client_sigkill_on_a_cluster_then_resume(big_stores, cluster, tmp_path, reg, child_env):
     """SIGKILL of the client process of a LocalCluster run; resuming from its Zarr checkpoint on the session's
     cluster gives the cube of the uninterrupted run."""
     import subprocess
@@ -237,7 +237,7 @@ def test_client_sigkill_on_a_cluster_then_resume(big_stores, cluster, tmp_path, 
     script.write_text(CLIENT_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), str(px), str(py), str(ck), reg, str(N_KILLED),
                              json.dumps(PINNED[reg])],
-                            start_new_session=True)
+                            start_new_session=True, env=child_env)
     try:
         t0 = time.time()
         while time.time() - t0 < 120:

@@ -399,7 +399,7 @@ xfusion.uncertainty(r, x, y, n=400, store=sys.argv[1], seed=7)
 """
 
 
-def test_one_writer_per_replica_store(fitted, tmp_path):
+def test_one_writer_per_replica_store(fitted, tmp_path, child_env):
     """Session 29 (red team): two uncertainty runs on one store at once crashed (an OutputError about an option
     uncertainty does not have, a raw FileNotFoundError) or left the store broken for every later run. Now the
     store has the checkpoints' writer lock PATH.lock: a second run (a real process) is refused with the holder's
@@ -425,7 +425,8 @@ def test_one_writer_per_replica_store(fitted, tmp_path):
             return None
 
     def holder(started):  # a run writing replicas, once ``started()``
-        proc = subprocess.Popen([sys.executable, str(script), str(store)], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, str(script), str(store)], stderr=subprocess.PIPE, text=True,
+                                env=child_env)
         t0 = time.time()
         while not started(proc) and proc.poll() is None and time.time() - t0 < 60:
             time.sleep(0.05)
