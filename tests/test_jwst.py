@@ -270,6 +270,12 @@ def test_cli_fuses_pipeline_files_and_reports_the_checks(toy, tmp_path, capsys):
     assert rc == 0 and "cross-calibration factors" in text and "held out" in text and out.exists()
     fused = xfusion.io.zarr.open(out)
     assert fused["flux"].dims == ("x", "y", "energy") and fused["energy"].attrs["units"] == "um"
+    # a second run on an output in use is refused before it fits (session 31), and writes nothing
+    with xfusion.io.zarr.output_lock(tmp_path / "busy.zarr"):
+        capsys.readouterr()
+        assert cli.main(["jwst", "--imager", *i2d, "--ifu", s3d, "-o", str(tmp_path / "busy.zarr")]) == 3
+        assert "is in use by process" in capsys.readouterr().err
+    assert not (tmp_path / "busy.zarr").exists()
     # misaligned fields are refused (exit 3, one line)
     shifted = tmp_path / "shifted"
     shifted.mkdir()

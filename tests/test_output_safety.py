@@ -292,6 +292,42 @@ def test_a_second_writer_of_the_same_store_is_refused_and_the_first_completes(tm
     assert xzarr.open(out).attrs["writer"] == "second"
 
 
+def test_a_second_cli_fuse_on_one_output_is_refused_before_it_reads_or_fits(tmp_path, capsys):
+    """Session 31: the output's lock was taken only by the write, so a second ``xfusion fuse -o OUT`` while a
+    first one ran did its whole fit before being refused. The CLI now holds the lock from before it reads its
+    inputs to the end of the write: the second run stops at once naming the holder, writes nothing, and the lock
+    is released when a run ends (also on an error); ``write(lock=)`` takes only that store's held lock."""
+    import time
+
+    d = tmp_path / "toy"
+    assert main(["toy", "small", "-o", str(d)]) == 0
+    out = tmp_path / "fused.zarr"
+    run = ["fuse", str(d / "x.zarr"), str(d / "y.zarr"), "-o", str(out), "--no-progress", "--max-iter", "3",
+           "--tol", "0", "--regularization", "none"]
+    lock = xzarr.output_lock(out)
+    with lock:  # the first run, as far as the second can tell (this process counts as alive)
+        capsys.readouterr()
+        t0 = time.time()
+        assert main(run) == 3  # an input error
+        assert time.time() - t0 < 5
+        err = capsys.readouterr().err
+        assert f"output store {str(out)!r} is in use by process {os.getpid()}" in err and "Traceback" not in err
+        # refused before the inputs are read: a missing input is not what it reports
+        assert main(run[:2] + [str(tmp_path / "missing.zarr")] + run[3:]) == 3
+        assert "in use by process" in capsys.readouterr().err
+        assert not out.exists() and lock.path.exists()
+        bad = xzarr.output_lock(tmp_path / "other.zarr")
+        with pytest.raises(ValueError, match="lock= must be output_lock"):
+            xzarr.write(_user_observation(), out, lock=bad)
+        xzarr.write(_user_observation(), out, lock=lock)  # the holder writes; the lock stays its own
+        assert lock.held and lock.path.exists()
+    assert not lock.path.exists()
+    assert main(run + ["--overwrite"]) == 0  # the lock is free again
+    assert not lock.path.exists() and xzarr.open(out).attrs["iterations"] == 3
+    assert main(run[:2] + [str(tmp_path / "missing.zarr")] + run[3:] + ["--overwrite"]) == 3
+    assert not lock.path.exists()  # released after a failed run too
+
+
 def test_overwrite_refuses_a_store_holding_the_users_additions(tmp_path, capsys):
     """Session 30: ``--overwrite`` / ``write(..., overwrite=True)`` deleted an xfusion store whole, including an
     array and a file the user had added inside it. The store now records what xfusion wrote (root attribute

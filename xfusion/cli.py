@@ -131,18 +131,19 @@ def _prepare_output(path, what="output store", inputs=(), overwrite=False):
         raise InputError(str(exc)) from exc
 
 
-def _write(ds, path, client=None, inputs=(), overwrite=False, written=None):
+def _write(ds, path, client=None, inputs=(), overwrite=False, written=None, lock=None):
     """Write through a temporary sibling renamed when complete (``xfusion.io.zarr.write``); an existing store
     is replaced only with ``overwrite`` (the command's ``--overwrite``) and only if xfusion wrote it.
 
     A full disk, a quota, a read-only or forbidden folder (:data:`ENV_ERRNOS`) is an :class:`InputError` naming
     the path (the incomplete temporary store is removed by the writer). ``written``: a list the path is appended
-    to once the store is complete -- also when a Ctrl-C deferred during the write is raised after it."""
+    to once the store is complete -- also when a Ctrl-C deferred during the write is raised after it. ``lock``:
+    the store's writer lock, held by the caller since before its computing (``xfusion.io.zarr.output_lock``)."""
     from .io import zarr as xzarr
 
     _prepare_output(path, inputs=inputs, overwrite=overwrite)
     try:
-        xzarr.write(ds, path, client=client, inputs=inputs, overwrite=overwrite)
+        xzarr.write(ds, path, client=client, inputs=inputs, overwrite=overwrite, lock=lock)
     except xzarr.OutputError as exc:
         raise InputError(str(exc)) from exc
     except KeyboardInterrupt as exc:
@@ -157,6 +158,27 @@ def _write(ds, path, client=None, inputs=(), overwrite=False, written=None):
     if written is not None:
         written.append(os.fspath(path))
     return path
+
+
+@contextlib.contextmanager
+def _output_locked(path):
+    """Hold the writer lock of the output store ``path`` (``xfusion.io.zarr.output_lock``; nothing if ``path`` is
+    empty) from before a command reads and computes to the end of its write, so that a second run on the same
+    output is refused at once (it used to be refused only at its write, after its whole fit)."""
+    from .io import zarr as xzarr
+
+    if not path:
+        yield None
+        return
+    lock = xzarr.output_lock(path)
+    try:
+        lock.acquire()
+    except xzarr.OutputError as exc:
+        raise InputError(str(exc)) from exc
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def _os_error(exc):
@@ -483,6 +505,13 @@ def cmd_fuse(args):
 
 def _fuse_and_write(args, kw, options, inputs):
     """``cmd_fuse`` after its arguments are parsed: the output and checkpoint checks, the run, the write."""
+    _prepare_output(args.output, inputs=inputs, overwrite=bool(args.overwrite))  # before any reading or computing
+    with _output_locked(args.output) as lock:
+        return _fuse_and_write_locked(args, kw, options, inputs, lock)
+
+
+def _fuse_and_write_locked(args, kw, options, inputs, lock):
+    """:func:`_fuse_and_write` with the output's writer lock held."""
     import inspect
 
     from .checkpoints import CheckpointError, ZarrCheckpoint, describe
@@ -490,7 +519,6 @@ def _fuse_and_write(args, kw, options, inputs):
     from .solvers import heap
 
     overwrite = bool(args.overwrite)
-    _prepare_output(args.output, inputs=inputs, overwrite=overwrite)  # before any reading or computing
     if kw.get("checkpoint"):
         try:  # the same checks fuse() makes, plus the output: refused before the inputs are read
             ZarrCheckpoint(kw["checkpoint"], protect=(*inputs, args.output))
@@ -516,7 +544,7 @@ def _fuse_and_write(args, kw, options, inputs):
             result = fuse(*observations, progress=not args.no_progress, **kw, **options)
             # a lazy result is computed chunk by chunk, on the client's cluster
             _write(result, args.output, client, inputs=inputs, overwrite=overwrite,
-                   written=getattr(args, "_written", None))
+                   written=getattr(args, "_written", None), lock=lock)
     finally:
         if client is not None:
             client.close()
@@ -701,7 +729,7 @@ def _number_or_auto(cast, flag, kind):
 
 def cmd_jwst(args):
     """Fuse NIRCam i2d images with a NIRSpec s3d cube (or the JWST toy) and print SyFu's validation."""
-    from . import jwst, metrics
+    from . import jwst
     from .io import jwst as iojwst
 
     if args.toy:
@@ -723,6 +751,14 @@ def cmd_jwst(args):
         raise InputError(f"--held-out: {exc}") from None
     if args.output:
         _prepare_output(args.output, inputs=inputs)
+    with _output_locked(args.output) as lock:
+        return _jwst_fuse_and_report(args, imager, ifu, keep, held, inputs, lock)
+
+
+def _jwst_fuse_and_report(args, imager, ifu, keep, held, inputs, lock):
+    """:func:`cmd_jwst` once its inputs are read and its output checked (and locked)."""
+    from . import jwst, metrics
+
     opts = {k: v for k, v in (("mu", args.mu), ("rank", args.rank), ("gamma", args.gamma), ("max_iter", args.max_iter))
             if v is not None}
     result = jwst.fuse_jwst(imager, ifu, filters=keep, **opts)
@@ -743,7 +779,7 @@ def cmd_jwst(args):
     print(metrics.format_report(rows, name_header="filter"))
     print(f"mean spectrum vs the IFU: max relative error {v['mean_spectrum_max_rel_error']:.4f}")
     if args.output:
-        _write(result, args.output, inputs=inputs)
+        _write(result, args.output, inputs=inputs, lock=lock)
         print(f"wrote {args.output}")
     return EXIT_OK
 

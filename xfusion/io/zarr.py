@@ -264,7 +264,16 @@ def require_live(obj, what="the data"):
                                  ".result()), or fuse again")
 
 
-def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, inputs=None):
+def output_lock(path):
+    """The writer lock of the output store ``path``: the lock file ``.NAME.xfusion-lock`` beside it (a
+    :class:`~xfusion.io.writer_lock.WriterLock`; :class:`OutputError` when another writer holds it). A caller that
+    computes what it will write (the CLI's ``fuse``) takes it before reading its inputs and hands it to
+    :func:`write` (``lock=``), so that a second run on the same output is refused at once, not after its fit."""
+    p = Path(path)
+    return WriterLock(p.absolute().parent / f".{p.name}.xfusion-lock", f"output store {str(path)!r}", OutputError)
+
+
+def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, inputs=None, lock=None):
     """Write a Dataset to a new Zarr store (format 3), lazy variables chunk by chunk.
 
     ``ds``: an ``xarray.Dataset`` (a DataArray is refused with a TypeError: convert it with
@@ -279,6 +288,7 @@ def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, in
     encodings copied from the inputs (chunks, compressors) are dropped. The lock file
     ``.NAME.xfusion-lock`` beside ``path`` is held meanwhile: a second writer of the same path (another
     process, or another thread of this one) is refused with :class:`OutputError` naming the holder.
+    ``lock``: that lock, already held by the caller (:func:`output_lock`), who also releases it.
     A first Ctrl-C (or SIGTERM) during the write takes effect when the store is in place; a second one
     at once. The KeyboardInterrupt raised then, after the store is complete at ``path``, carries the
     attribute ``written`` (``path``), so that a caller can say the output is complete.
@@ -295,9 +305,13 @@ def write(ds: xr.Dataset, path, *, chunks=None, client=None, overwrite=False, in
     # the checks before taking the lock (they create the parent folder the lock lives in) and again under it
     p = check_output(path, inputs=inputs, overwrite=overwrite)
     tmp, old = (p.absolute().parent / f".{p.name}.xfusion-{s}" for s in ("tmp", "old"))
-    lock = WriterLock(p.absolute().parent / f".{p.name}.xfusion-lock", f"output store {str(path)!r}", OutputError)
+    if lock is not None:
+        mine = output_lock(p)
+        if not (lock.held and lock.path.absolute() == mine.path.absolute()):
+            raise ValueError(f"lock= must be output_lock({str(path)!r}), acquired; got the lock {str(lock.path)!r}"
+                             f"{'' if lock.held else ' (not held)'}")
     written = False
-    with lock:
+    with output_lock(p) if lock is None else contextlib.nullcontext():
         try:
             _recover(p, tmp, old)
             p = check_output(path, inputs=inputs, overwrite=overwrite)
