@@ -531,3 +531,37 @@ def test_client_progress_and_dtype_none_are_checked(small_toy):
         xfusion.fuse(x, y, regularization="none", max_iter=1, progress="no")
     with pytest.raises(ValueError, match="dtype must be 'float32' .* got None"):
         xfusion.fuse(x, y, regularization="none", max_iter=1, progress=False, dtype=None)
+
+
+@pytest.mark.parametrize("reg", ["wavelet2d1d", "lowrank_sobolev"])
+def test_inputs_that_disagree_on_the_total_are_reported(small_toy, reg):
+    """Session 31: with one input's counts 100x too high (a wrong exposure or area) the fit converged silently to a
+    cube ~46-49x too bright, predicting 46x one input's counts and 0.46x the other's. Every result now records each
+    input's predicted and observed totals (attribute ``count_totals``) and warns, naming the inputs, when the cube
+    cannot reproduce one (more than 5% and 5 sigma off); consistent inputs, masked counts included, are quiet. The
+    same numbers on Dask."""
+    import warnings
+
+    x, y, _ = small_toy
+    m = np.ones(x.counts.shape, bool)
+    m[:3] = False  # masked pixels whose counts are garbage: not part of either total
+    xm = rebuild(x, counts=x.counts.where(m, 1e6), mask=m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        r = fz(xm, y, reg)
+    # masked counts have no effect at all (they set the start level and, low rank, the start: session 31)
+    clean = fz(rebuild(x, counts=x.counts.where(m, 0), mask=m), y, reg)
+    np.testing.assert_allclose(r.flux.values, clean.flux.values, rtol=1e-5, atol=1e-6 * float(clean.flux.max()))
+    rows = json.loads(r.attrs["count_totals"])
+    assert [row["input"] for row in rows] == [0, 1]
+    assert rows[0]["observed"] == float(x.counts.values[3:].sum())
+    for row in rows:
+        assert abs(row["ratio"] - 1) < 0.02 and row["ratio"] == row["predicted"] / row["observed"]
+    y100 = rebuild(y, counts=y.counts * 100)
+    for lazy in (False, True):
+        a = x.chunk() if lazy else x
+        with pytest.warns(RuntimeWarning, match=r"does not reproduce every input's total counts: it predicts \d+(\.\d+)?x "
+                          r"the counts of 'X.*0\.\d+x the counts of 'Y.*exposure, effective area"):
+            bad = fz(a, y100, reg, **({"chunks": (15, 15)} if lazy else {}))
+        ratios = [row["ratio"] for row in json.loads(bad.attrs["count_totals"])]
+        assert ratios[0] > 2 and ratios[1] < 0.5, ratios  # (6 iterations)

@@ -82,8 +82,8 @@ class Regularization:
     ``copies(params)``: cube-sized float32 temporaries per voxel of a Dask task (memory).
     ``max_iter``: default iteration cap (None: the method's; ``"auto"``: chosen by thinning);
     ``early_stop``: iterations used when "auto" cannot be resolved (Dask-backed data), set for the
-    priors regularized by early stopping only. ``prepare(params, y_counts, client)``: resolves
-    options left "auto" on Dask-backed data (None: nothing to do). ``dask``: whether the Dask path
+    priors regularized by early stopping only. ``prepare(params, y_counts, client, mask=None)``: resolves
+    options left "auto" on Dask-backed data (from the used counts: ``mask`` > 0) (None: nothing to do). ``dask``: whether the Dask path
     (:mod:`xfusion.parallel_em`, 2D-1D starlet priors) runs it; False refuses Dask-backed data.
     """
     name: str

@@ -60,8 +60,9 @@ class Options(OptionSet):
 Options.__doc__ = describe(Options, "Options of regularization='wavelet2d1d'.")
 
 
-def auto_wavelet_params(params, yd, client):
-    """Resolve ``k="auto"`` / ``n_scales_1d="auto"`` from the photon statistics of Y, in place.
+def auto_wavelet_params(params, yd, client, mask=None):
+    """Resolve ``k="auto"`` / ``n_scales_1d="auto"`` from the photon statistics of Y (its counts per used voxel:
+    ``mask`` > 0, all if None), in place.
 
     Since thinning this rule is only the fallback on Dask-backed data too large to tune in memory
     (``xfusion.tuning.IN_MEMORY_BYTES``; ``xfusion.tuning.auto_settings`` resolves "auto" by thinning otherwise;
@@ -79,8 +80,15 @@ def auto_wavelet_params(params, yd, client):
 
     if "auto" not in (params["k"], params["n_scales_1d"]):
         return
-    total = parallel.compute(yd.sum(dtype=np.float64), client) if parallel.is_dask(yd) else yd.sum(dtype=np.float64)
-    per_voxel = float(total) / yd.size
+    if mask is None:
+        sums = [yd.sum(dtype=np.float64), yd.size]
+    else:
+        xp = __import__("dask.array", fromlist=["where"]) if parallel.is_dask(yd) or parallel.is_dask(mask) else np
+        used = xp.asarray(mask) > 0
+        sums = [xp.where(used, yd, 0).sum(dtype=np.float64), used.sum()]
+    if any(parallel.is_dask(v) for v in sums):
+        sums = parallel.compute_many(sums, client)
+    per_voxel = float(sums[0]) / max(float(sums[1]), 1.0)
     bright = per_voxel >= AUTO_COUNTS_SPLIT
     params["auto_counts_per_voxel"] = per_voxel
     if params["k"] == "auto":
