@@ -769,7 +769,7 @@ def _jwst_fuse_and_report(args, imager, ifu, keep, held, inputs, lock):
         f"{f} {c:.4f}" for f, c in zip(keep, result["cross_calibration"].values)))
     ym = imager.sel(filter=keep)["data"].transpose("x", "y", "filter").values
     v = metrics.jwst_validation(ym, ifu["data"].transpose("x", "y", "energy").values, result["flux"].values,
-                                result["response"].values, filters=keep,
+                                result["response"].values, filters=keep, factor=int(a["spatial_factor"]),
                                 imager_mask=imager.sel(filter=keep)["mask"].transpose("x", "y", "filter").values,
                                 ifu_mask=ifu["mask"].transpose("x", "y", "energy").values)
     rows = {f: dict(v["filters"][f], used="yes") for f in keep}
@@ -945,10 +945,11 @@ def build_parser():
 
     j = sub.add_parser(
         "jwst", formatter_class=_Formatter, help="fuse JWST NIRCam images with a NIRSpec IFU cube",
-        description="Fuse co-registered NIRCam i2d images (resampled to 1/3 of the NIRSpec spaxel, same field)\n"
-                    "with a NIRSpec s3d cube (MJy/sr, wavelength in um), or the JWST toy (--toy), and print\n"
-                    "SyFu's checks: cross-calibration factors, PSNR (dB) and SSIM of every filter image of the\n"
-                    "fused cube against NIRCam (held-out filters too), the mean spectrum against NIRSpec.")
+        description="Fuse co-registered NIRCam i2d images (resampled to 1/k of the NIRSpec spaxel, k an integer,\n"
+                    "e.g. SyFu's 0.1/3\"; same field) with a NIRSpec s3d cube (MJy/sr, wavelength in um), or the\n"
+                    "JWST toy (--toy), and print SyFu's checks: cross-calibration factors, PSNR (dB) and SSIM of\n"
+                    "every filter image of the fused cube against NIRCam (held-out filters too), the mean spectrum\n"
+                    "against NIRSpec.")
     j.add_argument("--imager", nargs="+", metavar="I2D.fits", help="NIRCam images, one per filter")
     j.add_argument("--ifu", metavar="S3D.fits", help="NIRSpec IFU cube")
     j.add_argument("--toy", action="store_true", help="use the JWST toy (xfusion.jwst.make_toy) instead of files")
