@@ -740,3 +740,25 @@ def test_cli_jwst_with_the_imager_at_half_the_spaxel_writes_its_report_and_store
     assert "mean spectrum vs the IFU" in capsys.readouterr().out and out.exists()
     fused = xfusion.io.zarr.open(out)
     assert fused.attrs["spatial_factor"] == 2 and fused["flux"].shape == (12, 12, 16)
+
+
+def test_cli_jwst_overwrite_replaces_only_its_own_store(tmp_path, capsys):
+    """Session 31 red team: an existing `jwst -o` store was refused pointing to 'CLI --overwrite', a flag the jwst
+    command did not have (usage error)."""
+    from xfusion import cli
+
+    imager, ifu, _ = jwst.make_toy(size=12, n_channels=16)
+    i2d, s3d = _toy_to_fits(imager, ifu, tmp_path)
+    out = tmp_path / "fused.zarr"
+    run = ["jwst", "--imager", *i2d, "--ifu", s3d, "--max-iter", "3", "-o", str(out)]
+    assert cli.main(run) == 0
+    capsys.readouterr()
+    assert cli.main(run) == 3 and "already exists" in capsys.readouterr().err
+    assert cli.main(run + ["--overwrite"]) == 0 and out.exists()
+    mine = tmp_path / "mine.zarr"  # a store xfusion did not write: refused even with --overwrite
+    import zarr
+
+    zarr.open_group(str(mine), mode="w").create_array("a", shape=(2,), dtype="f8")
+    capsys.readouterr()
+    assert cli.main(run[:-1] + [str(mine), "--overwrite"]) == 3
+    assert "mine.zarr" in capsys.readouterr().err and (mine / "a").exists()

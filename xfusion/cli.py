@@ -750,7 +750,7 @@ def cmd_jwst(args):
     except ValueError as exc:
         raise InputError(f"--held-out: {exc}") from None
     if args.output:
-        _prepare_output(args.output, inputs=inputs)
+        _prepare_output(args.output, inputs=inputs, overwrite=bool(args.overwrite))
     with _output_locked(args.output) as lock:
         return _jwst_fuse_and_report(args, imager, ifu, keep, held, inputs, lock)
 
@@ -779,7 +779,7 @@ def _jwst_fuse_and_report(args, imager, ifu, keep, held, inputs, lock):
     print(metrics.format_report(rows, name_header="filter"))
     print(f"mean spectrum vs the IFU: max relative error {v['mean_spectrum_max_rel_error']:.4f}")
     if args.output:
-        _write(result, args.output, inputs=inputs, lock=lock)
+        _write(result, args.output, inputs=inputs, overwrite=bool(args.overwrite), lock=lock)
         print(f"wrote {args.output}")
     return EXIT_OK
 
@@ -960,7 +960,12 @@ def build_parser():
     j.add_argument("--rank", type=int, default=None, help="subspace rank (default: min(5, filters + 1))")
     j.add_argument("--gamma", type=float, default=None, help="relative weight of the IFU data term (default: 1)")
     j.add_argument("--max-iter", type=int, default=None, help="iteration limit (default: 300)")
-    j.add_argument("-o", "--output", metavar="OUT.zarr", default=None, help="write the fused result (new store)")
+    j.add_argument("-o", "--output", metavar="OUT.zarr", default=None,
+                   help="write the fused result (a new store; written to a temporary sibling and renamed when "
+                        "complete)")
+    j.add_argument("--overwrite", action="store_true",
+                   help="replace an existing Zarr store at --output that xfusion wrote (never an input, a file, a "
+                        "non-Zarr folder or a store xfusion did not write)")
     j.set_defaults(func=cmd_jwst)
     return p
 
