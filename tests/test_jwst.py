@@ -762,3 +762,16 @@ def test_cli_jwst_overwrite_replaces_only_its_own_store(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(run[:-1] + [str(mine), "--overwrite"]) == 3
     assert "mine.zarr" in capsys.readouterr().err and (mine / "a").exists()
+
+
+def test_i2d_named_by_a_pupil_wheel_filter(tmp_path):
+    """Session 31 red team: FILTER='F150W2', PUPIL='F162M' (NIRCam's pupil-wheel filter crossed with the wide one:
+    the bandpass is F162M's) was read as 'F150W2'."""
+    sci = np.ones((6, 9))
+    for pupil, name in (("F162M", "F162M"), ("F470N", "F470N"), ("CLEAR", "F150W2"), ("GRISMR", "F150W2")):
+        _write(tmp_path / f"{pupil}.fits", sci, sci * 0.1, np.zeros((6, 9), np.uint32), _celestial(0.031 / 3600),
+               {"INSTRUME": "NIRCAM", "FILTER": "F150W2", "PUPIL": pupil})
+        im = read_nircam_i2d(tmp_path / f"{pupil}.fits")
+        assert str(im["filter"].values[0]) == name
+        assert (im.attrs["filter_keyword"], im.attrs["pupil_keyword"]) == ("F150W2", pupil)
+    assert str(read_nircam_i2d(tmp_path / "F162M.fits", filter="X")["filter"].values[0]) == "X"

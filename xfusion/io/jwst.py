@@ -1,7 +1,7 @@
 """Readers for JWST stage-3 products: NIRCam ``*_i2d.fits`` images and NIRSpec IFU ``*_s3d.fits`` cubes.
 
 Layout read (JWST pipeline products, as documented in the JWST Calibration Pipeline "Data
-Products" pages): a primary HDU with the observation keywords (``INSTRUME``, ``FILTER``,
+Products" pages): a primary HDU with the observation keywords (``INSTRUME``, ``FILTER``, ``PUPIL``,
 ``GRATING``, ``TARGNAME``...), then image extensions ``SCI`` (surface brightness,
 ``BUNIT = 'MJy/sr'``), ``ERR`` (1-sigma error, same unit), ``DQ`` (bit flags, 0 = good; s3d
 cubes have it, pipeline i2d images do not), ``WHT`` (i2d: drizzle weight, 0 = no data) and
@@ -23,10 +23,14 @@ text in ``attrs["wcs"]`` (``astropy.wcs.WCS(header)`` rebuilds it) with ``center
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import xarray as xr
 
 SURFACE_BRIGHTNESS = ("MJy/sr", "MJy sr-1", "MJy.sr-1", "MJy/str")
+#: a NIRCam pupil-wheel element that is a filter (F162M, F164N, F323N, F405N, F466N, F470N): it names the bandpass
+PUPIL_FILTER = re.compile(r"F\d{3}[WMN]\d?")
 
 
 def _hdu(hdul, name, path, required=True):
@@ -47,8 +51,6 @@ def _pixel_scale_arcsec(h, path, shape_xy=None):
     ``(pixel, wcs, flip_x, flip_y)`` with the WCS of the flipped array (reference pixel and matrix column
     mirrored) -- the reader reverses those array axes. ``shape_xy`` = (nx, ny), needed to flip."""
     from astropy.wcs import WCS
-
-    import re
 
     cd = [k for k in h if re.fullmatch(r"CD\d+_\d+", str(k))]
     pc = [k for k in h if re.fullmatch(r"PC\d+_\d+", str(k))]
@@ -142,7 +144,11 @@ def read_nircam_i2d(path, filter=None):
 
     ``data`` MJy/sr, ``variance`` (MJy/sr)**2 = ERR**2, ``mask`` (finite, ERR > 0, DQ == 0 and WHT > 0 where present:
     pipeline i2d products have WHT and no DQ).
-    ``filter`` overrides the primary header's ``FILTER`` keyword. Stack several filters
+    The image is named by the primary header's ``FILTER``, or by ``PUPIL`` when that holds a filter: NIRCam's
+    pupil-wheel filters (F162M, F164N, F323N, F405N, F466N, F470N) are crossed with a wide filter in the filter
+    wheel (e.g. ``FILTER = 'F150W2'``, ``PUPIL = 'F162M'``) and give the bandpass; a ``PUPIL`` of CLEAR, CLEARP, a
+    grism or a mask leaves ``FILTER`` as the name. Both keywords are kept in ``attrs["filter_keyword"]`` /
+    ``["pupil_keyword"]``. ``filter`` overrides the name. Stack several filters
     (same WCS) with :func:`stack_filters`.
     """
     from astropy.io import fits
@@ -151,10 +157,12 @@ def read_nircam_i2d(path, filter=None):
         h, d, e, mask, unit = _common(hdul, path, 2)
         pixel, w, flip_x, flip_y = _pixel_scale_arcsec(h, path, d.shape[::-1])
         d, e, mask = _flip((d, e, mask), flip_x, flip_y)
-        name = filter or str(hdul[0].header.get("FILTER", "")).strip()
+        keys = {k: str(hdul[0].header.get(k, "")).strip() for k in ("FILTER", "PUPIL")}
+        name = filter or (keys["PUPIL"] if PUPIL_FILTER.fullmatch(keys["PUPIL"].upper()) else keys["FILTER"])
         if not name:
             raise ValueError(f"{path}: no FILTER keyword in the primary header; pass filter=")
         attrs = _attrs(hdul, h, unit, w, path, (flip_x, flip_y))
+        attrs.update({f"{k.lower()}_keyword": v for k, v in keys.items() if v})
         crpix1, crpix2 = (float(v) for v in w.wcs.crpix[:2])
     ny, nx = d.shape
     ds = xr.Dataset(coords={**_xy(nx, ny, pixel, crpix1, crpix2), "filter": ("filter", [name])})
