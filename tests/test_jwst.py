@@ -775,3 +775,26 @@ def test_i2d_named_by_a_pupil_wheel_filter(tmp_path):
         assert str(im["filter"].values[0]) == name
         assert (im.attrs["filter_keyword"], im.attrs["pupil_keyword"]) == ("F150W2", pupil)
     assert str(read_nircam_i2d(tmp_path / "F162M.fits", filter="X")["filter"].values[0]) == "X"
+
+
+def test_readers_refuse_a_missing_or_non_radec_celestial_wcs(tmp_path):
+    """Session 31 red team: no WCS read as 3600" pixels (flipped), no CDELT as 3600" pixels, Dec on axis 1 as if it
+    were RA, and galactic axes as RA/Dec."""
+    sci = np.arange(54.0).reshape(6, 9) + 1
+    base = _celestial(0.031 / 3600)
+    cases = {"none": ({k: v for k, v in base.items() if k[:2] not in ("CT", "CU", "CR", "CD", "PC")},
+                      r"CTYPE1='', CTYPE2='' \(no celestial WCS"),
+             "no_cdelt": ({k: v for k, v in base.items() if not k.startswith("CDELT")},
+                          r"no CDELT1 and no CDELT2 and no CD matrix.*1 degree per pixel"),
+             "dec_first": (dict(base, CTYPE1="DEC--TAN", CTYPE2="RA---TAN", CRVAL1=base["CRVAL2"],
+                                CRVAL2=base["CRVAL1"]), r"CTYPE1='DEC--TAN', CTYPE2='RA---TAN' \(Dec first"),
+             "galactic": (dict(base, CTYPE1="GLON-TAN", CTYPE2="GLAT-TAN"), r"'GLON-TAN'.*GLON/GLAT frame, not RA/Dec")}
+    for name, (hdr, msg) in cases.items():
+        _write(tmp_path / f"{name}.fits", sci, sci * 0.1, np.zeros((6, 9), np.uint32), hdr,
+               {"INSTRUME": "NIRCAM", "FILTER": "F200W"})
+        with pytest.raises(ValueError, match=msg):
+            read_nircam_i2d(tmp_path / f"{name}.fits")
+    cd = {k: v for k, v in base.items() if k[:2] not in ("CD", "PC")}  # a CD matrix alone gives the scale
+    cd.update(CD1_1=-0.031 / 3600, CD2_2=0.031 / 3600)
+    _write(tmp_path / "cd.fits", sci, sci * 0.1, np.zeros((6, 9), np.uint32), cd, {"FILTER": "F200W"})
+    assert read_nircam_i2d(tmp_path / "cd.fits")["x"].attrs["pixel_size"] == pytest.approx(0.031)

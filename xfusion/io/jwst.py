@@ -5,7 +5,10 @@ Products" pages): a primary HDU with the observation keywords (``INSTRUME``, ``F
 ``GRATING``, ``TARGNAME``...), then image extensions ``SCI`` (surface brightness,
 ``BUNIT = 'MJy/sr'``), ``ERR`` (1-sigma error, same unit), ``DQ`` (bit flags, 0 = good; s3d
 cubes have it, pipeline i2d images do not), ``WHT`` (i2d: drizzle weight, 0 = no data) and
-more we do not need. ``SCI`` carries the WCS and ``PIXAR_SR`` (pixel area, sr). For an
+more we do not need. ``SCI`` carries the WCS and ``PIXAR_SR`` (pixel area, sr); its axes 1 and 2 must be RA and
+Dec in that order (``CTYPE1 = 'RA---TAN'``, ``CTYPE2 = 'DEC--TAN'`` or another projection) with a pixel scale
+(``CDELTi`` or ``CDi_j``): no celestial WCS, no scale, Dec first or other sky frames (galactic, ecliptic) are
+refused, naming the keywords. For an
 ``s3d`` cube the FITS axes are (RA, Dec, wavelength) -- NumPy shape ``(nwave, ny, nx)`` --
 with ``CTYPE3 = 'WAVE'``, ``CUNIT3 = 'um'``, ``CRVAL3``/``CDELT3``/``CRPIX3`` (a linear
 wavelength grid; tabulated ``WAVE-TAB`` grids are refused with a clear message).
@@ -46,10 +49,11 @@ def _hdu(hdul, name, path, required=True):
 def _pixel_scale_arcsec(h, path, shape_xy=None):
     """Pixel size (arcsec) and the celestial WCS, oriented as xfusion's grids (x to the west, y to the north).
 
-    Refuses non-square or rotated pixels. A pure flip of an axis (``CD1_1 > 0``: x grows to the east, a mirrored
-    image; ``CD2_2 < 0``: y grows to the south; both: a 180-degree rotation) is undone: returns
-    ``(pixel, wcs, flip_x, flip_y)`` with the WCS of the flipped array (reference pixel and matrix column
-    mirrored) -- the reader reverses those array axes. ``shape_xy`` = (nx, ny), needed to flip."""
+    Refuses a WCS whose axes 1-2 are not (RA, Dec) in that order (none, Dec first, galactic or ecliptic), one with
+    no pixel scale (no ``CDELTi``/``CDi_j``), non-square or rotated pixels. A pure flip of an axis (``CD1_1 > 0``:
+    x grows to the east, a mirrored image; ``CD2_2 < 0``: y grows to the south; both: a 180-degree rotation) is
+    undone: returns ``(pixel, wcs, flip_x, flip_y)`` with the WCS of the flipped array (reference pixel and matrix
+    column mirrored) -- the reader reverses those array axes. ``shape_xy`` = (nx, ny), needed to flip."""
     from astropy.wcs import WCS
 
     cd = [k for k in h if re.fullmatch(r"CD\d+_\d+", str(k))]
@@ -58,6 +62,19 @@ def _pixel_scale_arcsec(h, path, shape_xy=None):
         raise ValueError(f"{path}: the WCS mixes the CDi_j form ({', '.join(cd)}) with PCi_j ({', '.join(pc)}), "
                          "which the FITS standard forbids (wcslib then ignores CDi_j); keep one form")
     w = WCS(h, naxis=2)
+    ctype = [str(h.get(f"CTYPE{i}", "")).strip() for i in (1, 2)]
+    if (w.wcs.lng, w.wcs.lat) != (0, 1) or (w.wcs.lngtyp, w.wcs.lattyp) != ("RA", "DEC"):
+        why = ("Dec first: x (axis 1) would be read as RA" if (w.wcs.lng, w.wcs.lat) == (1, 0) else
+               "no celestial WCS: the pixel size and orientation are unknown" if w.wcs.lng < 0 else
+               f"a {w.wcs.lngtyp}/{w.wcs.lattyp} frame, not RA/Dec: center_ra/center_dec would not be RA/Dec")
+        raise ValueError(f"{path}: SCI has CTYPE1={ctype[0]!r}, CTYPE2={ctype[1]!r} ({why}); axes 1 and 2 must be "
+                         "RA and Dec in that order (e.g. 'RA---TAN', 'DEC--TAN'), as in JWST products: reproject "
+                         "it onto an RA/Dec grid (axis 1 RA, axis 2 Dec) first")
+    unscaled = [f"CDELT{j}" for j in (1, 2) if f"CDELT{j}" not in h and not any(f"CD{i}_{j}" in h for i in (1, 2))]
+    if unscaled:
+        raise ValueError(f"{path}: SCI has no {' and no '.join(unscaled)} and no CD matrix for it: the pixel scale is "
+                         "undefined (the FITS default would be 1 degree per pixel); give CDELT1/CDELT2 (with PCi_j) "
+                         "or CD1_1..CD2_2 in degrees")
     m = w.pixel_scale_matrix * 3600.0  # deg -> arcsec
     sx, sy = np.hypot(m[0, 0], m[1, 0]), np.hypot(m[0, 1], m[1, 1])
     if not np.isclose(sx, sy, rtol=1e-4):
