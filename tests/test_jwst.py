@@ -798,3 +798,26 @@ def test_readers_refuse_a_missing_or_non_radec_celestial_wcs(tmp_path):
     cd.update(CD1_1=-0.031 / 3600, CD2_2=0.031 / 3600)
     _write(tmp_path / "cd.fits", sci, sci * 0.1, np.zeros((6, 9), np.uint32), cd, {"FILTER": "F200W"})
     assert read_nircam_i2d(tmp_path / "cd.fits")["x"].attrs["pixel_size"] == pytest.approx(0.031)
+
+
+def test_bunit_read_by_astropy_units_and_converted_to_mjy_per_sr(tmp_path):
+    """Session 31 red team: BUNIT 'MJy / sr' (astropy's own spelling) and 'Jy/sr' were refused."""
+    sci, err, dq = np.full((6, 9), 2.0), np.full((6, 9), 0.1), np.zeros((6, 9), np.uint32)
+    read = {}
+    for unit in ("MJy/sr", "MJy / sr", "Jy/sr", "MJy/str"):
+        _write(tmp_path / "a.fits", sci, err, dq, dict(_celestial(0.031 / 3600), BUNIT=unit), {"FILTER": "F200W"})
+        read[unit] = read_nircam_i2d(tmp_path / "a.fits")
+        (tmp_path / "a.fits").unlink()
+    for unit in ("MJy / sr", "MJy/str"):
+        np.testing.assert_array_equal(read[unit]["data"].values, read["MJy/sr"]["data"].values)
+        assert "bunit_in_file" not in read[unit].attrs
+    jy = read["Jy/sr"]
+    np.testing.assert_allclose(jy["data"].values, 2e-6, rtol=1e-12)
+    np.testing.assert_allclose(jy["variance"].values, 1e-14, rtol=1e-9)
+    assert jy["data"].attrs["units"] == "MJy/sr" and (jy.attrs["bunit_in_file"], jy.attrs["bunit_factor"]) == \
+        ("Jy/sr", pytest.approx(1e-6))
+    for unit, kind in (("DN/s", "unknown"), ("MJy", "spectral flux density"), ("", "")):
+        _write(tmp_path / "b.fits", sci, err, dq, dict(_celestial(0.031 / 3600), BUNIT=unit), {"FILTER": "F200W"})
+        with pytest.raises(ValueError, match=f"BUNIT={unit!r}.*{kind}.*expected a surface brightness.*PIXAR_SR"):
+            read_nircam_i2d(tmp_path / "b.fits")
+        (tmp_path / "b.fits").unlink()

@@ -3,7 +3,9 @@
 Layout read (JWST pipeline products, as documented in the JWST Calibration Pipeline "Data
 Products" pages): a primary HDU with the observation keywords (``INSTRUME``, ``FILTER``, ``PUPIL``,
 ``GRATING``, ``TARGNAME``...), then image extensions ``SCI`` (surface brightness,
-``BUNIT = 'MJy/sr'``), ``ERR`` (1-sigma error, same unit), ``DQ`` (bit flags, 0 = good; s3d
+``BUNIT = 'MJy/sr'``; any surface-brightness unit astropy.units reads, e.g. 'MJy / sr' or 'Jy/sr', is converted
+to MJy/sr, ``attrs["bunit_in_file"]``/``["bunit_factor"]`` say so; others are refused),
+``ERR`` (1-sigma error, same unit), ``DQ`` (bit flags, 0 = good; s3d
 cubes have it, pipeline i2d images do not), ``WHT`` (i2d: drizzle weight, 0 = no data) and
 more we do not need. ``SCI`` carries the WCS and ``PIXAR_SR`` (pixel area, sr); its axes 1 and 2 must be RA and
 Dec in that order (``CTYPE1 = 'RA---TAN'``, ``CTYPE2 = 'DEC--TAN'`` or another projection) with a pixel scale
@@ -31,7 +33,6 @@ import re
 import numpy as np
 import xarray as xr
 
-SURFACE_BRIGHTNESS = ("MJy/sr", "MJy sr-1", "MJy.sr-1", "MJy/str")
 #: a NIRCam pupil-wheel element that is a filter (F162M, F164N, F323N, F405N, F466N, F470N): it names the bandpass
 PUPIL_FILTER = re.compile(r"F\d{3}[WMN]\d?")
 
@@ -117,6 +118,28 @@ def _xy(nx, ny, pixel, crpix1, crpix2):
             "y": ("y", (np.arange(ny) + 1 - crpix2) * pixel, dict(a))}
 
 
+def _to_mjy_per_sr(unit, path):
+    """The factor taking SCI/ERR in ``BUNIT`` = ``unit`` to MJy/sr: any spelling astropy.units reads as a surface
+    brightness ('MJy/sr', 'MJy / sr', 'MJy sr-1', 'Jy/sr', 'Jy/arcsec2'...; the pipeline's 'MJy/str' is MJy/sr).
+    Anything else -- a flux density per pixel (MJy), count rates (DN/s), no BUNIT -- is refused."""
+    import warnings
+
+    from astropy import units as u
+
+    text = unit[:-3] + "sr" if unit.endswith("/str") else unit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", u.UnitsWarning)  # e.g. several slashes: read all the same
+            parsed = u.Unit(text, parse_strict="raise") if text else None
+    except (ValueError, TypeError):
+        parsed = None
+    if parsed is None or not parsed.is_equivalent(u.MJy / u.sr):
+        kind = "" if parsed is None else f", {parsed.physical_type}"
+        raise ValueError(f"{path}: SCI has BUNIT={unit!r}{kind}; expected a surface brightness (e.g. MJy/sr, "
+                         "Jy/sr). Convert the product to MJy/sr (PIXAR_SR gives the pixel solid angle) before fusing")
+    return float(parsed.to(u.MJy / u.sr))
+
+
 def _common(hdul, path, ndim):
     sci = _hdu(hdul, "SCI", path)
     err = _hdu(hdul, "ERR", path)
@@ -124,11 +147,9 @@ def _common(hdul, path, ndim):
     wht = _hdu(hdul, "WHT", path, required=False)
     h = sci.header
     unit = str(h.get("BUNIT", "")).strip()
-    if unit not in SURFACE_BRIGHTNESS:
-        raise ValueError(f"{path}: SCI has BUNIT={unit!r}; expected surface brightness (MJy/sr). Convert the "
-                         "product to MJy/sr (PIXAR_SR gives the pixel solid angle) before fusing")
-    d = np.asarray(sci.data, dtype=np.float64)
-    e = np.asarray(err.data, dtype=np.float64)
+    scale = _to_mjy_per_sr(unit, path)
+    d = np.asarray(sci.data, dtype=np.float64) * scale
+    e = np.asarray(err.data, dtype=np.float64) * scale
     if d.ndim != ndim or e.shape != d.shape:
         raise ValueError(f"{path}: SCI {d.shape} and ERR {e.shape} must be {ndim}D arrays of one shape")
     mask = np.isfinite(d) & np.isfinite(e) & (e > 0)
@@ -139,10 +160,11 @@ def _common(hdul, path, ndim):
         if a.shape != d.shape:
             raise ValueError(f"{path}: {name} {a.shape} must have the shape of SCI {d.shape}")
         mask &= ok(a)
-    return h, d, e, mask, unit
+    return h, d, e, mask, (unit, scale)
 
 
 def _attrs(hdul, h, unit, w, path, flips=(False, False)):
+    """The Dataset attrs; ``unit`` = (the file's BUNIT, the factor applied to reach MJy/sr)."""
     p = hdul[0].header
     ra, dec = (float(v) for v in w.wcs.crval[:2])
     attrs = {"name": str(p.get("TARGNAME", path)), "instrument": str(p.get("INSTRUME", "")),
@@ -150,6 +172,8 @@ def _attrs(hdul, h, unit, w, path, flips=(False, False)):
              "center_ra": ra, "center_dec": dec}
     if "PIXAR_SR" in h:
         attrs["pixar_sr"] = float(h["PIXAR_SR"])
+    if unit[1] != 1.0:  # SCI and ERR were multiplied by bunit_factor
+        attrs.update(bunit_in_file=unit[0], bunit_factor=unit[1])
     flips = [a for a, f in zip(("x (east-west)", "y (north-south)"), flips) if f]
     if flips:
         attrs["reoriented"] = "flipped " + " and ".join(flips) + " to x west, y north (the file is not north-up)"
