@@ -821,3 +821,17 @@ def test_bunit_read_by_astropy_units_and_converted_to_mjy_per_sr(tmp_path):
         with pytest.raises(ValueError, match=f"BUNIT={unit!r}.*{kind}.*expected a surface brightness.*PIXAR_SR"):
             read_nircam_i2d(tmp_path / "b.fits")
         (tmp_path / "b.fits").unlink()
+
+
+def test_syfu_checks_the_fields_against_factor_first():
+    """Session 31 red team: a 2x imager with the default factor=3 failed in numpy's reshape."""
+    rng = np.random.default_rng(0)
+    ym, yh, R, psf = rng.random((8, 8, 2)), rng.random((4, 4, 5)), np.full((5, 2), 0.2), np.ones((5, 3, 3)) / 9
+    with pytest.raises(ValueError, match=r"imager field 8x8 \(imager_data \(8, 8, 2\)\) is not factor=3 x the IFU "
+                                         r"field 4x4 \(ifu_data \(4, 4, 5\)\): pass factor=2"):
+        syfu(ym, yh, R, psf, psf, k=1, n_iter=2)
+    with pytest.raises(ValueError, match=r"not factor=3 .*crop both to the common field"):
+        syfu(np.ones((8, 9, 2)), yh, R, psf, psf, k=1, n_iter=2)
+    with pytest.raises(ValueError, match=r"response \(5, 3\) must be .*\(L, F\)"):
+        syfu(ym, yh, np.ones((5, 3)), psf, psf, factor=2, k=1, n_iter=2)
+    assert syfu(ym, yh, R, psf, psf, factor=2, k=1, n_iter=2)["scene"].shape == (8, 8, 5)

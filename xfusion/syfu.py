@@ -108,7 +108,8 @@ def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=No
          n_iter=1000):
     """Run SyFu on arrays.
 
-    ``imager_data`` (M, N, F) (on the fused grid, cross-calibrated response), ``ifu_data`` (m, n, L),
+    ``imager_data`` (M, N, F) (on the fused grid, cross-calibrated response), ``ifu_data`` (m, n, L) with
+    ``M = factor m``, ``N = factor n`` (``factor`` the integer pixel ratio; shapes checked first),
     ``response`` (L, F), ``psf_imager`` / ``psf_ifu`` (L, k, k) per-channel PSFs sampled on the fused
     grid. ``k``, ``mu``, ``gamma``: None = SyFu's automatic rules (module notes). Returns a dict with
     ``scene`` (the estimate of X, (M, N, L)), ``at_imager_resolution`` (``W_m X``), the parameters
@@ -122,11 +123,20 @@ def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=No
     ym = np.asarray(imager_data, dtype=np.float64)
     yh = np.asarray(ifu_data, dtype=np.float64)
     R = np.asarray(response, dtype=np.float64)
+    v = int(factor)
+    if ym.ndim != 3 or yh.ndim != 3 or R.shape != (yh.shape[-1], ym.shape[-1]):
+        raise ValueError(f"imager_data {ym.shape}, ifu_data {yh.shape} and response {R.shape} must be (M, N, F), "
+                         "(m, n, L) and (L, F)")
+    if ym.shape[:2] != (v * yh.shape[0], v * yh.shape[1]):
+        r = ym.shape[0] // max(yh.shape[0], 1)
+        fix = (f"pass factor={r}" if r >= 1 and ym.shape[:2] == (r * yh.shape[0], r * yh.shape[1]) else
+               "crop both to the common field of view")
+        raise ValueError(f"the imager field {ym.shape[0]}x{ym.shape[1]} (imager_data {ym.shape}) is not factor={v} x "
+                         f"the IFU field {yh.shape[0]}x{yh.shape[1]} (ifu_data {yh.shape}): {fix}")
     _check_finite(ym, "imager_data")
     _check_finite(yh, "ifu_data")
     M, N, F = ym.shape
     L = yh.shape[-1]
-    v = int(factor)
     # PCA of the centred IFU spectra
     spec = yh.reshape(-1, L)
     mean = spec.mean(axis=0)
