@@ -835,3 +835,20 @@ def test_syfu_checks_the_fields_against_factor_first():
     with pytest.raises(ValueError, match=r"response \(5, 3\) must be .*\(L, F\)"):
         syfu(ym, yh, np.ones((5, 3)), psf, psf, factor=2, k=1, n_iter=2)
     assert syfu(ym, yh, R, psf, psf, factor=2, k=1, n_iter=2)["scene"].shape == (8, 8, 5)
+
+
+def test_throughput_curves_are_sorted_checked_finite_and_unit_hinted():
+    """Session 31 red team: a descending table and a NaN were refused as 'only 0.0% / nan% of its throughput inside
+    the grid'; a curve in Angstrom got no unit hint."""
+    wl = np.linspace(1.60, 2.36, 761)
+    t = 0.4 * jwst.throughput("F200W", wl)
+    up = jwst.filter_response(["F200W"], EDGES, throughput_curves={"F200W": (wl, t)})
+    down = jwst.filter_response(["F200W"], EDGES, throughput_curves={"F200W": (wl[::-1], t[::-1])})
+    np.testing.assert_array_equal(down, up)
+    with pytest.raises(ValueError, match=r"throughput curve of F200W: 1 non-finite .* row 5"):
+        jwst.filter_response(["F200W"], EDGES, throughput_curves={"F200W": (wl, np.where(wl == wl[5], np.nan, t))})
+    with pytest.raises(ValueError, match=r"throughput curve of F200W: the wavelength 1.6 appears more than once"):
+        jwst.filter_response(["F200W"], EDGES, throughput_curves={"F200W": (np.r_[wl[0], wl], np.r_[t[0], t])})
+    with pytest.raises(ValueError, match=r"spans 1.6e\+04-2.36e\+04, outside the grid: give its wavelengths in um; "
+                                         r"they look like Angstrom \(divide by 1e4\)"):
+        jwst.filter_response(["F200W"], EDGES, throughput_curves={"F200W": (wl * 1e4, t)})

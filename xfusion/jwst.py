@@ -136,6 +136,25 @@ def throughput(name, wavelength_um):
     return 0.5 * (erf((lam - lo) / s) - erf((lam - hi) / s))
 
 
+def _curve(name, wavelength_um, throughput_values):
+    """A tabulated throughput curve as float arrays sorted by wavelength (a descending table is reversed); refuses
+    non-finite values, repeated wavelengths and mismatched or too short tables, naming the filter."""
+    wl, t = (np.asarray(a, dtype=np.float64) for a in (wavelength_um, throughput_values))
+    if wl.ndim != 1 or wl.shape != t.shape or wl.size < 2:
+        raise ValueError(f"throughput curve of {name}: give (wavelength_um, T) as two 1D arrays of one length >= 2; "
+                         f"got shapes {wl.shape} and {t.shape}")
+    bad = ~(np.isfinite(wl) & np.isfinite(t))
+    if bad.any():
+        raise ValueError(f"throughput curve of {name}: {int(bad.sum())} non-finite (NaN or inf) wavelength or "
+                         f"throughput value(s), first at row {int(np.flatnonzero(bad)[0])}: remove those rows")
+    order = np.argsort(wl, kind="stable")
+    wl, t = wl[order], t[order]
+    if np.any(np.diff(wl) <= 0):
+        raise ValueError(f"throughput curve of {name}: the wavelength {wl[1:][np.diff(wl) <= 0][0]:.6g} appears "
+                         "more than once: give each wavelength once")
+    return wl, t
+
+
 def filter_response(filters, edges_um, throughput_curves=None, coverage=0.99):
     r"""Filter matrix ``R`` (L, F): fused wavelength bins -> filter images (columns sum to 1).
 
@@ -144,7 +163,8 @@ def filter_response(filters, edges_um, throughput_curves=None, coverage=0.99):
     ``edges_um`` (L + 1,): an image in MJy/sr is the throughput-weighted mean of the cube
     (the JWST pipeline's convention, ``L_f / ||L_f||_1`` in SyFu's notation). Bands may
     overlap. ``throughput_curves``: optional dict name -> (wavelength_um, T) tabulated
-    curves (linearly interpolated), else the model curves of :func:`throughput`. A filter
+    curves (linearly interpolated, zero outside the table; sorted by wavelength, non-finite values
+    refused), else the model curves of :func:`throughput`. A filter
     with less than ``coverage`` of its throughput inside the grid is refused (symmetric
     fusion needs each filter inside the IFU's range).
     """
@@ -155,7 +175,7 @@ def filter_response(filters, edges_um, throughput_curves=None, coverage=0.99):
     cols = []
     for name in filters:
         if throughput_curves is not None and name in throughput_curves:
-            wl, t = (np.asarray(a, dtype=np.float64) for a in throughput_curves[name])
+            wl, t = _curve(name, *throughput_curves[name])
             fine = np.linspace(min(wl[0], e[0]), max(wl[-1], e[-1]), 4000)
             inside = np.trapezoid(np.interp(fine, wl, t, 0, 0) * ((fine >= e[0]) & (fine <= e[-1])), fine)
             total = np.trapezoid(t, wl)
@@ -175,6 +195,11 @@ def filter_response(filters, edges_um, throughput_curves=None, coverage=0.99):
                 hint = " (the grid looks like nm: give wavelengths in um, i.e. divide by 1000)"
             elif e[-1] < 1e-3:
                 hint = " (the grid looks like m: give wavelengths in um, i.e. multiply by 1e6)"
+            elif throughput_curves is not None and name in throughput_curves and (wl[-1] <= e[0] or wl[0] >= e[-1]):
+                scale = {4: "Angstrom (divide by 1e4)", 3: "nm (divide by 1000)", -6: "m (multiply by 1e6)"}.get(
+                    int(np.round(np.log10(np.median(wl) / np.median(e)))), "")
+                hint = (f" (its throughput curve spans {wl[0]:.4g}-{wl[-1]:.4g}, outside the grid: give its "
+                        f"wavelengths in um{'; they look like ' + scale if scale else ''})")
             raise ValueError(f"filter {name} has only {inside / max(total, 1e-300):.1%} of its throughput inside the "
                              f"wavelength grid {e[0]:.4g}-{e[-1]:.4g} um{hint}; symmetric fusion needs every filter "
                              "inside the IFU's range: drop it or extend the grid")
