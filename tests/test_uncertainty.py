@@ -320,6 +320,7 @@ def test_bias_aware_with_an_integer_cap_and_degenerate_intervals(small_toy):
     assert seen[0].filename == __file__
     np.testing.assert_array_equal(u["flux_std"].values, capped["flux_std"].values)
     deg = u["interval_degenerate"].values
+    assert "units" not in u["interval_degenerate"].attrs  # session 31: the bool mask was labelled 'ph cm-2 s-1'
     assert deg.any() and np.all(u["flux_hi"].values[deg] == u["flux_lo"].values[deg])
     assert np.all(u["ml_flux"].values[deg] == 0) and not np.any((u["ml_flux_std"].values == 0) & ~deg
                                                                   & (u["ml_flux"].values == 0))

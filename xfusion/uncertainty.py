@@ -763,9 +763,11 @@ def _add_bias_aware(out, observations, ml_settings, *, store, progress, **kwargs
     # leaves 0), every replica drawn from it is 0 too and the interval has zero width: it says nothing there
     # (session 29: such intervals looked certain and never held the truth)
     degenerate = (s == 0) & (f == 0)
-    out["interval_degenerate"] = degenerate.assign_attrs(
-        long_name="bias-aware interval of zero width: the ML refit and all its replicas are 0 (no counts there); "
-                  "flux_lo/flux_hi carry no information in these voxels")
+    # a new variable, not degenerate.assign_attrs: the comparison keeps ml_flux_std's units (session 31: a True/False
+    # mask labelled 'ph cm-2 s-1')
+    out["interval_degenerate"] = (degenerate.dims, degenerate.data, {
+        "long_name": "bias-aware interval of zero width: the ML refit and all its replicas are 0 (no counts there); "
+                     "flux_lo/flux_hi carry no information in these voxels"})
     n_deg = int(degenerate.sum())
     if n_deg:
         warnings.warn(f"{n_deg} of {degenerate.size} voxels have bias-aware intervals of zero width: the maximum-"
