@@ -177,6 +177,26 @@ def test_bad_input_messages():
         analysis.line_map(z, E0, energy_edges=EDGES, variance=neg, **KW)
 
 
+def test_variance_dataarray_without_channel_coords():
+    """Session 31 (red team): a variance DataArray (x, y, energy) without energy_lo/energy_hi (an ndarray wrapped by
+    dims) was refused with "cube has no energy_lo/energy_hi coordinates; pass energy_edges=" -- about the cube, which
+    had them, and energy_edges= did not help. It now takes the cube's channels, like an ndarray; a variance on other
+    channels or of another shape is refused by name."""
+    z = _cube(np.zeros((2, 1)), np.full((2, 1), 200.0))
+    var = np.full(z.shape, 1e-8)
+    ref = analysis.line_map(_da(z), E0, variance=var, **KW)
+    for kw in ({}, {"energy_edges": EDGES}):
+        m = analysis.line_map(_da(z), E0, variance=xr.DataArray(var, dims=("x", "y", "energy")), **KW, **kw)
+        np.testing.assert_array_equal(m["velocity_err"].values, ref["velocity_err"].values)
+    # any dim order, like the cube
+    m = analysis.line_map(_da(z), E0, variance=xr.DataArray(var.transpose(2, 0, 1), dims=("energy", "x", "y")), **KW)
+    np.testing.assert_array_equal(m["velocity_err"].values, ref["velocity_err"].values)
+    with pytest.raises(ValueError, match="variance energy_lo/energy_hi differ from the cube's channels"):
+        analysis.line_map(_da(z), E0, variance=_da(var).assign_coords(energy_lo=("energy", EDGES[:-1] + 1e-4)), **KW)
+    with pytest.raises(ValueError, match=r"variance has shape \(1, 1, 750\)"):
+        analysis.line_map(_da(z), E0, variance=xr.DataArray(var[:1], dims=("x", "y", "energy")), **KW)
+
+
 def test_map_errors():
     vel, sig = np.linspace(-300, 300, 16).reshape(4, 4), np.full((4, 4), 200.0)
     t = analysis.line_map(_cube(vel, sig), E0, energy_edges=EDGES, **KW)

@@ -70,43 +70,55 @@ _CUBE_DIMS = ("x", "y", "energy")
 _SQRT2PI = np.sqrt(2.0 * np.pi)
 
 
-def _as_cube(cube, energy_edges, what="cube"):
+def _as_cube(cube, energy_edges, what="cube", like=None):
     """(values float64 (x, y, energy), channel bounds ``(lo, hi)`` (L,) keV, coords for 2D outputs); ``what`` names it
     in errors. A DataArray's channels are its ``energy_lo``/``energy_hi`` (increasing, not overlapping; gaps allowed,
-    e.g. a cube with bad channels dropped); ``energy_edges`` gives contiguous channels."""
+    e.g. a cube with bad channels dropped); ``energy_edges`` gives contiguous channels. ``like``: ``(shape, bounds)``
+    of the cube this one goes with (a variance): it must have that shape, and its channels (if it has its own
+    coordinates) those bounds; without coordinates it takes them."""
     if isinstance(cube, xr.Dataset):
         if "flux" not in cube.data_vars:
             raise ValueError("line_map needs a cube: a Dataset with a 'flux' variable (x, y, energy), a DataArray "
                              "or an array with energy_edges=")
         cube = cube["flux"]
+    own = False  # channels from the DataArray's own coordinates
     if isinstance(cube, xr.DataArray):
         missing = set(_CUBE_DIMS) - set(cube.dims)
         if missing or cube.ndim != 3:
-            raise ValueError(f"cube must have dims {_CUBE_DIMS} (any order); got {cube.dims}")
+            raise ValueError(f"{what} must have dims {_CUBE_DIMS} (any order); got {cube.dims}")
         da = cube.transpose(*_CUBE_DIMS)
-        if energy_edges is None:
-            if "energy_lo" not in da.coords or "energy_hi" not in da.coords:
-                raise ValueError("cube has no energy_lo/energy_hi coordinates (keV); pass energy_edges=")
+        own = energy_edges is None and "energy_lo" in da.coords and "energy_hi" in da.coords
+        if own:
             lo = np.asarray(da["energy_lo"].values, dtype=np.float64)
             hi = np.asarray(da["energy_hi"].values, dtype=np.float64)
-            edges = None
-        else:
-            edges = np.asarray(energy_edges, dtype=np.float64)
+        elif energy_edges is None and like is None:
+            raise ValueError(f"{what} has no energy_lo/energy_hi coordinates (keV); pass energy_edges=")
         coords = {d: da[d] for d in ("x", "y") if d in da.coords}
         values = np.asarray(da.values, dtype=np.float64)
     else:
         values = np.asarray(cube, dtype=np.float64)
         if values.ndim != 3:
-            raise ValueError(f"cube must be 3D (x, y, energy); got shape {values.shape}")
-        if energy_edges is None:
-            raise ValueError("a plain-array cube needs energy_edges= (keV, n_energy + 1 values)")
-        edges = np.asarray(energy_edges, dtype=np.float64)
+            raise ValueError(f"{what} must be 3D (x, y, energy); got shape {values.shape}")
+        if energy_edges is None and like is None:
+            raise ValueError(f"a plain-array {what} needs energy_edges= (keV, n_energy + 1 values)")
         coords = {}
-    if edges is not None:
+    if like is not None:
+        shape, (lo0, hi0) = like
+        if values.shape != tuple(shape):
+            raise ValueError(f"{what} has shape {values.shape} (x, y, energy), the cube {tuple(shape)}: give one "
+                             f"{what} per voxel of the cube")
+        if own and (lo.shape != lo0.shape or not (np.allclose(lo, lo0, rtol=1e-9, atol=0)
+                                                  and np.allclose(hi, hi0, rtol=1e-9, atol=0))):
+            raise ValueError(f"{what} energy_lo/energy_hi differ from the cube's channels: give the {what} of this "
+                             f"cube (on its channels), or an array / a DataArray without channel coordinates")
+        if not own:
+            lo, hi = lo0, hi0
+    elif not own:
+        edges = np.asarray(energy_edges, dtype=np.float64)
         if edges.shape != (values.shape[-1] + 1,) or np.any(np.diff(edges) <= 0):
             raise ValueError(f"energy edges must be {values.shape[-1] + 1} strictly increasing values (keV)")
         lo, hi = edges[:-1], edges[1:]
-    elif not (np.all(hi > lo) and np.all(lo[1:] >= hi[:-1] - 1e-9 * (hi[:-1] - lo[:-1]))):
+    if own and not (np.all(hi > lo) and np.all(lo[1:] >= hi[:-1] - 1e-9 * (hi[:-1] - lo[:-1]))):
         raise ValueError(f"{what} channels must increase in energy without overlapping (energy_lo < energy_hi <= the "
                          "next energy_lo, keV); sort the cube by energy (cube.sortby('energy'))")
     if not np.all(np.isfinite(values)):
@@ -253,8 +265,9 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
         Instrumental Gaussian spread removed in quadrature from the width (0 keeps it).
     min_flux : float
         Pixels with line flux ``<= min_flux`` are not valid.
-    variance : like ``cube``, optional
-        Per-voxel flux variances; adds ``flux_err``, ``velocity_err``, ``line_width_err``
+    variance : (x, y, energy) array or DataArray with the cube's shape, optional
+        Per-voxel flux variances (on the cube's channels: a DataArray's own ``energy_lo``/``energy_hi``, if any,
+        must be the cube's); adds ``flux_err``, ``velocity_err``, ``line_width_err``
         (delta method, voxels independent).
     replicas : (replica, x, y, energy) array or DataArray, optional
         Replica cubes of ``cube`` (``xfusion.uncertainty(...)["flux_replicas"]``): the same
@@ -327,10 +340,7 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
     out["resolved"] = (("x", "y"), resolved.reshape(shape2), {"long_name": "width above the removed spread"})
 
     if variance is not None:
-        var, _, _ = _as_cube(variance, np.append(lo, hi[-1]) if not isinstance(variance, xr.DataArray) else None,
-                             "variance")
-        if var.shape != values.shape:
-            raise ValueError(f"variance has shape {var.shape}, cube {values.shape}")
+        var, _, _ = _as_cube(variance, None, "variance", like=(values.shape, bounds))
         if np.any(var < 0):
             raise ValueError(f"variance contains negative values (min {var.min():.3g}); variances are >= 0 (give the "
                              "variance of each voxel, e.g. uncertainty(...)['flux_std'] ** 2, not a difference of "
