@@ -133,6 +133,27 @@ def test_uneven_channels_and_channel_gaps():
         analysis.line_map(da.isel(energy=slice(None, None, -1)), E0, **KW)
 
 
+def test_window_past_the_band_edge_warns_like_a_gap():
+    """Session 31 (red team): a window running past the end of the cube's band lost the line flux beyond the edge
+    (-11 % flux, +36 km/s) without the warning a gap inside the window gives. The moments now warn; a window edge
+    within half a channel of the band edge (the rounding any window edge has) and method='gaussian' do not."""
+    import warnings
+
+    edges = np.linspace(6.5, 6.9, 801)
+    s = 0.004
+    z = (500 * np.diff(ndtr((edges - 6.895) / s)) + np.diff(edges))[None, None, :]
+    kw = {"energy_edges": edges, "continuum": [(6.80, 6.84)]}
+    with pytest.warns(UserWarning, match=r"runs past the cube's band .*missing: 6\.9-6\.95 keV.*method='gaussian'"):
+        m = analysis.line_map(z, 6.895, window=(6.85, 6.95), **kw)
+    assert float(m["flux"][0, 0]) < 0.95 * 500  # the loss the warning is about
+    with pytest.warns(UserWarning, match=r"missing: 6\.45-6\.5 keV"):
+        analysis.line_map(z, 6.52, window=(6.45, 6.55), energy_edges=edges, continuum=[(6.6, 6.7)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        analysis.line_map(z, 6.895, window=(6.85, 6.9002), **kw)  # within half a 0.5 eV channel of the edge
+        analysis.line_map(z, 6.895, window=(6.85, 6.95), method="gaussian", **kw)
+
+
 def test_invalid_pixels_are_flagged_not_silent():
     vel, sig = np.zeros((2, 1)), np.full((2, 1), 200.0)
     z = _cube(vel, sig)
