@@ -272,3 +272,49 @@ def test_energies_as_quantities():
         np.testing.assert_allclose(b[v].values, a[v].values, rtol=1e-12)
     with pytest.raises(ValueError, match="line_energy is in s"):
         analysis.line_map(z, 3 * u.s, energy_edges=EDGES, **KW)
+
+
+def test_wavelength_cube():
+    """Session 31 (red team): a JWST cube (the 'energy' axis in um: units='um', attrs spectral_unit='um') was measured
+    as keV: a line receding at +300 km/s (longer wavelength) came out at -300 km/s. A wavelength cube is now measured
+    on its own axis: v = c (lambda_c / lambda0 - 1), the energies given in um (Quantities converted to um, keV
+    refused); plot.band_velocity_maps and line_map_errors go through the same path."""
+    u = pytest.importorskip("astropy.units")
+    from xfusion import plot
+
+    lam0, edges = 2.1218, np.linspace(2.09, 2.155, 651)  # H2 1-0 S(1); 0.1 nm channels
+    lo, hi = edges[:-1], edges[1:]
+    vel, sig = np.array([[300.0, -500.0]]), np.array([[150.0, 250.0]])
+    lc = lam0 * (1 + vel / C)
+    s = lc * sig / C  # sigma_v = c s / lambda_c
+    z = 1e-3 * (hi - lo) + (ndtr((hi - lc[..., None]) / s[..., None]) - ndtr((lo - lc[..., None]) / s[..., None]))
+    um = {"units": "um"}
+    da = xr.DataArray(z, dims=("x", "y", "energy"), coords={"energy": ("energy", 0.5 * (lo + hi), um),
+                                                           "energy_lo": ("energy", lo, um),
+                                                           "energy_hi": ("energy", hi, um)})
+    kw = {"window": (2.11, 2.135), "continuum": [(2.09, 2.105), (2.14, 2.155)]}
+    for method in ("moments", "gaussian"):
+        m = analysis.line_map(da, lam0, method=method, **kw)
+        np.testing.assert_allclose(m["velocity"], vel, atol=3.0)
+        np.testing.assert_allclose(m["line_width"], sig, rtol=0.03)
+    assert m.attrs["spectral_unit"] == "um" and m.attrs["line_wavelength_um"] == lam0 and "window_um" in m.attrs
+    assert "lambda_c / lambda0" in m.attrs["velocity_convention"] and "line_energy_kev" not in m.attrs
+    # a Dataset marked by attrs only, and Quantities (nm -> um)
+    ds = xr.Dataset({"flux": (da.dims, z)}, coords={"energy_lo": ("energy", lo), "energy_hi": ("energy", hi)},
+                    attrs={"spectral_unit": "um"})
+    q = analysis.line_map(ds, lam0 * 1000 * u.nm, window=(2110 * u.nm, 2135 * u.nm), continuum=kw["continuum"])
+    np.testing.assert_allclose(q["velocity"], vel, atol=3.0)
+    with pytest.raises(ValueError, match="line_energy is in keV, which cannot be converted to um"):
+        analysis.line_map(da, 0.584 * u.keV, **kw)
+    # errors: the delta method and the replica spread agree (line_map_errors, band_velocity_maps)
+    rng = np.random.default_rng(3)
+    sd = 0.002
+    reps = z[None] + rng.normal(0, sd, (30,) + z.shape)
+    unc = xr.Dataset({"flux": da, "flux_replicas": (("replica", "x", "y", "energy"), reps)})
+    d = analysis.line_map(da, lam0, variance=np.full(z.shape, sd ** 2), **kw)
+    r = analysis.line_map_errors(unc, lam0, **kw)
+    assert np.all(0.7 < r["velocity_err"].values / d["velocity_err"].values)
+    assert np.all(r["velocity_err"].values / d["velocity_err"].values < 1.4)
+    maps, tmaps = plot.band_velocity_maps(unc, da, band=(lam0 - 0.006, lam0 + 0.006))
+    assert float(tmaps["velocity"][0, 0]) > 250 and float(tmaps["velocity"][0, 1]) < -400
+    assert maps.attrs["name"].endswith(" um") and maps.attrs["spectral_unit"] == "um"

@@ -30,6 +30,13 @@ Model (per pixel; ``z_k`` the flux in channel ``k`` with edges ``[lo_k, hi_k]``,
   energy ``E0`` to the centroid, ``Ec = E0 / (1 + v/c)``, i.e. ``v = c (E0/Ec - 1)``;
   **width** ``sigma_v = c s / Ec`` (km/s, Gaussian sigma, not FWHM).
 
+**Wavelength cubes** (JWST: :mod:`xfusion.jwst`; the ``energy`` dimension holds wavelength in um,
+``attrs["spectral_unit"] = "um"`` or ``units="um"`` on the ``energy``/``energy_lo`` coordinates) are
+measured on their own axis: every ``E`` above is then a wavelength ``lambda`` in um (``line_energy`` is
+the rest wavelength ``lambda0``; ``window``, ``continuum`` and ``lsf_sigma`` are in um) and the Doppler
+shift is ``lambda_c = lambda0 (1 + v/c)``, i.e. ``v = c (lambda_c/lambda0 - 1)`` (still positive =
+receding), width ``sigma_v = c s / lambda_c``. Plain arrays (with ``energy_edges``) are keV.
+
 Pixels where the line flux is not positive (``F <= min_flux``) or the centroid falls outside
 the window (noise, not a line) are marked ``valid = False``;
 there ``velocity`` and ``line_width`` are NaN (NaN is produced nowhere else). Where the
@@ -61,7 +68,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtr
 
-from .observation import _is_quantity, _to_unit
+from .observation import SPECTRAL_UNITS, _is_quantity, _to_unit, spectral_unit
 
 __all__ = ["line_map", "line_map_errors", "map_errors", "C_KMS"]
 
@@ -72,11 +79,11 @@ _SQRT2PI = np.sqrt(2.0 * np.pi)
 
 
 def _as_cube(cube, energy_edges, what="cube", like=None):
-    """(values float64 (x, y, energy), channel bounds ``(lo, hi)`` (L,) keV, coords for 2D outputs); ``what`` names it
-    in errors. A DataArray's channels are its ``energy_lo``/``energy_hi`` (increasing, not overlapping; gaps allowed,
-    e.g. a cube with bad channels dropped); ``energy_edges`` gives contiguous channels. ``like``: ``(shape, bounds)``
-    of the cube this one goes with (a variance): it must have that shape, and its channels (if it has its own
-    coordinates) those bounds; without coordinates it takes them."""
+    """(values float64 (x, y, energy), channel bounds ``(lo, hi)`` (L,) keV or um, coords for 2D outputs); ``what``
+    names it in errors. A DataArray's channels are its ``energy_lo``/``energy_hi`` (increasing, not overlapping;
+    gaps allowed, e.g. a cube with bad channels dropped); ``energy_edges`` gives contiguous channels. ``like``:
+    ``(shape, bounds)`` of the cube this one goes with (a variance): it must have that shape, and its channels (if
+    it has its own coordinates) those bounds; without coordinates it takes them."""
     if isinstance(cube, xr.Dataset):
         if "flux" not in cube.data_vars:
             raise ValueError("line_map needs a cube: a Dataset with a 'flux' variable (x, y, energy), a DataArray "
@@ -93,7 +100,7 @@ def _as_cube(cube, energy_edges, what="cube", like=None):
             lo = np.asarray(da["energy_lo"].values, dtype=np.float64)
             hi = np.asarray(da["energy_hi"].values, dtype=np.float64)
         elif energy_edges is None and like is None:
-            raise ValueError(f"{what} has no energy_lo/energy_hi coordinates (keV); pass energy_edges=")
+            raise ValueError(f"{what} has no energy_lo/energy_hi coordinates; pass energy_edges= (keV)")
         coords = {d: da[d] for d in ("x", "y") if d in da.coords}
         values = np.asarray(da.values, dtype=np.float64)
     else:
@@ -121,20 +128,20 @@ def _as_cube(cube, energy_edges, what="cube", like=None):
         lo, hi = edges[:-1], edges[1:]
     if own and not (np.all(hi > lo) and np.all(lo[1:] >= hi[:-1] - 1e-9 * (hi[:-1] - lo[:-1]))):
         raise ValueError(f"{what} channels must increase in energy without overlapping (energy_lo < energy_hi <= the "
-                         "next energy_lo, keV); sort the cube by energy (cube.sortby('energy'))")
+                         "next energy_lo); sort the cube by energy (cube.sortby('energy'))")
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{what} contains NaN or inf; line_map does not patch them -- fix or mask the {what} first")
     return values, (lo, hi), coords
 
 
-def _channels(centres, rng_kev, what, bounds):
-    lo, hi = (float(v) for v in rng_kev)
+def _channels(centres, rng, what, bounds, unit):
+    lo, hi = (float(v) for v in rng)
     if not hi > lo:
-        raise ValueError(f"{what} range must be (low, high) keV with high > low; got {rng_kev}")
+        raise ValueError(f"{what} range must be (low, high) {unit} with high > low; got {rng}")
     idx = np.flatnonzero((centres >= lo) & (centres < hi))
     if idx.size == 0:
-        raise ValueError(f"{what} {lo:.6g}-{hi:.6g} keV contains no channel centre of the cube "
-                         f"({bounds[0][0]:.6g}-{bounds[1][-1]:.6g} keV); choose a range inside the band")
+        raise ValueError(f"{what} {lo:.6g}-{hi:.6g} {unit} contains no channel centre of the cube "
+                         f"({bounds[0][0]:.6g}-{bounds[1][-1]:.6g} {unit}); choose a range inside the band")
     return idx
 
 
@@ -236,13 +243,36 @@ def _measure(z, centres, widths, bounds, win, bands, E0, method, lsf_sigma, min_
     return F, Ec, s2, ok, cont, r, e, sheppard, fitted
 
 
-def _kev(v, what):
-    """Energies in keV: numbers as given, astropy Quantities (also inside a tuple or list) converted."""
+def _in_unit(v, unit, what):
+    """Values on the cube's spectral axis (``unit``: keV or um): numbers as given, astropy Quantities (also inside a
+    tuple or list) converted (energy to wavelength is not: the cube's axis decides)."""
     if _is_quantity(v) or isinstance(v, xr.DataArray):
-        return _to_unit(v, "keV", what)[0]
+        return _to_unit(v, unit, what)[0]
     if isinstance(v, (tuple, list)):
-        return type(v)(_kev(e, what) for e in v)
+        return type(v)(_in_unit(e, unit, what) for e in v)
     return v
+
+
+def _axis_unit(cube):
+    """``"keV"`` or ``"um"``: the spectral unit of a Dataset / DataArray cube (``attrs["spectral_unit"]``, else the
+    ``units`` of its ``energy`` or ``energy_lo`` coordinate; none: keV); a plain array is keV."""
+    if not isinstance(cube, (xr.Dataset, xr.DataArray)):
+        return "keV"
+    unit = spectral_unit(cube)  # refuses a unit xfusion does not know
+    if unit is None and "energy_lo" in cube.coords:
+        unit = cube["energy_lo"].attrs.get("units")
+        if unit is not None and str(unit) not in SPECTRAL_UNITS:
+            raise ValueError(f"the cube's energy_lo is in {unit!r}; line_map measures cubes in keV (X-ray energy) or "
+                             "um (wavelength): convert the channel edges first")
+    return str(unit) if unit is not None else "keV"
+
+
+def _velocity(Ec, E0, wavelength):
+    """Centroid velocity (km/s, + receding): ``c (E0/Ec - 1)`` on an energy axis, ``c (Ec/E0 - 1)`` on a wavelength
+    axis; and ``|dv/dEc|`` (km/s per axis unit) for the error propagation."""
+    if wavelength:
+        return C_KMS * (Ec / E0 - 1.0), C_KMS / E0
+    return C_KMS * (E0 / Ec - 1.0), C_KMS * E0 / Ec ** 2
 
 
 def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigma=0.0, min_flux=0.0,
@@ -252,17 +282,19 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
     Parameters
     ----------
     cube : Dataset with ``flux``, DataArray (x, y, energy) with ``energy_lo``/``energy_hi``
-        coords (keV), or an ndarray (x, y, energy) with ``energy_edges``. Flux per voxel
-        (e.g. ph cm-2 s-1); the line flux comes out in the same unit per pixel.
-    line_energy : float, keV
+        coords (keV, or um for a wavelength cube: see the module docstring), or an ndarray
+        (x, y, energy) with ``energy_edges`` (keV). Flux per voxel (e.g. ph cm-2 s-1, or MJy/sr);
+        the line flux comes out in the same unit per pixel.
+    line_energy : float, keV (um on a wavelength cube: the rest wavelength)
         Rest energy ``E0`` of the line (velocity zero). This and the other energies (``window``,
-        ``continuum``, ``lsf_sigma``) may be astropy Quantities (converted to keV).
-    window : (low, high) keV
+        ``continuum``, ``lsf_sigma``) are in the cube's spectral unit; they may be astropy Quantities
+        (converted to it; energy is not converted to wavelength).
+    window : (low, high) keV (um)
         Channels whose centres lie inside are the line window.
-    continuum : sequence of (low, high) keV ranges (1 or 2, line-free)
+    continuum : sequence of (low, high) keV (um) ranges (1 or 2, line-free)
         Side bands for the local linear continuum.
     method : "moments" (default) or "gaussian".
-    lsf_sigma : float, keV
+    lsf_sigma : float, keV (um)
         Instrumental Gaussian spread removed in quadrature from the width (0 keeps it).
     min_flux : float
         Pixels with line flux ``<= min_flux`` are not valid.
@@ -285,57 +317,61 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
     Dataset on (x, y): ``flux`` (line flux), ``velocity`` (km/s, + = receding),
     ``line_width`` (km/s, Gaussian sigma), ``continuum`` (continuum flux under the window),
     ``valid`` and ``resolved`` (bool), optionally the ``*_err`` maps (NaN where the width is
-    not resolved); attrs record every setting.
+    not resolved); attrs record every setting (``spectral_unit``; the energies as ``line_energy_kev``,
+    ``window_kev``, ... on a keV cube, ``line_wavelength_um``, ``window_um``, ... on a um cube).
     """
     if method not in ("moments", "gaussian"):
         raise ValueError(f"method must be 'moments' or 'gaussian'; got {method!r}")
     if replicas is not None and variance is not None:
         raise ValueError("give variance= (delta-method errors) or replicas= (replica spread), not both")
-    line_energy, lsf_sigma, window = _kev(line_energy, "line_energy"), _kev(lsf_sigma, "lsf_sigma"), _kev(window,
-                                                                                                        "window")
-    continuum = _kev(continuum, "continuum")
+    unit = _axis_unit(cube)
+    wavelength = unit == "um"
+    line_energy, lsf_sigma = _in_unit(line_energy, unit, "line_energy"), _in_unit(lsf_sigma, unit, "lsf_sigma")
+    window, continuum = _in_unit(window, unit, "window"), _in_unit(continuum, unit, "continuum")
     continuum = continuum.tolist() if isinstance(continuum, np.ndarray) else continuum
     E0 = float(line_energy)
     if not np.isfinite(E0) or E0 <= 0:
-        raise ValueError(f"line_energy must be a positive energy in keV; got {line_energy!r}")
+        raise ValueError(f"line_energy must be a positive {'wavelength' if wavelength else 'energy'} in {unit}; got "
+                         f"{line_energy!r}")
     if lsf_sigma < 0:
-        raise ValueError(f"lsf_sigma must be >= 0 keV; got {lsf_sigma}")
+        raise ValueError(f"lsf_sigma must be >= 0 {unit}; got {lsf_sigma}")
     values, bounds, coords = _as_cube(cube, energy_edges)
     M, N, L = values.shape
     lo, hi = bounds
     centres, widths = 0.5 * (lo + hi), hi - lo
-    win = _channels(centres, window, "window", bounds)
+    win = _channels(centres, window, "window", bounds, unit)
     if method == "gaussian" and win.size < 4:
-        raise ValueError(f"window {tuple(window)} keV holds {win.size} channel(s); method='gaussian' fits 3 parameters "
-                         "(flux, centre, width) and needs at least 4 channels: widen the window or use "
+        raise ValueError(f"window {tuple(window)} {unit} holds {win.size} channel(s); method='gaussian' fits 3 "
+                         "parameters (flux, centre, width) and needs at least 4 channels: widen the window or use "
                          "method='moments'")
     if isinstance(continuum, (tuple, list)) and len(continuum) == 2 and np.isscalar(continuum[0]):
         continuum = [continuum]
     if not continuum or len(continuum) > 2:
-        raise ValueError("continuum must be one or two (low, high) keV side bands")
-    bands = [_channels(centres, b, "continuum band", bounds) for b in continuum]
+        raise ValueError(f"continuum must be one or two (low, high) {unit} side bands")
+    bands = [_channels(centres, b, "continuum band", bounds, unit) for b in continuum]
     if np.intersect1d(np.concatenate(bands), win).size:
         raise ValueError(f"continuum bands {continuum} overlap the line window {tuple(window)}; keep them apart")
     gap = win[:-1][lo[win[1:]] - hi[win[:-1]] > 1e-6 * widths[win[:-1]]]
     if method == "moments" and gap.size:
         warnings.warn(f"the line window has missing channels ({gap.size} gap(s), the first at "
-                      f"{hi[gap[0]]:.6g}-{lo[gap[0] + 1]:.6g} keV): the moments do not count the line flux there, so "
-                      "flux, centroid and width are biased; method='gaussian' fits the channels that are present",
-                      UserWarning, stacklevel=2)
+                      f"{hi[gap[0]]:.6g}-{lo[gap[0] + 1]:.6g} {unit}): the moments do not count the line flux "
+                      "there, so flux, centroid and width are biased; method='gaussian' fits the channels that are "
+                      "present", UserWarning, stacklevel=2)
     # the window past the band edge (by more than the half channel a window edge inside the band may also cut): the
     # same loss as a gap (session 31: a line at the band edge lost 11 % of its flux without a word)
-    past = [f"{w:.6g}-{b:.6g} keV" for w, b, out in ((window[0], lo[0], window[0] < lo[0] - 0.5 * widths[0]),
+    past = [f"{w:.6g}-{b:.6g} {unit}" for w, b, out in ((window[0], lo[0], window[0] < lo[0] - 0.5 * widths[0]),
                                                      (hi[-1], window[1], window[1] > hi[-1] + 0.5 * widths[-1])) if out]
     if method == "moments" and past:
-        warnings.warn(f"the line window {float(window[0]):.6g}-{float(window[1]):.6g} keV runs past the cube's band "
-                      f"({lo[0]:.6g}-{hi[-1]:.6g} keV; missing: {', '.join(past)}): the moments do not count the line "
-                      "flux there, so flux, centroid and width are biased; keep the window inside the band, or use "
-                      "method='gaussian' (fits the channels that are present)", UserWarning, stacklevel=2)
+        warnings.warn(f"the line window {float(window[0]):.6g}-{float(window[1]):.6g} {unit} runs past the cube's "
+                      f"band ({lo[0]:.6g}-{hi[-1]:.6g} {unit}; missing: {', '.join(past)}): the moments do not "
+                      "count the line flux there, so flux, centroid and width are biased; keep the window inside the "
+                      "band, or use method='gaussian' (fits the channels that are present)", UserWarning, stacklevel=2)
 
     z = values.reshape(M * N, L)
     F, Ec, s2, ok, cont, r, e, sheppard, fitted = _measure(z, centres, widths, bounds, win, bands, E0, method,
                                                            lsf_sigma, min_flux)
-    velocity = np.where(ok, C_KMS * (E0 / Ec - 1.0), np.nan)
+    v, dv_dec = _velocity(Ec, E0, wavelength)
+    velocity = np.where(ok, v, np.nan)
     width = np.where(ok, C_KMS * np.sqrt(np.maximum(s2, 0.0)) / Ec, np.nan)
     valid, resolved = ok, ok & (s2 > 0)
 
@@ -375,18 +411,20 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
                 w_err[idx] = np.where(s[idx] > 0, s_fit ** 2 * np.sqrt(C[:, 2, 2]) / np.where(s[idx] > 0, s[idx], 1.0),
                                       np.nan)
         out["flux_err"] = (("x", "y"), f_err.reshape(shape2))
-        out["velocity_err"] = (("x", "y"), np.where(ok, C_KMS * E0 * e_err / Ec ** 2, np.nan).reshape(shape2),
+        out["velocity_err"] = (("x", "y"), np.where(ok, dv_dec * e_err, np.nan).reshape(shape2),
                                {"units": "km/s"})
         out["line_width_err"] = (("x", "y"), np.where(resolved, C_KMS * w_err / Ec, np.nan).reshape(shape2),
                                  {"units": "km/s"})
     if replicas is not None:
         _replica_errors(out, replicas, values.shape, (centres, widths, bounds, win, bands, E0, method, lsf_sigma,
-                                                      min_flux), ok, resolved, error)
-    out.attrs.update({"line_energy_kev": E0, "window_kev": [float(v) for v in window],
-                      "continuum_kev": [[float(v) for v in b] for b in continuum], "method": method,
-                      "lsf_sigma_kev": float(lsf_sigma), "min_flux": float(min_flux),
-                      "velocity_convention": "v = c (E0 / Ec - 1), positive = receding",
-                      "name": name or f"line {E0:.4f} keV"})
+                                                      min_flux, wavelength), ok, resolved, error)
+    sfx, line = ("um", "line_wavelength_um") if wavelength else ("kev", "line_energy_kev")
+    out.attrs.update({line: E0, f"window_{sfx}": [float(v) for v in window],
+                      f"continuum_{sfx}": [[float(v) for v in b] for b in continuum], "method": method,
+                      f"lsf_sigma_{sfx}": float(lsf_sigma), "min_flux": float(min_flux), "spectral_unit": unit,
+                      "velocity_convention": ("v = c (lambda_c / lambda0 - 1)" if wavelength else "v = c (E0 / Ec - 1)")
+                      + ", positive = receding",
+                      "name": name or f"line {E0:.4f} {unit}"})
     return out
 
 
@@ -402,7 +440,7 @@ def _replica_errors(out, replicas, shape, ctx, ok, resolved, error):
     if n < 2 or tuple(replicas.shape[1:]) != tuple(shape):
         raise ValueError(f"replicas must be (replica >= 2, x, y, energy) with the cube's shape {tuple(shape)}; got "
                          f"{getattr(replicas, 'shape', None)}")
-    centres, widths, bounds, win, bands, E0, method, lsf_sigma, min_flux = ctx
+    centres, widths, bounds, win, bands, E0, method, lsf_sigma, min_flux, wavelength = ctx
     P = shape[0] * shape[1]
     F, V, W = (np.empty((n, P)) for _ in range(3))
     OK = np.empty((n, P), bool)
@@ -412,7 +450,7 @@ def _replica_errors(out, replicas, shape, ctx, ok, resolved, error):
             raise ValueError(f"replica {i} contains NaN or inf")
         f, ec, s2, v_ok, *_ = _measure(z, centres, widths, bounds, win, bands, E0, method, lsf_sigma, min_flux)
         F[i], OK[i] = f, v_ok
-        V[i] = np.where(v_ok, C_KMS * (E0 / ec - 1.0), np.nan)
+        V[i] = np.where(v_ok, _velocity(ec, E0, wavelength)[0], np.nan)
         W[i] = np.where(v_ok, C_KMS * np.sqrt(np.maximum(s2, 0.0)) / ec, np.nan)
     nv = OK.sum(axis=0)
     enough = ok & (nv >= max(2, (n + 1) // 2))

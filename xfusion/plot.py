@@ -780,10 +780,10 @@ def band_velocity_maps(uncertainty, truth=None, *, x_obs=None, band=None):
     """Velocity maps with errors of the brightest line of a fused cube, and of the truth (for :func:`summary`).
 
     ``uncertainty``: the Dataset of :func:`xfusion.uncertainty`. The line window is ``band``
-    (default :func:`line_band`, the sharp-spatial channel holding the brightest line), the rest
-    energy its centre (velocities are relative to it), the continuum the two side bands of the
-    same width. Returns ``(maps, truth_maps)`` (line maps with ``velocity_err``; ``truth_maps``
-    None without a truth cube).
+    (default :func:`line_band`, the sharp-spatial channel holding the brightest line; in the cube's
+    spectral unit, keV or um), the rest energy (wavelength) its centre (velocities are relative to it),
+    the continuum the two side bands of the same width. Returns ``(maps, truth_maps)`` (line maps
+    with ``velocity_err``; ``truth_maps`` None without a truth cube).
     """
     from . import analysis
 
@@ -791,7 +791,8 @@ def band_velocity_maps(uncertainty, truth=None, *, x_obs=None, band=None):
     w = hi - lo
     e = uncertainty["energy"].values
     cont = [b for b in ((lo - w, lo), (hi, hi + w)) if b[0] >= e[0] and b[1] <= e[-1]]
-    kw = {"window": (lo, hi), "continuum": cont or [(e[0], lo)], "name": f"line at {0.5 * (lo + hi):.4g} keV"}
+    kw = {"window": (lo, hi), "continuum": cont or [(e[0], lo)],
+          "name": f"line at {0.5 * (lo + hi):.4g} {_axis(uncertainty)[1]}"}
     maps = analysis.line_map_errors(uncertainty, 0.5 * (lo + hi), **kw)
     tmaps = None if truth is None else analysis.line_map(_flux(truth, "truth"), 0.5 * (lo + hi), **kw)
     return maps, tmaps
