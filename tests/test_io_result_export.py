@@ -432,3 +432,44 @@ def test_exported_rmf_says_line_widths_include_the_lsf(tmp_path):
         np.testing.assert_array_equal(read_rmf(rmf).values, np.eye(10))
     for f in (write_pha_from_result, write_pha2_from_result):
         assert "sigma_LSF" in f.__doc__ and "lsf_sigma" in f.__doc__
+
+
+def test_pha_exports_check_the_cube_before_writing(tmp_path):
+    """Session 31 (red team): (a) a wavelength / MJy/sr cube (a JWST result) was written as EBOUNDS in keV and photon
+    COUNTS; (b) a NaN voxel in the region left .rmf/.arf on disk and an error about counts the user never passed;
+    (c) a flux DataArray (a toy truth, result['flux']) gave a bare KeyError 'flux'. Both exports now refuse (a) and (b)
+    by name before any file is written, and take (c) like its Dataset."""
+    from xfusion.io.ogip_write import write_pha2_from_result
+
+    edges = np.linspace(6.0, 7.0, 11)
+    co = {"energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])}
+    flux = np.full((3, 3, 10), 1e-5)
+    ds = xr.Dataset({"flux": (("x", "y", "energy"), flux, {"units": "ph cm-2 s-1"})}, coords=co)
+    um = {"units": "um"}
+    jwst = xr.Dataset({"flux": (("x", "y", "energy"), flux, {"units": "MJy/sr"})}, attrs={"spectral_unit": "um"},
+                      coords={"energy_lo": ("energy", edges[:-1] / 4, um), "energy_hi": ("energy", edges[1:] / 4, um)})
+    nan = ds.copy(deep=True)
+    nan["flux"].values[1, 2, 4] = np.nan
+    calls = (lambda res, p: write_pha_from_result(res, (slice(0, 3), slice(0, 3)), p, exposure=1e6, area=1e3),
+             lambda res, p: write_pha2_from_result(res, p, exposure=1e6, area=1e3),
+             lambda res, p: write_pha2_from_result(res, p, regions=[[(1, 2)]], exposure=1e6, area=1e3))
+    for k, call in enumerate(calls):
+        with pytest.raises(ValueError, match=r"need an X-ray cube .*spectral axis in um and its flux in 'MJy/sr'.*"
+                                             r"Nothing was written"):
+            call(jwst, tmp_path / f"j{k}")
+        with pytest.raises(ValueError, match=r"MJy/sr"):  # units on the flux alone are enough
+            call(ds.assign(flux=ds["flux"].assign_attrs(units="MJy/sr")), tmp_path / f"m{k}")
+        with pytest.raises(ValueError, match=r"1 NaN/inf voxel\(s\) .*x index 1, y index 2, energy channel 4.*"
+                                             r"Nothing was written"):
+            call(nan, tmp_path / f"n{k}")
+    assert list(tmp_path.iterdir()) == []
+    # a NaN outside the region does not matter
+    write_pha_from_result(nan, [(0, 0)], tmp_path / "out", exposure=1e6, area=1e3)
+    # the flux DataArray writes the same files as its Dataset
+    for k, call in enumerate(calls[:2]):
+        a, _, _ = call(ds, tmp_path / f"ds{k}")
+        b, _, _ = call(ds["flux"], tmp_path / f"da{k}")
+        with fits.open(a) as ha, fits.open(b) as hb:
+            np.testing.assert_array_equal(ha["SPECTRUM"].data["COUNTS"], hb["SPECTRUM"].data["COUNTS"])
+    with pytest.raises(ValueError, match="no variable 'model'"):
+        write_pha_from_result(ds, [(0, 0)], tmp_path / "v", variable="model", exposure=1e6, area=1e3)

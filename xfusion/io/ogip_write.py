@@ -800,9 +800,12 @@ def write_pha_from_result(
 
     Parameters
     ----------
-    result : xarray.Dataset
+    result : xarray.Dataset or DataArray
         A :func:`xfusion.fuse` result (or any Dataset with a ``variable`` (x, y, energy)
-        in ph cm-2 s-1 per voxel and ``energy_lo``/``energy_hi`` coordinates in keV). The
+        in ph cm-2 s-1 per voxel and ``energy_lo``/``energy_hi`` coordinates in keV), or that
+        (x, y, energy) DataArray itself (e.g. ``result["flux"]``, a toy truth). A cube declared in
+        other units (a wavelength axis in um, a flux in MJy/sr: a JWST result) or with a NaN/inf
+        voxel in the region is refused (``ValueError``) before anything is written. The
         energy bins must be contiguous (each ``energy_lo`` = the previous ``energy_hi``): a
         cube with channels dropped (``result.isel(energy=good)``) is refused
         (``ValueError``) before anything is written, since its ARF could not be read back;
@@ -880,10 +883,12 @@ def write_pha_from_result(
     reader needs the column); no background file, ``QUALITY`` all good, channels numbered
     from 0 in the PHA, the RMF (``F_CHAN``, ``TLMIN4``) and ``EBOUNDS``.
     """
-    da = result[variable].transpose("x", "y", "energy")
+    da = _result_cube(result, variable, "write_pha_from_result")
     mask = region_mask(region, (da.sizes["x"], da.sizes["y"]))
     if not mask.any():
         raise ValueError("the region selects no pixel.")
+    vals = np.asarray(da.values, dtype=np.float64)
+    _check_finite(vals, mask, "write_pha_from_result")
     if not (float(exposure) > 0 and float(area) > 0):
         raise ValueError(f"exposure and area must be positive; got {exposure!r} s and {area!r} cm2.")
     lo, hi = _edges_from(da, "energy")
@@ -899,7 +904,7 @@ def write_pha_from_result(
     if uncertainty is not None:
         outs.append(("covariance file", Path(os.fspath(path_prefix) + ".cov.fits")))
     _check_outputs(outs, overwrite)  # before any computing or writing
-    spectrum = np.asarray(da.values, dtype=np.float64)[mask].sum(axis=0)
+    spectrum = vals[mask].sum(axis=0)
     reps = diag = None
     if uncertainty is not None:
         reps = _replica_spectra(uncertainty, [mask], da)[:, 0]  # (replica, energy)
@@ -1133,7 +1138,9 @@ def write_pha2_from_result(
     more than half of it (e.g. every count rounds to 0 with the defaults 1 s, 1 cm2; single
     faint pixels may round to 0, the file as a whole may not). The energy bins must be
     contiguous, as for :func:`write_pha_from_result`. ``overwrite``: as for
-    :func:`write_pha_from_result` (only files xfusion wrote are replaced).
+    :func:`write_pha_from_result` (only files xfusion wrote are replaced). ``result``: as for
+    :func:`write_pha_from_result` (a Dataset or the flux DataArray; an X-ray cube in keV and
+    ph cm-2 s-1, no NaN/inf in the pixels written).
 
     **Line widths include the sharp-spectral instrument's line spread**, as for
     :func:`write_pha_from_result`: the fused cube keeps that instrument's LSF and the
@@ -1164,7 +1171,7 @@ def write_pha2_from_result(
     -------
     (pha_path, rmf_path, arf_path)
     """
-    da = result[variable].transpose("x", "y", "energy")
+    da = _result_cube(result, variable, "write_pha2_from_result")
     if not (float(exposure) > 0 and float(area) > 0):
         raise ValueError(f"exposure and area must be positive; got {exposure!r} s and {area!r} cm2.")
     _check_outputs([(what, Path(os.fspath(path_prefix) + sfx))
@@ -1174,6 +1181,7 @@ def write_pha2_from_result(
     vals = np.asarray(da.values, dtype=np.float64)
     nx, ny, n = vals.shape
     if regions is None:
+        _check_finite(vals, np.ones((nx, ny), bool), "write_pha2_from_result")
         spectra = vals.reshape(nx * ny, n)
         ix, iy = np.unravel_index(np.arange(nx * ny), (nx, ny))
         extra = {"X_PIX": ("J", ix.astype(np.int32)), "Y_PIX": ("J", iy.astype(np.int32)),
@@ -1183,6 +1191,7 @@ def write_pha2_from_result(
         masks = [region_mask(r, (nx, ny)) for r in regions]
         if any(not m.any() for m in masks):
             raise ValueError("a region selects no pixel.")
+        _check_finite(vals, np.any(masks, axis=0), "write_pha2_from_result")
         spectra = np.stack([vals[m].sum(axis=0) for m in masks])
         extra = {"NPIXSOU": ("J", np.array([int(m.sum()) for m in masks], np.int32))}
     stat_err = None
@@ -1211,6 +1220,51 @@ def write_pha2_from_result(
                ancrfile=arf_path.name, object_name=object_name, extra_columns=extra, stat_err=stat_err,
                overwrite=overwrite, **keys)
     return pha_path, rmf_path, arf_path
+
+
+_PHOTON_FLUX = "ph cm-2 s-1"
+
+
+def _result_cube(result, variable, writer):
+    """The (x, y, energy) photon-flux cube behind a fused spectrum: ``result[variable]`` of a Dataset, or a DataArray
+    itself. Refused (``ValueError``, before anything is written) unless it is an X-ray cube: every spectral unit it
+    declares (``attrs["spectral_unit"]``, the ``units`` of ``energy``/``energy_lo``/``energy_hi``) keV and its flux
+    ``ph cm-2 s-1`` (or no units) -- the fused instrument's EBOUNDS are keV and its COUNTS photons."""
+    if isinstance(result, xr.Dataset):
+        if variable not in result.data_vars:
+            raise ValueError(f"{writer}: the result has no variable {variable!r} (it has {list(result.data_vars)}); "
+                             "pass the Dataset of xfusion.fuse, variable=, or the flux DataArray itself.")
+        da = result[variable]
+        flux_unit = da.attrs.get("units", result.attrs.get("flux_units") if variable == "flux" else None)
+    elif isinstance(result, xr.DataArray):
+        da, flux_unit = result, result.attrs.get("units")
+    else:
+        raise ValueError(f"{writer} needs a fused cube: a Dataset with a {variable!r} variable (x, y, energy) or that "
+                         f"DataArray, with energy_lo/energy_hi coordinates (keV); got {type(result).__name__}.")
+    if da.ndim != 3 or set(da.dims) != {"x", "y", "energy"}:
+        raise ValueError(f"{writer}: the cube must have dims ('x', 'y', 'energy'); got {da.dims}.")
+    spectral = {str(u) for u in (result.attrs.get("spectral_unit"),
+                                 *(da[c].attrs.get("units") for c in ("energy", "energy_lo", "energy_hi")
+                                   if c in da.coords)) if u is not None}
+    if spectral - {"keV"} or flux_unit not in (None, "", _PHOTON_FLUX):
+        raise ValueError(
+            f"{writer}: OGIP spectra need an X-ray cube (spectral axis in keV, photon flux in {_PHOTON_FLUX} per "
+            f"voxel); this one has its spectral axis in {', '.join(sorted(spectral)) or 'keV'} and its flux in "
+            f"{flux_unit!r}. XSPEC, Sherpa and gammapy would read its channels as keV and its values as photon "
+            "counts (a wavelength / JWST result is not an X-ray spectrum). Nothing was written.")
+    return da.transpose("x", "y", "energy")
+
+
+def _check_finite(vals, mask, writer):
+    """Refuse NaN/inf voxels of ``vals`` (x, y, energy) in the pixels of ``mask`` (x, y) before anything is written
+    (their counts could not be written; xfusion does not patch them)."""
+    bad = ~np.isfinite(vals) & mask[:, :, None]
+    if bad.any():
+        ix, iy, ie = (int(i[0]) for i in np.nonzero(bad))
+        raise ValueError(f"{writer}: the cube has {int(bad.sum())} NaN/inf voxel(s) in the pixels to write (the "
+                         f"first at x index {ix}, y index {iy}, energy channel {ie}): their counts are undefined. Fix "
+                         "or mask the cube first (xfusion does not patch them), or leave those pixels out of the "
+                         "region. Nothing was written.")
 
 
 def _replica_spectra(uncertainty, masks, da):
