@@ -473,3 +473,45 @@ def test_pha_exports_check_the_cube_before_writing(tmp_path):
             np.testing.assert_array_equal(ha["SPECTRUM"].data["COUNTS"], hb["SPECTRUM"].data["COUNTS"])
     with pytest.raises(ValueError, match="no variable 'model'"):
         write_pha_from_result(ds, [(0, 0)], tmp_path / "v", variable="model", exposure=1e6, area=1e3)
+
+
+def test_region_pha_with_undefined_correlations_or_two_replicas(tmp_path):
+    """Session 31 (red team): with uncertainty=, a grouping leaving <= 2 bins or a zero-flux region gave NaN
+    CORRLAG keywords and astropy's 'nan values are not allowed in FITS headers' after all four files were written;
+    2 replicas (documented valid for xfusion.uncertainty) failed with channel_correlation's internal '>= 3
+    replicas'. Undefined keywords are now left out (HISTORY says which); 2 replicas give STAT_ERR and the covariance
+    without the correlation keywords; group='auto' with 2 replicas is refused naming n=3 before anything is
+    written."""
+    rng = np.random.default_rng(0)
+    L = 60
+    e = np.linspace(6.2, 7.0, L + 1)
+    co = {"energy_lo": ("energy", e[:-1]), "energy_hi": ("energy", e[1:])}
+    flux = rng.uniform(1e-6, 2e-6, (4, 4, L))
+    res = xr.Dataset({"flux": (("x", "y", "energy"), flux, {"units": "ph cm-2 s-1"})}, coords=co)
+    reps = flux[None] * (1 + 0.05 * rng.standard_normal((10, 4, 4, L)))
+    unc = xr.Dataset({"flux_replicas": (("replica", "x", "y", "energy"), reps)}, coords=co)
+    region, kw = (slice(0, 3), slice(0, 3)), {"exposure": 1e5, "area": 100.0}
+
+    def header(pha):
+        with fits.open(pha) as h:
+            return h["SPECTRUM"].header.copy(), h["SPECTRUM"].data["STAT_ERR"].copy()
+
+    h, _ = header(write_pha_from_result(res, region, tmp_path / "g30", uncertainty=unc, group=30, **kw)[0])
+    assert "CORRLAG2" not in h and np.isfinite(h["CORRLAG1"]) and np.isfinite(h["ERRINFL"]) and h["GRPSIZE"] == 30
+    assert "CORRLAG2 omitted: undefined" in str(h["HISTORY"])
+    zero = write_pha_from_result(res.assign(flux=res["flux"] * 0), region, tmp_path / "zero",
+                                 uncertainty=unc.assign(flux_replicas=unc["flux_replicas"] * 0), **kw)[0]
+    h, err = header(zero)
+    assert not {"CORR1ORG", "CORRLAG1", "CORRLAG2", "ERRINFL"} & set(h) and np.all(err == 0)
+    assert all(not isinstance(v, float) or np.isfinite(v) for v in h.values())
+    # two replicas: STAT_ERR = their spread, covariance written, no correlation keywords
+    two = unc.isel(replica=slice(0, 2))
+    pha, _, _ = write_pha_from_result(res, region, tmp_path / "two", uncertainty=two, **kw)
+    h, err = header(pha)
+    summed = reps[:2, :3, :3].sum(axis=(1, 2)) * 1e5 * 100.0
+    np.testing.assert_allclose(err, summed.std(axis=0, ddof=1), rtol=1e-5)
+    assert h["NREPLICA"] == 2 and (tmp_path / "two.cov.fits").exists()
+    assert not {"CORR1ORG", "CORRLAG1", "ERRINFL", "GRPRECOM"} & set(h) and ">= 3 replicas" in str(h["HISTORY"])
+    with pytest.raises(ValueError, match=r"group='auto' .*at least 3; uncertainty= has 2.*n=3"):
+        write_pha_from_result(res, region, tmp_path / "auto", uncertainty=two, group="auto", **kw)
+    assert not list(tmp_path.glob("auto*"))

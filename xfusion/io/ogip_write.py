@@ -856,7 +856,12 @@ def write_pha_from_result(
         which a chi-square with these diagonal errors understates the error of a parameter
         that weights neighbouring channels alike -- 1 for independent channels) and
         ``GRPRECOM`` (:func:`recommended_grouping`: the smallest number of adjacent
-        channels to merge for ``ERRINFL`` <= 1.1).
+        channels to merge for ``ERRINFL`` <= 1.1). These correlation keywords need at least 3
+        replicas: with 2 (``xfusion.uncertainty(..., n=2)``) ``STAT_ERR`` and the covariance are
+        written without them (a ``HISTORY`` line says so) and ``group="auto"`` is refused. A
+        keyword that is undefined -- a lag longer than the (grouped) spectrum, or no channel
+        varying across the replicas (a region of zero flux) -- is left out (``HISTORY`` names it);
+        ``ERRINFL`` is then computed from the defined lags, or left out if none is.
     group : None, int >= 1 or "auto"
         Merge adjacent channels into bins of ``group`` channels (the last bin may hold
         fewer) and write that *grouped* spectrum: ``EBOUNDS``, RMF and ARF on the merged
@@ -905,14 +910,23 @@ def write_pha_from_result(
         outs.append(("covariance file", Path(os.fspath(path_prefix) + ".cov.fits")))
     _check_outputs(outs, overwrite)  # before any computing or writing
     spectrum = vals[mask].sum(axis=0)
-    reps = diag = None
+    reps = None
+    header = {"NPIXSOU": (int(mask.sum()), "number of fused pixels summed")}  # all keywords known before writing
+    history = []
+    correlations = False  # the channel-correlation diagnostics need >= 3 replicas
     if uncertainty is not None:
         reps = _replica_spectra(uncertainty, [mask], da)[:, 0]  # (replica, energy)
-        rho1 = channel_correlation(reps, 2)
-        g_rec, _ = recommended_grouping(reps)
-        diag = {"ORIGCHAN": (lo.size, "fused channels before grouping"),
-                "CORR1ORG": (float(rho1[1]), "lag-1 correlation before grouping"),
-                "GRPRECOM": (int(g_rec), "channels to merge for ERRINFL <= 1.1")}
+        correlations = reps.shape[0] >= 3
+        header["ORIGCHAN"] = (lo.size, "fused channels before grouping")
+        if correlations:
+            rho1 = channel_correlation(reps, 2)
+            g_rec, _ = recommended_grouping(reps)
+            header["CORR1ORG"] = (float(rho1[1]), "lag-1 correlation before grouping")
+            header["GRPRECOM"] = (int(g_rec), "channels to merge for ERRINFL <= 1.1")
+        elif group == "auto":
+            raise ValueError(f"group='auto' chooses the grouping from the channel correlations across the replicas, "
+                             f"which need at least 3; uncertainty= has {reps.shape[0]}: compute it with "
+                             "xfusion.uncertainty(..., n=3) or more, or pass an integer group.")
     g = 1 if group is None else int(g_rec if group == "auto" else group)
     if g > 1:
         starts = np.arange(0, lo.size, g)
@@ -935,6 +949,26 @@ def write_pha_from_result(
         stat_err = reps.std(axis=0, ddof=1) * unit
         dev = (reps - reps.mean(axis=0)) * unit
         cov = dev.T @ dev / (reps.shape[0] - 1)
+        cov_path = Path(os.fspath(path_prefix) + ".cov.fits")
+        header["COVFILE"] = (cov_path.name, "channel covariance file")
+        header["NREPLICA"] = (int(reps.shape[0]), "replicas behind STAT_ERR")
+        if correlations:
+            rho = channel_correlation(reps, 4)
+            header["CORRLAG1"] = (float(rho[1]), "mean corr. of channels 1 apart")
+            header["CORRLAG2"] = (float(rho[2]), "mean corr. of channels 2 apart")
+            if np.isfinite(rho[1:]).any():
+                header["ERRINFL"] = (float(error_inflation(rho)), "diag. errors too small by (smooth params)")
+        history += ["STAT_ERR: std over xfusion.uncertainty replicas; channel covariance in COVFILE",
+                    "chi2 with STAT_ERR alone is valid when ERRINFL ~ 1 (else group: GRPRECOM)"]
+        if not correlations:
+            history.append("CORR1ORG, CORRLAG1/2, ERRINFL, GRPRECOM omitted: they need >= 3 replicas")
+    if g > 1:
+        header["GRPSIZE"] = (g, "fused channels per bin (last: maybe fewer)")
+    undefined = [k for k, (v, _) in header.items() if isinstance(v, float) and not np.isfinite(v)]
+    for k in undefined:  # FITS headers hold no NaN (session 31: astropy refused them after all files were written)
+        del header[k]
+    if undefined:
+        history.append(f"{', '.join(undefined)} omitted: undefined (too few channels, or none varies across replicas)")
 
     n = lo.size
     keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
@@ -944,25 +978,14 @@ def write_pha_from_result(
               rate=rate, first_channel=0, object_name=object_name, obs_id=obs_id, backscal=np.ones(n),
               stat_err=stat_err, overwrite=overwrite, **keys)
     if cov is not None:
-        cov_path = Path(os.fspath(path_prefix) + ".cov.fits")
         _write_covariance(cov, cov_path, reps.shape[0], "count/s" if rate else "count", overwrite, pha_path.name,
                           rank=int(np.linalg.matrix_rank(dev)))  # rank of dev^T dev: the small (replica, channel) SVD
     with fits.open(pha_path, mode="update") as hdul:
         h = hdul["SPECTRUM"].header
-        h["NPIXSOU"] = (int(mask.sum()), "number of fused pixels summed")
-        if g > 1:
-            h["GRPSIZE"] = (g, "fused channels per bin (last: maybe fewer)")
-        if cov is not None:
-            rho = channel_correlation(reps, 4)
-            h["COVFILE"] = (cov_path.name, "channel covariance file")
-            h["NREPLICA"] = (int(reps.shape[0]), "replicas behind STAT_ERR")
-            h["CORRLAG1"] = (float(rho[1]), "mean corr. of channels 1 apart")
-            h["CORRLAG2"] = (float(rho[2]), "mean corr. of channels 2 apart")
-            h["ERRINFL"] = (float(error_inflation(rho)), "diag. errors too small by (smooth params)")
-            for k, v in diag.items():
-                h[k] = v
-            h["HISTORY"] = "STAT_ERR: std over xfusion.uncertainty replicas; channel covariance in COVFILE"
-            h["HISTORY"] = "chi2 with STAT_ERR alone is valid when ERRINFL ~ 1 (else group: GRPRECOM)"
+        for k, v in header.items():
+            h[k] = v
+        for line in history:
+            h["HISTORY"] = line
         h["HISTORY"] = "Spectrum of an xfusion fused cube for a nominal fused instrument:"
         h["HISTORY"] = "diagonal RMF on the fused energy bins, flat ARF, counts = flux*area*exposure"
         h["HISTORY"] = "(expected counts, rounded to nearest integer)" if not rate else "(expected rate, not rounded)"
