@@ -852,3 +852,44 @@ def test_throughput_curves_are_sorted_checked_finite_and_unit_hinted():
     with pytest.raises(ValueError, match=r"spans 1.6e\+04-2.36e\+04, outside the grid: give its wavelengths in um; "
                                          r"they look like Angstrom \(divide by 1e4\)"):
         jwst.filter_response(["F200W"], EDGES, throughput_curves={"F200W": (wl * 1e4, t)})
+
+
+@pytest.fixture(scope="module")
+def fused_toy(toy):
+    imager, ifu, _ = toy
+    return jwst.fuse_jwst(imager, ifu, max_iter=30)
+
+
+def test_fits_cube_of_a_jwst_result_is_wavelength_in_um(fused_toy, tmp_path):
+    """Session 31: write_fits_cube wrote a JWST result (spectral axis in um, flux MJy/sr) as CTYPE3 'ENER',
+    CUNIT3 'keV', with ENERGIES E_MIN/E_MAX in keV."""
+    from astropy import units as u
+    from astropy.wcs import WCS
+
+    from xfusion.io.fits_cube import write_fits_cube
+
+    res = fused_toy
+    lo, hi = res["energy_lo"].values, res["energy_hi"].values
+    path = write_fits_cube(res, tmp_path / "jwst.fits")
+    with fits.open(path) as hdul:
+        h = hdul[0].header
+        assert (h["CTYPE3"], h["CUNIT3"], h["BUNIT"]) == ("WAVE", "um", "MJy/sr") and "ENERGIES" not in hdul
+        assert u.Unit(h["BUNIT"]) == u.MJy / u.sr
+        np.testing.assert_array_equal(hdul["WAVELENGTHS"].data["WAVE_MIN"], lo)
+        np.testing.assert_array_equal(hdul["WAVELENGTHS"].data["WAVE_MAX"], hi)
+        assert hdul["WAVELENGTHS"].columns["WAVE_MAX"].unit == "um"
+        w = WCS(h)
+        assert w.has_spectral
+        np.testing.assert_allclose(w.sub([3]).wcs_pix2world(np.arange(lo.size), 0)[0] * 1e6,  # wcslib: metres
+                                   0.5 * (lo + hi), rtol=1e-9)
+    # non-uniform channels: the tabular form, in um
+    gappy = res["flux"].isel(energy=[0, 1, 2, 5, 6])
+    path = write_fits_cube(gappy, tmp_path / "gappy.fits")
+    with fits.open(path) as hdul:
+        assert (hdul[0].header["CTYPE3"], hdul[0].header["CUNIT3"]) == ("WAVE-TAB", "um")
+        we = WCS(hdul[0].header, fobj=hdul).wcs_pix2world([[0, 0, 3]], 0)[0][2]
+        assert we == pytest.approx(float(gappy["energy"].values[3]), rel=1e-9)  # -TAB: the table's um
+    # declared units that disagree are refused before anything is written
+    with pytest.raises(ValueError, match=r"declared in keV, um.*keV \(X-ray energy\) or um.*Nothing was written"):
+        write_fits_cube(res.assign_attrs(spectral_unit="keV"), tmp_path / "mixed.fits")
+    assert not (tmp_path / "mixed.fits").exists()
