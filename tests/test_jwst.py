@@ -893,3 +893,23 @@ def test_fits_cube_of_a_jwst_result_is_wavelength_in_um(fused_toy, tmp_path):
     with pytest.raises(ValueError, match=r"declared in keV, um.*keV \(X-ray energy\) or um.*Nothing was written"):
         write_fits_cube(res.assign_attrs(spectral_unit="keV"), tmp_path / "mixed.fits")
     assert not (tmp_path / "mixed.fits").exists()
+
+
+def test_syfu_automatic_gamma_and_mu_refuse_a_zero_noise_level():
+    """Session 31: exactly constant data gave a bare ZeroDivisionError in gamma = sigma_m^2 / sigma_h^2 (noise 0);
+    a constant IFU with a noisy imager gave mu = sigma_m^2 / 1e-300."""
+    m, L = 4, 6
+    ym, yh, R = np.full((3 * m, 3 * m, 2), 5.0), np.full((m, m, L), 5.0), np.full((L, 2), 1.0 / L)
+    psf = np.zeros((L, 3, 3))
+    psf[:, 1, 1] = 1.0
+    noise = np.random.default_rng(0).normal(0.0, 0.1, ym.shape)
+    with pytest.raises(ValueError, match=r"automatic gamma and mu .*MAD noise level of imager_data and ifu_data, "
+                                         r"which is 0.*exactly constant.*Pass gamma= .* and mu= "):
+        syfu(ym, yh, R, psf, psf, n_iter=5)
+    with pytest.raises(ValueError, match=r"automatic gamma \(gamma = sigma_m\^2 / sigma_h\^2\) needs the MAD noise "
+                                         r"level of ifu_data"):
+        syfu(ym + noise, yh, R, psf, psf, mu=0.1, n_iter=5)
+    with pytest.raises(ValueError, match=r"automatic mu .*needs alpha\^2.*same spectrum in every spaxel.*Pass mu="):
+        syfu(ym + noise, yh, R, psf, psf, gamma=1.0, n_iter=5)
+    out = syfu(ym, yh, R, psf, psf, gamma=1.0, mu=0.1, n_iter=5)  # given, they work: the constant is recovered
+    np.testing.assert_allclose(out["scene"], 5.0, atol=1e-9)

@@ -19,7 +19,10 @@ periodic padding of the paper), so no sparse system is assembled.
 Automatic tuning (their Appendix B): noise levels by Donoho's MAD of the finest diagonal
 Haar coefficients, ``k`` = number of PCA eigenvalues above ``sigma_h^2``, ``gamma =
 sigma_m^2 / sigma_h^2``, ``mu = sigma_m^2 / alpha^2`` with ``alpha^2`` the mean of ``(Z D)^2``
-for the crude solution from the upsampled IFU.
+for the crude solution from the upsampled IFU. A noise estimate of 0 (exactly constant data, or data without
+noise over most 2 x 2 blocks) leaves ``gamma`` undefined (``sigma_h = 0``) or zero (``sigma_m = 0``: the IFU and the
+smoothing would get no weight), and ``alpha^2 = 0`` (an IFU with one spectrum everywhere) an infinite ``mu``;
+the automatic rule is then refused, asking for ``gamma`` / ``mu``.
 """
 from __future__ import annotations
 
@@ -104,6 +107,23 @@ def _check_finite(a, what):
                      "replace isolated bad pixels first, or use xfusion.jwst.fuse_jwst, which takes a mask")
 
 
+def _check_noise(gamma, mu, sig_m, sig_h):
+    """Refuse SyFu's automatic ``gamma`` / ``mu`` when a MAD noise level they divide by or scale with is 0: ``gamma
+    = sig_m^2 / sig_h^2`` is undefined for ``sig_h = 0`` and 0 for ``sig_m = 0`` (the IFU ignored), ``mu =
+    sig_m^2 / alpha^2`` is 0 for ``sig_m = 0`` (no smoothing)."""
+    zero = [name for name, sig, used in (("imager_data", sig_m, gamma is None or mu is None),
+                                         ("ifu_data", sig_h, gamma is None)) if used and not sig > 0]
+    if not zero:
+        return
+    auto = {n: (f, h) for n, a, f, h in (
+        ("gamma", gamma, "gamma = sigma_m^2 / sigma_h^2", "gamma= (the IFU's weight relative to the imager, e.g. 1.0)"),
+        ("mu", mu, "mu = sigma_m^2 / alpha^2", "mu= (the smoothing weight)")) if a is None}
+    raise ValueError(f"SyFu's automatic {' and '.join(auto)} ({'; '.join(f for f, _ in auto.values())}) "
+                     f"need{'s' if len(auto) == 1 else ''} the MAD noise level of {' and '.join(zero)}, which is 0: "
+                     "the data are exactly constant, or noise-free over most 2 x 2 pixel blocks. Pass "
+                     f"{' and '.join(h for _, h in auto.values())} yourself")
+
+
 def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=None, mu=None, gamma=None,
          n_iter=1000):
     """Run SyFu on arrays.
@@ -111,7 +131,8 @@ def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=No
     ``imager_data`` (M, N, F) (on the fused grid, cross-calibrated response), ``ifu_data`` (m, n, L) with
     ``M = factor m``, ``N = factor n`` (``factor`` the integer pixel ratio; shapes checked first),
     ``response`` (L, F), ``psf_imager`` / ``psf_ifu`` (L, k, k) per-channel PSFs sampled on the fused
-    grid. ``k``, ``mu``, ``gamma``: None = SyFu's automatic rules (module notes). Returns a dict with
+    grid. ``k``, ``mu``, ``gamma``: None = SyFu's automatic rules (module notes; ``gamma``/``mu`` are refused
+    when a noise level or ``alpha^2`` they need is 0: pass them). Returns a dict with
     ``scene`` (the estimate of X, (M, N, L)), ``at_imager_resolution`` (``W_m X``), the parameters
     used, ``n_iter`` (CG stops early when the relative residual of the normal equations is below
     1e-12), ``cg_info`` (scipy's flag, 0 = converged), ``relative_residual`` and ``time_s``. NaN or inf in
@@ -143,6 +164,7 @@ def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=No
     _, s, vt = np.linalg.svd(spec - mean, full_matrices=False)
     sig_m = float(np.mean(_mad_sigma(ym)))
     sig_h = float(np.mean(_mad_sigma(yh)))
+    _check_noise(gamma, mu, sig_m, sig_h)
     if k is None:
         eig = s ** 2 / spec.shape[0]
         k = max(1, int(np.sum(eig > sig_h ** 2)))
@@ -170,7 +192,11 @@ def syfu(imager_data, ifu_data, response, psf_imager, psf_ifu, *, factor=3, k=No
     if mu is None:
         gx, gy = _grad(z0)
         alpha2 = float(np.mean(np.concatenate([gx.ravel(), gy.ravel()]) ** 2))
-        mu = sig_m ** 2 / max(alpha2, 1e-300)
+        if not alpha2 > 0:
+            raise ValueError("SyFu's automatic mu (mu = sigma_m^2 / alpha^2) needs alpha^2, the mean squared spatial "
+                             "difference of the upsampled IFU in the PCA subspace, which is 0: the IFU cube is the "
+                             "same spectrum in every spaxel. Pass mu= (the smoothing weight) yourself")
+        mu = sig_m ** 2 / alpha2
     shape = (M, N, k)
     n = M * N * k
 
