@@ -913,3 +913,29 @@ def test_syfu_automatic_gamma_and_mu_refuse_a_zero_noise_level():
         syfu(ym + noise, yh, R, psf, psf, gamma=1.0, n_iter=5)
     out = syfu(ym, yh, R, psf, psf, gamma=1.0, mu=0.1, n_iter=5)  # given, they work: the constant is recovered
     np.testing.assert_allclose(out["scene"], 5.0, atol=1e-9)
+
+
+def test_stack_filters_keeps_each_files_keywords_per_filter(tmp_path):
+    """Session 31: stack_filters kept only the first image's attrs: the others' FILTER/PUPIL keywords and BUNIT
+    conversion were dropped and the first image's claimed for the whole stack."""
+    sci, err, dq = np.ones((6, 9)), np.full((6, 9), 0.1), np.zeros((6, 9), np.uint32)
+    files = {"a": ("F200W", "CLEAR", "MJy/sr"), "b": ("F150W2", "F162M", "Jy/sr"), "c": ("F210M", None, "MJy/sr")}
+    for k, (f, pupil, bunit) in files.items():
+        prim = {"INSTRUME": "NIRCAM", "TARGNAME": "d203-506", "FILTER": f, **({"PUPIL": pupil} if pupil else {})}
+        _write(tmp_path / f"{k}_i2d.fits", sci, err, dq, dict(_celestial(0.031 / 3600), BUNIT=bunit), prim)
+    st = stack_filters([read_nircam_i2d(tmp_path / f"{k}_i2d.fits") for k in files])
+    assert list(st["filter"].values) == ["F200W", "F162M", "F210M"]
+    assert list(st["filter_keyword"].values) == ["F200W", "F150W2", "F210M"]
+    assert list(st["pupil_keyword"].values) == ["CLEAR", "F162M", ""]
+    assert list(st["bunit_in_file"].values) == ["", "Jy/sr", ""]
+    np.testing.assert_allclose(st["bunit_factor"].values, [1.0, 1e-6, 1.0])
+    assert [p.split("/")[-1] for p in st["source_file"].values] == ["a_i2d.fits", "b_i2d.fits", "c_i2d.fits"]
+    assert str(st["pupil_keyword"].sel(filter="F162M").values) == "F162M"
+    for key in ("filter_keyword", "pupil_keyword", "bunit_in_file", "bunit_factor", "source_file"):
+        assert key not in st.attrs  # no single file's value claimed for the stack
+    assert (st.attrs["name"], st.attrs["instrument"], st.attrs["center_ra"]) == ("d203-506", "NIRCAM", 83.8375)
+    assert "wcs" in st.attrs and st.attrs["pixar_sr"] > 0  # the same in every image: stays an attr
+    # the coordinates follow a selection, and a stack of stacks keeps them
+    again = stack_filters([st.sel(filter=["F162M"]), st.sel(filter=["F200W", "F210M"])])
+    assert list(again["pupil_keyword"].values) == ["F162M", "CLEAR", ""]
+    np.testing.assert_allclose(again["bunit_factor"].values, [1e-6, 1.0, 1.0])

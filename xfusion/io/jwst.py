@@ -227,13 +227,55 @@ def _sky_shift(ref, im):
     return -dra * np.cos(np.deg2rad(dec0)) * 3600.0, (dec1 - dec0) * 3600.0
 
 
+#: attrs that describe one file (its keywords, its unit conversion), not the stack: per-filter coordinates
+PER_FILE_ATTRS = ("source_file", "filter_keyword", "pupil_keyword", "bunit_in_file", "bunit_factor", "reoriented")
+#: attrs of the stack's pixel grid: the first image's (the others are checked to be the same pixels of the sky)
+_GRID_ATTRS = ("wcs", "center_ra", "center_dec")
+
+
+def _per_filter(images):
+    """``(attrs, coords)`` of the stack: ``coords`` holds a (filter,) array for every attr of ``PER_FILE_ATTRS`` that
+    an image has and every other attr whose value is not the same in all images (an image's own per-filter
+    coordinates are taken as they are); numbers as float (NaN where missing, ``bunit_factor`` 1.0), else str
+    ('' where missing). ``attrs``: the rest, equal in all images, and the first image's grid attrs; differing
+    ``name``s are joined."""
+    def values(im, key):
+        if key in im.coords and im[key].dims == ("filter",):
+            return list(im[key].values)
+        return [im.attrs.get(key)] * im.sizes["filter"]
+
+    keys = dict.fromkeys(k for im in images for k in [*im.attrs, *(c for c in im.coords if c != "filter"
+                                                                   and im[c].dims == ("filter",))])
+    attrs, coords = {k: images[0].attrs[k] for k in _GRID_ATTRS if k in images[0].attrs}, {}
+    for key in keys:
+        if key in _GRID_ATTRS:
+            continue
+        vals = [v for im in images for v in values(im, key)]
+        same = all(v is not None and type(v) is type(vals[0]) and v == vals[0] for v in vals)
+        if key == "name" and not same:
+            attrs[key] = ", ".join(dict.fromkeys(str(v) for v in vals if v is not None))
+        elif same and key not in PER_FILE_ATTRS:
+            attrs[key] = vals[0]
+        elif all(v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)) for v in vals):
+            fill = 1.0 if key == "bunit_factor" else np.nan
+            coords[key] = ("filter", np.array([fill if v is None else float(v) for v in vals]))
+        else:
+            coords[key] = ("filter", np.array(["" if v is None else str(v) for v in vals]))
+    return attrs, coords
+
+
 def stack_filters(images):
     """Concatenate one-filter imager Datasets (same pixel grid on the same sky) along ``filter``.
 
     The images must cover the same pixels of the sky: same size and pixel, and the same sky position of every
     pixel (from their ``x``/``y`` offsets and tangent points ``center_ra``/``center_dec``, to 1 % of a pixel;
-    reference pixels may differ). The result keeps the first image's coordinates and attrs. Each filter
-    must appear once."""
+    reference pixels may differ). The result keeps the first image's ``x``/``y`` coordinates and grid attrs
+    (``wcs``, ``center_ra``, ``center_dec``). What describes each file is kept per filter, as coordinates along
+    ``filter``: ``source_file``, ``filter_keyword``, ``pupil_keyword``, ``bunit_in_file``, ``bunit_factor`` and
+    ``reoriented`` (``PER_FILE_ATTRS``; '' where an image has none, ``bunit_factor`` 1.0: not converted), and any
+    other attr whose value differs between the images (e.g. ``pixar_sr``; NaN or '' where missing); attrs equal in
+    all images stay attrs (differing ``name``s are joined). ``st["pupil_keyword"].sel(filter="F162M")`` reads
+    one. Each filter must appear once."""
     images = list(images)
     if not images:
         raise ValueError("no images to stack")
@@ -263,8 +305,12 @@ def stack_filters(images):
                              "and north (from their WCS: reference pixel and CRVAL). Resample them onto one "
                              "pixel grid first (e.g. the JWST pipeline's resample step with one output WCS)")
         out_images.append(im.assign_coords(x=ref["x"], y=ref["y"]))
+    attrs, per_filter = _per_filter(images)
+    out_images = [im.drop_vars([c for c in im.coords if c != "filter" and im[c].dims == ("filter",)])
+                  for im in out_images]
     out = xr.concat(out_images, dim="filter", data_vars="minimal", coords="minimal", compat="override",
-                    combine_attrs="override")
+                    combine_attrs="drop").assign_coords(per_filter)
+    out.attrs.update(attrs)
     if len(images) > 1:
         out.attrs["source_files"] = ", ".join(src)
     return out
