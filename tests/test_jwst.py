@@ -939,3 +939,20 @@ def test_stack_filters_keeps_each_files_keywords_per_filter(tmp_path):
     again = stack_filters([st.sel(filter=["F162M"]), st.sel(filter=["F200W", "F210M"])])
     assert list(again["pupil_keyword"].values) == ["F162M", "CLEAR", ""]
     np.testing.assert_allclose(again["bunit_factor"].values, [1e-6, 1.0, 1.0])
+
+
+def test_band_velocity_maps_refuse_a_one_channel_band(toy, fused_toy):
+    """Session 31: on a JWST result the default band is one fused channel (no sharp-spatial channels), so every
+    velocity and velocity_err came out exactly 0 km/s without a word."""
+    from xfusion import plot
+
+    imager, ifu, _ = toy
+    unc = xfusion.uncertainty(fused_toy, imager, ifu, n=2, seed=0)
+    with pytest.raises(ValueError, match=r"holds a single fused channel \(the default: .*no sharp-spatial channel.*"
+                                         r"exactly 0\. Give band=\(lo, hi\) in um .*e\.g\. band=\(") as err:
+        plot.band_velocity_maps(unc)
+    with pytest.raises(ValueError, match=r"single fused channel \(given band="):
+        plot.band_velocity_maps(unc, band=plot.line_band(unc))
+    band = [float(v) for v in str(err.value).split("band=(")[-1].split(")")[0].split(",")]
+    maps, _ = plot.band_velocity_maps(unc, band=band)  # the suggested band: 7 channels around the line
+    assert np.nanmax(np.abs(maps["velocity"].values)) > 0 and np.nanmax(maps["velocity_err"].values) > 0

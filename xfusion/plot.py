@@ -784,10 +784,27 @@ def band_velocity_maps(uncertainty, truth=None, *, x_obs=None, band=None):
     spectral unit, keV or um), the rest energy (wavelength) its centre (velocities are relative to it),
     the continuum the two side bands of the same width. Returns ``(maps, truth_maps)`` (line maps
     with ``velocity_err``; ``truth_maps`` None without a truth cube).
+
+    A band holding a single fused channel is refused: the centroid of one channel is its centre, so every
+    velocity and error would be exactly 0. The default band is one channel when the cube has no sharp-spatial
+    channels spanning several fused ones (a JWST result of :func:`xfusion.jwst.fuse_jwst`: the imager has
+    filters, not channels); give ``band=(lo, hi)`` spanning the line there (the error suggests one).
     """
     from . import analysis
 
     lo, hi = tuple(band) if band is not None else line_band(uncertainty, x_obs=x_obs)
+    flux = _flux(uncertainty, "uncertainty")
+    e_lo, e_hi = np.asarray(flux["energy_lo"].values, float), np.asarray(flux["energy_hi"].values, float)
+    inside = np.flatnonzero(_in_band(e_lo, e_hi, (lo, hi)))
+    if inside.size == 1:
+        k, unit = int(inside[0]), _axis(flux)[1]
+        a, b = e_lo[max(k - 3, 0)], e_hi[min(k + 3, e_lo.size - 1)]
+        why = ("given band=" if band is not None else
+               "the default: the cube has no sharp-spatial channel spanning several fused ones")
+        raise ValueError(f"the line band {lo:.6g}-{hi:.6g} {unit} holds a single fused channel ({why}): the centroid "
+                         "of one channel is its centre, so every velocity and its error would be exactly 0. Give "
+                         f"band=(lo, hi) in {unit} spanning the line over several channels, e.g. band=({a:.6g}, "
+                         f"{b:.6g}) (7 channels around this one)")
     w = hi - lo
     e = uncertainty["energy"].values
     cont = [b for b in ((lo - w, lo), (hi, hi + w)) if b[0] >= e[0] and b[1] <= e[-1]]
