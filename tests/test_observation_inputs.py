@@ -93,6 +93,36 @@ def test_validate_refuses_a_bad_psf_and_a_nan_response(small_toy):
     assert validate(x) is x and validate(y) is y
 
 
+def test_lazy_response_and_background_get_the_in_memory_checks(small_toy):
+    """Session 31 (red team, Dask): a Dask-backed response (e.g. read from Zarr) skipped every value check of
+    validate, so a negative or NaN kernel sample, a shifted energy_offset or a NaN in an RMF were fused silently or
+    failed late; a Dask-backed background_rate with a NaN/negative voxel was dropped silently when no voxel was > 0
+    and otherwise refused without naming the observation. Now both get the in-memory refusal (the response in
+    validate, the background when fuse's model reads it, before any work)."""
+    import xfusion
+
+    x, y, _ = small_toy
+    neg = x.copy(deep=True)
+    neg["response"][5] = -0.01
+    neg["response"][28] += 0.01
+    nan = x.copy(deep=True)
+    nan["response"][3] = np.nan
+    shifted = x.assign_coords(energy_offset=x["energy_offset"] + 0.01)
+    shifted["energy_offset"].attrs.update(x["energy_offset"].attrs)
+    for bad, msg in ((neg, "response kernel contains negative or non-finite"), (nan, "contains 1 NaN or inf"),
+                     (shifted, "is not the odd, centred grid")):
+        for ds in (bad, bad.chunk()):
+            with pytest.raises(ValueError, match=msg):
+                validate(ds)
+    for fill, value in ((0.0, -1e-3), (0.0, np.nan), (1e-5, np.nan)):
+        b = np.full(x.counts.shape, fill)
+        b[2, 2, 2] = value
+        bad = x.assign(background_rate=(x.counts.dims, b, {"units": "count s-1"})).chunk({"x": 5})
+        assert validate(bad) is bad  # a cube-sized variable: its values are checked where fuse reads them
+        with pytest.raises(ValueError, match=r"background_rate of 'X \(CCD-like\)' contains negative or non-finite"):
+            xfusion.fuse(bad, y.chunk(), regularization="none", max_iter=1, tol=None, progress=False)
+
+
 # ----------------------------------------------------------------------------- 4. counts units
 def test_counts_must_be_counts():
     import astropy.units as u

@@ -1502,8 +1502,10 @@ def _check_kernel_offsets(ds):
 def validate(ds: xr.Dataset) -> xr.Dataset:
     """Check an observation Dataset against the schema; return it unchanged or raise ValueError.
 
-    Works on NumPy- or Dask-backed datasets (value checks on Dask counts are skipped here
-    to avoid a full pass; they are done when the data are first read by ``fuse``).
+    Works on NumPy- or Dask-backed datasets: the value checks of Dask-backed counts and
+    ``background_rate`` (cube-sized) are skipped here to avoid a full pass; ``fuse`` does them when it
+    first reads them (the counts in its first pass over the data, the background when its model is built).
+    A Dask-backed ``response`` (small) is loaded and checked as in memory.
 
     Checks dims and units of counts, coordinates and exposure; ``x``/``y`` pixel centres
     uniformly spaced by their ``pixel_size`` attribute (as :func:`observation` builds them) and
@@ -1553,10 +1555,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         _check_units(ds["background_rate"], "count s-1", "background_rate")
         if ds["background_rate"].dims != ds["counts"].dims:
             raise ValueError(f"background_rate dims {ds['background_rate'].dims} differ from counts {ds['counts'].dims}")
-        b = ds["background_rate"].data
-        if isinstance(b, np.ndarray) and (not np.all(np.isfinite(b)) or np.any(b < 0)):
-            raise ValueError(f"background_rate of '{ds.attrs.get('name', '?')}' contains negative or non-finite "
-                             "values; a background is finite and >= 0 (count s-1 per voxel)")
+        if isinstance(ds["background_rate"].data, np.ndarray):  # Dask: checked where the model reads it
+            check_background_values(ds.attrs.get("name", "?"), ds["background_rate"].data)
     if "mask" in ds and ds["mask"].dims != ds["counts"].dims:
         raise ValueError(f"mask of '{ds.attrs.get('name', '?')}' has dims {ds['mask'].dims}; it must have the dims "
                          f"of counts {ds['counts'].dims}: broadcast it, e.g. ds['mask'] = "
@@ -1606,8 +1606,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
                 check_psf_values(psf.isel(psf_energy=i).values, f"psf band {i} (psf_energy index {i})")
         else:
             check_psf_values(psf.values)
-    if "response" in ds and isinstance(ds["response"].data, np.ndarray):
-        r = ds["response"].values
+    if "response" in ds:  # small: a Dask-backed one (e.g. read from Zarr) is loaded for the same checks
+        r = np.asarray(ds["response"].values)
         if not np.all(np.isfinite(r)):
             raise ValueError(f"response of '{ds.attrs.get('name', '?')}' contains {int(np.sum(~np.isfinite(r)))} "
                              "NaN or inf value(s); a response must be finite. Fix or rebuild it (e.g. with "
@@ -1622,6 +1622,16 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         check_count_values(ds.attrs.get("name", "?"), n_bad, float(np.min(counts, initial=0.0)) if not n_bad else 0.0,
                            gaussian)
     return ds
+
+
+def check_background_values(name, rate):
+    """Refuse a ``background_rate`` (count s-1 per data voxel, NumPy) with NaN/inf or negative values:
+    :func:`validate` for an in-memory one, :func:`xfusion.operators.model.build_model` when it reads a
+    Dask-backed one (the model holds the background in memory)."""
+    b = np.asarray(rate)
+    if not np.all(np.isfinite(b)) or np.any(b < 0):
+        raise ValueError(f"background_rate of '{name}' contains negative or non-finite values; a background is "
+                         "finite and >= 0 (count s-1 per voxel)")
 
 
 def check_count_values(name, n_nonfinite, minimum, gaussian=False):

@@ -18,7 +18,8 @@ import scipy.sparse as sps
 import xarray as xr
 
 from ..grid import PIXELS, SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, footprint_geometry, psf_on_grid
-from ..observation import CUBE_DIMS, edge_tolerance, energy_edges, is_pixel_observation, pixel_size, validate
+from ..observation import (CUBE_DIMS, check_background_values, edge_tolerance, energy_edges, is_pixel_observation,
+                           pixel_size, validate)
 from .area import AreaMap, Scale
 from .footprint import Footprint, footprint_matrix
 from .psf import Convolve2D, EnergyDependentSpatial, SpatialMatrix, StackedSpatial, band_weights
@@ -277,10 +278,12 @@ def _background(obs):
     """Expected background counts per data voxel (data shape) or None."""
     if "background_rate" not in obs:
         return None
+    rate = np.asarray(obs["background_rate"].values, np.float64)  # (a Dask-backed one is read here: check it)
+    check_background_values(obs.attrs.get("name", "?"), rate)
     t = float(obs["exposure"].values)
     if "exposure_fraction" in obs:
         t = t * obs["exposure_fraction"].values[:, None]
-    return np.asarray(obs["background_rate"].values, np.float64) * t
+    return rate * t
 
 
 def build_model(grid, obs, role) -> InstrumentModel:
