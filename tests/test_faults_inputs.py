@@ -411,11 +411,20 @@ def test_a_path_or_a_repeated_observation_is_named(small_toy, tmp_path):
     for twice in (x, x.copy(deep=True)):
         with pytest.warns(UserWarning, match=r"observations 1 and 3 .* are the same data"):
             xfusion.fuse(x, y, twice, regularization="none", **dict(FAST, max_iter=1))
+    # session 31: on Dask too (was silent: only NumPy counts were compared), e.g. a store opened twice; compared by
+    # their Dask arrays (the same name), never by reading them
+    xfusion.io.zarr.write(x, tmp_path / "x.zarr")
+    a, b = (xfusion.io.zarr.open(tmp_path / "x.zarr", chunks={}) for _ in range(2))
+    with pytest.warns(UserWarning, match=r"observations 1 and 3 .* are the same data"):
+        xfusion.fuse(a, y.chunk(), b, regularization="none", **dict(FAST, max_iter=1))
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # distinct inputs: no warning
         xfusion.fuse(x, y, x.assign_attrs(name="MOS-like"), regularization="none", **dict(FAST, max_iter=1))
+        other = x.copy(deep=True)
+        other["counts"][0, 0, 0] += 1  # the same name, other counts
+        xfusion.fuse(a, y.chunk(), other.chunk(), regularization="none", **dict(FAST, max_iter=1))
 
 
 def test_dask_chunks_not_multiples_of_the_spatial_factor_are_named(small_toy):

@@ -286,17 +286,26 @@ HISTORY_ATTRS = {
 }
 
 
+def _same_counts(a, b):
+    """Whether two counts DataArrays are the same data, without reading Dask-backed ones: equal NumPy values, or the
+    same Dask array name (Dask names a collection by its content: the same store opened twice gets the same name)."""
+    if a.shape != b.shape:
+        return False
+    if isinstance(a.data, np.ndarray) and isinstance(b.data, np.ndarray):
+        return bool(np.array_equal(a.values, b.values))
+    return parallel.is_dask(a) and parallel.is_dask(b) and a.data.name == b.data.name
+
+
 def _check_inputs_given(observations):
     """Refuse what is not an observation Dataset (e.g. a store's path) with the fix; warn when one observation is
-    given twice (the same object, or the same name and counts): its photons would count twice."""
+    given twice (the same object, or the same name and counts: equal values in memory, the same Dask array on
+    Dask, :func:`_same_counts`): its photons would count twice."""
     require_datasets(observations)
     for i, a in enumerate(observations):
         for j in range(i):
             b = observations[j]
             same = a is b or (a.attrs.get("name") == b.attrs.get("name") and "counts" in a and "counts" in b
-                              and a["counts"].shape == b["counts"].shape
-                              and isinstance(a["counts"].data, np.ndarray) and isinstance(b["counts"].data, np.ndarray)
-                              and np.array_equal(a["counts"].values, b["counts"].values))
+                              and _same_counts(a["counts"], b["counts"]))
             if same:
                 warnings.warn(f"observations {j + 1} and {i + 1} ('{a.attrs.get('name', '?')}') are the same data: "
                               "their photons count twice in the likelihood. Pass each observation once",
