@@ -377,3 +377,29 @@ def test_unnamed_inputs_carry_one_label_everywhere():
     mos = obs["mos1"].isel(energy=slice(1, None))  # a narrower band: not a grouping of the fused channels
     with pytest.raises(ValueError, match=r"'EPIC-MOS1' lies on the fused pixels.*'the fused grid' has 40 channels.*of 'EPIC-MOS1'"):
         xfusion.fusion_grid(obs["pn"], obs["tile1"], mos)
+
+
+def test_dask_blocks_fit_every_input_s_spatial_factor(monkeypatch):
+    """Session 31 (red team, Dask): with three inputs whose spatial factors differ (Y's 3, a further image on
+    Y's channels with 50" pixels: 5) the automatic blocks were multiples of Y's factor only, so the fit failed
+    before starting ("counts ... of input 3 do not fit ... blocks must be multiples of it") though the user chose no
+    blocks; chunks= was checked against Y's factor only. Now the automatic blocks are multiples of the least common
+    multiple of every input's factor (15) and chunks= is refused naming every factor."""
+    from xfusion import parallel
+
+    x, y, _ = xfusion.toy.make("small", x={"shape": [30, 30]})
+    _, y3, _ = xfusion.toy.make("small", seed=2, x={"shape": [30, 30]}, y={"pixel_size": 50.0})
+    # without PSFs (no halo: small blocks allowed)
+    ins = [o.drop_vars(["psf", "psf_x", "psf_y"], errors="ignore") for o in (x, y, y3)]
+    ins[2] = ins[2].assign_attrs(name="Y3 (50 arcsec pixels)")
+    opts = dict(regularization="none", max_iter=2, tol=None, progress=False)
+    ref = xfusion.fuse(*ins, **opts)
+    # little memory per task: the automatic blocks are smaller than the 30x30 field (3x3 by Y's factor alone)
+    monkeypatch.setattr(parallel, "task_memory", lambda client=None, fraction=0.5: 1.0)
+    got = xfusion.fuse(*(o.chunk() for o in ins), **opts)
+    assert got.attrs["backend"] == "dask"
+    assert np.max(np.abs(got.flux.values - ref.flux.values)) <= 1e-5 * float(ref.flux.max())
+    with pytest.raises(ValueError, match=r"chunks=\(6, 6\) must be multiples of 15, the least common multiple of the "
+                                         r"inputs' spatial factors .*'Y \(microcalorimeter-like\)' 3, "
+                                         r"'Y3 \(50 arcsec pixels\)' 5.*chunks=\(15, 15\)"):
+        xfusion.fuse(*(o.chunk() for o in ins), chunks=(6, 6), **opts)

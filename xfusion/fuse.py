@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 import json
+import math
 import time
 import warnings
 
@@ -14,6 +15,7 @@ from . import __version__
 from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions, require_datasets
 from .likelihood import FREE_FLOOR, PoissonLikelihood, free_voxels, make_term, support_by_channel, support_in_memory
 from .observation import CUBE_DIMS, check_count_values, energy_edges, is_pixel_observation
+from .operators.blocks import factor as block_factor
 from .operators.model import build_model
 from . import parallel
 from . import start as start_mod
@@ -88,8 +90,26 @@ def _resolve(regularization, method, options):
     return method, params, spec.family == registry.SUBSPACE
 
 
-def _auto_chunks(grid, shape, dt, regularization, params, client):
-    """Pixel block of the Dask path from the cube shape, the kernels and the memory per task.
+def _block_factors(grid, observations, names, models):
+    """``{name: (f_x, f_y)}``: the spatial factors (fused pixels per input pixel) of the inputs whose counts are pixel
+    cubes coarser than the fused grid -- the sharp-spectral one (the grid's ``spatial_factor``) and any further one on
+    coarser pixels (its model's rebinning) -- as :class:`xfusion.parallel_em.DaskEMProx` requires them: the Dask
+    pixel blocks must be multiples of each, so of their least common multiple (detector-pixel tiles: none)."""
+    out = {}
+    for i, (o, n, m) in enumerate(zip(observations, names, models)):
+        if i == 0 or o["counts"].ndim != 3:
+            continue
+        f = (grid.attrs["spatial_factor"],) * 2 if i == 1 else block_factor(m.spatial if m.spatial is not None
+                                                                             else [])
+        if max(f) > 1:
+            out[n] = tuple(int(c) for c in f)
+    return out
+
+
+def _auto_chunks(grid, shape, dt, regularization, params, client, factor=None):
+    """Pixel block of the Dask path from the cube shape, the kernels and the memory per task; a multiple of
+    ``factor`` (default the grid's ``spatial_factor``; :func:`_build_problem` passes the least common multiple of
+    every input's, :func:`_block_factors`).
 
     Temporaries per task, in chunk-sized float32 copies, and the prior's halo come from the registry
     (``copies``, ``halo``): the low-rank block term works in float64 (model, ratio, masked copies:
@@ -102,7 +122,8 @@ def _auto_chunks(grid, shape, dt, regularization, params, client):
     copies, halo = spec.copies(params), spec.halo(params)
     if spec.family == registry.FULL and params.get("layout", "halo") == "halo" and "psf" in grid:
         halo = max(halo, max(grid["psf"].sizes["psf_x"], grid["psf"].sizes["psf_y"]) // 2)
-    return parallel.pixel_block(shape, dt.itemsize, grid.attrs["spatial_factor"], min_block=4 * halo, copies=copies,
+    factor = grid.attrs["spatial_factor"] if factor is None else factor
+    return parallel.pixel_block(shape, dt.itemsize, factor, min_block=4 * halo, copies=copies,
                                 memory=parallel.task_memory(client))
 
 
@@ -1062,13 +1083,20 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
         import dask.array as da
 
         v = grid.attrs["spatial_factor"]
-        bx, by = params.get("chunks") or _auto_chunks(grid, shape, dt, regularization, params, client)
-        yd0 = y_obs["counts"]
-        if params.get("chunks") and yd0.ndim == 3 and (bx % v or by % v):  # Y's pixels group v x v fused pixels
-            fix = tuple(-(-b // v) * v for b in (bx, by))
-            raise ValueError(f"chunks={(bx, by)} must be multiples of the spatial factor {v} (fused pixels per "
-                             f"'{names[1]}' pixel, so that each block holds whole Y pixels): e.g. chunks={fix}, or "
-                             "chunks=None to choose them")
+        # each block holds whole pixels of every input: blocks are multiples of all their spatial factors
+        factors = _block_factors(grid, observations, names, models)
+        f = math.lcm(1, *(c for fs in factors.values() for c in fs))
+        bx, by = params.get("chunks") or _auto_chunks(grid, shape, dt, regularization, params, client, f)
+        if params.get("chunks") and (bx % f or by % f):
+            fix = tuple(-(-b // f) * f for b in (bx, by))
+            shown = {n: fs[0] if fs[0] == fs[1] else fs for n, fs in factors.items()}
+            what = (f"the spatial factor {f} (fused pixels per '{next(iter(shown))}' pixel, so that each block holds "
+                    "whole Y pixels)" if len(shown) == 1 else
+                    f"{f}, the least common multiple of the inputs' spatial factors (fused pixels per input pixel: "
+                    f"{', '.join(f'{n!r} {s}' for n, s in shown.items())}; so that each block holds whole pixels of "
+                    "every input)")
+            raise ValueError(f"chunks={(bx, by)} must be multiples of {what}: e.g. chunks={fix}, or chunks=None to "
+                             "choose them")
         xd = da.asarray(x_obs["counts"].data).rechunk((bx, by, -1))
         yd = da.asarray(y_obs["counts"].data)  # a detector-pixel tile (pixel, energy): one chunk
         yd = yd.rechunk((-1, -1) if yd.ndim == 2 else (bx // v, by // v, -1))
