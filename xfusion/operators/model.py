@@ -88,11 +88,14 @@ class InstrumentModel(Chain):
         return self.area.any_positive() if isinstance(self.area, AreaMap) else bool(np.max(self.area) > 0)
 
     def per_channel(self):
-        """The model with its weights averaged over the fused pixels ((L,); the same model if they are)."""
-        if not self.vignetted:
+        """The model with one effective area per channel: vignetted weights averaged over the fused pixels ((L,)),
+        per-detector-pixel factors ``post`` (per-pixel ARF / their mean over the pixels, so of mean 1 where that
+        mean is > 0 and the weights 0 elsewhere) left out, i.e. the pixel-mean ARF; the same model if neither."""
+        if not self.vignetted and self.post is None:
             return self
-        w = self.area.channel_mean() if isinstance(self.area, AreaMap) else self.area.mean(axis=(0, 1))
-        return InstrumentModel(w, self.spectral, self.spatial, self.fused_shape, self.data_shape, self.post,
+        w = (self.area if not self.vignetted else self.area.channel_mean() if isinstance(self.area, AreaMap)
+             else self.area.mean(axis=(0, 1)))
+        return InstrumentModel(w, self.spectral, self.spatial, self.fused_shape, self.data_shape, None,
                                self.background)
 
     def scaled(self, factor):
