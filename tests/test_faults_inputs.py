@@ -370,6 +370,31 @@ def test_dask_path_holds_unseen_voxels_and_refuses_unexplainable_counts(small_to
     assert float(abs(z.flux).max()) == 0 and z.attrs["converged"] == 1
 
 
+def test_dask_path_refuses_counts_where_a_vignetted_area_is_zero(small_toy):
+    """Session 31 (red team, Dask): counts on pixels where a vignetted effective area (or exposure map) is 0 were
+    refused in memory before any work, but on Dask the check was per channel only (the pixel-averaged area), so the
+    fit ran and failed with a FloatingPointError. The per-voxel rule now runs on Dask too, in the counts' pass (a
+    detector-pixel tile's per-pixel ARFs alike: tests/test_mosaic.py): the same ValueError before the fit."""
+    x, y, _ = small_toy
+    et = np.linspace(0.4, 1.5, 23)
+    xv = x.drop_vars("effective_area").assign_coords(
+        energy_true=("energy_true", (et[:-1] + et[1:]) / 2, {"units": "keV"}),
+        energy_true_lo=("energy_true", et[:-1], {"units": "keV"}),
+        energy_true_hi=("energy_true", et[1:], {"units": "keV"}))
+    area = np.full((15, 15, 22), 1000.0)
+    area[14] = 0.0  # the last row of pixels, which holds counts
+    xv["effective_area"] = (("x", "y", "energy_true"), area, {"units": "cm2"})
+    n = float(x.counts[14].sum())
+    msg = re.escape(f"observation '{x.attrs['name']}' has {n:.6g} counts in ") + r".* where its model predicts zero"
+    for a, b in ((xv, y), (xv.chunk({"x": 5}), y.chunk())):
+        with pytest.raises(ValueError, match=msg):
+            fz(a, b, "none", max_iter=2)
+    keep = np.ones(x.counts.shape, bool)
+    keep[14] = False  # masked: nothing to explain there, the fit runs
+    r = fz(xv.assign(mask=(x.counts.dims, keep)).chunk({"x": 5}), y.chunk(), "none", max_iter=2)
+    assert np.isfinite(r.flux.values).all()
+
+
 def test_cluster_whose_workers_cannot_start_is_refused_up_front():
     """Before: LocalCluster(memory_limit="60MB") workers restarted 85 times, no error. Now: a clear error
     naming the cause, before any work."""

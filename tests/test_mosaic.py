@@ -429,3 +429,11 @@ def test_tile_with_per_pixel_arfs_runs_on_dask(small):
     got = xfusion.fuse(obs["pn"].chunk(), tile.chunk(), **dict(KW, max_iter=2))
     assert got.attrs["backend"] == "dask"
     assert np.max(np.abs(got.flux.values - ref.flux.values)) <= 1e-5 * float(ref.flux.max())
+    # a pixel whose ARF is 0 holds counts: refused on Dask as in memory, before the fit (the per-voxel rule)
+    scale = np.ones((n, 12))
+    scale[4] = 0.0
+    dead = _per_pixel_arf(obs["tile1"], scale)
+    msg = f"observation 'Resolve tile 1' has {float(dead.counts[4].sum()):.6g} counts in .* predicts zero counts"
+    for a, b in ((obs["pn"], dead), (obs["pn"].chunk(), dead.chunk())):
+        with pytest.raises(ValueError, match=msg):
+            xfusion.fuse(a, b, **KW)

@@ -13,7 +13,8 @@ import xarray as xr
 
 from . import __version__
 from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions, require_datasets
-from .likelihood import FREE_FLOOR, PoissonLikelihood, free_voxels, make_term, support_by_channel, support_in_memory
+from .likelihood import (FREE_FLOOR, ZERO_SUPPORT, PoissonLikelihood, free_voxels, make_term, support_by_channel,
+                         support_in_memory)
 from .observation import CUBE_DIMS, check_count_values, energy_edges, is_pixel_observation
 from .operators.blocks import factor as block_factor
 from .operators.model import build_model
@@ -1128,20 +1129,25 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
 
         used = [d if k is None else da.where(da.asarray(k).rechunk(d.chunks) > 0, d, 0) for d, k in zip(data, masks)]
         n = len(data)  # in the same pass: the value checks validate leaves to the first read of Dask counts
+        voxel = _unexplained_by_voxel(models, data, masks, xd.chunks[:2], client)
+        n_mask = sum(k is not None for k in masks)
         got = [np.asarray(c, np.float64) for c in parallel.compute_many(
             [d.sum(axis=tuple(range(d.ndim - 1)), dtype=np.float64) for d in used]
             + [(~da.isfinite(d)).sum() for d in data] + [da.where(da.isfinite(d), d, 0).min() for d in data]
-            + [(da.asarray(k) > 0).mean(axis=tuple(range(k.ndim - 1))) for k in masks if k is not None], client)]
-        used, fractions = got[:n], iter(got[3 * n:])
+            + [(da.asarray(k) > 0).mean(axis=tuple(range(k.ndim - 1))) for k in masks if k is not None]
+            + [c for c in voxel if c is not None], client)]
+        used, fractions, voxel_got = got[:n], iter(got[3 * n:3 * n + n_mask]), iter(got[3 * n + n_mask:])
         fractions = [None if k is None else next(fractions) for k in masks]
+        voxel = [None if c is None else next(voxel_got) for c in voxel]
         for name, bad, low in zip(names, got[n:2 * n], got[2 * n:3 * n]):  # (Gaussian data are refused on Dask)
             check_count_values(name, int(bad), float(low))
         # per channel (the checks): vignetted weights enter through their mean over the pixels (> 0 where any pixel
-        # sees the channel); the EM solver finds the voxels no input sees in its own sensitivity (free="sensitivity":
-        # held at 0 and reported, as in memory); counts a known background explains are allowed
+        # sees the channel), per-pixel ARFs through theirs, and counts in voxels where a position-dependent
+        # sensitivity is 0 through ``voxel``; the EM solver finds the voxels no input sees in its own sensitivity
+        # (free="sensitivity": held at 0 and reported, as in memory); counts a known background explains are allowed
         sens = sum(support_by_channel(m.per_channel(), n, e, c if m.background is None else np.where(
-            m.background.sum(axis=tuple(range(m.background.ndim - 1))) > 0, 0.0, c))
-            for m, n, e, c in zip(models, names, edges, used))
+            m.background.sum(axis=tuple(range(m.background.ndim - 1))) > 0, 0.0, c), v)
+            for m, n, e, c, v in zip(models, names, edges, used, voxel))
         sums = [float(c.sum()) for c in used]
     else:
         sens, coverage = None, []
@@ -1165,6 +1171,37 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
         level = sobolev_level(terms[0])
     return _Problem(grid, list(observations), list(names), models, data, terms, scale, dt, use_dask, client, sums,
                     free_voxels(sens), level, None if use_dask else coverage)
+
+
+def _unexplained_by_voxel(models, data, masks, chunks, client):
+    """Dask path: per input, None or the lazy counts per data channel (l,) in the used data voxels whose model
+    predicts zero counts for any flux -- the per-voxel rule of :func:`xfusion.likelihood.support_in_memory`
+    (``H 1 <= ZERO_SUPPORT`` x its largest value over the used voxels, no known background there) -- for the models
+    whose sensitivity varies with position, so that the per-channel check cannot see it: vignetted weights (an
+    effective area or exposure map that is 0 on some pixels) and detector-pixel tiles (per-pixel ARFs and exposure
+    fractions). ``H 1`` is the model applied on the Dask backend to a lazy cube of ones in the fused pixel blocks
+    ``chunks`` (float64, as in memory); :func:`_build_problem` computes these with the counts checks, in its one
+    pass over the data (``H 1`` of such an input is held until its largest value is known)."""
+    from .backends.blockwise import DaskBackend
+    import dask.array as da
+
+    backend = DaskBackend(tuple(chunks) + ((models[0].fused_shape[-1],),), client)
+    out = []
+    for m, d, k in zip(models, data, masks):
+        if not (m.vignetted or d.ndim == 2) or not backend.supports(m):  # unsupported: refused by the solver
+            out.append(None)
+            continue
+        h1 = backend.forward(m, da.ones(m.fused_shape, chunks=backend.chunks, dtype=np.float64))
+        d = da.asarray(d).rechunk(h1.chunks)
+        valid = None if k is None else da.asarray(k).rechunk(h1.chunks) > 0
+        peak = (h1 if valid is None else da.where(valid, h1, 0.0)).max()
+        bad = h1 <= ZERO_SUPPORT * peak
+        if valid is not None:
+            bad = bad & valid
+        if m.background is not None:
+            bad = bad & da.from_array(m.background <= 0, chunks=h1.chunks)
+        out.append(da.where(bad, d, 0).sum(axis=tuple(range(d.ndim - 1)), dtype=np.float64))
+    return out
 
 
 def _subspace_solver(problem, spec, params, start, init_record):

@@ -274,19 +274,24 @@ def support_in_memory(term, name, edges):
     return np.asarray(model.adjoint(np.where(zero, 0.0, w)), dtype=np.float64)
 
 
-def support_by_channel(model, name, edges, channel_counts):
+def support_by_channel(model, name, edges, channel_counts, voxel_counts=None):
     """Dask path (weights over energy only): per-channel version of :func:`support_in_memory`.
 
     The spatial operators (rebin, PSF: non-negative, summing to 1) see every pixel, so whether
     a channel can ever hold counts depends on energy only: ``H 1`` per data channel is
     ``spectral(weights)`` (bands of an energy-dependent PSF summed). Returns the fused
     channels' sensitivity (L,) up to a positive spatial factor; ``channel_counts`` (l,) are
-    the observed counts per channel.
+    the observed counts per channel. A model whose weights vary with position (vignetted, per-pixel ARFs) is
+    checked with its pixel-mean weights (:meth:`~xfusion.operators.model.InstrumentModel.per_channel`), and
+    ``voxel_counts`` (l,), if given, are its counts per channel in the data voxels whose own ``H 1`` is zero (the
+    per-voxel rule of :func:`support_in_memory`, summed by the caller block by block): refused like counts in a
+    channel no flux reaches.
     """
     _, v = model.reduced(np.ones((1, model.fused_shape[-1])))
     h1 = np.asarray(v, dtype=np.float64).sum(axis=0)
     zero = h1 <= ZERO_SUPPORT * float(h1.max(initial=0.0))
-    _check_channels(name, model, np.where(zero, 0.0, h1), np.where(zero, channel_counts, 0.0), edges)
+    unexplained = np.where(zero, channel_counts, 0.0 if voxel_counts is None else voxel_counts)
+    _check_channels(name, model, np.where(zero, 0.0, h1), unexplained, edges)
     w = model.weights
     u = np.where(zero, 0.0, 1.0)[None]
     back = u if model.spectral is None else model.spectral.adjoint(u)
