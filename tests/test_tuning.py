@@ -626,6 +626,31 @@ def test_tune_refuses_arguments_it_would_ignore_or_truncate():
     assert json.loads(p.attrs["thinning"])["fraction"] == 0.5
 
 
+def test_tune_checks_inputs_dtype_and_scales_as_fuse_does():
+    """Red team s31: scale counts that fuse refuses for the grid were tuned on (and the choice refused by fuse); a
+    store's path gave "string indices must be integers"; dtype 64 numpy's TypeError, dtype None float64."""
+    x, y, _ = xfusion.toy.make("small")  # 15x15 fused pixels, 240 channels: at most 3 and 7 scales
+    with pytest.raises(ValueError, match="n_scales_2d=5 is too large for the 15x15-pixel fused grid"):
+        tuning.tune(x, y, max_iter=5, n_scales_2d=5)
+    with pytest.raises(ValueError, match="n_scales_1d=9 is too large for the 240 fused channels"):
+        tuning.tune(x, y, max_iter=5, grid=[{"k": 1.0, "n_scales_1d": 9}])
+    for call in (tuning.tune, tuning.select):
+        with pytest.raises(TypeError, match="observation 1 is a str.*xfusion.io.zarr.open"):
+            call("x.zarr", y)
+    for bad in (64, "bogus", None):
+        with pytest.raises(ValueError, match="dtype must be .*float32.*float64"):
+            tuning.tune(x, y, regularization="none", max_iter=5, dtype=bad)
+
+
+def test_lowrank_iteration_curve_below_the_ladder():
+    """Red team s31: tune('lowrank', rank=3, max_iter=2) died with "max() arg is an empty sequence" (the ladder starts
+    at 3); it scores every iteration up to max_iter instead."""
+    x, y, _ = xfusion.toy.make("small")
+    cur = tuning.tune(x, y, regularization="lowrank", rank=3, max_iter=2)
+    assert [json.loads(s)["max_iter"] for s in cur["setting"].values] == [1, 2]
+    assert np.isfinite(cur["mean_deviance"].values).all()
+
+
 def test_resolve_auto_returns_only_fuse_options():
     """Red team s29: select's arguments given to resolve_auto (n_splits, fraction) were copied into the options it
     returns when wavelet2d1d won, and fuse(**options) refused them."""
@@ -660,6 +685,37 @@ def test_plot_on_odd_curves():
         tuning.plot(nan)
     with pytest.raises(ValueError, match="plot needs the validation curve"):
         tuning.plot({"choice": "{}"})
+    plt.close("all")
+
+
+def test_plot_keeps_labels_in_the_figure_and_marks_infinite_candidates():
+    """Red team s31: the rotated JSON labels fell below the figure, the choice legend ran off it, and a candidate with
+    an infinite deviance was not drawn at all."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import xarray as xr
+
+    cands = [{"k": k, "n_scales_1d": 2, "null_space": "zero"} for k in (1.0, 0.5, 0.25)] + [
+        {"k": 0.125, "max_iter": 11, "n_scales_1d": 2, "null_factor": 20.0, "null_space": "threshold",
+         "regularization": "wavelet2d1d"}, {"max_iter": 8, "regularization": "none"}]
+    mean = np.array([5e3, np.inf, 1e3, 500.0, 0.0])
+    cur = xr.Dataset({"mean_deviance": ("candidate", mean)},
+                     coords={"candidate": np.arange(5), "setting": ("candidate", [json.dumps(c) for c in cands])},
+                     attrs={"regularization": "auto", "fraction": 0.5, "choice": json.dumps(cands[-1]),
+                            "details": json.dumps({"chosen_candidate": 4})})
+    ax = tuning.plot(cur)
+    fig = ax.figure
+    fig.canvas.draw()
+    r, box = fig.canvas.get_renderer(), fig.bbox
+    items = [t for t in ax.get_xticklabels() if t.get_text()] + [ax.get_legend()]
+    for it in items:
+        e = it.get_window_extent(r)
+        assert e.y0 >= box.y0 - 1 and e.x0 >= box.x0 - 1 and e.x1 <= box.x1 + 1, it
+    inf = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    assert len(inf) == 1 and list(inf[0].get_xdata()) == [1]
+    assert any("infinite deviance" in t.get_text() for t in ax.get_legend().get_texts())
     plt.close("all")
 
 

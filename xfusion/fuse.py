@@ -845,21 +845,27 @@ def _apply_settings(settings, regularization, method, max_iter, tol, dtype, opti
     return rec["regularization"], rec["method"], max_iter, tol, dtype, opts
 
 
-def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1e-4, checkpoint=None,
-         checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None, init=None,
-         **options) -> xr.Dataset:
-    """:func:`fuse` (BLAS threading already set)."""
-    t_start = time.perf_counter()
+def _check_dtype(dtype):
+    """``dtype`` as a NumPy dtype, float32 or float64; anything else refused (also by :func:`xfusion.tuning.tune`)."""
     if dtype is None:  # np.dtype(None) is float64: not the default float32, so refused rather than guessed
         raise ValueError("dtype must be 'float32' (the default) or 'float64'; got None")
-    if not isinstance(progress, (bool, np.bool_)):  # a truthy string such as 'no' showed the bar
-        raise TypeError(f"progress must be True or False; got {progress!r}")
     try:
         dt = np.dtype(dtype)
     except TypeError:  # e.g. dtype = 64 in a config file: numpy's "Cannot interpret '64' as a data type"
         dt = None
     if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):  # (np.dtype == None is float64's)
         raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+    return dt
+
+
+def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1e-4, checkpoint=None,
+         checkpoint_every=10, resume=False, progress=True, callback=None, dtype="float32", client=None, init=None,
+         **options) -> xr.Dataset:
+    """:func:`fuse` (BLAS threading already set)."""
+    t_start = time.perf_counter()
+    dt = _check_dtype(dtype)
+    if not isinstance(progress, (bool, np.bool_)):  # a truthy string such as 'no' showed the bar
+        raise TypeError(f"progress must be True or False; got {progress!r}")
     if client is not None:
         parallel.check_workers(client)
     if tol is not None and not (_is_real(tol) and tol > 0):

@@ -171,7 +171,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from .grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid, input_positions
+from .grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid, input_positions, require_datasets
 from .likelihood import PoissonLikelihood, PoissonTerm
 from .observation import validate
 from .operators.model import build_model
@@ -1202,7 +1202,8 @@ def _tune_lowrank(splits, regularization, grid, fixed, max_iter, tol, dtype):
 
 
 def _tune_lowrank_iterations(splits, fixed, max_iter, dtype, ladder=(3, 5, 8, 12, 16, 20, 25, 30, 40, 50, 60, 80)):
-    """Plain low rank: held-out deviance at a ladder of iterations of ONE run per split.
+    """Plain low rank: held-out deviance at a ladder of iterations of ONE run per split (at every iteration
+    1..max_iter when ``max_iter`` is below the ladder's first rung).
 
     The run's callback keeps the subspace coefficients W at the ladder iterations; each is scored
     through the delivered flux ``max(W V, 0)`` (V the run's basis, W rescaled like the result's
@@ -1211,7 +1212,7 @@ def _tune_lowrank_iterations(splits, fixed, max_iter, dtype, ladder=(3, 5, 8, 12
     from .fuse import fuse
     from .operators.model import predict
 
-    rungs = [n for n in ladder if n <= max_iter]
+    rungs = [n for n in ladder if n <= max_iter] or list(range(1, max_iter + 1))  # below the ladder: every one
     per_split = []
     for sp in splits:
         snaps = {}
@@ -1405,7 +1406,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     ``choice`` (JSON: the chosen settings for a fit on all counts), ``regularization``,
     ``fraction``, ``n_splits``, ``seed``, ``elapsed_s``, and method notes (``details``, JSON).
     """
-    from .fuse import MAX_ITER, REGULARIZATIONS
+    from .fuse import MAX_ITER, REGULARIZATIONS, _check_dtype, _check_scales
 
     t0 = time.perf_counter()
     if regularization not in REGULARIZATIONS:
@@ -1427,8 +1428,8 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < math.inf):
         raise ValueError(f"tol must be a finite number > 0 (relative change stopping each candidate fit) or None; "
                          f"got {tol!r}")
-    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+    _check_dtype(dtype)  # fuse's checks and messages: a dtype, observation Datasets (not a store's path)
+    require_datasets(observations)
     if grid is not None and (isinstance(grid, (dict, str)) or not all(isinstance(g, dict) for g in grid)
                              or len(grid) == 0):
         raise ValueError(f"grid must be a list of candidate settings (at least one), one dict of fuse options each (e.g. "
@@ -1462,6 +1463,8 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         raise NotImplementedError(f"tuning {regularization!r} uses exactly two observations (got {len(observations)});"
                                   " pass explicit rank/mu/max_iter, or tune wavelet2d1d / none")
     splits = _splits(observations, fraction, n_splits, seed, dtype)
+    for g in grid or [{}]:  # scale counts that fuse would refuse for this grid, refused before any fit
+        _check_scales({**fixed, **g}, splits[0].shape)
     if regularization == "none":
         cands, scores, choice, extra = _tune_none(splits, int(max_iter or 100), tol)
     elif regularization == "wavelet2d1d":
@@ -1775,31 +1778,53 @@ def ladder_choice(curve: xr.Dataset) -> dict:
     return dict(details["ladder"])
 
 
+def _short(setting):
+    """A candidate's JSON settings as a compact label: ``k=1, null_space=zero``."""
+    try:
+        d = json.loads(setting)
+    except (TypeError, ValueError):
+        return str(setting)
+    return ", ".join(f"{k}={v}" for k, v in d.items()) if isinstance(d, dict) else str(d)
+
+
 def plot(curve: xr.Dataset, ax=None):
     """Validation curve: held-out deviance (relative to the best) per candidate, the choice marked.
 
-    Returns the matplotlib Axes.
+    Candidates whose deviance is not finite (abandoned as hopeless, or predicting no counts where the held-out part
+    has some) are marked by a triangle at the top edge of the axes. When ``ax`` is None the figure is made here and
+    laid out so that the candidate labels and the legend lie inside it. Returns the matplotlib Axes.
     """
     import matplotlib.pyplot as plt
+    import matplotlib.transforms as mtransforms
+    import textwrap
 
     if not (isinstance(curve, xr.Dataset) and "mean_deviance" in curve and "choice" in curve.attrs):
         raise ValueError(f"plot needs the validation curve tune() or select() returns (a Dataset with "
                          f"mean_deviance and a choice); got {type(curve).__name__}")
     mean = curve["mean_deviance"].values
-    if not np.isfinite(mean).any():
+    finite = np.isfinite(mean)
+    if not finite.any():
         raise ValueError("no candidate of this curve has a finite held-out deviance: nothing to plot")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.5))
-    ref = np.nanmin(mean[np.isfinite(mean)])
+    own = ax is None
+    if own:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    ref = np.nanmin(mean[finite])
     labels = list(curve["setting"].values)
     idx = np.arange(len(labels))
     if curve.attrs["regularization"] == "none":
         ax.plot(idx, mean - ref, "-o", ms=3)
-        ax.set_xlabel("RL iteration on the fitted part")
+        ax.set_xticks(idx[::max(1, math.ceil(len(idx) / 12))])  # within the curve (the locator's spill past the
+        ax.set_xlabel("RL iteration on the fitted part")      # ends was measured outside the figure)
     else:
         ax.plot(idx, mean - ref, "o")
         ax.set_xticks(idx)
-        ax.set_xticklabels([s.replace('"', "") for s in labels], rotation=70, fontsize=7, ha="right")
+        ax.set_xticklabels([textwrap.fill(_short(s), 28) for s in labels], rotation=30, fontsize=7, ha="right",
+                           rotation_mode="anchor")
+    if not finite.all():  # drawn nowhere by the line: marked at the top edge, named in the legend
+        top = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+        ax.plot(idx[~finite], np.full((~finite).sum(), 0.97), "^", color="gray", transform=top, clip_on=False,
+                label=textwrap.fill(f"{int((~finite).sum())} candidate(s) with infinite deviance (abandoned, or "
+                                    "predicting no counts where the held-out part has some)", 70))
     details = json.loads(curve.attrs.get("details", "{}"))
     best = details.get("chosen_candidate", None)
     if best is None:
@@ -1808,7 +1833,8 @@ def plot(curve: xr.Dataset, ax=None):
         at = np.flatnonzero(curve["candidate"].values == best) if "candidate" in curve.coords else []
         best = int(at[0]) if len(at) else None
     if best is not None:
-        ax.plot([best], [mean[best] - ref], "r*", ms=12, label=f"choice {curve.attrs['choice']}")
+        ax.plot([best], [mean[best] - ref], "r*", ms=12, label=textwrap.fill(
+            f"choice {_short(curve.attrs['choice'])}", 70))
     ks = {json.loads(s).get("k") for s in labels} if curve.attrs["regularization"] != "none" else set()
     refused = [st for st in details.get("k_above", {}).get("steps", []) if st["k"] not in ks]
     if refused:  # a rung above K_GUARDED_ABOVE that lowered the deviance but not the sharp-spectral squared error
@@ -1818,9 +1844,11 @@ def plot(curve: xr.Dataset, ax=None):
             transform=ax.transAxes, fontsize=7, va="bottom")
     ax.set_ylabel("held-out deviance - min")
     ax.set_yscale("symlog", linthresh=10)
-    if best is not None:
-        ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, framealpha=0.8)  # labels wrapped: inside the axes
     ax.set_title(f"Poisson thinning ({curve.attrs['regularization']}, f={curve.attrs['fraction']})")
+    if own:
+        ax.figure.tight_layout()
     return ax
 
 
