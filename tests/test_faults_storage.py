@@ -727,3 +727,73 @@ def test_a_full_disk_is_a_one_line_error_and_toy_writes_all_or_nothing(tmp_path,
         OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "ck.zarr.tmp/state_z/c/0")))
     code, err = cli("toy", "small", "-o", out)
     assert code == 3 and err.strip() == "xfusion: error: No space left on device (ck.zarr.tmp/state_z/c/0)"
+
+
+# ----------------------------------------------------------------------------- session 31 (red team)
+#: the run fingerprint of the settings and data of _pinned(), as xfusion computed it before session 31 (commit 4852945):
+#: settings already in canonical form must keep it, or checkpoints written before would no longer resume
+PINNED_FINGERPRINT = "f498cc50623a1a4b0348d99f594f36bd985573d5ee373c1e01ef6010868826a7"
+
+
+def _pinned():
+    obs = xr.Dataset({"counts": (("x", "y", "energy"), np.arange(24.0).reshape(2, 3, 4)),
+                      "exposure": ((), 1000.0), "mask": (("x", "y", "energy"), np.ones((2, 3, 4), np.int8))},
+                     coords={"energy": ("energy", [1.1, 1.3, 1.5, 1.7], {"units": "keV"})}, attrs={"name": "a"})
+    settings = {"regularization": "wavelet2d1d", "method": "em", "dtype": "float32", "max_iter": 5, "tol": 0.0001,
+                "k": 1.0, "n_scales_2d": 2, "n_scales_1d": 5, "null_space": "zero", "chunks": None,
+                "shape_prior": None, "null_factor": 1.0, "per_band": True}
+    return obs, settings
+
+
+def test_fingerprint_of_canonical_settings_is_unchanged_and_equal_numbers_agree():
+    """Red team s31: k=1 then k=1.0 (or n_scales_1d=np.int64(5) then 5) gave other fingerprints (json.dumps writes 1
+    and 1.0 apart, a NumPy integer as the text "5"), so the resume was refused. Settings are made canonical before
+    hashing; canonical ones hash as before (pinned from the previous version)."""
+    fuse_module = sys.modules["xfusion.fuse"]
+    obs, settings = _pinned()
+    arrays = [obs["counts"].values]
+    assert fuse_module._fingerprint([obs], arrays, settings) == PINNED_FINGERPRINT
+    assert fuse_module._canonical(settings) == settings
+    given = dict(settings, k=1, n_scales_1d=np.int64(5), null_factor=np.float32(1.0), tol=np.float64(1e-4))
+    assert fuse_module._fingerprints([obs], arrays, [fuse_module._canonical(given)]) == [PINNED_FINGERPRINT]
+    canon = fuse_module._canonical(dict(given, chunks=(np.int64(6), 6), shape_prior=10000))
+    assert type(canon["k"]) is float and type(canon["n_scales_1d"]) is int and canon["chunks"] == (6, 6)
+    assert type(canon["shape_prior"]) is float and type(canon["n_scales_2d"]) is int
+
+
+def test_resume_with_equal_numbers_of_another_type_and_without_init(small_toy, tmp_path):
+    """Red team s31: a resume with k=1.0 of a run given k=1 was refused; so was a warm-started (init=) run resumed
+    without init= (a resume takes precedence over init: it only set iterate 0), both blaming the inputs."""
+    x, y, _ = small_toy
+    kw = dict(KW, k=1)
+    ref = xfusion.fuse(x, y, **kw)
+    ck = tmp_path / "ck.zarr"
+    _ckpt_run(small_toy, ck, max_iter=4, k=1)
+    r = xfusion.fuse(x, y, checkpoint=ck, resume=True, **dict(kw, k=1.0, n_scales_1d=np.int64(2)))
+    assert r.attrs["resumed_from_iteration"] == 4
+    np.testing.assert_array_equal(r.flux.values, ref.flux.values)
+    prev = xfusion.fuse(x, y, **dict(KW, max_iter=2))
+    warm = xfusion.fuse(x, y, init=prev, **KW)
+    ck = tmp_path / "warm.zarr"
+    xfusion.fuse(x, y, init=prev, checkpoint=ck, checkpoint_every=2, callback=lambda it, st: it >= 3, **KW)
+    r = xfusion.fuse(x, y, checkpoint=ck, resume=True, **KW)
+    assert r.attrs["resumed_from_iteration"] == 2
+    np.testing.assert_array_equal(r.flux.values, warm.flux.values)
+    assert json.loads(r.attrs["parameters"])["init"] == json.loads(warm.attrs["parameters"])["init"]  # recorded
+
+
+def test_resume_on_other_dask_blocks_names_the_layout(small_toy, tmp_path):
+    """Red team s31: a checkpoint written on Dask with several pixel blocks, resumed in memory on the same data, was
+    refused as written 'by a run with different inputs' (the counts' digests are per Dask block). The digests are
+    kept (older checkpoints resume); the refusal names the backend and blocks and how to resume."""
+    x, y, _ = small_toy
+    kw = dict(KW, chunks=(6, 6))
+    ck = tmp_path / "ck.zarr"
+    xfusion.fuse(x.chunk(), y.chunk(), checkpoint=ck, checkpoint_every=2, callback=lambda it, st: it >= 3, **kw)
+    with pytest.raises(CheckpointError, match=r"written with the counts on Dask: 9 Dask block.*they are in memory "
+                                              r"now.*same chunks= option \(chunks=\[6, 6\] there\)"):
+        xfusion.fuse(x, y, checkpoint=ck, resume=True, **kw)
+    x2 = x.copy(deep=True)
+    x2["counts"][0, 0, 0] += 1
+    with pytest.raises(CheckpointError, match="different inputs: the counts differ"):
+        xfusion.fuse(x2.chunk(), y.chunk(), checkpoint=ck, resume=True, **kw)

@@ -58,6 +58,20 @@ class CheckpointError(ValueError):
     """A checkpoint path xfusion refuses, or a stored state that fails verification."""
 
 
+def _held(layout):
+    """``layout`` (:func:`xfusion.fuse._layout`) in words: "in memory" or "on Dask in N block(s) (chunks ...)"."""
+    if all(b != "dask" for b, _ in layout):
+        return "in memory"
+    parts = []
+    for b, c in layout:
+        if b == "dask":
+            n = int(np.prod([len(x) for x in c]))
+            parts.append(f"{n} Dask block(s) (chunks {tuple(tuple(x) for x in c)})")
+        else:
+            parts.append("in memory")
+    return "on Dask: " + ", ".join(parts)
+
+
 _FIX = "; it cannot be used: delete it (it was written by xfusion) or rerun without resume to start a new one"
 
 
@@ -147,6 +161,11 @@ class ZarrCheckpoint:
         #: ``max_iter``), kept in the manifest so that a resume with other inputs or settings is refused before any
         #: computing (:meth:`committed_manifest`), not only by the fingerprint once the run is set up
         self.inputs, self.settings = "", None
+        #: fingerprints also accepted (those earlier versions computed for the same run, ``fuse``); how the counts
+        #: were held (:func:`xfusion.fuse._layout`) and their digests, kept in the manifest to say why a fingerprint
+        #: differs; the warm start's record (``init``, not in the fingerprint: a resume takes precedence over it),
+        #: replaced by the checkpoint's on :meth:`load`
+        self.accepted, self.layout, self.counts, self.init = set(), None, None, None
         self.tmp, self.old, self.lock = (Path(f"{self.path}{s}") for s in (".tmp", ".old", ".lock"))
         self._lock = WriterLock(self.lock, f"checkpoint {self.given!r}", CheckpointError)
         for src in protect:
@@ -326,7 +345,8 @@ class ZarrCheckpoint:
                 manifest = json.dumps({"format": FORMAT, "iteration": int(iteration), "fingerprint": self.fingerprint,
                                        "scalars": scalars, "dask_state": lazy, "arrays": arrays,
                                        "request": self.request, "choice": self.choice, "inputs": self.inputs,
-                                       "settings": self.settings}, sort_keys=True, default=str)
+                                       "settings": self.settings, "layout": self.layout,
+                                       "counts_sha256": self.counts, "init": self.init}, sort_keys=True, default=str)
                 import zarr
 
                 zarr.open_group(os.fspath(self.tmp), mode="r+").attrs.update({
@@ -360,11 +380,10 @@ class ZarrCheckpoint:
             scalars, lazy = dict(manifest["scalars"]), set(manifest["dask_state"])
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{where} has an unreadable manifest ({type(exc).__name__}: {exc})" + fix) from exc
-        if manifest.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(
-                f"{where} was written by a run with different inputs or parameters (counts, masks, exposures, "
-                "areas, PSFs, responses or options other than max_iter); delete it or use the same inputs and "
-                "settings to resume")
+        if manifest.get("fingerprint") != self.fingerprint and manifest.get("fingerprint") not in self.accepted:
+            raise CheckpointError(self._mismatch(manifest, where))
+        if manifest.get("init") is not None:  # the run continued is the warm-started one
+            self.init = manifest["init"]
         import xarray as xr
 
         try:
@@ -401,6 +420,42 @@ class ZarrCheckpoint:
             raise CheckpointError(f"{where} cannot be read ({type(exc).__name__}: {exc})" + fix) from exc
         state.update(scalars)
         return state, history, iteration
+
+    def _mismatch(self, manifest, where):
+        """Why the manifest's fingerprint is not this run's, as far as the manifest tells: the settings, the inputs,
+        the backend and Dask blocks of the counts (their digests are per block), the counts' values."""
+        stored = manifest.get("settings")
+        if isinstance(stored, dict) and isinstance(self.settings, dict):
+            diff = sorted(k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k))
+            if diff:
+                shown = "; ".join(f"{k}={stored.get(k)!r} there, {k}={self.settings.get(k)!r} now" for k in diff)
+                return (f"{where} was written by a run with other settings: {shown}; use the same settings to resume "
+                        "(only max_iter may change), or start a new run (without resume, or another checkpoint path)")
+        if manifest.get("inputs") and self.inputs and manifest["inputs"] != self.inputs:
+            return (f"{where} was written by a run with different inputs (masks, exposures, areas, PSFs, responses, "
+                    "their attributes or the counts' dims, shape or dtype); delete it or use the same inputs to resume")
+        there = manifest.get("layout")
+        if self.layout is not None:
+            if there is None:  # an older manifest: only whether its state was on Dask
+                was, now = bool(manifest.get("dask_state")), any(b == "dask" for b, _ in self.layout)
+                moved = was != now
+                there_s = "on Dask" if was else "in memory"
+            else:
+                moved, there_s = there != self.layout, _held(there)
+            if moved:
+                chunks = (stored or {}).get("chunks")
+                return (f"{where} was written with the counts {there_s}; they are {_held(self.layout)} now. The "
+                        "counts' checksums are taken per Dask block, so a checkpoint resumes on the backend and pixel "
+                        "blocks it was written with: pass the observations as then (in memory, or on Dask: "
+                        f".chunk()) with the same chunks= option (chunks={chunks!r} there), or start a new run")
+        if manifest.get("counts_sha256") is not None and self.counts is not None \
+                and manifest["counts_sha256"] != self.counts:
+            return (f"{where} was written by a run with different inputs: the counts differ (their checksums); delete "
+                    "it or use the same observations to resume")
+        return (f"{where} was written by a run with different inputs or parameters (counts, masks, exposures, "
+                "areas, PSFs, responses or options other than max_iter; for a checkpoint written by an earlier "
+                "xfusion version also the warm start init= and the counts' backend and Dask blocks); delete it or use "
+                "the same inputs and settings to resume")
 
     @staticmethod
     def _verify(name, got, expected, where, fix):

@@ -267,23 +267,73 @@ def _fingerprint(observations, arrays, settings, client=None):
     bytes (NumPy) or of each block (Dask, hashed where the blocks live, see
     :func:`xfusion.checkpoints.array_digest`).
     """
+    return _fingerprints(observations, arrays, [settings], client)[0]
+
+
+def _fingerprints(observations, arrays, settings_list, client=None, counts=None):
+    """:func:`_fingerprint` of the same data with each settings dict of ``settings_list`` (the data read and the
+    counts hashed once; ``counts``: their :func:`xfusion.checkpoints.array_digest` if already computed)."""
     from .checkpoints import array_digest
 
-    h = hashlib.sha256()
-    # max_iter: a run may be extended; auto_tuning: diagnostics of the automatic choice (held-out deviances,
-    # which depend on max_iter), whose chosen values are already in the settings
-    _digest(h, "settings", {k: v for k, v in settings.items() if k not in ("max_iter", "auto_tuning")})
+    parts = []
     for i, obs in enumerate(observations):
-        _digest(h, f"obs{i}.attrs", dict(obs.attrs))
+        parts.append((f"obs{i}.attrs", dict(obs.attrs)))
         for name in sorted(map(str, obs.variables)):
             if name == "counts":
                 continue
             var = obs.variables[name]
-            _digest(h, f"obs{i}.{name}", [list(var.dims), dict(var.attrs)])
-            _digest(h, f"obs{i}.{name}.values", np.asarray(var.values))
-    for i, c in enumerate(arrays):
-        _digest(h, f"counts{i}", array_digest(c, client))
-    return h.hexdigest()
+            parts.append((f"obs{i}.{name}", [list(var.dims), dict(var.attrs)]))
+            parts.append((f"obs{i}.{name}.values", np.asarray(var.values)))
+    counts = [array_digest(c, client) for c in arrays] if counts is None else counts
+    parts += [(f"counts{i}", d) for i, d in enumerate(counts)]
+    out = []
+    for settings in settings_list:
+        h = hashlib.sha256()
+        # max_iter: a run may be extended; auto_tuning: diagnostics of the automatic choice (held-out deviances,
+        # which depend on max_iter), whose chosen values are already in the settings
+        _digest(h, "settings", {k: v for k, v in settings.items() if k not in ("max_iter", "auto_tuning")})
+        for name, value in parts:
+            _digest(h, name, value)
+        out.append(h.hexdigest())
+    return out
+
+
+def _int_options():
+    """Names of the options whose values are integers (their unit says so), and ``max_iter``."""
+    names = {"max_iter"}
+    for spec in [registry.regularization(n) for n in registry.REGULARIZATIONS] + [
+            registry.method(n) for n in registry.METHODS]:
+        names |= {k for k, (_, unit, _) in spec.options.docs().items() if str(unit).startswith("integer")}
+    return names
+
+
+def _canonical(settings):
+    """The settings as the run's fingerprint hashes them: NumPy scalars as Python scalars (also inside tuples and
+    lists) and an integer given for an option that is not an integer (``k=1``, ``null_factor=1``,
+    ``shape_prior=10000``) as a float, so that equal settings give equal fingerprints (``json.dumps`` writes 1 and
+    1.0 differently, and ``np.int64(5)`` as the text "5"). Values already in this form are returned unchanged, so
+    their fingerprint is the one earlier versions computed."""
+    def plain(v):
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, (list, tuple)):
+            return type(v)(plain(x) for x in v)
+        return v
+
+    ints = _int_options()
+    out = {}
+    for k, v in settings.items():
+        v = plain(v)
+        if isinstance(v, int) and not isinstance(v, bool) and k not in ints:
+            v = float(v)
+        out[k] = v
+    return out
+
+
+def _layout(arrays):
+    """How the counts were held (their digests are per Dask block): ``[["numpy", shape] | ["dask", chunks]]``."""
+    return [["dask", [list(c) for c in a.chunks]] if parallel.is_dask(a) else ["numpy", list(np.shape(a))]
+            for a in arrays]
 
 
 def _renamed(da, mapping):
@@ -644,7 +694,8 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         ``coefficients`` when its ``basis`` equals the one estimated now, else from the projection
         of its cube (``coefficients @ basis``, or ``flux``) onto the new basis. Never modified or
         aliased; recorded in ``parameters`` (key ``init``: source and SHA-256 of the flux) and in
-        the checkpoint fingerprint. ``resume`` from a checkpoint takes precedence.
+        the checkpoint's manifest. ``resume`` from a checkpoint takes precedence: a warm-started run resumes
+        with or without ``init`` (it only set iterate 0), and its result records the checkpoint's warm start.
     settings : optional previous result (or the dict :func:`settings_of` returns): fuse with all the
         settings it recorded -- regularization, method, dtype, tol, max_iter and every option, with
         the values "auto" chose (no re-tuning). Options passed here, and ``max_iter``, ``tol``,
@@ -961,12 +1012,23 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         (solver, x0), basis = _full_solver(problem, spec, method, params, start, settings.get("init")), None
     # stage 4: run
     if ckpt is not None:
-        ckpt.fingerprint = _fingerprint(problem.observations, problem.data, settings, client)
+        # init only set iterate 0 and a resume takes precedence over it: left out of the fingerprint (recorded in the
+        # manifest); options canonical (k=1 as 1.0). Accepted too: the fingerprint of earlier versions (settings as
+        # given, init included), so that their checkpoints still resume
+        from .checkpoints import array_digest
+
+        counts = [array_digest(c, client) for c in problem.data]
+        ckpt.fingerprint, legacy = _fingerprints(problem.observations, problem.data, [_canonical(
+            {k: v for k, v in settings.items() if k != "init"}), settings], client, counts)
+        ckpt.accepted = {legacy}
         ckpt.inputs, ckpt.settings = request.inputs(), _stored_settings(settings)
+        ckpt.layout, ckpt.counts, ckpt.init = _layout(problem.data), counts, settings.get("init")
     state, history, n_iter, converged = run(
         solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=ckpt,
         checkpoint_every=checkpoint_every, resume=resume)
     # stage 5: the result
+    if ckpt is not None and ckpt.init is not None:  # resumed from a warm-started run: its warm start
+        settings["init"] = ckpt.init
     if method == "ista" and "step" in params:
         params["step"] = float(state.get("alpha", np.nan))
     return _result(problem, solver, state, history, basis, dict(settings, **params), n_iter, converged,
