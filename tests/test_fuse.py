@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -377,7 +378,7 @@ def test_soft_threshold_is_the_l1_prox():
 def test_settings_of_refits_with_the_tuned_settings_and_warm_start(small_toy, tmp_path):
     """settings=result refits with the values "auto" chose (bitwise the same fit, no re-tuning); init=result starts
     at the solution, is validated against the grid, never mutated, and is part of the recorded parameters and of
-    the checkpoint fingerprint. (Measured on this toy: warm 14 iterations to convergence vs cold 22, NMSE equal to
+    the checkpoint's manifest. (Measured on this toy: warm 14 iterations to convergence vs cold 22, NMSE equal to
     1e-6 dB.)"""
     x, y, t = small_toy
     r = xfusion.fuse(x, y, regularization="none", progress=False)  # max_iter "auto": chosen by thinning
@@ -407,12 +408,16 @@ def test_settings_of_refits_with_the_tuned_settings_and_warm_start(small_toy, tm
         xfusion.fuse(x, y, init=r.flux.assign_coords(x=r.x + 5 * float(r.x[1] - r.x[0])), **kw)
     with pytest.raises(ValueError, match="finite and >= 0"):
         xfusion.fuse(x, y, init=r.flux.where(r.x != r.x[0]), **kw)
-    # the warm start is in the checkpoint fingerprint: another start cannot resume this run
+    # the warm start is in the checkpoint's manifest, not its fingerprint (session 31): a resume takes precedence
+    # over init (it only set iterate 0), so the run continues from the checkpoint and records its warm start
     ck = tmp_path / "ck.zarr"
     xfusion.fuse(x, y, settings=r, init=r, max_iter=1, tol=None, progress=False, checkpoint=ck)
-    with pytest.raises(ValueError, match="different inputs or parameters"):
-        xfusion.fuse(x, y, settings=r, init=r.flux * 2, max_iter=2, tol=None, progress=False, checkpoint=ck,
-                     resume=True)
+    two = xfusion.fuse(x, y, settings=r, init=r, max_iter=2, tol=None, progress=False)
+    res = xfusion.fuse(x, y, settings=r, init=r.flux * 2, max_iter=2, tol=None, progress=False, checkpoint=ck,
+                       resume=True)
+    assert res.attrs["resumed_from_iteration"] == 1
+    np.testing.assert_array_equal(res.flux.values, two.flux.values)
+    assert json.loads(res.attrs["parameters"])["init"] == json.loads(two.attrs["parameters"])["init"]
 
 
 def test_low_rank_warm_start_uses_the_coefficients(small_toy):
@@ -425,6 +430,39 @@ def test_low_rank_warm_start_uses_the_coefficients(small_toy):
     np.testing.assert_allclose(warm.objective.values[0], r.objective.values[-1], rtol=1e-5)
     flux_only = xfusion.fuse(x, y, settings=r, init=r.flux, max_iter=1, tol=None, progress=False)
     assert json.loads(flux_only.attrs["parameters"])["init"]["subspace"] == "projected flux"
+
+
+def test_warm_start_with_unreadable_or_non_finite_parts_is_refused(small_toy, tmp_path):
+    """Red team s31: a low-rank result with NaN coefficients (finite flux) was taken as init=, the fit silently
+    started cold and recorded "subspace": "coefficients"; a lazily opened result whose store was deleted was
+    refused for "NaN/inf values" (its chunks read back as NaN). The same for a lazy observation (was "energy bins
+    are not contiguous")."""
+    from types import SimpleNamespace
+
+    from xfusion import start
+    from xfusion.io import zarr as xz
+
+    x, y, _ = small_toy
+    kw = dict(regularization="lowrank", max_iter=3, tol=None, progress=False)
+    r = xfusion.fuse(x, y, **kw)
+    for name in ("coefficients", "basis"):
+        bad = r.copy(deep=True)
+        bad[name][0] = np.nan
+        with pytest.raises(ValueError, match=f"init= {name} must be finite"):
+            xfusion.fuse(x, y, init=bad, **kw)
+    # a start no blend makes finite: the default start, and the record says so
+    rec = {"subspace": None}
+    st = {"coefficients": None, "basis": None, "flux": np.ones((2, 2, 3))}
+    w0 = np.ones((2, 2, 1))
+    out = start.subspace_start(st, np.ones((1, 3)), 1.0, w0, SimpleNamespace(f=lambda w: np.inf), rec)
+    assert out is w0 and rec["subspace"].startswith("default start")
+    for obj, path in ((r, tmp_path / "r.zarr"), (x, tmp_path / "x.zarr")):
+        xz.write(obj, path)
+        lazy = xz.open(path, chunks={})
+        shutil.rmtree(path)
+        with pytest.raises(ValueError, match="r.zarr' no longer exists.*load" if obj is r else "observation 1.*x.zarr"
+                                             "' no longer exists"):
+            xfusion.fuse(x, y, init=lazy, **kw) if obj is r else xfusion.fuse(lazy, y, **kw)
 
 
 def test_baselines_subtract_the_background_and_leave_masked_voxels_out(small_toy):

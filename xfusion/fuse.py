@@ -13,6 +13,7 @@ import xarray as xr
 
 from . import __version__
 from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions, require_datasets
+from .io.zarr import require_live
 from .likelihood import (FREE_FLOOR, ZERO_SUPPORT, PoissonLikelihood, free_voxels, make_term, support_by_channel,
                          support_in_memory)
 from .observation import CUBE_DIMS, check_count_values, energy_edges, is_pixel_observation
@@ -369,11 +370,13 @@ def _same_counts(a, b):
 
 
 def _check_inputs_given(observations):
-    """Refuse what is not an observation Dataset (e.g. a store's path) with the fix; warn when one observation is
+    """Refuse what is not an observation Dataset (e.g. a store's path) with the fix, or one whose lazy data cannot be
+    read (:func:`xfusion.io.zarr.require_live`: its store deleted, its cluster gone); warn when one observation is
     given twice (the same object, or the same name and counts: equal values in memory, the same Dask array on
     Dask, :func:`_same_counts`): its photons would count twice."""
     require_datasets(observations)
     for i, a in enumerate(observations):
+        require_live(a, f"observation {i + 1} ('{a.attrs.get('name', '?')}')")
         for j in range(i):
             b = observations[j]
             same = a is b or (a.attrs.get("name") == b.attrs.get("name") and "counts" in a and "counts" in b

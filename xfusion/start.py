@@ -37,7 +37,7 @@ def check_init(init, grid, client=None):
                          f"fused grid; got {type(init).__name__}")
     if set(flux.dims) != set(CUBE_DIMS):
         raise ValueError(f"init= flux has dims {flux.dims}; a warm start needs dims {CUBE_DIMS} (the fused grid)")
-    require_live(flux, "init=")
+    require_live(init if isinstance(init, xr.Dataset) else flux, "init=")
     flux = flux.transpose(*CUBE_DIMS)
     want = {d: grid.sizes[d] for d in CUBE_DIMS}
     if dict(flux.sizes) != want:
@@ -68,6 +68,11 @@ def check_init(init, grid, client=None):
         b = init["basis"].transpose("component", "energy")
         if c.sizes["component"] == b.sizes["component"] and b.sizes["energy"] == want["energy"]:
             out["coefficients"], out["basis"] = np.asarray(c.values), np.asarray(b.values)
+            bad = [n for n in ("coefficients", "basis") if not np.all(np.isfinite(out[n]))]
+            if bad:  # a low-rank warm start starts from them (a cold start was taken silently)
+                raise ValueError(f"init= {' and '.join(bad)} must be finite (the low-rank warm start starts from "
+                                 f"them); this result's {' and '.join(bad)} hold NaN/inf values (e.g. a damaged or "
+                                 "incomplete store): fuse again, or pass only its flux (init=result['flux'])")
             record["coefficients_sha256"] = array_digest(out["coefficients"])
     if isinstance(init, xr.Dataset):
         record["regularization"] = init.attrs.get("regularization")
@@ -91,7 +96,8 @@ def cube_start(start, scale, level, method, dt, record):
 def subspace_start(start, basis, scale, w_default, solver, record, client=None):
     """Low-rank start W (internal units, (x, y, r)) from a validated warm start: its coefficients when its basis is
     the current one (to float32), else the projection of its cube onto the current basis. A start predicting no
-    counts where there are data (objective +inf) is blended with the default start until finite (recorded)."""
+    counts where there are data (objective +inf) is blended with the default start until finite (recorded); if no
+    blend is finite, the default start is used and ``record["subspace"]`` says so."""
     dt = w_default.dtype
     c, b = start["coefficients"], start["basis"]
     if c is not None and b.shape == basis.shape and np.array_equal(b, basis.astype(np.float32)):
@@ -111,4 +117,5 @@ def subspace_start(start, basis, scale, w_default, solver, record, client=None):
             if t:
                 record["blend_with_default"] = t
             return cand
+    record["subspace"] = f"default start (no blend of the warm start from {record['subspace']} was finite)"
     return w_default

@@ -245,16 +245,42 @@ def store(ds: xr.Dataset, path, *, mode="w", client=None, compute=True, marker=N
     return path
 
 
+def _zarr_source(v, depth=8):
+    """``(store root, array path)`` of the Zarr array a Dask graph value reads (xarray's lazy indexing adapters
+    around a ``zarr.Array``), or None."""
+    for _ in range(depth):
+        store = getattr(v, "store", None)
+        root = getattr(store, "root", None)
+        if root is not None and isinstance(getattr(v, "path", None), str):
+            return os.fspath(root), v.path
+        nxt = getattr(v, "array", None)
+        if nxt is None:
+            nxt = getattr(v, "_array", None)
+        if nxt is None or nxt is v:
+            return None
+        v = nxt
+    return None
+
+
 def require_live(obj, what="the data"):
-    """Refuse a lazy Dataset/DataArray whose Dask graph holds data of a ``distributed`` cluster that is gone (its
-    futures cancelled or their client closed): e.g. a ``fuse(..., client=client)`` result used after the client was
-    closed (session 29: this failed inside Dask with "Missing dependency ..."). In-memory data pass."""
+    """Refuse a lazy Dataset/DataArray whose data can no longer be read: its Dask graph holds data of a
+    ``distributed`` cluster that is gone (its futures cancelled or their client closed), e.g. a
+    ``fuse(..., client=client)`` result used after the client was closed (session 29: this failed inside Dask with
+    "Missing dependency ..."), or reads a Zarr store (or an array of it) that no longer exists (session 31: its
+    chunks read back as the fill value, NaN, and a warm start was refused for "NaN/inf values"). In-memory data
+    pass."""
     arrays = [v.data for v in obj.variables.values()] if isinstance(obj, xr.Dataset) else [getattr(obj, "data", obj)]
     for a in arrays:
         graph = getattr(a, "__dask_graph__", None)
         if graph is None or graph() is None:
             continue
         for v in dict(graph()).values():
+            src = _zarr_source(v)
+            if src is not None and not os.path.isdir(os.path.join(src[0], src[1])):
+                gone = src[0] if not os.path.isdir(src[0]) else os.path.join(src[0], src[1])
+                raise ValueError(f"{what} is read lazily from the Zarr store {src[0]!r}, but {gone!r} no longer "
+                                 "exists (deleted or moved): its data cannot be read. Load it into memory while the "
+                                 "store exists (e.g. result = result.load()), or open it again from where it is now")
             status = getattr(v, "status", None)
             client = getattr(getattr(v, "client", None), "status", "running")
             if type(v).__name__ == "Future" and (status in ("cancelled", "lost", "error") or client != "running"):
