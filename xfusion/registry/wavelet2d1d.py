@@ -83,9 +83,8 @@ def auto_wavelet_params(params, yd, client, mask=None):
     if mask is None:
         sums = [yd.sum(dtype=np.float64), yd.size]
     else:
-        xp = __import__("dask.array", fromlist=["where"]) if parallel.is_dask(yd) or parallel.is_dask(mask) else np
-        used = xp.asarray(mask) > 0
-        sums = [xp.where(used, yd, 0).sum(dtype=np.float64), used.sum()]
+        used = mask > 0  # (np.where dispatches to Dask for Dask arrays: nothing read here)
+        sums = [np.where(used, yd, 0).sum(dtype=np.float64), used.sum()]
     if any(parallel.is_dask(v) for v in sums):
         sums = parallel.compute_many(sums, client)
     per_voxel = float(sums[0]) / max(float(sums[1]), 1.0)
