@@ -687,8 +687,10 @@ def test_non_square_pixels_are_refused_naming_both_sizes():
                                          r"0.0333333\" apart"):
         jwst.observations(lie, ifu)
     uneven = imager.assign_coords(y=imager["y"] + np.r_[0.0, 0.01, np.zeros(10)])
-    with pytest.raises(ValueError, match="imager's y coordinates are not evenly spaced"):
+    with pytest.raises(ValueError, match="coordinate y of the imager is not uniformly spaced"):
         jwst.observations(uneven, ifu)
+    with pytest.raises(ValueError, match=r"coordinate x of the IFU is descending .*sortby\('x'\)"):
+        jwst.observations(imager, ifu.isel(x=slice(None, None, -1)))  # was read by its absolute spacing
     x_obs, y_obs = jwst.observations(imager, ifu)  # the general path checks the observations too
     with pytest.raises(ValueError, match=r"IFU's pixels are not square: 0.1\" along x and 0.15\" along y"):
         xfusion.fuse(x_obs, stretch(y_obs, 1.5), regularization="lowrank_sobolev", rank=3, mu=0.003, max_iter=2)

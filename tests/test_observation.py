@@ -87,9 +87,30 @@ def test_bad_counts(value, msg):
         observation(c, dims=("x", "y", "energy"), energy_edges=np.linspace(1, 2, 6), pixel_size=1.0, exposure=1.0)
 
 
+@pytest.mark.parametrize("xs,msg", [([0.0, 10.0, 5.0], r"coordinate x does not increase .*sortby\('x'\)"),
+                                     ([20.0, 10.0, 0.0], r"coordinate x is descending .*sortby\('x'\)"),
+                                     ([0.0, np.nan, 20.0], "coordinate x has 1 non-finite pixel centres"),
+                                     ([0.0, 5.0, 10.0], r"pixel centres 5 arcsec apart but pixel_size=10 arcsec")])
+def test_one_pixel_grid_rule_for_builder_validate_and_wcs(xs, msg):
+    """observation(), validate() and the WCS (axis_spacing) apply one rule to x/y pixel centres (pixel_step):
+    finite, increasing, evenly spaced; the builder and validate also by the pixel size."""
+    da = xr.DataArray(np.ones((3, 3, 4)), dims=("x", "y", "energy"), coords={"x": xs})
+    with pytest.raises(ValueError, match=msg):
+        observation(da, energy_edges=np.linspace(1, 2, 5), pixel_size=10.0, exposure=1.0)
+    ds = simple(shape=(3, 4, 10))
+    ds = ds.assign_coords(x=("x", xs, ds["x"].attrs))
+    with pytest.raises(ValueError, match=msg.replace("coordinate x", "coordinate x of '.*'").replace(
+            "pixel centres 5 arcsec apart but pixel_size=10", "pixel_size attribute 10 arcsec but its values are 5")):
+        validate(ds)
+    if "pixel_size" not in msg:
+        with pytest.raises(ValueError, match=msg):
+            xfusion.celestial_wcs(xr.Dataset(coords={"x": ("x", xs, {"pixel_size": 10.0}), "y": [0.0, 10.0]},
+                                             attrs={"center_ra": 10.0, "center_dec": 20.0}))
+
+
 def test_uneven_spatial_coordinate_and_missing_units():
     da = xr.DataArray(np.ones((3, 3, 4)), dims=("x", "y", "energy"), coords={"x": [0.0, 10.0, 25.0]})
-    with pytest.raises(ValueError, match="coordinate x must be increasing with uniform spacing"):
+    with pytest.raises(ValueError, match="coordinate x is not uniformly spaced"):
         observation(da, energy_edges=np.linspace(1, 2, 5), pixel_size=10.0, exposure=1.0)
     ds = simple()
     ds["energy"].attrs.pop("units")

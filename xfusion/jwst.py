@@ -74,7 +74,7 @@ import numpy as np
 import xarray as xr
 
 from .gaussian import GaussianTerm
-from .observation import check_spectral_units
+from .observation import check_spectral_units, pixel_step
 from .operators.model import InstrumentModel
 from .operators.psf import EnergyDependentSpatial, band_weights
 from .operators.response import ResponseMatrix
@@ -649,8 +649,8 @@ def ifu_unit_factor(imager, ifu):
 def _pixel_size(ds, what):
     """The pixel size (arcsec) of ``ds``'s ``x``/``y`` grid, which must be square.
 
-    Along each axis the size is the spacing of the coordinate (where it has two or more values; it must be even,
-    to 0.1 %) and the ``pixel_size`` attribute (where set; it must agree with the spacing to 0.1 %). Pixels whose
+    Along each axis the size is the spacing of the coordinate where it has two or more values (increasing and even
+    to 0.1 %: :func:`xfusion.observation.pixel_step`), else its ``pixel_size`` attribute. Pixels whose
     sizes along x and y differ by more than 0.01 % are refused, naming both: the models take one spatial factor
     for both axes and the PSF on square pixels, so rectangular pixels would be silently read as square."""
     size, source = {}, {}
@@ -659,13 +659,7 @@ def _pixel_size(ds, what):
             raise ValueError(f"the {what} has no '{c}' coordinate (pixel centres in arcsec; see "
                              f"xfusion.jwst.{'imager' if what == 'imager' else 'ifu'}_dataset)")
         attr = ds[c].attrs.get("pixel_size")
-        step = None
-        if ds.sizes[c] > 1:
-            d = np.abs(np.diff(np.asarray(ds[c].values, dtype=np.float64)))
-            step = float(d.mean())
-            if not np.allclose(d, step, rtol=1e-3, atol=0):
-                raise ValueError(f"the {what}'s {c} coordinates are not evenly spaced (steps {d.min():.6g}\" to "
-                                 f"{d.max():.6g}\"): resample it onto a regular grid of square pixels first")
+        step = pixel_step(ds[c].values, c, who=f" of the {what}", rtol=1e-3)
         if step is None and attr is None:
             raise ValueError(f"the {what}'s {c} coordinate has one value and no pixel_size attribute: set "
                              f"{what}['{c}'].attrs['pixel_size'] (arcsec)")

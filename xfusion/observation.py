@@ -245,8 +245,38 @@ def _center_degrees(center):
     return ra % 360.0, dec
 
 
+def pixel_step(values, dim, *, who="", rtol=REL_TOL):
+    """The spacing (arcsec) of pixel centres ``values`` along ``dim``: they must be finite and increase evenly.
+
+    The one rule every reader of an ``x``/``y`` coordinate applies (:func:`observation`, :func:`validate`,
+    :func:`axis_spacing` for a WCS, the JWST readers): differences ``d = diff(values)`` all > 0 and equal to their
+    mean ``(values[-1] - values[0]) / (n - 1)`` within ``rtol``. A descending or uneven axis is refused naming
+    ``dim`` (and ``who``, e.g. " of 'pn'") with the fix: sort it, or regrid the cube. Fewer than two values have no
+    spacing: returns None (the caller falls back on a ``pixel_size`` attribute).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size < 2:
+        return None
+    d, name = np.diff(v), f"coordinate {dim}{who}"
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} has {int(np.sum(~np.isfinite(v)))} non-finite pixel centres; give finite "
+                         "offsets (arcsec)")
+    if np.any(d <= 0):
+        order = "is descending" if np.all(d < 0) else "does not increase"
+        raise ValueError(
+            f"{name} {order} (from {v[0]:.6g} to {v[-1]:.6g} arcsec over {v.size} pixels); xfusion needs pixel "
+            f"centres increasing ({dim} grows {'north' if dim.endswith('y') else 'west'} with the pixel index): sort "
+            f"it first, e.g. ds.sortby('{dim}') (and any mask or background given with it)")
+    step = (v[-1] - v[0]) / (v.size - 1)
+    if not np.allclose(d, step, rtol=rtol, atol=0):
+        raise ValueError(
+            f"{name} is not uniformly spaced (steps {d.min():.6g} to {d.max():.6g} arcsec); xfusion needs a regular "
+            "grid: regrid the cube, or select a regular subset (e.g. isel with a constant step)")
+    return float(step)
+
+
 def axis_spacing(coord, dim=None):
-    """Pixel size (arcsec) of a spatial coordinate, from its values: they must increase uniformly (rtol 1e-6).
+    """Pixel size (arcsec) of a spatial coordinate, from its values (:func:`pixel_step`: increasing, uniform).
 
     The coordinate values win over a ``pixel_size`` attribute that disagrees with them: xarray keeps the values
     in step with the data through ``coarsen``, strided ``isel`` or ``sel``, but copies the attribute unchanged,
@@ -254,26 +284,15 @@ def axis_spacing(coord, dim=None):
     returned as is (so a fused cube's WCS is unchanged to the last digit); a single pixel has only the attribute.
     """
     dim = dim or coord.name
-    v = np.asarray(coord.values, dtype=np.float64)
     attr = coord.attrs.get("pixel_size")
-    if v.size < 2:
+    step = pixel_step(coord.values, dim)
+    if step is None:
         if attr is None:
             raise ValueError(f"coordinate {dim} has one pixel and no pixel_size attribute: give it pixel_size (arcsec)")
         return float(attr)
-    d = np.diff(v)
-    step = (v[-1] - v[0]) / (v.size - 1)
-    if not np.all(np.isfinite(d)) or step <= 0 or np.any(d <= 0):
-        raise ValueError(
-            f"coordinate {dim} does not increase (from {v[0]:.6g} to {v[-1]:.6g} arcsec over {v.size} pixels): the "
-            f"WCS has {dim} growing {'west' if dim.startswith('x') else 'north'} with the pixel index; sort it first "
-            f"(da.sortby({dim!r}))")
-    if not np.allclose(d, step, rtol=1e-6, atol=0):
-        raise ValueError(
-            f"coordinate {dim} is not uniformly spaced (steps {d.min():.6g} to {d.max():.6g} arcsec): a WCS needs a "
-            "regular grid; select a regular subset (e.g. isel with a constant step) or resample the cube")
-    if attr is not None and np.isclose(float(attr), step, rtol=1e-6, atol=0):
+    if attr is not None and np.isclose(float(attr), step, rtol=REL_TOL, atol=0):
         return float(attr)
-    return float(step)
+    return step
 
 
 def celestial_wcs(ds):
@@ -436,18 +455,10 @@ def _spatial_coord(n, size, values, dim):
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (n,):
         raise ValueError(f"coordinate {dim} has {values.size} values for {n} pixels")
-    if n > 1:
-        d = np.diff(values)
-        if np.allclose(d, -size, rtol=REL_TOL, atol=0):
-            raise ValueError(
-                f"coordinate {dim} is descending (spacing {d[0]:g} arcsec); xfusion needs it increasing. Sort the "
-                f"cube by it first, e.g. counts.sortby('{dim}') (and any mask/background given with it)."
-            )
-        if not np.allclose(d, size, rtol=REL_TOL, atol=0):
-            raise ValueError(
-                f"coordinate {dim} must be increasing with uniform spacing equal to pixel_size={size} arcsec; "
-                f"found spacings between {d.min()} and {d.max()}. Regrid the cube onto a regular grid."
-            )
+    step = pixel_step(values, dim)
+    if step is not None and not np.isclose(step, size, rtol=REL_TOL, atol=0):
+        raise ValueError(f"coordinate {dim} has pixel centres {step:g} arcsec apart but pixel_size={size:g} arcsec: "
+                         f"give pixel_size={step:g} if the coordinate values are right, or the right values")
     return (dim, values, {"units": "arcsec", "pixel_size": float(size)})
 
 
@@ -1461,22 +1472,19 @@ def _check_center_attrs(ds):
                              "or rebuild with xfusion.observation(..., center=(ra, dec))")
 
 
-def _check_uniform_pixels(ds, d, step):
-    """Refuse an ``x``/``y`` coordinate whose pixel centres (differences ``step``) are not uniformly spaced by its
+def _check_uniform_pixels(ds, d):
+    """Refuse an ``x``/``y`` coordinate whose pixel centres are not increasing evenly (:func:`pixel_step`) by its
     ``pixel_size`` attribute (rtol ``REL_TOL``), the rule :func:`observation` applies: the model uses the attribute
     and assumes a regular grid, so edited centres or an attribute left stale (e.g. by ``coarsen``) would be silently
     mislabelled."""
     name, size = ds.attrs.get("name", "?"), float(ds[d].attrs["pixel_size"])
     if not np.isfinite(size) or size <= 0:
         raise ValueError(f"coordinate {d} of '{name}' has pixel_size {size!r}; it must be a positive number (arcsec)")
-    if step.size and not np.allclose(step, step[0], rtol=REL_TOL, atol=0):
-        raise ValueError(f"coordinate {d} of '{name}' is not uniformly spaced (spacings {step.min():g} to "
-                         f"{step.max():g} arcsec); xfusion needs a regular grid. Regrid the cube (or select a regular "
-                         "subset) and rebuild it with xfusion.observation")
-    if step.size and not np.isclose(step[0], size, rtol=REL_TOL, atol=0):
+    step = pixel_step(ds[d].values, d, who=f" of '{name}'")
+    if step is not None and not np.isclose(step, size, rtol=REL_TOL, atol=0):
         raise ValueError(f"coordinate {d} of '{name}' has pixel_size attribute {size:g} arcsec but its values are "
-                         f"{step[0]:g} arcsec apart (e.g. after coarsen or a strided isel); set "
-                         f"ds['{d}'].attrs['pixel_size'] = {step[0]:g} if the values are right")
+                         f"{step:g} arcsec apart (e.g. after coarsen or a strided isel); set "
+                         f"ds['{d}'].attrs['pixel_size'] = {step:g} if the values are right")
 
 
 def _check_kernel_offsets(ds):
@@ -1531,13 +1539,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         _check_units(ds[d], "arcsec", f"coordinate {d}")
         if "pixel_size" not in ds[d].attrs:
             raise ValueError(f"coordinate {d} has no 'pixel_size' attribute (arcsec)")
-        step = np.diff(np.asarray(ds[d].values, dtype=np.float64))
-        if not pixel_obs and np.any(step <= 0):
-            order = "descending" if np.all(step < 0) else "not increasing"
-            raise ValueError(f"coordinate {d} of '{ds.attrs.get('name', '?')}' is {order}; xfusion needs pixel "
-                             f"centres increasing. Sort it, e.g. ds.sortby('{d}')")
         if not pixel_obs:
-            _check_uniform_pixels(ds, d, step)
+            _check_uniform_pixels(ds, d)
     if pixel_obs:
         for v, u in (("roll", "deg"), ("array_x", "arcsec"), ("array_y", "arcsec")):
             if v not in ds:
