@@ -442,6 +442,14 @@ def test_a_path_or_a_repeated_observation_is_named(small_toy, tmp_path):
     a, b = (xfusion.io.zarr.open(tmp_path / "x.zarr", chunks={}) for _ in range(2))
     with pytest.warns(UserWarning, match=r"observations 1 and 3 .* are the same data"):
         xfusion.fuse(a, y.chunk(), b, regularization="none", **dict(FAST, max_iter=1))
+    # session 32: the same store with other chunks, or once loaded into memory, is the same data too (compared by
+    # the store it was read from and its grid, still without reading it); two regions of one store are not
+    for other in (xfusion.io.zarr.open(tmp_path / "x.zarr", chunks={"x": -1}), b.load()):
+        assert a["counts"].data.name != getattr(other["counts"].data, "name", None)
+        with pytest.warns(UserWarning, match=r"observations 1 and 3 .* are the same data"):
+            xfusion.fuse(a, y.chunk(), other, regularization="none", **dict(FAST, max_iter=1))
+    assert not xfusion.io.zarr.same_store_counts(a.isel(x=slice(0, 6)), a.isel(x=slice(6, 12)))
+    assert not xfusion.io.zarr.same_store_counts(a, a.assign(counts=a["counts"] * 1))  # recomputed: not the store's
     import warnings
 
     with warnings.catch_warnings():

@@ -13,7 +13,7 @@ import xarray as xr
 
 from . import __version__
 from .grid import SPATIAL, SPECTRAL, fusion_grid, input_positions, require_datasets
-from .io.zarr import require_live
+from .io.zarr import require_live, same_store_counts
 from .likelihood import (FREE_FLOOR, ZERO_SUPPORT, PoissonLikelihood, free_voxels, make_term, support_by_channel,
                          support_in_memory)
 from .observation import CUBE_DIMS, check_count_values, energy_edges, is_pixel_observation
@@ -360,13 +360,18 @@ HISTORY_ATTRS = {
 
 
 def _same_counts(a, b):
-    """Whether two counts DataArrays are the same data, without reading Dask-backed ones: equal NumPy values, or the
-    same Dask array name (Dask names a collection by its content: the same store opened twice gets the same name)."""
-    if a.shape != b.shape:
+    """Whether observations ``a`` and ``b`` hold the same counts, without reading Dask-backed ones: equal NumPy values,
+    the same Dask array name (Dask names a collection by its content: the same store opened twice with the same
+    chunks gets the same name), or one store's counts read unchanged on the same grid
+    (:func:`xfusion.io.zarr.same_store_counts`: other chunks, or once in memory and once lazily)."""
+    ca, cb = a["counts"], b["counts"]
+    if ca.shape != cb.shape:
         return False
-    if isinstance(a.data, np.ndarray) and isinstance(b.data, np.ndarray):
-        return bool(np.array_equal(a.values, b.values))
-    return parallel.is_dask(a) and parallel.is_dask(b) and a.data.name == b.data.name
+    if isinstance(ca.data, np.ndarray) and isinstance(cb.data, np.ndarray) and np.array_equal(ca.values, cb.values):
+        return True
+    if parallel.is_dask(ca) and parallel.is_dask(cb) and ca.data.name == cb.data.name:
+        return True
+    return same_store_counts(a, b)
 
 
 def _check_inputs_given(observations):
@@ -380,7 +385,7 @@ def _check_inputs_given(observations):
         for j in range(i):
             b = observations[j]
             same = a is b or (a.attrs.get("name") == b.attrs.get("name") and "counts" in a and "counts" in b
-                              and _same_counts(a["counts"], b["counts"]))
+                              and _same_counts(a, b))
             if same:
                 warnings.warn(f"observations {j + 1} and {i + 1} ('{a.attrs.get('name', '?')}') are the same data: "
                               "their photons count twice in the likelihood. Pass each observation once",

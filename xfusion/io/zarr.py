@@ -31,6 +31,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from .safe_files import signals_deferred, writable_folder
@@ -140,6 +141,21 @@ def sources(*datasets):
             if isinstance(src, (str, os.PathLike)) and os.path.exists(src):
                 out.append(os.fspath(src))
     return sorted(set(out))
+
+
+def same_store_counts(a, b) -> bool:
+    """Whether observations ``a`` and ``b`` hold the counts of one store, read unchanged, on the same pixels and
+    channels: the same ``encoding["source"]`` (after resolving links), ``counts`` still carrying the encoding the
+    store gave it (a recomputed variable has none), and equal ``x``/``y``/``energy`` coordinates. It reads no data:
+    the same store opened with other ``chunks=``, or once in memory and once lazily, is recognised; two regions of
+    one store are not the same (their coordinates differ)."""
+    src = [ds.encoding.get("source") for ds in (a, b)]
+    if not all(isinstance(v, (str, os.PathLike)) for v in src) or _resolved(src[0]) != _resolved(src[1]):
+        return False
+    if not all("counts" in ds and ds["counts"].encoding.get("dtype") is not None for ds in (a, b)):
+        return False
+    return all(c in a.coords and c in b.coords and a[c].shape == b[c].shape
+               and np.array_equal(np.asarray(a[c].values), np.asarray(b[c].values)) for c in ("x", "y", "energy"))
 
 
 def check_output(path, *, inputs=(), overwrite=False, what="output store"):
