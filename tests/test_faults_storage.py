@@ -357,6 +357,20 @@ def test_deleted_state_chunk_is_refused_not_nan(small_toy, ck4):
         _ckpt_run(small_toy, ck4, resume=True)
 
 
+def test_input_store_that_lost_a_chunk_is_named(small_toy, tmp_path):
+    """Session 31 left: an input store with a chunk file deleted read back NaN and was refused as "contain NaN ...
+    pass mask=", which would hide the lost photons; the message now names the store and the likely cause (lazily on
+    Dask and loaded into memory)."""
+    x, y, _ = small_toy
+    xfusion.io.zarr.write(x, tmp_path / "x.zarr", chunks={"x": 5})
+    _chunks(tmp_path / "x.zarr", "counts")[1].unlink()
+    for chunks in ({}, None):
+        a = xfusion.io.zarr.open(tmp_path / "x.zarr", chunks=chunks)
+        with pytest.raises(ValueError, match=r"contain NaN.*read from '.*x\.zarr': a chunk file missing from a Zarr "
+                                             r"store reads back as NaN"):
+            xfusion.fuse(a, y, regularization="none", max_iter=1)
+
+
 def test_flipped_bytes_are_refused(small_toy, ck4):
     """Before: 16 flipped bytes gave a result ~2% off without a word."""
     f = _chunks(ck4, "state_z")[0]

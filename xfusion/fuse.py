@@ -1215,8 +1215,8 @@ def _build_problem(grid, observations, names, models, regularization, params, dt
         used, fractions, voxel_got = got[:n], iter(got[3 * n:3 * n + n_mask]), iter(got[3 * n + n_mask:])
         fractions = [None if k is None else next(fractions) for k in masks]
         voxel = [None if c is None else next(voxel_got) for c in voxel]
-        for name, bad, low in zip(names, got[n:2 * n], got[2 * n:3 * n]):  # (Gaussian data are refused on Dask)
-            check_count_values(name, int(bad), float(low))
+        for o, name, bad, low in zip(observations, names, got[n:2 * n], got[2 * n:3 * n]):  # (Gaussian: refused)
+            check_count_values(name, int(bad), float(low), source=o.encoding.get("source"))
         # per channel (the checks): vignetted weights enter through their mean over the pixels (> 0 where any pixel
         # sees the channel), per-pixel ARFs through theirs, and counts in voxels where a position-dependent
         # sensitivity is 0 through ``voxel``; the EM solver finds the voxels no input sees in its own sensitivity

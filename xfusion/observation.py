@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
 
 import numpy as np
 import xarray as xr
@@ -1623,7 +1624,7 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         gaussian = "variance" in ds or str(ds.attrs.get("data_term", "poisson")).lower() == "gaussian"
         n_bad = int(np.sum(~np.isfinite(counts)))
         check_count_values(ds.attrs.get("name", "?"), n_bad, float(np.min(counts, initial=0.0)) if not n_bad else 0.0,
-                           gaussian)
+                           gaussian, ds.encoding.get("source"))
     return ds
 
 
@@ -1637,14 +1638,19 @@ def check_background_values(name, rate):
                          "finite and >= 0 (count s-1 per voxel)")
 
 
-def check_count_values(name, n_nonfinite, minimum, gaussian=False):
+def check_count_values(name, n_nonfinite, minimum, gaussian=False, source=None):
     """Refuse counts with NaN/inf (``n_nonfinite`` voxels) or, unless the data are Gaussian (xfusion.gaussian: they
     may be negative), negative values (``minimum``, the smallest value or 0): :func:`validate` for in-memory counts,
-    :func:`xfusion.fuse` in the pass that first reads Dask-backed ones."""
+    :func:`xfusion.fuse` in the pass that first reads Dask-backed ones. ``source``: the store the counts were read
+    from (xarray's ``encoding["source"]``), named in the message because a chunk missing from a Zarr store reads back
+    as NaN, which masking would silently hide."""
     if n_nonfinite:
+        store = (f" They were read from '{source}': a chunk file missing from a Zarr store reads back as NaN, so if "
+                 "the store was written complete it has lost files since; rewrite it from its source rather than "
+                 "masking them." if isinstance(source, (str, os.PathLike)) else "")
         raise ValueError(f"counts of '{name}' contain NaN or inf ({int(n_nonfinite)} voxels); xfusion never patches "
                          "them silently. Set those voxels to 0 and pass mask= (False where invalid) to exclude them "
-                         "from the fit")
+                         f"from the fit.{store}")
     if minimum < 0 and not gaussian:
         raise ValueError(f"counts of '{name}' contain negative values (min {float(minimum):g}); counts must be >= 0 "
                          "(data with Gaussian errors: give their 'variance' variable)")
