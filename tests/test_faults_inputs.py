@@ -607,3 +607,20 @@ def test_inputs_that_disagree_on_the_total_are_reported(small_toy, reg):
             bad = fz(a, y100, reg, **({"chunks": (15, 15)} if lazy else {}))
         ratios = [row["ratio"] for row in json.loads(bad.attrs["count_totals"])]
         assert ratios[0] > 2 and ratios[1] < 0.5, ratios  # (6 iterations)
+
+
+def test_totals_warning_is_given_once_by_the_default_fit(small_toy):
+    """Session 32 red team: with regularization="auto" the totals warning came once from a half-data fit of the
+    tuning and again from the delivered fit; the tuning's fits on thinned halves are quiet now. The message also names
+    the band-edge cause a narrow band has (photons from true energies outside the band)."""
+    import warnings
+
+    x, y, _ = small_toy
+    for opts in ({"max_iter": 10},):  # max_iter given: the shape prior is tuned on a half-data fit of its own
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            r = xfusion.fuse(x, rebuild(y, counts=y.counts * 100), progress=False, **opts)
+        said = [str(w.message) for w in seen if "does not reproduce every input's total counts" in str(w.message)]
+        assert len(said) == 1, (opts, said)
+        assert "outside the fused band" in said[0] and "wider than the region of interest" in said[0]
+        assert json.loads(r.attrs["count_totals"])[1]["ratio"] < 0.6

@@ -1150,13 +1150,21 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
     return [r[0] for r in rows], scores, choice, extra
 
 
-def _fit_half_fuse(sp, regularization, settings, max_iter, tol, dtype):
-    from .fuse import fuse
+def _half_fuse(*observations, **options):
+    """:func:`xfusion.fuse` on thinned halves (the tuning's own fits), without its count-totals warning: the
+    delivered fit checks the totals once (inconsistent inputs warned for every half fit as well)."""
+    from .fuse import TOTALS_WARNING, fuse
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOTALS_WARNING, category=RuntimeWarning)
+        return fuse(*observations, **options)
+
+
+def _fit_half_fuse(sp, regularization, settings, max_iter, tol, dtype):
     from .operators.model import predict
 
-    r = fuse(sp.xa, sp.ya, regularization=regularization, max_iter=max_iter, tol=tol, progress=False,
-             dtype=dtype, **settings)
+    r = _half_fuse(sp.xa, sp.ya, regularization=regularization, max_iter=max_iter, tol=tol, progress=False,
+                   dtype=dtype, **settings)
     # score the delivered (non-negative) flux cube: the unclipped low-rank model W V can be <= 0 where counts are
     mods = [predict(r["flux"], o, role=role).values for o, role in ((sp.xa, SPATIAL), (sp.ya, SPECTRAL))]
     return sp.score_models(mods), r
@@ -1209,7 +1217,6 @@ def _tune_lowrank_iterations(splits, fixed, max_iter, dtype, ladder=(3, 5, 8, 12
     through the delivered flux ``max(W V, 0)`` (V the run's basis, W rescaled like the result's
     ``coefficients``).
     """
-    from .fuse import fuse
     from .operators.model import predict
 
     rungs = [n for n in ladder if n <= max_iter] or list(range(1, max_iter + 1))  # below the ladder: every one
@@ -1222,8 +1229,8 @@ def _tune_lowrank_iterations(splits, fixed, max_iter, dtype, ladder=(3, 5, 8, 12
                 snaps[it] = np.array(state["w"], copy=True)
             return False
 
-        r = fuse(sp.xa, sp.ya, regularization="lowrank", max_iter=max(rungs), tol=None, progress=False,
-                 dtype=dtype, callback=keep, **fixed)
+        r = _half_fuse(sp.xa, sp.ya, regularization="lowrank", max_iter=max(rungs), tol=None, progress=False,
+                       dtype=dtype, callback=keep, **fixed)
         coef = r["coefficients"].values.astype(np.float64)
         w_end = snaps[max(rungs)].astype(np.float64)
         big = np.abs(coef) > 1e-6 * np.abs(coef).max()
@@ -1728,7 +1735,7 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     rows of the suite CSV) +0.22 to +0.29 dB per set, all of it on the continuum-only (synchrotron) scenes, +1.1 to
     +1.8 dB per kind; line scenes unchanged on average (-0.13 to +0.05 dB per kind).
     """
-    from .fuse import MAX_ITER, fuse
+    from .fuse import MAX_ITER
     from .regularizers.shape import shrink_ladder
 
     if half_fit and half_fit.get("z") is not None:  # the tuning's own iterate: nothing to fit
@@ -1744,7 +1751,7 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
                                   "why": f"the half-data fit would run {n_half} iterations, more than "
                                          f"{SHAPE_MAX_HALF_ITER}"}
         sp = _splits(list(observations), fraction, 1, seed, dtype)[0]
-        res = fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
+        res = _half_fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
         z, source = np.asarray(res["flux"].transpose("x", "y", "energy").values, dtype=np.float64) * sp.scale, "a fit"
     counts = float(sum(np.sum(t.data, dtype=np.float64) for t in sp.terms))
     models = {n0: _predicted(sp, c.astype(sp.dtype)) for n0, c in shrink_ladder(z, counts, SHAPE_LADDER)}
