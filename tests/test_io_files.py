@@ -17,7 +17,7 @@ from astropy.wcs import WCS
 
 import xfusion
 from xfusion.io.ogip_write import write_arf, write_rmf
-from xfusion.io.observation_files import align, observation_from_files
+from xfusion.io.observation_files import align, common_channel_edges, observation_from_files
 from xfusion.io.ogip_read import edges_coords
 from xfusion.observation import energy_edges
 from xfusion.operators.response import kernel_matrix
@@ -345,6 +345,24 @@ def test_align_advice_for_misaligned_edges_works(tmp_path):
     pn24 = observation_from_files(energy_edges=[6.0, 6.2], pixel_size=4.0, shape=(24, 24), name="pn", **kw)
     a, b = align(pn24, rs)  # following the advice works
     assert a.sizes["x"] == 24 and b.sizes["x"] == 6
+
+
+def test_no_common_channel_edges_is_said_and_too_few_energy_edges_refused(tmp_path):
+    """Session 32 red team: common_channel_edges returned [] silently when no RMF edge falls on the other grid, and
+    observation_from_files(energy_edges=[]) then crashed with a bare IndexError. Now the empty result is explained
+    (the band, both grids, the nearest offset) and fewer than 2 edges are refused before any event is read."""
+    path = _pn_uniform_events(tmp_path / "pn.evt", seed=5, half_width=20, n=200)
+    rmf = _rmf_da(np.eye(12, 200, k=118), np.linspace(5.9, 6.5, 13), 0.05 * np.arange(201))   # 50 eV channels
+    fine = xfusion.observation(np.ones((2, 2, 16)), dims=("x", "y", "energy"), pixel_size=16.0, exposure=1.0,
+                               energy_edges=6.0125 + 0.025 * np.arange(17), name="fine")  # half a channel off
+    with pytest.warns(UserWarning, match=r"0 channel edge\(s\) of RMF .*'fine' \(16 channels of 0.025 keV, "
+                                         r"6.0125-6.4125 keV; the RMF has 8 EBOUNDS edges.*0.5 fine channel off"):
+        ce = common_channel_edges(rmf, fine)
+    assert ce.size == 0
+    for edges in (ce, [6.0], np.array(6.0)):
+        with pytest.raises(ValueError, match=r"pn.evt: energy_edges must hold at least 2 .*band=\(emin, emax\)"):
+            observation_from_files(events=path, rmf=rmf, energy_edges=edges, pixel_size=4.0, center=(RA0, DEC0),
+                                   shape=(4, 4))
 
 
 def test_real_responses(tmp_path):

@@ -91,6 +91,14 @@ def _ebounds(sp):
 
 def _channel_indices(edges, eb, label):
     """Indices of EBOUNDS edges ``eb`` matching the requested ``edges`` (snapped within _SNAP channel)."""
+    if edges.ndim != 1 or edges.size < 2:
+        raise ValueError(
+            f"{label}: energy_edges must hold at least 2 increasing energies (keV), the edges of the counts channels "
+            f"among the RMF's EBOUNDS edges; got {edges.size} value(s) {edges.ravel()[:2].tolist()}. (An empty "
+            "common_channel_edges(...) means this RMF has no channels whose edges fall on the other grid in its band; "
+            "its warning says why.) Give 2 or more EBOUNDS edges, or omit energy_edges and use band=(emin, emax) "
+            "with group= or grouping="
+        )
     idx = np.clip(np.searchsorted(eb, edges), 1, eb.size - 1)
     idx = np.where(np.abs(eb[idx - 1] - edges) <= np.abs(eb[idx] - edges), idx - 1, idx)
     width = np.diff(eb)[np.clip(idx, 0, eb.size - 2)]
@@ -169,12 +177,29 @@ def common_channel_edges(rmf, obs):
     instrument so that its channels group whole channels of the fine one (float32
     EBOUNDS tolerated, see :func:`xfusion.observation.edge_tolerance`).
     """
-    eb = _ebounds(_sparse_rmf(rmf))
+    sp = _sparse_rmf(rmf)
+    eb = _ebounds(sp)
     ef = _edges_of(obs)
-    tol = edge_tolerance(eb, np.min(np.diff(ef)))
+    w = float(np.min(np.diff(ef)))
+    tol = edge_tolerance(eb, w)
     j = np.clip(np.searchsorted(ef, eb), 1, ef.size - 1)
     near = np.minimum(np.abs(ef[j - 1] - eb), np.abs(ef[j] - eb))
-    return eb[near <= tol]
+    common = eb[near <= tol]
+    if common.size < 2:
+        band = (eb >= ef[0]) & (eb <= ef[-1])
+        widths = np.diff(eb)[np.clip(np.flatnonzero(band), 0, eb.size - 2)]
+        grid = (f"{band.sum()} EBOUNDS edges, channels {widths.min():.4g}-{widths.max():.4g} keV, the nearest "
+                f"{near[band].min() / w:.3g} fine channel off" if band.any() else "no EBOUNDS edge")
+        warnings.warn(
+            f"common_channel_edges: {common.size} channel edge(s) of RMF {sp.attrs.get('file', '')!r} coincide "
+            f"with channel edges of '{obs.attrs.get('name', 'obs')}' ({ef.size - 1} channels of {w:.4g} keV, "
+            f"{ef[0]:.6g}-{ef[-1]:.6g} keV; the RMF has {grid} there), within {float(tol.max()):.3g} keV: no channel "
+            "of this RMF groups whole channels of the other observation in this band, and the empty result is no "
+            "energy_edges= (observation_from_files refuses it). Fuse a band where the two instruments' channel edges "
+            "coincide",
+            stacklevel=2,
+        )
+    return common
 
 
 def _in_counts_layout(arr, counts, what, dims):
