@@ -365,6 +365,18 @@ def test_no_common_channel_edges_is_said_and_too_few_energy_edges_refused(tmp_pa
                                    shape=(4, 4))
 
 
+def test_file_without_events_extension_named_with_or_without_rmf(tmp_path):
+    """Session 32 red team: with rmf= the instrument detection read hdul["EVENTS"] first and gave astropy's bare
+    KeyError; both paths now give read_events' message naming the file's HDUs."""
+    path = tmp_path / "stdevt.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column(name="PI", format="J", array=np.arange(3))], name="STDEVT")]).writeto(path)
+    rmf = _rmf_da(np.eye(12, 200, k=118), np.linspace(5.9, 6.5, 13), 0.05 * np.arange(201))
+    for kw in (dict(energy_edges=[6.0, 6.2]), dict(rmf=rmf, band=(6.0, 6.4), group=2)):
+        with pytest.raises(ValueError, match=r"stdevt.fits: no 'EVENTS' extension; HDUs: \['PRIMARY', 'STDEVT'\]"):
+            observation_from_files(events=path, pixel_size=4.0, center=(RA0, DEC0), shape=(4, 4), **kw)
+
+
 def test_real_responses(tmp_path):
     """EPIC-pn RMF/ARF and a real PSF image: band/grouping on real EBOUNDS, dense RMF kept small."""
     need = [DATA / f for f in ("epn_ff20_dY9.rmf", "pn_pi_src.arf", "psf_f1_norm_0.25pix.fits", "xrs_mucal.rmf")]

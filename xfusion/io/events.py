@@ -242,6 +242,14 @@ def _snap_pi_edges(edges_kev, kev_per_unit):
     return np.where(np.abs(e - r) <= _PI_SNAP, r, e)
 
 
+def _events_hdu(hdul, hdu, label):
+    """The events extension ``hdu`` of an open FITS file; a ValueError naming the file's HDUs if it has none."""
+    try:
+        return hdul[hdu]
+    except KeyError as exc:
+        raise ValueError(f"{label}: no {hdu!r} extension; HDUs: {[h.name for h in hdul]}.") from exc
+
+
 def _detect_instrument(header, label):
     tel = str(header.get("TELESCOP", "")).strip().upper()
     ins = str(header.get("INSTRUME", "")).strip().upper()
@@ -461,12 +469,7 @@ def read_events(
             raise ValueError("channel_edges needs pi_per_channel (PI values per channel, a positive integer)")
 
     with fits.open(path, memmap=False) as hdul:
-        try:
-            ev = hdul[hdu]
-        except KeyError as exc:
-            raise ValueError(
-                f"{label}: no {hdu!r} extension; HDUs: {[h.name for h in hdul]}."
-            ) from exc
+        ev = _events_hdu(hdul, hdu, label)
         header = ev.header
         if instrument is None:
             instrument, ins_name = _detect_instrument(header, label)

@@ -38,7 +38,7 @@ from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_gr
 from ..observation import (REL_TOL, _center_degrees, _full_response_refused, clip_negative_rows, edge_tolerance,
                            energy_edges as _edges_of, is_full_response, observation, pixel_size as _pixel_size,
                            seam_gaps, split_full_response)
-from .events import INSTRUMENTS, _detect_instrument, read_events
+from .events import INSTRUMENTS, _detect_instrument, _events_hdu, read_events
 from .ogip_read import SparseRMF, edges_coords, read_arf, read_rmf
 from .psf import read_psf
 
@@ -606,7 +606,7 @@ def observation_from_files(
         ins = instrument
         if ins is None:
             with fits.open(events, memmap=False) as hdul:
-                ins = _detect_instrument(hdul["EVENTS"].header, label)[0]
+                ins = _detect_instrument(_events_hdu(hdul, "EVENTS", label).header, label)[0]
         cfg = INSTRUMENTS.get(ins, {})
         if cfg.get("pi"):
             k = _pi_per_channel(sp, cfg["kev_per_unit"])
