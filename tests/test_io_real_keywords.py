@@ -24,7 +24,7 @@ from xfusion.io.ogip_write import write_pha, write_pha2, write_pha2_from_result
 from xfusion.io.observation_files import common_channel_edges, observation_from_files
 from xfusion.io.ogip_read import OGIPError, SparseRMF, edges_coords, read_arf, read_pha, read_rmf
 from xfusion.io.psf import read_psf, read_psf_stack
-from xfusion.observation import edge_tolerance, energy_edges
+from xfusion.observation import NEST_TOL, edge_tolerance, energy_edges
 from xfusion.operators.response import ResponseMatrix, rmf_on_grid
 
 from conftest import require_data
@@ -347,15 +347,16 @@ def test_grouping_and_common_channel_edges(tmp_path):
     np.testing.assert_array_equal(ee, e[np.append(inside[[0, 10, 15, 40, 100]], inside[-1] + 1)])
     with pytest.raises(ValueError, match="one flag per RMF channel"):
         observation_from_files(events=path, rmf=EPN_RMF, band=(2.0, 3.0), grouping=flags[:-1], **GRID)
-    # edges of the pn RMF that fall on a (float32) 0.5-eV grid: all of them above 3 keV
+    # edges of the pn RMF that fall on a (float32) 0.5-eV grid within 1 % of a channel (NEST_TOL)
     fine = _obs((3.0 + 0.5e-3 * np.arange(2001)).astype(np.float32).astype(np.float64), 6.0, 2, "fine")
     common = common_channel_edges(EPN_RMF, fine)
     ef = energy_edges(fine)
     in_band = e[(e >= 3.0 - 1e-6) & (e <= 4.0 + 1e-6)]
-    on_grid = [x for x in in_band if np.min(np.abs(ef - x)) <= 1e-3 * 0.5e-3 + 2.4e-7 * x]
+    on_grid = [x for x in in_band if np.min(np.abs(ef - x)) <= NEST_TOL * 0.5e-3 + 2.4e-7 * x]
     np.testing.assert_array_equal(common, on_grid)
-    # pn EBOUNDS are 5 eV x channel from 3.2 keV up (below, nominal energies drift by up to 5e-6 keV)
-    assert common[-1] == pytest.approx(4.0) and common.size >= 160
+    # pn EBOUNDS are 5 eV x channel from 3.2 keV up; below, nominal energies drift by up to 5.5e-6 keV at 3.0-3.2 keV
+    # (1.1 % of a 0.5 eV channel, inside NEST_TOL with float32 rounding): every 5 eV edge of 3-4 keV nests
+    assert common[0] == pytest.approx(3.0, abs=1e-5) and common[-1] == pytest.approx(4.0) and common.size == 201
 
 
 # --------------------------------------------------------------------------- responses

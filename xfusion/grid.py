@@ -7,9 +7,10 @@ must be integers and the bin edges must line up:
 * spatial: ``v = pixel_Y / pixel_X`` integer, ``M = v m``, ``N = v n`` and the first pixel
   edges coincide (both grids cover the same field);
 * spectral: every X channel is exactly ``v_L`` consecutive Y channels
-  (``edges_Y[::v_L] == edges_X`` within :func:`xfusion.observation.edge_tolerance`: 0.1 % of
-  the narrowest Y channel plus float32 rounding, so float32 EBOUNDS edges match); channel
-  widths may vary along energy.
+  (``edges_Y[::v_L] == edges_X`` within :func:`xfusion.observation.edge_tolerance` with
+  ``NEST_TOL``: 1 % of the narrowest Y channel plus float32 rounding, so float32 EBOUNDS and
+  EBOUNDS a few meV off round values match; :data:`xfusion.observation.NEST_TOL` gives the
+  flux cost); channel widths may vary along energy.
 
 Anything else is a ``ValueError`` naming the coordinate, both values and the fix.
 """
@@ -21,7 +22,8 @@ import numpy as np
 import xarray as xr
 
 from .psf_sampling import resample_psf
-from .observation import REL_TOL, check_spectral_units, edge_tolerance, energy_edges, is_pixel_observation, pixel_size, validate
+from .observation import (NEST_TOL, REL_TOL, check_spectral_units, edge_tolerance, energy_edges, is_pixel_observation,
+                          pixel_size, validate)
 
 SPATIAL, SPECTRAL = "spatial", "spectral"
 
@@ -203,7 +205,7 @@ def _spectral_factor(x_obs, y_obs):
             "channels (one grouping factor for the band): regroup the channels so they do"
         )
     v = lY // lX
-    tol = edge_tolerance(eX, np.min(np.diff(eY)))  # 0.1% of a fine channel + float32 rounding
+    tol = edge_tolerance(eX, np.min(np.diff(eY)), NEST_TOL)  # 1% of a fine channel + float32 rounding
     bad = np.flatnonzero(np.abs(eY[::v] - eX) > tol)
     if bad.size:
         i = int(bad[0])

@@ -35,9 +35,9 @@ import numpy as np
 import xarray as xr
 
 from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_grid
-from ..observation import (REL_TOL, _center_degrees, _full_response_refused, clip_negative_rows, edge_tolerance,
-                           energy_edges as _edges_of, is_full_response, observation, pixel_size as _pixel_size,
-                           seam_gaps, split_full_response)
+from ..observation import (NEST_TOL, REL_TOL, _center_degrees, _full_response_refused, clip_negative_rows,
+                           edge_tolerance, energy_edges as _edges_of, is_full_response, observation,
+                           pixel_size as _pixel_size, seam_gaps, split_full_response)
 from .events import INSTRUMENTS, _detect_instrument, _events_hdu, read_events
 from .ogip_read import SparseRMF, edges_coords, read_arf, read_rmf
 from .psf import read_psf
@@ -174,14 +174,17 @@ def common_channel_edges(rmf, obs):
     """EBOUNDS edges (keV) of ``rmf`` that coincide with channel edges of observation ``obs``.
 
     Use them as ``energy_edges=`` of :func:`observation_from_files` for the coarse
-    instrument so that its channels group whole channels of the fine one (float32
-    EBOUNDS tolerated, see :func:`xfusion.observation.edge_tolerance`).
+    instrument so that its channels group whole channels of the fine one. Edges coincide
+    within 1 % of a fine channel (:data:`xfusion.observation.NEST_TOL`, the tolerance of
+    :func:`align` and :func:`xfusion.fusion_grid`; float32 EBOUNDS and e.g. EPIC-pn's edges
+    a few meV off a 1 eV grid match). Where no RMF edge nests (EPIC-pn below 3 keV against a
+    1 eV grid: edges up to 0.5 eV off), fewer edges come back, and fewer than 2 with a warning.
     """
     sp = _sparse_rmf(rmf)
     eb = _ebounds(sp)
     ef = _edges_of(obs)
     w = float(np.min(np.diff(ef)))
-    tol = edge_tolerance(eb, w)
+    tol = edge_tolerance(eb, w, NEST_TOL)
     j = np.clip(np.searchsorted(ef, eb), 1, ef.size - 1)
     near = np.minimum(np.abs(ef[j - 1] - eb), np.abs(ef[j] - eb))
     common = eb[near <= tol]
@@ -193,10 +196,10 @@ def common_channel_edges(rmf, obs):
         warnings.warn(
             f"common_channel_edges: {common.size} channel edge(s) of RMF {sp.attrs.get('file', '')!r} coincide "
             f"with channel edges of '{obs.attrs.get('name', 'obs')}' ({ef.size - 1} channels of {w:.4g} keV, "
-            f"{ef[0]:.6g}-{ef[-1]:.6g} keV; the RMF has {grid} there), within {float(tol.max()):.3g} keV: no channel "
-            "of this RMF groups whole channels of the other observation in this band, and the empty result is no "
-            "energy_edges= (observation_from_files refuses it). Fuse a band where the two instruments' channel edges "
-            "coincide",
+            f"{ef[0]:.6g}-{ef[-1]:.6g} keV; the RMF has {grid} there) within {NEST_TOL:.0%} of a fine channel: no "
+            "channel of this RMF groups whole channels of the other observation in this band, and fewer than 2 edges "
+            "are no energy_edges= (observation_from_files refuses them). Fuse a band where the two instruments' "
+            "channel edges coincide",
             stacklevel=2,
         )
     return common
@@ -710,7 +713,7 @@ def _spatial_crop(fine, coarse, dim, v):
 def _spectral_crop(sharp, coarse):
     """Channel slices (sharp-spectral, coarse) on the common band with coinciding edges."""
     ef, ec = _edges_of(sharp), _edges_of(coarse)
-    tols = edge_tolerance(ec, np.min(np.diff(ef)))  # float32 EBOUNDS match, real offsets do not
+    tols = edge_tolerance(ec, np.min(np.diff(ef)), NEST_TOL)  # within 1% of a fine channel (NEST_TOL)
     tol = float(tols.max())
     pos = np.searchsorted(ef, ec)
     idx = np.full(ec.size, -1)
@@ -748,9 +751,11 @@ def _spectral_crop(sharp, coarse):
         warnings.warn(
             f"align: {int(np.sum(common & ~kept))} channel(s) of '{_name(coarse, 'coarse')}' inside the common band "
             f"were dropped because their edges do not coincide with whole groups of '{_name(sharp, 'sharp')}' "
-            f"channels; kept {ec[k0]:.4g}-{ec[k1]:.4g} keV. To keep them, rebuild '{_name(coarse, 'coarse')}' "
-            "with observation_from_files(..., energy_edges=xfusion.io.observation_files.common_channel_edges(<its rmf>, "
-            f"<'{_name(sharp, 'sharp')}'>))",
+            f"channels; kept {ec[k0]:.4g}-{ec[k1]:.4g} keV. Those of its RMF channel edges that lie within 1% of a "
+            f"fine channel of '{_name(sharp, 'sharp')}' channel edges are kept by rebuilding "
+            f"'{_name(coarse, 'coarse')}' with observation_from_files(..., "
+            "energy_edges=xfusion.io.observation_files.common_channel_edges(<its rmf>, "
+            f"<'{_name(sharp, 'sharp')}'>)) (it warns when fewer than 2 do)",
             stacklevel=3,
         )
     return slice(int(idx[k0]), int(idx[k1])), slice(k0, k1)
@@ -764,8 +769,9 @@ def align(obs_a, obs_b):
     cropped to the largest field tiled by whole coarse pixels whose edges coincide with
     fine pixel edges (fine = factor x coarse pixels along x and y). In energy, both are
     cropped to the longest run of coarse channels whose edges coincide with fine channel
-    edges, each holding the same number of fine channels (usually the common band; a
-    warning names channels of the common band dropped for misaligned edges). Every
+    edges (within 1 % of a fine channel, :data:`xfusion.observation.NEST_TOL`), each holding
+    the same number of fine channels (usually the common band; a warning names channels of
+    the common band dropped for misaligned edges). Every
     variable sharing the cropped dims (counts, mask, vignetted area, RMF columns) is
     cropped with them.
 
