@@ -624,3 +624,6 @@ def test_totals_warning_is_given_once_by_the_default_fit(small_toy):
         assert len(said) == 1, (opts, said)
         assert "outside the fused band" in said[0] and "wider than the region of interest" in said[0]
         assert json.loads(r.attrs["count_totals"])[1]["ratio"] < 0.6
+        assert "stopped before converging" not in said[0]  # the tuning chose the count
+    with pytest.warns(RuntimeWarning, match=r"Or the fit stopped before converging \(3 iterations, max_iter\)"):
+        xfusion.fuse(x, rebuild(y, counts=y.counts * 100), regularization="none", max_iter=3, progress=False)
