@@ -24,7 +24,7 @@ import xarray as xr
 
 from .fuse import FLUX_UNITS, fuse
 from .grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
-from .observation import CUBE_DIMS
+from .observation import CUBE_DIMS, energy_edges
 from .operators.model import build_model
 
 
@@ -56,9 +56,20 @@ def _fill_masked(z, seen):
     return np.where(seen, z, mean)
 
 
+def _channel_spread(coarse, fine):
+    """(coarse channels, fine channels) matrix: the fraction of each coarse channel's energy range in each fine
+    channel, ``|[lo_i, hi_i] & [lo_j, hi_j]| / (hi_i - lo_i)`` (a coarse channel partly outside the fine band spreads
+    only the part inside)."""
+    lo = np.maximum(coarse[:-1, None], fine[None, :-1])
+    hi = np.minimum(coarse[1:, None], fine[None, 1:])
+    return np.clip(hi - lo, 0.0, None) / np.diff(coarse)[:, None]
+
+
 def upsample_spatial(obs_a, obs_b):
     """X upsampled in energy: its counts spread evenly over the ``v`` fine channels of each channel, divided by
-    exposure x area, ``z = repeat(c - B, v) / v / w`` (ph cm-2 s-1 per voxel; background and mask: module notes)."""
+    exposure x area, ``z = repeat(c - B, v) / v / w`` (ph cm-2 s-1 per voxel; background and mask: module notes).
+    Channels that are no integer grouping of the fused ones (``spectral_model`` "rmf", :func:`xfusion.fusion_grid`)
+    are spread by their overlap with each fused channel (:func:`_channel_spread`), the same rule in general form."""
     grid = fusion_grid(obs_a, obs_b)
     x_obs, _, _ = assign_roles(obs_a, obs_b)
     v = grid.attrs["spectral_factor"]
@@ -67,6 +78,12 @@ def upsample_spatial(obs_a, obs_b):
     valid = _valid(x_obs)
     if valid is not None:
         c = np.where(valid, c, 0.0)
+    if grid.attrs.get("spectral_model") == "rmf":
+        S = _channel_spread(energy_edges(x_obs), energy_edges(grid))
+        z = (c @ S) / w
+        if valid is not None:
+            z = _fill_masked(z, (valid.astype(np.float64) @ (S > 0)) > 0)
+        return _label(grid, z, "X upsampled in energy")
     z = np.repeat(c, v, axis=-1) / v / w
     if valid is not None:
         z = _fill_masked(z, np.repeat(valid, v, axis=-1))

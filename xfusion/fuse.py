@@ -1669,9 +1669,10 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
         "elapsed_s": float(elapsed),
         "loop_elapsed_s": float(loop_elapsed),
         # of this call: a resumed run's loop time over the iterations it ran, not over all n_iter
-        "seconds_per_iteration": float(loop_elapsed) / max(int(n_run), 1),
+        "seconds_per_iteration": float(loop_elapsed) / int(n_run) if int(n_run) > 0 else 0.0,
         "resumed_from_iteration": int(n_iter) - int(n_run),
         **{k: grid.attrs[k] for k in ("spatial_factor", "spectral_factor", "spatial_obs", "spectral_obs", "order",
                                        "pixel_size")},
+        "spectral_model": grid.attrs.get("spectral_model", "rebin"),
     })
     return ds

@@ -220,6 +220,34 @@ def _spectral_factor(x_obs, y_obs):
     return v
 
 
+def has_matrix_response(obs) -> bool:
+    """Whether ``obs`` carries a full redistribution matrix (``response`` of kind "matrix": an RMF over
+    ``energy_true`` x its channels), which maps any fused channels onto its own."""
+    return "response" in obs and obs["response"].attrs.get("kind") == "matrix"
+
+
+def _spectral_grouping(x_obs, y_obs):
+    """``(factor, model)`` of a coarse observation's channels on the fine grid of ``y_obs``.
+
+    ``(v, "rebin")`` when every coarse channel holds ``v`` whole fine channels (:func:`_spectral_factor`). Else,
+    when ``x_obs`` carries a full RMF (:func:`has_matrix_response`), ``(nominal, "rmf")``: its model is that RMF
+    applied to the fused channels (rows picked at their centres, :func:`xfusion.operators.response.rmf_on_grid`),
+    which needs no edge to line up -- e.g. EPIC-pn's EBOUNDS below ~2.3 keV, irregular and up to half a
+    microcalorimeter channel off a 1 eV grid; ``nominal`` = the ratio of the median channel widths (plots and the
+    upsampled-X baseline's labels only). Anything else raises :func:`_spectral_factor`'s error."""
+    try:
+        return _spectral_factor(x_obs, y_obs), "rebin"
+    except ValueError:
+        if not has_matrix_response(x_obs):
+            raise
+    eX, eY = energy_edges(x_obs), energy_edges(y_obs)
+    if eX[-1] <= eY[0] or eX[0] >= eY[-1]:
+        raise ValueError(f"coordinate energy: the channels of '{_name(x_obs, 'X')}' ({eX[0]:.6g}-{eX[-1]:.6g} keV) "
+                         f"do not overlap the fused band of '{_name(y_obs, 'Y')}' ({eY[0]:.6g}-{eY[-1]:.6g} keV): "
+                         "give observations of one band (xfusion.io.align crops both to their common band)")
+    return max(1, int(round(float(np.median(np.diff(eX))) / float(np.median(np.diff(eY)))))), "rmf"
+
+
 def require_datasets(observations):
     """Refuse an input that is not an observation Dataset (e.g. a store's path), saying how to get one."""
     import os
@@ -238,7 +266,10 @@ def fusion_grid(*observations) -> xr.Dataset:
     observation), ``energy``, ``energy_lo``, ``energy_hi`` (keV, from the sharp-spectral
     one), the sharp-spectral instrument's PSF resampled to the fused pixel scale as
     variable ``psf`` (when it has one), and attrs ``spatial_factor`` (v_M = v_N),
-    ``spectral_factor`` (v_L), ``spatial_obs`` / ``spectral_obs`` (names), ``order``
+    ``spectral_factor`` (v_L), ``spectral_model`` ("rebin": every sharp-spatial channel is ``v_L``
+    whole fused channels; "rmf": it is not, and its full RMF maps the fused channels onto its own,
+    ``spectral_factor`` then being the nominal ratio of the median widths, :func:`_spectral_grouping`),
+    ``spatial_obs`` / ``spectral_obs`` (names), ``order``
     ("ab" if the first observation is the sharp-spatial one, with two inputs), ``pixel_size``,
     ``roles`` (JSON: per input, in the order given, its ``name`` and how it enters the model:
     ``"spatial"``/``"spectral"`` for the pair that sets the grid, and for further inputs
@@ -371,7 +402,7 @@ def _extra_role(grid, o, name):
                          _fusion_center_fix(_tangent_point(grid)))
     if _same(o["x"].values, grid["x"].values) and _same(o["y"].values, grid["y"].values):
         try:
-            _spectral_factor(o.assign_attrs(name=name), grid.assign_attrs(name="the fused grid"))
+            _spectral_grouping(o.assign_attrs(name=name), grid.assign_attrs(name="the fused grid"))
         except ValueError as exc:
             raise ValueError(f"'{name}' lies on the fused pixels but its channels are not an integer grouping of "
                              f"{chans}: {exc}") from None
@@ -397,7 +428,10 @@ def _explain(grid, observations, roles):
              f"energy: from '{a['spectral_obs']}' ({grid.sizes['energy']} channels, median "
              f"{_median_width(sy) * 1e3:.4g} eV, the narrowest)" + (
                  f"; a detector-pixel tile (centre ({a['footprint_center_x']:.4g}, {a['footprint_center_y']:.4g}) "
-                 f"arcsec, roll {a['footprint_roll']:.4g} deg)" if a.get("spatial_model") == "footprint" else "")]
+                 f"arcsec, roll {a['footprint_roll']:.4g} deg)" if a.get("spatial_model") == "footprint" else "")
+             + ("" if a.get("spectral_model", "rebin") == "rebin" else
+                f"; the channels of '{a['spatial_obs']}' are no integer grouping of them: its RMF maps the fused "
+                "channels onto its own")]
     how = {PIXELS: "on the fused pixels: its own response, area (and PSF relative to the fused resolution, if given)",
            CHANNELS: "on the fused channels: its own PSF, pixel grouping and area",
            FOOTPRINT: "detector-pixel tile: exact footprint of its pixels (own pointing and roll) after its PSF; "
@@ -429,7 +463,7 @@ def _pair_grid(obs_a, obs_b) -> xr.Dataset:
         vs = max(int(round(pixel_size(y_obs) / pixel_size(x_obs))), 1)
     else:
         vs = _spatial_factor(x_obs, y_obs)
-    vl = _spectral_factor(x_obs, y_obs)
+    vl, spectral_model = _spectral_grouping(x_obs, y_obs)
     grid = xr.Dataset(
         coords={
             "x": x_obs["x"].variable.copy(),
@@ -446,6 +480,7 @@ def _pair_grid(obs_a, obs_b) -> xr.Dataset:
             "order": order,
             "pixel_size": pixel_size(x_obs),
             "spatial_model": "footprint" if footprint else "rebin",
+            "spectral_model": spectral_model,
         },
     )
     if footprint:

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_grid
+from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_grid, has_matrix_response
 from ..observation import (NEST_TOL, REL_TOL, _center_degrees, _full_response_refused, clip_negative_rows,
                            edge_tolerance, energy_edges as _edges_of, is_full_response, observation,
                            pixel_size as _pixel_size, seam_gaps, split_full_response)
@@ -711,10 +711,23 @@ def _spatial_crop(fine, coarse, dim, v):
 
 
 def _spectral_crop(sharp, coarse):
-    """Channel slices (sharp-spectral, coarse) on the common band with coinciding edges."""
+    """Channel slices (sharp-spectral, coarse) on the common band with coinciding edges; a coarse observation with
+    a full RMF (:func:`xfusion.grid.has_matrix_response`) keeps every channel inside the common band, edges lined up
+    or not (its RMF maps the fused channels onto them), and the fine channels are those overlapping its channels."""
     ef, ec = _edges_of(sharp), _edges_of(coarse)
     tols = edge_tolerance(ec, np.min(np.diff(ef)), NEST_TOL)  # within 1% of a fine channel (NEST_TOL)
     tol = float(tols.max())
+    if has_matrix_response(coarse):
+        inside = np.flatnonzero((ec[:-1] >= ef[0] - tol) & (ec[1:] <= ef[-1] + tol))
+        if inside.size == 0:
+            raise ValueError(
+                f"coordinate energy: no channel of '{_name(coarse, 'coarse')}' ({ec[0]:.4g}-{ec[-1]:.4g} keV) lies "
+                f"inside the band of '{_name(sharp, 'sharp')}' ({ef[0]:.4g}-{ef[-1]:.4g} keV): give observations "
+                "of one band (band= of observation_from_files)")
+        k0, k1 = int(inside[0]), int(inside[-1]) + 1
+        f0 = int(np.searchsorted(ef, ec[k0] + tol, side="left")) - 1
+        f1 = int(np.searchsorted(ef, ec[k1] - tol, side="right"))
+        return slice(max(f0, 0), min(f1, ef.size - 1)), slice(k0, k1)
     pos = np.searchsorted(ef, ec)
     idx = np.full(ec.size, -1)
     for k, (e, p) in enumerate(zip(ec, pos)):

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sps
 import xarray as xr
 
-from ..grid import PIXELS, SPATIAL, SPECTRAL, _spatial_factor, _spectral_factor, footprint_geometry, psf_on_grid
+from ..grid import PIXELS, SPATIAL, SPECTRAL, _spatial_factor, _spectral_grouping, footprint_geometry, psf_on_grid
 from ..observation import (CUBE_DIMS, check_background_values, edge_tolerance, energy_edges, is_pixel_observation,
                            pixel_size, validate)
 from .area import AreaMap, Scale
@@ -316,7 +316,7 @@ def build_model(grid, obs, role) -> InstrumentModel:
     if is_pixel_observation(obs):
         raise ValueError("a detector-pixel observation can only be the sharp-spectral instrument (role 'spectral')")
     if role == SPATIAL:
-        vl = _spectral_factor(obs, grid)
+        vl = _spectral_grouping(obs, grid)[0]  # not used with a full RMF (its rows on the fused channels)
         w = _area_on_grid(obs, fine, hw, 1, t)
         spectral, spatial = _spectral_op(obs, fine, vl), None
     elif role == SPECTRAL:
