@@ -467,9 +467,8 @@ def _precheck(observations, params, lowrank):
         term = make_term(o, model, np.float64)
         support_in_memory(term, name, energy_edges(o))
         sums.append(float(np.sum(term.data if term.weight is None else term.data * term.weight, dtype=np.float64)))
-    if lowrank and sums[1] == 0 and sums[0] > 0:
-        raise ValueError(f"'{names[1]}' has no counts: the low-rank basis is estimated from its spectra, so there is "
-                         "no spectral subspace; use regularization='wavelet2d1d'")
+    if lowrank and sums[0] > 0:
+        _check_basis_counts(names, sums, _sharp_spectral(grid, len(models)))
     return grid, obs, names, models, sums
 
 
@@ -1280,33 +1279,58 @@ def _unexplained_by_voxel(models, data, masks, chunks, client):
     return out
 
 
+def _sharp_spectral(grid, n):
+    """Model indices (model order, ``n`` models) of the sharp-spectral inputs, whose spectra give the low-rank basis:
+    the input that set the fused channels and the further inputs on them (images on the fused channels,
+    detector-pixel tiles) -- the same set whichever of them is given first."""
+    groups = _role_groups(grid, n)
+    return [1] if groups is None else [j for j, g in enumerate(groups) if g == "spectral"]
+
+
+def _check_basis_counts(names, sums, sharp):
+    """Refuse a low-rank fit whose sharp-spectral inputs (model indices ``sharp``) have no counts; returns their
+    names for messages ("'A' and 'B'")."""
+    said = " and ".join(f"'{names[j]}'" for j in sharp)
+    if not any(sums[j] for j in sharp):
+        raise ValueError(f"{said} {'has' if len(sharp) == 1 else 'have'} no counts: the low-rank basis is estimated "
+                         "from the sharp-spectral spectra, so there is no spectral subspace; use "
+                         "regularization='wavelet2d1d'")
+    return said
+
+
 def _subspace_solver(problem, spec, params, start, init_record):
-    """Stages 2-3, low-rank family: the spectral basis from the sharp-spectral spectra, the solver and W0."""
-    grid, (mx, my), (xd, yd) = problem.grid, problem.models[:2], problem.data[:2]
+    """Stages 2-3, low-rank family: the spectral basis from the spectra of every sharp-spectral input (the one that
+    set the fused channels and the further inputs on them: :func:`_sharp_spectral`), the solver and W0."""
+    grid, mx, xd = problem.grid, problem.models[0], problem.data[0]
     shape, dt, level, client, use_dask = problem.shape, problem.dtype, problem.level, problem.client, problem.use_dask
-    if problem.sums[1] == 0:
-        raise ValueError(f"'{problem.names[1]}' has no counts: the low-rank basis is estimated from its spectra, so "
-                         "there is no spectral subspace; use regularization='wavelet2d1d'")
-    wy = np.broadcast_to(my.weights, shape)[0, 0]  # not vignetted: refused in _precheck
-    blind = (wy <= 0) & (np.broadcast_to(mx.weights, shape)[0, 0] > 0)
-    if blind.any():  # the basis (Y's spectra) is 0 there: the cube could hold no flux where X sees some
+    sharp = _sharp_spectral(grid, len(problem.models))
+    said = _check_basis_counts(problem.names, problem.sums, sharp)
+    wys = [np.broadcast_to(problem.models[j].weights, shape)[0, 0] for j in sharp]  # not vignetted: _precheck
+    blind = (np.max(wys, axis=0) <= 0) & (np.broadcast_to(mx.weights, shape)[0, 0] > 0)
+    if blind.any():  # the basis (the sharp-spectral spectra) is 0 there: the cube could hold no flux where X sees some
         e = grid["energy"].values[blind]
         raise ValueError(
-            f"'{problem.names[1]}' has no effective area in {int(blind.sum())} fused channel(s) ({e.min():.4g}-"
-            f"{e.max():.4g} keV) where '{problem.names[0]}' sees: the low-rank basis comes from "
-            f"'{problem.names[1]}''s spectra, so the cube could hold no flux there (it would be 0 and the missing "
-            "counts put in the other channels). Use regularization='wavelet2d1d' or 'none', or fuse only the band "
-            "both instruments see")
+            f"{said} {'has' if len(sharp) == 1 else 'have'} no effective area in {int(blind.sum())} fused channel(s) "
+            f"({e.min():.4g}-{e.max():.4g} keV) where '{problem.names[0]}' sees: the low-rank basis comes from the "
+            "sharp-spectral spectra, so the cube could hold no flux there (it would be 0 and the missing counts put in "
+            "the other channels). Use regularization='wavelet2d1d' or 'none', or fuse only the band both instruments "
+            "see")
     # masked counts (e.g. a hot pixel) enter neither the basis nor the start (masks are refused here on Dask)
-    kx, ky = (np.asarray(o["mask"].values) > 0 if "mask" in o and not use_dask else None
-              for o in problem.observations[:2])
-    if ky is not None:
-        yd = np.where(ky, yd, 0)
-    # flux spectra; channels Y cannot see (zero area: no counts there, checked above) are 0, not 0/0
-    spectra = yd.reshape(-1, yd.shape[-1]) / np.where(wy > 0, wy, np.inf)
-    if not params["explained"] and params["rank"] > min(shape[2], yd.shape[0] * yd.shape[1]):  # rank unused else
-        raise ValueError(f"rank={params['rank']} exceeds the {shape[2]} channels or the "
-                         f"{yd.shape[0] * yd.shape[1]} spectra of '{grid.attrs['spectral_obs']}'; use a smaller rank")
+    kx = np.asarray(problem.observations[0]["mask"].values) > 0 \
+        if "mask" in problem.observations[0] and not use_dask else None
+    # flux spectra (n, L) of every sharp-spectral input, in model order; channels an input cannot see (zero area: no
+    # counts there) are 0, not 0/0. The cube does not depend on which of them set the grid (to float round-off)
+    parts = []
+    for j, wy in zip(sharp, wys):
+        o, yd = problem.observations[j], problem.data[j]
+        if "mask" in o and not use_dask:
+            yd = np.where(np.asarray(o["mask"].values) > 0, yd, 0)
+        parts.append(yd.reshape(-1, yd.shape[-1]) / np.where(wy > 0, wy, np.inf))
+    spectra = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (several: in memory only)
+    n_spectra = sum(problem.data[j].shape[0] * problem.data[j].shape[1] for j in sharp)
+    if not params["explained"] and params["rank"] > min(shape[2], n_spectra):  # rank unused else
+        raise ValueError(f"rank={params['rank']} exceeds the {shape[2]} channels or the {n_spectra} spectra of "
+                         f"{said}; use a smaller rank")
     if use_dask and shape[2] > lowrank_mod.COVARIANCE_MAX_CHANNELS:
         basis = lowrank_mod.pca_basis_randomized(spectra, rank=None if params["explained"] else params["rank"],
                                                  explained=params["explained"],
@@ -1320,7 +1344,7 @@ def _subspace_solver(problem, spec, params, start, init_record):
     if params["explained"]:  # record the basis size explained= chose, not the unused rank option
         params["rank"] = int(basis.shape[0])
     vb = basis.astype(dt)
-    # start: X amplitude per pixel times the mean Y spectrum (positive, in the subspace)
+    # start: X amplitude per pixel times the mean sharp-spectral spectrum (positive, in the subspace)
     s = s / s.sum()
     per_pix = mx.reduced(s[None])[1].sum()
     if kx is None:

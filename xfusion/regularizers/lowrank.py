@@ -30,7 +30,7 @@ def spectral_moments(spectra, compute=None):
 def pca_basis(spectra=None, rank=None, explained=0.999, moments=None):
     """Orthonormal spectral basis V (r, L) for ``Z = W V``.
 
-    ``spectra`` (n_spectra, L): the sharp-spectral observation's spectra converted to flux
+    ``spectra`` (n_spectra, L): the sharp-spectral observations' spectra converted to flux
     (counts / (t A)), NumPy or Dask (or pass ``moments`` from :func:`spectral_moments`). The
     basis is the mean spectrum followed by the leading principal components of the centred
     spectra -- eigenvectors of their covariance sorted by DECREASING eigenvalue (the
