@@ -140,6 +140,23 @@ def test_lowrank_basis_uses_every_tile_so_the_cube_does_not_depend_on_their_orde
     np.testing.assert_allclose(a.flux.values, a2.flux.values, rtol=0, atol=1e-5 * float(a.flux.max()))
 
 
+def test_count_totals_number_inputs_by_their_position_in_the_fuse_call(small):
+    """Session 32 red team: the ``input`` field of count_totals was the model order (the pair that sets the grid
+    first), not the position in the fuse call that the ``input`` coordinate and counts_of use: with pn, MOS1, MOS2
+    and a tile, 'input': 1 named the tile while counts_of(result, 1) is MOS1. Now the position, rows in that order."""
+    from xfusion.fuse import counts_of
+
+    obs, _ = small
+    r = xfusion.fuse(obs["pn"], obs["mos1"], obs["tile2"], obs["tile1"], **dict(KW, max_iter=2))
+    names = json.loads(r.coverage.attrs["input_names"])
+    rows = json.loads(r.attrs["count_totals"])
+    assert [row["input"] for row in rows] == [0, 1, 2, 3]
+    assert [row["name"] for row in rows] == names == ["EPIC-pn", "EPIC-MOS1", "Resolve tile 2", "Resolve tile 1"]
+    for row in rows:
+        model, _ = counts_of(r, row["input"])
+        assert float(model.sum(dtype=np.float64)) == pytest.approx(row["predicted"], rel=1e-5)
+
+
 def test_inputs_evaluated_together_equal_one_by_one(small):
     """Issue 18 (session 8): in memory, EM evaluates the inputs that share a first operator together (pn + MOS1 +
     MOS2: one product with the stacked response matrices; the tiles: one gather of the pixels they see, one scatter

@@ -818,7 +818,8 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
     ``constrained`` variable). All counts zero: ``flux`` is 0 (the exact maximum-likelihood
     solution, ``iterations=0``, ``converged=1``, attribute ``note``). A NaN/inf solution is never
     returned (``FloatingPointError``). Each Poisson input's predicted and observed total counts (over
-    its unmasked data) are recorded (attribute ``count_totals``, JSON) and a ``RuntimeWarning`` names
+    its unmasked data) are recorded (attribute ``count_totals``, JSON: a row per input in the order given, ``input``
+    its position as in the ``input`` coordinate and :func:`counts_of`) and a ``RuntimeWarning`` names
     the inputs whose total the cube cannot reproduce (off by more than ``TOTALS_REL_TOL`` = 5% and
     ``TOTALS_SIGMA`` = 5 sigma): inputs that disagree on the source's brightness (exposure, area,
     background or cross-calibration), whose compromise no single sky explains.
@@ -1518,20 +1519,25 @@ def _count_totals(problem, predicted, stopped_at=None):
     each input's expected counts (data shape, NumPy or Dask; one pass on Dask). Gaussian (JWST) inputs are
     skipped: their cross-calibration is fitted. ``stopped_at``: the iteration count of a fit that stopped at a
     ``max_iter`` the user gave before its tolerance was met, named in the warning as a cause (one EM iteration on the
-    small toy: 1.04 / 0.96); None for a converged fit or one whose count the tuning chose. Returns ``[{"input", "name", "predicted", "observed", "ratio"}]`` (the result attribute
-    ``count_totals``, JSON)."""
-    parts, rows = [], []
-    for i, (o, m) in enumerate(zip(problem.observations, predicted)):
+    small toy: 1.04 / 0.96); None for a converged fit or one whose count the tuning chose. Returns ``[{"input",
+    "name", "predicted", "observed", "ratio"}]`` (the result attribute ``count_totals``, JSON), in the order the
+    inputs were given to :func:`fuse`; ``input`` is that position, as the result's ``input`` coordinate and
+    :func:`counts_of` number them."""
+    parts, rows, sums = [], [], []
+    pos = input_positions(problem.grid)  # model order -> position in the fuse call
+    for i in sorted(range(len(predicted)), key=pos.__getitem__):
+        o, m = problem.observations[i], predicted[i]
         if "variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson":
             continue
         # np.where dispatches to Dask for a lazy model or mask; the observed totals are the problem's (used counts)
         parts.append((np.where(o["mask"].data > 0, m, 0) if "mask" in o else m).sum(dtype=np.float64))
-        rows.append({"input": i, "name": problem.names[i]})
+        rows.append({"input": pos[i], "name": problem.names[i]})
+        sums.append(problem.sums[i])
     if problem.use_dask and parts:
         parts = parallel.compute_many(parts, problem.client)
     off = []
-    for row, pred in zip(rows, parts):
-        pred, obs = float(pred), float(problem.sums[row["input"]])
+    for row, pred, obs in zip(rows, parts, sums):
+        pred, obs = float(pred), float(obs)
         row.update(predicted=pred, observed=obs, ratio=pred / obs if obs > 0 else None)
         if obs > 0 and abs(pred - obs) > max(TOTALS_REL_TOL * obs, TOTALS_SIGMA * np.sqrt(obs)):
             off.append(row)
