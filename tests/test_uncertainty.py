@@ -294,6 +294,32 @@ def test_low_rank_result_with_negative_predicted_counts_is_bootstrapped():
     assert np.all(np.isfinite(u["flux_std"].values)) and float(u["flux_std"].max()) > 0
 
 
+@pytest.mark.parametrize("names", [None, "shared"])
+def test_unnamed_or_same_named_inputs_take_their_role_from_their_position(names):
+    """Session 32 red team: uncertainty(result, pn, mos1, tile1) refused a valid fit when the inputs had no name or
+    shared one ("cannot tell how ... enters the fusion ... Pass role=", an argument uncertainty does not take): its
+    instrument check looked each input's role up by name, and an image with a psf on the fused pixels is either the
+    sharp-spatial input or a further one. The role now comes from the input's position as the result records it; an
+    input whose instrument differs is still refused."""
+    from xfusion.scenes_mosaic import make_small
+
+    obs, _ = make_small(seed=0)
+    ins = []
+    for k in ("pn", "mos1", "tile1"):
+        attrs = {a: v for a, v in obs[k].attrs.items() if a != "name"}
+        if names == "shared":
+            attrs["name"] = "Resolve" if k.startswith("tile") else "XMM"
+        o = obs[k].copy()
+        o.attrs = attrs
+        ins.append(o)
+    r = xfusion.fuse(*ins, regularization="none", max_iter=3, tol=None, progress=False)
+    u = xfusion.uncertainty(r, *ins, n=2, max_iter=None)
+    assert np.all(np.isfinite(u["flux_std"].values))
+    other = ins[1].assign(exposure=ins[1]["exposure"] * 2)
+    with pytest.raises(ValueError, match="does not predict the result's counts"):
+        xfusion.uncertainty(r, ins[0], other, ins[2], n=2, max_iter=None)
+
+
 def test_replicas_of_a_fit_stopped_by_its_callback_run_its_iteration_count(fitted):
     """Session 29 (red team): a fit stopped by fuse(callback=...) after 4 of max_iter 15 iterations recorded the cap,
     so its replicas ran 15 iterations: another estimator (flux_std 1.6x that of the max_iter=4 fit)."""

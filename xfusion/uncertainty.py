@@ -256,19 +256,26 @@ def _check_instruments(result, observations, models, subspace):
     """Refuse observations whose instrument (exposure, area, PSF, response, mask, background) is not the one the
     result was fitted with: their expected counts from the result's flux (a low-rank result's unclipped cube) must
     be the result's predicted counts (session 29: only the counts were compared, so the same counts with twice the
-    exposure gave replicas of another problem and a -50% "bias")."""
+    exposure gave replicas of another problem and a -50% "bias"). Each observation is modelled in the role the result
+    records for its position (session 32: roles were looked up by name, so unnamed inputs, or inputs sharing a name,
+    were refused: an image with a psf could be the sharp-spatial input or a further one on its pixels)."""
+    from .grid import PIXELS, SPATIAL, SPECTRAL
     from .operators.model import _predict
 
+    # the role of each position as fuse gave it; further inputs on the fused channels and detector-pixel tiles are
+    # modelled as the sharp-spectral one (no record, an older result: predict's rule, by name)
+    roles = {int(r["input"]): r["role"] if r["role"] in (SPATIAL, PIXELS) else SPECTRAL
+             for r in json.loads(result.attrs.get("inputs", "[]"))}
     flux = result["flux"].transpose(*_CUBE)
     if subspace and "coefficients" in result and "basis" in result:
         values = np.asarray(result["coefficients"].transpose("x", "y", "component").values, np.float64) @ \
             np.asarray(result["basis"].transpose("component", "energy").values, np.float64)
     else:
         values = np.asarray(flux.values, np.float64)
-    for o, m in zip(observations, models):
+    for i, (o, m) in enumerate(zip(observations, models)):
         if "variance" in o:  # Gaussian data terms (JWST): no counts model to compare here
             continue
-        pred = np.asarray(_predict(flux, values, o).transpose(*o["counts"].dims).values, np.float64)
+        pred = np.asarray(_predict(flux, values, o, roles.get(i)).transpose(*o["counts"].dims).values, np.float64)
         if subspace:
             pred = np.maximum(pred, 0.0)
         diff = float(np.sum(np.abs(pred - m))) / max(float(np.sum(m)), 1e-300)
