@@ -800,7 +800,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
     xarray.Dataset with ``flux`` (x, y, energy) in ph cm-2 s-1 per voxel (photons per cm2 per
     second in each fused pixel and energy bin), ``model_spatial`` / ``counts_spatial``
     (x, y, energy_spatial) and ``model_spectral`` / ``counts_spectral``
-    (x_spectral, y_spectral, energy): predicted and observed counts of both instruments,
+    (x_spectral, y_spectral, energy): predicted and observed counts of both instruments (of every voxel, masked
+    ones included; further inputs: ``model_obsI`` / ``counts_obsI``), an input's ``mask`` as ``mask_spatial`` /
+    ``mask_spectral`` / ``mask_obsI`` (True where its counts were used; :func:`counts_of` gives NaN elsewhere),
     ``objective``, ``data_term``, ``penalty`` over ``iteration``; for the low-rank family also
     ``basis`` (component, energy) and ``coefficients`` (x, y, component). Attributes record
     every parameter (``parameters`` as JSON), the method, iterations, convergence flag, timing
@@ -1571,7 +1573,9 @@ def counts_of(result, input):  # noqa: A002 - the position of an input, as in th
     """``(predicted, observed)`` counts (DataArrays, the input's own axes) of input number ``input`` (its position
     among the observations given to :func:`fuse`, from 0) in a fusion ``result``: ``model_spatial`` /
     ``counts_spatial`` or ``model_spectral`` / ``counts_spectral`` for the pair that set the grid, else
-    ``model_obsI`` / ``counts_obsI``. Needs the result attribute ``inputs`` (results of more than one input
+    ``model_obsI`` / ``counts_obsI``. Voxels the input's ``mask`` excluded (result variable ``mask_spatial`` /
+    ``mask_spectral`` / ``mask_obsI``) are NaN in both, so sums (which skip NaN) compare the counts the fit used, as
+    the attribute ``count_totals`` does. Needs the result attribute ``inputs`` (results of more than one input
     written since the mosaic release)."""
     if "inputs" not in result.attrs:
         raise ValueError("this result has no 'inputs' attribute (written by an older xfusion): use model_spatial / "
@@ -1581,7 +1585,11 @@ def counts_of(result, input):  # noqa: A002 - the position of an input, as in th
         raise ValueError(f"input must be one of {sorted(roles)} (positions of the observations given to fuse); "
                          f"got {input!r}")
     key = {SPATIAL: "spatial", SPECTRAL: "spectral"}.get(roles[input], f"obs{input}")
-    return result[f"model_{key}"], result[f"counts_{key}"]
+    model, counts = result[f"model_{key}"], result[f"counts_{key}"]
+    if f"mask_{key}" in result:  # voxels the fit did not use are no data: NaN in both (sums skip them)
+        mask = result[f"mask_{key}"]
+        model, counts = model.where(mask), counts.where(mask)
+    return model, counts
 
 
 def _dask_coverage(solver, client):
@@ -1633,6 +1641,13 @@ def _add_coverage(ds, grid, problem):
     return ds
 
 
+def _mask_of(mask, name):
+    """An input's ``mask`` as a result variable (a copy: the result never aliases the inputs)."""
+    return mask.copy(deep=True).assign_attrs(
+        units="1", long_name=f"valid-data mask of {name} (True where its counts were used; False: masked, the predicted "
+                             "and observed counts there are not compared, counts_of gives NaN)")
+
+
 def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, basis, coeffs, scale, params, n_iter,
               converged, elapsed, loop_elapsed, n_run, backend, negative_fraction, extras=()):
     """Label a solution: coordinates, units, the instruments' predicted and observed counts (``extras``: ``(i,
@@ -1651,6 +1666,9 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
     ds["model_spectral"] = _renamed(y_obs["counts"].copy(data=mod_y), mys).assign_attrs(
         units="count", long_name=f"predicted counts of {grid.attrs['spectral_obs']}")
     ds["counts_spectral"] = _renamed(y_obs["counts"].copy(data=cnt_y), mys).astype(np.float32)
+    for key, o, names in (("spatial", x_obs, mxs), ("spectral", y_obs, mys)):
+        if "mask" in o:
+            ds[f"mask_{key}"] = _mask_of(_renamed(o["mask"], names), grid.attrs[f"{key}_obs"])
     for i, o, mod, cnt in extras:
         same = lambda a, b: a.shape == b.shape and np.allclose(a, b, rtol=1e-6, atol=0)  # noqa: E731
         if is_pixel_observation(o):  # a mosaic tile: its own detector pixels
@@ -1669,6 +1687,8 @@ def _assemble(grid, x_obs, y_obs, flux, mod_x, mod_y, cnt_x, cnt_y, history, bas
             da_ = _renamed(o["counts"].copy(data=data), names).assign_coords(shared)
             ds[var] = da_.assign_attrs(units="count", long_name=f"predicted counts of {name}") \
                 if var.startswith("model") else da_.astype(np.float32)
+        if "mask" in o:
+            ds[f"mask_obs{i}"] = _mask_of(_renamed(o["mask"], names).assign_coords(shared), name)
     if extras:
         ds.attrs["extra_observations"] = json.dumps([o.attrs.get("name", f"input {i}") for i, o, _, _ in extras])
     for k in ("explanation", "roles"):
