@@ -355,6 +355,28 @@ def test_metrics_lists_every_input_and_detector_pixels(tmp_path, capsys):
     assert (tmp_path / "figs" / "maps.png").is_file()
 
 
+def test_metrics_consistency_leaves_masked_voxels_out():
+    """Session 32: the consistency table of `xfusion metrics` compared predicted with observed counts in masked
+    voxels too (a masked hot pixel's counts were scored); results now carry each input's mask and the rows use it."""
+    import numpy as np
+
+    import xfusion
+    from xfusion import toy
+    from xfusion.cli import _consistency_rows
+
+    x, y, _ = toy.make("small")
+    m = np.ones(x.counts.shape, bool)
+    m[2, 3] = False
+    rows = {}
+    for hot in (0.0, 1e6):
+        xm = x.assign(counts=x.counts.where(m, hot), mask=(x.counts.dims, m))
+        r = xfusion.fuse(xm, y, regularization="none", method="em", max_iter=2, progress=False)
+        assert "mask_spatial" in r and "mask_spectral" not in r
+        rows[hot] = _consistency_rows(r)[x.attrs["name"]]
+    assert rows[1e6] == rows[0.0]  # the value under the mask changes nothing
+    assert np.isfinite(rows[0.0]["psnr_db"])
+
+
 def test_a_failed_plot_leaves_no_empty_folder(fused, tmp_path, monkeypatch, capsys):
     """Session 30: `xfusion plot` failing while drawing left the empty figure folder (and parents) it had created."""
     from xfusion import plot

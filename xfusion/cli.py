@@ -424,6 +424,8 @@ def _as_cube(da):
 
 
 def _consistency_rows(result):
+    import numpy as np
+
     from . import metrics
 
     rows = {}
@@ -431,6 +433,10 @@ def _consistency_rows(result):
         o, m = _as_cube(result[obs]), _as_cube(result[mod])
         if o is None or m is None:
             continue
+        mask = "mask_" + obs[len("counts_"):]
+        if mask in result:  # voxels the fit did not use (masked) are compared in neither: 0 in both
+            keep = _as_cube(result[mask]).astype(bool)
+            o, m = np.where(keep, o, 0.0), np.where(keep, m, 0.0)
         row = metrics.consistency(o, m)
         if "pixel" in result[obs].dims:  # detector pixels are no image: no structural similarity
             row["ssim"] = None
