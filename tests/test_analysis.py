@@ -81,7 +81,7 @@ def test_errors_from_variance_match_the_scatter():
     pull_v = (m["velocity"].values - 100.0) / m["velocity_err"].values
     pull_f = (m["flux"].values - 1.0) / m["flux_err"].values
     assert 0.8 < pull_v.std() < 1.3
-    assert 0.8 < pull_f.std() < 1.4  # continuum noise adds a little
+    assert 0.8 < pull_f.std() < 1.2  # the side-band noise is propagated through the continuum fit
     assert np.all(m["line_width_err"].values[m["resolved"].values] > 0)
 
 
@@ -235,7 +235,7 @@ def test_errors_from_replicas_match_the_scatter_and_the_delta_method():
     n, k, sd = 10, 40, 0.004
     vel, sig = np.linspace(-300, 300, n * n).reshape(n, n), np.full((n, n), 250.0)
     z = _cube(vel, sig)
-    z[0, 0] = _cube(vel[:1, :1], sig[:1, :1], amp=0.0)[0, 0]  # no line: invalid, errors NaN
+    z[0, 0] = _cube(vel[:1, :1], sig[:1, :1], amp=-1.0)[0, 0]  # an absorption line: invalid, errors NaN
     est = z + rng.normal(0, sd, z.shape)
     reps = z[None] + rng.normal(0, sd, (k,) + z.shape)
     da = xr.DataArray(reps, dims=("replica", "x", "y", "energy"))
@@ -244,7 +244,7 @@ def test_errors_from_replicas_match_the_scatter_and_the_delta_method():
     ok = m["valid"].values & np.isfinite(m["velocity_err"].values)
     assert ok.sum() >= n * n - 3 and not np.isfinite(m["velocity_err"].values[0, 0])
     ratio = np.median(m["velocity_err"].values[ok] / d["velocity_err"].values[ok])
-    assert 0.85 < ratio < 1.4  # the replicas also see the continuum noise the delta method ignores
+    assert 0.85 < ratio < 1.2  # both see the continuum noise (session 32: the delta method now propagates it)
     pull = (m["velocity"].values[ok] - vel[ok]) / m["velocity_err"].values[ok]
     assert 0.75 < pull.std() < 1.3 and abs(pull.mean()) < 0.3
     assert np.all(m["n_valid_replicas"].values[ok] >= k // 2) and m.attrs["n_replicas"] == k
@@ -318,3 +318,50 @@ def test_wavelength_cube():
     maps, tmaps = plot.band_velocity_maps(unc, da, band=(lam0 - 0.006, lam0 + 0.006))
     assert float(tmaps["velocity"][0, 0]) > 250 and float(tmaps["velocity"][0, 1]) < -400
     assert maps.attrs["name"].endswith(" um") and maps.attrs["spectral_unit"] == "um"
+
+
+def _thermal(edges, kT, norm):
+    """Counts per channel of the scenes' thermal continuum kT^-0.5 E^-1.2 exp(-E/kT), scaled to ``norm`` counts in
+    all channels (curved: its second derivative is what a straight side-band line misses)."""
+    e = 0.5 * (edges[1:] + edges[:-1])
+    c = e ** -1.2 * np.exp(-e / kT) * np.diff(edges)
+    return norm * c / c.sum()
+
+
+def test_curved_continuum_width_of_a_perfect_spectrum():
+    """Session 32 (red team): the straight continuum through the two side bands left the bowl of a curved (thermal)
+    continuum under the window, about -0.3 % of the line flux; the second moment of the residual collapsed and a
+    perfect, noise-free 100-150 km/s O VIII line came out 0-12 km/s ('unresolved'; the benchmarks' reference widths of the
+    point_sources scenes). The side-band continuum is now quadratic."""
+    edges = np.linspace(0.5, 1.4, 601)  # the scenes' soft band: 1.5 eV channels, 2.5 eV LSF
+    e0, lsf, sig = 0.6536, 0.0025, np.array([[100.0, 150.0, 200.0, 300.0]])
+    s = np.hypot(e0 * sig / C, lsf)[..., None]
+    mu = e0 / (1 + 150.0 / C)
+    # the continuum 0.4x the line in the window
+    z = _thermal(edges, 1.0, 1e4) + 1e3 * (ndtr((edges[1:] - mu) / s) - ndtr((edges[:-1] - mu) / s))
+    kw = {"window": (e0 - 0.0108, e0 + 0.0108), "continuum": [(0.600, 0.630), (0.677, 0.700)], "lsf_sigma": lsf}
+    for method in ("moments", "gaussian"):
+        m = analysis.line_map(z, e0, energy_edges=edges, method=method, **kw)
+        assert m["resolved"].all()
+        np.testing.assert_allclose(m["line_width"].values, sig, rtol=0.03)
+        np.testing.assert_allclose(m["velocity"].values, 150.0, atol=2.0)
+        np.testing.assert_allclose(m["flux"].values, 1e3, rtol=0.002)
+
+
+def test_curved_continuum_errors_match_the_scatter():
+    """Session 32: with the quadratic side-band continuum its noise is no longer small; the delta-method errors
+    (variance=) propagate the side-band noise through the continuum fit, and match the Poisson scatter."""
+    rng = np.random.default_rng(2)
+    n, sig, vel = 30, 150.0, 100.0
+    e = 0.5 * (EDGES[1:] + EDGES[:-1])
+    mu, s = E0 / (1 + vel / C), E0 * sig / C
+    lam = _thermal(EDGES, 3.0, 2e4) + 2e4 * (ndtr((EDGES[1:] - mu) / s) - ndtr((EDGES[:-1] - mu) / s))
+    z = rng.poisson(lam, (n, n, e.size)).astype(float)
+    for method in ("moments", "gaussian"):
+        m = analysis.line_map(z, E0, energy_edges=EDGES, variance=np.broadcast_to(lam, z.shape), method=method, **KW)
+        assert m["resolved"].values.mean() > 0.9
+        for name, truth in (("velocity", vel), ("line_width", sig), ("flux", 2e4)):
+            v = m[name].values[m["resolved"].values]
+            scatter, reported = float(np.std(v)), float(np.median(m[f"{name}_err"].values[m["resolved"].values]))
+            assert 0.85 < scatter / reported < 1.2, (method, name, scatter, reported)
+            assert abs(np.mean(v) - truth) < 4 * scatter / np.sqrt(v.size) + 0.01 * truth, (method, name, np.mean(v))

@@ -7,12 +7,16 @@ pixels at once with NumPy (no Python loop over pixels).
 Model (per pixel; ``z_k`` the flux in channel ``k`` with edges ``[lo_k, hi_k]``, centre
 ``E_k``, width ``dE_k``)::
 
-    z_k = c_k + r_k          c_k = (a + b (E_k - Ebar)) dE_k     (local linear continuum)
+    z_k = c_k + r_k          c_k = (a + b (E_k - Ebar) + q (E_k - Ebar)^2) dE_k     (local continuum)
 
 * **Continuum**: the flux *density* ``z_k / dE_k`` in the channels of the side bands
   (``continuum``: energy ranges in keV, line-free) is fitted by least squares with a
-  straight line ``a + b (E - Ebar)`` (``Ebar`` the mean side-band energy); it is
-  integrated over each window channel. One side band gives a flat continuum.
+  quadratic ``a + b (E - Ebar) + q (E - Ebar)^2`` (``Ebar`` the mean side-band energy); it is
+  integrated over each window channel. Thermal continua are curved: a straight line leaves a bowl
+  under the window that pulls the second moment to zero. Two side bands with fewer than 3 channels
+  each give a straight line (``q = 0``), one side band a flat continuum. The curvature, extrapolated
+  from the side bands, costs noise: the farther the bands from a wide window, the more (in the
+  errors below).
 * **Line** (``method="moments"``): over the window channels (centres inside ``window``)
   ``F = sum r_k`` (line flux, ph cm-2 s-1 for a flux cube), ``Ec = sum E_k r_k / F``,
   ``s2 = sum (E_k - Ec)^2 r_k / F - sum dE_k^2 r_k / (12 F)`` (Sheppard's correction for binning,
@@ -48,9 +52,10 @@ Errors: give ``replicas`` (replica cubes of ``cube``, e.g. ``xfusion.uncertainty
 replica and the errors of ``flux``, ``velocity`` and ``line_width`` (km/s) are the spread of
 the replica values -- this keeps the correlations between voxels and the continuum noise.
 Or give ``variance`` (a cube of per-voxel flux variances like ``cube``) for first-order errors,
-treating voxels as independent and the continuum as exact: the delta method of the moments, or for
-``method="gaussian"`` the fit's own covariance ``(J^T J)^-1 J^T diag(var) J (J^T J)^-1`` (``J`` the
-Jacobian of the channel-integrated Gaussian at the fitted parameters).
+treating voxels as independent: the delta method of the moments, or for ``method="gaussian"`` the
+fit's own covariance ``(J^T J)^-1 J^T diag(var) J (J^T J)^-1`` (``J`` the Jacobian of the
+channel-integrated Gaussian at the fitted parameters); the side-band noise enters through the
+continuum fit (linear in the data) subtracted from the window.
 
 Channels are the cube's own ``energy_lo``/``energy_hi``: uneven widths and gaps (channels
 dropped) are allowed. With a gap inside the window, or a window that runs past the cube's band by more
@@ -145,20 +150,26 @@ def _channels(centres, rng, what, bounds, unit):
     return idx
 
 
-def _continuum(values, centres, widths, bands, win):
-    """Linear continuum (flux per channel) in the window channels ``win``: (P, n_win)."""
-    P = values.shape[0]
-    idx = np.concatenate(bands)
-    e = centres[idx]
-    dens = values[:, idx] / widths[idx]
+def _continuum(centres, widths, bands, win):
+    """Side-band continuum as a linear map: ``(side, H)``, the side-band channel indices and ``H`` (n_win, n_side),
+    so that the continuum (flux per channel) in the window channels ``win`` is ``z[:, side] @ H.T`` for spectra
+    ``z`` (P, L).
+
+    The flux density in the side-band channels is fitted by least squares with a polynomial in ``E - Ebar``
+    (``Ebar`` the mean side-band energy) and integrated over each window channel: quadratic with two side bands of at
+    least 3 channels each (a thermal continuum is curved: the bowl a straight line leaves under the window collapsed
+    the second moment, session 32), straight with two smaller ones, flat with one."""
+    side = np.concatenate(bands)
+    e = centres[side]
     ebar = e.mean()
-    de = e - ebar
-    a = dens.mean(axis=1)
-    if len(bands) > 1 and np.ptp(e) > 0:
-        b = dens @ de / np.dot(de, de) - a * de.sum() / np.dot(de, de)
+    scale = max(float(np.ptp(e)), float(np.abs(centres[win] - ebar).max()))  # well-conditioned powers
+    if len(bands) > 1 and min(b.size for b in bands) >= 3:
+        deg = 2
     else:
-        b = np.zeros(P)
-    return (a[:, None] + b[:, None] * (centres[win] - ebar)[None, :]) * widths[win][None, :]
+        deg = 1 if len(bands) > 1 and np.ptp(e) > 0 else 0
+    A = np.vander((e - ebar) / scale, deg + 1, increasing=True)  # (n_side, deg + 1)
+    B = np.vander((centres[win] - ebar) / scale, deg + 1, increasing=True)  # (n_win, deg + 1)
+    return side, widths[win][:, None] * (B @ np.linalg.pinv(A)) / widths[side][None, :]
 
 
 def _gauss_fit(r, lo, hi, F0, mu0, s0, smin, smax, n_iter=30):
@@ -197,13 +208,15 @@ def _gauss_model(F, mu, s, lo, hi):
     return F * g, np.stack([g, F * (pa - pb) / s, F * (a * pa - b * pb)], axis=-1)
 
 
-def _gauss_cov(F, mu, s, lo, hi, var):
+def _gauss_cov(F, mu, s, lo, hi, var, H, var_side):
     """Covariance (P, 3, 3) of the least-squares Gaussian parameters ``(F, mu, ln s)`` for independent channel
-    variances ``var`` (P, K): the sandwich ``(J^T J)^-1 J^T diag(var) J (J^T J)^-1`` (first order; the continuum
-    is taken as exact, as for the moments)."""
+    variances ``var`` (P, K) in the window and ``var_side`` (P, n_side) in the side bands, whose noise enters through
+    the continuum ``H`` (K, n_side) subtracted from the window: the sandwich ``(J^T J)^-1 S (J^T J)^-1``,
+    ``S = J^T diag(var) J + (H^T J)^T diag(var_side) H^T J`` (first order)."""
     _, J = _gauss_model(F[:, None], mu[:, None], s[:, None], lo, hi)
     A = np.linalg.pinv(np.einsum("pki,pkj->pij", J, J))
-    B = np.einsum("pki,pk,pkj->pij", J, var, J)
+    HJ = np.einsum("kj,pki->pji", H, J)
+    B = np.einsum("pki,pk,pkj->pij", J, var, J) + np.einsum("pji,pj,pjk->pik", HJ, var_side, HJ)
     return A @ B @ A
 
 
@@ -211,7 +224,8 @@ def _measure(z, centres, widths, bounds, win, bands, E0, method, lsf_sigma, min_
     """Line parameters of the spectra ``z`` (P, L): ``(F, Ec, s2, ok, continuum (P, n_win), r, e, sheppard, fitted)``
     (see the module docstring; ``s2`` has the instrumental spread removed; ``sheppard`` the binning correction,
     per pixel; ``fitted`` marks the pixels whose values come from the Gaussian fit)."""
-    cont = _continuum(z, centres, widths, bands, win)
+    side, H = _continuum(centres, widths, bands, win)
+    cont = z[:, side] @ H.T
     r = z[:, win] - cont
     e = centres[win]
     F = r.sum(axis=1)
@@ -292,7 +306,7 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
     window : (low, high) keV (um)
         Channels whose centres lie inside are the line window.
     continuum : sequence of (low, high) keV (um) ranges (1 or 2, line-free)
-        Side bands for the local linear continuum.
+        Side bands for the local continuum (quadratic; see the module docstring).
     method : "moments" (default) or "gaussian".
     lsf_sigma : float, keV (um)
         Instrumental Gaussian spread removed in quadrature from the width (0 keeps it).
@@ -392,20 +406,26 @@ def line_map(cube, line_energy, *, window, continuum, method="moments", lsf_sigm
                              "variance of each voxel, e.g. uncertainty(...)['flux_std'] ** 2, not a difference of "
                              "cubes)")
         vw = var.reshape(M * N, L)[:, win]
+        side, H = _continuum(centres, widths, bands, win)
+        vs = var.reshape(M * N, L)[:, side]
+
+        def spread(g):  # std of sum_k g_k r_k, r = z_win - H z_side: window and side-band noise
+            return np.sqrt(np.sum(g * g * vw, axis=1) + np.sum((g @ H) ** 2 * vs, axis=1))
+
         Fs = np.where(ok, F, 1.0)
         # delta method: dF/dr_k = 1, dEc/dr_k = (E_k - Ec)/F, ds2/dr_k = ((E_k - Ec)^2 - s2_raw)/F
         s2raw = s2 + float(lsf_sigma) ** 2 + sheppard
         d = e[None, :] - Ec[:, None]
-        f_err = np.sqrt(vw.sum(axis=1))
-        e_err = np.sqrt(np.sum(d * d * vw, axis=1)) / np.abs(Fs)
-        s2_err = np.sqrt(np.sum((d * d - s2raw[:, None]) ** 2 * vw, axis=1)) / np.abs(Fs)
+        f_err = spread(np.ones_like(d))
+        e_err = spread(d) / np.abs(Fs)
+        s2_err = spread(d * d - s2raw[:, None]) / np.abs(Fs)
         s = np.sqrt(np.maximum(s2, 0.0))
         with np.errstate(divide="ignore", invalid="ignore"):
             w_err = np.where(s > 0, s2_err / (2 * np.where(s > 0, s, 1.0)), np.nan)
         idx = np.flatnonzero(fitted)
         if idx.size:  # the Gaussian fit's own errors where its values are used (session 29: the moments' were given)
             s_fit = np.sqrt(s2[idx] + float(lsf_sigma) ** 2)
-            C = _gauss_cov(F[idx], Ec[idx], s_fit, lo[win], hi[win], vw[idx])
+            C = _gauss_cov(F[idx], Ec[idx], s_fit, lo[win], hi[win], vw[idx], H, vs[idx])
             f_err[idx], e_err[idx] = np.sqrt(C[:, 0, 0]), np.sqrt(C[:, 1, 1])
             with np.errstate(divide="ignore", invalid="ignore"):
                 w_err[idx] = np.where(s[idx] > 0, s_fit ** 2 * np.sqrt(C[:, 2, 2]) / np.where(s[idx] > 0, s[idx], 1.0),
