@@ -365,3 +365,21 @@ def test_curved_continuum_errors_match_the_scatter():
             scatter, reported = float(np.std(v)), float(np.median(m[f"{name}_err"].values[m["resolved"].values]))
             assert 0.85 < scatter / reported < 1.2, (method, name, scatter, reported)
             assert abs(np.mean(v) - truth) < 4 * scatter / np.sqrt(v.size) + 0.01 * truth, (method, name, np.mean(v))
+
+
+def test_continuum_degree_one_is_the_straight_line_rule():
+    """Session 32: the quadratic side-band continuum is the default; continuum_degree=1 keeps the straight line (less
+    flux noise at low counts), and a bad value is refused."""
+    e = np.linspace(6.5, 6.9, 401)
+    lo, hi = e[:-1], e[1:]
+    c = 0.5 * (lo + hi)
+    cont = 50.0 * np.exp(-(c - 6.5) / 0.05) * 1e-3 + 1.0  # steeply curved
+    line = 20.0 * np.exp(-0.5 * ((c - 6.7) / 0.004) ** 2)
+    cube = (cont + line)[None, None, :] * np.ones((2, 2, 1))
+    kw = dict(window=(6.68, 6.72), continuum=[(6.62, 6.67), (6.73, 6.78)], energy_edges=e)
+    q, s1 = (analysis.line_map(cube, 6.7, continuum_degree=d, **kw) for d in (2, 1))
+    exact = 2.99792458e5 * 0.004 / 6.7
+    assert abs(float(q.line_width[0, 0]) - exact) < 0.03 * exact
+    assert abs(float(s1.line_width[0, 0]) - exact) > abs(float(q.line_width[0, 0]) - exact)
+    with pytest.raises(ValueError, match="continuum_degree must be 0, 1 or 2"):
+        analysis.line_map(cube, 6.7, continuum_degree=3, **kw)
