@@ -92,3 +92,11 @@ def test_align_keeps_every_channel_of_an_rmf_input_in_the_common_band(pair):
     assert a.sizes["energy"] == int(inside.sum()) == 10
     assert ef[0] <= ec[0] < ef[1] and ef[-2] < ec[-1] <= ef[-1]  # the fine channels cover the kept ones, no more
     assert xfusion.fusion_grid(a, b).attrs["spectral_model"] == "rmf"
+
+
+def test_rmf_channels_reaching_outside_the_fused_band_are_refused(pair):
+    """Session 32 red team: X channels past the fused band fused silently, their out-of-band counts pushed into the
+    edge channels (flux x1.21 there); refused with align as the fix."""
+    x, y, truth, xn, xi = pair
+    with pytest.raises(ValueError, match=r"reach outside the fused band.*xfusion.io.align"):
+        xfusion.fusion_grid(xi, y.isel(energy=slice(7, 233)))

@@ -245,6 +245,12 @@ def _spectral_grouping(x_obs, y_obs):
         raise ValueError(f"coordinate energy: the channels of '{_name(x_obs, 'X')}' ({eX[0]:.6g}-{eX[-1]:.6g} keV) "
                          f"do not overlap the fused band of '{_name(y_obs, 'Y')}' ({eY[0]:.6g}-{eY[-1]:.6g} keV): "
                          "give observations of one band (xfusion.io.align crops both to their common band)")
+    tol = float(edge_tolerance(eY, np.min(np.diff(eY)), NEST_TOL).max())
+    if eX[0] < eY[0] - tol or eX[-1] > eY[-1] + tol:  # counts from energies the model lacks would land in the band
+        raise ValueError(f"coordinate energy: the channels of '{_name(x_obs, 'X')}' ({eX[0]:.6g}-{eX[-1]:.6g} keV) "
+                         f"reach outside the fused band of '{_name(y_obs, 'Y')}' ({eY[0]:.6g}-{eY[-1]:.6g} keV): "
+                         "their counts from outside the band would be put into its edge channels. Crop both to "
+                         "their common band with xfusion.io.align (it keeps the channels inside)")
     return max(1, int(round(float(np.median(np.diff(eX))) / float(np.median(np.diff(eY)))))), "rmf"
 
 
