@@ -480,3 +480,23 @@ def test_one_writer_per_replica_store(fitted, tmp_path, child_env):
     assert not lock.exists()
     np.testing.assert_array_equal(u["flux_replicas"].values,
                                   xfusion.uncertainty(r, x, y, n=3, seed=7)["flux_replicas"].values)
+
+
+def test_an_observation_whose_mask_differs_from_the_fit_is_refused(fitted):
+    """Session 33 (red team s32): the instrument check compared predicted counts, which a mask does not change, so
+    an observation given without the mask it was fitted with passed, and its replicas were fitted on voxels the
+    result never used (flux_std x0.23, silently). Its mask must be the one the result records for its position
+    (absent and all-True are the same: every voxel used); this holds for every input, further ones included."""
+    x, y, _ = fitted
+    mx = xr.ones_like(x["counts"], dtype=bool)
+    mx[:4, :4, :] = False  # a masked corner of the image
+    my = xr.ones_like(y["counts"], dtype=bool)
+    my[..., :30] = False  # masked soft channels of the spectrometer
+    xm, ym = x.assign(mask=mx), y.assign(mask=my)
+    r = xfusion.fuse(xm, ym, x.assign_attrs(name="mos"), progress=False, **SETTINGS)
+    u = xfusion.uncertainty(r, xm, ym, x.assign(mask=xr.ones_like(mx)).assign_attrs(name="mos"), n=2)
+    assert np.all(np.isfinite(u["flux_std"].values))
+    for given in ((x, ym, x), (xm, y, x), (xm.assign(mask=~mx), ym, x), (xm, ym, xm)):
+        with pytest.raises(ValueError, match=r"has a different mask from the one the result was fitted with "
+                                             r"\(\d+ voxels differ"):
+            xfusion.uncertainty(r, *given, n=2)

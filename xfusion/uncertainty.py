@@ -183,24 +183,50 @@ def _as_int(v, what, low):
     return int(v)
 
 
+def _on_obs_axes(obs, da, rename, what="predicted counts"):
+    """A result variable of one input (``model_*``, ``counts_*``, ``mask_*``) as an array in the order of
+    ``obs['counts'].dims`` (its axes renamed back by ``rename``); refused if its shape is not the observation's."""
+    dims = obs["counts"].dims
+    m = da.rename({k: v for k, v in rename.items() if k in da.dims or k in da.coords})
+    m = m.drop_vars([c for c in m.coords if c not in m.dims], errors="ignore")
+    if set(m.dims) != set(dims) or m.transpose(*dims).shape != obs["counts"].shape:
+        raise ValueError(f"the result's {what} {dict(da.sizes)} do not match the observation's counts "
+                         f"{dict(obs['counts'].sizes)}: pass the observations the result was fitted on, in the same "
+                         "order")
+    return m.transpose(*dims).values
+
+
+def _check_mask(obs, recorded, rename):
+    """Refuse an observation whose ``mask`` is not the one the result records for its position (``recorded``: the
+    result's ``mask_*`` variable, None when the input had no mask, i.e. every voxel used). Session 33 (red team s32):
+    the instrument check compares predicted counts, which a mask does not change, so the same observation without
+    its mask passed and its replicas were fitted on voxels the result never used (flux_std x0.23)."""
+    given = np.asarray(obs["mask"].transpose(*obs["counts"].dims).values, bool) if "mask" in obs else None
+    used = np.asarray(_on_obs_axes(obs, recorded, rename, "mask"), bool) if recorded is not None else None
+    if given is None and used is None:
+        return
+    given = np.ones(obs["counts"].shape, bool) if given is None else given
+    used = np.ones(obs["counts"].shape, bool) if used is None else used
+    n = int(np.count_nonzero(given != used))
+    if n:
+        raise ValueError(
+            f"observation '{obs.attrs.get('name', '?')}' has a different mask from the one the result was fitted "
+            f"with ({n} voxels differ; the result used {int(used.sum())} of {used.size} voxels, this observation "
+            f"marks {int(given.sum())} valid): pass the observations the result was fitted on, unchanged (with their "
+            "mask) and in the same order")
+
+
 def _obs_counts(obs, model, rename, recorded=None, subspace=False):
     """Model counts of one instrument as an array in the order of ``obs['counts'].dims``; ``recorded``: the counts
     the result says it was fitted on (checked against the observation's). ``subspace``: a low-rank result, whose
     predicted counts are those of the unclipped ``W V`` (the delivered flux is clipped at 0): where they are negative
     the Poisson mean of a replica is 0 (session 28: such results were refused as "not a usable fit")."""
-    def arr(da):
-        m = da.rename({k: v for k, v in rename.items() if k in da.dims or k in da.coords})
-        m = m.drop_vars([c for c in m.coords if c not in m.dims], errors="ignore")
-        if set(m.dims) != set(dims) or m.transpose(*dims).shape != obs["counts"].shape:
-            raise ValueError(f"the result's predicted counts {dict(model.sizes)} do not match the observation's "
-                             f"counts {dict(obs['counts'].sizes)}: pass the observations the result was fitted on, in "
-                             "the same order")
-        return np.asarray(m.transpose(*dims).values, dtype=np.float64)
+    def arr(da, what="predicted counts"):
+        return np.asarray(_on_obs_axes(obs, da, rename, what), dtype=np.float64)
 
-    dims = obs["counts"].dims
     v = arr(model)
-    if recorded is not None and not np.allclose(arr(recorded), np.asarray(obs["counts"].values, np.float64),
-                                                rtol=1e-6, atol=0):
+    if recorded is not None and not np.allclose(arr(recorded, "recorded counts"),
+                                                np.asarray(obs["counts"].values, np.float64), rtol=1e-6, atol=0):
         raise ValueError(f"observation '{obs.attrs.get('name', '?')}' is not the one the result was fitted on in "
                          "that position (its counts differ from the result's recorded counts): pass the observations "
                          "the result was fitted on, in the same order")
@@ -233,8 +259,10 @@ def _models_of(result, observations):
     models = [None] * len(observations)
     models[pos[0]] = _obs_counts(observations[pos[0]], result["model_spatial"], _SPATIAL_RENAME,
                                  result.get("counts_spatial"), sub)
+    _check_mask(observations[pos[0]], result.get("mask_spatial"), _SPATIAL_RENAME)
     models[pos[1]] = _obs_counts(observations[pos[1]], result["model_spectral"], _SPECTRAL_RENAME,
                                  result.get("counts_spectral"), sub)
+    _check_mask(observations[pos[1]], result.get("mask_spectral"), _SPECTRAL_RENAME)
     for p in pos[2:]:
         name = f"model_obs{p}"
         if name not in result:
@@ -243,6 +271,7 @@ def _models_of(result, observations):
         mod = result[name]
         rename = {d: d[: -len(f"_obs{p}")] for d in list(mod.dims) + list(mod.coords) if d.endswith(f"_obs{p}")}
         models[p] = _obs_counts(observations[p], mod, rename, result.get(f"counts_obs{p}"), sub)
+        _check_mask(observations[p], result.get(f"mask_obs{p}"), rename)
     _check_instruments(result, observations, models, sub)
     return models
 
