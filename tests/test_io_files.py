@@ -331,6 +331,24 @@ def test_align_errors():
         align(xa, ya)
 
 
+def test_align_with_a_detector_pixel_observation_crops_the_band_only():
+    """Session 33 (red team s32): align(pn, resolve) with Resolve binned by detector pixel (counts over pixel,
+    energy) failed with KeyError 'x'. Its pixels are placed by their footprints: only the band is cropped (here pn
+    loses its first channel, Resolve the 10 channels under it), every pixel and sky pixel is kept, and the pair
+    fuses."""
+    from xfusion.scenes_mosaic import make_small
+
+    obs, _ = make_small(seed=0)
+    pn, tile = obs["pn"].isel(energy=slice(1, None)), obs["tile1"]
+    b, a = align(tile, pn)  # the order given is kept
+    assert dict(a["counts"].sizes) == {"x": 24, "y": 24, "energy": 3}
+    assert dict(b["counts"].sizes) == {"pixel": 9, "energy": 30}
+    np.testing.assert_array_equal(b["energy_lo"].values[[0, -1]], tile["energy_lo"].values[[10, -1]])
+    assert b.attrs["cropped_from"] == "pixel 9, energy 40" and "cropped_from" not in tile.attrs
+    r = xfusion.fuse(a, b, regularization="none", max_iter=2, tol=None, progress=False)
+    assert np.all(np.isfinite(r["flux"].values)) and r.sizes["energy"] == 30
+
+
 def test_align_advice_for_misaligned_edges_works(tmp_path):
     """Session 29 red team: for pixel edges half a fine pixel apart align advised re-binning one event list with its
     center shifted, which moves the tangent point: align then refused the pair for different tangent points. The

@@ -36,8 +36,8 @@ import xarray as xr
 
 from ..grid import _tangent_point, assign_roles, check_tangent_points, fusion_grid, has_matrix_response
 from ..observation import (NEST_TOL, REL_TOL, _center_degrees, _full_response_refused, clip_negative_rows,
-                           edge_tolerance, energy_edges as _edges_of, is_full_response, observation,
-                           pixel_size as _pixel_size, seam_gaps, split_full_response)
+                           edge_tolerance, energy_edges as _edges_of, is_full_response, is_pixel_observation,
+                           observation, pixel_size as _pixel_size, seam_gaps, split_full_response)
 from .events import INSTRUMENTS, _detect_instrument, _events_hdu, read_events
 from .ogip_read import SparseRMF, edges_coords, read_arf, read_rmf
 from .psf import read_psf
@@ -786,7 +786,8 @@ def align(obs_a, obs_b):
     the same number of fine channels (usually the common band; a warning names channels of
     the common band dropped for misaligned edges). Every
     variable sharing the cropped dims (counts, mask, vignetted area, RMF columns) is
-    cropped with them.
+    cropped with them. A detector-pixel observation (``bin_by="pixel"``) is placed on the
+    sky by its pixels' footprints, so only the band is cropped.
 
     Returns
     -------
@@ -802,6 +803,8 @@ def align(obs_a, obs_b):
     """
     x_obs, y_obs, order = assign_roles(obs_a, obs_b)
     _check_centers(x_obs, y_obs)
+    if is_pixel_observation(x_obs) or is_pixel_observation(y_obs):
+        return _align_band_only(x_obs, y_obs, order)
     px, py = _pixel_size(x_obs), _pixel_size(y_obs)
     for o in (x_obs, y_obs):
         if not np.isclose(_pixel_size(o, "x"), _pixel_size(o, "y"), rtol=REL_TOL):
@@ -826,5 +829,19 @@ def align(obs_a, obs_b):
     for new, old in ((x_new, x_obs), (y_new, y_obs)):
         new.attrs = dict(old.attrs)
         new.attrs["cropped_from"] = f"x {old.sizes['x']}, y {old.sizes['y']}, energy {old.sizes['energy']}"
+    fusion_grid(x_new, y_new)  # raises if anything is still inconsistent
+    return (x_new, y_new) if order == "ab" else (y_new, x_new)
+
+
+def _align_band_only(x_obs, y_obs, order):
+    """:func:`align` for a pair with a detector-pixel observation (``bin_by="pixel"``, counts over ``("pixel",
+    "energy")``): its pixels are placed on the sky by their footprints (any offset, roll and size), so no spatial
+    crop is needed or possible; only the band is cropped as for sky-binned pairs. Session 33 (red team s32): such a
+    pair failed with KeyError 'x'."""
+    ey, ex = _spectral_crop(y_obs, x_obs)
+    x_new, y_new = x_obs.isel(energy=ex), y_obs.isel(energy=ey)
+    for new, old in ((x_new, x_obs), (y_new, y_obs)):
+        new.attrs = dict(old.attrs)
+        new.attrs["cropped_from"] = ", ".join(f"{d} {old.sizes[d]}" for d in old["counts"].dims)
     fusion_grid(x_new, y_new)  # raises if anything is still inconsistent
     return (x_new, y_new) if order == "ab" else (y_new, x_new)
