@@ -61,6 +61,22 @@ def test_irregular_channels_with_an_rmf_fuse_as_well_as_nested_ones(pair):
                                atol=1e-3 * float(ri["model_spatial"].max()))
 
 
+def test_plots_tell_the_roles_of_rmf_channel_inputs_given_swapped(pair):
+    """Session 33 (red team s32): with channels that are no grouping of the fused ones the plots could not tell the
+    sharp-spatial input from its channel width, so x_obs / y_obs given swapped were drawn in each other's panels. The
+    channels the result recorded for the sharp-spatial input decide."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from xfusion import plot
+
+    x, y, truth, xn, xi = pair
+    r = xfusion.fuse(xi, y, regularization="none", max_iter=2, tol=None, progress=False)
+    assert plot._looks_spectral(r, xi) is False and plot._looks_spectral(r, y) is True
+    fig = plot.line_maps(r, truth, y, xi)
+    assert fig.axes[0].get_title().startswith(xi.attrs["name"])
+
+
 def test_upsampled_x_spreads_each_channel_by_its_overlap(pair):
     x, y, truth, xn, xi = pair
     from xfusion.operators.model import build_model

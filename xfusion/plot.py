@@ -118,7 +118,8 @@ def _spatial_factor(result, x_obs=None, y_obs=None):
 
 def _looks_spectral(result, obs):
     """True if ``obs`` is the sharp-spectral input of ``result`` (detector pixels, or pixels larger than the fused
-    ones, or channels as narrow as the fused ones), False if it is the sharp-spatial one, None if undecided."""
+    ones, or channels as narrow as the fused ones), False if it is the sharp-spatial one (channels ``factor`` fused
+    ones wide, or those the result recorded for the sharp-spatial input), None if undecided."""
     from .observation import energy_edges, is_pixel_observation, pixel_size
 
     if is_pixel_observation(obs):
@@ -137,6 +138,13 @@ def _looks_spectral(result, obs):
         return True
     if factor > 1 and np.isclose(w, factor * w0, rtol=1e-6):
         return False
+    # channels that are no grouping of the fused ones (spectral_model "rmf", session 33): the sharp-spatial input's
+    # channels are those the result recorded for its predicted counts
+    if "energy_spatial_lo" in result.coords and "energy_spatial_hi" in result.coords:
+        rec = np.append(result["energy_spatial_lo"].values, result["energy_spatial_hi"].values[-1:])
+        edges = energy_edges(obs)
+        if edges.shape == rec.shape and np.allclose(edges, rec, rtol=1e-9, atol=0):
+            return False
     return None
 
 
