@@ -84,16 +84,11 @@ rows = {
 print(metrics.format_report(rows))
 
 # %% [markdown]
-# Without a truth (real data), check that the fused cube predicts both data sets:
+# Without a truth (real data), check that the fused cube predicts both data sets (masked voxels
+# left out, as the fit left them out):
 
 # %%
-consistency = {
-    result.attrs["spatial_obs"]: metrics.consistency(
-        result["counts_spatial"].values, result["model_spatial"].values),
-    result.attrs["spectral_obs"]: metrics.consistency(
-        result["counts_spectral"].values, result["model_spectral"].values),
-}
-print(metrics.format_report(consistency, name_header="instrument"))
+print(metrics.format_report(xfusion.consistency.count_consistency(result), name_header="instrument"))
 
 # %% [markdown]
 # ## 4. Plots

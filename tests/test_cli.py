@@ -362,7 +362,7 @@ def test_metrics_consistency_leaves_masked_voxels_out():
 
     import xfusion
     from xfusion import toy
-    from xfusion.cli import _consistency_rows
+    from xfusion.consistency import count_consistency
 
     x, y, _ = toy.make("small")
     m = np.ones(x.counts.shape, bool)
@@ -372,7 +372,7 @@ def test_metrics_consistency_leaves_masked_voxels_out():
         xm = x.assign(counts=x.counts.where(m, hot), mask=(x.counts.dims, m))
         r = xfusion.fuse(xm, y, regularization="none", method="em", max_iter=2, progress=False)
         assert "mask_spatial" in r and "mask_spectral" not in r
-        rows[hot] = _consistency_rows(r)[x.attrs["name"]]
+        rows[hot] = count_consistency(r)[x.attrs["name"]]
     assert rows[1e6] == rows[0.0]  # the value under the mask changes nothing
     assert np.isfinite(rows[0.0]["psnr_db"])
 

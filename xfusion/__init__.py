@@ -4,7 +4,8 @@
 :func:`validate`, :func:`fusion_grid`, :func:`predict`, :func:`celestial_wcs` and the
 modules :mod:`xfusion.toy`, :mod:`xfusion.io`, :mod:`xfusion.metrics`, :mod:`xfusion.plot`
 :mod:`xfusion.baselines`, :mod:`xfusion.scenes` (randomized scenes with truth maps),
-:func:`xfusion.tune` and :mod:`xfusion.analysis` (line maps) (``matplotlib.pyplot`` is imported only when a figure is made).
+:func:`xfusion.tune`, :mod:`xfusion.analysis` (line maps) and :mod:`xfusion.consistency` (does the result predict
+each input's counts) (``matplotlib.pyplot`` is imported only when a figure is made).
 """
 __version__ = "0.1.0"
 
@@ -17,7 +18,7 @@ __all__ = ["observation", "validate", "celestial_wcs", "fusion_grid", "predict",
 from . import metrics  # noqa: E402,F401
 from .fuse import fuse, settings_of  # noqa: E402
 from .tuning import tune  # noqa: E402
-from . import analysis, baselines, plot, scenes  # noqa: E402,F401
+from . import analysis, baselines, consistency, plot, scenes  # noqa: E402,F401
 from .uncertainty import uncertainty  # noqa: E402
 
 __all__ += ["fuse", "settings_of", "tune", "metrics", "plot", "baselines", "scenes", "analysis", "uncertainty"]

@@ -394,56 +394,6 @@ def _table_rows(result, truth, x_obs, y_obs):
     return rows
 
 
-def _consistency_inputs(result):
-    """``(name, counts variable, model variable)`` of every input of a result: the sharp-spatial, the sharp-spectral
-    and any further one (``counts_obsI`` / ``model_obsI``; session 30: a third input's row was left out)."""
-    pairs = [(str(result.attrs.get("spatial_obs", "counts_spatial")), "counts_spatial", "model_spatial"),
-             (str(result.attrs.get("spectral_obs", "counts_spectral")), "counts_spectral", "model_spectral")]
-    extra = sorted((v for v in result.data_vars if v.startswith("model_obs") and v[len("model_obs"):].isdigit()),
-                   key=lambda v: int(v[len("model_obs"):]))
-    for mod in extra:
-        name = str(result[mod].attrs.get("long_name", mod)).removeprefix("predicted counts of ")
-        pairs.append((name, "counts_obs" + mod[len("model_obs"):], mod))
-    return [(n, o, m) for n, o, m in pairs if o in result and m in result]
-
-
-def _as_cube(da):
-    """Counts as an (x, y, energy) array, whatever their axes are called (``x_spectral``, ``energy_obs2``...);
-    detector pixels (``pixel``, ``energy``) as (pixel, 1, energy). None if the axes are not recognised."""
-    def dim(prefix):
-        found = [d for d in da.dims if d == prefix or d.startswith(prefix + "_")]
-        return found[0] if len(found) == 1 else None
-
-    e, p = dim("energy"), dim("pixel")
-    if p is not None and e is not None and da.ndim == 2:
-        return da.transpose(p, e).values[:, None, :]
-    x, y = dim("x"), dim("y")
-    if None in (x, y, e) or da.ndim != 3:
-        return None
-    return da.transpose(x, y, e).values
-
-
-def _consistency_rows(result):
-    import numpy as np
-
-    from . import metrics
-
-    rows = {}
-    for name, obs, mod in _consistency_inputs(result):
-        o, m = _as_cube(result[obs]), _as_cube(result[mod])
-        if o is None or m is None:
-            continue
-        mask = "mask_" + obs[len("counts_"):]
-        if mask in result:  # voxels the fit did not use (masked) are compared in neither: 0 in both
-            keep = _as_cube(result[mask]).astype(bool)
-            o, m = np.where(keep, o, 0.0), np.where(keep, m, 0.0)
-        row = metrics.consistency(o, m)
-        if "pixel" in result[obs].dims:  # detector pixels are no image: no structural similarity
-            row["ssim"] = None
-        rows[name if name not in rows else f"{name} ({obs})"] = row
-    return rows
-
-
 # ----------------------------------------------------------------------------- commands
 def cmd_toy(args):
     from . import toy
@@ -575,7 +525,9 @@ def cmd_metrics(args):
         print("\nreference-based metrics (vs truth):")
         print(metrics.format_report({"fused": row}))
         print(METRIC_NOTE)
-    rows = _consistency_rows(result)
+    from .consistency import count_consistency
+
+    rows = count_consistency(result)
     if rows:
         print("\nconsistency of the predicted counts with the data (no truth needed):")
         print(metrics.format_report(rows, name_header="instrument"))

@@ -176,7 +176,9 @@ def _finite(arrays):
                              "need finite cubes")
 
 
-def _pair(truth, estimate, conv=_cube, names=("truth", "estimate")):
+def _pair(truth, estimate, conv=_cube, names=("truth", "estimate"), no_data=False):
+    """Both cubes as float64 arrays, checked (grid, units, shape, finite). ``no_data``: NaN at the same voxels of
+    both is no data (a masked voxel) and becomes 0 in both; NaN in one only is still refused."""
     truth, estimate = _variable(truth, names[0]), _variable(estimate, names[1])
     _same_grid(truth, estimate, names)
     _same_units(truth, estimate, names)
@@ -184,6 +186,10 @@ def _pair(truth, estimate, conv=_cube, names=("truth", "estimate")):
     e = conv(estimate, names[1])
     if t.shape != e.shape:
         raise ValueError(f"shape mismatch: {names[0]} {t.shape} vs {names[1]} {e.shape}")
+    if no_data:
+        both = np.isnan(t) & np.isnan(e)
+        if np.any(both):
+            t, e = np.where(both, 0.0, t), np.where(both, 0.0, e)
     _finite(((names[0], t), (names[1], e)))
     return t, e
 
@@ -471,8 +477,12 @@ def consistency(observed, predicted) -> dict:
     r"""Consistency of predicted counts with an observed counts cube.
 
     Both are ``(x, y, energy)`` cubes of the same shape (e.g. the data and
-    the forward model applied to a fused cube), finite; two DataArrays must
-    be on the same grid and in the same units (else ValueError).
+    the forward model applied to a fused cube); two DataArrays must be on
+    the same grid and in the same units (else ValueError). NaN marks no data
+    (a masked voxel, as :func:`xfusion.fuse.counts_of` gives it): it must be
+    NaN in both, and counts as 0 in the sums and means; any other NaN or inf
+    is refused. :func:`xfusion.consistency.count_consistency` scores every
+    input of a fusion result this way.
 
     Returns
     -------
@@ -485,7 +495,7 @@ def consistency(observed, predicted) -> dict:
         :math:`\frac{\frac1L\sum_k |\bar p_k - \bar o_k|}{\frac1L\sum_k \bar o_k}`
         (``nan`` if the observed mean spectrum sums to 0).
     """
-    o, p = _pair(observed, predicted, names=("observed", "predicted"))
+    o, p = _pair(observed, predicted, names=("observed", "predicted"), no_data=True)
     io, ip = o.sum(axis=-1), p.sum(axis=-1)
     mo, mp = o.mean(axis=(0, 1)), p.mean(axis=(0, 1))
     den = float(np.mean(mo))
