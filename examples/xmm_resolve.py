@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -420,11 +421,13 @@ def main(outdir, seed=0, compare=False):
                                 arf=DATA / "pn_pi_src.arf", band=BAND, pixel_size=PIX, center=(RA0, DEC0),
                                 shape=(NPIX, NPIX), background={"region": region}, name="XMM/EPIC-pn")
     n_ch = int(round((BAND[1] - BAND[0]) / 0.001))
-    rsl = observation_from_files(events=outdir / "rsl_events.fits", rmf=DATA / "xrs_mucal.rmf",
-                                 arf=DATA / "xrs_mucal_3x10.arf", psf=outdir / "rsl_psf.fits", band=BAND,
-                                 center=(RA0, DEC0), bin_by="pixel", exclude_pixels=(CAL_PIXEL, NOISY_PIXEL),
-                                 background=np.full(n_ch, nxb / n_ch * info_rsl["exposure"] * 34),
-                                 name="XRISM/Resolve")
+    with warnings.catch_warnings():  # the XRS microcalorimeter RMF/ARF stand in for Resolve's (a simulation):
+        warnings.filterwarnings("ignore", message=".*TELESCOP='XRISM'.*TELESCOP='XRS'")  # xfusion says so otherwise
+        rsl = observation_from_files(events=outdir / "rsl_events.fits", rmf=DATA / "xrs_mucal.rmf",
+                                     arf=DATA / "xrs_mucal_3x10.arf", psf=outdir / "rsl_psf.fits", band=BAND,
+                                     center=(RA0, DEC0), bin_by="pixel", exclude_pixels=(CAL_PIXEL, NOISY_PIXEL),
+                                     background=np.full(n_ch, nxb / n_ch * info_rsl["exposure"] * 34),
+                                     name="XRISM/Resolve")
     print(f"pn: {int(pn.counts.sum())} counts, exposure {float(pn.exposure):.6g} s ({pn.attrs['exposure_source']})")
     print(f"Resolve: {int(rsl.counts.sum())} counts in {rsl.sizes['pixel']} pixels, exposure "
           f"{float(rsl['exposure']):.6g} s, roll {float(rsl['roll']):.2f} deg, array centre "

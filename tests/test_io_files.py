@@ -452,9 +452,24 @@ def test_real_responses(tmp_path):
     # a Resolve-like event file on the 12000-channel microcalorimeter RMF: only the band is densified
     evy = _write_events(tmp_path / "rs.evt", "xrism_resolve", x, y, (pi * 2).astype(np.int32),
                         {"ITYPE": ("I", np.zeros(n, np.int16))}, 1e4)
-    oy = observation_from_files(events=evy, rmf=need[3], pixel_size=20.0, center=(RA0, DEC0), shape=(5, 5),
-                                band=(0.6, 0.9))
+    # the XRS RMF stands in for Resolve's (a simulation): said, not refused (session 33)
+    with pytest.warns(UserWarning, match=r"events are from TELESCOP='XRISM' but the RMF 'xrs_mucal.rmf' is for "
+                                         r"TELESCOP='XRS'"):
+        oy = observation_from_files(events=evy, rmf=need[3], pixel_size=20.0, center=(RA0, DEC0), shape=(5, 5),
+                                    band=(0.6, 0.9))
     assert oy.sizes["energy"] == 300 and oy["response"].shape[0] <= 302
+    # session 33: pn events with a MOS camera's RMF or ARF (same telescope, another instrument) were taken silently
+    for i, f in ((0, "mos.rmf"), (1, "mos.arf")):
+        with fits.open(need[i]) as h:
+            for hdu in h:
+                if "INSTRUME" in hdu.header:
+                    hdu.header["INSTRUME"] = "EMOS1"
+            h.writeto(tmp_path / f)
+        files = {"rmf": tmp_path / f if i == 0 else need[0], "arf": tmp_path / f if i == 1 else need[1]}
+        with pytest.raises(ValueError, match=rf"events are from XMM EPN but the {f[-3:].upper()} '{f}' is for XMM "
+                                             r"EMOS1: pass the .* made for EPN"):
+            observation_from_files(events=ev, **files, pixel_size=4.0, center=(RA0, DEC0), shape=(21, 21),
+                                   band=(0.5, 2.0), group=15)
 
 
 def test_resolve_pixels_and_backgrounds_from_files(tmp_path):

@@ -356,6 +356,36 @@ def _exposure_map(emap, area, edges, counts):
     return vign, mask
 
 
+#: header values that name no instrument
+_UNNAMED = {"", "UNKNOWN", "NONE", "N/A", "NULL"}
+
+
+def _check_files_match_events(events, label, files):
+    """Compare the events' ``TELESCOP`` / ``INSTRUME`` with those of each response file (``files``: ``(what,
+    attrs)`` with attrs ``telescope`` / ``instrument`` / ``file`` as :func:`read_rmf` / :func:`read_arf` give them).
+    Same telescope, another instrument (EPIC-pn events with a MOS RMF or ARF): refused, it is never right. Another
+    telescope: a warning (a stand-in response for a simulation is legitimate, e.g. an XRS microcalorimeter RMF for
+    simulated Resolve events). Values naming nothing (empty, UNKNOWN, NONE) are not compared. Session 33: any
+    response was taken without a look at whose it was."""
+    from astropy.io import fits
+
+    with fits.open(events, memmap=False) as hdul:
+        head = _events_hdu(hdul, "EVENTS", label).header
+    ev_tel, ev_ins = (str(head.get(k, "")).strip().upper() for k in ("TELESCOP", "INSTRUME"))
+    for what, attrs in files:
+        tel, ins = (str(attrs.get(k, "")).strip().upper() for k in ("telescope", "instrument"))
+        name = attrs.get("file", what)
+        if ev_tel in _UNNAMED or tel in _UNNAMED:
+            continue
+        if tel != ev_tel:
+            warnings.warn(f"{label}: the events are from TELESCOP={ev_tel!r} but the {what} {name!r} is for "
+                          f"TELESCOP={tel!r}; fluxes and line shapes are only right with the response made for these "
+                          f"events (ignore this for a deliberate stand-in in a simulation)", stacklevel=3)
+        elif ev_ins not in _UNNAMED and ins not in _UNNAMED and ins != ev_ins:
+            raise ValueError(f"{label}: the events are from {ev_tel} {ev_ins} but the {what} {name!r} is for "
+                             f"{tel} {ins}: pass the {what} made for {ev_ins} (each camera has its own response)")
+
+
 def _arf(arf):
     return arf if isinstance(arf, xr.DataArray) else read_arf(arf)
 
@@ -449,7 +479,10 @@ def observation_from_files(
         effective area: with ``arf`` it is refused (the area would count twice); alone it is
         split exactly (:func:`xfusion.observation.split_full_response`): ``effective_area`` =
         its row sums over all EBOUNDS channels (cm2), ``response`` = each row divided by its
-        sum (``exposure_map`` then scales that area).
+        sum (``exposure_map`` then scales that area). Their ``TELESCOP`` / ``INSTRUME`` are
+        compared with the events': another camera of the same telescope (pn events, a MOS
+        RMF) is refused; another telescope (a stand-in response for a simulation) is
+        warned about.
     psf : path, DataArray or None
         PSF image (FITS with a celestial WCS or a pixel-size keyword; read with
         :func:`xfusion.io.psf.read_psf`, odd, centred on its peak, normalized).
@@ -634,6 +667,9 @@ def observation_from_files(
         area = _pixel_arfs(arf, counts)
     else:
         area = _arf(arf) if arf is not None else response_area  # (a full response's own area, or None)
+    checked = [("RMF", sp.attrs)] if rmf is not None else []
+    checked += [("ARF", area.attrs)] if arf is not None and area is not None and "pixel" not in area.dims else []
+    _check_files_match_events(events, label, checked)
     mask = None
     if exposure_map is not None:
         area, mask = _exposure_map(exposure_map, area, energy_edges, counts)
