@@ -56,7 +56,7 @@ def test_area_interpolated_from_an_arf_grid(small_toy):
     short = _arf(et[et < 1.2], vals[: (et < 1.2).sum() - 1])
     xs = _with(x, effective_area=short).drop_vars(["energy_true", "energy_true_lo", "energy_true_hi"],
                                                   errors="ignore").assign_coords(short.coords)
-    with pytest.raises(ValueError, match="use an ARF that covers the band"):
+    with pytest.raises(ValueError, match="otherwise pass an ARF and RMF that cover the fused band"):
         build_model(fusion_grid(xs, y), xs, SPATIAL)
 
 

@@ -472,6 +472,37 @@ def test_real_responses(tmp_path):
                                    band=(0.5, 2.0), group=15)
 
 
+@pytest.mark.filterwarnings("ignore:the fused cube does not reproduce")  # random events, one iteration
+def test_a_pn_band_inside_resolves_points_to_align(tmp_path):
+    """Session 33 (red team s32): pn built with band=(0.7, 0.8) (its ARF and RMF kept for that band) fused with
+    Resolve on 0.6-0.9 keV failed with "use an ARF that covers the band", to a user who had passed the full ARF.
+    The message now says why and names the two fixes; following one (align) fuses."""
+    need = [DATA / f for f in ("epn_ff20_dY9.rmf", "pn_pi_src.arf", "xrs_mucal.rmf", "xrs_mucal_3x10.arf")]
+    missing = [p.name for p in need if not p.exists()]
+    if missing:
+        pytest.skip(f"real instrument files {missing} not found in {DATA}")
+    rng = np.random.default_rng(5)
+    n = 2000
+    x, y = rng.uniform(-40, 40, n), rng.uniform(-40, 40, n)
+    pi = rng.integers(520, 1980, n)
+    ev = _write_events(tmp_path / "pn.evt", "xmm_epic", x, y, pi.astype(np.int16),
+                       {"PATTERN": ("I", np.zeros(n, np.int16)), "FLAG": ("J", np.zeros(n, np.int32))}, 1e4)
+    evy = _write_events(tmp_path / "rs.evt", "xrism_resolve", x, y, (pi * 2).astype(np.int32),
+                        {"ITYPE": ("I", np.zeros(n, np.int16))}, 1e4)
+    pn = observation_from_files(events=ev, rmf=need[0], arf=need[1], pixel_size=4.0, center=(RA0, DEC0),
+                                shape=(20, 20), band=(0.7, 0.8))
+    with pytest.warns(UserWarning, match="TELESCOP='XRS'"):  # the XRS files stand in for Resolve's
+        rs = observation_from_files(events=evy, rmf=need[2], arf=need[3], pixel_size=20.0, center=(RA0, DEC0),
+                                    shape=(4, 4), band=(0.6, 0.9))
+    with pytest.raises(ValueError, match=r"covers 0.7-0.796 keV but the fused grid needs 0.6-0.9 keV\. An "
+                                         r"observation from xfusion.io.observation_from_files\(band=...\) keeps .*"
+                                         r"xfusion.io.align"):
+        xfusion.fuse(pn, rs, regularization="none", max_iter=1, tol=None, progress=False)
+    a, b = align(pn, rs)
+    r = xfusion.fuse(a, b, regularization="none", max_iter=1, tol=None, progress=False)
+    assert np.all(np.isfinite(r["flux"].values)) and 0.7 <= float(r["energy_lo"][0]) < float(r["energy_hi"][-1]) <= 0.8
+
+
 def test_resolve_pixels_and_backgrounds_from_files(tmp_path):
     """observation_from_files: pn-like image with its background from a source-free region of the same
     events, Resolve binned by PIXEL (calibration pixel out) with a given background spectrum; the pair

@@ -161,6 +161,14 @@ def _ordered(scale, spectral, spatial, post):
     return [scale, spectral, spatial, post]
 
 
+#: what to do when an input's ARF or RMF does not cover the fused band (session 33: "use an ARF that covers the band"
+#: was all it said, to a user who had passed the full ARF and whose observation_from_files(band=) had kept it for
+#: that band only)
+BAND_ADVICE = ("An observation from xfusion.io.observation_from_files(band=...) keeps its ARF and RMF for that band "
+               "only: build it with a band= covering the fused band, or crop the inputs to their common band with "
+               "xfusion.io.align; otherwise pass an ARF and RMF that cover the fused band")
+
+
 def _covers(true_edges, fine_edges):
     """Whether an ARF on ``true_edges`` covers the fused bins ``fine_edges`` (keV) up to float32 rounding and 0.1% of
     the narrowest fused bin (:func:`xfusion.observation.edge_tolerance`)."""
@@ -181,7 +189,7 @@ def _area_on_grid(obs, fine_edges, fused_hw, factor, exposure=1.0):
     if not _covers(et, fine_edges):
         raise ValueError(
             f"effective_area of '{obs.attrs.get('name')}' covers {et[0]:.4g}-{et[-1]:.4g} keV but the fused grid "
-            f"needs {fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV; use an ARF that covers the band"
+            f"needs {fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV. {BAND_ADVICE}"
         )
     centres = obs["energy_true"].values
     if a.ndim == 1:

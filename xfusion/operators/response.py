@@ -161,7 +161,10 @@ def rmf_on_grid(matrix, true_edges, fine_edges):
     if e[0] < true_edges[0] or e[-1] > true_edges[-1]:
         raise ValueError(
             f"the response covers true energies {true_edges[0]:.4g}-{true_edges[-1]:.4g} keV but the fused grid "
-            f"spans {fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV; use an RMF that covers the band or crop the cubes"
+            f"spans {fine_edges[0]:.4g}-{fine_edges[-1]:.4g} keV. An observation from "
+            "xfusion.io.observation_from_files(band=...) keeps its RMF for that band only: build it with a band= "
+            "covering the fused band, or crop the inputs to their common band with xfusion.io.align; otherwise pass "
+            "an RMF that covers the fused band"
         )
     idx = np.clip(np.searchsorted(true_edges, e, side="right") - 1, 0, true_edges.size - 2)
     import scipy.sparse as ssp
