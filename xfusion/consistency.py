@@ -8,15 +8,18 @@ table ``xfusion metrics`` prints and what a user runs on real data.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from . import metrics
 
 
 def _inputs(result):
-    """``(name, counts variable, model variable, mask variable)`` of every input of a result: the sharp-spatial, the
-    sharp-spectral and any further one (``counts_obsI`` / ``model_obsI``; session 30: a third input's row was left
-    out)."""
+    """``(name, counts variable, model variable, mask variable)`` of every input of a result, in the order they were
+    given to :func:`xfusion.fuse` when the result records it (attribute ``inputs``, as ``count_totals``), else the
+    sharp-spatial, the sharp-spectral and any further one (``counts_obsI`` / ``model_obsI``; session 30: a third
+    input's row was left out)."""
     pairs = [(str(result.attrs.get("spatial_obs", "counts_spatial")), "spatial"),
              (str(result.attrs.get("spectral_obs", "counts_spectral")), "spectral")]
     extra = sorted((v for v in result.data_vars if v.startswith("model_obs") and v[len("model_obs"):].isdigit()),
@@ -24,6 +27,10 @@ def _inputs(result):
     for mod in extra:
         name = str(result[mod].attrs.get("long_name", mod)).removeprefix("predicted counts of ")
         pairs.append((name, mod[len("model_"):]))
+    if "inputs" in result.attrs:  # call order: position of the sharp-spatial and sharp-spectral inputs
+        pos = {("spatial" if r["role"] == "spatial" else "spectral" if r["role"] == "spectral" else
+                f"obs{int(r['input'])}"): int(r["input"]) for r in json.loads(result.attrs["inputs"])}
+        pairs.sort(key=lambda p: pos.get(p[1], len(pos)))
     return [(n, f"counts_{k}", f"model_{k}", f"mask_{k}") for n, k in pairs
             if f"counts_{k}" in result and f"model_{k}" in result]
 
@@ -47,9 +54,9 @@ def as_cube(da):
 
 
 def count_consistency(result) -> dict:
-    """``{input name: metrics.consistency row}`` for every input of a fusion ``result`` (an input whose counts have
-    axes not recognised is left out). Masked voxels are NaN on both sides (no data, as :func:`xfusion.fuse.counts_of`
-    gives them) and count as 0 in the sums. Detector-pixel inputs (``pixel`` or ``pixel_obsI``) are no image: their
+    """``{input name: metrics.consistency row}`` for every input of a fusion ``result``, in the order given to
+    :func:`xfusion.fuse` (an input whose counts have axes not recognised is left out). Masked voxels are NaN on both
+    sides (no data, as :func:`xfusion.fuse.counts_of` gives them) and count as 0 in the sums. Detector-pixel inputs (``pixel`` or ``pixel_obsI``) are no image: their
     ``ssim`` is None. A name given twice gets its variable appended, ``"name (counts_obs2)"``."""
     rows = {}
     for name, obs, mod, mask in _inputs(result):
