@@ -69,7 +69,7 @@ def _science(flux, truth_maps, lm_args, lsf):
     return analysis.map_errors(truth_maps, est, fraction=0.5)
 
 
-def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
+def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False, continuum_degree=None):
     t_scene = time.perf_counter()
     x, y, truth = scenes.from_spec(spec, size=size)
     T = truth["flux"]
@@ -77,6 +77,8 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False):
     grid = fusion_grid(x, y)
     ratio = float(grid.attrs["spatial_factor"])
     lm_args = scenes.line_map_args(truth)
+    if lm_args and continuum_degree is not None:
+        lm_args["continuum_degree"] = continuum_degree
     lsf = float(truth.attrs["lsf_sigma_kev"])
     truth_maps = analysis.line_map(T, lsf_sigma=lsf, **lm_args) if lm_args else None
     row = {"name": spec["name"], "spec": {k: v for k, v in spec.items()}, "size": truth.attrs["size"],
@@ -301,6 +303,9 @@ def main(argv=None):
     p.add_argument("--method-kwargs", default="{}", help="JSON dict of options passed to xfusion.fuse")
     p.add_argument("--rl-iter", type=int, default=100, help="most RL iterations for the oracle (default 100)")
     p.add_argument("--no-tuning", action="store_true", help="skip the truth-free RL iteration pick")
+    p.add_argument("--continuum-degree", type=int, default=None, choices=(0, 1, 2),
+                   help="line maps' side-band continuum (xfusion.analysis.line_map continuum_degree; default its "
+                        "default, 2: quadratic; 1: the straight line used before session 32)")
     p.add_argument("--select", action="store_true", help="default = regularization 'auto' (xfusion.tuning.select: "
                    "tuned wavelet2d1d or plain RL by held-out deviance), timed with its fit")
     p.add_argument("--no-renormalize", action="store_true", help="ablation: EM+prox without the flux "
@@ -332,18 +337,20 @@ def main(argv=None):
     print(f"suite: split={split}, {len(specs)} scenes, size={size}, fuse options={fuse_kwargs or 'defaults'}"
           f"{', regularization auto (select)' if a.select else ''}"
           f"{', NO flux renormalization (ablation)' if a.no_renormalize else ''}, "
-          f"RL oracle up to {a.rl_iter} iterations")
+          f"RL oracle up to {a.rl_iter} iterations, line-map continuum degree "
+          f"{'2 (default)' if a.continuum_degree is None else a.continuum_degree}")
     rows = []
 
     def save(summary_lines):
         if a.json:  # rewritten after every scene (temporary sibling renamed): an interrupted run keeps what it measured
             write_document(a.json, {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                                    "split": split, "size": str(size), "fuse_kwargs": fuse_kwargs, "rows": rows,
+                                    "split": split, "size": str(size), "fuse_kwargs": fuse_kwargs,
+                                    "continuum_degree": a.continuum_degree, "rows": rows,
                                     "summary": summary_lines}, SCRIPT, indent=1, default=str)
 
     for i, spec in enumerate(specs):
         try:
-            row = run_scene(spec, size, fuse_kwargs, a.rl_iter, not a.no_tuning, a.select)
+            row = run_scene(spec, size, fuse_kwargs, a.rl_iter, not a.no_tuning, a.select, a.continuum_degree)
         except KeyboardInterrupt:  # Ctrl-C (or timeout -s INT): report the scenes already measured
             print(f"interrupted during scene {i + 1}/{len(specs)}; reporting {len(rows)} scenes", flush=True)
             break
