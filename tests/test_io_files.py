@@ -422,18 +422,33 @@ def test_coarse_edges_a_few_mev_off_nest_in_fine_channels():
         assert common.size == 41 and abs(common[0] - 3.0) < 1e-5 and abs(common[-1] - 3.2) < 1e-5
 
 
-def test_real_responses(tmp_path):
-    """EPIC-pn RMF/ARF and a real PSF image: band/grouping on real EBOUNDS, dense RMF kept small."""
-    need = [DATA / f for f in ("epn_ff20_dY9.rmf", "pn_pi_src.arf", "psf_f1_norm_0.25pix.fits", "xrs_mucal.rmf")]
+def _real_files(*names):
+    """Paths of the real instrument files ``names`` in ../shared/data; the test is skipped (saying which are
+    missing) without them."""
+    need = [DATA / f for f in names]
     missing = [p.name for p in need if not p.exists()]
     if missing:
         pytest.skip(f"real instrument files {missing} not found in {DATA}")
+    return need
+
+
+def _uniform_pn_and_resolve_events(tmp_path, n=2000):
+    """``(pn events, Resolve events, pi)``: the same ``n`` events uniform over +-40" and pn PI 520-1979 (Resolve's PI
+    twice that, its 0.5 eV channels), good PATTERN/FLAG/ITYPE, 1e4 s."""
     rng = np.random.default_rng(5)
-    n = 2000
     x, y = rng.uniform(-40, 40, n), rng.uniform(-40, 40, n)
     pi = rng.integers(520, 1980, n)
     ev = _write_events(tmp_path / "pn.evt", "xmm_epic", x, y, pi.astype(np.int16),
                        {"PATTERN": ("I", np.zeros(n, np.int16)), "FLAG": ("J", np.zeros(n, np.int32))}, 1e4)
+    evy = _write_events(tmp_path / "rs.evt", "xrism_resolve", x, y, (pi * 2).astype(np.int32),
+                        {"ITYPE": ("I", np.zeros(n, np.int16))}, 1e4)
+    return ev, evy, pi
+
+
+def test_real_responses(tmp_path):
+    """EPIC-pn RMF/ARF and a real PSF image: band/grouping on real EBOUNDS, dense RMF kept small."""
+    need = _real_files("epn_ff20_dY9.rmf", "pn_pi_src.arf", "psf_f1_norm_0.25pix.fits", "xrs_mucal.rmf")
+    ev, evy, pi = _uniform_pn_and_resolve_events(tmp_path)
     o = observation_from_files(events=ev, rmf=need[0], arf=need[1], psf=need[2], psf_pixel_size=2.0,
                                pixel_size=4.0, center=(RA0, DEC0), shape=(21, 21), band=(0.5, 2.0), group=15)
     assert o.sizes["energy"] == 20 and o["response"].shape[1] == 20
@@ -450,8 +465,6 @@ def test_real_responses(tmp_path):
     assert np.sum((pi // 5 >= c0) & (pi // 5 < c0 + 300)) != np.sum((pi * 1e-3 >= ee[0]) & (pi * 1e-3 < ee[-1]))
     assert abs(float(o["psf"].sum()) - 1) < 1e-9 and o["psf"]["psf_x"].attrs["pixel_size"] == 2.0
     # a Resolve-like event file on the 12000-channel microcalorimeter RMF: only the band is densified
-    evy = _write_events(tmp_path / "rs.evt", "xrism_resolve", x, y, (pi * 2).astype(np.int32),
-                        {"ITYPE": ("I", np.zeros(n, np.int16))}, 1e4)
     # the XRS RMF stands in for Resolve's (a simulation): said, not refused (session 33)
     with pytest.warns(UserWarning, match=r"events are from TELESCOP='XRISM' but the RMF 'xrs_mucal.rmf' is for "
                                          r"TELESCOP='XRS'"):
@@ -477,18 +490,8 @@ def test_a_pn_band_inside_resolves_points_to_align(tmp_path):
     """Session 33 (red team s32): pn built with band=(0.7, 0.8) (its ARF and RMF kept for that band) fused with
     Resolve on 0.6-0.9 keV failed with "use an ARF that covers the band", to a user who had passed the full ARF.
     The message now says why and names the two fixes; following one (align) fuses."""
-    need = [DATA / f for f in ("epn_ff20_dY9.rmf", "pn_pi_src.arf", "xrs_mucal.rmf", "xrs_mucal_3x10.arf")]
-    missing = [p.name for p in need if not p.exists()]
-    if missing:
-        pytest.skip(f"real instrument files {missing} not found in {DATA}")
-    rng = np.random.default_rng(5)
-    n = 2000
-    x, y = rng.uniform(-40, 40, n), rng.uniform(-40, 40, n)
-    pi = rng.integers(520, 1980, n)
-    ev = _write_events(tmp_path / "pn.evt", "xmm_epic", x, y, pi.astype(np.int16),
-                       {"PATTERN": ("I", np.zeros(n, np.int16)), "FLAG": ("J", np.zeros(n, np.int32))}, 1e4)
-    evy = _write_events(tmp_path / "rs.evt", "xrism_resolve", x, y, (pi * 2).astype(np.int32),
-                        {"ITYPE": ("I", np.zeros(n, np.int16))}, 1e4)
+    need = _real_files("epn_ff20_dY9.rmf", "pn_pi_src.arf", "xrs_mucal.rmf", "xrs_mucal_3x10.arf")
+    ev, evy, _ = _uniform_pn_and_resolve_events(tmp_path)
     pn = observation_from_files(events=ev, rmf=need[0], arf=need[1], pixel_size=4.0, center=(RA0, DEC0),
                                 shape=(20, 20), band=(0.7, 0.8))
     with pytest.warns(UserWarning, match="TELESCOP='XRS'"):  # the XRS files stand in for Resolve's
