@@ -249,22 +249,28 @@ def sam_map(truth, estimate) -> np.ndarray:
     .. math:: \mathrm{SAM}(Z_i) = \arccos
               \frac{\langle Z_i, \hat Z_i\rangle}{\|Z_i\|_2 \|\hat Z_i\|_2}
 
-    Pixels where either spectrum is identically zero are ``nan``.
+    Pixels where both spectra are identically zero are ``nan`` (nothing to
+    compare). Where only one of them is zero (an estimate with no flux in a
+    pixel that has some, or the reverse) the angle is undefined; it is set to
+    :math:`\pi/2`, the largest angle between non-negative spectra: the
+    estimate holds no spectral information there (session 33: such pixels
+    were left out, so a baseline with empty pixels scored better for them).
     Values lie in :math:`[0, \pi]`.
     """
     t, e = _pair(truth, estimate)
     ut, vt = _unit(t)
     ue, ve = _unit(e)
     out = _angle(ut, ue)
-    out[~(vt & ve)] = np.nan
+    out[vt != ve] = np.pi / 2
+    out[~vt & ~ve] = np.nan
     return out
 
 
 def asam(truth, estimate) -> float:
     r"""Average spectral angle (radians), lower is better.
 
-    Mean of :func:`sam_map` over the pixels where it is defined (both
-    spectra non-zero).  Eq. A.2 of the paper writes the prefactor as
+    Mean of :func:`sam_map` over the pixels where it is defined (not both
+    spectra zero; one zero counts :math:`\pi/2`).  Eq. A.2 of the paper writes the prefactor as
     :math:`1/L` with a sum over the :math:`MN` pixels; we read this as a
     typo and use the mean over pixels, :math:`1/(MN)\sum_i`.  Returns
     ``nan`` if no pixel is valid.
