@@ -515,3 +515,31 @@ def test_region_pha_with_undefined_correlations_or_two_replicas(tmp_path):
     with pytest.raises(ValueError, match=r"group='auto' .*at least 3; uncertainty= has 2.*n=3"):
         write_pha_from_result(res, region, tmp_path / "auto", uncertainty=two, group="auto", **kw)
     assert not list(tmp_path.glob("auto*"))
+
+
+def test_region_dataarray_is_read_by_its_coordinates(tmp_path):
+    """A mask DataArray is applied by its x/y labels: stored with x descending it selects the same pixels (it
+    selected the mirrored ones, +50 % counts, before session 34); a mask from a shifted grid is refused."""
+    from xfusion.io.ogip_write import region_mask, write_pha2_from_result
+
+    edges = np.linspace(6.0, 7.0, 6)
+    flux = np.random.default_rng(1).uniform(1, 2, (4, 5, 5)) * 1e-6
+    ds = xr.Dataset({"flux": (("x", "y", "energy"), flux)},
+                    coords={"x": np.arange(4) * 10.0, "y": np.arange(5) * -10.0,
+                            "energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])})
+    m = (ds.x < 15) & (ds.y > -25)  # pixels x 0..1, y 0..2
+    want = np.zeros((4, 5), bool)
+    want[:2, :3] = True
+    coords = (ds.x.values, ds.y.values)
+    for reg in (m, m.sortby("x", ascending=False), m.sortby("y").transpose("y", "x")):
+        np.testing.assert_array_equal(region_mask(reg, (4, 5), coords), want)
+        pha, _, _ = write_pha_from_result(ds, reg, tmp_path / "r", exposure=1e5, area=100.0, rate=True, overwrite=True)
+        np.testing.assert_allclose(fits.getdata(pha, "SPECTRUM")["RATE"], flux[want].sum(0) * 100.0, rtol=1e-6)
+    pha2 = write_pha2_from_result(ds, tmp_path / "r2", regions=[m.sortby("x", ascending=False)], exposure=1e9,
+                                  area=100.0)[0]
+    np.testing.assert_allclose(fits.getdata(pha2, "SPECTRUM")["COUNTS"][0], flux[want].sum(0) * 1e11, rtol=1e-4)
+    for bad in (m.assign_coords(x=m.x + 20.0), m.isel(x=slice(0, 3))):
+        with pytest.raises(ValueError, match="not the cube's"):
+            write_pha_from_result(ds, bad, tmp_path / "b", exposure=1e5, area=100.0, rate=True)
+    # without coordinates: by position, as before
+    np.testing.assert_array_equal(region_mask(xr.DataArray(want, dims=("x", "y")), (4, 5), coords), want)

@@ -500,3 +500,15 @@ def test_an_observation_whose_mask_differs_from_the_fit_is_refused(fitted):
         with pytest.raises(ValueError, match=r"has a different mask from the one the result was fitted with "
                                              r"\(\d+ voxels differ"):
             xfusion.uncertainty(r, *given, n=2)
+
+
+def test_region_masks_read_a_dataarray_by_its_coordinates():
+    """uncertainty(regions=) takes a mask DataArray by its x/y labels (uncertainty passes the result's coordinates)."""
+    xs, ys = np.arange(6) * 5.0, np.arange(4) * 5.0
+    m = xr.DataArray(np.zeros((6, 4), bool), dims=("x", "y"), coords={"x": xs, "y": ys})
+    m[:2, 1:3] = True
+    want = m.values.copy()
+    got = region_masks({"a": m.sortby("x", ascending=False)}, (6, 4), (xs, ys))[1][0]
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="not the cube's"):
+        region_masks({"a": m.assign_coords(x=xs + 5.0)}, (6, 4), (xs, ys))

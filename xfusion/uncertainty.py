@@ -336,8 +336,9 @@ def _box(region, shape):
     return region
 
 
-def region_masks(regions, shape):
-    """``(names, masks (R, x, y) bool)`` from ``regions`` (see the module docstring)."""
+def region_masks(regions, shape, coords=None):
+    """``(names, masks (R, x, y) bool)`` from ``regions`` (see the module docstring); ``coords``: the cube's ``(x, y)``
+    coordinate values, by which a DataArray mask with coordinates is read (:func:`~xfusion.io.ogip_write.region_mask`)."""
     from .io.ogip_write import region_mask
 
     if regions is None:
@@ -357,7 +358,7 @@ def region_masks(regions, shape):
         raise ValueError(f"region names must be distinct as text (they label the output); got {[k for k, _ in items]}")
     masks = []
     for name, r in items:
-        m = region_mask(_box(r, shape), shape)
+        m = region_mask(_box(r, shape), shape, coords)
         if not m.any():
             raise ValueError(f"region {name!r} selects no pixel of the {shape[0]}x{shape[1]} field")
         masks.append(m)
@@ -701,7 +702,7 @@ def uncertainty(result, *observations, n=20, method="bootstrap", client=None, st
     if warm == "auto":  # the prior sets the estimator: warm; an iteration count as regularizer: cold
         warm = bool(int(result.attrs.get("converged", 0))) or not _count_regularizes(settings)
     cap = _replica_cap(max_iter, result, settings, method, warm)
-    names, masks = region_masks(regions, flux.shape[:2])
+    names, masks = region_masks(regions, flux.shape[:2], (result["x"].values, result["y"].values))
 
     counts = [np.asarray(o["counts"].values) for o in observations]
     fp = _fingerprint(flux, models, counts, dict(settings, replica_cap=cap), method, seed, warm)

@@ -623,12 +623,16 @@ def write_pha(
 __all__ += ["write_pha_from_result", "region_mask"]
 
 
-def region_mask(region, shape) -> np.ndarray:
+def region_mask(region, shape, coords=None) -> np.ndarray:
     """Boolean (x, y) mask of ``shape`` from a region of the fused cube.
 
     ``region`` is one of:
 
-    * a boolean mask of shape ``shape`` (NumPy array, or a DataArray with dims ``x``, ``y``);
+    * a boolean mask of shape ``shape`` (NumPy array, or a DataArray with dims ``x``, ``y``). A DataArray
+      with ``x`` and ``y`` coordinates is read by its coordinates when ``coords`` (the cube's ``(x, y)``
+      coordinate values) is given: its labels must be the cube's (any order, e.g. x descending);
+      other labels (another grid, a shifted or cropped one) are refused (``ValueError``) rather than
+      applied to the wrong pixels. Without coordinates it is read by position;
     * a **list** of ``(ix, iy)`` integer pixel indices, e.g. ``[(0, 2), (3, 1)]`` (an ``(n, 2)`` array);
     * NumPy's **tuple of index arrays** ``(ix_array, iy_array)``, as returned by ``np.nonzero(mask)``
       or ``np.where(mask)``: read the NumPy way (``mask[region]``), for any number of pixels --
@@ -641,7 +645,7 @@ def region_mask(region, shape) -> np.ndarray:
     for index arrays. Pixel indices must lie inside ``shape`` (no negative indices).
     """
     if isinstance(region, xr.DataArray):
-        region = region.transpose("x", "y").values
+        region = _mask_values(region, shape, coords)
     if isinstance(region, tuple) and len(region) == 2 and all(isinstance(s, slice) for s in region):
         mask = np.zeros(shape, dtype=bool)
         mask[region] = True
@@ -665,6 +669,29 @@ def region_mask(region, shape) -> np.ndarray:
         "region must be a boolean (x, y) mask, a list of (ix, iy) integer pixel indices, NumPy's tuple of index "
         "arrays (ix_array, iy_array) as from np.nonzero(mask), or a pair of slices (slice_x, slice_y)."
     )
+
+
+def _mask_values(region, shape, coords):
+    """The values of a DataArray region in the cube's (x, y) order: by its coordinates when it has them and the
+    cube's ``coords = (x_values, y_values)`` are known (session 34: a mask stored with x descending selected the
+    mirrored pixels, +50 % counts), else by position."""
+    if set(region.dims) != {"x", "y"}:
+        raise ValueError(f"a region DataArray has dims ('x', 'y'); got {region.dims}")
+    if coords is not None and all(d in region.coords for d in ("x", "y")):
+        for d, want in zip(("x", "y"), coords):
+            have, want = np.asarray(region[d].values), np.asarray(want)
+            if have.shape != want.shape or not np.array_equal(np.sort(have), np.sort(want)):
+                raise ValueError(
+                    f"the region's {d} coordinates ({have.size} values, {_span(have)}) are not the cube's ({want.size} "
+                    f"values, {_span(want)}): a mask from another grid would select the wrong pixels. Build it on "
+                    f"the result's own coordinates (e.g. (result.x > a) & (result.y < b)), or pass .values to "
+                    "select by position")
+        region = region.sel(x=np.asarray(coords[0]), y=np.asarray(coords[1]))
+    return region.transpose("x", "y").values
+
+
+def _span(v):
+    return f"{v.min():g} .. {v.max():g}" if v.size else "empty"
 
 
 def _index_arrays(region) -> bool:
@@ -889,7 +916,7 @@ def write_pha_from_result(
     from 0 in the PHA, the RMF (``F_CHAN``, ``TLMIN4``) and ``EBOUNDS``.
     """
     da = _result_cube(result, variable, "write_pha_from_result")
-    mask = region_mask(region, (da.sizes["x"], da.sizes["y"]))
+    mask = region_mask(region, (da.sizes["x"], da.sizes["y"]), (da["x"].values, da["y"].values))
     if not mask.any():
         raise ValueError("the region selects no pixel.")
     vals = np.asarray(da.values, dtype=np.float64)
@@ -1211,7 +1238,7 @@ def write_pha2_from_result(
                  "X_OFF": ("D", np.asarray(da["x"].values, np.float64)[ix]),
                  "Y_OFF": ("D", np.asarray(da["y"].values, np.float64)[iy])}
     else:
-        masks = [region_mask(r, (nx, ny)) for r in regions]
+        masks = [region_mask(r, (nx, ny), (da["x"].values, da["y"].values)) for r in regions]
         if any(not m.any() for m in masks):
             raise ValueError("a region selects no pixel.")
         _check_finite(vals, np.any(masks, axis=0), "write_pha2_from_result")
