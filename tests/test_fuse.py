@@ -255,7 +255,9 @@ def test_sigkill_then_resume(small_toy, tmp_path, child_env):
 
 
 def test_ista_reproduces_a_straightforward_algorithm_1(small_toy):
-    """method="ista" equals a plain loop of Alg. 1 + Alg. 2 (PWS threshold mu * MAD of the finest band)."""
+    """method="ista" equals a plain loop of Alg. 1 + Alg. 2 (PWS threshold mu * MAD of the finest band), the
+    starlet taken on the field extended point-symmetrically by the 2D transform's reach (6 pixels for 2 scales;
+    session 34: the field edge, ``xfusion.regularizers.sparsity.FIELD_EDGE``)."""
     x, y, _ = small_toy
     n_iter, mu = 6, 1.0
     r = xfusion.fuse(x, y, method="ista", step=0.05, max_iter=n_iter, tol=None, dtype="float64", progress=False, n_scales_2d=2,
@@ -271,7 +273,8 @@ def test_ista_reproduces_a_straightforward_algorithm_1(small_toy):
     for _ in range(n_iter):
         grad = mx.adjoint(1 - X / mx.forward(z)) + my.adjoint(1 - Y / my.forward(z))
         zt = z - alpha * grad
-        c = starlet2d1d(zt, 2, 3)
+        h = 6
+        c = starlet2d1d(np.pad(zt, ((h, h), (h, h), (0, 0)), mode="reflect", reflect_type="odd"), 2, 3)[:, :, h:-h, h:-h]
         rho = mu * mad_sigma(c[0, 0])
         zt = c[2, 3] + sum(soft_threshold(c[a, b], rho) for a in range(3) for b in range(4) if (a, b) != (2, 3))
         z = np.maximum(zt, 0)
@@ -396,8 +399,9 @@ def test_settings_of_refits_with_the_tuned_settings_and_warm_start(small_toy, tm
     warm = xfusion.fuse(x, y, settings=r, init=r, max_iter=1, tol=None, progress=False)
     xr.testing.assert_identical(r, rc)
     cold = xfusion.fuse(x, y, settings=r, max_iter=0, progress=False)  # the default flat start, not iterated
-    # the run starts at the previous solution (data term of its final iterate; the EM floor on exact zeros aside)
-    np.testing.assert_allclose(warm.data_term.values[0], r.data_term.values[-1], rtol=1e-3)
+    # the run starts at the previous solution (data term of its final iterate; the EM floor on exact zeros aside:
+    # 1.4e-3 since session 34's field edge, 1e-3 before; a cold start is 2x or more off)
+    np.testing.assert_allclose(warm.data_term.values[0], r.data_term.values[-1], rtol=3e-3)
     assert warm.data_term.values[0] < 0.5 * cold.data_term.values[0]
     assert abs(metrics.nmse(t, warm.flux) - metrics.nmse(t, r.flux)) < 0.1
     rec = json.loads(warm.attrs["parameters"])["init"]

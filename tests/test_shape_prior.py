@@ -87,14 +87,14 @@ def test_shrink_ladder_equals_the_prior_of_each_pseudo_count():
     assert not np.any(dict(shrink_ladder(np.zeros_like(z), total, (1e3,)))[1e3])  # nothing to shrink
 
 
-@pytest.mark.parametrize("index, expect", [(7, "more"), (4, "anchor"), (19, "long")])
+@pytest.mark.parametrize("index, expect", [(7, "more"), (20, "anchor"), (19, "long")])
 def test_auto_chooses_the_shape_prior_by_thinning(index, expect):
     """``regularization="auto"`` picks the pseudo-counts whose half-data cube predicts the held-out half best
     (xfusion.tuning.tune_shape), unless that rung beats the anchor (1e4, the fixed value of sessions 8-19) by less
     than one paired standard error. The half-data cube is the tuning's own iterate of the chosen fit (session 21), so
     long fits are scored too. A continuum-only scene (synchrotron/1007: its pixels share their neighbourhood's smooth
-    shape) takes more than 1e4 and is closer to the truth for it; on mixed/1004 the best rung (3e4) is within one SE:
-    1e4 is kept; mixed/1019's thresholded fit runs 24 iterations (19 on half the counts, not scored in session 20): it
+    shape) takes more than 1e4 and is closer to the truth for it; on snr_shell/1020 the best rung (3e3) is within one
+    SE: 1e4 is kept (mixed/1004 until session 34, whose best rung is now the anchor itself); mixed/1019's thresholded fit runs 24 iterations (19 on half the counts, not scored in session 20): it
     takes fewer pseudo-counts (its neighbouring pixels differ in shape) and is closer to the truth for it."""
     import xfusion
     from xfusion import metrics, scenes, tuning

@@ -157,15 +157,16 @@ def test_any_number_of_observations(fitted):
 
 
 def test_capped_warm_replicas_scaled_by_control(fitted):
-    """A converged fit (32 iterations, stopped by the relative change of the iterate <= 1e-3): warm replicas stop
-    at max_iter='auto' = 16 iterations except replica 0, the control, which runs the fit's 32 iterations and gives
-    the ratio that scales the others."""
+    """A converged fit (43 iterations since session 34, 32 before; stopped by the relative change of the iterate
+    <= 1e-3): warm replicas stop at max_iter='auto' = half of them (rounded up) except replica 0, the control, which
+    runs the fit's count and gives the ratio that scales the others."""
     x, y, _ = fitted
     r = xfusion.fuse(x, y, progress=False, **dict(SETTINGS, max_iter=60, tol=1e-3))
-    assert r.attrs["converged"] == 1 and r.attrs["iterations"] == 32
+    it = int(r.attrs["iterations"])
+    assert r.attrs["converged"] == 1 and 20 < it < 60
     u = xfusion.uncertainty(r, x, y, n=2, seed=2)
     assert u["replica_warm"].all() and list(u["replica_capped"].values) == [False, True]
-    assert list(u["replica_iterations"].values) == [32, 16]  # control: the fit's count; capped: half (no tol)
+    assert list(u["replica_iterations"].values) == [it, -(-it // 2)]  # control: the fit's count; capped: half
     ratio = u.attrs["control_ratio"]
     assert np.isfinite(ratio) and ratio >= 1.0 and u.attrs["capped_replicas"] == 1
     with pytest.raises(ValueError, match="max_iter"):

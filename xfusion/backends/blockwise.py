@@ -60,8 +60,9 @@ try:  # dask >= 2024.12 describes tasks with Task / TaskRef; older versions take
 except ImportError:  # pragma: no cover
     Task = TaskRef = None
 
-#: a block's boundary rule -> ``np.pad`` mode (``symmetric`` repeats the edge sample: Dask's ``reflect``)
-_PAD = {"symmetric": "symmetric", "zero": "constant"}
+#: a block's boundary rule -> ``np.pad`` mode (``symmetric`` repeats the edge sample: Dask's ``reflect``; ``odd``:
+#: point-symmetric about the edge sample, ``(mode, reflect_type)``)
+_PAD = {"symmetric": "symmetric", "zero": "constant", "odd": ("reflect", "odd")}
 #: blocks larger than this (bytes) send only their rims (``halo`` pixels wide, one small task per block) to their
 #: neighbours; smaller ones are read whole by their neighbours' tasks (no extra task)
 RIM_BYTES = 8 * 2 ** 20
@@ -97,8 +98,9 @@ def _piece(p, a, b, hx, hy):
 
 def _assemble(nb, halo, mode):
     """The centre block of ``nb`` (9 blocks, row-major 3x3 neighbourhood; None beyond the field) extended by
-    ``halo = (hx, hy)`` pixels taken from its neighbours and, beyond the field, by ``np.pad`` ``mode`` (zeros, or
-    the half-sample symmetric extension): the block ``dask.array.overlap.overlap`` with that boundary builds,
+    ``halo = (hx, hy)`` pixels taken from its neighbours and, beyond the field, by ``np.pad`` ``mode``
+    (zeros, the half-sample symmetric or the point-symmetric extension): the block ``dask.array.overlap.overlap``
+    with that boundary builds,
     bit for bit (padding is separable per axis, so padding the gathered block equals padding the field)."""
     hx, hy = halo
     ra = [a for a in range(3) if a == 1 or nb[3 * a + 1] is not None]
@@ -109,7 +111,10 @@ def _assemble(nb, halo, mode):
         rows.append(ps[0] if len(ps) == 1 else np.concatenate(ps, axis=1))
     x = rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
     pad = ((hx * (0 not in ra), hx * (2 not in ra)), (hy * (0 not in ca), hy * (2 not in ca)))
-    return np.pad(x, pad + ((0, 0),) * (x.ndim - 2), mode=mode) if any(pad[0] + pad[1]) else x
+    if not any(pad[0] + pad[1]):
+        return x
+    kw = {"mode": mode} if isinstance(mode, str) else {"mode": mode[0], "reflect_type": mode[1]}
+    return np.pad(x, pad + ((0, 0),) * (x.ndim - 2), **kw)
 
 
 def _haloed(func, halo, mode, lead, *args):
