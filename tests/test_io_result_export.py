@@ -209,13 +209,17 @@ def test_region_pha_ogip_keywords(fused_small, tmp_path):
         np.testing.assert_allclose(s.data["RATE"], expected / exposure, rtol=1e-6)
         np.testing.assert_allclose(s.data["STAT_ERR"], np.sqrt(expected) / exposure, rtol=1e-6)
     # too small an exposure x area: refused, and the suggested one works (session 29: the suggestion was a fixed
-    # exposure=1e5, area=100, smaller than what a user may have passed)
-    with pytest.raises(ValueError, match=r"exposure x area of about (\S+) s cm2 gives ~100 per channel") as info:
-        write_pha_from_result(fused_small, mask, tmp_path / "faint", exposure=1e-6, area=1.0)
-    need = float(re.search(r"about (\S+) s cm2", str(info.value)).group(1))
-    p, _, _ = write_pha_from_result(fused_small, mask, tmp_path / "suggested", exposure=need, area=1.0)
-    with fits.open(p) as hdul:
-        assert hdul["SPECTRUM"].data["COUNTS"].mean() == pytest.approx(100, rel=0.05)
+    # exposure=1e5, area=100, smaller than what a user may have passed; session 34: checked per block of channels)
+    for tiny in (1e-6, 1e-3 * exposure):
+        with pytest.raises(ValueError, match=r"would distort the spectrum.*about (\S+) s cm2") as info:
+            write_pha_from_result(fused_small, mask, tmp_path / "faint", exposure=tiny, area=1.0)
+        need = float(re.search(r"about (\S+) s cm2", str(info.value)).group(1))
+        p, _, _ = write_pha_from_result(fused_small, mask, tmp_path / "suggested", exposure=need, area=1.0,
+                                        overwrite=True)
+        with fits.open(p) as hdul:
+            c = hdul["SPECTRUM"].data["COUNTS"].astype(float)
+        blocks = np.add.reduceat(c, np.arange(0, c.size, 16)) / np.diff(np.append(np.arange(0, c.size, 16), c.size))
+        assert blocks.min() == pytest.approx(20, rel=0.1)  # the faintest block of 16 channels at ~20 per channel
     with pytest.raises(ValueError, match="no pixel"):
         write_pha_from_result(fused_small, np.zeros((15, 15), bool), tmp_path / "empty")
     with pytest.raises(ValueError, match="region"):
@@ -502,7 +506,8 @@ def test_region_pha_with_undefined_correlations_or_two_replicas(tmp_path):
     zero = write_pha_from_result(res.assign(flux=res["flux"] * 0), region, tmp_path / "zero",
                                  uncertainty=unc.assign(flux_replicas=unc["flux_replicas"] * 0), **kw)[0]
     h, err = header(zero)
-    assert not {"CORR1ORG", "CORRLAG1", "CORRLAG2", "ERRINFL"} & set(h) and np.all(err == 0)
+    # STAT_ERR: the one-count Poisson floor where no replica varies (0 before session 34)
+    assert not {"CORR1ORG", "CORRLAG1", "CORRLAG2", "ERRINFL"} & set(h) and np.all(err == 1)
     assert all(not isinstance(v, float) or np.isfinite(v) for v in h.values())
     # two replicas: STAT_ERR = their spread, covariance written, no correlation keywords
     two = unc.isel(replica=slice(0, 2))
@@ -543,3 +548,60 @@ def test_region_dataarray_is_read_by_its_coordinates(tmp_path):
             write_pha_from_result(ds, bad, tmp_path / "b", exposure=1e5, area=100.0, rate=True)
     # without coordinates: by position, as before
     np.testing.assert_array_equal(region_mask(xr.DataArray(want, dims=("x", "y")), (4, 5), coords), want)
+
+
+def _cube_and_replicas(n_rep=4, seed=3):
+    """A 4x5x10 cube (1e4 expected counts per pixel channel at 1e5 s x 100 cm2) and replicas that vary except in
+    channels 0-2, where every replica is 0 (a bias-aware refit at 0)."""
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(6.0, 7.0, 11)
+    flux = rng.uniform(0.5, 1.5, (4, 5, 10)) * 1e-3
+    ds = xr.Dataset({"flux": (("x", "y", "energy"), flux)},
+                    coords={"x": np.arange(4.0), "y": np.arange(5.0),
+                            "energy_lo": ("energy", edges[:-1]), "energy_hi": ("energy", edges[1:])})
+    reps = flux[None] * rng.normal(1.0, 0.001, (n_rep, 4, 5, 10))
+    reps[:, :, :, :3] = 0.0
+    u = xr.Dataset({"flux": ds["flux"], "flux_replicas": (("replica", "x", "y", "energy"), reps)})
+    return ds, u
+
+
+def test_stat_err_is_never_zero_where_the_replicas_agree(tmp_path):
+    """Red team s33: a bias-aware refit at 0 in every replica wrote STAT_ERR = 0 (16 of 40 channels of an edge pixel),
+    which a chi-square fit divides by. Those channels get the Poisson error of the expected counts, at least one
+    count (PHA I, counts and rate; PHA II), and the header says how many."""
+    from xfusion.io.ogip_write import write_pha2_from_result
+
+    ds, u = _cube_and_replicas()
+    region = (slice(0, 2), slice(0, 3))
+    T, A = 1e5, 100.0
+    expected = ds.flux.values[:2, :3].sum((0, 1)) * T * A
+    for rate in (False, True):
+        pha, _, _ = write_pha_from_result(ds, region, tmp_path / f"s{rate}", exposure=T, area=A, uncertainty=u,
+                                          rate=rate)
+        with fits.open(pha) as hdul:
+            se = hdul["SPECTRUM"].data["STAT_ERR"].astype(np.float64)
+            hist = " ".join(str(v) for v in hdul["SPECTRUM"].header.get("HISTORY", []))
+        per = T if rate else 1.0
+        np.testing.assert_allclose(se[:3], np.sqrt(expected[:3]) / per, rtol=1e-5)
+        assert np.all(se[3:] > 0) and np.all(se[3:] < 0.5 * np.sqrt(expected[3:]) / per)  # the replicas' own spread
+        assert "floored" in hist and "3 channel(s)" in hist
+    pha2 = write_pha2_from_result(ds, tmp_path / "p2", exposure=T, area=A, uncertainty=u)[0]
+    se2 = fits.getdata(pha2, "SPECTRUM")["STAT_ERR"]
+    assert np.all(se2 > 0)
+    np.testing.assert_allclose(se2[:, :3], np.sqrt(ds.flux.values.reshape(20, 10)[:, :3] * T * A), rtol=1e-4)
+
+
+def test_uncertainty_of_another_cube_is_refused(tmp_path):
+    """Red team s33: the bias-aware refit exported with the tuned fit's replicas got STAT_ERR 5x too small, silently.
+    The replicas' own cube (``uncertainty["flux"]``) must be the exported one over the exported pixels."""
+    from xfusion.io.ogip_write import write_pha2_from_result
+
+    ds, u = _cube_and_replicas()
+    other = u.assign(flux=u["flux"] * 1.2)
+    kw = dict(exposure=1e5, area=100.0)
+    with pytest.raises(ValueError, match="belongs to another cube"):
+        write_pha_from_result(ds, (slice(0, 2), slice(0, 3)), tmp_path / "a", uncertainty=other, **kw)
+    for regions in (None, [(slice(0, 2), slice(0, 3))]):
+        with pytest.raises(ValueError, match="belongs to another cube"):
+            write_pha2_from_result(ds, tmp_path / "b", regions=regions, uncertainty=other, **kw)
+    write_pha_from_result(ds, (slice(0, 2), slice(0, 3)), tmp_path / "c", uncertainty=u, **kw)  # its own: written

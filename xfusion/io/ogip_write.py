@@ -973,7 +973,11 @@ def write_pha_from_result(
     stat_err = cov = None
     if reps is not None:
         unit = float(area) * float(exposure) / (float(exposure) if rate else 1.0)
-        stat_err = reps.std(axis=0, ddof=1) * unit
+        stat_err, n_floor = _floored_stat_err(reps.std(axis=0, ddof=1) * unit, expected,
+                                              float(exposure) if rate else 1.0)
+        if n_floor:
+            history.append(f"STAT_ERR floored at sqrt(max(counts, 1)) in {n_floor} channel(s) where the replicas do "
+                           "not vary (e.g. a refit at 0): QUALITY unchanged, the error is the Poisson one")
         dev = (reps - reps.mean(axis=0)) * unit
         cov = dev.T @ dev / (reps.shape[0] - 1)
         cov_path = Path(os.fspath(path_prefix) + ".cov.fits")
@@ -1251,6 +1255,7 @@ def write_pha2_from_result(
                 if isinstance(uncertainty, xr.Dataset) and "flux_replicas" in uncertainty else None
             if reps is None or reps.shape[1:] != vals.shape or reps.shape[0] < 2:
                 _replica_spectra(uncertainty, [np.ones((nx, ny), bool)], da)  # raises the explanatory error
+            _check_uncertainty_of(uncertainty, da, np.ones((nx, ny), bool))
             acc, acc2 = np.zeros(vals.shape), np.zeros(vals.shape)
             for i in range(reps.shape[0]):
                 r = np.asarray(reps[i].values, np.float64)
@@ -1263,6 +1268,8 @@ def write_pha2_from_result(
             stat_err = _replica_spectra(uncertainty, masks, da).std(axis=0, ddof=1)
         stat_err = stat_err * float(area) * float(exposure)
     expected = np.clip(spectra * float(area) * float(exposure), 0.0, None)
+    if stat_err is not None:
+        stat_err = _floored_stat_err(stat_err, expected, 1.0)[0]
     _check_rounding(expected, np.rint(expected), exposure, area, "write_pha2_from_result", rate_hint=False)
     keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
     pha_path, rmf_path, arf_path = _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys)
@@ -1317,10 +1324,43 @@ def _check_finite(vals, mask, writer):
                          "region. Nothing was written.")
 
 
+def _floored_stat_err(stat_err, expected, per):
+    """``(STAT_ERR, number floored)``: channels whose replicas do not vary (std 0, e.g. a bias-aware refit at 0 in
+    every replica: 16 of 40 channels of an edge pixel, red team s33) get the Poisson error of the expected counts,
+    at least one count, ``sqrt(max(expected, 1)) / per`` (``per`` the exposure for RATE, else 1): a chi-square fit
+    divides by STAT_ERR."""
+    floor = np.sqrt(np.maximum(expected, 1.0)) / per
+    zero = ~(stat_err > 0)
+    return np.where(zero, floor, stat_err), int(zero.sum())
+
+
+def _check_uncertainty_of(uncertainty, da, mask):
+    """Refuse replicas computed for another cube: ``uncertainty["flux"]`` (the cube the replicas belong to: the
+    result, or the refit of a bias-aware view) must equal the exported cube over the exported pixels (red team s33:
+    the ML refit exported with the tuned fit's replicas got STAT_ERR 5x too small, silently)."""
+    if "flux" not in uncertainty or da.name not in (None, "flux"):
+        return
+    ref = uncertainty["flux"].transpose("x", "y", "energy")
+    if ref.shape != da.shape:
+        return  # the grid check of _replica_spectra explains
+    a = np.asarray(ref.values, np.float64)[mask]
+    b = np.asarray(da.values, np.float64)[mask]
+    scale = float(np.abs(b).max(initial=0.0))
+    if not np.allclose(a, b, rtol=1e-5, atol=1e-6 * scale):
+        raise ValueError(
+            "uncertainty= belongs to another cube: its flux differs from the exported one (max relative difference "
+            f"{float(np.abs(a - b).max()) / max(scale, 1e-300):.2g} over the exported pixels). Pass the result the "
+            "uncertainty was computed for, with it: write_pha_from_result(result, ..., uncertainty=u) for "
+            "xfusion.uncertainty(result, ...), or view = bias_aware_view(u) as both: write_pha_from_result(view, ..., "
+            "uncertainty=view)")
+
+
 def _replica_spectra(uncertainty, masks, da):
-    """Region spectra of every replica, (replica, region, energy) float64, checked against the result's grid."""
+    """Region spectra of every replica, (replica, region, energy) float64, checked against the result's grid and
+    cube (:func:`_check_uncertainty_of`)."""
     if not isinstance(uncertainty, xr.Dataset) or "flux_replicas" not in uncertainty:
         raise ValueError("uncertainty= must be the Dataset returned by xfusion.uncertainty (with flux_replicas)")
+    _check_uncertainty_of(uncertainty, da, np.any(np.stack(masks), axis=0))
     reps = uncertainty["flux_replicas"].transpose("replica", "x", "y", "energy")
     want = (da.sizes["x"], da.sizes["y"], da.sizes["energy"])
     if reps.shape[1:] != want:
@@ -1363,22 +1403,49 @@ def _check_outputs(paths, overwrite):
         check_fits_output(p, overwrite, what)
 
 
+#: channels per block of the rounding check (:func:`_check_rounding`)
+ROUNDING_BLOCK = 16
+
+
 def _check_rounding(expected, counts, exposure, area, writer, rate_hint=True):
-    """Refuse integer counts that lost the spectrum: the written total must stay within half of the expected
-    total ``sum(flux * area * exposure)`` (with many counts per channel the rounding is negligible; with the
-    defaults exposure=1 s, area=1 cm2 a fused flux of ~1e-5 ph cm-2 s-1 per channel rounds to 0 everywhere)."""
-    total, kept = float(np.sum(expected)), float(np.sum(counts))
-    if total > 0 and abs(kept - total) > 0.5 * total:
-        alt = ", or rate=True (RATE in count/s, not rounded)" if rate_hint else ""
-        # the exposure x area giving ~100 counts per channel on average (session 29: a fixed suggestion could be
-        # smaller than what the user had passed)
-        need = 100.0 * np.size(expected) / total * float(exposure) * float(area)
-        raise ValueError(
-            f"{writer}: rounding the expected counts flux * area * exposure to integers leaves {kept:.0f} counts "
-            f"of {total:.3g} (exposure={float(exposure):g} s, area={float(area):g} cm2): the spectrum would lose its "
-            "counts. Pass the observation's exposure (s) and effective area (cm2) so that the channels hold many "
-            f"counts: exposure x area of about {need:.3g} s cm2 gives ~100 per channel (e.g. "
-            f"exposure={need / float(area):.3g} with area={float(area):g}){alt}.")
+    """Refuse integer counts that distort the spectrum. ``expected`` (channel,) or (row, channel): the expected counts
+    ``flux * area * exposure``; ``counts`` their rounding. In every block of :data:`ROUNDING_BLOCK` consecutive
+    channels (of every row), the change the rounding makes must stay below half the Poisson error of the block,
+    ``|sum(counts - expected)| <= 0.5 sqrt(sum(max(expected, 1)))``, and the total of every row within half. Rounding moves a channel by up to half a count,
+    the same way in neighbouring channels of a smooth spectrum: negligible at many counts per channel, but a faint
+    pixel at ~0.8 counts per channel gained 34 % (its continuum 30 times its STAT_ERR; red team s33), which the
+    earlier check (total within 50 %) let through."""
+    e = np.atleast_2d(np.asarray(expected, np.float64))
+    c = np.atleast_2d(np.asarray(counts, np.float64))
+    n = e.shape[1]
+    starts = np.arange(0, n, ROUNDING_BLOCK)
+    bias = np.add.reduceat(c - e, starts, axis=1)
+    sigma = np.sqrt(np.add.reduceat(np.maximum(e, 1.0), starts, axis=1))
+    bad = np.abs(bias) > 0.5 * sigma
+    # and the total within half (a spectrum of ~0.01 count per channel rounds to 0 by less than a block's error)
+    total = e.sum(axis=1)
+    lost = (total > 0) & (np.abs(c.sum(axis=1) - total) > 0.5 * total)
+    bad |= lost[:, None] & (np.add.reduceat(e, starts, axis=1) > 0)
+    if not bad.any():
+        return
+    row, blk = np.argwhere(bad)[0]
+    ch = slice(int(starts[blk]), int(min(starts[blk] + ROUNDING_BLOCK, n)))
+    mean = float(e[row, ch].mean())
+    # exposure x area giving >= 20 expected counts per channel in the faintest failing block (rounding, at most 0.5
+    # per channel, then stays below half the error of a block of 16 even when every channel moves the same way)
+    sizes = np.diff(np.append(starts, n))
+    faintest = float((np.add.reduceat(e, starts, axis=1) / sizes)[bad].min())
+    need = 20.0 / max(faintest, 1e-30) * float(exposure) * float(area)
+    where = f"row {int(row)}, " if e.shape[0] > 1 else ""
+    alt = "; or rate=True (RATE in count/s, not rounded)" if rate_hint else ""
+    raise ValueError(
+        f"{writer}: rounding the expected counts flux * area * exposure to integers would distort the spectrum: in "
+        f"{int(bad.sum())} block(s) of {ROUNDING_BLOCK} channels it moves the counts by more than half their Poisson "
+        f"error (first: {where}channels {ch.start}-{ch.stop - 1}, {mean:.3g} expected counts per channel, changed by "
+        f"{float(bias[row, blk]):+.3g} counts of {float(e[row, ch].sum()):.3g}; exposure={float(exposure):g} s, "
+        f"area={float(area):g} cm2). Pass an exposure x area giving many counts per channel, about {need:.3g} s cm2 "
+        f"(e.g. exposure={need / float(area):.3g} with area={float(area):g}: the files stay consistent, the counts "
+        f"are expected counts, not a Poisson draw){alt}.")
 
 
 def _check_contiguous(lo, hi, writer):
