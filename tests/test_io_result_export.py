@@ -605,3 +605,31 @@ def test_uncertainty_of_another_cube_is_refused(tmp_path):
         with pytest.raises(ValueError, match="belongs to another cube"):
             write_pha2_from_result(ds, tmp_path / "b", regions=regions, uncertainty=other, **kw)
     write_pha_from_result(ds, (slice(0, 2), slice(0, 3)), tmp_path / "c", uncertainty=u, **kw)  # its own: written
+
+
+def test_channels_no_input_observed_are_flagged(tmp_path):
+    """Red team s33: X's first coarse channel and Y's fine channels of the same band masked: the fused cube there
+    came from the prior and the line spread (+30 % over the truth, 18 times STAT_ERR) and was written with QUALITY 0.
+    Those channels (and only those) get QUALITY 2, and the header says so; with nothing masked all stay 0."""
+    x, y, _ = xfusion.scenes.make("cluster_core", seed=3, counts=3e5, size=(12, 240), band="fe_k")
+    xlo, xhi = x["energy_lo"].values, x["energy_hi"].values
+    mx = np.ones(x.counts.shape, bool)
+    mx[..., 0] = False  # X's first coarse channel
+    ylo = y["energy_lo"].values
+    my = np.ones(y.counts.shape, bool)
+    my[..., ylo < xhi[0]] = False  # Y's fine channels inside it
+    kw = dict(progress=False, regularization="wavelet2d1d", k=1.0, null_space="zero", n_scales_1d=2, max_iter=5)
+    r = xfusion.fuse(x.assign(mask=(x.counts.dims, mx)), y.assign(mask=(y.counts.dims, my)), **kw)
+    pha, _, _ = write_pha_from_result(r, (slice(4, 8), slice(4, 8)), tmp_path / "m", exposure=5e4, area=1000.0,
+                                      rate=True)
+    with fits.open(pha) as hdul:
+        q = hdul["SPECTRUM"].data["QUALITY"]
+        hist = " ".join(str(v) for v in hdul["SPECTRUM"].header.get("HISTORY", []))
+    want = (r["energy_hi"].values <= xhi[0] + 1e-9) & (r["energy_lo"].values >= xlo[0] - 1e-9)
+    assert want.sum() >= 10
+    np.testing.assert_array_equal(q, np.where(want, 2, 0))
+    assert f"QUALITY = 2 in {int(want.sum())} channel(s)" in hist
+    clean = xfusion.fuse(x, y, **kw)
+    pha, _, _ = write_pha_from_result(clean, (slice(4, 8), slice(4, 8)), tmp_path / "c", exposure=5e4, area=1000.0,
+                                      rate=True)
+    assert not fits.getdata(pha, "SPECTRUM")["QUALITY"].any()
