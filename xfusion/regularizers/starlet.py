@@ -47,6 +47,9 @@ reflection is applied repeatedly).  Because the symmetric extension commutes
 with symmetric filters, the smoothing equals
 ``scipy.ndimage.correlate1d(c, dilated_h, mode='reflect')`` with an
 explicitly dilated kernel, but is computed without building that kernel.
+The priors built on these transforms (:mod:`xfusion.regularizers.sparsity`) do not rely on this rule at the
+field edge: they extend the field point-symmetrically first (``FIELD_EDGE``, session 34), so that a source
+brightening inward has no fine-scale coefficient at the edge for thresholding to shrink.
 
 Implementation
 --------------
