@@ -629,6 +629,10 @@ def test_channels_no_input_observed_are_flagged(tmp_path):
     assert want.sum() >= 10
     np.testing.assert_array_equal(q, np.where(want, 2, 0))
     assert f"QUALITY = 2 in {int(want.sum())} channel(s)" in hist
+    from xfusion.io.ogip_write import write_pha2_from_result
+
+    pha2 = write_pha2_from_result(r, tmp_path / "m2", regions=[(slice(4, 8), slice(4, 8))], exposure=1e9, area=1e3)[0]
+    np.testing.assert_array_equal(fits.getdata(pha2, "SPECTRUM")["QUALITY"][0], np.where(want, 2, 0))
     clean = xfusion.fuse(x, y, **kw)
     pha, _, _ = write_pha_from_result(clean, (slice(4, 8), slice(4, 8)), tmp_path / "c", exposure=5e4, area=1000.0,
                                       rate=True)

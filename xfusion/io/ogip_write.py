@@ -1230,6 +1230,9 @@ def write_pha2_from_result(
     Returns
     -------
     (pha_path, rmf_path, arf_path)
+
+    ``QUALITY`` is 0 except 2, in every row, in the channels no input observed (masked in every input), as in
+    :func:`write_pha_from_result`.
     """
     da = _result_cube(result, variable, "write_pha2_from_result")
     if not (float(exposure) > 0 and float(area) > 0):
@@ -1279,9 +1282,10 @@ def write_pha2_from_result(
     _check_rounding(expected, np.rint(expected), exposure, area, "write_pha2_from_result", rate_hint=False)
     keys = {"telescope": telescope, "instrument": instrument, "filter": "NONE"}
     pha_path, rmf_path, arf_path = _write_flat_responses(path_prefix, lo, hi, area, overwrite, keys)
+    unseen = _unobserved_channels(result, lo, hi)  # QUALITY 2 in every row (see write_pha_from_result)
     write_pha2(np.rint(expected), np.append(lo, hi[-1]), float(exposure), pha_path, respfile=rmf_path.name,
                ancrfile=arf_path.name, object_name=object_name, extra_columns=extra, stat_err=stat_err,
-               overwrite=overwrite, **keys)
+               quality=np.broadcast_to(np.where(unseen, 2, 0), expected.shape), overwrite=overwrite, **keys)
     return pha_path, rmf_path, arf_path
 
 
