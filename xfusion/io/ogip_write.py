@@ -645,7 +645,7 @@ def region_mask(region, shape, coords=None) -> np.ndarray:
     for index arrays. Pixel indices must lie inside ``shape`` (no negative indices).
     """
     if isinstance(region, xr.DataArray):
-        region = _mask_values(region, shape, coords)
+        region = _mask_values(region, coords)
     if isinstance(region, tuple) and len(region) == 2 and all(isinstance(s, slice) for s in region):
         mask = np.zeros(shape, dtype=bool)
         mask[region] = True
@@ -671,7 +671,7 @@ def region_mask(region, shape, coords=None) -> np.ndarray:
     )
 
 
-def _mask_values(region, shape, coords):
+def _mask_values(region, coords):
     """The values of a DataArray region in the cube's (x, y) order: by its coordinates when it has them and the
     cube's ``coords = (x_values, y_values)`` are known (session 34: a mask stored with x descending selected the
     mirrored pixels, +50 % counts), else by position."""
@@ -1340,12 +1340,12 @@ def _unobserved_channels(result, lo, hi):
     The cube there comes from the prior and from other energies through the line spread (red team s33: +30 % over
     the truth, 18 times the STAT_ERR, written as good data). False everywhere when ``result`` is not a Dataset of
     :func:`xfusion.fuse` (no inputs recorded), or when an input's channel edges cannot be read."""
-    seen = np.zeros(lo.size, bool)
-    if not isinstance(result, xr.Dataset):
-        return seen
-    keys = [v[len("counts_"):] for v in result.data_vars if v.startswith("counts_")]
+    nothing = np.zeros(lo.size, bool)
+    keys = [v[len("counts_"):] for v in result.data_vars if v.startswith("counts_")] \
+        if isinstance(result, xr.Dataset) else []
     if not keys:
-        return seen
+        return nothing
+    seen = np.zeros(lo.size, bool)
     for key in keys:
         da = result[f"counts_{key}"]
         dims = [d for d in da.dims if d == "energy" or d.startswith("energy_")]
@@ -1358,7 +1358,7 @@ def _unobserved_channels(result, lo, hi):
             if len(los) == 1 and len(his) == 1:
                 edges = (np.asarray(da[los[0]].values, np.float64), np.asarray(da[his[0]].values, np.float64))
         if edges is None:
-            return np.zeros(lo.size, bool)  # cannot tell: nothing flagged
+            return nothing  # cannot tell: nothing flagged
         observed = np.ones(edges[0].size, bool)
         if f"mask_{key}" in result:
             m = result[f"mask_{key}"]
@@ -1456,21 +1456,22 @@ def _check_rounding(expected, counts, exposure, area, writer, rate_hint=True):
     """Refuse integer counts that distort the spectrum. ``expected`` (channel,) or (row, channel): the expected counts
     ``flux * area * exposure``; ``counts`` their rounding. In every block of :data:`ROUNDING_BLOCK` consecutive
     channels (of every row), the change the rounding makes must stay below half the Poisson error of the block,
-    ``|sum(counts - expected)| <= 0.5 sqrt(sum(max(expected, 1)))``, and the total of every row within half. Rounding moves a channel by up to half a count,
-    the same way in neighbouring channels of a smooth spectrum: negligible at many counts per channel, but a faint
-    pixel at ~0.8 counts per channel gained 34 % (its continuum 30 times its STAT_ERR; red team s33), which the
-    earlier check (total within 50 %) let through."""
+    ``|sum(counts - expected)| <= 0.5 sqrt(sum(max(expected, 1)))``, and the total of every row within half.
+    Rounding moves a channel by up to half a count, the same way in neighbouring channels of a smooth spectrum:
+    negligible at many counts per channel, but a faint pixel at ~0.8 counts per channel gained 34 % (its continuum
+    30 times its STAT_ERR; red team s33), which the earlier check (total within 50 %) let through."""
     e = np.atleast_2d(np.asarray(expected, np.float64))
     c = np.atleast_2d(np.asarray(counts, np.float64))
     n = e.shape[1]
     starts = np.arange(0, n, ROUNDING_BLOCK)
     bias = np.add.reduceat(c - e, starts, axis=1)
+    block = np.add.reduceat(e, starts, axis=1)  # expected counts per block
     sigma = np.sqrt(np.add.reduceat(np.maximum(e, 1.0), starts, axis=1))
     bad = np.abs(bias) > 0.5 * sigma
     # and the total within half (a spectrum of ~0.01 count per channel rounds to 0 by less than a block's error)
     total = e.sum(axis=1)
     lost = (total > 0) & (np.abs(c.sum(axis=1) - total) > 0.5 * total)
-    bad |= lost[:, None] & (np.add.reduceat(e, starts, axis=1) > 0)
+    bad |= lost[:, None] & (block > 0)
     if not bad.any():
         return
     row, blk = np.argwhere(bad)[0]
@@ -1478,8 +1479,7 @@ def _check_rounding(expected, counts, exposure, area, writer, rate_hint=True):
     mean = float(e[row, ch].mean())
     # exposure x area giving >= 20 expected counts per channel in the faintest failing block (rounding, at most 0.5
     # per channel, then stays below half the error of a block of 16 even when every channel moves the same way)
-    sizes = np.diff(np.append(starts, n))
-    faintest = float((np.add.reduceat(e, starts, axis=1) / sizes)[bad].min())
+    faintest = float((block / np.diff(np.append(starts, n)))[bad].min())
     need = 20.0 / max(faintest, 1e-30) * float(exposure) * float(area)
     where = f"row {int(row)}, " if e.shape[0] > 1 else ""
     alt = "; or rate=True (RATE in count/s, not rounded)" if rate_hint else ""

@@ -89,14 +89,21 @@ MAD_SAMPLE = 2 ** 18
 #: floored at NOISE_FLOOR x its mean). Poisson noise grows like sqrt(intensity): one sigma per band
 #: over-smooths bright regions and under-smooths faint ones.
 NOISE_DEFAULT = "mad"
-#: ``np.pad`` arguments of the 2D-1D prior's extension beyond the field (``boundary = "odd"``, class notes of
-#: :class:`Wavelet2D1D`): point-symmetric about the edge pixel, ``z[-k] = 2 z[0] - z[k]``
-FIELD_EDGE = {"mode": "reflect", "reflect_type": "odd"}
 NOISE_FLOOR = 0.05
 #: the noise models :class:`Wavelet2D1D` accepts
 NOISE_MODELS = ("mad", "poisson", "propagated")
 #: rows (axis 0) per block of the thresholding step (:meth:`Wavelet2D1D._apply`, one task each on the starlet's pool)
 APPLY_ROWS = 2
+
+
+#: ``np.pad`` arguments of the 2D-1D prior's extension beyond the field (``boundary = "odd"``, class notes of
+#: :class:`Wavelet2D1D`): point-symmetric about the edge pixel, ``z[-k] = 2 z[0] - z[k]``
+FIELD_EDGE = {"mode": "reflect", "reflect_type": "odd"}
+
+
+def _extend(a, h):
+    """``a`` (x, y, ...) extended by ``h`` pixels of :data:`FIELD_EDGE` on both sides of its two spatial axes."""
+    return np.pad(a, ((h, h), (h, h)) + ((0, 0),) * (a.ndim - 2), **FIELD_EDGE)
 
 
 def lattice_strides(shape, sample):
@@ -296,11 +303,7 @@ class Wavelet2D1D:
         if halo or not self.depth:
             return z, noise, halo
         h = self.depth
-
-        def ext(a):
-            return np.pad(a, ((h, h), (h, h)) + ((0, 0),) * (a.ndim - 2), **FIELD_EDGE)
-
-        return ext(z), None if noise is None else tuple(ext(a) for a in noise), h
+        return _extend(z, h), None if noise is None else tuple(_extend(a, h) for a in noise), h
 
     # -- propagated noise: variance of each band --------------------------------------------------
     def _variance_bands(self, vo, halo, lattice=None):
@@ -580,10 +583,7 @@ class Wavelet2D:
         self.depth = 2 * (2 ** self.n - 1)
 
     def _coefficients(self, w):
-        h = self.depth
-        if not h:
-            return starlet2d(w, self.n)
-        return _crop2(starlet2d(np.pad(w, ((h, h), (h, h)) + ((0, 0),) * (w.ndim - 2), **FIELD_EDGE), self.n), h)
+        return _crop2(starlet2d(_extend(w, self.depth), self.n), self.depth)
 
     def _sigmas(self, c):
         # robust noise per scale and component: (n_scales, r)
