@@ -42,8 +42,9 @@ def child_env():
     """The environment of the Python processes that the kill, lock and resume tests start, with Numba's starlet
     kernels off (``XFUSION_NUMBA=0``). A new process compiles them on first use, ~3-4 s per dtype on 2 cores,
     which was most of each such test's time; these tests are about processes, locks and files, the NumPy passes
-    give the kernels' numbers to the bit (tests/test_starlet_kernels.py), and this process and the cluster's
-    workers keep the kernels, so a resume across the two paths is checked too."""
+    give the kernels' numbers to the bit (tests/test_starlet_kernels.py), and this process keeps the kernels, so a
+    resume across the two paths is checked too (the session cluster's workers run the NumPy passes as well:
+    :func:`_start_cluster`)."""
     return dict(os.environ, XFUSION_NUMBA="0")
 
 
@@ -77,8 +78,14 @@ _RECENT = _Recent()
 def _start_cluster():
     import distributed
 
+    # the workers run the starlet's NumPy passes (XFUSION_NUMBA=0, see :func:`child_env`): a new worker process
+    # compiles the Numba kernels on its first 2D-1D block (~7-15 s of CPU on this 2-core machine, the tests'
+    # largest fixed cost), paid by both workers of each xdist process's cluster and again by every worker a kill
+    # test's nanny restarts. The kernels give the NumPy passes' numbers to the bit (tests/test_starlet_kernels.py),
+    # so every cluster result is still compared with this process's kernel path at the same tolerance, which now
+    # checks the two paths against each other as well.
     c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                 silence_logs=40)
+                                 silence_logs=40, env={"XFUSION_NUMBA": "0"})
     log = logging.getLogger("distributed")
     if _RECENT not in log.handlers:  # added after the start: silence_logs mutes the handlers present then
         log.addHandler(_RECENT)
