@@ -219,3 +219,18 @@ def test_threshold_in_place_equals_soft_threshold(rng, dtype):
     out, got = reg._apply(reg._coefficients(z, 0), stats)
     np.testing.assert_array_equal(out, ref)
     assert got == pytest.approx(pen, rel=1e-6) and pen > 0
+
+
+@pytest.mark.parametrize("n_scales", [1, 2, 3])
+def test_reach_is_the_support_of_an_impulse(n_scales):
+    """``starlet.reach(J)``, the halo every block form uses: the coefficients of a unit impulse far from the edges are
+    non-zero exactly within ``reach(J)`` pixels of it, at some level."""
+    from xfusion.regularizers.starlet import reach, starlet2d
+
+    r = reach(n_scales)
+    n = 2 * r + 9
+    z = np.zeros((n, n, 1))
+    z[n // 2, n // 2] = 1.0
+    nonzero = np.any(starlet2d(z, n_scales)[..., 0] != 0, axis=0)
+    rows = np.flatnonzero(nonzero.any(axis=1))
+    assert rows.min() == n // 2 - r and rows.max() == n // 2 + r

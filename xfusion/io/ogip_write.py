@@ -1346,6 +1346,7 @@ def _unobserved_channels(result, lo, hi):
     if not keys:
         return nothing
     seen = np.zeros(lo.size, bool)
+    tol = 1e-6 * (hi - lo)
     for key in keys:
         da = result[f"counts_{key}"]
         dims = [d for d in da.dims if d == "energy" or d.startswith("energy_")]
@@ -1364,7 +1365,6 @@ def _unobserved_channels(result, lo, hi):
             m = result[f"mask_{key}"]
             observed = np.asarray(m.any(dim=[x for x in m.dims if x != dims[0]]).values, bool)
         clo, chi = edges[0][observed], edges[1][observed]
-        tol = 1e-6 * (hi - lo)
         seen |= ((clo[None, :] < (hi - tol)[:, None]) & (chi[None, :] > (lo + tol)[:, None])).any(axis=1)
     return ~seen
 

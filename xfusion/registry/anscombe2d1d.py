@@ -18,6 +18,7 @@ from .base import FULL, Regularization, describe
 from . import wavelet2d1d
 from .wavelet2d1d import _copies
 from ..regularizers.stabilized import AnscombeStabilized
+from ..regularizers.starlet import reach
 
 
 @dataclass
@@ -53,4 +54,4 @@ SPEC = Regularization(
     summary="2D-1D starlet sparsity on the Anscombe-stabilized cube 2 sqrt(z + 3/8): thresholds follow the "
             "Poisson noise of bright and faint voxels",
     options=Options, family=FULL, build=build,
-    halo=lambda p: 2 * (2 ** p["n_scales_2d"] - 1), copies=lambda p: _copies(p) + 1, dask=False)
+    halo=lambda p: reach(p["n_scales_2d"]), copies=lambda p: _copies(p) + 1, dask=False)

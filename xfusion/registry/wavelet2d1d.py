@@ -11,6 +11,7 @@ import numpy as np
 
 from . import options as o
 from .base import FULL, OptionSet, Regularization, describe
+from ..regularizers.starlet import reach
 
 #: photon statistics that separate the two automatic wavelet settings (mean counts per
 #: sharp-spectral voxel; gaussian_rebin has 4.6, realistic_rebin 56, gaussian_rebin x10 46)
@@ -117,4 +118,4 @@ SPEC = Regularization(
     summary="l1 norm of the 2D-1D starlet coefficients (2D on each channel, then 1D along each spectrum), "
             "soft-thresholded at k noise sigmas",
     options=Options, family=FULL, build=build,
-    halo=lambda p: 2 * (2 ** p["n_scales_2d"] - 1), copies=_copies, prepare=auto_wavelet_params)
+    halo=lambda p: reach(p["n_scales_2d"]), copies=_copies, prepare=auto_wavelet_params)

@@ -48,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import starlet_kernels
-from .starlet import starlet2d
+from .starlet import reach, starlet2d
 
 #: pseudo-counts n0 of ``regularization="auto"`` in sessions 8-19 (module notes; fitted on tuning seeds only); since
 #: session 20 ``"auto"`` chooses n0 by thinning (:func:`xfusion.tuning.tune_shape`) and keeps this value unless the
@@ -155,7 +155,7 @@ class SpectralShape:
         if int(n_scales) < 1:
             raise ValueError(f"n_scales must be an integer >= 1; got {n_scales!r}")
         self.n0, self.counts, self.J = float(pseudo_counts), float(counts), int(n_scales)
-        self.depth = 2 * (2 ** self.J - 1)
+        self.depth = reach(self.J)
 
     # -- statistics (global): the cube's total ---------------------------------------------------
     def block_statistics(self, zo, halo, shape, origin):

@@ -79,7 +79,7 @@ import numpy as np
 
 from . import starlet_kernels as _kernels
 from .starlet import _run as _run_tasks
-from .starlet import mad_sigma, soft_threshold, starlet1d, starlet2d
+from .starlet import mad_sigma, reach, soft_threshold, starlet1d, starlet2d
 
 #: default number of coefficients per band used for the MAD noise estimate
 MAD_SAMPLE = 2 ** 18
@@ -244,7 +244,7 @@ class Wavelet2D1D:
         self.k_rule, self.k_min, self.k_max = k_rule, float(k_min), float(k_max)
         self.null_space, self.per_band, self.sample = null_space, bool(per_band), sample
         self.conserve_flux = bool(conserve_flux)
-        self.depth = 2 * (2 ** self.n2 - 1)
+        self.depth = reach(self.n2)
         #: factors of the thresholds of some bands, ``{(a, b): f}`` (:meth:`with_band_scale`)
         self.band_scale = {}
 
@@ -580,7 +580,7 @@ class Wavelet2D:
 
     def __init__(self, n_scales=2, k=1.0):
         self.n, self.k = int(n_scales), float(k)
-        self.depth = 2 * (2 ** self.n - 1)
+        self.depth = reach(self.n)
 
     def _coefficients(self, w):
         return _crop2(starlet2d(_extend(w, self.depth), self.n), self.depth)

@@ -327,6 +327,13 @@ def _norm_axis(axis, ndim) -> int:
 # ---------------------------------------------------------------------------
 
 
+def reach(n_scales: int) -> int:
+    """Pixels beyond its own on each side that one coefficient of a ``n_scales``-level starlet reads:
+    ``sum_j 2 * 2**j = 2 (2**J - 1)`` (the B3 kernel's radius 2, dilated by 2**j at level j). The halo a block needs
+    for its interior coefficients to equal the whole field's."""
+    return 2 * (2 ** int(n_scales) - 1)
+
+
 def starlet1d(cube, n_scales: int, axis: int = -1) -> np.ndarray:
     r"""1D starlet transform along one axis.
 
