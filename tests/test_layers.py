@@ -114,3 +114,28 @@ def test_import_parser_sees_relative_lazy_and_absolute_imports(tmp_path, source,
     path = tmp_path / "m.py"
     path.write_text(source)
     assert [t for _, t in _imports(path, module)] == expected
+
+
+def test_the_package_loads_its_parts_on_first_use():
+    """``import xfusion`` loads no submodule (PEP 562): each public name, and any other submodule, loads on first
+    use; ``fuse`` and ``uncertainty`` stay the functions after their modules were imported; unknown names fail."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib, xfusion\n"
+        "heavy = [m for m in ('xarray', 'dask', 'numba', 'astropy', 'scipy', 'xfusion.fuse') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "import xfusion.tuning, xfusion.uncertainty\n"  # the modules named like functions, imported first
+        "assert callable(xfusion.fuse) and xfusion.fuse.__module__ == 'xfusion.fuse', xfusion.fuse\n"
+        "assert callable(xfusion.uncertainty) and xfusion.uncertainty.__module__ == 'xfusion.uncertainty'\n"
+        "assert importlib.import_module('xfusion.fuse').fuse is xfusion.fuse\n"
+        "from xfusion import fuse, toy, tune\n"
+        "assert fuse is xfusion.fuse and toy.__name__ == 'xfusion.toy' and tune.__module__ == 'xfusion.tuning'\n"
+        "assert xfusion.registry.__name__ == 'xfusion.registry'\n"
+        "assert all(hasattr(xfusion, n) for n in xfusion.__all__)\n"
+        "try:\n    xfusion.no_such_name\nexcept AttributeError as e:\n    assert 'no_such_name' in str(e)\n"
+        "else:\n    raise SystemExit('no AttributeError')\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
