@@ -35,7 +35,7 @@ chose wavelet2d1d, k=8, J1=2, the null space thresholded with null bands at 20x,
 reaches 16, but here the step above 8 is refused (it lowers the held-out deviance through pn alone while Resolve's
 held-out squared error rises). Session 29 corrected the sky's velocity sign (lines at ``E0 / (1 + v/c)``, positive =
 receding, as :mod:`xfusion.analysis`; they were at ``E0 (1 + v/c)``), which mirrors its velocity map: sessions 21-28
-gave 17.29 / 56.8 / 36.9 for the default on the old sky. See README.md for the table.
+gave 17.29 / 56.8 / 36.9 for the default on the old sky. See benchmarks/MEASUREMENTS.md for the table.
 
 Simplifications, stated: the sky has no flux outside the analysed band (6.5-6.9 keV), so no
 photon is redistributed into it from outside; the "truth" the fusion aims at is the sky seen

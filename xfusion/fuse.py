@@ -654,12 +654,14 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         (:func:`xfusion.tuning.resolve_auto`; the choice is the recorded ``regularization``, with
         ``max_iter`` when stopped early; the curve ``parameters["auto_tuning"]``). ``"auto"`` is
         the default (held-out scene suite, 24 small scenes, session 6: mean NMSE 19.6 dB against 17.0
-        for the tuned ``wavelet2d1d``, worse on 2 scenes; README). Since sessions 9-10 the family is chosen under a prior
+        for the tuned ``wavelet2d1d``, worse on 2 scenes; benchmarks/MEASUREMENTS.md). Since sessions 9-10 the family
+        is chosen under a prior
         fitted on the tuning suite (:func:`xfusion.tuning._family_prior`): when the summed sharp-spectral counts show
         lines the zeroed candidates must predict the held-out counts better by 9 paired standard errors (18 with
         >= 1.7 counts per fused voxel); without lines the zeroed prior is taken. Held-out suite (48 scenes per size, code
         of session 14): mean NMSE 22.27 dB at 24x24x600 and 20.91 dB at full size (RL oracle 20.96 and 18.11 dB;
-        README, benchmarks/results/suite_heldout.csv). Any wavelet option given explicitly (``k``,
+        benchmarks/MEASUREMENTS.md; the current numbers: README, benchmarks/results/suite_heldout.csv). Any
+        wavelet option given explicitly (``k``,
         ``n_scales_1d``, ``null_space``, ...) selects ``wavelet2d1d`` without the comparison;
         Gaussian or count-free data, and Dask-backed data whose tuning would not fit
         ``xfusion.tuning.IN_MEMORY_BYTES``, fall back to ``wavelet2d1d`` (recorded); smaller Dask-backed data are
@@ -678,7 +680,7 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         ``2 sqrt(z + 3/8)`` (in memory only; the same with every setting tuned: option ``stabilize="anscombe"``,
         also under "auto"). ``lowrank_local``: each overlapping patch of the field keeps its own rank-r spectral
         subspace (:mod:`xfusion.regularizers.local_rank`; rank and count by thinning; in memory only). Both
-        measured against the default on the suite in session 23 (README): neither replaces it.
+        measured against the default on the suite in session 23 (benchmarks/MEASUREMENTS.md): neither replaces it.
     method : {"em", "ista"} for full-cube regularizations (default "em"); "fista" for the
         low-rank family. See :mod:`xfusion.solvers`. The early-stopping iteration counts of
         ``none`` and ``lowrank`` apply to EM and FISTA, not to fixed-step ISTA (its own cap).
@@ -767,7 +769,8 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         - ``stabilize`` ("none" or "anscombe", default "none"): "anscombe" thresholds the
           variance-stabilized cube ``2 sqrt(z + 3/8)`` (:mod:`xfusion.regularizers.stabilized`; in memory
           only, not with "propagated"); with ``regularization="auto"`` every starlet candidate is tuned with it
-          (RL still competes). Measured (session 23, README): +0.26 dB NMSE over 48 held-out full-size scenes
+          (RL still competes). Measured (session 23, benchmarks/MEASUREMENTS.md): +0.26 dB NMSE over 48 held-out
+          full-size scenes
           but velocity maps +6.2 km/s worse, so it is not the default.
 
         lowrank_local:

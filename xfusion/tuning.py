@@ -57,7 +57,7 @@ What is selected, per regularization:
   iterate; ``benchmarks/tuning.py null_factor``): against the best of (factor 1, 2, 3, 5, 8, 12, 20, 40, zeroed)
   the mean loss was 0.72 dB for factor 1 (the paper's thresholded prior), 0.20 for 20, 0.26 for 40, 2.99 for
   the zeroed prior; within 0.5 dB on 17, 36, 33 and 15 of 42 scenes. The default ``fuse`` on those tuning scenes:
-  mean NMSE +0.40 dB, NMSE >= RL's oracle 36 -> 39/43. Held out: see the README.
+  mean NMSE +0.40 dB, NMSE >= RL's oracle 36 -> 39/43. Held out: see the README and benchmarks/MEASUREMENTS.md.
 * The zeroed candidate's iteration count (session 8; ``regularization="auto"`` when it wins, :func:`_zero_iterations`):
   EM with a prior stops on the change of the iterate (tol 1e-4), which rarely fires, so the zeroed prior ran to
   ``max_iter=50`` although its NMSE peaks after 3-30 iterations on many scenes and then falls (synchrotron/1007 of
@@ -815,7 +815,7 @@ THRESHOLD_MAX_ITER = 100
 #: iterate, no count of a chosen candidate), 0.25 and 0 change one (cluster_core/1031, whose squared error still
 #: crept down from iterate 72 to 95); 0.35 saves 9% of the stage's steps there. Replayed afterwards: 72 full-size
 #: and 120 small scenes (48 tuning, 72 held out), no fit changed, 10-16% of the steps saved. Tuning plus final fit
-#: within 3x one fit on the first held-out set: 20/24 -> 22/24 (README, issue 13, session 25).
+#: within 3x one fit on the first held-out set: 20/24 -> 22/24 (benchmarks/MEASUREMENTS.md, issue 13, session 25).
 THRESHOLD_PATIENCE = 0.35
 #: Line factor of the thresholded candidate's iteration transfer (:func:`threshold_transfer`; plain RL keeps
 #: :data:`RL_LINE_FACTOR`). Fitted on that candidate (session 7, benchmarks/tuning.py guard_data on suite("tune", n=48)

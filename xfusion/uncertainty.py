@@ -65,7 +65,7 @@ What the intervals mean -- two kinds
   (1.06 for n=10, 1.03 for n=20; multiply line-map errors of the view by it too). Without a
   prior the estimate is nearly unbiased (voxel bias / noise 0.23-0.34 on the held-out scenes vs
   0.6-4.9 for the tuned fit), so this interval covers the truth close to 68% of the time (measured:
-  README); it is wider, and centred on the ML cube rather than on the tuned one (the tuned cube
+  benchmarks/MEASUREMENTS.md); it is wider, and centred on the ML cube rather than on the tuned one (the tuned cube
   is the better image; the ML interval is the honest error bar). The ``ml_*`` variables hold the
   ML cube, its spread, replicas and region spectra;
   :func:`bias_aware_view` returns them in the layout of this output (for
@@ -103,7 +103,7 @@ Outputs (a Dataset; flux unit ph cm-2 s-1 per voxel as in the result)
   ``region_spectrum`` (region, energy), summed flux; ``region_std``; ``region_quantile``;
   ``region_replicas`` (replica, region, energy); ``region_covariance`` (region, energy,
   energy2): covariance across replicas (ddof=1; rank <= n-1, so with fewer replicas than
-  channels it is singular -- see the README on fitting correlated channels);
+  channels it is singular -- see the README, "Fitting exported spectra");
   ``region_mask`` (region, x, y).
 * Per replica: ``replica_seed``, ``replica_iterations``, ``replica_converged``,
   ``replica_warm``, ``replica_elapsed_s``, ``replica_capped``. Attributes: ``method``, ``n``,
