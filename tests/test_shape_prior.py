@@ -48,9 +48,32 @@ def test_shape_prior_keeps_pixel_totals_and_fixes_faint_shapes():
         SpectralShape(0.0, total)
 
 
-def test_shape_prior_on_dask_blocks_equals_numpy():
+def test_pixel_pseudo_counts_act_on_level_0_only():
+    """A pair ``[n0, n0_pixel]``: level 0 (a pixel against its level-1 neighbourhood) takes n0_pixel, the coarser level
+    n0. ``[n0, n0]`` is the number n0 to the bit; a larger n0_pixel pulls every pixel's shape toward its level-1
+    neighbourhood's (the smoothed cube's shape) and keeps the totals."""
+    from xfusion.regularizers.shape import _Hierarchy
+
+    z, _ = _cube(3)
+    total = float(z.sum(dtype=np.float64))
+    np.testing.assert_array_equal(SpectralShape([3e3, 3e3], total).prox(z), SpectralShape(3e3, total).prox(z))
+    base, strong = SpectralShape(3e3, total).prox(z), SpectralShape([3e3, 1e7], total).prox(z)
+    np.testing.assert_allclose(strong.sum(-1), z.sum(-1), rtol=1e-5)
+    z64 = z.astype(np.float64)
+    h = _Hierarchy(z64, 2, (slice(None), slice(None)), total / total)
+    s1 = SpectralShape(3e3, total)
+    level1 = (h.fine[0][1] * h.fine[0][0] + 3e3 * h.coarsest) / (h.fine[0][1] + 3e3)  # the level-1 posterior shape
+    assert _angle(strong, level1).mean() < 0.2 * _angle(base, level1).mean()
+    assert s1.n0_pixel == 3e3 and SpectralShape([3e3, 1e7], total).n0_pixel == 1e7
+    for bad in ([1e3], [1e3, 0.0], [1e3, float("nan")], [1e3, 2e3, 3e3], "1e4", [True, 1e3]):
+        with pytest.raises(ValueError, match="pseudo_counts"):
+            SpectralShape(bad, total)
+
+
+@pytest.mark.parametrize("n0", [3e3, [3e3, 1e5]])
+def test_shape_prior_on_dask_blocks_equals_numpy(n0):
     z, _ = _cube(1)
-    prior = SpectralShape(3e3, float(z.sum(dtype=np.float64)))
+    prior = SpectralShape(n0, float(z.sum(dtype=np.float64)))
     ref = prior.prox(z)
     B = DaskBackend(((7, 7, 6), (5, 5, 5, 5), (z.shape[2],)))  # blocks smaller than the halo (6 pixels) too
     zd = B.cube(z, z.shape, z.dtype)
@@ -73,6 +96,13 @@ def test_fuse_shape_prior_option():
     assert np.abs(f1 - f0).max() > 1e-3 * f0.max()
     with pytest.raises(ValueError, match="shape_prior"):
         xfusion.fuse(x, y, shape_prior=-1.0, **kw)
+    with pytest.raises(ValueError, match="shape_prior"):
+        xfusion.fuse(x, y, shape_prior=[1e4, -1.0], **kw)
+    pair = xfusion.fuse(x, y, shape_prior=[1e4, 1e5], **kw)  # level 0 with its own pseudo-counts, recorded
+    assert xfusion.settings_of(pair)["shape_prior"] == [1e4, 1e5]
+    assert np.abs(pair["flux"].values - f1).max() > 1e-4 * f0.max()
+    np.testing.assert_array_equal(xfusion.fuse(x, y, settings=pair, progress=False)["flux"].values,
+                                  pair["flux"].values)
 
 
 def test_shrink_ladder_equals_the_prior_of_each_pseudo_count():

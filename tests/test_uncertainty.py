@@ -199,14 +199,15 @@ def test_control_ratio_compares_delivered_cubes_with_shape_prior(fitted):
     assert u.attrs["control_ratio"] == pytest.approx(want, rel=1e-5)
 
 
-def test_thinning_halves_use_half_the_shape_prior(fitted):
+@pytest.mark.parametrize("prior, half", [(1e4, 5e3), ([1e4, 1e5], [5e3, 5e4])])
+def test_thinning_halves_use_half_the_shape_prior(fitted, prior, half):
     """Thinning with the shape prior: each half holds half the photons, so it is refitted with half the
     pseudo-counts (each pixel's shrinkage weight n_p / (n_p + n0) as in the full fit; with the full n0 the replica
     std was 0.90 of the real scatter on cluster_core/500007, 0.98 with n0 / 2 and 0.98 without the prior)."""
     from xfusion.uncertainty import _with_counts
 
     x, y, _ = fitted
-    settings = dict(SETTINGS, max_iter=4, shape_prior=1e4)
+    settings = dict(SETTINGS, max_iter=4, shape_prior=prior)
     r = xfusion.fuse(x, y, progress=False, **settings)
     u = xfusion.uncertainty(r, x, y, n=2, seed=6, method="thinning")
     draw = np.random.default_rng([6, 0])
@@ -216,7 +217,7 @@ def test_thinning_halves_use_half_the_shape_prior(fitted):
         a = draw.binomial(np.rint(d).astype(np.int64), 0.5).astype(np.float32)
         halves[0].append(_with_counts(o, a, 0.5))
         halves[1].append(_with_counts(o, d - a, 0.5))
-    za, zb = (xfusion.fuse(*h, progress=False, init=r, **dict(settings, shape_prior=5e3))["flux"].transpose(
+    za, zb = (xfusion.fuse(*h, progress=False, init=r, **dict(settings, shape_prior=half))["flux"].transpose(
         "x", "y", "energy").values.astype(np.float64) for h in halves)
     f = r["flux"].transpose("x", "y", "energy").values.astype(np.float64)
     np.testing.assert_allclose(u["flux_replicas"].values[0], f + 0.5 * (za - zb), rtol=1e-5,

@@ -446,7 +446,9 @@ def replica(index, seed, method, observations, models, start, settings, warm, ca
         half = settings
         if settings.get("shape_prior") is not None:  # a half has half the photons: half the pseudo-counts give
             # every pixel the shrinkage weight n_p / (n_p + n0) it has in the full-data fit
-            half = dict(settings, shape_prior=0.5 * float(settings["shape_prior"]))
+            sp = settings["shape_prior"]
+            half = dict(settings, shape_prior=[0.5 * float(v) for v in sp] if isinstance(sp, (list, tuple))
+                        else 0.5 * float(sp))
         za, ia, ca = _fit(first, half, init)
         zb, ib, cb = _fit(second, half, init)
         flux = np.asarray(start.values, dtype=np.float64)

@@ -114,15 +114,18 @@ def null_space(default, auto=True):
 
 
 def _shape_prior(name, v):
-    if v is not None and not (is_real(v) and v > 0):
-        raise ValueError(f"option shape_prior must be None (off) or a number of pseudo-counts > 0 (photons, e.g. "
-                         f"1e4); got {v!r}")
+    pair = isinstance(v, (list, tuple)) and len(v) == 2 and all(is_real(u) and u > 0 for u in v)
+    if v is not None and not (is_real(v) and v > 0) and not pair:
+        raise ValueError(f"option shape_prior must be None (off), a number of pseudo-counts > 0 (photons, e.g. "
+                         f"1e4) or a pair [n0, n0_pixel] of them; got {v!r}")
 
 
 SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), or None",
                              "Spectral-shape prior of the delivered cube: each pixel's spectrum is shrunk toward its "
                              "starlet neighbourhood's shape with weight n_p / (n_p + shape_prior), n_p the pixel's "
                              "photons, keeping every pixel's total (:mod:`xfusion.regularizers.shape`). None: off. "
+                             "A pair ``[n0, n0_pixel]`` gives level 0 (a pixel against its nearest neighbours) its "
+                             "own pseudo-counts (README: ``[n0, max(n0, 1e5)]`` for velocity maps). "
                              "``regularization=\"auto\"`` chooses it by Poisson thinning among 1e3-3e7 unless given "
                              "(:func:`xfusion.tuning.tune_shape`).", _shape_prior)
 

@@ -20,7 +20,8 @@ shape, the posterior mean shape is, from the coarsest level ``J`` (:data:`N_SCAL
 
     s_J = u(c_J);     s_j = (N_j u(c_j) + n0 s_{j+1}) / (N_j + n0),   j = J-1, ..., 0
 
-and the result is ``F_p s_0(p)``: every pixel keeps its total (so the spatial image, the total flux and each
+(level 0 with its own concentration ``n0_pixel`` when the prior is given as a pair ``[n0, n0_pixel]``) and the result
+is ``F_p s_0(p)``: every pixel keeps its total (so the spatial image, the total flux and each
 pixel's prediction of energy-integrated counts are unchanged); a pixel with ``n_p >> n0`` keeps its own shape,
 one with ``n_p << n0`` takes its neighbourhood's flux-weighted shape (which is dominated by the nearest bright
 emission). Non-negative in, non-negative out. ``n0`` does not depend on the counts (the concentration of the shape
@@ -58,6 +59,18 @@ AUTO_PSEUDO_COUNTS = 1.0e4
 N_SCALES = 2
 
 _AREAS = {}
+
+
+def levels_of(pseudo_counts):
+    """``(n0, n0_pixel)``: the pseudo-counts of levels 1..J-1 and of level 0, from a number (both) or a pair
+    ``[n0, n0_pixel]`` (photons, finite, > 0; else ``ValueError``)."""
+    pair = list(pseudo_counts) if isinstance(pseudo_counts, (list, tuple)) else [pseudo_counts, pseudo_counts]
+    ok = len(pair) == 2 and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                and np.isfinite(v) and v > 0 for v in pair)
+    if not ok:
+        raise ValueError(f"pseudo_counts must be a finite number > 0 (photons) or a pair [n0, n0_pixel] of them; "
+                         f"got {pseudo_counts!r}")
+    return float(pair[0]), float(pair[1])
 
 
 def _area(j):
@@ -106,18 +119,21 @@ class _Hierarchy:
         self.totals = z[inner].sum(axis=-1, keepdims=True)
 
 
-def _shrink(h, n0):
-    """``F_p s_0(p)`` of the module notes for pseudo-counts ``n0`` on a :class:`_Hierarchy`: one compiled pass per
-    level (:func:`~xfusion.regularizers.starlet_kernels.shape_level`, the same numbers) when it takes the cubes."""
+def _shrink(h, n0, n0_pixel=None):
+    """``F_p s_0(p)`` of the module notes for pseudo-counts ``n0`` on a :class:`_Hierarchy` (``n0_pixel`` at level 0,
+    default ``n0``): one compiled pass per level (:func:`~xfusion.regularizers.starlet_kernels.shape_level`, the
+    same numbers) when it takes the cubes."""
     s = h.coarsest
+    last = len(h.fine) - 1
+    per_level = [n0_pixel if (j == last and n0_pixel is not None) else n0 for j in range(len(h.fine))]
     if h.fine and starlet_kernels.takes(s, h.totals, *(a for level in h.fine for a in level)):
         out = np.empty_like(s)
         for j, (u, n) in enumerate(h.fine):
-            starlet_kernels.shape_level(u, n, n0, s if j == 0 else out, h.totals if j == len(h.fine) - 1 else None,
+            starlet_kernels.shape_level(u, n, per_level[j], s if j == 0 else out, h.totals if j == last else None,
                                         out)
         return out
-    for u, n in h.fine:
-        s = (n * u + n0 * s) / (n + n0)
+    for (u, n), m in zip(h.fine, per_level):
+        s = (n * u + m * s) / (n + m)
     return h.totals * s
 
 
@@ -141,20 +157,21 @@ def shrink_ladder(z, counts, pseudo_counts, n_scales=N_SCALES):
 class SpectralShape:
     """Hierarchical shrinkage of each pixel's spectral shape (module notes).
 
-    ``pseudo_counts``: n0 > 0 (photons); ``counts``: total counts of every input (photons, > 0 for any effect);
+    ``pseudo_counts``: n0 > 0 (photons) for every level, or a pair ``[n0, n0_pixel]``: n0_pixel at level 0 (a pixel
+    against its level-1 neighbourhood; the README's recipe for velocity maps); ``counts``: total counts of every
+    input (photons, > 0 for any effect);
     ``n_scales``: J >= 1 starlet levels. ``apply(z, statistics(z))`` is the result; block forms for the Dask
     backend (:mod:`xfusion.backends.blockwise` calls ``block_statistics``, ``combine`` and ``block_apply``)."""
 
     boundary = "symmetric"
 
     def __init__(self, pseudo_counts, counts, n_scales=N_SCALES):
-        if not (np.isfinite(pseudo_counts) and pseudo_counts > 0):
-            raise ValueError(f"pseudo_counts must be a finite number > 0 (photons); got {pseudo_counts!r}")
+        n0, n0_pixel = levels_of(pseudo_counts)
         if not (np.isfinite(counts) and counts >= 0):
             raise ValueError(f"counts must be the total photon count (finite, >= 0); got {counts!r}")
         if int(n_scales) < 1:
             raise ValueError(f"n_scales must be an integer >= 1; got {n_scales!r}")
-        self.n0, self.counts, self.J = float(pseudo_counts), float(counts), int(n_scales)
+        self.n0, self.n0_pixel, self.counts, self.J = n0, n0_pixel, float(counts), int(n_scales)
         self.depth = reach(self.J)
 
     # -- statistics (global): the cube's total ---------------------------------------------------
@@ -174,7 +191,8 @@ class SpectralShape:
         z, dt, inner = _as_cube(zo, halo)
         if not (stats["total"] > 0 and self.counts > 0):
             return z[inner].astype(dt), 0.0
-        return _shrink(_Hierarchy(z, self.J, inner, self.counts / stats["total"]), self.n0).astype(dt), 0.0
+        h = _Hierarchy(z, self.J, inner, self.counts / stats["total"])
+        return _shrink(h, self.n0, self.n0_pixel).astype(dt), 0.0
 
     def apply(self, z, stats):
         return self.block_apply(z, 0, stats)[0]
