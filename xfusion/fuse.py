@@ -654,15 +654,14 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         (:func:`xfusion.tuning.resolve_auto`; the choice is the recorded ``regularization``, with
         ``max_iter`` when stopped early; the curve ``parameters["auto_tuning"]``). ``"auto"`` is
         the default (held-out scene suite, 24 small scenes, session 6: mean NMSE 19.6 dB against 17.0
-        for the tuned ``wavelet2d1d``, worse on 2 scenes; benchmarks/MEASUREMENTS.md). Since sessions 9-10 the family
-        is chosen under a prior
-        fitted on the tuning suite (:func:`xfusion.tuning._family_prior`): when the summed sharp-spectral counts show
-        lines the zeroed candidates must predict the held-out counts better by 9 paired standard errors (18 with
-        >= 1.7 counts per fused voxel); without lines the zeroed prior is taken. Held-out suite (48 scenes per size, code
-        of session 14): mean NMSE 22.27 dB at 24x24x600 and 20.91 dB at full size (RL oracle 20.96 and 18.11 dB;
-        benchmarks/MEASUREMENTS.md; the current numbers: README, benchmarks/results/suite_heldout.csv). Any
-        wavelet option given explicitly (``k``,
-        ``n_scales_1d``, ``null_space``, ...) selects ``wavelet2d1d`` without the comparison;
+        for the tuned ``wavelet2d1d``, worse on 2 scenes; benchmarks/MEASUREMENTS.md). Since sessions 9-10 the family is
+        chosen under a prior fitted on the tuning suite (:func:`xfusion.tuning._family_prior`): when the summed
+        sharp-spectral counts show lines the zeroed candidates must predict the held-out counts better by 9 paired
+        standard errors (18 with >= 1.7 counts per fused voxel); without lines the zeroed prior is taken. Held-out suite
+        (48 scenes per size, code of session 14): mean NMSE 22.27 dB at 24x24x600 and 20.91 dB at full size (RL oracle
+        20.96 and 18.11 dB; benchmarks/MEASUREMENTS.md; the current numbers: README,
+        benchmarks/results/suite_heldout.csv). Any wavelet option given explicitly (``k``, ``n_scales_1d``,
+        ``null_space``, ...) selects ``wavelet2d1d`` without the comparison;
         Gaussian or count-free data, and Dask-backed data whose tuning would not fit
         ``xfusion.tuning.IN_MEMORY_BYTES``, fall back to ``wavelet2d1d`` (recorded); smaller Dask-backed data are
         tuned on in-memory copies and fitted on Dask (the record's ``in_memory`` says so). ``"auto"`` delivers the
@@ -770,8 +769,7 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
           variance-stabilized cube ``2 sqrt(z + 3/8)`` (:mod:`xfusion.regularizers.stabilized`; in memory
           only, not with "propagated"); with ``regularization="auto"`` every starlet candidate is tuned with it
           (RL still competes). Measured (session 23, benchmarks/MEASUREMENTS.md): +0.26 dB NMSE over 48 held-out
-          full-size scenes
-          but velocity maps +6.2 km/s worse, so it is not the default.
+          full-size scenes but velocity maps +6.2 km/s worse, so it is not the default.
 
         lowrank_local:
 
