@@ -114,10 +114,14 @@ def null_space(default, auto=True):
 
 
 def _shape_prior(name, v):
-    pair = isinstance(v, (list, tuple)) and len(v) == 2 and all(is_real(u) and u > 0 for u in v)
-    if v is not None and not (is_real(v) and v > 0) and not pair:
+    from ..regularizers.shape import levels_of  # the prior's own check of a number or a pair
+
+    try:
+        if v is not None:
+            levels_of(v)
+    except ValueError:
         raise ValueError(f"option shape_prior must be None (off), a number of pseudo-counts > 0 (photons, e.g. "
-                         f"1e4) or a pair [n0, n0_pixel] of them; got {v!r}")
+                         f"1e4) or a pair [n0, n0_pixel] of them; got {v!r}") from None
 
 
 SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), or None",
