@@ -941,6 +941,11 @@ def _raised_in_xfusion(exc):
 
 def main(argv=None) -> int:
     """Entry point of the ``xfusion`` command; returns the exit code."""
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:  # before the parser, which loads the registry
+        from . import __version__
+
+        print(f"xfusion {__version__}")
+        return EXIT_OK
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
