@@ -51,10 +51,12 @@ def load(paths):
 
 def _choice(sel, shape=None):
     """The default's choice in words; ``shape``: the spectral-shape prior's record of ``suite.py`` (session 20: its
-    pseudo-counts chosen by thinning), appended as ``shape <n0>``."""
+    pseudo-counts chosen by thinning), appended as ``shape <n0>``, or ``shape <n0> pixel <n0_pixel>`` when its
+    level 0 has its own (session 37)."""
     if sel is None:
         return ""
-    n0 = f" shape {shape['choice']:g}" if shape else ""
+    c = shape["choice"] if shape else None
+    n0 = "" if c is None else (f" shape {c[0]:g} pixel {c[1]:g}" if isinstance(c, list) else f" shape {c:g}")
     if sel.get("regularization") == "none":
         return f"RL {sel.get('max_iter')} it{n0}"
     txt = f"starlet k={sel.get('k')} {sel.get('null_space', '')}"

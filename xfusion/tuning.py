@@ -153,7 +153,9 @@ What is selected, per regularization:
   pseudo-counts ``n0`` among :data:`SHAPE_LADDER` (1e3-3e7) by the held-out deviance of the chosen fit on half the
   counts, kept at 1e4 unless another rung is better by more than one paired standard error. Since session 21 the
   half-data cube is the tuning's own iterate of the chosen candidate (the one its count was transferred from), so the
-  stage costs no fit and long fits are scored too.
+  stage costs no fit and long fits are scored too. Since session 37 a second stage (:func:`_tune_pixel_level`) gives
+  level 0 (each pixel against its neighbourhood) its own pseudo-counts from :data:`PIXEL_LADDER` when they predict the
+  held-out half better than ``n0`` by more than one paired standard error: ``shape_prior=[n0, N]``.
 
 Everything runs in memory (NumPy); :func:`tune` and :func:`select` refuse Dask-backed observations with a message.
 :func:`xfusion.fuse` given Dask-backed observations tunes on in-memory copies of them when the tuning fits
@@ -1702,6 +1704,12 @@ SHAPE_MARGIN = 1.0
 #: and tuning plus final fit stayed within 3x one fit on 13 of 24 scenes instead of 21); since session 21 ``fuse``
 #: passes the tuning's iterate, which costs no fit, and the bound applies only here.
 SHAPE_MAX_HALF_ITER = CANDIDATE_ITER
+#: level-0 pseudo-counts (photons) that :func:`tune_shape` compares with ``n0`` once ``n0`` is chosen (session 37,
+#: :func:`_tune_pixel_level`; the README's velocity recipe of session 36 is ``max(n0, 1e5)``). Frozen with its rule
+#: before any evaluation; measured (benchmarks/QUALITY_HISTORY.md, session 37), mean NMSE change against ``n0`` alone:
+#: tuning 48 small +0.10 dB, 24 full size +0.07; held out 72 small +0.17, 72 full size +0.10; 24 fresh seeds each
+#: +0.21 / +0.19; NMSE >= RL oracle and baselines unchanged on every set, velocity <= RL oracle unchanged or +1.
+PIXEL_LADDER = (1e5, 3e5, 1e6)
 
 
 def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4, half_fit=None):
@@ -1724,6 +1732,10 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     0.4-1.8 s at full size, against 8.6-20.2 s for one fixed fit). Without it: at most :data:`SHAPE_MAX_HALF_ITER`
     iterations on part A (session 20: 1.3-3.9 s CPU on the full-size scenes it scored); not scored (the anchor,
     recorded as ``"not tuned"``) when that fit would run more iterations.
+
+    Then level 0 (:func:`_tune_pixel_level`): each ``N`` of :data:`PIXEL_LADDER` above ``n0`` as ``[n0, N]``, scored
+    the same way on the same cube; the returned choice is ``[n0, N]`` when one beats ``n0`` by more than
+    :data:`SHAPE_MARGIN` paired standard errors (the record's ``pixel`` entry holds that stage).
 
     Why (session 20): ``n0 = 1e4`` was the best single value on the small tuning scenes (session 8), but the best
     value per scene spans 1e3-3e3 (bright line-rich mixes, whose neighbouring pixels differ in shape) to 3e5-1e6
@@ -1762,9 +1774,36 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     n0 = best if gain[0] > SHAPE_MARGIN * math.sqrt(gain[1]) else SHAPE_ANCHOR
     rec = {"method": "poisson thinning", "pseudo_counts": list(models), "heldout_deviance": [round(d, 3) for d in dev],
            "gain_over_anchor": [round(d, 3) for d, _ in pairs], "se": [round(math.sqrt(v), 3) for _, v in pairs],
-           "anchor": SHAPE_ANCHOR, "margin": SHAPE_MARGIN, "half_data_iterations": n_half, "half_data_cube": source,
-           "choice": n0}
-    return n0, rec
+           "anchor": SHAPE_ANCHOR, "margin": SHAPE_MARGIN, "half_data_iterations": n_half, "half_data_cube": source}
+    choice, rec["pixel"] = _tune_pixel_level(sp, z, counts, n0, models[n0])
+    rec["choice"] = choice
+    return choice, rec
+
+
+def _tune_pixel_level(sp, z, counts, n0, base):
+    """Second stage of :func:`tune_shape` (session 37): level 0 of the prior (each pixel against its level-1
+    neighbourhood) at ``[n0, N]`` for each ``N`` of :data:`PIXEL_LADDER` above ``n0``, on the same half-data cube
+    ``z`` and split ``sp`` (``base``: the predicted part-A counts of ``n0`` at every level). The ``N`` of the largest
+    held-out deviance gain over ``n0`` is chosen if that gain exceeds :data:`SHAPE_MARGIN` paired Poisson standard
+    errors; else ``n0`` stays. Returns ``(choice, record)``: ``n0`` or ``[n0, N]``, and each pair's held-out
+    deviance, gain and standard error."""
+    from .regularizers.shape import shrink_ladder
+
+    ladder = [float(N) for N in PIXEL_LADDER if N > n0]
+    rec = {"pseudo_counts": ladder, "heldout_deviance": [], "gain_over_n0": [], "se": [], "choice": None}
+    best = None
+    for (_, N), cube in shrink_ladder(z, counts, [[n0, N] for N in ladder]):
+        m = _predicted(sp, cube.astype(sp.dtype))
+        d, v = _paired_difference(sp, None, None, models=(base, m))
+        rec["heldout_deviance"].append(round(sp.score_models(m), 3))
+        rec["gain_over_n0"].append(round(d, 3))
+        rec["se"].append(round(math.sqrt(v), 3))
+        if d > SHAPE_MARGIN * math.sqrt(v) and (best is None or d > best[1]):
+            best = (N, d)
+    if best is None:
+        return n0, rec
+    rec["choice"] = best[0]
+    return [n0, best[0]], rec
 
 
 def choice(curve: xr.Dataset) -> dict:

@@ -138,20 +138,22 @@ def _shrink(h, n0, n0_pixel=None):
 
 
 def shrink_ladder(z, counts, pseudo_counts, n_scales=N_SCALES):
-    """``z`` (x, y, energy; any non-negative units) through the prior of each of ``pseudo_counts`` (photons): yields
-    ``(n0, cube)`` (float64) in that order, the starlet levels computed once and each cube when it is asked for (one
-    in memory at a time if the caller lets it go). ``counts``: total photons of every input (the cube comes back
-    unchanged when it or the cube's total is 0). Each cube equals ``SpectralShape(n0, counts, n_scales).prox(z)``
-    (in float64)."""
+    """``z`` (x, y, energy; any non-negative units) through the prior of each of ``pseudo_counts`` (photons; each a
+    number or a pair ``[n0, n0_pixel]``, as :class:`SpectralShape` takes): yields ``(p, cube)`` (``p`` a float or a
+    list of two floats; the cube float64) in that order, the starlet levels computed once and each cube when it is
+    asked for (one in memory at a time if the caller lets it go). ``counts``: total photons of every input (the cube
+    comes back unchanged when it or the cube's total is 0). Each cube equals
+    ``SpectralShape(p, counts, n_scales).prox(z)`` (in float64)."""
     z, _, inner = _as_cube(z, 0)
     total = float(np.sum(z, dtype=np.float64))
+    keys = [list(levels_of(p)) if isinstance(p, (list, tuple)) else levels_of(p)[0] for p in pseudo_counts]
     if not (total > 0 and counts > 0):
-        for n0 in pseudo_counts:
-            yield float(n0), z.copy()
+        for p in keys:
+            yield p, z.copy()
         return
     h = _Hierarchy(z, int(n_scales), inner, counts / total)
-    for n0 in pseudo_counts:
-        yield float(n0), _shrink(h, float(n0))
+    for p in keys:
+        yield p, _shrink(h, *levels_of(p))
 
 
 class SpectralShape:
