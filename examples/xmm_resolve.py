@@ -389,7 +389,8 @@ def _chosen(result):
 
     p = json.loads(result.attrs["parameters"])
     reg = p.get("regularization", result.attrs.get("regularization", "?"))
-    shape = f", shape {p['shape_prior']:g}" if p.get("shape_prior") is not None else ""
+    sp = p.get("shape_prior")  # a number, or [n0, n0_pixel] when its level 0 has its own (session 37)
+    shape = "" if sp is None else (f", shape {sp[0]:g} pixel {sp[1]:g}" if isinstance(sp, list) else f", shape {sp:g}")
     if "k" not in p:
         return f"{reg}, {result.attrs.get('iterations')} it.{shape}"
     k = p["k"] if p.get("k_rule", "constant") == "constant" else f"sigmoid {p.get('k_min')}-{p.get('k_max')}"
