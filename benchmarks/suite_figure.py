@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from suite import _beats  # benchmarks/suite.py: the "beats a baseline on all four metrics" test
 
+from xfusion.regularizers.shape import levels_of
 from xfusion.scenes import KINDS
 
 COLORS = dict(zip(KINDS, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange")))
@@ -55,8 +56,10 @@ def _choice(sel, shape=None):
     level 0 has its own (session 37)."""
     if sel is None:
         return ""
-    c = shape["choice"] if shape else None
-    n0 = "" if c is None else (f" shape {c[0]:g} pixel {c[1]:g}" if isinstance(c, list) else f" shape {c:g}")
+    n0 = ""
+    if shape and shape.get("choice") is not None:
+        a, b = levels_of(shape["choice"])
+        n0 = f" shape {a:g}" + (f" pixel {b:g}" if b != a else "")
     if sel.get("regularization") == "none":
         return f"RL {sel.get('max_iter')} it{n0}"
     txt = f"starlet k={sel.get('k')} {sel.get('null_space', '')}"

@@ -389,8 +389,12 @@ def _chosen(result):
 
     p = json.loads(result.attrs["parameters"])
     reg = p.get("regularization", result.attrs.get("regularization", "?"))
-    sp = p.get("shape_prior")  # a number, or [n0, n0_pixel] when its level 0 has its own (session 37)
-    shape = "" if sp is None else (f", shape {sp[0]:g} pixel {sp[1]:g}" if isinstance(sp, list) else f", shape {sp:g}")
+    shape = ""
+    if p.get("shape_prior") is not None:  # a number, or [n0, n0_pixel] when its level 0 has its own (session 37)
+        from xfusion.regularizers.shape import levels_of
+
+        n0, n0_pixel = levels_of(p["shape_prior"])
+        shape = f", shape {n0:g}" + (f" pixel {n0_pixel:g}" if n0_pixel != n0 else "")
     if "k" not in p:
         return f"{reg}, {result.attrs.get('iterations')} it.{shape}"
     k = p["k"] if p.get("k_rule", "constant") == "constant" else f"sigmoid {p.get('k_min')}-{p.get('k_max')}"

@@ -119,13 +119,13 @@ class _Hierarchy:
         self.totals = z[inner].sum(axis=-1, keepdims=True)
 
 
-def _shrink(h, n0, n0_pixel=None):
-    """``F_p s_0(p)`` of the module notes for pseudo-counts ``n0`` on a :class:`_Hierarchy` (``n0_pixel`` at level 0,
-    default ``n0``): one compiled pass per level (:func:`~xfusion.regularizers.starlet_kernels.shape_level`, the
-    same numbers) when it takes the cubes."""
+def _shrink(h, n0, n0_pixel):
+    """``F_p s_0(p)`` of the module notes for pseudo-counts ``n0`` on a :class:`_Hierarchy` (``n0_pixel`` at level 0;
+    :func:`levels_of` gives both): one compiled pass per level
+    (:func:`~xfusion.regularizers.starlet_kernels.shape_level`, the same numbers) when it takes the cubes."""
     s = h.coarsest
     last = len(h.fine) - 1
-    per_level = [n0_pixel if (j == last and n0_pixel is not None) else n0 for j in range(len(h.fine))]
+    per_level = [n0] * last + [n0_pixel]  # h.fine runs from the coarsest fine level down to level 0
     if h.fine and starlet_kernels.takes(s, h.totals, *(a for level in h.fine for a in level)):
         out = np.empty_like(s)
         for j, (u, n) in enumerate(h.fine):
@@ -146,14 +146,15 @@ def shrink_ladder(z, counts, pseudo_counts, n_scales=N_SCALES):
     ``SpectralShape(p, counts, n_scales).prox(z)`` (in float64)."""
     z, _, inner = _as_cube(z, 0)
     total = float(np.sum(z, dtype=np.float64))
-    keys = [list(levels_of(p)) if isinstance(p, (list, tuple)) else levels_of(p)[0] for p in pseudo_counts]
+    levels = [levels_of(p) for p in pseudo_counts]
+    keys = [list(lv) if isinstance(p, (list, tuple)) else lv[0] for p, lv in zip(pseudo_counts, levels)]
     if not (total > 0 and counts > 0):
         for p in keys:
             yield p, z.copy()
         return
     h = _Hierarchy(z, int(n_scales), inner, counts / total)
-    for p in keys:
-        yield p, _shrink(h, *levels_of(p))
+    for p, lv in zip(keys, levels):
+        yield p, _shrink(h, *lv)
 
 
 class SpectralShape:
