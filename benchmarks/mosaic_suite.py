@@ -68,6 +68,11 @@ Session 28 (HEAD 6d9d8f5, default unchanged since session 21 but for exact speed
 --indices 20-59 --noise mad``, 40 skies never run before, s28/mos_fresh_*.log): MOS effect +0.91 dB (35/40, worst
 -1.61), -4.0 km/s (25/32, SE 2.1); with the 20 earlier held-out skies: +0.95 dB (53/60), -1.85 km/s (34/48, SE 1.9).
 
+Session 38 (HEAD a65ab82: the default of session 37, level 0 of the shape prior by thinning; ``--split heldout --n 60
+--noise mad``, all 60 held-out skies, s38/mos/heldout60.log): MOS effect +0.96 dB (54/60, worst -0.42), -3.2 km/s
+(27/48, SE 2.3); by pn counts 3e4 / 3e5 / 3e6: +1.05 / +1.08 / +0.73 dB, +0.7 / -10.3 / +0.1 km/s. Mean fits pn
+19.82 dB / 147.9 km/s, pn + MOS 20.77 dB / 144.7 km/s.
+
     nice -n 15 python benchmarks/mosaic_suite.py --split tune --n 6
     nice -n 15 python benchmarks/mosaic_suite.py --split heldout --n 6 --json out.json
     python benchmarks/mosaic_suite.py --split tune --n 3 --options '{"regularization": "wavelet2d1d", "k": 1}'
