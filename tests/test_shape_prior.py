@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from xfusion.regularizers.shape import SpectralShape
+from xfusion.regularizers.shape import SpectralShape, levels_of
 
 da = pytest.importorskip("dask.array")
 from xfusion.backends.blockwise import DaskBackend  # noqa: E402
@@ -194,7 +194,7 @@ def test_shape_prior_with_another_iteration_count_fits_half_the_counts():
     x, y, _ = scenes.from_spec(scenes.suite("tune", n=48)[2], size="small")
     rec = json.loads(xfusion.fuse(x, y, progress=False, max_iter=6).attrs["parameters"])["auto_tuning"]["shape_prior"]
     assert rec["half_data_cube"] == "a fit" and rec["half_data_iterations"] == 5
-    n0 = rec["choice"][0] if isinstance(rec["choice"], list) else rec["choice"]  # [n0, n0_pixel]: see the pixel test
+    n0 = levels_of(rec["choice"])[0]  # a number, or [n0, n0_pixel]: see the pixel test
     assert n0 in tuning.SHAPE_LADDER and len(rec["heldout_deviance"]) == len(tuning.SHAPE_LADDER)
     p = json.loads(xfusion.fuse(x, y, progress=False, max_iter=30).attrs["parameters"])
     rec = p["auto_tuning"]["shape_prior"]
