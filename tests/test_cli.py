@@ -315,6 +315,21 @@ def test_option_stabilize_none_is_the_string(toy_dir, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_option_shape_prior_auto_with_a_level_0_floor(toy_dir, tmp_path, capsys):
+    """``--option 'shape_prior=["auto", 1e5]'`` (a TOML array) reaches fuse as the pair: thinning picks the prior
+    (n0 = 1e4 on this toy) and level 0 gets 1e5 pseudo-counts (the README's velocity recipe in one run)."""
+    import json
+
+    import xarray as xr
+
+    out = tmp_path / "v.zarr"
+    assert main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--no-progress",
+                 "--option", 'shape_prior=["auto", 1e5]']) == 0
+    p = json.loads(xr.open_zarr(out, consolidated=False).attrs["parameters"])
+    assert p["shape_prior"] == [1e4, 1e5] and p["auto_tuning"]["shape_prior"]["pixel_floor"] == 1e5
+    capsys.readouterr()
+
+
 def test_config_dtype_of_the_wrong_type(toy_dir, tmp_path, capsys):
     """Red team s29: ``dtype = 64`` in the config file gave numpy's "Cannot interpret '64' as a data type"."""
     cfg = tmp_path / "c.toml"

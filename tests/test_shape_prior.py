@@ -230,3 +230,45 @@ def test_half_fit_is_the_iterate_the_count_was_transferred_from():
     before = tuning._run_em(sp, reg, z0, half["iteration"] - 4, None)[0]
     after = tuning._run_em(sp, reg, z0, half["iteration"] - 2, None)[0]
     assert dist(z) < 0.05 * min(dist(before), dist(after)), (dist(z), dist(before), dist(after))
+
+
+def test_auto_and_a_level_0_floor_in_one_fit():
+    """``shape_prior="auto"`` is the default written out (refused before session 39: the option's check did not know
+    it). ``["auto", N]`` tunes the prior as the default does, then gives level 0 at least N pseudo-counts: the README's
+    velocity recipe (the default, then a second fit of its settings with ``[n0, max(n0_pixel, N)]``) in one fit, equal
+    to it bit for bit. Where the tuned level 0 is already above N nothing changes; explicit regularizations refuse it;
+    a path that tunes nothing (wavelet options given) delivers without the prior, as the default does there, and says
+    so in its record."""
+    import xfusion
+    from xfusion import toy
+
+    kw = dict(progress=False)
+    x, y, _ = toy.make("small", seed=1)  # the default takes n0 = 1e4 for both levels here
+    r = xfusion.fuse(x, y, **kw)
+    assert xfusion.settings_of(r)["shape_prior"] == 1e4
+    np.testing.assert_array_equal(xfusion.fuse(x, y, shape_prior="auto", **kw)["flux"].values, r["flux"].values)
+    v = xfusion.fuse(x, y, shape_prior=["auto", 1e5], **kw)
+    assert xfusion.settings_of(v)["shape_prior"] == [1e4, 1e5]
+    rec = json.loads(v.attrs["parameters"])["auto_tuning"]["shape_prior"]
+    assert rec["choice"] == 1e4 and rec["pixel_floor"] == 1e5 and rec["delivered"] == [1e4, 1e5]
+    recipe = xfusion.fuse(x, y, settings=r, shape_prior=[1e4, 1e5], **kw)  # the two-fit recipe
+    np.testing.assert_array_equal(v["flux"].values, recipe["flux"].values)
+    f0, f1 = r["flux"].values, v["flux"].values
+    assert np.abs(f1 - f0).max() > 1e-3 * f0.max()  # level 0 did change
+    np.testing.assert_allclose(f1.sum(-1), f0.sum(-1), rtol=1e-4, atol=1e-6 * float(f0.sum(-1).max()))
+
+    x3, y3, _ = toy.make("small", seed=3)  # here thinning already gives level 0 1e6 > 1e5: kept
+    d3 = xfusion.fuse(x3, y3, **kw)
+    assert xfusion.settings_of(d3)["shape_prior"] == [1e4, 1e6]
+    f3 = xfusion.fuse(x3, y3, shape_prior=["auto", 1e5], **kw)
+    assert xfusion.settings_of(f3)["shape_prior"] == [1e4, 1e6]
+    np.testing.assert_array_equal(f3["flux"].values, d3["flux"].values)
+
+    with pytest.raises(ValueError, match="only with regularization='auto'"):
+        xfusion.fuse(x, y, regularization="none", max_iter=3, shape_prior=["auto", 1e5], **kw)
+    for bad in (["auto"], ["auto", -1.0], ["auto", "1e5"], "Auto", ["auto", 1e5, 1e6]):
+        with pytest.raises(ValueError, match="option shape_prior must be"):
+            xfusion.fuse(x, y, shape_prior=bad, **kw)
+    pinned = xfusion.fuse(x, y, k=1.0, n_scales_1d=2, null_space="zero", max_iter=3, shape_prior=["auto", 1e5], **kw)
+    p = json.loads(pinned.attrs["parameters"])
+    assert p["shape_prior"] is None and p["auto_tuning"]["shape_prior"] == "off (not tuned on this path)"

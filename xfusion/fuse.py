@@ -30,6 +30,7 @@ from .solvers.subspace import SubspaceFISTA
 
 from . import registry
 from .registry.options import DEFAULT_LAYOUT  # noqa: F401  (re-exported: the Dask layout default)
+from .registry.options import shape_auto
 from .registry.wavelet2d1d import AUTO_COUNTS_SPLIT, auto_wavelet_params as _auto_wavelet_params  # noqa: F401
 
 FLUX_UNITS = "ph cm-2 s-1"
@@ -225,7 +226,8 @@ def _check_resume(ckpt, resume, request, regularization, method, tol, dtype, opt
         now.update({"regularization": regularization, "method": method},
                    **{k: v for k, v in params.items() if not (isinstance(v, str) and v == "auto")})
     else:  # the options given explicitly are used as given by whichever regularization "auto" picks
-        now.update({k: v for k, v in options.items() if not (isinstance(v, str) and v == "auto")})
+        now.update({k: v for k, v in options.items() if not (isinstance(v, str) and v == "auto")
+                    and not (k == "shape_prior" and shape_auto(v)[0])})
         if method is not None:
             now["method"] = method
     diff = [(k, stored[k], v) for k, v in _json(now).items() if k in stored and stored[k] != v]
@@ -665,8 +667,9 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         Gaussian or count-free data, and Dask-backed data whose tuning would not fit
         ``xfusion.tuning.IN_MEMORY_BYTES``, fall back to ``wavelet2d1d`` (recorded); smaller Dask-backed data are
         tuned on in-memory copies and fitted on Dask (the record's ``in_memory`` says so). ``"auto"`` delivers the
-        cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``: None for off, or
-        pseudo-counts; unless given they are chosen by thinning too, :func:`xfusion.tuning.tune_shape`;
+        cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``: None for off,
+        pseudo-counts, or ``"auto"``, the default: chosen by thinning too, :func:`xfusion.tuning.tune_shape`;
+        ``["auto", N]``: the same, then level 0 at no fewer than N pseudo-counts, e.g. 1e5 for velocity maps;
         :mod:`xfusion.regularizers.shape`): faint pixels take their neighbourhood's spectral shape, every pixel
         keeps its total (held-out small suite, session 8: beats both naive baselines on 23/24 scenes against 18,
         mean NMSE 20.16 against 19.73 dB).
@@ -957,6 +960,10 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         regularization, max_iter, options, auto_record = _choose_regularization(observations, max_iter, tol, dtype,
                                                                                 client, options, method)
     method, params, lowrank = _resolve(regularization, method, options)
+    if shape_auto(params.get("shape_prior"))[0]:  # "auto" resolved it above, or it was not asked for
+        raise ValueError(f"shape_prior={params['shape_prior']!r} is chosen by Poisson thinning only with "
+                         f"regularization='auto' (the default); with regularization={regularization!r} give its "
+                         "pseudo-counts (e.g. 1e4), a pair [n0, n0_pixel] (e.g. [1e4, 1e5]) or None (off)")
     spec, mspec = registry.regularization(regularization), registry.method(method)
     # priors regularized by early stopping (none, lowrank) set the cap of the methods whose early iterates are
     # the smooth ones (EM, FISTA; not fixed-step ISTA): thinning picks the RL iteration ("auto"), low rank keeps
@@ -1059,6 +1066,13 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
                                         if isinstance(o, xr.Dataset) and "counts" in o)
     wopts = {k: v for k, v in options.items() if k in WAVELET_KEYS}
     rest = {k: v for k, v in options.items() if k not in WAVELET_KEYS}
+    shape_tuned, shape_floor = shape_auto(rest.get("shape_prior", "auto"))  # "auto" unless pseudo-counts are given
+    # where nothing is tuned (the fallbacks below) an "auto" shape prior is what the default does there: off
+    plain = {k: v for k, v in options.items() if not (k == "shape_prior" and shape_tuned)}
+
+    def fallback(why, **rec):  # the record of a path that tunes nothing here, saying so of a shape prior asked for
+        off = {"shape_prior": "off (not tuned on this path)"} if len(plain) < len(options) else {}
+        return {"regularization": "auto", **rec, "method": why, **off}
     gaussian = any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson"
                    for o in observations if isinstance(o, xr.Dataset))
     # a wavelet setting given explicitly names the family (no comparison with plain RL); the noise model of the
@@ -1076,23 +1090,20 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
         copies, note = (None, "Dask-backed data with a Gaussian data term") if gaussian else \
             in_memory_copies(observations, client)
         if copies is None:
-            return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
-                                                      "method": f"fallback ({note})"}
+            return "wavelet2d1d", max_iter, plain, fallback(f"fallback ({note})", chosen="wavelet2d1d")
         observations = copies
     # counts are read in memory only (on Dask: the copies; with wavelet options given nothing is loaded)
     empty = (not on_dask or note is not None) and any(
         isinstance(o, xr.Dataset) and "counts" in o and not np.any(o["counts"].values) for o in observations)
     if gaussian and not any(v != "auto" for v in wopts.values()):  # EM needs Poisson terms: the low-rank + Sobolev prior (SyFu's; mu by data fission if "auto")
-        return "lowrank_sobolev", max_iter, rest, {
-            "regularization": "auto", "chosen": "lowrank_sobolev",
-            "method": "fallback (a Gaussian data term: Poisson thinning and EM do not apply)"}
+        return "lowrank_sobolev", max_iter, {k: v for k, v in rest.items() if k in plain}, fallback(
+            "fallback (a Gaussian data term: Poisson thinning and EM do not apply)", chosen="lowrank_sobolev")
     if empty:  # nothing to thin: the wavelet prior with its own fallbacks (xfusion.tuning.auto_settings)
-        return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
-                                                  "method": "fallback (an observation without counts: Poisson "
-                                                            "thinning does not apply)"}
+        return "wavelet2d1d", max_iter, plain, fallback(
+            "fallback (an observation without counts: Poisson thinning does not apply)", chosen="wavelet2d1d")
     if fixed:
-        return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
-                                                  "method": f"wavelet2d1d option(s) given ({', '.join(fixed)})"}
+        return "wavelet2d1d", max_iter, plain, fallback(f"wavelet2d1d option(s) given ({', '.join(fixed)})",
+                                                        chosen="wavelet2d1d")
     ordered = observations if len(observations) == 2 else [observations[i] for i in
                                                            input_positions(fusion_grid(*observations))]
     half = {}  # the chosen candidate's half-data iterate, which the shape prior's tuning scores
@@ -1101,7 +1112,7 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
         record["in_memory"] = note
     n_tuned = chosen.pop("max_iter", None)  # the count by thinning (RL, or the wavelet prior stopped early)
     max_iter = n_tuned if max_iter is None else max_iter
-    if rest.get("shape_prior", "auto") == "auto":  # its pseudo-counts by thinning too (session 20)
+    if shape_tuned:  # its pseudo-counts by thinning too (session 20)
         rest = {k: v for k, v in rest.items() if k != "shape_prior"}
         _resolve(reg, method, {**rest, **chosen})  # an invalid option is refused before that fit
         if max_iter is None or (_is_int(max_iter) and max_iter >= 0):  # else refused below, before any fit
@@ -1111,6 +1122,13 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
             own = max_iter == n_tuned and method in (None, "em")  # the fit whose half-data iterate the tuning kept
             rest["shape_prior"], record["shape_prior"] = tune_shape(
                 *ordered, settings=fit, dtype=dtype, tol=tol or 1e-4, half_fit=half if own else None)
+            if shape_floor is not None:  # ["auto", N]: level 0 at no fewer than N pseudo-counts (velocity maps)
+                from .regularizers.shape import levels_of
+
+                n0, n0_pixel = levels_of(rest["shape_prior"])
+                rest["shape_prior"] = [n0, max(n0_pixel, float(shape_floor))]
+                record["shape_prior"] = dict(record["shape_prior"], pixel_floor=float(shape_floor),
+                                             delivered=rest["shape_prior"])
     return reg, max_iter, {**rest, **chosen}, record
 
 

@@ -113,15 +113,30 @@ def null_space(default, auto=True):
                   one_of(*choices))
 
 
+def shape_auto(v):
+    """``(auto, floor)`` of a ``shape_prior`` value: ``"auto"`` -> ``(True, None)``; ``["auto", N]`` -> ``(True, N)``
+    (thinning picks the pseudo-counts, then level 0 gets at least ``N``); anything else ``(False, None)``."""
+    if isinstance(v, str):
+        return v == "auto", None
+    if isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) and v[0] == "auto":
+        return True, v[1]
+    return False, None
+
+
 def _shape_prior(name, v):
     from ..regularizers.shape import levels_of  # the prior's own check of a number or a pair
 
+    auto, floor = shape_auto(v)
     try:
-        if v is not None:
+        if floor is not None:
+            levels_of(floor)
+        elif v is not None and not auto:
             levels_of(v)
     except ValueError:
         raise ValueError(f"option shape_prior must be None (off), a number of pseudo-counts > 0 (photons, e.g. "
-                         f"1e4) or a pair [n0, n0_pixel] of them; got {v!r}") from None
+                         f"1e4), a pair [n0, n0_pixel] of them, \"auto\" (chosen by Poisson thinning: the default "
+                         f"of regularization=\"auto\") or [\"auto\", N] (chosen by thinning, level 0 at >= N, e.g. "
+                         f"1e5 for velocity maps); got {v!r}") from None
 
 
 SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), or None",
@@ -129,9 +144,11 @@ SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), or None",
                              "starlet neighbourhood's shape with weight n_p / (n_p + shape_prior), n_p the pixel's "
                              "photons, keeping every pixel's total (:mod:`xfusion.regularizers.shape`). None: off. "
                              "A pair ``[n0, n0_pixel]`` gives level 0 (a pixel against its nearest neighbours) its "
-                             "own pseudo-counts (README: ``[n0, max(n0, 1e5)]`` for velocity maps). "
-                             "``regularization=\"auto\"`` chooses it by Poisson thinning among 1e3-3e7 unless given "
-                             "(:func:`xfusion.tuning.tune_shape`).", _shape_prior)
+                             "own pseudo-counts. ``regularization=\"auto\"`` chooses it by Poisson thinning "
+                             "(``\"auto\"``, its default there: n0 among 1e3-3e7, then level 0, "
+                             ":func:`xfusion.tuning.tune_shape`); ``[\"auto\", N]`` does the same, then gives level "
+                             "0 at least N pseudo-counts (``[\"auto\", 1e5]``: the README's recipe for velocity maps, "
+                             "in one fit). Both are for ``regularization=\"auto\"`` only.", _shape_prior)
 
 
 NOISE = lambda: option("mad", '"mad", "poisson" or "propagated"',
