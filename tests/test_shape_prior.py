@@ -272,3 +272,21 @@ def test_auto_and_a_level_0_floor_in_one_fit():
     pinned = xfusion.fuse(x, y, k=1.0, n_scales_1d=2, null_space="zero", max_iter=3, shape_prior=["auto", 1e5], **kw)
     p = json.loads(pinned.attrs["parameters"])
     assert p["shape_prior"] is None and p["auto_tuning"]["shape_prior"] == "off (not tuned on this path)"
+
+
+def test_a_run_with_a_level_0_floor_resumes_and_another_floor_is_refused(tmp_path):
+    """The checkpoint of a ``shape_prior=["auto", N]`` run records the delivered pair; resuming with the same request
+    gives the same cube, and another floor is refused naming the setting (not taken as the stored one)."""
+    import xfusion
+    from xfusion import toy
+    from xfusion.checkpoints import CheckpointError
+
+    x, y, _ = toy.make("small", seed=1)
+    kw = dict(progress=False, shape_prior=["auto", 1e5], checkpoint=tmp_path / "c.zarr", checkpoint_every=2)
+    r0 = xfusion.fuse(x, y, **kw)
+    r1 = xfusion.fuse(x, y, resume=True, **kw)
+    np.testing.assert_array_equal(r1["flux"].values, r0["flux"].values)
+    assert xfusion.settings_of(r1)["shape_prior"] == [1e4, 1e5]
+    with pytest.raises(CheckpointError, match=r"shape_prior=\[10000.0, 100000.0\] there, shape_prior=\[10000.0, "
+                                              r"300000.0\] now"):
+        xfusion.fuse(x, y, resume=True, **dict(kw, shape_prior=["auto", 3e5]))

@@ -218,16 +218,19 @@ def _check_resume(ckpt, resume, request, regularization, method, tol, dtype, opt
     if not isinstance(stored, dict):
         return  # an older checkpoint: the fingerprint decides
     now = {"tol": tol, "dtype": dtype}
+
+    def given(k, v):  # a value given as such, not one "auto" chooses
+        return not (isinstance(v, str) and v == "auto") and not (k == "shape_prior" and shape_auto(v)[0])
+
     if regularization != "auto":
         try:
             method, params, _ = _resolve(regularization, method, options)
         except (ValueError, TypeError):
             params = {}  # reported by the run's own checks
         now.update({"regularization": regularization, "method": method},
-                   **{k: v for k, v in params.items() if not (isinstance(v, str) and v == "auto")})
+                   **{k: v for k, v in params.items() if given(k, v)})
     else:  # the options given explicitly are used as given by whichever regularization "auto" picks
-        now.update({k: v for k, v in options.items() if not (isinstance(v, str) and v == "auto")
-                    and not (k == "shape_prior" and shape_auto(v)[0])})
+        now.update({k: v for k, v in options.items() if given(k, v)})
         if method is not None:
             now["method"] = method
     diff = [(k, stored[k], v) for k, v in _json(now).items() if k in stored and stored[k] != v]
