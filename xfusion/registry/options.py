@@ -139,7 +139,7 @@ def _shape_prior(name, v):
                          f"1e5 for velocity maps); got {v!r}") from None
 
 
-SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), or None",
+SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"auto\", [\"auto\", N] or None",
                              "Spectral-shape prior of the delivered cube: each pixel's spectrum is shrunk toward its "
                              "starlet neighbourhood's shape with weight n_p / (n_p + shape_prior), n_p the pixel's "
                              "photons, keeping every pixel's total (:mod:`xfusion.regularizers.shape`). None: off. "
