@@ -7,6 +7,7 @@
     python benchmarks/tuning.py wave_iters 6,16,21,0 small   # is the chosen wavelet fit under-converged?
     python benchmarks/tuning.py null_iters 1,6,11 small  # null space zero vs threshold (iterations by thinning) vs RL
     python benchmarks/tuning.py hindsight 0,1,6 heldout small  # 'auto' choice vs best visited candidate in hindsight
+    python benchmarks/tuning.py hindsight 73,78 heldout small auto 96 science  # + each candidate's line-map errors
     python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl 0,1,2  # curves + paired SEs per scene (JSON lines)
     python benchmarks/tuning.py guard_rules out.jsonl 0 25     # selection / transfer rules compared offline on them
     python benchmarks/tuning.py asam 0,2,5 heldout 24          # where the spectral angle loses to Y upsampled
@@ -323,7 +324,7 @@ def null_iters(indices, size="small", n_max=100, n_suite=24):
               f">= oracle - 0.5 in {np.sum(v >= np.array([r['rl_best'] for r in rows]) - 0.5)}/{len(rows)}", flush=True)
 
 
-def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24):
+def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, science=False):
     """Issue 13 target "the truth-free choice lands within 0.5 dB of the best setting in hindsight (same candidate
     grid)": for each suite scene, every candidate the 'auto' selection visited (the k rungs at the default null
     space, the thresholded candidate, plain RL at its transferred iteration count) is fitted on ALL counts
@@ -333,12 +334,24 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24):
     19; since session 20 the pseudo-counts ``tuning.tune_shape`` picks for the choice, the same for every candidate;
     since session 21 scored on the choice's own half-data iterate);
     "none": off (the session-7 measure). ``n_suite``: the suite's size (``xfusion.scenes.suite(split, n=n_suite)``; 48 gives 24
-    more scenes, 24-47, that the 24-scene suite does not hold)."""
+    more scenes, 24-47, that the 24-scene suite does not hold). ``science`` (session 40): also the velocity- and
+    line-width-map RMS errors (km/s, brighter half, as ``benchmarks/suite.py`` measures them) of every candidate, on
+    scenes with lines."""
     import os
 
     losses = []
     for i in indices:
-        name, x, y, t = _suite_scene(i, size, split, n=n_suite)
+        spec, x, y, truth = _suite_full(i, size, split, n_suite)
+        name, t = spec["name"], truth["flux"]
+        lm = scenes.line_map_args(truth) if science else None
+        lsf = float(truth.attrs["lsf_sigma_kev"])
+        truth_maps = analysis.line_map(t, lsf_sigma=lsf, **lm) if lm else None
+
+        def vel(flux):
+            if truth_maps is None:
+                return ""
+            e = analysis.map_errors(truth_maps, analysis.line_map(flux, lsf_sigma=lsf, **lm), fraction=0.5)
+            return f", v {e['velocity_rms_kms']:.1f} w {e['width_rms_kms']:.1f} km/s"
         t0 = time.perf_counter()
         half = {}
         cur = tuning.select(x, y, complete=True, half_fit=half)
@@ -352,18 +365,18 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24):
             kw = dict(cand)
             kw.setdefault("regularization", "wavelet2d1d")
             r = xfusion.fuse(x, y, progress=False, **kw, **extra)
-            res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values)))
-        chosen = [v for c, _, v in res if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d",
-                                                                                      **ch}]
+            res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values), vel(r.flux)))
+        chosen = [v for c, _, v, _ in res if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d",
+                                                                                         **ch}]
         if not chosen:  # the zeroed ladder candidate with its iteration count by thinning (session 8): one more fit
             r = xfusion.fuse(x, y, progress=False, **ch, **extra)
-            res.append((dict(ch, chosen=True), math.nan, metrics.nmse(t.values, r.flux.values)))
+            res.append((dict(ch, chosen=True), math.nan, metrics.nmse(t.values, r.flux.values), vel(r.flux)))
             chosen = [res[-1][2]]
-        best = max(v for _, _, v in res)
+        best = max(v for _, _, v, _ in res)
         loss = chosen[0] - best
         losses.append(loss)
         print(f"{name}: choice {ch} -> {chosen[0]:.2f} dB, best in hindsight {best:.2f} dB, loss {loss:+.2f} dB; "
-              + "; ".join(f"{json.dumps(c, sort_keys=True)}: dev {d:.0f}, {v:.2f} dB" for c, d, v in res)
+              + "; ".join(f"{json.dumps(c, sort_keys=True)}: dev {d:.0f}, {v:.2f} dB{sv}" for c, d, v, sv in res)
               + f" ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
     loss = np.array(losses)
     print(f"within 0.5 dB of the best candidate in hindsight: {np.sum(loss >= -0.5)}/{loss.size}; mean loss "
@@ -1385,8 +1398,10 @@ COMMANDS = {
         lambda i=_ints(a[0]), z=_opt(a, 1, "small"), n=_opt(a, 2, 24, int): null_iters(i, z, n_suite=n))),
     "null_factor": ("INDICES SPLIT N SIZE [OUT]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), z=a[3], o=_opt(a, 4): null_factor(i, s, n, z, out=o))),
-    "hindsight": ("INDICES [SPLIT] [SIZE] [SHAPE] [N]", lambda a: (
-        lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, int): hindsight(i, *rest, *([n] if n else [])))),
+    # a sixth argument "science" adds each candidate's velocity- and width-map RMS errors (session 40)
+    "hindsight": ("INDICES [SPLIT] [SIZE] [SHAPE] [N] [science]", lambda a: (
+        lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, int), sc=_opt(a, 5) == "science":
+        hindsight(i, *rest, *([n] if n else []), science=sc))),
     "guard_data": ("INDICES SPLIT N OUT [SEEDS]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], sd=tuple(_opt(a, 4, [0, 1, 2], _ints)):
         guard_data(i, s, n, out=o, seeds=sd))),

@@ -1,0 +1,157 @@
+"""Plain RL for line maps: RL at its thinning count, delivered through a shape prior tuned by thinning, per suite scene.
+
+Session 40 (``benchmarks/QUALITY_HISTORY.md``): on five of the seven fresh hindsight misses plain RL at its
+truth-free count gave better velocity and width maps than the default's choice, which the held-out deviance ranked
+above it. This measures that recipe on whole suite sets, with nothing fitted: per scene
+
+* ``rl_auto``: ``fuse(x, y, regularization="none", max_iter="auto")`` (the count by thinning, no shape prior);
+* ``rl_shape``: the same count, delivered through the spectral-shape prior whose pseudo-counts
+  :func:`xfusion.tuning.tune_shape` picks by thinning for that fit (what ``regularization="auto"`` does when it
+  chooses plain RL);
+* on the tuning seeds also the default ``fuse`` and RL's oracle (best-NMSE iterate, as ``benchmarks/suite.py``);
+  held out (``--split heldout``) both come from ``results/suite_heldout.csv``;
+
+each scored as ``benchmarks/shape_floor.py`` scores a cube (NMSE, aSAM, acSSIM, ERGAS, velocity- and width-map RMS
+errors, flux bias) with the two naive baselines. ``--summary`` prints the issue-13 counts per size and variant.
+
+    python benchmarks/rl_lines.py --split tune --size small --n 48 --indices 0-47 --json a.jsonl
+    python benchmarks/rl_lines.py --split heldout --n 96 --indices 0-95 --json b.jsonl      # full size
+    python benchmarks/rl_lines.py --summary a.jsonl b.jsonl
+
+One thread per job (``OMP_NUM_THREADS=1 XFUSION_NUM_THREADS=1``).
+"""
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+
+import numpy as np
+
+import xfusion
+from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
+from shape_floor import CSV, _rl_oracle  # benchmarks/shape_floor.py
+from suite import _beats, _science  # benchmarks/suite.py
+from xfusion import analysis, baselines, metrics, scenes, tuning
+from xfusion.grid import SPATIAL, assign_roles, fusion_grid
+from xfusion.operators.model import build_model
+
+SCRIPT = "rl_lines.py"
+VARIANTS = ("default", "rl_auto", "rl_shape")
+
+
+def run_scene(spec, size, with_default):
+    t0 = time.perf_counter()
+    x, y, truth = scenes.from_spec(spec, size=size)
+    T = truth["flux"]
+    grid = fusion_grid(x, y)
+    ratio = float(grid.attrs["spatial_factor"])
+    lm, lsf = scenes.line_map_args(truth), float(truth.attrs["lsf_sigma_kev"])
+    tmaps = analysis.line_map(T, lsf_sigma=lsf, **lm) if lm else None
+    total = float(T.values.sum(dtype=np.float64))
+
+    def score(r):
+        cube = r["flux"].transpose(*T.dims)
+        d = metrics.report(cube, T, ratio=ratio)
+        d.update(_science(cube, tmaps, lm, lsf))
+        d["flux_bias_pct"] = 100.0 * (float(cube.values.sum(dtype=np.float64)) / total - 1.0)
+        return d
+
+    row = {"name": spec["name"], "size": size or "full"}
+    r = xfusion.fuse(x, y, progress=False, regularization="none", max_iter="auto")
+    n = int(xfusion.settings_of(r)["max_iter"])
+    row["rl_auto"], row["rl_iterations"] = score(r), n
+    fit = {"regularization": "none", "method": "em", "max_iter": n}
+    n0, rec = tuning.tune_shape(x, y, settings=fit)
+    row["rl_shape_prior"] = n0
+    row["rl_shape"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=n, shape_prior=n0))
+    for key, fn in (("x_up", baselines.upsample_spatial), ("y_up", baselines.upsample_spectral)):
+        row[key] = metrics.report(fn(x, y), T, ratio=ratio)
+    if with_default:
+        d = xfusion.fuse(x, y, progress=False)
+        row["default"], row["settings"] = score(d), xfusion.settings_of(d)
+        x_sp, _, _ = assign_roles(x, y)
+        scale = float(np.mean(build_model(grid, x_sp, SPATIAL).weights))  # flux = z / scale, as fuse's result
+        row["rl_best"] = _rl_oracle(x, y, T, scale, ratio, tmaps, lm, lsf)
+    row["t_s"] = time.perf_counter() - t0
+    return row
+
+
+def summary(files):
+    rows = [json.loads(line) for f in files for line in open(f) if line.strip()]
+    with open(CSV) as f:
+        heldout = {(c["size"], c["scene"]): c for c in csv.DictReader(f)}
+    for size in ("small", "full"):
+        rs = [r for r in rows if r["size"] == size]
+        if not rs:
+            continue
+        for r in rs:
+            if "default" not in r:  # held out: the default and RL's oracle from the suite CSV
+                c = heldout[("small" if size == "small" else "full size", r["name"])]
+                r["rl_best"] = {"nmse_db": float(c["nmse_rl_oracle_db"]),
+                                "velocity_rms_kms": float(c["velocity_rms_rl_oracle_kms"] or "nan"),
+                                "width_rms_kms": float(c["width_rms_rl_oracle_kms"] or "nan")}
+                r["default"] = {"nmse_db": float(c["nmse_default_db"]),
+                                "velocity_rms_kms": float(c["velocity_rms_default_kms"] or "nan"),
+                                "width_rms_kms": float(c["width_rms_default_kms"] or "nan"),
+                                "flux_bias_pct": float(c["flux_bias_pct"]),
+                                "baselines": c["beats_both_baselines"] == "True"}
+        lined = [r for r in rs if math.isfinite(r["rl_best"]["velocity_rms_kms"])]
+        print(f"== {size}: {len(rs)} scenes, {len(lined)} with lines")
+        for v in VARIANTS:
+            def base(r):
+                d = r[v]
+                return d["baselines"] if "baselines" in d else _beats(d, r["x_up"]) and _beats(d, r["y_up"])
+
+            vel = [r[v]["velocity_rms_kms"] for r in lined]
+            wid = [r[v]["width_rms_kms"] for r in lined]
+            print(f"   {v:9s} velocity <= RL oracle "
+                  f"{sum(r[v]['velocity_rms_kms'] <= r['rl_best']['velocity_rms_kms'] for r in lined)}/{len(lined)}"
+                  f"  width <= RL oracle {sum(r[v]['width_rms_kms'] <= r['rl_best']['width_rms_kms'] for r in lined)}"
+                  f"/{len(lined)}  NMSE >= RL oracle {sum(r[v]['nmse_db'] >= r['rl_best']['nmse_db'] for r in rs)}"
+                  f"/{len(rs)}  baselines {sum(base(r) for r in rs)}/{len(rs)}  flux "
+                  f"{sum(abs(r[v]['flux_bias_pct']) <= 1 for r in rs)}/{len(rs)}  mean NMSE "
+                  f"{np.mean([r[v]['nmse_db'] for r in rs]):.2f} dB  velocity RMS mean / median "
+                  f"{np.mean(vel):.1f} / {np.median(vel):.1f}  width {np.mean(wid):.1f} / {np.median(wid):.1f} km/s")
+        for v in VARIANTS[1:]:
+            bv = sum(r[v]["velocity_rms_kms"] < r["default"]["velocity_rms_kms"] for r in lined)
+            bw = sum(r[v]["width_rms_kms"] < r["default"]["width_rms_kms"] for r in lined)
+            dn = [r[v]["nmse_db"] - r["default"]["nmse_db"] for r in rs]
+            print(f"   {v} against the default: velocity better on {bv}/{len(lined)}, width better on "
+                  f"{bw}/{len(lined)}, NMSE change mean {np.mean(dn):+.2f} dB (median {np.median(dn):+.2f})")
+            kinds = sorted({r["name"].split("/")[0] for r in lined})
+            print("      velocity better per kind: " + ", ".join(
+                f"{k} {sum(r[v]['velocity_rms_kms'] < r['default']['velocity_rms_kms'] for r in lined if r['name'].startswith(k))}"  # noqa: E501
+                f"/{sum(r['name'].startswith(k) for r in lined)}" for k in kinds))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--split", choices=["tune", "heldout"], default="tune")
+    ap.add_argument("--size", choices=["small", "full"], default="full")
+    ap.add_argument("--n", type=int, default=24, help="suite size (scenes(split, n=N))")
+    ap.add_argument("--indices", default=None)
+    ap.add_argument("--json", default=None, help="append one JSON line per scene to this file (this script's own)")
+    ap.add_argument("--summary", nargs="+", default=None, metavar="JSONL")
+    args = ap.parse_args(argv)
+    if args.summary:
+        return summary(args.summary)
+    check_output(ap, args.json, SCRIPT)
+    specs = scenes.suite(args.split, n=args.n)
+    idx = parse_indices(ap, args.indices, len(specs)) if args.indices else range(len(specs))
+    for i in idx:
+        row = run_scene(specs[i], "small" if args.size == "small" else None, args.split == "tune")
+        row["index"] = i
+        d = row.get("default", {})
+        print(f"{i} {row['name']}: RL {row['rl_iterations']} it, shape {row['rl_shape_prior']}: "
+              + "; ".join(f"{v} {row[v]['nmse_db']:.2f} dB v {row[v]['velocity_rms_kms']:.1f} "
+                          f"w {row[v]['width_rms_kms']:.1f}" for v in VARIANTS if v in row)
+              + (f"; RL oracle v {row['rl_best']['velocity_rms_kms']:.1f}" if d else "")
+              + f" ({row['t_s']:.0f} s)", flush=True)
+        if args.json:
+            append_record(args.json, row, SCRIPT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
