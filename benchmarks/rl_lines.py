@@ -15,10 +15,14 @@ each scored as ``benchmarks/shape_floor.py`` scores a cube (NMSE, aSAM, acSSIM, 
 errors, flux bias) with the two naive baselines. ``--summary`` prints the issue-13 counts per size and variant.
 
     python benchmarks/rl_lines.py --split tune --size small --n 48 --indices 0-47 --json a.jsonl
-    python benchmarks/rl_lines.py --split heldout --n 96 --indices 0-95 --json b.jsonl      # full size
+    python benchmarks/rl_lines.py --split heldout --n 24 --indices 0-23 --json b.jsonl      # full size
     python benchmarks/rl_lines.py --summary a.jsonl b.jsonl
 
-One thread per job (``OMP_NUM_THREADS=1 XFUSION_NUM_THREADS=1``).
+Held out, the CSV's rows 0-23, 24-47, 48-71 and 72-95 are the scenes of ``--n 24``, ``--n 48``, ``--n 72`` and
+``--n 96`` (a suite's draws depend on its size: index 0 of ``--n 96`` is another scene than the CSV's row 0; the
+summary refuses a row the CSV does not hold). One thread per job (``OMP_NUM_THREADS=1 XFUSION_NUM_THREADS=1``); about
+1-5 s per small scene, 5-30 s per full-size one held out, and 25-60 s per full-size tuning scene (the default and the
+RL oracle included). Session 40's numbers: ``benchmarks/QUALITY_HISTORY.md``.
 """
 import argparse
 import csv
@@ -88,7 +92,10 @@ def summary(files):
             continue
         for r in rs:
             if "default" not in r:  # held out: the default and RL's oracle from the suite CSV
-                c = heldout[("small" if size == "small" else "full size", r["name"])]
+                c = heldout.get(("small" if size == "small" else "full size", r["name"]))
+                if c is None:
+                    raise SystemExit(f"{r['name']} (index {r.get('index')}) is not a scene of {CSV.name}: run held-out "
+                                     "indices 0-23, 24-47, 48-71, 72-95 with --n 24, 48, 72, 96")
                 r["rl_best"] = {"nmse_db": float(c["nmse_rl_oracle_db"]),
                                 "velocity_rms_kms": float(c["velocity_rms_rl_oracle_kms"] or "nan"),
                                 "width_rms_kms": float(c["width_rms_rl_oracle_kms"] or "nan")}
@@ -115,6 +122,9 @@ def summary(files):
                   f"{np.mean([r[v]['nmse_db'] for r in rs]):.2f} dB  velocity RMS mean / median "
                   f"{np.mean(vel):.1f} / {np.median(vel):.1f}  width {np.mean(wid):.1f} / {np.median(wid):.1f} km/s")
         for v in VARIANTS[1:]:
+            off = [r["name"].split()[0] for r in rs if abs(r[v]["flux_bias_pct"]) > 1]
+            if off:
+                print(f"   {v} flux bias above 1 %: {', '.join(off)}")
             bv = sum(r[v]["velocity_rms_kms"] < r["default"]["velocity_rms_kms"] for r in lined)
             bw = sum(r[v]["width_rms_kms"] < r["default"]["width_rms_kms"] for r in lined)
             dn = [r[v]["nmse_db"] - r["default"]["nmse_db"] for r in rs]

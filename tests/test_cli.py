@@ -465,3 +465,19 @@ def test_fuse_output_paths_inside_a_store_new_folders_and_max_iter_auto(toy_dir,
     assert _fuse_settings(args)[0]["max_iter"] == "auto"
     assert main(["fuse", x, y, "-o", "o.zarr", "--max-iter", "2.5"]) == 2
     assert "integer or 'auto'" in _err(capsys)
+
+
+def test_plain_rl_for_line_maps_from_the_command_line(toy_dir, tmp_path, capsys):
+    """Session 40's line-map recipe as a command: ``--regularization none --max-iter auto --option shape_prior=auto``
+    gives RL at its thinning count delivered through the prior chosen by thinning for that fit, both recorded."""
+    import json
+
+    import xarray as xr
+
+    out = tmp_path / "rl.zarr"
+    assert main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--no-progress",
+                 "--regularization", "none", "--max-iter", "auto", "--option", "shape_prior=auto"]) == 0
+    p = json.loads(xr.open_zarr(out, consolidated=False).attrs["parameters"])
+    assert p["regularization"] == "none" and p["max_iter"] == p["auto_tuning"]["choice"]["max_iter"]
+    assert p["shape_prior"] is not None and p["shape_prior"] == p["auto_tuning"]["shape_prior"]["choice"]
+    capsys.readouterr()

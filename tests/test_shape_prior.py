@@ -236,9 +236,9 @@ def test_auto_and_a_level_0_floor_in_one_fit():
     """``shape_prior="auto"`` is the default written out (refused before session 39: the option's check did not know
     it). ``["auto", N]`` tunes the prior as the default does, then gives level 0 at least N pseudo-counts: the README's
     velocity recipe (the default, then a second fit of its settings with ``[n0, max(n0_pixel, N)]``) in one fit, equal
-    to it bit for bit. Where the tuned level 0 is already above N nothing changes; explicit regularizations refuse it;
-    a path that tunes nothing (wavelet options given) delivers without the prior, as the default does there, and says
-    so in its record."""
+    to it bit for bit. Where the tuned level 0 is already above N nothing changes. With wavelet options given (no
+    family comparison) the prior is off unless asked for; asked for, it is tuned for that fit (session 40; before:
+    off, recorded "not tuned on this path"), as with the regularization named."""
     import xfusion
     from xfusion import toy
 
@@ -264,14 +264,49 @@ def test_auto_and_a_level_0_floor_in_one_fit():
     assert xfusion.settings_of(f3)["shape_prior"] == [1e4, 1e6]
     np.testing.assert_array_equal(f3["flux"].values, d3["flux"].values)
 
-    with pytest.raises(ValueError, match="only with regularization='auto'"):
-        xfusion.fuse(x, y, regularization="none", max_iter=3, shape_prior=["auto", 1e5], **kw)
     for bad in (["auto"], ["auto", -1.0], ["auto", "1e5"], "Auto", ["auto", 1e5, 1e6]):
         with pytest.raises(ValueError, match="option shape_prior must be"):
             xfusion.fuse(x, y, shape_prior=bad, **kw)
-    pinned = xfusion.fuse(x, y, k=1.0, n_scales_1d=2, null_space="zero", max_iter=3, shape_prior=["auto", 1e5], **kw)
+    # wavelet options given: no family comparison, and the prior only when asked for (then tuned for that fit)
+    opts = dict(k=1.0, n_scales_1d=2, null_space="zero", max_iter=3)
+    assert xfusion.settings_of(xfusion.fuse(x, y, **opts, **kw))["shape_prior"] is None
+    pinned = xfusion.fuse(x, y, **opts, shape_prior=["auto", 1e5], **kw)
+    named = xfusion.fuse(x, y, regularization="wavelet2d1d", **opts, shape_prior=["auto", 1e5], **kw)
+    np.testing.assert_array_equal(pinned["flux"].values, named["flux"].values)
     p = json.loads(pinned.attrs["parameters"])
-    assert p["shape_prior"] is None and p["auto_tuning"]["shape_prior"] == "off (not tuned on this path)"
+    assert p["auto_tuning"]["shape_prior"]["pixel_floor"] == 1e5 and p["shape_prior"][1] >= 1e5
+
+
+def test_a_named_regularization_tunes_an_auto_shape_prior_for_its_own_fit():
+    """``regularization="none", max_iter="auto", shape_prior="auto"`` (session 40: plain RL for line maps): the count by
+    thinning, then the prior's pseudo-counts by thinning for a fit of that count (:func:`xfusion.tuning.tune_shape`),
+    equal bit for bit to doing the two steps by hand; ``["auto", N]`` then floors level 0; the record says what was
+    chosen. Nothing is tuned (and the record says why) where nothing can be thinned."""
+    import xfusion
+    from xfusion import toy, tuning
+
+    kw = dict(progress=False)
+    x, y, _ = toy.make("small", seed=0)
+    r = xfusion.fuse(x, y, regularization="none", max_iter="auto", shape_prior="auto", **kw)
+    p = json.loads(r.attrs["parameters"])
+    n = p["max_iter"]
+    n0, rec = tuning.tune_shape(x, y, settings={"regularization": "none", "method": "em", "max_iter": n})
+    assert p["shape_prior"] == n0 == p["auto_tuning"]["shape_prior"]["choice"]
+    assert p["auto_tuning"]["choice"]["max_iter"] == n  # the count's own record is kept beside it
+    by_hand = xfusion.fuse(x, y, regularization="none", max_iter=n, shape_prior=n0, **kw)
+    np.testing.assert_array_equal(r["flux"].values, by_hand["flux"].values)
+    assert np.abs(r["flux"].values - xfusion.fuse(x, y, regularization="none", max_iter=n, **kw)["flux"].values
+                  ).max() > 1e-3 * float(r["flux"].max())  # the prior did change the cube
+    f = xfusion.fuse(x, y, regularization="none", max_iter=n, shape_prior=["auto", 3e7], **kw)
+    pf = json.loads(f.attrs["parameters"])
+    assert pf["shape_prior"][1] == 3e7 and pf["auto_tuning"]["shape_prior"]["delivered"] == pf["shape_prior"]
+    # no counts in one input: nothing to thin, the prior off and the record saying why
+    y0 = y.copy(deep=True)
+    y0["counts"][:] = 0
+    with pytest.warns(RuntimeWarning, match="does not reproduce every input's total counts"):  # half the data empty
+        z = xfusion.fuse(x, y0, regularization="none", max_iter=2, shape_prior="auto", **kw)
+    pz = json.loads(z.attrs["parameters"])
+    assert pz["shape_prior"] is None and "no counts" in pz["auto_tuning"]["shape_prior"]["method"]
 
 
 def test_a_run_with_a_level_0_floor_resumes_and_another_floor_is_refused(tmp_path):
@@ -290,3 +325,29 @@ def test_a_run_with_a_level_0_floor_resumes_and_another_floor_is_refused(tmp_pat
     with pytest.raises(CheckpointError, match=r"shape_prior=\[10000.0, 100000.0\] there, shape_prior=\[10000.0, "
                                               r"300000.0\] now"):
         xfusion.fuse(x, y, resume=True, **dict(kw, shape_prior=["auto", 3e5]))
+
+
+def test_a_named_run_with_an_auto_shape_prior_resumes_and_runs_on_dask(tmp_path):
+    """Plain RL with ``shape_prior="auto"``: its checkpoint keeps the chosen pseudo-counts, so a run extended from it
+    (more iterations) does not tune again: it continues the stored problem (the prior chosen for the first run's
+    count) and gives the cube of an uninterrupted run with that prior. On chunked (Dask) inputs the same choice is
+    made on in-memory copies and the cube agrees with the in-memory one to float32 round-off."""
+    import xfusion
+    from xfusion import toy
+
+    x, y, _ = toy.make("small", seed=0)
+    kw = dict(progress=False, regularization="none", shape_prior="auto")
+    ck = dict(checkpoint=tmp_path / "c.zarr", checkpoint_every=2)
+    first = xfusion.fuse(x, y, max_iter=4, **kw, **ck)
+    chosen = xfusion.settings_of(first)["shape_prior"]
+    resumed = xfusion.fuse(x, y, max_iter=6, resume=True, **kw, **ck)
+    assert xfusion.settings_of(resumed)["shape_prior"] == chosen
+    rec = json.loads(resumed.attrs["parameters"])["auto_tuning"]["shape_prior"]
+    assert rec == json.loads(first.attrs["parameters"])["auto_tuning"]["shape_prior"]  # the stored record: not tuned again
+    whole = xfusion.fuse(x, y, max_iter=6, progress=False, regularization="none", shape_prior=chosen)
+    np.testing.assert_array_equal(resumed["flux"].values, whole["flux"].values)
+    whole = xfusion.fuse(x, y, max_iter=6, **kw)
+    lazy = xfusion.fuse(x.chunk({"x": 12, "y": 12}), y.chunk(), max_iter=6, chunks=(12, 12), **kw)
+    assert xfusion.settings_of(lazy)["shape_prior"] == xfusion.settings_of(whole)["shape_prior"]
+    a, b = lazy["flux"].values, whole["flux"].values
+    assert float(np.abs(a - b).max()) <= 1e-5 * float(b.max())

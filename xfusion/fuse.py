@@ -675,7 +675,10 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         ``["auto", N]``: the same, then level 0 at no fewer than N pseudo-counts, e.g. 1e5 for velocity maps;
         :mod:`xfusion.regularizers.shape`): faint pixels take their neighbourhood's spectral shape, every pixel
         keeps its total (held-out small suite, session 8: beats both naive baselines on 23/24 scenes against 18,
-        mean NMSE 20.16 against 19.73 dB).
+        mean NMSE 20.16 against 19.73 dB). A named regularization (or wavelet options given) takes the prior only when
+        asked: ``shape_prior="auto"`` (or ``["auto", N]``) is then chosen by thinning for that fit, after its other
+        settings (session 40; ``regularization="none", max_iter="auto", shape_prior="auto"`` is plain RL for line
+        maps, README).
         ``wavelet2d1d``: l1 norm of the 2D-1D starlet coefficients (2D on each channel, then 1D along each spectrum), soft-thresholded at k
         noise sigmas. ``lowrank``: Z = W V with V the mean and leading principal components of
         the sharp-spectral spectra (regularized by early stopping). ``lowrank_sobolev``: plus
@@ -963,10 +966,8 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         regularization, max_iter, options, auto_record = _choose_regularization(observations, max_iter, tol, dtype,
                                                                                 client, options, method)
     method, params, lowrank = _resolve(regularization, method, options)
-    if shape_auto(params.get("shape_prior"))[0]:  # "auto" resolved it above, or it was not asked for
-        raise ValueError(f"shape_prior={params['shape_prior']!r} is chosen by Poisson thinning only with "
-                         f"regularization='auto' (the default); with regularization={regularization!r} give its "
-                         "pseudo-counts (e.g. 1e4), a pair [n0, n0_pixel] (e.g. [1e4, 1e5]) or None (off)")
+    # a named regularization with shape_prior "auto" (["auto", N]): chosen by thinning below, after its other settings
+    shape_tuned = shape_auto(params.get("shape_prior"))[0]
     spec, mspec = registry.regularization(regularization), registry.method(method)
     # priors regularized by early stopping (none, lowrank) set the cap of the methods whose early iterates are
     # the smooth ones (EM, FISTA; not fixed-step ISTA): thinning picks the RL iteration ("auto"), low rank keeps
@@ -995,7 +996,8 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
     # more inputs: the pair that sets the grid first, every further input thinned and scored too
     pair = observations if len(observations) == 2 else obs
     copies = note = None
-    if on_dask and not no_counts and (max_iter == "auto" or any(params.get(k) == "auto" for k in AUTO_KEYS)):
+    if on_dask and not no_counts and (max_iter == "auto" or shape_tuned or any(params.get(k) == "auto"
+                                                                                for k in AUTO_KEYS)):
         copies, note = in_memory_copies(pair, client)  # thinning in memory when it fits, the fit on Dask
         no_counts = copies is not None and any("counts" in c and not np.any(c["counts"].values) for c in copies[:2])
     tune_on = pair if copies is None else copies
@@ -1007,8 +1009,17 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         tuned["in_memory"] = note
     elif tuned is not None and note is not None:
         tuned["method"] = f"fallback ({note})"
+    if shape_tuned:  # the fit's own settings are known now: its shape prior by thinning
+        gaussian = any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson"
+                       for o in tune_on if isinstance(o, xr.Dataset))
+        why_not = ("an observation has no counts" if no_counts else "a Gaussian data term" if gaussian else
+                   note if on_dask and copies is None else None)
+        params["shape_prior"], shape_record = _named_shape_prior(tune_on, regularization, method, params, max_iter,
+                                                                 tol, dt.name, why_not)
     if auto_record is not None:  # regularization="auto": its choice is the record (nothing else was tuned)
         tuned = auto_record if tuned is None else dict(auto_record, options=tuned)
+    if shape_tuned:
+        tuned = dict(tuned or {}, shape_prior=shape_record)
     if reuse is not None:
         tuned = reuse.get("auto_tuning")
     if tuned is not None:
@@ -1059,7 +1070,9 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
 def _choose_regularization(observations, max_iter, tol, dtype, client, options, method=None):
     """``regularization="auto"``: the tuned 2D-1D starlet prior or plain Richardson-Lucy stopped early, whichever
     predicts held-out counts best (:func:`xfusion.tuning.resolve_auto`, Poisson thinning of every
-    observation, in memory). Returns ``(regularization, max_iter, options, record)`` with nothing left "auto".
+    observation, in memory). Returns ``(regularization, max_iter, options, record)`` with nothing left "auto" but what
+    the fit's own path resolves (with wavelet options given: the other wavelet settings and a shape prior asked for as
+    "auto", which :func:`_named_shape_prior` tunes for that fit).
     On Dask-backed data thinning runs on in-memory copies when it fits (:func:`xfusion.tuning.in_memory_copies`;
     the fit then runs on Dask), else ``wavelet2d1d`` with its fallbacks (recorded); with a Gaussian
     data term (no counts to thin, no EM): ``lowrank_sobolev`` (its ``mu`` by data fission when "auto")."""
@@ -1104,9 +1117,9 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     if empty:  # nothing to thin: the wavelet prior with its own fallbacks (xfusion.tuning.auto_settings)
         return "wavelet2d1d", max_iter, plain, fallback(
             "fallback (an observation without counts: Poisson thinning does not apply)", chosen="wavelet2d1d")
-    if fixed:
-        return "wavelet2d1d", max_iter, plain, fallback(f"wavelet2d1d option(s) given ({', '.join(fixed)})",
-                                                        chosen="wavelet2d1d")
+    if fixed:  # a shape prior asked for as "auto" is tuned for the fit these options define (fuse, session 40)
+        return "wavelet2d1d", max_iter, options, {"regularization": "auto", "chosen": "wavelet2d1d",
+                                                  "method": f"wavelet2d1d option(s) given ({', '.join(fixed)})"}
     ordered = observations if len(observations) == 2 else [observations[i] for i in
                                                            input_positions(fusion_grid(*observations))]
     half = {}  # the chosen candidate's half-data iterate, which the shape prior's tuning scores
@@ -1123,16 +1136,38 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
 
             fit = {"regularization": reg, **chosen, "max_iter": max_iter, **({"method": method} if method else {})}
             own = max_iter == n_tuned and method in (None, "em")  # the fit whose half-data iterate the tuning kept
-            rest["shape_prior"], record["shape_prior"] = tune_shape(
-                *ordered, settings=fit, dtype=dtype, tol=tol or 1e-4, half_fit=half if own else None)
-            if shape_floor is not None:  # ["auto", N]: level 0 at no fewer than N pseudo-counts (velocity maps)
-                from .regularizers.shape import levels_of
-
-                n0, n0_pixel = levels_of(rest["shape_prior"])
-                rest["shape_prior"] = [n0, max(n0_pixel, float(shape_floor))]
-                record["shape_prior"] = dict(record["shape_prior"], pixel_floor=float(shape_floor),
-                                             delivered=rest["shape_prior"])
+            rest["shape_prior"], record["shape_prior"] = _floored(shape_floor, *tune_shape(
+                *ordered, settings=fit, dtype=dtype, tol=tol or 1e-4, half_fit=half if own else None))
     return reg, max_iter, {**rest, **chosen}, record
+
+
+def _floored(floor, choice, record):
+    """``shape_prior=["auto", N]``: the tuned pseudo-counts ``choice`` with level 0 at no fewer than ``N`` (velocity
+    maps; ``floor`` None: unchanged). Returns ``(delivered, record)``, the record saying what was delivered."""
+    if floor is None:
+        return choice, record
+    from .regularizers.shape import levels_of
+
+    n0, n0_pixel = levels_of(choice)
+    out = [n0, max(n0_pixel, float(floor))]
+    return out, dict(record, pixel_floor=float(floor), delivered=out)
+
+
+def _named_shape_prior(observations, regularization, method, params, max_iter, tol, dtype, why_not):
+    """``shape_prior="auto"`` or ``["auto", N]`` with a named regularization (session 40): the pseudo-counts chosen by
+    Poisson thinning for the fit about to run (:func:`xfusion.tuning.tune_shape` on its settings, ``max_iter`` its
+    resolved count; half the counts fitted for a proportional count), then the floor. ``observations`` in the order
+    the other settings were tuned in. ``why_not``: the reason nothing can be thinned here (Dask data too large for
+    memory, no counts, a Gaussian data term), or None. Returns ``(shape_prior, record)``; where nothing is thinned the
+    prior is off and the record says why."""
+    floor = shape_auto(params["shape_prior"])[1]
+    if why_not is not None:
+        return None, {"choice": None, "method": f"off (not tuned on this path: {why_not})"}
+    from .tuning import tune_shape
+
+    fit = {"regularization": regularization, "method": method, "max_iter": max_iter,
+           **{k: v for k, v in params.items() if k != "shape_prior"}}
+    return _floored(floor, *tune_shape(*observations, settings=fit, dtype=dtype, tol=tol or 1e-4))
 
 
 @dataclass

@@ -148,7 +148,9 @@ SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"a
                              "(``\"auto\"``, its default there: n0 among 1e3-3e7, then level 0, "
                              ":func:`xfusion.tuning.tune_shape`); ``[\"auto\", N]`` does the same, then gives level "
                              "0 at least N pseudo-counts (``[\"auto\", 1e5]``: the README's recipe for velocity maps, "
-                             "in one fit). Both are for ``regularization=\"auto\"`` only.", _shape_prior)
+                             "in one fit). With a named regularization (or wavelet options given) ``\"auto\"`` "
+                             "is chosen the same way for that fit (session 40; e.g. ``regularization=\"none\", "
+                             "max_iter=\"auto\", shape_prior=\"auto\"``: plain RL for line maps).", _shape_prior)
 
 
 NOISE = lambda: option("mad", '"mad", "poisson" or "propagated"',
