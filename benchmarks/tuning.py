@@ -8,6 +8,7 @@
     python benchmarks/tuning.py null_iters 1,6,11 small  # null space zero vs threshold (iterations by thinning) vs RL
     python benchmarks/tuning.py hindsight 0,1,6 heldout small  # 'auto' choice vs best visited candidate in hindsight
     python benchmarks/tuning.py hindsight 73,78 heldout small auto 96 science  # + each candidate's line-map errors
+    python benchmarks/tuning.py shaped_family 73,78 heldout small 96  # families ranked before / after the shape prior
     python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl 0,1,2  # curves + paired SEs per scene (JSON lines)
     python benchmarks/tuning.py guard_rules out.jsonl 0 25     # selection / transfer rules compared offline on them
     python benchmarks/tuning.py asam 0,2,5 heldout 24          # where the spectral angle loses to Y upsampled
@@ -381,6 +382,45 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
     loss = np.array(losses)
     print(f"within 0.5 dB of the best candidate in hindsight: {np.sum(loss >= -0.5)}/{loss.size}; mean loss "
           f"{loss.mean():+.2f} dB, worst {loss.min():+.2f} dB")
+
+
+def shaped_family(indices, split="heldout", size="small", n_suite=24):
+    """Session 40 probe: would comparing the families AFTER the spectral-shape prior rank them as the truth does?
+    Per suite scene, on the split 'auto' uses: each family's half-data iterate as :func:`family_data` finds it
+    (zeroed ladder k: best of its first CANDIDATE_ITER; the thresholded candidate at NULL_FACTOR and plain RL: best
+    of their runs) scored by the held-out deviance as it is, and through every rung of SHAPE_LADDER (the best
+    rung kept). Prints both rankings and the 'auto' choice; the truth is read from ``hindsight ... science``."""
+    from xfusion.regularizers.shape import shrink_ladder
+
+    for i in indices:
+        spec, x, y, _ = _suite_full(i, size, split, n_suite)
+        t0 = time.perf_counter()
+        ch, wch, _, _ = _auto_record(x, y)
+        sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+        z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+        counts = float(sum(np.sum(t.data, dtype=np.float64) for t in sp.terms))
+        th = dict(wch, null_space="threshold", null_factor=tuning.NULL_FACTOR)
+        rows = {}
+        for fam, reg, start, n_max, pm in (("zero", tuning._wavelet_reg({}, wch), z0, 47, None),
+                                           ("th", tuning._wavelet_reg({}, th), z0, tuning.THRESHOLD_MAX_ITER, 10),
+                                           ("rl", None, sp.start(), 100, 10)):
+            zs, c, _ = _half_run(sp, reg, start, n_max, past_min=pm)
+            lim = tuning.CANDIDATE_ITER if fam == "zero" else len(c) - 1
+            jb = int(np.argmin(c[1:lim + 1]) + 1)
+            z = np.asarray(zs[jb], dtype=np.float64)
+            del zs
+            raw = sp.score(z.astype(sp.dtype))
+            shaped = {json.dumps(n0): sp.score_models(tuning._predicted(sp, cube.astype(sp.dtype)))
+                      for n0, cube in shrink_ladder(z, counts, tuning.SHAPE_LADDER)}
+            best = min(shaped, key=shaped.get)
+            rows[fam] = (jb, raw, best, shaped[best])
+        lo_raw = min(r[1] for r in rows.values())
+        lo_sh = min(r[3] for r in rows.values())
+        fam_of = "rl" if ch.get("regularization") == "none" else "th" if ch.get("null_space") == "threshold" else "zero"
+        print(f"{spec['name']} ({size}): auto chose {fam_of}; "
+              + "; ".join(f"{f}: it {r[0]}, deviance {r[1] - lo_raw:+.0f} raw, {r[3] - lo_sh:+.0f} shaped (n0 {r[2]})"
+                          for f, r in rows.items())
+              + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def _half_run(sp, reg, z0, n_max, past_min=10):
@@ -1398,6 +1438,9 @@ COMMANDS = {
         lambda i=_ints(a[0]), z=_opt(a, 1, "small"), n=_opt(a, 2, 24, int): null_iters(i, z, n_suite=n))),
     "null_factor": ("INDICES SPLIT N SIZE [OUT]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), z=a[3], o=_opt(a, 4): null_factor(i, s, n, z, out=o))),
+    "shaped_family": ("INDICES [SPLIT] [SIZE] [N]", lambda a: (
+        lambda i=_ints(a[0]), sp=_opt(a, 1, "heldout"), z=_opt(a, 2, "small"), n=_opt(a, 3, 24, int):
+        shaped_family(i, sp, z, n))),
     # a sixth argument "science" adds each candidate's velocity- and width-map RMS errors (session 40)
     "hindsight": ("INDICES [SPLIT] [SIZE] [SHAPE] [N] [science]", lambda a: (
         lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, int), sc=_opt(a, 5) == "science":
