@@ -12,7 +12,9 @@ above it. This measures that recipe on whole suite sets, with nothing fitted: pe
   held out (``--split heldout``) both come from ``results/suite_heldout.csv``;
 
 each scored as ``benchmarks/shape_floor.py`` scores a cube (NMSE, aSAM, acSSIM, ERGAS, velocity- and width-map RMS
-errors, flux bias) with the two naive baselines. ``--summary`` prints the issue-13 counts per size and variant.
+errors, flux bias) with the two naive baselines. ``--floor N`` adds ``rl_floor``: ``rl_shape`` with level 0 floored at
+N pseudo-counts (as ``shape_prior=["auto", N]``); ``--no-default`` skips the default and RL's oracle on the tuning
+seeds. ``--summary`` prints the issue-13 counts per size and variant (rows of one scene from several files merged).
 
     python benchmarks/rl_lines.py --split tune --size small --n 48 --indices 0-47 --json a.jsonl
     python benchmarks/rl_lines.py --split heldout --n 24 --indices 0-23 --json b.jsonl      # full size
@@ -45,7 +47,7 @@ SCRIPT = "rl_lines.py"
 VARIANTS = ("default", "rl_auto", "rl_shape")
 
 
-def run_scene(spec, size, with_default):
+def run_scene(spec, size, with_default, floor=None):
     t0 = time.perf_counter()
     x, y, truth = scenes.from_spec(spec, size=size)
     T = truth["flux"]
@@ -70,6 +72,11 @@ def run_scene(spec, size, with_default):
     n0, rec = tuning.tune_shape(x, y, settings=fit)
     row["rl_shape_prior"] = n0
     row["rl_shape"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=n, shape_prior=n0))
+    if floor is not None:  # level 0 floored as shape_prior=["auto", floor] does (fuse._floored)
+        lv = [float(v) for v in (n0 if isinstance(n0, list) else [n0, n0])]
+        row["rl_floor"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=n,
+                                             shape_prior=[lv[0], max(lv[1], float(floor))]))
+        row["floor"] = float(floor)
     for key, fn in (("x_up", baselines.upsample_spatial), ("y_up", baselines.upsample_spectral)):
         row[key] = metrics.report(fn(x, y), T, ratio=ratio)
     if with_default:
@@ -83,7 +90,11 @@ def run_scene(spec, size, with_default):
 
 
 def summary(files):
-    rows = [json.loads(line) for f in files for line in open(f) if line.strip()]
+    merged = {}  # rows of one scene from several files (e.g. a --floor run added with --no-default) in one
+    for line in (line for f in files for line in open(f) if line.strip()):
+        r = json.loads(line)
+        merged.setdefault((r["name"], r["size"]), {}).update(r)
+    rows = list(merged.values())
     with open(CSV) as f:
         heldout = {(c["size"], c["scene"]): c for c in csv.DictReader(f)}
     for size in ("small", "full"):
@@ -105,8 +116,9 @@ def summary(files):
                                 "flux_bias_pct": float(c["flux_bias_pct"]),
                                 "baselines": c["beats_both_baselines"] == "True"}
         lined = [r for r in rs if math.isfinite(r["rl_best"]["velocity_rms_kms"])]
+        variants = [v for v in VARIANTS + ("rl_floor",) if all(v in r for r in rs)]
         print(f"== {size}: {len(rs)} scenes, {len(lined)} with lines")
-        for v in VARIANTS:
+        for v in variants:
             def base(r):
                 d = r[v]
                 return d["baselines"] if "baselines" in d else _beats(d, r["x_up"]) and _beats(d, r["y_up"])
@@ -121,7 +133,7 @@ def summary(files):
                   f"{sum(abs(r[v]['flux_bias_pct']) <= 1 for r in rs)}/{len(rs)}  mean NMSE "
                   f"{np.mean([r[v]['nmse_db'] for r in rs]):.2f} dB  velocity RMS mean / median "
                   f"{np.mean(vel):.1f} / {np.median(vel):.1f}  width {np.mean(wid):.1f} / {np.median(wid):.1f} km/s")
-        for v in VARIANTS[1:]:
+        for v in variants[1:]:
             off = [r["name"].split()[0] for r in rs if abs(r[v]["flux_bias_pct"]) > 1]
             if off:
                 print(f"   {v} flux bias above 1 %: {', '.join(off)}")
@@ -144,6 +156,10 @@ def main(argv=None):
     ap.add_argument("--indices", default=None)
     ap.add_argument("--json", default=None, help="append one JSON line per scene to this file (this script's own)")
     ap.add_argument("--summary", nargs="+", default=None, metavar="JSONL")
+    ap.add_argument("--floor", type=float, default=None,
+                    help="also rl_floor: the same fit with level 0 floored at this many pseudo-counts")
+    ap.add_argument("--no-default", action="store_true",
+                    help="tuning seeds: skip the default and RL's oracle (a --summary merges them from another file)")
     args = ap.parse_args(argv)
     if args.summary:
         return summary(args.summary)
@@ -151,12 +167,13 @@ def main(argv=None):
     specs = scenes.suite(args.split, n=args.n)
     idx = parse_indices(ap, args.indices, len(specs)) if args.indices else range(len(specs))
     for i in idx:
-        row = run_scene(specs[i], "small" if args.size == "small" else None, args.split == "tune")
+        row = run_scene(specs[i], "small" if args.size == "small" else None,
+                        args.split == "tune" and not args.no_default, args.floor)
         row["index"] = i
         d = row.get("default", {})
         print(f"{i} {row['name']}: RL {row['rl_iterations']} it, shape {row['rl_shape_prior']}: "
               + "; ".join(f"{v} {row[v]['nmse_db']:.2f} dB v {row[v]['velocity_rms_kms']:.1f} "
-                          f"w {row[v]['width_rms_kms']:.1f}" for v in VARIANTS if v in row)
+                          f"w {row[v]['width_rms_kms']:.1f}" for v in VARIANTS + ("rl_floor",) if v in row)
               + (f"; RL oracle v {row['rl_best']['velocity_rms_kms']:.1f}" if d else "")
               + f" ({row['t_s']:.0f} s)", flush=True)
         if args.json:
