@@ -37,11 +37,9 @@ import numpy as np
 
 import xfusion
 from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
-from shape_floor import CSV, _rl_oracle  # benchmarks/shape_floor.py
-from suite import _beats, _science  # benchmarks/suite.py
-from xfusion import analysis, baselines, metrics, scenes, tuning
-from xfusion.grid import SPATIAL, assign_roles, fusion_grid
-from xfusion.operators.model import build_model
+from shape_floor import CSV, Scene  # benchmarks/shape_floor.py
+from suite import _beats  # benchmarks/suite.py
+from xfusion import scenes, tuning
 
 SCRIPT = "rl_lines.py"
 VARIANTS = ("default", "rl_auto", "rl_shape")
@@ -49,42 +47,26 @@ VARIANTS = ("default", "rl_auto", "rl_shape")
 
 def run_scene(spec, size, with_default, floor=None):
     t0 = time.perf_counter()
-    x, y, truth = scenes.from_spec(spec, size=size)
-    T = truth["flux"]
-    grid = fusion_grid(x, y)
-    ratio = float(grid.attrs["spatial_factor"])
-    lm, lsf = scenes.line_map_args(truth), float(truth.attrs["lsf_sigma_kev"])
-    tmaps = analysis.line_map(T, lsf_sigma=lsf, **lm) if lm else None
-    total = float(T.values.sum(dtype=np.float64))
-
-    def score(r):
-        cube = r["flux"].transpose(*T.dims)
-        d = metrics.report(cube, T, ratio=ratio)
-        d.update(_science(cube, tmaps, lm, lsf))
-        d["flux_bias_pct"] = 100.0 * (float(cube.values.sum(dtype=np.float64)) / total - 1.0)
-        return d
-
+    sc = Scene(spec, size)
+    x, y, score = sc.x, sc.y, sc.score
     row = {"name": spec["name"], "size": size or "full"}
     r = xfusion.fuse(x, y, progress=False, regularization="none", max_iter="auto")
     n = int(xfusion.settings_of(r)["max_iter"])
-    row["rl_auto"], row["rl_iterations"] = score(r), n
+    row["rl_auto"], row["rl_iterations"] = score(r["flux"]), n
     fit = {"regularization": "none", "method": "em", "max_iter": n}
     n0, rec = tuning.tune_shape(x, y, settings=fit)
     row["rl_shape_prior"] = n0
-    row["rl_shape"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=n, shape_prior=n0))
+    row["rl_shape"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=n, shape_prior=n0)["flux"])
     if floor is not None:  # level 0 floored as shape_prior=["auto", floor] does (fuse._floored)
         lv = [float(v) for v in (n0 if isinstance(n0, list) else [n0, n0])]
         row["rl_floor"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=n,
-                                             shape_prior=[lv[0], max(lv[1], float(floor))]))
+                                             shape_prior=[lv[0], max(lv[1], float(floor))])["flux"])
         row["floor"] = float(floor)
-    for key, fn in (("x_up", baselines.upsample_spatial), ("y_up", baselines.upsample_spectral)):
-        row[key] = metrics.report(fn(x, y), T, ratio=ratio)
+    row.update(sc.baselines())
     if with_default:
         d = xfusion.fuse(x, y, progress=False)
-        row["default"], row["settings"] = score(d), xfusion.settings_of(d)
-        x_sp, _, _ = assign_roles(x, y)
-        scale = float(np.mean(build_model(grid, x_sp, SPATIAL).weights))  # flux = z / scale, as fuse's result
-        row["rl_best"] = _rl_oracle(x, y, T, scale, ratio, tmaps, lm, lsf)
+        row["default"], row["settings"] = score(d["flux"]), xfusion.settings_of(d)
+        row["rl_best"] = sc.rl_oracle()
     row["t_s"] = time.perf_counter() - t0
     return row
 

@@ -60,14 +60,41 @@ def _rl_oracle(x, y, T, sc, ratio, tmaps, lm, lsf, n_max=100):
     return out
 
 
+class Scene:
+    """One suite scene and how a cube is scored against its truth: ``score(cube)`` gives NMSE, aSAM, acSSIM, ERGAS,
+    the velocity- and width-map RMS errors (km/s) and the total-flux bias (%); ``rl_oracle()`` RL's best-NMSE iterate
+    scored alike; ``scale`` is the internal unit (``flux = z / scale``, as ``fuse``'s result)."""
+
+    def __init__(self, spec, size):
+        self.x, self.y, truth = scenes.from_spec(spec, size=size)
+        self.T = T = truth["flux"]
+        self.grid = fusion_grid(self.x, self.y)
+        self.ratio = float(self.grid.attrs["spatial_factor"])
+        self.lm, self.lsf = scenes.line_map_args(truth), float(truth.attrs["lsf_sigma_kev"])
+        self.tmaps = analysis.line_map(T, lsf_sigma=self.lsf, **self.lm) if self.lm else None
+        self.total = float(T.values.sum(dtype=np.float64))
+        x_sp, _, _ = assign_roles(self.x, self.y)
+        self.scale = float(np.mean(build_model(self.grid, x_sp, SPATIAL).weights))
+
+    def score(self, cube):
+        cube = cube.transpose(*self.T.dims)
+        d = metrics.report(cube, self.T, ratio=self.ratio)
+        d.update(_science(cube, self.tmaps, self.lm, self.lsf))
+        d["flux_bias_pct"] = 100.0 * (float(cube.values.sum(dtype=np.float64)) / self.total - 1.0)
+        return d
+
+    def baselines(self):
+        return {key: metrics.report(fn(self.x, self.y), self.T, ratio=self.ratio)
+                for key, fn in (("x_up", baselines.upsample_spatial), ("y_up", baselines.upsample_spectral))}
+
+    def rl_oracle(self):
+        return _rl_oracle(self.x, self.y, self.T, self.scale, self.ratio, self.tmaps, self.lm, self.lsf)
+
+
 def run_scene(spec, size, floors, rl_oracle):
     t0 = time.perf_counter()
-    x, y, truth = scenes.from_spec(spec, size=size)
-    T = truth["flux"]
-    grid = fusion_grid(x, y)
-    ratio = float(grid.attrs["spatial_factor"])
-    lm, lsf = scenes.line_map_args(truth), float(truth.attrs["lsf_sigma_kev"])
-    tmaps = analysis.line_map(T, lsf_sigma=lsf, **lm) if lm else None
+    sc = Scene(spec, size)
+    x, y, T = sc.x, sc.y, sc.T
     last = {}
 
     def keep(it, state):
@@ -76,29 +103,19 @@ def run_scene(spec, size, floors, rl_oracle):
 
     r = xfusion.fuse(x, y, progress=False, callback=keep)
     n0, n0_pixel = levels_of(xfusion.settings_of(r)["shape_prior"])
-    x_sp, _, _ = assign_roles(x, y)
-    scale = float(np.mean(build_model(grid, x_sp, SPATIAL).weights))  # flux = z / scale, as fuse's result
     counts = float(sum(o["counts"].values.sum(dtype=np.float64) for o in (x, y)))
-    total = float(T.values.sum(dtype=np.float64))
-
-    def score(cube):
-        d = metrics.report(cube, T, ratio=ratio)
-        d.update(_science(cube, tmaps, lm, lsf))
-        d["flux_bias_pct"] = 100.0 * (float(cube.values.sum(dtype=np.float64)) / total - 1.0)
-        return d
+    score = sc.score
 
     def deliver(pc):  # what fuse does after its loop (xfusion.fuse._shape_prior), in memory
-        return T.copy(data=(SpectralShape(pc, counts).prox(last["z"]) / np.float32(scale)).astype(np.float32))
+        return T.copy(data=(SpectralShape(pc, counts).prox(last["z"]) / np.float32(sc.scale)).astype(np.float32))
 
-    row = {"name": spec["name"], "size": size or "full", "settings": xfusion.settings_of(r),
-           "default": score(r["flux"].transpose(*T.dims))}
+    row = {"name": spec["name"], "size": size or "full", "settings": xfusion.settings_of(r), "default": score(r["flux"])}
     row["reproduced_db"] = score(deliver([n0, n0_pixel]))["nmse_db"] - row["default"]["nmse_db"]
     for N in floors:
         row[f"floor_{N:g}"] = score(deliver([n0, max(n0_pixel, N)]))
-    for key, fn in (("x_up", baselines.upsample_spatial), ("y_up", baselines.upsample_spectral)):
-        row[key] = metrics.report(fn(x, y), T, ratio=ratio)
+    row.update(sc.baselines())
     if rl_oracle:
-        row["rl_best"] = _rl_oracle(x, y, T, scale, ratio, tmaps, lm, lsf)
+        row["rl_best"] = sc.rl_oracle()
     row["t_s"] = time.perf_counter() - t0
     return row
 
