@@ -93,9 +93,9 @@ def heldout_chi2(result, x_test, y_test):
     return total
 
 
-#: candidate values of the Gaussian tuning (:func:`tune`): Sobolev strength mu and the IFU's relative weight gamma
+#: candidate values of the Gaussian tuning's Sobolev strength mu (:func:`tune`; a candidate may also set the IFU's
+#: relative weight ``gamma``)
 MU_CANDIDATES = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
-GAMMA_CANDIDATES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def tune(obs_a, obs_b, grid, *, tau=1.0, seed=0, mu_transfer="relative", **fixed):

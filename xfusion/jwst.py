@@ -606,12 +606,6 @@ def _check_ifu_channels(data, mask, edges):
                      f"without such channels, as SyFu does (gap-free ranges).{fix}")
 
 
-def is_wavelength(ds):
-    """True for a JWST-style Dataset (raw :func:`imager_dataset`/:func:`ifu_dataset`/readers, or the xfusion
-    observations of :func:`observations`): its spectral axis is wavelength in um."""
-    return isinstance(ds, xr.Dataset) and ds.attrs.get("spectral_unit") == "um"
-
-
 def _parse_unit(text):
     """An astropy unit from a data ``units`` attribute (``MJy/str``, the JWST pipeline's spelling, read as MJy/sr);
     None when astropy cannot read it."""
