@@ -294,13 +294,19 @@ def amplitude_maps(result=None, truth=None, x_obs=None, y_obs=None, *, ax=None):
         panels.append(("flux", "fused flux" + (f" ({reg})" if reg else ""), _amplitude(fused), "x", "y"))
     if tr is not None:
         panels.append(("flux", "truth", _amplitude(tr), "x", "y"))
+    return _root(_map_panels(ax, panels, result, "flux per pixel")[0])
+
+
+def _map_panels(ax, panels, result, flux_label):
+    """Draw map panels ``(kind, title, image, x dim, y dim)`` side by side: ``"counts"`` each on its own square-root
+    scale and colour bar, ``"flux"`` on one shared square-root scale (0 to their maximum) with one colour bar
+    labelled ``flux_label (unit, sqrt scale)``, ``"note"`` a text panel. Returns the Axes."""
     if not panels:
         raise ValueError("nothing to plot: pass result, truth, x_obs or y_obs")
     axes = _axes_list(ax, len(panels), (4.2 * len(panels), 3.9))
     from matplotlib.colors import PowerNorm
 
-    flux_vals = [np.nanmax(p[2].values) for p in panels if p[0] == "flux"]
-    vmax = max(flux_vals) if flux_vals else None
+    vmax = max([float(np.nanmax(p[2].values)) for p in panels if p[0] == "flux"] + [1e-30])
     flux_axes, flux_im = [], None
     for a, (kind, title, img, xd, yd) in zip(axes, panels):
         if kind == "note":
@@ -308,18 +314,16 @@ def amplitude_maps(result=None, truth=None, x_obs=None, y_obs=None, *, ax=None):
         elif kind == "counts":
             top = max(float(np.nanmax(img.values)), 1e-30)
             im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=top))
-            cb = a.figure.colorbar(im, ax=a, shrink=0.85)
-            cb.set_label(f"{_data_label(result)} (sqrt scale)")
+            a.figure.colorbar(im, ax=a, shrink=0.85).set_label(f"{_data_label(result)} (sqrt scale)")
         else:
-            im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=max(vmax, 1e-30)))
+            flux_im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=vmax))
             flux_axes.append(a)
-            flux_im = im
         a.set_title(title, fontsize=10)
     if flux_im is not None:
         cb = flux_axes[0].figure.colorbar(flux_im, ax=flux_axes, shrink=0.85)
-        cb.set_label(f"flux per pixel ({_flux_unit(fused)}, sqrt scale)")
+        cb.set_label(f"{flux_label} ({_flux_unit(_flux(result, 'result'))}, sqrt scale)")
         _sci(cb.ax.yaxis)
-    return _root(axes[0])
+    return axes
 
 
 # ----------------------------------------------------------------------------- spectra
@@ -712,30 +716,7 @@ def line_maps(result=None, truth=None, x_obs=None, y_obs=None, *, band=None, ax=
             reg = obj.attrs.get("regularization", "") if title == "fused flux" and hasattr(obj, "attrs") else ""
             panels.append(("flux", f"{title}{f' ({reg})' if reg else ''}\nin {btxt}",
                            f.isel(energy=np.flatnonzero(sel)).sum("energy"), "x", "y"))
-    if not panels:
-        raise ValueError("nothing to plot: pass result, truth, x_obs or y_obs")
-    axes = _axes_list(ax, len(panels), (4.2 * len(panels), 3.9))
-    from matplotlib.colors import PowerNorm
-
-    vmax = max([float(np.nanmax(p[2].values)) for p in panels if p[0] == "flux"] + [1e-30])
-    flux_axes, flux_im = [], None
-    for a, (kind, title, img, xd, yd) in zip(axes, panels):
-        if kind == "note":
-            _note_panel(a, title, img)
-        elif kind == "counts":
-            top = max(float(np.nanmax(img.values)), 1e-30)
-            im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=top))
-            a.figure.colorbar(im, ax=a, shrink=0.85).set_label(f"{_data_label(result)} (sqrt scale)")
-        else:
-            flux_im = _show_map(a, img, xd, yd, cmap=_MAP_CMAP, norm=PowerNorm(0.5, vmin=0, vmax=vmax))
-            flux_axes.append(a)
-        a.set_title(title, fontsize=10)
-    if flux_im is not None:
-        cb = flux_axes[0].figure.colorbar(flux_im, ax=flux_axes, shrink=0.85)
-        units = _flux_unit(_flux(result, "result") if result is not None else None)
-        cb.set_label(f"flux in the band per pixel ({units}, sqrt scale)")
-        _sci(cb.ax.yaxis)
-    fig = _root(axes[0])
+    fig = _root(_map_panels(ax, panels, result, "flux in the band per pixel")[0])
     fig._xfusion_band = band  # for summary(): the band actually drawn
     return fig
 
