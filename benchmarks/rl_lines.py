@@ -45,7 +45,7 @@ SCRIPT = "rl_lines.py"
 VARIANTS = ("default", "rl_auto", "rl_shape")
 
 
-def run_scene(spec, size, with_default, floor=None):
+def run_scene(spec, size, with_default, floor=None, oracle_count=False):
     t0 = time.perf_counter()
     sc = Scene(spec, size)
     x, y, score = sc.x, sc.y, sc.score
@@ -67,6 +67,11 @@ def run_scene(spec, size, with_default, floor=None):
         d = xfusion.fuse(x, y, progress=False)
         row["default"], row["settings"] = score(d["flux"]), xfusion.settings_of(d)
         row["rl_best"] = sc.rl_oracle()
+        if oracle_count:  # diagnostic: the route's ceiling, RL stopped at the oracle's (truth-chosen) iteration
+            it = int(row["rl_best"]["iteration"])
+            n0o, _ = tuning.tune_shape(x, y, settings={**fit, "max_iter": it})
+            row["rl_shape_oracle_count"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=it,
+                                                              tol=None, shape_prior=n0o)["flux"])
     row["t_s"] = time.perf_counter() - t0
     return row
 
@@ -98,7 +103,7 @@ def summary(files):
                                 "flux_bias_pct": float(c["flux_bias_pct"]),
                                 "baselines": c["beats_both_baselines"] == "True"}
         lined = [r for r in rs if math.isfinite(r["rl_best"]["velocity_rms_kms"])]
-        variants = [v for v in VARIANTS + ("rl_floor",) if all(v in r for r in rs)]
+        variants = [v for v in VARIANTS + ("rl_floor", "rl_shape_oracle_count") if all(v in r for r in rs)]
         print(f"== {size}: {len(rs)} scenes, {len(lined)} with lines")
         for v in variants:
             def base(r):
@@ -140,6 +145,9 @@ def main(argv=None):
     ap.add_argument("--summary", nargs="+", default=None, metavar="JSONL")
     ap.add_argument("--floor", type=float, default=None,
                     help="also rl_floor: the same fit with level 0 floored at this many pseudo-counts")
+    ap.add_argument("--oracle-count", action="store_true",
+                    help="tuning seeds: also rl_shape_oracle_count, RL stopped at RL's oracle iteration (uses the "
+                         "truth: a diagnostic of the route's ceiling) through the shape prior tuned for that fit")
     ap.add_argument("--no-default", action="store_true",
                     help="tuning seeds: skip the default and RL's oracle (a --summary merges them from another file)")
     args = ap.parse_args(argv)
@@ -150,12 +158,12 @@ def main(argv=None):
     idx = parse_indices(ap, args.indices, len(specs)) if args.indices else range(len(specs))
     for i in idx:
         row = run_scene(specs[i], "small" if args.size == "small" else None,
-                        args.split == "tune" and not args.no_default, args.floor)
+                        args.split == "tune" and not args.no_default, args.floor, args.oracle_count)
         row["index"] = i
         d = row.get("default", {})
         print(f"{i} {row['name']}: RL {row['rl_iterations']} it, shape {row['rl_shape_prior']}: "
               + "; ".join(f"{v} {row[v]['nmse_db']:.2f} dB v {row[v]['velocity_rms_kms']:.1f} "
-                          f"w {row[v]['width_rms_kms']:.1f}" for v in VARIANTS + ("rl_floor",) if v in row)
+                          f"w {row[v]['width_rms_kms']:.1f}" for v in VARIANTS + ("rl_floor", "rl_shape_oracle_count") if v in row)
               + (f"; RL oracle v {row['rl_best']['velocity_rms_kms']:.1f}" if d else "")
               + f" ({row['t_s']:.0f} s)", flush=True)
         if args.json:
