@@ -63,10 +63,13 @@ def _rl_oracle(x, y, T, sc, ratio, tmaps, lm, lsf, n_max=100):
 class Scene:
     """One suite scene and how a cube is scored against its truth: ``score(cube)`` gives NMSE, aSAM, acSSIM, ERGAS,
     the velocity- and width-map RMS errors (km/s) and the total-flux bias (%); ``rl_oracle()`` RL's best-NMSE iterate
-    scored alike; ``scale`` is the internal unit (``flux = z / scale``, as ``fuse``'s result)."""
+    scored alike; ``scale`` is the internal unit (``flux = z / scale``, as ``fuse``'s result); ``observations``:
+    ``(x, y)`` to use instead of the suite's own draw."""
 
-    def __init__(self, spec, size):
+    def __init__(self, spec, size, observations=None):
         self.x, self.y, truth = scenes.from_spec(spec, size=size)
+        if observations is not None:  # other counts of the same sky (e.g. another Poisson draw)
+            self.x, self.y = observations
         self.T = T = truth["flux"]
         self.grid = fusion_grid(self.x, self.y)
         self.ratio = float(self.grid.attrs["spatial_factor"])
