@@ -182,11 +182,13 @@ def main(argv=None):
     if a.summary:
         summary(a.summary)
         return
+    check_output(p, a.json, SCRIPT)
     specs = scenes.suite(a.split, n=a.n)
     idx = parse_indices(p, a.indices, len(specs)) if a.indices else list(range(len(specs)))
-    floors = [float(v) for v in a.floors.split(",")]
-    if a.json:
-        check_output(p, a.json, SCRIPT)
+    try:
+        floors = [float(v) for v in a.floors.split(",")]
+    except ValueError:
+        p.error(f"--floors: expected comma-separated pseudo-counts like 3e4,1e5; got {a.floors!r}")
     for i in idx:
         row = dict(run_scene(specs[i], a.size, floors, a.rl_oracle), index=i)
         if a.json:

@@ -104,7 +104,9 @@ def run(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("script, extra", [("suite.py", ["--n", "24"]), ("tuning_cost.py", ["--n", "24"]),
-                                           ("mosaic_suite.py", ["--n", "6"]), ("alternatives.py", ["--n", "24"])])
+                                           ("mosaic_suite.py", ["--n", "6"]), ("alternatives.py", ["--n", "24"]),
+                                           ("rl_lines.py", ["--n", "24"]), ("shape_floor.py", ["--n", "24"]),
+                                           ("velocity_redraws.py", ["--n", "24"])])
 def test_bad_indices_are_argparse_errors(run, script, extra):
     """Session 30 (red team): --indices 99 gave an IndexError traceback, -1 ran the last scene silently."""
     for bad, what in (("99", "index 99 out of range 0.."), ("-1", "index -1 out of range"), ("1,x", "got 'x'")):
@@ -143,7 +145,8 @@ def test_alternatives_size_nxl_is_parsed(run):
 
 
 @pytest.mark.parametrize("script, extra", [("suite.py", []), ("mosaic_suite.py", []), ("tuning_cost.py", []),
-                                           ("alternatives.py", []), ("heap.py", [])])
+                                           ("alternatives.py", []), ("heap.py", []), ("rl_lines.py", []),
+                                           ("shape_floor.py", []), ("velocity_redraws.py", [])])
 def test_json_output_that_is_not_the_scripts_own_is_refused_before_computing(run, tmp_path, script, extra):
     """Session 30 (red team): suite.py and mosaic_suite.py --json F overwrote a user's F after computing (tuning_cost,
     alternatives and heap appended to it). A file whose records do not carry the script's marker is refused before
@@ -207,3 +210,29 @@ def test_quality_times_em_wavelet_explicitly(monkeypatch):
     timed = calls[-1]
     assert timed["regularization"] == "wavelet2d1d" and timed["method"] == "em" and callable(timed["callback"])
     sys.modules.pop("quality", None)
+
+
+def test_velocity_redraws_summary_counts_each_draw_and_the_expected_passes(run, tmp_path):
+    """benchmarks/velocity_redraws.py --summary: per draw the scenes whose default velocity error is at most RL's
+    oracle's, and the expected pass count (the sum over scenes of the fraction of draws passed)."""
+    def draw(d, v_default, v_rl, nmse_default=20.0, nmse_rl=19.0):
+        return {"draw": d, "default": {"nmse_db": nmse_default, "velocity_rms_kms": v_default, "width_rms_kms": 1.0},
+                "rl_best": {"nmse_db": nmse_rl, "velocity_rms_kms": v_rl, "width_rms_kms": 1.0, "iteration": 5}}
+
+    rows = [{"name": "a/1 x", "size": "small", "draws": [draw(0, 10, 12), draw(1, 13, 12), draw(2, 9, 9)]},
+            {"name": "b/2 x", "size": "small", "draws": [draw(0, 30, 20), draw(1, 31, 20), draw(2, 29, 20, 18.0)]}]
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps({"xfusion_benchmark": "velocity_redraws.py", **r}) + "\n" for r in rows))
+    rc, out = run("velocity_redraws.py", "--summary", str(f))
+    assert rc == 0, out
+    assert "draw 0 (the suite): velocity <= RL oracle 1/2  NMSE >= RL oracle 2/2" in out
+    assert "draw 1            : velocity <= RL oracle 0/2" in out
+    assert "draw 2            : velocity <= RL oracle 1/2  NMSE >= RL oracle 1/2" in out
+    assert "expected pass count (sum over scenes of the fraction of draws passed): 0.7/2" in out
+    assert "scenes passing every draw 0, none 1, some 1" in out
+
+
+def test_shape_floor_bad_floors_is_an_argparse_error(run):
+    """benchmarks/shape_floor.py --floors 3e4,x was a ValueError traceback (session 42)."""
+    rc, out = run("shape_floor.py", "--floors", "3e4,x", "--indices", "0")
+    assert rc == 2 and "--floors: expected comma-separated pseudo-counts" in out and "Traceback" not in out
