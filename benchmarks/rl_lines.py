@@ -40,6 +40,7 @@ from bench_cli import append_record, check_output, parse_indices  # benchmarks/b
 from shape_floor import CSV, Scene  # benchmarks/shape_floor.py
 from suite import _beats  # benchmarks/suite.py
 from xfusion import scenes, tuning
+from xfusion.regularizers.shape import levels_of
 
 SCRIPT = "rl_lines.py"
 VARIANTS = ("default", "rl_auto", "rl_shape")
@@ -58,9 +59,9 @@ def run_scene(spec, size, with_default, floor=None, oracle_count=False):
     row["rl_shape_prior"] = n0
     row["rl_shape"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=n, shape_prior=n0)["flux"])
     if floor is not None:  # level 0 floored as shape_prior=["auto", floor] does (fuse._floored)
-        lv = [float(v) for v in (n0 if isinstance(n0, list) else [n0, n0])]
+        n0_all, n0_pixel = levels_of(n0)
         row["rl_floor"] = score(xfusion.fuse(x, y, progress=False, regularization="none", max_iter=n,
-                                             shape_prior=[lv[0], max(lv[1], float(floor))])["flux"])
+                                             shape_prior=[n0_all, max(n0_pixel, float(floor))])["flux"])
         row["floor"] = float(floor)
     row.update(sc.baselines())
     if with_default:

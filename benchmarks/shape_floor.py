@@ -18,6 +18,7 @@ the issue-13 counts per size and variant (RL oracle from the rows, or for held-o
 (``OMP_NUM_THREADS=1 XFUSION_NUM_THREADS=1``); about 5 s per small and 25-60 s per full-size scene.
 """
 import argparse
+import copy
 import csv
 import json
 import math
@@ -63,13 +64,11 @@ def _rl_oracle(x, y, T, sc, ratio, tmaps, lm, lsf, n_max=100):
 class Scene:
     """One suite scene and how a cube is scored against its truth: ``score(cube)`` gives NMSE, aSAM, acSSIM, ERGAS,
     the velocity- and width-map RMS errors (km/s) and the total-flux bias (%); ``rl_oracle()`` RL's best-NMSE iterate
-    scored alike; ``scale`` is the internal unit (``flux = z / scale``, as ``fuse``'s result); ``observations``:
-    ``(x, y)`` to use instead of the suite's own draw."""
+    scored alike; ``scale`` is the internal unit (``flux = z / scale``, as ``fuse``'s result). :meth:`with_counts`:
+    the same scene with other counts of the same sky (e.g. another Poisson draw)."""
 
-    def __init__(self, spec, size, observations=None):
+    def __init__(self, spec, size):
         self.x, self.y, truth = scenes.from_spec(spec, size=size)
-        if observations is not None:  # other counts of the same sky (e.g. another Poisson draw)
-            self.x, self.y = observations
         self.T = T = truth["flux"]
         self.grid = fusion_grid(self.x, self.y)
         self.ratio = float(self.grid.attrs["spatial_factor"])
@@ -89,6 +88,12 @@ class Scene:
     def baselines(self):
         return {key: metrics.report(fn(self.x, self.y), self.T, ratio=self.ratio)
                 for key, fn in (("x_up", baselines.upsample_spatial), ("y_up", baselines.upsample_spectral))}
+
+    def with_counts(self, x, y):
+        """A copy observing ``(x, y)``: the same sky, instruments and grid (truth maps and scale shared), other counts."""
+        other = copy.copy(self)
+        other.x, other.y = x, y
+        return other
 
     def rl_oracle(self):
         return _rl_oracle(self.x, self.y, self.T, self.scale, self.ratio, self.tmaps, self.lm, self.lsf)

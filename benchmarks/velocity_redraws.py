@@ -42,20 +42,20 @@ def draw(obs, rng, dtype):
 
 
 def run_scene(spec, size, draws):
-    x0, y0, truth = scenes.from_spec(spec, size=size)
-    if not scenes.line_map_args(truth):
+    suite_draw = Scene(spec, size)
+    if not suite_draw.lm:
         return None
+    x0, y0 = suite_draw.x, suite_draw.y
     xe, ye, _ = scenes.from_spec(spec, size=size, noise=False)
     rows = []
     for d in range(draws):
         t0 = time.perf_counter()
         if d == 0:
-            obs = (x0, y0)
+            sc = suite_draw
         else:  # an independent draw of the same expected counts, seeded by the scene and the draw
             rng = np.random.default_rng([int(spec["seed"]), d, 42])
-            obs = (draw(xe, rng, x0["counts"].dtype), draw(ye, rng, y0["counts"].dtype))
-        sc = Scene(spec, size, observations=obs)
-        default, oracle = sc.score(xfusion.fuse(*obs, progress=False)["flux"]), sc.rl_oracle()
+            sc = suite_draw.with_counts(draw(xe, rng, x0["counts"].dtype), draw(ye, rng, y0["counts"].dtype))
+        default, oracle = sc.score(xfusion.fuse(sc.x, sc.y, progress=False)["flux"]), sc.rl_oracle()
         rows.append({"draw": d, "default": {k: default[k] for k in ("nmse_db", "velocity_rms_kms", "width_rms_kms")},
                      "rl_best": {k: oracle[k] for k in ("nmse_db", "velocity_rms_kms", "width_rms_kms", "iteration")},
                      "t_s": time.perf_counter() - t0})
