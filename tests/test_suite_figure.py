@@ -106,7 +106,7 @@ def run(monkeypatch, capsys):
 @pytest.mark.parametrize("script, extra", [("suite.py", ["--n", "24"]), ("tuning_cost.py", ["--n", "24"]),
                                            ("mosaic_suite.py", ["--n", "6"]), ("alternatives.py", ["--n", "24"]),
                                            ("rl_lines.py", ["--n", "24"]), ("shape_floor.py", ["--n", "24"]),
-                                           ("velocity_redraws.py", ["--n", "24"])])
+                                           ("velocity_redraws.py", ["--n", "24"]), ("shape_in_loop.py", ["--n", "24"])])
 def test_bad_indices_are_argparse_errors(run, script, extra):
     """Session 30 (red team): --indices 99 gave an IndexError traceback, -1 ran the last scene silently."""
     for bad, what in (("99", "index 99 out of range 0.."), ("-1", "index -1 out of range"), ("1,x", "got 'x'")):
@@ -146,7 +146,8 @@ def test_alternatives_size_nxl_is_parsed(run):
 
 @pytest.mark.parametrize("script, extra", [("suite.py", []), ("mosaic_suite.py", []), ("tuning_cost.py", []),
                                            ("alternatives.py", []), ("heap.py", []), ("rl_lines.py", []),
-                                           ("shape_floor.py", []), ("velocity_redraws.py", [])])
+                                           ("shape_floor.py", []), ("velocity_redraws.py", []),
+                                           ("shape_in_loop.py", [])])
 def test_json_output_that_is_not_the_scripts_own_is_refused_before_computing(run, tmp_path, script, extra):
     """Session 30 (red team): suite.py and mosaic_suite.py --json F overwrote a user's F after computing (tuning_cost,
     alternatives and heap appended to it). A file whose records do not carry the script's marker is refused before
@@ -236,3 +237,37 @@ def test_shape_floor_bad_floors_is_an_argparse_error(run):
     """benchmarks/shape_floor.py --floors 3e4,x was a ValueError traceback (session 42)."""
     rc, out = run("shape_floor.py", "--floors", "3e4,x", "--indices", "0")
     assert rc == 2 and "--floors: expected comma-separated pseudo-counts" in out and "Traceback" not in out
+
+
+def test_shape_in_loop_bad_factors_and_the_summary_pick(run, tmp_path):
+    """benchmarks/shape_in_loop.py (session 43): a bad --factors is an argparse error; --summary scores, beside each
+    fixed factor, the factor whose half-data cube has the smallest held-out deviance (both instruments)."""
+    for bad in ("0,x", "-0.1", "nan"):
+        rc, out = run("shape_in_loop.py", "--factors", bad, "--indices", "0")
+        assert rc == 2 and "--factors: expected comma-separated fractions" in out and "Traceback" not in out
+
+    def m(nmse, vel, dev=None):
+        out = {"nmse_db": nmse, "asam_rad": 0.1, "acssim": 0.1, "ergas": 1.0, "velocity_rms_kms": vel,
+               "width_rms_kms": 1.0, "flux_bias_pct": 0.0}
+        if dev is not None:
+            out["deviance"] = {"x": dev, "y": 1.0}
+        return out
+
+    base = {"x_up": m(0.0, 0.0) | {"asam_rad": 9, "acssim": 9, "ergas": 99}, "size": "small"}
+    base["y_up"] = base["x_up"]
+    rows = [dict(base, name="a/1", default=m(20, 50), f0=m(20, 50, 10.0), **{"f0.1": m(21, 30, 5.0)},
+                 rl_best=m(19, 40)),
+            dict(base, name="b/2", default=m(20, 50), f0=m(20, 50, 1.0), **{"f0.1": m(18, 20, 2.0)},
+                 rl_best=m(19, 40))]
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps({"xfusion_benchmark": "shape_in_loop.py", **r}) + "\n" for r in rows))
+    rc, out = run("shape_in_loop.py", "--summary", str(f))
+    assert rc == 0, out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("   ") and "velocity <=" in ln}
+    assert "velocity <= RL oracle 0/2" in lines["f0"] and "NMSE >= RL 2/2" in lines["f0"]
+    assert "velocity <= RL oracle 2/2" in lines["f0.1"] and "NMSE >= RL 1/2" in lines["f0.1"]
+    # the pick: f0.1 on a/1 (deviance 6 < 11), f0 on b/2 (2 < 3)
+    assert "velocity <= RL oracle 1/2" in lines["chosen"] and "NMSE >= RL 2/2" in lines["chosen"]
+    assert "picks (chosen): f0 1, f0.1 1" in out
+    # the sharp-spectral deviance alone (1.0 everywhere here): the first factor, f0, on both
+    assert "velocity <= RL oracle 0/2" in lines["chosen_y"] and "picks (chosen_y): f0 2, f0.1 0" in out

@@ -10,6 +10,7 @@ from .base import FULL, OptionSet, Regularization, describe
 @dataclass
 class Options(OptionSet):
     shape_prior: object = o.SHAPE_PRIOR()
+    shape_loop: object = o.SHAPE_LOOP()
     chunks: object = o.CHUNKS()
     layout: object = o.LAYOUT()
 

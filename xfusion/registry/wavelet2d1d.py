@@ -40,6 +40,7 @@ class Options(OptionSet):
                                  "``regularization=\"auto\"`` every wavelet candidate of the tuning is stabilized. "
                                  "In memory only; not with ``noise=\"propagated\"``.", o.one_of("none", "anscombe"))
     shape_prior: object = o.SHAPE_PRIOR()
+    shape_loop: object = o.SHAPE_LOOP()
     chunks: object = o.CHUNKS()
     layout: object = o.LAYOUT()
 

@@ -192,6 +192,10 @@ class EMProx:
     #: weigh the sharp-spatial inputs together as much as the largest of them when there are several (module notes,
     #: "Several sharp-spatial inputs"); needs ``roles``
     balance_spatial = True
+    #: a prior applied to the iterate before every EM step and to the solution (``fuse``'s ``shape_loop``: a
+    #: :class:`~xfusion.regularizers.shape.SpectralShape`), or None. The state keeps the iterate as the step left it
+    #: (its EM correction computed there), so a checkpointed state resumes the same way (:meth:`_shrunk`).
+    post = None
 
     def __init__(self, likelihood, regularizer=None, free=None, backend=None, roles=None):
         """``free`` (bool, fused shape or broadcastable to it): voxels some data constrain (``s > 0``, see
@@ -360,7 +364,8 @@ class EMProx:
             arrays["noise_q"] = q
             scalars["noise_state"] = index
             self._expected = None
-        elif self.reg is not None:  # statistics of the next EM step, with the state (None in memory: see the backend)
+        elif self.reg is not None and self.post is None:  # statistics of the next EM step, with the state (None in
+            # memory: see the backend); with :attr:`post` the step's prox computes them from the shrunk iterate's step
             stats = (self.reg, self.B.statistics(self.reg, self.B.map(_half, z, corr, self.sens))
                      if getattr(self.B, "stats_with_state", True) else None)
         if z_prev is not None:  # ||z - z_prev||^2 and ||z||^2: totals, on Dask in the same round trip
@@ -379,7 +384,8 @@ class EMProx:
         return self._state(z, 0.0)
 
     def step(self, state):
-        zh = self.B.map(_half, state["z"], state["corr"], self.sens)
+        z0 = self._shrunk(state["z"])  # the iterate the EM step starts from (with :attr:`post`: shrunk first)
+        zh = self.B.map(_half, z0, state["corr"], self.sens)
         if self.reg is None:
             z, pen = zh, 0.0
         else:  # the statistics of zh come with the state when the backend computed them there
@@ -387,9 +393,9 @@ class EMProx:
             if self.noise_maps and (stats is None or "noise_q" not in state):  # a state without them (resumed)
                 state = self._state(state["z"], state["penalty"])
                 stats = self.reg.stats_from_scalars(state)
-                zh = self.B.map(_half, state["z"], state["corr"], self.sens)
+                zh = self.B.map(_half, z0, state["corr"], self.sens)
             if self.noise_maps:  # var = z / s of the iterate the EM step started from
-                z, pen = self.B.prox(self.reg, zh, stats, (self.B.map(_variance, state["z"], self.sens),))
+                z, pen = self.B.prox(self.reg, zh, stats, (self.B.map(_variance, z0, self.sens),))
             else:
                 z, pen = self.B.prox(self.reg, zh, stats)
         z = self.B.map(_clip_hold, z, self.free)
@@ -415,5 +421,16 @@ class EMProx:
         den = self.B.total(_weighted_total, self.sens, z)
         return self.B.map(_rescaled, z, num, den)  # on Dask: reductions inside the graph, no round trip
 
+    def _shrunk(self, z):
+        """``z`` through :attr:`post` (on the backend: Dask blocks with the prior's halo), or ``z`` itself.
+
+        With ``post`` = P the iteration is ``z_{t+1} = prox(P(z_t) c(z_t) / s)``, ``c(z_t)`` the EM correction
+        ``sum_i H_i^T(d_i / H_i z_t)`` of the state, and the solution is ``P(z_T)``: the prior shrinks every iterate
+        the EM step reads, while the correction is the data's answer to the iterate as the previous step left it
+        (what session 43 measured, ``benchmarks/shape_in_loop.py``)."""
+        if self.post is None:
+            return z
+        return self.B.prox(self.post, z)[0]
+
     def solution(self, state):
-        return state["z"]
+        return self._shrunk(state["z"])
