@@ -41,6 +41,32 @@ def parse_indices(parser, text, n, option="--indices"):
     return out
 
 
+def add_suite_options(parser, split="tune", size="full"):
+    """The options of the scripts that run suite scenes one by one: ``--split``, ``--size`` (``small``: 24x24x600;
+    ``full``), ``--n`` (the suite size the indices refer to), ``--indices``, ``--json`` (append one record per scene,
+    the script's own file) and ``--summary`` (read such files and print the counts). Defaults ``split`` and
+    ``size`` are the script's."""
+    parser.add_argument("--split", choices=("tune", "heldout"), default=split)
+    parser.add_argument("--size", choices=("small", "full"), default=size,
+                        help=f"small (24x24x600) or full (36x36-45x45 x 1600-2400 channels); default {size}")
+    parser.add_argument("--n", type=int, default=24,
+                        help="suite size the indices refer to, scenes.suite(split, n=N) (default 24)")
+    parser.add_argument("--indices", default=None, help="scenes, e.g. 0-23 or 3,5 (default: all)")
+    parser.add_argument("--json", default=None, help="append one JSON line per scene to this file (this script's own)")
+    parser.add_argument("--summary", nargs="+", default=None, metavar="JSONL",
+                        help="print the counts of these files and stop")
+
+
+def selected_scenes(parser, args):
+    """``(specs, indices, size)`` for :func:`add_suite_options`' arguments: the suite's scene specs, the indices to
+    run (checked, :func:`parse_indices`) and the size as :func:`xfusion.scenes.from_spec` takes it (None: full)."""
+    from xfusion import scenes
+
+    specs = scenes.suite(args.split, n=args.n)
+    idx = parse_indices(parser, args.indices, len(specs)) if args.indices else list(range(len(specs)))
+    return specs, idx, ("small" if args.size == "small" else None)
+
+
 def parse_json_dict(parser, text, option):
     """A JSON object given on the command line, or ``parser.error`` naming ``option``."""
     try:

@@ -36,10 +36,10 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
+from bench_cli import add_suite_options, append_record, check_output, selected_scenes  # benchmarks/bench_cli.py
 from shape_floor import CSV, Scene  # benchmarks/shape_floor.py
 from suite import _beats  # benchmarks/suite.py
-from xfusion import scenes, tuning
+from xfusion import tuning
 from xfusion.regularizers.shape import levels_of
 
 SCRIPT = "rl_lines.py"
@@ -138,12 +138,7 @@ def summary(files):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", choices=["tune", "heldout"], default="tune")
-    ap.add_argument("--size", choices=["small", "full"], default="full")
-    ap.add_argument("--n", type=int, default=24, help="suite size (scenes(split, n=N))")
-    ap.add_argument("--indices", default=None)
-    ap.add_argument("--json", default=None, help="append one JSON line per scene to this file (this script's own)")
-    ap.add_argument("--summary", nargs="+", default=None, metavar="JSONL")
+    add_suite_options(ap, split="tune", size="full")
     ap.add_argument("--floor", type=float, default=None,
                     help="also rl_floor: the same fit with level 0 floored at this many pseudo-counts")
     ap.add_argument("--oracle-count", action="store_true",
@@ -155,10 +150,9 @@ def main(argv=None):
     if args.summary:
         return summary(args.summary)
     check_output(ap, args.json, SCRIPT)
-    specs = scenes.suite(args.split, n=args.n)
-    idx = parse_indices(ap, args.indices, len(specs)) if args.indices else range(len(specs))
+    specs, idx, size = selected_scenes(ap, args)
     for i in idx:
-        row = run_scene(specs[i], "small" if args.size == "small" else None,
+        row = run_scene(specs[i], size,
                         args.split == "tune" and not args.no_default, args.floor, args.oracle_count)
         row["index"] = i
         d = row.get("default", {})

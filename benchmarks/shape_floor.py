@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import xfusion
-from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
+from bench_cli import add_suite_options, append_record, check_output, selected_scenes  # benchmarks/bench_cli.py
 from suite import _beats, _science  # benchmarks/suite.py
 from xfusion import analysis, baselines, metrics, scenes
 from xfusion.grid import SPATIAL, assign_roles, fusion_grid
@@ -175,27 +175,21 @@ def summary(files):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--split", choices=("tune", "heldout"), default="tune")
-    p.add_argument("--size", choices=("small",), default=None, help="small (24x24x600); default: full size")
-    p.add_argument("--n", type=int, default=24, help="suite size the indices refer to (default 24)")
-    p.add_argument("--indices", default=None, help="scenes, e.g. 0-23 or 3,5 (default: all)")
+    add_suite_options(p)
     p.add_argument("--floors", default="3e4,1e5", help="level-0 floors N (pseudo-counts; default 3e4,1e5)")
     p.add_argument("--rl-oracle", action="store_true", help="also plain RL at its best iteration (tuning seeds)")
-    p.add_argument("--json", default=None, help="append one JSON line per scene here")
-    p.add_argument("--summary", nargs="+", metavar="FILE", help="print the counts of these files and stop")
     a = p.parse_args(argv)
     if a.summary:
         summary(a.summary)
         return
     check_output(p, a.json, SCRIPT)
-    specs = scenes.suite(a.split, n=a.n)
-    idx = parse_indices(p, a.indices, len(specs)) if a.indices else list(range(len(specs)))
+    specs, idx, size = selected_scenes(p, a)
     try:
         floors = [float(v) for v in a.floors.split(",")]
     except ValueError:
         p.error(f"--floors: expected comma-separated pseudo-counts like 3e4,1e5; got {a.floors!r}")
     for i in idx:
-        row = dict(run_scene(specs[i], a.size, floors, a.rl_oracle), index=i)
+        row = dict(run_scene(specs[i], size, floors, a.rl_oracle), index=i)
         if a.json:
             append_record(a.json, row, SCRIPT)
         d = row["default"]

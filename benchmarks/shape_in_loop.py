@@ -26,10 +26,10 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
+from bench_cli import add_suite_options, append_record, check_output, selected_scenes  # benchmarks/bench_cli.py
 from shape_floor import Scene  # benchmarks/shape_floor.py
 from suite import _beats  # benchmarks/suite.py
-from xfusion import scenes, tuning
+from xfusion import tuning
 from xfusion.operators.model import predict
 from xfusion.regularizers.shape import SpectralShape, levels_of
 
@@ -127,22 +127,16 @@ def summary(files):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--split", choices=("tune", "heldout"), default="tune")
-    p.add_argument("--size", choices=("small",), default=None, help="small (24x24x600); default: full size")
-    p.add_argument("--n", type=int, default=24, help="suite size the indices refer to (default 24)")
-    p.add_argument("--indices", default=None, help="scenes, e.g. 0-23 or 3,5 (default: all)")
+    add_suite_options(p)
     p.add_argument("--factors", default="0,0.01,0.03,0.1,0.3",
                    help="fractions f of the default's pseudo-counts applied in the loop (0: the default)")
     p.add_argument("--rl-oracle", action="store_true", help="also plain RL at its best iteration")
-    p.add_argument("--json", default=None, help="append one JSON line per scene here")
-    p.add_argument("--summary", nargs="+", metavar="FILE", help="print the counts of these files and stop")
     a = p.parse_args(argv)
     if a.summary:
         summary(a.summary)
         return
     check_output(p, a.json, SCRIPT)
-    specs = scenes.suite(a.split, n=a.n)
-    idx = parse_indices(p, a.indices, len(specs)) if a.indices else list(range(len(specs)))
+    specs, idx, size = selected_scenes(p, a)
     try:
         factors = [float(v) for v in a.factors.split(",")]
     except ValueError:
@@ -150,7 +144,7 @@ def main(argv=None):
     if not factors or any(not (math.isfinite(f) and f >= 0) for f in factors):
         p.error(f"--factors: expected comma-separated fractions >= 0 like 0,0.03,0.1; got {a.factors!r}")
     for i in idx:
-        row = dict(run_scene(specs[i], a.size, factors, a.rl_oracle), index=i)
+        row = dict(run_scene(specs[i], size, factors, a.rl_oracle), index=i)
         if a.json:
             append_record(a.json, row, SCRIPT)
         print(f"{i} {row['name']} default {row['default']['nmse_db']:.2f} dB "

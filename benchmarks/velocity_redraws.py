@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
+from bench_cli import add_suite_options, append_record, check_output, selected_scenes  # benchmarks/bench_cli.py
 from shape_floor import CSV, Scene  # benchmarks/shape_floor.py
 from xfusion import scenes
 
@@ -109,23 +109,17 @@ def summary(files):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--split", choices=["tune", "heldout"], default="heldout")
-    ap.add_argument("--size", choices=["small", "full"], default="small")
-    ap.add_argument("--n", type=int, default=24, help="suite size (scenes.suite(split, n=N))")
-    ap.add_argument("--indices", default=None)
+    add_suite_options(ap, split="heldout", size="small")
     ap.add_argument("--draws", type=int, default=5, help="Poisson draws per scene, the suite's own first")
-    ap.add_argument("--json", default=None, help="append one JSON line per scene to this file (this script's own)")
-    ap.add_argument("--summary", nargs="+", default=None, metavar="JSONL")
     args = ap.parse_args(argv)
     if args.summary:
         return summary(args.summary)
     if args.draws < 1:
         ap.error("--draws: at least 1 (the suite's own draw)")
     check_output(ap, args.json, SCRIPT)
-    specs = scenes.suite(args.split, n=args.n)
-    idx = parse_indices(ap, args.indices, len(specs)) if args.indices else range(len(specs))
+    specs, idx, size = selected_scenes(ap, args)
     for i in idx:
-        row = run_scene(specs[i], "small" if args.size == "small" else None, args.draws)
+        row = run_scene(specs[i], size, args.draws)
         if row is None:
             continue
         row["index"] = i
