@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
@@ -65,6 +66,18 @@ def selected_scenes(parser, args):
     specs = scenes.suite(args.split, n=args.n)
     idx = parse_indices(parser, args.indices, len(specs)) if args.indices else list(range(len(specs)))
     return specs, idx, ("small" if args.size == "small" else None)
+
+
+def parse_numbers(parser, text, option, what, example):
+    """Comma-separated finite numbers >= 0 (``what``, e.g. "pseudo-counts", like ``example``) as a list of floats;
+    ``parser.error`` otherwise."""
+    try:
+        vals = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        vals = []
+    if not vals or any(not (math.isfinite(v) and v >= 0) for v in vals):
+        parser.error(f"{option}: expected comma-separated {what} like {example}; got {text!r}")
+    return vals
 
 
 def parse_json_dict(parser, text, option):

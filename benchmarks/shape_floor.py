@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import xfusion
-from bench_cli import add_suite_options, append_record, check_output, selected_scenes  # benchmarks/bench_cli.py
+from bench_cli import add_suite_options, append_record, check_output, parse_numbers, selected_scenes  # noqa: E501
 from suite import _beats, _science  # benchmarks/suite.py
 from xfusion import analysis, baselines, metrics, scenes
 from xfusion.grid import SPATIAL, assign_roles, fusion_grid
@@ -184,10 +184,7 @@ def main(argv=None):
         return
     check_output(p, a.json, SCRIPT)
     specs, idx, size = selected_scenes(p, a)
-    try:
-        floors = [float(v) for v in a.floors.split(",")]
-    except ValueError:
-        p.error(f"--floors: expected comma-separated pseudo-counts like 3e4,1e5; got {a.floors!r}")
+    floors = parse_numbers(p, a.floors, "--floors", "pseudo-counts", "3e4,1e5")
     for i in idx:
         row = dict(run_scene(specs[i], size, floors, a.rl_oracle), index=i)
         if a.json:

@@ -5,9 +5,9 @@ Session 43 (``benchmarks/QUALITY_HISTORY.md``). The default ``fuse`` applies the
 Here the same prior at ``f [n0, n0_pixel]`` is also applied before every EM step of the fit (``fuse``'s option
 ``shape_loop``; the default's other settings and iteration count unchanged), and the result is delivered through the
 default's own prior as before. (Session 43 ran it as a ``callback`` shrinking the state's iterate in place; the option
-is the same algorithm to float32 round-off, ``tests/test_shape_loop.py``.) ``f = 0`` is the default (printed as ``repro``). For each
-``f`` the same is done on half of the counts (binomial thinning of both instruments, ``round(count / 1.25)``
-iterations, as the tuning transfers a count) and the held-out half's Poisson deviance of the delivered half-data cube
+is the same algorithm to float32 round-off, ``tests/test_shape_loop.py``.) ``f = 0`` is the default (recorded as
+``reproduced_db``). For each ``f`` the same is done on half of the counts (binomial thinning of both instruments,
+``round(count / 1.25)`` iterations, as the tuning transfers a count) and the held-out half's Poisson deviance of the delivered half-data cube
 is recorded per instrument, so ``--summary`` can score two truth-free picks beside each fixed ``f``: ``chosen``, the
 smallest held-out deviance of both instruments, and ``chosen_y``, of the sharp-spectral instrument alone.
 Per cube: NMSE, aSAM, acSSIM, ERGAS, velocity- and width-map RMS errors, flux bias (``shape_floor.Scene``); the two
@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import add_suite_options, append_record, check_output, selected_scenes  # benchmarks/bench_cli.py
+from bench_cli import add_suite_options, append_record, check_output, parse_numbers, selected_scenes  # noqa: E501
 from shape_floor import Scene  # benchmarks/shape_floor.py
 from suite import _beats  # benchmarks/suite.py
 from xfusion import tuning
@@ -58,11 +58,8 @@ def run_scene(spec, size, factors, rl_oracle, seed=11):
         row["t_s"] = time.perf_counter() - t0
         return row
     n0, n0p = levels_of(st["shape_prior"])
-    parts = {}
-    for which, obs in (("x", sc.x), ("y", sc.y)):
-        parts[which] = tuning.thin(obs, 0.5, [seed, 0 if which == "x" else 1])
-    xa, xb = parts["x"]
-    ya, yb = parts["y"]
+    xa, xb = tuning.thin(sc.x, 0.5, [seed, 0])
+    ya, yb = tuning.thin(sc.y, 0.5, [seed, 1])
     held = {"x": tuning._Deviance(xb["counts"].transpose("x", "y", "energy").values),
             "y": tuning._Deviance(yb["counts"].transpose("x", "y", "energy").values)}
     total = float(sum(o["counts"].values.sum(dtype=np.float64) for o in (sc.x, sc.y)))
@@ -86,10 +83,15 @@ def run_scene(spec, size, factors, rl_oracle, seed=11):
     return row
 
 
+def _factors(row):
+    """The row's keys of the factors run (``f0``, ``f0.03``, ...), in increasing factor."""
+    return sorted((k for k in row if k.startswith("f") and isinstance(row[k], dict)), key=lambda k: float(k[1:]))
+
+
 def _pick(row, which=("x", "y")):
     """The factor whose delivered half-data cube has the smallest held-out deviance (summed over ``which``: both
     instruments, or ``("y",)`` the sharp-spectral one alone)."""
-    keys = [k for k in row if k.startswith("f") and isinstance(row[k], dict) and "deviance" in row[k]]
+    keys = [k for k in _factors(row) if "deviance" in row[k]]
     return min(keys, key=lambda k: sum(row[k]["deviance"][w] for w in which)) if keys else None
 
 
@@ -99,8 +101,7 @@ def summary(files):
         rs = [r for r in rows if r["size"] == size and "rl_best" in r]
         if not rs:
             continue
-        keys = sorted({k for r in rs for k in r if k.startswith("f") and k[1:].replace(".", "").replace("e-", "")
-                       .isdigit()}, key=lambda k: float(k[1:]))
+        keys = sorted({k for r in rs for k in _factors(r)}, key=lambda k: float(k[1:]))
         print(f"== {size}: {len(rs)} scenes with RL's oracle")
         for r in rs:
             for v, which in (("chosen", ("x", "y")), ("chosen_y", ("y",))):
@@ -137,20 +138,14 @@ def main(argv=None):
         return
     check_output(p, a.json, SCRIPT)
     specs, idx, size = selected_scenes(p, a)
-    try:
-        factors = [float(v) for v in a.factors.split(",")]
-    except ValueError:
-        factors = []
-    if not factors or any(not (math.isfinite(f) and f >= 0) for f in factors):
-        p.error(f"--factors: expected comma-separated fractions >= 0 like 0,0.03,0.1; got {a.factors!r}")
+    factors = parse_numbers(p, a.factors, "--factors", "fractions >= 0", "0,0.03,0.1")
     for i in idx:
         row = dict(run_scene(specs[i], size, factors, a.rl_oracle), index=i)
         if a.json:
             append_record(a.json, row, SCRIPT)
         print(f"{i} {row['name']} default {row['default']['nmse_db']:.2f} dB "
               f"{row['default']['velocity_rms_kms']:.1f} km/s | " + " | ".join(
-                  f"{k}: {row[k]['nmse_db']:.2f} {row[k]['velocity_rms_kms']:.1f}" for k in row
-                  if k.startswith("f") and isinstance(row[k], dict) and "nmse_db" in row[k])
+                  f"{k}: {row[k]['nmse_db']:.2f} {row[k]['velocity_rms_kms']:.1f}" for k in _factors(row))
               + f" | pick {_pick(row)}" + (f" | RL oracle {row['rl_best']['nmse_db']:.2f} "
                                          f"{row['rl_best']['velocity_rms_kms']:.1f}" if "rl_best" in row else "")
               + f" | {row['t_s']:.0f} s", flush=True)

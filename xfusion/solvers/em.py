@@ -158,6 +158,11 @@ def _sq_diff(a, b):
     return out
 
 
+def _sum(a):
+    """``sum(a)`` in float64 (a block's share): the total the spectral-shape prior of :attr:`EMProx.post` needs."""
+    return float(np.sum(a, dtype=np.float64))
+
+
 def _sq(a):
     """``sum(a^2)`` (a block's share): see :func:`_row_total`."""
     out = _row_total(np.square(a))
@@ -194,7 +199,9 @@ class EMProx:
     balance_spatial = True
     #: a prior applied to the iterate before every EM step and to the solution (``fuse``'s ``shape_loop``: a
     #: :class:`~xfusion.regularizers.shape.SpectralShape`), or None. The state keeps the iterate as the step left it
-    #: (its EM correction computed there), so a checkpointed state resumes the same way (:meth:`_shrunk`).
+    #: (its EM correction computed there), so a checkpointed state resumes the same way (:meth:`_shrunk`). On Dask
+    #: the prior's total comes with the state, but the regularizer's statistics are then taken from the shrunk
+    #: iterate's step inside the prox: one more round trip per iteration than without ``post``.
     post = None
 
     def __init__(self, likelihood, regularizer=None, free=None, backend=None, roles=None):
@@ -368,6 +375,8 @@ class EMProx:
             # memory: see the backend); with :attr:`post` the step's prox computes them from the shrunk iterate's step
             stats = (self.reg, self.B.statistics(self.reg, self.B.map(_half, z, corr, self.sens))
                      if getattr(self.B, "stats_with_state", True) else None)
+        if self.post is not None:  # the total :attr:`post` needs to shrink z, on Dask in the same round trip
+            scalars["post_total"] = self.B.total(_sum, z)
         if z_prev is not None:  # ||z - z_prev||^2 and ||z||^2: totals, on Dask in the same round trip
             scalars.update(_dz2=self.B.total(_sq_diff, z, z_prev), _z2=self.B.total(_sq, z))
         state = self.B.finish(arrays, scalars, stats)
@@ -384,7 +393,7 @@ class EMProx:
         return self._state(z, 0.0)
 
     def step(self, state):
-        z0 = self._shrunk(state["z"])  # the iterate the EM step starts from (with :attr:`post`: shrunk first)
+        z0 = self._shrunk(state)  # the iterate the EM step starts from (with :attr:`post`: shrunk first)
         zh = self.B.map(_half, z0, state["corr"], self.sens)
         if self.reg is None:
             z, pen = zh, 0.0
@@ -421,16 +430,19 @@ class EMProx:
         den = self.B.total(_weighted_total, self.sens, z)
         return self.B.map(_rescaled, z, num, den)  # on Dask: reductions inside the graph, no round trip
 
-    def _shrunk(self, z):
-        """``z`` through :attr:`post` (on the backend: Dask blocks with the prior's halo), or ``z`` itself.
+    def _shrunk(self, state):
+        """The state's iterate ``z`` through :attr:`post` (on the backend: Dask blocks with the prior's halo, the
+        cube's total from the state, :meth:`_state`; recomputed for a state without it), or ``z`` itself.
 
         With ``post`` = P the iteration is ``z_{t+1} = prox(P(z_t) c(z_t) / s)``, ``c(z_t)`` the EM correction
         ``sum_i H_i^T(d_i / H_i z_t)`` of the state, and the solution is ``P(z_T)``: the prior shrinks every iterate
         the EM step reads, while the correction is the data's answer to the iterate as the previous step left it
         (what session 43 measured, ``benchmarks/shape_in_loop.py``)."""
         if self.post is None:
-            return z
-        return self.B.prox(self.post, z)[0]
+            return state["z"]
+        total = state.get("post_total")
+        stats = None if total is None else self.post.combine([total])
+        return self.B.prox(self.post, state["z"], stats)[0]
 
     def solution(self, state):
-        return self._shrunk(state["z"])
+        return self._shrunk(state)
