@@ -130,7 +130,7 @@ def test_auto_chooses_the_shape_prior_by_thinning(index, expect):
     from xfusion import metrics, scenes, tuning
 
     x, y, t = scenes.from_spec(scenes.suite("tune", n=48)[index], size="small")
-    r = xfusion.fuse(x, y, progress=False)
+    r = xfusion.fuse(x, y, progress=False, shape_prior=["auto", None])  # thinning alone (the default adds a floor)
     p = json.loads(r.attrs["parameters"])
     rec = p["auto_tuning"]["shape_prior"]
     assert p["shape_prior"] == rec["choice"]
@@ -198,7 +198,8 @@ def test_shape_prior_with_another_iteration_count_fits_half_the_counts():
     assert n0 in tuning.SHAPE_LADDER and len(rec["heldout_deviance"]) == len(tuning.SHAPE_LADDER)
     p = json.loads(xfusion.fuse(x, y, progress=False, max_iter=30).attrs["parameters"])
     rec = p["auto_tuning"]["shape_prior"]
-    assert rec["method"] == "not tuned" and rec["choice"] == p["shape_prior"] == tuning.SHAPE_ANCHOR
+    assert rec["method"] == "not tuned" and rec["choice"] == tuning.SHAPE_ANCHOR
+    assert p["shape_prior"] == rec["delivered"] == [tuning.SHAPE_ANCHOR, tuning.PIXEL_FLOOR]  # the default's floor
     assert rec["half_data_iterations"] == 24 > tuning.SHAPE_MAX_HALF_ITER
 
 
@@ -234,23 +235,27 @@ def test_half_fit_is_the_iterate_the_count_was_transferred_from():
 
 def test_auto_and_a_level_0_floor_in_one_fit():
     """``shape_prior="auto"`` is the default written out (refused before session 39: the option's check did not know
-    it). ``["auto", N]`` tunes the prior as the default does, then gives level 0 at least N pseudo-counts: the README's
-    velocity recipe (the default, then a second fit of its settings with ``[n0, max(n0_pixel, N)]``) in one fit, equal
-    to it bit for bit. Where the tuned level 0 is already above N nothing changes. With wavelet options given (no
-    family comparison) the prior is off unless asked for; asked for, it is tuned for that fit (session 40; before:
-    off, recorded "not tuned on this path"), as with the regularization named."""
+    it). ``["auto", N]`` tunes the prior by thinning, then gives level 0 at least N pseudo-counts: the velocity recipe
+    of session 36 (thinning alone, then a second fit of its settings with ``[n0, max(n0_pixel, N)]``) in one fit,
+    equal to it bit for bit. Since session 44 the default is ``["auto", PIXEL_FLOOR]`` with ``PIXEL_FLOOR = 1e5``
+    (``"auto"`` means it under ``regularization="auto"``; ``["auto", None]`` is thinning alone). Where the tuned level 0
+    is already above the floor nothing changes. With wavelet options given (no family comparison) the prior is off
+    unless asked for; asked for, it is tuned for that fit (session 40; before: off, recorded "not tuned on this
+    path"), as with the regularization named."""
     import xfusion
-    from xfusion import toy
+    from xfusion import toy, tuning
 
+    assert tuning.PIXEL_FLOOR == 1e5
     kw = dict(progress=False)
-    x, y, _ = toy.make("small", seed=1)  # the default takes n0 = 1e4 for both levels here
-    r = xfusion.fuse(x, y, **kw)
+    x, y, _ = toy.make("small", seed=1)  # thinning alone takes n0 = 1e4 for both levels here
+    r = xfusion.fuse(x, y, shape_prior=["auto", None], **kw)
     assert xfusion.settings_of(r)["shape_prior"] == 1e4
-    np.testing.assert_array_equal(xfusion.fuse(x, y, shape_prior="auto", **kw)["flux"].values, r["flux"].values)
-    v = xfusion.fuse(x, y, shape_prior=["auto", 1e5], **kw)
+    v = xfusion.fuse(x, y, **kw)  # the default
     assert xfusion.settings_of(v)["shape_prior"] == [1e4, 1e5]
     rec = json.loads(v.attrs["parameters"])["auto_tuning"]["shape_prior"]
     assert rec["choice"] == 1e4 and rec["pixel_floor"] == 1e5 and rec["delivered"] == [1e4, 1e5]
+    for same in ("auto", ["auto", 1e5]):
+        np.testing.assert_array_equal(xfusion.fuse(x, y, shape_prior=same, **kw)["flux"].values, v["flux"].values)
     recipe = xfusion.fuse(x, y, settings=r, shape_prior=[1e4, 1e5], **kw)  # the two-fit recipe
     np.testing.assert_array_equal(v["flux"].values, recipe["flux"].values)
     f0, f1 = r["flux"].values, v["flux"].values

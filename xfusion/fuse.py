@@ -1078,13 +1078,15 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     On Dask-backed data thinning runs on in-memory copies when it fits (:func:`xfusion.tuning.in_memory_copies`;
     the fit then runs on Dask), else ``wavelet2d1d`` with its fallbacks (recorded); with a Gaussian
     data term (no counts to thin, no EM): ``lowrank_sobolev`` (its ``mu`` by data fission when "auto")."""
-    from .tuning import WAVELET_KEYS, in_memory_copies, resolve_auto
+    from .tuning import PIXEL_FLOOR, WAVELET_KEYS, in_memory_copies, resolve_auto
 
     on_dask = client is not None or any(parallel.is_dask(o["counts"]) for o in observations
                                         if isinstance(o, xr.Dataset) and "counts" in o)
     wopts = {k: v for k, v in options.items() if k in WAVELET_KEYS}
     rest = {k: v for k, v in options.items() if k not in WAVELET_KEYS}
     shape_tuned, shape_floor = shape_auto(rest.get("shape_prior", "auto"))  # "auto" unless pseudo-counts are given
+    if isinstance(rest.get("shape_prior", "auto"), str):  # "auto" here: tuned, then level 0 at >= PIXEL_FLOOR
+        shape_floor = PIXEL_FLOOR                         # (session 44; ["auto", None] for no floor)
     # where nothing is tuned (the fallbacks below) an "auto" shape prior is what the default does there: off
     plain = {k: v for k, v in options.items() if not (k == "shape_prior" and shape_tuned)}
 

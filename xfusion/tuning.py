@@ -1710,6 +1710,15 @@ SHAPE_MAX_HALF_ITER = CANDIDATE_ITER
 #: tuning 48 small +0.10 dB, 24 full size +0.07; held out 72 small +0.17, 72 full size +0.10; 24 fresh seeds each
 #: +0.21 / +0.19; NMSE >= RL oracle and baselines unchanged on every set, velocity <= RL oracle unchanged or +1.
 PIXEL_LADDER = (1e5, 3e5, 1e6)
+#: level-0 floor of the default (``regularization="auto"`` with ``shape_prior`` "auto", the default: the pseudo-counts
+#: :func:`tune_shape` picks, then level 0 at ``max(n0_pixel, PIXEL_FLOOR)``; ``["auto", None]`` for none; session 44).
+#: Thinning cannot score a line's centroid inside one sharp-spectral pixel, and this floor pulls the pixel-scale
+#: centroid scatter toward the neighbourhood. Not fitted here: session 36's value, measured on the tuning seeds
+#: (s36, s39) and on all 192 held-out rows (s39: full-size velocity <= RL oracle 68 -> 71/77, small NMSE >= RL oracle
+#: 87 -> 84/96); adopted in session 44 on 48 fresh seeds never run before (criteria frozen first): full size velocity
+#: 35 -> 36/38, NMSE >= RL oracle 46 -> 46/48, baselines and flux 48/48, mean +0.008 dB; small velocity 28 -> 32/38,
+#: NMSE >= RL oracle 46 -> 46/48, mean -0.027 dB (benchmarks/QUALITY_HISTORY.md).
+PIXEL_FLOOR = 1e5
 
 
 def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4, half_fit=None):
