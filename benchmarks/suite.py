@@ -101,9 +101,11 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False, contin
         kw = {k: v for k, v in fuse_kwargs.items() if ch["regularization"] == "wavelet2d1d" or k not in
               tuning.WAVELET_KEYS}
         kw.update(ch)
-        if "shape_prior" not in kw:  # what fuse(regularization="auto") delivers through: its n0 by thinning
-            kw["shape_prior"], row["shape_prior"] = tuning.tune_shape(
+        if "shape_prior" not in kw:  # what fuse(regularization="auto") delivers through: its n0 by thinning, then
+            n0, rec = tuning.tune_shape(  # level 0 at >= tuning.PIXEL_FLOOR (session 44)
                 x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)
+            kw["shape_prior"] = tuning.with_pixel_floor(n0)
+            row["shape_prior"] = dict(rec, delivered=kw["shape_prior"])
         res = xfusion.fuse(x, y, progress=False, **kw)
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,
         # "wavelet2d1d") walks the same ladder); fitted only when "auto" chose RL or the thresholded candidate

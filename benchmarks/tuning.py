@@ -357,8 +357,8 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
         half = {}
         cur = tuning.select(x, y, complete=True, half_fit=half)
         ch = tuning.choice(cur)
-        extra = {"shape_prior": tuning.tune_shape(x, y, settings={k: v for k, v in ch.items()
-                                                                  if k not in tuning.DIAG_KEYS}, half_fit=half)[0]} \
+        extra = {"shape_prior": tuning.with_pixel_floor(tuning.tune_shape(  # level 0 >= PIXEL_FLOOR since session 44
+            x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)[0])} \
             if shape == "auto" else {}
         res = []
         for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):

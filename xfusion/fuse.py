@@ -1150,10 +1150,9 @@ def _floored(floor, choice, record):
     maps; ``floor`` None: unchanged). Returns ``(delivered, record)``, the record saying what was delivered."""
     if floor is None:
         return choice, record
-    from .regularizers.shape import levels_of
+    from .tuning import with_pixel_floor
 
-    n0, n0_pixel = levels_of(choice)
-    out = [n0, max(n0_pixel, float(floor))]
+    out = with_pixel_floor(choice, floor)
     return out, dict(record, pixel_floor=float(floor), delivered=out)
 
 

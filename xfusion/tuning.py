@@ -1721,6 +1721,18 @@ PIXEL_LADDER = (1e5, 3e5, 1e6)
 PIXEL_FLOOR = 1e5
 
 
+def with_pixel_floor(choice, floor=PIXEL_FLOOR):
+    """The spectral-shape prior's pseudo-counts ``choice`` (``n0`` or ``[n0, n0_pixel]``) with level 0 at no fewer than
+    ``floor`` photons: ``[n0, max(n0_pixel, floor)]`` (``floor`` None: ``choice`` unchanged). What ``fuse`` delivers
+    through after :func:`tune_shape` (``shape_prior`` "auto": ``floor`` :data:`PIXEL_FLOOR`; ``["auto", N]``: N)."""
+    if floor is None:
+        return choice
+    from .regularizers.shape import levels_of
+
+    n0, n0_pixel = levels_of(choice)
+    return [n0, max(n0_pixel, float(floor))]
+
+
 def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4, half_fit=None):
     """Pseudo-counts of the spectral-shape prior (:mod:`xfusion.regularizers.shape`) by Poisson thinning.
 
