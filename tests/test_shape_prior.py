@@ -356,3 +356,18 @@ def test_a_named_run_with_an_auto_shape_prior_resumes_and_runs_on_dask(tmp_path)
     assert xfusion.settings_of(lazy)["shape_prior"] == xfusion.settings_of(whole)["shape_prior"]
     a, b = lazy["flux"].values, whole["flux"].values
     assert float(np.abs(a - b).max()) <= 1e-5 * float(b.max())
+
+
+def test_with_pixel_floor_raises_level_0_only():
+    """``tuning.with_pixel_floor``: level 0 at no fewer than the floor, level 1 and above untouched, a level 0 already
+    above the floor kept, None: no floor (the value passed back as given)."""
+    from xfusion import tuning
+
+    assert tuning.with_pixel_floor(1e4) == [1e4, 1e5]
+    assert tuning.with_pixel_floor([3e3, 3e5]) == [3e3, 3e5]
+    assert tuning.with_pixel_floor([1e4, 1e4], 3e4) == [1e4, 3e4]
+    assert tuning.with_pixel_floor(3e5) == [3e5, 3e5]  # n0 above the floor: level 0 keeps n0 (equal to 3e5 alone)
+    choice = [1e3, 2e3]
+    assert tuning.with_pixel_floor(choice, None) is choice
+    with pytest.raises(ValueError):
+        tuning.with_pixel_floor(-1.0)

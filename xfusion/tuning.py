@@ -155,7 +155,9 @@ What is selected, per regularization:
   half-data cube is the tuning's own iterate of the chosen candidate (the one its count was transferred from), so the
   stage costs no fit and long fits are scored too. Since session 37 a second stage (:func:`_tune_pixel_level`) gives
   level 0 (each pixel against its neighbourhood) its own pseudo-counts from :data:`PIXEL_LADDER` when they predict the
-  held-out half better than ``n0`` by more than one paired standard error: ``shape_prior=[n0, N]``.
+  held-out half better than ``n0`` by more than one paired standard error: ``shape_prior=[n0, N]``. Since session 44
+  ``fuse`` then raises level 0 to at least :data:`PIXEL_FLOOR` (1e5; :func:`with_pixel_floor`), a fixed prior on the
+  pixel-scale line-centroid scatter that no held-out count can score (adopted on fresh seeds, criteria frozen first).
 
 Everything runs in memory (NumPy); :func:`tune` and :func:`select` refuse Dask-backed observations with a message.
 :func:`xfusion.fuse` given Dask-backed observations tunes on in-memory copies of them when the tuning fits

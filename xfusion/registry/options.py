@@ -135,8 +135,8 @@ def _shape_prior(name, v):
     except ValueError:
         raise ValueError(f"option shape_prior must be None (off), a number of pseudo-counts > 0 (photons, e.g. "
                          f"1e4), a pair [n0, n0_pixel] of them, \"auto\" (chosen by Poisson thinning: the default "
-                         f"of regularization=\"auto\") or [\"auto\", N] (chosen by thinning, level 0 at >= N, e.g. "
-                         f"1e5 for velocity maps); got {v!r}") from None
+                         f"of regularization=\"auto\") or [\"auto\", N] (chosen by thinning, level 0 at >= N, "
+                         f"e.g. 3e5; [\"auto\", None]: no floor, the default's is 1e5); got {v!r}") from None
 
 
 SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"auto\", [\"auto\", N] or None",
@@ -146,10 +146,12 @@ SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"a
                              "A pair ``[n0, n0_pixel]`` gives level 0 (a pixel against its nearest neighbours) its "
                              "own pseudo-counts. ``regularization=\"auto\"`` chooses it by Poisson thinning "
                              "(``\"auto\"``, its default there: n0 among 1e3-3e7, then level 0, "
-                             ":func:`xfusion.tuning.tune_shape`); ``[\"auto\", N]`` does the same, then gives level "
-                             "0 at least N pseudo-counts (``[\"auto\", 1e5]``: the README's recipe for velocity maps, "
-                             "in one fit). With a named regularization (or wavelet options given) ``\"auto\"`` "
-                             "is chosen the same way for that fit (session 40; e.g. ``regularization=\"none\", "
+                             ":func:`xfusion.tuning.tune_shape`), then gives level 0 at least "
+                             ":data:`xfusion.tuning.PIXEL_FLOOR` = 1e5 pseudo-counts (session 44, for the velocity "
+                             "maps); ``[\"auto\", N]`` does the same with the floor N, ``[\"auto\", None]`` "
+                             "without one. With a named regularization (or wavelet options given) ``\"auto\"`` "
+                             "is chosen the same way for that fit, with no floor unless N is given (session 40; "
+                             "e.g. ``regularization=\"none\", "
                              "max_iter=\"auto\", shape_prior=\"auto\"``: plain RL for line maps).", _shape_prior)
 
 
