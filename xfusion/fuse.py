@@ -671,18 +671,18 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         ``xfusion.tuning.IN_MEMORY_BYTES``, fall back to ``wavelet2d1d`` (recorded); smaller Dask-backed data are
         tuned on in-memory copies and fitted on Dask (the record's ``in_memory`` says so). ``"auto"`` delivers the
         cube of the family thinning chose through the spectral-shape prior (option ``shape_prior``: None for off,
-        pseudo-counts, or ``"auto"``, the default: chosen by thinning too, :func:`xfusion.tuning.tune_shape`,
-        then level 0 (each pixel against its nearest neighbours) at no fewer than
-        :data:`xfusion.tuning.PIXEL_FLOOR` = 1e5 pseudo-counts, which thinning cannot judge and which keeps the
-        pixel-to-pixel scatter of line centroids down (session 44); ``["auto", N]``: the same with the floor N,
-        ``["auto", None]``: thinning alone; :mod:`xfusion.regularizers.shape`): faint pixels take their neighbourhood's spectral shape, every pixel
-        keeps its total (held-out small suite, session 8: beats both naive baselines on 23/24 scenes against 18,
-        mean NMSE 20.16 against 19.73 dB). A named regularization (or wavelet options given) takes the prior only when
-        asked: ``shape_prior="auto"`` (or ``["auto", N]``) is then chosen by thinning for that fit, after its other
-        settings, with no floor unless N is given (session 40; ``regularization="none", max_iter="auto", shape_prior="auto"`` is plain RL for line
-        maps, README). ``shape_loop`` (pseudo-counts, a pair, or None, the default): the same prior applied to the
-        iterate before every EM step as well (session 43; off in every default; measured on line-free skies at 0.3
-        times the chosen ``shape_prior``, README).
+        pseudo-counts, or ``"auto"``, the default: chosen by thinning too, :func:`xfusion.tuning.tune_shape`, then
+        level 0 (each pixel against its nearest neighbours) at no fewer than :data:`xfusion.tuning.PIXEL_FLOOR` = 1e5
+        pseudo-counts, which thinning cannot judge and which keeps the pixel-to-pixel scatter of line centroids down
+        (session 44); ``["auto", N]``: the same with the floor N, ``["auto", None]``: thinning alone;
+        :mod:`xfusion.regularizers.shape`): faint pixels take their neighbourhood's spectral shape, every pixel keeps
+        its total (held-out small suite, session 8: beats both naive baselines on 23/24 scenes against 18, mean NMSE
+        20.16 against 19.73 dB). A named regularization (or wavelet options given) takes the prior only when asked:
+        ``shape_prior="auto"`` (or ``["auto", N]``) is then chosen by thinning for that fit, after its other settings,
+        with no floor unless N is given (session 40; ``regularization="none", max_iter="auto", shape_prior="auto"`` is
+        plain RL for line maps, README). ``shape_loop`` (pseudo-counts, a pair, or None, the default): the same prior
+        applied to the iterate before every EM step as well (session 43; off in every default; measured on line-free
+        skies at 0.3 times the chosen ``shape_prior``, README).
         ``wavelet2d1d``: l1 norm of the 2D-1D starlet coefficients (2D on each channel, then 1D along each spectrum), soft-thresholded at k
         noise sigmas. ``lowrank``: Z = W V with V the mean and leading principal components of
         the sharp-spectral spectra (regularized by early stopping). ``lowrank_sobolev``: plus

@@ -1717,7 +1717,7 @@ PIXEL_LADDER = (1e5, 3e5, 1e6)
 #: Thinning cannot score a line's centroid inside one sharp-spectral pixel, and this floor pulls the pixel-scale
 #: centroid scatter toward the neighbourhood. Not fitted here: session 36's value, measured on the tuning seeds
 #: (s36, s39) and on all 192 held-out rows (s39: full-size velocity <= RL oracle 68 -> 71/77, small NMSE >= RL oracle
-#: 87 -> 84/96); adopted in session 44 on 48 fresh seeds never run before (criteria frozen first): full size velocity
+#: 87 -> 84/96, 83/96 end to end in session 44); adopted in session 44 on 48 fresh seeds never run before (criteria frozen first): full size velocity
 #: 35 -> 36/38, NMSE >= RL oracle 46 -> 46/48, baselines and flux 48/48, mean +0.008 dB; small velocity 28 -> 32/38,
 #: NMSE >= RL oracle 46 -> 46/48, mean -0.027 dB (benchmarks/QUALITY_HISTORY.md).
 PIXEL_FLOOR = 1e5
