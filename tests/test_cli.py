@@ -308,6 +308,9 @@ def test_option_stabilize_none_is_the_string(toy_dir, tmp_path, capsys):
     from xfusion.cli import _parse_options
 
     assert _parse_options(["stabilize=none", "shape_prior=none"]) == {"stabilize": "none", "shape_prior": None}
+    # a list holding None (TOML has no null): the default's shape prior without its level-0 floor (session 44)
+    assert _parse_options(['shape_prior=["auto", null]', 'shape_prior2=["auto", 1e5]', "name=abc"]) == {
+        "shape_prior": ["auto", None], "shape_prior2": ["auto", 1e5], "name": "abc"}
     out = tmp_path / "s.zarr"
     assert main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out), "--no-progress",
                  "--option", "stabilize=none"] + PINNED[:-2] + ["--max-iter", "2"]) == 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import re
 import signal
@@ -264,12 +265,20 @@ def _write_file(path, text):
 
 
 def _parse_value(text):
-    """Parse an --option value: TOML literal (1, 0.5, true, "s", [1, 2]), none/null -> None, else a string."""
+    """Parse an --option value: TOML literal (1, 0.5, true, "s", [1, 2]), none/null -> None, JSON where TOML has no
+    word for it (``["auto", null]``: a list holding None), else a string."""
     if text.strip().lower() in ("none", "null"):
         return None
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
+        pass
+    def refuse(name):  # NaN / Infinity stay strings, as before (the option's check then names them)
+        raise ValueError(name)
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError:
         return text
 
 
@@ -851,8 +860,8 @@ def build_parser():
     f.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="regularization/solver option, repeatable: e.g. k=1.5 (threshold in noise sigmas), "
                         "n_scales_2d=1, n_scales_1d=5 (wavelet scales), rank=10 (spectral components), "
-                        "mu=0.03 (Sobolev weight), step=... (ista). Values are TOML literals; unknown keys "
-                        "are an error")
+                        "mu=0.03 (Sobolev weight), step=... (ista). Values are TOML literals (or JSON, for a list "
+                        "holding null: shape_prior='[\"auto\", null]'); unknown keys are an error")
     f.set_defaults(func=cmd_fuse)
 
     t = sub.add_parser(
