@@ -68,6 +68,22 @@ def selected_scenes(parser, args):
     return specs, idx, ("small" if args.size == "small" else None)
 
 
+def suite_rows(parser, args, script, run):
+    """The scene loop of the suite benchmarks: refuses a ``--json`` path ``script`` did not write (before any work),
+    calls ``run(spec, size)`` on each scene :func:`selected_scenes` selects, adds the row's ``index``, appends it to
+    ``--json`` and yields it (for the script to print). A scene whose ``run`` returns None is skipped."""
+    check_output(parser, args.json, script)
+    specs, idx, size = selected_scenes(parser, args)
+    for i in idx:
+        row = run(specs[i], size)
+        if row is None:
+            continue
+        row["index"] = i
+        if args.json:
+            append_record(args.json, row, script)
+        yield row
+
+
 def parse_numbers(parser, text, option, what, example):
     """Comma-separated finite numbers >= 0 (``what``, e.g. "pseudo-counts", like ``example``) as a list of floats;
     ``parser.error`` otherwise."""

@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import add_suite_options, append_record, check_output, selected_scenes  # benchmarks/bench_cli.py
+from bench_cli import add_suite_options, suite_rows  # benchmarks/bench_cli.py
 from shape_floor import CSV, Scene  # benchmarks/shape_floor.py
 from suite import _beats  # benchmarks/suite.py
 from xfusion import tuning
@@ -149,20 +149,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.summary:
         return summary(args.summary)
-    check_output(ap, args.json, SCRIPT)
-    specs, idx, size = selected_scenes(ap, args)
-    for i in idx:
-        row = run_scene(specs[i], size,
-                        args.split == "tune" and not args.no_default, args.floor, args.oracle_count)
-        row["index"] = i
+    default = args.split == "tune" and not args.no_default
+    for row in suite_rows(ap, args, SCRIPT,
+                          lambda spec, size: run_scene(spec, size, default, args.floor, args.oracle_count)):
         d = row.get("default", {})
-        print(f"{i} {row['name']}: RL {row['rl_iterations']} it, shape {row['rl_shape_prior']}: "
+        print(f"{row['index']} {row['name']}: RL {row['rl_iterations']} it, shape {row['rl_shape_prior']}: "
               + "; ".join(f"{v} {row[v]['nmse_db']:.2f} dB v {row[v]['velocity_rms_kms']:.1f} "
                           f"w {row[v]['width_rms_kms']:.1f}" for v in VARIANTS + ("rl_floor", "rl_shape_oracle_count") if v in row)
               + (f"; RL oracle v {row['rl_best']['velocity_rms_kms']:.1f}" if d else "")
               + f" ({row['t_s']:.0f} s)", flush=True)
-        if args.json:
-            append_record(args.json, row, SCRIPT)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import xfusion
-from bench_cli import add_suite_options, append_record, check_output, parse_numbers, selected_scenes  # noqa: E501
+from bench_cli import add_suite_options, parse_numbers, suite_rows  # benchmarks/bench_cli.py
 from suite import _beats, _science  # benchmarks/suite.py
 from xfusion import analysis, baselines, metrics, scenes
 from xfusion.grid import SPATIAL, assign_roles, fusion_grid
@@ -182,15 +182,10 @@ def main(argv=None):
     if a.summary:
         summary(a.summary)
         return
-    check_output(p, a.json, SCRIPT)
-    specs, idx, size = selected_scenes(p, a)
     floors = parse_numbers(p, a.floors, "--floors", "pseudo-counts", "3e4,1e5")
-    for i in idx:
-        row = dict(run_scene(specs[i], size, floors, a.rl_oracle), index=i)
-        if a.json:
-            append_record(a.json, row, SCRIPT)
+    for row in suite_rows(p, a, SCRIPT, lambda spec, size: run_scene(spec, size, floors, a.rl_oracle)):
         d = row["default"]
-        print(f"{i} {row['name']} repro {row['reproduced_db']:+.4f} dB | default {d['nmse_db']:.2f} dB "
+        print(f"{row['index']} {row['name']} repro {row['reproduced_db']:+.4f} dB | default {d['nmse_db']:.2f} dB "
               f"{d['velocity_rms_kms']:.1f} km/s | " + " | ".join(
                   f"N={N:g}: {row[f'floor_{N:g}']['nmse_db']:.2f} {row[f'floor_{N:g}']['velocity_rms_kms']:.1f}"
                   for N in floors) + (f" | RL oracle {row['rl_best']['nmse_db']:.2f} "

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import add_suite_options, append_record, check_output, parse_numbers, selected_scenes  # noqa: E501
+from bench_cli import add_suite_options, parse_numbers, suite_rows  # benchmarks/bench_cli.py
 from shape_floor import Scene  # benchmarks/shape_floor.py
 from suite import _beats  # benchmarks/suite.py
 from xfusion import tuning
@@ -136,14 +136,9 @@ def main(argv=None):
     if a.summary:
         summary(a.summary)
         return
-    check_output(p, a.json, SCRIPT)
-    specs, idx, size = selected_scenes(p, a)
     factors = parse_numbers(p, a.factors, "--factors", "fractions >= 0", "0,0.03,0.1")
-    for i in idx:
-        row = dict(run_scene(specs[i], size, factors, a.rl_oracle), index=i)
-        if a.json:
-            append_record(a.json, row, SCRIPT)
-        print(f"{i} {row['name']} default {row['default']['nmse_db']:.2f} dB "
+    for row in suite_rows(p, a, SCRIPT, lambda spec, size: run_scene(spec, size, factors, a.rl_oracle)):
+        print(f"{row['index']} {row['name']} default {row['default']['nmse_db']:.2f} dB "
               f"{row['default']['velocity_rms_kms']:.1f} km/s | " + " | ".join(
                   f"{k}: {row[k]['nmse_db']:.2f} {row[k]['velocity_rms_kms']:.1f}" for k in _factors(row))
               + f" | pick {_pick(row)}" + (f" | RL oracle {row['rl_best']['nmse_db']:.2f} "

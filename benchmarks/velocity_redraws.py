@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import add_suite_options, append_record, check_output, selected_scenes  # benchmarks/bench_cli.py
+from bench_cli import add_suite_options, suite_rows  # benchmarks/bench_cli.py
 from shape_floor import CSV, Scene  # benchmarks/shape_floor.py
 from xfusion import scenes
 
@@ -116,19 +116,11 @@ def main(argv=None):
         return summary(args.summary)
     if args.draws < 1:
         ap.error("--draws: at least 1 (the suite's own draw)")
-    check_output(ap, args.json, SCRIPT)
-    specs, idx, size = selected_scenes(ap, args)
-    for i in idx:
-        row = run_scene(specs[i], size, args.draws)
-        if row is None:
-            continue
-        row["index"] = i
+    for row in suite_rows(ap, args, SCRIPT, lambda spec, size: run_scene(spec, size, args.draws)):
         d = row["draws"]
-        print(f"{i} {row['name']}: " + "; ".join(
+        print(f"{row['index']} {row['name']}: " + "; ".join(
             f"{r['default']['velocity_rms_kms']:.1f}/{r['rl_best']['velocity_rms_kms']:.1f}" for r in d)
             + f" km/s default/RL oracle ({sum(r['t_s'] for r in d):.0f} s)", flush=True)
-        if args.json:
-            append_record(args.json, row, SCRIPT)
     return 0
 
 

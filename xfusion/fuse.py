@@ -1086,9 +1086,9 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
                                         if isinstance(o, xr.Dataset) and "counts" in o)
     wopts = {k: v for k, v in options.items() if k in WAVELET_KEYS}
     rest = {k: v for k, v in options.items() if k not in WAVELET_KEYS}
-    shape_tuned, shape_floor = shape_auto(rest.get("shape_prior", "auto"))  # "auto" unless pseudo-counts are given
-    if isinstance(rest.get("shape_prior", "auto"), str):  # "auto" here: tuned, then level 0 at >= PIXEL_FLOOR
-        shape_floor = PIXEL_FLOOR                         # (session 44; ["auto", None] for no floor)
+    asked = rest.get("shape_prior", "auto")  # "auto" here: tuned, then level 0 at >= PIXEL_FLOOR (session 44)
+    default = isinstance(asked, str) and asked == "auto"
+    shape_tuned, shape_floor = shape_auto(["auto", PIXEL_FLOOR] if default else asked)
     # where nothing is tuned (the fallbacks below) an "auto" shape prior is what the default does there: off
     plain = {k: v for k, v in options.items() if not (k == "shape_prior" and shape_tuned)}
 
