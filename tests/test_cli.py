@@ -330,6 +330,14 @@ def test_option_shape_prior_auto_with_a_level_0_floor(toy_dir, tmp_path, capsys)
                  "--option", 'shape_prior=["auto", 1e5]']) == 0
     p = json.loads(xr.open_zarr(out, consolidated=False).attrs["parameters"])
     assert p["shape_prior"] == [1e4, 1e5] and p["auto_tuning"]["shape_prior"]["pixel_floor"] == 1e5
+    # a config file cannot write null (TOML has none): ["auto", "none"] is thinning alone, no floor (session 45)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[options]\nshape_prior = ["auto", "none"]\n')
+    out2 = tmp_path / "w.zarr"
+    assert main(["fuse", str(toy_dir / "x.zarr"), str(toy_dir / "y.zarr"), "-o", str(out2), "--no-progress",
+                 "--config", str(cfg)]) == 0
+    p = json.loads(xr.open_zarr(out2, consolidated=False).attrs["parameters"])
+    assert p["shape_prior"] == 1e4 and "pixel_floor" not in p["auto_tuning"]["shape_prior"]
     capsys.readouterr()
 
 

@@ -250,6 +250,9 @@ def test_auto_and_a_level_0_floor_in_one_fit():
     x, y, _ = toy.make("small", seed=1)  # thinning alone takes n0 = 1e4 for both levels here
     r = xfusion.fuse(x, y, shape_prior=["auto", None], **kw)
     assert xfusion.settings_of(r)["shape_prior"] == 1e4
+    # TOML has no null: a config file writes ["auto", "none"] for the same (session 45)
+    np.testing.assert_array_equal(xfusion.fuse(x, y, shape_prior=["auto", "none"], **kw)["flux"].values,
+                                  r["flux"].values)
     v = xfusion.fuse(x, y, **kw)  # the default
     assert xfusion.settings_of(v)["shape_prior"] == [1e4, 1e5]
     rec = json.loads(v.attrs["parameters"])["auto_tuning"]["shape_prior"]
@@ -269,7 +272,7 @@ def test_auto_and_a_level_0_floor_in_one_fit():
     assert xfusion.settings_of(f3)["shape_prior"] == [1e4, 1e6]
     np.testing.assert_array_equal(f3["flux"].values, d3["flux"].values)
 
-    for bad in (["auto"], ["auto", -1.0], ["auto", "1e5"], "Auto", ["auto", 1e5, 1e6]):
+    for bad in (["auto"], ["auto", -1.0], ["auto", "1e5"], ["auto", "nothing"], "Auto", ["auto", 1e5, 1e6]):
         with pytest.raises(ValueError, match="option shape_prior must be"):
             xfusion.fuse(x, y, shape_prior=bad, **kw)
     # wavelet options given: no family comparison, and the prior only when asked for (then tuned for that fit)

@@ -115,11 +115,12 @@ def null_space(default, auto=True):
 
 def shape_auto(v):
     """``(auto, floor)`` of a ``shape_prior`` value: ``"auto"`` -> ``(True, None)``; ``["auto", N]`` -> ``(True, N)``
-    (thinning picks the pseudo-counts, then level 0 gets at least ``N``); anything else ``(False, None)``."""
+    (thinning picks the pseudo-counts, then level 0 gets at least ``N``); ``["auto", None]`` and its spelling for
+    TOML, which has no null, ``["auto", "none"]`` -> ``(True, None)``; anything else ``(False, None)``."""
     if isinstance(v, str):
         return v == "auto", None
     if isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) and v[0] == "auto":
-        return True, v[1]
+        return True, None if isinstance(v[1], str) and v[1].lower() == "none" else v[1]
     return False, None
 
 
@@ -136,7 +137,8 @@ def _shape_prior(name, v):
         raise ValueError(f"option shape_prior must be None (off), a number of pseudo-counts > 0 (photons, e.g. "
                          f"1e4), a pair [n0, n0_pixel] of them, \"auto\" (chosen by Poisson thinning: the default "
                          f"of regularization=\"auto\") or [\"auto\", N] (chosen by thinning, level 0 at >= N, "
-                         f"e.g. 3e5; [\"auto\", None]: no floor, the default's is 1e5); got {v!r}") from None
+                         f"e.g. 3e5; [\"auto\", None], in TOML [\"auto\", \"none\"]: no floor, the default's is 1e5); "
+                         f"got {v!r}") from None
 
 
 SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"auto\", [\"auto\", N] or None",
@@ -149,7 +151,7 @@ SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"a
                              ":func:`xfusion.tuning.tune_shape`), then gives level 0 at least "
                              ":data:`xfusion.tuning.PIXEL_FLOOR` = 1e5 pseudo-counts (session 44, for the velocity "
                              "maps); ``[\"auto\", N]`` does the same with the floor N, ``[\"auto\", None]`` "
-                             "without one. With a named regularization (or wavelet options given) ``\"auto\"`` "
+                             "(in a TOML file ``[\"auto\", \"none\"]``) without one. With a named regularization (or wavelet options given) ``\"auto\"`` "
                              "is chosen the same way for that fit, with no floor unless N is given (session 40; "
                              "e.g. ``regularization=\"none\", "
                              "max_iter=\"auto\", shape_prior=\"auto\"``: plain RL for line maps).", _shape_prior)
