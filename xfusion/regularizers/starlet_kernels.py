@@ -25,7 +25,10 @@ The kernels release the GIL and run on the caller's thread (the starlet's block 
 threads; Numba's own threading is not used). They take 3D blocks; :mod:`~xfusion.regularizers.starlet`
 uses NumPy for other shapes, or when Numba is not installed (``available`` False) or
 ``XFUSION_NUMBA=0``. They are compiled on first use in each process (about 3 s per dtype on the
-2-core machine) and not cached on disk: Numba's cache index is a pickle, and xfusion reads no pickles.
+2-core machine) and not cached on disk: Numba's cache index is a pickle, and xfusion reads no pickles. The two
+helpers (:func:`_refl`, :func:`_tap`) are plain compiled functions that LLVM inlines; inlining them in Numba's own IR
+(``inline="always"``, until session 45) gave the same machine speed and cost compile time: :func:`warm` for both
+dtypes 7.6-8.2 -> 6.5 s (two runs each, load 2 from other jobs; ``benchmarks/starlet.py`` timings equal within noise).
 
 Measured in session 26 (2-core VM, 45x45x2400 float32): ``starlet2d`` with one scale 25 -> 11 ms,
 ``starlet1d`` with two scales 20 -> 9 ms; one EM step of the thresholded 2D-1D prior 0.23 -> 0.19 s;
@@ -61,13 +64,13 @@ def takes(*arrays) -> bool:
 if njit is not None:
     _jit = njit(nogil=True, cache=False)
 
-    @njit(inline="always", nogil=True)
+    @njit(nogil=True)
     def _refl(i, n):
         """Position ``i`` mapped into ``[0, n)`` by repeated half-sample reflection (scipy ``mode='reflect'``)."""
         i = i % (2 * n)
         return 2 * n - 1 - i if i >= n else i
 
-    @njit(inline="always", nogil=True)
+    @njit(nogil=True)
     def _tap(left, right, c):
         """``((left + right) + c) + c``: NumPy's 3-tap pass for one element, its roundings in its order."""
         v = left + right
