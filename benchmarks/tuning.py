@@ -8,6 +8,7 @@
     python benchmarks/tuning.py null_iters 1,6,11 small  # null space zero vs threshold (iterations by thinning) vs RL
     python benchmarks/tuning.py hindsight 0,1,6 heldout small  # 'auto' choice vs best visited candidate in hindsight
     python benchmarks/tuning.py hindsight 73,78 heldout small auto 96 science  # + each candidate's line-map errors
+    python benchmarks/tuning.py hindsight 0-143 heldout default auto table  # the README table's 144 held-out rows
     python benchmarks/tuning.py shaped_family 73,78 heldout small 96  # families ranked before / after the shape prior
     python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl 0,1,2  # curves + paired SEs per scene (JSON lines)
     python benchmarks/tuning.py guard_rules out.jsonl 0 25     # selection / transfer rules compared offline on them
@@ -181,6 +182,15 @@ def _suite_full(i, size, split="tune", n=24):
     return spec, x, y, truth
 
 
+def table_n(i):
+    """The suite size whose scene ``i`` is row ``i`` of the README table (``results/suite_heldout.csv``): rows 0-23,
+    24-47, 48-71, 72-95 come from ``suite("heldout", n=24 | 48 | 72 | 96)``, rows 96-143 from ``n=144`` (a suite's
+    draws depend on its size: ``suite(n=96)[0]`` is another scene than row 0)."""
+    if not 0 <= i < 144:
+        raise ValueError(f"the table has rows 0-143; got {i}")
+    return 24 * (i // 24 + 1) if i < 96 else 144
+
+
 def _suite_scene(i, size, split="tune", n=24):
     spec, x, y, truth = _suite_full(i, size, split, n)
     return spec["name"], x, y, truth["flux"]
@@ -335,14 +345,17 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
     19; since session 20 the pseudo-counts ``tuning.tune_shape`` picks for the choice, the same for every candidate;
     since session 21 scored on the choice's own half-data iterate);
     "none": off (the session-7 measure). ``n_suite``: the suite's size (``xfusion.scenes.suite(split, n=n_suite)``; 48 gives 24
-    more scenes, 24-47, that the 24-scene suite does not hold). ``science`` (session 40): also the velocity- and
+    more scenes, 24-47, that the 24-scene suite does not hold; "table": each held-out index from the suite size that
+    gives the README table's row, :func:`table_n`, session 45). ``science`` (session 40): also the velocity- and
     line-width-map RMS errors (km/s, brighter half, as ``benchmarks/suite.py`` measures them) of every candidate, on
     scenes with lines."""
     import os
 
     losses = []
+    if n_suite == "table" and split != "heldout":
+        raise ValueError("N 'table' names the held-out rows of the README table; give the split 'heldout'")
     for i in indices:
-        spec, x, y, truth = _suite_full(i, size, split, n_suite)
+        spec, x, y, truth = _suite_full(i, size, split, table_n(i) if n_suite == "table" else int(n_suite))
         name, t = spec["name"], truth["flux"]
         lm = scenes.line_map_args(truth) if science else None
         lsf = float(truth.attrs["lsf_sigma_kev"])
@@ -1412,7 +1425,20 @@ def patience_rules(paths, rules=((10, 1.0), (10, 0.5), (10, 0.35), (10, 0.25), (
               f"fits changed: {len(changed)} {changed}")
 
 def _ints(text):
-    return [int(v) for v in text.split(",")]
+    """``0,3,5`` or ranges ``0-23,96-143`` -> the list of indices."""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return out
+
+
+def _check_table(a):
+    """Refuse before any work a ``hindsight`` N of "table" with another split or an index outside the table."""
+    if _opt(a, 4) == "table":
+        if _opt(a, 1, "heldout") != "heldout":
+            raise ValueError("N 'table' names the held-out rows of the README table; give the split 'heldout'")
+        [table_n(i) for i in _ints(a[0])]
 
 
 def _opt(a, i, default=None, conv=str):
@@ -1443,7 +1469,8 @@ COMMANDS = {
         shaped_family(i, sp, z, n))),
     # a sixth argument "science" adds each candidate's velocity- and width-map RMS errors (session 40)
     "hindsight": ("INDICES [SPLIT] [SIZE] [SHAPE] [N] [science]", lambda a: (
-        lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, int), sc=_opt(a, 5) == "science":
+        lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, lambda v: v if v == "table" else int(v)),
+        sc=_opt(a, 5) == "science", _=_check_table(a):
         hindsight(i, *rest, *([n] if n else []), science=sc))),
     "guard_data": ("INDICES SPLIT N OUT [SEEDS]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], sd=tuple(_opt(a, 4, [0, 1, 2], _ints)):
