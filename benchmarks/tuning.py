@@ -9,6 +9,7 @@
     python benchmarks/tuning.py hindsight 0,1,6 heldout small  # 'auto' choice vs best visited candidate in hindsight
     python benchmarks/tuning.py hindsight 73,78 heldout small auto 96 science  # + each candidate's line-map errors
     python benchmarks/tuning.py hindsight 0-143 heldout default auto table  # the README table's 144 held-out rows
+    python benchmarks/tuning.py hindsight_csv out.csv full=a.log small=b.log  # hindsight logs as one CSV
     python benchmarks/tuning.py shaped_family 73,78 heldout small 96  # families ranked before / after the shape prior
     python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl 0,1,2  # curves + paired SEs per scene (JSON lines)
     python benchmarks/tuning.py guard_rules out.jsonl 0 25     # selection / transfer rules compared offline on them
@@ -395,6 +396,46 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
     loss = np.array(losses)
     print(f"within 0.5 dB of the best candidate in hindsight: {np.sum(loss >= -0.5)}/{loss.size}; mean loss "
           f"{loss.mean():+.2f} dB, worst {loss.min():+.2f} dB")
+
+
+def hindsight_csv(out, *logs):
+    """One CSV row per scene of :func:`hindsight` logs (``SIZE=LOG``, e.g. ``full=a.log small=b.log``): size, scene,
+    the choice and the best candidate (JSON), their NMSE (dB), the loss and whether it is within 0.5 dB, the number of
+    candidates; then prints the count within 0.5 dB per size (session 45: ``results/hindsight_heldout.csv``)."""
+    import ast
+    import csv
+    import re
+
+    line_re = re.compile(r"^(.+?): choice (\{.*?\}) -> (\S+) dB, best in hindsight (\S+) dB, loss (\S+) dB; (.*) "
+                         r"\(\d+ s, load \S+\)$")
+    rows = []
+    for item in logs:
+        size, _, path = item.partition("=")
+        if not path:
+            raise ValueError(f"give each log as SIZE=PATH (e.g. full=a.log); got {item!r}")
+        for line in open(path):
+            m = line_re.match(line.rstrip("\n"))
+            if not m:
+                continue
+            cands = []
+            for part in m.group(6).split("; "):
+                js, rest = part.split(": dev ", 1)
+                cands.append((json.loads(js), float(rest.split(", ")[1].split(" dB")[0])))
+            best = max(cands, key=lambda c: c[1])[0]
+            loss = float(m.group(5))
+            rows.append({"size": size, "scene": m.group(1), "choice": json.dumps(ast.literal_eval(m.group(2)),
+                                                                                sort_keys=True),
+                         "nmse_choice_db": m.group(3), "nmse_best_db": m.group(4), "loss_db": m.group(5),
+                         "within_0_5_db": loss >= -0.5, "best_candidate": json.dumps(best, sort_keys=True),
+                         "candidates": len(cands)})
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    for size in dict.fromkeys(r["size"] for r in rows):
+        rs = [r for r in rows if r["size"] == size]
+        print(f"{size}: {sum(r['within_0_5_db'] for r in rs)}/{len(rs)} within 0.5 dB of the best candidate in "
+              f"hindsight; mean loss {np.mean([float(r['loss_db']) for r in rs]):+.3f} dB")
 
 
 def shaped_family(indices, split="heldout", size="small", n_suite=24):
@@ -1472,6 +1513,7 @@ COMMANDS = {
         lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, lambda v: v if v == "table" else int(v)),
         sc=_opt(a, 5) == "science", _=_check_table(a):
         hindsight(i, *rest, *([n] if n else []), science=sc))),
+    "hindsight_csv": ("OUT SIZE=LOG ...", lambda a: (lambda: hindsight_csv(a[0], *a[1:]))),
     "guard_data": ("INDICES SPLIT N OUT [SEEDS]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], sd=tuple(_opt(a, 4, [0, 1, 2], _ints)):
         guard_data(i, s, n, out=o, seeds=sd))),
