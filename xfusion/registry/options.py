@@ -151,7 +151,8 @@ SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"a
                              ":func:`xfusion.tuning.tune_shape`), then gives level 0 at least "
                              ":data:`xfusion.tuning.PIXEL_FLOOR` = 1e5 pseudo-counts (session 44, for the velocity "
                              "maps); ``[\"auto\", N]`` does the same with the floor N, ``[\"auto\", None]`` "
-                             "(in a TOML file ``[\"auto\", \"none\"]``) without one. With a named regularization (or wavelet options given) ``\"auto\"`` "
+                             "(in a TOML file ``[\"auto\", \"none\"]``) without one. With a named "
+                             "regularization (or wavelet options given) ``\"auto\"`` "
                              "is chosen the same way for that fit, with no floor unless N is given (session 40; "
                              "e.g. ``regularization=\"none\", "
                              "max_iter=\"auto\", shape_prior=\"auto\"``: plain RL for line maps).", _shape_prior)
