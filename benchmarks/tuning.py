@@ -192,6 +192,16 @@ def table_n(i):
     return 24 * (i // 24 + 1) if i < 96 else 144
 
 
+def suite_sizes(indices, split, n_suite):
+    """The suite size of each index: ``n_suite`` for all, or with "table" each held-out row's own (:func:`table_n`);
+    ``ValueError`` for "table" with another split or an index outside the table."""
+    if n_suite != "table":
+        return [int(n_suite)] * len(indices)
+    if split != "heldout":
+        raise ValueError("N 'table' names the held-out rows of the README table; give the split 'heldout'")
+    return [table_n(i) for i in indices]
+
+
 def _suite_scene(i, size, split="tune", n=24):
     spec, x, y, truth = _suite_full(i, size, split, n)
     return spec["name"], x, y, truth["flux"]
@@ -353,10 +363,8 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
     import os
 
     losses = []
-    if n_suite == "table" and split != "heldout":
-        raise ValueError("N 'table' names the held-out rows of the README table; give the split 'heldout'")
-    for i in indices:
-        spec, x, y, truth = _suite_full(i, size, split, table_n(i) if n_suite == "table" else int(n_suite))
+    for i, n in zip(indices, suite_sizes(indices, split, n_suite)):  # every index checked before any work
+        spec, x, y, truth = _suite_full(i, size, split, n)
         name, t = spec["name"], truth["flux"]
         lm = scenes.line_map_args(truth) if science else None
         lsf = float(truth.attrs["lsf_sigma_kev"])
@@ -428,6 +436,8 @@ def hindsight_csv(out, *logs):
                          "nmse_choice_db": m.group(3), "nmse_best_db": m.group(4), "loss_db": m.group(5),
                          "within_0_5_db": loss >= -0.5, "best_candidate": json.dumps(best, sort_keys=True),
                          "candidates": len(cands)})
+    if not rows:
+        raise ValueError(f"no hindsight result line in {', '.join(logs)}: not logs of `tuning.py hindsight`")
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -1474,14 +1484,6 @@ def _ints(text):
     return out
 
 
-def _check_table(a):
-    """Refuse before any work a ``hindsight`` N of "table" with another split or an index outside the table."""
-    if _opt(a, 4) == "table":
-        if _opt(a, 1, "heldout") != "heldout":
-            raise ValueError("N 'table' names the held-out rows of the README table; give the split 'heldout'")
-        [table_n(i) for i in _ints(a[0])]
-
-
 def _opt(a, i, default=None, conv=str):
     return conv(a[i]) if len(a) > i else default
 
@@ -1511,7 +1513,7 @@ COMMANDS = {
     # a sixth argument "science" adds each candidate's velocity- and width-map RMS errors (session 40)
     "hindsight": ("INDICES [SPLIT] [SIZE] [SHAPE] [N] [science]", lambda a: (
         lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, lambda v: v if v == "table" else int(v)),
-        sc=_opt(a, 5) == "science", _=_check_table(a):
+        sc=_opt(a, 5) == "science", _=_opt(a, 4) and suite_sizes(_ints(a[0]), _opt(a, 1, "heldout"), a[4]):
         hindsight(i, *rest, *([n] if n else []), science=sc))),
     "hindsight_csv": ("OUT SIZE=LOG ...", lambda a: (lambda: hindsight_csv(a[0], *a[1:]))),
     "guard_data": ("INDICES SPLIT N OUT [SEEDS]", lambda a: (
