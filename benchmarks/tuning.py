@@ -10,6 +10,8 @@
     python benchmarks/tuning.py hindsight 73,78 heldout small auto 96 science  # + each candidate's line-map errors
     python benchmarks/tuning.py hindsight 0-143 heldout default auto table  # the README table's 144 held-out rows
     python benchmarks/tuning.py hindsight_csv out.csv full=a.log small=b.log  # hindsight logs as one CSV
+    python benchmarks/tuning.py ladder_scores 0-143 full out.jsonl  # k rungs: deviance by fraction, split, iteration
+    python benchmarks/tuning.py ladder_scores_table full out.jsonl  # ... against the best rung on all counts
     python benchmarks/tuning.py shaped_family 73,78 heldout small 96  # families ranked before / after the shape prior
     python benchmarks/tuning.py guard_data 0,1,2 tune 48 out.jsonl 0,1,2  # curves + paired SEs per scene (JSON lines)
     python benchmarks/tuning.py guard_rules out.jsonl 0 25     # selection / transfer rules compared offline on them
@@ -409,7 +411,9 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
 def hindsight_csv(out, *logs):
     """One CSV row per scene of :func:`hindsight` logs (``SIZE=LOG``, e.g. ``full=a.log small=b.log``): size, scene,
     the choice and the best candidate (JSON), their NMSE (dB), the loss and whether it is within 0.5 dB, the number of
-    candidates; then prints the count within 0.5 dB per size (session 45: ``results/hindsight_heldout.csv``)."""
+    candidates and (session 46) every candidate's setting, held-out deviance on half the counts (null for the chosen
+    zeroed candidate at its transferred count, an extra fit) and NMSE on all counts (dB), a JSON list; then prints
+    the count within 0.5 dB per size (session 45: ``results/hindsight_heldout.csv``)."""
     import ast
     import csv
     import re
@@ -428,14 +432,17 @@ def hindsight_csv(out, *logs):
             cands = []
             for part in m.group(6).split("; "):
                 js, rest = part.split(": dev ", 1)
-                cands.append((json.loads(js), float(rest.split(", ")[1].split(" dB")[0])))
+                dev, nmse = rest.split(", ")[:2]
+                cands.append((json.loads(js), float(nmse.split(" dB")[0]), None if dev == "nan" else float(dev)))
             best = max(cands, key=lambda c: c[1])[0]
             loss = float(m.group(5))
             rows.append({"size": size, "scene": m.group(1), "choice": json.dumps(ast.literal_eval(m.group(2)),
                                                                                 sort_keys=True),
                          "nmse_choice_db": m.group(3), "nmse_best_db": m.group(4), "loss_db": m.group(5),
                          "within_0_5_db": loss >= -0.5, "best_candidate": json.dumps(best, sort_keys=True),
-                         "candidates": len(cands)})
+                         "candidates": len(cands),
+                         "candidate_scores": json.dumps([{"setting": c, "heldout_deviance": d, "nmse_db": v}
+                                                         for c, v, d in cands])})
     if not rows:
         raise ValueError(f"no hindsight result line in {', '.join(logs)}: not logs of `tuning.py hindsight`")
     with open(out, "w", newline="") as f:
@@ -446,6 +453,93 @@ def hindsight_csv(out, *logs):
         rs = [r for r in rows if r["size"] == size]
         print(f"{size}: {sum(r['within_0_5_db'] for r in rs)}/{len(rs)} within 0.5 dB of the best candidate in "
               f"hindsight; mean loss {np.mean([float(r['loss_db']) for r in rs]):+.3f} dB")
+
+
+#: ladder_scores variants: (label, thinning fraction, split index, prior iterations after the warm start)
+SCORE_RUNS = (("f0.5", 0.5, 0, 24), ("f0.5 split1", 0.5, 1, 12), ("f0.7", 0.7, 0, 12), ("f0.8", 0.8, 0, 12))
+
+
+def _hindsight_rows(path, size):
+    """The held-out rows of a :func:`hindsight_csv` file for one size (``full`` or ``small``), table order."""
+    import csv
+
+    rows = [r for r in csv.DictReader(open(path)) if r["size"] == size]
+    if len(rows) != 144 or "candidate_scores" not in rows[0]:
+        raise ValueError(f"{path}: expected the 144 {size} rows of hindsight_csv with candidate_scores (session 46)")
+    return rows
+
+
+def _zeroed_rungs(row):
+    """{k: all-count NMSE (dB)} of the zeroed rungs a hindsight row visited (each at fuse's default stop)."""
+    return {c["setting"]["k"]: c["nmse_db"] for c in json.loads(row["candidate_scores"])
+            if c["setting"].get("null_space") == "zero" and "regularization" not in c["setting"]}
+
+
+def ladder_scores(indices, size, out, hind="benchmarks/results/hindsight_heldout.csv"):
+    """Session 46 probe: is the k rung that the held-out deviance picks (half the counts, 12 prior iterations) off
+    the all-count best rung because of the split's noise, of fitting on half the counts, or of scoring after 12
+    iterations? Per held-out table row (``size`` ``full`` or ``small``): every zeroed rung the hindsight run visited
+    (``hind``: its CSV), run from the tuning's warm start (3 EM iterations on the fitted part) without abandonment;
+    the held-out deviance at every prior iterate for each of :data:`SCORE_RUNS` (fraction 0.5 on the tuning's split
+    0 to 24 iterations, on split 1, and fractions 0.7 and 0.8, to 12). One JSON line per row (resumable);
+    :func:`ladder_scores_table` compares the picks (python benchmarks/tuning.py ladder_scores 0-143 full out.jsonl)."""
+    rows = _hindsight_rows(hind, size)
+    try:
+        done = {json.loads(line)["index"] for line in open(out)}
+    except FileNotFoundError:
+        done = set()
+    for i in indices:
+        if i in done:
+            continue
+        t0 = time.perf_counter()
+        spec, x, y, _ = _suite_full(i, "default" if size == "full" else "small", "heldout", table_n(i))
+        if spec["name"] != rows[i]["scene"]:
+            raise ValueError(f"row {i}: scene {spec['name']!r} is not the CSV's {rows[i]['scene']!r}")
+        curves = {}
+        for label, frac, s, n in SCORE_RUNS:
+            sp = tuning._splits([x, y], frac, s + 1, 0, "float32")[s]
+            z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+            curves[label] = {str(k): [round(float(c), 3) for c in tuning._run_em(
+                sp, tuning._wavelet_reg({}, {"k": k, "null_space": "zero", "n_scales_1d": 2}), z0, n, None)[1]]
+                for k in sorted(_zeroed_rungs(rows[i]))}
+        with open(out, "a") as fh:
+            fh.write(json.dumps({"index": i, "scene": spec["name"], "curves": curves}) + "\n")
+        print(f"{i} {spec['name']} {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def ladder_scores_table(size, path, hind="benchmarks/results/hindsight_heldout.csv", csv_out=None):
+    """Summarise :func:`ladder_scores` rows: per scoring variant, the rung of least held-out deviance (at iteration H
+    or the least over iterations 1..H) against the rung of best all-count NMSE (each at fuse's default stop, from the
+    hindsight CSV): within 0.5 dB of it, mean loss, exact hits. ``csv_out``: one row per scene with every pick."""
+    import csv
+
+    rows = _hindsight_rows(hind, size)
+    recs = {r["index"]: r for r in map(json.loads, open(path))}
+    variants = [(f"{lab} H12", lab, 12, False) for lab, *_ in SCORE_RUNS] + \
+        [(f"f0.5 H{h}{' min' if m else ''}", "f0.5", h, m) for h in (6, 8, 24) for m in (False, True)]
+    table, per_scene = {v[0]: [] for v in variants}, []
+    for i in sorted(recs):
+        nm = _zeroed_rungs(rows[i])
+        top = max(nm.values())
+        line = {"size": size, "row": i, "scene": rows[i]["scene"], "hindsight_loss_db": rows[i]["loss_db"],
+                "rungs": json.dumps(nm), "best_k": max(nm, key=nm.get)}
+        for name, lab, h, use_min in variants:
+            c = recs[i]["curves"][lab]
+            score = {float(k): (min(v[1:h + 1]) if use_min else v[h]) for k, v in c.items()}
+            k = min(score, key=score.get)
+            table[name].append(nm[k] - top)
+            line[name] = k
+        per_scene.append(line)
+    print(f"{size}: {len(recs)} rows; the rung of least held-out deviance against the best rung on all counts")
+    for name, loss in table.items():
+        a = np.array(loss)
+        print(f"  {name:18s} within 0.5 dB {np.sum(a >= -0.5)}/{a.size}, mean loss {a.mean():+.3f} dB, "
+              f"exact {np.sum(a == 0)}")
+    if csv_out:
+        with open(csv_out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(per_scene[0]))
+            w.writeheader()
+            w.writerows(per_scene)
 
 
 def shaped_family(indices, split="heldout", size="small", n_suite=24):
@@ -1516,6 +1610,11 @@ COMMANDS = {
         sc=_opt(a, 5) == "science", _=_opt(a, 4) and suite_sizes(_ints(a[0]), _opt(a, 1, "heldout"), a[4]):
         hindsight(i, *rest, *([n] if n else []), science=sc))),
     "hindsight_csv": ("OUT SIZE=LOG ...", lambda a: (lambda: hindsight_csv(a[0], *a[1:]))),
+    "ladder_scores": ("INDICES SIZE OUT [HINDSIGHT_CSV]", lambda a: (
+        lambda i=_ints(a[0]), z=a[1], o=a[2], h=_opt(a, 3): ladder_scores(i, z, o, *([h] if h else [])))),
+    "ladder_scores_table": ("SIZE PATH [HINDSIGHT_CSV] [CSV_OUT]", lambda a: (
+        lambda z=a[0], p=a[1], h=_opt(a, 2), c=_opt(a, 3):
+        ladder_scores_table(z, p, *([h] if h else ["benchmarks/results/hindsight_heldout.csv"]), csv_out=c))),
     "guard_data": ("INDICES SPLIT N OUT [SEEDS]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], sd=tuple(_opt(a, 4, [0, 1, 2], _ints)):
         guard_data(i, s, n, out=o, seeds=sd))),
