@@ -271,3 +271,31 @@ def test_shape_in_loop_bad_factors_and_the_summary_pick(run, tmp_path):
     assert "picks (chosen): f0 1, f0.1 1" in out
     # the sharp-spectral deviance alone (1.0 everywhere here): the first factor, f0, on both
     assert "velocity <= RL oracle 0/2" in lines["chosen_y"] and "picks (chosen_y): f0 2, f0.1 0" in out
+
+
+def test_hindsight_csv_keeps_every_candidate(run, tmp_path):
+    """Session 46: hindsight_csv's candidate_scores hold each candidate's setting, held-out deviance (null for the
+    chosen zeroed fit at its transferred count, printed as "dev nan") and all-count NMSE, parsed from the log line;
+    ladder_scores_table refuses a CSV without that column (the session-45 format) before reading any probe rows."""
+    log = tmp_path / "h.log"
+    log.write_text(
+        "noise line\n"
+        "snr_shell/7 xr gauss 1.0e+06 psf2.0: choice {'k': 2.0, 'max_iter': 9, 'n_scales_1d': 2, 'null_space': 'zero', "
+        "'regularization': 'wavelet2d1d'} -> 14.10 dB, best in hindsight 14.46 dB, loss -0.36 dB; "
+        '{"k": 1.0, "n_scales_1d": 2, "null_space": "zero"}: dev 273161, 14.46 dB; '
+        '{"max_iter": 18, "regularization": "none"}: dev 281755, 12.54 dB, v 20.1 w 30.2 km/s; '
+        '{"chosen": true, "k": 2.0, "max_iter": 9, "n_scales_1d": 2, "null_space": "zero", '
+        '"regularization": "wavelet2d1d"}: dev nan, 14.10 dB (57 s, load 2.2)\n')
+    out = tmp_path / "h.csv"
+    rc, text = run("tuning.py", "hindsight_csv", str(out), f"full={log}")
+    assert rc == 0 and "full: 1/1 within 0.5 dB" in text, text
+    (row,) = list(csv.DictReader(open(out)))
+    assert row["candidates"] == "3" and row["best_candidate"] == '{"k": 1.0, "n_scales_1d": 2, "null_space": "zero"}'
+    scores = json.loads(row["candidate_scores"])
+    assert [s["heldout_deviance"] for s in scores] == [273161.0, 281755.0, None]
+    assert [s["nmse_db"] for s in scores] == [14.46, 12.54, 14.10]
+    assert scores[1]["setting"] == {"max_iter": 18, "regularization": "none"}
+    old = tmp_path / "old.csv"
+    old.write_text("size,scene,choice\nfull,a,{}\n")
+    with pytest.raises(ValueError, match="144 full rows of hindsight_csv with candidate_scores"):
+        run("tuning.py", "ladder_scores_table", "full", str(tmp_path / "missing.jsonl"), str(old))
