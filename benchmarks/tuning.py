@@ -469,9 +469,11 @@ def _hindsight_rows(path, size):
     return rows
 
 
-def _zeroed_rungs(row):
-    """{k: all-count NMSE (dB)} of the zeroed rungs a hindsight row visited (each at fuse's default stop)."""
-    return {c["setting"]["k"]: c["nmse_db"] for c in json.loads(row["candidate_scores"])
+def _zeroed_rungs(row, what="nmse_db"):
+    """{k: all-count NMSE (dB)} of the zeroed rungs a hindsight row visited (each at fuse's default stop); ``what``
+    ``heldout_deviance``: the deviance the ladder scored each rung by (at iteration 12, or earlier where the run
+    stopped because its deviance rose twice above the best rung's)."""
+    return {c["setting"]["k"]: c[what] for c in json.loads(row["candidate_scores"])
             if c["setting"].get("null_space") == "zero" and "regularization" not in c["setting"]}
 
 
@@ -509,13 +511,13 @@ def ladder_scores(indices, size, out, hind="benchmarks/results/hindsight_heldout
 
 def ladder_scores_table(size, path, hind="benchmarks/results/hindsight_heldout.csv", csv_out=None):
     """Summarise :func:`ladder_scores` rows: per scoring variant, the rung of least held-out deviance (at iteration H
-    or the least over iterations 1..H) against the rung of best all-count NMSE (each at fuse's default stop, from the
+    or the least over iterations 1..H; "ladder as run": the deviances the hindsight run recorded) against the rung of best all-count NMSE (each at fuse's default stop, from the
     hindsight CSV): within 0.5 dB of it, mean loss, exact hits. ``csv_out``: one row per scene with every pick."""
     import csv
 
     rows = _hindsight_rows(hind, size)
     recs = {r["index"]: r for r in map(json.loads, open(path))}
-    variants = [(f"{lab} H12", lab, 12, False) for lab, *_ in SCORE_RUNS] + \
+    variants = [("ladder as run", None, 12, False)] + [(f"{lab} H12", lab, 12, False) for lab, *_ in SCORE_RUNS] + \
         [(f"f0.5 H{h}{' min' if m else ''}", "f0.5", h, m) for h in (6, 8, 24) for m in (False, True)]
     table, per_scene = {v[0]: [] for v in variants}, []
     for i in sorted(recs):
@@ -524,8 +526,10 @@ def ladder_scores_table(size, path, hind="benchmarks/results/hindsight_heldout.c
         line = {"size": size, "row": i, "scene": rows[i]["scene"], "hindsight_loss_db": rows[i]["loss_db"],
                 "rungs": json.dumps(nm), "best_k": max(nm, key=nm.get)}
         for name, lab, h, use_min in variants:
-            c = recs[i]["curves"][lab]
-            score = {float(k): (min(v[1:h + 1]) if use_min else v[h]) for k, v in c.items()}
+            if lab is None:
+                score = _zeroed_rungs(rows[i], "heldout_deviance")
+            else:
+                score = {float(k): (min(v[1:h + 1]) if use_min else v[h]) for k, v in recs[i]["curves"][lab].items()}
             k = min(score, key=score.get)
             table[name].append(nm[k] - top)
             line[name] = k
