@@ -518,7 +518,8 @@ def ladder_scores_table(size, path, hind="benchmarks/results/hindsight_heldout.c
     rows = _hindsight_rows(hind, size)
     recs = {r["index"]: r for r in map(json.loads, open(path))}
     variants = [("ladder as run", None, 12, False)] + [(f"{lab} H12", lab, 12, False) for lab, *_ in SCORE_RUNS] + \
-        [(f"f0.5 H{h}{' min' if m else ''}", "f0.5", h, m) for h in (6, 8, 24) for m in (False, True)]
+        [(f"f0.5 H{h}{' min' if m else ''}", "f0.5", h, m) for h in (6, 8, 12, 24) for m in (False, True)
+         if (h, m) != (12, False)]
     table, per_scene = {v[0]: [] for v in variants}, []
     for i in sorted(recs):
         nm = _zeroed_rungs(rows[i])
