@@ -31,6 +31,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -456,6 +457,7 @@ def hindsight_csv(out, *logs):
 
 
 #: ladder_scores variants: (label, thinning fraction, split index, prior iterations after the warm start)
+HINDSIGHT_CSV = str(Path(__file__).resolve().parent / "results" / "hindsight_heldout.csv")
 SCORE_RUNS = (("f0.5", 0.5, 0, 24), ("f0.5 split1", 0.5, 1, 12), ("f0.7", 0.7, 0, 12), ("f0.8", 0.8, 0, 12))
 
 
@@ -477,7 +479,7 @@ def _zeroed_rungs(row, what="nmse_db"):
             if c["setting"].get("null_space") == "zero" and "regularization" not in c["setting"]}
 
 
-def ladder_scores(indices, size, out, hind="benchmarks/results/hindsight_heldout.csv"):
+def ladder_scores(indices, size, out, hind=HINDSIGHT_CSV):
     """Session 46 probe: is the k rung that the held-out deviance picks (half the counts, 12 prior iterations) off
     the all-count best rung because of the split's noise, of fitting on half the counts, or of scoring after 12
     iterations? Per held-out table row (``size`` ``full`` or ``small``): every zeroed rung the hindsight run visited
@@ -509,10 +511,11 @@ def ladder_scores(indices, size, out, hind="benchmarks/results/hindsight_heldout
         print(f"{i} {spec['name']} {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def ladder_scores_table(size, path, hind="benchmarks/results/hindsight_heldout.csv", csv_out=None):
+def ladder_scores_table(size, path, hind=HINDSIGHT_CSV, csv_out=None):
     """Summarise :func:`ladder_scores` rows: per scoring variant, the rung of least held-out deviance (at iteration H
-    or the least over iterations 1..H; "ladder as run": the deviances the hindsight run recorded) against the rung of best all-count NMSE (each at fuse's default stop, from the
-    hindsight CSV): within 0.5 dB of it, mean loss, exact hits. ``csv_out``: one row per scene with every pick."""
+    or the least over iterations 1..H; "ladder as run": the deviances the hindsight run recorded) against the rung of
+    best all-count NMSE (each at fuse's default stop, from the hindsight CSV): within 0.5 dB of it, mean loss, exact
+    hits. ``csv_out``: one row per scene with every pick (session 46: ``results/ladder_scores_{full,small}.csv``)."""
     import csv
 
     rows = _hindsight_rows(hind, size)
@@ -1619,7 +1622,7 @@ COMMANDS = {
         lambda i=_ints(a[0]), z=a[1], o=a[2], h=_opt(a, 3): ladder_scores(i, z, o, *([h] if h else [])))),
     "ladder_scores_table": ("SIZE PATH [HINDSIGHT_CSV] [CSV_OUT]", lambda a: (
         lambda z=a[0], p=a[1], h=_opt(a, 2), c=_opt(a, 3):
-        ladder_scores_table(z, p, *([h] if h else ["benchmarks/results/hindsight_heldout.csv"]), csv_out=c))),
+        ladder_scores_table(z, p, *([h] if h else []), csv_out=c))),
     "guard_data": ("INDICES SPLIT N OUT [SEEDS]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], sd=tuple(_opt(a, 4, [0, 1, 2], _ints)):
         guard_data(i, s, n, out=o, seeds=sd))),
