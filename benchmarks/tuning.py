@@ -9,6 +9,7 @@
     python benchmarks/tuning.py hindsight 0,1,6 heldout small  # 'auto' choice vs best visited candidate in hindsight
     python benchmarks/tuning.py hindsight 73,78 heldout small auto 96 science  # + each candidate's line-map errors
     python benchmarks/tuning.py hindsight 0-143 heldout default auto table  # the README table's 144 held-out rows
+    python benchmarks/tuning.py --ladder-score last hindsight 0-23 tune default auto 24  # rungs by their last deviance
     python benchmarks/tuning.py hindsight_csv out.csv full=a.log small=b.log  # hindsight logs as one CSV
     python benchmarks/tuning.py ladder_scores 0-143 full out.jsonl  # k rungs: deviance by fraction, split, iteration
     python benchmarks/tuning.py ladder_scores_table full out.jsonl  # ... against the best rung on all counts
@@ -349,7 +350,26 @@ def null_iters(indices, size="small", n_max=100, n_suite=24):
               f">= oracle - 0.5 in {np.sum(v >= np.array([r['rl_best'] for r in rows]) - 0.5)}/{len(rows)}", flush=True)
 
 
-def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, science=False):
+def _reusable(reuse, size, name, ch, cur):
+    """The candidates of the :func:`hindsight_csv` row of ``reuse`` (a CSV path or None) for this scene when the
+    selection visited the same candidates and made the same choice (so every all-count fit, shape prior included,
+    is the same as then): (its candidates, the choice's NMSE, the best NMSE, the loss); else None."""
+    import csv
+
+    if reuse is None:
+        return None
+    label = "full" if size == "default" else size
+    rows = [r for r in csv.DictReader(open(reuse)) if r["size"] == label and r["scene"] == name]
+    if len(rows) != 1 or rows[0]["choice"] != json.dumps(ch, sort_keys=True):
+        return None
+    old = json.loads(rows[0]["candidate_scores"])
+    now = [json.loads(str(st)) for st in cur["setting"].values]
+    if [c["setting"] for c in old if not c["setting"].get("chosen")] != now:
+        return None
+    return old, float(rows[0]["nmse_choice_db"]), float(rows[0]["nmse_best_db"]), float(rows[0]["loss_db"])
+
+
+def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, science=False, reuse=None):
     """Issue 13 target "the truth-free choice lands within 0.5 dB of the best setting in hindsight (same candidate
     grid)": for each suite scene, every candidate the 'auto' selection visited (the k rungs at the default null
     space, the thresholded candidate, plain RL at its transferred iteration count) is fitted on ALL counts
@@ -362,7 +382,9 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
     more scenes, 24-47, that the 24-scene suite does not hold; "table": each held-out index from the suite size that
     gives the README table's row, :func:`table_n`, session 45). ``science`` (session 40): also the velocity- and
     line-width-map RMS errors (km/s, brighter half, as ``benchmarks/suite.py`` measures them) of every candidate, on
-    scenes with lines."""
+    scenes with lines. ``reuse`` (session 47; a :func:`hindsight_csv` file, not with ``science``): where the
+    selection made the same choice among the same candidates as that file's row, the all-count NMSEs are taken from
+    it (the selection's own deviances printed) instead of fitting every candidate again."""
     import os
 
     losses = []
@@ -385,6 +407,18 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
         extra = {"shape_prior": tuning.with_pixel_floor(tuning.tune_shape(  # level 0 >= PIXEL_FLOOR since session 44
             x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)[0])} \
             if shape == "auto" else {}
+        old = _reusable(reuse, size, name, ch, cur) if not science else None
+        if old is not None:  # the row's own numbers (its loss unrounded), the selection's deviances
+            devs = list(cur["mean_deviance"].values)
+            res = [(c["setting"], float(devs[j]) if j < len(devs) else math.nan, c["nmse_db"], "")
+                   for j, c in enumerate(old[0])]
+            losses.append(old[3])
+            print(f"{name}: choice {ch} -> {old[1]:.2f} dB, best in hindsight {old[2]:.2f} dB, loss "
+                  f"{old[3]:+.2f} dB; " + "; ".join(f"{json.dumps(c, sort_keys=True)}: dev {d:.0f}, {v:.2f} dB"
+                                                            for c, d, v, _ in res)
+                  + f" ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+            print(f"reused: {name}", flush=True)
+            continue
         res = []
         for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
             cand = json.loads(str(st))
@@ -1614,10 +1648,12 @@ COMMANDS = {
         lambda i=_ints(a[0]), sp=_opt(a, 1, "heldout"), z=_opt(a, 2, "small"), n=_opt(a, 3, 24, int):
         shaped_family(i, sp, z, n))),
     # a sixth argument "science" adds each candidate's velocity- and width-map RMS errors (session 40)
-    "hindsight": ("INDICES [SPLIT] [SIZE] [SHAPE] [N] [science]", lambda a: (
+    # "reuse=CSV" instead: rows of that hindsight_csv file with the same choice and candidates are not refitted
+    "hindsight": ("INDICES [SPLIT] [SIZE] [SHAPE] [N] [science|reuse=CSV]", lambda a: (
         lambda i=_ints(a[0]), rest=a[1:4], n=_opt(a, 4, None, lambda v: v if v == "table" else int(v)),
-        sc=_opt(a, 5) == "science", _=_opt(a, 4) and suite_sizes(_ints(a[0]), _opt(a, 1, "heldout"), a[4]):
-        hindsight(i, *rest, *([n] if n else []), science=sc))),
+        sc=_opt(a, 5) == "science", ru=(_opt(a, 5) or "").partition("reuse=")[2] or None,
+        _=_opt(a, 4) and suite_sizes(_ints(a[0]), _opt(a, 1, "heldout"), a[4]):
+        hindsight(i, *rest, *([n] if n else []), science=sc, reuse=ru))),
     "hindsight_csv": ("OUT SIZE=LOG ...", lambda a: (lambda: hindsight_csv(a[0], *a[1:]))),
     "ladder_scores": ("INDICES SIZE OUT [HINDSIGHT_CSV]", lambda a: (
         lambda i=_ints(a[0]), z=a[1], o=a[2], h=_opt(a, 3): ladder_scores(i, z, o, *([h] if h else [])))),
@@ -1657,6 +1693,8 @@ def main(argv=None):
                                 epilog="sub-commands and their arguments:\n" + "\n".join(
                                     f"  {k} {v[0]}" for k, v in COMMANDS.items()))
     p.add_argument("command", choices=tuple(COMMANDS), metavar="COMMAND", help="one of the sub-commands below")
+    p.add_argument("--ladder-score", choices=("last", "least"), default=tuning.LADDER_SCORE,
+                   help="how each k rung's held-out curve scores it (xfusion.tuning.LADDER_SCORE; session 47)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the sub-command's arguments")
     a = p.parse_args(argv)
     usage, build = COMMANDS[a.command]
@@ -1669,7 +1707,11 @@ def main(argv=None):
         run = build(a.args)
     except (IndexError, ValueError) as exc:
         p.error(f"{a.command} {usage}: bad argument ({exc}); got {' '.join(a.args)}")
-    run()
+    before, tuning.LADDER_SCORE = tuning.LADDER_SCORE, a.ladder_score
+    try:
+        run()
+    finally:  # in-process callers (the tests) keep the library's value
+        tuning.LADDER_SCORE = before
     return 0
 
 

@@ -295,6 +295,19 @@ def test_hindsight_csv_keeps_every_candidate(run, tmp_path):
     assert [s["heldout_deviance"] for s in scores] == [273161.0, 281755.0, None]
     assert [s["nmse_db"] for s in scores] == [14.46, 12.54, 14.10]
     assert scores[1]["setting"] == {"max_iter": 18, "regularization": "none"}
+    # session 47: hindsight's reuse=CSV takes a row's numbers only for the same choice among the same candidates
+    import xarray as xr
+
+    mod = sys.modules["tuning"]
+    name = "snr_shell/7 xr gauss 1.0e+06 psf2.0"
+    ch = {"k": 2.0, "max_iter": 9, "n_scales_1d": 2, "null_space": "zero", "regularization": "wavelet2d1d"}
+    cur = xr.Dataset(coords={"setting": ("candidate", [json.dumps(s["setting"]) for s in scores[:2]])})
+    again = mod._reusable(str(out), "default", name, ch, cur)
+    assert again is not None and again[1:] == (14.10, 14.46, -0.36) and again[0] == scores
+    assert mod._reusable(str(out), "small", name, ch, cur) is None  # another size
+    assert mod._reusable(str(out), "default", name, dict(ch, max_iter=10), cur) is None  # another count
+    other = xr.Dataset(coords={"setting": ("candidate", [json.dumps(scores[0]["setting"])])})
+    assert mod._reusable(str(out), "default", name, ch, other) is None  # other candidates visited
     old = tmp_path / "old.csv"
     old.write_text("size,scene,choice\nfull,a,{}\n")
     with pytest.raises(ValueError, match="144 full rows of hindsight_csv with candidate_scores"):

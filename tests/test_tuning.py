@@ -456,6 +456,33 @@ def test_run_em_stops_a_hopeless_run_once_its_deviance_minimum_is_behind(small_t
     assert asked[0] == int(np.argmin(full[1:n + 1]) + 1)  # asked with the best iterate so far
 
 
+def test_ladder_scores_each_rung_by_its_last_or_least_heldout_deviance(small_toy, monkeypatch):
+    """Session 47: ``LADDER_SCORE`` "last" scores a wavelet candidate by the held-out deviance of its last ladder
+    iterate, "least" by its least over the iterates after the warm start; with "least" a run is abandoned only when
+    that least value is above the best candidate's score (its last value above it is not enough). k = 0.125 on the
+    small toy: its held-out deviance is least at iterate 4 of 12 and rises from there."""
+    x, y, _ = small_toy
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")[0]
+    cand = {"k": 0.125, "n_scales_1d": 2, "null_space": "zero"}
+    reg = tuning._wavelet_reg({}, cand)
+    z0 = tuning._run_em(sp, None, sp.start(), 3, None)[0]
+    _, curve, _, _ = tuning._run_em(sp, reg, z0, tuning.CANDIDATE_ITER, None)
+    i = int(np.argmin(curve[1:]) + 1)
+    assert 1 < i < len(curve) - 3 and curve[-1] > curve[i]
+    grid = [cand, {**cand, "k": 1.0}]
+    for how, want in (("last", curve[-1]), ("least", curve[i])):
+        monkeypatch.setattr(tuning, "LADDER_SCORE", how)
+        cur = tuning.tune(x, y, regularization="wavelet2d1d", grid=grid, seed=0)
+        assert float(cur["heldout_deviance"].values[0, 0]) == pytest.approx(want, rel=1e-6), how
+    above = curve[i] + 0.5 * (curve[-1] - curve[i])  # between the least and the last value
+    cut = tuning._run_em(sp, reg, z0, tuning.CANDIDATE_ITER, None, abandon_above=above)
+    kept = tuning._run_em(sp, reg, z0, tuning.CANDIDATE_ITER, None, abandon_above=above, abandon_least=True)
+    assert cut[3] and cut[2] < tuning.CANDIDATE_ITER and not kept[3] and kept[1] == curve
+    monkeypatch.setattr(tuning, "LADDER_SCORE", "best")
+    with pytest.raises(ValueError, match="LADDER_SCORE must be"):
+        tuning.tune(x, y, regularization="wavelet2d1d", grid=grid, seed=0)
+
+
 def test_run_em_patience_cuts_the_wait_past_the_minimum(small_toy):
     """``_run_em(patience=p)`` (session 25): the run stops at the first iterate ``it`` with ``it - i >= max(past_min,
     p * i)``, ``i`` the later of the deviance's and the squared error's minima so far; its curves are the start of the
@@ -544,11 +571,20 @@ def _ladder(cur):
     return sorted(json.loads(s)["k"] for s in cur["setting"].values)
 
 
-def test_k_walk_goes_past_8_only_while_deviance_and_sharp_spectral_squared_error_fall():
+def test_k_walk_goes_past_8_only_while_deviance_and_sharp_spectral_squared_error_fall(monkeypatch):
     """Two faint cluster cores whose held-out deviance still falls from k = 8 to 12. On seed 3 the sharp-spectral
     held-out squared error falls too: the walk takes rung 12 (absent from the old ladder). On seed 7 it rises: 12 is
     refused and is not a candidate. Each step is recorded with its deviance gain, standard error and squared-error
-    gain, in the curve and in the result's record."""
+    gain, in the curve and in the result's record. The guard does not depend on how a rung is scored; these seeds
+    walk as described with rungs scored by their last deviance (``LADDER_SCORE`` "last", sessions 1-46), against
+    which the recorded gain (paired, on the last iterates) is checked. Scored by the least deviance (the default since
+    session 47) no faint core of seeds 0-69 has its step refused; seed 1 takes rung 12."""
+    monkeypatch.setattr(tuning, "LADDER_SCORE", "least")
+    x, y, _ = scenes.make("cluster_core", seed=1, counts=3e4, psf_pixels=4.0, size="small")
+    steps = json.loads(tuning.tune(x, y, regularization="wavelet2d1d").attrs["details"])["k_above"]["steps"]
+    assert [s["k"] for s in steps] == [12.0] and steps[0]["gain"] > 0 and steps[0]["sq_gain_spectral"] > 0
+    monkeypatch.setattr(tuning, "LADDER_SCORE", "last")
+
     def walk(seed):
         x, y, _ = scenes.make("cluster_core", seed=seed, counts=3e4, psf_pixels=4.0, size="small")
         cur = tuning.tune(x, y, regularization="wavelet2d1d")

@@ -30,8 +30,9 @@ What is selected, per regularization:
   sharp-spectral held-out squared error improves too, :data:`K_GUARDED_ABOVE`). Every candidate starts from
   the same warm start (3 EM iterations on part A) and runs at most :data:`CANDIDATE_ITER`
   iterations (the ranking at 12 iterations matched the ranking at convergence on the scenes
-  we checked); a candidate whose held-out deviance rose twice in a row (after >= 3
-  iterations) above the best finished candidate is abandoned. The threshold ``k * sigma``
+  we checked); it is scored by its least held-out deviance over those iterations
+  (:data:`LADDER_SCORE`, session 47; its last until then), and a candidate whose held-out deviance rose twice in a
+  row (after >= 3 iterations) while its least value stays above the best finished candidate's score is abandoned. The threshold ``k * sigma``
   is relative to the noise of each band, so ``k`` transfers from half to full counts
   without rescaling.
 * The null-space treatment (``null_space``, ``n_scales_1d``) of the k ladder is fixed
@@ -525,7 +526,7 @@ class _ScoredEM(EMProx):
 
 
 def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, past_min=None, parts=None, best=None,
-            sq=None, hopeless=None, best_sq=None, patience=1.0):
+            sq=None, hopeless=None, best_sq=None, patience=1.0, abandon_least=False):
     """Run scored EM(+prox) on part A from ``z0``; return (z, heldout curve, n_iter, abandoned).
 
     ``parts`` (a list, optional) receives the held-out deviance of each observation at every iterate; ``best`` (a dict,
@@ -539,7 +540,8 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
 
     Stops like :func:`xfusion.fuse` (:func:`xfusion.solvers.loop.stopping_rule`: with a prior the relative
     change of the iterate, else of the objective, ``<= tol`` for 5 iterations; or ``max_iter``); abandons
-    when the held-out deviance rose ``patience_up`` times in a row and is above ``abandon_above``; with
+    when the held-out deviance rose ``patience_up`` times in a row and is above ``abandon_above`` (with
+    ``abandon_least``: its least value after ``z0`` is above it); with
     ``past_min``, stops once the iteration count exceeds ``argmin + max(past_min, patience * argmin)`` of the held-out
     curve (the minimum is then behind us; ``patience`` 1 by default: twice the minimum's iterate), and asks
     ``hopeless`` on the same schedule.
@@ -575,7 +577,8 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
         for b, v in ((best, curve[-1]), (best_sq, sq[-1] if sq is not None else None)):
             if b is not None and v < b["score"]:
                 b.update(score=v, z=np.array(state["z"], copy=True), i=it)
-        if (abandon_above is not None and it >= max(patience_up, 3) and curve[-1] > abandon_above
+        if (abandon_above is not None and it >= max(patience_up, 3)
+                and (min(curve[1:]) if abandon_least else curve[-1]) > abandon_above
                 and all(curve[-i] > curve[-i - 1] for i in range(1, patience_up + 1))):
             abandoned = True
             break
@@ -1029,6 +1032,15 @@ def _wavelet_reg(fixed, cand):
 
 #: iteration cap of each wavelet candidate on the fitted part (warm-started; the final fit uses fuse's own rule)
 CANDIDATE_ITER = 12
+#: how a wavelet candidate's held-out deviance curve over its ``CANDIDATE_ITER`` iterations scores it on the ladder:
+#: "least" (its least over the iterates after the warm start; the default since session 47) or "last" (its last
+#: iterate; sessions 1-46). Why: the zeroed ladder's pick lay above the all-count best rung more often than below it
+#: (a rung with a larger k still falling at iteration 12 looked better than a smaller k past its minimum). Measured
+#: through the whole "auto" choice (``benchmarks/tuning.py --ladder-score least hindsight``; mean NMSE of the choice,
+#: choice within 0.5 dB of the best visited candidate), last -> least: tuning seeds 24 full size +0.11 dB, 18 -> 19/24,
+#: 48 small +0.004 dB, 39 -> 40/48; then held out and on 48 fresh held-out seeds (benchmarks/QUALITY_HISTORY.md,
+#: session 47). No constant was fitted: the rule has no parameter.
+LADDER_SCORE = "least"
 
 
 def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_iter=None, select_null_space=False,
@@ -1067,6 +1079,10 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                       "sq_gain_spectral": round(sq, 3)})
         return sq > 0.0
 
+    if LADDER_SCORE not in ("last", "least"):
+        raise ValueError(f"LADDER_SCORE must be 'last' or 'least'; got {LADDER_SCORE!r}")
+    least = LADDER_SCORE == "least"
+
     def evaluate(cand):
         key = json.dumps(cand, sort_keys=True)
         if key in results:
@@ -1078,9 +1094,9 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
             z, curve, n, abandoned = _run_em(sp, _wavelet_reg(fixed, cand), z0,
                                              min(max_iter, candidate_iter or CANDIDATE_ITER), tol,
                                              abandon_above=best["score"] if np.isfinite(best["score"]) else None,
-                                             best=bz if keep is not None else None)
+                                             best=bz if keep is not None else None, abandon_least=least)
             bests.append(bz.get("z"))
-            scores.append(curve[-1])
+            scores.append(min(curve[1:]) if least and len(curve) > 1 else curve[-1])
             iters.append(n)
             ends.append(z)
             curves.append(curve)
