@@ -474,6 +474,7 @@ def test_ladder_scores_each_rung_by_its_last_or_least_heldout_deviance(small_toy
         monkeypatch.setattr(tuning, "LADDER_SCORE", how)
         cur = tuning.tune(x, y, regularization="wavelet2d1d", grid=grid, seed=0)
         assert float(cur["heldout_deviance"].values[0, 0]) == pytest.approx(want, rel=1e-6), how
+        assert json.loads(cur.attrs["details"])["ladder_score"] == how  # the record says how
     above = curve[i] + 0.5 * (curve[-1] - curve[i])  # between the least and the last value
     cut = tuning._run_em(sp, reg, z0, tuning.CANDIDATE_ITER, None, abandon_above=above)
     kept = tuning._run_em(sp, reg, z0, tuning.CANDIDATE_ITER, None, abandon_above=above, abandon_least=True)

@@ -32,8 +32,8 @@ What is selected, per regularization:
   iterations (the ranking at 12 iterations matched the ranking at convergence on the scenes
   we checked); it is scored by its least held-out deviance over those iterations
   (:data:`LADDER_SCORE`, session 47; its last until then), and a candidate whose held-out deviance rose twice in a
-  row (after >= 3 iterations) while its least value stays above the best finished candidate's score is abandoned. The threshold ``k * sigma``
-  is relative to the noise of each band, so ``k`` transfers from half to full counts
+  row (after >= 3 iterations) while its least value stays above the best finished candidate's score is abandoned.
+  The threshold ``k * sigma`` is relative to the noise of each band, so ``k`` transfers from half to full counts
   without rescaling.
 * The null-space treatment (``null_space``, ``n_scales_1d``) of the k ladder is fixed
   (:data:`NULL_SPACE_DEFAULT`, from the scene suite): a component that neither instrument sees
@@ -1161,7 +1161,7 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
     choice = dict(rows[int(np.argmin(mean))][0])
     extra = {"iterations": [r[2] for r in rows], "abandoned": [bool(r[3]) for r in rows],
              "warm_start": f"{warm_iter} EM iterations on the fitted part",
-             "candidate_iter": int(min(max_iter, candidate_iter or CANDIDATE_ITER))}
+             "candidate_iter": int(min(max_iter, candidate_iter or CANDIDATE_ITER)), "ladder_score": LADDER_SCORE}
     if steps:
         extra["k_above"] = {"steps": steps,
                             "rule": f"a rung above k = {K_GUARDED_ABOVE:g} is a candidate only if both its held-out "
