@@ -359,7 +359,8 @@ def _reusable(reuse, size, name, ch, cur):
     if reuse is None:
         return None
     label = "full" if size == "default" else size
-    rows = [r for r in csv.DictReader(open(reuse)) if r["size"] == label and r["scene"] == name]
+    with open(reuse, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["size"] == label and r["scene"] == name]
     if len(rows) != 1 or rows[0]["choice"] != json.dumps(ch, sort_keys=True):
         return None
     old = json.loads(rows[0]["candidate_scores"])
@@ -404,40 +405,37 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
         half = {}
         cur = tuning.select(x, y, complete=True, half_fit=half)
         ch = tuning.choice(cur)
-        extra = {"shape_prior": tuning.with_pixel_floor(tuning.tune_shape(  # level 0 >= PIXEL_FLOOR since session 44
-            x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)[0])} \
-            if shape == "auto" else {}
         old = _reusable(reuse, size, name, ch, cur) if not science else None
-        if old is not None:  # the row's own numbers (its loss unrounded), the selection's deviances
+        if old is not None:  # the row's own numbers (its loss unrounded), the selection's deviances; no fit
             devs = list(cur["mean_deviance"].values)
             res = [(c["setting"], float(devs[j]) if j < len(devs) else math.nan, c["nmse_db"], "")
                    for j, c in enumerate(old[0])]
-            losses.append(old[3])
-            print(f"{name}: choice {ch} -> {old[1]:.2f} dB, best in hindsight {old[2]:.2f} dB, loss "
-                  f"{old[3]:+.2f} dB; " + "; ".join(f"{json.dumps(c, sort_keys=True)}: dev {d:.0f}, {v:.2f} dB"
-                                                            for c, d, v, _ in res)
-                  + f" ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
-            print(f"reused: {name}", flush=True)
-            continue
-        res = []
-        for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
-            cand = json.loads(str(st))
-            kw = dict(cand)
-            kw.setdefault("regularization", "wavelet2d1d")
-            r = xfusion.fuse(x, y, progress=False, **kw, **extra)
-            res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values), vel(r.flux)))
-        chosen = [v for c, _, v, _ in res if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d",
-                                                                                         **ch}]
-        if not chosen:  # the zeroed ladder candidate with its iteration count by thinning (session 8): one more fit
-            r = xfusion.fuse(x, y, progress=False, **ch, **extra)
-            res.append((dict(ch, chosen=True), math.nan, metrics.nmse(t.values, r.flux.values), vel(r.flux)))
-            chosen = [res[-1][2]]
-        best = max(v for _, _, v, _ in res)
-        loss = chosen[0] - best
+            chosen, best, loss = old[1:]
+        else:
+            extra = {"shape_prior": tuning.with_pixel_floor(tuning.tune_shape(  # level 0 >= PIXEL_FLOOR, session 44
+                x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)[0])} \
+                if shape == "auto" else {}
+            res = []
+            for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
+                cand = json.loads(str(st))
+                kw = dict(cand)
+                kw.setdefault("regularization", "wavelet2d1d")
+                r = xfusion.fuse(x, y, progress=False, **kw, **extra)
+                res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values), vel(r.flux)))
+            found = [v for c, _, v, _ in res
+                     if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d", **ch}]
+            if not found:  # the zeroed ladder candidate with its iteration count by thinning (session 8): one more fit
+                r = xfusion.fuse(x, y, progress=False, **ch, **extra)
+                res.append((dict(ch, chosen=True), math.nan, metrics.nmse(t.values, r.flux.values), vel(r.flux)))
+                found = [res[-1][2]]
+            chosen, best = found[0], max(v for _, _, v, _ in res)
+            loss = chosen - best
         losses.append(loss)
-        print(f"{name}: choice {ch} -> {chosen[0]:.2f} dB, best in hindsight {best:.2f} dB, loss {loss:+.2f} dB; "
+        print(f"{name}: choice {ch} -> {chosen:.2f} dB, best in hindsight {best:.2f} dB, loss {loss:+.2f} dB; "
               + "; ".join(f"{json.dumps(c, sort_keys=True)}: dev {d:.0f}, {v:.2f} dB{sv}" for c, d, v, sv in res)
               + f" ({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+        if old is not None:
+            print(f"reused: {name}", flush=True)
     loss = np.array(losses)
     print(f"within 0.5 dB of the best candidate in hindsight: {np.sum(loss >= -0.5)}/{loss.size}; mean loss "
           f"{loss.mean():+.2f} dB, worst {loss.min():+.2f} dB")
