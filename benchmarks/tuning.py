@@ -10,6 +10,7 @@
     python benchmarks/tuning.py hindsight 73,78 heldout small auto 96 science  # + each candidate's line-map errors
     python benchmarks/tuning.py hindsight 0-143 heldout default auto table  # the README table's 144 held-out rows
     python benchmarks/tuning.py --ladder-score last hindsight 0-23 tune default auto 24  # rungs by their last deviance
+    python benchmarks/tuning.py --threshold-max-iter 157 hindsight 0-47 tune small auto 48  # session 48's longer cap
     python benchmarks/tuning.py hindsight_csv out.csv full=a.log small=b.log  # hindsight logs as one CSV
     python benchmarks/tuning.py ladder_scores 0-143 full out.jsonl  # k rungs: deviance by fraction, split, iteration
     python benchmarks/tuning.py ladder_scores_table full out.jsonl  # ... against the best rung on all counts
@@ -1695,6 +1696,9 @@ def main(argv=None):
     p.add_argument("command", choices=tuple(COMMANDS), metavar="COMMAND", help="one of the sub-commands below")
     p.add_argument("--ladder-score", choices=("last", "least"), default=tuning.LADDER_SCORE,
                    help="how each k rung's held-out curve scores it (xfusion.tuning.LADDER_SCORE; session 47)")
+    p.add_argument("--threshold-max-iter", type=int, default=tuning.THRESHOLD_MAX_ITER,
+                   help="half-data iterations of the thresholded candidate's run at most (xfusion.tuning."
+                        "THRESHOLD_MAX_ITER; session 48 measured 157)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the sub-command's arguments")
     a = p.parse_args(argv)
     usage, build = COMMANDS[a.command]
@@ -1707,11 +1711,14 @@ def main(argv=None):
         run = build(a.args)
     except (IndexError, ValueError) as exc:
         p.error(f"{a.command} {usage}: bad argument ({exc}); got {' '.join(a.args)}")
-    before, tuning.LADDER_SCORE = tuning.LADDER_SCORE, a.ladder_score
+    if a.threshold_max_iter < 1:
+        p.error(f"--threshold-max-iter must be >= 1; got {a.threshold_max_iter}")
+    before = tuning.LADDER_SCORE, tuning.THRESHOLD_MAX_ITER
+    tuning.LADDER_SCORE, tuning.THRESHOLD_MAX_ITER = a.ladder_score, a.threshold_max_iter
     try:
         run()
-    finally:  # in-process callers (the tests) keep the library's value
-        tuning.LADDER_SCORE = before
+    finally:  # in-process callers (the tests) keep the library's values
+        tuning.LADDER_SCORE, tuning.THRESHOLD_MAX_ITER = before
     return 0
 
 

@@ -312,3 +312,22 @@ def test_hindsight_csv_keeps_every_candidate(run, tmp_path):
     old.write_text("size,scene,choice\nfull,a,{}\n")
     with pytest.raises(ValueError, match="144 full rows of hindsight_csv with candidate_scores"):
         run("tuning.py", "ladder_scores_table", "full", str(tmp_path / "missing.jsonl"), str(old))
+
+
+def test_tuning_script_sets_the_threshold_cap_for_its_run_only(run, tmp_path):
+    """Session 48: ``--threshold-max-iter N`` sets :data:`xfusion.tuning.THRESHOLD_MAX_ITER` for the sub-command's
+    run (what ``_tune_threshold`` reads when called) and restores the library's value after; below 1 it is refused
+    before any work."""
+    from xfusion import tuning
+
+    seen = []
+    mod_before = tuning.THRESHOLD_MAX_ITER
+    rc, text = run("tuning.py", "--threshold-max-iter", "0", "hindsight_csv", str(tmp_path / "x.csv"), "full=nothing")
+    assert rc == 2 and "--threshold-max-iter must be >= 1" in text
+    mod = sys.modules["tuning"]
+    mod.COMMANDS["probe_cap"] = ("", lambda a: (lambda: seen.append(tuning.THRESHOLD_MAX_ITER)))
+    try:
+        rc, _ = run("tuning.py", "--threshold-max-iter", "157", "probe_cap")
+    finally:
+        del mod.COMMANDS["probe_cap"]
+    assert rc == 0 and seen == [157] and tuning.THRESHOLD_MAX_ITER == mod_before == 100

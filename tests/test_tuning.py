@@ -538,6 +538,24 @@ def test_thresholded_candidate_waits_threshold_patience_past_its_minimum(monkeyp
     assert now[0] == before[0] and now[1] == before[1] and now[2] == before[2]
 
 
+def test_thresholded_candidate_run_stops_at_its_cap_read_at_call_time(monkeypatch):
+    """The thresholded candidate's half-data run stops at :data:`xfusion.tuning.THRESHOLD_MAX_ITER` (100), read when
+    :func:`xfusion.tuning._tune_threshold` is called. On small tuning scene snr_shell/1015 (24x24x600) the cut binds:
+    the sharp-spectral squared error still falls at iterate 103 (warm start included), so the count is
+    ``sq_transfer(103) = 129``; with 157 (measured in session 48, not adopted) the same run's count reaches RL's cap."""
+    from xfusion import scenes
+
+    assert tuning.sq_transfer(157 + 3) == tuning.RL_MAX_ITER
+    x, y, _ = scenes.from_spec(scenes.suite("tune", n=48)[15], size="small")
+    sp = tuning._splits([x, y], 0.5, 1, 0, "float32")
+    cand = {"k": 0.125, "n_scales_1d": 2}
+    cut = tuning._tune_threshold(sp, {}, cand)[2]
+    assert cut["sq_error_iteration"] == 103 and cut["max_iter"] == tuning.sq_transfer(103) == 129
+    monkeypatch.setattr(tuning, "THRESHOLD_MAX_ITER", 157)
+    longer = tuning._tune_threshold(sp, {}, cand)[2]
+    assert longer["sq_error_iteration"] > 103 and longer["max_iter"] > 129
+
+
 def test_select_cuts_only_runs_that_cannot_change_the_choice(small_toy):
     """By default ``select`` (session 12) does not run the thresholded candidate and plain RL when the summed
     sharp-spectral counts have no lines (the family prior then takes the zeroed ladder whatever they score), and

@@ -811,7 +811,14 @@ def _tune_local_rank(splits, fixed, max_iter):
 
 
 #: "auto" (session 6): the wavelet candidate with ``null_space="threshold"`` at the ladder's best ``k``, run on part A
-#: up to this many iterations (stopped once the held-out minimum is well behind) and scored at its best iteration
+#: up to this many iterations (stopped once the held-out minimum is well behind) and scored at its best iteration.
+#: A run stopped here transfers to at most ``sq_transfer(100 + 3) = 129`` iterations on all counts, whatever its
+#: squared error does next (22 of the 144 small held-out rows chose the thresholded candidate at exactly 129).
+#: Session 48 measured 157 (``1.25 x (157 + 3) = 200``: the count could reach :data:`RL_MAX_ITER`, as plain RL's):
+#: small tuning seeds +0.018 dB, held out small +0.043 dB and NMSE >= RL oracle 129 -> 130/144, but the selection's
+#: CPU time rose 26-29 % on the two full-size rows whose choice changed, past the 25 % frozen as a condition before
+#: the held-out runs: not adopted (benchmarks/QUALITY_HISTORY.md, session 48). Read when :func:`_tune_threshold` is
+#: called, so a script may set it.
 THRESHOLD_MAX_ITER = 100
 #: the thresholded run stops once the later of its two minima (held-out deviance, sharp-spectral squared error) at
 #: iterate ``i`` is ``max(10, THRESHOLD_PATIENCE * i)`` iterations behind (:func:`_run_em`'s ``patience``; until
@@ -869,7 +876,7 @@ def threshold_transfer(n_half, n_spatial, n_spectral, warm_iter=3):
 NULL_FACTOR = 20.0
 
 
-def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=3, iterates=None, hopeless=None,
+def _tune_threshold(splits, fixed, cand, max_iter=None, warm_iter=3, iterates=None, hopeless=None,
                     sq_iterates=None):
     """The wavelet candidate ``cand`` with its null space thresholded instead of zeroed (at :data:`NULL_FACTOR` times
     the other bands' threshold unless ``fixed`` gives ``null_factor``), stopped early like plain RL.
@@ -898,6 +905,7 @@ def _tune_threshold(splits, fixed, cand, max_iter=THRESHOLD_MAX_ITER, warm_iter=
     iterations, 9.9 dB, against 14.4 dB for the zeroed prior; see :func:`threshold_transfer`). Returns
     ``(setting, scores per split at the best iterate, choice)``.
     """
+    max_iter = THRESHOLD_MAX_ITER if max_iter is None else max_iter  # read at call time
     cand = dict(cand, null_space="threshold", null_factor=fixed.get("null_factor", NULL_FACTOR))
     if hopeless is not None and len(splits) != 1:
         raise ValueError("hopeless stopping of the thresholded candidate needs exactly one split")
