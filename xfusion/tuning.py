@@ -815,10 +815,10 @@ def _tune_local_rank(splits, fixed, max_iter):
 #: A run stopped here transfers to at most ``sq_transfer(100 + 3) = 129`` iterations on all counts, whatever its
 #: squared error does next (22 of the 144 small held-out rows chose the thresholded candidate at exactly 129).
 #: Session 48 measured 157 (``1.25 x (157 + 3) = 200``: the count could reach :data:`RL_MAX_ITER`, as plain RL's):
-#: small tuning seeds +0.018 dB, held out small +0.043 dB and NMSE >= RL oracle 129 -> 130/144, but the selection's
-#: CPU time rose 26-29 % on the two full-size rows whose choice changed, past the 25 % frozen as a condition before
-#: the held-out runs: not adopted (benchmarks/QUALITY_HISTORY.md, session 48). Read when :func:`_tune_threshold` is
-#: called, so a script may set it.
+#: small tuning seeds +0.018 dB, held out small +0.043 dB and NMSE >= RL oracle 129 -> 130/144, but two conditions
+#: written before the held-out runs failed: full-size velocity <= RL oracle 105 -> 104/115 (mixed/500024) and the
+#: selection's CPU time +26-29 % on the two full-size rows whose choice changed (limit 25 %): not adopted
+#: (benchmarks/QUALITY_HISTORY.md, session 48). Read when :func:`_tune_threshold` is called, so a script may set it.
 THRESHOLD_MAX_ITER = 100
 #: the thresholded run stops once the later of its two minima (held-out deviance, sharp-spectral squared error) at
 #: iterate ``i`` is ``max(10, THRESHOLD_PATIENCE * i)`` iterations behind (:func:`_run_em`'s ``patience``; until
