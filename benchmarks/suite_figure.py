@@ -107,6 +107,105 @@ def rows_from_csv(path):
     return groups
 
 
+def wilson(k, n, z=1.96):
+    """Wilson score interval (95 % for ``z`` = 1.96) of a pass rate ``k / n``: ``(low, high)``. A rate read from a
+    few hundred scenes is itself uncertain (session 49): 129/144 = 89.6 % spans about 84-94 %."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+#: the issue-13 targets of the suite table: (label, required pass rate)
+TARGETS = (("beats both naive baselines", 0.95), ("NMSE >= RL oracle", 0.90), ("velocity RMS <= RL oracle", 0.90),
+           ("|total-flux bias| <= 1 %", 1.0))
+
+
+def targets(csv_rows, rows=None):
+    """Issue-13 target counts of one size's CSV rows (``rows``: a subset of indices, e.g. the newest seeds):
+    ``[(label, passed, scenes, target, (low, high))]`` with the Wilson 95 % interval of the pass rate. Velocity counts
+    the scenes with lines only (both velocity errors present)."""
+    rs = [csv_rows[i] for i in rows] if rows is not None else list(csv_rows)
+    f = lambda r, key: float(r[key]) if r[key] != "" else math.nan  # noqa: E731
+    lined = [r for r in rs if math.isfinite(f(r, "velocity_rms_default_kms"))
+             and math.isfinite(f(r, "velocity_rms_rl_oracle_kms"))]
+    passed = (sum(str(r["beats_both_baselines"]) == "True" for r in rs),
+              sum(f(r, "nmse_default_db") >= f(r, "nmse_rl_oracle_db") for r in rs),
+              sum(f(r, "velocity_rms_default_kms") <= f(r, "velocity_rms_rl_oracle_kms") for r in lined),
+              sum(abs(f(r, "flux_bias_pct")) <= 1.0 for r in rs))
+    return [(label, k, n, target, wilson(k, n)) for (label, target), k, n in
+            zip(TARGETS, passed, (len(rs), len(rs), len(lined), len(rs)))]
+
+
+def failures(csv_rows):
+    """The scenes of one size's CSV rows that miss each target, with by how much: ``{label: [text]}`` (labels of
+    :data:`TARGETS`; NMSE: default minus RL oracle in dB; velocity: default against RL oracle in km/s; flux: the bias)."""
+    f = lambda r, key: float(r[key]) if r[key] != "" else math.nan  # noqa: E731
+    short = lambda r: r["scene"].split(" ")[0]  # noqa: E731
+    out = {label: [] for label, _ in TARGETS}
+    for r in csv_rows:
+        nd, vd, vr, fb = (f(r, "nmse_default_db") - f(r, "nmse_rl_oracle_db"), f(r, "velocity_rms_default_kms"),
+                          f(r, "velocity_rms_rl_oracle_kms"), f(r, "flux_bias_pct"))
+        if str(r["beats_both_baselines"]) != "True":
+            out[TARGETS[0][0]].append(short(r))
+        if not nd >= 0:
+            out[TARGETS[1][0]].append(f"{short(r)} {nd:+.{2 if abs(nd) >= 0.01 else 3}f} dB")
+        if math.isfinite(vd) and math.isfinite(vr) and vd > vr:
+            out[TARGETS[2][0]].append(f"{short(r)} {vd:.1f} vs {vr:.1f} km/s")
+        if not abs(fb) <= 1.0:
+            out[TARGETS[3][0]].append(f"{short(r)} {fb:+.2f} %")
+    return out
+
+
+def verdict(k, n, target, interval):
+    """"met" / "not met", and whether the 95 % interval of the rate lies wholly on that side of ``target``."""
+    met = n > 0 and k >= target * n - 1e-9
+    if target >= 1.0:  # "in all": a statement about these scenes, not a rate
+        return "met" if met else "not met"
+    sure = interval[0] >= target if met else interval[1] < target
+    return ("met" if met else "not met") + ("" if sure else " (the 95 % interval spans the target)")
+
+
+def hindsight_target(path):
+    """{size: (within 0.5 dB, scenes)} of a ``benchmarks/tuning.py hindsight_csv`` file, table order kept per size
+    (as lists of booleans, so that row ranges can be counted too)."""
+    out = {}
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            out.setdefault(r["size"], []).append(r["within_0_5_db"] == "True")
+    return out
+
+
+#: the hindsight CSV's size labels against the suite table's
+HINDSIGHT_SIZES = {"full size": "full", "small": "small"}
+
+
+def print_targets(tables, ranges=(), hindsight=None, fails=False):
+    """Print each size's target counts, rates, Wilson intervals and verdicts; ``ranges``: (label, first, last) row
+    ranges to report on their own as well (e.g. the newest seeds); ``hindsight``: :func:`hindsight_target`'s dict,
+    whose rows of the same size are counted against the 90 % hindsight target; ``fails``: name the scenes that miss
+    each target (all rows only, :func:`failures`)."""
+    for label, t in tables.items():
+        for what, idx in [("all", None)] + [(f"rows {a}-{b} ({name})", range(a, min(b + 1, len(t))))
+                                            for name, a, b in ranges if a < len(t)]:
+            print(f"{label}, {what}:")
+            found = targets(t, idx)
+            h = (hindsight or {}).get(HINDSIGHT_SIZES.get(label, label))
+            if h is not None:
+                hs = h if idx is None else [h[i] for i in idx if i < len(h)]
+                found.append(("choice within 0.5 dB of the best in hindsight", sum(hs), len(hs), 0.90,
+                              wilson(sum(hs), len(hs))))
+            for name, k, n, target, (lo, hi) in found:
+                rate = k / n if n else math.nan
+                print(f"  {name}: {k}/{n} = {100 * rate:.1f} % [95 %: {100 * lo:.1f}-{100 * hi:.1f}] against "
+                      f"{100 * target:.0f} %: {verdict(k, n, target, (lo, hi))}")
+                if fails and idx is None and name in failures(t) and failures(t)[name]:
+                    print(f"    miss: {', '.join(failures(t)[name])}")
+
+
 def figure(groups, path):
     """``groups``: {size label: rows}. One row of three panels per size (module docstring); saved to ``path``."""
     import matplotlib
@@ -172,7 +271,16 @@ def main(argv=None):
     p.add_argument("--csv", default=None, help="write the per-scene table here")
     p.add_argument("--base-csv", default=None, help="start from this CSV's rows (all sizes); the --input rows replace "
                    "the rows of the same size label and scene (scenes measured again)")
+    p.add_argument("--report-rows", action="append", default=[], metavar="NAME=A-B",
+                   help="also report the targets on table rows A-B of each size (e.g. fresh=168-191)")
+    p.add_argument("--hindsight-csv", default=None, help="a benchmarks/tuning.py hindsight_csv file: count its rows "
+                   "against the hindsight target too (sizes 'full' and 'small' stand for 'full size' and 'small')")
+    p.add_argument("--fails", action="store_true", help="name the scenes that miss each target, with the margin")
     args = p.parse_args(argv)
+    for r in args.report_rows:
+        name, sep, span = r.partition("=")
+        if not sep or not __import__("re").fullmatch(r"\d+-\d+", span):
+            p.error(f"--report-rows: expected NAME=A-B (e.g. fresh=168-191); got {r!r}")
     if not args.input and not args.base_csv:
         p.error("give --input (suite.py JSON files) or --base-csv (redraw from a CSV this script wrote)")
     groups, tables = {}, {}
@@ -203,9 +311,9 @@ def main(argv=None):
                 w.writerows(t)
     if args.png:
         figure(groups, args.png)
-    for label, t in tables.items():
-        print(f"{label}: {len(t)} scenes; beats both baselines {sum(r['beats_both_baselines'] for r in t)}; "
-              f"NMSE >= RL oracle {sum(float(r['nmse_default_db']) >= float(r['nmse_rl_oracle_db']) for r in t)}")
+    print_targets(tables, [tuple([name] + [int(v) for v in span.split("-")]) for name, _, span in
+                           (r.partition("=") for r in args.report_rows)],
+                  hindsight_target(args.hindsight_csv) if args.hindsight_csv else None, fails=args.fails)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
     python benchmarks/tuning.py null_iters 1,6,11 small  # null space zero vs threshold (iterations by thinning) vs RL
     python benchmarks/tuning.py hindsight 0,1,6 heldout small  # 'auto' choice vs best visited candidate in hindsight
     python benchmarks/tuning.py hindsight 73,78 heldout small auto 96 science  # + each candidate's line-map errors
-    python benchmarks/tuning.py hindsight 0-143 heldout default auto table  # the README table's 144 held-out rows
+    python benchmarks/tuning.py hindsight 0-191 heldout default auto table  # the README table's 192 held-out rows
     python benchmarks/tuning.py --ladder-score last hindsight 0-23 tune default auto 24  # rungs by their last deviance
     python benchmarks/tuning.py --threshold-max-iter 157 hindsight 0-47 tune small auto 48  # session 48's longer cap
     python benchmarks/tuning.py hindsight_csv out.csv full=a.log small=b.log  # hindsight logs as one CSV
@@ -188,13 +188,18 @@ def _suite_full(i, size, split="tune", n=24):
     return spec, x, y, truth
 
 
+#: rows of the README table per size (session 49: 192; 144 before)
+TABLE_ROWS = 192
+
+
 def table_n(i):
     """The suite size whose scene ``i`` is row ``i`` of the README table (``results/suite_heldout.csv``): rows 0-23,
-    24-47, 48-71, 72-95 come from ``suite("heldout", n=24 | 48 | 72 | 96)``, rows 96-143 from ``n=144`` (a suite's
-    draws depend on its size: ``suite(n=96)[0]`` is another scene than row 0)."""
-    if not 0 <= i < 144:
-        raise ValueError(f"the table has rows 0-143; got {i}")
-    return 24 * (i // 24 + 1) if i < 96 else 144
+    24-47, 48-71, 72-95 come from ``suite("heldout", n=24 | 48 | 72 | 96)``, rows 96-143 from ``n=144``, rows 144-167
+    and 168-191 (session 49) from ``n=168`` and ``n=192`` (a suite's draws depend on its size: ``suite(n=96)[0]`` is
+    another scene than row 0)."""
+    if not 0 <= i < TABLE_ROWS:
+        raise ValueError(f"the table has rows 0-{TABLE_ROWS - 1}; got {i}")
+    return 144 if 96 <= i < 144 else 24 * (i // 24 + 1)
 
 
 def suite_sizes(indices, split, n_suite):

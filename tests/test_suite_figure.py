@@ -331,3 +331,59 @@ def test_tuning_script_sets_the_threshold_cap_for_its_run_only(run, tmp_path):
     finally:
         del mod.COMMANDS["probe_cap"]
     assert rc == 0 and seen == [157] and tuning.THRESHOLD_MAX_ITER == mod_before == 100
+
+
+def test_every_row_of_the_results_tables_is_the_scene_table_n_names(monkeypatch):
+    """Session 49: the README table grew to 192 held-out rows per size (rows 144-167 from ``suite("heldout",
+    n=168)``, 168-191 from ``n=192``). Each row of ``results/suite_heldout.csv`` and ``results/hindsight_heldout.csv``
+    must be the scene ``tuning.table_n`` names for its index, in table order, at both sizes; an index past the table
+    is refused."""
+    from xfusion import scenes
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    tuning_script = importlib.import_module("tuning")
+    try:
+        names = [scenes.suite("heldout", n=tuning_script.table_n(i))[i]["name"]
+                 for i in range(tuning_script.TABLE_ROWS)]
+        for path, sizes in (("suite_heldout.csv", ("full size", "small")), ("hindsight_heldout.csv", ("full", "small"))):
+            rows = list(csv.DictReader(open(BENCH / "results" / path)))
+            for size in sizes:
+                assert [r["scene"] for r in rows if r["size"] == size] == names, (path, size)
+        with pytest.raises(ValueError, match="rows 0-191"):
+            tuning_script.table_n(192)
+        assert [tuning_script.table_n(i) for i in (0, 95, 96, 143, 144, 167, 168, 191)] == \
+            [24, 96, 144, 144, 168, 168, 192, 192]
+    finally:
+        sys.modules.pop("tuning", None)
+
+
+def test_target_counts_with_their_intervals(tmp_path, suite_figure, capsys):
+    """Session 49: the suite table's target counts come with the Wilson 95 % interval of each pass rate, and a rate
+    whose interval spans the target says so; the closed forms at k = 0 and k = n (upper z^2 / (n + z^2), lower
+    n / (n + z^2)) pin the interval."""
+    z2 = 1.96 ** 2
+    assert suite_figure.wilson(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))
+    assert suite_figure.wilson(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    lo, hi = suite_figure.wilson(129, 144)
+    assert 0.83 < lo < 0.84 and 0.93 < hi < 0.94
+    assert suite_figure.verdict(129, 144, 0.9, (lo, hi)) == "not met (the 95 % interval spans the target)"
+    assert suite_figure.verdict(144, 144, 0.95, suite_figure.wilson(144, 144)) == "met"
+    assert suite_figure.verdict(143, 144, 1.0, suite_figure.wilson(143, 144)) == "not met"
+    rows = [_row("a", "snr_shell", _metrics(12.0, 0.2, 0.3, 200.0, 50.0), _metrics(11.0, 0.2, 0.3, 200.0, 60.0), 0.2),
+            _row("b", "mixed", _metrics(10.0, 0.45, 0.3, 200.0, 80.0), _metrics(10.5, 0.2, 0.3, 200.0, 70.0), -1.5),
+            _row("c", "synchrotron", _metrics(9.0, 0.2, 0.3, 200.0), _metrics(8.0, 0.2, 0.3, 200.0), 0.1)]
+    src = tmp_path / "rows.json"
+    src.write_text(json.dumps({"rows": rows}))
+    hind = tmp_path / "h.csv"
+    hind.write_text("size,scene,within_0_5_db\nsmall,a,True\nsmall,b,False\nsmall,c,True\n")
+    suite_figure.main(["--input", f"small={src}", "--hindsight-csv", str(hind), "--report-rows", "last=1-2"])
+    out = capsys.readouterr().out
+    assert "small, all:" in out and "NMSE >= RL oracle: 2/3 = 66.7 %" in out
+    assert "velocity RMS <= RL oracle: 1/2 = 50.0 %" in out  # c has no lines: not counted
+    assert "|total-flux bias| <= 1 %: 2/3 = 66.7 %" in out and "in hindsight: 2/3" in out
+    assert "small, rows 1-2 (last):" in out and "in hindsight: 1/2" in out and "miss:" not in out
+    suite_figure.main(["--input", f"small={src}", "--fails"])
+    out = capsys.readouterr().out
+    assert "miss: b -0.50 dB" in out and "miss: b 80.0 vs 70.0 km/s" in out and "miss: b -1.50 %" in out
+    with pytest.raises(SystemExit):
+        suite_figure.main(["--input", f"small={src}", "--report-rows", "last=1"])
