@@ -206,6 +206,12 @@ def print_targets(tables, ranges=(), hindsight=None, fails=False):
                     print(f"    miss: {', '.join(failures(t)[name])}")
 
 
+def _rate(k, n):
+    """``k/n = p % [low-high]`` with the Wilson 95 % interval, for a panel title."""
+    lo, hi = wilson(k, n)
+    return f"{k}/{n} = {100 * k / n:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}]" if n else f"{k}/{n}"
+
+
 def figure(groups, path):
     """``groups``: {size label: rows}. One row of three panels per size (module docstring); saved to ``path``."""
     import matplotlib
@@ -233,7 +239,7 @@ def figure(groups, path):
         handles, _ = a.get_legend_handles_labels()
         a.legend(handles=handles + [Patch(color=COLORS[k], label=k) for k in KINDS], fontsize=7, ncol=2,
                  loc="lower right")
-        a.set_title(f"{label}: NMSE >= RL oracle in {int((dd >= 0).sum())}/{len(rows)} (target 90%)", fontsize=10)
+        a.set_title(f"{label}: NMSE >= RL oracle in {_rate(int((dd >= 0).sum()), len(rows))} (target 90%)", fontsize=10)
 
         lined = [r for r in rows if math.isfinite(r["rl_best"]["velocity_rms_kms"])]
         vd = np.array([r["default"]["velocity_rms_kms"] for r in lined])
@@ -247,7 +253,7 @@ def figure(groups, path):
         b.set_ylim(lo, hi)
         b.set_xlabel("velocity RMS, RL oracle (km/s)")
         b.set_ylabel("velocity RMS, default (km/s)")
-        b.set_title(f"velocity <= RL oracle in {int((vd <= vr).sum())}/{len(lined)} (target 90%)", fontsize=10)
+        b.set_title(f"velocity <= RL oracle in {_rate(int((vd <= vr).sum()), len(lined))} (target 90%)", fontsize=10)
 
         fb = np.array([r["flux_bias_pct"] for r in rows])
         c.axhspan(-1, 1, color="0.9", zorder=0)
