@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +171,8 @@ def verdict(k, n, target, interval):
 
 
 def hindsight_target(path):
-    """{size: (within 0.5 dB, scenes)} of a ``benchmarks/tuning.py hindsight_csv`` file, table order kept per size
-    (as lists of booleans, so that row ranges can be counted too)."""
+    """{size: [within 0.5 dB of the best candidate, per row]} of a ``benchmarks/tuning.py hindsight_csv`` file, in
+    table order per size (booleans, so that row ranges can be counted too)."""
     out = {}
     with open(path, newline="") as fh:
         for r in csv.DictReader(fh):
@@ -189,6 +190,7 @@ def print_targets(tables, ranges=(), hindsight=None, fails=False):
     whose rows of the same size are counted against the 90 % hindsight target; ``fails``: name the scenes that miss
     each target (all rows only, :func:`failures`)."""
     for label, t in tables.items():
+        missed = failures(t) if fails else {}
         for what, idx in [("all", None)] + [(f"rows {a}-{b} ({name})", range(a, min(b + 1, len(t))))
                                             for name, a, b in ranges if a < len(t)]:
             print(f"{label}, {what}:")
@@ -202,8 +204,8 @@ def print_targets(tables, ranges=(), hindsight=None, fails=False):
                 rate = k / n if n else math.nan
                 print(f"  {name}: {k}/{n} = {100 * rate:.1f} % [95 %: {100 * lo:.1f}-{100 * hi:.1f}] against "
                       f"{100 * target:.0f} %: {verdict(k, n, target, (lo, hi))}")
-                if fails and idx is None and name in failures(t) and failures(t)[name]:
-                    print(f"    miss: {', '.join(failures(t)[name])}")
+                if idx is None and missed.get(name):
+                    print(f"    miss: {', '.join(missed[name])}")
 
 
 def _rate(k, n):
@@ -285,7 +287,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     for r in args.report_rows:
         name, sep, span = r.partition("=")
-        if not sep or not __import__("re").fullmatch(r"\d+-\d+", span):
+        if not sep or not re.fullmatch(r"\d+-\d+", span):
             p.error(f"--report-rows: expected NAME=A-B (e.g. fresh=168-191); got {r!r}")
     if not args.input and not args.base_csv:
         p.error("give --input (suite.py JSON files) or --base-csv (redraw from a CSV this script wrote)")
