@@ -92,6 +92,11 @@ def table(size, rows):
     return out
 
 
+def _value(row, key):
+    """A CSV row's number (NaN where the column is empty: no lines, no velocity map)."""
+    return float(row[key]) if row[key] != "" else math.nan
+
+
 def rows_from_csv(path):
     """{size label: rows} of a CSV this script wrote, as the rows :func:`figure` draws (the CSV holds every number the
     figure uses): to redraw the figure after some scenes were measured again (``--base-csv``)."""
@@ -99,7 +104,7 @@ def rows_from_csv(path):
     with open(path, newline="") as fh:
         for c in csv.DictReader(fh):
             c["beats_both_baselines"] = c["beats_both_baselines"] == "True"
-            f = lambda key: float(c[key]) if c[key] != "" else math.nan  # noqa: E731
+            f = lambda key: _value(c, key)  # noqa: E731
             groups.setdefault(c["size"], []).append({
                 "name": c["scene"], "spec": {"kind": c["kind"]}, "csv": c, "flux_bias_pct": f("flux_bias_pct"),
                 "default": {"nmse_db": f("nmse_default_db"), "velocity_rms_kms": f("velocity_rms_default_kms")},
@@ -130,13 +135,12 @@ def targets(csv_rows, rows=None):
     ``[(label, passed, scenes, target, (low, high))]`` with the Wilson 95 % interval of the pass rate. Velocity counts
     the scenes with lines only (both velocity errors present)."""
     rs = [csv_rows[i] for i in rows] if rows is not None else list(csv_rows)
-    f = lambda r, key: float(r[key]) if r[key] != "" else math.nan  # noqa: E731
-    lined = [r for r in rs if math.isfinite(f(r, "velocity_rms_default_kms"))
-             and math.isfinite(f(r, "velocity_rms_rl_oracle_kms"))]
+    lined = [r for r in rs if math.isfinite(_value(r, "velocity_rms_default_kms"))
+             and math.isfinite(_value(r, "velocity_rms_rl_oracle_kms"))]
     passed = (sum(str(r["beats_both_baselines"]) == "True" for r in rs),
-              sum(f(r, "nmse_default_db") >= f(r, "nmse_rl_oracle_db") for r in rs),
-              sum(f(r, "velocity_rms_default_kms") <= f(r, "velocity_rms_rl_oracle_kms") for r in lined),
-              sum(abs(f(r, "flux_bias_pct")) <= 1.0 for r in rs))
+              sum(_value(r, "nmse_default_db") >= _value(r, "nmse_rl_oracle_db") for r in rs),
+              sum(_value(r, "velocity_rms_default_kms") <= _value(r, "velocity_rms_rl_oracle_kms") for r in lined),
+              sum(abs(_value(r, "flux_bias_pct")) <= 1.0 for r in rs))
     return [(label, k, n, target, wilson(k, n)) for (label, target), k, n in
             zip(TARGETS, passed, (len(rs), len(rs), len(lined), len(rs)))]
 
@@ -144,12 +148,12 @@ def targets(csv_rows, rows=None):
 def failures(csv_rows):
     """The scenes of one size's CSV rows that miss each target, with by how much: ``{label: [text]}`` (labels of
     :data:`TARGETS`; NMSE: default minus RL oracle in dB; velocity: default against RL oracle in km/s; flux: the bias)."""
-    f = lambda r, key: float(r[key]) if r[key] != "" else math.nan  # noqa: E731
     short = lambda r: r["scene"].split(" ")[0]  # noqa: E731
     out = {label: [] for label, _ in TARGETS}
     for r in csv_rows:
-        nd, vd, vr, fb = (f(r, "nmse_default_db") - f(r, "nmse_rl_oracle_db"), f(r, "velocity_rms_default_kms"),
-                          f(r, "velocity_rms_rl_oracle_kms"), f(r, "flux_bias_pct"))
+        nd = _value(r, "nmse_default_db") - _value(r, "nmse_rl_oracle_db")
+        vd, vr = _value(r, "velocity_rms_default_kms"), _value(r, "velocity_rms_rl_oracle_kms")
+        fb = _value(r, "flux_bias_pct")
         if str(r["beats_both_baselines"]) != "True":
             out[TARGETS[0][0]].append(short(r))
         if not nd >= 0:
