@@ -19,7 +19,8 @@ This script measures that truth against the fused cube, per scene:
   candidate), which has no prior to move flux.
 
     python benchmarks/line_stealing.py --size full --indices 3,8,13,18,23       # tuning seeds, point-source skies
-    python benchmarks/line_stealing.py --size small --n 48 --indices 3,8,13,18,23,28,33,38,43
+    python benchmarks/line_stealing.py --size small --n 48 --indices 3,8,13,18,23,28,33,38,43 --json a.jsonl
+    python benchmarks/line_stealing.py --summary a.jsonl b.jsonl        # the medians and counts of those runs
 
 Each scene runs the default ``xfusion.fuse(x, y)`` (tuning included): 15-60 s at full size, 2-5 s small.
 """
@@ -29,7 +30,7 @@ import sys
 import time
 
 import numpy as np
-from bench_cli import add_suite_options, suite_rows
+from bench_cli import _records, add_suite_options, suite_rows
 from scipy import ndimage as ndi
 
 SCRIPT = "line_stealing.py"
@@ -117,7 +118,8 @@ def run_scene(spec, size):
     def share(a, m):
         return float(a[m].sum() / a.sum()) if a.sum() > 0 else float("nan")
 
-    return {"name": spec["name"], "size": truth.attrs["size"], "t_fuse_s": round(t_fuse, 1),
+    return {"name": spec["name"], "size": truth.attrs["size"], "suite_size": "small" if size == "small" else "full",
+            "t_fuse_s": round(t_fuse, 1),
             "nmse_db": round(metrics.report(res, T, ratio=ratio)["nmse_db"], 3),
             "sources": len(peaks), "footprint_pixels": int(mask.sum()),
             "flux_share_in_footprints": share(tot, mask),
@@ -130,12 +132,42 @@ def run_scene(spec, size):
                        float(lf[p] / tot[p])} for p in peaks], **rl}
 
 
+def summary(paths):
+    """Print, per suite size (small, full) and for all, the scenes with sources, the median (range) of the footprint line-flux ratio of the default
+    and of plain RL, on how many the default's is the larger, and the median share of the squared error in the
+    footprints. Returns ``{size: {...}}``."""
+    rows = {}
+    for path in paths:
+        for rec in _records(open(path).read()) or []:
+            if rec.get("sources"):
+                size = rec.get("suite_size", "small" if rec["size"] == "24x24x600" else "full")
+                rows[(rec["name"], size)] = rec  # a scene run twice: its last record
+    out = {}
+    for size in sorted({k[1] for k in rows}, reverse=True) + ["all"]:
+        rs = [r for k, r in rows.items() if size in (k[1], "all")]
+        d = np.array([r["line_flux_ratio_in"] for r in rs])
+        rl = np.array([r.get("rl_line_flux_ratio_in", np.nan) for r in rs])
+        err = np.array([r["error_share_in_footprints"] for r in rs])
+        both = np.isfinite(rl)
+        out[size] = {"scenes": len(rs), "default_median": float(np.median(d)), "default_range": (d.min(), d.max()),
+                     "rl_median": float(np.median(rl[both])) if both.any() else float("nan"),
+                     "default_above_rl": int(np.sum(d[both] > rl[both])), "with_rl": int(both.sum()),
+                     "error_share_median": float(np.median(err))}
+        o = out[size]
+        print(f"{size}: {o['scenes']} scenes with compact sources; footprint line flux / truth: default median "
+              f"{o['default_median']:.3f} ({d.min():.2f}-{d.max():.2f}), plain RL median {o['rl_median']:.3f}; "
+              f"default above RL on {o['default_above_rl']}/{o['with_rl']}; median share of the squared error in the "
+              f"footprints {100 * o['error_share_median']:.0f} %")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_suite_options(ap, split="tune", size="full")
     args = ap.parse_args(argv)
     if args.summary:
-        ap.error("--summary is not supported by this script; read its JSON lines")
+        summary(args.summary)
+        return 0
     for row in suite_rows(ap, args, SCRIPT, run_scene):
         pk = row["peaks"]
         more = sum(p["line_per_flux_fused"] > 1.5 * p["line_per_flux_truth"] for p in pk)

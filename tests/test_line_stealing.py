@@ -62,3 +62,21 @@ def test_the_compactness_rule_is_what_rejects_the_blob(ls):
 def test_footprints_are_3x3_and_clipped_at_the_edge(ls):
     m = ls.footprint_mask([(0, 0), (5, 5)], (8, 8))
     assert m.sum() == 4 + 9 and m[:2, :2].all() and m[4:7, 4:7].all() and not m[3, 3]
+
+
+def test_summary_counts_per_size_and_in_all(ls, tmp_path, capsys):
+    def rec(name, size, d, rl, err, sources=3):
+        return {"name": name, "size": "24x24x600" if size == "small" else "45x45x2400", "suite_size": size,
+                "sources": sources, "line_flux_ratio_in": d, "rl_line_flux_ratio_in": rl,
+                "error_share_in_footprints": err}
+    import json
+
+    a = tmp_path / "a.jsonl"
+    a.write_text("\n".join(json.dumps(r) for r in (
+        rec("s1", "small", 1.2, 1.0, 0.4), rec("s2", "small", 0.9, 1.0, 0.2), rec("f1", "full", 1.3, 1.1, 0.6),
+        rec("none", "full", float("nan"), 1.0, 0.0, sources=0))) + "\n")  # no sources: left out
+    out = ls.summary([str(a)])
+    assert out["small"]["scenes"] == 2 and out["small"]["default_above_rl"] == 1
+    assert out["full"]["scenes"] == 1 and out["all"]["scenes"] == 3
+    assert abs(out["all"]["default_median"] - 1.2) < 1e-12 and abs(out["all"]["error_share_median"] - 0.4) < 1e-12
+    assert "default above RL on 2/3" in capsys.readouterr().out
