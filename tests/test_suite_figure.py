@@ -334,8 +334,8 @@ def test_tuning_script_sets_the_threshold_cap_for_its_run_only(run, tmp_path):
 
 
 def test_every_row_of_the_results_tables_is_the_scene_table_n_names(monkeypatch):
-    """Session 49: the README table grew to 192 held-out rows per size (rows 144-167 from ``suite("heldout",
-    n=168)``, 168-191 from ``n=192``). Each row of ``results/suite_heldout.csv`` and ``results/hindsight_heldout.csv``
+    """Sessions 49-50: the README table grew to 216 held-out rows per size (rows 144-167 from ``suite("heldout",
+    n=168)``, 168-191 from ``n=192``, 192-215 from ``n=216``). Each row of ``results/suite_heldout.csv`` and ``results/hindsight_heldout.csv``
     must be the scene ``tuning.table_n`` names for its index, in table order, at both sizes; an index past the table
     is refused."""
     from xfusion import scenes
@@ -349,10 +349,10 @@ def test_every_row_of_the_results_tables_is_the_scene_table_n_names(monkeypatch)
             rows = list(csv.DictReader(open(BENCH / "results" / path)))
             for size in sizes:
                 assert [r["scene"] for r in rows if r["size"] == size] == names, (path, size)
-        with pytest.raises(ValueError, match="rows 0-191"):
-            tuning_script.table_n(192)
-        assert [tuning_script.table_n(i) for i in (0, 95, 96, 143, 144, 167, 168, 191)] == \
-            [24, 96, 144, 144, 168, 168, 192, 192]
+        with pytest.raises(ValueError, match="rows 0-215"):
+            tuning_script.table_n(216)
+        assert [tuning_script.table_n(i) for i in (0, 95, 96, 143, 144, 167, 168, 191, 192, 215)] == \
+            [24, 96, 144, 144, 168, 168, 192, 192, 216, 216]
     finally:
         sys.modules.pop("tuning", None)
 
