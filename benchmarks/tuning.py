@@ -195,8 +195,8 @@ TABLE_ROWS = 216
 def table_n(i):
     """The suite size whose scene ``i`` is row ``i`` of the README table (``results/suite_heldout.csv``): rows 0-23,
     24-47, 48-71, 72-95 come from ``suite("heldout", n=24 | 48 | 72 | 96)``, rows 96-143 from ``n=144``, rows 144-167
-    and 168-191 (session 49) from ``n=168`` and ``n=192``, rows 192-215 (session 50) from ``n=216`` (a suite's draws depend on its size: ``suite(n=96)[0]`` is
-    another scene than row 0)."""
+    and 168-191 (session 49) from ``n=168`` and ``n=192``, rows 192-215 (session 50) from ``n=216`` (a suite's draws
+    depend on its size: ``suite(n=96)[0]`` is another scene than row 0)."""
     if not 0 <= i < TABLE_ROWS:
         raise ValueError(f"the table has rows 0-{TABLE_ROWS - 1}; got {i}")
     return 144 if 96 <= i < 144 else 24 * (i // 24 + 1)

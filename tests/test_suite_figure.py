@@ -335,9 +335,9 @@ def test_tuning_script_sets_the_threshold_cap_for_its_run_only(run, tmp_path):
 
 def test_every_row_of_the_results_tables_is_the_scene_table_n_names(monkeypatch):
     """Sessions 49-50: the README table grew to 216 held-out rows per size (rows 144-167 from ``suite("heldout",
-    n=168)``, 168-191 from ``n=192``, 192-215 from ``n=216``). Each row of ``results/suite_heldout.csv`` and ``results/hindsight_heldout.csv``
-    must be the scene ``tuning.table_n`` names for its index, in table order, at both sizes; an index past the table
-    is refused."""
+    n=168)``, 168-191 from ``n=192``, 192-215 from ``n=216``). Each row of ``results/suite_heldout.csv`` and
+    ``results/hindsight_heldout.csv`` must be the scene ``tuning.table_n`` names for its index, in table order, at both
+    sizes; an index past the table is refused."""
     from xfusion import scenes
 
     monkeypatch.syspath_prepend(str(BENCH))
