@@ -33,51 +33,11 @@ import numpy as np
 from bench_cli import _records, add_suite_options, suite_rows
 from scipy import ndimage as ndi
 
-from xfusion.regularizers.starlet import B3_FILTER, starlet2d
+# the detection rule (SIGMAS, COMPACT) moved to the library in session 51, where the 2D-1D prior's line step uses it
+from xfusion.sources import COMPACT, SIGMAS, compact_sources, footprint_mask  # noqa: F401
+from xfusion.sources import psf_image as _sharp_spatial_psf
 
 SCRIPT = "line_stealing.py"
-#: detection threshold of the finest starlet coefficient, in Poisson sigmas of the sharp-spatial image
-SIGMAS = 5.0
-#: least ``w1 / I`` at a peak, as a fraction of a point source's (tuning seeds: their 37 point sources matched by
-#: the truth 0.20-0.58, the other peaks 0.03-0.29, mostly below 0.2; see QUALITY_HISTORY session 50)
-COMPACT = 0.3
-
-
-def _finest(img):
-    """The finest 2D starlet scale ``w1 = I - h*I`` (:func:`xfusion.regularizers.starlet.starlet2d`, reflect)."""
-    return starlet2d(img, 1)[0]
-
-
-def compact_sources(image, psf=None, sigmas=SIGMAS, compact=COMPACT):
-    """Peaks ``[(i, j), ...]`` of compact sources in ``image`` (M, N) counts; ``psf`` (P, Q) sums to 1 (None: a
-    delta). Rule in the module notes."""
-    img = np.asarray(image, dtype=np.float64)
-    w1 = _finest(img)
-    k = -np.outer(B3_FILTER, B3_FILTER)
-    k[2, 2] += 1.0  # w1 = k * img, so var(w1) = k^2 * lambda for Poisson counts
-    s = w1 / np.sqrt(ndi.correlate(np.maximum(img, 1.0), k ** 2, mode="reflect"))
-    stamp = np.zeros((15, 15))
-    stamp[7, 7] = 1.0
-    if psf is not None and np.size(psf) > 1:
-        stamp = ndi.convolve(stamp, np.asarray(psf, dtype=np.float64), mode="constant")
-    point = _finest(stamp)[7, 7] / stamp[7, 7]
-    peak = (img == ndi.maximum_filter(img, size=3)) & (s > sigmas) & (img > 0)
-    return [(int(i), int(j)) for i, j in np.argwhere(peak) if w1[i, j] / img[i, j] >= compact * point]
-
-
-def footprint_mask(peaks, shape, half=1):
-    mask = np.zeros(shape, dtype=bool)
-    for i, j in peaks:
-        mask[max(i - half, 0):i + half + 1, max(j - half, 0):j + half + 1] = True
-    return mask
-
-
-def _sharp_spatial_psf(obs):
-    if "psf" not in obs:
-        return None
-    p = obs["psf"]
-    p = p.mean([d for d in p.dims if d not in ("psf_x", "psf_y")]) if p.ndim > 2 else p
-    return np.asarray(p.transpose("psf_x", "psf_y").values, dtype=np.float64)
 
 
 def run_scene(spec, size):

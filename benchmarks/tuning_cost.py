@@ -8,8 +8,11 @@ and writes (JSON lines) the CPU seconds of the process for
   continuation, the shape prior's pseudo-counts (``tune_shape``; since session 21 scored on the tuning's own iterate: no fit); with
   the EM steps of each stage (an EM step on half the counts costs about one on all counts);
 * one fit with fixed settings (``wavelet2d1d``, k = 1, null space zeroed, fuse's default stop: 50 iterations);
+* one fit with the settings the tuning chose (``fuse(x, y, **parameters)``, the result's recorded parameters without
+  ``auto_tuning``): what a user who already knew those settings would run. Its cube must equal the default's to the
+  bit (checked: ``chosen_same_cube``), so the difference of the two CPU times is what the tuning alone costs;
 
-and their ratio; also the wall time of the default against the wall time of the fixed fit's iterations alone (its
+and the ratios to both; also the wall time of the default against the wall time of the fixed fit's iterations alone (its
 ``loop_elapsed_s``: no model building, no delivery), the strictest reading of "one fit". The stages are read by
 wrapping the tuning's stage functions and counting the steps of its scored EM solver (instrumentation only: the same
 code runs).
@@ -98,6 +101,8 @@ def measure(spec, size, fixed_kw, default_only=False):
                 "flux_md5": hashlib.md5(np.ascontiguousarray(r["flux"].values).tobytes()).hexdigest(),
                 "cpu": round(cpu, 2), "wall": round(wall, 2), "load_after": os.getloadavg()[0]}
     f, cpu_f, wall_f = _timed(lambda: xfusion.fuse(x, y, progress=False, **fixed_kw))
+    chosen_kw = {k: v for k, v in json.loads(r.attrs["parameters"]).items() if k != "auto_tuning"}
+    c, cpu_c, wall_c = _timed(lambda: xfusion.fuse(x, y, progress=False, **chosen_kw))
     tuned_cpu = sum(meter.cpu.values())
     out = {"name": spec["name"], "size": size, "counts_x": float(x["counts"].sum()),
            "counts_y": float(y["counts"].sum()),
@@ -110,6 +115,9 @@ def measure(spec, size, fixed_kw, default_only=False):
            "fixed_loop_wall": round(float(f.attrs["loop_elapsed_s"]), 2),
            "ratio_wall_to_fixed_loop": round(wall / float(f.attrs["loop_elapsed_s"]), 3),
            "ratio_cpu": round(cpu / cpu_f, 3), "ratio_wall": round(wall / wall_f, 3),
+           "chosen_cpu": round(cpu_c, 2), "chosen_wall": round(wall_c, 2),
+           "chosen_iterations": int(c.attrs["iterations"]), "ratio_cpu_chosen": round(cpu / cpu_c, 3),
+           "chosen_same_cube": bool(np.array_equal(c["flux"].values, r["flux"].values)),
            "settings": {k: v for k, v in json.loads(r.attrs["parameters"]).items()
                         if k in ("k", "null_space", "n_scales_1d", "max_iter", "regularization")}}
     return out
@@ -144,7 +152,7 @@ def main(argv=None):
           flush=True)
     if not args.default_only:
         print(f"compiled the starlet passes in {compile_kernels():.1f} s (before any timing)", flush=True)
-    ratios, strict = [], []
+    ratios, strict, chosen = [], [], []
     for i in idx:
         res = measure(specs[i], args.size, fixed_kw, args.default_only)
         res["index"] = i
@@ -157,11 +165,14 @@ def main(argv=None):
             continue
         ratios.append(res["ratio_cpu"])
         strict.append(res["ratio_wall_to_fixed_loop"])
+        chosen.append(res["ratio_cpu_chosen"])
         st = " ".join(f"{k} {res['stage_steps'].get(k, 0)} st/{res['stage_cpu'].get(k, 0):.1f} s"
                       for k in ("other", "ladder", "rl", "threshold", "zero_continuation", "shape"))
         print(f"{i:3d} {res['name']:28s} {'x'.join(map(str, res['shape']))} choice {res['choice']:11s} "
               f"final {res['final_iterations']:3d} it | default {res['cpu']:6.1f} s (tuning {res['tuning_cpu']:.1f}: "
-              f"{st}) | fixed {res['fixed_cpu']:6.1f} s {res['fixed_iterations']} it | ratio {res['ratio_cpu']:.2f}",
+              f"{st}) | fixed {res['fixed_cpu']:6.1f} s {res['fixed_iterations']} it | ratio {res['ratio_cpu']:.2f} | chosen "
+              f"{res['chosen_cpu']:6.1f} s {res['chosen_iterations']} it (same cube: {res['chosen_same_cube']}) | "
+              f"ratio {res['ratio_cpu_chosen']:.2f}",
               flush=True)
         if args.json:
             append_record(args.json, res, SCRIPT)
@@ -172,6 +183,9 @@ def main(argv=None):
         q = np.array(strict)
         print(f"wall of the default / wall of the fixed fit's iterations: median {np.median(q):.2f}, "
               f"max {q.max():.2f}, within 3x {int((q <= 3).sum())}/{q.size}", flush=True)
+        c = np.array(chosen)
+        print(f"ratio (default / one fit with the chosen settings), CPU: median {np.median(c):.2f}, max {c.max():.2f}, "
+              f"within 3x {int((c <= 3).sum())}/{c.size}", flush=True)
     return 0
 
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xfusion"
 LAYERS = [
     ("core", ["observation", "grid", "axes", "units", "psf_sampling"]),
     ("operators", ["operators"]),
-    ("terms", ["likelihood", "gaussian", "regularizers", "metrics", "analysis", "consistency"]),
+    ("terms", ["likelihood", "gaussian", "regularizers", "metrics", "analysis", "consistency", "sources"]),
     ("solvers", ["solvers"]),
     ("backends", ["parallel", "parallel_em", "backends", "checkpoints"]),
     ("api", ["registry", "start", "fuse", "tuning", "baselines", "toy", "scenes", "scenes_mosaic", "uncertainty", "plot",

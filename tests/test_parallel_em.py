@@ -120,7 +120,9 @@ def test_lattice_strides():
     np.testing.assert_equal(_mad(band, 5000), xfusion.regularizers.starlet.mad_sigma(band[::2, ::2, ::11]))
 
 
-@pytest.mark.parametrize("kw", [{"sample": 20000}, {"sample": 20000, "k_rule": "sigmoid"}], ids=["mad", "sigmoid"])
+@pytest.mark.parametrize("kw", [{"sample": 20000}, {"sample": 20000, "k_rule": "sigmoid"},
+                                {"sample": 20000, "line_peaks": [(6, 4), (18, 11), (29, 0), (12, 24)], "line_sigma": 8.0}],
+                         ids=["mad", "sigmoid", "line_step"])
 def test_block_statistics_identical_to_numpy(kw):
     """Statistics gathered from uneven blocks (lattice crossing block edges) == Wavelet2D1D.statistics bit for
     bit (MADs; sigmoid moments to float64 rounding), and the block prox == Wavelet2D1D.prox."""
@@ -133,6 +135,7 @@ def test_block_statistics_identical_to_numpy(kw):
     assert got["sigma"] == ref["sigma"]
     for k in ("k_mean", "k_std"):
         assert got.get(k, 0.0) == pytest.approx(ref.get(k, 0.0), rel=1e-12)
+    assert got.get("line_mad") == ref.get("line_mad")  # the line step's MAD (footprints across block edges)
     out, pen = B.prox(reg, B.cube(z, z.shape, z.dtype))
     ref_out, ref_pen = reg.prox(z, with_penalty=True)
     np.testing.assert_allclose(out.compute(), ref_out, rtol=0, atol=1e-6 * np.abs(ref_out).max())

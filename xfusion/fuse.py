@@ -1033,6 +1033,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
             ckpt.choice = reuse if reuse is not None else json.loads(json.dumps(
                 {"regularization": regularization, "method": method, "max_iter": max_iter, **params}, default=_json_default))
     _check_scales(params, models[0].fused_shape)  # again: tuning may have chosen the scales
+    _resolve_source_lines(regularization, params, grid, obs)
     settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
                 "tol": tol, **{k: v for k, v in params.items()}}
     if start is not None:
@@ -1130,6 +1131,8 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
                                                            input_positions(fusion_grid(*observations))]
     half = {}  # the chosen candidate's half-data iterate, which the shape prior's tuning scores
     reg, chosen, record = resolve_auto(*ordered, dtype=dtype, tol=tol or 1e-4, half_fit=half, **wopts)
+    if reg != "wavelet2d1d":  # options of the 2D-1D prior's final fit only (not tuned), moot for plain RL
+        rest = {k: v for k, v in rest.items() if k not in ("source_lines", "source_line_sigma")}
     if note is not None:
         record["in_memory"] = note
     n_tuned = chosen.pop("max_iter", None)  # the count by thinning (RL, or the wavelet prior stopped early)
@@ -1145,6 +1148,39 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
             rest["shape_prior"], record["shape_prior"] = _floored(shape_floor, *tune_shape(
                 *ordered, settings=fit, dtype=dtype, tol=tol or 1e-4, half_fit=half if own else None))
     return reg, max_iter, {**rest, **chosen}, record
+
+
+def _resolve_source_lines(regularization, params, grid, obs):
+    """``source_lines="auto"`` of the 2D-1D prior: the peaks of the compact sources with line-free spectra in the
+    sharp-spatial counts ``obs[0]`` (:func:`xfusion.sources.source_lines`; a list, maybe empty), and
+    ``source_line_sigma="auto"``: that instrument's line spread in fused channels. In place; off ("none") where the
+    step does not apply (a stabilized cube, the propagated noise model, a grid without an energy axis)."""
+    if regularization != "wavelet2d1d" or "source_lines" not in params:
+        return
+    sl = params["source_lines"]
+    if sl is None or sl == "none":
+        params["source_lines"] = "none"
+        return
+    if sl == "auto" and (params.get("stabilize", "none") != "none" or params.get("noise") == "propagated"
+                         or "energy_lo" not in grid.coords):
+        params["source_lines"] = "none"
+        return
+    from . import sources
+
+    x_obs = obs[0]
+    if sl == "auto":
+        params["source_lines"], sigma_kev, _ = sources.source_lines(x_obs, grid)
+    else:
+        shape = (grid.sizes["x"], grid.sizes["y"])
+        bad = [list(p) for p in sl if not (p[0] < shape[0] and p[1] < shape[1])]
+        if bad:
+            raise ValueError(f"source_lines pixel(s) {bad} lie outside the fused grid of {shape[0]}x{shape[1]} "
+                             "pixels; give [i, j] indices along x and y from 0")
+        params["source_lines"] = [[int(p[0]), int(p[1])] for p in sl]
+        sigma_kev = sources.line_sigma(x_obs, grid) if sl and params.get("source_line_sigma") == "auto" else None
+    if params["source_lines"] and params.get("source_line_sigma") == "auto":
+        width = float(np.median(grid["energy_hi"].values - grid["energy_lo"].values))
+        params["source_line_sigma"] = float(sigma_kev) / width
 
 
 def _floored(floor, choice, record):

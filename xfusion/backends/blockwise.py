@@ -157,8 +157,11 @@ def _stats_block(reg, halo, shape, origin, zo, *noise):
     return _boxed(reg.block_statistics(zo, halo, shape, origin, **kw))
 
 
-def _apply_block(reg, halo, stats, zo, *noise):
-    z, pen = reg.block_apply(zo, halo, stats, **({"noise": noise} if noise else {}))
+def _apply_block(reg, halo, stats, origin, zo, *noise):
+    kw = {"noise": noise} if noise else {}
+    if getattr(reg, "uses_origin", False):  # e.g. the 2D-1D prior's line step at given pixels
+        kw["origin"] = origin
+    z, pen = reg.block_apply(zo, halo, stats, **kw)
     return z, np.full((1, 1, 1), pen, dtype=np.float64)
 
 
@@ -549,8 +552,9 @@ class DaskBackend:
         if stats is None:  # not computed with the state (e.g. a state resumed without them): one more pass
             stats = self.combined(reg, z, noise)
         halo, chunks, zm, one = self._halo(reg, z, noise or ())
+        ox, oy = _offsets(chunks[0]), _offsets(chunks[1])
         t = _halo_map("prox", _apply_block, [self._send(reg), halo, stats], zm, (halo, halo), _PAD[reg.boundary], one,
-                      object, rim_bytes=self.rim_bytes)  # blocks: (z block, penalty)
+                      object, lambda i, j: [(ox[i], oy[j])], rim_bytes=self.rim_bytes)  # blocks: (z block, penalty)
         out = _items(t, 0, chunks + (z.chunks[2],), z.dtype)
         pen = _summed(_items(t, 1, one, np.float64))
         if chunks != z.chunks[:2]:

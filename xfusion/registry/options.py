@@ -192,6 +192,35 @@ NULL_FACTOR = lambda: option(1.0, "number > 0", "With ``null_space=\"threshold\"
                              "the other bands (1: every band alike, the paper; large: close to ``\"zero\"``, but a "
                              "coefficient far above the noise is kept). Ignored with ``null_space=\"zero\"``.",
                              positive_number)
+def _source_lines(name, v):
+    ok = v in ("auto", "none", None) or (isinstance(v, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(is_int(c) and c >= 0 for c in p) for p in v))
+    if not ok:
+        raise ValueError(f"option {name} must be \"auto\" (find the compact sources with line-free spectra in the "
+                         f"sharp-spatial counts), \"none\" (off) or a list of [i, j] fused-pixel indices of line-free "
+                         f"sources' peaks, e.g. [[12, 30], [40, 7]]; got {v!r}")
+
+
+def _line_sigma(name, v):
+    if v != "auto" and not (is_real(v) and v > 0):
+        raise ValueError(f"option {name} must be \"auto\" (the sharp-spatial instrument's line spread) or a number of "
+                         f"fused channels > 0; got {v!r}")
+
+
+SOURCE_LINES = lambda: option("none", '"auto", "none" or [[i, j], ...] fused pixels',
+                              "Compact sources whose own spectra are line-free (power laws): in the 3x3 pixels around "
+                              "each peak the prior thresholds the line structure of the fine spatial scale like the "
+                              "diffuse gas's, so that the gas's line flux does not move onto the sources "
+                              "(:mod:`xfusion.sources`; final fit only, not the tuning's candidates). ``\"auto\"``: "
+                              "found in the sharp-spatial counts (compact peaks whose excess over the local gas a "
+                              "folded power law fits); the result's parameters record the peaks used. Not with "
+                              "``stabilize=\"anscombe\"`` or ``noise=\"propagated\"`` (\"auto\" is then off).",
+                              _source_lines)
+SOURCE_LINE_SIGMA = lambda: option("auto", 'fused channels, or "auto"',
+                                   "Gaussian standard deviation along energy that separates line structure from "
+                                   "continuum in ``source_lines``' step; ``\"auto\"``: the sharp-spatial "
+                                   "instrument's spread of a narrow line (:func:`xfusion.sources.line_sigma`) over "
+                                   "the fused channel width.", _line_sigma)
 PER_BAND = lambda: option(True, "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the "
                           "MAD of "
                   "the finest band for every band.", boolean)

@@ -39,6 +39,8 @@ class Options(OptionSet):
                                  "one MAD per band under-smooths bright voxels and over-smooths faint ones); with "
                                  "``regularization=\"auto\"`` every wavelet candidate of the tuning is stabilized. "
                                  "In memory only; not with ``noise=\"propagated\"``.", o.one_of("none", "anscombe"))
+    source_lines: object = o.SOURCE_LINES()
+    source_line_sigma: object = o.SOURCE_LINE_SIGMA()
     shape_prior: object = o.SHAPE_PRIOR()
     shape_loop: object = o.SHAPE_LOOP()
     chunks: object = o.CHUNKS()
@@ -54,6 +56,11 @@ class Options(OptionSet):
                              f"k_min={self.k_min!r} to k_max={self.k_max!r}); drop k, or use k_rule='constant'")
         if self.k_rule != "sigmoid" and self.k is None:
             raise ValueError("option k=None is only for k_rule='sigmoid'; give k (noise sigmas) or 'auto'")
+        if isinstance(self.source_lines, (list, tuple)) and self.source_lines and (
+                self.stabilize == "anscombe" or self.noise == "propagated"):
+            raise ValueError("source_lines (the line step at line-free sources) works on the plain cube with "
+                             "noise='mad' or 'poisson'; drop source_lines (or set it to 'none') with "
+                             "stabilize='anscombe' or noise='propagated'")
         if self.k_rule == "sigmoid" and self.k_min > self.k_max:  # ignored by the constant rule
             raise ValueError(f"option k_min={self.k_min!r} exceeds k_max={self.k_max!r}; the sigmoid rule "
                              "needs k_min <= k_max")
@@ -98,10 +105,19 @@ def auto_wavelet_params(params, yd, client, mask=None):
         params["n_scales_1d"] = 2 if bright else 5
 
 
+def line_options(params):
+    """The :class:`~xfusion.regularizers.sparsity.Wavelet2D1D` arguments of ``source_lines`` once resolved (a list of
+    peaks and a number of channels, :func:`xfusion.fuse` resolves "auto"); none while "auto", "none" or empty."""
+    peaks, sigma = params.get("source_lines"), params.get("source_line_sigma")
+    if not isinstance(peaks, (list, tuple)) or not peaks or sigma in (None, "auto"):
+        return {}
+    return {"line_peaks": [tuple(p) for p in peaks], "line_sigma": float(sigma)}
+
+
 def build(params, level):
     from ..regularizers.sparsity import Wavelet2D1D
 
-    reg = Wavelet2D1D(**{k: params[k] for k in PRIOR_KEYS})
+    reg = Wavelet2D1D(**{k: params[k] for k in PRIOR_KEYS}, **line_options(params))
     if params.get("stabilize", "none") == "anscombe":
         from ..regularizers.stabilized import AnscombeStabilized
 
