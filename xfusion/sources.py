@@ -174,6 +174,8 @@ def source_lines(sharp, grid):
     if "mask" in sharp:  # masked voxels (e.g. a hot pixel) count as empty here
         sharp = sharp.assign(counts=sharp["counts"].where(sharp["mask"] > 0, 0))
     img = np.asarray(sharp["counts"].sum("energy").transpose("x", "y").values, dtype=np.float64)
+    if not np.all(np.isfinite(img)):  # refused with its own message by the data checks; nothing to find here
+        return [], None, []
     found = line_free(sharp, grid, compact_sources(img, psf_image(sharp)))
     peaks = [list(s["peak"]) for s in found if s["line_free"]]
     return peaks, (line_sigma(sharp, grid) if peaks else None), found

@@ -202,12 +202,12 @@ def _source_lines(name, v):
 
 
 def _line_sigma(name, v):
-    if v != "auto" and not (is_real(v) and v > 0):
+    if v is not None and v != "auto" and not (is_real(v) and v > 0):
         raise ValueError(f"option {name} must be \"auto\" (the sharp-spatial instrument's line spread) or a number of "
-                         f"fused channels > 0; got {v!r}")
+                         f"fused channels > 0 (None: unused, no source); got {v!r}")
 
 
-SOURCE_LINES = lambda: option("none", '"auto", "none" or [[i, j], ...] fused pixels',
+SOURCE_LINES = lambda: option("auto", '"auto", "none" or [[i, j], ...] fused pixels',
                               "Compact sources whose own spectra are line-free (power laws): in the 3x3 pixels around "
                               "each peak the prior thresholds the line structure of the fine spatial scale like the "
                               "diffuse gas's, so that the gas's line flux does not move onto the sources "
@@ -216,11 +216,11 @@ SOURCE_LINES = lambda: option("none", '"auto", "none" or [[i, j], ...] fused pix
                               "folded power law fits); the result's parameters record the peaks used. Not with "
                               "``stabilize=\"anscombe\"`` or ``noise=\"propagated\"`` (\"auto\" is then off).",
                               _source_lines)
-SOURCE_LINE_SIGMA = lambda: option("auto", 'fused channels, or "auto"',
+SOURCE_LINE_SIGMA = lambda: option("auto", 'fused channels, "auto" or None',
                                    "Gaussian standard deviation along energy that separates line structure from "
                                    "continuum in ``source_lines``' step; ``\"auto\"``: the sharp-spatial "
                                    "instrument's spread of a narrow line (:func:`xfusion.sources.line_sigma`) over "
-                                   "the fused channel width.", _line_sigma)
+                                   "the fused channel width (None once resolved without a source).", _line_sigma)
 PER_BAND = lambda: option(True, "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the "
                           "MAD of "
                   "the finest band for every band.", boolean)
