@@ -1,6 +1,8 @@
-"""Do bright compact sources take the line flux of the diffuse gas around them? (session 50; a measurement, no fix)
+"""Do bright compact sources take the line flux of the diffuse gas around them? (session 50; the fix, session 51)
 
-On point-source skies most of the default's squared error sits on a few pixels around the bright sources, and
+Session 51 made ``source_lines="auto"`` the default (:mod:`xfusion.sources`): the fused cube is the default's, so the
+numbers below describe it; the session-50 numbers in QUALITY_HISTORY are those of ``source_lines="none"``.
+On point-source skies most of the default's squared error sat on a few pixels around the bright sources, and
 mostly at line scales along energy (2-11 eV, the sharp-spectral LSF and a few times it), not in their images.
 This script measures that truth against the fused cube, per scene:
 

@@ -244,9 +244,8 @@ class Wavelet2D1D:
     part of the synthesis ``r = sum_b S(w_0b)`` (the kept bands of 2D scale 0) has its line part along energy
     ``l = r - G_s * r`` (``G_s`` a Gaussian of ``line_sigma`` channels, nearest-edge) soft-thresholded at
     ``step * line_factor * k * sigma_l``: the output there gains ``S(l) - l``. ``sigma_l`` (statistic ``line_mad``)
-    is the MAD of the same
-    line part of the input's fine 2D band over the lattice sample (a statistic like the bands', so both backends
-    compute it alike). It adds ``sum rho_l |S(l)|`` to the penalty. Why: in the band fine in space and coarse in
+    is the MAD of the same line part of the input's fine 2D band over the lattice sample (a statistic like the
+    bands', so both backends compute it alike). It adds ``sum rho_l |S(l)|`` to the penalty. Why: in the band fine in space and coarse in
     energy a gas line that shifts from pixel to pixel is thresholded away while a bright source's large
     coefficients keep line structure, so the EM steps put the gas's line counts on the sources (the instruments
     cannot see the swap; :mod:`xfusion.sources`). Noise models "mad" and "poisson" (the line threshold is one
