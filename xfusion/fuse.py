@@ -1167,12 +1167,13 @@ def _resolve_source_lines(regularization, params, grid, obs):
     """``source_lines="auto"`` of the 2D-1D prior: the peaks of the compact sources with line-free spectra in the
     sharp-spatial counts ``obs[0]`` (:func:`xfusion.sources.source_lines`; a list, maybe empty), and
     ``source_line_sigma="auto"``: that instrument's line spread in fused channels. In place; off ("none") where the
-    step does not apply (a stabilized cube, the propagated noise model, a grid without an energy axis)."""
-    if regularization != "wavelet2d1d" or "source_lines" not in params:
+    step does not apply (``anscombe2d1d`` or a stabilized cube, the propagated noise model, a grid without an energy
+    axis)."""
+    if "source_lines" not in params:
         return
     sl = params["source_lines"]
-    if sl is None or sl == "none" or (sl == "auto" and (params.get("stabilize", "none") != "none" or params.get(
-            "noise") == "propagated" or "energy_lo" not in grid.coords)):
+    if regularization != "wavelet2d1d" or sl is None or sl == "none" or (sl == "auto" and (params.get(
+            "stabilize", "none") != "none" or params.get("noise") == "propagated" or "energy_lo" not in grid.coords)):
         params["source_lines"], params["source_line_sigma"] = "none", None
         return
     from . import sources

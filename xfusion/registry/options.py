@@ -192,6 +192,8 @@ NULL_FACTOR = lambda: option(1.0, "number > 0", "With ``null_space=\"threshold\"
                              "the other bands (1: every band alike, the paper; large: close to ``\"zero\"``, but a "
                              "coefficient far above the noise is kept). Ignored with ``null_space=\"zero\"``.",
                              positive_number)
+
+
 def _source_lines(name, v):
     ok = v in ("auto", "none", None) or (isinstance(v, (list, tuple)) and all(
         isinstance(p, (list, tuple)) and len(p) == 2 and all(is_int(c) and c >= 0 for c in p) for p in v))
@@ -221,6 +223,8 @@ SOURCE_LINE_SIGMA = lambda: option("auto", 'fused channels, "auto" or None',
                                    "continuum in ``source_lines``' step; ``\"auto\"``: the sharp-spatial "
                                    "instrument's spread of a narrow line (:func:`xfusion.sources.line_sigma`) over "
                                    "the fused channel width (None once resolved without a source).", _line_sigma)
+
+
 PER_BAND = lambda: option(True, "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the "
                           "MAD of "
                   "the finest band for every band.", boolean)
