@@ -6,11 +6,9 @@ On point-source skies most of the default's squared error sat on a few pixels ar
 mostly at line scales along energy (2-11 eV, the sharp-spectral LSF and a few times it), not in their images.
 This script measures that truth against the fused cube, per scene:
 
-* **compact sources**, found without the truth in the sharp-spatial image ``I`` (counts summed over energy):
-  local maxima of ``I`` where the finest B3-spline starlet coefficient ``w1 = I - h*I`` (``h`` the 5x5 B3 kernel)
-  exceeds ``SIGMAS`` Poisson sigmas and where ``w1 / I`` at the peak is at least ``COMPACT`` of what a point source
-  through the sharp-spatial PSF gives there (a smooth or ridge-like peak gives a smaller fraction); each source's
-  footprint is the 3x3 fused pixels around its peak (the sky's point sources are split over 2x2 pixels);
+* **compact sources**, found without the truth in the sharp-spatial image (``xfusion.sources.compact_sources``, rule
+  in that module's notes); each source's footprint is the 3x3 fused pixels around its peak (the sky's point sources
+  are split over 2x2 pixels);
 * the **line flux** (``xfusion.analysis.line_map`` in the scene's line window, above its side-band continuum) of the
   fused cube against the truth's, summed inside the footprints and outside them (ratio 1: right);
 * at each source's peak pixel, the line flux per unit total flux, truth against fused (a power-law source has
@@ -35,9 +33,8 @@ import numpy as np
 from bench_cli import _records, add_suite_options, suite_rows
 from scipy import ndimage as ndi
 
-# the detection rule (SIGMAS, COMPACT) moved to the library in session 51, where the 2D-1D prior's line step uses it
-from xfusion.sources import COMPACT, SIGMAS, compact_sources, footprint_mask  # noqa: F401
-from xfusion.sources import psf_image as _sharp_spatial_psf
+# the detection rule moved to the library in session 51, where the 2D-1D prior's line step uses it
+from xfusion.sources import compact_sources, footprint_mask, psf_image
 
 SCRIPT = "line_stealing.py"
 
@@ -59,7 +56,7 @@ def run_scene(spec, size):
     T = truth["flux"]
     Z = np.asarray(res["flux"].values, dtype=np.float64)
     T64 = np.asarray(T.values, dtype=np.float64)
-    peaks = compact_sources(sharp["counts"].sum("energy").values, _sharp_spatial_psf(sharp))
+    peaks = compact_sources(sharp["counts"].sum("energy").values, psf_image(sharp))
     mask = footprint_mask(peaks, Z.shape[:2])
     lsf = float(truth.attrs["lsf_sigma_kev"])
     lt = np.asarray(analysis.line_map(T, lsf_sigma=lsf, **lm)["flux"].values, dtype=np.float64)

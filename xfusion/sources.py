@@ -82,10 +82,11 @@ def compact_sources(image, psf=None, sigmas=SIGMAS, compact=COMPACT):
 
 
 def footprint_mask(peaks, shape, half=1):
-    """Boolean (M, N): the ``(2 half + 1)``-square footprints around ``peaks``, clipped at the field's edges."""
+    """Boolean (M, N): the ``(2 half + 1)``-square footprints around ``peaks``, clipped at the field's edges (a peak
+    may lie outside the field, e.g. in a neighbouring block: only its footprint's part inside counts)."""
     mask = np.zeros(shape, dtype=bool)
     for i, j in peaks:
-        mask[max(i - half, 0):i + half + 1, max(j - half, 0):j + half + 1] = True
+        mask[max(i - half, 0):max(i + half + 1, 0), max(j - half, 0):max(j + half + 1, 0)] = True
     return mask
 
 

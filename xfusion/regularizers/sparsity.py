@@ -554,13 +554,10 @@ class Wavelet2D1D:
     def _footprint(self, shape, origin):
         """Local (x, y) index arrays of the footprint pixels inside a block interior of ``shape`` whose first pixel
         is the global ``origin``, or None when the block holds none."""
-        bx, by = int(shape[0]), int(shape[1])
-        pts = sorted({(i + di - origin[0], j + dj - origin[1]) for i, j in self.line_peaks
-                      for di in (-1, 0, 1) for dj in (-1, 0, 1)})
-        pts = [(u, v) for u, v in pts if 0 <= u < bx and 0 <= v < by]
-        if not pts:
-            return None
-        return tuple(np.array(c, dtype=np.intp) for c in zip(*pts))
+        from ..sources import footprint_mask  # the one definition of a footprint (here: lazily, no import cycle)
+
+        m = footprint_mask([(i - origin[0], j - origin[1]) for i, j in self.line_peaks], (int(shape[0]), int(shape[1])))
+        return np.nonzero(m) if m.any() else None
 
     def _line_step(self, c1, stats, step, bands, origin):
         """``(footprint pixels, delta (n, L), penalty)`` of the line step (class notes) from the coefficients ``c1``
