@@ -1047,6 +1047,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
                 {"regularization": regularization, "method": method, "max_iter": max_iter, **params}, default=_json_default))
     _check_scales(params, models[0].fused_shape)  # again: tuning may have chosen the scales
     _resolve_source_lines(regularization, params, grid, obs)
+    _floor_off_sources(regularization, params)
     settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
                 "tol": tol, **{k: v for k, v in params.items()}}
     if start is not None:
@@ -1194,6 +1195,38 @@ def _resolve_source_lines(regularization, params, grid, obs):
     elif params.get("source_line_sigma") == "auto":
         width = float(np.median(grid["energy_hi"].values - grid["energy_lo"].values))
         params["source_line_sigma"] = float(sigma_kev) / width
+
+
+def _floor_off_sources(regularization, params):
+    """The level-0 floor kept off the line-free compact sources (session 52; in place). Where thinning chose the
+    shape prior and ``fuse`` raised its level 0 to a floor (``shape_prior`` "auto" or ``["auto", N]``), the 3x3
+    footprints of the 2D-1D prior's ``source_lines`` peaks take thinning's own level-0 pseudo-counts: the delivered
+    prior becomes ``[n0, floored n0_pixel, n0_pixel]`` (:class:`xfusion.regularizers.shape.SpectralShape`).
+
+    Why: the floor ties a pixel's spectral shape to its neighbours' because a gas line's centroid is measured only by
+    the sharp-spectral instrument's wide pixels; a compact source is a different spectrum that the sharp-spatial
+    instrument does measure in its own pixels, and its neighbourhood's shape mixes in the gas around it. A given
+    triple is checked here: it needs those peaks (a ``wavelet2d1d`` fit with ``source_lines`` found or given)."""
+    sp = params.get("shape_prior")
+    peaks = params.get("source_lines") if regularization == "wavelet2d1d" else None
+    if isinstance(sp, (list, tuple)) and len(sp) == 3:
+        if not (isinstance(peaks, list) and peaks):
+            raise ValueError(f"shape_prior {list(sp)!r}: its third value is level 0's pseudo-counts in the 3x3 "
+                             "footprints of the line-free compact sources, which only regularization='wavelet2d1d' "
+                             "with source_lines found or given has (here: none); give a pair [n0, n0_pixel]")
+        return
+    record = (params.get("auto_tuning") or {}).get("shape_prior")
+    if not (isinstance(peaks, list) and peaks and isinstance(record, dict) and "pixel_floor" in record
+            and isinstance(sp, (list, tuple)) and len(sp) == 2):
+        return
+    from .regularizers.shape import levels_of
+
+    own = levels_of(record["choice"])[1]
+    if own < float(sp[1]):
+        params["shape_prior"] = [float(sp[0]), float(sp[1]), own]
+        params["auto_tuning"] = dict(params["auto_tuning"], shape_prior=dict(
+            record, delivered=params["shape_prior"], at_sources="level 0 at thinning's own value in the 3x3 "
+            "footprints of source_lines (session 52)"))
 
 
 def _floored(floor, choice, record):
@@ -1556,7 +1589,7 @@ def _result(problem, solver, state, history, basis, params, n_iter, converged, e
     _check_finite(sol, history, client)
     coeffs = sol if basis is not None else None
     if basis is None and params.get("shape_prior") is not None:  # the spectral-shape prior of the delivered cube
-        sol = _shape_prior(problem, solver, sol, params["shape_prior"])
+        sol = _shape_prior(problem, solver, sol, params["shape_prior"], params.get("source_lines"))
     extras = []
     if problem.use_dask and basis is not None:
         vb = basis.astype(sol.dtype)
@@ -1676,12 +1709,14 @@ def _count_totals(problem, predicted, stopped_at=None):
     return rows
 
 
-def _shape_prior(problem, solver, z, pseudo_counts):
+def _shape_prior(problem, solver, z, pseudo_counts, sources=None):
     """``z`` with each pixel's spectral shape shrunk toward its neighbourhood's (:mod:`xfusion.regularizers.shape`;
-    every input's counts), on the solver's backend (Dask: blocks with the starlet halo, one pass for the total)."""
+    every input's counts), on the solver's backend (Dask: blocks with the starlet halo, one pass for the total); a
+    triple ``pseudo_counts`` sets level 0 in the footprints of ``sources`` (the resolved ``source_lines``)."""
     from .regularizers.shape import SpectralShape
 
-    prior = SpectralShape(pseudo_counts, float(sum(problem.sums)))
+    prior = SpectralShape(pseudo_counts, float(sum(problem.sums)),
+                          sources=sources if isinstance(sources, list) else ())
     if not problem.use_dask:
         return prior.prox(z)
     return solver.B.prox(prior, z, solver.B.combined(prior, z))[0]

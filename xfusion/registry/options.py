@@ -125,23 +125,24 @@ def shape_auto(v):
 
 
 def _shape_prior(name, v):
-    from ..regularizers.shape import levels_of  # the prior's own check of a number or a pair
+    from ..regularizers.shape import levels_of  # the prior's own check of a number, a pair or a triple
 
     auto, floor = shape_auto(v)
     try:
         if floor is not None:
             levels_of(floor)
         elif v is not None and not auto:
-            levels_of(v)
+            levels_of(v, sources=True)
     except ValueError:
         raise ValueError(f"option shape_prior must be None (off), a number of pseudo-counts > 0 (photons, e.g. "
-                         f"1e4), a pair [n0, n0_pixel] of them, \"auto\" (chosen by Poisson thinning: the default "
+                         f"1e4), a pair [n0, n0_pixel] of them, a triple [n0, n0_pixel, n0_sources] (wavelet2d1d with "
+                         f"source_lines), \"auto\" (chosen by Poisson thinning: the default "
                          f"of regularization=\"auto\") or [\"auto\", N] (chosen by thinning, level 0 at >= N, "
                          f"e.g. 3e5; [\"auto\", None], in TOML [\"auto\", \"none\"]: no floor, the default's is 1e5); "
                          f"got {v!r}") from None
 
 
-SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"auto\", [\"auto\", N] or None",
+SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair or triple of them, \"auto\", [\"auto\", N] or None",
                              "Spectral-shape prior of the delivered cube: each pixel's spectrum is shrunk toward its "
                              "starlet neighbourhood's shape with weight n_p / (n_p + shape_prior), n_p the pixel's "
                              "photons, keeping every pixel's total (:mod:`xfusion.regularizers.shape`). None: off. "
@@ -150,7 +151,10 @@ SHAPE_PRIOR = lambda: option(None, "pseudo-counts (photons), a pair of them, \"a
                              "(``\"auto\"``, its default there: n0 among 1e3-3e7, then level 0, "
                              ":func:`xfusion.tuning.tune_shape`), then gives level 0 at least "
                              ":data:`xfusion.tuning.PIXEL_FLOOR` = 1e5 pseudo-counts (session 44, for the velocity "
-                             "maps); ``[\"auto\", N]`` does the same with the floor N, ``[\"auto\", None]`` "
+                             "maps) except in the 3x3 footprints of the line-free compact sources that "
+                             "``source_lines`` found, which keep thinning's own level 0 (session 52): the delivered "
+                             "value is then a triple ``[n0, n0_pixel, n0_sources]``; ``[\"auto\", N]`` does the same "
+                             "with the floor N, ``[\"auto\", None]`` "
                              "(in a TOML file ``[\"auto\", \"none\"]``) without one. With a named "
                              "regularization (or wavelet options given) ``\"auto\"`` "
                              "is chosen the same way for that fit, with no floor unless N is given (session 40; "

@@ -61,16 +61,21 @@ N_SCALES = 2
 _AREAS = {}
 
 
-def levels_of(pseudo_counts):
+def levels_of(pseudo_counts, sources=False):
     """``(n0, n0_pixel)``: the pseudo-counts of levels 1..J-1 and of level 0, from a number (both) or a pair
-    ``[n0, n0_pixel]`` (photons, finite, > 0; else ``ValueError``)."""
-    pair = list(pseudo_counts) if isinstance(pseudo_counts, (list, tuple)) else [pseudo_counts, pseudo_counts]
-    ok = len(pair) == 2 and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                                and np.isfinite(v) and v > 0 for v in pair)
+    ``[n0, n0_pixel]`` (photons, finite, > 0; else ``ValueError``). With ``sources=True`` also a triple
+    ``[n0, n0_pixel, n0_sources]`` (level 0 in the footprints of given compact sources, :class:`SpectralShape`), and
+    the result has three values (the third ``n0_pixel`` for a number or a pair)."""
+    many = list(pseudo_counts) if isinstance(pseudo_counts, (list, tuple)) else [pseudo_counts, pseudo_counts]
+    ok = len(many) in ((2, 3) if sources else (2,)) and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+        for v in many)
     if not ok:
-        raise ValueError(f"pseudo_counts must be a finite number > 0 (photons) or a pair [n0, n0_pixel] of them; "
-                         f"got {pseudo_counts!r}")
-    return float(pair[0]), float(pair[1])
+        extra = " or a triple [n0, n0_pixel, n0_sources]" if sources else ""
+        raise ValueError(f"pseudo_counts must be a finite number > 0 (photons) or a pair [n0, n0_pixel] of them"
+                         f"{extra}; got {pseudo_counts!r}")
+    out = tuple(float(v) for v in many)
+    return (out + (out[1],))[:3] if sources else out
 
 
 def _area(j):
@@ -137,6 +142,15 @@ def _shrink(h, n0, n0_pixel):
     return h.totals * s
 
 
+def _at(h, pix):
+    """The hierarchy ``h`` at the pixels ``pix`` (index arrays) only, as (n, 1, energy) arrays."""
+    sub = _Hierarchy.__new__(_Hierarchy)
+    sub.coarsest = h.coarsest[pix][:, None]
+    sub.fine = [(u[pix][:, None], n[pix][:, None]) for u, n in h.fine]
+    sub.totals = h.totals[pix][:, None]
+    return sub
+
+
 def shrink_ladder(z, counts, pseudo_counts, n_scales=N_SCALES):
     """``z`` (x, y, energy; any non-negative units) through the prior of each of ``pseudo_counts`` (photons; each a
     number or a pair ``[n0, n0_pixel]``, as :class:`SpectralShape` takes): yields ``(p, cube)`` (``p`` a float or a
@@ -161,20 +175,29 @@ class SpectralShape:
     """Hierarchical shrinkage of each pixel's spectral shape (module notes).
 
     ``pseudo_counts``: n0 > 0 (photons) for every level, or a pair ``[n0, n0_pixel]``: n0_pixel at level 0 (a pixel
-    against its level-1 neighbourhood; the README's recipe for velocity maps); ``counts``: total counts of every
-    input (photons, > 0 for any effect);
+    against its level-1 neighbourhood; the README's recipe for velocity maps), or a triple
+    ``[n0, n0_pixel, n0_sources]``: level 0 at n0_sources in the 3x3 footprints of ``sources`` (global ``[i, j]``
+    pixels of compact sources; :func:`xfusion.sources.footprint_mask`) and at n0_pixel elsewhere. Level 0 is the last
+    step of the hierarchy and ``s_1`` does not depend on it, so each footprint pixel equals the same prior run with
+    n0_pixel = n0_sources there (``fuse``'s default: the level-0 floor kept off the sources with line-free spectra,
+    session 52);
+    ``counts``: total counts of every input (photons, > 0 for any effect);
     ``n_scales``: J >= 1 starlet levels. ``apply(z, statistics(z))`` is the result; block forms for the Dask
-    backend (:mod:`xfusion.backends.blockwise` calls ``block_statistics``, ``combine`` and ``block_apply``)."""
+    backend (:mod:`xfusion.backends.blockwise` calls ``block_statistics``, ``combine`` and ``block_apply``, the
+    latter with the block's global ``origin`` when there are ``sources``)."""
 
     boundary = "symmetric"
 
-    def __init__(self, pseudo_counts, counts, n_scales=N_SCALES):
-        n0, n0_pixel = levels_of(pseudo_counts)
+    def __init__(self, pseudo_counts, counts, n_scales=N_SCALES, sources=()):
+        n0, n0_pixel, n0_sources = levels_of(pseudo_counts, sources=True)
         if not (np.isfinite(counts) and counts >= 0):
             raise ValueError(f"counts must be the total photon count (finite, >= 0); got {counts!r}")
         if int(n_scales) < 1:
             raise ValueError(f"n_scales must be an integer >= 1; got {n_scales!r}")
-        self.n0, self.n0_pixel, self.counts, self.J = n0, n0_pixel, float(counts), int(n_scales)
+        self.n0, self.n0_pixel, self.n0_sources = n0, n0_pixel, n0_sources
+        self.counts, self.J = float(counts), int(n_scales)
+        self.sources = [(int(i), int(j)) for i, j in sources] if n0_sources != n0_pixel else []
+        self.uses_origin = bool(self.sources)  # the footprints are global pixels: blocks need their origin
         self.depth = reach(self.J)
 
     # -- statistics (global): the cube's total ---------------------------------------------------
@@ -189,13 +212,22 @@ class SpectralShape:
         return self.combine([self.block_statistics(z, 0, z.shape, (0, 0))])
 
     # -- apply (local) -----------------------------------------------------------------------------
-    def block_apply(self, zo, halo, stats):
-        """Shrunk interior of a block ``zo`` with ``halo`` pixels (and a zero penalty, the backends' prox form)."""
+    def block_apply(self, zo, halo, stats, origin=(0, 0)):
+        """Shrunk interior of a block ``zo`` with ``halo`` pixels whose first interior pixel is the global
+        ``origin`` (and a zero penalty, the backends' prox form)."""
         z, dt, inner = _as_cube(zo, halo)
         if not (stats["total"] > 0 and self.counts > 0):
             return z[inner].astype(dt), 0.0
         h = _Hierarchy(z, self.J, inner, self.counts / stats["total"])
-        return _shrink(h, self.n0, self.n0_pixel).astype(dt), 0.0
+        out = _shrink(h, self.n0, self.n0_pixel)
+        if self.sources:
+            from ..sources import footprint_mask  # lazily: xfusion.sources sits above the regularizers
+
+            m = footprint_mask([(i - origin[0], j - origin[1]) for i, j in self.sources], out.shape[:2])
+            if m.any():
+                pix = np.nonzero(m)
+                out[pix] = _shrink(_at(h, pix), self.n0, self.n0_sources)[:, 0]
+        return out.astype(dt), 0.0
 
     def apply(self, z, stats):
         return self.block_apply(z, 0, stats)[0]
