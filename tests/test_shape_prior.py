@@ -65,15 +65,40 @@ def test_pixel_pseudo_counts_act_on_level_0_only():
     level1 = (h.fine[0][1] * h.fine[0][0] + 3e3 * h.coarsest) / (h.fine[0][1] + 3e3)  # the level-1 posterior shape
     assert _angle(strong, level1).mean() < 0.2 * _angle(base, level1).mean()
     assert s1.n0_pixel == 3e3 and SpectralShape([3e3, 1e7], total).n0_pixel == 1e7
-    for bad in ([1e3], [1e3, 0.0], [1e3, float("nan")], [1e3, 2e3, 3e3], "1e4", [True, 1e3]):
+    for bad in ([1e3], [1e3, 0.0], [1e3, float("nan")], [1e3, 2e3, 3e3, 4e3], [1e3, 2e3, 0.0], "1e4", [True, 1e3]):
         with pytest.raises(ValueError, match="pseudo_counts"):
             SpectralShape(bad, total)
+    with pytest.raises(ValueError, match="pseudo_counts"):  # a triple only where sources are meant (the prior)
+        levels_of([1e3, 2e3, 3e3])
+    assert levels_of([1e3, 2e3, 3e3], sources=True) == (1e3, 2e3, 3e3)
+    assert levels_of([1e3, 2e3], sources=True) == (1e3, 2e3, 2e3)
 
 
-@pytest.mark.parametrize("n0", [3e3, [3e3, 1e5]])
-def test_shape_prior_on_dask_blocks_equals_numpy(n0):
+def test_level_0_at_sources_takes_its_own_pseudo_counts_in_their_footprints_only():
+    """A triple ``[n0, n0_pixel, n0_sources]`` with ``sources``: in the 3x3 footprints the pair prior with
+    n0_pixel = n0_sources, elsewhere the pair prior, to round-off (level 0 is the hierarchy's last step, session 52);
+    the pixel totals are kept; n0_sources == n0_pixel is the pair to the bit."""
+    z, _ = _cube(2)
+    z = z.astype(np.float64)
+    total = float(z.sum())
+    peaks = [(9, 10), (0, 19), (25, 3)]  # the second at a corner (clipped), the third outside the field (none)
+    got = SpectralShape([3e3, 1e6, 3e3], total, sources=peaks).prox(z)
+    far, near = SpectralShape([3e3, 1e6], total).prox(z), SpectralShape([3e3, 3e3], total).prox(z)
+    m = np.zeros(z.shape[:2], bool)
+    m[8:11, 9:12] = m[0:2, 18:20] = True
+    np.testing.assert_allclose(got[m], near[m], rtol=1e-12)
+    np.testing.assert_array_equal(got[~m], far[~m])
+    assert np.abs(near[m] - far[m]).max() > 1e-3 * z.max()  # the footprints do change
+    np.testing.assert_allclose(got.sum(-1), z.sum(-1), rtol=1e-10)
+    np.testing.assert_array_equal(SpectralShape([3e3, 1e6, 1e6], total, sources=peaks).prox(z), far)
+
+
+@pytest.mark.parametrize("n0, sources", [(3e3, ()), ([3e3, 1e5], ()), ([3e3, 1e5, 3e3], [(6, 4), (13, 15), (0, 0)])])
+def test_shape_prior_on_dask_blocks_equals_numpy(n0, sources):
+    """Blocks of 5-7 pixels; with sources, footprints across block edges (6, 4), (13, 15) and at the corner."""
     z, _ = _cube(1)
-    prior = SpectralShape(n0, float(z.sum(dtype=np.float64)))
+    prior = SpectralShape(n0, float(z.sum(dtype=np.float64)), sources=sources)
+    assert prior.uses_origin == bool(sources)
     ref = prior.prox(z)
     B = DaskBackend(((7, 7, 6), (5, 5, 5, 5), (z.shape[2],)))  # blocks smaller than the halo (6 pixels) too
     zd = B.cube(z, z.shape, z.dtype)

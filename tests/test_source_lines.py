@@ -116,6 +116,29 @@ def test_fuse_source_lines_auto_against_none_on_a_point_source_sky():
     assert gain > 0.3
     again = xfusion.fuse(x, y, progress=False, **{k: v for k, v in p_on.items() if k != "auto_tuning"})
     np.testing.assert_array_equal(again["flux"].values, on["flux"].values)
+    # the level-0 floor is kept off the source's footprint (session 52): thinning's own level 0 (3e4) there
+    n0, floored, own = p_on["shape_prior"]
+    from xfusion.regularizers.shape import levels_of
+
+    assert floored == 1e5 and own == levels_of(p_on["auto_tuning"]["shape_prior"]["choice"])[1] < floored
+    assert p_on["auto_tuning"]["shape_prior"]["delivered"] == p_on["shape_prior"]
+    pair = xfusion.fuse(x, y, progress=False, settings=on, shape_prior=[n0, floored])
+    diff = np.abs(pair["flux"].values - on["flux"].values).max(-1)
+    changed = np.argwhere(diff > 0)
+    assert changed.min(0).tolist() >= [9, 12] and changed.max(0).tolist() <= [11, 14] and len(changed) >= 5
+    assert (metrics.report(on, truth["flux"], ratio=ratio)["nmse_db"]
+            > metrics.report(pair, truth["flux"], ratio=ratio)["nmse_db"])
+
+
+def test_a_third_shape_prior_value_needs_line_free_sources():
+    x, y, _ = scenes.from_spec(scenes.suite("tune", 48)[43], size="small")
+    with pytest.raises(ValueError, match="third value"):
+        xfusion.fuse(x, y, regularization="none", max_iter=3, shape_prior=[1e4, 1e5, 1e4], progress=False)
+    with pytest.raises(ValueError, match="third value"):
+        xfusion.fuse(x, y, regularization="wavelet2d1d", source_lines="none", max_iter=2,
+                     shape_prior=[1e4, 1e5, 1e4], progress=False)
+    with pytest.raises(ValueError, match="shape_loop"):
+        xfusion.fuse(x, y, regularization="none", max_iter=3, shape_loop=[1e4, 1e5, 1e4], progress=False)
 
 
 def test_source_lines_outside_the_grid_or_malformed_are_refused():
