@@ -376,6 +376,27 @@ def _reusable(reuse, size, name, ch, cur):
     return old, float(rows[0]["nmse_choice_db"]), float(rows[0]["nmse_best_db"]), float(rows[0]["loss_db"])
 
 
+def _delivery(x, y, ch, half):
+    """The shape prior ``fuse``'s default delivers for the choice ``ch`` (thinning's pseudo-counts, level 0 >= the
+    floor, session 44; a wavelet fit with line-free sources keeps thinning's own level 0 in their footprints, session
+    52), as a function of a candidate's fuse options."""
+    from xfusion import sources
+    from xfusion.grid import assign_roles, fusion_grid
+    from xfusion.regularizers.shape import levels_of
+
+    tuned = tuning.tune_shape(x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS},
+                              half_fit=half)[0]
+    pair = tuning.with_pixel_floor(tuned)
+    own = levels_of(tuned)[1]
+    peaks = sources.source_lines(assign_roles(x, y)[0], fusion_grid(x, y))[0]
+    triple = pair + [own] if peaks and own < pair[1] else pair
+
+    def extra(kw):
+        wav = kw.get("regularization", "wavelet2d1d") == "wavelet2d1d" and kw.get("source_lines", "auto") == "auto"
+        return {"shape_prior": triple if wav else pair}
+    return extra
+
+
 def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, science=False, reuse=None):
     """Issue 13 target "the truth-free choice lands within 0.5 dB of the best setting in hindsight (same candidate
     grid)": for each suite scene, every candidate the 'auto' selection visited (the k rungs at the default null
@@ -418,20 +439,18 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
                    for j, c in enumerate(old[0])]
             chosen, best, loss = old[1:]
         else:
-            extra = {"shape_prior": tuning.with_pixel_floor(tuning.tune_shape(  # level 0 >= PIXEL_FLOOR, session 44
-                x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)[0])} \
-                if shape == "auto" else {}
+            extra = _delivery(x, y, ch, half) if shape == "auto" else (lambda kw: {})
             res = []
             for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
                 cand = json.loads(str(st))
                 kw = dict(cand)
                 kw.setdefault("regularization", "wavelet2d1d")
-                r = xfusion.fuse(x, y, progress=False, **kw, **extra)
+                r = xfusion.fuse(x, y, progress=False, **kw, **extra(kw))
                 res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values), vel(r.flux)))
             found = [v for c, _, v, _ in res
                      if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d", **ch}]
             if not found:  # the zeroed ladder candidate with its iteration count by thinning (session 8): one more fit
-                r = xfusion.fuse(x, y, progress=False, **ch, **extra)
+                r = xfusion.fuse(x, y, progress=False, **ch, **extra(ch))
                 res.append((dict(ch, chosen=True), math.nan, metrics.nmse(t.values, r.flux.values), vel(r.flux)))
                 found = [res[-1][2]]
             chosen, best = found[0], max(v for _, _, v, _ in res)
