@@ -62,6 +62,14 @@ def _pick_rl_iterations(x, y):
         return None, f"tuning failed: {type(exc).__name__}: {exc}"
 
 
+def line_free_peaks(x, y):
+    """The line-free compact sources ``fuse`` finds for ``source_lines="auto"`` (:func:`xfusion.sources.source_lines`)."""
+    from xfusion import sources
+    from xfusion.grid import assign_roles, fusion_grid
+
+    return sources.source_lines(assign_roles(x, y)[0], fusion_grid(x, y))[0]
+
+
 def _science(flux, truth_maps, lm_args, lsf):
     if truth_maps is None:
         return {"velocity_rms_kms": float("nan"), "width_rms_kms": float("nan")}
@@ -102,9 +110,10 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False, contin
               tuning.WAVELET_KEYS}
         kw.update(ch)
         if "shape_prior" not in kw:  # what fuse(regularization="auto") delivers through: its n0 by thinning, then
-            n0, rec = tuning.tune_shape(  # level 0 at >= tuning.PIXEL_FLOOR (session 44)
+            n0, rec = tuning.tune_shape(  # level 0 at >= tuning.PIXEL_FLOOR (session 44), not at sources (52)
                 x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)
-            kw["shape_prior"] = tuning.with_pixel_floor(n0)
+            wav = ch["regularization"] == "wavelet2d1d" and kw.get("source_lines", "auto") == "auto"
+            kw["shape_prior"] = tuning.floor_off_sources(n0, peaks=line_free_peaks(x, y) if wav else ())
             row["shape_prior"] = dict(rec, delivered=kw["shape_prior"])
         res = xfusion.fuse(x, y, progress=False, **kw)
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,

@@ -377,19 +377,14 @@ def _reusable(reuse, size, name, ch, cur):
 
 
 def _delivery(x, y, ch, half):
-    """The shape prior ``fuse``'s default delivers for the choice ``ch`` (thinning's pseudo-counts, level 0 >= the
-    floor, session 44; a wavelet fit with line-free sources keeps thinning's own level 0 in their footprints, session
-    52), as a function of a candidate's fuse options."""
-    from xfusion import sources
-    from xfusion.grid import assign_roles, fusion_grid
-    from xfusion.regularizers.shape import levels_of
+    """The shape prior ``fuse``'s default delivers for the choice ``ch`` (:func:`xfusion.tuning.floor_off_sources`:
+    thinning's pseudo-counts, level 0 >= the floor, and thinning's own level 0 in the footprints of line-free sources
+    for a wavelet fit), as a function of a candidate's fuse options."""
+    from suite import line_free_peaks
 
     tuned = tuning.tune_shape(x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS},
                               half_fit=half)[0]
-    pair = tuning.with_pixel_floor(tuned)
-    own = levels_of(tuned)[1]
-    peaks = sources.source_lines(assign_roles(x, y)[0], fusion_grid(x, y))[0]
-    triple = pair + [own] if peaks and own < pair[1] else pair
+    pair, triple = tuning.with_pixel_floor(tuned), tuning.floor_off_sources(tuned, peaks=line_free_peaks(x, y))
 
     def extra(kw):
         wav = kw.get("regularization", "wavelet2d1d") == "wavelet2d1d" and kw.get("source_lines", "auto") == "auto"

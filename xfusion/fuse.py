@@ -1219,14 +1219,14 @@ def _floor_off_sources(regularization, params):
     if not (isinstance(peaks, list) and peaks and isinstance(record, dict) and "pixel_floor" in record
             and isinstance(sp, (list, tuple)) and len(sp) == 2):
         return
-    from .regularizers.shape import levels_of
+    from .tuning import floor_off_sources
 
-    own = levels_of(record["choice"])[1]
-    if own < float(sp[1]):
-        params["shape_prior"] = [float(sp[0]), float(sp[1]), own]
+    out = floor_off_sources(record["choice"], record["pixel_floor"], peaks)
+    if len(out) == 3:
+        params["shape_prior"] = out
         params["auto_tuning"] = dict(params["auto_tuning"], shape_prior=dict(
-            record, delivered=params["shape_prior"], at_sources="level 0 at thinning's own value in the 3x3 "
-            "footprints of source_lines (session 52)"))
+            record, delivered=out, at_sources="level 0 at thinning's own value in the 3x3 footprints of "
+            "source_lines (session 52)"))
 
 
 def _floored(floor, choice, record):

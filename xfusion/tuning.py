@@ -1762,6 +1762,18 @@ def with_pixel_floor(choice, floor=PIXEL_FLOOR):
     return [n0, max(n0_pixel, float(floor))]
 
 
+def floor_off_sources(choice, floor=PIXEL_FLOOR, peaks=()):
+    """What ``fuse``'s default delivers for thinning's shape-prior ``choice``: :func:`with_pixel_floor`, and where the
+    2D-1D prior has line-free compact sources (``peaks``, its resolved ``source_lines``) and thinning's own level 0 is
+    below the floor, the triple ``[n0, floored n0_pixel, own n0_pixel]``: the floor kept off their 3x3 footprints
+    (:class:`xfusion.regularizers.shape.SpectralShape`; session 52, ``benchmarks/QUALITY_HISTORY.md``)."""
+    from .regularizers.shape import levels_of
+
+    out = with_pixel_floor(choice, floor)
+    own = levels_of(choice)[1]
+    return out + [own] if floor is not None and len(peaks) and own < out[1] else out
+
+
 def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", tol=1e-4, half_fit=None):
     """Pseudo-counts of the spectral-shape prior (:mod:`xfusion.regularizers.shape`) by Poisson thinning.
 
