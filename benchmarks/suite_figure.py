@@ -54,13 +54,14 @@ def load(paths):
 def _choice(sel, shape=None):
     """The default's choice in words; ``shape``: the spectral-shape prior's record of ``suite.py`` (session 20: its
     pseudo-counts chosen by thinning), appended as ``shape <n0>``, or ``shape <n0> pixel <n0_pixel>`` when its
-    level 0 has its own (session 37; since session 44 what was delivered, level 0 at >= ``tuning.PIXEL_FLOOR``)."""
+    level 0 has its own (session 37; since session 44 what was delivered, level 0 at >= ``tuning.PIXEL_FLOOR``),
+    then ``sources <n0_sources>`` when the footprints of line-free sources keep thinning's own level 0 (session 52)."""
     if sel is None:
         return ""
     n0 = ""
     if shape and shape.get("choice") is not None:
-        a, b = levels_of(shape.get("delivered", shape["choice"]))
-        n0 = f" shape {a:g}" + (f" pixel {b:g}" if b != a else "")
+        a, b, c = levels_of(shape.get("delivered", shape["choice"]), sources=True)
+        n0 = f" shape {a:g}" + (f" pixel {b:g}" if b != a else "") + (f" sources {c:g}" if c != b else "")
     if sel.get("regularization") == "none":
         return f"RL {sel.get('max_iter')} it{n0}"
     txt = f"starlet k={sel.get('k')} {sel.get('null_space', '')}"
