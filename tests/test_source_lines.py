@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import xarray as xr
 from scipy import ndimage as ndi
 
 import xfusion
@@ -179,3 +180,23 @@ def test_source_lines_on_dask_blocks_agree_with_memory():
     b = ref["flux"].values
     np.testing.assert_allclose(lazy["flux"].values, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
     assert np.abs(off["flux"].values - b).max() > 1e-2 * float(np.abs(b).max())
+
+
+def test_the_line_free_test_folds_under_each_source_not_at_the_field_corner():
+    """An effective area that vanishes in the field's corner (vignetting, a chip gap) must not change the verdicts:
+    the folds are taken around each source (session 52; before, at the corner, where every source became
+    line-bearing). Energy-independent, so each source's fit is the unvignetted one (its amplitude absorbs it)."""
+    x, y, _ = scenes.from_spec(scenes.suite("tune", 48)[3], size="small")
+    sharp, _, _ = assign_roles(x, y)
+    grid = fusion_grid(x, y)
+    plain = sources.source_lines(sharp, grid)
+    area = sharp["effective_area"]
+    vmap = xr.DataArray(np.ones((sharp.sizes["x"], sharp.sizes["y"])), dims=("x", "y"),
+                        coords={"x": sharp["x"], "y": sharp["y"]})
+    vmap[:7, :7] = 0.0
+    assert not any(p[0] < 10 and p[1] < 10 for p in plain[0])  # no source near the dead corner
+    vignetted = sharp.assign(effective_area=(area * vmap).transpose("x", "y", ...))
+    got = sources.source_lines(vignetted, grid)
+    assert got[0] == plain[0] and len(plain[0]) > 0
+    assert [s["line_free"] for s in got[2]] == [s["line_free"] for s in plain[2]]
+    np.testing.assert_allclose(got[1], plain[1], rtol=1e-9)

@@ -1193,7 +1193,7 @@ def _resolve_source_lines(regularization, params, grid, obs):
             raise ValueError(f"source_lines pixel(s) {bad} lie outside the fused grid of {shape[0]}x{shape[1]} "
                              "pixels; give [i, j] indices along x and y from 0")
         params["source_lines"] = [[int(p[0]), int(p[1])] for p in sl]
-        sigma_kev = sources.line_sigma(x_obs, grid) if sl and params.get("source_line_sigma") == "auto" else None
+        sigma_kev = sources.line_sigma(x_obs, grid, sl[0]) if sl and params.get("source_line_sigma") == "auto" else None
     if not params["source_lines"]:
         params["source_line_sigma"] = None  # no source: nothing uses it
     elif params.get("source_line_sigma") == "auto":

@@ -35,8 +35,9 @@ does to a narrow line: the second moment of a line at the band centre folded thr
 its channels' widths (``width^2 / 12``): structure narrower than that along energy is what that instrument cannot
 see, hence the part of the fine-in-space band the prior alone decides.
 
-The folds are computed on a small patch of the instrument's own pixels (one spectrum per pixel, no PSF for the
-"spatial" role): a vignetted area is taken at that patch (the field's corner), not under each source.
+The folds are computed on a patch of up to 7x7 of the instrument's own pixels around each source (one spectrum per
+pixel, no PSF for the "spatial" role), so a vignetted area or an exposure map is taken where the source is (session
+52; before, at the field's corner, where a vanishing area called every source line-bearing).
 """
 from __future__ import annotations
 
@@ -99,13 +100,16 @@ def psf_image(obs):
     return np.asarray(p.transpose("psf_x", "psf_y").values, dtype=np.float64)
 
 
-def _folds(obs, grid, spectra):
+def _folds(obs, grid, spectra, at=(0, 0)):
     """Expected counts (n, channels) of the sharp-spatial ``obs`` per pixel for each fused-grid spectrum (n, L)
-    (photon flux per fused channel), computed on a patch of its pixels at the field's corner, one spectrum per
-    pixel (role "spatial": no PSF, each pixel folded alone)."""
+    (photon flux per fused channel), computed on a patch of up to 7x7 of its pixels around the pixel ``at`` (clipped
+    to the field), one spectrum per pixel (role "spatial": no PSF, each pixel folded alone). Taken where the source
+    is, so that a vignetted area, or an exposure map, that vanishes elsewhere (e.g. at the field's corner) does not
+    zero the folds (session 52)."""
     spectra = np.asarray(spectra, dtype=np.float64)
     side = int(min(7, obs.sizes["x"], obs.sizes["y"]))
-    patch = obs.isel(x=slice(0, side), y=slice(0, side))
+    i0, j0 = (int(np.clip(int(a) - side // 2, 0, n - side)) for a, n in zip(at, (obs.sizes["x"], obs.sizes["y"])))
+    patch = obs.isel(x=slice(i0, i0 + side), y=slice(j0, j0 + side))
     coords = {"x": patch["x"], "y": patch["y"]}
     coords.update({c: grid[c] for c in ("energy", "energy_lo", "energy_hi")})
     out = []
@@ -119,13 +123,14 @@ def _folds(obs, grid, spectra):
     return np.concatenate(out)
 
 
-def line_sigma(obs, grid):
-    """Standard deviation (keV) of a narrow line at the band centre as the sharp-spatial ``obs`` records it (module
-    notes): its folded counts' second moment about their mean over the channel centres, plus ``width^2 / 12``."""
+def line_sigma(obs, grid, at=(0, 0)):
+    """Standard deviation (keV) of a narrow line at the band centre as the sharp-spatial ``obs`` records it at the
+    pixel ``at`` (module notes): its folded counts' second moment about their mean over the channel centres, plus
+    ``width^2 / 12``."""
     e = np.asarray(grid["energy"].values, dtype=np.float64)
     line = np.zeros((1, e.size))
     line[0, e.size // 2] = 1.0
-    p = np.maximum(_folds(obs, grid, line)[0], 0.0)
+    p = np.maximum(_folds(obs, grid, line, at)[0], 0.0)
     lo, hi = (np.asarray(obs[c].values, dtype=np.float64) for c in ("energy_lo", "energy_hi"))
     if p.sum() <= 0:
         return float(np.median(hi - lo))
@@ -142,11 +147,12 @@ def line_free(obs, grid, peaks, z=LINE_Z):
         return []
     e = np.asarray(grid["energy"].values, dtype=np.float64)
     de = np.asarray(grid["energy_hi"].values - grid["energy_lo"].values, dtype=np.float64)
-    folds = _folds(obs, grid, np.array([e ** -g * de for g in INDICES]))
+    laws = np.array([e ** -g * de for g in INDICES])
     counts = obs["counts"].transpose("x", "y", "energy")
     shape = (obs.sizes["x"], obs.sizes["y"])
     out = []
     for p in peaks:
+        folds = _folds(obs, grid, laws, p)  # under the source (its vignetted area, its exposure)
         m3 = footprint_mask([p], shape, 1)
         m5 = footprint_mask([p], shape, 2) & ~m3
         box = (slice(max(p[0] - 2, 0), p[0] + 3), slice(max(p[1] - 2, 0), p[1] + 3))
@@ -179,4 +185,4 @@ def source_lines(sharp, grid):
         return [], None, []
     found = line_free(sharp, grid, compact_sources(img, psf_image(sharp)))
     peaks = [list(s["peak"]) for s in found if s["line_free"]]
-    return peaks, (line_sigma(sharp, grid) if peaks else None), found
+    return peaks, (line_sigma(sharp, grid, peaks[0]) if peaks else None), found
