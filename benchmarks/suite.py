@@ -70,6 +70,12 @@ def line_free_peaks(x, y):
     return sources.source_lines(assign_roles(x, y)[0], fusion_grid(x, y))[0]
 
 
+def takes_sources(kw):
+    """Whether a fit with fuse options ``kw`` resolves ``source_lines="auto"`` (a 2D-1D fit that does not set them),
+    so that its delivered shape prior keeps the floor off those sources (:func:`xfusion.tuning.floor_off_sources`)."""
+    return kw.get("regularization", "wavelet2d1d") == "wavelet2d1d" and kw.get("source_lines", "auto") == "auto"
+
+
 def _science(flux, truth_maps, lm_args, lsf):
     if truth_maps is None:
         return {"velocity_rms_kms": float("nan"), "width_rms_kms": float("nan")}
@@ -112,8 +118,7 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False, contin
         if "shape_prior" not in kw:  # what fuse(regularization="auto") delivers through: its n0 by thinning, then
             n0, rec = tuning.tune_shape(  # level 0 at >= tuning.PIXEL_FLOOR (session 44), not at sources (52)
                 x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)
-            wav = ch["regularization"] == "wavelet2d1d" and kw.get("source_lines", "auto") == "auto"
-            kw["shape_prior"] = tuning.floor_off_sources(n0, peaks=line_free_peaks(x, y) if wav else ())
+            kw["shape_prior"] = tuning.floor_off_sources(n0, peaks=line_free_peaks(x, y) if takes_sources(kw) else ())
             row["shape_prior"] = dict(rec, delivered=kw["shape_prior"])
         res = xfusion.fuse(x, y, progress=False, **kw)
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,

@@ -380,16 +380,13 @@ def _delivery(x, y, ch, half):
     """The shape prior ``fuse``'s default delivers for the choice ``ch`` (:func:`xfusion.tuning.floor_off_sources`:
     thinning's pseudo-counts, level 0 >= the floor, and thinning's own level 0 in the footprints of line-free sources
     for a wavelet fit), as a function of a candidate's fuse options."""
-    from suite import line_free_peaks
+    from suite import line_free_peaks, takes_sources
 
     tuned = tuning.tune_shape(x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS},
                               half_fit=half)[0]
     pair, triple = tuning.with_pixel_floor(tuned), tuning.floor_off_sources(tuned, peaks=line_free_peaks(x, y))
 
-    def extra(kw):
-        wav = kw.get("regularization", "wavelet2d1d") == "wavelet2d1d" and kw.get("source_lines", "auto") == "auto"
-        return {"shape_prior": triple if wav else pair}
-    return extra
+    return lambda kw: {"shape_prior": triple if takes_sources(kw) else pair}
 
 
 def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, science=False, reuse=None):
