@@ -70,6 +70,14 @@ def line_free_peaks(x, y):
     return sources.source_lines(assign_roles(x, y)[0], fusion_grid(x, y))[0]
 
 
+def compact_peaks(x, y):
+    """The compact sources ``fuse`` finds for ``source_iter="auto"`` (:func:`xfusion.sources.compact_peaks`)."""
+    from xfusion import sources
+    from xfusion.grid import assign_roles
+
+    return sources.compact_peaks(assign_roles(x, y)[0])
+
+
 def takes_sources(kw):
     """Whether a fit with fuse options ``kw`` resolves ``source_lines="auto"`` (a 2D-1D fit that does not set them),
     so that its delivered shape prior keeps the floor off those sources (:func:`xfusion.tuning.floor_off_sources`)."""
@@ -120,6 +128,8 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False, contin
                 x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)
             kw["shape_prior"] = tuning.floor_off_sources(n0, peaks=line_free_peaks(x, y) if takes_sources(kw) else ())
             row["shape_prior"] = dict(rec, delivered=kw["shape_prior"])
+        if kw.get("regularization") == "wavelet2d1d" and "source_iter" not in kw:  # as fuse delivers (session 53)
+            kw["source_iter"] = tuning.sources_run_on(ch, ch.get("max_iter"), compact_peaks(x, y)) or "none"
         res = xfusion.fuse(x, y, progress=False, **kw)
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,
         # "wavelet2d1d") walks the same ladder); fitted only when "auto" chose RL or the thresholded candidate

@@ -379,14 +379,21 @@ def _reusable(reuse, size, name, ch, cur):
 def _delivery(x, y, ch, half):
     """The shape prior ``fuse``'s default delivers for the choice ``ch`` (:func:`xfusion.tuning.floor_off_sources`:
     thinning's pseudo-counts, level 0 >= the floor, and thinning's own level 0 in the footprints of line-free sources
-    for a wavelet fit), as a function of a candidate's fuse options."""
-    from suite import line_free_peaks, takes_sources
+    for a wavelet fit) and its ``source_iter`` (:func:`xfusion.tuning.sources_run_on`: a zeroed fit stopped early
+    by thinning runs on at its compact sources), as a function of a candidate's fuse options."""
+    from suite import compact_peaks, line_free_peaks, takes_sources
 
     tuned = tuning.tune_shape(x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS},
                               half_fit=half)[0]
     pair, triple = tuning.with_pixel_floor(tuned), tuning.floor_off_sources(tuned, peaks=line_free_peaks(x, y))
+    peaks = compact_peaks(x, y)
 
-    return lambda kw: {"shape_prior": triple if takes_sources(kw) else pair}
+    def extra(kw):  # and the compact sources run on where the zeroed count stops early (session 53)
+        out = {"shape_prior": triple if takes_sources(kw) else pair}
+        if kw.get("regularization", "wavelet2d1d") == "wavelet2d1d":
+            out["source_iter"] = tuning.sources_run_on(kw, kw.get("max_iter"), peaks) or "none"
+        return out
+    return extra
 
 
 def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, science=False, reuse=None):

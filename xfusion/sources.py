@@ -175,14 +175,27 @@ def line_free(obs, grid, peaks, z=LINE_Z):
     return out
 
 
+def _unmasked(sharp):
+    """``sharp`` with its masked voxels (e.g. a hot pixel) counted as empty."""
+    if "mask" in sharp:
+        sharp = sharp.assign(counts=sharp["counts"].where(sharp["mask"] > 0, 0))
+    return sharp
+
+
+def compact_peaks(sharp):
+    """Peaks ``[[i, j], ...]`` (fused pixels) of the compact sources in the sharp-spatial observation ``sharp``: its
+    counts summed over energy (masked voxels empty) through :func:`compact_sources` with its PSF."""
+    sharp = _unmasked(sharp)
+    img = np.asarray(sharp["counts"].sum("energy").transpose("x", "y").values, dtype=np.float64)
+    if not np.all(np.isfinite(img)):  # refused with its own message by the data checks; nothing to find here
+        return []
+    return [[int(i), int(j)] for i, j in compact_sources(img, psf_image(sharp))]
+
+
 def source_lines(sharp, grid):
     """What ``source_lines="auto"`` resolves to for the sharp-spatial observation ``sharp`` on the fused ``grid``:
     ``(peaks of the line-free sources, line sigma in keV, per-source records)`` (module notes)."""
-    if "mask" in sharp:  # masked voxels (e.g. a hot pixel) count as empty here
-        sharp = sharp.assign(counts=sharp["counts"].where(sharp["mask"] > 0, 0))
-    img = np.asarray(sharp["counts"].sum("energy").transpose("x", "y").values, dtype=np.float64)
-    if not np.all(np.isfinite(img)):  # refused with its own message by the data checks; nothing to find here
-        return [], None, []
-    found = line_free(sharp, grid, compact_sources(img, psf_image(sharp)))
+    sharp = _unmasked(sharp)
+    found = line_free(sharp, grid, compact_peaks(sharp))
     peaks = [list(s["peak"]) for s in found if s["line_free"]]
     return peaks, (line_sigma(sharp, grid, peaks[0]) if peaks else None), found

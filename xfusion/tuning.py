@@ -963,6 +963,18 @@ def zero_transfer(n_half, warm_iter=3):
     return int(min(max(round(ZERO_FACTOR * float(n_half)), int(warm_iter) + 1, 1), ZERO_MAX_ITER))
 
 
+def sources_run_on(choice, max_iter, peaks):
+    """``source_iter`` as the default delivers it (session 53): ``[ZERO_MAX_ITER, peaks]`` when thinning's ``choice``
+    is the zeroed 2D-1D prior stopped at ``max_iter`` < :data:`ZERO_MAX_ITER` (its count by :func:`zero_transfer`)
+    and ``peaks`` (the compact sources, :func:`xfusion.sources.compact_peaks`) is not empty, else None. Used by
+    ``fuse`` and by the benchmarks that build the default's delivery themselves."""
+    if not (isinstance(choice, dict) and choice.get("regularization", "wavelet2d1d") == "wavelet2d1d"
+            and choice.get("null_space") == "zero" and isinstance(max_iter, (int, np.integer))
+            and choice.get("max_iter") == max_iter and max_iter < ZERO_MAX_ITER and peaks):
+        return None
+    return [ZERO_MAX_ITER, [[int(p[0]), int(p[1])] for p in peaks]]
+
+
 def _zero_iterations(splits, fixed, keep, warm_iter=3, max_iter=ZERO_MAX_ITER, past_min=ZERO_PAST_MIN, cut=True,
                      iterates=None):
     """Best iteration of the chosen zeroed candidate by thinning, continuing its ladder run (no new warm start).

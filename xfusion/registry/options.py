@@ -229,6 +229,29 @@ SOURCE_LINE_SIGMA = lambda: option("auto", 'fused channels, "auto" or None',
                                    "the fused channel width (None once resolved without a source).", _line_sigma)
 
 
+def _source_iter(name, v):
+    ok = v in ("auto", "none", None) or (
+        isinstance(v, (list, tuple)) and len(v) == 2 and is_int(v[0]) and v[0] >= 0 and isinstance(v[1], (list, tuple))
+        and all(isinstance(p, (list, tuple)) and len(p) == 2 and all(is_int(c) and c >= 0 for c in p) for p in v[1]))
+    if not ok:
+        raise ValueError(f"option {name} must be \"auto\" (thinning's zeroed 2D-1D fit: its compact sources run on to "
+                         f"50 iterations), \"none\" (off) or [n, [[i, j], ...]]: an iteration count and the fused-pixel "
+                         f"peaks whose 3x3 footprints run on to it, e.g. [50, [[12, 30]]]; got {v!r}")
+
+
+SOURCE_ITER = lambda: option("auto", '"auto", "none" or [iterations, [[i, j], ...]]',
+                             "Compact sources deconvolved for longer than the diffuse emission (session 53): the "
+                             "delivered cube is the iterate at ``max_iter`` except in the 3x3 fused pixels around each "
+                             "peak, which take the same run continued to ``iterations`` (EM; the prior's step "
+                             "unchanged; not seen by ``callback``). Why: an early stop keeps the gas's line maps "
+                             "smooth, while a bright compact source's peak needs more iterations to sharpen. "
+                             "``\"auto\"``: on where thinning chose the zeroed 2D-1D prior and stopped it before "
+                             ":data:`xfusion.tuning.ZERO_MAX_ITER` (``regularization=\"auto\"``), with "
+                             "``[ZERO_MAX_ITER, peaks]``, the peaks of every compact source in the sharp-spatial "
+                             "counts (:func:`xfusion.sources.compact_peaks`); off elsewhere. The result's parameters "
+                             "record what was used.", _source_iter)
+
+
 PER_BAND = lambda: option(True, "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the "
                           "MAD of "
                   "the finest band for every band.", boolean)

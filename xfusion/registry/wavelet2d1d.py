@@ -41,6 +41,7 @@ class Options(OptionSet):
                                  "In memory only; not with ``noise=\"propagated\"``.", o.one_of("none", "anscombe"))
     source_lines: object = o.SOURCE_LINES()
     source_line_sigma: object = o.SOURCE_LINE_SIGMA()
+    source_iter: object = o.SOURCE_ITER()
     shape_prior: object = o.SHAPE_PRIOR()
     shape_loop: object = o.SHAPE_LOOP()
     chunks: object = o.CHUNKS()
