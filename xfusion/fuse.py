@@ -800,6 +800,16 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         - ``source_line_sigma`` ("auto" or fused channels): the Gaussian width along energy that separates line
           structure from continuum there; "auto": the sharp-spatial instrument's spread of a narrow line
           (:func:`xfusion.sources.line_sigma`) over the fused channel width (None when no source is used).
+        - ``source_iter`` ("auto", "none" or ``[n, [[i, j], ...]]``, default "auto"): compact sources deconvolved
+          for longer than the diffuse emission. The delivered cube is the iterate at ``max_iter`` except in the 3x3
+          fused pixels around each peak, which take the same run continued to iteration ``n`` (EM; the shape prior
+          is then applied to the whole cube; ``callback`` does not see the extra iterations, and a checkpoint
+          holds the run at ``max_iter``, from which a resumed run runs on again). "auto": on only where
+          ``regularization="auto"`` chose the zeroed prior and thinning stopped it before
+          :data:`xfusion.tuning.ZERO_MAX_ITER` (50): ``[50, peaks]``, the peaks of every compact source in the
+          sharp-spatial counts (:func:`xfusion.sources.compact_peaks`); recorded in ``parameters``. Why: that
+          early stop keeps the gas's velocity maps smooth, while a bright source's peak needs more iterations
+          (session 53, benchmarks/QUALITY_HISTORY.md).
 
         lowrank_local:
 

@@ -1,0 +1,112 @@
+"""Compact sources run on past the zeroed count (``source_iter``, session 53)."""
+import json
+
+import numpy as np
+import pytest
+
+import xfusion
+from xfusion import scenes, sources, tuning
+from xfusion.grid import assign_roles, fusion_grid
+
+# the explicit 2D-1D fit the footprint tests share: no shape prior, no line step, every iteration run
+KW = dict(regularization="wavelet2d1d", k=1.0, n_scales_1d=2, null_space="zero", tol=None, shape_prior=None,
+          source_lines="none", progress=False)
+PEAKS = [[10, 13], [3, 4]]
+
+
+@pytest.fixture(scope="module")
+def small():
+    """point_sources/1043 (tuning seed, small): a coronal and a line-free source."""
+    x, y, _ = scenes.from_spec(scenes.suite("tune", 48)[43], size="small")
+    return x, y
+
+
+def test_the_rule_runs_on_only_a_zeroed_count_stopped_early_with_sources():
+    zeroed = {"regularization": "wavelet2d1d", "k": 2.0, "null_space": "zero", "max_iter": 8}
+    peaks = [(3, 4), [10, 13]]
+    assert tuning.sources_run_on(zeroed, 8, peaks) == [tuning.ZERO_MAX_ITER, [[3, 4], [10, 13]]]
+    assert tuning.sources_run_on(zeroed, 8, []) is None  # no compact source
+    assert tuning.sources_run_on(dict(zeroed, max_iter=50), 50, peaks) is None  # thinning's count is the cap
+    assert tuning.sources_run_on(zeroed, 9, peaks) is None  # a count the user set, not thinning's
+    assert tuning.sources_run_on(dict(zeroed, null_space="threshold"), 8, peaks) is None
+    assert tuning.sources_run_on({"regularization": "none", "max_iter": 8}, 8, peaks) is None
+    assert tuning.sources_run_on(None, 8, peaks) is None
+
+
+def test_only_the_footprints_take_the_longer_run(small):
+    """The cube equals the 6-iteration fit outside the 3x3 footprints and the 20-iteration fit inside them, bit for
+    bit; the iteration count of the result stays 6 and the parameters record what ran on."""
+    x, y = small
+    a = xfusion.fuse(x, y, max_iter=6, **KW)
+    b = xfusion.fuse(x, y, max_iter=20, **KW)
+    c = xfusion.fuse(x, y, max_iter=6, source_iter=[20, PEAKS], **KW)
+    m = sources.footprint_mask(PEAKS, (x.sizes["x"], x.sizes["y"]))
+    fa, fb, fc = (r["flux"].transpose("x", "y", "energy").values for r in (a, b, c))
+    np.testing.assert_array_equal(fc[m], fb[m])
+    np.testing.assert_array_equal(fc[~m], fa[~m])
+    assert np.abs(fa[m] - fb[m]).max() > 1e-3 * np.abs(fb).max()  # the run on changed them
+    assert int(c.attrs["iterations"]) == 6
+    assert json.loads(c.attrs["parameters"])["source_iter"] == [20, PEAKS]
+    assert xfusion.settings_of(c)["source_iter"] == [20, PEAKS]
+    # at or below the count there is nothing to run on; "none" and None are off
+    for v in ([6, PEAKS], [3, PEAKS], "none", None, "auto"):
+        np.testing.assert_array_equal(xfusion.fuse(x, y, max_iter=6, source_iter=v, **KW)["flux"].values,
+                                      a["flux"].values)
+
+
+def test_run_on_on_dask_blocks_agrees_with_memory(small):
+    """Dask-backed counts in 12x12-pixel blocks, a footprint across a block edge (rows 11-13)."""
+    x, y = small
+    f = int(fusion_grid(x, y).attrs["spatial_factor"])
+    peaks = [[12, 13], [3, 4]]
+    xd = x.assign(counts=x.counts.chunk({"x": 12, "y": 12, "energy": -1}))
+    yd = y.assign(counts=y.counts.chunk({"x": 12 // f, "y": 12 // f, "energy": -1}))
+    lazy = xfusion.fuse(xd, yd, chunks=(12, 12), max_iter=5, source_iter=[12, peaks], **KW)
+    assert lazy.attrs["backend"] == "dask"
+    ref = xfusion.fuse(x, y, max_iter=5, source_iter=[12, peaks], **KW)
+    off = xfusion.fuse(x, y, max_iter=5, **KW)
+    b = ref["flux"].values
+    np.testing.assert_allclose(lazy["flux"].values, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
+    assert np.abs(off["flux"].values - b).max() > 1e-2 * float(np.abs(b).max())
+
+
+def test_a_resumed_run_runs_on_again_to_the_same_cube(small, tmp_path):
+    """The run on is not checkpointed: resuming a finished run recomputes it from the checkpoint's last state."""
+    x, y = small
+    kw = dict(KW, max_iter=6, source_iter=[15, PEAKS], checkpoint=tmp_path / "c.zarr", checkpoint_every=4)
+    r0 = xfusion.fuse(x, y, **kw)
+    r1 = xfusion.fuse(x, y, resume=True, **kw)
+    np.testing.assert_array_equal(r1["flux"].values, r0["flux"].values)
+
+
+def test_bad_source_iter_values_are_refused(small):
+    x, y = small
+    with pytest.raises(ValueError, match="outside the fused grid"):
+        xfusion.fuse(x, y, max_iter=2, source_iter=[10, [[3, 99]]], **KW)
+    for bad in ("yes", 50, [50], [-1, PEAKS], [50, [[1, 2, 3]]], [2.5, PEAKS]):
+        with pytest.raises(ValueError, match="source_iter"):
+            xfusion.fuse(x, y, max_iter=2, source_iter=bad, **KW)
+    with pytest.raises(TypeError, match="source_iter"):  # an option of the 2D-1D prior only
+        xfusion.fuse(x, y, regularization="none", max_iter=2, source_iter=[10, PEAKS], progress=False)
+
+
+def test_the_default_runs_on_at_the_compact_sources_of_a_full_size_sky():
+    """point_sources/1018 (tuning seed, full size; session 53: the zeroed prior at 8 iterations, 4 compact sources):
+    the default records [50, peaks], the peaks those of xfusion.sources.compact_peaks; its settings give the same
+    cube; the same fit without the run on differs only in the footprints."""
+    x, y, _ = scenes.from_spec(scenes.suite("tune", 96)[18])
+    r = xfusion.fuse(x, y, progress=False)
+    p = json.loads(r.attrs["parameters"])
+    peaks = sources.compact_peaks(assign_roles(x, y)[0])
+    assert p["null_space"] == "zero" and p["max_iter"] < tuning.ZERO_MAX_ITER and len(peaks) >= 2
+    assert p["source_iter"] == [tuning.ZERO_MAX_ITER, peaks]
+    np.testing.assert_array_equal(xfusion.fuse(x, y, progress=False, settings=r)["flux"].values, r["flux"].values)
+    off = xfusion.fuse(x, y, progress=False, settings=r, source_iter="none")
+    assert json.loads(off.attrs["parameters"])["source_iter"] is None
+    fr, fo = (a["flux"].transpose("x", "y", "energy").values.astype(np.float64) for a in (r, off))
+    # per pixel, the change of its spectrum relative to its total
+    change = np.abs(fr - fo).sum(-1) / np.maximum(np.abs(fo).sum(-1), 1e-30)
+    m = sources.footprint_mask(peaks, change.shape)
+    assert np.median(change[m]) > 0.02
+    # outside the footprints only the shape prior's neighbourhood shapes carry the change (applied after the blend)
+    assert np.median(change[~sources.footprint_mask(peaks, change.shape, half=2)]) < 1e-3
