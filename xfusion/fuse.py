@@ -1093,7 +1093,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         solver, x0, max_iter=max_iter, tol=tol, callback=callback, progress=progress, checkpoint=ckpt,
         checkpoint_every=checkpoint_every, resume=resume)
     if not lowrank and isinstance(params.get("source_iter"), list):  # the sources run on (not checkpointed: a
-        state = _run_on_at_sources(solver, state, params["source_iter"], n_iter)  # resume recomputes it, exactly)
+        state = _run_on_at_sources(solver, state, params["source_iter"], n_iter, progress)  # resume runs it again)
     # stage 5: the result
     if ckpt is not None and ckpt.init is not None:  # resumed from a warm-started run: its warm start
         settings["init"] = ckpt.init
@@ -1281,7 +1281,7 @@ def _resolve_source_iter(regularization, method, params, max_iter, grid, obs):
     params["source_iter"] = [int(n), [[int(p[0]), int(p[1])] for p in peaks]]
 
 
-def _run_on_at_sources(solver, state, source_iter, n_iter):
+def _run_on_at_sources(solver, state, source_iter, n_iter, progress=False):
     """The state whose iterate is ``state``'s except in the 3x3 footprints of ``source_iter``'s peaks, which take the
     same run continued from ``state`` (iteration ``n_iter``) to iteration ``source_iter[0]`` (nothing to do when the
     run is already there). Either backend: the footprints broadcast along energy (``numpy.where`` dispatches to
@@ -1294,12 +1294,16 @@ def _run_on_at_sources(solver, state, source_iter, n_iter):
     z0 = state["z"]
     z0 = np.array(z0, copy=True) if isinstance(z0, np.ndarray) else z0
     on = dict(state)
-    for _ in range(int(n) - int(n_iter)):
+    steps = range(int(n) - int(n_iter))
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="xfusion compact sources", unit="it", leave=True)
+    for _ in steps:
         on = solver.step(on)
     mask = footprint_mask(peaks, tuple(z0.shape[:2]))[:, :, None]
     out = {k: v for k, v in state.items() if k != "post_total"}
     out["z"] = np.where(mask, on["z"], z0).astype(z0.dtype)
-    out["source_iterations_run"] = int(n) - int(n_iter)
     return out
 
 
