@@ -33,18 +33,28 @@ def test_the_rule_runs_on_only_a_zeroed_count_stopped_early_with_sources():
     assert tuning.sources_run_on(None, 8, peaks) is None
 
 
-def test_only_the_footprints_take_the_longer_run(small):
-    """The cube equals the 6-iteration fit outside the 3x3 footprints and the 20-iteration fit inside them, bit for
-    bit; the iteration count of the result stays 6 and the parameters record what ran on."""
+def test_only_the_footprints_take_the_longer_run_and_the_total_is_kept(small):
+    """The cube equals the 20-iteration fit in the 3x3 footprints and the 6-iteration fit outside the 5x5 around
+    each source, bit for bit; in the ring between, the 6-iteration fit scaled so that each source's 5x5 keeps its
+    6-iteration total, and so does the cube. The iteration count of the result stays 6 and the parameters record
+    what ran on."""
     x, y = small
     a = xfusion.fuse(x, y, max_iter=6, **KW)
     b = xfusion.fuse(x, y, max_iter=20, **KW)
     c = xfusion.fuse(x, y, max_iter=6, source_iter=[20, PEAKS], **KW)
-    m = sources.footprint_mask(PEAKS, (x.sizes["x"], x.sizes["y"]))
-    fa, fb, fc = (r["flux"].transpose("x", "y", "energy").values for r in (a, b, c))
-    np.testing.assert_array_equal(fc[m], fb[m])
-    np.testing.assert_array_equal(fc[~m], fa[~m])
-    assert np.abs(fa[m] - fb[m]).max() > 1e-3 * np.abs(fb).max()  # the run on changed them
+    shape = (x.sizes["x"], x.sizes["y"])
+    core, wide = sources.footprint_mask(PEAKS, shape), sources.footprint_mask(PEAKS, shape, half=2)
+    fa, fb, fc = (r["flux"].transpose("x", "y", "energy").values.astype(np.float64) for r in (a, b, c))
+    np.testing.assert_array_equal(fc[core], fb[core])
+    np.testing.assert_array_equal(fc[~wide], fa[~wide])
+    assert np.abs(fa[core] - fb[core]).max() > 1e-3 * np.abs(fb).max()  # the run on changed them
+    for p in PEAKS:  # each source's 5x5: its total kept, its ring a scaled copy
+        w = sources.footprint_mask([p], shape, half=2)
+        ring = w & ~sources.footprint_mask([p], shape)
+        assert fc[w].sum() == pytest.approx(fa[w].sum(), rel=1e-5)
+        s = fc[ring].sum() / fa[ring].sum()
+        np.testing.assert_allclose(fc[ring], s * fa[ring], rtol=1e-5, atol=1e-6 * np.abs(fa).max())
+    assert fc.sum() == pytest.approx(fa.sum(), rel=1e-6)
     assert int(c.attrs["iterations"]) == 6
     assert json.loads(c.attrs["parameters"])["source_iter"] == [20, PEAKS]
     assert xfusion.settings_of(c)["source_iter"] == [20, PEAKS]

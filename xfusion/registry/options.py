@@ -242,7 +242,8 @@ def _source_iter(name, v):
 SOURCE_ITER = lambda: option("auto", '"auto", "none" or [iterations, [[i, j], ...]]',
                              "Compact sources deconvolved for longer than the diffuse emission (session 53): the "
                              "delivered cube is the iterate at ``max_iter`` except in the 3x3 fused pixels around each "
-                             "peak, which take the same run continued to ``iterations`` (EM; the prior's step "
+                             "peak, which take the same run continued to ``iterations``, while the rest of each "
+                             "source's 5x5 gives up the flux they gained (the total is kept; EM; the prior's step "
                              "unchanged; not seen by ``callback``). Why: an early stop keeps the gas's line maps "
                              "smooth, while a bright compact source's peak needs more iterations to sharpen. "
                              "``\"auto\"``: on where thinning chose the zeroed 2D-1D prior and stopped it before "
