@@ -411,7 +411,9 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
     line-width-map RMS errors (km/s, brighter half, as ``benchmarks/suite.py`` measures them) of every candidate, on
     scenes with lines. ``reuse`` (session 47; a :func:`hindsight_csv` file, not with ``science``): where the
     selection made the same choice among the same candidates as that file's row, the all-count NMSEs are taken from
-    it (the selection's own deviances printed) instead of fitting every candidate again."""
+    it (the selection's own deviances printed) instead of fitting every candidate again; only valid when the
+    delivery (:func:`_delivery`) has not changed since that file was written (session 53 changed it: the sources'
+    run on of a zeroed choice)."""
     import os
 
     losses = []
