@@ -185,7 +185,11 @@ def _unmasked(sharp):
 def compact_peaks(sharp):
     """Peaks ``[[i, j], ...]`` (fused pixels) of the compact sources in the sharp-spatial observation ``sharp``: its
     counts summed over energy (masked voxels empty) through :func:`compact_sources` with its PSF."""
-    sharp = _unmasked(sharp)
+    return _peaks(_unmasked(sharp))
+
+
+def _peaks(sharp):
+    """:func:`compact_peaks` of an observation whose masked voxels are already empty."""
     img = np.asarray(sharp["counts"].sum("energy").transpose("x", "y").values, dtype=np.float64)
     if not np.all(np.isfinite(img)):  # refused with its own message by the data checks; nothing to find here
         return []
@@ -195,7 +199,7 @@ def compact_peaks(sharp):
 def source_lines(sharp, grid):
     """What ``source_lines="auto"`` resolves to for the sharp-spatial observation ``sharp`` on the fused ``grid``:
     ``(peaks of the line-free sources, line sigma in keV, per-source records)`` (module notes)."""
-    sharp = _unmasked(sharp)
-    found = line_free(sharp, grid, compact_peaks(sharp))
+    sharp = _unmasked(sharp)  # once, for the peaks and for line_free's counts
+    found = line_free(sharp, grid, _peaks(sharp))
     peaks = [list(s["peak"]) for s in found if s["line_free"]]
     return peaks, (line_sigma(sharp, grid, peaks[0]) if peaks else None), found
