@@ -1,0 +1,192 @@
+"""Session 54: three ways of delivering the default's cube differently, measured on suite scenes (none adopted).
+
+Each probe takes the truth-free choice of ``regularization="auto"`` (``xfusion.tuning.select``) and its delivery
+(the shape prior and the sources' run on, ``tuning.py``'s ``_delivery``), fits on ALL counts and compares with the
+delivered cube: NMSE (dB), velocity- and line-width-map RMS errors (km/s, brighter half, scenes with lines), and the
+total-flux bias (%). One JSON line per scene (``--out``, resumable), then a summary.
+
+* ``average``: the delivered cube averaged with the cube of every other candidate the selection visited (each
+  fitted and delivered as ``tuning.py hindsight`` fits it); the summary reads the average with the runner-up (least
+  held-out deviance among the others) and with the best candidate of the other family. Model averaging: can it
+  beat the single choice when the choice is uncertain?
+* ``warm``: only where the choice has an iteration count (``max_iter``): the final fit started from the tuning's
+  half-data fit (the chosen settings on thinning's part A, stopped at the half-data iteration the count came from),
+  then ``m`` more iterations on all counts, ``m`` = the count minus the half-data iteration ("rest"), half the
+  half-data iteration ("half") or all of it ("same"). A cheaper final fit (issue 13: tuning plus the final fit
+  within 3x one fit)?
+* ``count``: only where the choice is the zeroed prior stopped before 50 iterations and the sharp-spectral counts
+  hold lines: the same settings run to 2x the count and to 50. Does a line sky want the zeroed prior run longer?
+
+    python benchmarks/delivery_probes.py average --split tune --n 48 --size small --indices 0-47 --out avg.jsonl
+    python benchmarks/delivery_probes.py warm --split tune --n 48 --size small --indices 9-16 --out warm.jsonl
+    python benchmarks/delivery_probes.py count --split tune --n 144 --indices 0-39 --out count.jsonl
+"""
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+import xfusion
+from bench_cli import parse_indices  # benchmarks/bench_cli.py
+from xfusion import analysis, metrics, scenes, tuning
+
+
+def _scorer(truth):
+    """A function of a flux DataArray: NMSE (dB), total-flux bias (%), and on scenes with lines the velocity- and
+    width-map RMS errors (km/s, brighter half), as ``suite.py`` measures them."""
+    t = truth["flux"]
+    lm = scenes.line_map_args(truth)
+    lsf = float(truth.attrs["lsf_sigma_kev"])
+    tm = analysis.line_map(t, lsf_sigma=lsf, **lm) if lm else None
+    total = float(t.values.sum(dtype=np.float64))
+
+    def score(flux):
+        r = {"nmse": float(metrics.nmse(t.values, flux.values)),
+             "flux": 100.0 * (float(flux.values.sum(dtype=np.float64)) / total - 1.0)}
+        if tm is not None:
+            e = analysis.map_errors(tm, analysis.line_map(flux, lsf_sigma=lsf, **lm), fraction=0.5)
+            r["v"], r["w"] = float(e["velocity_rms_kms"]), float(e["width_rms_kms"])
+        return r
+    return score
+
+
+def _family(setting):
+    return "rl" if setting.get("regularization") == "none" else setting.get("null_space", "zero")
+
+
+def _same(a, b):
+    return {"regularization": "wavelet2d1d", **a} == {"regularization": "wavelet2d1d", **b}
+
+
+def probe_average(x, y, score, cur, ch, extra):
+    cubes, cands = [], []
+    for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
+        kw = dict(json.loads(str(st)))
+        kw.setdefault("regularization", "wavelet2d1d")
+        r = xfusion.fuse(x, y, progress=False, **kw, **extra(kw))
+        cubes.append(r.flux)
+        cands.append({"setting": json.loads(str(st)), "dev": float(dev), **score(r.flux)})
+    hit = [j for j, c in enumerate(cands) if _same(c["setting"], ch)]
+    chosen = cubes[hit[0]] if hit else xfusion.fuse(x, y, progress=False, **ch, **extra(ch)).flux
+    others = [j for j, c in enumerate(cands) if not _same(c["setting"], ch) and np.isfinite(c["dev"])]
+    runner = min(others, key=lambda j: cands[j]["dev"]) if others else None
+    other_fam = [j for j in others if _family(cands[j]["setting"]) != _family(ch)]
+    fam = min(other_fam, key=lambda j: cands[j]["dev"]) if other_fam else None
+    mean = {j: score(0.5 * (chosen + cubes[j])) for j in (runner, fam) if j is not None}
+    return {"chosen": score(chosen), "candidates": cands,
+            "runner": None if runner is None else {"j": runner, **mean[runner]},
+            "other_family": None if fam is None else {"j": fam, **mean[fam]}}
+
+
+def probe_warm(x, y, score, cur, ch, extra, half):
+    if "max_iter" not in ch or not half.get("split"):
+        return None
+    n_full, n_half, sp = int(ch["max_iter"]), int(half["iteration"]), half["split"]
+    kw = {k: v for k, v in ch.items() if k != "max_iter"}
+    t0 = time.perf_counter()
+    cold = xfusion.fuse(x, y, progress=False, **ch, **extra(ch))
+    out = {"n_half": n_half, "cold": {**score(cold.flux), "m": n_full, "s": time.perf_counter() - t0}}
+    start = tuning._half_fuse(sp.xa, sp.ya, progress=False, max_iter=n_half, shape_prior=None, source_iter="none",
+                              **kw)
+    for label, m in (("rest", max(n_full - n_half, 5)), ("half", max(round(0.5 * n_half), 5)), ("same", n_half)):
+        t0 = time.perf_counter()
+        w = xfusion.fuse(x, y, progress=False, max_iter=m, init=start, **kw, **extra(ch))
+        out[label] = {**score(w.flux), "m": m, "s": time.perf_counter() - t0}
+    return out
+
+
+def probe_count(x, y, score, cur, ch, extra):
+    fp = json.loads(cur.attrs["details"]).get("family_prior") or {}
+    if not (ch.get("null_space") == "zero" and ch.get("max_iter", 50) < 50 and fp.get("lines")):
+        return None
+    from suite import compact_peaks
+
+    n = int(ch["max_iter"])
+    out = {"peaks": len(compact_peaks(x, y))}
+    for label, m in (("count", n), ("x2", min(2 * n, 50)), ("cap", 50)):
+        kw = dict(ch, max_iter=m)
+        out[label] = {**score(xfusion.fuse(x, y, progress=False, **kw, **extra(kw)).flux), "m": m}
+    return out
+
+
+def _rel(a, b, key):
+    return a[key] / b[key] - 1.0 if key in a and key in b and b[key] > 0 else None
+
+
+def summary(probe, recs):
+    """Printed lines: per variant the mean NMSE change against the delivered cube, the worst, and the median relative
+    velocity- and width-RMS changes (scenes with lines)."""
+    pairs = {}
+    for r in recs:
+        res = r.get("result")
+        if not res:
+            continue
+        base = res["chosen"] if probe == "average" else res["cold"] if probe == "warm" else res["count"]
+        for label in {"average": ("runner", "other_family"), "warm": ("rest", "half", "same"),
+                      "count": ("x2", "cap")}[probe]:
+            v = res.get(label)
+            if v:
+                pairs.setdefault(label, []).append((v["nmse"] - base["nmse"], _rel(v, base, "v"), _rel(v, base, "w")))
+    lines = []
+    for label, p in pairs.items():
+        d = np.array([a for a, _, _ in p])
+        v = [b for _, b, _ in p if b is not None]
+        w = [c for _, _, c in p if c is not None]
+        lines.append(f"{probe} {label}: {len(d)} scenes, NMSE change mean {d.mean():+.3f} dB (worst {d.min():+.2f}, "
+                     f"best {d.max():+.2f}); velocity RMS median "
+                     + (f"{100 * np.median(v):+.1f} %" if v else "-") + ", width RMS median "
+                     + (f"{100 * np.median(w):+.1f} %" if w else "-"))
+    return lines
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("probe", choices=("average", "warm", "count"))
+    ap.add_argument("--split", default="tune", help="suite split (tune: the seeds rules may be fitted on)")
+    ap.add_argument("--n", type=int, default=48, help="suite size (xfusion.scenes.suite(split, n))")
+    ap.add_argument("--size", default="default", choices=("default", "small"))
+    ap.add_argument("--indices", required=True, help="e.g. 0-23 or 0,4,9")
+    ap.add_argument("--out", required=True, help="JSON lines, one per scene (resumable)")
+    a = ap.parse_args(argv)
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    from tuning import _delivery  # benchmarks/tuning.py: the default's delivery of a choice
+
+    done = {}
+    try:
+        for line in open(a.out):
+            r = json.loads(line)
+            done[r["index"]] = r
+    except FileNotFoundError:
+        pass
+    specs = scenes.suite(a.split, n=a.n)
+    for i in parse_indices(ap, a.indices, len(specs)):
+        if i in done:
+            continue
+        t0 = time.perf_counter()
+        x, y, truth = scenes.from_spec(specs[i], size=None if a.size == "default" else "small")
+        half = {}
+        cur = tuning.select(x, y, complete=(a.probe == "average"), half_fit=half)
+        ch = tuning.choice(cur)
+        extra = _delivery(x, y, ch, half)
+        score = _scorer(truth)
+        if a.probe == "average":
+            res = probe_average(x, y, score, cur, ch, extra)
+        elif a.probe == "warm":
+            res = probe_warm(x, y, score, cur, ch, extra, half)
+        else:
+            res = probe_count(x, y, score, cur, ch, extra)
+        rec = {"index": i, "scene": specs[i]["name"], "choice": ch, "result": res,
+               "seconds": time.perf_counter() - t0}
+        done[i] = rec
+        with open(a.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{specs[i]['name']}: {'measured' if res else 'not applicable'} "
+              f"({rec['seconds']:.0f} s)", flush=True)
+    for line in summary(a.probe, list(done.values())):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

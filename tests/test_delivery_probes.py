@@ -1,0 +1,39 @@
+"""benchmarks/delivery_probes.py (session 54): its summary reads each variant against the delivered cube."""
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture()
+def dp(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    mod = importlib.import_module("delivery_probes")
+    yield mod
+    sys.modules.pop("delivery_probes", None)
+
+
+def test_summary_compares_each_variant_with_the_delivered_cube(dp):
+    recs = [
+        {"result": {"cold": {"nmse": 20.0, "v": 100.0, "w": 50.0}, "rest": {"nmse": 19.5, "v": 110.0, "w": 50.0},
+                    "half": {"nmse": 20.5, "v": 90.0, "w": 60.0}, "same": None}},
+        {"result": {"cold": {"nmse": 10.0}, "rest": {"nmse": 10.1}, "half": {"nmse": 9.0}, "same": None}},
+        {"result": None},  # a scene where the probe does not apply
+    ]
+    lines = dp.summary("warm", recs)
+    assert len(lines) == 2  # "same" measured nowhere
+    rest, half = lines
+    assert rest.startswith("warm rest: 2 scenes") and "mean -0.200 dB" in rest and "worst -0.50" in rest
+    assert "velocity RMS median +10.0 %" in rest and "width RMS median +0.0 %" in rest
+    assert half.startswith("warm half: 2 scenes") and "mean -0.250 dB" in half and "best +0.50" in half
+    assert "velocity RMS median -10.0 %" in half
+
+
+def test_summary_of_the_average_probe_reads_the_chosen_cube(dp):
+    recs = [{"result": {"chosen": {"nmse": 15.0}, "runner": {"j": 1, "nmse": 14.0}, "other_family": None}}]
+    (line,) = dp.summary("average", recs)
+    assert line.startswith("average runner: 1 scenes") and "mean -1.000 dB" in line
+    assert "velocity RMS median -" in line  # no line maps on this scene
