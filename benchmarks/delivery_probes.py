@@ -20,6 +20,7 @@ total-flux bias (%). One JSON line per scene (``--out``, resumable), then a summ
     python benchmarks/delivery_probes.py average --split tune --n 48 --size small --indices 0-47 --out avg.jsonl
     python benchmarks/delivery_probes.py warm --split tune --n 48 --size small --indices 9-16 --out warm.jsonl
     python benchmarks/delivery_probes.py count --split tune --n 144 --indices 0-39 --out count.jsonl
+    python benchmarks/delivery_probes.py warm --n 48 --indices 0-47 --family threshold --out warm_full.jsonl
 """
 import argparse
 import json
@@ -149,6 +150,8 @@ def main(argv=None):
     ap.add_argument("--size", default="default", choices=("default", "small"))
     ap.add_argument("--indices", required=True, help="e.g. 0-23 or 0,4,9")
     ap.add_argument("--out", required=True, help="JSON lines, one per scene (resumable)")
+    ap.add_argument("--family", choices=("zero", "threshold", "rl"),
+                    help="probe only scenes whose choice is this family (the others are recorded as not applicable)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
     from tuning import _delivery  # benchmarks/tuning.py: the default's delivery of a choice
@@ -171,7 +174,9 @@ def main(argv=None):
         ch = tuning.choice(cur)
         extra = _delivery(x, y, ch, half)
         score = _scorer(truth)
-        if a.probe == "average":
+        if a.family and _family(ch) != a.family:
+            res = None
+        elif a.probe == "average":
             res = probe_average(x, y, score, cur, ch, extra)
         elif a.probe == "warm":
             res = probe_warm(x, y, score, cur, ch, extra, half)
