@@ -1,6 +1,8 @@
 import collections
+import importlib
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +37,22 @@ def require_data(*paths):
         if missing_data_allowed():
             pytest.skip(msg)
         pytest.fail(msg, pytrace=False)
+
+
+#: the benchmark scripts, importable by :func:`bench_module`
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture()
+def bench_module(monkeypatch):
+    """``bench_module("line_stealing")`` imports ``benchmarks/line_stealing.py``; every module it brought in from
+    ``benchmarks/`` is dropped again after the test (they are scripts, not a package)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    before = set(sys.modules)
+    yield importlib.import_module
+    for name in set(sys.modules) - before:
+        if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(BENCH)):
+            sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="session")

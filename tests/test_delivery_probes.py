@@ -1,19 +1,10 @@
 """benchmarks/delivery_probes.py (session 54): its summary reads each variant against the delivered cube."""
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture()
-def dp(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    mod = importlib.import_module("delivery_probes")
-    yield mod
-    sys.modules.pop("delivery_probes", None)
+def dp(bench_module):
+    return bench_module("delivery_probes")
 
 
 def test_summary_compares_each_variant_with_the_delivered_cube(dp):

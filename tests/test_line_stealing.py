@@ -1,21 +1,12 @@
 """benchmarks/line_stealing.py: the truth-free compact-source rule finds point sources on diffuse emission and leaves
 smooth blobs and ridges alone, with and without a sharp-spatial PSF."""
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture()
-def ls(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    mod = importlib.import_module("line_stealing")
-    yield mod
-    sys.modules.pop("line_stealing", None)
+def ls(bench_module):
+    return bench_module("line_stealing")
 
 
 def _sky(psf_sigma, seed):
