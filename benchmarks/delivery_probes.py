@@ -24,7 +24,6 @@ total-flux bias (%). One JSON line per scene (``--out``, resumable), then a summ
 """
 import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -36,7 +35,9 @@ from xfusion import analysis, metrics, scenes, tuning
 
 def _scorer(truth):
     """A function of a flux DataArray: NMSE (dB), total-flux bias (%), and on scenes with lines the velocity- and
-    width-map RMS errors (km/s, brighter half), as ``suite.py`` measures them."""
+    width-map RMS errors (km/s, brighter half; ``suite.py``'s own measure)."""
+    from suite import _science  # benchmarks/suite.py
+
     t = truth["flux"]
     lm = scenes.line_map_args(truth)
     lsf = float(truth.attrs["lsf_sigma_kev"])
@@ -47,7 +48,7 @@ def _scorer(truth):
         r = {"nmse": float(metrics.nmse(t.values, flux.values)),
              "flux": 100.0 * (float(flux.values.sum(dtype=np.float64)) / total - 1.0)}
         if tm is not None:
-            e = analysis.map_errors(tm, analysis.line_map(flux, lsf_sigma=lsf, **lm), fraction=0.5)
+            e = _science(flux, tm, lm, lsf)
             r["v"], r["w"] = float(e["velocity_rms_kms"]), float(e["width_rms_kms"])
         return r
     return score
@@ -153,7 +154,6 @@ def main(argv=None):
     ap.add_argument("--family", choices=("zero", "threshold", "rl"),
                     help="probe only scenes whose choice is this family (the others are recorded as not applicable)")
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
     from tuning import _delivery  # benchmarks/tuning.py: the default's delivery of a choice
 
     done = {}

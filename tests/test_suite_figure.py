@@ -26,12 +26,8 @@ def _row(name, kind, default, rl_best, bias):
 
 
 @pytest.fixture()
-def suite_figure(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    mod = importlib.import_module("suite_figure")
-    yield mod
-    for name in ("suite_figure", "suite"):  # benchmarks/suite.py, imported by suite_figure
-        sys.modules.pop(name, None)
+def suite_figure(bench_module):
+    return bench_module("suite_figure")
 
 
 def test_table_and_figure_from_suite_rows(tmp_path, suite_figure):
@@ -81,14 +77,12 @@ def test_base_csv_keeps_the_other_rows_and_replaces_the_scenes_measured_again(tm
 
 
 @pytest.fixture()
-def run(monkeypatch, capsys):
+def run(bench_module, capsys):
     """Run a benchmark script's main in this process, where it must stop at its argument checks: (exit code,
     output). In-process: a subprocess per case would pay xfusion's import again (seconds on a loaded machine)."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    loaded = set(sys.modules)
 
     def go(script, *args):
-        mod = importlib.import_module(script[:-3])
+        mod = bench_module(script[:-3])
         entry = mod.cli if script == "operators.py" else mod.main
         try:
             code = entry(list(args))
@@ -97,16 +91,14 @@ def run(monkeypatch, capsys):
         out = capsys.readouterr()
         return code or 0, out.out + out.err
 
-    yield go
-    for name in set(sys.modules) - loaded:  # the benchmark scripts imported here (not the libraries they loaded)
-        if str(getattr(sys.modules[name], "__file__", "")).startswith(str(BENCH)):
-            sys.modules.pop(name, None)
+    return go
 
 
 @pytest.mark.parametrize("script, extra", [("suite.py", ["--n", "24"]), ("tuning_cost.py", ["--n", "24"]),
                                            ("mosaic_suite.py", ["--n", "6"]), ("alternatives.py", ["--n", "24"]),
                                            ("rl_lines.py", ["--n", "24"]), ("shape_floor.py", ["--n", "24"]),
-                                           ("velocity_redraws.py", ["--n", "24"]), ("shape_in_loop.py", ["--n", "24"])])
+                                           ("velocity_redraws.py", ["--n", "24"]), ("shape_in_loop.py", ["--n", "24"]),
+                                           ("delivery_probes.py", ["warm", "--n", "24", "--out", "unused.jsonl"])])
 def test_bad_indices_are_argparse_errors(run, script, extra):
     """Session 30 (red team): --indices 99 gave an IndexError traceback, -1 ran the last scene silently."""
     for bad, what in (("99", "index 99 out of range 0.."), ("-1", "index -1 out of range"), ("1,x", "got 'x'")):
