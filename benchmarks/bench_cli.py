@@ -107,7 +107,7 @@ def parse_json_dict(parser, text, option):
     return value
 
 
-def _records(text):
+def parse_records(text):
     """The records of a JSON document (an object, or a list of objects) or of JSON lines; None if unreadable."""
     try:
         doc = json.loads(text)
@@ -146,7 +146,7 @@ def why_not_ours(path, script):
     if not raw.strip():
         return None
     try:
-        recs = _records(raw.decode("utf-8"))
+        recs = parse_records(raw.decode("utf-8"))
     except UnicodeDecodeError:
         recs = None
     if not recs or not all(isinstance(r, dict) and r.get(MARKER) == script for r in recs):

@@ -30,7 +30,7 @@ import sys
 import time
 
 import numpy as np
-from bench_cli import _records, add_suite_options, suite_rows
+from bench_cli import add_suite_options, parse_records, suite_rows
 from scipy import ndimage as ndi
 
 # the detection rule moved to the library in session 51, where the 2D-1D prior's line step uses it
@@ -99,7 +99,7 @@ def summary(paths):
     footprints. Returns ``{size: {...}}``."""
     rows = {}
     for path in paths:
-        for rec in _records(open(path).read()) or []:
+        for rec in parse_records(open(path).read()) or []:
             if rec.get("sources"):
                 size = rec.get("suite_size", "small" if rec["size"] == "24x24x600" else "full")
                 rows[(rec["name"], size)] = rec  # a scene run twice: its last record

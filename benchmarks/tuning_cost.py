@@ -20,6 +20,7 @@ code runs).
     python benchmarks/tuning_cost.py --split heldout --n 24 --indices 0,4,5 --json cost.jsonl
     python benchmarks/tuning_cost.py --size small            # 24 small scenes (24x24x600)
     python benchmarks/tuning_cost.py --default-only --indices 10,15   # wall time of the default alone (quiet machine)
+    python benchmarks/tuning_cost.py --summary benchmarks/results/tuning_cost_fresh_408_431.jsonl   # a stored run
 """
 import argparse
 import hashlib
@@ -32,7 +33,7 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
+from bench_cli import MARKER, append_record, check_output, parse_indices, parse_records  # benchmarks/bench_cli.py
 from xfusion import scenes, tuning
 
 SCRIPT = "tuning_cost.py"
@@ -132,6 +133,49 @@ def compile_kernels():
     return starlet_kernels.warm()
 
 
+def summarize(records, over=3.0):
+    """Lines summing up ``measure`` records (one size): the three ratios' median, largest and count within ``over``
+    (the issue's 3x), then every scene above ``over`` one fixed fit, with what its CPU went to."""
+    if not records:
+        return []
+    out = []
+    for key, what in (("ratio_cpu", "default / one fixed fit, CPU"),
+                      ("ratio_wall_to_fixed_loop", "wall of the default / wall of the fixed fit's iterations"),
+                      ("ratio_cpu_chosen", "default / one fit with the chosen settings, CPU")):
+        r = np.array([rec[key] for rec in records])
+        out.append(f"{what}: median {np.median(r):.2f}, max {r.max():.2f}, within {over:g}x "
+                   f"{int((r <= over).sum())}/{r.size}")
+    for rec in records:
+        if rec["ratio_cpu"] > over:
+            s = rec["settings"]
+            fam = "plain RL" if s.get("regularization") == "none" else f"{s.get('null_space')} k={s.get('k')}"
+            out.append(f"  above {over:g}x: {rec['name']} ({fam}, final fit {rec['final_iterations']} it) "
+                       f"{rec['ratio_cpu']:.2f}x: tuning {rec['tuning_cpu']:.1f} s = "
+                       f"{rec['tuning_cpu'] / rec['fixed_cpu']:.2f} fixed fits, final fit and delivery "
+                       f"{rec['final_and_rest_cpu']:.1f} s, fixed fit {rec['fixed_cpu']:.1f} s")
+    return out
+
+
+def _summary_of_files(parser, paths):
+    """``--summary``: the records of this script in ``paths`` (comma-separated), summed up per size."""
+    recs = []
+    for path in paths.split(","):
+        try:
+            with open(path) as fh:
+                got = parse_records(fh.read())
+        except OSError as exc:
+            parser.error(f"--summary {path}: {exc.strerror}")
+        if not got or not all(isinstance(r, dict) and r.get(MARKER) == SCRIPT and "ratio_cpu" in r for r in got):
+            parser.error(f"--summary {path}: not records of benchmarks/{SCRIPT} (without --default-only)")
+        recs += got
+    for size in dict.fromkeys(r["size"] for r in recs):
+        part = [r for r in recs if r["size"] == size]
+        print(f"size {size}: {len(part)} scenes")
+        for line in summarize(part):
+            print(line)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="heldout", choices=("tune", "heldout"))
@@ -142,7 +186,11 @@ def main(argv=None):
                     "did not write is refused before computing)")
     ap.add_argument("--default-only", action="store_true",
                     help="time the default fuse alone (wall; the <= 60 s target), no fixed fit")
+    ap.add_argument("--summary", default=None, metavar="FILE[,FILE]",
+                    help="print the summary of stored records of this script (per size) and exit; nothing is run")
     args = ap.parse_args(argv)
+    if args.summary:
+        return _summary_of_files(ap, args.summary)
     check_output(ap, args.json, SCRIPT)
     specs = scenes.suite(args.split, n=args.n)
     idx = parse_indices(ap, args.indices, len(specs)) if args.indices else list(range(len(specs)))
@@ -152,7 +200,7 @@ def main(argv=None):
           flush=True)
     if not args.default_only:
         print(f"compiled the starlet passes in {compile_kernels():.1f} s (before any timing)", flush=True)
-    ratios, strict, chosen = [], [], []
+    records = []
     for i in idx:
         res = measure(specs[i], args.size, fixed_kw, args.default_only)
         res["index"] = i
@@ -163,9 +211,7 @@ def main(argv=None):
             if args.json:
                 append_record(args.json, res, SCRIPT)
             continue
-        ratios.append(res["ratio_cpu"])
-        strict.append(res["ratio_wall_to_fixed_loop"])
-        chosen.append(res["ratio_cpu_chosen"])
+        records.append(res)
         st = " ".join(f"{k} {res['stage_steps'].get(k, 0)} st/{res['stage_cpu'].get(k, 0):.1f} s"
                       for k in ("other", "ladder", "rl", "threshold", "zero_continuation", "shape"))
         print(f"{i:3d} {res['name']:28s} {'x'.join(map(str, res['shape']))} choice {res['choice']:11s} "
@@ -176,16 +222,8 @@ def main(argv=None):
               flush=True)
         if args.json:
             append_record(args.json, res, SCRIPT)
-    r = np.array(ratios)
-    if r.size:
-        print(f"ratio (default / one fixed fit), CPU: median {np.median(r):.2f}, max {r.max():.2f}, "
-              f"within 3x {int((r <= 3).sum())}/{r.size}", flush=True)
-        q = np.array(strict)
-        print(f"wall of the default / wall of the fixed fit's iterations: median {np.median(q):.2f}, "
-              f"max {q.max():.2f}, within 3x {int((q <= 3).sum())}/{q.size}", flush=True)
-        c = np.array(chosen)
-        print(f"ratio (default / one fit with the chosen settings), CPU: median {np.median(c):.2f}, max {c.max():.2f}, "
-              f"within 3x {int((c <= 3).sum())}/{c.size}", flush=True)
+    for line in summarize(records):
+        print(line, flush=True)
     return 0
 
 

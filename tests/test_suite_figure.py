@@ -379,3 +379,28 @@ def test_target_counts_with_their_intervals(tmp_path, suite_figure, capsys):
     assert "miss: b -0.50 dB" in out and "miss: b 80.0 vs 70.0 km/s" in out and "miss: b -1.50 %" in out
     with pytest.raises(SystemExit):
         suite_figure.main(["--input", f"small={src}", "--report-rows", "last=1"])
+
+
+def test_tuning_cost_summary_of_the_stored_fresh_rows(run, tmp_path):
+    """Session 55: the README's cost figures for rows 408-431 are read back from the stored records
+    (``results/tuning_cost_fresh_408_431.jsonl``, 24 rows per size): each record is the scene of ``suite("heldout",
+    432)`` its index names, its cube equals the one fit with the chosen settings, and ``--summary`` prints the counts
+    within 3x and names every scene above it. A file of another script is refused."""
+    from xfusion import scenes
+
+    path = BENCH / "results" / "tuning_cost_fresh_408_431.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    names = [s["name"] for s in scenes.suite("heldout", n=432)]
+    for size in ("default", "small"):
+        part = [r for r in recs if r["size"] == size]
+        assert [r["index"] for r in part] == list(range(408, 432)), size
+        assert all(r["name"] == names[r["index"]] and r["chosen_same_cube"] for r in part)
+    rc, out = run("tuning_cost.py", "--summary", str(path))
+    above = sum(r["ratio_cpu"] > 3 for r in recs)
+    assert rc == 0 and "default / one fixed fit, CPU: median 2.22, max 5.26, within 3x 21/24" in out
+    assert "default / one fixed fit, CPU: median 2.13, max 6.22, within 3x 17/24" in out
+    assert out.count("above 3x: ") == above == 10 and "mixed/500409" in out
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"xfusion_benchmark": "suite.py", "rows": []}) + "\n")
+    rc, out = run("tuning_cost.py", "--summary", str(other))
+    assert rc == 2 and "not records of benchmarks/tuning_cost.py" in out and "Traceback" not in out
