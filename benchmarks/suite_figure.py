@@ -98,19 +98,26 @@ def _value(row, key):
     return float(row[key]) if row[key] != "" else math.nan
 
 
-def rows_from_csv(path):
-    """{size label: rows} of a CSV this script wrote, as the rows :func:`figure` draws (the CSV holds every number the
-    figure uses): to redraw the figure after some scenes were measured again (``--base-csv``)."""
+def _csv_rows(paths):
+    """The rows of the CSV files ``paths`` (comma-separated), one after the other: several tables pooled."""
+    for path in paths.split(","):
+        with open(path, newline="") as fh:
+            yield from csv.DictReader(fh)
+
+
+def rows_from_csv(paths):
+    """{size label: rows} of the CSVs this script wrote (``paths`` comma-separated: pooled, in that order), as the rows
+    :func:`figure` draws (the CSV holds every number the figure uses): to redraw the figure after some scenes were
+    measured again, or to count the targets over several tables (``--base-csv``)."""
     groups = {}
-    with open(path, newline="") as fh:
-        for c in csv.DictReader(fh):
-            c["beats_both_baselines"] = c["beats_both_baselines"] == "True"
-            f = lambda key: _value(c, key)  # noqa: E731
-            groups.setdefault(c["size"], []).append({
-                "name": c["scene"], "spec": {"kind": c["kind"]}, "csv": c, "flux_bias_pct": f("flux_bias_pct"),
-                "default": {"nmse_db": f("nmse_default_db"), "velocity_rms_kms": f("velocity_rms_default_kms")},
-                "rl_best": {"nmse_db": f("nmse_rl_oracle_db"), "velocity_rms_kms": f("velocity_rms_rl_oracle_kms")},
-                "x_up": {"nmse_db": f("nmse_x_up_db")}, "y_up": {"nmse_db": f("nmse_y_up_db")}})
+    for c in _csv_rows(paths):
+        c["beats_both_baselines"] = c["beats_both_baselines"] == "True"
+        f = lambda key: _value(c, key)  # noqa: E731
+        groups.setdefault(c["size"], []).append({
+            "name": c["scene"], "spec": {"kind": c["kind"]}, "csv": c, "flux_bias_pct": f("flux_bias_pct"),
+            "default": {"nmse_db": f("nmse_default_db"), "velocity_rms_kms": f("velocity_rms_default_kms")},
+            "rl_best": {"nmse_db": f("nmse_rl_oracle_db"), "velocity_rms_kms": f("velocity_rms_rl_oracle_kms")},
+            "x_up": {"nmse_db": f("nmse_x_up_db")}, "y_up": {"nmse_db": f("nmse_y_up_db")}})
     return groups
 
 
@@ -175,13 +182,13 @@ def verdict(k, n, target, interval):
     return ("met" if met else "not met") + ("" if sure else " (the 95 % interval spans the target)")
 
 
-def hindsight_target(path):
-    """{size: [within 0.5 dB of the best candidate, per row]} of a ``benchmarks/tuning.py hindsight_csv`` file, in
-    table order per size (booleans, so that row ranges can be counted too)."""
+def hindsight_target(paths):
+    """{size: [within 0.5 dB of the best candidate, per row]} of ``benchmarks/tuning.py hindsight_csv`` files
+    (``paths`` comma-separated: pooled, in that order), in table order per size (booleans, so that row ranges can be
+    counted too)."""
     out = {}
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            out.setdefault(r["size"], []).append(r["within_0_5_db"] == "True")
+    for r in _csv_rows(paths):
+        out.setdefault(r["size"], []).append(r["within_0_5_db"] == "True")
     return out
 
 
@@ -282,12 +289,14 @@ def main(argv=None):
                         "--base-csv: the figure redrawn from the CSV)")
     p.add_argument("--png", default=None, help="write the figure here")
     p.add_argument("--csv", default=None, help="write the per-scene table here")
-    p.add_argument("--base-csv", default=None, help="start from this CSV's rows (all sizes); the --input rows replace "
-                   "the rows of the same size label and scene (scenes measured again)")
+    p.add_argument("--base-csv", default=None, help="start from this CSV's rows (all sizes; CSV,CSV,...: several "
+                   "tables pooled, in that order); the --input rows replace the rows of the same size label and scene "
+                   "(scenes measured again)")
     p.add_argument("--report-rows", action="append", default=[], metavar="NAME=A-B",
                    help="also report the targets on table rows A-B of each size (e.g. fresh=168-191)")
-    p.add_argument("--hindsight-csv", default=None, help="a benchmarks/tuning.py hindsight_csv file: count its rows "
-                   "against the hindsight target too (sizes 'full' and 'small' stand for 'full size' and 'small')")
+    p.add_argument("--hindsight-csv", default=None, help="a benchmarks/tuning.py hindsight_csv file (or CSV,CSV,...: "
+                   "pooled): count its rows against the hindsight target too (sizes 'full' and 'small' stand for "
+                   "'full size' and 'small')")
     p.add_argument("--fails", action="store_true", help="name the scenes that miss each target, with the margin")
     args = p.parse_args(argv)
     for r in args.report_rows:

@@ -404,3 +404,30 @@ def test_tuning_cost_summary_of_the_stored_fresh_rows(run, tmp_path):
     other.write_text(json.dumps({"xfusion_benchmark": "suite.py", "rows": []}) + "\n")
     rc, out = run("tuning_cost.py", "--summary", str(other))
     assert rc == 2 and "not records of benchmarks/tuning_cost.py" in out and "Traceback" not in out
+
+
+def test_several_tables_are_pooled_in_order(tmp_path, suite_figure, capsys):
+    """Session 55: ``--base-csv A,B`` and ``--hindsight-csv A,B`` count the targets over several result tables (the
+    README's table and the fresh replications), B's rows after A's, so that ``--report-rows`` can name B's alone."""
+    rows = [_row("a", "snr_shell", _metrics(12.0, 0.2, 0.3, 200.0, 50.0), _metrics(11.0, 0.2, 0.3, 200.0, 60.0), 0.2),
+            _row("b", "mixed", _metrics(10.0, 0.45, 0.3, 200.0, 80.0), _metrics(10.5, 0.2, 0.3, 200.0, 70.0), -1.5)]
+    src, first, second = tmp_path / "rows.json", tmp_path / "a.csv", tmp_path / "b.csv"
+    src.write_text(json.dumps({"rows": rows}))
+    suite_figure.main(["--input", f"small={src}", "--csv", str(first)])
+    src.write_text(json.dumps({"rows": rows[1:]}))
+    suite_figure.main(["--input", f"small={src}", "--csv", str(second)])
+    h1, h2 = tmp_path / "h1.csv", tmp_path / "h2.csv"
+    h1.write_text("size,scene,within_0_5_db\nsmall,a,True\nsmall,b,True\n")
+    h2.write_text("size,scene,within_0_5_db\nsmall,b,False\n")
+    capsys.readouterr()
+    suite_figure.main(["--base-csv", f"{first},{second}", "--hindsight-csv", f"{h1},{h2}", "--report-rows",
+                       "second=2-2"])
+    out = capsys.readouterr().out
+    assert "NMSE >= RL oracle: 1/3 = 33.3 %" in out and "in hindsight: 2/3" in out
+    second_part = out[out.index("small, rows 2-2 (second):"):]
+    assert "NMSE >= RL oracle: 0/1" in second_part and "in hindsight: 0/1" in second_part
+    # the stored tables pooled: the README's small-size NMSE count of table and fresh rows together
+    res = BENCH / "results"
+    suite_figure.main(["--base-csv", f"{res / 'suite_heldout.csv'},{res / 'suite_fresh_408_455.csv'}"])
+    out = capsys.readouterr().out
+    assert "NMSE >= RL oracle: 235/264 = 89.0 %" in out and "NMSE >= RL oracle: 253/264 = 95.8 %" in out
