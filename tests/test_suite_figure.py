@@ -431,3 +431,17 @@ def test_several_tables_are_pooled_in_order(tmp_path, suite_figure, capsys):
     suite_figure.main(["--base-csv", f"{res / 'suite_heldout.csv'},{res / 'suite_fresh_408_455.csv'}"])
     out = capsys.readouterr().out
     assert "NMSE >= RL oracle: 235/264 = 89.0 %" in out and "NMSE >= RL oracle: 253/264 = 95.8 %" in out
+
+
+def test_every_row_of_the_fresh_replications_is_its_scene():
+    """Sessions 54-55: the fresh replications (rows 408-455 and 456-503 of ``suite("heldout")``, row i from
+    ``n = 24 (i // 24 + 1)``) hold, at both sizes and in both files, exactly those scenes in order."""
+    from xfusion import scenes
+
+    for first, last in ((408, 455), (456, 503)):
+        names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(first, last + 1)]
+        for path, sizes in ((f"suite_fresh_{first}_{last}.csv", ("full size", "small")),
+                            (f"hindsight_fresh_{first}_{last}.csv", ("full", "small"))):
+            rows = list(csv.DictReader(open(BENCH / "results" / path)))
+            for size in sizes:
+                assert [r["scene"] for r in rows if r["size"] == size] == names, (path, size)
