@@ -404,6 +404,8 @@ def test_tuning_cost_summary_of_the_stored_fresh_rows(run, tmp_path):
     other.write_text(json.dumps({"xfusion_benchmark": "suite.py", "rows": []}) + "\n")
     rc, out = run("tuning_cost.py", "--summary", str(other))
     assert rc == 2 and "not records of benchmarks/tuning_cost.py" in out and "Traceback" not in out
+    rc, out = run("tuning_cost.py", "--summary", str(tmp_path / "absent.jsonl"))
+    assert rc == 2 and "absent.jsonl: No such file or directory" in out and "Traceback" not in out
 
 
 def test_several_tables_are_pooled_in_order(tmp_path, suite_figure, capsys):
