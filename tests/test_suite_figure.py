@@ -382,24 +382,30 @@ def test_target_counts_with_their_intervals(tmp_path, suite_figure, capsys):
 
 
 def test_tuning_cost_summary_of_the_stored_fresh_rows(run, tmp_path):
-    """Session 55: the README's cost figures for rows 408-431 are read back from the stored records
-    (``results/tuning_cost_fresh_408_431.jsonl``, 24 rows per size): each record is the scene of ``suite("heldout",
-    432)`` its index names, its cube equals the one fit with the chosen settings, and ``--summary`` prints the counts
+    """Session 55: the README's cost figures for rows 408-455 are read back from the stored records
+    (``results/tuning_cost_fresh_408_431.jsonl`` and ``_432_455``, 24 rows per size each): each record is the scene of
+    ``suite("heldout", n)`` its index names, its cube equals the one fit with the chosen settings, and ``--summary`` prints the counts
     within 3x and names every scene above it. A file of another script is refused."""
     from xfusion import scenes
 
+    for first, last in ((408, 431), (432, 455)):
+        path = BENCH / "results" / f"tuning_cost_fresh_{first}_{last}.jsonl"
+        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        names = [s["name"] for s in scenes.suite("heldout", n=last + 1)]
+        for size in ("default", "small"):
+            part = [r for r in recs if r["size"] == size]
+            assert [r["index"] for r in part] == list(range(first, last + 1)), size
+            assert all(r["name"] == names[r["index"]] and r["chosen_same_cube"] for r in part)
     path = BENCH / "results" / "tuning_cost_fresh_408_431.jsonl"
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    names = [s["name"] for s in scenes.suite("heldout", n=432)]
-    for size in ("default", "small"):
-        part = [r for r in recs if r["size"] == size]
-        assert [r["index"] for r in part] == list(range(408, 432)), size
-        assert all(r["name"] == names[r["index"]] and r["chosen_same_cube"] for r in part)
     rc, out = run("tuning_cost.py", "--summary", str(path))
     above = sum(r["ratio_cpu"] > 3 for r in recs)
     assert rc == 0 and "default / one fixed fit, CPU: median 2.22, max 5.26, within 3x 21/24" in out
     assert "default / one fixed fit, CPU: median 2.13, max 6.22, within 3x 17/24" in out
     assert out.count("above 3x: ") == above == 10 and "mixed/500409" in out
+    both = f"{path},{BENCH / 'results' / 'tuning_cost_fresh_432_455.jsonl'}"
+    rc, out = run("tuning_cost.py", "--summary", both)  # the README's 48 rows per size
+    assert rc == 0 and "size default: 48 scenes" in out and "within 3x 44/48" in out and "within 3x 35/48" in out
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"xfusion_benchmark": "suite.py", "rows": []}) + "\n")
     rc, out = run("tuning_cost.py", "--summary", str(other))
