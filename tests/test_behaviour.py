@@ -356,27 +356,27 @@ def test_auto_rule_recorded_by_fuse(y_counts, k, n1, monkeypatch):
     assert p["auto_counts_per_voxel"] == pytest.approx(float(y.counts.sum()) / y.counts.size, rel=1e-9)
 
 
-def test_starlet_pools_are_never_replaced_under_a_submitting_thread():
+def test_thread_pools_are_never_replaced_under_a_submitting_thread():
     """Asking for a pool of another size must not shut down the pool another thread is submitting to (it used to:
     its next submit raised RuntimeError 'cannot schedule new futures after shutdown')."""
     import threading
 
-    from xfusion.regularizers import starlet
+    from xfusion import threads
 
-    p2 = starlet._get_pool(2)
-    assert starlet._get_pool(1) is not p2 and starlet._get_pool(2) is p2
+    p2 = threads.pool(2)
+    assert threads.pool(1) is not p2 and threads.pool(2) is p2
     assert p2.submit(lambda: 41 + 1).result() == 42
     errors = []
 
     def hammer(n):
         try:
             for _ in range(50):
-                assert starlet._get_pool(n).submit(lambda: n).result() == n
+                assert threads.pool(n).submit(lambda: n).result() == n
         except Exception as e:  # noqa: BLE001 - any failure is the bug
             errors.append(e)
-    threads = [threading.Thread(target=hammer, args=(n,)) for n in (1, 2, 3, 2)]
-    for t in threads:
+    workers = [threading.Thread(target=hammer, args=(n,)) for n in (1, 2, 3, 2)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
     assert errors == []

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xfusion"
 
 #: lowest first; a module may import modules of its own layer or of lower layers
 LAYERS = [
-    ("core", ["observation", "grid", "axes", "units", "psf_sampling"]),
+    ("core", ["observation", "grid", "axes", "units", "psf_sampling", "threads"]),
     ("operators", ["operators"]),
     ("terms", ["likelihood", "gaussian", "regularizers", "metrics", "analysis", "consistency", "sources"]),
     ("solvers", ["solvers"]),

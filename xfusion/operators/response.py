@@ -4,6 +4,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
+from ..threads import run, spans
+
+#: spectra per task of a dense :class:`ResponseMatrix` product (session 56, point_sources/500083: 2025 spectra of 2400
+#: channels to 60, two threads: forward 0.0090 -> 0.0040 s, adjoint 0.0092 -> 0.0037 s)
+RESPONSE_TASK_ROWS = 512
+
 
 class Convolve1D:
     """Convolution of every spectrum with an odd, centred kernel, zero boundary.
@@ -98,15 +104,26 @@ class ResponseMatrix:
         out = np.ascontiguousarray((a @ z2.T).T)
         return out.reshape(z.shape[:-1] + (a.shape[0],))
 
+    @staticmethod
+    def _dense_apply(a, m):
+        """``a @ m`` over the spectra of ``a`` (..., L), in tasks of at most :data:`RESPONSE_TASK_ROWS` spectra on
+        the thread pool (:mod:`xfusion.threads`; each task writes its own rows: the same to the bit whatever the
+        threads)."""
+        a2 = a.reshape(-1, a.shape[-1])
+        out = np.empty((a2.shape[0], m.shape[1]), dtype=np.result_type(a2.dtype, m.dtype))
+        run([lambda r0=r0, r1=r1: np.matmul(a2[r0:r1], m, out=out[r0:r1])
+             for r0, r1 in spans(0, a2.shape[0], RESPONSE_TASK_ROWS)], a2.nbytes + out.nbytes)
+        return out.reshape(a.shape[:-1] + (m.shape[1],))
+
     def forward(self, z):
         if self.sparse:
             return self._sparse_apply(self._mt, z)
-        return z @ self._m[z.dtype]
+        return self._dense_apply(z, self._m[z.dtype])
 
     def adjoint(self, u):
         if self.sparse:
             return self._sparse_apply(self._m, u)
-        return u @ self._m[u.dtype].T
+        return self._dense_apply(u, self._m[u.dtype].T)
 
     def forward_valid(self, z):
         return self.forward(z)

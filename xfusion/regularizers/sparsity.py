@@ -77,8 +77,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..threads import run as _run_tasks
+from ..threads import spans
 from . import starlet_kernels as _kernels
-from .starlet import _run as _run_tasks
 from .starlet import mad_sigma, reach, soft_threshold, starlet1d, starlet2d
 
 #: default number of coefficients per band used for the MAD noise estimate
@@ -95,7 +96,7 @@ NOISE_MODELS = ("mad", "poisson", "propagated")
 #: the line step's threshold at line-free sources, in units of ``k`` times the MAD of the line part of the fine
 #: 2D band (class notes of :class:`Wavelet2D1D`, "Line-free sources"); chosen on tuning seeds in session 50
 LINE_FACTOR = 3.0
-#: rows (axis 0) per block of the thresholding step (:meth:`Wavelet2D1D._apply`, one task each on the starlet's pool)
+#: rows (axis 0) per block of the thresholding step (:meth:`Wavelet2D1D._apply`, one task each on the thread pool of :mod:`xfusion.threads`)
 APPLY_ROWS = 2
 
 
@@ -109,10 +110,25 @@ def gaussian_nearest(a, sigma):
     repeated beyond both ends (scipy's ``mode="nearest"``). In Fourier space on the signal padded by ``5 sigma``
     edge samples at each end: O(L log L) per spectrum whatever ``sigma`` (a direct convolution costs ``8 sigma``
     taps per sample: 1300 for the line step's 160-channel scale). Against ``scipy.ndimage.gaussian_filter1d``
-    (truncated at 4 sigma) it differs by the tails beyond 4 sigma: about 1e-5 of the values (tested)."""
+    (truncated at 4 sigma) it differs by the tails beyond 4 sigma: about 1e-5 of the values (tested). Blocks of
+    rows (axis 0) of about 2 MiB run on the thread pool (:mod:`xfusion.threads`; every spectrum is transformed
+    alone, so the result is the same to the bit whatever the threads)."""
+    a = np.asarray(a)
+    if a.ndim < 2 or a.shape[0] < 2:
+        return _gaussian_nearest(a, sigma)
+    out = np.empty(a.shape, dtype=a.dtype)
+    rows = max(1, (1 << 21) // max(a[0].nbytes, 1))
+
+    def task(r0, r1):
+        out[r0:r1] = _gaussian_nearest(a[r0:r1], sigma)
+
+    _run_tasks([lambda r0=r0, r1=r1: task(r0, r1) for r0, r1 in spans(0, a.shape[0], rows)], a.nbytes)
+    return out
+
+
+def _gaussian_nearest(a, sigma):
     import scipy.fft as sfft
 
-    a = np.asarray(a)
     n = a.shape[-1]
     pad = int(np.ceil(5.0 * sigma))
     ap = np.concatenate([np.repeat(a[..., :1], pad, axis=-1), a, np.repeat(a[..., -1:], pad, axis=-1)], axis=-1)
@@ -460,21 +476,30 @@ class Wavelet2D1D:
         def cat(key):
             return np.concatenate([p[0][key].ravel() for p in parts])
 
+        needed = list(self._needed())
         if self.noise == "poisson":
             inten = np.maximum(cat("intensity").astype(np.float64), 0)
             floor = max(NOISE_FLOOR * float(inten.mean()) if inten.size else 0.0, 1e-30)
             stats["floor"] = floor
             mod = np.sqrt(np.maximum(inten, floor))
-            sig = {ab: mad_sigma(cat(ab) / mod) for ab in self._needed()}
+
+            def band_sigma(ab):
+                return mad_sigma(cat(ab) / mod), None
         elif self.noise == "propagated":
-            sig, vfloor = {}, {}
-            for ab in self._needed():
+            def band_sigma(ab):
                 var = np.maximum(cat(("var",) + ab).astype(np.float64), 0)
-                vfloor[ab] = max(NOISE_FLOOR * float(var.mean()) if var.size else 0.0, 1e-30)
-                sig[ab] = mad_sigma(cat(ab) / np.sqrt(np.maximum(var, vfloor[ab])))
-            stats["vfloor"] = vfloor
+                vf = max(NOISE_FLOOR * float(var.mean()) if var.size else 0.0, 1e-30)
+                return mad_sigma(cat(ab) / np.sqrt(np.maximum(var, vf))), vf
         else:
-            sig = {ab: mad_sigma(cat(ab)) for ab in self._needed()}
+            def band_sigma(ab):
+                return mad_sigma(cat(ab)), None
+        # one task per band on the thread pool (the medians are most of the work; each band's alone: same numbers)
+        res = [None] * len(needed)
+        _run_tasks([lambda i=i, ab=ab: res.__setitem__(i, band_sigma(ab)) for i, ab in enumerate(needed)],
+                   sum(int(p[0][ab].nbytes) for p in parts for ab in needed))
+        sig = {ab: r[0] for ab, r in zip(needed, res)}
+        if self.noise == "propagated":
+            stats["vfloor"] = {ab: r[1] for ab, r in zip(needed, res)}
         stats["sigma"] = sig
         if self.line_peaks:
             stats["line_mad"] = mad_sigma(cat("line"))
@@ -597,7 +622,7 @@ class Wavelet2D1D:
         """``(coarse-coarse band + sum_b S_rho_b(w_b), sum_b sum |rho_b S_rho_b(w_b)|)`` of the coefficients ``c1``
         (the caller's scratch: the kept bands are thresholded in place, :func:`_shrink`). With one threshold per band
         (noise "mad", constant ``k``) the work runs on blocks of :data:`APPLY_ROWS` rows (axis 0) on the starlet's
-        thread pool: every voxel gets the same operations in the same order (the cube is the same to the bit), the
+        thread pool (:mod:`xfusion.threads`): every voxel gets the same operations in the same order (the cube is the same to the bit), the
         penalty is summed per block (float64 round-off). ``bands``: :meth:`_thresholds`' (coefficients, threshold)
         pairs."""
         out = c1[self.n2][self.n1].copy()

@@ -58,7 +58,7 @@ two passes of the unnormalised 3-tap filter ``[1, 0..0, 2, 0..0, 1]`` (taps
 ``2**j`` apart), each computed as sums of shifted slices (no dilated kernels,
 no padding copies), followed by one exact power-of-two rescaling.  Work is
 split in cache-sized blocks along an axis that is not being filtered and the
-blocks are processed on a small thread pool (NumPy releases the GIL).  One
+blocks are processed on the process's thread pool (:mod:`xfusion.threads`; NumPy releases the GIL).  One
 un-blocked smoothing pass measured ~1.7x faster than
 ``scipy.ndimage.correlate1d`` on a ``(45, 45, 2400)`` float32 cube, and the
 blocking makes the full transforms several times faster again (see
@@ -71,12 +71,11 @@ loops that do the same operations in the same order
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
+from ..threads import PARALLEL_MIN_BYTES as _PARALLEL_MIN_BYTES
+from ..threads import num_threads as _num_threads
+from ..threads import run as _run
 from . import starlet_kernels as _kernels
 
 __all__ = [
@@ -94,56 +93,6 @@ B3_FILTER = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 # Blocking / threading parameters (tuned on a 2-core machine with 2 MiB L2).
 _BLOCK_BYTES = 1 << 21  # target size of one block of the input, 2 MiB
-_PARALLEL_MIN_BYTES = 1 << 21  # below this, run serially
-
-_pool_lock = threading.Lock()
-#: one pool per worker count (at most 8 sizes), never shut down while the process runs: another thread may be
-#: submitting to a pool at any time (replacing a pool of another size under it made its submit raise)
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _num_threads() -> int:
-    env = os.environ.get("XFUSION_NUM_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
-
-
-def _get_pool(n: int) -> ThreadPoolExecutor:
-    """The shared pool of ``n`` worker threads (created once per size; threads are idle between calls)."""
-    with _pool_lock:
-        pool = _pools.get(n)
-        if pool is None:
-            pool = _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"xfusion-starlet{n}")
-        return pool
-
-
-def _run(tasks, nbytes: int) -> None:
-    """Run zero-argument callables, in parallel when worthwhile."""
-    n = _num_threads()
-    if n == 1 or len(tasks) < 2 or nbytes < _PARALLEL_MIN_BYTES:
-        for t in tasks:
-            t()
-        return
-    n = min(n, len(tasks))
-    # contiguous groups keep each worker on neighbouring memory
-    groups = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]
-
-    def work(group):
-        for t in group:
-            t()
-
-    pool = _get_pool(n)
-    for f in [pool.submit(work, g) for g in groups]:
-        f.result()
-
 
 # ---------------------------------------------------------------------------
 # low-level kernels

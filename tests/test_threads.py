@@ -1,0 +1,154 @@
+"""The thread pool (:mod:`xfusion.threads`) and the work that runs on it: results equal to the bit whatever the
+number of threads, and equal to the plain (one product per band / per cube) computation."""
+import threading
+
+import numpy as np
+import pytest
+
+from xfusion import threads
+from xfusion.operators import psf as psf_mod
+from xfusion.operators import response as response_mod
+from xfusion.operators.psf import EnergyDependentSpatial, SpatialMatrix, band_weights
+from xfusion.operators.response import ResponseMatrix
+from xfusion.regularizers.sparsity import Wavelet2D1D, _gaussian_nearest, gaussian_nearest
+
+
+def _both(monkeypatch, fn):
+    """``fn()`` with one thread and with two (the pool engaged)."""
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "1")
+    one = fn()
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "2")
+    two = fn()
+    return one, two
+
+
+def test_spans_cover_the_range_in_equal_parts_of_at_most_width():
+    for lo, hi, w in [(0, 10, 3), (5, 2405, 1024), (0, 1, 8), (7, 7, 4), (0, 2400, 600)]:
+        s = threads.spans(lo, hi, w)
+        assert [a for a, _ in s][1:] == [b for _, b in s][:-1]  # contiguous
+        if hi > lo:
+            assert s[0][0] == lo and s[-1][1] == hi
+            sizes = [b - a for a, b in s]
+            assert max(sizes) <= w and max(sizes) - min(sizes) <= 1
+            assert len(s) == -(-(hi - lo) // w)  # the fewest parts
+        else:
+            assert s == []
+    assert threads.spans(0, 2400, 1024) == [(0, 800), (800, 1600), (1600, 2400)]
+
+
+def test_run_runs_every_task_once_on_the_pool_and_raises_a_tasks_error(monkeypatch):
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "2")
+    done, names = [0] * 9, set()
+
+    def task(i):
+        done[i] += 1
+        names.add(threading.current_thread().name)
+
+    threads.run([lambda i=i: task(i) for i in range(9)], threads.PARALLEL_MIN_BYTES)
+    assert done == [1] * 9
+    assert all(n.startswith("xfusion-") for n in names)  # on the pool, not in the caller
+    names.clear()
+    threads.run([lambda i=i: task(i) for i in range(2)], threads.PARALLEL_MIN_BYTES - 1)  # too small: here
+    assert names == {threading.current_thread().name}
+
+    def bad():
+        raise ValueError("task failed")
+    with pytest.raises(ValueError, match="task failed"):
+        threads.run([lambda: None, bad, lambda: None], threads.PARALLEL_MIN_BYTES)
+
+
+def test_a_task_that_runs_tasks_runs_them_in_its_own_thread(monkeypatch):
+    """Every pool thread waiting on the pool would deadlock: nested tasks run where they are asked for."""
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "2")
+    seen = []
+
+    def outer(i):
+        me = threading.current_thread().name
+        threads.run([lambda j=j: seen.append((i, j, threading.current_thread().name == me)) for j in range(3)],
+                    threads.PARALLEL_MIN_BYTES)
+
+    threads.run([lambda i=i: outer(i) for i in range(4)], threads.PARALLEL_MIN_BYTES)
+    assert sorted((i, j) for i, j, _ in seen) == [(i, j) for i in range(4) for j in range(3)]
+    assert all(same for _, _, same in seen)
+
+
+def _winged(rng, n=13):
+    """A non-separable kernel (no Kronecker factors: the dense products)."""
+    k = rng.random((n, n)) + 2.0 * np.outer(np.hanning(n), np.hanning(n))
+    return k / k.sum()
+
+
+@pytest.fixture(scope="module")
+def energy_psf():
+    rng = np.random.default_rng(5)
+    ops = [SpatialMatrix.from_psf(_winged(rng), (30, 30), 3) for _ in range(4)]
+    assert all(op.factors is None for op in ops)
+    L = 700
+    w = band_weights([1.0, 2.0, 3.0, 4.0], np.linspace(0.5, 4.5, L))
+    w[:, -40:] = 0.0  # channels no band sees: the operator is zero there
+    return EnergyDependentSpatial(ops, w), rng
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_energy_dependent_psf_in_memory_is_the_sum_over_bands_whatever_the_threads(energy_psf, monkeypatch, dtype):
+    op, rng = energy_psf
+    z = rng.random((30, 30, 700)).astype(dtype)
+    u = rng.random((10, 10, 700)).astype(dtype)
+    assert z.nbytes + u.nbytes >= threads.PARALLEL_MIN_BYTES or dtype == np.float32
+    monkeypatch.setattr(psf_mod, "PSF_TASK_CHANNELS", 90)  # several tasks per segment
+    w = op.weights.astype(dtype)
+    ref_f = sum(b.forward(z) * wb for b, wb in zip(op.ops, w))
+    ref_a = sum(b.adjoint(u * wb) for b, wb in zip(op.ops, w))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for fn, ref, x in ((op.forward, ref_f, z), (op.adjoint, ref_a, u)):
+        one, two = _both(monkeypatch, lambda: fn(x))
+        assert one.dtype == dtype and one.shape == ref.shape
+        np.testing.assert_array_equal(one, two)
+        np.testing.assert_allclose(one, ref, rtol=tol, atol=tol * np.abs(ref).max())
+        assert np.all(one[..., -40:] == 0)
+    # the adjoint identity on the threaded forms
+    lhs = float(np.vdot(op.forward(z).astype(np.float64), u.astype(np.float64)))
+    rhs = float(np.vdot(z.astype(np.float64), op.adjoint(u).astype(np.float64)))
+    assert abs(lhs - rhs) <= (1e-12 if dtype == np.float64 else 1e-5) * abs(lhs)
+    assert not np.shares_memory(op.forward(z), z)
+
+
+def test_energy_dependent_psf_refuses_all_zero_weights():
+    op = EnergyDependentSpatial([SpatialMatrix.from_psf(np.ones((3, 3)) / 9, (6, 6), 3)], np.zeros((1, 5)))
+    with pytest.raises(ValueError, match="every band weight is 0"):
+        op.forward(np.ones((6, 6, 5)))
+
+
+def test_dense_response_in_tasks_equals_one_product(monkeypatch):
+    rng = np.random.default_rng(2)
+    R = ResponseMatrix(rng.random((500, 40)))
+    z = rng.random((37, 23, 500))
+    u = rng.random((37, 23, 40))
+    monkeypatch.setattr(response_mod, "RESPONSE_TASK_ROWS", 100)
+    for fn, x, ref in ((R.forward, z, z @ R.matrix), (R.adjoint, u, u @ R.matrix.T)):
+        one, two = _both(monkeypatch, lambda: fn(x))
+        np.testing.assert_array_equal(one, two)
+        np.testing.assert_allclose(one, ref, rtol=1e-12)
+        assert one.shape == ref.shape
+    z32 = z.astype(np.float32)
+    assert R.forward(z32).dtype == np.float32
+    np.testing.assert_allclose(R.forward(z32), z32 @ R.matrix.astype(np.float32), rtol=1e-5)
+
+
+def test_gaussian_smoothing_in_row_blocks_equals_one_transform(monkeypatch):
+    rng = np.random.default_rng(3)
+    a = rng.random((40, 30, 900)).astype(np.float32)
+    one, two = _both(monkeypatch, lambda: gaussian_nearest(a, 25.0))
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, _gaussian_nearest(a, 25.0))
+    assert one.dtype == np.float32 and one.shape == a.shape
+
+
+@pytest.mark.parametrize("noise", ["mad", "poisson"])
+def test_prior_statistics_are_the_same_whatever_the_threads(monkeypatch, noise):
+    rng = np.random.default_rng(4)
+    z = rng.gamma(2.0, 3.0, size=(40, 40, 400)).astype(np.float32)
+    reg = Wavelet2D1D(n_scales_2d=2, n_scales_1d=2, noise=noise)
+    one, two = _both(monkeypatch, lambda: reg.statistics(z))
+    assert one == two
+    assert set(one["sigma"]) == set(reg._needed()) and all(v > 0 for v in one["sigma"].values())

@@ -1,0 +1,89 @@
+"""The process's small thread pool: independent NumPy work (which releases the GIL) on the machine's cores.
+
+In memory a fit runs one BLAS thread (:data:`xfusion.solvers.backend.BLAS_THREADS`: BLAS threads spin while they
+wait, and cost a lot on a busy machine); the cores are used instead by splitting work into independent tasks that
+run here, on threads that sleep while idle. The starlet transforms, the 2D-1D prior's thresholding, the
+energy-dependent PSF and the dense spectral responses do so.
+
+Results do not depend on the number of threads: callers split their work into tasks by fixed sizes (never by the
+thread count), every task writes its own part of the output, and sums across tasks are made in task order. Set the
+environment variable ``XFUSION_NUM_THREADS`` to limit the threads (1: everything runs in the calling thread).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+#: below this many bytes of work, tasks run in the calling thread (a pool round trip costs tens of microseconds)
+PARALLEL_MIN_BYTES = 1 << 21
+
+_lock = threading.Lock()
+#: one pool per worker count (at most 8 sizes), never shut down while the process runs: another thread may be
+#: submitting to a pool at any time (replacing a pool of another size under it made its submit raise)
+_pools: dict[int, ThreadPoolExecutor] = {}
+_local = threading.local()
+
+
+def num_threads() -> int:
+    """Threads to use: ``XFUSION_NUM_THREADS`` when set to an integer, else the CPUs this process may run on (at
+    most 8)."""
+    env = os.environ.get("XFUSION_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _mark_worker():
+    _local.worker = True
+
+
+def pool(n: int) -> ThreadPoolExecutor:
+    """The shared pool of ``n`` worker threads (created once per size; threads sleep between calls)."""
+    with _lock:
+        p = _pools.get(n)
+        if p is None:
+            p = _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"xfusion-{n}",
+                                               initializer=_mark_worker)
+        return p
+
+
+def run(tasks, nbytes: int) -> None:
+    """Run the zero-argument callables ``tasks`` (each independent of the others), on the pool when there are two
+    or more, ``nbytes`` (the work's size) reaches :data:`PARALLEL_MIN_BYTES` and :func:`num_threads` is above 1;
+    else one after the other here. Each thread takes a contiguous group of tasks (neighbouring memory). A task
+    that itself calls :func:`run` runs its tasks in its own thread (a worker waiting on the pool could deadlock
+    it). The first exception of a task is raised here once every group has finished."""
+    tasks = list(tasks)
+    n = num_threads()
+    if n == 1 or len(tasks) < 2 or nbytes < PARALLEL_MIN_BYTES or getattr(_local, "worker", False):
+        for t in tasks:
+            t()
+        return
+    n = min(n, len(tasks))
+    groups = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]
+
+    def work(group):
+        for t in group:
+            t()
+
+    futures = [pool(n).submit(work, g) for g in groups]
+    errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
+
+
+def spans(lo: int, hi: int, width: int):
+    """``[lo, hi)`` cut into the fewest equal parts (to one) of at most ``width``: a list of ``(a, b)`` pairs that
+    depends on its arguments only (tasks of fixed size, whatever the threads)."""
+    n = max(1, -(-(hi - lo) // max(int(width), 1)))
+    edges = [lo + i * (hi - lo) // n for i in range(n + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
