@@ -453,3 +453,26 @@ def test_every_row_of_the_fresh_replications_is_its_scene():
             rows = list(csv.DictReader(open(BENCH / "results" / path)))
             for size in sizes:
                 assert [r["scene"] for r in rows if r["size"] == size] == names, (path, size)
+
+
+def test_stored_wall_times_of_the_threaded_code():
+    """Session 56: the README's 60 s figures are read back from ``results/wall_time_threads.jsonl``: each record is the
+    scene of ``suite("heldout", n)`` its index names; the code with the thread pool (ce5db84) gave the same cube to the
+    bit as the code before it on every scene both timed (this file's paired runs and session 55's
+    ``wall_time_long_counts.jsonl``), and took at most 60 s on every scene it timed."""
+    from xfusion import scenes
+
+    def load(name):
+        return [json.loads(line) for line in (BENCH / "results" / name).read_text().splitlines() if line.strip()]
+
+    recs = load("wall_time_threads.jsonl")
+    for r in recs:
+        n = 24 * (r["index"] // 24 + 1)
+        assert r["name"] == scenes.suite("heldout", n=n)[r["index"]]["name"] and r["size"] == "default"
+    new = [r for r in recs if r["code"] == "ce5db84"]
+    before = {r["name"]: r["flux_md5"] for r in load("wall_time_long_counts.jsonl") + recs if r.get("code") != "ce5db84"}
+    both = [r for r in new if r["name"] in before]
+    assert len({r["name"] for r in both}) == 5 and all(r["flux_md5"] == before[r["name"]] for r in both)
+    assert len({r["name"] for r in new}) == 9 and max(r["wall"] for r in new) <= 60.0
+    paired = {(r["code"], r["index"]): r["wall"] for r in recs if "paired" in r["run"]}
+    assert paired[("6bd6e07", 83)] / paired[("ce5db84", 83)] > 1.4
