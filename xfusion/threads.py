@@ -2,8 +2,9 @@
 
 In memory a fit runs one BLAS thread (:data:`xfusion.solvers.backend.BLAS_THREADS`: BLAS threads spin while they
 wait, and cost a lot on a busy machine); the cores are used instead by splitting work into independent tasks that
-run here, on threads that sleep while idle. The starlet transforms, the 2D-1D prior's thresholding, the
-energy-dependent PSF and the dense spectral responses do so.
+run here, on threads that sleep while idle. The starlet transforms, the 2D-1D prior's thresholding, band medians
+and line-step smoothing, the energy-dependent PSF and the dense spectral responses do so (session 56: the slowest
+45x45x2400 held-out scene tuned and fused in 54.8-59.1 s instead of 83.5 s, the same cube to the bit).
 
 Results do not depend on the number of threads: callers split their work into tasks by fixed sizes (never by the
 thread count), every task writes its own part of the output, and sums across tasks are made in task order. Set the

@@ -20,7 +20,7 @@ BAND_ROWS = 16
 SEPARABLE_MAX = 16.0
 #: channels per task of :class:`EnergyDependentSpatial` in memory (its segments of at most this many channels are one
 #: task each): session 56, point_sources/500083 (45x45x2400 to 15x15, five dense bands, segments of 600 channels, two
-#: threads), forward 0.047 -> 0.023 s, adjoint 0.054 -> 0.028 s; tasks of 300 channels were 5-20 % slower
+#: threads), forward 0.047 -> 0.023 s, adjoint 0.054 -> 0.028 s; tasks of 256-300 channels were 3-23 % slower
 PSF_TASK_CHANNELS = 1024
 
 

@@ -96,7 +96,8 @@ NOISE_MODELS = ("mad", "poisson", "propagated")
 #: the line step's threshold at line-free sources, in units of ``k`` times the MAD of the line part of the fine
 #: 2D band (class notes of :class:`Wavelet2D1D`, "Line-free sources"); chosen on tuning seeds in session 50
 LINE_FACTOR = 3.0
-#: rows (axis 0) per block of the thresholding step (:meth:`Wavelet2D1D._apply`, one task each on the thread pool of :mod:`xfusion.threads`)
+#: rows (axis 0) per block of the thresholding step (:meth:`Wavelet2D1D._apply`, one task each on the thread pool,
+#: :mod:`xfusion.threads`)
 APPLY_ROWS = 2
 
 
@@ -621,10 +622,10 @@ class Wavelet2D1D:
     def _apply_bands(self, c1, bands):
         """``(coarse-coarse band + sum_b S_rho_b(w_b), sum_b sum |rho_b S_rho_b(w_b)|)`` of the coefficients ``c1``
         (the caller's scratch: the kept bands are thresholded in place, :func:`_shrink`). With one threshold per band
-        (noise "mad", constant ``k``) the work runs on blocks of :data:`APPLY_ROWS` rows (axis 0) on the starlet's
-        thread pool (:mod:`xfusion.threads`): every voxel gets the same operations in the same order (the cube is the same to the bit), the
-        penalty is summed per block (float64 round-off). ``bands``: :meth:`_thresholds`' (coefficients, threshold)
-        pairs."""
+        (noise "mad", constant ``k``) the work runs on blocks of :data:`APPLY_ROWS` rows (axis 0) on the thread pool
+        (:mod:`xfusion.threads`): every voxel gets the same operations in the same order (the cube is the same to the
+        bit), the penalty is summed per block (float64 round-off). ``bands``: :meth:`_thresholds`' (coefficients,
+        threshold) pairs."""
         out = c1[self.n2][self.n1].copy()
         if out.ndim < 2 or any(np.ndim(th) for _, th in bands):
             pen, tmp = 0.0, None
