@@ -1,8 +1,10 @@
 """Time one full Poisson likelihood gradient (both instruments, forward + adjoint) on gaussian_rebin.
 
 Prints the machine, the time per gradient in float32 and float64, the split per operator,
-and the memory-traffic / FFT-flop floors for comparison.
-Run: python benchmarks/operators.py
+and the memory-traffic / FFT-flop floors for comparison; then the energy-dependent PSF's cost; then (``threads``,
+session 56) the work that runs on xfusion's thread pool, on the slowest held-out suite scene, with one thread and
+with two, and whether the two give the same numbers to the bit.
+Run: python benchmarks/operators.py [--only gradient|energy_psf|threads] [--repeat N]
 """
 import argparse
 import os
@@ -82,11 +84,63 @@ def energy_dependent_psf():
         print(f"realistic_rebin, {label}: likelihood value+gradient best {best*1e3:.1f} ms, median {med*1e3:.1f} ms")
 
 
+def threads(repeat=7):
+    """The thread pool's work (:mod:`xfusion.threads`) on suite scene point_sources/500083 (45x45x2400, realistic
+    responses: five dense PSF bands), ``XFUSION_NUM_THREADS`` 1 then 2: best time of ``repeat`` calls each, and
+    whether the outputs are equal to the bit."""
+    from xfusion import scenes
+    from xfusion.regularizers.sparsity import Wavelet2D1D, gaussian_nearest
+
+    spec = scenes.suite("heldout", 96)[83]
+    x, y, _ = scenes.from_spec(spec, size="default")
+    grid = fusion_grid(x, y)
+    mx, my = build_model(grid, x, SPATIAL), build_model(grid, y, SPECTRAL)
+    rng = np.random.default_rng(0)
+    z = rng.gamma(2.0, 1.0, mx.fused_shape).astype(np.float32)
+    u = rng.gamma(2.0, 1.0, my.data_shape).astype(np.float32)
+    ux = rng.gamma(2.0, 1.0, mx.data_shape).astype(np.float32)
+    reg = Wavelet2D1D(n_scales_2d=1, n_scales_1d=2, noise="poisson")
+    work = [("sharp-spectral model forward (energy-dependent PSF)", lambda: my.forward(z)),
+            ("sharp-spectral model adjoint", lambda: my.adjoint(u)),
+            ("sharp-spatial model forward (dense response)", lambda: mx.forward(z)),
+            ("sharp-spatial model adjoint", lambda: mx.adjoint(ux)),
+            ("line step's Gaussian smoothing (160 channels)", lambda: gaussian_nearest(z, 160.0)),
+            ("2D-1D prior statistics (band medians)", lambda: reg.statistics(z))]
+    print(f"{spec['name']}: fused cube {mx.fused_shape}, {type(my.spatial).__name__} of "
+          f"{len(getattr(my.spatial, 'ops', []))} bands; best of {repeat}")
+    old = os.environ.get("XFUSION_NUM_THREADS")
+    try:
+        for label, f in work:
+            out, t = {}, {}
+            for n in ("1", "2"):
+                os.environ["XFUSION_NUM_THREADS"] = n
+                out[n] = f()
+                t[n] = best_of(f, repeat)[0]
+            same = (out["1"] == out["2"]) if isinstance(out["1"], dict) else np.array_equal(out["1"], out["2"])
+            print(f"  {label}: 1 thread {t['1'] * 1e3:.1f} ms, 2 threads {t['2'] * 1e3:.1f} ms "
+                  f"({t['1'] / t['2']:.2f}x); the same to the bit: {bool(same)}")
+    finally:
+        if old is None:
+            os.environ.pop("XFUSION_NUM_THREADS", None)
+        else:
+            os.environ["XFUSION_NUM_THREADS"] = old
+
+
 def cli(argv=None):
-    """Both measurements; session 30: --help (or any argument) was ignored and the benchmark started."""
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    main()
-    energy_dependent_psf()
+    """All measurements, or one (``--only``); session 30: --help (or any argument) was ignored and the benchmark
+    started."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=("gradient", "energy_psf", "threads"), default=None, help="one measurement")
+    p.add_argument("--repeat", type=int, default=7, help="calls per timing of the threads section (best of)")
+    a = p.parse_args(argv)
+    if a.repeat < 1:
+        p.error(f"--repeat must be >= 1; got {a.repeat}")
+    if a.only in (None, "gradient"):
+        main()
+    if a.only in (None, "energy_psf"):
+        energy_dependent_psf()
+    if a.only in (None, "threads"):
+        threads(a.repeat)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,17 @@ def test_mosaic_suite_bad_options_and_scripts_that_did_nothing(run):
     assert rc == 0 and "Time one full Poisson likelihood gradient" in out and "machine:" not in out
 
 
+def test_operators_threads_section_runs_and_reports_the_same_numbers(run):
+    """Session 56: ``operators.py --only threads`` times the thread pool's work on the slowest held-out scene with one
+    thread and with two and says whether the outputs are equal to the bit (they must be: tasks of fixed sizes); a
+    --repeat below 1 is refused."""
+    rc, out = run("operators.py", "--only", "threads", "--repeat", "1")
+    assert rc == 0 and "point_sources/500083" in out and "EnergyDependentSpatial of 5 bands" in out
+    assert out.count("the same to the bit: True") == 6 and "False" not in out and "machine:" not in out
+    rc, out = run("operators.py", "--only", "threads", "--repeat", "0")
+    assert rc == 2 and "--repeat must be >= 1" in out
+
+
 def test_alternatives_size_nxl_is_parsed(run):
     """Session 30 (red team): --help promised --size NxL but 12x80 was passed on as a string and refused."""
     rc, out = run("alternatives.py", "--size", "12x80", "--indices", "99")
