@@ -452,18 +452,30 @@ def test_several_tables_are_pooled_in_order(tmp_path, suite_figure, capsys):
     assert "NMSE >= RL oracle: 235/264 = 89.0 %" in out and "NMSE >= RL oracle: 253/264 = 95.8 %" in out
 
 
-def test_every_row_of_the_fresh_replications_is_its_scene():
-    """Sessions 54-55: the fresh replications (rows 408-455 and 456-503 of ``suite("heldout")``, row i from
-    ``n = 24 (i // 24 + 1)``) hold, at both sizes and in both files, exactly those scenes in order."""
+def test_every_row_of_the_fresh_replications_is_its_scene(suite_figure, capsys):
+    """Sessions 54-56: the fresh replications (rows 408-455, 456-503 and 504-551 of ``suite("heldout")``, row i from
+    ``n = 24 (i // 24 + 1)``) hold, at both sizes and in both files, exactly those scenes in order; and the four tables
+    pooled give the README's counts over 360 rows per size."""
     from xfusion import scenes
 
-    for first, last in ((408, 455), (456, 503)):
+    for first, last in ((408, 455), (456, 503), (504, 551)):
         names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(first, last + 1)]
         for path, sizes in ((f"suite_fresh_{first}_{last}.csv", ("full size", "small")),
                             (f"hindsight_fresh_{first}_{last}.csv", ("full", "small"))):
             rows = list(csv.DictReader(open(BENCH / "results" / path)))
             for size in sizes:
                 assert [r["scene"] for r in rows if r["size"] == size] == names, (path, size)
+    res = BENCH / "results"
+    tables = ("heldout", "fresh_408_455", "fresh_456_503", "fresh_504_551")
+    capsys.readouterr()
+    suite_figure.main(["--base-csv", ",".join(str(res / f"suite_{t}.csv") for t in tables),
+                       "--hindsight-csv", ",".join(str(res / f"hindsight_{t}.csv") for t in tables)])
+    out = capsys.readouterr().out
+    for line in ("NMSE >= RL oracle: 342/360 = 95.0 %", "NMSE >= RL oracle: 317/360 = 88.1 %",
+                 "velocity RMS <= RL oracle: 274/289 = 94.8 %", "velocity RMS <= RL oracle: 238/289 = 82.4 %",
+                 "in hindsight: 291/360 = 80.8 %", "in hindsight: 309/360 = 85.8 %",
+                 "beats both naive baselines: 358/360", "beats both naive baselines: 359/360"):
+        assert line in out, line
 
 
 def test_stored_wall_times_of_the_threaded_code():
