@@ -87,9 +87,12 @@ def energy_dependent_psf():
 def threads(repeat=7):
     """The thread pool's work (:mod:`xfusion.threads`) on suite scene point_sources/500083 (45x45x2400, realistic
     responses: five dense PSF bands), ``XFUSION_NUM_THREADS`` 1 then 2: best time of ``repeat`` calls each, and
-    whether the outputs are equal to the bit."""
+    whether the outputs are equal to the bit. BLAS runs one thread, as in a fit (``BLAS_THREADS``)."""
+    from threadpoolctl import threadpool_limits
+
     from xfusion import scenes
     from xfusion.regularizers.sparsity import Wavelet2D1D, gaussian_nearest
+    from xfusion.solvers.backend import BLAS_THREADS
 
     spec = scenes.suite("heldout", 96)[83]
     x, y, _ = scenes.from_spec(spec, size="default")
@@ -109,6 +112,7 @@ def threads(repeat=7):
     print(f"{spec['name']}: fused cube {mx.fused_shape}, {type(my.spatial).__name__} of "
           f"{len(getattr(my.spatial, 'ops', []))} bands; best of {repeat}")
     old = os.environ.get("XFUSION_NUM_THREADS")
+    blas = threadpool_limits(limits=BLAS_THREADS, user_api="blas")
     try:
         for label, f in work:
             out, t = {}, {}
@@ -120,6 +124,7 @@ def threads(repeat=7):
             print(f"  {label}: 1 thread {t['1'] * 1e3:.1f} ms, 2 threads {t['2'] * 1e3:.1f} ms "
                   f"({t['1'] / t['2']:.2f}x); the same to the bit: {bool(same)}")
     finally:
+        blas.restore_original_limits()
         if old is None:
             os.environ.pop("XFUSION_NUM_THREADS", None)
         else:
