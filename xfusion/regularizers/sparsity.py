@@ -496,7 +496,11 @@ class Wavelet2D1D:
                 return mad_sigma(cat(ab)), None
         # one task per band on the thread pool (the medians are most of the work; each band's alone: same numbers)
         res = [None] * len(needed)
-        _run_tasks([lambda i=i, ab=ab: res.__setitem__(i, band_sigma(ab)) for i, ab in enumerate(needed)],
+
+        def task(i):
+            res[i] = band_sigma(needed[i])
+
+        _run_tasks([lambda i=i: task(i) for i in range(len(needed))],
                    sum(int(p[0][ab].nbytes) for p in parts for ab in needed))
         sig = {ab: r[0] for ab, r in zip(needed, res)}
         if self.noise == "propagated":
