@@ -80,8 +80,11 @@ def compact_peaks(x, y):
 
 def takes_sources(kw):
     """Whether a fit with fuse options ``kw`` resolves ``source_lines="auto"`` (a 2D-1D fit that does not set them),
-    so that its delivered shape prior keeps the floor off those sources (:func:`xfusion.tuning.floor_off_sources`)."""
-    return kw.get("regularization", "wavelet2d1d") == "wavelet2d1d" and kw.get("source_lines", "auto") == "auto"
+    so that its delivered shape prior keeps the floor off those sources (:func:`xfusion.tuning.floor_off_sources`); fuse
+    turns "auto" off with a stabilized cube or the propagated noise model."""
+    from xfusion.fuse import source_lines_auto_applies
+
+    return source_lines_auto_applies(kw.get("regularization", "wavelet2d1d"), kw)
 
 
 def _science(flux, truth_maps, lm_args, lsf):

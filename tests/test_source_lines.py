@@ -213,3 +213,22 @@ def test_a_default_run_with_the_floor_off_a_source_resumes_to_the_same_cube(tmp_
     assert len(s0["shape_prior"]) == 3 and s1["shape_prior"] == s0["shape_prior"]
     assert s1["source_lines"] == s0["source_lines"] == [[10, 13]]
     np.testing.assert_array_equal(r1["flux"].values, r0["flux"].values)
+
+
+@pytest.mark.parametrize("options, applies", [({}, True), ({"noise": "propagated"}, False),
+                                              ({"stabilize": "anscombe"}, False), ({"source_lines": "none"}, False),
+                                              ({"regularization": "none"}, False)])
+def test_source_lines_auto_is_resolved_by_one_rule_that_the_suite_replays(options, applies, bench_module):
+    """``source_lines="auto"`` looks for sources only on the plain cube with a MAD-type noise model
+    (:func:`xfusion.fuse.source_lines_auto_applies`), and benchmarks/suite.py's replay of fuse's delivery reads the same
+    rule (session 57: with ``noise="propagated"`` it passed a triple shape prior that fuse then refused)."""
+    from xfusion.fuse import source_lines_auto_applies
+
+    x, y, _ = scenes.from_spec(scenes.suite("tune", 48)[43], size="small")  # a line-free source at [10, 13]
+    reg = options.get("regularization", "wavelet2d1d")
+    assert source_lines_auto_applies(reg, options, fusion_grid(x, y)) is applies
+    assert bench_module("suite").takes_sources(options) is applies
+    if reg == "wavelet2d1d":
+        r = xfusion.fuse(x, y, progress=False, max_iter=2, k=1.0, shape_prior=None, **options)
+        p = json.loads(r.attrs["parameters"])
+        assert (p["source_lines"] == [[10, 13]]) is applies and (p["source_lines"] == "none") is (not applies)

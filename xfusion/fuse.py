@@ -1182,6 +1182,16 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     return reg, max_iter, {**rest, **chosen}, record
 
 
+def source_lines_auto_applies(regularization, params, grid=None):
+    """Whether ``source_lines="auto"`` looks for line-free compact sources in a fit with ``regularization`` and fuse
+    options ``params``: a ``wavelet2d1d`` fit whose ``source_lines`` is "auto" (its default), on the plain cube
+    (``stabilize`` "none") with a MAD or Poisson noise model (not ``noise="propagated"``), and (``grid`` given) a
+    fused grid with energy edges. The one rule :func:`fuse` applies and benchmarks that replay its delivery read."""
+    return (regularization == "wavelet2d1d" and params.get("source_lines", "auto") == "auto"
+            and params.get("stabilize", "none") == "none" and params.get("noise") != "propagated"
+            and (grid is None or "energy_lo" in grid.coords))
+
+
 def _resolve_source_lines(regularization, params, grid, obs):
     """``source_lines="auto"`` of the 2D-1D prior: the peaks of the compact sources with line-free spectra in the
     sharp-spatial counts ``obs[0]`` (:func:`xfusion.sources.source_lines`; a list, maybe empty), and
@@ -1191,8 +1201,8 @@ def _resolve_source_lines(regularization, params, grid, obs):
     if "source_lines" not in params:
         return
     sl = params["source_lines"]
-    if regularization != "wavelet2d1d" or sl is None or sl == "none" or (sl == "auto" and (params.get(
-            "stabilize", "none") != "none" or params.get("noise") == "propagated" or "energy_lo" not in grid.coords)):
+    if regularization != "wavelet2d1d" or sl is None or sl == "none" or (
+            sl == "auto" and not source_lines_auto_applies(regularization, params, grid)):
         params["source_lines"], params["source_line_sigma"] = "none", None
         return
     from . import sources
