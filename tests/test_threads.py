@@ -153,3 +153,13 @@ def test_prior_statistics_are_the_same_whatever_the_threads(monkeypatch, noise):
     one, two = _both(monkeypatch, lambda: reg.statistics(z))
     assert one == two
     assert set(one["sigma"]) == set(reg._needed()) and all(v > 0 for v in one["sigma"].values())
+
+
+@pytest.mark.parametrize("bad", ["two", "0", "-1", "1.5"])
+def test_a_bad_thread_count_in_the_environment_is_a_clear_error(monkeypatch, bad):
+    """``XFUSION_NUM_THREADS`` that is not a whole number >= 1 was ignored without a word; it names itself now."""
+    monkeypatch.setenv("XFUSION_NUM_THREADS", bad)
+    with pytest.raises(ValueError, match="XFUSION_NUM_THREADS must be a whole number"):
+        threads.num_threads()
+    monkeypatch.setenv("XFUSION_NUM_THREADS", " 3 ")
+    assert threads.num_threads() == 3

@@ -27,14 +27,19 @@ _local = threading.local()
 
 
 def num_threads() -> int:
-    """Threads to use: ``XFUSION_NUM_THREADS`` when set to an integer, else the CPUs this process may run on (at
-    most 8)."""
-    env = os.environ.get("XFUSION_NUM_THREADS")
+    """Threads to use: ``XFUSION_NUM_THREADS`` when set (a whole number >= 1; anything else is a ``ValueError``
+    saying so, rather than a setting silently ignored), else the CPUs this process may run on (at most 8)."""
+    env = os.environ.get("XFUSION_NUM_THREADS", "").strip()
     if env:
         try:
-            return max(1, int(env))
+            n = int(env)
         except ValueError:
-            pass
+            n = 0
+        if n < 1:
+            raise ValueError(f"the environment variable XFUSION_NUM_THREADS must be a whole number of threads >= 1 "
+                             f"(1: no threads); got {env!r}. Set it to e.g. 2, or unset it to use the CPUs this "
+                             "process may run on")
+        return n
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
