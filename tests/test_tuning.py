@@ -53,6 +53,25 @@ def test_thinning_refuses_bad_input():
             tuning.tune(obs, obs, grid=grid)
 
 
+def test_counts_that_cannot_be_thinned_name_the_settings_left_to_thinning():
+    """Session 57: fractional counts with ``k`` given still had ``n_scales_1d`` and ``null_space`` "auto", and the
+    error's advice (give ``k``) was what the user had done. It now names what this call left to thinning, and the
+    example it gives runs."""
+    x, y, _ = xfusion.toy.make("small")
+    xf = x.assign(counts=x["counts"] + 0.5)
+    cases = [({}, ["regularization", "max_iter", "shape_prior"]), ({"k": 1.0, "max_iter": 2}, ["n_scales_1d, null_space"]),
+             ({"regularization": "none"}, ["max_iter"]),
+             ({"regularization": "wavelet2d1d", "k": 1.0, "n_scales_1d": 2, "null_space": "zero", "max_iter": 2,
+               "shape_prior": "auto"}, ["shape_prior"])]
+    for kw, named in cases:
+        with pytest.raises(tuning.NotPhotonCounts, match="Left to thinning in this call") as err:
+            xfusion.fuse(xf, y, progress=False, **kw)
+        assert isinstance(err.value, ValueError) and all(n in str(err.value) for n in named), (kw, str(err.value))
+    r = xfusion.fuse(xf, y, progress=False, regularization="wavelet2d1d", k=1.0, n_scales_1d=2, null_space="zero",
+                     max_iter=3)  # the message's own example (fewer iterations)
+    assert r.attrs["iterations"] == 3 and np.isfinite(r["flux"].values).all()
+
+
 def test_deviance_is_zero_at_the_data_and_positive_elsewhere():
     d = np.array([0.0, 1.0, 4.0, 10.0])
     assert tuning.deviance(d, d + (d == 0)) == pytest.approx(2.0)   # the empty voxel: 2 (m - 0)

@@ -1,6 +1,7 @@
 """``xfusion.fuse``: validate, build the grid and the operators, solve, label the result."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 import json
@@ -995,8 +996,9 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         # degenerate inputs refused before any tuning; the problem built here is reused below unless the choice
         # is a low-rank prior (its own checks)
         checked = _precheck(observations, options, False)
-        regularization, max_iter, options, auto_record = _choose_regularization(observations, max_iter, tol, dtype,
-                                                                                client, options, method)
+        with _left_to_thinning("regularization", options, max_iter):
+            regularization, max_iter, options, auto_record = _choose_regularization(observations, max_iter, tol,
+                                                                                    dtype, client, options, method)
     method, params, lowrank = _resolve(regularization, method, options)
     # a named regularization with shape_prior "auto" (["auto", N]): chosen by thinning below, after its other settings
     shape_tuned = shape_auto(params.get("shape_prior"))[0]
@@ -1033,8 +1035,9 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         copies, note = in_memory_copies(pair, client)  # thinning in memory when it fits, the fit on Dask
         no_counts = copies is not None and any("counts" in c and not np.any(c["counts"].values) for c in copies[:2])
     tune_on = pair if copies is None else copies
-    max_iter, tuned = auto_settings(tune_on[0], tune_on[1], regularization, method, params, max_iter, tol, dt.name,
-                                    (on_dask and copies is None) or no_counts, extra=tuple(tune_on[2:]))
+    with _left_to_thinning(None, params, max_iter):
+        max_iter, tuned = auto_settings(tune_on[0], tune_on[1], regularization, method, params, max_iter, tol,
+                                        dt.name, (on_dask and copies is None) or no_counts, extra=tuple(tune_on[2:]))
     if no_counts and tuned is not None:
         tuned["method"] = "fallback (an observation has no counts: nothing to thin)"
     elif tuned is not None and copies is not None:
@@ -1046,8 +1049,9 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
                        for o in tune_on if isinstance(o, xr.Dataset))
         why_not = ("an observation has no counts" if no_counts else "a Gaussian data term" if gaussian else
                    note if on_dask and copies is None else None)
-        params["shape_prior"], shape_record = _named_shape_prior(tune_on, regularization, method, params, max_iter,
-                                                                 tol, dt.name, why_not)
+        with _left_to_thinning(None, params, max_iter):
+            params["shape_prior"], shape_record = _named_shape_prior(tune_on, regularization, method, params,
+                                                                     max_iter, tol, dt.name, why_not)
     if auto_record is not None:  # regularization="auto": its choice is the record (nothing else was tuned)
         tuned = auto_record if tuned is None else dict(auto_record, options=tuned)
     if shape_tuned:
@@ -1102,6 +1106,25 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         params["step"] = float(state.get("alpha", np.nan))
     return _result(problem, solver, state, history, basis, dict(settings, **params), n_iter, converged,
                    time.perf_counter() - t_start)
+
+
+@contextlib.contextmanager
+def _left_to_thinning(regularization, options, max_iter):
+    """Re-raise :class:`xfusion.tuning.NotPhotonCounts` naming the settings of this call that were left to thinning
+    (``regularization`` "auto", options "auto", ``max_iter`` "auto", a tuned ``shape_prior``), so that the user knows
+    which to give explicitly: counts that cannot be thinned need every one of them."""
+    from .tuning import AUTO_KEYS, NotPhotonCounts
+
+    try:
+        yield
+    except NotPhotonCounts as err:
+        left = ["regularization (e.g. 'wavelet2d1d' or 'none') and its 'auto' options"] if regularization else []
+        left += [k for k in AUTO_KEYS if options.get(k) == "auto"]
+        left += ["max_iter"] if max_iter == "auto" or (regularization and max_iter is None) else []
+        sp = options.get("shape_prior", "auto" if regularization else None)
+        left += ["shape_prior (None: no spectral-shape prior)"] if shape_auto(sp)[0] else []
+        raise NotPhotonCounts(f"{err}. Left to thinning in this call: {', '.join(left) or 'nothing named'}; give "
+                              f"each a value.") from None
 
 
 def _choose_regularization(observations, max_iter, tol, dtype, client, options, method=None):

@@ -336,6 +336,11 @@ def _counts_array(obs, what):
     return c
 
 
+class NotPhotonCounts(ValueError):
+    """Counts that Poisson thinning cannot split (negative, non-finite, fractional or too large): raised by
+    :func:`thin`; :func:`xfusion.fuse` adds which of its settings were left to thinning."""
+
+
 def thin(obs: xr.Dataset, fraction: float = 0.5, seed=None) -> tuple[xr.Dataset, xr.Dataset]:
     """Binomial split of an observation's counts into two independent Poisson observations.
 
@@ -359,10 +364,11 @@ def thin(obs: xr.Dataset, fraction: float = 0.5, seed=None) -> tuple[xr.Dataset,
     f = float(fraction)
     c = _counts_array(obs, "thin")
     if np.any(c < 0) or not np.all(np.isfinite(c)) or np.any(c != np.round(c)) or np.any(c >= 2.0 ** 62):
-        raise ValueError("thinning needs photon counts: non-negative integers (Poisson data) below 2**62; these "
-                         "counts are negative, non-finite, fractional or implausibly large (background-subtracted or "
-                         "rescaled data cannot be thinned). Fuse them with explicit settings instead of 'auto', e.g. "
-                         "regularization='wavelet2d1d', k=1.0 (or regularization='none', max_iter=50)")
+        raise NotPhotonCounts("thinning needs photon counts: non-negative integers (Poisson data) below 2**62; these "
+                              "counts are negative, non-finite, fractional or implausibly large (background-subtracted "
+                              "or rescaled data cannot be thinned). Fuse them with explicit settings instead of 'auto', "
+                              "e.g. regularization='wavelet2d1d', k=1.0, n_scales_1d=2, null_space='zero', max_iter=50 "
+                              "(or regularization='none', max_iter=50)")
     rng = np.random.default_rng(seed)
     a = rng.binomial(c.astype(np.int64), f)
     b = c.astype(np.int64) - a
