@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -98,7 +99,8 @@ def run(bench_module, capsys):
                                            ("mosaic_suite.py", ["--n", "6"]), ("alternatives.py", ["--n", "24"]),
                                            ("rl_lines.py", ["--n", "24"]), ("shape_floor.py", ["--n", "24"]),
                                            ("velocity_redraws.py", ["--n", "24"]), ("shape_in_loop.py", ["--n", "24"]),
-                                           ("delivery_probes.py", ["warm", "--n", "24", "--out", "unused.jsonl"])])
+                                           ("delivery_probes.py", ["warm", "--n", "24", "--out", "unused.jsonl"]),
+                                           ("velocity_scales.py", ["--n", "24"])])
 def test_bad_indices_are_argparse_errors(run, script, extra):
     """Session 30 (red team): --indices 99 gave an IndexError traceback, -1 ran the last scene silently."""
     for bad, what in (("99", "index 99 out of range 0.."), ("-1", "index -1 out of range"), ("1,x", "got 'x'")):
@@ -150,7 +152,7 @@ def test_alternatives_size_nxl_is_parsed(run):
 @pytest.mark.parametrize("script, extra", [("suite.py", []), ("mosaic_suite.py", []), ("tuning_cost.py", []),
                                            ("alternatives.py", []), ("heap.py", []), ("rl_lines.py", []),
                                            ("shape_floor.py", []), ("velocity_redraws.py", []),
-                                           ("shape_in_loop.py", [])])
+                                           ("shape_in_loop.py", []), ("velocity_scales.py", [])])
 def test_json_output_that_is_not_the_scripts_own_is_refused_before_computing(run, tmp_path, script, extra):
     """Session 30 (red team): suite.py and mosaic_suite.py --json F overwrote a user's F after computing (tuning_cost,
     alternatives and heap appended to it). A file whose records do not carry the script's marker is refused before
@@ -216,6 +218,15 @@ def test_quality_times_em_wavelet_explicitly(monkeypatch):
     sys.modules.pop("quality", None)
 
 
+def _summary_of(run, tmp_path, script, rows):
+    """``script --summary`` of ``rows`` written as that script's JSON-lines records: its output (exit code 0)."""
+    f = tmp_path / "records.jsonl"
+    f.write_text("".join(json.dumps({"xfusion_benchmark": script, **r}) + "\n" for r in rows))
+    rc, out = run(script, "--summary", str(f))
+    assert rc == 0, out
+    return out
+
+
 def test_velocity_redraws_summary_counts_each_draw_and_the_expected_passes(run, tmp_path):
     """benchmarks/velocity_redraws.py --summary: per draw the scenes whose default velocity error is at most RL's
     oracle's, and the expected pass count (the sum over scenes of the fraction of draws passed)."""
@@ -225,15 +236,49 @@ def test_velocity_redraws_summary_counts_each_draw_and_the_expected_passes(run, 
 
     rows = [{"name": "a/1 x", "size": "small", "draws": [draw(0, 10, 12), draw(1, 13, 12), draw(2, 9, 9)]},
             {"name": "b/2 x", "size": "small", "draws": [draw(0, 30, 20), draw(1, 31, 20), draw(2, 29, 20, 18.0)]}]
-    f = tmp_path / "r.jsonl"
-    f.write_text("".join(json.dumps({"xfusion_benchmark": "velocity_redraws.py", **r}) + "\n" for r in rows))
-    rc, out = run("velocity_redraws.py", "--summary", str(f))
-    assert rc == 0, out
+    out = _summary_of(run, tmp_path, "velocity_redraws.py", rows)
     assert "draw 0 (the suite): velocity <= RL oracle 1/2  NMSE >= RL oracle 2/2" in out
     assert "draw 1            : velocity <= RL oracle 0/2" in out
     assert "draw 2            : velocity <= RL oracle 1/2  NMSE >= RL oracle 1/2" in out
     assert "expected pass count (sum over scenes of the fraction of draws passed): 0.7/2" in out
     assert "scenes passing every draw 0, none 1, some 1" in out
+
+
+def test_velocity_scales_parts_add_up_and_the_summary_counts_the_misses(run, bench_module, tmp_path):
+    """benchmarks/velocity_scales.py (session 58): a velocity error map over a region splits into the sharp-spectral
+    pixels' means and the structure within them, whose squares add up to the whole; a map that is constant on each
+    block has no within part, one with zero block means no block part; --summary counts, over the misses, where the
+    default's part is the larger."""
+    vs = bench_module("velocity_scales")
+    rng = np.random.default_rng(3)
+    err, use = rng.normal(0, 10, (8, 7)), rng.uniform(size=(8, 7)) < 0.7
+    fp = np.zeros((8, 7), bool)
+    fp[2:5, 2:5] = True
+    d = vs.decompose(err, use, 3, fp)
+    assert d["n"] == use.sum() and np.isclose(d["sse"], np.sum(err[use] ** 2))
+    assert np.isclose(d["block_sse"] + d["within_sse"], d["sse"]) and d["within_sse"] > 0 and d["block_sse"] > 0
+    assert np.isclose(d["footprint_sse"], np.sum(err[use & fp] ** 2)) and np.isclose(d["offset"], err[use].mean())
+    blocks = np.kron(rng.normal(0, 5, (3, 3)), np.ones((3, 3)))[:8, :7]  # constant on each 3x3 block (edges cut)
+    assert vs.decompose(blocks, use, 3)["within_sse"] < 1e-20
+    zero_mean = np.tile([[1.0, -1.0]], (8, 3))[:, :6]  # every 2x2 block's mean is 0
+    p = vs.decompose(zero_mean, np.ones((8, 6), bool), 2)
+    assert p["block_sse"] == 0 and np.isclose(p["within_sse"], 48.0)
+    with pytest.raises(ValueError, match="whole number of pixels"):
+        vs.decompose(err, use, 0)
+
+    def part(block, within, offset=0.0, n=10):
+        return {"n": n, "sse": (block + within) * n, "offset": offset, "block_sse": block * n,
+                "within_sse": within * n, "footprint_sse": 0.1 * (block + within) * n,
+                "velocity_rms_kms": float(np.sqrt(block + within))}
+
+    rows = [{"name": "a/1 x", "size": "small", "factor": 3, "choice": "wavelet2d1d", "rl_iteration": 5,
+             "default": part(900, 100), "rl_best": part(400, 200)},  # misses: block larger, within smaller
+            {"name": "b/2 x", "size": "small", "factor": 3, "choice": "none", "rl_iteration": 9,
+             "default": part(100, 100), "rl_best": part(300, 100)}]  # passes
+    out = _summary_of(run, tmp_path, "velocity_scales.py", rows)
+    assert "2 line scenes; the default's velocity RMS above RL's oracle on 1" in out
+    assert "block part larger than RL's on 1 (median ratio 1.50), within part larger on 0 (median 0.71)" in out
+    assert "the default would pass on 0" in out and "a/1 x" in out and "b/2 x" not in out
 
 
 def test_shape_floor_bad_floors_is_an_argparse_error(run):
