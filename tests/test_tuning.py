@@ -562,8 +562,7 @@ def test_thresholded_candidate_run_stops_at_its_cap_read_at_call_time(monkeypatc
     :func:`xfusion.tuning._tune_threshold` is called. On small tuning scene snr_shell/1015 (24x24x600) the cut binds:
     the sharp-spectral squared error still falls at iterate 103 (warm start included), so the count is
     ``sq_transfer(103) = 129``. A cap set after import is the one that binds: with 40 the same run stops at iterate 43
-    (session 58: a lower cap than session 48's 157, whose count reaches RL's cap, so that the test runs 43 steps, not
-    160)."""
+    (until session 58 this part set session 48's 157, whose count reaches RL's cap: 160 steps instead of 43)."""
     from xfusion import scenes
 
     assert tuning.sq_transfer(157 + 3) == tuning.RL_MAX_ITER
