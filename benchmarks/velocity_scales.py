@@ -13,7 +13,8 @@ errors ``e = v_est - v_true`` over that region into parts whose squares add up t
 ``sum(e^2) = sum(block^2) + sum(within^2)`` over the region, exactly (the deviations from a block's mean sum to 0).
 It also gives the share of ``sum(e^2)`` in the 3x3 footprints of the compact sources ``fuse`` finds
 (:func:`xfusion.sources.compact_peaks`). ``--summary`` prints, over the scenes where the default misses, on how many
-the default's block part and within part are larger than RL's, with the median ratios.
+the default's block part and within part are larger than RL's, with the median ratios, and on how many the
+default's excess (its mean squared error minus RL's) is larger in the block part than in the within part.
 
     python benchmarks/velocity_scales.py --split heldout --size small --n 48 --indices 28,38 --json v.jsonl
     python benchmarks/velocity_scales.py --summary v.jsonl
@@ -105,11 +106,17 @@ def summary(files):
             return np.array([_rms(r["default"], key) / max(_rms(r["rl_best"], key), 1e-300) for r in miss])
 
         b, w = ratio("block_sse"), ratio("within_sse")
+
+        def excess(key):  # the default's mean squared error minus RL's, in one part
+            return np.array([r["default"][key] / r["default"]["n"] - r["rl_best"][key] / r["rl_best"]["n"] for r in miss])
+
+        more = int(np.sum(excess("block_sse") > excess("within_sse")))
         no_offset = sum(r["default"]["sse"] / r["default"]["n"] - r["default"]["offset"] ** 2
                         <= r["rl_best"]["sse"] / r["rl_best"]["n"] - r["rl_best"]["offset"] ** 2 for r in miss)
         share = np.array([r["default"]["footprint_sse"] / max(r["default"]["sse"], 1e-300) for r in miss])
         print(f"   over the {len(miss)} misses: block part larger than RL's on {int(np.sum(b > 1))} (median ratio "
-              f"{np.median(b):.2f}), within part larger on {int(np.sum(w > 1))} (median {np.median(w):.2f}); with "
+              f"{np.median(b):.2f}), within part larger on {int(np.sum(w > 1))} (median {np.median(w):.2f}); more of "
+              f"the default's excess squared error at the pixel scale than within on {more}; with "
               f"each map's offset removed the default would pass on {no_offset}; footprint share of the default's "
               f"squared error median {np.median(share):.3f} (largest {share.max():.2f})")
     return 0
