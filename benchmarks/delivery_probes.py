@@ -1,4 +1,4 @@
-"""Session 54: three ways of delivering the default's cube differently, measured on suite scenes (none adopted).
+"""Sessions 54 and 58: ways of delivering the default's cube differently, measured on suite scenes (none adopted).
 
 Each probe takes the truth-free choice of ``regularization="auto"`` (``xfusion.tuning.select``) and its delivery
 (the shape prior and the sources' run on, ``tuning.py``'s ``_delivery``), fits on ALL counts and compares with the
@@ -16,11 +16,17 @@ total-flux bias (%). One JSON line per scene (``--out``, resumable), then a summ
   within 3x one fit)?
 * ``count``: only where the choice is the zeroed prior stopped before 50 iterations and the sharp-spectral counts
   hold lines: the same settings run to 2x the count and to 50. Does a line sky want the zeroed prior run longer?
+* ``runon`` (session 58): only where the choice is the thresholded prior with a count ``N`` and the sharp-spatial
+  counts show compact sources (``xfusion.sources.compact_peaks``): the field stopped at ``round(f N)``, f = 0.5 and
+  0.75, while the sources' 3x3 footprints run on to ``N`` (``source_iter=[N, peaks]``, session 53's delivery; each
+  5x5 keeps its total). Do the gas's velocity maps want a shorter fit than the sources' peaks? The summary also
+  splits the scenes by kind.
 
     python benchmarks/delivery_probes.py average --split tune --n 48 --size small --indices 0-47 --out avg.jsonl
     python benchmarks/delivery_probes.py warm --split tune --n 48 --size small --indices 9-16 --out warm.jsonl
     python benchmarks/delivery_probes.py count --split tune --n 144 --indices 0-39 --out count.jsonl
     python benchmarks/delivery_probes.py warm --n 48 --indices 0-47 --family threshold --out warm_full.jsonl
+    python benchmarks/delivery_probes.py runon --split tune --n 48 --size small --indices 0-47 --out runon.jsonl
 """
 import argparse
 import json
@@ -113,6 +119,25 @@ def probe_count(x, y, score, cur, ch, extra):
     return out
 
 
+def probe_runon(x, y, score, cur, ch, extra):
+    if not (ch.get("null_space") == "threshold" and "max_iter" in ch):
+        return None
+    from suite import compact_peaks
+
+    peaks = compact_peaks(x, y)
+    if not peaks:
+        return None
+    n = int(ch["max_iter"])
+    out = {"peaks": len(peaks), "count": {**score(xfusion.fuse(x, y, progress=False, **ch, **extra(ch)).flux), "m": n}}
+    for label, f in (("f0.5", 0.5), ("f0.75", 0.75)):
+        m = max(int(round(f * n)), 1)
+        if m < n:
+            kw = dict(ch, max_iter=m)
+            out[label] = {**score(xfusion.fuse(x, y, progress=False, **kw, **{**extra(ch), "source_iter": [n, peaks]})
+                                  .flux), "m": m}
+    return out
+
+
 def _rel(a, b, key):
     return a[key] / b[key] - 1.0 if key in a and key in b and b[key] > 0 else None
 
@@ -127,10 +152,13 @@ def summary(probe, recs):
             continue
         base = res["chosen"] if probe == "average" else res["cold"] if probe == "warm" else res["count"]
         for label in {"average": ("runner", "other_family"), "warm": ("rest", "half", "same"),
-                      "count": ("x2", "cap")}[probe]:
+                      "count": ("x2", "cap"), "runon": ("f0.5", "f0.75")}[probe]:
             v = res.get(label)
             if v:
-                pairs.setdefault(label, []).append((v["nmse"] - base["nmse"], _rel(v, base, "v"), _rel(v, base, "w")))
+                entry = (v["nmse"] - base["nmse"], _rel(v, base, "v"), _rel(v, base, "w"))
+                pairs.setdefault(label, []).append(entry)
+                if probe == "runon":  # by kind too (the scene name's first part)
+                    pairs.setdefault(f"{label} {r['scene'].split('/')[0]}", []).append(entry)
     lines = []
     for label, p in pairs.items():
         d = np.array([a for a, _, _ in p])
@@ -138,14 +166,14 @@ def summary(probe, recs):
         w = [c for _, _, c in p if c is not None]
         lines.append(f"{probe} {label}: {len(d)} scenes, NMSE change mean {d.mean():+.3f} dB (worst {d.min():+.2f}, "
                      f"best {d.max():+.2f}); velocity RMS median "
-                     + (f"{100 * np.median(v):+.1f} %" if v else "-") + ", width RMS median "
-                     + (f"{100 * np.median(w):+.1f} %" if w else "-"))
+                     + (f"{100 * np.median(v):+.1f} % (lower on {sum(x < 0 for x in v)}/{len(v)})" if v else "-")
+                     + ", width RMS median " + (f"{100 * np.median(w):+.1f} %" if w else "-"))
     return lines
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=("average", "warm", "count"))
+    ap.add_argument("probe", choices=("average", "warm", "count", "runon"))
     ap.add_argument("--split", default="tune", help="suite split (tune: the seeds rules may be fitted on)")
     ap.add_argument("--n", type=int, default=48, help="suite size (xfusion.scenes.suite(split, n))")
     ap.add_argument("--size", default="default", choices=("default", "small"))
@@ -180,8 +208,10 @@ def main(argv=None):
             res = probe_average(x, y, score, cur, ch, extra)
         elif a.probe == "warm":
             res = probe_warm(x, y, score, cur, ch, extra, half)
-        else:
+        elif a.probe == "count":
             res = probe_count(x, y, score, cur, ch, extra)
+        else:
+            res = probe_runon(x, y, score, cur, ch, extra)
         rec = {"index": i, "scene": specs[i]["name"], "choice": ch, "result": res,
                "seconds": time.perf_counter() - t0}
         done[i] = rec
