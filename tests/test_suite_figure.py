@@ -630,3 +630,22 @@ def test_session_58_measurements_read_back():
               for c in ("nmse_floor_db", "nmse_floor_3e4_db", "nmse_no_floor_db")]
     assert counts == [13, 19, 22]
     assert sum(float(r["width_rms_floor_3e4_kms"]) > float(r["width_rms_floor_kms"]) for r in rl) == 35
+
+
+def test_session_58_runon_tuning_seeds_read_back():
+    """Session 58's rule R(f) (the thresholded field stopped at f N, the compact sources run on to N) on the tuning
+    seeds, as ``benchmarks/delivery_probes.py runon`` stored it: 12 small rows and 4 full-size rows touched; at small
+    size the mean NMSE change is -0.369 dB (f = 0.5) and -0.071 dB (f = 0.75), both below the -0.05 dB written first,
+    so the rule went no further; every point-source sky's velocity map is better at both sizes."""
+    res = BENCH / "results"
+    for name, touched, means in (("runon_tune_small.jsonl", 12, (-0.369, -0.071)),
+                                 ("runon_tune_full.jsonl", 4, (-0.206, 0.028))):
+        recs = [json.loads(line) for line in open(res / name)]
+        hit = [r["result"] for r in recs if r["result"]]
+        assert len(hit) == touched
+        for label, mean in zip(("f0.5", "f0.75"), means):
+            got = sum(h[label]["nmse"] - h["count"]["nmse"] for h in hit) / len(hit)
+            assert abs(got - mean) < 5e-4, (name, label, got)
+        ps = [(r["result"], r["scene"]) for r in recs if r["result"] and r["scene"].startswith("point_sources")]
+        assert ps and all(h[f]["v"] < h["count"]["v"] for h, _ in ps for f in ("f0.5", "f0.75"))
+    assert sum(h["f0.75"]["nmse"] - h["count"]["nmse"] for h in hit) / len(hit) > -0.05  # full size alone passes
