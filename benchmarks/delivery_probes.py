@@ -127,14 +127,13 @@ def probe_runon(x, y, score, cur, ch, extra):
     peaks = compact_peaks(x, y)
     if not peaks:
         return None
-    n = int(ch["max_iter"])
-    out = {"peaks": len(peaks), "count": {**score(xfusion.fuse(x, y, progress=False, **ch, **extra(ch)).flux), "m": n}}
+    n, delivery = int(ch["max_iter"]), extra(ch)
+    out = {"peaks": len(peaks), "count": {**score(xfusion.fuse(x, y, progress=False, **ch, **delivery).flux), "m": n}}
     for label, f in (("f0.5", 0.5), ("f0.75", 0.75)):
         m = max(int(round(f * n)), 1)
         if m < n:
-            kw = dict(ch, max_iter=m)
-            out[label] = {**score(xfusion.fuse(x, y, progress=False, **kw, **{**extra(ch), "source_iter": [n, peaks]})
-                                  .flux), "m": m}
+            kw = dict(ch, max_iter=m, **{**delivery, "source_iter": [n, peaks]})
+            out[label] = {**score(xfusion.fuse(x, y, progress=False, **kw).flux), "m": m}
     return out
 
 

@@ -68,9 +68,8 @@ def run_scene(spec, size):
     it, rl = sc.rl_oracle_cube()
     f = int(round(sc.ratio))
     tv = sc.tmaps["velocity"].values
-    tf = sc.tmaps["flux"].values
-    region = sc.tmaps["valid"].values & (tf >= np.quantile(tf, 0.5))  # analysis.map_errors' region
-    fp = sources.footprint_mask(sources.compact_peaks(assign_roles(sc.x, sc.y)[0]), tf.shape)
+    region = analysis.brighter_region(sc.tmaps)  # what analysis.map_errors scores
+    fp = sources.footprint_mask(sources.compact_peaks(assign_roles(sc.x, sc.y)[0]), region.shape)
     row = {"name": spec["name"], "size": size or "full", "factor": f, "choice": res.attrs["regularization"],
            "rl_iteration": it}
     for key, cube in (("default", res["flux"]), ("rl_best", rl)):

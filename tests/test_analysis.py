@@ -227,6 +227,11 @@ def test_map_errors():
     assert out["velocity_rms_kms"] == pytest.approx(30.0)
     assert out["width_rms_kms"] == pytest.approx(0.0)
     assert out["n_pixels"] >= 8
+    region = analysis.brighter_region(t, 0.5)  # the region map_errors scores (estimate valid everywhere here)
+    assert region.shape == (4, 4) and int(region.sum()) == out["n_pixels"]
+    assert int(analysis.brighter_region(t, 1.0).sum()) == int(t["valid"].values.sum())
+    with pytest.raises(ValueError, match="fraction must be in"):
+        analysis.brighter_region(t, 0.0)
 
 
 def test_errors_from_replicas_match_the_scatter_and_the_delta_method():

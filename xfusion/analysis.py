@@ -75,7 +75,7 @@ from scipy.special import ndtr
 
 from .observation import SPECTRAL_UNITS, _is_quantity, _to_unit, spectral_unit
 
-__all__ = ["line_map", "line_map_errors", "map_errors", "C_KMS"]
+__all__ = ["line_map", "line_map_errors", "map_errors", "brighter_region", "C_KMS"]
 
 #: speed of light, km/s
 C_KMS = 299792.458
@@ -532,6 +532,15 @@ def line_map_errors(uncertainty, line_energy, **kwargs) -> xr.Dataset:
     return line_map(uncertainty["flux"], line_energy, replicas=uncertainty["flux_replicas"], **kwargs)
 
 
+def brighter_region(truth_maps, fraction=0.5):
+    """Boolean (x, y): the pixels valid in ``truth_maps`` whose true line flux is at or above its ``1 - fraction``
+    quantile -- the region :func:`map_errors` scores."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1]; got {fraction}")
+    tf = np.asarray(truth_maps["flux"].values, dtype=np.float64)
+    return np.asarray(truth_maps["valid"].values) & (tf >= np.quantile(tf, 1 - fraction))
+
+
 def map_errors(truth_maps, estimate_maps, fraction=0.5):
     """RMS errors (km/s) of ``velocity`` and ``line_width`` over the brighter part of the field.
 
@@ -542,11 +551,8 @@ def map_errors(truth_maps, estimate_maps, fraction=0.5):
     Returns ``{"velocity_rms_kms", "width_rms_kms", "n_pixels", "n_invalid",
     "line_flux_rel_rms"}`` (the last: RMS of (estimate - truth)/truth of the line flux).
     """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1]; got {fraction}")
+    region = brighter_region(truth_maps, fraction)
     tf = np.asarray(truth_maps["flux"].values, dtype=np.float64)
-    tv = np.asarray(truth_maps["valid"].values)
-    region = tv & (tf >= np.quantile(tf, 1 - fraction))
     ev = np.asarray(estimate_maps["valid"].values)
     use = region & ev
     n_invalid = int(np.sum(region & ~ev))
