@@ -20,13 +20,19 @@ total-flux bias (%). One JSON line per scene (``--out``, resumable), then a summ
   counts show compact sources (``xfusion.sources.compact_peaks``): the field stopped at ``round(f N)``, f = 0.5 and
   0.75, while the sources' 3x3 footprints run on to ``N`` (``source_iter=[N, peaks]``, session 53's delivery; each
   5x5 keeps its total). Do the gas's velocity maps want a shorter fit than the sources' peaks? The summary also
-  splits the scenes by kind.
+  splits the scenes by kind. Session 59: ``--fractions`` picks the fractions, ``--min-share`` skips (before any fit)
+  the scenes whose compact sources hold less of the sharp-spatial counts (``xfusion.sources.excess_share``); each
+  record keeps that share and how many sources are line-free; ``--n row`` takes each held-out row from its own suite
+  size. The "count" fit is the default's delivery with the whole count and nothing run on (since session 59 the
+  default itself runs on where the share is high enough).
 
     python benchmarks/delivery_probes.py average --split tune --n 48 --size small --indices 0-47 --out avg.jsonl
     python benchmarks/delivery_probes.py warm --split tune --n 48 --size small --indices 9-16 --out warm.jsonl
     python benchmarks/delivery_probes.py count --split tune --n 144 --indices 0-39 --out count.jsonl
     python benchmarks/delivery_probes.py warm --n 48 --indices 0-47 --family threshold --out warm_full.jsonl
     python benchmarks/delivery_probes.py runon --split tune --n 48 --size small --indices 0-47 --out runon.jsonl
+    python benchmarks/delivery_probes.py runon --split heldout --n row --size small --indices 552-599 \
+        --fractions 0.75 --min-share 0.025 --out runon_fresh.jsonl
 """
 import argparse
 import json
@@ -73,11 +79,11 @@ def probe_average(x, y, score, cur, ch, extra):
     for st, dev in zip(cur["setting"].values, cur["mean_deviance"].values):
         kw = dict(json.loads(str(st)))
         kw.setdefault("regularization", "wavelet2d1d")
-        r = xfusion.fuse(x, y, progress=False, **kw, **extra(kw))
+        r = xfusion.fuse(x, y, progress=False, **{**kw, **extra(kw)})
         cubes.append(r.flux)
         cands.append({"setting": json.loads(str(st)), "dev": float(dev), **score(r.flux)})
     hit = [j for j, c in enumerate(cands) if _same(c["setting"], ch)]
-    chosen = cubes[hit[0]] if hit else xfusion.fuse(x, y, progress=False, **ch, **extra(ch)).flux
+    chosen = cubes[hit[0]] if hit else xfusion.fuse(x, y, progress=False, **{**ch, **extra(ch)}).flux
     others = [j for j, c in enumerate(cands) if not _same(c["setting"], ch) and np.isfinite(c["dev"])]
     runner = min(others, key=lambda j: cands[j]["dev"]) if others else None
     other_fam = [j for j in others if _family(cands[j]["setting"]) != _family(ch)]
@@ -94,13 +100,13 @@ def probe_warm(x, y, score, cur, ch, extra, half):
     n_full, n_half, sp = int(ch["max_iter"]), int(half["iteration"]), half["split"]
     kw = {k: v for k, v in ch.items() if k != "max_iter"}
     t0 = time.perf_counter()
-    cold = xfusion.fuse(x, y, progress=False, **ch, **extra(ch))
+    cold = xfusion.fuse(x, y, progress=False, **{**ch, **extra(ch)})
     out = {"n_half": n_half, "cold": {**score(cold.flux), "m": n_full, "s": time.perf_counter() - t0}}
     start = tuning._half_fuse(sp.xa, sp.ya, progress=False, max_iter=n_half, shape_prior=None, source_iter="none",
                               **kw)
     for label, m in (("rest", max(n_full - n_half, 5)), ("half", max(round(0.5 * n_half), 5)), ("same", n_half)):
         t0 = time.perf_counter()
-        w = xfusion.fuse(x, y, progress=False, max_iter=m, init=start, **kw, **extra(ch))
+        w = xfusion.fuse(x, y, progress=False, init=start, **{**kw, **extra(ch), "max_iter": m})
         out[label] = {**score(w.flux), "m": m, "s": time.perf_counter() - t0}
     return out
 
@@ -115,24 +121,43 @@ def probe_count(x, y, score, cur, ch, extra):
     out = {"peaks": len(compact_peaks(x, y))}
     for label, m in (("count", n), ("x2", min(2 * n, 50)), ("cap", 50)):
         kw = dict(ch, max_iter=m)
-        out[label] = {**score(xfusion.fuse(x, y, progress=False, **kw, **extra(kw)).flux), "m": m}
+        out[label] = {**score(xfusion.fuse(x, y, progress=False, **{**kw, **extra(kw)}).flux), "m": m}
     return out
 
 
-def probe_runon(x, y, score, cur, ch, extra):
+def sources_and_share(x, y):
+    """The compact sources ``fuse`` finds (:func:`suite.compact_peaks`) and the share of the sharp-spatial counts they
+    hold above their surroundings (:func:`xfusion.sources.excess_share`, session 59)."""
+    from suite import compact_peaks
+    from xfusion import sources
+    from xfusion.grid import assign_roles
+
+    sharp = sources._unmasked(assign_roles(x, y)[0])
+    peaks = compact_peaks(x, y)
+    img = np.asarray(sharp["counts"].sum("energy").transpose("x", "y").values, dtype=np.float64)
+    return peaks, sources.excess_share(img, peaks)
+
+
+def probe_runon(x, y, score, cur, ch, extra, fractions=(0.5, 0.75)):
     if not (ch.get("null_space") == "threshold" and "max_iter" in ch):
         return None
-    from suite import compact_peaks
-
-    peaks = compact_peaks(x, y)
+    peaks, share = sources_and_share(x, y)
     if not peaks:
         return None
-    n, delivery = int(ch["max_iter"]), extra(ch)
-    out = {"peaks": len(peaks), "count": {**score(xfusion.fuse(x, y, progress=False, **ch, **delivery).flux), "m": n}}
-    for label, f in (("f0.5", 0.5), ("f0.75", 0.75)):
+    n = int(ch["max_iter"])
+    delivery = {**ch, **extra(ch), "max_iter": n, "source_iter": "none"}  # the whole count, nothing runs on
+    from xfusion import sources
+    from xfusion.grid import assign_roles, fusion_grid
+
+    sharp = sources._unmasked(assign_roles(x, y)[0])
+    line_free = sum(f["line_free"] for f in sources.line_free(sharp, fusion_grid(x, y), [tuple(p) for p in peaks]))
+    out = {"peaks": len(peaks), "share": share, "line_free": int(line_free),
+           "count": {**score(xfusion.fuse(x, y, progress=False, **delivery).flux), "m": n}}
+    for f in fractions:
+        label = f"f{f:g}"
         m = max(int(round(f * n)), 1)
         if m < n:
-            kw = dict(ch, max_iter=m, **{**delivery, "source_iter": [n, peaks]})
+            kw = {**delivery, "max_iter": m, "source_iter": [n, peaks]}
             out[label] = {**score(xfusion.fuse(x, y, progress=False, **kw).flux), "m": m}
     return out
 
@@ -151,7 +176,7 @@ def summary(probe, recs):
             continue
         base = res["chosen"] if probe == "average" else res["cold"] if probe == "warm" else res["count"]
         for label in {"average": ("runner", "other_family"), "warm": ("rest", "half", "same"),
-                      "count": ("x2", "cap"), "runon": ("f0.5", "f0.75")}[probe]:
+                      "count": ("x2", "cap"), "runon": sorted(k for k in res if k.startswith("f"))}[probe]:
             v = res.get(label)
             if v:
                 entry = (v["nmse"] - base["nmse"], _rel(v, base, "v"), _rel(v, base, "w"))
@@ -174,14 +199,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("probe", choices=("average", "warm", "count", "runon"))
     ap.add_argument("--split", default="tune", help="suite split (tune: the seeds rules may be fitted on)")
-    ap.add_argument("--n", type=int, default=48, help="suite size (xfusion.scenes.suite(split, n))")
+    ap.add_argument("--n", default="48", help="suite size (xfusion.scenes.suite(split, n)); 'row': each held-out "
+                    "row's own (tuning.py row_n, the README table's and the fresh sets' rule)")
     ap.add_argument("--size", default="default", choices=("default", "small"))
     ap.add_argument("--indices", required=True, help="e.g. 0-23 or 0,4,9")
     ap.add_argument("--out", required=True, help="JSON lines, one per scene (resumable)")
     ap.add_argument("--family", choices=("zero", "threshold", "rl"),
                     help="probe only scenes whose choice is this family (the others are recorded as not applicable)")
+    ap.add_argument("--fractions", default="0.5,0.75", help="runon: the field's fractions of the count")
+    ap.add_argument("--min-share", type=float, default=0.0,
+                    help="runon: only scenes whose compact sources hold at least this share of the sharp-spatial "
+                    "counts (xfusion.sources.excess_share); the others are recorded as not applicable before any fit")
     a = ap.parse_args(argv)
-    from tuning import _delivery  # benchmarks/tuning.py: the default's delivery of a choice
+    from tuning import _delivery, row_n  # benchmarks/tuning.py: the default's delivery of a choice
 
     done = {}
     try:
@@ -190,12 +220,25 @@ def main(argv=None):
             done[r["index"]] = r
     except FileNotFoundError:
         pass
-    specs = scenes.suite(a.split, n=a.n)
-    for i in parse_indices(ap, a.indices, len(specs)):
+    if a.n == "row" and a.split != "heldout":
+        ap.error("--n row names held-out rows; give --split heldout")
+    fractions = tuple(float(f) for f in a.fractions.split(","))
+    for i in parse_indices(ap, a.indices, 10 ** 6 if a.n == "row" else int(a.n)):
         if i in done:
             continue
         t0 = time.perf_counter()
-        x, y, truth = scenes.from_spec(specs[i], size=None if a.size == "default" else "small")
+        spec = scenes.suite(a.split, n=row_n(i) if a.n == "row" else int(a.n))[i]
+        x, y, truth = scenes.from_spec(spec, size=None if a.size == "default" else "small")
+        if a.probe == "runon" and a.min_share > 0:
+            peaks, share = sources_and_share(x, y)
+            if not peaks or share < a.min_share:
+                rec = {"index": i, "scene": spec["name"], "choice": None, "result": None, "share": share,
+                       "seconds": time.perf_counter() - t0}
+                done[i] = rec
+                with open(a.out, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(f"{spec['name']}: not applicable (share {share:.4f})", flush=True)
+                continue
         half = {}
         cur = tuning.select(x, y, complete=(a.probe == "average"), half_fit=half)
         ch = tuning.choice(cur)
@@ -210,13 +253,13 @@ def main(argv=None):
         elif a.probe == "count":
             res = probe_count(x, y, score, cur, ch, extra)
         else:
-            res = probe_runon(x, y, score, cur, ch, extra)
-        rec = {"index": i, "scene": specs[i]["name"], "choice": ch, "result": res,
+            res = probe_runon(x, y, score, cur, ch, extra, fractions)
+        rec = {"index": i, "scene": spec["name"], "choice": ch, "result": res,
                "seconds": time.perf_counter() - t0}
         done[i] = rec
         with open(a.out, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"{specs[i]['name']}: {'measured' if res else 'not applicable'} "
+        print(f"{spec['name']}: {'measured' if res else 'not applicable'} "
               f"({rec['seconds']:.0f} s)", flush=True)
     for line in summary(a.probe, list(done.values())):
         print(line)

@@ -131,8 +131,11 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False, contin
                 x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS}, half_fit=half)
             kw["shape_prior"] = tuning.floor_off_sources(n0, peaks=line_free_peaks(x, y) if takes_sources(kw) else ())
             row["shape_prior"] = dict(rec, delivered=kw["shape_prior"])
-        if kw.get("regularization") == "wavelet2d1d" and "source_iter" not in kw:  # as fuse delivers (session 53)
-            kw["source_iter"] = tuning.sources_run_on(ch, ch.get("max_iter"), compact_peaks(x, y)) or "none"
+        if kw.get("regularization") == "wavelet2d1d" and "source_iter" not in kw:  # as fuse delivers (sessions 53, 59)
+            from delivery_probes import sources_and_share  # benchmarks/delivery_probes.py
+
+            kw["max_iter"], run = tuning.run_on(ch, ch.get("max_iter"), *sources_and_share(x, y))
+            kw["source_iter"] = run or "none"
         res = xfusion.fuse(x, y, progress=False, **kw)
         # the wavelet2d1d default on the same split: the best wavelet candidate of the same curve (tune(...,
         # "wavelet2d1d") walks the same ladder); fitted only when "auto" chose RL or the thresholded candidate

@@ -199,6 +199,12 @@ def table_n(i):
     depend on its size: ``suite(n=96)[0]`` is another scene than row 0)."""
     if not 0 <= i < TABLE_ROWS:
         raise ValueError(f"the table has rows 0-{TABLE_ROWS - 1}; got {i}")
+    return row_n(i)
+
+
+def row_n(i):
+    """The suite size whose scene ``i`` is held-out row ``i``: :func:`table_n`'s rule, which the fresh sets beyond the
+    table (rows 216 on, ``results/suite_fresh_*.csv``: rows 408-431 from ``n=432``, ...) follow too."""
     return 144 if 96 <= i < 144 else 24 * (i // 24 + 1)
 
 
@@ -379,19 +385,25 @@ def _reusable(reuse, size, name, ch, cur):
 def _delivery(x, y, ch, half):
     """The shape prior ``fuse``'s default delivers for the choice ``ch`` (:func:`xfusion.tuning.floor_off_sources`:
     thinning's pseudo-counts, level 0 >= the floor, and thinning's own level 0 in the footprints of line-free sources
-    for a wavelet fit) and its ``source_iter`` (:func:`xfusion.tuning.sources_run_on`: a zeroed fit stopped early
-    by thinning runs on at its compact sources), as a function of a candidate's fuse options."""
-    from suite import compact_peaks, line_free_peaks, takes_sources
+    for a wavelet fit), its ``source_iter`` and the field's count (:func:`xfusion.tuning.run_on`: a zeroed fit
+    stopped early by thinning runs on at its compact sources, session 53; a thresholded one whose sources hold
+    enough of the counts stops its field earlier while they run on, session 59), as a function of a candidate's
+    fuse options: the options to add to (and override in) them."""
+    from delivery_probes import sources_and_share  # benchmarks/delivery_probes.py
+    from suite import line_free_peaks, takes_sources
 
     tuned = tuning.tune_shape(x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS},
                               half_fit=half)[0]
     pair, triple = tuning.with_pixel_floor(tuned), tuning.floor_off_sources(tuned, peaks=line_free_peaks(x, y))
-    peaks = compact_peaks(x, y)
+    peaks, share = sources_and_share(x, y)
 
-    def extra(kw):  # and the compact sources run on where the zeroed count stops early (session 53)
+    def extra(kw):
         out = {"shape_prior": triple if takes_sources(kw) else pair}
         if kw.get("regularization", "wavelet2d1d") == "wavelet2d1d":
-            out["source_iter"] = tuning.sources_run_on(kw, kw.get("max_iter"), peaks) or "none"
+            n, run = tuning.run_on(kw, kw.get("max_iter"), peaks, share)
+            out["source_iter"] = run or "none"
+            if n != kw.get("max_iter"):
+                out["max_iter"] = n
         return out
     return extra
 
@@ -446,12 +458,12 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
                 cand = json.loads(str(st))
                 kw = dict(cand)
                 kw.setdefault("regularization", "wavelet2d1d")
-                r = xfusion.fuse(x, y, progress=False, **kw, **extra(kw))
+                r = xfusion.fuse(x, y, progress=False, **{**kw, **extra(kw)})
                 res.append((cand, float(dev), metrics.nmse(t.values, r.flux.values), vel(r.flux)))
             found = [v for c, _, v, _ in res
                      if {"regularization": "wavelet2d1d", **c} == {"regularization": "wavelet2d1d", **ch}]
             if not found:  # the zeroed ladder candidate with its iteration count by thinning (session 8): one more fit
-                r = xfusion.fuse(x, y, progress=False, **ch, **extra(ch))
+                r = xfusion.fuse(x, y, progress=False, **{**ch, **extra(ch)})
                 res.append((dict(ch, chosen=True), math.nan, metrics.nmse(t.values, r.flux.values), vel(r.flux)))
                 found = [res[-1][2]]
             chosen, best = found[0], max(v for _, _, v, _ in res)

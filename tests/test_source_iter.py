@@ -21,16 +21,27 @@ def small():
     return x, y
 
 
-def test_the_rule_runs_on_only_a_zeroed_count_stopped_early_with_sources():
+def test_the_rule_runs_on_a_zeroed_count_stopped_early_or_a_thresholded_count_with_bright_sources():
     zeroed = {"regularization": "wavelet2d1d", "k": 2.0, "null_space": "zero", "max_iter": 8}
     peaks = [(3, 4), [10, 13]]
-    assert tuning.sources_run_on(zeroed, 8, peaks) == [tuning.ZERO_MAX_ITER, [[3, 4], [10, 13]]]
-    assert tuning.sources_run_on(zeroed, 8, []) is None  # no compact source
-    assert tuning.sources_run_on(dict(zeroed, max_iter=50), 50, peaks) is None  # thinning's count is the cap
-    assert tuning.sources_run_on(zeroed, 9, peaks) is None  # a count the user set, not thinning's
-    assert tuning.sources_run_on(dict(zeroed, null_space="threshold"), 8, peaks) is None
-    assert tuning.sources_run_on({"regularization": "none", "max_iter": 8}, 8, peaks) is None
-    assert tuning.sources_run_on(None, 8, peaks) is None
+    cores = [[3, 4], [10, 13]]
+    assert tuning.run_on(zeroed, 8, peaks) == (8, [tuning.ZERO_MAX_ITER, cores])
+    assert tuning.run_on(zeroed, 8, []) == (8, None)  # no compact source
+    assert tuning.run_on(dict(zeroed, max_iter=50), 50, peaks) == (50, None)  # thinning's count is the cap
+    assert tuning.run_on(zeroed, 9, peaks) == (9, None)  # a count the user set, not thinning's
+    assert tuning.run_on({"regularization": "none", "max_iter": 8}, 8, peaks) == (8, None)
+    assert tuning.run_on(None, 8, peaks) == (8, None)
+    # the thresholded prior (session 59): the field stops at 3/4 of thinning's count where the sources hold
+    # at least RUN_ON_SHARE of the counts; they run on to the count
+    thr = dict(zeroed, null_space="threshold", max_iter=40)
+    s = tuning.RUN_ON_SHARE
+    assert tuning.run_on(thr, 40, peaks, s) == (30, [40, cores])
+    assert tuning.run_on(thr, 40, peaks, 0.999 * s) == (40, None)  # compact knots holding little: not a source sky
+    assert tuning.run_on(thr, 40, [], 0.5) == (40, None)
+    assert tuning.run_on(thr, 41, peaks, 0.5) == (41, None)  # the user's count
+    assert tuning.run_on(dict(thr, max_iter=1), 1, peaks, 0.5) == (1, None)  # nothing left to stop early
+    assert tuning.run_on(dict(thr, max_iter=3), 3, peaks, 0.5) == (2, [3, cores])
+    assert tuning.run_on(dict(thr, max_iter=True), True, peaks, 0.5) == (True, None)
 
 
 def test_only_the_footprints_take_the_longer_run_and_the_total_is_kept(small):
@@ -120,3 +131,54 @@ def test_the_default_runs_on_at_the_compact_sources_of_a_full_size_sky():
     assert np.median(change[m]) > 0.02
     # outside the footprints only the shape prior's neighbourhood shapes carry the change (applied after the blend)
     assert np.median(change[~sources.footprint_mask(peaks, change.shape, half=2)]) < 1e-3
+
+
+def test_excess_share_counts_what_sources_hold_above_their_ring():
+    """On a flat image every 3x3 equals 9/16 of its ring's counts, so the share is 0, also at an edge or a corner;
+    a point of A counts on it is A over the image total; no peak or an empty image gives 0."""
+    flat = np.full((20, 20), 7.0)
+    assert sources.excess_share(flat, [[5, 5], [0, 0], [19, 10]]) == pytest.approx(0.0, abs=1e-12)
+    img = flat.copy()
+    img[5, 5] += 300.0
+    img[12, 14] += 100.0
+    assert sources.excess_share(img, [[5, 5], [12, 14]]) == pytest.approx(400.0 / img.sum(), rel=1e-12)
+    assert sources.excess_share(img, [[5, 5]]) == pytest.approx(300.0 / img.sum(), rel=1e-12)
+    img[7, 5] += 160.0  # a neighbour in the ring is taken as the surroundings: 9/16 of it comes off
+    assert sources.excess_share(img, [[5, 5]]) == pytest.approx((300.0 - 90.0) / img.sum(), rel=1e-12)
+    assert sources.excess_share(img, []) == 0.0 and sources.excess_share(np.zeros((5, 5)), [[2, 2]]) == 0.0
+
+
+def test_excess_share_separates_a_point_source_sky_from_a_mixed_one():
+    """Tuning seeds, small (session 59): the compact sources of point_sources/1043 hold 8 % of the sharp-spatial
+    counts above their rings, the compact knots of mixed/1039 0.5 %; the gate of the run-on rule lies between."""
+    shares = []
+    for i in (43, 39):
+        x, y, _ = scenes.from_spec(scenes.suite("tune", 48)[i], size="small")
+        sharp = assign_roles(x, y)[0]
+        img = sharp["counts"].sum("energy").transpose("x", "y").values
+        shares.append(sources.excess_share(img, sources.compact_peaks(sharp)))
+    assert shares[0] > 0.05 and 0 < shares[1] < 0.01
+
+
+def test_the_default_stops_a_thresholded_field_early_where_sources_hold_enough_counts():
+    """Tuning seeds, small (session 59): on point_sources/1038 thinning chooses the thresholded prior with a count
+    N and its compact sources hold over RUN_ON_SHARE of the counts: the field stops at round(3 N / 4) while the
+    footprints run on to N, recorded so that the settings give the same cube; with ``source_iter="none"`` and the
+    count N the field takes the whole count (mixed/1039's knots, below the share: the test above)."""
+    x, y, _ = scenes.from_spec(scenes.suite("tune", 48)[38], size="small")
+    r = xfusion.fuse(x, y, progress=False)
+    p = json.loads(r.attrs["parameters"])
+    n = p["auto_tuning"]["choice"]["max_iter"]
+    peaks, share = sources.peaks_and_share(assign_roles(x, y)[0])
+    assert p["null_space"] == "threshold" and share >= tuning.RUN_ON_SHARE and peaks
+    assert p["max_iter"] == round(tuning.RUN_ON_FRACTION * n) < n and p["source_iter"] == [n, peaks]
+    np.testing.assert_array_equal(xfusion.fuse(x, y, progress=False, settings=r)["flux"].values, r["flux"].values)
+    whole = xfusion.fuse(x, y, progress=False, settings=r, source_iter="none", max_iter=n)  # as docs/checking.rst
+    q = json.loads(whole.attrs["parameters"])
+    assert q["max_iter"] == n and q["source_iter"] is None
+    fr, fw = (a["flux"].transpose("x", "y", "energy").values.astype(np.float64) for a in (r, whole))
+    core = sources.footprint_mask(peaks, fr.shape[:2])
+    outside = ~sources.footprint_mask(peaks, fr.shape[:2], half=2)
+    assert np.abs(fr[outside] - fw[outside]).max() > 1e-3 * np.abs(fw).max()  # the field stopped earlier
+    assert fr.sum() == pytest.approx(fw.sum(), rel=0.01)
+    assert np.abs(fr[core] - fw[core]).max() < np.abs(fr[outside] - fw[outside]).max()  # the cores took the count

@@ -205,8 +205,8 @@ def test_the_line_free_test_folds_under_each_source_not_at_the_field_corner():
 
 
 def test_a_default_run_with_the_floor_off_a_source_resumes_to_the_same_cube(tmp_path):
-    """The checkpoint keeps thinning's choice; resuming derives the same triple at the same source and gives the
-    same cube (point_sources/1043, small)."""
+    """The checkpoint keeps thinning's choice; resuming derives the same triple at the same source, the same
+    field count and run on, and gives the same cube (point_sources/1043, small)."""
     x, y, _ = scenes.from_spec(scenes.suite("tune", 48)[43], size="small")
     kw = dict(progress=False, checkpoint=tmp_path / "c.zarr", checkpoint_every=5)
     r0 = xfusion.fuse(x, y, **kw)
@@ -214,6 +214,8 @@ def test_a_default_run_with_the_floor_off_a_source_resumes_to_the_same_cube(tmp_
     s0, s1 = xfusion.settings_of(r0), xfusion.settings_of(r1)
     assert len(s0["shape_prior"]) == 3 and s1["shape_prior"] == s0["shape_prior"]
     assert s1["source_lines"] == s0["source_lines"] == [[10, 13]]
+    # and the thresholded field stopped early while its sources run on (session 59): resumed to the same counts
+    assert s1["max_iter"] == s0["max_iter"] < s0["source_iter"][0] == s1["source_iter"][0]
     np.testing.assert_array_equal(r1["flux"].values, r0["flux"].values)
 
 

@@ -807,11 +807,15 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
           each source's 5x5, which gives up the flux the 3x3 gained (each 5x5 keeps its total, so the cube's total
           is unchanged). EM; the shape prior is then applied to the whole cube; ``callback`` does not see the extra
           iterations, and a checkpoint holds the run at ``max_iter``, from which a resumed run runs on again. "auto": on only where
-          ``regularization="auto"`` chose the zeroed prior and thinning stopped it before
-          :data:`xfusion.tuning.ZERO_MAX_ITER` (50): ``[50, peaks]``, the peaks of every compact source in the
-          sharp-spatial counts (:func:`xfusion.sources.compact_peaks`); recorded in ``parameters``. Why: that
-          early stop keeps the gas's velocity maps smooth, while a bright source's peak needs more iterations
-          (session 53, benchmarks/QUALITY_HISTORY.md).
+          ``regularization="auto"`` chose the 2D-1D prior with thinning's count and the sharp-spatial counts show
+          compact sources (:func:`xfusion.sources.compact_peaks`), by :func:`xfusion.tuning.run_on`: the zeroed
+          prior stopped before :data:`xfusion.tuning.ZERO_MAX_ITER` (50) gets ``[50, peaks]`` (session 53); the
+          thresholded prior with count N, where the sources hold at least
+          :data:`xfusion.tuning.RUN_ON_SHARE` (2.5 %) of the counts above their surroundings
+          (:func:`xfusion.sources.excess_share`), gets ``[N, peaks]`` and its field stops at
+          ``max_iter = round(0.75 N)`` (session 59). Recorded in ``parameters``. Why: an early stop keeps the
+          gas's velocity maps smooth, while a bright source's peak needs more iterations
+          (benchmarks/QUALITY_HISTORY.md).
 
         lowrank_local:
 
@@ -1067,7 +1071,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
     _check_scales(params, models[0].fused_shape)  # again: tuning may have chosen the scales
     _resolve_source_lines(regularization, params, grid, obs)
     _floor_off_sources(regularization, params)
-    _resolve_source_iter(regularization, method, params, max_iter, grid, obs)
+    max_iter = _resolve_source_iter(regularization, method, params, max_iter, grid, obs)
     settings = {"regularization": regularization, "method": method, "dtype": dt.name, "max_iter": max_iter,
                 "tol": tol, **{k: v for k, v in params.items()}}
     if start is not None:
@@ -1281,31 +1285,37 @@ def _floor_off_sources(regularization, params):
 
 
 def _resolve_source_iter(regularization, method, params, max_iter, grid, obs):
-    """``source_iter`` of the 2D-1D prior (session 53; in place): ``"auto"`` becomes ``[ZERO_MAX_ITER, peaks]`` where
-    thinning chose the zeroed prior (``regularization="auto"``) and stopped it before
-    :data:`xfusion.tuning.ZERO_MAX_ITER`, ``peaks`` every compact source of the sharp-spatial counts ``obs[0]``
-    (:func:`xfusion.sources.compact_peaks`), else None; a given ``[n, peaks]`` is checked against the grid.
+    """``source_iter`` of the 2D-1D prior (in place) and the field's iteration count (returned): ``"auto"`` resolves
+    by :func:`xfusion.tuning.run_on` from thinning's choice (``regularization="auto"``), the compact sources of the
+    sharp-spatial counts ``obs[0]`` and their share of those counts (:func:`xfusion.sources.peaks_and_share`):
+    ``[ZERO_MAX_ITER, peaks]`` where the zeroed prior stopped before :data:`xfusion.tuning.ZERO_MAX_ITER`
+    (session 53); ``[N, peaks]`` with the field stopped at ``round(RUN_ON_FRACTION N)`` where the thresholded prior
+    has thinning's count ``N`` and the sources hold at least :data:`xfusion.tuning.RUN_ON_SHARE` of the counts
+    (session 59); else None and ``max_iter`` unchanged. A given ``[n, peaks]`` is checked against the grid.
 
-    Why: the zeroed prior's count by thinning (:func:`xfusion.tuning.zero_transfer`) stops where the held-out
-    deviance, summed over every voxel, stops improving: before the gas's line maps roughen. On skies with bright
-    compact sources the NMSE, weighted by those sources' peaks, wants more: on full-size tuning skies run to 50
-    iterations everywhere it gained +0.53 dB but the velocity maps lost a median 36 %; in the sources' 3x3
-    footprints alone it kept most of the gain and little of the loss (``benchmarks/QUALITY_HISTORY.md``)."""
+    Why: thinning's count stops where the held-out deviance, summed over every voxel, stops improving. On skies
+    with bright compact sources the NMSE, weighted by those sources' peaks, wants more than the gas's line maps do:
+    on full-size tuning skies the zeroed prior run to 50 iterations everywhere gained +0.53 dB but the velocity
+    maps lost a median 36 %; in the sources' 3x3 footprints alone it kept most of the gain and little of the loss.
+    The thresholded prior's count is already the sources' (session 58: half of it gave the gas's velocity maps
+    up to 30 % less error on faint point-source skies); its field stops earlier instead
+    (``benchmarks/QUALITY_HISTORY.md``)."""
     if "source_iter" not in params:
-        return
+        return max_iter
     v = params["source_iter"]
     if v is None or v == "none" or regularization != "wavelet2d1d" or method != "em":
         params["source_iter"] = None
-        return
+        return max_iter
     if v == "auto":
         from . import sources
-        from .tuning import sources_run_on
+        from .tuning import run_on
 
         rec = params.get("auto_tuning") or {}
         ch = rec.get("choice") if rec.get("regularization") == "auto" else None
-        params["source_iter"] = sources_run_on(ch, max_iter, sources.compact_peaks(obs[0]) if isinstance(
-            ch, dict) and ch.get("null_space") == "zero" else [])
-        return
+        peaks, share = sources.peaks_and_share(obs[0]) if isinstance(ch, dict) and ch.get("null_space") in (
+            "zero", "threshold") else ([], 0.0)
+        max_iter, params["source_iter"] = run_on(ch, max_iter, peaks, share)
+        return max_iter
     n, peaks = v
     shape = (grid.sizes["x"], grid.sizes["y"])
     bad = [list(p) for p in peaks if not (p[0] < shape[0] and p[1] < shape[1])]
@@ -1313,6 +1323,7 @@ def _resolve_source_iter(regularization, method, params, max_iter, grid, obs):
         raise ValueError(f"source_iter peak(s) {bad} lie outside the fused grid of {shape[0]}x{shape[1]} pixels; "
                          "give [i, j] indices along x and y from 0")
     params["source_iter"] = [int(n), [[int(p[0]), int(p[1])] for p in peaks]]
+    return max_iter
 
 
 def _run_on_at_sources(solver, state, source_iter, n_iter, progress=False):

@@ -175,6 +175,24 @@ def line_free(obs, grid, peaks, z=LINE_Z):
     return out
 
 
+def excess_share(image, peaks):
+    """Share of the counts of ``image`` (M, N) that the compact sources at ``peaks`` hold above their surroundings:
+    ``sum_p (c3 - (n3 / n5) c5) / sum(image)``, ``c3`` the counts in a peak's 3x3 footprint, ``c5`` those in the
+    ring of its 5x5 (``n3``, ``n5`` their pixel counts, clipped at the edges), as :func:`line_free`'s excess but
+    summed over energy (dimensionless; 0 for no peaks or an empty image). A field of point sources on gas holds a
+    few per cent or more there; the compact knots of filaments or clumps a few per mille (session 59)."""
+    img = np.asarray(image, dtype=np.float64)
+    total = float(img.sum())
+    if not peaks or total <= 0:
+        return 0.0
+    excess = 0.0
+    for p in peaks:
+        m3 = footprint_mask([p], img.shape, 1)
+        m5 = footprint_mask([p], img.shape, 2) & ~m3
+        excess += float(img[m3].sum()) - m3.sum() / max(int(m5.sum()), 1) * float(img[m5].sum())
+    return excess / total
+
+
 def _unmasked(sharp):
     """``sharp`` with its masked voxels (e.g. a hot pixel) counted as empty."""
     if "mask" in sharp:
@@ -186,6 +204,16 @@ def compact_peaks(sharp):
     """Peaks ``[[i, j], ...]`` (fused pixels) of the compact sources in the sharp-spatial observation ``sharp``: its
     counts summed over energy (masked voxels empty) through :func:`compact_sources` with its PSF."""
     return _peaks(_unmasked(sharp))
+
+
+def peaks_and_share(sharp):
+    """:func:`compact_peaks` of the sharp-spatial observation ``sharp`` and the share of its counts (summed over
+    energy, masked voxels empty) they hold above their surroundings (:func:`excess_share`)."""
+    sharp = _unmasked(sharp)
+    peaks = _peaks(sharp)
+    if not peaks:
+        return [], 0.0
+    return peaks, excess_share(sharp["counts"].sum("energy").transpose("x", "y").values, peaks)
 
 
 def _peaks(sharp):

@@ -246,11 +246,14 @@ SOURCE_ITER = lambda: option("auto", '"auto", "none" or [iterations, [[i, j], ..
                              "source's 5x5 gives up the flux they gained (the total is kept; EM; the prior's step "
                              "unchanged; not seen by ``callback``). Why: an early stop keeps the gas's line maps "
                              "smooth, while a bright compact source's peak needs more iterations to sharpen. "
-                             "``\"auto\"``: on where thinning chose the zeroed 2D-1D prior and stopped it before "
-                             ":data:`xfusion.tuning.ZERO_MAX_ITER` (``regularization=\"auto\"``), with "
-                             "``[ZERO_MAX_ITER, peaks]``, the peaks of every compact source in the sharp-spatial "
-                             "counts (:func:`xfusion.sources.compact_peaks`); off elsewhere. The result's parameters "
-                             "record what was used.", _source_iter)
+                             "``\"auto\"`` (``regularization=\"auto\"``, :func:`xfusion.tuning.run_on`): where "
+                             "thinning chose the zeroed 2D-1D prior and stopped it before "
+                             ":data:`xfusion.tuning.ZERO_MAX_ITER`, ``[ZERO_MAX_ITER, peaks]``, the peaks of every "
+                             "compact source in the sharp-spatial counts (:func:`xfusion.sources.compact_peaks`); "
+                             "where it chose the thresholded prior with count N and those sources hold at least "
+                             ":data:`xfusion.tuning.RUN_ON_SHARE` of the counts (:func:`xfusion.sources.excess_share`), "
+                             "``[N, peaks]`` with the field stopped at ``round(0.75 N)``; off elsewhere. The result's "
+                             "parameters record what was used.", _source_iter)
 
 
 PER_BAND = lambda: option(True, "boolean", "True: a MAD noise estimate per 2D-1D band. False: the paper's rule, the "
