@@ -126,16 +126,12 @@ def probe_count(x, y, score, cur, ch, extra):
 
 
 def sources_and_share(x, y):
-    """The compact sources ``fuse`` finds (:func:`suite.compact_peaks`) and the share of the sharp-spatial counts they
-    hold above their surroundings (:func:`xfusion.sources.excess_share`, session 59)."""
-    from suite import compact_peaks
+    """The compact sources ``fuse`` finds and the share of the sharp-spatial counts they hold above their
+    surroundings (:func:`xfusion.sources.peaks_and_share`, session 59)."""
     from xfusion import sources
     from xfusion.grid import assign_roles
 
-    sharp = sources._unmasked(assign_roles(x, y)[0])
-    peaks = compact_peaks(x, y)
-    img = np.asarray(sharp["counts"].sum("energy").transpose("x", "y").values, dtype=np.float64)
-    return peaks, sources.excess_share(img, peaks)
+    return sources.peaks_and_share(assign_roles(x, y)[0])
 
 
 def probe_runon(x, y, score, cur, ch, extra, fractions=(0.5, 0.75)):
