@@ -425,7 +425,7 @@ def hindsight(indices, split="heldout", size="small", shape="auto", n_suite=24, 
     selection made the same choice among the same candidates as that file's row, the all-count NMSEs are taken from
     it (the selection's own deviances printed) instead of fitting every candidate again; only valid when the
     delivery (:func:`_delivery`) has not changed since that file was written (session 53 changed it: the sources'
-    run on of a zeroed choice)."""
+    run on of a zeroed choice; session 59 again: the thresholded field stopped early where sources hold the counts)."""
     import os
 
     losses = []
