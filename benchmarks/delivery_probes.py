@@ -42,6 +42,7 @@ import numpy as np
 
 import xfusion
 from bench_cli import parse_indices  # benchmarks/bench_cli.py
+from suite import sources_and_share  # benchmarks/suite.py
 from xfusion import analysis, metrics, scenes, tuning
 
 
@@ -123,15 +124,6 @@ def probe_count(x, y, score, cur, ch, extra):
         kw = dict(ch, max_iter=m)
         out[label] = {**score(xfusion.fuse(x, y, progress=False, **{**kw, **extra(kw)}).flux), "m": m}
     return out
-
-
-def sources_and_share(x, y):
-    """The compact sources ``fuse`` finds and the share of the sharp-spatial counts they hold above their
-    surroundings (:func:`xfusion.sources.peaks_and_share`, session 59)."""
-    from xfusion import sources
-    from xfusion.grid import assign_roles
-
-    return sources.peaks_and_share(assign_roles(x, y)[0])
 
 
 def probe_runon(x, y, score, cur, ch, extra, fractions=(0.5, 0.75)):

@@ -78,6 +78,15 @@ def compact_peaks(x, y):
     return sources.compact_peaks(assign_roles(x, y)[0])
 
 
+def sources_and_share(x, y):
+    """The compact sources ``fuse`` finds and the share of the sharp-spatial counts they hold above their
+    surroundings, as ``source_iter="auto"`` reads them (:func:`xfusion.sources.peaks_and_share`, session 59)."""
+    from xfusion import sources
+    from xfusion.grid import assign_roles
+
+    return sources.peaks_and_share(assign_roles(x, y)[0])
+
+
 def takes_sources(kw):
     """Whether a fit with fuse options ``kw`` resolves ``source_lines="auto"`` (a 2D-1D fit that does not set them),
     so that its delivered shape prior keeps the floor off those sources (:func:`xfusion.tuning.floor_off_sources`); fuse
@@ -132,8 +141,6 @@ def run_scene(spec, size, fuse_kwargs, rl_iter, use_tuning, select=False, contin
             kw["shape_prior"] = tuning.floor_off_sources(n0, peaks=line_free_peaks(x, y) if takes_sources(kw) else ())
             row["shape_prior"] = dict(rec, delivered=kw["shape_prior"])
         if kw.get("regularization") == "wavelet2d1d" and "source_iter" not in kw:  # as fuse delivers (sessions 53, 59)
-            from delivery_probes import sources_and_share  # benchmarks/delivery_probes.py
-
             kw["max_iter"], run = tuning.run_on(ch, ch.get("max_iter"), *sources_and_share(x, y))
             kw["source_iter"] = run or "none"
         res = xfusion.fuse(x, y, progress=False, **kw)

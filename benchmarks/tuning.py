@@ -389,8 +389,7 @@ def _delivery(x, y, ch, half):
     stopped early by thinning runs on at its compact sources, session 53; a thresholded one whose sources hold
     enough of the counts stops its field earlier while they run on, session 59), as a function of a candidate's
     fuse options: the options to add to (and override in) them."""
-    from delivery_probes import sources_and_share  # benchmarks/delivery_probes.py
-    from suite import line_free_peaks, takes_sources
+    from suite import line_free_peaks, sources_and_share, takes_sources
 
     tuned = tuning.tune_shape(x, y, settings={k: v for k, v in ch.items() if k not in tuning.DIAG_KEYS},
                               half_fit=half)[0]

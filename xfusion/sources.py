@@ -209,19 +209,26 @@ def compact_peaks(sharp):
 def peaks_and_share(sharp):
     """:func:`compact_peaks` of the sharp-spatial observation ``sharp`` and the share of its counts (summed over
     energy, masked voxels empty) they hold above their surroundings (:func:`excess_share`)."""
-    sharp = _unmasked(sharp)
-    peaks = _peaks(sharp)
-    if not peaks:
-        return [], 0.0
-    return peaks, excess_share(sharp["counts"].sum("energy").transpose("x", "y").values, peaks)
+    img = _image(_unmasked(sharp))
+    peaks = _peaks_of(img, sharp)
+    return peaks, excess_share(img, peaks)
+
+
+def _image(sharp):
+    """The counts of ``sharp`` summed over energy, (x, y) float64."""
+    return np.asarray(sharp["counts"].sum("energy").transpose("x", "y").values, dtype=np.float64)
+
+
+def _peaks_of(img, sharp):
+    """:func:`compact_sources` of the image ``img`` of ``sharp`` with its PSF, as lists."""
+    if not np.all(np.isfinite(img)):  # refused with its own message by the data checks; nothing to find here
+        return []
+    return [[int(i), int(j)] for i, j in compact_sources(img, psf_image(sharp))]
 
 
 def _peaks(sharp):
     """:func:`compact_peaks` of an observation whose masked voxels are already empty."""
-    img = np.asarray(sharp["counts"].sum("energy").transpose("x", "y").values, dtype=np.float64)
-    if not np.all(np.isfinite(img)):  # refused with its own message by the data checks; nothing to find here
-        return []
-    return [[int(i), int(j)] for i, j in compact_sources(img, psf_image(sharp))]
+    return _peaks_of(_image(sharp), sharp)
 
 
 def source_lines(sharp, grid):
