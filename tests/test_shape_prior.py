@@ -242,7 +242,7 @@ def test_half_fit_is_the_iterate_the_count_was_transferred_from():
     assert tuning.sq_transfer(half["iteration"]) == ch["max_iter"]
     sp = half["split"]
     z0, _, _, _ = tuning._run_em(sp, None, sp.start(), 3, None)  # the candidate's warm start
-    cand = {k: ch[k] for k in ("k", "n_scales_1d", "null_space", "null_factor")}
+    cand = {k: ch[k] for k in ("k", "n_scales_1d", "null_space", "null_factor", "spectral_band_factor")}
     z, _, n, _ = tuning._run_em(sp, tuning._wavelet_reg({}, cand), z0, half["iteration"] - 3, None)
     assert n == half["iteration"] - 3
     # the same iterate, not always bit for bit: with several BLAS/OpenMP threads the last bits of a sum can differ

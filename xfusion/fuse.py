@@ -773,6 +773,13 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
           thresholded at ``null_factor`` times the other bands' rule (1: the paper); the thresholded
           candidate of ``regularization="auto"`` uses 20 (``xfusion.tuning.NULL_FACTOR``): only
           null-band structure far above the noise survives.
+        - ``spectral_band_factor`` (number > 0, default 1): the bands coarsest in space and fine in energy
+          (2D scale J2, 1D scale < J1: line structure on the sharp-spectral instrument's scales) are
+          thresholded at ``spectral_band_factor`` times the other bands' rule; given with
+          ``regularization="auto"``, every wavelet candidate uses it. Not given, "auto" uses 8
+          (``xfusion.tuning.SPECTRAL_BAND_FACTOR``) where the sharp-spectral counts read as a continuum
+          (no lines: those bands then hold noise only) and 1 elsewhere (session 60; the record's
+          ``spectral_band`` says which and why).
         - ``per_band`` (bool, default True): a MAD per band; False uses the finest band's MAD
           for all (the paper).
         - ``noise`` ("mad", "poisson" or "propagated", default "mad"): the noise model of sigma.
@@ -1158,8 +1165,10 @@ def _choose_regularization(observations, max_iter, tol, dtype, client, options, 
     gaussian = any("variance" in o or str(o.attrs.get("data_term", "poisson")).lower() != "poisson"
                    for o in observations if isinstance(o, xr.Dataset))
     # a wavelet setting given explicitly names the family (no comparison with plain RL); the noise model of the
-    # thresholds and the variance stabilization do not: every wavelet candidate is tuned and scored with them
-    fixed = sorted(k for k, v in wopts.items() if v != "auto" and k not in ("noise", "stabilize"))
+    # thresholds, the variance stabilization and the spectral bands' factor do not: every wavelet candidate is tuned
+    # and scored with them
+    fixed = sorted(k for k, v in wopts.items() if v != "auto" and k not in ("noise", "stabilize",
+                                                                           "spectral_band_factor"))
     note = None
     if not gaussian:  # the two families "auto" chooses between take these options: checked before any work
         try:

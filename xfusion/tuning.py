@@ -880,6 +880,27 @@ def threshold_transfer(n_half, n_spatial, n_spectral, warm_iter=3):
 #: "auto" (session 14): the thresholded candidate's null bands get NULL_FACTOR times the other bands' threshold
 #: (module notes; fitted on the small tuning scenes)
 NULL_FACTOR = 20.0
+#: "auto" (session 60): where the summed sharp-spectral counts read as a continuum (:func:`line_richness` below
+#: :data:`SPECTRAL_BAND_RICHNESS`), every wavelet candidate thresholds the bands coarsest in space and fine in energy
+#: (option ``spectral_band_factor``) at this factor times the other bands' rule (:func:`spectral_band_factor`); with
+#: lines, or when the caller gives the option, as given (default 1). On a continuum sky those bands hold noise only.
+#: Chosen on the tuning seeds among 2, 4 and 8 (all continuum skies: 8 best at both sizes), then decided on never-run
+#: held-out rows against criteria written first (benchmarks/QUALITY_HISTORY.md, session 60; the factor 2 on every sky
+#: failed there on full-size line widths, and the family prior's own line test, 100, let a faint cluster core in).
+SPECTRAL_BAND_FACTOR = 8.0
+#: the line richness below which :data:`SPECTRAL_BAND_FACTOR` applies: the geometric middle of the tuning seeds' gap
+#: between continuum skies (at most 17.6 at 24x24x600, 16.5 at full size) and skies with lines (at least 76 at full
+#: size, 650 small), rounded down; stricter than :data:`LINE_RICHNESS` (100), which faint line skies at full size
+#: pass (mixed/1014 76, /1039 93; held-out cluster_core/500841 52)
+SPECTRAL_BAND_RICHNESS = 36.0
+
+
+def spectral_band_factor(split):
+    """``(factor, line richness)`` that ``regularization="auto"`` uses for a thinning ``split``:
+    :data:`SPECTRAL_BAND_FACTOR` where the summed sharp-spectral counts (both parts: all counts) read below
+    :data:`SPECTRAL_BAND_RICHNESS`, else 1 (every band alike)."""
+    rich = float(_lines_and_counts(split)[0])
+    return (float(SPECTRAL_BAND_FACTOR) if rich < SPECTRAL_BAND_RICHNESS else 1.0), rich
 
 
 def _tune_threshold(splits, fixed, cand, max_iter=None, warm_iter=3, iterates=None, hopeless=None,
@@ -1069,7 +1090,7 @@ def _wavelet_reg(fixed, cand):
     "anscombe": :mod:`xfusion.regularizers.stabilized`)."""
     kw = {"n_scales_2d": fixed.get("n_scales_2d", 1), "k_rule": fixed.get("k_rule", "constant"),
           "k_min": fixed.get("k_min", 0.5), "k_max": fixed.get("k_max", 3.0), "per_band": fixed.get("per_band", True),
-          "noise": fixed.get("noise", "mad")}
+          "noise": fixed.get("noise", "mad"), "spectral_band_factor": fixed.get("spectral_band_factor", 1.0)}
     kw.update(cand)
     if fixed.get("stabilize", "none") == "anscombe":
         from .regularizers.stabilized import AnscombeStabilized
@@ -1531,7 +1552,8 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
     if regularization == "wavelet2d1d":  # fuse's checks of the options, before any fit (n_scales_2d=0 was accepted)
         from .fuse import _resolve
 
-        _resolve(regularization, "em", dict(fixed))
+        # spectral_band_factor="auto": select's default, resolved on the split below (not a fuse option value)
+        _resolve(regularization, "em", {k: v for k, v in fixed.items() if (k, v) != ("spectral_band_factor", "auto")})
         for g in grid or ():
             if "auto" in g.values():
                 raise ValueError(f"a grid candidate gives values, not 'auto'; got {g!r}")
@@ -1540,6 +1562,13 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         raise NotImplementedError(f"tuning {regularization!r} uses exactly two observations (got {len(observations)});"
                                   " pass explicit rank/mu/max_iter, or tune wavelet2d1d / none")
     splits = _splits(observations, fraction, n_splits, seed, dtype)
+    band_record = None
+    if fixed.get("spectral_band_factor") == "auto":  # select's default: the factor from the counts (session 60)
+        f, rich = spectral_band_factor(splits[0])
+        fixed = {**fixed, "spectral_band_factor": f}
+        band_record = {"factor": f, "line_richness": rich, "continuum": bool(rich < SPECTRAL_BAND_RICHNESS),
+                       "rule": f"{SPECTRAL_BAND_FACTOR:g} where the summed sharp-spectral counts read as a continuum "
+                               f"(line richness < {SPECTRAL_BAND_RICHNESS:g}), else 1"}
     for g in grid or [{}]:  # scale counts that fuse would refuse for this grid, refused before any fit
         _check_scales({**fixed, **g}, splits[0].shape)
     if regularization == "none":
@@ -1652,6 +1681,8 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
             f"clipped at 0), so the choice {json.dumps(choice, sort_keys=True)} is not supported by the data; "
             "compare the candidates on more counts, another family, or fix the setting", UserWarning,
             stacklevel=_caller_level())
+    if band_record is not None:
+        extra = dict(extra, spectral_band=band_record)
     ds = xr.Dataset(
         {"heldout_deviance": (("candidate", "split"), scores,
                               {"long_name": "Poisson deviance of the held-out part (both instruments)"}),
@@ -1670,7 +1701,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
 AUTO_FAMILIES = ("wavelet2d1d", "none")
 #: options of the wavelet family that :func:`select` passes on (fixed by the caller or "auto")
 WAVELET_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise",
-                "null_factor", "stabilize")
+                "null_factor", "spectral_band_factor", "stabilize")
 
 
 def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol=1e-4, complete=False,
@@ -1714,12 +1745,24 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
         raise ValueError(f"regularization='auto' compares {' and '.join(AUTO_FAMILIES)}; option(s) {', '.join(bad)} "
                          f"belong to neither (accepted: {', '.join(WAVELET_KEYS)}); choose the regularization explicitly")
     t0 = time.perf_counter()
+    fixed = {"spectral_band_factor": "auto", **fixed}  # "auto": :func:`spectral_band_factor` on the split
     cur = tune(*observations, regularization="wavelet2d1d", include_rl=True, include_threshold=True, stop_zero=True,
                family_prior=True, n_splits=n_splits, seed=seed, fraction=fraction, dtype=dtype, tol=tol,
                complete=complete, half_fit=half_fit, **fixed)
     ch = json.loads(cur.attrs["choice"])  # the record, diagnostics included
     if "regularization" not in ch:
         ch = {"regularization": "wavelet2d1d", **ch}
+    # every wavelet candidate was built with the factor: its settings (and the choice) say so, so that they refit it
+    details = json.loads(cur.attrs["details"])
+    band = {"spectral_band_factor": float(details["spectral_band"]["factor"] if fixed["spectral_band_factor"] == "auto"
+                                          else fixed["spectral_band_factor"])}
+    if ch["regularization"] == "wavelet2d1d":
+        ch = {**ch, **band}
+    cur = cur.assign_coords(setting=("candidate", [
+        s if json.loads(s).get("regularization", "wavelet2d1d") != "wavelet2d1d" else json.dumps(
+            {**json.loads(s), **band}, sort_keys=True) for s in cur["setting"].values]))
+    if "ladder" in details:
+        cur.attrs["details"] = json.dumps({**details, "ladder": {**details["ladder"], **band}}, default=str)
     cur.attrs.update({"regularization": "auto", "choice": json.dumps(ch, sort_keys=True),
                       "families": json.dumps(list(AUTO_FAMILIES)), "elapsed_s": time.perf_counter() - t0})
     return cur
@@ -2253,4 +2296,6 @@ def _record(cur):
     details = json.loads(cur.attrs.get("details", "{}"))
     if "k_above" in details:  # the steps of the k walk above K_GUARDED_ABOVE (why it stopped there)
         rec["k_above"] = details["k_above"]
+    if "spectral_band" in details:  # select's factor of the spectral bands and why (session 60)
+        rec["spectral_band"] = details["spectral_band"]
     return rec

@@ -198,6 +198,16 @@ NULL_FACTOR = lambda: option(1.0, "number > 0", "With ``null_space=\"threshold\"
                              positive_number)
 
 
+SPECTRAL_BAND_FACTOR = lambda: option(1.0, "number > 0", "The thresholds of the bands coarsest in space and fine in "
+                                 "energy (2D scale ``n_scales_2d``, 1D scale < ``n_scales_1d``: line structure on the "
+                                 "scales the sharp-spectral instrument resolves) are ``spectral_band_factor`` times those "
+                                 "of the other bands (1: every band alike, the paper). Given with "
+                                 "``regularization=\"auto\"``, every wavelet candidate of the tuning uses it (RL still "
+                                 "competes); not given, \"auto\" uses ``xfusion.tuning.SPECTRAL_BAND_FACTOR`` (8) where "
+                                 "the sharp-spectral counts read as a continuum and 1 elsewhere (session 60, recorded "
+                                 "in ``parameters[\"auto_tuning\"][\"spectral_band\"]``).", positive_number)
+
+
 def _source_lines(name, v):
     ok = v in ("auto", "none", None) or (isinstance(v, (list, tuple)) and all(
         isinstance(p, (list, tuple)) and len(p) == 2 and all(is_int(c) and c >= 0 for c in p) for p in v))

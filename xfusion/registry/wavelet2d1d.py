@@ -18,7 +18,7 @@ from ..regularizers.starlet import reach
 AUTO_COUNTS_SPLIT = 15.0
 #: options passed to :class:`xfusion.regularizers.sparsity.Wavelet2D1D`
 PRIOR_KEYS = ("n_scales_2d", "n_scales_1d", "k", "k_rule", "k_min", "k_max", "null_space", "per_band", "noise",
-              "null_factor")
+              "null_factor", "spectral_band_factor")
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Options(OptionSet):
     k_max: object = o.K_MAX()
     null_space: object = o.null_space("auto")
     null_factor: object = o.NULL_FACTOR()
+    spectral_band_factor: object = o.SPECTRAL_BAND_FACTOR()
     per_band: object = o.PER_BAND()
     noise: object = o.NOISE()
     stabilize: object = o.option("none", '"none" or "anscombe"',

@@ -20,6 +20,11 @@ of the other bands (``rho_b = null_factor * k * sigma_b``; 1: every band alike, 
 null-band coefficients far above their band's noise, such as a bright narrow line confined to a few pixels, which
 EM's positivity recovers from the two instruments together and zeroing would remove.
 
+The bands coarsest in space and fine in energy (2D scale ``n_scales_2d``, 1D scale < ``n_scales_1d``): the line
+structure on the scales the sharp-spectral instrument resolves. ``spectral_band_factor`` (default 1: the paper) thresholds
+them at that factor times the rule of the other bands (session 60; ``regularization="auto"`` uses 8 on skies whose
+sharp-spectral counts read as a continuum, where those bands hold noise only: :data:`xfusion.tuning.SPECTRAL_BAND_FACTOR`).
+
 Noise model "propagated" (``noise="propagated"``; EM solver only, :class:`xfusion.solvers.em.EMProx`)
 ---------------------------------------------------------------------------------------------------
 The prox acts on the EM step ``z_half = (z / s) sum_i H_i^T(w_i d_i / m_i)`` with ``m_i = H_i z + B_i`` the
@@ -273,7 +278,7 @@ class Wavelet2D1D:
 
     def __init__(self, n_scales_2d=1, n_scales_1d=5, k=1.0, k_rule="constant", k_min=0.5, k_max=3.0,
                  null_space="zero", per_band=True, sample=MAD_SAMPLE, conserve_flux=False, noise=None, null_factor=1.0,
-                 line_peaks=None, line_sigma=None, line_factor=LINE_FACTOR):
+                 line_peaks=None, line_sigma=None, line_factor=LINE_FACTOR, spectral_band_factor=1.0):
         if null_space not in ("zero", "threshold"):
             raise ValueError("null_space must be 'zero' or 'threshold'")
         if not (np.isfinite(null_factor) and null_factor > 0):
@@ -281,6 +286,11 @@ class Wavelet2D1D:
                              f"got {null_factor!r}")
         #: factor of the null bands' thresholds when ``null_space="threshold"`` (1: the paper, every band alike)
         self.null_factor = float(null_factor)
+        if not (np.isfinite(spectral_band_factor) and spectral_band_factor > 0):
+            raise ValueError(f"spectral_band_factor must be a finite number > 0 (the threshold of the bands coarse in space "
+                             f"and fine in energy over the others'); got {spectral_band_factor!r}")
+        #: factor of the thresholds of the bands coarse in space and fine in energy (:meth:`spectral_bands`)
+        self.spectral_band_factor = float(spectral_band_factor)
         noise = NOISE_DEFAULT if noise is None else noise
         if noise not in NOISE_MODELS:
             raise ValueError(f"noise must be 'mad' (one MAD per band), 'poisson' (MAD of the coefficients over "
@@ -316,6 +326,12 @@ class Wavelet2D1D:
         """The kept bands that are fine in space and coarsest in energy, ``(a, n1)`` for ``a < n2``: structure only
         a sharp-spatial instrument constrains."""
         return [(a, self.n1) for a in range(self.n2)]
+
+    def spectral_bands(self):
+        """The bands that are coarsest in space and fine in energy, ``(n2, b)`` for ``b < n1``: line structure
+        (centroids, widths) on scales the sharp-spectral instrument resolves; thresholded at ``spectral_band_factor``
+        times the rule of the other bands (session 60)."""
+        return [(self.n2, b) for b in range(self.n1)]
 
     def with_band_scale(self, scale):
         """A copy whose thresholds of the bands in ``scale`` (``{(a, b): f}``, f > 0) are multiplied by ``f`` (noise
@@ -563,7 +579,8 @@ class Wavelet2D1D:
             k = k * np.sqrt(np.maximum(c, c.dtype.type(stats["floor"])))
         sds = {}
         for a, b in self._kept():
-            null = self.null_factor if self._is_null(a, b) else 1.0
+            null = self.null_factor if self._is_null(a, b) else (
+                self.spectral_band_factor if a == self.n2 and b < self.n1 else 1.0)
             if self.noise == "propagated":  # V_b = ||g_b||^2 x a smoothed level shared by several bands: one sqrt each
                 level, norm = vbands[(a, b)]
                 key = (id(level), stats["vfloor"][(a, b)] / norm)

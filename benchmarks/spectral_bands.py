@@ -1,0 +1,117 @@
+"""Session 60: the 2D-1D bands coarsest in space and fine in energy thresholded harder (``spectral_band_factor``).
+
+With the default ``n_scales_2d = 1``, ``n_scales_1d = 2`` those are bands (1, 0) and (1, 1): line structure on the
+scales the sharp-spectral instrument resolves. ``fuse(x, y, spectral_band_factor=f)`` keeps ``regularization="auto"``
+(RL still competes) and builds every wavelet candidate of the tuning, and the final fit, with the factor. Per suite
+scene this runs the default with the factor 1 (every band alike) and with each factor asked for, and writes one JSON
+line per scene (resumable): NMSE (dB), total-flux bias (%), velocity- and width-map RMS errors (km/s, brighter half,
+``suite.py``'s measure, scenes with lines), the settings chosen, the line richness of the summed sharp-spectral counts
+(``xfusion.tuning.line_richness``), then a summary per factor.
+
+``--continuum-only``: fit only the scenes whose summed sharp-spectral counts read no lines (line richness below
+``--max-richness``: by default ``xfusion.tuning.LINE_RICHNESS``, the family prior's test; the default's own rule,
+``xfusion.tuning.SPECTRAL_BAND_RICHNESS``, since session 60); the others are recorded as not touched, before any fit.
+
+    python benchmarks/spectral_bands.py --split tune --n 48 --size small --indices 0-47 --factors 2,3 --out t.jsonl
+    python benchmarks/spectral_bands.py --split heldout --n row --indices 876-935 --factors 8 --continuum-only \\
+        --max-richness 36 --out fresh.jsonl
+    python benchmarks/spectral_bands.py --summary benchmarks/results/spectral_band_fresh_full.jsonl
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+
+import xfusion
+from bench_cli import parse_indices  # benchmarks/bench_cli.py
+from delivery_probes import _scorer  # benchmarks/delivery_probes.py
+from xfusion import scenes, tuning
+from xfusion.grid import assign_roles
+
+
+def measure(spec, size, factors, continuum_only, max_richness=None):
+    x, y, truth = scenes.from_spec(spec, size=None if size == "default" else "small")
+    rich = float(tuning.line_richness(assign_roles(x, y)[1]["counts"]))
+    rec = {"scene": spec["name"], "line_richness": rich, "result": None}
+    if continuum_only and rich >= (tuning.LINE_RICHNESS if max_richness is None else max_richness):
+        return rec
+    score = _scorer(truth)
+    rec["result"], rec["settings"] = {}, {}
+    for f in (1.0,) + tuple(factors):
+        r = xfusion.fuse(x, y, progress=False, spectral_band_factor=f)
+        s = xfusion.settings_of(r)
+        rec["result"][f"{f:g}"] = score(r.flux)
+        rec["settings"][f"{f:g}"] = {k: s.get(k) for k in ("regularization", "k", "null_space", "max_iter")}
+    return rec
+
+
+def summary(recs):
+    """Printed lines: per factor, over the fitted scenes, the mean NMSE change against factor 1, the worst, the rows
+    below -0.5 dB, the median relative velocity- and width-RMS changes (scenes with lines) and the largest |flux
+    bias|."""
+    recs = [r for r in recs if r.get("result")]
+    if not recs:
+        return ["no fitted scene"]
+    out = []
+    for f in [k for k in recs[0]["result"] if k != "1"]:
+        dn = np.array([r["result"][f]["nmse"] - r["result"]["1"]["nmse"] for r in recs])
+        lines = [r for r in recs if "v" in r["result"]["1"]]
+        dv = np.array([r["result"][f]["v"] / r["result"]["1"]["v"] - 1 for r in lines])
+        dw = np.array([r["result"][f]["w"] / r["result"]["1"]["w"] - 1 for r in lines])
+        flux = max(abs(r["result"][f]["flux"]) for r in recs)
+        text = (f"factor {f}: {len(dn)} scenes, mean NMSE change {dn.mean():+.3f} dB (worst {dn.min():+.3f}, "
+                f"{int((dn < -0.5).sum())} below -0.5), largest |flux bias| {flux:.3f} %")
+        if len(lines):
+            text += (f"; {len(lines)} with lines: velocity RMS median {100 * np.median(dv):+.1f} % (lower on "
+                     f"{int((dv < 0).sum())}), width RMS median {100 * np.median(dw):+.1f} %")
+        out.append(text)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--split", default="tune")
+    ap.add_argument("--n", default="48", help="suite size, or 'row': each held-out row's own (tuning.py row_n)")
+    ap.add_argument("--size", default="default", choices=("default", "small"))
+    ap.add_argument("--indices", help="e.g. 0-23 or 0,4,9")
+    ap.add_argument("--factors", default="2", help="comma-separated factors besides 1")
+    ap.add_argument("--continuum-only", action="store_true")
+    ap.add_argument("--max-richness", type=float, default=None,
+                    help="with --continuum-only: the line richness below which a scene is fitted (default "
+                    "xfusion.tuning.LINE_RICHNESS)")
+    ap.add_argument("--out", help="JSON lines, one per scene (resumable)")
+    ap.add_argument("--summary", metavar="FILE[,FILE]", help="print the summary of stored records and exit")
+    a = ap.parse_args(argv)
+    if a.summary:
+        recs = [json.loads(line) for fn in a.summary.split(",") for line in open(fn)]
+        print("\n".join(summary(recs)))
+        return
+    if not (a.indices and a.out):
+        ap.error("--indices and --out are needed (or --summary)")
+    from tuning import row_n  # benchmarks/tuning.py
+
+    done = {}
+    try:
+        for line in open(a.out):
+            r = json.loads(line)
+            done[r["index"]] = r
+    except FileNotFoundError:
+        pass
+    factors = tuple(float(f) for f in a.factors.split(","))
+    for i in parse_indices(ap, a.indices, 10 ** 6 if a.n == "row" else int(a.n)):
+        if i in done:
+            continue
+        t0 = time.perf_counter()
+        spec = scenes.suite(a.split, n=row_n(i) if a.n == "row" else int(a.n))[i]
+        rec = {"index": i, **measure(spec, a.size, factors, a.continuum_only, a.max_richness),
+               "seconds": time.perf_counter() - t0}
+        done[i] = rec
+        with open(a.out, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        print(f"{spec['name']}: {'measured' if rec['result'] else 'not touched'} ({rec['seconds']:.0f} s)", flush=True)
+    print("\n".join(summary(list(done.values()))))
+
+
+if __name__ == "__main__":
+    main()
