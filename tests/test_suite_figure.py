@@ -824,3 +824,8 @@ def test_session_60_spectral_band_factor_read_back(monkeypatch):
                == "wavelet2d1d")
     assert all(beats(r["default"], r["x_up"]) and beats(r["default"], r["y_up"]) for r in rows)
     assert all(r["default"]["nmse_db"] >= r["rl_best"]["nmse_db"] and abs(r["flux_bias_pct"]) <= 1.0 for r in rows)
+    # hindsight on them (every candidate with the factor 8, fitted on all counts): small 16/20, full size 6/6
+    hs = list(csv.DictReader(open(res / "spectral_band_continuum36_hindsight.csv")))
+    assert [(sum(r["size"] == s for r in hs), sum(r["size"] == s and r["within_0_5_db"] == "True" for r in hs))
+            for s in ("small", "full")] == [(20, 16), (6, 6)]
+    assert all('"spectral_band_factor": 8.0' in r["choice"] for r in hs)
