@@ -84,6 +84,31 @@ def suite_rows(parser, args, script, run):
         yield row
 
 
+def done_records(path):
+    """``{index: record}`` of a resumable JSON-lines output (one record per scene with its suite ``index``; a later
+    line replaces an earlier one); empty when the file does not exist yet."""
+    try:
+        with open(path) as fh:
+            return {r["index"]: r for r in map(json.loads, fh)}
+    except FileNotFoundError:
+        return {}
+
+
+def pending_rows(parser, args, done):
+    """``(index, spec)`` of the suite rows ``args.indices`` names that ``done`` (:func:`done_records`) lacks, from
+    ``xfusion.scenes.suite(args.split, n)``; ``args.n == "row"``: each held-out row from its own suite size
+    (``tuning.py``'s ``row_n``, the README table's and the fresh sets' rule)."""
+    from xfusion import scenes
+
+    if args.n == "row" and args.split != "heldout":
+        parser.error("--n row names held-out rows; give --split heldout")
+    if args.n == "row":
+        from tuning import row_n  # benchmarks/tuning.py (which imports this module)
+    for i in parse_indices(parser, args.indices, 10 ** 6 if args.n == "row" else int(args.n)):
+        if i not in done:
+            yield i, scenes.suite(args.split, n=row_n(i) if args.n == "row" else int(args.n))[i]
+
+
 def parse_numbers(parser, text, option, what, example):
     """Comma-separated finite numbers >= 0 (``what``, e.g. "pseudo-counts", like ``example``) as a list of floats;
     ``parser.error`` otherwise."""

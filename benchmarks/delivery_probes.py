@@ -41,7 +41,7 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import parse_indices  # benchmarks/bench_cli.py
+from bench_cli import done_records, pending_rows  # benchmarks/bench_cli.py
 from suite import sources_and_share  # benchmarks/suite.py
 from xfusion import analysis, metrics, scenes, tuning
 
@@ -199,23 +199,12 @@ def main(argv=None):
                     help="runon: only scenes whose compact sources hold at least this share of the sharp-spatial "
                     "counts (xfusion.sources.excess_share); the others are recorded as not applicable before any fit")
     a = ap.parse_args(argv)
-    from tuning import _delivery, row_n  # benchmarks/tuning.py: the default's delivery of a choice
+    from tuning import _delivery  # benchmarks/tuning.py: the default's delivery of a choice
 
-    done = {}
-    try:
-        for line in open(a.out):
-            r = json.loads(line)
-            done[r["index"]] = r
-    except FileNotFoundError:
-        pass
-    if a.n == "row" and a.split != "heldout":
-        ap.error("--n row names held-out rows; give --split heldout")
+    done = done_records(a.out)
     fractions = tuple(float(f) for f in a.fractions.split(","))
-    for i in parse_indices(ap, a.indices, 10 ** 6 if a.n == "row" else int(a.n)):
-        if i in done:
-            continue
+    for i, spec in pending_rows(ap, a, done):
         t0 = time.perf_counter()
-        spec = scenes.suite(a.split, n=row_n(i) if a.n == "row" else int(a.n))[i]
         x, y, truth = scenes.from_spec(spec, size=None if a.size == "default" else "small")
         if a.probe == "runon" and a.min_share > 0:
             peaks, share = sources_and_share(x, y)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import xfusion
-from bench_cli import parse_indices  # benchmarks/bench_cli.py
+from bench_cli import done_records, pending_rows  # benchmarks/bench_cli.py
 from delivery_probes import _scorer  # benchmarks/delivery_probes.py
 from xfusion import scenes, tuning
 from xfusion.grid import assign_roles
@@ -89,21 +89,10 @@ def main(argv=None):
         return
     if not (a.indices and a.out):
         ap.error("--indices and --out are needed (or --summary)")
-    from tuning import row_n  # benchmarks/tuning.py
-
-    done = {}
-    try:
-        for line in open(a.out):
-            r = json.loads(line)
-            done[r["index"]] = r
-    except FileNotFoundError:
-        pass
+    done = done_records(a.out)
     factors = tuple(float(f) for f in a.factors.split(","))
-    for i in parse_indices(ap, a.indices, 10 ** 6 if a.n == "row" else int(a.n)):
-        if i in done:
-            continue
+    for i, spec in pending_rows(ap, a, done):
         t0 = time.perf_counter()
-        spec = scenes.suite(a.split, n=row_n(i) if a.n == "row" else int(a.n))[i]
         rec = {"index": i, **measure(spec, a.size, factors, a.continuum_only, a.max_richness),
                "seconds": time.perf_counter() - t0}
         done[i] = rec

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 import xfusion
+from bench_cli import done_records  # benchmarks/bench_cli.py
 from xfusion import analysis, metrics, scenes, toy, tuning
 from xfusion.grid import SPATIAL, SPECTRAL, assign_roles, fusion_grid
 from xfusion.likelihood import PoissonLikelihood, PoissonTerm
@@ -560,10 +561,7 @@ def ladder_scores(indices, size, out, hind=HINDSIGHT_CSV):
     0 to 24 iterations, on split 1, and fractions 0.7 and 0.8, to 12). One JSON line per row (resumable);
     :func:`ladder_scores_table` compares the picks (python benchmarks/tuning.py ladder_scores 0-143 full out.jsonl)."""
     rows = _hindsight_rows(hind, size)
-    try:
-        done = {json.loads(line)["index"] for line in open(out)}
-    except FileNotFoundError:
-        done = set()
+    done = set(done_records(out))
     for i in indices:
         if i in done:
             continue

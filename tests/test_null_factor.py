@@ -59,9 +59,11 @@ def test_a_factor_of_20_keeps_only_the_bright_narrow_line_in_the_null_bands():
     assert np.abs(out1[far] - out_zero[far]).max() > 1.0
 
 
-def test_null_factor_on_dask_blocks_matches_numpy():
+@pytest.mark.parametrize("factor", [{"null_space": "threshold", "null_factor": 20.0},
+                                    {"spectral_band_factor": 2.0}])  # session 60 (tests/test_spectral_band_factor.py)
+def test_band_factors_on_dask_blocks_match_numpy(factor):
     z = _cube()
-    reg = Wavelet2D1D(n_scales_2d=1, n_scales_1d=3, k=1.0, null_space="threshold", null_factor=20.0, sample=20000)
+    reg = Wavelet2D1D(n_scales_2d=1, n_scales_1d=3, k=1.0, sample=20000, **factor)
     B = DaskBackend(((7, 9, 8), (11, 13), (96,)))
     zc = B.cube(z, z.shape, z.dtype)
     stats = B.combined(reg, zc, None)
