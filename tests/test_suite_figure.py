@@ -829,3 +829,11 @@ def test_session_60_spectral_band_factor_read_back(monkeypatch):
     assert [(sum(r["size"] == s for r in hs), sum(r["size"] == s and r["within_0_5_db"] == "True" for r in hs))
             for s in ("small", "full")] == [(20, 16), (6, 6)]
     assert all('"spectral_band_factor": 8.0' in r["choice"] for r in hs)
+    # the 71 seen small rows it touches (all synchrotron) through suite.py --select: still 71/71 beat both baselines
+    # and reach RL's oracle; NMSE +1.37 dB on average against the stored suite rows
+    seen = list(map(json.loads, open(res / "spectral_band_seen_synchrotron_small.jsonl")))
+    assert len(seen) == 71 and all(r["selected"]["spectral_band_factor"] == 8.0 for r in seen)
+    assert all(beats(r["default"], r["x_up"]) and beats(r["default"], r["y_up"]) for r in seen)
+    assert all(r["default"]["nmse_db"] >= r["rl_best"]["nmse_db"] and abs(r["flux_bias_pct"]) <= 1.0 for r in seen)
+    gain = np.array([r["default"]["nmse_db"] - r["stored_nmse_default_db"] for r in seen])
+    assert abs(gain.mean() - 1.373) < 5e-4 and gain.min() > -0.01
