@@ -8,13 +8,14 @@ line per scene (resumable): NMSE (dB), total-flux bias (%), velocity- and width-
 ``suite.py``'s measure, scenes with lines), the settings chosen, the line richness of the summed sharp-spectral counts
 (``xfusion.tuning.line_richness``), then a summary per factor.
 
-``--continuum-only``: fit only the scenes whose summed sharp-spectral counts read no lines (line richness below
-``--max-richness``: by default ``xfusion.tuning.LINE_RICHNESS``, the family prior's test; the default's own rule,
-``xfusion.tuning.SPECTRAL_BAND_RICHNESS``, since session 60); the others are recorded as not touched, before any fit.
+``--continuum-only``: fit only the scenes whose summed sharp-spectral counts read as a continuum (line richness below
+``--max-richness``: by default ``xfusion.tuning.SPECTRAL_BAND_RICHNESS``, the default's own rule; session 60's first
+continuum records used 100, the family prior's ``xfusion.tuning.LINE_RICHNESS``); the others are recorded as not
+touched, before any fit.
 
     python benchmarks/spectral_bands.py --split tune --n 48 --size small --indices 0-47 --factors 2,3 --out t.jsonl
     python benchmarks/spectral_bands.py --split heldout --n row --indices 876-935 --factors 8 --continuum-only \\
-        --max-richness 36 --out fresh.jsonl
+        --out fresh.jsonl
     python benchmarks/spectral_bands.py --summary benchmarks/results/spectral_band_fresh_full.jsonl
 """
 import argparse
@@ -34,7 +35,7 @@ def measure(spec, size, factors, continuum_only, max_richness=None):
     x, y, truth = scenes.from_spec(spec, size=None if size == "default" else "small")
     rich = float(tuning.line_richness(assign_roles(x, y)[1]["counts"]))
     rec = {"scene": spec["name"], "line_richness": rich, "result": None}
-    if continuum_only and rich >= (tuning.LINE_RICHNESS if max_richness is None else max_richness):
+    if continuum_only and rich >= (tuning.SPECTRAL_BAND_RICHNESS if max_richness is None else max_richness):
         return rec
     score = _scorer(truth)
     rec["result"], rec["settings"] = {}, {}
@@ -79,7 +80,7 @@ def main(argv=None):
     ap.add_argument("--continuum-only", action="store_true")
     ap.add_argument("--max-richness", type=float, default=None,
                     help="with --continuum-only: the line richness below which a scene is fitted (default "
-                    "xfusion.tuning.LINE_RICHNESS)")
+                    "xfusion.tuning.SPECTRAL_BAND_RICHNESS, the default's rule)")
     ap.add_argument("--out", help="JSON lines, one per scene (resumable)")
     ap.add_argument("--summary", metavar="FILE[,FILE]", help="print the summary of stored records and exit")
     a = ap.parse_args(argv)

@@ -358,6 +358,10 @@ class Wavelet2D1D:
         """Band (a, b) is fine in space and fine in energy: invisible to both instruments."""
         return a < self.n2 and b < self.n1
 
+    def _is_spectral(self, a, b):
+        """Band (a, b) is coarsest in space and fine in energy (:meth:`spectral_bands`)."""
+        return a == self.n2 and b < self.n1
+
     def _kept(self):
         return [(a, b) for a, b, null in self._bands() if not (null and self.null_space == "zero")]
 
@@ -580,7 +584,7 @@ class Wavelet2D1D:
         sds = {}
         for a, b in self._kept():
             null = self.null_factor if self._is_null(a, b) else (
-                self.spectral_band_factor if a == self.n2 and b < self.n1 else 1.0)
+                self.spectral_band_factor if self._is_spectral(a, b) else 1.0)
             if self.noise == "propagated":  # V_b = ||g_b||^2 x a smoothed level shared by several bands: one sqrt each
                 level, norm = vbands[(a, b)]
                 key = (id(level), stats["vfloor"][(a, b)] / norm)
