@@ -978,6 +978,28 @@ ZERO_RULE = ("n_full = ZERO_FACTOR x n_half (warm-start iterations included), th
              "zeroed candidate continued from its ladder run, clipped to [warm iterations + 1, ZERO_MAX_ITER]")
 
 
+#: session 61: on a continuum sky (:data:`SPECTRAL_BAND_RICHNESS`) whose walk kept the zeroed prior at the ladder's
+#: lowest rung (``K_LADDER[0]``: the data asked for less regularization than the ladder offers) with a half-data best
+#: iterate (warm start included) of at least this many iterations, the count on all counts is :data:`ZERO_MAX_ITER`
+#: instead of :func:`zero_transfer`'s: an early stop would add regularization against that evidence
+#: (:func:`bottom_rung_count`; criteria and measurements: benchmarks/QUALITY_HISTORY.md, session 61)
+ZERO_BOTTOM_HALF = 8
+ZERO_BOTTOM_RULE = (f"on a continuum sky (line richness < {SPECTRAL_BAND_RICHNESS:g}) with k tuned to the ladder's "
+                    f"lowest rung {K_LADDER[0]:g} and a half-data best iterate >= {ZERO_BOTTOM_HALF}: "
+                    f"{ZERO_MAX_ITER} iterations (fuse's stop) instead of the transferred count")
+
+
+def bottom_rung_count(zero, k, continuum):
+    """``zero`` (the record of :func:`_zero_iterations`) with ``max_iter`` :data:`ZERO_MAX_ITER` and the
+    transferred count kept as ``transferred``, where the rule of :data:`ZERO_BOTTOM_HALF` applies to the tuned ``k``
+    on a sky that reads as a continuum (``continuum``); else ``zero`` unchanged."""
+    if (continuum and k == K_LADDER[0] and int(zero["half_data_iteration"]) >= ZERO_BOTTOM_HALF
+            and int(zero["max_iter"]) < ZERO_MAX_ITER):
+        return {**zero, "max_iter": ZERO_MAX_ITER, "transferred": int(zero["max_iter"]),
+                "bottom_rung": ZERO_BOTTOM_RULE}
+    return zero
+
+
 def zero_transfer(n_half, warm_iter=3):
     """Iteration count on all counts of the zeroed wavelet candidate (null_space "zero"; :func:`_zero_iterations`).
 
@@ -1650,6 +1672,8 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
                 and json.loads(keep["key"]) == {k: v for k, v in choice.items() if k != "regularization"}):
             zero_its = [] if half_fit is not None and keep.get("best_z") else None
             zc = _zero_iterations(splits, fixed, keep, warm_iter=keep["warm_iter"], iterates=zero_its)
+            if band_record is not None and grid is None and fixed.get("k", "auto") == "auto":
+                zc = bottom_rung_count(zc, choice.get("k"), band_record["continuum"])
             rows_its[chosen] = zero_its
             choice = dict(choice, max_iter=zc["max_iter"])
             extra = dict(extra, zero={**zc, "rule": ZERO_RULE})
@@ -2300,4 +2324,7 @@ def _record(cur):
         rec["k_above"] = details["k_above"]
     if "spectral_band" in details:  # select's factor of the spectral bands and why (session 60)
         rec["spectral_band"] = details["spectral_band"]
+    if "zero" in details:  # the zeroed prior's count: its half-data best iterate and, where it applied, session 61's rule
+        rec["zero"] = {k: details["zero"][k] for k in ("max_iter", "half_data_iteration", "transferred", "bottom_rung")
+                       if k in details["zero"]}
     return rec
