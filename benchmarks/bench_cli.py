@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import time
 
 #: key carried by every record (or document) a benchmark script writes; its value is the script's name
 MARKER = "xfusion_benchmark"
@@ -107,6 +108,55 @@ def pending_rows(parser, args, done):
     for i in parse_indices(parser, args.indices, 10 ** 6 if args.n == "row" else int(args.n)):
         if i not in done:
             yield i, scenes.suite(args.split, n=row_n(i) if args.n == "row" else int(args.n))[i]
+
+
+def probe_options(parser, factors_help):
+    """The options of the per-scene factor probes (``spectral_bands.py``, ``zero_count.py``): ``--split``, ``--n``
+    (a suite size, or "row": each held-out row's own), ``--size`` (default or small), ``--indices``, ``--factors``,
+    ``--out`` (one JSON line per scene, resumable, the script's own file) and ``--summary``."""
+    parser.add_argument("--split", default="tune")
+    parser.add_argument("--n", default="48", help="suite size, or 'row': each held-out row's own (tuning.py row_n)")
+    parser.add_argument("--size", default="default", choices=("default", "small"))
+    parser.add_argument("--indices", help="e.g. 0-23 or 0,4,9")
+    parser.add_argument("--factors", default="2", help=factors_help)
+    parser.add_argument("--out", help="JSON lines, one per scene (resumable; a file this script wrote, or a new one)")
+    parser.add_argument("--summary", metavar="FILE[,FILE]", help="print the summary of stored records and exit")
+
+
+def run_probe(parser, args, script, measure, summary):
+    """The loop of a factor probe (:func:`probe_options`). With ``--summary``: print ``summary(records)`` of those
+    files and return. Else (``--indices`` and ``--out`` needed): refuse an ``--out`` that ``script`` did not write
+    (before any work), then for each row not yet in ``--out`` append ``{"index", **measure(spec, factors),
+    "seconds"}`` (MARKER added), print one line per row and finally the summary of every record."""
+    if args.summary:
+        recs = [json.loads(line) for fn in args.summary.split(",") for line in open(fn)]
+        print("\n".join(summary(recs)))
+        return
+    if not (args.indices and args.out):
+        parser.error("--indices and --out are needed (or --summary)")
+    check_output(parser, args.out, script, option="--out")
+    factors = tuple(parse_numbers(parser, args.factors, "--factors", "factors", "2,3"))
+    done = done_records(args.out)
+    for i, spec in pending_rows(parser, args, done):
+        t0 = time.perf_counter()
+        rec = {"index": i, **measure(spec, factors)}
+        rec["seconds"] = time.perf_counter() - t0
+        append_record(args.out, rec, script)
+        done[i] = rec
+        print(f"{spec['name']}: {'measured' if rec.get('result') else 'not measured'} ({rec['seconds']:.0f} s)",
+              flush=True)
+    print("\n".join(summary(list(done.values()))))
+
+
+def line_map_changes(dv, dw):
+    """``; N with lines: ...``: the median relative velocity- and width-RMS changes of a probe's line skies (arrays
+    of ``new / reference - 1``), or "" without line skies."""
+    import numpy as np
+
+    if not len(dv):
+        return ""
+    return (f"; {len(dv)} with lines: velocity RMS median {100 * float(np.median(dv)):+.1f} % (lower on "
+            f"{int((np.asarray(dv) < 0).sum())}), width RMS median {100 * float(np.median(dw)):+.1f} %")
 
 
 def parse_numbers(parser, text, option, what, example):

@@ -19,13 +19,11 @@ touched, before any fit.
     python benchmarks/spectral_bands.py --summary benchmarks/results/spectral_band_fresh_full.jsonl
 """
 import argparse
-import json
-import time
 
 import numpy as np
 
 import xfusion
-from bench_cli import done_records, pending_rows  # benchmarks/bench_cli.py
+from bench_cli import line_map_changes, probe_options, run_probe  # benchmarks/bench_cli.py
 from delivery_probes import _scorer  # benchmarks/delivery_probes.py
 from xfusion import scenes, tuning
 from xfusion.grid import assign_roles
@@ -61,46 +59,21 @@ def summary(recs):
         dv = np.array([r["result"][f]["v"] / r["result"]["1"]["v"] - 1 for r in lines])
         dw = np.array([r["result"][f]["w"] / r["result"]["1"]["w"] - 1 for r in lines])
         flux = max(abs(r["result"][f]["flux"]) for r in recs)
-        text = (f"factor {f}: {len(dn)} scenes, mean NMSE change {dn.mean():+.3f} dB (worst {dn.min():+.3f}, "
-                f"{int((dn < -0.5).sum())} below -0.5), largest |flux bias| {flux:.3f} %")
-        if len(lines):
-            text += (f"; {len(lines)} with lines: velocity RMS median {100 * np.median(dv):+.1f} % (lower on "
-                     f"{int((dv < 0).sum())}), width RMS median {100 * np.median(dw):+.1f} %")
-        out.append(text)
+        out.append(f"factor {f}: {len(dn)} scenes, mean NMSE change {dn.mean():+.3f} dB (worst {dn.min():+.3f}, "
+                   f"{int((dn < -0.5).sum())} below -0.5), largest |flux bias| {flux:.3f} %" + line_map_changes(dv, dw))
     return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--split", default="tune")
-    ap.add_argument("--n", default="48", help="suite size, or 'row': each held-out row's own (tuning.py row_n)")
-    ap.add_argument("--size", default="default", choices=("default", "small"))
-    ap.add_argument("--indices", help="e.g. 0-23 or 0,4,9")
-    ap.add_argument("--factors", default="2", help="comma-separated factors besides 1")
+    probe_options(ap, "comma-separated factors besides 1")
     ap.add_argument("--continuum-only", action="store_true")
     ap.add_argument("--max-richness", type=float, default=None,
                     help="with --continuum-only: the line richness below which a scene is fitted (default "
                     "xfusion.tuning.SPECTRAL_BAND_RICHNESS, the default's rule)")
-    ap.add_argument("--out", help="JSON lines, one per scene (resumable)")
-    ap.add_argument("--summary", metavar="FILE[,FILE]", help="print the summary of stored records and exit")
     a = ap.parse_args(argv)
-    if a.summary:
-        recs = [json.loads(line) for fn in a.summary.split(",") for line in open(fn)]
-        print("\n".join(summary(recs)))
-        return
-    if not (a.indices and a.out):
-        ap.error("--indices and --out are needed (or --summary)")
-    done = done_records(a.out)
-    factors = tuple(float(f) for f in a.factors.split(","))
-    for i, spec in pending_rows(ap, a, done):
-        t0 = time.perf_counter()
-        rec = {"index": i, **measure(spec, a.size, factors, a.continuum_only, a.max_richness),
-               "seconds": time.perf_counter() - t0}
-        done[i] = rec
-        with open(a.out, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        print(f"{spec['name']}: {'measured' if rec['result'] else 'not touched'} ({rec['seconds']:.0f} s)", flush=True)
-    print("\n".join(summary(list(done.values()))))
+    run_probe(ap, a, "spectral_bands.py",
+              lambda spec, factors: measure(spec, a.size, factors, a.continuum_only, a.max_richness), summary)
 
 
 if __name__ == "__main__":

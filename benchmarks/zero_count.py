@@ -22,13 +22,11 @@ ERGAS besides NMSE) per factor, the two naive baselines' metrics, the line richn
     python benchmarks/zero_count.py --summary t.jsonl [--continuum-only]
 """
 import argparse
-import json
-import time
 
 import numpy as np
 
 import xfusion
-from bench_cli import done_records, pending_rows  # benchmarks/bench_cli.py
+from bench_cli import line_map_changes, probe_options, run_probe  # benchmarks/bench_cli.py
 from delivery_probes import _scorer  # benchmarks/delivery_probes.py
 from xfusion import baselines, metrics, scenes, tuning
 from xfusion.grid import assign_roles
@@ -128,46 +126,22 @@ def summary(recs, continuum_only=False):
         dw = np.array([r["result"][f]["w"] / r["result"][ref]["w"] - 1 for r in lines])
         flux = max(abs(r["result"][f]["flux"]) for r in recs)
         beat = [sum(_beats(r["result"][g], r["baselines"]) for r in recs if "baselines" in r) for g in (ref, f)]
-        text = (f"factor {f}: mean NMSE change {dn.mean():+.3f} dB (median {np.median(dn):+.3f}, worst {dn.min():+.3f}, "
-                f"best {dn.max():+.3f}; {int((dn < -0.5).sum())} below -0.5, {int((dn > 0).sum())} better), largest "
-                f"|flux bias| {flux:.3f} %; beat both baselines on all four metrics {beat[1]} (at {ref}: {beat[0]})")
-        if len(lines):
-            text += (f"; {len(lines)} with lines: velocity RMS median {100 * np.median(dv):+.1f} % (lower on "
-                     f"{int((dv < 0).sum())}), width RMS median {100 * np.median(dw):+.1f} %")
-        out.append(text)
+        out.append(f"factor {f}: mean NMSE change {dn.mean():+.3f} dB (median {np.median(dn):+.3f}, worst "
+                   f"{dn.min():+.3f}, best {dn.max():+.3f}; {int((dn < -0.5).sum())} below -0.5, {int((dn > 0).sum())} "
+                   f"better), largest |flux bias| {flux:.3f} %; beat both baselines on all four metrics {beat[1]} (at "
+                   f"{ref}: {beat[0]})" + line_map_changes(dv, dw))
     return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--split", default="tune")
-    ap.add_argument("--n", default="48", help="suite size, or 'row': each held-out row's own (tuning.py row_n)")
-    ap.add_argument("--size", default="default", choices=("default", "small"))
-    ap.add_argument("--indices", help="e.g. 0-23 or 0,4,9")
-    ap.add_argument("--factors", default="2", help="comma-separated factors besides ZERO_FACTOR")
+    probe_options(ap, "comma-separated factors besides ZERO_FACTOR")
     ap.add_argument("--continuum-only", action="store_true",
                     help="fit only skies whose summed sharp-spectral counts read as a continuum (line richness below "
                          "xfusion.tuning.SPECTRAL_BAND_RICHNESS); with --summary: summarize only those")
-    ap.add_argument("--out", help="JSON lines, one per scene (resumable)")
-    ap.add_argument("--summary", metavar="FILE[,FILE]", help="print the summary of stored records and exit")
     a = ap.parse_args(argv)
-    if a.summary:
-        recs = [json.loads(line) for fn in a.summary.split(",") for line in open(fn)]
-        print("\n".join(summary(recs, a.continuum_only)))
-        return
-    if not (a.indices and a.out):
-        ap.error("--indices and --out are needed (or --summary)")
-    done = done_records(a.out)
-    factors = tuple(float(f) for f in a.factors.split(","))
-    for i, spec in pending_rows(ap, a, done):
-        t0 = time.perf_counter()
-        rec = {"index": i, **measure(spec, a.size, factors, a.continuum_only), "seconds": time.perf_counter() - t0}
-        done[i] = rec
-        with open(a.out, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        print(f"{spec['name']}: {'measured' if rec['result'] else 'not measured'} ({rec['seconds']:.0f} s)",
-              flush=True)
-    print("\n".join(summary(list(done.values()), a.continuum_only)))
+    run_probe(ap, a, "zero_count.py", lambda spec, factors: measure(spec, a.size, factors, a.continuum_only),
+              lambda recs: summary(recs, a.continuum_only))
 
 
 if __name__ == "__main__":

@@ -167,6 +167,23 @@ def test_json_output_that_is_not_the_scripts_own_is_refused_before_computing(run
     assert rc == 2 and "does not exist" in out
 
 
+@pytest.mark.parametrize("script", ["spectral_bands.py", "zero_count.py"])
+def test_factor_probes_refuse_an_out_not_their_own_and_bad_input_before_computing(run, tmp_path, script):
+    """Session 61: the two per-scene factor probes share bench_cli.run_probe: an --out whose records do not carry the
+    script's marker is refused and left as it was; bad indices and factors are argparse errors; nothing is written."""
+    user = tmp_path / "mine.jsonl"
+    user.write_text('{"my": "precious results"}\n')
+    rc, out = run(script, "--indices", "0", "--out", str(user))
+    assert rc == 2 and "refused: it exists and was not written by benchmarks/" + script in out, out[-500:]
+    assert user.read_text() == '{"my": "precious results"}\n'
+    new = tmp_path / "new.jsonl"
+    for extra, what in ((["--indices", "99"], "index 99 out of range 0..47"), (["--indices", "1,x"], "got 'x'"),
+                        (["--indices", "0", "--factors", "two"], "--factors: expected comma-separated factors")):
+        rc, out = run(script, *extra, "--out", str(new))
+        assert rc == 2 and what in out and "Traceback" not in out, out[-500:]
+    assert not new.exists()
+
+
 def test_result_files_are_recognized_by_their_marker(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     bc = importlib.import_module("bench_cli")
@@ -862,7 +879,7 @@ def _bottom(name, touched_only=True):
     return recs, out
 
 
-def test_session_61_zero_count_read_back():
+def test_session_61_zero_count_read_back(monkeypatch):
     """Session 61: the zeroed prior's count on continuum skies. A larger transfer factor than ZERO_FACTOR (1.25) on
     every continuum sky failed on the tuning seeds (criteria written first: >= +0.10 dB at each size); running to
     fuse's stop only where the walk kept the ladder's lowest rung with a half-data best iterate >= 8 (H2, written
@@ -909,3 +926,15 @@ def test_session_61_zero_count_read_back():
         within += new >= float(r["nmse_best_db"]) - 0.5
     assert len(hs) == 71 and sum(r["within_0_5_db"] == "True" for r in hs) == 51 and (moved, within) == (20, 61)
     assert (tuning.ZERO_BOTTOM_HALF, tuning.K_LADDER[0], tuning.ZERO_FACTOR) == (8, 0.125, 1.25)
+    # the 8 touched never-run small rows through benchmarks/suite.py --select with the adopted default: it runs them
+    # to 50 iterations, its NMSE is the probe's, every row beats both baselines on the four metrics and RL's oracle
+    monkeypatch.syspath_prepend(str(BENCH))
+    beats = importlib.import_module("suite")._beats
+    suite_rows = list(map(json.loads, open(BENCH / "results" / "zero_count_bottom_fresh_suite.jsonl")))
+    probe = {r["scene"]: r["result"]["10"]["nmse"] for name in ("bottom_fresh_small", "bottom_fresh2_small")
+             for _, _, r in _bottom(name)[1]}
+    assert sorted(r["name"] for r in suite_rows) == sorted(probe)
+    for r in suite_rows:
+        assert r["selected"]["max_iter"] == 50 and abs(r["default"]["nmse_db"] - probe[r["name"]]) < 1e-9
+        assert beats(r["default"], r["x_up"]) and beats(r["default"], r["y_up"]) and abs(r["flux_bias_pct"]) < 1.0
+        assert r["default"]["nmse_db"] > r["rl_best"]["nmse_db"]
