@@ -83,7 +83,10 @@ What is selected, per regularization:
   continuation runs only when the zeroed candidate wins, and the final fit then runs ``n_full`` iterations instead
   of 50: the demo (gaussian_rebin, "auto", with shape_prior) took 23.8 s CPU instead of 32.6 (12 iterations, 18.02
   dB instead of 17.65); worst case, a half-data curve still falling at the cap (held-out mixed/500004, full size):
-  ``select`` 12.4 -> 18.4 s CPU (final fit unchanged, 50 iterations).
+  ``select`` 12.4 -> 18.4 s CPU (final fit unchanged, 50 iterations). Session 61 (:func:`bottom_rung_count`): on a
+  continuum sky whose walk keeps the zeroed prior at the ladder's lowest rung with ``n_half >= 8``, the count is 50
+  (an early stop there adds regularization the walk did not want; small never-run rows +0.56 and +0.84 dB on
+  average over 3 and 5 touched; the one full-size row it touches anywhere -1.02 dB).
 * What cannot change the choice is not run (session 12, ``tune(complete=False)``, the default of ``select``): without
   lines the thresholded candidate and plain RL (the family prior takes the zeroed ladder whatever they score); with
   one split the thresholded run stops at its own deviance minimum when plain RL (now run first) or the zeroed
