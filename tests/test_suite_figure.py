@@ -909,8 +909,10 @@ def test_session_61_zero_count_read_back(monkeypatch):
     recs, rows = _bottom("bottom_fresh_small")
     assert sorted(r["index"] for r in recs) == list(range(1008, 1104))
     assert sorted(r["index"] for r in _bottom("bottom_fresh_full")[0]) == list(range(936, 984))
-    # the one full-size row the rule touches anywhere (a seen table row) loses; the default now runs it to 50
-    _, rows = _bottom("bottom_seen_full")
+    # the one full-size row the rule touches anywhere (of the 71 seen full-size synchrotron rows) loses; the default
+    # now runs it to 50
+    recs, rows = _bottom("bottom_seen_full")
+    assert len(recs) == 71 and sorted(r["index"] for r in recs) == sorted(set(range(2, 216, 5)) | set(range(412, 552, 5)))
     assert [(i, round(x, 2), r["default_count"], r["same_cube"]) for i, x, r in rows] == [(62, -1.02, 50, True)]
     # seen small synchrotron rows, hindsight with session 60's default: 51/71 (50/71 before it); with the rule's
     # delivery (the ladder rung's own all-count fit) substituted on the 20 rows it touches: 61/71 (diagnostic)
