@@ -4,6 +4,8 @@
   index out of range or negative is an argparse error (exit 2), not an ``IndexError`` traceback or, for ``-1``,
   silently the last scene.
 * :func:`parse_json_dict`: a ``--options``-like JSON object, or an argparse error saying what is wrong.
+* :func:`probe_options`, :func:`run_probe` (session 61): the options and the resumable per-scene loop of the factor
+  probes (``spectral_bands.py``, ``zero_count.py``), with the output checks below.
 * Result files (DESIGN section 9, users' data are sacred): every record a script writes carries the key
   :data:`MARKER` with the script's name. :func:`check_output` runs before any computing and refuses a path that holds
   anything else (a file the script did not write, a directory, a missing or read-only folder); an empty file is
