@@ -31,14 +31,6 @@ from delivery_probes import _scorer  # benchmarks/delivery_probes.py
 from xfusion import baselines, metrics, scenes, tuning
 from xfusion.grid import assign_roles
 
-WARM_ITER = 3
-
-
-def count(factor, n_half):
-    """The count on all counts of factor ``factor`` (``zero_transfer``'s rule with another factor)."""
-    return int(min(max(round(factor * float(n_half)), WARM_ITER + 1, 1), tuning.ZERO_MAX_ITER))
-
-
 def _default_with_record(x, y):
     """The default ``fuse(x, y)`` and the output of the tuning's ``_zero_iterations`` (None if it did not run)."""
     seen = []
@@ -85,7 +77,7 @@ def measure(spec, size, factors, continuum_only):
     rec["result"], rec["counts"] = {}, {}
     fits = {}
     for f in (tuning.ZERO_FACTOR,) + tuple(factors):
-        n = count(f, n_half)
+        n = tuning.zero_transfer(n_half, factor=f)
         if n not in fits:
             kw = dict(s0, max_iter=n)
             # the default's delivery: sources run on to the cap only while the field stops before it (tuning.run_on)

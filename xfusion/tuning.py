@@ -1003,16 +1003,17 @@ def bottom_rung_count(zero, k, continuum):
     return zero
 
 
-def zero_transfer(n_half, warm_iter=3):
+def zero_transfer(n_half, warm_iter=3, factor=ZERO_FACTOR):
     """Iteration count on all counts of the zeroed wavelet candidate (null_space "zero"; :func:`_zero_iterations`).
 
     ``n_half``: best iterate of the candidate's held-out deviance on the fitted part, warm-start iterations
-    included (``warm_iter`` plain EM iterations, then the prior). Returns ``round(ZERO_FACTOR * n_half)`` clipped to
-    [``warm_iter + 1``, :data:`ZERO_MAX_ITER`] (see :data:`ZERO_FACTOR` for the measurements).
+    included (``warm_iter`` plain EM iterations, then the prior). Returns ``round(factor * n_half)`` clipped to
+    [``warm_iter + 1``, :data:`ZERO_MAX_ITER`] (see :data:`ZERO_FACTOR`, the default's factor, for the measurements;
+    ``benchmarks/zero_count.py`` probes others).
     """
     if not (isinstance(n_half, (int, np.integer)) and n_half >= 0):
         raise ValueError(f"n_half must be a non-negative iteration count; got {n_half!r}")
-    return int(min(max(round(ZERO_FACTOR * float(n_half)), int(warm_iter) + 1, 1), ZERO_MAX_ITER))
+    return int(min(max(round(factor * float(n_half)), int(warm_iter) + 1, 1), ZERO_MAX_ITER))
 
 
 #: session 59: where thinning chose the thresholded 2D-1D prior with a count N and the compact sources hold at least

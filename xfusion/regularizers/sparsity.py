@@ -289,7 +289,7 @@ class Wavelet2D1D:
         if not (np.isfinite(spectral_band_factor) and spectral_band_factor > 0):
             raise ValueError(f"spectral_band_factor must be a finite number > 0 (the threshold of the bands coarse in space "
                              f"and fine in energy over the others'); got {spectral_band_factor!r}")
-        #: factor of the thresholds of the bands coarse in space and fine in energy (:meth:`spectral_bands`)
+        #: factor of the thresholds of the bands coarse in space and fine in energy (:meth:`_is_spectral`)
         self.spectral_band_factor = float(spectral_band_factor)
         noise = NOISE_DEFAULT if noise is None else noise
         if noise not in NOISE_MODELS:
@@ -327,12 +327,6 @@ class Wavelet2D1D:
         a sharp-spatial instrument constrains."""
         return [(a, self.n1) for a in range(self.n2)]
 
-    def spectral_bands(self):
-        """The bands that are coarsest in space and fine in energy, ``(n2, b)`` for ``b < n1``: line structure
-        (centroids, widths) on scales the sharp-spectral instrument resolves; thresholded at ``spectral_band_factor``
-        times the rule of the other bands (session 60)."""
-        return [(self.n2, b) for b in range(self.n1)]
-
     def with_band_scale(self, scale):
         """A copy whose thresholds of the bands in ``scale`` (``{(a, b): f}``, f > 0) are multiplied by ``f`` (noise
         models "mad" and "poisson"; "propagated" thresholds follow the EM step's noise and are not scaled). Used by
@@ -359,7 +353,9 @@ class Wavelet2D1D:
         return a < self.n2 and b < self.n1
 
     def _is_spectral(self, a, b):
-        """Band (a, b) is coarsest in space and fine in energy (:meth:`spectral_bands`)."""
+        """Band (a, b) is coarsest in space and fine in energy, ``(n2, b)`` for ``b < n1``: line structure (centroids,
+        widths) on scales the sharp-spectral instrument resolves; thresholded at ``spectral_band_factor`` times the
+        rule of the other bands (session 60)."""
         return a == self.n2 and b < self.n1
 
     def _kept(self):
