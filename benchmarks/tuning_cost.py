@@ -3,10 +3,13 @@
 Issue 13 asks for "tuning plus the final fit within 3x one fit". Per scene of ``xfusion.scenes.suite`` this prints
 and writes (JSON lines) the CPU seconds of the process for
 
-* the default ``xfusion.fuse(x, y)`` (tuning, final fit, delivered cube), split by stage of the tuning: the warm
-  starts, the k ladder, plain RL on half the counts, the thresholded candidate, the zeroed candidate's
-  continuation, the shape prior's pseudo-counts (``tune_shape``; since session 21 scored on the tuning's own iterate: no fit); with
-  the EM steps of each stage (an EM step on half the counts costs about one on all counts);
+* the default ``xfusion.fuse(x, y)`` (tuning, final fit, delivered cube), with the CPU seconds of its tuning
+  (``select``) and the wall seconds and EM steps of each stage of it: the warm starts, the k ladder, plain RL on half
+  the counts, the thresholded candidate, the zeroed candidate's continuation, and after it the shape prior's
+  pseudo-counts (``tune_shape``; since session 21 scored on the tuning's own iterate: no fit). An EM step on half the
+  counts costs about one on all counts. Since session 62 plain RL runs beside the ladder and the thresholded run, so
+  the stages' wall seconds overlap (until then the records held each stage's CPU seconds, ``stage_cpu``, and the
+  tuning's CPU included the shape prior's);
 * one fit with fixed settings (``wavelet2d1d``, k = 1, null space zeroed, fuse's default stop: 50 iterations);
 * one fit with the settings the tuning chose (``fuse(x, y, **parameters)``, the result's recorded parameters without
   ``auto_tuning``): what a user who already knew those settings would run. Its cube must equal the default's to the
@@ -28,6 +31,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 
 import numpy as np
@@ -42,21 +46,43 @@ STAGES = {"_tune_wavelet": "ladder", "_tune_none": "rl", "_tune_threshold": "thr
 
 
 class Meter:
-    """Counts scored EM steps and CPU seconds per tuning stage (the innermost stage function running)."""
+    """Counts scored EM steps and wall seconds per tuning stage (the innermost stage function running in the thread
+    that takes the step), and the process's CPU seconds of the whole tuning (``select``).
+
+    Since session 62 plain RL's half-data run (``rl``) runs on its own thread beside the k ladder and the thresholded
+    run, so stages overlap in time: their wall seconds do not add up to the tuning's, and the CPU seconds of one
+    stage cannot be told apart from another's (the work of both runs on the same pool threads)."""
 
     def __init__(self):
-        self.stack, self.steps, self.cpu = [], {}, {}
+        self.local, self.steps, self.wall, self.tuning_cpu = threading.local(), {}, {}, 0.0
         self._orig = {}
+
+    def _stack(self):
+        if not hasattr(self.local, "stack"):
+            self.local.stack = []
+        return self.local.stack
 
     def install(self):
         for fn, label in STAGES.items():
             self._orig[fn] = getattr(tuning, fn)
             setattr(tuning, fn, self._wrap(self._orig[fn], label))
+        self._orig["select"] = tuning.select
+        orig_select = tuning.select
+
+        def select(*a, **kw):
+            c0 = time.process_time()
+            try:
+                return orig_select(*a, **kw)
+            finally:
+                self.tuning_cpu += time.process_time() - c0
+
+        tuning.select = select
         self._orig["step"] = tuning._ScoredEM.step
         meter, orig_step = self, tuning._ScoredEM.step
 
         def step(solver, state):
-            label = meter.stack[-1] if meter.stack else "other"
+            stack = meter._stack()
+            label = stack[-1] if stack else "other"
             meter.steps[label] = meter.steps.get(label, 0) + 1
             return orig_step(solver, state)
 
@@ -65,20 +91,22 @@ class Meter:
     def uninstall(self):
         for fn in STAGES:
             setattr(tuning, fn, self._orig[fn])
+        tuning.select = self._orig["select"]
         tuning._ScoredEM.step = self._orig["step"]
 
     def _wrap(self, fn, label):
         def wrapped(*a, **kw):
-            self.stack.append(label)
-            t0 = time.process_time()
+            stack = self._stack()
+            stack.append(label)
+            t0 = time.perf_counter()
             try:
                 return fn(*a, **kw)
             finally:
-                self.stack.pop()
-                dt = time.process_time() - t0
-                self.cpu[label] = self.cpu.get(label, 0.0) + dt
-                if self.stack:  # nested: the outer stage's time excludes it
-                    self.cpu[self.stack[-1]] = self.cpu.get(self.stack[-1], 0.0) - dt
+                stack.pop()
+                dt = time.perf_counter() - t0
+                self.wall[label] = self.wall.get(label, 0.0) + dt
+                if stack:  # nested in this thread: the outer stage's time excludes it
+                    self.wall[stack[-1]] = self.wall.get(stack[-1], 0.0) - dt
         return wrapped
 
 
@@ -104,14 +132,14 @@ def measure(spec, size, fixed_kw, default_only=False):
     f, cpu_f, wall_f = _timed(lambda: xfusion.fuse(x, y, progress=False, **fixed_kw))
     chosen_kw = {k: v for k, v in json.loads(r.attrs["parameters"]).items() if k != "auto_tuning"}
     c, cpu_c, wall_c = _timed(lambda: xfusion.fuse(x, y, progress=False, **chosen_kw))
-    tuned_cpu = sum(meter.cpu.values())
+    tuned_cpu = meter.tuning_cpu  # select() (tune_shape, after it, is not part of it)
     out = {"name": spec["name"], "size": size, "counts_x": float(x["counts"].sum()),
            "counts_y": float(y["counts"].sum()),
            "shape": [int(v) for v in r["flux"].shape], "choice": r.attrs["regularization"],
            "flux_md5": hashlib.md5(np.ascontiguousarray(r["flux"].values).tobytes()).hexdigest(),
            "final_iterations": int(r.attrs["iterations"]), "cpu": round(cpu, 2), "wall": round(wall, 2),
            "tuning_cpu": round(tuned_cpu, 2), "final_and_rest_cpu": round(cpu - tuned_cpu, 2),
-           "stage_cpu": {k: round(v, 2) for k, v in meter.cpu.items()}, "stage_steps": meter.steps,
+           "stage_wall": {k: round(v, 2) for k, v in meter.wall.items()}, "stage_steps": meter.steps,
            "fixed_cpu": round(cpu_f, 2), "fixed_wall": round(wall_f, 2), "fixed_iterations": int(f.attrs["iterations"]),
            "fixed_loop_wall": round(float(f.attrs["loop_elapsed_s"]), 2),
            "ratio_wall_to_fixed_loop": round(wall / float(f.attrs["loop_elapsed_s"]), 3),
@@ -212,7 +240,7 @@ def main(argv=None):
                 append_record(args.json, res, SCRIPT)
             continue
         records.append(res)
-        st = " ".join(f"{k} {res['stage_steps'].get(k, 0)} st/{res['stage_cpu'].get(k, 0):.1f} s"
+        st = " ".join(f"{k} {res['stage_steps'].get(k, 0)} st/{res['stage_wall'].get(k, 0):.1f} s wall"
                       for k in ("other", "ladder", "rl", "threshold", "zero_continuation", "shape"))
         print(f"{i:3d} {res['name']:28s} {'x'.join(map(str, res['shape']))} choice {res['choice']:11s} "
               f"final {res['final_iterations']:3d} it | default {res['cpu']:6.1f} s (tuning {res['tuning_cpu']:.1f}: "

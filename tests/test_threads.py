@@ -163,3 +163,62 @@ def test_a_bad_thread_count_in_the_environment_is_a_clear_error(monkeypatch, bad
         threads.num_threads()
     monkeypatch.setenv("XFUSION_NUM_THREADS", " 3 ")
     assert threads.num_threads() == 3
+
+
+def test_a_background_job_runs_beside_the_caller_and_hands_back_its_result_or_error(monkeypatch):
+    """:func:`xfusion.threads.background` (session 62: plain RL's half-data run beside the k ladder): with two
+    threads the call runs on its own thread, in the caller's context (NumPy's error state travels along), and
+    :meth:`Job.result` gives its value or raises its error; with one thread nothing runs until the result is asked
+    for, in the caller's thread."""
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "2")
+    seen = []
+
+    def add(a, b=0):
+        seen.append(threading.current_thread().name)
+        return a + b
+
+    assert threads.background(add, 2, b=3).result() == 5 and seen == ["xfusion-background"]
+
+    def bad():
+        raise ValueError("job failed")
+
+    with pytest.raises(ValueError, match="job failed"):
+        threads.background(bad).result()
+    with np.errstate(divide="raise"):
+        job = threads.background(lambda: np.float64(1.0) / np.float64(0.0))
+    with pytest.raises(FloatingPointError):
+        job.result()
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "1")
+    seen.clear()
+    job = threads.background(add, 1)
+    assert seen == []  # not started
+    assert job.result() == 1 and seen == [threading.current_thread().name]
+
+
+def test_a_cancelled_background_loop_stops_at_its_next_check(monkeypatch):
+    """A job whose result is no longer wanted (the tuning failed under it) stops at its next
+    :func:`~xfusion.threads.check_cancelled`; :meth:`Job.cancel` returns once its thread has ended."""
+    import time
+
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "2")
+    started, laps = threading.Event(), [0]
+
+    def loop():
+        started.set()
+        while True:
+            threads.check_cancelled()
+            laps[0] += 1
+            time.sleep(0.001)
+
+    job = threads.background(loop)
+    assert started.wait(10)
+    job.cancel()
+    assert not job._thread.is_alive() and laps[0] >= 1
+    with pytest.raises(threads.Cancelled):
+        job.result()
+    threads.check_cancelled()  # the caller's own thread runs no job: nothing to do
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "1")
+    never = threads.background(loop)
+    never.cancel()  # not started: it never runs
+    with pytest.raises(threads.Cancelled):
+        never.result()

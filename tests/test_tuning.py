@@ -847,3 +847,39 @@ def test_tune_warns_when_one_candidate_alone_is_finite():
     with pytest.warns(UserWarning, match=r"tune\('none'\): only one of \d+ candidates .* the curve cannot choose"):
         cur = xfusion.tune(x, yb, regularization="none")
     assert np.isfinite(cur["mean_deviance"].values).sum() == 1
+
+
+def test_plain_rl_beside_the_k_ladder_gives_what_it_gives_in_turn(small_toy, monkeypatch):
+    """Session 62: ``select`` runs plain RL's half-data run on its own thread beside the k ladder and the thresholded
+    run (both submit their parallel work to the same pool) when the family prior is sure to want it (lines). Every
+    score, the choice and the record equal those of the runs one after the other (one thread), and a failure of the
+    ladder stops the RL run (no thread left behind)."""
+    import threading
+
+    x, y, _ = small_toy
+    where = []
+    real = tuning._tune_none
+
+    def spy(*a, **kw):
+        where.append(threading.current_thread().name)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tuning, "_tune_none", spy)
+    out = {}
+    for n in ("1", "2"):
+        monkeypatch.setenv("XFUSION_NUM_THREADS", n)
+        out[n] = tuning.select(x, y, seed=0)
+    assert where == [threading.current_thread().name, "xfusion-background"]
+    d1, d2 = (json.loads(out[n].attrs["details"]) for n in ("1", "2"))
+    assert d1 == d2 and d1["family_prior"]["lines"] and "rl" in d1 and "threshold" in d1
+    assert out["1"].attrs["choice"] == out["2"].attrs["choice"]
+    np.testing.assert_array_equal(out["1"]["heldout_deviance"].values, out["2"]["heldout_deviance"].values)
+    assert list(out["1"]["setting"].values) == list(out["2"]["setting"].values)
+
+    def failing(*a, **kw):
+        raise RuntimeError("the ladder failed")
+
+    monkeypatch.setattr(tuning, "_tune_wavelet", failing)
+    with pytest.raises(RuntimeError, match="the ladder failed"):
+        tuning.select(x, y, seed=0)
+    assert not any(t.name == "xfusion-background" and t.is_alive() for t in threading.enumerate())

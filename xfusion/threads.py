@@ -12,6 +12,7 @@ environment variable ``XFUSION_NUM_THREADS`` to limit the threads (1: everything
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -93,3 +94,71 @@ def spans(lo: int, hi: int, width: int):
     n = max(1, -(-(hi - lo) // max(int(width), 1)))
     edges = [lo + i * (hi - lo) // n for i in range(n + 1)]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+class Cancelled(Exception):
+    """Raised inside a :func:`background` job whose result is no longer wanted (:meth:`Job.cancel`)."""
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` when the current thread runs a :func:`background` job that was cancelled (long
+    loops call it once per iteration; elsewhere it does nothing)."""
+    event = getattr(_local, "cancel", None)
+    if event is not None and event.is_set():
+        raise Cancelled("background job cancelled")
+
+
+class Job:
+    """A call running on its own thread (:func:`background`); :meth:`result` waits for it."""
+
+    def __init__(self, fn, args, kwargs, start):
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._event = threading.Event()
+        self._done, self._value, self._error = False, None, None
+        self._thread = None
+        if start:
+            ctx = contextvars.copy_context()  # the caller's NumPy error state and other context travel along
+            self._thread = threading.Thread(target=ctx.run, args=(self._body,), daemon=True,
+                                            name="xfusion-background")
+            self._thread.start()
+
+    def _body(self):
+        _local.cancel = self._event
+        try:
+            self._value = self._fn(*self._args, **self._kwargs)
+        except BaseException as e:  # handed to the caller of result()
+            self._error = e
+        finally:
+            _local.cancel = None
+
+    def result(self):
+        """The call's return value (its exception is raised here). Not started (one thread): runs it now, here."""
+        if not self._done:
+            if self._thread is None:
+                self._body()
+            else:
+                self._thread.join()
+            self._done = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next :func:`check_cancelled` and wait for its thread (its result is then
+        not available); nothing to do for a job that has finished or never started."""
+        self._event.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._done = True
+        if self._error is None and self._thread is None:
+            self._error = Cancelled("background job cancelled before it ran")
+
+
+def background(fn, *args, **kwargs) -> Job:
+    """Start ``fn(*args, **kwargs)`` on its own thread and return its :class:`Job` (its :meth:`Job.result` waits).
+
+    For two independent computations whose serial parts leave the cores idle: both submit their parallel work to the
+    same pool (:func:`run`), so the cores are busier, and each gives the result it would give alone (every
+    computation here is deterministic whatever the threads). With :func:`num_threads` 1 nothing runs until
+    :meth:`Job.result` is called, in the caller's thread."""
+    return Job(fn, args, kwargs, start=num_threads() > 1)

@@ -188,6 +188,7 @@ from .regularizers.sparsity import Wavelet2D1D
 from .solvers.backend import fitting
 from .solvers.em import EMProx
 from .solvers.loop import stopping_rule
+from .threads import background, check_cancelled
 
 #: Transfer of the plain-RL iteration count from a half (f = 0.5) to all counts:
 #: ``n_full = round(RL_TRANSFER[0] * n_half ** RL_TRANSFER[1])``, clipped to [1, RL_MAX_ITER].
@@ -575,6 +576,7 @@ def _run_em(split, reg, z0, max_iter, tol, abandon_above=None, patience_up=2, pa
     checked = None  # the best iterate ``hopeless`` last cleared
     it = 0
     while it < max_iter and not stop(hist):
+        check_cancelled()  # a background run (plain RL beside the k ladder) whose result is no longer wanted
         state = solver.step(state)
         it += 1
         hist[stop.key].append(state[stop.key])
@@ -1465,6 +1467,104 @@ def _family_prior(split, cands, n_ladder, se):
 
 
 # ----------------------------------------------------------------------------- public
+def _tune_families(splits, fixed, tol, cands, scores, choice, extra, keep, prior_now, lines0, rich0, cpv0, rl_job,
+                   rl_its, include_rl, include_threshold, family_prior, stop_zero, half_fit, band_record, grid):
+    """:func:`tune`'s wavelet family after its k ladder (``cands``, ``scores``, ``choice``, ``extra`` from
+    :func:`_tune_wavelet`): plain RL (``rl_job``: its run started beside the ladder, or None), the thresholded
+    candidate, the family prior and the zeroed candidate's iteration count. Returns ``(cands, scores, choice,
+    extra)`` of every candidate."""
+    extra = dict(extra, ladder=dict(choice))
+    choices = [dict(c) for c in cands]
+    n_ladder = len(cands)
+    th_best = None  # the thresholded candidate's best half-data iterate per split (family prior)
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(cands), -1)
+    if stop_zero and keep and json.loads(keep["key"]).get("null_space") == "zero":
+        # against the families stopped early (each at its best iterate), the ladder's best candidate is scored
+        # at the best iterate of its ladder run too (free: the curve is there; see ZERO_FACTOR)
+        row = [json.dumps(c, sort_keys=True) for c in cands].index(keep["key"])
+        n = min(len(c) for c in keep["curves"])
+        j = int(np.argmin(np.mean([c[:n] for c in keep["curves"]], axis=0)[1:]) + 1) if n > 1 else 0
+        scores[row] = [float(c[j]) for c in keep["curves"]]
+        extra = dict(extra, ladder_scored_at=j + keep["warm_iter"])
+    settled = None  # the family prior's decision when the other families cannot change it (complete=False)
+    if prior_now and not lines0 and choice.get("null_space", "zero") == "zero" and all(
+            c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" for c in cands):
+        settled = {"line_richness": rich0, "lines": False, "applied": True, "counts_per_voxel": cpv0,
+                   "se": None, "margin": None, "rule": FAMILY_PRIOR_RULE,
+                   "settled": "no lines: the prior takes the zeroed ladder whatever the thresholded candidate "
+                              "and plain RL would score, so they were not run"}
+    rows_its = {}  # candidate row -> per-split transfer iterates (half_fit)
+    want_rl = include_rl and settled is None
+    if want_rl and rl_job is None:  # no lines, yet the prior is undecided: plain RL runs now
+        rl_job = background(_tune_none, splits, 100, tol, iterates=rl_its)
+    rl_run = []  # (score per split at the best iterate, choice, extra) once plain RL's run is read
+
+    def rl_result():
+        if not rl_run:
+            _, rl_scores, rl_choice, rl_extra = rl_job.result()
+            rl_scores = np.asarray(rl_scores, dtype=np.float64)
+            rl_run.append((rl_scores[int(np.argmin(rl_scores[1:].mean(axis=1)) + 1)], rl_choice, rl_extra))
+        return rl_run[0]
+
+    hopeless = None
+    if (prior_now and settled is None and lines0 and len(splits) == 1 and keep and keep.get("best_z")
+            and keep["best_z"][0] is not None and want_rl):
+        zrow = np.array([c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" for c in cands])
+        z_best = float(np.min(scores.mean(axis=1)[zrow])) if zrow.any() else math.inf
+        beaten = []
+
+        def hopeless(b):  # asked only once the thresholded run's minimum is behind: plain RL's score is then read
+            if not beaten:
+                beaten.append(_beaten(splits[0], keep["best_z"][0], z_best, _family_margin(cpv0),
+                                      float(np.mean(rl_result()[0]))))
+            return beaten[0](b)
+    if settled is None and include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get(
+            "null_space", "auto") == "auto":
+        th_best = [] if family_prior else None
+        th_its = [] if half_fit is not None else None
+        th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice, iterates=th_best, hopeless=hopeless,
+                                                       sq_iterates=th_its)
+        rows_its[len(cands)] = th_its
+        cands, choices = list(cands) + [th_set], choices + [th_choice]
+        scores = np.vstack([scores, np.asarray(th_scores, dtype=np.float64)[None]])
+        extra = dict(extra, threshold={**th_choice, "rule": SQ_RULE})
+    if want_rl:
+        rl_score, rl_choice, rl_extra = rl_result()
+        rows_its[len(cands)] = rl_its
+        cands = list(cands) + [{"regularization": "none", "max_iter": rl_choice["max_iter"]}]
+        choices = choices + [dict(cands[-1])]
+        scores = np.vstack([scores, rl_score[None]])
+        extra = dict(extra, rl={**rl_choice, "rule": rl_extra["rule"]})
+    mean = scores.mean(axis=1)
+    if settled is not None:
+        extra = dict(extra, family_prior=settled)
+    elif family_prior and include_rl:
+        se = None
+        if keep and keep.get("best_z") and th_best and all(z is not None for z in keep["best_z"] + th_best):
+            pairs = [_paired_difference(sp, za, zb) for sp, za, zb in zip(splits, keep["best_z"], th_best)]
+            se = math.sqrt(sum(v for _, v in pairs)) / len(pairs)  # SE of the mean over splits
+        penalty, prior = _family_prior(splits[0], cands, n_ladder, se)
+        mean = mean + penalty
+        extra = dict(extra, family_prior=prior)
+    chosen = int(np.argmin(mean))
+    extra = dict(extra, chosen_candidate=chosen)
+    choice = {k: v for k, v in choices[chosen].items() if k not in DIAG_KEYS}
+    if (stop_zero and keep and choice.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" and "max_iter" not in
+            choice and choice.get("regularization", "wavelet2d1d") == "wavelet2d1d"
+            and json.loads(keep["key"]) == {k: v for k, v in choice.items() if k != "regularization"}):
+        zero_its = [] if half_fit is not None and keep.get("best_z") else None
+        zc = _zero_iterations(splits, fixed, keep, warm_iter=keep["warm_iter"], iterates=zero_its)
+        if band_record is not None and grid is None and fixed.get("k", "auto") == "auto":
+            zc = bottom_rung_count(zc, choice.get("k"), band_record["continuum"])
+        rows_its[chosen] = zero_its
+        choice = dict(choice, max_iter=zc["max_iter"])
+        extra = dict(extra, zero={**zc, "rule": ZERO_RULE})
+    its = rows_its.get(chosen)
+    if half_fit is not None and its and its[0].get("z") is not None:
+        half_fit.update(split=splits[0], z=its[0]["z"], iteration=its[0]["iteration"])
+    return cands, scores, choice, extra
+
+
 @fitting
 def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, seed=0, fraction=0.5,
          max_iter=None, tol=1e-4, dtype="float32", select_null_space=False, include_rl=False,
@@ -1601,89 +1701,24 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         cands, scores, choice, extra = _tune_none(splits, int(max_iter or 100), tol)
     elif regularization == "wavelet2d1d":
         keep = {} if stop_zero else None
-        cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
-                                                     select_null_space=select_null_space, keep=keep)
-        extra = dict(extra, ladder=dict(choice))
-        choices = [dict(c) for c in cands]
-        n_ladder = len(cands)
-        th_best = None  # the thresholded candidate's best half-data iterate per split (family prior)
-        scores = np.asarray(scores, dtype=np.float64).reshape(len(cands), -1)
-        if stop_zero and keep and json.loads(keep["key"]).get("null_space") == "zero":
-            # against the families stopped early (each at its best iterate), the ladder's best candidate is scored
-            # at the best iterate of its ladder run too (free: the curve is there; see ZERO_FACTOR)
-            row = [json.dumps(c, sort_keys=True) for c in cands].index(keep["key"])
-            n = min(len(c) for c in keep["curves"])
-            j = int(np.argmin(np.mean([c[:n] for c in keep["curves"]], axis=0)[1:]) + 1) if n > 1 else 0
-            scores[row] = [float(c[j]) for c in keep["curves"]]
-            extra = dict(extra, ladder_scored_at=j + keep["warm_iter"])
-        settled = None  # the family prior's decision when the other families cannot change it (complete=False)
         prior_now = family_prior and include_rl and include_threshold and not complete
-        lines0 = True
-        if prior_now:
-            rich0, lines0, cpv0 = _lines_and_counts(splits[0])
-            if not lines0 and choice.get("null_space", "zero") == "zero" and all(
-                    c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" for c in cands):
-                settled = {"line_richness": rich0, "lines": False, "applied": True, "counts_per_voxel": cpv0,
-                           "se": None, "margin": None, "rule": FAMILY_PRIOR_RULE,
-                           "settled": "no lines: the prior takes the zeroed ladder whatever the thresholded candidate "
-                                      "and plain RL would score, so they were not run"}
-        rl_run = None
-        rows_its = {}  # candidate row -> per-split transfer iterates (half_fit)
-        if include_rl and settled is None:  # run before the thresholded candidate, whose run it may cut short
-            rl_its = [] if half_fit is not None else None
-            _, rl_scores, rl_choice, rl_extra = _tune_none(splits, 100, tol, iterates=rl_its)
-            rl_scores = np.asarray(rl_scores, dtype=np.float64)
-            rl_run = (rl_scores[int(np.argmin(rl_scores[1:].mean(axis=1)) + 1)], rl_choice, rl_extra)
-        hopeless = None
-        if (prior_now and settled is None and lines0 and len(splits) == 1 and keep and keep.get("best_z")
-                and keep["best_z"][0] is not None and rl_run is not None):
-            zrow = np.array([c.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" for c in cands])
-            z_best = float(np.min(scores.mean(axis=1)[zrow])) if zrow.any() else math.inf
-            hopeless = _beaten(splits[0], keep["best_z"][0], z_best, _family_margin(cpv0), float(np.mean(rl_run[0])))
-        if settled is None and include_threshold and choice.get("null_space", "zero") == "zero" and fixed.get(
-                "null_space", "auto") == "auto":
-            th_best = [] if family_prior else None
-            th_its = [] if half_fit is not None else None
-            th_set, th_scores, th_choice = _tune_threshold(splits, fixed, choice, iterates=th_best, hopeless=hopeless,
-                                                           sq_iterates=th_its)
-            rows_its[len(cands)] = th_its
-            cands, choices = list(cands) + [th_set], choices + [th_choice]
-            scores = np.vstack([scores, np.asarray(th_scores, dtype=np.float64)[None]])
-            extra = dict(extra, threshold={**th_choice, "rule": SQ_RULE})
-        if rl_run is not None:
-            rl_score, rl_choice, rl_extra = rl_run
-            rows_its[len(cands)] = rl_its
-            cands = list(cands) + [{"regularization": "none", "max_iter": rl_choice["max_iter"]}]
-            choices = choices + [dict(cands[-1])]
-            scores = np.vstack([scores, rl_score[None]])
-            extra = dict(extra, rl={**rl_choice, "rule": rl_extra["rule"]})
-        mean = scores.mean(axis=1)
-        if settled is not None:
-            extra = dict(extra, family_prior=settled)
-        elif family_prior and include_rl:
-            se = None
-            if keep and keep.get("best_z") and th_best and all(z is not None for z in keep["best_z"] + th_best):
-                pairs = [_paired_difference(sp, za, zb) for sp, za, zb in zip(splits, keep["best_z"], th_best)]
-                se = math.sqrt(sum(v for _, v in pairs)) / len(pairs)  # SE of the mean over splits
-            penalty, prior = _family_prior(splits[0], cands, n_ladder, se)
-            mean = mean + penalty
-            extra = dict(extra, family_prior=prior)
-        chosen = int(np.argmin(mean))
-        extra = dict(extra, chosen_candidate=chosen)
-        choice = {k: v for k, v in choices[chosen].items() if k not in DIAG_KEYS}
-        if (stop_zero and keep and choice.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" and "max_iter" not in
-                choice and choice.get("regularization", "wavelet2d1d") == "wavelet2d1d"
-                and json.loads(keep["key"]) == {k: v for k, v in choice.items() if k != "regularization"}):
-            zero_its = [] if half_fit is not None and keep.get("best_z") else None
-            zc = _zero_iterations(splits, fixed, keep, warm_iter=keep["warm_iter"], iterates=zero_its)
-            if band_record is not None and grid is None and fixed.get("k", "auto") == "auto":
-                zc = bottom_rung_count(zc, choice.get("k"), band_record["continuum"])
-            rows_its[chosen] = zero_its
-            choice = dict(choice, max_iter=zc["max_iter"])
-            extra = dict(extra, zero={**zc, "rule": ZERO_RULE})
-        its = rows_its.get(chosen)
-        if half_fit is not None and its and its[0].get("z") is not None:
-            half_fit.update(split=splits[0], z=its[0]["z"], iteration=its[0]["iteration"])
+        rich0, lines0, cpv0 = _lines_and_counts(splits[0]) if prior_now else (None, True, None)
+        rl_its = [] if include_rl and half_fit is not None else None
+        # plain RL's run needs nothing from the ladder's; it runs beside it (and the thresholded run) when the family
+        # prior is sure to want it: with lines (or no prior cutting runs). Without lines it runs after the ladder
+        # only if the ladder's choice leaves the prior undecided (below). The same results as run in turn.
+        rl_job = background(_tune_none, splits, 100, tol, iterates=rl_its) if include_rl and lines0 else None
+        try:
+            cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
+                                                         select_null_space=select_null_space, keep=keep)
+            tuned = _tune_families(splits, fixed, tol, cands, scores, choice, extra, keep, prior_now, lines0, rich0,
+                                   cpv0, rl_job, rl_its, include_rl, include_threshold, family_prior, stop_zero,
+                                   half_fit, band_record, grid)
+        except BaseException:
+            if rl_job is not None:
+                rl_job.cancel()
+            raise
+        cands, scores, choice, extra = tuned
     elif regularization == "lowrank_local":
         cands, scores, choice, extra = _tune_local_rank(splits, fixed, int(max_iter or RL_MAX_ITER))
     elif regularization == "lowrank" and grid is None and fixed.get("rank", "auto") != "auto":
