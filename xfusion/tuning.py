@@ -94,6 +94,12 @@ What is selected, per regularization:
   bit-identical fits on 24 held-out full-size, 48 small and 9 small-mosaic scenes; tuning EM steps -10% at full size.
   Cost then (24 held-out full-size scenes, CPU): tuning + final fit = median 2.5x (max 4.5x, within 3x on 16/24) one
   fit with fixed settings (k=1, zeroed null space, 50 iterations); median 6.4x the chosen fit, often 5-16 iterations.
+* Plain RL's run needs nothing from the ladder's, so where the prior is sure to want it (lines) it runs on its own
+  thread (:func:`xfusion.threads.background`) beside the ladder and the thresholded run, which asks for its score
+  only when its own minimum is behind (session 62). Both submit their parallel work to one pool: the serial parts
+  of each (memory-bound maps and sums) overlap the other's. Every score, the choice and the cube are those of the
+  runs in turn; ``select`` on the slowest held-out full-size scene 43.1 -> 40.1 s wall. A failure under it cancels
+  the RL run (:func:`xfusion.threads.check_cancelled` at each of its iterations).
 * ``none`` (plain two-instrument Richardson-Lucy): one EM run on part A, scored at every
   iteration (the forward models are computed by EM anyway: nearly free) until the minimum
   is well behind; the best half-data iteration ``n_half`` is transferred to all counts by
