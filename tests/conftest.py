@@ -39,6 +39,17 @@ def require_data(*paths):
         pytest.fail(msg, pytrace=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _starlet_kernels_compiled():
+    """Each test process compiles the Numba starlet kernels once, at its start. A user's process compiles them only
+    after enough work (:data:`xfusion.regularizers.starlet_kernels.COMPILE_AFTER`: a short fit never pays it), but a
+    test process runs hundreds of fits, so compiling first costs it least; the NumPy passes give the same numbers
+    (tests/test_starlet_kernels.py checks both, and a fit that switches from one to the other part way)."""
+    from xfusion.regularizers import starlet_kernels
+
+    starlet_kernels.warm()
+
+
 #: the benchmark scripts, importable by :func:`bench_module`
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -58,9 +69,9 @@ def bench_module(monkeypatch):
 @pytest.fixture(scope="session")
 def child_env():
     """The environment of the Python processes that the kill, lock and resume tests start, with Numba's starlet
-    kernels off (``XFUSION_NUMBA=0``). A new process compiles them on first use, ~3-4 s per dtype on 2 cores,
-    which was most of each such test's time; these tests are about processes, locks and files, the NumPy passes
-    give the kernels' numbers to the bit (tests/test_starlet_kernels.py), and this process keeps the kernels, so a
+    kernels off (``XFUSION_NUMBA=0``). A new process compiles them once its NumPy passes have done enough work (4-6 s
+    of CPU; until session 63 on first use, which was most of each such test's time); these tests are about
+    processes, locks and files, the NumPy passes give the kernels' numbers to the bit (tests/test_starlet_kernels.py), and this process keeps the kernels, so a
     resume across the two paths is checked too (the session cluster's workers run the NumPy passes as well:
     :func:`_start_cluster`)."""
     return dict(os.environ, XFUSION_NUMBA="0")

@@ -10,6 +10,13 @@ pytestmark = pytest.mark.skipif(not starlet_kernels.available,
                                 reason="Numba is not installed or XFUSION_NUMBA=0: the NumPy passes run alone")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _compiled():
+    """The kernels compiled for both dtypes, so that the "compiled" side of every comparison here is compiled (a
+    process otherwise runs the NumPy passes until :data:`starlet_kernels.COMPILE_AFTER` elements)."""
+    starlet_kernels.warm()
+
+
 def _both(monkeypatch, f):
     """``(compiled, numpy)`` results of ``f()``."""
     fast = f()
@@ -84,3 +91,57 @@ def test_shape_prior_ladder_equals_the_numpy_shrinkage_to_the_bit(monkeypatch):
             _same_bits(fast[n0], slow[n0])
     prior = SpectralShape(300.0, 1e6)
     _same_bits(*_both(monkeypatch, lambda: prior.prox(z.astype(np.float32))))  # the fit's prox (float32 cube)
+
+
+def _cold(monkeypatch, after):
+    """This process's kernels as if never compiled (a new process), compiling once ``after`` elements of a dtype
+    went through the NumPy passes (compiling what is compiled already takes no time)."""
+    monkeypatch.setattr(starlet_kernels, "_ready", set())
+    monkeypatch.setattr(starlet_kernels, "_work", {})
+    monkeypatch.setattr(starlet_kernels, "_jobs", {})
+    monkeypatch.setattr(starlet_kernels, "COMPILE_AFTER", after)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_the_numpy_passes_run_until_enough_work_then_the_kernels(monkeypatch, threads):
+    monkeypatch.setenv("XFUSION_NUM_THREADS", threads)
+    z = np.random.default_rng(12).random((16, 16, 200)).astype(np.float32)
+    _cold(monkeypatch, 3.5 * z.size)
+    calls = []
+    orig = starlet_kernels.level_2d
+    monkeypatch.setattr(starlet_kernels, "level_2d", lambda *a: (calls.append(1), orig(*a))[1])
+    assert not starlet_kernels.takes(z) and not starlet_kernels.takes(z, z)  # 2 blocks of the 3.5 declined
+    ref = starlet.starlet2d1d(z, 1, 2)  # declines more: compiling starts once 3.5 blocks were declined
+    assert not calls and starlet_kernels._work["float32"] >= 3.5 * z.size
+    job = starlet_kernels._jobs["float32"]
+    if threads == "1":
+        assert job is None  # compiled in the caller, at once
+    else:
+        assert job.name == "xfusion-compile-float32"
+        job.join(timeout=120)
+    assert "float32" in starlet_kernels._ready and "float64" not in starlet_kernels._jobs
+    _same_bits(starlet.starlet2d1d(z, 1, 2), ref)
+    assert calls  # now the kernels ran
+    assert starlet_kernels.takes(z) and not starlet_kernels.takes(z.astype(np.float64))
+
+
+def test_a_fit_that_switches_to_the_kernels_midway_gives_the_numpy_cube(monkeypatch, small_toy):
+    """Whenever the kernels become ready during a fit (here on their own thread, part way through the tuning), the
+    fused cube is the NumPy passes' one to the bit."""
+    import xfusion
+
+    x, y, _ = small_toy
+    with monkeypatch.context() as m:
+        m.setattr(starlet_kernels, "available", False)
+        slow = xfusion.fuse(x, y, progress=False)
+    monkeypatch.setenv("XFUSION_NUM_THREADS", "2")
+    _cold(monkeypatch, 2e6)
+    calls = []
+    orig = starlet_kernels.level_1d
+    monkeypatch.setattr(starlet_kernels, "level_1d", lambda *a: (calls.append(1), orig(*a))[1])
+    fast = xfusion.fuse(x, y, progress=False)
+    assert "float32" in starlet_kernels._jobs and starlet_kernels._work["float32"] >= 2e6  # NumPy first
+    assert calls  # then the kernels
+    starlet_kernels._jobs["float32"].join(timeout=120)
+    _same_bits(fast.flux.values, slow.flux.values)
+    assert fast.attrs["parameters"] == slow.attrs["parameters"]

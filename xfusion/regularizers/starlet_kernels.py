@@ -24,11 +24,19 @@ level before). Session 27: the shape prior's 10-rung ladder on a 45x45x2400 cube
 The kernels release the GIL and run on the caller's thread (the starlet's block pool keeps its
 threads; Numba's own threading is not used). They take 3D blocks; :mod:`~xfusion.regularizers.starlet`
 uses NumPy for other shapes, or when Numba is not installed (``available`` False) or
-``XFUSION_NUMBA=0``. They are compiled on first use in each process (about 3 s per dtype on the
-2-core machine) and not cached on disk: Numba's cache index is a pickle, and xfusion reads no pickles. The two
+``XFUSION_NUMBA=0``. They are not cached on disk: Numba's cache index is a pickle, and xfusion reads no pickles. The two
 helpers (:func:`_refl`, :func:`_tap`) are plain compiled functions that LLVM inlines; inlining them in Numba's own IR
-(``inline="always"``, until session 45) gave the same machine speed and cost compile time: :func:`warm` for both
-dtypes 7.6-8.2 -> 6.5 s (two runs each, load 2 from other jobs; ``benchmarks/starlet.py`` timings equal within noise).
+(``inline="always"``, until session 45) gave the same machine speed and cost compile time.
+
+**When they are compiled (session 63).** Compiling costs each process 4-6 s of CPU (one version per dtype and array
+layout, :func:`_signatures`), and a kernel saves about 1.4 ns per element over the NumPy passes (point_sources/500083:
+the default ``fuse`` 83.3 s wall with the NumPy passes only, 76 s with the kernels compiled beforehand). A small fit
+never earns that back: a small suite scene (24x24x600) took 10.8 s with the kernels compiled on its first block
+against 7.1 s with the NumPy passes alone, and the demo's (45x45x2400, 1.85e9 elements through the passes) 21.3 s
+against 18.3-20.9 s. So the NumPy passes run first, and once :func:`takes` has declined :data:`COMPILE_AFTER`
+elements of one dtype the kernels for that dtype are compiled on a thread of their own (in the caller when
+``XFUSION_NUM_THREADS=1``) while the NumPy passes go on; calls use the kernels from the moment they are ready. The
+numbers are the same either way, so the switch does not show in any result. :func:`warm` compiles them at once.
 
 Measured in session 26 (2-core VM, 45x45x2400 float32): ``starlet2d`` with one scale 25 -> 11 ms,
 ``starlet1d`` with two scales 20 -> 9 ms; one EM step of the thresholded 2D-1D prior 0.23 -> 0.19 s;
@@ -37,8 +45,12 @@ the default ``fuse`` of suite scene point_sources/500018 66.4 -> 55.5 s wall (co
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 
 import numpy as np
+
+from ..threads import num_threads
 
 try:  # optional at import: without Numba the NumPy passes run (the same numbers, slower)
     from numba import njit
@@ -56,10 +68,56 @@ available = _enabled()
 
 
 def takes(*arrays) -> bool:
-    """Whether the kernels take these blocks: available, and all 3D arrays of one dtype, float32 or float64."""
+    """Whether the kernels take these blocks: available, all 3D arrays of one dtype, float32 or float64, and the
+    kernels compiled for that dtype. Until they are, the blocks count towards :data:`COMPILE_AFTER` (see the module
+    notes) and the NumPy passes run them."""
     dt = arrays[0].dtype
-    return (available and dt in (np.float32, np.float64)
-            and all(a.ndim == 3 and a.dtype == dt for a in arrays))
+    if not (available and dt in (np.float32, np.float64)
+            and all(a.ndim == 3 and a.dtype == dt for a in arrays)):
+        return False
+    if dt.name in _ready:
+        return True
+    _account(dt.name, arrays[0].size)
+    return dt.name in _ready
+
+
+#: elements of one dtype run through the NumPy passes (the first block of each call :func:`takes` declines) after
+#: which the kernels are compiled for that dtype: about 4-6 s of CPU per process against ~1.4 ns saved per element
+#: (session 63, see the module notes)
+COMPILE_AFTER = 2e9
+
+_lock = threading.Lock()
+_work: dict = {}  # dtype name -> elements through the NumPy passes so far
+_ready: set = set()  # dtype names whose kernels are compiled
+_jobs: dict = {}  # dtype name -> its compiling thread (None: compiled in the caller)
+_failed: dict = {}  # dtype name -> why compiling failed (the NumPy passes go on)
+
+
+def _account(name, n):
+    with _lock:
+        _work[name] = _work.get(name, 0) + int(n)
+        if _work[name] < COMPILE_AFTER or name in _jobs:
+            return
+        here = num_threads() == 1
+        job = None if here else threading.Thread(target=_compile_job, args=(name,), name=f"xfusion-compile-{name}")
+        _jobs[name] = job
+    if here:
+        _compile_job(name)
+    else:
+        job.start()
+
+
+def _compile_job(name):
+    try:
+        _compile(np.dtype(name))
+    except Exception as e:  # pragma: no cover - a broken Numba install; the NumPy passes give the same numbers
+        _failed[name] = f"{type(e).__name__}: {e}"
+        warnings.warn(f"xfusion could not compile its starlet kernels for {name} ({_failed[name]}); the NumPy "
+                      "passes (the same numbers, slower) go on", RuntimeWarning, stacklevel=2)
+        return
+    with _lock:
+        _ready.add(name)
+
 
 if njit is not None:
     _jit = njit(nogil=True, cache=False)
@@ -220,26 +278,41 @@ def level_2d(c, s, axes, nxt, w, s1, s2):
     _pass1_last(s1, s, nxt, nxt.dtype.type(1.0 / 256.0), c, w)
 
 
+def _signatures(dt):
+    """``[(kernel, argument types)]`` compiled for ``dt``: every kernel with the array layouts fits meet (whole
+    blocks, ``C``, and blocks cut along the energy axis or transposed: strided views, ``A``), as read off fits."""
+    from numba import from_dtype, types
+
+    t = from_dtype(dt)
+    C, A, i = types.Array(t, 3, "C"), types.Array(t, 3, "A"), types.int64
+    sigs = [(_pass0, (C, i, C)), (_pass0, (A, i, C)), (_pass1, (C, i, C)),
+            (_pass1_last, (C, i, C, t, C, C)), (_pass1_last, (C, i, A, t, A, A)),
+            (_pass2, (C, i, C)), (_pass2, (A, i, C)),
+            (_pass2_last, (C, i, C, t, C, C)), (_pass2_last, (C, i, C, t, A, C)),
+            (_shrink_add, (C, t, C, C))]
+    if dt == np.float64:  # the spectral-shape prior runs in float64
+        sigs.append((_shape_level, (C, C, t, C, C, C)))
+    return sigs
+
+
+def _compile(dt):
+    for kernel, sig in _signatures(np.dtype(dt)):
+        kernel.compile(sig)
+
+
 def warm(dtypes=("float32", "float64")):
-    """Compile the kernels now for ``dtypes`` and for the array layouts fits meet (whole blocks, and blocks cut
-    along the energy axis: strided views), so that no compilation happens later in a timed call; returns the
-    seconds it took (0 when the kernels are not available). Numba compiles one version per combination of array
-    layouts and dtypes on first use; a fit compiles the ones it needs as it goes (a few seconds per process)."""
+    """Compile the kernels now for ``dtypes`` (every array layout fits meet), so that the next calls use them and no
+    compilation happens later in a timed call; returns the seconds it took (0 when the kernels are not available).
+    Without it a process compiles them once its NumPy passes have run :data:`COMPILE_AFTER` elements."""
     if not available:
         return 0.0
     import time
 
-    from . import starlet
-    from .shape import shrink_ladder
-    from .sparsity import Wavelet2D1D
-
     t0 = time.perf_counter()
-    rng = np.random.default_rng(0)
-    for dt in dtypes:
-        for shape in ((8, 8, 64), (24, 24, 1200)):  # one block, and blocks cut along energy / rows (> 2 MiB)
-            z = rng.random(shape).astype(dt)
-            starlet.starlet2d1d(z, 2, 3)
-            for null_space in ("zero", "threshold"):
-                Wavelet2D1D(n_scales_2d=1, n_scales_1d=2, null_space=null_space).prox(z)
-    dict(shrink_ladder(rng.random((8, 8, 64)), 1e6, (1e3,)))  # the shape prior's level (float64 only)
+    for name in dtypes:
+        dt = np.dtype(name)
+        _compile(dt)
+        with _lock:
+            _ready.add(dt.name)
+            _jobs.setdefault(dt.name, None)
     return time.perf_counter() - t0
