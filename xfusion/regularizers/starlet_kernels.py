@@ -33,7 +33,7 @@ layout, :func:`_signatures`), and a kernel saves about 1.4 ns per element over t
 the default ``fuse`` 83.3 s wall with the NumPy passes only, 76 s with the kernels compiled beforehand). A small fit
 never earns that back: a small suite scene (24x24x600) took 10.8 s with the kernels compiled on its first block
 against 7.1 s with the NumPy passes alone, and the demo's (45x45x2400, 1.85e9 elements through the passes) 21.3 s
-against 18.3-20.9 s. So the NumPy passes run first, and once :func:`takes` has declined :data:`COMPILE_AFTER`
+against 17.4-20.9 s. So the NumPy passes run first, and once :func:`takes` has declined :data:`COMPILE_AFTER`
 elements of one dtype the kernels for that dtype are compiled on a thread of their own (in the caller when
 ``XFUSION_NUM_THREADS=1``) while the NumPy passes go on; calls use the kernels from the moment they are ready. The
 numbers are the same either way, so the switch does not show in any result. :func:`warm` compiles them at once.
@@ -81,7 +81,7 @@ def takes(*arrays) -> bool:
     return dt.name in _ready
 
 
-#: elements of one dtype run through the NumPy passes (the first block of each call :func:`takes` declines) after
+#: elements of one dtype run through the NumPy passes (the first array of each call that :func:`takes` declines) after
 #: which the kernels are compiled for that dtype: about 4-6 s of CPU per process against ~1.4 ns saved per element
 #: (session 63, see the module notes)
 COMPILE_AFTER = 2e9
