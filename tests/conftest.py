@@ -71,9 +71,9 @@ def child_env():
     """The environment of the Python processes that the kill, lock and resume tests start, with Numba's starlet
     kernels off (``XFUSION_NUMBA=0``). A new process compiles them once its NumPy passes have done enough work (4-6 s
     of CPU; until session 63 on first use, which was most of each such test's time); these tests are about
-    processes, locks and files, the NumPy passes give the kernels' numbers to the bit (tests/test_starlet_kernels.py), and this process keeps the kernels, so a
-    resume across the two paths is checked too (the session cluster's workers run the NumPy passes as well:
-    :func:`_start_cluster`)."""
+    processes, locks and files, the NumPy passes give the kernels' numbers to the bit
+    (tests/test_starlet_kernels.py), and this process keeps the kernels, so a resume across the two paths is checked
+    too (the session cluster's workers run the NumPy passes as well: :func:`_start_cluster`)."""
     return dict(os.environ, XFUSION_NUMBA="0")
 
 
