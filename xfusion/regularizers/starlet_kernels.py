@@ -90,7 +90,6 @@ _lock = threading.Lock()
 _work: dict = {}  # dtype name -> elements through the NumPy passes so far
 _ready: set = set()  # dtype names whose kernels are compiled
 _jobs: dict = {}  # dtype name -> its compiling thread (None: compiled in the caller)
-_failed: dict = {}  # dtype name -> why compiling failed (the NumPy passes go on)
 
 
 def _account(name, n):
@@ -99,6 +98,8 @@ def _account(name, n):
         if _work[name] < COMPILE_AFTER or name in _jobs:
             return
         here = num_threads() == 1
+        # not xfusion.threads.background: its thread is a daemon (a process could end inside LLVM) and, with one
+        # thread, it waits to be asked; here the compile runs at once, and a process ending waits for it
         job = None if here else threading.Thread(target=_compile_job, args=(name,), name=f"xfusion-compile-{name}")
         _jobs[name] = job
     if here:
@@ -111,9 +112,8 @@ def _compile_job(name):
     try:
         _compile(np.dtype(name))
     except Exception as e:  # pragma: no cover - a broken Numba install; the NumPy passes give the same numbers
-        _failed[name] = f"{type(e).__name__}: {e}"
-        warnings.warn(f"xfusion could not compile its starlet kernels for {name} ({_failed[name]}); the NumPy "
-                      "passes (the same numbers, slower) go on", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"xfusion could not compile its starlet kernels for {name} ({type(e).__name__}: {e}); the "
+                      "NumPy passes (the same numbers, slower) go on", RuntimeWarning, stacklevel=2)
         return
     with _lock:
         _ready.add(name)
@@ -314,5 +314,4 @@ def warm(dtypes=("float32", "float64")):
         _compile(dt)
         with _lock:
             _ready.add(dt.name)
-            _jobs.setdefault(dt.name, None)
     return time.perf_counter() - t0
