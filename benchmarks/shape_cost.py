@@ -80,8 +80,6 @@ def ceiling_lines():
 
 
 def measure(row):
-    import numpy as np
-
     import xfusion
     from xfusion import analysis, metrics, scenes
 
@@ -107,13 +105,13 @@ def measure(row):
     if isinstance(params.get("source_lines"), list):  # the line step at sources needs the prior
         off["source_lines"] = "none"
     plain = xfusion.fuse(x, y, progress=False, settings=default, **off)
+    nmse_default = float(metrics.nmse(flux, default["flux"]))
     return dict(row, shape_prior=params.get("shape_prior"),
-                nmse_default_now_db=float(metrics.nmse(flux, default["flux"])),
+                nmse_default_now_db=nmse_default,
                 nmse_without_shape_db=float(metrics.nmse(flux, plain["flux"])),
                 velocity_default_now_kms=float(velocity(default["flux"])),
                 velocity_without_shape_kms=float(velocity(plain["flux"])),
-                same_as_table=bool(np.isclose(metrics.nmse(flux, default["flux"]), row["nmse_default_db"],
-                                              atol=0.005)),
+                same_as_table=abs(nmse_default - row["nmse_default_db"]) <= 0.005,
                 seconds=time.perf_counter() - t0)
 
 
@@ -121,9 +119,8 @@ def summary_lines(recs):
     n = len(recs)
     if not n:
         return ["no records"]
-    o = [r["nmse_rl_oracle_db"] for r in recs]
     d = [r["nmse_without_shape_db"] - r["nmse_default_now_db"] for r in recs]
-    reach = [r for r, oo in zip(recs, o) if r["nmse_without_shape_db"] >= oo]
+    reach = [r for r in recs if r["nmse_without_shape_db"] >= r["nmse_rl_oracle_db"]]
     ties = [r for r in reach if r["nmse_without_shape_db"] - r["nmse_rl_oracle_db"] < 0.005]
     lines = [f"{n} rows; without the shape prior NMSE changes by {sum(d) / n:+.3f} dB on average (median "
              f"{sorted(d)[n // 2]:+.3f}), higher on {sum(x > 0 for x in d)}; reaches RL's oracle on {len(reach)} "
@@ -133,7 +130,10 @@ def summary_lines(recs):
     v = [r for r in recs if not math.isnan(r["velocity_default_now_kms"])]
     if v:
         dv = [r["velocity_without_shape_kms"] - r["velocity_default_now_kms"] for r in v]
-        hit = lambda key: sum(r[key] <= r["velocity_rl_oracle_kms"] + 1e-9 for r in v)  # noqa: E731
+
+        def hit(key):
+            return sum(r[key] <= r["velocity_rl_oracle_kms"] + 1e-9 for r in v)
+
         lines.append(f"{len(v)} rows with lines; without the shape prior the velocity RMS changes by "
                      f"{sum(dv) / len(v):+.1f} km/s on average (median {sorted(dv)[len(v) // 2]:+.1f}), higher on "
                      f"{sum(x > 0 for x in dv)}; velocity <= RL oracle {hit('velocity_default_now_kms')} with the prior, "
