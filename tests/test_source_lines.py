@@ -25,6 +25,16 @@ def _truth_own_line_fraction(truth, peak, shape):
     return float(np.maximum(d, 0).sum() / s.sum())
 
 
+@pytest.fixture(scope="module")
+def point_source_default(tmp_path_factory):
+    """point_sources/1043 (tuning seed, small) and its default fit, run once for this module with a checkpoint
+    (``fuse(x, y)``: ``source_lines="auto"`` is the default; a checkpoint does not change the cube):
+    ``(x, y, truth, result, checkpoint options)``."""
+    x, y, truth = scenes.from_spec(scenes.suite("tune", 48)[43], size="small")
+    kw = dict(progress=False, checkpoint=tmp_path_factory.mktemp("default_1043") / "c.zarr", checkpoint_every=5)
+    return x, y, truth, xfusion.fuse(x, y, **kw), kw
+
+
 def test_line_free_test_agrees_with_the_truth_on_a_point_source_sky():
     """point_sources/1003 (tuning seed, small): 8 sources found, of either kind; the test calls line-free exactly
     those whose own truth spectrum has under 2.5 % line flux (power laws: 0.3-1 %; coronal: 4.7-14 %)."""
@@ -101,13 +111,12 @@ def test_line_step_statistics_round_trip_and_refusals():
         Wavelet2D1D(line_peaks=[(1, 1)])
 
 
-def test_fuse_source_lines_auto_against_none_on_a_point_source_sky():
+def test_fuse_source_lines_auto_against_none_on_a_point_source_sky(point_source_default):
     """point_sources/1043 (tuning seed, small; session 51: +0.68 dB): a coronal source and a line-free one are found;
     only the line-free one is recorded, and the step raises the NMSE by more than 0.3 dB. The recorded parameters
     give the same cube again; "none" is the prior without the step."""
-    x, y, truth = scenes.from_spec(scenes.suite("tune", 48)[43], size="small")
+    x, y, truth, on, _ = point_source_default  # fuse(x, y): source_lines="auto" is the default
     ratio = float(fusion_grid(x, y).attrs["spatial_factor"])
-    on = xfusion.fuse(x, y, progress=False, source_lines="auto")
     # "none": the same tuned fit without the step, delivered through the floored pair (what fuse(x, y,
     # source_lines="none") gives, to the bit: the tuning's candidates run without the step; not tuned again here)
     n0, floored, own = json.loads(on.attrs["parameters"])["shape_prior"]
@@ -204,12 +213,10 @@ def test_the_line_free_test_folds_under_each_source_not_at_the_field_corner():
     np.testing.assert_allclose(got[1], plain[1], rtol=1e-9)
 
 
-def test_a_default_run_with_the_floor_off_a_source_resumes_to_the_same_cube(tmp_path):
+def test_a_default_run_with_the_floor_off_a_source_resumes_to_the_same_cube(point_source_default):
     """The checkpoint keeps thinning's choice; resuming derives the same triple at the same source, the same
     field count and run on, and gives the same cube (point_sources/1043, small)."""
-    x, y, _ = scenes.from_spec(scenes.suite("tune", 48)[43], size="small")
-    kw = dict(progress=False, checkpoint=tmp_path / "c.zarr", checkpoint_every=5)
-    r0 = xfusion.fuse(x, y, **kw)
+    x, y, _, r0, kw = point_source_default
     r1 = xfusion.fuse(x, y, resume=True, **kw)
     s0, s1 = xfusion.settings_of(r0), xfusion.settings_of(r1)
     assert len(s0["shape_prior"]) == 3 and s1["shape_prior"] == s0["shape_prior"]
