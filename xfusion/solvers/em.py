@@ -129,11 +129,6 @@ def _scaled(a, f):
     return a * a.dtype.type(f)
 
 
-def _sum(a):
-    """``sum(a)`` in float64 (a block's share)."""
-    return float(np.sum(a, dtype=np.float64))
-
-
 def _weighted_total(s, z):
     """``sum(s z)`` in float64 (a block's share of the predicted counts)."""
     return float(np.sum(s * z, dtype=np.float64))
@@ -159,7 +154,7 @@ def _sq_diff(a, b):
 
 
 def _sum(a):
-    """``sum(a)`` in float64 (a block's share): the total the spectral-shape prior of :attr:`EMProx.post` needs."""
+    """``sum(a)`` in float64 (a block's share; e.g. the total the spectral-shape prior of :attr:`EMProx.post` needs)."""
     return float(np.sum(a, dtype=np.float64))
 
 
