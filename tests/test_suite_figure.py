@@ -954,8 +954,9 @@ def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
     """Session 65: 48 never-run full-size held-out rows (1080-1127 of ``suite("heldout")``, row i from
     ``n = 24 (i // 24 + 1)``) through ``suite.py --select`` and ``tuning.py hindsight`` with today's default: each row
     is its scene, in order, in both files; the issue-13 counts. Baselines, NMSE, velocity and flux met as on the table;
-    hindsight within 0.5 dB 38/48 (not met: 291/360 on the table). Eight of its ten misses are family choices, both
-    ways; the one NMSE miss (mixed/501104, plain RL chosen) is among them."""
+    hindsight within 0.5 dB 38/48 (not met: 291/360 on the table). Its ten misses in session 57's categories: 7 family
+    choices (the one NMSE miss, mixed/501104, plain RL chosen, among them), 2 the zeroed choice's transferred count (the
+    same rung at fuse's default stop within 0.5 dB of the best), 1 the zeroed ladder's k."""
     from xfusion import scenes
 
     names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(1080, 1128)]
@@ -969,9 +970,18 @@ def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
     def family(c):
         return "rl" if c.get("regularization") == "none" else c.get("null_space", "zero")
 
-    missed = [r for r in tables[1] if r["within_0_5_db"] != "True"]
-    assert len(missed) == 10
-    assert sum(family(json.loads(r["choice"])) != family(json.loads(r["best_candidate"])) for r in missed) == 8
+    def category(row):
+        ch, best = json.loads(row["choice"]), float(row["nmse_best_db"])
+        if family(ch) == "zero" and "max_iter" in ch:  # the same rung at fuse's default stop
+            rung = [c["nmse_db"] for c in json.loads(row["candidate_scores"])
+                    if "max_iter" not in c["setting"] and family(c["setting"]) == "zero" and c["setting"]["k"] == ch["k"]]
+            if rung and rung[0] >= best - 0.5:
+                return "count"
+        return "family" if family(ch) != family(json.loads(row["best_candidate"])) else "k"
+
+    missed = {r["scene"].split()[0]: category(r) for r in tables[1] if r["within_0_5_db"] != "True"}
+    assert sorted(missed.values()) == ["count"] * 2 + ["family"] * 7 + ["k"]
+    assert missed["mixed/501104"] == "family" and missed["cluster_core/501096"] == "count"
     capsys.readouterr()
     suite_figure.main(["--base-csv", str(res / "suite_fresh_1080_1127_full.csv"),
                        "--hindsight-csv", str(res / "hindsight_fresh_1080_1127_full.csv"), "--fails"])
