@@ -561,8 +561,8 @@ def test_thresholded_candidate_run_stops_at_its_cap_read_at_call_time(monkeypatc
     """The thresholded candidate's half-data run stops at :data:`xfusion.tuning.THRESHOLD_MAX_ITER` (100), read when
     :func:`xfusion.tuning._tune_threshold` is called. On small tuning scene snr_shell/1015 (24x24x600) the cut binds:
     the sharp-spectral squared error still falls at iterate 103 (warm start included), so the count is
-    ``sq_transfer(103) = 129``. A cap set after import is the one that binds: with 40 the same run stops at iterate 43
-    (until session 58 this part set session 48's 157, whose count reaches RL's cap: 160 steps instead of 43)."""
+    ``sq_transfer(103) = 129``. A cap set after import is the one that binds: with 10 the same run stops at iterate 13
+    (until session 58 this part set session 48's 157, whose count reaches RL's cap: 160 steps; until session 65, 40)."""
     from xfusion import scenes
 
     assert tuning.sq_transfer(157 + 3) == tuning.RL_MAX_ITER
@@ -571,9 +571,9 @@ def test_thresholded_candidate_run_stops_at_its_cap_read_at_call_time(monkeypatc
     cand = {"k": 0.125, "n_scales_1d": 2}
     cut = tuning._tune_threshold(sp, {}, cand)[2]
     assert cut["sq_error_iteration"] == 103 and cut["max_iter"] == tuning.sq_transfer(103) == 129
-    monkeypatch.setattr(tuning, "THRESHOLD_MAX_ITER", 40)
+    monkeypatch.setattr(tuning, "THRESHOLD_MAX_ITER", 10)
     shorter = tuning._tune_threshold(sp, {}, cand)[2]
-    assert shorter["sq_error_iteration"] == 43 and shorter["max_iter"] == tuning.sq_transfer(43) < 129
+    assert shorter["sq_error_iteration"] == 13 and shorter["max_iter"] == tuning.sq_transfer(13) < 129
 
 
 def test_select_cuts_only_runs_that_cannot_change_the_choice(small_toy):
