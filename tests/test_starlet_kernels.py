@@ -60,6 +60,28 @@ def test_the_kernels_are_used_for_cubes(monkeypatch):
     assert {"level_1d", "level_2d", "shrink_add"} <= set(calls)
 
 
+def test_channel_blocks_and_strided_cubes_run_compiled_and_equal_the_numpy_passes(monkeypatch):
+    """The 2D transform cuts a cube into blocks of channels that the kernels read and write in the C-contiguous
+    parents (a strided block did not vectorize, session 66); a strided cube is copied once so that it runs compiled
+    too, and the 1D transform takes strided blocks (the prox's cropped bands) through its contiguous row."""
+    spans = []
+    orig = starlet_kernels.level_2d
+    monkeypatch.setattr(starlet_kernels, "level_2d",
+                        lambda c, s, axes, nxt, w, s1, s2, e0=0: (spans.append((e0, s1.shape[2])),
+                                                                  orig(c, s, axes, nxt, w, s1, s2, e0))[1])
+    z = np.random.default_rng(12).normal(size=(30, 31, 1200)).astype(np.float32)  # 4.5 MB: blocks of <= 2 MiB
+    _same_bits(*_both(monkeypatch, lambda: starlet.starlet2d(z, 2)))
+    starts = sorted({e0 for e0, _ in spans})
+    assert len(starts) >= 3 and starts[0] == 0
+    assert sum(nb for e0, nb in set(spans)) == z.shape[2]  # the blocks tile the channels
+    spans.clear()
+    zt = z[1:-1, ::2].transpose(1, 0, 2)  # strided in both pixel axes
+    _same_bits(*_both(monkeypatch, lambda: starlet.starlet2d1d(zt, 1, 2)))
+    assert spans
+    crop = z[2:-2, 3:-1]  # a cropped band, as the prox passes to the 1D transform
+    _same_bits(*_both(monkeypatch, lambda: starlet.starlet1d(crop, 3)))
+
+
 @pytest.mark.parametrize("null_space", ["zero", "threshold"])
 def test_prox_equals_the_numpy_prox_to_the_bit(monkeypatch, null_space):
     rng = np.random.default_rng(10)

@@ -207,28 +207,36 @@ def _blocks(shape, itemsize, skip_axes, ncoef=1):
 
 def _st1d_block(src, out, J, axis) -> None:
     """1D transform of ``src`` into ``out[0..J]`` (``src`` may be ``out[0]``)."""
-    scratch = np.empty(src.shape, dtype=out.dtype)
     fast = axis == src.ndim - 1 and _kernels.takes(src, out[0])  # compiled passes (.starlet_kernels)
+    scratch = None if fast else np.empty(src.shape, dtype=out.dtype)
     c = src
     for j in range(J):
         nxt = out[j + 1]
         if fast:
-            _kernels.level_1d(c, 1 << j, nxt, out[j], scratch)
+            _kernels.level_1d(c, 1 << j, nxt, out[j])
         else:
             _smooth1(c, 1 << j, axis, nxt, scratch)
             np.subtract(c, nxt, out=out[j])
         c = nxt
 
 
-def _st2d_block(src, out, J, axes) -> None:
-    s1 = np.empty(src.shape, dtype=out.dtype)
-    s2 = np.empty(src.shape, dtype=out.dtype)
-    fast = tuple(axes) == (0, 1) and _kernels.takes(src, out[0])
+def _st2d_block(src, out, J, axes, span=None) -> None:
+    """2D transform of ``src`` into ``out[0..J]``; ``span = (e0, e1)``: only channels ``e0 .. e1`` of the last axis
+    (``src`` and every ``out[j]`` then whole 3D arrays, read and written there in place)."""
+    blk = src if span is None else src[..., span[0]:span[1]]
+    s1 = np.empty(blk.shape, dtype=out.dtype)
+    s2 = np.empty(blk.shape, dtype=out.dtype)
+    # the compiled passes read and write C-contiguous parents at the block's channels (.starlet_kernels.level_2d)
+    fast = (tuple(axes) == (0, 1) and (span is None or blk.ndim == 3) and _kernels.takes(blk, out[0])
+            and src.flags.c_contiguous and all(o.flags.c_contiguous for o in out))
+    if span is not None and not fast:
+        src, out = blk, out[..., span[0]:span[1]]
+    e0 = 0 if span is None else span[0]
     c = src
     for j in range(J):
         nxt = out[j + 1]
         if fast:
-            _kernels.level_2d(c, 1 << j, axes, nxt, out[j], s1, s2)
+            _kernels.level_2d(c, 1 << j, axes, nxt, out[j], s1, s2, e0)
         else:
             _smooth2(c, 1 << j, axes, nxt, s1, s2)
             np.subtract(c, nxt, out=out[j])
@@ -258,6 +266,9 @@ def _tasks_2d(src, out, J, axes):
         return [lambda: _st2d_block(src, out, J, axes)]
     tasks = []
     for s in sl:
+        if ca == src.ndim - 1:  # blocks of channels: the parents and the span (see _st2d_block)
+            tasks.append(lambda s=s: _st2d_block(src, out, J, axes, (s.start, s.stop)))
+            continue
         k = _idx(src.ndim, ca, s)
         ko = (slice(None),) + k
         tasks.append(lambda k=k, ko=ko: _st2d_block(src[k], out[ko], J, axes))
@@ -343,6 +354,7 @@ def starlet2d(cube, n_scales: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray
     a0, a1 = (_norm_axis(a, x.ndim) for a in axes)
     if a0 == a1:
         raise ValueError("axes must be two distinct axes")
+    x = np.ascontiguousarray(x)  # the compiled passes read C-contiguous cubes (a strided view: one copy)
     out = np.empty((J + 1,) + x.shape, dtype=x.dtype)
     _run(_tasks_2d(x, out, J, (a0, a1)), out.nbytes)
     return out
@@ -370,6 +382,7 @@ def starlet2d1d(cube, n_scales_2d: int, n_scales_1d: int) -> np.ndarray:
     if x.ndim < 3:
         raise ValueError("starlet2d1d needs an array with at least 3 dimensions (x, y, energy)")
     ax_e = x.ndim - 1
+    x = np.ascontiguousarray(x)  # as in starlet2d
     out = np.empty((J2 + 1, J1 + 1) + x.shape, dtype=x.dtype)
     # phase 1: 2D bands written to out[:, 0]
     _run(_tasks_2d(x, out[:, 0], J2, (0, 1)), out.nbytes)
