@@ -4,8 +4,8 @@ Run with ``python benchmarks/starlet.py [--repeat N]``.  Prints the machine,
 then the best and median wall time of the 1D, 2D and 2D-1D transforms on a
 ``(45, 45, 2400)`` cube in float32 and float64, plus one smoothing pass of
 the shifted-slice kernel against ``scipy.ndimage.correlate1d``. Each transform runs with the compiled
-passes (:mod:`xfusion.regularizers.starlet_kernels`, when Numba is installed) and with NumPy's, inside
-:func:`xfusion.solvers.heap.retained` as in a fit.
+passes (:mod:`xfusion.regularizers.starlet_kernels`, when Numba is installed; compiled before any timing) and with
+NumPy's, inside :func:`xfusion.solvers.heap.retained` as in a fit.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def main() -> None:
           f"starlet threads={st._num_threads()}")
     print(f"numpy {np.__version__}, python {platform.python_version()}")
     print(f"cube shape {SHAPE}, n_scales_2d={N2D}, n_scales_1d={N1D}, repeat={args.repeat}")
+    # compiled now: since session 63 a process compiles them only after enough NumPy passes, so without this the
+    # [numba] rows ran the NumPy passes (sessions 63-65 of this script)
+    print(f"compiled the kernels for float32 and float64 in {starlet_kernels.warm():.1f} s")
     print()
     print(f"{'transform':<42}{'dtype':<9}{'best [ms]':>10}{'median [ms]':>13}{'out [MB]':>10}")
 
