@@ -5,7 +5,10 @@ COMPILE_AFTER` elements of a dtype went through them, then compiles the Numba ke
 same numbers either way). Per scene and mode this starts one new Python process that builds the scene, then times
 ``xfusion.fuse(x, y)`` (wall seconds; building the scene and importing are not timed):
 
-* ``rule``: today's default;
+* ``rule``: today's default (since session 66 a fused cube of at least ``COMPILE_NOW_VOXELS`` voxels starts compiling
+  before its first pass, :func:`xfusion.regularizers.starlet_kernels.expect`);
+* ``lazy``: the rule of sessions 63-65, ``COMPILE_NOW_VOXELS`` infinite (compiling only after ``COMPILE_AFTER``
+  elements);
 * ``numpy``: ``XFUSION_NUMBA=0`` (never compiled);
 * ``first``: ``COMPILE_AFTER = 1``, compiling from the first block on (the kernels' use as early as the
   background thread allows; until session 63 compilation blocked the first call instead);
@@ -26,7 +29,7 @@ import sys
 from bench_cli import append_record, check_output, parse_indices  # benchmarks/bench_cli.py
 
 SCRIPT = "compile_rule.py"
-MODES = ("rule", "numpy", "first", "warm")
+MODES = ("rule", "lazy", "numpy", "first", "warm")
 
 _CHILD = r"""
 import json, sys, time
@@ -41,6 +44,8 @@ else:
     x, y, _ = scenes.make(**{k: v for k, v in spec.items() if k != "name"}, size=what["size"])
 if mode == "first":
     sk.COMPILE_AFTER = 1
+if mode == "lazy":
+    sk.COMPILE_NOW_VOXELS = float("inf")
 if mode == "warm":
     sk.warm()
 t0 = time.perf_counter()

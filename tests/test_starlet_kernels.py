@@ -147,6 +147,33 @@ def test_the_numpy_passes_run_until_enough_work_then_the_kernels(monkeypatch, th
     assert starlet_kernels.takes(z) and not starlet_kernels.takes(z.astype(np.float64))
 
 
+@pytest.mark.parametrize("voxels_needed", [54000, 54001])
+def test_fuse_of_a_large_cube_starts_compiling_before_any_pass(monkeypatch, small_toy, voxels_needed):
+    """``fuse`` tells the kernels the fused cube's size first: at least ``COMPILE_NOW_VOXELS`` voxels (here the small
+    toy's 15x15x240 = 54000 against a threshold set around it) start the compilation before any NumPy pass ran;
+    fewer leave the lazy rule (never reached here). The cube is the same either way."""
+    import xfusion
+
+    x, y, _ = small_toy
+    _cold(monkeypatch, 1e30)
+    monkeypatch.setattr(starlet_kernels, "COMPILE_NOW_VOXELS", voxels_needed)
+    started = []
+    orig = starlet_kernels._start
+    monkeypatch.setattr(starlet_kernels, "_start",
+                        lambda name: (started.append((name, dict(starlet_kernels._work))), orig(name))[1])
+    r = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", k=1.0, max_iter=3)
+    if voxels_needed <= 54000:
+        assert started[0] == ("float32", {})  # before any pass
+        job = starlet_kernels._jobs["float32"]
+        if job is not None:
+            job.join(timeout=120)
+        assert "float32" in starlet_kernels._ready
+    else:
+        assert not started and not starlet_kernels._jobs and starlet_kernels._work["float32"] > 0
+    ref = xfusion.fuse(x, y, progress=False, regularization="wavelet2d1d", k=1.0, max_iter=3)
+    _same_bits(r.flux.values, ref.flux.values)
+
+
 def test_a_fit_that_switches_to_the_kernels_midway_gives_the_numpy_cube(monkeypatch, small_toy):
     """Whenever the kernels become ready during a fit (here on their own thread, part way through the tuning), the
     fused cube is the NumPy passes' one to the bit."""

@@ -23,6 +23,7 @@ from .operators.model import build_model
 from . import parallel
 from . import start as start_mod
 from .regularizers import lowrank as lowrank_mod
+from .regularizers import starlet_kernels
 from .solvers.backend import fitting
 from .solvers.em import EMProx
 from .solvers.ista import ISTA
@@ -439,6 +440,11 @@ def _precheck_wavelength(observations, params):
         support_in_memory(term, name, _channel_edges(o))
         sums.append(float(np.sum(term.data if term.weight is None else term.data * term.weight, dtype=np.float64)))
     return grid, obs, names, models, sums
+
+
+def _expect_kernels(grid, dtype):
+    """A large fused cube has the compiled starlet passes built now (:func:`~xfusion.regularizers.starlet_kernels.expect`)."""
+    starlet_kernels.expect(dtype, math.prod(int(grid.sizes.get(d, 1)) for d in CUBE_DIMS))
 
 
 def _precheck(observations, params, lowrank):
@@ -1007,6 +1013,7 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
         # degenerate inputs refused before any tuning; the problem built here is reused below unless the choice
         # is a low-rank prior (its own checks)
         checked = _precheck(observations, options, False)
+        _expect_kernels(checked[0], dt)
         with _left_to_thinning("regularization", options, max_iter):
             regularization, max_iter, options, auto_record = _choose_regularization(observations, max_iter, tol,
                                                                                     dtype, client, options, method)
@@ -1036,6 +1043,8 @@ def _fuse(*observations, regularization="auto", method=None, max_iter=None, tol=
     # degenerate inputs refused before any work (tuning included); the grid and models are built once, here
     grid, obs, names, models, sums = (checked if checked is not None and not lowrank else
                                       _precheck(observations, params, lowrank))
+    if not on_dask:  # (the auto path told it above: its tuning runs in memory)
+        _expect_kernels(grid, dt)
     start = None if init is None else start_mod.check_init(init, grid, client)
     no_counts = sums is not None and 0.0 in sums[:2]  # nothing to thin: the fallbacks of the Dask path apply
     # more inputs: the pair that sets the grid first, every further input thinned and scored too
