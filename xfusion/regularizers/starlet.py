@@ -227,8 +227,8 @@ def _st2d_block(src, out, J, axes, span=None) -> None:
     s1 = np.empty(blk.shape, dtype=out.dtype)
     s2 = np.empty(blk.shape, dtype=out.dtype)
     # the compiled passes read and write C-contiguous parents at the block's channels (.starlet_kernels.level_2d)
-    fast = (tuple(axes) == (0, 1) and (span is None or blk.ndim == 3) and _kernels.takes(blk, out[0])
-            and src.flags.c_contiguous and all(o.flags.c_contiguous for o in out))
+    fast = (tuple(axes) == (0, 1) and _kernels.takes(blk, out[0]) and src.flags.c_contiguous
+            and all(o.flags.c_contiguous for o in out))
     if span is not None and not fast:
         src, out = blk, out[..., span[0]:span[1]]
     e0 = 0 if span is None else span[0]
