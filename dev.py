@@ -119,8 +119,9 @@ def cmd_test(args):
     if "--no-tests" in args:
         return 0
     # two worker processes (pytest-xdist, in the test extra), whole files to each so that a file's fixtures are made
-    # once: 226 s instead of 342 s on 2 cores (session 14); a later "-n" in ``args`` overrides
-    workers = ["-n", "2", "--dist", "loadfile"] if (os.cpu_count() or 1) >= 2 else []
+    # once: 226 s instead of 342 s on 2 cores (session 14); the files in the order tests/conftest.py gives them (the
+    # longest first, session 67); a later "-n" in ``args`` overrides
+    workers = (["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"] if (os.cpu_count() or 1) >= 2 else [])
     return _run([py, "-m", "pytest", "-q", *workers, *args], env=env)
 
 

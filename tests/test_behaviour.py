@@ -207,6 +207,36 @@ def test_fuse_runs_one_blas_thread_and_restores_the_callers(small_toy):
     assert seen and all(n == [1] * len(n) for n in seen)
 
 
+
+def test_blas_libraries_are_found_once_and_again_after_new_imports(small_toy, monkeypatch):
+    """fuse and tune limit BLAS through one cached threadpoolctl controller (finding the libraries scans every
+    shared library of the process: ~4 ms a call, session 67); it is made again once more modules were imported (a
+    new one may bring another BLAS), and a fit inside a fit (tune inside fuse) uses the outer one's limits."""
+    import sys
+    import types
+
+    from xfusion.solvers import backend
+
+    x, y, _ = small_toy
+    kw = dict(regularization="none", max_iter=2, tol=None, progress=False)
+    xfusion.fuse(x, y, **kw)
+    first = backend._blas_controller()
+    made = []
+    orig = backend.ThreadpoolController
+
+    def counted():
+        made.append(1)
+        return orig()
+
+    monkeypatch.setattr(backend, "ThreadpoolController", counted)
+    xfusion.fuse(x, y, **kw)
+    assert not made and backend._blas_controller() is first  # no new scan: nothing was imported
+    monkeypatch.setitem(sys.modules, "xfusion_test_new_module", types.ModuleType("xfusion_test_new_module"))
+    seen = []
+    xfusion.fuse(x, y, callback=lambda it, st: seen.append(_blas_threads()), **kw)
+    assert made == [1] and backend._blas_controller() is not first  # scanned again after the import
+    assert seen and all(n == [1] * len(n) for n in seen)
+
 # ----------------------------------------------------------------------------- masks in fuse
 def test_masks_through_the_public_api(small_toy):
     """Masked voxels leave the problem: garbage counts under the mask change nothing; without the mask the

@@ -31,9 +31,11 @@ operators, the likelihood's block kernels and the regularizers, never in a backe
 from __future__ import annotations
 
 import functools
+import sys
+import threading
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from . import heap
 
@@ -53,9 +55,32 @@ def fitting(func):
     (:func:`xfusion.solvers.heap.retained`); the caller's settings are restored on return."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"), heap.retained():
+        if getattr(_fit_local, "depth", 0):  # inside another entry point of this thread: its limits hold
             return func(*args, **kwargs)
+        _fit_local.depth = 1
+        try:
+            with _blas_controller().limit(limits=BLAS_THREADS, user_api="blas"), heap.retained():
+                return func(*args, **kwargs)
+        finally:
+            _fit_local.depth = 0
     return wrapper
+
+
+_fit_local = threading.local()
+_controller: list = []  # [(modules loaded when it was made, ThreadpoolController)]
+_controller_lock = threading.Lock()
+
+
+def _blas_controller():
+    """The process's ``threadpoolctl.ThreadpoolController``: finding the loaded BLAS libraries scans every shared
+    library of the process (about 4 ms with NumPy, SciPy, Numba and Dask loaded, once per ``fuse`` or ``tune`` until
+    session 67), so it is made once and made again only after more Python modules were imported (which may have
+    loaded another BLAS library)."""
+    n = len(sys.modules)
+    with _controller_lock:
+        if not _controller or _controller[0][0] != n:
+            _controller[:] = [(n, ThreadpoolController())]
+        return _controller[0][1]
 
 
 class NumpyBackend:
