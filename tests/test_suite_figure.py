@@ -1013,3 +1013,23 @@ def test_session_62_fresh_small_rows_read_back(suite_figure, capsys):
                  "velocity RMS <= RL oracle: 97/115 = 84.3 %", "|total-flux bias| <= 1 %: 144/144",
                  "in hindsight: 130/144 = 90.3 %"):
         assert line in out, line
+
+
+def test_fuse_timeline_records_every_stage_and_unwraps_them(bench_module):
+    """``benchmarks/fuse_timeline.py`` (session 67): the default ``fuse`` of the small toy with its stages wrapped
+    records the tuning and its candidates, plain RL on its own thread inside the tuning's span, the final fit's loop
+    and the result builder in order, and leaves the library's functions as they were."""
+    import xfusion.fuse  # noqa: F401  (the module, for the identity check below)
+    from xfusion import toy, tuning
+
+    fuse_module = sys.modules["xfusion.fuse"]
+    before = (tuning.select, tuning._tune_none, fuse_module.run, fuse_module._result)
+    x, y, _ = toy.make("small", seed=0)
+    events, wall, cpu, r = bench_module("fuse_timeline").timeline(x, y)
+    assert (tuning.select, tuning._tune_none, fuse_module.run, fuse_module._result) == before
+    got = {name: (thread, s, e) for name, thread, s, e in events}
+    assert {"_precheck", "select", "_tune_wavelet", "_tune_none", "tune_shape", "run", "_result"} <= set(got)
+    assert got["_tune_none"][0] != "MainThread"
+    assert got["select"][1] <= got["_tune_none"][1] and got["_tune_none"][2] <= got["select"][2]
+    assert got["select"][2] <= got["run"][1] <= got["run"][2] <= got["_result"][1] <= wall and cpu > 0
+    assert r.attrs["iterations"] >= 1
