@@ -42,18 +42,30 @@ def test_stored_fits_are_those_rows_and_read_back(shape_cost, capsys):
         assert line in out, line
 
 
-def test_session_64_fresh_small_rows_read_back(bench_module, capsys):
-    """Session 64: 48 never-run small held-out rows (1344-1391 of ``suite("heldout")``, row i from ``n = 24 (i // 24 +
-    1)``) through ``suite.py --select`` and ``tuning.py hindsight`` with today's default. Each row is its scene, in
-    order, in both files. The issue-13 counts: NMSE 43/48, velocity 33/39, hindsight 47/48, baselines and flux on all.
-    Every NMSE miss there is one that no candidate of the grid reaches (the bound of ``shape_cost.py``)."""
+#: fresh small sets: (first row, end row, the issue-13 counts printed by suite_figure.py)
+FRESH_SMALL = {
+    "session 64": (1344, 1392, ("NMSE >= RL oracle: 43/48 = 89.6 %", "velocity RMS <= RL oracle: 33/39 = 84.6 %",
+                                "in hindsight: 47/48 = 97.9 %")),
+    "session 67": (1392, 1440, ("NMSE >= RL oracle: 43/48 = 89.6 %", "velocity RMS <= RL oracle: 33/38 = 86.8 %",
+                                "in hindsight: 42/48 = 87.5 %")),
+}
+
+
+@pytest.mark.parametrize("which", sorted(FRESH_SMALL))
+def test_fresh_small_rows_read_back(bench_module, capsys, which):
+    """48 never-run small held-out rows each (session 64: 1344-1391 of ``suite("heldout")``; session 67: 1392-1439;
+    row i from ``n = 24 (i // 24 + 1)``) through ``suite.py --select`` and ``tuning.py hindsight`` with the default of
+    their session. Each row is its scene, in order, in both files. The issue-13 counts: NMSE 43/48 in both, velocity
+    33/39 and 33/38, hindsight 47/48 and 42/48, baselines and flux on all. Every NMSE miss of both is one that no
+    candidate of the grid reaches (the bound of ``shape_cost.py``, held out twice)."""
     import csv
 
     from xfusion import scenes
 
-    names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(1344, 1392)]
+    first, end, lines = FRESH_SMALL[which]
+    names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(first, end)]
     res = BENCH / "results"
-    files = [res / "suite_fresh_1344_1391_small.csv", res / "hindsight_fresh_1344_1391_small.csv"]
+    files = [res / f"{kind}_fresh_{first}_{end - 1}_small.csv" for kind in ("suite", "hindsight")]
     tables = []
     for path in files:
         with open(path) as fh:
@@ -66,37 +78,5 @@ def test_session_64_fresh_small_rows_read_back(bench_module, capsys):
     capsys.readouterr()
     bench_module("suite_figure").main(["--base-csv", str(files[0]), "--hindsight-csv", str(files[1])])
     out = capsys.readouterr().out
-    for line in ("beats both naive baselines: 48/48", "NMSE >= RL oracle: 43/48 = 89.6 %",
-                 "velocity RMS <= RL oracle: 33/39 = 84.6 %", "|total-flux bias| <= 1 %: 48/48",
-                 "in hindsight: 47/48 = 97.9 %"):
-        assert line in out, line
-
-
-def test_session_67_fresh_small_rows_read_back(bench_module, capsys):
-    """Session 67: the next 48 never-run small held-out rows (1392-1439 of ``suite("heldout")``, row i from ``n = 24
-    (i // 24 + 1)``) through ``suite.py --select`` and ``tuning.py hindsight`` with today's default. Each row is its scene, in order, in both files. The
-    issue-13 counts: NMSE 43/48, velocity 33/38, hindsight 42/48, baselines and flux on all. Every NMSE miss is again
-    one that no candidate of the grid reaches (the bound of ``shape_cost.py``, held out once more)."""
-    import csv
-
-    from xfusion import scenes
-
-    names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(1392, 1440)]
-    res = BENCH / "results"
-    files = [res / "suite_fresh_1392_1439_small.csv", res / "hindsight_fresh_1392_1439_small.csv"]
-    tables = []
-    for path in files:
-        with open(path) as fh:
-            rows = list(csv.DictReader(fh))
-        assert {r["size"] for r in rows} == {"small"} and [r["scene"] for r in rows] == names, path
-        tables.append(rows)
-    best = {r["scene"]: float(r["nmse_best_db"]) for r in tables[1]}
-    miss = [r for r in tables[0] if float(r["nmse_default_db"]) < float(r["nmse_rl_oracle_db"])]
-    assert len(miss) == 5 and all(best[r["scene"]] < float(r["nmse_rl_oracle_db"]) for r in miss)
-    capsys.readouterr()
-    bench_module("suite_figure").main(["--base-csv", str(files[0]), "--hindsight-csv", str(files[1])])
-    out = capsys.readouterr().out
-    for line in ("beats both naive baselines: 48/48", "NMSE >= RL oracle: 43/48 = 89.6 %",
-                 "velocity RMS <= RL oracle: 33/38 = 86.8 %", "|total-flux bias| <= 1 %: 48/48",
-                 "in hindsight: 42/48 = 87.5 %"):
+    for line in ("beats both naive baselines: 48/48", "|total-flux bias| <= 1 %: 48/48") + lines:
         assert line in out, line

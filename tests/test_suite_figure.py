@@ -950,6 +950,24 @@ def test_session_61_zero_count_read_back(monkeypatch):
         assert r["default"]["nmse_db"] > r["rl_best"]["nmse_db"]
 
 
+
+def _fresh_full_size(suite_figure, capsys, first, end):
+    """``(tables, printed)`` of the fresh full-size rows ``first .. end - 1`` of ``suite("heldout")`` (row i from
+    ``n = 24 (i // 24 + 1)``): the suite and hindsight CSVs, each checked to hold those scenes in order, and what
+    ``suite_figure.py --fails`` prints for them."""
+    from xfusion import scenes
+
+    names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(first, end)]
+    paths = [BENCH / "results" / f"{kind}_fresh_{first}_{end - 1}_full.csv" for kind in ("suite", "hindsight")]
+    tables = []
+    for path, size in zip(paths, ("full size", "full")):
+        rows = list(csv.DictReader(open(path)))
+        assert {r["size"] for r in rows} == {size} and [r["scene"] for r in rows] == names, path
+        tables.append(rows)
+    capsys.readouterr()
+    suite_figure.main(["--base-csv", str(paths[0]), "--hindsight-csv", str(paths[1]), "--fails"])
+    return tables, capsys.readouterr().out
+
 def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
     """Session 65: 48 never-run full-size held-out rows (1080-1127 of ``suite("heldout")``, row i from
     ``n = 24 (i // 24 + 1)``) through ``suite.py --select`` and ``tuning.py hindsight`` with today's default: each row
@@ -957,15 +975,7 @@ def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
     hindsight within 0.5 dB 38/48 (not met: 291/360 on the table). Its ten misses in session 57's categories: 7 family
     choices (the one NMSE miss, mixed/501104, plain RL chosen, among them), 2 the zeroed choice's transferred count (the
     same rung at fuse's default stop within 0.5 dB of the best), 1 the zeroed ladder's k."""
-    from xfusion import scenes
-
-    names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(1080, 1128)]
-    res = BENCH / "results"
-    tables = []
-    for path, size in (("suite_fresh_1080_1127_full.csv", "full size"), ("hindsight_fresh_1080_1127_full.csv", "full")):
-        rows = list(csv.DictReader(open(res / path)))
-        assert {r["size"] for r in rows} == {size} and [r["scene"] for r in rows] == names, path
-        tables.append(rows)
+    tables, out = _fresh_full_size(suite_figure, capsys, 1080, 1128)
 
     def family(c):
         return "rl" if c.get("regularization") == "none" else c.get("null_space", "zero")
@@ -982,10 +992,6 @@ def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
     missed = {r["scene"].split()[0]: category(r) for r in tables[1] if r["within_0_5_db"] != "True"}
     assert sorted(missed.values()) == ["count"] * 2 + ["family"] * 7 + ["k"]
     assert missed["mixed/501104"] == "family" and missed["cluster_core/501096"] == "count"
-    capsys.readouterr()
-    suite_figure.main(["--base-csv", str(res / "suite_fresh_1080_1127_full.csv"),
-                       "--hindsight-csv", str(res / "hindsight_fresh_1080_1127_full.csv"), "--fails"])
-    out = capsys.readouterr().out
     for line in ("beats both naive baselines: 48/48", "NMSE >= RL oracle: 47/48 = 97.9 %", "miss: mixed/501104 -0.98 dB",
                  "velocity RMS <= RL oracle: 37/38 = 97.4 %", "|total-flux bias| <= 1 %: 48/48",
                  "in hindsight: 38/48 = 79.2 %"):
@@ -999,22 +1005,10 @@ def test_session_67_fresh_full_size_rows_read_back(suite_figure, capsys):
     order, in both files; the issue-13 counts (hindsight 22/24). One miss is new in kind: on a faint shell
     (snr_shell/501130, 1.1e5 counts) plain RL at one iteration had the least held-out deviance, 3.57 dB below the
     zeroed ladder's top rung (k = 16)."""
-    from xfusion import scenes
-
-    names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(1128, 1152)]
-    res = BENCH / "results"
-    tables = []
-    for path, size in (("suite_fresh_1128_1151_full.csv", "full size"), ("hindsight_fresh_1128_1151_full.csv", "full")):
-        rows = list(csv.DictReader(open(res / path)))
-        assert {r["size"] for r in rows} == {size} and [r["scene"] for r in rows] == names, path
-        tables.append(rows)
+    tables, out = _fresh_full_size(suite_figure, capsys, 1128, 1152)
     missed = {r["scene"].split()[0]: json.loads(r["choice"]) for r in tables[1] if r["within_0_5_db"] != "True"}
     assert sorted(missed) == ["snr_shell/501130", "snr_shell/501135"]
     assert missed["snr_shell/501130"] == {"max_iter": 1, "regularization": "none"}
-    capsys.readouterr()
-    suite_figure.main(["--base-csv", str(res / "suite_fresh_1128_1151_full.csv"),
-                       "--hindsight-csv", str(res / "hindsight_fresh_1128_1151_full.csv"), "--fails"])
-    out = capsys.readouterr().out
     for line in ("beats both naive baselines: 24/24", "NMSE >= RL oracle: 23/24 = 95.8 %", "miss: mixed/501139 -0.05 dB",
                  "velocity RMS <= RL oracle: 17/20 = 85.0 %", "|total-flux bias| <= 1 %: 24/24",
                  "in hindsight: 22/24 = 91.7 %"):
