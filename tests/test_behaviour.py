@@ -236,6 +236,10 @@ def test_blas_libraries_are_found_once_and_again_after_new_imports(small_toy, mo
     xfusion.fuse(x, y, callback=lambda it, st: seen.append(_blas_threads()), **kw)
     assert made == [1] and backend._blas_controller() is not first  # scanned again after the import
     assert seen and all(n == [1] * len(n) for n in seen)
+    # the kept controller reads the caller's setting at each call (3 threads here, set after it was made)
+    with threadpool_limits(limits=3, user_api="blas"):
+        xfusion.fuse(x, y, **kw)
+        assert made == [1] and _blas_threads() == [3] * len(_blas_threads())
 
 # ----------------------------------------------------------------------------- masks in fuse
 def test_masks_through_the_public_api(small_toy):
