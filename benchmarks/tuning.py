@@ -23,6 +23,7 @@
     python benchmarks/tuning.py ladder_rules a.jsonl,b.jsonl 0,1,3  # k / zeroed-count / family rules offline (fit set)
     python benchmarks/tuning.py null_factor 0,1,2 tune 48 small      # null bands at f x the threshold vs zeroed
     python benchmarks/tuning.py ladder_top 1,9 heldout 24 out.jsonl  # k rungs 12, 16 above 8: steps and outcomes
+    python benchmarks/tuning.py ladder_beyond 1130 heldout auto out.jsonl  # k rungs 24, 32 above 16 (session 68)
     python benchmarks/tuning.py patience_data 0,1,2 tune 48 default out.jsonl  # thresholded runs, session-24 wait
     python benchmarks/tuning.py patience_rules a.jsonl,b.jsonl   # shorter waits replayed exactly on those runs
 """
@@ -1555,6 +1556,38 @@ def ladder_top(indices, split="heldout", n_suite=24, out=None, old=True):
                 fh.write(json.dumps(row) + "\n")
 
 
+def ladder_beyond(indices, split="heldout", n_suite=None, out=None, extra=(24.0, 32.0)):
+    """k rungs above 16 (session 68): per full-size suite scene, the default ``fuse`` with ``extra`` rungs added on top
+    of :data:`xfusion.tuning.K_LADDER` (the same walk and guard as above 8); where the walk took a rung above 16 (a
+    recorded step up with the sharp-spectral squared error falling), today's default too. Row ``i`` is
+    ``scenes.suite(split, n)[i]`` with ``n = n_suite``, or ``24 (i // 24 + 1)`` when ``n_suite`` is None (the suite
+    CSVs' rows). JSON lines to ``out``: each run's NMSE, velocity and width RMS, chosen k, steps above 8 and wall."""
+    top = tuning.K_LADDER[-1]
+    for i in indices:
+        n = n_suite or 24 * (i // 24 + 1)
+        spec = scenes.suite(split, n=n)[i]
+        x, y, truth = scenes.from_spec(spec, size="default")
+        saved = tuning.K_LADDER
+        tuning.K_LADDER = saved + tuple(float(k) for k in extra)
+        try:
+            wide = _ladder_fuse(x, y, truth, tuning.K_LADDER[-1])
+        finally:
+            tuning.K_LADDER = saved
+        steps = (wide["steps"] or {}).get("steps", [])
+        taken = any(s["k"] > top and s["sq_gain_spectral"] > 0 for s in steps)
+        row = {"index": i, "split": split, "n": n, "name": spec["name"], "taken": taken, "runs": [wide]}
+        if taken:
+            row["runs"].append(_ladder_fuse(x, y, truth, top))
+        for r in row["runs"]:
+            print(f"{i:4d} {spec['name'][:40]:40s} top {r['top']:4g}: k {r['k']} {r['nmse']:6.2f} dB "
+                  f"v {r['velocity']} w {r['width']} km/s {r['wall_s']:5.1f} s", flush=True)
+        print(f"     steps {[(s['k'], round(s['gain'], 1), round(s['se'], 1), round(s['sq_gain_spectral'], 1)) for s in steps]}",
+              flush=True)
+        if out:
+            with open(out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
 def patience_data(indices, split="tune", n_suite=48, size="default", out=None):
     """Record every thresholded half-data run of the default tuning (session 25, ``THRESHOLD_PATIENCE``) with the
     session-24 wait (patience 1, i.e. ``max(10, i)`` past the later minimum ``i``): held-out deviance and
@@ -1666,6 +1699,9 @@ COMMANDS = {
     "rl": ("", lambda a: lambda: rl()),
     "rl_suite": ("SPLIT N SIZE", lambda a: (lambda s=a[0], n=int(a[1]), z=a[2]: rl(suite_scenes(s, n, z)))),
     "treatments": ("SPLIT N SIZE", lambda a: (lambda s=a[0], n=int(a[1]), z=a[2]: treatments(suite_scenes(s, n, z)))),
+    "ladder_beyond": ("INDICES SPLIT N|auto OUT", lambda a: (
+        lambda i=_ints(a[0]), s=a[1], n=None if a[2] == "auto" else int(a[2]), o=a[3]:
+        ladder_beyond(i, s, n, out=o))),
     "ladder_top": ("INDICES SPLIT N OUT [noold]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], old=_opt(a, 4) != "noold":
         ladder_top(i, s, n, out=o, old=old))),

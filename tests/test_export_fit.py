@@ -6,7 +6,7 @@ as OGIP PHA + BKG + RMF + ARF, read back with gammapy's OGIP reader and fitted
 with a Gaussian line model (WSTAT): energy, width and flux recovered within 3 sigma.
 The same files are loaded and fitted with Sherpa when it is importable (it is not a
 dependency: sherpa 4.19 builds from source once bison, flex and FFTW3 are installed).
-Skipped if gammapy is not installed.
+The gammapy test skips if gammapy is not installed.
 """
 
 from __future__ import annotations
@@ -16,22 +16,20 @@ import pytest
 import xarray as xr
 from scipy.special import erf
 
-gammapy = pytest.importorskip(
-    "gammapy.datasets", reason="gammapy (optional) not installed or not importable")
-
-import astropy.units as u  # noqa: E402
-from gammapy.datasets import OGIPDatasetReader  # noqa: E402
-from gammapy.modeling import Fit  # noqa: E402
-from gammapy.modeling.models import GaussianSpectralModel, SkyModel  # noqa: E402
-
-from xfusion.io.ogip_write import write_pha  # noqa: E402
-from xfusion.io.ogip_read import edges_coords  # noqa: E402
+from xfusion.io.ogip_read import edges_coords
+from xfusion.io.ogip_write import write_pha
 
 LINE_E = 6.4        # keV
 LINE_SIGMA = 0.03   # keV, intrinsic
 LINE_FLUX = 1e-3    # photon / cm2 / s
 EXPOSURE = 2e4      # s
 RES_SIGMA = 0.06    # keV, detector resolution
+
+
+def _need_gammapy():
+    """Skip unless gammapy imports. Imported in the tests, not at collection: gammapy's import costs a test process
+    ~2.5 s, which every process of `dev.py test` paid, also the one that never runs this file."""
+    pytest.importorskip("gammapy.datasets", reason="gammapy (optional) not installed or not importable")
 
 
 def _response():
@@ -55,6 +53,12 @@ def _response():
 
 
 def test_gammapy_fits_written_spectrum(tmp_path):
+    _need_gammapy()
+    import astropy.units as u
+    from gammapy.datasets import OGIPDatasetReader
+    from gammapy.modeling import Fit
+    from gammapy.modeling.models import GaussianSpectralModel, SkyModel
+
     rmf, arf, t_edges, e_edges = _response()
     # photons per true bin: integral of the Gaussian line over each bin
     cdf = 0.5 * (1 + erf((t_edges - LINE_E) / (np.sqrt(2) * LINE_SIGMA)))
@@ -157,11 +161,13 @@ def _fit_pha_with_stat_err(pha_path, band, mean0, sigma0):
 
     gammapy's OGIP reader uses Poisson statistics only; a spectrum whose errors are given (POISSERR = F) is fitted
     here as flux points: dnde = data / (exposure x area x dE) with dnde_err from STAT_ERR, statistic chi2."""
+    import astropy.units as u
     from astropy.io import fits
     from astropy.table import Table
     from gammapy.datasets import FluxPointsDataset
     from gammapy.estimators import FluxPoints
-    from gammapy.modeling.models import ConstantSpectralModel
+    from gammapy.modeling import Fit
+    from gammapy.modeling.models import ConstantSpectralModel, GaussianSpectralModel, SkyModel
 
     from xfusion.io.ogip_read import read_arf
 
@@ -195,6 +201,7 @@ def _fit_pha_with_stat_err(pha_path, band, mean0, sigma0):
 def test_gammapy_fits_a_fused_region_spectrum_with_replica_errors(tmp_path):
     """A fused-like region spectrum (Gaussian line on a continuum, noise correlated between channels) written with
     STAT_ERR from replicas: gammapy's chi2 fit recovers the line centre within its error."""
+    _need_gammapy()
     from scipy.ndimage import gaussian_filter1d
 
     from xfusion.io.ogip_write import write_pha_from_result

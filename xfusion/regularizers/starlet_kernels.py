@@ -52,6 +52,7 @@ of a cropped band 17 -> 10 ms, the 2D-1D prox 85 -> 61-67 ms; one thread, one 2D
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import warnings
@@ -60,16 +61,16 @@ import numpy as np
 
 from ..threads import num_threads
 
-try:  # optional at import: without Numba the NumPy passes run (the same numbers, slower)
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only without numba
-    njit = None
+#: whether Numba is installed (optional: without it the NumPy passes run, the same numbers, slower). It is imported
+#: only when the kernels are compiled (:func:`_define`), not with this module: its import costs a process ~0.3 s, which
+#: a short run, the command line and every process that runs the NumPy passes alone need not pay (session 68)
+_HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 __all__ = ["available", "takes", "expect", "level_1d", "level_2d", "shrink_add", "shape_level", "warm"]
 
 
 def _enabled() -> bool:
-    return njit is not None and os.environ.get("XFUSION_NUMBA", "1").strip() != "0"
+    return _HAVE_NUMBA and os.environ.get("XFUSION_NUMBA", "1").strip() != "0"
 
 
 available = _enabled()
@@ -153,135 +154,154 @@ def _compile_job(name):
         _ready.add(name)
 
 
-if njit is not None:
-    _jit = njit(nogil=True, cache=False)
+# The kernels, written as plain Python: :func:`_define` compiles them with Numba (each helper and kernel replaced in
+# this module by its Numba dispatcher, so a kernel calls the compiled helpers, which LLVM inlines).
+def _refl(i, n):
+    """Position ``i`` mapped into ``[0, n)`` by repeated half-sample reflection (scipy ``mode='reflect'``)."""
+    i = i % (2 * n)
+    return 2 * n - 1 - i if i >= n else i
 
-    @njit(nogil=True)
-    def _refl(i, n):
-        """Position ``i`` mapped into ``[0, n)`` by repeated half-sample reflection (scipy ``mode='reflect'``)."""
-        i = i % (2 * n)
-        return 2 * n - 1 - i if i >= n else i
 
-    @njit(nogil=True)
-    def _tap(left, right, c):
-        """``((left + right) + c) + c``: NumPy's 3-tap pass for one element, its roundings in its order."""
-        v = left + right
-        v = v + c
-        return v + c
+def _tap(left, right, c):
+    """``((left + right) + c) + c``: NumPy's 3-tap pass for one element, its roundings in its order."""
+    v = left + right
+    v = v + c
+    return v + c
 
-    @_jit
-    def _pass0(src, s, out, e0):
-        """One 3-tap pass along axis 0 of a 3D block ``out`` (nx, ny, nb), read from channels ``e0 .. e0 + nb`` of
-        ``src`` (nx, ny, >= e0 + nb): a C-contiguous parent whose channels are contiguous, so the loops vectorize
-        (session 66: a block passed as a strided view did not, and made the 2D level 2.9x slower)."""
-        n, ny, nl = out.shape
+
+def _pass0(src, s, out, e0):
+    """One 3-tap pass along axis 0 of a 3D block ``out`` (nx, ny, nb), read from channels ``e0 .. e0 + nb`` of
+    ``src`` (nx, ny, >= e0 + nb): a C-contiguous parent whose channels are contiguous, so the loops vectorize
+    (session 66: a block passed as a strided view did not, and made the 2D level 2.9x slower)."""
+    n, ny, nl = out.shape
+    for i in range(n):
+        il, ir = _refl(i - s, n), _refl(i + s, n)
+        for y in range(ny):
+            a, b, c, o = src[il, y, e0:e0 + nl], src[ir, y, e0:e0 + nl], src[i, y, e0:e0 + nl], out[i, y]
+            for e in range(nl):
+                o[e] = _tap(a[e], b[e], c[e])
+
+
+def _pass1(src, s, out):
+    """One 3-tap pass along axis 1 of a 3D block."""
+    nx, n, nl = src.shape
+    for x in range(nx):
         for i in range(n):
             il, ir = _refl(i - s, n), _refl(i + s, n)
-            for y in range(ny):
-                a, b, c, o = src[il, y, e0:e0 + nl], src[ir, y, e0:e0 + nl], src[i, y, e0:e0 + nl], out[i, y]
-                for e in range(nl):
-                    o[e] = _tap(a[e], b[e], c[e])
+            a, b, c, o = src[x, il], src[x, ir], src[x, i], out[x, i]
+            for e in range(nl):
+                o[e] = _tap(a[e], b[e], c[e])
 
-    @_jit
-    def _pass1(src, s, out):
-        """One 3-tap pass along axis 1 of a 3D block."""
-        nx, n, nl = src.shape
-        for x in range(nx):
+
+def _pass1_last(src, s, out, scale, prev, w, e0):
+    """The last 2D pass (axis 1) of a block ``src`` (nx, ny, nb) with the level's rescaling and wavelet, written to
+    channels ``e0 .. e0 + nb`` of the parents ``out``, ``w`` (``prev`` read there): ``out = pass(src) * scale``,
+    ``w = prev - out`` (``w`` may be ``prev``)."""
+    nx, n, nl = src.shape
+    for x in range(nx):
+        for i in range(n):
+            il, ir = _refl(i - s, n), _refl(i + s, n)
+            a, b, c = src[x, il], src[x, ir], src[x, i]
+            o, p, q = out[x, i, e0:e0 + nl], prev[x, i, e0:e0 + nl], w[x, i, e0:e0 + nl]
+            for e in range(nl):
+                v = _tap(a[e], b[e], c[e]) * scale
+                o[e] = v
+                q[e] = p[e] - v
+
+
+def _level1(c, s, nxt, w, scale):
+    """One level of the 1D transform along axis 2 of a 3D block, spectrum by spectrum: the spectrum is copied
+    into a contiguous row (so that the passes vectorize whatever the block's strides), smoothed twice by the
+    3-tap pass with the level's rescaling, ``nxt = pass(pass(c)) * scale``, ``w = c - nxt`` (``w`` may be ``c``).
+    Both passes run on rows that stay in the cache: 3 streams over memory instead of 6 (session 66)."""
+    nx, ny, n = c.shape
+    row = np.empty(n, c.dtype)
+    buf = np.empty(n, c.dtype)
+    lo, hi = min(s, n), max(n - s, min(s, n))
+    for x in range(nx):
+        for y in range(ny):
+            cr = c[x, y]
             for i in range(n):
-                il, ir = _refl(i - s, n), _refl(i + s, n)
-                a, b, c, o = src[x, il], src[x, ir], src[x, i], out[x, i]
+                row[i] = cr[i]
+            for i in range(lo):
+                buf[i] = _tap(row[_refl(i - s, n)], row[_refl(i + s, n)], row[i])
+            left, right, mid, b = row[lo - s:hi - s], row[lo + s:hi + s], row[lo:hi], buf[lo:hi]
+            for k in range(hi - lo):  # interior: offsets as views (no negative-index test in the loop)
+                b[k] = _tap(left[k], right[k], mid[k])
+            for i in range(hi, n):
+                buf[i] = _tap(row[_refl(i - s, n)], row[_refl(i + s, n)], row[i])
+            o, q = nxt[x, y], w[x, y]
+            for i in range(lo):
+                v = _tap(buf[_refl(i - s, n)], buf[_refl(i + s, n)], buf[i]) * scale
+                o[i] = v
+                q[i] = row[i] - v
+            left, right, mid = buf[lo - s:hi - s], buf[lo + s:hi + s], buf[lo:hi]
+            om, qm, pm = o[lo:hi], q[lo:hi], row[lo:hi]
+            for k in range(hi - lo):
+                v = _tap(left[k], right[k], mid[k]) * scale
+                om[k] = v
+                qm[k] = pm[k] - v
+            for i in range(hi, n):
+                v = _tap(buf[_refl(i - s, n)], buf[_refl(i + s, n)], buf[i]) * scale
+                o[i] = v
+                q[i] = row[i] - v
+
+
+def _shrink_add(band, th, out, mag):
+    """Soft thresholding of a 3D block in place as ``band - clip(band, -th, th)``, added into ``out``, its
+    magnitude written to ``mag`` (the NumPy steps of ``sparsity._apply``, element by element)."""
+    nx, ny, nl = band.shape
+    lo = -th
+    for x in range(nx):
+        for y in range(ny):
+            b, o, m = band[x, y], out[x, y], mag[x, y]
+            for e in range(nl):
+                v = b[e]
+                c = lo if v < lo else (th if v > th else v)
+                k = v - c
+                b[e] = k
+                m[e] = abs(k)
+                o[e] = o[e] + k
+
+
+def _shape_level(u, n, n0, s, t, out):
+    """``(n u + n0 s) / (n + n0)`` per element (``n``, ``t`` per pixel: shape (x, y, 1)), times ``t`` when ``t``
+    has pixels (the last level; an empty ``t`` skips it); ``out`` may be ``s``."""
+    nx, ny, nl = u.shape
+    last = t.shape[0] > 0
+    for x in range(nx):
+        for y in range(ny):
+            nn = n[x, y, 0]
+            den = nn + n0
+            ux, sx, ox = u[x, y], s[x, y], out[x, y]
+            if last:
+                tt = t[x, y, 0]
                 for e in range(nl):
-                    o[e] = _tap(a[e], b[e], c[e])
-
-    @_jit
-    def _pass1_last(src, s, out, scale, prev, w, e0):
-        """The last 2D pass (axis 1) of a block ``src`` (nx, ny, nb) with the level's rescaling and wavelet, written to
-        channels ``e0 .. e0 + nb`` of the parents ``out``, ``w`` (``prev`` read there): ``out = pass(src) * scale``,
-        ``w = prev - out`` (``w`` may be ``prev``)."""
-        nx, n, nl = src.shape
-        for x in range(nx):
-            for i in range(n):
-                il, ir = _refl(i - s, n), _refl(i + s, n)
-                a, b, c = src[x, il], src[x, ir], src[x, i]
-                o, p, q = out[x, i, e0:e0 + nl], prev[x, i, e0:e0 + nl], w[x, i, e0:e0 + nl]
+                    ox[e] = tt * ((nn * ux[e] + n0 * sx[e]) / den)
+            else:
                 for e in range(nl):
-                    v = _tap(a[e], b[e], c[e]) * scale
-                    o[e] = v
-                    q[e] = p[e] - v
+                    ox[e] = (nn * ux[e] + n0 * sx[e]) / den
 
-    @_jit
-    def _level1(c, s, nxt, w, scale):
-        """One level of the 1D transform along axis 2 of a 3D block, spectrum by spectrum: the spectrum is copied
-        into a contiguous row (so that the passes vectorize whatever the block's strides), smoothed twice by the
-        3-tap pass with the level's rescaling, ``nxt = pass(pass(c)) * scale``, ``w = c - nxt`` (``w`` may be ``c``).
-        Both passes run on rows that stay in the cache: 3 streams over memory instead of 6 (session 66)."""
-        nx, ny, n = c.shape
-        row = np.empty(n, c.dtype)
-        buf = np.empty(n, c.dtype)
-        lo, hi = min(s, n), max(n - s, min(s, n))
-        for x in range(nx):
-            for y in range(ny):
-                cr = c[x, y]
-                for i in range(n):
-                    row[i] = cr[i]
-                for i in range(lo):
-                    buf[i] = _tap(row[_refl(i - s, n)], row[_refl(i + s, n)], row[i])
-                left, right, mid, b = row[lo - s:hi - s], row[lo + s:hi + s], row[lo:hi], buf[lo:hi]
-                for k in range(hi - lo):  # interior: offsets as views (no negative-index test in the loop)
-                    b[k] = _tap(left[k], right[k], mid[k])
-                for i in range(hi, n):
-                    buf[i] = _tap(row[_refl(i - s, n)], row[_refl(i + s, n)], row[i])
-                o, q = nxt[x, y], w[x, y]
-                for i in range(lo):
-                    v = _tap(buf[_refl(i - s, n)], buf[_refl(i + s, n)], buf[i]) * scale
-                    o[i] = v
-                    q[i] = row[i] - v
-                left, right, mid = buf[lo - s:hi - s], buf[lo + s:hi + s], buf[lo:hi]
-                om, qm, pm = o[lo:hi], q[lo:hi], row[lo:hi]
-                for k in range(hi - lo):
-                    v = _tap(left[k], right[k], mid[k]) * scale
-                    om[k] = v
-                    qm[k] = pm[k] - v
-                for i in range(hi, n):
-                    v = _tap(buf[_refl(i - s, n)], buf[_refl(i + s, n)], buf[i]) * scale
-                    o[i] = v
-                    q[i] = row[i] - v
 
-    @_jit
-    def _shrink_add(band, th, out, mag):
-        """Soft thresholding of a 3D block in place as ``band - clip(band, -th, th)``, added into ``out``, its
-        magnitude written to ``mag`` (the NumPy steps of ``sparsity._apply``, element by element)."""
-        nx, ny, nl = band.shape
-        lo = -th
-        for x in range(nx):
-            for y in range(ny):
-                b, o, m = band[x, y], out[x, y], mag[x, y]
-                for e in range(nl):
-                    v = b[e]
-                    c = lo if v < lo else (th if v > th else v)
-                    k = v - c
-                    b[e] = k
-                    m[e] = abs(k)
-                    o[e] = o[e] + k
+#: the functions :func:`_define` hands to Numba, helpers first
+_KERNELS = ("_refl", "_tap", "_pass0", "_pass1", "_pass1_last", "_level1", "_shrink_add", "_shape_level")
+_define_lock = threading.Lock()
+_defined = False
 
-    @_jit
-    def _shape_level(u, n, n0, s, t, out):
-        """``(n u + n0 s) / (n + n0)`` per element (``n``, ``t`` per pixel: shape (x, y, 1)), times ``t`` when ``t``
-        has pixels (the last level; an empty ``t`` skips it); ``out`` may be ``s``."""
-        nx, ny, nl = u.shape
-        last = t.shape[0] > 0
-        for x in range(nx):
-            for y in range(ny):
-                nn = n[x, y, 0]
-                den = nn + n0
-                ux, sx, ox = u[x, y], s[x, y], out[x, y]
-                if last:
-                    tt = t[x, y, 0]
-                    for e in range(nl):
-                        ox[e] = tt * ((nn * ux[e] + n0 * sx[e]) / den)
-                else:
-                    for e in range(nl):
-                        ox[e] = (nn * ux[e] + n0 * sx[e]) / den
+
+def _define():
+    """Import Numba and replace each function of :data:`_KERNELS` in this module by its Numba dispatcher (once per
+    process; ``nogil``, not cached on disk). Compiling then works on the dispatchers (:func:`_compile`)."""
+    global _defined
+    with _define_lock:
+        if _defined:
+            return
+        from numba import njit
+
+        g = globals()
+        for name in _KERNELS:
+            g[name] = njit(nogil=True, cache=False)(g[name])
+        _defined = True
 
 
 def shrink_add(band, th, out, mag):
@@ -335,6 +355,7 @@ def _signatures(dt):
 
 
 def _compile(dt):
+    _define()
     for kernel, sig in _signatures(np.dtype(dt)):
         kernel.compile(sig)
 
