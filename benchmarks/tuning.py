@@ -24,6 +24,7 @@
     python benchmarks/tuning.py null_factor 0,1,2 tune 48 small      # null bands at f x the threshold vs zeroed
     python benchmarks/tuning.py ladder_top 1,9 heldout 24 out.jsonl  # k rungs 12, 16 above 8: steps and outcomes
     python benchmarks/tuning.py ladder_beyond 1130 heldout auto out.jsonl  # k rungs 24, 32 above 16 (session 68)
+    python benchmarks/tuning.py ladder_beyond_summary results/ladder_beyond_s68.jsonl  # what they changed
     python benchmarks/tuning.py patience_data 0,1,2 tune 48 default out.jsonl  # thresholded runs, session-24 wait
     python benchmarks/tuning.py patience_rules a.jsonl,b.jsonl   # shorter waits replayed exactly on those runs
 """
@@ -1588,6 +1589,38 @@ def ladder_beyond(indices, split="heldout", n_suite=None, out=None, extra=(24.0,
                 fh.write(json.dumps(row) + "\n")
 
 
+def ladder_beyond_summary(path):
+    """Print what :func:`ladder_beyond`'s rows (``path``, JSON lines) show per split: the rows the extra rungs
+    changed (a rung above 16 taken), their NMSE change (extended minus today's ladder, dB), velocity- and width-RMS
+    changes (median, %), the k they took, and each changed row."""
+    import statistics
+
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh]
+    for split in dict.fromkeys(r["split"] for r in rows):
+        mine = [r for r in rows if r["split"] == split]
+        changed = [r for r in mine if r["taken"]]
+        print(f"{split}: {len(changed)} of {len(mine)} rows changed")
+        if not changed:
+            continue
+        d = [r["runs"][0]["nmse"] - r["runs"][1]["nmse"] for r in changed]
+
+        def rel(key):
+            pairs = [(r["runs"][0][key], r["runs"][1][key]) for r in changed]
+            return [a / b - 1 for a, b in pairs if a is not None and b and np.isfinite(a) and np.isfinite(b)]
+
+        v, w = rel("velocity"), rel("width")
+        print(f"  NMSE change mean {statistics.mean(d):+.2f} dB, median {statistics.median(d):+.2f}, better on "
+              f"{sum(x > 0 for x in d)}, worse on {sum(x < 0 for x in d)}, from {min(d):+.2f} to {max(d):+.2f}")
+        if v:
+            print(f"  velocity RMS median change {100 * statistics.median(v):+.1f} %, higher on {sum(x > 0 for x in v)} "
+                  f"of {len(v)}; width RMS {100 * statistics.median(w):+.1f} %")
+        for r, x in sorted(zip(changed, d), key=lambda t: t[1]):
+            new, old = r["runs"]
+            print(f"  {r['name'][:44]:44s} k {old['k']} -> {new['k']}: {old['nmse']:6.2f} -> {new['nmse']:6.2f} dB "
+                  f"({x:+.2f})")
+
+
 def patience_data(indices, split="tune", n_suite=48, size="default", out=None):
     """Record every thresholded half-data run of the default tuning (session 25, ``THRESHOLD_PATIENCE``) with the
     session-24 wait (patience 1, i.e. ``max(10, i)`` past the later minimum ``i``): held-out deviance and
@@ -1702,6 +1735,7 @@ COMMANDS = {
     "ladder_beyond": ("INDICES SPLIT N|auto OUT", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=None if a[2] == "auto" else int(a[2]), o=a[3]:
         ladder_beyond(i, s, n, out=o))),
+    "ladder_beyond_summary": ("FILE", lambda a: (lambda f=a[0]: ladder_beyond_summary(f))),
     "ladder_top": ("INDICES SPLIT N OUT [noold]", lambda a: (
         lambda i=_ints(a[0]), s=a[1], n=int(a[2]), o=a[3], old=_opt(a, 4) != "noold":
         ladder_top(i, s, n, out=o, old=old))),

@@ -1055,3 +1055,27 @@ def test_fuse_timeline_records_every_stage_and_unwraps_them(bench_module):
     assert got["select"][1] <= got["_tune_none"][1] and got["_tune_none"][2] <= got["select"][2]
     assert got["select"][2] <= got["run"][1] <= got["run"][2] <= got["_result"][1] <= wall and cpu > 0
     assert r.attrs["iterations"] >= 1
+
+
+def test_session_68_ladder_beyond_read_back(bench_module, capsys):
+    """Session 68 (not adopted): the k ladder with rungs 24 and 32 above 16 (``tuning.py ladder_beyond``) on the 5
+    full-size tuning seeds and the 69 held-out full-size rows whose ladder had its least deviance at the top rung 16.
+    Each row is its scene; the rule changed 1 tuning seed (mixed/1009 -0.33 dB, so the criterion written first failed)
+    and 38 held-out rows (mean +0.25 dB, median -0.04, 20 worse; snr_shell/501130 +4.51)."""
+    from xfusion import scenes
+
+    path = BENCH / "results" / "ladder_beyond_s68.jsonl"
+    rows = [json.loads(line) for line in open(path)]
+    assert [r["split"] for r in rows].count("tune") == 5 and len(rows) == 74
+    for r in rows:
+        assert scenes.suite(r["split"], n=r["n"])[r["index"]]["name"] == r["name"]
+        assert len(r["runs"]) == (2 if r["taken"] else 1) and r["runs"][0]["top"] == 32.0
+        assert r["taken"] == any(s["k"] > 16 and s["sq_gain_spectral"] > 0 for s in (r["runs"][0]["steps"] or {})
+                                 .get("steps", []))
+    capsys.readouterr()
+    bench_module("tuning").main(["ladder_beyond_summary", str(path)])
+    out = capsys.readouterr().out
+    for line in ("tune: 1 of 5 rows changed", "heldout: 38 of 69 rows changed",
+                 "NMSE change mean +0.25 dB, median -0.04, better on 18, worse on 20, from -0.73 to +4.51",
+                 "mixed/1009 t1 real 2.4e+05 psf2.7            k 16.0 -> 32.0:  17.24 ->  16.91 dB (-0.33)"):
+        assert line in out, line
