@@ -291,13 +291,20 @@ _defined = False
 
 def _define():
     """Import Numba and replace each function of :data:`_KERNELS` in this module by its Numba dispatcher (once per
-    process; ``nogil``, not cached on disk). Compiling then works on the dispatchers (:func:`_compile`)."""
-    global _defined
+    process; ``nogil``, not cached on disk). Compiling then works on the dispatchers (:func:`_compile`). A Numba that
+    is installed but does not import turns the kernels off (``available`` False, a ``RuntimeWarning``): the NumPy
+    passes give the same numbers."""
+    global _defined, available
     with _define_lock:
         if _defined:
             return
-        from numba import njit
-
+        try:
+            from numba import njit
+        except ImportError as e:  # pragma: no cover - a broken Numba install
+            available = False
+            warnings.warn(f"xfusion could not import Numba ({e}); the starlet's NumPy passes (the same numbers, "
+                          "slower) run instead", RuntimeWarning, stacklevel=3)
+            raise
         g = globals()
         for name in _KERNELS:
             g[name] = njit(nogil=True, cache=False)(g[name])
@@ -371,7 +378,10 @@ def warm(dtypes=("float32", "float64")):
     t0 = time.perf_counter()
     for name in dtypes:
         dt = np.dtype(name)
-        _compile(dt)
+        try:
+            _compile(dt)
+        except ImportError:  # pragma: no cover - a broken Numba install (_define warned)
+            return 0.0
         with _lock:
             _ready.add(dt.name)
     return time.perf_counter() - t0
