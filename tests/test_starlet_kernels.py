@@ -194,3 +194,26 @@ def test_a_fit_that_switches_to_the_kernels_midway_gives_the_numpy_cube(monkeypa
     starlet_kernels._jobs["float32"].join(timeout=120)
     _same_bits(fast.flux.values, slow.flux.values)
     assert fast.attrs["parameters"] == slow.attrs["parameters"]
+
+
+def test_a_numba_that_does_not_import_turns_the_kernels_off(monkeypatch):
+    """Numba is imported only when the kernels are compiled (session 68). One that is installed but fails to import
+    then turns them off with a warning, and the transforms run the NumPy passes: the same coefficients."""
+    import sys
+
+    z = np.random.default_rng(3).random((12, 12, 40)).astype(np.float32)
+    before = starlet.starlet2d(z, 2)
+    monkeypatch.setattr(starlet_kernels, "_defined", False)  # as in a process that has not compiled them yet
+    monkeypatch.setattr(starlet_kernels, "available", True)  # so that the flag _define turns off is restored after
+    monkeypatch.setitem(sys.modules, "numba", None)  # "import numba" now raises ImportError
+    with pytest.warns(RuntimeWarning, match="could not import Numba"):
+        assert starlet_kernels.warm(("float32",)) == 0.0
+    assert not starlet_kernels.available and not starlet_kernels.takes(z)
+    for a, b in zip(starlet.starlet2d(z, 2), before):
+        _same_bits(a, b)
+
+
+def test_the_kernels_are_back_after_the_broken_numba_test():
+    """The test above leaves the module as it found it (kernels on, Numba's dispatchers in place)."""
+    assert starlet_kernels.available and starlet_kernels._defined and "float32" in starlet_kernels._ready
+    assert type(starlet_kernels._level1).__module__.startswith("numba")
