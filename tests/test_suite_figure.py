@@ -76,7 +76,6 @@ def test_base_csv_keeps_the_other_rows_and_replaces_the_scenes_measured_again(tm
         suite_figure.main(["--base-csv", str(base), "--input", f"huge={again}"])
 
 
-
 @pytest.fixture()
 def run(bench_module, capsys):
     """Run a benchmark script's main in this process, where it must stop at its argument checks: (exit code,
@@ -950,7 +949,6 @@ def test_session_61_zero_count_read_back(monkeypatch):
         assert r["default"]["nmse_db"] > r["rl_best"]["nmse_db"]
 
 
-
 def _fresh_full_size(suite_figure, capsys, first, end):
     """``(tables, printed)`` of the fresh full-size rows ``first .. end - 1`` of ``suite("heldout")`` (row i from
     ``n = 24 (i // 24 + 1)``): the suite and hindsight CSVs, each checked to hold those scenes in order, and what
@@ -967,6 +965,7 @@ def _fresh_full_size(suite_figure, capsys, first, end):
     capsys.readouterr()
     suite_figure.main(["--base-csv", str(paths[0]), "--hindsight-csv", str(paths[1]), "--fails"])
     return tables, capsys.readouterr().out
+
 
 def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
     """Session 65: 48 never-run full-size held-out rows (1080-1127 of ``suite("heldout")``, row i from
@@ -998,7 +997,6 @@ def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
         assert line in out, line
 
 
-
 def test_session_67_fresh_full_size_rows_read_back(suite_figure, capsys):
     """Session 67: 24 never-run full-size held-out rows (1128-1151 of ``suite("heldout")``, row i from ``n = 24 (i //
     24 + 1)``) through ``suite.py --select`` and ``tuning.py hindsight`` with today's default: each row is its scene, in
@@ -1013,6 +1011,7 @@ def test_session_67_fresh_full_size_rows_read_back(suite_figure, capsys):
                  "velocity RMS <= RL oracle: 17/20 = 85.0 %", "|total-flux bias| <= 1 %: 24/24",
                  "in hindsight: 22/24 = 91.7 %"):
         assert line in out, line
+
 
 def test_session_62_fresh_small_rows_read_back(suite_figure, capsys):
     """Session 62: 144 never-run small held-out rows (1200-1343 of ``suite("heldout")``, row i from
