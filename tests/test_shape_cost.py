@@ -42,27 +42,32 @@ def test_stored_fits_are_those_rows_and_read_back(shape_cost, capsys):
         assert line in out, line
 
 
-#: fresh small sets: (first row, end row, the issue-13 counts printed by suite_figure.py)
+#: fresh small sets: (first row, end row, the issue-13 counts printed by suite_figure.py, the NMSE misses that a
+#: candidate of the grid would have passed: the scenes of the rows the choice missed although the bound reached)
 FRESH_SMALL = {
-    "session 64": (1344, 1392, ("NMSE >= RL oracle: 43/48 = 89.6 %", "velocity RMS <= RL oracle: 33/39 = 84.6 %",
-                                "in hindsight: 47/48 = 97.9 %")),
-    "session 67": (1392, 1440, ("NMSE >= RL oracle: 43/48 = 89.6 %", "velocity RMS <= RL oracle: 33/38 = 86.8 %",
-                                "in hindsight: 42/48 = 87.5 %")),
+    "session 64": (1344, 1392, ("beats both naive baselines: 48/48", "NMSE >= RL oracle: 43/48 = 89.6 %",
+                                "velocity RMS <= RL oracle: 33/39 = 84.6 %", "in hindsight: 47/48 = 97.9 %"), ()),
+    "session 67": (1392, 1440, ("beats both naive baselines: 48/48", "NMSE >= RL oracle: 43/48 = 89.6 %",
+                                "velocity RMS <= RL oracle: 33/38 = 86.8 %", "in hindsight: 42/48 = 87.5 %"), ()),
+    "session 68": (1440, 1488, ("beats both naive baselines: 47/48", "NMSE >= RL oracle: 43/48 = 89.6 %", "velocity RMS <= RL oracle: 34/38 = 89.5 %",
+                                "in hindsight: 41/48 = 85.4 %"),
+                   ("point_sources/501483", "snr_shell/501450", "snr_shell/501470")),
 }
 
 
 @pytest.mark.parametrize("which", sorted(FRESH_SMALL))
 def test_fresh_small_rows_read_back(bench_module, capsys, which):
     """48 never-run small held-out rows each (session 64: 1344-1391 of ``suite("heldout")``; session 67: 1392-1439;
-    row i from ``n = 24 (i // 24 + 1)``) through ``suite.py --select`` and ``tuning.py hindsight`` with the default of
-    their session. Each row is its scene, in order, in both files. The issue-13 counts: NMSE 43/48 in both, velocity
-    33/39 and 33/38, hindsight 47/48 and 42/48, baselines and flux on all. Every NMSE miss of both is one that no
-    candidate of the grid reaches (the bound of ``shape_cost.py``, held out twice)."""
+    session 68: 1440-1487; row i from ``n = 24 (i // 24 + 1)``) through ``suite.py --select`` and ``tuning.py
+    hindsight`` with the default of their session. Each row is its scene, in order, in both files. The issue-13
+    counts: NMSE 43/48 in all three, velocity 33/39, 33/38 and 34/38, hindsight 47/48, 42/48 and 41/48, flux on all,
+    baselines on all but snr_shell/501485 (aSAM). Every NMSE miss of sessions 64 and 67 is one that no candidate of the
+    grid reaches (the bound of ``shape_cost.py``); in session 68's set three of the five are reachable."""
     import csv
 
     from xfusion import scenes
 
-    first, end, lines = FRESH_SMALL[which]
+    first, end, lines, reachable = FRESH_SMALL[which]
     names = [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"] for i in range(first, end)]
     res = BENCH / "results"
     files = [res / f"{kind}_fresh_{first}_{end - 1}_small.csv" for kind in ("suite", "hindsight")]
@@ -74,9 +79,15 @@ def test_fresh_small_rows_read_back(bench_module, capsys, which):
         tables.append(rows)
     best = {r["scene"]: float(r["nmse_best_db"]) for r in tables[1]}
     miss = [r for r in tables[0] if float(r["nmse_default_db"]) < float(r["nmse_rl_oracle_db"])]
-    assert len(miss) == 5 and all(best[r["scene"]] < float(r["nmse_rl_oracle_db"]) for r in miss)
+    assert len(miss) == 5
+    # the one row under a baseline anywhere in these sets: session 68's snr_shell/501485 (its aSAM, 0.283 against 0.245
+    # for the sharp-spectral cube upsampled in space)
+    assert [r["scene"].split()[0] for r in tables[0] if r["beats_both_baselines"] != "True"] == (
+        ["snr_shell/501485"] if first == 1440 else [])
+    assert sorted(r["scene"].split()[0] for r in miss if best[r["scene"]] >= float(r["nmse_rl_oracle_db"])) == list(
+        reachable)
     capsys.readouterr()
     bench_module("suite_figure").main(["--base-csv", str(files[0]), "--hindsight-csv", str(files[1])])
     out = capsys.readouterr().out
-    for line in ("beats both naive baselines: 48/48", "|total-flux bias| <= 1 %: 48/48") + lines:
+    for line in ("|total-flux bias| <= 1 %: 48/48",) + lines:
         assert line in out, line
