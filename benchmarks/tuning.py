@@ -1507,13 +1507,14 @@ def guard_rules(path, lo=0, hi=48):
     return rows, res
 
 
-def _ladder_fuse(x, y, truth, top):
-    """Default ``fuse`` with the k ladder cut at ``top``: NMSE, velocity and width RMS (km/s), the chosen k, the
-    guarded steps above 8 (:data:`xfusion.tuning.K_GUARDED_ABOVE`) and the wall time."""
+def _ladder_fuse(x, y, truth, top, extra=()):
+    """Default ``fuse`` with the k ladder cut at ``top``, or (``extra``) extended by those rungs above its top: NMSE,
+    velocity and width RMS (km/s), the chosen k, the guarded steps above 8 (:data:`xfusion.tuning.K_GUARDED_ABOVE`)
+    and the wall time."""
     from suite import _science
 
     saved = tuning.K_LADDER
-    tuning.K_LADDER = saved[:saved.index(top) + 1]
+    tuning.K_LADDER = saved[:saved.index(top) + 1] + tuple(float(k) for k in extra)
     try:
         t0 = time.perf_counter()
         res = xfusion.fuse(x, y, progress=False)
@@ -1526,7 +1527,8 @@ def _ladder_fuse(x, y, truth, top):
     sci = _science(res, tm, lm_args, lsf)
     rec = res.attrs.get("parameters", {})
     rec = json.loads(rec) if isinstance(rec, str) else rec
-    return {"top": top, "nmse": metrics.nmse(truth["flux"].values, res["flux"].values),
+    return {"top": float(max((top,) + tuple(extra))),
+            "nmse": metrics.nmse(truth["flux"].values, res["flux"].values),
             "velocity": sci["velocity_rms_kms"], "width": sci["width_rms_kms"], "wall_s": wall,
             "k": rec.get("k"), "steps": rec.get("auto_tuning", {}).get("k_above"),
             "iterations": int(res.attrs.get("iterations", -1))}
@@ -1568,12 +1570,7 @@ def ladder_beyond(indices, split="heldout", n_suite=None, out=None, extra=(24.0,
         n = n_suite or 24 * (i // 24 + 1)
         spec = scenes.suite(split, n=n)[i]
         x, y, truth = scenes.from_spec(spec, size="default")
-        saved = tuning.K_LADDER
-        tuning.K_LADDER = saved + tuple(float(k) for k in extra)
-        try:
-            wide = _ladder_fuse(x, y, truth, tuning.K_LADDER[-1])
-        finally:
-            tuning.K_LADDER = saved
+        wide = _ladder_fuse(x, y, truth, top, extra)
         steps = (wide["steps"] or {}).get("steps", [])
         taken = any(s["k"] > top and s["sq_gain_spectral"] > 0 for s in steps)
         row = {"index": i, "split": split, "n": n, "name": spec["name"], "taken": taken, "runs": [wide]}
