@@ -1,4 +1,5 @@
-"""Where the wall time of one default ``fuse`` goes: the start and end of each stage, and the process's CPU seconds.
+"""Where the wall time of one default ``fuse`` goes: the start and end of each stage, and the process's CPU seconds (all threads) while each stage ran: the cores it kept busy, with whatever ran
+beside it.
 
 The issue-13 time target is the wall time of the default (tuning by thinning + final fit) on a 45x45x2400 scene. This
 wraps the stage functions of ``xfusion.tuning`` and ``xfusion.fuse`` (instrumentation only: the same code runs) and
@@ -29,7 +30,8 @@ STAGES = {"xfusion.tuning": ("select", "_tune_wavelet", "_tune_none", "_tune_thr
 
 
 def install(t0, events):
-    """Wrap the stage functions; each call appends ``(name, thread, start, end)`` to ``events``."""
+    """Wrap the stage functions; each call appends ``(name, thread, start, end, cpu)`` to ``events`` (``cpu``: the
+    process's CPU seconds, every thread, between the stage's start and end)."""
     undo = []
     for modname, names in STAGES.items():
         mod = importlib.import_module(modname)
@@ -37,12 +39,12 @@ def install(t0, events):
             orig = getattr(mod, name)
 
             def wrapped(*a, _orig=orig, _name=name, **kw):
-                start = time.perf_counter()
+                start, c = time.perf_counter(), time.process_time()
                 try:
                     return _orig(*a, **kw)
                 finally:
                     events.append((_name, threading.current_thread().name, start - t0[0],
-                                   time.perf_counter() - t0[0]))
+                                   time.perf_counter() - t0[0], time.process_time() - c))
             setattr(mod, name, wrapped)
             undo.append((mod, name, orig))
     return undo
@@ -50,7 +52,7 @@ def install(t0, events):
 
 def timeline(x, y):
     """``(events, wall, cpu, result)`` of ``xfusion.fuse(x, y)`` with the stages wrapped (:func:`install`; unwrapped
-    again on return): ``events`` as ``(name, thread, start, end)`` sorted by start."""
+    again on return): ``events`` as ``(name, thread, start, end, cpu)`` sorted by start."""
     t0, events = [0.0], []
     undo = install(t0, events)
     try:
@@ -80,9 +82,9 @@ def main(argv=None):
     events, wall, cpu, r = timeline(x, y)
     print(f"fuse timeline: {platform.machine()} {os.cpu_count()} CPUs, python {platform.python_version()}, xfusion "
           f"{xfusion.__version__}; {spec['name']} ({a.size}), kernels {'compiled first' if a.warm else 'compiled in the call'}")
-    print(f"{'stage':20s} {'thread':22s} {'start':>8s} {'end':>8s} {'seconds':>8s}")
-    for name, thread, s, e in events:
-        print(f"{name:20s} {thread:22s} {s:8.2f} {e:8.2f} {e - s:8.2f}")
+    print(f"{'stage':20s} {'thread':22s} {'start':>8s} {'end':>8s} {'seconds':>8s} {'CPU':>7s} {'cores':>5s}")
+    for name, thread, s, e, c in events:
+        print(f"{name:20s} {thread:22s} {s:8.2f} {e:8.2f} {e - s:8.2f} {c:7.2f} {c / max(e - s, 1e-9):5.2f}")
     print(f"wall {wall:.2f} s, CPU {cpu:.2f} s (CPU / 2 = {cpu / 2:.2f} s); final fit {int(r.attrs['iterations'])} "
           f"iterations, choice {r.attrs['regularization']}")
 

@@ -59,6 +59,10 @@ def test_suite_deterministic_disjoint_and_spanning():
         assert len({s["name"] for s in specs}) == len(specs)
     with pytest.raises(ValueError, match="split"):
         scenes.suite("train")
+    # the list of a (split, n) is drawn once per process; each call hands out new dicts
+    tune[0]["kind"], tune[1]["seed"] = "changed by the caller", -1
+    again = scenes.suite("tune")
+    assert again[0]["kind"] == scenes.KINDS[0] and again[1]["seed"] == 1001 and again == scenes.suite("tune", n=24.0)
 
 
 @pytest.mark.parametrize("geometry,response,kind,tol", [

@@ -1066,7 +1066,8 @@ def test_fuse_timeline_records_every_stage_and_unwraps_them(bench_module):
     x, y, _ = toy.make("small", seed=0)
     events, wall, cpu, r = bench_module("fuse_timeline").timeline(x, y)
     assert (tuning.select, tuning._tune_none, fuse_module.run, fuse_module._result) == before
-    got = {name: (thread, s, e) for name, thread, s, e in events}
+    got = {name: (thread, s, e) for name, thread, s, e, _ in events}
+    assert all(c >= 0 for *_, c in events) and max(c for *_, c in events) <= cpu + 1e-6
     assert {"_precheck", "select", "_tune_wavelet", "_tune_none", "tune_shape", "run", "_result"} <= set(got)
     assert got["_tune_none"][0] != "MainThread"
     assert got["select"][1] <= got["_tune_none"][1] and got["_tune_none"][2] <= got["select"][2]

@@ -144,6 +144,32 @@ def test_gaussian_smoothing_in_row_blocks_equals_one_transform(monkeypatch):
     assert one.dtype == np.float32 and one.shape == a.shape
 
 
+def test_backend_totals_are_block_shares_summed_in_order_whatever_the_threads(monkeypatch):
+    """The in-memory backend's ``total`` (the EM step's sums): a cube's rows cut into blocks of about
+    ``SPLIT_BYTES``, each block's share computed on the pool, the shares added in block order -- the same float on
+    one thread and on two, within rounding of the one-call sum; arguments that broadcast along the rows (a scalar,
+    an (1, 1, L) array) are passed whole; small or 1D inputs are one call."""
+    from xfusion.solvers import backend
+    from xfusion.solvers.em import _sq_diff, _weighted_total
+
+    rng = np.random.default_rng(5)
+    z, s = (rng.gamma(2.0, 1.0, size=(45, 45, 600)).astype(np.float32) for _ in range(2))
+    B = backend.NumpyBackend()
+    parts = backend._row_spans((s, z))[1]
+    assert len(parts) > 2 and parts[0][0] == 0 and parts[-1][1] == 45
+    for f, args in ((_weighted_total, (s, z)), (_sq_diff, (z, s)), (_weighted_total, (s[:1, :1], z))):
+        one, two = _both(monkeypatch, lambda: B.total(f, *args))
+        assert one == two
+        blocks = 0.0
+        for r0, r1 in parts:
+            blocks += f(*(a if a.shape[0] == 1 else a[r0:r1] for a in args))
+        assert one == blocks and one == pytest.approx(f(*args), rel=1e-12)
+    seen = []
+    B.total(lambda a: seen.append(a.shape) or 0.0, z[:5, :5])  # below PARALLEL_MIN_BYTES: one call
+    B.total(lambda a: seen.append(a.shape) or 0.0, z.ravel())  # 1D: one call
+    assert seen == [(5, 5, 600), (z.size,)]
+
+
 @pytest.mark.parametrize("noise", ["mad", "poisson"])
 def test_prior_statistics_are_the_same_whatever_the_threads(monkeypatch, noise):
     rng = np.random.default_rng(4)

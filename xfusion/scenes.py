@@ -84,6 +84,7 @@ Randomness: the sky is drawn from ``default_rng([seed, kind, 0])`` and the noise
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -883,13 +884,20 @@ def suite(split="tune", n=24):
     Y PSF width (1-5 fused pixels, stratified), response (gaussian / realistic, alternating within each
     kind) and geometry (one scene in three ``xmm_resolve``) are spread over the set like a Latin
     hypercube drawn from a split-specific generator. Seeds: ``tune`` from 1000, ``heldout`` from 500000
-    (disjoint for any n < 499000).
+    (disjoint for any n < 499000). Each call returns new dicts (the caller may change them); the list of a
+    ``(split, n)`` is drawn once per process (the tests and benchmarks ask for one row of a list of ~1500 at a time).
     """
     if split not in SPLIT_SEEDS:
         raise ValueError(f"split must be 'tune' or 'heldout'; got {split!r}")
     n = int(n)
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
+    return [dict(spec) for spec in _suite(split, n)]
+
+
+@functools.lru_cache(maxsize=8)
+def _suite(split, n):
+    """:func:`suite`'s specs, drawn once per ``(split, n)`` (a tuple: callers get copies)."""
     rng = np.random.default_rng([SPLIT_SEEDS[split], n])
     lc = 5 + 3 * (rng.permutation(n) + rng.uniform(size=n)) / n        # log10 counts in [5, 8)
     psf = 1 + 4 * (rng.permutation(n) + rng.uniform(size=n)) / n       # [1, 5)
@@ -906,7 +914,7 @@ def suite(split="tune", n=24):
                 "geometry": "xmm_resolve" if geo[i] else "table1"}
         spec["name"] = describe(spec)
         specs.append(spec)
-    return specs
+    return tuple(specs)
 
 
 def describe(spec):

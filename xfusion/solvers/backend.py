@@ -37,6 +37,7 @@ import threading
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from .. import threads
 from . import heap
 
 #: BLAS threads while xfusion fits or tunes (NumPy and Dask alike; the caller's setting is restored on
@@ -83,8 +84,48 @@ def _blas_controller():
         return _controller[0][1]
 
 
+#: bytes of the largest argument per task when :meth:`NumpyBackend.total` cuts a cube along its first axis (a fixed
+#: size, never the thread count: the same blocks and sums on any number of threads)
+SPLIT_BYTES = 1 << 20
+
+
+def _row_spans(args):
+    """``(shape, spans)`` when the arguments hold a cube worth cutting along axis 0 -- the largest array argument
+    is at least :data:`xfusion.threads.PARALLEL_MIN_BYTES`, has two or more dimensions and is the broadcast shape of
+    all of them -- with ``spans`` the ``(r0, r1)`` row ranges of about :data:`SPLIT_BYTES` each; else None."""
+    arrays = [a for a in args if isinstance(a, np.ndarray)]
+    if not arrays:
+        return None
+    ref = max(arrays, key=lambda a: a.nbytes)
+    if ref.ndim < 2 or ref.shape[0] < 2 or ref.nbytes < threads.PARALLEL_MIN_BYTES:
+        return None
+    try:
+        if np.broadcast_shapes(*(a.shape for a in arrays)) != ref.shape:
+            return None
+    except ValueError:  # not broadcastable: the function's own call raises the error
+        return None
+    parts = threads.spans(0, ref.shape[0], max(1, SPLIT_BYTES // max(ref.nbytes // ref.shape[0], 1)))
+    return (ref.shape, parts) if len(parts) > 1 else None
+
+
+def _rows(a, shape, r0, r1):
+    """Rows ``r0:r1`` of an argument shaped like the cube along axis 0; anything else (numbers, arrays that
+    broadcast along axis 0) as it is."""
+    if isinstance(a, np.ndarray) and a.ndim == len(shape) and a.shape[0] == shape[0]:
+        return a[r0:r1]
+    return a
+
+
 class NumpyBackend:
-    """In-memory backend: direct calls on NumPy arrays."""
+    """In-memory backend: direct calls on NumPy arrays.
+
+    :meth:`total` runs its function on blocks of rows (axis 0) of about :data:`SPLIT_BYTES` of the cube on the thread
+    pool (:mod:`xfusion.threads`), as the Dask backend runs it on pixel blocks (the function gives a block's share of
+    the sum): the sum of the shares in block order, float64; the blocks depend on the cube's shape only, so the sums
+    are the same on any number of threads. Session 69, point_sources/500083 (45x45x2400): the EM step's four totals
+    21 -> 13 ms per step. :meth:`map` calls its function once: cut into blocks the same way, its voxel-wise passes
+    took as long (3.0-3.6 ms each, against 2.6-4.1 ms) once the blocks were copied into the output.
+    """
 
     client = None
     #: the solvers may evaluate inputs that share a first operator together (:mod:`xfusion.operators.group`)
@@ -108,7 +149,21 @@ class NumpyBackend:
         return f(*args)
 
     def total(self, f, *args):
-        return f(*args)
+        split = _row_spans(args)
+        if split is None:
+            return f(*args)
+        shape, parts = split
+        shares = [0.0] * len(parts)
+
+        def task(i, r0, r1):
+            shares[i] = f(*(_rows(a, shape, r0, r1) for a in args))
+
+        threads.run([functools.partial(task, i, r0, r1) for i, (r0, r1) in enumerate(parts)],
+                    sum(a.nbytes for a in args if isinstance(a, np.ndarray)))
+        out = 0.0
+        for v in shares:  # in block order
+            out += float(v)
+        return out
 
     def peak(self, x):
         return float(np.max(x, initial=0.0))
