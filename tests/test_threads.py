@@ -10,7 +10,7 @@ from xfusion.operators import psf as psf_mod
 from xfusion.operators import response as response_mod
 from xfusion.operators.psf import EnergyDependentSpatial, SpatialMatrix, band_weights
 from xfusion.operators.response import ResponseMatrix
-from xfusion.regularizers.sparsity import Wavelet2D1D, _gaussian_nearest, gaussian_nearest
+from xfusion.regularizers.sparsity import Wavelet2D1D, _gaussian_nearest, gaussian_nearest, gaussian_nearest_every
 
 
 def _both(monkeypatch, fn):
@@ -168,6 +168,27 @@ def test_backend_totals_are_block_shares_summed_in_order_whatever_the_threads(mo
     B.total(lambda a: seen.append(a.shape) or 0.0, z[:5, :5])  # below PARALLEL_MIN_BYTES: one call
     B.total(lambda a: seen.append(a.shape) or 0.0, z.ravel())  # 1D: one call
     assert seen == [(5, 5, 600), (z.size,)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smoothing_at_every_step_th_channel_is_the_full_smoothing_sampled(monkeypatch, dtype):
+    """``gaussian_nearest_every`` (the line part's statistic, session 69): the full smoothing at channels 0, step,
+    ... within rounding (the inverse summed over the bins whose Gaussian transfer is >= eps^2), the same to the bit
+    on one thread and two; where the sum would not pay (small sigma, step 1) exactly the full smoothing sampled."""
+    rng = np.random.default_rng(6)
+    a = (rng.gamma(2.0, 1.0, size=(20, 9, 2400)) - 2.0).astype(dtype)
+    eps = 16 * np.finfo(dtype).eps
+    for sigma, step in ((132.9, 19), (60.0, 40), (300.0, 7)):
+        one, two = _both(monkeypatch, lambda: gaussian_nearest_every(a, sigma, step))
+        np.testing.assert_array_equal(one, two)
+        full = gaussian_nearest(a, sigma)[..., ::step]
+        assert one.shape == full.shape and one.dtype == dtype
+        assert np.abs(one.astype(np.float64) - full).max() <= eps * np.abs(a).max()
+        assert not np.array_equal(one, full) or dtype == np.float64  # really the short sum, not the fallback
+    for sigma, step in ((3.0, 5), (132.9, 1)):
+        np.testing.assert_array_equal(gaussian_nearest_every(a, sigma, step), gaussian_nearest(a, sigma)[..., ::step])
+    np.testing.assert_allclose(gaussian_nearest_every(a[0, 0], 132.9, 19), gaussian_nearest(a[0, 0], 132.9)[::19],
+                               rtol=0, atol=eps * np.abs(a[0, 0]).max())
 
 
 @pytest.mark.parametrize("noise", ["mad", "poisson"])

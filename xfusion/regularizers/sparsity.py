@@ -144,6 +144,48 @@ def _gaussian_nearest(a, sigma):
     return sfft.irfft(f, m, axis=-1)[..., pad:pad + n].astype(a.dtype, copy=False)
 
 
+def gaussian_nearest_every(a, sigma, step):
+    """``gaussian_nearest(a, sigma)[..., ::step]``: the same smoothing at channels ``0, step, 2 step, ...`` only. The
+    transform of each padded spectrum is the same; the inverse is summed at those channels alone, from the bins where
+    the Gaussian's transfer ``exp(-2 (pi sigma k / m)^2)`` is at least the square of the dtype's epsilon (the rest
+    cannot change a value beyond its rounding): about ``1.3 m / sigma`` bins in float32 (37 for the line step's
+    133-channel scale, against the ``m`` ~ 3750 of a full inverse). Equal to the full smoothing within rounding
+    (tested), so a statistic sampled every ``step`` channels (the line part's MAD, :meth:`Wavelet2D1D._parts`) need
+    not smooth every channel (session 69: 45x45x2400 float32, ``step`` 19, the line part's sample 41 -> 19 ms on two
+    threads). Falls back to the full smoothing where the sum would cost more than the inverse it replaces. Blocks of rows on the thread pool, as :func:`gaussian_nearest`."""
+    import scipy.fft as sfft
+
+    a = np.asarray(a)
+    step = int(step)
+    n = a.shape[-1]
+    pad = int(np.ceil(5.0 * sigma))
+    m = sfft.next_fast_len(n + 2 * pad, real=True)
+    tiny = float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps) ** 2
+    keep = int(np.ceil(m * np.sqrt(np.log(1.0 / tiny) / 2.0) / (np.pi * float(sigma)))) + 1
+    at = np.arange(0, n, step)
+    if step < 2 or keep >= m // 2 or keep * at.size > 4 * m:
+        return gaussian_nearest(a, sigma)[..., ::step]
+    k = np.arange(keep)
+    basis = np.exp(2j * np.pi * np.outer(k, at + pad) / m)  # (keep, channels): e^{2 pi i k t / m}
+    basis *= (np.where(k == 0, 1.0, 2.0) * np.exp(-2.0 * (np.pi * float(sigma) * k / m) ** 2) / m)[:, None]
+
+    def smooth(b):
+        bp = np.concatenate([np.repeat(b[..., :1], pad, axis=-1), b, np.repeat(b[..., -1:], pad, axis=-1)], axis=-1)
+        f = sfft.rfft(bp, m, axis=-1)[..., :keep]
+        return (f.astype(np.complex128) @ basis).real.astype(a.dtype, copy=False)
+
+    if a.ndim < 2 or a.shape[0] < 2:
+        return smooth(a)
+    out = np.empty(a.shape[:-1] + (at.size,), dtype=a.dtype)
+    rows = max(1, (1 << 21) // max(a[0].nbytes, 1))
+
+    def task(r0, r1):
+        out[r0:r1] = smooth(a[r0:r1])
+
+    _run_tasks([lambda r0=r0, r1=r1: task(r0, r1) for r0, r1 in spans(0, a.shape[0], rows)], a.nbytes)
+    return out
+
+
 def _extend(a, h):
     """``a`` (x, y, ...) extended by ``h`` pixels of :data:`FIELD_EDGE` on both sides of its two spatial axes."""
     return np.pad(a, ((h, h), (h, h)) + ((0, 0),) * (a.ndim - 2), **FIELD_EDGE)
@@ -436,7 +478,8 @@ class Wavelet2D1D:
         if self.line_peaks:  # the line part of the fine 2D band (the sum of its 1D bands) at the lattice voxels
             if 0 not in cache:
                 cache[0] = stack(0, lattice)
-            samples["line"] = np.ascontiguousarray(self._line_part(np.sum(cache[0], axis=0))[:, :, ::se])
+            r = np.sum(cache[0], axis=0)
+            samples["line"] = r[:, :, ::se] - gaussian_nearest_every(r, self.line_sigma, se)
         if self.noise == "poisson":  # the intensity (coarse-coarse band) at the same lattice voxels
             if self.n2 not in cache:
                 cache[self.n2] = stack(self.n2, lattice)
