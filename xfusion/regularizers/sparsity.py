@@ -120,28 +120,41 @@ def gaussian_nearest(a, sigma):
     rows (axis 0) of about 2 MiB run on the thread pool (:mod:`xfusion.threads`; every spectrum is transformed
     alone, so the result is the same to the bit whatever the threads)."""
     a = np.asarray(a)
+    return _by_rows(a, lambda b: _gaussian_nearest(b, sigma), a.shape[-1])
+
+
+def _by_rows(a, fn, n_out):
+    """``fn`` (spectra -> spectra of ``n_out`` samples, along the last axis) applied to blocks of rows (axis 0) of
+    about 2 MiB of ``a`` on the thread pool (one call for a 1D ``a`` or a single row)."""
     if a.ndim < 2 or a.shape[0] < 2:
-        return _gaussian_nearest(a, sigma)
-    out = np.empty(a.shape, dtype=a.dtype)
+        return fn(a)
+    out = np.empty(a.shape[:-1] + (n_out,), dtype=a.dtype)
     rows = max(1, (1 << 21) // max(a[0].nbytes, 1))
 
     def task(r0, r1):
-        out[r0:r1] = _gaussian_nearest(a[r0:r1], sigma)
+        out[r0:r1] = fn(a[r0:r1])
 
     _run_tasks([lambda r0=r0, r1=r1: task(r0, r1) for r0, r1 in spans(0, a.shape[0], rows)], a.nbytes)
     return out
 
 
-def _gaussian_nearest(a, sigma):
+def _fourier_nearest(a, sigma):
+    """``(padded transform, pad, m)``: ``a`` padded by ``ceil(5 sigma)`` edge samples at each end, its real FFT of
+    the fast length ``m`` along the last axis (the first step of :func:`gaussian_nearest`)."""
     import scipy.fft as sfft
 
-    n = a.shape[-1]
     pad = int(np.ceil(5.0 * sigma))
     ap = np.concatenate([np.repeat(a[..., :1], pad, axis=-1), a, np.repeat(a[..., -1:], pad, axis=-1)], axis=-1)
     m = sfft.next_fast_len(ap.shape[-1], real=True)
-    f = sfft.rfft(ap, m, axis=-1)
+    return sfft.rfft(ap, m, axis=-1), pad, m
+
+
+def _gaussian_nearest(a, sigma):
+    import scipy.fft as sfft
+
+    f, pad, m = _fourier_nearest(a, sigma)
     f *= np.exp(-2.0 * (np.pi * float(sigma) * np.fft.rfftfreq(m)) ** 2).astype(f.real.dtype)
-    return sfft.irfft(f, m, axis=-1)[..., pad:pad + n].astype(a.dtype, copy=False)
+    return sfft.irfft(f, m, axis=-1)[..., pad:pad + a.shape[-1]].astype(a.dtype, copy=False)
 
 
 def gaussian_nearest_every(a, sigma, step):
@@ -152,7 +165,8 @@ def gaussian_nearest_every(a, sigma, step):
     133-channel scale, against the ``m`` ~ 3750 of a full inverse). Equal to the full smoothing within rounding
     (tested), so a statistic sampled every ``step`` channels (the line part's MAD, :meth:`Wavelet2D1D._parts`) need
     not smooth every channel (session 69: 45x45x2400 float32, ``step`` 19, the line part's sample 41 -> 19 ms on two
-    threads). Falls back to the full smoothing where the sum would cost more than the inverse it replaces. Blocks of rows on the thread pool, as :func:`gaussian_nearest`."""
+    threads). Falls back to the full smoothing where the sum would cost more than the inverse it replaces. Blocks of
+    rows on the thread pool, as :func:`gaussian_nearest`."""
     import scipy.fft as sfft
 
     a = np.asarray(a)
@@ -170,20 +184,10 @@ def gaussian_nearest_every(a, sigma, step):
     basis *= (np.where(k == 0, 1.0, 2.0) * np.exp(-2.0 * (np.pi * float(sigma) * k / m) ** 2) / m)[:, None]
 
     def smooth(b):
-        bp = np.concatenate([np.repeat(b[..., :1], pad, axis=-1), b, np.repeat(b[..., -1:], pad, axis=-1)], axis=-1)
-        f = sfft.rfft(bp, m, axis=-1)[..., :keep]
+        f = _fourier_nearest(b, sigma)[0][..., :keep]
         return (f.astype(np.complex128) @ basis).real.astype(a.dtype, copy=False)
 
-    if a.ndim < 2 or a.shape[0] < 2:
-        return smooth(a)
-    out = np.empty(a.shape[:-1] + (at.size,), dtype=a.dtype)
-    rows = max(1, (1 << 21) // max(a[0].nbytes, 1))
-
-    def task(r0, r1):
-        out[r0:r1] = smooth(a[r0:r1])
-
-    _run_tasks([lambda r0=r0, r1=r1: task(r0, r1) for r0, r1 in spans(0, a.shape[0], rows)], a.nbytes)
-    return out
+    return _by_rows(a, smooth, at.size)
 
 
 def _extend(a, h):
