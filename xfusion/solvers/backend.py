@@ -123,7 +123,7 @@ class NumpyBackend:
     pool (:mod:`xfusion.threads`), as the Dask backend runs it on pixel blocks (the function gives a block's share of
     the sum): the sum of the shares in block order, float64; the blocks depend on the cube's shape only, so the sums
     are the same on any number of threads. Session 69, point_sources/500083 (45x45x2400): the EM step's four totals
-    21 -> 13 ms per step. :meth:`map` calls its function once: cut into blocks the same way, its voxel-wise passes
+    19 -> 12 ms per step. :meth:`map` calls its function once: cut into blocks the same way, its voxel-wise passes
     took as long (3.0-3.6 ms each, against 2.6-4.1 ms) once the blocks were copied into the output.
     """
 
