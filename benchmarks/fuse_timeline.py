@@ -1,5 +1,7 @@
-"""Where the wall time of one default ``fuse`` goes: the start and end of each stage, and the process's CPU seconds (all threads) while each stage ran: the cores it kept busy, with whatever ran
-beside it.
+"""Where the wall time of one default ``fuse`` goes: the start and end of each stage, and the process's CPU seconds.
+
+Per stage, the CPU seconds of the whole process (all threads) while it ran, and the cores that kept busy (with
+whatever ran beside it).
 
 The issue-13 time target is the wall time of the default (tuning by thinning + final fit) on a 45x45x2400 scene. This
 wraps the stage functions of ``xfusion.tuning`` and ``xfusion.fuse`` (instrumentation only: the same code runs) and
