@@ -246,6 +246,21 @@ def test_vignetted_area_background_and_masks_through_fuse_agree_and_stay_compact
     assert all("dense" not in vars(m.area) for m in (s["mx"], s["my"]))
 
 
+def test_a_background_with_the_low_rank_family_on_dask_is_refused_with_what_to_do():
+    """The low-rank family's Dask path has no background term: refused before any computing, naming the fix (the
+    full-cube family takes it on Dask, test above; the low-rank family in memory)."""
+    import xarray as xr
+
+    x, y, _ = toy.make("small", seed=0)
+    rate = 0.2 * float(y.counts.mean()) / float(y.exposure)
+    y = y.assign(background_rate=xr.full_like(y.counts, rate, dtype=float).assign_attrs(units="count s-1"))
+    with pytest.raises(NotImplementedError, match=r"known background on Dask.*load the observations into memory"):
+        xfusion.fuse(x.assign(counts=x.counts.chunk({"x": 10})), y, regularization="lowrank_sobolev", rank=5,
+                     mu=0.01, max_iter=2, progress=False)
+    r = xfusion.fuse(x, y, regularization="lowrank_sobolev", rank=5, mu=0.01, max_iter=2, progress=False)
+    assert r.attrs["backend"] == "numpy" and np.isfinite(r.flux.values).all()
+
+
 def test_more_than_two_inputs(small):
     """Further observations join the same likelihood on the blocks: two more (one on the fused pixels, one
     rebinned like Y) == the NumPy EM with the four terms."""
