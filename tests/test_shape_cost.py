@@ -55,18 +55,22 @@ FRESH_SMALL = {  # first row, end, summary lines, NMSE misses, the reachable one
                    ("snr_shell/501485",)),  # its aSAM: 0.283 against 0.245 for Y upsampled in space
     "session 69": (1488, 1536, ("beats both naive baselines: 48/48", "NMSE >= RL oracle: 41/48 = 85.4 %",
                                 "velocity RMS <= RL oracle: 30/39 = 76.9 %", "in hindsight: 46/48 = 95.8 %"), 7, (), ()),
+    "session 70": (1536, 1584, ("beats both naive baselines: 48/48", "NMSE >= RL oracle: 43/48 = 89.6 %",
+                                "velocity RMS <= RL oracle: 36/38 = 94.7 %", "in hindsight: 41/48 = 85.4 %"), 5,
+                   ("mixed/501564", "mixed/501569"), ()),
 }
 
 
 @pytest.mark.parametrize("which", sorted(FRESH_SMALL))
 def test_fresh_small_rows_read_back(bench_module, capsys, which):
     """48 never-run small held-out rows each (session 64: 1344-1391 of ``suite("heldout")``; session 67: 1392-1439;
-    session 68: 1440-1487; session 69: 1488-1535; row i from ``n = 24 (i // 24 + 1)``) through ``suite.py --select``
-    and ``tuning.py hindsight`` with the default of their session. Each row is its scene, in order, in both files. The
-    issue-13 counts: NMSE 43/48 in the first three, 41/48 in session 69's; velocity 33/39, 33/38, 34/38 and 30/39;
-    hindsight 47/48, 42/48, 41/48 and 46/48; flux on all; baselines on all but snr_shell/501485 (aSAM). Every NMSE
-    miss of sessions 64, 67 and 69 is one that no candidate of the grid reaches (the bound of ``shape_cost.py``); in
-    session 68's set three of the five are reachable."""
+    session 68: 1440-1487; session 69: 1488-1535; session 70: 1536-1583; row i from ``n = 24 (i // 24 + 1)``)
+    through ``suite.py --select`` and ``tuning.py hindsight`` with the default of their session. Each row is its
+    scene, in order, in both files. The issue-13 counts: NMSE 43/48 in the first three and in session 70's, 41/48 in
+    session 69's; velocity 33/39, 33/38, 34/38, 30/39 and 36/38; hindsight 47/48, 42/48, 41/48, 46/48 and 41/48; flux
+    on all; baselines on all but snr_shell/501485 (aSAM). Every NMSE miss of sessions 64, 67 and 69 is one that no
+    candidate of the grid reaches (the bound of ``shape_cost.py``); in session 68's set three of the five are
+    reachable, in session 70's two of the five."""
     import csv
 
     from xfusion import scenes
