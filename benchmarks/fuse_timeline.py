@@ -11,12 +11,14 @@ same work could reach.
 
 Stages: the prechecks, ``select`` (the tuning) and inside it the k ladder, plain RL's half-data run (on its own
 thread), the thresholded candidate and the zeroed candidate's continuation; the shape prior's choice (``tune_shape``);
-the final fit's solver loop (``run``) and the compact sources' run-on; the result builder.
+the final fit's solver loop (``run``) and the compact sources' run-on; the result builder. Per stage also the EM steps
+its thread ran while it ran (its nested stages' included): how many iterations each part costs (session 70).
 
     python benchmarks/fuse_timeline.py --index 83            # point_sources/500083 of suite("heldout", n=96)
     python benchmarks/fuse_timeline.py --index 95 --warm     # kernels compiled before the call
 """
 import argparse
+import collections
 import importlib
 import os
 import platform
@@ -32,21 +34,32 @@ STAGES = {"xfusion.tuning": ("select", "_tune_wavelet", "_tune_none", "_tune_thr
 
 
 def install(t0, events):
-    """Wrap the stage functions; each call appends ``(name, thread, start, end, cpu)`` to ``events`` (``cpu``: the
-    process's CPU seconds, every thread, between the stage's start and end)."""
-    undo = []
+    """Wrap the stage functions and the EM step; each stage call appends ``(name, thread, start, end, cpu, steps)`` to
+    ``events`` (``cpu``: the process's CPU seconds, every thread, between the stage's start and end; ``steps``: the
+    EM steps (:meth:`xfusion.solvers.em.EMProx.step`) its thread ran meanwhile)."""
+    from xfusion.solvers import em
+
+    steps = collections.Counter()  # thread ident -> EM steps so far
+    step = em.EMProx.step
+
+    def counted(self, state, _step=step):
+        steps[threading.get_ident()] += 1
+        return _step(self, state)
+    em.EMProx.step = counted
+    undo = [(em.EMProx, "step", step)]
     for modname, names in STAGES.items():
         mod = importlib.import_module(modname)
         for name in names:
             orig = getattr(mod, name)
 
             def wrapped(*a, _orig=orig, _name=name, **kw):
-                start, c = time.perf_counter(), time.process_time()
+                start, c, n = time.perf_counter(), time.process_time(), steps[threading.get_ident()]
                 try:
                     return _orig(*a, **kw)
                 finally:
                     events.append((_name, threading.current_thread().name, start - t0[0],
-                                   time.perf_counter() - t0[0], time.process_time() - c))
+                                   time.perf_counter() - t0[0], time.process_time() - c,
+                                   steps[threading.get_ident()] - n))
             setattr(mod, name, wrapped)
             undo.append((mod, name, orig))
     return undo
@@ -54,7 +67,7 @@ def install(t0, events):
 
 def timeline(x, y):
     """``(events, wall, cpu, result)`` of ``xfusion.fuse(x, y)`` with the stages wrapped (:func:`install`; unwrapped
-    again on return): ``events`` as ``(name, thread, start, end, cpu)`` sorted by start."""
+    again on return): ``events`` as ``(name, thread, start, end, cpu, steps)`` sorted by start."""
     t0, events = [0.0], []
     undo = install(t0, events)
     try:
@@ -84,9 +97,10 @@ def main(argv=None):
     events, wall, cpu, r = timeline(x, y)
     print(f"fuse timeline: {platform.machine()} {os.cpu_count()} CPUs, python {platform.python_version()}, xfusion "
           f"{xfusion.__version__}; {spec['name']} ({a.size}), kernels {'compiled first' if a.warm else 'compiled in the call'}")
-    print(f"{'stage':20s} {'thread':22s} {'start':>8s} {'end':>8s} {'seconds':>8s} {'CPU':>7s} {'cores':>5s}")
-    for name, thread, s, e, c in events:
-        print(f"{name:20s} {thread:22s} {s:8.2f} {e:8.2f} {e - s:8.2f} {c:7.2f} {c / max(e - s, 1e-9):5.2f}")
+    print(f"{'stage':20s} {'thread':22s} {'start':>8s} {'end':>8s} {'seconds':>8s} {'CPU':>7s} {'cores':>5s} "
+          f"{'EM steps':>8s}")
+    for name, thread, s, e, c, n in events:
+        print(f"{name:20s} {thread:22s} {s:8.2f} {e:8.2f} {e - s:8.2f} {c:7.2f} {c / max(e - s, 1e-9):5.2f} {n:8d}")
     print(f"wall {wall:.2f} s, CPU {cpu:.2f} s (CPU / 2 = {cpu / 2:.2f} s); final fit {int(r.attrs['iterations'])} "
           f"iterations, choice {r.attrs['regularization']}")
 

@@ -1057,7 +1057,7 @@ def test_session_62_fresh_small_rows_read_back(suite_figure, capsys):
 def test_fuse_timeline_records_every_stage_and_unwraps_them(bench_module):
     """``benchmarks/fuse_timeline.py`` (session 67): the default ``fuse`` of the small toy with its stages wrapped
     records the tuning and its candidates, plain RL on its own thread inside the tuning's span, the final fit's loop
-    and the result builder in order, and leaves the library's functions as they were."""
+    and the result builder in order, with the EM steps of each, and leaves the library's functions as they were."""
     import xfusion.fuse  # noqa: F401  (the module, for the identity check below)
     from xfusion import toy, tuning
 
@@ -1066,8 +1066,15 @@ def test_fuse_timeline_records_every_stage_and_unwraps_them(bench_module):
     x, y, _ = toy.make("small", seed=0)
     events, wall, cpu, r = bench_module("fuse_timeline").timeline(x, y)
     assert (tuning.select, tuning._tune_none, fuse_module.run, fuse_module._result) == before
-    got = {name: (thread, s, e) for name, thread, s, e, _ in events}
-    assert all(c >= 0 for *_, c in events) and max(c for *_, c in events) <= cpu + 1e-6
+    got = {name: (thread, s, e) for name, thread, s, e, *_ in events}
+    assert all(c >= 0 for *_, c, _ in events) and max(c for *_, c, _ in events) <= cpu + 1e-6
+    # the EM steps of each stage (session 70): the final loop's are the result's iterations; the tuning's include
+    # its candidates', plain RL's on its own thread not
+    n = {name: k for name, *_, k in events}
+    from xfusion.solvers import em
+    assert em.EMProx.step.__qualname__ == "EMProx.step"  # unwrapped again
+    assert n["run"] == r.attrs["iterations"] and n["_tune_none"] >= 1 and n["_tune_wavelet"] >= 1
+    assert n["select"] >= n["_tune_wavelet"] + n.get("_tune_threshold", 0) and n["_result"] == 0
     assert {"_precheck", "select", "_tune_wavelet", "_tune_none", "tune_shape", "run", "_result"} <= set(got)
     assert got["_tune_none"][0] != "MainThread"
     assert got["select"][1] <= got["_tune_none"][1] and got["_tune_none"][2] <= got["select"][2]
