@@ -1104,3 +1104,46 @@ def test_session_68_ladder_beyond_read_back(bench_module, capsys):
                  "NMSE change mean +0.25 dB, median -0.04, better on 18, worse on 20, from -0.73 to +4.51",
                  "mixed/1009 t1 real 2.4e+05 psf2.7            k 16.0 -> 32.0:  17.24 ->  16.91 dB (-0.33)"):
         assert line in out, line
+
+
+def test_session_70_continuum_k_cap_read_back():
+    """Session 70 (not adopted): the k walk capped at 1 on small continuum skies. From the stored files: on the small
+    tuning rows (``suite("tune", 48)``, and the synchrotron rows of ``n=144`` and ``n=240``) the cap changes 3, 4 and 4
+    rows (the continuum ones whose walk went above 1) and the k = 1 rung beats the choice on all 11; on the 19 held-out
+    synchrotron rows of 1584-1679 the default is within 0.5 dB of the best rung on 15 and the cap changes 4; run with
+    the cap (``continuum_k_cap_s70.jsonl``), 3 of those gain and synchrotron/501642 loses more than 0.5 dB, the
+    criterion written first that failed. Each row is its scene."""
+    from xfusion import scenes
+
+    res = BENCH / "results"
+
+    def changed(rows):
+        out = {}
+        for r in rows:
+            c = json.loads(r["choice"])
+            if c.get("spectral_band_factor") == 8.0 and c.get("null_space") == "zero" and c["k"] > 1.0:
+                k1 = [s["nmse_db"] for s in json.loads(r["candidate_scores"]) if s["setting"].get("k") == 1.0
+                      and s["setting"].get("null_space") == "zero" and "max_iter" not in s["setting"]]
+                out[r["scene"].split()[0]] = (float(r["nmse_choice_db"]), k1[0])
+        return out
+
+    sets = {"hindsight_tune_small_s70.csv": (48, 3), "hindsight_tune144_synchrotron_small_s70.csv": (144, 4),
+            "hindsight_tune240_synchrotron_small_s70.csv": (240, 4)}
+    for name, (n, n_changed) in sets.items():
+        rows = list(csv.DictReader(open(res / name)))
+        names = {s["name"] for s in scenes.suite("tune", n=n)}
+        assert all(r["scene"] in names and r["size"] == "small" for r in rows), name
+        got = changed(rows)
+        assert len(got) == n_changed and all(k1 > old for old, k1 in got.values()), (name, got)
+    held = list(csv.DictReader(open(res / "hindsight_heldout_synchrotron_1587_1677_small_s70.csv")))
+    assert [r["scene"] for r in held] == [scenes.suite("heldout", n=24 * (i // 24 + 1))[i]["name"]
+                                          for i in range(1587, 1680, 5)]
+    assert sum(r["within_0_5_db"] == "True" for r in held) == 15
+    before = changed(held)
+    runs = [json.loads(line) for line in open(res / "continuum_k_cap_s70.jsonl")]
+    ran = {r["name"].split()[0]: r for r in runs if r["split"] == "heldout"}
+    assert sorted(ran) == sorted(before) and all(r["selected"]["k"] == 1.0 for r in runs)
+    delta = {s: ran[s]["nmse_db"] - before[s][0] for s in ran}
+    assert sorted(s for s, d in delta.items() if d > 0) == ["synchrotron/501592", "synchrotron/501602",
+                                                            "synchrotron/501607"]
+    assert -0.7 < delta["synchrotron/501642"] < -0.5 and all(abs(r["flux_bias_pct"]) < 1 for r in runs)
