@@ -138,14 +138,22 @@ def _by_rows(a, fn, n_out):
     return out
 
 
-def _fourier_nearest(a, sigma):
-    """``(padded transform, pad, m)``: ``a`` padded by ``ceil(5 sigma)`` edge samples at each end, its real FFT of
-    the fast length ``m`` along the last axis (the first step of :func:`gaussian_nearest`)."""
+def _padding(n, sigma):
+    """``(pad, m)`` of :func:`_fourier_nearest` for ``n`` samples: ``ceil(5 sigma)`` edge samples at each end, and the
+    fast real-FFT length of the padded spectrum."""
     import scipy.fft as sfft
 
     pad = int(np.ceil(5.0 * sigma))
+    return pad, sfft.next_fast_len(n + 2 * pad, real=True)
+
+
+def _fourier_nearest(a, sigma):
+    """``(padded transform, pad, m)``: ``a`` padded by ``pad`` edge samples at each end, its real FFT of the fast
+    length ``m`` along the last axis (:func:`_padding`; the first step of :func:`gaussian_nearest`)."""
+    import scipy.fft as sfft
+
+    pad, m = _padding(a.shape[-1], sigma)
     ap = np.concatenate([np.repeat(a[..., :1], pad, axis=-1), a, np.repeat(a[..., -1:], pad, axis=-1)], axis=-1)
-    m = sfft.next_fast_len(ap.shape[-1], real=True)
     return sfft.rfft(ap, m, axis=-1), pad, m
 
 
@@ -167,13 +175,10 @@ def gaussian_nearest_every(a, sigma, step):
     not smooth every channel (session 69: 45x45x2400 float32, ``step`` 19, the line part's sample 41 -> 19 ms on two
     threads). Falls back to the full smoothing where the sum would cost more than the inverse it replaces. Blocks of
     rows on the thread pool, as :func:`gaussian_nearest`."""
-    import scipy.fft as sfft
-
     a = np.asarray(a)
     step = int(step)
     n = a.shape[-1]
-    pad = int(np.ceil(5.0 * sigma))
-    m = sfft.next_fast_len(n + 2 * pad, real=True)
+    pad, m = _padding(n, sigma)
     tiny = float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps) ** 2
     keep = int(np.ceil(m * np.sqrt(np.log(1.0 / tiny) / 2.0) / (np.pi * float(sigma)))) + 1
     at = np.arange(0, n, step)
