@@ -86,7 +86,9 @@ What is selected, per regularization:
   ``select`` 12.4 -> 18.4 s CPU (final fit unchanged, 50 iterations). Session 61 (:func:`bottom_rung_count`): on a
   continuum sky whose walk keeps the zeroed prior at the ladder's lowest rung with ``n_half >= 8``, the count is 50
   (an early stop there adds regularization the walk did not want; small never-run rows +0.56 and +0.84 dB on
-  average over 3 and 5 touched; the one full-size row it touches anywhere -1.02 dB).
+  average over 3 and 5 touched; the one full-size row it touches anywhere -1.02 dB). Session 71 (:data:`SHAPE_STEP`):
+  on a small continuum sky the walk's k moves half-way toward the rung that predicts the held-out counts best through
+  the spectral-shape prior (8 of 77 never-run continuum rows changed, +0.65 to +2.71 dB, all gaining).
 * What cannot change the choice is not run (session 12, ``tune(complete=False)``, the default of ``select``): without
   lines the thresholded candidate and plain RL (the family prior takes the zeroed ladder whatever they score); with
   one split the thresholded run stops at its own deviance minimum when plain RL (now run first) or the zeroed
@@ -1146,10 +1148,42 @@ CANDIDATE_ITER = 12
 #: 48 small +0.004 dB, 39 -> 40/48; then held out and on 48 fresh held-out seeds (benchmarks/QUALITY_HISTORY.md,
 #: session 47). No constant was fitted: the rule has no parameter.
 LADDER_SCORE = "least"
+#: session 71: on a continuum sky (:func:`select`'s spectral-band reading), the k ladder's choice moves half-way, in
+#: ladder rungs and rounded toward the walk's choice, toward the visited rung whose best half-data iterate predicts the
+#: held-out counts best once put through the spectral-shape prior as the delivered cube is (:func:`_shape_deviance`).
+#: Why: the walk scores each rung's cube as it stands, while ``fuse`` delivers it through the shape prior, which on a
+#: continuum sky does much of the spectral smoothing that a larger k does: the walk climbed to k = 2-6 on faint skies
+#: where k = 1 is best once delivered (sessions 67-70). Scored after the prior alone, the choice fell below the best
+#: rung as often (48 small synchrotron tuning rows within 0.5 dB of the best rung: walk 34, shape-scored 29, half-way
+#: 39; 7 full-size ones: half-way never worse than the walk). Set on the tuning seeds, checked on held-out rows with
+#: criteria written first (benchmarks/QUALITY_HISTORY.md, session 71).
+SHAPE_STEP = True
+#: :data:`SHAPE_STEP` applies to fused cubes of fewer voxels than this: the small suite size, where it was set and
+#: checked (7 full-size tuning rows are too few to set it there; session 71)
+SHAPE_STEP_MAX_VOXELS = 1e6
+
+
+def _shape_deviance(split, z):
+    """Held-out Poisson deviance (part B of ``split``, every input) of the part-A iterate ``z`` through the
+    spectral-shape prior at the best pseudo-counts of :data:`SHAPE_LADDER` (:func:`xfusion.regularizers.shape.
+    shrink_ladder`, as :func:`tune_shape` scores the chosen candidate): one starlet pass and one forward model per
+    rung."""
+    from .regularizers.shape import shrink_ladder
+
+    counts = float(sum(np.sum(t.data, dtype=np.float64) for t in split.terms))
+    return min(split.score_models(_predicted(split, c.astype(split.dtype)))
+               for _, c in shrink_ladder(np.asarray(z, dtype=np.float64), counts, SHAPE_LADDER))
+
+
+def _half_way(ladder, k_walk, k_shape):
+    """The rung half-way from ``k_walk`` to ``k_shape`` on ``ladder`` (in rungs; an odd distance rounded toward
+    ``k_walk``)."""
+    i, j = ladder.index(k_walk), ladder.index(k_shape)
+    return ladder[i + int((j - i) / 2)]
 
 
 def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_iter=None, select_null_space=False,
-                  keep=None):
+                  keep=None, shape_step=False):
     """Coarse-to-fine over (null_space, n_scales_1d) then k; see the module docstring.
 
     Warm start: every candidate starts from the same ``warm_iter`` plain EM iterations on
@@ -1159,14 +1193,19 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
     ``keep`` (a dict, optional) receives the best candidate's ``key`` (its JSON), ``ends`` (its last iterate on
     each split) and ``curves`` (its held-out deviance at every iterate on each split): what
     :func:`_zero_iterations` continues.
+    ``shape_step``: with the k walk, every visited rung is also scored through the shape prior
+    (:func:`_shape_deviance`) and the choice moves half-way toward the best so scored (:data:`SHAPE_STEP`; recorded in
+    ``extra["shape_step"]``).
     """
     warm = []
+    shaped = {}  # candidate key -> mean over splits of the held-out deviance through the shape prior
     for sp in splits:
         z, _, _, _ = _run_em(sp, None, sp.start(), warm_iter, None)
         warm.append(z)
     results = {}  # key -> [cand, scores per split, iterations, abandoned]
     best = {"score": math.inf}
     guard_ends, steps = {}, []  # last iterates of the rungs >= K_GUARDED_ABOVE; the guarded steps up
+    walked = False  # the k walk ran (the only path :data:`SHAPE_STEP` applies to)
 
     def step_counts(lo, hi):
         """A step up the ladder from ``lo`` to ``hi`` above :data:`K_GUARDED_ABOVE` (both candidate dicts, the
@@ -1194,12 +1233,16 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
             r = results[key]
             return math.inf if r[3] else float(np.mean(r[1]))
         scores, iters, ends, curves, bests, ab = [], [], [], [], [], False
+        shape_scores = []
         for sp, z0 in zip(splits, warm):
             bz = {}
             z, curve, n, abandoned = _run_em(sp, _wavelet_reg(fixed, cand), z0,
                                              min(max_iter, candidate_iter or CANDIDATE_ITER), tol,
                                              abandon_above=best["score"] if np.isfinite(best["score"]) else None,
-                                             best=bz if keep is not None else None, abandon_least=least)
+                                             best=bz if keep is not None or shape_step else None,
+                                             abandon_least=least)
+            if shape_step and bz.get("z") is not None:
+                shape_scores.append(_shape_deviance(sp, bz["z"]))
             bests.append(bz.get("z"))
             scores.append(min(curve[1:]) if least and len(curve) > 1 else curve[-1])
             iters.append(n)
@@ -1209,6 +1252,8 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                 ab = True
                 break
         results[key] = [cand, scores, iters, ab]
+        if shape_scores:
+            shaped[key] = float(np.mean(shape_scores))
         if cand.get("k", 0.0) >= K_GUARDED_ABOVE and not ab:  # no k: the sigmoid rule
             guard_ends[key] = ends
         s = math.inf if ab else float(np.mean(scores))
@@ -1256,14 +1301,20 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                     i += direction
                 if min(sc, key=sc.get) != 1.0:
                     break
+            walked = True
         else:
             evaluate({"null_space": ns, "n_scales_1d": n1, "k": float(fixed["k"])})
+    step = None
+    if shape_step and walked and shaped:
+        step = _shape_step(results, shaped, keep, best, evaluate)
     rows = list(results.values())
     scores = np.full((len(rows), len(splits)), np.inf)
     for i, r in enumerate(rows):
         scores[i, :len(r[1])] = r[1]
     mean = np.array([math.inf if r[3] else float(np.mean(r[1])) for r in rows])
     choice = dict(rows[int(np.argmin(mean))][0])
+    if step is not None:
+        choice = dict(step.pop("cand"))
     extra = {"iterations": [r[2] for r in rows], "abandoned": [bool(r[3]) for r in rows],
              "warm_start": f"{warm_iter} EM iterations on the fitted part",
              "candidate_iter": int(min(max_iter, candidate_iter or CANDIDATE_ITER)), "ladder_score": LADDER_SCORE}
@@ -1272,7 +1323,37 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                             "rule": f"a rung above k = {K_GUARDED_ABOVE:g} is a candidate only if both its held-out "
                                     "deviance and the sharp-spectral held-out squared error are lower than the rung "
                                     "below's"}
+    if step is not None:
+        extra["shape_step"] = step
     return [r[0] for r in rows], scores, choice, extra
+
+
+def _shape_step(results, shaped, keep, best, evaluate):
+    """:data:`SHAPE_STEP` after the k walk of :func:`_tune_wavelet` (``results`` its runs, ``shaped`` their deviance
+    through the shape prior, ``best`` its best score, ``evaluate`` its candidate runner). Returns the record (with
+    ``cand``, the chosen candidate, popped by the caller). When the choice moves, the new rung is run again so that
+    ``keep`` holds its iterates (the same warm start and split: the same run), for the count it is delivered with."""
+    ladder = list(K_LADDER)
+    rungs = {key: r[0] for key, r in results.items() if key in shaped and "k" in r[0]}
+    scored = {key: (math.inf if r[3] else float(np.mean(r[1]))) for key, r in results.items() if key in rungs}
+    walk_key = min(scored, key=scored.get)
+    shape_key = min((key for key in rungs), key=shaped.get)
+    k_walk, k_shape = rungs[walk_key]["k"], rungs[shape_key]["k"]
+    k = _half_way(ladder, k_walk, k_shape)
+    cand = {**rungs[walk_key], "k": k}
+    rec = {"k_walk": k_walk, "k_shape": k_shape, "k": k,
+           "shape_deviance": {str(rungs[key]["k"]): round(v, 3) for key, v in shaped.items() if key in rungs},
+           "rule": "on a continuum sky the walk's k moves half-way (in ladder rungs, rounded toward it) toward the "
+                   "visited rung best scored through the spectral-shape prior"}
+    if k != k_walk:
+        key = json.dumps(cand, sort_keys=True)
+        results.pop(key, None)
+        if keep is not None:
+            keep.clear()
+        best["score"] = math.inf  # the rung is run in full and kept (its run is the same as on the walk)
+        evaluate(cand)
+    rec["cand"] = cand
+    return rec
 
 
 def _half_fuse(*observations, **options):
@@ -1553,6 +1634,9 @@ def _tune_families(splits, fixed, tol, cands, scores, choice, extra, keep, prior
         mean = mean + penalty
         extra = dict(extra, family_prior=prior)
     chosen = int(np.argmin(mean))
+    step = extra.get("shape_step")
+    if step and step["k"] != step["k_walk"] and chosen < n_ladder:  # the ladder is chosen: delivered at the step's k
+        chosen = [json.dumps(c, sort_keys=True) for c in cands[:n_ladder]].index(json.dumps(choice, sort_keys=True))
     extra = dict(extra, chosen_candidate=chosen)
     choice = {k: v for k, v in choices[chosen].items() if k not in DIAG_KEYS}
     if (stop_zero and keep and choice.get("null_space", NULL_SPACE_DEFAULT[0]) == "zero" and "max_iter" not in
@@ -1715,8 +1799,12 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         # only if the ladder's choice leaves the prior undecided (below). The same results as run in turn.
         rl_job = background(_tune_none, splits, 100, tol, iterates=rl_its) if include_rl and lines0 else None
         try:
+            shape_step = bool(SHAPE_STEP and band_record is not None and band_record["continuum"] and grid is None
+                              and fixed.get("k", "auto") == "auto"
+                              and math.prod(splits[0].shape) < SHAPE_STEP_MAX_VOXELS)
             cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
-                                                         select_null_space=select_null_space, keep=keep)
+                                                         select_null_space=select_null_space, keep=keep,
+                                                         shape_step=shape_step)
             tuned = _tune_families(splits, fixed, tol, cands, scores, choice, extra, keep, prior_now, lines0, rich0,
                                    cpv0, rl_job, rl_its, include_rl, include_threshold, family_prior, stop_zero,
                                    half_fit, band_record, grid)
@@ -2372,4 +2460,6 @@ def _record(cur):
     if "zero" in details:  # the zeroed prior's count: its half-data best iterate and, where it applied, session 61's rule
         rec["zero"] = {k: details["zero"][k] for k in ("max_iter", "half_data_iteration", "transferred", "bottom_rung")
                        if k in details["zero"]}
+    if "shape_step" in details:  # the k walk's choice, the shape-scored rung and the delivered one (session 71)
+        rec["shape_step"] = details["shape_step"]
     return rec
