@@ -3,7 +3,6 @@ best once put through the spectral-shape prior, as the delivered cube is (``xfus
 and measurements in benchmarks/QUALITY_HISTORY.md, session 71)."""
 import json
 
-import numpy as np
 import pytest
 
 from xfusion import scenes, tuning
@@ -29,7 +28,7 @@ def test_a_faint_continuum_sky_is_delivered_at_the_half_way_rung_and_says_why(mo
     """suite("tune", 144)[142] small (synchrotron/1142, 2.1e5 counts): the walk climbs to k = 3; through the shape
     prior k = 1 predicts the held-out counts best; the choice is k = 2 (the all-count NMSE of the rungs delivered
     through the prior, session 70's tuning record: k = 1 25.98, 2 24.72, 3 23.40 dB). The zeroed count is the
-    chosen rung's own. With the rule off (here: a voxel cap below this cube's), the choice is the walk's."""
+    chosen rung's own. With the rule off, the choice is the walk's."""
     x, y, _ = scenes.from_spec(scenes.suite("tune", 144)[142], size="small")
     cur = tuning.select(x, y)
     choice, details = json.loads(cur.attrs["choice"]), json.loads(cur.attrs["details"])
@@ -45,6 +44,6 @@ def test_a_faint_continuum_sky_is_delivered_at_the_half_way_rung_and_says_why(mo
     assert choice["max_iter"] == details["zero"]["max_iter"] >= 1  # the count transferred from the k = 2 run
     assert details["chosen_candidate"] == [json.loads(s).get("k") for s in cur["setting"].values].index(2.0)
     assert tuning._record(cur)["shape_step"] == step  # in the result's parameters["auto_tuning"]
-    monkeypatch.setattr(tuning, "SHAPE_STEP_MAX_VOXELS", int(np.prod(x.counts.shape[:2])) * y.sizes["energy"])
+    monkeypatch.setattr(tuning, "SHAPE_STEP", False)
     off = tuning.select(x, y)
     assert json.loads(off.attrs["choice"])["k"] == 3.0 and "shape_step" not in json.loads(off.attrs["details"])

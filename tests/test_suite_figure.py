@@ -1156,7 +1156,8 @@ def test_session_71_shape_step_read_back():
     1680-2063 it changes 8 of the 77 continuum rows, each gains (mean +1.41 dB), flux within 1 % and hindsight 3 -> 6
     of them (the criteria written first); on the 744-row small pool it changes 16 of the 148 synchrotron rows, all
     gain, hindsight 5 -> 9; all 24 changed rows beat both naive baselines and RL's oracle NMSE through ``suite.py
-    --select``. Each row is its scene."""
+    --select``; at full size (rows 1176-1271, the voxel gate lifted) it changes 5 of the 19 continuum rows, each
+    gains (mean +0.72 dB), flux within 1 %. Each row is its scene."""
     from xfusion import scenes, tuning
 
     res = BENCH / "results"
@@ -1214,3 +1215,11 @@ def test_session_71_shape_step_read_back():
     assert sorted(r["scene"] for r in suite) == sorted([r["scene"] for r in moved] + [r["scene"] for r in after])
     assert all(r["beats_both_baselines"] == "True" and float(r["nmse_default_db"]) >= float(r["nmse_rl_oracle_db"])
                and abs(float(r["flux_bias_pct"])) <= 1.0 for r in suite)
+    full = [json.loads(line) for line in open(res / "shape_step_heldout_1176_1271_full_s71.jsonl")]
+    assert len(full) == 19 and all(
+        r["scene"] == scenes.suite("heldout", n=24 * (r["row"] // 24 + 1))[r["row"]]["name"] for r in full)
+    moved = [r for r in full if r["changed"]]
+    assert [r["row"] for r in moved] == [1202, 1207, 1222, 1257, 1267]
+    delta = [r["nmse_after_db"] - r["nmse_before_db"] for r in moved]
+    assert min(delta) > 0.4 and abs(sum(delta) / len(delta) - 0.72) < 0.01
+    assert all(abs(r[f"flux_bias_{w}_pct"]) < 1 for r in moved for w in ("before", "after"))

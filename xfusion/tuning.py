@@ -87,8 +87,9 @@ What is selected, per regularization:
   continuum sky whose walk keeps the zeroed prior at the ladder's lowest rung with ``n_half >= 8``, the count is 50
   (an early stop there adds regularization the walk did not want; small never-run rows +0.56 and +0.84 dB on
   average over 3 and 5 touched; the one full-size row it touches anywhere -1.02 dB). Session 71 (:data:`SHAPE_STEP`):
-  on a small continuum sky the walk's k moves half-way toward the rung that predicts the held-out counts best through
-  the spectral-shape prior (8 of 77 never-run continuum rows changed, +0.65 to +2.71 dB, all gaining).
+  on a continuum sky the walk's k moves half-way toward the rung that predicts the held-out counts best through the
+  spectral-shape prior (never-run continuum rows: small 8 of 77 changed, +0.65 to +2.71 dB; full size 5 of 19, +0.47
+  to +1.17 dB; all gaining).
 * What cannot change the choice is not run (session 12, ``tune(complete=False)``, the default of ``select``): without
   lines the thresholded candidate and plain RL (the family prior takes the zeroed ladder whatever they score); with
   one split the thresholded run stops at its own deviance minimum when plain RL (now run first) or the zeroed
@@ -1156,11 +1157,9 @@ LADDER_SCORE = "least"
 #: where k = 1 is best once delivered (sessions 67-70). Scored after the prior alone, the choice fell below the best
 #: rung as often (48 small synchrotron tuning rows within 0.5 dB of the best rung: walk 34, shape-scored 29, half-way
 #: 39; 7 full-size ones: half-way never worse than the walk). Set on the tuning seeds, checked on held-out rows with
-#: criteria written first (benchmarks/QUALITY_HISTORY.md, session 71).
+#: criteria written first (benchmarks/QUALITY_HISTORY.md, session 71): small rows 8 changed of 77, full-size rows 5
+#: of 19, all gaining.
 SHAPE_STEP = True
-#: :data:`SHAPE_STEP` applies to fused cubes of fewer voxels than this: the small suite size, where it was set and
-#: checked (7 full-size tuning rows are too few to set it there; session 71)
-SHAPE_STEP_MAX_VOXELS = 1e6
 
 
 def _shape_deviance(split, z):
@@ -1241,7 +1240,7 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                                              abandon_above=best["score"] if np.isfinite(best["score"]) else None,
                                              best=bz if keep is not None or shape_step else None,
                                              abandon_least=least)
-            if shape_step and bz.get("z") is not None:
+            if shape_step and bz.get("z") is not None and key not in shaped:  # (a rung run again: scored already)
                 shape_scores.append(_shape_deviance(sp, bz["z"]))
             bests.append(bz.get("z"))
             scores.append(min(curve[1:]) if least and len(curve) > 1 else curve[-1])
@@ -1800,8 +1799,7 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         rl_job = background(_tune_none, splits, 100, tol, iterates=rl_its) if include_rl and lines0 else None
         try:
             shape_step = bool(SHAPE_STEP and band_record is not None and band_record["continuum"] and grid is None
-                              and fixed.get("k", "auto") == "auto"
-                              and math.prod(splits[0].shape) < SHAPE_STEP_MAX_VOXELS)
+                              and fixed.get("k", "auto") == "auto")
             cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
                                                          select_null_space=select_null_space, keep=keep,
                                                          shape_step=shape_step)
