@@ -1331,12 +1331,15 @@ def _shape_step(results, shaped, keep, best, evaluate):
     """:data:`SHAPE_STEP` after the k walk of :func:`_tune_wavelet` (``results`` its runs, ``shaped`` their deviance
     through the shape prior, ``best`` its best score, ``evaluate`` its candidate runner). Returns the record (with
     ``cand``, the chosen candidate, popped by the caller). When the choice moves, the new rung is run again so that
-    ``keep`` holds its iterates (the same warm start and split: the same run), for the count it is delivered with."""
+    ``keep`` holds its iterates (the same warm start and split: the same run), for the count it is delivered with.
+    None when the walk's own rung has no score through the prior."""
     ladder = list(K_LADDER)
-    rungs = {key: r[0] for key, r in results.items() if key in shaped and "k" in r[0]}
-    scored = {key: (math.inf if r[3] else float(np.mean(r[1]))) for key, r in results.items() if key in rungs}
-    walk_key = min(scored, key=scored.get)
-    shape_key = min((key for key in rungs), key=shaped.get)
+    scored = {key: (math.inf if r[3] else float(np.mean(r[1]))) for key, r in results.items() if "k" in r[0]}
+    walk_key = min(scored, key=scored.get)  # the walk's choice (the first of equal scores, as the argmin after it)
+    rungs = {key: results[key][0] for key in scored if key in shaped}
+    if walk_key not in rungs:  # its cube predicted no held-out count anywhere through the prior: no step
+        return None
+    shape_key = min(rungs, key=shaped.get)
     k_walk, k_shape = rungs[walk_key]["k"], rungs[shape_key]["k"]
     k = _half_way(ladder, k_walk, k_shape)
     cand = {**rungs[walk_key], "k": k}
