@@ -1223,3 +1223,7 @@ def test_session_71_shape_step_read_back():
     delta = [r["nmse_after_db"] - r["nmse_before_db"] for r in moved]
     assert min(delta) > 0.4 and abs(sum(delta) / len(delta) - 0.72) < 0.01
     assert all(abs(r[f"flux_bias_{w}_pct"]) < 1 for r in moved for w in ("before", "after"))
+    for w in ("old", "new"):
+        rows = list(csv.DictReader(open(res / f"hindsight_shape_step_heldout_full_{w}_s71.csv")))
+        assert sorted(r["scene"] for r in rows) == sorted(r["scene"] for r in moved)
+        assert all(r["within_0_5_db"] == "True" and r["size"] == "full" for r in rows)
