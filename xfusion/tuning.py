@@ -1892,7 +1892,9 @@ def select(*observations, n_splits=1, seed=0, fraction=0.5, dtype="float32", tol
     ``half_fit``: a dict receiving the chosen candidate's half-data iterate (see :func:`tune`; for :func:`tune_shape`).
     ``fixed``: wavelet options (:data:`WAVELET_KEYS`; "auto" = tuned); unless it gives ``spectral_band_factor``,
     every wavelet candidate takes :func:`spectral_band_factor` of the split (session 60: 8 on continuum skies, else
-    1), recorded in ``details["spectral_band"]``, in the candidates' settings and in the choice. Returns the :func:`tune`
+    1), recorded in ``details["spectral_band"]``, in the candidates' settings and in the choice. On a continuum sky the
+    k walk's choice then moves half-way toward the rung best scored through the spectral-shape prior
+    (:data:`SHAPE_STEP`, session 71; recorded in ``details["shape_step"]``). Returns the :func:`tune`
     Dataset with attrs ``regularization = "auto"`` and ``choice`` (JSON) always naming the family:
     ``{"regularization": "none", "max_iter": n}`` or ``{"regularization": "wavelet2d1d", "k": ...,
     "null_space": ..., "n_scales_1d": ...}`` (with ``"max_iter": n`` when the null space is
