@@ -47,3 +47,14 @@ def test_a_faint_continuum_sky_is_delivered_at_the_half_way_rung_and_says_why(mo
     monkeypatch.setattr(tuning, "SHAPE_STEP", False)
     off = tuning.select(x, y)
     assert json.loads(off.attrs["choice"])["k"] == 3.0 and "shape_step" not in json.loads(off.attrs["details"])
+
+
+def test_the_step_is_not_applied_where_it_was_not_measured(monkeypatch):
+    """Only ``select``'s own ladder (the zeroed null space, k walked): with the null space given, the walk's choice
+    stands and nothing is recorded; the shape scores are not even computed."""
+    calls = []
+    monkeypatch.setattr(tuning, "_shape_deviance", lambda *a: calls.append(1) or 0.0)
+    x, y, _ = scenes.from_spec(scenes.suite("tune", 144)[142], size="small")
+    cur = tuning.select(x, y, null_space="zero")
+    assert "shape_step" not in json.loads(cur.attrs["details"]) and not calls
+    assert json.loads(cur.attrs["choice"])["k"] == 3.0

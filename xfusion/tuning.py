@@ -1801,8 +1801,10 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         # only if the ladder's choice leaves the prior undecided (below). The same results as run in turn.
         rl_job = background(_tune_none, splits, 100, tol, iterates=rl_its) if include_rl and lines0 else None
         try:
+            # where it was measured: select's zeroed ladder with k walked (not a user's null space, k or sigmoid rule)
             shape_step = bool(SHAPE_STEP and band_record is not None and band_record["continuum"] and grid is None
-                              and fixed.get("k", "auto") == "auto")
+                              and fixed.get("k", "auto") == "auto" and fixed.get("null_space", "auto") == "auto"
+                              and fixed.get("k_rule", "constant") == "constant")
             cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
                                                          select_null_space=select_null_space, keep=keep,
                                                          shape_step=shape_step)
