@@ -1162,16 +1162,22 @@ LADDER_SCORE = "least"
 SHAPE_STEP = True
 
 
-def _shape_deviance(split, z):
-    """Held-out Poisson deviance (part B of ``split``, every input) of the part-A iterate ``z`` through the
-    spectral-shape prior at the best pseudo-counts of :data:`SHAPE_LADDER` (:func:`xfusion.regularizers.shape.
-    shrink_ladder`, as :func:`tune_shape` scores the chosen candidate): one starlet pass and one forward model per
-    rung."""
+def _shrunk_models(split, z, levels):
+    """``(level, models)`` for each pseudo-count level of ``levels``: the part-A cube ``z`` of ``split`` through the
+    spectral-shape prior (:func:`xfusion.regularizers.shape.shrink_ladder`, with part A's counts; the starlet levels
+    computed once) and every input's expected counts of that cube (:func:`_predicted`): one forward model per level."""
     from .regularizers.shape import shrink_ladder
 
     counts = float(sum(np.sum(t.data, dtype=np.float64) for t in split.terms))
-    return min(split.score_models(_predicted(split, c.astype(split.dtype)))
-               for _, c in shrink_ladder(np.asarray(z, dtype=np.float64), counts, SHAPE_LADDER))
+    for level, cube in shrink_ladder(np.asarray(z, dtype=np.float64), counts, levels):
+        yield level, _predicted(split, cube.astype(split.dtype))
+
+
+def _shape_deviance(split, z):
+    """Held-out Poisson deviance (part B of ``split``, every input) of the part-A iterate ``z`` through the
+    spectral-shape prior at the best pseudo-counts of :data:`SHAPE_LADDER` (:func:`_shrunk_models`, as
+    :func:`tune_shape` scores the chosen candidate)."""
+    return min(split.score_models(m) for _, m in _shrunk_models(split, z, SHAPE_LADDER))
 
 
 def _half_way(ladder, k_walk, k_shape):
@@ -1192,7 +1198,7 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
     ``keep`` (a dict, optional) receives the best candidate's ``key`` (its JSON), ``ends`` (its last iterate on
     each split) and ``curves`` (its held-out deviance at every iterate on each split): what
     :func:`_zero_iterations` continues.
-    ``shape_step``: with the k walk, every visited rung is also scored through the shape prior
+    ``shape_step`` (only with the k walk, the caller's gate): every visited rung is also scored through the shape prior
     (:func:`_shape_deviance`) and the choice moves half-way toward the best so scored (:data:`SHAPE_STEP`; recorded in
     ``extra["shape_step"]``).
     """
@@ -1204,7 +1210,6 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
     results = {}  # key -> [cand, scores per split, iterations, abandoned]
     best = {"score": math.inf}
     guard_ends, steps = {}, []  # last iterates of the rungs >= K_GUARDED_ABOVE; the guarded steps up
-    walked = False  # the k walk ran (the only path :data:`SHAPE_STEP` applies to)
 
     def step_counts(lo, hi):
         """A step up the ladder from ``lo`` to ``hi`` above :data:`K_GUARDED_ABOVE` (both candidate dicts, the
@@ -1300,12 +1305,9 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
                     i += direction
                 if min(sc, key=sc.get) != 1.0:
                     break
-            walked = True
         else:
             evaluate({"null_space": ns, "n_scales_1d": n1, "k": float(fixed["k"])})
-    step = None
-    if shape_step and walked and shaped:
-        step = _shape_step(results, shaped, keep, best, evaluate)
+    step = _shape_step(results, shaped, keep, best, evaluate) if shape_step else None
     rows = list(results.values())
     scores = np.full((len(rows), len(splits)), np.inf)
     for i, r in enumerate(rows):
@@ -1313,7 +1315,7 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
     mean = np.array([math.inf if r[3] else float(np.mean(r[1])) for r in rows])
     choice = dict(rows[int(np.argmin(mean))][0])
     if step is not None:
-        choice = dict(step.pop("cand"))
+        choice, step = step
     extra = {"iterations": [r[2] for r in rows], "abandoned": [bool(r[3]) for r in rows],
              "warm_start": f"{warm_iter} EM iterations on the fitted part",
              "candidate_iter": int(min(max_iter, candidate_iter or CANDIDATE_ITER)), "ladder_score": LADDER_SCORE}
@@ -1329,12 +1331,12 @@ def _tune_wavelet(splits, grid, fixed, max_iter, tol, warm_iter=3, candidate_ite
 
 def _shape_step(results, shaped, keep, best, evaluate):
     """:data:`SHAPE_STEP` after the k walk of :func:`_tune_wavelet` (``results`` its runs, ``shaped`` their deviance
-    through the shape prior, ``best`` its best score, ``evaluate`` its candidate runner). Returns the record (with
-    ``cand``, the chosen candidate, popped by the caller). When the choice moves, the new rung is run again so that
+    through the shape prior, ``best`` its best score, ``evaluate`` its candidate runner). Returns ``(candidate,
+    record)``. When the choice moves, the new rung is run again so that
     ``keep`` holds its iterates (the same warm start and split: the same run), for the count it is delivered with.
     None when the walk's own rung has no score through the prior."""
     ladder = list(K_LADDER)
-    scored = {key: (math.inf if r[3] else float(np.mean(r[1]))) for key, r in results.items() if "k" in r[0]}
+    scored = {key: (math.inf if r[3] else float(np.mean(r[1]))) for key, r in results.items()}
     walk_key = min(scored, key=scored.get)  # the walk's choice (the first of equal scores, as the argmin after it)
     rungs = {key: results[key][0] for key in scored if key in shaped}
     if walk_key not in rungs:  # its cube predicted no held-out count anywhere through the prior: no step
@@ -1354,8 +1356,7 @@ def _shape_step(results, shaped, keep, best, evaluate):
             keep.clear()
         best["score"] = math.inf  # the rung is run in full and kept (its run is the same as on the walk)
         evaluate(cand)
-    rec["cand"] = cand
-    return rec
+    return cand, rec
 
 
 def _half_fuse(*observations, **options):
@@ -1801,10 +1802,11 @@ def tune(*observations, regularization="wavelet2d1d", grid=None, n_splits=1, see
         # only if the ladder's choice leaves the prior undecided (below). The same results as run in turn.
         rl_job = background(_tune_none, splits, 100, tol, iterates=rl_its) if include_rl and lines0 else None
         try:
-            # where it was measured: select's zeroed ladder with k walked (not a user's null space, k or sigmoid rule)
+            # where it was measured: select's zeroed ladder with k walked (not a user's null space, k or sigmoid rule,
+            # nor a null-space search: every candidate of :func:`_tune_wavelet` is then a rung of the walk)
             shape_step = bool(SHAPE_STEP and band_record is not None and band_record["continuum"] and grid is None
                               and fixed.get("k", "auto") == "auto" and fixed.get("null_space", "auto") == "auto"
-                              and fixed.get("k_rule", "constant") == "constant")
+                              and fixed.get("k_rule", "constant") == "constant" and not select_null_space)
             cands, scores, choice, extra = _tune_wavelet(splits, grid, fixed, int(max_iter or MAX_ITER["em"]), tol,
                                                          select_null_space=select_null_space, keep=keep,
                                                          shape_step=shape_step)
@@ -2059,8 +2061,6 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     +1.8 dB per kind; line scenes unchanged on average (-0.13 to +0.05 dB per kind).
     """
     from .fuse import MAX_ITER
-    from .regularizers.shape import shrink_ladder
-
     if half_fit and half_fit.get("z") is not None:  # the tuning's own iterate: nothing to fit
         sp, n_half = half_fit["split"], int(half_fit["iteration"])
         z, source = np.asarray(half_fit["z"], dtype=np.float64), "the tuning's iterate"
@@ -2076,8 +2076,7 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
         sp = _splits(list(observations), fraction, 1, seed, dtype)[0]
         res = _half_fuse(*sp.parts, progress=False, dtype=dtype, tol=tol, max_iter=n_half, shape_prior=None, **fit)
         z, source = np.asarray(res["flux"].transpose("x", "y", "energy").values, dtype=np.float64) * sp.scale, "a fit"
-    counts = float(sum(np.sum(t.data, dtype=np.float64) for t in sp.terms))
-    models = {n0: _predicted(sp, c.astype(sp.dtype)) for n0, c in shrink_ladder(z, counts, SHAPE_LADDER)}
+    models = dict(_shrunk_models(sp, z, SHAPE_LADDER))
     dev = [sp.score_models(m) for m in models.values()]
     best = list(models)[int(np.argmin(dev))]
     pairs = [_paired_difference(sp, None, None, models=(models[SHAPE_ANCHOR], m)) for m in models.values()]
@@ -2086,25 +2085,22 @@ def tune_shape(*observations, settings, seed=0, fraction=0.5, dtype="float32", t
     rec = {"method": "poisson thinning", "pseudo_counts": list(models), "heldout_deviance": [round(d, 3) for d in dev],
            "gain_over_anchor": [round(d, 3) for d, _ in pairs], "se": [round(math.sqrt(v), 3) for _, v in pairs],
            "anchor": SHAPE_ANCHOR, "margin": SHAPE_MARGIN, "half_data_iterations": n_half, "half_data_cube": source}
-    choice, rec["pixel"] = _tune_pixel_level(sp, z, counts, n0, models[n0])
+    choice, rec["pixel"] = _tune_pixel_level(sp, z, n0, models[n0])
     rec["choice"] = choice
     return choice, rec
 
 
-def _tune_pixel_level(sp, z, counts, n0, base):
+def _tune_pixel_level(sp, z, n0, base):
     """Second stage of :func:`tune_shape` (session 37): level 0 of the prior (each pixel against its level-1
     neighbourhood) at ``[n0, N]`` for each ``N`` of :data:`PIXEL_LADDER` above ``n0``, on the same half-data cube
     ``z`` and split ``sp`` (``base``: the predicted part-A counts of ``n0`` at every level). The ``N`` of the largest
     held-out deviance gain over ``n0`` is chosen if that gain exceeds :data:`SHAPE_MARGIN` paired Poisson standard
     errors; else ``n0`` stays. Returns ``(choice, record)``: ``n0`` or ``[n0, N]``, and each pair's held-out
     deviance, gain and standard error."""
-    from .regularizers.shape import shrink_ladder
-
     ladder = [float(N) for N in PIXEL_LADDER if N > n0]
     rec = {"pseudo_counts": ladder, "heldout_deviance": [], "gain_over_n0": [], "se": [], "choice": None}
     best = None
-    for (_, N), cube in shrink_ladder(z, counts, [[n0, N] for N in ladder]):
-        m = _predicted(sp, cube.astype(sp.dtype))
+    for (_, N), m in _shrunk_models(sp, z, [[n0, N] for N in ladder]):
         d, v = _paired_difference(sp, None, None, models=(base, m))
         rec["heldout_deviance"].append(round(sp.score_models(m), 3))
         rec["gain_over_n0"].append(round(d, 3))
