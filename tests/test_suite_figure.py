@@ -1287,3 +1287,19 @@ def test_session_72_long_count_read_back():
                            and c["setting"].get("k") == ch["k"] and "max_iter" not in c["setting"])
             within["v2"] += got >= best - 0.5
     assert within == {"now": 369, "v2": 381}
+
+
+def test_session_72_probe_changes_only_the_counts_it_names(bench_module):
+    """benchmarks/count_long.py's rule: a zeroed count of 12-49 that thinning chose goes to fuse's stop, with compact
+    sources only under ``everywhere``; anything else is ``xfusion.tuning.run_on``'s own answer."""
+    from xfusion import tuning
+
+    probe = bench_module("count_long")
+    z = {"regularization": "wavelet2d1d", "k": 1.0, "null_space": "zero"}
+    peaks = [[3, 4]]
+    v2, every = probe._run_on_long(False), probe._run_on_long(True)
+    assert v2(dict(z, max_iter=12), 12, []) == every(dict(z, max_iter=12), 12, peaks) == (tuning.ZERO_MAX_ITER, None)
+    assert v2(dict(z, max_iter=12), 12, peaks) == tuning.run_on(dict(z, max_iter=12), 12, peaks) == (12, [50, peaks])
+    for args in ((dict(z, max_iter=11), 11, []), (dict(z, max_iter=12), 13, []),  # short; the user's count
+                 (dict(z, null_space="threshold", max_iter=30), 30, [])):  # the thresholded prior
+        assert not probe._long(*args, True) and v2(*args) == tuning.run_on(*args)
