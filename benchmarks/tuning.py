@@ -486,13 +486,16 @@ def hindsight_csv(out, *logs):
     the choice and the best candidate (JSON), their NMSE (dB), the loss and whether it is within 0.5 dB, the number of
     candidates and (session 46) every candidate's setting, held-out deviance on half the counts (null for the chosen
     zeroed candidate at its transferred count, an extra fit) and NMSE on all counts (dB), a JSON list; then prints
-    the count within 0.5 dB per size (session 45: ``results/hindsight_heldout.csv``)."""
+    the count within 0.5 dB per size (session 45: ``results/hindsight_heldout.csv``). From a ``science`` log each
+    candidate also carries its velocity- and width-map RMS errors (``velocity_rms_kms``, ``width_rms_kms``; session
+    73)."""
     import ast
     import csv
     import re
 
     line_re = re.compile(r"^(.+?): choice (\{.*?\}) -> (\S+) dB, best in hindsight (\S+) dB, loss (\S+) dB; (.*) "
                          r"\(\d+ s, load \S+\)$")
+    sci_re = re.compile(r"v (\S+) w (\S+) km/s")
     rows = []
     for item in logs:
         size, _, path = item.partition("=")
@@ -502,11 +505,14 @@ def hindsight_csv(out, *logs):
             m = line_re.match(line.rstrip("\n"))
             if not m:
                 continue
-            cands = []
+            cands, maps = [], []
             for part in m.group(6).split("; "):
                 js, rest = part.split(": dev ", 1)
                 dev, nmse = rest.split(", ")[:2]
                 cands.append((json.loads(js), float(nmse.split(" dB")[0]), None if dev == "nan" else float(dev)))
+                sci = sci_re.search(rest)  # a `science` log (session 40): the candidate's line-map errors
+                maps.append({} if sci is None else {"velocity_rms_kms": float(sci.group(1)),
+                                                    "width_rms_kms": float(sci.group(2))})
             best = max(cands, key=lambda c: c[1])[0]
             loss = float(m.group(5))
             rows.append({"size": size, "scene": m.group(1), "choice": json.dumps(ast.literal_eval(m.group(2)),
@@ -514,8 +520,8 @@ def hindsight_csv(out, *logs):
                          "nmse_choice_db": m.group(3), "nmse_best_db": m.group(4), "loss_db": m.group(5),
                          "within_0_5_db": loss >= -0.5, "best_candidate": json.dumps(best, sort_keys=True),
                          "candidates": len(cands),
-                         "candidate_scores": json.dumps([{"setting": c, "heldout_deviance": d, "nmse_db": v}
-                                                         for c, v, d in cands])})
+                         "candidate_scores": json.dumps([{"setting": c, "heldout_deviance": d, "nmse_db": v, **e}
+                                                         for (c, v, d), e in zip(cands, maps)])})
     if not rows:
         raise ValueError(f"no hindsight result line in {', '.join(logs)}: not logs of `tuning.py hindsight`")
     with open(out, "w", newline="") as f:
