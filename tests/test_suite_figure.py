@@ -967,6 +967,11 @@ def _fresh_full_size(suite_figure, capsys, first, end):
     return tables, capsys.readouterr().out
 
 
+def _family(setting):
+    """The family of a hindsight candidate's setting: "rl" (plain RL), "zero" or "threshold" (the 2D-1D prior)."""
+    return "rl" if setting.get("regularization") == "none" else setting.get("null_space", "zero")
+
+
 def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
     """Session 65: 48 never-run full-size held-out rows (1080-1127 of ``suite("heldout")``, row i from
     ``n = 24 (i // 24 + 1)``) through ``suite.py --select`` and ``tuning.py hindsight`` with today's default: each row
@@ -976,17 +981,14 @@ def test_session_65_fresh_full_size_rows_read_back(suite_figure, capsys):
     same rung at fuse's default stop within 0.5 dB of the best), 1 the zeroed ladder's k."""
     tables, out = _fresh_full_size(suite_figure, capsys, 1080, 1128)
 
-    def family(c):
-        return "rl" if c.get("regularization") == "none" else c.get("null_space", "zero")
-
     def category(row):
         ch, best = json.loads(row["choice"]), float(row["nmse_best_db"])
-        if family(ch) == "zero" and "max_iter" in ch:  # the same rung at fuse's default stop
+        if _family(ch) == "zero" and "max_iter" in ch:  # the same rung at fuse's default stop
             rung = [c["nmse_db"] for c in json.loads(row["candidate_scores"])
-                    if "max_iter" not in c["setting"] and family(c["setting"]) == "zero" and c["setting"]["k"] == ch["k"]]
+                    if "max_iter" not in c["setting"] and _family(c["setting"]) == "zero" and c["setting"]["k"] == ch["k"]]
             if rung and rung[0] >= best - 0.5:
                 return "count"
-        return "family" if family(ch) != family(json.loads(row["best_candidate"])) else "k"
+        return "family" if _family(ch) != _family(json.loads(row["best_candidate"])) else "k"
 
     missed = {r["scene"].split()[0]: category(r) for r in tables[1] if r["within_0_5_db"] != "True"}
     assert sorted(missed.values()) == ["count"] * 2 + ["family"] * 7 + ["k"]
@@ -1038,17 +1040,14 @@ def test_session_73_fresh_full_size_rows_read_back(suite_figure, capsys):
     zeroed prior's held-out deviance was 0.2-0.5 % below the thresholded prior's; two are the zeroed ladder's k."""
     tables, out = _fresh_full_size(suite_figure, capsys, 1416, 1440)
 
-    def family(c):
-        return "rl" if c.get("regularization") == "none" else c.get("null_space", "zero")
-
     missed = {r["scene"].split()[0]: r for r in tables[1] if r["within_0_5_db"] != "True"}
-    kinds = {s: "family" if family(json.loads(r["choice"])) != family(json.loads(r["best_candidate"])) else "k"
+    kinds = {s: "family" if _family(json.loads(r["choice"])) != _family(json.loads(r["best_candidate"])) else "k"
              for s, r in missed.items()}
     assert sorted(kinds.values()) == ["family"] * 5 + ["k"] * 2
     for s in ("point_sources/501433", "point_sources/501438"):
         r = missed[s]
         assert float(r["loss_db"]) < -3.8 and json.loads(r["choice"])["null_space"] == "zero"
-        dev = {family(c["setting"]): c["heldout_deviance"] for c in json.loads(r["candidate_scores"])
+        dev = {_family(c["setting"]): c["heldout_deviance"] for c in json.loads(r["candidate_scores"])
                if c["heldout_deviance"] is not None and c["setting"].get("k") == json.loads(r["choice"])["k"]}
         assert 0.001 < (dev["threshold"] - dev["zero"]) / dev["zero"] < 0.005
     for line in ("beats both naive baselines: 24/24", "NMSE >= RL oracle: 22/24 = 91.7 %",
