@@ -19,8 +19,9 @@ the better cube predicts what the instruments see worse, and is better only in w
     python benchmarks/family_kl.py run results/family_kl_full_s74.jsonl point_sources/501433,point_sources/500123
     python benchmarks/family_kl.py summary results/family_kl_full_s74.jsonl
 
-The fits here are ``fuse`` with the stored setting only (its own shape-prior tuning; no compact-source run-on), so
-their NMSE differs from the CSVs' delivered cubes by up to ~1.5 dB; each row's two cubes are made the same way.
+The fits here are ``fuse`` with the stored setting only (given settings: no spectral-shape prior and no compact-source
+run-on), so their NMSE differs from the CSVs' delivered cubes by up to ~1.5 dB; each row's two cubes are made the
+same way.
 """
 import argparse
 import csv
