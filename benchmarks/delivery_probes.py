@@ -67,7 +67,8 @@ def _scorer(truth):
     return score
 
 
-def _family(setting):
+def family(setting):
+    """"rl" (plain RL), "zero" or "threshold" (the 2D-1D prior's null space) for a hindsight candidate's setting."""
     return "rl" if setting.get("regularization") == "none" else setting.get("null_space", "zero")
 
 
@@ -87,7 +88,7 @@ def probe_average(x, y, score, cur, ch, extra):
     chosen = cubes[hit[0]] if hit else xfusion.fuse(x, y, progress=False, **{**ch, **extra(ch)}).flux
     others = [j for j, c in enumerate(cands) if not _same(c["setting"], ch) and np.isfinite(c["dev"])]
     runner = min(others, key=lambda j: cands[j]["dev"]) if others else None
-    other_fam = [j for j in others if _family(cands[j]["setting"]) != _family(ch)]
+    other_fam = [j for j in others if family(cands[j]["setting"]) != family(ch)]
     fam = min(other_fam, key=lambda j: cands[j]["dev"]) if other_fam else None
     mean = {j: score(0.5 * (chosen + cubes[j])) for j in (runner, fam) if j is not None}
     return {"chosen": score(chosen), "candidates": cands,
@@ -221,7 +222,7 @@ def main(argv=None):
         ch = tuning.choice(cur)
         extra = _delivery(x, y, ch, half)
         score = _scorer(truth)
-        if a.family and _family(ch) != a.family:
+        if a.family and family(ch) != a.family:
             res = None
         elif a.probe == "average":
             res = probe_average(x, y, score, cur, ch, extra)

@@ -31,16 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from delivery_probes import family  # benchmarks/delivery_probes.py: a candidate setting's family
+
 RESULTS = Path(__file__).resolve().parent / "results"
 #: the full-size held-out hindsight tables (480 rows)
 FILES = ("hindsight_heldout.csv", "hindsight_fresh_408_455.csv", "hindsight_fresh_456_503.csv",
          "hindsight_fresh_504_551.csv", "hindsight_fresh_1080_1127_full.csv", "hindsight_fresh_1128_1151_full.csv",
          "hindsight_fresh_1152_1175_full.csv", "hindsight_fresh_1416_1439_full.csv")
-
-
-def family(setting):
-    """"zero", "threshold" or "rl" for a candidate setting."""
-    return "rl" if setting.get("regularization") == "none" else setting.get("null_space")
 
 
 def full_rows():
