@@ -1076,6 +1076,28 @@ def test_session_74_fresh_full_size_rows_read_back(suite_figure, capsys):
         assert line in out, line
 
 
+def test_session_75_fresh_full_size_rows_read_back(suite_figure, capsys):
+    """Session 75: 24 never-run full-size held-out rows (1464-1487), the same default: flux on every row, baselines
+    23/24 (snr_shell/501485 loses aSAM to Y upsampled in space: 0.256 against 0.245; the same sky missed at small size
+    in session 68), NMSE 23/24 (point_sources/501483 -0.62 dB), velocity 18/19, hindsight 16/24. Of the eight misses
+    four chose the zeroed prior where the thresholded one was better (point_sources/501483 -4.60 dB), three are the
+    zeroed ladder's k, one the thresholded prior where a zeroed rung was better."""
+    tables, out = _fresh_full_size(suite_figure, capsys, 1464, 1488)
+
+    missed = {r["scene"].split()[0]: r for r in tables[1] if r["within_0_5_db"] != "True"}
+    pairs = sorted((_family(json.loads(r["choice"])), _family(json.loads(r["best_candidate"])))
+                   for r in missed.values())
+    assert pairs == [("threshold", "zero")] + [("zero", "threshold")] * 4 + [("zero", "zero")] * 3
+    assert float(missed["point_sources/501483"]["loss_db"]) == -4.60
+    under = [r for r in tables[0] if r["beats_both_baselines"] != "True"]
+    assert [r["scene"].split()[0] for r in under] == ["snr_shell/501485"]
+    for line in ("beats both naive baselines: 23/24", "NMSE >= RL oracle: 23/24 = 95.8 %",
+                 "miss: point_sources/501483 -0.62 dB", "velocity RMS <= RL oracle: 18/19 = 94.7 %",
+                 "miss: point_sources/501473 38.2 vs 35.3 km/s", "|total-flux bias| <= 1 %: 24/24",
+                 "in hindsight: 16/24 = 66.7 %"):
+        assert line in out, line
+
+
 def test_session_73_science_of_the_full_size_misses_read_back():
     """Session 73: the seven hindsight misses of rows 1416-1439 run again with ``tuning.py hindsight ... science`` (the
     same choices and NMSE, and each candidate's velocity- and width-map RMS errors, parsed by ``hindsight_csv``). On
