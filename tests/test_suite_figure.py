@@ -967,6 +967,14 @@ def _fresh_full_size(suite_figure, capsys, first, end):
     return tables, capsys.readouterr().out
 
 
+def _hindsight_misses(rows):
+    """``(missed, pairs)`` of a hindsight table's rows: the rows more than 0.5 dB below the best candidate by scene
+    name, and the sorted (family of the choice, family of the best candidate) of each."""
+    missed = {r["scene"].split()[0]: r for r in rows if r["within_0_5_db"] != "True"}
+    return missed, sorted((_family(json.loads(r["choice"])), _family(json.loads(r["best_candidate"])))
+                          for r in missed.values())
+
+
 def _family(setting):
     """The family of a hindsight candidate's setting: "rl" (plain RL), "zero" or "threshold" (the 2D-1D prior)."""
     return "rl" if setting.get("regularization") == "none" else setting.get("null_space", "zero")
@@ -1065,9 +1073,7 @@ def test_session_74_fresh_full_size_rows_read_back(suite_figure, capsys):
     rung was better, one plain RL where the thresholded prior was."""
     tables, out = _fresh_full_size(suite_figure, capsys, 1440, 1464)
 
-    missed = {r["scene"].split()[0]: r for r in tables[1] if r["within_0_5_db"] != "True"}
-    pairs = sorted((_family(json.loads(r["choice"])), _family(json.loads(r["best_candidate"])))
-                   for r in missed.values())
+    missed, pairs = _hindsight_misses(tables[1])
     assert pairs == [("rl", "threshold")] + [("threshold", "zero")] * 3 + [("zero", "zero")] * 4
     assert float(missed["cluster_core/501441"]["loss_db"]) == -3.17
     for line in ("beats both naive baselines: 24/24", "NMSE >= RL oracle: 23/24 = 95.8 %", "miss: mixed/501444 -0.06 dB",
@@ -1084,9 +1090,7 @@ def test_session_75_fresh_full_size_rows_read_back(suite_figure, capsys):
     zeroed ladder's k, one the thresholded prior where a zeroed rung was better."""
     tables, out = _fresh_full_size(suite_figure, capsys, 1464, 1488)
 
-    missed = {r["scene"].split()[0]: r for r in tables[1] if r["within_0_5_db"] != "True"}
-    pairs = sorted((_family(json.loads(r["choice"])), _family(json.loads(r["best_candidate"])))
-                   for r in missed.values())
+    missed, pairs = _hindsight_misses(tables[1])
     assert pairs == [("threshold", "zero")] + [("zero", "threshold")] * 4 + [("zero", "zero")] * 3
     assert float(missed["point_sources/501483"]["loss_db"]) == -4.60
     under = [r for r in tables[0] if r["beats_both_baselines"] != "True"]
