@@ -85,7 +85,7 @@ def run(out, names):
     with open(out, "a") as fh:
         for name in names:
             r = rows[name]
-            i = int(name.split("/")[1]) - 500000
+            i = int(name.split("/")[1]) - scenes.SPLIT_SEEDS["heldout"]  # held-out row i has seed base + i
             spec = scenes.suite("heldout", n=row_n(i))[i]
             if spec["name"] != r["scene"]:
                 raise ValueError(f"row {i} is {spec['name']!r}, the CSV has {r['scene']!r}")

@@ -51,10 +51,11 @@ def test_family_gaps_of_the_stored_full_size_tables(family_kl):
 
 def test_stored_run_read_back(family_kl, capsys):
     """55 full-size rows: the 31 whose other family was better by >= 1 dB in the stored tables and the 24 where the
-    choice was better by >= 2 dB (each pair of cubes refitted the same way, so the gaps here are these fits'): where the zeroed prior was chosen and the thresholded cube is better by > 0.5 dB (16 rows, up to 4.8
-    dB), the thresholded cube predicts the instruments' EXPECTED counts worse on every one, so no held-out-deviance
-    rule can choose it; on the 7 such rows with the thresholded choice, and on 25 of the 26 rows where the choice is
-    the better cube, the expected deviance ranks the cubes as the NMSE does."""
+    choice was better by >= 2 dB (each pair of cubes refitted the same way, so the gaps here are these fits'). Where
+    the zeroed prior was chosen and the thresholded cube is better by > 0.5 dB (16 rows, up to 4.8 dB), the
+    thresholded cube predicts the instruments' EXPECTED counts worse on every one, so no held-out-deviance rule can
+    choose it; on the 7 such rows with the thresholded choice, and on 25 of the 26 rows where the choice is the better
+    cube, the expected deviance ranks the cubes as the NMSE does."""
     records = [json.loads(line) for line in open(RECORDS)]
     assert len(records) == 55 and len({r["name"] for r in records}) == 55
     gaps = {g[1]: g for g in family_kl.family_gaps()}
