@@ -122,7 +122,18 @@ class _Recent(logging.Handler):
 _RECENT = _Recent()
 
 
+#: distributed's own diagnostics, slowed for the session's cluster (session 76): an idle 2-worker LocalCluster with
+#: distributed's defaults kept 17 % of a core busy (5.2 s of CPU in 30 s: the workers' statistical profiler every
+#: 10 ms, the memory monitors every 100 ms, the system monitor every 500 ms, the event-loop tick every 20 ms), and
+#: each test process holds its cluster for the whole run; with these, 0.6 s in 30 s. None of them is read by xfusion
+#: or decides where a task runs (the kill tests' nannies still restart a killed worker; no test here sets a memory
+#: limit on this cluster)
+QUIET_CLUSTER = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "5s",
+                 "distributed.admin.tick.interval": "500ms", "distributed.worker.memory.monitor-interval": "1s"}
+
+
 def _start_cluster():
+    import dask
     import distributed
 
     # the workers run the starlet's NumPy passes (XFUSION_NUMBA=0, see :func:`child_env`): a new worker process
@@ -131,8 +142,9 @@ def _start_cluster():
     # test's nanny restarts. The kernels give the NumPy passes' numbers to the bit (tests/test_starlet_kernels.py),
     # so every cluster result is still compared with this process's kernel path at the same tolerance, which now
     # checks the two paths against each other as well.
-    c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                 silence_logs=40, env={"XFUSION_NUMBA": "0"})
+    with dask.config.set(QUIET_CLUSTER):  # read by the scheduler, the nannies and (passed on) their workers
+        c = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                     silence_logs=40, env={"XFUSION_NUMBA": "0"})
     log = logging.getLogger("distributed")
     if _RECENT not in log.handlers:  # added after the start: silence_logs mutes the handlers present then
         log.addHandler(_RECENT)
