@@ -1102,6 +1102,26 @@ def test_session_75_fresh_full_size_rows_read_back(suite_figure, capsys):
         assert line in out, line
 
 
+def test_session_76_fresh_full_size_rows_read_back(suite_figure, capsys):
+    """Session 76: 24 never-run full-size held-out rows (1488-1511), the same default: baselines, NMSE and flux on
+    every row, velocity 19/20 (snr_shell/501495, a faint line sky), hindsight 20/24. The four misses: two the zeroed
+    ladder's k (synchrotron/501497 -1.19 dB, mixed/501499 -0.77), one the thresholded prior where a zeroed rung was
+    better (cluster_core/501506 -0.78), one the zeroed prior where the thresholded one was better
+    (point_sources/501508 -3.07)."""
+    tables, out = _fresh_full_size(suite_figure, capsys, 1488, 1512)
+
+    missed, pairs = _hindsight_misses(tables[1])
+    assert pairs == [("threshold", "zero"), ("zero", "threshold"), ("zero", "zero"), ("zero", "zero")]
+    assert {name: float(r["loss_db"]) for name, r in missed.items()} == {
+        "synchrotron/501497": -1.19, "mixed/501499": -0.77, "cluster_core/501506": -0.78,
+        "point_sources/501508": -3.07}
+    assert all(r["beats_both_baselines"] == "True" for r in tables[0])
+    for line in ("beats both naive baselines: 24/24", "NMSE >= RL oracle: 24/24 = 100.0 %",
+                 "velocity RMS <= RL oracle: 19/20 = 95.0 %", "miss: snr_shell/501495 971.1 vs 786.3 km/s",
+                 "|total-flux bias| <= 1 %: 24/24", "in hindsight: 20/24 = 83.3 %"):
+        assert line in out, line
+
+
 def test_session_73_science_of_the_full_size_misses_read_back():
     """Session 73: the seven hindsight misses of rows 1416-1439 run again with ``tuning.py hindsight ... science`` (the
     same choices and NMSE, and each candidate's velocity- and width-map RMS errors, parsed by ``hindsight_csv``). On
