@@ -92,7 +92,7 @@ def test_fresh_small_rows_read_back(bench_module, capsys, which):
     """48 never-run small held-out rows each (session 64: 1344-1391 of ``suite("heldout")``; session 67: 1392-1439;
     session 68: 1440-1487; session 69: 1488-1535; session 70: 1536-1583; session 73: 2544-2591 and 2592-2639;
     session 74: 2640-2687; session 75: 2688-2735; session 76: 2736-2783; row i
-    from ``n = 24 (i // 24 + 1)``)
+    from ``n = 24 (i // 24 + 1)``, session 76's all from n = 2784)
     through ``suite.py --select`` and ``tuning.py hindsight`` with the default of their session. Each row is its
     scene, in order, in both files. The issue-13 counts: NMSE 43/48 in the first three and in session 70's, 41/48 in
     session 69's; velocity 33/39, 33/38, 34/38, 30/39 and 36/38; hindsight 47/48, 42/48, 41/48, 46/48 and 41/48; flux
