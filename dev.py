@@ -15,7 +15,10 @@ stamp file inside it records them), so a second run skips the install. ``make de
 Extra arguments go to the demo (e.g. ``--toy small``) or to pytest (e.g. ``-k units``; the tests run
 in two processes, one file per process at a time, with pytest-xdist: ``-n 0`` runs them in one);
 ``test --no-docs`` skips the documentation build, ``test --no-tests`` only builds it
-(``make docs``).
+(``make docs``). ``test`` leaves out the heavy tier (``tests/conftest.py`` ``HEAVY``: the default end to end on
+full-size scenes, and the tests that kill, interrupt or wait on other processes and clusters); ``test --heavy`` runs
+only that tier (without the docs build), ``test --all`` both; ``.ci/run`` runs ``test`` and then ``test --heavy``.
+A ``-m`` of your own replaces the tier's.
 """
 from __future__ import annotations
 
@@ -106,6 +109,14 @@ def cmd_demo(args):
 def cmd_test(args):
     py = ensure_env(["test", "docs"])
     env = dict(os.environ, MPLBACKEND="Agg")
+    tier = ["-m", "not heavy"]  # the suite: the heavy tier (tests/conftest.py HEAVY) is left out
+    if "--heavy" in args or "--all" in args:
+        tier = ["-m", "heavy"] if "--heavy" in args else []
+        if "--heavy" in args:
+            args = [*args, "--no-docs"]  # the tier is tests only
+        args = [a for a in args if a not in ("--heavy", "--all")]
+    if any(a == "-m" or a.startswith("-m") and not a.startswith("--") for a in args):
+        tier = []  # the caller's own marker expression
     if "--no-docs" in args:
         args = [a for a in args if a != "--no-docs"]
     else:
@@ -122,7 +133,7 @@ def cmd_test(args):
     # once: 226 s instead of 342 s on 2 cores (session 14); the files in the order tests/conftest.py gives them (the
     # longest first, session 67); a later "-n" in ``args`` overrides
     workers = (["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"] if (os.cpu_count() or 1) >= 2 else [])
-    return _run([py, "-m", "pytest", "-q", *workers, *args], env=env)
+    return _run([py, "-m", "pytest", "-q", *workers, *tier, *args], env=env)
 
 
 def main(argv=None):

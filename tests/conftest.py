@@ -39,20 +39,110 @@ def require_data(*paths):
         pytest.fail(msg, pytrace=False)
 
 
-#: the test files that take longest, heaviest first (seconds of one process, ``--durations=0``, session 67: from 67 s
-#: for test_parallel.py down to 4 s). ``python3 dev.py test`` hands whole files to two processes in the order of
-#: collection (``--dist loadfile --no-loadscope-reorder``), so the longest go first and the short ones fill the end:
-#: both processes finish within seconds of each other (longest first, not the default's most tests first)
-SLOW_FILES = ("test_parallel.py", "test_faults_storage.py", "test_tuning.py", "test_cli.py", "test_fuse.py",
-              "test_faults_inputs.py", "test_source_iter.py", "test_shape_prior.py", "test_source_lines.py",
-              "test_uncertainty.py", "test_parallel_em.py", "test_dask_tuning.py", "test_jwst.py", "test_mosaic.py",
-              "test_output_safety.py", "test_adjoints.py", "test_suite_figure.py", "test_notebook.py",
-              "test_independent_model.py", "test_plot.py", "test_io_files.py", "test_heap.py", "test_analysis.py")
+#: the test files that take longest, heaviest first (seconds of one process, ``--durations=0`` of the suite without the
+#: heavy tier, session 77: from 42 s for test_faults_storage.py down to 8 s). ``python3 dev.py test`` hands whole files
+#: to two processes in the order of collection (``--dist loadfile --no-loadscope-reorder``), so the longest go first
+#: and the short ones fill the end: both processes finish within seconds of each other (longest first, not the
+#: default's most tests first)
+SLOW_FILES = ("test_faults_storage.py", "test_tuning.py", "test_parallel.py", "test_fuse.py", "test_mosaic.py",
+              "test_jwst.py", "test_faults_inputs.py", "test_output_safety.py", "test_uncertainty.py",
+              "test_shape_prior.py", "test_cli.py", "test_plot.py", "test_dask_tuning.py", "test_source_lines.py",
+              "test_independent_model.py", "test_io_files.py", "test_parallel_em.py", "test_scenes.py",
+              "test_source_iter.py", "test_analysis.py", "test_suite_figure.py")
 
 
+#: The heavy tier (session 77): ``python3 dev.py test`` (the README's test command) leaves these out, ``python3 dev.py
+#: test --heavy`` runs only them, and ``.ci/run`` runs both, the suite first. The rule: every test (each
+#: parametrization on its own) that took >= 5 s of one process in session 77's ``--durations=0`` run of the whole suite,
+#: except the ones the fast tier keeps as its only check of a standard (below). Each entry names its seconds then and what
+#: the suite still runs of the same property. The entries are the heavy measurements (the default end to end on
+#: full-size toys and scenes, a benchmark's section) and the tests that kill, interrupt or wait on other processes and
+#: clusters; a stale entry (a test renamed or removed) stops the collection.
+HEAVY = {
+    "test_fuse.py::test_default_on_gaussian_rebin_beats_baselines_and_best_richardson_lucy":
+        "29.9 s: the default on the paper's 45x45 toy; kept: the selection within 1 dB of the oracle on 3 small "
+        "scenes (test_tuning.py), the default against baselines on independently simulated data",
+    "test_source_lines.py::test_fuse_source_lines_auto_against_none_on_a_point_source_sky":
+        "25.4 s: the default on a point-source sky; kept: the line step's own tests and its one rule",
+    "test_source_lines.py::test_a_default_run_with_the_floor_off_a_source_resumes_to_the_same_cube":
+        "the same default fit as the entry above (its module fixture)",
+    "test_source_lines.py::test_source_lines_on_dask_blocks_agree_with_memory": "5.1 s; kept: the other Dask agreements",
+    "test_source_iter.py::test_the_default_runs_on_at_the_compact_sources_of_a_full_size_sky":
+        "21.2 s: the default on a full-size sky; kept: the run-on on a small sky",
+    "test_source_iter.py::test_run_on_on_dask_blocks_agrees_with_memory": "6.6 s; kept: the other Dask agreements",
+    "test_parallel.py::test_client_sigkill_on_a_cluster_then_resume":
+        "22.9 and 14.9 s: SIGKILL of a client process and its cluster; kept: test_fuse.py's SIGKILL and resume, "
+        "the LocalCluster agreement",
+    "test_parallel.py::test_worker_killed_mid_run_does_not_lose_it": "15.4 s: a cluster worker SIGKILLed",
+    "test_parallel.py::test_wavelet2d1d_worker_killed_mid_run_does_not_lose_it": "7.0 s: the same with the 2D-1D prior",
+    "test_parallel.py::test_wavelet2d1d_numpy_dask_and_cluster_agree":
+        "7.0 s; kept: the same agreement with the low-rank prior",
+    "test_faults_inputs.py::test_identical_runs_on_a_local_cluster_give_identical_bits":
+        "9.6 s; kept: the LocalCluster agreement",
+    "test_parallel_em.py::test_vignetted_area_background_and_masks_through_fuse_agree_and_stay_compact":
+        "7.9 s (a cluster); kept: the same maths on Dask's threads",
+    "test_parallel_em.py::test_local_cluster_agrees_and_checkpoints": "7.7 s; kept: the LocalCluster agreement",
+    "test_uncertainty.py::test_one_writer_per_replica_store":
+        "15.2 s: a second process's lock; kept: the store's second writer refused (test_faults_storage.py)",
+    "test_faults_storage.py::test_interrupt_message_says_where_the_last_checkpoint_is":
+        "11.2 s: two CLI processes interrupted; kept: test_fuse.py's SIGKILL and resume",
+    "test_faults_storage.py::test_sigkill_inside_a_commit_then_resume":
+        "7.2-8.0 s each: a process killed inside a checkpoint's commit; kept: test_fuse.py's SIGKILL and resume",
+    "test_notebook.py::test_quickstart_executes": "14.6 s: a Jupyter kernel; kept: the notebook matches its script",
+    "test_dask_tuning.py::test_a_mosaic_too_large_is_tuned_on_its_central_subfield":
+        "13.6 s; kept: a pair too large for memory tuned on its central subfield",
+    "test_cli.py::test_metrics_and_plot_round_trip": "13.5 s: five figures; kept: the summary figure (test_plot.py)",
+    "test_cli.py::test_installed_executable_round_trip":
+        "11.9 s: the console script in a process; kept: `python -m xfusion.cli` in a process",
+    "test_cli.py::test_fuse_out_of_core_and_on_a_scheduler[scheduler]": "7.3 s: a scheduler process",
+    "test_cli.py::test_fuse_out_of_core_and_on_a_scheduler[retained]": "6.8 s; kept: the same on Dask's threads",
+    "test_cli.py::test_metrics_lists_every_input_and_detector_pixels": "5.5 s",
+    "test_shape_prior.py::test_half_fit_is_the_iterate_the_count_was_transferred_from": "8.8 s",
+    "test_shape_prior.py::test_auto_and_a_level_0_floor_in_one_fit": "7.8 s",
+    "test_shape_prior.py::test_auto_chooses_the_shape_prior_by_thinning[19-long]":
+        "6.2 s; kept: the two other scenes of the same test",
+    "test_tuning.py::test_zeroed_prior_continuation_stops_once_its_count_is_the_cap": "8.5 s",
+    "test_tuning.py::test_thresholded_candidate_run_stops_at_its_cap_read_at_call_time": "6.1 s",
+    "test_tuning.py::test_k_walk_goes_past_8_only_while_deviance_and_sharp_spectral_squared_error_fall": "6.0 s",
+    "test_suite_figure.py::test_operators_threads_section_runs_and_reports_the_same_numbers":
+        "7.3 s: a benchmark's section on a full-size scene",
+}
+#: tests of >= 5 s that the suite keeps (the rule above): each is its only check of a standard (checked for staleness
+#: as :data:`HEAVY` is)
+KEPT_LONG = {
+    "test_parallel.py::test_numpy_dask_and_cluster_agree": "a real LocalCluster (27.5 s, most of it its start)",
+    "test_output_safety.py::test_plot_and_demo_refuse_user_files_and_input_stores": "never overwrite a user's file",
+    "test_faults_storage.py::test_checkpoint_refuses_an_ordinary_folder_and_leaves_it_intact":
+        "never delete a user's folder",
+    "test_fuse.py::test_sigkill_then_resume": "a killed run resumes",
+    "test_faults_storage.py::test_a_second_writer_is_refused_and_a_dead_ones_lock_recovered": "one writer per store",
+    "test_plot.py::test_summary_png": "the summary figure",
+}
+
+
+def _heavy_key(item):
+    """The entry of :data:`HEAVY` that names ``item`` (by its name with parameters, else all its parametrizations)."""
+    for key in (f"{item.path.name}::{item.name}", f"{item.path.name}::{item.originalname}"):
+        if key in HEAVY:
+            return key
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: every test of a collected file is seen
 def pytest_collection_modifyitems(config, items):
-    """The files of :data:`SLOW_FILES` first, in its order; the others after them as collected (a stable sort: the
-    tests of a file keep their order)."""
+    """Mark the tests of :data:`HEAVY` ``heavy`` (when whole files are collected, an entry naming none of their tests
+    stops the run); then the files of :data:`SLOW_FILES` first, in its order; the others after them as collected (a
+    stable sort: the tests of a file keep their order)."""
+    used, files = set(), {item.path.name for item in items}
+    for item in items:
+        key = _heavy_key(item)
+        if key is not None:
+            item.add_marker(pytest.mark.heavy)
+            used.add(key)
+        used.add(f"{item.path.name}::{item.originalname}")  # for KEPT_LONG
+    stale = [k for k in (*HEAVY, *KEPT_LONG) if k.split("::")[0] in files and k not in used]
+    if stale and not any("::" in str(a) for a in config.args):
+        raise pytest.UsageError(f"tests/conftest.py HEAVY or KEPT_LONG names tests that were not collected: {stale}")
     rank = {name: i for i, name in enumerate(SLOW_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
 

@@ -27,7 +27,6 @@ def test_notebook_matches_script():
         "examples/quickstart.ipynb is out of date: run python examples/make_notebook.py")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(bool(_missing("nbformat", "nbclient", "ipykernel")),
                     reason=f"notebook execution needs {_missing('nbformat', 'nbclient', 'ipykernel')} "
                            "(pip install -e '.[test]')")
