@@ -106,20 +106,28 @@ def cmd_demo(args):
     return _run([py, "-m", "xfusion.cli", "demo", *extra, *args], env=dict(os.environ, MPLBACKEND="Agg"))
 
 
+def test_plan(args, cpus=None):
+    """``(build_docs, run_tests, pytest_args)`` for ``dev.py test ARGS``: the suite leaves out the heavy tier
+    (``-m "not heavy"``, tests/conftest.py ``HEAVY``); ``--heavy`` runs only that tier and no docs build, ``--all``
+    both tiers; a ``-m`` of the caller's replaces the tier's; ``--no-docs`` / ``--no-tests`` skip a part. On 2 or more
+    cores the tests run in two processes, whole files to each, in the order tests/conftest.py gives them (226 s instead
+    of 342 s on 2 cores, session 14; the longest files first, session 67); a later ``-n`` in ``args`` overrides."""
+    args = list(args)
+    heavy, everything = "--heavy" in args, "--all" in args
+    own = [a for a in args if a not in ("--heavy", "--all", "--no-docs", "--no-tests")]
+    tier = ["-m", "heavy"] if heavy else [] if everything else ["-m", "not heavy"]
+    if any(a == "-m" or (a.startswith("-m") and not a.startswith("--")) for a in own):
+        tier = []
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    workers = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"] if cpus >= 2 else []
+    return ("--no-docs" not in args and not heavy, "--no-tests" not in args, ["-q", *workers, *tier, *own])
+
+
 def cmd_test(args):
     py = ensure_env(["test", "docs"])
     env = dict(os.environ, MPLBACKEND="Agg")
-    tier = ["-m", "not heavy"]  # the suite: the heavy tier (tests/conftest.py HEAVY) is left out
-    if "--heavy" in args or "--all" in args:
-        tier = ["-m", "heavy"] if "--heavy" in args else []
-        if "--heavy" in args:
-            args = [*args, "--no-docs"]  # the tier is tests only
-        args = [a for a in args if a not in ("--heavy", "--all")]
-    if any(a == "-m" or a.startswith("-m") and not a.startswith("--") for a in args):
-        tier = []  # the caller's own marker expression
-    if "--no-docs" in args:
-        args = [a for a in args if a != "--no-docs"]
-    else:
+    docs, tests, pytest_args = test_plan(args)
+    if docs:
         t0 = time.perf_counter()
         rc = _run([py, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"],
                   env=env)
@@ -127,13 +135,9 @@ def cmd_test(args):
             _say("the documentation build failed (warnings are errors); fix the messages above")
             return rc
         _say(f"docs built in {time.perf_counter() - t0:.1f} s: {ROOT / 'docs/_build/html/index.html'}")
-    if "--no-tests" in args:
+    if not tests:
         return 0
-    # two worker processes (pytest-xdist, in the test extra), whole files to each so that a file's fixtures are made
-    # once: 226 s instead of 342 s on 2 cores (session 14); the files in the order tests/conftest.py gives them (the
-    # longest first, session 67); a later "-n" in ``args`` overrides
-    workers = (["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"] if (os.cpu_count() or 1) >= 2 else [])
-    return _run([py, "-m", "pytest", "-q", *workers, *tier, *args], env=env)
+    return _run([py, "-m", "pytest", *pytest_args], env=env)
 
 
 def main(argv=None):
