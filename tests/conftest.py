@@ -147,6 +147,38 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
 
 
+#: a test of the suite (not heavy, not in :data:`KEPT_LONG`) whose call takes at least this many seconds is named at the
+#: end of the run: a candidate for :data:`HEAVY` or for a smaller check. Only the call is counted: a process's first
+#: test also pays the session's fixtures in its setup (the Numba kernels, 5-20 s). Timings vary with the machine's
+#: load, so it is a note, not a failure
+SUITE_NOTE_SECONDS = 8.0
+_seconds: dict = collections.defaultdict(float)
+_heavy_seen: set = set()
+
+
+def pytest_runtest_logreport(report):
+    """Each test's call seconds (with pytest-xdist the workers' reports reach the controller here too)."""
+    if report.when == "call":
+        _seconds[report.nodeid] += report.duration
+    if "heavy" in report.keywords:
+        _heavy_seen.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the suite's tests of :data:`SUITE_NOTE_SECONDS` or more (see there)."""
+    long = []
+    for nodeid, sec in _seconds.items():
+        name = nodeid.split("/")[-1]
+        if (sec >= SUITE_NOTE_SECONDS and nodeid not in _heavy_seen and name not in KEPT_LONG
+                and name.split("[")[0] not in KEPT_LONG):
+            long.append((sec, nodeid))
+    if long:
+        terminalreporter.write_sep("-", f"suite tests whose call took >= {SUITE_NOTE_SECONDS:.0f} s (tests/conftest.py HEAVY: "
+                                        "move them to the heavy tier or make them smaller)")
+        for sec, nodeid in sorted(long, reverse=True):
+            terminalreporter.write_line(f"{sec:6.1f} s  {nodeid}")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _starlet_kernels_compiled():
     """Each test process compiles the Numba starlet kernels once, at its start. A user's process compiles them only
