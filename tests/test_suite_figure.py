@@ -1122,6 +1122,26 @@ def test_session_76_fresh_full_size_rows_read_back(suite_figure, capsys):
         assert line in out, line
 
 
+def test_session_77_fresh_full_size_rows_read_back(suite_figure, capsys):
+    """Session 77: 24 never-run full-size held-out rows (1512-1535), the same default: baselines, NMSE and flux on
+    every row, velocity 18/19 (point_sources/501513), hindsight 16/24, the lowest of any full-size set. The eight
+    misses, 0.59-1.00 dB: five the zeroed ladder's k (three synchrotron skies, two mixed ones), three the
+    thresholded prior where a zeroed rung was better (a faint cluster core and two point-source skies)."""
+    tables, out = _fresh_full_size(suite_figure, capsys, 1512, 1536)
+
+    missed, pairs = _hindsight_misses(tables[1])
+    assert pairs == [("threshold", "zero")] * 3 + [("zero", "zero")] * 5
+    assert {name: float(r["loss_db"]) for name, r in missed.items()} == {
+        "synchrotron/501517": -1.00, "cluster_core/501521": -0.90, "synchrotron/501522": -0.73,
+        "point_sources/501523": -0.98, "mixed/501524": -0.59, "synchrotron/501532": -0.79,
+        "point_sources/501533": -0.67, "mixed/501534": -0.86}
+    assert all(r["beats_both_baselines"] == "True" for r in tables[0])
+    for line in ("beats both naive baselines: 24/24", "NMSE >= RL oracle: 24/24 = 100.0 %",
+                 "velocity RMS <= RL oracle: 18/19 = 94.7 %", "miss: point_sources/501513 47.3 vs 44.9 km/s",
+                 "|total-flux bias| <= 1 %: 24/24", "in hindsight: 16/24 = 66.7 %"):
+        assert line in out, line
+
+
 def test_session_73_science_of_the_full_size_misses_read_back():
     """Session 73: the seven hindsight misses of rows 1416-1439 run again with ``tuning.py hindsight ... science`` (the
     same choices and NMSE, and each candidate's velocity- and width-map RMS errors, parsed by ``hindsight_csv``). On
