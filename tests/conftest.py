@@ -40,15 +40,14 @@ def require_data(*paths):
 
 
 #: the test files that take longest, heaviest first (seconds of one process, ``--durations=0`` of the suite without the
-#: heavy tier, session 77: from 42 s for test_faults_storage.py down to 8 s). ``python3 dev.py test`` hands whole files
-#: to two processes in the order of collection (``--dist loadfile --no-loadscope-reorder``), so the longest go first
-#: and the short ones fill the end: both processes finish within seconds of each other (longest first, not the
-#: default's most tests first)
-SLOW_FILES = ("test_faults_storage.py", "test_tuning.py", "test_parallel.py", "test_fuse.py", "test_mosaic.py",
-              "test_jwst.py", "test_faults_inputs.py", "test_output_safety.py", "test_uncertainty.py",
-              "test_shape_prior.py", "test_cli.py", "test_plot.py", "test_dask_tuning.py", "test_source_lines.py",
-              "test_independent_model.py", "test_io_files.py", "test_parallel_em.py", "test_scenes.py",
-              "test_source_iter.py", "test_analysis.py", "test_suite_figure.py")
+#: heavy tier drawn at 3 s, session 77: from 50 s for test_faults_storage.py down to 9 s). ``python3 dev.py test`` hands
+#: whole files to two processes in the order of collection (``--dist loadfile --no-loadscope-reorder``), so the longest
+#: go first and the short ones fill the end: both processes finish within seconds of each other (longest first, not
+#: the default's most tests first)
+SLOW_FILES = ("test_faults_storage.py", "test_tuning.py", "test_parallel.py", "test_fuse.py", "test_faults_inputs.py",
+              "test_io_files.py", "test_output_safety.py", "test_uncertainty.py", "test_plot.py", "test_cli.py",
+              "test_mosaic.py", "test_independent_model.py", "test_parallel_em.py", "test_source_lines.py",
+              "test_jwst.py", "test_source_iter.py", "test_suite_figure.py", "test_shape_prior.py", "test_scenes.py")
 
 
 #: The heavy tier (session 77): ``python3 dev.py test`` (the README's test command) leaves these out, ``python3 dev.py
@@ -136,8 +135,8 @@ HEAVY = {
     "test_dask_tuning.py::test_four_inputs_on_dask_are_tuned_in_memory_like_numpy": "3.2 s",
     "test_export_fit.py::test_gammapy_fits_written_spectrum": "3.1 s; kept: the gammapy fit of an exported line",
 }
-#: tests of >= 3 s that the suite keeps (the rule above): each is its only check of a standard (checked for staleness
-#: as :data:`HEAVY` is)
+#: tests of >= 3 s that the suite keeps (the rule above): its only check of a standard or of a must-show, or its one
+#: quick check of the summary figure, of a rule or of the stored fresh sets; checked for staleness as :data:`HEAVY` is
 KEPT_LONG = {
     "test_parallel.py::test_numpy_dask_and_cluster_agree": "a real LocalCluster (27.5 s, most of it its start)",
     "test_output_safety.py::test_plot_and_demo_refuse_user_files_and_input_stores": "never overwrite a user's file",
