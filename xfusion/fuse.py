@@ -693,7 +693,7 @@ def fuse(*observations, regularization="auto", method=None, max_iter=None, tol=1
         with no floor unless N is given (session 40; ``regularization="none", max_iter="auto", shape_prior="auto"`` is
         plain RL for line maps, README). ``shape_loop`` (pseudo-counts, a pair, or None, the default): the same prior
         applied to the iterate before every EM step as well (session 43; off in every default; measured on line-free
-        skies at 0.3 times the chosen ``shape_prior``, README).
+        skies at 0.3 times the chosen ``shape_prior``, benchmarks/DEFAULT_RULES.md).
         ``wavelet2d1d``: l1 norm of the 2D-1D starlet coefficients (2D on each channel, then 1D along each spectrum), soft-thresholded at k
         noise sigmas. ``lowrank``: Z = W V with V the mean and leading principal components of
         the sharp-spectral spectra (regularized by early stopping). ``lowrank_sobolev``: plus

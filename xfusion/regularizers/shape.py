@@ -175,7 +175,7 @@ class SpectralShape:
     """Hierarchical shrinkage of each pixel's spectral shape (module notes).
 
     ``pseudo_counts``: n0 > 0 (photons) for every level, or a pair ``[n0, n0_pixel]``: n0_pixel at level 0 (a pixel
-    against its level-1 neighbourhood; the README's recipe for velocity maps), or a triple
+    against its level-1 neighbourhood; the default's floor for velocity maps, benchmarks/DEFAULT_RULES.md), or a triple
     ``[n0, n0_pixel, n0_sources]``: level 0 at n0_sources in the 3x3 footprints of ``sources`` (global ``[i, j]``
     pixels of compact sources; :func:`xfusion.sources.footprint_mask`) and at n0_pixel elsewhere. Level 0 is the last
     step of the hierarchy and ``s_1`` does not depend on it, so each footprint pixel equals the same prior run with
