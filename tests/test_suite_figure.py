@@ -1142,6 +1142,32 @@ def test_session_77_fresh_full_size_rows_read_back(suite_figure, capsys):
         assert line in out, line
 
 
+def test_session_78_fresh_full_size_rows_read_back(suite_figure, capsys):
+    """Session 78: 24 never-run full-size held-out rows (1536-1559), the same default: baselines and flux on every
+    row, NMSE 23/24 and velocity 18/19 (both missed by mixed/501539, the zeroed prior at the ladder's lowest rung run to
+    fuse's stop where the thresholded one was better), hindsight 17/24. The seven misses: the thresholded prior where a
+    zeroed rung was better three times, the reverse once, the zeroed count twice (the same rung at fuse's stop was the
+    best) and the zeroed ladder's k once."""
+    tables, out = _fresh_full_size(suite_figure, capsys, 1536, 1560)
+
+    missed, pairs = _hindsight_misses(tables[1])
+    assert pairs == [("threshold", "zero")] * 3 + [("zero", "threshold")] + [("zero", "zero")] * 3
+    assert {name: float(r["loss_db"]) for name, r in missed.items()} == {
+        "mixed/501539": -0.74, "point_sources/501543": -0.94, "mixed/501544": -0.95, "point_sources/501548": -0.57,
+        "snr_shell/501550": -0.59, "cluster_core/501551": -2.10, "point_sources/501558": -0.52}
+    choice = {name: json.loads(r["choice"]) for name, r in missed.items()}
+    best = {name: json.loads(r["best_candidate"]) for name, r in missed.items()}
+    same_k = [name for name in missed if _family(choice[name]) == _family(best[name]) == "zero"
+              and choice[name]["k"] == best[name]["k"]]
+    assert sorted(same_k) == ["cluster_core/501551", "mixed/501544"]  # the count, not the rung
+    assert all(r["beats_both_baselines"] == "True" for r in tables[0])
+    for line in ("beats both naive baselines: 24/24", "NMSE >= RL oracle: 23/24 = 95.8 %",
+                 "miss: mixed/501539 -0.12 dB", "velocity RMS <= RL oracle: 18/19 = 94.7 %",
+                 "miss: mixed/501539 70.6 vs 70.1 km/s",
+                 "|total-flux bias| <= 1 %: 24/24", "in hindsight: 17/24 = 70.8 %"):
+        assert line in out, line
+
+
 def test_session_73_science_of_the_full_size_misses_read_back():
     """Session 73: the seven hindsight misses of rows 1416-1439 run again with ``tuning.py hindsight ... science`` (the
     same choices and NMSE, and each candidate's velocity- and width-map RMS errors, parsed by ``hindsight_csv``). On
