@@ -22,6 +22,7 @@ import json
 import sys
 import time
 
+from bench_cli import parse_indices  # benchmarks/bench_cli.py
 from xfusion import scenes, tuning
 
 
@@ -87,10 +88,7 @@ def main(argv=None):
         return 0
     if a.indices is None:
         p.error("give SPLIT N SIZE INDICES, or --summary FILES")
-    idx = []
-    for part in a.indices.split(","):
-        lo, _, hi = part.partition("-")
-        idx.extend(range(int(lo), int(hi or lo) + 1))
+    idx = parse_indices(p, a.indices, a.n, option="INDICES")
     specs = scenes.suite(a.split, n=a.n)
     fixed = {} if a.n_scales_1d is None else {"n_scales_1d": a.n_scales_1d}
     rows = []
